@@ -1,0 +1,3 @@
+from eexp.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""The `eexp` command: one click group; each subcommand lives in the module of its concept and stays thin."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from eexp import __version__
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="eexp")
+def cli():
+    """Train language agents from their own early experience (arXiv 2510.08558).
+
+    Stages read JSON Lines (files, or stdin when none or `-`) and write JSON Lines to stdout (or -o FILE):
+
+    \b
+      eexp expert --env shop -n 100 > expert.jsonl
+      eexp imitation-data expert.jsonl > il.jsonl
+      eexp branch -k 8 expert.jsonl | eexp rollout | eexp world-model-data > iwm.jsonl
+
+    Exit codes: 0 success, 1 bad input or runtime error, 2 usage error, 130 interrupted.
+    """
+
+
+def main() -> None:
+    """Entry point: exit codes and signals as DESIGN.md says (1 error, 2 usage, 130 Ctrl-C, quiet broken pipe)."""
+    try:
+        rv = cli.main(prog_name="eexp", standalone_mode=False)
+        sys.stdout.flush()
+    except click.exceptions.Abort:
+        click.echo("eexp: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        # The reader went away (`eexp ... | head`): stop quietly. Point stdout at /dev/null so the interpreter's
+        # final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except KeyboardInterrupt:
+        click.echo("eexp: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# Register the commands (each module adds its own to `cli`).
+from eexp.cli import data  # noqa: E402,F401

@@ -1,0 +1,165 @@
+"""Commands that turn records into training examples and check them: imitation-data, world-model-data, mix,
+validate. No model and no environment needed."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections import Counter
+
+import click
+
+from eexp.cli import cli
+from eexp.cli.options import UserError, errors_as_click, progress_bar, serializer_options, stage_options, \
+    config_option
+from eexp.io import InputError, Reader, Stats, Writer
+from eexp.records import KIND_NAMES, expect, kind_of, validate as validate_record
+from eexp.stages.imitation import imitation_examples
+from eexp.stages.mix import mix, parse_source
+from eexp.stages.world_model import world_model_examples
+
+
+@cli.command("imitation-data")
+@stage_options
+@serializer_options
+@click.option("--include-failed", is_flag=True, help="Also imitate trajectories that did not succeed.")
+def imitation_data(io, serializer, include_failed):
+    """Trajectories -> one imitation-learning example per expert step (state -> `Action: <expert action>`).
+
+    \b
+    Example:
+      eexp expert --env shop -n 100 | eexp imitation-data > il.jsonl
+    """
+    io.run(lambda t: imitation_examples(t, serializer, include_failed), validate=expect("trajectory"))
+
+
+def _load_summarizer(spec: str | None):
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name or "summarize")
+    except (ImportError, AttributeError) as e:
+        raise click.BadParameter(f"cannot load {spec!r}: {e}", param_hint="--summarizer")
+
+
+@cli.command("world-model-data")
+@stage_options
+@serializer_options
+@click.option("--max-chars", type=int, default=0, help="Clip each next observation to this many characters "
+              "(0: no limit).")
+@click.option("--summarizer", metavar="MODULE:FUNCTION", help="Python function (next_observation, state, action) "
+              "-> str that replaces each next observation by a summary, for long or noisy observations.")
+def world_model_data(io, serializer, max_chars, summarizer):
+    """Outcome records -> one implicit-world-modeling example per transition (state + action -> next observation).
+
+    The expert transition is included and invalid actions are kept (the error message is the next state). The
+    examples have their own system prompt and an `Observation: ...` target, so a model trained on them still
+    answers with an action where an action is asked.
+
+    \b
+    Example:
+      eexp branch -k 8 expert.jsonl | eexp rollout | eexp world-model-data > iwm.jsonl
+    """
+    summarize = _load_summarizer(summarizer)
+    io.run(lambda o: world_model_examples(o, serializer, max_chars, summarize, io.count), validate=expect("outcome"))
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, metavar="FILE[:WEIGHT]...")
+@click.option("-o", "--output", default="-", metavar="FILE", help="Write here instead of stdout.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the interleave and the shuffle.")
+@click.option("--concat", is_flag=True, help="Plain concatenation in the order given (the paper's SR + IL).")
+@click.option("--shuffle-buffer", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Shuffle within a buffer of N records (bounded memory).")
+@click.option("--dedup", is_flag=True, help="Drop examples whose messages were already written.")
+@click.option("--limit", type=click.IntRange(min=0), help="Stop after this many examples.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")
+@config_option
+@errors_as_click
+def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_error, stats):
+    """Interleave example files; a weight is a sampling ratio (a file without :WEIGHT has weight 1).
+
+    A file that runs out drops out, so without --limit every example is written once. `-` is stdin.
+
+    \b
+    Examples:
+      eexp mix il.jsonl:3 iwm.jsonl:1 --shuffle-buffer 10000 > train.jsonl
+      eexp mix --concat il.jsonl sr.jsonl > sr_train.jsonl
+      eexp imitation-data < expert.jsonl | eexp mix -:1
+    """
+    try:
+        parsed = [parse_source(s) for s in sources]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="SOURCES")
+    run_stats = Stats()
+    readers = [Reader([path], on_error=on_error) for path, _ in parsed]
+    check = expect("example")
+
+    def examples(reader):
+        for item in reader:
+            run_stats.records_in += 1
+            problem = check(item.record)
+            if problem:
+                reader.reject(item.error(problem))
+                continue
+            yield item.record
+
+    writer = Writer(output)
+    try:
+        stream = mix([(examples(r), w) for r, (_, w) in zip(readers, parsed)], seed=seed, concat=concat,
+                     shuffle_buffer=shuffle_buffer, dedup=dedup, limit=limit, count=run_stats.add)
+        for record in stream:
+            writer.write(record)
+            run_stats.records_out += 1
+    finally:
+        writer.close()
+        run_stats.skipped = sum(r.skipped for r in readers)
+        if run_stats.skipped:
+            click.echo(f"eexp: skipped {run_stats.skipped} bad record(s)", err=True)
+        run_stats.write(stats)
+
+
+mix_command.name = "mix"
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--kind", type=click.Choice(sorted(KIND_NAMES)), help="Require this kind of record.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only problems.")
+@errors_as_click
+def validate(files, kind, quiet):
+    """Check files of records: say what kind each file holds and what is wrong, as FILE:LINE.
+
+    Exits 1 if any record is invalid.
+
+    \b
+    Example:
+      eexp validate expert.jsonl outcomes.jsonl sr.jsonl
+    """
+    bad = 0
+    for path in files:
+        kinds: Counter = Counter()
+        reader = Reader([path], on_error="skip", warn=lambda msg: click.echo(msg.replace("skipping ", ""),
+                                                                                   err=True))
+        for item in reader:
+            found = kind_of(item.record)
+            if kind and found != kind:
+                problem = f"expected {KIND_NAMES[kind]}, got {KIND_NAMES.get(found, 'a record of no known kind')}"
+            elif found is None:
+                problem = "not a record of any kind eexp knows (trajectory, branch, outcome, example, episode, " \
+                          "summary)"
+            else:
+                problem = validate_record(item.record, found)
+            if problem:
+                bad += 1
+                click.echo(f"{item.path}:{item.line}: {problem}", err=True)
+            else:
+                kinds[found] += 1
+        bad += reader.skipped
+        if not quiet:
+            listing = ", ".join(f"{n} {k}" for k, n in kinds.most_common()) or "no valid records"
+            click.echo(f"{path}: {listing}" + (f"; {reader.skipped} unreadable line(s)" if reader.skipped else ""))
+    if bad:
+        raise UserError(f"{bad} invalid record(s)")

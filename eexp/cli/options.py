@@ -1,0 +1,181 @@
+"""Option bundles every stage shares, and the glue from options to eexp.io.
+
+- `stage_options`: INPUT files (or `-`), `-o/--output`, `--resume`, `--shard I/N`, `--on-error`, `--stats`,
+  `-q`, `--config`. The command receives a ready `StageIO` as its first argument.
+- `sampling_options`: `--seed`, `--temperature`, `-k`.
+- `serializer_options`: the state serializer's settings (history length, character limits).
+- `errors_as_click`: turns eexp's input errors into `Error: FILE:LINE: ...` and exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+import click
+import yaml
+
+from eexp.envs.base import EnvError
+from eexp.io import InputError, Reader, Stats, Writer, parse_shard, prepare_resume, run_stage
+from eexp.prompts import Serializer
+
+
+class UserError(click.ClickException):
+    """exit 1, `Error: message` on stderr, no traceback."""
+
+
+def errors_as_click(f: Callable) -> Callable:
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except (InputError, EnvError) as e:
+            raise UserError(str(e)) from None
+    return wrapper
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
+    """`--config run.yaml`: every option of the command can be given there (dashes or underscores)."""
+    if not value:
+        return value
+    try:
+        with open(value) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise click.BadParameter(f"cannot read {value}: {e.strerror}", ctx=ctx, param=param)
+    except yaml.YAMLError as e:
+        raise click.BadParameter(f"{value} is not valid YAML: {e}", ctx=ctx, param=param)
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value} must hold a mapping of option: value", ctx=ctx, param=param)
+    names = {p.name for p in ctx.command.params}
+    defaults = {}
+    for key, val in data.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise click.BadParameter(f"{value}: unknown option {key!r} (options: {', '.join(sorted(names))})",
+                                     ctx=ctx, param=param)
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def config_option(f: Callable) -> Callable:
+    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+                        callback=_load_config, help="YAML file of option values (command-line options win).")(f)
+
+
+def _check_shard(ctx, param, value):
+    try:
+        return parse_shard(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param)
+
+
+def progress_bar(quiet: bool, **kwargs):
+    """A tqdm bar on stderr, only for a person watching (stderr is a terminal) and never with -q."""
+    from tqdm import tqdm
+    return tqdm(disable=quiet or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+class StageIO:
+    """Inputs, output, resume, shard, --on-error and stats for one stage run."""
+
+    def __init__(self, inputs, output, resume, shard, on_error, stats, quiet):
+        if resume and output in (None, "-"):
+            raise click.UsageError("--resume needs -o FILE (it continues an output file)")
+        self.inputs = list(inputs) or ["-"]
+        self.output, self.resume, self.shard, self.quiet = output, resume, shard, quiet
+        self.stats_path = stats
+        self.reader = Reader(self.inputs, on_error=on_error)
+        self.stats = Stats()
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.stats.add(name, n)
+
+    def run(self, process: Callable[[dict], object], validate=None, input_key=lambda r: r.get("id"),
+            output_key=lambda r: r.get("source_id"), unit: str = "rec") -> None:
+        """Map every input record through `process` (which yields output records) and write them."""
+        done = prepare_resume(self.output, output_key) if self.resume else None
+        writer = Writer(self.output, append=bool(self.resume))
+        try:
+            with progress_bar(self.quiet, unit=unit) as bar:
+                run_stage(self.reader, process, writer, self.stats, validate=validate, shard=self.shard,
+                          done=done, input_key=input_key, progress=bar)
+        finally:
+            writer.close()
+            self.finish()
+
+    def writer(self) -> Writer:
+        return Writer(self.output)
+
+    def finish(self) -> None:
+        self.stats.skipped = self.reader.skipped
+        if self.reader.skipped:
+            click.echo(f"eexp: skipped {self.reader.skipped} bad record(s)", err=True)
+        self.stats.write(self.stats_path)
+
+
+def stage_options(f: Callable) -> Callable:
+    """The JSONL-stage options; the command gets `io: StageIO` as its first argument."""
+
+    @functools.wraps(f)
+    @errors_as_click
+    def wrapper(inputs, output, resume, shard, on_error, stats, quiet, **kwargs):
+        io = StageIO(inputs, output, resume, shard, on_error, stats, quiet)
+        return f(io, **kwargs)
+
+    decorators = [
+        click.argument("inputs", nargs=-1, metavar="[INPUT]..."),
+        click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
+                     help="Write records here instead of stdout."),
+        click.option("--resume", is_flag=True, help="Continue -o FILE: skip inputs already done there."),
+        click.option("--shard", callback=_check_shard, metavar="I/N",
+                     help="Keep only slice I of N (by trajectory id), for several machines."),
+        click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+                     help="On a bad input record: stop (exit 1), or skip it and count it."),
+        click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        config_option,
+    ]
+    for decorator in reversed(decorators):
+        wrapper = decorator(wrapper)
+    return wrapper
+
+
+def sampling_options(f: Callable) -> Callable:
+    for decorator in reversed([
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Base seed; every sampled call derives its own seed >= 1 from it."),
+        click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature."),
+        click.option("-k", "k", type=click.IntRange(min=0), default=4, show_default=True,
+                     help="Samples (alternatives) per state."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def serializer_options(f: Callable) -> Callable:
+    """Options that build a `Serializer`; the command receives `serializer=`."""
+
+    @functools.wraps(f)
+    def wrapper(*args, history, max_observation_chars, max_history_chars, max_admissible, no_admissible, **kwargs):
+        serializer = Serializer(history=history, max_observation_chars=max_observation_chars,
+                                max_history_chars=max_history_chars, show_admissible=not no_admissible,
+                                max_admissible=max_admissible)
+        return f(*args, serializer=serializer, **kwargs)
+
+    d = Serializer()
+    for decorator in reversed([
+        click.option("--history", type=click.IntRange(min=0), default=d.history, show_default=True,
+                     help="Previous steps shown in a state."),
+        click.option("--max-observation-chars", type=int, default=d.max_observation_chars, show_default=True,
+                     help="Clip the current observation to this many characters."),
+        click.option("--max-history-chars", type=int, default=d.max_history_chars, show_default=True,
+                     help="Clip each observation in the history."),
+        click.option("--max-admissible", type=int, default=d.max_admissible, show_default=True,
+                     help="List at most this many admissible actions."),
+        click.option("--no-admissible", is_flag=True, help="Do not list admissible actions in the state."),
+    ]):
+        wrapper = decorator(wrapper)
+    return wrapper

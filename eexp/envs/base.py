@@ -1,0 +1,109 @@
+"""The environment protocol of DESIGN.md, and the registry filled from the `eexp.envs` entry points.
+
+An environment is a class; one instance runs one episode at a time. Tasks are plain dicts
+`{id, split, goal, category?}` with string ids that mean the same task everywhere (the world of a split is fixed).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+
+
+class EnvError(Exception):
+    """A problem the user can act on: unknown environment, split or task, missing package, ..."""
+
+
+class Env:
+    """Base class and protocol. Subclasses set the class attributes and implement the methods marked required."""
+
+    name: str = ""
+    version: str = "0"
+    splits: tuple[str, ...] = ("train", "test", "ood")
+    can_snapshot: bool = False
+    action_format: str = ""        # one line for `eexp envs NAME`, e.g. "search[QUERY] | click[LABEL]"
+    max_steps: int = 30            # eval's default episode length
+    closed_actions: bool = True    # True when admissible() lists every valid action
+
+    def __init__(self, **kwargs: Any):
+        self.kwargs = kwargs
+
+    # required ---------------------------------------------------------------------------------------------------
+    def tasks(self, split: str) -> list[dict]:
+        """Every task of a split, in a fixed order."""
+        raise NotImplementedError
+
+    def reset(self, task: dict) -> str:
+        """Start the task; returns the first observation."""
+        raise NotImplementedError
+
+    def step(self, action: str) -> tuple[str, float, bool, dict]:
+        """(observation, reward, done, info). info["valid"] is False for an action the environment rejected;
+        a bad action gets the environment's own error observation, never an exception."""
+        raise NotImplementedError
+
+    def expert(self, task: dict) -> list[str]:
+        """The oracle or gold action sequence for a task."""
+        raise NotImplementedError
+
+    def success(self) -> bool:
+        raise NotImplementedError
+
+    # optional ---------------------------------------------------------------------------------------------------
+    def admissible(self) -> list[str] | None:
+        """The valid actions in the current state, or None where the action set is open."""
+        return None
+
+    def score(self) -> float:
+        return 1.0 if self.success() else 0.0
+
+    def canonicalize(self, action: str) -> str:
+        return " ".join(action.split())
+
+    def snapshot(self) -> Any:
+        raise NotImplementedError(f"{self.name} cannot snapshot; reach states by replay")
+
+    def restore(self, snap: Any) -> None:
+        raise NotImplementedError(f"{self.name} cannot snapshot; reach states by replay")
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": self.version, "splits": list(self.splits),
+                "can_snapshot": self.can_snapshot, "action_format": self.action_format,
+                "max_steps": self.max_steps, "closed_actions": self.closed_actions}
+
+    def task(self, split: str, task_id: str) -> dict:
+        """One task by id, with an error that says what exists."""
+        if split not in self.splits:
+            raise EnvError(f"{self.name} has no split {split!r} (splits: {', '.join(self.splits)})")
+        for t in self.tasks(split):
+            if t["id"] == task_id:
+                return t
+        raise EnvError(f"{self.name} has no task {task_id!r} in split {split!r}")
+
+    def env_record(self) -> dict:
+        """The `env` field of the records this environment's stages write."""
+        return {"name": self.name, "version": self.version, "kwargs": dict(self.kwargs)}
+
+
+def registry() -> dict[str, Any]:
+    """name -> entry point, for every installed environment (eexp's own register the same way)."""
+    return {ep.name: ep for ep in entry_points(group="eexp.envs")}
+
+
+def env_class(name: str) -> type[Env]:
+    known = registry()
+    if name not in known:
+        names = ", ".join(sorted(known)) or "none"
+        raise EnvError(f"unknown environment {name!r} (known: {names})")
+    try:
+        return known[name].load()
+    except ImportError as e:
+        raise EnvError(f"environment {name!r} is registered but cannot load: {e} "
+                       f"(install it with: pip install 'eexp[all]')") from None
+
+
+def make_env(name: str, **kwargs: Any) -> Env:
+    return env_class(name)(**kwargs)

@@ -1,0 +1,219 @@
+"""The records of DESIGN.md: their shapes, validation that names the field, kinds, ids and `meta`.
+
+A shape is written as a small spec: a dict is an object (a key ending in `?` is optional and may be null), a
+one-element list is a list of that element, and a type is a leaf. Validation returns the first problem as
+`field.path: what is wrong`, so an error reads `FILE:LINE: steps[2].action: expected a string, got a number`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Iterator
+
+import orjson
+
+from eexp import __version__
+from eexp.io import type_name
+
+NUMBER = (int, float)
+ANY = object
+
+ENV = {"name": str, "version": str, "kwargs?": dict}
+TASK = {"id": str, "split": str, "goal": str, "category?": str}
+STEP = {"observation": str, "action": str, "admissible?": [str]}
+STATE = {"goal": str, "history": [{"observation": str, "action": str}], "observation": str, "admissible?": [str]}
+ALTERNATIVE = {"action": str, "source": str, "seed?": int, "next_observation?": str, "reward?": NUMBER,
+               "done?": bool, "valid?": bool, "error?": str}
+MESSAGE = {"role": str, "content": str, "weight?": NUMBER}
+
+SHAPES: dict[str, dict] = {
+    "trajectory": {"id": str, "env": ENV, "task": TASK, "steps": [STEP], "final_observation": str,
+                   "success": bool, "score?": NUMBER, "meta?": dict},
+    "branch": {"id": str, "source_id": str, "trajectory_id": str, "step": int, "env": ENV, "task": TASK,
+               "prefix": [str], "state": STATE, "expert": {"action": str}, "alternatives": [ALTERNATIVE],
+               "meta?": dict},
+    "outcome": {"id": str, "source_id": str, "trajectory_id": str, "step": int, "env": ENV, "task": TASK,
+                "prefix": [str], "state": STATE,
+                "expert": {"action": str, "next_observation?": str, "reward?": NUMBER, "done?": bool,
+                           "valid?": bool, "error?": str},
+                "alternatives": [ALTERNATIVE], "error?": str, "meta?": dict},
+    "example": {"id": str, "source_id?": str, "messages": [MESSAGE], "meta?": dict},
+    "episode": {"id": str, "task": TASK, "policy": str, "actions": [str], "observations": [str], "success": bool,
+                "score": NUMBER, "steps": int, "invalid_actions": int, "stop_reason": str, "meta?": dict},
+    "summary": {"env": str, "split": str, "policy": str, "n": int, "success_rate": NUMBER, "ci_low": NUMBER,
+                "ci_high": NUMBER, "mean_score": NUMBER, "mean_steps": NUMBER, "invalid_rate": NUMBER,
+                "by_category?": dict},
+}
+
+KIND_NAMES = {"trajectory": "a trajectory", "branch": "a branch record", "outcome": "an outcome record",
+              "example": "a training example", "episode": "an episode", "summary": "an eval summary"}
+
+
+def check(value: Any, spec: Any, path: str = "") -> str | None:
+    """The first way `value` departs from `spec`, as `path: problem`, or None."""
+    here = path or "record"
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return f"{here}: expected an object, got {type_name(value)}"
+        for key, sub in spec.items():
+            optional = key.endswith("?")
+            name = key.rstrip("?")
+            sub_path = f"{path}.{name}" if path else name
+            if name not in value:
+                if not optional:
+                    return f"{sub_path}: missing"
+                continue
+            if optional and value[name] is None:
+                continue
+            problem = check(value[name], sub, sub_path)
+            if problem:
+                return problem
+        return None
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return f"{here}: expected a list, got {type_name(value)}"
+        for i, item in enumerate(value):
+            problem = check(item, spec[0], f"{path}[{i}]")
+            if problem:
+                return problem
+        return None
+    if spec is ANY:
+        return None
+    wanted = spec if isinstance(spec, tuple) else (spec,)
+    if isinstance(value, bool) and bool not in wanted:  # True is an int to Python, not to us
+        return f"{here}: expected {type_name(wanted[0]())}, got a boolean"
+    if not isinstance(value, wanted):
+        return f"{here}: expected {type_name(wanted[0]())}, got {type_name(value)}"
+    return None
+
+
+def kind_of(record: dict) -> str | None:
+    """Which DESIGN.md record this looks like, from its distinctive keys (not a validation)."""
+    if "messages" in record:
+        return "example"
+    if "steps" in record and "final_observation" in record:
+        return "trajectory"
+    if "alternatives" in record:
+        expert = record.get("expert") if isinstance(record.get("expert"), dict) else {}
+        return "outcome" if "next_observation" in expert or "error" in record else "branch"
+    if "stop_reason" in record or ("actions" in record and "policy" in record):
+        return "episode"
+    if "success_rate" in record:
+        return "summary"
+    return None
+
+
+def validate(record: dict, kind: str) -> str | None:
+    problem = check(record, SHAPES[kind])
+    if problem is None and kind == "example":
+        problem = _check_messages(record["messages"])
+    return problem
+
+
+def _check_messages(messages: list[dict]) -> str | None:
+    if not messages:
+        return "messages: empty"
+    for i, m in enumerate(messages):
+        if m["role"] not in ("system", "user", "assistant", "tool"):
+            return f"messages[{i}].role: expected system, user, assistant or tool, got {m['role']!r}"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "messages: no assistant turn to learn from"
+    return None
+
+
+def expect(*kinds: str):
+    """A validator for run_stage: the record must be one of `kinds`, and valid as that kind."""
+
+    def check_record(record: dict) -> str | None:
+        kind = kind_of(record)
+        if kind not in kinds:
+            wanted = " or ".join(KIND_NAMES[k] for k in kinds)
+            got = KIND_NAMES.get(kind, "a record of no known kind")
+            return f"expected {wanted}, got {got}"
+        return validate(record, kind)
+
+    return check_record
+
+
+# --- ids and meta ---------------------------------------------------------------------------------------------
+
+def short_hash(*parts: Any, n: int = 12) -> str:
+    data = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(data, digest_size=16).hexdigest()[:n]
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def make_meta(stage: str, **fields: Any) -> dict:
+    """`meta` for a non-example record: the stage, the version and the time, plus what the stage adds."""
+    return {"stage": stage, "eexp_version": __version__, **fields, "created_utc": utc_now()}
+
+
+# Every training example has exactly these meta keys with these types, whichever stage wrote it, so Arrow never
+# sees a column change type (huggingface/datasets #6460). Unknown values are "" or 0, never null.
+EXAMPLE_META: dict[str, type] = {
+    "stage": str,            # imitation-data | world-model-data | reflect
+    "kind": str,             # il | iwm | sr
+    "eexp_version": str,
+    "env": str,
+    "env_version": str,
+    "task_id": str,
+    "trajectory_id": str,
+    "step": int,
+    "action": str,           # the action the example is about (expert, or the alternative for IWM)
+    "action_source": str,    # expert | policy | admissible
+    "model": str,            # the model that wrote part of the example (reflect), else ""
+    "model_sha256": str,
+    "reflector": str,        # self | teacher | grounded, else ""
+    "seed": int,             # the sampling seed used, 0 when none was
+    "serializer": str,       # the state serializer settings, as compact JSON
+    "extra": str,            # anything else, as compact JSON ("" when nothing)
+    "created_utc": str,
+}
+
+
+def example_meta(**fields: Any) -> dict:
+    """Fill the fixed example meta: known keys coerced to their type, unknown ones folded into `extra`."""
+    meta: dict[str, Any] = {}
+    extra = {}
+    for key, value in fields.items():
+        if key in EXAMPLE_META:
+            meta[key] = value
+        elif value not in (None, "", {}):
+            extra[key] = value
+    if extra and not meta.get("extra"):
+        meta["extra"] = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode()
+    out = {}
+    for key, typ in EXAMPLE_META.items():
+        value = meta.get(key)
+        if value is None:
+            value = typ()
+        elif typ is str and not isinstance(value, str):
+            value = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        elif typ is int and not isinstance(value, int):
+            value = int(value)
+        out[key] = value
+    out.setdefault("eexp_version", __version__)
+    if not out["eexp_version"]:
+        out["eexp_version"] = __version__
+    if not out["created_utc"]:
+        out["created_utc"] = utc_now()
+    return out
+
+
+# --- states along a trajectory ---------------------------------------------------------------------------------
+
+def trajectory_states(trajectory: dict) -> Iterator[tuple[int, dict, str]]:
+    """(step, raw state, expert action) for every step: the state the expert acted in, history included."""
+    steps = trajectory["steps"]
+    goal = trajectory["task"]["goal"]
+    for i, step in enumerate(steps):
+        state = {"goal": goal,
+                 "history": [{"observation": s["observation"], "action": s["action"]} for s in steps[:i]],
+                 "observation": step["observation"]}
+        if step.get("admissible") is not None:
+            state["admissible"] = step["admissible"]
+        yield i, state, step["action"]

@@ -1,0 +1,44 @@
+"""world-model-data: one IWM example per executed transition (state + action -> next observation).
+
+The expert transition is included, as in the paper's data (Appendix B), and so are invalid actions: the
+environment's error message is the next state. Alternatives that could not be executed (an `error`) are skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from eexp.io import RecordError
+from eexp.prompts import Serializer, format_observation
+from eexp.records import example_meta
+
+Summarizer = Callable[[str, dict, str], str]  # (next_observation, state, action) -> text to predict
+
+
+def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int = 0,
+                         summarizer: Summarizer | None = None, count=lambda name: None) -> Iterator[dict]:
+    if outcome.get("error"):
+        raise RecordError(f"the state could not be reached: {outcome['error']}")
+    state = outcome["state"]
+    transitions = [("expert", outcome["expert"], "expert")]
+    transitions += [(str(j), alt, alt["source"]) for j, alt in enumerate(outcome["alternatives"])]
+    for tag, executed, source in transitions:
+        if executed.get("error") or executed.get("next_observation") is None:
+            count("not_executed")
+            continue
+        next_obs = executed["next_observation"]
+        if summarizer is not None:
+            next_obs = summarizer(next_obs, state, executed["action"])
+        if not executed.get("valid", True):
+            count("invalid_actions")
+        yield {
+            "id": f"wm:{outcome['id']}:{tag}",
+            "source_id": outcome["id"],
+            "messages": serializer.world_model_messages(state, executed["action"]) + [
+                {"role": "assistant", "content": format_observation(next_obs, max_chars)}],
+            "meta": example_meta(stage="world-model-data", kind="iwm", env=outcome["env"]["name"],
+                                 env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
+                                 trajectory_id=outcome["trajectory_id"], step=outcome["step"],
+                                 action=executed["action"], action_source=source, seed=executed.get("seed") or 0,
+                                 serializer=serializer.to_json()),
+        }
