@@ -179,3 +179,34 @@ def serializer_options(f: Callable) -> Callable:
     ]):
         wrapper = decorator(wrapper)
     return wrapper
+
+
+def _parse_policy_args(ctx, param, values):
+    args = {}
+    for item in values or ():
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
+        args[key.strip()] = val
+    return args
+
+
+def policy_options(f: Callable) -> Callable:
+    """--policy SPEC and its backend options. The command receives policy_spec, policy_args, act, max_tokens,
+    top_p and loads the policy only when it needs one (`eexp.policies.load_policy`)."""
+    for decorator in reversed([
+        click.option("--policy", "policy_spec", metavar="SPEC",
+                     help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | random | oracle"),
+        click.option("--policy-arg", "policy_args", multiple=True, callback=_parse_policy_args,
+                     metavar="KEY=VALUE", help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
+                     "api_key_env, ...); repeatable."),
+        click.option("--act", type=click.Choice(["generate", "constrained", "score"]), default=None,
+                     help="How an action is chosen: free generation, generation constrained to the admissible "
+                     "actions, or ranking them by log-likelihood. Default: constrained where the environment "
+                     "lists admissible actions, generate where it does not."),
+        click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Most tokens per generated reply."),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True),
+    ]):
+        f = decorator(f)
+    return f

@@ -60,6 +60,14 @@ class Env:
     def canonicalize(self, action: str) -> str:
         return " ".join(action.split())
 
+    def replay(self, task: dict, prefix: list[str]) -> str:
+        """Reset and replay an action prefix; returns the observation reached. Environments with a faster way to
+        step through known actions (ScienceWorld's raw server step) override this."""
+        observation = self.reset(task)
+        for action in prefix:
+            observation, _, _, _ = self.step(action)
+        return observation
+
     def snapshot(self) -> Any:
         raise NotImplementedError(f"{self.name} cannot snapshot; reach states by replay")
 
