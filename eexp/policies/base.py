@@ -11,6 +11,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from eexp.io import InputError
+
+
+class PolicyError(InputError):
+    """A policy that cannot be loaded or used (missing or corrupt model, unknown spec, bad --policy-arg)."""
+
 
 def derive_seed(base_seed: int, record_id: str, k: int) -> int:
     """A seed in [1, 2**31 - 1] from (base seed, record id, k): stable across machines and processes."""
