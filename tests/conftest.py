@@ -20,3 +20,25 @@ def runner():
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep caches (EEXP_CACHE) out of the user's home."""
     monkeypatch.setenv("EEXP_CACHE", str(tmp_path_factory.getbasetemp() / "eexp-cache"))
+
+
+# --- models (issue 5): tiny checkpoints built once per test session with `eexp init-model` ---------------------
+
+def _init_checkpoint(tmp_path_factory, name: str, arch: str):
+    from eexp.cli import cli
+    out = tmp_path_factory.mktemp("models") / name
+    result = CliRunner().invoke(cli, ["init-model", str(out), "--arch", arch, "--size", "tiny", "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny qwen2 transformers checkpoint (~0.1M parameters, ChatML template, eos <|im_end|>, no BOS)."""
+    return _init_checkpoint(tmp_path_factory, "tiny-qwen2", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_checkpoint(tmp_path_factory) -> Path:
+    """The same as `tiny_checkpoint` with the llama architecture (untied output embeddings)."""
+    return _init_checkpoint(tmp_path_factory, "tiny-llama", "llama")

@@ -52,3 +52,4 @@ def main() -> None:
 
 # Register the commands (each module adds its own to `cli`).
 from eexp.cli import data  # noqa: E402,F401
+from eexp.cli import models  # noqa: E402,F401
