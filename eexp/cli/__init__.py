@@ -52,4 +52,5 @@ def main() -> None:
 
 # Register the commands (each module adds its own to `cli`).
 from eexp.cli import data  # noqa: E402,F401
+from eexp.cli import envs  # noqa: E402,F401
 from eexp.cli import models  # noqa: E402,F401

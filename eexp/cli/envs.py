@@ -1,0 +1,192 @@
+"""Commands about environments: `envs` (list / describe) and `expert` (oracle trajectories)."""
+
+from __future__ import annotations
+
+import click
+import orjson
+import yaml
+
+from eexp.cli import cli
+from eexp.cli.options import config_option, errors_as_click, progress_bar
+from eexp.envs.base import EnvError, make_env, registry
+from eexp.io import Stats, Writer, prepare_resume
+from eexp.stages.expert import expert_trajectory, pick_tasks, trajectory_id
+
+
+def _parse_env_args(ctx, param, values):
+    """--env-arg KEY=VALUE: values are read as YAML scalars, so numbers and booleans keep their type."""
+    args = {}
+    for item in values or ():
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
+        try:
+            args[key.strip()] = yaml.safe_load(val) if val else ""
+        except yaml.YAMLError:
+            args[key.strip()] = val
+    return args
+
+
+def _listing() -> list[dict]:
+    """One row per registered environment; one that cannot load is listed with the reason."""
+    rows = []
+    for name, ep in sorted(registry().items()):
+        try:
+            cls = ep.load()
+            rows.append({"name": name, "available": True, "version": cls.version, "splits": list(cls.splits),
+                         "can_snapshot": cls.can_snapshot, "closed_actions": cls.closed_actions,
+                         "entry_point": ep.value})
+        except Exception as e:  # a broken third-party package must not hide the others
+            rows.append({"name": name, "available": False, "reason": f"{type(e).__name__}: {e}",
+                         "entry_point": ep.value})
+    return rows
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--split", help="With NAME: the split of the example task (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--env-arg", "env_args", multiple=True, callback=_parse_env_args, metavar="KEY=VALUE",
+              help="With NAME: an environment option; repeatable.")
+@errors_as_click
+def envs(name, split, as_json, env_args):
+    """List the installed environments, or describe one.
+
+    Without NAME: each environment's version, splits and whether it can snapshot a state (otherwise states are
+    reached again by replaying actions). An environment that is registered but cannot load is listed as
+    unavailable, with the reason. With NAME: its action format, its splits with their task counts, and the
+    first observation and admissible actions of an example task.
+
+    \b
+    Example:
+      eexp envs
+      eexp envs shop
+    """
+    if name is None:
+        rows = _listing()
+        if as_json:
+            for row in rows:
+                click.echo(orjson.dumps(row).decode())
+            return
+        if not rows:
+            click.echo("no environments installed")
+            return
+        click.echo(f"{'name':<14} {'version':<10} {'snapshot':<9} splits")
+        for row in rows:
+            if row["available"]:
+                click.echo(f"{row['name']:<14} {row['version']:<10} {'yes' if row['can_snapshot'] else 'no':<9} "
+                           f"{', '.join(row['splits'])}")
+            else:
+                click.echo(f"{row['name']:<14} unavailable: {row['reason']}")
+        return
+    env = make_env(name, **env_args)
+    try:
+        info = describe(env, split)
+    finally:
+        env.close()
+    if as_json:
+        click.echo(orjson.dumps(info).decode())
+        return
+    click.echo(f"{info['name']} (version {info['version']})")
+    click.echo(f"actions: {info['action_format']}")
+    click.echo(f"admissible actions: {'listed (closed set)' if info['closed_actions'] else 'a sample (open set)'}")
+    click.echo(f"snapshot: {'yes' if info['can_snapshot'] else 'no (states are reached by replay)'}")
+    click.echo(f"max steps: {info['max_steps']}")
+    click.echo("splits: " + ", ".join(f"{s} ({n} tasks)" for s, n in info["task_counts"].items()))
+    example = info["example"]
+    click.echo(f"\nexample task {example['task']['id']}: {example['task']['goal']}")
+    click.echo("first observation:")
+    click.echo("  " + example["observation"].replace("\n", "\n  "))
+    if example["admissible"] is not None:
+        click.echo("admissible actions:")
+        for action in example["admissible"]:
+            click.echo(f"  {action}")
+
+
+def describe(env, split: str | None = None) -> dict:
+    """What `eexp envs NAME` shows: the environment's own describe() plus task counts and an example."""
+    info = env.describe()
+    counts = {s: len(env.tasks(s)) for s in env.splits}
+    split = split or env.splits[0]
+    if split not in env.splits:
+        raise EnvError(f"{env.name} has no split {split!r} (splits: {', '.join(env.splits)})")
+    if not counts[split]:
+        raise EnvError(f"{env.name} has no tasks in split {split!r}")
+    task = env.tasks(split)[0]
+    observation = env.reset(task)
+    return {**info, "task_counts": counts,
+            "example": {"task": task, "observation": observation, "admissible": env.admissible()}}
+
+
+@cli.command()
+@click.option("--env", "env_name", required=True, metavar="NAME", help="Environment (see `eexp envs`).")
+@click.option("--split", default="train", show_default=True, help="Split to draw tasks from.")
+@click.option("-n", "n", type=click.IntRange(min=1), help="Number of tasks (default: every task of the split).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Which tasks: a seeded sample of the split (the same seed and -n give the same tasks).")
+@click.option("--task", "task_ids", multiple=True, metavar="ID", help="Run these task ids instead; repeatable.")
+@click.option("--env-arg", "env_args", multiple=True, callback=_parse_env_args, metavar="KEY=VALUE",
+              help="An environment option; repeatable.")
+@click.option("--step-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds one environment call may take before it is recorded as an error (0: no limit).")
+@click.option("--no-admissible", is_flag=True, help="Do not record the admissible actions of each step.")
+@click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
+              help="Write records here instead of stdout.")
+@click.option("--resume", is_flag=True, help="Continue -o FILE: skip tasks already written there.")
+@click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@config_option
+@errors_as_click
+def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admissible, output, resume, stats,
+           quiet):
+    """Write expert trajectories from an environment's oracle, one JSON line per task.
+
+    Success is checked by the environment; trajectories that fail are still written (success: false) and counted
+    on stderr. An environment error (exception, or a call slower than --step-timeout) becomes `error` on that
+    trajectory and the run goes on. The same --seed and -n give the same tasks and the same records.
+
+    \b
+    Example:
+      eexp expert --env shop -n 200 --seed 1 > expert.jsonl
+      eexp expert --env tools --split test --task test-00003
+    """
+    if resume and output in (None, "-"):
+        raise click.UsageError("--resume needs -o FILE (it continues an output file)")
+    env = make_env(env_name, **env_args)
+    run = Stats()
+    try:
+        tasks = pick_tasks(env, split, n, seed, task_ids)
+        done = prepare_resume(output, key=lambda r: r.get("id")) if resume else set()
+        writer = Writer(output, append=resume)
+        failed = errors = 0
+        try:
+            with progress_bar(quiet, total=len(tasks), unit="task") as bar:
+                for task in tasks:
+                    bar.update(1)
+                    run.records_in += 1
+                    if trajectory_id(env, task) in done:
+                        run.add("resumed")
+                        continue
+                    record = expert_trajectory(env, task, seed=seed, timeout=step_timeout or None,
+                                               include_admissible=not no_admissible)
+                    if "error" in record:
+                        errors += 1
+                        if errors <= 5:
+                            click.echo(f"eexp: {record['id']}: {record['error']}", err=True)
+                    elif not record["success"]:
+                        failed += 1
+                        if failed <= 5:
+                            click.echo(f"eexp: {record['id']}: the expert did not succeed "
+                                       f"(score {record.get('score')})", err=True)
+                    writer.write(record)
+                    run.records_out += 1
+        finally:
+            writer.close()
+        run.add("unsuccessful", failed)
+        run.add("errors", errors)
+        run.write(stats)
+        if failed or errors:
+            click.echo(f"eexp: {failed} of {run.records_out} expert trajectories did not succeed, "
+                       f"{errors} had environment errors", err=True)
+    finally:
+        env.close()

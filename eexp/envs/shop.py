@@ -1,0 +1,370 @@
+"""`shop`: a small WebShop-like store, pure Python and deterministic.
+
+Each task is a small world generated from its id: a target product and distractors that share some of its
+attributes (same name but over budget or without the wanted color or size, one attribute different, other
+categories with a shared word). The instruction names the category, two attributes, the options and a budget;
+the policy searches, reads the result pages (3 items a page, `next >` / `< prev`), opens an item, picks its
+options and buys. The score is WebShop's: the fraction of goal attributes, options and price matched, times a
+type match; success is a score of 1.
+
+Observations are short (well under 300 tokens) and the vocabulary is small on purpose: the CPU demo trains a
+model of about a million parameters from scratch on it. Admissible actions are closed: on the search page a few
+candidate queries (the one the instruction implies among plausible ones from the catalogue), elsewhere the
+buttons. Any `search[...]` is still accepted on the search page.
+
+Splits: train (5000 tasks) and test (1000) over ten categories; ood (1000) over two categories that never occur
+in train or test worlds, with attributes the model has seen elsewhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+from functools import lru_cache
+
+from eexp.envs.base import Env, EnvError
+
+# category -> (attributes, options, (min price, max price)); attributes are in a fixed order, so the goal's
+# attribute phrase (and the query the instruction implies) is always written the same way.
+CATEGORIES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]], tuple[int, int]]] = {
+    "t-shirt": (("cotton", "linen", "organic", "slim fit", "v-neck", "long sleeve"),
+                {"size": ("s", "m", "l", "xl")}, (8, 40)),
+    "hoodie": (("fleece", "cotton", "zip up", "oversized", "lightweight", "pocket"),
+               {"size": ("s", "m", "l", "xl")}, (20, 70)),
+    "jeans": (("stretch", "slim fit", "high waist", "ripped", "relaxed", "dark wash"),
+              {"size": ("28", "30", "32", "34", "36")}, (25, 90)),
+    "sneakers": (("leather", "canvas", "running", "waterproof", "lightweight", "slip on"),
+                 {"size": ("7", "8", "9", "10", "11")}, (30, 120)),
+    "backpack": (("waterproof", "leather", "laptop", "lightweight", "canvas", "travel"), {}, (20, 90)),
+    "mug": (("ceramic", "glass", "insulated", "large", "travel", "dishwasher safe"), {}, (5, 30)),
+    "desk lamp": (("led", "dimmable", "usb", "clamp", "wooden", "metal"), {}, (15, 60)),
+    "headphones": (("wireless", "noise cancelling", "over ear", "foldable", "bluetooth", "usb"), {}, (20, 150)),
+    "pillow": (("memory foam", "cotton", "cooling", "down", "firm", "soft"),
+               {"size": ("standard", "queen", "king")}, (10, 60)),
+    "phone case": (("leather", "silicone", "clear", "magnetic", "slim", "shockproof"), {}, (5, 35)),
+    # ood only
+    "jacket": (("waterproof", "fleece", "lightweight", "hooded", "leather", "insulated"),
+               {"size": ("s", "m", "l", "xl")}, (40, 150)),
+    "water bottle": (("insulated", "glass", "stainless steel", "leak proof", "lightweight", "large"), {},
+                     (8, 40)),
+}
+OOD_CATEGORIES = ("jacket", "water bottle")
+IN_DIST = tuple(c for c in CATEGORIES if c not in OOD_CATEGORIES)
+COLORS = ("red", "blue", "black", "white", "green", "gray", "pink", "yellow")
+BRANDS = ("nova", "apex", "zen", "orbit", "pike", "luma", "vero", "kiko", "brio", "tula", "mako", "rio")
+SPLIT_SIZES = {"train": 5000, "test": 1000, "ood": 1000}
+PER_PAGE = 3
+TEMPLATES = (
+    "i need {a}{item} in {options}, under {budget} dollars",
+    "find me {a}{item}, {options}, priced under {budget} dollars",
+    "i am looking for {a}{item} in {options} that costs less than {budget} dollars",
+)
+_ACTION = re.compile(r"^(search|click)\[(.*)\]$")
+_TASK_ID = re.compile(r"^(train|test|ood)-(\d{5})$")
+
+
+PLURAL = ("sneakers", "jeans", "headphones")
+
+
+def article(item: str) -> str:
+    """"a " / "an " before the item, nothing before a plural one."""
+    if item.endswith(PLURAL):
+        return ""
+    return "an " if item[0] in "aeiou" else "a "
+
+
+def _tokens(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _product(brand, category, attrs, colors, options, price) -> dict:
+    name = f"{brand} {' '.join(attrs)} {category}"
+    return {"name": name, "brand": brand, "category": category, "attrs": tuple(attrs), "price": price,
+            "options": {"color": tuple(colors), **{k: tuple(v) for k, v in options.items()}},
+            "tokens": _tokens(name)}
+
+
+def _pick_attrs(rng: random.Random, category: str, k: int = 2) -> tuple[str, ...]:
+    pool = CATEGORIES[category][0]
+    return tuple(sorted(rng.sample(pool, k), key=pool.index))
+
+
+@lru_cache(maxsize=None)
+def goal_of(split: str, index: int) -> dict:
+    """The task's goal (cheap: what `tasks()` lists). Everything random comes from one seeded generator."""
+    rng = random.Random(f"shop/1/{split}/{index}/goal")
+    category = rng.choice(OOD_CATEGORIES if split == "ood" else IN_DIST)
+    _, option_spec, (low, high) = CATEGORIES[category]
+    attrs = _pick_attrs(rng, category)
+    options = {"color": rng.choice(COLORS)}
+    for key, values in option_spec.items():
+        options[key] = rng.choice(values)
+    price = rng.randint(low, high - 1)
+    budget = (price // 10 + 1) * 10
+    item = f"{' '.join(attrs)} {category}"
+    option_text = options["color"] + "".join(f", {k} {v}" for k, v in options.items() if k != "color")
+    instruction = rng.choice(TEMPLATES).format(a=article(item), item=item, options=option_text, budget=budget)
+    return {"category": category, "attrs": attrs, "options": options, "price": price, "budget": budget,
+            "query": item, "instruction": instruction}
+
+
+@lru_cache(maxsize=4096)
+def world_of(split: str, index: int) -> dict:
+    """The products of a task and the candidate queries of its search page (never modified after this)."""
+    goal = goal_of(split, index)
+    rng = random.Random(f"shop/1/{split}/{index}/world")
+    category, attrs, budget = goal["category"], goal["attrs"], goal["budget"]
+    _, option_spec, (low, high) = CATEGORIES[category]
+    brands = list(BRANDS)
+    rng.shuffle(brands)
+
+    def colors_with(wanted: str | None, without: str | None = None) -> list[str]:
+        pool = [c for c in COLORS if c not in (wanted, without)]
+        picked = rng.sample(pool, rng.randint(1, 3)) + ([wanted] if wanted else [])
+        return sorted(picked, key=COLORS.index)
+
+    def options_with(wanted: dict | None, drop: str | None = None) -> dict:
+        out = {}
+        for key, values in option_spec.items():
+            want = wanted.get(key) if wanted and key != drop else None
+            pool = [v for v in values if v != want and not (drop == key and v == goal["options"][key])]
+            picked = rng.sample(pool, min(len(pool), rng.randint(1, 3))) + ([want] if want else [])
+            out[key] = sorted(picked, key=values.index)
+        return out
+
+    goal_opts = goal["options"]
+    target = _product(brands.pop(), category, attrs, colors_with(goal_opts["color"]), options_with(goal_opts),
+                      goal["price"])
+    products = [target]
+    # Same name, different brand: each is wrong in one way that only the price or the item page shows.
+    faults = ["price"] + [rng.choice(["price", "color", "size" if option_spec else "color"])
+                          for _ in range(rng.randint(0, 3))]
+    for fault in faults:
+        price = rng.randint(budget + 1, budget + 40) if fault == "price" else rng.randint(low, budget - 1)
+        colors = colors_with(None, without=goal_opts["color"]) if fault == "color" else colors_with(goal_opts["color"])
+        opts = options_with(goal_opts, drop="size" if fault == "size" else None)
+        products.append(_product(brands.pop(), category, attrs, colors, opts, price))
+    # Same category, one or both attributes different.
+    others = [a for a in CATEGORIES[category][0] if a not in attrs]
+    for _ in range(2):
+        changed = tuple(sorted({rng.choice(attrs), rng.choice(others)}, key=CATEGORIES[category][0].index))
+        products.append(_product(brands.pop(), category, changed, colors_with(goal_opts["color"]),
+                                 options_with(goal_opts), rng.randint(low, high)))
+    # Other categories of the split's pool, preferring ones that share an attribute word.
+    pool = [c for c in (CATEGORIES if split == "ood" else IN_DIST) if c != category]
+    sharing = [c for c in pool if set(CATEGORIES[c][0]) & set(attrs)]
+    for other in (rng.sample(sharing, min(2, len(sharing))) + rng.sample(pool, 2))[:3]:
+        o_attrs, o_opts, (o_low, o_high) = CATEGORIES[other]
+        shared = [a for a in attrs if a in o_attrs]
+        picked = tuple(sorted(set(shared[:1]) | set(rng.sample(o_attrs, 2)), key=o_attrs.index))[:2]
+        options = {k: sorted(rng.sample(v, 2), key=v.index) for k, v in o_opts.items()}
+        products.append(_product(brands.pop(), other, picked, colors_with(None), options,
+                                 rng.randint(o_low, o_high)))
+    # Names are button labels: keep them unique within the world.
+    seen = set()
+    products = [p for p in products if not (p["name"] in seen or seen.add(p["name"]))]
+    order = list(range(len(products)))
+    rng.shuffle(order)  # the tie-break of the search ranking: the target is not always first
+    rank = {name: r for r, name in zip(order, (p["name"] for p in products))}
+    # Candidate queries: the one the instruction implies, and plausible others from the catalogue.
+    queries = {goal["query"], f"{attrs[0]} {category}", f"{' '.join(_pick_attrs(rng, category))} {category}"}
+    while len(queries) < 5:
+        other = rng.choice(pool)
+        queries.add(f"{' '.join(_pick_attrs(rng, other))} {other}")
+    return {"products": products, "rank": rank, "queries": sorted(queries), "target": target["name"]}
+
+
+class ShopEnv(Env):
+    name = "shop"
+    version = "1"
+    splits = ("train", "test", "ood")
+    can_snapshot = True
+    action_format = "search[QUERY] on the search page | click[LABEL] for a [button] or an item name"
+    max_steps = 15
+    closed_actions = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.state: dict | None = None
+        self.world: dict | None = None
+        self.goal: dict | None = None
+
+    # --- tasks ----------------------------------------------------------------------------------------------
+    def tasks(self, split: str) -> list[dict]:
+        self._check_split(split)
+        return [self._task(split, i) for i in range(SPLIT_SIZES[split])]
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLIT_SIZES:
+            raise EnvError(f"shop has no split {split!r} (splits: {', '.join(self.splits)})")
+
+    def _task(self, split: str, index: int) -> dict:
+        goal = goal_of(split, index)
+        return {"id": f"{split}-{index:05d}", "split": split, "goal": goal["instruction"],
+                "category": goal["category"]}
+
+    def task(self, split: str, task_id: str) -> dict:
+        self._check_split(split)
+        m = _TASK_ID.match(task_id)
+        if not m or m.group(1) != split or int(m.group(2)) >= SPLIT_SIZES[split]:
+            raise EnvError(f"shop has no task {task_id!r} in split {split!r} "
+                           f"(ids are {split}-00000 to {split}-{SPLIT_SIZES[split] - 1:05d})")
+        return self._task(split, int(m.group(2)))
+
+    def _locate(self, task: dict) -> tuple[str, int]:
+        m = _TASK_ID.match(str(task.get("id", "")))
+        if not m or int(m.group(2)) >= SPLIT_SIZES[m.group(1)]:
+            raise EnvError(f"shop has no task {task.get('id')!r}")
+        return m.group(1), int(m.group(2))
+
+    # --- episode --------------------------------------------------------------------------------------------
+    def reset(self, task: dict) -> str:
+        split, index = self._locate(task)
+        self.goal, self.world = goal_of(split, index), world_of(split, index)
+        self.state = {"page": "search", "query": "", "results": [], "page_no": 0, "item": None,
+                      "selected": {}, "bought": None, "steps": 0}
+        return self._render()
+
+    def expert(self, task: dict) -> list[str]:
+        split, index = self._locate(task)
+        goal, world = goal_of(split, index), world_of(split, index)
+        results = self._search(world, goal["query"])
+        page = results.index(world["target"]) // PER_PAGE
+        target = next(p for p in world["products"] if p["name"] == world["target"])
+        options = [goal["options"]["color"]] + [goal["options"][k] for k in target["options"] if k != "color"]
+        return ([f"search[{goal['query']}]"] + ["click[next >]"] * page + [f"click[{world['target']}]"]
+                + [f"click[{v}]" for v in options] + ["click[buy now]"])
+
+    @staticmethod
+    def _search(world: dict, query: str) -> list[str]:
+        words = _tokens(query)
+        scored = [(len(words & p["tokens"]), p["name"]) for p in world["products"]]
+        ranked = sorted((s for s in scored if s[0] > 0), key=lambda s: (-s[0], world["rank"][s[1]]))
+        return [name for _, name in ranked]
+
+    def _product(self, name: str) -> dict:
+        return next(p for p in self.world["products"] if p["name"] == name)
+
+    def _buttons(self) -> list[str]:
+        """The clickable labels of the current page, in the order they are shown."""
+        s = self.state
+        if s["page"] == "results":
+            shown = s["results"][s["page_no"] * PER_PAGE:(s["page_no"] + 1) * PER_PAGE]
+            nav = ["back to search"] + (["< prev"] if s["page_no"] > 0 else []) \
+                + (["next >"] if (s["page_no"] + 1) * PER_PAGE < len(s["results"]) else [])
+            return shown + nav
+        if s["page"] == "item":
+            product = self._product(s["item"])
+            values = [v for vals in product["options"].values() for v in vals]
+            return values + ["< prev", "back to search", "buy now"]
+        return []
+
+    def admissible(self) -> list[str] | None:
+        if self.state is None or self.state["bought"] is not None:
+            return []
+        if self.state["page"] == "search":
+            return [f"search[{q}]" for q in self.world["queries"]]
+        return [f"click[{b}]" for b in self._buttons()]
+
+    def _render(self) -> str:
+        s = self.state
+        if s["bought"] is not None:
+            return f"you bought {s['bought']}. thank you for shopping."
+        if s["page"] == "search":
+            return "search page. type a query with search[...]"
+        if s["page"] == "results":
+            total = max(1, -(-len(s["results"]) // PER_PAGE))
+            if not s["results"]:
+                return f'no results for "{s["query"]}".\n[back to search]'
+            shown = s["results"][s["page_no"] * PER_PAGE:(s["page_no"] + 1) * PER_PAGE]
+            lines = [f'results for "{s["query"]}" (page {s["page_no"] + 1} of {total})']
+            lines += [f"[{name}] ${self._product(name)['price']}" for name in shown]
+            lines.append(" ".join(f"[{b}]" for b in self._buttons()[len(shown):]))
+            return "\n".join(lines)
+        p = self._product(s["item"])
+        lines = [p["name"], f"price: ${p['price']}",
+                 f"about: {', '.join(p['attrs'])} {p['category']} by {p['brand']}"]
+        lines += [f"{key}: " + " ".join(f"[{v}]" for v in vals) for key, vals in p["options"].items()]
+        if s["selected"]:
+            lines.append("selected: " + ", ".join(s["selected"][k] for k in p["options"] if k in s["selected"]))
+        lines.append("[< prev] [back to search] [buy now]")
+        return "\n".join(lines)
+
+    def canonicalize(self, action: str) -> str:
+        text = " ".join(action.lower().split())
+        return re.sub(r"\s*\[\s*(.*?)\s*\]\s*$", r"[\1]", text)
+
+    def _invalid(self, reason: str) -> tuple[str, float, bool, dict]:
+        return f"invalid action: {reason}.\n{self._render()}", 0.0, False, {"valid": False}
+
+    def step(self, action: str) -> tuple[str, float, bool, dict]:
+        s = self.state
+        if s is None:
+            raise EnvError("shop: step() before reset()")
+        if s["bought"] is not None:
+            return "invalid action: the episode is over.", 0.0, True, {"valid": False}
+        s["steps"] += 1
+        m = _ACTION.match(self.canonicalize(action))
+        if not m:
+            return self._invalid("use search[query] on the search page or click[label]")
+        kind, arg = m.groups()
+        if kind == "search":
+            if s["page"] != "search":
+                return self._invalid("search works on the search page only; click [back to search] first")
+            if not arg:
+                return self._invalid("the query is empty")
+            s.update(page="results", query=arg, results=self._search(self.world, arg), page_no=0)
+            return self._render(), 0.0, False, {"valid": True}
+        if s["page"] == "search":
+            return self._invalid("there is nothing to click on the search page; use search[query]")
+        if arg not in self._buttons():
+            return self._invalid(f"there is no [{arg}] on this page")
+        if arg == "back to search":
+            s.update(page="search", query="", results=[], page_no=0, item=None, selected={})
+        elif s["page"] == "results":
+            if arg == "next >":
+                s["page_no"] += 1
+            elif arg == "< prev":
+                s["page_no"] -= 1
+            else:
+                s.update(page="item", item=arg, selected={})
+        elif arg == "< prev":
+            s.update(page="results", item=None, selected={})
+        elif arg == "buy now":
+            s["bought"] = s["item"]
+            reward = self.score()
+            return self._render(), reward, True, {"valid": True, "score": reward}
+        else:
+            key = next(k for k, vals in self._product(s["item"])["options"].items() if arg in vals)
+            s["selected"] = {**s["selected"], key: arg}
+        return self._render(), 0.0, False, {"valid": True}
+
+    # --- outcome --------------------------------------------------------------------------------------------
+    def score(self) -> float:
+        """WebShop's reward: (attributes + options + price matched) / (their number), times the type match."""
+        s = self.state
+        if s is None or s["bought"] is None:
+            return 0.0
+        goal, product = self.goal, self._product(s["bought"])
+        attrs = sum(a in product["attrs"] for a in goal["attrs"])
+        options = sum(s["selected"].get(k) == v for k, v in goal["options"].items())
+        price = product["price"] < goal["budget"]
+        total = (attrs + options + price) / (len(goal["attrs"]) + len(goal["options"]) + 1)
+        same_type = 1.0 if product["category"] == goal["category"] else 0.1
+        return round(total * same_type, 4)
+
+    def success(self) -> bool:
+        return self.score() == 1.0
+
+    # --- snapshots: the world is immutable and shared, so the episode state is all there is to copy ----------
+    def snapshot(self):
+        return (copy.deepcopy(self.state), self.goal, self.world)
+
+    def restore(self, snap) -> None:
+        state, self.goal, self.world = snap
+        self.state = copy.deepcopy(state)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "tasks": dict(SPLIT_SIZES),
+                "categories": {"train": list(IN_DIST), "test": list(IN_DIST), "ood": list(OOD_CATEGORIES)}}
