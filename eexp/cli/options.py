@@ -94,14 +94,18 @@ class StageIO:
         self.stats.add(name, n)
 
     def run(self, process: Callable[[dict], object], validate=None, input_key=lambda r: r.get("id"),
-            output_key=lambda r: r.get("source_id"), unit: str = "rec") -> None:
-        """Map every input record through `process` (which yields output records) and write them."""
+            output_key=lambda r: r.get("source_id"), unit: str = "rec", finish=None) -> None:
+        """Map every input record through `process` (which yields output records) and write them. `finish()`,
+        when given, yields the outputs a stage still holds after the last input (rollout's groups in flight)."""
         done = prepare_resume(self.output, output_key) if self.resume else None
         writer = Writer(self.output, append=bool(self.resume))
         try:
             with progress_bar(self.quiet, unit=unit) as bar:
                 run_stage(self.reader, process, writer, self.stats, validate=validate, shard=self.shard,
                           done=done, input_key=input_key, progress=bar)
+                for out in finish() if finish is not None else ():
+                    writer.write(out)
+                    self.stats.records_out += 1
         finally:
             writer.close()
             self.finish()
