@@ -91,15 +91,18 @@ class Reader:
                 if not raw.strip():
                     continue
                 seen += 1
-                if b"\x00" in raw:
-                    self.reject(InputError("binary data, not JSON Lines", name, lineno))
+                try:
+                    if b"\x00" in raw:
+                        raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    self.reject(InputError("binary data, not JSON Lines (not UTF-8 text)", name, lineno))
                     continue
                 try:
                     obj = orjson.loads(raw)
                 except orjson.JSONDecodeError as e:
-                    what = "not valid UTF-8" if "UTF-8" in str(e) else "not valid JSON"
                     tail = "" if raw.endswith(b"\n") else " (the line is cut off: a truncated file?)"
-                    self.reject(InputError(f"{what}: {e}{tail}", name, lineno))
+                    self.reject(InputError(f"not valid JSON: {e}{tail}", name, lineno))
                     continue
                 if not isinstance(obj, dict):
                     self.reject(InputError(f"expected a JSON object, got {type_name(obj)}", name, lineno))
@@ -241,6 +244,11 @@ class Stats:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Write to a temporary name beside the target, then rename: readers never see half a file."""
+    if os.path.exists(path) and not os.path.isfile(path):  # /dev/stderr, a fifo: nothing to rename
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    path = os.path.realpath(path)  # replace the file a symlink points at, not the symlink
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)

@@ -176,32 +176,29 @@ EXAMPLE_META: dict[str, type] = {
 
 
 def example_meta(**fields: Any) -> dict:
-    """Fill the fixed example meta: known keys coerced to their type, unknown ones folded into `extra`."""
-    meta: dict[str, Any] = {}
-    extra = {}
+    """Fill the fixed example meta: known keys of the right type kept, anything else folded into `extra`."""
+    out: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     for key, value in fields.items():
-        if key in EXAMPLE_META:
-            meta[key] = value
-        elif value not in (None, "", {}):
+        typ = EXAMPLE_META.get(key)
+        if typ is None or key == "extra":
+            if key != "extra" and value not in (None, "", {}, []):
+                extra[key] = value
+        elif isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+            out[key] = value
+        elif typ is int and isinstance(value, float) and value.is_integer():
+            out[key] = int(value)
+        elif value is not None:
             extra[key] = value
-    if extra and not meta.get("extra"):
-        meta["extra"] = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode()
-    out = {}
-    for key, typ in EXAMPLE_META.items():
-        value = meta.get(key)
-        if value is None:
-            value = typ()
-        elif typ is str and not isinstance(value, str):
-            value = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-        elif typ is int and not isinstance(value, int):
-            value = int(value)
-        out[key] = value
-    out.setdefault("eexp_version", __version__)
-    if not out["eexp_version"]:
-        out["eexp_version"] = __version__
-    if not out["created_utc"]:
-        out["created_utc"] = utc_now()
-    return out
+    if fields.get("extra"):
+        out["extra"] = fields["extra"] if isinstance(fields["extra"], str) else orjson.dumps(
+            fields["extra"], option=orjson.OPT_SORT_KEYS).decode()
+    elif extra:
+        out["extra"] = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode()
+    meta = {key: out.get(key, typ()) for key, typ in EXAMPLE_META.items()}
+    meta["eexp_version"] = meta["eexp_version"] or __version__
+    meta["created_utc"] = meta["created_utc"] or utc_now()
+    return meta
 
 
 # --- states along a trajectory ---------------------------------------------------------------------------------

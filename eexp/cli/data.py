@@ -30,7 +30,10 @@ def imitation_data(io, serializer, include_failed):
     Example:
       eexp expert --env shop -n 100 | eexp imitation-data > il.jsonl
     """
-    io.run(lambda t: imitation_examples(t, serializer, include_failed), validate=expect("trajectory"))
+    io.run(lambda t: imitation_examples(t, serializer, include_failed, io.count), validate=expect("trajectory"))
+    if io.stats.counts.get("unsuccessful_skipped"):
+        click.echo(f"eexp: {io.stats.counts['unsuccessful_skipped']} unsuccessful trajectories not imitated "
+                   "(--include-failed keeps them)", err=True)
 
 
 def _load_summarizer(spec: str | None):
@@ -65,7 +68,7 @@ def world_model_data(io, serializer, max_chars, summarizer):
     io.run(lambda o: world_model_examples(o, serializer, max_chars, summarize, io.count), validate=expect("outcome"))
 
 
-@cli.command()
+@cli.command("mix", context_settings={"ignore_unknown_options": True})  # so `-:3` (stdin, weight 3) is a source
 @click.argument("sources", nargs=-1, required=True, metavar="FILE[:WEIGHT]...")
 @click.option("-o", "--output", default="-", metavar="FILE", help="Write here instead of stdout.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the interleave and the shuffle.")
@@ -89,6 +92,9 @@ def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_
       eexp mix --concat il.jsonl sr.jsonl > sr_train.jsonl
       eexp imitation-data < expert.jsonl | eexp mix -:1
     """
+    for source in sources:
+        if source.startswith("-") and source != "-" and not source.startswith("-:"):
+            raise click.NoSuchOption(source.split("=")[0])
     try:
         parsed = [parse_source(s) for s in sources]
     except ValueError as e:
@@ -120,8 +126,6 @@ def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_
             click.echo(f"eexp: skipped {run_stats.skipped} bad record(s)", err=True)
         run_stats.write(stats)
 
-
-mix_command.name = "mix"
 
 
 @cli.command()

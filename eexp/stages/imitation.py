@@ -9,10 +9,12 @@ from eexp.prompts import Serializer, format_action
 from eexp.records import example_meta, trajectory_states
 
 
-def imitation_examples(trajectory: dict, serializer: Serializer, include_failed: bool = False) -> Iterator[dict]:
+def imitation_examples(trajectory: dict, serializer: Serializer, include_failed: bool = False,
+                       count=lambda name: None) -> Iterator[dict]:
     """Yields nothing for an unsuccessful trajectory unless include_failed (imitating failures teaches them)."""
     if not trajectory["success"] and not include_failed:
-        raise RecordError("trajectory did not succeed (use --include-failed to imitate it anyway)")
+        count("unsuccessful_skipped")
+        return
     if not trajectory["steps"]:
         raise RecordError("steps: empty, nothing to imitate")
     for step, state, action in trajectory_states(trajectory):

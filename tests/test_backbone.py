@@ -1,0 +1,329 @@
+"""The JSONL layer, records, the serializer and the three model-free stages (imitation-data, world-model-data, mix)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from eexp.cli import cli
+from eexp.io import in_shard, prepare_resume
+from eexp.prompts import Serializer, parse_reply
+from eexp.records import EXAMPLE_META, kind_of, validate
+
+DATA = Path(__file__).parent / "data"
+TRAJ = str(DATA / "trajectories.jsonl")
+OUTCOMES = str(DATA / "outcomes.jsonl")
+EEXP = [sys.executable, "-m", "eexp"]
+
+
+def lines(text: str) -> list[dict]:
+    return [orjson.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def write(path: Path, content: bytes | str) -> str:
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return str(path)
+
+
+# --- imitation-data ---------------------------------------------------------------------------------------------
+
+def test_imitation_data_one_example_per_expert_step(runner):
+    result = runner.invoke(cli, ["imitation-data", TRAJ])
+    assert result.exit_code == 0, result.output
+    examples = lines(result.stdout)
+    assert len(examples) == 8  # 4 + 4 steps; the unsuccessful third trajectory is not imitated
+    first = examples[0]
+    assert first["id"] == "il:shop:train-00001#0" and first["source_id"] == "shop:train-00001"
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+    assert first["messages"][-1]["content"] == "Action: search[red cotton t-shirt]"
+    assert "Task: i need a red cotton t-shirt" in first["messages"][1]["content"]
+    assert "search[blue wool sweater]" in first["messages"][1]["content"]  # admissible actions listed
+    assert set(first["meta"]) == set(EXAMPLE_META) and first["meta"]["kind"] == "il"
+    assert "1 unsuccessful trajectories not imitated" in result.stderr
+
+
+def test_imitation_data_history_is_the_last_n_steps(runner):
+    result = runner.invoke(cli, ["imitation-data", TRAJ, "--history", "1"])
+    last = lines(result.stdout)[3]["messages"][1]["content"]
+    assert "(2 earlier steps not shown)" in last
+    assert "Action: click[m]" in last and "Action: search[red cotton t-shirt]" not in last
+
+
+def test_imitation_data_include_failed(runner):
+    result = runner.invoke(cli, ["imitation-data", TRAJ, "--include-failed"])
+    assert len(lines(result.stdout)) == 11
+
+
+def test_the_same_input_gives_the_same_records(runner):
+    a = runner.invoke(cli, ["imitation-data", TRAJ]).stdout
+    b = runner.invoke(cli, ["imitation-data", TRAJ]).stdout
+    strip = lambda text: [{**r, "meta": {**r["meta"], "created_utc": ""}} for r in lines(text)]  # noqa: E731
+    assert strip(a) == strip(b)
+
+
+# --- world-model-data --------------------------------------------------------------------------------------------
+
+def test_world_model_data_keeps_expert_and_invalid_transitions(runner, tmp_path):
+    stats = tmp_path / "stats.json"
+    result = runner.invoke(cli, ["world-model-data", OUTCOMES, "--stats", str(stats)])
+    assert result.exit_code == 0, result.output
+    examples = lines(result.stdout)
+    assert len(examples) == 6  # 1+2 and 1+2 (one alternative failed to execute)
+    ids = [e["id"] for e in examples]
+    assert ids[0] == "wm:shop:train-00001#0:expert" and "wm:shop:train-00001#1:2" not in ids
+    invalid = next(e for e in examples if "green t-shirt" in e["meta"]["action"])
+    assert invalid["messages"][-1]["content"].startswith("Observation: invalid action")
+    assert invalid["messages"][0]["content"].startswith("You are a world model")
+    assert invalid["messages"][1]["content"].endswith("Action: click[green t-shirt]")
+    assert invalid["meta"]["seed"] == 99 and invalid["meta"]["action_source"] == "policy"
+    counts = orjson.loads(stats.read_bytes())
+    assert counts["records_in"] == 2 and counts["records_out"] == 6
+    assert counts["not_executed"] == 1 and counts["invalid_actions"] == 1
+
+
+def test_world_model_data_max_chars(runner):
+    result = runner.invoke(cli, ["world-model-data", OUTCOMES, "--max-chars", "20"])
+    for example in lines(result.stdout):
+        assert len(example["messages"][-1]["content"]) <= len("Observation: ") + 20
+
+
+# --- mix ---------------------------------------------------------------------------------------------------------
+
+def make_examples(path: Path, tag: str, n: int) -> str:
+    records = [{"id": f"{tag}{i}", "source_id": f"{tag}", "messages": [
+        {"role": "user", "content": f"{tag} question {i}"}, {"role": "assistant", "content": f"Action: {tag}{i}"}]}
+        for i in range(n)]
+    return write(path, b"".join(orjson.dumps(r) + b"\n" for r in records))
+
+
+def test_mix_uses_every_record_once_with_weights_as_ratios(runner, tmp_path):
+    a = make_examples(tmp_path / "a.jsonl", "a", 300)
+    b = make_examples(tmp_path / "b.jsonl", "b", 100)
+    out = lines(runner.invoke(cli, ["mix", f"{a}:3", b, "--seed", "1"]).stdout)
+    assert sorted(r["id"] for r in out) == sorted([f"a{i}" for i in range(300)] + [f"b{i}" for i in range(100)])
+    first_half = [r["id"][0] for r in out[:200]]
+    assert 120 < first_half.count("a") < 180  # 3:1 while both last
+    again = lines(runner.invoke(cli, ["mix", f"{a}:3", b, "--seed", "1"]).stdout)
+    assert [r["id"] for r in again] == [r["id"] for r in out]
+    other = lines(runner.invoke(cli, ["mix", f"{a}:3", b, "--seed", "2"]).stdout)
+    assert [r["id"] for r in other] != [r["id"] for r in out]
+
+
+def test_mix_concat_shuffle_dedup_limit(runner, tmp_path):
+    a = make_examples(tmp_path / "a.jsonl", "a", 50)
+    b = make_examples(tmp_path / "b.jsonl", "b", 50)
+    concat = lines(runner.invoke(cli, ["mix", "--concat", a, b]).stdout)
+    assert [r["id"] for r in concat] == [f"a{i}" for i in range(50)] + [f"b{i}" for i in range(50)]
+    shuffled = lines(runner.invoke(cli, ["mix", "--concat", a, b, "--shuffle-buffer", "10"]).stdout)
+    assert sorted(r["id"] for r in shuffled) == sorted(r["id"] for r in concat)
+    assert [r["id"] for r in shuffled] != [r["id"] for r in concat]
+    deduped = runner.invoke(cli, ["mix", a, a, "--dedup", "--stats", str(tmp_path / "s.json")])
+    assert len(lines(deduped.stdout)) == 50
+    assert orjson.loads((tmp_path / "s.json").read_bytes())["duplicates"] == 50
+    assert len(lines(runner.invoke(cli, ["mix", a, b, "--limit", "7"]).stdout)) == 7
+
+
+def test_mix_reads_stdin_with_a_weight(runner, tmp_path):
+    a = make_examples(tmp_path / "a.jsonl", "a", 5)
+    result = runner.invoke(cli, ["mix", "-:1"], input=Path(a).read_text())
+    assert result.exit_code == 0 and len(lines(result.stdout)) == 5
+
+
+def test_mix_output_loads_with_datasets(runner, tmp_path):
+    """Mixed meta shapes (ours, a user's with other keys and types, none) must not break Arrow."""
+    datasets = pytest.importorskip("datasets")
+    il = runner.invoke(cli, ["imitation-data", TRAJ]).stdout
+    wm = runner.invoke(cli, ["world-model-data", OUTCOMES]).stdout
+    user = [{"id": "u1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a",
+                                                                        "weight": 1}],
+             "meta": {"step": "three", "score": 0.5}},
+            {"id": "u2", "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]}]
+    files = [write(tmp_path / "il.jsonl", il), write(tmp_path / "wm.jsonl", wm),
+             write(tmp_path / "user.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in user))]
+    mixed = runner.invoke(cli, ["mix", *files, "-o", str(tmp_path / "mix.jsonl")])
+    assert mixed.exit_code == 0, mixed.output
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "mix.jsonl"), split="train")
+    assert ds.num_rows == 16
+    row = next(r for r in ds if r["id"] == "u1")
+    assert row["meta"]["step"] == 0 and '"step":"three"' in row["meta"]["extra"]
+
+
+# --- validate ----------------------------------------------------------------------------------------------------
+
+def test_validate_names_kinds_and_problems(runner, tmp_path):
+    ok = runner.invoke(cli, ["validate", TRAJ, OUTCOMES])
+    assert ok.exit_code == 0
+    assert f"{TRAJ}: 3 trajectory" in ok.stdout and f"{OUTCOMES}: 2 outcome" in ok.stdout
+    record = orjson.loads(Path(TRAJ).read_text().splitlines()[0])
+    record["steps"][1]["action"] = 7
+    bad = write(tmp_path / "bad.jsonl", orjson.dumps(record) + b"\n")
+    result = runner.invoke(cli, ["validate", bad])
+    assert result.exit_code == 1
+    assert f"{bad}:1: steps[1].action: expected a string, got a number" in result.stderr
+
+
+def test_validate_kinds():
+    record = orjson.loads(Path(OUTCOMES).read_text().splitlines()[0])
+    assert kind_of(record) == "outcome" and validate(record, "outcome") is None
+    del record["expert"]["next_observation"]
+    assert kind_of(record) == "branch"
+    del record["state"]["goal"]
+    assert validate(record, "branch") == "state.goal: missing"
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+GOOD = orjson.loads(Path(TRAJ).read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize("content, message", [
+    (orjson.dumps(GOOD)[:-40] + b"\n", ":1: not valid JSON"),
+    (b"[1, 2]\n", ":1: expected a JSON object, got a list"),
+    (orjson.dumps({k: v for k, v in GOOD.items() if k != "task"}) + b"\n", ":1: task: missing"),
+    (orjson.dumps({**GOOD, "success": "yes"}) + b"\n", ":1: success: expected a boolean, got a string"),
+    (b"", ": empty file (no records)"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\n", ":1: binary data, not JSON Lines"),
+    (b'{"id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n',
+     ":1: expected a trajectory, got a training example"),
+])
+def test_bad_input_names_file_and_line(runner, tmp_path, content, message):
+    path = write(tmp_path / "in.jsonl", content)
+    result = runner.invoke(cli, ["imitation-data", path])
+    assert result.exit_code == 1
+    assert f"Error: {path}{message}" in result.stderr
+
+
+def test_truncated_last_line_says_so(runner, tmp_path):
+    path = write(tmp_path / "in.jsonl", orjson.dumps(GOOD) + b"\n" + orjson.dumps(GOOD)[:50])
+    result = runner.invoke(cli, ["imitation-data", path])
+    assert result.exit_code == 1
+    assert f"{path}:2: not valid JSON" in result.stderr and "(the line is cut off: a truncated file?)" in result.stderr
+    assert len(lines(result.stdout)) == 4  # the good record before it was written
+
+
+def test_trajectories_fed_to_mix(runner):
+    result = runner.invoke(cli, ["mix", TRAJ])
+    assert result.exit_code == 1
+    assert f"Error: {TRAJ}:1: expected a training example, got a trajectory" in result.stderr
+
+
+def test_missing_file(runner):
+    result = runner.invoke(cli, ["imitation-data", "nope.jsonl"])
+    assert result.exit_code == 1 and "Error: nope.jsonl: no such file" in result.stderr
+
+
+def test_bad_shard_is_a_usage_error(runner):
+    result = runner.invoke(cli, ["imitation-data", TRAJ, "--shard", "3/2"])
+    assert result.exit_code == 2
+    assert "--shard 3/2: I must be between 1 and N (here 1 to 2)" in result.stderr
+
+
+def test_unwritable_output(runner, tmp_path):
+    result = runner.invoke(cli, ["imitation-data", TRAJ, "-o", str(tmp_path / "no" / "dir" / "out.jsonl")])
+    assert result.exit_code == 1 and "out.jsonl: cannot write (No such file or directory)" in result.stderr
+
+
+def test_on_error_skip_counts(runner, tmp_path):
+    good = Path(TRAJ).read_text().splitlines()[0]
+    path = write(tmp_path / "in.jsonl", f"{good}\nnot json\n[]\n{good}\n")
+    stats = tmp_path / "stats.json"
+    result = runner.invoke(cli, ["imitation-data", path, "--on-error", "skip", "--stats", str(stats)])
+    assert result.exit_code == 0
+    assert len(lines(result.stdout)) == 8
+    assert "eexp: skipped 2 bad record(s)" in result.stderr
+    assert orjson.loads(stats.read_bytes())["skipped"] == 2
+
+
+def test_resume_without_output_is_a_usage_error(runner):
+    assert runner.invoke(cli, ["imitation-data", TRAJ, "--resume"]).exit_code == 2
+
+
+# --- shards and resume -------------------------------------------------------------------------------------------
+
+def test_shards_partition_and_keep_trajectories_whole(runner, tmp_path):
+    full = lines(runner.invoke(cli, ["world-model-data", OUTCOMES, OUTCOMES]).stdout)
+    parts = [lines(runner.invoke(cli, ["world-model-data", OUTCOMES, OUTCOMES, "--shard", f"{i}/3"]).stdout)
+             for i in (1, 2, 3)]
+    assert sorted(r["id"] for p in parts for r in p) == sorted(r["id"] for r in full)
+    assert sum(1 for p in parts if p) == 1  # one trajectory: one shard has all of it
+    keys = [f"traj-{i}" for i in range(1000)]
+    sizes = [sum(in_shard(k, (i, 4)) for k in keys) for i in range(1, 5)]
+    assert sum(sizes) == 1000 and min(sizes) > 200
+
+
+def test_resume_repairs_a_torn_line_and_redoes_the_last_input(runner, tmp_path):
+    out = tmp_path / "il.jsonl"
+    complete = runner.invoke(cli, ["imitation-data", TRAJ, "-o", str(out)])
+    assert complete.exit_code == 0
+    whole = out.read_bytes()
+    # killed during the second trajectory: 5 whole lines and half of the sixth
+    torn = b"".join(whole.splitlines(keepends=True)[:5]) + whole.splitlines(keepends=True)[5][:30]
+    out.write_bytes(torn)
+    stats = tmp_path / "s.json"
+    result = runner.invoke(cli, ["imitation-data", TRAJ, "-o", str(out), "--resume", "--stats", str(stats)])
+    assert result.exit_code == 0, result.output
+    strip = lambda data: [{**r, "meta": {**r["meta"], "created_utc": ""}} for r in lines(data.decode())]  # noqa
+    assert strip(out.read_bytes()) == strip(whole)
+    assert orjson.loads(stats.read_bytes())["resumed"] == 1  # the first trajectory was not redone
+
+
+def test_prepare_resume_on_a_missing_file(tmp_path):
+    assert prepare_resume(str(tmp_path / "none.jsonl")) == set()
+
+
+# --- serializer and action format ----------------------------------------------------------------------------------
+
+def test_serializer_clips_and_lists_admissible():
+    s = Serializer(history=2, max_observation_chars=10, max_admissible=2)
+    text = s.render_state({"goal": "g", "history": [], "observation": "x" * 50, "admissible": ["a", "b", "c"]})
+    assert "x" * 9 + "…" in text and "a\nb\n(and 1 more)" in text
+    assert Serializer.from_dict(s.to_dict()) == s
+
+
+@pytest.mark.parametrize("reply, action, thought", [
+    ("Action: click[buy now]", "click[buy now]", None),
+    ("Thought: the price fits.\n\nAction: click[buy now]", "click[buy now]", "the price fits."),
+    ("thought: maybe\naction:  search[x] ", "search[x]", "maybe"),
+    ("I would buy it.", None, None),
+    ("Action: a\nAction: b", "b", None),
+])
+def test_parse_reply(reply, action, thought):
+    assert parse_reply(reply) == (action, thought)
+
+
+# --- process behaviour: pipes and signals ---------------------------------------------------------------------------
+
+def test_broken_pipe_exits_quietly(tmp_path):
+    a = make_examples(tmp_path / "a.jsonl", "a", 20000)
+    proc = subprocess.run(f"{sys.executable} -m eexp mix {a} | head -n 1", shell=True, capture_output=True)
+    assert proc.returncode == 0 and proc.stderr == b"" and proc.stdout.count(b"\n") == 1
+
+
+def test_ctrl_c_exits_130_with_whole_lines(tmp_path):
+    """Interrupt a stage reading from a slow pipe: exit 130 and every written line is whole JSON."""
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([*EEXP, "imitation-data", "-o", str(out)], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdin.write(Path(TRAJ).read_bytes().splitlines(keepends=True)[0])
+    proc.stdin.flush()
+    for _ in range(100):  # wait for the first trajectory's examples
+        if out.exists() and out.read_bytes().count(b"\n") >= 4:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+    assert len([orjson.loads(x) for x in out.read_bytes().splitlines()]) == 4
+
+
+def test_python_dash_m_and_version():
+    proc = subprocess.run([*EEXP, "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "eexp, version" in proc.stdout
