@@ -54,3 +54,4 @@ def main() -> None:
 from eexp.cli import data  # noqa: E402,F401
 from eexp.cli import envs  # noqa: E402,F401
 from eexp.cli import models  # noqa: E402,F401
+from eexp.cli import evaluate  # noqa: E402,F401
