@@ -1,0 +1,20 @@
+# The two things a new user runs (README): the demo loop and the tests. Both install what is missing first.
+VENV := .venv
+
+.PHONY: install dev test test-fast demo
+install: $(VENV)/.installed-all
+dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-all: pyproject.toml install.sh
+	./install.sh
+$(VENV)/.installed-dev: pyproject.toml install.sh
+	./install.sh --dev
+
+test: dev
+	$(VENV)/bin/pytest -q
+
+test-fast: dev
+	$(VENV)/bin/pytest -q -m "not slow"
+
+demo:
+	$(MAKE) -C recipes demo

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up .venv with eexp and everything it uses: ./install.sh (users) or ./install.sh --dev (tests, benchmarks).
+#
+# torch is installed first, on its own: on a machine without an NVIDIA GPU from the CPU wheel index, so pip never
+# pulls several GB of CUDA packages; with a GPU, the default (CUDA) build. Set EEXP_TORCH to choose yourself, e.g.
+#   EEXP_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" ./install.sh
+# llama-cpp-python compiles from source (about 8 minutes on 2 cores, then pip's wheel cache makes it quick); for GPU
+# rollouts build it with CUDA: CMAKE_ARGS="-DGGML_CUDA=on" ./install.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+extras=all
+[ "${1:-}" = "--dev" ] && extras=dev
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if [ -n "${EEXP_TORCH:-}" ]; then
+    # shellcheck disable=SC2086
+    "${pip[@]}" install $EEXP_TORCH
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    "${pip[@]}" install "torch>=2.2"
+  else
+    echo "install.sh: no NVIDIA GPU found: installing the CPU build of torch" >&2
+    "${pip[@]}" install --retries 1 "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+
+# With torch present, the extras' torch requirement is already satisfied and nothing more is fetched for it.
+"${pip[@]}" install -e ".[${extras}]"
+# BFCL's package declares multi-GB dependencies (CUDA torch, vendor SDKs) that its multi-turn checker does not use.
+"${pip[@]}" install --no-deps "bfcl-eval>=2025" mpmath
+touch ".venv/.installed-${extras}"
+echo "install.sh: ready (.venv, extras: ${extras}). Try: .venv/bin/eexp --help" >&2
