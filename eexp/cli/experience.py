@@ -1,0 +1,116 @@
+"""Commands that collect the agent's own early experience: branch (propose alternatives at expert states) and
+rollout (execute them in the environment)."""
+
+from __future__ import annotations
+
+import click
+
+from eexp.cli import cli
+from eexp.cli.options import policy_options, sampling_options, serializer_options, stage_options
+from eexp.prompts import Serializer
+from eexp.records import expect
+from eexp.stages.branch import PROPOSE_MODES, Brancher, parse_steps
+from eexp.stages.rollout import Rollout
+
+SERIALIZER_PARAMS = ("history", "max_observation_chars", "max_history_chars", "max_admissible", "no_admissible")
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _check_steps(ctx, param, value):
+    try:
+        return parse_steps(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param)
+
+
+@cli.command()
+@stage_options
+@policy_options
+@sampling_options
+@serializer_options
+@click.option("--propose", type=click.Choice(PROPOSE_MODES), default=None,
+              help="Where alternatives come from: the policy's samples, uniform draws from the admissible actions, "
+              "or both (WebShop's mix). Default: policy when --policy is given, else admissible.")
+@click.option("--steps", callback=_check_steps, metavar="LIST",
+              help="Branch only these steps (from 0), e.g. 0,2,5-7. Default: every step.")
+@click.option("--max-steps-per-trajectory", type=click.IntRange(min=1), metavar="N",
+              help="Branch at most N steps of a trajectory, evenly spaced (first and last included).")
+def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperature, k, serializer, propose, steps,
+           max_steps_per_trajectory):
+    """Trajectories -> one branch record per expert step, with up to K alternative actions.
+
+    Alternatives are distinct and never the expert action (after the environment's canonicalization). With
+    --propose policy the model samples K actions at --temperature (one seed per alternative, recorded); repeats,
+    the expert action and inadmissible ones are replaced by uniform admissible actions (`topped_up` in --stats).
+    The paper proposes differently per method, so run branch once per method: IWM wants many (admissible, K up to
+    8), SR a few from the policy (K 2-4).
+
+    \b
+    Example:
+      eexp expert --env shop -n 100 > expert.jsonl
+      eexp branch -k 8 expert.jsonl > iwm_branches.jsonl
+      eexp branch --policy m.gguf -k 3 expert.jsonl | eexp rollout > sr_outcomes.jsonl
+    """
+    propose = propose or ("policy" if policy_spec else "admissible")
+    if propose != "admissible" and not policy_spec:
+        raise click.UsageError(f"--propose {propose} needs --policy (a model to sample alternatives from)")
+    policy = None
+    settings = {}
+    if propose == "admissible":
+        if policy_spec:
+            _note("eexp: --propose admissible draws from the admissible lists; --policy is not used")
+    else:
+        from eexp.policies import load_policy
+        policy = load_policy(policy_spec, policy_args, act=act, max_tokens=max_tokens, top_p=top_p)
+        settings = {"act": act or "", "max_tokens": max_tokens, "top_p": top_p}
+        # A model trained by eexp carries the serializer it was trained with: prompt it the same way unless the
+        # user set the serializer options.
+        ctx = click.get_current_context()
+        recorded = policy.serializer_settings()
+        if recorded and all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT
+                            for p in SERIALIZER_PARAMS):
+            serializer = Serializer.from_dict(recorded)
+    for name in ("topped_up", "short_of_k"):
+        io.count(name, 0)
+    brancher = Brancher(propose, k, policy=policy, seed=seed, temperature=temperature, serializer=serializer,
+                        steps=steps, max_steps=max_steps_per_trajectory, count=io.count, note=_note,
+                        policy_settings=settings)
+    try:
+        io.run(brancher, validate=expect("trajectory"), unit="traj")
+    finally:
+        brancher.close()
+        if policy is not None:
+            policy.close()
+
+
+@cli.command()
+@stage_options
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Environment worker processes (each takes whole trajectories); output stays in input order.")
+@click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="An environment step that takes longer is an error on that action; the environment is "
+              "restarted and the stage goes on. Default: no limit.")
+def rollout(io, jobs, step_timeout):
+    """Branch records -> outcome records: the expert action and every alternative executed from the recorded state.
+
+    Fills next_observation, reward, done and valid for the expert and each alternative. Before each execution the
+    observation reached is checked against the recorded one; a mismatch is an `error` (on the record when the
+    state cannot be reached, on the alternative otherwise), counted as state_mismatches in --stats. States are
+    reached by snapshot where the environment can, else by the shortest replay.
+
+    \b
+    Example:
+      eexp branch -k 8 expert.jsonl | eexp rollout -j 4 --stats rollout.json > outcomes.jsonl
+      eexp rollout branches.jsonl -o outcomes.jsonl --resume
+    """
+    for name in ("env_steps", "errors", "state_mismatches", "env_restarts"):
+        io.count(name, 0)
+    runner = Rollout(jobs=jobs, step_timeout=step_timeout, count=io.count, note=_note)
+    try:
+        io.run(runner.feed, validate=expect("branch"), input_key=lambda r: r.get("source_id"),
+               finish=runner.finish)
+    finally:
+        runner.close()

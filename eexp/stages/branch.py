@@ -1,0 +1,203 @@
+"""branch: at every expert state of a trajectory, propose up to K alternative actions (DESIGN.md "branch").
+
+Three ways to propose, as in the paper (Appendix B):
+
+- `admissible`: K drawn uniformly, without replacement, from the state's admissible list (ALFWorld/ScienceWorld IWM);
+- `policy`: K samples from the model at the given temperature, one seed each; a proposal that repeats another, equals
+  the expert action or is not admissible is dropped and the gap is topped up from the admissible list (ALFWorld SR);
+- `mixed`: half from the policy, the rest uniform admissible ones (WebShop).
+
+Alternatives are deduplicated and never equal to the expert action after the environment's canonicalization.
+No environment step is taken here; `rollout` executes them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Callable, Iterator
+
+import orjson
+
+from eexp.envs.base import Env, make_env
+from eexp.io import RecordError
+from eexp.policies.base import Policy, derive_seed
+from eexp.prompts import Serializer
+from eexp.records import make_meta, trajectory_states
+
+PROPOSE_MODES = ("policy", "admissible", "mixed")
+
+
+def parse_steps(spec: str | None) -> set[int] | None:
+    """`0,2,5-7` -> {0, 2, 5, 6, 7}; None or "" -> None (every step). Raises ValueError with what is wrong."""
+    if not spec:
+        return None
+    chosen: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise ValueError(f"expected step numbers and ranges like 0,2,5-7, got {part!r}") from None
+        if a < 0 or b < a:
+            raise ValueError(f"bad step range {part!r} (steps count from 0; a range is LOW-HIGH)")
+        chosen.update(range(a, b + 1))
+    return chosen
+
+
+def spread(indices: list[int], n: int) -> list[int]:
+    """At most n of `indices`, evenly spaced, first and last included (a long trajectory, sampled along its length)."""
+    if n <= 0 or len(indices) <= n:
+        return indices
+    if n == 1:
+        return indices[:1]
+    return [indices[round(j * (len(indices) - 1) / (n - 1))] for j in range(n)]
+
+
+class Brancher:
+    """Turns a trajectory into its branch records. Call it with a trajectory; it yields one record per chosen step.
+
+    `count(name, n)` receives the stage counts for --stats (`topped_up`, `short_of_k`, ...); `note(msg)` gets
+    the one-time stderr notes.
+    """
+
+    def __init__(self, propose: str, k: int, *, policy: Policy | None = None, seed: int = 0,
+                 temperature: float = 1.0, serializer: Serializer | None = None, steps: set[int] | None = None,
+                 max_steps: int | None = None, count: Callable[[str, int], None] | None = None,
+                 note: Callable[[str], None] | None = None, env_factory: Callable[..., Env] = make_env,
+                 policy_settings: dict | None = None):
+        if propose not in PROPOSE_MODES:
+            raise ValueError(f"propose must be one of {', '.join(PROPOSE_MODES)}, got {propose!r}")
+        if propose != "admissible" and policy is None:
+            raise ValueError(f"--propose {propose} needs a policy")
+        self.propose, self.k, self.policy, self.seed = propose, k, policy, seed
+        self.temperature = temperature
+        self.serializer = serializer or Serializer()
+        self.steps, self.max_steps = steps, max_steps
+        self.count = count or (lambda name, n=1: None)
+        self.note = note or (lambda msg: None)
+        self.env_factory = env_factory
+        self._envs: dict[str, Env] = {}
+        self._noted: set[str] = set()
+        # What every record's meta says about how it was made (the time is added per record).
+        self.meta_fields: dict[str, Any] = {"propose": propose, "k": k, "seed": seed,
+                                            "serializer": self.serializer.to_dict()}
+        if policy is not None:
+            self.meta_fields.update(policy.describe())
+            self.meta_fields.update(temperature=temperature, **(policy_settings or {}))
+
+    # --- the environment, for canonicalization only ---------------------------------------------------------------
+
+    def env_for(self, env_record: dict) -> Env:
+        """One instance per (name, kwargs), made on first need: branch only canonicalizes with it (and hands it to
+        the oracle / random baselines as context); it never steps it."""
+        key = orjson.dumps([env_record["name"], env_record.get("kwargs") or {}], option=orjson.OPT_SORT_KEYS).decode()
+        if key not in self._envs:
+            self._envs[key] = self.env_factory(env_record["name"], **(env_record.get("kwargs") or {}))
+        return self._envs[key]
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+    def _note_once(self, key: str, message: str) -> None:
+        if key not in self._noted:
+            self._noted.add(key)
+            self.note(message)
+
+    # --- records ------------------------------------------------------------------------------------------------
+
+    def chosen_steps(self, n_steps: int) -> list[int]:
+        indices = [i for i in range(n_steps) if self.steps is None or i in self.steps]
+        return spread(indices, self.max_steps or 0)
+
+    def __call__(self, trajectory: dict) -> Iterator[dict]:
+        tid = trajectory["id"]
+        steps = trajectory["steps"]
+        if not steps:
+            raise RecordError("steps: empty, no state to branch from")
+        chosen = set(self.chosen_steps(len(steps)))
+        env_record = {"name": trajectory["env"]["name"], "version": trajectory["env"]["version"],
+                      "kwargs": trajectory["env"].get("kwargs") or {}}
+        for step, state, expert in trajectory_states(trajectory):
+            if step not in chosen:
+                continue
+            record_id = f"{tid}#{step}"
+            alternatives = self.alternatives(record_id, state, expert, env_record, trajectory["task"], step)
+            yield {
+                "id": record_id,
+                "source_id": tid,
+                "trajectory_id": tid,
+                "step": step,
+                "env": env_record,
+                "task": trajectory["task"],
+                "prefix": [s["action"] for s in steps[:step]],
+                "state": state,
+                "expert": {"action": expert},
+                "alternatives": alternatives,
+                "meta": make_meta("branch", env=env_record["name"], env_version=env_record["version"],
+                                  **self.meta_fields),
+            }
+
+    def alternatives(self, record_id: str, state: dict, expert: str, env_record: dict, task: dict,
+                     step: int) -> list[dict]:
+        admissible = state.get("admissible")
+        if self.k == 0:
+            return []
+        if self.propose == "admissible" and not admissible:
+            # Nothing to draw from: the record still exists (every step gets one), with no alternatives.
+            self.count("no_admissible", 1)
+            self._note_once("no_admissible", "eexp: some states list no admissible actions, so --propose "
+                            "admissible gives them no alternatives (use --policy to propose with a model)")
+            return []
+        env = self.env_for(env_record)
+        canonical = env.canonicalize
+        taken = {canonical(expert)}
+        chosen: list[dict] = []
+
+        def add(action: str, source: str, seed: int | None = None) -> bool:
+            key = canonical(action)
+            if not key or key in taken:
+                return False
+            taken.add(key)
+            chosen.append({"action": action, "source": source, **({"seed": seed} if seed else {})})
+            return True
+
+        # 1. The policy's share: one sample per seed, issued together so a backend evaluates the prompt once.
+        n_policy = 0 if self.propose == "admissible" else \
+            math.ceil(self.k / 2) if self.propose == "mixed" and admissible else self.k
+        if n_policy:
+            seeds = [derive_seed(self.seed, record_id, j) for j in range(n_policy)]
+            replies = self.policy.sample(self.serializer.policy_messages(state), admissible=admissible, seeds=seeds,
+                                         temperature=self.temperature,
+                                         context={"env": env, "task": task, "step": step})
+            for seed, reply in zip(seeds, replies):
+                if reply.action is None or (admissible is not None and reply.valid is False):
+                    self.count("invalid_proposals", 1)
+                elif not add(reply.action, "policy", reply.seed or seed):
+                    self.count("repeated_proposals", 1)
+
+        # 2. The rest uniformly from the admissible list, from a seed of this record alone.
+        if admissible:
+            pool, seen = [], set(taken)
+            for a in admissible:
+                key = canonical(a)
+                if key not in seen:
+                    seen.add(key)
+                    pool.append(a)
+            want = self.k - len(chosen)
+            rng = random.Random(derive_seed(self.seed, f"{record_id}/admissible", 0))
+            picked = rng.sample(pool, min(want, len(pool))) if want > 0 else []
+            for a in picked:
+                add(a, "admissible")
+            planned = self.k - n_policy   # the admissible share by design (mixed, admissible)
+            if len(picked) > planned:
+                self.count("topped_up", len(picked) - planned)
+        if len(chosen) < self.k:
+            self.count("short_of_k", 1)
+            self._note_once("short_of_k", f"eexp: some states have fewer than K={self.k} distinct alternatives "
+                            "besides the expert action; all there were are taken (count: short_of_k in --stats)")
+        return chosen

@@ -1,0 +1,303 @@
+"""rollout: execute the expert action and every alternative of a branch record from its recorded state.
+
+The records of one trajectory are walked in one environment, so reaching step i costs as little as the environment
+allows:
+
+- with snapshots: the state is snapshotted when reached, each alternative is `restore -> step`, and the expert
+  action is stepped last from a restore, which leaves the environment at step i+1 for the next record:
+  K + 1 steps a state, (K + 1)·T for a T-step trajectory;
+- without: the env stands at step i when the record arrives (the previous record's expert step took it there);
+  the first alternative is stepped from there, every later execution is a reset + replay of the i-step prefix,
+  and the expert action goes last again: about K·T²/2 steps, against (K + 1)·T²/2 for a replay per execution.
+
+Before every execution the observation reached is compared with the recorded one (eexp.envs.reach.check_state):
+a mismatch is an `error` (on the record, or on the alternative when a later replay diverges), never silently wrong
+data. An exception or a hang (`--step-timeout`) inside the environment is an `error` on that alternative; the
+environment is then restarted and the stage goes on.
+
+`-j N` runs whole trajectories in N worker processes, each keeping one environment per (name, kwargs), and
+writes the outcomes in input order.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import multiprocessing
+from typing import Any, Callable, Iterator
+
+import orjson
+
+from eexp.envs.base import Env, EnvError, env_class, make_env
+from eexp.envs.reach import ReachError, StateMismatch, check_state, guarded, reach
+from eexp.io import RecordError
+from eexp.records import make_meta
+
+INSTALL_HINT = ("eexp's optional environments come with `pip install 'eexp[all]'` (BFCL: `pip install --no-deps "
+                "bfcl-eval mpmath`); a third-party one with the package that registers it under the `eexp.envs` "
+                "entry points")
+
+
+def env_key(env_record: dict) -> str:
+    return orjson.dumps([env_record["name"], env_record.get("kwargs") or {}], option=orjson.OPT_SORT_KEYS).decode()
+
+
+class EnvPool:
+    """One live environment per (name, kwargs) in this process; a crashed or hung one is closed and made again."""
+
+    def __init__(self, factory: Callable[..., Env] = make_env, timeout: float | None = None):
+        self.factory, self.timeout = factory, timeout
+        self.envs: dict[str, Env] = {}
+        self.generation: dict[str, int] = collections.Counter()   # bumped on every restart
+
+    def get(self, env_record: dict) -> Env:
+        key = env_key(env_record)
+        if key not in self.envs:
+            self.envs[key] = self.factory(env_record["name"], **(env_record.get("kwargs") or {}))
+        return self.envs[key]
+
+    def restart(self, env_record: dict) -> None:
+        key = env_key(env_record)
+        env = self.envs.pop(key, None)
+        self.generation[key] += 1
+        if env is not None:
+            try:  # a hung environment may hang on close too: bounded, and its failure is not ours to report
+                guarded(env.close, "closing after an error", self.timeout)
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        for key in list(self.envs):
+            try:
+                self.envs.pop(key).close()
+            except Exception:
+                pass
+
+
+class Walk:
+    """Where one environment stands on one trajectory, and the cheapest way to a recorded state from there."""
+
+    def __init__(self, pool: EnvPool, env_record: dict, task: dict, counts: collections.Counter):
+        self.pool, self.env_record, self.task, self.counts = pool, env_record, task, counts
+        self.timeout = pool.timeout
+        self._reset_position()
+
+    def _reset_position(self) -> None:
+        self.at: tuple[str, ...] | None = None   # the expert prefix the env stands at (None: off the path/unknown)
+        self.observation = ""
+        self.snap: tuple[tuple[str, ...], Any, str] | None = None   # (prefix, snapshot, observation)
+
+    @property
+    def env(self) -> Env:
+        return self.pool.get(self.env_record)
+
+    def matches(self, record: dict) -> bool:
+        return record["env"] == self.env_record and record["task"] == self.task
+
+    def restart(self) -> None:
+        self.pool.restart(self.env_record)
+        self.counts["env_restarts"] += 1
+        self._reset_position()
+
+    def _step(self, action: str, what: str) -> tuple:
+        result = guarded(lambda: self.env.step(action), what, self.timeout)
+        self.counts["env_steps"] += 1
+        return result
+
+    def reach(self, prefix: tuple[str, ...], expected: str, step: int) -> str:
+        """Put the env at the state after `prefix` and check its observation against the recorded one."""
+        env = self.env
+        if self.at is not None and prefix[:len(self.at)] == self.at:
+            pass                                             # already there, or further along the same path
+        elif self.snap is not None and prefix[:len(self.snap[0])] == self.snap[0]:
+            snap_prefix, snap, observation = self.snap
+            self.at = None
+            guarded(lambda: env.restore(snap), f"restoring step {len(snap_prefix)}", self.timeout)
+            self.at, self.observation = snap_prefix, observation
+        else:
+            self.at = None
+            self.observation = reach(env, self.task, list(prefix), None, self.timeout)
+            self.counts["env_steps"] += len(prefix)
+            self.at = prefix
+        while len(self.at) < len(prefix):                    # walk on along the expert path
+            action = prefix[len(self.at)]
+            position, self.at = self.at, None
+            self.observation = self._step(action, f"expert action {len(position)} {action!r}")[0]
+            self.at = position + (action,)
+        check_state(self.observation, expected, step)
+        if env.can_snapshot and (self.snap is None or self.snap[0] != prefix):
+            self.snap = (prefix, guarded(env.snapshot, f"snapshot at step {step}", self.timeout), self.observation)
+        return self.observation
+
+    def execute(self, prefix: tuple[str, ...], action: str, expected: str, step: int, expert: bool = False) -> tuple:
+        """Reach the state (checked), then step `action`. The expert action keeps the env on the recorded path."""
+        self.reach(prefix, expected, step)
+        self.at = None
+        result = self._step(action, f"action {action!r}")
+        if expert:
+            self.at, self.observation = prefix + (action,), result[0]
+        return result
+
+
+def _fill(target: dict, result: tuple) -> None:
+    observation, reward, done, info = result
+    target.update(next_observation=str(observation), reward=float(reward or 0.0), done=bool(done),
+                  valid=bool((info or {}).get("valid", True)))
+
+
+def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_extra: dict | None = None) -> dict:
+    """The outcome record of one branch record (the walk must match its env and task)."""
+    out = {**record, "expert": dict(record["expert"]), "alternatives": [dict(a) for a in record["alternatives"]]}
+    prefix = tuple(record["prefix"])
+    step = record["step"]
+    expected = record["state"]["observation"]
+    try:
+        env = walk.env
+    except EnvError as e:   # the environment cannot even be made (bad kwargs, a missing data file)
+        out["error"] = f"cannot start the environment: {e}"
+        out["meta"] = make_meta("rollout", env=record["env"]["name"], **(meta_extra or {}),
+                                branch=record.get("meta") or {})
+        counts["errors"] += 1
+        return out
+    out["meta"] = make_meta("rollout", env=env.name or record["env"]["name"], env_version=str(env.version),
+                            snapshots=bool(env.can_snapshot), **(meta_extra or {}),
+                            branch=record.get("meta") or {})
+
+    def failed(target: dict, err: ReachError, what: str = "") -> None:
+        target["error"] = what + str(err)
+        counts["errors"] += 1
+        if isinstance(err, StateMismatch):
+            counts["state_mismatches"] += 1
+        else:
+            walk.restart()   # an exception or a hang: the environment may be broken, start a fresh one
+
+    try:
+        walk.reach(prefix, expected, step)
+    except ReachError as e:
+        failed(out, e, "cannot reach the recorded state: ")
+        return out
+    for alt in out["alternatives"]:
+        try:
+            _fill(alt, walk.execute(prefix, alt["action"], expected, step))
+        except ReachError as e:
+            failed(alt, e)
+    try:
+        _fill(out["expert"], walk.execute(prefix, record["expert"]["action"], expected, step, expert=True))
+    except ReachError as e:
+        failed(out["expert"], e)
+    return out
+
+
+def rollout_group(records: list[dict], pool: EnvPool, meta_extra: dict | None = None) -> tuple[list[dict], dict]:
+    """The outcomes of consecutive records of one trajectory, walked in one environment; and the counts."""
+    counts: collections.Counter = collections.Counter()
+    walk: Walk | None = None
+    outcomes = []
+    for record in records:
+        if walk is None or not walk.matches(record):
+            walk = Walk(pool, record["env"], record["task"], counts)
+        outcomes.append(rollout_record(record, walk, counts, meta_extra))
+    return outcomes, dict(counts)
+
+
+# --- worker processes (-j N) -----------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(factory: Callable[..., Env], timeout: float | None, meta_extra: dict) -> None:
+    import atexit
+    _WORKER["pool"] = EnvPool(factory, timeout)
+    _WORKER["meta"] = meta_extra
+    atexit.register(_WORKER["pool"].close)
+
+
+def _worker_group(records: list[dict]) -> tuple[list[dict], dict]:
+    return rollout_group(records, _WORKER["pool"], _WORKER["meta"])
+
+
+class Rollout:
+    """The stage: `feed(record)` yields the outcomes ready so far, in input order; `finish()` yields the rest.
+
+    With one job the records are walked as they come (a trajectory's env carries over from record to record).
+    With N jobs a trajectory's records are collected until the next trajectory starts, then sent to a worker;
+    at most 2N trajectories are in flight, so memory stays bounded however long the input.
+    """
+
+    def __init__(self, jobs: int = 1, step_timeout: float | None = None, env_factory: Callable[..., Env] = make_env,
+                 count: Callable[[str, int], None] | None = None, note: Callable[[str], None] | None = None):
+        self.jobs, self.step_timeout, self.env_factory = jobs, step_timeout, env_factory
+        self.count = count or (lambda name, n=1: None)
+        self.note = note or (lambda msg: None)
+        self.meta_extra = {"step_timeout": step_timeout} if step_timeout else {}
+        self._envs_checked: dict[str, str | None] = {}
+        self._group: list[dict] = []
+        self._pending: collections.deque = collections.deque()
+        self._walk: Walk | None = None
+        if jobs > 1:
+            # spawn, not fork: a worker must not inherit a parent's JVM or model threads.
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                initargs=(env_factory, step_timeout, self.meta_extra))
+            self._pool = None
+        else:
+            self._executor = None
+            self._pool = EnvPool(env_factory, step_timeout)
+
+    def check_env(self, record: dict) -> None:
+        """An environment that is not installed is this record's error (FILE:LINE, --on-error), said plainly."""
+        name = record["env"]["name"]
+        if name not in self._envs_checked:
+            problem = None
+            if self.env_factory is make_env:
+                try:
+                    cls = env_class(name)
+                    if str(cls.version) != str(record["env"]["version"]):
+                        self.note(f"eexp: the records of {name!r} were made with version {record['env']['version']}"
+                                  f", this is {cls.version}; every state is checked, a changed one becomes an error")
+                except EnvError as e:
+                    problem = f"environment {name!r} is not available here ({e}). {INSTALL_HINT}"
+            self._envs_checked[name] = problem
+        if self._envs_checked[name]:
+            raise RecordError(self._envs_checked[name])
+
+    def _add_counts(self, counts: dict) -> None:
+        for name, n in counts.items():
+            self.count(name, n)
+
+    def feed(self, record: dict) -> Iterator[dict]:
+        self.check_env(record)
+        if self._executor is None:   # walk it now: the env stays where the previous record of the trajectory left it
+            counts: collections.Counter = collections.Counter()
+            if self._walk is None or not self._walk.matches(record):
+                self._walk = Walk(self._pool, record["env"], record["task"], counts)
+            self._walk.counts = counts
+            out = rollout_record(record, self._walk, counts, self.meta_extra)
+            self._add_counts(counts)
+            yield out
+            return
+        if self._group and self._group[-1]["trajectory_id"] != record["trajectory_id"]:
+            self._submit()
+        self._group.append(record)
+        yield from self._collect(block=False)
+
+    def _submit(self) -> None:
+        self._pending.append(self._executor.submit(_worker_group, self._group))
+        self._group = []
+
+    def _collect(self, block: bool) -> Iterator[dict]:
+        while self._pending and (self._pending[0].done() or block or len(self._pending) >= 2 * self.jobs):
+            outcomes, counts = self._pending.popleft().result()
+            self._add_counts(counts)
+            yield from outcomes
+
+    def finish(self) -> Iterator[dict]:
+        if self._executor is not None and self._group:
+            self._submit()
+        yield from self._collect(block=True)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.close()
