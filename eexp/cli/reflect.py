@@ -1,0 +1,108 @@
+"""`eexp reflect`: outcome records -> self-reflection training examples (paper §4.3)."""
+
+from __future__ import annotations
+
+import click
+
+from eexp.cli import cli
+from eexp.cli.options import policy_options, sampling_options, serializer_options, stage_options
+from eexp.io import Writer, prepare_resume
+from eexp.records import expect
+from eexp.stages.reflect import COUNTS, Reflector, Settings, Template, policy_writer, reflect_examples
+
+NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes "
+                "its own, the paper's setting; add --reflector teacher for a stronger model), or --reflector "
+                "grounded for a deterministic rationale without a model (not the paper's method)")
+
+
+# Reflections are long, free prose: 1024 tokens leaves room for the 150-300 words the prompt asks for (and the
+# 500-word cap) without cutting them, and 0.7 keeps a small model coherent over that length while still varying
+# the wording from state to state (the paper used 0.9 for TravelPlanner; its repo's generator ran at 0.7).
+@cli.command(context_settings={"default_map": {"max_tokens": 1024}})
+@stage_options
+@policy_options
+@sampling_options(k=False, temperature=0.7)
+@serializer_options
+@click.option("--reflector", type=click.Choice(["self", "teacher", "grounded"]), default=None,
+              help="Who writes the reflections: self (the --policy model being trained; default with --policy), "
+              "teacher (a stronger --policy model, recorded as teacher-assisted), grounded (no model: a "
+              "deterministic rationale from the observed outcomes, not the paper's method).")
+@click.option("--max-alternatives", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Alternatives shown per state: the first N that rollout executed, valid or not.")
+@click.option("--template", "template_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Prompt template replacing the default; it must have the slots {situation}, {chosen_action}, "
+              "{chosen_outcome} and {alternatives} ({goal} and {max_words} are optional).")
+@click.option("--max-words", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Reject reflections longer than this.")
+@click.option("--max-outcome-chars", type=click.IntRange(min=0), default=600, show_default=True,
+              help="Clip each outcome shown to the reflector (0: no limit).")
+@click.option("--rejected", metavar="FILE", help="Write each rejected reflection here, with its reason.")
+def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperature, serializer, reflector,
+            max_alternatives, template_path, max_words, max_outcome_chars, rejected):
+    """Outcome records -> one self-reflection example per state: `Thought: <monologue>` then
+    `Action: <expert action>`, where the monologue compares the expert action with the first
+    --max-alternatives executed alternatives, using what each one led to.
+
+    The training input is the state alone (the same serializer as imitation-data); the alternatives and
+    the outcomes appear only in the prompt that writes the reflection. Reflections that end on another
+    action, leak prompt labels ("expert", "Action 1"), narrate the chosen action's result as already
+    seen, are empty, longer than --max-words or cut off by --max-tokens are dropped and counted in
+    --stats (and written to --rejected FILE); a monologue repeated twice keeps its first copy.
+
+    \b
+    Example:
+      eexp branch --policy m.gguf -k 3 expert.jsonl | eexp rollout | eexp reflect --policy m.gguf > sr.jsonl
+      eexp reflect --reflector grounded outcomes.jsonl --stats sr.stats.json > sr.jsonl
+    """
+    if reflector is None:
+        if not policy_spec:
+            raise click.UsageError(NO_REFLECTOR)
+        reflector = "self"
+    if reflector == "grounded" and policy_spec:
+        raise click.UsageError("--reflector grounded uses no model: leave out --policy")
+    if reflector != "grounded" and not policy_spec:
+        raise click.UsageError(f"--reflector {reflector} needs --policy SPEC (the model that writes the reflections)")
+    if policy_spec in ("random", "oracle"):
+        raise click.UsageError(f"the {policy_spec} policy writes no text; give a model with --policy, or use "
+                               f"--reflector grounded")
+    if act is not None:
+        raise click.UsageError("--act does not apply to reflect (it generates text, it does not choose actions)")
+    settings = Settings(max_alternatives=max_alternatives, max_words=max_words, max_outcome_chars=max_outcome_chars,
+                        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    template = Template.load(template_path)
+
+    policy = None
+    if reflector == "grounded":
+        writer = Reflector("grounded")
+    else:
+        from eexp.policies import load_policy
+        policy = load_policy(policy_spec, policy_args, max_tokens=max_tokens, top_p=top_p)
+        described = policy.describe()
+        writer = Reflector(reflector, policy_writer(policy, settings), described.get("model", policy_spec),
+                           described.get("model_sha256", ""))
+
+    # Rejected reflections are not in -o FILE, so --resume reads --rejected FILE too: an input rejected before
+    # is not asked again (its seed would give the same reply), and the rejected file is appended to.
+    for name in COUNTS:  # every count in --stats, zeros included, so runs compare key by key
+        io.count(name, 0)
+    rejected_done = prepare_resume(rejected) if (io.resume and rejected) else set()
+    rejects = Writer(rejected, append=io.resume) if rejected else None
+
+    def reject(record: dict) -> None:
+        if rejects is not None:
+            rejects.write(record)
+
+    def process(outcome: dict):
+        if outcome["id"] in rejected_done:
+            io.count("resumed")
+            return []
+        return reflect_examples(outcome, reflector=writer, template=template, serializer=serializer,
+                                settings=settings, count=io.count, reject=reject)
+
+    try:
+        io.run(process, validate=expect("outcome"), unit="state")
+    finally:
+        if rejects is not None:
+            rejects.close()
+        if policy is not None:
+            policy.close()
