@@ -55,4 +55,5 @@ from eexp.cli import data  # noqa: E402,F401
 from eexp.cli import envs  # noqa: E402,F401
 from eexp.cli import models  # noqa: E402,F401
 from eexp.cli import evaluate  # noqa: E402,F401
+from eexp.cli import reflect  # noqa: E402,F401
 from eexp.cli import experience  # noqa: E402,F401

@@ -147,13 +147,18 @@ def stage_options(f: Callable) -> Callable:
     return wrapper
 
 
-def sampling_options(f: Callable) -> Callable:
+def sampling_options(f: Callable | None = None, *, k: bool = True, temperature: float = 1.0) -> Callable:
+    """--seed, --temperature, -k. `@sampling_options(k=False, temperature=0.7)` for a stage that draws one sample
+    per record (reflect) and wants its own default temperature."""
+    if f is None:
+        return lambda g: sampling_options(g, k=k, temperature=temperature)
     for decorator in reversed([
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Base seed; every sampled call derives its own seed >= 1 from it."),
-        click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature."),
-        click.option("-k", "k", type=click.IntRange(min=0), default=4, show_default=True,
-                     help="Samples (alternatives) per state."),
+        click.option("--temperature", type=float, default=temperature, show_default=True,
+                     help="Sampling temperature."),
+        *([click.option("-k", "k", type=click.IntRange(min=0), default=4, show_default=True,
+                        help="Samples (alternatives) per state.")] if k else []),
     ]):
         f = decorator(f)
     return f
