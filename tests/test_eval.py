@@ -1,0 +1,435 @@
+"""eval: the statistics against hand-computed values, episodes on a small environment defined here, the CLI on the
+built-in environments (oracle 100%, random low), resume, -j, --trajectories, --compare and --plot."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from eexp.cli import cli
+from eexp.cli import evaluate as eval_cli
+from eexp.cli.options import config_option, serializer_options
+from eexp.envs.base import Env, EnvError
+from eexp.policies.base import Policy, Reply
+from eexp.policies.baselines import OraclePolicy, RandomPolicy
+from eexp.records import expect
+from eexp.stages.evaluate import (EvalSettings, Evaluator, Run, Runner, compare_runs, episode_id, split_tasks,
+                                  summarize)
+from eexp.stats import mcnemar_exact, paired_bootstrap, wilson
+
+
+# --- statistics, against values computed by hand ----------------------------------------------------------------
+
+def test_wilson_interval_hand_computed():
+    # 6 successes of 50, z = 1.959964, z² = 3.841459:
+    #   p = 0.12, z²/n = 0.0768292, denominator 1 + z²/n = 1.0768292
+    #   center = (0.12 + z²/2n = 0.0384146) / 1.0768292 = 0.1584146 / 1.0768292 = 0.147112
+    #   half = z / 1.0768292 * sqrt(0.12 * 0.88 / 50 + z² / (4 * 50²)) = 1.820128 * sqrt(0.002112 + 0.000384146)
+    #        = 1.820128 * 0.0499615 = 0.090936
+    #   -> [0.056176, 0.238048]
+    low, high = wilson(6, 50)
+    assert low == pytest.approx(0.056176, abs=1e-6) and high == pytest.approx(0.238048, abs=1e-6)
+    # 0 of 10: p = 0, so center = half = (z²/2n) / (1 + z²/n), the interval is [0, z² / (n + z²)]
+    #   = 3.841459 / 13.841459 = 0.277533
+    assert wilson(0, 10) == (0.0, pytest.approx(0.277533, abs=1e-6))
+    # and by symmetry 10 of 10 is [1 - 0.277533, 1]
+    assert wilson(10, 10) == (pytest.approx(0.722467, abs=1e-6), 1.0)
+    # the calibration notes' 14/100 [9-22]
+    low, high = wilson(14, 100)
+    assert (round(100 * low), round(100 * high)) == (9, 22)
+    assert wilson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson(3, 2)
+
+
+def test_mcnemar_exact_hand_computed():
+    # b = 1 (only the first succeeded), c = 8 (only the second): n = 9 discordant pairs,
+    # P(X <= 1) for X ~ Bin(9, 1/2) = (C(9,0) + C(9,1)) / 2^9 = 10 / 512; two-sided: 20 / 512 = 0.0390625
+    assert mcnemar_exact(1, 8) == pytest.approx(0.0390625, abs=1e-12)
+    assert mcnemar_exact(8, 1) == mcnemar_exact(1, 8)
+    # b = 0, c = 5: 2 * 1/32 = 0.0625 (five wins out of five is not enough at alpha 0.05)
+    assert mcnemar_exact(0, 5) == pytest.approx(0.0625)
+    # b = 2, c = 3: 2 * (1 + 5 + 10) / 32 = 1.0 (capped)
+    assert mcnemar_exact(2, 3) == 1.0
+    assert mcnemar_exact(0, 0) == 1.0
+
+
+def test_paired_bootstrap_hand_computed():
+    # Differences (second - first) are [0, 0, 1]; the mean difference is 1/3. A resample of 3 pairs has mean k/3,
+    # k = how often the third pair is drawn ~ Bin(3, 1/3): P(k=0) = 8/27, P(1) = 12/27, P(2) = 6/27, P(3) = 1/27.
+    #   p-value = 2 * min(P(mean <= 0), P(mean >= 0)) = 2 * min(8/27, 1) = 16/27 = 0.5926
+    #   95% percentile interval: the 2.5% point is 0 (P(0) = 0.296 > 0.025); the 97.5% point is 1, since
+    #   P(mean <= 2/3) = 26/27 = 0.963 < 0.975.
+    result = paired_bootstrap([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], resamples=20000, seed=1)
+    assert result.mean_diff == pytest.approx(1 / 3)
+    assert result.p_value == pytest.approx(16 / 27, abs=0.02)  # Monte Carlo error ~0.003 at 20000 resamples
+    assert (result.ci_low, result.ci_high) == (0.0, 1.0)
+    # Seeded: the same seed gives the same answer, exactly.
+    assert paired_bootstrap([0, 0.5, 1], [1, 0.5, 0.2], seed=7) == paired_bootstrap([0, 0.5, 1], [1, 0.5, 0.2], seed=7)
+    # A constant improvement of 0.5 on every task: every resample has mean 0.5, so the p-value is 0.
+    constant = paired_bootstrap([0.0] * 10, [0.5] * 10, resamples=1000)
+    assert (constant.ci_low, constant.ci_high, constant.p_value) == (0.5, 0.5, 0.0)
+
+
+# --- a small environment: count up to a target, then submit -------------------------------------------------------
+
+class CountEnv(Env):
+    """Reach the task's target with `up`/`down`, then `submit`. Task "t-boom" raises inside step 2 (an environment
+    failure); any other action is rejected with an error observation (invalid)."""
+
+    name = "count"
+    version = "1"
+    splits = ("train", "test")
+    max_steps = 8
+
+    def tasks(self, split):
+        if split == "test":
+            return [{"id": f"t-{i}", "split": "test", "goal": f"reach {i % 3 + 1}",
+                     "category": "odd" if i % 2 else "even"} for i in range(5)] + \
+                   [{"id": "t-boom", "split": "test", "goal": "reach 2", "category": "even"}]
+        return [{"id": f"tr-{i}", "split": "train", "goal": f"reach {i % 3 + 1}"} for i in range(3)]
+
+    def reset(self, task):
+        self.task_, self.count, self.submitted, self.steps = task, 0, False, 0
+        self.target = int(task["goal"].split()[-1])
+        return "count 0"
+
+    def step(self, action):
+        self.steps += 1
+        if self.task_["id"] == "t-boom" and self.steps == 2:
+            raise RuntimeError("the counter broke")
+        if action not in self.admissible():
+            return f"invalid action {action!r}", 0.0, False, {"valid": False}
+        if action == "submit":
+            self.submitted = True
+            return f"submitted {self.count}", float(self.success()), True, {"valid": True}
+        self.count += 1 if action == "up" else -1
+        return f"count {self.count}", 0.0, False, {"valid": True}
+
+    def admissible(self):
+        return ["up", "down", "submit"]
+
+    def expert(self, task):
+        return ["up"] * int(task["goal"].split()[-1]) + ["submit"]
+
+    def success(self):
+        return self.submitted and self.count == self.target
+
+    def score(self):
+        return 1.0 if self.success() else max(0.0, 1 - abs(self.count - self.target) / 3)
+
+
+class GarblePolicy(Policy):
+    """Never writes a parseable action."""
+
+    name = spec = "garble"
+
+    def act(self, messages, *, admissible, seed, temperature=0.0, context=None):
+        return Reply(text="I think I will go upwards", action=None, valid=False, seed=seed, finish_reason="stop")
+
+
+class TrainedPolicy(OraclePolicy):
+    """The oracle, but with serializer settings recorded 'with the model', and it remembers the prompts it saw."""
+
+    name = spec = "trained"
+
+    def __init__(self):
+        super().__init__()
+        self.prompts = []
+
+    def act(self, messages, **kwargs):
+        self.prompts.append(messages[-1]["content"])
+        return super().act(messages, **kwargs)
+
+    def serializer_settings(self):
+        return {"history": 1, "show_admissible": False}
+
+
+def run_count(policy, tasks=None, overrides=None, **settings):
+    env = CountEnv()
+    s = EvalSettings(env_name="count", policy_spec=policy.spec, serializer_overrides=overrides or {}, **settings)
+    with Runner(s, 1, env=env, policy=policy) as runner:
+        tasks = tasks if tasks is not None else env.tasks("test")
+        ids = [episode_id(s, t, runner.description) for t in tasks]
+        return [ep for ep, _ in runner.map(list(zip(tasks, ids)))], runner
+
+
+def test_oracle_episodes_and_summary_on_a_small_env():
+    episodes, _ = run_count(OraclePolicy())
+    check = expect("episode")
+    assert all(check(e) is None for e in episodes)
+    by_id = {e["task"]["id"]: e for e in episodes}
+    good = by_id["t-1"]
+    assert good["actions"] == ["up", "up", "submit"] and good["success"] and good["stop_reason"] == "success"
+    assert good["observations"] == ["count 0", "count 1", "count 2", "submitted 2"]  # before each action + final
+    assert good["steps"] == 3 and good["invalid_actions"] == 0 and good["score"] == 1.0
+    meta = good["meta"]
+    assert (meta["env"], meta["split"], meta["policy"], meta["temperature"]) == ("count", "test", "oracle", 0.0)
+    assert len(meta["seeds"]) == 3 and all(s >= 1 for s in meta["seeds"])
+    # an environment exception ends that episode as an error; the run goes on to the next task
+    boom = by_id["t-boom"]
+    assert boom["stop_reason"] == "error" and not boom["success"] and "the counter broke" in boom["meta"]["error"]
+    assert [e["task"]["id"] for e in episodes] == [t["id"] for t in CountEnv().tasks("test")]
+
+    summary = summarize(episodes, env="count", policy="oracle")
+    assert expect("summary")(summary) is None
+    assert summary["n"] == 6 and summary["successes"] == 5
+    assert summary["success_rate"] == pytest.approx(5 / 6)
+    assert (summary["ci_low"], summary["ci_high"]) == wilson(5, 6)
+    assert summary["mean_steps"] == pytest.approx(sum(e["steps"] for e in episodes) / 6)
+    assert summary["by_category"]["odd"]["n"] == 2 and summary["by_category"]["odd"]["success_rate"] == 1.0
+    assert summary["by_category"]["even"]["successes"] == 3 and summary["by_category"]["even"]["n"] == 4
+    assert summary["stop_reasons"] == {"success": 5, "error": 1}
+
+
+def test_unparseable_actions_are_invalid_and_the_episode_goes_on():
+    episodes, _ = run_count(GarblePolicy(), tasks=CountEnv().tasks("test")[:2])
+    for e in episodes:
+        assert e["steps"] == CountEnv.max_steps and e["stop_reason"] == "max_steps"
+        assert e["invalid_actions"] == CountEnv.max_steps and not e["success"]
+        # the unparseable reply was sent, so the policy saw the environment's own error observation
+        assert e["observations"][1] == "invalid action 'I think I will go upwards'"
+        assert e["meta"]["unparsed"][0] == {"step": 0, "text": "I think I will go upwards", "finish_reason": "stop"}
+    summary = summarize(episodes, env="count", policy="garble")
+    assert summary["invalid_rate"] == 1.0 and summary["success_rate"] == 0.0
+
+
+def test_max_steps_setting_cuts_episodes():
+    episodes, runner = run_count(OraclePolicy(), tasks=CountEnv().tasks("test")[2:3], max_steps=2)  # needs 4
+    assert runner.description["max_steps"] == 2
+    assert episodes[0]["steps"] == 2 and episodes[0]["stop_reason"] == "max_steps"
+
+
+def test_serializer_settings_come_from_the_model_unless_given():
+    task = CountEnv().tasks("test")[2]  # reach 3: four steps, so history shows
+    policy = TrainedPolicy()
+    run_count(policy, tasks=[task])
+    last = policy.prompts[-1]
+    assert "Admissible actions" not in last  # the model's show_admissible=False
+    assert "(2 earlier steps not shown)" in last  # the model's history=1
+    policy = TrainedPolicy()
+    run_count(policy, tasks=[task], overrides={"history": 3})
+    assert "earlier steps not shown" not in policy.prompts[-1] and "Admissible actions" not in policy.prompts[-1]
+
+
+def test_cli_tells_explicit_serializer_options_from_defaults(tmp_path):
+    seen = {}
+
+    @click.command()
+    @serializer_options
+    @config_option
+    def probe(serializer):
+        seen.update(eval_cli.explicit_serializer_settings(click.get_current_context()))
+
+    CliRunner().invoke(probe, [], catch_exceptions=False)
+    assert seen == {}
+    CliRunner().invoke(probe, ["--history", "5", "--no-admissible"], catch_exceptions=False)
+    assert seen == {"history": 5, "show_admissible": False}
+    seen.clear()
+    config = tmp_path / "c.yaml"
+    config.write_text("max_history_chars: 50\n")
+    CliRunner().invoke(probe, ["--config", str(config)], catch_exceptions=False)
+    assert seen == {"max_history_chars": 50}
+
+
+def test_seed_changes_sampling_not_tasks():
+    tasks = CountEnv().tasks("test")[:5]
+    a, _ = run_count(RandomPolicy(), tasks=tasks, seed=1)
+    b, _ = run_count(RandomPolicy(), tasks=tasks, seed=1)
+    c, _ = run_count(RandomPolicy(), tasks=tasks, seed=2)
+    assert [e["actions"] for e in a] == [e["actions"] for e in b]
+    assert [e["task"] for e in a] == [e["task"] for e in c]
+    assert [e["actions"] for e in a] != [e["actions"] for e in c]
+
+
+def test_split_tasks_fixed_order_and_n_larger_than_split():
+    env = CountEnv()
+    said = []
+    assert split_tasks(env, "test", 3, said.append) == env.tasks("test")[:3] and not said
+    assert split_tasks(env, "test", 50, said.append) == env.tasks("test")
+    assert "has 6 tasks, fewer than -n 50: evaluating all 6" in said[0]
+    with pytest.raises(EnvError, match="no split 'ood'"):
+        split_tasks(env, "ood", None, said.append)
+
+
+def test_successful_episode_becomes_a_trajectory():
+    env = CountEnv()
+    s = EvalSettings(env_name="count", policy_spec="oracle")
+    evaluator = Evaluator(s, env=env, policy=OraclePolicy())
+    task = env.tasks("test")[0]
+    episode, trajectory = evaluator.run(task, "ep1")
+    assert expect("trajectory")(trajectory) is None
+    assert trajectory["source_id"] == "ep1" and trajectory["env"]["name"] == "count"
+    assert [s["action"] for s in trajectory["steps"]] == episode["actions"]
+    assert [s["observation"] for s in trajectory["steps"]] == episode["observations"][:-1]
+    assert trajectory["final_observation"] == episode["observations"][-1]
+    assert trajectory["steps"][0]["admissible"] == ["up", "down", "submit"]
+    _, none = Evaluator(s, env=env, policy=GarblePolicy()).run(task, "ep2")
+    assert none is None
+
+
+def test_compare_paired_test_hand_computed():
+    # Ten shared tasks. Run A succeeds on tasks 0-1; run B on tasks 1-8. Discordant pairs: only A on task 0 (b = 1),
+    # only B on tasks 2-8 (c = 7): McNemar p = 2 * (C(8,0) + C(8,1)) / 2^8 = 2 * 9 / 256 = 0.0703125 -> not
+    # significant at 0.05. Run C succeeds on tasks 1-9: b = 1, c = 8, p = 0.0390625 (hand value above) -> better.
+    def run(label, wins):
+        eps = {f"t{i}": {"task": {"id": f"t{i}", "split": "test", "goal": "g"}, "success": i in wins,
+                         "score": 1.0 if i in wins else 0.0} for i in range(10)}
+        return Run(label, f"{label}.jsonl", "test", label, eps)
+
+    result = compare_runs("count", [run("A", {0, 1}), run("B", set(range(1, 9))), run("C", set(range(1, 10)))])
+    rows = result["splits"]["test"]
+    assert "vs_first" not in rows[0]
+    b, c = rows[1]["vs_first"], rows[2]["vs_first"]
+    assert (b["only_first"], b["only_this"], b["paired_n"]) == (1, 7, 10)
+    assert b["mcnemar_p"] == pytest.approx(0.0703125) and b["success_verdict"] == "no significant difference"
+    assert c["mcnemar_p"] == pytest.approx(0.0390625) and c["success_verdict"] == "better"
+    assert c["success_diff"] == pytest.approx(0.7)
+    # the scores are the successes here, so the bootstrap sees the same +0.7 mean difference
+    assert c["score_diff"] == pytest.approx(0.7) and c["score_ci_low"] > 0 and c["score_verdict"] == "better"
+    assert rows[1]["ci_low"] == pytest.approx(wilson(8, 10)[0])
+
+
+# --- the command on the built-in environments ---------------------------------------------------------------------
+
+def invoke(args, input=None):
+    return CliRunner().invoke(cli, args, input=input, catch_exceptions=False)
+
+
+def lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def without_time(records):
+    return [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in records]
+
+
+@pytest.mark.parametrize("env", ["shop", "tools"])
+def test_oracle_reaches_100_percent_and_random_is_low(tmp_path, env):
+    summary_path = tmp_path / "s.json"
+    result = invoke(["eval", "--policy", "oracle", "--env", env, "-n", "40", "--summary", str(summary_path), "-q"])
+    assert result.exit_code == 0, result.output
+    episodes = lines(result.stdout)
+    assert len(episodes) == 40 and all(e["success"] for e in episodes)
+    summary = json.loads(summary_path.read_text())
+    assert summary["success_rate"] == 1.0 and summary["n"] == 40 and summary["ci_high"] == 1.0
+    assert summary["ci_low"] == pytest.approx(wilson(40, 40)[0])
+    assert (summary["env"], summary["split"], summary["policy"]) == (env, "test", "oracle")
+    assert "success   100.0%" in result.stderr
+
+    result = invoke(["eval", "--policy", "random", "--env", env, "-n", "40", "--summary", str(summary_path), "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(summary_path.read_text())
+    assert summary["success_rate"] <= 0.2, summary
+    assert [e["task"]["id"] for e in lines(result.stdout)] == [e["task"]["id"] for e in episodes]  # same tasks
+
+
+def test_cli_bad_input(tmp_path, monkeypatch):
+    result = CliRunner().invoke(cli, ["eval", "--policy", "oracle", "--env", "shop", "--split", "nope"])
+    assert result.exit_code == 1 and "no split 'nope'" in result.output
+    result = CliRunner().invoke(cli, ["eval", "--env", "shop"])
+    assert result.exit_code == 2 and "needs --policy" in result.output
+    result = CliRunner().invoke(cli, ["eval", "--policy", "oracle", "--env", "shop", "--plot", "x.png"])
+    assert result.exit_code == 2 and "--compare" in result.output
+    result = CliRunner().invoke(cli, ["eval", "--policy", "oracle", "--env", "nowhere"])
+    assert result.exit_code == 1 and "unknown environment 'nowhere'" in result.output
+    # N larger than the split: all tasks, and it says so (on the small environment, through the command)
+    monkeypatch.setattr(eval_cli, "make_env", lambda name, **kw: CountEnv())
+    result = invoke(["eval", "--policy", "oracle", "--env", "count", "-n", "100", "-q"])
+    assert result.exit_code == 0 and len(lines(result.stdout)) == 6
+    assert "count test has 6 tasks, fewer than -n 100: evaluating all 6" in result.stderr
+
+
+def test_jobs_2_gives_the_same_episodes_as_jobs_1():
+    one = invoke(["eval", "--policy", "random", "--env", "shop", "-n", "12", "--seed", "3", "-q"])
+    two = invoke(["eval", "--policy", "random", "--env", "shop", "-n", "12", "--seed", "3", "-q", "-j", "2"])
+    assert one.exit_code == 0 and two.exit_code == 0
+    assert without_time(lines(one.stdout)) == without_time(lines(two.stdout))
+
+
+def test_resume_continues_an_interrupted_run(tmp_path):
+    full = tmp_path / "full.jsonl"
+    full_traj = tmp_path / "full_traj.jsonl"
+    args = ["eval", "--policy", "oracle", "--env", "shop", "-n", "8", "-q"]
+    assert invoke(args + ["-o", str(full), "--trajectories", str(full_traj)]).exit_code == 0
+    # An interrupted run: three whole episodes and half of the fourth; a trajectory of the fourth was written.
+    part, part_traj = tmp_path / "part.jsonl", tmp_path / "part_traj.jsonl"
+    raw = full.read_bytes().splitlines(keepends=True)
+    part.write_bytes(b"".join(raw[:3]) + raw[3][:40])
+    part_traj.write_bytes(b"".join(full_traj.read_bytes().splitlines(keepends=True)[:4]))
+    summary = tmp_path / "s.json"
+    result = invoke(args + ["-o", str(part), "--trajectories", str(part_traj), "--resume", "--summary",
+                            str(summary), "--stats", str(tmp_path / "stats.json")])
+    assert result.exit_code == 0, result.output
+    # prepare_resume also drops the last whole episode (it may have been cut between its outputs): 2 kept
+    assert "resuming: 2 of 8 episodes" in result.stderr
+    assert without_time(lines(part.read_text())) == without_time(lines(full.read_text()))
+    assert without_time(lines(part_traj.read_text())) == without_time(lines(full_traj.read_text()))
+    assert json.loads(summary.read_text())["n"] == 8  # the summary covers the resumed episodes too
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["resumed"] == 2 and stats["records_out"] == 6
+    # A file of another evaluation is not silently mixed into this one.
+    result = CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "8", "-q", "-o",
+                                      str(part), "--resume"])
+    assert result.exit_code == 1 and "another evaluation" in result.output
+
+
+def test_tasks_from_trajectory_files(tmp_path):
+    traj = tmp_path / "t.jsonl"
+    assert invoke(["eval", "--policy", "oracle", "--env", "shop", "--split", "ood", "-n", "5", "-q",
+                   "--trajectories", str(traj)]).exit_code == 0
+    result = invoke(["eval", "--policy", "random", "-q", str(traj)])
+    assert result.exit_code == 0, result.output
+    episodes = lines(result.stdout)
+    assert [e["task"]["id"] for e in episodes] == [t["task"]["id"] for t in lines(traj.read_text())]
+    assert all(e["meta"]["split"] == "ood" for e in episodes)
+    result = CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "tools", str(traj)])
+    assert result.exit_code == 1 and "environment 'shop', but --env is 'tools'" in result.output
+
+
+def test_compare_refuses_mixed_environments_and_plots(tmp_path):
+    files = {}
+    for name, env, policy in [("oracle", "shop", "oracle"), ("random", "shop", "random"),
+                              ("tools", "tools", "oracle")]:
+        files[name] = tmp_path / f"{name}.jsonl"
+        assert invoke(["eval", "--policy", policy, "--env", env, "-n", "30", "-q", "-o", str(files[name])]
+                      ).exit_code == 0
+    result = CliRunner().invoke(cli, ["eval", "--compare", str(files["oracle"]), str(files["tools"])])
+    assert result.exit_code == 1
+    assert "episodes of environment 'tools'" in result.output and "holds episodes of 'shop'" in result.output
+
+    png, summary = tmp_path / "runs.png", tmp_path / "cmp.json"
+    result = invoke(["eval", "--compare", str(files["random"]), str(files["oracle"]), "--plot", str(png),
+                     "--summary", str(summary)])
+    assert result.exit_code == 0, result.output
+    assert "random" in result.stdout and "better" in result.stdout
+    comparison = json.loads(summary.read_text())
+    oracle_row = comparison["splits"]["test"][1]
+    assert oracle_row["success_rate"] == 1.0 and oracle_row["vs_first"]["success_verdict"] == "better"
+    assert oracle_row["vs_first"]["paired_n"] == 30
+
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        width, height = image.size
+    assert width >= 400 and height >= 300
+    import matplotlib.image
+    pixels = matplotlib.image.imread(str(png))
+    assert pixels.shape[:2] == (height, width) and pixels.std() > 0.05  # not a blank canvas
+
+
+def test_compare_pairs_only_common_tasks(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert invoke(["eval", "--policy", "oracle", "--env", "shop", "-n", "10", "-q", "-o", str(a)]).exit_code == 0
+    assert invoke(["eval", "--policy", "random", "--env", "shop", "-n", "6", "-q", "-o", str(b)]).exit_code == 0
+    summary = tmp_path / "c.json"
+    assert invoke(["eval", "--compare", str(a), str(b), "--summary", str(summary)]).exit_code == 0
+    row = json.loads(summary.read_text())["splits"]["test"][1]
+    assert row["n"] == 6 and row["vs_first"]["paired_n"] == 6
+    assert row["vs_first"]["success_verdict"] == "worse"  # 6 of 6 discordant: p = 2/64 = 0.03125
+    assert row["vs_first"]["mcnemar_p"] == pytest.approx(2 / 64)
