@@ -171,7 +171,7 @@ def change(before: str, after: str) -> tuple[str, bool, list[str]]:
 
 _DETOURS = ("which is not the step the task needs now", "which does not bring me closer to what I need",
             "which is a detour from the task")
-_BUDGET = re.compile(r"\bunder\s+\$?(\d+(?:\.\d+)?)", re.IGNORECASE)
+_BUDGET = re.compile(r"\b(?:under|less than|below|at most|no more than)\s+\$?(\d+(?:\.\d+)?)", re.IGNORECASE)
 _PRICE = re.compile(r"\bprice:?\s*\$(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 

@@ -1,0 +1,404 @@
+"""eexp reflect: the prompt template, the filters on hand-written bad reflections, the grounded reflector on shop,
+TextWorld- and ScienceWorld-like outcomes, the training example's shape (state alone in, reflection + expert action
+out), resume, shards, and a model reflector end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import orjson
+import pytest
+
+from eexp.cli import cli
+from eexp.cli.reflect import NO_REFLECTOR
+from eexp.policies.base import derive_seed
+from eexp.prompts import Serializer, parse_reply
+from eexp.records import expect, validate
+from eexp.stages.reflect import (COUNTS, Reflector, Settings, Template, grounded_reflection, judge,
+                                 reflect_examples, reflection_prompt, shown_alternatives, trim_repeat)
+
+
+def outcome(goal, observation, expert, expected, alternatives, *, env="shop", expert_done=False, expert_reward=0.0,
+            history=(), admissible=None, record_id="t1#2"):
+    state = {"goal": goal, "history": [{"observation": o, "action": a} for o, a in history],
+             "observation": observation}
+    if admissible is not None:
+        state["admissible"] = admissible
+    return {"id": record_id, "source_id": record_id.split("#")[0], "trajectory_id": record_id.split("#")[0],
+            "step": len(history), "env": {"name": env, "version": "1"},
+            "task": {"id": "task-1", "split": "train", "goal": goal}, "prefix": [a for _, a in history],
+            "state": state,
+            "expert": {"action": expert, "next_observation": expected, "reward": expert_reward,
+                       "done": expert_done, "valid": True},
+            "alternatives": [dict({"source": "admissible", "reward": 0.0, "done": False, "valid": True}, **a)
+                             for a in alternatives],
+            "meta": {}}
+
+
+SHOP = outcome(
+    "find me a glass travel mug, pink, priced under 30 dollars",
+    "brio glass travel mug\nprice: $23\ncolor: [blue] [white] [pink]\n[< prev] [back to search] [buy now]",
+    "click[pink]",
+    "brio glass travel mug\nprice: $23\ncolor: [blue] [white] [pink]\nselected: pink\n[< prev] [back to search] "
+    "[buy now]",
+    [{"action": "click[white]", "next_observation": "brio glass travel mug\nprice: $23\ncolor: [blue] [white] "
+      "[pink]\nselected: white\n[< prev] [back to search] [buy now]"},
+     {"action": "click[buy now]", "next_observation": "you bought brio glass travel mug. thank you for shopping.",
+      "done": True, "reward": 0.5},
+     {"action": "click[back to search]", "next_observation": "search page. type a query with search[...]"}],
+    admissible=["click[blue]", "click[white]", "click[pink]", "click[< prev]", "click[back to search]",
+                "click[buy now]"])
+
+TEXTWORLD = outcome(
+    "Take the shirt from the attic.",
+    "-= Hallway =-\nYou are in a hallway. There is a locked gate to the east. A keycard lies in a box.",
+    "take keycard from box",
+    "You take the keycard from the box.",
+    [{"action": "go east", "next_observation": "You can't go that way: the gate is locked."},
+     {"action": "open gate", "next_observation": "The gate is locked."},
+     {"action": "eat keycard", "next_observation": "That's not something you can eat.", "valid": False}],
+    env="textworld", history=[("-= Kitchen =-\nYou are in a kitchen.", "go north")])
+
+SCIENCEWORLD = outcome(
+    "Your task is to boil water. First, focus on the substance. Then, take actions that will cause it to change "
+    "its state of matter.",
+    "This room is called the kitchen. In it, you see: a stove, which is turned off. a metal pot containing water.",
+    "activate stove",
+    "The stove is now activated.",
+    [{"action": "focus on stove", "next_observation": "You focus on the stove.", "done": True, "reward": -100},
+     {"action": "look around", "next_observation": "This room is called the kitchen. In it, you see: a stove, "
+      "which is turned off. a metal pot containing water."},
+     {"action": "open fridge", "error": "environment timed out after 10 s"}],
+    env="scienceworld", expert_reward=5.0)
+
+
+# --- the template -------------------------------------------------------------------------------------------------
+
+def test_default_template_has_every_slot_and_neutral_labels():
+    template = Template.load()
+    for slot in ("situation", "chosen_action", "chosen_outcome", "alternatives"):
+        assert "{" + slot + "}" in template.text
+    lowered = template.text.lower()
+    assert "expert" not in lowered and "action 1" not in lowered and "alternative 1" not in lowered
+
+
+def test_prompt_shows_situation_chosen_outcome_and_each_alternative_without_numbers():
+    prompt = reflection_prompt(SHOP, shown_alternatives(SHOP, 3), Template.load(), Serializer(), Settings())
+    text = prompt[-1]["content"]
+    assert Serializer().render_state(SHOP["state"]) in text
+    assert "selected: pink" in text and "Action: click[pink]" in text
+    for alt in SHOP["alternatives"]:
+        assert alt["action"] in text and alt["next_observation"].splitlines()[0] in text
+    assert "expert" not in text.lower() and "Action 1" not in text and "Alternative 1" not in text
+
+
+def test_template_missing_a_slot_is_an_error_naming_it(runner, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Situation: {situation}\nChosen: {chosen_action} -> {chosen_outcome}\n")
+    data = tmp_path / "o.jsonl"
+    data.write_bytes(orjson.dumps(SHOP) + b"\n")
+    result = runner.invoke(cli, ["reflect", "--reflector", "grounded", "--template", str(bad), str(data)])
+    assert result.exit_code == 1
+    assert f"{bad}: the template has no {{alternatives}} slot" in result.output
+
+
+def test_custom_template_keeps_other_braces(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text('{situation} | {chosen_action} | {chosen_outcome} | {alternatives} | {"json": 1} {unknown}')
+    filled = Template.load(str(path)).fill(situation="S", chosen_action="A", chosen_outcome="O", alternatives="L")
+    assert filled == 'S | A | O | L | {"json": 1} {unknown}'
+
+
+# --- choosing the reflector ---------------------------------------------------------------------------------------
+
+def test_without_policy_or_grounded_the_error_says_which_to_choose(runner):
+    result = runner.invoke(cli, ["reflect"], input="")
+    assert result.exit_code == 2
+    assert NO_REFLECTOR == (
+        "reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes its own, "
+        "the paper's setting; add --reflector teacher for a stronger model), or --reflector grounded for a "
+        "deterministic rationale without a model (not the paper's method)")
+    assert "Error: " + NO_REFLECTOR in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--reflector", "grounded", "--policy", "m.gguf"], "--reflector grounded uses no model"),
+    (["--reflector", "teacher"], "--reflector teacher needs --policy SPEC"),
+    (["--policy", "random"], "the random policy writes no text"),
+])
+def test_reflector_usage_errors(runner, args, message):
+    result = runner.invoke(cli, ["reflect", *args], input="")
+    assert result.exit_code == 2 and message in result.output
+
+
+# --- the filters on hand-written bad reflections ------------------------------------------------------------------
+
+EXPERT, ALTS = "click[pink]", ["click[white]", "click[buy now]", "click[back to search]"]
+GOOD = ("The task wants a pink mug under 30 dollars, and this one costs $23, so the price is fine. Picking white "
+        "would select the wrong colour, and buying now would end the task before the colour is set. Going back to "
+        "search would throw away a mug that already fits. Clicking pink should select the colour the task asks for, "
+        "and then I can buy it.\n\nAction: click[pink]")
+
+
+def verdict(text, finish_reason="stop", max_words=500, new_words=frozenset({"selected"})):
+    return judge(text, finish_reason, expert=EXPERT, alternatives=ALTS, new_words=set(new_words),
+                 max_words=max_words)
+
+
+def test_a_good_reflection_is_kept_without_its_action_line():
+    v = verdict(GOOD)
+    assert v.reason is None and v.concluded == "click[pink]"
+    assert not v.text.endswith("click[pink]") and v.text.startswith("The task wants")
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("Pink is what the task asks for, but white looks nicer to me.\n\nAction: click[white]", "different_action"),
+    ("Pink is what the task wants. Still, I will settle on click[white].", "different_action"),
+    ("The expert chose pink because the task wants pink.\n\nAction: click[pink]", "label_leakage"),
+    ("Alternative 2 would end the task too early, so pink is right.\n\nAction: click[pink]", "label_leakage"),
+    ("Action 1 selects white, which is wrong; pink is what the task wants.\n\nAction: click[pink]", "label_leakage"),
+    ("The second option goes back to search. Pink fits the task.\n\nAction: click[pink]", "label_leakage"),
+    ("I clicked pink and now I see selected: pink on the page, so the colour is set.\n\nAction: click[pink]",
+     "outcome_narration"),
+    ("After clicking pink, the page showed selected: pink, exactly as needed.\n\nAction: click[pink]",
+     "outcome_narration"),
+    ("", "empty"),
+    ("Action: click[pink]", "empty"),
+    ("word " * 40 + "\n\nAction: click[pink]", "too_long"),
+])
+def test_filters_reject_bad_reflections(text, reason):
+    v = verdict(text, max_words=30)
+    assert v.reason == reason, (v.reason, v.detail)
+    assert v.detail
+
+
+def test_anticipating_the_outcome_is_not_narration():
+    text = "If I click pink, I expect the page to show selected: pink, which the task needs.\n\nAction: click[pink]"
+    assert verdict(text).reason is None
+
+
+def test_an_alternatives_observed_outcome_may_be_reported():
+    text = ("Going back to search led to the empty search page, which loses this mug. Clicking pink should set the "
+            "colour instead.\n\nAction: click[pink]")
+    assert verdict(text).reason is None
+
+
+def test_a_reply_cut_by_max_tokens_is_rejected():
+    v = verdict("The task wants a pink mug under 30 dollars, and this one costs", finish_reason="length")
+    assert v.reason == "truncated"
+
+
+def test_a_failed_model_call_is_rejected():
+    assert verdict("", finish_reason="error: endpoint down").reason == "model_error"
+
+
+def test_a_monologue_said_twice_keeps_the_first_copy():
+    body = GOOD.replace("\n\nAction: click[pink]", "")
+    text = f"{body}\n\nAction: click[pink]\n\nThought: {body}\n\nAction: click[pink]"
+    v = verdict(text)
+    assert v.reason is None and v.repeated and v.text == body
+    # ... also when the second copy runs into the token limit: the first copy is whole.
+    cut = f"{body}\n\n{body[: len(body) // 2]}"
+    v = verdict(cut, finish_reason="length")
+    assert v.reason is None and v.repeated and v.text == body
+
+
+def test_repeat_detection_leaves_ordinary_text_alone():
+    text = "I need pink. The mug costs $23. I need pink for this task to be done right, and this page has it."
+    assert trim_repeat(text) == (text, False)
+
+
+# --- the grounded reflector ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("record", [SHOP, TEXTWORLD, SCIENCEWORLD], ids=["shop", "textworld", "scienceworld"])
+def test_grounded_reflection_names_each_outcome_and_anticipates_the_chosen_one(record):
+    shown = shown_alternatives(record, 3)
+    text = grounded_reflection(record, shown)
+    for alt in shown:
+        assert f'"{alt["action"]}"' in text
+    assert f'So my move is "{record["expert"]["action"]}": I expect it to' in text
+    # It passes the same filters a model's reflection does.
+    examples = list(reflect_examples(record, reflector=Reflector("grounded"), template=Template.load(),
+                                     serializer=Serializer(), settings=Settings()))
+    assert len(examples) == 1
+
+
+def test_grounded_reflection_reasons_from_what_each_alternative_led_to():
+    text = grounded_reflection(SHOP, shown_alternatives(SHOP, 3))
+    assert '"click[white]" only adds "selected: white", with nothing about pink' in text
+    assert '"click[buy now]" would end the episode at once' in text
+    assert 'I expect it to add "selected: pink", which brings pink from the task' in text
+    tw = grounded_reflection(TEXTWORLD, shown_alternatives(TEXTWORLD, 3))
+    assert '"eat keycard" is not accepted here' in tw
+    assert "I expect it to lead to \"You take the keycard from the box.\"" in tw
+    sw = grounded_reflection(SCIENCEWORLD, shown_alternatives(SCIENCEWORLD, 3))
+    assert '"look around" leaves everything as it is' in sw
+    assert '"open fridge" cannot even be carried out' in sw
+    assert "should bring progress (a reward of 5)" in sw
+
+
+# --- the training example ---------------------------------------------------------------------------------------
+
+def _run(record, writer=None, settings=Settings(), kind="self"):
+    counts, rejected = {}, []
+    reflector = Reflector("grounded") if writer is None else Reflector(kind, writer, "m.gguf", "abc")
+    out = list(reflect_examples(record, reflector=reflector, template=Template.load(), serializer=Serializer(),
+                                settings=settings, count=lambda n, k=1: counts.__setitem__(n, counts.get(n, 0) + k),
+                                reject=rejected.append))
+    return out, counts, rejected
+
+
+def test_example_input_is_the_state_alone_and_target_is_thought_then_expert_action():
+    prompts = []
+
+    def writer(messages, seed):
+        prompts.append((messages, seed))
+        return GOOD, "stop"
+
+    marked = copy.deepcopy(SHOP)
+    for i, alt in enumerate(marked["alternatives"]):
+        alt["next_observation"] += f" MARKER-{i}"
+    marked["expert"]["next_observation"] += " MARKER-EXPERT"
+    (example,), counts, _ = _run(marked, writer, Settings(seed=7))
+    assert expect("example")(example) is None
+    assert example["id"] == "sr:t1#2" and example["source_id"] == "t1#2"
+    assert example["messages"][:-1] == Serializer().policy_messages(marked["state"])
+    training_input = json.dumps(example["messages"][:-1])
+    assert "MARKER" not in training_input                    # no outcome enters the training input
+    assert all(f"MARKER-{i}" in prompts[0][0][-1]["content"] for i in range(3))  # ... they were in the prompt
+    target = example["messages"][-1]
+    assert target["role"] == "assistant" and target["content"].startswith("Thought: The task wants")
+    assert target["content"].endswith("\n\nAction: click[pink]")
+    assert parse_reply(target["content"])[0] == "click[pink]"
+    assert prompts[0][1] == derive_seed(7, "t1#2", 0) == example["meta"]["seed"]
+    meta = example["meta"]
+    assert (meta["stage"], meta["kind"], meta["reflector"], meta["model"]) == ("reflect", "sr", "self", "m.gguf")
+    assert json.loads(meta["extra"])["alternatives"] == ALTS and counts["kept"] == 1
+
+
+def test_teacher_and_grounded_are_labelled_in_meta():
+    (teacher,), _, _ = _run(SHOP, lambda m, s: (GOOD, "stop"), kind="teacher")
+    assert teacher["meta"]["reflector"] == "teacher" and json.loads(teacher["meta"]["extra"])["teacher_assisted"]
+    (grounded,), _, _ = _run(SHOP)
+    extra = json.loads(grounded["meta"]["extra"])
+    assert grounded["meta"]["reflector"] == "grounded" and grounded["meta"]["model"] == ""
+    assert extra["paper_method"] is False and "not the paper's method" in extra["note"]
+
+
+def test_a_rejected_reflection_is_counted_and_passed_on_with_its_reason():
+    out, counts, rejected = _run(SHOP, lambda m, s: ("The expert picks pink.\n\nAction: click[pink]", "stop"))
+    assert out == [] and counts["label_leakage"] == 1
+    assert rejected[0]["reason"] == "label_leakage" and rejected[0]["source_id"] == "t1#2"
+    assert "messages" not in rejected[0]  # a rejected record can never be trained on by mistake
+
+
+def test_only_the_first_max_alternatives_executed_are_shown():
+    record = copy.deepcopy(SHOP)
+    record["alternatives"].insert(0, {"action": "click[blue]", "source": "policy"})  # never executed
+    shown = shown_alternatives(record, 2)
+    assert [a["action"] for a in shown] == ["click[white]", "click[buy now]"]
+
+
+@pytest.mark.parametrize("change, count", [
+    (lambda r: r.update(alternatives=[]), "no_alternatives"),
+    (lambda r: r.update(alternatives=[{"action": "x", "source": "policy"}]), "no_alternatives"),
+    (lambda r: [a.update(error="state mismatch", next_observation=None) for a in r["alternatives"]],
+     "all_alternatives_failed"),
+    (lambda r: r.update(error="could not reach the state"), "unreachable"),
+])
+def test_records_that_cannot_give_a_reflection_are_skipped_and_counted(change, count):
+    record = copy.deepcopy(SHOP)
+    change(record)
+    out, counts, _ = _run(record, lambda m, s: pytest.fail("no model call expected"))
+    assert out == [] and counts == {count: 1}
+
+
+# --- the command --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shop_outcomes(tmp_path_factory):
+    """Real outcome records: shop expert -> branch (admissible alternatives) -> rollout."""
+    from click.testing import CliRunner
+    d = tmp_path_factory.mktemp("reflect")
+    run = CliRunner()
+    for args in (["expert", "--env", "shop", "-n", "4", "--seed", "3", "-o", str(d / "expert.jsonl")],
+                 ["branch", "-k", "3", str(d / "expert.jsonl"), "-o", str(d / "branches.jsonl")],
+                 ["rollout", str(d / "branches.jsonl"), "-o", str(d / "outcomes.jsonl")]):
+        result = run.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    return d / "outcomes.jsonl"
+
+
+def _lines(path):
+    return [orjson.loads(line) for line in open(path, "rb")]
+
+
+def _strip_time(records):
+    return [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in records]
+
+
+def test_grounded_pipeline_on_shop(runner, shop_outcomes, tmp_path):
+    out, stats = tmp_path / "sr.jsonl", tmp_path / "stats.json"
+    result = runner.invoke(cli, ["reflect", "--reflector", "grounded", str(shop_outcomes), "-o", str(out),
+                                 "--stats", str(stats)])
+    assert result.exit_code == 0, result.output
+    outcomes, examples = _lines(shop_outcomes), _lines(out)
+    assert len(examples) == len(outcomes) > 0
+    by_id = {o["id"]: o for o in outcomes}
+    for ex in examples:
+        assert validate(ex, "example") is None
+        source = by_id[ex["source_id"]]
+        assert ex["messages"][:-1] == Serializer().policy_messages(source["state"])
+        assert ex["messages"][-1]["content"].endswith(f"\n\nAction: {source['expert']['action']}")
+    summary = json.loads(stats.read_text())
+    assert set(COUNTS) <= set(summary) and summary["kept"] == len(examples) and summary["records_in"] == len(outcomes)
+    again = runner.invoke(cli, ["reflect", "--reflector", "grounded", str(shop_outcomes)])
+    assert _strip_time([orjson.loads(x) for x in again.output.splitlines()]) == _strip_time(examples)
+
+
+def test_resume_and_shards(runner, shop_outcomes, tmp_path):
+    full = runner.invoke(cli, ["reflect", "--reflector", "grounded", str(shop_outcomes)]).output.splitlines()
+    out = tmp_path / "sr.jsonl"
+    out.write_text("\n".join(full[:3]) + "\n" + full[3][:20])  # an interrupted run: a torn last line
+    result = runner.invoke(cli, ["reflect", "--reflector", "grounded", str(shop_outcomes), "-o", str(out),
+                                 "--resume"])
+    assert result.exit_code == 0, result.output
+    assert _strip_time(_lines(out)) == _strip_time([orjson.loads(x) for x in full])
+    parts = []
+    for i in (1, 2):
+        shard = runner.invoke(cli, ["reflect", "--reflector", "grounded", "--shard", f"{i}/2", str(shop_outcomes)])
+        parts += [orjson.loads(x) for x in shard.output.splitlines()]
+    assert sorted(r["id"] for r in parts) == sorted(orjson.loads(x)["id"] for x in full)
+
+
+def test_a_branch_record_is_not_an_outcome(runner, tmp_path):
+    record = copy.deepcopy(SHOP)
+    del record["expert"]["next_observation"]
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(orjson.dumps(record) + b"\n")
+    result = runner.invoke(cli, ["reflect", "--reflector", "grounded", str(path)])
+    assert result.exit_code == 1 and f"{path}:1: expected an outcome record, got a branch record" in result.output
+
+
+@pytest.mark.slow
+def test_model_reflector_end_to_end(runner, shop_outcomes, tiny_checkpoint, tmp_path):
+    """A tiny random model writes the reflections: its text is noise, so this checks the plumbing (prompting,
+    seeds, filters, --rejected, --stats, determinism), not quality. Cut at 8 tokens, every reply is truncated."""
+    first = [json.dumps(o) for o in _lines(shop_outcomes)[:3]]
+    data = tmp_path / "o.jsonl"
+    data.write_text("\n".join(first) + "\n")
+    args = ["reflect", "--policy", str(tiny_checkpoint), "--max-tokens", "8", "--seed", "1", str(data)]
+    rejected, stats = tmp_path / "rejected.jsonl", tmp_path / "stats.json"
+    result = runner.invoke(cli, [*args, "--rejected", str(rejected), "--stats", str(stats)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(stats.read_text())
+    rows = _lines(rejected)
+    assert summary["records_out"] + len(rows) == 3
+    assert summary["truncated"] == len(rows) == sum(r["reason"] == "truncated" for r in rows)
+    for row in rows:
+        assert row["meta"]["reflector"] == "self" and row["meta"]["seed"] == derive_seed(1, row["source_id"], 0)
+        assert json.loads(row["meta"]["extra"])["temperature"] == 0.7
+    again = runner.invoke(cli, [*args, "--rejected", str(tmp_path / "r2.jsonl")])
+    assert again.exit_code == 0
+    assert [r["reply"] for r in _lines(tmp_path / "r2.jsonl")] == [r["reply"] for r in rows]
