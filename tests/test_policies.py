@@ -113,3 +113,248 @@ def test_oracle_follows_the_expert():
     r = policy.act([], admissible=ADMISSIBLE, seed=0, context={"env": env, "task": task, "step": 2})
     assert r.action is None and "no action at step 2" in r.finish_reason
     assert policy.act([], admissible=ADMISSIBLE, seed=0).finish_reason.startswith("error:")
+
+
+# --- model backends -------------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+from eexp.policies.chat import drop_oldest_history  # noqa: E402
+from eexp.prompts import Serializer  # noqa: E402
+
+STATE = {"goal": "take the lamp and go north",
+         "history": [{"observation": "You wake up in a hall.", "action": "look"},
+                     {"observation": "A hall. A lamp is here.", "action": "inventory"}],
+         "observation": "You carry nothing. A lamp is here.", "admissible": ADMISSIBLE}
+MESSAGES = Serializer().policy_messages(STATE)
+
+
+@pytest.fixture(scope="module")
+def hf_policy(tiny_checkpoint):
+    return load_policy(str(tiny_checkpoint), max_tokens=12)
+
+
+def test_transformers_seeds_reproduce_and_differ(hf_policy):
+    a = hf_policy.generate(MESSAGES, seed=11, temperature=1.0)
+    assert hf_policy.generate(MESSAGES, seed=11, temperature=1.0) == a and a.seed == 11
+    others = {hf_policy.generate(MESSAGES, seed=s, temperature=1.0).text for s in range(20, 26)}
+    assert len(others | {a.text}) > 1  # a random tiny model: different seeds, different samples
+    # K back-to-back samples on one prompt (shared KV) equal K separate calls with the same seeds
+    seeds = [derive_seed(0, "t#1", k) for k in range(4)]
+    batch = hf_policy.sample(MESSAGES, admissible=None, seeds=seeds, temperature=1.0)
+    assert [r.seed for r in batch] == seeds
+    fresh = load_policy(hf_policy.spec, max_tokens=12)
+    assert [fresh.act(MESSAGES, admissible=None, seed=s, temperature=1.0).text for s in seeds] == \
+        [r.text for r in batch]
+    # greedy: no seed recorded, same text every time
+    g = hf_policy.generate(MESSAGES, seed=5, temperature=0.0)
+    assert g.seed == 0 and g.text == hf_policy.generate(MESSAGES, seed=6, temperature=0.0).text
+
+
+def test_transformers_score_matches_a_plain_forward_pass(hf_policy):
+    """The batched, KV-sharing log-likelihoods equal a forward pass over prompt + reply without any cache."""
+    import torch
+    ranked = dict(hf_policy.rank(MESSAGES, ADMISSIBLE))
+    model, tok = hf_policy.model, hf_policy.tokenizer
+    for action in ADMISSIBLE:
+        prompt = hf_policy.encode_chat(MESSAGES)
+        full = hf_policy.encode_chat(MESSAGES + [{"role": "assistant", "content": f"Action: {action}"}],
+                                     add_generation_prompt=False)
+        reply = full[len(prompt):]
+        reply = reply[:reply.index(tok.convert_tokens_to_ids("<|im_end|>")) + 1]  # through the end of turn
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + reply])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        expected = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(reply))
+        assert ranked[action] == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("act", ["constrained", "score"])
+def test_constrained_and_score_stay_in_the_list(tiny_checkpoint, act):
+    policy = load_policy(str(tiny_checkpoint), act=act)
+    admissible = ADMISSIBLE + ['say "hi"\\there', "take lamp from the table"]
+    # score mode samples softmax(loglik / T): the tiny model's log-likelihoods are tens of nats apart
+    for temperature in (0.0, 1.5 if act == "constrained" else 30.0):
+        replies = policy.sample(MESSAGES, admissible=admissible, seeds=list(range(1, 13)), temperature=temperature)
+        assert all(r.action in admissible and r.valid for r in replies), [r.text for r in replies]
+        if temperature > 0:
+            assert len({r.action for r in replies}) > 1  # sampling, not argmax
+            again = policy.sample(MESSAGES, admissible=admissible, seeds=list(range(1, 13)),
+                                  temperature=temperature)
+            assert [r.action for r in again] == [r.action for r in replies]
+    if act == "score":  # greedy score mode is the argmax of the ranking
+        best = policy.rank(MESSAGES, admissible)[0][0]
+        assert policy.act(MESSAGES, admissible=admissible, seed=3, temperature=0.0).action == best
+
+
+def test_default_act_is_constrained_with_a_list_and_generate_without(hf_policy):
+    assert hf_policy.mode_for(ADMISSIBLE) == "constrained" and hf_policy.mode_for(None) == "generate"
+    r = hf_policy.act(MESSAGES, admissible=ADMISSIBLE, seed=1, temperature=1.0)
+    assert r.valid and r.action in ADMISSIBLE
+
+
+def test_context_overflow_drops_oldest_history(tiny_checkpoint, capsys):
+    state = dict(STATE, history=[{"observation": f"room {i} " * 20, "action": f"go {i}"} for i in range(12)])
+    messages = Serializer(history=12, max_history_chars=2000).policy_messages(state)
+    policy = load_policy(str(tiny_checkpoint), {"n_ctx": "400"}, max_tokens=16)
+    assert len(policy.encode_chat(messages)) > 400
+    r = policy.act(messages, admissible=None, seed=1, temperature=1.0)  # no exception mid-run
+    assert r.finish_reason in ("stop", "length")
+    assert "did not fit the context of 400 tokens" in capsys.readouterr().err
+    shorter = drop_oldest_history(messages)
+    assert "go 0\n" not in shorter[1]["content"] and "go 1\n" in shorter[1]["content"]
+    assert "(1 earlier step not shown)" in shorter[1]["content"]
+    assert "(2 earlier steps not shown)" in drop_oldest_history(shorter)[1]["content"]
+    # score mode fits the prompt too
+    scored = load_policy(str(tiny_checkpoint), {"n_ctx": "400"}, act="score")
+    assert scored.act(messages, admissible=ADMISSIBLE, seed=1).action in ADMISSIBLE
+
+
+def test_peft_adapter_directory(tiny_checkpoint, tmp_path, hf_policy):
+    """An adapter directory loads on the base named in its adapter_config.json and changes the model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint))
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, config)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # a visible change, deterministic
+            param.data.fill_(0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    adapter_cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(tiny_checkpoint)
+    policy = load_policy(str(tmp_path / "adapter"))
+    assert policy.adapter and policy.base == str(tiny_checkpoint)
+    assert dict(policy.rank(MESSAGES, ADMISSIBLE)) != pytest.approx(dict(hf_policy.rank(MESSAGES, ADMISSIBLE)))
+    assert policy.sha256 != hf_policy.sha256
+    # a base that is not on disk: a clear error, nothing downloaded
+    adapter_cfg["base_model_name_or_path"] = "someone/some-model"
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_cfg))
+    with pytest.raises(PolicyError, match="not a local directory"):
+        load_policy(str(tmp_path / "adapter"))
+
+
+def test_broken_checkpoints_give_clear_errors(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(PolicyError, match="cannot load the checkpoint"):
+        load_policy(str(bad))
+    (tmp_path / "junk.gguf").write_bytes(b"PK\x03\x04 not a model")
+    with pytest.raises(PolicyError, match="not a GGUF file"):
+        load_policy(str(tmp_path / "junk.gguf"))
+    with pytest.raises(PolicyError, match="not an option of the transformers backend"):
+        load_policy(str(tiny_checkpoint), {"n_gpu_layer": "1"})
+
+
+# --- HTTP: a chat-completions server on 127.0.0.1 wrapping the transformers policy --------------------------
+
+class ChatServer:
+    """The OpenAI chat-completions subset eexp uses (and vLLM's guided_choice), answering with a local policy.
+    `fail_next` makes the next N requests fail with 503, to exercise the retries."""
+
+    def __init__(self, policy):
+        self.policy, self.requests, self.fail_next = policy, [], 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"data": [{"id": "tiny"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+                if server.fail_next > 0:
+                    server.fail_next -= 1
+                    return self._send(503, {"error": {"message": "busy"}})
+                with server.lock:  # one model, one global torch RNG: requests take turns
+                    text, finish = server.answer(body)
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": text},
+                                              "finish_reason": finish}]})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.lock = threading.Lock()
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def answer(self, body):
+        if body.get("guided_choice"):
+            p = self.policy
+            ids = p.encode_chat(body["messages"])
+            text, finish = p._constrained_ids(ids, p.candidate_ids(body["messages"], body["guided_choice"]),
+                                              body["guided_choice"], seed=body["seed"],
+                                              temperature=body["temperature"])
+        else:
+            r = self.policy.generate(body["messages"], seed=body["seed"],
+                                     temperature=body["temperature"], top_p=body["top_p"],
+                                     max_tokens=body["max_tokens"])
+            text, finish = r.text, r.finish_reason
+        return text, finish
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def chat_server(hf_policy):
+    server = ChatServer(hf_policy)
+    yield server
+    server.close()
+
+
+def test_http_answers_like_the_local_model(chat_server, hf_policy, monkeypatch):
+    monkeypatch.setenv("EEXP_TEST_KEY", "sk-secret")
+    policy = load_policy(chat_server.url, {"api_key_env": "EEXP_TEST_KEY", "concurrency": "4"}, max_tokens=12)
+    greedy = policy.generate(MESSAGES, seed=1, temperature=0.0)
+    assert greedy.text == hf_policy.generate(MESSAGES, seed=1, temperature=0.0, max_tokens=12).text
+    seeds = [derive_seed(3, "t#2", k) for k in range(6)]
+    replies = policy.sample(MESSAGES, admissible=None, seeds=seeds, temperature=1.0)
+    assert [r.seed for r in replies] == seeds  # parallel requests, answers in the order of the seeds
+    assert [r.text for r in replies] == [hf_policy.generate(MESSAGES, seed=s, temperature=1.0, max_tokens=12).text
+                                         for s in seeds]
+    assert chat_server.requests[-1]["auth"] == "Bearer sk-secret"
+    assert chat_server.requests[-1]["body"]["model"] == "tiny"  # found from /v1/models
+    assert "sk-secret" not in json.dumps(policy.describe())
+
+
+def test_http_constrained_with_guided_choice(chat_server):
+    policy = load_policy(chat_server.url, {"guided": "vllm"})
+    replies = policy.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[1, 2, 3, 4], temperature=1.0)
+    assert all(r.valid for r in replies)
+    assert chat_server.requests[-1]["body"]["guided_choice"] == [f"Action: {a}" for a in ADMISSIBLE]
+    with pytest.raises(PolicyError, match="guided"):
+        load_policy(chat_server.url, act="constrained")
+    with pytest.raises(PolicyError, match="log-likelihoods"):
+        load_policy(chat_server.url, act="score")
+
+
+def test_http_retries_then_marks_the_reply_failed(chat_server, capsys):
+    policy = load_policy(chat_server.url, {"retries": "2", "backoff": "0.01", "model": "tiny"})
+    chat_server.fail_next = 2  # two 503s, then an answer: retried and fine
+    assert policy.generate(MESSAGES, seed=1, temperature=0.0).finish_reason in ("stop", "length")
+    chat_server.fail_next = 3  # more failures than retries: a failed reply, no exception
+    r = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=1)
+    assert r.action is None and r.finish_reason.startswith("error: HTTP 503") and "after 3 attempts" in r.finish_reason
+    # nothing listening: the same, with the reason
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = load_policy(f"http://127.0.0.1:{port}/v1", {"retries": "1", "backoff": "0.01", "model": "m"})
+    r = down.act(MESSAGES, admissible=None, seed=1)
+    assert r.finish_reason.startswith("error: cannot reach") and r.action is None
+    assert "marked failed" in capsys.readouterr().err

@@ -1,0 +1,265 @@
+"""What every local model backend shares: rendering with the model's own chat template, fitting the context, and
+the three ways to pick an action (`--act generate|constrained|score`).
+
+A backend (transformers, llama.cpp) supplies token-level hooks: `encode_chat` (messages -> ids through the
+template), `_generate_ids` (free sampling from ids), `_constrained_ids` (sampling restricted to the candidate
+replies) and `_logliks` (log-likelihood of each candidate reply after the prompt). Everything above the hooks,
+and so every decision about actions, is written once here.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+
+from eexp.policies.actions import reply_from_text
+from eexp.policies.base import Policy, PolicyError, Reply
+from eexp.prompts import format_action
+
+
+def warn(message: str) -> None:
+    print(f"eexp: warning: {message}", file=sys.stderr)
+
+
+def render_chat_template(template: str, messages: list[dict], *, add_generation_prompt: bool, **special) -> str:
+    """Render `messages` with a Jinja chat template exactly as transformers does (same sandbox, same filters),
+    so a GGUF's stored template gives the text the training tokenizer saw."""
+    try:
+        from transformers.utils.chat_template_utils import render_jinja_template
+    except ImportError:  # llama.cpp alone (the `gguf` extra): the same sandboxed Jinja settings as transformers
+        return _render_jinja(template, messages, add_generation_prompt, special)
+    rendered, _ = render_jinja_template(conversations=[messages], chat_template=template,
+                                        add_generation_prompt=add_generation_prompt, **special)
+    return rendered[0]
+
+
+def _render_jinja(template, messages, add_generation_prompt, special):
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                             **special)
+
+
+# --- context overflow -----------------------------------------------------------------------------------------
+
+_HISTORY_STEP = re.compile(r"Observation: .*?\nAction: [^\n]*(?:\n|$)", re.DOTALL)
+_NOT_SHOWN = re.compile(r"^\((\d+) earlier steps? not shown\)\n?", re.MULTILINE)
+
+
+def drop_oldest_history(messages: list[dict]) -> list[dict] | None:
+    """The same conversation with its oldest step of history removed, or None when there is none left.
+
+    Several turns: the oldest user/assistant pair after the system prompt goes. One rendered state
+    (eexp.prompts.Serializer): the oldest `Observation:/Action:` pair of its "Recent steps" goes, and the
+    "(N earlier steps not shown)" line counts it."""
+    body = [i for i, m in enumerate(messages) if m["role"] != "system"]
+    if len(body) > 2:
+        first = body[0]
+        return messages[:first] + messages[first + 2:]
+    for i in reversed(body):
+        content = messages[i]["content"]
+        start = content.find("Recent steps:\n")
+        if messages[i]["role"] != "user" or start < 0:
+            continue
+        end = content.find("\n\n", start)
+        end = len(content) if end < 0 else end
+        block = content[start + len("Recent steps:\n"):end]
+        step = _HISTORY_STEP.search(block)
+        if not step:
+            continue
+        shown = _NOT_SHOWN.search(block)
+        hidden = int(shown.group(1)) if shown else 0
+        rest = block[:step.start()] + block[step.end():]
+        rest = _NOT_SHOWN.sub("", rest).strip("\n")
+        note = f"({hidden + 1} earlier step{'s' if hidden + 1 != 1 else ''} not shown)"
+        block = note + ("\n" + rest if rest else "")
+        new = content[:start] + "Recent steps:\n" + block + content[end:]
+        return messages[:i] + [{**messages[i], "content": new}] + messages[i + 1:]
+    return None
+
+
+def clip_longest(messages: list[dict], fraction: float) -> list[dict]:
+    """Shorten the longest non-system message to `fraction` of its length (the last resort of `fit`)."""
+    candidates = [i for i, m in enumerate(messages) if m["role"] != "system"] or list(range(len(messages)))
+    i = max(candidates, key=lambda j: len(messages[j]["content"]))
+    text = messages[i]["content"]
+    keep = max(int(len(text) * fraction), 1)
+    return messages[:i] + [{**messages[i], "content": text[:keep].rstrip() + "…"}] + messages[i + 1:]
+
+
+# --- the shared model policy ----------------------------------------------------------------------------------
+
+class ModelPolicy(Policy):
+    """A policy backed by a local model. Subclasses set `backend` and implement the hooks below."""
+
+    backend = ""
+    supports = ("generate", "constrained", "score")
+
+    def __init__(self, act: str | None = None, max_tokens: int = 256, top_p: float = 1.0):
+        if act is not None and act not in self.supports:
+            raise PolicyError(f"--act {act} is not available with the {self.backend} backend "
+                              f"(available: {', '.join(self.supports)})")
+        self.act_mode, self.max_tokens, self.top_p = act, max_tokens, top_p
+        self._warned: set[str] = set()
+        self._score_cache: tuple | None = None
+
+    # hooks ------------------------------------------------------------------------------------------------------
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        raise NotImplementedError
+
+    def context_size(self) -> int:
+        raise NotImplementedError
+
+    def is_stop(self, token: int) -> bool:
+        """End of turn / end of sequence."""
+        raise NotImplementedError
+
+    def _generate_ids(self, ids: list[int], *, seed: int, temperature: float, top_p: float,
+                      max_tokens: int) -> tuple[str, str]:
+        """(text, finish_reason) sampled after `ids`."""
+        raise NotImplementedError
+
+    def _constrained_ids(self, ids: list[int], candidates: list[list[int]], replies: list[str], *, seed: int,
+                         temperature: float) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def _logliks(self, ids: list[int], candidates: list[list[int]]) -> list[float]:
+        raise NotImplementedError
+
+    # context ----------------------------------------------------------------------------------------------------
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warn(message + " (said once per run)")
+
+    def fit(self, messages: list[dict], reserve: int) -> tuple[list[dict], list[int]]:
+        """The messages, shortened if need be, and their prompt ids, leaving `reserve` tokens free: drop the
+        oldest history, then clip the longest message, with a warning; never an exception mid-run."""
+        budget = self.context_size() - reserve
+        ids = self.encode_chat(messages)
+        dropped = clipped = 0
+        while len(ids) > budget:
+            shorter = drop_oldest_history(messages)
+            if shorter is not None:
+                dropped += 1
+            else:
+                shorter = clip_longest(messages, max(min(budget / len(ids), 0.9), 0.1))
+                clipped += 1
+                if clipped > 20:  # the system prompt alone does not fit: keep the end of the ids
+                    self.warn_once("cut", f"prompt of {len(ids)} tokens cut to the last {budget}")
+                    return messages, (ids[-budget:] if budget > 0 else ids[-1:])
+            messages = shorter
+            ids = self.encode_chat(messages)
+        if dropped or clipped:
+            self.warn_once("overflow", f"a prompt did not fit the context of {self.context_size()} tokens: dropped "
+                           f"{dropped} oldest history step(s), clipped {clipped} time(s)")
+        return messages, ids
+
+    def _budget(self, ids: list[int], max_tokens: int) -> int:
+        return max(1, min(max_tokens, self.context_size() - len(ids)))
+
+    # candidates -------------------------------------------------------------------------------------------------
+    def candidate_ids(self, messages: list[dict], replies: list[str]) -> list[list[int]]:
+        """Token ids of each reply as an assistant turn after the prompt, end of turn included, rendered by the
+        template (so the tokens are the ones training produced)."""
+        ids = self.encode_chat(messages)
+        out = []
+        for reply in replies:
+            full = self.encode_chat(messages + [{"role": "assistant", "content": reply}], add_generation_prompt=False)
+            if full[:len(ids)] != ids or len(full) <= len(ids):
+                raise PolicyError(f"the {self.backend} chat template renders an assistant turn that does not extend "
+                                  f"the generation prompt; --act score/constrained need one that does")
+            cont = full[len(ids):]
+            for j, tok in enumerate(cont):
+                if self.is_stop(tok):
+                    cont = cont[:j + 1]  # stop at the end of the turn: what follows is the next turn's framing
+                    break
+            out.append(cont)
+        return out
+
+    # the interface ----------------------------------------------------------------------------------------------
+    def mode_for(self, admissible: list[str] | None) -> str:
+        if not admissible:
+            return "generate"
+        return self.act_mode or ("constrained" if "constrained" in self.supports else "generate")
+
+    def generate(self, messages, *, seed, temperature, top_p=None, max_tokens=None) -> Reply:
+        max_tokens = max_tokens or self.max_tokens
+        _, ids = self.fit(messages, reserve=min(max_tokens, self.context_size() // 2))
+        text, finish = self._generate_ids(ids, seed=seed, temperature=temperature,
+                                          top_p=self.top_p if top_p is None else top_p,
+                                          max_tokens=self._budget(ids, max_tokens))
+        reply = reply_from_text(text, None, seed=seed if temperature > 0 else 0, finish_reason=finish)
+        return reply
+
+    def act(self, messages, *, admissible, seed, temperature=0.0, context=None) -> Reply:
+        return self.sample(messages, admissible=admissible, seeds=[seed], temperature=temperature,
+                           context=context)[0]
+
+    def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
+        """K replies back to back on one prompt: the backends keep the prompt's KV between the calls, and score
+        mode ranks the candidates once for all K."""
+        mode = self.mode_for(admissible)
+        if mode == "generate":
+            _, ids = self.fit(messages, reserve=min(self.max_tokens, self.context_size() // 2))
+            out = []
+            for seed in seeds:
+                text, finish = self._generate_ids(ids, seed=seed, temperature=temperature, top_p=self.top_p,
+                                                  max_tokens=self._budget(ids, self.max_tokens))
+                out.append(reply_from_text(text, admissible, context=context, seed=seed if temperature > 0 else 0,
+                                           finish_reason=finish))
+            return out
+        replies = [format_action(a) for a in admissible]
+        longest = max(len(r) for r in replies) // 2 + 8  # a generous token bound for the longest reply
+        messages, ids = self.fit(messages, reserve=min(longest, self.context_size() // 2))
+        candidates = self.candidate_ids(messages, replies)
+        if mode == "constrained":
+            out = []
+            for seed in seeds:
+                text, finish = self._constrained_ids(ids, candidates, replies, seed=seed, temperature=temperature)
+                out.append(reply_from_text(text, admissible, context=context,
+                                           seed=seed if temperature > 0 else 0, finish_reason=finish))
+            return out
+        logliks = self.scores_for(ids, candidates)
+        return [self._pick(admissible, logliks, seed, temperature) for seed in seeds]
+
+    def scores_for(self, ids: list[int], candidates: list[list[int]]) -> list[float]:
+        key = (tuple(ids), tuple(map(tuple, candidates)))
+        if self._score_cache is None or self._score_cache[0] != key:
+            self._score_cache = (key, self._logliks(ids, candidates))
+        return self._score_cache[1]
+
+    def rank(self, messages: list[dict], admissible: list[str]) -> list[tuple[str, float]]:
+        """Every admissible action with its log-likelihood, best first (for analysis and tests)."""
+        replies = [format_action(a) for a in admissible]
+        messages, ids = self.fit(messages, reserve=max(len(r) for r in replies) // 2 + 8)
+        logliks = self.scores_for(ids, self.candidate_ids(messages, replies))
+        return sorted(zip(admissible, logliks), key=lambda p: -p[1])
+
+    @staticmethod
+    def _pick(admissible: list[str], logliks: list[float], seed: int, temperature: float) -> Reply:
+        """Greedy at temperature 0; otherwise a draw from softmax(loglik / T) with the call's seed."""
+        values = np.asarray(logliks, dtype=np.float64)
+        if temperature <= 0:
+            i, seed = int(np.argmax(values)), 0
+        else:
+            z = values / temperature
+            p = np.exp(z - z.max())
+            i = int(np.random.default_rng(seed).choice(len(values), p=p / p.sum()))
+        action = admissible[i]
+        return Reply(text=format_action(action), action=action, valid=True, seed=seed, finish_reason="stop")
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+

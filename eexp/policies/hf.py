@@ -1,0 +1,221 @@
+"""The transformers backend: a checkpoint directory, or a PEFT adapter directory whose base is named in its
+adapter_config.json. CUDA in bf16 where there is a GPU, CPU in fp32 otherwise; safetensors only;
+trust_remote_code only when asked (`--policy-arg trust_remote_code=true`).
+
+The prompt's KV cache is computed once per state and copied for each of the K samples and for the batch of
+candidate replies that score mode ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+from eexp.policies.args import take_args
+from eexp.policies.base import PolicyError
+from eexp.policies.chat import ModelPolicy
+from eexp.policies.files import content_hash, read_checkpoint_serializer
+
+SCHEMA = {
+    "device": (str, "auto"),           # auto | cpu | cuda | cuda:N
+    "dtype": (str, "auto"),            # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    "trust_remote_code": (bool, False),
+    "n_ctx": (int, 0),                 # context size (0: the model's max_position_embeddings)
+    "base": (str, ""),                 # an adapter's base checkpoint, overriding adapter_config.json
+    "batch_size": (int, 32),           # candidate replies scored per forward pass
+    "n_threads": (int, 0),             # torch CPU threads (0: torch's default)
+}
+
+
+class TransformersPolicy(ModelPolicy):
+    backend = "transformers"
+
+    def __init__(self, path: str, args: dict | None = None, *, act=None, max_tokens=256, top_p=1.0):
+        super().__init__(act, max_tokens, top_p)
+        opts = take_args(args, SCHEMA, self.backend)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # stderr is for eexp's own progress and warnings
+
+        if opts["n_threads"] > 0:
+            torch.set_num_threads(opts["n_threads"])
+        self.spec = path
+        self.adapter = path if os.path.isfile(os.path.join(path, "adapter_config.json")) else None
+        base = self._base_of(path, opts["base"]) if self.adapter else path
+        self.base = base
+        self.name = os.path.basename(os.path.normpath(path))
+        device = opts["device"]
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = opts["dtype"]
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise PolicyError(f"--policy-arg dtype={dtype}: expected auto, float32, bfloat16 or float16")
+        self.device = torch.device(device)
+        trust = opts["trust_remote_code"]
+        tokenizer_dir = path if self.adapter and _has_tokenizer(path) else base
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust)
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), use_safetensors=True,
+                                                         trust_remote_code=trust)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise PolicyError(f"{base}: cannot load the checkpoint ({_first_line(e)})") from None
+        if not self.tokenizer.chat_template:
+            raise PolicyError(f"{tokenizer_dir}: the tokenizer has no chat template (eexp renders every prompt "
+                              f"with the model's own template)")
+        if self.adapter:
+            try:
+                from peft import PeftModel
+                model = PeftModel.from_pretrained(model, path).merge_and_unload()
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise PolicyError(f"{path}: the adapter does not load onto {base} ({_first_line(e)})") from None
+        self.model = model.to(self.device).eval()
+        self.torch = torch
+        self.n_ctx = opts["n_ctx"] or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        self.batch_size = max(1, opts["batch_size"])
+        eos = model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(self.tokenizer.eos_token_id)
+        self.stop_ids = sorted(set(eos))
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+            (self.stop_ids[0] if self.stop_ids else 0)
+        self.sha256 = content_hash([p for p in (self.adapter, base) if p])
+        self._cache_key: tuple | None = None
+        self._cache = None
+
+    @staticmethod
+    def _base_of(adapter: str, override: str) -> str:
+        if override:
+            base = override
+        else:
+            try:
+                with open(os.path.join(adapter, "adapter_config.json")) as f:
+                    base = json.load(f).get("base_model_name_or_path") or ""
+            except (OSError, json.JSONDecodeError) as e:
+                raise PolicyError(f"{adapter}/adapter_config.json: cannot read ({e})") from None
+            if base and not os.path.isabs(base) and os.path.isdir(os.path.join(adapter, base)):
+                base = os.path.join(adapter, base)
+        if not base or not os.path.isdir(base):
+            raise PolicyError(f"{adapter}: the adapter's base model {base!r} is not a local directory "
+                              f"(nothing is downloaded; give it with --policy-arg base=DIR)")
+        return base
+
+    # hooks ------------------------------------------------------------------------------------------------------
+    def encode_chat(self, messages, add_generation_prompt=True):
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                 tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+
+    def context_size(self):
+        return self.n_ctx
+
+    def is_stop(self, token):
+        return token in self.stop_ids
+
+    def serializer_settings(self):
+        return read_checkpoint_serializer(self.adapter or self.spec) or (
+            read_checkpoint_serializer(self.base) if self.adapter else None)
+
+    def describe(self):
+        return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend}
+
+    # the KV cache of the prompt, shared by every call on one state ----------------------------------------------
+    def _prefix_cache(self, ids: list[int]):
+        """The KV cache of ids[:-1] (the last prompt token is fed with the generation, whose first logits it
+        gives). Kept for the last state, copied for each use."""
+        key = tuple(ids[:-1])
+        if key != self._cache_key:
+            self._cache = None
+            if key:
+                with self.torch.no_grad():
+                    out = self.model(input_ids=self._tensor([list(key)]), use_cache=True)
+                self._cache = out.past_key_values
+            self._cache_key = key
+        return copy.deepcopy(self._cache) if self._cache is not None else None
+
+    def _tensor(self, rows):
+        return self.torch.tensor(rows, dtype=self.torch.long, device=self.device)
+
+    def _run_generate(self, ids, *, seed, temperature, top_p, max_tokens, allowed=None):
+        torch = self.torch
+        kwargs = dict(max_new_tokens=max_tokens, eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id,
+                      do_sample=temperature > 0, top_k=0, repetition_penalty=1.0,
+                      past_key_values=self._prefix_cache(ids))
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None)
+        if allowed is not None:
+            kwargs["prefix_allowed_tokens_fn"] = allowed
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type), torch.no_grad():
+            torch.manual_seed(seed)  # the call's own seed: the same seed gives the same sample
+            out = self.model.generate(input_ids=self._tensor([ids]), attention_mask=self._tensor([[1] * len(ids)]),
+                                      **kwargs)
+        new = out[0, len(ids):].tolist()
+        finish = "stop" if new and self.is_stop(new[-1]) else "length"
+        return self.tokenizer.decode(new, skip_special_tokens=True), finish
+
+    def _generate_ids(self, ids, *, seed, temperature, top_p, max_tokens):
+        return self._run_generate(ids, seed=seed, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+
+    def _constrained_ids(self, ids, candidates, replies, *, seed, temperature):
+        """Prefix-constrained decoding over the token trie of the candidate replies: every step may only extend
+        some candidate, so the result is always one of them."""
+        trie: dict = {}
+        for cand in candidates:
+            node = trie
+            for tok in cand:
+                node = node.setdefault(tok, {})
+        prompt_len = len(ids)
+        fallback = self.stop_ids[:1] or [self.pad_id]
+
+        def allowed(batch_id, input_ids):
+            node = trie
+            for tok in input_ids[prompt_len:].tolist():
+                node = node.get(tok)
+                if node is None:
+                    return fallback
+            return list(node) or fallback
+
+        longest = max(len(c) for c in candidates)
+        return self._run_generate(ids, seed=seed, temperature=temperature, top_p=1.0, max_tokens=longest,
+                                  allowed=allowed)
+
+    def _logliks(self, ids, candidates):
+        """Sum of log p(reply tokens | prompt) for each candidate, in batches over one copy of the prompt's KV."""
+        torch = self.torch
+        out: list[float] = []
+        for start in range(0, len(candidates), self.batch_size):
+            chunk = candidates[start:start + self.batch_size]
+            width = max(len(c) for c in chunk) + 1
+            rows = [[ids[-1]] + c + [self.pad_id] * (width - 1 - len(c)) for c in chunk]
+            mask = [[1] * (len(ids) - 1) + [1] * (len(c) + 1) + [0] * (width - 1 - len(c)) for c in chunk]
+            cache = self._prefix_cache(ids)
+            if cache is not None:
+                cache.batch_repeat_interleave(len(chunk))
+            with torch.no_grad():
+                logits = self.model(input_ids=self._tensor(rows), attention_mask=self._tensor(mask),
+                                    past_key_values=cache, use_cache=cache is not None).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for i, cand in enumerate(chunk):
+                positions = torch.arange(len(cand), device=self.device)
+                targets = torch.tensor(cand, device=self.device)
+                out.append(float(logp[i, positions, targets].sum()))
+        return out
+
+    def close(self):
+        self._cache = None
+
+
+def _has_tokenizer(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
