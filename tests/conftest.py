@@ -42,3 +42,13 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def tiny_llama_checkpoint(tmp_path_factory) -> Path:
     """The same as `tiny_checkpoint` with the llama architecture (untied output embeddings)."""
     return _init_checkpoint(tmp_path_factory, "tiny-llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_checkpoint, tmp_path_factory) -> Path:
+    """`tiny_checkpoint` exported with `eexp export --quant q8_0` (a GGUF for llama-cpp-python policies)."""
+    from eexp.cli import cli
+    out = tmp_path_factory.mktemp("gguf") / "tiny-qwen2.q8_0.gguf"
+    result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "-o", str(out), "--quant", "q8_0"])
+    assert result.exit_code == 0, result.output
+    return out

@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from eexp.cli import cli
-from eexp.models.init import CHAT_TEMPLATE, IM_END, PAD_TOKEN, init_model
+from click.testing import CliRunner
+
+from eexp.models.init import IM_END, PAD_TOKEN, init_model
 
 
 # --- init-model -------------------------------------------------------------------------------------------------
@@ -63,3 +65,310 @@ def test_init_model_cli_errors(runner, tmp_path):
     result = runner.invoke(cli, ["init-model", str(tmp_path / "m"), "--corpus", str(tmp_path / "missing.jsonl")])
     assert result.exit_code == 1 and "missing.jsonl: no such corpus file" in result.output
     assert not (tmp_path / "m").exists()
+
+
+# --- export: helpers ------------------------------------------------------------------------------------------------
+
+TEXTS = [
+    "Task: buy a red cotton shirt under 30 dollars.\nObservation: Results: [1] red shirt, $24.99\nAction: click[1]",
+    "naïve café — 25 € ünïcödé 日本語 emoji 🙂\n\n\ttabs  and   spaces ",
+    "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nThought: ok\nAction: look<|im_end|>\n",
+]
+
+
+def _export(runner, *args):
+    result = runner.invoke(cli, ["export", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _sharpened(ckpt, dest):
+    """A copy of `ckpt` with q/k scaled up, so attention is peaked and a wrong rotary layout shows in the logits
+    (a freshly initialized model attends almost uniformly, which would hide it)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(ckpt, dest)
+    weights = load_file(str(dest / "model.safetensors"))
+    for key in weights:
+        if key.endswith(("q_proj.weight", "k_proj.weight")):
+            weights[key] = weights[key] * 12
+    save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    return dest
+
+
+def _llama(path, **kwargs):
+    import llama_cpp
+    return llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False, **kwargs)
+
+
+def _last_logits(llm, ids):
+    import numpy as np
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[len(ids) - 1])
+
+
+def _hf_logits(model, ids):
+    import torch
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0, -1].numpy()
+
+
+def _gguf_fields(path):
+    import gguf
+    reader = gguf.GGUFReader(str(path))
+    return {name: field.contents() for name, field in reader.fields.items()}, reader
+
+
+# --- export: the real checks --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_f32_export_tokenizes_and_computes_like_transformers(arch, request, runner, tmp_path):
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = request.getfixturevalue("tiny_checkpoint" if arch == "qwen2" else "tiny_llama_checkpoint")
+    ckpt = _sharpened(base, tmp_path / "ckpt")
+    out = tmp_path / "model.f32.gguf"
+    _export(runner, ckpt, "-o", out, "--quant", "f32")
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    llm = _llama(out)
+    try:
+        for text in TEXTS:
+            ids = tok(text).input_ids
+            assert llm.tokenize(text.encode(), add_bos=True, special=True) == ids  # add_bos is honoured as "no"
+            hf = _hf_logits(model, ids)
+            assert hf.std() > 0.05  # real, varied logits
+            assert np.abs(_last_logits(llm, ids) - hf).max() < 1e-3
+        # Every position, not only the last one, on the longest text.
+        ids = tok(TEXTS[0]).input_ids
+        import torch
+        with torch.no_grad():
+            every = model(torch.tensor([ids])).logits[0].numpy()
+        _last_logits(llm, ids)
+        assert np.abs(np.array(llm.scores[: len(ids)]) - every).max() < 1e-3
+    finally:
+        llm.close()
+
+    fields, reader = _gguf_fields(out)
+    assert fields["general.architecture"] == arch
+    assert fields["tokenizer.ggml.add_bos_token"] is False
+    assert fields["tokenizer.ggml.eos_token_id"] == tok.eos_token_id
+    assert fields["tokenizer.ggml.padding_token_id"] == tok.pad_token_id
+    assert fields["tokenizer.chat_template"] == tok.chat_template
+    assert fields["eexp.source"] == str(ckpt.resolve())
+    import hashlib
+    assert fields["eexp.source_sha256"] == hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
+    assert {t.tensor_type.name for t in reader.tensors} == {"F32"}
+    # tied embeddings (qwen2) write no output tensor; untied (llama) do
+    assert any(t.name == "output.weight" for t in reader.tensors) == (arch == "llama")
+
+
+def test_rotary_permutation_is_needed_for_llama(tiny_llama_checkpoint, runner, tmp_path, monkeypatch):
+    """The logit check above can tell a wrong rotary layout apart: without llama's q/k permutation it fails."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import eexp.models.export as export
+
+    ckpt = _sharpened(tiny_llama_checkpoint, tmp_path / "ckpt")
+    monkeypatch.setattr(export, "_permute", lambda w, n_head: w)
+    export.export_gguf(ckpt, tmp_path / "wrong.gguf", quant="f32")
+    ids = AutoTokenizer.from_pretrained(ckpt)(TEXTS[0]).input_ids
+    llm = _llama(tmp_path / "wrong.gguf")
+    try:
+        diff = np.abs(_last_logits(llm, ids) - _hf_logits(AutoModelForCausalLM.from_pretrained(ckpt), ids)).max()
+    finally:
+        llm.close()
+    assert diff > 1e-2
+
+
+def test_q8_0_export_generates_and_chats(tiny_gguf, tiny_checkpoint):
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    fields, reader = _gguf_fields(tiny_gguf)
+    assert "Q8_0" in {t.tensor_type.name for t in reader.tensors}
+    assert fields["eexp.quant"] == "q8_0" and fields["eexp.version"]
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    ids = tok(TEXTS[0]).input_ids
+    llm = _llama(tiny_gguf)
+    try:
+        hf = _hf_logits(AutoModelForCausalLM.from_pretrained(tiny_checkpoint), ids)
+        assert np.abs(_last_logits(llm, ids) - hf).max() < 3e-2  # q8_0 rounding only
+        first = llm.create_completion("Action:", max_tokens=8, temperature=0.0, seed=1)
+        again = llm.create_completion("Action:", max_tokens=8, temperature=0.0, seed=1)
+        assert first["usage"]["completion_tokens"] >= 1 and first["choices"][0]["text"] == again["choices"][0]["text"]
+        chat = llm.create_chat_completion([{"role": "user", "content": "Task: look around."}], max_tokens=6,
+                                          temperature=0.0, seed=1)
+        assert chat["choices"][0]["message"]["role"] == "assistant"
+        # the prompt llama.cpp built from the GGUF's chat template is the ChatML prompt transformers builds
+        prompt = tok.apply_chat_template([{"role": "user", "content": "Task: look around."}], tokenize=False,
+                                         add_generation_prompt=True)
+        assert chat["usage"]["prompt_tokens"] == len(tok(prompt).input_ids)
+    finally:
+        llm.close()
+
+
+def _lora_adapter(base, dest, seed=0):
+    """A PEFT LoRA adapter on every linear layer of `base`, with weights perturbed so it changes the logits."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                            "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    peft_model.save_pretrained(dest)
+    return dest
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_lora_only_adapter_in_llama_cpp_matches_merged_export(arch, request, runner, tmp_path):
+    import numpy as np
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = request.getfixturevalue("tiny_checkpoint" if arch == "qwen2" else "tiny_llama_checkpoint")
+    ckpt = _sharpened(base, tmp_path / "base")
+    adapter = _lora_adapter(ckpt, tmp_path / "adapter")
+    _export(runner, ckpt, "-o", tmp_path / "base.f32.gguf", "--quant", "f32")
+    _export(runner, ckpt, "--adapter", adapter, "-o", tmp_path / "merged.f32.gguf", "--quant", "f32")
+    _export(runner, ckpt, "--adapter", adapter, "--lora-only", "-o", tmp_path / "lora.gguf")
+    _export(runner, ckpt, "-o", tmp_path / "base.q8_0.gguf", "--quant", "q8_0")
+    _export(runner, ckpt, "--adapter", adapter, "-o", tmp_path / "merged.q8_0.gguf", "--quant", "q8_0")
+    fields, _ = _gguf_fields(tmp_path / "lora.gguf")
+    assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
+    assert fields["adapter.lora.alpha"] == 16.0
+
+    ids = AutoTokenizer.from_pretrained(ckpt)(TEXTS[0]).input_ids
+    peft_logits = _hf_logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(ckpt), adapter), ids)
+    base_logits = _hf_logits(AutoModelForCausalLM.from_pretrained(ckpt), ids)
+    assert np.abs(peft_logits - base_logits).max() > 0.1  # the adapter matters
+
+    logits = {}
+    for name, model_file, lora in [("merged", "merged.f32.gguf", None), ("lora", "base.f32.gguf", "lora.gguf"),
+                                   ("merged_q8", "merged.q8_0.gguf", None), ("lora_q8", "base.q8_0.gguf", "lora.gguf")]:
+        llm = _llama(tmp_path / model_file, **({"lora_path": str(tmp_path / lora)} if lora else {}))
+        try:
+            logits[name] = _last_logits(llm, ids)
+        finally:
+            llm.close()
+    assert np.abs(logits["merged"] - peft_logits).max() < 1e-3
+    assert np.abs(logits["lora"] - logits["merged"]).max() < 1e-3
+    assert np.abs(logits["lora_q8"] - logits["merged_q8"]).max() < 5e-2  # q8_0 base vs q8_0 merged weights
+
+
+def test_export_adapter_directory_alone_and_serializer_provenance(tiny_checkpoint, runner, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    adapter = _lora_adapter(ckpt, tmp_path / "adapter")
+    serializer = {"history": 2, "max_observation_chars": 800, "max_history_chars": 200, "show_admissible": True,
+                  "max_admissible": 40}
+    (adapter / "config.yaml").write_text(yaml.safe_dump({"serializer": serializer, "lr": 1e-4}))
+    _export(runner, adapter, "-o", tmp_path / "a.gguf", "--quant", "f16")  # base found from adapter_config.json
+    fields, reader = _gguf_fields(tmp_path / "a.gguf")
+    assert json.loads(fields["eexp.serializer"]) == serializer
+    assert fields["eexp.adapter"] == str(adapter.resolve()) and fields["eexp.source"] == str(ckpt.resolve())
+    assert "F16" in {t.tensor_type.name for t in reader.tensors}
+
+
+# --- export: bad input ----------------------------------------------------------------------------------------------
+
+def _no_leftovers(directory, keep=()):
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep) == []
+
+
+def test_export_refuses_checkpoint_without_tokenizer(tiny_checkpoint, runner, tmp_path):
+    import shutil
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    (ckpt / "tokenizer.json").unlink()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = runner.invoke(cli, ["export", str(ckpt), "-o", str(out_dir / "m.gguf")])
+    assert result.exit_code == 1 and "no tokenizer.json" in result.output
+    assert _no_leftovers(out_dir)
+
+
+def test_export_refuses_unsupported_architecture(tiny_checkpoint, runner, tmp_path):
+    import shutil
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (ckpt / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "m.gguf")])
+    assert result.exit_code == 1
+    assert "unsupported architecture 'gpt2' (supported: qwen2, llama)" in result.output
+
+
+def test_export_refuses_adapter_that_does_not_fit(tiny_checkpoint, runner, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    adapter = _lora_adapter(tiny_checkpoint, tmp_path / "adapter")
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    key = next(k for k in weights if "layers.1.mlp.up_proj.lora_A" in k)
+    weights[key] = weights[key][:, :32]  # as if trained on a model of hidden size 32
+    save_file(weights, str(adapter / "adapter_model.safetensors"))
+    for flags in ([], ["--lora-only"]):
+        result = runner.invoke(cli, ["export", str(tiny_checkpoint), "--adapter", str(adapter), *flags,
+                                     "-o", str(tmp_path / "m.gguf")])
+        assert result.exit_code == 1
+        assert "does not fit base" in result.output and "model.layers.1.mlp.up_proj" in result.output
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_export_refuses_quant_the_dimensions_cannot_take(tiny_checkpoint, runner, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = runner.invoke(cli, ["export", str(tiny_checkpoint), "-o", str(out_dir / "m.gguf"), "--quant", "q4_k_m"])
+    assert result.exit_code == 1
+    assert "q4_k_m needs rows of a multiple of 256" in result.output and "token_embd.weight" in result.output
+    assert _no_leftovers(out_dir)
+    result = runner.invoke(cli, ["export", str(tiny_checkpoint), "-o", str(out_dir / "m.gguf"), "--quant", "q5"])
+    assert result.exit_code == 2
+
+
+def test_export_to_unwritable_output_leaves_no_partial_file(tiny_checkpoint, tmp_path):
+    """A write that fails midway (here: a file-size limit, which works even as root) leaves the old file as it
+    was and no temporary file behind."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "m.gguf").write_bytes(b"previous")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = subprocess.run([sys.executable, "-m", "eexp", "export", str(tiny_checkpoint), "-o",
+                           str(out_dir / "m.gguf"), "--quant", "f32"], preexec_fn=limit, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out_dir / "m.gguf").read_bytes() == b"previous"
+    assert _no_leftovers(out_dir, keep=("m.gguf",))
+
+    result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "-o", str(out_dir / "m.gguf" / "x.gguf")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_lora_only_needs_an_adapter(tiny_checkpoint, runner, tmp_path):
+    result = runner.invoke(cli, ["export", str(tiny_checkpoint), "--lora-only", "-o", str(tmp_path / "a.gguf")])
+    assert result.exit_code == 1 and "--lora-only needs --adapter" in result.output

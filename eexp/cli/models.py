@@ -46,3 +46,41 @@ def init_model_command(out, arch, size, corpus, seed):
     except ModelError as e:
         raise UserError(str(e)) from None
     click.echo(f"eexp: wrote {arch} {size} model to {path}", err=True)
+
+
+@cli.command("export")
+@click.argument("ckpt", metavar="CKPT")
+@click.option("-o", "--output", required=True, metavar="FILE", help="The GGUF file to write.")
+@click.option("--adapter", metavar="DIR", help="A PEFT LoRA adapter to merge into CKPT first (CKPT is its base).")
+@click.option("--quant", type=click.Choice(["f32", "f16", "q8_0", "q4_k_m"]), default=None,
+              help="Weight type: f32, f16, q8_0 (default), or q4_k_m (needs widths that are multiples of 256). "
+              "With --lora-only: f32 (default), f16 or q8_0.")
+@click.option("--lora-only", is_flag=True, help="Write the --adapter alone as a GGUF LoRA adapter, for llama.cpp's "
+              "lora_path over a GGUF of CKPT.")
+@config_option
+def export_command(ckpt, output, adapter, quant, lora_only):
+    """Convert a transformers checkpoint (Qwen2 or Llama, byte-level BPE) to one GGUF file for llama.cpp.
+
+    The file holds the weights, the tokenizer (tokens, merges, special tokens, whether a BOS is added), the chat
+    template and provenance (`eexp.version`, `eexp.source`, `eexp.source_sha256`, and `eexp.serializer` when the
+    checkpoint was fine-tuned by eexp). CKPT may also be a LoRA adapter directory whose base is a local
+    directory. The file is written under a temporary name and renamed when complete.
+
+    \b
+    Examples:
+      eexp export runs/il -o il.q8_0.gguf
+      eexp export models/base --adapter runs/il-lora -o il.q4_k_m.gguf --quant q4_k_m
+      eexp export models/base --adapter runs/il-lora --lora-only -o il-lora.gguf
+    """
+    from eexp.models.export import export_gguf
+    from eexp.models.init import ModelError
+
+    if quant == "q4_k_m" and lora_only:
+        raise click.BadParameter("--lora-only takes f32, f16 or q8_0", param_hint="--quant")
+    _quiet_transformers()
+    try:
+        path = export_gguf(ckpt, output, quant=quant or ("f32" if lora_only else "q8_0"), adapter=adapter,
+                           lora_only=lora_only)
+    except ModelError as e:
+        raise UserError(str(e)) from None
+    click.echo(f"eexp: wrote {path}", err=True)
