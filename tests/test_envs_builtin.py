@@ -80,8 +80,13 @@ def test_expert_resume_skips_done_tasks(runner, tmp_path):
     run_expert(runner, "--env", "tools", "-n", "5", "-o", str(out), "-q")
     full = out.read_bytes()
     out.write_bytes(full[: full.index(b"\n", len(full) // 2) + 1])   # as if killed after a few records
-    result, _ = run_expert(runner, "--env", "tools", "-n", "5", "-o", str(out), "--resume", "-q")
+    stats = tmp_path / "stats.json"
+    result, _ = run_expert(runner, "--env", "tools", "-n", "5", "-o", str(out), "--resume", "-q",
+                           "--stats", str(stats))
     assert result.exit_code == 0
+    counts = orjson.loads(stats.read_bytes())
+    assert counts["records_in"] == 5 and counts["resumed"] + counts["records_out"] == 5
+    assert counts["resumed"] >= 1 and counts["unsuccessful"] == 0 and counts["errors"] == 0
     ids = [orjson.loads(line)["id"] for line in out.read_bytes().splitlines()]
     assert ids == [orjson.loads(line)["id"] for line in full.splitlines()]
 
