@@ -8,7 +8,8 @@ import click
 import orjson
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, policy_options, progress_bar, serializer_options, stage_options
+from eexp.cli.options import UserError, policy_options, progress_bar, sampling_options, serializer_options, \
+    stage_options
 from eexp.envs.base import make_env
 from eexp.io import InputError, Reader, Writer, in_shard, prepare_resume, read_records, write_atomic
 from eexp.records import expect, utc_now
@@ -49,10 +50,7 @@ def explicit_serializer_settings(ctx: click.Context) -> dict:
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Parallel workers: processes (one model each), or concurrent requests for an http(s) policy.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Most steps per episode (default: the environment's).")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Sampling temperature (0: greedy, as the paper evaluates).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Base seed; step t of episode e samples with derive_seed(seed, e, t). Does not change the tasks.")
+@sampling_options(k=False, temperature=0.0)  # greedy by default, as the paper evaluates
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the summary JSON here (with --compare: the "
               "comparison).")
 @click.option("--trajectories", "trajectories_path", metavar="FILE",
@@ -66,7 +64,8 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
 
     Tasks are the first N of --split, in the split's fixed order, or the tasks of the trajectory files given as
     INPUT. States are rendered with the serializer settings recorded with the model (overridden by any serializer
-    option given here). Greedy by default; the seed changes sampling only, never the tasks.
+    option given here). Greedy by default (--temperature 0); the seed changes sampling only (step t of episode e
+    samples with derive_seed(seed, e, t)), never the tasks.
 
     With --compare, INPUT are episode files from earlier runs (one environment): a table of the runs with
     intervals, and each run tested against the first over the tasks both ran.
@@ -145,7 +144,7 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
             io.finish()
 
     ordered = [episodes[i] for i in ids if i in episodes]
-    summary = summarize(ordered, env=env_name, policy=description["policy"])
+    summary = summarize(ordered, env=env_name, policy=ordered[0]["policy"] if ordered else description["policy"])
     # The run's settings, as its episodes record them (less what is per episode).
     first_meta = ordered[0]["meta"] if ordered else {}
     summary["meta"] = {**{k: v for k, v in first_meta.items() if k not in ("seeds", "unparsed", "error")},
