@@ -1,6 +1,6 @@
 """JSON Lines in and out: the layer every stage stands on.
 
-Reading names `FILE:LINE` on every problem; writing emits one whole line per record and flushes it, so a
+Reading names `FILE:LINE` on every problem; writing emits one whole line per record and flushes after each input's outputs, so a
 downstream stage sees records as they are made and an interrupted run never leaves half a line behind.
 `run_stage` ties reading, validation, sharding, resume, stats and writing together for the stages that map each
 input record to zero or more output records.
@@ -145,10 +145,14 @@ class Writer:
             except OSError as e:
                 raise InputError(f"cannot write ({e.strerror})", self.path) from None
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict, flush: bool = True) -> None:
         self.stream.write(dumps(record))
-        self.stream.flush()
+        if flush:
+            self.stream.flush()
         self.count += 1
+
+    def flush(self) -> None:
+        self.stream.flush()
 
     def close(self) -> None:
         if self.path is not None:
@@ -283,15 +287,16 @@ def run_stage(
             if problem:
                 reader.reject(item.error(problem))
                 continue
-        if not in_shard(shard_key(record), shard):
+        if shard is not None and not in_shard(shard_key(record), shard):
             continue
         if done and input_key(record) in done:
             stats.add("resumed")
             continue
         try:
             for out in process(record):
-                writer.write(out)
+                writer.write(out, flush=False)
                 stats.records_out += 1
         except RecordError as e:
             reader.reject(item.error(str(e)))
+        writer.flush()  # every input's outputs reach the next stage as soon as they are all made
     stats.skipped = reader.skipped

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 
 import orjson
 
@@ -35,8 +36,13 @@ class Serializer:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_json(self) -> str:
+    @cached_property
+    def json(self) -> str:
+        """The settings as compact JSON, as example meta records them (computed once)."""
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
+
+    def to_json(self) -> str:
+        return self.json
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Serializer":
@@ -71,10 +77,12 @@ class Serializer:
         return [{"role": "system", "content": POLICY_SYSTEM},
                 {"role": "user", "content": self.render_state(state)}]
 
-    def world_model_messages(self, state: dict, action: str) -> list[dict]:
-        """The prompt of an IWM example; its target is `format_observation(next_observation)`."""
+    def world_model_messages(self, state: dict, action: str, rendered: str | None = None) -> list[dict]:
+        """The prompt of an IWM example; its target is `format_observation(next_observation)`. Pass `rendered`
+        (render_state of the same state) when making several examples from one state."""
+        rendered = self.render_state(state) if rendered is None else rendered
         return [{"role": "system", "content": WORLD_MODEL_SYSTEM},
-                {"role": "user", "content": f"{self.render_state(state)}\n\nAction: {action}"}]
+                {"role": "user", "content": f"{rendered}\n\nAction: {action}"}]
 
 
 def clip(text: str, limit: int) -> str:

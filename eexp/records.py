@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -50,42 +50,75 @@ KIND_NAMES = {"trajectory": "a trajectory", "branch": "a branch record", "outcom
               "example": "a training example", "episode": "an episode", "summary": "an eval summary"}
 
 
-def check(value: Any, spec: Any, path: str = "") -> str | None:
-    """The first way `value` departs from `spec`, as `path: problem`, or None."""
-    here = path or "record"
+# A spec is compiled once into a function value -> None | (path parts, problem); the path is only built when
+# something is wrong, so validating a good record costs little (stages validate every input record).
+Problem = tuple[list, str]
+
+
+def _compile(spec: Any) -> Callable[[Any], Problem | None]:
     if isinstance(spec, dict):
-        if not isinstance(value, dict):
-            return f"{here}: expected an object, got {type_name(value)}"
-        for key, sub in spec.items():
-            optional = key.endswith("?")
-            name = key.rstrip("?")
-            sub_path = f"{path}.{name}" if path else name
-            if name not in value:
-                if not optional:
-                    return f"{sub_path}: missing"
-                continue
-            if optional and value[name] is None:
-                continue
-            problem = check(value[name], sub, sub_path)
-            if problem:
-                return problem
-        return None
+        fields = [(key.rstrip("?"), key.endswith("?"), _compile(sub)) for key, sub in spec.items()]
+
+        def check_object(value):
+            if not isinstance(value, dict):
+                return [], f"expected an object, got {type_name(value)}"
+            for name, optional, check_field in fields:
+                if name not in value:
+                    if optional:
+                        continue
+                    return [name], "missing"
+                item = value[name]
+                if item is None and optional:
+                    continue
+                problem = check_field(item)
+                if problem:
+                    return [name, *problem[0]], problem[1]
+            return None
+        return check_object
     if isinstance(spec, list):
-        if not isinstance(value, list):
-            return f"{here}: expected a list, got {type_name(value)}"
-        for i, item in enumerate(value):
-            problem = check(item, spec[0], f"{path}[{i}]")
-            if problem:
-                return problem
-        return None
+        check_item = _compile(spec[0])
+
+        def check_list(value):
+            if not isinstance(value, list):
+                return [], f"expected a list, got {type_name(value)}"
+            for i, item in enumerate(value):
+                problem = check_item(item)
+                if problem:
+                    return [i, *problem[0]], problem[1]
+            return None
+        return check_list
     if spec is ANY:
-        return None
+        return lambda value: None
     wanted = spec if isinstance(spec, tuple) else (spec,)
-    if isinstance(value, bool) and bool not in wanted:  # True is an int to Python, not to us
-        return f"{here}: expected {type_name(wanted[0]())}, got a boolean"
-    if not isinstance(value, wanted):
-        return f"{here}: expected {type_name(wanted[0]())}, got {type_name(value)}"
-    return None
+    expected = f"expected {type_name(wanted[0]())}"
+    takes_bool = bool in wanted
+
+    def check_leaf(value):
+        if type(value) in wanted:  # the common case, without the isinstance calls
+            return None
+        if isinstance(value, wanted) and (takes_bool or not isinstance(value, bool)):  # True is no number to us
+            return None
+        return [], f"{expected}, got {type_name(value)}"
+    return check_leaf
+
+
+def _path(parts: list) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "record"
+
+
+_COMPILED: dict[int, Callable] = {}
+
+
+def check(value: Any, spec: Any) -> str | None:
+    """The first way `value` departs from `spec`, as `field.path: problem`, or None."""
+    compiled = _COMPILED.get(id(spec))
+    if compiled is None:
+        compiled = _COMPILED[id(spec)] = _compile(spec)
+    problem = compiled(value)
+    return None if problem is None else f"{_path(problem[0])}: {problem[1]}"
 
 
 def kind_of(record: dict) -> str | None:

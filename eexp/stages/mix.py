@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator
 
 import orjson
 
-from eexp.records import example_meta
+from eexp.records import EXAMPLE_META, example_meta
 
 
 def parse_source(spec: str) -> tuple[str, float]:
@@ -77,7 +77,11 @@ def deduplicated(records: Iterable[dict], count: Callable[[str], None]) -> Itera
 def normalized(record: dict) -> dict:
     """Examples from any producer get eexp's fixed meta keys and types, so `datasets` can load the mix."""
     meta = record.get("meta") or {}
-    return {**record, "meta": example_meta(**meta)} if isinstance(meta, dict) else record
+    if not isinstance(meta, dict):
+        return {**record, "meta": example_meta(extra={"meta": meta})}
+    if meta.keys() == EXAMPLE_META.keys() and all(type(meta[k]) is t for k, t in EXAMPLE_META.items()):
+        return record  # already eexp's shape: the common case
+    return {**record, "meta": example_meta(**meta)}
 
 
 def mix(sources: list[tuple[Iterator[dict], float]], *, seed: int = 0, concat: bool = False,

@@ -20,6 +20,11 @@ def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int =
     if outcome.get("error"):
         raise RecordError(f"the state could not be reached: {outcome['error']}")
     state = outcome["state"]
+    rendered = serializer.render_state(state)
+    base_meta = example_meta(stage="world-model-data", kind="iwm", env=outcome["env"]["name"],
+                             env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
+                             trajectory_id=outcome["trajectory_id"], step=outcome["step"],
+                             serializer=serializer.json)
     transitions = [("expert", outcome["expert"], "expert")]
     transitions += [(str(j), alt, alt["source"]) for j, alt in enumerate(outcome["alternatives"])]
     for tag, executed, source in transitions:
@@ -34,11 +39,8 @@ def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int =
         yield {
             "id": f"wm:{outcome['id']}:{tag}",
             "source_id": outcome["id"],
-            "messages": serializer.world_model_messages(state, executed["action"]) + [
+            "messages": serializer.world_model_messages(state, executed["action"], rendered) + [
                 {"role": "assistant", "content": format_observation(next_obs, max_chars)}],
-            "meta": example_meta(stage="world-model-data", kind="iwm", env=outcome["env"]["name"],
-                                 env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
-                                 trajectory_id=outcome["trajectory_id"], step=outcome["step"],
-                                 action=executed["action"], action_source=source, seed=executed.get("seed") or 0,
-                                 serializer=serializer.to_json()),
+            "meta": {**base_meta, "action": executed["action"], "action_source": source,
+                     "seed": executed.get("seed") or 0},
         }

@@ -1,0 +1,106 @@
+"""Throughput of world-model-data and mix, and mix's peak memory with --shuffle-buffer.
+
+    .venv/bin/python bench/bench_data.py [--records 200000]
+
+Each stage runs as a real `eexp` process (pinned to one core with taskset when available) on generated records;
+the baseline beside it is the floor for any JSONL stage: a process that only parses and re-serializes every line
+with orjson. Peak RSS of `mix --shuffle-buffer 10000` is measured at 100k and 1M records: it should stay flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+OBS = "[results page 1/3] 1. red cotton t-shirt $24.00 | 2. blue cotton t-shirt $12.00 | 3. red silk t-shirt $41.00"
+
+
+def outcome(i: int) -> dict:
+    traj = f"shop:train-{i // 4:06d}"
+    state = {"goal": f"i need a red cotton t-shirt in size m, under {20 + i % 50} dollars",
+             "history": [{"observation": "[search page] type a query.", "action": "search[red cotton t-shirt]"}],
+             "observation": OBS, "admissible": ["click[back to search]", "click[next >]", "click[red cotton t-shirt]"]}
+    alts = [{"action": f"click[item {k}]", "source": "admissible", "next_observation": f"[item page] item {k} $9.00",
+             "reward": 0.0, "done": False, "valid": True} for k in range(3)]
+    return {"id": f"{traj}#{i % 4}", "source_id": traj, "trajectory_id": traj, "step": i % 4,
+            "env": {"name": "shop", "version": "1", "kwargs": {}}, "task": {"id": f"train-{i // 4}", "split": "train",
+                                                                          "goal": state["goal"]},
+            "prefix": ["search[red cotton t-shirt]"], "state": state,
+            "expert": {"action": "click[red cotton t-shirt]", "next_observation": "[item page] red cotton t-shirt",
+                       "reward": 0.0, "done": False, "valid": True},
+            "alternatives": alts, "meta": {}}
+
+
+def example(i: int) -> dict:
+    return {"id": f"ex{i}", "source_id": f"t{i // 4}", "messages": [
+        {"role": "system", "content": "You are an agent in a text environment."},
+        {"role": "user", "content": f"Task: find item {i}\n\nCurrent observation:\n{OBS}"},
+        {"role": "assistant", "content": f"Action: click[item {i % 7}]"}], "meta": {"stage": "imitation-data"}}
+
+
+def generate(path: Path, make, n: int) -> None:
+    with open(path, "wb") as f:
+        for i in range(n):
+            f.write(orjson.dumps(make(i)) + b"\n")
+
+
+def one_core() -> list[str]:
+    return ["taskset", "-c", "0"] if shutil.which("taskset") else []
+
+
+def timed(cmd: list[str], stdin_path: Path | None = None) -> tuple[float, float]:
+    """(seconds, peak RSS MiB of the child) for one command, output discarded."""
+    start = time.perf_counter()
+    with open(stdin_path or os.devnull, "rb") as stdin:
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+BASELINE = "import sys, orjson\nw = sys.stdout.buffer\nfor l in sys.stdin.buffer:\n    w.write(orjson.dumps(orjson.loads(l)) + b'\\n')\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=200_000)
+    args = parser.parse_args()
+    eexp = [*one_core(), sys.executable, "-m", "eexp"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        outcomes, examples = tmp / "outcomes.jsonl", tmp / "examples.jsonl"
+        generate(outcomes, outcome, args.records)
+        generate(examples, example, args.records)
+        print(f"{args.records:,} records per input, one core; baseline = orjson parse + dump of every line\n")
+        print(f"{'stage':<44} {'records/s':>12} {'baseline rec/s':>15}")
+        base_o, _ = timed([*one_core(), sys.executable, "-c", BASELINE], outcomes)
+        base_e, _ = timed([*one_core(), sys.executable, "-c", BASELINE], examples)
+        s, _ = timed([*eexp, "world-model-data", "-q", str(outcomes)])
+        # world-model-data writes 4 examples per outcome; records/s counts inputs
+        print(f"{'world-model-data (4 examples per outcome)':<44} {args.records / s:>12,.0f} {args.records / base_o:>15,.0f}")
+        for label, extra in [("mix a:3 b:1", []), ("mix a:3 b:1 --shuffle-buffer 10000", ["--shuffle-buffer", "10000"])]:
+            s, _ = timed([*eexp, "mix", f"{examples}:3", f"{examples}:1", *extra])
+            print(f"{label:<44} {2 * args.records / s:>12,.0f} {args.records / base_e:>15,.0f}")
+
+        print("\npeak RSS of mix --shuffle-buffer 10000 (two files of N/2 records each)")
+        for n in (100_000, 1_000_000):
+            big = tmp / f"big{n}.jsonl"
+            generate(big, example, n // 2)
+            s, rss = timed([*eexp, "mix", str(big), str(big), "--shuffle-buffer", "10000"])
+            print(f"  N = {n:>9,}: {rss:7.1f} MiB peak RSS, {n / s:,.0f} records/s")
+            big.unlink()
+
+
+if __name__ == "__main__":
+    main()
