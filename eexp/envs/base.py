@@ -110,7 +110,9 @@ def env_class(name: str) -> type[Env]:
         return known[name].load()
     except ImportError as e:
         raise EnvError(f"environment {name!r} is registered but cannot load: {e} "
-                       f"(install it with: pip install 'eexp[all]')") from None
+                       f"(its package is missing: ./install.sh or pip install 'eexp[all]' installs it)") from None
+    except AttributeError as e:
+        raise EnvError(f"environment {name!r} is registered as {known[name].value} but that does not exist: {e}")
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
