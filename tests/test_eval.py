@@ -433,3 +433,112 @@ def test_compare_pairs_only_common_tasks(tmp_path):
     assert row["n"] == 6 and row["vs_first"]["paired_n"] == 6
     assert row["vs_first"]["success_verdict"] == "worse"  # 6 of 6 discordant: p = 2/64 = 0.03125
     assert row["vs_first"]["mcnemar_p"] == pytest.approx(2 / 64)
+
+
+# --- model policies: a local OpenAI-compatible endpoint, and a tiny GGUF --------------------------------------------
+
+class FakeEndpoint:
+    """A chat-completions server on 127.0.0.1 that answers the first admissible action of the prompt, and counts
+    how many requests it had in flight at once."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.lock, self.in_flight, self.most_in_flight, self.requests = threading.Lock(), 0, 0, 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, body):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self.reply({"data": [{"id": "fake-model"}]})
+
+            def do_POST(self):
+                import time
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.in_flight += 1
+                    outer.requests += 1
+                    outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
+                time.sleep(0.02)  # long enough for concurrent requests to overlap
+                prompt = request["messages"][-1]["content"]
+                listed = prompt.split("Admissible actions:\n", 1)[1].splitlines() if "Admissible actions" in prompt \
+                    else ["look"]
+                with outer.lock:
+                    outer.in_flight -= 1
+                self.reply({"choices": [{"message": {"content": f"Action: {listed[-1]}"}, "finish_reason": "stop"}]})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_endpoint_policy_runs_concurrent_requests_with_the_same_episodes():
+    endpoint = FakeEndpoint()
+    try:
+        args = ["eval", "--policy", endpoint.url, "--env", "shop", "-n", "6", "--max-steps", "4", "-q"]
+        one = invoke(args)
+        assert one.exit_code == 0, one.output
+        assert endpoint.most_in_flight == 1
+        four = invoke(args + ["-j", "4"])
+        assert four.exit_code == 0, four.output
+        assert endpoint.most_in_flight >= 2  # episodes ran side by side against the one endpoint
+        assert endpoint.requests == 2 * 6 * 4
+        assert without_time(lines(one.stdout)) == without_time(lines(four.stdout))
+        assert lines(one.stdout)[0]["policy"] == "fake-model"
+    finally:
+        endpoint.close()
+
+
+@pytest.fixture(scope="module")
+def trained_gguf(tiny_checkpoint, tmp_path_factory):
+    """A tiny GGUF whose checkpoint records serializer settings, as a fine-tuned one does."""
+    import shutil
+
+    import yaml
+    ckpt = tmp_path_factory.mktemp("eval-model") / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    config = yaml.safe_load((ckpt / "config.yaml").read_text())
+    config["serializer"] = {"history": 1, "show_admissible": False}
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    gguf = ckpt.parent / "trained.gguf"
+    result = invoke(["export", str(ckpt), "-o", str(gguf)])
+    assert result.exit_code == 0, result.output
+    return gguf
+
+
+@pytest.mark.slow  # ~20-40 s on 2 shared cores: three evals of a GGUF, two of them in spawned workers
+def test_gguf_policy_serializer_from_the_model_and_workers(trained_gguf):
+    pytest.importorskip("llama_cpp")
+    base = ["eval", "--policy", str(trained_gguf), "--env", "shop", "-n", "3", "--max-steps", "3", "-q",
+            "--policy-arg", "n_threads=1"]
+    one = invoke(base)
+    assert one.exit_code == 0, one.output
+    episodes = lines(one.stdout)
+    assert len(episodes) == 3 and all(e["steps"] == 3 or e["stop_reason"] != "max_steps" for e in episodes)
+    meta = episodes[0]["meta"]
+    assert meta["serializer"]["history"] == 1 and meta["serializer"]["show_admissible"] is False  # from the GGUF
+    assert meta["serializer"]["max_history_chars"] == 300  # not recorded with the model: the default
+    assert meta["model_sha256"] and episodes[0]["policy"] == "trained.gguf"
+    # one model per worker process, and the same episodes
+    two = invoke(base + ["-j", "2"])
+    assert two.exit_code == 0, two.output
+    assert without_time(lines(two.stdout)) == without_time(episodes)
+    # a serializer option given on the command line wins over the model's setting, and only that one
+    over = invoke(base + ["-n", "1", "--history", "2"])
+    meta = lines(over.stdout)[0]["meta"]
+    assert meta["serializer"]["history"] == 2 and meta["serializer"]["show_admissible"] is False
