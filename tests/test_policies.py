@@ -358,3 +358,113 @@ def test_http_retries_then_marks_the_reply_failed(chat_server, capsys):
     r = down.act(MESSAGES, admissible=None, seed=1)
     assert r.finish_reason.startswith("error: cannot reach") and r.action is None
     assert "marked failed" in capsys.readouterr().err
+
+
+# --- llama.cpp ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def f32_gguf(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported unquantized, with serializer settings recorded in its config.yaml: its
+    logits match transformers closely enough to compare answers exactly."""
+    import shutil
+
+    import yaml
+
+    from eexp.models.export import export_gguf
+    ckpt = tmp_path_factory.mktemp("ckpt") / "tiny-with-serializer"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    config = yaml.safe_load((ckpt / "config.yaml").read_text()) or {}
+    config["serializer"] = Serializer(history=2, max_observation_chars=900).to_dict()
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    return export_gguf(ckpt, tmp_path_factory.mktemp("gguf") / "tiny.f32.gguf", quant="f32"), ckpt
+
+
+def test_llama_answers_the_conversation_like_transformers(f32_gguf, hf_policy):
+    path, ckpt = f32_gguf
+    policy = load_policy(str(path), max_tokens=12)
+    assert policy.encode_chat(MESSAGES) == hf_policy.encode_chat(MESSAGES)  # same template, same ids, no BOS
+    assert policy.generate(MESSAGES, seed=1, temperature=0.0).text == \
+        hf_policy.generate(MESSAGES, seed=1, temperature=0.0, max_tokens=12).text
+    ours, theirs = dict(policy.rank(MESSAGES, ADMISSIBLE)), dict(hf_policy.rank(MESSAGES, ADMISSIBLE))
+    assert ours == pytest.approx(theirs, abs=1e-2)
+    scored = load_policy(str(path), act="score")  # the logits_all path gives the same numbers
+    assert dict(scored.rank(MESSAGES, ADMISSIBLE)) == pytest.approx(ours, abs=1e-4)
+    assert scored.act(MESSAGES, admissible=ADMISSIBLE, seed=1).action == hf_policy.rank(MESSAGES, ADMISSIBLE)[0][0]
+    # the serializer the model was trained with travels in the GGUF metadata and in the checkpoint
+    expected = Serializer(history=2, max_observation_chars=900).to_dict()
+    assert policy.serializer_settings() == expected
+    assert load_policy(str(ckpt)).serializer_settings() == expected
+    assert policy.describe()["model_sha256"] and "tiny.f32.gguf" == policy.describe()["model"]
+
+
+def test_llama_seeds_reproduce_with_prefix_reuse(tiny_gguf):
+    policy = load_policy(str(tiny_gguf), max_tokens=10)
+    seeds = [derive_seed(7, "traj#3", k) for k in range(4)]
+    batch = policy.sample(MESSAGES, admissible=None, seeds=seeds, temperature=1.0)
+    assert [r.seed for r in batch] == seeds and len({r.text for r in batch}) > 1
+    # the same seeds in another order, on a fresh context: the same samples (no chained seed state)
+    fresh = load_policy(str(tiny_gguf), max_tokens=10)
+    again = {s: fresh.act(MESSAGES, admissible=None, seed=s, temperature=1.0).text for s in reversed(seeds)}
+    assert [again[s] for s in seeds] == [r.text for r in batch]
+
+
+@pytest.mark.parametrize("act", ["constrained", "score"])
+def test_llama_constrained_and_score_stay_in_the_list(tiny_gguf, act):
+    policy = load_policy(str(tiny_gguf), act=act)
+    admissible = ADMISSIBLE + ['say "hi"\\there', "take lamp from the table", "café №5"]
+    for temperature in (0.0, 1.5 if act == "constrained" else 30.0):
+        replies = policy.sample(MESSAGES, admissible=admissible, seeds=list(range(1, 11)), temperature=temperature)
+        assert all(r.action in admissible and r.valid for r in replies), [r.text for r in replies]
+        if temperature > 0:
+            assert len({r.action for r in replies}) > 1
+
+
+def test_bad_gguf_files(tmp_path, tiny_gguf):
+    data = tiny_gguf.read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 3])
+    with pytest.raises(PolicyError, match="corrupt or truncated|cannot load"):
+        load_policy(str(tmp_path / "cut.gguf"))
+    import gguf
+    import numpy as np
+    writer = gguf.GGUFWriter(str(tmp_path / "alien.gguf"), "alienformer")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(PolicyError, match="architecture 'alienformer'"):
+        load_policy(str(tmp_path / "alien.gguf"))
+
+
+# --- eexp doctor ----------------------------------------------------------------------------------------------
+
+def test_doctor_passes_on_an_export_and_fails_on_a_mismatch(runner, tiny_gguf, tiny_checkpoint, tmp_path):
+    import shutil
+
+    from eexp.cli import cli
+    ok = runner.invoke(cli, ["doctor", "--policy", str(tiny_gguf)])  # tokenizer found from eexp.source
+    assert ok.exit_code == 0, ok.output
+    assert "all checks agree" in ok.output and "DIFF" not in ok.output
+    # a template that drifted after export (a stray BOS-like prefix: the double-BOS family of bugs)
+    drifted = tmp_path / "drifted"
+    shutil.copytree(tiny_checkpoint, drifted)
+    template = drifted / "chat_template.jinja"
+    template.write_text("<|endoftext|>" + template.read_text())
+    bad = runner.invoke(cli, ["doctor", "--policy", str(tiny_gguf), "--tokenizer", str(drifted)])
+    assert bad.exit_code == 1
+    assert "DIFF  tokens, prompt" in bad.output and "first difference at 0" in bad.output
+    # a tokenizer whose EOS is not the end of turn: the model would never stop
+    eos = tmp_path / "eos"
+    shutil.copytree(tiny_checkpoint, eos)
+    cfg = json.loads((eos / "tokenizer_config.json").read_text())
+    cfg["eos_token"] = "<|endoftext|>"
+    (eos / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (eos / "generation_config.json").unlink()
+    res = runner.invoke(cli, ["doctor", "--policy", str(tiny_gguf), "--tokenizer", str(eos), "--json"])
+    assert res.exit_code == 1
+    report = json.loads(res.output)
+    failed = {c["name"] for c in report["checks"] if not c["ok"]}
+    assert failed == {"EOS", "end of turn"}
+    usage = runner.invoke(cli, ["doctor", "--policy", str(tiny_checkpoint)])
+    assert usage.exit_code == 2

@@ -144,10 +144,10 @@ class TransformersPolicy(ModelPolicy):
     def _run_generate(self, ids, *, seed, temperature, top_p, max_tokens, allowed=None):
         torch = self.torch
         kwargs = dict(max_new_tokens=max_tokens, eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id,
-                      do_sample=temperature > 0, top_k=0, repetition_penalty=1.0,
+                      do_sample=temperature > 0, repetition_penalty=1.0,
                       past_key_values=self._prefix_cache(ids))
         if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=top_p)
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)  # no default top-k: T and top-p only
         else:
             kwargs.update(temperature=None, top_p=None)
         if allowed is not None:

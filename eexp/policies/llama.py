@@ -11,6 +11,7 @@ candidate token (the context is created with `logits_all` for `--act score`).
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 
@@ -43,11 +44,13 @@ def read_gguf_header(path: str) -> dict:
         reader = GGUFReader(path)
         field = reader.fields.get("general.architecture")
         arch = field.contents() if field is not None else ""
+        field = reader.fields.get(f"{arch}.context_length")
+        n_ctx_train = int(field.contents()) if field is not None else 0
     except ImportError:
-        arch = ""
+        arch, n_ctx_train = "", 0
     except Exception as e:  # the gguf package raises plain ValueError/IndexError on a damaged file
         raise PolicyError(f"{path}: cannot read the GGUF header ({e}); the file is corrupt or truncated") from None
-    return {"architecture": arch}
+    return {"architecture": arch, "n_ctx_train": n_ctx_train}
 
 
 class LlamaCppPolicy(ModelPolicy):
@@ -63,9 +66,11 @@ class LlamaCppPolicy(ModelPolicy):
         self.llama_cpp = llama_cpp
         self.spec, self.name = path, os.path.basename(path)
         header = read_gguf_header(path)
+        # the model's own context by default, at most DEFAULT_MAX_CTX (a long-context model would get a huge KV)
+        n_ctx = opts["n_ctx"] or min(header["n_ctx_train"] or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
         try:
             llm = llama_cpp.Llama(
-                model_path=path, n_ctx=opts["n_ctx"] or DEFAULT_MAX_CTX, n_threads=opts["n_threads"] or None,
+                model_path=path, n_ctx=n_ctx, n_threads=opts["n_threads"] or None,
                 n_gpu_layers=opts["n_gpu_layers"] if llama_cpp.llama_supports_gpu_offload() else 0,
                 n_batch=opts["n_batch"], logits_all=act == "score", lora_path=opts["lora_path"] or None,
                 verbose=opts["verbose"])
@@ -73,16 +78,9 @@ class LlamaCppPolicy(ModelPolicy):
             arch = header["architecture"] or "unknown"
             raise PolicyError(f"{path}: llama.cpp cannot load this model (architecture {arch!r}: {e}); "
                               f"an architecture this llama.cpp build does not support, or a damaged file") from None
-        if not opts["n_ctx"]:
-            # the model's own context, at most DEFAULT_MAX_CTX (llama.cpp would allocate a huge KV otherwise)
-            train = llm._model.n_ctx_train()
-            if 0 < train < llm.n_ctx():
-                llm.close()
-                llm = llama_cpp.Llama(model_path=path, n_ctx=train, n_threads=opts["n_threads"] or None,
-                                      n_gpu_layers=opts["n_gpu_layers"] if llama_cpp.llama_supports_gpu_offload()
-                                      else 0, n_batch=opts["n_batch"], logits_all=act == "score",
-                                      lora_path=opts["lora_path"] or None, verbose=opts["verbose"])
         self.llm = llm
+        # close at interpreter exit, before module teardown (llama-cpp-python's __del__ fails after it)
+        self._finalizer = weakref.finalize(self, llm.close)
         self.architecture = header["architecture"]
         self.hf_tokenizer = None
         if opts["tokenizer"]:
@@ -156,29 +154,41 @@ class LlamaCppPolicy(ModelPolicy):
         return self._complete(ids, seed=seed, temperature=temperature, top_p=1.0, max_tokens=longest,
                               grammar=self._grammars[key])
 
-    def _logliks(self, ids, candidates):
-        """Evaluate the prompt once (reusing what the context already holds), then each candidate after it."""
+    def _last_logits(self) -> np.ndarray:
+        """Logits of the last evaluated token (a context without logits_all keeps only those)."""
         llm = self.llm
-        if not llm._logits_all:
-            raise PolicyError("scoring with llama.cpp needs --act score (the context keeps every logit then)")
+        if llm._logits_all:
+            return llm.scores[llm.n_tokens - 1].copy()
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+    def _logliks(self, ids, candidates):
+        """Evaluate the prompt once (reusing what the context already holds), then each candidate after it: in
+        one batch per candidate with logits_all (--act score), token by token otherwise (e.g. `rank`)."""
+        llm = self.llm
         n = llm.longest_token_prefix(llm._input_ids.tolist(), ids)
         llm.n_tokens = min(n, len(ids) - 1)  # eval() drops the KV past n_tokens; re-evaluate at least one token
         llm.eval(ids[llm.n_tokens:])
         p = len(ids)
-        first = llm.scores[p - 1].copy()
+        first = self._last_logits()
         out = []
         for cand in candidates:
             llm.n_tokens = p
-            if len(cand) > 1:
-                llm.eval(cand[:-1])
-            rows = np.vstack([first[None, :], llm.scores[p:p + len(cand) - 1]])
-            logp = log_softmax(rows)
+            rows = [first]
+            if llm._logits_all:
+                if len(cand) > 1:
+                    llm.eval(cand[:-1])
+                    rows.extend(llm.scores[p:p + len(cand) - 1])
+            else:
+                for tok in cand[:-1]:
+                    llm.eval([tok])
+                    rows.append(self._last_logits())
+            logp = log_softmax(np.vstack(rows))
             out.append(float(logp[np.arange(len(cand)), cand].sum()))
         return out
 
     def close(self):
         if getattr(self, "llm", None) is not None:
-            self.llm.close()
+            self._finalizer()
             self.llm = None
 
 

@@ -1,0 +1,54 @@
+"""`eexp doctor`: check that a GGUF renders and tokenizes conversations exactly as its training tokenizer does."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import orjson
+
+from eexp.cli import cli
+from eexp.cli.options import UserError, config_option, errors_as_click
+
+
+@cli.command()
+@click.option("--policy", "policy_spec", required=True, metavar="MODEL.gguf",
+              help="The GGUF to check (e.g. the output of eexp export).")
+@click.option("--tokenizer", metavar="DIR", help="The transformers checkpoint (tokenizer and chat template) it was "
+              "made from. Default: the checkpoint named in the GGUF's eexp.source metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of lines.")
+@config_option
+@errors_as_click
+def doctor(policy_spec, tokenizer, as_json):
+    """Compare how a GGUF and its transformers tokenizer see one conversation.
+
+    The conversation (system, user, assistant, user) is rendered with the tokenizer's chat template and with the
+    template stored in the GGUF, tokenized on each side, and compared token by token; BOS (none, one, never two)
+    and EOS (the token that ends an assistant turn must stop generation) are compared too. Any difference means
+    the model would see prompts at inference that it never saw in training. Exit status 1 on a difference.
+
+    \b
+    Example:
+      eexp export models/il -o il.q8_0.gguf --quant q8_0
+      eexp doctor --policy il.q8_0.gguf --tokenizer models/il
+    """
+    from eexp.policies.doctor import doctor as run_doctor
+
+    if not policy_spec.endswith(".gguf"):
+        raise click.BadParameter("doctor compares a GGUF file with its tokenizer; give --policy MODEL.gguf",
+                                 param_hint="--policy")
+    checks, summary = run_doctor(policy_spec, tokenizer)
+    if as_json:
+        out = {**summary, "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}
+        sys.stdout.buffer.write(orjson.dumps(out) + b"\n")
+    else:
+        click.echo(f"gguf:      {summary['gguf']} ({summary['architecture']})")
+        click.echo(f"tokenizer: {summary['tokenizer']}")
+        for c in checks:
+            click.echo(c.line())
+        failed = sum(not c.ok for c in checks)
+        click.echo("all checks agree" if not failed else f"{failed} difference(s)")
+    if not summary["ok"]:
+        if as_json:
+            click.get_current_context().exit(1)
+        raise UserError("the GGUF and the tokenizer disagree (see above)")
