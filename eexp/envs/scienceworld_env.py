@@ -163,7 +163,10 @@ class ScienceWorldEnv(Env):
             timer.daemon = True
             timer.start()
         try:
-            return fn(server)
+            result = fn(server)
+            if fired.is_set():   # it returned, but only after the watchdog had killed the JVM
+                raise TimeoutError
+            return result
         except BaseException as e:
             self._kill()
             if fired.is_set():

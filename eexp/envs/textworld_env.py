@@ -26,6 +26,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ MAX_OBS_CHARS = 4000
 _PROMPT_TAIL = re.compile(r"\n>\s*[^\n]*$")
 _EPILOGUE = re.compile(r"\*\*\* The End \*\*\*.*$", re.S)
 _BANNER_LINE = re.compile(r"^[\s|\\/_$<>]*$")
+
+# jericho warns that generated games are "not fully supported" (it knows no walkthrough for them): expected here.
+warnings.filterwarnings("ignore", message=".*is not fully supported.*")
+
 
 def cache_root() -> Path:
     """$EEXP_CACHE, else the user's cache directory (XDG_CACHE_HOME or ~/.cache) / eexp."""
@@ -221,6 +226,8 @@ class TextWorldEnv(Env):
         self._drop()
 
     def step(self, action: str) -> tuple[str, float, bool, dict]:
+        if self._env is None or self._state is None:
+            raise EnvError("textworld: no running game (it failed or was never started); call reset() first")
         valid = self.canonicalize(action) in {self.canonicalize(a) for a in (self._state.admissible_commands or [])}
         state, _, done = self._guard(f"step {action!r}", lambda: self._env.step(action))
         reward = float(state.score - (self._state.score or 0))
