@@ -57,4 +57,5 @@ from eexp.cli import models  # noqa: E402,F401
 from eexp.cli import evaluate  # noqa: E402,F401
 from eexp.cli import reflect  # noqa: E402,F401
 from eexp.cli import experience  # noqa: E402,F401
+from eexp.cli import train  # noqa: E402,F401
 from eexp.cli import policies  # noqa: E402,F401

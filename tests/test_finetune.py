@@ -1,0 +1,428 @@
+"""`eexp finetune`: chat-template masks, truncation, the IWM schedule, exact resume, LoRA, bad input.
+
+Every run uses the session's tiny init-model checkpoint (~0.1M parameters) and a dozen examples made from
+tests/data, so a run takes a second or two on one CPU core.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eexp.cli import cli
+from eexp.io import read_records
+from eexp.prompts import Serializer
+from eexp.stages.imitation import imitation_examples
+from eexp.stages.world_model import world_model_examples
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from eexp import training  # noqa: E402
+from eexp.training import Finetune, FinetuneConfig, TrainingError, encode, finetune  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """il.jsonl (11 examples, 3 trajectories) and iwm.jsonl (world-model examples) from the test records."""
+    d = tmp_path_factory.mktemp("ft-data")
+    s = Serializer()
+    il = [e for t in read_records([DATA / "trajectories.jsonl"]) for e in imitation_examples(t, s, True)]
+    iwm = [e for o in read_records([DATA / "outcomes.jsonl"]) for e in world_model_examples(o, s)]
+    return {"il": write_jsonl(d / "il.jsonl", il), "iwm": write_jsonl(d / "iwm.jsonl", iwm), "dir": d}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_checkpoint):
+    return transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+def cfg(model, data, out, **kw) -> FinetuneConfig:
+    options = dict(train_files=[str(data["il"])], model=str(model), output=str(out), batch_size=4, seed=0,
+                   quiet=True, max_length=512)
+    options.update(kw)
+    return FinetuneConfig(**options)
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out) -> list[tuple[int, str, float]]:
+    return [(r["step"], r["phase"], r["loss"]) for r in metrics(out) if "loss" in r]
+
+
+def trained_text(tok, enc) -> str:
+    return tok.decode([t for t, w in zip(enc.ids, enc.weights) if w])
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are an agent."},
+    {"role": "user", "content": "Task: buy a shirt."},
+    {"role": "assistant", "content": "Action: search[shirt]", "weight": 0},
+    {"role": "user", "content": "Results: [1] red shirt"},
+    {"role": "assistant", "content": "Action: click[1]"},
+]
+
+QWEN2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
+    " + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+# --- masks ------------------------------------------------------------------------------------------------------
+
+def test_mask_of_the_init_model_template_trains_the_answer_and_its_end_of_turn(tokenizer):
+    enc = encode(tokenizer, CONVERSATION, max_length=512)
+    # Only the last assistant turn (the first has weight 0), with <|im_end|> (= eos) inside the loss.
+    assert trained_text(tokenizer, enc) == "Action: click[1]<|im_end|>"
+    assert tokenizer.eos_token == "<|im_end|>"
+    trained = [t for t, w in zip(enc.ids, enc.weights) if w]
+    assert trained[-1] == tokenizer.eos_token_id
+    # The sequence is the template's rendering (the answer tokenized on its own, as generated at inference).
+    assert tokenizer.decode(enc.ids) == tokenizer.apply_chat_template(
+        [{k: m[k] for k in ("role", "content")} for m in CONVERSATION], tokenize=False).rstrip()
+    # No token was added to the vocabulary.
+    assert max(enc.ids) < len(tokenizer)
+
+
+def test_mask_trains_every_weighted_assistant_turn(tokenizer):
+    messages = [dict(m) for m in CONVERSATION]
+    messages[2]["weight"] = 1
+    enc = encode(tokenizer, messages, max_length=512)
+    assert trained_text(tokenizer, enc) == "Action: search[shirt]<|im_end|>Action: click[1]<|im_end|>"
+    messages[2]["weight"] = 0.5
+    enc = encode(tokenizer, messages, max_length=512)
+    assert sorted(set(enc.weights)) == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("style", ["qwen2", "llama3"])
+def test_mask_of_qwen2_and_llama3_style_templates(tiny_checkpoint, style):
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
+    if style == "qwen2":
+        tok.chat_template, eot = QWEN2_TEMPLATE, "<|im_end|>"
+        # Qwen2 adds a default system prompt when there is none: the prefixes must still line up.
+        messages = CONVERSATION[1:]
+    else:
+        # A Llama-3-style vocabulary (made here for the test; finetune itself never adds tokens).
+        tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+        tok.chat_template, eot = LLAMA3_TEMPLATE, "<|eot_id|>"
+        messages = CONVERSATION
+    n_vocab = len(tok)
+    enc = encode(tok, messages, max_length=512)
+    assert trained_text(tok, enc) == f"Action: click[1]{eot}"
+    assert [t for t, w in zip(enc.ids, enc.weights) if w][-1] == tok.convert_tokens_to_ids(eot)
+    assert len(tok) == n_vocab
+    if style == "llama3":
+        assert enc.ids[0] == tok.bos_token_id and enc.weights[0] == 0
+
+
+def test_truncation_cuts_the_history_from_the_left_and_keeps_system_and_target(tokenizer):
+    history = " ".join(f"step{i} looked at item {i}." for i in range(60))
+    messages = [{"role": "system", "content": "You are an agent."},
+                {"role": "user", "content": f"Task: buy a shirt. {history} Now choose."},
+                {"role": "assistant", "content": "Action: click[1]"}]
+    full = encode(tokenizer, messages, max_length=4096)
+    enc = encode(tokenizer, messages, max_length=80)
+    assert not full.truncated and len(full.ids) > 80
+    assert enc.truncated and len(enc.ids) == 80
+    text = tokenizer.decode(enc.ids)
+    assert text.startswith("<|im_start|>system\nYou are an agent.<|im_end|>\n")  # system prompt kept
+    assert "Task: buy a shirt" not in text and "Now choose." in text            # the oldest history went
+    assert trained_text(tokenizer, enc) == "Action: click[1]<|im_end|>"           # the target is whole
+    with pytest.raises(ValueError, match="over --max-length 80"):
+        encode(tokenizer, messages, max_length=80, truncate=False)
+    with pytest.raises(ValueError, match="targets are never cut"):
+        encode(tokenizer, [messages[1], {"role": "assistant", "content": history}], max_length=80)
+
+
+# --- training runs ----------------------------------------------------------------------------------------------
+
+def test_full_finetune_pins_the_loss_and_writes_out(tiny_checkpoint, data, tmp_path):
+    out = tmp_path / "il"
+    run = finetune(cfg(tiny_checkpoint, data, out, max_steps=4, val_fraction=0.34))
+    got = [loss for _, _, loss in losses(out)]
+    # Pinned: the tiny init-model checkpoint (seed 0), these 11 examples, batch 4, lr 1e-3 (the default for a model
+    # from init-model), cosine. A change in masks, loss normalization, batch order or the optimizer moves these.
+    assert got == pytest.approx(PINNED_LOSSES, rel=1e-3)
+    # And independently of our loss code: the first update's loss is what transformers computes with labels set to
+    # -100 outside the trained tokens, on the first batch of the plan, with the initial weights.
+    first = [run.data["train"].examples[j] for j in training.epoch_batches(
+        [len(e.ids) for e in run.data["train"].examples], 4, 0, "train", 0)[0]]
+    ids, mask, w = training.collate(first, run.pad_id, "cpu")
+    labels = torch.where((w > 0) & (mask > 0), ids, torch.full_like(ids, -100))
+    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    with torch.no_grad():
+        hf_loss = float(base(input_ids=ids, attention_mask=mask, labels=labels).loss)
+    assert got[0] == pytest.approx(hf_loss, rel=1e-5)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "config.yaml", "metrics.jsonl"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoints").exists()
+    conf = yaml.safe_load((out / "config.yaml").read_text())
+    assert conf["serializer"] == Serializer().to_dict()            # from the examples' meta.serializer
+    assert conf["method"] == "full" and conf["lr"] == 1e-3 and conf["updates"] == 4
+    rows = metrics(out)
+    assert {"step", "phase", "epoch", "loss", "lr", "tokens_per_s"} <= set(rows[1])
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(val) >= 2 and val[-1] < val[0]                     # validation loss went down
+    # The validation split holds whole trajectories out.
+    assert run.state["global_step"] == 4
+    trained = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert trained.config.vocab_size == transformers.AutoConfig.from_pretrained(tiny_checkpoint).vocab_size
+
+
+PINNED_LOSSES = [6.081752, 5.986666, 5.844069, 5.611198]
+
+
+def test_validation_split_keeps_trajectories_whole(data):
+    items, _ = training.read_examples([str(data["il"])], "fail", print)
+    train, val = training.split_validation(items, 0.34, seed=0)
+    traj = lambda xs: {x.record["meta"]["trajectory_id"] for x in xs}  # noqa: E731
+    assert traj(train) and traj(val) and not traj(train) & traj(val)
+    assert len(train) + len(val) == len(items)
+    assert training.split_validation(items, 0.34, seed=0)[1] == val     # seeded
+
+
+def test_iwm_schedule_counts_both_phases_in_max_steps(tiny_checkpoint, data, tmp_path):
+    out = tmp_path / "iwm"
+    finetune(cfg(tiny_checkpoint, data, out, warmup_data=[str(data["iwm"])], max_steps=5, batch_size=3))
+    rows = losses(out)
+    n_warm = -(-len(list(read_records([data["iwm"]]))) // 3)
+    assert [p for _, p, _ in rows] == ["warmup"] * n_warm + ["train"] * (5 - n_warm)
+    assert [s for s, _, _ in rows] == [1, 2, 3, 4, 5]
+    conf = yaml.safe_load((out / "config.yaml").read_text())
+    assert [(p["name"], p["updates"]) for p in conf["phases"]] == [("warmup", n_warm), ("train", 5 - n_warm)]
+    # A fresh optimizer and schedule for the second phase: its first update is at the peak learning rate again.
+    lrs = [r["lr"] for r in metrics(out) if "lr" in r]
+    assert lrs[0] == lrs[n_warm] == 1e-3 and lrs[n_warm - 1] < 1e-3
+
+
+def test_budget_must_leave_updates_after_the_warmup(tiny_checkpoint, data, tmp_path, runner):
+    result = runner.invoke(cli, ["finetune", str(data["il"]), "--model", str(tiny_checkpoint), "-o",
+                                 str(tmp_path / "o"), "--warmup-data", str(data["iwm"]), "--max-steps", "1", "-q"])
+    assert result.exit_code == 2
+    assert "leaves no updates for the training data" in result.output
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_reproduces_the_uninterrupted_loss_curve(tiny_checkpoint, data, tmp_path, monkeypatch, lora):
+    # Two phases (IWM schedule), LoRA dropout on in the LoRA case, so the RNG state must be restored too.
+    options = dict(warmup_data=[str(data["iwm"])], max_steps=7, batch_size=3, save_every=2, lora=lora,
+                   lora_dropout=0.1, val_fraction=0.34, eval_every=3)
+    finetune(cfg(tiny_checkpoint, data, tmp_path / "whole", **options))
+
+    interrupted = tmp_path / "killed"
+    log = Finetune._log
+
+    def dying_log(self, row):  # killed during update 5, after the checkpoint of update 4
+        log(self, row)
+        if row.get("step") == 5 and "loss" in row:
+            raise Killed
+    monkeypatch.setattr(Finetune, "_log", dying_log)
+    with pytest.raises(Killed):
+        finetune(cfg(tiny_checkpoint, data, interrupted, **options))
+    monkeypatch.setattr(Finetune, "_log", log)
+    assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == ["step-4"]
+
+    finetune(cfg(tiny_checkpoint, data, interrupted, resume=True, **options))
+    assert losses(interrupted) == losses(tmp_path / "whole")
+    timeless = lambda out: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in metrics(out)]  # noqa
+    assert timeless(interrupted) == timeless(tmp_path / "whole")  # validation rows too, none twice
+    a = (tmp_path / "whole" / ("adapter_model.safetensors" if lora else "model.safetensors")).read_bytes()
+    b = (interrupted / ("adapter_model.safetensors" if lora else "model.safetensors")).read_bytes()
+    assert a == b
+
+
+def test_resume_refuses_changed_options(tiny_checkpoint, data, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    monkeypatch.setattr(Finetune, "finish", lambda self: None)  # leave the checkpoints, as a killed run does
+    finetune(cfg(tiny_checkpoint, data, out, max_steps=3, save_every=2))
+    with pytest.raises(TrainingError, match=r"options differ.*lr"):
+        finetune(cfg(tiny_checkpoint, data, out, max_steps=3, save_every=2, lr=0.01, resume=True))
+
+
+def test_lora_adapter_and_continuing_it(tiny_checkpoint, data, tmp_path):
+    first = tmp_path / "lora1"
+    finetune(cfg(tiny_checkpoint, data, first, lora=True, lora_targets=["q_proj", "v_proj"], max_steps=3,
+                 val=str(data["il"])))
+    assert (first / "adapter_model.safetensors").exists() and not (first / "model.safetensors").exists()
+    adapter_conf = json.loads((first / "adapter_config.json").read_text())
+    assert Path(adapter_conf["base_model_name_or_path"]) == Path(tiny_checkpoint).resolve()
+    assert sorted(adapter_conf["target_modules"]) == ["q_proj", "v_proj"]
+    second = tmp_path / "lora2"
+    finetune(cfg(tiny_checkpoint, data, second, adapter=str(first), max_steps=2, val=str(data["il"])))
+    # The continued adapter starts where the first run ended: same validation loss before any update.
+    end_of_first = [r["val_loss"] for r in metrics(first) if "val_loss" in r][-1]
+    start_of_second = [r["val_loss"] for r in metrics(second) if "val_loss" in r][0]
+    assert start_of_second == pytest.approx(end_of_first, rel=1e-5)
+
+
+def test_lora_target_that_does_not_exist_lists_candidates(tiny_checkpoint, data, tmp_path, runner):
+    result = runner.invoke(cli, ["finetune", str(data["il"]), "--model", str(tiny_checkpoint), "-o",
+                                 str(tmp_path / "o"), "--lora", "--lora-targets", "q_proj,attn_qkv", "-q"])
+    assert result.exit_code == 2
+    assert "attn_qkv not in this model" in result.output
+    assert "q_proj" in result.output and "down_proj" in result.output
+
+
+def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(tiny_checkpoint, data, tmp_path):
+    out = tmp_path / "best"
+    run = finetune(cfg(tiny_checkpoint, data, out, max_steps=6, eval_every=1, val_fraction=0.34, keep_best=True,
+                       lr=0.05))
+    val = {r["step"]: r["val_loss"] for r in metrics(out) if "val_loss" in r and r["step"] > 0}
+    best_step = min(val, key=val.get)
+    conf = yaml.safe_load((out / "config.yaml").read_text())
+    assert conf["best_step"] == best_step
+    # The saved model really is that one: its validation loss is the best one logged.
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    total = n = 0
+    for e in run.val.examples:
+        ids, mask, w = training.collate([e], run.pad_id, "cpu")
+        with torch.no_grad():
+            total += float(training.weighted_nll(model, ids, mask, w))
+        n += e.n_targets
+    assert total / n == pytest.approx(val[best_step], rel=1e-4)
+
+
+def test_config_file_and_export_gguf(tiny_checkpoint, data, tmp_path, runner):
+    gguf = pytest.importorskip("gguf")
+    conf = tmp_path / "run.yaml"
+    conf.write_text(yaml.safe_dump({"max-steps": 2, "batch_size": 4, "lr": 0.002, "seed": 3}))
+    out = tmp_path / "o"
+    result = runner.invoke(cli, ["finetune", str(data["il"]), "--model", str(tiny_checkpoint), "-o", str(out),
+                                 "--config", str(conf), "--export-gguf", "-q"])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (resolved["max_steps"], resolved["lr"], resolved["seed"]) == (2, 0.002, 3)
+    assert "phase train: 2 updates" in result.output  # updates per phase on stderr
+    reader = gguf.GGUFReader(str(out / "model.gguf"))
+    assert len(reader.tensors) > 0
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+def run_cli(runner, model, files, out, *extra):
+    return runner.invoke(cli, ["finetune", *map(str, files), "--model", str(model), "-o", str(out), "-q",
+                               "--max-steps", "1", *extra])
+
+
+def test_example_without_an_assistant_turn(tiny_checkpoint, data, tmp_path, runner):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [
+        {"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Action: x"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "hi"}]},
+        {"id": "c", "messages": [{"role": "user", "content": "hi"},
+                                 {"role": "assistant", "content": "x", "weight": 0}]}])
+    result = run_cli(runner, tiny_checkpoint, [bad], tmp_path / "o")
+    assert result.exit_code == 1
+    assert f"{bad}:2: messages: no assistant turn to learn from" in result.output
+    result = run_cli(runner, tiny_checkpoint, [bad], tmp_path / "o2", "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    assert "weight 0 (nothing to learn)" in result.output and "2 skipped" in result.output
+
+
+def test_no_truncate_rejects_over_long_examples(tiny_checkpoint, data, tmp_path, runner):
+    result = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o", "--max-length", "64", "--no-truncate")
+    assert result.exit_code == 1
+    assert f"{data['il']}:1: " in result.output and "over --max-length 64 (--no-truncate)" in result.output
+    result = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o2", "--max-length", "100")
+    assert result.exit_code == 0, result.output
+    assert "truncated from the left" in result.output
+
+
+def copy_model(src, dst, template: str | None = None, drop=()):
+    shutil.copytree(src, dst)
+    for name in drop:
+        (dst / name).unlink()
+    if template is not None:
+        (dst / "chat_template.jinja").write_text(template)
+        conf = json.loads((dst / "tokenizer_config.json").read_text())
+        conf.pop("chat_template", None)
+        (dst / "tokenizer_config.json").write_text(json.dumps(conf))
+    return dst
+
+
+def test_template_that_cannot_render_an_example(tiny_checkpoint, data, tmp_path, runner):
+    refusing = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                "{% endif %}" + QWEN2_TEMPLATE)
+    model = copy_model(tiny_checkpoint, tmp_path / "m", template=refusing)
+    result = run_cli(runner, model, [data["il"]], tmp_path / "o")
+    assert result.exit_code == 1
+    assert f"{data['il']}:1: the chat template cannot render this example: System role not supported" \
+        in result.output
+    broken = copy_model(tiny_checkpoint, tmp_path / "m2", template="{% for m in messages %}{{ m.content }")
+    result = run_cli(runner, broken, [data["il"]], tmp_path / "o2")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "the chat template cannot be parsed" in result.output
+
+
+def test_model_without_tokenizer(tiny_checkpoint, data, tmp_path, runner):
+    model = tmp_path / "m"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_checkpoint / name, model / name)
+    result = run_cli(runner, model, [data["il"]], tmp_path / "o")
+    assert result.exit_code == 1
+    assert "no tokenizer in this model directory" in result.output
+
+
+def test_out_of_memory_gives_advice(tiny_checkpoint, data, tmp_path, runner, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(training, "weighted_nll", oom)
+    result = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "out of memory at step 1" in result.output
+    assert "--batch-size" in result.output and "--grad-accum" in result.output and "--max-length" in result.output
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_checkpoint, data, tmp_path, monkeypatch):
+    import safetensors.torch
+    real_save = safetensors.torch.save_file
+    calls = []
+
+    def save_file(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint (step 4): the disk fills up half-way
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, *args, **kwargs)
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    out = tmp_path / "o"
+    options = dict(max_steps=6, batch_size=2, save_every=2)
+    with pytest.raises(TrainingError, match=r"disk is full; the previous checkpoint .*step-2 is intact"):
+        finetune(cfg(tiny_checkpoint, data, out, **options))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    run = finetune(cfg(tiny_checkpoint, data, out, resume=True, **options))  # space freed: it goes on
+    assert run.state["global_step"] == 6 and (out / "model.safetensors").exists()
+
+
+def test_out_must_be_new_unless_resuming(tiny_checkpoint, data, tmp_path, runner):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "something").write_text("x")
+    result = run_cli(runner, tiny_checkpoint, [data["il"]], out)
+    assert result.exit_code == 1 and "already exists and is not empty" in result.output
