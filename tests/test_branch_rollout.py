@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from eexp.cli import cli
-from eexp.envs.base import Env
+from eexp.envs.base import Env, EnvError
 from eexp.io import read_records
 from eexp.policies.base import Policy, Reply, derive_seed
 from eexp.records import expect
@@ -50,6 +50,8 @@ class LineEnv(Env):
         LineEnv.steps_taken += 1
         if action == "crash":
             raise RuntimeError("the simulator fell over")
+        if action == "fault":   # what an environment says about its own failure (a JVM that died)
+            raise EnvError("the simulator process died")
         if action == "hang":
             time.sleep(30)
         action = self.canonicalize(action)
@@ -305,14 +307,16 @@ def test_state_check_catches_a_corrupted_record():
 
 
 @pytest.mark.parametrize("env_cls", [LineEnv, SnapLineEnv])
-def test_crashing_alternative_is_an_error_and_the_stage_goes_on(env_cls):
+@pytest.mark.parametrize("action, message", [("crash", "RuntimeError: the simulator fell over"),
+                                             ("fault", "the simulator process died")])
+def test_crashing_alternative_is_an_error_and_the_stage_goes_on(env_cls, action, message):
     traj = trajectory(env_cls, task_index=1)
     records = branches(traj, k=1)
-    records[1]["alternatives"] = [{"action": "crash", "source": "policy", "seed": 5},
+    records[1]["alternatives"] = [{"action": action, "source": "policy", "seed": 5},
                                   {"action": "left", "source": "admissible"}]
     outs, counts = roll(records)
     crash, left = outs[1]["alternatives"]
-    assert "RuntimeError: the simulator fell over" in crash["error"] and "next_observation" not in crash
+    assert message in crash["error"] and "next_observation" not in crash
     assert left["next_observation"] == ground_truth(env_cls, traj["task"], ["right"], "left")[0]
     assert outs[1]["expert"]["next_observation"] == ground_truth(env_cls, traj["task"], ["right"], "right")[0]
     assert counts["errors"] == 1 and counts["env_restarts"] == 1

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 import orjson
 
 from eexp.envs.base import Env, EnvError, env_class, make_env
-from eexp.envs.reach import ReachError, StateMismatch, check_state, guarded, reach
+from eexp.envs.reach import StateMismatch, check_state, guarded, reach
 from eexp.io import RecordError
 from eexp.records import make_meta
 
@@ -153,8 +153,8 @@ def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_e
     expected = record["state"]["observation"]
     try:
         env = walk.env
-    except EnvError as e:   # the environment cannot even be made (bad kwargs, a missing data file)
-        out["error"] = f"cannot start the environment: {e}"
+    except Exception as e:   # the environment cannot even be made (bad kwargs, a missing data file)
+        out["error"] = f"cannot start the environment: {type(e).__name__}: {e}"
         out["meta"] = make_meta("rollout", env=record["env"]["name"], **(meta_extra or {}),
                                 branch=record.get("meta") or {})
         counts["errors"] += 1
@@ -163,7 +163,7 @@ def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_e
                             snapshots=bool(env.can_snapshot), **(meta_extra or {}),
                             branch=record.get("meta") or {})
 
-    def failed(target: dict, err: ReachError, what: str = "") -> None:
+    def failed(target: dict, err: EnvError, what: str = "") -> None:
         target["error"] = what + str(err)
         counts["errors"] += 1
         if isinstance(err, StateMismatch):
@@ -173,17 +173,17 @@ def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_e
 
     try:
         walk.reach(prefix, expected, step)
-    except ReachError as e:
+    except EnvError as e:   # StateMismatch, ReachError, or the environment's own EnvError
         failed(out, e, "cannot reach the recorded state: ")
         return out
     for alt in out["alternatives"]:
         try:
             _fill(alt, walk.execute(prefix, alt["action"], expected, step))
-        except ReachError as e:
+        except EnvError as e:
             failed(alt, e)
     try:
         _fill(out["expert"], walk.execute(prefix, record["expert"]["action"], expected, step, expert=True))
-    except ReachError as e:
+    except EnvError as e:
         failed(out["expert"], e)
     return out
 
