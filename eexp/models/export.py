@@ -130,8 +130,17 @@ def _serializer(ckpt: Path, adapter: Path | None) -> dict | None:
                 data = yaml.safe_load((directory / "config.yaml").read_text()) or {}
             except yaml.YAMLError as e:
                 raise ModelError(f"{directory / 'config.yaml'}: not valid YAML ({e})") from None
-            if isinstance(data, dict) and data.get("serializer") is not None:
-                return data["serializer"]
+            serializer = data.get("serializer") if isinstance(data, dict) else None
+            if isinstance(serializer, str):  # also accept it already as JSON text
+                try:
+                    serializer = json.loads(serializer)
+                except ValueError:
+                    pass
+            if serializer is None:
+                continue
+            if not isinstance(serializer, dict):
+                raise ModelError(f"{directory / 'config.yaml'}: serializer must be a mapping of settings")
+            return serializer
     return None
 
 
