@@ -173,6 +173,12 @@ def test_filters_reject_bad_reflections(text, reason):
     assert v.detail
 
 
+def test_a_few_words_are_too_short():
+    v = judge("ta pink\n\nAction: click[pink]", "stop", expert=EXPERT, alternatives=ALTS, new_words=set(),
+              max_words=500, min_words=10)
+    assert v.reason == "too_short" and v.detail == "2 words (--min-words 10)"
+
+
 def test_anticipating_the_outcome_is_not_narration():
     text = "If I click pink, I expect the page to show selected: pink, which the task needs.\n\nAction: click[pink]"
     assert verdict(text).reason is None
@@ -287,7 +293,9 @@ def test_teacher_and_grounded_are_labelled_in_meta():
 
 
 def test_a_rejected_reflection_is_counted_and_passed_on_with_its_reason():
-    out, counts, rejected = _run(SHOP, lambda m, s: ("The expert picks pink.\n\nAction: click[pink]", "stop"))
+    out, counts, rejected = _run(SHOP, lambda m, s: (
+        "The expert picks pink here, since the task asks for a pink mug under 30 dollars.\n\nAction: click[pink]",
+        "stop"))
     assert out == [] and counts["label_leakage"] == 1
     assert rejected[0]["reason"] == "label_leakage" and rejected[0]["source_id"] == "t1#2"
     assert "messages" not in rejected[0]  # a rejected record can never be trained on by mistake
@@ -382,20 +390,24 @@ def test_a_branch_record_is_not_an_outcome(runner, tmp_path):
 
 
 @pytest.mark.slow
-def test_model_reflector_end_to_end(runner, shop_outcomes, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("backend", ["checkpoint", "gguf"])
+def test_model_reflector_end_to_end(runner, shop_outcomes, backend, request, tmp_path):
     """A tiny random model writes the reflections: its text is noise, so this checks the plumbing (prompting,
-    seeds, filters, --rejected, --stats, determinism), not quality. Cut at 8 tokens, every reply is truncated."""
+    seeds, filters, --rejected, --stats, determinism), not quality. Cut at 8 tokens, a reply is truncated unless
+    the model happens to stop first (then it is too short): either way it is rejected and counted."""
+    model = request.getfixturevalue("tiny_checkpoint" if backend == "checkpoint" else "tiny_gguf")
     first = [json.dumps(o) for o in _lines(shop_outcomes)[:3]]
     data = tmp_path / "o.jsonl"
     data.write_text("\n".join(first) + "\n")
-    args = ["reflect", "--policy", str(tiny_checkpoint), "--max-tokens", "8", "--seed", "1", str(data)]
+    args = ["reflect", "--policy", str(model), "--max-tokens", "8", "--seed", "1", str(data)]
     rejected, stats = tmp_path / "rejected.jsonl", tmp_path / "stats.json"
     result = runner.invoke(cli, [*args, "--rejected", str(rejected), "--stats", str(stats)])
     assert result.exit_code == 0, result.output
     summary = json.loads(stats.read_text())
     rows = _lines(rejected)
-    assert summary["records_out"] + len(rows) == 3
-    assert summary["truncated"] == len(rows) == sum(r["reason"] == "truncated" for r in rows)
+    assert summary["records_out"] == 0 and len(rows) == 3
+    assert summary["truncated"] + summary["too_short"] == 3
+    assert summary["truncated"] == sum(r["reason"] == "truncated" for r in rows)
     for row in rows:
         assert row["meta"]["reflector"] == "self" and row["meta"]["seed"] == derive_seed(1, row["source_id"], 0)
         assert json.loads(row["meta"]["extra"])["temperature"] == 0.7

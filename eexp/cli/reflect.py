@@ -34,11 +34,13 @@ NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC 
               "{chosen_outcome} and {alternatives} ({goal} and {max_words} are optional).")
 @click.option("--max-words", type=click.IntRange(min=1), default=500, show_default=True,
               help="Reject reflections longer than this.")
+@click.option("--min-words", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Reject reflections shorter than this.")
 @click.option("--max-outcome-chars", type=click.IntRange(min=0), default=600, show_default=True,
               help="Clip each outcome shown to the reflector (0: no limit).")
 @click.option("--rejected", metavar="FILE", help="Write each rejected reflection here, with its reason.")
 def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperature, serializer, reflector,
-            max_alternatives, template_path, max_words, max_outcome_chars, rejected):
+            max_alternatives, template_path, max_words, min_words, max_outcome_chars, rejected):
     """Outcome records -> one self-reflection example per state: `Thought: <monologue>` then
     `Action: <expert action>`, where the monologue compares the expert action with the first
     --max-alternatives executed alternatives, using what each one led to.
@@ -46,8 +48,9 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
     The training input is the state alone (the same serializer as imitation-data); the alternatives and
     the outcomes appear only in the prompt that writes the reflection. Reflections that end on another
     action, leak prompt labels ("expert", "Action 1"), narrate the chosen action's result as already
-    seen, are empty, longer than --max-words or cut off by --max-tokens are dropped and counted in
-    --stats (and written to --rejected FILE); a monologue repeated twice keeps its first copy.
+    seen, are empty, shorter than --min-words, longer than --max-words or cut off by --max-tokens are
+    dropped and counted in --stats (and written to --rejected FILE); a monologue repeated twice keeps
+    its first copy.
 
     \b
     Example:
@@ -67,7 +70,8 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
                                f"--reflector grounded")
     if act is not None:
         raise click.UsageError("--act does not apply to reflect (it generates text, it does not choose actions)")
-    settings = Settings(max_alternatives=max_alternatives, max_words=max_words, max_outcome_chars=max_outcome_chars,
+    settings = Settings(max_alternatives=max_alternatives, max_words=max_words, min_words=min_words,
+                        max_outcome_chars=max_outcome_chars,
                         temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     template = Template.load(template_path)
 

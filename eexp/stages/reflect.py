@@ -78,6 +78,7 @@ class Template:
 class Settings:
     max_alternatives: int = 3      # the paper finds SR best at K = 2-4
     max_words: int = 500           # the repo's soft cap; the prompt asks for 150-300
+    min_words: int = 10            # a few words explain nothing (and are what a broken model emits)
     max_outcome_chars: int = 600   # each outcome shown to the reflector
     temperature: float = 0.7
     top_p: float = 1.0
@@ -244,7 +245,7 @@ def grounded_reflection(outcome: dict, shown: list[dict]) -> str:
 
 # --- filters ----------------------------------------------------------------------------------------------------
 
-FILTERS = ("truncated", "model_error", "empty", "too_long", "label_leakage", "outcome_narration",
+FILTERS = ("truncated", "model_error", "empty", "too_short", "too_long", "label_leakage", "outcome_narration",
            "different_action")
 # What --stats reports: why states gave no example, each filter, repairs, and what was kept.
 COUNTS = ("kept", *FILTERS, "repeated", "no_alternatives", "all_alternatives_failed", "unreachable",
@@ -355,7 +356,7 @@ def _new_words(outcome: dict, shown: list[dict], situation: str) -> set[str]:
 
 
 def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str], new_words: set[str],
-          max_words: int) -> Verdict:
+          max_words: int, min_words: int = 1) -> Verdict:
     """Clean a reply and run the filters in a fixed order; the first that fails is the reason."""
     text, repeated = trim_repeat(reply.strip())
     if finish_reason.startswith("error"):
@@ -373,6 +374,9 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
     words = len(prose.split())
     if words == 0:
         verdict.reason, verdict.detail = "empty", "no monologue"
+        return verdict
+    if words < min_words:
+        verdict.reason, verdict.detail = "too_short", f"{words} words (--min-words {min_words})"
         return verdict
     if words > max_words:
         verdict.reason, verdict.detail = "too_long", f"{words} words (--max-words {max_words})"
@@ -464,7 +468,7 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
     alternatives = [a["action"] for a in shown]
     verdict = judge(reply, finish_reason, expert=expert["action"], alternatives=alternatives,
                     new_words=_new_words(outcome, shown, serializer.render_state(state)),
-                    max_words=settings.max_words)
+                    max_words=settings.max_words, min_words=settings.min_words)
     if verdict.repeated:
         count("repeated")
     extra = {"alternatives": alternatives, "template_sha256": template.sha256}
