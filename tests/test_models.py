@@ -372,3 +372,46 @@ def test_export_to_unwritable_output_leaves_no_partial_file(tiny_checkpoint, tmp
 def test_lora_only_needs_an_adapter(tiny_checkpoint, runner, tmp_path):
     result = runner.invoke(cli, ["export", str(tiny_checkpoint), "--lora-only", "-o", str(tmp_path / "a.gguf")])
     assert result.exit_code == 1 and "--lora-only needs --adapter" in result.output
+
+
+def test_q4_k_m_export_of_small_model_runs_in_llama_cpp(runner, tmp_path):
+    """K-quants go through llama.cpp's quantizer; the `small` size is made for them (widths of 256)."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpt = init_model(tmp_path / "small", "qwen2", "small", seed=1)
+    _export(runner, ckpt, "-o", tmp_path / "small.q4_k_m.gguf", "--quant", "q4_k_m")
+    fields, reader = _gguf_fields(tmp_path / "small.q4_k_m.gguf")
+    types = {t.tensor_type.name for t in reader.tensors}
+    assert "Q4_K" in types and fields["eexp.quant"] == "q4_k_m" and fields["tokenizer.ggml.pre"] == "qwen2"
+    assert (tmp_path / "small.q4_k_m.gguf").stat().st_size < 0.2 * (ckpt / "model.safetensors").stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small", "small.q4_k_m.gguf"]  # no f32 intermediate left
+    ids = AutoTokenizer.from_pretrained(ckpt)(TEXTS[0]).input_ids
+    hf = _hf_logits(AutoModelForCausalLM.from_pretrained(ckpt), ids)
+    llm = _llama(tmp_path / "small.q4_k_m.gguf")
+    try:
+        q4 = _last_logits(llm, ids)
+        text = llm.create_completion("Action:", max_tokens=8, temperature=0.0, seed=1)["choices"][0]["text"]
+    finally:
+        llm.close()
+    assert np.corrcoef(q4, hf)[0, 1] > 0.95  # 4-bit weights: close, not equal
+    assert isinstance(text, str)
+
+
+def test_bf16_checkpoint_exports(tiny_checkpoint, runner, tmp_path):
+    """Fine-tuned checkpoints are often saved in bf16; export reads them through transformers as float32."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "bf16")
+    _export(runner, tmp_path / "bf16", "-o", tmp_path / "m.gguf", "--quant", "f32")
+    ids = AutoTokenizer.from_pretrained(tmp_path / "bf16")(TEXTS[0]).input_ids
+    reference = _hf_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32), ids)
+    llm = _llama(tmp_path / "m.gguf")
+    try:
+        assert np.abs(_last_logits(llm, ids) - reference).max() < 1e-3
+    finally:
+        llm.close()

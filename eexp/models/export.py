@@ -46,8 +46,6 @@ _PRE_TOKENIZERS = {
     r"\s+(?!\S)|\s+": "llama-bpe",
 }
 
-_PEFT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
-
 
 # --- reading the inputs -----------------------------------------------------------------------------------------
 
@@ -77,7 +75,7 @@ def _check_checkpoint(ckpt: Path) -> dict:
     if not (ckpt / "tokenizer.json").is_file():
         raise ModelError(f"{ckpt}: no tokenizer.json (export needs the model's tokenizer saved beside it; "
                          "save it with tokenizer.save_pretrained)")
-    if not list(ckpt.glob("*.safetensors")):
+    if not _weight_files(ckpt):
         raise ModelError(f"{ckpt}: no .safetensors weights (eexp reads safetensors only)")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -110,12 +108,17 @@ def _sha256_files(paths: list[Path]) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
+def _weight_files(ckpt: Path) -> list[Path]:
+    """The checkpoint's weights as transformers names them (model.safetensors or model-0000i-of-0000n...)."""
+    return sorted(ckpt.glob("model*.safetensors"))
+
+
 def _weight_shapes(ckpt: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, read from the safetensors headers only."""
     from safetensors import safe_open
 
     shapes = {}
-    for path in ckpt.glob("*.safetensors"):
+    for path in _weight_files(ckpt):
         with safe_open(str(path), framework="np") as f:
             for name in f.keys():
                 shapes[name] = tuple(f.get_slice(name).get_shape())
@@ -349,7 +352,7 @@ def _model_metadata(writer, config: dict, name: str) -> None:
 def _provenance(writer, ckpt: Path, adapter: Path | None, quant: str) -> None:
     writer.add_string("eexp.version", __version__)
     writer.add_string("eexp.source", str(ckpt.resolve()))
-    writer.add_string("eexp.source_sha256", _sha256_files(list(ckpt.glob("*.safetensors"))))
+    writer.add_string("eexp.source_sha256", _sha256_files(_weight_files(ckpt)))
     writer.add_string("eexp.quant", quant)
     if adapter is not None:
         writer.add_string("eexp.adapter", str(adapter.resolve()))
