@@ -29,6 +29,16 @@ from eexp.training import Finetune, FinetuneConfig, TrainingError, encode, finet
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, two OpenMP threads of a 0.1M-parameter model mostly wait on
+    each other (measured: ~10x slower per step under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_jsonl(path: Path, records) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
