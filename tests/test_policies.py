@@ -195,6 +195,19 @@ def test_default_act_is_constrained_with_a_list_and_generate_without(hf_policy):
     assert r.valid and r.action in ADMISSIBLE
 
 
+def test_open_action_space_is_not_constrained_to_its_sample(hf_policy):
+    """An environment whose admissible() is only a sample of an open space (closed_actions False): by default the
+    model generates freely, and an action outside the sample is not declared invalid (the environment decides)."""
+    env = TinyEnv()
+    env.closed_actions = False
+    context = {"env": env}
+    assert hf_policy.mode_for(ADMISSIBLE, context) == "generate"
+    assert hf_policy.mode_for(ADMISSIBLE) == "constrained"
+    r = reply_from_text("Action: cd('docs')", ADMISSIBLE, context=context)
+    assert (r.action, r.valid) == ("cd('docs')", None)
+    assert reply_from_text("Action: Go North", ADMISSIBLE, context=context).valid is True
+
+
 def test_context_overflow_drops_oldest_history(tiny_checkpoint, capsys):
     state = dict(STATE, history=[{"observation": f"room {i} " * 20, "action": f"go {i}"} for i in range(12)])
     messages = Serializer(history=12, max_history_chars=2000).policy_messages(state)

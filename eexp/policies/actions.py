@@ -26,6 +26,13 @@ def canonicalizer(context: dict | None) -> Callable[[str], str]:
     return default_canonicalize
 
 
+def open_space(context: dict | None) -> bool:
+    """True when the context's environment lists only a sample of an open action space (closed_actions False):
+    its list is a hint, not the set of valid actions."""
+    env = (context or {}).get("env")
+    return env is not None and getattr(env, "closed_actions", True) is False
+
+
 def match_admissible(action: str, admissible: list[str], canonicalize: Callable[[str], str]) -> str | None:
     """The admissible action `action` denotes, or None. Exact after canonicalization first, then ignoring case
     (models often change the case of a label); never a fuzzy match, which would invent actions."""
@@ -58,8 +65,10 @@ def reply_from_text(text: str, admissible: list[str] | None, *, context: dict | 
         return Reply(text=text, action=canonicalize(action), thought=thought, valid=None, seed=seed,
                      finish_reason=finish_reason)
     matched = match_admissible(action, admissible, canonicalize)
+    # outside a sample of an open space, validity is for the environment to say
+    valid = True if matched is not None else (None if open_space(context) else False)
     return Reply(text=text, action=matched if matched is not None else canonicalize(action), thought=thought,
-                 valid=matched is not None, seed=seed, finish_reason=finish_reason)
+                 valid=valid, seed=seed, finish_reason=finish_reason)
 
 
 def failed_reply(message: str, seed: int = 0, admissible: list[str] | None = None) -> Reply:

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from eexp.policies.actions import reply_from_text
+from eexp.policies.actions import open_space, reply_from_text
 from eexp.policies.base import Policy, PolicyError, Reply
 from eexp.prompts import format_action
 
@@ -186,10 +186,14 @@ class ModelPolicy(Policy):
         return out
 
     # the interface ----------------------------------------------------------------------------------------------
-    def mode_for(self, admissible: list[str] | None) -> str:
+    def mode_for(self, admissible: list[str] | None, context: dict | None = None) -> str:
+        """The --act mode of one call: constrained/score need a list; by default a list that is only a sample of
+        an open action space (the context env's closed_actions is False) is not a reason to constrain."""
         if not admissible:
             return "generate"
-        return self.act_mode or ("constrained" if "constrained" in self.supports else "generate")
+        if self.act_mode:
+            return self.act_mode
+        return "generate" if open_space(context) else "constrained"
 
     def generate(self, messages, *, seed, temperature, top_p=None, max_tokens=None) -> Reply:
         max_tokens = max_tokens or self.max_tokens
@@ -207,7 +211,7 @@ class ModelPolicy(Policy):
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
         """K replies back to back on one prompt: the backends keep the prompt's KV between the calls, and score
         mode ranks the candidates once for all K."""
-        mode = self.mode_for(admissible)
+        mode = self.mode_for(admissible, context)
         if mode == "generate":
             _, ids = self.fit(messages, reserve=min(self.max_tokens, self.context_size() // 2))
             out = []

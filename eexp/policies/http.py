@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from eexp.policies.actions import failed_reply, reply_from_text
+from eexp.policies.actions import failed_reply, open_space, reply_from_text
 from eexp.policies.args import take_args
 from eexp.policies.base import Policy, PolicyError, Reply
 from eexp.policies.chat import warn
@@ -152,7 +152,8 @@ class HttpPolicy(Policy):
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
         # constrained where asked, and by default where the server can (guided decoding configured)
         constrained = bool(admissible) and (self.act_mode == "constrained" or
-                                            (self.act_mode is None and bool(self.opts["guided"])))
+                                            (self.act_mode is None and bool(self.opts["guided"])
+                                             and not open_space(context)))
         if constrained:
             longest = max(len(format_action(a)) for a in admissible)
             max_tokens = min(self.max_tokens, longest + 8)

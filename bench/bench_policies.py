@@ -1,0 +1,135 @@
+"""Policy speed on CPU: prefix reuse for K samples per state, and llama.cpp against transformers generate.
+
+    .venv/bin/python bench/bench_policies.py [--model DIR] [--threads 2] [--k 8] [--tokens 128]
+
+1. Prefix reuse (llama.cpp, q8_0): K samples on one ~300-token state issued back to back on one context, as
+   `Policy.sample` does (the shared prompt is evaluated once), against K samples with the context reset before
+   each (the prompt evaluated K times). The same for transformers (the prompt's KV cache copied for each sample
+   vs none).
+2. Decode speed on the same `small` model: llama.cpp q8_0 against transformers `generate` (fp32, CPU), greedy,
+   tokens/s over --tokens new tokens with end of sequence suppressed so both decode the same length.
+
+Without --model a `small` qwen2 model is made with `eexp init-model` in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from eexp.prompts import Serializer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def state_messages(policy, target: int = 300) -> list[dict]:
+    """A shop-like state whose prompt is about `target` tokens."""
+    history = [{"observation": f"[results page {i}] 1. red cotton t-shirt $24.00 | 2. blue cotton t-shirt $12.00",
+                "action": f"click[next >] {i}"} for i in range(40)]
+    state = {"goal": "i need a red cotton t-shirt in size m, under 30 dollars", "history": [],
+             "observation": "[item page] red cotton t-shirt, $24.00. options: size s | m | l; color red | blue",
+             "admissible": ["click[buy now]", "click[back to search]", "click[size m]", "click[color red]"]}
+    for n in range(len(history) + 1):
+        messages = Serializer(history=n).policy_messages({**state, "history": history[:n]})
+        if len(policy.encode_chat(messages)) >= target:
+            return messages
+    return messages
+
+
+def timed(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="A transformers checkpoint (default: a fresh `small` qwen2 model)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--sample-tokens", type=int, default=16, help="tokens per sample in the prefix-reuse test")
+    ap.add_argument("--tokens", type=int, default=128, help="tokens decoded in the speed test")
+    args = ap.parse_args()
+
+    import torch
+    torch.set_num_threads(args.threads)
+    from eexp.models.export import export_gguf
+    from eexp.models.init import init_model
+    from eexp.policies import derive_seed, load_policy
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-policies-"))
+    ckpt = Path(args.model) if args.model else init_model(tmp / "small", arch="qwen2", size="small", seed=0)
+    gguf = export_gguf(ckpt, tmp / "small.q8_0.gguf", quant="q8_0")
+    threads = {"n_threads": str(args.threads)}
+    llama = load_policy(str(gguf), threads, max_tokens=args.sample_tokens)
+    hf = load_policy(str(ckpt), threads, max_tokens=args.sample_tokens)
+    params = sum(p.numel() for p in hf.model.parameters())
+    messages = state_messages(hf)
+    n_prompt = len(hf.encode_chat(messages))
+    seeds = [derive_seed(0, "bench#0", k) for k in range(args.k)]
+    print(f"model: {ckpt} ({params / 1e6:.1f}M parameters), {args.threads} threads, prompt {n_prompt} tokens, "
+          f"K={args.k}, {args.sample_tokens} tokens per sample")
+
+    # 1. prefix reuse ---------------------------------------------------------------------------------------------
+    def llama_reuse():
+        llama.llm.reset()  # the first call evaluates the prompt; the next K-1 reuse it
+        llama.sample(messages, admissible=None, seeds=seeds, temperature=1.0)
+
+    def llama_reset():
+        for s in seeds:
+            llama.llm.reset()  # what a policy without prefix reuse pays: the whole prompt every call
+            llama.sample(messages, admissible=None, seeds=[s], temperature=1.0)
+
+    def hf_reuse():
+        hf._cache_key = None
+        hf.sample(messages, admissible=None, seeds=seeds, temperature=1.0)
+
+    def hf_reset():
+        for s in seeds:
+            hf._cache_key = None
+            hf.sample(messages, admissible=None, seeds=[s], temperature=1.0)
+
+    print("\n1. K samples on one state (median of 3 runs)")
+    print(f"{'backend':<14}{'reuse (s)':>12}{'reset (s)':>12}{'speed-up':>10}")
+    for name, reuse, reset in (("llama.cpp q8", llama_reuse, llama_reset), ("transformers", hf_reuse, hf_reset)):
+        a, b = timed(reuse), timed(reset)
+        print(f"{name:<14}{a:>12.3f}{b:>12.3f}{b / a:>9.2f}x")
+
+    # 2. decode speed ---------------------------------------------------------------------------------------------
+    prompt_ids = hf.encode_chat(messages)
+    eos = llama.llm.token_eos()
+
+    def llama_decode():
+        llama.llm.reset()
+        out = llama.llm.create_completion(prompt=prompt_ids, max_tokens=args.tokens, temperature=0.0, top_k=0,
+                                          min_p=0.0, logit_bias={eos: -1e9}, seed=1)
+        assert out["usage"]["completion_tokens"] == args.tokens, out["usage"]
+
+    def hf_decode():
+        with torch.no_grad():
+            out = hf.model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=args.tokens,
+                                    min_new_tokens=args.tokens, do_sample=False, pad_token_id=hf.pad_id)
+        assert out.shape[1] - len(prompt_ids) == args.tokens
+
+    llama_decode(), hf_decode()  # warm up
+    t_llama, t_hf = timed(llama_decode), timed(hf_decode)
+    print(f"\n2. greedy decode of {args.tokens} tokens after the {n_prompt}-token prompt (median of 3)")
+    print(f"{'backend':<22}{'seconds':>10}{'tokens/s':>10}")
+    print(f"{'transformers fp32':<22}{t_hf:>10.3f}{args.tokens / t_hf:>10.1f}")
+    print(f"{'llama.cpp q8_0':<22}{t_llama:>10.3f}{args.tokens / t_llama:>10.1f}")
+    print(f"llama.cpp / transformers: {t_hf / t_llama:.2f}x (target >= 3x)")
+    llama.close()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
