@@ -415,3 +415,29 @@ def test_bf16_checkpoint_exports(tiny_checkpoint, runner, tmp_path):
         assert np.abs(_last_logits(llm, ids) - reference).max() < 1e-3
     finally:
         llm.close()
+
+
+def test_adapter_with_full_tensors_merges_but_is_no_llama_cpp_adapter(tiny_llama_checkpoint, runner, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_checkpoint)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"],
+                                                  task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "modules_to_save" in name:
+                param.add_(1.0)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    _export(runner, tiny_llama_checkpoint, "--adapter", tmp_path / "adapter", "-o", tmp_path / "m.gguf")
+    import gguf
+    import numpy as np
+    output = next(t for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors if t.name == "output.weight")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_checkpoint)
+    lm_head = base.get_output_embeddings().weight.detach().numpy()  # the base weights, before the +1
+    merged = gguf.quants.dequantize(np.array(output.data), output.tensor_type).reshape(lm_head.shape)
+    assert np.abs(merged - (lm_head + 1.0)).max() < 0.05  # the saved module replaced the base one (q8_0)
+    result = runner.invoke(cli, ["export", str(tiny_llama_checkpoint), "--adapter", str(tmp_path / "adapter"),
+                                 "--lora-only", "-o", str(tmp_path / "a.gguf")])
+    assert result.exit_code == 1 and "export the merged model instead" in result.output

@@ -171,9 +171,10 @@ def _module_of(key: str) -> str:
     return name
 
 
-def _check_adapter_fits(adapter: Path, config: dict, base_shapes: dict[str, tuple[int, ...]],
-                        ckpt: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Read the adapter's LoRA pairs ({module: {"A": .., "B": ..}}) and check each against the base weights."""
+def _check_adapter_fits(adapter: Path, base_shapes: dict[str, tuple[int, ...]], ckpt: Path,
+                        lora_only: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Read the adapter's LoRA pairs ({module: {"A": .., "B": ..}}) and check each against the base weights.
+    Full tensors (modules_to_save) and embedding LoRA are fine to merge, but cannot be a llama.cpp adapter."""
     from safetensors.numpy import load_file
 
     try:
@@ -186,13 +187,15 @@ def _check_adapter_fits(adapter: Path, config: dict, base_shapes: dict[str, tupl
         module = _module_of(key)
         if ".lora_A." in key or ".lora_B." in key:
             pairs.setdefault(module, {})["A" if ".lora_A." in key else "B"] = value.astype(np.float32)
+        elif not lora_only:
+            continue  # PEFT merges it; PEFT says so if it does not fit
         elif "lora_embedding" in key:
             raise ModelError(f"{adapter}: LoRA on the token embeddings ({module}) cannot be exported as a "
                              "llama.cpp adapter; export the merged model instead (without --lora-only)")
         else:
             raise ModelError(f"{adapter}: holds a full tensor {key} (modules_to_save or added tokens), which a "
                              "llama.cpp LoRA adapter cannot carry; export the merged model instead")
-    if not pairs:
+    if not pairs and lora_only:
         raise ModelError(f"{adapter}: no LoRA weights found")
     for module, pair in pairs.items():
         if set(pair) != {"A", "B"}:
@@ -481,7 +484,7 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, quant: str = "q
     pairs = adapter_config = None
     if adapter is not None:
         adapter_config = _adapter_config(adapter)
-        pairs = _check_adapter_fits(adapter, adapter_config, base_shapes, ckpt)
+        pairs = _check_adapter_fits(adapter, base_shapes, ckpt, lora_only)
     if lora_only:
         return _export_lora(ckpt, adapter, out, quant, config, adapter_config, pairs, arch_name)
 
