@@ -81,6 +81,7 @@ def main() -> None:
         perf = llama_cpp.llama_perf_context(ctx)
 
         # Cross-check: prompt-only calls (one token generated) on the same prompts.
+        llama_cpp.llama_perf_context_reset(ctx)
         t0 = time.perf_counter()
         for i, o in enumerate(outcomes):
             prompt = reflection_prompt(o, shown_alternatives(o, settings.max_alternatives), template, serializer,
@@ -88,6 +89,7 @@ def main() -> None:
             policy.llm.reset()  # no KV reuse from the previous call: measure a cold prompt
             policy.generate(prompt, seed=i + 1, temperature=0.7, max_tokens=1)
         prompt_only_s = time.perf_counter() - t0
+        prompt_only_perf = llama_cpp.llama_perf_context(ctx)
         policy.close()
 
     n = len(outcomes)
@@ -107,7 +109,8 @@ def main() -> None:
         print(f"speed: prompt {perf.n_p_eval / (p_ms / 1000):.0f} tok/s, generation {perf.n_eval / (g_ms / 1000):.0f} "
               f"tok/s")
     print(f"cross-check, prompt-only calls (max_tokens=1, cold cache): {prompt_only_s:.2f} s = "
-          f"{100 * prompt_only_s / full_s:.1f}% of the full run's wall time")
+          f"{100 * prompt_only_s / full_s:.1f}% of the full run's wall time; llama.cpp counted "
+          f"{prompt_only_perf.n_p_eval} prompt tokens in {prompt_only_perf.t_p_eval_ms / 1000:.2f} s")
     print("filter counts:", {k: v for k, v in sorted(counts.items())})
 
 
