@@ -258,6 +258,17 @@ def test_broken_checkpoints_give_clear_errors(tmp_path, tiny_checkpoint):
     (tmp_path / "junk.gguf").write_bytes(b"PK\x03\x04 not a model")
     with pytest.raises(PolicyError, match="not a GGUF file"):
         load_policy(str(tmp_path / "junk.gguf"))
+    import shutil
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_checkpoint, cut)
+    weights = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(PolicyError, match="cannot load the checkpoint.*corrupt"):
+        load_policy(str(cut))
+    (cut / "model.safetensors").unlink()
+    (cut / "pytorch_model.bin").write_bytes(b"pickles are never loaded")
+    with pytest.raises(PolicyError, match="cannot load the checkpoint"):
+        load_policy(str(cut))
     with pytest.raises(PolicyError, match="not an option of the transformers backend"):
         load_policy(str(tiny_checkpoint), {"n_gpu_layer": "1"})
 

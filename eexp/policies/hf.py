@@ -35,6 +35,7 @@ class TransformersPolicy(ModelPolicy):
         super().__init__(act, max_tokens, top_p)
         opts = take_args(args, SCHEMA, self.backend)
         import torch
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from transformers.utils import logging as hf_logging
@@ -62,8 +63,9 @@ class TransformersPolicy(ModelPolicy):
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust)
             model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), use_safetensors=True,
                                                          trust_remote_code=trust)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise PolicyError(f"{base}: cannot load the checkpoint ({_first_line(e)})") from None
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            raise PolicyError(f"{base}: cannot load the checkpoint ({_first_line(e)}); missing or corrupt "
+                              f"files?") from None
         if not self.tokenizer.chat_template:
             raise PolicyError(f"{tokenizer_dir}: the tokenizer has no chat template (eexp renders every prompt "
                               f"with the model's own template)")
@@ -71,7 +73,7 @@ class TransformersPolicy(ModelPolicy):
             try:
                 from peft import PeftModel
                 model = PeftModel.from_pretrained(model, path).merge_and_unload()
-            except (OSError, ValueError, KeyError, RuntimeError) as e:
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
                 raise PolicyError(f"{path}: the adapter does not load onto {base} ({_first_line(e)})") from None
         self.model = model.to(self.device).eval()
         self.torch = torch

@@ -128,10 +128,12 @@ class HttpPolicy(Policy):
         except (KeyError, IndexError, TypeError, AttributeError):
             raise EndpointError(f"{self.base}/chat/completions answered without choices[0].message") from None
 
-    def _call(self, messages, admissible, seed, temperature, context, max_tokens, constrained) -> Reply:
+    def _call(self, messages, admissible, seed, temperature, context, max_tokens, constrained,
+              top_p=None) -> Reply:
         choices = [format_action(a) for a in admissible] if constrained else None
         try:
-            text, finish = self._chat(messages, seed=seed, temperature=temperature, top_p=self.top_p,
+            text, finish = self._chat(messages, seed=seed, temperature=temperature,
+                                      top_p=self.top_p if top_p is None else top_p,
                                       max_tokens=max_tokens, choices=choices)
         except EndpointError as e:
             self.failures += 1
@@ -143,7 +145,7 @@ class HttpPolicy(Policy):
 
     # the interface ----------------------------------------------------------------------------------------------
     def generate(self, messages, *, seed, temperature, top_p=None, max_tokens=None) -> Reply:
-        return self._call(messages, None, seed, temperature, None, max_tokens or self.max_tokens, False)
+        return self._call(messages, None, seed, temperature, None, max_tokens or self.max_tokens, False, top_p)
 
     def act(self, messages, *, admissible, seed, temperature=0.0, context=None) -> Reply:
         return self.sample(messages, admissible=admissible, seeds=[seed], temperature=temperature,
