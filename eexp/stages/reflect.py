@@ -143,8 +143,10 @@ def _reward_clause(reward) -> str:
     return f", earning {reward:g}" if isinstance(reward, (int, float)) and reward > 0 else ""
 
 
+# Words of a goal that say nothing about what to look for: function words and the generic verbs of instructions.
 _STOP = frozenset("a an the and or of to in on for with from by at is are be me my i you your it this that need "
-                  "find want get some any under over than less more please".split())
+                  "find want get some any under over than less more please looking look take put go make use "
+                  "first then will task actions cause costs priced dollars".split())
 
 
 def _content_words(text: str) -> list[str]:
@@ -195,7 +197,9 @@ def _alternative_sentence(alt: dict, current: str, goal: str, wanted: list[str],
     if normalize_space(alt["next_observation"]) == normalize_space(current):
         return f'"{action}" leaves everything as it is, so it brings me no closer to the goal.'
     if alt.get("done"):
-        gained = _reward_clause(alt.get("reward")) or " with nothing gained"
+        reward = alt.get("reward")
+        lost = isinstance(reward, (int, float)) and reward < 0
+        gained = f", losing {-reward:g}" if lost else _reward_clause(reward) or " with nothing gained"
         return f'"{action}" would end the episode at once ("{seen}"){gained}, leaving no way to put things ' \
                f'right afterwards.'
     lead = (f'"{action}" only adds "{seen}"' if small else f'"{action}" leads to "{seen}"') \
