@@ -475,3 +475,25 @@ def test_rollout_killed_half_way_and_resumed(tmp_path, expert_files):
     assert part.read_bytes().count(b"\n") == n    # it wrote each outcome as it went, then waited for input
     subprocess.run(EEXP + ["rollout", str(br), "-o", str(part), "--resume"], check=True, env=env)
     assert strip_times(read_records([part])) == strip_times(read_records([full]))
+
+
+def test_branch_with_a_tiny_gguf_policy_is_reproducible(runner, tmp_path, expert_files, tiny_gguf):
+    pytest.importorskip("llama_cpp")
+    args = ["branch", str(expert_files["shop"]), "--policy", str(tiny_gguf), "-k", "3", "--steps", "0-1",
+            "--seed", "5", "--max-tokens", "24", "-q"]
+    first = run_cli(runner, args + ["--stats", str(tmp_path / "s.json")]).output
+    again = run_cli(runner, args).output
+    records = [orjson.loads(x) for x in first.splitlines()]
+    assert strip_times(records) == strip_times(orjson.loads(x) for x in again.splitlines())
+    assert len(records) == 2 * 4
+    stats = orjson.loads((tmp_path / "s.json").read_bytes())
+    for r in records:
+        assert r["meta"]["model_sha256"] and r["meta"]["temperature"] == 1.0 and r["meta"]["propose"] == "policy"
+        assert len(r["alternatives"]) == 3   # shop lists >= 4 actions a state: topped up where the model repeats
+        seeds = [derive_seed(5, r["id"], j) for j in range(3)]
+        assert all(a["seed"] in seeds for a in r["alternatives"] if a["source"] == "policy")
+        assert r["expert"]["action"] not in [a["action"] for a in r["alternatives"]]
+    n_admissible = sum(a["source"] == "admissible" for r in records for a in r["alternatives"])
+    assert stats["topped_up"] == n_admissible
+    result = run_cli(runner, ["rollout", "-q"], input=first)
+    assert runner.invoke(cli, ["validate", "--kind", "outcome", "-"], input=result.output).exit_code == 0

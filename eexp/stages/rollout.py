@@ -230,7 +230,7 @@ class Rollout:
         self.count = count or (lambda name, n=1: None)
         self.note = note or (lambda msg: None)
         self.meta_extra = {"step_timeout": step_timeout} if step_timeout else {}
-        self._envs_checked: dict[str, str | None] = {}
+        self._envs_checked: dict = {}   # env name -> why it cannot be used (None: it can); ("version", name)
         self._group: list[dict] = []
         self._pending: collections.deque = collections.deque()
         self._walk: Walk | None = None
@@ -251,10 +251,7 @@ class Rollout:
             problem = None
             if self.env_factory is make_env:
                 try:
-                    cls = env_class(name)
-                    if str(cls.version) != str(record["env"]["version"]):
-                        self.note(f"eexp: the records of {name!r} were made with version {record['env']['version']}"
-                                  f", this is {cls.version}; every state is checked, a changed one becomes an error")
+                    env_class(name)
                 except EnvError as e:
                     problem = f"environment {name!r} is not available here ({e}). {INSTALL_HINT}"
             self._envs_checked[name] = problem
@@ -265,6 +262,15 @@ class Rollout:
         for name, n in counts.items():
             self.count(name, n)
 
+    def _check_version(self, out: dict) -> dict:
+        """Say once per environment when the records were made with another version than the one installed."""
+        name, made, used = out["env"]["name"], str(out["env"]["version"]), out["meta"].get("env_version")
+        if used is not None and used != made and ("version", name) not in self._envs_checked:
+            self._envs_checked[("version", name)] = None
+            self.note(f"eexp: the records of {name!r} were made with version {made}, this is {used}; every state is "
+                      f"checked, and one that changed becomes an error")
+        return out
+
     def feed(self, record: dict) -> Iterator[dict]:
         self.check_env(record)
         if self._executor is None:   # walk it now: the env stays where the previous record of the trajectory left it
@@ -274,7 +280,7 @@ class Rollout:
             self._walk.counts = counts
             out = rollout_record(record, self._walk, counts, self.meta_extra)
             self._add_counts(counts)
-            yield out
+            yield self._check_version(out)
             return
         if self._group and self._group[-1]["trajectory_id"] != record["trajectory_id"]:
             self._submit()
@@ -289,7 +295,7 @@ class Rollout:
         while self._pending and (self._pending[0].done() or block or len(self._pending) >= 2 * self.jobs):
             outcomes, counts = self._pending.popleft().result()
             self._add_counts(counts)
-            yield from outcomes
+            yield from map(self._check_version, outcomes)
 
     def finish(self) -> Iterator[dict]:
         if self._executor is not None and self._group:

@@ -1,0 +1,253 @@
+"""What branch and rollout cost: environment steps, worker scaling, and policy proposals per state.
+
+    .venv/bin/python bench/bench_rollout.py [--k 4] [--skip-gguf]
+
+1. Environment steps spent by rollout on one T-step trajectory with K alternatives per state, for T = 10, 30, 100:
+   with snapshots (target <= (K+1)T + T), without snapshots (shortest replays), and naive replay (reset + replay of
+   the prefix before every execution, ~K T^2/2 and more), each counted by the environment itself. The trajectories
+   are of a small simulated line-walking environment defined here (the built-in envs' expert paths are < 15 steps).
+2. `rollout -j 2` vs `-j 1` throughput: on ScienceWorld when it is installed and registered, else on a simulated
+   environment whose step sleeps (standing in for a slow JVM-backed step); which one is printed.
+3. `branch --propose policy` at K=8 vs K=1: seconds per state with a tiny GGUF model (made here with
+   `eexp init-model` + `eexp export`) on shop states rendered with a long history (~300 prompt tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from eexp.envs.base import Env, EnvError, env_class, make_env
+from eexp.envs.reach import reach
+from eexp.stages.branch import Brancher
+from eexp.stages.rollout import Rollout
+
+
+class LineEnv(Env):
+    """A walker on a line; counts its steps. `SLOW` seconds of sleep per step stand in for a slow simulator."""
+
+    name = "benchline"
+    version = "1"
+    SLOW = 0.0
+    steps_taken = 0
+
+    def tasks(self, split):
+        return [{"id": f"{split}-{n}", "split": split, "goal": f"walk {n} steps"} for n in (10, 30, 100)]
+
+    def reset(self, task):
+        self.pos, self.moves = 0, 0
+        return f"at {self.pos} after {self.moves} moves"
+
+    def step(self, action):
+        LineEnv.steps_taken += 1
+        if self.SLOW:
+            time.sleep(self.SLOW)
+        self.pos += {"left": -1, "right": 1, "stay": 0, "jump": 2, "back": -2, "hop": 3}.get(action, 0)
+        self.moves += 1
+        return f"at {self.pos} after {self.moves} moves", 0.0, False, {"valid": True}
+
+    def admissible(self):
+        return ["left", "right", "stay", "jump", "back", "hop"]
+
+    def expert(self, task):
+        return ["right"] * int(task["goal"].split()[1])
+
+    def success(self):
+        return False
+
+
+class SnapLineEnv(LineEnv):
+    name = "benchline-snap"
+    can_snapshot = True
+
+    def snapshot(self):
+        return (self.pos, self.moves)
+
+    def restore(self, snap):
+        self.pos, self.moves = snap
+
+
+class SlowLineEnv(LineEnv):
+    name = "benchline-slow"
+    SLOW = 0.01
+
+
+ENVS = {cls.name: cls for cls in (LineEnv, SnapLineEnv, SlowLineEnv)}
+
+
+def bench_env(name, **kwargs):
+    """The env factory handed to rollout (module level, so -j workers can import it)."""
+    return ENVS[name](**kwargs) if name in ENVS else make_env(name, **kwargs)
+
+
+def trajectory(cls, task, tid):
+    env = cls()
+    observation = env.reset(task)
+    steps = []
+    for action in env.expert(task):
+        steps.append({"observation": observation, "action": action, "admissible": env.admissible()})
+        observation = env.step(action)[0]
+    return {"id": tid, "env": env.env_record(), "task": task, "steps": steps, "final_observation": observation,
+            "success": False}
+
+
+def rollout_counts(records, jobs=1):
+    counts = collections.Counter()
+    runner = Rollout(jobs=jobs, env_factory=bench_env, count=lambda n, c=1: counts.update({n: c}))
+    try:
+        outs = [o for r in records for o in runner.feed(r)] + list(runner.finish())
+    finally:
+        runner.close()
+    return outs, counts
+
+
+def naive_steps(records, cls):
+    """Reset + replay the prefix before every execution (the original ScienceWorld script), counted by the env."""
+    env = cls()
+    before = LineEnv.steps_taken
+    for r in records:
+        for action in [a["action"] for a in r["alternatives"]] + [r["expert"]["action"]]:
+            reach(env, r["task"], r["prefix"], r["state"]["observation"])
+            env.step(action)
+    return LineEnv.steps_taken - before
+
+
+def section_steps(k):
+    print(f"1. Environment steps of rollout, one T-step trajectory, K={k} alternatives per state "
+          f"(simulated line env, counted by the env)")
+    print(f"{'T':>4} {'snapshot':>9} {'target (K+1)T+T':>16} {'no snapshot':>12} {'naive replay':>13} "
+          f"{'K*T^2/2':>8} {'naive/snapshot':>15}")
+    for task in LineEnv().tasks("train"):
+        t = len(LineEnv().expert(task))
+        row = {}
+        for cls in (SnapLineEnv, LineEnv):
+            records = list(Brancher("admissible", k, env_factory=bench_env)(trajectory(cls, task, f"t{t}")))
+            before = LineEnv.steps_taken
+            _, counts = rollout_counts(records)
+            assert counts["env_steps"] == LineEnv.steps_taken - before   # the stage counts what the env did
+            assert counts["errors"] == 0
+            row[cls.can_snapshot] = counts["env_steps"]
+        naive = naive_steps(records, LineEnv)
+        print(f"{t:>4} {row[True]:>9} {(k + 1) * t + t:>16} {row[False]:>12} {naive:>13} {k * t * t // 2:>8} "
+              f"{naive / row[True]:>14.1f}x")
+    print()
+
+
+def scienceworld_available():
+    try:
+        env_class("scienceworld")
+        return True
+    except EnvError:
+        return False
+
+
+def time_jobs(records, what, k):
+    print(f"   {what}; K={k}; {len(records)} states; {os.cpu_count()} CPUs shared with other work")
+    results = {}
+    for jobs in (1, 2):
+        t0 = time.perf_counter()
+        outs, counts = rollout_counts(records, jobs)
+        seconds = time.perf_counter() - t0
+        results[jobs] = (seconds, outs)
+        print(f"   -j {jobs}: {seconds:6.2f} s  {len(records) / seconds:7.2f} states/s  "
+              f"{counts['env_steps'] / seconds:8.1f} env steps/s  ({counts['errors']} errors)")
+    strip = lambda outs: [{**o, "meta": {}} for o in outs]   # noqa: E731
+    same = strip(results[1][1]) == strip(results[2][1])
+    print(f"   speed-up -j 2 / -j 1: {results[1][0] / results[2][0]:.2f}x (target >= 1.7x); "
+          f"outcomes {'identical' if same else 'DIFFERENT'}")
+
+
+def section_jobs(k, sw_trajectories):
+    print("2. rollout -j 2 vs -j 1 throughput")
+    task = {"id": "train-12", "split": "train", "goal": "walk 12 steps"}
+    records = [r for i in range(6) for r in Brancher("admissible", k, env_factory=bench_env)(
+        trajectory(SlowLineEnv, task, f"slow{i}"))]
+    time_jobs(records, f"simulated env whose step sleeps {SlowLineEnv.SLOW * 1000:.0f} ms (no CPU), no snapshots, "
+              f"6 trajectories of 12 steps", k)
+    if not scienceworld_available():
+        print("   ScienceWorld is not registered here: no ScienceWorld figure")
+    elif sw_trajectories:
+        with tempfile.TemporaryDirectory() as d:
+            expert = os.path.join(d, "expert.jsonl")
+            subprocess.run([sys.executable, "-m", "eexp", "expert", "--env", "scienceworld", "--split", "dev",
+                            "-n", str(sw_trajectories), "-q", "-o", expert], check=True)
+            from eexp.io import read_records
+            records = [r for t in read_records([expert])
+                       for r in Brancher("admissible", k, steps=set(range(6)))(t)]
+        time_jobs(records, f"ScienceWorld, {sw_trajectories} dev trajectories, their first 6 steps (JVM start "
+                  f"included)", k)
+    print()
+
+
+def section_gguf(states):
+    print("3. branch --propose policy, K=8 vs K=1, tiny GGUF (seconds per state)")
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("   skipped: llama-cpp-python is not installed\n")
+        return
+    from eexp.io import read_records
+    from eexp.policies import load_policy
+    from eexp.prompts import Serializer
+    with tempfile.TemporaryDirectory() as d:
+        run = lambda *args: subprocess.run([sys.executable, "-m", "eexp", *args], check=True,  # noqa: E731
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        expert = os.path.join(d, "expert.jsonl")
+        run("expert", "--env", "shop", "-n", "40", "--seed", "3", "-o", expert)
+        run("init-model", os.path.join(d, "m"), "--size", "tiny", "--corpus", expert)
+        gguf = os.path.join(d, "m.gguf")
+        run("export", os.path.join(d, "m"), "-o", gguf)
+        trajectories = list(read_records([expert]))
+        serializer = Serializer(history=8)
+        policy = load_policy(gguf, {"n_threads": "2"}, max_tokens=32)
+        tok = llama_cpp.Llama(gguf, vocab_only=True, verbose=False)
+        # the longest states first (late steps carry the most history)
+        pool = sorted(((t, i) for t in trajectories for i in range(len(t["steps"]))), key=lambda ti: -ti[1])[:states]
+        chosen = collections.defaultdict(set)
+        for t, i in pool:
+            chosen[t["id"]].add(i)
+        subset = [t for t in trajectories if t["id"] in chosen]
+        prompt_tokens = []
+        for t in subset:
+            for r in Brancher("admissible", 0, serializer=serializer, steps=chosen[t["id"]])(t):
+                text = "\n".join(m["content"] for m in serializer.policy_messages(r["state"]))
+                prompt_tokens.append(len(tok.tokenize(text.encode(), add_bos=False)))
+        print(f"   {len(prompt_tokens)} shop states, prompt {sum(prompt_tokens) / len(prompt_tokens):.0f} tokens on "
+              f"average (min {min(prompt_tokens)}, max {max(prompt_tokens)}), max_tokens 32, T=1.0, 2 threads")
+        per_state = {}
+        for k in (1, 8, 1, 8):   # twice each, interleaved, so a busy neighbour hurts both alike; keep the best
+            brancher = Brancher("policy", k, policy=policy, serializer=serializer, temperature=1.0)
+            t0 = time.perf_counter()
+            n = 0
+            for t in subset:
+                brancher.steps = chosen[t["id"]]
+                n += sum(1 for _ in brancher(t))
+            seconds = (time.perf_counter() - t0) / n
+            per_state[k] = min(per_state.get(k, float("inf")), seconds)
+        policy.close()
+    print(f"   K=1: {per_state[1]:.3f} s/state   K=8: {per_state[8]:.3f} s/state   "
+          f"ratio {per_state[8] / per_state[1]:.2f}x (target <= 2.5x)")
+    print()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=4, help="alternatives per state (default 4)")
+    ap.add_argument("--states", type=int, default=12, help="states for the GGUF section (default 12)")
+    ap.add_argument("--scienceworld", type=int, default=4, metavar="N",
+                    help="ScienceWorld trajectories for section 2 (0: skip; default 4)")
+    ap.add_argument("--skip-gguf", action="store_true")
+    args = ap.parse_args()
+    section_steps(args.k)
+    section_jobs(3, args.scienceworld)
+    if not args.skip_gguf:
+        section_gguf(args.states)
+
+
+if __name__ == "__main__":
+    main()
