@@ -497,3 +497,32 @@ def test_branch_with_a_tiny_gguf_policy_is_reproducible(runner, tmp_path, expert
     assert stats["topped_up"] == n_admissible
     result = run_cli(runner, ["rollout", "-q"], input=first)
     assert runner.invoke(cli, ["validate", "--kind", "outcome", "-"], input=result.output).exit_code == 0
+
+
+def test_branch_of_an_env_that_is_not_installed(runner, tmp_path, expert_files):
+    lines = [orjson.loads(x) for x in expert_files["shop"].read_bytes().splitlines()]
+    lines[1]["env"]["name"] = "webarena"
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+    result = runner.invoke(cli, ["branch", str(path)])
+    assert result.exit_code == 1 and f"{path}:2:" in result.output and "'webarena'" in result.output
+    result = runner.invoke(cli, ["branch", str(path), "--on-error", "skip", "-q"])
+    assert result.exit_code == 0 and "skipped 1" in result.output
+    assert {orjson.loads(x)["source_id"] for x in result.output.splitlines() if x.startswith("{")} == \
+        {lines[i]["id"] for i in (0, 2, 3)}
+
+
+def test_rollout_shards_keep_trajectories_whole(runner, tmp_path, expert_files):
+    br = tmp_path / "br.jsonl"
+    run_cli(runner, ["branch", str(expert_files["shop"]), str(expert_files["tools"]), "-k", "1", "-o", str(br)])
+    full = strip_times(read_records([br]))
+    parts = []
+    for i in (1, 2, 3):
+        out = tmp_path / f"o{i}.jsonl"
+        run_cli(runner, ["rollout", str(br), "--shard", f"{i}/3", "-o", str(out)])
+        parts.append(list(read_records([out])) if out.stat().st_size else [])
+    ids = [o["id"] for p in parts for o in p]
+    assert sorted(ids) == sorted(r["id"] for r in full) and len(ids) == len(set(ids))
+    for p in parts:   # every trajectory of a shard is there with all its steps
+        for tid in {o["trajectory_id"] for o in p}:
+            assert sum(o["trajectory_id"] == tid for o in p) == sum(r["trajectory_id"] == tid for r in full)

@@ -95,7 +95,13 @@ class Brancher:
         the oracle / random baselines as context); it never steps it."""
         key = orjson.dumps([env_record["name"], env_record.get("kwargs") or {}], option=orjson.OPT_SORT_KEYS).decode()
         if key not in self._envs:
-            self._envs[key] = self.env_factory(env_record["name"], **(env_record.get("kwargs") or {}))
+            try:
+                self._envs[key] = self.env_factory(env_record["name"], **(env_record.get("kwargs") or {}))
+            except Exception as e:   # not installed, or cannot start: every record of it would fail alike
+                from eexp.stages.rollout import INSTALL_HINT
+                raise RecordError(f"environment {env_record['name']!r} is not available here "
+                                  f"({type(e).__name__}: {e}); branch needs it to canonicalize actions. "
+                                  f"{INSTALL_HINT}") from None
         return self._envs[key]
 
     def close(self) -> None:
