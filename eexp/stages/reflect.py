@@ -205,7 +205,10 @@ def _alternative_sentence(alt: dict, current: str, goal: str, wanted: list[str],
     lead = (f'"{action}" only adds "{seen}"' if small else f'"{action}" leads to "{seen}"') \
         + _reward_clause(alt.get("reward"))
     goal_words = _content_words(goal)
-    dropped = [w for w in removed if w in goal_words]
+    # A word the task asks for that a small edit took away ("selected: pink" became "selected: blue"); a larger
+    # rewrite of the same spot says nothing so specific.
+    dropped = [w for w in removed if w in goal_words and w not in _content_words(alt["next_observation"])] \
+        if len(removed) <= 2 else []
     if dropped:
         return f"{lead}, which drops {', '.join(dropped)}, what the task asks for."
     over = _over_budget(goal, alt["next_observation"])
@@ -227,8 +230,8 @@ def grounded_reflection(outcome: dict, shown: list[dict]) -> str:
     goal = " ".join(state["goal"].split()).rstrip(".")
     current, expected = state["observation"], expert["next_observation"]
     seen, small, _ = change(current, expected)
-    # The goal words the chosen action's outcome offers: in what it changes, or on the new page it opens.
-    offered = set(_content_words(seen if small else expected))
+    # The goal words the chosen action's outcome newly offers: in what it changes, or on the new page it opens.
+    offered = set(_content_words(seen)) if small else set(_content_words(expected)) - set(_content_words(current))
     wanted = [w for w in _content_words(goal) if w in offered]
     lines = [f'My task: {goal}. What is in front of me: "{snippet(current)}".']
     if shown:
