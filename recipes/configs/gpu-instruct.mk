@@ -1,0 +1,16 @@
+# A GPU workstation with a real instruct model you already have on disk, e.g. Qwen2.5-0.5B/1.5B-Instruct or
+# Llama-3.2-1B/3B-Instruct as a transformers checkpoint, and its GGUF for cheap rollouts (eexp export makes one).
+#   make -C recipes CONFIG=configs/gpu-instruct.mk MODEL=$HOME/models/Qwen2.5-1.5B-Instruct \
+#        POLICY=$HOME/models/qwen2.5-1.5b-instruct-q8_0.gguf ENV=shop compare
+# The initial model proposes the SR alternatives and writes its own reflections (the paper's "self" setting).
+# Fine-tuning is full (the paper's default) at the paper's learning rate; for LoRA use configs/gpu-instruct-lora.mk.
+REFLECTOR  = self
+LR         = 1e-5
+BATCH      = 4
+STEPS      = 2000
+N_EXPERT   = 500
+K_IWM      = 8
+K_SR       = 3
+N_EVAL     = 200
+TRAIN_ARGS = --full --grad-accum 4 --max-length 2048
+ACT        = constrained
