@@ -298,6 +298,7 @@ def test_state_check_catches_a_corrupted_record():
     assert "state mismatch" in outs[2]["error"] and "next_observation" not in outs[2]["expert"]
     assert all("error" not in o for i, o in enumerate(outs) if i != 2)
     assert counts["state_mismatches"] == 1 and counts["errors"] == 1
+    assert counts["replay_retries"] == 1   # tried once more from a reset before it became an error
     # a corrupted prefix: the env reaches another state than the one recorded
     records = branches(trajectory(LineEnv, task_index=2), k=2)
     records[3]["prefix"] = ["right", "jump", "right"]
