@@ -162,7 +162,7 @@ def time_jobs(records, what, k):
           f"outcomes {'identical' if same else 'DIFFERENT'}")
 
 
-def section_jobs(k, sw_trajectories):
+def section_jobs(k, sw_trajectories, sw_steps=6):
     print("2. rollout -j 2 vs -j 1 throughput")
     task = {"id": "train-12", "split": "train", "goal": "walk 12 steps"}
     records = [r for i in range(6) for r in Brancher("admissible", k, env_factory=bench_env)(
@@ -178,9 +178,9 @@ def section_jobs(k, sw_trajectories):
                             "-n", str(sw_trajectories), "-q", "-o", expert], check=True)
             from eexp.io import read_records
             records = [r for t in read_records([expert])
-                       for r in Brancher("admissible", k, steps=set(range(6)))(t)]
-        time_jobs(records, f"ScienceWorld, {sw_trajectories} dev trajectories, their first 6 steps (JVM start "
-                  f"included)", k)
+                       for r in Brancher("admissible", k, steps=set(range(sw_steps)))(t)]
+        time_jobs(records, f"ScienceWorld, {sw_trajectories} dev trajectories, their first {sw_steps} steps "
+                  f"(JVM start included)", k)
     print()
 
 
@@ -245,10 +245,12 @@ def main():
     ap.add_argument("--states", type=int, default=12, help="states for the GGUF section (default 12)")
     ap.add_argument("--scienceworld", type=int, default=4, metavar="N",
                     help="ScienceWorld trajectories for section 2 (0: skip; default 4)")
+    ap.add_argument("--sw-steps", type=int, default=6, metavar="N",
+                    help="branch the first N steps of each ScienceWorld trajectory (default 6)")
     ap.add_argument("--skip-gguf", action="store_true")
     args = ap.parse_args()
     section_steps(args.k)
-    section_jobs(3, args.scienceworld)
+    section_jobs(3, args.scienceworld, args.sw_steps)
     if not args.skip_gguf:
         section_gguf(args.states)
 
