@@ -302,7 +302,8 @@ def test_parse_reply(reply, action, thought):
 
 def test_broken_pipe_exits_quietly(tmp_path):
     a = make_examples(tmp_path / "a.jsonl", "a", 20000)
-    proc = subprocess.run(f"{sys.executable} -m eexp mix {a} | head -n 1", shell=True, capture_output=True)
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m eexp mix {a} | head -n 1"],
+                          capture_output=True)
     assert proc.returncode == 0 and proc.stderr == b"" and proc.stdout.count(b"\n") == 1
 
 

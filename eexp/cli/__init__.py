@@ -12,7 +12,23 @@ from eexp import __version__
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+def _stdout_to_devnull() -> None:
+    """The reader went away (`eexp ... | head`): point stdout at /dev/null so the interpreter's final flush does
+    not raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        # click itself turns a broken pipe into exit 1; a reader that stops early is not an error of ours
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            sys.exit(0)
+
+
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="eexp")
 def cli():
     """Train language agents from their own early experience (arXiv 2510.08558).
@@ -39,10 +55,8 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except BrokenPipeError:
-        # The reader went away (`eexp ... | head`): stop quietly. Point stdout at /dev/null so the interpreter's
-        # final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # at the final flush
+        _stdout_to_devnull()
         sys.exit(0)
     except KeyboardInterrupt:
         click.echo("eexp: interrupted", err=True)
