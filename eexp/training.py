@@ -468,7 +468,14 @@ def _accelerator():
     except ImportError:
         raise TrainingError("launched for several processes but accelerate is not installed "
                             "(pip install accelerate)") from None
-    return Accelerator()
+    acc = Accelerator()
+    kind = str(acc.distributed_type).rsplit(".", 1)[-1]
+    if kind == "DEEPSPEED":
+        # DeepSpeed's engine owns gradient accumulation and the optimizer, which this loop does itself (a fresh
+        # optimizer per phase, token-normalized accumulation). FSDP's full sharding gives ZeRO-3's memory savings.
+        raise UsageProblem("eexp finetune does not run under DeepSpeed; use FSDP "
+                           "(accelerate launch --config_file recipes/accelerate/fsdp.yaml -m eexp finetune ...)")
+    return acc
 
 
 OOM_ADVICE = ("out of memory at step {step} (micro-batch of {batch} examples, up to {length} tokens). Try a smaller "
@@ -506,6 +513,8 @@ class Finetune:
         self.world = self.acc.num_processes if self.acc else 1
         self.rank = self.acc.process_index if self.acc else 0
         self.main = self.rank == 0
+        if not self.main:  # one voice on stderr
+            self.echo = lambda msg: None
         if self.acc:
             self.device = self.acc.device
         else:
@@ -515,6 +524,8 @@ class Finetune:
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
                                                 and torch.cuda.is_bf16_supported())
         self._prepare_output()
+        if self.acc:  # every process checks OUT before the first one writes into it
+            self.acc.wait_for_everyone()
         self.tokenizer = load_tokenizer(cfg)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
             self.tokenizer.eos_token_id or 0)
@@ -529,6 +540,11 @@ class Finetune:
         self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
                       "best_step": None, "fingerprint": self.fingerprint}
         self.optimizer = self.scheduler = None
+        # Under FSDP each process holds a shard of the optimizer state; eexp's checkpoints hold one full copy, so
+        # they (and --resume) are for one process or plain data parallelism.
+        self.sharded = bool(self.acc) and "FSDP" in str(self.acc.distributed_type)
+        if self.sharded and cfg.resume:
+            raise UsageProblem("--resume is not supported under FSDP (sharded optimizer state)")
         if cfg.resume:
             self.load_checkpoint()
 
@@ -736,7 +752,7 @@ class Finetune:
                     or (not cfg.eval_every and phase == "train" and end_of_epoch)
                     or (phase == "warmup" and self.state["phase_step"] == steps)):  # right after the world model
                 self._validate()
-            if step % cfg.save_every == 0 and step < self.total_steps:
+            if step % cfg.save_every == 0 and step < self.total_steps and not self.sharded:
                 self.save_checkpoint()
             self.model.train()
 
@@ -776,11 +792,16 @@ class Finetune:
 
     def _trainable_state(self) -> dict:
         """The weights training changes (all of them, or the LoRA adapter), detached and contiguous for safetensors."""
-        model = self.acc.unwrap_model(self.model) if self.acc else self.model
-        state = self.acc.get_state_dict(self.model) if self.acc else None
-        names = {n for n, p in model.named_parameters() if p.requires_grad}
-        source = state if state is not None else dict(model.named_parameters())
-        return {n: t.detach().to("cpu").contiguous() for n, t in source.items() if n in names}
+        if self.acc:  # gathered on the main process, under the model's own (unwrapped) names
+            state = self.acc.get_state_dict(self.model)
+            keep = (lambda n: True) if self.cfg.method == "full" else (lambda n: "lora_" in n)
+            out, seen = {}, set()
+            for n, t in state.items():  # tied weights (embeddings = output layer) are saved once
+                if keep(n) and t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    out[n] = t.detach().to("cpu").contiguous()
+            return out
+        return {n: p.detach().to("cpu").contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def _save_dir(self, final: str, optimizer: bool = True) -> None:
         """Write a checkpoint into a temporary directory and rename it into place: a save that fails (disk full,
