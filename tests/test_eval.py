@@ -562,3 +562,33 @@ def test_gguf_policy_serializer_from_the_model_and_workers(trained_gguf):
     over = invoke(base + ["-n", "1", "--history", "2"])
     meta = lines(over.stdout)[0]["meta"]
     assert meta["serializer"]["history"] == 2 and meta["serializer"]["show_admissible"] is False
+
+
+@pytest.mark.slow  # a GGUF run in two spawned workers, interrupted, then resumed
+def test_ctrl_c_with_workers_then_resume(trained_gguf, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    pytest.importorskip("llama_cpp")
+    out = tmp_path / "episodes.jsonl"
+    args = [sys.executable, "-m", "eexp", "eval", "--policy", str(trained_gguf), "--env", "shop", "-n", "30",
+            "--max-steps", "3", "-j", "2", "-q", "--policy-arg", "n_threads=1", "-o", str(out)]
+    # SIGINT at its default in the child (a background shell would have it ignored), in a group of its own
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and out.stat().st_size > 0) and process.poll() is None:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    written = out.read_bytes()
+    if process.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert process.returncode == 130 and b"interrupted" in err
+    assert written.endswith(b"\n") and written.count(b"\n") < 30  # whole lines only, and not all of them
+    result = subprocess.run(args + ["--resume"], capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    episodes = lines(out.read_text())
+    assert [e["task"]["id"] for e in episodes] == [f"test-{i:05d}" for i in range(30)]

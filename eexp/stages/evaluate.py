@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 from collections import Counter
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -179,6 +180,8 @@ _local = threading.local()
 
 def _init_worker(settings: EvalSettings) -> None:
     global _worker, _worker_error
+    # Ctrl-C is the parent's to handle: it stops the workers itself, without a traceback from each of them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _worker = Evaluator(settings)
     except BaseException as e:  # noqa: BLE001 - kept and raised in the parent by the first call, with its message
@@ -204,24 +207,31 @@ def is_endpoint(spec: str) -> bool:
 class Runner:
     """Runs episodes here (jobs=1), in threads around one endpoint policy, or in `jobs` spawned processes.
 
-    Spawned, not forked: a forked copy of a process that holds llama.cpp or torch threads can deadlock.
+    Spawned, not forked: a forked copy of a process that holds llama.cpp or torch threads can deadlock. The
+    processes are a multiprocessing.Pool, whose terminate() stops them at once on Ctrl-C (a ProcessPoolExecutor
+    would let each worker finish the episodes already queued to it).
     """
 
     def __init__(self, settings: EvalSettings, jobs: int = 1, *, env: Env | None = None,
                  policy: Policy | None = None):
         self.settings, self.jobs = settings, jobs
-        self.pool: Executor | None = None
+        self.processes = None
+        self.threads: ThreadPoolExecutor | None = None
         self.local: Evaluator | None = None
         if jobs > 1 and policy is None and not is_endpoint(settings.policy_spec):
-            self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(settings,))
-            self.description = self.pool.submit(_worker_describe).result()
+            self.processes = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker,
+                                                                        initargs=(settings,))
+            try:
+                self.description = self.processes.apply(_worker_describe)
+            except BaseException:
+                self.close(abort=True)
+                raise
         else:
             self.local = Evaluator(settings, env=env, policy=policy)
             self.description = self.local.describe()
             if jobs > 1:
                 # HTTP policies are thread-safe: one policy, concurrent requests, an environment per thread.
-                self.pool = ThreadPoolExecutor(jobs)
+                self.threads = ThreadPoolExecutor(jobs)
 
     def _thread_run(self, item: tuple[dict, str]) -> tuple[dict, dict | None]:
         evaluator = getattr(_local, "evaluator", None)
@@ -231,18 +241,27 @@ class Runner:
 
     def map(self, items: Iterable[tuple[dict, str]]) -> Iterator[tuple[dict, dict | None]]:
         """Results in the order of `items`, each as soon as it and all before it are done."""
-        if self.pool is None:
+        if self.processes is not None:
+            yield from self.processes.imap(_worker_run, items, chunksize=1)
+        elif self.threads is not None:
+            yield from self.threads.map(self._thread_run, items)
+        else:
             for item in items:
                 yield self.local.run(*item)
-        elif isinstance(self.pool, ThreadPoolExecutor):
-            yield from self.pool.map(self._thread_run, items)
-        else:
-            yield from self.pool.map(_worker_run, items, chunksize=1)
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+    def close(self, abort: bool = False) -> None:
+        """Wait for the workers; after Ctrl-C or an error (`abort`), stop them at once (an episode cut short is
+        simply run again by --resume)."""
+        if self.processes is not None:
+            if abort:
+                self.processes.terminate()
+            else:
+                self.processes.close()
+            self.processes.join()
+            self.processes = None
+        if self.threads is not None:
+            self.threads.shutdown(wait=True, cancel_futures=True)
+            self.threads = None
         if self.local is not None:
             self.local.policy.close()
             self.local.env.close()
@@ -250,8 +269,8 @@ class Runner:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        self.close(abort=exc_type is not None)
 
 
 # --- tasks -----------------------------------------------------------------------------------------------------
@@ -388,7 +407,7 @@ def compare_runs(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.0
         if first is not run:
             row["vs_first"] = paired_test(first, run, seed=seed, alpha=alpha, resamples=resamples)
         splits.setdefault(run.split, []).append(row)
-    return {"env": env, "alpha": alpha, "splits": splits}
+    return {"env": env, "alpha": alpha, "resamples": resamples, "seed": seed, "splits": splits}
 
 
 def paired_test(first: Run, run: Run, *, seed: int, alpha: float, resamples: int) -> dict:
@@ -435,11 +454,16 @@ def format_comparison(result: dict) -> str:
                 vs = (f"{t['paired_n']} paired: success {100 * t['success_diff']:+.1f} pts "
                       f"(McNemar p={t['mcnemar_p']:.3g}, {t['success_verdict']}); "
                       f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
-                      f"(bootstrap p={t['bootstrap_p']:.3g}, {t['score_verdict']})")
+                      f"(bootstrap p{p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
             out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['n']:>5}  {pct(r['success_rate']):>7}  "
                        f"{ci:<16}  {r['mean_score']:6.3f}  {vs}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def p_text(p: float, resamples: int) -> str:
+    """`=0.031`, or `<0.0001` for a bootstrap p of 0 (no resample crossed zero: it is below 1 / resamples)."""
+    return f"<{1 / resamples:g}" if p == 0 else f"={p:.3g}"
 
 
 def plot_comparison(result: dict, path: str) -> None:
@@ -453,7 +477,7 @@ def plot_comparison(result: dict, path: str) -> None:
     width = 0.8 / max(1, len(labels))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(splits) * max(1, len(labels)) ** 0.5 + 2.5), 4.0))
     for i, label in enumerate(labels):
-        xs, ys, lo, hi = [], [], [], []
+        xs, ys, lo, hi, ns = [], [], [], [], []
         for j, split in enumerate(splits):
             for r in result["splits"][split]:
                 if r["run"] == label:
@@ -461,9 +485,15 @@ def plot_comparison(result: dict, path: str) -> None:
                     ys.append(100 * r["success_rate"])
                     lo.append(100 * (r["success_rate"] - r["ci_low"]))
                     hi.append(100 * (r["ci_high"] - r["success_rate"]))
-        ax.bar(xs, ys, width * 0.9, yerr=[lo, hi], capsize=4, label=label, alpha=0.85)
+                    ns.append(r["n"])
+        policy = next(r["policy"] for rows in result["splits"].values() for r in rows if r["run"] == label)
+        ax.bar(xs, ys, width * 0.9, yerr=[lo, hi], capsize=4, alpha=0.85,
+               label=label if policy in (label, "") else f"{label} ({policy})")
+        for x, y, h, n in zip(xs, ys, hi, ns):
+            ax.annotate(f"{y:.0f}%\nn={n}", (x, min(y + h, 100)), textcoords="offset points", xytext=(0, 3),
+                        ha="center", fontsize="x-small")
     ax.set_xticks(range(len(splits)), splits)
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 112)
     ax.set_ylabel("success rate (%), 95% Wilson interval")
     ax.set_title(f"{result['env']}: success per run and split")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
