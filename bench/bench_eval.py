@@ -37,8 +37,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=16, help="episodes per measurement (shop test split, in order)")
     parser.add_argument("--gguf", help="the GGUF policy (default: a tiny model built here)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="llama.cpp threads per worker (--policy-arg n_threads; 0: llama.cpp's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="llama.cpp threads per worker (--policy-arg n_threads; 0: eval's default, which at -j 1 "
+                             "is llama.cpp's and at -j N splits the cores between the workers)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         gguf = args.gguf or tiny_gguf(folder)

@@ -370,6 +370,15 @@ def test_jobs_2_gives_the_same_episodes_as_jobs_1():
     assert without_time(lines(one.stdout)) == without_time(lines(two.stdout))
 
 
+def test_shards_split_the_tasks_between_machines():
+    args = ["eval", "--policy", "oracle", "--env", "shop", "-n", "20", "-q"]
+    whole = [e["task"]["id"] for e in lines(invoke(args).stdout)]
+    parts = [[e["task"]["id"] for e in lines(invoke(args + ["--shard", f"{i}/2"]).stdout)] for i in (1, 2)]
+    assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(whole)
+    assert parts[0] == [t for t in whole if t in parts[0]]  # each shard keeps the split's order
+
+
 def test_resume_continues_an_interrupted_run(tmp_path):
     full = tmp_path / "full.jsonl"
     full_traj = tmp_path / "full_traj.jsonl"

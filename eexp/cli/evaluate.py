@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -106,8 +107,12 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
         env_name, env_kwargs, env, tasks = tasks_from_trajectories(io, env_name, split if split_given else None, n)
     tasks = [t for t in tasks if in_shard(t["id"], io.shard)]
 
+    policy_args = dict(policy_args)
+    if jobs > 1 and policy_spec.endswith(".gguf") and "n_threads" not in policy_args:
+        # N llama.cpp processes each using every core would fight over them: split the cores between the workers
+        policy_args["n_threads"] = str(max(1, (os.cpu_count() or 1) // jobs))
     settings = EvalSettings(env_name=env_name, env_kwargs=env_kwargs, policy_spec=policy_spec,
-                            policy_args=dict(policy_args), act=act, max_tokens=max_tokens, top_p=top_p,
+                            policy_args=policy_args, act=act, max_tokens=max_tokens, top_p=top_p,
                             serializer_overrides=explicit_serializer_settings(ctx), max_steps=max_steps,
                             temperature=temperature, seed=seed)
     with Runner(settings, jobs, env=env) as runner:
