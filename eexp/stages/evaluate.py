@@ -218,6 +218,7 @@ class Runner:
         self.processes = None
         self.threads: ThreadPoolExecutor | None = None
         self.local: Evaluator | None = None
+        self.thread_envs: list[Env] = []
         if jobs > 1 and policy is None and not is_endpoint(settings.policy_spec):
             self.processes = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker,
                                                                         initargs=(settings,))
@@ -237,6 +238,7 @@ class Runner:
         evaluator = getattr(_local, "evaluator", None)
         if evaluator is None:
             evaluator = _local.evaluator = Evaluator(self.settings, policy=self.local.policy)
+            self.thread_envs.append(evaluator.env)
         return evaluator.run(*item)
 
     def map(self, items: Iterable[tuple[dict, str]]) -> Iterator[tuple[dict, dict | None]]:
@@ -262,6 +264,8 @@ class Runner:
         if self.threads is not None:
             self.threads.shutdown(wait=True, cancel_futures=True)
             self.threads = None
+            for env in self.thread_envs:
+                env.close()
         if self.local is not None:
             self.local.policy.close()
             self.local.env.close()
