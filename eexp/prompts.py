@@ -13,14 +13,9 @@ from functools import cached_property
 
 import orjson
 
-POLICY_SYSTEM = (
-    "You are an agent in a text environment. Read the task, the recent steps and the current observation, then "
-    "give the next action as `Action: <action>`, optionally preceded by `Thought: <reasoning>`."
-)
-WORLD_MODEL_SYSTEM = (
-    "You are a world model of a text environment. Given the task, the recent steps, the current observation and an "
-    "action, predict the next observation. Answer as `Observation: <next observation>`."
-)
+# Short on purpose: every example carries one, and for a small model trained from scratch it is pure cost.
+POLICY_SYSTEM = "Choose the next action for the task. Answer `Action: <action>`, optionally after `Thought: <reasoning>`."
+WORLD_MODEL_SYSTEM = "Predict what the environment shows after the action. Answer `Observation: <next observation>`."
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def test_world_model_data_keeps_expert_and_invalid_transitions(runner, tmp_path)
     assert ids[0] == "wm:shop:train-00001#0:expert" and "wm:shop:train-00001#1:2" not in ids
     invalid = next(e for e in examples if "green t-shirt" in e["meta"]["action"])
     assert invalid["messages"][-1]["content"].startswith("Observation: invalid action")
-    assert invalid["messages"][0]["content"].startswith("You are a world model")
+    assert invalid["messages"][0]["content"].startswith("Predict what the environment shows")
     assert invalid["messages"][1]["content"].endswith("Action: click[green t-shirt]")
     assert invalid["meta"]["seed"] == 99 and invalid["meta"]["action_source"] == "policy"
     counts = orjson.loads(stats.read_bytes())
