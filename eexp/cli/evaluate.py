@@ -108,8 +108,10 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
     tasks = [t for t in tasks if in_shard(t["id"], io.shard)]
 
     policy_args = dict(policy_args)
-    if jobs > 1 and policy_spec.endswith(".gguf") and "n_threads" not in policy_args:
-        # N llama.cpp processes each using every core would fight over them: split the cores between the workers
+    local_model = policy_spec.endswith(".gguf") or os.path.isdir(policy_spec)
+    if jobs > 1 and local_model and "n_threads" not in policy_args:
+        # N llama.cpp or torch processes each using every core fight over them (torch's spinning threads made a step
+        # ~10x slower here): split the cores between the workers
         policy_args["n_threads"] = str(max(1, (os.cpu_count() or 1) // jobs))
     settings = EvalSettings(env_name=env_name, env_kwargs=env_kwargs, policy_spec=policy_spec,
                             policy_args=policy_args, act=act, max_tokens=max_tokens, top_p=top_p,
