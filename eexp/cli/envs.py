@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import click
 import orjson
-import yaml
 
 from eexp.cli import cli
-from eexp.cli.options import config_option, errors_as_click, progress_bar
+from eexp.cli.options import config_option, errors_as_click, parse_env_args, progress_bar
 from eexp.envs.base import EnvError, make_env, registry
 from eexp.io import Stats, Writer, prepare_resume
 from eexp.stages.expert import expert_trajectory, pick_tasks, trajectory_id
-
-
-def _parse_env_args(ctx, param, values):
-    """--env-arg KEY=VALUE: values are read as YAML scalars, so numbers and booleans keep their type."""
-    args = {}
-    for item in values or ():
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
-        try:
-            args[key.strip()] = yaml.safe_load(val) if val else ""
-        except yaml.YAMLError:
-            args[key.strip()] = val
-    return args
 
 
 def _listing() -> list[dict]:
@@ -46,7 +31,7 @@ def _listing() -> list[dict]:
 @click.argument("name", required=False)
 @click.option("--split", help="With NAME: the split of the example task (default: the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--env-arg", "env_args", multiple=True, callback=_parse_env_args, metavar="KEY=VALUE",
+@click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
               help="With NAME: an environment option; repeatable.")
 @errors_as_click
 def envs(name, split, as_json, env_args):
@@ -125,7 +110,7 @@ def describe(env, split: str | None = None) -> dict:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Which tasks: a seeded sample of the split (the same seed and -n give the same tasks).")
 @click.option("--task", "task_ids", multiple=True, metavar="ID", help="Run these task ids instead; repeatable.")
-@click.option("--env-arg", "env_args", multiple=True, callback=_parse_env_args, metavar="KEY=VALUE",
+@click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
               help="An environment option; repeatable.")
 @click.option("--step-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Seconds one environment call may take before it is recorded as an error (0: no limit).")

@@ -9,8 +9,8 @@ import click
 import orjson
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, policy_options, progress_bar, sampling_options, serializer_options, \
-    stage_options
+from eexp.cli.options import UserError, parse_env_args, policy_options, progress_bar, sampling_options, \
+    serializer_options, stage_options
 from eexp.envs.base import make_env
 from eexp.io import InputError, Reader, Writer, in_shard, prepare_resume, read_records, write_atomic
 from eexp.records import expect, utc_now
@@ -46,6 +46,8 @@ def explicit_serializer_settings(ctx: click.Context) -> dict:
 @serializer_options
 @click.option("--env", "env_name", metavar="NAME", help="Environment to evaluate on (default: the environment of "
               "the input trajectories).")
+@click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
+              help="An environment option with --env (e.g. games=5 for textworld); repeatable.")
 @click.option("--split", default="test", show_default=True, help="Split of the environment's tasks.")
 @click.option("-n", "n", type=click.IntRange(min=1), help="Evaluate the first N tasks of the split (default: all).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -58,7 +60,7 @@ def explicit_serializer_settings(ctx: click.Context) -> dict:
               help="Also write each successful episode here as a trajectory record (expert data).")
 @click.option("--compare", is_flag=True, help="Compare episode files (INPUT...) instead of running episodes.")
 @click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
-def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_p, env_name, split, n, jobs,
+def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
                  max_steps, temperature, seed, summary_path, trajectories_path, compare, plot):
     """Run a policy on an environment's tasks: one episode record per task on stdout, a summary (success rate with
     its 95% Wilson interval) on stderr and in --summary FILE.
@@ -100,8 +102,8 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
     split_given = ctx.get_parameter_source("split") != click.core.ParameterSource.DEFAULT
 
     if env_name and not from_files:
-        env_kwargs: dict = {}
-        env = make_env(env_name)
+        env_kwargs: dict = dict(env_args)
+        env = make_env(env_name, **env_kwargs)
         tasks = split_tasks(env, split, n, warn)
     else:
         env_name, env_kwargs, env, tasks = tasks_from_trajectories(io, env_name, split if split_given else None, n)

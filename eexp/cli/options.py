@@ -219,3 +219,17 @@ def policy_options(f: Callable) -> Callable:
     ]):
         f = decorator(f)
     return f
+
+
+def parse_env_args(ctx, param, values):
+    """--env-arg KEY=VALUE: values are read as YAML scalars, so numbers and booleans keep their type."""
+    args = {}
+    for item in values or ():
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
+        try:
+            args[key.strip()] = yaml.safe_load(val) if val else ""
+        except yaml.YAMLError:
+            args[key.strip()] = val
+    return args
