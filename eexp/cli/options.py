@@ -190,14 +190,32 @@ def serializer_options(f: Callable) -> Callable:
     return wrapper
 
 
-def _parse_policy_args(ctx, param, values):
+def _key_values(ctx, param, values, convert=lambda text: text) -> dict:
+    """Repeated KEY=VALUE options as a dict (the last one wins), each value through `convert`."""
     args = {}
     for item in values or ():
         key, sep, val = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
-        args[key.strip()] = val
+        args[key.strip()] = convert(val)
     return args
+
+
+def _parse_policy_args(ctx, param, values):
+    """--policy-arg KEY=VALUE: strings; each backend checks and converts its own keys."""
+    return _key_values(ctx, param, values)
+
+
+def _yaml_scalar(text: str):
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_env_args(ctx, param, values):
+    """--env-arg KEY=VALUE: values are read as YAML scalars, so numbers and booleans keep their type."""
+    return _key_values(ctx, param, values, _yaml_scalar)
 
 
 def policy_options(f: Callable) -> Callable:
@@ -219,17 +237,3 @@ def policy_options(f: Callable) -> Callable:
     ]):
         f = decorator(f)
     return f
-
-
-def parse_env_args(ctx, param, values):
-    """--env-arg KEY=VALUE: values are read as YAML scalars, so numbers and booleans keep their type."""
-    args = {}
-    for item in values or ():
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
-        try:
-            args[key.strip()] = yaml.safe_load(val) if val else ""
-        except yaml.YAMLError:
-            args[key.strip()] = val
-    return args
