@@ -69,7 +69,8 @@ def timed(cmd: list[str], stdin_path: Path | None = None) -> tuple[float, float]
     return seconds, usage.ru_maxrss / 1024
 
 
-BASELINE = "import sys, orjson\nw = sys.stdout.buffer\nfor l in sys.stdin.buffer:\n    w.write(orjson.dumps(orjson.loads(l)) + b'\\n')\n"
+BASELINE = ("import sys, orjson\nw = sys.stdout.buffer\n"
+            "for l in sys.stdin.buffer:\n    w.write(orjson.dumps(orjson.loads(l)) + b'\\n')\n")
 
 
 def main() -> None:
@@ -88,8 +89,10 @@ def main() -> None:
         base_e, _ = timed([*one_core(), sys.executable, "-c", BASELINE], examples)
         s, _ = timed([*eexp, "world-model-data", "-q", str(outcomes)])
         # world-model-data writes 4 examples per outcome; records/s counts inputs
-        print(f"{'world-model-data (4 examples per outcome)':<44} {args.records / s:>12,.0f} {args.records / base_o:>15,.0f}")
-        for label, extra in [("mix a:3 b:1", []), ("mix a:3 b:1 --shuffle-buffer 10000", ["--shuffle-buffer", "10000"])]:
+        label = "world-model-data (4 examples per outcome)"
+        print(f"{label:<44} {args.records / s:>12,.0f} {args.records / base_o:>15,.0f}")
+        for label, extra in [("mix a:3 b:1", []),
+                             ("mix a:3 b:1 --shuffle-buffer 10000", ["--shuffle-buffer", "10000"])]:
             s, _ = timed([*eexp, "mix", f"{examples}:3", f"{examples}:1", *extra])
             print(f"{label:<44} {2 * args.records / s:>12,.0f} {args.records / base_e:>15,.0f}")
 

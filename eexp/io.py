@@ -1,7 +1,7 @@
 """JSON Lines in and out: the layer every stage stands on.
 
-Reading names `FILE:LINE` on every problem; writing emits one whole line per record and flushes after each input's outputs, so a
-downstream stage sees records as they are made and an interrupted run never leaves half a line behind.
+Reading names `FILE:LINE` on every problem; writing emits one whole line per record and flushes after each input's
+outputs, so a downstream stage sees records as they are made and an interrupted run never leaves half a line behind.
 `run_stage` ties reading, validation, sharding, resume, stats and writing together for the stages that map each
 input record to zero or more output records.
 """

@@ -14,7 +14,8 @@ from functools import cached_property
 import orjson
 
 # Short on purpose: every example carries one, and for a small model trained from scratch it is pure cost.
-POLICY_SYSTEM = "Choose the next action for the task. Answer `Action: <action>`, optionally after `Thought: <reasoning>`."
+POLICY_SYSTEM = ("Choose the next action for the task. Answer `Action: <action>`, optionally after "
+                 "`Thought: <reasoning>`.")
 WORLD_MODEL_SYSTEM = "Predict what the environment shows after the action. Answer `Observation: <next observation>`."
 
 
