@@ -20,29 +20,33 @@ def rate(n: int, seconds: float) -> str:
     return f"{n / seconds:8.1f} steps/s"
 
 
+def per_call(reps: int, call) -> float:
+    """Mean seconds of one call, over reps calls."""
+    t = time.perf_counter()
+    for _ in range(reps):
+        call()
+    return (time.perf_counter() - t) / reps
+
+
+def episode(env, task, actions) -> None:
+    env.reset(task)
+    for a in actions:
+        env.step(a)
+
+
 def bench_textworld() -> None:
     env = make_env("textworld", games=1)
     task = env.tasks("train")[3]
     actions = env.expert(task)
     reps = 20
-    t = time.perf_counter()
-    for _ in range(reps):
-        env.reset(task)
-        for a in actions:
-            env.step(a)
     n = reps * len(actions)
-    print(f"textworld  step (with admissible commands)       {rate(n, time.perf_counter() - t)}  ({n} steps)")
+    seconds = reps * per_call(reps, lambda: episode(env, task, actions))
+    print(f"textworld  step (with admissible commands)       {rate(n, seconds)}  ({n} steps)")
     i = len(actions) - 1
-    t = time.perf_counter()
-    for _ in range(reps):
-        env.replay(task, actions[:i])
-    replay = (time.perf_counter() - t) / reps
+    replay = per_call(reps, lambda: env.replay(task, actions[:i]))
     env.replay(task, actions[:i])
     snap = env.snapshot()
-    t = time.perf_counter()
-    for _ in range(reps):
-        env.restore(snap)
-    restore = (time.perf_counter() - t) / reps
+    restore = per_call(reps, lambda: env.restore(snap))
     print(f"textworld  reach step {i}: replay {replay * 1000:7.1f} ms   restore(snapshot) {restore * 1000:7.1f} ms")
     env.close()
 
@@ -53,17 +57,8 @@ def bench_scienceworld() -> None:
     task = next(t for t in env.tasks("train") if t["category"] == "boil")
     gold = env.expert(task)
     reps = 5
-    t = time.perf_counter()
-    for _ in range(reps):
-        env.reset(task)
-        for a in gold:
-            env.step(a)
-    n = reps * len(gold)
-    ours = n / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for _ in range(reps):
-        env.replay(task, gold)
-    replay_rate = n / (time.perf_counter() - t)
+    ours = len(gold) / per_call(reps, lambda: episode(env, task, gold))
+    replay_rate = len(gold) / per_call(reps, lambda: env.replay(task, gold))
     t = time.perf_counter()
     env.reset(task)
     k = 0
@@ -107,15 +102,9 @@ def bench_bfcl() -> None:
     actions = env.expert(task)
     i = len(actions) - 1
     reps = 50
-    t = time.perf_counter()
-    for _ in range(reps):
-        env.replay(task, actions[:i])
-    replay = (time.perf_counter() - t) / reps
+    replay = per_call(reps, lambda: env.replay(task, actions[:i]))
     snap = env.snapshot()
-    t = time.perf_counter()
-    for _ in range(reps):
-        env.restore(snap)
-    restore = (time.perf_counter() - t) / reps
+    restore = per_call(reps, lambda: env.restore(snap))
     print(f"bfcl       reach step {i}: replay {replay * 1000:7.2f} ms   restore(snapshot) {restore * 1000:7.2f} ms")
 
 
