@@ -40,8 +40,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from eexp.cache import cache_root
 from eexp.envs.base import Env, EnvError
-from eexp.envs.textworld_env import cache_root
 
 OOD_TASKS = ("freeze", "chemistry-mix-paint-tertiary-color", "find-non-living-thing",
              "lifespan-longest-lived-then-shortest-lived", "mendelian-genetics-unknown-plant",

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from eexp.cache import cache_root
 from eexp.envs.base import Env, EnvError
 
 # family -> (tw-make challenge, settings as a function of the game seed)
@@ -61,13 +62,6 @@ _BANNER_LINE = re.compile(r"^[\s|\\/_$<>]*$")
 
 # jericho warns that generated games are "not fully supported" (it knows no walkthrough for them): expected here.
 warnings.filterwarnings("ignore", message=".*is not fully supported.*")
-
-
-def cache_root() -> Path:
-    """$EEXP_CACHE, else the user's cache directory (XDG_CACHE_HOME or ~/.cache) / eexp."""
-    if os.environ.get("EEXP_CACHE"):
-        return Path(os.environ["EEXP_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eexp"
 
 
 def clean(text: str, limit: int = MAX_OBS_CHARS) -> str:
