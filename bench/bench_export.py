@@ -45,10 +45,10 @@ def best_of(repeat: int, fn) -> float:
 
 
 def decode_speed(path: Path, threads: int, n: int = 128) -> tuple[float, float]:
-    import llama_cpp
+    from eexp.policies.gguf_loader import open_gguf
 
     start = time.perf_counter()
-    llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=threads, verbose=False)
+    llm = open_gguf(str(path), n_ctx=512, n_threads=threads, verbose=False)
     load = time.perf_counter() - start
     try:
         prompt = llm.tokenize(b"Task: buy a red shirt.\nAction:", add_bos=False)

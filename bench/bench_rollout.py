@@ -193,6 +193,7 @@ def section_gguf(states):
         return
     from eexp.io import read_records
     from eexp.policies import load_policy
+    from eexp.policies.gguf_loader import open_gguf
     from eexp.prompts import Serializer
     with tempfile.TemporaryDirectory() as d:
         run = lambda *args: subprocess.run([sys.executable, "-m", "eexp", *args], check=True,  # noqa: E731
@@ -205,7 +206,7 @@ def section_gguf(states):
         trajectories = list(read_records([expert]))
         serializer = Serializer(history=8)
         policy = load_policy(gguf, {"n_threads": "2"}, max_tokens=32)
-        tok = llama_cpp.Llama(gguf, vocab_only=True, verbose=False)
+        tok = open_gguf(gguf, vocab_only=True, verbose=False)
         # the longest states first (late steps carry the most history)
         pool = sorted(((t, i) for t in trajectories for i in range(len(t["steps"]))), key=lambda ti: -ti[1])[:states]
         chosen = collections.defaultdict(set)

@@ -99,8 +99,8 @@ def _sharpened(ckpt, dest):
 
 
 def _llama(path, **kwargs):
-    import llama_cpp
-    return llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False, **kwargs)
+    from eexp.policies.gguf_loader import open_gguf
+    return open_gguf(str(path), n_ctx=512, logits_all=True, verbose=False, **kwargs)
 
 
 def _last_logits(llm, ids):

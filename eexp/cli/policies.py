@@ -27,16 +27,23 @@ def doctor(policy_spec, tokenizer, as_json):
     and EOS (the token that ends an assistant turn must stop generation) are compared too. Any difference means
     the model would see prompts at inference that it never saw in training. Exit status 1 on a difference.
 
+    It also prints the CPU features llama.cpp's kernels depend on and whether weights may be repacked into extra
+    buffer types (off on CPUs with AMX, where quantized models crash otherwise).
+
     \b
     Example:
       eexp export models/il -o il.q8_0.gguf --quant q8_0
       eexp doctor --policy il.q8_0.gguf --tokenizer models/il
     """
+    import os
+
     from eexp.policies.doctor import doctor as run_doctor
 
     if not policy_spec.endswith(".gguf"):
         raise click.BadParameter("doctor compares a GGUF file with its tokenizer; give --policy MODEL.gguf",
                                  param_hint="--policy")
+    if not os.path.isfile(policy_spec):
+        raise UserError(f"{policy_spec}: no such GGUF file")
     checks, summary = run_doctor(policy_spec, tokenizer)
     if as_json:
         out = {**summary, "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}
@@ -44,6 +51,8 @@ def doctor(policy_spec, tokenizer, as_json):
     else:
         click.echo(f"gguf:      {summary['gguf']} ({summary['architecture']})")
         click.echo(f"tokenizer: {summary['tokenizer']}")
+        click.echo(f"cpu:       {' '.join(summary['cpu_flags']) or 'no flags reported'}")
+        click.echo(f"llama.cpp: {summary['buffers']}")
         for c in checks:
             click.echo(c.line())
         failed = sum(not c.ok for c in checks)

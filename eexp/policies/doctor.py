@@ -65,6 +65,7 @@ def doctor(gguf_path: str, tokenizer_dir: str | None = None, n_threads: int = 0)
     """The checks and a summary ({gguf, tokenizer, ...}). Raises PolicyError when either side cannot be loaded."""
     from transformers import AutoTokenizer
 
+    from eexp.policies.gguf_loader import system_report
     from eexp.policies.llama import LlamaCppPolicy
 
     args = {"n_ctx": "1024"}
@@ -147,8 +148,10 @@ def doctor(gguf_path: str, tokenizer_dir: str | None = None, n_threads: int = 0)
                             f"an assistant turn ends with {gguf_piece(end)} ({end}), which is "
                             f"{'' if end in hf_stops else 'not '}an EOS of the transformers model"))
 
+    report = system_report()
     summary = {"gguf": gguf_path, "tokenizer": tok_dir, "architecture": gguf.architecture,
-               "ok": all(c.ok for c in checks)}
+               "cpu_flags": report["cpu_flags"], "buffers": llm.eexp_buffers.describe(),
+               "llama_cpp": report["llama_cpp"], "ok": all(c.ok for c in checks)}
     gguf.close()
     return checks, summary
 

@@ -19,6 +19,7 @@ from eexp.policies.args import take_args
 from eexp.policies.base import PolicyError
 from eexp.policies.chat import ModelPolicy, log_softmax, render_chat_template
 from eexp.policies.files import GGUF_SERIALIZER_KEY, content_hash, parse_gguf_serializer
+from eexp.policies.gguf_loader import open_gguf
 
 SCHEMA = {
     "n_ctx": (int, 0),            # context size (0: the model's, at most 4096)
@@ -27,6 +28,7 @@ SCHEMA = {
     "n_batch": (int, 512),
     "tokenizer": (str, ""),       # render with this transformers tokenizer instead of the GGUF's template
     "lora_path": (str, ""),       # a GGUF LoRA adapter (eexp export --lora-only)
+    "extra_bufts": (str, "auto"),  # weight repacking into extra CPU buffer types: auto (off on AMX CPUs), on, off
     "verbose": (bool, False),
 }
 DEFAULT_MAX_CTX = 4096
@@ -69,8 +71,8 @@ class LlamaCppPolicy(ModelPolicy):
         # the model's own context by default, at most DEFAULT_MAX_CTX (a long-context model would get a huge KV)
         n_ctx = opts["n_ctx"] or min(header["n_ctx_train"] or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
         try:
-            llm = llama_cpp.Llama(
-                model_path=path, n_ctx=n_ctx, n_threads=opts["n_threads"] or None,
+            llm = open_gguf(
+                path, extra_bufts=opts["extra_bufts"], n_ctx=n_ctx, n_threads=opts["n_threads"] or None,
                 n_gpu_layers=opts["n_gpu_layers"] if llama_cpp.llama_supports_gpu_offload() else 0,
                 n_batch=opts["n_batch"], logits_all=act == "score", lora_path=opts["lora_path"] or None,
                 verbose=opts["verbose"])
@@ -129,7 +131,8 @@ class LlamaCppPolicy(ModelPolicy):
         return parse_gguf_serializer(self.llm.metadata.get(GGUF_SERIALIZER_KEY), self.spec)
 
     def describe(self):
-        return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend}
+        return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend,
+                "extra_bufts": self.llm.eexp_buffers.use_extra_bufts}
 
     def _complete(self, ids, *, seed, temperature, top_p, max_tokens, grammar=None):
         # top_k=0 and min_p=0 turn llama.cpp's extra default samplers off: temperature and top-p mean what they
