@@ -151,3 +151,26 @@ def test_forcing_extra_buffer_types_on_never_segfaults(quantized):
         assert amx and result.returncode == 1, (result.returncode, result.stderr.decode())
         assert "crashed (SIGSEGV) evaluating this model with extra buffer types on this AMX CPU" in \
             result.stderr.decode()
+
+
+# --- doctor ------------------------------------------------------------------------------------------------------
+
+def test_doctor_prints_the_cpu_and_the_choice(tiny_gguf, tiny_checkpoint, runner):
+    pytest.importorskip("llama_cpp")
+    from eexp.cli import cli
+    result = runner.invoke(cli, ["doctor", "--policy", str(tiny_gguf), "--tokenizer", str(tiny_checkpoint)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    cpu = next(x for x in lines if x.startswith("cpu:"))
+    assert set(cpu.split()[1:]) <= set(cpu_flags()) | {"no", "flags", "reported"}
+    assert f"llama.cpp: {choose_extra_bufts(cpu_flags()).describe()}" in lines
+    as_json = runner.invoke(cli, ["doctor", "--policy", str(tiny_gguf), "--tokenizer", str(tiny_checkpoint), "--json"])
+    summary = orjson.loads(as_json.stdout)
+    assert summary["buffers"] == choose_extra_bufts(cpu_flags()).describe() and "llama_cpp" in summary
+
+
+def test_doctor_on_a_missing_file_is_one_line(runner, tmp_path):
+    from eexp.cli import cli
+    result = runner.invoke(cli, ["doctor", "--policy", str(tmp_path / "iwm.gguf"), "--tokenizer", "IWM"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path / 'iwm.gguf'}: no such GGUF file\n"
