@@ -16,10 +16,49 @@ def runner():
     return CliRunner()
 
 
+# --- caches: every run starts from an empty EEXP_CACHE, as on a fresh machine -------------------------------------
+# Set before any fixture runs (session- and module-scoped ones too), so TextWorld games and the like are made anew
+# in a temporary directory each run; a warm ~/.cache/eexp once hid a generator failure from CI.
+
+HOME_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eexp"
+
+
+def _listing(root: Path) -> list[tuple[str, int]]:
+    return sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*")) if root.exists() else []
+
+
+def pytest_configure(config):
+    import tempfile
+    config._eexp_cache = tempfile.mkdtemp(prefix="eexp-test-cache-")
+    config._eexp_saved_cache = os.environ.get("EEXP_CACHE")
+    config._eexp_home_cache = (HOME_CACHE.exists(), _listing(HOME_CACHE))
+    os.environ["EEXP_CACHE"] = config._eexp_cache
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if anything wrote to the user's cache: tests must never depend on (or fill) it."""
+    config = session.config
+    if not hasattr(config, "_eexp_home_cache"):
+        return
+    if (HOME_CACHE.exists(), _listing(HOME_CACHE)) != config._eexp_home_cache:
+        print(f"\nERROR: the tests wrote to {HOME_CACHE}; they must use $EEXP_CACHE only", flush=True)
+        session.exitstatus = 1
+
+
+def pytest_unconfigure(config):
+    import shutil
+    if hasattr(config, "_eexp_cache"):
+        shutil.rmtree(config._eexp_cache, ignore_errors=True)
+        if config._eexp_saved_cache is None:
+            os.environ.pop("EEXP_CACHE", None)
+        else:
+            os.environ["EEXP_CACHE"] = config._eexp_saved_cache
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep caches (EEXP_CACHE) out of the user's home."""
-    monkeypatch.setenv("EEXP_CACHE", str(tmp_path_factory.getbasetemp() / "eexp-cache"))
+def _isolated_cache(request, monkeypatch):
+    """Each test sees the run's empty-at-start cache, even if another test pointed EEXP_CACHE elsewhere."""
+    monkeypatch.setenv("EEXP_CACHE", request.config._eexp_cache)
 
 
 # --- models (issue 5): tiny checkpoints built once per test session with `eexp init-model` ---------------------
