@@ -182,10 +182,20 @@ def _init_worker(settings: EvalSettings) -> None:
     global _worker, _worker_error
     # Ctrl-C is the parent's to handle: it stops the workers itself, without a traceback from each of them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent killed (kill -9, OOM): close the environment and the model and exit, instead of running on until
+    # the next result finds the pipe broken (or, idle, waiting for work forever).
+    from eexp.workers import die_with_parent
+    die_with_parent(_close_worker)
     try:
         _worker = Evaluator(settings)
     except BaseException as e:  # noqa: BLE001 - kept and raised in the parent by the first call, with its message
         _worker_error = e
+
+
+def _close_worker() -> None:
+    if _worker is not None:
+        _worker.env.close()
+        _worker.policy.close()
 
 
 def _worker_describe() -> dict:

@@ -224,6 +224,10 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(factory: Callable[..., Env], timeout: float | None, meta_extra: dict) -> None:
     import atexit
+
+    from eexp.workers import die_with_parent
+    # the parent killed (kill -9, OOM): close the environments and exit instead of waiting for work forever
+    die_with_parent(lambda: _WORKER["pool"].close() if "pool" in _WORKER else None)
     _WORKER["pool"] = EnvPool(factory, timeout)
     _WORKER["meta"] = meta_extra
     atexit.register(_WORKER["pool"].close)
