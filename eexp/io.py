@@ -8,8 +8,11 @@ input record to zero or more output records.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -131,63 +134,215 @@ def read_records(paths: Iterable[str]) -> Iterator[dict]:
         yield item.record
 
 
-class Writer:
-    """One whole line per record, flushed at once. `-`/None means stdout."""
+STDOUT_NAME = "<stdout>"
 
-    def __init__(self, path: str | None = None, append: bool = False):
+
+class WriteError(InputError):
+    """A file that cannot be written (a full disk, a read-only folder): `FILE: cannot write (reason)...`.
+    Keeps the errno of the OSError behind it."""
+
+    def __init__(self, err: OSError, path: str | None, note: str = ""):
+        self.errno, self.strerror = err.errno, err.strerror or str(err)
+        super().__init__(f"cannot write ({self.strerror}){note}", path)
+
+
+class Writer:
+    """One whole line per record, flushed at once. `-`/None means stdout.
+
+    The output always ends on a whole line: a write that fails (a full disk) cuts the file back to the last whole
+    line and raises WriteError `FILE: cannot write (No space left on device); N whole records kept, continue with
+    --resume` (without the advice when `resumable` is False). After that the writer is spent: close() only closes.
+    """
+
+    def __init__(self, path: str | None = None, append: bool = False, resumable: bool = True):
         self.path = None if path in (None, "-") else path
+        self.name = self.path or STDOUT_NAME
         self.count = 0
+        self.resumable = resumable and self.path is not None
+        self.failed = False
+        self.pending: list[bytes] = []
         if self.path is None:
             self.stream = sys.stdout.buffer
         else:
             try:
-                self.stream = open(self.path, "ab" if append else "wb")
+                # unbuffered: each flush writes exactly the pending whole lines, and nothing is left in a buffer
+                # that a later close() could write after the file was cut back
+                self.stream = open(self.path, "ab" if append else "wb", buffering=0)
             except OSError as e:
-                raise InputError(f"cannot write ({e.strerror})", self.path) from None
+                raise WriteError(e, self.path) from None
+        self.whole = self._position()  # the offset just after the last whole line; None where unknown
+
+    def _position(self) -> int | None:
+        """Where the next line starts, for a regular file (stdout redirected to a file included)."""
+        try:
+            import fcntl  # POSIX; elsewhere the writer simply cannot cut a torn line back
+            fd = self.stream.fileno()
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            if self.path is None:
+                self.stream.flush()  # what was printed before counts as written
+                if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:  # `>`: where the shell left us
+                    return os.lseek(fd, 0, os.SEEK_CUR)
+            return os.lseek(fd, 0, os.SEEK_END)  # -o FILE, or stdout appending (`>>`)
+        except (ImportError, OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return None
 
     def write(self, record: dict, flush: bool = True) -> None:
-        self.stream.write(dumps(record))
-        if flush:
-            self.stream.flush()
+        self.pending.append(dumps(record))
         self.count += 1
+        if flush:
+            self.flush()
 
     def flush(self) -> None:
-        self.stream.flush()
+        if self.failed:
+            return
+        data = b"".join(self.pending)
+        self.pending.clear()
+        try:
+            view = memoryview(data)
+            while view:  # a raw stream (-o FILE, or an unbuffered stdout) may take part of it
+                view = view[self.stream.write(view) or 0:]
+            if self.path is None:
+                self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            self._fail(e)
+        except BaseException:  # Ctrl-C half-way through a write: the file still ends on a whole line
+            self._cut()
+            raise
+        if self.whole is not None:
+            self.whole += len(data)
+
+    def _cut(self) -> int | None:
+        """Cut the file back to its last whole line and return how many lines it holds (None if it cannot be
+        cut). The writer writes nothing more, and what is still buffered for stdout goes nowhere."""
+        self.failed = True
+        kept = None
+        if self.whole is not None:
+            try:
+                os.ftruncate(self.stream.fileno(), self.whole)
+                # the writer's own descriptor is write-only: count on the file opened afresh
+                kept = _count_lines(self.path or f"/dev/fd/{self.stream.fileno()}", self.whole)
+            except (OSError, ValueError):
+                pass
+        if self.path is None:
+            _discard_stdout()  # or the interpreter writes it at exit, after the cut (or fails again)
+        return kept
+
+    def _fail(self, err: OSError) -> None:
+        """Cut the file back to its last whole line and say so in one line."""
+        kept = self._cut()
+        note = ""
+        if kept is not None:
+            note = f"; {kept} whole record{'' if kept == 1 else 's'} kept"
+            if self.resumable:
+                note += ", continue with --resume"
+        raise WriteError(err, self.name, note) from None
 
     def close(self) -> None:
-        if self.path is not None:
-            self.stream.close()
+        try:
+            self.flush()
+        finally:
+            if self.path is not None:
+                self.stream.close()
 
 
-def prepare_resume(path: str, key: Callable[[dict], str] = lambda r: r.get("source_id")) -> set[str]:
+@contextlib.contextmanager
+def closing(*writers: Writer | None, then: Callable[[], None] | None = None):
+    """Close `writers` (None ones skipped), then call `then` (write --stats), when the block ends. When it ends in an
+    error (a full disk, Ctrl-C), that error is the one reported: a second one while closing (the same full disk
+    under --stats) is not allowed to hide it."""
+    try:
+        yield
+    except BaseException:
+        for writer in writers:
+            if writer is not None:
+                with contextlib.suppress(InputError):
+                    writer.close()
+        if then is not None:
+            with contextlib.suppress(InputError):
+                then()
+        raise
+    for writer in writers:
+        if writer is not None:
+            writer.close()
+    if then is not None:
+        then()
+
+
+def _count_lines(path: str, end: int) -> int:
+    """The lines in the first `end` bytes of a file."""
+    n, left = 0, end
+    with open(path, "rb") as f:
+        while left > 0:
+            block = f.read(min(1 << 20, left))
+            if not block:
+                break
+            n += block.count(b"\n")
+            left -= len(block)
+    return n
+
+
+def _discard_stdout() -> None:
+    """After a failed write to stdout, what is still buffered for it must not reach the file at exit (after the cut,
+    or as a second error): stdout goes to /dev/null."""
+    try:
+        fd = sys.stdout.fileno()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+
+
+def prepare_resume(path: str, key: Callable[[dict], str] = lambda r: r.get("source_id"),
+                   kind: str | None = None) -> set[str]:
     """Make an output file safe to append to, and return the keys of the inputs it already covers.
 
     A torn last line (a killed process) is cut off. The records of the last input in the file are dropped too, since
     that input may have been cut short between two of its outputs; it is simply done again. Outputs are
-    deterministic, so the file ends as an uninterrupted run would have written it.
+    deterministic, so the file ends as an uninterrupted run would have written it. With `kind` (the kind of record
+    the stage writes, see eexp.records), a file holding another kind (another stage's output) is refused untouched.
     """
     if not os.path.exists(path):
         return set()
-    with open(path, "rb") as f:
-        data = f.read()
+    if os.path.isdir(path):
+        raise InputError("is a directory, not a JSONL file", path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", path) from None
+    if kind is not None:
+        from eexp.records import KIND_PLURALS, kind_of
     end = data.rfind(b"\n") + 1  # everything after the last newline is a torn line
     keys: list[tuple[str, int]] = []  # (key, byte offset where its line starts)
     offset = 0
-    for raw in data[:end].splitlines(keepends=True):
+    for lineno, raw in enumerate(data[:end].splitlines(keepends=True), 1):
         if raw.strip():
             try:
-                k = key(orjson.loads(raw))
+                record = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 raise InputError("cannot resume: the file has a line that is not JSON", path) from None
-            keys.append((k, offset))
+            if not isinstance(record, dict):
+                raise InputError("cannot resume: the line is not a JSON object", path, lineno)
+            if kind is not None:
+                found = kind_of(record)
+                if found != kind:
+                    held = KIND_PLURALS.get(found, "records of no kind eexp knows")
+                    raise InputError(f"cannot resume: this file holds {held}, not {KIND_PLURALS[kind]} (written "
+                                     "by another stage?)", path, lineno)
+            keys.append((key(record), offset))
         offset += len(raw)
     if keys:
         last = keys[-1][0]
         while keys and keys[-1][0] == last:
             end = keys.pop()[1]
     if end != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
+        try:
+            with open(path, "r+b") as f:
+                f.truncate(end)
+        except OSError as e:
+            raise WriteError(e, path) from None
     return {k for k, _ in keys}
 
 
@@ -247,16 +402,31 @@ class Stats:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write to a temporary name beside the target, then rename: readers never see half a file."""
-    if os.path.exists(path) and not os.path.isfile(path):  # /dev/stderr, a fifo: nothing to rename
-        with open(path, "wb") as f:
+    """Write to a temporary name beside the target, then rename: readers never see half a file. A failure (a full
+    disk, a read-only folder, a directory in the way) leaves the target as it was and raises WriteError."""
+    if os.path.isdir(path):
+        raise InputError("is a directory, not a file to write", path)
+    try:
+        if os.path.exists(path) and not os.path.isfile(path):  # /dev/stderr, a fifo: nothing to rename
+            with open(path, "wb") as f:
+                f.write(data)
+            return
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise WriteError(e, path) from None
+    target = os.path.realpath(path)  # replace the file a symlink points at, not the symlink
+    tmp = f"{target}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
             f.write(data)
-        return
-    path = os.path.realpath(path)  # replace the file a symlink points at, not the symlink
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+        os.replace(tmp, target)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise WriteError(e, path) from None
 
 
 def run_stage(

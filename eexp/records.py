@@ -48,6 +48,8 @@ SHAPES: dict[str, dict] = {
 
 KIND_NAMES = {"trajectory": "a trajectory", "branch": "a branch record", "outcome": "an outcome record",
               "example": "a training example", "episode": "an episode", "summary": "an eval summary"}
+KIND_PLURALS = {"trajectory": "trajectories", "branch": "branch records", "outcome": "outcomes",
+                "example": "training examples", "episode": "episodes", "summary": "eval summaries"}
 
 
 # A spec is compiled once into a function value -> None | (path parts, problem); the path is only built when

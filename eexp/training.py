@@ -27,8 +27,10 @@ import hashlib
 import math
 import os
 import random
+import re
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -38,7 +40,7 @@ import orjson
 import yaml
 
 from eexp import __version__
-from eexp.io import InputError, Reader, write_atomic
+from eexp.io import InputError, Reader, WriteError, Writer, write_atomic
 from eexp.records import expect
 
 PHASES = ("warmup", "train")
@@ -363,6 +365,37 @@ def weighted_nll(model, ids, mask, weights):
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+def check_model_dir(path: str) -> None:
+    """--model is a local checkpoint directory whose weights are safetensors."""
+    if not os.path.exists(path):
+        raise TrainingError(f"{path}: no such model directory (the path does not exist)")
+    if not os.path.isdir(path):
+        raise TrainingError(f"{path}: not a model directory (a file)")
+    names = os.listdir(path)
+    pickles = sorted(n for n in names if n.endswith(".bin"))
+    if pickles and not any(n.endswith(".safetensors") for n in names):
+        raise TrainingError(f"{path}: the weights are {pickles[0]}, a pickle, and eexp loads safetensors only; "
+                            "convert them once (if you trust the file): python -c \"from transformers import "
+                            f"AutoModelForCausalLM as M; M.from_pretrained({path!r}, use_safetensors=False)"
+                            f".save_pretrained({path!r})\"")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _why(e: BaseException) -> str:
+    """Why a write failed, in words: "the disk is full", or the system's reason. safetensors raises its own error
+    type, whose message carries the errno (`I/O error: No space left on device (os error 28)`)."""
+    code = getattr(e, "errno", None)
+    if code is None:
+        found = re.search(r"(?:os error|code:) (\d+)", str(e))
+        code = int(found.group(1)) if found else None
+    if code == errno.ENOSPC:
+        return "the disk is full"
+    return os.strerror(code) if code else _first_line(e)
+
+
 def load_tokenizer(cfg: FinetuneConfig):
     from transformers import AutoTokenizer
     source = cfg.adapter if cfg.adapter and _has_tokenizer(cfg.adapter) else cfg.model
@@ -400,12 +433,11 @@ def linear_module_names(model) -> list[str]:
 def load_model(cfg: FinetuneConfig, device, bf16: bool):
     import torch
     from transformers import AutoModelForCausalLM
-    if not os.path.isdir(cfg.model):
-        raise TrainingError(f"{cfg.model}: no such model directory")
+    check_model_dir(cfg.model)
     if os.path.exists(os.path.join(cfg.model, "adapter_config.json")):
         raise UsageProblem(f"{cfg.model} is a LoRA adapter: pass its base model as --model and the adapter as "
                            "--adapter DIR to continue training it")
-    kwargs = {"trust_remote_code": cfg.trust_remote_code}
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}  # never a pickle
     # Full fine-tuning keeps fp32 master weights (bf16 only inside autocast); LoRA may hold the frozen base in bf16.
     kwargs["dtype"] = torch.bfloat16 if (bf16 and cfg.method != "full") else torch.float32
     if cfg.qlora:
@@ -420,10 +452,11 @@ def load_model(cfg: FinetuneConfig, device, bf16: bool):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
         kwargs["device_map"] = {"": device}
+    from safetensors import SafetensorError
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
-    except (OSError, ValueError) as e:
-        raise TrainingError(f"{cfg.model}: cannot load the model: {e}") from None
+    except (OSError, ValueError, SafetensorError) as e:
+        raise TrainingError(f"{cfg.model}: cannot load the model: {_first_line(e)}") from None
     if not cfg.qlora:
         model.to(device)
     model.config.use_cache = False
@@ -523,6 +556,7 @@ class Finetune:
             raise UsageProblem("--precision bf16: this GPU does not support bfloat16")
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
                                                 and torch.cuda.is_bf16_supported())
+        check_model_dir(cfg.model)  # before OUT is made: a wrong --model leaves nothing behind
         self._prepare_output()
         if self.acc:  # every process checks OUT before the first one writes into it
             self.acc.wait_for_everyone()
@@ -568,7 +602,16 @@ class Finetune:
             raise TrainingError(f"{out}: already exists and is not empty (use --resume to continue that run, or "
                                 "another -o)")
         if self.main:
-            os.makedirs(out, exist_ok=True)
+            try:
+                os.makedirs(out, exist_ok=True)
+            except OSError as e:
+                raise TrainingError(f"{out}: cannot create the directory ({e.strerror})") from None
+            try:  # found now, not after the training
+                fd, probe = tempfile.mkstemp(prefix=".eexp-write-test-", dir=out)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as e:
+                raise TrainingError(f"{out}: cannot write into this directory ({e.strerror})") from None
 
     def _load_data(self) -> None:
         cfg = self.cfg
@@ -784,9 +827,12 @@ class Finetune:
         return val
 
     def _log(self, row: dict) -> None:
-        if self.main:
-            with open(self.metrics_path, "ab") as f:
-                f.write(orjson.dumps(row) + b"\n")
+        if self.main:  # whole lines even when the disk fills up (`OUT/metrics.jsonl: cannot write (...)`)
+            writer = Writer(self.metrics_path, append=True)
+            try:
+                writer.write(row)
+            finally:
+                writer.close()
 
     # -- save / resume --
 
@@ -807,6 +853,7 @@ class Finetune:
         """Write a checkpoint into a temporary directory and rename it into place: a save that fails (disk full,
         killed) leaves the previous checkpoint as it was."""
         import torch
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
         weights = self._trainable_state()
         if not self.main:
@@ -832,13 +879,13 @@ class Finetune:
                 os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
-        except OSError as e:
+        except (OSError, SafetensorError, WriteError) as e:  # safetensors has its own error for a full disk
             shutil.rmtree(tmp, ignore_errors=True)
             previous = self._checkpoints()
             kept = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
-            why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise TrainingError(f"cannot save the checkpoint at step {self.state['global_step']}: {why}{kept}. "
-                                "Free space and run again with --resume") from None
+            why = _why(e)
+            raise TrainingError(f"cannot save the checkpoint {final} (step {self.state['global_step']}): {why}"
+                                f"{kept}. Free space and run again with --resume") from None
 
     def _checkpoints(self) -> list[str]:
         if not os.path.isdir(self.ckpt_root):
@@ -918,6 +965,7 @@ class Finetune:
 
     def finish(self) -> None:
         """OUT: the model (or adapter), tokenizer, config.yaml, metrics.jsonl; then model.gguf if asked."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         cfg = self.cfg
         model = self.acc.unwrap_model(self.model) if self.acc else self.model
@@ -935,10 +983,12 @@ class Finetune:
                     self._point_adapter_at_base()
                 write_atomic(os.path.join(cfg.output, "config.yaml"), yaml.safe_dump(
                     self.resolved_config(), sort_keys=False, allow_unicode=True).encode())
-            except OSError as e:
-                why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-                raise TrainingError(f"cannot write the final model to {cfg.output}: {why}; the last checkpoint "
-                                    "in checkpoints/ is intact (free space, then --resume)") from None
+            except (OSError, SafetensorError, WriteError) as e:
+                why = _why(e)
+                previous = self._checkpoints()
+                then = (f"the last checkpoint {previous[-1]} is intact (free space, then --resume)" if previous
+                        else "no checkpoint was kept (free space, then --resume starts the run over)")
+                raise TrainingError(f"cannot write the final model to {cfg.output}: {why}; {then}") from None
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
             self.echo(f"wrote {cfg.output} ({'full model' if cfg.method == 'full' else 'LoRA adapter'}, "
                       f"{self.state['global_step']} updates)")

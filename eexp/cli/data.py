@@ -12,7 +12,7 @@ import click
 from eexp.cli import cli
 from eexp.cli.options import UserError, errors_as_click, progress_bar, serializer_options, stage_options, \
     config_option
-from eexp.io import InputError, Reader, Stats, Writer
+from eexp.io import InputError, Reader, Stats, Writer, closing
 from eexp.records import KIND_NAMES, expect, kind_of, validate as validate_record
 from eexp.stages.imitation import imitation_examples
 from eexp.stages.mix import mix, parse_source
@@ -30,7 +30,8 @@ def imitation_data(io, serializer, include_failed):
     Example:
       eexp expert --env shop -n 100 | eexp imitation-data > il.jsonl
     """
-    io.run(lambda t: imitation_examples(t, serializer, include_failed, io.count), validate=expect("trajectory"))
+    io.run(lambda t: imitation_examples(t, serializer, include_failed, io.count), validate=expect("trajectory"),
+           output_kind="example")
     if io.stats.counts.get("unsuccessful_skipped"):
         click.echo(f"eexp: {io.stats.counts['unsuccessful_skipped']} unsuccessful trajectories not imitated "
                    "(--include-failed keeps them)", err=True)
@@ -65,7 +66,8 @@ def world_model_data(io, serializer, max_chars, summarizer):
       eexp branch -k 8 expert.jsonl | eexp rollout | eexp world-model-data > iwm.jsonl
     """
     summarize = _load_summarizer(summarizer)
-    io.run(lambda o: world_model_examples(o, serializer, max_chars, summarize, io.count), validate=expect("outcome"))
+    io.run(lambda o: world_model_examples(o, serializer, max_chars, summarize, io.count), validate=expect("outcome"),
+           output_kind="example")
 
 
 @cli.command("mix", context_settings={"ignore_unknown_options": True})  # so `-:3` (stdin, weight 3) is a source
@@ -112,19 +114,20 @@ def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_
                 continue
             yield item.record
 
-    writer = Writer(output)
-    try:
+    writer = Writer(output, resumable=False)
+
+    def finish():
+        run_stats.skipped = sum(r.skipped for r in readers)
+        if run_stats.skipped:
+            click.echo(f"eexp: skipped {run_stats.skipped} bad record(s)", err=True)
+        run_stats.write(stats)
+
+    with closing(writer, then=finish):
         stream = mix([(examples(r), w) for r, (_, w) in zip(readers, parsed)], seed=seed, concat=concat,
                      shuffle_buffer=shuffle_buffer, dedup=dedup, limit=limit, count=run_stats.add)
         for record in stream:
             writer.write(record)
             run_stats.records_out += 1
-    finally:
-        writer.close()
-        run_stats.skipped = sum(r.skipped for r in readers)
-        if run_stats.skipped:
-            click.echo(f"eexp: skipped {run_stats.skipped} bad record(s)", err=True)
-        run_stats.write(stats)
 
 
 

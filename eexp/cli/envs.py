@@ -141,7 +141,7 @@ def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admiss
     run = Stats()
     try:
         tasks = pick_tasks(env, split, n, seed, task_ids)
-        done = prepare_resume(output, key=lambda r: r.get("id")) if resume else set()
+        done = prepare_resume(output, key=lambda r: r.get("id"), kind="trajectory") if resume else set()
         writer = Writer(output, append=resume)
         failed = errors = 0
         try:

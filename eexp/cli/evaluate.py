@@ -131,7 +131,7 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
             warn(f"resuming: {len(previous)} of {len(tasks)} episodes already in {io.output}")
         writer = Writer(io.output, append=bool(io.resume))
         trajectories = Writer(trajectories_path, append=bool(io.resume)) if trajectories_path else None
-        try:
+        with io.closing(writer, trajectories):
             with progress_bar(io.quiet, total=len(todo), unit="ep") as bar:
                 for episode, trajectory in runner.map(todo):
                     # The trajectory first: a resume keeps only trajectories whose episode was written.
@@ -146,11 +146,6 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
                         io.count("errors")
                         warn(f"task {episode['task']['id']}: environment error: {episode['meta'].get('error')}")
                     bar.update(1)
-        finally:
-            writer.close()
-            if trajectories is not None:
-                trajectories.close()
-            io.finish()
 
     ordered = [episodes[i] for i in ids if i in episodes]
     summary = summarize(ordered, env=env_name, policy=ordered[0]["policy"] if ordered else description["policy"])
@@ -222,7 +217,7 @@ def resume_state(io, ids: list[str], trajectories_path: str | None) -> dict[str,
     to; the trajectories file is cut back to the episodes kept. Without it: nothing (and a fresh trajectories file)."""
     if not io.resume:
         return {}
-    done = prepare_resume(io.output, key=lambda r: r.get("id"))
+    done = prepare_resume(io.output, key=lambda r: r.get("id"), kind="episode")
     planned = set(ids)
     foreign = done - planned
     if foreign:

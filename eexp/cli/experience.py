@@ -79,7 +79,7 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
                         steps=steps, max_steps=max_steps_per_trajectory, count=io.count, note=_note,
                         policy_settings=settings)
     try:
-        io.run(brancher, validate=expect("trajectory"), unit="traj")
+        io.run(brancher, validate=expect("trajectory"), unit="traj", output_kind="branch")
     finally:
         brancher.close()
         if policy is not None:
@@ -111,6 +111,6 @@ def rollout(io, jobs, step_timeout):
     runner = Rollout(jobs=jobs, step_timeout=step_timeout, count=io.count, note=_note)
     try:
         io.run(runner.feed, validate=expect("branch"), input_key=lambda r: r.get("source_id"),
-               finish=runner.finish)
+               finish=runner.finish, output_kind="outcome")
     finally:
         runner.close()

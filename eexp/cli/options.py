@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable
 
@@ -17,7 +18,7 @@ import click
 import yaml
 
 from eexp.envs.base import EnvError
-from eexp.io import InputError, Reader, Stats, Writer, parse_shard, prepare_resume, run_stage
+from eexp.io import InputError, Reader, Stats, Writer, closing, parse_shard, prepare_resume, run_stage
 from eexp.prompts import Serializer
 
 
@@ -84,6 +85,8 @@ class StageIO:
     def __init__(self, inputs, output, resume, shard, on_error, stats, quiet):
         if resume and output in (None, "-"):
             raise click.UsageError("--resume needs -o FILE (it continues an output file)")
+        if stats and os.path.isdir(stats):  # found now, not after the whole run
+            raise InputError("is a directory, not a file to write", stats)
         self.inputs = list(inputs) or ["-"]
         self.output, self.resume, self.shard, self.quiet = output, resume, shard, quiet
         self.stats_path = stats
@@ -94,21 +97,24 @@ class StageIO:
         self.stats.add(name, n)
 
     def run(self, process: Callable[[dict], object], validate=None, input_key=lambda r: r.get("id"),
-            output_key=lambda r: r.get("source_id"), unit: str = "rec", finish=None) -> None:
+            output_key=lambda r: r.get("source_id"), unit: str = "rec", finish=None,
+            output_kind: str | None = None) -> None:
         """Map every input record through `process` (which yields output records) and write them. `finish()`,
-        when given, yields the outputs a stage still holds after the last input (rollout's groups in flight)."""
-        done = prepare_resume(self.output, output_key) if self.resume else None
+        when given, yields the outputs a stage still holds after the last input (rollout's groups in flight).
+        `output_kind` is the kind of record the stage writes: --resume refuses a file of another kind."""
+        done = prepare_resume(self.output, output_key, kind=output_kind) if self.resume else None
         writer = Writer(self.output, append=bool(self.resume))
-        try:
+        with self.closing(writer):
             with progress_bar(self.quiet, unit=unit) as bar:
                 run_stage(self.reader, process, writer, self.stats, validate=validate, shard=self.shard,
                           done=done, input_key=input_key, progress=bar)
                 for out in finish() if finish is not None else ():
                     writer.write(out)
                     self.stats.records_out += 1
-        finally:
-            writer.close()
-            self.finish()
+
+    def closing(self, *writers):
+        """Close `writers` and write --stats when the block ends; an error in flight is the one reported."""
+        return closing(*writers, then=self.finish)
 
     def writer(self) -> Writer:
         return Writer(self.output)

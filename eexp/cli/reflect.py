@@ -104,7 +104,7 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
                                 settings=settings, count=io.count, reject=reject)
 
     try:
-        io.run(process, validate=expect("outcome"), unit="state")
+        io.run(process, validate=expect("outcome"), unit="state", output_kind="example")
     finally:
         if rejects is not None:
             rejects.close()

@@ -115,14 +115,22 @@ def _weight_files(ckpt: Path) -> list[Path]:
 
 def _weight_shapes(ckpt: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, read from the safetensors headers only."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     shapes = {}
     for path in _weight_files(ckpt):
-        with safe_open(str(path), framework="np") as f:
-            for name in f.keys():
-                shapes[name] = tuple(f.get_slice(name).get_shape())
+        try:
+            with safe_open(str(path), framework="np") as f:
+                for name in f.keys():
+                    shapes[name] = tuple(f.get_slice(name).get_shape())
+        except (SafetensorError, OSError) as e:  # safetensors raises its own error types for a damaged file
+            raise ModelError(f"{path}: cannot read the weights ({_first_line(e)}): a truncated or damaged "
+                             "file?") from None
     return shapes
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _serializer(ckpt: Path, adapter: Path | None) -> dict | None:
@@ -522,9 +530,14 @@ def _load_state(ckpt: Path, adapter: Path | None) -> dict[str, np.ndarray]:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
+    from safetensors import SafetensorError
+
     logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32, trust_remote_code=False,
-                                                 use_safetensors=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32, trust_remote_code=False,
+                                                     use_safetensors=True)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{ckpt}: cannot load the model ({_first_line(e)}): missing or damaged files?") from None
     if adapter is not None:
         from peft import PeftModel
         try:
