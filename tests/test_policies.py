@@ -360,8 +360,9 @@ def test_http_constrained_with_guided_choice(chat_server):
     replies = policy.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[1, 2, 3, 4], temperature=1.0)
     assert all(r.valid for r in replies)
     assert chat_server.requests[-1]["body"]["guided_choice"] == [f"Action: {a}" for a in ADMISSIBLE]
+    assert load_policy(chat_server.url, act="constrained").guided == "vllm"   # found by the probe
     with pytest.raises(PolicyError, match="guided"):
-        load_policy(chat_server.url, act="constrained")
+        load_policy(chat_server.url, {"guided": "none"}, act="constrained")
     with pytest.raises(PolicyError, match="log-likelihoods"):
         load_policy(chat_server.url, act="score")
 
@@ -373,15 +374,14 @@ def test_http_retries_then_marks_the_reply_failed(chat_server, capsys):
     chat_server.fail_next = 3  # more failures than retries: a failed reply, no exception
     r = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=1)
     assert r.action is None and r.finish_reason.startswith("error: HTTP 503") and "after 3 attempts" in r.finish_reason
-    # nothing listening: the same, with the reason
+    assert "marked failed" in capsys.readouterr().err
+    # nothing listening at the first contact: the policy cannot be made, with the reason (tests/test_http.py)
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    down = load_policy(f"http://127.0.0.1:{port}/v1", {"retries": "1", "backoff": "0.01", "model": "m"})
-    r = down.act(MESSAGES, admissible=None, seed=1)
-    assert r.finish_reason.startswith("error: cannot reach") and r.action is None
-    assert "marked failed" in capsys.readouterr().err
+    with pytest.raises(PolicyError, match="cannot reach the policy endpoint .*: connection refused"):
+        load_policy(f"http://127.0.0.1:{port}/v1", {"retries": "1", "backoff": "0.01", "model": "m"})
 
 
 # --- llama.cpp ------------------------------------------------------------------------------------------------

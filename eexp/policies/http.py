@@ -2,16 +2,28 @@
 
 The server renders the chat template (its own, from the model it serves). Each call sends an explicit `seed`.
 The K samples of a state go out as parallel requests (`--policy-arg concurrency=N`), since a server batches them.
-Network failures and 429/5xx answers are retried with exponential backoff; after the last retry the reply is marked
-failed (`finish_reason: "error: ..."`) and the stage records it and goes on. The API key is read from the
-environment variable named by `--policy-arg api_key_env=NAME` and is never written into records.
+The API key is read from the environment variable named by `--policy-arg api_key_env=NAME` and is never written into
+records.
+
+At start the endpoint is contacted once (its model list, one one-token chat request): an endpoint that cannot be
+reached, or that answers that first request with an error, stops the run with one error instead of a run of failed
+replies that would read as a model scoring 0%. Later, network failures and 429/5xx answers are retried with
+exponential backoff; after the last retry the reply is marked failed (`finish_reason: "error: ..."`) and the stage
+records it and goes on.
+
+Constrained actions (a closed admissible list) need the server's guided decoding, and servers spell it differently
+(GUIDED). Unless `--policy-arg guided=NAME` says which, the start probes them in turn with one tiny request each and
+keeps the first whose reply obeys it; where none does, actions are free text and a warning says so once. The
+mechanism used is in `describe()`, hence in every record's meta.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -31,13 +43,43 @@ SCHEMA = {
     "retries": (int, 4),          # further attempts after a failed one
     "backoff": (float, 1.0),      # seconds before the first retry, doubled each time
     "concurrency": (int, 8),      # requests in flight at once
-    "guided": (str, ""),          # constrained actions: "vllm" (guided_choice) or "llamacpp" (grammar)
+    "guided": (str, "auto"),      # constrained actions: auto (probe), none, or one of GUIDED
 }
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+# How a server is asked to answer with one of a list of strings, in the order the probe tries them.
+GUIDED = {
+    "structured_outputs": "vLLM's structured_outputs.choice (newer vLLM)",
+    "vllm": "vLLM's guided_choice (older vLLM)",
+    "llamacpp": "a GBNF grammar (llama.cpp's server, llama-cpp-python's server)",
+    "json_schema": "OpenAI's response_format json_schema with an enum (OpenAI, vLLM, llama.cpp, SGLang, ...)",
+}
+GUIDED_VALUES = ("auto", "none", *GUIDED)
+# The probe: a prompt no unconstrained model answers with one of these replies.
+PROBE_MESSAGES = [{"role": "user", "content": "Say hello."}]
+PROBE_CHOICES = ["Action: probe one", "Action: probe two"]
 
 
 class EndpointError(Exception):
     """A request that failed for good (after the retries, or with an answer that retrying cannot change)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status   # the HTTP status of the last answer, if there was one
+
+
+class Unreachable(EndpointError):
+    """No HTTP answer at all (connection refused, unknown host, timeout) to the first request."""
+
+
+def _reason(e: BaseException) -> str:
+    """`connection refused`, not `<urlopen error [Errno 111] Connection refused>`."""
+    reason = getattr(e, "reason", e)
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror[:1].lower() + reason.strerror[1:]
+    if isinstance(reason, (socket.timeout, TimeoutError)):
+        return "timed out"
+    return str(reason) or type(reason).__name__
 
 
 class HttpPolicy(Policy):
@@ -48,11 +90,11 @@ class HttpPolicy(Policy):
         if act == "score":
             raise PolicyError("--act score needs the model's log-likelihoods, which chat-completions endpoints do "
                               "not give; use --act generate or constrained, or a local model")
-        if opts["guided"] not in ("", "vllm", "llamacpp"):
-            raise PolicyError(f"--policy-arg guided={opts['guided']}: expected vllm or llamacpp")
-        if act == "constrained" and not opts["guided"]:
-            raise PolicyError("--act constrained over HTTP needs the server's guided decoding: "
-                              "--policy-arg guided=vllm (guided_choice) or guided=llamacpp (grammar)")
+        if opts["guided"] not in GUIDED_VALUES:
+            raise PolicyError(f"--policy-arg guided={opts['guided']}: expected {', '.join(GUIDED_VALUES)}")
+        if act == "constrained" and opts["guided"] == "none":
+            raise PolicyError("--act constrained over HTTP needs the server's guided decoding: give "
+                              f"--policy-arg guided=NAME ({', '.join(GUIDED)}) or leave it to the probe (auto)")
         parsed = urllib.parse.urlsplit(url)
         if not parsed.hostname:
             raise PolicyError(f"{url}: not an http(s) URL")
@@ -71,9 +113,24 @@ class HttpPolicy(Policy):
         self.model = opts["model"]
         self.name = self.model or self.base
         self.failures = 0
+        self._warn_lock = threading.Lock()
+        self._warned_unguided = False
+        self.guided = opts["guided"]
+        self._connect()
+        if self.guided == "auto":
+            if act == "generate":
+                self.guided = "none"     # free text asked for: nothing to probe
+            else:
+                self.guided = self._probe_guided()
+                if self.guided == "none" and act == "constrained":
+                    raise PolicyError(f"--act constrained over HTTP needs the server's guided decoding, and "
+                                      f"{self.base} obeys none of {', '.join(GUIDED)} (tried each with one "
+                                      f"request); use --act generate, or a server that has one")
 
     # transport --------------------------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _request(self, method: str, path: str, body: dict | None = None, first: bool = False) -> dict:
+        """The JSON answer; EndpointError after the retries. `first`: no HTTP answer at all is Unreachable at once
+        (an address where nothing listens does not start listening between retries)."""
         url = self.base + path
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -81,7 +138,7 @@ class HttpPolicy(Policy):
             headers["Authorization"] = f"Bearer {self.api_key}"
         attempts = self.opts["retries"] + 1
         delay = self.opts["backoff"]
-        last = ""
+        last, status = "", None
         for attempt in range(attempts):
             try:
                 req = urllib.request.Request(url, data=data, headers=headers, method=method)
@@ -90,43 +147,97 @@ class HttpPolicy(Policy):
             except urllib.error.HTTPError as e:
                 detail = _error_detail(e)
                 last = f"HTTP {e.code} from {url}: {detail}"
+                status = e.code
                 if e.code not in RETRY_STATUS:
-                    raise EndpointError(last) from None
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
-                reason = getattr(e, "reason", e)
-                last = f"cannot reach {url} ({reason})"
+                    raise EndpointError(last, e.code) from None
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                    http.client.HTTPException) as e:
+                last, status = f"cannot reach {url} ({_reason(e)})", None
+                if first:
+                    raise Unreachable(_reason(e)) from None
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise EndpointError(f"{url} answered with something that is not JSON") from None
             if attempt + 1 < attempts:
                 time.sleep(delay)
                 delay *= 2
-        raise EndpointError(f"{last}, after {attempts} attempts")
+        raise EndpointError(f"{last}, after {attempts} attempts", status)
 
-    def _model_name(self) -> str:
-        if not self.model:
+    def _connect(self) -> None:
+        """The first contact: the served model's name (unless given), then one one-token chat request. Any failure
+        here is the run's error: nothing that follows could work."""
+        try:
+            if not self.model:
+                try:
+                    listed = self._request("GET", "/models", first=True).get("data") or []
+                    self.model = listed[0]["id"] if listed else "default"
+                except EndpointError as e:
+                    # a server without /models is fine; one that refuses us or is down is not
+                    if e.status not in (404, 405):
+                        raise
+                    self.model = "default"
+                except (KeyError, IndexError, TypeError, AttributeError):
+                    self.model = "default"
+                self.name = self.model
+            self._chat(PROBE_MESSAGES, seed=1, temperature=0.0, top_p=1.0, max_tokens=1, first=True)
+        except Unreachable as e:
+            raise PolicyError(f"cannot reach the policy endpoint {self.base}: {e} (is the server running, and "
+                              f"listening at this address?)") from None
+        except EndpointError as e:
+            raise PolicyError(f"the policy endpoint {self.base} cannot be used: {e}") from None
+
+    def _probe_guided(self) -> str:
+        """The first mechanism of GUIDED whose reply to a tiny request obeys it, or "none"."""
+        for mechanism in GUIDED:
             try:
-                listed = self._request("GET", "/models").get("data") or []
-                self.model = listed[0]["id"] if listed else "default"
-            except (EndpointError, KeyError, IndexError, TypeError):
-                self.model = "default"
-            self.name = self.model
-        return self.model
+                text, _ = self._chat(PROBE_MESSAGES, seed=1, temperature=0.0, top_p=1.0,
+                                     max_tokens=self._choice_tokens(PROBE_CHOICES, mechanism),
+                                     choices=PROBE_CHOICES, mechanism=mechanism)
+            except EndpointError:      # e.g. HTTP 400 for a field the server does not accept
+                continue
+            if text.strip() in PROBE_CHOICES:
+                return mechanism
+        return "none"
 
-    def _chat(self, messages, *, seed, temperature, top_p, max_tokens, choices=None) -> tuple[str, str]:
-        body = {"model": self._model_name(), "messages": messages, "temperature": temperature, "top_p": top_p,
-                "max_tokens": max_tokens, "seed": seed, "n": 1}
+    @staticmethod
+    def _choice_tokens(choices: list[str], mechanism: str) -> int:
+        """Enough tokens for the longest choice (a token is at least a byte), and the JSON around it."""
+        longest = max(len(c.encode("utf-8")) for c in choices)
+        return longest + (32 if mechanism == "json_schema" else 8)
+
+    @staticmethod
+    def _guided_fields(mechanism: str, choices: list[str]) -> dict:
+        if mechanism == "structured_outputs":
+            return {"structured_outputs": {"choice": choices}}
+        if mechanism == "vllm":
+            return {"guided_choice": choices}
+        if mechanism == "llamacpp":
+            from eexp.policies.llama import choice_grammar
+            return {"grammar": choice_grammar(choices)}
+        schema = {"type": "object", "properties": {"action": {"type": "string", "enum": choices}},
+                  "required": ["action"], "additionalProperties": False}
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "action", "strict": True, "schema": schema}}}
+
+    def _chat(self, messages, *, seed, temperature, top_p, max_tokens, choices=None, mechanism=None,
+              first=False) -> tuple[str, str]:
+        body = {"model": self.model or "default", "messages": messages, "temperature": temperature,
+                "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "n": 1}
+        mechanism = mechanism or self.guided
         if choices is not None:
-            if self.opts["guided"] == "vllm":
-                body["guided_choice"] = choices
-            else:
-                from eexp.policies.llama import choice_grammar
-                body["grammar"] = choice_grammar(choices)
-        answer = self._request("POST", "/chat/completions", body)
+            body.update(self._guided_fields(mechanism, choices))
+        answer = self._request("POST", "/chat/completions", body, first=first)
         try:
             choice = answer["choices"][0]
-            return choice["message"].get("content") or "", choice.get("finish_reason") or "stop"
+            text, finish = choice["message"].get("content") or "", choice.get("finish_reason") or "stop"
         except (KeyError, IndexError, TypeError, AttributeError):
             raise EndpointError(f"{self.base}/chat/completions answered without choices[0].message") from None
+        if choices is not None and mechanism == "json_schema":
+            try:   # {"action": "Action: ..."}: the action line itself is the reply
+                action = json.loads(text).get("action")
+                text = action if isinstance(action, str) else text
+            except (json.JSONDecodeError, AttributeError):
+                pass   # not the JSON asked for: parsed as it is (and most likely invalid)
+        return text, finish
 
     def _call(self, messages, admissible, seed, temperature, context, max_tokens, constrained,
               top_p=None) -> Reply:
@@ -143,6 +254,11 @@ class HttpPolicy(Policy):
         return reply_from_text(text, admissible, context=context, seed=seed if temperature > 0 else 0,
                                finish_reason=finish)
 
+    def _first_unguided_call(self) -> bool:
+        with self._warn_lock:   # eval -j N: threads share this policy
+            first, self._warned_unguided = not self._warned_unguided, True
+        return first
+
     # the interface ----------------------------------------------------------------------------------------------
     def generate(self, messages, *, seed, temperature, top_p=None, max_tokens=None) -> Reply:
         return self._call(messages, None, seed, temperature, None, max_tokens or self.max_tokens, False, top_p)
@@ -152,13 +268,18 @@ class HttpPolicy(Policy):
                            context=context)[0]
 
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
-        # constrained where asked, and by default where the server can (guided decoding configured)
-        constrained = bool(admissible) and (self.act_mode == "constrained" or
-                                            (self.act_mode is None and bool(self.opts["guided"])
-                                             and not open_space(context)))
+        # constrained where asked, and by default where the list is the closed set of actions and the server can
+        wanted = bool(admissible) and (self.act_mode == "constrained" or
+                                       (self.act_mode is None and not open_space(context)))
+        constrained = wanted and self.guided != "none"
+        if wanted and not constrained and self.opts["guided"] == "auto" and self._first_unguided_call():
+            warn(f"{self.base} obeys none of the guided decodings eexp knows ({', '.join(GUIDED)}; tried each "
+                 f"with one request at start): actions are FREE TEXT, and a model that answers outside the "
+                 f"admissible list scores its steps as invalid. If the server has one, give --policy-arg "
+                 f"guided=NAME; --policy-arg guided=none says free text is meant (said once per run)")
         if constrained:
-            longest = max(len(format_action(a)) for a in admissible)
-            max_tokens = min(self.max_tokens, longest + 8)
+            max_tokens = min(self.max_tokens,
+                             self._choice_tokens([format_action(a) for a in admissible], self.guided))
         else:
             max_tokens = self.max_tokens
 
@@ -172,7 +293,7 @@ class HttpPolicy(Policy):
 
     def describe(self):
         return {"model": self.model or self.base, "model_sha256": "", "backend": self.backend,
-                "endpoint": self.base}
+                "endpoint": self.base, "guided": self.guided}
 
 
 def _error_detail(e: urllib.error.HTTPError) -> str:

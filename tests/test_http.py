@@ -1,0 +1,325 @@
+"""The HTTP policy at start: an endpoint that cannot be reached is one error; the server's guided decoding is probed
+(vLLM's structured_outputs and guided_choice, llama.cpp's grammar, OpenAI's response_format json_schema) and the first
+that works is used, with a warning where none does; failures mid-run keep their retries. Against stub servers that
+implement the chat-completions endpoint with one mechanism each, and against llama-cpp-python's own server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from eexp.cli import cli
+from eexp.policies import PolicyError, load_policy
+from eexp.policies.http import GUIDED
+
+ADMISSIBLE = ["look", "buy the red mug", 'say "hi"']
+MESSAGES = [{"role": "user", "content": "Goal: buy a mug.\nAdmissible actions:\n" + "\n".join(ADMISSIBLE)}]
+FREE_TEXT = "I think I should look around first, then decide what to buy."
+OPENAI_FIELDS = {"model", "messages", "temperature", "top_p", "max_tokens", "seed", "n", "response_format", "stop"}
+WARNING = ("eexp: warning: {url} obeys none of the guided decodings eexp knows (structured_outputs, vllm, llamacpp, "
+           "json_schema; tried each with one request at start): actions are FREE TEXT, and a model that answers "
+           "outside the admissible list scores its steps as invalid. If the server has one, give --policy-arg "
+           "guided=NAME; --policy-arg guided=none says free text is meant (said once per run)")
+
+
+def gbnf_choices(grammar: str) -> list[str]:
+    """The alternatives of a `root ::= "a" | "b"` grammar, unescaped as llama.cpp reads them."""
+    rule = re.fullmatch(r'\s*root\s*::=\s*(.*?)\s*', grammar, re.S)
+    literals = re.findall(r'"((?:[^"\\]|\\.)*)"', rule.group(1))
+    escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+    return [re.sub(r'\\(x[0-9a-fA-F]{2}|.)', lambda m: chr(int(m.group(1)[1:], 16)) if m.group(1)[0] == "x"
+                   else escapes[m.group(1)], lit) for lit in literals]
+
+
+class StubServer:
+    """An OpenAI chat-completions endpoint whose "model" answers free text, except where the request carries the
+    one guided-decoding mechanism this server implements (`honours`); the others are ignored as vLLM and
+    llama.cpp ignore fields they do not know, or, `strict`, refused with 400 as OpenAI does. Under a mechanism it
+    answers the choice the seed picks. `fail` holds the indices of chat requests that fail: 503, or (odd index)
+    a connection closed without an answer."""
+
+    def __init__(self, honours: str | None = None, *, strict: bool = False, fail: set[int] = frozenset(),
+                 status: int = 200):
+        self.honours, self.strict, self.fail, self.status = honours, strict, set(fail), status
+        self.chats: list[dict] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if outer.status != 200:
+                    return self.send(outer.status, {"error": {"message": "invalid api key"}})
+                self.send(200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    index = len(outer.chats)
+                    outer.chats.append(body)
+                if index in outer.fail:
+                    if index % 2:
+                        self.close_connection = True
+                        return self.connection.shutdown(socket.SHUT_RDWR)
+                    return self.send(503, {"error": {"message": "overloaded"}})
+                if outer.strict and set(body) - OPENAI_FIELDS:
+                    return self.send(400, {"error": {"message": "Unrecognized request argument supplied: "
+                                                                + ", ".join(sorted(set(body) - OPENAI_FIELDS))}})
+                text, finish = outer.answer(body)
+                self.send(200, {"object": "chat.completion", "model": "stub-model",
+                                "choices": [{"index": 0, "finish_reason": finish,
+                                             "message": {"role": "assistant", "content": text}}]})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.handle_error = lambda request, address: None   # a dropped connection is the point, not news
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def answer(self, body: dict) -> tuple[str, str]:
+        choices, as_json = None, None
+        if self.honours == "structured_outputs":
+            choices = (body.get("structured_outputs") or {}).get("choice")
+        elif self.honours == "vllm":
+            choices = body.get("guided_choice")
+        elif self.honours == "llamacpp" and body.get("grammar"):
+            choices = gbnf_choices(body["grammar"])
+        elif self.honours == "json_schema" and (body.get("response_format") or {}).get("type") == "json_schema":
+            props = body["response_format"]["json_schema"]["schema"]["properties"]
+            as_json, spec = next((k, v) for k, v in props.items() if "enum" in v)
+            choices = spec["enum"]
+        if choices:
+            choice = choices[body["seed"] % len(choices)]
+            return (json.dumps({as_json: choice}) if as_json else choice), "stop"
+        words = FREE_TEXT.split()
+        if len(words) > body["max_tokens"]:
+            return " ".join(words[:body["max_tokens"]]), "length"
+        return FREE_TEXT, "stop"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def stub():
+    servers = []
+
+    def make(*args, **kwargs):
+        servers.append(StubServer(*args, **kwargs))
+        return servers[-1]
+    yield make
+    for s in servers:
+        s.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, args)
+
+
+def episodes(output: str) -> list[dict]:
+    return [json.loads(x) for x in output.splitlines() if x.startswith("{")]
+
+
+def comparable(records):
+    """Without what differs between two servers of the same model: the time and the URL."""
+    return [{**r, "meta": {k: v for k, v in r["meta"].items() if k not in ("time", "endpoint", "policy_spec")}}
+            for r in records]
+
+
+# --- the probe ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mechanism", list(GUIDED))
+def test_the_probe_finds_the_one_mechanism_the_server_obeys(stub, mechanism, capsys):
+    server = stub(mechanism)
+    policy = load_policy(server.url)
+    assert policy.guided == mechanism and policy.describe()["guided"] == mechanism
+    # the first contact (one token, nothing guided), then the mechanisms in order until one is obeyed
+    probes = server.chats[1:]
+    assert server.chats[0]["max_tokens"] == 1 and len(probes) == list(GUIDED).index(mechanism) + 1
+    replies = policy.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[1, 2, 3, 4, 5, 6], temperature=1.0)
+    assert [r.action for r in replies] == [ADMISSIBLE[s % 3] for s in (1, 2, 3, 4, 5, 6)]
+    assert all(r.valid for r in replies)
+    fields = {"structured_outputs": "structured_outputs", "vllm": "guided_choice", "llamacpp": "grammar",
+              "json_schema": "response_format"}
+    last = server.chats[-1]
+    assert [f for f in fields.values() if f in last] == [fields[mechanism]]   # only the one that works is sent
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_strict_server_refusing_unknown_fields_gets_json_schema(stub):
+    server = stub("json_schema", strict=True)   # OpenAI's answer to guided_choice or grammar: HTTP 400
+    policy = load_policy(server.url, {"retries": "0"})
+    assert policy.guided == "json_schema"
+    assert policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4).action == ADMISSIBLE[1]
+
+
+def test_a_given_mechanism_is_not_probed(stub):
+    server = stub("vllm")
+    policy = load_policy(server.url, {"guided": "vllm"})
+    assert len(server.chats) == 1 and policy.describe()["guided"] == "vllm"
+    none = load_policy(server.url, {"guided": "none"})
+    assert none.act(MESSAGES, admissible=ADMISSIBLE, seed=1).action is None   # free text, as asked: no warning
+    assert "guided_choice" not in server.chats[-1]
+
+
+def test_constrained_without_any_mechanism_is_an_error(stub):
+    server = stub(None)
+    with pytest.raises(PolicyError) as e:
+        load_policy(server.url, act="constrained")
+    assert str(e.value) == (f"--act constrained over HTTP needs the server's guided decoding, and {server.url} "
+                            f"obeys none of structured_outputs, vllm, llamacpp, json_schema (tried each with one "
+                            f"request); use --act generate, or a server that has one")
+    with pytest.raises(PolicyError) as e:
+        load_policy(server.url, {"guided": "none"}, act="constrained")
+    assert str(e.value) == ("--act constrained over HTTP needs the server's guided decoding: give --policy-arg "
+                            "guided=NAME (structured_outputs, vllm, llamacpp, json_schema) or leave it to the probe "
+                            "(auto)")
+    with pytest.raises(PolicyError) as e:
+        load_policy(server.url, {"guided": "outlines"})
+    assert str(e.value) == ("--policy-arg guided=outlines: expected auto, none, structured_outputs, vllm, llamacpp, "
+                            "json_schema")
+
+
+# --- eval through the CLI -------------------------------------------------------------------------------------
+
+def test_eval_with_guided_decoding_and_without(stub):
+    args = ["--env", "shop", "-n", "2", "--max-steps", "3", "-q"]
+    guided = stub("llamacpp")
+    result = invoke(["eval", "--policy", guided.url] + args)
+    assert result.exit_code == 0, result.output
+    eps = episodes(result.stdout)
+    assert len(eps) == 2 and all(e["invalid_actions"] == 0 and "unparsed" not in e["meta"] for e in eps)
+    assert {e["meta"]["guided"] for e in eps} == {"llamacpp"} and "warning" not in result.stderr
+
+    plain = stub(None)   # the failure this replaces: every action free text, 100% invalid, and not a word said
+    result = invoke(["eval", "--policy", plain.url] + args)
+    assert result.exit_code == 0, result.output
+    eps = episodes(result.stdout)
+    assert all(e["invalid_actions"] == e["steps"] == 3 for e in eps)
+    assert {e["meta"]["guided"] for e in eps} == {"none"}
+    assert result.stderr.splitlines().count(WARNING.format(url=plain.url)) == 1
+    assert "warning" not in result.stderr.replace(WARNING.format(url=plain.url), "")
+
+
+def test_eval_against_an_unreachable_endpoint_is_one_error():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    start = time.monotonic()
+    # with retries and backoff as long as these, a retried first contact would take minutes
+    result = invoke(["eval", "--policy", url, "--env", "shop", "-n", "1", "--policy-arg", "backoff=60"])
+    assert time.monotonic() - start < 30
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (f"Error: cannot reach the policy endpoint {url}: connection refused (is the server "
+                             f"running, and listening at this address?)\n")
+
+
+def test_eval_against_an_endpoint_that_refuses_us_is_one_error(stub):
+    server = stub("vllm", status=401)
+    result = invoke(["eval", "--policy", server.url, "--env", "shop", "-n", "1"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (f"Error: the policy endpoint {server.url} cannot be used: HTTP 401 from "
+                             f"{server.url}/models: invalid api key\n")
+    assert server.chats == []
+
+
+def test_failures_mid_run_are_retried_and_the_result_is_whole(stub):
+    args = ["--env", "shop", "-n", "4", "--max-steps", "5", "-q", "--policy-arg", "backoff=0.01"]
+    clean = stub("vllm")
+    expected = invoke(["eval", "--policy", clean.url] + args)
+    assert expected.exit_code == 0, expected.output
+    start = 1 + 2 + 5   # after the first contact and the two probes, the 6th request of the episodes
+    assert len(clean.chats) > start + 8    # mid-run
+    flaky = stub("vllm", fail={start, start + 1, start + 2, start + 7})   # 503, dropped, 503 ... dropped
+    result = invoke(["eval", "--policy", flaky.url] + args)
+    assert result.exit_code == 0, result.output
+    assert len(flaky.chats) == len(clean.chats) + 4   # each failure retried
+    got = episodes(result.stdout)
+    assert comparable(got) == comparable(episodes(expected.stdout))
+    assert all(e["invalid_actions"] == 0 and "unparsed" not in e["meta"] for e in got)
+    assert "warning" not in result.stderr
+
+
+# --- llama-cpp-python's own server, serving a tiny f32 GGUF -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def f32_gguf(tiny_checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("served") / "tiny.f32.gguf"
+    result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "-o", str(path), "--quant", "f32"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def server_missing() -> str | None:
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError as e:
+        return (f"llama-cpp-python's server extra is not installed ({e}): pip install fastapi uvicorn sse-starlette "
+                f"starlette-context pydantic-settings")
+    return None
+
+
+@pytest.mark.slow  # ~30 s: a llama_cpp.server process, then the same eval in process and through it
+def test_eval_through_llama_cpp_python_server_matches_the_gguf_policy(f32_gguf, tmp_path):
+    pytest.importorskip("llama_cpp")
+    if (reason := server_missing()):
+        pytest.skip(reason)
+    port = free_port()
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(f32_gguf), "--host",
+                               "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+                               "--seed", "1"], stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        args = ["--env", "shop", "-n", "5", "--max-steps", "4", "-q"]
+        served = invoke(["eval", "--policy", url] + args)
+        assert served.exit_code == 0, served.output
+        unguided = invoke(["eval", "--policy", url, "--policy-arg", "guided=none"] + args)
+        assert unguided.exit_code == 0, unguided.output
+        local = invoke(["eval", "--policy", str(f32_gguf), "--policy-arg", "n_threads=1"] + args)
+        assert local.exit_code == 0, local.output
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    over_http, in_process = episodes(served.stdout), episodes(local.stdout)
+    assert {e["meta"]["guided"] for e in over_http} == {"llamacpp"}   # its grammar field, found by the probe
+    assert sum(e["invalid_actions"] for e in over_http) == 0 and "warning" not in served.stderr
+    assert [e["actions"] for e in over_http] == [e["actions"] for e in in_process]
+    assert len({a for e in over_http for a in e["actions"]}) > 2
+    # what the probe spares: this model's free text is never an admissible action
+    assert all(e["invalid_actions"] == e["steps"] > 0 for e in episodes(unguided.stdout))
