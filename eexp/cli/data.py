@@ -23,15 +23,30 @@ from eexp.stages.world_model import world_model_examples
 @stage_options
 @serializer_options
 @click.option("--include-failed", is_flag=True, help="Also imitate trajectories that did not succeed.")
-def imitation_data(io, serializer, include_failed):
+@click.option("--observation-loss", is_flag=True,
+              help="The ActObs baseline: each example also trains on the next observation (a user turn asks for "
+              "it, an assistant turn `Observation: ...` answers), so finetune puts loss on observation tokens too.")
+@click.option("--observation-weight", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              metavar="W", help="With --observation-loss: loss weight of the observation turn (the action's is 1).")
+def imitation_data(io, serializer, include_failed, observation_loss, observation_weight):
     """Trajectories -> one imitation-learning example per expert step (state -> `Action: <expert action>`).
 
+    With --observation-loss (ActObs: imitation with a loss on the observations, no new data, no alternatives) the
+    conversation goes on after the action: a user turn asks what the environment shows, and the assistant turn
+    `Observation: <next observation>` (the one the trajectory recorded, clipped to --max-observation-chars) is a
+    training target too. The policy prompt is the IL prompt unchanged; ids are `ilobs:<trajectory id>#<step>`, meta
+    kind `il-obs`, meta.extra records the option and the weight.
+
     \b
-    Example:
+    Examples:
       eexp expert --env shop -n 100 | eexp imitation-data > il.jsonl
+      eexp imitation-data --observation-loss expert.jsonl -o il_obs.jsonl
     """
-    io.run(lambda t: imitation_examples(t, serializer, include_failed, io.count), validate=expect("trajectory"),
-           output_kind="example")
+    if observation_weight != 1.0 and not observation_loss:
+        raise click.UsageError("--observation-weight is the weight of the observation turn: give --observation-loss")
+    io.run(lambda t: imitation_examples(t, serializer, include_failed, io.count, observation_loss=observation_loss,
+                                        observation_weight=observation_weight),
+           validate=expect("trajectory"), output_kind="example")
     if io.stats.counts.get("unsuccessful_skipped"):
         click.echo(f"eexp: {io.stats.counts['unsuccessful_skipped']} unsuccessful trajectories not imitated "
                    "(--include-failed keeps them)", err=True)
