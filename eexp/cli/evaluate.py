@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -58,7 +59,8 @@ def explicit_serializer_settings(ctx: click.Context) -> dict:
               "comparison).")
 @click.option("--trajectories", "trajectories_path", metavar="FILE",
               help="Also write each successful episode here as a trajectory record (expert data).")
-@click.option("--compare", is_flag=True, help="Compare episode files (INPUT...) instead of running episodes.")
+@click.option("--compare", is_flag=True, help="Compare episode files (INPUT...) instead of running episodes; "
+              "NAME=FILE,FILE,... groups the runs (seeds) of one method.")
 @click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
 def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
                  max_steps, temperature, seed, summary_path, trajectories_path, compare, plot):
@@ -71,7 +73,10 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
     samples with derive_seed(seed, e, t)), never the tasks.
 
     With --compare, INPUT are episode files from earlier runs (one environment): a table of the runs with
-    intervals, and each run tested against the first over the tasks both ran.
+    intervals, and each run tested against the first over the tasks both ran. Seeds: NAME=FILE,FILE,... (or a
+    quoted glob, NAME='runs/IL-s*.jsonl') names one method's runs, one file per seed; each method is then one row
+    with its seeds' min-max and sd, tested against the first over tasks x seeds (an exact sign-flip test on the
+    per-task successes summed over seeds; with one seed each it is McNemar's exact test).
 
     \b
     Examples:
@@ -79,6 +84,8 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
       eexp eval --policy model.gguf --env shop -n 200 -j 2 --summary il.json > il.jsonl
       eexp eval --policy model.gguf --env shop --split ood -o ood.jsonl --resume
       eexp eval --compare random.jsonl il.jsonl iwm.jsonl --plot runs.png
+      eexp eval --compare IL=IL-s0.jsonl,IL-s1.jsonl,IL-s2.jsonl IWM='IWM-s*.jsonl' --summary cmp.json
+      eexp eval --policy SR/ --env shop --act think -o sr.jsonl
     """
     ctx = click.get_current_context()
     if compare:
@@ -151,8 +158,8 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
     summary = summarize(ordered, env=env_name, policy=ordered[0]["policy"] if ordered else description["policy"])
     # The run's settings, as its episodes record them (less what is per episode).
     first_meta = ordered[0]["meta"] if ordered else {}
-    summary["meta"] = {**{k: v for k, v in first_meta.items() if k not in ("seeds", "unparsed", "error")},
-                       "created_utc": utc_now()}
+    per_episode = ("seeds", "unparsed", "error", "thoughts_cut")
+    summary["meta"] = {**{k: v for k, v in first_meta.items() if k not in per_episode}, "created_utc": utc_now()}
     click.echo(format_summary(summary), err=True)
     if summary_path:
         write_atomic(summary_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
@@ -239,10 +246,38 @@ def resume_state(io, ids: list[str], trajectories_path: str | None) -> dict[str,
     return previous
 
 
+def compare_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
+    """(path, label) for every file of `eval --compare`. An INPUT is a file (labelled by its name), or NAME=FILES:
+    the runs of one method, one file per seed, FILES separated by commas; a FILE there may be a glob pattern
+    (quoted, so eexp expands it, in sorted order); NAME=... given again adds seeds to NAME. An existing file whose
+    name holds `=` is a file."""
+    out: list[tuple[str, str | None]] = []
+    for item in inputs:
+        label, sep, rest = item.partition("=")
+        if item == "-" or os.path.exists(item) or not sep:
+            out.append((item, None))
+            continue
+        label = label.strip()
+        if not label or not rest:
+            raise InputError(f"{item!r}: expected a file or NAME=FILE[,FILE...] (the runs of one method, one per "
+                             f"seed)")
+        for part in rest.split(","):
+            if not part:
+                continue
+            if not os.path.exists(part) and glob.has_magic(part):
+                matches = sorted(glob.glob(part))
+                if not matches:
+                    raise InputError(f"no file matches {part!r} (given for {label})")
+                out += [(m, label) for m in matches]
+            else:
+                out.append((part, label))
+    return out
+
+
 def run_compare(io, seed: int, summary_path: str | None, plot: str | None) -> None:
     check = expect("episode")
     files = []
-    for path in io.inputs:
+    for path, label in compare_inputs(io.inputs):
         reader = Reader([path], on_error=io.reader.on_error)
         records = []
         for item in reader:
@@ -253,7 +288,7 @@ def run_compare(io, seed: int, summary_path: str | None, plot: str | None) -> No
             records.append((item.record, item.line))
         if not records:
             raise InputError("no episodes to compare", path)
-        files.append((path, records))
+        files.append((path, records, label))
     env, runs = load_runs(files)
     result = compare_runs(env, runs, seed=seed)
     table = format_comparison(result)

@@ -233,10 +233,12 @@ def policy_options(f: Callable) -> Callable:
         click.option("--policy-arg", "policy_args", multiple=True, callback=_parse_policy_args,
                      metavar="KEY=VALUE", help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
                      "api_key_env, ...); repeatable."),
-        click.option("--act", type=click.Choice(["generate", "constrained", "score"]), default=None,
+        click.option("--act", type=click.Choice(["generate", "constrained", "score", "think"]), default=None,
                      help="How an action is chosen: free generation, generation constrained to the admissible "
-                     "actions, or ranking them by log-likelihood. Default: constrained where the environment "
-                     "lists admissible actions, generate where it does not."),
+                     "actions, ranking them by log-likelihood, or think: the model writes its thought (up to "
+                     "--max-tokens), then the action is ranked after it (closed action sets) or generated (open "
+                     "ones); local models only. Default: constrained where the environment lists admissible "
+                     "actions, generate where it does not."),
         click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
                      help="Most tokens per generated reply."),
         click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True),

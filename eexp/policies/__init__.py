@@ -16,7 +16,7 @@ from eexp.policies.base import Policy, PolicyError, Reply, derive_seed
 
 __all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "load_policy", "ACT_MODES"]
 
-ACT_MODES = ("generate", "constrained", "score")
+ACT_MODES = ("generate", "constrained", "score", "think")
 
 SPEC_FORMS = "random, oracle, a .gguf file, a checkpoint or adapter directory, or http(s)://HOST/v1"
 
@@ -24,7 +24,8 @@ SPEC_FORMS = "random, oracle, a .gguf file, a checkpoint or adapter directory, o
 def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, max_tokens: int = 256,
                 top_p: float = 1.0) -> Policy:
     """The policy named by `spec`, with backend options `args` (--policy-arg) and the action mode `act`
-    (None: constrained where a state lists admissible actions, generate where it does not)."""
+    (None: constrained where a state lists admissible actions, generate where it does not; think: a thought, then
+    the action after it, local models only)."""
     if not spec:
         raise PolicyError(f"no policy given (--policy: {SPEC_FORMS})")
     if act is not None and act not in ACT_MODES:
@@ -36,6 +37,10 @@ def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, 
         from eexp.policies.baselines import OraclePolicy, RandomPolicy
         return RandomPolicy() if spec == "random" else OraclePolicy()
     if spec.startswith(("http://", "https://")):
+        if act == "think":
+            raise PolicyError("--act think continues the model's own reply (its thought) with the action, which a "
+                              "chat-completions endpoint cannot do; use a local model (a .gguf file or a checkpoint "
+                              "directory), or --act generate, whose replies keep the model's thought too")
         from eexp.policies.http import HttpPolicy
         return HttpPolicy(spec, args, **common)
     if spec.endswith(".gguf"):

@@ -34,6 +34,7 @@ class Reply:
     valid: bool | None = None  # in the admissible list (None when the state has no list)
     seed: int = 0              # the seed of this call (0: not sampled, e.g. greedy or scoring)
     finish_reason: str = ""    # "stop", "length" (cut by max tokens), "error: ..." for a failed call
+    thought_cut: bool = False  # --act think: the thought never reached `Action:` (cut; the action chosen after it)
 
 
 class Policy:

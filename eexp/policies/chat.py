@@ -1,10 +1,17 @@
 """What every local model backend shares: rendering with the model's own chat template, fitting the context, and
-the three ways to pick an action (`--act generate|constrained|score`).
+the ways to pick an action (`--act generate|constrained|score|think`).
 
 A backend (transformers, llama.cpp) supplies token-level hooks: `encode_chat` (messages -> ids through the
 template), `_generate_ids` (free sampling from ids), `_constrained_ids` (sampling restricted to the candidate
 replies) and `_logliks` (log-likelihood of each candidate reply after the prompt). Everything above the hooks,
 and so every decision about actions, is written once here.
+
+`--act think` is for models trained to reason before they act (SR targets are `Thought: ...` then `Action: ...`):
+the model writes its reply freely; the text before its first `Action:` line is its thought, and the action is then
+chosen after that thought: ranked by log-likelihood among the admissible actions where the set is closed (as
+`score` does, but as the continuation of prompt + thought + `Action: `), generated where it is open. A thought that
+never reaches `Action:` within --max-tokens is cut where it stopped, and the action is chosen after it anyway
+(`Reply.thought_cut`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ import numpy as np
 from eexp.policies.actions import open_space, reply_from_text
 from eexp.policies.base import Policy, PolicyError, Reply
 from eexp.prompts import format_action
+
+# The start of the action in a reasoning reply: an `Action:` at the start of a line (what parse_reply reads).
+ACTION_LINE = re.compile(r"^[ \t]*Action[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_THOUGHT_LABEL = re.compile(r"^\s*Thought\s*:\s*", re.IGNORECASE)
 
 
 def warn(message: str) -> None:
@@ -101,7 +112,7 @@ class ModelPolicy(Policy):
     """A policy backed by a local model. Subclasses set `backend` and implement the hooks below."""
 
     backend = ""
-    supports = ("generate", "constrained", "score")
+    supports = ("generate", "constrained", "score", "think")
 
     def __init__(self, act: str | None = None, max_tokens: int = 256, top_p: float = 1.0):
         if act is not None and act not in self.supports:
@@ -188,7 +199,10 @@ class ModelPolicy(Policy):
     # the interface ----------------------------------------------------------------------------------------------
     def mode_for(self, admissible: list[str] | None, context: dict | None = None) -> str:
         """The --act mode of one call: constrained/score need a list; by default a list that is only a sample of
-        an open action space (the context env's closed_actions is False) is not a reason to constrain."""
+        an open action space (the context env's closed_actions is False) is not a reason to constrain. `think`
+        applies with or without a list (the action after the thought is then generated)."""
+        if self.act_mode == "think":
+            return "think"
         if not admissible:
             return "generate"
         if self.act_mode:
@@ -212,6 +226,9 @@ class ModelPolicy(Policy):
         """K replies back to back on one prompt: the backends keep the prompt's KV between the calls, and score
         mode ranks the candidates once for all K."""
         mode = self.mode_for(admissible, context)
+        if mode == "think":
+            return self.think(messages, admissible=admissible, seeds=seeds, temperature=temperature,
+                              context=context)
         if mode == "generate":
             _, ids = self.fit(messages, reserve=min(self.max_tokens, self.context_size() // 2))
             out = []
@@ -234,6 +251,76 @@ class ModelPolicy(Policy):
             return out
         logliks = self.scores_for(ids, candidates)
         return [self._pick(admissible, logliks, seed, temperature) for seed in seeds]
+
+    # --act think -------------------------------------------------------------------------------------------------
+    def think(self, messages, *, admissible, seeds, temperature=0.0, context=None) -> list[Reply]:
+        """One reply per seed: a thought generated with the seed (greedy at temperature 0), then the action after
+        it: among the admissible actions by log-likelihood where the set is closed (argmax at temperature 0, else a
+        draw from softmax(loglik / T) with the same seed), generated where it is open or not listed."""
+        closed = bool(admissible) and not open_space(context)
+        longest = max(len(r) for r in map(format_action, admissible)) // 2 + 8 if closed else 0
+        messages, ids = self.fit(messages, reserve=min(self.max_tokens + longest, self.context_size() // 2))
+        out = []
+        for seed in seeds:
+            text, finish = self._generate_ids(ids, seed=seed, temperature=temperature, top_p=self.top_p,
+                                              max_tokens=self._budget(ids, self.max_tokens))
+            found = ACTION_LINE.search(text)
+            if found:
+                prefix, cut = text[:found.start()], False
+            else:  # never reached `Action:`: keep what was written, and ask for the action after it
+                prefix, cut = (text.rstrip() + "\n\n" if text.strip() else ""), True
+            thought = _THOUGHT_LABEL.sub("", prefix.strip(), count=1).strip() or None
+            sampled_seed = seed if temperature > 0 else 0
+            if closed:
+                reply = self._action_after(messages, ids, prefix, admissible, seed, temperature)
+            else:
+                written = text[found.end():].split("\n", 1)[0].strip() if found else ""
+                if not written:  # cut, or an empty `Action:` line: generate the action after the thought
+                    written, finish = self._generate_after(messages, ids, prefix + "Action:", seed, temperature)
+                reply = reply_from_text(f"{prefix}Action: {written}", admissible, context=context,
+                                        seed=sampled_seed, finish_reason=finish)
+            reply.thought, reply.thought_cut, reply.seed = thought, cut, sampled_seed
+            out.append(reply)
+        return out
+
+    def _assistant_ids(self, messages: list[dict], ids: list[int], content: str) -> list[int]:
+        """The ids of prompt + an assistant turn holding `content`, as the template renders the whole turn, through
+        its end-of-turn token."""
+        full = self.encode_chat(messages + [{"role": "assistant", "content": content}], add_generation_prompt=False)
+        if full[:len(ids)] != ids or len(full) <= len(ids):
+            raise PolicyError(f"the {self.backend} chat template renders an assistant turn that does not extend "
+                              f"the generation prompt; --act think needs one that does")
+        for j in range(len(ids), len(full)):
+            if self.is_stop(full[j]):
+                return full[:j + 1]
+        raise PolicyError(f"the {self.backend} chat template ends an assistant turn without an end-of-turn token; "
+                          f"--act think cannot tell where the action ends")
+
+    def _action_after(self, messages, ids, prefix, admissible, seed, temperature) -> Reply:
+        """The admissible action chosen after `prefix` (the thought as written). Every candidate turn is
+        tokenized whole (prefix + `Action: <action>` + end of turn), as training tokenized it; the tokens all
+        candidates share are the context, and each candidate is scored on the rest, so a token that merges across
+        the `Action: ` boundary is scored with its candidate, never dropped or shared."""
+        fulls = [self._assistant_ids(messages, ids, prefix + format_action(a)) for a in admissible]
+        shared = min(len(f) for f in fulls) - 1  # every candidate keeps at least one token to score
+        first = fulls[0]
+        for f in fulls[1:]:
+            n = 0
+            while n < shared and f[n] == first[n]:
+                n += 1
+            shared = n
+        logliks = self.scores_for(first[:shared], [f[shared:] for f in fulls])
+        reply = self._pick(admissible, logliks, seed, temperature)
+        reply.text = prefix + reply.text
+        return reply
+
+    def _generate_after(self, messages, ids, content, seed, temperature) -> tuple[str, str]:
+        """The first line generated after an assistant turn that begins with `content` (ending in `Action:`): the
+        action of an open action space, as the model continues its own reply."""
+        full = self._assistant_ids(messages, ids, content)[:-1]   # the turn so far, without its end of turn
+        text, finish = self._generate_ids(full, seed=seed, temperature=temperature, top_p=self.top_p,
+                                          max_tokens=self._budget(full, self.max_tokens))
+        return text.strip().split("\n", 1)[0].strip(), finish
 
     def scores_for(self, ids: list[int], candidates: list[list[int]]) -> list[float]:
         key = (tuple(ids), tuple(map(tuple, candidates)))

@@ -74,7 +74,7 @@ class LlamaCppPolicy(ModelPolicy):
             llm = open_gguf(
                 path, extra_bufts=opts["extra_bufts"], n_ctx=n_ctx, n_threads=opts["n_threads"] or None,
                 n_gpu_layers=opts["n_gpu_layers"] if llama_cpp.llama_supports_gpu_offload() else 0,
-                n_batch=opts["n_batch"], logits_all=act == "score", lora_path=opts["lora_path"] or None,
+                n_batch=opts["n_batch"], logits_all=act in ("score", "think"), lora_path=opts["lora_path"] or None,
                 verbose=opts["verbose"])
         except (ValueError, RuntimeError) as e:
             arch = header["architecture"] or "unknown"

@@ -164,12 +164,14 @@ class Brancher:
         taken = {canonical(expert)}
         chosen: list[dict] = []
 
-        def add(action: str, source: str, seed: int | None = None) -> bool:
+        def add(action: str, source: str, seed: int | None = None, thought: str | None = None) -> bool:
             key = canonical(action)
             if not key or key in taken:
                 return False
             taken.add(key)
-            chosen.append({"action": action, "source": source, **({"seed": seed} if seed else {})})
+            # a thinking model's thought before the action (--act think, or a `Thought:` in a generated reply)
+            chosen.append({"action": action, "source": source, **({"seed": seed} if seed else {}),
+                           **({"thought": thought} if thought else {})})
             return True
 
         # 1. The policy's share: one sample per seed, issued together so a backend evaluates the prompt once.
@@ -181,9 +183,11 @@ class Brancher:
                                          temperature=self.temperature,
                                          context={"env": env, "task": task, "step": step})
             for seed, reply in zip(seeds, replies):
+                if reply.thought_cut:  # --act think: the thought never reached `Action:` (--stats)
+                    self.count("thoughts_cut", 1)
                 if reply.action is None or (admissible is not None and reply.valid is False):
                     self.count("invalid_proposals", 1)
-                elif not add(reply.action, "policy", reply.seed or seed):
+                elif not add(reply.action, "policy", reply.seed or seed, reply.thought):
                     self.count("repeated_proposals", 1)
 
         # 2. The rest uniformly from the admissible list, from a seed of this record alone.
