@@ -1,5 +1,6 @@
 """The statistics behind `eexp eval`: a Wilson interval for a success rate, an exact McNemar test for paired success,
-and a seeded paired bootstrap for paired scores.
+an exact sign-flip test for paired success over tasks x seeds, a seeded paired bootstrap for paired scores, and the
+spread of a rate across seeds.
 
 Plain Python (math, random): no scipy or numpy, so an evaluation of the baselines needs nothing beyond eexp's core
 dependencies, and the results are the same on every machine for the same seed.
@@ -46,6 +47,64 @@ def mcnemar_exact(b: int, c: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
     return min(1.0, 2 * tail / 2**n)
+
+
+def sign_flip_exact(diffs: list[int]) -> float:
+    """Two-sided exact paired permutation (sign-flip) test of integer per-task differences: the test `eval
+    --compare` uses when a method has runs of several seeds.
+
+    `diffs[t]` is, for task t, the successes of the second method summed over its seeds minus those of the first
+    (with unequal numbers of seeds, S_first * successes_second - S_second * successes_first). Under the null
+    hypothesis the two methods' runs are exchangeable on every task, so each nonzero difference is as likely
+    negative as positive; the p-value is the share of the 2^m sign patterns of the m nonzero differences whose sum
+    is at least as far from 0 as the observed sum, counted exactly with integers (a convolution over the sums).
+
+    Why this test: the task is the unit that is sampled, and a task's S episodes (one per seed) share its
+    difficulty, so they are not independent pairs. McNemar on the pooled (task, seed) discordant pairs counts a
+    task that one method always solves and the other never does S times, as if it were S independent pieces of
+    evidence (too small p-values); a Cochran-Mantel-Haenszel test stratified by seed has the same flaw within each
+    stratum and needs seed i of one method paired with seed i of the other, a pairing of independent training runs
+    that means nothing. Summing over seeds within the task keeps the task as the unit, needs no pairing of seeds,
+    and is exact at any size. With one seed on each side the differences are -1, 0, +1 and the test is exactly the
+    exact McNemar test (the sign test on the discordant tasks), so single runs compare as before. What it does not
+    do is treat the seeds' training runs as sampled: it asks whether these runs differ on tasks like these, and the
+    spread across seeds (`seed_spread`) is the evidence about training variance to read beside it.
+    """
+    nonzero = [abs(int(d)) for d in diffs if d]
+    if not nonzero:
+        return 1.0
+    observed = abs(sum(int(d) for d in diffs))
+    total = sum(nonzero)
+    counts = [0] * (2 * total + 1)   # counts[total + s]: sign patterns so far whose sum is s
+    counts[total] = 1
+    for d in nonzero:
+        new = [0] * len(counts)
+        for i, c in enumerate(counts):
+            if c:
+                new[i - d] += c
+                new[i + d] += c
+        counts = new
+    extreme = sum(c for i, c in enumerate(counts) if abs(i - total) >= observed)
+    return min(1.0, extreme / 2 ** len(nonzero))
+
+
+@dataclass
+class Spread:
+    n: int        # how many seeds
+    mean: float
+    sd: float     # the sample standard deviation (n - 1 in the denominator); 0 for one seed
+    low: float    # min
+    high: float   # max
+
+
+def seed_spread(values: list[float]) -> Spread:
+    """Mean, sample standard deviation, min and max of one method's per-seed values (success rates or scores)."""
+    n = len(values)
+    if n == 0:
+        return Spread(0, 0.0, 0.0, 0.0, 0.0)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return Spread(n, mean, sd, min(values), max(values))
 
 
 @dataclass
