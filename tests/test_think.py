@@ -102,6 +102,15 @@ def test_a_thought_cut_by_max_tokens_still_gets_an_action(scripted):
     assert reply.action == max(expected, key=expected.get)
 
 
+def test_no_thought_ranks_as_score_does(scripted):
+    """A model that answers `Action:` at once (IL, IWM) gets the action --act score would give it: the same
+    candidates after the same prompt, so such models can be reported both ways."""
+    scripted.script[:] = [("Action: inventory", "stop")]
+    reply = scripted.act(MESSAGES, admissible=ADMISSIBLE, seed=3, temperature=0.0)
+    assert (reply.thought, reply.thought_cut) == (None, False)
+    assert reply.action == scripted.rank(MESSAGES, ADMISSIBLE)[0][0] and reply.text == f"Action: {reply.action}"
+
+
 def test_sampling_after_the_thought_is_seeded(scripted):
     draws = []
     for _ in range(2):
