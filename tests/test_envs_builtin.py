@@ -270,13 +270,16 @@ def test_step_timeout_becomes_an_error():
 
 def test_expert_stage_goes_on_after_an_environment_error(runner, monkeypatch):
     import eexp.cli.envs as cli_envs
-    monkeypatch.setattr(cli_envs, "make_env", lambda name, **kw: FlakyShop())
+    made = []
+    monkeypatch.setattr(cli_envs, "make_env", lambda name, **kw: made.append(FlakyShop() if not made else ShopEnv())
+                        or made[-1])
     result = runner.invoke(cli, ["expert", "--env", "shop", "-n", "3", "-q"])
     assert result.exit_code == 0
     records = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 3
     assert "RuntimeError: boom" in records[0]["error"]           # the env raised once, on the first task
     assert all(r["success"] for r in records[1:])
+    assert [type(e) for e in made] == [FlakyShop, ShopEnv]      # the failed instance was replaced (DESIGN.md)
     assert "0 of 3 expert trajectories did not succeed, 1 had environment errors" in result.stderr
 
 

@@ -1,4 +1,4 @@
-"""Commands about environments: `envs` (list / describe) and `expert` (oracle trajectories)."""
+"""Commands about environments: `envs` (list / describe / --check) and `expert` (oracle trajectories)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import orjson
 from eexp.cli import cli
 from eexp.cli.options import config_option, errors_as_click, parse_env_args, progress_bar
 from eexp.envs.base import EnvError, make_env, registry
+from eexp.envs.check import check_installed
+from eexp.envs.reach import guarded
 from eexp.io import Stats, Writer, prepare_resume
 from eexp.stages.expert import expert_trajectory, pick_tasks, trajectory_id
 
@@ -27,26 +29,57 @@ def _listing() -> list[dict]:
     return rows
 
 
+CHECK_ONLY = ("n", "seed", "task_ids", "step_timeout")
+
+
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--split", help="With NAME: the split of the example task (default: the first).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--split", help="With NAME: the split of the example task, or of the tasks --check runs "
+              "(default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text (with --check: one object a check).")
 @click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
               help="With NAME: an environment option; repeatable.")
+@click.option("--check", is_flag=True,
+              help="Check NAME against the environment contract (DESIGN.md): one line a check, exit 1 on a failure.")
+@click.option("-n", "--tasks", "n", type=click.IntRange(min=1), default=None,
+              help="With --check: how many tasks to run episodes on  [default: 3].")
+@click.option("--seed", type=int, default=None,
+              help="With --check: which tasks, as `eexp expert --seed` picks them  [default: 0].")
+@click.option("--task", "task_ids", multiple=True, metavar="ID", help="With --check: these task ids; repeatable.")
+@click.option("--step-timeout", type=click.FloatRange(min=0), default=None,
+              help="With --check: seconds one environment call may take before it fails its check (0: no limit)  "
+              "[default: 60].")
 @errors_as_click
-def envs(name, split, as_json, env_args):
-    """List the installed environments, or describe one.
+def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout):
+    """List the installed environments, describe one, or check one against the environment contract.
 
     Without NAME: each environment's version, splits and whether it can snapshot a state (otherwise states are
     reached again by replaying actions). An environment that is registered but cannot load is listed as
     unavailable, with the reason. With NAME: its action format, its splits with their task counts, and the
     first observation and admissible actions of an example task.
 
+    With --check NAME: the conformance check a plugin author runs (lazy construction, well-formed tasks, version,
+    close(), determinism, the expert replaying to success, snapshot/restore against replay, canonicalize through
+    step(), expert() leaving a live episode alone, scores in [0, 1], options). One line a check: `ok`, `FAIL`
+    with the reason, or `skip` where it does not apply; exit 1 if any failed.
+
     \b
     Example:
       eexp envs
       eexp envs shop
+      eexp envs --check counter -n 5 --split test
+      eexp envs --check textworld -n 1 --env-arg games=1 --env-arg eval_games=1
     """
+    given = [opt for opt, value in zip(CHECK_ONLY, (n, seed, task_ids, step_timeout)) if value not in (None, ())]
+    if given and not check:
+        flags = {"n": "-n/--tasks", "seed": "--seed", "task_ids": "--task", "step_timeout": "--step-timeout"}
+        raise click.UsageError(f"{', '.join(flags[g] for g in given)}: only with --check")
+    if check:
+        if name is None:
+            raise click.UsageError("--check needs NAME (see `eexp envs` for the installed environments)")
+        run_check(name, env_args, split, 3 if n is None else n, seed or 0, task_ids,
+                  60.0 if step_timeout is None else step_timeout, as_json)
+        return
     if name is None:
         rows = _listing()
         if as_json:
@@ -86,6 +119,20 @@ def envs(name, split, as_json, env_args):
         click.echo("admissible actions:")
         for action in example["admissible"]:
             click.echo(f"  {action}")
+
+
+def run_check(name, env_args, split, n, seed, task_ids, step_timeout, as_json) -> None:
+    """Print one line per check as it finishes, then a count; exit 1 if any check failed."""
+    failed = skipped = total = 0
+    for result in check_installed(name, env_args, split, n, seed, task_ids, step_timeout or None):
+        total += 1
+        failed += result.status == "FAIL"
+        skipped += result.status == "skip"
+        click.echo(orjson.dumps(result.to_dict()).decode() if as_json else result.line())
+    if not as_json:
+        click.echo(f"{name}: {total - failed - skipped} ok, {failed} failed, {skipped} skipped")
+    if failed:
+        raise SystemExit(1)
 
 
 def describe(env, split: str | None = None) -> dict:
@@ -155,6 +202,9 @@ def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admiss
                     record = expert_trajectory(env, task, seed=seed, timeout=step_timeout or None,
                                                include_admissible=not no_admissible)
                     if "error" in record:
+                        # the contract: after a failure or a timeout inside one of its calls, an instance is closed
+                        # and never used again
+                        env = _replace(env, env_name, env_args, step_timeout or None)
                         errors += 1
                         if errors <= 5:
                             click.echo(f"eexp: {record['id']}: {record['error']}", err=True)
@@ -175,3 +225,13 @@ def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admiss
                        f"{errors} had environment errors", err=True)
     finally:
         env.close()
+
+
+def _replace(env, name: str, env_args: dict, timeout: float | None):
+    """Close a failed instance (bounded by the step limit; its own failure to close is not reported) and make a
+    fresh one."""
+    try:
+        guarded(env.close, "closing after an error", timeout)
+    except EnvError:
+        pass
+    return make_env(name, **env_args)

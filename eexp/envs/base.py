@@ -2,6 +2,8 @@
 
 An environment is a class; one instance runs one episode at a time. Tasks are plain dicts
 `{id, split, goal, category?}` with string ids that mean the same task everywhere (the world of a split is fixed).
+DESIGN.md ("Environments") is the contract in full; `eexp envs --check NAME` (eexp.envs.check) tests an
+environment against it.
 """
 
 from __future__ import annotations
@@ -18,14 +20,24 @@ class Env:
     """Base class and protocol. Subclasses set the class attributes and implement the methods marked required."""
 
     name: str = ""
-    version: str = "0"
+    version: str = "0"             # set on the class, never on an instance: `eexp envs` reads the class
     splits: tuple[str, ...] = ("train", "test", "ood")
     can_snapshot: bool = False
     action_format: str = ""        # one line for `eexp envs NAME`, e.g. "search[QUERY] | click[LABEL]"
     max_steps: int = 30            # eval's default episode length
     closed_actions: bool = True    # True when admissible() lists every valid action
+    # The options (--env-arg KEY=VALUE) and their defaults. When declared (a dict), an unknown option is an EnvError
+    # and an option given at its default is dropped from `kwargs` (what records and trajectory ids carry), so the
+    # default world has one id however it was asked for. None: not declared, every option is recorded as given.
+    options: dict[str, Any] | None = None
 
     def __init__(self, **kwargs: Any):
+        if self.options is not None:
+            unknown = sorted(set(kwargs) - set(self.options))
+            if unknown:
+                raise EnvError(f"{self.name}: unknown options {', '.join(unknown)} "
+                               f"(known: {', '.join(self.options) or 'none'})")
+            kwargs = {k: v for k, v in kwargs.items() if v != self.options[k]}
         self.kwargs = kwargs
 
     # required ---------------------------------------------------------------------------------------------------
@@ -43,7 +55,8 @@ class Env:
         raise NotImplementedError
 
     def expert(self, task: dict) -> list[str]:
-        """The oracle or gold action sequence for a task."""
+        """The oracle or gold action sequence for a task: deterministic, ending where the episode is done, and
+        computed without touching the episode in progress (the oracle policy calls it mid-episode)."""
         raise NotImplementedError
 
     def success(self) -> bool:
@@ -55,6 +68,7 @@ class Env:
         return None
 
     def score(self) -> float:
+        """A number in [0, 1] (1 for a solved task by convention), at any point of an episode."""
         return 1.0 if self.success() else 0.0
 
     def canonicalize(self, action: str) -> str:
@@ -75,6 +89,9 @@ class Env:
         raise NotImplementedError(f"{self.name} cannot snapshot; reach states by replay")
 
     def close(self) -> None:
+        """Release everything the instance started (processes, files). eexp calls it when done with an instance and
+        after any failure or timeout inside one of its calls (then the instance is never used again); it must work
+        at any point, before any reset() and twice."""
         pass
 
     def describe(self) -> dict:
@@ -96,6 +113,16 @@ class Env:
         return {"name": self.name, "version": self.version, "kwargs": dict(self.kwargs)}
 
 
+def package_version(dist: str) -> str:
+    """`<dist>-<installed version>` (or `<dist>` when it is not installed) for the class attribute `version` of an
+    environment that wraps a package: read from the package's metadata, without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return f"{dist}-{version(dist)}"
+    except PackageNotFoundError:
+        return dist
+
+
 def registry() -> dict[str, Any]:
     """name -> entry point, for every installed environment (eexp's own register the same way)."""
     return {ep.name: ep for ep in entry_points(group="eexp.envs")}
@@ -106,13 +133,29 @@ def env_class(name: str) -> type[Env]:
     if name not in known:
         names = ", ".join(sorted(known)) or "none"
         raise EnvError(f"unknown environment {name!r} (known: {names})")
+    ep = known[name]
     try:
-        return known[name].load()
+        return ep.load()
+    except EnvError:   # the package's own message (and install hint), as it wrote it
+        raise
     except ImportError as e:
+        if ep.value.startswith("eexp."):
+            raise EnvError(f"environment {name!r} is registered but cannot load: {e} "
+                           f"(its package is missing: ./install.sh or pip install 'eexp[all]' installs it)") from None
         raise EnvError(f"environment {name!r} is registered but cannot load: {e} "
-                       f"(its package is missing: ./install.sh or pip install 'eexp[all]' installs it)") from None
+                       f"(it comes from {_dist_name(ep)})") from None
     except AttributeError as e:
-        raise EnvError(f"environment {name!r} is registered as {known[name].value} but that does not exist: {e}")
+        raise EnvError(f"environment {name!r} is registered as {ep.value} but that does not exist: {e}") from None
+    except Exception as e:   # a plugin's crash at import: one line, not a traceback
+        raise EnvError(f"environment {name!r} is registered but cannot load: {type(e).__name__}: {e} "
+                       f"(it comes from {_dist_name(ep)})") from None
+
+
+def _dist_name(ep: Any) -> str:
+    """The installed package that registers an entry point, for error messages."""
+    dist = getattr(ep, "dist", None)
+    return f"the package {dist.name}" if dist is not None and getattr(dist, "name", None) else \
+        f"the package that registers {ep.value}"
 
 
 def make_env(name: str, **kwargs: Any) -> Env:

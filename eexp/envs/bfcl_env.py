@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import Env, EnvError, package_version
 
 CATEGORIES = {"base": "multi_turn_base", "long_context": "multi_turn_long_context",
               "miss_func": "multi_turn_miss_func", "miss_param": "multi_turn_miss_param"}
@@ -116,23 +116,19 @@ def signature(doc: dict) -> str:
 
 class BfclEnv(Env):
     name = "bfcl"
+    version = package_version("bfcl-eval")
     splits = ("train", "test", "ood")
     can_snapshot = True
     closed_actions = False
     max_steps = 60
     action_format = "a call `f(x=1)` or a list `[f(x=1), g()]` in Python syntax; any other reply ends the turn"
 
+    options = {"max_result_chars": MAX_RESULT_CHARS}
+
     def __init__(self, max_result_chars: int = MAX_RESULT_CHARS, **kwargs: Any):
-        if kwargs:
-            raise EnvError(f"bfcl: unknown options {', '.join(sorted(kwargs))} (known: max_result_chars)")
-        super().__init__(**({"max_result_chars": max_result_chars} if max_result_chars != MAX_RESULT_CHARS else {}))
+        super().__init__(max_result_chars=max_result_chars, **kwargs)   # unknown options: EnvError
         self.max_result_chars = int(max_result_chars)
         _data_dir()
-        try:
-            from importlib.metadata import version
-            self.version = f"bfcl-eval-{version('bfcl-eval')}"
-        except Exception:
-            self.version = "bfcl-eval"
         self._entries: dict[str, tuple[dict, list, str]] = {}
         for category in CATEGORIES:
             entries, answers = _load(category)

@@ -183,6 +183,7 @@ class ShopEnv(Env):
     action_format = "search[QUERY] on the search page | click[LABEL] for a [button] or an item name"
     max_steps = 15
     closed_actions = True
+    options = {}   # none: an --env-arg is an error, not a silent change of every trajectory id
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -393,6 +393,7 @@ class ToolsEnv(Env):
     action_format = "one Python-style tool call with literal arguments, e.g. cd('docs') or mv('a.txt', '../b')"
     max_steps = 20
     closed_actions = False
+    options = {}   # none: an --env-arg is an error, not a silent change of every trajectory id
     admissible_sample = 16
 
     def __init__(self, **kwargs):

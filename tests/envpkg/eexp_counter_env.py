@@ -12,6 +12,7 @@ class CounterEnv(Env):
     splits = ("train", "test", "ood")
     action_format = "inc | dec"
     max_steps = 10
+    options = {}
 
     def tasks(self, split):
         if split not in self.splits:
