@@ -1,0 +1,1 @@
+"""Adapters that hand eexp environments and checkpoints to other engines (SkyRL)."""

@@ -1,0 +1,203 @@
+"""`eexp rl`: the GRPO pieces (advantages, clipped ratio, the score-mode probability), exact resume after a kill,
+the refusal of a 0% start, LoRA with a KL term, generate mode.
+
+The runs start from a tiny model (init-model, tokenizer trained on shop text) given 200 imitation updates: its
+sampled episodes buy things, so `--reward score` differs within groups and there is something to learn. One torch
+thread (see test_finetune.py: two threads of a 0.1M-parameter model mostly wait on each other).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from eexp.cli import cli  # noqa: E402
+from eexp.rl import action_logprobs, clipped_surrogate, group_advantages, step_tasks  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def shop_models(tmp_path_factory):
+    """{"base": a tiny model whose tokenizer saw shop text, "il": it after 200 IL updates}."""
+    d = tmp_path_factory.mktemp("rl-models")
+    invoke("expert", "--env", "shop", "-n", 60, "-q", "-o", d / "expert.jsonl")
+    invoke("init-model", d / "base", "--size", "tiny", "--seed", 0, "--corpus", d / "expert.jsonl")
+    invoke("imitation-data", "--history", 0, "--no-admissible", "-q", d / "expert.jsonl", "-o", d / "il.jsonl")
+    invoke("finetune", d / "il.jsonl", "--model", d / "base", "-o", d / "IL", "--max-steps", 200, "--lr", "3e-3",
+           "--batch-size", 8, "-q")
+    return {"base": d / "base", "il": d / "IL"}
+
+
+def rows(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+TIMING = {"rollout_s", "update_s", "episodes_per_s"}
+
+
+def timeless(out) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows(out)]
+
+
+# --- the pieces ---------------------------------------------------------------------------------------------------
+
+def test_group_advantages_are_relative_to_the_group():
+    assert group_advantages([1, 0, 0, 1], scale=False) == [0.5, -0.5, -0.5, 0.5]
+    scaled = group_advantages([1, 0, 0, 1], scale=True)
+    assert scaled == pytest.approx([1, -1, -1, 1], abs=1e-5)  # std 0.5
+    assert group_advantages([0, 0, 0], scale=True) == [0, 0, 0]  # one reward: no signal
+
+
+def test_clipped_surrogate_bounds_the_ratio_in_the_direction_of_the_advantage():
+    old = torch.log(torch.tensor([0.5, 0.5, 0.5]))
+    new = torch.log(torch.tensor([0.5, 0.9, 0.2]))  # ratios 1, 1.8, 0.4
+    loss, clipped = clipped_surrogate(new, old, 1.0, 0.2)
+    assert loss.tolist() == pytest.approx([-1.0, -1.2, -0.4])  # a gain is capped at 1.2; a loss is not clipped
+    assert clipped.tolist() == [0, 1, 0]
+    loss, clipped = clipped_surrogate(new, old, -1.0, 0.2)
+    assert loss.tolist() == pytest.approx([1.0, 1.8, 0.8])  # negative advantage: the drop is capped at 0.8
+    assert clipped.tolist() == [0, 0, 1]
+
+
+def test_task_order_is_a_pure_function_of_seed_and_step():
+    tasks = [{"id": str(i)} for i in range(5)]
+    first = [t["id"] for s in (1, 2, 3) for t in step_tasks(tasks, 0, s, 2)]
+    assert first == [t["id"] for s in (1, 2, 3) for t in step_tasks(tasks, 0, s, 2)]
+    assert sorted(first[:5]) == ["0", "1", "2", "3", "4"]  # every task once per pass
+    assert first != [t["id"] for s in (1, 2, 3) for t in step_tasks(tasks, 1, s, 2)]
+
+
+def test_score_mode_ratio_is_the_probability_of_the_decision(tiny_checkpoint):
+    """pi(a|s) = softmax(l/T) over the admissible replies: a positive advantage raises the chosen action's
+    probability and lowers its rivals'; the ratio before any update is exactly 1."""
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    messages = [{"role": "user", "content": "Task: buy a red shirt"}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    candidates = []
+    for reply in ("Action: click[red shirt]", "Action: click[blue shirt]", "Action: search[hat]"):
+        full = tok.apply_chat_template(messages + [{"role": "assistant", "content": reply}], tokenize=True,
+                                       return_dict=True)["input_ids"]
+        candidates.append(list(full[len(ids):]))
+    sample = {"mode": "score", "ids": list(ids), "candidates": candidates, "chosen": 0}
+    logp, dist = action_logprobs(model, sample, torch.device("cpu"), tok.pad_token_id or 0, temperature=1.0)
+    assert float(dist.detach().exp().sum()) == pytest.approx(1.0, abs=1e-5)
+    old = logp.detach()
+    loss, _ = clipped_surrogate(logp, old, 1.0, 0.2)
+    assert float(loss) == pytest.approx(-1.0)  # ratio 1
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    loss.sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        _, after = action_logprobs(model, sample, torch.device("cpu"), tok.pad_token_id or 0, temperature=1.0)
+    before = dist.detach().exp()
+    after = after.exp()
+    assert after[0] > before[0]
+    assert after[1:].sum() < before[1:].sum()
+
+
+# --- the command --------------------------------------------------------------------------------------------------
+
+def test_refuses_a_start_that_never_succeeds(shop_models, tmp_path):
+    out = tmp_path / "rl"
+    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["base"]), "--env", "shop", "-o", str(out),
+                                      "-G", "2", "--tasks-per-step", "2", "--episode-steps", "1", "-q"])
+    assert result.exit_code == 1, result.output
+    assert "0 of 4 sampled episodes on shop train succeeded" in result.output
+    assert "IL, IWM or SR checkpoint" in result.output and "--allow-zero-start" in result.output
+    assert not out.exists()  # nothing left behind
+
+
+RUN = ["--env", "shop", "-G", "4", "--tasks-per-step", "2", "--max-steps", "4", "--episode-steps", "6",
+       "--reward", "score", "--allow-zero-start", "--save-every", "1", "--lr", "1e-3", "-q"]
+
+
+@pytest.mark.slow
+def test_resumes_exactly_after_a_kill(shop_models, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    eexp = [sys.executable, "-m", "eexp", "rl", "--model", str(shop_models["il"]), *RUN]
+    whole = tmp_path / "whole"
+    subprocess.run([*eexp, "-o", str(whole)], check=True, env=env, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*eexp, "-o", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-2").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "config.yaml").exists()  # really cut short
+    subprocess.run([*eexp, "-o", str(killed), "--resume"], check=True, env=env, capture_output=True, timeout=600)
+
+    assert timeless(killed) == timeless(whole)
+    assert [r["step"] for r in rows(whole)] == [1, 2, 3, 4]
+    assert (killed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+    # and it learned something: some steps had samples, and the weights moved from the start
+    assert sum(r["samples"] for r in rows(whole)) > 0 and sum(r["updates"] for r in rows(whole)) > 0
+    start = (shop_models["il"] / "model.safetensors").read_bytes()
+    assert (whole / "model.safetensors").read_bytes() != start
+    import yaml
+    made = yaml.safe_load((whole / "config.yaml").read_text())
+    assert made["command"] == "rl" and made["episodes"] == 4 * 2 * 4 and made["probe"]["episodes"] == 8
+    assert made["serializer"]["history"] == 0 and made["serializer"]["show_admissible"] is False  # kept from IL
+
+
+def test_lora_with_a_kl_term_writes_an_adapter_that_eval_loads(shop_models, tmp_path):
+    out = tmp_path / "lora"
+    invoke("rl", "--model", shop_models["il"], "-o", out, "--env", "shop", "-G", 4, "--tasks-per-step", 2,
+           "--max-steps", 2, "--episode-steps", 6, "--reward", "score", "--allow-zero-start", "--lora",
+           "--kl-coef", 0.1, "--lr", "1e-2", "-q")
+    assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
+    assert [r["step"] for r in rows(out)] == [1, 2] and all(r["kl"] >= 0 for r in rows(out))
+    ev = invoke("eval", "--policy", out, "--env", "shop", "--split", "test", "-n", 2, "--act", "score",
+                "--max-steps", 3, "-q")
+    assert len(ev.stdout.strip().splitlines()) == 2
+
+
+def test_generate_mode_trains_on_the_sampled_reply_tokens(shop_models, tmp_path):
+    from eexp.rl import RL, RLConfig
+    run = RL(RLConfig(model=str(shop_models["il"]), output=str(tmp_path / "gen"), env="shop", act="generate",
+                      group_size=2, tasks_per_step=1, max_steps=1, max_tokens=24, episode_steps=2,
+                      allow_zero_start=True, quiet=True))
+    run.setup()
+    episodes = run.rollouts(1)
+    trace = episodes[0][1]
+    assert [s["mode"] for s in trace] == ["generate"] * len(trace) and len(trace) == episodes[0][0]["steps"]
+    sample = {**trace[0], "advantage": 1.0}
+    # the recorded reply is what the policy said: decoding it gives the action the episode took
+    said = run.tokenizer.decode(sample["reply"], skip_special_tokens=True)
+    assert episodes[0][0]["actions"][0].lower() in " ".join(said.lower().split())
+    logp, _ = action_logprobs(run.model, sample, run.device, run.pad_id, 1.0)
+    assert logp.shape == (len(sample["reply"]),) and bool((logp < 0).all())
+    before = float(logp.detach().sum())
+    stats = run._update([sample], 1)
+    assert stats["updates"] == 1
+    with torch.no_grad():
+        after = float(action_logprobs(run.model, sample, run.device, run.pad_id, 1.0)[0].sum())
+    assert after > before
