@@ -163,7 +163,8 @@ class Checker:
                   ("expert() leaves the live episode undisturbed", self.check_undisturbed),
                   ("score range", self.check_score), ("options", self.check_options)]
         needs_tasks = {"deterministic", "expert replays to success", "snapshot/restore equals replay",
-                       "canonicalize round-trips through step()", "expert() leaves the live episode undisturbed"}
+                       "canonicalize round-trips through step()", "expert() leaves the live episode undisturbed",
+                       "score range"}
         for name, check in checks:
             if name in needs_tasks and self.tasks is None:
                 yield Check("skip", name, "no tasks to run (see the tasks check)")

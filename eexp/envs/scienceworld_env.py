@@ -14,7 +14,15 @@ variation's task description, read once from the simulator and cached in `$EEXP_
 Stepping: ScienceWorld's Python `step()` enumerates every valid action-object combination after each action (a few
 steps/s). Here a step is the raw server step plus score and completion (hundreds of steps/s); the valid actions are
 computed only when `admissible()` is asked, and `replay()` steps a known prefix with the raw server step alone.
-The expert is ScienceWorld's gold path (`generateGoldPath`); success is a score of 100.
+The expert is ScienceWorld's gold path (`generateGoldPath`); success is a score of 100. The simulator does not always
+give the same gold path for a task, so the first one computed is cached in `$EEXP_CACHE/scienceworld/` and is the
+expert of that task from then on; computing one reloads the simulator, so an episode in progress is put back (reset
+and replay of its actions) and expert() leaves the live episode as it was.
+
+Not deterministic everywhere: in the electrical task types the simulator completes the same circuit one step sooner
+or later from one episode to the next (power-component-0: at the 8th or the 9th gold action, the 9th being `wait1`),
+in a fresh JVM or not, after a reload or not. The gold path is not cut, so a trailing action is dropped (after done)
+when the episode completes early and still there when it does not. `eexp envs --check scienceworld` reports it.
 
 Valid-action list trimmed for a model to read (ScienceWorld lists 100-1,000+ combinations per state, mostly
 nonsense such as "move cupboard to bowl"):
@@ -24,8 +32,9 @@ nonsense such as "move cupboard to bowl"):
    inventory, which is exactly when "put down X" is valid; "go to door to X" is dropped ("go to X" stays);
 3. connect/disconnect are kept only in the electrical task types (power-component, test-conductivity), and only
    between terminals, wires, batteries and other power parts;
-4. duplicates are dropped, the rest ordered by verb (navigation, manipulation, devices, focus, looking) and cut to
-   `max_admissible` (default 60; the "look at" entries go first).
+4. duplicates are dropped, the rest ordered by verb (navigation, manipulation, devices, focus, looking), then
+   alphabetically (the simulator's own order depends on the JVM's history), and cut to `max_admissible` (default 60;
+   the "look at" entries go first).
 The list is a helpful sample, not every valid action (`closed_actions` is False): any text is a legal action.
 
 Faults: Java process death, an exception in the bridge, or a step past `step_timeout` seconds (a watchdog kills
@@ -41,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from eexp.cache import cache_root
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import Env, EnvError, package_version
 
 OOD_TASKS = ("freeze", "chemistry-mix-paint-tertiary-color", "find-non-living-thing",
              "lifespan-longest-lived-then-shortest-lived", "mendelian-genetics-unknown-plant",
@@ -63,6 +72,7 @@ def _electrical(task_name: str) -> bool:
 
 class ScienceWorldEnv(Env):
     name = "scienceworld"
+    version = package_version("scienceworld")
     splits = ("train", "dev", "test", "ood")
     can_snapshot = False
     closed_actions = False
@@ -72,19 +82,16 @@ class ScienceWorldEnv(Env):
     DEFAULTS = {"variations": 10, "simplifications": "easy", "ood_tasks": ",".join(OOD_TASKS),
                 "max_admissible": 60, "max_obs_chars": MAX_OBS_CHARS, "env_step_limit": 1000, "step_timeout": 0}
 
+    options = DEFAULTS
+
     def __init__(self, **kwargs: Any):
-        unknown = set(kwargs) - set(self.DEFAULTS)
-        if unknown:
-            raise EnvError(f"scienceworld: unknown options {', '.join(sorted(unknown))} "
-                           f"(known: {', '.join(self.DEFAULTS)})")
-        super().__init__(**{k: v for k, v in kwargs.items() if v != self.DEFAULTS[k]})
+        super().__init__(**kwargs)   # an unknown option is an EnvError; those at their defaults are not recorded
         opts = {**self.DEFAULTS, **kwargs}
         try:
             import scienceworld
         except ImportError as e:
             raise EnvError(f"scienceworld is not installed ({e}); pip install 'eexp[all]'") from None
         self._package = scienceworld
-        self.version = f"scienceworld-{scienceworld.__version__}"
         self.variations = int(opts["variations"])
         self.simplifications = str(opts["simplifications"] or "")
         self.ood_tasks = tuple(t.strip() for t in str(opts["ood_tasks"]).split(",") if t.strip())
@@ -101,6 +108,8 @@ class ScienceWorldEnv(Env):
         self._admissible: list[str] | None = None
         self._index: dict | None = None
         self._tasks: dict[str, list[dict]] = {}
+        self._history: list[str] | None = None   # the actions of the episode in progress, to put it back
+        self._gold: dict[str, list[str]] | None = None
 
     # --- the JVM ------------------------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -266,17 +275,22 @@ class ScienceWorldEnv(Env):
         self._ensure_running()
         self._load(name, var)
         self._task, self._score, self._done, self._admissible = task, 0.0, False, None
+        self._history = None
 
         def first(s):
             s.reset()
             return s.step("look around")
-        return self._clean(self._call("reset", first))
+        observation = self._clean(self._call("reset", first))
+        self._history = []
+        return observation
 
     def step(self, action: str) -> tuple[str, float, bool, dict]:
         def one(s):
             observation = s.step(action)
             return observation, float(s.getScore()), bool(s.getCompleted()), int(s.getNumMoves())
         observation, score, completed, moves = self._call(f"step {action!r}", one)
+        if self._history is not None:
+            self._history.append(action)
         reward, self._score, self._admissible = score - self._score, score, None
         self._done = completed or score < 0 or moves > self.env_step_limit
         return self._clean(observation), reward, self._done, {"valid": observation.strip() != INVALID_REPLY,
@@ -295,6 +309,7 @@ class ScienceWorldEnv(Env):
                                                             timeout_steps=len(prefix))
             self._done = completed or self._score < 0 or moves > self.env_step_limit
             observation = self._clean(out)
+            self._history = list(prefix)
         return observation
 
     def _clean(self, text: str) -> str:
@@ -315,10 +330,44 @@ class ScienceWorldEnv(Env):
 
     def expert(self, task: dict) -> list[str]:
         name, var = self._parse(task)
+        key = f"{name}-{var}-{self.simplifications}-{self.env_step_limit}"
+        path = self.cache / "gold.json"
+        if self._gold is None or key not in self._gold:   # another instance may have computed it since
+            self._gold = json.loads(path.read_text()) if path.exists() else {}
+        if key not in self._gold:
+            # The simulator's gold path is not always the same from one load to the next (find-plant-0): the first
+            # one computed is cached and is the task's expert from then on, in every instance.
+            gold = self._gold_path(name, var)
+            on_disk = json.loads(path.read_text()) if path.exists() else {}
+            self._gold = {**on_disk, key: on_disk.get(key, gold)}
+            _write_json(path, self._gold)
+        return list(self._gold[key])
+
+    def _gold_path(self, name: str, var: int) -> list[str]:
+        """The gold path from the simulator; the live episode is put back afterwards."""
         self._ensure_running()
         self._load(name, var, gold=True)
-        gold = self._call("gold path", lambda s: list(s.getGoldActionSequence()))
-        return [str(a) for a in gold]
+        try:
+            gold = [str(a) for a in self._call("gold path", lambda s: list(s.getGoldActionSequence()))]
+        finally:
+            self._loaded = None
+        self._put_back()
+        return gold
+
+    def _put_back(self) -> None:
+        """Reload the episode in progress and replay its actions (the simulator was loaded for a gold path)."""
+        if self._task is None or self._history is None or self._sw is None:
+            return
+        name, var = self._parse(self._task)
+        self._load(name, var)
+        history = list(self._history)
+
+        def run(s):
+            s.reset()
+            s.step("look around")
+            for action in history:
+                s.step(action)
+        self._call(f"putting back the episode ({len(history)} actions)", run, timeout_steps=len(history) + 1)
 
     def success(self) -> bool:
         return round(self._score * 100) >= 100
@@ -356,7 +405,7 @@ def trim_actions(valid: list[dict], referents: dict, task_name: str, limit: int)
         if action.startswith("look at "):
             rank = len(VERB_ORDER) + 1
         kept.setdefault(action, rank)
-    ordered = sorted(kept, key=lambda a: kept[a])   # stable: the simulator's order within a verb
+    ordered = sorted(kept, key=lambda a: (kept[a], a))   # not the simulator's order: it depends on the JVM's history
     return ordered[:limit] if limit else ordered
 
 
