@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -346,3 +347,66 @@ def test_no_tasks_skips_what_needs_them():
         *[f"skip {name}: no tasks to run (see the tasks check)" for name in CHECKS[4:10]],
         "ok   options: declared: start; defaults are dropped from the record, an unknown option is an EnvError",
     ]
+
+
+def test_a_hanging_call_fails_its_check_and_the_others_go_on():
+    class Hanging(Counter):
+        def step(self, action):
+            if self.value == 1:
+                time.sleep(5)
+            return super().step(action)
+
+    started = time.perf_counter()
+    results = {r.name: r for r in check_env(Hanging, timeout=0.2, pick=lambda env, split: env.tasks(split)[2:3])}
+    assert time.perf_counter() - started < 30
+    assert results["deterministic"].line() == ("FAIL deterministic: task train-2 step 1 ('inc'): environment timed out "
+                                               "after 0.2 s (step('inc'))")
+    assert results["options"].status == "ok" and results["construction is lazy"].status == "ok"
+
+
+class HangingOnce(Counter):
+    """Its first instance hangs in step(); the instances made after it do not. Records close() calls."""
+    made: list = []
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.closed = 0
+        HangingOnce.made.append(self)
+
+    def step(self, action):
+        if self is HangingOnce.made[0]:
+            time.sleep(5)
+        return super().step(action)
+
+    def close(self):
+        self.closed += 1
+
+
+def test_expert_closes_an_instance_that_timed_out_and_goes_on_with_a_fresh_one(runner, monkeypatch):
+    monkeypatch.setattr(base, "registry", lambda: {
+        "hanging-t": EntryPoint(name="hanging-t", value=f"{__name__}:HangingOnce", group="eexp.envs")})
+    HangingOnce.made = []
+    result = runner.invoke(cli, ["expert", "--env", "hanging-t", "-n", "3", "--step-timeout", "0.2", "-q"])
+    assert result.exit_code == 0, result.output
+    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [("error" in r, r["success"]) for r in records] == [(True, False), (False, True), (False, True)]
+    assert records[0]["error"] == "environment timed out after 0.2 s (step 0 'inc')"
+    assert [e.closed for e in HangingOnce.made] == [1, 1]   # the hung one closed at once, the fresh one at the end
+
+
+def test_listing_reads_the_version_the_records_carry(runner):
+    result = runner.invoke(cli, ["envs", "--json"])
+    rows = {r["name"]: r for r in map(orjson.loads, result.stdout.splitlines())}
+    for name in ("shop", "tools", "bfcl", "scienceworld"):
+        assert rows[name]["version"] == make_env(name).env_record()["version"] != "0"
+
+
+def test_options_at_their_default_recorded_fails():
+    class KeepsDefaults(Counter):
+        def __init__(self, start: int = 0, **kwargs):
+            super().__init__(start=start, **kwargs)
+            self.kwargs = {"start": start, **self.kwargs}   # records the default too
+
+    failed = {r.name: r.detail for r in check_env(KeepsDefaults) if r.status == "FAIL"}
+    assert failed == {"options": "options at their defaults are recorded: {'start': 0} (they would change every "
+                                 "trajectory id; Env.__init__ drops them)"}

@@ -496,9 +496,14 @@ class Checker:
             explicit = Guarded(guarded(lambda: self.factory_with({**declared, **env.env.kwargs}), "constructing",
                                        self.timeout), self.timeout, lambda: self.where)
             self.envs.append(explicit)
-            if explicit.env.env_record()["kwargs"] != base:
-                raise Failed(f"options given at their defaults are recorded: {short(explicit.env.env_record()['kwargs'])}"
-                             f" instead of {short(base)} (they would change every trajectory id)")
+            at_default = {k: v for k, v in base.items() if k in declared and v == declared[k]}
+            if at_default:
+                raise Failed(f"options at their defaults are recorded: {short(at_default)} (they would change every "
+                             "trajectory id; Env.__init__ drops them)")
+            recorded = explicit.env.env_record()["kwargs"]
+            if recorded != base:
+                raise Failed(f"options given at their defaults are recorded: {short(recorded)} instead of "
+                             f"{short(base)} (they would change every trajectory id)")
         self.where = "constructing with an unknown option"
         try:
             extra = self.factory_with({"eexp_check_no_such_option": 1, **env.env.kwargs})
