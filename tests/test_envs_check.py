@@ -171,13 +171,23 @@ def test_expert_that_disturbs_the_live_episode():
                       "with): 0.0 vs 1.0"}
 
 
-def test_score_out_of_range_and_done_too_early():
+def test_score_out_of_range():
     class Overscoring(Counter):
         def score(self):
             return 1.5 if self.success() else 0.0
 
     failed = {r.name: r.detail for r in check_env(Overscoring) if r.status == "FAIL"}
     assert failed == {"score range": "task train-0 after step 0 ('inc'): score() is 1.5, outside [0, 1]"}
+
+
+def test_expert_actions_after_done():
+    class GoesOn(Counter):
+        def expert(self, task):   # a gold path that runs past the end of the episode
+            return super().expert(task) + ["dec"]
+
+    failed = {r.name: r.detail for r in check_env(GoesOn) if r.status == "FAIL"}
+    assert failed == {"expert replays to success": "task train-0: done after step 0 of 2; expert() must end where the "
+                                                   "episode ends (eexp drops the actions after done)"}
 
 
 def test_heavy_construction_and_unsafe_close_are_reported():
@@ -258,6 +268,11 @@ def test_json_output_and_usage_errors(runner):
     assert result.exit_code == 2 and "Error: -n/--tasks, --seed: only with --check" in result.output
     result = runner.invoke(cli, ["envs", "--check", "shop", "--env-arg", "size=3"])
     assert result.exit_code == 1 and result.output == "Error: shop: unknown options size (known: none)\n"
+    result = runner.invoke(cli, ["envs", "--check", "shop", "--split", "dev"])
+    assert result.exit_code == 1 and result.output == "Error: shop has no split 'dev' (splits: train, test, ood)\n"
+    result = runner.invoke(cli, ["envs", "--check", "shop", "--task", "train-9"])
+    assert result.exit_code == 1 and result.output == ("Error: shop has no task 'train-9' in split 'train' (ids are "
+                                                       "train-00000 to train-04999)\n")
     result = runner.invoke(cli, ["envs", "--check", "nosuch"])
     assert result.exit_code == 1 and result.output.startswith("Error: unknown environment 'nosuch' (known: ")
 

@@ -633,10 +633,16 @@ def check_installed(name: str, env_args: dict | None = None, split: str | None =
     from eexp.stages.expert import pick_tasks
     cls = env_class(name)
     env_args = dict(env_args or {})
+    if split is not None and split not in cls.splits:
+        raise EnvError(f"{name} has no split {split!r} (splits: {', '.join(cls.splits)})")
     first = guarded(lambda: cls(**env_args), "constructing the environment", timeout)
     try:
-        guarded(first.close, "close()", timeout)
-    except EnvError:
-        pass
+        for task_id in task_ids:   # a mistyped id is the user's error, not a failed check
+            guarded(lambda: first.task(split or cls.splits[0], task_id), f"task({task_id!r})", timeout)
+    finally:
+        try:
+            guarded(first.close, "close()", timeout)
+        except EnvError:
+            pass
     yield from check_env(lambda **extra: cls(**{**env_args, **extra}), split,
                          lambda env, split: pick_tasks(env, split, n, seed, list(task_ids)), timeout)
