@@ -49,10 +49,15 @@ and the gradient is (grad l(a) - sum_a' pi(a') grad l(a')) / T: the chosen reply
 to how likely they were. The cost is a forward pass over every admissible reply at each trained step (the prompt's
 KV computed once and shared, as eval's scoring does), and the KL term is exact: KL(pi_new || pi_ref) over the set.
 
+`--act think` (a model that reasons before it acts, as eval's think mode): the sampled thought tokens (those before
+the reply's `Action:` line, or all of them when it never got there) are trained per token as in generate; then, in a
+closed action space, the decision over the admissible replies after prompt + thought, as in score (its context is
+the template's own tokenization of the thought, as the policy chose it); in an open one, every sampled token of the
+reply and of the action generated after it. Every unit (thought token, decision) has its own ratio and enters the
+token-level mean.
+
 `--act constrained` is not offered: the exact probability of a trie-constrained sample needs each token's
-renormalization over the allowed tokens; use score for closed action spaces. `--act think` (free thought, then an
-action) is not offered either: it is being added to eval separately and was not in eexp/policies/chat.py when this
-was written.
+renormalization over the allowed tokens; use score for closed action spaces.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ from eexp import __version__
 from eexp.training import Finetune, FinetuneConfig, TrainingError, UsageProblem, from_scratch
 
 REWARDS = ("success", "score", "success+score")
-RL_ACT_MODES = ("score", "generate")
+RL_ACT_MODES = ("score", "generate", "think")
 # Options that may differ between a run and its --resume without changing the result.
 RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "keep_checkpoints"}
 ZERO_START_ADVICE = ("RL learns only from groups whose episodes differ, and with no success every group is all "
@@ -163,7 +168,7 @@ def live_policy_class():
             self._serializer = read_checkpoint_serializer(start)
             self._cache_key, self._cache = None, None
             self.trace: list[dict] = []
-            self._last: dict | None = None
+            self._calls: list[dict] = []
 
         def serializer_settings(self):
             return self._serializer
@@ -173,7 +178,7 @@ def live_policy_class():
             self._cache_key, self._cache, self._score_cache = None, None, None
 
         def scores_for(self, ids, candidates):
-            self._last = {"mode": "score", "ids": list(ids), "candidates": [list(c) for c in candidates]}
+            self._calls.append({"mode": "score", "ids": list(ids), "candidates": [list(c) for c in candidates]})
             return super().scores_for(ids, candidates)
 
         def _run_generate(self, ids, *, seed, temperature, top_p, max_tokens, allowed=None):
@@ -192,20 +197,46 @@ def live_policy_class():
                                           attention_mask=self._tensor([[1] * len(ids)]), **kwargs)
             new = out[0, len(ids):].tolist()
             finish = "stop" if new and self.is_stop(new[-1]) else "length"
-            self._last = {"mode": "generate", "ids": list(ids), "reply": new}
+            self._calls.append({"mode": "generate", "ids": list(ids), "reply": new})
             return self.tokenizer.decode(new, skip_special_tokens=True), finish
 
         def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None):
-            self._last = None
+            """One action (RL asks for one seed at a time), and a trace record of the tokens it produced."""
+            self._calls = []
+            mode = self.mode_for(admissible, context)
             replies = super().sample(messages, admissible=admissible, seeds=seeds, temperature=temperature,
                                      context=context)
-            record = self._last
-            if record is not None and record["mode"] == "score":
-                reply = replies[0]
-                record["chosen"] = admissible.index(reply.action)
-            if record is not None:
-                self.trace.append(record)
+            calls, reply = self._calls, replies[0]
+            if mode == "think":
+                first = calls[0]
+                if calls[-1]["mode"] == "score":
+                    # closed: the thought is the sampled tokens before the reply's `Action:` line (all of them when
+                    # it never got there); the decision is then taken over the admissible replies after it
+                    parts = [{**first, "reply": self._before_action(first["reply"])},
+                             {**calls[-1], "chosen": admissible.index(reply.action)}]
+                else:  # open: every sampled token (thought and action line), and the action generated after it
+                    parts = calls
+                record = {"mode": "think", "parts": [p for p in parts if p["mode"] == "score" or p["reply"]]}
+            elif calls:
+                record = calls[-1]
+                if mode == "score":
+                    record["chosen"] = admissible.index(reply.action)
+            else:
+                return replies
+            self.trace.append(record)
             return replies
+
+        def _before_action(self, reply: list[int]) -> list[int]:
+            """The longest prefix of the sampled tokens whose text ends before the first `Action:` line."""
+            from eexp.policies.chat import ACTION_LINE
+            found = ACTION_LINE.search(self.tokenizer.decode(reply, skip_special_tokens=True))
+            if not found:
+                return reply
+            j = 0
+            while j < len(reply) and len(self.tokenizer.decode(reply[:j + 1], skip_special_tokens=True)) \
+                    <= found.start():
+                j += 1
+            return reply[:j]
 
     return LivePolicy
 
@@ -242,17 +273,29 @@ def reply_logprobs(model, ids: list[int], reply: list[int], device, temperature:
     return logp.gather(1, torch.tensor(reply, device=device)[:, None])[:, 0]
 
 
-def action_logprobs(model, sample: dict, device, pad_id: int, temperature: float):
-    """(log-probabilities of what was produced, the full distribution or None).
+def sample_parts(sample: dict) -> list[dict]:
+    """What one step produced, as parts the loss scores: a score decision, generated tokens, or for think the
+    thought's tokens and then the decision (or the generated action)."""
+    return sample["parts"] if sample["mode"] == "think" else [sample]
 
-    score: one value, log pi(a|s) with pi = softmax(l / T) over the admissible replies, and that distribution's
-    log-probabilities (for the exact KL); generate: one value per reply token, and None."""
+
+def action_logprobs(model, sample: dict, device, pad_id: int, temperature: float):
+    """(log-probabilities of every unit the step produced, [(its part's log-probabilities, its distribution or
+    None)]).
+
+    A score part is one unit, log pi(a|s) with pi = softmax(l / T) over the admissible replies, and carries that
+    distribution's log-probabilities (for the exact KL); a generated part is one unit per reply token."""
     import torch
-    if sample["mode"] == "score":
-        logits = candidate_logliks(model, sample["ids"], sample["candidates"], device, pad_id) / max(temperature, 1e-6)
-        logpi = torch.log_softmax(logits, dim=-1)
-        return logpi[sample["chosen"]].reshape(1), logpi
-    return reply_logprobs(model, sample["ids"], sample["reply"], device, temperature), None
+    out = []
+    for part in sample_parts(sample):
+        if part["mode"] == "score":
+            logits = candidate_logliks(model, part["ids"], part["candidates"], device, pad_id) / max(temperature,
+                                                                                                   1e-6)
+            logpi = torch.log_softmax(logits, dim=-1)
+            out.append((logpi[part["chosen"]].reshape(1), logpi))
+        else:
+            out.append((reply_logprobs(model, part["ids"], part["reply"], device, temperature), None))
+    return torch.cat([logp for logp, _ in out]), out
 
 
 def clipped_surrogate(logp_new, logp_old, advantage: float, clip: float):
@@ -440,7 +483,8 @@ class RL(Finetune):
             for (episode, trace), adv in zip(episodes[g:g + rl.group_size], advantages):
                 if abs(adv) > 1e-8:
                     samples += [{**s, "advantage": adv} for s in trace
-                                if s["mode"] == "generate" and s["reply"] or s["mode"] == "score"]
+                            if s["mode"] == "score" or (s["mode"] == "generate" and s["reply"])
+                            or (s["mode"] == "think" and s["parts"])]
         t1 = time.perf_counter()
         stats = self._update(samples, step)
         update_s = time.perf_counter() - t1
@@ -485,7 +529,8 @@ class RL(Finetune):
             for s in samples:
                 s["old"] = self._logprobs(self.model, s)[0].detach()
                 if rl.kl_coef > 0:
-                    s["ref"] = [x.detach() if x is not None else None for x in self._reference_logprobs(s)]
+                    s["ref"] = [(logp.detach(), dist.detach() if dist is not None else None)
+                                for logp, dist in self._reference_logprobs(s)[1]]
         updates = 0
         for epoch in range(rl.ppo_epochs):
             order = list(range(len(samples)))
@@ -512,19 +557,20 @@ class RL(Finetune):
         rl = self.rl
         units = sum(len(s["old"]) for s in chunk)
         for s in chunk:
-            logp, dist = self._logprobs(self.model, s)
+            logp, parts = self._logprobs(self.model, s)
             loss, clipped = clipped_surrogate(logp, s["old"], s["advantage"], rl.clip)
             total = loss.sum()
             kl_value = 0.0
             if rl.kl_coef > 0:
-                ref_logp, ref_dist = s["ref"]
-                if dist is not None:  # exact KL over the admissible set
-                    kl = (dist.exp() * (dist - ref_dist)).sum().reshape(1)
-                else:  # k3 per token
-                    d = ref_logp - logp
-                    kl = torch.exp(d) - d - 1
-                total = total + rl.kl_coef * kl.sum()
-                kl_value = float(kl.detach().sum())
+                kl = 0.0
+                for (part_logp, dist), (ref_logp, ref_dist) in zip(parts, s["ref"]):
+                    if dist is not None:  # exact KL over the admissible set
+                        kl = kl + (dist.exp() * (dist - ref_dist)).sum()
+                    else:  # k3 per token
+                        d = ref_logp - part_logp
+                        kl = kl + (torch.exp(d) - d - 1).sum()
+                total = total + rl.kl_coef * kl
+                kl_value = float(kl.detach())
             (total / units).backward()
             totals["loss"] += float(loss.detach().sum())
             totals["kl"] += kl_value

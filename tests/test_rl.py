@@ -104,7 +104,8 @@ def test_score_mode_ratio_is_the_probability_of_the_decision(tiny_checkpoint):
                                        return_dict=True)["input_ids"]
         candidates.append(list(full[len(ids):]))
     sample = {"mode": "score", "ids": list(ids), "candidates": candidates, "chosen": 0}
-    logp, dist = action_logprobs(model, sample, torch.device("cpu"), tok.pad_token_id or 0, temperature=1.0)
+    logp, parts = action_logprobs(model, sample, torch.device("cpu"), tok.pad_token_id or 0, temperature=1.0)
+    dist = parts[0][1]
     assert float(dist.detach().exp().sum()) == pytest.approx(1.0, abs=1e-5)
     old = logp.detach()
     loss, _ = clipped_surrogate(logp, old, 1.0, 0.2)
@@ -113,7 +114,8 @@ def test_score_mode_ratio_is_the_probability_of_the_decision(tiny_checkpoint):
     loss.sum().backward()
     optimizer.step()
     with torch.no_grad():
-        _, after = action_logprobs(model, sample, torch.device("cpu"), tok.pad_token_id or 0, temperature=1.0)
+        _, parts = action_logprobs(model, sample, torch.device("cpu"), tok.pad_token_id or 0, temperature=1.0)
+    after = parts[0][1]
     before = dist.detach().exp()
     after = after.exp()
     assert after[0] > before[0]
@@ -201,3 +203,69 @@ def test_generate_mode_trains_on_the_sampled_reply_tokens(shop_models, tmp_path)
     with torch.no_grad():
         after = float(action_logprobs(run.model, sample, run.device, run.pad_id, 1.0)[0].sum())
     assert after > before
+
+
+# --- the recipe (paper Fig. 3 at CPU scale) ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_rl_recipe_at_a_tiny_size(tmp_path):
+    """`make -C recipes rl` end to end, reduced: the demo's checkpoints, RL from each with three seeds, the evals
+    before and after, the pooled comparison and its plot."""
+    import shutil
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    recipes = Path(__file__).parent.parent / "recipes"
+    out = tmp_path / "shop"
+    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=4", "JOBS=1", "SPLITS=test", "RL_STEPS=2",
+             "RL_G=2", "RL_TASKS=1", "RL_ARGS=--episode-steps 4 --allow-zero-start"]
+    proc = subprocess.run(["make", "-C", str(recipes), "-j2", "rl-compare", "CONFIG=configs/rl.mk", f"OUT={out}",
+                           f"EEXP={sys.executable} -m eexp", *small], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for method in ("IL", "IWM", "SR"):
+        for seed in (0, 1, 2):
+            run = out / "rl" / f"{method}-s{seed}"
+            assert [r["step"] for r in rows(run)] == [1, 2]
+            import yaml
+            made = yaml.safe_load((run / "config.yaml").read_text())
+            assert made["start"] == str(out / method) and made["seed"] == seed and made["episodes"] == 4
+    compare = json.loads((out / "rl" / "compare.json").read_text())
+    text = json.dumps(compare)
+    for name in ("IL", "IWM", "SR", "IL+RL", "IWM+RL", "SR+RL"):
+        assert f'"{name}"' in text
+    assert (out / "rl" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_think_mode_trains_the_thought_and_the_decision_after_it(shop_models, tmp_path):
+    """--act think on a closed action space: the sampled thought's tokens, then the choice among the admissible
+    replies after it; one update with a positive advantage makes both more likely."""
+    from eexp.rl import RL, RLConfig
+    # the untrained base never writes `Action:`, so its whole reply is the thought (cut), then the action is chosen
+    run = RL(RLConfig(model=str(shop_models["base"]), output=str(tmp_path / "think"), env="shop", act="think",
+                      group_size=2, tasks_per_step=1, max_steps=1, max_tokens=6, episode_steps=2,
+                      allow_zero_start=True, lr=1e-2, quiet=True))
+    run.setup()
+    episode, trace = run.rollouts(1)[0]
+    assert len(trace) == episode["steps"] and all(r["mode"] == "think" for r in trace)
+    thought, decision = trace[0]["parts"]
+    assert thought["mode"] == "generate" and 0 < len(thought["reply"]) <= 6
+    assert decision["mode"] == "score"
+    admissible = make_env_admissible(episode)
+    assert admissible[decision["chosen"]] == episode["actions"][0]
+    # the decision is taken after the thought: its context is the prompt, then the thought
+    assert decision["ids"][:len(thought["ids"])] == thought["ids"] and len(decision["ids"]) > len(thought["ids"])
+    sample = {**trace[0], "advantage": 1.0}
+    logp, parts = action_logprobs(run.model, sample, run.device, run.pad_id, 1.0)
+    assert len(logp) == len(thought["reply"]) + 1 and parts[1][1] is not None
+    before = [float(x) for x in logp.detach()]
+    assert run._update([sample], 1)["updates"] == 1
+    with torch.no_grad():
+        after = [float(x) for x in action_logprobs(run.model, sample, run.device, run.pad_id, 1.0)[0]]
+    assert sum(after) > sum(before) and sum(after[:-1]) > sum(before[:-1])  # the whole step, and the thought
+
+
+def make_env_admissible(episode) -> list[str]:
+    from eexp.envs.base import make_env
+    env = make_env("shop")
+    env.reset(episode["task"])
+    return env.admissible()

@@ -26,9 +26,10 @@ from eexp.cli.options import UserError, config_option, errors_as_click, parse_en
               help="Tasks (groups) per RL step.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=50, show_default=True,
               help="RL steps: each is one rollout batch (tasks-per-step x group-size episodes) and its updates.")
-@click.option("--act", type=click.Choice(["score", "generate"]), default=None,
+@click.option("--act", type=click.Choice(["score", "generate", "think"]), default=None,
               help="How an action is chosen: a draw from softmax(log-likelihood / T) over the admissible actions, "
-              "or free generation. Default: score where the environment's action set is closed, else generate.")
+              "free generation, or a generated thought and then the action after it (as eval --act think). "
+              "Default: score where the environment's action set is closed, else generate.")
 @click.option("--temperature", type=float, default=1.0, show_default=True,
               help="Sampling temperature of the episodes (above 0).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True,
