@@ -89,6 +89,7 @@ class FinetuneConfig:
     log_every: int | None = None       # None: every step for runs under 1,000 steps, else every 10
     warmup_data: list[str] = field(default_factory=list)
     warmup_epochs: int = 1
+    warmup_steps: int | None = None    # None: warmup_epochs epochs of --warmup-data
     warmup_lr: float | None = None     # None: --lr
     precision: str = "auto"            # auto: bf16 on a GPU that supports it, fp32 otherwise
     gradient_checkpointing: bool = False
@@ -690,11 +691,13 @@ class Finetune:
         self.phases: list[tuple[str, int]] = []
         budget = cfg.max_steps
         if "warmup" in self.data:
-            n = cfg.warmup_epochs * updates_per_epoch(len(self.data["warmup"].examples), cfg.batch_size,
-                                                      cfg.grad_accum, self.world)
+            n = cfg.warmup_steps or cfg.warmup_epochs * updates_per_epoch(
+                len(self.data["warmup"].examples), cfg.batch_size, cfg.grad_accum, self.world)
             if budget is not None and n >= budget:
+                what = (f"--warmup-steps {n}" if cfg.warmup_steps else
+                        f"{n} updates for {cfg.warmup_epochs} epoch(s) of --warmup-data")
                 raise UsageProblem(f"--max-steps {budget} leaves no updates for the training data after the "
-                                   f"warm-up ({n} updates for {cfg.warmup_epochs} epoch(s) of --warmup-data)")
+                                   f"warm-up ({what}); give a larger --max-steps or a smaller --warmup-steps")
             self.phases.append(("warmup", n))
         per_epoch = updates_per_epoch(len(self.data["train"].examples), cfg.batch_size, cfg.grad_accum, self.world)
         used = sum(n for _, n in self.phases)

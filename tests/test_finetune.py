@@ -226,11 +226,30 @@ def test_iwm_schedule_counts_both_phases_in_max_steps(tiny_checkpoint, data, tmp
     assert lrs[0] == lrs[n_warm] == 1e-3 and lrs[n_warm - 1] < 1e-3
 
 
+def test_warmup_steps_fix_the_warmup_whatever_the_data_size(tiny_checkpoint, data, tmp_path):
+    """--warmup-steps N: N world-model updates (the data cycled past its end), then the training data."""
+    n_per_epoch = -(-len(list(read_records([data["iwm"]]))) // 3)
+    warm = n_per_epoch + 1  # more than one epoch of world-model data: it cycles
+    out = tmp_path / "iwm"
+    finetune(cfg(tiny_checkpoint, data, out, warmup_data=[str(data["iwm"])], warmup_steps=warm, max_steps=warm + 2,
+                 batch_size=3))
+    assert [p for _, p, _ in losses(out)] == ["warmup"] * warm + ["train"] * 2
+    conf = yaml.safe_load((out / "config.yaml").read_text())
+    assert conf["warmup_steps"] == warm
+    assert [(p["name"], p["updates"]) for p in conf["phases"]] == [("warmup", warm), ("train", 2)]
+
+
 def test_budget_must_leave_updates_after_the_warmup(tiny_checkpoint, data, tmp_path, runner):
     result = runner.invoke(cli, ["finetune", str(data["il"]), "--model", str(tiny_checkpoint), "-o",
                                  str(tmp_path / "o"), "--warmup-data", str(data["iwm"]), "--max-steps", "1", "-q"])
     assert result.exit_code == 2
     assert "leaves no updates for the training data" in result.output
+    result = runner.invoke(cli, ["finetune", str(data["il"]), "--model", str(tiny_checkpoint), "-o",
+                                 str(tmp_path / "o"), "--warmup-data", str(data["iwm"]), "--warmup-steps", "4",
+                                 "--max-steps", "4", "-q"])
+    assert result.exit_code == 2
+    assert ("--max-steps 4 leaves no updates for the training data after the warm-up (--warmup-steps 4); give a "
+            "larger --max-steps or a smaller --warmup-steps") in " ".join(result.output.split())
 
 
 class Killed(Exception):

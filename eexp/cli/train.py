@@ -63,6 +63,9 @@ def _targets(ctx, param, value):
 @click.option("--warmup-data", multiple=True, metavar="FILE", help="World-model examples trained on first (the "
               "IWM schedule); then the training files continue the same weights with a fresh optimizer.")
 @click.option("--warmup-epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=1), default=None,
+              help="Updates of world modeling before the training data, instead of --warmup-epochs epochs (the "
+              "data is cycled or cut to fit); counted in --max-steps.")
 @click.option("--warmup-lr", type=float, help="Learning rate of the warm-up phase (default: --lr).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="auto: bf16 autocast on a GPU that supports it, fp32 on CPU.")
