@@ -89,10 +89,11 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
         if not rows:
             click.echo("no environments installed")
             return
-        click.echo(f"{'name':<14} {'version':<10} {'snapshot':<9} splits")
+        width = max([len("version")] + [len(str(row.get("version", ""))) for row in rows if row["available"]])
+        click.echo(f"{'name':<14} {'version':<{width}} {'snapshot':<9} splits")
         for row in rows:
             if row["available"]:
-                click.echo(f"{row['name']:<14} {row['version']:<10} {'yes' if row['can_snapshot'] else 'no':<9} "
+                click.echo(f"{row['name']:<14} {row['version']:<{width}} {'yes' if row['can_snapshot'] else 'no':<9} "
                            f"{', '.join(row['splits'])}")
             else:
                 click.echo(f"{row['name']:<14} unavailable: {row['reason']}")
