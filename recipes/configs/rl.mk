@@ -1,0 +1,14 @@
+# RL from early-experience checkpoints on CPU (`make -C recipes rl`): the demo's IL, IWM and SR checkpoints (its
+# settings, its OUT: made first if missing), then GRPO from each with one budget and three seeds, evaluated after.
+include configs/demo.mk
+# 40 RL steps x 4 tasks x 8 episodes = 1,280 sampled episodes per run, 9 runs; one on-policy update per step
+RL_STEPS  = 40
+RL_G      = 8
+RL_TASKS  = 4
+RL_SEEDS  = 0 1 2
+# the tiny from-scratch model needs a high rate (the supervised runs used 3e-3)
+RL_LR     = 1e-4
+# WebShop's graded reward (attributes, options, price matched): at this size sampled episodes rarely succeed
+# outright, and a success-only reward would leave most groups without signal
+RL_REWARD = score
+RL_ARGS   = --episode-steps 10
