@@ -85,8 +85,9 @@ RL_ACT_MODES = ("score", "generate", "think")
 RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "keep_checkpoints"}
 ZERO_START_ADVICE = ("RL learns only from groups whose episodes differ, and with no success every group is all "
                      "failures (verl-agent issue #41: RL cannot start from 0% success). Start from an IL, IWM or SR "
-                     "checkpoint (`eexp finetune`), or pass --allow-zero-start to try anyway (with --reward score "
-                     "partial scores can still differ)")
+                     "checkpoint that succeeds some of the time when sampled (`eexp finetune`, more updates if it "
+                     "does not; `eexp eval --temperature 1` shows it), or pass --allow-zero-start to try anyway "
+                     "(with --reward score partial scores can still differ)")
 
 
 @dataclass
@@ -527,7 +528,8 @@ class RL(Finetune):
             return {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "updates": 0}
         with torch.no_grad():
             for s in samples:
-                s["old"] = self._logprobs(self.model, s)[0].detach()
+                if self.updates_per_step > 1:  # one on-policy update: the old log-probs are the first pass's own
+                    s["old"] = self._logprobs(self.model, s)[0].detach()
                 if rl.kl_coef > 0:
                     s["ref"] = [(logp.detach(), dist.detach() if dist is not None else None)
                                 for logp, dist in self._reference_logprobs(s)[1]]
@@ -555,10 +557,13 @@ class RL(Finetune):
         """One optimizer update: the clipped surrogate (+ KL) averaged over every unit (action or token)."""
         import torch
         rl = self.rl
-        units = sum(len(s["old"]) for s in chunk)
+        units = None
         for s in chunk:
             logp, parts = self._logprobs(self.model, s)
-            loss, clipped = clipped_surrogate(logp, s["old"], s["advantage"], rl.clip)
+            if units is None:
+                units = sum(len(x["old"]) for x in chunk) if "old" in s else sum(
+                    sum(len(p["reply"]) if p["mode"] != "score" else 1 for p in sample_parts(x)) for x in chunk)
+            loss, clipped = clipped_surrogate(logp, s["old"] if "old" in s else logp.detach(), s["advantage"], rl.clip)
             total = loss.sum()
             kl_value = 0.0
             if rl.kl_coef > 0:
