@@ -67,6 +67,7 @@ import hashlib
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -550,7 +551,7 @@ class RL(Finetune):
 
     def _schedule(self) -> None:
         with warnings.catch_warnings():  # a step without an update still advances the schedule: no warning
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             self.scheduler.step()
 
     def _minibatch(self, chunk: list[dict], totals: dict) -> None:
