@@ -1,15 +1,32 @@
 """`textworld`: games made by TextWorld's own generator (`tw-make` challenges), the engine ALFWorld is built on.
 
 Games are generated on first use into the cache (`$EEXP_CACHE/textworld/<textworld version>/`, default
-`~/.cache/eexp`): one generator subprocess per batch, with PYTHONHASHSEED fixed, because TextWorld's generator is only
-byte-stable across processes when string hashing is. A game is named by its family and seed, so a task id
-(`cooking-easy-00003`) means the same game on every machine with the same TextWorld version.
+`~/.cache/eexp`), by generator subprocesses (one per CPU, up to 4) with PYTHONHASHSEED fixed, because TextWorld's
+generator is only byte-stable across processes when string hashing is (a game does not depend on which others the
+same process makes). A game is named by its task id (family and nominal seed), so a task id (`cooking-easy-00003`)
+means the same game, byte for byte, on every machine with the same TextWorld version.
 
-Families (challenge and settings) and splits, by game seed range:
+Families (challenge and settings) and splits, by nominal seed range:
 
 - train: treasure-easy, treasure-medium, cooking-easy, cooking-medium; seeds 0 .. games-1 (`games`, default 25)
 - test:  the same families, seeds 10000 .. 10000+eval_games-1 (`eval_games`, default 10)
 - ood:   treasure-hard, cooking-hard and coin (families and difficulties never seen in train), seeds 20000 ..
+
+Game seed rule. Some seeds make no game: TextWorld raises QuestGenerationError ("Current map configuration doesn't
+permit quest of length: 5") for treasure-easy seeds 8 and 9 (train), on every machine, since the generator is
+deterministic. Task `<family>-<NNNNN>` (nominal seed N) is the game made with the family's settings for N (its level)
+and the first game seed of N, N+100000, N+200000, ... (GAME_SEED_TRIES at most) that makes one. Fallback seeds are
+>= 100000, so they never collide with a nominal seed of any split (nor make a copy of another task's game), and the
+rule is the same everywhere, so every split keeps its declared size and the same tasks on every machine. The seed
+used is the task's `game_seed` (and is in `<task id>.game.json` beside the game in the cache, written last: a game
+is complete when it is there); when no seed within the bound works, the error names the family and the seeds tried.
+Only QuestGenerationError moves to the next seed; any other failure (a compiler that cannot run, ...) is an error
+for that game, reported once the rest of the batch is made and cached.
+
+Byte stability: Inform 7 writes the compile date into the story file as its serial number (`Serial "YYMMDD";` in
+the generated Inform 6, header bytes 0x12-0x17), the one thing that differed between two machines (or two days).
+Those six bytes are set to SERIAL after compiling; they lie outside the header checksum (bytes 0x40 to the end) and
+the games never print them.
 
 Tasks are interleaved across families, so any prefix of a split mixes them. The goal is the game's own objective.
 Admissible commands come from TextWorld (closed set), the expert is the game's walkthrough (`policy_commands`),
@@ -26,14 +43,16 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from eexp.cache import cache_root
 from eexp.envs.base import Env, EnvError
 
-# family -> (tw-make challenge, settings as a function of the game seed)
+# family -> (tw-make challenge, settings as a function of the nominal seed: the task's, whatever game seed made it)
 FAMILIES: dict[str, tuple[str, Any]] = {
     "treasure-easy": ("tw-treasure_hunter", lambda s: {"level": 1 + s % 10}),
     "treasure-medium": ("tw-treasure_hunter", lambda s: {"level": 11 + s % 10}),
@@ -52,6 +71,10 @@ SPLIT_FAMILIES = {
 SPLIT_SEED_START = {"train": 0, "test": 10000, "ood": 20000}
 TASK_ID = re.compile(r"^([a-z]+-?[a-z]*)-(\d{5})$")
 HASH_SEED = "0"   # PYTHONHASHSEED of the generator subprocess
+GAME_SEED_STEP = 100000   # the game seeds of task seed N: N, N+100000, N+200000, ... (module docstring)
+GAME_SEED_TRIES = 20
+GENERATOR_JOBS = 4   # generator subprocesses at most (one per CPU)
+SERIAL = "000000"   # the story files' serial number, instead of the compile date
 MAX_OBS_CHARS = 4000
 
 # TextWorld's feedback: a banner before the objective on reset, then a `>` prompt line padded with spaces and a
@@ -77,34 +100,136 @@ def clean(text: str, limit: int = MAX_OBS_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def generate_games(specs: list[dict], out_dir: Path) -> None:
-    """Generate the games `specs` ([{family, seed}]) into out_dir in one subprocess with PYTHONHASHSEED fixed."""
+def generate_games(specs: list[dict], out_dir: Path, tries: int | None = None,
+                   jobs: int | None = None) -> dict[str, dict]:
+    """Generate the games `specs` ([{family, seed}], seed = the nominal seed) into out_dir by the game seed rule
+    (module docstring), in generator subprocesses with PYTHONHASHSEED fixed: `jobs` of them (default: one per CPU,
+    at most GENERATOR_JOBS) sharing the specs; a game does not depend on which others its process makes. Returns
+    {task id: game record} (what `<task id>.game.json` holds). A game that cannot be made does not stop the others:
+    every game that can be made is made and cached, then one EnvError names those that could not (family, nominal
+    seed, the seeds tried)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONHASHSEED": HASH_SEED}
-    proc = subprocess.run([sys.executable, "-m", "eexp.envs.textworld_env", str(out_dir)],
-                          input=json.dumps(specs), capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise EnvError("textworld: game generation failed: " + " | ".join(tail))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = max(1, min(jobs or cpus, GENERATOR_JOBS, len(specs)))
+    chunks = [specs[i::jobs] for i in range(jobs)]
+    with ThreadPoolExecutor(jobs) as pool:
+        runs = list(pool.map(lambda chunk: _run_generator(chunk, out_dir, tries or GAME_SEED_TRIES), chunks))
+    results = {k: v for found, _ in runs for k, v in found.items()}
+    failed = [r for r in results.values() if "error" in r]
+    lines = [f"{r['id']} ({r['family']}): {r['error']}" for r in failed]
+    lost = 0
+    for (found, (returncode, tail)), chunk in zip(runs, chunks):
+        missing = [game_name(s["family"], s["seed"]) for s in chunk if game_name(s["family"], s["seed"]) not in found]
+        if missing:
+            lost += len(missing)
+            lines.append(f"the generator stopped (exit {returncode}) before {', '.join(missing)}: {tail}")
+    if lines:
+        raise EnvError(f"textworld: {len(failed) + lost} of {len(specs)} games could not be generated "
+                       f"(the {len(results) - len(failed)} others are made and cached): " + "; ".join(lines))
+    return results
+
+
+def _run_generator(specs: list[dict], out_dir: Path, tries: int) -> tuple[dict[str, dict], tuple[int, str]]:
+    """One generator subprocess over `specs`: ({task id: result}, (exit status, the last lines of its stderr))."""
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "eexp.envs.textworld_env", str(out_dir)],
+                                env={**os.environ, "PYTHONHASHSEED": HASH_SEED},
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc.stdin.write(json.dumps({"specs": specs, "tries": tries}))
+        proc.stdin.close()
+        for line in proc.stdout:          # one JSON line per spec, as each game is done
+            result = json.loads(line)
+            results[result["id"]] = result
+            if result.get("tried") and "error" not in result:
+                seeds = ", ".join(map(str, result["tried"]))
+                print(f"textworld: {result['id']}: game seed{'s' if len(result['tried']) > 1 else ''} {seeds} "
+                      f"made no game; made with game seed {result['game_seed']}", file=sys.stderr)
+        proc.wait()
+        err.seek(0)
+        tail = " | ".join(err.read().strip().splitlines()[-5:])
+    return results, (proc.returncode, tail)
+
+
+def stamp_serial(path: Path) -> None:
+    """Set the story file's serial number (header bytes 0x12-0x17, the compile date by default) to SERIAL.
+
+    The header checksum (0x1C-0x1D) sums the bytes from 0x40 to the end, so it stays valid; checked here."""
+    data = bytearray(path.read_bytes())
+    data[0x12:0x18] = SERIAL.encode("ascii")
+    if z_checksum(bytes(data)) != int.from_bytes(data[0x1C:0x1E], "big"):
+        raise EnvError(f"textworld: {path} has a bad header checksum after compiling")
+    path.write_bytes(bytes(data))
+
+
+def z_checksum(data: bytes) -> int:
+    """The Z-machine checksum: the sum of the bytes from 0x40 to the file length (header word 0x1A, in units of 8
+    bytes for version 8), modulo 0x10000."""
+    length = int.from_bytes(data[0x1A:0x1C], "big") * 8
+    return sum(data[0x40:length]) % 0x10000
+
+
+def _generate_one(spec: dict, out_dir: Path, tries: int) -> dict:
+    """Make task `spec`'s game by the game seed rule; its files are moved into out_dir when complete, the
+    `.game.json` record last. Returns the record, or {id, family, seed, tried, error} when no game was made."""
+    import textworld
+    from textworld.challenges import CHALLENGES
+    from textworld.generator.chaining import QuestGenerationError
+
+    challenge, settings = FAMILIES[spec["family"]]
+    nominal = int(spec["seed"])
+    name = game_name(spec["family"], nominal)
+    full = settings(nominal)   # the task's settings (its difficulty) come from the nominal seed, whatever game seed
+    if challenge == "tw-cooking":
+        full = {"recipe_seed": 0, "split": None, **full}
+    record = {"id": name, "family": spec["family"], "seed": nominal}
+    tried: list[int] = []
+    errors: list[str] = []
+    for game_seed in game_seeds(nominal, tries):
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".gen-") as tmp:
+            options = textworld.GameOptions()
+            options.seeds = game_seed
+            options.path = str(Path(tmp) / f"{name}.z8")
+            options.force_recompile = True
+            try:
+                game = CHALLENGES[challenge][1](dict(full), options)
+            except QuestGenerationError as e:    # this seed makes no game (deterministic): the next seed
+                tried.append(game_seed)
+                errors.append(f"{type(e).__name__}: {e}")
+                continue
+            except Exception as e:
+                return {**record, "tried": tried, "error": f"game seed {game_seed}: {type(e).__name__}: {e}"}
+            try:
+                textworld.generator.compile_game(game, options)
+                stamp_serial(Path(options.path))
+            except Exception as e:               # the compiler, not the seed: no fallback
+                return {**record, "tried": tried, "error": f"compiling with game seed {game_seed}: "
+                                                           f"{type(e).__name__}: {e}"}
+            record.update(game_seed=game_seed, tried=tried, serial=SERIAL, textworld=textworld.__version__)
+            for suffix in (".json", ".ni", ".z8"):
+                os.replace(Path(tmp) / f"{name}{suffix}", out_dir / f"{name}{suffix}")
+            (Path(tmp) / f"{name}.game.json").write_text(json.dumps(record) + "\n")
+            os.replace(Path(tmp) / f"{name}.game.json", out_dir / f"{name}.game.json")
+            return record
+    seeds = ", ".join(map(str, tried))
+    return {**record, "tried": tried,
+            "error": f"no game seed makes a {spec['family']} game (seeds tried: {seeds}; {errors[-1]})"}
 
 
 def _generate_main(out_dir: str) -> None:
-    """Subprocess side of generate_games: make and compile each game (same process = same hash seed)."""
-    import textworld
-    from textworld.challenges import CHALLENGES
-
+    """Subprocess side of generate_games: one JSON line per spec on stdout (everything else goes to stderr)."""
     assert os.environ.get("PYTHONHASHSEED") == HASH_SEED, "run through generate_games()"
-    for spec in json.load(sys.stdin):
-        challenge, settings = FAMILIES[spec["family"]]
-        name = game_name(spec["family"], spec["seed"])
-        options = textworld.GameOptions()
-        options.seeds = spec["seed"]
-        options.path = str(Path(out_dir) / f"{name}.z8")
-        options.force_recompile = True
-        full = {"recipe_seed": 0, "split": None, **settings(spec["seed"])} if challenge == "tw-cooking" \
-            else settings(spec["seed"])
-        game = CHALLENGES[challenge][1](full, options)
-        textworld.generator.compile_game(game, options)
+    results = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)                                  # stray prints (TextWorld, compilers) must not mix with results
+    payload = json.load(sys.stdin)
+    for spec in payload["specs"]:
+        results.write(json.dumps(_generate_one(spec, Path(out_dir), payload["tries"])) + "\n")
+        results.flush()
+
+
+def game_seeds(seed: int, tries: int = 0) -> list[int]:
+    """The game seeds tried for nominal seed `seed`, in order (the game seed rule)."""
+    return [seed + k * GAME_SEED_STEP for k in range(tries or GAME_SEED_TRIES)]
 
 
 def game_name(family: str, seed: int) -> str:
@@ -151,15 +276,19 @@ class TextWorldEnv(Env):
         start = SPLIT_SEED_START[split]
         return [{"family": f, "seed": start + i} for i in range(n) for f in SPLIT_FAMILIES[split]]
 
-    def _path(self, spec: dict) -> Path:
-        return self.game_dir / f"{game_name(spec['family'], spec['seed'])}.z8"
+    def _path(self, spec: dict, suffix: str = ".z8") -> Path:
+        return self.game_dir / f"{game_name(spec['family'], spec['seed'])}{suffix}"
 
     def ensure_games(self, specs: list[dict]) -> None:
-        """Generate the games of `specs` that are not in the cache yet (one batch)."""
-        missing = [s for s in specs if not (self._path(s).exists() and self._path(s).with_suffix(".json").exists())]
+        """Generate the games of `specs` that are not in the cache yet (one batch). A game is complete when its
+        `.game.json` record is there (written last); a game cached without one (older eexp) is made again."""
+        missing = [s for s in specs if not all(self._path(s, x).exists() for x in (".game.json", ".json", ".z8"))]
         if missing:
             print(f"textworld: generating {len(missing)} games into {self.game_dir} (once)", file=sys.stderr)
             generate_games(missing, self.game_dir)
+
+    def _record(self, spec: dict) -> dict:
+        return json.loads(self._path(spec, ".game.json").read_text())
 
     def tasks(self, split: str) -> list[dict]:
         if split not in self._tasks:
@@ -167,20 +296,29 @@ class TextWorldEnv(Env):
             self.ensure_games(specs)
             tasks = []
             for spec in specs:
-                data = json.loads(self._path(spec).with_suffix(".json").read_text())
+                data = json.loads(self._path(spec, ".json").read_text())
                 goal = clean(data.get("objective") or "", self.max_obs_chars)
                 tasks.append({"id": game_name(spec["family"], spec["seed"]), "split": split, "goal": goal,
-                              "category": spec["family"]})
+                              "category": spec["family"], "game_seed": self._record(spec)["game_seed"]})
             self._tasks[split] = tasks
         return self._tasks[split]
 
-    def _game_file(self, task: dict) -> Path:
-        m = TASK_ID.match(str(task.get("id", "")))
+    def game(self, task_id: str) -> dict:
+        """How task `task_id`'s game was made (generating it if needed): {id, family, seed, game_seed, tried,
+        serial, textworld}, `tried` being the game seeds that made no game."""
+        m = TASK_ID.match(str(task_id))
         if not m or m.group(1) not in FAMILIES:
-            raise EnvError(f"textworld: not a task id: {task.get('id')!r} (e.g. cooking-easy-00003)")
+            raise EnvError(f"textworld: not a task id: {task_id!r} (e.g. cooking-easy-00003)")
         spec = {"family": m.group(1), "seed": int(m.group(2))}
         self.ensure_games([spec])
-        return self._path(spec)
+        return self._record(spec)
+
+    def _game_file(self, task: dict) -> Path:
+        record = self.game(task.get("id", ""))
+        if task.get("game_seed") is not None and task["game_seed"] != record["game_seed"]:
+            raise EnvError(f"textworld: task {record['id']} was recorded with game seed {task['game_seed']}, but "
+                           f"this machine makes it with game seed {record['game_seed']} (another TextWorld?)")
+        return self._path(record)
 
     # --- episode ----------------------------------------------------------------------------------------------
     def _guard(self, what: str, call):
