@@ -196,6 +196,7 @@ def test_textworld_expert_20_from_an_empty_cache(runner, tw_cold_cache, monkeypa
     assert len(records) == 20
     assert all(r["success"] and "error" not in r for r in records), [r["id"] for r in records if not r["success"]]
     assert all(s.get("admissible") for r in records for s in r["steps"])
+    assert all(r["task"]["game_seed"] >= int(r["task"]["id"][-5:]) for r in records)  # how each game was made
 
 
 @needs_textworld

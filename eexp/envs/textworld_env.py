@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from eexp.cache import cache_root
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import Env, EnvError, package_version
 
 # family -> (tw-make challenge, settings as a function of the nominal seed: the task's, whatever game seed made it)
 FAMILIES: dict[str, tuple[str, Any]] = {
@@ -244,21 +244,17 @@ class TextWorldEnv(Env):
     max_steps = 50
     action_format = "a text command, e.g. 'go north', 'take key from box', 'cook carrot with oven'"
 
+    version = package_version("textworld")
+    options = {"games": 25, "eval_games": 10, "max_obs_chars": MAX_OBS_CHARS}
+
     def __init__(self, games: int = 25, eval_games: int = 10, max_obs_chars: int = MAX_OBS_CHARS, **kwargs: Any):
-        super().__init__(**kwargs)
-        if kwargs:
-            raise EnvError(f"textworld: unknown options {', '.join(sorted(kwargs))} "
-                           "(known: games, eval_games, max_obs_chars)")
-        # Recorded kwargs are only those that differ from the defaults, so default ids stay short.
-        self.kwargs = {k: v for k, v in (("games", games), ("eval_games", eval_games),
-                                         ("max_obs_chars", max_obs_chars))
-                       if v != {"games": 25, "eval_games": 10, "max_obs_chars": MAX_OBS_CHARS}[k]}
+        # an unknown option is an EnvError; those at their defaults are not recorded, so default ids stay short
+        super().__init__(games=games, eval_games=eval_games, max_obs_chars=max_obs_chars, **kwargs)
         try:
             import textworld
         except ImportError as e:
             raise EnvError(f"textworld is not installed ({e}); pip install 'eexp[all]'") from None
         self._tw = textworld
-        self.version = f"textworld-{textworld.__version__}"
         self.games, self.eval_games, self.max_obs_chars = int(games), int(eval_games), int(max_obs_chars)
         self.game_dir = cache_root() / "textworld" / textworld.__version__
         self._infos = textworld.EnvInfos(admissible_commands=True, policy_commands=True, won=True, lost=True,

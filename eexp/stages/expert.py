@@ -37,7 +37,7 @@ def expert_trajectory(env: Env, task: dict, seed: int = 0, timeout: float | None
     """Run the oracle's actions on a fresh episode. An environment failure (exception, timeout) is recorded as
     `error` on the trajectory, with the steps done so far, and success false."""
     record = {"id": trajectory_id(env, task), "env": env.env_record(),
-              "task": {k: task[k] for k in ("id", "split", "goal", "category") if k in task},
+              "task": {k: task[k] for k in ("id", "split", "goal", "category", "game_seed") if k in task},
               "steps": [], "final_observation": "", "success": False}
     error = None
     try:
