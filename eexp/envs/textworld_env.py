@@ -4,7 +4,8 @@ Games are generated on first use into the cache (`$EEXP_CACHE/textworld/<textwor
 `~/.cache/eexp`), by generator subprocesses (one per CPU, up to 4) with PYTHONHASHSEED fixed, because TextWorld's
 generator is only byte-stable across processes when string hashing is (a game does not depend on which others the
 same process makes). A game is named by its task id (family and nominal seed), so a task id (`cooking-easy-00003`)
-means the same game, byte for byte, on every machine with the same TextWorld version.
+means the same game, byte for byte, on every machine with the same TextWorld version (the story file; TextWorld's
+`.json` beside it also records where the textworld package is installed, and differs in that field only).
 
 Families (challenge and settings) and splits, by nominal seed range:
 
