@@ -196,6 +196,25 @@ def test_finetune_from_a_gguf_records_it_as_the_base(run_dir, imported):
 
 @pytest.mark.slow
 @needs_smollm2
+def test_an_adapter_finds_its_gguf_base_again(run_dir, imported, tmp_path):
+    """An adapter whose base folder is gone (a cleared cache, another machine) is given the GGUF's import again,
+    from the base_model its config.yaml records (here the cache still has it, so nothing is re-imported)."""
+    import shutil
+
+    from eexp.models.import_gguf import adapter_base
+    from eexp.policies.hf import TransformersPolicy
+    moved = tmp_path / "lora"
+    shutil.copytree(run_dir, moved)
+    conf = json.loads((moved / "adapter_config.json").read_text())
+    conf["base_model_name_or_path"] = str(tmp_path / "gone")
+    (moved / "adapter_config.json").write_text(json.dumps(conf))
+    assert adapter_base(moved, conf["base_model_name_or_path"]) == imported
+    assert TransformersPolicy._base_of(str(moved), "") == imported
+    assert adapter_base(moved, str(SMOLLM2)) == imported  # --policy-arg base=FILE.gguf
+
+
+@pytest.mark.slow
+@needs_smollm2
 def test_eval_runs_the_adapter(run_dir, runner):
     result = invoke(runner, ["eval", "--policy", run_dir, "--env", "shop", "-n", 1, "--max-steps", 1, "-q"])
     episode = json.loads(result.stdout.splitlines()[0])
