@@ -16,7 +16,7 @@ from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, parse_reply
 from eexp.records import expect, validate
 from eexp.stages.reflect import (COUNTS, Reflector, Settings, Template, grounded_reflection, judge,
-                                 reflect_examples, reflection_prompt, shown_alternatives, trim_repeat)
+                                 reflect_examples, reflection_prompt, shown_alternatives, topic_words, trim_repeat)
 
 
 def outcome(goal, observation, expert, expected, alternatives, *, env="shop", expert_done=False, expert_reward=0.0,
@@ -171,6 +171,47 @@ def test_filters_reject_bad_reflections(text, reason):
     v = verdict(text, max_words=30)
     assert v.reason == reason, (v.reason, v.detail)
     assert v.detail
+
+
+SHORT_COPY = ("I need a pink mug under 30 dollars. The blue mug is the wrong color, and searching for a lamp shows "
+              "no mugs.\n\nAction: click[pink]")
+
+
+@pytest.mark.parametrize("text, reason, detail", [
+    # the short template's worked example, copied onto another state (SmolLM2-135M did this in 9 of 46 states)
+    (SHORT_COPY, "template_copy", "repeats the template's words 'dollars the blue mug is'"),
+    ("Chosen move: click[pink]\n\nOther moves and what they led to: nothing good.\n\nAction: click[pink]",
+     "template_copy", "repeats the template's words 'other moves and what they'"),
+    ("This is a classic example of a logical fallacy, a false dichotomy between two possibilities when in reality "
+     "there are many.", "off_topic", "names nothing from the task or the moves"),
+    ("I'm looking for a pink mug, and I'm looking for a glass mug, and I'm looking for a pink mug, and I'm "
+     "looking for a glass mug under 30 dollars.\n\nAction: click[pink]", "repetitive",
+     "56% of its three-word runs are repeats"),
+    ("I am a helpful AI assistant, and pink is what the task wants here.\n\nAction: click[pink]", "label_leakage",
+     "mentions 'AI assistant'"),
+])
+def test_filters_for_small_models(text, reason, detail):
+    v = judge(text, "stop", expert=EXPERT, alternatives=ALTS, new_words=set(), max_words=500,
+              template=Template.load("short"), topic=topic_words(SHOP, ALTS))
+    assert (v.reason, v.detail) == (reason, detail)
+
+
+def test_small_model_filters_keep_a_good_reflection_and_drop_the_answer_cue():
+    v = judge("Why: " + GOOD, "stop", expert=EXPERT, alternatives=ALTS, new_words=set(), max_words=500,
+              template=Template.load("short"), topic=topic_words(SHOP, ALTS))
+    assert v.reason is None and v.text.startswith("The task wants")
+    assert topic_words(SHOP, ALTS) >= {"glass", "travel", "mug", "pink", "white", "buy", "now"}
+    assert "click" not in topic_words(SHOP, ALTS)  # the verb says nothing about this state
+
+
+def test_builtin_templates_by_name_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    short = Template.load("short")
+    assert short.source == "short" and short.text != Template.load().text
+    assert all("{" + slot + "}" in short.text for slot in ("situation", "chosen_action", "chosen_outcome",
+                                                         "alternatives"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "short").write_text("{situation} {chosen_action} {chosen_outcome} {alternatives}")
+    assert Template.load("short").source == "short" and Template.load("short").text.startswith("{situation}")
 
 
 def test_a_few_words_are_too_short():
@@ -336,6 +377,50 @@ def shop_outcomes(tmp_path_factory):
         result = run.invoke(cli, args)
         assert result.exit_code == 0, result.output
     return d / "outcomes.jsonl"
+
+
+def test_fallback_replaces_a_rejected_reflection_with_the_grounded_one_and_says_so():
+    counts, rejected = {}, []
+    bad = lambda m, s: ("The expert picks pink here, since the task asks for pink.\n\nAction: click[pink]", "stop")
+    (example,) = reflect_examples(SHOP, reflector=Reflector("self", bad, "m.gguf", "abc"), template=Template.load(),
+                                  serializer=Serializer(), settings=Settings(), fallback="grounded",
+                                  count=lambda n, k=1: counts.__setitem__(n, counts.get(n, 0) + k),
+                                  reject=rejected.append)
+    grounded = grounded_reflection(SHOP, shown_alternatives(SHOP, 3))
+    assert example["messages"][-1]["content"] == f"Thought: {grounded}\n\nAction: click[pink]"
+    meta, extra = example["meta"], json.loads(example["meta"]["extra"])
+    assert (meta["reflector"], meta["model"]) == ("grounded", "")
+    assert (extra["fallback_for"], extra["rejected"], extra["paper_method"]) == ("self", "label_leakage", False)
+    assert counts == {"label_leakage": 1, "fallback_grounded": 1}
+    assert rejected[0]["reason"] == "label_leakage" and rejected[0]["meta"]["reflector"] == "self"
+
+
+def test_a_model_run_prints_what_the_filters_did(runner, tmp_path, monkeypatch):
+    import eexp.policies
+    from eexp.policies.base import Reply
+
+    class Scripted:
+        replies = iter([GOOD, "I need a pink mug. The blue mug is the wrong color, and searching for a lamp shows "
+                        "no mugs."])
+
+        def generate(self, messages, **kw):
+            return Reply(text=next(self.replies), action=None, finish_reason="stop")
+
+        def describe(self):
+            return {"model": "scripted"}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(eexp.policies, "load_policy", lambda *a, **k: Scripted())
+    data = tmp_path / "o.jsonl"
+    data.write_bytes(orjson.dumps(SHOP) + b"\n" + orjson.dumps(dict(SHOP, id="t1#3")) + b"\n")
+    result = runner.invoke(cli, ["reflect", "--policy", "m.gguf", "--template", "short", "--fallback", "grounded", str(data), "-o",
+                                 str(tmp_path / "sr.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "reflect: 1 of 2 model reflections kept; rejected: template_copy 1; 1 replaced by grounded rationales " \
+           "(--fallback grounded)" in result.output
+    assert [r["meta"]["reflector"] for r in _lines(tmp_path / "sr.jsonl")] == ["self", "grounded"]
 
 
 def _lines(path):

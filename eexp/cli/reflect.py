@@ -8,7 +8,7 @@ from eexp.cli import cli
 from eexp.cli.options import policy_options, sampling_options, serializer_options, stage_options
 from eexp.io import Writer, prepare_resume
 from eexp.records import expect
-from eexp.stages.reflect import COUNTS, Reflector, Settings, Template, policy_writer, reflect_examples
+from eexp.stages.reflect import COUNTS, FILTERS, Reflector, Settings, Template, policy_writer, reflect_examples
 
 NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes "
                 "its own, the paper's setting; add --reflector teacher for a stronger model), or --reflector "
@@ -29,8 +29,9 @@ NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC 
               "deterministic rationale from the observed outcomes, not the paper's method).")
 @click.option("--max-alternatives", type=click.IntRange(min=1), default=3, show_default=True,
               help="Alternatives shown per state: the first N that rollout executed, valid or not.")
-@click.option("--template", "template_path", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Prompt template replacing the default; it must have the slots {situation}, {chosen_action}, "
+@click.option("--template", "template_path", metavar="NAME|FILE",
+              help="Prompt template: a built-in one (default; short: two or three sentences after one worked "
+              "example, for models of ~100M-1B parameters) or a file with the slots {situation}, {chosen_action}, "
               "{chosen_outcome} and {alternatives} ({goal} and {max_words} are optional).")
 @click.option("--max-words", type=click.IntRange(min=1), default=500, show_default=True,
               help="Reject reflections longer than this.")
@@ -39,8 +40,12 @@ NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC 
 @click.option("--max-outcome-chars", type=click.IntRange(min=0), default=600, show_default=True,
               help="Clip each outcome shown to the reflector (0: no limit).")
 @click.option("--rejected", metavar="FILE", help="Write each rejected reflection here, with its reason.")
+@click.option("--fallback", type=click.Choice(["none", "grounded"]), default="none", show_default=True,
+              help="What a state whose model reflection was rejected gets: nothing (its IL example stays its only "
+              "one), or the grounded rationale, labelled reflector=grounded in meta and counted as "
+              "fallback_grounded.")
 def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperature, serializer, reflector,
-            max_alternatives, template_path, max_words, min_words, max_outcome_chars, rejected):
+            max_alternatives, template_path, max_words, min_words, max_outcome_chars, rejected, fallback):
     """Outcome records -> one self-reflection example per state: `Thought: <monologue>` then
     `Action: <expert action>`, where the monologue compares the expert action with the first
     --max-alternatives executed alternatives, using what each one led to.
@@ -63,6 +68,8 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
         reflector = "self"
     if reflector == "grounded" and policy_spec:
         raise click.UsageError("--reflector grounded uses no model: leave out --policy")
+    if reflector == "grounded" and fallback != "none":
+        raise click.UsageError("--fallback is for model reflectors: --reflector grounded rejects nothing to replace")
     if reflector != "grounded" and not policy_spec:
         raise click.UsageError(f"--reflector {reflector} needs --policy SPEC (the model that writes the reflections)")
     if policy_spec in ("random", "oracle"):
@@ -89,7 +96,8 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
     # is not asked again (its seed would give the same reply), and the rejected file is appended to.
     for name in COUNTS:  # every count in --stats, zeros included, so runs compare key by key
         io.count(name, 0)
-    rejected_done = prepare_resume(rejected) if (io.resume and rejected) else set()
+    # (With a fallback the output holds every state that was done, so --rejected is not needed for that.)
+    rejected_done = prepare_resume(rejected) if (io.resume and rejected and fallback == "none") else set()
     rejects = Writer(rejected, append=io.resume) if rejected else None
 
     def reject(record: dict) -> None:
@@ -101,7 +109,7 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
             io.count("resumed")
             return []
         return reflect_examples(outcome, reflector=writer, template=template, serializer=serializer,
-                                settings=settings, count=io.count, reject=reject)
+                                settings=settings, count=io.count, reject=reject, fallback=fallback)
 
     try:
         io.run(process, validate=expect("outcome"), unit="state", output_kind="example")
@@ -110,3 +118,18 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
             rejects.close()
         if policy is not None:
             policy.close()
+    if reflector != "grounded":
+        click.echo(f"reflect: {filter_summary(io.stats.counts)}", err=True)
+
+
+def filter_summary(counts: dict) -> str:
+    """One line of what the filters did, printed after every model-written run (small models fail most of them,
+    and that must be seen, not found later in --stats)."""
+    rejected = {name: counts.get(name, 0) for name in FILTERS if counts.get(name, 0)}
+    asked = counts.get("kept", 0) + sum(rejected.values())
+    line = f"{counts.get('kept', 0)} of {asked} model reflections kept"
+    if rejected:
+        line += "; rejected: " + ", ".join(f"{name} {n}" for name, n in rejected.items())
+    if counts.get("fallback_grounded"):
+        line += f"; {counts['fallback_grounded']} replaced by grounded rationales (--fallback grounded)"
+    return line

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from typing import Callable, Iterator
 
@@ -30,6 +32,11 @@ from eexp.records import example_meta
 # --- the prompt template -----------------------------------------------------------------------------------------
 
 REQUIRED_SLOTS = ("situation", "chosen_action", "chosen_outcome", "alternatives")
+# Templates shipped with eexp, by name. `short` is for small models (~100M-1B parameters): the default asks for 150-300
+# words of prose, which SmolLM2-135M-Instruct answered with rambling that ran into --max-tokens (9 of 12 states cut
+# off at 1,024 tokens, 15 s each); with one worked example and two or three sentences asked for, it stays on the
+# task more often and a reflection costs ~2.5 s (README.md here: "Self-reflection with a small model").
+BUILTIN_TEMPLATES = {"default": "reflect.txt", "short": "reflect-short.txt"}
 OPTIONAL_SLOTS = ("goal", "max_words")
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 
@@ -44,9 +51,11 @@ class Template:
 
     @classmethod
     def load(cls, path: str | None = None) -> "Template":
-        if path is None:
-            text = resources.files("eexp").joinpath("templates/reflect.txt").read_text(encoding="utf-8")
-            return cls(text, "default")
+        """A built-in template by name (default, short), or a template file."""
+        path = path or "default"
+        if path in BUILTIN_TEMPLATES and not os.path.exists(path):
+            name = BUILTIN_TEMPLATES[path]
+            return cls(resources.files("eexp").joinpath(f"templates/{name}").read_text(encoding="utf-8"), path)
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -70,6 +79,16 @@ class Template:
 
     def fill(self, **values: str) -> str:
         return _SLOT.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), self.text)
+
+    @cached_property
+    def phrases(self) -> frozenset[tuple[str, ...]]:
+        """Every run of COPY_RUN words in the template's own text (slots excluded): a reflection that repeats one
+        is copying the instructions or the worked example instead of reasoning about its own state."""
+        runs = set()
+        for part in _SLOT.split(self.text)[::2]:  # split() alternates text and slot names
+            words = [w.lower() for w in _WORD.findall(part)]
+            runs.update(tuple(words[i:i + COPY_RUN]) for i in range(len(words) - COPY_RUN + 1))
+        return frozenset(runs)
 
 
 # --- what the reflector is shown ---------------------------------------------------------------------------------
@@ -252,11 +271,13 @@ def grounded_reflection(outcome: dict, shown: list[dict]) -> str:
 
 # --- filters ----------------------------------------------------------------------------------------------------
 
-FILTERS = ("truncated", "model_error", "empty", "too_short", "too_long", "label_leakage", "outcome_narration",
-           "different_action")
-# What --stats reports: why states gave no example, each filter, repairs, and what was kept.
-COUNTS = ("kept", *FILTERS, "repeated", "no_alternatives", "all_alternatives_failed", "unreachable",
-          "expert_not_executed")
+FILTERS = ("truncated", "model_error", "empty", "too_short", "too_long", "label_leakage", "template_copy",
+           "off_topic", "repetitive", "outcome_narration", "different_action")
+# What --stats reports: why states gave no example, each filter, repairs, fallbacks, and what was kept.
+COUNTS = ("kept", *FILTERS, "repeated", "fallback_grounded", "no_alternatives", "all_alternatives_failed",
+          "unreachable", "expert_not_executed")
+COPY_RUN = 5              # words in a row shared with the template that count as copying it
+MAX_REPEATED_RUNS = 0.4   # a monologue whose three-word runs repeat more than this is going round in circles
 
 # Labels a generator copies from its prompt (repo lesson 1: ~16% of one batch): who demonstrated the action, list
 # positions, template headings, meta talk. Plain words like "alternative" or "option" alone are fine English.
@@ -266,7 +287,7 @@ _LEAKAGE = re.compile(
     r"|\b(?:first|second|third|fourth|fifth|sixth|last)\s+(?:alternative|option|candidate)s?\b"
     r"|\b(?:listed|given|provided|shown)\s+(?:above|below)\b"
     r"|\bthe move (?:i|you) will make\b|\bother moves you could make\b|\bwhat followed\b"
-    r"|\bas an ai\b|\blanguage model\b",
+    r"|\bas an ai\b|\bai (?:assistant|model)\b|\blanguage model\b",
     re.IGNORECASE)
 
 # Words that make a sentence anticipatory rather than a report of what happened.
@@ -363,7 +384,8 @@ def _new_words(outcome: dict, shown: list[dict], situation: str) -> set[str]:
 
 
 def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str], new_words: set[str],
-          max_words: int, min_words: int = 1) -> Verdict:
+          max_words: int, min_words: int = 1, template: Template | None = None,
+          topic: set[str] | None = None) -> Verdict:
     """Clean a reply and run the filters in a fixed order; the first that fails is the reason."""
     text, repeated = trim_repeat(reply.strip())
     if finish_reason.startswith("error"):
@@ -374,7 +396,7 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
         return Verdict(text, "truncated", "the reply was cut off by --max-tokens", repeated)
     action_lines = _ACTION_LINE.findall(text)
     prose = _ACTION_LINE.sub("", text)
-    prose = re.sub(r"^\s*thought\s*:\s*", "", prose.strip(), flags=re.IGNORECASE).strip()
+    prose = _ANSWER_CUE.sub("", prose.strip()).strip()
     prose = re.sub(r"\n{3,}", "\n\n", prose)
     concluded = next((a for a in reversed(action_lines) if a.strip()), None)
     verdict = Verdict(prose, None, "", repeated, concluded)
@@ -392,6 +414,18 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
     if leak:
         verdict.reason, verdict.detail = "label_leakage", f"mentions {leak.group(0)!r}"
         return verdict
+    copied = _copied_phrase(prose, template) if template is not None else None
+    if copied:
+        verdict.reason, verdict.detail = "template_copy", f"repeats the template's words {copied!r}"
+        return verdict
+    content = set(_content_words(prose))
+    if topic and not content & topic:
+        verdict.reason, verdict.detail = "off_topic", "names nothing from the task or the moves"
+        return verdict
+    repeated_runs = _repeated_run_share(prose)
+    if repeated_runs > MAX_REPEATED_RUNS:
+        verdict.reason, verdict.detail = "repetitive", f"{repeated_runs:.0%} of its three-word runs are repeats"
+        return verdict
     narration = _narrated_sentence(prose, expert, new_words)
     if narration:
         verdict.reason, verdict.detail = "outcome_narration", f"reports the chosen action's result as seen: " \
@@ -403,6 +437,36 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
     if concluded is not None and _canon(concluded) != _canon(expert):
         verdict.reason, verdict.detail = "different_action", f"concludes {concluded!r}, not {expert!r}"
     return verdict
+
+
+# What a reply may open with before the monologue: the template's answer cue ("Why:") or a "Thought:" label.
+_ANSWER_CUE = re.compile(r"^\s*(?:(?:thought|why|reasoning|reflection)\s*:\s*)+", re.IGNORECASE)
+
+
+def _copied_phrase(prose: str, template: Template) -> str | None:
+    words = [w.lower() for w in _WORD.findall(prose)]
+    for i in range(len(words) - COPY_RUN + 1):
+        if tuple(words[i:i + COPY_RUN]) in template.phrases:
+            return " ".join(words[i:i + COPY_RUN])
+    return None
+
+
+def _repeated_run_share(prose: str) -> float:
+    """The share of three-word runs that already occurred earlier in the text (0 for short texts)."""
+    words = [w.lower() for w in _WORD.findall(prose)]
+    runs = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return 1 - len(set(runs)) / len(runs) if len(runs) >= 15 else 0.0
+
+
+def topic_words(outcome: dict, alternatives: list[str]) -> set[str]:
+    """What a reflection on this state should name at least one of: the goal's content words and those of the
+    moves' arguments (`red mug` of click[red mug]; a whole action when it has no brackets)."""
+    def argument(action: str) -> str:
+        inner = re.search(r"\[(.*)\]", action)
+        return inner.group(1) if inner else action
+    words = _content_words(" ".join([outcome["state"]["goal"], argument(outcome["expert"]["action"]),
+                                     *map(argument, alternatives)]))
+    return set(words)
 
 
 def _narrated_sentence(prose: str, expert: str, new_words: set[str]) -> str | None:
@@ -444,9 +508,11 @@ def policy_writer(policy, settings: Settings) -> Writer:
 
 def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template, serializer: Serializer,
                      settings: Settings, count: Callable[..., None] = lambda name, n=1: None,
-                     reject: Callable[[dict], None] = lambda record: None) -> Iterator[dict]:
+                     reject: Callable[[dict], None] = lambda record: None,
+                     fallback: str | None = None) -> Iterator[dict]:
     """At most one SR example for an outcome record. Records that cannot give one are counted (and rejected
-    reflections passed to `reject`); nothing here stops the run."""
+    reflections passed to `reject`); nothing here stops the run. With fallback="grounded", a model's rejected
+    reflection is replaced by the grounded rationale, labelled as such in meta and counted."""
     if outcome.get("error"):
         count("unreachable")              # rollout could not reach the state: nothing was observed
         return
@@ -475,33 +541,45 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
     alternatives = [a["action"] for a in shown]
     verdict = judge(reply, finish_reason, expert=expert["action"], alternatives=alternatives,
                     new_words=_new_words(outcome, shown, serializer.render_state(state)),
-                    max_words=settings.max_words, min_words=settings.min_words)
+                    max_words=settings.max_words, min_words=settings.min_words, template=template,
+                    topic=topic_words(outcome, alternatives))
     if verdict.repeated:
         count("repeated")
-    extra = {"alternatives": alternatives, "template_sha256": template.sha256}
-    if reflector.write is not None:
-        extra.update(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
-    if reflector.kind == "teacher":
-        extra["teacher_assisted"] = True
-    if reflector.kind == "grounded":
-        extra["paper_method"] = False
-        extra["note"] = "grounded: deterministic rationale from observed outcomes, no model; not the paper's method"
-    meta = example_meta(stage="reflect", kind="sr", env=outcome["env"]["name"], env_version=outcome["env"]["version"],
-                        task_id=outcome["task"]["id"], trajectory_id=outcome["trajectory_id"], step=outcome["step"],
-                        action=expert["action"], action_source="expert", model=reflector.model,
-                        model_sha256=reflector.model_sha256, reflector=reflector.kind, seed=seed,
-                        serializer=serializer.to_json(), extra=extra)
+
+    def meta(kind: str, **more) -> dict:
+        extra = {"alternatives": alternatives, "template_sha256": template.sha256, **more}
+        if kind == "grounded":
+            extra["paper_method"] = False
+            extra["note"] = "grounded: deterministic rationale from observed outcomes, no model; not the paper's " \
+                            "method"
+        else:
+            extra.update(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
+        if kind == "teacher":
+            extra["teacher_assisted"] = True
+        model, sha = ("", "") if kind == "grounded" else (reflector.model, reflector.model_sha256)
+        return example_meta(stage="reflect", kind="sr", env=outcome["env"]["name"],
+                            env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
+                            trajectory_id=outcome["trajectory_id"], step=outcome["step"], action=expert["action"],
+                            action_source="expert", model=model, model_sha256=sha, reflector=kind, seed=seed,
+                            serializer=serializer.to_json(), extra=extra)
+
     example_id = f"sr:{outcome['id']}"
+    text, kind, more = verdict.text, reflector.kind, {}
     if verdict.reason:
         count(verdict.reason)
         reject({"id": example_id, "source_id": outcome["id"], "reason": verdict.reason, "detail": verdict.detail,
-                "reply": reply, "finish_reason": finish_reason, "meta": meta})
-        return
-    count("kept")
+                "reply": reply, "finish_reason": finish_reason, "meta": meta(reflector.kind)})
+        if fallback != "grounded" or reflector.write is None:
+            return
+        count("fallback_grounded")
+        text, kind = grounded_reflection(outcome, shown), "grounded"
+        more = {"fallback_for": reflector.kind, "rejected": verdict.reason}
+    else:
+        count("kept")
     yield {
         "id": example_id,
         "source_id": outcome["id"],
         "messages": serializer.policy_messages(state) + [
-            {"role": "assistant", "content": format_action(expert["action"], verdict.text)}],
-        "meta": meta,
+            {"role": "assistant", "content": format_action(expert["action"], text)}],
+        "meta": meta(kind, **more),
     }
