@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields
+from typing import Callable
 from functools import cached_property
 
 import orjson
@@ -17,6 +18,10 @@ import orjson
 POLICY_SYSTEM = ("Choose the next action for the task. Answer `Action: <action>`, optionally after "
                  "`Thought: <reasoning>`.")
 WORLD_MODEL_SYSTEM = "Predict what the environment shows after the action. Answer `Observation: <next observation>`."
+# The section headings of a rendered state: `render_state` writes them and `shorten` finds them again.
+HISTORY_HEADING = "Recent steps:\n"
+OBSERVATION_HEADING = "Current observation:\n"
+ADMISSIBLE_HEADING = "Admissible actions:\n"
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,14 @@ class Serializer:
             for step in shown:
                 lines.append(f"Observation: {clip(step['observation'], self.max_history_chars)}")
                 lines.append(f"Action: {step['action']}")
-            parts.append("Recent steps:\n" + "\n".join(lines))
-        parts.append("Current observation:\n" + clip(state["observation"], self.max_observation_chars))
+            parts.append(HISTORY_HEADING + "\n".join(lines))
+        parts.append(OBSERVATION_HEADING + clip(state["observation"], self.max_observation_chars))
         admissible = state.get("admissible")
         if self.show_admissible and admissible:
             listed = admissible[: self.max_admissible]
             more = len(admissible) - len(listed)
             text = "\n".join(listed) + (f"\n(and {more} more)" if more > 0 else "")
-            parts.append("Admissible actions:\n" + text)
+            parts.append(ADMISSIBLE_HEADING + text)
         return "\n\n".join(parts)
 
     def policy_messages(self, state: dict) -> list[dict]:
@@ -79,6 +84,85 @@ class Serializer:
         rendered = self.render_state(state) if rendered is None else rendered
         return [{"role": "system", "content": WORLD_MODEL_SYSTEM},
                 {"role": "user", "content": f"{rendered}\n\nAction: {action}"}]
+
+
+# --- a state over a token budget -------------------------------------------------------------------------------
+# Training (`training.encode`, --max-length) and inference (`ModelPolicy.fit`, the context size) shorten a state that
+# does not fit in the same way, so a model sees a long state as it was trained on it: the oldest history goes first,
+# then the current observation and the admissible list are clipped; the task is never touched.
+
+_HISTORY_STEP = re.compile(r"Observation: .*?\nAction: [^\n]*(?:\n|$)", re.DOTALL)
+_NOT_SHOWN = re.compile(r"^\((\d+) earlier steps? not shown\)\n?", re.MULTILINE)
+MIN_SECTION_CHARS = 40  # an observation or admissible list is not clipped below this
+
+
+def fit_messages(messages: list[dict], length: Callable[[list[dict]], int], budget: int) -> tuple[list[dict], int]:
+    """The messages shortened by `shorten` until `length(messages) <= budget`, and how many steps that took. When
+    they cannot be shortened further they are returned as they are; the caller decides what happens then."""
+    steps = 0
+    while length(messages) > budget:
+        shorter = shorten(messages)
+        if shorter is None:
+            break
+        messages, steps = shorter, steps + 1
+    return messages, steps
+
+
+def shorten(messages: list[dict]) -> list[dict] | None:
+    """One step shorter, or None: the oldest user/assistant pair of a multi-turn conversation; else, in the last
+    rendered state, the oldest history step (the "(N earlier steps not shown)" line counts it); else the longer of
+    its current observation and admissible list, clipped by a quarter."""
+    body = [i for i, m in enumerate(messages) if m["role"] != "system"]
+    if len(body) > 2:
+        first = body[0]
+        return messages[:first] + messages[first + 2:]
+    for i in reversed(body):
+        if messages[i]["role"] != "user":
+            continue
+        content = messages[i]["content"]
+        new = _drop_oldest_step(content)
+        if new is None:
+            new = _clip_state(content)
+        if new is None:
+            return None
+        return messages[:i] + [{**messages[i], "content": new}] + messages[i + 1:]
+    return None
+
+
+def _section(content: str, heading: str) -> tuple[int, int] | None:
+    """(start, end) of a section's body in a rendered state: after its heading, up to the next blank line."""
+    at = content.find(heading)
+    if at < 0:
+        return None
+    start = at + len(heading)
+    end = content.find("\n\n", start)
+    return start, len(content) if end < 0 else end
+
+
+def _drop_oldest_step(content: str) -> str | None:
+    span = _section(content, HISTORY_HEADING)
+    if span is None:
+        return None
+    start, end = span
+    block = content[start:end]
+    step = _HISTORY_STEP.search(block)
+    if not step:
+        return None
+    shown = _NOT_SHOWN.search(block)
+    hidden = int(shown.group(1)) if shown else 0
+    rest = _NOT_SHOWN.sub("", block[:step.start()] + block[step.end():]).strip("\n")
+    note = f"({hidden + 1} earlier step{'s' if hidden + 1 != 1 else ''} not shown)"
+    return content[:start] + note + ("\n" + rest if rest else "") + content[end:]
+
+
+def _clip_state(content: str) -> str | None:
+    spans = [s for s in (_section(content, OBSERVATION_HEADING), _section(content, ADMISSIBLE_HEADING))
+             if s is not None and s[1] - s[0] > MIN_SECTION_CHARS]
+    if not spans:
+        return None
+    start, end = max(spans, key=lambda s: s[1] - s[0])
+    body = content[start:end].rstrip("…")
+    return content[:start] + clip(body, max(MIN_SECTION_CHARS, len(body) * 3 // 4)) + content[end:]
 
 
 def clip(text: str, limit: int) -> str:

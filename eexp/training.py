@@ -41,6 +41,7 @@ import yaml
 
 from eexp import __version__
 from eexp.io import InputError, Reader, WriteError, Writer, write_atomic
+from eexp.prompts import fit_messages
 from eexp.records import expect
 
 PHASES = ("warmup", "train")
@@ -133,6 +134,8 @@ class Encoded:
     ids: list[int]
     weights: list[float]
     truncated: bool = False
+    system_tokens: int = 0   # where the system prompt ends
+    last_target: int = 0     # where the last trained span starts
 
     @property
     def n_targets(self) -> int:
@@ -178,10 +181,27 @@ def target_spans(tokenizer, messages: list[dict]) -> tuple[str, int, list[tuple[
 def encode(tokenizer, messages: list[dict], max_length: int, truncate: bool = True) -> Encoded:
     """Token ids and per-token loss weights; raises ValueError (with a reason) for an example that cannot be used.
 
-    Each piece between span boundaries is tokenized on its own, as at inference, where the prompt is tokenized and
-    the answer generated after it. An over-long example loses tokens from the left of its history: the system prompt
-    is kept if it can be, and the last target is never cut.
+    An over-long example is shortened as inference shortens a prompt that does not fit its context
+    (`eexp.prompts.fit_messages`: the oldest history first, then the current observation; never the task), so the
+    model trains on long states as it will see them. Only if that is not enough (a task or a system prompt that
+    alone is over the limit, or messages that are not a rendered state) are tokens cut from the left, keeping the
+    system prompt when possible. The last target is never cut.
     """
+    enc = _encode(tokenizer, messages)
+    if len(enc.ids) <= max_length:
+        return enc
+    if not truncate:
+        raise ValueError(f"{len(enc.ids)} tokens, over --max-length {max_length} (--no-truncate)")
+    fitted, _ = fit_messages(messages, lambda m: len(_encode(tokenizer, m).ids), max_length)
+    enc = _encode(tokenizer, fitted)
+    enc.truncated = True
+    return enc if len(enc.ids) <= max_length else _cut_left(enc, max_length)
+
+
+def _encode(tokenizer, messages: list[dict]) -> Encoded:
+    """Each piece between span boundaries is tokenized on its own, as at inference, where the prompt is tokenized and
+    the answer generated after it. `system_tokens` and `last_target` say where the system prompt ends and the last
+    trained span starts."""
     text, system_end, spans = target_spans(tokenizer, messages)
     if not spans:
         raise ValueError("no assistant turn with weight != 0 (nothing to learn)")
@@ -203,17 +223,19 @@ def encode(tokenizer, messages: list[dict], max_length: int, truncate: bool = Tr
     end = max(i for i, w in enumerate(weights) if w) + 1
     ids, weights = ids[:end], weights[:end]
     weights[0] = 0.0  # the first token is never predicted
+    return Encoded(ids, weights, system_tokens=system_tokens, last_target=last_target)
+
+
+def _cut_left(enc: Encoded, max_length: int) -> Encoded:
+    """The last resort: drop tokens after the system prompt (then the system prompt too), never the last target."""
+    ids, weights = enc.ids, enc.weights
     excess = len(ids) - max_length
-    if excess <= 0:
-        return Encoded(ids, weights)
-    if not truncate:
-        raise ValueError(f"{len(ids)} tokens, over --max-length {max_length} (--no-truncate)")
-    if excess <= last_target - system_tokens:  # cut the oldest history, keep the system prompt
-        keep = list(range(system_tokens)) + list(range(system_tokens + excess, len(ids)))
-    elif excess <= last_target:  # the system prompt must go too
+    if excess <= enc.last_target - enc.system_tokens:
+        keep = list(range(enc.system_tokens)) + list(range(enc.system_tokens + excess, len(ids)))
+    elif excess <= enc.last_target:
         keep = list(range(excess, len(ids)))
     else:
-        raise ValueError(f"the last assistant turn alone is {len(ids) - last_target} tokens, over --max-length "
+        raise ValueError(f"the last assistant turn alone is {len(ids) - enc.last_target} tokens, over --max-length "
                          f"{max_length}; raise --max-length (targets are never cut)")
     ids = [ids[i] for i in keep]
     weights = [weights[i] for i in keep]

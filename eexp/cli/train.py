@@ -45,7 +45,8 @@ def _targets(ctx, param, value):
 @click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
               help="Micro-batches per update.")
 @click.option("--max-length", type=click.IntRange(min=8), default=2048, show_default=True,
-              help="Tokens per example; longer ones lose history from the left (never the target).")
+              help="Tokens per example; longer ones lose their oldest history first, as at inference (never the "
+              "task or the target).")
 @click.option("--no-truncate", is_flag=True, help="Reject over-long examples instead of truncating them.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of initialization, batch order and the validation split.")

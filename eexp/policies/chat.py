@@ -23,7 +23,7 @@ import numpy as np
 
 from eexp.policies.actions import open_space, reply_from_text
 from eexp.policies.base import Policy, PolicyError, Reply
-from eexp.prompts import format_action
+from eexp.prompts import fit_messages, format_action
 
 # The start of the action in a reasoning reply: an `Action:` at the start of a line (what parse_reply reads).
 ACTION_LINE = re.compile(r"^[ \t]*Action[ \t]*:", re.IGNORECASE | re.MULTILINE)
@@ -57,53 +57,6 @@ def _render_jinja(template, messages, add_generation_prompt, special):
     env.globals["raise_exception"] = raise_exception
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                              **special)
-
-
-# --- context overflow -----------------------------------------------------------------------------------------
-
-_HISTORY_STEP = re.compile(r"Observation: .*?\nAction: [^\n]*(?:\n|$)", re.DOTALL)
-_NOT_SHOWN = re.compile(r"^\((\d+) earlier steps? not shown\)\n?", re.MULTILINE)
-
-
-def drop_oldest_history(messages: list[dict]) -> list[dict] | None:
-    """The same conversation with its oldest step of history removed, or None when there is none left.
-
-    Several turns: the oldest user/assistant pair after the system prompt goes. One rendered state
-    (eexp.prompts.Serializer): the oldest `Observation:/Action:` pair of its "Recent steps" goes, and the
-    "(N earlier steps not shown)" line counts it."""
-    body = [i for i, m in enumerate(messages) if m["role"] != "system"]
-    if len(body) > 2:
-        first = body[0]
-        return messages[:first] + messages[first + 2:]
-    for i in reversed(body):
-        content = messages[i]["content"]
-        start = content.find("Recent steps:\n")
-        if messages[i]["role"] != "user" or start < 0:
-            continue
-        end = content.find("\n\n", start)
-        end = len(content) if end < 0 else end
-        block = content[start + len("Recent steps:\n"):end]
-        step = _HISTORY_STEP.search(block)
-        if not step:
-            continue
-        shown = _NOT_SHOWN.search(block)
-        hidden = int(shown.group(1)) if shown else 0
-        rest = block[:step.start()] + block[step.end():]
-        rest = _NOT_SHOWN.sub("", rest).strip("\n")
-        note = f"({hidden + 1} earlier step{'s' if hidden + 1 != 1 else ''} not shown)"
-        block = note + ("\n" + rest if rest else "")
-        new = content[:start] + "Recent steps:\n" + block + content[end:]
-        return messages[:i] + [{**messages[i], "content": new}] + messages[i + 1:]
-    return None
-
-
-def clip_longest(messages: list[dict], fraction: float) -> list[dict]:
-    """Shorten the longest non-system message to `fraction` of its length (the last resort of `fit`)."""
-    candidates = [i for i, m in enumerate(messages) if m["role"] != "system"] or list(range(len(messages)))
-    i = max(candidates, key=lambda j: len(messages[j]["content"]))
-    text = messages[i]["content"]
-    keep = max(int(len(text) * fraction), 1)
-    return messages[:i] + [{**messages[i], "content": text[:keep].rstrip() + "…"}] + messages[i + 1:]
 
 
 # --- the shared model policy ----------------------------------------------------------------------------------
@@ -152,27 +105,19 @@ class ModelPolicy(Policy):
             warn(message + " (said once per run)")
 
     def fit(self, messages: list[dict], reserve: int) -> tuple[list[dict], list[int]]:
-        """The messages, shortened if need be, and their prompt ids, leaving `reserve` tokens free: drop the
-        oldest history, then clip the longest message, with a warning; never an exception mid-run."""
+        """The messages, shortened if need be, and their prompt ids, leaving `reserve` tokens free: shortened as
+        training shortens an over-long example (`eexp.prompts.fit_messages`), with a warning; never an exception
+        mid-run."""
         budget = self.context_size() - reserve
-        ids = self.encode_chat(messages)
-        dropped = clipped = 0
-        while len(ids) > budget:
-            shorter = drop_oldest_history(messages)
-            if shorter is not None:
-                dropped += 1
-            else:
-                shorter = clip_longest(messages, max(min(budget / len(ids), 0.9), 0.1))
-                clipped += 1
-                if clipped > 20:  # the system prompt alone does not fit: keep the end of the ids
-                    self.warn_once("cut", f"prompt of {len(ids)} tokens cut to the last {budget}")
-                    return messages, (ids[-budget:] if budget > 0 else ids[-1:])
-            messages = shorter
-            ids = self.encode_chat(messages)
-        if dropped or clipped:
-            self.warn_once("overflow", f"a prompt did not fit the context of {self.context_size()} tokens: dropped "
-                           f"{dropped} oldest history step(s), clipped {clipped} time(s)")
-        return messages, ids
+        fitted, steps = fit_messages(messages, lambda m: len(self.encode_chat(m)), budget)
+        ids = self.encode_chat(fitted)
+        if steps:
+            self.warn_once("overflow", f"a prompt did not fit the context of {self.context_size()} tokens: "
+                           f"shortened it as training does (oldest history first, then the observation)")
+        if len(ids) > budget:  # a prompt that is not a rendered state, or one whose task alone is too long
+            self.warn_once("cut", f"prompt of {len(ids)} tokens cut to the last {budget}")
+            ids = ids[-budget:] if budget > 0 else ids[-1:]
+        return fitted, ids
 
     def _budget(self, ids: list[int], max_tokens: int) -> int:
         return max(1, min(max_tokens, self.context_size() - len(ids)))
