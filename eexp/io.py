@@ -470,3 +470,9 @@ def run_stage(
             reader.reject(item.error(str(e)))
         writer.flush()  # every input's outputs reach the next stage as soon as they are all made
     stats.skipped = reader.skipped
+
+
+def progress_bar(quiet: bool, **kwargs):
+    """A tqdm bar on stderr, only for a person watching (stderr is a terminal) and never with -q."""
+    from tqdm import tqdm
+    return tqdm(disable=quiet or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True, **kwargs)

@@ -441,7 +441,7 @@ class RL(Finetune):
     # -- train --
 
     def train(self) -> None:
-        from eexp.cli.options import progress_bar
+        from eexp.io import progress_bar
         bar = progress_bar(self.rl.quiet, total=self.total_steps, initial=self.state["global_step"], unit="step")
         try:
             while self.state["global_step"] < self.total_steps:

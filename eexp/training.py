@@ -1093,7 +1093,7 @@ class Finetune:
 
 
 def _progress(disabled: bool, total: int, initial: int):
-    from eexp.cli.options import progress_bar
+    from eexp.io import progress_bar
     return progress_bar(disabled, total=total, initial=initial, unit="step")
 
 

@@ -41,3 +41,13 @@ def test_main_page_lists_every_command():
     text = man_text("eexp.1")
     missing = [c for c in COMMANDS if f"eexp-{c}" not in text]
     assert not missing, f"man/eexp.1 does not list {missing}"
+
+
+def test_only_the_cli_imports_the_cli():
+    """Click parses and prints; the library under it never reaches back up (sqlite-utils' layering)."""
+    package = Path(__file__).parent.parent / "eexp"
+    offenders = [str(p.relative_to(package.parent)) for p in package.rglob("*.py")
+                 if "cli" not in p.relative_to(package).parts[:1] and p.name != "__main__.py"
+                 and re.search(r"^\s*(from eexp\.cli\b|import eexp\.cli\b|from eexp import cli\b)", p.read_text(),
+                               re.MULTILINE)]
+    assert offenders == []

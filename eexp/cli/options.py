@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from typing import Callable
 
 import click
 import yaml
 
 from eexp.envs.base import EnvError
-from eexp.io import InputError, Reader, Stats, Writer, closing, parse_shard, prepare_resume, run_stage
+from eexp.io import InputError, Reader, Stats, Writer, closing, parse_shard, prepare_resume, progress_bar, run_stage
 from eexp.prompts import Serializer
 
 
@@ -71,12 +70,6 @@ def _check_shard(ctx, param, value):
         return parse_shard(value)
     except ValueError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param)
-
-
-def progress_bar(quiet: bool, **kwargs):
-    """A tqdm bar on stderr, only for a person watching (stderr is a terminal) and never with -q."""
-    from tqdm import tqdm
-    return tqdm(disable=quiet or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
 class StageIO:
