@@ -118,7 +118,7 @@ class RLConfig:
     max_grad_norm: float = 1.0
     lora: bool = False
     lora_rank: int = 16
-    lora_alpha: int = 32
+    lora_alpha: float = 32
     seed: int = 0
     save_every: int = 10
     keep_checkpoints: int = 1

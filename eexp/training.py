@@ -41,6 +41,7 @@ import yaml
 
 from eexp import __version__
 from eexp.io import InputError, Reader, WriteError, Writer, write_atomic
+from eexp.policies.files import has_tokenizer
 from eexp.prompts import fit_messages
 from eexp.records import expect
 
@@ -66,7 +67,7 @@ class FinetuneConfig:
     qlora: bool = False
     adapter: str | None = None
     lora_rank: int = 16
-    lora_alpha: int = 32
+    lora_alpha: float = 32
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
     epochs: int = 1
@@ -385,9 +386,6 @@ def weighted_nll(model, ids, mask, weights):
 
 # --- model ------------------------------------------------------------------------------------------------------
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
 def check_model_dir(path: str) -> None:
     """--model is a local checkpoint directory whose weights are safetensors."""
     if not os.path.exists(path):
@@ -421,8 +419,8 @@ def _why(e: BaseException) -> str:
 
 def load_tokenizer(cfg: FinetuneConfig):
     from transformers import AutoTokenizer
-    source = cfg.adapter if cfg.adapter and _has_tokenizer(cfg.adapter) else cfg.model
-    if not _has_tokenizer(source):
+    source = cfg.adapter if cfg.adapter and has_tokenizer(cfg.adapter) else cfg.model
+    if not has_tokenizer(source):
         raise TrainingError(f"{cfg.model}: no tokenizer in this model directory (expected tokenizer.json or "
                             "tokenizer_config.json); a checkpoint from `eexp init-model` or `eexp finetune` has one")
     try:
@@ -434,10 +432,6 @@ def load_tokenizer(cfg: FinetuneConfig):
                             "template stored with the model (add one to tokenizer_config.json or "
                             "chat_template.jinja)")
     return tok
-
-
-def _has_tokenizer(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES)
 
 
 def linear_module_names(model) -> list[str]:

@@ -6,14 +6,7 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, config_option
-
-
-def _quiet_transformers() -> None:
-    # transformers draws its own bars ("Writing model shards") on stderr; eexp's commands keep stderr for messages.
-    from transformers.utils import logging
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
+from eexp.cli.options import UserError, config_option, quiet_transformers
 
 
 @cli.command("init-model")
@@ -41,7 +34,7 @@ def init_model_command(out, arch, size, corpus, seed):
     """
     from eexp.models.init import ModelError, init_model
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         path = init_model(out, arch=arch, size=size, corpus=corpus, seed=seed)
     except ModelError as e:
@@ -72,7 +65,7 @@ def import_model_command(gguf_file, output):
     from eexp.models.import_gguf import import_gguf
     from eexp.models.init import ModelError
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         path = import_gguf(gguf_file, output, echo=lambda msg: click.echo(f"eexp: {msg}", err=True))
     except ModelError as e:
@@ -110,7 +103,7 @@ def export_command(ckpt, output, adapter, quant, lora_only):
 
     if quant == "q4_k_m" and lora_only:
         raise click.BadParameter("--lora-only takes f32, f16 or q8_0", param_hint="--quant")
-    _quiet_transformers()
+    quiet_transformers()
     try:
         path = export_gguf(ckpt, output, quant=quant or ("f32" if lora_only else "q8_0"), adapter=adapter,
                            lora_only=lora_only)

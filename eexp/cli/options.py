@@ -238,3 +238,11 @@ def policy_options(f: Callable) -> Callable:
     ]):
         f = decorator(f)
     return f
+
+
+def quiet_transformers() -> None:
+    """transformers and PEFT draw bars ("Writing model shards") and warnings of their own on stderr; eexp's commands
+    keep stderr for their own messages."""
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, config_option, errors_as_click, parse_env_args
+from eexp.cli.options import UserError, config_option, errors_as_click, parse_env_args, quiet_transformers
 
 
 @cli.command("rl")
@@ -92,8 +92,7 @@ def rl_command(env_name, env_args, **options):
       eexp eval --policy runs/iwm-rl --env shop --split test --act score -o iwm-rl.jsonl
     """
     from eexp.rl import RLConfig, TrainingError, UsageProblem, run_rl
-    from eexp.cli.train import _quiet_transformers
-    _quiet_transformers()
+    quiet_transformers()
     cfg = RLConfig(env=env_name, env_kwargs=dict(env_args), **options)
     try:
         run_rl(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, config_option, errors_as_click
+from eexp.cli.options import UserError, config_option, errors_as_click, quiet_transformers
 
 
 def _targets(ctx, param, value):
@@ -96,7 +96,7 @@ def finetune_command(train_files, output, no_truncate, **options):
       accelerate launch -m eexp finetune il.jsonl --model Qwen2.5-0.5B -o runs/il
     """
     from eexp.training import FinetuneConfig, TrainingError, UsageProblem, finetune
-    _quiet_transformers()
+    quiet_transformers()
     cfg = FinetuneConfig(train_files=list(train_files), output=output, truncate=not no_truncate,
                          warmup_data=list(options.pop("warmup_data")), **options)
     try:
@@ -105,13 +105,6 @@ def finetune_command(train_files, output, no_truncate, **options):
         raise click.UsageError(str(e))
     except TrainingError as e:
         raise UserError(str(e))
-
-
-def _quiet_transformers() -> None:
-    # transformers and PEFT draw bars and warnings of their own on stderr; eexp keeps stderr for its messages.
-    from transformers.utils import logging
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
 
 
 finetune_command.name = "finetune"

@@ -27,6 +27,14 @@ def model_files(path: str) -> list[str]:
                   if f.endswith(keep) and os.path.isfile(os.path.join(path, f)))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(path: str) -> bool:
+    """A directory that holds a tokenizer of its own (an adapter may, or may rely on its base's)."""
+    return any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES)
+
+
 def content_hash(paths: list[str]) -> str:
     """sha256 over the model files of every path (names and bytes), cached per process by size and mtime."""
     files = [f for p in paths for f in model_files(p)]

@@ -15,7 +15,7 @@ import os
 from eexp.policies.args import take_args
 from eexp.policies.base import PolicyError
 from eexp.policies.chat import ModelPolicy
-from eexp.policies.files import content_hash, read_checkpoint_serializer
+from eexp.policies.files import content_hash, has_tokenizer, read_checkpoint_serializer
 
 SCHEMA = {
     "device": (str, "auto"),           # auto | cpu | cuda | cuda:N
@@ -58,7 +58,7 @@ class TransformersPolicy(ModelPolicy):
             raise PolicyError(f"--policy-arg dtype={dtype}: expected auto, float32, bfloat16 or float16")
         self.device = torch.device(device)
         trust = opts["trust_remote_code"]
-        tokenizer_dir = path if self.adapter and _has_tokenizer(path) else base
+        tokenizer_dir = path if self.adapter and has_tokenizer(path) else base
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust)
             model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), use_safetensors=True,
@@ -220,10 +220,6 @@ class TransformersPolicy(ModelPolicy):
 
     def close(self):
         self._cache = None
-
-
-def _has_tokenizer(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
 
 
 def _first_line(e: Exception) -> str:

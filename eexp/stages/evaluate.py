@@ -28,7 +28,7 @@ from eexp.io import InputError
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import Serializer, clip
 from eexp.records import make_meta, short_hash
-from eexp.stats import Z95, mcnemar_exact, paired_bootstrap, seed_spread, sign_flip_exact, wilson
+from eexp.stats import mcnemar_exact, paired_bootstrap, seed_spread, sign_flip_exact, wilson
 
 UNPARSED_CHARS = 300  # how much of an unparseable reply is kept (sent to the env, and in meta)
 
@@ -677,4 +677,4 @@ def plot_comparison(result: dict, path: str) -> None:
 
 
 __all__ = ["EvalSettings", "Evaluator", "Runner", "episode_id", "episode_trajectory", "split_tasks", "summarize",
-           "format_summary", "load_runs", "compare_runs", "format_comparison", "plot_comparison", "Z95"]
+           "format_summary", "load_runs", "compare_runs", "format_comparison", "plot_comparison"]
