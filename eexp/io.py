@@ -20,10 +20,12 @@ from typing import Callable, Iterable, Iterator
 
 import orjson
 
+from eexp.errors import EexpError
+
 STDIN_NAME = "<stdin>"
 
 
-class InputError(Exception):
+class InputError(EexpError):
     """Bad input, with where it was found: str() is `FILE:LINE: what is wrong`."""
 
     def __init__(self, message: str, path: str | None = None, line: int | None = None):

@@ -39,7 +39,8 @@ from typing import Callable, Iterator
 import orjson
 import yaml
 
-from eexp import __version__
+from eexp import __version__, errors
+from eexp.errors import EexpError
 from eexp.io import InputError, Reader, WriteError, Writer, write_atomic
 from eexp.policies.files import has_tokenizer
 from eexp.prompts import fit_messages
@@ -50,11 +51,11 @@ PHASES = ("warmup", "train")
 RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "log_every", "keep_checkpoints", "on_error"}
 
 
-class TrainingError(Exception):
+class TrainingError(EexpError):
     """A user-facing problem (bad model directory, no data, out of memory, disk full): message, exit 1."""
 
 
-class UsageProblem(TrainingError):
+class UsageProblem(TrainingError, errors.UsageProblem):
     """A bad combination of options (exit 2 at the CLI)."""
 
 

@@ -310,8 +310,10 @@ def test_broken_pipe_exits_quietly(tmp_path):
 def test_ctrl_c_exits_130_with_whole_lines(tmp_path):
     """Interrupt a stage reading from a slow pipe: exit 130 and every written line is whole JSON."""
     out = tmp_path / "out.jsonl"
+    # SIGINT at its default in the child: a suite started from a background shell has it ignored, and Python keeps
+    # an ignored SIGINT ignored
     proc = subprocess.Popen([*EEXP, "imitation-data", "-o", str(out)], stdin=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.stdin.write(Path(TRAJ).read_bytes().splitlines(keepends=True)[0])
     proc.stdin.flush()
     for _ in range(100):  # wait for the first trajectory's examples

@@ -141,7 +141,7 @@ GOOD = ("The task wants a pink mug under 30 dollars, and this one costs $23, so 
         "and then I can buy it.\n\nAction: click[pink]")
 
 
-def verdict(text, finish_reason="stop", max_words=500, new_words=frozenset({"selected"})):
+def verdict(text, finish_reason="stop", max_words=500, new_words=frozenset({"selected", "stock"})):
     return judge(text, finish_reason, expert=EXPERT, alternatives=ALTS, new_words=set(new_words),
                  max_words=max_words)
 
@@ -163,6 +163,7 @@ def test_a_good_reflection_is_kept_without_its_action_line():
      "outcome_narration"),
     ("After clicking pink, the page showed selected: pink, exactly as needed.\n\nAction: click[pink]",
      "outcome_narration"),
+    ("Pink is selected and in stock.\n\nAction: click[pink]", "outcome_narration"),  # two words only the outcome has
     ("", "empty"),
     ("Action: click[pink]", "empty"),
     ("word " * 40 + "\n\nAction: click[pink]", "too_long"),

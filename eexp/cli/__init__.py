@@ -8,6 +8,7 @@ import sys
 import click
 
 from eexp import __version__
+from eexp.errors import EexpError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -20,10 +21,14 @@ def _stdout_to_devnull() -> None:
 
 class Group(click.Group):
     def invoke(self, ctx: click.Context):
-        # click itself turns a broken pipe into exit 1; a reader that stops early is not an error of ours
         try:
             return super().invoke(ctx)
+        except EexpError as e:  # the one place eexp's errors become `Error: message` and their exit code
+            error = click.UsageError(str(e)) if e.exit_code == 2 else click.ClickException(str(e))
+            error.exit_code = e.exit_code
+            raise error from None
         except BrokenPipeError:
+            # click itself turns a broken pipe into exit 1; a reader that stops early is not an error of ours
             _stdout_to_devnull()
             sys.exit(0)
 

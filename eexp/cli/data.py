@@ -10,7 +10,7 @@ from collections import Counter
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, errors_as_click, progress_bar, serializer_options, stage_options, \
+from eexp.cli.options import UserError, progress_bar, serializer_options, stage_options, \
     config_option
 from eexp.io import InputError, Reader, Stats, Writer, closing
 from eexp.records import KIND_NAMES, expect, kind_of, validate as validate_record
@@ -97,7 +97,6 @@ def world_model_data(io, serializer, max_chars, summarizer):
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")
 @config_option
-@errors_as_click
 def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_error, stats):
     """Interleave example files; a weight is a sampling ratio (a file without :WEIGHT has weight 1).
 
@@ -150,7 +149,6 @@ def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_
 @click.argument("files", nargs=-1, required=True)
 @click.option("--kind", type=click.Choice(sorted(KIND_NAMES)), help="Require this kind of record.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only problems.")
-@errors_as_click
 def validate(files, kind, quiet):
     """Check files of records: say what kind each file holds and what is wrong, as FILE:LINE.
 

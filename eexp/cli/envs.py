@@ -6,7 +6,7 @@ import click
 import orjson
 
 from eexp.cli import cli
-from eexp.cli.options import config_option, errors_as_click, parse_env_args, progress_bar
+from eexp.cli.options import config_option, parse_env_args, progress_bar
 from eexp.envs.base import EnvError, make_env, registry
 from eexp.envs.check import check_installed
 from eexp.envs.reach import guarded
@@ -49,7 +49,6 @@ CHECK_ONLY = ("n", "seed", "task_ids", "step_timeout")
 @click.option("--step-timeout", type=click.FloatRange(min=0), default=None,
               help="With --check: seconds one environment call may take before it fails its check (0: no limit)  "
               "[default: 60].")
-@errors_as_click
 def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout):
     """List the installed environments, describe one, or check one against the environment contract.
 
@@ -169,7 +168,6 @@ def describe(env, split: str | None = None) -> dict:
 @click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
-@errors_as_click
 def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admissible, output, resume, stats,
            quiet):
     """Write expert trajectories from an environment's oracle, one JSON line per task.

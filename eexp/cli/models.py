@@ -32,13 +32,10 @@ def init_model_command(out, arch, size, corpus, seed):
       eexp expert --env shop -n 50 > expert.jsonl
       eexp init-model models/base --arch qwen2 --size small --corpus expert.jsonl
     """
-    from eexp.models.init import ModelError, init_model
+    from eexp.models.init import init_model
 
     quiet_transformers()
-    try:
-        path = init_model(out, arch=arch, size=size, corpus=corpus, seed=seed)
-    except ModelError as e:
-        raise UserError(str(e)) from None
+    path = init_model(out, arch=arch, size=size, corpus=corpus, seed=seed)
     click.echo(f"eexp: wrote {arch} {size} model to {path}", err=True)
 
 
@@ -63,13 +60,9 @@ def import_model_command(gguf_file, output):
       eexp export models/smollm2 --adapter runs/il -o il.q8_0.gguf
     """
     from eexp.models.import_gguf import import_gguf
-    from eexp.models.init import ModelError
 
     quiet_transformers()
-    try:
-        path = import_gguf(gguf_file, output, echo=lambda msg: click.echo(f"eexp: {msg}", err=True))
-    except ModelError as e:
-        raise UserError(str(e)) from None
+    path = import_gguf(gguf_file, output, echo=lambda msg: click.echo(f"eexp: {msg}", err=True))
     click.echo(str(path))
 
 
@@ -99,14 +92,10 @@ def export_command(ckpt, output, adapter, quant, lora_only):
       eexp export models/base --adapter runs/il-lora --lora-only -o il-lora.gguf
     """
     from eexp.models.export import export_gguf
-    from eexp.models.init import ModelError
 
     if quant == "q4_k_m" and lora_only:
         raise click.BadParameter("--lora-only takes f32, f16 or q8_0", param_hint="--quant")
     quiet_transformers()
-    try:
-        path = export_gguf(ckpt, output, quant=quant or ("f32" if lora_only else "q8_0"), adapter=adapter,
-                           lora_only=lora_only)
-    except ModelError as e:
-        raise UserError(str(e)) from None
+    path = export_gguf(ckpt, output, quant=quant or ("f32" if lora_only else "q8_0"), adapter=adapter,
+                       lora_only=lora_only)
     click.echo(f"eexp: wrote {path}", err=True)

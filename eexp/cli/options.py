@@ -4,7 +4,6 @@
   `-q`, `--config`. The command receives a ready `StageIO` as its first argument.
 - `sampling_options`: `--seed`, `--temperature`, `-k`.
 - `serializer_options`: the state serializer's settings (history length, character limits).
-- `errors_as_click`: turns eexp's input errors into `Error: FILE:LINE: ...` and exit 1.
 """
 
 from __future__ import annotations
@@ -16,23 +15,12 @@ from typing import Callable
 import click
 import yaml
 
-from eexp.envs.base import EnvError
 from eexp.io import InputError, Reader, Stats, Writer, closing, parse_shard, prepare_resume, progress_bar, run_stage
 from eexp.prompts import Serializer
 
 
 class UserError(click.ClickException):
     """exit 1, `Error: message` on stderr, no traceback."""
-
-
-def errors_as_click(f: Callable) -> Callable:
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except (InputError, EnvError) as e:
-            raise UserError(str(e)) from None
-    return wrapper
 
 
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -123,7 +111,6 @@ def stage_options(f: Callable) -> Callable:
     """The JSONL-stage options; the command gets `io: StageIO` as its first argument."""
 
     @functools.wraps(f)
-    @errors_as_click
     def wrapper(inputs, output, resume, shard, on_error, stats, quiet, **kwargs):
         io = StageIO(inputs, output, resume, shard, on_error, stats, quiet)
         return f(io, **kwargs)

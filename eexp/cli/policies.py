@@ -8,7 +8,7 @@ import click
 import orjson
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, config_option, errors_as_click
+from eexp.cli.options import UserError, config_option
 
 
 @cli.command()
@@ -18,7 +18,6 @@ from eexp.cli.options import UserError, config_option, errors_as_click
               "made from. Default: the checkpoint named in the GGUF's eexp.source metadata.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of lines.")
 @config_option
-@errors_as_click
 def doctor(policy_spec, tokenizer, as_json):
     """Compare how a GGUF and its transformers tokenizer see one conversation.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, config_option, errors_as_click, parse_env_args, quiet_transformers
+from eexp.cli.options import UserError, config_option, parse_env_args, quiet_transformers
 
 
 @cli.command("rl")
@@ -74,7 +74,6 @@ from eexp.cli.options import UserError, config_option, errors_as_click, parse_en
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint (exactly).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
-@errors_as_click
 def rl_command(env_name, env_args, **options):
     """Reinforcement learning (GRPO) from an IL, IWM or SR checkpoint, on one workstation.
 
@@ -91,15 +90,10 @@ def rl_command(env_name, env_args, **options):
       eexp rl --model runs/iwm --env shop -o runs/iwm-rl --max-steps 40 --resume
       eexp eval --policy runs/iwm-rl --env shop --split test --act score -o iwm-rl.jsonl
     """
-    from eexp.rl import RLConfig, TrainingError, UsageProblem, run_rl
+    from eexp.rl import RLConfig, run_rl
     quiet_transformers()
     cfg = RLConfig(env=env_name, env_kwargs=dict(env_args), **options)
-    try:
-        run_rl(cfg)
-    except UsageProblem as e:
-        raise click.UsageError(str(e))
-    except TrainingError as e:
-        raise UserError(str(e))
+    run_rl(cfg)
 
 
 rl_command.name = "rl"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, config_option, errors_as_click, quiet_transformers
+from eexp.cli.options import UserError, config_option, quiet_transformers
 
 
 def _targets(ctx, param, value):
@@ -79,7 +79,6 @@ def _targets(ctx, param, value):
               help="On a bad example: stop (exit 1), or skip it and count it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
-@errors_as_click
 def finetune_command(train_files, output, no_truncate, **options):
     """Fine-tune a model on training examples (IL, SR) with an optional world-model warm-up (IWM).
 
@@ -95,16 +94,11 @@ def finetune_command(train_files, output, no_truncate, **options):
       eexp finetune il.jsonl --model SmolLM2-135M-Instruct.Q4_1.gguf -o runs/il-smol --lora
       accelerate launch -m eexp finetune il.jsonl --model Qwen2.5-0.5B -o runs/il
     """
-    from eexp.training import FinetuneConfig, TrainingError, UsageProblem, finetune
+    from eexp.training import FinetuneConfig, finetune
     quiet_transformers()
     cfg = FinetuneConfig(train_files=list(train_files), output=output, truncate=not no_truncate,
                          warmup_data=list(options.pop("warmup_data")), **options)
-    try:
-        finetune(cfg)
-    except UsageProblem as e:
-        raise click.UsageError(str(e))
-    except TrainingError as e:
-        raise UserError(str(e))
+    finetune(cfg)
 
 
 finetune_command.name = "finetune"

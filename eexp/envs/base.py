@@ -11,8 +11,10 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
+from eexp.errors import EexpError
 
-class EnvError(Exception):
+
+class EnvError(EexpError):
     """A problem the user can act on: unknown environment, split or task, missing package, ..."""
 
 

@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 import yaml
 
 from eexp import __version__
+from eexp.errors import EexpError
 
 ARCHITECTURES = ("qwen2", "llama")
 
@@ -102,7 +103,7 @@ TEXT_KEYS = {"observation", "action", "goal", "final_observation", "next_observa
              "actions", "observations", "reflection", "prefix"}
 
 
-class ModelError(Exception):
+class ModelError(EexpError):
     """A user-facing problem with a model, checkpoint, adapter or output path (the CLI prints it, exit 1)."""
 
 

@@ -470,14 +470,20 @@ def topic_words(outcome: dict, alternatives: list[str]) -> set[str]:
 
 
 def _narrated_sentence(prose: str, expert: str, new_words: set[str]) -> str | None:
-    """A sentence that reports the chosen action's result as already seen: a narration phrase, no anticipatory
-    word, and about the chosen action (it names it, or quotes words only its outcome contains)."""
+    """A sentence that reports the chosen action's result as already seen. With no anticipatory word, either it
+    quotes two or more words only that result contains ("You bought kiko jeans. Thank you for shopping.", copied
+    from the outcome by SmolLM2-135M), or it has a narration phrase and is about the chosen action (it names it, or
+    quotes one such word)."""
     chosen = _canon(expert)
     for a, b in sentences(prose):
         sentence = prose[a:b]
-        if _ANTICIPATION.search(sentence) or not _NARRATION.search(sentence):
+        if _ANTICIPATION.search(sentence):
             continue
         words = {w.lower() for w in _WORD.findall(sentence)}
+        if len(words & new_words) >= 2:
+            return sentence.strip()
+        if not _NARRATION.search(sentence):
+            continue
         if (chosen and chosen in " ".join(sentence.casefold().split())) or words & new_words:
             return sentence.strip()
     return None
