@@ -160,8 +160,9 @@ def test_f32_export_tokenizes_and_computes_like_transformers(arch, request, runn
     assert fields["tokenizer.ggml.padding_token_id"] == tok.pad_token_id
     assert fields["tokenizer.chat_template"] == tok.chat_template
     assert fields["eexp.source"] == str(ckpt.resolve())
-    import hashlib
-    assert fields["eexp.source_sha256"] == hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
+    # the hash a run of the checkpoint records as meta.model_sha256: records and this file join on it
+    from eexp.policies import load_policy
+    assert fields["eexp.source_sha256"] == load_policy(str(ckpt), {}).describe()["model_sha256"]
     assert {t.tensor_type.name for t in reader.tensors} == {"F32"}
     # tied embeddings (qwen2) write no output tensor; untied (llama) do
     assert any(t.name == "output.weight" for t in reader.tensors) == (arch == "llama")

@@ -19,7 +19,6 @@ the base model. Every file is written to a temporary name beside the target and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import yaml
 
 from eexp import __version__
 from eexp.models.init import ModelError
+from eexp.policies.files import content_hash
 
 # model_type in config.json -> gguf architecture name; q/k permutation needed for llama.cpp's rotary layout.
 SUPPORTED = {"qwen2": ("QWEN2", False), "llama": ("LLAMA", True)}
@@ -89,23 +89,6 @@ def _check_checkpoint(ckpt: Path) -> dict:
 def _rope_theta(config: dict) -> float:
     rope = config.get("rope_parameters") or {}
     return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
-
-
-def _sha256_files(paths: list[Path]) -> str:
-    """The sha256 of the weights: of the file itself when there is one (what `sha256sum` prints), else of the
-    `sha256sum`-style listing of all of them in name order."""
-    def digest(path: Path) -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-    paths = sorted(paths, key=lambda p: p.name)
-    if len(paths) == 1:
-        return digest(paths[0])
-    listing = "".join(f"{digest(p)}  {p.name}\n" for p in paths)
-    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def _weight_files(ckpt: Path) -> list[Path]:
@@ -363,11 +346,14 @@ def _model_metadata(writer, config: dict, name: str) -> None:
 def _provenance(writer, ckpt: Path, adapter: Path | None, quant: str) -> None:
     writer.add_string("eexp.version", __version__)
     writer.add_string("eexp.source", str(ckpt.resolve()))
-    writer.add_string("eexp.source_sha256", _sha256_files(_weight_files(ckpt)))
+    # The hash eexp records as meta.model_sha256 when it runs the model exported here (the checkpoint, or the
+    # adapter over its base): a record of the transformers model and this GGUF's provenance join on it.
+    source = [str(adapter), str(ckpt)] if adapter is not None else [str(ckpt)]
+    writer.add_string("eexp.source_sha256", content_hash(source))
     writer.add_string("eexp.quant", quant)
     if adapter is not None:
         writer.add_string("eexp.adapter", str(adapter.resolve()))
-        writer.add_string("eexp.adapter_sha256", _sha256_files([adapter / "adapter_model.safetensors"]))
+        writer.add_string("eexp.adapter_sha256", content_hash([str(adapter)]))
     serializer = _serializer(ckpt, adapter)
     if serializer is not None:
         writer.add_string("eexp.serializer", json.dumps(serializer, sort_keys=True, separators=(",", ":")))
