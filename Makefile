@@ -1,7 +1,7 @@
 # The two things a new user runs (README): the demo loop and the tests. Both install what is missing first.
 VENV := .venv
 
-.PHONY: install dev test test-fast demo
+.PHONY: install dev test test-fast demo docs
 install: $(VENV)/.installed-all
 dev: $(VENV)/.installed-dev
 
@@ -18,3 +18,7 @@ test-fast: dev
 
 demo:
 	$(MAKE) -C recipes demo
+
+# docs/cli.md from every command's --help (tests/test_docs.py fails when it is stale)
+docs: dev
+	$(VENV)/bin/python -m eexp.cli.reference > docs/cli.md

@@ -51,3 +51,11 @@ def test_only_the_cli_imports_the_cli():
                  and re.search(r"^\s*(from eexp\.cli\b|import eexp\.cli\b|from eexp import cli\b)", p.read_text(),
                                re.MULTILINE)]
     assert offenders == []
+
+
+def test_cli_reference_is_generated_from_the_current_help():
+    """docs/cli.md is --help of every command; regenerate it with `make docs` after changing an option."""
+    from eexp.cli.reference import reference
+    checked_in = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    assert checked_in == reference(), "docs/cli.md is stale: run `make docs`"
+    assert all(f"## eexp {name}\n" in checked_in for name in COMMANDS)
