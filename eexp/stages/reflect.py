@@ -9,9 +9,10 @@ Three reflectors: `self` (the model being trained writes its own reflections, th
 stronger model, recorded as teacher-assisted) and `grounded` (a deterministic rationale assembled from the observed
 outcomes, no model: for CPU experiments and tests; not the paper's method, and its meta says so).
 
-Every reflection goes through the same filters (the repo lessons in ../shared/research/paper.md §3): a cut-off reply,
-an empty or over-long one, label leakage, the chosen action's outcome narrated as already seen, a different
-concluding action. A monologue repeated twice is repaired (first copy kept), not rejected.
+Every reflection goes through the same filters, from what the paper's public code base learned about its generated
+reflections and what SmolLM2-135M did here: a cut-off reply, an empty, short or over-long one, label leakage, a copy
+of the template's own words, one off the topic or going round in circles, the chosen action's outcome narrated as
+already seen, a different concluding action. A monologue repeated twice is repaired (first copy kept), not rejected.
 """
 
 from __future__ import annotations
@@ -279,8 +280,9 @@ COUNTS = ("kept", *FILTERS, "repeated", "fallback_grounded", "no_alternatives", 
 COPY_RUN = 5              # words in a row shared with the template that count as copying it
 MAX_REPEATED_RUNS = 0.4   # a monologue whose three-word runs repeat more than this is going round in circles
 
-# Labels a generator copies from its prompt (repo lesson 1: ~16% of one batch): who demonstrated the action, list
-# positions, template headings, meta talk. Plain words like "alternative" or "option" alone are fine English.
+# Labels a generator copies from its prompt (~16% of one batch in the paper's code base): who demonstrated the
+# action, list positions, template headings, meta talk. Plain words like "alternative" or "option" alone are fine
+# English.
 _LEAKAGE = re.compile(
     r"\bexperts?\b|\bdemonstrat(?:or|ion)s?\b"
     r"|\b(?:alternative|option|action|move|choice|candidate)\s*(?:#\s*)?\d+\b"
@@ -295,7 +297,8 @@ _ANTICIPATION = re.compile(
     r"\b(?:will|should|would|could|might|may|can't|cannot|expect\w*|likely|probably|hope\w*|if|once|going to|"
     r"want to|plan|intend|aim)\b|'ll\b", re.IGNORECASE)
 
-# Ways of reporting a result as seen (repo lesson 2: "now I see cup 1", ~25% of ALFWorld navigation reflections).
+# Ways of reporting a result as seen ("now I see cup 1": ~25% of ALFWorld navigation reflections in the paper's code
+# base).
 _NARRATION = re.compile(
     r"\b(?:now|already)\s+(?:i\s+)?(?:can\s+)?(?:see|saw|notice|have|found|got)\b"
     r"|\bi\s+(?:can\s+)?(?:now|already)\s+(?:see|saw|notice|have|found|got|know)\b"
@@ -335,7 +338,7 @@ def _norm(sentence: str) -> str:
 
 
 def trim_repeat(text: str) -> tuple[str, bool]:
-    """Cut a monologue that starts over (repo lesson 3: ~3% of long generations say it all twice).
+    """Cut a monologue that starts over (~3% of long generations say it all twice, in the paper's code base).
 
     A restart is a sentence equal to the first one, followed by copies of the next ones, to the end of the text or
     for at least two sentences; the copy may stop mid-sentence (a reply cut by max tokens). The first copy is kept.
@@ -392,7 +395,7 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
         return Verdict("", "model_error", finish_reason, repeated)
     if finish_reason == "length" and not repeated:
         # A repeated monologue usually runs into the token limit in its second copy; with that copy cut off the
-        # first is whole. Anything else cut by max tokens ends mid-thought (repo lesson 4).
+        # first is whole. Anything else cut by max tokens ends mid-thought.
         return Verdict(text, "truncated", "the reply was cut off by --max-tokens", repeated)
     action_lines = _ACTION_LINE.findall(text)
     prose = _ACTION_LINE.sub("", text)
