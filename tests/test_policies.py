@@ -487,3 +487,12 @@ def test_doctor_passes_on_an_export_and_fails_on_a_mismatch(runner, tiny_gguf, t
     assert failed == {"EOS", "end of turn"}
     usage = runner.invoke(cli, ["doctor", "--policy", str(tiny_checkpoint)])
     assert usage.exit_code == 2
+
+
+@pytest.mark.parametrize("spec, kind", [("random", "baseline"), ("oracle", "baseline"),
+                                        ("http://127.0.0.1:8000/v1", "endpoint"), ("https://h/v1", "endpoint"),
+                                        ("m.gguf", "gguf"), ("M.GGUF", "gguf"), ("nothing-here", None)])
+def test_policy_kind_reads_a_spec_once(spec, kind, tmp_path):
+    from eexp.policies import policy_kind
+    assert policy_kind(spec) == kind
+    assert policy_kind(str(tmp_path)) == "checkpoint"

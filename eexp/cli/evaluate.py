@@ -14,6 +14,7 @@ from eexp.cli.options import UserError, parse_env_args, policy_options, progress
     serializer_options, stage_options
 from eexp.envs.base import make_env
 from eexp.io import InputError, Reader, Writer, in_shard, prepare_resume, read_records, write_atomic
+from eexp.policies import policy_kind
 from eexp.records import expect, utc_now
 from eexp.stages.evaluate import (EvalSettings, Runner, compare_runs, episode_id, format_comparison,
                                   format_summary, load_runs, plot_comparison, split_tasks, summarize)
@@ -117,7 +118,7 @@ def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_
     tasks = [t for t in tasks if in_shard(t["id"], io.shard)]
 
     policy_args = dict(policy_args)
-    local_model = policy_spec.endswith(".gguf") or os.path.isdir(policy_spec)
+    local_model = policy_kind(policy_spec) in ("gguf", "checkpoint")
     if jobs > 1 and local_model and "n_threads" not in policy_args:
         # N llama.cpp or torch processes each using every core fight over them (torch's spinning threads made a step
         # ~10x slower here): split the cores between the workers

@@ -9,6 +9,7 @@ import orjson
 
 from eexp.cli import cli
 from eexp.cli.options import UserError, config_option
+from eexp.policies import policy_kind
 
 
 @cli.command()
@@ -38,7 +39,7 @@ def doctor(policy_spec, tokenizer, as_json):
 
     from eexp.policies.doctor import doctor as run_doctor
 
-    if not policy_spec.endswith(".gguf"):
+    if policy_kind(policy_spec) != "gguf":
         raise click.BadParameter("doctor compares a GGUF file with its tokenizer; give --policy MODEL.gguf",
                                  param_hint="--policy")
     if not os.path.isfile(policy_spec):

@@ -7,6 +7,7 @@ import click
 from eexp.cli import cli
 from eexp.cli.options import policy_options, sampling_options, serializer_options, stage_options
 from eexp.io import Writer, prepare_resume
+from eexp.policies import policy_kind
 from eexp.records import expect
 from eexp.stages.reflect import COUNTS, FILTERS, Reflector, Settings, Template, policy_writer, reflect_examples
 
@@ -72,7 +73,7 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
         raise click.UsageError("--fallback is for model reflectors: --reflector grounded rejects nothing to replace")
     if reflector != "grounded" and not policy_spec:
         raise click.UsageError(f"--reflector {reflector} needs --policy SPEC (the model that writes the reflections)")
-    if policy_spec in ("random", "oracle"):
+    if policy_kind(policy_spec) == "baseline":
         raise click.UsageError(f"the {policy_spec} policy writes no text; give a model with --policy, or use "
                                f"--reflector grounded")
     if act is not None:

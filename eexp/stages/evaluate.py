@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from eexp.envs.base import Env, EnvError, make_env
 from eexp.io import InputError
+from eexp.policies import policy_kind
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import Serializer, clip
 from eexp.records import make_meta, short_hash
@@ -221,10 +222,6 @@ def _worker_run(item: tuple[dict, str]) -> tuple[dict, dict | None]:
     return _worker.run(*item)
 
 
-def is_endpoint(spec: str) -> bool:
-    return spec.startswith(("http://", "https://"))
-
-
 class Runner:
     """Runs episodes here (jobs=1), in threads around one endpoint policy, or in `jobs` spawned processes.
 
@@ -240,7 +237,7 @@ class Runner:
         self.threads: ThreadPoolExecutor | None = None
         self.local: Evaluator | None = None
         self.thread_envs: list[Env] = []
-        if jobs > 1 and policy is None and not is_endpoint(settings.policy_spec):
+        if jobs > 1 and policy is None and policy_kind(settings.policy_spec) != "endpoint":
             self.processes = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker,
                                                                         initargs=(settings,))
             try:
