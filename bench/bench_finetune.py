@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_baseline import sft_trainer  # bench/trl_baseline.py, beside this script
+
 HERE = Path(__file__).resolve().parent.parent
 
 
@@ -58,33 +60,7 @@ def run_eexp(args) -> dict:
 
 
 def run_trl(args) -> dict:
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    rows = []
-    for line in open(args.data):
-        messages = [{"role": m["role"], "content": m["content"]} for m in json.loads(line)["messages"]]
-        rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    config = SFTConfig(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                       gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine",
-                       max_length=args.max_length, completion_only_loss=True, packing=False, use_cpu=True,
-                       bf16=False, fp16=False, report_to="none", save_strategy="no", logging_steps=args.steps,
-                       dataloader_num_workers=0, seed=0, disable_tqdm=True, max_grad_norm=1.0)
-    peft_config = None if args.full else LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                    target_modules="all-linear", task_type="CAUSAL_LM")
-    losses = []
-
-    class Log(TrainerCallback):
-        def on_log(self, _args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
-
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft_config, callbacks=[Log()])
+    trainer, _, losses = sft_trainer(args, seed=0, logging_steps=args.steps)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_baseline import sft_trainer  # bench/trl_baseline.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 
 RUNS = {  # name: (trainer, method, precision, seed)
@@ -108,34 +110,7 @@ def run_eexp(args) -> dict:
 
 
 def run_trl(args) -> dict:
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    rows = []
-    for line in open(args.data):
-        messages = [{"role": m["role"], "content": m["content"]} for m in json.loads(line)["messages"]]
-        rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    config = SFTConfig(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                       gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine",
-                       max_length=args.max_length, completion_only_loss=True, packing=False, use_cpu=True,
-                       bf16=False, fp16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-                       logging_steps=1, dataloader_num_workers=0, seed=args.seed, disable_tqdm=True,
-                       max_grad_norm=1.0)
-    peft_config = None if args.full else LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                    target_modules="all-linear", task_type="CAUSAL_LM")
-    losses = []
-
-    class Log(TrainerCallback):
-        def on_log(self, _args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(logs["loss"])
-
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft_config, callbacks=[Log()])
+    trainer, tok, losses = sft_trainer(args, seed=args.seed, logging_steps=1)
     start, cpu = time.perf_counter(), cpu_seconds()
     trainer.train()
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
