@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trl_baseline import sft_trainer  # bench/trl_baseline.py, beside this script
+from trl_baseline import sft_trainer, tokens_per_example  # bench/trl_baseline.py, beside this script
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -76,15 +76,6 @@ def child(args) -> None:
     result = (run_eexp if args.which == "eexp" else run_trl)(args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
-
-
-def tokens_per_example(data: str, model: str, max_length: int) -> float:
-    """Mean tokens per example (eexp's encoding), the common unit of both throughputs."""
-    from transformers import AutoTokenizer
-    from eexp.training import encode
-    tok = AutoTokenizer.from_pretrained(model)
-    lengths = [len(encode(tok, json.loads(line)["messages"], max_length).ids) for line in open(data)]
-    return sum(lengths) / len(lengths)
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trl_baseline import sft_trainer  # bench/trl_baseline.py, beside this script
+from trl_baseline import sft_trainer, tokens_per_example  # bench/trl_baseline.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 
@@ -139,16 +139,6 @@ def make_data(work: Path, tasks: int, split: str, name: str) -> Path:
     with open(il, "wb") as f:
         subprocess.run(eexp + ["imitation-data", str(expert), "-q"], stdout=f, check=True)
     return il
-
-
-def tokens_per_example(data: str, model: str, max_length: int) -> float:
-    """Mean tokens per example (eexp's encoding), the common unit of every throughput."""
-    from transformers import AutoTokenizer
-
-    from eexp.training import encode
-    tok = AutoTokenizer.from_pretrained(model)
-    lengths = [len(encode(tok, json.loads(line)["messages"], max_length).ids) for line in open(data)]
-    return sum(lengths) / len(lengths)
 
 
 def main() -> None:

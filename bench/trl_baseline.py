@@ -1,6 +1,7 @@
-"""TRL's SFTTrainer set up as the baseline of the finetune benches (bench_finetune.py, bench_finetune_real.py): the
-same examples as eexp trains on (prompt/completion, loss on the completion only), the same optimizer settings and
-LoRA (r 16, alpha 32, all linear layers), on the CPU, in fp32."""
+"""What the finetune benches (bench_finetune.py, bench_finetune_real.py) share: TRL's SFTTrainer set up as their
+baseline, on the same examples as eexp trains on (prompt/completion, loss on the completion only), with the same
+optimizer settings and LoRA (r 16, alpha 32, all linear layers), on the CPU, in fp32; and the common unit of their
+throughputs, tokens per example as eexp encodes them."""
 
 from __future__ import annotations
 
@@ -38,3 +39,13 @@ def sft_trainer(args, *, seed: int, logging_steps: int):
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_config, callbacks=[Log()])
     return trainer, tok, losses
+
+
+def tokens_per_example(data: str, model: str, max_length: int) -> float:
+    """Mean tokens per example (eexp's encoding), the common unit of every throughput."""
+    from transformers import AutoTokenizer
+
+    from eexp.training import encode
+    tok = AutoTokenizer.from_pretrained(model)
+    lengths = [len(encode(tok, json.loads(line)["messages"], max_length).ids) for line in open(data)]
+    return sum(lengths) / len(lengths)
