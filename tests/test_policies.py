@@ -496,3 +496,77 @@ def test_policy_kind_reads_a_spec_once(spec, kind, tmp_path):
     from eexp.policies import policy_kind
     assert policy_kind(spec) == kind
     assert policy_kind(str(tmp_path)) == "checkpoint"
+
+
+# --- policy plugins: the `eexp.policies` entry points ---------------------------------------------------------
+
+POLICYPKG = __import__("pathlib").Path(__file__).parent / "policypkg"
+
+
+def test_every_kind_is_an_entry_point():
+    """eexp's own backends register as a plugin's do, so load_policy has no if-chain of kinds."""
+    from eexp.policies import BUILTIN_KINDS, policy_registry
+    registry = policy_registry()
+    assert set(BUILTIN_KINDS) <= set(registry)
+    assert all(registry[k].value.startswith("eexp.policies:") for k in BUILTIN_KINDS)
+
+
+def test_third_party_policy_registers_by_entry_point(tmp_path):
+    """tests/policypkg, installed into a folder of its own, adds `--policy prefer:WORD` to every stage without
+    touching eexp; a plugin that cannot import is one line naming its package; eexp's own kinds stay eexp's."""
+    import shutil
+    import subprocess
+    import sys
+
+    import orjson
+
+    src, site = tmp_path / "src", tmp_path / "site"
+    shutil.copytree(POLICYPKG, src)   # building writes into the source tree: keep tests/ clean
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(src)], check=True, capture_output=True)
+    env = {"PYTHONPATH": str(site), "PATH": str(__import__("pathlib").Path(sys.executable).parent)}
+
+    def eexp(*args, stdin=None):
+        return subprocess.run([sys.executable, "-m", "eexp", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, input=stdin)
+
+    out = eexp("eval", "--env", "shop", "--split", "test", "-n", "2", "--max-steps", "3", "--policy", "prefer:buy")
+    assert out.returncode == 0, out.stderr
+    episodes = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert len(episodes) == 2 and all(e["policy"] == "prefer-buy" for e in episodes)
+    assert all(e["meta"]["policy_spec"] == "prefer:buy" for e in episodes)
+    assert episodes[0]["actions"][0].startswith("search[")   # no admissible action has "buy" yet: the first one
+    # branch proposes with it too, and its --policy-arg reach its loader
+    expert = eexp("expert", "--env", "shop", "-n", "1")
+    assert expert.returncode == 0, expert.stderr
+    branches = eexp("branch", "--policy", "prefer:back", "--policy-arg", "case=sensitive", "-k", "1",
+                    stdin=expert.stdout)
+    assert branches.returncode == 0, branches.stderr
+    records = [orjson.loads(line) for line in branches.stdout.splitlines()]
+    assert records and any(a["source"] == "policy" and "back" in a["action"]
+                           for r in records for a in r["alternatives"])
+    bad_arg = eexp("branch", "--policy", "prefer:back", "--policy-arg", "colour=red", stdin=expert.stdout)
+    assert bad_arg.returncode == 1 and "prefer: unknown --policy-arg colour (known: case)" in bad_arg.stderr
+    broken = eexp("eval", "--env", "shop", "-n", "1", "--policy", "broken:x")
+    assert broken.returncode == 1
+    assert "the 'broken' policy backend is registered but cannot load: ModuleNotFoundError" in broken.stderr
+    assert "(it comes from the package eexp-prefer-policy)" in broken.stderr and "Traceback" not in broken.stderr
+    unknown = eexp("eval", "--env", "shop", "-n", "1", "--policy", "nothing:x")
+    assert unknown.returncode == 1 and "KIND:TARGET for an installed plugin (kinds: broken, prefer)" in unknown.stderr
+    hijack = eexp("eval", "--env", "shop", "-n", "1", "--policy", "missing.gguf")   # the plugin's `gguf` is not used
+    assert hijack.returncode == 1 and "missing.gguf: no such GGUF file" in hijack.stderr
+
+
+def test_a_loader_must_return_a_policy(monkeypatch):
+    import eexp.policies as policies
+
+    class FakeEntryPoint:
+        name, value, dist = "odd", "odd_plugin:load", None
+
+        def load(self):
+            return lambda target, args, **settings: f"not a policy: {target}"
+
+    monkeypatch.setattr(policies, "policy_registry", lambda: {"odd": FakeEntryPoint()})
+    assert policies.policy_kind("odd:x") == "odd"
+    with pytest.raises(PolicyError, match="the 'odd' policy backend returned str, not an eexp.policies.Policy"):
+        policies.load_policy("odd:x")

@@ -1,4 +1,5 @@
-"""Policies: one interface over llama.cpp, transformers (+ PEFT), OpenAI-compatible endpoints, random and oracle.
+"""Policies: one interface over llama.cpp, transformers (+ PEFT), OpenAI-compatible endpoints, random and oracle,
+and any backend an installed package registers under the entry-point group `eexp.policies`.
 
 `load_policy(spec)` is what every stage calls with the user's `--policy SPEC`:
 
@@ -6,27 +7,63 @@
     model.gguf                 llama-cpp-python
     DIR                        a transformers checkpoint (config.json) or a PEFT adapter (adapter_config.json)
     http(s)://host:port/v1     an OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's server)
+    KIND:TARGET                the backend a plugin registers as KIND (its loader gets TARGET)
+
+Every kind, eexp's own included, is an entry point of `eexp.policies`: its name is the kind `policy_kind` returns,
+its object a loader `load(target, args, *, act, max_tokens, top_p) -> Policy` (DESIGN.md "Policies" is the
+contract). eexp's own kinds are read from the form of the spec; a plugin's from its `KIND:` prefix.
 """
 
 from __future__ import annotations
 
 import os
+from importlib.metadata import entry_points
+from typing import Any, Callable
 
 from eexp.policies.base import Policy, PolicyError, Reply, derive_seed
 
-__all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "load_policy", "policy_kind", "ACT_MODES"]
+__all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "load_policy", "policy_kind", "policy_registry",
+           "ACT_MODES"]
 
 ACT_MODES = ("generate", "constrained", "score", "think")
 
 SPEC_FORMS = "random, oracle, a .gguf file, a checkpoint or adapter directory, or http(s)://HOST/v1"
 BASELINES = ("random", "oracle")
+GROUP = "eexp.policies"
+# The kinds eexp registers itself, read from the form of a spec; a plugin cannot take these names.
+BUILTIN_KINDS = ("baseline", "endpoint", "gguf", "checkpoint")
+
+Loader = Callable[..., Policy]
+
+
+def policy_registry() -> dict[str, Any]:
+    """kind -> entry point, for every installed policy backend. eexp's own kinds are eexp's: a plugin that
+    registers one of those names is not used for it."""
+    known: dict[str, Any] = {}
+    for ep in entry_points(group=GROUP):
+        if ep.name in BUILTIN_KINDS and not ep.value.startswith("eexp."):
+            continue
+        known[ep.name] = ep
+    return known
+
+
+def _split_plugin(spec: str, known: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, target) when `spec` is `KIND:TARGET` for an installed plugin kind, else None."""
+    kind, sep, target = spec.partition(":")
+    if sep and kind in known and kind not in BUILTIN_KINDS:
+        return kind, target
+    return None
 
 
 def policy_kind(spec: str | None) -> str | None:
-    """What a --policy SPEC names, from its form alone: baseline, endpoint, gguf, checkpoint (a directory), or None.
-    The one place a spec is read; `load_policy` then checks that the thing exists."""
+    """What a --policy SPEC names: baseline, endpoint, gguf, checkpoint (a directory), a plugin's kind (`KIND:...`),
+    or None. The one place a spec is read; `load_policy` then checks that the thing exists."""
     if not spec:
         return None
+    if ":" in spec and not spec.startswith(("http://", "https://")):
+        plugin = _split_plugin(spec, policy_registry())
+        if plugin:
+            return plugin[0]
     if spec in BASELINES:
         return "baseline"
     if spec.startswith(("http://", "https://")):
@@ -47,32 +84,77 @@ def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, 
         raise PolicyError(f"no policy given (--policy: {SPEC_FORMS})")
     if act is not None and act not in ACT_MODES:
         raise PolicyError(f"unknown --act {act!r} (choose from {', '.join(ACT_MODES)})")
-    common = {"act": act, "max_tokens": max_tokens, "top_p": top_p}
+    known = policy_registry()
     kind = policy_kind(spec)
-    if kind == "baseline":
-        if args:
-            raise PolicyError(f"the {spec} policy takes no --policy-arg (got {', '.join(sorted(args))})")
-        from eexp.policies.baselines import OraclePolicy, RandomPolicy
-        return RandomPolicy() if spec == "random" else OraclePolicy()
-    if kind == "endpoint":
-        if act == "think":
-            raise PolicyError("--act think continues the model's own reply (its thought) with the action, which a "
-                              "chat-completions endpoint cannot do; use a local model (a .gguf file or a checkpoint "
-                              "directory), or --act generate, whose replies keep the model's thought too")
-        from eexp.policies.http import HttpPolicy
-        return HttpPolicy(spec, args, **common)
-    if kind == "gguf":
-        if not os.path.isfile(spec):
-            raise PolicyError(f"{spec}: no such GGUF file")
-        from eexp.policies.llama import LlamaCppPolicy
-        return LlamaCppPolicy(spec, args, **common)
-    if kind == "checkpoint":
-        if os.path.isfile(os.path.join(spec, "adapter_config.json")) or \
-                os.path.isfile(os.path.join(spec, "config.json")):
-            from eexp.policies.hf import TransformersPolicy
-            return TransformersPolicy(spec, args, **common)
-        raise PolicyError(f"{spec}: a directory, but neither a transformers checkpoint (config.json) nor a PEFT "
-                          f"adapter (adapter_config.json)")
-    if os.path.exists(spec):
-        raise PolicyError(f"{spec}: not a policy (expected {SPEC_FORMS})")
-    raise PolicyError(f"{spec}: no such file or directory, and not a known policy (expected {SPEC_FORMS})")
+    if kind is None:
+        plugins = sorted(k for k in known if k not in BUILTIN_KINDS)
+        forms = SPEC_FORMS + (f", or KIND:TARGET for an installed plugin (kinds: {', '.join(plugins)})"
+                              if plugins else "")
+        if os.path.exists(spec):
+            raise PolicyError(f"{spec}: not a policy (expected {forms})")
+        raise PolicyError(f"{spec}: no such file or directory, and not a known policy (expected {forms})")
+    plugin = _split_plugin(spec, known)
+    target = plugin[1] if plugin else spec
+    policy = _loader(kind, known)(target, dict(args or {}), act=act, max_tokens=max_tokens, top_p=top_p)
+    if not isinstance(policy, Policy):
+        raise PolicyError(f"the {kind!r} policy backend returned {type(policy).__name__}, not an "
+                          f"eexp.policies.Policy (it comes from {_dist_name(known[kind])})")
+    if plugin:
+        policy.spec = spec   # what the user passed to --policy, as records show it
+    return policy
+
+
+def _loader(kind: str, known: dict[str, Any]) -> Loader:
+    """The loader registered for `kind`; a plugin that fails to import is one line naming its package."""
+    if kind not in known:   # one of eexp's own kinds, but its entry points are not installed
+        raise PolicyError(f"the {kind!r} policy backend is not registered: eexp's entry points are missing "
+                          f"(reinstall eexp: ./install.sh, or pip install -e .)")
+    ep = known[kind]
+    try:
+        return ep.load()
+    except PolicyError:   # the package's own message (and install hint), as it wrote it
+        raise
+    except Exception as e:   # ImportError included: one line, not a traceback
+        raise PolicyError(f"the {kind!r} policy backend is registered but cannot load: {type(e).__name__}: {e} "
+                          f"(it comes from {_dist_name(ep)})") from None
+
+
+def _dist_name(ep: Any) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"the package {dist.name}" if dist is not None and getattr(dist, "name", None) else \
+        f"the package that registers {ep.value}"
+
+
+# --- eexp's own loaders (registered in pyproject.toml like a plugin's) -------------------------------------------
+# Each imports its backend only when called, so `--policy random` never imports torch or llama.cpp.
+
+def load_baseline(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    if args:
+        raise PolicyError(f"the {spec} policy takes no --policy-arg (got {', '.join(sorted(args))})")
+    from eexp.policies.baselines import OraclePolicy, RandomPolicy
+    return RandomPolicy() if spec == "random" else OraclePolicy()
+
+
+def load_endpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    if act == "think":
+        raise PolicyError("--act think continues the model's own reply (its thought) with the action, which a "
+                          "chat-completions endpoint cannot do; use a local model (a .gguf file or a checkpoint "
+                          "directory), or --act generate, whose replies keep the model's thought too")
+    from eexp.policies.http import HttpPolicy
+    return HttpPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
+
+
+def load_gguf(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    if not os.path.isfile(spec):
+        raise PolicyError(f"{spec}: no such GGUF file")
+    from eexp.policies.llama import LlamaCppPolicy
+    return LlamaCppPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
+
+
+def load_checkpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    if os.path.isfile(os.path.join(spec, "adapter_config.json")) or \
+            os.path.isfile(os.path.join(spec, "config.json")):
+        from eexp.policies.hf import TransformersPolicy
+        return TransformersPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
+    raise PolicyError(f"{spec}: a directory, but neither a transformers checkpoint (config.json) nor a PEFT "
+                      f"adapter (adapter_config.json)")
