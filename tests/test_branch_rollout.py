@@ -138,7 +138,7 @@ def roll(records, env_name=None, timeout=None):
     counts = collections.Counter()
     runner = Rollout(env_factory=make_test_env, step_timeout=timeout, count=lambda n, c=1: counts.update({n: c}))
     try:
-        outs = [o for r in records for o in runner.feed(r)] + list(runner.finish())
+        outs = [o for r in records for o in runner(r)] + list(runner.finish())
     finally:
         runner.close()
     return outs, counts

@@ -10,9 +10,8 @@ from collections import Counter
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, progress_bar, serializer_options, stage_options, \
-    config_option
-from eexp.io import InputError, Reader, Stats, Writer, closing
+from eexp.cli.options import UserError, config_option, serializer_options, stage_options
+from eexp.io import Reader, StageIO
 from eexp.records import KIND_NAMES, expect, kind_of, validate as validate_record
 from eexp.stages.imitation import imitation_examples
 from eexp.stages.mix import mix, parse_source
@@ -115,34 +114,10 @@ def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_
         parsed = [parse_source(s) for s in sources]
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="SOURCES")
-    run_stats = Stats()
-    readers = [Reader([path], on_error=on_error) for path, _ in parsed]
+    io = StageIO(output=output, on_error=on_error, stats=stats, quiet=True, resumable=False)
     check = expect("example")
-
-    def examples(reader):
-        for item in reader:
-            run_stats.records_in += 1
-            problem = check(item.record)
-            if problem:
-                reader.reject(item.error(problem))
-                continue
-            yield item.record
-
-    writer = Writer(output, resumable=False)
-
-    def finish():
-        run_stats.skipped = sum(r.skipped for r in readers)
-        if run_stats.skipped:
-            click.echo(f"eexp: skipped {run_stats.skipped} bad record(s)", err=True)
-        run_stats.write(stats)
-
-    with closing(writer, then=finish):
-        stream = mix([(examples(r), w) for r, (_, w) in zip(readers, parsed)], seed=seed, concat=concat,
-                     shuffle_buffer=shuffle_buffer, dedup=dedup, limit=limit, count=run_stats.add)
-        for record in stream:
-            writer.write(record)
-            run_stats.records_out += 1
-
+    io.write(mix([(io.read([path], validate=check), w) for path, w in parsed], seed=seed, concat=concat,
+                 shuffle_buffer=shuffle_buffer, dedup=dedup, limit=limit, count=io.count))
 
 
 @cli.command()

@@ -75,13 +75,12 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
             serializer = Serializer.from_dict(recorded)
     for name in ("topped_up", "short_of_k"):
         io.count(name, 0)
-    brancher = Brancher(propose, k, policy=policy, seed=seed, temperature=temperature, serializer=serializer,
-                        steps=steps, max_steps=max_steps_per_trajectory, count=io.count, note=_note,
-                        policy_settings=settings)
     try:
+        brancher = Brancher(propose, k, policy=policy, seed=seed, temperature=temperature, serializer=serializer,
+                            steps=steps, max_steps=max_steps_per_trajectory, count=io.count, note=_note,
+                            policy_settings=settings)
         io.run(brancher, validate=expect("trajectory"), unit="traj", output_kind="branch")
     finally:
-        brancher.close()
         if policy is not None:
             policy.close()
 
@@ -108,9 +107,5 @@ def rollout(io, jobs, step_timeout):
     """
     for name in ("env_steps", "errors", "state_mismatches", "env_restarts"):
         io.count(name, 0)
-    runner = Rollout(jobs=jobs, step_timeout=step_timeout, count=io.count, note=_note)
-    try:
-        io.run(runner.feed, validate=expect("branch"), input_key=lambda r: r.get("source_id"),
-               finish=runner.finish, output_kind="outcome")
-    finally:
-        runner.close()
+    io.run(Rollout(jobs=jobs, step_timeout=step_timeout, count=io.count, note=_note), validate=expect("branch"),
+           input_key=lambda r: r.get("source_id"), output_kind="outcome")

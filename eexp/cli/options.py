@@ -9,13 +9,12 @@
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable
 
 import click
 import yaml
 
-from eexp.io import InputError, Reader, Stats, Writer, closing, parse_shard, prepare_resume, progress_bar, run_stage
+from eexp.io import StageIO, parse_shard, progress_bar  # noqa: F401 - progress_bar: for the commands
 from eexp.prompts import Serializer
 
 
@@ -58,53 +57,6 @@ def _check_shard(ctx, param, value):
         return parse_shard(value)
     except ValueError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param)
-
-
-class StageIO:
-    """Inputs, output, resume, shard, --on-error and stats for one stage run."""
-
-    def __init__(self, inputs, output, resume, shard, on_error, stats, quiet):
-        if resume and output in (None, "-"):
-            raise click.UsageError("--resume needs -o FILE (it continues an output file)")
-        if stats and os.path.isdir(stats):  # found now, not after the whole run
-            raise InputError("is a directory, not a file to write", stats)
-        self.inputs = list(inputs) or ["-"]
-        self.output, self.resume, self.shard, self.quiet = output, resume, shard, quiet
-        self.stats_path = stats
-        self.reader = Reader(self.inputs, on_error=on_error)
-        self.stats = Stats()
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.stats.add(name, n)
-
-    def run(self, process: Callable[[dict], object], validate=None, input_key=lambda r: r.get("id"),
-            output_key=lambda r: r.get("source_id"), unit: str = "rec", finish=None,
-            output_kind: str | None = None) -> None:
-        """Map every input record through `process` (which yields output records) and write them. `finish()`,
-        when given, yields the outputs a stage still holds after the last input (rollout's groups in flight).
-        `output_kind` is the kind of record the stage writes: --resume refuses a file of another kind."""
-        done = prepare_resume(self.output, output_key, kind=output_kind) if self.resume else None
-        writer = Writer(self.output, append=bool(self.resume))
-        with self.closing(writer):
-            with progress_bar(self.quiet, unit=unit) as bar:
-                run_stage(self.reader, process, writer, self.stats, validate=validate, shard=self.shard,
-                          done=done, input_key=input_key, progress=bar)
-                for out in finish() if finish is not None else ():
-                    writer.write(out)
-                    self.stats.records_out += 1
-
-    def closing(self, *writers):
-        """Close `writers` and write --stats when the block ends; an error in flight is the one reported."""
-        return closing(*writers, then=self.finish)
-
-    def writer(self) -> Writer:
-        return Writer(self.output)
-
-    def finish(self) -> None:
-        self.stats.skipped = self.reader.skipped
-        if self.reader.skipped:
-            click.echo(f"eexp: skipped {self.reader.skipped} bad record(s)", err=True)
-        self.stats.write(self.stats_path)
 
 
 def stage_options(f: Callable) -> Callable:

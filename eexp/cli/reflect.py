@@ -6,7 +6,7 @@ import click
 
 from eexp.cli import cli
 from eexp.cli.options import policy_options, sampling_options, serializer_options, stage_options
-from eexp.io import Writer, prepare_resume
+from eexp.io import prepare_resume
 from eexp.policies import policy_kind
 from eexp.records import expect
 from eexp.stages.reflect import COUNTS, FILTERS, Reflector, Settings, Template, policy_writer, reflect_examples
@@ -99,24 +99,20 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
         io.count(name, 0)
     # (With a fallback the output holds every state that was done, so --rejected is not needed for that.)
     rejected_done = prepare_resume(rejected) if (io.resume and rejected and fallback == "none") else set()
-    rejects = Writer(rejected, append=io.resume) if rejected else None
-
-    def reject(record: dict) -> None:
-        if rejects is not None:
-            rejects.write(record)
+    rejects = io.side_output(rejected)
 
     def process(outcome: dict):
         if outcome["id"] in rejected_done:
             io.count("resumed")
             return []
         return reflect_examples(outcome, reflector=writer, template=template, serializer=serializer,
-                                settings=settings, count=io.count, reject=reject, fallback=fallback)
+                                settings=settings, count=io.count,
+                                reject=rejects.write if rejects is not None else lambda record: None,
+                                fallback=fallback)
 
     try:
         io.run(process, validate=expect("outcome"), unit="state", output_kind="example")
     finally:
-        if rejects is not None:
-            rejects.close()
         if policy is not None:
             policy.close()
     if reflector != "grounded":

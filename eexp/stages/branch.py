@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import orjson
 
 from eexp.envs.base import Env, make_env
-from eexp.io import RecordError
+from eexp.io import RecordError, Stage
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import Serializer
 from eexp.records import make_meta, trajectory_states
@@ -56,7 +56,7 @@ def spread(indices: list[int], n: int) -> list[int]:
     return [indices[round(j * (len(indices) - 1) / (n - 1))] for j in range(n)]
 
 
-class Brancher:
+class Brancher(Stage):
     """Turns a trajectory into its branch records. Call it with a trajectory; it yields one record per chosen step.
 
     `count(name, n)` receives the stage counts for --stats (`topped_up`, `short_of_k`, ...); `note(msg)` gets

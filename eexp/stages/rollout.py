@@ -30,7 +30,7 @@ import orjson
 
 from eexp.envs.base import Env, EnvError, env_class, make_env
 from eexp.envs.reach import StateMismatch, check_state, guarded, reach
-from eexp.io import RecordError
+from eexp.io import RecordError, Stage
 from eexp.records import make_meta
 
 REPLAY_RETRIES = 1   # a state mismatch is tried again this many times from a reset before it is an error
@@ -237,8 +237,8 @@ def _worker_group(records: list[dict]) -> tuple[list[dict], dict]:
     return rollout_group(records, _WORKER["pool"], _WORKER["meta"])
 
 
-class Rollout:
-    """The stage: `feed(record)` yields the outcomes ready so far, in input order; `finish()` yields the rest.
+class Rollout(Stage):
+    """The stage: `rollout(record)` yields the outcomes ready so far, in input order; `finish()` yields the rest.
 
     With one job the records are walked as they come (a trajectory's env carries over from record to record).
     With N jobs a trajectory's records are collected until the next trajectory starts, then sent to a worker;
@@ -292,7 +292,7 @@ class Rollout:
                       f"checked, and one that changed becomes an error")
         return out
 
-    def feed(self, record: dict) -> Iterator[dict]:
+    def __call__(self, record: dict) -> Iterator[dict]:
         self.check_env(record)
         if self._executor is None:   # walk it now: the env stays where the previous record of the trajectory left it
             counts: collections.Counter = collections.Counter()
