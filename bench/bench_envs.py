@@ -11,12 +11,13 @@ steps/s. Then, for each step i of the longest expert trajectories, the time to r
 from __future__ import annotations
 
 import argparse
+import collections
 import random
 import time
 
 from eexp.envs import make_env
-from eexp.envs.reach import Walker
 from eexp.stages.expert import pick_tasks
+from eexp.stages.rollout import EnvPool, Walk
 
 TARGET = 5000
 
@@ -65,19 +66,20 @@ def reach_costs(name: str, episodes: int) -> dict[int, tuple[float, float, int, 
     replay_env.can_snapshot = False   # the same environment, reached the way a non-snapshot one is
     for task in pick_tasks(snapshot_env, "train", episodes, seed=1):
         actions = snapshot_env.expert(task)
-        walkers = {"snap": Walker(snapshot_env, task, actions), "replay": Walker(replay_env, task, actions)}
+        walks = {label: Walk(EnvPool(lambda name, e=env, **kw: e), env.env_record(), task, collections.Counter())
+                 for label, env in (("snap", snapshot_env), ("replay", replay_env))}
         for i in range(len(actions)):
             row = out.setdefault(i, [0.0, 0.0, 0, 0, 0])
-            for k, (label, walker) in enumerate(walkers.items()):
-                walker.reach(i)
-                env = walker.env
-                alternative = (env.admissible() or [actions[i]])[0]
-                walker.step(alternative)              # a detour, as rollout does for each alternative
-                before = walker.env_steps
+            prefix = tuple(actions[:i])
+            for k, (label, walk) in enumerate(walks.items()):
+                walk.reach(prefix, None, i)
+                alternative = (walk.env.admissible() or [actions[i]])[0]
+                walk.execute(prefix, alternative, None, i)   # a detour, as rollout does for each alternative
+                before = walk.counts["env_steps"]
                 t0 = time.perf_counter()
-                walker.reach(i)
+                walk.reach(prefix, None, i)
                 row[k] += time.perf_counter() - t0
-                row[2 + k] += walker.env_steps - before
+                row[2 + k] += walk.counts["env_steps"] - before
             row[4] += 1
     return {i: (1000 * a / n, 1000 * b / n, c / n, d / n) for i, (a, b, c, d, n) in out.items()}
 

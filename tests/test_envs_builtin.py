@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import re
 import shutil
 import subprocess
@@ -14,13 +15,19 @@ import pytest
 
 from eexp.cli import cli
 from eexp.envs import EnvError, make_env
-from eexp.envs.reach import ReachError, StateMismatch, StepTimeout, Walker, check_state, reach
+from eexp.envs.reach import ReachError, StateMismatch, StepTimeout, check_state, reach
 from eexp.envs.shop import IN_DIST, OOD_CATEGORIES, PER_PAGE, ShopEnv, goal_of, world_of
 from eexp.envs.tools import ToolError, ToolsEnv, parse_call
 from eexp.records import validate
 from eexp.stages.expert import expert_trajectory, pick_tasks
+from eexp.stages.rollout import EnvPool, Walk
 
 ENVPKG = Path(__file__).parent / "envpkg"
+
+
+def walk_over(env, task, timeout=None) -> Walk:
+    """rollout's Walk over one given instance: how rollout reaches the states of one trajectory, step by step."""
+    return Walk(EnvPool(lambda name, **kwargs: env, timeout), env.env_record(), task, collections.Counter())
 
 
 def run_expert(runner, *args):
@@ -173,10 +180,10 @@ def test_replay_that_diverges_is_a_state_mismatch_with_both_excerpts(runner):
     actions = [s["action"] for s in record["steps"]]
     expected = [s["observation"] for s in record["steps"]]
     expected[2] = expected[2].replace("price: $", "price: $9")          # a recording of some other world
-    walker = Walker(env, record["task"], actions, expected)
-    assert walker.reach(1) == expected[1]
+    walk = walk_over(env, record["task"])
+    assert walk.reach(tuple(actions[:1]), expected[1], 1) == expected[1]
     with pytest.raises(StateMismatch) as caught:
-        walker.reach(2)
+        walk.reach(tuple(actions[:2]), expected[2], 2)
     message = str(caught.value)
     assert message.startswith("state mismatch at step 2: reached ")
     assert "price: $" in message and "price: $9" in message and "recorded" in message
@@ -215,32 +222,35 @@ def _expert(env, task_id="train-00011"):
         record["final_observation"]]
 
 
-def test_walker_with_snapshots_reaches_each_state_in_one_step():
+def test_walk_with_snapshots_reaches_each_state_in_one_step():
     env = ShopEnv()
     task, actions, observations = _expert(env)
-    walker = Walker(env, task, actions, observations)
+    walk = walk_over(env, task)
     for i in range(len(actions) + 1):
-        before = walker.env_steps
-        assert walker.reach(i) == observations[i]
-        assert walker.env_steps - before == (1 if i else 0)
+        prefix = tuple(actions[:i])
+        before = walk.counts["env_steps"]
+        assert walk.reach(prefix, observations[i], i) == observations[i]
+        assert walk.counts["env_steps"] - before == (1 if i else 0)
         if i < len(actions):
             for alt in env.admissible()[:3]:         # alternatives from state i, then back to state i
-                assert walker.reach(i) == observations[i]
-                walker.step(alt)
-            after_alts = walker.env_steps
-            assert walker.reach(i) == observations[i] and walker.env_steps == after_alts   # a restore: 0 steps
+                assert walk.reach(prefix, observations[i], i) == observations[i]
+                walk.execute(prefix, alt, observations[i], i)
+            after_alts = walk.counts["env_steps"]
+            assert after_alts - before == (1 if i else 0) + 3                                  # one step each
+            assert walk.reach(prefix, observations[i], i) == observations[i] and \
+                walk.counts["env_steps"] == after_alts                                          # a restore: 0 steps
 
 
-def test_walker_without_snapshots_replays_and_counts_steps():
+def test_walk_without_snapshots_replays_and_counts_steps():
     env = NoSnapshotShop()
     task, actions, observations = _expert(env)
-    walker = Walker(env, task, actions, observations)
-    assert walker.reach(2) == observations[2] and walker.env_steps == 2
-    assert walker.reach(3) == observations[3] and walker.env_steps == 3     # straight on: one step
-    walker.step("click[back to search]")
-    assert walker.reach(3) == observations[3] and walker.env_steps == 4 + 3  # after a detour: replay 3
-    with pytest.raises(IndexError):
-        walker.reach(len(actions) + 1)
+    walk = walk_over(env, task)
+    steps = lambda: walk.counts["env_steps"]   # noqa: E731
+    assert walk.reach(tuple(actions[:2]), observations[2], 2) == observations[2] and steps() == 2
+    assert walk.reach(tuple(actions[:3]), observations[3], 3) == observations[3] and steps() == 3  # straight on
+    walk.execute(tuple(actions[:3]), "click[back to search]", observations[3], 3)
+    assert steps() == 4                                                          # from where it stood: one step
+    assert walk.reach(tuple(actions[:3]), observations[3], 3) == observations[3] and steps() == 4 + 3  # replay 3
 
 
 def test_environment_exception_during_replay_is_an_error_not_a_crash():
@@ -265,7 +275,7 @@ def test_step_timeout_becomes_an_error():
     assert time.perf_counter() - started < 3
     assert "timed out after 0.2 s" in record["error"] and record["success"] is False
     with pytest.raises(StepTimeout):
-        Walker(SlowShop(), task, env.expert(task), timeout=0.2).reach(1)
+        walk_over(SlowShop(), task, timeout=0.2).reach(tuple(env.expert(task)[:1]), None, 1)
 
 
 def test_expert_stage_goes_on_after_an_environment_error(runner, monkeypatch):
@@ -438,18 +448,19 @@ def test_third_party_env_registers_by_entry_point(tmp_path):
     records = [orjson.loads(line) for line in out.stdout.splitlines()]
     assert len(records) == 3 and all(r["success"] and r["id"].startswith("counter:test-") for r in records)
     assert all(validate(r, "trajectory") is None for r in records)
-    # no snapshots: the walker reaches its states by replay
+    # no snapshots: rollout's walk reaches its states by replay
     sys.path.insert(0, str(site))
     try:
         from eexp_counter_env import CounterEnv
         counter = CounterEnv()
         r = records[0]
-        walker = Walker(counter, r["task"], [s["action"] for s in r["steps"]],
-                        [s["observation"] for s in r["steps"]] + [r["final_observation"]])
-        walker.reach(2)
-        walker.step("dec")
-        walker.reach(2)
-        assert walker.env_steps == 2 + 1 + 2
+        observations = [s["observation"] for s in r["steps"]] + [r["final_observation"]]
+        prefix, expected = tuple(s["action"] for s in r["steps"])[:2], observations[2]
+        walk = walk_over(counter, r["task"])
+        walk.reach(prefix, expected, 2)
+        walk.execute(prefix, "dec", expected, 2)
+        walk.reach(prefix, expected, 2)
+        assert walk.counts["env_steps"] == 2 + 1 + 2
     finally:
         sys.path.remove(str(site))
         sys.modules.pop("eexp_counter_env", None)

@@ -7,6 +7,7 @@ records, so most TextWorld tests need no generation.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 import os
@@ -19,7 +20,8 @@ import pytest
 
 from eexp.cli import cli
 from eexp.envs import EnvError, make_env
-from eexp.envs.reach import StateMismatch, StepTimeout, Walker, guarded, reach
+from eexp.envs.reach import StateMismatch, StepTimeout, guarded, reach
+from eexp.stages.rollout import EnvPool, Walk
 
 DATA = Path(__file__).parent / "data" / "textworld"
 
@@ -34,6 +36,11 @@ needs_bfcl = _need("bfcl_eval")
 needs_scienceworld = pytest.mark.skipif(
     importlib.util.find_spec("scienceworld") is None or shutil.which("java") is None,
     reason="scienceworld is not installed or java is not on PATH (ScienceWorld's simulator is Java)")
+
+
+def walk_over(env, task) -> Walk:
+    """rollout's Walk over one given instance: how rollout reaches the states of one trajectory, step by step."""
+    return Walk(EnvPool(lambda name, **kwargs: env), env.env_record(), task, collections.Counter())
 
 
 def _expert_records(runner, *args) -> list[dict]:
@@ -106,9 +113,10 @@ def test_textworld_state_mismatch_is_detected(tw):
     reach(tw, task, actions[:2], good)
     with pytest.raises(StateMismatch):
         reach(tw, task, actions[:2], good + " (not what the game said)")
-    walker = Walker(tw, task, actions, expected=[tw.replay(task, actions[:i]) for i in range(len(actions))])
+    expected = [tw.replay(task, actions[:i]) for i in range(len(actions))]
+    walk = walk_over(tw, task)
     for i in range(len(actions)):
-        walker.reach(i)
+        walk.reach(tuple(actions[:i]), expected[i], i)
 
 
 @needs_textworld
@@ -388,9 +396,9 @@ def test_bfcl_snapshot_branches_are_independent_and_replay_is_deterministic(bfcl
     listing = bfcl.step("ls()")[0]
     bfcl.restore(snap)
     assert "eexp_branch" in listing and "eexp_branch" not in bfcl.step("ls()")[0]
-    walker = Walker(bfcl, task, actions, expected=expected)
+    walk = walk_over(bfcl, task)
     for i in range(len(actions)):
-        walker.reach(i)
+        walk.reach(tuple(actions[:i]), expected[i], i)
     with pytest.raises(StateMismatch):
         reach(bfcl, task, actions[:2], expected[1] + " something else")
 
