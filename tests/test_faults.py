@@ -282,11 +282,9 @@ def test_finetune_into_a_read_only_folder(data, tiny_checkpoint, small_disk, one
 
 
 def test_finetune_into_a_read_only_folder_simulated(data, tiny_checkpoint, tmp_path, monkeypatch):
-    from eexp import training
-
     def makedirs(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-    monkeypatch.setattr(training.os, "makedirs", makedirs)
+    monkeypatch.setattr(os, "makedirs", makedirs)
     out = tmp_path / "locked" / "run"
     result = invoke(finetune_args(data, tiny_checkpoint, out))
     assert_error(result, f"{out}: cannot create the directory ({os.strerror(errno.EACCES)})")

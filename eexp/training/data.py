@@ -1,0 +1,204 @@
+"""Training data: chat-template masks (which tokens are trained), the budgeted shortening of long examples, reading
+example files and the validation split."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from eexp.io import Reader
+from eexp.prompts import fit_messages
+from eexp.records import expect
+from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem
+
+
+@dataclass
+class Encoded:
+    """One tokenized example. weights[t] is the loss weight of predicting token t (0: not trained)."""
+
+    ids: list[int]
+    weights: list[float]
+    truncated: bool = False
+    system_tokens: int = 0   # where the system prompt ends
+    last_target: int = 0     # where the last trained span starts
+
+    @property
+    def n_targets(self) -> int:
+        return sum(1 for w in self.weights if w)
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
+                                         tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def target_spans(tokenizer, messages: list[dict]) -> tuple[str, int, list[tuple[int, int, float]]]:
+    """(rendered text, end of the system prompt, [(start, end, weight)] character spans to train on).
+
+    The spans come from rendering the conversation prefix by prefix with the model's own template: an assistant
+    turn's target is what `messages[:i+1]` adds to `messages[:i]` + the generation prompt. This needs no
+    `{% generation %}` tags and keeps the end-of-turn token (`<|im_end|>`, `<|eot_id|>`, EOS) inside the target;
+    whitespace the template puts after it is left out (nothing to learn there).
+    """
+    full = render(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        weight = m.get("weight", 1)
+        if m["role"] != "assistant" or not weight:
+            continue
+        start = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        end = render(tokenizer, messages[: i + 1])
+        if not (end.startswith(start) and full.startswith(end)):
+            raise ValueError(f"the chat template does not render messages[{i}] as an extension of the turns before "
+                             "it, so the assistant turn cannot be located (a template that rewrites history?)")
+        stop = len(end.rstrip()) if end[len(start):].strip() else len(end)
+        spans.append((len(start), stop, float(weight)))
+    system_end = 0
+    if messages[0]["role"] == "system":
+        try:
+            head = render(tokenizer, messages[:1])
+            system_end = len(head) if full.startswith(head) else 0
+        except Exception:  # a template that refuses a system-only conversation: no protected system prompt
+            system_end = 0
+    return full, system_end, spans
+
+
+def encode(tokenizer, messages: list[dict], max_length: int, truncate: bool = True) -> Encoded:
+    """Token ids and per-token loss weights; raises ValueError (with a reason) for an example that cannot be used.
+
+    An over-long example is shortened as inference shortens a prompt that does not fit its context
+    (`eexp.prompts.fit_messages`: the oldest history first, then the current observation; never the task), so the
+    model trains on long states as it will see them. Only if that is not enough (a task or a system prompt that
+    alone is over the limit, or messages that are not a rendered state) are tokens cut from the left, keeping the
+    system prompt when possible. The last target is never cut.
+    """
+    enc = _encode(tokenizer, messages)
+    if len(enc.ids) <= max_length:
+        return enc
+    if not truncate:
+        raise ValueError(f"{len(enc.ids)} tokens, over --max-length {max_length} (--no-truncate)")
+    fitted, _ = fit_messages(messages, lambda m: len(_encode(tokenizer, m).ids), max_length)
+    enc = _encode(tokenizer, fitted)
+    enc.truncated = True
+    return enc if len(enc.ids) <= max_length else _cut_left(enc, max_length)
+
+
+def _encode(tokenizer, messages: list[dict]) -> Encoded:
+    """Each piece between span boundaries is tokenized on its own, as at inference, where the prompt is tokenized and
+    the answer generated after it. `system_tokens` and `last_target` say where the system prompt ends and the last
+    trained span starts."""
+    text, system_end, spans = target_spans(tokenizer, messages)
+    if not spans:
+        raise ValueError("no assistant turn with weight != 0 (nothing to learn)")
+    cuts = sorted({0, system_end, len(text), *(s for s, _, _ in spans), *(e for _, e, _ in spans)})
+    ids: list[int] = []
+    weights: list[float] = []
+    system_tokens = 0
+    last_target = 0
+    for a, b in zip(cuts, cuts[1:]):
+        piece = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
+        w = next((w for s, e, w in spans if s <= a and b <= e), 0.0)
+        if w:
+            last_target = len(ids)
+        ids += piece
+        weights += [w] * len(piece)
+        if b == system_end:
+            system_tokens = len(ids)
+    # Nothing after the last trained token is learned from: drop it.
+    end = max(i for i, w in enumerate(weights) if w) + 1
+    ids, weights = ids[:end], weights[:end]
+    weights[0] = 0.0  # the first token is never predicted
+    return Encoded(ids, weights, system_tokens=system_tokens, last_target=last_target)
+
+
+def _cut_left(enc: Encoded, max_length: int) -> Encoded:
+    """The last resort: drop tokens after the system prompt (then the system prompt too), never the last target."""
+    ids, weights = enc.ids, enc.weights
+    excess = len(ids) - max_length
+    if excess <= enc.last_target - enc.system_tokens:
+        keep = list(range(enc.system_tokens)) + list(range(enc.system_tokens + excess, len(ids)))
+    elif excess <= enc.last_target:
+        keep = list(range(excess, len(ids)))
+    else:
+        raise ValueError(f"the last assistant turn alone is {len(ids) - enc.last_target} tokens, over --max-length "
+                         f"{max_length}; raise --max-length (targets are never cut)")
+    ids = [ids[i] for i in keep]
+    weights = [weights[i] for i in keep]
+    weights[0] = 0.0
+    return Encoded(ids, weights, truncated=True)
+
+
+@dataclass
+class Dataset:
+    name: str
+    examples: list[Encoded]
+    truncated: int = 0
+    skipped: int = 0
+    serializers: Counter = field(default_factory=Counter)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e.ids) for e in self.examples)
+
+
+def read_examples(paths: list[str], on_error: str, warn: Callable[[str], None]) -> tuple[list, Reader]:
+    """Valid training-example records with where they came from; bad ones fail or are skipped (--on-error)."""
+    reader = Reader(list(paths), on_error=on_error, warn=warn)
+    check = expect("example")
+    items = []
+    for item in reader:
+        problem = check(item.record)
+        if problem is None and not any(m["role"] == "assistant" and m.get("weight", 1) for m in
+                                       item.record["messages"]):
+            problem = "messages: every assistant turn has weight 0 (nothing to learn)"
+        if problem:
+            reader.reject(item.error(problem))
+            continue
+        items.append(item)
+    return items, reader
+
+
+def encode_items(name: str, items, reader: Reader, tokenizer, cfg: FinetuneConfig) -> Dataset:
+    import jinja2
+    data = Dataset(name, [])
+    for item in items:
+        try:
+            enc = encode(tokenizer, item.record["messages"], cfg.max_length, cfg.truncate)
+        except jinja2.TemplateSyntaxError as e:
+            raise TrainingError(f"{cfg.model}: the chat template cannot be parsed: {e}") from None
+        except (ValueError, jinja2.TemplateError) as e:
+            what = str(e) if isinstance(e, ValueError) else f"the chat template cannot render this example: {e}"
+            reader.reject(item.error(what))
+            continue
+        data.examples.append(enc)
+        data.truncated += enc.truncated
+        serializer = (item.record.get("meta") or {}).get("serializer")
+        if serializer:
+            data.serializers[serializer] += 1
+    data.skipped = reader.skipped
+    if data.examples:
+        first = data.examples[0]
+        last = first.ids[max(i for i, w in enumerate(first.weights) if w)]
+        if last not in set(tokenizer.all_special_ids) | {tokenizer.eos_token_id}:
+            print(f"eexp: warning: {cfg.model}: the chat template ends an assistant turn without an end-of-turn or "
+                  "EOS token, so the model will not learn to stop", file=sys.stderr)
+    return data
+
+
+def split_validation(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded split by trajectory (meta.trajectory_id, else source_id): steps of one trajectory share states, so
+    they stay on one side and the validation loss is not measured on near-copies of training examples."""
+    def group(item):
+        meta = item.record.get("meta") or {}
+        return str(meta.get("trajectory_id") or item.record.get("source_id") or item.record["id"])
+    groups = sorted({group(i) for i in items})
+    random.Random(f"val/{seed}").shuffle(groups)
+    n_val = max(1, round(fraction * len(groups)))
+    if n_val >= len(groups):
+        raise UsageProblem(f"--val-fraction {fraction} leaves no training data ({len(groups)} trajectories)")
+    held = set(groups[:n_val])
+    return [i for i in items if group(i) not in held], [i for i in items if group(i) in held]
+

@@ -1,0 +1,154 @@
+"""The model to train: checks on --model, the tokenizer (whose chat template is the source of truth for masks),
+full / LoRA / QLoRA loading through transformers and PEFT, the accelerate launcher, out-of-memory detection."""
+
+from __future__ import annotations
+
+import os
+
+from eexp.policies.files import has_tokenizer
+from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem
+
+
+def check_model_dir(path: str) -> None:
+    """--model is a local checkpoint directory whose weights are safetensors."""
+    if not os.path.exists(path):
+        raise TrainingError(f"{path}: no such model directory (the path does not exist)")
+    if not os.path.isdir(path):
+        raise TrainingError(f"{path}: not a model directory (a file)")
+    names = os.listdir(path)
+    pickles = sorted(n for n in names if n.endswith(".bin"))
+    if pickles and not any(n.endswith(".safetensors") for n in names):
+        raise TrainingError(f"{path}: the weights are {pickles[0]}, a pickle, and eexp loads safetensors only; "
+                            "convert them once (if you trust the file): python -c \"from transformers import "
+                            f"AutoModelForCausalLM as M; M.from_pretrained({path!r}, use_safetensors=False)"
+                            f".save_pretrained({path!r})\"")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def load_tokenizer(cfg: FinetuneConfig):
+    from transformers import AutoTokenizer
+    source = cfg.adapter if cfg.adapter and has_tokenizer(cfg.adapter) else cfg.model
+    if not has_tokenizer(source):
+        raise TrainingError(f"{cfg.model}: no tokenizer in this model directory (expected tokenizer.json or "
+                            "tokenizer_config.json); a checkpoint from `eexp init-model` or `eexp finetune` has one")
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise TrainingError(f"{source}: cannot load the tokenizer: {e}") from None
+    if not tok.chat_template:
+        raise TrainingError(f"{source}: the tokenizer has no chat template; eexp trains and acts through the "
+                            "template stored with the model (add one to tokenizer_config.json or "
+                            "chat_template.jinja)")
+    return tok
+
+
+def linear_module_names(model) -> list[str]:
+    """The names LoRA can target: the last component of every linear layer's name (lm_head excluded)."""
+    import torch
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or type(module).__name__ in ("Conv1D",
+                                                                                               "Linear4bit"):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf != "lm_head":
+                names.add(leaf)
+    return sorted(names)
+
+
+def load_model(cfg: FinetuneConfig, device, bf16: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+    check_model_dir(cfg.model)
+    if os.path.exists(os.path.join(cfg.model, "adapter_config.json")):
+        raise UsageProblem(f"{cfg.model} is a LoRA adapter: pass its base model as --model and the adapter as "
+                           "--adapter DIR to continue training it")
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}  # never a pickle
+    # Full fine-tuning keeps fp32 master weights (bf16 only inside autocast); LoRA may hold the frozen base in bf16.
+    kwargs["dtype"] = torch.bfloat16 if (bf16 and cfg.method != "full") else torch.float32
+    if cfg.qlora:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UsageProblem("--qlora needs bitsandbytes and a CUDA GPU (pip install bitsandbytes)") from None
+        if device.type != "cuda":
+            raise UsageProblem("--qlora needs a CUDA GPU (4-bit weights through bitsandbytes)")
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+        kwargs["device_map"] = {"": device}
+    from safetensors import SafetensorError
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise TrainingError(f"{cfg.model}: cannot load the model: {_first_line(e)}") from None
+    if not cfg.qlora:
+        model.to(device)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.method == "full":
+        return model
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    if cfg.qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    if cfg.adapter:
+        if not os.path.exists(os.path.join(cfg.adapter, "adapter_config.json")):
+            raise TrainingError(f"{cfg.adapter}: not a LoRA adapter directory (no adapter_config.json)")
+        return PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+    candidates = linear_module_names(model)
+    targets = [t for t in cfg.lora_targets if t != "all-linear"]
+    missing = [t for t in targets if t not in candidates and not any(n.endswith(t) for n, _ in
+                                                                     model.named_modules())]
+    if missing:
+        raise UsageProblem(f"--lora-targets: {', '.join(missing)} not in this model; candidates: "
+                           f"{', '.join(candidates)} (or all-linear)")
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets or "all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    if bf16:  # trainable adapter weights stay fp32 (optimizer precision); autocast does the bf16 math
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return model
+
+
+def _accelerator():
+    """An accelerate Accelerator when launched by `accelerate launch` (or torchrun), else None: a plain run on one
+    CPU or GPU does not need accelerate."""
+    launched = "ACCELERATE_MIXED_PRECISION" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not launched:
+        return None
+    try:
+        from accelerate import Accelerator
+    except ImportError:
+        raise TrainingError("launched for several processes but accelerate is not installed "
+                            "(pip install accelerate)") from None
+    acc = Accelerator()
+    kind = str(acc.distributed_type).rsplit(".", 1)[-1]
+    if kind == "DEEPSPEED":
+        # DeepSpeed's engine owns gradient accumulation and the optimizer, which this loop does itself (a fresh
+        # optimizer per phase, token-normalized accumulation). FSDP's full sharding gives ZeRO-3's memory savings.
+        raise UsageProblem("eexp finetune does not run under DeepSpeed; use FSDP "
+                           "(accelerate launch --config_file recipes/accelerate/fsdp.yaml -m eexp finetune ...)")
+    return acc
+
+
+OOM_ADVICE = ("out of memory at step {step} (micro-batch of {batch} examples, up to {length} tokens). Try a smaller "
+              "--batch-size with a larger --grad-accum (same effective batch), a lower --max-length, "
+              "--gradient-checkpointing, or --lora")
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                            or "DefaultCPUAllocator" in text)
+

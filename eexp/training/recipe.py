@@ -1,0 +1,523 @@
+"""`eexp finetune`: imitation (IL), the implicit-world-modeling schedule (IWM) and self-reflection (SR) training.
+
+One readable recipe in plain PyTorch (no HF Trainer), in the style of torchtune's single-device recipes:
+
+    options (config.FinetuneConfig) -> data (data.encode: chat-template masks, shortening) -> batches
+    (batches: length-grouped) -> model (model.load_model: full, LoRA or QLoRA through PEFT)
+    -> Finetune.setup / train / save / resume (checkpoint) / finish -> OUT
+
+Why a custom loop: every piece of state that decides the next update is ours (the batch order is a pure function of
+seed, phase and epoch; the optimizer, scheduler and RNG state are saved with the weights), so `--resume` reproduces an
+uninterrupted run's losses exactly; and logits are computed only where a target token is predicted, which is where
+most of the time and memory of a chat fine-tune go (the prompt is long, the action is short).
+
+The IWM schedule (paper §3, §5.1): phase "warmup" trains on world-model examples (`--warmup-data`), then phase
+"train" continues the same weights (or LoRA adapter) on the training files with a fresh optimizer and schedule.
+`--max-steps` counts the updates of both phases, so IL, IWM and SR runs are held to one budget.
+
+Security: weights are written and read as safetensors only; optimizer, scheduler and RNG state (written by eexp
+itself) go through torch.save and are read back with `torch.load(weights_only=True)`, which refuses arbitrary
+pickled objects; the run state is JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import orjson
+import yaml
+
+from eexp import __version__
+from eexp.io import WriteError, Writer, write_atomic
+from eexp.training import checkpoint
+from eexp.training.batches import collate, phase_updates, updates_per_epoch, weighted_nll
+from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem, from_scratch
+from eexp.training.data import Dataset, encode_items, read_examples, split_validation
+from eexp.training.model import OOM_ADVICE, _accelerator, _is_oom, check_model_dir, load_model, load_tokenizer
+
+
+class Finetune:
+    """setup() -> train() -> finish(); save_checkpoint / load_checkpoint make a killed run resumable exactly."""
+
+    def __init__(self, cfg: FinetuneConfig, echo: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.echo = echo or (lambda msg: print(f"eexp: {msg}", file=sys.stderr, flush=True))
+        self.ckpt_root = os.path.join(cfg.output, "checkpoints")
+        self.metrics_path = os.path.join(cfg.output, "metrics.jsonl")
+
+    # -- setup --
+
+    def setup(self) -> None:
+        import torch
+        cfg = self.cfg
+        self._check_options()
+        self.acc = _accelerator()
+        self.world = self.acc.num_processes if self.acc else 1
+        self.rank = self.acc.process_index if self.acc else 0
+        self.main = self.rank == 0
+        if not self.main:  # one voice on stderr
+            self.echo = lambda msg: None
+        if self.acc:
+            self.device = self.acc.device
+        else:
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cfg.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UsageProblem("--precision bf16: this GPU does not support bfloat16")
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
+                                                and torch.cuda.is_bf16_supported())
+        self.model_cfg = self._import_base()  # --model X.gguf: its import, a checkpoint folder
+        check_model_dir(self.model_cfg.model)  # before OUT is made: a wrong --model leaves nothing behind
+        self._prepare_output()
+        if self.acc:  # every process checks OUT before the first one writes into it
+            self.acc.wait_for_everyone()
+        self.tokenizer = load_tokenizer(self.model_cfg)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
+            self.tokenizer.eos_token_id or 0)
+        self._load_data()
+        self._plan()
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.model = load_model(self.model_cfg, self.device, self.bf16)
+        if self.acc:
+            self.model = self.acc.prepare(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
+                      "best_step": None, "fingerprint": self.fingerprint}
+        self.optimizer = self.scheduler = None
+        # Under FSDP each process holds a shard of the optimizer state; eexp's checkpoints hold one full copy, so
+        # they (and --resume) are for one process or plain data parallelism.
+        self.sharded = bool(self.acc) and "FSDP" in str(self.acc.distributed_type)
+        if self.sharded and cfg.resume:
+            raise UsageProblem("--resume is not supported under FSDP (sharded optimizer state)")
+        if cfg.resume:
+            self.load_checkpoint()
+
+    def _import_base(self) -> FinetuneConfig:
+        """The config that names the checkpoint folder to load: cfg itself, or, when --model is a GGUF file, a copy
+        naming its import (made once into the cache by eexp.models.import_gguf; the main process imports, the others
+        find it there). config.yaml still records the GGUF as the base."""
+        from dataclasses import replace
+        self.base_gguf = None
+        if not (self.cfg.model.lower().endswith(".gguf") and os.path.isfile(self.cfg.model)):
+            return self.cfg
+        from eexp.models.import_gguf import import_gguf
+        from eexp.models.init import ModelError
+        if self.acc and not self.main:
+            self.acc.wait_for_everyone()
+        try:
+            folder = import_gguf(self.cfg.model, echo=self.echo)
+        except ModelError as e:
+            raise TrainingError(f"--model: {e}") from None
+        if self.acc and self.main:
+            self.acc.wait_for_everyone()
+        self.base_gguf = os.path.abspath(self.cfg.model)
+        self.echo(f"base model: {self.cfg.model}, imported as {folder}")
+        return replace(self.cfg, model=str(folder))
+
+    def _check_options(self) -> None:
+        cfg = self.cfg
+        if cfg.val and cfg.val_fraction:
+            raise UsageProblem("give --val FILE or --val-fraction F, not both")
+        if not 0 <= cfg.val_fraction < 1:
+            raise UsageProblem("--val-fraction must be in [0, 1)")
+        if cfg.keep_best and not (cfg.val or cfg.val_fraction):
+            raise UsageProblem("--keep-best needs validation data (--val FILE or --val-fraction F)")
+        if cfg.adapter and cfg.lora_targets != ["all-linear"]:
+            raise UsageProblem("--adapter continues an existing adapter with its own target modules; drop "
+                               "--lora-targets")
+
+    def _prepare_output(self) -> None:
+        out = self.cfg.output
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise TrainingError(f"{out}: exists and is not a directory")
+        if os.path.isdir(out) and os.listdir(out) and not self.cfg.resume:
+            raise TrainingError(f"{out}: already exists and is not empty (use --resume to continue that run, or "
+                                "another -o)")
+        if self.main:
+            try:
+                os.makedirs(out, exist_ok=True)
+            except OSError as e:
+                raise TrainingError(f"{out}: cannot create the directory ({e.strerror})") from None
+            try:  # found now, not after the training
+                fd, probe = tempfile.mkstemp(prefix=".eexp-write-test-", dir=out)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as e:
+                raise TrainingError(f"{out}: cannot write into this directory ({e.strerror})") from None
+
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        warn = self.echo
+        items, reader = read_examples(cfg.train_files, cfg.on_error, warn)
+        if cfg.val:
+            val_items, val_reader = read_examples([cfg.val], cfg.on_error, warn)
+        elif cfg.val_fraction:
+            items, val_items = split_validation(items, cfg.val_fraction, cfg.seed)
+            val_reader = reader
+        else:
+            val_items, val_reader = [], None
+        self.data = {"train": encode_items("train", items, reader, self.tokenizer, cfg)}
+        if cfg.warmup_data:
+            w_items, w_reader = read_examples(cfg.warmup_data, cfg.on_error, warn)
+            self.data["warmup"] = encode_items("warmup", w_items, w_reader, self.tokenizer, cfg)
+        self.val = encode_items("val", val_items, val_reader, self.tokenizer, cfg) if val_items else None
+        for name, data in self.data.items():
+            if not data.examples:
+                raise TrainingError(f"no usable {name} examples in {', '.join(self._files(name))}")
+            note = f", {data.truncated} truncated from the left" if data.truncated else ""
+            note += f", {data.skipped} skipped" if data.skipped else ""
+            self.echo(f"{name} data: {len(data.examples)} examples, {data.tokens} tokens{note}")
+        if self.val:
+            self.echo(f"validation data: {len(self.val.examples)} examples, {self.val.tokens} tokens")
+        self.serializer = self._serializer()
+        # What --resume must find unchanged: the options that shape the run and the data it reads.
+        digest = hashlib.blake2b(digest_size=16)
+        for name in ("warmup", "train"):
+            for e in self.data.get(name, Dataset(name, [])).examples:
+                digest.update(orjson.dumps([e.ids, e.weights]))
+        options = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
+        self.fingerprint = {"options": options, "data": digest.hexdigest()}
+
+    def _files(self, name: str) -> list[str]:
+        return self.cfg.warmup_data if name == "warmup" else self.cfg.train_files
+
+    def _serializer(self) -> dict | None:
+        """The serializer settings the examples were made with (meta.serializer), for eval and export."""
+        counts = self.data["train"].serializers
+        if not counts:
+            self.echo("warning: the training examples carry no meta.serializer; config.yaml records none, so eval "
+                      "will render states with its defaults")
+            return None
+        if len(counts) > 1:
+            self.echo(f"warning: the training examples were made with {len(counts)} different serializer settings; "
+                      "config.yaml records the most common")
+        return orjson.loads(counts.most_common(1)[0][0])
+
+    def _plan(self) -> None:
+        """How many updates each phase gets. --max-steps is the budget of both phases together."""
+        cfg = self.cfg
+        self.phases: list[tuple[str, int]] = []
+        budget = cfg.max_steps
+        if "warmup" in self.data:
+            n = cfg.warmup_steps or cfg.warmup_epochs * updates_per_epoch(
+                len(self.data["warmup"].examples), cfg.batch_size, cfg.grad_accum, self.world)
+            if budget is not None and n >= budget:
+                what = (f"--warmup-steps {n}" if cfg.warmup_steps else
+                        f"{n} updates for {cfg.warmup_epochs} epoch(s) of --warmup-data")
+                raise UsageProblem(f"--max-steps {budget} leaves no updates for the training data after the "
+                                   f"warm-up ({what}); give a larger --max-steps or a smaller --warmup-steps")
+            self.phases.append(("warmup", n))
+        per_epoch = updates_per_epoch(len(self.data["train"].examples), cfg.batch_size, cfg.grad_accum, self.world)
+        used = sum(n for _, n in self.phases)
+        self.phases.append(("train", budget - used if budget is not None else cfg.epochs * per_epoch))
+        self.per_epoch = {"train": per_epoch}
+        if "warmup" in self.data:
+            self.per_epoch["warmup"] = updates_per_epoch(len(self.data["warmup"].examples), cfg.batch_size,
+                                                         cfg.grad_accum, self.world)
+        self.total_steps = sum(n for _, n in self.phases)
+        self.log_every = cfg.log_every or (1 if self.total_steps < 1000 else 10)
+        self.echo("plan: " + ", then ".join(f"{name} {n} updates" for name, n in self.phases)
+                  + f" ({self.total_steps} in all)")
+
+    def _new_optimizer(self, phase: str, steps: int) -> None:
+        """A fresh optimizer and schedule for each phase (the IWM schedule restarts both)."""
+        import torch
+        from transformers import get_scheduler
+        lr = self.cfg.warmup_lr if (phase == "warmup" and self.cfg.warmup_lr) else self.cfg.resolved_lr()
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999))
+        if self.acc:
+            self.optimizer = self.acc.prepare(self.optimizer)
+        self.scheduler = get_scheduler(self.cfg.lr_scheduler, self.optimizer,
+                                       num_warmup_steps=round(self.cfg.lr_warmup_ratio * steps),
+                                       num_training_steps=steps)
+
+    # -- train --
+
+    def train(self) -> None:
+        cfg = self.cfg
+        start_phase = PHASES.index(self.state["phase"])
+        bar = _progress(cfg.quiet or not self.main, self.total_steps, self.state["global_step"])
+        try:
+            if self.val is not None and self.state["global_step"] == 0:
+                self._validate()
+            for name, steps in self.phases:
+                if PHASES.index(name) < start_phase:
+                    continue
+                resumed = name == self.state["phase"] and self.state["phase_step"] > 0
+                if not resumed:
+                    self.state.update(phase=name, phase_step=0)
+                    self._new_optimizer(name, steps)
+                self.echo(f"phase {name}: {steps} updates over {len(self.data[name].examples)} examples"
+                          + (f" (resumed at update {self.state['phase_step']})" if resumed else ""))
+                self._train_phase(name, steps, bar)
+                self.echo(f"phase {name} done: {steps} updates")
+            if self.val is not None and self.state.get("last_val_step") != self.state["global_step"]:
+                self._validate()
+        finally:
+            bar.close()
+
+    def _train_phase(self, phase: str, steps: int, bar) -> None:
+        import torch
+        cfg = self.cfg
+        data = self.data[phase]
+        updates = phase_updates(data, cfg, phase, self.world)
+        for _ in range(self.state["phase_step"]):  # the batch plan is a pure function: skip what is done
+            next(updates)
+        window_tokens, window_start, window_loss = 0, time.perf_counter(), []
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        self.model.train()
+        while self.state["phase_step"] < steps:
+            epoch, micro = next(updates)
+            examples = [[data.examples[j] for j in batch] for batch in micro]
+            n_targets = sum(e.n_targets for batch in examples for e in batch)
+            mine = examples[self.rank::self.world]
+            try:
+                loss_sum = 0.0
+                for batch in mine or examples[:1]:
+                    ids, mask, weights = collate(batch, self.pad_id, self.device)
+                    with autocast:
+                        nll = weighted_nll(self.model, ids, mask, weights)
+                    # Normalized by the update's target tokens (over every micro-batch and process), so grad-accum
+                    # and several GPUs give the same gradient as one big batch. A process with no micro-batch in the
+                    # last update of an epoch still joins the gradient sync, with zero weight.
+                    loss = nll / max(n_targets, 1) * self.world * (1 if mine else 0)
+                    if self.acc:
+                        self.acc.backward(loss)
+                    else:
+                        loss.backward()
+                    loss_sum += float(nll.detach()) if mine else 0.0
+                    window_tokens += int(mask.sum()) if mine else 0
+                if self.acc:
+                    self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    loss_sum = float(self.acc.reduce(torch.tensor(loss_sum, device=self.device), "sum"))
+                    window_tokens_all = int(self.acc.reduce(torch.tensor(window_tokens, device=self.device), "sum"))
+                else:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    window_tokens_all = window_tokens
+                lr = self.scheduler.get_last_lr()[0]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            except Exception as e:
+                if _is_oom(e):
+                    longest = max(len(x.ids) for batch in examples for x in batch)
+                    raise TrainingError(OOM_ADVICE.format(step=self.state["global_step"] + 1,
+                                                          batch=cfg.batch_size, length=longest)) from None
+                raise
+            self.state["phase_step"] += 1
+            self.state["global_step"] += 1
+            step = self.state["global_step"]
+            loss = loss_sum / max(n_targets, 1)
+            window_loss.append(loss)
+            bar.update(1)
+            if step % self.log_every == 0 or self.state["phase_step"] == steps:
+                elapsed = time.perf_counter() - window_start
+                tps = window_tokens_all / elapsed if elapsed > 0 else 0.0
+                row = {"step": step, "phase": phase, "epoch": round(self.state["phase_step"] /
+                                                                    self.per_epoch[phase], 4),
+                       "loss": round(sum(window_loss) / len(window_loss), 6), "lr": lr,
+                       "tokens_per_s": round(tps, 1)}
+                self._log(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tps:.0f}", phase=phase)
+                window_tokens, window_start, window_loss = 0, time.perf_counter(), []
+            end_of_epoch = self.state["phase_step"] % self.per_epoch[phase] == 0
+            if self.val is not None and (
+                    (cfg.eval_every and step % cfg.eval_every == 0)
+                    or (not cfg.eval_every and phase == "train" and end_of_epoch)
+                    or (phase == "warmup" and self.state["phase_step"] == steps)):  # right after the world model
+                self._validate()
+            if step % cfg.save_every == 0 and step < self.total_steps and not self.sharded:
+                self.save_checkpoint()
+            self.model.train()
+
+    def _validate(self) -> float:
+        import torch
+        self.model.eval()
+        total, n = 0.0, 0
+        lengths = [len(e.ids) for e in self.val.examples]
+        order = sorted(range(len(lengths)), key=lambda j: lengths[j])
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with torch.no_grad(), autocast:
+            for k in range(self.rank * self.cfg.batch_size, len(order), self.cfg.batch_size * self.world):
+                batch = [self.val.examples[j] for j in order[k:k + self.cfg.batch_size]]
+                ids, mask, weights = collate(batch, self.pad_id, self.device)
+                total += float(weighted_nll(self.model, ids, mask, weights))
+                n += sum(e.n_targets for e in batch)
+        if self.acc:
+            total = float(self.acc.reduce(torch.tensor(total, device=self.device), "sum"))
+            n = int(self.acc.reduce(torch.tensor(n, device=self.device), "sum"))
+        val = total / max(n, 1)
+        step = self.state["global_step"]
+        self.state["last_val_step"] = step
+        self._log({"step": step, "phase": self.state["phase"], "val_loss": round(val, 6)})
+        self.echo(f"step {step}: validation loss {val:.4f}")
+        if self.cfg.keep_best and self.state["phase"] == "train" and step > 0 and (
+                self.state["best_val"] is None or val < self.state["best_val"]):
+            self.state.update(best_val=val, best_step=step)
+            self._save_dir(os.path.join(self.ckpt_root, "best"), optimizer=False)
+        return val
+
+    def _log(self, row: dict) -> None:
+        if self.main:  # whole lines even when the disk fills up (`OUT/metrics.jsonl: cannot write (...)`)
+            writer = Writer(self.metrics_path, append=True)
+            try:
+                writer.write(row)
+            finally:
+                writer.close()
+
+    # -- save / resume --
+
+    def _trainable_state(self) -> dict:
+        """The weights training changes (all of them, or the LoRA adapter), detached and contiguous for safetensors."""
+        if self.acc:  # gathered on the main process, under the model's own (unwrapped) names
+            state = self.acc.get_state_dict(self.model)
+            keep = (lambda n: True) if self.cfg.method == "full" else (lambda n: "lora_" in n)
+            out, seen = {}, set()
+            for n, t in state.items():  # tied weights (embeddings = output layer) are saved once
+                if keep(n) and t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    out[n] = t.detach().to("cpu").contiguous()
+            return out
+        return {n: p.detach().to("cpu").contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _save_dir(self, final: str, optimizer: bool = True) -> None:
+        weights = self._trainable_state()  # every process takes part in gathering them; the main one writes
+        if self.main:
+            checkpoint.save(self.ckpt_root, final, weights, self.state, *(
+                (self.optimizer, self.scheduler) if optimizer else ()))
+
+    def _checkpoints(self) -> list[str]:
+        return checkpoint.checkpoints(self.ckpt_root)
+
+    def save_checkpoint(self) -> None:
+        self._save_dir(os.path.join(self.ckpt_root, f"step-{self.state['global_step']}"))
+        if self.main:
+            checkpoint.prune(self.ckpt_root, self.cfg.keep_checkpoints)
+
+    def load_checkpoint(self) -> None:
+        found = self._checkpoints()
+        if not found:
+            if os.path.exists(os.path.join(self.cfg.output, "config.yaml")):
+                raise TrainingError(f"{self.cfg.output}: this run already finished; nothing to resume")
+            self.echo(f"no checkpoint in {self.ckpt_root}: starting from the beginning")
+            if os.path.exists(self.metrics_path) and self.main:
+                os.remove(self.metrics_path)
+            return
+        path = found[-1]
+        state = checkpoint.read_state(path)
+        checkpoint.check_fingerprint(state.get("fingerprint") or {}, self.fingerprint, path)
+        checkpoint.load_weights(path, self.acc.unwrap_model(self.model) if self.acc else self.model, self.device)
+        self.state = state
+        self._new_optimizer(state["phase"], dict(self.phases)[state["phase"]])
+        checkpoint.load_optimizer(path, self.optimizer, self.scheduler, self.device)
+        if self.main:
+            checkpoint.trim_metrics(self.metrics_path, state["global_step"])
+        self.echo(f"resumed from {path} (step {state['global_step']} of {self.total_steps})")
+
+    # -- finish --
+
+    def finish(self) -> None:
+        """OUT: the model (or adapter), tokenizer, config.yaml, metrics.jsonl; then model.gguf if asked."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        cfg = self.cfg
+        model = self.acc.unwrap_model(self.model) if self.acc else self.model
+        if cfg.keep_best and self.state.get("best_step"):
+            best = os.path.join(self.ckpt_root, "best", "weights.safetensors")
+            model.load_state_dict(load_file(best, device=str(self.device)), strict=False)
+            self.echo(f"keeping the best checkpoint: step {self.state['best_step']} "
+                      f"(validation loss {self.state['best_val']:.4f})")
+        state = self.acc.get_state_dict(self.model) if self.acc else None
+        if self.main:
+            try:
+                model.save_pretrained(cfg.output, state_dict=state)
+                self.tokenizer.save_pretrained(cfg.output)
+                if cfg.method != "full":  # policies find the base model from the adapter config
+                    self._point_adapter_at_base()
+                write_atomic(os.path.join(cfg.output, "config.yaml"), yaml.safe_dump(
+                    self.resolved_config(), sort_keys=False, allow_unicode=True).encode())
+            except (OSError, SafetensorError, WriteError) as e:
+                why = checkpoint.why(e)
+                previous = self._checkpoints()
+                then = (f"the last checkpoint {previous[-1]} is intact (free space, then --resume)" if previous
+                        else "no checkpoint was kept (free space, then --resume starts the run over)")
+                raise TrainingError(f"cannot write the final model to {cfg.output}: {why}; {then}") from None
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+            self.echo(f"wrote {cfg.output} ({'full model' if cfg.method == 'full' else 'LoRA adapter'}, "
+                      f"{self.state['global_step']} updates)")
+        if cfg.export_gguf and self.main:
+            self._export()
+
+    def _point_adapter_at_base(self) -> None:
+        path = os.path.join(self.cfg.output, "adapter_config.json")
+        with open(path, "rb") as f:
+            conf = orjson.loads(f.read())
+        conf["base_model_name_or_path"] = os.path.abspath(self.model_cfg.model)  # a GGUF's import folder
+        write_atomic(path, orjson.dumps(conf, option=orjson.OPT_INDENT_2) + b"\n")
+
+    def resolved_config(self) -> dict:
+        cfg = asdict(self.cfg)
+        cfg.update(lr=self.cfg.resolved_lr(), warmup_lr=self.cfg.warmup_lr or (self.cfg.resolved_lr()
+                   if self.cfg.warmup_data else None), log_every=self.log_every, method=self.cfg.method)
+        for key in ("resume", "quiet"):
+            cfg.pop(key)
+        return {
+            **cfg,
+            "serializer": self.serializer,
+            "command": "finetune",
+            "base_model": self.base_gguf or os.path.abspath(self.cfg.model),
+            **({"base_import": os.path.abspath(self.model_cfg.model)} if self.base_gguf else {}),
+            "from_scratch": from_scratch(self.cfg.model),
+            "eexp_version": __version__,
+            "precision": "bf16" if self.bf16 else "fp32",
+            "phases": [{"name": name, "updates": n, "examples": len(self.data[name].examples),
+                        "tokens": self.data[name].tokens, "truncated": self.data[name].truncated,
+                        "skipped": self.data[name].skipped} for name, n in self.phases],
+            "updates": self.state["global_step"],
+            "best_step": self.state.get("best_step"),
+            "best_val_loss": self.state.get("best_val"),
+        }
+
+    def _export(self) -> None:
+        try:
+            from eexp.models.export import export_gguf
+        except ImportError:
+            raise TrainingError("--export-gguf: GGUF export is not available in this installation "
+                                "(eexp.models.export)") from None
+        from eexp.models.init import ModelError
+        out = os.path.join(self.cfg.output, "model.gguf")
+        try:
+            if self.cfg.method == "full":
+                export_gguf(self.cfg.output, out, self.cfg.quant)
+            else:
+                export_gguf(self.model_cfg.model, out, self.cfg.quant, adapter=self.cfg.output)
+        except ModelError as e:
+            raise TrainingError(f"--export-gguf: {e} (the trained model in {self.cfg.output} is complete; "
+                                "`eexp export` can be run again)") from None
+        self.echo(f"wrote {out} ({self.cfg.quant})")
+
+
+def _progress(disabled: bool, total: int, initial: int):
+    from eexp.io import progress_bar
+    return progress_bar(disabled, total=total, initial=initial, unit="step")
+
+
+def finetune(cfg: FinetuneConfig, echo: Callable[[str], None] | None = None) -> Finetune:
+    """Run a whole fine-tune; returns the recipe (its state and config) for callers and tests."""
+    run = Finetune(cfg, echo)
+    run.setup()
+    run.train()
+    run.finish()
+    return run
