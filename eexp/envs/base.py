@@ -115,6 +115,50 @@ class Env:
         return {"name": self.name, "version": self.version, "kwargs": dict(self.kwargs)}
 
 
+class NumberedTasks(Env):
+    """An environment whose tasks are numbered in each split (`<split>-00042`), built from the split and the number
+    alone (shop, tools): `tasks`, `task` and `locate` from `split_sizes` and the subclass's `task_fields`."""
+
+    split_sizes: dict[str, int] = {}   # split -> how many tasks
+
+    def task_fields(self, split: str, index: int) -> dict:
+        """The fields of task `index` of `split` besides `id` and `split`: `goal`, and `category` if any."""
+        raise NotImplementedError
+
+    def numbered_task(self, split: str, index: int) -> dict:
+        return {"id": f"{split}-{index:05d}", "split": split, **self.task_fields(split, index)}
+
+    def tasks(self, split: str) -> list[dict]:
+        self._check_split(split)
+        return [self.numbered_task(split, i) for i in range(self.split_sizes[split])]
+
+    def task(self, split: str, task_id: str) -> dict:
+        self._check_split(split)
+        found = self._number(task_id)
+        if found is None or found[0] != split:
+            raise EnvError(f"{self.name} has no task {task_id!r} in split {split!r} "
+                           f"(ids are {split}-00000 to {split}-{self.split_sizes[split] - 1:05d})")
+        return self.numbered_task(*found)
+
+    def locate(self, task: dict) -> tuple[str, int]:
+        """(split, number) of a task from its id."""
+        found = self._number(str(task.get("id", "")))
+        if found is None:
+            raise EnvError(f"{self.name} has no task {task.get('id')!r}")
+        return found
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.split_sizes:
+            raise EnvError(f"{self.name} has no split {split!r} (splits: {', '.join(self.splits)})")
+
+    def _number(self, task_id: str) -> tuple[str, int] | None:
+        split, dash, number = task_id.rpartition("-")
+        if not dash or split not in self.split_sizes or len(number) != 5 or not number.isdigit() or \
+                int(number) >= self.split_sizes[split]:
+            return None
+        return split, int(number)
+
+
 def package_version(dist: str) -> str:
     """`<dist>-<installed version>` (or `<dist>` when it is not installed) for the class attribute `version` of an
     environment that wraps a package: read from the package's metadata, without importing it."""

@@ -23,7 +23,7 @@ import random
 import re
 from functools import lru_cache
 
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import EnvError, NumberedTasks
 
 # category -> (attributes, options, (min price, max price)); attributes are in a fixed order, so the goal's
 # attribute phrase (and the query the instruction implies) is always written the same way.
@@ -61,7 +61,6 @@ TEMPLATES = (
     "i am looking for {a}{item} in {options} that costs less than {budget} dollars",
 )
 _ACTION = re.compile(r"^(search|click)\[(.*)\]$")
-_TASK_ID = re.compile(r"^(train|test|ood)-(\d{5})$")
 
 
 PLURAL = ("sneakers", "jeans", "headphones")
@@ -175,7 +174,7 @@ def world_of(split: str, index: int) -> dict:
     return {"products": products, "rank": rank, "queries": sorted(queries), "target": target["name"]}
 
 
-class ShopEnv(Env):
+class ShopEnv(NumberedTasks):
     name = "shop"
     version = "1"
     splits = ("train", "test", "ood")
@@ -184,6 +183,7 @@ class ShopEnv(Env):
     max_steps = 15
     closed_actions = True
     options = {}   # none: an --env-arg is an error, not a silent change of every trajectory id
+    split_sizes = SPLIT_SIZES
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -192,43 +192,20 @@ class ShopEnv(Env):
         self.goal: dict | None = None
 
     # --- tasks ----------------------------------------------------------------------------------------------
-    def tasks(self, split: str) -> list[dict]:
-        self._check_split(split)
-        return [self._task(split, i) for i in range(SPLIT_SIZES[split])]
-
-    def _check_split(self, split: str) -> None:
-        if split not in SPLIT_SIZES:
-            raise EnvError(f"shop has no split {split!r} (splits: {', '.join(self.splits)})")
-
-    def _task(self, split: str, index: int) -> dict:
+    def task_fields(self, split: str, index: int) -> dict:
         goal = goal_of(split, index)
-        return {"id": f"{split}-{index:05d}", "split": split, "goal": goal["instruction"],
-                "category": goal["category"]}
-
-    def task(self, split: str, task_id: str) -> dict:
-        self._check_split(split)
-        m = _TASK_ID.match(task_id)
-        if not m or m.group(1) != split or int(m.group(2)) >= SPLIT_SIZES[split]:
-            raise EnvError(f"shop has no task {task_id!r} in split {split!r} "
-                           f"(ids are {split}-00000 to {split}-{SPLIT_SIZES[split] - 1:05d})")
-        return self._task(split, int(m.group(2)))
-
-    def _locate(self, task: dict) -> tuple[str, int]:
-        m = _TASK_ID.match(str(task.get("id", "")))
-        if not m or int(m.group(2)) >= SPLIT_SIZES[m.group(1)]:
-            raise EnvError(f"shop has no task {task.get('id')!r}")
-        return m.group(1), int(m.group(2))
+        return {"goal": goal["instruction"], "category": goal["category"]}
 
     # --- episode --------------------------------------------------------------------------------------------
     def reset(self, task: dict) -> str:
-        split, index = self._locate(task)
+        split, index = self.locate(task)
         self.goal, self.world = goal_of(split, index), world_of(split, index)
         self.state = {"page": "search", "query": "", "results": [], "page_no": 0, "item": None,
                       "selected": {}, "bought": None, "steps": 0}
         return self._render()
 
     def expert(self, task: dict) -> list[str]:
-        split, index = self._locate(task)
+        split, index = self.locate(task)
         goal, world = goal_of(split, index), world_of(split, index)
         results = self._search(world, goal["query"])
         page = results.index(world["target"]) // PER_PAGE

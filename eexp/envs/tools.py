@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import orjson
 
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import EnvError, NumberedTasks
 
 ROOT = "/workspace"
 FOLDERS = ("docs", "reports", "photos", "music", "projects", "archive", "notes", "backup", "data", "temp")
@@ -38,7 +38,6 @@ LINES = ("buy milk", "call the bank", "pay rent", "meeting at noon", "fix the pr
 IN_KINDS = ("mkdir", "write", "move", "rename", "delete", "count", "show")
 OOD_KINDS = ("copy", "search")
 SPLIT_SIZES = {"train": 3000, "test": 500, "ood": 500}
-_TASK_ID = re.compile(r"^(train|test|ood)-(\d{5})$")
 
 
 class ToolError(Exception):
@@ -385,7 +384,7 @@ def build_task(split: str, index: int) -> dict:
     return {"tree": tree, "requests": requests}
 
 
-class ToolsEnv(Env):
+class ToolsEnv(NumberedTasks):
     name = "tools"
     version = "1"
     splits = ("train", "test", "ood")
@@ -394,6 +393,7 @@ class ToolsEnv(Env):
     max_steps = 20
     closed_actions = False
     options = {}   # none: an --env-arg is an error, not a silent change of every trajectory id
+    split_sizes = SPLIT_SIZES
     admissible_sample = 16
 
     def __init__(self, **kwargs):
@@ -402,39 +402,17 @@ class ToolsEnv(Env):
         self.spec: dict | None = None
 
     # --- tasks ----------------------------------------------------------------------------------------------
-    def _check_split(self, split: str) -> None:
-        if split not in SPLIT_SIZES:
-            raise EnvError(f"tools has no split {split!r} (splits: {', '.join(self.splits)})")
-
-    def _task(self, split: str, index: int) -> dict:
+    def task_fields(self, split: str, index: int) -> dict:
         kinds = kinds_of(split, index)
-        return {"id": f"{split}-{index:05d}", "split": split, "category": kinds[0],
+        return {"category": kinds[0],
                 "goal": f"help the user with {len(kinds)} requests about the files in {ROOT}, one at a time"}
 
-    def tasks(self, split: str) -> list[dict]:
-        self._check_split(split)
-        return [self._task(split, i) for i in range(SPLIT_SIZES[split])]
-
-    def task(self, split: str, task_id: str) -> dict:
-        self._check_split(split)
-        m = _TASK_ID.match(task_id)
-        if not m or m.group(1) != split or int(m.group(2)) >= SPLIT_SIZES[split]:
-            raise EnvError(f"tools has no task {task_id!r} in split {split!r} "
-                           f"(ids are {split}-00000 to {split}-{SPLIT_SIZES[split] - 1:05d})")
-        return self._task(split, int(m.group(2)))
-
-    def _locate(self, task: dict) -> tuple[str, int]:
-        m = _TASK_ID.match(str(task.get("id", "")))
-        if not m or int(m.group(2)) >= SPLIT_SIZES[m.group(1)]:
-            raise EnvError(f"tools has no task {task.get('id')!r}")
-        return m.group(1), int(m.group(2))
-
     def expert(self, task: dict) -> list[str]:
-        return [c for r in build_task(*self._locate(task))["requests"] for c in r["calls"]]
+        return [c for r in build_task(*self.locate(task))["requests"] for c in r["calls"]]
 
     # --- episode --------------------------------------------------------------------------------------------
     def reset(self, task: dict) -> str:
-        split, index = self._locate(task)
+        split, index = self.locate(task)
         self.spec = build_task(split, index)
         self.state = {"fs": FileSystem(copy.deepcopy(self.spec["tree"])), "turn": 0, "answers": set(),
                       "steps": 0, "task_id": task["id"]}
