@@ -78,4 +78,5 @@ from eexp.cli import reflect  # noqa: E402,F401
 from eexp.cli import experience  # noqa: E402,F401
 from eexp.cli import train  # noqa: E402,F401
 from eexp.cli import policies  # noqa: E402,F401
+from eexp.cli import corpus  # noqa: E402,F401
 from eexp.cli import rl  # noqa: E402,F401

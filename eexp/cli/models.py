@@ -7,6 +7,7 @@ import click
 
 from eexp.cli import cli
 from eexp.cli.options import UserError, config_option, quiet_transformers
+from eexp.models.pretrain import PretrainSettings
 
 
 @cli.command("init-model")
@@ -19,24 +20,61 @@ from eexp.cli.options import UserError, config_option, quiet_transformers
               help="Text to train the tokenizer on: JSONL records (their observations, actions, goals and "
               "message contents are used) or plain text. Repeatable; with none, a small built-in text.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--pretrain", multiple=True, metavar="FILE",
+              help="Pretrain the model as a language model on this text (JSONL records or plain text, as for "
+              "--corpus; the tokenizer is trained on it too), e.g. the pages of `eexp corpus`. Repeatable.")
+@click.option("--pretrain-steps", type=click.IntRange(min=1), default=PretrainSettings.steps, show_default=True,
+              help="Pretraining updates.")
+@click.option("--pretrain-batch", type=click.IntRange(min=1), default=PretrainSettings.batch, show_default=True,
+              help="Windows per update.")
+@click.option("--pretrain-block", type=click.IntRange(min=8), default=PretrainSettings.block, show_default=True,
+              help="Tokens per window.")
+@click.option("--pretrain-lr", type=click.FloatRange(min=0, min_open=True), default=PretrainSettings.lr,
+              show_default=True, help="Peak learning rate (warm-up, then cosine decay to a tenth).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
-def init_model_command(out, arch, size, corpus, seed):
+def init_model_command(out, arch, size, corpus, seed, pretrain, pretrain_steps, pretrain_batch, pretrain_block,
+                       pretrain_lr, quiet):
     """Create a randomly initialized model with its own tokenizer, as a transformers checkpoint in OUT.
 
     The tokenizer is a byte-level BPE trained on the corpus, with ChatML special tokens (`<|im_start|>`,
     `<|im_end|>` = end of turn and eos, `<|endoftext|>` = padding; no BOS) and a ChatML chat template. Nothing is
     downloaded. OUT must not exist or be empty.
 
+    With --pretrain, the weights are then trained as a language model on that text (next-token loss on packed
+    windows; every tenth page held out, its loss before and after printed), and config.yaml records it: a shared
+    language prior that every method fine-tunes from, as a pretrained LM is in the paper.
+
     \b
-    Example:
+    Examples:
       eexp expert --env shop -n 50 > expert.jsonl
       eexp init-model models/base --arch qwen2 --size small --corpus expert.jsonl
+      eexp corpus --env shop --holdout 200 -o pages.jsonl
+      eexp init-model models/prior --pretrain pages.jsonl --pretrain-steps 2000
     """
+    from eexp.io import progress_bar
     from eexp.models.init import init_model
 
     quiet_transformers()
-    path = init_model(out, arch=arch, size=size, corpus=corpus, seed=seed)
+    settings = PretrainSettings(steps=pretrain_steps, block=pretrain_block, batch=pretrain_batch, lr=pretrain_lr,
+                                seed=seed)
+    with progress_bar(quiet or not pretrain, total=pretrain_steps, unit="step") as bar:
+        def progress(step: int, loss: float) -> None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+        path = init_model(out, arch=arch, size=size, corpus=corpus, seed=seed, pretrain=pretrain,
+                          pretrain_settings=settings, progress=progress)
     click.echo(f"eexp: wrote {arch} {size} model to {path}", err=True)
+    if pretrain:
+        import yaml
+
+        record = yaml.safe_load((path / "config.yaml").read_text())["pretrain"]
+        before = record.get("held_out_loss_before")
+        held = f"; held-out loss {before} -> {record['held_out_loss']}" if before is not None else ""
+        click.echo(f"eexp: pretrained {record['steps']} steps on {record['tokens']} tokens of "
+                   f"{record['pages']} pages{held}", err=True)
 
 
 @cli.command("import-model")

@@ -193,9 +193,14 @@ def _config(arch: str, size: Size, vocab: int):
 
 
 def init_model(out_dir: str | os.PathLike, arch: str = "qwen2", size: str = "tiny",
-               corpus: Iterable[str] | None = None, seed: int = 0) -> Path:
+               corpus: Iterable[str] | None = None, seed: int = 0, pretrain: Iterable[str] | None = None,
+               pretrain_settings=None, progress=None) -> Path:
     """Write a fresh checkpoint directory: model (safetensors), config, tokenizer with chat template, and
-    `config.yaml` recording how it was made. Returns the directory. Same inputs and seed, same weights."""
+    `config.yaml` recording how it was made. Returns the directory. Same inputs and seed, same weights.
+
+    With `pretrain` (corpus files, as for `corpus`), the tokenizer is trained on them too and the model is then
+    pretrained on their text as a language model (`eexp.models.pretrain`, `pretrain_settings`); the record of it
+    goes into config.yaml under `pretrain`."""
     if arch not in ARCHITECTURES:
         raise ModelError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
     if size not in SIZES:
@@ -208,7 +213,9 @@ def init_model(out_dir: str | os.PathLike, arch: str = "qwen2", size: str = "tin
 
     spec = SIZES[size]
     corpus = list(corpus or [])
-    tok = train_tokenizer(corpus_texts(corpus), spec.vocab)
+    pretrain = list(pretrain or [])
+    pretrain_texts = list(corpus_texts(pretrain))
+    tok = train_tokenizer(list(corpus_texts(corpus)) + pretrain_texts, spec.vocab)
     fast = _fast_tokenizer(tok)
     config = _config(arch, spec, len(fast))
 
@@ -216,6 +223,16 @@ def init_model(out_dir: str | os.PathLike, arch: str = "qwen2", size: str = "tin
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
+    pretrained = None
+    if pretrain:
+        from eexp.models.pretrain import PretrainSettings, pretrain as pretrain_lm
+
+        settings = pretrain_settings or PretrainSettings(seed=seed)
+        try:
+            pretrained = pretrain_lm(model, fast, pretrain_texts, settings, progress)
+        except ValueError as e:
+            raise ModelError(f"--pretrain: {e}") from None
+        pretrained = {"corpus": [c if Path(c).is_file() else "<text>" for c in pretrain], **pretrained}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so a failed run never leaves a half checkpoint behind.
@@ -230,6 +247,8 @@ def init_model(out_dir: str | os.PathLike, arch: str = "qwen2", size: str = "tin
                     "seed": seed, "corpus": [c if Path(c).is_file() else "<text>" for c in corpus],
                     "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(fast),
                     "bos": None, "eos": IM_END, "pad": PAD_TOKEN}
+        if pretrained:
+            resolved["pretrain"] = pretrained
         (tmp / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         if out.exists():
             if not out.is_dir() or any(out.iterdir()):
