@@ -199,5 +199,6 @@ def parse_reply(text: str) -> tuple[str | None, str | None]:
 
 
 def normalize_space(text: str) -> str:
-    """The comparison used for the state check: whitespace-normalized equality."""
+    """Runs of whitespace as one space, none at the ends: the one whitespace canonicalization (the state check
+    compares observations with it, `Env.canonicalize` and the policies' default apply it to actions)."""
     return " ".join(text.split())

@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from eexp.errors import EexpError
+from eexp.prompts import normalize_space
 
 
 class EnvError(EexpError):
@@ -74,7 +75,7 @@ class Env:
         return 1.0 if self.success() else 0.0
 
     def canonicalize(self, action: str) -> str:
-        return " ".join(action.split())
+        return normalize_space(action)
 
     def replay(self, task: dict, prefix: list[str]) -> str:
         """Reset and replay an action prefix; returns the observation reached. Environments with a faster way to

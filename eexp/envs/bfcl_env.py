@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from eexp.envs.base import Env, EnvError, package_version
+from eexp.prompts import normalize_space
 
 CATEGORIES = {"base": "multi_turn_base", "long_context": "multi_turn_long_context",
               "miss_func": "multi_turn_miss_func", "miss_param": "multi_turn_miss_param"}
@@ -294,9 +295,9 @@ class BfclEnv(Env):
         try:
             calls = parse_calls(action)
         except CallError:
-            return " ".join(action.split())
+            return normalize_space(action)
         if not calls:
-            return " ".join(action.split())
+            return normalize_space(action)
         rendered = [render_call(*c) for c in calls]
         return rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
 

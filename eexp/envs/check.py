@@ -179,7 +179,7 @@ class Checker:
                 status, detail = "FAIL", f"{self.where}: {type(e).__name__}: {e}"
             finally:
                 self.release()
-            yield Check(status, name, " ".join(str(detail).split()))
+            yield Check(status, name, normalize_space(str(detail)))
 
     # --- the checks -------------------------------------------------------------------------------------------------
     def check_lazy(self) -> tuple[str, str]:

@@ -51,6 +51,7 @@ from typing import Any
 
 from eexp.cache import cache_root
 from eexp.envs.base import Env, EnvError, package_version
+from eexp.prompts import normalize_space
 
 OOD_TASKS = ("freeze", "chemistry-mix-paint-tertiary-color", "find-non-living-thing",
              "lifespan-longest-lived-then-shortest-lived", "mendelian-genetics-unknown-plant",
@@ -376,7 +377,7 @@ class ScienceWorldEnv(Env):
         return max(0.0, self._score)
 
     def canonicalize(self, action: str) -> str:
-        return " ".join(action.lower().split())
+        return normalize_space(action.lower())
 
 
 def trim_actions(valid: list[dict], referents: dict, task_name: str, limit: int) -> list[str]:

@@ -24,6 +24,7 @@ import re
 from functools import lru_cache
 
 from eexp.envs.base import EnvError, NumberedTasks
+from eexp.prompts import normalize_space
 
 # category -> (attributes, options, (min price, max price)); attributes are in a fixed order, so the goal's
 # attribute phrase (and the query the instruction implies) is always written the same way.
@@ -270,7 +271,7 @@ class ShopEnv(NumberedTasks):
         return "\n".join(lines)
 
     def canonicalize(self, action: str) -> str:
-        text = " ".join(action.lower().split())
+        text = normalize_space(action.lower())
         return re.sub(r"\s*\[\s*(.*?)\s*\]\s*$", r"[\1]", text)
 
     def _invalid(self, reason: str) -> tuple[str, float, bool, dict]:

@@ -52,6 +52,7 @@ from typing import Any
 
 from eexp.cache import cache_root
 from eexp.envs.base import Env, EnvError, package_version
+from eexp.prompts import normalize_space
 
 # family -> (tw-make challenge, settings as a function of the nominal seed: the task's, whatever game seed made it)
 FAMILIES: dict[str, tuple[str, Any]] = {
@@ -383,7 +384,7 @@ class TextWorldEnv(Env):
         return float(self._state.score) / float(self._state.max_score)
 
     def canonicalize(self, action: str) -> str:
-        return " ".join(action.lower().split())
+        return normalize_space(action.lower())
 
     def snapshot(self) -> Any:
         return self._guard("snapshot", lambda: (self._env.copy(), self._state, self._task))

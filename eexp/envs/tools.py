@@ -26,6 +26,7 @@ from functools import lru_cache
 import orjson
 
 from eexp.envs.base import EnvError, NumberedTasks
+from eexp.prompts import normalize_space
 
 ROOT = "/workspace"
 FOLDERS = ("docs", "reports", "photos", "music", "projects", "archive", "notes", "backup", "data", "temp")
@@ -483,7 +484,7 @@ class ToolsEnv(NumberedTasks):
         try:
             tree = ast.parse(action.strip(), mode="eval")
         except SyntaxError:
-            return " ".join(action.split())
+            return normalize_space(action)
         return ast.unparse(tree)
 
     # --- outcome --------------------------------------------------------------------------------------------

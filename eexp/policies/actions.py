@@ -10,12 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from eexp.policies.base import Reply
-from eexp.prompts import parse_reply
-
-
-def default_canonicalize(action: str) -> str:
-    """What `Env.canonicalize` does by default: collapse whitespace."""
-    return " ".join(action.split())
+from eexp.prompts import normalize_space, parse_reply
 
 
 def canonicalizer(context: dict | None) -> Callable[[str], str]:
@@ -23,7 +18,7 @@ def canonicalizer(context: dict | None) -> Callable[[str], str]:
     env = (context or {}).get("env")
     if env is not None and hasattr(env, "canonicalize"):
         return env.canonicalize
-    return default_canonicalize
+    return normalize_space
 
 
 def open_space(context: dict | None) -> bool:

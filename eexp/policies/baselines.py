@@ -18,9 +18,9 @@ class RandomPolicy(Policy):
         choices = admissible
         env = (context or {}).get("env")
         if not choices and env is not None:
-            # Open action space: an environment can offer a sample of plausible actions (`candidate_actions()`),
-            # which is what "uniform" can mean there.
-            choices = env.admissible() or (env.candidate_actions() if hasattr(env, "candidate_actions") else None)
+            # Open action space: the environment's admissible() is a sample of plausible actions there (the
+            # contract of closed_actions False), which is what "uniform" can mean.
+            choices = env.admissible()
         if not choices:
             return failed_reply("random policy: this state lists no admissible actions", seed, admissible)
         action = random.Random(seed).choice(list(choices))
