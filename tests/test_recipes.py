@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 
@@ -19,19 +20,34 @@ RECIPES = Path(__file__).parent.parent / "recipes"
 def test_demo_recipe_at_a_reduced_size(tmp_path):
     out = tmp_path / "demo"
     eexp = f"{sys.executable} -m eexp"
-    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=6", "JOBS=1"]
+    # with the shared language prior at a token size: a corpus of 3 walks per split, 5 pretraining updates
+    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=6", "JOBS=1", "PRETRAIN_STEPS=5",
+             "CORPUS_WALKS=3"]
     proc = subprocess.run(["make", "-C", str(RECIPES), "-j2", "compare", "CONFIG=configs/demo.mk", f"OUT={out}",
                            f"EEXP={eexp}", *small], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     records = ["expert.jsonl", "il.jsonl", "outcomes_iwm.jsonl", "iwm.jsonl", "outcomes_sr.jsonl", "sr.jsonl",
-               "sr_train.jsonl", "eval/IL.jsonl", "eval/IWM.jsonl", "eval/SR.jsonl", "eval/random.jsonl"]
+               "sr_train.jsonl", "eval/IL.jsonl", "eval/IWM.jsonl", "eval/SR.jsonl", "eval/random.jsonl",
+               "eval/IL~think.jsonl", "eval/IWM~think.jsonl"]
     for name in records:
         assert (out / name).stat().st_size > 0, f"{name} is empty"
     check = subprocess.run([sys.executable, "-m", "eexp", "validate", *(str(out / n) for n in records)],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+    # one base for every method, pretrained on pages of walks that never reached the 6 evaluated tasks per split
+    base = yaml.safe_load((out / "base" / "config.yaml").read_text())
+    assert base["pretrain"]["steps"] == 5 and base["pretrain"]["corpus"] == [str(out / "pages.jsonl")]
+    pages = [orjson.loads(line) for line in (out / "pages.jsonl").read_text().splitlines()]
+    assert pages and all(set(p) == {"id", "env", "observation", "meta"} for p in pages)
+    assert {p["meta"]["holdout"] for p in pages} == {6}
+    # SR is evaluated as it was trained (thought, then action); IL and IWM both ways
+    acts = {name: {orjson.loads(line)["meta"]["act"] for line in (out / "eval" / f"{name}.jsonl").open()}
+            for name in ("IL", "IWM", "SR", "IL~think", "IWM~think")}
+    assert acts == {"IL": {"score"}, "IWM": {"score"}, "SR": {"think"}, "IL~think": {"think"},
+                    "IWM~think": {"think"}}
 
     for run in ("IL", "IWM", "SR"):
         assert (out / run / "config.yaml").exists() and (out / run / "metrics.jsonl").exists()
@@ -41,7 +57,7 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
     compare = orjson.loads((out / "compare.json").read_bytes())
     assert set(compare["splits"]) == {"test", "ood"}
     for rows in compare["splits"].values():
-        assert [r["run"] for r in rows] == ["IL", "IWM", "SR", "random"]
+        assert [r["run"] for r in rows] == ["IL", "IWM", "SR", "random", "IL~think", "IWM~think"]
         assert all(r["n"] == 6 for r in rows)
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "IWM" in proc.stdout and "SR" in proc.stdout  # the table is printed
