@@ -10,14 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 from eexp.cli import cli
-from eexp.cli import evaluate as eval_cli
-from eexp.cli.options import config_option, serializer_options
+from eexp.cli.options import config_option, explicit_serializer_settings, serializer_options
+from eexp.compare import Run, compare_runs
 from eexp.envs.base import Env, EnvError
 from eexp.policies.base import Policy, Reply
 from eexp.policies.baselines import OraclePolicy, RandomPolicy
 from eexp.records import expect
-from eexp.stages.evaluate import (EvalSettings, Evaluator, Run, Runner, compare_runs, episode_id, split_tasks,
-                                  summarize)
+from eexp.stages import evaluate as evaluate_stage
+from eexp.stages.evaluate import EvalSettings, Evaluator, Runner, episode_id, split_tasks, summarize
 from eexp.stats import mcnemar_exact, paired_bootstrap, wilson
 
 
@@ -222,7 +222,7 @@ def test_cli_tells_explicit_serializer_options_from_defaults(tmp_path):
     @serializer_options
     @config_option
     def probe(serializer):
-        seen.update(eval_cli.explicit_serializer_settings(click.get_current_context()))
+        seen.update(explicit_serializer_settings(click.get_current_context()))
 
     CliRunner().invoke(probe, [], catch_exceptions=False)
     assert seen == {}
@@ -357,7 +357,7 @@ def test_cli_bad_input(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["eval", "--policy", "oracle", "--env", "nowhere"])
     assert result.exit_code == 1 and "unknown environment 'nowhere'" in result.output
     # N larger than the split: all tasks, and it says so (on the small environment, through the command)
-    monkeypatch.setattr(eval_cli, "make_env", lambda name, **kw: CountEnv())
+    monkeypatch.setattr(evaluate_stage, "make_env", lambda name, **kw: CountEnv())
     result = invoke(["eval", "--policy", "oracle", "--env", "count", "-n", "100", "-q"])
     assert result.exit_code == 0 and len(lines(result.stdout)) == 6
     assert "count test has 6 tasks, fewer than -n 100: evaluating all 6" in result.stderr

@@ -6,14 +6,12 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import policy_options, sampling_options, serializer_options, stage_options
+from eexp.cli.options import explicit_serializer_settings, policy_options, sampling_options, serializer_options, \
+    stage_options
 from eexp.prompts import Serializer
 from eexp.records import expect
 from eexp.stages.branch import PROPOSE_MODES, Brancher, parse_steps
 from eexp.stages.rollout import Rollout
-
-SERIALIZER_PARAMS = ("history", "max_observation_chars", "max_history_chars", "max_admissible", "no_admissible")
-
 
 def _note(message: str) -> None:
     click.echo(message, err=True)
@@ -68,10 +66,8 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
         settings = {"act": act or "", "max_tokens": max_tokens, "top_p": top_p}
         # A model trained by eexp carries the serializer it was trained with: prompt it the same way unless the
         # user set the serializer options.
-        ctx = click.get_current_context()
         recorded = policy.serializer_settings()
-        if recorded and all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT
-                            for p in SERIALIZER_PARAMS):
+        if recorded and not explicit_serializer_settings(click.get_current_context()):
             serializer = Serializer.from_dict(recorded)
     for name in ("topped_up", "short_of_k"):
         io.count(name, 0)

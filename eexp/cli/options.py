@@ -128,6 +128,25 @@ def serializer_options(f: Callable) -> Callable:
     return wrapper
 
 
+# serializer option -> (Serializer field, how the option's value maps to it)
+SERIALIZER_PARAMS = {"history": ("history", lambda v: v),
+                     "max_observation_chars": ("max_observation_chars", lambda v: v),
+                     "max_history_chars": ("max_history_chars", lambda v: v),
+                     "max_admissible": ("max_admissible", lambda v: v),
+                     "no_admissible": ("show_admissible", lambda v: not v)}
+
+
+def explicit_serializer_settings(ctx: click.Context) -> dict:
+    """The serializer settings the user gave (command line, environment, --config), not click's defaults: only
+    these override the settings recorded with the model."""
+    given = {}
+    for param, (name, convert) in SERIALIZER_PARAMS.items():
+        source = ctx.get_parameter_source(param)
+        if source is not None and source != click.core.ParameterSource.DEFAULT:
+            given[name] = convert(ctx.params[param])
+    return given
+
+
 def _key_values(ctx, param, values, convert=lambda text: text) -> dict:
     """Repeated KEY=VALUE options as a dict (the last one wins), each value through `convert`."""
     args = {}
@@ -185,3 +204,87 @@ def quiet_transformers() -> None:
     from transformers.utils import logging
     logging.disable_progress_bar()
     logging.set_verbosity_error()
+
+
+class Separated(click.ParamType):
+    """A list given as one separated value (`q_proj,v_proj`), or as a list (a --config file)."""
+
+    name = "list"
+
+    def __init__(self, sep: str = ","):
+        self.sep = sep
+
+    def convert(self, value, param, ctx):
+        items = value if isinstance(value, (list, tuple)) else str(value).split(self.sep)
+        return [str(v).strip() for v in items if str(v).strip()]
+
+
+def dataclass_options(cls, name: str = "config") -> Callable:
+    """Click options made from a dataclass's fields, so a default and its help are written once, in the dataclass
+    (TRL's SFTConfig + TrlParser is the model). The type and default come from the field; the help and click hints
+    from its metadata: help, flag ("--lora/--full"), short ("-o"), metavar, min/max, choices, required, argument
+    (positional, one or more), multiple (a list given by repeating the option), sep (a list given as one value,
+    e.g. comma-separated; a list in a --config file too). Option names are the field names, so a YAML file of
+    `field: value` (the dataclass as `asdict` writes it) is a `--config` file. The command receives `name=cls(...)`."""
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    decorators = []
+    for f in fields:
+        meta = dict(f.metadata)
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (types.UnionType, typing.Union):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        is_list = typing.get_origin(kind) is list
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if meta.get("argument"):
+            decorators.append(click.argument(f.name, nargs=-1, required=True, metavar=meta.get("metavar")))
+            continue
+        decls = ([meta["short"]] if "short" in meta else []) + [meta.get("flag") or "--" + f.name.replace("_", "-"),
+                                                                 f.name]
+        kw: dict = {"help": meta.get("help") or None, "metavar": meta.get("metavar"),
+                    "required": bool(meta.get("required")), "default": default}
+        element = typing.get_args(kind)[0] if is_list else kind
+        if "choices" in meta:
+            kw["type"] = click.Choice(meta["choices"])
+        elif element in (int, float) and ("min" in meta or "max" in meta):
+            ranged = click.IntRange if element is int else click.FloatRange
+            kw["type"] = ranged(min=meta.get("min"), max=meta.get("max"))
+        elif element in (int, float, str):
+            kw["type"] = element
+        if kind is bool:
+            kw.pop("type", None)
+            if "flag" not in meta:
+                kw["is_flag"] = True
+            else:
+                kw["show_default"] = True
+        elif is_list and meta.get("multiple"):
+            kw["multiple"] = True
+        elif is_list and meta.get("sep"):
+            kw.update(default=meta["sep"].join(default or []), show_default=True, type=Separated(meta["sep"]))
+        elif default is not None:
+            kw["show_default"] = True
+        decorators.append(click.option(*decls, **kw))
+    names = [f.name for f in fields]
+    lists = {f.name for f in fields if typing.get_origin(hints[f.name]) is list}
+
+    def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            values = {n: kwargs.pop(n) for n in names}
+            values.update({n: list(values[n]) for n in lists if values[n] is not None})
+            return f(*args, **{name: cls(**values)}, **kwargs)
+
+        for decorator in reversed(decorators):
+            wrapper = decorator(wrapper)
+        return wrapper
+
+    return decorate

@@ -1,4 +1,5 @@
-"""eval: run a policy on the tasks of an environment split, one episode per task; summarize and compare runs.
+"""eval: run a policy on the tasks of an environment split, one episode per task, and summarize the run
+(`eval --compare` is eexp.compare).
 
 An episode renders each state with the serializer the model was trained with (its recorded settings, overridable),
 asks the policy for one action (greedy by default, as the paper evaluates) and steps the environment until it says
@@ -14,22 +15,27 @@ Results come back in task order whatever the parallelism, and every random choic
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+import orjson
+
 from eexp.envs.base import Env, EnvError, make_env
-from eexp.io import InputError
+from eexp.errors import EexpError
+from eexp.io import InputError, Reader, Stage, StageIO, in_shard, read_records, write_atomic
 from eexp.policies import policy_kind
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import Serializer, clip
-from eexp.records import make_meta, short_hash
-from eexp.stats import mcnemar_exact, paired_bootstrap, seed_spread, sign_flip_exact, wilson
+from eexp.records import expect, make_meta, short_hash, utc_now
+from eexp.stats import wilson
 
 UNPARSED_CHARS = 300  # how much of an unparseable reply is kept (sent to the env, and in meta)
 
@@ -237,6 +243,7 @@ class Runner:
         self.threads: ThreadPoolExecutor | None = None
         self.local: Evaluator | None = None
         self.thread_envs: list[Env] = []
+        self.pending: collections.deque = collections.deque()  # AsyncResult (processes) or Future, in task order
         if jobs > 1 and policy is None and policy_kind(settings.policy_spec) != "endpoint":
             self.processes = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker,
                                                                         initargs=(settings,))
@@ -259,15 +266,30 @@ class Runner:
             self.thread_envs.append(evaluator.env)
         return evaluator.run(*item)
 
+    def submit(self, item: tuple[dict, str]) -> None:
+        """Start an episode (here: run it now)."""
+        if self.processes is not None:
+            self.pending.append(self.processes.apply_async(_worker_run, (item,)))
+        elif self.threads is not None:
+            self.pending.append(self.threads.submit(self._thread_run, item))
+        else:
+            done: Future = Future()
+            done.set_result(self.local.run(*item))
+            self.pending.append(done)
+
+    def ready(self, block: bool = False) -> Iterator[tuple[dict, dict | None]]:
+        """The results of the episodes submitted, in the order submitted: those done, and (waiting for them) the
+        oldest ones while `block` or while 2 x jobs are in flight, so memory stays bounded."""
+        while self.pending and (block or len(self.pending) >= 2 * self.jobs or _is_done(self.pending[0])):
+            handle = self.pending.popleft()
+            yield handle.get() if isinstance(handle, multiprocessing.pool.AsyncResult) else handle.result()
+
     def map(self, items: Iterable[tuple[dict, str]]) -> Iterator[tuple[dict, dict | None]]:
         """Results in the order of `items`, each as soon as it and all before it are done."""
-        if self.processes is not None:
-            yield from self.processes.imap(_worker_run, items, chunksize=1)
-        elif self.threads is not None:
-            yield from self.threads.map(self._thread_run, items)
-        else:
-            for item in items:
-                yield self.local.run(*item)
+        for item in items:
+            self.submit(item)
+            yield from self.ready()
+        yield from self.ready(block=True)
 
     def close(self, abort: bool = False) -> None:
         """Wait for the workers; after Ctrl-C or an error (`abort`), stop them at once (an episode cut short is
@@ -293,6 +315,10 @@ class Runner:
 
     def __exit__(self, exc_type, exc, tb):
         self.close(abort=exc_type is not None)
+
+
+def _is_done(handle) -> bool:
+    return handle.ready() if isinstance(handle, multiprocessing.pool.AsyncResult) else handle.done()
 
 
 # --- tasks -----------------------------------------------------------------------------------------------------
@@ -369,309 +395,163 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-# --- compare ---------------------------------------------------------------------------------------------------
+# --- a run: its tasks, its resume, the stage ---------------------------------------------------------------------
 
-@dataclass
-class Run:
-    """The episodes of one file for one split."""
-
-    label: str
-    path: str
-    split: str
-    policy: str
-    episodes: dict[str, dict]  # task id -> episode, in file order
-
-
-def load_runs(files: list[tuple]) -> tuple[str, list[Run]]:
-    """(environment name, runs) from episode files given as (path, [(record, line)]) or (path, [(record, line)],
-    label). A label names the method a file belongs to (`eval --compare IL=a.jsonl,b.jsonl`: one run per seed);
-    files without one are labelled by their name. Files of different environments are refused: their tasks and
-    success tests are not comparable."""
-    env_name, env_from = None, None
-    runs: list[Run] = []
-    unlabelled = [f[0] for f in files if len(f) < 3 or not f[2]]
-    named = iter(_labels(unlabelled))
-    labels = [f[2] if len(f) > 2 and f[2] else next(named) for f in files]
-    explicit = {f[2] for f in files if len(f) > 2 and f[2]}
-    seen: dict[str, set] = {}
-    for f, label in zip(files, labels):
-        path, records = f[0], f[1]
-        if (len(f) < 3 or not f[2]) and label in explicit:
-            raise InputError(f"the run name {label!r} is both a label given with {label}=FILES and this file's name: "
-                             f"give this file a label of its own (NAME={path})", path)
-        if path in seen.setdefault(label, set()) and path != "-":
-            raise InputError(f"given twice for {label!r}: one file is one run (one seed)", path)
-        seen[label].add(path)
-        by_split: dict[str, Run] = {}
-        for record, line in records:
-            meta = record.get("meta") or {}
-            env = meta.get("env")
-            if not isinstance(env, str) or not env:
-                raise InputError("meta.env missing: cannot tell which environment this episode is from", path, line)
-            if env_name is None:
-                env_name, env_from = env, path
-            elif env != env_name:
-                raise InputError(f"episodes of environment {env!r}, but {env_from} holds episodes of {env_name!r}: "
-                                 f"--compare needs runs of one environment (compare each environment separately)",
-                                 path, line)
-            split = record["task"].get("split") or meta.get("split") or ""
-            run = by_split.setdefault(split, Run(label, path, split, record["policy"], {}))
-            task_id = record["task"]["id"]
-            if task_id in run.episodes:
-                raise InputError(f"task {task_id!r} ({split}) appears twice: --compare pairs one episode per task "
-                                 f"and file (put repeated runs, e.g. seeds, in separate files: NAME=A.jsonl,"
-                                 f"B.jsonl)", path, line)
-            run.episodes[task_id] = record
-        runs.extend(by_split.values())
-    return env_name or "", runs
+def tasks_from_trajectories(reader: Reader, env_name: str | None, split: str | None, n: int | None,
+                            warn: Callable[[str], None]) -> tuple[str, dict, Env, list[dict]]:
+    """(env name, env kwargs, env, tasks): the distinct tasks of the input trajectories, in input order, looked up
+    in the environment (so categories and the environment's own task fields are those of the split)."""
+    check = expect("trajectory")
+    env = None
+    env_kwargs: dict = {}
+    env_from = None
+    index: dict[str, dict[str, dict]] = {}
+    tasks: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for item in reader:
+        record = item.record
+        problem = check(record)
+        if problem:
+            reader.reject(item.error(problem))
+            continue
+        name, kwargs = record["env"]["name"], record["env"].get("kwargs") or {}
+        if env is None:
+            if env_name and name != env_name:
+                raise item.error(f"a trajectory of environment {name!r}, but --env is {env_name!r}")
+            env_name, env_kwargs, env_from = name, kwargs, f"{item.path}:{item.line}"
+            env = make_env(name, **kwargs)
+        elif (name, kwargs) != (env_name, env_kwargs):
+            reader.reject(item.error(f"environment {name!r} {kwargs or ''} differs from {env_name!r} "
+                                     f"{env_kwargs or ''} of the first trajectory ({env_from}): evaluate one "
+                                     f"environment at a time"))
+            continue
+        task_split, task_id = record["task"]["split"], record["task"]["id"]
+        if split is not None and task_split != split:
+            continue
+        if (task_split, task_id) in seen:
+            continue
+        if task_split not in env.splits:
+            reader.reject(item.error(f"{env_name} has no split {task_split!r} (splits: {', '.join(env.splits)})"))
+            continue
+        if task_split not in index:
+            index[task_split] = {t["id"]: t for t in env.tasks(task_split)}
+        if task_id not in index[task_split]:
+            reader.reject(item.error(f"{env_name} has no task {task_id!r} in split {task_split!r}"))
+            continue
+        seen.add((task_split, task_id))
+        tasks.append(index[task_split][task_id])
+    if env is None or not tasks:
+        raise InputError("no tasks to evaluate in the input trajectories" + (f" (split {split})" if split else ""))
+    if n is not None and n > len(tasks):
+        warn(f"the input holds {len(tasks)} tasks, fewer than -n {n}: evaluating all {len(tasks)}")
+    return env_name, env_kwargs, env, tasks[:n] if n is not None else tasks
 
 
-def _labels(paths: list[str]) -> list[str]:
-    """Short names for the runs: the file name without .jsonl, the full path where two would clash."""
-    short = [os.path.basename(p)[: -len(".jsonl")] if p.endswith(".jsonl") else os.path.basename(p) for p in paths]
-    counts = Counter(short)
-    return [s if counts[s] == 1 else p for s, p in zip(short, paths)]
+def find_tasks(reader: Reader | None, env_name: str | None, env_args: dict, split: str | None, n: int | None,
+               warn: Callable[[str], None]) -> tuple[str, dict, Env, list[dict]]:
+    """(env name, env kwargs, env, tasks) of a run: the first n tasks of `split` of the environment `env_name`
+    when no trajectories are read (`reader` None), else the tasks of the trajectories (of `split`, when given)."""
+    if reader is None:
+        env = make_env(env_name, **env_args)
+        return env_name, dict(env_args), env, split_tasks(env, split, n, warn)
+    return tasks_from_trajectories(reader, env_name, split, n, warn)
 
 
-def compare_runs(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.05, resamples: int = 10000) -> dict:
-    """Per split: every run with its interval, and every run after the first tested against the first over the
-    tasks both ran (exact McNemar on success, seeded paired bootstrap on score).
-
-    Runs that share a label are the seeds of one method (compare_seeded): then every method is one row with the
-    spread of its seeds, tested against the first over tasks x seeds."""
-    if len({(r.split, r.label) for r in runs}) < len(runs):
-        return compare_seeded(env, runs, seed=seed, alpha=alpha, resamples=resamples)
-    splits: dict[str, list[dict]] = {}
-    firsts: dict[str, Run] = {}
-    for run in runs:
-        eps = list(run.episodes.values())
-        successes = sum(1 for e in eps if e["success"])
-        row = {"run": run.label, "file": run.path, "policy": run.policy, "split": run.split, "n": len(eps),
-               "successes": successes, **rate_fields(successes, len(eps)),
-               "mean_score": sum(e["score"] for e in eps) / len(eps)}
-        first = firsts.setdefault(run.split, run)
-        if first is not run:
-            row["vs_first"] = paired_test(first, run, seed=seed, alpha=alpha, resamples=resamples)
-        splits.setdefault(run.split, []).append(row)
-    return {"env": env, "alpha": alpha, "resamples": resamples, "seed": seed, "splits": splits}
+def worker_policy_args(policy_spec: str, policy_args: dict, jobs: int) -> dict:
+    """N llama.cpp or torch processes each using every core fight over them (torch's spinning threads made a step
+    ~10x slower here): with -j N a local model gets its share of the cores, unless n_threads is given."""
+    policy_args = dict(policy_args)
+    if jobs > 1 and policy_kind(policy_spec) in ("gguf", "checkpoint") and "n_threads" not in policy_args:
+        policy_args["n_threads"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return policy_args
 
 
-SEEDED_TEST = "sign-flip"  # eexp.stats.sign_flip_exact over tasks, successes summed over seeds
+def resume_episodes(io: StageIO, ids: list[str], trajectories_path: str | None) -> dict[str, dict]:
+    """With --resume: the episodes already complete in -o FILE (id -> record), after making the file safe to append
+    to; the trajectories file is cut back to the episodes kept. Without it: nothing (and a fresh trajectories file)."""
+    if not io.resume:
+        return {}
+    done = io.done(lambda r: r.get("id"), kind="episode")
+    foreign = done - set(ids)
+    if foreign:
+        raise EexpError(f"cannot resume {io.output}: it holds {len(foreign)} episode(s) of another evaluation (a "
+                        f"different environment, split, policy or setting); write to a new file")
+    previous = {}
+    if done:
+        for record in read_records([io.output]):
+            if record.get("id") in done:
+                previous[record["id"]] = record
+    if trajectories_path:
+        try:
+            kept = [r for r in read_records([trajectories_path]) if r.get("id") in done]
+        except InputError as e:
+            if "no such file" not in str(e) and "empty file" not in str(e):
+                raise
+            kept = []
+        write_atomic(trajectories_path, b"".join(orjson.dumps(r) + b"\n" for r in kept))
+    return previous
 
 
-def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.05,
-                   resamples: int = 10000) -> dict:
-    """Per split, one row per method (label) pooling its seeds' runs: episodes and successes over all seeds, the
-    per-seed success rates and scores with their mean, sd, min and max, and every method after the first tested
-    against the first over the tasks every run of both holds: the exact sign-flip test on the per-task successes
-    summed over seeds (eexp.stats.sign_flip_exact, which says why this test) and a seeded paired bootstrap over
-    tasks of the per-task mean score."""
-    groups: dict[str, dict[str, list[Run]]] = {}
-    for run in runs:
-        groups.setdefault(run.split, {}).setdefault(run.label, []).append(run)
-    splits: dict[str, list[dict]] = {}
-    for split, methods in groups.items():
-        rows = []
-        first = None
-        for label, seeds in methods.items():
-            eps = [e for r in seeds for e in r.episodes.values()]
-            successes = sum(1 for e in eps if e["success"])
-            per_seed = [seed_row(r) for r in seeds]
-            rates = seed_spread([p["success_rate"] for p in per_seed])
-            scores = seed_spread([p["mean_score"] for p in per_seed])
-            policies = list(dict.fromkeys(r.policy for r in seeds))
-            row = {"run": label, "files": [r.path for r in seeds], "policy": policies[0] if len(policies) == 1
-                   else f"{len(policies)} models", "split": split, "seeds": len(seeds), "n": len(eps),
-                   "successes": successes, "success_rate": successes / len(eps) if eps else 0.0,
-                   "mean_score": sum(e["score"] for e in eps) / len(eps) if eps else 0.0,
-                   "seed_success": {"mean": rates.mean, "sd": rates.sd, "min": rates.low, "max": rates.high},
-                   "seed_score": {"mean": scores.mean, "sd": scores.sd, "min": scores.low, "max": scores.high},
-                   "per_seed": per_seed}
-            if len(seeds) == 1:  # one run: its Wilson interval, as in a comparison of single runs
-                row.update(rate_fields(successes, len(eps)))
-            if first is None:
-                first = seeds
-            else:
-                row["vs_first"] = seeded_test(first, seeds, seed=seed, alpha=alpha, resamples=resamples)
-            rows.append(row)
-        splits[split] = rows
-    return {"env": env, "alpha": alpha, "resamples": resamples, "seed": seed, "seeded": True,
-            "success_test": SEEDED_TEST, "splits": splits}
+class Evaluation(Stage):
+    """The eval stage: called with a task it yields the episodes done so far, in task order (`finish()` the rest).
+
+    The trajectory of a successful episode goes to `trajectories` (a writer) before the episode itself is written,
+    so a resume keeps only trajectories whose episode was written. Every episode (those of `previous`, from a
+    resumed file, included) is kept for the summary; env_steps, invalid_actions and errors are counted."""
+
+    def __init__(self, runner: Runner, settings: EvalSettings, *, count: Callable[..., None],
+                 warn: Callable[[str], None], trajectories=None, previous: dict[str, dict] | None = None):
+        self.runner, self.settings, self.count, self.warn = runner, settings, count, warn
+        self.trajectories = trajectories
+        self.episodes: dict[str, dict] = dict(previous or {})
+
+    def episode_id(self, task: dict) -> str:
+        return episode_id(self.settings, task, self.runner.description)
+
+    def __call__(self, task: dict) -> Iterator[dict]:
+        self.runner.submit((task, self.episode_id(task)))
+        return self._collect(self.runner.ready())
+
+    def finish(self) -> Iterator[dict]:
+        return self._collect(self.runner.ready(block=True))
+
+    def _collect(self, results: Iterable[tuple[dict, dict | None]]) -> Iterator[dict]:
+        for episode, trajectory in results:
+            if self.trajectories is not None and trajectory is not None:
+                self.trajectories.write(trajectory)
+            self.episodes[episode["id"]] = episode
+            self.count("env_steps", episode["steps"])
+            self.count("invalid_actions", episode["invalid_actions"])
+            if episode["stop_reason"] == "error":
+                self.count("errors")
+                self.warn(f"task {episode['task']['id']}: environment error: {episode['meta'].get('error')}")
+            yield episode
 
 
-def seed_row(run: Run) -> dict:
-    """One seed's run inside a method's row: its file, model, eval seed, rate with its own Wilson interval."""
-    eps = list(run.episodes.values())
-    successes = sum(1 for e in eps if e["success"])
-    meta = (eps[0].get("meta") or {}) if eps else {}
-    return {"file": run.path, "policy": run.policy, "eval_seed": meta.get("seed"), "n": len(eps),
-            "successes": successes, **rate_fields(successes, len(eps)),
-            "mean_score": sum(e["score"] for e in eps) / len(eps) if eps else 0.0}
+def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: int = 1, env: Env | None = None,
+             trajectories_path: str | None = None, warn: Callable[[str], None] = lambda message: None) -> dict:
+    """Run one episode per task (those of this --shard), write them to io's output (resuming it with --resume) and
+    return the summary of every episode of the run, with the run's settings as its episodes record them."""
+    tasks = [t for t in tasks if in_shard(t["id"], io.shard)]
+    with Runner(settings, jobs, env=env) as runner:
+        description = runner.description
+        ids = [episode_id(settings, t, description) for t in tasks]
+        previous = resume_episodes(io, ids, trajectories_path)
+        if previous:
+            warn(f"resuming: {len(previous)} of {len(tasks)} episodes already in {io.output}")
+        stage = Evaluation(runner, settings, count=io.count, warn=warn, previous=previous,
+                           trajectories=io.side_output(trajectories_path))
+        io.run_source(stage, tasks, key=stage.episode_id, output_kind="episode", unit="ep")
+    ordered = [stage.episodes[i] for i in ids if i in stage.episodes]
+    summary = summarize(ordered, env=settings.env_name,
+                        policy=ordered[0]["policy"] if ordered else description["policy"])
+    # The run's settings, as its episodes record them (less what is per episode).
+    first_meta = ordered[0]["meta"] if ordered else {}
+    per_episode = ("seeds", "unparsed", "error", "thoughts_cut")
+    summary["meta"] = {**{k: v for k, v in first_meta.items() if k not in per_episode}, "created_utc": utc_now()}
+    return summary
 
 
-def seeded_test(first: list[Run], other: list[Run], *, seed: int, alpha: float, resamples: int) -> dict:
-    runs = first + other
-    common = [t for t in first[0].episodes if all(t in r.episodes for r in runs)]
-    s_first, s_other = len(first), len(other)
-    diffs, rate_diffs, scores_a, scores_b = [], [], [], []
-    for t in common:
-        k_first = sum(1 for r in first if r.episodes[t]["success"])
-        k_other = sum(1 for r in other if r.episodes[t]["success"])
-        diffs.append(s_first * k_other - s_other * k_first)
-        rate_diffs.append(k_other / s_other - k_first / s_first)
-        scores_a.append(sum(r.episodes[t]["score"] for r in first) / s_first)
-        scores_b.append(sum(r.episodes[t]["score"] for r in other) / s_other)
-    n = len(common)
-    p = sign_flip_exact(diffs)
-    boot = paired_bootstrap(scores_a, scores_b, resamples=resamples, seed=seed)
-    return {"first": first[0].label, "paired_n": n, "seeds_first": s_first, "seeds_this": s_other,
-            "tasks_better": sum(1 for d in diffs if d > 0), "tasks_worse": sum(1 for d in diffs if d < 0),
-            "success_diff": sum(rate_diffs) / n if n else 0.0, "success_test": SEEDED_TEST, "success_p": p,
-            "success_verdict": verdict(sum(diffs), p, alpha, n),
-            "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
-            "bootstrap_p": boot.p_value, "score_verdict": verdict(boot.mean_diff, boot.p_value, alpha, n)}
-
-
-def paired_test(first: Run, run: Run, *, seed: int, alpha: float, resamples: int) -> dict:
-    common = [t for t in first.episodes if t in run.episodes]
-    a = [first.episodes[t] for t in common]
-    b = [run.episodes[t] for t in common]
-    only_first = sum(1 for x, y in zip(a, b) if x["success"] and not y["success"])
-    only_this = sum(1 for x, y in zip(a, b) if y["success"] and not x["success"])
-    p = mcnemar_exact(only_first, only_this)
-    n = len(common)
-    boot = paired_bootstrap([x["score"] for x in a], [y["score"] for y in b], resamples=resamples, seed=seed)
-    return {"first": first.label, "paired_n": n, "only_first": only_first, "only_this": only_this,
-            "success_diff": (sum(y["success"] for y in b) - sum(x["success"] for x in a)) / n if n else 0.0,
-            "mcnemar_p": p, "success_verdict": verdict(only_this - only_first, p, alpha, n),
-            "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
-            "bootstrap_p": boot.p_value, "score_verdict": verdict(boot.mean_diff, boot.p_value, alpha, n)}
-
-
-def verdict(diff: float, p: float, alpha: float, n: int) -> str:
-    if n == 0:
-        return "no common tasks"
-    if p < alpha and diff > 0:
-        return "better"
-    if p < alpha and diff < 0:
-        return "worse"
-    return "no significant difference"
-
-
-def format_comparison(result: dict) -> str:
-    if result.get("seeded"):
-        return format_seeded(result)
-    out = []
-    for split, rows in result["splits"].items():
-        out.append(f"{result['env']} {split}: success with 95% Wilson intervals; each run against the first over "
-                   f"the tasks both ran (exact McNemar on success, paired bootstrap on score, alpha "
-                   f"{result['alpha']})")
-        w_run = max(len("run"), *(len(r["run"]) for r in rows))
-        w_pol = max(len("policy"), *(len(r["policy"]) for r in rows))
-        out.append(f"  {'run':<{w_run}}  {'policy':<{w_pol}}  {'n':>5}  {'success':>7}  {'95% CI':<16}  "
-                   f"{'score':>6}  vs first")
-        for r in rows:
-            ci = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]"
-            vs = "(reference)"
-            t = r.get("vs_first")
-            if t:
-                vs = (f"{t['paired_n']} paired: success {100 * t['success_diff']:+.1f} pts "
-                      f"(McNemar p={t['mcnemar_p']:.3g}, {t['success_verdict']}); "
-                      f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
-                      f"(bootstrap p{p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
-            out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['n']:>5}  {pct(r['success_rate']):>7}  "
-                       f"{ci:<16}  {r['mean_score']:6.3f}  {vs}")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def format_seeded(result: dict) -> str:
-    """The table of a comparison with seeds: per method the pooled success, the seeds' min-max and sd."""
-    out = []
-    for split, rows in result["splits"].items():
-        out.append(f"{result['env']} {split}: success pooled over seeds, with the seeds' range and sd (a single run: "
-                   f"its 95% Wilson interval); each method against the first over tasks x seeds (exact sign-flip "
-                   f"test on per-task successes summed over seeds, paired bootstrap over tasks on score, alpha "
-                   f"{result['alpha']})")
-        w_run = max(len("run"), *(len(r["run"]) for r in rows))
-        w_pol = max(len("policy"), *(len(r["policy"]) for r in rows))
-        out.append(f"  {'run':<{w_run}}  {'policy':<{w_pol}}  {'seeds':>5}  {'n':>5}  {'success':>7}  "
-                   f"{'seeds min-max / 95% CI':<24}  {'sd':>5}  {'score':>6}  vs first")
-        for r in rows:
-            s = r["seed_success"]
-            if r["seeds"] > 1:
-                spread, sd = f"{pct(s['min'])} - {pct(s['max'])}", f"{100 * s['sd']:5.1f}"
-            else:
-                spread, sd = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]", "    -"
-            vs = "(reference)"
-            t = r.get("vs_first")
-            if t:
-                vs = (f"{t['paired_n']} tasks x {t['seeds_first']}|{t['seeds_this']} seeds: success "
-                      f"{100 * t['success_diff']:+.1f} pts ({t['tasks_better']} tasks better, {t['tasks_worse']} "
-                      f"worse; sign-flip p={t['success_p']:.3g}, {t['success_verdict']}); "
-                      f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
-                      f"(bootstrap p{p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
-            out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['seeds']:>5}  {r['n']:>5}  "
-                       f"{pct(r['success_rate']):>7}  {spread:<24}  {sd:>5}  {r['mean_score']:6.3f}  {vs}")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def p_text(p: float, resamples: int) -> str:
-    """`=0.031`, or `<0.0001` for a bootstrap p of 0 (no resample crossed zero: it is below 1 / resamples)."""
-    return f"<{1 / resamples:g}" if p == 0 else f"={p:.3g}"
-
-
-def plot_comparison(result: dict, path: str) -> None:
-    """Success rate with its interval per run, grouped by split, as a PNG (matplotlib, Agg: no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    splits = list(result["splits"])
-    labels = list(dict.fromkeys(r["run"] for rows in result["splits"].values() for r in rows))
-    width = 0.8 / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(splits) * max(1, len(labels)) ** 0.5 + 2.5), 4.0))
-    seeded = bool(result.get("seeded"))
-    dots_labelled = False
-    for i, label in enumerate(labels):
-        xs, ys, lo, hi, ns, dots = [], [], [], [], [], []
-        for j, split in enumerate(splits):
-            for r in result["splits"][split]:
-                if r["run"] == label:
-                    x = j - 0.4 + width * (i + 0.5)
-                    xs.append(x)
-                    ys.append(100 * r["success_rate"])
-                    if seeded and r["seeds"] > 1:  # the seeds' range as the whisker, each seed a dot
-                        s = r["seed_success"]
-                        lo.append(100 * (r["success_rate"] - s["min"]))
-                        hi.append(100 * (s["max"] - r["success_rate"]))
-                        dots += [(x, 100 * p["success_rate"]) for p in r["per_seed"]]
-                        ns.append(f"{r['seeds']} seeds")
-                    else:
-                        lo.append(100 * (r["success_rate"] - r["ci_low"]))
-                        hi.append(100 * (r["ci_high"] - r["success_rate"]))
-                        ns.append(f"n={r['n']}")
-        policy = next(r["policy"] for rows in result["splits"].values() for r in rows if r["run"] == label)
-        ax.bar(xs, ys, width * 0.9, yerr=[lo, hi], capsize=4, alpha=0.85,
-               label=label if policy in (label, "") else f"{label} ({policy})")
-        if dots:
-            ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=14, color="black", zorder=3,
-                       label=None if dots_labelled else "one seed")
-            dots_labelled = True
-        for x, y, h, n in zip(xs, ys, hi, ns):
-            ax.annotate(f"{y:.0f}%\n{n}", (x, min(y + h, 100)), textcoords="offset points", xytext=(0, 3),
-                        ha="center", fontsize="x-small")
-    ax.set_xticks(range(len(splits)), splits)
-    ax.set_ylim(0, 112)
-    ax.set_ylabel("success rate (%), 95% Wilson interval" if not seeded else
-                  "success rate (%), pooled over seeds\nwhisker: the seeds' min-max (one run: 95% Wilson)")
-    ax.set_title(f"{result['env']}: success per run and split")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-__all__ = ["EvalSettings", "Evaluator", "Runner", "episode_id", "episode_trajectory", "split_tasks", "summarize",
-           "format_summary", "load_runs", "compare_runs", "format_comparison", "plot_comparison"]
+def write_summary(path: str | None, summary: dict) -> None:
+    if path:
+        write_atomic(path, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")

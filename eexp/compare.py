@@ -1,0 +1,369 @@
+"""`eval --compare`: runs of a policy side by side, each with its 95% interval, and every run tested against the
+first over the tasks both ran (exact McNemar on success, seeded paired bootstrap on score); runs named NAME=FILES
+are the seeds of one method, pooled into one row and tested over tasks x seeds (exact sign-flip test).
+
+`read_runs` reads the episode files (`NAME=FILE,FILE,...` and quoted globs included), `compare_runs` computes the
+comparison, `format_comparison` prints it and `plot_comparison` draws it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+from eexp.io import InputError, Reader
+from eexp.records import expect
+from eexp.stages.evaluate import pct, rate_fields
+from eexp.stats import mcnemar_exact, paired_bootstrap, seed_spread, sign_flip_exact
+
+
+def compare_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
+    """(path, label) for every file of `eval --compare`. An INPUT is a file (labelled by its name), or NAME=FILES:
+    the runs of one method, one file per seed, FILES separated by commas; a FILE there may be a glob pattern
+    (quoted, so eexp expands it, in sorted order); NAME=... given again adds seeds to NAME. An existing file whose
+    name holds `=` is a file."""
+    out: list[tuple[str, str | None]] = []
+    for item in inputs:
+        label, sep, rest = item.partition("=")
+        if item == "-" or os.path.exists(item) or not sep:
+            out.append((item, None))
+            continue
+        label = label.strip()
+        if not label or not rest:
+            raise InputError(f"{item!r}: expected a file or NAME=FILE[,FILE...] (the runs of one method, one per "
+                             f"seed)")
+        for part in rest.split(","):
+            if not part:
+                continue
+            if not os.path.exists(part) and glob.has_magic(part):
+                matches = sorted(glob.glob(part))
+                if not matches:
+                    raise InputError(f"no file matches {part!r} (given for {label})")
+                out += [(m, label) for m in matches]
+            else:
+                out.append((part, label))
+    return out
+
+
+def read_runs(inputs: list[str], on_error: str = "fail") -> tuple[str, list["Run"]]:
+    """(environment name, runs) from the INPUTs of `eval --compare` (see compare_inputs); a record that is not an
+    episode is FILE:LINE, fatal or skipped as `on_error` says."""
+    check = expect("episode")
+    files = []
+    for path, label in compare_inputs(inputs):
+        reader = Reader([path], on_error=on_error)
+        records = []
+        for item in reader:
+            problem = check(item.record)
+            if problem:
+                reader.reject(item.error(problem))
+                continue
+            records.append((item.record, item.line))
+        if not records:
+            raise InputError("no episodes to compare", path)
+        files.append((path, records, label))
+    return load_runs(files)
+
+
+@dataclass
+class Run:
+    """The episodes of one file for one split."""
+
+    label: str
+    path: str
+    split: str
+    policy: str
+    episodes: dict[str, dict]  # task id -> episode, in file order
+
+
+def load_runs(files: list[tuple]) -> tuple[str, list[Run]]:
+    """(environment name, runs) from episode files given as (path, [(record, line)]) or (path, [(record, line)],
+    label). A label names the method a file belongs to (`eval --compare IL=a.jsonl,b.jsonl`: one run per seed);
+    files without one are labelled by their name. Files of different environments are refused: their tasks and
+    success tests are not comparable."""
+    env_name, env_from = None, None
+    runs: list[Run] = []
+    unlabelled = [f[0] for f in files if len(f) < 3 or not f[2]]
+    named = iter(_labels(unlabelled))
+    labels = [f[2] if len(f) > 2 and f[2] else next(named) for f in files]
+    explicit = {f[2] for f in files if len(f) > 2 and f[2]}
+    seen: dict[str, set] = {}
+    for f, label in zip(files, labels):
+        path, records = f[0], f[1]
+        if (len(f) < 3 or not f[2]) and label in explicit:
+            raise InputError(f"the run name {label!r} is both a label given with {label}=FILES and this file's name: "
+                             f"give this file a label of its own (NAME={path})", path)
+        if path in seen.setdefault(label, set()) and path != "-":
+            raise InputError(f"given twice for {label!r}: one file is one run (one seed)", path)
+        seen[label].add(path)
+        by_split: dict[str, Run] = {}
+        for record, line in records:
+            meta = record.get("meta") or {}
+            env = meta.get("env")
+            if not isinstance(env, str) or not env:
+                raise InputError("meta.env missing: cannot tell which environment this episode is from", path, line)
+            if env_name is None:
+                env_name, env_from = env, path
+            elif env != env_name:
+                raise InputError(f"episodes of environment {env!r}, but {env_from} holds episodes of {env_name!r}: "
+                                 f"--compare needs runs of one environment (compare each environment separately)",
+                                 path, line)
+            split = record["task"].get("split") or meta.get("split") or ""
+            run = by_split.setdefault(split, Run(label, path, split, record["policy"], {}))
+            task_id = record["task"]["id"]
+            if task_id in run.episodes:
+                raise InputError(f"task {task_id!r} ({split}) appears twice: --compare pairs one episode per task "
+                                 f"and file (put repeated runs, e.g. seeds, in separate files: NAME=A.jsonl,"
+                                 f"B.jsonl)", path, line)
+            run.episodes[task_id] = record
+        runs.extend(by_split.values())
+    return env_name or "", runs
+
+
+def _labels(paths: list[str]) -> list[str]:
+    """Short names for the runs: the file name without .jsonl, the full path where two would clash."""
+    short = [os.path.basename(p)[: -len(".jsonl")] if p.endswith(".jsonl") else os.path.basename(p) for p in paths]
+    counts = Counter(short)
+    return [s if counts[s] == 1 else p for s, p in zip(short, paths)]
+
+
+def compare_runs(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.05, resamples: int = 10000) -> dict:
+    """Per split: every run with its interval, and every run after the first tested against the first over the
+    tasks both ran (exact McNemar on success, seeded paired bootstrap on score).
+
+    Runs that share a label are the seeds of one method (compare_seeded): then every method is one row with the
+    spread of its seeds, tested against the first over tasks x seeds."""
+    if len({(r.split, r.label) for r in runs}) < len(runs):
+        return compare_seeded(env, runs, seed=seed, alpha=alpha, resamples=resamples)
+    splits: dict[str, list[dict]] = {}
+    firsts: dict[str, Run] = {}
+    for run in runs:
+        eps = list(run.episodes.values())
+        successes = sum(1 for e in eps if e["success"])
+        row = {"run": run.label, "file": run.path, "policy": run.policy, "split": run.split, "n": len(eps),
+               "successes": successes, **rate_fields(successes, len(eps)),
+               "mean_score": sum(e["score"] for e in eps) / len(eps)}
+        first = firsts.setdefault(run.split, run)
+        if first is not run:
+            row["vs_first"] = paired_test(first, run, seed=seed, alpha=alpha, resamples=resamples)
+        splits.setdefault(run.split, []).append(row)
+    return {"env": env, "alpha": alpha, "resamples": resamples, "seed": seed, "splits": splits}
+
+
+SEEDED_TEST = "sign-flip"  # eexp.stats.sign_flip_exact over tasks, successes summed over seeds
+
+
+def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.05,
+                   resamples: int = 10000) -> dict:
+    """Per split, one row per method (label) pooling its seeds' runs: episodes and successes over all seeds, the
+    per-seed success rates and scores with their mean, sd, min and max, and every method after the first tested
+    against the first over the tasks every run of both holds: the exact sign-flip test on the per-task successes
+    summed over seeds (eexp.stats.sign_flip_exact, which says why this test) and a seeded paired bootstrap over
+    tasks of the per-task mean score."""
+    groups: dict[str, dict[str, list[Run]]] = {}
+    for run in runs:
+        groups.setdefault(run.split, {}).setdefault(run.label, []).append(run)
+    splits: dict[str, list[dict]] = {}
+    for split, methods in groups.items():
+        rows = []
+        first = None
+        for label, seeds in methods.items():
+            eps = [e for r in seeds for e in r.episodes.values()]
+            successes = sum(1 for e in eps if e["success"])
+            per_seed = [seed_row(r) for r in seeds]
+            rates = seed_spread([p["success_rate"] for p in per_seed])
+            scores = seed_spread([p["mean_score"] for p in per_seed])
+            policies = list(dict.fromkeys(r.policy for r in seeds))
+            row = {"run": label, "files": [r.path for r in seeds], "policy": policies[0] if len(policies) == 1
+                   else f"{len(policies)} models", "split": split, "seeds": len(seeds), "n": len(eps),
+                   "successes": successes, "success_rate": successes / len(eps) if eps else 0.0,
+                   "mean_score": sum(e["score"] for e in eps) / len(eps) if eps else 0.0,
+                   "seed_success": {"mean": rates.mean, "sd": rates.sd, "min": rates.low, "max": rates.high},
+                   "seed_score": {"mean": scores.mean, "sd": scores.sd, "min": scores.low, "max": scores.high},
+                   "per_seed": per_seed}
+            if len(seeds) == 1:  # one run: its Wilson interval, as in a comparison of single runs
+                row.update(rate_fields(successes, len(eps)))
+            if first is None:
+                first = seeds
+            else:
+                row["vs_first"] = seeded_test(first, seeds, seed=seed, alpha=alpha, resamples=resamples)
+            rows.append(row)
+        splits[split] = rows
+    return {"env": env, "alpha": alpha, "resamples": resamples, "seed": seed, "seeded": True,
+            "success_test": SEEDED_TEST, "splits": splits}
+
+
+def seed_row(run: Run) -> dict:
+    """One seed's run inside a method's row: its file, model, eval seed, rate with its own Wilson interval."""
+    eps = list(run.episodes.values())
+    successes = sum(1 for e in eps if e["success"])
+    meta = (eps[0].get("meta") or {}) if eps else {}
+    return {"file": run.path, "policy": run.policy, "eval_seed": meta.get("seed"), "n": len(eps),
+            "successes": successes, **rate_fields(successes, len(eps)),
+            "mean_score": sum(e["score"] for e in eps) / len(eps) if eps else 0.0}
+
+
+def seeded_test(first: list[Run], other: list[Run], *, seed: int, alpha: float, resamples: int) -> dict:
+    runs = first + other
+    common = [t for t in first[0].episodes if all(t in r.episodes for r in runs)]
+    s_first, s_other = len(first), len(other)
+    diffs, rate_diffs, scores_a, scores_b = [], [], [], []
+    for t in common:
+        k_first = sum(1 for r in first if r.episodes[t]["success"])
+        k_other = sum(1 for r in other if r.episodes[t]["success"])
+        diffs.append(s_first * k_other - s_other * k_first)
+        rate_diffs.append(k_other / s_other - k_first / s_first)
+        scores_a.append(sum(r.episodes[t]["score"] for r in first) / s_first)
+        scores_b.append(sum(r.episodes[t]["score"] for r in other) / s_other)
+    n = len(common)
+    p = sign_flip_exact(diffs)
+    boot = paired_bootstrap(scores_a, scores_b, resamples=resamples, seed=seed)
+    return {"first": first[0].label, "paired_n": n, "seeds_first": s_first, "seeds_this": s_other,
+            "tasks_better": sum(1 for d in diffs if d > 0), "tasks_worse": sum(1 for d in diffs if d < 0),
+            "success_diff": sum(rate_diffs) / n if n else 0.0, "success_test": SEEDED_TEST, "success_p": p,
+            "success_verdict": verdict(sum(diffs), p, alpha, n),
+            "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
+            "bootstrap_p": boot.p_value, "score_verdict": verdict(boot.mean_diff, boot.p_value, alpha, n)}
+
+
+def paired_test(first: Run, run: Run, *, seed: int, alpha: float, resamples: int) -> dict:
+    common = [t for t in first.episodes if t in run.episodes]
+    a = [first.episodes[t] for t in common]
+    b = [run.episodes[t] for t in common]
+    only_first = sum(1 for x, y in zip(a, b) if x["success"] and not y["success"])
+    only_this = sum(1 for x, y in zip(a, b) if y["success"] and not x["success"])
+    p = mcnemar_exact(only_first, only_this)
+    n = len(common)
+    boot = paired_bootstrap([x["score"] for x in a], [y["score"] for y in b], resamples=resamples, seed=seed)
+    return {"first": first.label, "paired_n": n, "only_first": only_first, "only_this": only_this,
+            "success_diff": (sum(y["success"] for y in b) - sum(x["success"] for x in a)) / n if n else 0.0,
+            "mcnemar_p": p, "success_verdict": verdict(only_this - only_first, p, alpha, n),
+            "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
+            "bootstrap_p": boot.p_value, "score_verdict": verdict(boot.mean_diff, boot.p_value, alpha, n)}
+
+
+def verdict(diff: float, p: float, alpha: float, n: int) -> str:
+    if n == 0:
+        return "no common tasks"
+    if p < alpha and diff > 0:
+        return "better"
+    if p < alpha and diff < 0:
+        return "worse"
+    return "no significant difference"
+
+
+def format_comparison(result: dict) -> str:
+    if result.get("seeded"):
+        return format_seeded(result)
+    out = []
+    for split, rows in result["splits"].items():
+        out.append(f"{result['env']} {split}: success with 95% Wilson intervals; each run against the first over "
+                   f"the tasks both ran (exact McNemar on success, paired bootstrap on score, alpha "
+                   f"{result['alpha']})")
+        w_run = max(len("run"), *(len(r["run"]) for r in rows))
+        w_pol = max(len("policy"), *(len(r["policy"]) for r in rows))
+        out.append(f"  {'run':<{w_run}}  {'policy':<{w_pol}}  {'n':>5}  {'success':>7}  {'95% CI':<16}  "
+                   f"{'score':>6}  vs first")
+        for r in rows:
+            ci = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]"
+            vs = "(reference)"
+            t = r.get("vs_first")
+            if t:
+                vs = (f"{t['paired_n']} paired: success {100 * t['success_diff']:+.1f} pts "
+                      f"(McNemar p={t['mcnemar_p']:.3g}, {t['success_verdict']}); "
+                      f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
+                      f"(bootstrap p{p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
+            out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['n']:>5}  {pct(r['success_rate']):>7}  "
+                       f"{ci:<16}  {r['mean_score']:6.3f}  {vs}")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def format_seeded(result: dict) -> str:
+    """The table of a comparison with seeds: per method the pooled success, the seeds' min-max and sd."""
+    out = []
+    for split, rows in result["splits"].items():
+        out.append(f"{result['env']} {split}: success pooled over seeds, with the seeds' range and sd (a single run: "
+                   f"its 95% Wilson interval); each method against the first over tasks x seeds (exact sign-flip "
+                   f"test on per-task successes summed over seeds, paired bootstrap over tasks on score, alpha "
+                   f"{result['alpha']})")
+        w_run = max(len("run"), *(len(r["run"]) for r in rows))
+        w_pol = max(len("policy"), *(len(r["policy"]) for r in rows))
+        out.append(f"  {'run':<{w_run}}  {'policy':<{w_pol}}  {'seeds':>5}  {'n':>5}  {'success':>7}  "
+                   f"{'seeds min-max / 95% CI':<24}  {'sd':>5}  {'score':>6}  vs first")
+        for r in rows:
+            s = r["seed_success"]
+            if r["seeds"] > 1:
+                spread, sd = f"{pct(s['min'])} - {pct(s['max'])}", f"{100 * s['sd']:5.1f}"
+            else:
+                spread, sd = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]", "    -"
+            vs = "(reference)"
+            t = r.get("vs_first")
+            if t:
+                vs = (f"{t['paired_n']} tasks x {t['seeds_first']}|{t['seeds_this']} seeds: success "
+                      f"{100 * t['success_diff']:+.1f} pts ({t['tasks_better']} tasks better, {t['tasks_worse']} "
+                      f"worse; sign-flip p={t['success_p']:.3g}, {t['success_verdict']}); "
+                      f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
+                      f"(bootstrap p{p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
+            out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['seeds']:>5}  {r['n']:>5}  "
+                       f"{pct(r['success_rate']):>7}  {spread:<24}  {sd:>5}  {r['mean_score']:6.3f}  {vs}")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def p_text(p: float, resamples: int) -> str:
+    """`=0.031`, or `<0.0001` for a bootstrap p of 0 (no resample crossed zero: it is below 1 / resamples)."""
+    return f"<{1 / resamples:g}" if p == 0 else f"={p:.3g}"
+
+
+def plot_comparison(result: dict, path: str) -> None:
+    """Success rate with its interval per run, grouped by split, as a PNG (matplotlib, Agg: no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(result["splits"])
+    labels = list(dict.fromkeys(r["run"] for rows in result["splits"].values() for r in rows))
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(splits) * max(1, len(labels)) ** 0.5 + 2.5), 4.0))
+    seeded = bool(result.get("seeded"))
+    dots_labelled = False
+    for i, label in enumerate(labels):
+        xs, ys, lo, hi, ns, dots = [], [], [], [], [], []
+        for j, split in enumerate(splits):
+            for r in result["splits"][split]:
+                if r["run"] == label:
+                    x = j - 0.4 + width * (i + 0.5)
+                    xs.append(x)
+                    ys.append(100 * r["success_rate"])
+                    if seeded and r["seeds"] > 1:  # the seeds' range as the whisker, each seed a dot
+                        s = r["seed_success"]
+                        lo.append(100 * (r["success_rate"] - s["min"]))
+                        hi.append(100 * (s["max"] - r["success_rate"]))
+                        dots += [(x, 100 * p["success_rate"]) for p in r["per_seed"]]
+                        ns.append(f"{r['seeds']} seeds")
+                    else:
+                        lo.append(100 * (r["success_rate"] - r["ci_low"]))
+                        hi.append(100 * (r["ci_high"] - r["success_rate"]))
+                        ns.append(f"n={r['n']}")
+        policy = next(r["policy"] for rows in result["splits"].values() for r in rows if r["run"] == label)
+        ax.bar(xs, ys, width * 0.9, yerr=[lo, hi], capsize=4, alpha=0.85,
+               label=label if policy in (label, "") else f"{label} ({policy})")
+        if dots:
+            ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=14, color="black", zorder=3,
+                       label=None if dots_labelled else "one seed")
+            dots_labelled = True
+        for x, y, h, n in zip(xs, ys, hi, ns):
+            ax.annotate(f"{y:.0f}%\n{n}", (x, min(y + h, 100)), textcoords="offset points", xytext=(0, 3),
+                        ha="center", fontsize="x-small")
+    ax.set_xticks(range(len(splits)), splits)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("success rate (%), 95% Wilson interval" if not seeded else
+                  "success rate (%), pooled over seeds\nwhisker: the seeds' min-max (one run: 95% Wilson)")
+    ax.set_title(f"{result['env']}: success per run and split")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
