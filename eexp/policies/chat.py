@@ -29,6 +29,23 @@ from eexp.prompts import fit_messages, format_action
 ACTION_LINE = re.compile(r"^[ \t]*Action[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _THOUGHT_LABEL = re.compile(r"^\s*Thought\s*:\s*", re.IGNORECASE)
 
+# How many tokens to keep free for a reply whose text is known (`Action: <admissible action>`), before it is
+# tokenized: its characters / REPLY_CHARS_PER_TOKEN + REPLY_EXTRA_TOKENS. A trained BPE vocabulary averages about 4
+# characters a token on English text, so 2 leaves a wide margin there; the extra tokens cover the end of turn and the
+# template's framing after it. (init-model's 4,096-token vocabulary gets only 1.2-1.8 characters a token on shop and
+# tools actions, so for those models this is an estimate, not a bound: a prompt can then end up a few tokens closer
+# to the context size than reserved.)
+REPLY_CHARS_PER_TOKEN = 2
+REPLY_EXTRA_TOKENS = 8
+# The share of the context a reply may take at most: the prompt always keeps the rest, so a large --max-tokens on a
+# small context shortens the reply's budget instead of cutting the state down to nothing.
+MAX_REPLY_SHARE = 0.5
+
+
+def reply_tokens(replies: list[str]) -> int:
+    """A generous bound on the tokens of the longest of `replies` (see REPLY_CHARS_PER_TOKEN)."""
+    return max(len(r) for r in replies) // REPLY_CHARS_PER_TOKEN + REPLY_EXTRA_TOKENS
+
 
 def warn(message: str) -> None:
     print(f"eexp: warning: {message}", file=sys.stderr)
@@ -119,6 +136,10 @@ class ModelPolicy(Policy):
             ids = ids[-budget:] if budget > 0 else ids[-1:]
         return fitted, ids
 
+    def _reserve(self, tokens: int) -> int:
+        """The tokens to keep free for a reply of up to `tokens`: at most MAX_REPLY_SHARE of the context."""
+        return min(tokens, int(self.context_size() * MAX_REPLY_SHARE))
+
     def _budget(self, ids: list[int], max_tokens: int) -> int:
         return max(1, min(max_tokens, self.context_size() - len(ids)))
 
@@ -156,7 +177,7 @@ class ModelPolicy(Policy):
 
     def generate(self, messages, *, seed, temperature, top_p=None, max_tokens=None) -> Reply:
         max_tokens = max_tokens or self.max_tokens
-        _, ids = self.fit(messages, reserve=min(max_tokens, self.context_size() // 2))
+        _, ids = self.fit(messages, reserve=self._reserve(max_tokens))
         text, finish = self._generate_ids(ids, seed=seed, temperature=temperature,
                                           top_p=self.top_p if top_p is None else top_p,
                                           max_tokens=self._budget(ids, max_tokens))
@@ -175,7 +196,7 @@ class ModelPolicy(Policy):
             return self.think(messages, admissible=admissible, seeds=seeds, temperature=temperature,
                               context=context)
         if mode == "generate":
-            _, ids = self.fit(messages, reserve=min(self.max_tokens, self.context_size() // 2))
+            _, ids = self.fit(messages, reserve=self._reserve(self.max_tokens))
             out = []
             for seed in seeds:
                 text, finish = self._generate_ids(ids, seed=seed, temperature=temperature, top_p=self.top_p,
@@ -184,8 +205,7 @@ class ModelPolicy(Policy):
                                            finish_reason=finish))
             return out
         replies = [format_action(a) for a in admissible]
-        longest = max(len(r) for r in replies) // 2 + 8  # a generous token bound for the longest reply
-        messages, ids = self.fit(messages, reserve=min(longest, self.context_size() // 2))
+        messages, ids = self.fit(messages, reserve=self._reserve(reply_tokens(replies)))
         candidates = self.candidate_ids(messages, replies)
         if mode == "constrained":
             out = []
@@ -203,8 +223,8 @@ class ModelPolicy(Policy):
         it: among the admissible actions by log-likelihood where the set is closed (argmax at temperature 0, else a
         draw from softmax(loglik / T) with the same seed), generated where it is open or not listed."""
         closed = bool(admissible) and not open_space(context)
-        longest = max(len(r) for r in map(format_action, admissible)) // 2 + 8 if closed else 0
-        messages, ids = self.fit(messages, reserve=min(self.max_tokens + longest, self.context_size() // 2))
+        longest = reply_tokens([format_action(a) for a in admissible]) if closed else 0
+        messages, ids = self.fit(messages, reserve=self._reserve(self.max_tokens + longest))
         out = []
         for seed in seeds:
             text, finish = self._generate_ids(ids, seed=seed, temperature=temperature, top_p=self.top_p,
@@ -276,7 +296,7 @@ class ModelPolicy(Policy):
     def rank(self, messages: list[dict], admissible: list[str]) -> list[tuple[str, float]]:
         """Every admissible action with its log-likelihood, best first (for analysis and tests)."""
         replies = [format_action(a) for a in admissible]
-        messages, ids = self.fit(messages, reserve=max(len(r) for r in replies) // 2 + 8)
+        messages, ids = self.fit(messages, reserve=reply_tokens(replies))
         logliks = self.scores_for(ids, self.candidate_ids(messages, replies))
         return sorted(zip(admissible, logliks), key=lambda p: -p[1])
 

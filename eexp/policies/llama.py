@@ -25,13 +25,22 @@ SCHEMA = {
     "n_ctx": (int, 0),            # context size (0: the model's, at most 4096)
     "n_threads": (int, 0),        # CPU threads (0: llama.cpp's default)
     "n_gpu_layers": (int, -1),    # layers on the GPU where llama.cpp was built with one (-1: all)
-    "n_batch": (int, 512),
+    "n_batch": (int, 512),        # prompt tokens evaluated per llama.cpp batch (llama-cpp-python's default)
     "tokenizer": (str, ""),       # render with this transformers tokenizer instead of the GGUF's template
     "lora_path": (str, ""),       # a GGUF LoRA adapter (eexp export --lora-only)
     "extra_bufts": (str, "auto"),  # weight repacking into extra CPU buffer types: auto (off on AMX CPUs), on, off
     "verbose": (bool, False),
 }
+# The context when --policy-arg n_ctx is not given: the model's own, but at most this many tokens, since the KV cache
+# of a long-context model at its full length would take GBs; 4096 holds a state rendered with the default Serializer
+# settings (a few thousand characters at most) and a reply of the default --max-tokens 256.
 DEFAULT_MAX_CTX = 4096
+# Compiled GBNF grammars kept, one per distinct admissible list: branch asks K samples of one state and eval revisits
+# states, so a list is compiled once; past this many the cache starts again, bounding memory over a long run.
+GRAMMAR_CACHE_SIZE = 64
+# Tokens of room past the longest reply's bytes under a grammar: the grammar forces at most a token a byte, and these
+# cover the end-of-turn tokens the model emits after it.
+GRAMMAR_EXTRA_TOKENS = 4
 
 
 def read_gguf_header(path: str) -> dict:
@@ -150,10 +159,10 @@ class LlamaCppPolicy(ModelPolicy):
         key = tuple(replies)
         if key not in self._grammars:
             from llama_cpp import LlamaGrammar
-            if len(self._grammars) > 64:
+            if len(self._grammars) > GRAMMAR_CACHE_SIZE:
                 self._grammars.clear()
             self._grammars[key] = LlamaGrammar.from_string(choice_grammar(replies), verbose=False)
-        longest = max(len(r.encode("utf-8")) for r in replies) + 4  # grammar-forced text: at most a token a byte
+        longest = max(len(r.encode("utf-8")) for r in replies) + GRAMMAR_EXTRA_TOKENS
         return self._complete(ids, seed=seed, temperature=temperature, top_p=1.0, max_tokens=longest,
                               grammar=self._grammars[key])
 
