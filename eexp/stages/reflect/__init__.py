@@ -1,0 +1,146 @@
+"""reflect: one self-reflection example per expert state, grounded in the outcomes observed by rollout.
+
+Paper §4.3: a model sees the state, the chosen (expert) action with its outcome and a few alternatives with theirs,
+and writes a first-person monologue explaining why the chosen action is the better one. The training example is
+`state -> Thought: <monologue>\n\nAction: <expert action>`: the alternatives and the outcomes are only in the prompt
+that *writes* the reflection, never in the training input (at inference the model has only the state).
+
+Three reflectors: `self` (the model being trained writes its own reflections, the paper's setting), `teacher` (a
+stronger model, recorded as teacher-assisted) and `grounded` (a deterministic rationale assembled from the observed
+outcomes, no model: for CPU experiments and tests; not the paper's method, and its meta says so).
+
+Every reflection goes through the same filters, from what the paper's public code base learned about its generated
+reflections and what SmolLM2-135M did here: a cut-off reply, an empty, short or over-long one, label leakage, a copy
+of the template's own words, one off the topic or going round in circles, the chosen action's outcome narrated as
+already seen, a different concluding action. A monologue repeated twice is repaired (first copy kept), not rejected.
+
+The package: the prompt template and what the reflector is shown (`template`), the grounded writer (`grounded`),
+the filters (`filters`), the words they share (`text`) and, here, the stage itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from eexp.prompts import Serializer, format_action
+from eexp.records import example_meta
+from eexp.stages.reflect.filters import COUNTS, FILTERS, Verdict, fresh_words, judge, topic_words, trim_repeat
+from eexp.stages.reflect.grounded import grounded_reflection
+from eexp.stages.reflect.template import BUILTIN_TEMPLATES, Template, reflection_prompt, shown_alternatives
+
+__all__ = ["BUILTIN_TEMPLATES", "COUNTS", "FILTERS", "Reflector", "Settings", "Template", "Verdict",
+           "grounded_reflection", "judge", "policy_writer", "reflect_examples", "reflection_prompt",
+           "shown_alternatives", "topic_words", "trim_repeat"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_alternatives: int = 3      # the paper finds SR best at K = 2-4
+    max_words: int = 500           # the repo's soft cap; the prompt asks for 150-300
+    min_words: int = 10            # a few words explain nothing (and are what a broken model emits)
+    max_outcome_chars: int = 600   # each outcome shown to the reflector
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    seed: int = 0
+
+
+Writer = Callable[[list[dict], int], tuple[str, str]]  # (prompt messages, seed) -> (reply text, finish_reason)
+
+
+@dataclass
+class Reflector:
+    """Who writes the reflections: `self`/`teacher` call `write`; `grounded` has no model (write is None)."""
+
+    kind: str                      # self | teacher | grounded
+    write: Writer | None = None
+    model: str = ""
+    model_sha256: str = ""
+
+
+def policy_writer(policy, settings: Settings) -> Writer:
+    def write(messages: list[dict], seed: int) -> tuple[str, str]:
+        reply = policy.generate(messages, seed=seed, temperature=settings.temperature, top_p=settings.top_p,
+                                max_tokens=settings.max_tokens)
+        return reply.text or "", reply.finish_reason or ""
+    return write
+
+
+def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template, serializer: Serializer,
+                     settings: Settings, count: Callable[..., None] = lambda name, n=1: None,
+                     reject: Callable[[dict], None] = lambda record: None,
+                     fallback: str | None = None) -> Iterator[dict]:
+    """At most one SR example for an outcome record. Records that cannot give one are counted (and rejected
+    reflections passed to `reject`); nothing here stops the run. With fallback="grounded", a model's rejected
+    reflection is replaced by the grounded rationale, labelled as such in meta and counted."""
+    if outcome.get("error"):
+        count("unreachable")              # rollout could not reach the state: nothing was observed
+        return
+    expert = outcome["expert"]
+    if expert.get("next_observation") is None:
+        count("expert_not_executed")      # no outcome to justify the chosen action with
+        return
+    shown = shown_alternatives(outcome, settings.max_alternatives)
+    if not shown:
+        count("no_alternatives")
+        return
+    if all(a.get("error") for a in shown):
+        # Nothing observed to contrast with: a rationale would be ungrounded (the STaR-like baseline the paper
+        # shows hurts), so the state gives no reflection.
+        count("all_alternatives_failed")
+        return
+    state = outcome["state"]
+    seed = 0
+    if reflector.write is None:
+        reply, finish_reason = grounded_reflection(outcome, shown), "stop"
+    else:
+        from eexp.policies.base import derive_seed
+        seed = derive_seed(settings.seed, outcome["id"], 0)
+        reply, finish_reason = reflector.write(
+            reflection_prompt(outcome, shown, template, serializer, settings), seed)
+    alternatives = [a["action"] for a in shown]
+    verdict = judge(reply, finish_reason, expert=expert["action"], alternatives=alternatives,
+                    new_words=fresh_words(outcome, shown, serializer.render_state(state)),
+                    max_words=settings.max_words, min_words=settings.min_words, template=template,
+                    topic=topic_words(outcome, alternatives))
+    if verdict.repeated:
+        count("repeated")
+
+    def meta(kind: str, **more) -> dict:
+        extra = {"alternatives": alternatives, "template_sha256": template.sha256, **more}
+        if kind == "grounded":
+            extra["paper_method"] = False
+            extra["note"] = "grounded: deterministic rationale from observed outcomes, no model; not the paper's " \
+                            "method"
+        else:
+            extra.update(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
+        if kind == "teacher":
+            extra["teacher_assisted"] = True
+        model, sha = ("", "") if kind == "grounded" else (reflector.model, reflector.model_sha256)
+        return example_meta(stage="reflect", kind="sr", env=outcome["env"]["name"],
+                            env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
+                            trajectory_id=outcome["trajectory_id"], step=outcome["step"], action=expert["action"],
+                            action_source="expert", model=model, model_sha256=sha, reflector=kind, seed=seed,
+                            serializer=serializer.to_json(), extra=extra)
+
+    example_id = f"sr:{outcome['id']}"
+    text, kind, more = verdict.text, reflector.kind, {}
+    if verdict.reason:
+        count(verdict.reason)
+        reject({"id": example_id, "source_id": outcome["id"], "reason": verdict.reason, "detail": verdict.detail,
+                "reply": reply, "finish_reason": finish_reason, "meta": meta(reflector.kind)})
+        if fallback != "grounded" or reflector.write is None:
+            return
+        count("fallback_grounded")
+        text, kind = grounded_reflection(outcome, shown), "grounded"
+        more = {"fallback_for": reflector.kind, "rejected": verdict.reason}
+    else:
+        count("kept")
+    yield {
+        "id": example_id,
+        "source_id": outcome["id"],
+        "messages": serializer.policy_messages(state) + [
+            {"role": "assistant", "content": format_action(expert["action"], text)}],
+        "meta": meta(kind, **more),
+    }
