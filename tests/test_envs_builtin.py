@@ -279,9 +279,9 @@ def test_step_timeout_becomes_an_error():
 
 
 def test_expert_stage_goes_on_after_an_environment_error(runner, monkeypatch):
-    import eexp.cli.envs as cli_envs
+    import eexp.stages.expert as expert_stage
     made = []
-    monkeypatch.setattr(cli_envs, "make_env", lambda name, **kw: made.append(FlakyShop() if not made else ShopEnv())
+    monkeypatch.setattr(expert_stage, "make_env", lambda name, **kw: made.append(FlakyShop() if not made else ShopEnv())
                         or made[-1])
     result = runner.invoke(cli, ["expert", "--env", "shop", "-n", "3", "-q"])
     assert result.exit_code == 0

@@ -6,12 +6,11 @@ import click
 import orjson
 
 from eexp.cli import cli
-from eexp.cli.options import config_option, parse_env_args, progress_bar
+from eexp.cli.options import config_option, parse_env_args
 from eexp.envs.base import EnvError, make_env, registry
 from eexp.envs.check import check_installed
-from eexp.envs.reach import guarded
-from eexp.io import Stats, Writer, prepare_resume
-from eexp.stages.expert import expert_trajectory, pick_tasks, trajectory_id
+from eexp.io import StageIO
+from eexp.stages.expert import run_expert
 
 
 def _listing() -> list[dict]:
@@ -181,56 +180,6 @@ def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admiss
       eexp expert --env shop -n 200 --seed 1 > expert.jsonl
       eexp expert --env tools --split test --task test-00003
     """
-    if resume and output in (None, "-"):
-        raise click.UsageError("--resume needs -o FILE (it continues an output file)")
-    env = make_env(env_name, **env_args)
-    run = Stats()
-    try:
-        tasks = pick_tasks(env, split, n, seed, task_ids)
-        done = prepare_resume(output, key=lambda r: r.get("id"), kind="trajectory") if resume else set()
-        writer = Writer(output, append=resume)
-        failed = errors = 0
-        try:
-            with progress_bar(quiet, total=len(tasks), unit="task") as bar:
-                for task in tasks:
-                    bar.update(1)
-                    run.records_in += 1
-                    if trajectory_id(env, task) in done:
-                        run.add("resumed")
-                        continue
-                    record = expert_trajectory(env, task, seed=seed, timeout=step_timeout or None,
-                                               include_admissible=not no_admissible)
-                    if "error" in record:
-                        # the contract: after a failure or a timeout inside one of its calls, an instance is closed
-                        # and never used again
-                        env = _replace(env, env_name, env_args, step_timeout or None)
-                        errors += 1
-                        if errors <= 5:
-                            click.echo(f"eexp: {record['id']}: {record['error']}", err=True)
-                    elif not record["success"]:
-                        failed += 1
-                        if failed <= 5:
-                            click.echo(f"eexp: {record['id']}: the expert did not succeed "
-                                       f"(score {record.get('score')})", err=True)
-                    writer.write(record)
-                    run.records_out += 1
-        finally:
-            writer.close()
-        run.add("unsuccessful", failed)
-        run.add("errors", errors)
-        run.write(stats)
-        if failed or errors:
-            click.echo(f"eexp: {failed} of {run.records_out} expert trajectories did not succeed, "
-                       f"{errors} had environment errors", err=True)
-    finally:
-        env.close()
-
-
-def _replace(env, name: str, env_args: dict, timeout: float | None):
-    """Close a failed instance (bounded by the step limit; its own failure to close is not reported) and make a
-    fresh one."""
-    try:
-        guarded(env.close, "closing after an error", timeout)
-    except EnvError:
-        pass
-    return make_env(name, **env_args)
+    io = StageIO(output=output, resume=resume, stats=stats, quiet=quiet)
+    run_expert(io, env_name, env_args, split=split, n=n, seed=seed, task_ids=task_ids, timeout=step_timeout or None,
+               include_admissible=not no_admissible, note=lambda message: click.echo(message, err=True))
