@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from eexp.card import read_card
 from eexp.cli import cli
 from eexp.io import read_records
 from eexp.prompts import Serializer
@@ -198,12 +199,12 @@ def test_full_finetune_pins_the_loss_and_writes_out(tiny_checkpoint, data, tmp_p
     with torch.no_grad():
         hf_loss = float(base(input_ids=ids, attention_mask=mask, labels=labels).loss)
     assert got[0] == pytest.approx(hf_loss, rel=1e-5)
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "config.yaml", "metrics.jsonl"):
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "config.yaml", "card.yaml", "metrics.jsonl"):
         assert (out / name).exists(), name
     assert not (out / "checkpoints").exists()
-    conf = yaml.safe_load((out / "config.yaml").read_text())
-    assert conf["serializer"] == Serializer().to_dict()            # from the examples' meta.serializer
-    assert conf["method"] == "full" and conf["lr"] == 1e-3 and conf["updates"] == 4
+    conf, card = yaml.safe_load((out / "config.yaml").read_text()), read_card(out)
+    assert card.serializer == Serializer().to_dict()               # from the examples' meta.serializer
+    assert card.method == "full" and conf["lr"] == 1e-3 and card.updates == 4
     rows = metrics(out)
     assert {"step", "phase", "epoch", "loss", "lr", "tokens_per_s"} <= set(rows[1])
     val = [r["val_loss"] for r in rows if "val_loss" in r]
@@ -233,8 +234,7 @@ def test_iwm_schedule_counts_both_phases_in_max_steps(tiny_checkpoint, data, tmp
     n_warm = -(-len(list(read_records([data["iwm"]]))) // 3)
     assert [p for _, p, _ in rows] == ["warmup"] * n_warm + ["train"] * (5 - n_warm)
     assert [s for s, _, _ in rows] == [1, 2, 3, 4, 5]
-    conf = yaml.safe_load((out / "config.yaml").read_text())
-    assert [(p["name"], p["updates"]) for p in conf["phases"]] == [("warmup", n_warm), ("train", 5 - n_warm)]
+    assert [(p["name"], p["updates"]) for p in read_card(out).phases] == [("warmup", n_warm), ("train", 5 - n_warm)]
     # A fresh optimizer and schedule for the second phase: its first update is at the peak learning rate again.
     lrs = [r["lr"] for r in metrics(out) if "lr" in r]
     assert lrs[0] == lrs[n_warm] == 1e-3 and lrs[n_warm - 1] < 1e-3
@@ -250,7 +250,7 @@ def test_warmup_steps_fix_the_warmup_whatever_the_data_size(tiny_checkpoint, dat
     assert [p for _, p, _ in losses(out)] == ["warmup"] * warm + ["train"] * 2
     conf = yaml.safe_load((out / "config.yaml").read_text())
     assert conf["warmup_steps"] == warm
-    assert [(p["name"], p["updates"]) for p in conf["phases"]] == [("warmup", warm), ("train", 2)]
+    assert [(p["name"], p["updates"]) for p in read_card(out).phases] == [("warmup", warm), ("train", 2)]
 
 
 def test_budget_must_leave_updates_after_the_warmup(tiny_checkpoint, data, tmp_path, runner):
@@ -337,8 +337,7 @@ def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(tiny_checkpo
                        lr=0.05))
     val = {r["step"]: r["val_loss"] for r in metrics(out) if "val_loss" in r and r["step"] > 0}
     best_step = min(val, key=val.get)
-    conf = yaml.safe_load((out / "config.yaml").read_text())
-    assert conf["best_step"] == best_step
+    assert read_card(out).best_step == best_step
     # The saved model really is that one: its validation loss is the best one logged.
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     total = n = 0

@@ -10,8 +10,9 @@ architectures eexp trains (Qwen2 and Llama, byte-level BPE tokenizers):
   through llama-cpp-python's `llama_model_quantize`, from an f32 GGUF written first;
 - the tokenizer goes in as llama.cpp's "gpt2" BPE model: tokens, token types, merges, the pre-tokenizer name,
   special token ids, whether a BOS/EOS is added (found by asking the tokenizer) and the chat template;
-- provenance is stored under `eexp.*` keys: version, source path and content hash, adapter, the serializer the
-  model was fine-tuned with (from the checkpoint's config.yaml), so `eval` renders states the way it was trained.
+- the model card (eexp.card) is stored under `eexp.*` keys: the checkpoint's card (the serializer the model was
+  fine-tuned with, so `eval` renders states the way it was trained; base model, phases) and export's own: version,
+  source path and content hash, adapter, quant.
 
 `--lora-only` writes the adapter alone as a GGUF LoRA adapter (llama.cpp's `lora_path`), to be used over a GGUF of
 the base model. Every file is written to a temporary name beside the target and renamed at the end.
@@ -23,13 +24,14 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import yaml
 
 from eexp import __version__
+from eexp.card import Card, read_card
 from eexp.models.init import ModelError
 from eexp.policies.files import content_hash
 
@@ -115,30 +117,6 @@ def _weight_shapes(ckpt: Path) -> dict[str, tuple[int, ...]]:
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
-
-def _serializer(ckpt: Path, adapter: Path | None) -> dict | None:
-    """The serializer settings the model was fine-tuned with (finetune writes them to config.yaml)."""
-    for directory in (adapter, ckpt):
-        if directory and (directory / "config.yaml").is_file():
-            try:
-                data = yaml.safe_load((directory / "config.yaml").read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ModelError(f"{directory / 'config.yaml'}: not valid YAML ({e})") from None
-            serializer = data.get("serializer") if isinstance(data, dict) else None
-            if isinstance(serializer, str):  # also accept it already as JSON text
-                try:
-                    serializer = json.loads(serializer)
-                except ValueError:
-                    pass
-            if serializer is None:
-                continue
-            if not isinstance(serializer, dict):
-                raise ModelError(f"{directory / 'config.yaml'}: serializer must be a mapping of settings")
-            return serializer
-    return None
-
-
-# --- the adapter ------------------------------------------------------------------------------------------------
 
 def _adapter_config(adapter: Path) -> dict:
     if not _is_adapter(adapter):
@@ -343,20 +321,23 @@ def _model_metadata(writer, config: dict, name: str) -> None:
     writer.add_vocab_size(config["vocab_size"])
 
 
-def _provenance(writer, ckpt: Path, adapter: Path | None, quant: str) -> None:
-    writer.add_string("eexp.version", __version__)
-    writer.add_string("eexp.source", str(ckpt.resolve()))
-    # The hash eexp records as meta.model_sha256 when it runs the model exported here (the checkpoint, or the
-    # adapter over its base): a record of the transformers model and this GGUF's provenance join on it.
+def gguf_card(ckpt: Path, adapter: Path | None, quant: str) -> Card:
+    """The GGUF's model card: the card of what is exported (the adapter's, else the checkpoint's: serializer, base
+    model, phases, ...) with what export knows added: this eexp's version, the source and its content hash (the
+    hash eexp records as meta.model_sha256 when it runs the model exported here, the checkpoint or the adapter over
+    its base, so a record of the transformers model and this GGUF join on it), the adapter and the quant type."""
+    card = read_card(adapter) if adapter is not None else Card()
+    if card == Card():
+        card = read_card(ckpt)
     source = [str(adapter), str(ckpt)] if adapter is not None else [str(ckpt)]
-    writer.add_string("eexp.source_sha256", content_hash(source))
-    writer.add_string("eexp.quant", quant)
-    if adapter is not None:
-        writer.add_string("eexp.adapter", str(adapter.resolve()))
-        writer.add_string("eexp.adapter_sha256", content_hash([str(adapter)]))
-    serializer = _serializer(ckpt, adapter)
-    if serializer is not None:
-        writer.add_string("eexp.serializer", json.dumps(serializer, sort_keys=True, separators=(",", ":")))
+    return replace(card, eexp_version=__version__, source=str(ckpt.resolve()), source_sha256=content_hash(source),
+                   quant=quant, adapter=str(adapter.resolve()) if adapter is not None else None,
+                   adapter_sha256=content_hash([str(adapter)]) if adapter is not None else None)
+
+
+def _provenance(writer, ckpt: Path, adapter: Path | None, quant: str) -> None:
+    for key, value in gguf_card(ckpt, adapter, quant).gguf_fields().items():
+        writer.add_string(key, value)
 
 
 def _tensor_type(name: str, value: np.ndarray, quant: str):

@@ -244,17 +244,14 @@ def _build(src: Path, info: dict, sha: str, tmp: Path) -> None:
 
 def adapter_base(adapter: str | os.PathLike, base: str | None) -> str | None:
     """The base checkpoint folder of a LoRA adapter: `base` when it is a folder; the import of a GGUF when `base` is a
-    .gguf file, or when the adapter's config.yaml (finetune's) names a GGUF base (`base_model`) whose import is no
+    .gguf file, or when the adapter's model card (finetune's) names a GGUF base (`base_model`) whose import is no
     longer where the adapter says (the cache was cleared: it is imported again). None when none of these exists."""
     if base and os.path.isdir(base):
         return base
     if base and is_gguf(base) and os.path.isfile(base):
         return str(import_gguf(base))
-    try:
-        made = yaml.safe_load((Path(adapter) / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    gguf_base = made.get("base_model") if isinstance(made, dict) else None
+    from eexp.card import read_card
+    gguf_base = read_card(adapter).base_model
     if isinstance(gguf_base, str) and is_gguf(gguf_base) and os.path.isfile(gguf_base):
         return str(import_gguf(gguf_base))
     return None

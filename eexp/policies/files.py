@@ -1,20 +1,15 @@
-"""Model files: content hashes for `meta`, and the serializer settings stored with a model.
-
-A checkpoint directory records them under `serializer` in its config.yaml (written by init-model / finetune);
-a GGUF under the metadata key `eexp.serializer` as compact JSON (written by export).
+"""Model files: content hashes for `meta` (the one hash definition), and the serializer settings stored with a
+model, read from its model card (eexp.card: card.yaml in a checkpoint folder, `eexp.*` metadata in a GGUF).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+from typing import Mapping
 
-import yaml
+from eexp.card import Card, read_card
 
-from eexp.policies.base import PolicyError
-
-GGUF_SERIALIZER_KEY = "eexp.serializer"
 _HASHES: dict[tuple, str] = {}
 
 
@@ -51,26 +46,11 @@ def content_hash(paths: list[str]) -> str:
 
 
 def read_checkpoint_serializer(directory: str | None) -> dict | None:
-    """config.yaml's `serializer` mapping, or None when the checkpoint records none."""
-    if not directory:
-        return None
-    path = os.path.join(directory, "config.yaml")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise PolicyError(f"{path}: cannot read ({e})") from None
-    value = data.get("serializer") if isinstance(data, dict) else None
-    return value if isinstance(value, dict) else None
+    """The serializer settings of a checkpoint folder's card, or None when it records none."""
+    return read_card(directory).serializer
 
 
-def parse_gguf_serializer(value: str | None, where: str) -> dict | None:
-    if not value:
-        return None
-    try:
-        data = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise PolicyError(f"{where}: metadata {GGUF_SERIALIZER_KEY} is not JSON ({e})") from None
-    return data if isinstance(data, dict) else None
+def gguf_serializer(metadata: Mapping[str, str], where: str) -> dict | None:
+    """The serializer settings of a GGUF's card (its `eexp.*` metadata), or None when it records none."""
+    return Card.from_gguf(metadata, where).serializer
+

@@ -18,7 +18,7 @@ import numpy as np
 from eexp.policies.args import take_args
 from eexp.policies.base import PolicyError
 from eexp.policies.chat import ModelPolicy, log_softmax, render_chat_template
-from eexp.policies.files import GGUF_SERIALIZER_KEY, content_hash, parse_gguf_serializer
+from eexp.policies.files import content_hash, gguf_serializer
 from eexp.policies.gguf_loader import open_gguf
 
 SCHEMA = {
@@ -137,7 +137,7 @@ class LlamaCppPolicy(ModelPolicy):
         return bool(self.llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
 
     def serializer_settings(self):
-        return parse_gguf_serializer(self.llm.metadata.get(GGUF_SERIALIZER_KEY), self.spec)
+        return gguf_serializer(self.llm.metadata, self.spec)  # from the model card in its eexp.* metadata
 
     def describe(self):
         return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend,

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-
-import yaml
 
 from eexp import errors
 from eexp.errors import EexpError
@@ -23,49 +20,84 @@ class UsageProblem(TrainingError, errors.UsageProblem):
     """A bad combination of options (exit 2 at the CLI)."""
 
 
+def option(default=None, help: str = "", *, factory=None, **click_hints):
+    """A FinetuneConfig field: its default and its help live here, once; `eexp finetune`'s options are generated from
+    the fields (eexp.cli.options.dataclass_options). `click_hints`: flag ("--lora/--full"), short ("-o"), metavar,
+    min/max, choices, required, argument (the positional files), multiple (repeated), sep (one comma-separated
+    value)."""
+    metadata = {"help": help, **click_hints}
+    if click_hints.get("required") or click_hints.get("argument"):
+        return field(metadata=metadata)  # no default: the dataclass, like the command, needs it
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class FinetuneConfig:
-    train_files: list[str]
-    model: str
-    output: str
-    lora: bool = False
-    qlora: bool = False
-    adapter: str | None = None
-    lora_rank: int = 16
-    lora_alpha: float = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
-    epochs: int = 1
-    max_steps: int | None = None
-    lr: float | None = None            # None: see resolved_lr
-    lr_scheduler: str = "cosine"
-    lr_warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 2048
-    truncate: bool = True
-    seed: int = 0
-    val: str | None = None
-    val_fraction: float = 0.0
-    eval_every: int | None = None      # None: at the end of every epoch of the training phase
-    keep_best: bool = False
-    save_every: int = 500
-    keep_checkpoints: int = 1
-    log_every: int | None = None       # None: every step for runs under 1,000 steps, else every 10
-    warmup_data: list[str] = field(default_factory=list)
-    warmup_epochs: int = 1
-    warmup_steps: int | None = None    # None: warmup_epochs epochs of --warmup-data
-    warmup_lr: float | None = None     # None: --lr
-    precision: str = "auto"            # auto: bf16 on a GPU that supports it, fp32 otherwise
-    gradient_checkpointing: bool = False
-    export_gguf: bool = False
-    quant: str = "q8_0"
-    trust_remote_code: bool = False
-    resume: bool = False
-    on_error: str = "fail"
-    quiet: bool = False
+    """Every option of `eexp finetune`, with its default and help (the command's options are made from them)."""
+
+    train_files: list[str] = option(argument=True, metavar="TRAIN.jsonl...")
+    model: str = option(None, "Transformers checkpoint to train (e.g. from `eexp init-model`, or a downloaded model "
+                        "directory), or a GGUF file (quantized or not), imported once into $EEXP_CACHE as a float32 "
+                        "checkpoint (see `eexp import-model`).", required=True, metavar="CKPT")
+    output: str = option(None, "Directory to write: model or adapter, tokenizer, config.yaml, card.yaml, "
+                         "metrics.jsonl (and checkpoints/ while running).", required=True, short="-o", metavar="OUT")
+    lora: bool = option(False, "Train a LoRA adapter through PEFT, or every weight (the paper's default).",
+                        flag="--lora/--full")
+    qlora: bool = option(False, "LoRA over a 4-bit base (bitsandbytes, CUDA only).")
+    adapter: str | None = option(None, "Continue training this LoRA adapter of --model.", metavar="DIR")
+    lora_rank: int = option(16, "Rank of the LoRA matrices.", min=1)
+    lora_alpha: float = option(32.0, "LoRA scaling numerator (the update is scaled by alpha / rank).")
+    lora_dropout: float = option(0.05, "Dropout on the LoRA path.", min=0, max=1)
+    lora_targets: list[str] = option(help="Comma-separated module names to adapt (q_proj,v_proj,...), or all-linear.",
+                                     factory=lambda: ["all-linear"], sep=",", metavar="NAMES")
+    epochs: int = option(1, "Epochs over the training files (ignored with --max-steps).", min=1)
+    max_steps: int | None = option(None, "Total optimizer updates, warm-up phase included: IL, IWM and SR runs with "
+                                   "one --max-steps have one budget.", min=1)
+    lr: float | None = option(None, "Peak learning rate. Default: 1e-5 full (the paper), 2e-4 LoRA, 1e-3 for a model "
+                              "from `eexp init-model` (random weights).")
+    lr_scheduler: str = option("cosine", "Learning-rate schedule of each phase.",
+                               choices=["cosine", "linear", "constant", "constant_with_warmup"])
+    lr_warmup_ratio: float = option(0.0, "Fraction of each phase's updates spent warming the learning rate up.",
+                                    min=0, max=1)
+    weight_decay: float = option(0.0, "AdamW weight decay (matrices only; biases and norms get none).")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    batch_size: int = option(8, "Examples per micro-batch (per process).", min=1)
+    grad_accum: int = option(1, "Micro-batches per update.", min=1)
+    max_length: int = option(2048, "Tokens per example; longer ones lose their oldest history first, as at "
+                             "inference (never the task or the target).", min=8)
+    truncate: bool = option(True, "Shorten over-long examples (--no-truncate: reject them).",
+                            flag="--truncate/--no-truncate")
+    seed: int = option(0, "Seed of initialization, batch order and the validation split.")
+    val: str | None = option(None, "Validation examples.", metavar="FILE")
+    val_fraction: float = option(0.0, "Hold out this fraction of the training trajectories (seeded) for validation.",
+                                 min=0, max=1, metavar="F")
+    eval_every: int | None = option(None, "Validation loss every N updates (default: every epoch).", min=1,
+                                    metavar="N")
+    keep_best: bool = option(False, "OUT gets the weights with the lowest validation loss.")
+    save_every: int = option(500, "Resumable checkpoint every N updates.", min=1, metavar="N")
+    keep_checkpoints: int = option(1, "Resumable checkpoints kept while running.", min=1)
+    log_every: int | None = option(None, "A metrics row every N updates (default: 1 under 1,000 updates, else 10).",
+                                   min=1, metavar="N")
+    warmup_data: list[str] = option(help="World-model examples trained on first (the IWM schedule); then the "
+                                    "training files continue the same weights with a fresh optimizer.",
+                                    factory=list, multiple=True, metavar="FILE")
+    warmup_epochs: int = option(1, "Epochs of --warmup-data.", min=1)
+    warmup_steps: int | None = option(None, "Updates of world modeling before the training data, instead of "
+                                      "--warmup-epochs epochs (the data is cycled or cut to fit); counted in "
+                                      "--max-steps.", min=1)
+    warmup_lr: float | None = option(None, "Learning rate of the warm-up phase (default: --lr).")
+    precision: str = option("auto", "auto: bf16 autocast on a GPU that supports it, fp32 on CPU.",
+                            choices=["auto", "bf16", "fp32"])
+    gradient_checkpointing: bool = option(False, "Recompute activations: less memory, ~30% slower.")
+    export_gguf: bool = option(False, "Finally write OUT/model.gguf (as `eexp export`).")
+    quant: str = option("q8_0", "GGUF type for --export-gguf.")
+    trust_remote_code: bool = option(False, "Allow model code from the checkpoint directory.")
+    resume: bool = option(False, "Continue the run in OUT from its last checkpoint.")
+    on_error: str = option("fail", "On a bad example: stop (exit 1), or skip it and count it.",
+                           choices=["fail", "skip"])
+    quiet: bool = option(False, "No progress bar.", short="-q")
 
     @property
     def method(self) -> str:
@@ -82,11 +114,7 @@ class FinetuneConfig:
 
 
 def from_scratch(model_dir: str) -> bool:
-    """Whether a checkpoint's weights began random: made by `eexp init-model`, or fine-tuned from such a model."""
-    try:
-        with open(os.path.join(model_dir, "config.yaml")) as f:
-            made = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(made, dict) and (made.get("command") == "init-model" or bool(made.get("from_scratch")))
-
+    """Whether a checkpoint's weights began random (its card says so: made by `eexp init-model`, or fine-tuned from
+    such a model)."""
+    from eexp.card import read_card
+    return read_card(model_dir).from_scratch

@@ -37,6 +37,7 @@ import orjson
 import yaml
 
 from eexp import __version__
+from eexp.card import Card, check_serializer, write_card
 from eexp.io import WriteError, Writer, write_atomic
 from eexp.training import checkpoint
 from eexp.training.batches import collate, phase_updates, updates_per_epoch, weighted_nll
@@ -104,7 +105,7 @@ class Finetune:
     def _import_base(self) -> FinetuneConfig:
         """The config that names the checkpoint folder to load: cfg itself, or, when --model is a GGUF file, a copy
         naming its import (made once into the cache by eexp.models.import_gguf; the main process imports, the others
-        find it there). config.yaml still records the GGUF as the base."""
+        find it there). The card still records the GGUF as the base."""
         from dataclasses import replace
         self.base_gguf = None
         if not (self.cfg.model.lower().endswith(".gguf") and os.path.isfile(self.cfg.model)):
@@ -191,16 +192,16 @@ class Finetune:
         return self.cfg.warmup_data if name == "warmup" else self.cfg.train_files
 
     def _serializer(self) -> dict | None:
-        """The serializer settings the examples were made with (meta.serializer), for eval and export."""
+        """The serializer settings the examples were made with (meta.serializer), for the card, eval and export."""
         counts = self.data["train"].serializers
         if not counts:
-            self.echo("warning: the training examples carry no meta.serializer; config.yaml records none, so eval "
-                      "will render states with its defaults")
+            self.echo("warning: the training examples carry no meta.serializer; the model card records none, so "
+                      "eval will render states with its defaults")
             return None
         if len(counts) > 1:
             self.echo(f"warning: the training examples were made with {len(counts)} different serializer settings; "
-                      "config.yaml records the most common")
-        return orjson.loads(counts.most_common(1)[0][0])
+                      "the model card records the most common")
+        return check_serializer(counts.most_common(1)[0][0], "meta.serializer of the training examples")
 
     def _plan(self) -> None:
         """How many updates each phase gets. --max-steps is the budget of both phases together."""
@@ -429,7 +430,7 @@ class Finetune:
     # -- finish --
 
     def finish(self) -> None:
-        """OUT: the model (or adapter), tokenizer, config.yaml, metrics.jsonl; then model.gguf if asked."""
+        """OUT: the model (or adapter), tokenizer, card.yaml, config.yaml, metrics.jsonl; then model.gguf if asked."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         cfg = self.cfg
@@ -446,8 +447,9 @@ class Finetune:
                 self.tokenizer.save_pretrained(cfg.output)
                 if cfg.method != "full":  # policies find the base model from the adapter config
                     self._point_adapter_at_base()
+                write_card(cfg.output, self.card())
                 write_atomic(os.path.join(cfg.output, "config.yaml"), yaml.safe_dump(
-                    self.resolved_config(), sort_keys=False, allow_unicode=True).encode())
+                    self.resolved_config(), sort_keys=False, allow_unicode=True).encode())  # last: "finished"
             except (OSError, SafetensorError, WriteError) as e:
                 why = checkpoint.why(e)
                 previous = self._checkpoints()
@@ -468,27 +470,30 @@ class Finetune:
         write_atomic(path, orjson.dumps(conf, option=orjson.OPT_INDENT_2) + b"\n")
 
     def resolved_config(self) -> dict:
+        """OUT/config.yaml: every option of the run as resolved (the learning rate, log interval), under the option
+        names of `eexp finetune`, so `eexp finetune --config OUT/config.yaml -o OTHER` runs it again."""
         cfg = asdict(self.cfg)
         cfg.update(lr=self.cfg.resolved_lr(), warmup_lr=self.cfg.warmup_lr or (self.cfg.resolved_lr()
-                   if self.cfg.warmup_data else None), log_every=self.log_every, method=self.cfg.method)
+                   if self.cfg.warmup_data else None), log_every=self.log_every)
         for key in ("resume", "quiet"):
             cfg.pop(key)
-        return {
-            **cfg,
-            "serializer": self.serializer,
-            "command": "finetune",
-            "base_model": self.base_gguf or os.path.abspath(self.cfg.model),
-            **({"base_import": os.path.abspath(self.model_cfg.model)} if self.base_gguf else {}),
-            "from_scratch": from_scratch(self.cfg.model),
-            "eexp_version": __version__,
-            "precision": "bf16" if self.bf16 else "fp32",
-            "phases": [{"name": name, "updates": n, "examples": len(self.data[name].examples),
-                        "tokens": self.data[name].tokens, "truncated": self.data[name].truncated,
-                        "skipped": self.data[name].skipped} for name, n in self.phases],
-            "updates": self.state["global_step"],
-            "best_step": self.state.get("best_step"),
-            "best_val_loss": self.state.get("best_val"),
-        }
+        return cfg
+
+    def card(self) -> Card:
+        """OUT/card.yaml: what the model is and how it was made (eexp.card)."""
+        from eexp.policies.files import content_hash
+        base = self.base_gguf or os.path.abspath(self.cfg.model)
+        data = getattr(self, "data", {})  # RL has phases but no datasets
+        phases = [{"name": name, "updates": n, **({"examples": len(data[name].examples), "tokens": data[name].tokens,
+                                                    "truncated": data[name].truncated, "skipped": data[name].skipped}
+                                                   if name in data else {})} for name, n in self.phases]
+        return Card(command=self.resolved_config().get("command", "finetune"),  # RL's config names its command
+                    eexp_version=__version__, serializer=self.serializer, base_model=base,
+                    base_sha256=content_hash([base]),
+                    base_import=os.path.abspath(self.model_cfg.model) if self.base_gguf else None,
+                    from_scratch=from_scratch(self.model_cfg.model), method=self.cfg.method,
+                    precision="bf16" if self.bf16 else "fp32", phases=phases, updates=self.state["global_step"],
+                    best_step=self.state.get("best_step"), best_val_loss=self.state.get("best_val"))
 
     def _export(self) -> None:
         try:

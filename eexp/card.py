@@ -1,0 +1,202 @@
+"""The model card: what a model is and how it was made, written once and read back by one function per container.
+
+A checkpoint folder holds its card as `card.yaml` (`write_card` / `read_card`); a GGUF file holds the same card as
+metadata, one `eexp.<field>` key per field (`Card.gguf_fields` / `Card.from_gguf`), every value a string (JSON for
+anything but text), because llama.cpp hands back every metadata value as a string. `eexp export` copies the card of
+the checkpoint it exports into the GGUF and adds what export knows (source, hashes, quant); the llama.cpp and
+transformers policies read the serializer from it, so `eval` renders states the way the model was trained.
+
+Parsing is strict: an unknown key, a setting the serializer does not have, or a value of the wrong type is a
+`CardError` naming the key and the file, never silently dropped.
+
+Every hash is `eexp.policies.files.content_hash` (sha256 over a model's files, names and bytes), the value a run of
+that model records as `meta.model_sha256`: a GGUF's `eexp.source_sha256` joins the records of the checkpoint it was
+exported from, and `base_sha256` the records of the base model.
+
+A folder without card.yaml (made by `eexp init-model` or `eexp import-model`, or by a finetune from before the
+card) keeps its provenance in config.yaml; `read_card` takes the card's fields from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+import yaml
+
+from eexp.errors import EexpError
+
+CARD_FILE = "card.yaml"
+LEGACY_FILE = "config.yaml"
+GGUF_PREFIX = "eexp."
+PHASE_KEYS = ("name", "updates", "examples", "tokens", "truncated", "skipped")
+
+
+class CardError(EexpError):
+    """A model card that cannot be read: the file and the key are named."""
+
+
+@dataclass(frozen=True)
+class Card:
+    command: str | None = None        # what made the model: init-model, import-model, finetune, rl
+    eexp_version: str | None = None   # of the eexp that wrote the card (of the exporter, in a GGUF)
+    serializer: dict | None = None    # the Serializer settings the training examples were rendered with
+    base_model: str | None = None     # what training started from: a checkpoint folder or a GGUF file (absolute)
+    base_sha256: str | None = None    # content_hash of base_model
+    base_import: str | None = None    # a GGUF base's import, the checkpoint folder that was loaded and trained
+    from_scratch: bool = False        # the weights began random (init-model, or trained from such a model)
+    method: str | None = None         # full, lora, qlora
+    precision: str | None = None      # bf16, fp32
+    phases: list = field(default_factory=list)  # [{name, updates, examples?, tokens?, truncated?, skipped?}]
+    updates: int | None = None
+    best_step: int | None = None
+    best_val_loss: float | None = None
+    source: str | None = None         # GGUF: the checkpoint exported; import: the GGUF imported
+    source_sha256: str | None = None  # content_hash of what was exported (with its adapter) or imported
+    adapter: str | None = None        # GGUF: the LoRA adapter merged in (or exported alone)
+    adapter_sha256: str | None = None
+    quant: str | None = None          # GGUF: the tensor type written
+
+    # -- dict (card.yaml) --
+
+    def to_dict(self) -> dict:
+        """The fields that are set, in declaration order."""
+        return {k: v for k, v in asdict(self).items() if v is not None and v != [] and not (k == "from_scratch"
+                                                                                              and v is False)}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "Card":
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise CardError(f"{where}: the model card must be a mapping of key: value, not {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise CardError(f"{where}: unknown key {key!r} in the model card (known: {', '.join(sorted(known))})")
+        return cls(**{k: _check(k, v, where) for k, v in data.items()})
+
+    # -- GGUF metadata --
+
+    def gguf_fields(self) -> dict[str, str]:
+        """The card as GGUF metadata: `eexp.<field>` -> a string (text as is, anything else as compact JSON)."""
+        return {gguf_key(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+                for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_gguf(cls, metadata: Mapping[str, Any], where: str) -> "Card":
+        """The card in a GGUF's metadata (every `eexp.*` key; values as strings, as llama.cpp returns them)."""
+        by_key = {gguf_key(f.name): f for f in fields(cls)}
+        data = {}
+        for key, value in metadata.items():
+            if not key.startswith(GGUF_PREFIX):
+                continue
+            f = by_key.get(key)
+            if f is None:
+                raise CardError(f"{where}: unknown metadata key {key!r} in the model card (known: "
+                                f"{', '.join(sorted(by_key))})")
+            if isinstance(value, str) and f.type not in ("str | None",):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as e:
+                    raise CardError(f"{where}: metadata {key} is not JSON ({e})") from None
+            data[f.name] = value
+        return cls.from_dict(data, where)
+
+
+def gguf_key(name: str) -> str:
+    """The GGUF metadata key of a card field (`eexp_version` is `eexp.version`)."""
+    return GGUF_PREFIX + ("version" if name == "eexp_version" else name)
+
+
+
+def _check(key: str, value: Any, where: str) -> Any:
+    """A field's value after the checks of its type; CardError names the key and the file."""
+    if value is None:
+        return False if key == "from_scratch" else None
+    if key == "serializer":
+        return check_serializer(value, where)
+    if key == "phases":
+        if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+            raise CardError(f"{where}: phases must be a list of mappings")
+        for phase in value:
+            unknown = sorted(set(phase) - set(PHASE_KEYS))
+            if unknown:
+                raise CardError(f"{where}: phases: unknown key {unknown[0]!r} (known: {', '.join(PHASE_KEYS)})")
+        return value
+    kinds = {"from_scratch": bool, "updates": int, "best_step": int, "best_val_loss": (int, float)}
+    kind = kinds.get(key, str)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = {bool: "true or false", int: "an integer", str: "a string"}.get(kind, "a number")
+        raise CardError(f"{where}: {key} must be {expected}, not {value!r}")
+    return value
+
+
+def check_serializer(value: Any, where: str) -> dict:
+    """Serializer settings, strictly: every key one of the Serializer's fields, with a value of its type."""
+    from eexp.prompts import Serializer
+    if isinstance(value, str):  # as a GGUF or an example's meta holds it
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise CardError(f"{where}: serializer is not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CardError(f"{where}: serializer must be a mapping of settings, not {type(value).__name__}")
+    defaults = Serializer().to_dict()
+    for key, setting in value.items():
+        if key not in defaults:
+            raise CardError(f"{where}: serializer: unknown setting {key!r} (settings: {', '.join(defaults)})")
+        kind = type(defaults[key])
+        if not isinstance(setting, kind) or (kind is int and isinstance(setting, bool)):
+            raise CardError(f"{where}: serializer: {key} must be {'true or false' if kind is bool else 'an integer'}"
+                            f", not {setting!r}")
+    return dict(value)
+
+
+# --- a checkpoint folder ------------------------------------------------------------------------------------------
+
+def read_card(folder: str | os.PathLike | None) -> Card:
+    """The card of a checkpoint folder: card.yaml, else the provenance in config.yaml; an empty card for anything
+    else (no folder, a file, a folder with neither)."""
+    if not folder or not os.path.isdir(folder):
+        return Card()
+    path = os.path.join(folder, CARD_FILE)
+    if os.path.isfile(path):
+        return Card.from_dict(_read_yaml(path), path)
+    legacy = os.path.join(folder, LEGACY_FILE)
+    if os.path.isfile(legacy):
+        return _from_config(_read_yaml(legacy), legacy)
+    return Card()
+
+
+def write_card(folder: str | os.PathLike, card: Card) -> str:
+    """Write `folder/card.yaml` (whole or not at all); returns its path."""
+    from eexp.io import write_atomic
+    path = os.path.join(folder, CARD_FILE)
+    write_atomic(path, yaml.safe_dump(card.to_dict(), sort_keys=False, allow_unicode=True).encode())
+    return path
+
+
+def _read_yaml(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise CardError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise CardError(f"{path}: not valid YAML ({e})") from None
+
+
+def _from_config(data: Any, where: str) -> Card:
+    """The card's fields from a config.yaml that holds options and provenance together (init-model's and
+    import-model's, and finetune's before card.yaml): the fields present are taken (strictly checked), the options
+    around them are not the card's business."""
+    if not isinstance(data, dict):
+        return Card()
+    known = {f.name for f in fields(Card)}
+    card = {k: v for k, v in data.items() if k in known}
+    if data.get("command") == "init-model":
+        card["from_scratch"] = True
+    return Card.from_dict(card, where)

@@ -1,0 +1,156 @@
+"""The model card (eexp/card.py): one card from a finetune checkpoint through its GGUF to the policy that runs it,
+hashes that join, strict parsing, and a checkpoint's config.yaml that `eexp finetune --config` replays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eexp.card import Card, CardError, read_card, write_card
+from eexp.cli import cli
+from eexp.io import read_records
+from eexp.prompts import Serializer
+from eexp.stages.imitation import imitation_examples
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+DATA = Path(__file__).parent / "data"
+SERIALIZER = Serializer(history=2, max_observation_chars=900)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def il(tmp_path_factory) -> Path:
+    """IL examples rendered with a serializer that is not the default one, so the card's serializer is seen."""
+    path = tmp_path_factory.mktemp("card-data") / "il.jsonl"
+    examples = [e for t in read_records([DATA / "trajectories.jsonl"]) for e in imitation_examples(t, SERIALIZER, True)]
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    return path
+
+
+def finetune_args(il, model, out, *extra) -> list[str]:
+    return ["finetune", str(il), "--model", str(model), "-o", str(out), "--max-steps", "2", "--batch-size", "4",
+            "--max-length", "512", "-q", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(il, tiny_checkpoint, tmp_path_factory) -> Path:
+    from click.testing import CliRunner
+    out = tmp_path_factory.mktemp("card-run") / "il"
+    result = CliRunner().invoke(cli, finetune_args(il, tiny_checkpoint, out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_finetune_writes_one_card(trained, tiny_checkpoint):
+    from eexp import __version__
+    from eexp.policies import load_policy
+    card = read_card(trained)
+    assert card.command == "finetune" and card.eexp_version == __version__
+    assert card.serializer == SERIALIZER.to_dict()
+    assert card.base_model == str(Path(tiny_checkpoint).resolve()) and card.from_scratch is True
+    # the base's hash is the one a run of the base records as meta.model_sha256
+    assert card.base_sha256 == load_policy(str(tiny_checkpoint), {}).describe()["model_sha256"]
+    assert [(p["name"], p["updates"]) for p in card.phases] == [("train", 2)] and card.updates == 2
+    # the checkpoint's own policy renders states with the card's serializer
+    assert load_policy(str(trained), {}).serializer_settings() == SERIALIZER.to_dict()
+
+
+def test_checkpoint_to_gguf_to_policy_carries_the_card_and_the_hashes_join(trained, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from dataclasses import replace
+
+    from eexp.models.export import export_gguf
+    from eexp.policies import load_policy
+    out = export_gguf(trained, tmp_path / "il.f32.gguf", quant="f32")
+    reader = gguf.GGUFReader(str(out))
+    metadata = {name: field.contents() for name, field in reader.fields.items()}
+    in_gguf = Card.from_gguf(metadata, str(out))
+    checkpoint_run = load_policy(str(trained), {}).describe()
+    # the checkpoint's card, with what export adds: nothing of it lost on the way
+    assert in_gguf == replace(read_card(trained), source=str(trained.resolve()),
+                              source_sha256=checkpoint_run["model_sha256"], quant="f32")
+    assert metadata["eexp.source_sha256"] == checkpoint_run["model_sha256"]  # records of the checkpoint join the GGUF
+    assert json.loads(metadata["eexp.serializer"]) == SERIALIZER.to_dict()
+    pytest.importorskip("llama_cpp")
+    policy = load_policy(str(out), {"n_threads": 1})
+    assert Card.from_gguf(policy.llm.metadata, str(out)) == in_gguf  # llama.cpp's all-string metadata: the same card
+    assert policy.serializer_settings() == SERIALIZER.to_dict()
+
+
+def test_config_yaml_replays_the_run(trained, tmp_path, runner):
+    config = trained / "config.yaml"
+    again = tmp_path / "again"
+    result = runner.invoke(cli, ["finetune", "--config", str(config), "-o", str(again), "-q"])
+    assert result.exit_code == 0, result.output
+    before, after = yaml.safe_load(config.read_text()), yaml.safe_load((again / "config.yaml").read_text())
+    assert after == {**before, "output": str(again)}
+    assert (again / "metrics.jsonl").read_text().count("\n") == (trained / "metrics.jsonl").read_text().count("\n")
+    losses = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+              for d in (trained, again)]
+    assert losses[0] == losses[1]
+    assert read_card(again).serializer == read_card(trained).serializer
+
+
+def test_an_unknown_key_in_a_card_is_an_error_naming_it_and_the_file(tmp_path):
+    (tmp_path / "card.yaml").write_text("command: finetune\nserialiser: {history: 2}\n")
+    with pytest.raises(CardError) as e:
+        read_card(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path / 'card.yaml'}: unknown key 'serialiser' in the model card (known: adapter, adapter_sha256, "
+        "base_import, base_model, base_sha256, best_step, best_val_loss, command, eexp_version, from_scratch, "
+        "method, phases, precision, quant, serializer, source, source_sha256, updates)")
+
+
+def test_an_unknown_serializer_setting_is_an_error_not_dropped(tmp_path):
+    write_card(tmp_path, Card(command="finetune"))
+    (tmp_path / "card.yaml").write_text("serializer: {history: 2, max_obs_chars: 10}\n")
+    with pytest.raises(CardError) as e:
+        read_card(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path / 'card.yaml'}: serializer: unknown setting 'max_obs_chars' (settings: history, "
+        "max_observation_chars, max_history_chars, show_admissible, max_admissible)")
+
+
+def test_gguf_metadata_is_parsed_as_strictly():
+    with pytest.raises(CardError) as e:
+        Card.from_gguf({"general.name": "x", "eexp.version": "1", "eexp.serialiser": "{}"}, "m.gguf")
+    assert str(e.value).startswith("m.gguf: unknown metadata key 'eexp.serialiser' in the model card (known: ")
+    with pytest.raises(CardError) as e:
+        Card.from_gguf({"eexp.updates": "two"}, "m.gguf")
+    assert str(e.value).startswith("m.gguf: metadata eexp.updates is not JSON (")
+    with pytest.raises(CardError) as e:
+        Card.from_dict({"updates": "2"}, "card.yaml")
+    assert str(e.value) == "card.yaml: updates must be an integer, not '2'"
+
+
+def test_card_round_trips_through_the_folder_and_gguf_fields(tmp_path):
+    card = Card(command="finetune", eexp_version="0.1", serializer=SERIALIZER.to_dict(), base_model="/m",
+                base_sha256="ab" * 32, from_scratch=True, method="lora", phases=[{"name": "train", "updates": 3}],
+                updates=3, best_val_loss=1.5)
+    write_card(tmp_path, card)
+    assert read_card(tmp_path) == card
+    assert Card.from_gguf(card.gguf_fields(), "m.gguf") == card
+    assert card.gguf_fields()["eexp.version"] == "0.1" and card.gguf_fields()["eexp.from_scratch"] == "true"
+
+
+def test_a_folder_without_a_card_is_read_from_its_config_yaml(tiny_checkpoint, tmp_path):
+    """init-model's config.yaml (and finetune's from before card.yaml) holds the provenance: read_card takes the
+    card's fields from there, as strictly."""
+    card = read_card(tiny_checkpoint)
+    assert card.command == "init-model" and card.from_scratch is True and card.serializer is None
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"lr": 1e-4, "serializer": {"history": 1, "colour": 2}}))
+    with pytest.raises(CardError, match="serializer: unknown setting 'colour'"):
+        read_card(tmp_path)
+    assert read_card(tmp_path / "absent") == Card()
