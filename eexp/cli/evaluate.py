@@ -7,8 +7,8 @@ import sys
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, explicit_serializer_settings, parse_env_args, policy_options, \
-    sampling_options, serializer_options, stage_options
+from eexp.cli.options import UserError, explicit_serializer_settings, field_options, parse_env_args, \
+    policy_options, sampling_options, serializer_options, stage_options
 from eexp.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.io import write_atomic
 from eexp.stages.evaluate import EvalSettings, evaluate, find_tasks, format_summary, worker_policy_args, \
@@ -20,7 +20,7 @@ def warn(message: str) -> None:
 
 @cli.command("eval")
 @stage_options
-@policy_options
+@policy_options(settings=EvalSettings)
 @serializer_options
 @click.option("--env", "env_name", metavar="NAME", help="Environment to evaluate on (default: the environment of "
               "the input trajectories).")
@@ -30,8 +30,8 @@ def warn(message: str) -> None:
 @click.option("-n", "n", type=click.IntRange(min=1), help="Evaluate the first N tasks of the split (default: all).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Parallel workers: processes (one model each), or concurrent requests for an http(s) policy.")
-@click.option("--max-steps", type=click.IntRange(min=1), help="Most steps per episode (default: the environment's).")
-@sampling_options(k=False, temperature=0.0)  # greedy by default, as the paper evaluates
+@field_options(EvalSettings, "max_steps")
+@sampling_options(k=False, settings=EvalSettings)  # greedy by default, as the paper evaluates
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the summary JSON here (with --compare: the "
               "comparison).")
 @click.option("--trajectories", "trajectories_path", metavar="FILE",

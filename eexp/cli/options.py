@@ -16,6 +16,7 @@ import yaml
 
 from eexp.io import StageIO, parse_shard, progress_bar  # noqa: F401 - progress_bar: for the commands
 from eexp.prompts import Serializer
+from eexp.stages.settings import Generation
 
 
 class UserError(click.ClickException):
@@ -85,20 +86,15 @@ def stage_options(f: Callable) -> Callable:
     return wrapper
 
 
-def sampling_options(f: Callable | None = None, *, k: bool = True, temperature: float = 1.0) -> Callable:
-    """--seed, --temperature, -k. `@sampling_options(k=False, temperature=0.7)` for a stage that draws one sample
-    per record (reflect) and wants its own default temperature."""
+def sampling_options(f: Callable | None = None, *, k: bool = True, settings=Generation) -> Callable:
+    """--seed, --temperature, -k, with the defaults of `settings` (a dataclass with the fields of
+    eexp.stages.settings.Generation: `@sampling_options(k=False, settings=EvalSettings)` for a stage that draws one
+    sample per record and has its own default temperature)."""
     if f is None:
-        return lambda g: sampling_options(g, k=k, temperature=temperature)
-    for decorator in reversed([
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Base seed; every sampled call derives its own seed >= 1 from it."),
-        click.option("--temperature", type=float, default=temperature, show_default=True,
-                     help="Sampling temperature."),
-        *([click.option("-k", "k", type=click.IntRange(min=0), default=4, show_default=True,
-                        help="Samples (alternatives) per state.")] if k else []),
-    ]):
-        f = decorator(f)
+        return lambda g: sampling_options(g, k=k, settings=settings)
+    f = field_options(settings, "seed", "temperature", fallback=Generation)(
+        click.option("-k", "k", type=click.IntRange(min=0), default=4, show_default=True,
+                     help="Samples (alternatives) per state.")(f) if k else f)
     return f
 
 
@@ -175,24 +171,19 @@ def parse_env_args(ctx, param, values):
     return _key_values(ctx, param, values, _yaml_scalar)
 
 
-def policy_options(f: Callable) -> Callable:
-    """--policy SPEC and its backend options. The command receives policy_spec, policy_args, act, max_tokens,
-    top_p and loads the policy only when it needs one (`eexp.policies.load_policy`)."""
+def policy_options(f: Callable | None = None, *, settings=Generation) -> Callable:
+    """--policy SPEC and its backend options, with the defaults of `settings` (a dataclass with fields of
+    eexp.stages.settings.Generation: act, max_tokens, top_p). The command receives policy_spec, policy_args, act,
+    max_tokens, top_p and loads the policy only when it needs one (`eexp.policies.load_policy`)."""
+    if f is None:
+        return lambda g: policy_options(g, settings=settings)
+    f = field_options(settings, "act", "max_tokens", "top_p", fallback=Generation)(f)
     for decorator in reversed([
         click.option("--policy", "policy_spec", metavar="SPEC",
                      help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | random | oracle"),
         click.option("--policy-arg", "policy_args", multiple=True, callback=_parse_policy_args,
                      metavar="KEY=VALUE", help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
                      "api_key_env, ...); repeatable."),
-        click.option("--act", type=click.Choice(["generate", "constrained", "score", "think"]), default=None,
-                     help="How an action is chosen: free generation, generation constrained to the admissible "
-                     "actions, ranking them by log-likelihood, or think: the model writes its thought (up to "
-                     "--max-tokens), then the action is ranked after it (closed action sets) or generated (open "
-                     "ones); local models only. Default: constrained where the environment lists admissible "
-                     "actions, generate where it does not."),
-        click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Most tokens per generated reply."),
-        click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True),
     ]):
         f = decorator(f)
     return f
@@ -219,6 +210,55 @@ class Separated(click.ParamType):
         return [str(v).strip() for v in items if str(v).strip()]
 
 
+def _default(f):
+    import dataclasses
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _field_option(f, kind) -> Callable:
+    """The click option (or argument) of one dataclass field: type and default from the field, help and click hints
+    from its metadata (see dataclass_options)."""
+    import types
+    import typing
+
+    meta = dict(f.metadata)
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    is_list = typing.get_origin(kind) is list
+    default = _default(f)
+    if meta.get("argument"):
+        return click.argument(f.name, nargs=-1, required=True, metavar=meta.get("metavar"))
+    decls = ([meta["short"]] if "short" in meta else []) + [meta.get("flag") or "--" + f.name.replace("_", "-"),
+                                                             f.name]
+    kw: dict = {"help": meta.get("help") or None, "metavar": meta.get("metavar"),
+                "required": bool(meta.get("required")), "default": default}
+    element = typing.get_args(kind)[0] if is_list else kind
+    if "choices" in meta:
+        kw["type"] = click.Choice(meta["choices"])
+    elif element in (int, float) and ("min" in meta or "max" in meta):
+        ranged = click.IntRange if element is int else click.FloatRange
+        kw["type"] = ranged(min=meta.get("min"), max=meta.get("max"))
+    elif element in (int, float, str):
+        kw["type"] = element
+    if kind is bool:
+        kw.pop("type", None)
+        if "flag" not in meta:
+            kw["is_flag"] = True
+        else:
+            kw["show_default"] = True
+    elif is_list and meta.get("multiple"):
+        kw["multiple"] = True
+    elif is_list and meta.get("sep"):
+        kw.update(default=meta["sep"].join(default or []), show_default=True, type=Separated(meta["sep"]))
+    elif default is not None:
+        kw["show_default"] = True
+    return click.option(*decls, **kw)
+
+
 def dataclass_options(cls, name: str = "config") -> Callable:
     """Click options made from a dataclass's fields, so a default and its help are written once, in the dataclass
     (TRL's SFTConfig + TrlParser is the model). The type and default come from the field; the help and click hints
@@ -227,52 +267,11 @@ def dataclass_options(cls, name: str = "config") -> Callable:
     e.g. comma-separated; a list in a --config file too). Option names are the field names, so a YAML file of
     `field: value` (the dataclass as `asdict` writes it) is a `--config` file. The command receives `name=cls(...)`."""
     import dataclasses
-    import types
     import typing
 
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
-    decorators = []
-    for f in fields:
-        meta = dict(f.metadata)
-        kind = hints[f.name]
-        if typing.get_origin(kind) in (types.UnionType, typing.Union):
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        is_list = typing.get_origin(kind) is list
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        if meta.get("argument"):
-            decorators.append(click.argument(f.name, nargs=-1, required=True, metavar=meta.get("metavar")))
-            continue
-        decls = ([meta["short"]] if "short" in meta else []) + [meta.get("flag") or "--" + f.name.replace("_", "-"),
-                                                                 f.name]
-        kw: dict = {"help": meta.get("help") or None, "metavar": meta.get("metavar"),
-                    "required": bool(meta.get("required")), "default": default}
-        element = typing.get_args(kind)[0] if is_list else kind
-        if "choices" in meta:
-            kw["type"] = click.Choice(meta["choices"])
-        elif element in (int, float) and ("min" in meta or "max" in meta):
-            ranged = click.IntRange if element is int else click.FloatRange
-            kw["type"] = ranged(min=meta.get("min"), max=meta.get("max"))
-        elif element in (int, float, str):
-            kw["type"] = element
-        if kind is bool:
-            kw.pop("type", None)
-            if "flag" not in meta:
-                kw["is_flag"] = True
-            else:
-                kw["show_default"] = True
-        elif is_list and meta.get("multiple"):
-            kw["multiple"] = True
-        elif is_list and meta.get("sep"):
-            kw.update(default=meta["sep"].join(default or []), show_default=True, type=Separated(meta["sep"]))
-        elif default is not None:
-            kw["show_default"] = True
-        decorators.append(click.option(*decls, **kw))
+    decorators = [_field_option(f, hints[f.name]) for f in fields]
     names = [f.name for f in fields]
     lists = {f.name for f in fields if typing.get_origin(hints[f.name]) is list}
 
@@ -286,5 +285,30 @@ def dataclass_options(cls, name: str = "config") -> Callable:
         for decorator in reversed(decorators):
             wrapper = decorator(wrapper)
         return wrapper
+
+    return decorate
+
+
+def field_options(cls, *names: str, fallback=None) -> Callable:
+    """Click options made from the fields `names` of a settings dataclass, in that order (a field `cls` does not
+    have is taken from `fallback`), as dataclass_options makes them: the default and the help are the field's, so
+    they are written once. The command receives each value under the field's name. For settings whose options are
+    spread over shared bundles (policy_options, sampling_options) and a command's own."""
+    import dataclasses
+    import typing
+
+    def find(name: str):
+        for owner in (cls, fallback):
+            if owner is not None and name in owner.__dataclass_fields__:
+                field = next(f for f in dataclasses.fields(owner) if f.name == name)
+                return _field_option(field, typing.get_type_hints(owner)[name])
+        raise TypeError(f"{cls.__name__} has no field {name!r}")
+
+    decorators = [find(name) for name in names]
+
+    def decorate(f: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
 
     return decorate

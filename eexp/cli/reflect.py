@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import policy_options, sampling_options, serializer_options, stage_options
+from eexp.cli.options import field_options, policy_options, sampling_options, serializer_options, stage_options
 from eexp.io import prepare_resume
 from eexp.policies import policy_kind
 from eexp.records import expect
@@ -16,30 +16,21 @@ NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC 
                 "grounded for a deterministic rationale without a model (not the paper's method)")
 
 
-# Reflections are long, free prose: 1024 tokens leaves room for the 150-300 words the prompt asks for (and the
-# 500-word cap) without cutting them, and 0.7 keeps a small model coherent over that length while still varying
-# the wording from state to state (the paper used 0.9 for TravelPlanner; its repo's generator ran at 0.7).
-@cli.command(context_settings={"default_map": {"max_tokens": 1024}})
+@cli.command()
 @stage_options
-@policy_options
-@sampling_options(k=False, temperature=0.7)
+@policy_options(settings=Settings)
+@sampling_options(k=False, settings=Settings)
 @serializer_options
 @click.option("--reflector", type=click.Choice(["self", "teacher", "grounded"]), default=None,
               help="Who writes the reflections: self (the --policy model being trained; default with --policy), "
               "teacher (a stronger --policy model, recorded as teacher-assisted), grounded (no model: a "
               "deterministic rationale from the observed outcomes, not the paper's method).")
-@click.option("--max-alternatives", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Alternatives shown per state: the first N that rollout executed, valid or not.")
+@field_options(Settings, "max_alternatives")
 @click.option("--template", "template_path", metavar="NAME|FILE",
               help="Prompt template: a built-in one (default; short: two or three sentences after one worked "
               "example, for models of ~100M-1B parameters) or a file with the slots {situation}, {chosen_action}, "
               "{chosen_outcome} and {alternatives} ({goal} and {max_words} are optional).")
-@click.option("--max-words", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Reject reflections longer than this.")
-@click.option("--min-words", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Reject reflections shorter than this.")
-@click.option("--max-outcome-chars", type=click.IntRange(min=0), default=600, show_default=True,
-              help="Clip each outcome shown to the reflector (0: no limit).")
+@field_options(Settings, "max_words", "min_words", "max_outcome_chars")
 @click.option("--rejected", metavar="FILE", help="Write each rejected reflection here, with its reason.")
 @click.option("--fallback", type=click.Choice(["none", "grounded"]), default="none", show_default=True,
               help="What a state whose model reflection was rejected gets: nothing (its IL example stays its only "

@@ -35,6 +35,7 @@ from eexp.policies import policy_kind
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import Serializer, clip
 from eexp.records import expect, make_meta, short_hash, utc_now
+from eexp.stages.settings import setting, shared
 from eexp.stats import wilson
 
 UNPARSED_CHARS = 300  # how much of an unparseable reply is kept (sent to the env, and in meta)
@@ -42,19 +43,20 @@ UNPARSED_CHARS = 300  # how much of an unparseable reply is kept (sent to the en
 
 @dataclass
 class EvalSettings:
-    """Everything a worker needs to rebuild the evaluator (picklable: sent to spawned processes)."""
+    """Everything a worker needs to rebuild the evaluator (picklable: sent to spawned processes). The defaults and
+    help of eval's options are these fields' (eexp.cli.options.field_options)."""
 
     env_name: str
     policy_spec: str
     env_kwargs: dict = field(default_factory=dict)
     policy_args: dict = field(default_factory=dict)
-    act: str | None = None
-    max_tokens: int = 256
-    top_p: float = 1.0
+    act: str | None = shared("act")
+    max_tokens: int = shared("max_tokens")
+    top_p: float = shared("top_p")
     serializer_overrides: dict = field(default_factory=dict)  # only the settings given on the command line
-    max_steps: int | None = None                               # None: the environment's own default
-    temperature: float = 0.0
-    seed: int = 0
+    max_steps: int | None = setting(None, "Most steps per episode (default: the environment's).", min=1)
+    temperature: float = shared("temperature", 0.0)  # greedy, as the paper evaluates
+    seed: int = shared("seed")
 
 
 def resolve_serializer(model_settings: dict | None, overrides: dict) -> Serializer:

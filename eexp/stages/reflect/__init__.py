@@ -28,6 +28,7 @@ from eexp.records import example_meta
 from eexp.stages.reflect.filters import COUNTS, FILTERS, Verdict, fresh_words, judge, topic_words, trim_repeat
 from eexp.stages.reflect.grounded import grounded_reflection
 from eexp.stages.reflect.template import BUILTIN_TEMPLATES, Template, reflection_prompt, shown_alternatives
+from eexp.stages.settings import setting, shared
 
 __all__ = ["BUILTIN_TEMPLATES", "COUNTS", "FILTERS", "Reflector", "Settings", "Template", "Verdict",
            "grounded_reflection", "judge", "policy_writer", "reflect_examples", "reflection_prompt",
@@ -36,14 +37,24 @@ __all__ = ["BUILTIN_TEMPLATES", "COUNTS", "FILTERS", "Reflector", "Settings", "T
 
 @dataclass(frozen=True)
 class Settings:
-    max_alternatives: int = 3      # the paper finds SR best at K = 2-4
-    max_words: int = 500           # the repo's soft cap; the prompt asks for 150-300
-    min_words: int = 10            # a few words explain nothing (and are what a broken model emits)
-    max_outcome_chars: int = 600   # each outcome shown to the reflector
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 1024
-    seed: int = 0
+    """What the reflector is shown, the filters' word limits, and how it samples. The defaults and help of reflect's
+    options are these fields' (eexp.cli.options.field_options)."""
+
+    # the paper finds SR best at K = 2-4
+    max_alternatives: int = setting(3, "Alternatives shown per state: the first N that rollout executed, valid or "
+                                    "not.", min=1)
+    # the repo's soft cap; the prompt asks for 150-300
+    max_words: int = setting(500, "Reject reflections longer than this.", min=1)
+    # a few words explain nothing (and are what a broken model emits)
+    min_words: int = setting(10, "Reject reflections shorter than this.", min=1)
+    max_outcome_chars: int = setting(600, "Clip each outcome shown to the reflector (0: no limit).", min=0)
+    # Reflections are long, free prose: 1024 tokens leaves room for the 150-300 words the prompt asks for (and the
+    # 500-word cap) without cutting them, and 0.7 keeps a small model coherent over that length while still varying
+    # the wording from state to state (the paper used 0.9 for TravelPlanner; its repo's generator ran at 0.7).
+    temperature: float = shared("temperature", 0.7)
+    top_p: float = shared("top_p")
+    max_tokens: int = shared("max_tokens", 1024)
+    seed: int = shared("seed")
 
 
 Writer = Callable[[list[dict], int], tuple[str, str]]  # (prompt messages, seed) -> (reply text, finish_reason)

@@ -1,0 +1,37 @@
+"""The generation and sampling settings the stages share, each default and help written once: the stages' settings
+dataclasses (eval's `EvalSettings`, reflect's `Settings`) take their fields from here, and the CLI makes its options
+from the fields (`eexp.cli.options.field_options`), as `eexp finetune` does from `FinetuneConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+MAX_TOKENS = 256  # most tokens per generated reply, where a stage does not ask for more (reflect)
+ACT_MODES = ("generate", "constrained", "score", "think")
+
+
+def setting(default=None, help: str = "", **hints):
+    """A settings field with its default, its help and click hints (min/max, choices, metavar, flag) in metadata."""
+    return field(default=default, metadata={"help": help, **hints})
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How a policy answers and samples (branch's settings, and the source of eval's and reflect's)."""
+
+    act: str | None = setting(
+        None, "How an action is chosen: free generation, generation constrained to the admissible actions, ranking "
+        "them by log-likelihood, or think: the model writes its thought (up to --max-tokens), then the action is "
+        "ranked after it (closed action sets) or generated (open ones); local models only. Default: constrained "
+        "where the environment lists admissible actions, generate where it does not.", choices=ACT_MODES)
+    max_tokens: int = setting(MAX_TOKENS, "Most tokens per generated reply.", min=1)
+    top_p: float = setting(1.0, min=0, max=1)
+    seed: int = setting(0, "Base seed; every sampled call derives its own seed >= 1 from it.")
+    temperature: float = setting(1.0, "Sampling temperature.")
+
+
+def shared(name: str, default=dataclasses.MISSING):
+    """Generation's field `name` (its help and hints) for another settings dataclass, with its own default if given."""
+    f = Generation.__dataclass_fields__[name]
+    return field(default=f.default if default is dataclasses.MISSING else default, metadata=f.metadata)
