@@ -21,7 +21,7 @@ def warn(message: str) -> None:
 @cli.command("eval")
 @stage_options
 @policy_options(settings=EvalSettings)
-@serializer_options
+@serializer_options(build=False)  # the model's recorded settings, overridden by those given
 @click.option("--env", "env_name", metavar="NAME", help="Environment to evaluate on (default: the environment of "
               "the input trajectories).")
 @click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
@@ -39,7 +39,7 @@ def warn(message: str) -> None:
 @click.option("--compare", is_flag=True, help="Compare episode files (INPUT...) instead of running episodes; "
               "NAME=FILE,FILE,... groups the runs (seeds) of one method.")
 @click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
-def eval_command(io, serializer, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
+def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
                  max_steps, temperature, seed, summary_path, trajectories_path, compare, plot):
     """Run a policy on an environment's tasks: one episode record per task on stdout, a summary (success rate with
     its 95% Wilson interval) on stderr and in --summary FILE.

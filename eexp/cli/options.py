@@ -14,7 +14,7 @@ from typing import Callable
 import click
 import yaml
 
-from eexp.io import StageIO, parse_shard, progress_bar  # noqa: F401 - progress_bar: for the commands
+from eexp.io import StageIO, parse_shard
 from eexp.prompts import Serializer
 from eexp.stages.settings import Generation
 
@@ -98,11 +98,17 @@ def sampling_options(f: Callable | None = None, *, k: bool = True, settings=Gene
     return f
 
 
-def serializer_options(f: Callable) -> Callable:
-    """Options that build a `Serializer`; the command receives `serializer=`."""
+def serializer_options(f: Callable | None = None, *, build: bool = True) -> Callable:
+    """Options that build a `Serializer`; the command receives `serializer=`. With build=False it receives nothing:
+    a command that only overrides the settings recorded with a model reads the ones given with
+    explicit_serializer_settings (eval)."""
+    if f is None:
+        return lambda g: serializer_options(g, build=build)
 
     @functools.wraps(f)
     def wrapper(*args, history, max_observation_chars, max_history_chars, max_admissible, no_admissible, **kwargs):
+        if not build:
+            return f(*args, **kwargs)
         serializer = Serializer(history=history, max_observation_chars=max_observation_chars,
                                 max_history_chars=max_history_chars, show_admissible=not no_admissible,
                                 max_admissible=max_admissible)
