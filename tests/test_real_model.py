@@ -184,10 +184,11 @@ def test_second_import_comes_from_the_cache_and_o_copies_it(imported, runner, tm
 @pytest.mark.slow
 @needs_smollm2
 def test_finetune_from_a_gguf_records_it_as_the_base(run_dir, imported):
-    made = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert made["base_model"] == str(SMOLLM2.resolve())
-    assert made["base_import"] == imported
-    assert made["model"] == str(SMOLLM2) and made["from_scratch"] is False and made["lr"] == 2e-4
+    from eexp.card import read_card
+    made, card = yaml.safe_load((run_dir / "config.yaml").read_text()), read_card(run_dir)
+    assert card.base_model == str(SMOLLM2.resolve())
+    assert card.base_import == imported
+    assert made["model"] == str(SMOLLM2) and card.from_scratch is False and made["lr"] == 2e-4
     adapter = json.loads((run_dir / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == imported  # PEFT and --policy RUN load the folder
     losses = [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
@@ -198,7 +199,7 @@ def test_finetune_from_a_gguf_records_it_as_the_base(run_dir, imported):
 @needs_smollm2
 def test_an_adapter_finds_its_gguf_base_again(run_dir, imported, tmp_path):
     """An adapter whose base folder is gone (a cleared cache, another machine) is given the GGUF's import again,
-    from the base_model its config.yaml records (here the cache still has it, so nothing is re-imported)."""
+    from the base_model its model card records (here the cache still has it, so nothing is re-imported)."""
     import shutil
 
     from eexp.models.import_gguf import adapter_base
