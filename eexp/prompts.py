@@ -59,7 +59,7 @@ class Serializer:
         if shown:
             lines = []
             if len(history) > len(shown):
-                lines.append(f"({len(history) - len(shown)} earlier steps not shown)")
+                lines.append(not_shown_note(len(history) - len(shown)))
             for step in shown:
                 lines.append(f"Observation: {clip(step['observation'], self.max_history_chars)}")
                 lines.append(f"Action: {step['action']}")
@@ -90,6 +90,12 @@ class Serializer:
 # Training (`training.encode`, --max-length) and inference (`ModelPolicy.fit`, the context size) shorten a state that
 # does not fit in the same way, so a model sees a long state as it was trained on it: the oldest history goes first,
 # then the current observation and the admissible list are clipped; the task is never touched.
+
+def not_shown_note(hidden: int) -> str:
+    """The line that stands for the `hidden` oldest history steps a rendered state leaves out (`render_state`, past
+    its `history` setting; `shorten`, over a budget): "(1 earlier step not shown)", "(2 earlier steps not shown)"."""
+    return f"({hidden} earlier step{'' if hidden == 1 else 's'} not shown)"
+
 
 _HISTORY_STEP = re.compile(r"Observation: .*?\nAction: [^\n]*(?:\n|$)", re.DOTALL)
 _NOT_SHOWN = re.compile(r"^\((\d+) earlier steps? not shown\)\n?", re.MULTILINE)
@@ -151,8 +157,7 @@ def _drop_oldest_step(content: str) -> str | None:
     shown = _NOT_SHOWN.search(block)
     hidden = int(shown.group(1)) if shown else 0
     rest = _NOT_SHOWN.sub("", block[:step.start()] + block[step.end():]).strip("\n")
-    note = f"({hidden + 1} earlier step{'s' if hidden + 1 != 1 else ''} not shown)"
-    return content[:start] + note + ("\n" + rest if rest else "") + content[end:]
+    return content[:start] + not_shown_note(hidden + 1) + ("\n" + rest if rest else "") + content[end:]
 
 
 def _clip_state(content: str) -> str | None:
