@@ -66,20 +66,21 @@ SIZES = {
     "small": Size(vocab=4096, hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2, context=4096),
 }
 
-# Used when no corpus is given, so `eexp init-model OUT` works alone: the prompt text eexp itself writes, plus a
-# little of the language of text environments.
-BUILTIN_TEXT = """\
-You are an agent in a text environment. Read the task, the recent steps and the current observation, then give the
-next action as `Action: <action>`, optionally preceded by `Thought: <reasoning>`.
-You are a world model of a text environment. Given the task, the recent steps, the current observation and an
-action, predict the next observation. Answer as `Observation: <next observation>`.
-Task: buy a red cotton shirt under 30 dollars.
-Observation: You are on the search page. Results: [1] red cotton shirt, $24.99 [2] blue wool sweater, $45.00
-Admissible actions: search[red shirt], click[1], click[2], click[back], click[buy now]
-Thought: The first result is red, cotton and under 30 dollars, so I should open it.
-Action: click[1]
-Observation: Red cotton shirt. Price: $24.99. Sizes: small, medium, large. Buttons: buy now, back.
-Action: click[buy now]
+# Used when no corpus is given, so `eexp init-model OUT` works alone, and always added to the corpus: the prompt text
+# eexp itself writes, made by eexp.prompts (so it is never a stale copy of the prompts), plus a little of the language
+# of text environments.
+_EXAMPLE_STATE = {
+    "goal": "buy a red cotton shirt under 30 dollars",
+    "history": [
+        {"observation": "You are on the search page.", "action": "search[red cotton shirt]"},
+        {"observation": "Results: [1] red cotton shirt, $24.99 [2] blue wool sweater, $45.00", "action": "click[1]"},
+        {"observation": "Red cotton shirt. Price: $24.99. Sizes: small, medium, large.", "action": "click[small]"},
+        {"observation": "You selected size small. Buttons: buy now, back.", "action": "click[back]"},
+    ],
+    "observation": "Results: [1] red cotton shirt, $24.99 [2] blue wool sweater, $45.00",
+    "admissible": ["search[red shirt]", "click[1]", "click[2]", "click[back]", "click[buy now]"],
+}
+_ENVIRONMENT_TEXT = """\
 Task: put a clean apple in the fridge.
 Observation: You are in the kitchen. You see a counter, a sink 1, a fridge 1 and a table 1. On the table is an apple.
 Action: take apple from table 1
@@ -96,6 +97,21 @@ Reflection: Opening the fridge first was right; taking the apple before cleaning
 Numbers 0 1 2 3 4 5 6 7 8 9 10 25 100 2025, and symbols: ( ) [ ] { } < > : ; , . ! ? ' " - _ / \\ | @ # $ % & * + =
 The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.
 """
+
+
+def _builtin_text() -> str:
+    """The system prompts, a state rendered by the default Serializer (every section, and the line for the one of
+    its four history steps it leaves out), the reply formats, then the environment text."""
+    from eexp.prompts import Serializer, format_action, format_observation
+    system, user = Serializer().policy_messages(_EXAMPLE_STATE)
+    world_system = Serializer().world_model_messages(_EXAMPLE_STATE, "click[1]", rendered=user["content"])[0]
+    texts = [system["content"], user["content"], world_system["content"],
+             format_action("click[1]", "The first result is red, cotton and under 30 dollars, so I open it."),
+             format_observation("Red cotton shirt. Price: $24.99. Sizes: small, medium, large.")]
+    return "\n".join(texts) + "\n" + _ENVIRONMENT_TEXT
+
+
+BUILTIN_TEXT = _builtin_text()
 
 # JSONL record keys whose string values are text a model will read or write (trajectories, branches, outcomes,
 # examples, episodes).
