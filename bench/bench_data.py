@@ -73,36 +73,69 @@ BASELINE = ("import sys, orjson\nw = sys.stdout.buffer\n"
             "for l in sys.stdin.buffer:\n    w.write(orjson.dumps(orjson.loads(l)) + b'\\n')\n")
 
 
+def world_model_rate(records: int) -> dict:
+    """Input records/s of `eexp world-model-data` and of the orjson parse+dump baseline on the same outcomes."""
+    eexp = [*one_core(), sys.executable, "-m", "eexp"]
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = Path(tmp) / "outcomes.jsonl"
+        generate(outcomes, outcome, records)
+        base, _ = timed([*one_core(), sys.executable, "-c", BASELINE], outcomes)
+        s, rss = timed([*eexp, "world-model-data", "-q", str(outcomes)])
+        one = Path(tmp) / "one.jsonl"
+        generate(one, outcome, 1)
+        startup, _ = timed([*eexp, "world-model-data", "-q", str(one)])   # start-up and imports, one record
+        in_bytes = outcomes.stat().st_size
+        sample = Path(tmp) / "sample.jsonl"
+        generate(sample, outcome, 100)
+        out_bytes = len(subprocess.run([*eexp, "world-model-data", "-q", str(sample)], capture_output=True,
+                                       check=True).stdout)
+    # world-model-data writes 4 examples per outcome; records/s counts inputs
+    return {"records": records, "eexp_rps": records / s, "baseline_rps": records / base, "seconds": s,
+            "startup_s": startup, "peak_rss_mb": rss, "in_bytes_per_record": in_bytes / records,
+            "out_bytes_per_in": out_bytes / 100}
+
+
+def mix_rates(records: int) -> dict:
+    """Records/s of `mix a:3 b:1` with and without --shuffle-buffer 10000, and the parse+dump baseline."""
+    eexp = [*one_core(), sys.executable, "-m", "eexp"]
+    with tempfile.TemporaryDirectory() as tmp:
+        examples = Path(tmp) / "examples.jsonl"
+        generate(examples, example, records)
+        base, _ = timed([*one_core(), sys.executable, "-c", BASELINE], examples)
+        out = {"records": records, "baseline_rps": records / base}
+        for key, extra in [("mix_rps", []), ("mix_shuffle_rps", ["--shuffle-buffer", "10000"])]:
+            s, _ = timed([*eexp, "mix", f"{examples}:3", f"{examples}:1", *extra])
+            out[key] = 2 * records / s
+    return out
+
+
+def mix_peak_rss(n: int) -> tuple[float, float]:
+    """(peak RSS MiB, records/s) of `mix --shuffle-buffer 10000` over two files of n/2 records each."""
+    eexp = [*one_core(), sys.executable, "-m", "eexp"]
+    with tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / f"big{n}.jsonl"
+        generate(big, example, n // 2)
+        s, rss = timed([*eexp, "mix", str(big), str(big), "--shuffle-buffer", "10000"])
+    return rss, n / s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=200_000)
     args = parser.parse_args()
-    eexp = [*one_core(), sys.executable, "-m", "eexp"]
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        outcomes, examples = tmp / "outcomes.jsonl", tmp / "examples.jsonl"
-        generate(outcomes, outcome, args.records)
-        generate(examples, example, args.records)
-        print(f"{args.records:,} records per input, one core; baseline = orjson parse + dump of every line\n")
-        print(f"{'stage':<44} {'records/s':>12} {'baseline rec/s':>15}")
-        base_o, _ = timed([*one_core(), sys.executable, "-c", BASELINE], outcomes)
-        base_e, _ = timed([*one_core(), sys.executable, "-c", BASELINE], examples)
-        s, _ = timed([*eexp, "world-model-data", "-q", str(outcomes)])
-        # world-model-data writes 4 examples per outcome; records/s counts inputs
-        label = "world-model-data (4 examples per outcome)"
-        print(f"{label:<44} {args.records / s:>12,.0f} {args.records / base_o:>15,.0f}")
-        for label, extra in [("mix a:3 b:1", []),
-                             ("mix a:3 b:1 --shuffle-buffer 10000", ["--shuffle-buffer", "10000"])]:
-            s, _ = timed([*eexp, "mix", f"{examples}:3", f"{examples}:1", *extra])
-            print(f"{label:<44} {2 * args.records / s:>12,.0f} {args.records / base_e:>15,.0f}")
+    print(f"{args.records:,} records per input, one core; baseline = orjson parse + dump of every line\n")
+    print(f"{'stage':<44} {'records/s':>12} {'baseline rec/s':>15}")
+    wm = world_model_rate(args.records)
+    label = "world-model-data (4 examples per outcome)"
+    print(f"{label:<44} {wm['eexp_rps']:>12,.0f} {wm['baseline_rps']:>15,.0f}")
+    mix = mix_rates(args.records)
+    for label, key in [("mix a:3 b:1", "mix_rps"), ("mix a:3 b:1 --shuffle-buffer 10000", "mix_shuffle_rps")]:
+        print(f"{label:<44} {mix[key]:>12,.0f} {mix['baseline_rps']:>15,.0f}")
 
-        print("\npeak RSS of mix --shuffle-buffer 10000 (two files of N/2 records each)")
-        for n in (100_000, 1_000_000):
-            big = tmp / f"big{n}.jsonl"
-            generate(big, example, n // 2)
-            s, rss = timed([*eexp, "mix", str(big), str(big), "--shuffle-buffer", "10000"])
-            print(f"  N = {n:>9,}: {rss:7.1f} MiB peak RSS, {n / s:,.0f} records/s")
-            big.unlink()
+    print("\npeak RSS of mix --shuffle-buffer 10000 (two files of N/2 records each)")
+    for n in (100_000, 1_000_000):
+        rss, rate = mix_peak_rss(n)
+        print(f"  N = {n:>9,}: {rss:7.1f} MiB peak RSS, {rate:,.0f} records/s")
 
 
 if __name__ == "__main__":

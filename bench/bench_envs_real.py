@@ -34,57 +34,83 @@ def episode(env, task, actions) -> None:
         env.step(a)
 
 
-def bench_textworld() -> None:
+def textworld_figures(reps: int = 20) -> dict:
+    """Steps/s with admissible commands, and ms to reach the last expert step by replay and by restore()."""
     env = make_env("textworld", games=1)
-    task = env.tasks("train")[3]
-    actions = env.expert(task)
-    reps = 20
-    n = reps * len(actions)
-    seconds = reps * per_call(reps, lambda: episode(env, task, actions))
-    print(f"textworld  step (with admissible commands)       {rate(n, seconds)}  ({n} steps)")
-    i = len(actions) - 1
-    replay = per_call(reps, lambda: env.replay(task, actions[:i]))
-    env.replay(task, actions[:i])
-    snap = env.snapshot()
-    restore = per_call(reps, lambda: env.restore(snap))
-    print(f"textworld  reach step {i}: replay {replay * 1000:7.1f} ms   restore(snapshot) {restore * 1000:7.1f} ms")
-    env.close()
+    try:
+        task = env.tasks("train")[3]
+        actions = env.expert(task)
+        n = reps * len(actions)
+        seconds = reps * per_call(reps, lambda: episode(env, task, actions))
+        i = len(actions) - 1
+        replay = per_call(reps, lambda: env.replay(task, actions[:i]))
+        env.replay(task, actions[:i])
+        snap = env.snapshot()
+        restore = per_call(reps, lambda: env.restore(snap))
+        engine = snap[0] if isinstance(snap, tuple) and hasattr(snap[0], "copy") else None
+        copy = per_call(reps, engine.copy) if engine is not None else float("nan")   # one engine copy()
+    finally:
+        env.close()
+    return {"steps": n, "steps_per_s": n / seconds, "i": i, "replay_ms": replay * 1000, "restore_ms": restore * 1000,
+            "copy_ms": copy * 1000}
+
+
+def bench_textworld() -> None:
+    f = textworld_figures()
+    print(f"textworld  step (with admissible commands)       {f['steps_per_s']:8.1f} steps/s  ({f['steps']} steps)")
+    print(f"textworld  reach step {f['i']}: replay {f['replay_ms']:7.1f} ms   restore(snapshot) "
+          f"{f['restore_ms']:7.1f} ms")
+
+
+def scienceworld_figures(reps: int = 5) -> dict:
+    """Steps/s of the package's env.step (baseline), of our step, step + admissible() and prefix replay; reset s."""
+    from scienceworld import ScienceWorldEnv as Simulator
+    env = make_env("scienceworld", variations=1)
+    try:
+        task = next(t for t in env.tasks("train") if t["category"] == "boil")
+        gold = env.expert(task)
+        ours = len(gold) / per_call(reps, lambda: episode(env, task, gold))
+        replay_rate = len(gold) / per_call(reps, lambda: env.replay(task, gold))
+        reset_s = per_call(reps, lambda: env.reset(task))
+        t = time.perf_counter()
+        env.reset(task)
+        k = 0
+        for a in gold[:20]:
+            env.step(a)
+            env.admissible()
+            k += 1
+        with_adm = k / (time.perf_counter() - t)
+        i = len(gold) - 1
+        t = time.perf_counter()
+        env.replay(task, gold[:i])
+        reach_ms = (time.perf_counter() - t) * 1000
+    finally:
+        env.close()
+    # baseline: the package's own step
+    sim = Simulator("", envStepLimit=1000)
+    try:
+        sim.load("boil", int(task["id"].rsplit("-", 1)[1]), "easy")
+        sim.reset()
+        t = time.perf_counter()
+        for a in gold[:20]:
+            sim.step(a)
+        package = 20 / (time.perf_counter() - t)
+    finally:
+        sim.close()
+    return {"package_steps_per_s": package, "steps_per_s": ours, "with_admissible_steps_per_s": with_adm,
+            "replay_steps_per_s": replay_rate, "reset_s": reset_s, "gold_steps": len(gold), "i": i,
+            "reach_ms": reach_ms}
 
 
 def bench_scienceworld() -> None:
-    from scienceworld import ScienceWorldEnv as Simulator
-    env = make_env("scienceworld", variations=1)
-    task = next(t for t in env.tasks("train") if t["category"] == "boil")
-    gold = env.expert(task)
-    reps = 5
-    ours = len(gold) / per_call(reps, lambda: episode(env, task, gold))
-    replay_rate = len(gold) / per_call(reps, lambda: env.replay(task, gold))
-    t = time.perf_counter()
-    env.reset(task)
-    k = 0
-    for a in gold[:20]:
-        env.step(a)
-        env.admissible()
-        k += 1
-    with_adm = k / (time.perf_counter() - t)
-    # baseline: the package's own step
-    sim = Simulator("", envStepLimit=1000)
-    sim.load("boil", int(task["id"].rsplit("-", 1)[1]), "easy")
-    sim.reset()
-    t = time.perf_counter()
-    for a in gold[:20]:
-        sim.step(a)
-    package = 20 / (time.perf_counter() - t)
-    sim.close()
-    print(f"scienceworld package env.step (baseline)          {package:8.1f} steps/s")
-    print(f"scienceworld our step (score, no valid list)      {ours:8.1f} steps/s")
-    print(f"scienceworld our step + admissible() each step    {with_adm:8.1f} steps/s")
-    print(f"scienceworld prefix replay (raw server step)      {replay_rate:8.1f} steps/s   (target >= 200)")
-    i = len(gold) - 1
-    t = time.perf_counter()
-    env.replay(task, gold[:i])
-    print(f"scienceworld reach step {i}: replay {(time.perf_counter() - t) * 1000:7.1f} ms (no snapshot API)")
-    env.close()
+    f = scienceworld_figures()
+    print(f"scienceworld package env.step (baseline)          {f['package_steps_per_s']:8.1f} steps/s")
+    print(f"scienceworld our step (score, no valid list)      {f['steps_per_s']:8.1f} steps/s")
+    print(f"scienceworld our step + admissible() each step    {f['with_admissible_steps_per_s']:8.1f} steps/s")
+    print(f"scienceworld prefix replay (raw server step)      {f['replay_steps_per_s']:8.1f} steps/s   "
+          f"(target >= 200)")
+    print(f"scienceworld reset                                {f['reset_s'] * 1000:8.1f} ms")
+    print(f"scienceworld reach step {f['i']}: replay {f['reach_ms']:7.1f} ms (no snapshot API)")
 
 
 def bench_bfcl() -> None:

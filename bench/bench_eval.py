@@ -33,6 +33,23 @@ def tiny_gguf(folder: str) -> str:
     return gguf
 
 
+def episodes_per_min(n: int, gguf: str | None = None, threads: int = 0, policies=("random", "gguf")) -> dict:
+    """{"gguf_mb", policy: {jobs: {"seconds", "episodes_per_min"}}} for `eexp eval` on n shop test episodes at -j 1
+    and -j 2, for the random policy and a GGUF (a tiny one built here when gguf is None)."""
+    with tempfile.TemporaryDirectory() as folder:
+        gguf = gguf or tiny_gguf(folder)
+        out: dict = {"gguf": os.path.basename(gguf), "gguf_mb": os.path.getsize(gguf) / 1e6}
+        specs = {"random": ("random", []),
+                 "gguf": (gguf, ["--policy-arg", f"n_threads={threads}"] if threads else [])}
+        for label in policies:
+            spec, extra = specs[label]
+            for jobs in (1, 2):
+                cmd = EEXP + ["eval", "--policy", spec, "--env", "shop", "-n", str(n), "-j", str(jobs), "-q"] + extra
+                seconds = run(cmd)
+                out.setdefault(label, {})[jobs] = {"seconds": seconds, "episodes_per_min": n / seconds * 60}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=16, help="episodes per measurement (shop test split, in order)")
@@ -41,23 +58,16 @@ def main() -> None:
                         help="llama.cpp threads per worker (--policy-arg n_threads; 0: eval's default, which at -j 1 "
                              "is llama.cpp's and at -j N splits the cores between the workers)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        gguf = args.gguf or tiny_gguf(folder)
-        size = os.path.getsize(gguf)
-        print(f"shop test, {args.n} episodes (max 15 steps), {os.cpu_count()} CPUs, policy {os.path.basename(gguf)} "
-              f"({size / 1e6:.2f} MB), n_threads={args.threads}")
-        print(f"{'policy':<12} {'-j':>3} {'seconds':>8} {'episodes/min':>13} {'vs -j 1':>8}")
-        for label, spec, extra in [("random", "random", []),
-                                   ("tiny gguf", gguf, ["--policy-arg", f"n_threads={args.threads}"]
-                                    if args.threads else [])]:
-            base = None
-            for jobs in (1, 2):
-                cmd = EEXP + ["eval", "--policy", spec, "--env", "shop", "-n", str(args.n), "-j", str(jobs),
-                              "-q"] + extra
-                seconds = run(cmd)
-                rate = args.n / seconds * 60
-                base = base or rate
-                print(f"{label:<12} {jobs:>3} {seconds:8.2f} {rate:13.1f} {rate / base:7.2f}x", flush=True)
+    r = episodes_per_min(args.n, args.gguf, args.threads)
+    print(f"shop test, {args.n} episodes (max 15 steps), {os.cpu_count()} CPUs, policy {r['gguf']} "
+          f"({r['gguf_mb']:.2f} MB), n_threads={args.threads}")
+    print(f"{'policy':<12} {'-j':>3} {'seconds':>8} {'episodes/min':>13} {'vs -j 1':>8}")
+    for label, key in [("random", "random"), ("tiny gguf", "gguf")]:
+        base = r[key][1]["episodes_per_min"]
+        for jobs in (1, 2):
+            x = r[key][jobs]
+            print(f"{label:<12} {jobs:>3} {x['seconds']:8.2f} {x['episodes_per_min']:13.1f} "
+                  f"{x['episodes_per_min'] / base:7.2f}x", flush=True)
 
 
 if __name__ == "__main__":

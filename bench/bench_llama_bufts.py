@@ -71,13 +71,9 @@ def measure(path: Path, bufts: str, threads: int, repeat: int) -> dict:
     return json.loads(proc.stdout)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    args = parser.parse_args()
-
+def measure_all(threads: int, repeat: int) -> dict:
+    """{"model", "threads", "cpu_flags", "default", "llama_cpp", "rows": [{quant, extra_bufts, load_s, prompt_tps,
+    decode_tps} or {quant, extra_bufts, crashed|failed}]} for q8_0 and q4_k_m with extra buffer types on and off."""
     from eexp.policies.gguf_loader import choose_extra_bufts, cpu_flags, system_report
 
     rows = []
@@ -97,11 +93,23 @@ def main() -> None:
             files = {q: export_gguf(ckpt, Path(tmp) / f"small.{q}.gguf", quant=q) for q in QUANTS}
         for quant, path in files.items():
             for bufts in ("on", "off"):
-                rows.append({"quant": quant, "extra_bufts": bufts, **measure(path, bufts, args.threads, args.repeat)})
+                rows.append({"quant": quant, "extra_bufts": bufts, **measure(path, bufts, threads, repeat)})
 
     report = system_report()
-    header = {"model": model, "threads": args.threads, "cpu_flags": report["cpu_flags"],
-              "default": choose_extra_bufts(cpu_flags()).describe(), "llama_cpp": report["llama_cpp"]}
+    return {"model": model, "threads": threads, "cpu_flags": report["cpu_flags"],
+            "default": choose_extra_bufts(cpu_flags()).describe(), "llama_cpp": report["llama_cpp"], "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    args = parser.parse_args()
+
+    result = measure_all(args.threads, args.repeat)
+    rows, model = result["rows"], result["model"]
+    header = {k: v for k, v in result.items() if k != "rows"}
     if args.json:
         print(json.dumps({**header, "rows": rows}))
         return

@@ -53,33 +53,30 @@ def timed(fn, repeat: int = 3) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="A transformers checkpoint (default: a fresh `small` qwen2 model)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--sample-tokens", type=int, default=16, help="tokens per sample in the prefix-reuse test")
-    ap.add_argument("--tokens", type=int, default=128, help="tokens decoded in the speed test")
-    args = ap.parse_args()
-
+def measure(model: str | None = None, threads: int = 2, k: int = 8, sample_tokens: int = 16,
+            tokens: int = 128, repeat: int = 3) -> dict:
+    """Prefix reuse (K samples on one state, reuse vs a context reset / no KV cache per sample) for llama.cpp q8_0
+    and transformers, and greedy decode of `tokens` tokens, llama.cpp q8_0 vs transformers generate fp32.
+    Seconds are medians of `repeat` runs: {"wall": s, "cpu": s} under "reuse"/"reset" per backend and under
+    "decode" per backend."""
     import torch
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     from eexp.models.export import export_gguf
     from eexp.models.init import init_model
     from eexp.policies import derive_seed, load_policy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-policies-"))
-    ckpt = Path(args.model) if args.model else init_model(tmp / "small", arch="qwen2", size="small", seed=0)
+    ckpt = Path(model) if model else init_model(tmp / "small", arch="qwen2", size="small", seed=0)
     gguf = export_gguf(ckpt, tmp / "small.q8_0.gguf", quant="q8_0")
-    threads = {"n_threads": str(args.threads)}
-    llama = load_policy(str(gguf), threads, max_tokens=args.sample_tokens)
-    hf = load_policy(str(ckpt), threads, max_tokens=args.sample_tokens)
+    opts = {"n_threads": str(threads)}
+    llama = load_policy(str(gguf), opts, max_tokens=sample_tokens)
+    hf = load_policy(str(ckpt), opts, max_tokens=sample_tokens)
     params = sum(p.numel() for p in hf.model.parameters())
     messages = state_messages(hf)
     n_prompt = len(hf.encode_chat(messages))
-    seeds = [derive_seed(0, "bench#0", k) for k in range(args.k)]
-    print(f"model: {ckpt} ({params / 1e6:.1f}M parameters), {args.threads} threads, prompt {n_prompt} tokens, "
-          f"K={args.k}, {args.sample_tokens} tokens per sample")
+    seeds = [derive_seed(0, "bench#0", i) for i in range(k)]
+    out = {"model": str(ckpt), "parameters": params, "threads": threads, "prompt_tokens": n_prompt, "k": k,
+           "sample_tokens": sample_tokens, "tokens": tokens}
 
     # 1. prefix reuse ---------------------------------------------------------------------------------------------
     def llama_reuse():
@@ -100,11 +97,9 @@ def main() -> None:
             hf._cache_key = None
             hf.sample(messages, admissible=None, seeds=[s], temperature=1.0)
 
-    print("\n1. K samples on one state (median of 3 runs)")
-    print(f"{'backend':<14}{'reuse wall/cpu (s)':>20}{'reset wall/cpu (s)':>20}{'speed-up wall/cpu':>19}")
-    for name, reuse, reset in (("llama.cpp q8", llama_reuse, llama_reset), ("transformers", hf_reuse, hf_reset)):
-        (a, ac), (b, bc) = timed(reuse), timed(reset)
-        print(f"{name:<14}{a:>10.3f}/{ac:<9.3f}{b:>10.3f}/{bc:<9.3f}{b / a:>9.2f}x/{bc / ac:.2f}x")
+    for name, reuse, reset in (("llama", llama_reuse, llama_reset), ("transformers", hf_reuse, hf_reset)):
+        (a, ac), (b, bc) = timed(reuse, repeat), timed(reset, repeat)
+        out[name] = {"reuse": {"wall": a, "cpu": ac}, "reset": {"wall": b, "cpu": bc}}
 
     # 2. decode speed ---------------------------------------------------------------------------------------------
     prompt_ids = hf.encode_chat(messages)
@@ -112,25 +107,49 @@ def main() -> None:
 
     def llama_decode():
         llama.llm.reset()
-        out = llama.llm.create_completion(prompt=prompt_ids, max_tokens=args.tokens, temperature=0.0, top_k=0,
+        res = llama.llm.create_completion(prompt=prompt_ids, max_tokens=tokens, temperature=0.0, top_k=0,
                                           min_p=0.0, logit_bias={eos: -1e9}, seed=1)
-        assert out["usage"]["completion_tokens"] == args.tokens, out["usage"]
+        assert res["usage"]["completion_tokens"] == tokens, res["usage"]
 
     def hf_decode():
         with torch.no_grad():
-            out = hf.model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=args.tokens,
-                                    min_new_tokens=args.tokens, do_sample=False, pad_token_id=hf.pad_id)
-        assert out.shape[1] - len(prompt_ids) == args.tokens
+            res = hf.model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=tokens,
+                                    min_new_tokens=tokens, do_sample=False, pad_token_id=hf.pad_id)
+        assert res.shape[1] - len(prompt_ids) == tokens
 
     llama_decode(), hf_decode()  # warm up
-    (t_llama, c_llama), (t_hf, c_hf) = timed(llama_decode), timed(hf_decode)
-    print(f"\n2. greedy decode of {args.tokens} tokens after the {n_prompt}-token prompt (median of 3)")
+    (t_llama, c_llama), (t_hf, c_hf) = timed(llama_decode, repeat), timed(hf_decode, repeat)
+    out["decode"] = {"llama": {"wall": t_llama, "cpu": c_llama}, "transformers": {"wall": t_hf, "cpu": c_hf}}
+    llama.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="A transformers checkpoint (default: a fresh `small` qwen2 model)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--sample-tokens", type=int, default=16, help="tokens per sample in the prefix-reuse test")
+    ap.add_argument("--tokens", type=int, default=128, help="tokens decoded in the speed test")
+    args = ap.parse_args()
+    r = measure(args.model, args.threads, args.k, args.sample_tokens, args.tokens)
+    print(f"model: {r['model']} ({r['parameters'] / 1e6:.1f}M parameters), {args.threads} threads, prompt "
+          f"{r['prompt_tokens']} tokens, K={args.k}, {args.sample_tokens} tokens per sample")
+    print("\n1. K samples on one state (median of 3 runs)")
+    print(f"{'backend':<14}{'reuse wall/cpu (s)':>20}{'reset wall/cpu (s)':>20}{'speed-up wall/cpu':>19}")
+    for name, key in (("llama.cpp q8", "llama"), ("transformers", "transformers")):
+        a, ac = r[key]["reuse"]["wall"], r[key]["reuse"]["cpu"]
+        b, bc = r[key]["reset"]["wall"], r[key]["reset"]["cpu"]
+        print(f"{name:<14}{a:>10.3f}/{ac:<9.3f}{b:>10.3f}/{bc:<9.3f}{b / a:>9.2f}x/{bc / ac:.2f}x")
+    d = r["decode"]
+    t_hf, c_hf, t_llama, c_llama = (d["transformers"]["wall"], d["transformers"]["cpu"], d["llama"]["wall"],
+                                    d["llama"]["cpu"])
+    print(f"\n2. greedy decode of {args.tokens} tokens after the {r['prompt_tokens']}-token prompt (median of 3)")
     print(f"{'backend':<22}{'wall s':>8}{'tokens/s':>10}{'cpu s':>8}{'tokens/cpu-s':>14}")
     print(f"{'transformers fp32':<22}{t_hf:>8.3f}{args.tokens / t_hf:>10.1f}{c_hf:>8.3f}{args.tokens / c_hf:>14.1f}")
     print(f"{'llama.cpp q8_0':<22}{t_llama:>8.3f}{args.tokens / t_llama:>10.1f}{c_llama:>8.3f}"
           f"{args.tokens / c_llama:>14.1f}")
     print(f"llama.cpp / transformers: {t_hf / t_llama:.2f}x wall, {c_hf / c_llama:.2f}x cpu (target >= 3x)")
-    llama.close()
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def rollout_counts(records, jobs=1):
     counts = collections.Counter()
     runner = Rollout(jobs=jobs, env_factory=bench_env, count=lambda n, c=1: counts.update({n: c}))
     try:
-        outs = [o for r in records for o in runner.feed(r)] + list(runner.finish())
+        outs = [o for r in records for o in runner(r)] + list(runner.finish())
     finally:
         runner.close()
     return outs, counts
@@ -146,51 +146,82 @@ def scienceworld_available():
         return False
 
 
-def time_jobs(records, what, k):
-    print(f"   {what}; K={k}; {len(records)} states; {os.cpu_count()} CPUs shared with other work")
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have exited (rollout workers, a JVM started by this
+    process is counted when it ends)."""
+    import resource
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
+def scienceworld_start_s() -> float:
+    """Seconds to start a ScienceWorld environment and reset it on one task (a worker pays this once)."""
+    t0 = time.perf_counter()
+    env = make_env("scienceworld", variations=1)
+    env.reset(env.tasks("dev")[0])
+    env.close()
+    return time.perf_counter() - t0
+
+
+def jobs_speedup(records) -> dict:
+    """Seconds of rollout over `records` at -j 1 and -j 2, states/s, env steps/s, and whether the outcomes agree."""
     results = {}
     for jobs in (1, 2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         outs, counts = rollout_counts(records, jobs)
-        seconds = time.perf_counter() - t0
-        results[jobs] = (seconds, outs)
-        print(f"   -j {jobs}: {seconds:6.2f} s  {len(records) / seconds:7.2f} states/s  "
-              f"{counts['env_steps'] / seconds:8.1f} env steps/s  ({counts['errors']} errors)")
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        results[jobs] = {"seconds": seconds, "states_per_s": len(records) / seconds,
+                         "env_steps_per_s": counts["env_steps"] / seconds, "errors": counts["errors"], "outs": outs,
+                         "cpu_percent": 100 * cpu / seconds}
     strip = lambda outs: [{**o, "meta": {}} for o in outs]   # noqa: E731
-    same = strip(results[1][1]) == strip(results[2][1])
-    print(f"   speed-up -j 2 / -j 1: {results[1][0] / results[2][0]:.2f}x (target >= 1.7x); "
-          f"outcomes {'identical' if same else 'DIFFERENT'}")
+    same = strip(results[1].pop("outs")) == strip(results[2].pop("outs"))
+    return {"states": len(records), "j1": results[1], "j2": results[2], "identical": same,
+            "speedup": results[1]["seconds"] / results[2]["seconds"]}
+
+
+def time_jobs(records, what, k):
+    print(f"   {what}; K={k}; {len(records)} states; {os.cpu_count()} CPUs shared with other work")
+    r = jobs_speedup(records)
+    for jobs in (1, 2):
+        x = r[f"j{jobs}"]
+        print(f"   -j {jobs}: {x['seconds']:6.2f} s  {x['states_per_s']:7.2f} states/s  "
+              f"{x['env_steps_per_s']:8.1f} env steps/s  ({x['errors']} errors)")
+    print(f"   speed-up -j 2 / -j 1: {r['speedup']:.2f}x (target >= 1.7x); "
+          f"outcomes {'identical' if r['identical'] else 'DIFFERENT'}")
+
+
+def slow_records(k, trajectories=6):
+    task = {"id": "train-12", "split": "train", "goal": "walk 12 steps"}
+    return [r for i in range(trajectories) for r in Brancher("admissible", k, env_factory=bench_env)(
+        trajectory(SlowLineEnv, task, f"slow{i}"))]
+
+
+def scienceworld_records(k, sw_trajectories, sw_steps):
+    """Branch records of the first sw_steps steps of sw_trajectories ScienceWorld dev expert trajectories."""
+    with tempfile.TemporaryDirectory() as d:
+        expert = os.path.join(d, "expert.jsonl")
+        subprocess.run([sys.executable, "-m", "eexp", "expert", "--env", "scienceworld", "--split", "dev",
+                        "-n", str(sw_trajectories), "-q", "-o", expert], check=True)
+        from eexp.io import read_records
+        return [r for t in read_records([expert]) for r in Brancher("admissible", k, steps=set(range(sw_steps)))(t)]
 
 
 def section_jobs(k, sw_trajectories, sw_steps=6):
     print("2. rollout -j 2 vs -j 1 throughput")
-    task = {"id": "train-12", "split": "train", "goal": "walk 12 steps"}
-    records = [r for i in range(6) for r in Brancher("admissible", k, env_factory=bench_env)(
-        trajectory(SlowLineEnv, task, f"slow{i}"))]
-    time_jobs(records, f"simulated env whose step sleeps {SlowLineEnv.SLOW * 1000:.0f} ms (no CPU), no snapshots, "
-              f"6 trajectories of 12 steps", k)
+    time_jobs(slow_records(k), f"simulated env whose step sleeps {SlowLineEnv.SLOW * 1000:.0f} ms (no CPU), "
+              f"no snapshots, 6 trajectories of 12 steps", k)
     if not scienceworld_available():
         print("   ScienceWorld is not registered here: no ScienceWorld figure")
     elif sw_trajectories:
-        with tempfile.TemporaryDirectory() as d:
-            expert = os.path.join(d, "expert.jsonl")
-            subprocess.run([sys.executable, "-m", "eexp", "expert", "--env", "scienceworld", "--split", "dev",
-                            "-n", str(sw_trajectories), "-q", "-o", expert], check=True)
-            from eexp.io import read_records
-            records = [r for t in read_records([expert])
-                       for r in Brancher("admissible", k, steps=set(range(sw_steps)))(t)]
-        time_jobs(records, f"ScienceWorld, {sw_trajectories} dev trajectories, their first {sw_steps} steps "
+        time_jobs(scienceworld_records(k, sw_trajectories, sw_steps),
+                  f"ScienceWorld, {sw_trajectories} dev trajectories, their first {sw_steps} steps "
                   f"(JVM start included)", k)
     print()
 
 
-def section_gguf(states):
-    print("3. branch --propose policy, K=8 vs K=1, tiny GGUF (seconds per state)")
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        print("   skipped: llama-cpp-python is not installed\n")
-        return
+def branch_k(states, rounds=3, threads=2) -> dict:
+    """Seconds per state of `branch --propose policy` at K=1 and K=8 with a tiny GGUF on long shop states:
+    {"states", "prompt_tokens" (mean), "wall": {1: s, 8: s}, "cpu": {1: s, 8: s}}, the best of `rounds` each."""
     from eexp.io import read_records
     from eexp.policies import load_policy
     from eexp.policies.gguf_loader import open_gguf
@@ -205,7 +236,7 @@ def section_gguf(states):
         run("export", os.path.join(d, "m"), "-o", gguf)
         trajectories = list(read_records([expert]))
         serializer = Serializer(history=8)
-        policy = load_policy(gguf, {"n_threads": "2"}, max_tokens=32)
+        policy = load_policy(gguf, {"n_threads": str(threads)}, max_tokens=32)
         tok = open_gguf(gguf, vocab_only=True, verbose=False)
         # the longest states first (late steps carry the most history)
         pool = sorted(((t, i) for t in trajectories for i in range(len(t["steps"]))), key=lambda ti: -ti[1])[:states]
@@ -218,13 +249,11 @@ def section_gguf(states):
             for r in Brancher("admissible", 0, serializer=serializer, steps=chosen[t["id"]])(t):
                 text = "\n".join(m["content"] for m in serializer.policy_messages(r["state"]))
                 prompt_tokens.append(len(tok.tokenize(text.encode(), add_bos=False)))
-        print(f"   {len(prompt_tokens)} shop states, prompt {sum(prompt_tokens) / len(prompt_tokens):.0f} tokens on "
-              f"average (min {min(prompt_tokens)}, max {max(prompt_tokens)}), max_tokens 32, T=1.0, 2 threads")
-        # a warm-up pass (grammars of the admissible replies are built and cached per state), then three rounds,
+        # a warm-up pass (grammars of the admissible replies are built and cached per state), then `rounds` rounds,
         # K=1 and K=8 interleaved so a busy neighbour hurts both alike; the best round of each is kept. CPU time
-        # (all of llama.cpp's threads) is shown too: it suffers less from a shared machine than wall time.
+        # (all of llama.cpp's threads) is kept too: it suffers less from a shared machine than wall time.
         wall, cpu = {}, {}
-        for k in (1,) + (1, 8) * 3:
+        for k in (1,) + (1, 8) * rounds:
             brancher = Brancher("policy", k, policy=policy, serializer=serializer, temperature=1.0)
             t0, c0 = time.perf_counter(), time.process_time()
             n = 0
@@ -234,9 +263,25 @@ def section_gguf(states):
             wall.setdefault(k, []).append((time.perf_counter() - t0) / n)
             cpu.setdefault(k, []).append((time.process_time() - c0) / n)
         policy.close()
-    for name, table in (("wall", wall), ("CPU", cpu)):
-        k1, k8 = min(table[1][1:]), min(table[8])
-        print(f"   {name:>4}: K=1 {k1:.3f} s/state   K=8 {k8:.3f} s/state   ratio {k8 / k1:.2f}x (target <= 2.5x)")
+    return {"threads": threads, "states": len(prompt_tokens), "prompt_tokens": sum(prompt_tokens) / len(prompt_tokens),
+            "prompt_min": min(prompt_tokens), "prompt_max": max(prompt_tokens),
+            "wall": {1: min(wall[1][1:]), 8: min(wall[8])}, "cpu": {1: min(cpu[1][1:]), 8: min(cpu[8])}}
+
+
+def section_gguf(states):
+    print("3. branch --propose policy, K=8 vs K=1, tiny GGUF (seconds per state)")
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("   skipped: llama-cpp-python is not installed\n")
+        return
+    r = branch_k(states)
+    print(f"   {r['states']} shop states, prompt {r['prompt_tokens']:.0f} tokens on average (min {r['prompt_min']}, "
+          f"max {r['prompt_max']}), max_tokens 32, T=1.0, {r['threads']} threads")
+    for name in ("wall", "cpu"):
+        k1, k8 = r[name][1], r[name][8]
+        print(f"   {name.replace('cpu', 'CPU'):>4}: K=1 {k1:.3f} s/state   K=8 {k8:.3f} s/state   "
+              f"ratio {k8 / k1:.2f}x (target <= 2.5x)")
     print()
 
 

@@ -1,0 +1,468 @@
+"""Every benchmark in one run, one table: eexp's figure, a baseline measured in the same run, the ratio, the target.
+
+    bench/run [--quick] [--json] [--only data,envs,...] [--list]      (make bench runs it with no options)
+
+Each section below calls the function of one bench/bench_*.py script that returns numbers (those scripts keep their
+own command lines), in a child process of its own: a section that fails or runs past its time limit becomes rows
+that say so, and the run goes on. The default size fits 15 minutes on 2 cores; --quick is for trying the suite out
+(a few minutes; its figures are noisier and some rows are smaller than their target's conditions).
+
+Every row carries the 1-minute load average at the start of its section: the machines this runs on are shared, and a
+busy neighbour only ever slows a figure down. Status: met / missed (with the measured reason where there is one),
+info (the issue sets no target for that row), skipped (with the reason), failed (with the error's last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+THREADS = int(os.environ.get("BENCH_THREADS") or 2)   # per model: llama.cpp n_threads, torch threads (--threads)
+
+
+# ---- rows ------------------------------------------------------------------------------------------------------------
+
+def fmt(value: float, unit: str) -> str:
+    if value >= 1000:
+        text = f"{value:,.0f}"
+    elif value >= 100:
+        text = f"{value:.0f}"
+    elif value >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.3g}"
+    return f"{text} {unit}".strip()
+
+
+def row(what: str, eexp: float, eexp_unit: str, baseline: float | None, baseline_label: str, ratio: float | None,
+        target: str, ok: bool | None, reason: str = "", *, baseline_unit: str | None = None) -> dict:
+    """One table row. ok None: the issue sets no target for it (info)."""
+    return {"what": what, "eexp": eexp, "eexp_unit": eexp_unit,
+            "eexp_text": fmt(eexp, eexp_unit),
+            "baseline": baseline, "baseline_label": baseline_label,
+            "baseline_text": "" if baseline is None else f"{fmt(baseline, baseline_unit or eexp_unit)} ({baseline_label})",
+            "ratio": ratio, "target": target,
+            "status": "info" if ok is None else ("met" if ok else "missed"), "reason": reason}
+
+
+def skipped(what: str, target: str, reason: str) -> dict:
+    return {"what": what, "eexp": None, "eexp_text": "", "baseline": None, "baseline_text": "", "ratio": None,
+            "target": target, "status": "skipped", "reason": reason}
+
+
+# ---- sections: each returns its rows -------------------------------------------------------------------------------
+
+def data(quick: bool) -> list[dict]:
+    import bench_data
+    n = 20_000 if quick else 200_000
+    wm = bench_data.world_model_rate(n)
+    startup = wm["startup_s"]
+    steady = n / max(wm["seconds"] - startup, 1e-9)
+    rows = [row(f"world-model-data, input records/s ({n:,} outcomes, 1 core)", wm["eexp_rps"], "rec/s",
+                wm["baseline_rps"], "orjson parse+dump", wm["eexp_rps"] / wm["baseline_rps"], ">= 50,000 rec/s",
+                wm["eexp_rps"] >= 50_000,
+                f"writes 4 examples (~{wm['out_bytes_per_in'] / 1000:.1f} kB) per input line vs 1 line for the "
+                f"baseline; process start-up {startup:.2f} s of {wm['seconds']:.2f} s; without it "
+                f"{steady:,.0f} rec/s")]
+    small, big = (10_000, 100_000) if quick else (100_000, 1_000_000)
+    rss_small, _ = bench_data.mix_peak_rss(small)
+    rss_big, rate = bench_data.mix_peak_rss(big)
+    rows.append(row(f"mix --shuffle-buffer 10000 peak RSS, {big:,} vs {small:,} records", rss_big, "MiB", rss_small,
+                    f"{small // 1000}k records", rss_big / rss_small, "flat (<= 1.1x)", rss_big / rss_small <= 1.1,
+                    f"{rate:,.0f} rec/s at {big:,}"))
+    wm_small = bench_data.world_model_rate(n // 10)
+    rows.append(row(f"world-model-data peak RSS, {n:,} vs {n // 10:,} outcomes", wm["peak_rss_mb"], "MiB",
+                    wm_small["peak_rss_mb"], f"{n // 10:,} outcomes", wm["peak_rss_mb"] / wm_small["peak_rss_mb"],
+                    "flat (<= 1.1x)", wm["peak_rss_mb"] / wm_small["peak_rss_mb"] <= 1.1))
+    return rows
+
+
+def envs(quick: bool) -> list[dict]:
+    import bench_envs
+    rate, _ = bench_envs.steps_per_second("shop", 30 if quick else 150, with_admissible=True)
+    return [row("shop env steps/s, admissible() listed every step", rate, "steps/s", None, "", None,
+                ">= 5,000 steps/s", rate >= 5000)]
+
+
+def textworld(quick: bool) -> list[dict]:
+    from eexp.envs.base import EnvError, env_class
+    what = "TextWorld: reach the last expert step again"
+    try:
+        env_class("textworld")
+    except EnvError as e:
+        return [skipped(what, "restore < replay", f"textworld is not installed: {e}")]
+    import bench_envs_real
+    f = bench_envs_real.textworld_figures(3 if quick else 10)
+    reason = "" if f["restore_ms"] < f["replay_ms"] else (
+        f"restore() = engine copy() {f['copy_ms']:.0f} ms (twice: snapshot stays reusable) vs "
+        f"{f['i']} replayed steps at {f['steps_per_s']:.0f} steps/s")
+    return [row(f"{what} (step {f['i']}), restore(snapshot)", f["restore_ms"], "ms", f["replay_ms"],
+                "reset+replay", f["restore_ms"] / f["replay_ms"], "restore < replay (< 1.0x)",
+                f["restore_ms"] < f["replay_ms"], reason)]
+
+
+def scienceworld(quick: bool) -> list[dict]:
+    from eexp.envs.base import EnvError, env_class
+    what = "ScienceWorld prefix replay, steps/s"
+    try:
+        env_class("scienceworld")
+    except EnvError as e:
+        return [skipped(what, ">= 200 steps/s", f"scienceworld is not installed: {e}")]
+    import bench_envs_real
+    f = bench_envs_real.scienceworld_figures(1 if quick else 3)
+    replay_no_reset = f["gold_steps"] / (f["gold_steps"] / f["replay_steps_per_s"] - f["reset_s"])
+    reason = "" if f["replay_steps_per_s"] >= 200 else (
+        f"each replay starts with a reset of {f['reset_s'] * 1000:.0f} ms (the JVM reloads the task); "
+        f"{f['gold_steps']} steps without it: {replay_no_reset:.0f} steps/s; one raw step costs the simulator "
+        f"~{1000 / f['steps_per_s']:.0f} ms")
+    return [row(what + f" ({f['gold_steps']}-step boil task, reset included)", f["replay_steps_per_s"], "steps/s",
+                f["package_steps_per_s"], "package env.step", f["replay_steps_per_s"] / f["package_steps_per_s"],
+                ">= 200 steps/s", f["replay_steps_per_s"] >= 200, reason)]
+
+
+def rollout(quick: bool) -> list[dict]:
+    import bench_rollout
+    from eexp.envs.base import EnvError, env_class
+    rows = []
+    # environment steps of rollout: snapshot vs naive reset+replay, T=100 K=4, counted by the env
+    k, t = 4, 100
+    task = next(x for x in bench_rollout.LineEnv().tasks("train") if x["goal"] == f"walk {t} steps")
+    steps = {}
+    for cls in (bench_rollout.SnapLineEnv, bench_rollout.LineEnv):
+        records = list(bench_rollout.Brancher("admissible", k, env_factory=bench_rollout.bench_env)(
+            bench_rollout.trajectory(cls, task, f"t{t}")))
+        _, counts = bench_rollout.rollout_counts(records)
+        steps[cls.can_snapshot] = counts["env_steps"]
+    naive = bench_rollout.naive_steps(records, bench_rollout.LineEnv)
+    bound = (k + 1) * t + t
+    rows.append(row(f"rollout env steps, T={t} K={k}, with snapshots", steps[True], "steps", naive,
+                    "naive reset+replay", steps[True] / naive, f"<= (K+1)T+T = {bound}", steps[True] <= bound,
+                    f"without snapshots (shortest replays): {steps[False]} steps"))
+
+    sim = bench_rollout.jobs_speedup(bench_rollout.slow_records(3, 2 if quick else 4))
+    rows.append(row(f"rollout -j 2 vs -j 1, simulated env (10 ms sleep per step), {sim['states']} states",
+                    sim["j2"]["states_per_s"], "states/s", sim["j1"]["states_per_s"], "-j 1", sim["speedup"],
+                    ">= 1.7x", sim["speedup"] >= 1.7,
+                    "" if sim["speedup"] >= 1.7 else "the other load on the 2 cores" +
+                    ("" if sim["identical"] else "; outcomes DIFFERENT")))
+    what = "rollout -j 2 vs -j 1, ScienceWorld"
+    try:
+        env_class("scienceworld")
+    except EnvError as e:
+        rows.append(skipped(what, ">= 1.7x", f"scienceworld is not installed: {e}"))
+        return rows
+    n, first = (1, 3) if quick else (2, 6)
+    sw = bench_rollout.jobs_speedup(bench_rollout.scienceworld_records(3, n, first))
+    start = bench_rollout.scienceworld_start_s()
+    reason = "" if sw["speedup"] >= 1.7 else (
+        f"-j 1 {sw['j1']['seconds']:.1f} s, -j 2 {sw['j2']['seconds']:.1f} s; each worker starts its own JVM "
+        f"simulator ({start:.1f} s measured) and the JVM's own threads already use the second core "
+        f"(-j 1 ran at {sw['j1']['cpu_percent']:.0f}% CPU)")
+    rows.append(row(f"{what} ({sw['states']} states, {n} dev trajectories, K=3, JVM start included)",
+                    sw["j2"]["states_per_s"], "states/s", sw["j1"]["states_per_s"], "-j 1", sw["speedup"], ">= 1.7x",
+                    sw["speedup"] >= 1.7, reason))
+    return rows
+
+
+def branch(quick: bool) -> list[dict]:
+    import bench_rollout
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return [skipped("branch --propose policy, K=8 vs K=1", "<= 2.5x", "llama-cpp-python is not installed")]
+    r = bench_rollout.branch_k(4 if quick else 12, rounds=1 if quick else 3, threads=THREADS)
+    wall, cpu = r["wall"][8] / r["wall"][1], r["cpu"][8] / r["cpu"][1]
+    reason = "" if wall <= 2.5 else (
+        f"CPU-time ratio {cpu:.2f}x; 7 extra proposals of up to 32 tokens each, every one sampled under the "
+        f"grammar of the admissible replies, against one prompt of {r['prompt_tokens']:.0f} tokens evaluated once")
+    return [row(f"branch --propose policy, K=8 vs K=1 per state (tiny GGUF, {r['states']} states)", r["wall"][8],
+                "s/state", r["wall"][1], "K=1", wall, "<= 2.5x", wall <= 2.5, reason)]
+
+
+def policies(quick: bool) -> list[dict]:
+    import bench_policies
+    r = bench_policies.measure(threads=THREADS, k=8, sample_tokens=16, tokens=32 if quick else 128,
+                               repeat=1 if quick else 3)
+    rows = []
+    lr = r["llama"]
+    rows.append(row(f"llama.cpp K=8 samples on one {r['prompt_tokens']}-token state, prefix reuse",
+                    lr["reuse"]["wall"], "s", lr["reset"]["wall"], "context reset per sample",
+                    lr["reset"]["wall"] / lr["reuse"]["wall"], "(speed-up)", None))
+    d = r["decode"]
+    speed = d["transformers"]["wall"] / d["llama"]["wall"]
+    rows.append(row(f"greedy decode, {r['tokens']} tokens: llama.cpp q8_0 (small model, {THREADS} threads)",
+                    r["tokens"] / d["llama"]["wall"], "tok/s", r["tokens"] / d["transformers"]["wall"],
+                    "transformers generate fp32", speed, ">= 3x", speed >= 3,
+                    "" if speed >= 3 else f"CPU-time ratio {d['transformers']['cpu'] / d['llama']['cpu']:.2f}x"))
+    return rows
+
+
+def finetune(quick: bool) -> list[dict]:
+    import bench_finetune
+    r = bench_finetune.compare(size="tiny" if quick else "small", tasks=10 if quick else 30,
+                               steps=4 if quick else 12, batch_size=8, threads=THREADS)
+    e, t = r["best"]["eexp"], r["best"]["trl"]
+    speed = e["tokens_per_s"] / t["tokens_per_s"]
+    rss = r["rss"]["eexp"] / r["rss"]["trl"]
+    size = "tiny" if quick else "small"
+    return [row(f"finetune tokens/s, init-model {size}, LoRA, fp32, batch 8", e["tokens_per_s"], "tok/s",
+                t["tokens_per_s"], "TRL SFTTrainer", speed, ">= 1.0x", speed >= 1.0),
+            row(f"finetune peak RSS, init-model {size}, LoRA, fp32", r["rss"]["eexp"], "MB", r["rss"]["trl"],
+                "TRL SFTTrainer", rss, "<= 1.0x", rss <= 1.0,
+                "" if rss <= 1.0 else f"{r['rss']['eexp'] - r['rss']['trl']:.0f} MB more (ru_maxrss, imports "
+                "included)")]
+
+
+def finetune_real(quick: bool) -> list[dict]:
+    import bench_finetune_real
+    from eexp.cache import cache_root
+    os.environ["EEXP_CACHE"] = str(cache_root())   # the GGUF import is made once per machine, then reused
+    what = "SmolLM2-135M LoRA training tokens/s"
+    try:
+        m = bench_finetune_real.measure(only="eexp-lora-fp32,eexp-lora-bf16,trl-lora-fp32", tasks=1 if quick else 2,
+                                        val_tasks=1, steps=1 if quick else 4, batch_size=2, threads=THREADS)
+    except LookupError as e:
+        return [skipped(what, "", str(e))]
+    res = m["results"]
+    a, b, t = res["eexp-lora-fp32"], res["eexp-lora-bf16"], res["trl-lora-fp32"]
+    speed = a["tokens_per_s"] / t["tokens_per_s"]
+    bf = b["tokens_per_s"] / a["tokens_per_s"]
+    return [row(f"{what}, fp32 (import {m['import_s']:.0f} s not counted)", a["tokens_per_s"], "tok/s",
+                t["tokens_per_s"], "TRL SFTTrainer fp32", speed, ">= 1.0x", speed >= 1.0),
+            row(f"{what}, bf16 autocast vs fp32", b["tokens_per_s"], "tok/s", a["tokens_per_s"], "eexp fp32", bf,
+                "(none set)", None,
+                f"CPU-time basis {b['tokens_per_cpu_s'] / a['tokens_per_cpu_s']:.2f}x; held-out loss "
+                f"{b['val_loss'] - a['val_loss']:+.4f}; TRL {t['tokens_per_s']:.0f} tok/s"),
+            row("SmolLM2-135M LoRA peak RSS, fp32", a["peak_rss_mb"], "MB", t["peak_rss_mb"], "TRL SFTTrainer fp32",
+                a["peak_rss_mb"] / t["peak_rss_mb"], "<= 1.0x", a["peak_rss_mb"] <= t["peak_rss_mb"])]
+
+
+def llama_bufts(quick: bool) -> list[dict]:
+    import bench_llama_bufts
+    r = bench_llama_bufts.measure_all(threads=THREADS, repeat=1 if quick else 3)
+    default_on = "on" in r["default"].split("(")[0]
+    rows = []
+    by = {(x["quant"], x["extra_bufts"]): x for x in r["rows"]}
+    model = "SmolLM2-135M" if r["model"].startswith("SmolLM2") else "init-model small"
+    for quant in bench_llama_bufts.QUANTS:
+        on, off = by[(quant, "on")], by[(quant, "off")]
+        what = f"llama.cpp decode, {model} {quant}, extra buffer types on (vs off)"
+        if "decode_tps" not in on or "decode_tps" not in off:
+            bad = on if "decode_tps" not in on else off
+            rows.append(skipped(what, "", f"extra bufts {bad['extra_bufts']}: "
+                                f"{bad.get('crashed') and 'crashed ' + bad['crashed'] or bad.get('failed')}"))
+            continue
+        rows.append(row(what, on["decode_tps"], "tok/s", off["decode_tps"], "extra bufts off",
+                        on["decode_tps"] / off["decode_tps"], "(none set)", None,
+                        f"prompt {on['prompt_tps']:.0f} vs {off['prompt_tps']:.0f} tok/s; eexp's default here: "
+                        f"{'on' if default_on else 'off'}"))
+    return rows
+
+
+def evaluate(quick: bool) -> list[dict]:
+    import bench_eval
+    n = 4 if quick else 16
+    r = bench_eval.episodes_per_min(n, threads=int(os.environ.get("BENCH_THREADS") or 0))
+    g1, g2, r1 = r["gguf"][1]["episodes_per_min"], r["gguf"][2]["episodes_per_min"], r["random"][1]["episodes_per_min"]
+    return [row(f"eval episodes/min, tiny GGUF, -j 1 ({n} shop episodes, process start included)", g1, "ep/min",
+                r1, "random policy -j 1", g1 / r1, "(none set)", None),
+            row("eval episodes/min, tiny GGUF, -j 2 vs -j 1", g2, "ep/min", g1, "-j 1", g2 / g1, "(none set)", None,
+                f"random policy -j 2 / -j 1: {r['random'][2]['episodes_per_min'] / r1:.2f}x")]
+
+
+def rl(quick: bool) -> list[dict]:
+    import bench_rl
+    import torch
+    torch.set_num_threads(THREADS)
+    r = bench_rl.measure(group_size=4 if quick else 8, tasks_per_step=2, steps=1 if quick else 3, episode_steps=10,
+                         repeat=1 if quick else 2, start_updates=20 if quick else 100)
+    n = r["episodes"]
+    ev, ro, tr = (n / r[k][0] * 60 for k in ("eval", "rl", "train"))
+    return [row(f"rl rollouts episodes/min, same {n} episodes as eval (tiny model, transformers)", ro, "ep/min", ev,
+                "eval's loop", ro / ev, "(none set)", None,
+                f"whole RL steps (rollouts + updates): {tr:.0f} ep/min, {r['train'][1] / r['train'][0]:.0f} "
+                f"env steps/s")]
+
+
+SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
+    "data": (data, 150, 90),
+    "envs": (envs, 60, 30),
+    "textworld": (textworld, 120, 60),
+    "scienceworld": (scienceworld, 120, 60),
+    "rollout": (rollout, 180, 120),
+    "branch": (branch, 150, 90),
+    "policies": (policies, 150, 90),
+    "finetune": (finetune, 200, 120),
+    "finetune_real": (finetune_real, 300, 240),
+    "llama_bufts": (llama_bufts, 150, 120),
+    "eval": (evaluate, 150, 120),
+    "rl": (rl, 200, 150),
+}
+
+
+# ---- the machine -----------------------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                break
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16",
+                         "amx_int8") if f in flags]
+    mem = ""
+    try:
+        kb = next(int(x.split()[1]) for x in open("/proc/meminfo") if x.startswith("MemTotal"))
+        mem = f"{kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=ROOT).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"cpu": model, "cores": os.cpu_count(), "memory": mem, "flags": shown,
+            "amx": any(f.startswith("amx") for f in flags), "load_at_start": list(os.getloadavg()),
+            "python": platform.python_version(), "commit": commit,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+# ---- running -----------------------------------------------------------------------------------------------------------
+
+def run_section(name: str, quick: bool, limit: int, threads: int | None) -> tuple[list[dict], float]:
+    cmd = [sys.executable, __file__, "--section", name] + (["--quick"] if quick else [])
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENCH_THREADS": str(threads or ""), "PYTHONPATH": f"{ROOT}{os.pathsep}"
+           f"{os.environ.get('PYTHONPATH', '')}"}
+    start = time.perf_counter()
+    # a session of its own, so that a section past its limit is stopped with everything it started
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return [{"what": name, "status": "skipped", "target": "", "eexp_text": "", "baseline_text": "",
+                 "ratio": None, "reason": f"ran past its {limit} s limit"}], time.perf_counter() - start
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)   # what the section left running (a JVM, a worker)
+        except ProcessLookupError:
+            pass
+    seconds = time.perf_counter() - start
+    line = [x for x in stdout.splitlines() if x.startswith("ROWS ")]
+    if proc.returncode or not line:
+        tail = [x for x in (stderr or stdout).strip().splitlines() if x.strip()]
+        return [{"what": name, "status": "failed", "target": "", "eexp_text": "", "baseline_text": "",
+                 "ratio": None, "reason": tail[-1][:200] if tail else f"exit {proc.returncode}"}], seconds
+    return json.loads(line[-1][5:]), seconds
+
+
+def table(info: dict, rows: list[dict], wall: float, quick: bool) -> str:
+    load = info["load_at_start"]
+    out = [f"eexp benchmarks ({'--quick' if quick else 'full size'}), {info['date_utc']}, commit {info['commit']}",
+           f"machine: {info['cpu']}, {info['cores']} cores, {info['memory']}; CPU flags: {' '.join(info['flags'])}"
+           f"{'' if info['amx'] else ' (no AMX)'}; {info['threads']} threads per model",
+           f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min); measured under whatever "
+           "else this machine runs: each row shows the 1-min load at its section's start", ""]
+    head = ["what", "eexp", "baseline (same run)", "ratio", "target", "status", "load", "s"]
+    cells = [[r["what"], r.get("eexp_text", ""), r.get("baseline_text", ""),
+              "" if r.get("ratio") is None else f"{r['ratio']:.2f}x", r.get("target", ""), r["status"],
+              f"{r['load']:.1f}" if r.get("load") is not None else "", f"{r.get('section_s', 0):.0f}"] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    line = lambda c: "  ".join(x.ljust(w) if i in (0, 1, 2, 4, 5) else x.rjust(w)  # noqa: E731
+                               for i, (x, w) in enumerate(zip(c, widths)))
+    out += [line(head), line(["-" * w for w in widths])] + [line(c) for c in cells]
+    notes = [(r["what"], r["status"], r["reason"]) for r in rows if r.get("reason")]
+    if notes:
+        out.append("\nreasons and notes:")
+        out += [f"- {what} [{status}]: {reason}" for what, status, reason in notes]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("met", "missed", "info", "skipped", "failed")}
+    out.append(f"\n{', '.join(f'{v} {k}' for k, v in counts.items() if v)}; wall time {wall / 60:.1f} min")
+    return "\n".join(out)
+
+
+def markdown(info: dict, rows: list[dict], wall: float) -> str:
+    load = info["load_at_start"]
+    out = [f"{info['cpu']}, {info['cores']} cores, CPU flags {' '.join(info['flags'])}"
+           f"{'' if info['amx'] else ' (no AMX)'}; {info['threads']} threads per model; load average at start {load[0]:.2f} / {load[1]:.2f} / "
+           f"{load[2]:.2f}; wall time {wall / 60:.1f} min.", "",
+           "| what | eexp | baseline (same run) | ratio | target | status | load |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
+        load_s = f"{r['load']:.1f}" if r.get("load") is not None else ""
+        out.append(f"| {r['what']} | {r.get('eexp_text', '')} | {r.get('baseline_text', '')} | {ratio} | "
+                   f"{r.get('target', '')} | {r['status']} | {load_s} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, a few minutes (noisier)")
+    ap.add_argument("--json", action="store_true", help="one JSON object (machine, rows, wall time) on stdout")
+    ap.add_argument("--markdown", action="store_true", help="the table as Markdown (for the README)")
+    ap.add_argument("--threads", type=int, help="threads per model (llama.cpp, torch; default 2; eval: its own "
+                    "default, which splits the cores between -j workers)")
+    ap.add_argument("--budget", type=float, default=15, help="minutes for the whole run (default 15; 0: none): "
+                    "a section gets at most what is left, and sections after it are skipped")
+    ap.add_argument("--only", help="comma-separated sections: " + ", ".join(SECTIONS))
+    ap.add_argument("--list", action="store_true", help="list the sections and their time limits")
+    ap.add_argument("--section", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.section:   # the child: one section's rows as one JSON line
+        print("ROWS " + json.dumps(SECTIONS[args.section][0](args.quick)), flush=True)
+        return
+    if args.list:
+        for name, (fn, full, quick) in SECTIONS.items():
+            print(f"{name:14} limit {full:4d} s ({quick} s with --quick)")
+        return
+    names = args.only.split(",") if args.only else list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    info = machine()
+    start = time.perf_counter()
+    rows = []
+    info["threads"] = args.threads or THREADS
+    for i, name in enumerate(names, 1):
+        fn, full, quick = SECTIONS[name]
+        load = os.getloadavg()[0]
+        limit = quick if args.quick else full
+        left = args.budget * 60 - (time.perf_counter() - start) if args.budget else limit
+        if left < 10:
+            rows.append({"what": name, "status": "skipped", "target": "", "eexp_text": "", "baseline_text": "",
+                         "ratio": None, "section": name, "load": load, "section_s": 0,
+                         "reason": f"the {args.budget:g}-minute budget was spent before it started"})
+            continue
+        print(f"[{i}/{len(names)}] {name} (load {load:.2f}) ...", end=" ", file=sys.stderr, flush=True)
+        got, seconds = run_section(name, args.quick, int(min(limit, left)), args.threads)
+        for r in got:
+            r.update(section=name, load=load, section_s=seconds)
+        rows += got
+        print(f"{seconds:.0f} s, {', '.join(r['status'] for r in got)}", file=sys.stderr, flush=True)
+    wall = time.perf_counter() - start
+    if args.json:
+        print(json.dumps({"machine": info, "quick": args.quick, "wall_s": wall, "rows": rows}, indent=1))
+    elif args.markdown:
+        print(markdown(info, rows, wall))
+    else:
+        print(table(info, rows, wall, args.quick))
+
+
+if __name__ == "__main__":
+    main()
