@@ -17,13 +17,12 @@ import math
 import random
 from typing import Any, Callable, Iterator
 
-import orjson
-
 from eexp.envs.base import Env, make_env
 from eexp.io import RecordError, Stage
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import Serializer
 from eexp.records import make_meta, trajectory_states
+from eexp.stages.rollout import INSTALL_HINT, EnvPool
 
 PROPOSE_MODES = ("policy", "admissible", "mixed")
 
@@ -78,8 +77,7 @@ class Brancher(Stage):
         self.steps, self.max_steps = steps, max_steps
         self.count = count or (lambda name, n=1: None)
         self.note = note or (lambda msg: None)
-        self.env_factory = env_factory
-        self._envs: dict[str, Env] = {}
+        self._pool = EnvPool(env_factory)
         self._noted: set[str] = set()
         # What every record's meta says about how it was made (the time is added per record).
         self.meta_fields: dict[str, Any] = {"propose": propose, "k": k, "seed": seed,
@@ -91,23 +89,17 @@ class Brancher(Stage):
     # --- the environment, for canonicalization only ---------------------------------------------------------------
 
     def env_for(self, env_record: dict) -> Env:
-        """One instance per (name, kwargs), made on first need: branch only canonicalizes with it (and hands it to
-        the oracle / random baselines as context); it never steps it."""
-        key = orjson.dumps([env_record["name"], env_record.get("kwargs") or {}], option=orjson.OPT_SORT_KEYS).decode()
-        if key not in self._envs:
-            try:
-                self._envs[key] = self.env_factory(env_record["name"], **(env_record.get("kwargs") or {}))
-            except Exception as e:   # not installed, or cannot start: every record of it would fail alike
-                from eexp.stages.rollout import INSTALL_HINT
-                raise RecordError(f"environment {env_record['name']!r} is not available here "
-                                  f"({type(e).__name__}: {e}); branch needs it to canonicalize actions. "
-                                  f"{INSTALL_HINT}") from None
-        return self._envs[key]
+        """One instance per (name, kwargs), made on first need (rollout's EnvPool): branch only canonicalizes with
+        it (and hands it to the oracle / random baselines as context); it never steps it."""
+        try:
+            return self._pool.get(env_record)
+        except Exception as e:   # not installed, or cannot start: every record of it would fail alike
+            raise RecordError(f"environment {env_record['name']!r} is not available here "
+                              f"({type(e).__name__}: {e}); branch needs it to canonicalize actions. "
+                              f"{INSTALL_HINT}") from None
 
     def close(self) -> None:
-        for env in self._envs.values():
-            env.close()
-        self._envs.clear()
+        self._pool.close()
 
     def _note_once(self, key: str, message: str) -> None:
         if key not in self._noted:
