@@ -20,7 +20,7 @@ import os
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from eexp.policies.base import Policy, PolicyError, Reply, derive_seed
+from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply, derive_seed
 
 __all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "load_policy", "policy_kind", "policy_registry",
            "ACT_MODES"]
@@ -75,7 +75,7 @@ def policy_kind(spec: str | None) -> str | None:
     return None
 
 
-def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, max_tokens: int = 256,
+def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, max_tokens: int = MAX_TOKENS,
                 top_p: float = 1.0) -> Policy:
     """The policy named by `spec`, with backend options `args` (--policy-arg) and the action mode `act`
     (None: constrained where a state lists admissible actions, generate where it does not; think: a thought, then

@@ -13,6 +13,8 @@ from typing import Any
 
 from eexp.io import InputError
 
+MAX_TOKENS = 256  # most tokens per generated reply, where a stage does not ask for more (reflect)
+
 
 class PolicyError(InputError):
     """A policy that cannot be loaded or used (missing or corrupt model, unknown spec, bad --policy-arg)."""
@@ -45,7 +47,7 @@ class Policy:
     sha256: str = ""        # content hash of the model file(s), "" for baselines and endpoints
 
     def generate(self, messages: list[dict], *, seed: int, temperature: float, top_p: float = 1.0,
-                 max_tokens: int = 256) -> Reply:
+                 max_tokens: int = MAX_TOKENS) -> Reply:
         raise NotImplementedError
 
     def act(self, messages: list[dict], *, admissible: list[str] | None, seed: int, temperature: float = 0.0,

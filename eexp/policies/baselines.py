@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from eexp.policies.actions import canonicalizer, failed_reply, match_admissible
-from eexp.policies.base import Policy, Reply
+from eexp.policies.base import MAX_TOKENS, Policy, Reply
 
 
 class RandomPolicy(Policy):
@@ -27,7 +27,7 @@ class RandomPolicy(Policy):
         valid = (action in admissible) if admissible is not None else None
         return Reply(text="", action=action, valid=valid, seed=seed, finish_reason="stop")
 
-    def generate(self, messages, *, seed, temperature, top_p=1.0, max_tokens=256) -> Reply:
+    def generate(self, messages, *, seed, temperature, top_p=1.0, max_tokens=MAX_TOKENS) -> Reply:
         return failed_reply("the random policy writes no text (use a model for reflect)", seed)
 
     def describe(self):
@@ -63,7 +63,7 @@ class OraclePolicy(Policy):
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None):
         return [self.act(messages, admissible=admissible, seed=s, context=context) for s in seeds]
 
-    def generate(self, messages, *, seed, temperature, top_p=1.0, max_tokens=256) -> Reply:
+    def generate(self, messages, *, seed, temperature, top_p=1.0, max_tokens=MAX_TOKENS) -> Reply:
         return failed_reply("the oracle policy writes no text (use a model for reflect)", seed)
 
     def describe(self):

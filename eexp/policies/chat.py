@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from eexp.policies.actions import open_space, reply_from_text
-from eexp.policies.base import Policy, PolicyError, Reply
+from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply
 from eexp.prompts import fit_messages, format_action
 
 # The start of the action in a reasoning reply: an `Action:` at the start of a line (what parse_reply reads).
@@ -84,7 +84,7 @@ class ModelPolicy(Policy):
     backend = ""
     supports = ("generate", "constrained", "score", "think")
 
-    def __init__(self, act: str | None = None, max_tokens: int = 256, top_p: float = 1.0):
+    def __init__(self, act: str | None = None, max_tokens: int = MAX_TOKENS, top_p: float = 1.0):
         if act is not None and act not in self.supports:
             raise PolicyError(f"--act {act} is not available with the {self.backend} backend "
                               f"(available: {', '.join(self.supports)})")

@@ -13,7 +13,7 @@ import json
 import os
 
 from eexp.policies.args import take_args
-from eexp.policies.base import PolicyError
+from eexp.policies.base import MAX_TOKENS, PolicyError
 from eexp.policies.chat import ModelPolicy
 from eexp.policies.files import content_hash, has_tokenizer, read_checkpoint_serializer
 
@@ -31,7 +31,7 @@ SCHEMA = {
 class TransformersPolicy(ModelPolicy):
     backend = "transformers"
 
-    def __init__(self, path: str, args: dict | None = None, *, act=None, max_tokens=256, top_p=1.0):
+    def __init__(self, path: str, args: dict | None = None, *, act=None, max_tokens=MAX_TOKENS, top_p=1.0):
         super().__init__(act, max_tokens, top_p)
         opts = take_args(args, SCHEMA, self.backend)
         import torch

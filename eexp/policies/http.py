@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from eexp.policies.actions import failed_reply, open_space, reply_from_text
 from eexp.policies.args import take_args
-from eexp.policies.base import Policy, PolicyError, Reply
+from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply
 from eexp.policies.chat import warn
 from eexp.prompts import format_action
 
@@ -85,7 +85,7 @@ def _reason(e: BaseException) -> str:
 class HttpPolicy(Policy):
     backend = "http"
 
-    def __init__(self, url: str, args: dict | None = None, *, act=None, max_tokens=256, top_p=1.0):
+    def __init__(self, url: str, args: dict | None = None, *, act=None, max_tokens=MAX_TOKENS, top_p=1.0):
         opts = take_args(args, SCHEMA, self.backend)
         if act == "score":
             raise PolicyError("--act score needs the model's log-likelihoods, which chat-completions endpoints do "

@@ -16,7 +16,7 @@ import weakref
 import numpy as np
 
 from eexp.policies.args import take_args
-from eexp.policies.base import PolicyError
+from eexp.policies.base import MAX_TOKENS, PolicyError
 from eexp.policies.chat import ModelPolicy, log_softmax, render_chat_template
 from eexp.policies.files import content_hash, gguf_serializer
 from eexp.policies.gguf_loader import open_gguf
@@ -33,7 +33,7 @@ SCHEMA = {
 }
 # The context when --policy-arg n_ctx is not given: the model's own, but at most this many tokens, since the KV cache
 # of a long-context model at its full length would take GBs; 4096 holds a state rendered with the default Serializer
-# settings (a few thousand characters at most) and a reply of the default --max-tokens 256.
+# settings (a few thousand characters at most) and a reply of the default --max-tokens (MAX_TOKENS, 256).
 DEFAULT_MAX_CTX = 4096
 # Compiled GBNF grammars kept, one per distinct admissible list: branch asks K samples of one state and eval revisits
 # states, so a list is compiled once; past this many the cache starts again, bounding memory over a long run.
@@ -67,7 +67,7 @@ def read_gguf_header(path: str) -> dict:
 class LlamaCppPolicy(ModelPolicy):
     backend = "llama.cpp"
 
-    def __init__(self, path: str, args: dict | None = None, *, act=None, max_tokens=256, top_p=1.0):
+    def __init__(self, path: str, args: dict | None = None, *, act=None, max_tokens=MAX_TOKENS, top_p=1.0):
         super().__init__(act, max_tokens, top_p)
         opts = take_args(args, SCHEMA, self.backend)
         try:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-MAX_TOKENS = 256  # most tokens per generated reply, where a stage does not ask for more (reflect)
+from eexp.policies.base import MAX_TOKENS  # the policies' default reply length, the stages' too
+
 ACT_MODES = ("generate", "constrained", "score", "think")
 
 
