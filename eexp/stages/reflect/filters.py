@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from eexp.prompts import clip
+from eexp.prompts import clip, normalize_space
 from eexp.stages.reflect.template import COPY_RUN, Template
 from eexp.stages.reflect.text import WORD, content_words
 
@@ -72,7 +72,7 @@ def sentences(text: str) -> list[tuple[int, int]]:
 
 def _norm(sentence: str) -> str:
     sentence = re.sub(r"^\s*thought\s*:\s*", "", sentence, flags=re.IGNORECASE)
-    return " ".join(sentence.lower().split())
+    return normalize_space(sentence.lower())
 
 
 def trim_repeat(text: str) -> tuple[str, bool]:
@@ -100,7 +100,7 @@ def trim_repeat(text: str) -> tuple[str, bool]:
 
 
 def _canon(action: str) -> str:
-    return " ".join(action.strip().strip("`'\"").split()).casefold()
+    return normalize_space(action.strip().strip("`'\"")).casefold()
 
 
 def _concluding_action(prose: str, expert: str, alternatives: list[str]) -> str | None:
@@ -109,7 +109,7 @@ def _concluding_action(prose: str, expert: str, alternatives: list[str]) -> str 
     if not spans:
         return None
     last = prose[spans[-1][0]: spans[-1][1]].casefold()
-    named = [a for a in [expert, *alternatives] if _canon(a) and _canon(a) in " ".join(last.split())]
+    named = [a for a in [expert, *alternatives] if _canon(a) and _canon(a) in normalize_space(last)]
     return named[0] if len(named) == 1 else None
 
 
@@ -225,6 +225,6 @@ def _narrated_sentence(prose: str, expert: str, new_words: set[str]) -> str | No
             return sentence.strip()
         if not _NARRATION.search(sentence):
             continue
-        if (chosen and chosen in " ".join(sentence.casefold().split())) or words & new_words:
+        if (chosen and chosen in normalize_space(sentence.casefold())) or words & new_words:
             return sentence.strip()
     return None

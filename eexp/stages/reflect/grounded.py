@@ -84,7 +84,7 @@ def grounded_reflection(outcome: dict, shown: list[dict]) -> str:
     action's expected outcome moves toward the goal. Anticipatory about the chosen action by construction (it is
     never described as already seen), and free of list labels, so it passes the same filters as a model's."""
     state, expert = outcome["state"], outcome["expert"]
-    goal = " ".join(state["goal"].split()).rstrip(".")
+    goal = normalize_space(state["goal"]).rstrip(".")
     current, expected = state["observation"], expert["next_observation"]
     seen, small, _ = change(current, expected)
     # The goal words the chosen action's outcome newly offers: in what it changes, or on the new page it opens.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from eexp.prompts import normalize_space
+
 WORD = re.compile(r"[a-z0-9]+", re.IGNORECASE)
 
 # Words of a goal that say nothing about what to look for: function words and the generic verbs of instructions.
@@ -22,7 +24,7 @@ def content_words(text: str) -> list[str]:
 
 def snippet(text: str, max_chars: int = 160) -> str:
     """One line of an observation, short enough to quote inside a sentence."""
-    flat = " ".join(text.replace('"', "'").split())
+    flat = normalize_space(text.replace('"', "'"))
     if len(flat) <= max_chars:
         return flat
     cut = flat[:max_chars].rsplit(" ", 1)[0]
