@@ -186,7 +186,8 @@ def policy_options(f: Callable | None = None, *, settings=Generation) -> Callabl
     f = field_options(settings, "act", "max_tokens", "top_p", fallback=Generation)(f)
     for decorator in reversed([
         click.option("--policy", "policy_spec", metavar="SPEC",
-                     help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | random | oracle"),
+                     help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | random | oracle | KIND:TARGET "
+                     "(a backend an installed plugin registers under the entry points eexp.policies)"),
         click.option("--policy-arg", "policy_args", multiple=True, callback=_parse_policy_args,
                      metavar="KEY=VALUE", help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
                      "api_key_env, ...); repeatable."),
