@@ -95,6 +95,44 @@ def world_model_rate(records: int) -> dict:
             "out_bytes_per_in": out_bytes / 100}
 
 
+def world_model_breakdown(records: int) -> dict:
+    """Where world-model-data's time goes, in this process on the same generated outcomes: microseconds per input
+    record to parse the line, validate it (what the command's runner does), make its examples (the stage; its
+    example_meta call timed apart) and dump them; against one parse + one dump of the line (the baseline)."""
+    from eexp.prompts import Serializer
+    from eexp.records import example_meta, expect
+    from eexp.stages.world_model import world_model_examples
+    lines = [orjson.dumps(outcome(i)) for i in range(records)]
+    serializer, check = Serializer(), expect("outcome")
+    t = {}
+    t0 = time.perf_counter()
+    parsed = [orjson.loads(x) for x in lines]
+    t["parse"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for r in parsed:
+        check(r)
+    t["validate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    made = [list(world_model_examples(r, serializer)) for r in parsed]
+    t["stage"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for r in parsed:
+        example_meta(stage="world-model-data", kind="iwm", env=r["env"]["name"], env_version=r["env"]["version"],
+                     task_id=r["task"]["id"], trajectory_id=r["trajectory_id"], step=r["step"],
+                     serializer=serializer.json)
+    t["meta"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for examples in made:
+        for e in examples:
+            orjson.dumps(e)
+    t["dump"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for r in parsed:
+        orjson.dumps(r)
+    t["baseline_dump"] = time.perf_counter() - t0
+    return {k: 1e6 * v / records for k, v in t.items()}
+
+
 def mix_rates(records: int) -> dict:
     """Records/s of `mix a:3 b:1` with and without --shuffle-buffer 10000, and the parse+dump baseline."""
     eexp = [*one_core(), sys.executable, "-m", "eexp"]

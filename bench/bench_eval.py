@@ -38,7 +38,7 @@ def episodes_per_min(n: int, gguf: str | None = None, threads: int = 0, policies
     and -j 2, for the random policy and a GGUF (a tiny one built here when gguf is None)."""
     with tempfile.TemporaryDirectory() as folder:
         gguf = gguf or tiny_gguf(folder)
-        out: dict = {"gguf": os.path.basename(gguf), "gguf_mb": os.path.getsize(gguf) / 1e6}
+        out: dict = {"gguf_file": os.path.basename(gguf), "gguf_mb": os.path.getsize(gguf) / 1e6}
         specs = {"random": ("random", []),
                  "gguf": (gguf, ["--policy-arg", f"n_threads={threads}"] if threads else [])}
         for label in policies:
@@ -59,7 +59,7 @@ def main() -> None:
                              "is llama.cpp's and at -j N splits the cores between the workers)")
     args = parser.parse_args()
     r = episodes_per_min(args.n, args.gguf, args.threads)
-    print(f"shop test, {args.n} episodes (max 15 steps), {os.cpu_count()} CPUs, policy {r['gguf']} "
+    print(f"shop test, {args.n} episodes (max 15 steps), {os.cpu_count()} CPUs, policy {r['gguf_file']} "
           f"({r['gguf_mb']:.2f} MB), n_threads={args.threads}")
     print(f"{'policy':<12} {'-j':>3} {'seconds':>8} {'episodes/min':>13} {'vs -j 1':>8}")
     for label, key in [("random", "random"), ("tiny gguf", "gguf")]:
