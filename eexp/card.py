@@ -136,7 +136,7 @@ def _check(key: str, value: Any, where: str) -> Any:
 
 def check_serializer(value: Any, where: str) -> dict:
     """Serializer settings, strictly: every key one of the Serializer's fields, with a value of its type."""
-    from eexp.prompts import Serializer
+    from eexp.prompts import Serializer, SerializerError
     if isinstance(value, str):  # as a GGUF or an example's meta holds it
         try:
             value = json.loads(value)
@@ -144,14 +144,10 @@ def check_serializer(value: Any, where: str) -> dict:
             raise CardError(f"{where}: serializer is not JSON ({e})") from None
     if not isinstance(value, dict):
         raise CardError(f"{where}: serializer must be a mapping of settings, not {type(value).__name__}")
-    defaults = Serializer().to_dict()
-    for key, setting in value.items():
-        if key not in defaults:
-            raise CardError(f"{where}: serializer: unknown setting {key!r} (settings: {', '.join(defaults)})")
-        kind = type(defaults[key])
-        if not isinstance(setting, kind) or (kind is int and isinstance(setting, bool)):
-            raise CardError(f"{where}: serializer: {key} must be {'true or false' if kind is bool else 'an integer'}"
-                            f", not {setting!r}")
+    try:
+        Serializer.from_dict(value, f"{where}: serializer")   # the one strict reading of the settings
+    except SerializerError as e:
+        raise CardError(str(e)) from None
     return dict(value)
 
 

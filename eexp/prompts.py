@@ -14,6 +14,8 @@ from functools import cached_property
 
 import orjson
 
+from eexp.errors import EexpError
+
 # Short on purpose: every example carries one, and for a small model trained from scratch it is pure cost.
 POLICY_SYSTEM = ("Choose the next action for the task. Answer `Action: <action>`, optionally after "
                  "`Thought: <reasoning>`.")
@@ -22,6 +24,10 @@ WORLD_MODEL_SYSTEM = "Predict what the environment shows after the action. Answe
 HISTORY_HEADING = "Recent steps:\n"
 OBSERVATION_HEADING = "Current observation:\n"
 ADMISSIBLE_HEADING = "Admissible actions:\n"
+
+
+class SerializerError(EexpError):
+    """Serializer settings that cannot be used: an unknown setting or a value of the wrong type, named."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,23 @@ class Serializer:
         return self.json
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "Serializer":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+    def from_dict(cls, data: dict | None, where: str = "serializer settings") -> "Serializer":
+        """Settings as `to_dict` writes them (missing ones take their defaults), strictly: an unknown setting or a
+        value of the wrong type is a SerializerError naming it after `where` (whose settings they are), never
+        silently dropped, as the model card parses them (eexp/card.py)."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise SerializerError(f"{where}: must be a mapping of settings, not {type(data).__name__}")
+        defaults = {f.name: f.default for f in fields(cls)}
+        for key, value in data.items():
+            if key not in defaults:
+                raise SerializerError(f"{where}: unknown setting {key!r} (settings: {', '.join(defaults)})")
+            kind = type(defaults[key])
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise SerializerError(f"{where}: {key} must be {'true or false' if kind is bool else 'an integer'}"
+                                      f", not {value!r}")
+        return cls(**data)
 
     # --- rendering ---------------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import pytest
 
 from eexp.cli import cli
 from eexp.io import in_shard, prepare_resume
-from eexp.prompts import Serializer, parse_reply
+from eexp.prompts import Serializer, SerializerError, parse_reply
 from eexp.records import EXAMPLE_META, kind_of, validate
 
 DATA = Path(__file__).parent / "data"
@@ -285,6 +285,24 @@ def test_serializer_clips_and_lists_admissible():
     text = s.render_state({"goal": "g", "history": [], "observation": "x" * 50, "admissible": ["a", "b", "c"]})
     assert "x" * 9 + "…" in text and "a\nb\n(and 1 more)" in text
     assert Serializer.from_dict(s.to_dict()) == s
+
+
+def test_serializer_from_dict_is_strict():
+    """An unknown setting or a value of the wrong type is an error naming it, never silently dropped (as the model
+    card parses the same settings); missing settings take their defaults."""
+    assert Serializer.from_dict({"history": 1}) == Serializer(history=1)
+    assert Serializer.from_dict(None) == Serializer()
+    with pytest.raises(SerializerError) as unknown:
+        Serializer.from_dict({"history": 1, "max_obs_chars": 10}, "m.gguf: serializer settings")
+    assert str(unknown.value) == ("m.gguf: serializer settings: unknown setting 'max_obs_chars' (settings: history, "
+                                  "max_observation_chars, max_history_chars, show_admissible, max_admissible)")
+    assert unknown.value.exit_code == 1
+    with pytest.raises(SerializerError, match=r"^serializer settings: show_admissible must be true or false, not 1$"):
+        Serializer.from_dict({"show_admissible": 1})
+    with pytest.raises(SerializerError, match=r"^serializer settings: history must be an integer, not True$"):
+        Serializer.from_dict({"history": True})
+    with pytest.raises(SerializerError, match="must be a mapping of settings, not list"):
+        Serializer.from_dict([("history", 1)])
 
 
 @pytest.mark.parametrize("reply, action, thought", [

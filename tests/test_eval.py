@@ -15,6 +15,7 @@ from eexp.compare import Run, compare_runs
 from eexp.envs.base import Env, EnvError
 from eexp.policies.base import Policy, Reply
 from eexp.policies.baselines import OraclePolicy, RandomPolicy
+from eexp.prompts import SerializerError
 from eexp.records import expect
 from eexp.stages import evaluate as evaluate_stage
 from eexp.stages.evaluate import EvalSettings, Evaluator, Runner, episode_id, split_tasks, summarize
@@ -213,6 +214,15 @@ def test_serializer_settings_come_from_the_model_unless_given():
     policy = TrainedPolicy()
     run_count(policy, tasks=[task], overrides={"history": 3})
     assert "not shown" not in policy.prompts[-1] and "Admissible actions" not in policy.prompts[-1]
+
+
+def test_an_unknown_recorded_serializer_setting_is_an_error_naming_the_model():
+    """The model's recorded settings are read strictly (Serializer.from_dict): a setting eval does not know is an
+    error that names the model and the setting, not dropped while the model is prompted another way."""
+    policy = TrainedPolicy()
+    policy.serializer_settings = lambda: {"history": 1, "colour": "red"}
+    with pytest.raises(SerializerError, match=r"^trained: serializer settings: unknown setting 'colour' "):
+        run_count(policy)
 
 
 def test_cli_tells_explicit_serializer_options_from_defaults(tmp_path):

@@ -68,7 +68,7 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
         # user set the serializer options.
         recorded = policy.serializer_settings()
         if recorded and not explicit_serializer_settings(click.get_current_context()):
-            serializer = Serializer.from_dict(recorded)
+            serializer = Serializer.from_dict(recorded, f"{policy_spec}: serializer settings")
     for name in ("topped_up", "short_of_k"):
         io.count(name, 0)
     try:

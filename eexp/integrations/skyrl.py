@@ -72,7 +72,7 @@ class EexpTextEnv(BaseTextEnv):
             raise EnvError(f"eexp SkyRL environment: reward {self.reward_kind!r} is not one of {', '.join(REWARDS)}")
         self.env = make_env(spec["env"], **_plain(spec.get("env_kwargs")))
         self.task = self.env.task(spec.get("split", "train"), str(spec["task_id"]))
-        self.serializer = Serializer.from_dict(_plain(spec.get("serializer")))
+        self.serializer = Serializer.from_dict(_plain(spec.get("serializer")), "eexp SkyRL environment: serializer")
         self.max_turns = int(spec.get("max_turns") or self.env.max_steps)
         self.observations: list[str] = []
         self.actions: list[str] = []
@@ -140,8 +140,8 @@ def dataset_rows(env_name: str, split: str, n: int | None = None, *, env_kwargs:
         rows = []
         for task in tasks:
             info = {"env": env_name, "env_kwargs": dict(env_kwargs or {}), "split": split, "task_id": task["id"],
-                    "serializer": Serializer.from_dict(serializer).to_dict(), "reward": reward,
-                    "max_turns": max_turns or env.max_steps}
+                    "serializer": Serializer.from_dict(serializer, "dataset_rows: serializer").to_dict(),
+                    "reward": reward, "max_turns": max_turns or env.max_steps}
             first = EexpTextEnv(extras={"extra_info": info})
             prompt, _ = first.init()
             first.close()

@@ -59,9 +59,10 @@ class EvalSettings:
     seed: int = shared("seed")
 
 
-def resolve_serializer(model_settings: dict | None, overrides: dict) -> Serializer:
-    """The model's recorded serializer settings, with the explicitly given ones on top (defaults for the rest)."""
-    return Serializer.from_dict({**(model_settings or {}), **overrides})
+def resolve_serializer(model_settings: dict | None, overrides: dict, where: str = "the model's") -> Serializer:
+    """The model's recorded serializer settings, with the explicitly given ones on top (defaults for the rest).
+    An unknown recorded setting is an error naming `where` (whose settings), not dropped."""
+    return Serializer.from_dict({**(model_settings or {}), **overrides}, f"{where} serializer settings")
 
 
 class Evaluator:
@@ -75,7 +76,8 @@ class Evaluator:
             policy = load_policy(settings.policy_spec, settings.policy_args, act=settings.act,
                                  max_tokens=settings.max_tokens, top_p=settings.top_p)
         self.policy = policy
-        self.serializer = resolve_serializer(policy.serializer_settings(), settings.serializer_overrides)
+        self.serializer = resolve_serializer(policy.serializer_settings(), settings.serializer_overrides,
+                                             f"{policy.spec or policy.name}:")
         self.max_steps = settings.max_steps or self.env.max_steps
 
     def describe(self) -> dict:
