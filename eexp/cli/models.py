@@ -118,8 +118,9 @@ def export_command(ckpt, output, adapter, quant, lora_only):
     """Convert a transformers checkpoint (Qwen2 or Llama, byte-level BPE) to one GGUF file for llama.cpp.
 
     The file holds the weights, the tokenizer (tokens, merges, special tokens, whether a BOS is added), the chat
-    template and provenance (`eexp.version`, `eexp.source`, `eexp.source_sha256`, and `eexp.serializer` when the
-    checkpoint was fine-tuned by eexp). CKPT may also be a LoRA adapter directory whose base is a local
+    template and the model card (eexp/card.py: one `eexp.*` key per field): the card of the adapter or checkpoint
+    (its serializer settings among them), with export's own fields added (source, its content hash, adapter,
+    quant). CKPT may also be a LoRA adapter directory whose base is a local
     directory, or a GGUF file (a base that `finetune --model FILE.gguf` trained an adapter on: its import, see
     `eexp import-model`). The file is written under a temporary name and renamed when complete.
 
