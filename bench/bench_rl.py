@@ -69,6 +69,7 @@ def measure(model: str | None = None, group_size: int = 8, tasks_per_step: int =
 
         def episodes(ev, keep_trace):
             """The same episodes (same tasks, ids and so seeds) through one evaluator; (seconds, env steps)."""
+            live.policy.forget()  # nothing remembered from an earlier repeat of the same episodes
             start, n_steps = time.perf_counter(), 0
             for i, task in enumerate(order):
                 for k in range(group_size):

@@ -81,6 +81,7 @@ from eexp import __version__
 from eexp.training import Finetune, FinetuneConfig, TrainingError, UsageProblem, from_scratch
 
 REWARDS = ("success", "score", "success+score")
+ENCODE_CACHE_SIZE = 50_000  # tokenized prompts and replies the live policy remembers (then it starts over)
 RL_ACT_MODES = ("score", "generate", "think")
 # Options that may differ between a run and its --resume without changing the result.
 RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "keep_checkpoints"}
@@ -171,6 +172,8 @@ def live_policy_class():
             self._cache_key, self._cache = None, None
             self.trace: list[dict] = []
             self._calls: list[dict] = []
+            self._encoded: dict[bytes, tuple[int, ...]] = {}
+            self._scores: dict[tuple, list[float]] = {}
 
         def serializer_settings(self):
             return self._serializer
@@ -178,10 +181,34 @@ def live_policy_class():
         def weights_changed(self) -> None:
             """After an update: no cached prompt KV or scores of the old weights may be used again."""
             self._cache_key, self._cache, self._score_cache = None, None, None
+            self._scores.clear()
+
+        def forget(self) -> None:
+            """Every cache, tokens included (for measurements that repeat the same episodes)."""
+            self.weights_changed()
+            self._encoded.clear()
+
+        def encode_chat(self, messages, add_generation_prompt=True):
+            """The template's ids, remembered: a group's episodes revisit the same states, and scoring tokenizes
+            every admissible reply after the prompt (tokens do not depend on the weights, so this outlives an
+            update; bounded)."""
+            key = orjson.dumps([messages, add_generation_prompt])
+            ids = self._encoded.get(key)
+            if ids is None:
+                if len(self._encoded) >= ENCODE_CACHE_SIZE:
+                    self._encoded.clear()
+                ids = self._encoded[key] = tuple(super().encode_chat(messages, add_generation_prompt))
+            return list(ids)
 
         def scores_for(self, ids, candidates):
+            """Eval's scoring, remembered for every state of the weights in use: the episodes of a group start in
+            the same state and often reach the same later ones (the same function of the same weights gives the
+            same numbers, so a hit changes nothing; forgotten at each update)."""
             self._calls.append({"mode": "score", "ids": list(ids), "candidates": [list(c) for c in candidates]})
-            return super().scores_for(ids, candidates)
+            key = (tuple(ids), tuple(map(tuple, candidates)))
+            if key not in self._scores:
+                self._scores[key] = super().scores_for(ids, candidates)
+            return self._scores[key]
 
         def _run_generate(self, ids, *, seed, temperature, top_p, max_tokens, allowed=None):
             torch = self.torch
@@ -298,6 +325,35 @@ def action_logprobs(model, sample: dict, device, pad_id: int, temperature: float
         else:
             out.append((reply_logprobs(model, part["ids"], part["reply"], device, temperature), None))
     return torch.cat([logp for logp, _ in out]), out
+
+
+def sample_key(sample: dict) -> tuple:
+    """What a step's log-probabilities are computed from (prompt ids, candidate replies or sampled tokens, per part),
+    without the decision taken: samples with one key share one forward pass."""
+    return tuple((p["mode"], tuple(p["ids"]),
+                  tuple(map(tuple, p["candidates"])) if p["mode"] == "score" else tuple(p["reply"]))
+                 for p in sample_parts(sample))
+
+
+def same_inputs(samples: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """The samples grouped by `sample_key`, in order of first appearance: [(the first of a group, its members)]."""
+    groups: dict[tuple, list[dict]] = {}
+    for s in samples:
+        groups.setdefault(sample_key(s), []).append(s)
+    return [(members[0], members) for members in groups.values()]
+
+
+def chosen_units(parts: list[tuple], sample: dict):
+    """A sample's unit log-probabilities from the `parts` of `action_logprobs` over its inputs (perhaps computed for
+    another sample with the same inputs): its own decision's log pi for a score part, the tokens for a generated
+    one."""
+    import torch
+    return torch.cat([dist[part["chosen"]].reshape(1) if part["mode"] == "score" else logp
+                      for part, (logp, dist) in zip(sample_parts(sample), parts)])
+
+
+def unit_count(sample: dict) -> int:
+    return sum(1 if p["mode"] == "score" else len(p["reply"]) for p in sample_parts(sample))
 
 
 def clipped_surrogate(logp_new, logp_old, advantage: float, clip: float):
@@ -528,12 +584,16 @@ class RL(Finetune):
                 self._schedule()
             return {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "updates": 0}
         with torch.no_grad():
-            for s in samples:
+            for rep, members in same_inputs(samples):
                 if self.updates_per_step > 1:  # one on-policy update: the old log-probs are the first pass's own
-                    s["old"] = self._logprobs(self.model, s)[0].detach()
+                    parts = self._logprobs(self.model, rep)[1]
+                    for s in members:
+                        s["old"] = chosen_units(parts, s).detach()
                 if rl.kl_coef > 0:
-                    s["ref"] = [(logp.detach(), dist.detach() if dist is not None else None)
-                                for logp, dist in self._reference_logprobs(s)[1]]
+                    ref = [(logp.detach(), dist.detach() if dist is not None else None)
+                           for logp, dist in self._reference_logprobs(rep)[1]]
+                    for s in members:
+                        s["ref"] = ref
         updates = 0
         for epoch in range(rl.ppo_epochs):
             order = list(range(len(samples)))
@@ -555,33 +615,34 @@ class RL(Finetune):
             self.scheduler.step()
 
     def _minibatch(self, chunk: list[dict], totals: dict) -> None:
-        """One optimizer update: the clipped surrogate (+ KL) averaged over every unit (action or token)."""
+        """One optimizer update: the clipped surrogate (+ KL) averaged over every unit (action or token). Samples
+        with the same inputs (a group's episodes share their first state, and often later ones) share one forward
+        and backward pass; each keeps its own decision and advantage."""
         import torch
         rl = self.rl
-        units = None
-        for s in chunk:
-            logp, parts = self._logprobs(self.model, s)
-            if units is None:
-                units = sum(len(x["old"]) for x in chunk) if "old" in s else sum(
-                    sum(len(p["reply"]) if p["mode"] != "score" else 1 for p in sample_parts(x)) for x in chunk)
-            loss, clipped = clipped_surrogate(logp, s["old"] if "old" in s else logp.detach(), s["advantage"], rl.clip)
-            total = loss.sum()
-            kl_value = 0.0
-            if rl.kl_coef > 0:
+        units = sum(unit_count(s) for s in chunk)
+        for rep, members in same_inputs(chunk):
+            _, parts = self._logprobs(self.model, rep)
+            total = 0.0
+            for s in members:
+                logp = chosen_units(parts, s)
+                loss, clipped = clipped_surrogate(logp, s["old"] if "old" in s else logp.detach(), s["advantage"],
+                                                  rl.clip)
+                total = total + loss.sum()
+                totals["loss"] += float(loss.detach().sum())
+                totals["clip_frac"] += float(clipped.sum())
+                totals["units"] += len(logp)
+            if rl.kl_coef > 0:  # the same inputs, the same distributions: one KL, counted for every member
                 kl = 0.0
-                for (part_logp, dist), (ref_logp, ref_dist) in zip(parts, s["ref"]):
+                for (part_logp, dist), (ref_logp, ref_dist) in zip(parts, rep["ref"]):
                     if dist is not None:  # exact KL over the admissible set
                         kl = kl + (dist.exp() * (dist - ref_dist)).sum()
                     else:  # k3 per token
                         d = ref_logp - part_logp
                         kl = kl + (torch.exp(d) - d - 1).sum()
-                total = total + rl.kl_coef * kl
-                kl_value = float(kl.detach())
+                total = total + rl.kl_coef * len(members) * kl
+                totals["kl"] += float(kl.detach()) * len(members)
             (total / units).backward()
-            totals["loss"] += float(loss.detach().sum())
-            totals["kl"] += kl_value
-            totals["clip_frac"] += float(clipped.sum())
-            totals["units"] += len(logp)
         torch.nn.utils.clip_grad_norm_(self.params, rl.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
