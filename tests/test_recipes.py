@@ -30,7 +30,7 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
 
     records = ["expert.jsonl", "il.jsonl", "outcomes_iwm.jsonl", "iwm.jsonl", "outcomes_sr.jsonl", "sr.jsonl",
                "sr_train.jsonl", "eval/IL.jsonl", "eval/IWM.jsonl", "eval/SR.jsonl", "eval/random.jsonl",
-               "eval/IL~think.jsonl", "eval/IWM~think.jsonl"]
+               "eval/IL~think.jsonl", "eval/IWM~think.jsonl", "il_obs.jsonl", "eval/ActObs.jsonl"]
     for name in records:
         assert (out / name).stat().st_size > 0, f"{name} is empty"
     check = subprocess.run([sys.executable, "-m", "eexp", "validate", *(str(out / n) for n in records)],
@@ -49,7 +49,10 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
     assert acts == {"IL": {"score"}, "IWM": {"score"}, "SR": {"think"}, "IL~think": {"think"},
                     "IWM~think": {"think"}}
 
-    for run in ("IL", "IWM", "SR"):
+    # ActObs: the expert data alone, with the observations as targets too
+    kinds = {orjson.loads(line)["meta"]["kind"] for line in (out / "il_obs.jsonl").open()}
+    assert kinds == {"il-obs"}
+    for run in ("IL", "IWM", "SR", "ActObs"):
         assert (out / run / "config.yaml").exists() and (out / run / "metrics.jsonl").exists()
         phases = [orjson.loads(line)["phase"] for line in (out / run / "metrics.jsonl").read_text().splitlines()]
         assert len(phases) == 60  # one update budget for every method, the warm-up included
@@ -57,7 +60,7 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
     compare = orjson.loads((out / "compare.json").read_bytes())
     assert set(compare["splits"]) == {"test", "ood"}
     for rows in compare["splits"].values():
-        assert [r["run"] for r in rows] == ["IL", "IWM", "SR", "random", "IL~think", "IWM~think"]
+        assert [r["run"] for r in rows] == ["IL", "IWM", "SR", "ActObs", "random", "IL~think", "IWM~think"]
         assert all(r["n"] == 6 for r in rows)
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "IWM" in proc.stdout and "SR" in proc.stdout  # the table is printed
@@ -91,5 +94,39 @@ def test_smollm2_recipe_at_a_tiny_size(tmp_path):
         episodes = [orjson.loads(line) for line in (out / "eval" / f"{run}.jsonl").read_text().splitlines()]
         assert [e["task"]["split"] for e in episodes] == ["test", "ood"]
         meta = episodes[0]["meta"]
-        assert meta["backend"] == "llama.cpp" and meta["act"] == "constrained"
+        assert meta["backend"] == "llama.cpp" and meta["act"] == ("think" if run == "SR" else "constrained")
         assert meta["serializer"]["history"] == 0 and meta["serializer"]["show_admissible"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_scaling_recipe_at_a_tiny_size(tmp_path):
+    """Both curves end to end: every point per seed from one pretrained base per seed, pooled per point against
+    IL, drawn and tabled."""
+    out = tmp_path / "scaling"
+    eexp = f"{sys.executable} -m eexp"
+    tiny = ["FULL_N=8", "FRACTIONS=2 1", "KS=1 2", "K_AT=2", "SEEDS=0 1", "STEPS=8", "N_EVAL=3",
+            "PRETRAIN_STEPS=3", "CORPUS_WALKS=3", "K_SR=2", "JOBS=1"]
+    proc = subprocess.run(["make", "-C", str(RECIPES), "-j2", "scaling-curves", "CONFIG=configs/scaling.mk",
+                           f"OUT={out}", f"EEXP={eexp}", f"PYTHON={sys.executable}", *tiny],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    for seed in (0, 1):  # one base per seed, pretrained, shared by every point of that seed
+        base = yaml.safe_load((out / "base" / f"seed{seed}" / "base" / "config.yaml").read_text())
+        assert base["seed"] == seed and base["pretrain"]["steps"] == 3
+        for point in ("frac2", "frac1", "k1", "k2"):
+            for run in ("IWM", "SR"):
+                config = yaml.safe_load((out / point / f"seed{seed}" / run / "config.yaml").read_text())
+                assert str(config["model"]).endswith(f"base/seed{seed}/base")
+    expert = {f: len((out / f"frac{f}" / "seed0" / "expert.jsonl").read_text().splitlines()) for f in (2, 1)}
+    assert expert == {2: 4, 1: 8}
+    k2 = orjson.loads((out / "k2" / "seed0" / "outcomes_iwm.jsonl").read_text().splitlines()[0])
+    assert len(k2["alternatives"]) == 2
+    for name in ("frac2", "frac1", "k1", "k2"):
+        summary = orjson.loads((out / f"{name}.json").read_bytes())
+        rows = summary["splits"]["test"]
+        assert rows[0]["run"] == "IL" and all(r["seeds"] == 2 and r["n"] == 6 for r in rows)
+    table = (out / "scaling.md").read_text()
+    assert "Data efficiency" in table and "Branching factor" in table and "| 1/2 | test |" in table
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
