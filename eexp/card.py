@@ -13,8 +13,8 @@ Every hash is `eexp.policies.files.content_hash` (sha256 over a model's files, n
 that model records as `meta.model_sha256`: a GGUF's `eexp.source_sha256` joins the records of the checkpoint it was
 exported from, and `base_sha256` the records of the base model.
 
-A folder without card.yaml (made by `eexp init-model` or `eexp import-model`, or by a finetune from before the
-card) keeps its provenance in config.yaml; `read_card` takes the card's fields from there.
+Every checkpoint folder eexp makes (`finetune`, `rl`, `init-model`, `import-model`) holds a card.yaml. A folder
+made before the card keeps its provenance in config.yaml; `read_card` takes the card's fields from there.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ CARD_FILE = "card.yaml"
 LEGACY_FILE = "config.yaml"
 GGUF_PREFIX = "eexp."
 PHASE_KEYS = ("name", "updates", "examples", "tokens", "truncated", "skipped")
+# init-model --pretrain's record (eexp.models.pretrain.pretrain, and the corpus files it read)
+PRETRAIN_KEYS = ("corpus", "steps", "block", "batch", "lr", "seed", "pages", "tokens", "held_out_pages",
+                 "held_out_loss_before", "final_train_loss", "held_out_loss")
 
 
 class CardError(EexpError):
@@ -58,6 +61,7 @@ class Card:
     adapter: str | None = None        # GGUF: the LoRA adapter merged in (or exported alone)
     adapter_sha256: str | None = None
     quant: str | None = None          # GGUF: the tensor type written
+    pretrain: dict | None = None      # init-model --pretrain: {corpus, steps, block, batch, lr, seed, pages, ...}
 
     # -- dict (card.yaml) --
 
@@ -126,6 +130,13 @@ def _check(key: str, value: Any, where: str) -> Any:
             if unknown:
                 raise CardError(f"{where}: phases: unknown key {unknown[0]!r} (known: {', '.join(PHASE_KEYS)})")
         return value
+    if key == "pretrain":
+        if not isinstance(value, dict):
+            raise CardError(f"{where}: pretrain must be a mapping, not {type(value).__name__}")
+        unknown = sorted(set(value) - set(PRETRAIN_KEYS))
+        if unknown:
+            raise CardError(f"{where}: pretrain: unknown key {unknown[0]!r} (known: {', '.join(PRETRAIN_KEYS)})")
+        return value
     kinds = {"from_scratch": bool, "updates": int, "best_step": int, "best_val_loss": (int, float)}
     kind = kinds.get(key, str)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -186,8 +197,8 @@ def _read_yaml(path: str) -> Any:
 
 
 def _from_config(data: Any, where: str) -> Card:
-    """The card's fields from a config.yaml that holds options and provenance together (init-model's and
-    import-model's, and finetune's before card.yaml): the fields present are taken (strictly checked), the options
+    """The card's fields from a config.yaml that holds options and provenance together (init-model's,
+    import-model's and finetune's from before card.yaml): the fields present are taken (strictly checked), the options
     around them are not the card's business."""
     if not isinstance(data, dict):
         return Card()

@@ -110,7 +110,7 @@ def test_an_unknown_key_in_a_card_is_an_error_naming_it_and_the_file(tmp_path):
     assert str(e.value) == (
         f"{tmp_path / 'card.yaml'}: unknown key 'serialiser' in the model card (known: adapter, adapter_sha256, "
         "base_import, base_model, base_sha256, best_step, best_val_loss, command, eexp_version, from_scratch, "
-        "method, phases, precision, quant, serializer, source, source_sha256, updates)")
+        "method, phases, precision, pretrain, quant, serializer, source, source_sha256, updates)")
 
 
 def test_an_unknown_serializer_setting_is_an_error_not_dropped(tmp_path):
@@ -146,11 +146,45 @@ def test_card_round_trips_through_the_folder_and_gguf_fields(tmp_path):
 
 
 def test_a_folder_without_a_card_is_read_from_its_config_yaml(tiny_checkpoint, tmp_path):
-    """init-model's config.yaml (and finetune's from before card.yaml) holds the provenance: read_card takes the
-    card's fields from there, as strictly."""
+    """A folder from before card.yaml (init-model's, import-model's or finetune's config.yaml held the provenance):
+    read_card takes the card's fields from config.yaml, as strictly."""
     card = read_card(tiny_checkpoint)
     assert card.command == "init-model" and card.from_scratch is True and card.serializer is None
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.yaml").write_text((tiny_checkpoint / "config.yaml").read_text())
+    assert read_card(legacy) == card  # init-model's card, read from its config.yaml alone
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"lr": 1e-4, "serializer": {"history": 1, "colour": 2}}))
     with pytest.raises(CardError, match="serializer: unknown setting 'colour'"):
         read_card(tmp_path)
     assert read_card(tmp_path / "absent") == Card()
+
+
+def test_init_model_writes_its_card_with_the_pretrain_record(tiny_checkpoint, tmp_path):
+    """Every checkpoint folder eexp makes carries one card: init-model's says init-model, the eexp version and
+    from_scratch, and with --pretrain the pretraining record (config.yaml keeps its own copy); strictly read."""
+    from eexp import __version__
+    from eexp.models.init import init_model
+    from eexp.models.pretrain import PretrainSettings
+
+    assert yaml.safe_load((tiny_checkpoint / "card.yaml").read_text()) == {
+        "command": "init-model", "eexp_version": __version__, "from_scratch": True}
+    text = tmp_path / "pages.txt"
+    text.write_text("".join(f"page {i}: a red shirt costs {i} dollars and a blue one {i + 3}.\n" for i in range(30)))
+    out = init_model(tmp_path / "prior", pretrain=[str(text)],
+                     pretrain_settings=PretrainSettings(steps=2, block=16, batch=2))
+    card, config = read_card(out), yaml.safe_load((out / "config.yaml").read_text())
+    assert (card.command, card.from_scratch, card.pretrain) == ("init-model", True, config["pretrain"])
+    assert card.pretrain["corpus"] == [str(text)] and card.pretrain["steps"] == 2
+    assert Card.from_gguf(card.gguf_fields(), "m.gguf") == card  # export carries it into the GGUF
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "card.yaml").write_text("command: init-model\npretrain: {steps: 2, colour: red}\n")
+    with pytest.raises(CardError) as unknown:
+        read_card(tmp_path / "bad")
+    assert str(unknown.value) == (f"{tmp_path / 'bad' / 'card.yaml'}: pretrain: unknown key 'colour' (known: corpus, "
+                                  "steps, block, batch, lr, seed, pages, tokens, held_out_pages, held_out_loss_before, "
+                                  "final_train_loss, held_out_loss)")
+    (tmp_path / "bad" / "card.yaml").write_text("pretrain: [2]\n")
+    with pytest.raises(CardError, match="pretrain must be a mapping, not list"):
+        read_card(tmp_path / "bad")

@@ -546,15 +546,14 @@ def test_endpoint_policy_runs_concurrent_requests_with_the_same_episodes():
 
 @pytest.fixture(scope="module")
 def trained_gguf(tiny_checkpoint, tmp_path_factory):
-    """A tiny GGUF whose checkpoint records serializer settings, as a fine-tuned one does."""
+    """A tiny GGUF whose checkpoint records serializer settings in its card, as a fine-tuned one does."""
+    import dataclasses
     import shutil
 
-    import yaml
+    from eexp.card import read_card, write_card
     ckpt = tmp_path_factory.mktemp("eval-model") / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
-    config = yaml.safe_load((ckpt / "config.yaml").read_text())
-    config["serializer"] = {"history": 1, "show_admissible": False}
-    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    write_card(ckpt, dataclasses.replace(read_card(ckpt), serializer={"history": 1, "show_admissible": False}))
     gguf = ckpt.parent / "trained.gguf"
     result = invoke(["export", str(ckpt), "-o", str(gguf)])
     assert result.exit_code == 0, result.output

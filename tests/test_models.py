@@ -187,6 +187,25 @@ def test_rotary_permutation_is_needed_for_llama(tiny_llama_checkpoint, runner, t
     assert diff > 1e-2
 
 
+def test_import_model_writes_its_card_beside_config_yaml(tiny_gguf, tmp_path):
+    """import-model's folder carries the model card (card.yaml: the command, the eexp version, the GGUF and its
+    content hash, the hash a run with --policy FILE records); config.yaml keeps the import's details."""
+    from eexp import __version__
+    from eexp.card import Card, read_card
+    from eexp.models.import_gguf import import_gguf, is_import
+    from eexp.policies.files import content_hash
+
+    out = import_gguf(tiny_gguf, tmp_path / "imported", echo=lambda msg: None)
+    sha = content_hash([str(tiny_gguf)])
+    assert yaml.safe_load((out / "card.yaml").read_text()) == {
+        "command": "import-model", "eexp_version": __version__, "source": str(tiny_gguf.resolve()),
+        "source_sha256": sha}
+    assert read_card(out) == Card(command="import-model", eexp_version=__version__, source=str(tiny_gguf.resolve()),
+                                  source_sha256=sha)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["source_sha256"] == sha and config["source_quant"] == "Q8_0" and is_import(out, sha)
+
+
 def test_q8_0_export_generates_and_chats(tiny_gguf, tiny_checkpoint):
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -383,18 +383,17 @@ def test_http_retries_then_marks_the_reply_failed(chat_server, capsys):
 
 @pytest.fixture(scope="module")
 def f32_gguf(tiny_checkpoint, tmp_path_factory):
-    """The tiny checkpoint exported unquantized, with serializer settings recorded in its config.yaml: its
+    """The tiny checkpoint exported unquantized, with serializer settings recorded in its card (card.yaml): its
     logits match transformers closely enough to compare answers exactly."""
+    import dataclasses
     import shutil
 
-    import yaml
-
+    from eexp.card import read_card, write_card
     from eexp.models.export import export_gguf
     ckpt = tmp_path_factory.mktemp("ckpt") / "tiny-with-serializer"
     shutil.copytree(tiny_checkpoint, ckpt)
-    config = yaml.safe_load((ckpt / "config.yaml").read_text()) or {}
-    config["serializer"] = Serializer(history=2, max_observation_chars=900).to_dict()
-    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    serializer = Serializer(history=2, max_observation_chars=900).to_dict()
+    write_card(ckpt, dataclasses.replace(read_card(ckpt), serializer=serializer))
     return export_gguf(ckpt, tmp_path_factory.mktemp("gguf") / "tiny.f32.gguf", quant="f32"), ckpt
 
 

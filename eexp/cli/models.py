@@ -42,8 +42,9 @@ def init_model_command(out, arch, size, corpus, seed, pretrain, pretrain_steps, 
     downloaded. OUT must not exist or be empty.
 
     With --pretrain, the weights are then trained as a language model on that text (next-token loss on packed
-    windows; every tenth page held out, its loss before and after printed), and config.yaml records it: a shared
-    language prior that every method fine-tunes from, as a pretrained LM is in the paper.
+    windows; every tenth page held out, its loss before and after printed), and config.yaml and the model card
+    (card.yaml) record it: a shared language prior that every method fine-tunes from, as a pretrained LM is in
+    the paper.
 
     \b
     Examples:
@@ -87,9 +88,10 @@ def import_model_command(gguf_file, output):
     """Import a GGUF model (quantized or not) as a float32 transformers checkpoint folder; print the folder.
 
     transformers dequantizes the weights; the folder gets model.safetensors, config.json, generation_config.json,
-    the tokenizer and chat template from the GGUF, and config.yaml recording the source file, its content hash
-    and quant type. `eexp finetune --model FILE.gguf` does this itself (once per file, cached), so this command is
-    for those who want the folder. The folder is written under a temporary name and renamed when complete.
+    the tokenizer and chat template from the GGUF, the model card (card.yaml: the source file and its content
+    hash) and config.yaml (the same, with the source's quant type and architecture). `eexp finetune --model
+    FILE.gguf` does this itself (once per file, cached), so this command is for those who want the folder. The
+    folder is written under a temporary name and renamed when complete.
 
     \b
     Example:

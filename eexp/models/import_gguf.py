@@ -7,9 +7,11 @@ an ordinary checkpoint folder:
 - `model.safetensors` (float32) and `config.json`, `generation_config.json` (BOS, EOS and padding ids);
 - the tokenizer and its chat template, rebuilt by transformers from the GGUF's own vocabulary, merges and
   `tokenizer.chat_template` (the one source of truth for training masks and prompts, as everywhere in eexp);
-- `config.yaml`, the provenance: `command: import-model`, the source path, its content hash (`source_sha256`,
-  eexp's `content_hash`, the value a run with `--policy FILE` records as `meta.model_sha256`), its quant type,
-  architecture, parameter count, eexp and transformers versions.
+- `card.yaml`, the model card (eexp/card.py): `command: import-model`, the eexp version, the source path and its
+  content hash (`source_sha256`, eexp's `content_hash`, the value a run with `--policy FILE` records as
+  `meta.model_sha256`);
+- `config.yaml`, the import's details: the same provenance, with the source's quant type, name, architecture,
+  parameter count and the transformers version (`is_import` reads it, so imports cached before card.yaml count).
 
 `import_gguf(path)` keeps imports in the cache (`$EEXP_CACHE/models/gguf-v1/<name>-<hash>`), keyed by the file's
 content hash, so the second use of a file is a hash away; `import_gguf(path, out)` writes a folder of the user's
@@ -37,6 +39,7 @@ import yaml
 
 from eexp import __version__
 from eexp.cache import cache_root
+from eexp.card import Card, write_card
 from eexp.models.init import ModelError
 
 IMPORT_FORMAT = 1          # part of the cache path: a change of what an import holds makes new folders
@@ -240,6 +243,7 @@ def _build(src: Path, info: dict, sha: str, tmp: Path) -> None:
         "import_format": IMPORT_FORMAT,
     }
     (tmp / PROVENANCE).write_text(yaml.safe_dump(provenance, sort_keys=False, allow_unicode=True))
+    write_card(tmp, Card(command="import-model", eexp_version=__version__, source=str(src), source_sha256=sha))
 
 
 def adapter_base(adapter: str | os.PathLike, base: str | None) -> str | None:

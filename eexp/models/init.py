@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 import yaml
 
 from eexp import __version__
+from eexp.card import Card, write_card
 from eexp.errors import EexpError
 
 ARCHITECTURES = ("qwen2", "llama")
@@ -211,12 +212,14 @@ def _config(arch: str, size: Size, vocab: int):
 def init_model(out_dir: str | os.PathLike, arch: str = "qwen2", size: str = "tiny",
                corpus: Iterable[str] | None = None, seed: int = 0, pretrain: Iterable[str] | None = None,
                pretrain_settings=None, progress=None) -> Path:
-    """Write a fresh checkpoint directory: model (safetensors), config, tokenizer with chat template, and
-    `config.yaml` recording how it was made. Returns the directory. Same inputs and seed, same weights.
+    """Write a fresh checkpoint directory: model (safetensors), config, tokenizer with chat template,
+    `config.yaml` recording how it was made (arch, size, seed, corpus, sizes, special tokens) and the model card
+    (`card.yaml`: init-model, the eexp version, from_scratch). Returns the directory. Same inputs and seed, same
+    weights.
 
     With `pretrain` (corpus files, as for `corpus`), the tokenizer is trained on them too and the model is then
     pretrained on their text as a language model (`eexp.models.pretrain`, `pretrain_settings`); the record of it
-    goes into config.yaml under `pretrain`."""
+    goes into config.yaml and the card under `pretrain`."""
     if arch not in ARCHITECTURES:
         raise ModelError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
     if size not in SIZES:
@@ -266,6 +269,7 @@ def init_model(out_dir: str | os.PathLike, arch: str = "qwen2", size: str = "tin
         if pretrained:
             resolved["pretrain"] = pretrained
         (tmp / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_card(tmp, Card(command="init-model", eexp_version=__version__, from_scratch=True, pretrain=pretrained))
         if out.exists():
             if not out.is_dir() or any(out.iterdir()):
                 raise ModelError(f"{out}: already exists and is not empty")
