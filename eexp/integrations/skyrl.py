@@ -7,7 +7,8 @@ SkyRL (skyrl-train, multi-GPU GRPO/PPO with vLLM rollouts) drives text environme
 - the environment, split, task, serializer settings and reward come from the dataset row (its `extra_info`, which
   SkyRL passes to the environment as `extras`), so one registered class serves every eexp environment;
 - `init` returns the prompt eexp itself renders (eexp.prompts.Serializer.policy_messages, the settings a
-  checkpoint records in its config.yaml), so an IL, IWM or SR checkpoint starts from the prompt it was trained on;
+  checkpoint records in its model card, card.yaml), so an IL, IWM or SR checkpoint starts from the prompt it was
+  trained on;
 - `step` reads the reply as eval does (`Action: ...`, optionally after `Thought: ...`; matched to the admissible
   actions after the environment's canonicalization), sends it to the environment (an unparseable reply is sent as
   is, as eval sends it, and the environment's own error is the next observation), and answers with the next state
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", required=True)
     parser.add_argument("--split", default="train")
     parser.add_argument("-n", type=int, default=None)
-    parser.add_argument("--model", help="checkpoint whose config.yaml serializer settings render the prompts")
+    parser.add_argument("--model", help="checkpoint whose model card's serializer settings render the prompts")
     parser.add_argument("--reward", choices=REWARDS, default="success")
     parser.add_argument("--max-turns", type=int, default=None)
     parser.add_argument("-o", "--output", required=True, help="FILE.parquet or FILE.jsonl")
