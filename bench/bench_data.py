@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import time
 from pathlib import Path
 
 import orjson
+
+from rss import run_measured  # bench/rss.py, beside this script
 
 OBS = "[results page 1/3] 1. red cotton t-shirt $24.00 | 2. blue cotton t-shirt $12.00 | 3. red silk t-shirt $41.00"
 
@@ -58,15 +59,11 @@ def one_core() -> list[str]:
 
 
 def timed(cmd: list[str], stdin_path: Path | None = None) -> tuple[float, float]:
-    """(seconds, peak RSS MiB of the child) for one command, output discarded."""
-    start = time.perf_counter()
-    with open(stdin_path or os.devnull, "rb") as stdin:
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
+    """(seconds, peak RSS MiB of the command alone: bench/rss.py) for one command, output discarded."""
+    seconds, rss, status = run_measured(cmd, stdin_path)
     if status != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, rss
 
 
 BASELINE = ("import sys, orjson\nw = sys.stdout.buffer\n"

@@ -6,9 +6,9 @@ Both sides train the same init-model checkpoint on the same shop IL examples for
 with loss on the assistant answer only (TRL: the conversational prompt/completion format with
 completion_only_loss, since the ChatML template has no `{% generation %}` tags for assistant_only_loss), the same
 LoRA adapter (rank, alpha, dropout, all linear layers) or full fine-tuning, lr and batch size. Each runs in its own
-subprocess, so peak RSS (ru_maxrss: imports included) is that trainer's alone. Throughput is the tokens of the
-examples trained on (eexp's tokenization of the same data, counted the same for both) over the training loop's wall
-time (model loading and tokenization excluded). TRL is a dev-only dependency (pip install trl).
+subprocess, so peak RSS (VmHWM since its exec, imports included: bench/rss.py) is that trainer's alone. Throughput is
+the tokens of the examples trained on (eexp's tokenization of the same data, counted the same for both) over the
+training loop's wall time (model loading and tokenization excluded). TRL is a dev-only dependency (pip install trl).
 Targets: eexp/TRL tokens/s >= 1.0, peak RSS <= TRL's.
 """
 
@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from rss import self_peak_mb  # bench/rss.py, beside this script
 from trl_baseline import sft_trainer, tokens_per_example  # bench/trl_baseline.py, beside this script
 
 HERE = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def child(args) -> None:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     result = (run_eexp if args.which == "eexp" else run_trl)(args)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = self_peak_mb()   # since this child's exec, not the parent's RSS at the fork
     print("RESULT " + json.dumps(result))
 
 

@@ -4,8 +4,8 @@
                                                   [--repeats N] [--only eexp-lora-fp32,trl-lora-fp32,...]
 
 Same data (shop IL examples, the default serializer), same batch size, lr, cosine schedule and LoRA adapter (r16,
-alpha 32, no dropout, all linear layers) for every run; each run is its own subprocess, so peak RSS (ru_maxrss,
-imports included, taken when training ends) is that run's alone. The runs:
+alpha 32, no dropout, all linear layers) for every run; each run is its own subprocess, so peak RSS (VmHWM since its
+exec, bench/rss.py; imports included, taken when training ends) is that run's alone. The runs:
 
     eexp  LoRA fp32 | LoRA bf16 | full fp32 | full bf16      (`finetune --precision fp32|bf16`)
     eexp  LoRA fp32 with seed 1                              (the noise: another batch order and adapter init)
@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from rss import self_peak_mb  # bench/rss.py, beside this script
 from trl_baseline import sft_trainer, tokens_per_example  # bench/trl_baseline.py, beside this script
 
 HERE = Path(__file__).resolve().parent
@@ -60,7 +61,7 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return self_peak_mb()   # since this child's exec, not the parent's RSS at the fork (bench/rss.py)
 
 
 def held_out_loss(model, tokenizer, args) -> float:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(BENCH))
 THREADS = int(os.environ.get("BENCH_THREADS") or 2)   # per model: llama.cpp n_threads, torch threads (--threads)
 
 
-# ---- rows ------------------------------------------------------------------------------------------------------------
+# ---- rows -----------------------------------------------------------------------------------------------------
 
 def fmt(value: float, unit: str) -> str:
     if value >= 1000:
@@ -50,7 +50,8 @@ def row(what: str, eexp: float, eexp_unit: str, baseline: float | None, baseline
     return {"what": what, "eexp": eexp, "eexp_unit": eexp_unit,
             "eexp_text": fmt(eexp, eexp_unit),
             "baseline": baseline, "baseline_label": baseline_label,
-            "baseline_text": "" if baseline is None else f"{fmt(baseline, baseline_unit or eexp_unit)} ({baseline_label})",
+            "baseline_text": "" if baseline is None else
+            f"{fmt(baseline, baseline_unit or eexp_unit)} ({baseline_label})",
             "ratio": ratio, "target": target,
             "status": "info" if ok is None else ("met" if ok else "missed"), "reason": reason}
 
@@ -222,8 +223,8 @@ def finetune(quick: bool) -> list[dict]:
                 t["tokens_per_s"], "TRL SFTTrainer", speed, ">= 1.0x", speed >= 1.0),
             row(f"finetune peak RSS, init-model {size}, LoRA, fp32", r["rss"]["eexp"], "MB", r["rss"]["trl"],
                 "TRL SFTTrainer", rss, "<= 1.0x", rss <= 1.0,
-                "" if rss <= 1.0 else f"{r['rss']['eexp'] - r['rss']['trl']:.0f} MB more (ru_maxrss, imports "
-                "included)")]
+                "" if rss <= 1.0 else f"{r['rss']['eexp'] - r['rss']['trl']:.0f} MB more (VmHWM of the trainer "
+                "process, imports included)")]
 
 
 def finetune_real(quick: bool) -> list[dict]:
@@ -313,7 +314,7 @@ SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
 }
 
 
-# ---- the machine -----------------------------------------------------------------------------------------------------
+# ---- the machine ----------------------------------------------------------------------------------------------
 
 def machine() -> dict:
     model, flags = platform.processor() or platform.machine(), []
@@ -345,12 +346,12 @@ def machine() -> dict:
             "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-# ---- running -----------------------------------------------------------------------------------------------------------
+# ---- running --------------------------------------------------------------------------------------------------
 
 def run_section(name: str, quick: bool, limit: int, threads: int | None) -> tuple[list[dict], float]:
     cmd = [sys.executable, __file__, "--section", name] + (["--quick"] if quick else [])
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENCH_THREADS": str(threads or ""), "PYTHONPATH": f"{ROOT}{os.pathsep}"
-           f"{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENCH_THREADS": str(threads or ""),
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
     # a session of its own, so that a section past its limit is stopped with everything it started
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
@@ -403,8 +404,8 @@ def table(info: dict, rows: list[dict], wall: float, quick: bool) -> str:
 def markdown(info: dict, rows: list[dict], wall: float) -> str:
     load = info["load_at_start"]
     out = [f"{info['cpu']}, {info['cores']} cores, CPU flags {' '.join(info['flags'])}"
-           f"{'' if info['amx'] else ' (no AMX)'}; {info['threads']} threads per model; load average at start {load[0]:.2f} / {load[1]:.2f} / "
-           f"{load[2]:.2f}; wall time {wall / 60:.1f} min.", "",
+           f"{'' if info['amx'] else ' (no AMX)'}; {info['threads']} threads per model; load average at start "
+           f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; wall time {wall / 60:.1f} min.", "",
            "| what | eexp | baseline (same run) | ratio | target | status | load |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
