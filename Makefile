@@ -22,3 +22,9 @@ demo:
 # docs/cli.md from every command's --help (tests/test_docs.py fails when it is stale)
 docs: dev
 	$(VENV)/bin/python -m eexp.cli.reference > docs/cli.md
+
+# Every benchmark in one table (bench/run: eexp's figure, a baseline measured in the same run, ratio, target, met or
+# missed; about 15 minutes on 2 cores). make bench BENCH_ARGS="--quick" (a few minutes) or "--json".
+.PHONY: bench
+bench: dev
+	bench/run $(BENCH_ARGS)
