@@ -184,7 +184,7 @@ def branch(quick: bool) -> list[dict]:
         import llama_cpp  # noqa: F401
     except ImportError:
         return [skipped("branch --propose policy, K=8 vs K=1", "<= 2.5x", "llama-cpp-python is not installed")]
-    r = bench_rollout.branch_k(4 if quick else 12, rounds=1 if quick else 3, threads=THREADS)
+    r = bench_rollout.branch_k(4 if quick else 8, rounds=1 if quick else 2, threads=THREADS)
     wall, cpu = r["wall"][8] / r["wall"][1], r["cpu"][8] / r["cpu"][1]
     reason = "" if wall <= 2.5 else (
         f"CPU-time ratio {cpu:.2f}x; 7 extra proposals of up to 32 tokens each, every one sampled under the "
@@ -196,7 +196,7 @@ def branch(quick: bool) -> list[dict]:
 def policies(quick: bool) -> list[dict]:
     import bench_policies
     r = bench_policies.measure(threads=THREADS, k=8, sample_tokens=16, tokens=32 if quick else 128,
-                               repeat=1 if quick else 3)
+                               repeat=1 if quick else 2)
     rows = []
     lr = r["llama"]
     rows.append(row(f"llama.cpp K=8 samples on one {r['prompt_tokens']}-token state, prefix reuse",
@@ -213,8 +213,8 @@ def policies(quick: bool) -> list[dict]:
 
 def finetune(quick: bool) -> list[dict]:
     import bench_finetune
-    r = bench_finetune.compare(size="tiny" if quick else "small", tasks=10 if quick else 30,
-                               steps=4 if quick else 12, batch_size=8, threads=THREADS)
+    r = bench_finetune.compare(size="tiny" if quick else "small", tasks=10 if quick else 20,
+                               steps=4 if quick else 8, batch_size=8, threads=THREADS)
     e, t = r["best"]["eexp"], r["best"]["trl"]
     speed = e["tokens_per_s"] / t["tokens_per_s"]
     rss = r["rss"]["eexp"] / r["rss"]["trl"]
@@ -234,7 +234,7 @@ def finetune_real(quick: bool) -> list[dict]:
     what = "SmolLM2-135M LoRA training tokens/s"
     try:
         m = bench_finetune_real.measure(only="eexp-lora-fp32,eexp-lora-bf16,trl-lora-fp32", tasks=1 if quick else 2,
-                                        val_tasks=1, steps=1 if quick else 4, batch_size=2, threads=THREADS)
+                                        val_tasks=1, steps=1 if quick else 3, batch_size=2, threads=THREADS)
     except LookupError as e:
         return [skipped(what, "", str(e))]
     res = m["results"]
@@ -275,7 +275,7 @@ def llama_bufts(quick: bool) -> list[dict]:
 
 def evaluate(quick: bool) -> list[dict]:
     import bench_eval
-    n = 4 if quick else 16
+    n = 4 if quick else 12
     r = bench_eval.episodes_per_min(n, threads=int(os.environ.get("BENCH_THREADS") or 0))
     g1, g2, r1 = r["gguf"][1]["episodes_per_min"], r["gguf"][2]["episodes_per_min"], r["random"][1]["episodes_per_min"]
     return [row(f"eval episodes/min, tiny GGUF, -j 1 ({n} shop episodes, process start included)", g1, "ep/min",
@@ -288,8 +288,8 @@ def rl(quick: bool) -> list[dict]:
     import bench_rl
     import torch
     torch.set_num_threads(THREADS)
-    r = bench_rl.measure(group_size=4 if quick else 8, tasks_per_step=2, steps=1 if quick else 3, episode_steps=10,
-                         repeat=1 if quick else 2, start_updates=20 if quick else 100)
+    r = bench_rl.measure(group_size=4 if quick else 8, tasks_per_step=2, steps=1 if quick else 2, episode_steps=10,
+                         repeat=1 if quick else 2, start_updates=20 if quick else 60)
     n = r["episodes"]
     ev, ro, tr = (n / r[k][0] * 60 for k in ("eval", "rl", "train"))
     return [row(f"rl rollouts episodes/min, same {n} episodes as eval (tiny model, transformers)", ro, "ep/min", ev,
