@@ -425,6 +425,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=15, help="minutes for the whole run (default 15; 0: none): "
                     "a section gets at most what is left, and sections after it are skipped")
     ap.add_argument("--only", help="comma-separated sections: " + ", ".join(SECTIONS))
+    ap.add_argument("--save", metavar="FILE", help="also write the JSON object to FILE")
+    ap.add_argument("--load", metavar="FILE", help="print the table (or --markdown) of a saved run, running nothing")
     ap.add_argument("--list", action="store_true", help="list the sections and their time limits")
     ap.add_argument("--section", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -434,6 +436,11 @@ def main() -> None:
     if args.list:
         for name, (fn, full, quick) in SECTIONS.items():
             print(f"{name:14} limit {full:4d} s ({quick} s with --quick)")
+        return
+    if args.load:
+        saved = json.load(open(args.load))
+        info, rows, wall = saved["machine"], saved["rows"], saved["wall_s"]
+        print(markdown(info, rows, wall) if args.markdown else table(info, rows, wall, saved["quick"]))
         return
     names = args.only.split(",") if args.only else list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
@@ -460,8 +467,12 @@ def main() -> None:
         rows += got
         print(f"{seconds:.0f} s, {', '.join(r['status'] for r in got)}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
+    result = {"machine": info, "quick": args.quick, "wall_s": wall, "rows": rows}
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump(result, f, indent=1)
     if args.json:
-        print(json.dumps({"machine": info, "quick": args.quick, "wall_s": wall, "rows": rows}, indent=1))
+        print(json.dumps(result, indent=1))
     elif args.markdown:
         print(markdown(info, rows, wall))
     else:
