@@ -108,8 +108,8 @@ def textworld(quick: bool) -> list[dict]:
     import bench_envs_real
     f = bench_envs_real.textworld_figures(3 if quick else 10)
     reason = "" if f["restore_ms"] < f["replay_ms"] else (
-        f"restore() = engine copy() {f['copy_ms']:.0f} ms (twice: snapshot stays reusable) vs "
-        f"{f['i']} replayed steps at {f['steps_per_s']:.0f} steps/s")
+        f"restore() is one copy() of the engine ({f['copy_ms']:.0f} ms measured; it copies so that the snapshot stays "
+        f"reusable, and snapshot() makes another), against {f['i']} replayed steps at {f['steps_per_s']:.0f} steps/s")
     return [row(f"{what} (step {f['i']}), restore(snapshot)", f["restore_ms"], "ms", f["replay_ms"],
                 "reset+replay", f["restore_ms"] / f["replay_ms"], "restore < replay (< 1.0x)",
                 f["restore_ms"] < f["replay_ms"], reason)]
@@ -126,9 +126,8 @@ def scienceworld(quick: bool) -> list[dict]:
     f = bench_envs_real.scienceworld_figures(1 if quick else 3)
     replay_no_reset = f["gold_steps"] / (f["gold_steps"] / f["replay_steps_per_s"] - f["reset_s"])
     reason = "" if f["replay_steps_per_s"] >= 200 else (
-        f"each replay starts with a reset of {f['reset_s'] * 1000:.0f} ms (the JVM reloads the task); "
-        f"{f['gold_steps']} steps without it: {replay_no_reset:.0f} steps/s; one raw step costs the simulator "
-        f"~{1000 / f['steps_per_s']:.0f} ms")
+        f"each replay starts with a reset ({f['reset_s'] * 1000:.0f} ms); without it {replay_no_reset:.0f} steps/s: "
+        f"the bound is the simulator's own step, {1000 / replay_no_reset:.1f} ms each (200 steps/s needs 5 ms)")
     return [row(what + f" ({f['gold_steps']}-step boil task, reset included)", f["replay_steps_per_s"], "steps/s",
                 f["package_steps_per_s"], "package env.step", f["replay_steps_per_s"] / f["package_steps_per_s"],
                 ">= 200 steps/s", f["replay_steps_per_s"] >= 200, reason)]
@@ -157,7 +156,7 @@ def rollout(quick: bool) -> list[dict]:
     rows.append(row(f"rollout -j 2 vs -j 1, simulated env (10 ms sleep per step), {sim['states']} states",
                     sim["j2"]["states_per_s"], "states/s", sim["j1"]["states_per_s"], "-j 1", sim["speedup"],
                     ">= 1.7x", sim["speedup"] >= 1.7,
-                    "" if sim["speedup"] >= 1.7 else "the other load on the 2 cores" +
+                    "" if sim["speedup"] >= 1.7 else "the steps sleep (no CPU): the workers' start-up and the other load " "on the 2 cores" +
                     ("" if sim["identical"] else "; outcomes DIFFERENT")))
     what = "rollout -j 2 vs -j 1, ScienceWorld"
     try:
@@ -169,9 +168,10 @@ def rollout(quick: bool) -> list[dict]:
     sw = bench_rollout.jobs_speedup(bench_rollout.scienceworld_records(3, n, first))
     start = bench_rollout.scienceworld_start_s()
     reason = "" if sw["speedup"] >= 1.7 else (
-        f"-j 1 {sw['j1']['seconds']:.1f} s, -j 2 {sw['j2']['seconds']:.1f} s; each worker starts its own JVM "
-        f"simulator ({start:.1f} s measured) and the JVM's own threads already use the second core "
-        f"(-j 1 ran at {sw['j1']['cpu_percent']:.0f}% CPU)")
+        f"-j 1 {sw['j1']['seconds']:.1f} s, -j 2 {sw['j2']['seconds']:.1f} s for {sw['states']} states "
+        f"({sw['j1']['seconds'] / sw['states']:.1f} s each at -j 1); one ScienceWorld start (JVM + first reset) "
+        f"costs {start:.1f} s here, and -j 2 pays it in each worker, plus the workers' own start-up, on 2 cores "
+        f"that other work also uses")
     rows.append(row(f"{what} ({sw['states']} states, {n} dev trajectories, K=3, JVM start included)",
                     sw["j2"]["states_per_s"], "states/s", sw["j1"]["states_per_s"], "-j 1", sw["speedup"], ">= 1.7x",
                     sw["speedup"] >= 1.7, reason))
@@ -241,8 +241,9 @@ def finetune_real(quick: bool) -> list[dict]:
     a, b, t = res["eexp-lora-fp32"], res["eexp-lora-bf16"], res["trl-lora-fp32"]
     speed = a["tokens_per_s"] / t["tokens_per_s"]
     bf = b["tokens_per_s"] / a["tokens_per_s"]
-    return [row(f"{what}, fp32 (import {m['import_s']:.0f} s not counted)", a["tokens_per_s"], "tok/s",
-                t["tokens_per_s"], "TRL SFTTrainer fp32", speed, ">= 1.0x", speed >= 1.0),
+    return [row(f"{what}, fp32, batch 2", a["tokens_per_s"], "tok/s", t["tokens_per_s"], "TRL SFTTrainer fp32", speed,
+                ">= 1.0x", speed >= 1.0, f"{m['examples']} examples of {m['tokens_per_example']:.0f} tokens; GGUF "
+                f"import {m['import_s']:.0f} s (0: from the cache) not counted"),
             row(f"{what}, bf16 autocast vs fp32", b["tokens_per_s"], "tok/s", a["tokens_per_s"], "eexp fp32", bf,
                 "(none set)", None,
                 f"CPU-time basis {b['tokens_per_cpu_s'] / a['tokens_per_cpu_s']:.2f}x; held-out loss "
@@ -281,7 +282,8 @@ def evaluate(quick: bool) -> list[dict]:
     return [row(f"eval episodes/min, tiny GGUF, -j 1 ({n} shop episodes, process start included)", g1, "ep/min",
                 r1, "random policy -j 1", g1 / r1, "(none set)", None),
             row("eval episodes/min, tiny GGUF, -j 2 vs -j 1", g2, "ep/min", g1, "-j 1", g2 / g1, "(none set)", None,
-                f"random policy -j 2 / -j 1: {r['random'][2]['episodes_per_min'] / r1:.2f}x")]
+                f"the random policy (no model) -j 2 / -j 1: {r['random'][2]['episodes_per_min'] / r1:.2f}x: with "
+                f"{n} episodes the workers' start-up is not paid back")]
 
 
 def rl(quick: bool) -> list[dict]:
@@ -294,8 +296,9 @@ def rl(quick: bool) -> list[dict]:
     ev, ro, tr = (n / r[k][0] * 60 for k in ("eval", "rl", "train"))
     return [row(f"rl rollouts episodes/min, same {n} episodes as eval (tiny model, transformers)", ro, "ep/min", ev,
                 "eval's loop", ro / ev, "(none set)", None,
-                f"whole RL steps (rollouts + updates): {tr:.0f} ep/min, {r['train'][1] / r['train'][0]:.0f} "
-                f"env steps/s")]
+                f"identical episodes ({r['rl'][1]} and {r['eval'][1]} env steps); RL's live policy scores a state "
+                f"once per weights (a group's {4 if quick else 8} episodes of one task revisit states), eval's loop "
+                f"scores every step; whole RL steps (rollouts + updates): {tr:.0f} ep/min")]
 
 
 SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
@@ -381,7 +384,7 @@ def table(info: dict, rows: list[dict], wall: float, quick: bool) -> str:
     load = info["load_at_start"]
     out = [f"eexp benchmarks ({'--quick' if quick else 'full size'}), {info['date_utc']}, commit {info['commit']}",
            f"machine: {info['cpu']}, {info['cores']} cores, {info['memory']}; CPU flags: {' '.join(info['flags'])}"
-           f"{'' if info['amx'] else ' (no AMX)'}; {info['threads']} threads per model",
+           f"{'' if info['amx'] else ' (no AMX)'}; {info['threads']} thread(s) per model",
            f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min); measured under whatever "
            "else this machine runs: each row shows the 1-min load at its section's start", ""]
     head = ["what", "eexp", "baseline (same run)", "ratio", "target", "status", "load", "s"]
@@ -404,7 +407,7 @@ def table(info: dict, rows: list[dict], wall: float, quick: bool) -> str:
 def markdown(info: dict, rows: list[dict], wall: float) -> str:
     load = info["load_at_start"]
     out = [f"{info['cpu']}, {info['cores']} cores, CPU flags {' '.join(info['flags'])}"
-           f"{'' if info['amx'] else ' (no AMX)'}; {info['threads']} threads per model; load average at start "
+           f"{'' if info['amx'] else ' (no AMX)'}; {info['threads']} thread(s) per model; load average at start "
            f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; wall time {wall / 60:.1f} min.", "",
            "| what | eexp | baseline (same run) | ratio | target | status | load |", "|---|---|---|---|---|---|---|"]
     for r in rows:
