@@ -23,3 +23,10 @@ class EexpError(Exception):
 
 class UsageProblem(EexpError):
     exit_code = 2
+
+
+def entry_point_source(ep) -> str:
+    """The installed package that registers an entry point (an environment or a policy backend), for errors."""
+    dist = getattr(ep, "dist", None)
+    return f"the package {dist.name}" if dist is not None and getattr(dist, "name", None) else \
+        f"the package that registers {ep.value}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
-from eexp.errors import EexpError
+from eexp.errors import EexpError, entry_point_source
 from eexp.prompts import normalize_space
 
 
@@ -190,19 +190,12 @@ def env_class(name: str) -> type[Env]:
             raise EnvError(f"environment {name!r} is registered but cannot load: {e} "
                            f"(its package is missing: ./install.sh or pip install 'eexp[all]' installs it)") from None
         raise EnvError(f"environment {name!r} is registered but cannot load: {e} "
-                       f"(it comes from {_dist_name(ep)})") from None
+                       f"(it comes from {entry_point_source(ep)})") from None
     except AttributeError as e:
         raise EnvError(f"environment {name!r} is registered as {ep.value} but that does not exist: {e}") from None
     except Exception as e:   # a plugin's crash at import: one line, not a traceback
         raise EnvError(f"environment {name!r} is registered but cannot load: {type(e).__name__}: {e} "
-                       f"(it comes from {_dist_name(ep)})") from None
-
-
-def _dist_name(ep: Any) -> str:
-    """The installed package that registers an entry point, for error messages."""
-    dist = getattr(ep, "dist", None)
-    return f"the package {dist.name}" if dist is not None and getattr(dist, "name", None) else \
-        f"the package that registers {ep.value}"
+                       f"(it comes from {entry_point_source(ep)})") from None
 
 
 def make_env(name: str, **kwargs: Any) -> Env:

@@ -20,6 +20,7 @@ import os
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
+from eexp.errors import entry_point_source
 from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply, derive_seed
 
 __all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "load_policy", "policy_kind", "policy_registry",
@@ -98,7 +99,7 @@ def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, 
     policy = _loader(kind, known)(target, dict(args or {}), act=act, max_tokens=max_tokens, top_p=top_p)
     if not isinstance(policy, Policy):
         raise PolicyError(f"the {kind!r} policy backend returned {type(policy).__name__}, not an "
-                          f"eexp.policies.Policy (it comes from {_dist_name(known[kind])})")
+                          f"eexp.policies.Policy (it comes from {entry_point_source(known[kind])})")
     if plugin:
         policy.spec = spec   # what the user passed to --policy, as records show it
     return policy
@@ -116,13 +117,7 @@ def _loader(kind: str, known: dict[str, Any]) -> Loader:
         raise
     except Exception as e:   # ImportError included: one line, not a traceback
         raise PolicyError(f"the {kind!r} policy backend is registered but cannot load: {type(e).__name__}: {e} "
-                          f"(it comes from {_dist_name(ep)})") from None
-
-
-def _dist_name(ep: Any) -> str:
-    dist = getattr(ep, "dist", None)
-    return f"the package {dist.name}" if dist is not None and getattr(dist, "name", None) else \
-        f"the package that registers {ep.value}"
+                          f"(it comes from {entry_point_source(ep)})") from None
 
 
 # --- eexp's own loaders (registered in pyproject.toml like a plugin's) -------------------------------------------
