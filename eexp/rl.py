@@ -19,6 +19,15 @@ own seed, and the model stays in eval mode (no dropout: the old and new log-prob
 deterministic function), so a run killed and `--resume`d from its last checkpoint gives the weights and metrics of
 an uninterrupted run.
 
+Where the time goes (bench/bench_rl.py): the episodes of a group start in the same state and often pass through
+the same later ones (with `--history 0`, as the CPU recipes train, a state is its page), so the live policy scores a
+state once per weights (`scores_for`, forgotten at each update) and tokenizes a prompt once; the update computes the
+samples with the same inputs once (`same_inputs`: one forward and backward, each sample its own decision,
+advantage and ratio), and packs the distinct ones into a few forward passes (`packed_logprobs`: each prompt once,
+its candidate replies or sampled reply beside it under a 4D mask, at most PACK_TOKENS tokens a pass; part by part
+with the prompt's KV cache where the model's attention takes no custom mask). The old log-probabilities of a single
+on-policy update are the update's own (no extra pass), and the policy is built once over the weights being trained.
+
 Before the first update the first rollout batch is the probe: when none of its sampled episodes succeeds, every
 group has one reward, there is no signal to learn from, and the run stops with advice (start from an IL, IWM or SR
 checkpoint; verl-agent issue #41) unless `--allow-zero-start`.
@@ -46,8 +55,8 @@ that ratio would still move and be clipped; or it can leave l(a) alone and lower
 lot with a ratio of 1, unclipped. It is also not a valid importance weight for the later minibatches of a step,
 which are off-policy. Normalizing over the admissible set makes the clip bound the change of the decision itself,
 and the gradient is (grad l(a) - sum_a' pi(a') grad l(a')) / T: the chosen reply up, its rivals down in proportion
-to how likely they were. The cost is a forward pass over every admissible reply at each trained step (the prompt's
-KV computed once and shared, as eval's scoring does), and the KL term is exact: KL(pi_new || pi_ref) over the set.
+to how likely they were. The cost is a forward pass over every admissible reply at each trained state (the prompt
+computed once and shared, as eval's scoring does), and the KL term is exact: KL(pi_new || pi_ref) over the set.
 
 `--act think` (a model that reasons before it acts, as eval's think mode): the sampled thought tokens (those before
 the reply's `Action:` line, or all of them when it never got there) are trained per token as in generate; then, in a
@@ -81,6 +90,8 @@ from eexp import __version__
 from eexp.training import Finetune, FinetuneConfig, TrainingError, UsageProblem, from_scratch
 
 REWARDS = ("success", "score", "success+score")
+PACK_TOKENS = 4096  # tokens in one packed forward pass of the update (rows x longest row): bounds its memory (9 GiB
+#                   for a 0.5B-parameter shape in bf16 with its 152k vocabulary, measured on an H100)
 ENCODE_CACHE_SIZE = 50_000  # tokenized prompts and replies the live policy remembers (then it starts over)
 RL_ACT_MODES = ("score", "generate", "think")
 # Options that may differ between a run and its --resume without changing the result.
@@ -308,6 +319,91 @@ def sample_parts(sample: dict) -> list[dict]:
     return sample["parts"] if sample["mode"] == "think" else [sample]
 
 
+def part_logprobs(model, part: dict, device, pad_id: int, temperature: float) -> tuple:
+    """(log-probabilities of the part's units, its distribution or None), one part at a time: the score part's
+    decision (log pi(a|s), pi = softmax(l / T) over the admissible replies) and that distribution, or the generated
+    tokens' log-probabilities."""
+    import torch
+    if part["mode"] == "score":
+        logits = candidate_logliks(model, part["ids"], part["candidates"], device, pad_id) / max(temperature, 1e-6)
+        logpi = torch.log_softmax(logits, dim=-1)
+        return logpi[part["chosen"]].reshape(1), logpi
+    return reply_logprobs(model, part["ids"], part["reply"], device, temperature), None
+
+
+def packable(model) -> bool:
+    """Whether `packed_logprobs` can run the model: attention that takes a custom 4D mask (sdpa, eager)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def packed_logprobs(model, parts: list[dict], device, temperature: float) -> list[tuple]:
+    """What `part_logprobs` gives for each part, from one forward pass over all of them.
+
+    Each part is one row: its prompt, then every continuation but its last token (a score part's candidate
+    replies, a generated part's reply), each continuation seeing the prompt and itself only (a 4D mask) at the
+    positions it has after the prompt. The first token of every continuation is predicted from the prompt's last
+    position, as with the shared KV cache of `candidate_logliks`; the prompt is computed once per part. Rows are
+    left-padded, so the logits kept (`logits_to_keep`) run from the last prompt token of the longest tail."""
+    import torch
+    rows, tails = [], []
+    for part in parts:
+        ids = list(part["ids"])
+        tokens, positions, segments, targets = list(ids), list(range(len(ids))), [0] * len(ids), []
+        for k, cont in enumerate(part["candidates"] if part["mode"] == "score" else [part["reply"]], 1):
+            first = len(tokens)
+            tokens += cont[:-1]
+            positions += range(len(ids), len(ids) + len(cont) - 1)
+            segments += [k] * (len(cont) - 1)
+            targets.append(([len(ids) - 1, *range(first, first + len(cont) - 1)], cont))
+        rows.append((tokens, positions, segments, targets))
+        tails.append(len(tokens) - len(ids) + 1)
+    width, keep = max(len(r[0]) for r in rows), max(tails)
+    pad = [width - len(r[0]) for r in rows]
+    tokens = torch.tensor([[0] * n + r[0] for n, r in zip(pad, rows)], dtype=torch.long, device=device)
+    positions = torch.tensor([[0] * n + list(r[1]) for n, r in zip(pad, rows)], dtype=torch.long, device=device)
+    segments = torch.tensor([[-1] * n + r[2] for n, r in zip(pad, rows)], dtype=torch.long, device=device)
+    index = torch.arange(width, device=device)
+    real = segments >= 0
+    allowed = (index[None, None, :] <= index[None, :, None]) & real[:, None, :] & real[:, :, None] & (
+        (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None]))
+    allowed |= torch.eye(width, dtype=torch.bool, device=device)  # a padding position sees itself (no empty row)
+    mask = allowed[:, None]
+    if model.config._attn_implementation == "eager":  # an additive mask
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=False,
+                   logits_to_keep=keep).logits.float()
+    out = []
+    for b, (part, row) in enumerate(zip(parts, rows)):
+        base = width - keep - pad[b]  # row position -> index into the kept logits
+        score = part["mode"] == "score"
+        logp = torch.log_softmax(logits[b] if score else logits[b] / max(temperature, 1e-6), dim=-1)
+        per_cont = [logp[torch.tensor(at, device=device) - base, torch.tensor(cont, device=device)]
+                    for at, cont in row[3]]
+        if score:
+            logpi = torch.log_softmax(torch.stack([t.sum() for t in per_cont]) / max(temperature, 1e-6), dim=-1)
+            out.append((logpi[part["chosen"]].reshape(1), logpi))
+        else:
+            out.append((per_cont[0], None))
+    return out
+
+
+def batch_logprobs(model, samples: list[dict], device, pad_id: int, temperature: float) -> list[list[tuple]]:
+    """For each sample, [(its part's unit log-probabilities, its distribution or None)] (see `part_logprobs`):
+    one forward pass for all of them where the model can be packed, else one part at a time."""
+    parts = [p for s in samples for p in sample_parts(s)]
+    if packable(model):
+        flat = packed_logprobs(model, parts, device, temperature)
+    else:
+        flat = [part_logprobs(model, p, device, pad_id, temperature) for p in parts]
+    out, i = [], 0
+    for s in samples:
+        n = len(sample_parts(s))
+        out.append(flat[i:i + n])
+        i += n
+    return out
+
+
 def action_logprobs(model, sample: dict, device, pad_id: int, temperature: float):
     """(log-probabilities of every unit the step produced, [(its part's log-probabilities, its distribution or
     None)]).
@@ -315,16 +411,30 @@ def action_logprobs(model, sample: dict, device, pad_id: int, temperature: float
     A score part is one unit, log pi(a|s) with pi = softmax(l / T) over the admissible replies, and carries that
     distribution's log-probabilities (for the exact KL); a generated part is one unit per reply token."""
     import torch
-    out = []
-    for part in sample_parts(sample):
-        if part["mode"] == "score":
-            logits = candidate_logliks(model, part["ids"], part["candidates"], device, pad_id) / max(temperature,
-                                                                                                   1e-6)
-            logpi = torch.log_softmax(logits, dim=-1)
-            out.append((logpi[part["chosen"]].reshape(1), logpi))
-        else:
-            out.append((reply_logprobs(model, part["ids"], part["reply"], device, temperature), None))
+    out = batch_logprobs(model, [sample], device, pad_id, temperature)[0]
     return torch.cat([logp for logp, _ in out]), out
+
+
+def pack_tokens(sample: dict) -> int:
+    """The length of a sample's longest packed row (`packed_logprobs`)."""
+    return max(len(p["ids"]) + sum(len(c) - 1 for c in (p["candidates"] if p["mode"] == "score" else [p["reply"]]))
+               for p in sample_parts(sample))
+
+
+def pack_chunks(groups: list[tuple[dict, list[dict]]], budget: int) -> list[list[tuple[dict, list[dict]]]]:
+    """Consecutive groups of `same_inputs` in chunks whose packed pass holds at most `budget` tokens (rows x the
+    longest row; a group alone may exceed it)."""
+    chunks, rows, longest = [], 0, 0
+    for g in groups:
+        n, width = len(sample_parts(g[0])), pack_tokens(g[0])
+        if chunks and chunks[-1] and (rows + n) * max(longest, width) > budget:
+            chunks.append([])
+            rows, longest = 0, 0
+        if not chunks:
+            chunks.append([])
+        chunks[-1].append(g)
+        rows, longest = rows + n, max(longest, width)
+    return chunks
 
 
 def sample_key(sample: dict) -> tuple:
@@ -565,14 +675,14 @@ class RL(Finetune):
         if step % self.cfg.save_every == 0 and step < self.total_steps:
             self.save_checkpoint()
 
-    def _logprobs(self, model, sample):
-        return action_logprobs(model, sample, self.device, self.pad_id, self.rl.temperature)
+    def _logprobs(self, model, samples: list[dict]) -> list[list[tuple]]:
+        return batch_logprobs(model, samples, self.device, self.pad_id, self.rl.temperature)
 
-    def _reference_logprobs(self, sample):
+    def _reference_logprobs(self, samples: list[dict]) -> list[list[tuple]]:
         if self.reference is not None:
-            return self._logprobs(self.reference, sample)
+            return self._logprobs(self.reference, samples)
         with self.model.disable_adapter():  # a fresh LoRA adapter: the start is the base without it
-            return self._logprobs(self.model, sample)
+            return self._logprobs(self.model, samples)
 
     def _update(self, samples: list[dict], step: int) -> dict:
         """--ppo-epochs passes of --minibatches optimizer updates over the step's samples."""
@@ -584,16 +694,17 @@ class RL(Finetune):
                 self._schedule()
             return {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "updates": 0}
         with torch.no_grad():
-            for rep, members in same_inputs(samples):
+            for chunk in pack_chunks(same_inputs(samples), PACK_TOKENS):
+                reps = [rep for rep, _ in chunk]
                 if self.updates_per_step > 1:  # one on-policy update: the old log-probs are the first pass's own
-                    parts = self._logprobs(self.model, rep)[1]
-                    for s in members:
-                        s["old"] = chosen_units(parts, s).detach()
+                    for (_, members), parts in zip(chunk, self._logprobs(self.model, reps)):
+                        for s in members:
+                            s["old"] = chosen_units(parts, s).detach()
                 if rl.kl_coef > 0:
-                    ref = [(logp.detach(), dist.detach() if dist is not None else None)
-                           for logp, dist in self._reference_logprobs(rep)[1]]
-                    for s in members:
-                        s["ref"] = ref
+                    for (_, members), parts in zip(chunk, self._reference_logprobs(reps)):
+                        ref = [(logp.detach(), dist.detach() if dist is not None else None) for logp, dist in parts]
+                        for s in members:
+                            s["ref"] = ref
         updates = 0
         for epoch in range(rl.ppo_epochs):
             order = list(range(len(samples)))
@@ -621,27 +732,27 @@ class RL(Finetune):
         import torch
         rl = self.rl
         units = sum(unit_count(s) for s in chunk)
-        for rep, members in same_inputs(chunk):
-            _, parts = self._logprobs(self.model, rep)
+        for packed in pack_chunks(same_inputs(chunk), PACK_TOKENS):
             total = 0.0
-            for s in members:
-                logp = chosen_units(parts, s)
-                loss, clipped = clipped_surrogate(logp, s["old"] if "old" in s else logp.detach(), s["advantage"],
-                                                  rl.clip)
-                total = total + loss.sum()
-                totals["loss"] += float(loss.detach().sum())
-                totals["clip_frac"] += float(clipped.sum())
-                totals["units"] += len(logp)
-            if rl.kl_coef > 0:  # the same inputs, the same distributions: one KL, counted for every member
-                kl = 0.0
-                for (part_logp, dist), (ref_logp, ref_dist) in zip(parts, rep["ref"]):
-                    if dist is not None:  # exact KL over the admissible set
-                        kl = kl + (dist.exp() * (dist - ref_dist)).sum()
-                    else:  # k3 per token
-                        d = ref_logp - part_logp
-                        kl = kl + (torch.exp(d) - d - 1).sum()
-                total = total + rl.kl_coef * len(members) * kl
-                totals["kl"] += float(kl.detach()) * len(members)
+            for (rep, members), parts in zip(packed, self._logprobs(self.model, [rep for rep, _ in packed])):
+                for s in members:
+                    logp = chosen_units(parts, s)
+                    loss, clipped = clipped_surrogate(logp, s["old"] if "old" in s else logp.detach(),
+                                                      s["advantage"], rl.clip)
+                    total = total + loss.sum()
+                    totals["loss"] += float(loss.detach().sum())
+                    totals["clip_frac"] += float(clipped.sum())
+                    totals["units"] += len(logp)
+                if rl.kl_coef > 0:  # the same inputs, the same distributions: one KL, counted for every member
+                    kl = 0.0
+                    for (part_logp, dist), (ref_logp, ref_dist) in zip(parts, rep["ref"]):
+                        if dist is not None:  # exact KL over the admissible set
+                            kl = kl + (dist.exp() * (dist - ref_dist)).sum()
+                        else:  # k3 per token
+                            d = ref_logp - part_logp
+                            kl = kl + (torch.exp(d) - d - 1).sum()
+                    total = total + rl.kl_coef * len(members) * kl
+                    totals["kl"] += float(kl.detach()) * len(members)
             (total / units).backward()
         torch.nn.utils.clip_grad_norm_(self.params, rl.max_grad_norm)
         self.optimizer.step()

@@ -205,6 +205,35 @@ def test_generate_mode_trains_on_the_sampled_reply_tokens(shop_models, tmp_path)
     assert after > before
 
 
+@pytest.mark.parametrize("act", ["score", "think"])
+def test_the_packed_update_pass_gives_what_one_part_at_a_time_gives(shop_models, tmp_path, act):
+    """The update's one forward pass over many samples (each prompt once, its continuations beside it under a 4D
+    mask) gives the log-probabilities and gradients of the part-by-part pass with the prompt's KV cache."""
+    from eexp.rl import RL, RLConfig, packed_logprobs, part_logprobs, sample_parts
+    run = RL(RLConfig(model=str(shop_models["il"]), output=str(tmp_path / act), env="shop", act=act, group_size=2,
+                      tasks_per_step=2, max_steps=1, max_tokens=8, episode_steps=3, allow_zero_start=True,
+                      quiet=True))
+    run.setup()
+    parts = [p for _, trace in run.rollouts(1) for s in trace for p in sample_parts(s)
+             if p["mode"] == "score" or p["reply"]]
+    assert {p["mode"] for p in parts} == ({"score"} if act == "score" else {"score", "generate"})
+
+    def grads(compute):
+        run.model.zero_grad(set_to_none=True)
+        outs = compute()
+        sum(logp.sum() + (dist.sum() if dist is not None else 0) for logp, dist in outs).backward()
+        return outs, [p.grad.clone() for p in run.params]
+
+    packed, packed_grads = grads(lambda: packed_logprobs(run.model, parts, run.device, 1.0))
+    single, single_grads = grads(lambda: [part_logprobs(run.model, p, run.device, run.pad_id, 1.0) for p in parts])
+    for (a, da), (b, db) in zip(packed, single):
+        assert torch.allclose(a, b, atol=1e-4) and (da is None) == (db is None)
+        assert da is None or torch.allclose(da, db, atol=1e-4)
+    for x, y in zip(packed_grads, single_grads):
+        assert torch.allclose(x, y, atol=1e-5, rtol=1e-3)
+    run.model.zero_grad(set_to_none=True)
+
+
 # --- the recipe (paper Fig. 3 at CPU scale) ----------------------------------------------------------------------
 
 @pytest.mark.slow
