@@ -4,7 +4,10 @@ The baseline is eval's own episode loop over the transformers policy loaded from
 `eexp eval --policy CKPT --act score --temperature 1` runs). RL's rollouts go through the same loop over the
 in-memory weights, recording the tokens of every reply; an RL step then updates on them. Printed: episodes per
 minute of eval, of RL's rollouts alone, and of whole RL steps (rollouts + update), each the best of --repeat runs
-(one process, model loaded once, so start-up is not counted; other load on a shared machine only slows a run).
+(one process, model loaded once, so start-up is not counted; other load on a shared machine only slows a run, and
+the load average at the start is printed). RL's live policy scores a state once per weights: a group's episodes
+share states, so its rollouts of the same episodes beat eval's loop (which has no reason to remember them); its
+memory is emptied before each repeat.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_rl.py [--model CKPT] [-G 8] [--tasks-per-step 2] [--steps 10]
 Without --model a start is built first in a temporary folder: 60 shop expert trajectories, a tiny model whose
@@ -44,6 +47,7 @@ def measure(model: str | None = None, group_size: int = 8, tasks_per_step: int =
     from eexp.envs.base import make_env
     from eexp.rl import RL, RLConfig, step_tasks
     from eexp.stages.evaluate import EvalSettings, Evaluator
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         model = model or build_start(folder, start_updates)
         n_episodes = steps * tasks_per_step * group_size
@@ -92,7 +96,7 @@ def measure(model: str | None = None, group_size: int = 8, tasks_per_step: int =
             timings["eval"].append(episodes(evaluator, False))
             timings["rl"].append(episodes(live.evaluator, True))
             timings["train"].append(training_run())
-    return {"episodes": n_episodes, "model": model, "torch_threads": torch.get_num_threads(),
+    return {"episodes": n_episodes, "model": model, "torch_threads": torch.get_num_threads(), "load": load,
             **{k: min(v) for k, v in timings.items()}}
 
 
@@ -109,7 +113,7 @@ def main() -> None:
     n_episodes = r["episodes"]
     print(f"shop train, {n_episodes} episodes (max {args.episode_steps} steps, --act score, temperature 1), "
           f"model {args.model or 'a tiny IL model built here'}, {r['torch_threads']} torch thread(s), "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load average {r['load']:.2f} at the start")
     eval_s, eval_steps = r["eval"]
     roll_s, roll_steps = r["rl"]
     full_s, full_steps, full_roll_s = r["train"]
