@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-skyrl_gym = pytest.importorskip("skyrl_gym")
+skyrl_gym = pytest.importorskip("skyrl_gym", reason="skyrl-gym is in the dev extra: ./install.sh --dev, or "
+                                "pip install 'skyrl-gym>=0.4.0,<0.5'")
 
 from skyrl_gym.envs.base_text_env import BaseTextEnv  # noqa: E402
 
@@ -72,6 +73,15 @@ def test_turn_limit_ends_the_episode_with_the_reward_at_the_end(rows):
     assert not env.step(format_action(expert[0]))["done"]
     out = env.step(format_action(expert[1]))
     assert out["done"] and out["reward"] == 0.0  # nothing bought within two turns
+
+
+def test_the_base_class_is_skyrl_gyms_own():
+    """The adapter subclasses the class of the skyrl-gym distribution installed from PyPI (the dev extra's range),
+    not a stand-in."""
+    from importlib.metadata import version
+    assert version("skyrl-gym").startswith("0.4.")
+    assert BaseTextEnv in EexpTextEnv.__mro__ and BaseTextEnv.__module__ == "skyrl_gym.envs.base_text_env"
+    assert skyrl_gym.__file__.endswith("skyrl_gym/__init__.py")
 
 
 def test_rows_without_the_task_are_an_error():
