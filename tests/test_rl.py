@@ -258,6 +258,7 @@ def test_rl_recipe_at_a_tiny_size(tmp_path):
             import yaml
             made = yaml.safe_load((run / "config.yaml").read_text())
             assert made["start"] == str(out / method) and made["seed"] == seed and made["episodes"] == 4
+            assert made["act"] == ("think" if method == "SR" else "score")  # SR acts as it was trained, thinking
     compare = json.loads((out / "rl" / "compare.json").read_text())
     text = json.dumps(compare)
     for name in ("IL", "IWM", "SR", "IL+RL", "IWM+RL", "SR+RL"):
