@@ -105,6 +105,70 @@ def test_textworld_snapshot_branches_independently_and_replay_is_deterministic(t
     assert tw.replay(task, actions[:2]) == walk
 
 
+def _tw_full_state(env) -> dict:
+    """Everything a TextWorld episode carries: eexp's view, TextWorld's GameStates and progression, the z-machine."""
+    tracking, inform7, _, jericho = env._layers()
+
+    def plain(state):
+        d = {k: v for k, v in (state or {}).items() if k not in ("game", "_game_progression")}
+        if "_facts" in d:   # a set's iteration order: it differs between two processes replaying the same game too
+            d["_facts"] = sorted(map(str, d["_facts"]))
+        return d
+
+    ram, stack, pc, sp, *registers = jericho._jericho.get_state()
+    progression = tracking._game_progression
+    return {"admissible": env.admissible(), "score": env.score(), "success": env.success(),
+            "state": plain(tracking.state), "previous state": plain(inform7._prev_state),
+            "state refers to the live progression": tracking.state["_game_progression"] is progression,
+            "facts": sorted(map(str, progression.state.facts)),
+            "valid actions": list(map(str, progression.valid_actions)),
+            "policy": tracking._current_winning_policy, "previous policy": tracking._previous_winning_policy,
+            "moves": tracking._moves, "last action": tracking._last_action, "tracked infos": inform7._tracked_infos,
+            "ram": ram.tobytes(), "stack in use": stack.tobytes()[2 * sp:], "pc, sp, fp, frames, opcode, rng, text":
+            (pc, sp, *registers)}
+
+
+@needs_textworld
+def test_textworld_restore_equals_replay_in_the_whole_state(tw):
+    """restore() (jericho's get_state/set_state plus TextWorld's Python state) gives what replay gives: eexp's view,
+    TextWorld's GameState (score, moves, admissible and policy commands, won/lost, feedback), the quest progression
+    and the z-machine's memory and registers; also after another game ran, after the engine was dropped, in another
+    instance, and at the end of the game; the snapshot stays reusable."""
+    tasks = tw.tasks("train")
+    task, other_task = tasks[3], tasks[0]
+    actions = tw.expert(task)
+    replayed = make_env("textworld", games=1)
+    try:
+        tw.reset(task)
+        snaps = [(0, tw.snapshot())]
+        for i, action in enumerate(actions):
+            tw.step(action)
+            snaps.append((i + 1, tw.snapshot()))
+        assert tw.success()
+        tw.reset(other_task)
+        tw.step("look")
+        for n, snap in reversed(snaps):
+            for how in ("after another game", "again", "after the engine was dropped", "in another instance"):
+                env = replayed if how == "in another instance" else tw
+                if how == "after the engine was dropped":
+                    tw.restart()
+                env.restore(snap)
+                state = _tw_full_state(env)
+                follow = (actions[n:] or ["look"])[:2] + ["inventory"]
+                after = [env.step(a) for a in follow] + [_tw_full_state(env)]
+                ref = make_env("textworld", games=1)
+                try:
+                    ref.replay(task, actions[:n])
+                    expected = _tw_full_state(ref)
+                    expected_after = [ref.step(a) for a in follow] + [_tw_full_state(ref)]
+                finally:
+                    ref.close()
+                assert [k for k in state if state[k] != expected[k]] == [], (n, how)
+                assert after == expected_after, (n, how)
+    finally:
+        replayed.close()
+
+
 @needs_textworld
 def test_textworld_state_mismatch_is_detected(tw):
     task = tw.tasks("train")[3]

@@ -30,8 +30,24 @@ Those six bytes are set to SERIAL after compiling; they lie outside the header c
 the games never print them.
 
 Tasks are interleaved across families, so any prefix of a split mixes them. The goal is the game's own objective.
-Admissible commands come from TextWorld (closed set), the expert is the game's walkthrough (`policy_commands`),
-and `snapshot()` is TextWorld's `copy()` (a copy of the z-machine memory and the Python state).
+Admissible commands come from TextWorld (closed set), the expert is the game's walkthrough (`policy_commands`).
+
+Snapshots (`snapshot()`/`restore()`): the z-machine's state by jericho's `get_state()` (dynamic memory, stack,
+program counter, frame pointers, next opcode, random generator, last output: what jericho's own `copy()` carries
+into a new engine, so what TextWorld's `copy()` restores), plus the Python state of TextWorld's wrappers (the
+current and previous GameState, the quest progression, the winning policies, the move count, the tracked infos).
+`restore()` restarts the running engine of the same game (jericho's reset: fresh interpreter globals, as a replay
+starts with, and a halted interpreter runs again) and sets that state into it, with a copy of the saved progression,
+so the snapshot stays reusable; a snapshot of another game, or after the engine was dropped, starts that game's
+engine first. Restored, the z-machine's memory, live stack and registers, every GameState field and the
+progression's facts and valid actions equal a replay's (tests/test_envs_real.py). TextWorld's `copy()`, which
+restore() used before, builds two new engines (each loads a private copy of libfrotz) and deep-copies the whole
+GameState, the game description included: ~30x this restore, several times a replay of the 7 expert steps
+(bench/bench_envs_real.py). Outside the saved state, as outside jericho's and TextWorld's `copy()`: the
+interpreter's flag that the game has quit (a snapshot taken after the game really quit, past its end, restores a
+game that has not: replay's engine halts at the next step, the restored one does not) and the iteration order of
+the progression's fact sets (a Python set's, different between two processes replaying the same game too).
+"undo" is refused by jericho's interpreter either way.
 
 Faults: any exception inside the engine (or a timeout raised into it by the stage) marks the episode broken and is
 raised as EnvError; the next `reset()` (or `restart()`) starts a fresh engine, so a stage goes on with the next task.
@@ -386,16 +402,66 @@ class TextWorldEnv(Env):
     def canonicalize(self, action: str) -> str:
         return normalize_space(action.lower())
 
+    def _layers(self) -> tuple:
+        """TextWorld's wrappers of the running game, outside in: (StateTracking, Inform7Data, GameData, JerichoEnv)."""
+        tracking = self._env._wrapped_env
+        inform7 = tracking._wrapped_env
+        data = inform7._wrapped_env
+        return tracking, inform7, data, data._wrapped_env
+
     def snapshot(self) -> Any:
-        return self._guard("snapshot", lambda: (self._env.copy(), self._state, self._task))
+        return self._guard("snapshot", self._save)
+
+    def _save(self) -> dict:
+        tracking, inform7, _, jericho = self._layers()
+        if self._state is not tracking.state:
+            raise EnvError("textworld: the engine's state is not the episode's (snapshot)")
+        progression = tracking._game_progression.copy() if tracking._game_progression is not None else None
+        return {"task": self._task, "engine": jericho._jericho.get_state(), "progression": progression,
+                "state": _detach(tracking.state, progression),
+                "prev_state": _detach(inform7._prev_state, progression),
+                "tracked_infos": list(inform7._tracked_infos), "last_action": tracking._last_action,
+                "previous_policy": tracking._previous_winning_policy,   # tuples, replaced (never changed) by steps
+                "current_policy": tracking._current_winning_policy, "moves": tracking._moves}
 
     def restore(self, snap: Any) -> None:
-        env, state, task = snap
-        self._drop()
-        self._env, self._state, self._task = env.copy(), state, task   # copy again: the snapshot stays reusable
+        task = snap["task"]
+        if self._env is None or self._task is None or self._task.get("id") != task.get("id"):
+            self.reset(task)            # another game (or none running): start this one's engine
+        self._task = task
+        self._guard("restore", lambda: self._load(snap))
+
+    def _load(self, snap: dict) -> None:
+        tracking, inform7, data, jericho = self._layers()
+        frotz = jericho._jericho
+        frotz.reset()   # fresh interpreter globals (as replay's reset; clears a halt), then the saved state
+        frotz.set_state(snap["engine"])
+        progression = snap["progression"].copy() if snap["progression"] is not None else None
+        state = _detach(snap["state"], progression)
+        jericho.state = data.state = inform7.state = tracking.state = state
+        jericho._reset = True
+        inform7._prev_state = _detach(snap["prev_state"], progression)
+        inform7._tracked_infos = list(snap["tracked_infos"])
+        tracking._game_progression = progression
+        tracking._last_action = snap["last_action"]
+        tracking._previous_winning_policy = snap["previous_policy"]
+        tracking._current_winning_policy = snap["current_policy"]
+        tracking._moves = snap["moves"]
+        self._state = state
 
     def close(self) -> None:
         self._drop()
+
+
+def _detach(state, progression):
+    """A shallow copy of a TextWorld GameState whose `_game_progression` is `progression`: every GameState of an
+    episode refers to the one live progression, which later steps change in place."""
+    if state is None:
+        return None
+    state = type(state)(state)
+    if "_game_progression" in state:
+        state["_game_progression"] = progression
+    return state
 
 
 if __name__ == "__main__":   # the generator subprocess (see generate_games)
