@@ -66,10 +66,11 @@ def table(title: str, label: str, points: list[tuple[str, Path, dict]], methods)
              + " | " + " | ".join(f"{m} vs IL" for m in methods if m != "IL") + " | loss fall, last tenth |",
              "|" + "---|" * (3 + len(methods) + len([m for m in methods if m != "IL"]))]
     for name, point_dir, summary in points:
-        for split in summary["splits"]:
+        for i, split in enumerate(summary["splits"]):
             r = rows(summary, split)
-            falls = ", ".join(f"{m} {plateaus(point_dir, m)}" for m in METHODS
-                              if any(point_dir.glob(f"seed*/{m}/metrics.jsonl")))
+            # training is the same for every split: its plateau once, on the point's first row
+            falls = "" if i else ", ".join(f"{m} {plateaus(point_dir, m)}" for m in METHODS
+                                           if any(point_dir.glob(f"seed*/{m}/metrics.jsonl")))
             lines.append(f"| {name} | {split} | " + " | ".join(cell(r.get(m)) for m in methods) + " | "
                          + " | ".join(test_cell(r.get(m)) for m in methods if m != "IL") + f" | {falls} |")
     return lines + [""]
