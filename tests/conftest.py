@@ -55,6 +55,17 @@ def pytest_unconfigure(config):
             os.environ["EEXP_CACHE"] = config._eexp_saved_cache
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of training tests: on a shared 2-core machine, two OpenMP threads of a
+    0.1M-parameter model mostly wait on each other (measured: ~10x slower per step under load)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(request, monkeypatch):
     """Each test sees the run's empty-at-start cache, even if another test pointed EEXP_CACHE elsewhere."""

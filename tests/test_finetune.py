@@ -30,14 +30,8 @@ from eexp.training import Finetune, FinetuneConfig, TrainingError, encode, finet
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads of a 0.1M-parameter model mostly wait on
-    each other (measured: ~10x slower per step under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread for every test here (conftest.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_jsonl(path: Path, records) -> Path:

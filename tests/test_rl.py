@@ -26,12 +26,8 @@ from eexp.cli import cli  # noqa: E402
 from eexp.rl import action_logprobs, clipped_surrogate, group_advantages, step_tasks  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread for every test here (conftest.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(*args):
