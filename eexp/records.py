@@ -57,19 +57,29 @@ KIND_PLURALS = {"trajectory": "trajectories", "branch": "branch records", "outco
 Problem = tuple[list, str]
 
 
+def _exact_types(spec: Any) -> tuple:
+    """The types a leaf spec takes at a glance (`type(value) in them`, no call); () for an object, a list or ANY."""
+    if isinstance(spec, (dict, list)) or spec is ANY:
+        return ()
+    return spec if isinstance(spec, tuple) else (spec,)
+
+
 def _compile(spec: Any) -> Callable[[Any], Problem | None]:
     if isinstance(spec, dict):
-        fields = [(key.rstrip("?"), key.endswith("?"), _compile(sub)) for key, sub in spec.items()]
+        # a field whose value has one of its leaf's exact types passes without calling its check (most fields)
+        fields = [(key.rstrip("?"), key.endswith("?"), _compile(sub), _exact_types(sub)) for key, sub in spec.items()]
 
         def check_object(value):
             if not isinstance(value, dict):
                 return [], f"expected an object, got {type_name(value)}"
-            for name, optional, check_field in fields:
+            for name, optional, check_field, exact in fields:
                 if name not in value:
                     if optional:
                         continue
                     return [name], "missing"
                 item = value[name]
+                if type(item) in exact:
+                    continue
                 if item is None and optional:
                     continue
                 problem = check_field(item)
@@ -79,10 +89,17 @@ def _compile(spec: Any) -> Callable[[Any], Problem | None]:
         return check_object
     if isinstance(spec, list):
         check_item = _compile(spec[0])
+        exact = _exact_types(spec[0])
 
         def check_list(value):
             if not isinstance(value, list):
                 return [], f"expected a list, got {type_name(value)}"
+            if exact:   # a list of leaves (strings): checked at a glance, item by item only to name a problem
+                for item in value:
+                    if type(item) not in exact:
+                        break
+                else:
+                    return None
             for i, item in enumerate(value):
                 problem = check_item(item)
                 if problem:
@@ -178,8 +195,16 @@ def short_hash(*parts: Any, n: int = 12) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()[:n]
 
 
+_utc_second: tuple[int, str] = (-1, "")   # the last whole second and its text, formatted once per second
+
+
 def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    global _utc_second
+    now, (second, text) = int(time.time()), _utc_second
+    if now != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        _utc_second = (now, text)
+    return text
 
 
 def make_meta(stage: str, **fields: Any) -> dict:
@@ -210,13 +235,18 @@ EXAMPLE_META: dict[str, type] = {
 }
 
 
+_EMPTY_META = {key: typ() for key, typ in EXAMPLE_META.items()}   # "" or 0
+
+
 def example_meta(**fields: Any) -> dict:
     """Fill the fixed example meta: known keys of the right type kept, anything else folded into `extra`."""
     out: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in fields.items():
         typ = EXAMPLE_META.get(key)
-        if typ is None or key == "extra":
+        if type(value) is typ and key != "extra":   # the common case: a known key, the exact type
+            out[key] = value
+        elif typ is None or key == "extra":
             if key != "extra" and value not in (None, "", {}, []):
                 extra[key] = value
         elif isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
@@ -230,7 +260,7 @@ def example_meta(**fields: Any) -> dict:
             fields["extra"], option=orjson.OPT_SORT_KEYS).decode()
     elif extra:
         out["extra"] = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode()
-    meta = {key: out.get(key, typ()) for key, typ in EXAMPLE_META.items()}
+    meta = {**_EMPTY_META, **out}   # every key, in EXAMPLE_META's order
     meta["eexp_version"] = meta["eexp_version"] or __version__
     meta["created_utc"] = meta["created_utc"] or utc_now()
     return meta

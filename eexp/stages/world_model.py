@@ -20,6 +20,8 @@ def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int =
     if outcome.get("error"):
         raise RecordError(f"the state could not be reached: {outcome['error']}")
     state = outcome["state"]
+    source_id = outcome["id"]
+    # once per outcome: the rendered state and the meta its examples share (each adds its action)
     rendered = serializer.render_state(state)
     base_meta = example_meta(stage="world-model-data", kind="iwm", env=outcome["env"]["name"],
                              env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
@@ -28,19 +30,20 @@ def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int =
     transitions = [("expert", outcome["expert"], "expert")]
     transitions += [(str(j), alt, alt["source"]) for j, alt in enumerate(outcome["alternatives"])]
     for tag, executed, source in transitions:
-        if executed.get("error") or executed.get("next_observation") is None:
+        next_obs = executed.get("next_observation")
+        if next_obs is None or executed.get("error"):
             count("not_executed")
             continue
-        next_obs = executed["next_observation"]
+        action = executed["action"]
         if summarizer is not None:
-            next_obs = summarizer(next_obs, state, executed["action"])
+            next_obs = summarizer(next_obs, state, action)
         if not executed.get("valid", True):
             count("invalid_actions")
+        messages = serializer.world_model_messages(state, action, rendered)
+        messages.append({"role": "assistant", "content": format_observation(next_obs, max_chars)})
         yield {
-            "id": f"wm:{outcome['id']}:{tag}",
-            "source_id": outcome["id"],
-            "messages": serializer.world_model_messages(state, executed["action"], rendered) + [
-                {"role": "assistant", "content": format_observation(next_obs, max_chars)}],
-            "meta": {**base_meta, "action": executed["action"], "action_source": source,
-                     "seed": executed.get("seed") or 0},
+            "id": f"wm:{source_id}:{tag}",
+            "source_id": source_id,
+            "messages": messages,
+            "meta": {**base_meta, "action": action, "action_source": source, "seed": executed.get("seed") or 0},
         }
