@@ -179,6 +179,44 @@ def jobs_speedup(records) -> dict:
             "speedup": results[1]["seconds"] / results[2]["seconds"]}
 
 
+def worker_start_s(repeat: int = 2) -> float:
+    """Seconds that `rollout -j 2` spends on starting its worker processes (spawn, imports; no environment start):
+    -j 2 minus -j 1 over one short trajectory of the line environment, whose steps cost nothing; the best of
+    `repeat`."""
+    task = LineEnv().tasks("train")[0]
+    records = list(Brancher("admissible", 1, env_factory=bench_env)(trajectory(SnapLineEnv, task, "w")))
+    best = {}
+    for _ in range(repeat):
+        for jobs in (1, 2):
+            t0 = time.perf_counter()
+            rollout_counts(records, jobs)
+            best[jobs] = min(best.get(jobs, float("inf")), time.perf_counter() - t0)
+    return max(best[2] - best[1], 0.0)
+
+
+def jobs_needed(j1_s: float, j2_s: float, states: int, start_s: float, worker_s: float, target: float = 1.7) -> dict:
+    """How many states `rollout -j 2` needs to run `target` times as fast as -j 1, from one measured size: Amdahl's
+    law with a start-up paid once per worker.
+
+    -j 1 starts one environment (S = start_s: JVM + first reset), then spends t = (T1 - S) / n per state. -j 2 starts
+    its workers (w = worker_s) and each starts its own environment (S), both at once, then the states are shared:
+      ideal, a quiet 2-core machine that runs two states at a time: T2(n) = w + S + n t / 2, so the speed-up
+        (S + n t) / (w + S + n t / 2) tends to 2 and reaches `target` from n = (target (w + S) - S) / (t (1 - target
+        / 2)) states;
+      as measured: this run's cost per state at -j 2, t2 = (T2 - w - S) / n, bounds the speed-up at t / t2, and
+        `target` is reached from n = (target (w + S) - S) / (t - target t2) states where t / t2 > target, at no size
+        where it is not (the machine gave -j 2 no second core's worth of time).
+    Whole trajectories go to a worker, so with few trajectories of unequal length the split is uneven, which the
+    ideal figure does not count."""
+    t = (j1_s - start_s) / states
+    t2 = (j2_s - worker_s - start_s) / states
+    fixed = target * (worker_s + start_s) - start_s
+    ideal = fixed / (t * (1 - target / 2)) if t > 0 else float("inf")
+    measured = fixed / (t - target * t2) if t2 > 0 and t > target * t2 else None
+    return {"per_state_j1_s": t, "per_state_j2_s": t2, "limit": t / t2 if t2 > 0 else float("inf"),
+            "states_ideal": max(ideal, 0.0), "states_measured": None if measured is None else max(measured, 0.0)}
+
+
 def time_jobs(records, what, k):
     print(f"   {what}; K={k}; {len(records)} states; {os.cpu_count()} CPUs shared with other work")
     r = jobs_speedup(records)

@@ -1,6 +1,6 @@
 """Every benchmark in one run, one table: eexp's figure, a baseline measured in the same run, the ratio, the target.
 
-    bench/run [--quick] [--json] [--only data,envs,...] [--list]      (make bench runs it with no options)
+    bench/run [--quick] [--json] [--only data,envs,...] [--list] [--sw-states N]   (make bench: no options)
 
 Each section below calls the function of one bench/bench_*.py script that returns numbers (those scripts keep their
 own command lines), in a child process of its own: a section that fails or runs past its time limit becomes rows
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -28,6 +29,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 THREADS = int(os.environ.get("BENCH_THREADS") or 2)   # per model: llama.cpp n_threads, torch threads (--threads)
+SW_STATES = int(os.environ.get("BENCH_SW_STATES") or 0)   # rollout's ScienceWorld -j row at about this many states
 
 
 # ---- rows -----------------------------------------------------------------------------------------------------
@@ -75,9 +77,22 @@ def data(quick: bool) -> list[dict]:
                 wm["eexp_rps"] >= 50_000,
                 f"writes 4 examples (~{wm['out_bytes_per_in'] / 1000:.1f} kB) per input line vs 1 line for the "
                 f"baseline; process start-up {startup:.2f} s of {wm['seconds']:.2f} s (without it {steady:,.0f} "
-                f"rec/s); in-process, us per input: parse {b['parse']:.1f}, validate {b['validate']:.1f}, make the 4 "
-                f"examples {b['stage']:.1f} (of which example_meta {b['meta']:.1f}), dump them {b['dump']:.1f}; the "
-                f"baseline's dump of the line {b['baseline_dump']:.1f}: 50,000 rec/s leaves 20 us for all of it")]
+                f"rec/s); in-process (GC off), us per input: parse {b['parse']:.1f}, validate {b['validate']:.1f}, "
+                f"make the 4 examples {b['stage']:.1f} (of which example_meta {b['meta']:.1f}), dump them "
+                f"{b['dump']:.1f}; the baseline's dump of the line {b['baseline_dump']:.1f}: 50,000 rec/s leaves 20 "
+                f"us for all of it")]
+    # the fair floor: the same job (the same 4 examples, as many bytes) in plain Python, no validation or meta filling
+    extra_us = 1e6 / wm["eexp_rps"] - 1e6 / wm["floor_rps"]
+    with_validation = 1e6 / (1e6 / wm["floor_rps"] + b["validate"])   # the floor, validating every input as eexp must
+    rows.append(row("world-model-data vs the same examples from plain dict literals (its floor)", wm["eexp_rps"],
+                    "rec/s", wm["floor_rps"], "floor script", wm["eexp_rps"] / wm["floor_rps"], "(the bound)", None,
+                    f"the floor (bench_data.WM_FLOOR) parses each outcome and writes its 4 examples "
+                    f"(~{wm['floor_out_bytes_per_in'] / 1000:.1f} kB, as eexp's) from dict literals: state rendered "
+                    f"once, no clipping, no validation, no meta filling, one timestamp, buffered output; >= 50,000 "
+                    f"rec/s is {50_000 / wm['floor_rps']:.0%} of it. eexp pays {extra_us:.1f} us more per input "
+                    f"(validation, the reader's checks, meta filling, a flush per input, its start-up "
+                    f"{startup:.2f} s); the floor plus eexp's validation alone ({b['validate']:.1f} us): "
+                    f"{with_validation:,.0f} rec/s"))
     small, big = (10_000, 100_000) if quick else (100_000, 1_000_000)
     rss_small, _ = bench_data.mix_peak_rss(small)
     rss_big, rate = bench_data.mix_peak_rss(big)
@@ -88,6 +103,16 @@ def data(quick: bool) -> list[dict]:
     rows.append(row(f"world-model-data peak RSS, {n:,} vs {n // 10:,} outcomes", wm["peak_rss_mb"], "MiB",
                     wm_small["peak_rss_mb"], f"{n // 10:,} outcomes", wm["peak_rss_mb"] / wm_small["peak_rss_mb"],
                     "flat (<= 1.1x)", wm["peak_rss_mb"] / wm_small["peak_rss_mb"] <= 1.1))
+    # the other stages that stream records without a model (reflect and branch on a tenth as many)
+    at_small, at_big = bench_data.streaming_peak_rss(n // 10), bench_data.streaming_peak_rss(n)
+    for label, *_ in bench_data.STREAMING_STAGES:
+        a, b = at_small[label], at_big[label]
+        ratio = b["peak_rss_mb"] / a["peak_rss_mb"]
+        per_record = (b["peak_rss_mb"] - a["peak_rss_mb"]) * 2**20 / (b["records"] - a["records"])
+        rows.append(row(f"{label} peak RSS, {b['records']:,} vs {a['records']:,} {b['kind']}", b["peak_rss_mb"],
+                        "MiB", a["peak_rss_mb"], f"{a['records']:,} {a['kind']}", ratio, "flat (<= 1.1x)",
+                        ratio <= 1.1, f"{b['rps']:,.0f} rec/s at {b['records']:,}; {per_record:+.0f} bytes per "
+                        f"extra record"))
     return rows
 
 
@@ -166,13 +191,22 @@ def rollout(quick: bool) -> list[dict]:
         rows.append(skipped(what, ">= 1.7x", f"scienceworld is not installed: {e}"))
         return rows
     n, first = (1, 3) if quick else (2, 6)
+    if SW_STATES:   # bench/run --sw-states N: enough trajectories for about N states, where the start-up amortizes
+        n, first = max(n, math.ceil(SW_STATES / 5.5)), 6   # (the first 6 steps of 2 dev trajectories gave 11 states)
     sw = bench_rollout.jobs_speedup(bench_rollout.scienceworld_records(3, n, first))
     start = bench_rollout.scienceworld_start_s()
-    reason = "" if sw["speedup"] >= 1.7 else (
-        f"-j 1 {sw['j1']['seconds']:.1f} s, -j 2 {sw['j2']['seconds']:.1f} s for {sw['states']} states "
-        f"({sw['j1']['seconds'] / sw['states']:.1f} s each at -j 1); one ScienceWorld start (JVM + first reset) "
-        f"costs {start:.1f} s here, and -j 2 pays it in each worker, plus the workers' own start-up, on 2 cores "
-        f"that other work also uses")
+    worker = bench_rollout.worker_start_s()
+    need = bench_rollout.jobs_needed(sw["j1"]["seconds"], sw["j2"]["seconds"], sw["states"], start, worker)
+    reach = (f"1.7x from about {need['states_measured']:.0f} states at this run's -j 2 cost per state"
+             if need["states_measured"] is not None else
+             f"at this run's -j 2 cost per state ({need['per_state_j2_s']:.2f} s) -j 2 tends to {need['limit']:.2f}x: "
+             f"no size reaches 1.7x under this load")
+    reason = (f"-j 1 {sw['j1']['seconds']:.1f} s, -j 2 {sw['j2']['seconds']:.1f} s for {sw['states']} states; one "
+              f"ScienceWorld start (JVM + first reset) costs S = {start:.1f} s here and -j 2 pays it in each worker, "
+              f"after the worker's own start-up (w = {worker:.2f} s), on 2 cores that other work also uses. Amdahl "
+              f"with that start-up per worker (bench_rollout.jobs_needed), t = {need['per_state_j1_s']:.2f} s per "
+              f"state at -j 1: on a quiet machine (two states at a time) 1.7x needs n >= (1.7 (w + S) - S) / "
+              f"(0.15 t) = {need['states_ideal']:.0f} states; {reach}")
     rows.append(row(f"{what} ({sw['states']} states, {n} dev trajectories, K=3, JVM start included)",
                     sw["j2"]["states_per_s"], "states/s", sw["j1"]["states_per_s"], "-j 1", sw["speedup"], ">= 1.7x",
                     sw["speedup"] >= 1.7, reason))
@@ -303,7 +337,7 @@ def rl(quick: bool) -> list[dict]:
 
 
 SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
-    "data": (data, 150, 90),
+    "data": (data, 240, 120),
     "envs": (envs, 60, 30),
     "textworld": (textworld, 120, 60),
     "scienceworld": (scienceworld, 120, 60),
@@ -352,9 +386,11 @@ def machine() -> dict:
 
 # ---- running --------------------------------------------------------------------------------------------------
 
-def run_section(name: str, quick: bool, limit: int, threads: int | None) -> tuple[list[dict], float]:
+def run_section(name: str, quick: bool, limit: int, threads: int | None,
+                sw_states: int | None = None) -> tuple[list[dict], float]:
     cmd = [sys.executable, __file__, "--section", name] + (["--quick"] if quick else [])
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENCH_THREADS": str(threads or ""),
+           "BENCH_SW_STATES": str(sw_states or ""),
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
     # a session of its own, so that a section past its limit is stopped with everything it started
@@ -429,6 +465,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=15, help="minutes for the whole run (default 15; 0: none): "
                     "a section gets at most what is left, and sections after it are skipped")
     ap.add_argument("--only", help="comma-separated sections: " + ", ".join(SECTIONS))
+    ap.add_argument("--sw-states", type=int, metavar="N", help="rollout: measure the ScienceWorld -j 2 vs -j 1 row "
+                    "on about N states (default 11; 3 with --quick) so that the JVM start-up amortizes; the "
+                    "section's time limit grows by 4 s per state (e.g. bench/run --only rollout --sw-states 60)")
     ap.add_argument("--save", metavar="FILE", help="also write the JSON object to FILE")
     ap.add_argument("--load", metavar="FILE", help="print the table (or --markdown) of a saved run, running nothing")
     ap.add_argument("--list", action="store_true", help="list the sections and their time limits")
@@ -458,6 +497,8 @@ def main() -> None:
         fn, full, quick = SECTIONS[name]
         load = os.getloadavg()[0]
         limit = quick if args.quick else full
+        if name == "rollout" and args.sw_states:
+            limit += 4 * args.sw_states   # ~1 s per state at -j 1, less at -j 2, the expert trajectories
         left = args.budget * 60 - (time.perf_counter() - start) if args.budget else limit
         if left < 10:
             rows.append({"what": name, "status": "skipped", "target": "", "eexp_text": "", "baseline_text": "",
@@ -465,7 +506,7 @@ def main() -> None:
                          "reason": f"the {args.budget:g}-minute budget was spent before it started"})
             continue
         print(f"[{i}/{len(names)}] {name} (load {load:.2f}) ...", end=" ", file=sys.stderr, flush=True)
-        got, seconds = run_section(name, args.quick, int(min(limit, left)), args.threads)
+        got, seconds = run_section(name, args.quick, int(min(limit, left)), args.threads, args.sw_states)
         for r in got:
             r.update(section=name, load=load, section_s=seconds)
         rows += got
