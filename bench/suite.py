@@ -200,12 +200,13 @@ def rollout(quick: bool) -> list[dict]:
     reach = (f"1.7x from about {need['states_measured']:.0f} states at this run's -j 2 cost per state"
              if need["states_measured"] is not None else
              f"at this run's -j 2 cost per state ({need['per_state_j2_s']:.2f} s) -j 2 tends to {need['limit']:.2f}x: "
-             f"no size reaches 1.7x under this load")
+             f"no size reaches 1.7x on this machine")
     reason = (f"-j 1 {sw['j1']['seconds']:.1f} s, -j 2 {sw['j2']['seconds']:.1f} s for {sw['states']} states; one "
               f"ScienceWorld start (JVM + first reset) costs S = {start:.1f} s here and -j 2 pays it in each worker, "
-              f"after the worker's own start-up (w = {worker:.2f} s), on 2 cores that other work also uses. Amdahl "
+              f"after the worker's own start-up (w = {worker:.2f} s); each worker's JVM also simulates in threads of "
+              f"its own, which the {os.cpu_count()} cores share (README, Performance). Amdahl "
               f"with that start-up per worker (bench_rollout.jobs_needed), t = {need['per_state_j1_s']:.2f} s per "
-              f"state at -j 1: on a quiet machine (two states at a time) 1.7x needs n >= (1.7 (w + S) - S) / "
+              f"state at -j 1: were two states at a time free, 1.7x would need n >= (1.7 (w + S) - S) / "
               f"(0.15 t) = {need['states_ideal']:.0f} states; {reach}")
     rows.append(row(f"{what} ({sw['states']} states, {n} dev trajectories, K=3, JVM start included)",
                     sw["j2"]["states_per_s"], "states/s", sw["j1"]["states_per_s"], "-j 1", sw["speedup"], ">= 1.7x",
