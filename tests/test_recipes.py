@@ -105,7 +105,7 @@ def test_scaling_recipe_at_a_tiny_size(tmp_path):
     IL, drawn and tabled."""
     out = tmp_path / "scaling"
     eexp = f"{sys.executable} -m eexp"
-    tiny = ["FULL_N=8", "FRACTIONS=2 1", "KS=1 2", "K_AT=2", "SEEDS=0 1", "STEPS=8", "N_EVAL=3",
+    tiny = ["FULL_N=8", "FRACTIONS=2 1", "KS=1 4", "K_AT=2", "SEEDS=0 1", "STEPS=8", "N_EVAL=3",
             "PRETRAIN_STEPS=3", "CORPUS_WALKS=3", "K_SR=2", "JOBS=1"]
     proc = subprocess.run(["make", "-C", str(RECIPES), "-j2", "scaling-curves", "CONFIG=configs/scaling.mk",
                            f"OUT={out}", f"EEXP={eexp}", f"PYTHON={sys.executable}", *tiny],
@@ -115,15 +115,19 @@ def test_scaling_recipe_at_a_tiny_size(tmp_path):
     for seed in (0, 1):  # one base per seed, pretrained, shared by every point of that seed
         base = yaml.safe_load((out / "base" / f"seed{seed}" / "base" / "config.yaml").read_text())
         assert base["seed"] == seed and base["pretrain"]["steps"] == 3
-        for point in ("frac2", "frac1", "k1", "k2"):
+        for point in ("frac2", "frac1", "k1", "k4"):
             for run in ("IWM", "SR"):
                 config = yaml.safe_load((out / point / f"seed{seed}" / run / "config.yaml").read_text())
                 assert str(config["model"]).endswith(f"base/seed{seed}/base")
     expert = {f: len((out / f"frac{f}" / "seed0" / "expert.jsonl").read_text().splitlines()) for f in (2, 1)}
     assert expert == {2: 4, 1: 8}
-    k2 = orjson.loads((out / "k2" / "seed0" / "outcomes_iwm.jsonl").read_text().splitlines()[0])
-    assert len(k2["alternatives"]) == 2
-    for name in ("frac2", "frac1", "k1", "k2"):
+    k4 = orjson.loads((out / "k4" / "seed0" / "outcomes_iwm.jsonl").read_text().splitlines()[0])
+    assert len(k4["alternatives"]) == 4
+    # the reflections at K = 4 contrast the expert with all 4 executed alternatives, not reflect's default 3
+    shown = [len(orjson.loads(orjson.loads(line)["meta"]["extra"])["alternatives"])
+             for line in (out / "k4" / "seed0" / "sr.jsonl").read_text().splitlines()]
+    assert max(shown) == 4
+    for name in ("frac2", "frac1", "k1", "k4"):
         summary = orjson.loads((out / f"{name}.json").read_bytes())
         rows = summary["splits"]["test"]
         assert rows[0]["run"] == "IL" and all(r["seeds"] == 2 and r["n"] == 6 for r in rows)
