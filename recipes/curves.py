@@ -2,12 +2,14 @@
 
 Reads what the recipe wrote under SCALE_OUT: frac<f>.json and k<K>.json (`eexp eval --compare` summaries, each
 method's seeds pooled and tested against IL) and every run's metrics.jsonl. Writes scaling.png (test success
-against the expert data and against K: each seed's rate as a dot, the seeds' mean as the line) and scaling.md
-(a table per curve: success per seed, pooled, the paired test against IL, and the training-loss plateau).
+against the expert data and against K: each seed's rate as a dot, the seeds' mean as the line; and the runs'
+validation losses against the update) and scaling.md (a table per curve: success per seed, pooled, the paired test
+against IL, and the validation loss).
 
-The plateau is the training loss over the last tenth of a run's updates against the tenth before it: a run whose
-loss still falls by more than a few percent there was cut short by the budget, and the curve compares a trained
-method with a starved one at that point.
+The validation loss is each run's loss on the IL examples of held-out train trajectories (the recipe's VAL_N), the
+same examples for every run of a seed. Read with the budget, it says whether a run converged: one whose loss is
+lowest at its last update was still learning when the budget ran out, and the curve there compares a trained method
+with a starved one; one whose loss is lowest far earlier has overfitted its data.
 """
 
 from __future__ import annotations
@@ -24,25 +26,30 @@ def rows(summary: dict, split: str) -> dict[str, dict]:
     return {row["run"]: row for row in summary["splits"].get(split, [])}
 
 
-def plateau(run_dir: Path) -> float | None:
-    """Relative fall of the training loss from the second-to-last tenth of the updates to the last tenth."""
+def val_curve(run_dir: Path) -> dict[int, float]:
+    """A run's validation losses by update (metrics.jsonl rows with `val_loss`); empty without validation."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
-        return None
-    losses = [json.loads(line)["loss"] for line in path.read_text().splitlines()
-              if '"loss"' in line and json.loads(line).get("phase", "train") == "train"]
-    tenth = len(losses) // 10
-    if tenth < 1:
-        return None
-    before = sum(losses[-2 * tenth:-tenth]) / tenth
-    last = sum(losses[-tenth:]) / tenth
-    return (before - last) / before if before else None
+        return {}
+    rows = (json.loads(line) for line in path.read_text().splitlines())
+    return {row["step"]: row["val_loss"] for row in rows if "val_loss" in row}
 
 
-def plateaus(point_dir: Path, method: str) -> str:
-    falls = [plateau(seed_dir / method) for seed_dir in sorted(point_dir.glob("seed*"))]
-    falls = [f for f in falls if f is not None]
-    return "/".join(f"{100 * f:.0f}%" for f in falls) if falls else "-"
+def mean_val_curve(point_dir: Path, method: str) -> dict[int, float]:
+    """The seeds' mean validation loss at every update that all of them logged."""
+    curves = [val_curve(seed_dir / method) for seed_dir in sorted(point_dir.glob("seed*"))]
+    curves = [c for c in curves if c]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return {step: sum(c[step] for c in curves) / len(curves) for step in steps}
+
+
+def val_cell(point_dir: Path, method: str) -> str:
+    """`0.412 (0.351 @ 900)`: the seeds' mean validation loss at the end, and its lowest value and update."""
+    curve = mean_val_curve(point_dir, method)
+    if not curve:
+        return ""
+    best = min(curve, key=curve.get)
+    return f"{method} {curve[max(curve)]:.3f} ({curve[best]:.3f} @ {best})"
 
 
 def cell(row: dict | None) -> str:
@@ -61,28 +68,34 @@ def test_cell(row: dict | None) -> str:
 
 
 def table(title: str, label: str, points: list[tuple[str, Path, dict]], methods) -> list[str]:
+    validated = any(val_cell(point_dir, m) for _, point_dir, _ in points for m in METHODS)
     lines = [f"### {title}", "",
              f"| {label} | split | " + " | ".join(f"{m} % (pooled)" for m in methods)
-             + " | " + " | ".join(f"{m} vs IL" for m in methods if m != "IL") + " | loss fall, last tenth |",
-             "|" + "---|" * (3 + len(methods) + len([m for m in methods if m != "IL"]))]
+             + " | " + " | ".join(f"{m} vs IL" for m in methods if m != "IL")
+             + (" | validation loss at the end (lowest @ update) |" if validated else " |"),
+             "|" + "---|" * (2 + len(methods) + len([m for m in methods if m != "IL"]) + validated)]
     for name, point_dir, summary in points:
         for i, split in enumerate(summary["splits"]):
             r = rows(summary, split)
-            # training is the same for every split: its plateau once, on the point's first row
-            falls = "" if i else ", ".join(f"{m} {plateaus(point_dir, m)}" for m in METHODS
-                                           if any(point_dir.glob(f"seed*/{m}/metrics.jsonl")))
-            lines.append(f"| {name} | {split} | " + " | ".join(cell(r.get(m)) for m in methods) + " | "
-                         + " | ".join(test_cell(r.get(m)) for m in methods if m != "IL") + f" | {falls} |")
+            line = (f"| {name} | {split} | " + " | ".join(cell(r.get(m)) for m in methods) + " | "
+                    + " | ".join(test_cell(r.get(m)) for m in methods if m != "IL") + " |")
+            if validated:  # training is the same for every split: its losses once, on the point's first row
+                line += " " + ("" if i else ", ".join(c for m in METHODS if (c := val_cell(point_dir, m)))) + " |"
+            lines.append(line)
     return lines + [""]
 
 
-def draw(path: Path, curves: list[tuple[str, str, list[tuple[float, dict]], bool]]) -> None:
+def draw(path: Path, curves: list[tuple[str, str, list[tuple[float, dict]], bool]],
+         losses: list[tuple[str, Path]]) -> None:
+    """The success curves, then (when the runs were validated) one panel of validation loss against the update for
+    every point in `losses`: colour by point, line style by method."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4.2))
-    for ax, (title, xlabel, points, log2) in zip(axes if len(curves) > 1 else [axes], curves):
+    validated = any(mean_val_curve(point_dir, m) for _, point_dir in losses for m in METHODS)
+    fig, axes = plt.subplots(1, len(curves) + validated, figsize=(5.5 * (len(curves) + validated), 4.2))
+    for ax, (title, xlabel, points, log2) in zip(axes, curves):
         for method in (*METHODS, "random"):
             xs, means = [], []
             for x, summary in points:
@@ -102,6 +115,20 @@ def draw(path: Path, curves: list[tuple[str, str, list[tuple[float, dict]], bool
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test success % (dots: seeds)")
         ax.legend()
+        ax.grid(alpha=0.3)
+    if validated:
+        ax = axes[-1]
+        shades = plt.get_cmap("viridis")
+        for i, (label, point_dir) in enumerate(losses):
+            for method, style in zip(METHODS, ("-", "--", ":")):
+                curve = mean_val_curve(point_dir, method)
+                if curve:
+                    ax.plot(list(curve), list(curve.values()), linestyle=style,
+                            color=shades(i / max(len(losses) - 1, 1)), label=f"{method} {label}")
+        ax.set_title("Validation loss (held-out IL examples, seed mean)")
+        ax.set_xlabel("update")
+        ax.set_ylabel("loss per target token")
+        ax.legend(fontsize=7, ncol=len(METHODS))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -134,7 +161,7 @@ def main() -> None:
          [(args.full_n // f, s) for (_, _, s), f in zip(frac_points, fractions)], True),
         ("Branching factor (test)", f"K alternatives per state (1/{args.k_at} of the data)",
          [(k, s) for (_, _, s), k in zip(k_points, ks)], True),
-    ])
+    ], [(f"{name} data", point_dir) for name, point_dir, _ in frac_points])
     print("\n".join(lines))
 
 

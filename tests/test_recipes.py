@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def test_scaling_recipe_at_a_tiny_size(tmp_path):
     out = tmp_path / "scaling"
     eexp = f"{sys.executable} -m eexp"
     tiny = ["FULL_N=8", "FRACTIONS=2 1", "KS=1 4", "K_AT=2", "SEEDS=0 1", "STEPS=8", "N_EVAL=3",
-            "PRETRAIN_STEPS=3", "CORPUS_WALKS=3", "K_SR=2", "JOBS=1"]
+            "PRETRAIN_STEPS=3", "CORPUS_WALKS=3", "K_SR=2", "JOBS=1", "VAL_N=3"]
     proc = subprocess.run(["make", "-C", str(RECIPES), "-j2", "scaling-curves", "CONFIG=configs/scaling.mk",
                            f"OUT={out}", f"EEXP={eexp}", f"PYTHON={sys.executable}", *tiny],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
@@ -131,6 +132,22 @@ def test_scaling_recipe_at_a_tiny_size(tmp_path):
         summary = orjson.loads((out / f"{name}.json").read_bytes())
         rows = summary["splits"]["test"]
         assert rows[0]["run"] == "IL" and all(r["seeds"] == 2 and r["n"] == 6 for r in rows)
+    # every run of a seed is validated on the IL examples of the same 3 train trajectories, which no point trains on
+    for seed in (0, 1):
+        held_out = {orjson.loads(line)["meta"]["trajectory_id"]
+                    for line in (out / "val" / f"seed{seed}.jsonl").read_text().splitlines()}
+        assert len(held_out) == 3
+        trained = {orjson.loads(line)["id"] for line in (out / "frac1" / f"seed{seed}" / "expert.jsonl")
+                   .read_text().splitlines()}
+        assert len(trained) == 8 and not held_out & trained
+        for point in ("frac2", "frac1", "k1", "k4"):
+            for run in ("IWM", "SR") if point.startswith("k") else ("IL", "IWM", "SR"):
+                metrics = [orjson.loads(line) for line in
+                           (out / point / f"seed{seed}" / run / "metrics.jsonl").read_text().splitlines()]
+                assert [m["step"] for m in metrics if "val_loss" in m] == list(range(9)), (point, run)
     table = (out / "scaling.md").read_text()
     assert "Data efficiency" in table and "Branching factor" in table and "| 1/2 | test |" in table
+    assert "validation loss at the end (lowest @ update)" in table
+    half = next(line for line in table.splitlines() if line.startswith("| 1/2 | test |"))
+    assert re.search(r"\| IL \d+\.\d{3} \(\d+\.\d{3} @ \d\), IWM .*, SR .* \|$", half), half
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
