@@ -127,7 +127,8 @@ def draw(path: Path, curves: list[tuple[str, str, list[tuple[float, dict]], bool
                             color=shades(i / max(len(losses) - 1, 1)), label=f"{method} {label}")
         ax.set_title("Validation loss (held-out IL examples, seed mean)")
         ax.set_xlabel("update")
-        ax.set_ylabel("loss per target token")
+        ax.set_yscale("log")  # the untrained start and IWM's warm-up sit an order of magnitude above the rest
+        ax.set_ylabel("loss per target token (log)")
         ax.legend(fontsize=7, ncol=len(METHODS))
         ax.grid(alpha=0.3)
     fig.tight_layout()
