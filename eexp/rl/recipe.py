@@ -1,0 +1,304 @@
+"""`RL`: the recipe (setup / train / save / resume / finish), a subclass of the supervised `Finetune` that reuses its
+model loading, checkpoints, --resume, metrics.jsonl, final save and --export-gguf."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import random
+import re
+import shutil
+import time
+import warnings
+from dataclasses import asdict, replace
+from typing import Callable
+
+import orjson
+
+from eexp import __version__
+from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, ZERO_START_ADVICE, RLConfig
+from eexp.rl.loss import batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, same_inputs, unit_count
+from eexp.rl.rollouts import episode_reward, group_advantages, live_policy_class, step_tasks
+from eexp.training import Finetune, FinetuneConfig, TrainingError, UsageProblem, from_scratch
+
+class RL(Finetune):
+    """setup() -> train() -> finish(), with Finetune's checkpoints, resume, metrics and final save."""
+
+    def __init__(self, rl: RLConfig, echo: Callable[[str], None] | None = None):
+        self.rl = rl
+        super().__init__(self._finetune_config(rl), echo)
+
+    @staticmethod
+    def _finetune_config(rl: RLConfig) -> FinetuneConfig:
+        """The supervised recipe's options that load, save and resume the model. --model may be a full checkpoint
+        (trained whole, or with a fresh LoRA adapter under --lora) or a LoRA adapter (trained on, on its base)."""
+        model, adapter = rl.model, None
+        if os.path.isfile(os.path.join(rl.model, "adapter_config.json")):
+            from eexp.policies.base import PolicyError
+            from eexp.policies.hf import TransformersPolicy
+            try:
+                model, adapter = TransformersPolicy._base_of(rl.model, ""), rl.model
+            except PolicyError as e:
+                raise TrainingError(str(e)) from None
+        return FinetuneConfig(train_files=[], model=model, output=rl.output, lora=rl.lora or bool(adapter),
+                              adapter=adapter, lora_rank=rl.lora_rank, lora_alpha=rl.lora_alpha, lora_dropout=0.0,
+                              max_steps=rl.max_steps, lr=None, lr_scheduler=rl.lr_scheduler,
+                              weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm, seed=rl.seed,
+                              save_every=rl.save_every, keep_checkpoints=rl.keep_checkpoints,
+                              precision=rl.precision, trust_remote_code=rl.trust_remote_code,
+                              export_gguf=rl.export_gguf, quant=rl.quant, resume=rl.resume, quiet=rl.quiet)
+
+    # -- setup --
+
+    def setup(self) -> None:
+        import torch
+        from eexp.envs.base import make_env
+        from eexp.stages.evaluate import EvalSettings, Evaluator, split_tasks
+        rl, cfg = self.rl, self.cfg
+        self._check_rl_options()
+        self.acc, self.world, self.rank, self.main, self.sharded = None, 1, 0, True, False
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
+                                                and torch.cuda.is_bf16_supported())
+        self.model_cfg = self._import_base()
+        from eexp.training import check_model_dir, load_model, load_tokenizer
+        check_model_dir(self.model_cfg.model)
+        self.env = make_env(rl.env, **rl.env_kwargs)
+        self.act = rl.act or ("score" if getattr(self.env, "closed_actions", True) else "generate")
+        self.tasks = split_tasks(self.env, rl.split, rl.tasks, self.echo)
+        self._existed = os.path.exists(cfg.output)
+        self._prepare_output()
+        self.tokenizer = load_tokenizer(self.model_cfg)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
+            self.tokenizer.eos_token_id or 0)
+        torch.manual_seed(rl.seed)
+        random.seed(rl.seed)
+        self.model = load_model(self.model_cfg, self.device, self.bf16).eval()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.cfg = replace(cfg, lr=rl.default_lr(from_scratch(self.model_cfg.model), cfg.method))
+        self.reference = None
+        if rl.kl_coef > 0 and not (cfg.method != "full" and not cfg.adapter):
+            # A fresh LoRA adapter's reference is its base with the adapter off; otherwise a frozen copy.
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.policy = live_policy_class()(self.model, self.tokenizer, start=rl.model, act=self.act,
+                                          max_tokens=rl.max_tokens, device=self.device)
+        settings = EvalSettings(env_name=rl.env, policy_spec=rl.model, env_kwargs=dict(rl.env_kwargs),
+                                act=self.act, max_tokens=rl.max_tokens, max_steps=rl.episode_steps,
+                                temperature=rl.temperature, seed=rl.seed)
+        self.evaluator = Evaluator(settings, env=self.env, policy=self.policy)
+        self.serializer = self.evaluator.serializer.to_dict()
+        self.updates_per_step = rl.ppo_epochs * rl.minibatches
+        self.phases = [("rl", rl.max_steps * self.updates_per_step)]  # scheduler length, in optimizer updates
+        self.total_steps = rl.max_steps
+        self.log_every = 1
+        options = {k: v for k, v in asdict(rl).items() if k not in RESUME_FREE}
+        tasks = hashlib.blake2b(orjson.dumps([t["id"] for t in self.tasks]), digest_size=16).hexdigest()
+        self.fingerprint = {"options": options, "data": tasks}
+        self.state = {"phase": "rl", "phase_step": 0, "global_step": 0, "best_val": None, "best_step": None,
+                      "fingerprint": self.fingerprint, "episodes": 0, "env_steps": 0, "probe": None}
+        self.optimizer = self.scheduler = None
+        if rl.resume:
+            self.load_checkpoint()
+            self.policy.weights_changed()
+        if self.optimizer is None:
+            self._new_optimizer("rl", self.phases[0][1])
+
+    def _check_rl_options(self) -> None:
+        rl = self.rl
+        if rl.act is not None and rl.act not in RL_ACT_MODES:
+            raise UsageProblem(f"--act {rl.act}: eexp rl acts with {' or '.join(RL_ACT_MODES)} (constrained "
+                               "sampling's probabilities are not computed; use score for a closed action space)")
+        if rl.reward not in REWARDS:
+            raise UsageProblem(f"--reward {rl.reward}: choose from {', '.join(REWARDS)}")
+        if rl.group_size < 2:
+            raise UsageProblem("--group-size must be at least 2 (advantages are relative to the group)")
+        if rl.temperature <= 0:
+            raise UsageProblem("--temperature must be above 0: RL samples from the policy (greedy episodes of one "
+                               "task are all the same)")
+
+    # -- train --
+
+    def train(self) -> None:
+        from eexp.io import progress_bar
+        bar = progress_bar(self.rl.quiet, total=self.total_steps, initial=self.state["global_step"], unit="step")
+        try:
+            while self.state["global_step"] < self.total_steps:
+                self._rl_step(bar)
+        finally:
+            bar.close()
+
+    def rollouts(self, step: int) -> list[tuple[dict, list[dict]]]:
+        """The episodes of one RL step, grouped by task: [(episode record, its trace of policy calls)]."""
+        from eexp.records import short_hash
+        out = []
+        for t, task in enumerate(step_tasks(self.tasks, self.rl.seed, step, self.rl.tasks_per_step)):
+            for k in range(self.rl.group_size):
+                self.policy.trace = []
+                episode_id = short_hash("rl", self.rl.seed, step, t, task.get("split", ""), task["id"], k)
+                episode, _ = self.evaluator.run(task, episode_id)
+                out.append((episode, self.policy.trace))
+        self.policy.trace = []
+        return out
+
+    def _rl_step(self, bar) -> None:
+        rl = self.rl
+        step = self.state["global_step"] + 1
+        t0 = time.perf_counter()
+        episodes = self.rollouts(step)
+        rollout_s = time.perf_counter() - t0
+        successes = sum(bool(e["success"]) for e, _ in episodes)
+        if self.state["probe"] is None:
+            self.state["probe"] = {"episodes": len(episodes), "successes": successes,
+                                   "success_rate": round(successes / len(episodes), 4)}
+            self.echo(f"probe (the first rollout batch, sampled at temperature {rl.temperature}): {successes} of "
+                      f"{len(episodes)} episodes succeeded")
+            if successes == 0 and not rl.allow_zero_start:
+                self._discard_output()
+                raise TrainingError(f"{rl.model}: 0 of {len(episodes)} sampled episodes on {rl.env} "
+                                    f"{rl.split} succeeded. {ZERO_START_ADVICE}")
+        samples = []
+        rewards = [episode_reward(e, rl.reward) for e, _ in episodes]
+        for g in range(0, len(episodes), rl.group_size):
+            advantages = group_advantages(rewards[g:g + rl.group_size], rl.scale_rewards)
+            for (episode, trace), adv in zip(episodes[g:g + rl.group_size], advantages):
+                if abs(adv) > 1e-8:
+                    samples += [{**s, "advantage": adv} for s in trace
+                            if s["mode"] == "score" or (s["mode"] == "generate" and s["reply"])
+                            or (s["mode"] == "think" and s["parts"])]
+        t1 = time.perf_counter()
+        stats = self._update(samples, step)
+        update_s = time.perf_counter() - t1
+        self.policy.weights_changed()
+        env_steps = sum(e["steps"] for e, _ in episodes)
+        self.state["global_step"] = self.state["phase_step"] = step
+        self.state["episodes"] += len(episodes)
+        self.state["env_steps"] += env_steps
+        row = {"step": step, "phase": "rl", "episodes": self.state["episodes"],
+               "success_rate": round(successes / len(episodes), 4),
+               "mean_reward": round(sum(rewards) / len(rewards), 6),
+               "mean_score": round(sum(float(e["score"]) for e, _ in episodes) / len(episodes), 6),
+               "env_steps": env_steps, "samples": len(samples), **stats,
+               "lr": self.scheduler.get_last_lr()[0],
+               "rollout_s": round(rollout_s, 3), "update_s": round(update_s, 3),
+               "episodes_per_s": round(len(episodes) / rollout_s, 3) if rollout_s > 0 else 0.0}
+        self._log(row)
+        bar.update(1)
+        bar.set_postfix(success=f"{row['success_rate']:.2f}", loss=f"{row['loss']:.4f}")
+        if step % self.cfg.save_every == 0 and step < self.total_steps:
+            self.save_checkpoint()
+
+    def _logprobs(self, model, samples: list[dict]) -> list[list[tuple]]:
+        return batch_logprobs(model, samples, self.device, self.pad_id, self.rl.temperature)
+
+    def _reference_logprobs(self, samples: list[dict]) -> list[list[tuple]]:
+        if self.reference is not None:
+            return self._logprobs(self.reference, samples)
+        with self.model.disable_adapter():  # a fresh LoRA adapter: the start is the base without it
+            return self._logprobs(self.model, samples)
+
+    def _update(self, samples: list[dict], step: int) -> dict:
+        """--ppo-epochs passes of --minibatches optimizer updates over the step's samples."""
+        import torch
+        rl = self.rl
+        totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "units": 0}
+        if not samples:
+            for _ in range(self.updates_per_step):  # the schedule counts RL steps, signal or not
+                self._schedule()
+            return {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "updates": 0}
+        with torch.no_grad():
+            for chunk in pack_chunks(same_inputs(samples), PACK_TOKENS):
+                reps = [rep for rep, _ in chunk]
+                if self.updates_per_step > 1:  # one on-policy update: the old log-probs are the first pass's own
+                    for (_, members), parts in zip(chunk, self._logprobs(self.model, reps)):
+                        for s in members:
+                            s["old"] = chosen_units(parts, s).detach()
+                if rl.kl_coef > 0:
+                    for (_, members), parts in zip(chunk, self._reference_logprobs(reps)):
+                        ref = [(logp.detach(), dist.detach() if dist is not None else None) for logp, dist in parts]
+                        for s in members:
+                            s["ref"] = ref
+        updates = 0
+        for epoch in range(rl.ppo_epochs):
+            order = list(range(len(samples)))
+            random.Random(f"{rl.seed}/rl-minibatch/{step}/{epoch}").shuffle(order)
+            size = math.ceil(len(order) / rl.minibatches)
+            for m in range(rl.minibatches):
+                chunk = [samples[i] for i in order[m * size:(m + 1) * size]]
+                if chunk:
+                    self._minibatch(chunk, totals)
+                    updates += 1
+                self._schedule()
+        n = max(totals["units"], 1)
+        return {"loss": round(totals["loss"] / n, 6), "kl": round(totals["kl"] / n, 6),
+                "clip_frac": round(totals["clip_frac"] / n, 4), "updates": updates}
+
+    def _schedule(self) -> None:
+        with warnings.catch_warnings():  # a step without an update still advances the schedule: no warning
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+            self.scheduler.step()
+
+    def _minibatch(self, chunk: list[dict], totals: dict) -> None:
+        """One optimizer update: the clipped surrogate (+ KL) averaged over every unit (action or token). Samples
+        with the same inputs (a group's episodes share their first state, and often later ones) share one forward
+        and backward pass; each keeps its own decision and advantage."""
+        import torch
+        rl = self.rl
+        units = sum(unit_count(s) for s in chunk)
+        for packed in pack_chunks(same_inputs(chunk), PACK_TOKENS):
+            total = 0.0
+            for (rep, members), parts in zip(packed, self._logprobs(self.model, [rep for rep, _ in packed])):
+                for s in members:
+                    logp = chosen_units(parts, s)
+                    loss, clipped = clipped_surrogate(logp, s["old"] if "old" in s else logp.detach(),
+                                                      s["advantage"], rl.clip)
+                    total = total + loss.sum()
+                    totals["loss"] += float(loss.detach().sum())
+                    totals["clip_frac"] += float(clipped.sum())
+                    totals["units"] += len(logp)
+                if rl.kl_coef > 0:  # the same inputs, the same distributions: one KL, counted for every member
+                    kl = 0.0
+                    for (part_logp, dist), (ref_logp, ref_dist) in zip(parts, rep["ref"]):
+                        if dist is not None:  # exact KL over the admissible set
+                            kl = kl + (dist.exp() * (dist - ref_dist)).sum()
+                        else:  # k3 per token
+                            d = ref_logp - part_logp
+                            kl = kl + (torch.exp(d) - d - 1).sum()
+                    total = total + rl.kl_coef * len(members) * kl
+                    totals["kl"] += float(kl.detach()) * len(members)
+            (total / units).backward()
+        torch.nn.utils.clip_grad_norm_(self.params, rl.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _discard_output(self) -> None:
+        """A refused start leaves nothing behind: OUT goes if this run made it."""
+        if not self._existed:
+            shutil.rmtree(self.cfg.output, ignore_errors=True)
+
+    # -- finish --
+
+    def resolved_config(self) -> dict:
+        rl = asdict(self.rl)
+        for key in ("resume", "quiet"):
+            rl.pop(key)
+        return {**rl, "act": self.act, "lr": self.cfg.lr, "method": self.cfg.method, "serializer": self.serializer,
+                "command": "rl", "start": os.path.abspath(self.rl.model),
+                "base_model": self.base_gguf or os.path.abspath(self.cfg.model),
+                "from_scratch": from_scratch(self.model_cfg.model), "eexp_version": __version__,
+                "precision": "bf16" if self.bf16 else "fp32", "probe": self.state.get("probe"),
+                "steps": self.state["global_step"], "episodes": self.state["episodes"],
+                "env_steps": self.state["env_steps"]}
+
+    def finish(self) -> None:
+        super().finish()
+        self.env.close()
+
+
+def run_rl(rl: RLConfig, echo: Callable[[str], None] | None = None) -> RL:
+    run = RL(rl, echo)
+    run.setup()
+    run.train()
+    run.finish()
+    return run
