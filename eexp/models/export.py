@@ -1,42 +1,45 @@
 """`eexp export`: a transformers checkpoint (optionally with a PEFT LoRA adapter) to one GGUF file for llama.cpp.
 
-llama.cpp's own converters are not on PyPI, so this writes GGUF directly with the `gguf` package, for the two
-architectures eexp trains (Qwen2 and Llama, byte-level BPE tokenizers):
+The conversion is llama.cpp's own (`convert_hf_to_gguf.py`'s `conversion/` package and `convert_lora_to_gguf.py`),
+taken from the sdist of the installed llama-cpp-python (eexp.models.llama_converter), so every architecture that
+llama.cpp converts exports, written the way the llama.cpp that runs it expects (tensor names and layouts,
+hyperparameters, RoPE scaling, sliding windows, the tokenizer). eexp keeps what is its own:
 
-- tensor names come from gguf's tensor-name map; llama.cpp's `llama` graph applies rotary embeddings to interleaved
-  pairs while transformers' Llama uses halves, so Llama's q/k rows are permuted (as convert_hf_to_gguf.py does);
-  llama.cpp runs Qwen2 in the NeoX (halves) layout, so Qwen2 needs no permutation;
-- f32, f16 and q8_0 are written by the `gguf` package's quantizers; K-quants (q4_k_m) by llama.cpp's own quantizer
+- the checks a user can act on, as one error line each: a missing tokenizer or weights, an architecture the
+  converter does not know, an adapter that does not fit its base, a quant type the widths cannot take;
+- merging a LoRA adapter (by PEFT, in memory: the converter reads the merged tensors instead of the base file);
+  `--lora-only` writes the adapter alone through `convert_lora_to_gguf.py`, with PEFT's per-module scaling (rsLoRA,
+  alpha and rank patterns) folded into lora_b first, since llama.cpp scales every pair by one alpha / rank;
+- the pre-tokenizer of eexp's own tokenizers: llama.cpp recognizes a BPE tokenizer by hashing the ids it gives for a
+  fixed text, which a tokenizer trained by `eexp init-model` (or any retrained BPE) never matches. When the hash is
+  unknown, the converter is told llama.cpp's name for the tokenizer's split regex (qwen2, llama-bpe, gpt-2), if it is
+  one llama.cpp implements and the tokenizer has no normalizer other than NFC (as Qwen2's: llama.cpp does no NFC step,
+  so the two agree on NFC text, nearly all text); otherwise the converter's own error stands;
+- the model card (eexp.card) under `eexp.*` keys: the checkpoint's card (the serializer the model was fine-tuned
+  with, so `eval` renders states the way it was trained; base model, phases) and export's own fields: version,
+  source path and content hash, adapter, quant;
+- quant types: f32, f16 and q8_0 are written by the converter; K-quants (q4_k_m) by llama.cpp's own quantizer
   through llama-cpp-python's `llama_model_quantize`, from an f32 GGUF written first;
-- the tokenizer goes in as llama.cpp's "gpt2" BPE model: tokens, token types, merges, the pre-tokenizer name,
-  special token ids, whether a BOS/EOS is added (found by asking the tokenizer) and the chat template;
-- the model card (eexp.card) is stored under `eexp.*` keys: the checkpoint's card (the serializer the model was
-  fine-tuned with, so `eval` renders states the way it was trained; base model, phases) and export's own: version,
-  source path and content hash, adapter, quant.
-
-`--lora-only` writes the adapter alone as a GGUF LoRA adapter (llama.cpp's `lora_path`), to be used over a GGUF of
-the base model. Every file is written to a temporary name beside the target and renamed at the end.
+- every file is written to a temporary name beside the target and renamed at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
 
 from eexp import __version__
 from eexp.card import Card, read_card
 from eexp.models.init import ModelError
 from eexp.policies.files import content_hash
 
-# model_type in config.json -> gguf architecture name; q/k permutation needed for llama.cpp's rotary layout.
-SUPPORTED = {"qwen2": ("QWEN2", False), "llama": ("LLAMA", True)}
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 LORA_QUANTS = ("f32", "f16", "q8_0")
 
@@ -64,33 +67,32 @@ def _is_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").is_file()
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _architecture(config: dict) -> str | None:
+    """The transformers class the checkpoint names (config.json `architectures`), which the converter goes by."""
+    names = config.get("architectures") or []
+    return names[0] if names else None
+
+
 def _check_checkpoint(ckpt: Path) -> dict:
-    """The checkpoint's config.json, after the checks a user can act on."""
+    """The checkpoint's config.json, after the checks a user can act on (the architecture is checked against the
+    converter by `_model_class`)."""
     if not ckpt.is_dir():
         raise ModelError(f"{ckpt}: not a checkpoint directory")
     if not (ckpt / "config.json").is_file():
         raise ModelError(f"{ckpt}: no config.json (not a transformers checkpoint)")
     config = _read_json(ckpt / "config.json")
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED:
-        raise ModelError(f"{ckpt}: unsupported architecture {model_type!r} (supported: {', '.join(SUPPORTED)})")
-    if not (ckpt / "tokenizer.json").is_file():
+    if _architecture(config) is None:
+        raise ModelError(f"{ckpt}/config.json: no `architectures` (which transformers class the model is)")
+    if not (ckpt / "tokenizer.json").is_file() and not (ckpt / "tokenizer.model").is_file():
         raise ModelError(f"{ckpt}: no tokenizer.json (export needs the model's tokenizer saved beside it; "
                          "save it with tokenizer.save_pretrained)")
     if not _weight_files(ckpt):
         raise ModelError(f"{ckpt}: no .safetensors weights (eexp reads safetensors only)")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in (None, "default"):
-        raise ModelError(f"{ckpt}: rope scaling {rope_type!r} is not supported by eexp export (only plain RoPE)")
-    if model_type == "qwen2" and config.get("use_sliding_window"):
-        raise ModelError(f"{ckpt}: sliding-window attention is not supported by eexp export")
     return config
-
-
-def _rope_theta(config: dict) -> float:
-    rope = config.get("rope_parameters") or {}
-    return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
 
 
 def _weight_files(ckpt: Path) -> list[Path]:
@@ -112,10 +114,6 @@ def _weight_shapes(ckpt: Path) -> dict[str, tuple[int, ...]]:
             raise ModelError(f"{path}: cannot read the weights ({_first_line(e)}): a truncated or damaged "
                              "file?") from None
     return shapes
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _adapter_config(adapter: Path) -> dict:
@@ -141,8 +139,8 @@ def _module_of(key: str) -> str:
 
 
 def _check_adapter_fits(adapter: Path, base_shapes: dict[str, tuple[int, ...]], ckpt: Path,
-                        lora_only: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Read the adapter's LoRA pairs ({module: {"A": .., "B": ..}}) and check each against the base weights.
+                        lora_only: bool) -> dict:
+    """Read the adapter's tensors and check each LoRA pair against the base weights; return all tensors.
     Full tensors (modules_to_save) and embedding LoRA are fine to merge, but cannot be a llama.cpp adapter."""
     from safetensors.numpy import load_file
 
@@ -150,12 +148,12 @@ def _check_adapter_fits(adapter: Path, base_shapes: dict[str, tuple[int, ...]], 
         tensors = load_file(str(adapter / "adapter_model.safetensors"))
     except Exception as e:  # safetensors raises its own error types for a damaged file
         raise ModelError(f"{adapter / 'adapter_model.safetensors'}: cannot read ({e})") from None
-    pairs: dict[str, dict[str, np.ndarray]] = {}
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
     misfit = f"adapter {adapter} does not fit base {ckpt}"
     for key, value in tensors.items():
         module = _module_of(key)
         if ".lora_A." in key or ".lora_B." in key:
-            pairs.setdefault(module, {})["A" if ".lora_A." in key else "B"] = value.astype(np.float32)
+            pairs.setdefault(module, {})["A" if ".lora_A." in key else "B"] = value.shape
         elif not lora_only:
             continue  # PEFT merges it; PEFT says so if it does not fit
         elif "lora_embedding" in key:
@@ -172,11 +170,11 @@ def _check_adapter_fits(adapter: Path, base_shapes: dict[str, tuple[int, ...]], 
         base = base_shapes.get(f"{module}.weight")
         if base is None:
             raise ModelError(f"{misfit}: the base has no weight {module}.weight")
-        a, b = pair["A"].shape, pair["B"].shape
+        a, b = pair["A"], pair["B"]
         if len(base) != 2 or a[1] != base[1] or b[0] != base[0] or a[0] != b[1]:
             raise ModelError(f"{misfit}: {module} has lora_A {list(a)} and lora_B {list(b)}, but the base weight "
                              f"is {list(base)} (out, in)")
-    return pairs
+    return tensors
 
 
 def _lora_scale(config: dict, module: str, rank: int) -> float:
@@ -190,103 +188,7 @@ def _lora_scale(config: dict, module: str, rank: int) -> float:
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
-# --- the GGUF contents ------------------------------------------------------------------------------------------
-
-def _arch_name(config: dict) -> str:
-    """gguf's architecture string (general.architecture) for a checkpoint's model_type."""
-    import gguf
-    return gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[SUPPORTED[config["model_type"]][0]]]
-
-
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Rows of q/k from transformers' rotate-half layout to llama.cpp's interleaved pairs (convert_hf_to_gguf)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _gguf_tensors(state: dict[str, np.ndarray], config: dict) -> Iterator[tuple[str, np.ndarray]]:
-    """transformers tensors -> (gguf name, float32 array), with llama's q/k permutation."""
-    import gguf
-
-    arch_name, permute = SUPPORTED[config["model_type"]]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch_name], config["num_hidden_layers"])
-    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    tied = config.get("tie_word_embeddings", False)
-    for key, value in state.items():
-        if key == "lm_head.weight" and tied:
-            continue  # llama.cpp uses token_embd as the output when output.weight is absent
-        if key.endswith("rotary_emb.inv_freq"):
-            continue
-        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise ModelError(f"tensor {key} has no GGUF name for {arch_name.lower()} (an unexpected checkpoint)")
-        if permute and key.endswith(("q_proj.weight", "q_proj.bias")):
-            value = _permute(value, n_head)
-        elif permute and key.endswith(("k_proj.weight", "k_proj.bias")):
-            value = _permute(value, n_kv)
-        yield name, value
-
-
-def _tokenizer_metadata(writer, ckpt: Path, vocab_size: int) -> None:
-    """tokens, types, merges, pre-tokenizer, special ids, add-BOS/EOS flags and chat template."""
-    import gguf
-    from transformers import AutoTokenizer
-
-    spec = _read_json(ckpt / "tokenizer.json")
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-        raise ModelError(f"{ckpt}: only byte-level BPE tokenizers can be exported (this one is "
-                         f"{model.get('type')} without a ByteLevel pre-tokenizer)")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=False)
-    except Exception as e:
-        raise ModelError(f"{ckpt}: cannot load the tokenizer ({e})") from None
-
-    vocab = tok.get_vocab()
-    if len(vocab) > vocab_size:
-        raise ModelError(f"{ckpt}: the tokenizer has {len(vocab)} tokens but the model only {vocab_size} rows")
-    by_id = {i: t for t, i in vocab.items()}
-    added = {t.content: t.special for t in tok.added_tokens_decoder.values()}
-    tokens, types = [], []
-    for i in range(vocab_size):
-        token = by_id.get(i)
-        if token is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif token in added:
-            tokens.append(token)
-            types.append(gguf.TokenType.CONTROL if added[token] else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(token)
-            types.append(gguf.TokenType.NORMAL)
-
-    pre = _pre_tokenizer_name(spec.get("pre_tokenizer"), ckpt)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-
-    # What the tokenizer adds around a text, found by asking it rather than by reading its many config shapes.
-    plain = tok("a", add_special_tokens=False).input_ids
-    full = tok("a").input_ids
-    add_bos = len(full) > len(plain) and full[0] != plain[0]
-    add_eos = len(full) > len(plain) and full[-1] != plain[-1]
-    if add_bos:
-        writer.add_bos_token_id(full[0])
-    elif tok.bos_token_id is not None:
-        writer.add_bos_token_id(tok.bos_token_id)
-    if tok.eos_token_id is None:
-        raise ModelError(f"{ckpt}: the tokenizer has no eos token (generation would never stop)")
-    writer.add_eos_token_id(tok.eos_token_id)
-    if tok.pad_token_id is not None:
-        writer.add_pad_token_id(tok.pad_token_id)
-    writer.add_add_bos_token(add_bos)
-    writer.add_add_eos_token(add_eos)
-    if tok.chat_template:
-        writer.add_chat_template(tok.chat_template if isinstance(tok.chat_template, str)
-                                 else tok.chat_template.get("default", next(iter(tok.chat_template.values()))))
-
+# --- what eexp adds to the converter ---------------------------------------------------------------------------
 
 def _pre_tokenizer_name(pre: dict | None, ckpt: Path) -> str:
     """llama.cpp's name for the tokenizer's split regex."""
@@ -303,22 +205,20 @@ def _pre_tokenizer_name(pre: dict | None, ckpt: Path) -> str:
     raise ModelError(f"{ckpt}: the tokenizer has no split pattern llama.cpp can reproduce")
 
 
-def _model_metadata(writer, config: dict, name: str) -> None:
-    hidden, n_head = config["hidden_size"], config["num_attention_heads"]
-    writer.add_name(name)
-    writer.add_context_length(config.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(hidden)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(config.get("num_key_value_heads") or n_head)
-    head_dim = config.get("head_dim") or hidden // n_head
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
-    writer.add_vocab_size(config["vocab_size"])
+def known_pre_tokenizer(ckpt: Path) -> str:
+    """The llama.cpp pre-tokenizer of a byte-level BPE tokenizer.json whose ids llama.cpp's hash table does not know
+    (eexp's own tokenizers): named from its split regex. ModelError when it cannot be named safely."""
+    spec = _read_json(ckpt / "tokenizer.json")
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+        raise ModelError(f"{ckpt}: llama.cpp's converter does not recognize this tokenizer (a {model.get('type')} "
+                         "tokenizer without a byte-level pre-tokenizer)")
+    normalizer = spec.get("normalizer")
+    # NFC, as in Qwen2's own tokenizer, is allowed: llama.cpp skips it, and the two agree on NFC text
+    if normalizer is not None and normalizer.get("type") != "NFC":
+        raise ModelError(f"{ckpt}: llama.cpp's converter does not recognize this tokenizer, and it has a "
+                         f"{normalizer.get('type')} normalizer, which no llama.cpp pre-tokenizer reproduces")
+    return _pre_tokenizer_name(spec.get("pre_tokenizer"), ckpt)
 
 
 def gguf_card(ckpt: Path, adapter: Path | None, quant: str) -> Card:
@@ -335,33 +235,103 @@ def gguf_card(ckpt: Path, adapter: Path | None, quant: str) -> Card:
                    adapter_sha256=content_hash([str(adapter)]) if adapter is not None else None)
 
 
-def _provenance(writer, ckpt: Path, adapter: Path | None, quant: str) -> None:
-    for key, value in gguf_card(ckpt, adapter, quant).gguf_fields().items():
-        writer.add_string(key, value)
-
-
-def _tensor_type(name: str, value: np.ndarray, quant: str):
-    """The GGUF type of one tensor for a python-written quant: 1-D tensors (norms, biases) stay f32."""
-    import gguf
-
-    if value.ndim == 1 or quant == "f32":
-        return gguf.GGMLQuantizationType.F32
-    if quant == "f16":
-        return gguf.GGMLQuantizationType.F16
-    return gguf.GGMLQuantizationType.Q8_0
-
-
-def _check_quant(tensors: list[tuple[str, np.ndarray]], quant: str) -> None:
-    """Refuse a quant type whose blocks do not divide a tensor's rows, naming the tensor (llama.cpp would
-    silently fall back to another type, which is not what was asked for)."""
+def _check_quant(shapes: dict[str, tuple[int, ...]], quant: str) -> None:
+    """Refuse a quant type whose blocks do not divide a matrix's rows, naming the tensor (the converter and
+    llama.cpp's quantizer would silently fall back to another type, which is not what was asked for)."""
     block = {"q8_0": 32, "q4_k_m": 256}.get(quant)
     if block is None:
         return
-    for name, value in tensors:
-        if value.ndim >= 2 and value.shape[-1] % block:
+    for name, shape in shapes.items():
+        if len(shape) >= 2 and shape[-1] % block:
             raise ModelError(f"--quant {quant} needs rows of a multiple of {block} values, but tensor {name} "
-                             f"{list(value.shape)} has rows of {value.shape[-1]}; use "
-                             f"{'q8_0 or ' if quant != 'q8_0' and value.shape[-1] % 32 == 0 else ''}f16 or f32")
+                             f"{list(shape)} has rows of {shape[-1]}; use "
+                             f"{'q8_0 or ' if quant != 'q8_0' and shape[-1] % 32 == 0 else ''}f16 or f32")
+
+
+class _ErrorLog(logging.Handler):
+    """The converter's error lines, kept for the one-line message eexp shows when it fails."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _converter(ckpt: Path, name: str, fields: dict[str, str]):
+    """llama.cpp's `conversion` package, importable, with what eexp adds for the length of one export: the model card
+    keys (written with the rest of the metadata, adapters included), the name, the pre-tokenizer fallback, no
+    progress bar, and quiet logging (its errors are collected). Yields (conversion, the error log, the converter folder)."""
+    from eexp.models.llama_converter import converter_dir
+
+    folder = converter_dir()
+    os.environ["NO_LOCAL_GGUF"] = "1"  # the installed gguf (llama.cpp's gguf-py), never a copy beside the script
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    try:
+        import conversion
+        from conversion.base import TextModel
+    except ImportError as e:
+        raise ModelError(f"cannot load llama.cpp's converter from {folder} ({_first_line(e)})") from None
+
+    import gguf
+
+    prepare, pre = TextModel.prepare_metadata, TextModel.get_vocab_base_pre
+    write_tensors = gguf.GGUFWriter.write_tensors_to_file
+
+    def prepare_metadata(self, vocab_only):
+        self.model_name = name
+        prepare(self, vocab_only)
+        for key, value in fields.items():
+            self.gguf_writer.add_string(key, value)
+
+    def get_vocab_base_pre(self, tokenizer):
+        try:
+            return pre(self, tokenizer)
+        except NotImplementedError:  # an unknown hash: name the pre-tokenizer from the split regex, if it can be
+            return known_pre_tokenizer(ckpt)
+
+    errors = _ErrorLog()
+    loggers = [logging.getLogger(n) for n in ("hf-to-gguf", "lora-to-gguf", "gguf", "gguf.gguf_writer")]
+    levels = [lg.level for lg in loggers]
+    root_guard = logging.NullHandler()  # the LoRA script's logging.basicConfig must not configure eexp's root
+    logging.getLogger().addHandler(root_guard)
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+        lg.addHandler(errors)
+    TextModel.prepare_metadata, TextModel.get_vocab_base_pre = prepare_metadata, get_vocab_base_pre
+    # the converter draws a progress bar per file; eexp draws none (its stderr is for messages)
+    gguf.GGUFWriter.write_tensors_to_file = lambda self, progress=False: write_tensors(self, progress=False)
+    try:
+        yield conversion, errors, folder
+    finally:
+        TextModel.prepare_metadata, TextModel.get_vocab_base_pre = prepare, pre
+        gguf.GGUFWriter.write_tensors_to_file = write_tensors
+        logging.getLogger().removeHandler(root_guard)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+            lg.removeHandler(errors)
+
+
+def _model_class(conversion, ckpt: Path, config: dict):
+    arch = _architecture(config)
+    try:
+        return conversion.get_model_class(arch)
+    except NotImplementedError:
+        from eexp.models.llama_converter import llama_cpp_version
+        raise ModelError(f"{ckpt}: unsupported architecture {arch!r}: llama.cpp's converter (llama-cpp-python "
+                         f"{llama_cpp_version()}) does not know it") from None
+
+
+def _failed(ckpt: Path, errors: _ErrorLog, e: BaseException) -> ModelError:
+    if isinstance(e, ModelError):
+        return e
+    if isinstance(e, OSError):
+        return ModelError(f"cannot write: {e.strerror or e}")
+    detail = errors.lines[-1] if errors.lines else _first_line(e)
+    return ModelError(f"{ckpt}: llama.cpp's converter failed ({type(e).__name__}: {detail})")
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
@@ -379,27 +349,52 @@ def _temp_path(out: Path) -> Path:
     return Path(name)
 
 
-def _write(out: Path, arch_name: str, fill, tensors: list[tuple[str, np.ndarray]], quant: str) -> None:
-    """Write a GGUF with python-side types to a temporary name, then rename it to `out`."""
+def _convert_model(ckpt: Path, out: Path, quant: str, name: str, fields: dict[str, str],
+                   merged: dict | None) -> None:
+    """convert_hf_to_gguf's conversion of `ckpt` (its tensors replaced by `merged` when given) to `out`, through a
+    temporary name."""
+    import torch
+
     import gguf
 
-    tmp = _temp_path(out)
-    try:
-        writer = gguf.GGUFWriter(str(tmp), arch_name)
-        fill(writer)
-        for name, value in tensors:
-            qtype = _tensor_type(name, value, quant)
-            data = gguf.quants.quantize(np.ascontiguousarray(value, dtype=np.float32), qtype)
-            writer.add_tensor(name, data, raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
-    except OSError as e:
-        raise ModelError(f"cannot write {out}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    config = _read_json(ckpt / "config.json")
+    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+    with _converter(ckpt, name, fields) as (conversion, errors, _):
+        model_class = _model_class(conversion, ckpt, config)
+        tmp = _temp_path(out)
+        try:
+            with torch.inference_mode():
+                model = model_class(ckpt, ftype, tmp, eager=merged is not None)
+                if merged is not None:  # the merged weights, under the base file's tensor names
+                    model.model_tensors = dict(filter(None, (model.filter_tensors((key, lambda t=t: t))
+                                                             for key, t in merged.items())))
+                model.write()
+            os.replace(tmp, out)
+        except (Exception, SystemExit) as e:
+            raise _failed(ckpt, errors, e) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _convert_lora(ckpt: Path, adapter: Path, out: Path, quant: str, name: str, fields: dict[str, str]) -> None:
+    """convert_lora_to_gguf.py over `adapter` (PEFT's scaling already folded in) with `ckpt` as the base."""
+    import runpy
+
+    with _converter(ckpt, name, fields) as (conversion, errors, folder):
+        _model_class(conversion, ckpt, _read_json(ckpt / "config.json"))
+        tmp = _temp_path(out)
+        argv = sys.argv
+        sys.argv = ["convert_lora_to_gguf.py", "--base", str(ckpt), "--outfile", str(tmp), "--outtype", quant,
+                    str(adapter)]
+        try:
+            runpy.run_path(str(folder / "convert_lora_to_gguf.py"), run_name="__main__")
+            os.replace(tmp, out)
+        except (Exception, SystemExit) as e:
+            raise _failed(ckpt, errors, e) from None
+        finally:
+            sys.argv = argv
+            tmp.unlink(missing_ok=True)
 
 
 def _quantize_k(src: Path, out: Path, quant: str) -> None:
@@ -408,7 +403,6 @@ def _quantize_k(src: Path, out: Path, quant: str) -> None:
         import llama_cpp
     except ImportError:
         raise ModelError(f"--quant {quant} needs llama-cpp-python (pip install 'eexp[gguf]')") from None
-    import logging
 
     ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[quant]
     tmp = _temp_path(out)
@@ -459,103 +453,83 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, quant: str = "q
         from eexp.models.import_gguf import import_gguf
         ckpt = import_gguf(ckpt)
     config = _check_checkpoint(ckpt)
-    arch_name = _arch_name(config)
     base_shapes = _weight_shapes(ckpt)
-    pairs = adapter_config = None
+    adapter_tensors = adapter_config = None
     if adapter is not None:
         adapter_config = _adapter_config(adapter)
-        pairs = _check_adapter_fits(adapter, base_shapes, ckpt, lora_only)
+        adapter_tensors = _check_adapter_fits(adapter, base_shapes, ckpt, lora_only)
+    fields = gguf_card(ckpt, adapter, quant).gguf_fields()
+    name = (adapter or ckpt).resolve().name
     if lora_only:
-        return _export_lora(ckpt, adapter, out, quant, config, adapter_config, pairs, arch_name)
+        if config.get("tie_word_embeddings") and any(_module_of(k).endswith("lm_head") for k in adapter_tensors):
+            raise ModelError(f"{adapter}: LoRA on lm_head of a model with tied embeddings cannot be a llama.cpp "
+                             "adapter; export the merged model instead")
+        _check_quant({k: v.shape for k, v in adapter_tensors.items()}, quant)
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmpdir:
+            lora = _single_alpha_adapter(adapter, adapter_config, adapter_tensors, Path(tmpdir))
+            _convert_lora(ckpt, lora, out, quant, name, fields)
+        return out
 
-    state = _load_state(ckpt, adapter)
-    tensors = list(_gguf_tensors(state, config))
-    del state
-    _check_quant(tensors, quant)
-
-    def fill(writer):
-        import gguf
-        _model_metadata(writer, config, (adapter or ckpt).resolve().name)
-        _tokenizer_metadata(writer, ckpt, config["vocab_size"])
-        _provenance(writer, ckpt, adapter, quant)
-        file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}.get(quant, gguf.LlamaFileType.ALL_F32)
-        writer.add_file_type(file_type)
-        if quant == "q8_0":
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
+    _check_quant(base_shapes, quant)
+    merged = _merged_state(ckpt, adapter, set(base_shapes)) if adapter is not None else None
     if quant in ("f32", "f16", "q8_0"):
-        _write(out, arch_name, fill, tensors, quant)
+        _convert_model(ckpt, out, quant, name, fields, merged)
         return out
     # K-quants: an f32 GGUF in a temporary directory beside the output, then llama.cpp's quantizer.
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmpdir:
         f32 = Path(tmpdir) / "f32.gguf"
-        _write(f32, arch_name, fill, tensors, "f32")
-        del tensors
+        _convert_model(ckpt, f32, "f32", name, fields, merged)
+        del merged
         _quantize_k(f32, out, quant)
     return out
 
 
-def _load_state(ckpt: Path, adapter: Path | None) -> dict[str, np.ndarray]:
-    """The model's float32 weights as numpy arrays; with an adapter, merged by PEFT."""
+def _merged_state(ckpt: Path, adapter: Path, names: set[str]) -> dict:
+    """The base's weights with the adapter merged by PEFT (float32 torch tensors), under the names the base's
+    safetensors use (a tied output is not repeated)."""
     import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
     from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-    logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32, trust_remote_code=False,
                                                      use_safetensors=True)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelError(f"{ckpt}: cannot load the model ({_first_line(e)}): missing or damaged files?") from None
-    if adapter is not None:
-        from peft import PeftModel
-        try:
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise ModelError(f"adapter {adapter} does not fit base {ckpt}: {e}") from None
-    return {k: v.detach().to(torch.float32).numpy() for k, v in model.state_dict().items()}
+    from peft import PeftModel
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise ModelError(f"adapter {adapter} does not fit base {ckpt}: {e}") from None
+    state = {k: v.detach().to(torch.float32) for k, v in model.state_dict().items() if k in names}
+    missing = sorted(names - set(state))
+    if missing:
+        raise ModelError(f"{ckpt}: the merged model has no tensor {missing[0]} of the base file")
+    return state
 
 
-def _export_lora(ckpt: Path, adapter: Path, out: Path, quant: str, config: dict, adapter_config: dict,
-                 pairs: dict[str, dict[str, np.ndarray]], arch_name: str) -> Path:
-    """The adapter alone, as llama.cpp reads it: `<base tensor>.lora_a` [r, in] and `.lora_b` [out, r], one alpha.
+def _single_alpha_adapter(adapter: Path, config: dict, tensors: dict, tmpdir: Path) -> Path:
+    """The adapter as llama.cpp applies it: every pair scaled by one alpha / rank. PEFT's per-module scale (rsLoRA,
+    alpha and rank patterns) is folded into lora_b, so that alpha / r times lora_b @ lora_a is exactly PEFT's delta
+    for every module. The adapter itself when nothing needs folding; else a copy in `tmpdir`."""
+    import numpy as np
+    from safetensors.numpy import save_file
 
-    llama.cpp scales every pair by alpha / r. PEFT's per-module scale (rsLoRA, alpha and rank patterns) is folded
-    into lora_b so that alpha / r times lora_b @ lora_a is exactly PEFT's delta for every module."""
-    import gguf
-
-    if config.get("tie_word_embeddings") and any(m.endswith("lm_head") for m in pairs):
-        raise ModelError(f"{adapter}: LoRA on lm_head of a model with tied embeddings cannot be a llama.cpp "
-                         "adapter; export the merged model instead")
-    alpha = float(adapter_config.get("lora_alpha", 8))
-    arch = SUPPORTED[config["model_type"]]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch[0]], config["num_hidden_layers"])
-    n_head = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads") or n_head
-    tensors = []
-    for module, pair in sorted(pairs.items()):
-        a, b = pair["A"], pair["B"]
-        rank = a.shape[0]
-        b = b * (_lora_scale(adapter_config, module, rank) * rank / alpha)
-        if arch[1] and module.endswith("q_proj"):
-            b = _permute(b, n_head)   # the permutation acts on output rows, which lora_b holds
-        elif arch[1] and module.endswith("k_proj"):
-            b = _permute(b, n_kv)
-        name = names.get_name(f"{module}.weight", try_suffixes=(".weight",))
-        if name is None:
-            raise ModelError(f"{adapter}: LoRA on {module} has no llama.cpp tensor to apply to")
-        tensors += [(f"{name}.lora_a", a), (f"{name}.lora_b", b)]
-    _check_quant(tensors, quant)
-
-    def fill(writer):
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        writer.add_name(adapter.resolve().name)
-        _provenance(writer, ckpt, adapter, quant)
-
-    _write(out, arch_name, fill, tensors, quant)
-    return out
+    alpha = float(config.get("lora_alpha", 8))
+    folded, changed = {}, False
+    for key, value in tensors.items():
+        if ".lora_B." in key:
+            rank = value.shape[1]
+            factor = _lora_scale(config, _module_of(key), rank) * rank / alpha
+            if factor != 1.0:
+                value, changed = (value.astype(np.float32) * np.float32(factor)), True
+        folded[key] = value
+    if not changed:
+        return adapter
+    target = tmpdir / "adapter"
+    target.mkdir()
+    save_file(folded, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (target / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": alpha}))
+    return target
