@@ -16,7 +16,7 @@ import random
 import time
 
 from eexp.envs import make_env
-from eexp.stages.expert import pick_tasks
+from eexp.envs.base import pick_tasks
 from eexp.stages.rollout import EnvPool, Walk
 
 TARGET = 5000

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 import orjson
 
 from eexp.errors import EexpError, UsageProblem
+from eexp.records import KIND_PLURALS, kind_of, type_name
 
 STDIN_NAME = "<stdin>"
 
@@ -127,13 +128,6 @@ class Reader:
                 self.warn("no records on stdin")
             else:
                 raise InputError("empty file (no records)", name)
-
-
-def type_name(value) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def read_records(paths: Iterable[str]) -> Iterator[dict]:
@@ -318,8 +312,6 @@ def prepare_resume(path: str, key: Callable[[dict], str] = lambda r: r.get("sour
             data = f.read()
     except OSError as e:
         raise InputError(f"cannot read ({e.strerror})", path) from None
-    if kind is not None:
-        from eexp.records import KIND_PLURALS, kind_of
     end = data.rfind(b"\n") + 1  # everything after the last newline is a torn line
     keys: list[tuple[str, int]] = []  # (key, byte offset where its line starts)
     offset = 0

@@ -221,9 +221,3 @@ def parse_reply(text: str) -> tuple[str | None, str | None]:
     thought_match = _THOUGHT.search(text or "")
     thought = thought_match.group(1).strip() if thought_match else None
     return (actions[-1] if actions else None), (thought or None)
-
-
-def normalize_space(text: str) -> str:
-    """Runs of whitespace as one space, none at the ends: the one whitespace canonicalization (the state check
-    compares observations with it, `Env.canonicalize` and the policies' default apply it to actions)."""
-    return " ".join(text.split())

@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterator
 import orjson
 
 from eexp import __version__
-from eexp.io import type_name
 
 NUMBER = (int, float)
 ANY = object
@@ -26,6 +25,15 @@ STATE = {"goal": str, "history": [{"observation": str, "action": str}], "observa
 ALTERNATIVE = {"action": str, "source": str, "seed?": int, "next_observation?": str, "reward?": NUMBER,
                "done?": bool, "valid?": bool, "error?": str}
 MESSAGE = {"role": str, "content": str, "weight?": NUMBER}
+
+
+def type_name(value) -> str:
+    """A JSON value's type as an error message names it (`expected a string, got a number`)."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
 
 SHAPES: dict[str, dict] = {
     "trajectory": {"id": str, "env": ENV, "task": TASK, "steps": [STEP], "final_observation": str,

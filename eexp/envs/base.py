@@ -8,11 +8,12 @@ environment against it.
 
 from __future__ import annotations
 
+import random
 from importlib.metadata import entry_points
 from typing import Any
 
 from eexp.errors import EexpError, entry_point_source
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 
 
 class EnvError(EexpError):
@@ -158,6 +159,24 @@ class NumberedTasks(Env):
                 int(number) >= self.split_sizes[split]:
             return None
         return split, int(number)
+
+
+def pick_tasks(env: Env, split: str, n: int | None = None, seed: int = 0,
+               task_ids: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """The tasks a stage runs (expert, `envs --check`): the ids asked for, else a deterministic sample of n tasks
+    of the split.
+
+    The sample is a seeded shuffle of the whole split cut to n, so `-n 100` is a prefix of `-n 200` with the
+    same seed, and different seeds pick different tasks.
+    """
+    if task_ids:
+        return [env.task(split, t) for t in task_ids]
+    tasks = env.tasks(split)
+    if n is None or n >= len(tasks):
+        n = len(tasks)
+    order = list(range(len(tasks)))
+    random.Random(f"eexp-expert/{seed}").shuffle(order)
+    return [tasks[i] for i in order[:n]]
 
 
 def package_version(dist: str) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from eexp.envs.base import Env, EnvError, package_version
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 
 CATEGORIES = {"base": "multi_turn_base", "long_context": "multi_turn_long_context",
               "miss_func": "multi_turn_miss_func", "miss_param": "multi_turn_miss_param"}

@@ -36,9 +36,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import Env, EnvError, env_class, pick_tasks
 from eexp.envs.reach import guarded
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 
 SCORE_RANGE = (0.0, 1.0)
 PROBE_ACTION = "  Look   AROUND  "      # canonicalized on a fresh instance: any text must be accepted
@@ -629,8 +629,6 @@ def check_installed(name: str, env_args: dict | None = None, split: str | None =
     """`eexp envs --check NAME`: the checks on the installed environment NAME built with `env_args`, on the tasks
     `eexp expert` would pick with the same split, -n, --seed and --task. An environment that cannot load or be
     built at all is an EnvError before any check."""
-    from eexp.envs.base import env_class
-    from eexp.stages.expert import pick_tasks
     cls = env_class(name)
     env_args = dict(env_args or {})
     if split is not None and split not in cls.splits:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 from eexp.envs.base import Env, EnvError
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 
 EXCERPT_CHARS = 160
 

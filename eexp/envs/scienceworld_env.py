@@ -51,7 +51,7 @@ from typing import Any
 
 from eexp.cache import cache_root
 from eexp.envs.base import Env, EnvError, package_version
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 
 OOD_TASKS = ("freeze", "chemistry-mix-paint-tertiary-color", "find-non-living-thing",
              "lifespan-longest-lived-then-shortest-lived", "mendelian-genetics-unknown-plant",

@@ -24,7 +24,7 @@ import re
 from functools import lru_cache
 
 from eexp.envs.base import EnvError, NumberedTasks
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 
 # category -> (attributes, options, (min price, max price)); attributes are in a fixed order, so the goal's
 # attribute phrase (and the query the instruction implies) is always written the same way.

@@ -68,7 +68,7 @@ from typing import Any
 
 from eexp.cache import cache_root
 from eexp.envs.base import Env, EnvError, package_version
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 
 # family -> (tw-make challenge, settings as a function of the nominal seed: the task's, whatever game seed made it)
 FAMILIES: dict[str, tuple[str, Any]] = {

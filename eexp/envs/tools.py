@@ -26,7 +26,7 @@ from functools import lru_cache
 import orjson
 
 from eexp.envs.base import EnvError, NumberedTasks
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 
 ROOT = "/workspace"
 FOLDERS = ("docs", "reports", "photos", "music", "projects", "archive", "notes", "backup", "data", "temp")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Callable
 
 from eexp.policies.base import Reply
-from eexp.prompts import normalize_space, parse_reply
+from eexp.prompts import parse_reply
+from eexp.text import normalize_space
 
 
 def canonicalizer(context: dict | None) -> Callable[[str], str]:

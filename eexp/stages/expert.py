@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from typing import Callable, Iterator
 
-from eexp.envs.base import Env, EnvError, make_env
+from eexp.envs.base import Env, EnvError, make_env, pick_tasks
 from eexp.envs.reach import guarded
 from eexp.io import Stage, StageIO
 from eexp.records import make_meta, short_hash
-
-
-def pick_tasks(env: Env, split: str, n: int | None = None, seed: int = 0,
-               task_ids: list[str] | tuple[str, ...] = ()) -> list[dict]:
-    """The tasks to run: the ids asked for, else a deterministic sample of n tasks of the split.
-
-    The sample is a seeded shuffle of the whole split cut to n, so `-n 100` is a prefix of `-n 200` with the
-    same seed, and different seeds pick different tasks.
-    """
-    if task_ids:
-        return [env.task(split, t) for t in task_ids]
-    tasks = env.tasks(split)
-    if n is None or n >= len(tasks):
-        n = len(tasks)
-    order = list(range(len(tasks)))
-    random.Random(f"eexp-expert/{seed}").shuffle(order)
-    return [tasks[i] for i in order[:n]]
 
 
 def trajectory_id(env: Env, task: dict) -> str:

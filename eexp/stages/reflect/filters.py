@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from eexp.prompts import clip, normalize_space
+from eexp.prompts import clip
 from eexp.stages.reflect.template import COPY_RUN, Template
 from eexp.stages.reflect.text import WORD, content_words
+from eexp.text import normalize_space
 
 FILTERS = ("truncated", "model_error", "empty", "too_short", "too_long", "label_leakage", "template_copy",
            "off_topic", "repetitive", "outcome_narration", "different_action")

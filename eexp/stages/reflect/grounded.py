@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 from eexp.stages.reflect.text import content_words, snippet
 
 

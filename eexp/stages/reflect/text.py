@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from eexp.prompts import normalize_space
+from eexp.text import normalize_space
 
 WORD = re.compile(r"[a-z0-9]+", re.IGNORECASE)
 
