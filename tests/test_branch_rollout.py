@@ -578,3 +578,56 @@ def test_scienceworld_pipeline(runner, tmp_path):
     assert stats["errors"] == stats["state_mismatches"]
     ok = [o for o in outcomes if "error" not in o]
     assert all(a.get("next_observation") for o in ok for a in o["alternatives"])
+
+
+def _group_alive(pgid: int) -> list[str]:
+    """The processes of a process group that still run (a zombie whose parent is gone and that PID 1 has not reaped
+    yet, such as multiprocessing's resource tracker, is dead: it is not counted)."""
+    ps = subprocess.run(["ps", "-ww", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True, text=True)
+    return [line for line in ps.stdout.splitlines() if line.split()[1][0] != "Z"]
+
+
+@pytest.mark.slow  # ~15 s on 2 shared cores: 1,400 shop branch records, two interrupted runs and a resume
+@pytest.mark.parametrize("moment", ["workers starting", "workers running"])
+def test_ctrl_c_to_the_process_group_of_rollout_with_workers(tmp_path, moment):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) to `rollout -j 2`, while its workers are
+    still starting up and once outcomes are being written: exit 130, whole lines, no traceback from any worker, no
+    process left; --resume then completes the file in input order."""
+    if not Path("/proc").is_dir() or subprocess.run(["ps", "-o", "pid="], capture_output=True).returncode != 0:
+        pytest.skip("needs ps and /proc")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    br, out = tmp_path / "br.jsonl", tmp_path / "out.jsonl"
+    expert = subprocess.run(EEXP + ["expert", "--env", "shop", "-n", "300", "-q"], check=True, env=env,
+                            capture_output=True).stdout
+    subprocess.run(EEXP + ["branch", "--propose", "admissible", "-k", "6", "-q", "-o", str(br)], input=expert,
+                   check=True, env=env, capture_output=True)
+    ids = [r["id"] for r in read_records([br])]
+    args = EEXP + ["rollout", "-j", "2", "-q", "-o", str(out), str(br)]
+    # SIGINT at its default in the child (a background shell would have it ignored), in a group of its own
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, start_new_session=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if moment == "workers starting":
+            if sum("spawn_main" in line for line in _group_alive(proc.pid)) == 2:
+                break
+        elif out.exists() and out.stat().st_size > 0:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err.decode()
+    assert err.decode().strip().endswith("eexp: interrupted")
+    written = out.read_bytes() if out.exists() else b""
+    assert written == b"" or written.endswith(b"\n")
+    assert [r["id"] for r in read_records([out])] == ids[:written.count(b"\n")] if written else True
+    assert written.count(b"\n") < len(ids)
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _group_alive(proc.pid) == []
+    subprocess.run(args + ["--resume"], check=True, env=env, capture_output=True, timeout=300)
+    assert [r["id"] for r in read_records([out])] == ids

@@ -16,14 +16,19 @@ data. An exception or a hang (`--step-timeout`) inside the environment is an `er
 environment is then restarted and the stage goes on.
 
 `-j N` runs whole trajectories in N worker processes, each keeping one environment per (name, kwargs), and
-writes the outcomes in input order.
+writes the outcomes in input order. The workers ignore Ctrl-C from their first instruction on (they are started
+with SIGINT ignored, which a new process inherits): the interrupt is the parent's, which lets each worker finish the
+trajectory it holds, stops them, and exits 130 with whole lines written.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import multiprocessing
+import signal
+import threading
 from typing import Any, Callable, Iterator
 
 import orjson
@@ -222,10 +227,31 @@ def rollout_group(records: list[dict], pool: EnvPool, meta_extra: dict | None = 
 _WORKER: dict[str, Any] = {}
 
 
+@contextlib.contextmanager
+def sigint_ignored_by_children():
+    """Processes started inside this block ignore SIGINT from birth: the disposition SIG_IGN survives exec, and
+    Python leaves an ignored SIGINT ignored, so a Ctrl-C to the process group cannot raise KeyboardInterrupt in a
+    worker still starting up (importing, unpickling), where its own handler would come too late. Here, SIGINT is
+    blocked meanwhile, so one that arrives is held, not lost, and raised once the block ends (Linux keeps a blocked
+    signal pending even while it is ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield   # signal handlers belong to the main thread; a worker it starts then sets SIG_IGN itself
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _init_worker(factory: Callable[..., Env], timeout: float | None, meta_extra: dict) -> None:
     import atexit
 
     from eexp.workers import die_with_parent
+    # Ctrl-C is the parent's to handle (a worker started outside sigint_ignored_by_children learns it here)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the parent killed (kill -9, OOM): close the environments and exit instead of waiting for work forever
     die_with_parent(lambda: _WORKER["pool"].close() if "pool" in _WORKER else None)
     _WORKER["pool"] = EnvPool(factory, timeout)
@@ -235,6 +261,10 @@ def _init_worker(factory: Callable[..., Env], timeout: float | None, meta_extra:
 
 def _worker_group(records: list[dict]) -> tuple[list[dict], dict]:
     return rollout_group(records, _WORKER["pool"], _WORKER["meta"])
+
+
+def _worker_ready() -> None:
+    """A task that only makes a worker start (and run its initializer)."""
 
 
 class Rollout(Stage):
@@ -261,6 +291,16 @@ class Rollout(Stage):
                 jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                 initargs=(env_factory, step_timeout, self.meta_extra))
             self._pool = None
+            # Start all N workers now, and only now (the executor starts one per submit while none is idle), so
+            # every worker is started with Ctrl-C ignored.
+            with sigint_ignored_by_children():
+                started = [self._executor.submit(_worker_ready) for _ in range(jobs)]
+            try:
+                for future in started:
+                    future.result()
+            except BaseException:
+                self.close()
+                raise
         else:
             self._executor = None
             self._pool = EnvPool(env_factory, step_timeout)
