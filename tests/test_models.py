@@ -168,16 +168,27 @@ def test_f32_export_tokenizes_and_computes_like_transformers(arch, request, runn
     assert any(t.name == "output.weight" for t in reader.tensors) == (arch == "llama")
 
 
-def test_rotary_permutation_is_needed_for_llama(tiny_llama_checkpoint, runner, tmp_path, monkeypatch):
-    """The logit check above can tell a wrong rotary layout apart: without llama's q/k permutation it fails."""
+def test_logit_check_sees_a_wrong_rotary_layout(tiny_llama_checkpoint, runner, tmp_path):
+    """The logit check above can tell a wrong rotary layout apart: a GGUF whose llama q/k rows are left in
+    transformers' rotate-half order (as if the converter had skipped its permutation) fails it."""
+    import shutil
+
     import numpy as np
+    from safetensors.numpy import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import eexp.models.export as export
-
     ckpt = _sharpened(tiny_llama_checkpoint, tmp_path / "ckpt")
-    monkeypatch.setattr(export, "_permute", lambda w, n_head: w)
-    export.export_gguf(ckpt, tmp_path / "wrong.gguf", quant="f32")
+    wrong = tmp_path / "wrong"
+    shutil.copytree(ckpt, wrong)
+    weights = load_file(str(wrong / "model.safetensors"))
+    config = json.loads((wrong / "config.json").read_text())
+    for key in weights:  # the inverse of llama.cpp's permutation: the converter's own then cancels out
+        heads = config["num_attention_heads"] if "q_proj" in key else config["num_key_value_heads"]
+        if key.endswith(("q_proj.weight", "k_proj.weight")):
+            w = weights[key]
+            weights[key] = w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    save_file(weights, str(wrong / "model.safetensors"), metadata={"format": "pt"})
+    _export(runner, wrong, "-o", tmp_path / "wrong.gguf", "--quant", "f32")
     ids = AutoTokenizer.from_pretrained(ckpt)(TEXTS[0]).input_ids
     llm = _llama(tmp_path / "wrong.gguf")
     try:
@@ -327,11 +338,11 @@ def test_export_refuses_unsupported_architecture(tiny_checkpoint, runner, tmp_pa
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     config = json.loads((ckpt / "config.json").read_text())
-    config["model_type"] = "gpt2"
+    config["architectures"] = ["GPT2LMHeadModelOfNoKnownKind"]
     (ckpt / "config.json").write_text(json.dumps(config))
     result = runner.invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "m.gguf")])
     assert result.exit_code == 1
-    assert "unsupported architecture 'gpt2' (supported: qwen2, llama)" in result.output
+    assert "unsupported architecture 'GPT2LMHeadModelOfNoKnownKind'" in result.output
 
 
 def test_export_refuses_adapter_that_does_not_fit(tiny_checkpoint, runner, tmp_path):
@@ -355,7 +366,7 @@ def test_export_refuses_quant_the_dimensions_cannot_take(tiny_checkpoint, runner
     out_dir.mkdir()
     result = runner.invoke(cli, ["export", str(tiny_checkpoint), "-o", str(out_dir / "m.gguf"), "--quant", "q4_k_m"])
     assert result.exit_code == 1
-    assert "q4_k_m needs rows of a multiple of 256" in result.output and "token_embd.weight" in result.output
+    assert "q4_k_m needs rows of a multiple of 256" in result.output and "model.embed_tokens.weight" in result.output
     assert _no_leftovers(out_dir)
     result = runner.invoke(cli, ["export", str(tiny_checkpoint), "-o", str(out_dir / "m.gguf"), "--quant", "q5"])
     assert result.exit_code == 2

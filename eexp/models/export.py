@@ -10,6 +10,7 @@ hyperparameters, RoPE scaling, sliding windows, the tokenizer). eexp keeps what 
 - merging a LoRA adapter (by PEFT, in memory: the converter reads the merged tensors instead of the base file);
   `--lora-only` writes the adapter alone through `convert_lora_to_gguf.py`, with PEFT's per-module scaling (rsLoRA,
   alpha and rank patterns) folded into lora_b first, since llama.cpp scales every pair by one alpha / rank;
+- whether a BOS or EOS is added, where the tokenizer's config does not say (found by asking the tokenizer);
 - the pre-tokenizer of eexp's own tokenizers: llama.cpp recognizes a BPE tokenizer by hashing the ids it gives for a
   fixed text, which a tokenizer trained by `eexp init-model` (or any retrained BPE) never matches. When the hash is
   unknown, the converter is told llama.cpp's name for the tokenizer's split regex (qwen2, llama-bpe, gpt-2), if it is
@@ -284,6 +285,7 @@ def _converter(ckpt: Path, name: str, fields: dict[str, str]):
     def prepare_metadata(self, vocab_only):
         self.model_name = name
         prepare(self, vocab_only)
+        _add_special_flags(self.gguf_writer, ckpt)
         for key, value in fields.items():
             self.gguf_writer.add_string(key, value)
 
@@ -313,6 +315,27 @@ def _converter(ckpt: Path, name: str, fields: dict[str, str]):
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
             lg.removeHandler(errors)
+
+
+def _add_special_flags(writer, ckpt: Path) -> None:
+    """Whether a BOS or an EOS is added, where the converter found no say in the tokenizer's config (eexp's own
+    tokenizers add none; llama.cpp's default for a llama-bpe vocabulary would add a BOS): found by asking the
+    tokenizer, rather than by reading its many config shapes."""
+    keys = {key for kv in writer.kv_data for key in kv}
+    if "tokenizer.ggml.model" not in keys:  # an adapter: no tokenizer
+        return
+    wanted = [k for k in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token") if k not in keys]
+    if not wanted:
+        return
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=False)
+    plain, full = tok("a", add_special_tokens=False).input_ids, tok("a").input_ids
+    added = len(full) > len(plain)
+    if "tokenizer.ggml.add_bos_token" in wanted:
+        writer.add_add_bos_token(added and full[0] != plain[0])
+    if "tokenizer.ggml.add_eos_token" in wanted:
+        writer.add_add_eos_token(added and full[-1] != plain[-1])
 
 
 def _model_class(conversion, ckpt: Path, config: dict):
