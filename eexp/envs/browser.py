@@ -182,6 +182,7 @@ class Browser:
             # ourselves, does not register it)
             self.driver.command_executor._commands["executeCdpCommand"] = (
                 "POST", "/session/$sessionId/goog/cdp/execute")
+            self.emulate_focus()
         except Exception:
             self.close()
             raise

@@ -80,29 +80,52 @@ TYPEABLE = ("input_text", "input_password", "input_email", "input_search", "inpu
             "input_url", "textarea")
 ACTION = re.compile(r"^\s*(click|type|select)\s*\[\s*(\d+)\s*\](?:\s*\[(.*)\])?\s*$", re.S | re.I)
 
-# One call per observation: the DOM from MiniWoB's own walker (refs stable within an episode), with the <select>
-# options and the disabled flag added, and the episode's state.
-OBSERVE_JS = r"""
-var tree = core.getDOMInfo(document.body);
-function enrich(n) {
-  if (n.ref > 0) {
-    var el = core.previousDOMInfo[n.ref];
-    if (el && el.tagName === 'SELECT') {
-      n.options = Array.from(el.options).map(function (o) { return o.text.trim(); });
-      n.selected = el.selectedIndex >= 0 ? el.options[el.selectedIndex].text.trim() : null;
+# The observation, as a JavaScript function every script below ends with: the DOM from MiniWoB's own walker (refs
+# stable within an episode), with the <select> options and the disabled flag added, and the episode's state.
+OBSERVE_FN = r"""
+function observe() {
+  var tree = core.getDOMInfo(document.body);
+  function enrich(n) {
+    if (n.ref > 0) {
+      var el = core.previousDOMInfo[n.ref];
+      if (el && el.tagName === 'SELECT') {
+        n.options = Array.from(el.options).map(function (o) { return o.text.trim(); });
+        n.selected = el.selectedIndex >= 0 ? el.options[el.selectedIndex].text.trim() : null;
+      }
+      if (el && el.disabled) n.disabled = true;
     }
-    if (el && el.disabled) n.disabled = true;
+    (n.children || []).forEach(enrich);
+    return n;
   }
-  (n.children || []).forEach(enrich);
-  return n;
+  return {done: WOB_DONE_GLOBAL, raw: WOB_RAW_REWARD_GLOBAL, reward: WOB_REWARD_GLOBAL,
+          reason: WOB_REWARD_REASON === null ? null : String(WOB_REWARD_REASON),
+          utterance: core.getUtterance(), tree: enrich(tree)};
 }
-return {done: WOB_DONE_GLOBAL, raw: WOB_RAW_REWARD_GLOBAL, reward: WOB_REWARD_GLOBAL,
-        reason: WOB_REWARD_REASON === null ? null : String(WOB_REWARD_REASON),
-        utterance: core.getUtterance(), tree: enrich(tree)};
 """
-SETTLE_JS = "var done = arguments[arguments.length - 1]; setTimeout(function () { done(); }, arguments[0]);"
-PAGE_SETUP_JS = "if (window.jQuery) { jQuery.fx.off = true; }"
+
+
+def _then_observe(action: str) -> str:
+    """An async script: `action` (arguments a0, a1), then the page's pending timers up to `settle` ms (a2), then the
+    observation: one round trip for an action and what it led to."""
+    return ("var done = arguments[arguments.length - 1], a0 = arguments[0], a1 = arguments[1], "
+            "settle = arguments[2];\n" + OBSERVE_FN + action +
+            "\nsetTimeout(function () { done(observe()); }, settle);")
+
+
+OBSERVE_JS = _then_observe("")
+CLICK_JS = _then_observe("core.elementClick(a0);")
+CHOOSE_JS = _then_observe("""
+var el = core.previousDOMInfo[a0];
+el.selectedIndex = Array.from(el.options).map(function (o) { return o.text.trim(); }).indexOf(a1);
+el.dispatchEvent(new Event('input', {bubbles: true}));
+el.dispatchEvent(new Event('change', {bubbles: true}));""")
+FOCUS_FIELD_JS = """
+core.elementClick(arguments[0]);
+var el = core.previousDOMInfo[arguments[0]];
+if (el && el.select !== undefined) { el.select(); }
+"""
 START_JS = """
+if (window.jQuery) { jQuery.fx.off = true; }
 if (core.EP_TIMER !== null) { core.endEpisode(0); }
 core.EPISODE_MAX_TIME = %d;
 Math.seedrandom(arguments[0]);
@@ -110,18 +133,6 @@ core.setDataMode(arguments[1]);
 core.startEpisodeReal();
 return WOB_TASK_READY;
 """ % EPISODE_CLOCK_MS
-CLICK_JS = "return core.elementClick(arguments[0]);"
-SELECT_TEXT_JS = """
-var el = core.previousDOMInfo[arguments[0]];
-if (el && (el.select !== undefined)) { el.select(); }
-"""
-CHOOSE_JS = """
-var el = core.previousDOMInfo[arguments[0]];
-var texts = Array.from(el.options).map(function (o) { return o.text.trim(); });
-el.selectedIndex = texts.indexOf(arguments[1]);
-el.dispatchEvent(new Event('input', {bubbles: true}));
-el.dispatchEvent(new Event('change', {bubbles: true}));
-"""
 
 
 def html_dir() -> Path:
@@ -303,20 +314,20 @@ class MiniWobEnv(Env):
         if browser is not None:
             browser.close()
 
-    def _open(self, task_type: str) -> None:
+    def _open(self, task_type: str, fresh: bool = True) -> None:
+        """Load the task type's page; `fresh`: even when it is loaded (an episode leaves state behind in some
+        pages: click-dialog-2's dialog is rebuilt elsewhere in the DOM on the next episode)."""
         driver = self._driver()
-        if self._page_type != task_type:
+        if fresh or self._page_type != task_type:
             path = html_dir() / f"{task_type}.html"
             if not path.exists():
                 raise EnvError(f"miniwob: no task type {task_type!r} in the miniwob package")
             self._page_type = None
             driver.get(path.as_uri())
-            self._browser.emulate_focus()
-            driver.execute_script(PAGE_SETUP_JS)
             self._page_type = task_type
 
-    def _start_episode(self, task_type: str, seed: int, mode: str) -> None:
-        self._open(task_type)
+    def _start_episode(self, task_type: str, seed: int, mode: str, fresh: bool = True) -> None:
+        self._open(task_type, fresh)
         driver = self._browser.driver
         ready = driver.execute_script(START_JS, seed, mode)
         tries = 0
@@ -327,11 +338,9 @@ class MiniWobEnv(Env):
         if not ready:
             raise EnvError(f"miniwob: {task_type} seed {seed} did not get ready")
 
-    def _observe(self) -> Page:
-        driver = self._browser.driver
-        if self.settle_ms >= 0:
-            driver.execute_async_script(SETTLE_JS, self.settle_ms)
-        return Page(driver.execute_script(OBSERVE_JS))
+    def _run(self, script: str, a0: Any = None, a1: Any = None) -> Page:
+        """An action script made by _then_observe; the page it led to."""
+        return Page(self._browser.driver.execute_async_script(script, a0, a1, self.settle_ms))
 
     # --- tasks --------------------------------------------------------------------------------------------------
     def tasks(self, split: str) -> list[dict]:
@@ -354,8 +363,8 @@ class MiniWobEnv(Env):
         missing = [(t, s) for t, s in keys if f"{t}-{s}" not in goals]
         if missing:
             live = (self._task, list(self._history)) if self._task is not None else None
-            for t, s in sorted(missing):
-                self._start_episode(t, s, "train")
+            for t, s in sorted(missing):   # the page is not reloaded between seeds here: reset() checks the goal
+                self._start_episode(t, s, "train", fresh=False)
                 goals[f"{t}-{s}"] = normalize_space(self._browser.driver.execute_script(
                     "return core.getUtterance();"))
             on_disk = json.loads(path.read_text()) if path.exists() else {}
@@ -377,7 +386,10 @@ class MiniWobEnv(Env):
         task_type, seed = self._parse(task)
         self._task, self._history, self._done, self._raw, self._page = task, [], False, 0.0, None
         self._start_episode(task_type, seed, "train")
-        self._page = self._observe()
+        self._page = self._run(OBSERVE_JS)
+        if task.get("goal") is not None and normalize_space(task["goal"]) != self._page.utterance:
+            raise EnvError(f"miniwob: {task['id']}: the page asks {self._page.utterance!r}, not the task's goal "
+                           f"{task['goal']!r} (a stale goal cache? remove {self.cache / 'goals.json'})")
         return self._page.render(self.max_obs_chars)
 
     def step(self, action: str) -> tuple[str, float, bool, dict]:
@@ -387,11 +399,11 @@ class MiniWobEnv(Env):
         self._history.append(action)
         if self._done:
             return self._final(), 0.0, True, {"valid": False}
-        problem = self._act(action)
-        if problem:
-            return f"Invalid action: {problem}\n{self._page.render(self.max_obs_chars)}", 0.0, False, \
+        page = self._act(action)
+        if isinstance(page, str):
+            return f"Invalid action: {page}\n{self._page.render(self.max_obs_chars)}", 0.0, False, \
                 {"valid": False}
-        self._page = page = self._observe()
+        self._page = page
         info = {"valid": True}
         if page.done:
             self._done, self._raw = True, page.raw_reward
@@ -399,8 +411,8 @@ class MiniWobEnv(Env):
             return self._final(), page.raw_reward, True, info
         return page.render(self.max_obs_chars), 0.0, False, info
 
-    def _act(self, action: str) -> str | None:
-        """Do the action; None when done, else what was wrong with it (nothing was done then)."""
+    def _act(self, action: str) -> Page | str:
+        """Do the action and return the page it led to, or say what was wrong with it (nothing was done then)."""
         m = ACTION.match(action)
         if not m:
             return f"{action!r} is not an action: use click[REF], type[REF][TEXT] or select[REF][OPTION]"
@@ -412,20 +424,20 @@ class MiniWobEnv(Env):
         if verb == "click":
             if arg is not None:
                 return "click takes no text: click[REF]"
-            driver.execute_script(CLICK_JS, ref)
+            return self._run(CLICK_JS, ref)
         elif verb == "type":
             if arg is None:
                 return "type needs a text: type[REF][TEXT]"
             if element.tag not in TYPEABLE:
                 return f"[{ref}] is a {element.tag}, which takes no text"
             from selenium.webdriver.common.action_chains import ActionChains
-            driver.execute_script(CLICK_JS, ref)
-            driver.execute_script(SELECT_TEXT_JS, ref)
+            driver.execute_script(FOCUS_FIELD_JS, ref)   # click, focus, select what it holds
             chain = ActionChains(driver, duration=0)
             for key in arg:
                 chain.w3c_actions.key_action.key_down(key)
                 chain.w3c_actions.key_action.key_up(key)
             chain.perform()
+            return self._run(OBSERVE_JS)
         else:
             if arg is None:
                 return "select needs an option: select[REF][OPTION]"
@@ -433,8 +445,7 @@ class MiniWobEnv(Env):
                 return f"[{ref}] is a {element.tag}, not a list to select from"
             if arg not in element.options:
                 return f"[{ref}] has no option {arg!r}"
-            driver.execute_script(CHOOSE_JS, ref, arg)
-        return None
+            return self._run(CHOOSE_JS, ref, arg)
 
     def _final(self) -> str:
         how = "success" if self._raw >= SOLVED else "failure"
