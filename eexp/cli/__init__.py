@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import sys
+from importlib import metadata
 
 import click
 
@@ -19,7 +21,59 @@ def _stdout_to_devnull() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+# The commands as `eexp` and `eexp --help` list them: in the order of the pipeline, not the alphabet's.
+SECTIONS = {
+    "Collect experience": ["envs", "expert", "branch", "rollout"],
+    "Make training data": ["imitation-data", "world-model-data", "reflect", "mix", "corpus"],
+    "Models": ["init-model", "import-model", "finetune", "rl", "export", "merge"],
+    "Evaluate and check": ["eval", "doctor", "validate"],
+}
+# What `--version` reports besides eexp's own version: the packages that decide what eexp can do here.
+VERSION_PACKAGES = ("torch", "transformers", "peft", "llama-cpp-python")
+
+
+def version_text() -> str:
+    """eexp's version, then Python's and those of the packages that decide what runs here (read from their
+    metadata, without importing them)."""
+    found = []
+    for name in VERSION_PACKAGES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return (f"eexp, version {__version__}\n"
+            f"python {platform.python_version()} ({sys.executable}); {', '.join(found)}")
+
+
+def first_sentence(command: click.Command, most: int = 110) -> str:
+    """The first sentence of a command's help; past `most` characters, what comes before its first colon."""
+    text = " ".join((command.help or "").split("\n\n")[0].split())
+    end = text.find(". ")
+    text = text[:end + 1] if end >= 0 else text
+    return text.split(": ", 1)[0] if len(text) > most and ": " in text else text
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text())
+        ctx.exit()
+
+
 class Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        listed = [name for names in SECTIONS.values() for name in names if name in self.commands]
+        return listed + sorted(set(self.commands) - set(listed))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands by section, each with the first sentence of its help, whole (wrapped, never cut)."""
+        names = self.list_commands(ctx)
+        sections = {**SECTIONS, "Other commands": [n for n in names if not any(n in v for v in SECTIONS.values())]}
+        for title, members in sections.items():
+            rows = [(name, first_sentence(self.commands[name])) for name in members if name in names]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -33,9 +87,11 @@ class Group(click.Group):
             sys.exit(0)
 
 
-@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
-@click.version_option(__version__, prog_name="eexp")
-def cli():
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS, invoke_without_command=True)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version of eexp, Python and the packages eexp runs on, and exit.")
+@click.pass_context
+def cli(ctx: click.Context):
     """Train language agents from their own early experience (arXiv 2510.08558).
 
     Stages read JSON Lines (files, or stdin when none or `-`) and write JSON Lines to stdout (or -o FILE):
@@ -46,7 +102,10 @@ def cli():
       eexp branch -k 8 expert.jsonl | eexp rollout | eexp world-model-data > iwm.jsonl
 
     Exit codes: 0 success, 1 bad input or runtime error, 2 usage error, 130 interrupted.
+    Every command has --help with an example, and a man page (man eexp-COMMAND).
     """
+    if ctx.invoked_subcommand is None:   # `eexp` alone: this overview, on stdout, as a successful run
+        click.echo(ctx.get_help())
 
 
 def main() -> None:
