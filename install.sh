@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with eexp and everything it uses: ./install.sh (users) or ./install.sh --dev (tests, benchmarks).
+# Set up .venv with eexp and everything it uses: ./install.sh (users) or ./install.sh --dev (tests, benchmarks);
+# add --browser for the Chromium and ChromeDriver the miniwob environment runs in (apt-get, as root).
 #
 # torch is installed first, on its own: on a machine without an NVIDIA GPU from the CPU wheel index, so pip never
 # pulls several GB of CUDA packages; with a GPU, the default (CUDA) build. Set EEXP_TORCH to choose yourself, e.g.
@@ -10,7 +11,25 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 extras=all
-[ "${1:-}" = "--dev" ] && extras=dev
+browser=no
+for arg in "$@"; do
+  case "$arg" in
+    --dev) extras=dev ;;
+    --browser) browser=yes ;;   # Chromium + ChromeDriver for the miniwob environment (system packages)
+    *) echo "install.sh: unknown option $arg (options: --dev, --browser)" >&2; exit 2 ;;
+  esac
+done
+if [ "$browser" = yes ]; then
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    echo "install.sh: chromium and chromedriver are already installed" >&2
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    echo "install.sh: --browser: cannot install Chromium here (needs root and apt-get). Run" \
+         "'sudo apt-get install chromium chromium-driver' (Debian), or put chromium and chromedriver on PATH" \
+         "(or set EEXP_CHROMIUM and EEXP_CHROMEDRIVER); the Python side comes with this install" >&2
+  fi
+fi
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
