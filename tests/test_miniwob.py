@@ -216,8 +216,13 @@ def test_expert_mid_episode_leaves_the_episode_as_it_was(env):
 def test_the_oracle_solves_20_seeds(env, task_type):
     """Every task type of the environment, held-out ones included, has an oracle that solves seeds 0-19: expert()
     plays each on a fresh page and raises (naming the task) unless the raw reward is 1."""
-    plans = [env.expert({"id": f"{task_type}-{seed}", "split": "train"}) for seed in range(20)]
-    assert all(plans) and len({tuple(p) for p in plans}) > 1              # the seeds are different pages
+    for seed in range(20):
+        assert env.expert({"id": f"{task_type}-{seed}", "split": "train"})
+    keys = [(task_type, seed) for seed in range(20)]
+    goals = {env._goals(keys)[f"{t}-{s}"] for t, s in keys}
+    assert len(goals) > 1 or task_type in ("click-button-sequence", "click-collapsible-nodelay", "click-dialog",
+                                           "click-test", "click-test-2", "focus-text", "odd-or-even", "simple-arithmetic",
+                                           "simple-algebra")   # one instruction for every seed
 
 
 @needs_browser
