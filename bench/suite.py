@@ -159,6 +159,28 @@ def scienceworld(quick: bool) -> list[dict]:
                 ">= 200 steps/s", f["replay_steps_per_s"] >= 200, reason)]
 
 
+def miniwob(quick: bool) -> list[dict]:
+    what = "MiniWoB steps/s in a real headless Chromium"
+    try:
+        import miniwob  # noqa: F401
+        from eexp.envs.browser import BrowserMissing, find_executables
+        find_executables()
+    except (ImportError, BrowserMissing) as e:
+        return [skipped(what, "info", f"no browser for MiniWoB: {e}")]
+    import bench_miniwob
+    f = bench_miniwob.figures(1 if quick else 3)
+    return [row(what + " (oracle episodes of 4 task types, resets not counted)", f["steps_per_s"], "steps/s",
+                f["package_steps_per_s"], "miniwob's gymnasium env", f["steps_per_s"] / f["package_steps_per_s"],
+                "info", None),
+            row(f"MiniWoB reach step {f['prefix']} of {f['replay_task']} again: replay (fresh page + prefix)",
+                f["replay_ms"], "ms", f["replay_reset_ms"], "the fresh page alone", f["replay_ms"] /
+                f["replay_reset_ms"], "info", None, "no exact restore of a live page exists (can_snapshot False): "
+                "replay is the only way, and a restore would have to beat the page load"),
+            row("MiniWoB reset (a fresh page per episode)", f["reset_ms"], "ms", f["package_reset_ms"],
+                "package, page reused", f["reset_ms"] / f["package_reset_ms"], "info", None,
+                f"first reset of an instance (ChromeDriver + Chromium start): {f['browser_start_s']:.2f} s")]
+
+
 def rollout(quick: bool) -> list[dict]:
     import bench_rollout
     from eexp.envs.base import EnvError, env_class
@@ -342,6 +364,7 @@ SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
     "envs": (envs, 60, 30),
     "textworld": (textworld, 120, 60),
     "scienceworld": (scienceworld, 120, 60),
+    "miniwob": (miniwob, 150, 90),
     "rollout": (rollout, 180, 120),
     "branch": (branch, 150, 90),
     "policies": (policies, 150, 90),
