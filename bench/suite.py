@@ -310,6 +310,20 @@ def finetune_real(quick: bool) -> list[dict]:
                 a["peak_rss_mb"] / t["peak_rss_mb"], "<= 1.0x", a["peak_rss_mb"] <= t["peak_rss_mb"])]
 
 
+def export(quick: bool) -> list[dict]:
+    import bench_export
+    from eexp.cache import cache_root
+    os.environ["EEXP_CACHE"] = str(cache_root())   # the GGUF import is made once per machine, then reused
+    m = bench_export.measure(("f32", "q8_0"), repeat=1 if quick else 2, threads=THREADS)
+    gap = m["logit_gap"]
+    return [row(f"eexp export, {m['model']} {r['quant']} (llama.cpp's converter)", r["new_s"], "s", r["old_s"],
+                f"hand-written exporter at {bench_export.BASELINE_COMMIT}", r["new_s"] / r["old_s"], "(none set)",
+                None, f"{r['new_mb']:.0f} vs {r['old_mb']:.0f} MiB" + (
+                    f"; f32 logits vs transformers, max |diff| {gap['new']:.2g} vs {gap['old']:.2g}"
+                    if r["quant"] == "f32" and gap else ""))
+            for r in m["rows"]]
+
+
 def llama_bufts(quick: bool) -> list[dict]:
     import bench_llama_bufts
     r = bench_llama_bufts.measure_all(threads=THREADS, repeat=1 if quick else 3)
@@ -371,6 +385,7 @@ SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
     "finetune": (finetune, 200, 120),
     "finetune_real": (finetune_real, 300, 240),
     "llama_bufts": (llama_bufts, 150, 120),
+    "export": (export, 300, 240),
     "eval": (evaluate, 150, 120),
     "rl": (rl, 200, 150),
 }

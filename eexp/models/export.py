@@ -285,11 +285,12 @@ def _converter(ckpt: Path, name: str, fields: dict[str, str]):
     def prepare_metadata(self, vocab_only):
         self.model_name = name
         prepare(self, vocab_only)
-        _add_special_flags(self.gguf_writer, ckpt)
+        _add_special_flags(self.gguf_writer, ckpt, getattr(self, "eexp_tokenizer", None))
         for key, value in fields.items():
             self.gguf_writer.add_string(key, value)
 
     def get_vocab_base_pre(self, tokenizer):
+        self.eexp_tokenizer = tokenizer  # the converter's own load of it, for _add_special_flags
         try:
             return pre(self, tokenizer)
         except NotImplementedError:  # an unknown hash: name the pre-tokenizer from the split regex, if it can be
@@ -317,7 +318,7 @@ def _converter(ckpt: Path, name: str, fields: dict[str, str]):
             lg.removeHandler(errors)
 
 
-def _add_special_flags(writer, ckpt: Path) -> None:
+def _add_special_flags(writer, ckpt: Path, tok=None) -> None:
     """Whether a BOS or an EOS is added, where the converter found no say in the tokenizer's config (eexp's own
     tokenizers add none; llama.cpp's default for a llama-bpe vocabulary would add a BOS): found by asking the
     tokenizer, rather than by reading its many config shapes."""
@@ -327,9 +328,9 @@ def _add_special_flags(writer, ckpt: Path) -> None:
     wanted = [k for k in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token") if k not in keys]
     if not wanted:
         return
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=False)
+    if tok is None:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=False)
     plain, full = tok("a", add_special_tokens=False).input_ids, tok("a").input_ids
     added = len(full) > len(plain)
     if "tokenizer.ggml.add_bos_token" in wanted:
