@@ -140,7 +140,9 @@ def test_observation_actions_and_the_end_of_an_episode(env):
     target = task["goal"].split('"')[1]
     button = ref_of(observation, f'button "{target}"')
     assert f"click[{button}]" in env.admissible()
-    assert not any(a.startswith("type[") for a in env.admissible())     # typing is open: never listed
+    fields = [ref_of(observation, line) for line in lines[1:] if " input_text" in line]
+    # typing is open: the list offers the instruction's quoted text for every text field, nothing else
+    assert [a for a in env.admissible() if a.startswith("type[")] == [f"type[{f}][{target}]" for f in fields]
     digest = env.dom_digest()
     for bad, why in [("click[999]", "there is no element [999]"), ("press[3]", "is not an action"),
                      (f"type[{button}][hi]", "takes no text"), (f"click[{button}][x]", "click takes no text"),

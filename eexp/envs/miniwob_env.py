@@ -24,8 +24,10 @@ state classes (`button "Odd" .selected`), a <select> lists its options, and cont
 
 Actions (`canonicalize` accepts spaces and any case in the verb): `click[ref]`, `type[ref][text]` (click the field,
 select what it holds, type the text: it replaces the value), `select[ref][option]` (a <select>'s option by its
-text). `admissible()` lists a `click[ref]` for every element shown and a `select[ref][option]` for every option:
-typing is open (`closed_actions` is False). An unknown ref, a malformed action, typing into something that takes no
+text). `admissible()` lists a `click[ref]` for every element shown, a `select[ref][option]` for every option, and for
+every field that takes text a `type[ref][text]` for every quoted text of the instruction (`Enter "Myron" into ...`):
+a sample, since typing is open (`closed_actions` is False); a text the page or a computation gives (read-table,
+simple-arithmetic, enter-text-2's upper case) is not listed, and a policy that only ranks the list cannot type it. An unknown ref, a malformed action, typing into something that takes no
 text or an option a list does not have is an invalid action (`info["valid"]` False) that changes nothing; the
 observation says what was wrong and shows the page again.
 
@@ -78,6 +80,7 @@ SOLVED = 0.999                         # a raw reward this high solves the task 
 INTERACTIVE = ("input", "button", "a", "select", "textarea", "label", "option")
 TYPEABLE = ("input_text", "input_password", "input_email", "input_search", "input_number", "input_tel",
             "input_url", "textarea")
+QUOTED = re.compile(r'"([^"]*)"')
 ACTION = re.compile(r"^\s*(click|type|select)\s*\[\s*(\d+)\s*\](?:\s*\[(.*)\])?\s*$", re.S | re.I)
 
 # The observation, as a JavaScript function every script below ends with: the DOM from MiniWoB's own walker (refs
@@ -471,11 +474,14 @@ class MiniWobEnv(Env):
     def admissible(self) -> list[str]:
         if self._page is None or self._done:
             return []
+        quoted = list(dict.fromkeys(q for q in QUOTED.findall(self._page.utterance) if q.strip()))
         out = []
         for e in self._page.shown():
             out.append(f"click[{e.ref}]")
             if e.options is not None:
                 out.extend(f"select[{e.ref}][{o}]" for o in e.options)
+            if e.tag in TYPEABLE:
+                out.extend(f"type[{e.ref}][{q}]" for q in quoted)
         return out
 
     def success(self) -> bool:
