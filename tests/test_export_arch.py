@@ -124,9 +124,9 @@ def _within(llama, hf):
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    from eexp.models.init import init_model
-    return init_model(tmp_path_factory.mktemp("tok") / "tiny", "qwen2", "tiny", seed=0)
+def tokenizer_dir(tiny_checkpoint):
+    """The tokenizer of `eexp init-model --size tiny` (the session's tiny checkpoint)."""
+    return tiny_checkpoint
 
 
 # --- one architecture each ----------------------------------------------------------------------------------------
