@@ -6,9 +6,10 @@ the llama3 model, merged and `--lora-only`, and the converter's provenance (one 
 
 The tolerance: f32 weights, so llama.cpp and transformers differ only by the order of float32 operations (and
 llama.cpp's own RoPE and softmax kernels): the largest difference over all positions and the whole vocabulary must
-be under 1% of the logits' spread (max - min over the sequence). A wrong tensor layout, RoPE variant or window gives
-differences of the order of the spread itself; each case checks that what it tests (the scaling, the window, the
-adapter) moves the logits by far more than the tolerance.
+be under 0.3% of the logits' spread (max - min over the sequence; measured here: 1e-4 to 4.4e-4 of it, Gemma-3 the
+largest). A wrong tensor layout, RoPE variant or window gives differences of the order of the spread itself; each
+case checks that what it tests (the scaling, the window, the adapter) moves the logits by more than ten times the
+tolerance.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from click.testing import CliRunner
 from eexp.cli import cli
 
 SEQ = 200            # positions compared: past llama3's original context (32) and Gemma-3's window (16)
-TOLERANCE = 0.01     # of the logits' spread
+TOLERANCE = 0.003    # of the logits' spread
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 32}
 

@@ -83,26 +83,32 @@ def init_model_command(out, arch, size, corpus, seed, pretrain, pretrain_steps, 
 @click.option("-o", "--output", metavar="DIR", help="Write the checkpoint folder here (it must not exist, or be "
               "empty). Without it, into the cache ($EEXP_CACHE/models), where `finetune --model FILE.gguf` finds "
               "it.")
+@click.option("--chat-template", metavar="FILE", help="A Jinja chat template for the folder's tokenizer, instead of "
+              "the GGUF's own: for a base model's GGUF, which has none (e.g. an instruct model's template of the "
+              "same family). Recorded in config.yaml with its hash.")
 @config_option
-def import_model_command(gguf_file, output):
+def import_model_command(gguf_file, output, chat_template):
     """Import a GGUF model (quantized or not) as a float32 transformers checkpoint folder; print the folder.
 
     transformers dequantizes the weights; the folder gets model.safetensors, config.json, generation_config.json,
     the tokenizer and chat template from the GGUF, the model card (card.yaml: the source file and its content
     hash) and config.yaml (the same, with the source's quant type and architecture). `eexp finetune --model
-    FILE.gguf` does this itself (once per file, cached), so this command is for those who want the folder. The
-    folder is written under a temporary name and renamed when complete.
+    FILE.gguf` does this itself (once per file, cached), so this command is for those who want the folder, or who
+    import a base model's GGUF: it has no chat template, which eexp trains and acts through, so give one with
+    --chat-template. The folder is written under a temporary name and renamed when complete.
 
     \b
-    Example:
+    Examples:
       eexp import-model SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2
       eexp finetune il.jsonl --model models/smollm2 -o runs/il --lora
       eexp export models/smollm2 --adapter runs/il -o il.q8_0.gguf
+      eexp import-model gemma-3-270m.Q4_K_M.gguf --chat-template gemma3.jinja -o models/gemma3
     """
     from eexp.models.import_gguf import import_gguf
 
     quiet_transformers()
-    path = import_gguf(gguf_file, output, echo=lambda msg: click.echo(f"eexp: {msg}", err=True))
+    path = import_gguf(gguf_file, output, echo=lambda msg: click.echo(f"eexp: {msg}", err=True),
+                       chat_template=chat_template)
     click.echo(str(path))
 
 

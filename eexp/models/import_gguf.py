@@ -6,7 +6,9 @@ an ordinary checkpoint folder:
 
 - `model.safetensors` (float32) and `config.json`, `generation_config.json` (BOS, EOS and padding ids);
 - the tokenizer and its chat template, rebuilt by transformers from the GGUF's own vocabulary, merges and
-  `tokenizer.chat_template` (the one source of truth for training masks and prompts, as everywhere in eexp);
+  `tokenizer.chat_template` (the one source of truth for training masks and prompts, as everywhere in eexp); a base
+  model's GGUF has no template: `--chat-template FILE` gives one (or replaces the GGUF's), recorded in config.yaml
+  with its hash, and such an import is cached apart from the file's plain import;
 - `card.yaml`, the model card (eexp/card.py): `command: import-model`, the eexp version, the source path and its
   content hash (`source_sha256`, eexp's `content_hash`, the value a run with `--policy FILE` records as
   `meta.model_sha256`);
@@ -102,11 +104,32 @@ def gguf_info(path: str | os.PathLike) -> dict:
             "quant": quant, "tensors": len(reader.tensors)}
 
 
-def cached_path(path: str | os.PathLike, sha: str | None = None) -> Path:
-    """Where the import of `path` lives in the cache (whether or not it is there yet)."""
+def cached_path(path: str | os.PathLike, sha: str | None = None, template_sha: str | None = None) -> Path:
+    """Where the import of `path` lives in the cache (whether or not it is there yet); with a chat template given
+    at import, a folder of its own (keyed by the template's hash too)."""
     from eexp.policies.files import content_hash
     sha = sha or content_hash([str(path)])
-    return cache_root() / "models" / f"gguf-v{IMPORT_FORMAT}" / f"{Path(path).stem}-{sha[:16]}"
+    suffix = f"-t{template_sha[:8]}" if template_sha else ""
+    return cache_root() / "models" / f"gguf-v{IMPORT_FORMAT}" / f"{Path(path).stem}-{sha[:16]}{suffix}"
+
+
+def read_chat_template(path: str | os.PathLike) -> str:
+    """A Jinja chat template from a file (`import-model --chat-template`); ModelError when it cannot be one."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such chat template file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: cannot read the chat template ({e})") from None
+    if "messages" not in text:
+        raise ModelError(f"{path}:1: not a chat template (a Jinja template over `messages`)")
+    import jinja2
+    try:  # compiled as transformers compiles it (its sandbox and extensions, `{% generation %}` included)
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+        _compile_jinja_template(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise ModelError(f"{path}:{e.lineno}: the chat template is not valid Jinja ({e.message})") from None
+    return text
 
 
 def is_import(folder: str | os.PathLike, sha: str | None = None) -> bool:
@@ -126,18 +149,23 @@ def read_provenance(folder: str | os.PathLike) -> dict | None:
 
 
 def import_gguf(path: str | os.PathLike, out: str | os.PathLike | None = None,
-                echo: Callable[[str], None] | None = None) -> Path:
+                echo: Callable[[str], None] | None = None, chat_template: str | os.PathLike | None = None) -> Path:
     """The checkpoint folder of GGUF `path`: from the cache when it is there, else imported into it (out=None);
     or written to `out`, which must not exist or be empty (copied from the cache when the cache has it).
-    Returns the folder. Raises ModelError for anything the user can act on."""
+    `chat_template`: a file whose Jinja template the folder's tokenizer gets instead of the GGUF's own (for a base
+    model's GGUF, which has none). Returns the folder. Raises ModelError for anything the user can act on."""
+    import hashlib
+
     from eexp.policies.files import content_hash
 
     echo = echo or (lambda msg: None)
     src = Path(path).resolve()
     if not src.is_file():
         raise ModelError(f"{path}: no such GGUF file")
+    template = read_chat_template(chat_template) if chat_template is not None else None
+    template_sha = hashlib.sha256(template.encode()).hexdigest() if template is not None else None
     sha = content_hash([str(src)])
-    cached = cached_path(src, sha)
+    cached = cached_path(src, sha, template_sha)
     if out is None:
         if is_import(cached, sha):
             return cached
@@ -162,7 +190,7 @@ def import_gguf(path: str | os.PathLike, out: str | os.PathLike | None = None,
             info = gguf_info(src)  # the header's token lists take seconds to parse: only when importing
             echo(f"importing {src.name} ({info['architecture']}, {info['quant']}) to a float32 checkpoint in "
                  f"{target} (once per file; about a minute per 100M parameters on a small CPU)")
-            _build(src, info, sha, tmp)
+            _build(src, info, sha, tmp, template, chat_template)
         _rename_into_place(tmp, target, sha)
     except OSError as e:
         raise ModelError(f"cannot write {target}: {_why(e)}") from None
@@ -203,8 +231,10 @@ def _quiet():
             logging.enable_progress_bar()
 
 
-def _build(src: Path, info: dict, sha: str, tmp: Path) -> None:
-    """Dequantize `src` with transformers and save model, tokenizer and provenance into `tmp`."""
+def _build(src: Path, info: dict, sha: str, tmp: Path, template: str | None = None,
+           template_file: str | os.PathLike | None = None) -> None:
+    """Dequantize `src` with transformers and save model, tokenizer (with `template`, when given) and provenance
+    into `tmp`."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -217,9 +247,12 @@ def _build(src: Path, info: dict, sha: str, tmp: Path) -> None:
     except (ValueError, KeyError, RuntimeError, NotImplementedError, OSError, TypeError) as e:
         raise ModelError(f"{src}: transformers cannot import this GGUF ({info['architecture']}, {info['quant']}): "
                          f"{_first_line(e)}") from None
+    if template is not None:
+        tok.chat_template = template
     if not tok.chat_template:
-        raise ModelError(f"{src}: the GGUF has no chat template (tokenizer.chat_template); eexp trains and acts "
-                         "through the template stored with the model")
+        raise ModelError(f"{src}: the GGUF has no chat template (tokenizer.chat_template; a base model?); eexp "
+                         "trains and acts through the template stored with the model: give one with "
+                         "`eexp import-model --chat-template FILE`")
     # The weights are plain float32 tensors now; transformers still marks the model as "quantized with gguf" and
     # refuses to save it until that mark is removed.
     model.hf_quantizer = None
@@ -242,6 +275,10 @@ def _build(src: Path, info: dict, sha: str, tmp: Path) -> None:
         "transformers_version": transformers.__version__,
         "import_format": IMPORT_FORMAT,
     }
+    if template is not None:
+        import hashlib
+        provenance["chat_template"] = str(Path(template_file).resolve())
+        provenance["chat_template_sha256"] = hashlib.sha256(template.encode()).hexdigest()
     (tmp / PROVENANCE).write_text(yaml.safe_dump(provenance, sort_keys=False, allow_unicode=True))
     write_card(tmp, Card(command="import-model", eexp_version=__version__, source=str(src), source_sha256=sha))
 
