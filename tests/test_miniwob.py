@@ -307,3 +307,42 @@ def test_close_kills_the_browser_and_a_closed_env_starts_a_new_one():
     assert env.reset(task) == first and env.browser_folder() != folder   # a fresh browser, the same page
     env.close()
 
+
+
+@needs_browser
+@pytest.mark.parametrize("how", ["kill -9", "ctrl-c"])
+def test_no_chromium_outlives_eval_with_workers(how):
+    """`eexp eval -j 2` holds a browser in each worker (and one in the main process while it reads the goals).
+    After kill -9 of eexp, or a Ctrl-C to its process group (a terminal's), none of their processes is left."""
+    import shutil
+    import tempfile
+    # a short TMPDIR of its own, where eexp's browsers make their folders (a path near 108 characters would be too
+    # long for the socket Chromium makes in its profile)
+    tmp = Path(tempfile.mkdtemp(prefix="eexp-test-"))
+    from eexp.envs.browser import live_processes
+    proc = subprocess.Popen([sys.executable, "-m", "eexp", "eval", "--policy", "random", "--env", "miniwob",
+                             "--env-arg", "task_types=click-test,focus-text", "--env-arg", "ood_types=",
+                             "--env-arg", "test_seeds=200", "--split", "test", "-n", "400", "-j", "2", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+                            env={**os.environ, "TMPDIR": str(tmp)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            folders = {f for f in tmp.glob("eexp-browser-*") if live_processes(str(f))}
+            if len(folders) >= 2 or proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(folders) >= 2 and proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(1)                                                    # episodes under way
+        if how == "kill -9":
+            os.kill(proc.pid, signal.SIGKILL)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        assert gone(str(tmp), 20) == [], f"browser processes outlived eexp eval -j 2 ({how})"
+        assert not list(tmp.glob("eexp-browser-*"))                      # their folders are deleted too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
