@@ -346,3 +346,18 @@ def test_no_chromium_outlives_eval_with_workers(how):
             proc.kill()
             proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@needs_browser
+def test_a_screenshot_shows_the_page_the_observation_describes(env, tmp_path):
+    import io
+    from PIL import Image
+    task = task_of(env, "click-checkboxes", 4)
+    observation = env.reset(task)
+    before = env.screenshot()
+    env.step(f"click[{ref_of(observation, 'input_checkbox')}]")
+    after = env.screenshot()
+    image = Image.open(io.BytesIO(before))
+    assert image.format == "PNG" and (160, 210) <= image.size <= (400, 420)   # MiniWoB's task area, not the window
+    assert before != after                                                # the checked box shows
+    (tmp_path / "step0.png").write_bytes(before)

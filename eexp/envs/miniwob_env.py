@@ -42,6 +42,9 @@ page at every step. expert() plays it on this instance's browser and returns its
 episode in progress is put back afterwards by replaying its actions (so expert() leaves it as it was). A task type
 without an oracle raises EnvError from expert(); see `ORACLES` for those that have one.
 
+What the agent sees: `screenshot()` gives the task's part of the page as PNG bytes, to set beside the observation
+(the DOM text the model reads).
+
 Reaching a state again: deterministic replay of the seed and the action prefix (the page's own randomness is
 seeded; jQuery animations are off, the clock plays no part). There is no exact restore of a live page
 (`can_snapshot` False). Besides the observation check of rollout, replay() compares a digest of the whole DOM
@@ -470,6 +473,25 @@ class MiniWobEnv(Env):
         if self._page is None:
             raise EnvError("miniwob: no page before reset()")
         return "done" if self._done else self._page.digest
+
+    def screenshot(self) -> bytes:
+        """The task's part of the page as it is now (the instruction and the task area, MiniWoB's #wrap), as PNG
+        bytes: what a person compares with the observation's DOM text. After the episode's end the page shows
+        MiniWoB's own between-episodes cover."""
+        if self._page is None or self._browser is None or not self._browser.running:
+            raise EnvError("miniwob: no page to take a screenshot of (reset() first)")
+        import io
+        from PIL import Image
+        driver = self._browser.driver
+        png = driver.get_screenshot_as_png()
+        box = driver.execute_script("var r = document.getElementById('wrap').getBoundingClientRect(); "
+                                    "return [r.left, r.top, r.right, r.bottom, window.devicePixelRatio];")
+        scale = box[4] or 1
+        image = Image.open(io.BytesIO(png))
+        crop = tuple(int(round(v * scale)) for v in box[:4])
+        out = io.BytesIO()
+        image.crop(crop).save(out, format="PNG")
+        return out.getvalue()
 
     def admissible(self) -> list[str]:
         if self._page is None or self._done:
