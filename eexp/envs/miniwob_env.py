@@ -47,9 +47,10 @@ What the agent sees: `screenshot()` gives the task's part of the page as PNG byt
 
 Reaching a state again: deterministic replay of the seed and the action prefix (the page's own randomness is
 seeded; jQuery animations are off, the clock plays no part). There is no exact restore of a live page
-(`can_snapshot` False). Besides the observation check of rollout, replay() compares a digest of the whole DOM
-(every element's tag, ref, geometry, colours, classes, text, value and focus) with the one this instance saw at the
-same prefix before, and raises EnvError on a difference.
+(`can_snapshot` False). Typing sends one key at a time and lets the page's timers run after each. Besides the
+observation check of rollout, an instance keeps a digest of the whole DOM (every element's tag, ref, geometry,
+colours, classes, text, value and focus) of every state it reaches, and replay() raises EnvError when a state it
+passes has another digest than the one seen there before.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def _then_observe(action: str) -> str:
 
 OBSERVE_JS = _then_observe("")
 CLICK_JS = _then_observe("core.elementClick(a0);")
+SETTLE_JS = "var done = arguments[arguments.length - 1]; setTimeout(done, arguments[0]);"
 CHOOSE_JS = _then_observe("""
 var el = core.previousDOMInfo[a0];
 el.selectedIndex = Array.from(el.options).map(function (o) { return o.text.trim(); }).indexOf(a1);
@@ -291,7 +293,8 @@ class MiniWobEnv(Env):
         self._raw = 0.0
         self._tasks: dict[str, list[dict]] = {}
         self._plans: dict[str, list[str]] = {}
-        self._digests: dict[tuple, str] = {}
+        self._digests: dict[tuple, str] = {}      # (task id, actions) -> the DOM digest first seen there
+        self._replaying = False
 
     # --- the browser --------------------------------------------------------------------------------------------
     def _driver(self):
@@ -396,6 +399,7 @@ class MiniWobEnv(Env):
         if task.get("goal") is not None and normalize_space(task["goal"]) != self._page.utterance:
             raise EnvError(f"miniwob: {task['id']}: the page asks {self._page.utterance!r}, not the task's goal "
                            f"{task['goal']!r} (a stale goal cache? remove {self.cache / 'goals.json'})")
+        self._remember()
         return self._page.render(self.max_obs_chars)
 
     def step(self, action: str) -> tuple[str, float, bool, dict]:
@@ -407,12 +411,15 @@ class MiniWobEnv(Env):
             return self._final(), 0.0, True, {"valid": False}
         page = self._act(action)
         if isinstance(page, str):
+            self._remember()
             return f"Invalid action: {page}\n{self._page.render(self.max_obs_chars)}", 0.0, False, \
                 {"valid": False}
         self._page = page
-        info = {"valid": True}
         if page.done:
             self._done, self._raw = True, page.raw_reward
+        self._remember()
+        info = {"valid": True}
+        if page.done:
             info.update(raw_reward=page.raw_reward, env_reward=page.env_reward, reason=page.reason)
             return self._final(), page.raw_reward, True, info
         return page.render(self.max_obs_chars), 0.0, False, info
@@ -438,11 +445,14 @@ class MiniWobEnv(Env):
                 return f"[{ref}] is a {element.tag}, which takes no text"
             from selenium.webdriver.common.action_chains import ActionChains
             driver.execute_script(FOCUS_FIELD_JS, ref)   # click, focus, select what it holds
-            chain = ActionChains(driver, duration=0)
             for key in arg:
+                # one key at a time, and the timers it set run before the next: sent together, keys coalesce or
+                # not by timing (use-autocomplete built its menu 1 to 3 times, its ids counting up each time)
+                chain = ActionChains(driver, duration=0)
                 chain.w3c_actions.key_action.key_down(key)
                 chain.w3c_actions.key_action.key_up(key)
-            chain.perform()
+                chain.perform()
+                driver.execute_async_script(SETTLE_JS, self.settle_ms)
             return self._run(OBSERVE_JS)
         else:
             if arg is None:
@@ -458,21 +468,28 @@ class MiniWobEnv(Env):
         return f"The episode is over: {how} (reward {self._raw:g})."
 
     def replay(self, task: dict, prefix: list[str]) -> str:
-        """Reset and replay; the DOM digest reached is compared with the one seen before at this prefix."""
-        observation = super().replay(task, prefix)
-        key = (task.get("id"), tuple(self.canonicalize(a) for a in prefix))
+        """Reset and replay; every state passed is checked against the DOM digest this instance saw there before."""
+        self._replaying = True
+        try:
+            return super().replay(task, prefix)
+        finally:
+            self._replaying = False
+
+    def _remember(self) -> None:
+        """Keep the DOM digest of the state reached (task, actions so far); a replay that reaches a state with
+        another digest than the one seen before raises."""
+        key = (self._task.get("id"), tuple(self._history))
         digest = self.dom_digest()
         seen = self._digests.setdefault(key, digest)
-        if seen != digest:
-            raise EnvError(f"miniwob: the page reached by replaying {len(prefix)} actions of {task.get('id')} "
-                           f"differs from the one seen before (DOM digest {digest} != {seen})")
-        return observation
+        if seen != digest and self._replaying:
+            raise EnvError(f"miniwob: the page reached by replaying {len(self._history)} actions of "
+                           f"{self._task.get('id')} differs from the one seen before (DOM digest {digest} != {seen})")
 
     def dom_digest(self) -> str:
         """A digest of the whole DOM of the current state (geometry, colours, classes, text, value, focus)."""
         if self._page is None:
             raise EnvError("miniwob: no page before reset()")
-        return "done" if self._done else self._page.digest
+        return f"done, raw reward {self._raw:g}" if self._done else self._page.digest
 
     def screenshot(self) -> bytes:
         """The task's part of the page as it is now (the instruction and the task area, MiniWoB's #wrap), as PNG
