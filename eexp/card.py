@@ -43,12 +43,13 @@ class CardError(EexpError):
 
 @dataclass(frozen=True)
 class Card:
-    command: str | None = None        # what made the model: init-model, import-model, finetune, rl
+    command: str | None = None        # what made the model: init-model, import-model, finetune, rl, merge
     eexp_version: str | None = None   # of the eexp that wrote the card (of the exporter, in a GGUF)
     serializer: dict | None = None    # the Serializer settings the training examples were rendered with
     base_model: str | None = None     # what training started from: a checkpoint folder or a GGUF file (absolute)
     base_sha256: str | None = None    # content_hash of base_model
     base_import: str | None = None    # a GGUF base's import, the checkpoint folder that was loaded and trained
+    base_revision: str | None = None  # a Hugging Face Hub base (base_model is its id): the commit used
     from_scratch: bool = False        # the weights began random (init-model, or trained from such a model)
     method: str | None = None         # full, lora, qlora
     precision: str | None = None      # bf16, fp32

@@ -89,6 +89,8 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     else:
         env_name, env_kwargs, env, tasks = find_tasks(io.reader, env_name, env_args, split if split_given else None,
                                                       n, warn)
+    from eexp.policies.hf import check_worker_copies
+    check_worker_copies(policy_spec, policy_args, jobs)  # -j N: no N copies of a transformers model on one GPU
     settings = EvalSettings(env_name=env_name, env_kwargs=env_kwargs, policy_spec=policy_spec,
                             policy_args=worker_policy_args(policy_spec, policy_args, jobs), act=act,
                             max_tokens=max_tokens, top_p=top_p, serializer_overrides=explicit_serializer_settings(ctx),

@@ -6,6 +6,7 @@ and any backend an installed package registers under the entry-point group `eexp
     random | oracle            baselines (no model)
     model.gguf                 llama-cpp-python
     DIR                        a transformers checkpoint (config.json) or a PEFT adapter (adapter_config.json)
+    ORG/NAME[@REVISION]        a Hugging Face Hub model (no such local path): safetensors only, through the HF cache
     http(s)://host:port/v1     an OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's server)
     KIND:TARGET                the backend a plugin registers as KIND (its loader gets TARGET)
 
@@ -28,7 +29,8 @@ __all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "load_policy", "poli
 
 ACT_MODES = ("generate", "constrained", "score", "think")
 
-SPEC_FORMS = "random, oracle, a .gguf file, a checkpoint or adapter directory, or http(s)://HOST/v1"
+SPEC_FORMS = ("random, oracle, a .gguf file, a checkpoint or adapter directory, a Hugging Face Hub id "
+              "(ORG/NAME[@REVISION]), or http(s)://HOST/v1")
 BASELINES = ("random", "oracle")
 GROUP = "eexp.policies"
 # The kinds eexp registers itself, read from the form of a spec; a plugin cannot take these names.
@@ -72,6 +74,9 @@ def policy_kind(spec: str | None) -> str | None:
     if spec.lower().endswith(".gguf"):
         return "gguf"
     if os.path.isdir(spec):
+        return "checkpoint"
+    from eexp.policies.files import hub_id
+    if hub_id(spec):  # a transformers checkpoint in the Hugging Face cache (loaded by the checkpoint backend)
         return "checkpoint"
     return None
 
@@ -147,6 +152,10 @@ def load_gguf(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p:
 
 
 def load_checkpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    from eexp.policies.files import hub_id
+    if hub_id(spec):
+        from eexp.policies.hf import TransformersPolicy
+        return TransformersPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
     if os.path.isfile(os.path.join(spec, "adapter_config.json")) or \
             os.path.isfile(os.path.join(spec, "config.json")):
         from eexp.policies.hf import TransformersPolicy

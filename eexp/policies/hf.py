@@ -1,6 +1,7 @@
-"""The transformers backend: a checkpoint directory, or a PEFT adapter directory whose base is named in its
-adapter_config.json. CUDA in bf16 where there is a GPU, CPU in fp32 otherwise; safetensors only;
-trust_remote_code only when asked (`--policy-arg trust_remote_code=true`).
+"""The transformers backend: a checkpoint directory, a Hugging Face Hub id (ORG/NAME[@REVISION], found through the
+Hugging Face cache: eexp.policies.files.resolve_hub_model), or a PEFT adapter directory whose base is named in its
+adapter_config.json (a folder, or a Hub id and its revision). CUDA in bf16 where there is a GPU, CPU in fp32
+otherwise; safetensors only; trust_remote_code only when asked (`--policy-arg trust_remote_code=true`).
 
 The prompt's KV cache is computed once per state and copied for each of the K samples and for the batch of
 candidate replies that score mode ranks.
@@ -15,7 +16,8 @@ import os
 from eexp.policies.args import take_args
 from eexp.policies.base import MAX_TOKENS, PolicyError
 from eexp.policies.chat import ModelPolicy
-from eexp.policies.files import content_hash, has_tokenizer, read_checkpoint_serializer
+from eexp.policies.files import (HubError, content_hash, has_tokenizer, hub_id, read_checkpoint_serializer,
+                                 resolve_hub_model)
 
 SCHEMA = {
     "device": (str, "auto"),           # auto | cpu | cuda | cuda:N
@@ -30,6 +32,7 @@ SCHEMA = {
 
 class TransformersPolicy(ModelPolicy):
     backend = "transformers"
+    hub = None  # a Hub model: its id, revision and snapshot folder (eexp.policies.files.HubModel)
 
     def __init__(self, path: str, args: dict | None = None, *, act=None, max_tokens=MAX_TOKENS, top_p=1.0):
         super().__init__(act, max_tokens, top_p)
@@ -44,10 +47,17 @@ class TransformersPolicy(ModelPolicy):
         if opts["n_threads"] > 0:
             torch.set_num_threads(opts["n_threads"])
         self.spec = path
-        self.adapter = path if os.path.isfile(os.path.join(path, "adapter_config.json")) else None
-        base = self._base_of(path, opts["base"]) if self.adapter else path
-        self.base = base
         self.name = os.path.basename(os.path.normpath(path))
+        self.hub = None
+        if hub_id(path):  # the folder is the snapshot in the Hugging Face cache; records name the id and revision
+            try:
+                self.hub = resolve_hub_model(path, trust_remote_code=opts["trust_remote_code"])
+            except HubError as e:
+                raise PolicyError(str(e)) from None
+            self.name, path = self.hub.id, self.hub.path
+        self.adapter = path if os.path.isfile(os.path.join(path, "adapter_config.json")) else None
+        base = self._base_of(path, opts["base"], opts["trust_remote_code"]) if self.adapter else path
+        self.base = base
         device = opts["device"]
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -91,17 +101,25 @@ class TransformersPolicy(ModelPolicy):
         self._cache = None
 
     @staticmethod
-    def _base_of(adapter: str, override: str) -> str:
+    def _base_of(adapter: str, override: str, trust_remote_code: bool = False) -> str:
+        revision = None
         if override:
             base = override
         else:
             try:
                 with open(os.path.join(adapter, "adapter_config.json")) as f:
-                    base = json.load(f).get("base_model_name_or_path") or ""
+                    conf = json.load(f)
             except (OSError, json.JSONDecodeError) as e:
                 raise PolicyError(f"{adapter}/adapter_config.json: cannot read ({e})") from None
+            base, revision = conf.get("base_model_name_or_path") or "", conf.get("revision")
             if base and not os.path.isabs(base) and os.path.isdir(os.path.join(adapter, base)):
                 base = os.path.join(adapter, base)
+        if hub_id(base):  # a Hub base (finetune --model ORG/NAME): its snapshot, at the revision trained on
+            spec = f"{base}@{revision}" if revision and "@" not in base else base
+            try:
+                return resolve_hub_model(spec, trust_remote_code=trust_remote_code).path
+            except HubError as e:
+                raise PolicyError(f"{adapter}: the adapter's base: {e}") from None
         if not (base and os.path.isdir(base)):  # a GGUF base (finetune --model X.gguf): its import, from the cache
             from eexp.models.import_gguf import adapter_base
             from eexp.models.init import ModelError
@@ -127,11 +145,12 @@ class TransformersPolicy(ModelPolicy):
         return token in self.stop_ids
 
     def serializer_settings(self):
-        return read_checkpoint_serializer(self.adapter or self.spec) or (
+        return read_checkpoint_serializer(self.adapter or self.base) or (
             read_checkpoint_serializer(self.base) if self.adapter else None)
 
     def describe(self):
-        return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend}
+        hub = {"model_revision": self.hub.revision} if self.hub else {}
+        return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend, **hub}
 
     # the KV cache of the prompt, shared by every call on one state ----------------------------------------------
     def _prefix_cache(self, ids: list[int]):
@@ -224,3 +243,22 @@ class TransformersPolicy(ModelPolicy):
 
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def check_worker_copies(spec: str | None, args: dict, jobs: int) -> None:
+    """`eval -j N` loads the policy once in each of its N worker processes: with a transformers model on a GPU that
+    is N copies on one device (an 8B model in bf16 is 16 GB each). Refused, with what to do instead; on a CPU each
+    worker gets its share of the cores (eexp.stages.evaluate.worker_policy_args)."""
+    from eexp.policies import policy_kind
+    if jobs <= 1 or policy_kind(spec) != "checkpoint":
+        return
+    device = str(args.get("device", "auto"))
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        from eexp.errors import UsageProblem
+        raise UsageProblem(f"-j {jobs} with --policy {spec} would load {jobs} copies of the model onto {device} (one "
+                           "per worker process). Run -j 1 (one model, batched scoring), serve the model once "
+                           "(vllm serve, after `eexp merge` for an adapter) and evaluate it with --policy "
+                           "http://127.0.0.1:PORT/v1 -j N, or keep the workers on the CPU (--policy-arg device=cpu)")
