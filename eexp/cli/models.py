@@ -7,6 +7,8 @@ import click
 
 from eexp.cli import cli
 from eexp.cli.options import UserError, config_option, quiet_transformers
+from eexp.cli.options import field_options
+from eexp.models.merge import MergeSettings
 from eexp.models.pretrain import PretrainSettings
 
 
@@ -147,4 +149,32 @@ def export_command(ckpt, output, adapter, quant, lora_only):
     quiet_transformers()
     path = export_gguf(ckpt, output, quant=quant or ("f32" if lora_only else "q8_0"), adapter=adapter,
                        lora_only=lora_only)
+    click.echo(f"eexp: wrote {path}", err=True)
+
+
+@cli.command("merge")
+@click.argument("adapter", metavar="ADAPTER")
+@field_options(MergeSettings, "output", "base", "dtype", "trust_remote_code")
+@config_option
+def merge_command(adapter, **options):
+    """Merge a LoRA adapter into its base: one Hugging Face checkpoint folder, for `vllm serve` or SGLang.
+
+    The adapter is folded into the base's weights in fp32 on the CPU, then the weights are saved in --dtype (bf16
+    by default) as safetensors, with config.json, generation_config.json, the tokenizer and its chat template,
+    and the model card (card.yaml: the adapter's card, with the adapter, its hash and the saved precision). The
+    base is the one the adapter names (a folder, the import of a GGUF, or a Hugging Face Hub id and revision),
+    unless --base is given. OUT is written under a temporary name and renamed when complete.
+
+    \b
+    Example:
+      eexp finetune il.jsonl --model Qwen/Qwen2.5-7B-Instruct --lora -o runs/il-lora
+      eexp merge runs/il-lora -o runs/il-merged
+      vllm serve runs/il-merged --port 8000
+      eexp eval --policy http://127.0.0.1:8000/v1 --env shop --concurrency 16 -o il.jsonl
+    """
+    from eexp.models.merge import merge_adapter
+
+    quiet_transformers()
+    path = merge_adapter(MergeSettings(adapter=adapter, **options),
+                         echo=lambda msg: click.echo(f"eexp: {msg}", err=True))
     click.echo(f"eexp: wrote {path}", err=True)
