@@ -631,3 +631,26 @@ def test_ctrl_c_to_the_process_group_of_rollout_with_workers(tmp_path, moment):
     assert _group_alive(proc.pid) == []
     subprocess.run(args + ["--resume"], check=True, env=env, capture_output=True, timeout=300)
     assert [r["id"] for r in read_records([out])] == ids
+
+
+def test_workers_are_started_ignoring_ctrl_c_and_a_ctrl_c_meanwhile_is_held():
+    """What rollout -j N starts its workers inside: a process started there ignores SIGINT from its first
+    instruction (before Python runs any of eexp), and a SIGINT sent to eexp meanwhile is raised after, not lost."""
+    from eexp.stages.rollout import sigint_ignored_by_children
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"]
+    # Python's own Ctrl-C handler, as in a terminal (a suite started from a background shell has SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with sigint_ignored_by_children():
+            child = subprocess.run(probe, capture_output=True, text=True)
+        assert child.stdout.strip() == "True"
+        assert subprocess.run(probe, capture_output=True, text=True).stdout.strip() == "False"   # outside it
+        with pytest.raises(KeyboardInterrupt):
+            with sigint_ignored_by_children():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)   # it would have been raised here, were it not held
+                held = True
+        assert held
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
