@@ -76,6 +76,9 @@ OOD_TYPES = ("click-checkboxes-transfer", "enter-text-dynamic", "unicode-test", 
 TEST_SEED_BASE = 100000
 EPISODE_CLOCK_MS = 2 ** 31 - 1        # the largest delay setTimeout takes: MiniWoB's time limit is effectively off
 READY_TRIES = 40
+PAGE_LOAD_SECONDS = 30
+LOADED_JS = ("return !window.eexpLeaving && document.readyState === 'complete' && "
+             "typeof genProblem === 'function' && typeof core === 'object' && core.cover_div !== null;")
 MAX_OBS_CHARS = 4000
 # classes that say an element's state, shown even on an element with text (`[7] button "Odd" .selected`)
 STATE_CLASSES = ("selected", "active", "ui-state-active", "ui-tabs-active", "checked", "clicked", "open",
@@ -332,7 +335,15 @@ class MiniWobEnv(Env):
             if not path.exists():
                 raise EnvError(f"miniwob: no task type {task_type!r} in the miniwob package")
             self._page_type = None
+            # the page being left is marked: WebDriver's get() can return before a reload of the same URL has
+            # replaced the document (seen under load: the next script ran where genProblem was not yet defined)
+            driver.execute_script("window.eexpLeaving = true;")
             driver.get(path.as_uri())
+            deadline = time.monotonic() + PAGE_LOAD_SECONDS
+            while not driver.execute_script(LOADED_JS):
+                if time.monotonic() > deadline:
+                    raise EnvError(f"miniwob: the {task_type} page did not load in {PAGE_LOAD_SECONDS} s")
+                time.sleep(0.02)
             self._page_type = task_type
 
     def _start_episode(self, task_type: str, seed: int, mode: str, fresh: bool = True) -> None:
