@@ -264,18 +264,23 @@ class _ErrorLog(logging.Handler):
 def _converter(ckpt: Path, name: str, fields: dict[str, str]):
     """llama.cpp's `conversion` package, importable, with what eexp adds for the length of one export: the model card
     keys (written with the rest of the metadata, adapters included), the name, the pre-tokenizer fallback, no
-    progress bar, and quiet logging (its errors are collected). Yields (conversion, the error log, the converter folder)."""
+    progress bar, and quiet logging (its errors are collected). Yields (conversion, the error log, the converter
+    folder)."""
     from eexp.models.llama_converter import converter_dir
 
     folder = converter_dir()
-    os.environ["NO_LOCAL_GGUF"] = "1"  # the installed gguf (llama.cpp's gguf-py), never a copy beside the script
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
+    no_local = os.environ.get("NO_LOCAL_GGUF")
+    os.environ["NO_LOCAL_GGUF"] = "1"  # the installed gguf (llama.cpp's gguf-py), never a copy beside the scripts
     try:
         import conversion
         from conversion.base import TextModel
     except ImportError as e:
         raise ModelError(f"cannot load llama.cpp's converter from {folder} ({_first_line(e)})") from None
+    finally:
+        if no_local is None:
+            del os.environ["NO_LOCAL_GGUF"]
 
     import gguf
 
@@ -349,11 +354,13 @@ def _model_class(conversion, ckpt: Path, config: dict):
                          f"{llama_cpp_version()}) does not know it") from None
 
 
-def _failed(ckpt: Path, errors: _ErrorLog, e: BaseException) -> ModelError:
+def _failed(ckpt: Path, out: Path, errors: _ErrorLog, e: BaseException) -> ModelError:
     if isinstance(e, ModelError):
         return e
     if isinstance(e, OSError):
-        return ModelError(f"cannot write: {e.strerror or e}")
+        import errno
+        why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        return ModelError(f"cannot write {out}: {why}")
     detail = errors.lines[-1] if errors.lines else _first_line(e)
     return ModelError(f"{ckpt}: llama.cpp's converter failed ({type(e).__name__}: {detail})")
 
@@ -396,7 +403,7 @@ def _convert_model(ckpt: Path, out: Path, quant: str, name: str, fields: dict[st
                 model.write()
             os.replace(tmp, out)
         except (Exception, SystemExit) as e:
-            raise _failed(ckpt, errors, e) from None
+            raise _failed(ckpt, out, errors, e) from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -408,16 +415,19 @@ def _convert_lora(ckpt: Path, adapter: Path, out: Path, quant: str, name: str, f
     with _converter(ckpt, name, fields) as (conversion, errors, folder):
         _model_class(conversion, ckpt, _read_json(ckpt / "config.json"))
         tmp = _temp_path(out)
-        argv = sys.argv
+        argv, no_local = sys.argv, os.environ.get("NO_LOCAL_GGUF")
+        os.environ["NO_LOCAL_GGUF"] = "1"
         sys.argv = ["convert_lora_to_gguf.py", "--base", str(ckpt), "--outfile", str(tmp), "--outtype", quant,
                     str(adapter)]
         try:
             runpy.run_path(str(folder / "convert_lora_to_gguf.py"), run_name="__main__")
             os.replace(tmp, out)
         except (Exception, SystemExit) as e:
-            raise _failed(ckpt, errors, e) from None
+            raise _failed(ckpt, out, errors, e) from None
         finally:
             sys.argv = argv
+            if no_local is None:
+                del os.environ["NO_LOCAL_GGUF"]
             tmp.unlink(missing_ok=True)
 
 
