@@ -365,4 +365,9 @@ def test_a_screenshot_shows_the_page_the_observation_describes(env, tmp_path):
     image = Image.open(io.BytesIO(before))
     assert image.format == "PNG" and (160, 210) <= image.size <= (400, 420)   # MiniWoB's task area, not the window
     assert before != after                                                # the checked box shows
-    (tmp_path / "step0.png").write_bytes(before)
+    from eexp.envs.screens import can_screenshot, save_step
+    assert can_screenshot(env)
+    png = save_step(env, tmp_path, "miniwob:click-checkboxes-4~x#1", 1, "the observation", prompt="the prompt")
+    assert png == tmp_path / "miniwob_click-checkboxes-4~x#1" / "001.png" and png.read_bytes() == after
+    assert png.with_suffix(".txt").read_text() == \
+        "# observation\nthe observation\n\n# what the model read\nthe prompt\n"
