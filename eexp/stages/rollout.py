@@ -232,8 +232,9 @@ def sigint_ignored_by_children():
     """Processes started inside this block ignore SIGINT from birth: the disposition SIG_IGN survives exec, and
     Python leaves an ignored SIGINT ignored, so a Ctrl-C to the process group cannot raise KeyboardInterrupt in a
     worker still starting up (importing, unpickling), where its own handler would come too late. Here, SIGINT is
-    blocked meanwhile, so one that arrives is held, not lost, and raised once the block ends (Linux keeps a blocked
-    signal pending even while it is ignored)."""
+    blocked in this (the main) thread meanwhile, so one that comes to it is held and raised once the block ends
+    (Linux keeps a blocked signal pending even while it is ignored); one the kernel hands to another thread of the
+    process, where there is one, is lost. The block lasts while the workers are started, a few milliseconds."""
     if threading.current_thread() is not threading.main_thread():
         yield   # signal handlers belong to the main thread; a worker it starts then sets SIG_IGN itself
         return
