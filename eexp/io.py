@@ -524,10 +524,16 @@ class StageIO:
         self.readers = [self.reader]
         self.stats = Stats()
         self.side: list[Writer] = []
+        self._end_counts: list[Callable[[], dict[str, int]]] = []
         self._done: set[str] | None = None
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats.add(name, n)
+
+    def count_at_end(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Counts known only when the run ends (a policy's requests): read and set just before --stats is
+        written."""
+        self._end_counts.append(counts)
 
     def done(self, key: Callable[[dict], str] = lambda r: r.get("source_id"), kind: str | None = None) -> set[str]:
         """With --resume, the keys (by `key` of each output record) -o FILE already holds, after making the file
@@ -629,6 +635,8 @@ class StageIO:
 
     def report(self) -> None:
         """Say how many bad records were skipped, and write --stats."""
+        for counts in self._end_counts:
+            self.stats.counts.update(counts())
         self.stats.skipped = sum(r.skipped for r in self.readers)
         if self.stats.skipped:
             self.reader.warn(f"skipped {self.stats.skipped} bad record(s)")

@@ -531,10 +531,10 @@ def test_endpoint_policy_runs_concurrent_requests_with_the_same_episodes():
     try:
         args = ["eval", "--policy", endpoint.url, "--env", "shop", "-n", "6", "--max-steps", "4", "-q",
                 "--policy-arg", "guided=none"]   # it answers from the listed actions itself
-        one = invoke(args)
+        one = invoke(args + ["--concurrency", "1"])
         assert one.exit_code == 0, one.output
         assert endpoint.most_in_flight == 1
-        four = invoke(args + ["-j", "4"])
+        four = invoke(args + ["--concurrency", "4"])
         assert four.exit_code == 0, four.output
         assert endpoint.most_in_flight >= 2  # episodes ran side by side against the one endpoint
         assert endpoint.requests == 2 * (1 + 6 * 4)   # the first contact's one-token request, then the steps

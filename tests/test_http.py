@@ -22,103 +22,12 @@ from click.testing import CliRunner
 from eexp.cli import cli
 from eexp.policies import PolicyError, load_policy
 from eexp.policies.http import GUIDED
+from openai_stub import ADMISSIBLE, FREE_TEXT, MESSAGES, StubServer, gbnf_choices  # noqa: F401
 
-ADMISSIBLE = ["look", "buy the red mug", 'say "hi"']
-MESSAGES = [{"role": "user", "content": "Goal: buy a mug.\nAdmissible actions:\n" + "\n".join(ADMISSIBLE)}]
-FREE_TEXT = "I think I should look around first, then decide what to buy."
-OPENAI_FIELDS = {"model", "messages", "temperature", "top_p", "max_tokens", "seed", "n", "response_format", "stop"}
 WARNING = ("eexp: warning: {url} obeys none of the guided decodings eexp knows (structured_outputs, vllm, llamacpp, "
            "json_schema; tried each with one request at start): actions are FREE TEXT, and a model that answers "
            "outside the admissible list scores its steps as invalid. If the server has one, give --policy-arg "
            "guided=NAME; --policy-arg guided=none says free text is meant (said once per run)")
-
-
-def gbnf_choices(grammar: str) -> list[str]:
-    """The alternatives of a `root ::= "a" | "b"` grammar, unescaped as llama.cpp reads them."""
-    rule = re.fullmatch(r'\s*root\s*::=\s*(.*?)\s*', grammar, re.S)
-    literals = re.findall(r'"((?:[^"\\]|\\.)*)"', rule.group(1))
-    escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
-    return [re.sub(r'\\(x[0-9a-fA-F]{2}|.)', lambda m: chr(int(m.group(1)[1:], 16)) if m.group(1)[0] == "x"
-                   else escapes[m.group(1)], lit) for lit in literals]
-
-
-class StubServer:
-    """An OpenAI chat-completions endpoint whose "model" answers free text, except where the request carries the
-    one guided-decoding mechanism this server implements (`honours`); the others are ignored as vLLM and
-    llama.cpp ignore fields they do not know, or, `strict`, refused with 400 as OpenAI does. Under a mechanism it
-    answers the choice the seed picks. `fail` holds the indices of chat requests that fail: 503, or (odd index)
-    a connection closed without an answer."""
-
-    def __init__(self, honours: str | None = None, *, strict: bool = False, fail: set[int] = frozenset(),
-                 status: int = 200):
-        self.honours, self.strict, self.fail, self.status = honours, strict, set(fail), status
-        self.chats: list[dict] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                if outer.status != 200:
-                    return self.send(outer.status, {"error": {"message": "invalid api key"}})
-                self.send(200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    index = len(outer.chats)
-                    outer.chats.append(body)
-                if index in outer.fail:
-                    if index % 2:
-                        self.close_connection = True
-                        return self.connection.shutdown(socket.SHUT_RDWR)
-                    return self.send(503, {"error": {"message": "overloaded"}})
-                if outer.strict and set(body) - OPENAI_FIELDS:
-                    return self.send(400, {"error": {"message": "Unrecognized request argument supplied: "
-                                                                + ", ".join(sorted(set(body) - OPENAI_FIELDS))}})
-                text, finish = outer.answer(body)
-                self.send(200, {"object": "chat.completion", "model": "stub-model",
-                                "choices": [{"index": 0, "finish_reason": finish,
-                                             "message": {"role": "assistant", "content": text}}]})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.handle_error = lambda request, address: None   # a dropped connection is the point, not news
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def answer(self, body: dict) -> tuple[str, str]:
-        choices, as_json = None, None
-        if self.honours == "structured_outputs":
-            choices = (body.get("structured_outputs") or {}).get("choice")
-        elif self.honours == "vllm":
-            choices = body.get("guided_choice")
-        elif self.honours == "llamacpp" and body.get("grammar"):
-            choices = gbnf_choices(body["grammar"])
-        elif self.honours == "json_schema" and (body.get("response_format") or {}).get("type") == "json_schema":
-            props = body["response_format"]["json_schema"]["schema"]["properties"]
-            as_json, spec = next((k, v) for k, v in props.items() if "enum" in v)
-            choices = spec["enum"]
-        if choices:
-            choice = choices[body["seed"] % len(choices)]
-            return (json.dumps({as_json: choice}) if as_json else choice), "stop"
-        words = FREE_TEXT.split()
-        if len(words) > body["max_tokens"]:
-            return " ".join(words[:body["max_tokens"]]), "length"
-        return FREE_TEXT, "stop"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

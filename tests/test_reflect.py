@@ -398,9 +398,9 @@ def test_fallback_replaces_a_rejected_reflection_with_the_grounded_one_and_says_
 
 def test_a_model_run_prints_what_the_filters_did(runner, tmp_path, monkeypatch):
     import eexp.policies
-    from eexp.policies.base import Reply
+    from eexp.policies.base import Policy, Reply
 
-    class Scripted:
+    class Scripted(Policy):
         replies = iter([GOOD, "I need a pink mug. The blue mug is the wrong color, and searching for a lamp shows "
                         "no mugs."])
 

@@ -7,12 +7,12 @@ import sys
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, explicit_serializer_settings, field_options, parse_env_args, \
-    policy_options, sampling_options, serializer_options, stage_options
+from eexp.cli.options import UserError, concurrency_option, explicit_serializer_settings, field_options, \
+    parse_env_args, policy_options, sampling_options, serializer_options, stage_options
 from eexp.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.io import write_atomic
-from eexp.stages.evaluate import EvalSettings, evaluate, find_tasks, format_summary, worker_policy_args, \
-    write_summary
+from eexp.stages.evaluate import EvalSettings, check_failed_requests, evaluate, find_tasks, format_summary, \
+    worker_policy_args, write_summary
 
 def warn(message: str) -> None:
     click.echo(f"eexp: {message}", err=True)
@@ -29,7 +29,9 @@ def warn(message: str) -> None:
 @click.option("--split", default="test", show_default=True, help="Split of the environment's tasks.")
 @click.option("-n", "n", type=click.IntRange(min=1), help="Evaluate the first N tasks of the split (default: all).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Parallel workers: processes (one model each), or concurrent requests for an http(s) policy.")
+              help="Worker processes, each with its own environment and model (for a model in this process, or "
+              "an environment that needs CPU); for a server use --concurrency.")
+@concurrency_option("episodes")
 @field_options(EvalSettings, "max_steps")
 @sampling_options(k=False, settings=EvalSettings)  # greedy by default, as the paper evaluates
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the summary JSON here (with --compare: the "
@@ -40,7 +42,7 @@ def warn(message: str) -> None:
               "NAME=FILE,FILE,... groups the runs (seeds) of one method.")
 @click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
 def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
-                 max_steps, temperature, seed, summary_path, trajectories_path, compare, plot):
+                 concurrency, max_steps, temperature, seed, summary_path, trajectories_path, compare, plot):
     """Run a policy on an environment's tasks: one episode record per task on stdout, a summary (success rate with
     its 95% Wilson interval) on stderr and in --summary FILE.
 
@@ -59,6 +61,7 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     Examples:
       eexp eval --policy oracle --env shop -n 50
       eexp eval --policy model.gguf --env shop -n 200 -j 2 --summary il.json > il.jsonl
+      eexp eval --policy http://127.0.0.1:8080/v1 --env shop -n 200 --concurrency 8 > il.jsonl
       eexp eval --policy model.gguf --env shop --split ood -o ood.jsonl --resume
       eexp eval --compare random.jsonl il.jsonl iwm.jsonl --plot runs.png
       eexp eval --compare IL=IL-s0.jsonl,IL-s1.jsonl,IL-s2.jsonl IWM='IWM-s*.jsonl' --summary cmp.json
@@ -66,7 +69,7 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     """
     ctx = click.get_current_context()
     if compare:
-        for name in ("policy_spec", "env_name", "n", "max_steps", "trajectories_path"):
+        for name in ("policy_spec", "env_name", "n", "max_steps", "trajectories_path", "concurrency"):
             if ctx.params.get(name) is not None:
                 raise click.UsageError(f"--compare reads episode files; it takes no --{_option_name(name)}")
         if io.resume:
@@ -95,9 +98,11 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
                             policy_args=worker_policy_args(policy_spec, policy_args, jobs), act=act,
                             max_tokens=max_tokens, top_p=top_p, serializer_overrides=explicit_serializer_settings(ctx),
                             max_steps=max_steps, temperature=temperature, seed=seed)
-    summary = evaluate(io, settings, tasks, jobs=jobs, env=env, trajectories_path=trajectories_path, warn=warn)
+    summary = evaluate(io, settings, tasks, jobs=jobs, concurrency=concurrency, env=env,
+                       trajectories_path=trajectories_path, warn=warn)
     click.echo(format_summary(summary), err=True)
     write_summary(summary_path, summary)
+    check_failed_requests(summary, policy_spec)
 
 
 def _option_name(param: str) -> str:

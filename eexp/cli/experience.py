@@ -6,8 +6,9 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import explicit_serializer_settings, policy_options, sampling_options, serializer_options, \
-    stage_options
+from eexp.cli.options import check_requests, concurrency_option, count_requests, explicit_serializer_settings, \
+    policy_options, sampling_options, serializer_options, stage_options
+from eexp.policies.base import resolve_concurrency
 from eexp.prompts import Serializer
 from eexp.records import expect
 from eexp.stages.branch import PROPOSE_MODES, Brancher, parse_steps
@@ -36,8 +37,9 @@ def _check_steps(ctx, param, value):
               help="Branch only these steps (from 0), e.g. 0,2,5-7. Default: every step.")
 @click.option("--max-steps-per-trajectory", type=click.IntRange(min=1), metavar="N",
               help="Branch at most N steps of a trajectory, evenly spaced (first and last included).")
+@concurrency_option("states")
 def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperature, k, serializer, propose, steps,
-           max_steps_per_trajectory):
+           max_steps_per_trajectory, concurrency):
     """Trajectories -> one branch record per expert step, with up to K alternative actions.
 
     Alternatives are distinct and never the expert action (after the environment's canonicalization). With
@@ -51,6 +53,7 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
       eexp expert --env shop -n 100 > expert.jsonl
       eexp branch -k 8 expert.jsonl > iwm_branches.jsonl
       eexp branch --policy m.gguf -k 3 expert.jsonl | eexp rollout > sr_outcomes.jsonl
+      eexp branch --policy http://127.0.0.1:8080/v1 --concurrency 16 -k 3 expert.jsonl > branches.jsonl
     """
     propose = propose or ("policy" if policy_spec else "admissible")
     if propose != "admissible" and not policy_spec:
@@ -58,8 +61,10 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
     policy = None
     settings = {}
     if propose == "admissible":
-        if policy_spec:
-            _note("eexp: --propose admissible draws from the admissible lists; --policy is not used")
+        if policy_spec or concurrency:
+            _note(f"eexp: --propose admissible draws from the admissible lists; "
+                  f"{'--policy is' if policy_spec else '--concurrency is'} not used")
+        concurrency = 1
     else:
         from eexp.policies import load_policy
         policy = load_policy(policy_spec, policy_args, act=act, max_tokens=max_tokens, top_p=top_p)
@@ -72,13 +77,17 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
     for name in ("topped_up", "short_of_k"):
         io.count(name, 0)
     try:
+        if policy is not None:
+            concurrency = resolve_concurrency(policy, concurrency)
+            count_requests(io, policy)
         brancher = Brancher(propose, k, policy=policy, seed=seed, temperature=temperature, serializer=serializer,
                             steps=steps, max_steps=max_steps_per_trajectory, count=io.count, note=_note,
-                            policy_settings=settings)
+                            policy_settings=settings, concurrency=concurrency)
         io.run(brancher, validate=expect("trajectory"), unit="traj", output_kind="branch")
     finally:
         if policy is not None:
             policy.close()
+    check_requests(policy, policy_spec)
 
 
 @cli.command()

@@ -196,6 +196,30 @@ def policy_options(f: Callable | None = None, *, settings=Generation) -> Callabl
     return f
 
 
+def concurrency_option(what: str) -> Callable:
+    """--concurrency N: policy calls in flight at once, across `what` (states, episodes)."""
+    return click.option(
+        "--concurrency", type=click.IntRange(min=1), default=None, metavar="N",
+        help=f"Policy requests in flight at once, across {what}: a batching server (vLLM, SGLang, llama.cpp's "
+        f"llama-server) is fast only when kept busy. The output is the serial run's, in the same order. Default: "
+        f"the policy's (16 for an http(s) endpoint, or its --policy-arg concurrency); 1 for a model in this "
+        f"process, which takes one call at a time.")
+
+
+def count_requests(io, policy) -> None:
+    """--stats gets the policy's calls and failed calls (`policy_requests`, `failed_requests`) when the run ends."""
+    io.count_at_end(lambda: {"policy_requests": policy.requests, "failed_requests": policy.failed_requests})
+
+
+def check_requests(policy, policy_spec: str | None) -> None:
+    """Exit 1 when more than MAX_FAILED_SHARE of the policy's calls failed (everything is written by then)."""
+    from eexp.policies.base import PolicyError, failure_problem
+    if policy is not None:
+        problem = failure_problem(policy.failed_requests, policy.requests, policy_spec)
+        if problem:
+            raise PolicyError(problem)
+
+
 def quiet_transformers() -> None:
     """transformers and PEFT draw bars ("Writing model shards") and warnings of their own on stderr; eexp's commands
     keep stderr for their own messages."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import field_options, policy_options, sampling_options, serializer_options, stage_options
+from eexp.cli.options import check_requests, concurrency_option, count_requests, field_options, policy_options, \
+    sampling_options, serializer_options, stage_options
 from eexp.io import prepare_resume
 from eexp.policies import policy_kind
+from eexp.policies.base import resolve_concurrency
 from eexp.records import expect
-from eexp.stages.reflect import COUNTS, FILTERS, Reflector, Settings, Template, policy_writer, reflect_examples
+from eexp.stages.reflect import COUNTS, FILTERS, Reflect, Reflector, Settings, Template, policy_writer
 
 NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes "
                 "its own, the paper's setting; add --reflector teacher for a stronger model), or --reflector "
@@ -36,8 +38,10 @@ NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC 
               help="What a state whose model reflection was rejected gets: nothing (its IL example stays its only "
               "one), or the grounded rationale, labelled reflector=grounded in meta and counted as "
               "fallback_grounded.")
+@concurrency_option("states")
 def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperature, serializer, reflector,
-            max_alternatives, template_path, max_words, min_words, max_outcome_chars, rejected, fallback):
+            max_alternatives, template_path, max_words, min_words, max_outcome_chars, rejected, fallback,
+            concurrency):
     """Outcome records -> one self-reflection example per state: `Thought: <monologue>` then
     `Action: <expert action>`, where the monologue compares the expert action with the first
     --max-alternatives executed alternatives, using what each one led to.
@@ -53,6 +57,7 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
     Example:
       eexp branch --policy m.gguf -k 3 expert.jsonl | eexp rollout | eexp reflect --policy m.gguf > sr.jsonl
       eexp reflect --reflector grounded outcomes.jsonl --stats sr.stats.json > sr.jsonl
+      eexp reflect --policy http://127.0.0.1:8080/v1 --concurrency 32 outcomes.jsonl > sr.jsonl
     """
     if reflector is None:
         if not policy_spec:
@@ -77,12 +82,19 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
     policy = None
     if reflector == "grounded":
         writer = Reflector("grounded")
+        concurrency = 1     # no model, nothing to wait for
     else:
         from eexp.policies import load_policy
         policy = load_policy(policy_spec, policy_args, max_tokens=max_tokens, top_p=top_p)
         described = policy.describe()
         writer = Reflector(reflector, policy_writer(policy, settings), described.get("model", policy_spec),
                            described.get("model_sha256", ""))
+        try:
+            concurrency = resolve_concurrency(policy, concurrency)
+        except BaseException:
+            policy.close()
+            raise
+        count_requests(io, policy)
 
     # Rejected reflections are not in -o FILE, so --resume reads --rejected FILE too: an input rejected before
     # is not asked again (its seed would give the same reply), and the rejected file is appended to.
@@ -91,23 +103,17 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
     # (With a fallback the output holds every state that was done, so --rejected is not needed for that.)
     rejected_done = prepare_resume(rejected) if (io.resume and rejected and fallback == "none") else set()
     rejects = io.side_output(rejected)
-
-    def process(outcome: dict):
-        if outcome["id"] in rejected_done:
-            io.count("resumed")
-            return []
-        return reflect_examples(outcome, reflector=writer, template=template, serializer=serializer,
-                                settings=settings, count=io.count,
-                                reject=rejects.write if rejects is not None else lambda record: None,
-                                fallback=fallback)
-
+    stage = Reflect(reflector=writer, template=template, serializer=serializer, settings=settings, count=io.count,
+                    reject=rejects.write if rejects is not None else None, fallback=fallback, skip=rejected_done,
+                    concurrency=concurrency)
     try:
-        io.run(process, validate=expect("outcome"), unit="state", output_kind="example")
+        io.run(stage, validate=expect("outcome"), unit="state", output_kind="example")
     finally:
         if policy is not None:
             policy.close()
     if reflector != "grounded":
         click.echo(f"reflect: {filter_summary(io.stats.counts)}", err=True)
+    check_requests(policy, policy_spec)
 
 
 def filter_summary(counts: dict) -> str:

@@ -11,9 +11,14 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from eexp.errors import UsageProblem
 from eexp.io import InputError
 
 MAX_TOKENS = 256  # most tokens per generated reply, where a stage does not ask for more (reflect)
+# A run in which more than this share of a policy's requests failed after their retries exits 1 (its records are
+# written, and say which replies failed): a model that "scores" 0% because its server was down must not pass
+# for a result.
+MAX_FAILED_SHARE = 0.05
 
 
 class PolicyError(InputError):
@@ -45,6 +50,13 @@ class Policy:
     spec: str = ""          # what the user passed to --policy
     name: str = ""          # a short name for records (file name, model name, "random", "oracle")
     sha256: str = ""        # content hash of the model file(s), "" for baselines and endpoints
+    # How many calls may overlap, from as many threads: the default of the stages' --concurrency. 1 (a model in
+    # this process, a baseline that uses the environment it is given) means calls must come one at a time; a
+    # backend whose calls are requests to a server says more, and is then thread-safe.
+    concurrency: int = 1
+    # Calls made, and calls that failed for good (after any retries), for the summary and --stats.
+    requests: int = 0
+    failed_requests: int = 0
 
     def generate(self, messages: list[dict], *, seed: int, temperature: float, top_p: float = 1.0,
                  max_tokens: int = MAX_TOKENS) -> Reply:
@@ -69,5 +81,33 @@ class Policy:
         """For `meta`: never includes secrets (API keys are read from the environment, not stored)."""
         return {"model": self.name, "model_sha256": self.sha256}
 
+    def set_concurrency(self, n: int) -> None:
+        """Serve up to `n` overlapping calls from now on (the stage's --concurrency; n > 1 only for a policy whose
+        `concurrency` is above 1)."""
+        self.concurrency = n
+
     def close(self) -> None:
         pass
+
+
+def resolve_concurrency(policy: Policy, given: int | None) -> int:
+    """The calls a stage keeps in flight on `policy`: `given` (--concurrency), else the policy's own default. More
+    than one call at a time is only for a policy that serves them (a server); it is then told the limit."""
+    if given is None:
+        return max(1, policy.concurrency)
+    if given > 1 and policy.concurrency <= 1:
+        raise UsageProblem(f"--concurrency {given}: the policy {policy.spec or policy.name} answers one call at a "
+                           f"time (a model in this process, or a baseline); serve the model (llama.cpp's "
+                           f"llama-server, vLLM, SGLang) and give its http(s)://HOST/v1, or run -j N processes")
+    policy.set_concurrency(given)
+    return given
+
+
+def failure_problem(failed: int, requests: int, what: str) -> str | None:
+    """The message a run ends with (exit 1) when more than MAX_FAILED_SHARE of its `requests` to `what` failed."""
+    if requests and failed / requests > MAX_FAILED_SHARE:
+        return (f"{failed} of {requests} requests to {what} ({100 * failed / requests:.1f}%) failed after their "
+                f"retries, more than the {100 * MAX_FAILED_SHARE:g}% a run may lose: the records are written, and "
+                f"each failed reply is marked (finish_reason \"error: ...\"), but these results are not the "
+                f"model's. Fix the server and rerun")
+    return None

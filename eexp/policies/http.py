@@ -1,15 +1,20 @@
 """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's server, ...): `--policy http://host:8000/v1`.
 
 The server renders the chat template (its own, from the model it serves). Each call sends an explicit `seed`.
-The K samples of a state go out as parallel requests (`--policy-arg concurrency=N`), since a server batches them.
+A server batches, so it is fast only with many requests in flight: the stages run up to `--concurrency N` states
+or episodes at once against this one (thread-safe) policy, the K samples of a state go out together, and a
+semaphore keeps at most N requests in flight in all (`--policy-arg concurrency=N` is the stages' default, 16).
 The API key is read from the environment variable named by `--policy-arg api_key_env=NAME` and is never written into
 records.
 
 At start the endpoint is contacted once (its model list, one one-token chat request): an endpoint that cannot be
 reached, or that answers that first request with an error, stops the run with one error instead of a run of failed
 replies that would read as a model scoring 0%. Later, network failures and 429/5xx answers are retried with
-exponential backoff; after the last retry the reply is marked failed (`finish_reason: "error: ..."`) and the stage
-records it and goes on.
+exponential backoff; after the last retry the reply is marked failed (`finish_reason: "error: ..."`), counted
+(`requests`, `failed_requests`), and the stage records it and goes on; a run that loses more than
+MAX_FAILED_SHARE of its requests so exits 1 at the end. A request that gets no answer at all sends one quick
+look at the server (its model list): a server that is gone stops the run at once (EndpointDown) instead of every
+later request spending its full retries on it.
 
 Constrained actions (a closed admissible list) need the server's guided decoding, and servers spell it differently
 (GUIDED). Unless `--policy-arg guided=NAME` says which, the start probes them in turn with one tiny request each and
@@ -28,8 +33,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
+from eexp.inflight import InOrder
 from eexp.policies.actions import failed_reply, open_space, reply_from_text
 from eexp.policies.args import take_args
 from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply
@@ -42,7 +47,7 @@ SCHEMA = {
     "timeout": (float, 120.0),    # seconds per request
     "retries": (int, 4),          # further attempts after a failed one
     "backoff": (float, 1.0),      # seconds before the first retry, doubled each time
-    "concurrency": (int, 8),      # requests in flight at once
+    "concurrency": (int, 16),     # requests in flight at once: the default of the stages' --concurrency
     "guided": (str, "auto"),      # constrained actions: auto (probe), none, or one of GUIDED
 }
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -70,6 +75,10 @@ class EndpointError(Exception):
 
 class Unreachable(EndpointError):
     """No HTTP answer at all (connection refused, unknown host, timeout) to the first request."""
+
+
+class EndpointDown(PolicyError):
+    """The server stopped answering mid-run: the run stops (its finished records are written whole)."""
 
 
 def _reason(e: BaseException) -> str:
@@ -112,7 +121,12 @@ class HttpPolicy(Policy):
                                   f"not set")
         self.model = opts["model"]
         self.name = self.model or self.base
-        self.failures = 0
+        if opts["concurrency"] < 1:
+            raise PolicyError(f"--policy-arg concurrency={opts['concurrency']}: must be at least 1")
+        self.set_concurrency(opts["concurrency"])
+        self.requests = self.failed_requests = 0
+        self.down: str | None = None      # why the server is taken for gone (then every call stops the run)
+        self._count_lock = threading.Lock()
         self._warn_lock = threading.Lock()
         self._warned_unguided = False
         self.guided = opts["guided"]
@@ -140,6 +154,8 @@ class HttpPolicy(Policy):
         delay = self.opts["backoff"]
         last, status = "", None
         for attempt in range(attempts):
+            if self.down:    # another request found the server gone: no retries spent on it
+                raise EndpointError(f"cannot reach {url} ({self.down})")
             try:
                 req = urllib.request.Request(url, data=data, headers=headers, method=method)
                 with urllib.request.urlopen(req, timeout=self.opts["timeout"]) as resp:
@@ -155,6 +171,7 @@ class HttpPolicy(Policy):
                 last, status = f"cannot reach {url} ({_reason(e)})", None
                 if first:
                     raise Unreachable(_reason(e)) from None
+                self._check_alive()    # a server that is gone stops the run now, not after every retry
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise EndpointError(f"{url} answered with something that is not JSON") from None
             if attempt + 1 < attempts:
@@ -243,16 +260,43 @@ class HttpPolicy(Policy):
               top_p=None) -> Reply:
         choices = [format_action(a) for a in admissible] if constrained else None
         try:
-            text, finish = self._chat(messages, seed=seed, temperature=temperature,
-                                      top_p=self.top_p if top_p is None else top_p,
-                                      max_tokens=max_tokens, choices=choices)
+            with self._slots:     # at most `concurrency` requests in flight, from every thread together
+                text, finish = self._chat(messages, seed=seed, temperature=temperature,
+                                          top_p=self.top_p if top_p is None else top_p,
+                                          max_tokens=max_tokens, choices=choices)
         except EndpointError as e:
-            self.failures += 1
-            if self.failures <= 3:
-                warn(f"{e}; the reply is marked failed")
+            if e.status is None:   # no answer at all: is the server still there?
+                self._check_alive()
+            with self._count_lock:
+                self.requests += 1
+                self.failed_requests += 1
+                failed = self.failed_requests
+            if failed <= 3:
+                warn(f"{e}; the reply is marked failed" + (" (further failures are counted, not shown)"
+                                                          if failed == 3 else ""))
             return failed_reply(str(e), seed, admissible)
+        with self._count_lock:
+            self.requests += 1
         return reply_from_text(text, admissible, context=context, seed=seed if temperature > 0 else 0,
                                finish_reason=finish)
+
+    def _check_alive(self) -> None:
+        """After a request got no answer: one quick request (the model list, no retries). A server that does not
+        answer it either is gone, and the run stops (EndpointDown) with how far it got. A server that answers it
+        is there (the request was lost, or timed out on a busy server): the request's retries go on."""
+        if not self.down:
+            try:
+                req = urllib.request.Request(self.base + "/models", method="GET")
+                with urllib.request.urlopen(req, timeout=min(5.0, self.opts["timeout"])):
+                    return
+            except urllib.error.HTTPError:
+                return                  # it answers (an error code is an answer): not gone
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                    http.client.HTTPException) as e:
+                self.down = _reason(e)
+        raise EndpointDown(f"the policy endpoint {self.base} stopped answering ({self.down}) after "
+                           f"{self.requests} requests: the run stops here. The records written so far are whole; "
+                           f"restart the server and continue with -o FILE --resume")
 
     def _first_unguided_call(self) -> bool:
         with self._warn_lock:   # eval -j N: threads share this policy
@@ -284,12 +328,20 @@ class HttpPolicy(Policy):
             max_tokens = self.max_tokens
 
         def one(seed):
-            return self._call(messages, admissible, seed, temperature, context, max_tokens, constrained)
+            return lambda: self._call(messages, admissible, seed, temperature, context, max_tokens, constrained)
 
-        if len(seeds) <= 1 or self.opts["concurrency"] <= 1:
-            return [one(s) for s in seeds]
-        with ThreadPoolExecutor(max_workers=min(self.opts["concurrency"], len(seeds))) as pool:
-            return list(pool.map(one, seeds))  # map keeps the order of the seeds
+        # the K samples together (the semaphore in _call bounds what is in flight), in the order of the seeds
+        calls = InOrder(min(self.concurrency, len(seeds)), name="eexp-http-sample")
+        try:
+            for s in seeds:
+                calls.submit(one(s))
+            return [reply for _, reply in calls.ready(block=True)]
+        finally:
+            calls.close()
+
+    def set_concurrency(self, n: int) -> None:
+        self.concurrency = n
+        self._slots = threading.BoundedSemaphore(n)
 
     def describe(self):
         return {"model": self.model or self.base, "model_sha256": "", "backend": self.backend,

@@ -9,6 +9,10 @@ Three ways to propose, as in the paper (Appendix B):
 
 Alternatives are deduplicated and never equal to the expert action after the environment's canonicalization.
 No environment step is taken here; `rollout` executes them.
+
+With `concurrency` N > 1 the policy's samples for up to N states are requested at once (a server batches them);
+everything else (canonicalization, top-up, the records) is done in input order in the caller's thread, so the
+records are those of a serial run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import random
 from typing import Any, Callable, Iterator
 
 from eexp.envs.base import Env, make_env
+from eexp.inflight import InOrder
 from eexp.io import RecordError, Stage
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import Serializer
@@ -66,7 +71,7 @@ class Brancher(Stage):
                  temperature: float = 1.0, serializer: Serializer | None = None, steps: set[int] | None = None,
                  max_steps: int | None = None, count: Callable[[str, int], None] | None = None,
                  note: Callable[[str], None] | None = None, env_factory: Callable[..., Env] = make_env,
-                 policy_settings: dict | None = None):
+                 policy_settings: dict | None = None, concurrency: int = 1):
         if propose not in PROPOSE_MODES:
             raise ValueError(f"propose must be one of {', '.join(PROPOSE_MODES)}, got {propose!r}")
         if propose != "admissible" and policy is None:
@@ -79,6 +84,7 @@ class Brancher(Stage):
         self.note = note or (lambda msg: None)
         self._pool = EnvPool(env_factory)
         self._noted: set[str] = set()
+        self._calls = InOrder(concurrency, name="eexp-branch")   # the policy's samples, up to N states at once
         # What every record's meta says about how it was made (the time is added per record).
         self.meta_fields: dict[str, Any] = {"propose": propose, "k": k, "seed": seed,
                                             "serializer": self.serializer.to_dict()}
@@ -99,6 +105,7 @@ class Brancher(Stage):
                               f"{INSTALL_HINT}") from None
 
     def close(self) -> None:
+        self._calls.close()
         self._pool.close()
 
     def _note_once(self, key: str, message: str) -> None:
@@ -124,8 +131,7 @@ class Brancher(Stage):
             if step not in chosen:
                 continue
             record_id = f"{tid}#{step}"
-            alternatives = self.alternatives(record_id, state, expert, env_record, trajectory["task"], step)
-            yield {
+            record = {
                 "id": record_id,
                 "source_id": tid,
                 "trajectory_id": tid,
@@ -135,13 +141,46 @@ class Brancher(Stage):
                 "prefix": [s["action"] for s in steps[:step]],
                 "state": state,
                 "expert": {"action": expert},
-                "alternatives": alternatives,
+                "alternatives": [],
                 "meta": make_meta("branch", env=env_record["name"], env_version=env_record["version"],
                                   **self.meta_fields),
             }
+            # What can fail for the record (an environment that is not there) fails here, at its own input line.
+            env = self.env_for(env_record) if self.k and (self.propose != "admissible" or state.get("admissible")) \
+                else None
+            self._calls.submit(self._proposals(record_id, state, env, trajectory["task"], step),
+                               tag=(record, env))
+        yield from self._collect()
 
-    def alternatives(self, record_id: str, state: dict, expert: str, env_record: dict, task: dict,
-                     step: int) -> list[dict]:
+    def finish(self) -> Iterator[dict]:
+        return self._collect(block=True)
+
+    def _collect(self, block: bool = False) -> Iterator[dict]:
+        for (record, env), replies in self._calls.ready(block):
+            record["alternatives"] = self._choose(record["id"], record["state"], record["expert"]["action"],
+                                                  env, replies)
+            yield record
+
+    def _policy_share(self, admissible: list[str] | None) -> int:
+        if self.propose == "admissible":
+            return 0
+        return math.ceil(self.k / 2) if self.propose == "mixed" and admissible else self.k
+
+    def _proposals(self, record_id: str, state: dict, env: Env | None, task: dict,
+                   step: int) -> Callable[[], list]:
+        """The slow part, as a call that may run in another thread: the policy's samples at this state, one per
+        seed, issued together so a backend evaluates the prompt once (a server gets them side by side)."""
+        n_policy = self._policy_share(state.get("admissible")) if self.k else 0
+        if not n_policy:
+            return list
+        seeds = [derive_seed(self.seed, record_id, j) for j in range(n_policy)]
+        messages = self.serializer.policy_messages(state)
+        context = {"env": env, "task": task, "step": step}
+        return lambda: self.policy.sample(messages, admissible=state.get("admissible"), seeds=seeds,
+                                          temperature=self.temperature, context=context)
+
+    def _choose(self, record_id: str, state: dict, expert: str, env: Env | None, replies: list) -> list[dict]:
+        """The alternatives from the policy's replies, topped up from the admissible list."""
         admissible = state.get("admissible")
         if self.k == 0:
             return []
@@ -151,7 +190,6 @@ class Brancher(Stage):
             self._note_once("no_admissible", "eexp: some states list no admissible actions, so --propose "
                             "admissible gives them no alternatives (use --policy to propose with a model)")
             return []
-        env = self.env_for(env_record)
         canonical = env.canonicalize
         taken = {canonical(expert)}
         chosen: list[dict] = []
@@ -166,14 +204,10 @@ class Brancher(Stage):
                            **({"thought": thought} if thought else {})})
             return True
 
-        # 1. The policy's share: one sample per seed, issued together so a backend evaluates the prompt once.
-        n_policy = 0 if self.propose == "admissible" else \
-            math.ceil(self.k / 2) if self.propose == "mixed" and admissible else self.k
+        # 1. The policy's share (its samples, made by _proposals).
+        n_policy = self._policy_share(admissible)
         if n_policy:
             seeds = [derive_seed(self.seed, record_id, j) for j in range(n_policy)]
-            replies = self.policy.sample(self.serializer.policy_messages(state), admissible=admissible, seeds=seeds,
-                                         temperature=self.temperature,
-                                         context={"env": env, "task": task, "step": step})
             for seed, reply in zip(seeds, replies):
                 if reply.thought_cut:  # --act think: the thought never reached `Action:` (--stats)
                     self.count("thoughts_cut", 1)

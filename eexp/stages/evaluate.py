@@ -7,10 +7,11 @@ done or `max_steps` is reached. An unparseable action counts as invalid and is s
 own error observation the policy then sees; an exception inside the environment ends that episode with
 stop_reason "error" and the run goes on.
 
-Episodes run in this process, in worker processes (`jobs > 1`: one environment and one model per worker), or in
-threads sharing one policy for an HTTP endpoint (the requests run concurrently; the environments are per thread).
-Results come back in task order whatever the parallelism, and every random choice is seeded from
-(base seed, episode id, step), so `-j 2` writes the same episodes as `-j 1`.
+Episodes run in this process, one at a time or `concurrency` at once (threads sharing the one policy, for a server
+that batches its requests; an environment per thread), or in worker processes (`jobs > 1`: one environment and one
+model per worker). Results come back in task order whatever the parallelism, and every random choice is seeded
+from (base seed, episode id, step), so `-j 2` and `--concurrency 8` write the episodes `-j 1` writes (against a
+deterministic policy: a batching server's own floating-point results can depend on what it batched together).
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ import os
 import signal
 import threading
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
 from eexp.envs.base import Env, EnvError, make_env
-from eexp.errors import EexpError
+from eexp.errors import EexpError, UsageProblem
+from eexp.inflight import InOrder
 from eexp.io import InputError, Reader, Stage, StageIO, in_shard, read_records, write_atomic
 from eexp.policies import policy_kind
-from eexp.policies.base import Policy, derive_seed
+from eexp.policies.base import Policy, PolicyError, derive_seed, failure_problem, resolve_concurrency
 from eexp.prompts import Serializer, clip
 from eexp.records import expect, make_meta, short_hash, utc_now
 from eexp.stages.settings import setting, shared
@@ -135,6 +136,8 @@ class Evaluator:
             score = float(env.score())
             if success:
                 stop_reason = "success"
+        except PolicyError:   # the policy cannot go on (its server is gone): the run stops, not this episode
+            raise
         except Exception as e:  # noqa: BLE001 - an environment failure ends this episode, never the run
             stop_reason, success, score = "error", False, 0.0
             error = f"{type(e).__name__}: {e}"
@@ -233,22 +236,28 @@ def _worker_run(item: tuple[dict, str]) -> tuple[dict, dict | None]:
 
 
 class Runner:
-    """Runs episodes here (jobs=1), in threads around one endpoint policy, or in `jobs` spawned processes.
+    """Runs episodes here: one at a time, or up to `concurrency` at once in threads around the one policy (which must
+    serve overlapping calls: a server); or in `jobs` spawned worker processes, each with its own environment and
+    model.
 
     Spawned, not forked: a forked copy of a process that holds llama.cpp or torch threads can deadlock. The
     processes are a multiprocessing.Pool, whose terminate() stops them at once on Ctrl-C (a ProcessPoolExecutor
     would let each worker finish the episodes already queued to it).
     """
 
-    def __init__(self, settings: EvalSettings, jobs: int = 1, *, env: Env | None = None,
-                 policy: Policy | None = None):
+    def __init__(self, settings: EvalSettings, jobs: int = 1, concurrency: int | None = None, *,
+                 env: Env | None = None, policy: Policy | None = None):
+        if jobs > 1 and concurrency is not None and concurrency > 1:
+            raise UsageProblem(f"-j {jobs} runs worker processes and --concurrency {concurrency} keeps requests in "
+                               f"flight in one process: give one of them (--concurrency for a server)")
         self.settings, self.jobs = settings, jobs
         self.processes = None
-        self.threads: ThreadPoolExecutor | None = None
+        self.calls: InOrder | None = None     # episodes in this process (threads when concurrency > 1)
         self.local: Evaluator | None = None
         self.thread_envs: list[Env] = []
-        self.pending: collections.deque = collections.deque()  # AsyncResult (processes) or Future, in task order
-        if jobs > 1 and policy is None and policy_kind(settings.policy_spec) != "endpoint":
+        self._envs_lock = threading.Lock()
+        self.pending: collections.deque = collections.deque()  # AsyncResult of the processes, in task order
+        if jobs > 1 and policy is None:
             self.processes = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker,
                                                                         initargs=(settings,))
             try:
@@ -256,37 +265,45 @@ class Runner:
             except BaseException:
                 self.close(abort=True)
                 raise
+            self.concurrency = 1
         else:
             self.local = Evaluator(settings, env=env, policy=policy)
             self.description = self.local.describe()
-            if jobs > 1:
-                # HTTP policies are thread-safe: one policy, concurrent requests, an environment per thread.
-                self.threads = ThreadPoolExecutor(jobs)
+            try:
+                self.concurrency = resolve_concurrency(self.local.policy, concurrency)
+            except BaseException:
+                self.close(abort=True)
+                raise
+            self.calls = InOrder(self.concurrency, name="eexp-episode")
 
-    def _thread_run(self, item: tuple[dict, str]) -> tuple[dict, dict | None]:
+    def _run_here(self, item: tuple[dict, str]) -> tuple[dict, dict | None]:
+        """One episode in this process: with threads, each thread keeps an evaluator (an environment) of its own
+        around the shared policy."""
+        if self.concurrency == 1:
+            return self.local.run(*item)
         evaluator = getattr(_local, "evaluator", None)
-        if evaluator is None:
+        if evaluator is None or evaluator.policy is not self.local.policy:
             evaluator = _local.evaluator = Evaluator(self.settings, policy=self.local.policy)
-            self.thread_envs.append(evaluator.env)
+            with self._envs_lock:
+                self.thread_envs.append(evaluator.env)
         return evaluator.run(*item)
 
     def submit(self, item: tuple[dict, str]) -> None:
-        """Start an episode (here: run it now)."""
+        """Start an episode (with one at a time: run it now)."""
         if self.processes is not None:
             self.pending.append(self.processes.apply_async(_worker_run, (item,)))
-        elif self.threads is not None:
-            self.pending.append(self.threads.submit(self._thread_run, item))
         else:
-            done: Future = Future()
-            done.set_result(self.local.run(*item))
-            self.pending.append(done)
+            self.calls.submit(lambda: self._run_here(item))
 
     def ready(self, block: bool = False) -> Iterator[tuple[dict, dict | None]]:
         """The results of the episodes submitted, in the order submitted: those done, and (waiting for them) the
         oldest ones while `block` or while 2 x jobs are in flight, so memory stays bounded."""
-        while self.pending and (block or len(self.pending) >= 2 * self.jobs or _is_done(self.pending[0])):
-            handle = self.pending.popleft()
-            yield handle.get() if isinstance(handle, multiprocessing.pool.AsyncResult) else handle.result()
+        if self.calls is not None:
+            for _, result in self.calls.ready(block):
+                yield result
+            return
+        while self.pending and (block or len(self.pending) >= 2 * self.jobs or self.pending[0].ready()):
+            yield self.pending.popleft().get()
 
     def map(self, items: Iterable[tuple[dict, str]]) -> Iterator[tuple[dict, dict | None]]:
         """Results in the order of `items`, each as soon as it and all before it are done."""
@@ -305,24 +322,23 @@ class Runner:
                 self.processes.close()
             self.processes.join()
             self.processes = None
-        if self.threads is not None:
-            self.threads.shutdown(wait=True, cancel_futures=True)
-            self.threads = None
-            for env in self.thread_envs:
+        if self.calls is not None:
+            self.calls.close()
+            self.calls = None
+            with self._envs_lock:
+                envs, self.thread_envs = self.thread_envs, []
+            for env in envs:
                 env.close()
         if self.local is not None:
             self.local.policy.close()
             self.local.env.close()
+            self.local = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
         self.close(abort=exc_type is not None)
-
-
-def _is_done(handle) -> bool:
-    return handle.ready() if isinstance(handle, multiprocessing.pool.AsyncResult) else handle.done()
 
 
 # --- tasks -----------------------------------------------------------------------------------------------------
@@ -359,6 +375,7 @@ def summarize(episodes: list[dict], *, env: str, policy: str, split: str | None 
                "mean_steps": steps / n if n else 0.0,
                "invalid_rate": sum(e["invalid_actions"] for e in episodes) / steps if steps else 0.0,
                "stop_reasons": dict(Counter(e["stop_reason"] for e in episodes))}
+    summary["failed_requests"] = sum(failed_requests(e) for e in episodes)
     if any("thoughts_cut" in (e.get("meta") or {}) for e in episodes):  # --act think
         summary["thoughts_cut"] = sum((e.get("meta") or {}).get("thoughts_cut", 0) for e in episodes)
     groups: dict[str, list[dict]] = {}
@@ -374,6 +391,13 @@ def summarize(episodes: list[dict], *, env: str, policy: str, split: str | None 
     return summary
 
 
+def failed_requests(episode: dict) -> int:
+    """Steps whose policy call failed for good (a server that did not answer, after the retries): the reply is
+    recorded as unparsed, with finish_reason "error: ..."."""
+    return sum(1 for u in (episode.get("meta") or {}).get("unparsed", ())
+               if str(u.get("finish_reason", "")).startswith("error"))
+
+
 def pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
@@ -386,6 +410,8 @@ def format_summary(summary: dict) -> str:
              f"  score     {summary['mean_score']:.3f} mean",
              f"  steps     {summary['mean_steps']:.1f} mean",
              f"  invalid   {pct(summary['invalid_rate'])} of actions",
+             *([f"  failed    {summary['failed_requests']} policy requests (no answer after the retries; their "
+                f"steps count as invalid)"] if summary.get("failed_requests") else []),
              "  ended     " + ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))]
     if "thoughts_cut" in summary:
         lines.append(f"  thoughts  {summary['thoughts_cut']} of {round(summary['mean_steps'] * summary['n'])} "
@@ -526,18 +552,22 @@ class Evaluation(Stage):
             self.episodes[episode["id"]] = episode
             self.count("env_steps", episode["steps"])
             self.count("invalid_actions", episode["invalid_actions"])
+            self.count("failed_requests", failed_requests(episode))
             if episode["stop_reason"] == "error":
                 self.count("errors")
                 self.warn(f"task {episode['task']['id']}: environment error: {episode['meta'].get('error')}")
             yield episode
 
 
-def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: int = 1, env: Env | None = None,
-             trajectories_path: str | None = None, warn: Callable[[str], None] = lambda message: None) -> dict:
+def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: int = 1,
+             concurrency: int | None = None, env: Env | None = None, trajectories_path: str | None = None,
+             warn: Callable[[str], None] = lambda message: None) -> dict:
     """Run one episode per task (those of this --shard), write them to io's output (resuming it with --resume) and
-    return the summary of every episode of the run, with the run's settings as its episodes record them."""
+    return the summary of every episode of the run, with the run's settings as its episodes record them.
+    `concurrency`: episodes at once in this process (None: the policy's default)."""
     tasks = [t for t in tasks if in_shard(t["id"], io.shard)]
-    with Runner(settings, jobs, env=env) as runner:
+    io.count("failed_requests", 0)
+    with Runner(settings, jobs, concurrency, env=env) as runner:
         description = runner.description
         ids = [episode_id(settings, t, description) for t in tasks]
         previous = resume_episodes(io, ids, trajectories_path)
@@ -554,6 +584,14 @@ def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: in
     per_episode = ("seeds", "unparsed", "error", "thoughts_cut")
     summary["meta"] = {**{k: v for k, v in first_meta.items() if k not in per_episode}, "created_utc": utc_now()}
     return summary
+
+
+def check_failed_requests(summary: dict, policy: str) -> None:
+    """Exit 1 (after everything is written) when more than MAX_FAILED_SHARE of the run's policy calls failed."""
+    steps = round(summary["mean_steps"] * summary["n"])
+    problem = failure_problem(summary.get("failed_requests", 0), steps, policy)
+    if problem:
+        raise PolicyError(problem)
 
 
 def write_summary(path: str | None, summary: dict) -> None:

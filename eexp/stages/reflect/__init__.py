@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from eexp.inflight import InOrder
+from eexp.io import Stage
 from eexp.prompts import Serializer, format_action
 from eexp.records import example_meta
 from eexp.stages.reflect.filters import COUNTS, FILTERS, Verdict, fresh_words, judge, topic_words, trim_repeat
@@ -30,7 +32,7 @@ from eexp.stages.reflect.grounded import grounded_reflection
 from eexp.stages.reflect.template import BUILTIN_TEMPLATES, Template, reflection_prompt, shown_alternatives
 from eexp.stages.settings import setting, shared
 
-__all__ = ["BUILTIN_TEMPLATES", "COUNTS", "FILTERS", "Reflector", "Settings", "Template", "Verdict",
+__all__ = ["BUILTIN_TEMPLATES", "COUNTS", "FILTERS", "Reflect", "Reflector", "Settings", "Template", "Verdict",
            "grounded_reflection", "judge", "policy_writer", "reflect_examples", "reflection_prompt",
            "shown_alternatives", "topic_words", "trim_repeat"]
 
@@ -155,3 +157,49 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
             {"role": "assistant", "content": format_action(expert["action"], text)}],
         "meta": meta(kind, **more),
     }
+
+
+class Reflect(Stage):
+    """The stage: outcome records in, SR examples out, with up to `concurrency` reflections written at once.
+
+    Each outcome's work (the reflection prompt, the model's reply, the filters) runs as one call, in a thread when
+    concurrency > 1; its counts and rejected reflections are kept with its result and passed on, with its
+    examples, in input order: the output, the --rejected file and --stats are those of a serial run."""
+
+    def __init__(self, *, reflector: Reflector, template: Template, serializer: Serializer, settings: Settings,
+                 count: Callable[..., None], reject: Callable[[dict], None] | None = None,
+                 fallback: str | None = None, skip: set[str] = frozenset(), concurrency: int = 1):
+        self.reflector, self.template, self.serializer, self.settings = reflector, template, serializer, settings
+        self.count, self.reject, self.fallback, self.skip = count, reject, fallback, skip
+        self.calls = InOrder(concurrency, name="eexp-reflect")
+
+    def _one(self, outcome: dict) -> tuple[list[dict], list[tuple[str, int]], list[dict]]:
+        counts: list[tuple[str, int]] = []
+        rejected: list[dict] = []
+        examples = list(reflect_examples(outcome, reflector=self.reflector, template=self.template,
+                                         serializer=self.serializer, settings=self.settings,
+                                         count=lambda name, n=1: counts.append((name, n)),
+                                         reject=rejected.append, fallback=self.fallback))
+        return examples, counts, rejected
+
+    def __call__(self, outcome: dict) -> Iterator[dict]:
+        if outcome["id"] in self.skip:    # rejected in an earlier run (--resume): its seed gives the same reply
+            self.count("resumed")
+        else:
+            self.calls.submit(lambda: self._one(outcome))
+        return self._collect()
+
+    def finish(self) -> Iterator[dict]:
+        return self._collect(block=True)
+
+    def _collect(self, block: bool = False) -> Iterator[dict]:
+        for _, (examples, counts, rejected) in self.calls.ready(block):
+            for name, n in counts:
+                self.count(name, n)
+            if self.reject is not None:
+                for record in rejected:
+                    self.reject(record)
+            yield from examples
+
+    def close(self) -> None:
+        self.calls.close()
