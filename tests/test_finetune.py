@@ -464,25 +464,4 @@ def test_out_must_be_new_unless_resuming(tiny_checkpoint, data, tmp_path, runner
     assert result.exit_code == 1 and "already exists and is not empty" in result.output
 
 
-@pytest.mark.slow
-def test_two_processes_give_the_losses_of_gradient_accumulation(tiny_checkpoint, data, tmp_path):
-    """The multi-process path (accelerate's Accelerator, DDP over gloo on CPU, launched by torchrun): 2 processes with
-    batch 1 make the same updates as 1 process with batch 1 and --grad-accum 2. (Real multi-GPU runs, FSDP and
-    DeepSpeed are not tested here: no GPU.)"""
-    import os
-    import subprocess
-    import sys
-    common = [str(data["il"]), "--model", str(tiny_checkpoint), "--max-steps", "3", "--batch-size", "1",
-              "--val-fraction", "0.34", "--save-every", "2", "-q"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    subprocess.run(torchrun + ["-m", "eexp", "finetune", *common, "-o", str(tmp_path / "ddp")], env=env,
-                   check=True, capture_output=True)
-    finetune(cfg(tiny_checkpoint, data, tmp_path / "one", max_steps=3, batch_size=1, grad_accum=2,
-                 val_fraction=0.34))
-    a, b = losses(tmp_path / "ddp"), losses(tmp_path / "one")
-    assert [r[:2] for r in a] == [r[:2] for r in b]
-    assert [r[2] for r in a] == pytest.approx([r[2] for r in b], rel=1e-5)
-    val = lambda out: [r["val_loss"] for r in metrics(out) if "val_loss" in r]  # noqa: E731
-    assert val(tmp_path / "ddp") == pytest.approx(val(tmp_path / "one"), rel=1e-5)
-    assert (tmp_path / "ddp" / "model.safetensors").exists()
+# Several processes (DDP and FSDP under accelerate launch, grad-accum, uneven shards): tests/test_multiprocess.py

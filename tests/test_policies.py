@@ -220,7 +220,7 @@ def test_context_overflow_drops_oldest_history(tiny_checkpoint, capsys):
     assert scored.act(messages, admissible=ADMISSIBLE, seed=1).action in ADMISSIBLE
 
 
-def test_peft_adapter_directory(tiny_checkpoint, tmp_path, hf_policy):
+def test_peft_adapter_directory(tiny_checkpoint, tmp_path, hf_policy, monkeypatch):
     """An adapter directory loads on the base named in its adapter_config.json and changes the model."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -237,8 +237,16 @@ def test_peft_adapter_directory(tiny_checkpoint, tmp_path, hf_policy):
     assert policy.adapter and policy.base == str(tiny_checkpoint)
     assert dict(policy.rank(MESSAGES, ADMISSIBLE)) != pytest.approx(dict(hf_policy.rank(MESSAGES, ADMISSIBLE)))
     assert policy.sha256 != hf_policy.sha256
-    # a base that is not on disk: a clear error, nothing downloaded
+    # a base that is not on disk, a Hub id not in the Hugging Face cache, offline: a clear error, nothing downloaded
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     adapter_cfg["base_model_name_or_path"] = "someone/some-model"
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_cfg))
+    with pytest.raises(PolicyError, match="the adapter's base: someone/some-model: no such local path, and not in "
+                                          "the Hugging Face cache"):
+        load_policy(str(tmp_path / "adapter"))
+    adapter_cfg["base_model_name_or_path"] = str(tmp_path / "gone")  # a folder that is not there
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_cfg))
     with pytest.raises(PolicyError, match="not a local directory"):
         load_policy(str(tmp_path / "adapter"))

@@ -19,9 +19,11 @@ import orjson
 
 from eexp import __version__
 from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, ZERO_START_ADVICE, RLConfig
-from eexp.rl.loss import batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, same_inputs, unit_count
+from eexp.rl.loss import (batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, packable, same_inputs,
+                          unit_count)
 from eexp.rl.rollouts import episode_reward, group_advantages, live_policy_class, step_tasks
 from eexp.training import Finetune, FinetuneConfig, TrainingError, UsageProblem, from_scratch
+from eexp.training.model import enable_tf32
 
 class RL(Finetune):
     """setup() -> train() -> finish(), with Finetune's checkpoints, resume, metrics and final save."""
@@ -47,7 +49,8 @@ class RL(Finetune):
                               max_steps=rl.max_steps, lr=None, lr_scheduler=rl.lr_scheduler,
                               weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm, seed=rl.seed,
                               save_every=rl.save_every, keep_checkpoints=rl.keep_checkpoints,
-                              precision=rl.precision, trust_remote_code=rl.trust_remote_code,
+                              precision=rl.precision, gradient_checkpointing=rl.gradient_checkpointing,
+                              attn_implementation=rl.attn_implementation, trust_remote_code=rl.trust_remote_code,
                               export_gguf=rl.export_gguf, quant=rl.quant, resume=rl.resume, quiet=rl.quiet)
 
     # -- setup --
@@ -58,10 +61,11 @@ class RL(Finetune):
         from eexp.stages.evaluate import EvalSettings, Evaluator, split_tasks
         rl, cfg = self.rl, self.cfg
         self._check_rl_options()
-        self.acc, self.world, self.rank, self.main, self.sharded = None, 1, 0, True, False
+        self.acc, self.world, self.rank, self.main, self.sharded, self.fsdp2 = None, 1, 0, True, False, False
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
                                                 and torch.cuda.is_bf16_supported())
+        enable_tf32(self.device)
         self.model_cfg = self._import_base()
         from eexp.training import check_model_dir, load_model, load_tokenizer
         check_model_dir(self.model_cfg.model)
@@ -76,6 +80,10 @@ class RL(Finetune):
         torch.manual_seed(rl.seed)
         random.seed(rl.seed)
         self.model = load_model(self.model_cfg, self.device, self.bf16).eval()
+        if self.model_cfg.gradient_checkpointing:
+            # transformers recomputes activations only in train mode; the update switches to it for its packed
+            # passes, so dropout is turned off for good here (old and new log-probabilities stay one function).
+            without_dropout(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.cfg = replace(cfg, lr=rl.default_lr(from_scratch(self.model_cfg.model), cfg.method))
         self.reference = None
@@ -107,6 +115,8 @@ class RL(Finetune):
 
     def _check_rl_options(self) -> None:
         rl = self.rl
+        if not 0 < rl.clip <= 1:
+            raise UsageProblem("--clip must be in (0, 1]")
         if rl.act is not None and rl.act not in RL_ACT_MODES:
             raise UsageProblem(f"--act {rl.act}: eexp rl acts with {' or '.join(RL_ACT_MODES)} (constrained "
                                "sampling's probabilities are not computed; use score for a closed action space)")
@@ -129,16 +139,24 @@ class RL(Finetune):
         finally:
             bar.close()
 
+    def autocast(self):
+        """bf16 autocast on a GPU (--precision auto or bf16): the rollouts and the update's passes; else nothing."""
+        import contextlib
+
+        import torch
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
     def rollouts(self, step: int) -> list[tuple[dict, list[dict]]]:
         """The episodes of one RL step, grouped by task: [(episode record, its trace of policy calls)]."""
         from eexp.records import short_hash
         out = []
-        for t, task in enumerate(step_tasks(self.tasks, self.rl.seed, step, self.rl.tasks_per_step)):
-            for k in range(self.rl.group_size):
-                self.policy.trace = []
-                episode_id = short_hash("rl", self.rl.seed, step, t, task.get("split", ""), task["id"], k)
-                episode, _ = self.evaluator.run(task, episode_id)
-                out.append((episode, self.policy.trace))
+        with self.autocast():
+            for t, task in enumerate(step_tasks(self.tasks, self.rl.seed, step, self.rl.tasks_per_step)):
+                for k in range(self.rl.group_size):
+                    self.policy.trace = []
+                    episode_id = short_hash("rl", self.rl.seed, step, t, task.get("split", ""), task["id"], k)
+                    episode, _ = self.evaluator.run(task, episode_id)
+                    out.append((episode, self.policy.trace))
         self.policy.trace = []
         return out
 
@@ -190,7 +208,20 @@ class RL(Finetune):
             self.save_checkpoint()
 
     def _logprobs(self, model, samples: list[dict]) -> list[list[tuple]]:
-        return batch_logprobs(model, samples, self.device, self.pad_id, self.rl.temperature)
+        """The samples' log-probabilities under bf16 autocast on a GPU. With gradient checkpointing, a pass that
+        computes gradients runs in train mode (where transformers recomputes activations; dropout is off) when it is
+        packed; the one-part-at-a-time path shares the prompt's KV cache, which checkpointing would switch off."""
+        import torch
+        checkpoint = (self.model_cfg.gradient_checkpointing and torch.is_grad_enabled() and model is self.model
+                      and packable(model))
+        if checkpoint:
+            model.train()
+        try:
+            with self.autocast():
+                return batch_logprobs(model, samples, self.device, self.pad_id, self.rl.temperature)
+        finally:
+            if checkpoint:
+                model.eval()
 
     def _reference_logprobs(self, samples: list[dict]) -> list[list[tuple]]:
         if self.reference is not None:
@@ -283,9 +314,10 @@ class RL(Finetune):
         rl = asdict(self.rl)
         for key in ("resume", "quiet"):
             rl.pop(key)
+        start = self.base_hub.id if self.base_hub else os.path.abspath(self.rl.model)
         return {**rl, "act": self.act, "lr": self.cfg.lr, "method": self.cfg.method, "serializer": self.serializer,
-                "command": "rl", "start": os.path.abspath(self.rl.model),
-                "base_model": self.base_gguf or os.path.abspath(self.cfg.model),
+                "command": "rl", "start": start, "gradient_checkpointing": self.model_cfg.gradient_checkpointing,
+                "base_model": self.base_gguf or (start if self.base_hub else os.path.abspath(self.cfg.model)),
                 "from_scratch": from_scratch(self.model_cfg.model), "eexp_version": __version__,
                 "precision": "bf16" if self.bf16 else "fp32", "probe": self.state.get("probe"),
                 "steps": self.state["global_step"], "episodes": self.state["episodes"],
@@ -294,6 +326,17 @@ class RL(Finetune):
     def finish(self) -> None:
         super().finish()
         self.env.close()
+
+
+def without_dropout(model) -> None:
+    """Every dropout of the model at 0 (its modules and the attention's own rate), so train mode computes what eval
+    mode does."""
+    import torch
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def run_rl(rl: RLConfig, echo: Callable[[str], None] | None = None) -> RL:

@@ -9,7 +9,8 @@ from eexp.errors import EexpError
 
 PHASES = ("warmup", "train")
 # Options that may differ between a run and its --resume without changing the loss curve.
-RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "log_every", "keep_checkpoints", "on_error"}
+RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "log_every", "keep_checkpoints", "on_error",
+               "save_dtype", "gradient_checkpointing"}
 
 
 class TrainingError(EexpError):
@@ -39,8 +40,10 @@ class FinetuneConfig:
 
     train_files: list[str] = option(argument=True, metavar="TRAIN.jsonl...")
     model: str = option(None, "Transformers checkpoint to train (e.g. from `eexp init-model`, or a downloaded model "
-                        "directory), or a GGUF file (quantized or not), imported once into $EEXP_CACHE as a float32 "
-                        "checkpoint (see `eexp import-model`).", required=True, metavar="CKPT")
+                        "directory), a Hugging Face Hub id (ORG/NAME or ORG/NAME@REVISION: safetensors only, through "
+                        "the Hugging Face cache; HF_HUB_OFFLINE=1 uses the cache alone), or a GGUF file (quantized "
+                        "or not), imported once into $EEXP_CACHE as a float32 checkpoint (see `eexp import-model`).",
+                        required=True, metavar="CKPT")
     output: str = option(None, "Directory to write: model or adapter, tokenizer, config.yaml, card.yaml, "
                          "metrics.jsonl (and checkpoints/ while running).", required=True, short="-o", metavar="OUT")
     lora: bool = option(False, "Train a LoRA adapter through PEFT, or every weight (the paper's default).",
@@ -90,7 +93,17 @@ class FinetuneConfig:
     warmup_lr: float | None = option(None, "Learning rate of the warm-up phase (default: --lr).")
     precision: str = option("auto", "auto: bf16 autocast on a GPU that supports it, fp32 on CPU.",
                             choices=["auto", "bf16", "fp32"])
-    gradient_checkpointing: bool = option(False, "Recompute activations: less memory, ~30% slower.")
+    save_dtype: str = option("auto", "Weights of a full fine-tune as saved: auto is the training precision (bf16 "
+                             "when trained in bf16: half the disk of the fp32 master weights), or bf16, fp32.",
+                             choices=["auto", "bf16", "fp32"])
+    gradient_checkpointing: bool | None = option(None, "Recompute activations in the backward pass: a fraction of "
+                                                 "the activation memory, ~30% slower. Default: on with a CUDA GPU, "
+                                                 "off on CPU.",
+                                                 flag="--gradient-checkpointing/--no-gradient-checkpointing")
+    attn_implementation: str | None = option(None, "Attention kernel (transformers' attn_implementation): "
+                                             "flash_attention_2 needs the flash-attn package and a CUDA GPU. Default: "
+                                             "transformers' choice (sdpa where the model supports it).",
+                                             choices=["sdpa", "flash_attention_2", "eager"])
     export_gguf: bool = option(False, "Finally write OUT/model.gguf (as `eexp export`).")
     quant: str = option("q8_0", "GGUF type for --export-gguf.")
     trust_remote_code: bool = option(False, "Allow model code from the checkpoint directory.")
@@ -118,3 +131,32 @@ def from_scratch(model_dir: str) -> bool:
     such a model)."""
     from eexp.card import read_card
     return read_card(model_dir).from_scratch
+
+
+# Full fine-tuning holds fp32 weights (4 bytes a parameter), their gradients (4) and AdamW's two moments (8).
+FULL_BYTES_PER_PARAM = 16
+
+
+def full_finetune_bytes(n_params: int) -> int:
+    """Memory of a full fine-tune's weights, gradients and AdamW state, before activations."""
+    return n_params * FULL_BYTES_PER_PARAM
+
+
+def check_full_fits(model: str, n_params: int, device_bytes: int, processes: int = 1, sharded: bool = False) -> None:
+    """Refuse --full where the weights, gradients and optimizer state alone exceed the GPU's memory (divided over
+    the processes under FSDP, whole on each one otherwise), with the estimate and what to do instead."""
+    need = full_finetune_bytes(n_params) // (processes if sharded else 1)
+    if need <= device_bytes:
+        return
+    where = f"{_size(need)} on each of {processes} GPUs under FSDP" if sharded else _size(need)
+    fsdp = ("more GPUs" if sharded else "several GPUs with FSDP (accelerate launch --config_file "
+            "recipes/accelerate/fsdp.yaml -m eexp finetune ...)")
+    count = f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.1f}M"
+    raise UsageProblem(f"--full on {model} ({count} parameters) needs about {where} for the fp32 weights, "
+                       f"gradients and AdamW state ({FULL_BYTES_PER_PARAM} bytes a parameter, activations not "
+                       f"counted), and the GPU has {_size(device_bytes)}. Train a LoRA adapter (--lora, or --qlora "
+                       f"over a 4-bit base), or shard the full model over {fsdp}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024 ** 3:.0f} GiB" if n >= 1024 ** 3 else f"{n / 1024 ** 2:.1f} MiB"

@@ -58,7 +58,34 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def load_model(cfg: FinetuneConfig, device, bf16: bool):
+def count_parameters(folder: str) -> int:
+    """The parameters of a checkpoint, read from its safetensors headers (no weights are loaded)."""
+    from safetensors import safe_open
+    total = 0
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(folder, name), "pt") as f:
+                for key in f.keys():
+                    n = 1
+                    for d in f.get_slice(key).get_shape():
+                        n *= d
+                    total += n
+    return total
+
+
+def enable_tf32(device) -> None:
+    """TF32 matrix products on an Ampere or newer GPU (fp32 math on tensor cores: ~8x faster, 10-bit mantissa),
+    for what autocast leaves in fp32."""
+    import torch
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def load_model(cfg: FinetuneConfig, device, bf16: bool, sharded: bool = False):
+    """The model to train, on `device`; under FSDP (`sharded`) it stays where transformers loaded it (the first
+    process's CPU memory, the others' meta device with accelerate's CPU-efficient loading) until accelerate shards
+    it, so no GPU ever holds the whole model."""
     import torch
     from transformers import AutoModelForCausalLM
     check_model_dir(cfg.model)
@@ -66,6 +93,8 @@ def load_model(cfg: FinetuneConfig, device, bf16: bool):
         raise UsageProblem(f"{cfg.model} is a LoRA adapter: pass its base model as --model and the adapter as "
                            "--adapter DIR to continue training it")
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}  # never a pickle
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
     # Full fine-tuning keeps fp32 master weights (bf16 only inside autocast); LoRA may hold the frozen base in bf16.
     kwargs["dtype"] = torch.bfloat16 if (bf16 and cfg.method != "full") else torch.float32
     if cfg.qlora:
@@ -83,9 +112,13 @@ def load_model(cfg: FinetuneConfig, device, bf16: bool):
     from safetensors import SafetensorError
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
+    except ImportError as e:  # flash_attention_2 without flash-attn
+        raise UsageProblem(f"--attn-implementation {cfg.attn_implementation}: {_first_line(e)}") from None
     except (OSError, ValueError, SafetensorError) as e:
+        if cfg.attn_implementation and "attn" in str(e).lower():
+            raise UsageProblem(f"--attn-implementation {cfg.attn_implementation}: {_first_line(e)}") from None
         raise TrainingError(f"{cfg.model}: cannot load the model: {_first_line(e)}") from None
-    if not cfg.qlora:
+    if not cfg.qlora and not sharded:
         model.to(device)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:

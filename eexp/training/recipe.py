@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import random
 import shutil
@@ -43,7 +44,9 @@ from eexp.training import checkpoint
 from eexp.training.batches import collate, phase_updates, updates_per_epoch, weighted_nll
 from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem, from_scratch
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
-from eexp.training.model import OOM_ADVICE, _accelerator, _is_oom, check_model_dir, load_model, load_tokenizer
+from eexp.training.config import check_full_fits
+from eexp.training.model import (OOM_ADVICE, _accelerator, _is_oom, check_model_dir, count_parameters, enable_tf32,
+                                 load_model, load_tokenizer)
 
 
 class Finetune:
@@ -75,8 +78,16 @@ class Finetune:
             raise UsageProblem("--precision bf16: this GPU does not support bfloat16")
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
                                                 and torch.cuda.is_bf16_supported())
-        self.model_cfg = self._import_base()  # --model X.gguf: its import, a checkpoint folder
+        enable_tf32(self.device)
+        # Under FSDP each process holds a shard of the model and of the optimizer state; eexp's checkpoints hold one
+        # full copy, so they (and --resume) are for one process or plain data parallelism.
+        self.sharded = bool(self.acc) and "FSDP" in str(self.acc.distributed_type)
+        self.fsdp2 = self.sharded and bool(getattr(self.acc, "is_fsdp2", False))
+        if self.sharded and cfg.resume:
+            raise UsageProblem("--resume is not supported under FSDP (sharded optimizer state)")
+        self.model_cfg = self._import_base()  # --model X.gguf: its import; a Hub id: its snapshot in the HF cache
         check_model_dir(self.model_cfg.model)  # before OUT is made: a wrong --model leaves nothing behind
+        self._check_memory()
         self._prepare_output()
         if self.acc:  # every process checks OUT before the first one writes into it
             self.acc.wait_for_everyone()
@@ -87,29 +98,42 @@ class Finetune:
         self._plan()
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.model = load_model(self.model_cfg, self.device, self.bf16)
-        if self.acc:
+        self.model = load_model(self.model_cfg, self.device, self.bf16, sharded=self.sharded)
+        if self.fsdp2:
+            # FSDP2 swaps the parameters for sharded ones, so accelerate prepares the model only together with an
+            # optimizer; each phase's own optimizer is then made over the sharded parameters (_new_optimizer).
+            import torch
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.model, _ = self.acc.prepare(self.model, torch.optim.AdamW(trainable, lr=0.0))
+        elif self.acc:
             self.model = self.acc.prepare(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
                       "best_step": None, "fingerprint": self.fingerprint}
         self.optimizer = self.scheduler = None
-        # Under FSDP each process holds a shard of the optimizer state; eexp's checkpoints hold one full copy, so
-        # they (and --resume) are for one process or plain data parallelism.
-        self.sharded = bool(self.acc) and "FSDP" in str(self.acc.distributed_type)
-        if self.sharded and cfg.resume:
-            raise UsageProblem("--resume is not supported under FSDP (sharded optimizer state)")
         if cfg.resume:
             self.load_checkpoint()
 
     def _import_base(self) -> FinetuneConfig:
-        """The config that names the checkpoint folder to load: cfg itself, or, when --model is a GGUF file, a copy
-        naming its import (made once into the cache by eexp.models.import_gguf; the main process imports, the others
-        find it there). The card still records the GGUF as the base."""
+        """The config that names the checkpoint folder to load: cfg itself; when --model is a Hub id, a copy naming
+        its snapshot in the Hugging Face cache (the card records the id and the revision); when it is a GGUF file, a
+        copy naming its import (made once into the cache by eexp.models.import_gguf; the main process imports, the
+        others find it there). The card still records the GGUF as the base. Every resolved option (gradient
+        checkpointing: on with CUDA unless turned off) is in the copy."""
         from dataclasses import replace
-        self.base_gguf = None
+
+        from eexp.policies.files import HubError, hub_id, resolve_hub_model
+        self.base_gguf = self.base_hub = None
+        resolved = replace(self.cfg, gradient_checkpointing=self.checkpointing)
+        if hub_id(self.cfg.model):
+            try:
+                self.base_hub = resolve_hub_model(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code)
+            except HubError as e:
+                raise TrainingError(f"--model {e}") from None
+            self.echo(f"base model: {self.base_hub.id} at revision {self.base_hub.revision} ({self.base_hub.path})")
+            return replace(resolved, model=self.base_hub.path)
         if not (self.cfg.model.lower().endswith(".gguf") and os.path.isfile(self.cfg.model)):
-            return self.cfg
+            return resolved
         from eexp.models.import_gguf import import_gguf
         from eexp.models.init import ModelError
         if self.acc and not self.main:
@@ -122,7 +146,23 @@ class Finetune:
             self.acc.wait_for_everyone()
         self.base_gguf = os.path.abspath(self.cfg.model)
         self.echo(f"base model: {self.cfg.model}, imported as {folder}")
-        return replace(self.cfg, model=str(folder))
+        return replace(resolved, model=str(folder))
+
+    @property
+    def checkpointing(self) -> bool:
+        """--gradient-checkpointing as resolved: on with a CUDA GPU unless turned off, off on CPU unless asked."""
+        if self.cfg.gradient_checkpointing is not None:
+            return self.cfg.gradient_checkpointing
+        return self.device.type == "cuda"
+
+    def _check_memory(self) -> None:
+        """On a GPU, refuse a full fine-tune whose weights, gradients and AdamW state cannot fit (eexp.training.config
+        .check_full_fits), before anything is loaded or written."""
+        import torch
+        if self.cfg.method != "full" or self.device.type != "cuda":
+            return
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        check_full_fits(self.cfg.model, count_parameters(self.model_cfg.model), total, self.world, self.sharded)
 
     def _check_options(self) -> None:
         cfg = self.cfg
@@ -238,7 +278,7 @@ class Finetune:
         no_decay = [p for p in self.params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999))
-        if self.acc:
+        if self.acc and not self.fsdp2:  # under FSDP2 a plain optimizer over the sharded parameters (see setup)
             self.optimizer = self.acc.prepare(self.optimizer)
         self.scheduler = get_scheduler(self.cfg.lr_scheduler, self.optimizer,
                                        num_warmup_steps=round(self.cfg.lr_warmup_ratio * steps),
@@ -284,22 +324,27 @@ class Finetune:
             examples = [[data.examples[j] for j in batch] for batch in micro]
             n_targets = sum(e.n_targets for batch in examples for e in batch)
             mine = examples[self.rank::self.world]
+            # Every process runs as many forward and backward passes as the busiest one: DDP syncs gradients at each
+            # backward and FSDP gathers weights at each forward, so a process short of micro-batches in the last
+            # update of an epoch (3 micro-batches for 2 processes x --grad-accum 2) repeats one with zero weight.
+            rounds = math.ceil(len(examples) / self.world)
             try:
                 loss_sum = 0.0
-                for batch in mine or examples[:1]:
+                for k in range(rounds):
+                    real = k < len(mine)
+                    batch = mine[k] if real else examples[0]
                     ids, mask, weights = collate(batch, self.pad_id, self.device)
                     with autocast:
                         nll = weighted_nll(self.model, ids, mask, weights)
                     # Normalized by the update's target tokens (over every micro-batch and process), so grad-accum
-                    # and several GPUs give the same gradient as one big batch. A process with no micro-batch in the
-                    # last update of an epoch still joins the gradient sync, with zero weight.
-                    loss = nll / max(n_targets, 1) * self.world * (1 if mine else 0)
+                    # and several GPUs give the same gradient as one big batch.
+                    loss = nll / max(n_targets, 1) * self.world * (1 if real else 0)
                     if self.acc:
                         self.acc.backward(loss)
                     else:
                         loss.backward()
-                    loss_sum += float(nll.detach()) if mine else 0.0
-                    window_tokens += int(mask.sum()) if mine else 0
+                    loss_sum += float(nll.detach()) if real else 0.0
+                    window_tokens += int(mask.sum()) if real else 0
                 if self.acc:
                     self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     loss_sum = float(self.acc.reduce(torch.tensor(loss_sum, device=self.device), "sum"))
@@ -350,12 +395,19 @@ class Finetune:
         lengths = [len(e.ids) for e in self.val.examples]
         order = sorted(range(len(lengths)), key=lambda j: lengths[j])
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        size = self.cfg.batch_size
+        batches = [order[k:k + size] for k in range(0, len(order), size)]
+        rounds = math.ceil(len(batches) / self.world)  # as many forward passes on every process (FSDP gathers)
         with torch.no_grad(), autocast:
-            for k in range(self.rank * self.cfg.batch_size, len(order), self.cfg.batch_size * self.world):
-                batch = [self.val.examples[j] for j in order[k:k + self.cfg.batch_size]]
+            for r in range(rounds):
+                k = r * self.world + self.rank
+                real = k < len(batches)
+                batch = [self.val.examples[j] for j in (batches[k] if real else batches[0])]
                 ids, mask, weights = collate(batch, self.pad_id, self.device)
-                total += float(weighted_nll(self.model, ids, mask, weights))
-                n += sum(e.n_targets for e in batch)
+                nll = float(weighted_nll(self.model, ids, mask, weights))
+                if real:
+                    total += nll
+                    n += sum(e.n_targets for e in batch)
         if self.acc:
             total = float(self.acc.reduce(torch.tensor(total, device=self.device), "sum"))
             n = int(self.acc.reduce(torch.tensor(n, device=self.device), "sum"))
@@ -440,10 +492,17 @@ class Finetune:
             model.load_state_dict(load_file(best, device=str(self.device)), strict=False)
             self.echo(f"keeping the best checkpoint: step {self.state['best_step']} "
                       f"(validation loss {self.state['best_val']:.4f})")
-        state = self.acc.get_state_dict(self.model) if self.acc else None
+        state = without_tied_copies(self.acc.get_state_dict(self.model), model) if self.acc else None
+        dtype = self.saved_dtype()
+        cast = cfg.method == "full" and self.main and dtype is not None
+        if cast:
+            state = cast_state(state if state is not None else model.state_dict(), dtype)
         if self.main:
             try:
                 model.save_pretrained(cfg.output, state_dict=state)
+                if cast:  # config.json says what the file holds (vLLM and transformers load that by default)
+                    model.config.dtype = dtype
+                    model.config.save_pretrained(cfg.output)
                 self.tokenizer.save_pretrained(cfg.output)
                 if cfg.method != "full":  # policies find the base model from the adapter config
                     self._point_adapter_at_base()
@@ -462,11 +521,21 @@ class Finetune:
         if cfg.export_gguf and self.main:
             self._export()
 
+    def saved_dtype(self):
+        """The dtype a full model is saved in (--save-dtype; auto: bf16 when trained in bf16), or None for fp32 (the
+        weights as they are)."""
+        import torch
+        wanted = self.cfg.save_dtype if self.cfg.save_dtype != "auto" else ("bf16" if self.bf16 else "fp32")
+        return torch.bfloat16 if wanted == "bf16" else None
+
     def _point_adapter_at_base(self) -> None:
         path = os.path.join(self.cfg.output, "adapter_config.json")
         with open(path, "rb") as f:
             conf = orjson.loads(f.read())
-        conf["base_model_name_or_path"] = os.path.abspath(self.model_cfg.model)  # a GGUF's import folder
+        if self.base_hub:  # the Hub id and its commit, as PEFT, vLLM and eexp's policies read them
+            conf["base_model_name_or_path"], conf["revision"] = self.base_hub.id, self.base_hub.revision
+        else:
+            conf["base_model_name_or_path"] = os.path.abspath(self.model_cfg.model)  # a GGUF's import folder
         write_atomic(path, orjson.dumps(conf, option=orjson.OPT_INDENT_2) + b"\n")
 
     def resolved_config(self) -> dict:
@@ -474,7 +543,8 @@ class Finetune:
         names of `eexp finetune`, so `eexp finetune --config OUT/config.yaml -o OTHER` runs it again."""
         cfg = asdict(self.cfg)
         cfg.update(lr=self.cfg.resolved_lr(), warmup_lr=self.cfg.warmup_lr or (self.cfg.resolved_lr()
-                   if self.cfg.warmup_data else None), log_every=self.log_every)
+                   if self.cfg.warmup_data else None), log_every=self.log_every,
+                   gradient_checkpointing=self.model_cfg.gradient_checkpointing)
         for key in ("resume", "quiet"):
             cfg.pop(key)
         return cfg
@@ -482,15 +552,16 @@ class Finetune:
     def card(self) -> Card:
         """OUT/card.yaml: what the model is and how it was made (eexp.card)."""
         from eexp.policies.files import content_hash
-        base = self.base_gguf or os.path.abspath(self.cfg.model)
+        base = self.base_gguf or (self.base_hub.id if self.base_hub else os.path.abspath(self.cfg.model))
         data = getattr(self, "data", {})  # RL has phases but no datasets
         phases = [{"name": name, "updates": n, **({"examples": len(data[name].examples), "tokens": data[name].tokens,
                                                     "truncated": data[name].truncated, "skipped": data[name].skipped}
                                                    if name in data else {})} for name, n in self.phases]
         return Card(command=self.resolved_config().get("command", "finetune"),  # RL's config names its command
                     eexp_version=__version__, serializer=self.serializer, base_model=base,
-                    base_sha256=content_hash([base]),
+                    base_sha256=content_hash([self.base_hub.path if self.base_hub else base]),
                     base_import=os.path.abspath(self.model_cfg.model) if self.base_gguf else None,
+                    base_revision=self.base_hub.revision if self.base_hub else None,
                     from_scratch=from_scratch(self.model_cfg.model), method=self.cfg.method,
                     precision="bf16" if self.bf16 else "fp32", phases=phases, updates=self.state["global_step"],
                     best_step=self.state.get("best_step"), best_val_loss=self.state.get("best_val"))
@@ -512,6 +583,31 @@ class Finetune:
             raise TrainingError(f"--export-gguf: {e} (the trained model in {self.cfg.output} is complete; "
                                 "`eexp export` can be run again)") from None
         self.echo(f"wrote {out} ({self.cfg.quant})")
+
+
+def without_tied_copies(state: dict, model) -> dict:
+    """A gathered state dict (FSDP's holds tied weights as separate tensors) without the copies of tied weights
+    (the output layer that is the input embedding), so they are saved once, as transformers saves them."""
+    import torch
+    for target, source in dict(getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if target in state and source in state and torch.equal(state[target], state[source]):
+            del state[target]
+    return state
+
+
+def cast_state(state: dict, dtype) -> dict:
+    """The floating-point tensors of a state dict in `dtype`; tensors that shared storage (tied embeddings) still
+    share it, so they are saved once."""
+    cast, out = {}, {}
+    for name, t in state.items():
+        if not t.is_floating_point():
+            out[name] = t
+            continue
+        key = (t.data_ptr(), t.dtype, tuple(t.shape))
+        if key not in cast:
+            cast[key] = t.detach().to(device="cpu", dtype=dtype)
+        out[name] = cast[key]
+    return out
 
 
 def _progress(disabled: bool, total: int, initial: int):
