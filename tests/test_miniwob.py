@@ -54,7 +54,7 @@ def gone(folder: str, seconds: float = 15.0) -> list[int]:
 @pytest.fixture(scope="module")
 def env():
     from eexp.envs.miniwob_env import MiniWobEnv
-    instance = MiniWobEnv(train_seeds=20, test_seeds=3)
+    instance = MiniWobEnv(train_seeds=2, test_seeds=2)
     folders = []
     try:
         yield instance
@@ -66,7 +66,9 @@ def env():
 
 
 def task_of(env, task_type: str, seed: int = 0, split: str = "train") -> dict:
-    return next(t for t in env.tasks(split) if t["id"] == f"{task_type}-{seed}")
+    """A task as tasks() lists it, for any seed (its goal read from the page, or from the cache)."""
+    task_id = f"{task_type}-{seed}"
+    return {"id": task_id, "split": split, "goal": env._goals([(task_type, seed)])[task_id], "category": task_type}
 
 
 def ref_of(observation: str, needle: str) -> int:
@@ -116,12 +118,11 @@ def test_options_and_splits_are_checked_before_any_browser():
 def test_splits_by_seed_with_held_out_task_types(env):
     from eexp.envs.miniwob_env import OOD_TYPES, TASK_TYPES, TEST_SEED_BASE
     train, test, ood = env.tasks("train"), env.tasks("test"), env.tasks("ood")
-    assert len(train) == 20 * len(TASK_TYPES) and len(test) == 3 * len(TASK_TYPES) and len(ood) == 3 * len(OOD_TYPES)
+    assert len(train) == len(test) == 2 * len(TASK_TYPES) and len(ood) == 2 * len(OOD_TYPES)
     assert {t["category"] for t in train} == {t["category"] for t in test} == set(TASK_TYPES)
     assert {t["category"] for t in ood} == set(OOD_TYPES)
     seeds = lambda tasks: {int(t["id"].rpartition("-")[2]) for t in tasks}
-    assert seeds(train) == set(range(20)) and seeds(test) == seeds(ood) == set(range(TEST_SEED_BASE,
-                                                                                     TEST_SEED_BASE + 3))
+    assert seeds(train) == {0, 1} and seeds(test) == seeds(ood) == {TEST_SEED_BASE, TEST_SEED_BASE + 1}
     assert [t["category"] for t in train[:len(TASK_TYPES)]] == list(TASK_TYPES)   # round-robin over the types
     assert train[0]["goal"].startswith('Click on the "') and all(t["goal"] for t in train + test + ood)
     # the goal is the page's own utterance for that seed (reset checks it)
@@ -225,11 +226,6 @@ def test_the_oracle_solves_20_seeds(env, task_type):
         if seed < 5:   # replay passes every state of the oracle's episode with the DOM digest seen there
             env.replay(task, plan)
             assert env.success()
-    keys = [(task_type, seed) for seed in range(20)]
-    goals = {env._goals(keys)[f"{t}-{s}"] for t, s in keys}
-    one_instruction = ("click-button-sequence", "click-collapsible-nodelay", "click-dialog", "click-test",
-                       "click-test-2", "focus-text", "odd-or-even", "simple-arithmetic", "simple-algebra")
-    assert len(goals) > 1 or task_type in one_instruction
 
 
 @needs_browser
@@ -263,6 +259,12 @@ def test_envs_check_passes(runner):
 
 # --- the browser's life ----------------------------------------------------------------------------------------------
 
+def interruptible() -> None:
+    """In the child before exec: SIGINT as a terminal gives it (a background job, as pytest may be, ignores SIGINT,
+    and Python then never turns it into KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 OWNER = """
 import sys, time
 from eexp.envs.miniwob_env import MiniWobEnv
@@ -279,7 +281,8 @@ time.sleep(600)
 @pytest.mark.parametrize("how", ["kill -9", "ctrl-c", "exit"])
 def test_no_chromium_outlives_its_owner(how, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", OWNER, "exit" if how == "exit" else "wait"],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ})
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ},
+                            preexec_fn=interruptible)
     try:
         folder = proc.stdout.readline().strip()
         assert folder and Path(folder).is_dir(), proc.communicate(timeout=30)
@@ -329,7 +332,8 @@ def test_no_chromium_outlives_eval_with_workers(how):
                              "--env-arg", "task_types=click-test,focus-text", "--env-arg", "ood_types=",
                              "--env-arg", "test_seeds=200", "--split", "test", "-n", "400", "-j", "2", "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-                            env={**os.environ, "TMPDIR": str(tmp)}, start_new_session=True)
+                            env={**os.environ, "TMPDIR": str(tmp)}, start_new_session=True,
+                            preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -404,12 +404,14 @@ class MiniWobEnv(Env):
     # --- episode ------------------------------------------------------------------------------------------------
     def reset(self, task: dict) -> str:
         task_type, seed = self._parse(task)
-        self._task, self._history, self._done, self._raw, self._page = task, [], False, 0.0, None
+        # no episode until this one has started (a failed reset leaves none to put back)
+        self._task, self._history, self._done, self._raw, self._page = None, [], False, 0.0, None
         self._start_episode(task_type, seed, "train")
-        self._page = self._run(OBSERVE_JS)
-        if task.get("goal") is not None and normalize_space(task["goal"]) != self._page.utterance:
-            raise EnvError(f"miniwob: {task['id']}: the page asks {self._page.utterance!r}, not the task's goal "
+        page = self._run(OBSERVE_JS)
+        if task.get("goal") is not None and normalize_space(task["goal"]) != page.utterance:
+            raise EnvError(f"miniwob: {task['id']}: the page asks {page.utterance!r}, not the task's goal "
                            f"{task['goal']!r} (a stale goal cache? remove {self.cache / 'goals.json'})")
+        self._task, self._page = task, page
         self._remember()
         return self._page.render(self.max_obs_chars)
 
