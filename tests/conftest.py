@@ -29,6 +29,8 @@ def _listing(root: Path) -> list[tuple[str, int]]:
 
 def pytest_configure(config):
     import tempfile
+    # a user's default policy would change what the tests of "no --policy given" see
+    os.environ.pop("EEXP_POLICY", None)
     config._eexp_cache = tempfile.mkdtemp(prefix="eexp-test-cache-")
     config._eexp_saved_cache = os.environ.get("EEXP_CACHE")
     config._eexp_home_cache = (HOME_CACHE.exists(), _listing(HOME_CACHE))

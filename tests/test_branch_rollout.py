@@ -416,7 +416,8 @@ def test_branch_is_reproducible_and_seed_matters(runner, tmp_path, expert_files)
 
 def test_branch_usage_errors(runner, expert_files):
     result = runner.invoke(cli, ["branch", str(expert_files["shop"]), "--propose", "policy"])
-    assert result.exit_code == 2 and "needs --policy" in result.output
+    assert result.exit_code == 2 and "--propose policy needs a model to sample alternatives from: give --policy " \
+        "SPEC" in result.output and "EEXP_POLICY is not set" in " ".join(result.output.split())
     result = runner.invoke(cli, ["branch", str(expert_files["shop"]), "--steps", "3-1"])
     assert result.exit_code == 2 and "--steps" in result.output
 

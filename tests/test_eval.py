@@ -361,7 +361,15 @@ def test_cli_bad_input(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["eval", "--policy", "oracle", "--env", "shop", "--split", "nope"])
     assert result.exit_code == 1 and "no split 'nope'" in result.output
     result = CliRunner().invoke(cli, ["eval", "--env", "shop"])
-    assert result.exit_code == 2 and "needs --policy" in result.output
+    assert result.exit_code == 2 and " ".join(result.output.split()).endswith(
+        "Error: eval needs the policy to evaluate (or random, oracle): give --policy SPEC (model.gguf, a checkpoint "
+        "dir, http(s)://HOST/v1, ...), or set a default for every stage with EEXP_POLICY=SPEC (EEXP_POLICY is not "
+        "set)")
+    monkeypatch.setenv("EEXP_POLICY", "oracle")     # the default policy: what eval runs when given none
+    result = CliRunner().invoke(cli, ["eval", "--env", "shop", "-n", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["meta"]["policy_spec"] for line in result.stdout.splitlines()] == ["oracle", "oracle"]
+    monkeypatch.delenv("EEXP_POLICY")
     result = CliRunner().invoke(cli, ["eval", "--policy", "oracle", "--env", "shop", "--plot", "x.png"])
     assert result.exit_code == 2 and "--compare" in result.output
     result = CliRunner().invoke(cli, ["eval", "--policy", "oracle", "--env", "nowhere"])

@@ -5,6 +5,7 @@ out), resume, shards, and a model reflector end to end."""
 from __future__ import annotations
 
 import copy
+import re
 import json
 
 import orjson
@@ -117,14 +118,15 @@ def test_without_policy_or_grounded_the_error_says_which_to_choose(runner):
     assert result.exit_code == 2
     assert NO_REFLECTOR == (
         "reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes its own, "
-        "the paper's setting; add --reflector teacher for a stronger model), or --reflector grounded for a "
-        "deterministic rationale without a model (not the paper's method)")
+        "the paper's setting; add --reflector teacher for a stronger model), set a default model with "
+        "EEXP_POLICY=SPEC (it is not set), or give --reflector grounded for a deterministic rationale without a "
+        "model (not the paper's method)")
     assert "Error: " + NO_REFLECTOR in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("args, message", [
     (["--reflector", "grounded", "--policy", "m.gguf"], "--reflector grounded uses no model"),
-    (["--reflector", "teacher"], "--reflector teacher needs --policy SPEC"),
+    (["--reflector", "teacher"], "--reflector teacher needs the model that writes the reflections: give --policy"),
     (["--policy", "random"], "the random policy writes no text"),
 ])
 def test_reflector_usage_errors(runner, args, message):
@@ -500,3 +502,44 @@ def test_model_reflector_end_to_end(runner, shop_outcomes, backend, request, tmp
     again = runner.invoke(cli, [*args, "--rejected", str(tmp_path / "r2.jsonl")])
     assert again.exit_code == 0
     assert [r["reply"] for r in _lines(tmp_path / "r2.jsonl")] == [r["reply"] for r in rows]
+
+
+# --- the design's own pipeline, with the default policy ---------------------------------------------------------
+
+@pytest.mark.slow   # five eexp processes in a shell pipeline (~15 s)
+def test_the_designs_pipeline_runs_as_written_with_the_default_policy(tmp_path):
+    """DESIGN.md's line, word for word; reflect's model is the one EEXP_POLICY names (here a stub server whose
+    replies reuse words of the situation it is shown)."""
+    import os
+    import subprocess
+    import sys
+
+    from openai_stub import StubServer
+
+    def reply(body):   # a monologue about the situation it is shown, ending on the move it is given
+        prompt = body["messages"][-1]["content"]
+        if "The situation:" not in prompt:    # eexp's first contact with the server
+            return "Hello."
+        situation = prompt.split("The situation:\n", 1)[1].split("\n\nThe move you will make: ", 1)[0]
+        chosen = prompt.split("The move you will make: ", 1)[1].split("\n", 1)[0]
+        return (f"Looking at this, {' '.join(situation.split()[:40])}. Doing {chosen} should get me nearer to "
+                f"the goal here, and the other moves would not.\nAction: {chosen}")
+
+    line = "eexp expert --env shop -n 5 | eexp branch | eexp rollout | eexp reflect > sr.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "EEXP_POLICY"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    unset = subprocess.run(["bash", "-o", "pipefail", "-c", line], cwd=tmp_path, env=env, capture_output=True,
+                           text=True)
+    assert unset.returncode == 2 and "EEXP_POLICY=SPEC (it is not set)" in " ".join(unset.stderr.split())
+    server = StubServer(free_text=reply)
+    try:
+        run = subprocess.run(["bash", "-o", "pipefail", "-c", line], cwd=tmp_path, capture_output=True, text=True,
+                             env={**env, "EEXP_POLICY": server.url})
+    finally:
+        server.close()
+    assert run.returncode == 0, run.stderr
+    examples = [json.loads(x) for x in (tmp_path / "sr.jsonl").read_text().splitlines()]
+    asked = int(re.search(r"reflect: \d+ of (\d+) model reflections kept", run.stderr).group(1))
+    assert asked > 10 and examples    # a reflection asked of the default model for every state with outcomes
+    assert {e["meta"]["model"] for e in examples} == {"stub-model"} and \
+        {e["meta"]["reflector"] for e in examples} == {"self"}

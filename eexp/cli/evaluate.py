@@ -8,7 +8,7 @@ import click
 
 from eexp.cli import cli
 from eexp.cli.options import UserError, concurrency_option, explicit_serializer_settings, field_options, \
-    parse_env_args, policy_options, sampling_options, serializer_options, stage_options
+    parse_env_args, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
 from eexp.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.io import write_atomic
 from eexp.stages.evaluate import EvalSettings, check_failed_requests, evaluate, find_tasks, format_summary, \
@@ -80,9 +80,7 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
         return run_compare(io, seed, summary_path, plot)
     if plot:
         raise click.UsageError("--plot draws a comparison: use it with --compare and episode files")
-    if not policy_spec:
-        raise click.UsageError("eval needs --policy (model.gguf, a checkpoint dir, http(s)://HOST/v1, random or "
-                               "oracle)")
+    policy_spec = policy_or_default(policy_spec, "eval needs the policy to evaluate (or random, oracle)")
     from_files = bool(ctx.params["inputs"])
     if not env_name and not from_files and sys.stdin.isatty():
         raise click.UsageError("give --env NAME, or trajectory files (or stdin) whose tasks to evaluate")

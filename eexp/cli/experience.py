@@ -7,7 +7,7 @@ import click
 
 from eexp.cli import cli
 from eexp.cli.options import check_requests, concurrency_option, count_requests, explicit_serializer_settings, \
-    policy_options, sampling_options, serializer_options, stage_options
+    policy_options, policy_or_default, sampling_options, serializer_options, stage_options
 from eexp.policies.base import resolve_concurrency
 from eexp.prompts import Serializer
 from eexp.records import expect
@@ -56,8 +56,9 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
       eexp branch --policy http://127.0.0.1:8080/v1 --concurrency 16 -k 3 expert.jsonl > branches.jsonl
     """
     propose = propose or ("policy" if policy_spec else "admissible")
-    if propose != "admissible" and not policy_spec:
-        raise click.UsageError(f"--propose {propose} needs --policy (a model to sample alternatives from)")
+    if propose != "admissible":
+        policy_spec = policy_or_default(policy_spec, f"--propose {propose} needs a model to sample alternatives "
+                                                     f"from")
     policy = None
     settings = {}
     if propose == "admissible":

@@ -186,8 +186,9 @@ def policy_options(f: Callable | None = None, *, settings=Generation) -> Callabl
     f = field_options(settings, "act", "max_tokens", "top_p", fallback=Generation)(f)
     for decorator in reversed([
         click.option("--policy", "policy_spec", metavar="SPEC",
-                     help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | random | oracle | KIND:TARGET "
-                     "(a backend an installed plugin registers under the entry points eexp.policies)"),
+                     help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | ORG/NAME (Hub cache) | random "
+                     "| oracle | KIND:TARGET (a backend an installed plugin registers under the entry points "
+                     "eexp.policies). Where a model is needed and none is given: $EEXP_POLICY."),
         click.option("--policy-arg", "policy_args", multiple=True, callback=_parse_policy_args,
                      metavar="KEY=VALUE", help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
                      "api_key_env, ...); repeatable."),
@@ -204,6 +205,18 @@ def concurrency_option(what: str) -> Callable:
         f"llama-server) is fast only when kept busy. The output is the serial run's, in the same order. Default: "
         f"the policy's (16 for an http(s) endpoint, or its --policy-arg concurrency); 1 for a model in this "
         f"process, which takes one call at a time.")
+
+
+def policy_or_default(policy_spec: str | None, what: str) -> str:
+    """--policy, else the configured default ($EEXP_POLICY), else a usage error saying how to give one: `what`
+    says what the stage needs a model for."""
+    from eexp.policies import DEFAULT_POLICY_ENV, default_policy
+    spec = policy_spec or default_policy()
+    if not spec:
+        raise click.UsageError(f"{what}: give --policy SPEC (model.gguf, a checkpoint dir, http(s)://HOST/v1, ...), "
+                               f"or set a default for every stage with {DEFAULT_POLICY_ENV}=SPEC ({DEFAULT_POLICY_ENV} "
+                               f"is not set)")
+    return spec
 
 
 def count_requests(io, policy) -> None:

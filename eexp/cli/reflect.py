@@ -6,16 +6,17 @@ import click
 
 from eexp.cli import cli
 from eexp.cli.options import check_requests, concurrency_option, count_requests, field_options, policy_options, \
-    sampling_options, serializer_options, stage_options
+    policy_or_default, sampling_options, serializer_options, stage_options
 from eexp.io import prepare_resume
-from eexp.policies import policy_kind
+from eexp.policies import default_policy, policy_kind
 from eexp.policies.base import resolve_concurrency
 from eexp.records import expect
 from eexp.stages.reflect import COUNTS, FILTERS, Reflect, Reflector, Settings, Template, policy_writer
 
 NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes "
-                "its own, the paper's setting; add --reflector teacher for a stronger model), or --reflector "
-                "grounded for a deterministic rationale without a model (not the paper's method)")
+                "its own, the paper's setting; add --reflector teacher for a stronger model), set a default model "
+                "with EEXP_POLICY=SPEC (it is not set), or give --reflector grounded for a deterministic rationale "
+                "without a model (not the paper's method)")
 
 
 @cli.command()
@@ -59,16 +60,17 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
       eexp reflect --reflector grounded outcomes.jsonl --stats sr.stats.json > sr.jsonl
       eexp reflect --policy http://127.0.0.1:8080/v1 --concurrency 32 outcomes.jsonl > sr.jsonl
     """
-    if reflector is None:
-        if not policy_spec:
-            raise click.UsageError(NO_REFLECTOR)
-        reflector = "self"
     if reflector == "grounded" and policy_spec:
         raise click.UsageError("--reflector grounded uses no model: leave out --policy")
+    if reflector is None:
+        if not (policy_spec or default_policy()):
+            raise click.UsageError(NO_REFLECTOR)
+        reflector = "self"
     if reflector == "grounded" and fallback != "none":
         raise click.UsageError("--fallback is for model reflectors: --reflector grounded rejects nothing to replace")
-    if reflector != "grounded" and not policy_spec:
-        raise click.UsageError(f"--reflector {reflector} needs --policy SPEC (the model that writes the reflections)")
+    if reflector != "grounded":
+        policy_spec = policy_or_default(policy_spec, f"--reflector {reflector} needs the model that writes the "
+                                                     f"reflections")
     if policy_kind(policy_spec) == "baseline":
         raise click.UsageError(f"the {policy_spec} policy writes no text; give a model with --policy, or use "
                                f"--reflector grounded")

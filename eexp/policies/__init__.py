@@ -24,14 +24,16 @@ from typing import Any, Callable
 from eexp.errors import entry_point_source
 from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply, derive_seed
 
-__all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "load_policy", "policy_kind", "policy_registry",
-           "ACT_MODES"]
+__all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "default_policy", "load_policy", "policy_kind",
+           "policy_registry", "ACT_MODES", "DEFAULT_POLICY_ENV"]
 
 ACT_MODES = ("generate", "constrained", "score", "think")
 
 SPEC_FORMS = ("random, oracle, a .gguf file, a checkpoint or adapter directory, a Hugging Face Hub id "
               "(ORG/NAME[@REVISION]), or http(s)://HOST/v1")
 BASELINES = ("random", "oracle")
+# The default policy, as llm has a default model: the stages that need a model and are given no --policy use it.
+DEFAULT_POLICY_ENV = "EEXP_POLICY"
 GROUP = "eexp.policies"
 # The kinds eexp registers itself, read from the form of a spec; a plugin cannot take these names.
 BUILTIN_KINDS = ("baseline", "endpoint", "gguf", "checkpoint")
@@ -56,6 +58,11 @@ def _split_plugin(spec: str, known: dict[str, Any]) -> tuple[str, str] | None:
     if sep and kind in known and kind not in BUILTIN_KINDS:
         return kind, target
     return None
+
+
+def default_policy() -> str | None:
+    """The configured default policy spec ($EEXP_POLICY), or None."""
+    return os.environ.get(DEFAULT_POLICY_ENV, "").strip() or None
 
 
 def policy_kind(spec: str | None) -> str | None:
