@@ -252,7 +252,7 @@ def test_the_loop_expert_branch_rollout_with_no_state_mismatch(runner, tmp_path)
 @needs_browser
 @pytest.mark.slow
 def test_envs_check_passes(runner):
-    result = runner.invoke(cli, ["envs", "--check", "miniwob", "--env-arg", "train_seeds=3", "-n", "3"])
+    result = runner.invoke(cli, ["envs", "--check", "miniwob", "--env-arg", "train_seeds=2", "-n", "2"])
     assert result.exit_code == 0, result.output
     assert "0 failed" in result.output
 
