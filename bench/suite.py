@@ -358,6 +358,35 @@ def evaluate(quick: bool) -> list[dict]:
                 f"{n} episodes the workers' start-up is not paid back")]
 
 
+def server(quick: bool) -> list[dict]:
+    import bench_server
+    rows = []
+    stub = bench_server.stub_ceiling(n=64 if quick else 128)
+    c1, c32 = stub[1], stub[32]
+    ratio = c32["requests_per_s"] / c1["requests_per_s"]
+    rows.append(row(f"eval requests/s against a stub server ({stub['latency'] * 1000:.0f} ms an answer), "
+                    f"--concurrency 32", c32["requests_per_s"], "req/s", c1["requests_per_s"], "--concurrency 1",
+                    ratio, ">= 20x", ratio >= 20,
+                    f"eexp's own CPU: {c32['cpu_ms_per_request']:.1f} ms a request at 32, "
+                    f"{c1['cpu_ms_per_request']:.1f} at 1 (process start included)"))
+    real = bench_server.real_server(n=8 if quick else 24, threads=THREADS)
+    if "skipped" in real:
+        return rows + [skipped("eval episodes/min against llama-server (8 slots), --concurrency 8", ">= 4x",
+                               real["skipped"])]
+    one = real[1]
+    for c in (4, 8):
+        r = real[c]
+        ratio = r["episodes_per_min"] / one["episodes_per_min"]
+        rows.append(row(f"eval episodes/min, {real['model']} in llama-server (--parallel {real['parallel']}, "
+                        f"-t {real['threads']}), --concurrency {c}", r["episodes_per_min"], "ep/min",
+                        one["episodes_per_min"], "--concurrency 1", ratio, ">= 4x" if c == 8 else "(none set)",
+                        (ratio >= 4) if c == 8 else None,
+                        f"eexp {r['cpu_ms_per_request']:.1f} CPU-ms a request ({one['cpu_ms_per_request']:.1f} at 1); "
+                        f"{r['differ']} of {real['episodes']} episodes took other actions than at 1 (the server "
+                        f"is not batch-invariant); {r['invalid']} invalid actions; guided {r['guided']}"))
+    return rows
+
+
 def rl(quick: bool) -> list[dict]:
     import bench_rl
     import torch
@@ -387,6 +416,7 @@ SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
     "llama_bufts": (llama_bufts, 150, 120),
     "export": (export, 300, 240),
     "eval": (evaluate, 150, 120),
+    "server": (server, 480, 240),
     "rl": (rl, 200, 150),
 }
 

@@ -1,0 +1,149 @@
+"""llama.cpp's own HTTP server (`llama-server`: parallel slots, continuous batching), for the tests and bench/.
+
+A test and benchmark tool, not a dependency of eexp: users run whatever server they like (vLLM, SGLang, llama.cpp)
+and point `--policy http://...` at it. It is built from the llama.cpp that the pinned llama-cpp-python sdist
+vendors (MIT), only the `llama-server` target, without its web UI (whose build would fetch assets), and kept by
+version under .venv/opt/, so a machine compiles it once:
+
+    python tests/llama_server.py build        # about 10 minutes on 2 quiet cores; prints the binary's path
+    python tests/llama_server.py path         # the binary, or exit 1 if it is not built
+
+`EEXP_LLAMA_SERVER=/path/to/llama-server` uses a binary of your own instead. `Server(model, parallel=N)` starts
+one on 127.0.0.1 and a free port, waits until it answers, and stops it on close.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+# The llama.cpp that llama-cpp-python 0.3.36 vendors (ggml 0.25.3): the same code eexp's in-process GGUF policy runs.
+SOURCE = "llama-cpp-python==0.3.36"
+ROOT = Path(__file__).resolve().parent.parent
+DEST = ROOT / ".venv" / "opt" / f"llama-server-{SOURCE.split('==')[1]}"
+CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_SERVER=ON",
+               "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+               "-DLLAMA_BUILD_APP=OFF",
+               # no web UI: the prebuilt one is fetched from a hub at build time, the other needs npm
+               "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+               "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF"]
+
+
+def binary() -> Path | None:
+    """The llama-server to use: $EEXP_LLAMA_SERVER, else the one built here, else None."""
+    given = os.environ.get("EEXP_LLAMA_SERVER")
+    if given:
+        return Path(given) if os.access(given, os.X_OK) else None
+    built = DEST / "llama-server"
+    return built if built.exists() else None
+
+
+def build(jobs: int | None = None) -> Path:
+    """Build llama-server from the pinned sdist (downloaded with pip: PyPI is the one place this machine reaches)."""
+    found = binary()
+    if found:
+        return found
+    jobs = jobs or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="eexp-llama-server-") as tmp:
+        tmp = Path(tmp)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--no-deps",
+                        "--no-binary", ":all:", "-d", str(tmp), SOURCE], check=True)
+        sdist = next(tmp.glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        source = next(tmp.glob("llama_cpp_python-*/vendor/llama.cpp"))
+        build_dir = tmp / "build"
+        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)],
+                       check=True, stdout=subprocess.DEVNULL)
+        DEST.mkdir(parents=True, exist_ok=True)
+        staged = DEST / "llama-server.tmp"
+        shutil.copy2(build_dir / "bin" / "llama-server", staged)
+        os.replace(staged, DEST / "llama-server")       # whole or absent, never half a binary
+    return DEST / "llama-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A llama-server on 127.0.0.1 serving `model` with `parallel` slots (continuous batching), `threads` CPU
+    threads and `ctx` tokens of context per slot; `log` receives its output."""
+
+    def __init__(self, model: str | Path, *, parallel: int = 4, threads: int = 2, ctx: int = 2048,
+                 log: str | Path | None = None, extra: list[str] = (), ready_timeout: float = 180):
+        exe = binary()
+        if exe is None:
+            raise FileNotFoundError("llama-server is not built: python tests/llama_server.py build")
+        from eexp.policies.gguf_loader import AMX_FLAGS, cpu_flags
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = Path(log) if log else None
+        args = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "--parallel",
+                str(parallel), "-c", str(ctx * parallel), "-t", str(threads), "--threads-http", str(parallel + 2),
+                "--seed", "1", "--no-ui", *extra]
+        if cpu_flags() & set(AMX_FLAGS):   # the repacking that crashes quantized models on AMX (gguf_loader.py)
+            args.append("--no-repack")
+        self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait(ready_timeout)
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited with {self.proc.returncode}: {self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.close()
+        raise RuntimeError(f"llama-server did not become ready in {timeout:.0f} s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path else "(no log kept)"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else "build"
+    if command == "build":
+        print(build())
+    elif command == "path":
+        found = binary()
+        if found is None:
+            sys.exit(1)
+        print(found)
+    else:
+        sys.exit(f"usage: {sys.argv[0]} build|path")
