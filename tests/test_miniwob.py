@@ -110,6 +110,8 @@ def test_options_and_splits_are_checked_before_any_browser():
     assert env.canonicalize(env.canonicalize("Select[4][Sudan]")) == "select[4][Sudan]"
     assert env.canonicalize("  press   enter ") == "press enter"
     assert env.browser_folder() is None   # nothing started
+    from eexp.envs.miniwob_oracles import ORACLES
+    assert set(ORACLES) == set(TASK_TYPES + OOD_TYPES)   # every oracle is one the slow test runs, and only those
 
 
 # --- one browser for the module ------------------------------------------------------------------------------------
