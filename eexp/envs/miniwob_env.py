@@ -9,9 +9,10 @@ extractors (`miniwob.fields`).
 
 Tasks: `<task type>-<seed>`, the page's random generator seeded with `Math.seedrandom(seed)`.
 
-- train: seeds 0 .. train_seeds-1 of every task type of `task_types` (default: the 19 below)
+- train: seeds 0 .. train_seeds-1 of every task type of `task_types` (default: the 23 of TASK_TYPES)
 - test: seeds 100000 .. 100000+test_seeds-1 of the same task types
-- ood: the test seeds of the held-out task types `ood_types` (default: 4 types no train task comes from)
+- ood: the test seeds of the held-out task types `ood_types` (default: the 4 of OOD_TYPES, from which no train or
+  test task comes)
 
 Listed round-robin over the task types, so any prefix of a split mixes them. A task's goal is MiniWoB's utterance
 for its seed, read from the page once and cached in `$EEXP_CACHE/miniwob/`; `category` is the task type.
@@ -19,17 +20,18 @@ for its seed, read from the page once and cached in `$EEXP_CACHE/miniwob/`; `cat
 Observation: the utterance, then one line per element of the page that a person would act on or read:
 `[ref] tag#id "text" value="..." checked focused`, where ref is MiniWoB's element ref (stable within an episode),
 the text is the element's own text, an element without text shows its classes (`span.trash`), one with text its
-state classes (`button "Odd" .selected`), a <select> lists its options, and containers without text of their own are left out. After the episode ends the observation says how:
-`The episode is over: success (reward 1).`
+state classes (`button "Odd" .selected`), a <select> lists its options, and containers without text of their own
+are left out. After the episode ends the observation says how: `The episode is over: success (reward 1).`
 
 Actions (`canonicalize` accepts spaces and any case in the verb): `click[ref]`, `type[ref][text]` (click the field,
 select what it holds, type the text: it replaces the value), `select[ref][option]` (a <select>'s option by its
 text). `admissible()` lists a `click[ref]` for every element shown, a `select[ref][option]` for every option, and for
 every field that takes text a `type[ref][text]` for every quoted text of the instruction (`Enter "Myron" into ...`):
 a sample, since typing is open (`closed_actions` is False); a text the page or a computation gives (read-table,
-simple-arithmetic, enter-text-2's upper case) is not listed, and a policy that only ranks the list cannot type it. An unknown ref, a malformed action, typing into something that takes no
-text or an option a list does not have is an invalid action (`info["valid"]` False) that changes nothing; the
-observation says what was wrong and shows the page again.
+simple-arithmetic, enter-text-2's upper case) is not listed, and a policy that only ranks the list cannot type it.
+An unknown ref, a malformed action, typing into something that takes no text or an option a list does not have is
+an invalid action (`info["valid"]` False) that changes nothing; the observation says what was wrong and shows the
+page again.
 
 Reward and success: MiniWoB's raw reward (1 solved, -1 failed, partial in a few task types), given when the episode
 ends. The time limit and MiniWoB's time discount are off (the episode clock is set to 2^31-1 ms), so a slow model is
@@ -45,10 +47,11 @@ without an oracle raises EnvError from expert(); see `ORACLES` for those that ha
 What the agent sees: `screenshot()` gives the task's part of the page as PNG bytes, to set beside the observation
 (the DOM text the model reads).
 
-Reaching a state again: deterministic replay of the seed and the action prefix (the page's own randomness is
-seeded; jQuery animations are off, the clock plays no part). There is no exact restore of a live page
-(`can_snapshot` False). Typing sends one key at a time and lets the page's timers run after each. Besides the
-observation check of rollout, an instance keeps a digest of the whole DOM (every element's tag, ref, geometry,
+Reaching a state again: deterministic replay of the seed and the action prefix on a fresh page (every reset()
+reloads the page: a reused one keeps state from the last episode, click-dialog-2's dialog moved in the DOM; the
+page's randomness is seeded, jQuery animations are off, the clock plays no part). There is no exact restore of a
+live page (`can_snapshot` False). Typing sends one key at a time and lets the page's timers run after each. Besides
+the observation check of rollout, an instance keeps a digest of the whole DOM (every element's tag, ref, geometry,
 colours, classes, text, value and focus) of every state it reaches, and replay() raises EnvError when a state it
 passes has another digest than the one seen there before.
 """
