@@ -111,7 +111,7 @@ def test_rl_update_with_gradient_checkpointing_recomputes_and_gives_the_same_upd
         total = sum(logp.sum() for parts in outs for logp, _ in parts)
         total.backward()
         assert not run.model.training  # back in eval mode for the rollouts
-        results[on] = (calls[0], float(total), [p.grad.clone() for p in run.params])
+        results[on] = (calls[0], float(total.detach()), [p.grad.clone() for p in run.params])
         run.env.close()
     (plain_calls, plain, plain_grads), (ckpt_calls, ckpt, ckpt_grads) = results[False], results[True]
     assert ckpt_calls == 2 * plain_calls > 0
