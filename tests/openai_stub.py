@@ -69,6 +69,11 @@ class StubServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self.path.endswith("/chat/completions"):   # what a subclass serves besides, or 404
+                    answer = outer.extra_post(self.path, body)
+                    if answer is None:
+                        return self.send(404, {"error": {"message": f"no such route: {self.path}"}})
+                    return self.send(200, answer)
                 with outer.lock:
                     index = len(outer.chats)
                     outer.chats.append(body)
@@ -103,6 +108,10 @@ class StubServer:
         self.httpd.handle_error = lambda request, address: None   # a dropped connection is the point, not news
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def extra_post(self, path: str, body: dict) -> dict | None:
+        """The answer to a POST other than chat completions (None: 404, as a server without the route)."""
+        return None
 
     def answer(self, body: dict) -> tuple[str, str]:
         choices, as_json = None, None

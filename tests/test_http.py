@@ -233,3 +233,79 @@ def test_eval_through_llama_cpp_python_server_matches_the_gguf_policy(f32_gguf, 
     assert len({a for e in over_http for a in e["actions"]}) > 2
     # what the probe spares: this model's free text is never an admissible action
     assert all(e["invalid_actions"] == e["steps"] > 0 for e in episodes(unguided.stdout))
+
+
+# --- --act score over HTTP: a vLLM-like server (/tokenize with messages, /v1/completions with echo) ----------------
+
+class ScoringServer(StubServer):
+    """The stub, plus what vLLM gives for scoring, computed with a real (tiny) transformers model: POST /tokenize
+    renders chat messages with the model's template, and /v1/completions with `echo` returns the log-probability of
+    every prompt token."""
+
+    def __init__(self, checkpoint):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self.model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+        self.scored = 0
+        super().__init__()
+
+    def extra_post(self, path: str, body: dict):
+        if path == "/tokenize":
+            ids = self.tokenizer.apply_chat_template(body["messages"], tokenize=True, return_dict=True,
+                                                     add_generation_prompt=body.get("add_generation_prompt", True))
+            return {"tokens": list(ids["input_ids"]), "count": len(ids["input_ids"])}
+        if path.endswith("/completions") and body.get("echo"):
+            ids = body["prompt"]
+            with self.torch.no_grad():
+                logits = self.model(self.torch.tensor([ids])).logits[0].double()
+            logp = self.torch.log_softmax(logits, dim=-1)
+            values = [None] + [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
+            self.scored += 1
+            return {"choices": [{"text": "", "logprobs": {"token_logprobs": values + [-1.0]}}]}
+        return None
+
+
+def test_act_score_over_http_ranks_as_the_local_model_does(tiny_checkpoint):
+    from eexp.policies.hf import TransformersPolicy
+    server = ScoringServer(tiny_checkpoint)
+    try:
+        remote = load_policy(server.url, act="score")
+        local = TransformersPolicy(str(tiny_checkpoint), act="score")
+        assert remote.describe()["scoring"] == "tokenize+echo"
+        # the server's log-likelihoods are those the local backend computes, token for token
+        assert remote._score(MESSAGES, ADMISSIBLE) == pytest.approx([ll for _, ll in sorted(
+            local.rank(MESSAGES, ADMISSIBLE), key=lambda p: ADMISSIBLE.index(p[0]))], abs=1e-4)
+        for temperature in (0.0, 1.0):
+            got = remote.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[3, 4, 5], temperature=temperature)
+            want = local.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[3, 4, 5], temperature=temperature)
+            assert [(r.action, r.seed) for r in got] == [(r.action, r.seed) for r in want]
+        # the probe's echo, then one per action for each of the three rankings (one per call, whatever the seeds)
+        assert server.scored == 1 + 3 * len(ADMISSIBLE)
+    finally:
+        server.close()
+
+
+def test_eval_act_score_over_http_plays_the_local_models_episodes(tiny_checkpoint):
+    server = ScoringServer(tiny_checkpoint)
+    try:
+        args = ["--env", "shop", "-n", "3", "--max-steps", "3", "--act", "score", "-q"]
+        remote = invoke(["eval", "--policy", server.url, "--concurrency", "3"] + args)
+        local = invoke(["eval", "--policy", str(tiny_checkpoint)] + args)
+    finally:
+        server.close()
+    assert remote.exit_code == 0 and local.exit_code == 0, remote.output + local.output
+    assert [e["actions"] for e in episodes(remote.stdout)] == [e["actions"] for e in episodes(local.stdout)]
+
+
+def test_act_score_against_a_server_that_cannot_score_says_what_it_serves(stub):
+    server = stub("llamacpp")
+    with pytest.raises(PolicyError) as e:
+        load_policy(server.url, act="score")
+    assert str(e.value).startswith(
+        "--act score over HTTP needs a server that renders chat messages to token ids (POST /tokenize with "
+        "messages, as vLLM and SGLang do) and gives the log-probability of every prompt token (/v1/completions with "
+        f"echo and logprobs, as vLLM does); {server.url} does not (HTTP 404")
+    assert str(e.value).endswith("It serves --act generate, and --act constrained where it has guided decoding (the "
+                                 "default probes for it)")

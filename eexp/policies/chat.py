@@ -215,7 +215,7 @@ class ModelPolicy(Policy):
                                            seed=seed if temperature > 0 else 0, finish_reason=finish))
             return out
         logliks = self.scores_for(ids, candidates)
-        return [self._pick(admissible, logliks, seed, temperature) for seed in seeds]
+        return [pick_action(admissible, logliks, seed, temperature) for seed in seeds]
 
     # --act think -------------------------------------------------------------------------------------------------
     def think(self, messages, *, admissible, seeds, temperature=0.0, context=None) -> list[Reply]:
@@ -275,7 +275,7 @@ class ModelPolicy(Policy):
                 n += 1
             shared = n
         logliks = self.scores_for(first[:shared], [f[shared:] for f in fulls])
-        reply = self._pick(admissible, logliks, seed, temperature)
+        reply = pick_action(admissible, logliks, seed, temperature)
         reply.text = prefix + reply.text
         return reply
 
@@ -300,18 +300,18 @@ class ModelPolicy(Policy):
         logliks = self.scores_for(ids, self.candidate_ids(messages, replies))
         return sorted(zip(admissible, logliks), key=lambda p: -p[1])
 
-    @staticmethod
-    def _pick(admissible: list[str], logliks: list[float], seed: int, temperature: float) -> Reply:
-        """Greedy at temperature 0; otherwise a draw from softmax(loglik / T) with the call's seed."""
-        values = np.asarray(logliks, dtype=np.float64)
-        if temperature <= 0:
-            i, seed = int(np.argmax(values)), 0
-        else:
-            z = values / temperature
-            p = np.exp(z - z.max())
-            i = int(np.random.default_rng(seed).choice(len(values), p=p / p.sum()))
-        action = admissible[i]
-        return Reply(text=format_action(action), action=action, valid=True, seed=seed, finish_reason="stop")
+
+def pick_action(admissible: list[str], logliks: list[float], seed: int, temperature: float) -> Reply:
+    """Greedy at temperature 0; otherwise a draw from softmax(loglik / T) with the call's seed."""
+    values = np.asarray(logliks, dtype=np.float64)
+    if temperature <= 0:
+        i, seed = int(np.argmax(values)), 0
+    else:
+        z = values / temperature
+        p = np.exp(z - z.max())
+        i = int(np.random.default_rng(seed).choice(len(values), p=p / p.sum()))
+    action = admissible[i]
+    return Reply(text=format_action(action), action=action, valid=True, seed=seed, finish_reason="stop")
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -20,6 +20,12 @@ Constrained actions (a closed admissible list) need the server's guided decoding
 (GUIDED). Unless `--policy-arg guided=NAME` says which, the start probes them in turn with one tiny request each and
 keeps the first whose reply obeys it; where none does, actions are free text and a warning says so once. The
 mechanism used is in `describe()`, hence in every record's meta.
+
+`--act score` ranks the admissible actions by the log-likelihood of the reply `Action: <action>` and its end of
+turn, as the local backends do, where the server can give it: it renders chat messages to token ids (`POST
+/tokenize` with `messages`, at the server's root: vLLM, SGLang) and returns the log-probability of every prompt token
+(`/v1/completions` with the ids as prompt, `echo` and `logprobs`, OpenAI's legacy form, which vLLM serves). The
+start probes both with one tiny request each; a server without them is an error that says which modes it serves.
 """
 
 from __future__ import annotations
@@ -96,9 +102,6 @@ class HttpPolicy(Policy):
 
     def __init__(self, url: str, args: dict | None = None, *, act=None, max_tokens=MAX_TOKENS, top_p=1.0):
         opts = take_args(args, SCHEMA, self.backend)
-        if act == "score":
-            raise PolicyError("--act score needs the model's log-likelihoods, which chat-completions endpoints do "
-                              "not give; use --act generate or constrained, or a local model")
         if opts["guided"] not in GUIDED_VALUES:
             raise PolicyError(f"--policy-arg guided={opts['guided']}: expected {', '.join(GUIDED_VALUES)}")
         if act == "constrained" and opts["guided"] == "none":
@@ -131,9 +134,11 @@ class HttpPolicy(Policy):
         self._warned_unguided = False
         self.guided = opts["guided"]
         self._connect()
+        if act == "score":
+            self._probe_scoring()
         if self.guided == "auto":
-            if act == "generate":
-                self.guided = "none"     # free text asked for: nothing to probe
+            if act in ("generate", "score"):
+                self.guided = "none"     # free text, or ranking: no guided decoding to probe
             else:
                 self.guided = self._probe_guided()
                 if self.guided == "none" and act == "constrained":
@@ -142,10 +147,12 @@ class HttpPolicy(Policy):
                                       f"request); use --act generate, or a server that has one")
 
     # transport --------------------------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: dict | None = None, first: bool = False) -> dict:
+    def _request(self, method: str, path: str, body: dict | None = None, first: bool = False,
+                 root: bool = False) -> dict:
         """The JSON answer; EndpointError after the retries. `first`: no HTTP answer at all is Unreachable at once
-        (an address where nothing listens does not start listening between retries)."""
-        url = self.base + path
+        (an address where nothing listens does not start listening between retries). `root`: `path` is at the
+        server's root (/tokenize), not under the base URL's /v1."""
+        url = (self._root() if root else self.base) + path
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
@@ -313,6 +320,8 @@ class HttpPolicy(Policy):
 
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
         # constrained where asked, and by default where the list is the closed set of actions and the server can
+        if self.act_mode == "score" and admissible:
+            return self._scored(messages, admissible, seeds, temperature)
         wanted = bool(admissible) and (self.act_mode == "constrained" or
                                        (self.act_mode is None and not open_space(context)))
         constrained = wanted and self.guided != "none"
@@ -344,8 +353,106 @@ class HttpPolicy(Policy):
         self._slots = threading.BoundedSemaphore(n)
 
     def describe(self):
+        scoring = {"scoring": "tokenize+echo"} if self.act_mode == "score" else {}
         return {"model": self.model or self.base, "model_sha256": "", "backend": self.backend,
-                "endpoint": self.base, "guided": self.guided}
+                "endpoint": self.base, "guided": self.guided, **scoring}
+
+    # --act score ------------------------------------------------------------------------------------------------
+    def _root(self) -> str:
+        """The server's root, where /tokenize lives (the base without its /v1)."""
+        return self.base[:-3] if self.base.endswith("/v1") else self.base
+
+    def _tokenize(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+        body = {"model": self.model or "default", "messages": messages,
+                "add_generation_prompt": add_generation_prompt, "add_special_tokens": False}
+        answer = self._request("POST", "/tokenize", body, root=True)
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise EndpointError(f"{self._root()}/tokenize answered without a list of token ids")
+        if not tokens:   # llama.cpp's server: its /tokenize reads text (`content`), not chat messages
+            raise EndpointError(f"{self._root()}/tokenize gave no token ids for chat messages")
+        return tokens
+
+    def _token_logprobs(self, ids: list[int]) -> list[float | None]:
+        """log p(token i | tokens before it) for every token of `ids` (None for the first)."""
+        body = {"model": self.model or "default", "prompt": ids, "max_tokens": 1, "temperature": 0.0,
+                "echo": True, "logprobs": 0}
+        answer = self._request("POST", "/completions", body)
+        try:
+            values = answer["choices"][0]["logprobs"]["token_logprobs"]
+        except (KeyError, IndexError, TypeError):
+            raise EndpointError(f"{self.base}/completions answered without choices[0].logprobs.token_logprobs "
+                                f"(echo)") from None
+        if not isinstance(values, list) or len(values) < len(ids):
+            raise EndpointError(f"{self.base}/completions gave {len(values or [])} prompt log-probabilities for "
+                                f"{len(ids)} prompt tokens (echo)")
+        return values[:len(ids)]
+
+    def _probe_scoring(self) -> None:
+        try:
+            ids = self._tokenize(PROBE_MESSAGES, True)
+            self._token_logprobs(ids)
+        except EndpointError as e:
+            raise PolicyError(f"--act score over HTTP needs a server that renders chat messages to token ids (POST "
+                              f"/tokenize with messages, as vLLM and SGLang do) and gives the log-probability of "
+                              f"every prompt token (/v1/completions with echo and logprobs, as vLLM does); "
+                              f"{self.base} does not ({e}). It serves --act generate, and --act constrained where "
+                              f"it has guided decoding (the default probes for it)") from None
+
+    def _candidates(self, messages: list[dict], replies: list[str]) -> tuple[list[int], list[list[int]]]:
+        """The prompt's ids and each reply's, as an assistant turn rendered by the server's template, through its
+        end-of-turn token (the tokens training produced, and those the local backends score)."""
+        prompt = self._tokenize(messages, True)
+        # what the template puts after an assistant turn's content: its first token ends the turn
+        framing = self._tokenize(messages + [{"role": "assistant", "content": ""}], False)[len(prompt):]
+        out = []
+        for reply in replies:
+            full = self._tokenize(messages + [{"role": "assistant", "content": reply}], False)
+            if full[:len(prompt)] != prompt or len(full) <= len(prompt):
+                raise PolicyError(f"the chat template of {self.base} renders an assistant turn that does not extend "
+                                  f"the generation prompt; --act score needs one that does")
+            cont = full[len(prompt):]
+            if framing and len(cont) > len(framing) and cont[-len(framing):] == framing:
+                cont = cont[:len(cont) - len(framing) + 1]
+            out.append(cont)
+        return prompt, out
+
+    def _score(self, messages: list[dict], admissible: list[str]) -> list[float]:
+        """The log-likelihood of each admissible action's reply after the prompt (one echo request each, side by
+        side within the in-flight limit)."""
+        prompt, conts = self._candidates(messages, [format_action(a) for a in admissible])
+
+        def loglik(cont):
+            def call():
+                with self._slots:
+                    values = self._token_logprobs(prompt + cont)
+                return float(sum(values[len(prompt):]))
+            return call
+
+        calls = InOrder(min(self.concurrency, len(conts)), name="eexp-http-score")
+        try:
+            for cont in conts:
+                calls.submit(loglik(cont))
+            return [value for _, value in calls.ready(block=True)]
+        finally:
+            calls.close()
+
+    def _scored(self, messages, admissible, seeds, temperature) -> list[Reply]:
+        """--act score: the actions ranked once, then one pick per seed (greedy at temperature 0)."""
+        from eexp.policies.chat import pick_action
+        try:
+            logliks = self._score(messages, admissible)
+        except EndpointError as e:
+            if e.status is None:
+                self._check_alive()
+            with self._count_lock:
+                self.requests += len(seeds)
+                self.failed_requests += len(seeds)
+            warn(f"{e}; the reply is marked failed")
+            return [failed_reply(str(e), seed, admissible) for seed in seeds]
+        with self._count_lock:
+            self.requests += len(seeds)
+        return [pick_action(admissible, logliks, seed, temperature) for seed in seeds]
 
 
 def _error_detail(e: urllib.error.HTTPError) -> str:
