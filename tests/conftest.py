@@ -31,6 +31,8 @@ def pytest_configure(config):
     import tempfile
     # a user's default policy would change what the tests of "no --policy given" see
     os.environ.pop("EEXP_POLICY", None)
+    # nothing reaches outside: a name that is not a local path is looked up in the Hugging Face cache alone
+    os.environ["HF_HUB_OFFLINE"] = "1"
     config._eexp_cache = tempfile.mkdtemp(prefix="eexp-test-cache-")
     config._eexp_saved_cache = os.environ.get("EEXP_CACHE")
     config._eexp_home_cache = (HOME_CACHE.exists(), _listing(HOME_CACHE))
