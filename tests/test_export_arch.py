@@ -7,7 +7,7 @@ the llama3 model, merged and `--lora-only`, and the converter's provenance (one 
 The tolerance: f32 weights, so llama.cpp and transformers differ only by the order of float32 operations (and
 llama.cpp's own RoPE and softmax kernels): the largest difference over all positions and the whole vocabulary must
 be under 0.3% of the logits' spread (max - min over the sequence; measured here: 1e-4 to 4.4e-4 of it, Gemma-3 the
-largest). A wrong tensor layout, RoPE variant or window gives differences of the order of the spread itself; each
+largest; 1% with the LoRA adapter of large random weights, measured 3.6e-3). A wrong tensor layout, RoPE variant or window gives differences of the order of the spread itself; each
 case checks that what it tests (the scaling, the window, the adapter) moves the logits by more than ten times the
 tolerance.
 """
@@ -116,11 +116,11 @@ def _fields(path):
     return {name: field.contents() for name, field in gguf.GGUFReader(str(path)).fields.items()}
 
 
-def _within(llama, hf):
+def _within(llama, hf, tolerance=TOLERANCE):
     import numpy as np
     spread = float(hf.max() - hf.min())
     diff = float(np.abs(llama - hf).max())
-    assert diff < TOLERANCE * spread, f"max |llama.cpp - transformers| = {diff:.3g}, spread {spread:.3g}"
+    assert diff < tolerance * spread, f"max |llama.cpp - transformers| = {diff:.3g}, spread {spread:.3g}"
     return diff, spread
 
 
@@ -215,8 +215,13 @@ def test_lora_adapter_over_llama3_merged_and_lora_only(tokenizer_dir, tmp_path):
     base = _hf_all(ckpt, ids)
     spread = float(with_adapter.max() - with_adapter.min())
     assert np.abs(with_adapter - base).max() > 10 * TOLERANCE * spread  # the adapter matters
-    _within(_llama_all(tmp_path / "merged.gguf", ids), with_adapter)
-    _within(_llama_all(tmp_path / "base.gguf", ids, lora_path=str(tmp_path / "lora.gguf")), with_adapter)
+    merged = _llama_all(tmp_path / "merged.gguf", ids)
+    lora = _llama_all(tmp_path / "base.gguf", ids, lora_path=str(tmp_path / "lora.gguf"))
+    # the adapter's large random lora_b (sd 0.3) makes activations larger than the plain models': 1% of the spread
+    # here (measured 3.6e-3 for both); the two llama.cpp routes agree with each other far more closely
+    _within(merged, with_adapter, tolerance=0.01)
+    _within(lora, with_adapter, tolerance=0.01)
+    _within(lora, merged, tolerance=TOLERANCE / 10)
 
 
 # --- errors and provenance ----------------------------------------------------------------------------------------
