@@ -7,9 +7,9 @@ the llama3 model, merged and `--lora-only`, and the converter's provenance (one 
 The tolerance: f32 weights, so llama.cpp and transformers differ only by the order of float32 operations (and
 llama.cpp's own RoPE and softmax kernels): the largest difference over all positions and the whole vocabulary must
 be under 0.3% of the logits' spread (max - min over the sequence; measured here: 1e-4 to 4.4e-4 of it, Gemma-3 the
-largest; 1% with the LoRA adapter of large random weights, measured 3.6e-3). A wrong tensor layout, RoPE variant or window gives differences of the order of the spread itself; each
-case checks that what it tests (the scaling, the window, the adapter) moves the logits by more than ten times the
-tolerance.
+largest; 1% with the LoRA adapter of large random weights, measured 3.6e-3). A wrong tensor layout, RoPE variant or
+window gives differences of the order of the spread itself; each case checks that what it tests (the scaling, the
+window, the adapter) moves the logits by more than ten times the tolerance.
 """
 
 from __future__ import annotations
