@@ -366,8 +366,8 @@ def test_http_constrained_with_guided_choice(chat_server):
     assert load_policy(chat_server.url, act="constrained").guided == "vllm"   # found by the probe
     with pytest.raises(PolicyError, match="guided"):
         load_policy(chat_server.url, {"guided": "none"}, act="constrained")
-    with pytest.raises(PolicyError, match="log-likelihoods"):
-        load_policy(chat_server.url, act="score")
+    with pytest.raises(PolicyError, match="--act score over HTTP needs a server that renders chat messages"):
+        load_policy(chat_server.url, act="score")     # this one has no /tokenize
 
 
 def test_http_retries_then_marks_the_reply_failed(chat_server, capsys):

@@ -362,10 +362,10 @@ class HttpPolicy(Policy):
         """The server's root, where /tokenize lives (the base without its /v1)."""
         return self.base[:-3] if self.base.endswith("/v1") else self.base
 
-    def _tokenize(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    def _tokenize(self, messages: list[dict], add_generation_prompt: bool, probe: bool = False) -> list[int]:
         body = {"model": self.model or "default", "messages": messages,
                 "add_generation_prompt": add_generation_prompt, "add_special_tokens": False}
-        answer = self._request("POST", "/tokenize", body, root=True)
+        answer = self._request("POST", "/tokenize", body, root=True, first=probe)
         tokens = answer.get("tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise EndpointError(f"{self._root()}/tokenize answered without a list of token ids")
@@ -373,11 +373,11 @@ class HttpPolicy(Policy):
             raise EndpointError(f"{self._root()}/tokenize gave no token ids for chat messages")
         return tokens
 
-    def _token_logprobs(self, ids: list[int]) -> list[float | None]:
+    def _token_logprobs(self, ids: list[int], probe: bool = False) -> list[float | None]:
         """log p(token i | tokens before it) for every token of `ids` (None for the first)."""
         body = {"model": self.model or "default", "prompt": ids, "max_tokens": 1, "temperature": 0.0,
                 "echo": True, "logprobs": 0}
-        answer = self._request("POST", "/completions", body)
+        answer = self._request("POST", "/completions", body, first=probe)
         try:
             values = answer["choices"][0]["logprobs"]["token_logprobs"]
         except (KeyError, IndexError, TypeError):
@@ -389,9 +389,9 @@ class HttpPolicy(Policy):
         return values[:len(ids)]
 
     def _probe_scoring(self) -> None:
-        try:
-            ids = self._tokenize(PROBE_MESSAGES, True)
-            self._token_logprobs(ids)
+        try:   # no retries: a server without the routes does not grow them (one that drops the connection)
+            ids = self._tokenize(PROBE_MESSAGES, True, probe=True)
+            self._token_logprobs(ids, probe=True)
         except EndpointError as e:
             raise PolicyError(f"--act score over HTTP needs a server that renders chat messages to token ids (POST "
                               f"/tokenize with messages, as vLLM and SGLang do) and gives the log-probability of "
