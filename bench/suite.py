@@ -369,7 +369,7 @@ def server(quick: bool) -> list[dict]:
                     ratio, ">= 20x", ratio >= 20,
                     f"eexp's own CPU: {c32['cpu_ms_per_request']:.1f} ms a request at 32, "
                     f"{c1['cpu_ms_per_request']:.1f} at 1 (process start included)"))
-    real = bench_server.real_server(n=8 if quick else 24, threads=THREADS)
+    real = bench_server.real_server(n=6 if quick else 12, threads=THREADS)
     if "skipped" in real:
         return rows + [skipped("eval episodes/min against llama-server (8 slots), --concurrency 8", ">= 4x",
                                real["skipped"])]

@@ -156,7 +156,8 @@ def kind_of(record: dict) -> str | None:
         return "trajectory"
     if "alternatives" in record:
         expert = record.get("expert") if isinstance(record.get("expert"), dict) else {}
-        return "outcome" if "next_observation" in expert or "error" in record else "branch"
+        # rollout fills the expert's outcome, or its error (an expert action that failed), or the record's
+        return "outcome" if "next_observation" in expert or "error" in expert or "error" in record else "branch"
     if "stop_reason" in record or ("actions" in record and "policy" in record):
         return "episode"
     if "success_rate" in record:

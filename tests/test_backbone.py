@@ -173,6 +173,8 @@ def test_validate_kinds():
     record = orjson.loads(Path(OUTCOMES).read_text().splitlines()[0])
     assert kind_of(record) == "outcome" and validate(record, "outcome") is None
     del record["expert"]["next_observation"]
+    # an expert action that failed in rollout: its error, no next observation, and still an outcome
+    assert kind_of({**record, "expert": {**record["expert"], "error": "environment timed out"}}) == "outcome"
     assert kind_of(record) == "branch"
     del record["state"]["goal"]
     assert validate(record, "branch") == "state.goal: missing"
