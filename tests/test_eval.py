@@ -619,3 +619,24 @@ def test_ctrl_c_with_workers_then_resume(trained_gguf, tmp_path):
     assert result.returncode == 0, result.stderr.decode()
     episodes = lines(out.read_text())
     assert [e["task"]["id"] for e in episodes] == [f"test-{i:05d}" for i in range(30)]
+
+
+def test_screenshots_save_each_state_beside_what_the_model_read(tmp_path, monkeypatch):
+    from eexp.envs.shop import ShopEnv
+    args = ["eval", "--policy", "oracle", "--env", "shop", "-n", "2", "-q"]
+    plain = invoke(args)
+    refused = CliRunner().invoke(cli, args + ["--screenshots", str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "--screenshots: the shop environment draws no pictures" in refused.output
+    # a shop that draws its states: the page's text as the "picture"
+    monkeypatch.setattr(ShopEnv, "screenshot", lambda self: b"PNG " + self._render().encode(), raising=False)
+    shots = invoke(args + ["--screenshots", str(tmp_path / "shots")])
+    assert shots.exit_code == 0, shots.output
+    assert without_time(lines(shots.stdout)) == without_time(lines(plain.stdout))   # the episodes do not change
+    for episode in lines(shots.stdout):
+        folder = tmp_path / "shots" / episode["id"]
+        assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:03d}.png" for i in range(episode["steps"] + 1)]
+        for i, observation in enumerate(episode["observations"]):
+            text = (folder / f"{i:03d}.txt").read_text()
+            assert text.startswith(f"# observation\n{observation}\n")
+            assert ("# what the model read\n" in text) == (i < episode["steps"])   # the last state is not acted on
+            assert (folder / f"{i:03d}.png").read_bytes().startswith(b"PNG ")

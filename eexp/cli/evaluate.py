@@ -38,11 +38,15 @@ def warn(message: str) -> None:
               "comparison).")
 @click.option("--trajectories", "trajectories_path", metavar="FILE",
               help="Also write each successful episode here as a trajectory record (expert data).")
+@click.option("--screenshots", "screenshots", metavar="DIR",
+              help="Save a picture of every state, DIR/<episode id>/<step>.png, with the observation and the prompt "
+              "the model read beside it (<step>.txt): for an environment that draws its states (miniwob).")
 @click.option("--compare", is_flag=True, help="Compare episode files (INPUT...) instead of running episodes; "
               "NAME=FILE,FILE,... groups the runs (seeds) of one method.")
 @click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
 def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
-                 concurrency, max_steps, temperature, seed, summary_path, trajectories_path, compare, plot):
+                 concurrency, max_steps, temperature, seed, summary_path, trajectories_path, screenshots, compare,
+                 plot):
     """Run a policy on an environment's tasks: one episode record per task on stdout, a summary (success rate with
     its 95% Wilson interval) on stderr and in --summary FILE.
 
@@ -69,7 +73,7 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     """
     ctx = click.get_current_context()
     if compare:
-        for name in ("policy_spec", "env_name", "n", "max_steps", "trajectories_path", "concurrency"):
+        for name in ("policy_spec", "env_name", "n", "max_steps", "trajectories_path", "concurrency", "screenshots"):
             if ctx.params.get(name) is not None:
                 raise click.UsageError(f"--compare reads episode files; it takes no --{_option_name(name)}")
         if io.resume:
@@ -92,10 +96,15 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
                                                       n, warn)
     from eexp.policies.hf import check_worker_copies
     check_worker_copies(policy_spec, policy_args, jobs)  # -j N: no N copies of a transformers model on one GPU
+    if screenshots:
+        from eexp.envs.screens import can_screenshot
+        if not can_screenshot(env):
+            raise click.UsageError(f"--screenshots: the {env_name} environment draws no pictures of its states (an "
+                                   f"environment with screenshot(): miniwob)")
     settings = EvalSettings(env_name=env_name, env_kwargs=env_kwargs, policy_spec=policy_spec,
                             policy_args=worker_policy_args(policy_spec, policy_args, jobs), act=act,
                             max_tokens=max_tokens, top_p=top_p, serializer_overrides=explicit_serializer_settings(ctx),
-                            max_steps=max_steps, temperature=temperature, seed=seed)
+                            max_steps=max_steps, temperature=temperature, seed=seed, screenshots=screenshots)
     summary = evaluate(io, settings, tasks, jobs=jobs, concurrency=concurrency, env=env,
                        trajectories_path=trajectories_path, warn=warn)
     click.echo(format_summary(summary), err=True)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 
 from eexp.envs.base import Env, EnvError, make_env
+from eexp.envs.screens import can_screenshot, save_step
 from eexp.errors import EexpError, UsageProblem
 from eexp.inflight import InOrder
 from eexp.io import InputError, Reader, Stage, StageIO, in_shard, read_records, write_atomic
@@ -58,6 +59,8 @@ class EvalSettings:
     max_steps: int | None = setting(None, "Most steps per episode (default: the environment's).", min=1)
     temperature: float = shared("temperature", 0.0)  # greedy, as the paper evaluates
     seed: int = shared("seed")
+    # a picture of every state beside the text the model read (eexp.envs.screens); never part of an episode's id
+    screenshots: str | None = None
 
 
 def resolve_serializer(model_settings: dict | None, overrides: dict, where: str = "the model's") -> Serializer:
@@ -101,6 +104,7 @@ class Evaluator:
         stop_reason = "max_steps"
         error = None
         success, score = False, 0.0
+        shots = s.screenshots if s.screenshots and can_screenshot(env) else None
         try:
             observation = env.reset(task)
             observations.append(observation)
@@ -111,8 +115,10 @@ class Evaluator:
                 if admissible is not None:
                     state["admissible"] = admissible
                 seed = derive_seed(s.seed, episode_id, step)
-                reply = self.policy.act(self.serializer.policy_messages(state), admissible=admissible, seed=seed,
-                                        temperature=s.temperature,
+                messages = self.serializer.policy_messages(state)
+                if shots:
+                    save_step(env, shots, episode_id, step, observation, prompt=messages[-1]["content"])
+                reply = self.policy.act(messages, admissible=admissible, seed=seed, temperature=s.temperature,
                                         context={"env": env, "task": task, "step": step})
                 seeds.append(seed)
                 thoughts.append(reply.thought)
@@ -132,6 +138,8 @@ class Evaluator:
                 if done:
                     stop_reason = "done"
                     break
+            if shots:   # the state the last action led to
+                save_step(env, shots, episode_id, len(actions), observation)
             success = bool(env.success())
             score = float(env.score())
             if success:
