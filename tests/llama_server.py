@@ -61,10 +61,15 @@ def build(jobs: int | None = None) -> Path:
             tar.extractall(tmp, filter="data")
         source = next(tmp.glob("llama_cpp_python-*/vendor/llama.cpp"))
         build_dir = tmp / "build"
-        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS], check=True,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run(["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)],
-                       check=True, stdout=subprocess.DEVNULL)
+        log = tmp / "build.log"
+        for step in (["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS],
+                     ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)]):
+            with open(log, "ab") as out:   # the compiler's warnings stay out of the install's output
+                done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT)
+            if done.returncode:
+                sys.stderr.write(log.read_text(errors="replace")[-4000:])
+                raise SystemExit(f"llama-server: {' '.join(step[:2])} failed (exit {done.returncode}); its output "
+                                 f"ends above")
         DEST.mkdir(parents=True, exist_ok=True)
         staged = DEST / "llama-server.tmp"
         shutil.copy2(build_dir / "bin" / "llama-server", staged)
