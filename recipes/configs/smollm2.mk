@@ -20,7 +20,7 @@ K_IWM     = 4
 K_SR      = 3
 STEPS     = 120
 # 8 examples per update as 4 micro-batches of 2: the same updates at the same speed in 3.9 GB peak RSS instead of 9.5
-# (3 updates of the SR data measured each way; the README's table was run as one batch of 8, which peaked at 18 GB)
+# (3 updates of the SR data measured each way; the table of docs/results/smollm2.md was run as one batch of 8, which peaked at 18 GB)
 BATCH     = 2
 LR        = 2e-4
 # bf16 autocast where the CPU has bf16 instructions (AVX512-BF16 or AMX): about 2x the tokens/s of fp32 with the
