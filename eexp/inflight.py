@@ -90,3 +90,15 @@ class InOrder:
                 self.work.put(None)
             self.work = None
             self.threads = []
+
+
+def side_by_side(calls: list[Callable[[], Any]], n: int, name: str = "eexp-inflight") -> list[Any]:
+    """The results of `calls`, in their order, with up to `n` running at once (the K samples of one state, or the
+    scoring requests of its actions)."""
+    running = InOrder(max(1, min(n, len(calls))), name=name)
+    try:
+        for call in calls:
+            running.submit(call)
+        return [result for _, result in running.ready(block=True)]
+    finally:
+        running.close()

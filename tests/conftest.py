@@ -106,3 +106,17 @@ def tiny_gguf(tiny_checkpoint, tmp_path_factory) -> Path:
     result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "-o", str(out), "--quant", "q8_0"])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def stub():
+    """stub(honours, **options) -> a StubServer (tests/openai_stub.py) on 127.0.0.1, closed after the test."""
+    from openai_stub import StubServer
+    servers = []
+
+    def make(*args, **kwargs):
+        servers.append(StubServer(*args, **kwargs))
+        return servers[-1]
+    yield make
+    for server in servers:
+        server.close()

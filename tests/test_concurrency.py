@@ -19,21 +19,8 @@ from click.testing import CliRunner
 
 from eexp.cli import cli
 from eexp.inflight import InOrder
-from openai_stub import StubServer
 
 EEXP = [sys.executable, "-m", "eexp"]
-
-
-@pytest.fixture
-def stub():
-    servers = []
-
-    def make(*args, **kwargs):
-        servers.append(StubServer(*args, **kwargs))
-        return servers[-1]
-    yield make
-    for s in servers:
-        s.close()
 
 
 def invoke(args, input=None):

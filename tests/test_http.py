@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -22,24 +18,12 @@ from click.testing import CliRunner
 from eexp.cli import cli
 from eexp.policies import PolicyError, load_policy
 from eexp.policies.http import GUIDED
-from openai_stub import ADMISSIBLE, FREE_TEXT, MESSAGES, StubServer, gbnf_choices  # noqa: F401
+from openai_stub import ADMISSIBLE, MESSAGES, StubServer
 
 WARNING = ("eexp: warning: {url} obeys none of the guided decodings eexp knows (structured_outputs, vllm, llamacpp, "
            "json_schema; tried each with one request at start): actions are FREE TEXT, and a model that answers "
            "outside the admissible list scores its steps as invalid. If the server has one, give --policy-arg "
            "guided=NAME; --policy-arg guided=none says free text is meant (said once per run)")
-
-
-@pytest.fixture
-def stub():
-    servers = []
-
-    def make(*args, **kwargs):
-        servers.append(StubServer(*args, **kwargs))
-        return servers[-1]
-    yield make
-    for s in servers:
-        s.close()
 
 
 def free_port() -> int:

@@ -40,7 +40,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from eexp.inflight import InOrder
+from eexp.inflight import side_by_side
 from eexp.policies.actions import failed_reply, open_space, reply_from_text
 from eexp.policies.args import take_args
 from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply
@@ -272,20 +272,28 @@ class HttpPolicy(Policy):
                                           top_p=self.top_p if top_p is None else top_p,
                                           max_tokens=max_tokens, choices=choices)
         except EndpointError as e:
-            if e.status is None:   # no answer at all: is the server still there?
-                self._check_alive()
-            with self._count_lock:
-                self.requests += 1
-                self.failed_requests += 1
-                failed = self.failed_requests
-            if failed <= 3:
-                warn(f"{e}; the reply is marked failed" + (" (further failures are counted, not shown)"
-                                                          if failed == 3 else ""))
-            return failed_reply(str(e), seed, admissible)
-        with self._count_lock:
-            self.requests += 1
+            return self._failed(e, [seed], admissible)[0]
+        self._count(1)
         return reply_from_text(text, admissible, context=context, seed=seed if temperature > 0 else 0,
                                finish_reason=finish)
+
+    def _count(self, calls: int, failed: bool = False) -> int:
+        """Count `calls` replies (all failed, or none); the failures so far."""
+        with self._count_lock:
+            self.requests += calls
+            self.failed_requests += calls if failed else 0
+            return self.failed_requests
+
+    def _failed(self, e: EndpointError, seeds: list[int], admissible) -> list[Reply]:
+        """The replies of a call that failed for good, counted (and the first few said), after a look at whether
+        the server is still there when there was no answer at all."""
+        if e.status is None:
+            self._check_alive()
+        failed = self._count(len(seeds), failed=True)
+        if failed - len(seeds) < 3:
+            warn(f"{e}; the reply is marked failed" + (" (further failures are counted, not shown)"
+                                                      if failed >= 3 else ""))
+        return [failed_reply(str(e), seed, admissible) for seed in seeds]
 
     def _check_alive(self) -> None:
         """After a request got no answer: one quick request (the model list, no retries). A server that does not
@@ -340,13 +348,7 @@ class HttpPolicy(Policy):
             return lambda: self._call(messages, admissible, seed, temperature, context, max_tokens, constrained)
 
         # the K samples together (the semaphore in _call bounds what is in flight), in the order of the seeds
-        calls = InOrder(min(self.concurrency, len(seeds)), name="eexp-http-sample")
-        try:
-            for s in seeds:
-                calls.submit(one(s))
-            return [reply for _, reply in calls.ready(block=True)]
-        finally:
-            calls.close()
+        return side_by_side([one(s) for s in seeds], self.concurrency, name="eexp-http-sample")
 
     def set_concurrency(self, n: int) -> None:
         self.concurrency = n
@@ -429,13 +431,7 @@ class HttpPolicy(Policy):
                 return float(sum(values[len(prompt):]))
             return call
 
-        calls = InOrder(min(self.concurrency, len(conts)), name="eexp-http-score")
-        try:
-            for cont in conts:
-                calls.submit(loglik(cont))
-            return [value for _, value in calls.ready(block=True)]
-        finally:
-            calls.close()
+        return side_by_side([loglik(cont) for cont in conts], self.concurrency, name="eexp-http-score")
 
     def _scored(self, messages, admissible, seeds, temperature) -> list[Reply]:
         """--act score: the actions ranked once, then one pick per seed (greedy at temperature 0)."""
@@ -443,15 +439,8 @@ class HttpPolicy(Policy):
         try:
             logliks = self._score(messages, admissible)
         except EndpointError as e:
-            if e.status is None:
-                self._check_alive()
-            with self._count_lock:
-                self.requests += len(seeds)
-                self.failed_requests += len(seeds)
-            warn(f"{e}; the reply is marked failed")
-            return [failed_reply(str(e), seed, admissible) for seed in seeds]
-        with self._count_lock:
-            self.requests += len(seeds)
+            return self._failed(e, seeds, admissible)
+        self._count(len(seeds))
         return [pick_action(admissible, logliks, seed, temperature) for seed in seeds]
 
 
