@@ -401,9 +401,12 @@ def summarize(episodes: list[dict], *, env: str, policy: str, split: str | None 
 
 def failed_requests(episode: dict) -> int:
     """Steps whose policy call failed for good (a server that did not answer, after the retries): the reply is
-    recorded as unparsed, with finish_reason "error: ..."."""
-    return sum(1 for u in (episode.get("meta") or {}).get("unparsed", ())
-               if str(u.get("finish_reason", "")).startswith("error"))
+    recorded as unparsed, with finish_reason "error: ...". A baseline makes no requests: its "error" replies (random
+    with no admissible list to draw from) are the state's, not a failure to count."""
+    meta = episode.get("meta") or {}
+    if policy_kind(meta.get("policy_spec")) == "baseline":
+        return 0
+    return sum(1 for u in meta.get("unparsed", ()) if str(u.get("finish_reason", "")).startswith("error"))
 
 
 def pct(x: float) -> str:
