@@ -576,8 +576,14 @@ class StageIO:
             done = self.done(output_key, output_kind)
             writer = self._writer()
             with self.closing(writer), progress_bar(self.quiet, unit=unit) as bar:
-                run_stage(self.reader, stage, writer, self.stats, validate=validate, shard=self.shard,
-                          done=done, input_key=input_key, progress=bar)
+                try:
+                    run_stage(self.reader, stage, writer, self.stats, validate=validate, shard=self.shard,
+                              done=done, input_key=input_key, progress=bar)
+                except InputError:
+                    # A bad input line stops the run where a serial run stops: the outputs of the lines before it,
+                    # still in flight in a stage with --concurrency or -j, are written first.
+                    self._write_all(writer, _finish(stage))
+                    raise
                 self._write_all(writer, _finish(stage))
         finally:
             _close(stage)

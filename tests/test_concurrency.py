@@ -240,3 +240,15 @@ def test_ctrl_c_with_requests_in_flight_leaves_whole_lines_and_no_traceback(stub
     assert b"Traceback" not in err and err.decode().strip().endswith("eexp: interrupted")
     text = out.read_text()
     assert text.endswith("\n") and all(json.loads(line)["id"] for line in text.splitlines())
+
+
+def test_a_bad_line_stops_a_concurrent_run_where_a_serial_run_stops(stub, tmp_path):
+    expert = invoke(["expert", "--env", "shop", "-n", "2"]).stdout.splitlines()
+    (tmp_path / "mixed.jsonl").write_text(expert[0] + "\n{broken\n" + expert[1] + "\n")
+    server = stub("llamacpp", latency=0.05)
+    runs = [invoke(["branch", "--policy", server.url, "-k", "2", "-q", "--concurrency", n,
+                    str(tmp_path / "mixed.jsonl")]) for n in ("1", "4")]
+    for result in runs:
+        assert result.exit_code == 1 and f"{tmp_path / 'mixed.jsonl'}:2: not valid JSON" in result.stderr
+    # the first trajectory's records, in flight when line 2 was read, are written as the serial run writes them
+    assert timeless(records(runs[1].stdout)) == timeless(records(runs[0].stdout)) != []
