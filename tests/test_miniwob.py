@@ -274,6 +274,7 @@ env = MiniWobEnv(train_seeds=1, task_types="click-test", ood_types="")
 env.reset(env.tasks("train")[0])
 print(env.browser_folder(), flush=True)
 if sys.argv[1] == "exit":
+    sys.stdin.readline()             # the test counts the browser's processes first (exiting at once raced it)
     sys.exit(0)                      # no close(): the interpreter's exit closes it
 time.sleep(600)
 """
@@ -283,7 +284,7 @@ time.sleep(600)
 @pytest.mark.parametrize("how", ["kill -9", "ctrl-c", "exit"])
 def test_no_chromium_outlives_its_owner(how, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", OWNER, "exit" if how == "exit" else "wait"],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ},
                             preexec_fn=interruptible)
     try:
         folder = proc.stdout.readline().strip()
@@ -294,6 +295,9 @@ def test_no_chromium_outlives_its_owner(how, tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
         elif how == "ctrl-c":
             os.kill(proc.pid, signal.SIGINT)
+        else:
+            proc.stdin.write("exit\n")
+            proc.stdin.flush()
         proc.wait(timeout=30)
         assert gone(folder) == [], f"browser processes outlived their owner ({how})"
         assert not Path(folder).exists()
