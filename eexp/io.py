@@ -15,12 +15,14 @@ it still holds after the last one, `close()` releases what it holds; it reports 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import os
 import stat
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -61,6 +63,14 @@ class Line:
         return InputError(message, self.path, self.line)
 
 
+def _lines(stream, name: str) -> Iterator[bytes]:
+    """The stream's lines; a .gz file that is not gzip data is an InputError, not a traceback."""
+    try:
+        yield from stream
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise InputError(f"not a readable gzip file ({e})", name) from None
+
+
 @dataclass
 class Reader:
     """Reads records from files or stdin (`-`). With on_error="skip" bad lines are counted, not fatal."""
@@ -85,6 +95,7 @@ class Reader:
             yield from self._read_one(path)
 
     def _read_one(self, path: str) -> Iterator[Line]:
+        path = os.fspath(path)   # a pathlib.Path too (library callers, tests)
         name = STDIN_NAME if path == "-" else path
         if path == "-":
             stream = sys.stdin.buffer
@@ -92,14 +103,15 @@ class Reader:
             if os.path.isdir(path):
                 raise InputError("is a directory, not a JSONL file", path)
             try:
-                stream = open(path, "rb")
+                # FILE.jsonl.gz is read as it is (compressed results kept in a repository, eval --compare's input)
+                stream = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
             except FileNotFoundError:
                 raise InputError("no such file", path) from None
             except OSError as e:
                 raise InputError(f"cannot read ({e.strerror})", path) from None
         seen = 0
         try:
-            for lineno, raw in enumerate(stream, 1):
+            for lineno, raw in enumerate(_lines(stream, name), 1):
                 if not raw.strip():
                     continue
                 seen += 1

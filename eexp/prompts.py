@@ -20,6 +20,10 @@ from eexp.errors import EexpError
 POLICY_SYSTEM = ("Choose the next action for the task. Answer `Action: <action>`, optionally after "
                  "`Thought: <reasoning>`.")
 WORLD_MODEL_SYSTEM = "Predict what the environment shows after the action. Answer `Observation: <next observation>`."
+# A critic (critic-data, eexp.policies.critic) judges one proposed action of a state; its answer is one of VERDICTS.
+CRITIC_SYSTEM = "Is the proposed action the one an expert takes next in this state? Answer `Yes` or `No`."
+CRITIC_VERDICTS = ("Yes", "No")   # the expert's action, any other
+PROPOSED_ACTION = "Proposed action: "
 # The section headings of a rendered state: `render_state` writes them and `shorten` finds them again.
 HISTORY_HEADING = "Recent steps:\n"
 OBSERVATION_HEADING = "Current observation:\n"
@@ -104,6 +108,14 @@ class Serializer:
         rendered = self.render_state(state) if rendered is None else rendered
         return [{"role": "system", "content": WORLD_MODEL_SYSTEM},
                 {"role": "user", "content": f"{rendered}\n\nAction: {action}"}]
+
+    def critic_messages(self, state: dict, action: str, rendered: str | None = None) -> list[dict]:
+        """The prompt of a critic example: the rendered state (the IL user turn, unchanged) and the proposed action
+        after it, in one user turn (so an over-long one is shortened like any state: the action is never cut); the
+        answer is one of CRITIC_VERDICTS. `rendered` as in world_model_messages."""
+        rendered = self.render_state(state) if rendered is None else rendered
+        return [{"role": "system", "content": CRITIC_SYSTEM},
+                {"role": "user", "content": f"{rendered}\n\n{PROPOSED_ACTION}{action}"}]
 
 
 # --- a state over a token budget -------------------------------------------------------------------------------

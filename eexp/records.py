@@ -47,6 +47,8 @@ SHAPES: dict[str, dict] = {
                            "valid?": bool, "error?": str},
                 "alternatives": [ALTERNATIVE], "error?": str, "meta?": dict},
     "example": {"id": str, "source_id?": str, "messages": [MESSAGE], "meta?": dict},
+    "preference": {"id": str, "source_id?": str, "prompt": [MESSAGE], "chosen": [MESSAGE], "rejected": [MESSAGE],
+                   "meta?": dict},
     "episode": {"id": str, "task": TASK, "policy": str, "actions": [str], "observations": [str], "success": bool,
                 "score": NUMBER, "steps": int, "invalid_actions": int, "stop_reason": str, "meta?": dict},
     "summary": {"env": str, "split": str, "policy": str, "n": int, "success_rate": NUMBER, "ci_low": NUMBER,
@@ -55,9 +57,11 @@ SHAPES: dict[str, dict] = {
 }
 
 KIND_NAMES = {"trajectory": "a trajectory", "branch": "a branch record", "outcome": "an outcome record",
-              "example": "a training example", "episode": "an episode", "summary": "an eval summary"}
+              "example": "a training example",
+              "preference": "a preference pair", "episode": "an episode", "summary": "an eval summary"}
 KIND_PLURALS = {"trajectory": "trajectories", "branch": "branch records", "outcome": "outcomes",
-                "example": "training examples", "episode": "episodes", "summary": "eval summaries"}
+                "example": "training examples",
+                "preference": "preference pairs", "episode": "episodes", "summary": "eval summaries"}
 
 
 # A spec is compiled once into a function value -> None | (path parts, problem); the path is only built when
@@ -152,6 +156,8 @@ def kind_of(record: dict) -> str | None:
     """Which DESIGN.md record this looks like, from its distinctive keys (not a validation)."""
     if "messages" in record:
         return "example"
+    if "chosen" in record and "rejected" in record:
+        return "preference"
     if "steps" in record and "final_observation" in record:
         return "trajectory"
     if "alternatives" in record:
@@ -169,6 +175,8 @@ def validate(record: dict, kind: str) -> str | None:
     problem = check(record, SHAPES[kind])
     if problem is None and kind == "example":
         problem = _check_messages(record["messages"])
+    if problem is None and kind == "preference":
+        problem = _check_pair(record)
     return problem
 
 
@@ -180,6 +188,21 @@ def _check_messages(messages: list[dict]) -> str | None:
             return f"messages[{i}].role: expected system, user, assistant or tool, got {m['role']!r}"
     if not any(m["role"] == "assistant" for m in messages):
         return "messages: no assistant turn to learn from"
+    return None
+
+
+def _check_pair(record: dict) -> str | None:
+    """A pair as DPO reads it: a prompt that ends on a user turn, and assistant turns on each side."""
+    if not record["prompt"]:
+        return "prompt: empty"
+    if record["prompt"][-1]["role"] != "user":
+        return f"prompt: expected it to end on a user turn, got {record['prompt'][-1]['role']!r}"
+    for side in ("chosen", "rejected"):
+        if not record[side]:
+            return f"{side}: empty"
+        for i, m in enumerate(record[side]):
+            if m["role"] != "assistant":
+                return f"{side}[{i}].role: expected assistant, got {m['role']!r}"
     return None
 
 
@@ -225,7 +248,7 @@ def make_meta(stage: str, **fields: Any) -> dict:
 # sees a column change type (huggingface/datasets #6460). Unknown values are "" or 0, never null.
 EXAMPLE_META: dict[str, type] = {
     "stage": str,            # imitation-data | world-model-data | reflect
-    "kind": str,             # il | iwm | sr
+    "kind": str,             # il | iwm | sr (preference pairs: preference)
     "eexp_version": str,
     "env": str,
     "env_version": str,

@@ -7,6 +7,8 @@ version under .venv/opt/, so a machine compiles it once:
 
     python tests/llama_server.py build        # about 10 minutes on 2 quiet cores; prints the binary's path
     python tests/llama_server.py path         # the binary, or exit 1 if it is not built
+    python tests/llama_server.py run MODEL.gguf --parallel 8 -- eexp eval --concurrency 8 ...
+                                              # a command with a server on MODEL as its EEXP_POLICY (recipes/)
 
 `EEXP_LLAMA_SERVER=/path/to/llama-server` uses a binary of your own instead. `Server(model, parallel=N)` starts
 one on 127.0.0.1 and a free port, waits until it answers, and stops it on close.
@@ -141,6 +143,25 @@ class Server:
         self.close()
 
 
+def run(argv: list[str]) -> int:
+    """`run MODEL [--parallel N] [--threads T] [--log FILE] -- COMMAND...`: COMMAND with a server on MODEL, its URL
+    in EEXP_POLICY (the default policy of eval, branch and reflect); the server stops when COMMAND ends, whose exit
+    status is returned."""
+    import argparse
+    if "--" not in argv:
+        raise SystemExit("usage: llama_server.py run MODEL [--parallel N] [--threads T] [--log FILE] -- COMMAND...")
+    cut = argv.index("--")
+    ap = argparse.ArgumentParser(prog="llama_server.py run")
+    ap.add_argument("model")
+    ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--ctx", type=int, default=2048, help="context tokens per slot")
+    ap.add_argument("--log")
+    args = ap.parse_args(argv[:cut])
+    with Server(args.model, parallel=args.parallel, threads=args.threads, ctx=args.ctx, log=args.log) as server:
+        return subprocess.run(argv[cut + 1:], env={**os.environ, "EEXP_POLICY": server.url}).returncode
+
+
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else "build"
     if command == "build":
@@ -150,5 +171,7 @@ if __name__ == "__main__":
         if found is None:
             sys.exit(1)
         print(found)
+    elif command == "run":
+        sys.exit(run(sys.argv[2:]))
     else:
-        sys.exit(f"usage: {sys.argv[0]} build|path")
+        sys.exit(f"usage: {sys.argv[0]} build|path|run")

@@ -88,6 +88,26 @@ def test_world_model_data_keeps_expert_and_invalid_transitions(runner, tmp_path)
     assert counts["not_executed"] == 1 and counts["invalid_actions"] == 1
 
 
+def test_world_model_data_says_which_states_had_no_alternative_and_refuses_a_file_with_none(runner, tmp_path):
+    import json
+    outcomes = [json.loads(line) for line in Path(OUTCOMES).read_text().splitlines()]
+    outcomes[0]["alternatives"] = []
+    some = write(tmp_path / "some.jsonl", "".join(json.dumps(o) + "\n" for o in outcomes))
+    result = runner.invoke(cli, ["world-model-data", some, "--stats", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    assert "eexp: 1 of 2 states have no alternative action (their example is the expert transition alone; " \
+           "no_alternatives in --stats)" in result.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["no_alternatives"] == 1
+    # BFCL with --propose admissible: no state lists admissible actions, so none has an alternative
+    outcomes[1]["alternatives"] = []
+    none = write(tmp_path / "none.jsonl", "".join(json.dumps(o) + "\n" for o in outcomes))
+    result = runner.invoke(cli, ["world-model-data", none])
+    assert result.exit_code == 1
+    assert "none of the 2 states has an alternative action, so these examples are the expert's transitions alone, " \
+           "not world-model data; branch proposes none where a state lists no admissible actions: propose with a " \
+           "model (branch --propose policy)" in result.stderr
+
+
 def test_world_model_data_max_chars(runner):
     result = runner.invoke(cli, ["world-model-data", OUTCOMES, "--max-chars", "20"])
     for example in lines(result.stdout):
@@ -350,3 +370,23 @@ def test_ctrl_c_exits_130_with_whole_lines(tmp_path):
 def test_python_dash_m_and_version():
     proc = subprocess.run([*EEXP, "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "eexp, version" in proc.stdout
+
+
+def test_a_gzip_file_is_read_as_jsonl_and_a_bad_one_is_a_clear_error(tmp_path):
+    import gzip
+
+    from eexp.io import InputError, Reader
+    good = tmp_path / "episodes.jsonl.gz"
+    with gzip.open(good, "wb") as f:
+        f.write(b'{"id": "a"}\n\n{"id": "b"}\n{"id": \n')
+    reader = Reader([str(good)])
+    lines = []
+    with pytest.raises(InputError) as err:
+        for line in reader:
+            lines.append((line.record["id"], line.line))
+    assert lines == [("a", 1), ("b", 3)]
+    assert str(err.value).startswith(f"{good}:4: not valid JSON")       # FILE:LINE counts the uncompressed lines
+    bad = tmp_path / "plain.jsonl.gz"
+    bad.write_bytes(b'{"id": "a"}\n')
+    with pytest.raises(InputError, match=r"plain.jsonl.gz: not a readable gzip file"):
+        list(Reader([str(bad)]))

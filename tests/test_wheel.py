@@ -127,7 +127,7 @@ def test_eexp_alone_shows_every_command_once_by_section():
     assert sorted(listed) == sorted(cli.commands)   # each once, none left out (a new one lands in "Other commands")
     headings = [line[:-1] for line in result.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert [h for h in headings if h in SECTIONS] == list(SECTIONS)
-    assert listed[:4] == ["envs", "expert", "branch", "rollout"]   # the pipeline's order, not the alphabet's
+    assert listed[:5] == ["envs", "expert", "curate", "branch", "rollout"]   # the pipeline's order, not the alphabet's
     assert "..." not in result.stdout.split("Collect experience:")[1]   # first sentences whole, never cut
     assert result.stdout == CliRunner().invoke(cli, ["--help"], prog_name="eexp").stdout
 

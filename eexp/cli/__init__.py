@@ -23,10 +23,11 @@ def _stdout_to_devnull() -> None:
 
 # The commands as `eexp` and `eexp --help` list them: in the order of the pipeline, not the alphabet's.
 SECTIONS = {
-    "Collect experience": ["envs", "expert", "branch", "rollout"],
-    "Make training data": ["imitation-data", "world-model-data", "reflect", "mix", "corpus"],
+    "Collect experience": ["envs", "expert", "curate", "branch", "rollout"],
+    "Make training data": ["imitation-data", "world-model-data", "reflect", "preference-data", "critic-data", "mix",
+                           "corpus"],
     "Models": ["init-model", "import-model", "finetune", "rl", "export", "merge"],
-    "Evaluate and check": ["eval", "doctor", "validate"],
+    "Evaluate and check": ["eval", "critic-eval", "doctor", "validate"],
 }
 # What `--version` reports besides eexp's own version: the packages that decide what eexp can do here.
 VERSION_PACKAGES = ("torch", "transformers", "peft", "llama-cpp-python")
@@ -139,3 +140,5 @@ from eexp.cli import train  # noqa: E402,F401
 from eexp.cli import policies  # noqa: E402,F401
 from eexp.cli import corpus  # noqa: E402,F401
 from eexp.cli import rl  # noqa: E402,F401
+from eexp.cli import curation  # noqa: E402,F401
+from eexp.cli import critic  # noqa: E402,F401

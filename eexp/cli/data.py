@@ -1,5 +1,5 @@
-"""Commands that turn records into training examples and check them: imitation-data, world-model-data, mix,
-validate. No model and no environment needed."""
+"""Commands that turn records into training examples and check them: imitation-data, world-model-data,
+preference-data, critic-data, mix, validate. No model and no environment needed."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from eexp.cli import cli
 from eexp.cli.options import UserError, config_option, serializer_options, stage_options
 from eexp.io import Reader, StageIO
 from eexp.records import KIND_NAMES, expect, kind_of, validate as validate_record
+from eexp.stages.critic import critic_examples
 from eexp.stages.imitation import imitation_examples
 from eexp.stages.mix import mix, parse_source
+from eexp.stages.preference import REJECTED, preference_pairs
 from eexp.stages.world_model import world_model_examples
 
 
@@ -82,6 +84,83 @@ def world_model_data(io, serializer, max_chars, summarizer):
     summarize = _load_summarizer(summarizer)
     io.run(lambda o: world_model_examples(o, serializer, max_chars, summarize, io.count), validate=expect("outcome"),
            output_kind="example")
+    check_alternatives(io.stats.counts.get("no_alternatives", 0), io.stats.records_in)
+
+
+def check_alternatives(without: int, states: int) -> None:
+    """World-model data is about what the expert did not do: states without an executed alternative are counted
+    and said, and a file where no state has one is an error (its examples are the expert's transitions alone)."""
+    hint = ("branch proposes none where a state lists no admissible actions: propose with a model (branch "
+            "--propose policy)")
+    if states and without == states:
+        raise UserError(f"none of the {states} states has an alternative action, so these examples are the expert's "
+                        f"transitions alone, not world-model data; {hint}")
+    if without:
+        click.echo(f"eexp: {without} of {states} states have no alternative action (their example is the expert "
+                   f"transition alone; no_alternatives in --stats); {hint}", err=True)
+
+
+def rejected_option(side: str):
+    """--rejected of preference-data and critic-data: which executed alternatives count against the expert's."""
+    return click.option("--rejected", type=click.Choice(REJECTED), default="all", show_default=True,
+                        help=f"Which executed alternatives are {side}: invalid (the environment refused them), "
+                        "no-progress (invalid, changed nothing, or ended the episode where the expert's action did not "
+                        "or with less reward), or all of them.")
+
+
+@cli.command("preference-data")
+@stage_options
+@serializer_options
+@rejected_option("the rejected side")
+def preference_data(io, serializer, rejected):
+    """Outcome records -> preference pairs: the state, the expert action chosen, an executed alternative rejected.
+
+    The reward-free assumption of SR: at an expert state the expert's action is the better one. The prompt is the
+    policy prompt imitation-data and eval render (the same serializer options give the same messages); chosen and
+    rejected are one assistant message each, `Action: ...`: the conversational shape TRL's DPOTrainer reads as it is,
+    and `eexp finetune --objective dpo` trains on. One pair per alternative --rejected takes; ids are
+    `pref:<outcome id>:<j>`, j the alternative's index; meta says which alternative and why (meta.reason).
+
+    \b
+    Examples:
+      eexp branch -k 4 expert.jsonl | eexp rollout | eexp preference-data > pairs.jsonl
+      eexp preference-data --rejected no-progress outcomes.jsonl -o pairs.jsonl
+    """
+    io.run(lambda o: preference_pairs(o, serializer, rejected, io.count), validate=expect("outcome"),
+           output_kind="preference")
+    if io.stats.records_in and not io.stats.records_out and not io.stats.counts.get("resumed"):
+        click.echo(f"eexp: no preference pairs: none of the {io.stats.records_in} states has an executed "
+                   f"alternative that --rejected {rejected} takes (see --stats)", err=True)
+
+
+@cli.command("critic-data")
+@stage_options
+@serializer_options
+@rejected_option("the `No` examples")
+@click.option("--balance/--no-balance", default=True, show_default=True,
+              help="Give the expert's example loss weight n, the number of `No` examples of its state, so each "
+              "state weighs `Yes` and `No` alike (finetune reads the weight of an assistant turn).")
+def critic_data(io, serializer, rejected, balance):
+    """Outcome records -> critic examples: the state and a proposed action -> `Yes` (the expert's) or `No`.
+
+    One example for the expert action and one per executed alternative --rejected takes, at every state that has
+    such an alternative. The prompt is the critic's own system prompt, then the state exactly as imitation-data
+    renders it (the same serializer options give the same text) and `Proposed action: <action>`; the answer is one
+    word, `Yes` or `No`. Train with `eexp finetune` as it is; `eexp critic-eval` measures the result and
+    eexp.policies.critic.Critic uses it. Ids are `critic:<outcome id>:expert` and `critic:<outcome id>:<j>`, j the
+    alternative's index; meta.extra says the verdict, the alternative, why it counts and its weight.
+
+    \b
+    Examples:
+      eexp branch -k 4 expert.jsonl | eexp rollout | eexp critic-data > critic.jsonl
+      eexp finetune critic.jsonl --model IL -o critic
+      eexp critic-data --rejected no-progress --no-balance outcomes.jsonl -o critic.jsonl
+    """
+    io.run(lambda o: critic_examples(o, serializer, rejected, balance, io.count), validate=expect("outcome"),
+           output_kind="example")
+    if io.stats.records_in and not io.stats.records_out and not io.stats.counts.get("resumed"):
+        click.echo(f"eexp: no critic examples: none of the {io.stats.records_in} states has an executed "
+                   f"alternative that --rejected {rejected} takes (see --stats)", err=True)
 
 
 @cli.command("mix", context_settings={"ignore_unknown_options": True})  # so `-:3` (stdin, weight 3) is a source
@@ -143,8 +222,8 @@ def validate(files, kind, quiet):
             if kind and found != kind:
                 problem = f"expected {KIND_NAMES[kind]}, got {KIND_NAMES.get(found, 'a record of no known kind')}"
             elif found is None:
-                problem = "not a record of any kind eexp knows (trajectory, branch, outcome, example, episode, " \
-                          "summary)"
+                problem = "not a record of any kind eexp knows (trajectory, branch, outcome, example, preference " \
+                          "pair, episode, summary)"
             else:
                 problem = validate_record(item.record, found)
             if problem:

@@ -32,7 +32,7 @@ def warn(message: str) -> None:
               help="Worker processes, each with its own environment and model (for a model in this process, or "
               "an environment that needs CPU); for a server use --concurrency.")
 @concurrency_option("episodes")
-@field_options(EvalSettings, "max_steps")
+@field_options(EvalSettings, "max_steps", "start", "attempts", "memory", "critic", "critic_k", "critic_temperature")
 @sampling_options(k=False, settings=EvalSettings)  # greedy by default, as the paper evaluates
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the summary JSON here (with --compare: the "
               "comparison).")
@@ -45,8 +45,8 @@ def warn(message: str) -> None:
               "NAME=FILE,FILE,... groups the runs (seeds) of one method.")
 @click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
 def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
-                 concurrency, max_steps, temperature, seed, summary_path, trajectories_path, screenshots, compare,
-                 plot):
+                 concurrency, max_steps, start, attempts, memory, critic, critic_k, critic_temperature, temperature,
+                 seed, summary_path, trajectories_path, screenshots, compare, plot):
     """Run a policy on an environment's tasks: one episode record per task on stdout, a summary (success rate with
     its 95% Wilson interval) on stderr and in --summary FILE.
 
@@ -70,12 +70,18 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
       eexp eval --compare random.jsonl il.jsonl iwm.jsonl --plot runs.png
       eexp eval --compare IL=IL-s0.jsonl,IL-s1.jsonl,IL-s2.jsonl IWM='IWM-s*.jsonl' --summary cmp.json
       eexp eval --policy SR/ --env shop --act think -o sr.jsonl
+      eexp eval --policy model.gguf --env shop --start off-path -n 200 > recovery.jsonl
+      eexp eval --policy model.gguf --env shop --attempts 3 --memory reflexion -n 100 > reflexion.jsonl
+      eexp eval --policy IL/ --critic critic/ --critic-k 4 --env shop -n 100 > reranked.jsonl
     """
     ctx = click.get_current_context()
     if compare:
         for name in ("policy_spec", "env_name", "n", "max_steps", "trajectories_path", "concurrency", "screenshots"):
             if ctx.params.get(name) is not None:
                 raise click.UsageError(f"--compare reads episode files; it takes no --{_option_name(name)}")
+        for name in ("start", "attempts", "memory", "critic", "critic_k", "critic_temperature"):
+            if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+                raise click.UsageError(f"--compare reads episode files; it takes no --{name}")
         if io.resume:
             raise click.UsageError("--compare runs no episodes; --resume does not apply")
         if not ctx.params["inputs"]:
@@ -84,7 +90,16 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
         return run_compare(io, seed, summary_path, plot)
     if plot:
         raise click.UsageError("--plot draws a comparison: use it with --compare and episode files")
+    for name in ("critic_k", "critic_temperature"):
+        if not critic and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"--{name.replace('_', '-')} sets how the critic's candidates are proposed: "
+                                   f"give --critic MODEL")
+    if memory != "none" and attempts == 1:
+        raise click.UsageError(f"--memory {memory} is written between attempts: give --attempts N (N >= 2)")
     policy_spec = policy_or_default(policy_spec, "eval needs the policy to evaluate (or random, oracle)")
+    from eexp.policies import policy_kind
+    if memory == "reflexion" and policy_kind(policy_spec) == "baseline":
+        raise click.UsageError(f"--memory reflexion: the {policy_spec} policy writes no diagnoses (a model does)")
     from_files = bool(ctx.params["inputs"])
     if not env_name and not from_files and sys.stdin.isatty():
         raise click.UsageError("give --env NAME, or trajectory files (or stdin) whose tasks to evaluate")
@@ -104,7 +119,9 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     settings = EvalSettings(env_name=env_name, env_kwargs=env_kwargs, policy_spec=policy_spec,
                             policy_args=worker_policy_args(policy_spec, policy_args, jobs), act=act,
                             max_tokens=max_tokens, top_p=top_p, serializer_overrides=explicit_serializer_settings(ctx),
-                            max_steps=max_steps, temperature=temperature, seed=seed, screenshots=screenshots)
+                            max_steps=max_steps, start=start, attempts=attempts, memory=memory,
+                            critic=critic, critic_k=critic_k, critic_temperature=critic_temperature,
+                            temperature=temperature, seed=seed, screenshots=screenshots)
     summary = evaluate(io, settings, tasks, jobs=jobs, concurrency=concurrency, env=env,
                        trajectories_path=trajectories_path, warn=warn)
     click.echo(format_summary(summary), err=True)

@@ -27,8 +27,10 @@ def rl_command(env_args, **options):
     Each step samples --group-size episodes for each of --tasks-per-step tasks from the current weights (eval's
     episode loop), rewards each episode with the environment's success or score, and updates on the policy's own
     replies with group-relative advantages, a clipped policy-gradient loss and an optional KL term to the start.
-    The first rollout batch is a probe: when none of its episodes succeeds, the run is refused. Checkpoints,
-    --resume and metrics.jsonl work as in finetune.
+    The first rollout batch is a probe: when none of its episodes succeeds, the run is refused. --reward
+    expert-step needs no success: the policy acts at the states of expert trajectories and each sampled action is
+    rewarded by its match with the expert's; outcome RL then continues from its output. Checkpoints, --resume and
+    metrics.jsonl work as in finetune.
 
     \b
     Example:
@@ -36,6 +38,7 @@ def rl_command(env_args, **options):
       eexp rl --model runs/il-lora --env textworld --act generate -G 8 --kl-coef 0.01 -o runs/il-rl
       eexp rl --model runs/iwm --env shop -o runs/iwm-rl --max-steps 40 --resume
       eexp eval --policy runs/iwm-rl --env shop --split test --act score -o iwm-rl.jsonl
+      eexp rl --model runs/il --env shop -o runs/il-es --reward expert-step --expert expert.jsonl --temperature 3
     """
     from eexp.rl import run_rl
     quiet_transformers()

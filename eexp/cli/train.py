@@ -12,12 +12,16 @@ from eexp.training.config import FinetuneConfig
 @dataclass_options(FinetuneConfig)
 @config_option
 def finetune_command(config: FinetuneConfig):
-    """Fine-tune a model on training examples (IL, SR) with an optional world-model warm-up (IWM).
+    """Fine-tune a model on training examples (IL, SR) with an optional world-model warm-up (IWM), or on preference
+    pairs (DPO).
 
     Loss is on assistant turns only (weight 0 turns excluded), located by rendering the conversation with the
     model's own chat template, end-of-turn token included. OUT holds the final model (or LoRA adapter), its
     tokenizer, config.yaml (the resolved options: `--config OUT/config.yaml` replays the run), card.yaml (the
     model card: serializer settings eval reads, base model and its hash, phases) and metrics.jsonl.
+
+    --objective dpo trains on `eexp preference-data`'s pairs with the DPO loss, the starting weights as the
+    reference (their log-probabilities computed once, before the first update).
 
     \b
     Example:
@@ -26,6 +30,7 @@ def finetune_command(config: FinetuneConfig):
       eexp finetune il.jsonl sr.jsonl --model models/base -o runs/sr --lora --export-gguf
       eexp finetune il.jsonl --model SmolLM2-135M-Instruct.Q4_1.gguf -o runs/il-smol --lora
       eexp finetune --config runs/il/config.yaml -o runs/il-again
+      eexp finetune pairs.jsonl --objective dpo --model runs/il -o runs/il-dpo --lora
       accelerate launch -m eexp finetune il.jsonl --model Qwen2.5-0.5B -o runs/il
     """
     from eexp.training import finetune

@@ -32,6 +32,12 @@ Before the first update the first rollout batch is the probe: when none of its s
 group has one reward, there is no signal to learn from, and the run stops with advice (start from an IL, IWM or SR
 checkpoint; verl-agent issue #41) unless `--allow-zero-start`.
 
+`--reward expert-step` (expert_step.py) replaces the episodes by the expert's states: each step takes
+--tasks-per-step states of expert trajectories (the recorded state rendered with the start's serializer, as IL
+renders it), samples --group-size actions at each, and rewards each by its match with the expert's action (exact
+after canonicalize, or token F1); groups, advantages and the update are the ones above. It needs no success, so it
+has no refusing probe: the way out of a 0% start, after which outcome RL continues from its checkpoint.
+
 What "the tokens the policy produced" and the PPO ratio mean in each action mode
 --------------------------------------------------------------------------------
 `--act generate` (open action spaces): the reply's sampled tokens. Per token t, logp_t = log softmax(logits / T) of
@@ -72,6 +78,7 @@ One module per concept, as eexp/training/ is split:
 
     config.py      RLConfig (every option, its default and help), the constants of the loss and the probe
     rollouts.py    the policy over the live weights (LivePolicy), the tasks of a step, rewards and advantages
+    expert_step.py the expert states and the match reward of --reward expert-step
     loss.py        log-probabilities of what the policy produced (packed or one part at a time), the clipped loss
     recipe.py      the recipe itself: RL.setup / train / save / resume / finish (a Finetune subclass)
 
@@ -80,6 +87,7 @@ The names below are the package's public interface (`from eexp.rl import RLConfi
 
 from eexp.rl.config import (ENCODE_CACHE_SIZE, PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, ZERO_START_ADVICE,
                             RLConfig)
+from eexp.rl.expert_step import EXPERT_MATCHES, expert_states, match_reward, token_f1
 from eexp.rl.loss import (action_logprobs, batch_logprobs, candidate_logliks, chosen_units, clipped_surrogate,
                           pack_chunks, pack_tokens, packable, packed_logprobs, part_logprobs, reply_logprobs,
                           same_inputs, sample_key, sample_parts, unit_count)
@@ -91,4 +99,5 @@ __all__ = ["RLConfig", "RL", "run_rl", "group_advantages", "clipped_surrogate", 
            "action_logprobs", "step_tasks", "TrainingError", "UsageProblem", "episode_reward", "live_policy_class",
            "batch_logprobs", "packed_logprobs", "part_logprobs", "reply_logprobs", "packable", "pack_chunks",
            "pack_tokens", "same_inputs", "sample_key", "sample_parts", "chosen_units", "unit_count", "REWARDS",
-           "RL_ACT_MODES", "RESUME_FREE", "PACK_TOKENS", "ENCODE_CACHE_SIZE", "ZERO_START_ADVICE"]
+           "RL_ACT_MODES", "RESUME_FREE", "PACK_TOKENS", "ENCODE_CACHE_SIZE", "ZERO_START_ADVICE", "EXPERT_MATCHES",
+           "expert_states", "match_reward", "token_f1"]

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from eexp.training.config import option
 
-REWARDS = ("success", "score", "success+score")
+REWARDS = ("success", "score", "success+score", "expert-step")
+OUTCOME_REWARDS = REWARDS[:3]  # rewards of whole episodes; expert-step rewards single actions (eexp/rl/expert_step.py)
 PACK_TOKENS = 4096  # tokens in one packed forward pass of the update (rows x longest row): bounds its memory (9 GiB
 #                   for a 0.5B-parameter shape in bf16 with its 152k vocabulary, measured on an H100)
 ENCODE_CACHE_SIZE = 50_000  # tokenized prompts and replies the live policy remembers (then it starts over)
@@ -17,8 +18,10 @@ RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "keep_ch
 ZERO_START_ADVICE = ("RL learns only from groups whose episodes differ, and with no success every group is all "
                      "failures (verl-agent issue #41: RL cannot start from 0% success). Start from an IL, IWM or SR "
                      "checkpoint that succeeds some of the time when sampled (`eexp finetune`, more updates if it "
-                     "does not; `eexp eval --temperature 1` shows it), or pass --allow-zero-start to try anyway "
-                     "(with --reward score partial scores can still differ)")
+                     "does not; `eexp eval --temperature 1` shows it), train with --reward expert-step first "
+                     "(rewarded by agreement with the expert's actions at the expert's states: no success needed), "
+                     "or pass --allow-zero-start to try anyway (with --reward score partial scores can still "
+                     "differ)")
 
 
 @dataclass
@@ -36,10 +39,12 @@ class RLConfig:
     env: str = option(None, "Environment to act in (`eexp envs`).", required=True, metavar="NAME")
     env_kwargs: dict = field(default_factory=dict)
     split: str = option("train", "Split whose tasks RL trains on.")
-    tasks: int | None = option(None, "Use the first N tasks of the split (default: all).", short="-n", min=1)
+    tasks: int | None = option(None, "Use the first N tasks of the split (default: all); with --expert, its first N "
+                               "trajectories of the split.", short="-n", min=1)
     group_size: int = option(8, "Episodes sampled per task; advantages are relative to the group.", short="-G",
                              min=2)
-    tasks_per_step: int = option(4, "Tasks (groups) per RL step.", min=1)
+    tasks_per_step: int = option(4, "Tasks (groups) per RL step; expert states with --reward expert-step.",
+                                 min=1)
     max_steps: int = option(50, "RL steps: each is one rollout batch (tasks-per-step x group-size episodes) and its "
                             "updates.", min=1)
     act: str | None = option(None, "How an action is chosen: a draw from softmax(log-likelihood / T) over the "
@@ -49,8 +54,17 @@ class RLConfig:
     temperature: float = option(1.0, "Sampling temperature of the episodes (above 0).")
     max_tokens: int = option(64, "Most tokens per generated reply (--act generate).", min=1)
     episode_steps: int | None = option(None, "Most steps per episode (default: the environment's).", min=1)
-    reward: str = option("success", "The episode's reward: the environment's success (1/0), its score, or both.",
-                         choices=list(REWARDS))
+    reward: str = option("success", "The reward: the episode's success (1/0), its score, or both, at its end; or "
+                         "expert-step: no episodes, the policy acts at the states of expert trajectories and each "
+                         "action is rewarded by its match with the expert's (--expert-match). --tasks-per-step then "
+                         "counts expert states, each a group of --group-size actions.", choices=list(REWARDS))
+    expert: str | None = option(None, "With --reward expert-step: the expert trajectories (as `eexp expert` writes "
+                                "them) whose states the policy acts at, those of --split, successful, the first "
+                                "--tasks of them. Default: the environment's oracle on the first --tasks tasks of "
+                                "--split, run once at the start.", metavar="FILE")
+    expert_match: str = option("exact", "With --reward expert-step: an action's reward is 1 where it equals the "
+                               "expert's after the environment's canonicalize, else 0 (exact) or the token F1 of "
+                               "the two (f1: words shared, SQuAD's F1).", choices=["exact", "f1"])
     scale_rewards: bool = option(True, "Divide advantages by the group's standard deviation (GRPO), or only "
                                  "subtract its mean (Dr. GRPO).", flag="--scale-rewards/--no-scale-rewards")
     clip: float = option(0.2, "PPO clip range of the probability ratio (above 0).", min=0, max=1)
@@ -72,7 +86,7 @@ class RLConfig:
     save_every: int = option(10, "Resumable checkpoint every N RL steps.", min=1, metavar="N")
     keep_checkpoints: int = option(1, "Resumable checkpoints kept while running.", min=1)
     allow_zero_start: bool = option(False, "Train even when no episode of the probe batch succeeds (refused by "
-                                    "default: there is nothing to learn from).")
+                                    "default: there is nothing to learn from; expert-step has no such probe).")
     precision: str = option("auto", "auto: bf16 autocast (rollouts and updates; TF32 for the rest) on a GPU that "
                             "supports it, fp32 on CPU. A LoRA base is held in bf16 there.",
                             choices=["auto", "bf16", "fp32"])

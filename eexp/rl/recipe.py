@@ -19,6 +19,7 @@ import orjson
 
 from eexp import __version__
 from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, ZERO_START_ADVICE, RLConfig
+from eexp.rl.expert_step import EXPERT_MATCHES, expert_states, match_reward, oracle_trajectories, read_expert
 from eexp.rl.loss import (batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, packable, same_inputs,
                           unit_count)
 from eexp.rl.rollouts import episode_reward, group_advantages, live_policy_class, step_tasks
@@ -72,6 +73,8 @@ class RL(Finetune):
         self.env = make_env(rl.env, **rl.env_kwargs)
         self.act = rl.act or ("score" if getattr(self.env, "closed_actions", True) else "generate")
         self.tasks = split_tasks(self.env, rl.split, rl.tasks, self.echo)
+        self.expert_step = rl.reward == "expert-step"
+        self.states = self._expert_states() if self.expert_step else []
         self._existed = os.path.exists(cfg.output)
         self._prepare_output()
         self.tokenizer = load_tokenizer(self.model_cfg)
@@ -98,14 +101,17 @@ class RL(Finetune):
         self.evaluator = Evaluator(settings, env=self.env, policy=self.policy)
         self.serializer = self.evaluator.serializer.to_dict()
         self.updates_per_step = rl.ppo_epochs * rl.minibatches
-        self.phases = [("rl", rl.max_steps * self.updates_per_step)]  # scheduler length, in optimizer updates
+        # scheduler length, in optimizer updates; the card's phase name says which reward trained it
+        self.phases = [("rl-expert-step" if self.expert_step else "rl", rl.max_steps * self.updates_per_step)]
         self.total_steps = rl.max_steps
         self.log_every = 1
         options = {k: v for k, v in asdict(rl).items() if k not in RESUME_FREE}
-        tasks = hashlib.blake2b(orjson.dumps([t["id"] for t in self.tasks]), digest_size=16).hexdigest()
-        self.fingerprint = {"options": options, "data": tasks}
-        self.state = {"phase": "rl", "phase_step": 0, "global_step": 0, "best_val": None, "best_step": None,
-                      "fingerprint": self.fingerprint, "episodes": 0, "env_steps": 0, "probe": None}
+        data = [[s["id"], s["action"]] for s in self.states] if self.expert_step else [t["id"] for t in self.tasks]
+        self.fingerprint = {"options": options,
+                            "data": hashlib.blake2b(orjson.dumps(data), digest_size=16).hexdigest()}
+        self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
+                      "best_step": None, "fingerprint": self.fingerprint, "episodes": 0, "env_steps": 0,
+                      "actions": 0, "probe": None}
         self.optimizer = self.scheduler = None
         if rl.resume:
             self.load_checkpoint()
@@ -122,11 +128,37 @@ class RL(Finetune):
                                "sampling's probabilities are not computed; use score for a closed action space)")
         if rl.reward not in REWARDS:
             raise UsageProblem(f"--reward {rl.reward}: choose from {', '.join(REWARDS)}")
+        if rl.expert is not None and rl.reward != "expert-step":
+            raise UsageProblem(f"--expert: only with --reward expert-step (--reward {rl.reward} rewards episodes)")
+        if rl.expert_match not in EXPERT_MATCHES:
+            raise UsageProblem(f"--expert-match {rl.expert_match}: choose from {', '.join(EXPERT_MATCHES)}")
+        if rl.expert_match != "exact" and rl.reward != "expert-step":
+            raise UsageProblem(f"--expert-match: only with --reward expert-step (--reward {rl.reward} rewards "
+                               "episodes)")
         if rl.group_size < 2:
             raise UsageProblem("--group-size must be at least 2 (advantages are relative to the group)")
         if rl.temperature <= 0:
             raise UsageProblem("--temperature must be above 0: RL samples from the policy (greedy episodes of one "
                                "task are all the same)")
+
+    def _expert_states(self) -> list[dict]:
+        """The expert states of --reward expert-step: from --expert FILE, or the oracle's trajectories of the
+        run's tasks."""
+        rl = self.rl
+        if rl.expert is not None:
+            trajectories, failed = read_expert(rl.expert, self.env, rl.split, rl.tasks)
+            where = rl.expert
+        else:
+            trajectories, failed = oracle_trajectories(self.env, self.tasks)
+            where = f"the {rl.env} oracle on {len(self.tasks)} {rl.split} tasks"
+        if failed:
+            self.echo(f"expert-step: {failed} unsuccessful expert trajectories of {where} left out")
+        if not trajectories:
+            raise TrainingError(f"{where}: no successful {rl.split} trajectory of {rl.env}, so no expert state to "
+                                f"act at (--split {rl.split})")
+        states = expert_states(trajectories)
+        self.echo(f"expert-step: {len(states)} expert states of {len(trajectories)} trajectories ({where})")
+        return states
 
     # -- train --
 
@@ -160,7 +192,34 @@ class RL(Finetune):
         self.policy.trace = []
         return out
 
+    def expert_samples(self, step: int) -> list[tuple[dict, list[dict]]]:
+        """The actions of one expert-step RL step, grouped by state: --tasks-per-step expert states (a seeded
+        permutation, as the tasks of outcome RL), --group-size actions sampled at each from the current weights:
+        [({state, action, expert, reward, match}, its trace of policy calls)]."""
+        from eexp.policies.base import derive_seed
+        rl, serializer = self.rl, self.evaluator.serializer
+        out = []
+        with self.autocast():
+            for i, item in enumerate(step_tasks(self.states, rl.seed, step, rl.tasks_per_step)):
+                state = item["state"]
+                messages = serializer.policy_messages(state)
+                context = {"env": self.env, "task": item["task"], "step": len(state["history"])}
+                for k in range(rl.group_size):
+                    self.policy.trace = []
+                    seed = derive_seed(rl.seed, f"rl-expert-step\x1f{step}\x1f{i}\x1f{item['id']}", k)
+                    reply = self.policy.sample(messages, admissible=state.get("admissible"), seeds=[seed],
+                                               temperature=rl.temperature, context=context)[0]
+                    match = reply.action is not None and \
+                        self.env.canonicalize(reply.action) == self.env.canonicalize(item["action"])
+                    out.append(({"state": item["id"], "action": reply.action, "expert": item["action"],
+                                 "reward": match_reward(reply.action, item["action"], self.env.canonicalize,
+                                                        rl.expert_match), "match": match}, self.policy.trace))
+        self.policy.trace = []
+        return out
+
     def _rl_step(self, bar) -> None:
+        if self.expert_step:
+            return self._expert_step(bar)
         rl = self.rl
         step = self.state["global_step"] + 1
         t0 = time.perf_counter()
@@ -176,36 +235,64 @@ class RL(Finetune):
                 self._discard_output()
                 raise TrainingError(f"{rl.model}: 0 of {len(episodes)} sampled episodes on {rl.env} "
                                     f"{rl.split} succeeded. {ZERO_START_ADVICE}")
-        samples = []
         rewards = [episode_reward(e, rl.reward) for e, _ in episodes]
-        for g in range(0, len(episodes), rl.group_size):
-            advantages = group_advantages(rewards[g:g + rl.group_size], rl.scale_rewards)
-            for (episode, trace), adv in zip(episodes[g:g + rl.group_size], advantages):
-                if abs(adv) > 1e-8:
-                    samples += [{**s, "advantage": adv} for s in trace
-                            if s["mode"] == "score" or (s["mode"] == "generate" and s["reply"])
-                            or (s["mode"] == "think" and s["parts"])]
-        t1 = time.perf_counter()
-        stats = self._update(samples, step)
-        update_s = time.perf_counter() - t1
+        stats, update_s, n_samples = self._group_update([trace for _, trace in episodes], rewards, step)
         self.policy.weights_changed()
         env_steps = sum(e["steps"] for e, _ in episodes)
         self.state["global_step"] = self.state["phase_step"] = step
         self.state["episodes"] += len(episodes)
         self.state["env_steps"] += env_steps
-        row = {"step": step, "phase": "rl", "episodes": self.state["episodes"],
+        row = {"step": step, "phase": "rl", "reward": rl.reward, "episodes": self.state["episodes"],
                "success_rate": round(successes / len(episodes), 4),
                "mean_reward": round(sum(rewards) / len(rewards), 6),
                "mean_score": round(sum(float(e["score"]) for e, _ in episodes) / len(episodes), 6),
-               "env_steps": env_steps, "samples": len(samples), **stats,
+               "env_steps": env_steps, "samples": n_samples, **stats,
                "lr": self.scheduler.get_last_lr()[0],
                "rollout_s": round(rollout_s, 3), "update_s": round(update_s, 3),
                "episodes_per_s": round(len(episodes) / rollout_s, 3) if rollout_s > 0 else 0.0}
+        self._finish_step(row, bar, success=f"{row['success_rate']:.2f}")
+
+    def _finish_step(self, row: dict, bar, **postfix) -> None:
         self._log(row)
         bar.update(1)
-        bar.set_postfix(success=f"{row['success_rate']:.2f}", loss=f"{row['loss']:.4f}")
-        if step % self.cfg.save_every == 0 and step < self.total_steps:
+        bar.set_postfix(**postfix, loss=f"{row['loss']:.4f}")
+        if row["step"] % self.cfg.save_every == 0 and row["step"] < self.total_steps:
             self.save_checkpoint()
+
+    @staticmethod
+    def _trained(trace: list[dict], advantage: float) -> list[dict]:
+        """The trace's policy calls that produced something to train on, each with the advantage."""
+        return [{**s, "advantage": advantage} for s in trace
+                if s["mode"] == "score" or (s["mode"] == "generate" and s["reply"])
+                or (s["mode"] == "think" and s["parts"])]
+
+    def _expert_step(self, bar) -> None:
+        """One RL step of --reward expert-step: actions at expert states, rewarded by their match with the
+        expert's, group-relative advantages per state, the update of outcome RL. Nothing is refused: the first
+        step's match rate is recorded as the probe."""
+        rl = self.rl
+        step = self.state["global_step"] + 1
+        t0 = time.perf_counter()
+        drawn = self.expert_samples(step)
+        rollout_s = time.perf_counter() - t0
+        matches = sum(d["match"] for d, _ in drawn)
+        if self.state["probe"] is None:
+            self.state["probe"] = {"actions": len(drawn), "matches": matches,
+                                   "match_rate": round(matches / len(drawn), 4)}
+            self.echo(f"probe (the first batch of actions at expert states, sampled at temperature "
+                      f"{rl.temperature}): {matches} of {len(drawn)} match the expert's")
+        rewards = [d["reward"] for d, _ in drawn]
+        stats, update_s, n_samples = self._group_update([trace for _, trace in drawn], rewards, step)
+        self.policy.weights_changed()
+        self.state["global_step"] = self.state["phase_step"] = step
+        self.state["actions"] = self.state.get("actions", 0) + len(drawn)
+        row = {"step": step, "phase": self.phases[0][0], "reward": rl.reward, "actions": self.state["actions"],
+               "states": len(drawn) // rl.group_size, "match_rate": round(matches / len(drawn), 4),
+               "mean_reward": round(sum(rewards) / len(rewards), 6), "samples": n_samples, **stats,
+               "lr": self.scheduler.get_last_lr()[0], "rollout_s": round(rollout_s, 3),
+               "update_s": round(update_s, 3),
+               "actions_per_s": round(len(drawn) / rollout_s, 3) if rollout_s > 0 else 0.0}
+        self._finish_step(row, bar, match=f"{row['match_rate']:.2f}")
 
     def _logprobs(self, model, samples: list[dict]) -> list[list[tuple]]:
         """The samples' log-probabilities under bf16 autocast on a GPU. With gradient checkpointing, a pass that
@@ -228,6 +315,21 @@ class RL(Finetune):
             return self._logprobs(self.reference, samples)
         with self.model.disable_adapter():  # a fresh LoRA adapter: the start is the base without it
             return self._logprobs(self.model, samples)
+
+    def _group_update(self, traces: list, rewards: list[float], step: int) -> tuple[dict, float, int]:
+        """One update from consecutive groups of group_size samples (episodes, or actions at expert states): each
+        trace weighted by its group-relative advantage (none with a zero one); (its stats, its seconds, how many
+        samples it trained on)."""
+        rl = self.rl
+        samples = []
+        for g in range(0, len(traces), rl.group_size):
+            advantages = group_advantages(rewards[g:g + rl.group_size], rl.scale_rewards)
+            for trace, adv in zip(traces[g:g + rl.group_size], advantages):
+                if abs(adv) > 1e-8:
+                    samples += self._trained(trace, adv)
+        t1 = time.perf_counter()
+        stats = self._update(samples, step)
+        return stats, time.perf_counter() - t1, len(samples)
 
     def _update(self, samples: list[dict], step: int) -> dict:
         """--ppo-epochs passes of --minibatches optimizer updates over the step's samples."""
@@ -321,7 +423,9 @@ class RL(Finetune):
                 "from_scratch": from_scratch(self.model_cfg.model), "eexp_version": __version__,
                 "precision": "bf16" if self.bf16 else "fp32", "probe": self.state.get("probe"),
                 "steps": self.state["global_step"], "episodes": self.state["episodes"],
-                "env_steps": self.state["env_steps"]}
+                "env_steps": self.state["env_steps"],
+                **({"actions": self.state.get("actions", 0), "expert_states": len(self.states)}
+                   if self.expert_step else {})}
 
     def finish(self) -> None:
         super().finish()

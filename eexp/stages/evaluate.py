@@ -17,6 +17,7 @@ deterministic policy: a batching server's own floating-point results can depend 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -56,7 +57,30 @@ class EvalSettings:
     max_tokens: int = shared("max_tokens")
     top_p: float = shared("top_p")
     serializer_overrides: dict = field(default_factory=dict)  # only the settings given on the command line
-    max_steps: int | None = setting(None, "Most steps per episode (default: the environment's).", min=1)
+    max_steps: int | None = setting(None, "Most steps per episode (default: the environment's); with --start "
+                                    "off-path, the policy's steps after the hand-over.", min=1)
+    start: str = setting(
+        "reset", "Where each episode starts. reset: the task's first state. off-path: a recovery test; the expert's "
+        "first k steps are played (k drawn per task from the seed), then one admissible action that is not the "
+        "expert's and does not end the episode, and then the policy takes over. k, the played actions and the "
+        "injected one are in the record's `start`, so every policy evaluated with one seed meets the same states.",
+        choices=("reset", "off-path"), metavar="MODE")
+    critic: str | None = setting(
+        None, "A critic (a local model trained on eexp critic-data) that reranks the policy's proposals at every step: "
+        "the policy's own action and --critic-k - 1 samples at --critic-temperature; the critic chooses among the "
+        "distinct valid ones the one most likely the expert's.", metavar="MODEL")
+    critic_k: int = setting(4, "With --critic: actions proposed per step (the policy's own, then samples).", min=1,
+                            metavar="K")
+    critic_temperature: float = setting(1.0, "With --critic: temperature of the proposals after the first.", min=0.0,
+                                        metavar="T")
+    attempts: int = setting(1, "Attempts per task: a failed attempt is followed by another, up to N or the first "
+                            "success (the summary gives success@1..N; an episode's success is success within N).",
+                            min=1, metavar="N")
+    memory: str = setting(
+        "none", "Between attempts: none (each attempt starts afresh), or reflexion: the policy writes a short "
+        "diagnosis of each failed attempt from its actions, observations and the failure alone; the ones that pass "
+        "reflect's filters open every later attempt's prompt. No weights change.",
+        choices=("none", "reflexion"), metavar="MODE")
     temperature: float = shared("temperature", 0.0)  # greedy, as the paper evaluates
     seed: int = shared("seed")
     # a picture of every state beside the text the model read (eexp.envs.screens); never part of an episode's id
@@ -72,7 +96,8 @@ def resolve_serializer(model_settings: dict | None, overrides: dict, where: str 
 class Evaluator:
     """One environment and one policy; runs one episode at a time."""
 
-    def __init__(self, settings: EvalSettings, *, env: Env | None = None, policy: Policy | None = None):
+    def __init__(self, settings: EvalSettings, *, env: Env | None = None, policy: Policy | None = None,
+                 critic=None):
         self.settings = settings
         self.env = env if env is not None else make_env(settings.env_name, **settings.env_kwargs)
         if policy is None:
@@ -83,16 +108,80 @@ class Evaluator:
         self.serializer = resolve_serializer(policy.serializer_settings(), settings.serializer_overrides,
                                              f"{policy.spec or policy.name}:")
         self.max_steps = settings.max_steps or self.env.max_steps
+        # a critic is a model in this process: threads share one and take turns with it (critic.lock)
+        self.critic = critic
+        if critic is None and settings.critic:
+            from eexp.policies.critic import Critic
+            self.critic = Critic(settings.critic)
+            self.critic.lock = threading.Lock()
 
     def describe(self) -> dict:
         """What the parent needs for ids and meta (it may never load the policy itself)."""
         return {"policy": self.policy.name or self.settings.policy_spec, "policy_info": self.policy.describe(),
                 "serializer": self.serializer.to_dict(), "max_steps": self.max_steps,
-                "env_version": self.env.version}
+                "env_version": self.env.version,
+                **({"critic": {"spec": self.settings.critic, **self.critic.describe(), "k": self.settings.critic_k,
+                               "temperature": self.settings.critic_temperature}} if self.critic else {})}
 
-    def run(self, task: dict, episode_id: str) -> tuple[dict, dict | None]:
-        """(episode record, trajectory record if the episode succeeded, else None)."""
+    def _reranked(self, messages, state, admissible, seed, context) -> tuple:
+        """(reply, what the critic saw): the policy's own reply and critic_k - 1 samples; the critic chooses among
+        the distinct valid actions (with one or none, the policy's own reply stands)."""
+        s = self.settings
+        own = self.policy.act(messages, admissible=admissible, seed=seed, temperature=s.temperature, context=context)
+        samples = self.policy.sample(messages, admissible=admissible,
+                                     seeds=[derive_seed(seed, "critic", j) for j in range(s.critic_k - 1)],
+                                     temperature=s.critic_temperature, context=context) if s.critic_k > 1 else []
+        by_action: dict[str, Any] = {}
+        for reply in [own, *samples]:
+            if reply.action is not None and reply.valid is not False and reply.action not in by_action:
+                by_action[reply.action] = reply
+        candidates = list(by_action)
+        if len(candidates) < 2:
+            return own, {"candidates": candidates, "scores": None, "chosen": 0 if candidates else None}
+        with self.critic.lock:
+            best, scores = self.critic.choose(state, candidates)
+        return by_action[best], {"candidates": candidates, "scores": [round(x, 4) for x in scores],
+                                 "chosen": candidates.index(best)}
+
+    def run(self, task: dict, this_id: str) -> tuple[dict, dict | None]:
+        """(episode record, trajectory record if the episode succeeded, else None). With `attempts` > 1 a failed
+        attempt is followed by another, up to `attempts` or the first success; with memory "reflexion" the policy
+        diagnoses each failed attempt and the kept diagnoses open every later attempt's prompt (eexp.stages.memory).
+        The record is the last attempt's episode, with every attempt in meta.attempts; `success` is success within
+        the attempts."""
+        s = self.settings
+        notes: list[str] = []
+        attempts: list[dict] = []
+        # attempt 1 is seeded as a single-attempt run's episode is, so success@1 is that run's success
+        first_id = this_id if s.attempts == 1 else \
+            episode_id(dataclasses.replace(s, attempts=1, memory="none"), task, self.describe())
+        for attempt in range(s.attempts):
+            episode, trajectory = self._attempt(task, this_id, first_id, attempt, notes)
+            if s.attempts == 1:
+                return episode, trajectory
+            record = {"attempt": attempt, "success": episode["success"], "score": episode["score"],
+                      "steps": episode["steps"], "stop_reason": episode["stop_reason"], "actions": episode["actions"],
+                      "memory": list(notes)}
+            attempts.append(record)
+            if episode["success"] or attempt == s.attempts - 1:
+                break
+            if s.memory == "reflexion" and episode["stop_reason"] != "error":
+                from eexp.stages.memory import diagnose
+                record["diagnosis"] = diagnose(self.policy, task["goal"], episode["actions"],
+                                               episode["observations"],
+                                               seed=derive_seed(s.seed, f"{this_id}\x1fdiagnosis", attempt),
+                                               temperature=s.temperature)
+                if record["diagnosis"]["kept"]:
+                    notes.append(record["diagnosis"]["text"])
+        episode["meta"].update(attempts=attempts, attempts_allowed=s.attempts, memory=s.memory)
+        return episode, trajectory
+
+    def _attempt(self, task: dict, episode_id: str, first_id: str, attempt: int,
+                 notes: list[str]) -> tuple[dict, dict | None]:
+        """One episode; attempt 0 is the episode a single-attempt run plays (seeded from its id, first_id), later
+        ones seed each step from the attempt too and carry the memory's notes in their prompts."""
         env, s = self.env, self.settings
+        seed_key = first_id if attempt == 0 else f"{episode_id}\x1fattempt{attempt}"
         actions: list[str] = []
         observations: list[str] = []
         admissibles: list[list[str] | None] = []
@@ -105,8 +194,20 @@ class Evaluator:
         error = None
         success, score = False, 0.0
         shots = s.screenshots if s.screenshots and can_screenshot(env) else None
+        start = None
+        critic_steps: list[dict] = []
         try:
             observation = env.reset(task)
+            if s.start == "off-path":
+                start = off_path_start(env, task, derive_seed(s.seed, f"off-path\x1f{task['id']}", 0))
+                if start["injected"] is not None:
+                    # the states it went through are the policy's history, as if it had acted them
+                    played = start["prefix"] + [start["injected"]]
+                    observation = env.reset(task)
+                    for action in played:
+                        observations.append(observation)
+                        actions.append(action)
+                        observation, _, _, _ = env.step(action)
             observations.append(observation)
             for step in range(self.max_steps):
                 admissible = env.admissible()
@@ -114,12 +215,20 @@ class Evaluator:
                          "history": [{"observation": o, "action": a} for o, a in zip(observations, actions)]}
                 if admissible is not None:
                     state["admissible"] = admissible
-                seed = derive_seed(s.seed, episode_id, step)
+                seed = derive_seed(s.seed, seed_key, step)
                 messages = self.serializer.policy_messages(state)
+                if notes:
+                    from eexp.stages.memory import with_memory
+                    messages = with_memory(messages, notes)
                 if shots:
                     save_step(env, shots, episode_id, step, observation, prompt=messages[-1]["content"])
-                reply = self.policy.act(messages, admissible=admissible, seed=seed, temperature=s.temperature,
-                                        context={"env": env, "task": task, "step": step})
+                context = {"env": env, "task": task, "step": step}
+                if self.critic is not None:
+                    reply, judged = self._reranked(messages, state, admissible, seed, context)
+                    critic_steps.append(judged)
+                else:
+                    reply = self.policy.act(messages, admissible=admissible, seed=seed, temperature=s.temperature,
+                                            context=context)
                 seeds.append(seed)
                 thoughts.append(reply.thought)
                 thoughts_cut += bool(reply.thought_cut)
@@ -144,8 +253,8 @@ class Evaluator:
             score = float(env.score())
             if success:
                 stop_reason = "success"
-        except PolicyError:   # the policy cannot go on (its server is gone): the run stops, not this episode
-            raise
+        except (PolicyError, UsageProblem):   # the policy cannot go on (its server is gone), or the environment
+            raise                               # cannot start off the path: the run stops, not this episode
         except Exception as e:  # noqa: BLE001 - an environment failure ends this episode, never the run
             stop_reason, success, score = "error", False, 0.0
             error = f"{type(e).__name__}: {e}"
@@ -159,19 +268,55 @@ class Evaluator:
         }
         if s.act == "think":  # steps whose thought never reached `Action:` (cut, the action chosen after it)
             meta_fields["thoughts_cut"] = thoughts_cut
+        if self.critic is not None:   # the critic, and at each step its candidates, their scores and its choice
+            meta_fields["critic"] = desc["critic"]
+            meta_fields["critic_steps"] = critic_steps
         if unparsed:
             meta_fields["unparsed"] = unparsed
         if error:
             meta_fields["error"] = error
+        lead = len(start["prefix"]) + 1 if start and start["injected"] is not None else 0
+        if start is not None:   # actions[:played] were played for the policy, not chosen by it
+            meta_fields["start"] = {**start, "played": lead}
         episode = {"id": episode_id, "task": task, "policy": desc["policy"], "actions": actions,
-                   "observations": observations, "success": success, "score": score, "steps": len(actions),
-                   "invalid_actions": invalid, "stop_reason": stop_reason, "meta": make_meta("eval", **meta_fields)}
+                   "observations": observations, "success": success, "score": score,
+                   "steps": len(actions) - lead, "invalid_actions": invalid, "stop_reason": stop_reason,
+                   "meta": make_meta("eval", **meta_fields)}
         if s.act == "think" or any(t is not None for t in thoughts):  # the thought before each action (None: none)
             episode["thoughts"] = thoughts
         trajectory = None
         if success:
             trajectory = episode_trajectory(episode, env.env_record(), admissibles)
         return episode, trajectory
+
+
+def off_path_start(env: Env, task: dict, seed: int) -> dict:
+    """Where an off-path episode hands over to the policy: after the expert's first k steps and one admissible
+    action that is not the expert's next one. k is drawn from the seed; the injected action is the first, in a
+    seeded order, that leaves the episode running (one that ends it leaves nothing to recover from); where no
+    action at step k does, the next k in a seeded order of them is tried. `injected` is None where no state of the
+    expert's path has such an action (the episode then starts at reset). Environments are reset and replayed to
+    try each action, so none needs snapshots."""
+    import random
+    rng = random.Random(seed)
+    expert = env.expert(task)
+    ks = list(range(len(expert)))
+    rng.shuffle(ks)
+    for k in ks:
+        env.replay(task, expert[:k])
+        admissible = env.admissible()
+        if admissible is None:
+            raise UsageProblem(f"--start off-path draws the injected action from the admissible list, and the "
+                               f"{env.name} environment lists none at step {k} of task {task['id']}")
+        taken = env.canonicalize(expert[k])
+        others = [a for a in admissible if env.canonicalize(a) != taken]
+        rng.shuffle(others)
+        for action in others:
+            env.replay(task, expert[:k])
+            _, _, done, info = env.step(action)
+            if not done and (info or {}).get("valid", True) is not False:
+                return {"mode": "off-path", "k": k, "prefix": expert[:k], "injected": action, "expert_next": expert[k]}
+    return {"mode": "off-path", "k": None, "prefix": [], "injected": None, "expert_next": None}
 
 
 def episode_trajectory(episode: dict, env_record: dict, admissibles: list[list[str] | None]) -> dict:
@@ -199,9 +344,15 @@ def episode_id(settings: EvalSettings, task: dict, description: dict) -> str:
     # --act think: the thought's length limit changes the episode (kept out of the other modes' ids, which stay
     # what they were)
     think = (settings.max_tokens,) if settings.act == "think" else ()
+    # an off-path start is another episode (kept out of reset's ids, which stay what they were)
+    start = (settings.start,) if settings.start != "reset" else ()
+    attempts = (settings.attempts, settings.memory) if settings.attempts > 1 else ()
+    critic = description.get("critic")
+    critic = (critic["spec"], critic.get("model_sha256", ""), critic["k"], critic["temperature"]) if critic else ()
     return short_hash("episode", settings.env_name, settings.env_kwargs, task.get("split", ""), task["id"],
                       description["policy"], info.get("model_sha256", ""), settings.act, settings.temperature,
-                      settings.seed, description["max_steps"], description["serializer"], *think)
+                      settings.seed, description["max_steps"], description["serializer"], *think, *start,
+                      *attempts, *critic)
 
 
 # --- where episodes run ----------------------------------------------------------------------------------------
@@ -229,6 +380,8 @@ def _close_worker() -> None:
     if _worker is not None:
         _worker.env.close()
         _worker.policy.close()
+        if _worker.critic is not None:
+            _worker.critic.close()
 
 
 def _worker_describe() -> dict:
@@ -254,7 +407,7 @@ class Runner:
     """
 
     def __init__(self, settings: EvalSettings, jobs: int = 1, concurrency: int | None = None, *,
-                 env: Env | None = None, policy: Policy | None = None):
+                 env: Env | None = None, policy: Policy | None = None, critic=None):
         if jobs > 1 and concurrency is not None and concurrency > 1:
             raise UsageProblem(f"-j {jobs} runs worker processes and --concurrency {concurrency} keeps requests in "
                                f"flight in one process: give one of them (--concurrency for a server)")
@@ -275,7 +428,7 @@ class Runner:
                 raise
             self.concurrency = 1
         else:
-            self.local = Evaluator(settings, env=env, policy=policy)
+            self.local = Evaluator(settings, env=env, policy=policy, critic=critic)
             self.description = self.local.describe()
             try:
                 self.concurrency = resolve_concurrency(self.local.policy, concurrency)
@@ -291,7 +444,8 @@ class Runner:
             return self.local.run(*item)
         evaluator = getattr(_local, "evaluator", None)
         if evaluator is None or evaluator.policy is not self.local.policy:
-            evaluator = _local.evaluator = Evaluator(self.settings, policy=self.local.policy)
+            evaluator = _local.evaluator = Evaluator(self.settings, policy=self.local.policy,
+                                                     critic=self.local.critic)
             with self._envs_lock:
                 self.thread_envs.append(evaluator.env)
         return evaluator.run(*item)
@@ -340,6 +494,8 @@ class Runner:
         if self.local is not None:
             self.local.policy.close()
             self.local.env.close()
+            if self.local.critic is not None:
+                self.local.critic.close()
             self.local = None
 
     def __enter__(self):
@@ -384,6 +540,12 @@ def summarize(episodes: list[dict], *, env: str, policy: str, split: str | None 
                "invalid_rate": sum(e["invalid_actions"] for e in episodes) / steps if steps else 0.0,
                "stop_reasons": dict(Counter(e["stop_reason"] for e in episodes))}
     summary["failed_requests"] = sum(failed_requests(e) for e in episodes)
+    if any("attempts" in (e.get("meta") or {}) for e in episodes):   # --attempts N
+        summary["success_at"] = success_at(episodes)
+        diagnoses = [a["diagnosis"] for e in episodes for a in e["meta"].get("attempts", ()) if "diagnosis" in a]
+        if diagnoses:
+            summary["diagnoses"] = {"written": len(diagnoses), "kept": sum(d["kept"] for d in diagnoses),
+                                    "rejected": dict(Counter(d["reason"] for d in diagnoses if not d["kept"]))}
     if any("thoughts_cut" in (e.get("meta") or {}) for e in episodes):  # --act think
         summary["thoughts_cut"] = sum((e.get("meta") or {}).get("thoughts_cut", 0) for e in episodes)
     groups: dict[str, list[dict]] = {}
@@ -397,6 +559,18 @@ def summarize(episodes: list[dict], *, env: str, policy: str, split: str | None 
                   "mean_score": sum(e["score"] for e in eps) / len(eps)}
             for cat, eps in sorted(groups.items())}
     return summary
+
+
+def success_at(episodes: list[dict]) -> list[dict]:
+    """success@k for k = 1..the most attempts any episode was allowed: the share of tasks solved within k attempts
+    (a task solved at attempt j counts for every k >= j), each with its 95% Wilson interval."""
+    allowed = max(max(len(e["meta"].get("attempts") or ()), e["meta"].get("attempts_allowed", 0))
+                  for e in episodes)
+    out = []
+    for k in range(1, allowed + 1):
+        solved = sum(any(a["success"] for a in (e["meta"].get("attempts") or [])[:k]) for e in episodes)
+        out.append({"k": k, "successes": solved, **rate_fields(solved, len(episodes))})
+    return out
 
 
 def failed_requests(episode: dict) -> int:
@@ -424,6 +598,14 @@ def format_summary(summary: dict) -> str:
              *([f"  failed    {summary['failed_requests']} policy requests (no answer after the retries; their "
                 f"steps count as invalid)"] if summary.get("failed_requests") else []),
              "  ended     " + ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items()))]
+    for at in summary.get("success_at", ()):
+        lines.append(f"  success@{at['k']} {pct(at['success_rate'])}  95% CI [{pct(at['ci_low'])}, "
+                     f"{pct(at['ci_high'])}]  ({at['successes']}/{summary['n']})")
+    if summary.get("diagnoses"):
+        d = summary["diagnoses"]
+        lines.append(f"  diagnoses {d['kept']} of {d['written']} kept" + (
+            " (rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(d["rejected"].items())) + ")"
+            if d["rejected"] else ""))
     if "thoughts_cut" in summary:
         lines.append(f"  thoughts  {summary['thoughts_cut']} of {round(summary['mean_steps'] * summary['n'])} "
                      f"never reached `Action:` (cut; the action chosen after them)")

@@ -27,6 +27,8 @@ def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int =
                              env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
                              trajectory_id=outcome["trajectory_id"], step=outcome["step"],
                              serializer=serializer.json)
+    if not outcome["alternatives"]:
+        count("no_alternatives")   # the expert transition alone: nothing the expert did not do
     transitions = [("expert", outcome["expert"], "expert")]
     transitions += [(str(j), alt, alt["source"]) for j, alt in enumerate(outcome["alternatives"])]
     for tag, executed, source in transitions:

@@ -1,4 +1,5 @@
-"""`eexp finetune`: imitation (IL), the implicit-world-modeling schedule (IWM) and self-reflection (SR) training.
+"""`eexp finetune`: imitation (IL), the implicit-world-modeling schedule (IWM) and self-reflection (SR) training,
+and DPO on preference pairs.
 
 One module per concept, in the style of torchtune:
 
@@ -8,6 +9,7 @@ One module per concept, in the style of torchtune:
     model.py       the tokenizer and the model to train (full, LoRA, QLoRA), accelerate
     checkpoint.py  resumable checkpoints written whole or not at all
     recipe.py      the recipe itself: Finetune.setup / train / save / resume / finish
+    dpo.py         --objective dpo: preference pairs and the DPO loss, a subclass of the recipe
 
 The names below are the package's public interface (`from eexp.training import finetune, FinetuneConfig`).
 """

@@ -35,7 +35,7 @@ def updates_per_epoch(n_examples: int, batch_size: int, grad_accum: int, world: 
 
 def phase_updates(data: Dataset, cfg: FinetuneConfig, phase: str, world: int = 1) -> Iterator[tuple[int, list]]:
     """(epoch, micro-batches) for every update of a phase, epoch after epoch, without end."""
-    lengths = [len(e.ids) for e in data.examples]
+    lengths = [e.length for e in data.examples]
     per_update = cfg.grad_accum * world
     for epoch in range(10**9):
         batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, phase, epoch)

@@ -46,6 +46,13 @@ class FinetuneConfig:
                         required=True, metavar="CKPT")
     output: str = option(None, "Directory to write: model or adapter, tokenizer, config.yaml, card.yaml, "
                          "metrics.jsonl (and checkpoints/ while running).", required=True, short="-o", metavar="OUT")
+    objective: str = option("sft", "sft: the likelihood of the assistant turns of training examples (IL, IWM, SR). "
+                            "dpo: Direct Preference Optimization on preference pairs (`eexp preference-data`), "
+                            "against the starting weights as the reference; the loss of a pair is -log sigmoid(beta "
+                            "x ((chosen - reference chosen) - (rejected - reference rejected))), with the "
+                            "log-probabilities of the answers' target tokens.", choices=["sft", "dpo"])
+    beta: float = option(0.1, "With --objective dpo: how strongly the loss holds the model to the reference (larger: "
+                         "closer; DPO's beta).", min=0)
     lora: bool = option(False, "Train a LoRA adapter through PEFT, or every weight (the paper's default).",
                         flag="--lora/--full")
     qlora: bool = option(False, "LoRA over a 4-bit base (bitsandbytes, CUDA only).")

@@ -29,6 +29,11 @@ class Encoded:
     def n_targets(self) -> int:
         return sum(1 for w in self.weights if w)
 
+    @property
+    def length(self) -> int:
+        """Tokens (what batches are grouped by)."""
+        return len(self.ids)
+
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
@@ -86,6 +91,30 @@ def encode(tokenizer, messages: list[dict], max_length: int, truncate: bool = Tr
     return enc if len(enc.ids) <= max_length else _cut_left(enc, max_length)
 
 
+def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict], max_length: int,
+                truncate: bool = True) -> tuple[Encoded, Encoded]:
+    """The chosen and the rejected conversation (the prompt, then each side's assistant turns), encoded as `encode`
+    encodes one, with one prompt: an over-long pair has its prompt shortened once, by what the longer side needs, so
+    both sides are scored on the same context (and, as a last resort, cut by the same tokens from the left)."""
+    def both(messages: list[dict]) -> tuple[Encoded, Encoded]:
+        return _encode(tokenizer, messages + chosen), _encode(tokenizer, messages + rejected)
+
+    pair = both(prompt)
+    longest = max(len(e.ids) for e in pair)
+    if longest <= max_length:
+        return pair
+    if not truncate:
+        raise ValueError(f"{longest} tokens, over --max-length {max_length} (--no-truncate)")
+    fitted, _ = fit_messages(prompt, lambda m: max(len(e.ids) for e in both(m)), max_length)
+    pair = both(fitted)
+    excess = max(len(e.ids) for e in pair) - max_length
+    if excess > 0:   # the same prompt tokens go from both sides
+        pair = tuple(_cut_left(e, len(e.ids) - excess) for e in pair)
+    for e in pair:
+        e.truncated = True
+    return pair
+
+
 def _encode(tokenizer, messages: list[dict]) -> Encoded:
     """Each piece between span boundaries is tokenized on its own, as at inference, where the prompt is tokenized and
     the answer generated after it. `system_tokens` and `last_target` say where the system prompt ends and the last
@@ -141,7 +170,7 @@ class Dataset:
 
     @property
     def tokens(self) -> int:
-        return sum(len(e.ids) for e in self.examples)
+        return sum(e.length for e in self.examples)
 
 
 def read_examples(paths: list[str], on_error: str, warn: Callable[[str], None]) -> tuple[list, Reader]:
@@ -180,12 +209,16 @@ def encode_items(name: str, items, reader: Reader, tokenizer, cfg: FinetuneConfi
             data.serializers[serializer] += 1
     data.skipped = reader.skipped
     if data.examples:
-        first = data.examples[0]
-        last = first.ids[max(i for i, w in enumerate(first.weights) if w)]
-        if last not in set(tokenizer.all_special_ids) | {tokenizer.eos_token_id}:
-            print(f"eexp: warning: {cfg.model}: the chat template ends an assistant turn without an end-of-turn or "
-                  "EOS token, so the model will not learn to stop", file=sys.stderr)
+        warn_without_end_of_turn(tokenizer, data.examples[0], cfg.model)
     return data
+
+
+def warn_without_end_of_turn(tokenizer, example: Encoded, model: str) -> None:
+    """Say so when the template's assistant turn ends on no special token: the model would not learn to stop."""
+    last = example.ids[max(i for i, w in enumerate(example.weights) if w)]
+    if last not in set(tokenizer.all_special_ids) | {tokenizer.eos_token_id}:
+        print(f"eexp: warning: {model}: the chat template ends an assistant turn without an end-of-turn or EOS "
+              "token, so the model will not learn to stop", file=sys.stderr)
 
 
 def split_validation(items: list, fraction: float, seed: int) -> tuple[list, list]:

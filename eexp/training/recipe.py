@@ -15,6 +15,10 @@ The IWM schedule (paper §3, §5.1): phase "warmup" trains on world-model exampl
 "train" continues the same weights (or LoRA adapter) on the training files with a fresh optimizer and schedule.
 `--max-steps` counts the updates of both phases, so IL, IWM and SR runs are held to one budget.
 
+The objective is a few methods (`_read`, `_encode`, `_units`, `_batch_loss`, `prepare_objective`): here the
+likelihood of the target tokens; `--objective dpo` is `eexp.training.dpo.DPO`, which overrides them and keeps the
+rest (batches, checkpoints, resume, validation, the final save).
+
 Security: weights are written and read as safetensors only; optimizer, scheduler and RNG state (written by eexp
 itself) go through torch.save and are read back with `torch.load(weights_only=True)`, which refuses arbitrary
 pickled objects; the run state is JSON.
@@ -108,6 +112,7 @@ class Finetune:
         elif self.acc:
             self.model = self.acc.prepare(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.prepare_objective()  # from the starting weights, before a checkpoint replaces them
         self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
                       "best_step": None, "fingerprint": self.fingerprint}
         self.optimizer = self.scheduler = None
@@ -172,6 +177,8 @@ class Finetune:
             raise UsageProblem("--val-fraction must be in [0, 1)")
         if cfg.keep_best and not (cfg.val or cfg.val_fraction):
             raise UsageProblem("--keep-best needs validation data (--val FILE or --val-fraction F)")
+        if cfg.objective != "dpo" and cfg.beta != FinetuneConfig.beta:
+            raise UsageProblem("--beta is the DPO loss's; give --objective dpo")
         if cfg.adapter and cfg.lora_targets != ["all-linear"]:
             raise UsageProblem("--adapter continues an existing adapter with its own target modules; drop "
                                "--lora-targets")
@@ -197,20 +204,19 @@ class Finetune:
 
     def _load_data(self) -> None:
         cfg = self.cfg
-        warn = self.echo
-        items, reader = read_examples(cfg.train_files, cfg.on_error, warn)
+        items, reader = self._read(cfg.train_files)
         if cfg.val:
-            val_items, val_reader = read_examples([cfg.val], cfg.on_error, warn)
+            val_items, val_reader = self._read([cfg.val])
         elif cfg.val_fraction:
             items, val_items = split_validation(items, cfg.val_fraction, cfg.seed)
             val_reader = reader
         else:
             val_items, val_reader = [], None
-        self.data = {"train": encode_items("train", items, reader, self.tokenizer, cfg)}
+        self.data = {"train": self._encode("train", items, reader)}
         if cfg.warmup_data:
-            w_items, w_reader = read_examples(cfg.warmup_data, cfg.on_error, warn)
-            self.data["warmup"] = encode_items("warmup", w_items, w_reader, self.tokenizer, cfg)
-        self.val = encode_items("val", val_items, val_reader, self.tokenizer, cfg) if val_items else None
+            w_items, w_reader = self._read(cfg.warmup_data)
+            self.data["warmup"] = self._encode("warmup", w_items, w_reader)
+        self.val = self._encode("val", val_items, val_reader) if val_items else None
         for name, data in self.data.items():
             if not data.examples:
                 raise TrainingError(f"no usable {name} examples in {', '.join(self._files(name))}")
@@ -224,9 +230,39 @@ class Finetune:
         digest = hashlib.blake2b(digest_size=16)
         for name in ("warmup", "train"):
             for e in self.data.get(name, Dataset(name, [])).examples:
-                digest.update(orjson.dumps([e.ids, e.weights]))
+                digest.update(orjson.dumps(self._example_key(e)))
         options = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
         self.fingerprint = {"options": options, "data": digest.hexdigest()}
+
+    # -- the objective: what the data is and what one micro-batch adds to the loss (eexp.training.dpo overrides) --
+
+    def _read(self, paths: list[str]):
+        """The valid records of `paths` with where they came from, and their reader (--on-error)."""
+        return read_examples(paths, self.cfg.on_error, self.echo)
+
+    def _encode(self, name: str, items, reader) -> Dataset:
+        return encode_items(name, items, reader, self.tokenizer, self.cfg)
+
+    @staticmethod
+    def _example_key(example) -> list:
+        """What --resume's fingerprint of the data hashes for one encoded example."""
+        return [example.ids, example.weights]
+
+    @staticmethod
+    def _units(example) -> int:
+        """What the loss is averaged over, per example: its target tokens (so grad-accum and several processes
+        give the gradient of one big batch)."""
+        return example.n_targets
+
+    def _batch_loss(self, batch: list):
+        """(the loss summed over the batch's units, as a tensor; its tokens; other sums to log per unit, {name:
+        tensor}). Here: weight x negative log-likelihood of the target tokens."""
+        ids, mask, weights = collate(batch, self.pad_id, self.device)
+        return weighted_nll(self.model, ids, mask, weights), int(mask.sum()), {}
+
+    def prepare_objective(self) -> None:
+        """What the objective needs from the starting weights, computed before a checkpoint replaces them (DPO: the
+        reference log-probabilities). Nothing here."""
 
     def _files(self, name: str) -> list[str]:
         return self.cfg.warmup_data if name == "warmup" else self.cfg.train_files
@@ -316,26 +352,25 @@ class Finetune:
         updates = phase_updates(data, cfg, phase, self.world)
         for _ in range(self.state["phase_step"]):  # the batch plan is a pure function: skip what is done
             next(updates)
-        window_tokens, window_start, window_loss = 0, time.perf_counter(), []
+        window_tokens, window_start, window_loss, window_extra = 0, time.perf_counter(), [], []
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         self.model.train()
         while self.state["phase_step"] < steps:
             epoch, micro = next(updates)
             examples = [[data.examples[j] for j in batch] for batch in micro]
-            n_targets = sum(e.n_targets for batch in examples for e in batch)
+            n_targets = sum(self._units(e) for batch in examples for e in batch)
             mine = examples[self.rank::self.world]
             # Every process runs as many forward and backward passes as the busiest one: DDP syncs gradients at each
             # backward and FSDP gathers weights at each forward, so a process short of micro-batches in the last
             # update of an epoch (3 micro-batches for 2 processes x --grad-accum 2) repeats one with zero weight.
             rounds = math.ceil(len(examples) / self.world)
             try:
-                loss_sum = 0.0
+                loss_sum, extra_sum = 0.0, {}
                 for k in range(rounds):
                     real = k < len(mine)
                     batch = mine[k] if real else examples[0]
-                    ids, mask, weights = collate(batch, self.pad_id, self.device)
                     with autocast:
-                        nll = weighted_nll(self.model, ids, mask, weights)
+                        nll, tokens, extra = self._batch_loss(batch)
                     # Normalized by the update's target tokens (over every micro-batch and process), so grad-accum
                     # and several GPUs give the same gradient as one big batch.
                     loss = nll / max(n_targets, 1) * self.world * (1 if real else 0)
@@ -344,10 +379,14 @@ class Finetune:
                     else:
                         loss.backward()
                     loss_sum += float(nll.detach()) if real else 0.0
-                    window_tokens += int(mask.sum()) if real else 0
+                    window_tokens += tokens if real else 0
+                    for name, value in extra.items():
+                        extra_sum[name] = extra_sum.get(name, 0.0) + (float(value) if real else 0.0)
                 if self.acc:
                     self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     loss_sum = float(self.acc.reduce(torch.tensor(loss_sum, device=self.device), "sum"))
+                    extra_sum = {name: float(self.acc.reduce(torch.tensor(v, device=self.device), "sum"))
+                                 for name, v in sorted(extra_sum.items())}
                     window_tokens_all = int(self.acc.reduce(torch.tensor(window_tokens, device=self.device), "sum"))
                 else:
                     torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
@@ -358,7 +397,7 @@ class Finetune:
                 self.optimizer.zero_grad(set_to_none=True)
             except Exception as e:
                 if _is_oom(e):
-                    longest = max(len(x.ids) for batch in examples for x in batch)
+                    longest = max(x.length for batch in examples for x in batch)
                     raise TrainingError(OOM_ADVICE.format(step=self.state["global_step"] + 1,
                                                           batch=cfg.batch_size, length=longest)) from None
                 raise
@@ -367,17 +406,20 @@ class Finetune:
             step = self.state["global_step"]
             loss = loss_sum / max(n_targets, 1)
             window_loss.append(loss)
+            window_extra.append({name: v / max(n_targets, 1) for name, v in extra_sum.items()})
             bar.update(1)
             if step % self.log_every == 0 or self.state["phase_step"] == steps:
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens_all / elapsed if elapsed > 0 else 0.0
                 row = {"step": step, "phase": phase, "epoch": round(self.state["phase_step"] /
                                                                     self.per_epoch[phase], 4),
-                       "loss": round(sum(window_loss) / len(window_loss), 6), "lr": lr,
-                       "tokens_per_s": round(tps, 1)}
+                       "loss": round(sum(window_loss) / len(window_loss), 6),
+                       **{name: round(sum(u[name] for u in window_extra) / len(window_extra), 6)
+                          for name in window_extra[-1]},
+                       "lr": lr, "tokens_per_s": round(tps, 1)}
                 self._log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tps:.0f}", phase=phase)
-                window_tokens, window_start, window_loss = 0, time.perf_counter(), []
+                window_tokens, window_start, window_loss, window_extra = 0, time.perf_counter(), [], []
             end_of_epoch = self.state["phase_step"] % self.per_epoch[phase] == 0
             if self.val is not None and (
                     (cfg.eval_every and step % cfg.eval_every == 0)
@@ -391,8 +433,8 @@ class Finetune:
     def _validate(self) -> float:
         import torch
         self.model.eval()
-        total, n = 0.0, 0
-        lengths = [len(e.ids) for e in self.val.examples]
+        total, n, extra_total = 0.0, 0, {}
+        lengths = [e.length for e in self.val.examples]
         order = sorted(range(len(lengths)), key=lambda j: lengths[j])
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         size = self.cfg.batch_size
@@ -403,18 +445,22 @@ class Finetune:
                 k = r * self.world + self.rank
                 real = k < len(batches)
                 batch = [self.val.examples[j] for j in (batches[k] if real else batches[0])]
-                ids, mask, weights = collate(batch, self.pad_id, self.device)
-                nll = float(weighted_nll(self.model, ids, mask, weights))
+                nll, _, extra = self._batch_loss(batch)
                 if real:
-                    total += nll
-                    n += sum(e.n_targets for e in batch)
+                    total += float(nll)
+                    n += sum(self._units(e) for e in batch)
+                for name, value in extra.items():   # every process has every name: one reduce each, below
+                    extra_total[name] = extra_total.get(name, 0.0) + (float(value) if real else 0.0)
         if self.acc:
             total = float(self.acc.reduce(torch.tensor(total, device=self.device), "sum"))
             n = int(self.acc.reduce(torch.tensor(n, device=self.device), "sum"))
+            extra_total = {name: float(self.acc.reduce(torch.tensor(v, device=self.device), "sum"))
+                           for name, v in sorted(extra_total.items())}
         val = total / max(n, 1)
         step = self.state["global_step"]
         self.state["last_val_step"] = step
-        self._log({"step": step, "phase": self.state["phase"], "val_loss": round(val, 6)})
+        self._log({"step": step, "phase": self.state["phase"], "val_loss": round(val, 6),
+                   **{f"val_{name}": round(v / max(n, 1), 6) for name, v in extra_total.items()}})
         self.echo(f"step {step}: validation loss {val:.4f}")
         if self.cfg.keep_best and self.state["phase"] == "train" and step > 0 and (
                 self.state["best_val"] is None or val < self.state["best_val"]):
@@ -617,7 +663,11 @@ def _progress(disabled: bool, total: int, initial: int):
 
 def finetune(cfg: FinetuneConfig, echo: Callable[[str], None] | None = None) -> Finetune:
     """Run a whole fine-tune; returns the recipe (its state and config) for callers and tests."""
-    run = Finetune(cfg, echo)
+    if cfg.objective == "dpo":
+        from eexp.training.dpo import DPO
+        run = DPO(cfg, echo)
+    else:
+        run = Finetune(cfg, echo)
     run.setup()
     run.train()
     run.finish()

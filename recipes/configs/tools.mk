@@ -1,4 +1,5 @@
 # The built-in BFCL-like tool world: fast and offline, an open action space (eval generates calls).
+#   make -C recipes CONFIG=configs/tools.mk compare
 ENV       = tools
 OUT       = out/tools
 N_EXPERT  = 200

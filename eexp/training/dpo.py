@@ -1,0 +1,187 @@
+"""`eexp finetune --objective dpo`: Direct Preference Optimization (Rafailov et al., 2023) on preference pairs.
+
+The pairs are `eexp preference-data`'s (or any file of preference records: a prompt, chosen and rejected assistant
+turns). DPO is a subclass of the supervised recipe and keeps all of it: model loading (full, LoRA, QLoRA),
+length-grouped batches, checkpoints, exact --resume, validation, metrics.jsonl, the final save. What changes is
+what an example is (a pair of encoded conversations over one prompt, `encode_pair`) and the loss of a micro-batch.
+
+The loss of a pair, with pc and pr the model's log-probabilities of the chosen and the rejected answer (summed over
+their target tokens, the tokens `eexp finetune` trains: each assistant turn with its end-of-turn token) and rc and
+rr the reference's:
+
+    -log sigmoid(beta * ((pc - rc) - (pr - rr)))
+
+averaged over the pairs of an update. `beta * (p - r)` is each side's implicit reward; metrics.jsonl logs the mean
+reward margin (`reward_margin`) and the share of pairs whose chosen answer has the larger reward
+(`reward_accuracy`) beside the loss.
+
+The reference is the start: the model as loaded, before any update (for a fresh LoRA adapter the base with the
+adapter disabled; for --adapter the adapter as it was; for full fine-tuning the weights loaded). Its log-probabilities
+do not change, so they are computed once, in eval mode, before the first update, and kept with the pairs (as TRL's
+`precompute_ref_log_probs` does): no second copy of the model is held while training. --resume computes them again
+from the same starting weights before the checkpoint is loaded, so a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from eexp.io import Reader
+from eexp.records import expect
+from eexp.training.batches import collate
+from eexp.training.config import TrainingError, UsageProblem
+from eexp.training.data import Dataset, Encoded, encode_pair, warn_without_end_of_turn
+from eexp.training.recipe import Finetune
+
+
+@dataclass
+class Pair:
+    """One encoded preference pair and the reference's log-probabilities of its two answers."""
+
+    chosen: Encoded
+    rejected: Encoded
+    ref_chosen: float = 0.0
+    ref_rejected: float = 0.0
+
+    @property
+    def length(self) -> int:
+        return self.chosen.length + self.rejected.length
+
+    @property
+    def truncated(self) -> bool:
+        return self.chosen.truncated or self.rejected.truncated
+
+
+def read_pairs(paths: list[str], on_error: str, warn) -> tuple[list, Reader]:
+    """Valid preference records with where they came from; a bad one fails as FILE:LINE or is skipped."""
+    reader = Reader(list(paths), on_error=on_error, warn=warn)
+    check = expect("preference")
+    items = []
+    for item in reader:
+        problem = check(item.record)
+        if problem:
+            reader.reject(item.error(problem))
+            continue
+        items.append(item)
+    return items, reader
+
+
+def encode_pairs(name: str, items, reader: Reader, tokenizer, cfg) -> Dataset:
+    import jinja2
+    data = Dataset(name, [])
+    for item in items:
+        record = item.record
+        try:
+            chosen, rejected = encode_pair(tokenizer, record["prompt"], record["chosen"], record["rejected"],
+                                           cfg.max_length, cfg.truncate)
+        except jinja2.TemplateSyntaxError as e:
+            raise TrainingError(f"{cfg.model}: the chat template cannot be parsed: {e}") from None
+        except (ValueError, jinja2.TemplateError) as e:
+            what = str(e) if isinstance(e, ValueError) else f"the chat template cannot render this pair: {e}"
+            reader.reject(item.error(what))
+            continue
+        pair = Pair(chosen, rejected)
+        data.examples.append(pair)
+        data.truncated += pair.truncated
+        serializer = (record.get("meta") or {}).get("serializer")
+        if serializer:
+            data.serializers[serializer] += 1
+    data.skipped = reader.skipped
+    if data.examples:
+        warn_without_end_of_turn(tokenizer, data.examples[0].chosen, cfg.model)
+    return data
+
+
+def sequence_logps(model, ids, mask, weights):
+    """Per row: the sum over its target tokens of weight x log-probability, computing logits only at the positions
+    that predict a target (as `weighted_nll`)."""
+    import torch
+    import torch.nn.functional as F
+    keep = torch.nonzero(weights[:, 1:].any(dim=0)).flatten()
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+    except TypeError:  # a model without logits_to_keep
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, keep]
+    labels = ids[:, keep + 1]
+    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+    return -(nll * weights[:, keep + 1]).sum(dim=1)
+
+
+def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, beta: float):
+    """(the loss of each pair, each pair's reward margin beta * ((pc - rc) - (pr - rr)))."""
+    import torch.nn.functional as F
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    return -F.logsigmoid(margin), margin
+
+
+class DPO(Finetune):
+    """The supervised recipe with preference pairs for examples and the DPO loss."""
+
+    def _check_options(self) -> None:
+        super()._check_options()
+        if self.cfg.warmup_data:
+            raise UsageProblem("--objective dpo trains on preference pairs alone; run the warm-up (--warmup-data) "
+                               "as a finetune of its own and give its output as --model")
+        if self.cfg.beta <= 0:
+            raise UsageProblem("--beta must be above 0")
+
+    def _read(self, paths: list[str]):
+        return read_pairs(paths, self.cfg.on_error, self.echo)
+
+    def _encode(self, name: str, items, reader) -> Dataset:
+        return encode_pairs(name, items, reader, self.tokenizer, self.cfg)
+
+    @staticmethod
+    def _example_key(pair: Pair) -> list:
+        return [pair.chosen.ids, pair.chosen.weights, pair.rejected.ids, pair.rejected.weights]
+
+    @staticmethod
+    def _units(pair: Pair) -> int:
+        return 1   # the loss is a mean over pairs
+
+    def _logps(self, batch: list[Pair]):
+        """The model's log-probabilities of the chosen and of the rejected answers of `batch`, in one forward pass,
+        and the tokens of that pass."""
+        ids, mask, weights = collate([p.chosen for p in batch] + [p.rejected for p in batch], self.pad_id,
+                                     self.device)
+        logps = sequence_logps(self.model, ids, mask, weights)
+        return logps[:len(batch)], logps[len(batch):], int(mask.sum())
+
+    def _batch_loss(self, batch: list[Pair]):
+        import torch
+        chosen, rejected, tokens = self._logps(batch)
+        ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in batch], dtype=torch.float32, device=self.device)
+        losses, margin = dpo_losses(chosen, rejected, ref[:, 0], ref[:, 1], self.cfg.beta)
+        margin = margin.detach()
+        return losses.sum(), tokens, {"reward_margin": margin.sum(), "reward_accuracy": (margin > 0).sum()}
+
+    def prepare_objective(self) -> None:
+        """The reference log-probabilities of every pair (training and validation), from the weights as loaded."""
+        import torch
+        model = self.acc.unwrap_model(self.model) if self.acc else self.model
+        fresh_adapter = self.cfg.method != "full" and not self.cfg.adapter
+        # A fresh adapter starts at zero (PEFT's B matrices), so its model is its base; disabling it says so
+        # whatever the initialization.
+        start = model.disable_adapter() if fresh_adapter else contextlib.nullcontext()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        pairs = [p for data in (self.data["train"], self.val) if data is not None for p in data.examples]
+        order = sorted(range(len(pairs)), key=lambda j: pairs[j].length)
+        size = self.cfg.batch_size
+        self.model.eval()
+        # Every process computes every pair, in the same order (under FSDP each forward pass is collective).
+        with torch.no_grad(), start, autocast:
+            for k in range(0, len(order), size):
+                batch = [pairs[j] for j in order[k:k + size]]
+                chosen, rejected, _ = self._logps(batch)
+                for pair, c, r in zip(batch, chosen.tolist(), rejected.tolist()):
+                    pair.ref_chosen, pair.ref_rejected = c, r
+        self.model.train()
+        self.echo(f"reference log-probabilities of {len(pairs)} pairs computed (the starting weights)")
+
+    def card(self):
+        """The card's training phase says it was DPO, and with which beta."""
+        card = super().card()
+        for phase in card.phases:
+            phase.update(objective="dpo", beta=self.cfg.beta)
+        return card

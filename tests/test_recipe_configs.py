@@ -1,0 +1,229 @@
+"""Every config of recipes/configs runs as its header says: the `make -C recipes ...` command in the config's header
+comment is read from the file itself and run at a tiny size (command-line variables win over the config's), and the
+results the recipe announces must exist. One case per config, so no header command is left that fails.
+
+Configs run end to end by another test are not run again here (see COVERED). A config that needs something optional
+(Java, a package, a browser) is skipped with the reason, as tests/test_envs_real.py and tests/test_miniwob.py skip.
+The 12 cases that run took 8 minutes together (815 s of CPU) on 2 cores that another run was using too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+RECIPES = Path(__file__).parent.parent / "recipes"
+CONFIGS = sorted((RECIPES / "configs").glob("*.mk"))
+TEXTWORLD_GAMES = Path(__file__).parent / "data" / "textworld"
+
+# configs whose header command another test runs end to end at a reduced size
+COVERED = {
+    "demo.mk": "tests/test_recipes.py::test_demo_recipe_at_a_reduced_size (the demo's compare; `demo` = seeds)",
+    "smollm2.mk": "tests/test_recipes.py::test_smollm2_recipe_at_a_tiny_size",
+    "scaling.mk": "tests/test_recipes.py::test_scaling_recipe_at_a_tiny_size (`scaling` = scaling-curves)",
+    "scaling-quick.mk": "tests/test_recipes.py::test_scaling_recipe_at_a_tiny_size (scaling.mk's curves; "
+                        "scaling-quick.mk changes sizes only)",
+    "rl.mk": "tests/test_rl.py::test_rl_recipe_at_a_tiny_size (`rl` = rl-compare with configs/rl.mk)",
+    "rl-expert-step.mk": "tests/test_rl.py::test_expert_step_recipe_at_a_tiny_size (`rl-expert-step` = "
+                         "rl-es-compare with configs/rl-expert-step.mk)",
+}
+
+# The tiny size of every run: two trajectories, 3 updates, one episode per split of 3 steps, one seed. Every fine-tune
+# and eval is a process that loads torch (~3-8 s of CPU each), so the extra rows are left out: the think rows (SR is
+# still evaluated thinking, ACT_SR) and ActObs, which tests/test_recipes.py runs in the demo.
+TINY = {"N_EXPERT": "2", "K_IWM": "2", "K_SR": "2", "STEPS": "3", "N_EVAL": "1", "JOBS": "1", "SEEDS": "0",
+        "EVAL_ARGS": "--max-steps 3", "SIZE": "tiny", "BATCH": "2", "IWM_ARGS": "--warmup-steps 1",
+        "THINK_ROWS": "", "ACTOBS_ROW": ""}
+# per config, on top of TINY. The shop configs evaluate the test split only: the demo's test runs shop's ood split.
+SIZES = {
+    "lowdata.mk": {"SPLITS": "test"},
+    # the shared language prior at a token size: 3 walks per split, 2 pretraining updates
+    "prior.mk": {"SPLITS": "test", "PRETRAIN_STEPS": "2", "CORPUS_WALKS": "3"},
+    # prior.mk's, with the curated rows choosing 2 of the first 4 trajectories, 2 critic proposals, 2 attempts
+    "signals.mk": {"SPLITS": "test", "PRETRAIN_STEPS": "2", "CORPUS_WALKS": "3", "CURATE_POOL": "4", "CRITIC_K": "2",
+                   "ATTEMPTS": "2"},
+    # one game per family and split (train: the committed games of tests/data/textworld, the others made here)
+    "textworld.mk": {"ENV_ARGS": "--env-arg games=1 --env-arg eval_games=1"},
+    "textworld-lowdata.mk": {"ENV_ARGS": "--env-arg games=1 --env-arg eval_games=1", "PRETRAIN_STEPS": "2",
+                             "CORPUS_WALKS": "3"},
+    # one variation per task type, and the admissible list trimmed as the config's own ENV_ARGS leave it
+    "scienceworld.mk": {"ENV_ARGS": "--env-arg variations=1"},
+    # one seed of every task type per split
+    "miniwob.mk": {"ENV_ARGS": "--env-arg train_seeds=1 --env-arg test_seeds=1"},
+    # The IL model proposes the alternatives (PROPOSER), so it must have learnt to write calls first: after 3 updates
+    # all 38 of its samples on the 19 expert states were invalid, and world-model-data refuses IWM data without any
+    # alternative; after 100 updates at 3e-3, 25 were valid new calls (60 updates: 12).
+    "bfcl.mk": {"STEPS": "100", "LR": "3e-3"},
+    # The header's real instruct model on disk stands in as two tiny models made from scratch: MODEL, which the recipe
+    # makes as $(OUT)/base, is fine-tuned (fully or with LoRA) and evaluated constrained; POLICY, one made here and
+    # exported to GGUF (tiny_gguf), proposes the SR alternatives through llama.cpp and writes the reflections
+    # (REFLECTOR=self). SmolLM2-135M as POLICY took ~2 min of CPU for 6 states here (its reflect prompts are long),
+    # the tiny GGUF 2 s. Its replies are no reflections, so every one is rejected (cut at 24 tokens) and replaced by
+    # the grounded rationale: without --fallback grounded sr.jsonl is empty, and mix refuses it.
+    "gpu-instruct.mk": {"SPLITS": "test", "REFLECT_ARGS": "--max-tokens 24 --fallback grounded"},
+    "gpu-instruct-lora.mk": {"SPLITS": "test", "REFLECT_ARGS": "--max-tokens 24 --fallback grounded"},
+}
+
+
+def _missing(module: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install 'eexp[all]')"
+    return None
+
+
+def _browser_missing() -> str | None:
+    """As tests/test_miniwob.py: the miniwob package, Selenium, Chromium and ChromeDriver."""
+    for module in ("miniwob", "selenium"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install 'eexp[miniwob]')"
+    from eexp.envs.browser import BrowserMissing, find_executables
+    try:
+        find_executables()
+    except BrowserMissing as e:
+        return f"no browser for MiniWoB: {e}"
+    return None
+
+
+def _scienceworld_missing() -> str | None:
+    if importlib.util.find_spec("scienceworld") is None or shutil.which("java") is None:
+        return "scienceworld is not installed or java is not on PATH (ScienceWorld's simulator is Java)"
+    return None
+
+
+def _gguf_missing() -> str | None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed (pip install 'eexp[gguf]'): no GGUF policy to stand in"
+    return None
+
+
+NEEDS = {
+    "gpu-instruct.mk": _gguf_missing,
+    "gpu-instruct-lora.mk": _gguf_missing,
+    "bfcl.mk": lambda: _missing("bfcl_eval"),
+    "textworld.mk": lambda: _missing("textworld"),
+    "textworld-lowdata.mk": lambda: _missing("textworld"),
+    "scienceworld.mk": _scienceworld_missing,
+    "miniwob.mk": _browser_missing,
+}
+
+
+def header_command(config: Path) -> list[str]:
+    """The first `make -C recipes ...` command of the config's header comment (its leading `#` lines; a command
+    continued with `\\` on the next comment line is joined), as argv."""
+    lines = []
+    for line in config.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    header = re.sub(r"\\\s*\n\s*", " ", "\n".join(lines))
+    m = re.search(r"(make -C recipes\b[^`\n]*)", header)
+    assert m, f"{config.name}: its header gives no `make -C recipes ...` command"
+    command = m.group(1).split("  #")[0].strip()   # a trailing comment after two spaces
+    return shlex.split(command)
+
+
+def target_of(argv: list[str]) -> str:
+    targets = [a for a in argv[3:] if "=" not in a and not a.startswith("-")]
+    assert len(targets) == 1, f"one target expected in {argv}"
+    return targets[0]
+
+
+def results(target: str, out: Path) -> list[Path]:
+    """What each header target announces (`results: FILE, plot: FILE`)."""
+    return {"compare": [out / "compare.json", out / "compare.png"],
+            "seeds": [out / "seeds" / "compare.json", out / "seeds" / "compare.png"],
+            "signals": [out / "signals" / "compare.json", out / "signals" / "compare.png"]}[target]
+
+
+def _cases() -> list:
+    cases = []
+    for config in CONFIGS:
+        marks = [pytest.mark.slow,
+                 pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")]
+        if config.name in COVERED:
+            marks.append(pytest.mark.skip(reason=f"run end to end by {COVERED[config.name]}"))
+        cases.append(pytest.param(config, marks=marks, id=config.stem))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A tiny shop model made from scratch, as a GGUF: the POLICY of the gpu-instruct configs (see SIZES)."""
+    folder = tmp_path_factory.mktemp("policy")
+    eexp = [sys.executable, "-m", "eexp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args in (["expert", "--env", "shop", "--split", "train", "-n", "20", "-q", "-o", str(folder / "expert.jsonl")],
+                 ["init-model", str(folder / "model"), "--size", "tiny", "--seed", "0", "--corpus",
+                  str(folder / "expert.jsonl"), "-q"],
+                 ["export", str(folder / "model"), "--quant", "f16", "-o", str(folder / "model.gguf")]):
+        proc = subprocess.run([*eexp, *args], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "model.gguf"
+
+
+@pytest.mark.parametrize("config", _cases())
+def test_header_command_runs_at_a_tiny_size(config: Path, tmp_path, request):
+    need = NEEDS.get(config.name)
+    reason = need() if need else None
+    if reason:
+        pytest.skip(reason)
+    argv = header_command(config)
+    assert argv[:3] == ["make", "-C", "recipes"], argv
+    target = target_of(argv)
+    out = tmp_path / "out"
+    tiny = {**TINY, **SIZES.get(config.name, {}), "OUT": str(out), "EEXP": f"{sys.executable} -m eexp",
+            "PYTHON": sys.executable}
+    if config.name.startswith("gpu-instruct"):
+        tiny.update(MODEL=str(out / "base"), POLICY=str(request.getfixturevalue("tiny_gguf")))
+    # the header's own settings stay unless the tiny size replaces them
+    kept = [a for a in argv[3:] if a.split("=", 1)[0] not in tiny]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if config.name.startswith("textworld"):   # the committed train games, in the run's cache (tests/conftest.py)
+        import textworld
+        shutil.copytree(TEXTWORLD_GAMES, Path(os.environ["EEXP_CACHE"]) / "textworld" / textworld.__version__,
+                        dirs_exist_ok=True)
+    # the independent branches side by side (a header without -j runs them one by one)
+    jobs = [] if any(a.startswith("-j") for a in kept) else ["-j2"]
+    start = time.monotonic()
+    proc = subprocess.run(["make", "-C", str(RECIPES), *jobs, *kept, *(f"{k}={v}" for k, v in tiny.items())],
+                          capture_output=True, text=True, env=env, timeout=900)
+    took = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    print(f"{config.name}: {shlex.join(argv)} at a tiny size took {took:.0f} s")
+    for path in results(target, out):
+        assert path.exists() and path.stat().st_size > 0, f"{path} was not made"
+    announced = re.findall(r"^results: (\S+), plot: (\S+)$", proc.stdout, re.M)
+    assert announced, proc.stdout[-2000:]
+    for pair in announced:
+        for name in pair:
+            assert Path(name).exists(), name
+    if re.search(r"^PROPOSER\s*=", config.read_text(), re.M):   # the alternatives are the proposer's samples
+        run = out if target == "compare" else out / "seed0"
+        records = [orjson.loads(line) for line in (run / "outcomes_iwm.jsonl").read_text().splitlines()]
+        assert {(r["meta"]["branch"]["propose"], r["meta"]["branch"]["model"]) for r in records} == {("policy", "IL")}
+        assert any(r["alternatives"] for r in records)
+
+
+def test_every_config_header_gives_a_command_of_a_recipe_target():
+    """Fast: each config's header (those COVERED elsewhere too) names one `make -C recipes` target that the Makefile
+    has, with the config itself (a target such as `demo` or `rl` names its config in the Makefile)."""
+    makefile = (RECIPES / "Makefile").read_text()
+    for config in CONFIGS:
+        argv = header_command(config)
+        target = target_of(argv)
+        rule = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)*)", makefile, re.M)
+        assert rule, f"{config.name}: the Makefile has no target {target!r}"
+        named = [a for a in argv if a.startswith("CONFIG=")] or re.findall(r"CONFIG=\S+", rule.group(1))
+        assert named == [f"CONFIG=configs/{config.name}"], (config.name, argv)
+        if config.name not in COVERED:
+            assert target in ("compare", "seeds", "signals"), f"{config.name}: results() knows no {target!r}"
