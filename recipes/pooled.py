@@ -29,23 +29,34 @@ def seeds(results: Path) -> list[Path]:
 
 
 def pooled(results: Path) -> dict:
-    """{kind: eexp.compare result} for the runs found in every seed folder."""
+    """{kind: eexp.compare result} for the runs found in the seed folders. Each run pools the seeds that hold it
+    (seed 0 has `SR~constrained`, later seeds `SR` and `SR-grounded`), and is tested against IL over those same
+    seeds, so every test pairs runs of one seed; IL's own row pools every seed."""
     folders = seeds(results)
     if not folders:
         raise SystemExit(f"{results}: no seed<s> folders")
     out = {}
     for kind in KINDS:
-        inputs = []
-        for run in RUNS:
-            files = [str(f / kind / f"{run}.jsonl.gz") for f in folders]
-            present = [f for f in files if Path(f).exists()]
-            if present and len(present) < len(files):
-                raise SystemExit(f"{run}: {kind} episodes for {len(present)} of {len(files)} seeds")
-            if present:
-                inputs.append(f"{run}={','.join(present)}")
-        if inputs:
-            env, runs = read_runs(inputs)
-            out[kind] = compare_runs(env, runs, seed=0)
+        def files(run: str) -> list[Path]:
+            return [f / kind / f"{run}.jsonl.gz" for f in folders if (f / kind / f"{run}.jsonl.gz").exists()]
+        il = files(RUNS[0])
+        if not il:
+            continue
+        env, runs = read_runs([f"{RUNS[0]}={','.join(map(str, il))}"])
+        result = compare_runs(env, runs, seed=0)
+        for run in RUNS[1:]:
+            mine = files(run)
+            if not mine:
+                continue
+            paired = [f.parent.parent / kind / f"{RUNS[0]}.jsonl.gz" for f in mine]
+            missing = [str(f) for f in paired if not f.exists()]
+            if missing:
+                raise SystemExit(f"{run}: {kind} episodes without IL's of the same seed ({', '.join(missing)})")
+            env, runs = read_runs([f"{RUNS[0]}={','.join(map(str, paired))}", f"{run}={','.join(map(str, mine))}"])
+            against = compare_runs(env, runs, seed=0)
+            for split, rows in against["splits"].items():
+                result["splits"].setdefault(split, []).extend(rows[1:])   # rows[0] is IL over these seeds
+        out[kind] = result
     return out
 
 

@@ -169,6 +169,22 @@ def test_scores_are_the_verdicts_softmax_and_choose_takes_the_best(tiny_checkpoi
 
 
 @pytest.mark.usefixtures("one_torch_thread")
+def test_a_critic_given_to_eval_as_an_object_reranks(tiny_checkpoint):
+    # a library caller hands eval a Critic it loaded itself: it carries the lock eval's threads share it by
+    from eexp.envs.base import make_env
+    from eexp.policies.baselines import RandomPolicy
+    from eexp.policies.critic import Critic
+    from eexp.stages.evaluate import EvalSettings, Evaluator
+    env = make_env("shop")
+    settings = EvalSettings(env_name="shop", policy_spec="random", critic=str(tiny_checkpoint), critic_k=3,
+                            temperature=1.0, max_steps=3)
+    evaluator = Evaluator(settings, env=env, policy=RandomPolicy(), critic=Critic(str(tiny_checkpoint)))
+    episode, _ = evaluator.run(env.tasks("test")[0], "ep")
+    judged = [step for step in episode["meta"]["critic_steps"] if step["scores"]]
+    assert judged and all(len(step["scores"]) == len(step["candidates"]) >= 2 for step in judged)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_critic_eval_names_a_bad_line_and_skips_it_on_request(tiny_checkpoint, runner, tmp_path):
     branch = copy.deepcopy(outcomes()[1])
     del branch["expert"]["next_observation"]

@@ -701,6 +701,36 @@ def test_off_path_start_needs_an_admissible_list():
            "lists none at step" in result.output
 
 
+class ThinkingOracle(OraclePolicy):
+    """The oracle's action, with a thought that names it."""
+
+    def act(self, messages, **kwargs):
+        reply = super().act(messages, **kwargs)
+        reply.thought = f"I do {reply.action}"
+        return reply
+
+
+def test_off_path_thoughts_stay_parallel_to_the_actions():
+    from eexp.envs.base import make_env
+    env = make_env("shop")
+    evaluator = Evaluator(EvalSettings(env_name="shop", policy_spec="oracle", start="off-path", seed=3), env=env,
+                          policy=ThinkingOracle())
+    for task in env.tasks("test")[:6]:
+        episode, _ = evaluator.run(task, f"ep-{task['id']}")
+        played = episode["meta"]["start"]["played"]
+        assert played >= 1 and len(episode["thoughts"]) == len(episode["actions"])
+        assert episode["thoughts"][:played] == [None] * played           # played for the policy: no thought
+        assert all(t is not None and t.startswith("I do ") for t in episode["thoughts"][played:])
+
+
+def test_off_path_keeps_no_trajectories(tmp_path):
+    result = CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "2", "--start",
+                                      "off-path", "--trajectories", str(tmp_path / "t.jsonl"), "-q"])
+    assert result.exit_code == 2
+    assert "an off-path episode begins with actions the policy did not choose" in result.output
+    assert not (tmp_path / "t.jsonl").exists()
+
+
 def test_compare_takes_no_start(tmp_path):
     result = CliRunner().invoke(cli, ["eval", "--compare", "--start", "off-path", "a.jsonl"])
     assert result.exit_code == 2 and "--compare reads episode files; it takes no --start" in result.output

@@ -24,7 +24,7 @@ def test_the_smollm2_table_is_recomputed_from_the_committed_episodes():
 
 
 def test_every_committed_seed_has_the_main_runs_and_their_training_logs():
-    # pooled.py refuses a run that some seeds have and others lack, so the table pools like with like
+    # IL and IWM in every seed: every other run is tested against IL over the seeds it shares with it
     for seed in pooled.seeds(RESULTS):
         for run in ("IL", "IWM"):
             assert (seed / "eval" / f"{run}.jsonl.gz").exists(), f"{seed.name}: eval/{run}.jsonl.gz"

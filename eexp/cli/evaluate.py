@@ -94,6 +94,10 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
         if not critic and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
             raise click.UsageError(f"--{name.replace('_', '-')} sets how the critic's candidates are proposed: "
                                    f"give --critic MODEL")
+    if trajectories_path and start == "off-path":
+        raise click.UsageError("--trajectories keeps successful episodes as expert data, and an off-path episode "
+                               "begins with actions the policy did not choose (the expert's prefix and the injected "
+                               "one): evaluate from reset for trajectories")
     if memory != "none" and attempts == 1:
         raise click.UsageError(f"--memory {memory} is written between attempts: give --attempts N (N >= 2)")
     policy_spec = policy_or_default(policy_spec, "eval needs the policy to evaluate (or random, oracle)")

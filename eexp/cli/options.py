@@ -285,7 +285,8 @@ def _field_option(f, kind) -> Callable:
         kw["type"] = click.Choice(meta["choices"])
     elif element in (int, float) and ("min" in meta or "max" in meta):
         ranged = click.IntRange if element is int else click.FloatRange
-        kw["type"] = ranged(min=meta.get("min"), max=meta.get("max"))
+        open_ends = {k: meta[k] for k in ("min_open", "max_open") if k in meta}   # FloatRange only
+        kw["type"] = ranged(min=meta.get("min"), max=meta.get("max"), **open_ends)
     elif element in (int, float, str):
         kw["type"] = element
     if kind is bool:

@@ -26,6 +26,7 @@ the whole prompt).
 from __future__ import annotations
 
 import math
+import threading
 
 from eexp.policies import PolicyError, load_policy
 from eexp.policies.base import Policy
@@ -51,6 +52,8 @@ class Critic:
         self.serializer = serializer or Serializer.from_dict(policy.serializer_settings(),
                                                              where=f"{policy.name}: serializer settings")
         self._reserve = reply_tokens(list(CRITIC_VERDICTS))
+        # eval's threads share one critic (one model in this process): they take turns with it
+        self.lock = threading.Lock()
 
     def verdicts(self, state: dict, action: str, rendered: str | None = None) -> tuple[float, float]:
         """(P(Yes), P(No)) for one proposed action: the softmax of the two verdicts' log-likelihoods, summing to

@@ -113,7 +113,6 @@ class Evaluator:
         if critic is None and settings.critic:
             from eexp.policies.critic import Critic
             self.critic = Critic(settings.critic)
-            self.critic.lock = threading.Lock()
 
     def describe(self) -> dict:
         """What the parent needs for ids and meta (it may never load the policy itself)."""
@@ -195,6 +194,7 @@ class Evaluator:
         success, score = False, 0.0
         shots = s.screenshots if s.screenshots and can_screenshot(env) else None
         start = None
+        lead = 0   # the steps played for the policy before it takes over (off-path starts)
         critic_steps: list[dict] = []
         try:
             observation = env.reset(task)
@@ -207,7 +207,9 @@ class Evaluator:
                     for action in played:
                         observations.append(observation)
                         actions.append(action)
+                        thoughts.append(None)   # kept parallel to actions: no thought behind a played step
                         observation, _, _, _ = env.step(action)
+                    lead = len(played)
             observations.append(observation)
             for step in range(self.max_steps):
                 admissible = env.admissible()
@@ -247,8 +249,8 @@ class Evaluator:
                 if done:
                     stop_reason = "done"
                     break
-            if shots:   # the state the last action led to
-                save_step(env, shots, episode_id, len(actions), observation)
+            if shots:   # the state the last action led to, numbered after the policy's steps
+                save_step(env, shots, episode_id, len(actions) - lead, observation)
             success = bool(env.success())
             score = float(env.score())
             if success:
@@ -275,7 +277,6 @@ class Evaluator:
             meta_fields["unparsed"] = unparsed
         if error:
             meta_fields["error"] = error
-        lead = len(start["prefix"]) + 1 if start and start["injected"] is not None else 0
         if start is not None:   # actions[:played] were played for the policy, not chosen by it
             meta_fields["start"] = {**start, "played": lead}
         episode = {"id": episode_id, "task": task, "policy": desc["policy"], "actions": actions,

@@ -24,8 +24,8 @@ class UsageProblem(TrainingError, errors.UsageProblem):
 def option(default=None, help: str = "", *, factory=None, **click_hints):
     """A FinetuneConfig field: its default and its help live here, once; `eexp finetune`'s options are generated from
     the fields (eexp.cli.options.dataclass_options). `click_hints`: flag ("--lora/--full"), short ("-o"), metavar,
-    min/max, choices, required, argument (the positional files), multiple (repeated), sep (one comma-separated
-    value)."""
+    min/max (min_open/max_open: a float's bound excluded), choices, required, argument (the positional files),
+    multiple (repeated), sep (one comma-separated value)."""
     metadata = {"help": help, **click_hints}
     if click_hints.get("required") or click_hints.get("argument"):
         return field(metadata=metadata)  # no default: the dataclass, like the command, needs it
@@ -52,7 +52,7 @@ class FinetuneConfig:
                             "x ((chosen - reference chosen) - (rejected - reference rejected))), with the "
                             "log-probabilities of the answers' target tokens.", choices=["sft", "dpo"])
     beta: float = option(0.1, "With --objective dpo: how strongly the loss holds the model to the reference (larger: "
-                         "closer; DPO's beta).", min=0)
+                         "closer; DPO's beta).", min=0, min_open=True)
     lora: bool = option(False, "Train a LoRA adapter through PEFT, or every weight (the paper's default).",
                         flag="--lora/--full")
     qlora: bool = option(False, "LoRA over a 4-bit base (bitsandbytes, CUDA only).")
