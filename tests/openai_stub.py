@@ -1,6 +1,7 @@
 """A stub OpenAI-compatible server for the tests: chat completions on 127.0.0.1 with one guided-decoding mechanism,
-deterministic answers (from the request's seed), failures on cue, a latency, and a count of the requests it had in
-flight at once. Used by tests/test_http.py and tests/test_concurrency.py."""
+deterministic answers (from the request's seed), continuation of a final assistant message (continue_final_message,
+as vLLM and llama-server serve it), failures on cue, a latency, and a count of the requests it had in flight at once.
+Used by tests/test_http.py and tests/test_concurrency.py."""
 
 from __future__ import annotations
 
@@ -30,16 +31,21 @@ class StubServer:
     """An OpenAI chat-completions endpoint whose "model" answers free text, except where the request carries the
     one guided-decoding mechanism this server implements (`honours`); the others are ignored as vLLM and
     llama.cpp ignore fields they do not know, or, `strict`, refused with 400 as OpenAI does. Under a mechanism it
-    answers the choice the seed picks. `fail` holds the indices of chat requests that fail: 503, or (odd index)
-    a connection closed without an answer; `fail_every` N fails every Nth chat request with a 500. Each chat
-    request takes `latency` seconds; `most_in_flight` is the most it ever had at once. `free_text(body)` writes
-    the unconstrained replies (default: FREE_TEXT, cut at max_tokens words). With `die_after` N the server stops
-    listening at its Nth chat request (that one and those in flight still get answers)."""
+    answers the choice the seed picks. A request with `continue_final_message` continues its final assistant message:
+    the answer is what comes after it (guided or `free_text` as any other), as vLLM answers, or with `echoes` the
+    final message and then that, as llama-server answers. As both do, such a request must end with an assistant
+    message and set `add_generation_prompt` false, or it is refused with 400 (`strict` refuses it anyway, as OpenAI
+    does an unknown field). `fail` holds the indices of chat requests that fail: 503, or (odd index) a connection
+    closed without an answer; `fail_every` N fails every Nth chat request with a 500. Each chat request takes
+    `latency` seconds; `most_in_flight` is the most it ever had at once. `free_text(body)` writes the unconstrained
+    replies (default: FREE_TEXT, cut at max_tokens words). With `die_after` N the server stops listening at its Nth
+    chat request (that one and those in flight still get answers)."""
 
     def __init__(self, honours: str | None = None, *, strict: bool = False, fail: set[int] = frozenset(),
                  status: int = 200, latency: float = 0.0, fail_every: int = 0, free_text=None,
-                 die_after: int = 0):
+                 die_after: int = 0, echoes: bool = False):
         self.honours, self.strict, self.fail, self.status = honours, strict, set(fail), status
+        self.echoes = echoes
         self.latency, self.fail_every, self.free_text, self.die_after = latency, fail_every, free_text, die_after
         self.chats: list[dict] = []
         self.timeline: list[tuple[float, float]] = []     # (start, end) of every chat request, time.monotonic()
@@ -99,6 +105,13 @@ class StubServer:
                 if outer.strict and set(body) - OPENAI_FIELDS:
                     return self.send(400, {"error": {"message": "Unrecognized request argument supplied: "
                                                                 + ", ".join(sorted(set(body) - OPENAI_FIELDS))}})
+                if body.get("continue_final_message"):
+                    if body.get("add_generation_prompt", True):   # llama-server's default is true, vLLM's too
+                        return self.send(400, {"error": {"message": "Cannot set both add_generation_prompt and "
+                                                                    "continue_final_message to true."}})
+                    if body["messages"][-1]["role"] != "assistant":
+                        return self.send(400, {"error": {"message": "continue_final_message needs a final "
+                                                                    "assistant message"}})
                 text, finish = outer.answer(body)
                 self.send(200, {"object": "chat.completion", "model": "stub-model",
                                 "choices": [{"index": 0, "finish_reason": finish,
@@ -114,6 +127,13 @@ class StubServer:
         return None
 
     def answer(self, body: dict) -> tuple[str, str]:
+        text, finish = self.generate(body)
+        if self.echoes and body.get("continue_final_message"):
+            text = body["messages"][-1]["content"] + text
+        return text, finish
+
+    def generate(self, body: dict) -> tuple[str, str]:
+        """What the "model" writes for this request (after the final message, for a continued one)."""
         choices, as_json = None, None
         if self.honours == "structured_outputs":
             choices = (body.get("structured_outputs") or {}).get("choice")

@@ -293,3 +293,168 @@ def test_act_score_against_a_server_that_cannot_score_says_what_it_serves(stub):
         f"echo and logprobs, as vLLM does); {server.url} does not (HTTP 404")
     assert str(e.value).endswith("It serves --act generate, and --act constrained where it has guided decoding (the "
                                  "default probes for it)")
+
+
+# --- --act think over HTTP: the thought, then the action as the continuation of that reply -------------------------
+
+THOUGHT = "Thought: the goal names a red mug, so I buy it."
+CHOICES = [f"Action: {a}" for a in ADMISSIBLE]
+
+
+def scripted(thought: str, continuation: str = ""):
+    """A stub's free text: `thought` for a fresh reply, `continuation` for one that continues a final assistant
+    message."""
+    return lambda body: continuation if body.get("continue_final_message") else thought
+
+
+class OpenEnv:
+    """A context environment whose admissible list is a sample of an open action space."""
+    closed_actions = False
+
+
+def test_think_asks_for_the_thought_then_the_action_after_it(stub):
+    server = stub("vllm", free_text=scripted(f"{THOUGHT}\nAction: look"))
+    policy = load_policy(server.url, act="think", max_tokens=40)
+    assert policy.describe()["think"] == "continue_final_message" and policy.describe()["guided"] == "vllm"
+    # at start: the first contact, one continuation (an unfinished assistant turn, one token), then the guided probe,
+    # continuing a reply too, as think's requests will
+    probe = server.chats[1]
+    assert probe["messages"][-1]["role"] == "assistant" and probe["max_tokens"] == 1
+    for request in server.chats[1:]:
+        assert (request["continue_final_message"], request["add_generation_prompt"]) == (True, False)
+    assert [c.get("guided_choice") for c in server.chats[2:]] == [None, ["Action: probe one", "Action: probe two"]]
+    start = len(server.chats)
+    reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
+    thought, action = server.chats[start:]
+    # the thought: a plain chat completion, free text, the call's seed and temperature, the policy's --max-tokens
+    assert thought["messages"] == MESSAGES and (thought["seed"], thought["temperature"], thought["max_tokens"]) == \
+        (4, 0.0, 40)
+    assert not {"continue_final_message", "add_generation_prompt", "guided_choice"} & set(thought)
+    # the action: the same messages, the reply up to its `Action:` line as the final assistant message, continued,
+    # guided to the admissible actions
+    assert action["messages"] == MESSAGES + [{"role": "assistant", "content": f"{THOUGHT}\n"}]
+    assert (action["continue_final_message"], action["add_generation_prompt"]) == (True, False)
+    assert action["guided_choice"] == CHOICES and (action["seed"], action["temperature"]) == (4, 0.0)
+    # the guided answer is the action (the stub's seed picks ADMISSIBLE[4 % 3]), not the one the thought's reply wrote
+    assert (reply.action, reply.valid, reply.seed, reply.finish_reason) == ("buy the red mug", True, 0, "stop")
+    assert reply.text == f"{THOUGHT}\nAction: buy the red mug"
+    assert (reply.thought, reply.thought_cut) == ("the goal names a red mug, so I buy it.", False)
+    # K seeds: two requests each, each reply its own seed's
+    replies = policy.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[5, 6], temperature=1.0)
+    assert [(r.action, r.seed) for r in replies] == [(ADMISSIBLE[2], 5), (ADMISSIBLE[0], 6)]
+    assert sorted(c["seed"] for c in server.chats[start + 2:]) == [5, 5, 6, 6]
+    assert policy.requests == 3 and policy.failed_requests == 0
+
+
+def test_think_a_cut_thought_gets_its_action_after_it(stub):
+    server = stub("llamacpp", free_text=scripted("Thought: I am not sure whether  "))
+    policy = load_policy(server.url, act="think")
+    reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=3, temperature=0.0)
+    assert (reply.thought, reply.thought_cut) == ("I am not sure whether", True)
+    # the thought as it stopped, closed by a blank line (the SR target's layout), then the guided action
+    assert server.chats[-1]["messages"][-1] == {"role": "assistant", "content": "Thought: I am not sure whether\n\n"}
+    assert "grammar" in server.chats[-1] and "grammar" not in server.chats[-2]
+    assert reply.text == "Thought: I am not sure whether\n\nAction: look" and reply.action == "look" and reply.valid
+
+
+def test_think_takes_the_continuation_from_a_server_that_answers_the_whole_message(stub):
+    """llama-server answers a continued message with all of it, the prefix first (vLLM with what follows it): the
+    reply holds the thought once all the same."""
+    server = stub("llamacpp", echoes=True, free_text=scripted(f"{THOUGHT}\nAction: look", continuation=" open it"))
+    policy = load_policy(server.url, act="think")
+    assert policy.guided == "llamacpp"   # the probe's continued reply was read past its echo
+    reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
+    assert reply.text == f"{THOUGHT}\nAction: buy the red mug" and reply.action == "buy the red mug"
+    server.free_text = scripted("Thought: the door", continuation=" open it\nmore")
+    reply = policy.act(MESSAGES, admissible=None, seed=1, temperature=0.0)
+    assert reply.text == "Thought: the door\n\nAction: open it" and reply.action == "open it"
+
+
+def test_think_without_a_thought_asks_for_the_action_as_constrained_does(stub):
+    """A model that answers `Action:` at once (IL, IWM): nothing to continue, so the action request is the plain
+    guided one of --act constrained (a server would otherwise be asked to continue an empty message)."""
+    server = stub("vllm", free_text=scripted("Action: look"))
+    policy = load_policy(server.url, act="think")
+    reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
+    assert (reply.thought, reply.thought_cut, reply.text) == (None, False, "Action: buy the red mug")
+    assert server.chats[-1]["messages"] == MESSAGES and "continue_final_message" not in server.chats[-1]
+    assert server.chats[-1]["guided_choice"] == CHOICES
+
+
+def test_think_in_an_open_action_space_takes_or_generates_the_action(stub):
+    server = stub("vllm", free_text=scripted("Thought: the door is shut.\nAction: open the red door\nmore text"))
+    policy = load_policy(server.url, act="think", max_tokens=40)
+    context = {"env": OpenEnv()}
+    start = len(server.chats)
+    reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=1, temperature=0.0, context=context)
+    # the action the model wrote after its thought is taken: one request, nothing guided
+    assert (reply.action, reply.thought, reply.valid, reply.thought_cut) == \
+        ("open the red door", "the door is shut.", None, False)
+    assert len(server.chats) == start + 1 and "guided_choice" not in server.chats[-1]
+    # a cut thought: the model continues its own reply after `Action:`, and the first line it writes is the action
+    server.free_text = scripted("Thought: the door", continuation=" open the door\nThought: and then")
+    for admissible, ctx in ((ADMISSIBLE, context), (None, None)):
+        start = len(server.chats)
+        reply = policy.act(MESSAGES, admissible=admissible, seed=1, temperature=0.0, context=ctx)
+        assert (reply.action, reply.thought, reply.thought_cut) == ("open the door", "the door", True)
+        assert reply.text == "Thought: the door\n\nAction: open the door"
+        after = server.chats[start + 1]
+        assert after["messages"][-1] == {"role": "assistant", "content": "Thought: the door\n\nAction:"}
+        assert after["continue_final_message"] and "guided_choice" not in after and after["max_tokens"] == 40
+
+
+def test_think_failed_requests_are_retried_then_counted(stub, capsys):
+    # after the first contact and the continuation probe (the mechanism is given): the 1st step's thought (2) fails
+    # for good, the 2nd step's action (4) too; the 3rd step's thought (5, a dropped connection) is retried once
+    server = stub("vllm", fail={2, 4, 5}, free_text=scripted(THOUGHT))
+    policy = load_policy(server.url, {"guided": "vllm", "retries": "0", "backoff": "0.01"}, act="think")
+    first, second = (policy.act(MESSAGES, admissible=ADMISSIBLE, seed=1, temperature=0.0) for _ in range(2))
+    assert len(server.chats) == 5     # a failed thought asks for no action
+    for reply in (first, second):
+        assert reply.action is None and reply.valid is False and reply.finish_reason.startswith("error: HTTP 503")
+        assert (reply.thought, reply.thought_cut) == (None, False)
+    assert (policy.requests, policy.failed_requests) == (2, 2)   # per reply, as every mode counts
+    policy.opts["retries"] = 1
+    third = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=2, temperature=0.0)
+    assert third.valid and third.thought and len(server.chats) == 8
+    assert (policy.requests, policy.failed_requests) == (3, 2)
+    assert capsys.readouterr().err.count("the reply is marked failed") == 2
+
+
+def test_think_needs_a_server_that_continues_a_reply(stub):
+    server = stub("json_schema", strict=True)   # OpenAI: HTTP 400 for a field it does not know
+    with pytest.raises(PolicyError) as e:
+        load_policy(server.url, act="think")
+    assert str(e.value) == (
+        f"--act think over HTTP asks for the action as the continuation of the model's own reply (its thought): it "
+        f"needs a server that continues a final assistant message (continue_final_message, as vLLM and llama.cpp's "
+        f"llama-server do); {server.url} does not (HTTP 400 from {server.url}/chat/completions: Unrecognized request "
+        f"argument supplied: add_generation_prompt, continue_final_message). It serves --act generate, and --act "
+        f"constrained where it has guided decoding")
+    assert len(server.chats) == 2   # the first contact, then one probe: no retries
+
+
+def test_think_needs_guided_decoding_for_the_action(stub):
+    server = stub(None)
+    with pytest.raises(PolicyError) as e:
+        load_policy(server.url, act="think")
+    assert str(e.value) == (f"--act think over HTTP needs the server's guided decoding to choose the action after "
+                            f"the thought, and {server.url} obeys none of structured_outputs, vllm, llamacpp, "
+                            f"json_schema (tried each with one request); use --act generate, or a server that has one")
+    with pytest.raises(PolicyError, match=r"^--act think over HTTP needs the server's guided decoding to choose the "
+                                          r"action after the thought: give --policy-arg guided=NAME"):
+        load_policy(server.url, {"guided": "none"}, act="think")
+
+
+def test_eval_act_think_over_http_records_thoughts(stub):
+    server = stub("llamacpp")   # the stub's free text never reaches `Action:`: every thought is cut
+    result = invoke(["eval", "--policy", server.url, "--env", "shop", "-n", "2", "--max-steps", "3", "--act",
+                     "think", "-q"])
+    assert result.exit_code == 0, result.output
+    eps = episodes(result.stdout)
+    assert len(eps) == 2
+    for e in eps:
+        assert (e["meta"]["act"], e["meta"]["think"], e["meta"]["guided"]) == ("think", "continue_final_message",
+                                                                               "llamacpp")
+        assert e["invalid_actions"] == 0 and e["meta"]["thoughts_cut"] == e["steps"] == len(e["thoughts"]) > 0
+        assert set(e["thoughts"]) == {"I think I should look around first, then decide what to buy."}

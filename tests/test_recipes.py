@@ -105,9 +105,10 @@ def test_smollm2_recipe_at_a_tiny_size(tmp_path):
         episodes = [orjson.loads(line) for line in (out / "eval" / f"{run}.jsonl").read_text().splitlines()]
         assert [e["task"]["split"] for e in episodes] == ["test", "ood"]
         meta = episodes[0]["meta"]
-        # IL and IWM through llama-server; SR runs thought first, in-process (a server cannot continue a reply)
+        # every run through llama-server; SR thought first, the server continuing the model's reply with the action
         sr = run.startswith("SR")
-        assert (meta["backend"], meta["act"]) == (("llama.cpp", "think") if sr else ("http", "constrained"))
+        assert (meta["backend"], meta["act"], meta["guided"]) == ("http", "think" if sr else "constrained", "llamacpp")
+        assert meta.get("think") == ("continue_final_message" if sr else None)
         assert meta["serializer"]["history"] == 0 and meta["serializer"]["show_admissible"] is False
         recovery = [orjson.loads(line) for line in (out / "recovery" / f"{run}.jsonl").read_text().splitlines()]
         assert len(recovery) == 2 and all(e["meta"]["start"]["mode"] == "off-path" for e in recovery)

@@ -163,9 +163,11 @@ def test_both_backends_think_alike(tiny_checkpoint, tmp_path):
     llama.close()
 
 
-def test_http_refuses_think():
-    with pytest.raises(PolicyError, match="--act think"):
-        load_policy("http://127.0.0.1:9/v1", act="think")  # refused before any connection is tried
+def test_http_think_is_tried_and_unknown_modes_are_refused():
+    """An endpoint takes --act think now (tests/test_http.py: the thought, then the action continuing it): it is
+    contacted, not refused on sight as it was while a server could not continue the model's reply."""
+    with pytest.raises(PolicyError, match="^cannot reach the policy endpoint http://127.0.0.1:9/v1"):
+        load_policy("http://127.0.0.1:9/v1", act="think")
     with pytest.raises(PolicyError, match="unknown --act"):
         load_policy("random", act="ponder")
 

@@ -92,7 +92,7 @@ def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, 
                 top_p: float = 1.0) -> Policy:
     """The policy named by `spec`, with backend options `args` (--policy-arg) and the action mode `act`
     (None: constrained where a state lists admissible actions, generate where it does not; think: a thought, then
-    the action after it, local models only)."""
+    the action after it)."""
     if not spec:
         raise PolicyError(f"no policy given (--policy: {SPEC_FORMS})")
     if act is not None and act not in ACT_MODES:
@@ -143,10 +143,6 @@ def load_baseline(spec: str, args: dict, *, act: str | None, max_tokens: int, to
 
 
 def load_endpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
-    if act == "think":
-        raise PolicyError("--act think continues the model's own reply (its thought) with the action, which a "
-                          "chat-completions endpoint cannot do; use a local model (a .gguf file or a checkpoint "
-                          "directory), or --act generate, whose replies keep the model's thought too")
     from eexp.policies.http import HttpPolicy
     return HttpPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -229,22 +230,18 @@ class ModelPolicy(Policy):
         for seed in seeds:
             text, finish = self._generate_ids(ids, seed=seed, temperature=temperature, top_p=self.top_p,
                                               max_tokens=self._budget(ids, self.max_tokens))
-            found = ACTION_LINE.search(text)
-            if found:
-                prefix, cut = text[:found.start()], False
-            else:  # never reached `Action:`: keep what was written, and ask for the action after it
-                prefix, cut = (text.rstrip() + "\n\n" if text.strip() else ""), True
-            thought = _THOUGHT_LABEL.sub("", prefix.strip(), count=1).strip() or None
+            split = split_thought(text)
+            prefix = split.prefix
             sampled_seed = seed if temperature > 0 else 0
             if closed:
                 reply = self._action_after(messages, ids, prefix, admissible, seed, temperature)
             else:
-                written = text[found.end():].split("\n", 1)[0].strip() if found else ""
+                written = split.written
                 if not written:  # cut, or an empty `Action:` line: generate the action after the thought
                     written, finish = self._generate_after(messages, ids, prefix + "Action:", seed, temperature)
                 reply = reply_from_text(f"{prefix}Action: {written}", admissible, context=context,
                                         seed=sampled_seed, finish_reason=finish)
-            reply.thought, reply.thought_cut, reply.seed = thought, cut, sampled_seed
+            reply.thought, reply.thought_cut, reply.seed = split.thought, split.cut, sampled_seed
             out.append(reply)
         return out
 
@@ -299,6 +296,28 @@ class ModelPolicy(Policy):
         messages, ids = self.fit(messages, reserve=reply_tokens(replies))
         logliks = self.scores_for(ids, self.candidate_ids(messages, replies))
         return sorted(zip(admissible, logliks), key=lambda p: -p[1])
+
+
+class ThoughtSplit(NamedTuple):
+    """A reasoning reply read as --act think reads it (every backend, local or over HTTP)."""
+
+    prefix: str           # the reply up to its first `Action:` line: what the action is chosen after
+    thought: str | None   # the prefix without its `Thought:` label (None: no thought written)
+    cut: bool             # the reply never reached `Action:` (cut by --max-tokens, or it stopped)
+    written: str          # what the model wrote on its `Action:` line ("" when cut): an open space's action
+
+
+def split_thought(text: str) -> ThoughtSplit:
+    """The thought of a generated reply, and where the action goes after it. A reply that never reached `Action:`
+    keeps what it wrote, closed by a blank line (the SR target's layout), and the action is asked for after it."""
+    found = ACTION_LINE.search(text)
+    if found:
+        prefix, cut = text[:found.start()], False
+        written = text[found.end():].split("\n", 1)[0].strip()
+    else:
+        prefix, cut, written = (text.rstrip() + "\n\n" if text.strip() else ""), True, ""
+    thought = _THOUGHT_LABEL.sub("", prefix.strip(), count=1).strip() or None
+    return ThoughtSplit(prefix, thought, cut, written)
 
 
 def pick_action(admissible: list[str], logliks: list[float], seed: int, temperature: float) -> Reply:

@@ -26,6 +26,21 @@ turn, as the local backends do, where the server can give it: it renders chat me
 /tokenize` with `messages`, at the server's root: vLLM, SGLang) and returns the log-probability of every prompt token
 (`/v1/completions` with the ids as prompt, `echo` and `logprobs`, OpenAI's legacy form, which vLLM serves). The
 start probes both with one tiny request each; a server without them is an error that says which modes it serves.
+
+`--act think` (models that reason first: `Thought: ...` then `Action: ...`) takes two requests per reply, both
+within the in-flight limit, with the same retries and failure counting: the thought, a plain chat completion at the
+call's temperature and seed (up to --max-tokens), read as the local backends read it (eexp.policies.chat.
+split_thought); then the action, asked for as the continuation of that reply: the messages end with an assistant
+message holding the thought, and `continue_final_message` (vLLM, llama.cpp's llama-server) has the server extend
+it instead of starting a new turn. Where the admissible set is closed, the action is chosen by the server's guided
+decoding among the admissible `Action: <action>` replies, as `--act constrained` chooses it: a sample of the
+constrained distribution (greedy at temperature 0), NOT the ranking by log-likelihood that the local backends' think
+does, so the two can pick different actions after the same thought. Where the set is open, the action the model
+wrote after its thought is taken, or generated after `Action:` when it wrote none, as locally. A reply without a
+thought gets the plain request of `--act constrained` (nothing to continue). The start probes continuation with one
+tiny request (a server that refuses the field is an error that says what think needs), then guided decoding as
+`--act constrained` does but in a continued reply, as think uses it (none found is an error). A server that
+silently ignores the field would start a new turn instead: the probe cannot tell that from its reply.
 """
 
 from __future__ import annotations
@@ -44,7 +59,7 @@ from eexp.inflight import side_by_side
 from eexp.policies.actions import failed_reply, open_space, reply_from_text
 from eexp.policies.args import take_args
 from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply
-from eexp.policies.chat import warn
+from eexp.policies.chat import split_thought, warn
 from eexp.prompts import format_action
 
 SCHEMA = {
@@ -69,6 +84,12 @@ GUIDED_VALUES = ("auto", "none", *GUIDED)
 # The probe: a prompt no unconstrained model answers with one of these replies.
 PROBE_MESSAGES = [{"role": "user", "content": "Say hello."}]
 PROBE_CHOICES = ["Action: probe one", "Action: probe two"]
+# --act think: the request fields that make the server extend the final assistant message (the thought) instead of
+# answering it with a new turn, and the probe's unfinished reply.
+CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
+PROBE_PREFIX = "Thought: a probe.\n"
+# why a mode needs the server's guided decoding (its errors say so)
+GUIDED_FOR = {"constrained": "", "think": " to choose the action after the thought"}
 
 
 class EndpointError(Exception):
@@ -104,8 +125,8 @@ class HttpPolicy(Policy):
         opts = take_args(args, SCHEMA, self.backend)
         if opts["guided"] not in GUIDED_VALUES:
             raise PolicyError(f"--policy-arg guided={opts['guided']}: expected {', '.join(GUIDED_VALUES)}")
-        if act == "constrained" and opts["guided"] == "none":
-            raise PolicyError("--act constrained over HTTP needs the server's guided decoding: give "
+        if act in GUIDED_FOR and opts["guided"] == "none":
+            raise PolicyError(f"--act {act} over HTTP needs the server's guided decoding{GUIDED_FOR[act]}: give "
                               f"--policy-arg guided=NAME ({', '.join(GUIDED)}) or leave it to the probe (auto)")
         parsed = urllib.parse.urlsplit(url)
         if not parsed.hostname:
@@ -136,14 +157,16 @@ class HttpPolicy(Policy):
         self._connect()
         if act == "score":
             self._probe_scoring()
+        if act == "think":
+            self._probe_continuation()
         if self.guided == "auto":
             if act in ("generate", "score"):
                 self.guided = "none"     # free text, or ranking: no guided decoding to probe
             else:
                 self.guided = self._probe_guided()
-                if self.guided == "none" and act == "constrained":
-                    raise PolicyError(f"--act constrained over HTTP needs the server's guided decoding, and "
-                                      f"{self.base} obeys none of {', '.join(GUIDED)} (tried each with one "
+                if self.guided == "none" and act in GUIDED_FOR:
+                    raise PolicyError(f"--act {act} over HTTP needs the server's guided decoding{GUIDED_FOR[act]}, "
+                                      f"and {self.base} obeys none of {', '.join(GUIDED)} (tried each with one "
                                       f"request); use --act generate, or a server that has one")
 
     # transport --------------------------------------------------------------------------------------------------
@@ -210,12 +233,15 @@ class HttpPolicy(Policy):
             raise PolicyError(f"the policy endpoint {self.base} cannot be used: {e}") from None
 
     def _probe_guided(self) -> str:
-        """The first mechanism of GUIDED whose reply to a tiny request obeys it, or "none"."""
+        """The first mechanism of GUIDED whose reply to a tiny request obeys it, or "none". For --act think the
+        request continues a reply, as think's will: a mechanism can work in a fresh reply and not in a continued one
+        (llama-server refuses its json_schema there: its grammar would have to match the prefix too)."""
+        prefix = PROBE_PREFIX if self.act_mode == "think" else None
         for mechanism in GUIDED:
             try:
                 text, _ = self._chat(PROBE_MESSAGES, seed=1, temperature=0.0, top_p=1.0,
                                      max_tokens=self._choice_tokens(PROBE_CHOICES, mechanism),
-                                     choices=PROBE_CHOICES, mechanism=mechanism)
+                                     choices=PROBE_CHOICES, mechanism=mechanism, prefix=prefix)
             except EndpointError:      # e.g. HTTP 400 for a field the server does not accept
                 continue
             if text.strip() in PROBE_CHOICES:
@@ -243,9 +269,13 @@ class HttpPolicy(Policy):
                                     "json_schema": {"name": "action", "strict": True, "schema": schema}}}
 
     def _chat(self, messages, *, seed, temperature, top_p, max_tokens, choices=None, mechanism=None,
-              first=False) -> tuple[str, str]:
+              first=False, prefix=None) -> tuple[str, str]:
+        """The reply's text and finish reason. `prefix`: the reply so far (--act think), which the server continues
+        (the answer is what comes after it)."""
         body = {"model": self.model or "default", "messages": messages, "temperature": temperature,
                 "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "n": 1}
+        if prefix is not None:
+            body.update(CONTINUE, messages=messages + [{"role": "assistant", "content": prefix}])
         mechanism = mechanism or self.guided
         if choices is not None:
             body.update(self._guided_fields(mechanism, choices))
@@ -255,6 +285,8 @@ class HttpPolicy(Policy):
             text, finish = choice["message"].get("content") or "", choice.get("finish_reason") or "stop"
         except (KeyError, IndexError, TypeError, AttributeError):
             raise EndpointError(f"{self.base}/chat/completions answered without choices[0].message") from None
+        if prefix is not None:
+            text = continuation(prefix, text)
         if choices is not None and mechanism == "json_schema":
             try:   # {"action": "Action: ..."}: the action line itself is the reply
                 action = json.loads(text).get("action")
@@ -328,6 +360,8 @@ class HttpPolicy(Policy):
 
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
         # constrained where asked, and by default where the list is the closed set of actions and the server can
+        if self.act_mode == "think":
+            return self._think(messages, admissible, seeds, temperature, context)
         if self.act_mode == "score" and admissible:
             return self._scored(messages, admissible, seeds, temperature)
         wanted = bool(admissible) and (self.act_mode == "constrained" or
@@ -355,9 +389,61 @@ class HttpPolicy(Policy):
         self._slots = threading.BoundedSemaphore(n)
 
     def describe(self):
-        scoring = {"scoring": "tokenize+echo"} if self.act_mode == "score" else {}
+        how = {"score": {"scoring": "tokenize+echo"},
+               # the action after the thought: by `guided` where the set is closed (not by log-likelihood)
+               "think": {"think": "continue_final_message"}}.get(self.act_mode, {})
         return {"model": self.model or self.base, "model_sha256": "", "backend": self.backend,
-                "endpoint": self.base, "guided": self.guided, **scoring}
+                "endpoint": self.base, "guided": self.guided, **how}
+
+    # --act think ------------------------------------------------------------------------------------------------
+    def _probe_continuation(self) -> None:
+        try:   # no retries: a server that refuses the field does not learn it
+            self._chat(PROBE_MESSAGES, seed=1, temperature=0.0, top_p=1.0, max_tokens=1, prefix=PROBE_PREFIX,
+                       first=True)
+        except EndpointError as e:
+            raise PolicyError(f"--act think over HTTP asks for the action as the continuation of the model's own "
+                              f"reply (its thought): it needs a server that continues a final assistant message "
+                              f"(continue_final_message, as vLLM and llama.cpp's llama-server do); {self.base} does "
+                              f"not ({e}). It serves --act generate, and --act constrained where it has guided "
+                              f"decoding") from None
+
+    def _think(self, messages, admissible, seeds, temperature, context) -> list[Reply]:
+        """One reply per seed, each a thought and then the action after it (ChatPolicy.think's reading of the
+        reply; the action by guided decoding where the set is closed: the module's docstring says why it differs)."""
+        closed = bool(admissible) and not open_space(context)
+        choices = [format_action(a) for a in admissible] if closed else None
+
+        def one(seed):
+            return lambda: self._think_one(messages, admissible, choices, seed, temperature, context)
+
+        return side_by_side([one(s) for s in seeds], self.concurrency, name="eexp-http-think")
+
+    def _think_one(self, messages, admissible, choices, seed, temperature, context) -> Reply:
+        ask = dict(seed=seed, temperature=temperature, top_p=self.top_p)
+        try:
+            with self._slots:   # each request takes its own slot: the two of a reply need not be batched together
+                text, finish = self._chat(messages, max_tokens=self.max_tokens, **ask)
+            split = split_thought(text)
+            if choices is not None:   # the reply is `Action: <one of the admissible actions>`, after the thought
+                with self._slots:   # no thought: a plain request, as --act constrained makes (nothing to continue)
+                    action_line, finish = self._chat(messages, max_tokens=self._choice_tokens(choices, self.guided),
+                                                     choices=choices, prefix=split.prefix or None, **ask)
+                action_line = action_line.strip()
+            else:
+                written = split.written
+                if not written:   # cut, or an empty `Action:` line: the model continues its reply after `Action:`
+                    with self._slots:
+                        after, finish = self._chat(messages, max_tokens=self.max_tokens,
+                                                   prefix=split.prefix + "Action:", **ask)
+                    written = after.strip().split("\n", 1)[0].strip()
+                action_line = f"Action: {written}"
+        except EndpointError as e:
+            return self._failed(e, [seed], admissible)[0]
+        self._count(1)
+        reply = reply_from_text(split.prefix + action_line, admissible, context=context,
+                                seed=seed if temperature > 0 else 0, finish_reason=finish)
+        reply.thought, reply.thought_cut = split.thought, split.cut
+        return reply
 
     # --act score ------------------------------------------------------------------------------------------------
     def _root(self) -> str:
@@ -442,6 +528,12 @@ class HttpPolicy(Policy):
             return self._failed(e, seeds, admissible)
         self._count(len(seeds))
         return [pick_action(admissible, logliks, seed, temperature) for seed in seeds]
+
+
+def continuation(prefix: str, text: str) -> str:
+    """What the server wrote after `prefix`. llama-server answers a continued message with all of it (the prefix,
+    then what it generated), vLLM with what it generated: a reply that begins with the prefix has it taken off."""
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def _error_detail(e: urllib.error.HTTPError) -> str:

@@ -44,9 +44,10 @@ SPLITS    = test ood
 EVAL_ARGS = --max-steps 10
 # through llama-server (tests/llama_server.py, built by install.sh --dev): 8 slots, 8 requests in flight
 SERVER_SLOTS = 8
-# SR and SR-grounded are evaluated as they were trained, thought first (--act think, in-process llama.cpp with -j 2:
-# a server cannot continue the model's own reply). Seed 0's SR, evaluated constrained like IL (no thought), looped
-# on one option click: 0.0% test, 1.0% ood (docs/results/smollm2.md)
+# SR and SR-grounded are evaluated as they were trained, thought first (--act think), through the server like the
+# others: the thought, then the action among the admissible ones by the server's grammar, as constrained chooses it
+# (in-process llama.cpp, which docs/results/smollm2.md used, ranks them by log-likelihood instead). Seed 0's SR,
+# evaluated constrained like IL (no thought), looped on one option click: 0.0% test, 1.0% ood (docs/results/smollm2.md)
 ACT_SR    = think
 THINK_ROWS =
 ACTOBS_ROW =
