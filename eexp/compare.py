@@ -295,7 +295,7 @@ def format_seeded(result: dict) -> str:
                    f"{'seeds min-max / 95% CI':<24}  {'sd':>5}  {'score':>6}  vs first")
         for r in rows:
             s = r["seed_success"]
-            if r["seeds"] > 1:
+            if r.get("seeds", 1) > 1:
                 spread, sd = f"{pct(s['min'])} - {pct(s['max'])}", f"{100 * s['sd']:5.1f}"
             else:
                 spread, sd = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]", "    -"
@@ -338,7 +338,7 @@ def plot_comparison(result: dict, path: str) -> None:
                     x = j - 0.4 + width * (i + 0.5)
                     xs.append(x)
                     ys.append(100 * r["success_rate"])
-                    if seeded and r["seeds"] > 1:  # the seeds' range as the whisker, each seed a dot
+                    if seeded and r.get("seeds", 1) > 1:  # the seeds' range as the whisker, each seed a dot
                         s = r["seed_success"]
                         lo.append(100 * (r["success_rate"] - s["min"]))
                         hi.append(100 * (s["max"] - r["success_rate"]))
