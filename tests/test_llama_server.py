@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from eexp.cli import cli
 from eexp.models.import_gguf import smollm2_path
+from eexp.policies.base import derive_seed
 from llama_server import Server, binary
 
 pytestmark = pytest.mark.slow
@@ -64,10 +65,13 @@ def test_branch_through_llama_server_keeps_the_serial_runs_records(server, exper
     batched = invoke(args + ["--concurrency", "4"], input=expert)
     assert [r["id"] for r in batched] == [r["id"] for r in serial] and len(serial) == 4
 
-    def seeds(records):
-        return [[a.get("seed") for a in r["alternatives"] if a["source"] == "policy"] for r in records]
-    assert seeds(batched) == seeds(serial)
-    assert all(a["seed"] >= 1 for r in serial for a in r["alternatives"] if a["source"] == "policy")
+    # Every policy alternative carries the seed of its request, and both runs sent the same requests: the seeds the
+    # run derives from (--seed, record id, j). Which replies survive (a repeat or the expert action is dropped) may
+    # depend on the batch, as the docstring says (CI saw one state keep 2 serially and 1 batched).
+    for r in serial + batched:
+        derived = [derive_seed(0, r["id"], j) for j in range(2)]
+        kept = [a["seed"] for a in r["alternatives"] if a["source"] == "policy"]
+        assert kept == [s for s in derived if s in kept]
     assert sum(a["source"] == "policy" for r in serial for a in r["alternatives"]) > 0
 
 

@@ -227,7 +227,9 @@ def test_the_packed_update_pass_gives_what_one_part_at_a_time_gives(shop_models,
         assert torch.allclose(a, b, atol=1e-4) and (da is None) == (db is None)
         assert da is None or torch.allclose(da, db, atol=1e-4)
     for x, y in zip(packed_grads, single_grads):
-        assert torch.allclose(x, y, atol=1e-5, rtol=1e-3)
+        # fp32 sums in another order: compare each gradient on its own scale (measured here: relative errors about
+        # 1e-6). An elementwise atol of 1e-5 failed once in CI on an entry near zero of a gradient reaching 30.
+        assert float((x - y).norm() / y.norm()) < 1e-4
     run.model.zero_grad(set_to_none=True)
 
 
