@@ -90,6 +90,7 @@ def load_runs(files: list[tuple]) -> tuple[str, list[Run]]:
     labels = [f[2] if len(f) > 2 and f[2] else next(named) for f in files]
     explicit = {f[2] for f in files if len(f) > 2 and f[2]}
     seen: dict[str, set] = {}
+    starts: dict[str, tuple[str, str]] = {}   # split -> (start mode, the file it was first seen in)
     for f, label in zip(files, labels):
         path, records = f[0], f[1]
         if (len(f) < 3 or not f[2]) and label in explicit:
@@ -111,6 +112,14 @@ def load_runs(files: list[tuple]) -> tuple[str, list[Run]]:
                                  f"--compare needs runs of one environment (compare each environment separately)",
                                  path, line)
             split = record["task"].get("split") or meta.get("split") or ""
+            # an off-path episode (eval --start off-path) starts elsewhere than the reset one of the same task:
+            # pairing them would compare two different tests
+            start = (meta.get("start") or {}).get("mode", "reset")
+            first_start, start_from = starts.setdefault(split, (start, path))
+            if start != first_start:
+                raise InputError(f"an episode that starts {start}, but {start_from} holds {split or 'its'} episodes "
+                                 f"that start {first_start}: --compare pairs episodes of the same task from the same "
+                                 f"start (compare --start off-path runs on their own)", path, line)
             run = by_split.setdefault(split, Run(label, path, split, record["policy"], {}))
             task_id = record["task"]["id"]
             if task_id in run.episodes:

@@ -736,6 +736,19 @@ def test_compare_takes_no_start(tmp_path):
     assert result.exit_code == 2 and "--compare reads episode files; it takes no --start" in result.output
 
 
+def test_compare_refuses_reset_and_off_path_episodes_of_one_split(tmp_path):
+    reset, off = tmp_path / "reset.jsonl", tmp_path / "off.jsonl"
+    for path, start in ((reset, []), (off, ["--start", "off-path"])):
+        assert CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "4", "-q", "-o",
+                                        str(path), *start]).exit_code == 0
+    result = CliRunner().invoke(cli, ["eval", "--compare", str(reset), str(off)])
+    assert result.exit_code == 1
+    assert f"{off}:1: an episode that starts off-path, but {reset} holds test episodes that start reset: --compare " \
+           "pairs episodes of the same task from the same start (compare --start off-path runs on their own)" \
+           in " ".join(result.output.split())
+    assert CliRunner().invoke(cli, ["eval", "--compare", f"A={off}", f"B={off}"]).exit_code == 0
+
+
 # --- --attempts N --memory reflexion ------------------------------------------------------------------------------
 
 class LearnerPolicy(Policy):
