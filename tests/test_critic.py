@@ -7,32 +7,16 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import orjson
 import pytest
 
+from by_hand import OUTCOMES, TRAJ, answer_logp, lines, outcomes, write
 from eexp.cli import cli
 from eexp.prompts import CRITIC_SYSTEM, Serializer
 from eexp.records import EXAMPLE_META
 from eexp.stages.critic import critic_accuracy
 
-DATA = Path(__file__).parent / "data"
-OUTCOMES = str(DATA / "outcomes.jsonl")
-TRAJ = str(DATA / "trajectories.jsonl")
-
-
-def lines(text: str) -> list[dict]:
-    return [orjson.loads(x) for x in text.splitlines() if x.strip()]
-
-
-def outcomes() -> list[dict]:
-    return [json.loads(line) for line in Path(OUTCOMES).read_text().splitlines()]
-
-
-def write(path: Path, records) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
 
 
 # --- critic-data ----------------------------------------------------------------------------------------------
@@ -129,18 +113,8 @@ def test_accuracies_worked_by_hand():
 # --- the Critic -----------------------------------------------------------------------------------------------
 
 def verdict_logp(model, tok, messages: list[dict], answer: str) -> float:
-    """By hand, not with eexp's code: log p(answer turn | prompt), the answer being the rest of the rendered
-    conversation through its end-of-turn token (as tests/test_dpo.py's answer_logp)."""
-    import torch
-    head = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False).rstrip()
-    assert full.startswith(head) and full.endswith(tok.eos_token)
-    context = tok(head, add_special_tokens=False)["input_ids"]
-    target = tok(full[len(head):], add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([context + target])).logits[0].double()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    return sum(float(logprobs[len(context) - 1 + i, t]) for i, t in enumerate(target))
+    """By hand, not with eexp's code: log p(answer turn | prompt)."""
+    return answer_logp(model, tok, messages, [{"role": "assistant", "content": answer}])
 
 
 @pytest.mark.usefixtures("one_torch_thread")

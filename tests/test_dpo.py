@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from by_hand import answer_logp
 from eexp.cli import cli
 from eexp.io import read_records
 from eexp.records import trajectory_states
@@ -64,21 +65,6 @@ def cfg(model, pairs, out, **kw) -> FinetuneConfig:
 
 def metrics(out) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def answer_logp(model, tok, prompt: list[dict], answer: list[dict]) -> float:
-    """By hand, not with eexp's code: the prompt rendered with the generation prompt, the answer the rest of the
-    rendered conversation (up to its end-of-turn token: the whitespace the template writes after it is no target),
-    and the sum of the log-probabilities the model gives the answer's tokens, one by one."""
-    head = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(prompt + answer, tokenize=False).rstrip()
-    assert full.startswith(head) and full.endswith(tok.eos_token)
-    context = tok(head, add_special_tokens=False)["input_ids"]
-    target = tok(full[len(head):], add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([context + target])).logits[0].double()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    return sum(float(logprobs[len(context) - 1 + i, t]) for i, t in enumerate(target))
 
 
 def margins(model, reference, tok, records) -> list[float]:

@@ -9,26 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from by_hand import OUTCOMES, TRAJ, lines, outcomes, write
 from eexp.cli import cli
 from eexp.records import EXAMPLE_META, kind_of, validate
 from eexp.stages.preference import PAIR_META
 
-DATA = Path(__file__).parent / "data"
-OUTCOMES = str(DATA / "outcomes.jsonl")
-TRAJ = str(DATA / "trajectories.jsonl")
-
-
-def lines(text: str) -> list[dict]:
-    return [orjson.loads(x) for x in text.splitlines() if x.strip()]
-
-
-def outcomes() -> list[dict]:
-    return [json.loads(line) for line in Path(OUTCOMES).read_text().splitlines()]
-
-
-def write(path: Path, records) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
 
 
 def test_a_pair_per_executed_alternative_with_the_imitation_prompt(runner, tmp_path):
