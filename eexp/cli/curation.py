@@ -23,6 +23,11 @@ class Curation(Stage):
         self.pool: list[dict] = []
 
     def __call__(self, trajectory: dict):
+        # imitation-data drops unsuccessful trajectories, so choosing one would leave fewer than N demonstrations
+        # (and an odd length or page makes a failure look rare, so coverage would pick it early)
+        if not trajectory["success"]:
+            self.count("unsuccessful_skipped")
+            return ()
         self.pool.append(trajectory)
         return ()
 
@@ -63,7 +68,8 @@ class Curation(Stage):
 def curate_command(io, n, by, seed, min_share):
     """Expert trajectories -> the N that cover the most, in the order chosen.
 
-    Reads the whole pool (trajectory records), then chooses N by greedy maximum coverage of their features: the
+    Reads the whole pool (trajectory records; unsuccessful ones are left out, as imitation-data leaves them out,
+    and counted in --stats), then chooses N by greedy maximum coverage of their features: the
     task's category, each action's verb, and the actions and first lines of observations that recur in the pool
     (numbers and quoted text generalized). A rare feature weighs more; when every feature is covered, coverage
     starts over. Each record is written as it came, with meta.curation saying how it was chosen. Stderr says how

@@ -89,7 +89,9 @@ def choose(trajectories: list[dict], n: int, *, by: str = "coverage", seed: int 
     while len(picks) < n:
         if all(not (feats[i] - covered) for i in left):
             covered = set()       # everything the rest has is covered: start a second round of coverage
-        gains = {i: sum(weight[f] for f in feats[i] - covered) for i in left}
+        # summed in sorted order: a set's order changes with PYTHONHASHSEED, and a float sum with its order, which
+        # would let equal gains differ in the last bit and skip the seeded tie-break
+        gains = {i: math.fsum(weight[f] for f in sorted(feats[i] - covered)) for i in left}
         best = max(left, key=lambda i: gains[i])
         new = sorted(feats[best] - covered)
         covered |= feats[best]
