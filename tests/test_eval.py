@@ -787,6 +787,9 @@ def test_reflexion_memory_carries_a_kept_diagnosis_into_the_next_attempt():
     assert summary["success_at"][0]["ci_low"] <= summary["success_at"][0]["success_rate"]
     assert summary["diagnoses"] == {"written": len(tasks) - zero, "kept": len(tasks) - zero, "rejected": {}}
     solved_late = next(e for e in episodes if len(e["meta"]["attempts"]) == 2)
+    # its trajectory (a success, for --trajectories) says it was made at attempt 2, with the note in its prompt
+    trajectory = next(t for e, t in runner_results(policy, tasks) if e["id"] == solved_late["id"])
+    assert (trajectory["meta"]["attempt"], trajectory["meta"]["memory_notes"]) == (1, [note])
     first, second = solved_late["meta"]["attempts"]
     assert not first["success"] and first["diagnosis"] == {"text": note, "kept": True, "reason": None}
     assert second["success"] and second["memory"] == [note] and solved_late["success"]
@@ -800,6 +803,30 @@ def test_reflexion_memory_carries_a_kept_diagnosis_into_the_next_attempt():
     assert remembered and remembered[0].startswith(f"{MEMORY_HEADER}\n1. {note}\n\n")
 
 
+def runner_results(policy, tasks, attempts=3, memory="reflexion"):
+    """(episode, trajectory) of each task, as eval's stage gets them."""
+    s = EvalSettings(env_name="count", policy_spec=policy.spec, attempts=attempts, memory=memory)
+    with Runner(s, 1, env=CountEnv(), policy=policy) as runner:
+        return list(runner.map([(t, episode_id(s, t, runner.description)) for t in tasks]))
+
+
+def test_every_attempts_environment_error_is_counted_and_said():
+    """t-boom fails inside its environment at step 2 of every attempt: each attempt's record keeps its error, and
+    the stage counts and warns about all of them (not the last attempt's alone), with every attempt's steps."""
+    from eexp.stages.evaluate import Evaluation
+    boom = [t for t in CountEnv().tasks("test") if t["id"] == "t-boom"]
+    counts, warnings = {}, []
+    s = EvalSettings(env_name="count", policy_spec="oracle", attempts=2)
+    with Runner(s, 1, env=CountEnv(), policy=OraclePolicy()) as runner:
+        stage = Evaluation(runner, s, count=lambda k, n=1: counts.__setitem__(k, counts.get(k, 0) + n),
+                           warn=warnings.append)
+        episodes = list(stage(boom[0])) + list(stage.finish())
+    tries = episodes[0]["meta"]["attempts"]
+    assert [a["stop_reason"] for a in tries] == ["error", "error"] and all(a["error"] for a in tries)
+    assert counts["errors"] == 2 and counts["env_steps"] == sum(a["steps"] for a in tries)
+    assert [w.split(":")[0] for w in warnings] == ["task t-boom (attempt 1)", "task t-boom (attempt 2)"]
+
+
 def test_reflexion_leaves_out_a_diagnosis_that_fails_the_filters():
     policy = LearnerPolicy("The expert would count up to the target before it submits the count.")
     tasks = [t for t in CountEnv().tasks("test") if int(t["goal"].split()[-1]) > 0 and t["id"] != "t-boom"]
@@ -808,6 +835,22 @@ def test_reflexion_leaves_out_a_diagnosis_that_fails_the_filters():
     assert [a["successes"] for a in summary["success_at"]] == [0, 0]        # nothing was learned: no memory
     assert summary["diagnoses"]["kept"] == 0 and summary["diagnoses"]["rejected"] == {"label_leakage": len(tasks)}
     assert all(a["memory"] == [] for e in episodes for a in e["meta"]["attempts"])
+
+
+def test_a_diagnosis_sees_the_last_steps_of_a_long_attempt():
+    """An attempt that ran to a 50-step limit is shown by its last DIAGNOSIS_STEPS steps, so the prompt keeps its
+    task and instructions at any length (a prompt fitted to the context is cut from the front)."""
+    from eexp.stages.memory import DIAGNOSIS_STEPS, diagnosis_messages
+    actions = [f"go {i}" for i in range(50)]
+    observations = [f"room {i}" for i in range(51)]
+    text = diagnosis_messages("find the key", actions, observations)[-1]["content"]
+    shown = [line for line in text.splitlines() if line.startswith("Action taken: ")]
+    assert shown == [f"Action taken: go {i}" for i in range(50 - DIAGNOSIS_STEPS, 50)]
+    assert text.startswith("Task: find the key\n") and f"({50 - DIAGNOSIS_STEPS} earlier steps not shown)" in text
+    assert "Observation: room 40\n" in text and text.count("Observation: ") == DIAGNOSIS_STEPS
+    assert "Final observation: room 50" in text
+    short = diagnosis_messages("find the key", actions[:3], observations[:4])[-1]["content"]
+    assert "not shown" not in short and short.count("Action taken: ") == 3
 
 
 def test_attempts_cli_and_its_usage_errors():

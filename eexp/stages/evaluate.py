@@ -159,8 +159,10 @@ class Evaluator:
             if s.attempts == 1:
                 return episode, trajectory
             record = {"attempt": attempt, "success": episode["success"], "score": episode["score"],
-                      "steps": episode["steps"], "stop_reason": episode["stop_reason"], "actions": episode["actions"],
-                      "memory": list(notes)}
+                      "steps": episode["steps"], "invalid_actions": episode["invalid_actions"],
+                      "stop_reason": episode["stop_reason"], "actions": episode["actions"], "memory": list(notes)}
+            if "error" in episode["meta"]:   # counted and warned about by Evaluation, as a last attempt's is
+                record["error"] = episode["meta"]["error"]
             attempts.append(record)
             if episode["success"] or attempt == s.attempts - 1:
                 break
@@ -173,6 +175,9 @@ class Evaluator:
                 if record["diagnosis"]["kept"]:
                     notes.append(record["diagnosis"]["text"])
         episode["meta"].update(attempts=attempts, attempts_allowed=s.attempts, memory=s.memory)
+        if trajectory is not None:   # a success at attempt k, made with the notes of the attempts before it
+            trajectory["meta"].update(attempt=attempts[-1]["attempt"], attempts_allowed=s.attempts, memory=s.memory,
+                                      memory_notes=attempts[-1]["memory"])
         return episode, trajectory
 
     def _attempt(self, task: dict, episode_id: str, first_id: str, attempt: int,
@@ -193,6 +198,8 @@ class Evaluator:
         error = None
         success, score = False, 0.0
         shots = s.screenshots if s.screenshots and can_screenshot(env) else None
+        # the folder of this attempt's screenshots: the episode's, and for later attempts one of their own
+        shots_id = episode_id if attempt == 0 else f"{episode_id}.attempt{attempt}"
         start = None
         lead = 0   # the steps played for the policy before it takes over (off-path starts)
         critic_steps: list[dict] = []
@@ -223,7 +230,7 @@ class Evaluator:
                     from eexp.stages.memory import with_memory
                     messages = with_memory(messages, notes)
                 if shots:
-                    save_step(env, shots, episode_id, step, observation, prompt=messages[-1]["content"])
+                    save_step(env, shots, shots_id, step, observation, prompt=messages[-1]["content"])
                 context = {"env": env, "task": task, "step": step}
                 if self.critic is not None:
                     reply, judged = self._reranked(messages, state, admissible, seed, context)
@@ -250,7 +257,7 @@ class Evaluator:
                     stop_reason = "done"
                     break
             if shots:   # the state the last action led to, numbered after the policy's steps
-                save_step(env, shots, episode_id, len(actions) - lead, observation)
+                save_step(env, shots, shots_id, len(actions) - lead, observation)
             success = bool(env.success())
             score = float(env.score())
             if success:
@@ -744,12 +751,16 @@ class Evaluation(Stage):
             if self.trajectories is not None and trajectory is not None:
                 self.trajectories.write(trajectory)
             self.episodes[episode["id"]] = episode
-            self.count("env_steps", episode["steps"])
-            self.count("invalid_actions", episode["invalid_actions"])
             self.count("failed_requests", failed_requests(episode))
-            if episode["stop_reason"] == "error":
-                self.count("errors")
-                self.warn(f"task {episode['task']['id']}: environment error: {episode['meta'].get('error')}")
+            # every attempt's steps and errors (--attempts N: the record is the last attempt's episode)
+            tries = episode["meta"].get("attempts") or [{**episode, "error": episode["meta"].get("error")}]
+            for attempt in tries:
+                self.count("env_steps", attempt["steps"])
+                self.count("invalid_actions", attempt["invalid_actions"])
+                if attempt["stop_reason"] == "error":
+                    self.count("errors")
+                    which = f" (attempt {attempt['attempt'] + 1})" if "attempt" in attempt else ""
+                    self.warn(f"task {episode['task']['id']}{which}: environment error: {attempt.get('error')}")
             yield episode
 
 

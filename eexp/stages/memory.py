@@ -21,6 +21,10 @@ DIAGNOSIS_MAX_TOKENS = 160     # a short note: two or three sentences
 DIAGNOSIS_MAX_WORDS = 90
 DIAGNOSIS_MIN_WORDS = 5
 STEP_CHARS = 300               # each observation shown to the diagnosis, clipped
+# the last steps shown to the diagnosis: a failed attempt often runs to the step limit (textworld 50, scienceworld
+# 100), and every step in would make a prompt of 5-10k tokens that the chat prompt's fitting cannot shorten (it cuts
+# from the front, system prompt and task first); the end of an attempt is where it went wrong or ran out
+DIAGNOSIS_STEPS = 10
 
 DIAGNOSIS_SYSTEM = ("You review a failed attempt at a task and write a short note that will help the next attempt "
                     "at the same task.")
@@ -30,10 +34,13 @@ MEMORY_HEADER = "Notes from your earlier attempts at this task (each one failed)
 
 
 def diagnosis_messages(goal: str, actions: list[str], observations: list[str]) -> list[dict]:
-    """The prompt of a diagnosis: the task, the attempt step by step, and that it failed."""
+    """The prompt of a diagnosis: the task, the attempt's last DIAGNOSIS_STEPS steps, and that it failed."""
     lines = [f"Task: {goal}", "", "The attempt, step by step:"]
-    for i, action in enumerate(actions):
-        lines += [f"Observation: {clip(observations[i], STEP_CHARS)}", f"Action taken: {action}"]
+    first = max(0, len(actions) - DIAGNOSIS_STEPS)
+    if first:
+        lines.append(f"({first} earlier steps not shown)")
+    for i in range(first, len(actions)):
+        lines += [f"Observation: {clip(observations[i], STEP_CHARS)}", f"Action taken: {actions[i]}"]
     if observations:
         lines.append(f"Final observation: {clip(observations[-1], STEP_CHARS)}")
     lines += ["", DIAGNOSIS_ASK]
