@@ -22,8 +22,9 @@ DIAGNOSIS_MAX_WORDS = 90
 DIAGNOSIS_MIN_WORDS = 5
 STEP_CHARS = 300               # each observation shown to the diagnosis, clipped
 # the last steps shown to the diagnosis: a failed attempt often runs to the step limit (textworld 50, scienceworld
-# 100), and every step in would make a prompt of 5-10k tokens that the chat prompt's fitting cannot shorten (it cuts
-# from the front, system prompt and task first); the end of an attempt is where it went wrong or ran out
+# 100), and at up to 300 characters of observation a step every step would make a prompt of several thousand tokens,
+# which the local backends' fitting cannot shorten (it knows the sections of a rendered state, not these) and so
+# cuts to its last tokens, system prompt and task first; the end of an attempt is where it went wrong or ran out
 DIAGNOSIS_STEPS = 10
 
 DIAGNOSIS_SYSTEM = ("You review a failed attempt at a task and write a short note that will help the next attempt "
