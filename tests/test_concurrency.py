@@ -206,6 +206,28 @@ def test_failed_requests_are_counted_and_too_many_fail_the_run(stub, tmp_path):
         f"(finish_reason \"error: ...\"), but these results are not the model's. Fix the server and rerun\n")
 
 
+def test_failed_requests_of_every_attempt_are_counted(stub, tmp_path):
+    """With --attempts N a failed request of an earlier attempt is counted too (the record's own unparsed are its
+    last attempt's), against every attempt's requests."""
+    server = stub("llamacpp", fail_every=4)
+    result = invoke(["eval", "--policy", server.url, "--env", "shop", "-n", "6", "--max-steps", "3", "-q",
+                     "--attempts", "2", "--policy-arg", "retries=0", "--summary", str(tmp_path / "s.json")])
+    got = records(result.stdout)
+    tries = [a for e in got for a in e["meta"]["attempts"]]
+    assert len(tries) > len(got)                                    # some tasks had a second attempt
+    # one chat per step, after the client's probes of the server ("Say hello.")
+    steps = [i for i, chat in enumerate(server.chats) if chat["messages"][0]["role"] == "system"]
+    failed = sum(1 for i in steps if i % 4 == 3)                    # what the server failed
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["failed_requests"] == sum(a.get("failed_requests", 0) for a in tries) == failed
+    assert summary["policy_steps"] == sum(a["steps"] for a in tries) == len(steps)
+    assert result.exit_code == 1 and result.stderr.endswith(
+        f"Error: {failed} of {len(steps)} requests to {server.url} ({100 * failed / len(steps):.1f}%) "
+        f"failed after their retries, more than the 5% a run may lose: the records are written, and each failed "
+        f"reply is marked (finish_reason \"error: ...\"), but these results are not the model's. Fix the server "
+        f"and rerun\n")
+
+
 def test_a_server_that_dies_mid_run_stops_the_run_at_once(stub, tmp_path):
     server = stub("llamacpp", latency=0.02, die_after=30)
     out = tmp_path / "episodes.jsonl"

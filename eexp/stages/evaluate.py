@@ -163,6 +163,8 @@ class Evaluator:
                       "stop_reason": episode["stop_reason"], "actions": episode["actions"], "memory": list(notes)}
             if "error" in episode["meta"]:   # counted and warned about by Evaluation, as a last attempt's is
                 record["error"] = episode["meta"]["error"]
+            if failed_requests(episode):     # counted by summarize and the stage, every attempt's
+                record["failed_requests"] = failed_requests(episode)
             attempts.append(record)
             if episode["success"] or attempt == s.attempts - 1:
                 break
@@ -548,6 +550,7 @@ def summarize(episodes: list[dict], *, env: str, policy: str, split: str | None 
                "invalid_rate": sum(e["invalid_actions"] for e in episodes) / steps if steps else 0.0,
                "stop_reasons": dict(Counter(e["stop_reason"] for e in episodes))}
     summary["failed_requests"] = sum(failed_requests(e) for e in episodes)
+    summary["policy_steps"] = sum(policy_steps(e) for e in episodes)
     if any("attempts" in (e.get("meta") or {}) for e in episodes):   # --attempts N
         summary["success_at"] = success_at(episodes)
         diagnoses = [a["diagnosis"] for e in episodes for a in e["meta"].get("attempts", ()) if "diagnosis" in a]
@@ -588,7 +591,14 @@ def failed_requests(episode: dict) -> int:
     meta = episode.get("meta") or {}
     if policy_kind(meta.get("policy_spec")) == "baseline":
         return 0
+    if meta.get("attempts"):   # --attempts N: every attempt's (the record's own unparsed are its last attempt's)
+        return sum(a.get("failed_requests", 0) for a in meta["attempts"])
     return sum(1 for u in meta.get("unparsed", ()) if str(u.get("finish_reason", "")).startswith("error"))
+
+
+def policy_steps(episode: dict) -> int:
+    """The steps the policy was asked for an action: every attempt's, with --attempts N."""
+    return sum(a["steps"] for a in episode["meta"].get("attempts") or [episode])
 
 
 def pct(x: float) -> str:
@@ -793,8 +803,7 @@ def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: in
 
 def check_failed_requests(summary: dict, policy: str) -> None:
     """Exit 1 (after everything is written) when more than MAX_FAILED_SHARE of the run's policy calls failed."""
-    steps = round(summary["mean_steps"] * summary["n"])
-    problem = failure_problem(summary.get("failed_requests", 0), steps, policy)
+    problem = failure_problem(summary.get("failed_requests", 0), summary["policy_steps"], policy)
     if problem:
         raise PolicyError(problem)
 
