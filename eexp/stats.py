@@ -126,7 +126,9 @@ def paired_bootstrap(first: list[float], second: list[float], *, resamples: int 
     n = len(first)
     if n == 0:
         return Bootstrap(0.0, 0.0, 0.0, 1.0)
-    diffs = [b - a for a, b in zip(first, second)]
+    # equal values are a zero difference: a mean of equal scores over seeds, (x + x + x) / 3, can differ from x in
+    # its last bit, and a constant difference of 1e-17 would otherwise be "significant" at any p
+    diffs = [0.0 if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) else b - a for a, b in zip(first, second)]
     observed = sum(diffs) / n
     rng = random.Random(seed)
     means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))

@@ -73,6 +73,13 @@ def test_paired_bootstrap_hand_computed():
     # A constant improvement of 0.5 on every task: every resample has mean 0.5, so the p-value is 0.
     constant = paired_bootstrap([0.0] * 10, [0.5] * 10, resamples=1000)
     assert (constant.ci_low, constant.ci_high, constant.p_value) == (0.5, 0.5, 0.0)
+    # Equal scores are no difference, even where one side is a mean over seeds of the same score, (x + x + x) / 3,
+    # which can differ from x in its last bit (a run refused by RL is its start evaluated again: eval --compare saw
+    # "score +0.000, p < 0.0001, better")
+    scores = [0.7, 0.3, 0.9, 0.05, 0.7, 0.45]
+    assert any((x + x + x) / 3 != x for x in scores)
+    same = paired_bootstrap(scores, [(x + x + x) / 3 for x in scores], resamples=1000)
+    assert (same.mean_diff, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
 
 
 # --- a small environment: count up to a target, then submit -------------------------------------------------------
