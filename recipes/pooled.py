@@ -4,22 +4,30 @@ Reads RESULTS/seed<s>/eval/<run>.jsonl.gz (episodes from reset, test and ood) an
 (the recovery test: episodes that start off the expert's path, `eval --start off-path`) for every seed folder there
 is, pools each run's seeds with `eexp eval --compare`'s own code (eexp.compare: success over tasks x seeds, each run
 against IL by the exact sign-flip test on per-task successes summed over seeds, and the paired bootstrap on score),
-and prints one markdown table, or with --write updates RESULTS/pooled.md, RESULTS/pooled.json and the plot
-RESULTS/pooled.png. tests/test_results.py recomputes the table from the committed files and checks that the results
+and prints one markdown table (then, where the runs have them, success@1..N of runs given several attempts and the
+critic's held-out accuracy), or with --write updates RESULTS/pooled.md, RESULTS/pooled.json and the plot
+RESULTS/pooled.png. A folder with starts/ holds the expert-step RL recipe's runs instead (expert_step_table).
+tests/test_results.py recomputes the table from the committed files and checks that the results
 page and the README show it as it is, so the table cannot drift from its data.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
+import orjson
+
 from eexp.compare import compare_runs, plot_comparison, read_runs
+from eexp.stages.evaluate import success_at
 
 # SR~constrained: SR evaluated like IL, constrained to the actions without its thought (seed 0 only; SR is evaluated
-# thought first since)
-RUNS = ("IL", "IWM", "SR", "SR-grounded", "SR~constrained", "random")
+# thought first since). DPO .. IWM-curated: the signals recipe's rows (configs/signals.mk). A run a folder lacks is
+# left out, so one list serves every recipe that publishes.
+RUNS = ("IL", "IWM", "SR", "SR-grounded", "SR~constrained", "DPO", "IL+critic", "IL+reflexion", "IL-curated",
+        "IWM-curated", "random")
 KINDS = {"eval": ("test", "ood"), "recovery": ("test",)}   # folder: its splits
 LABEL = {("eval", "test"): "test", ("eval", "ood"): "ood", ("recovery", "test"): "recovery (test, off-path)"}
 
@@ -89,13 +97,113 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def attempts_table(results: Path) -> str:
+    """success@1..N of every run evaluated with several attempts per task (IL+reflexion), pooled over its seeds: a
+    task solved at attempt j counts for every k >= j (eval's own success_at)."""
+    lines = []
+    for run in RUNS:
+        for split in KINDS["eval"]:
+            episodes = [e for f in seeds(results) if (f / "eval" / f"{run}.jsonl.gz").exists()
+                        for e in read_episodes(f / "eval" / f"{run}.jsonl.gz") if e["meta"]["split"] == split]
+            if not episodes or max(e["meta"].get("attempts_allowed", 1) for e in episodes) < 2:
+                continue
+            n_seeds = sum((f / "eval" / f"{run}.jsonl.gz").exists() for f in seeds(results))
+            at = success_at(episodes)
+            lines.append(f"| {split} | {run} | {n_seeds} | {len(episodes)} | " + " | ".join(
+                f"{pct(a['success_rate'])} [{pct(a['ci_low'])}, {pct(a['ci_high'])}]" for a in at) + " |")
+            header = ["split", "run", "seeds", "episodes", *(f"success@{a['k']} (95% CI)" for a in at)]
+    if not lines:
+        return ""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines]) + "\n"
+
+
+def critic_table(results: Path) -> str:
+    """The critic's accuracy on held-out states (critic_eval/<split>.json of every seed, `eexp critic-eval`): the
+    seeds' mean, min and max of each measure."""
+    lines = []
+    for split in KINDS["eval"]:
+        found = [json.loads(p.read_text()) for f in seeds(results) for p in [f / "critic_eval" / f"{split}.json"]
+                 if p.exists()]
+        if not found:
+            continue
+
+        def cell(key: str) -> str:
+            values = [r[key] for r in found]
+            return (f"{pct(sum(values) / len(values))} ({pct(min(values))} - {pct(max(values))})"
+                    if len(values) > 1 else pct(values[0]))
+        lines.append(f"| {split} | {len(found)} | {sum(r['states'] for r in found)} | {cell('top1')} | "
+                     f"{cell('chance_top1')} | {cell('pair_accuracy')} | {cell('balanced_accuracy')} |")
+    if not lines:
+        return ""
+    return "\n".join(["| held-out split | seeds | states | top-1: expert's action scored first | chance top-1 | "
+                      "pairs ordered right | balanced accuracy |", "|---|---|---|---|---|---|---|", *lines]) + "\n"
+
+
+def read_episodes(path: Path) -> list[dict]:
+    with gzip.open(path, "rb") as f:
+        return [orjson.loads(line) for line in f if line.strip()]
+
+
+def expert_step_table(results: Path) -> str:
+    """The expert-step RL recipe's table (`make -C recipes rl-expert-step`, kept as RESULTS/starts/<S>.jsonl.gz and
+    RESULTS/<config>/eval/{RL,ES,ES+RL}/<S>-s<k>.jsonl.gz): each start, then outcome RL, expert-step RL and
+    expert-step then outcome RL from it, their RL seeds pooled and each tested against its start over tasks x seeds
+    (eval --compare's code). A run refused at outcome RL's 0% probe (RESULTS/<config>/refused/<row>-<S>-s<k>.txt) is
+    its start evaluated again, and its cell says so."""
+    lines = ["| expert-step | split | start (one run) | + outcome RL (3 RL seeds) | + expert-step RL (3) | "
+             "+ expert-step, then outcome RL (3) |", "|---|---|---|---|---|---|"]
+    for config in sorted(p for p in results.iterdir() if (p / "eval").is_dir()):
+        for start in sorted(f.name.removesuffix(".jsonl.gz") for f in (results / "starts").glob("*.jsonl.gz")):
+            rows = {k: sorted((config / "eval" / k).glob(f"{start}-s*.jsonl.gz")) for k in ("RL", "ES", "ES+RL")}
+            if not any(rows.values()):
+                continue
+            runs = [f"{start}={results / 'starts' / f'{start}.jsonl.gz'}"] + [
+                f"{k}={','.join(map(str, files))}" for k, files in rows.items() if files]
+            env, loaded = read_runs(runs)
+            result = compare_runs(env, loaded, seed=0)
+            for split, table_rows in result["splits"].items():
+                first = table_rows[0]
+                cells = []
+                for k in ("RL", "ES", "ES+RL"):
+                    row = next((r for r in table_rows[1:] if r["run"] == k), None)
+                    if row is None:
+                        cells.append("")
+                        continue
+                    vs = row["vs_first"]
+                    refused = len(list((config / "refused").glob(f"{k}-{start}-s*.txt")))
+                    cells.append(f"{pct(row['success_rate'])}, score {row['mean_score']:.3f} "
+                                 f"({100 * vs['success_diff']:+.1f} pts, p = {vs['success_p']:.2g}; score "
+                                 f"{vs['score_diff']:+.3f}, p = {vs['bootstrap_p']:.2g})"
+                                 + (f"; {refused} of {len(rows[k])} refused at the probe" if refused else ""))
+                lines.append(f"| {config.name} | {split} | {start}: {pct(first['success_rate'])}, score "
+                             f"{first['mean_score']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(results: Path, result: dict) -> str:
+    """pooled.md: the pooled table (`result`, from pooled()), then the tables of the runs that have them (attempts,
+    the critic)."""
+    parts = [table(result)]
+    for title, text in (("Within N attempts (pooled over seeds)", attempts_table(results)),
+                        ("The critic on held-out states (mean over seeds, min - max)", critic_table(results))):
+        if text:
+            parts.append(f"\n{title}:\n\n{text}")
+    return "".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, help="the folder holding seed<s>/eval and seed<s>/recovery")
     ap.add_argument("--write", action="store_true", help="write pooled.md, pooled.json and pooled.png there")
     args = ap.parse_args()
+    if (args.results / "starts").is_dir():   # the expert-step RL recipe's results: one table
+        text = expert_step_table(args.results)
+        print(text, end="")
+        if args.write:
+            (args.results / "pooled.md").write_text(text)
+        return
     result = pooled(args.results)
-    text = table(result)
+    text = report(args.results, result)
     print(text, end="")
     if args.write:
         (args.results / "pooled.md").write_text(text)

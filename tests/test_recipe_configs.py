@@ -49,9 +49,10 @@ SIZES = {
     "lowdata.mk": {"SPLITS": "test"},
     # the shared language prior at a token size: 3 walks per split, 2 pretraining updates
     "prior.mk": {"SPLITS": "test", "PRETRAIN_STEPS": "2", "CORPUS_WALKS": "3"},
-    # prior.mk's, with the curated rows choosing 2 of the first 4 trajectories, 2 critic proposals, 2 attempts
+    # prior.mk's, with the curated rows choosing 2 of the first 4 trajectories, 2 critic proposals, 2 attempts, and
+    # the critic measured on 2 held-out trajectories
     "signals.mk": {"SPLITS": "test", "PRETRAIN_STEPS": "2", "CORPUS_WALKS": "3", "CURATE_POOL": "4", "CRITIC_K": "2",
-                   "ATTEMPTS": "2"},
+                   "ATTEMPTS": "2", "CRITIC_HELDOUT": "2"},
     # one game per family and split (train: the committed games of tests/data/textworld, the others made here)
     "textworld.mk": {"ENV_ARGS": "--env-arg games=1 --env-arg eval_games=1"},
     "textworld-lowdata.mk": {"ENV_ARGS": "--env-arg games=1 --env-arg eval_games=1", "PRETRAIN_STEPS": "2",
@@ -207,6 +208,23 @@ def test_header_command_runs_at_a_tiny_size(config: Path, tmp_path, request):
     for pair in announced:
         for name in pair:
             assert Path(name).exists(), name
+    if target == "signals":   # a seed kept as docs/results keeps it, then pooled from what was kept
+        kept_at = tmp_path / "results"
+        publish = subprocess.run(["make", "-C", str(RECIPES), "publish", f"CONFIG=configs/{config.name}",
+                                  *(f"{k}={v}" for k, v in tiny.items()), f"OUT={out / 'seed0'}", "SEED=0",
+                                  f"RESULTS={kept_at}"], capture_output=True, text=True, env=env, timeout=300)
+        assert publish.returncode == 0, publish.stdout[-4000:] + publish.stderr[-4000:]
+        rows = {"IL", "IWM", "SR", "DPO", "IL+critic", "IL+reflexion", "IL-curated", "IWM-curated"}
+        assert {p.name for p in (kept_at / "seed0" / "eval").iterdir()} == {f"{r}.jsonl.gz" for r in rows}
+        assert {p.name for p in (kept_at / "seed0" / "train").iterdir()} == {
+            f"{r}.metrics.jsonl" for r in ("IL", "IWM", "SR", "IL-pre", "DPO", "critic", "IL-curated", "IWM-curated")}
+        sys.path.insert(0, str(RECIPES))
+        import pooled
+        report = pooled.report(kept_at, pooled.pooled(kept_at))
+        assert [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| test | ")][:len(rows)] == [
+            "IL", "IWM", "SR", "DPO", "IL+critic", "IL+reflexion", "IL-curated", "IWM-curated"]
+        assert "| test | IL+reflexion | 1 | 1 | " in report and "success@2" in report   # success within 1 and 2 attempts
+        assert "| test | 1 | " in report.split("held-out split")[1]                         # the critic on held-out states
     if re.search(r"^PROPOSER\s*=", config.read_text(), re.M):   # the alternatives are the proposer's samples
         run = out if target == "compare" else out / "seed0"
         records = [orjson.loads(line) for line in (run / "outcomes_iwm.jsonl").read_text().splitlines()]

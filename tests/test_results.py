@@ -1,35 +1,57 @@
-"""The real-model results the README shows are recomputed from the committed episode files, so the table cannot
-drift from its data: recipes/pooled.py pools docs/results/smollm2/seed*/ with eval --compare's code, and its table
-must appear verbatim in the results page and in the README."""
+"""The results the README shows are recomputed from the committed episode files, so no table can drift from its
+data: recipes/pooled.py pools docs/results/<recipe>/seed*/ with eval --compare's code, and its report must appear
+verbatim in the recipe's results page, and its pooled table in the README."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
-RESULTS = ROOT / "docs" / "results" / "smollm2"
 sys.path.insert(0, str(ROOT / "recipes"))
 
 import pooled  # noqa: E402
 
-
-def test_the_smollm2_table_is_recomputed_from_the_committed_episodes():
-    seeds = pooled.seeds(RESULTS)
-    assert seeds, f"{RESULTS} holds no seed<s> folder"
-    table = pooled.table(pooled.pooled(RESULTS))
-    assert (RESULTS / "pooled.md").read_text() == table, "docs/results/smollm2/pooled.md is stale: make pooled"
-    for page in (ROOT / "docs" / "results" / "smollm2.md", ROOT / "README.md"):
-        assert table in page.read_text(), f"{page.name} does not show the pooled table as recomputed"
+# each recipe whose seeds are kept under docs/results/<name>/, with the page that shows its results
+KEPT = ["smollm2", "signals"]
 
 
-def test_every_committed_seed_has_the_main_runs_and_their_training_logs():
+@pytest.mark.parametrize("name", KEPT)
+def test_the_table_is_recomputed_from_the_committed_episodes(name):
+    results = ROOT / "docs" / "results" / name
+    assert pooled.seeds(results), f"{results} holds no seed<s> folder"
+    result = pooled.pooled(results)
+    report = pooled.report(results, result)
+    assert (results / "pooled.md").read_text() == report, f"docs/results/{name}/pooled.md is stale: make pooled"
+    assert report in (ROOT / "docs" / "results" / f"{name}.md").read_text(), f"{name}.md does not show the report"
+    assert pooled.table(result) in (ROOT / "README.md").read_text(), f"the README does not show {name}'s table"
+
+
+@pytest.mark.parametrize("name", KEPT)
+def test_every_committed_seed_has_the_main_runs_and_their_training_logs(name):
     # IL and IWM in every seed: every other run is tested against IL over the seeds it shares with it
-    for seed in pooled.seeds(RESULTS):
+    for seed in pooled.seeds(ROOT / "docs" / "results" / name):
+        kinds = [k for k in pooled.KINDS if (seed / k).is_dir()]
+        assert "eval" in kinds, f"{seed}: no eval folder"
         for run in ("IL", "IWM"):
-            assert (seed / "eval" / f"{run}.jsonl.gz").exists(), f"{seed.name}: eval/{run}.jsonl.gz"
-            assert (seed / "recovery" / f"{run}.jsonl.gz").exists(), f"{seed.name}: recovery/{run}.jsonl.gz"
+            for kind in kinds:
+                assert (seed / kind / f"{run}.jsonl.gz").exists(), f"{seed.name}: {kind}/{run}.jsonl.gz"
             assert (seed / "train" / f"{run}.metrics.jsonl").exists(), f"{seed.name}: train/{run}.metrics.jsonl"
-        for episodes in seed.glob("*/*.jsonl.gz"):     # every run kept has its training log
-            run = episodes.name.removesuffix(".jsonl.gz").split("~")[0]
-            assert run == "random" or (seed / "train" / f"{run}.metrics.jsonl").exists(), f"{seed.name}: {run}"
+        # every run kept has its training log: a run evaluated another way (IL+critic, SR~constrained) its model's,
+        # and a reranked run its critic's too
+        for episodes in seed.glob("*/*.jsonl.gz"):
+            run = episodes.name.removesuffix(".jsonl.gz")
+            model = run.split("~")[0].split("+")[0]
+            assert model == "random" or (seed / "train" / f"{model}.metrics.jsonl").exists(), f"{seed.name}: {run}"
+            if run.endswith("+critic"):
+                assert (seed / "train" / "critic.metrics.jsonl").exists(), f"{seed.name}: {run}'s critic"
+
+
+def test_the_expert_step_table_is_recomputed_from_the_committed_episodes():
+    results = ROOT / "docs" / "results" / "expert-step"
+    table = pooled.expert_step_table(results)
+    assert (results / "pooled.md").read_text() == table, "docs/results/expert-step/pooled.md is stale"
+    for page in (ROOT / "docs" / "results" / "signals.md", ROOT / "README.md"):
+        assert table in page.read_text(), f"{page.name} does not show the expert-step table as recomputed"

@@ -14,3 +14,6 @@ CRITIC_K    = 4
 ATTEMPTS    = 3
 THINK_ROWS  =
 ACTOBS_ROW  =
+# publish (one seed at a time into RESULTS, as the SmolLM2 recipe does): every row's episodes, the training logs
+PUBLISH_NEEDS = $(call SIGNAL_FILES,$(OUT))
+PUBLISH_TRAIN = IL IWM SR IL-pre DPO critic curated/IL curated/IWM
