@@ -100,20 +100,20 @@ def table(result: dict) -> str:
 def attempts_table(results: Path) -> str:
     """success@1..N of every run evaluated with several attempts per task (IL+reflexion), pooled over its seeds: a
     task solved at attempt j counts for every k >= j (eval's own success_at)."""
-    lines = []
+    rows = []
     for run in RUNS:
+        files = [f / "eval" / f"{run}.jsonl.gz" for f in seeds(results) if (f / "eval" / f"{run}.jsonl.gz").exists()]
         for split in KINDS["eval"]:
-            episodes = [e for f in seeds(results) if (f / "eval" / f"{run}.jsonl.gz").exists()
-                        for e in read_episodes(f / "eval" / f"{run}.jsonl.gz") if e["meta"]["split"] == split]
-            if not episodes or max(e["meta"].get("attempts_allowed", 1) for e in episodes) < 2:
-                continue
-            n_seeds = sum((f / "eval" / f"{run}.jsonl.gz").exists() for f in seeds(results))
-            at = success_at(episodes)
-            lines.append(f"| {split} | {run} | {n_seeds} | {len(episodes)} | " + " | ".join(
-                f"{pct(a['success_rate'])} [{pct(a['ci_low'])}, {pct(a['ci_high'])}]" for a in at) + " |")
-            header = ["split", "run", "seeds", "episodes", *(f"success@{a['k']} (95% CI)" for a in at)]
-    if not lines:
+            episodes = [e for path in files for e in read_episodes(path) if e["meta"]["split"] == split]
+            if episodes and max(e["meta"].get("attempts_allowed", 1) for e in episodes) > 1:
+                rows.append((split, run, len(files), len(episodes), success_at(episodes)))
+    if not rows:
         return ""
+    most = max(len(at) for *_, at in rows)
+    header = ["split", "run", "seeds", "episodes", *(f"success@{k} (95% CI)" for k in range(1, most + 1))]
+    lines = [f"| {split} | {run} | {n_seeds} | {n} | " + " | ".join(
+        f"{pct(a['success_rate'])} [{pct(a['ci_low'])}, {pct(a['ci_high'])}]" for a in at) + " |" * (most - len(at) + 1)
+        for split, run, n_seeds, n, at in rows]
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines]) + "\n"
 
 
