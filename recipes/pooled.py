@@ -14,13 +14,11 @@ page and the README show it as it is, so the table cannot drift from its data.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 from pathlib import Path
 
-import orjson
-
 from eexp.compare import compare_runs, plot_comparison, read_runs
+from eexp.io import Reader
 from eexp.stages.evaluate import success_at
 
 # SR~constrained: SR evaluated like IL, constrained to the actions without its thought (seed 0 only; SR is evaluated
@@ -140,8 +138,8 @@ def critic_table(results: Path) -> str:
 
 
 def read_episodes(path: Path) -> list[dict]:
-    with gzip.open(path, "rb") as f:
-        return [orjson.loads(line) for line in f if line.strip()]
+    """The episode records of one kept file, read as eval --compare reads it (eexp.io: .jsonl.gz as it is)."""
+    return [item.record for item in Reader([str(path)])]
 
 
 def expert_step_table(results: Path) -> str:

@@ -163,8 +163,9 @@ class Evaluator:
                       "stop_reason": episode["stop_reason"], "actions": episode["actions"], "memory": list(notes)}
             if "error" in episode["meta"]:   # counted and warned about by Evaluation, as a last attempt's is
                 record["error"] = episode["meta"]["error"]
-            if failed_requests(episode):     # counted by summarize and the stage, every attempt's
-                record["failed_requests"] = failed_requests(episode)
+            failed = failed_requests(episode)
+            if failed:                       # counted by summarize and the stage, every attempt's
+                record["failed_requests"] = failed
             attempts.append(record)
             if episode["success"] or attempt == s.attempts - 1:
                 break
