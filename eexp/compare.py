@@ -283,7 +283,7 @@ def format_comparison(result: dict) -> str:
                 vs = (f"{t['paired_n']} paired: success {100 * t['success_diff']:+.1f} pts "
                       f"(McNemar p={t['mcnemar_p']:.3g}, {t['success_verdict']}); "
                       f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
-                      f"(bootstrap p{p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
+                      f"(bootstrap {p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
             out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['n']:>5}  {pct(r['success_rate']):>7}  "
                        f"{ci:<16}  {r['mean_score']:6.3f}  {vs}")
         out.append("")
@@ -315,7 +315,7 @@ def format_seeded(result: dict) -> str:
                       f"{100 * t['success_diff']:+.1f} pts ({t['tasks_better']} tasks better, {t['tasks_worse']} "
                       f"worse; sign-flip p={t['success_p']:.3g}, {t['success_verdict']}); "
                       f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
-                      f"(bootstrap p{p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
+                      f"(bootstrap {p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
             out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['seeds']:>5}  {r['n']:>5}  "
                        f"{pct(r['success_rate']):>7}  {spread:<24}  {sd:>5}  {r['mean_score']:6.3f}  {vs}")
         out.append("")
@@ -323,8 +323,9 @@ def format_seeded(result: dict) -> str:
 
 
 def p_text(p: float, resamples: int) -> str:
-    """`=0.031`, or `<0.0001` for a bootstrap p of 0 (no resample crossed zero: it is below 1 / resamples)."""
-    return f"<{1 / resamples:g}" if p == 0 else f"={p:.3g}"
+    """`p = 0.031`, or `p < 0.0001` for a bootstrap p of 0 (no resample crossed zero: it is below 1 / resamples,
+    not 0)."""
+    return f"p < {1 / resamples:g}" if p == 0 else f"p = {p:.3g}"
 
 
 def plot_comparison(result: dict, path: str) -> None:

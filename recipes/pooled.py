@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eexp.compare import compare_runs, plot_comparison, read_runs
+from eexp.compare import compare_runs, p_text, plot_comparison, read_runs
 from eexp.io import Reader
 from eexp.stages.evaluate import success_at
 
@@ -89,7 +89,7 @@ def table(result: dict) -> str:
                 else:                        # one seed each: McNemar's exact test over the discordant tasks
                     success = (f"{100 * vs['success_diff']:+.1f} pts ({vs['only_this']} / {vs['only_first']}, "
                                f"McNemar p = {vs['mcnemar_p']:.3g})")
-                score = f"{vs['score_diff']:+.3f} (p = {vs['bootstrap_p']:.3g})" if vs else ""
+                score = f"{vs['score_diff']:+.3f} ({p_text(vs['bootstrap_p'], result[kind]['resamples'])})" if vs else ""
                 lines.append(f"| {LABEL[kind, split]} | {row['run']} | {row.get('seeds', 1)} | {row['n']} | "
                              f"{pct(row['success_rate'])} | {spread} | {row['mean_score']:.3f} | {success} | {score} |")
     return "\n".join(lines) + "\n"
@@ -171,7 +171,7 @@ def expert_step_table(results: Path) -> str:
                     refused = len(list((config / "refused").glob(f"{k}-{start}-s*.txt")))
                     cells.append(f"{pct(row['success_rate'])}, score {row['mean_score']:.3f} "
                                  f"({100 * vs['success_diff']:+.1f} pts, p = {vs['success_p']:.2g}; score "
-                                 f"{vs['score_diff']:+.3f}, p = {vs['bootstrap_p']:.2g})"
+                                 f"{vs['score_diff']:+.3f}, {p_text(vs['bootstrap_p'], result['resamples'])})"
                                  + (f"; {refused} of {len(rows[k])} refused at the probe" if refused else ""))
                 lines.append(f"| {config.name} | {split} | {start}: {pct(first['success_rate'])}, score "
                              f"{first['mean_score']:.3f} | " + " | ".join(cells) + " |")
