@@ -89,7 +89,8 @@ def table(result: dict) -> str:
                 else:                        # one seed each: McNemar's exact test over the discordant tasks
                     success = (f"{100 * vs['success_diff']:+.1f} pts ({vs['only_this']} / {vs['only_first']}, "
                                f"McNemar p = {vs['mcnemar_p']:.3g})")
-                score = f"{vs['score_diff']:+.3f} ({p_text(vs['bootstrap_p'], result[kind]['resamples'])})" if vs else ""
+                resamples = result[kind]["resamples"]
+                score = f"{vs['score_diff']:+.3f} ({p_text(vs['bootstrap_p'], resamples)})" if vs else ""
                 lines.append(f"| {LABEL[kind, split]} | {row['run']} | {row.get('seeds', 1)} | {row['n']} | "
                              f"{pct(row['success_rate'])} | {spread} | {row['mean_score']:.3f} | {success} | {score} |")
     return "\n".join(lines) + "\n"

@@ -39,13 +39,17 @@ class StubServer:
     closed without an answer; `fail_every` N fails every Nth chat request with a 500. Each chat request takes
     `latency` seconds; `most_in_flight` is the most it ever had at once. `free_text(body)` writes the unconstrained
     replies (default: FREE_TEXT, cut at max_tokens words). With `die_after` N the server stops listening at its Nth
-    chat request (that one and those in flight still get answers)."""
+    chat request (that one and those in flight still get answers). `trims`: the chat template trims a message's
+    content (Llama-3's does), so a continued message loses its trailing whitespace, as vLLM (transformers'
+    continue_final_message) continues it; `continued` holds, per continued request, the reply as the model wrote it
+    (the final message as rendered, then what it generated)."""
 
     def __init__(self, honours: str | None = None, *, strict: bool = False, fail: set[int] = frozenset(),
                  status: int = 200, latency: float = 0.0, fail_every: int = 0, free_text=None,
-                 die_after: int = 0, echoes: bool = False):
+                 die_after: int = 0, echoes: bool = False, trims: bool = False):
         self.honours, self.strict, self.fail, self.status = honours, strict, set(fail), status
-        self.echoes = echoes
+        self.echoes, self.trims = echoes, trims
+        self.continued: list[str] = []
         self.latency, self.fail_every, self.free_text, self.die_after = latency, fail_every, free_text, die_after
         self.chats: list[dict] = []
         self.timeline: list[tuple[float, float]] = []     # (start, end) of every chat request, time.monotonic()
@@ -128,8 +132,13 @@ class StubServer:
 
     def answer(self, body: dict) -> tuple[str, str]:
         text, finish = self.generate(body)
-        if self.echoes and body.get("continue_final_message"):
-            text = body["messages"][-1]["content"] + text
+        if body.get("continue_final_message"):
+            rendered = body["messages"][-1]["content"]
+            rendered = rendered.rstrip() if self.trims else rendered
+            with self.lock:
+                self.continued.append(rendered + text)
+            if self.echoes:
+                text = rendered + text
         return text, finish
 
     def generate(self, body: dict) -> tuple[str, str]:

@@ -322,7 +322,7 @@ def test_think_asks_for_the_thought_then_the_action_after_it(stub):
     assert probe["messages"][-1]["role"] == "assistant" and probe["max_tokens"] == 1
     for request in server.chats[1:]:
         assert (request["continue_final_message"], request["add_generation_prompt"]) == (True, False)
-    assert [c.get("guided_choice") for c in server.chats[2:]] == [None, ["Action: probe one", "Action: probe two"]]
+    assert [c.get("guided_choice") for c in server.chats[2:]] == [None, ["\nAction: probe one", "\nAction: probe two"]]
     start = len(server.chats)
     reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
     thought, action = server.chats[start:]
@@ -331,10 +331,11 @@ def test_think_asks_for_the_thought_then_the_action_after_it(stub):
         (4, 0.0, 40)
     assert not {"continue_final_message", "add_generation_prompt", "guided_choice"} & set(thought)
     # the action: the same messages, the reply up to its `Action:` line as the final assistant message, continued,
-    # guided to the admissible actions
-    assert action["messages"] == MESSAGES + [{"role": "assistant", "content": f"{THOUGHT}\n"}]
+    # guided to the admissible actions, each after the newline that the reply had before its `Action:` line
+    assert action["messages"] == MESSAGES + [{"role": "assistant", "content": THOUGHT}]
     assert (action["continue_final_message"], action["add_generation_prompt"]) == (True, False)
-    assert action["guided_choice"] == CHOICES and (action["seed"], action["temperature"]) == (4, 0.0)
+    assert action["guided_choice"] == [f"\n{c}" for c in CHOICES] and (action["seed"], action["temperature"]) == \
+        (4, 0.0)
     # the guided answer is the action (the stub's seed picks ADMISSIBLE[4 % 3]), not the one the thought's reply wrote
     assert (reply.action, reply.valid, reply.seed, reply.finish_reason) == ("buy the red mug", True, 0, "stop")
     assert reply.text == f"{THOUGHT}\nAction: buy the red mug"
@@ -352,9 +353,23 @@ def test_think_a_cut_thought_gets_its_action_after_it(stub):
     reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=3, temperature=0.0)
     assert (reply.thought, reply.thought_cut) == ("I am not sure whether", True)
     # the thought as it stopped, closed by a blank line (the SR target's layout), then the guided action
-    assert server.chats[-1]["messages"][-1] == {"role": "assistant", "content": "Thought: I am not sure whether\n\n"}
+    assert server.chats[-1]["messages"][-1] == {"role": "assistant", "content": "Thought: I am not sure whether"}
+    assert server.continued[-1] == "Thought: I am not sure whether\n\nAction: look"
     assert "grammar" in server.chats[-1] and "grammar" not in server.chats[-2]
     assert reply.text == "Thought: I am not sure whether\n\nAction: look" and reply.action == "look" and reply.valid
+
+
+@pytest.mark.parametrize("trims", [False, True], ids=["keeps", "trims"])
+def test_think_the_action_follows_the_thought_on_its_own_line_whatever_the_template_does(stub, trims):
+    """vLLM continues a message through transformers' chat template, which drops its trailing whitespace where the
+    template trims a message's content (Llama-3's does): the newline before `Action:` is generated with the action,
+    so the model continues the reply laid out as the SR targets are, `Thought: ...` then `Action: ...` on a line of
+    its own, with either template."""
+    server = stub("vllm", trims=trims, free_text=scripted(f"{THOUGHT}\nAction: look"))
+    policy = load_policy(server.url, act="think")
+    assert policy.guided == "vllm"
+    reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
+    assert server.continued[-1] == reply.text == f"{THOUGHT}\nAction: buy the red mug"
 
 
 def test_think_takes_the_continuation_from_a_server_that_answers_the_whole_message(stub):

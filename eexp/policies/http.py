@@ -32,7 +32,8 @@ within the in-flight limit, with the same retries and failure counting: the thou
 call's temperature and seed (up to --max-tokens), read as the local backends read it (eexp.policies.chat.
 split_thought); then the action, asked for as the continuation of that reply: the messages end with an assistant
 message holding the thought, and `continue_final_message` (vLLM, llama.cpp's llama-server) has the server extend
-it instead of starting a new turn. Where the admissible set is closed, the action is chosen by the server's guided
+it instead of starting a new turn (the newline before `Action:` is generated with the action: `continued` says
+why). Where the admissible set is closed, the action is chosen by the server's guided
 decoding among the admissible `Action: <action>` replies, as `--act constrained` chooses it: a sample of the
 constrained distribution (greedy at temperature 0), NOT the ranking by log-likelihood that the local backends' think
 does, so the two can pick different actions after the same thought. Where the set is open, the action the model
@@ -236,12 +237,12 @@ class HttpPolicy(Policy):
         """The first mechanism of GUIDED whose reply to a tiny request obeys it, or "none". For --act think the
         request continues a reply, as think's will: a mechanism can work in a fresh reply and not in a continued one
         (llama-server refuses its json_schema there: its grammar would have to match the prefix too)."""
-        prefix = PROBE_PREFIX if self.act_mode == "think" else None
+        prefix, choices = continued(PROBE_PREFIX, PROBE_CHOICES) if self.act_mode == "think" else (None, PROBE_CHOICES)
         for mechanism in GUIDED:
             try:
                 text, _ = self._chat(PROBE_MESSAGES, seed=1, temperature=0.0, top_p=1.0,
-                                     max_tokens=self._choice_tokens(PROBE_CHOICES, mechanism),
-                                     choices=PROBE_CHOICES, mechanism=mechanism, prefix=prefix)
+                                     max_tokens=self._choice_tokens(choices, mechanism),
+                                     choices=choices, mechanism=mechanism, prefix=prefix)
             except EndpointError:      # e.g. HTTP 400 for a field the server does not accept
                 continue
             if text.strip() in PROBE_CHOICES:
@@ -425,9 +426,11 @@ class HttpPolicy(Policy):
                 text, finish = self._chat(messages, max_tokens=self.max_tokens, **ask)
             split = split_thought(text)
             if choices is not None:   # the reply is `Action: <one of the admissible actions>`, after the thought
-                with self._slots:   # no thought: a plain request, as --act constrained makes (nothing to continue)
-                    action_line, finish = self._chat(messages, max_tokens=self._choice_tokens(choices, self.guided),
-                                                     choices=choices, prefix=split.prefix or None, **ask)
+                # no thought: a plain request, as --act constrained makes (nothing to continue)
+                prefix, after = continued(split.prefix, choices) if split.prefix.strip() else (None, choices)
+                with self._slots:
+                    action_line, finish = self._chat(messages, max_tokens=self._choice_tokens(after, self.guided),
+                                                     choices=after, prefix=prefix, **ask)
                 action_line = action_line.strip()
             else:
                 written = split.written
@@ -528,6 +531,17 @@ class HttpPolicy(Policy):
             return self._failed(e, seeds, admissible)
         self._count(len(seeds))
         return [pick_action(admissible, logliks, seed, temperature) for seed in seeds]
+
+
+def continued(prefix: str, choices: list[str]) -> tuple[str, list[str]]:
+    """The reply to continue and the guided choices after it, with the reply's trailing whitespace (the newline
+    before `Action:`) moved into the choices. vLLM continues a message through transformers' chat template, which
+    drops that whitespace where the template trims a message's content (Llama-3's does): the action would follow the
+    thought on the same line, not as the SR targets lay it out. Generated, it is there whatever the template does;
+    where the template keeps it (llama-server, ChatML), the text and, with a tokenizer that splits whitespace from
+    words, the tokens are the same as before."""
+    body = prefix.rstrip()
+    return body, [prefix[len(body):] + c for c in choices]
 
 
 def continuation(prefix: str, text: str) -> str:
