@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -146,7 +147,8 @@ class Server:
 def run(argv: list[str]) -> int:
     """`run MODEL [--parallel N] [--threads T] [--log FILE] -- COMMAND...`: COMMAND with a server on MODEL, its URL
     in EEXP_POLICY (the default policy of eval, branch and reflect); the server stops when COMMAND ends, whose exit
-    status is returned."""
+    status is returned. A SIGTERM (a killed make, a timeout) is passed on to COMMAND, and the server stops after it:
+    none is left serving."""
     import argparse
     if "--" not in argv:
         raise SystemExit("usage: llama_server.py run MODEL [--parallel N] [--threads T] [--log FILE] -- COMMAND...")
@@ -159,7 +161,10 @@ def run(argv: list[str]) -> int:
     ap.add_argument("--log")
     args = ap.parse_args(argv[:cut])
     with Server(args.model, parallel=args.parallel, threads=args.threads, ctx=args.ctx, log=args.log) as server:
-        return subprocess.run(argv[cut + 1:], env={**os.environ, "EEXP_POLICY": server.url}).returncode
+        command = subprocess.Popen(argv[cut + 1:], env={**os.environ, "EEXP_POLICY": server.url})
+        signal.signal(signal.SIGTERM, lambda signum, frame: command.send_signal(signum))
+        code = command.wait()
+    return 128 - code if code < 0 else code   # killed by signal N: 128 + N, as a shell says it
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -52,6 +57,24 @@ def test_eval_through_llama_server_keeps_the_serial_runs_records(server):
     for e in serial + batched:
         assert e["meta"]["guided"] == "llamacpp"      # the probe found llama.cpp's grammar field
         assert e["invalid_actions"] == 0 and e["steps"] > 0
+
+
+def test_run_stops_its_server_when_it_is_terminated(tmp_path):
+    """A recipe's eval runs under `llama_server.py run`: a SIGTERM to it (a killed make, a timeout) reaches the
+    command, and the server stops too, instead of serving on with the CPU it holds."""
+    if MISSING:
+        pytest.skip(MISSING)
+    wait = "import os, time; print(os.environ['EEXP_POLICY'], flush=True); time.sleep(120)"
+    run = subprocess.Popen([sys.executable, str(Path(__file__).parent / "llama_server.py"), "run", str(smollm2_path()),
+                            "--parallel", "1", "--log", str(tmp_path / "log"), "--", sys.executable, "-c", wait],
+                           stdout=subprocess.PIPE, text=True)
+    url = run.stdout.readline().strip()
+    with urllib.request.urlopen(f"{url}/models", timeout=10) as answer:   # serving while the command runs
+        assert answer.status == 200
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 128 + signal.SIGTERM
+    with pytest.raises(OSError):   # connection refused: the server is gone
+        urllib.request.urlopen(f"{url}/models", timeout=10)
 
 
 @pytest.fixture(scope="module")
