@@ -221,10 +221,23 @@ class Writer:
         except OSError as e:
             self._fail(e)
         except BaseException:  # Ctrl-C half-way through a write: the file still ends on a whole line
-            self._cut()
+            if self._holds(len(data)):   # a Ctrl-C just after the write: its lines are whole, and kept
+                self.whole += len(data)
+            else:
+                self._cut()
             raise
         if self.whole is not None:
             self.whole += len(data)
+
+    def _holds(self, n: int) -> bool:
+        """Whether a file (-o FILE) holds all of the last `n` bytes written, up to the end: the interrupt came after
+        the write had returned (its return value not yet seen), so there is nothing to cut."""
+        if self.path is None or self.whole is None:
+            return False
+        try:
+            return os.lseek(self.stream.fileno(), 0, os.SEEK_CUR) == self.whole + n
+        except (OSError, ValueError):
+            return False
 
     def _cut(self) -> int | None:
         """Cut the file back to its last whole line and return how many lines it holds (None if it cannot be
