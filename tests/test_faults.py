@@ -370,39 +370,29 @@ def test_finetune_model_that_does_not_exist(data, tmp_path):
     assert not out.exists()
 
 
-class _InterruptedAfter(io.FileIO):
-    """A file whose write of the record line is followed at once by a Ctrl-C: the bytes are on disk, but the
-    KeyboardInterrupt is raised before the writer sees how many were written (a SIGINT just after the syscall)."""
 
-    def write(self, b) -> int:
-        n = super().write(b)
-        if b"interrupted-after" in bytes(b):
+def interrupted_file(marker: bytes, written: int | None):
+    """eexp.io's `open` for a file whose write of the line holding `marker` puts `written` bytes of it on disk (None:
+    all of them) and is then interrupted by a Ctrl-C, raised before the writer sees how many bytes were written."""
+    class Interrupted(io.FileIO):
+        def write(self, b) -> int:
+            data = bytes(b)
+            if marker not in data:
+                return super().write(data)
+            super().write(data[:written])
             raise KeyboardInterrupt
-        return n
+    return lambda path, mode, buffering=-1: Interrupted(path, mode)
 
 
-def test_a_ctrl_c_just_after_a_write_keeps_the_whole_line_it_wrote(tmp_path, monkeypatch):
-    """A Ctrl-C that lands after a record's line reached the file must not cut that line away (it is whole); one
-    that lands half-way through a line cuts back to the last whole line."""
+@pytest.mark.parametrize("written, kept", [(None, ["first", "second"]), (5, ["first"])], ids=["after", "half-way"])
+def test_a_ctrl_c_keeps_the_whole_lines_written_and_only_those(tmp_path, monkeypatch, written, kept):
+    """A Ctrl-C that lands just after a record's line reached the file must not cut that line away (it is whole);
+    one that lands half-way through a line cuts back to the last whole line."""
     out = tmp_path / "out.jsonl"
-    monkeypatch.setattr(eexp.io, "open", lambda path, mode, buffering=-1: _InterruptedAfter(path, mode), raising=False)
+    monkeypatch.setattr(eexp.io, "open", interrupted_file(b"second", written), raising=False)
     writer = eexp.io.Writer(str(out))
     writer.write({"id": "first"})
     with pytest.raises(KeyboardInterrupt):
-        writer.write({"id": "interrupted-after"})
+        writer.write({"id": "second"})
     writer.close()
-    assert [r["id"] for r in records(out)] == ["first", "interrupted-after"]
-
-    class _HalfWritten(io.FileIO):   # a Ctrl-C half-way through the line: cut back to the first record
-        def write(self, b):
-            if b"half" in bytes(b):
-                super().write(bytes(b)[:5])
-                raise KeyboardInterrupt
-            return super().write(b)
-    monkeypatch.setattr(eexp.io, "open", lambda path, mode, buffering=-1: _HalfWritten(path, mode), raising=False)
-    writer = eexp.io.Writer(str(out))
-    writer.write({"id": "first"})
-    with pytest.raises(KeyboardInterrupt):
-        writer.write({"id": "half"})
-    writer.close()
-    assert [r["id"] for r in records(out)] == ["first"]
+    assert [r["id"] for r in records(out)] == kept
