@@ -249,10 +249,13 @@ def test_a_server_that_dies_mid_run_stops_the_run_at_once(stub, tmp_path):
 def test_ctrl_c_with_requests_in_flight_leaves_whole_lines_and_no_traceback(stub, tmp_path):
     server = stub("llamacpp", latency=0.3)
     out = tmp_path / "episodes.jsonl"
+    # SIGINT at its default in the child, as in a terminal: a suite started from a background shell has it ignored,
+    # and the child would inherit that and run to the end (exit 0)
     proc = subprocess.Popen(EEXP + ["eval", "--policy", server.url, "--env", "shop", "-n", "60", "--max-steps", "5",
                                     "-q", "--concurrency", "8", "-o", str(out)],
                             stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
         time.sleep(0.1)
