@@ -116,6 +116,74 @@ def test_the_wheel_runs_outside_the_repository(venv, tmp_path):
     assert (tmp_path / "episodes.jsonl").read_bytes().count(b"\n") == 2
 
 
+@pytest.mark.slow  # ~1 min: pip fetches the llama-cpp-python sdist (usually from its cache) and builds gguf-py
+def test_the_wheel_exports_a_model_with_no_second_command(venv, tmp_path):
+    """`pip install eexp` and then `eexp export` works: llama.cpp's converter is installed by the first export (one
+    line on stderr), into the fresh environment, whose own gguf package it becomes; the second export finds it."""
+    from eexp.models.llama_converter import gguf_module_file, llama_cpp_version
+
+    version = llama_cpp_version()
+    if version is None:
+        pytest.skip("llama-cpp-python is not installed here")
+    ours = gguf_module_file()
+    ours_before = ours.read_bytes() if ours is not None else None
+    assert not (venv / "share" / "eexp").exists()   # the wheel carries no converter: pip alone put nothing there
+    made = run(venv, tmp_path, "eexp", "init-model", "tiny", "-q")
+    assert made.returncode == 0, made.stderr.decode()[-3000:]
+
+    first = run(venv, tmp_path, "eexp", "export", "tiny", "-o", "tiny.gguf")
+    assert first.returncode == 0, first.stderr.decode()[-3000:]
+    notes = [line for line in first.stderr.decode().splitlines() if "converter" in line]
+    assert notes == [f"eexp: installing llama.cpp's converter for llama-cpp-python {version} (once; from its sdist, "
+                     f"with pip) into {venv / 'share' / 'eexp' / f'llama.cpp-{version}'}"], first.stderr.decode()
+    assert (tmp_path / "tiny.gguf").read_bytes()[:4] == b"GGUF"
+    assert (venv / "share" / "eexp" / f"llama.cpp-{version}" / "INSTALLED.json").is_file()
+    where = run(venv, tmp_path, "python", "-c", "from eexp.models.llama_converter import gguf_module_file; "
+                "print(gguf_module_file())")
+    assert Path(where.stdout.decode().strip()).is_relative_to(venv)   # gguf-py went into the fresh environment
+    if ours is not None:
+        assert ours.read_bytes() == ours_before   # and this environment's gguf is untouched
+
+    second = run(venv, tmp_path, "eexp", "export", "tiny", "-o", "again.gguf", "--quant", "f16")
+    assert second.returncode == 0, second.stderr.decode()[-3000:]
+    assert "installing" not in second.stderr.decode()
+    assert (tmp_path / "again.gguf").read_bytes()[:4] == b"GGUF"
+
+
+def test_the_converter_is_installed_on_first_use_and_a_replaced_gguf_is_still_an_error(monkeypatch, tmp_path):
+    """In process: a missing converter is installed (one note), an installed one is used as it is, and a gguf package
+    replaced since the install stays the error it was (nothing is reinstalled behind the user's back)."""
+    from eexp.models import llama_converter as lc
+    from eexp.models.init import ModelError
+
+    state = {"installed": False, "gguf_replaced": False}
+    installs, notes = [], []
+
+    def converter_dir():
+        if state["gguf_replaced"]:
+            raise ModelError("the installed gguf package is not llama.cpp's gguf-py")
+        if not state["installed"]:
+            raise lc.ConverterMissing("llama.cpp's converter is not installed")
+        return tmp_path
+
+    def install(sdist=None, echo=print):
+        installs.append(sdist)
+        state["installed"] = True
+        return tmp_path
+
+    monkeypatch.setattr(lc, "converter_dir", converter_dir)
+    monkeypatch.setattr(lc, "install", install)
+    monkeypatch.setattr(lc, "llama_cpp_version", lambda: "9.9.9")
+    assert lc.ensure_converter(notes.append) == tmp_path
+    assert len(installs) == 1 and len(notes) == 1 and notes[0].startswith(
+        "installing llama.cpp's converter for llama-cpp-python 9.9.9 (once; from its sdist, with pip) into ")
+    assert lc.ensure_converter(notes.append) == tmp_path and len(installs) == 1 and len(notes) == 1
+    state["gguf_replaced"] = True
+    with pytest.raises(ModelError, match="not llama.cpp's gguf-py"):
+        lc.ensure_converter(notes.append)
+    assert len(installs) == 1
+
+
 def test_eexp_alone_shows_every_command_once_by_section():
     from click.testing import CliRunner
 

@@ -266,9 +266,9 @@ def _converter(ckpt: Path, name: str, fields: dict[str, str]):
     keys (written with the rest of the metadata, adapters included), the name, the pre-tokenizer fallback, no
     progress bar, and quiet logging (its errors are collected). Yields (conversion, the error log, the converter
     folder)."""
-    from eexp.models.llama_converter import converter_dir
+    from eexp.models.llama_converter import ensure_converter
 
-    folder = converter_dir()
+    folder = ensure_converter()   # installed on first use (one line on stderr)
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
     no_local = os.environ.get("NO_LOCAL_GGUF")

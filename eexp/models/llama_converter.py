@@ -10,14 +10,20 @@ the `gguf` module and transformers (`import-model`) and the converter use the sa
     python -m eexp.models.llama_converter              # ./install.sh runs this
     python -m eexp.models.llama_converter --sdist FILE  # from a llama-cpp-python sdist already at hand
 
+Neither is needed before a first export: `ensure_converter()` (what `eexp export` and `finetune --export-gguf` call)
+installs it then, saying so in one line on stderr, so `pip install 'eexp[gguf]'` alone is enough.
+
 The files go to `<sys.prefix>/share/eexp/llama.cpp-<version>/` (the virtual environment of that llama-cpp-python),
-with `INSTALLED.json` written last. `converter_dir()` finds them for export, or says how to install them.
+or, where that cannot be written (a system Python), to eexp's cache (`$EEXP_CACHE/llama.cpp/<version>-<environment
+hash>/`), with `INSTALLED.json` written last. `converter_dir()` finds them for export, or says how to install them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import importlib
 import importlib.metadata
 import json
 import os
@@ -28,6 +34,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from eexp.cache import cache_root
 from eexp.models.init import ModelError
 
 LLAMA_DIST = "llama-cpp-python"
@@ -45,8 +52,35 @@ def llama_cpp_version() -> str | None:
         return None
 
 
-def install_dir(version: str) -> Path:
+class ConverterMissing(ModelError):
+    """llama-cpp-python is installed but its converter is not (yet): what `ensure_converter` installs."""
+
+
+def _prefix_dir(version: str) -> Path:
     return Path(sys.prefix) / "share" / "eexp" / f"llama.cpp-{version}"
+
+
+def _cache_dir(version: str) -> Path:
+    """The folder in eexp's cache, one per environment (the converter goes with that environment's gguf package)."""
+    env = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:12]
+    return cache_root() / "llama.cpp" / f"{version}-{env}"
+
+
+def _writable(folder: Path) -> bool:
+    """Whether `folder` can be made and written (the nearest existing parent decides)."""
+    while not folder.exists():
+        if folder.parent == folder:
+            return False
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
+def install_dir(version: str) -> Path:
+    """Where the converter of `version` is, or goes: the environment's share/eexp, else eexp's cache."""
+    prefix = _prefix_dir(version)
+    if (prefix / MARKER).is_file() or _writable(prefix):
+        return prefix
+    return _cache_dir(version)
 
 
 def _sha256(path: Path) -> str:
@@ -76,7 +110,7 @@ def converter_dir() -> Path:
     try:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
-        raise ModelError(f"llama.cpp's converter for llama-cpp-python {version} is not installed "
+        raise ConverterMissing(f"llama.cpp's converter for llama-cpp-python {version} is not installed "
                          f"(no {folder / MARKER}): {INSTALL_HINT}") from None
     installed = gguf_module_file()
     if installed is None or not installed.is_file() or _sha256(installed) != marker.get("gguf_constants_sha256"):
@@ -136,7 +170,38 @@ def install(sdist: str | os.PathLike | None = None, echo=print) -> Path:
         return target
     except ModelError:
         pass
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelError(f"cannot install llama.cpp's converter in {target.parent} ({e.strerror})") from None
+    with _locked(target.parent / f".{target.name}.lock"):
+        try:   # another eexp may have installed it while this one waited
+            converter_dir()
+            return target
+        except ModelError:
+            pass
+        _install(version, target, sdist, echo)
+    echo(f"installed llama.cpp's converter for llama-cpp-python {version} in {target}")
+    return target
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """One installer at a time per folder (two exports started at once install once)."""
+    try:
+        import fcntl
+    except ImportError:   # not POSIX: no lock
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _install(version: str, target: Path, sdist, echo) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
         tmp = Path(tmp)
         src = Path(sdist) if sdist is not None else _download_sdist(version, tmp / "sdist")
@@ -148,6 +213,7 @@ def install(sdist: str | os.PathLike | None = None, echo=print) -> Path:
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             raise ModelError(f"cannot install {staged / 'gguf-py'} with pip:\n{proc.stdout[-2000:]}")
+        importlib.invalidate_caches()
         expected = _sha256(staged / "gguf-py" / "gguf" / "constants.py")
         installed = gguf_module_file()
         if installed is None or _sha256(installed) != expected:
@@ -162,8 +228,25 @@ def install(sdist: str | os.PathLike | None = None, echo=print) -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.replace(staged, target)
-    echo(f"installed llama.cpp's converter for llama-cpp-python {version} in {target}")
-    return target
+
+
+def ensure_converter(note=lambda msg: print(f"eexp: {msg}", file=sys.stderr, flush=True)) -> Path:
+    """`converter_dir()`, installing the converter first when it is missing (one line to `note`); the checks are
+    converter_dir's: no llama-cpp-python, or a gguf package replaced since the install, stay errors that say what
+    to do."""
+    try:
+        return converter_dir()
+    except ConverterMissing:
+        pass
+    version = llama_cpp_version()
+    note(f"installing llama.cpp's converter for llama-cpp-python {version} (once; from its sdist, with pip) "
+         f"into {install_dir(version)}")
+    stale = "gguf" in sys.modules   # a gguf imported before the install is not the one just installed
+    install(echo=lambda msg: None)
+    if stale:
+        for name in [m for m in sys.modules if m == "gguf" or m.startswith("gguf.")]:
+            del sys.modules[name]
+    return converter_dir()
 
 
 def main(argv: list[str] | None = None) -> int:
