@@ -1,4 +1,25 @@
-"""Worker processes that die with their parent (`-j N` of rollout and eval).
+"""The worker processes of every `-j N` stage (rollout, eval): `Pool`, and `die_with_parent` under it.
+
+`Pool(jobs, setup, args, cleanup)` starts `jobs` spawned processes, each of which runs `setup(*args)` once (an
+environment pool, an evaluator with its model) and keeps what it returns as its state; `submit(fn, item)` runs
+`fn(state, item)` in one of them, and `ready()` / `map()` hand the results back in the order submitted, whatever
+finishes first. What every stage needs of its workers is in it, once:
+
+- Ctrl-C is the parent's: the workers are started with SIGINT ignored from their first instruction (inherited, see
+  `sigint_ignored_by_children`), so a Ctrl-C to the process group never raises in a worker still importing; the
+  parent stops them (`terminate`) and exits 130 with whole lines written.
+- `terminate()` stops the workers at once, dropping the work in flight (an interrupted run's `--resume` makes it
+  again); `close()` waits for what was submitted, then lets the workers go (their `cleanup` runs).
+- A worker dies with its parent (`kill -9`, OOM): `die_with_parent` below, with `cleanup` run first.
+- An error of `setup` is raised, with its message, by every task of that worker, in the parent, in its turn.
+- At most 2 x jobs results wait for an older one (`ready` waits for the oldest past that), so memory stays bounded.
+
+`WorkerPool` is that interface (submit / ready / map in order, close / terminate): another executor (a cluster's)
+implements the same five methods and a stage takes it in place of `Pool`.
+
+Spawned, not forked: a forked copy of a process that holds llama.cpp, torch or JVM threads can deadlock.
+
+Dying with the parent.
 
 multiprocessing's workers do not notice their parent's death on their own: a ProcessPoolExecutor worker waiting
 for work blocks on its queue forever (it holds both ends of the pipe), a Pool worker lives on until it next writes
@@ -13,6 +34,10 @@ runs its cleanup (closing its environments, and with them their own subprocesses
 
 from __future__ import annotations
 
+import atexit
+import collections
+import concurrent.futures
+import contextlib
 import ctypes
 import ctypes.util
 import multiprocessing
@@ -21,7 +46,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 1.0
@@ -105,3 +130,154 @@ def die_with_parent(cleanup: Callable[[], None] | None = None, grace: float = 5.
         _start_watchdog()
     if os.getppid() != parent:   # the parent died before the signal was asked for: nobody will send it
         _exit_now()
+
+
+# --- the pool ---------------------------------------------------------------------------------------------------
+
+class WorkerPool(Protocol):
+    """What a stage asks of its workers (a `Pool` here; a cluster's executor likewise)."""
+
+    jobs: int
+
+    def submit(self, fn: Callable[[Any, Any], Any], item: Any) -> None:
+        """Run `fn(state, item)` in a worker; its result comes back from `ready` in submission order."""
+
+    def ready(self, block: bool = False) -> Iterator[Any]:
+        """The results in submission order: those done at the head of the queue; waiting for the oldest while
+        2 x jobs are submitted and not handed back, or for all of them with `block`. A task's exception is raised
+        here, in its turn."""
+
+    def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """`fn(state, item)` for every item, results in the order of `items`, each as soon as it and those before
+        it are done."""
+
+    def close(self) -> None:
+        """Wait for every task submitted, then let the workers go."""
+
+    def terminate(self) -> None:
+        """Stop the workers at once (Ctrl-C, an error): what is in flight is dropped."""
+
+
+@contextlib.contextmanager
+def sigint_ignored_by_children():
+    """Processes started inside this block ignore SIGINT from birth: the disposition SIG_IGN survives exec, and
+    Python leaves an ignored SIGINT ignored, so a Ctrl-C to the process group cannot raise KeyboardInterrupt in a
+    worker still starting up (importing, unpickling), where its own handler would come too late. Here, SIGINT is
+    blocked in this (the main) thread meanwhile, so one that comes to it is held and raised once the block ends
+    (Linux keeps a blocked signal pending even while it is ignored); one the kernel hands to another thread of the
+    process, where there is one, is lost. The block lasts while the workers are started, a few milliseconds."""
+    if threading.current_thread() is not threading.main_thread():
+        yield   # signal handlers belong to the main thread; a worker it starts then sets SIG_IGN itself
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+_worker: dict[str, Any] = {}   # in a worker process: its state, or the error its setup raised; its cleanup
+
+
+def _close_worker_state() -> None:
+    cleanup, state = _worker.pop("cleanup", None), _worker.pop("state", None)
+    if cleanup is not None and state is not None:
+        cleanup(state)
+
+
+def _start_worker(setup: Callable[..., Any], args: tuple, cleanup: Callable[[Any], None] | None) -> None:
+    # Ctrl-C is the parent's to handle (a worker started outside sigint_ignored_by_children learns it here)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker["cleanup"] = cleanup
+    # the parent killed (kill -9, OOM): clean up and exit instead of waiting for work forever
+    die_with_parent(_close_worker_state)
+    try:
+        _worker["state"] = setup(*args)
+    except BaseException as e:   # noqa: BLE001 - raised in the parent by this worker's tasks, with its message
+        _worker["error"] = e
+        return
+    atexit.register(_close_worker_state)   # a worker let go by close() (spawned workers run atexit)
+
+
+def _run_task(fn: Callable[[Any, Any], Any], item: Any) -> Any:
+    if "error" in _worker:
+        raise _worker["error"]
+    return fn(_worker["state"], item)
+
+
+def _started() -> None:
+    """A task that only makes a worker start (and run its setup)."""
+
+
+class Pool:
+    """`jobs` spawned worker processes, each with the state `setup(*args)` made in it (`cleanup(state)` when it
+    goes); see the module's docstring. A context manager: an exception out of the block terminates."""
+
+    def __init__(self, jobs: int, setup: Callable[..., Any], args: tuple = (),
+                 cleanup: Callable[[Any], None] | None = None):
+        if jobs < 1:
+            raise ValueError(f"a pool needs at least one worker, got {jobs}")
+        self.jobs = jobs
+        self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        self._executor = concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+            initargs=(setup, args, cleanup))
+        # Start all the workers now, and only now (the executor starts one per task while none is idle), so that
+        # every one is started with Ctrl-C ignored.
+        try:
+            with sigint_ignored_by_children():
+                started = [self._executor.submit(_started) for _ in range(jobs)]
+            for future in started:
+                future.result()
+        except BaseException:
+            self.terminate()
+            raise
+
+    def submit(self, fn: Callable[[Any, Any], Any], item: Any) -> None:
+        self.pending.append(self._executor.submit(_run_task, fn, item))
+
+    def ready(self, block: bool = False) -> Iterator[Any]:
+        while self.pending and (block or len(self.pending) >= 2 * self.jobs or self.pending[0].done()):
+            yield self.pending.popleft().result()
+
+    def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        for item in items:
+            self.submit(fn, item)
+            yield from self.ready()
+        yield from self.ready(block=True)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self.pending.clear()
+
+    def terminate(self) -> None:
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        processes = list((executor._processes or {}).values())   # shutdown() forgets them
+        for future in self.pending:
+            future.cancel()
+        self.pending.clear()
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            with contextlib.suppress(ValueError, ProcessLookupError):   # ended (and closed) meanwhile
+                if process.is_alive():
+                    process.terminate()
+        for process in processes:
+            with contextlib.suppress(ValueError, AssertionError):
+                process.join(10)
+        with contextlib.suppress(Exception):
+            executor.shutdown(wait=True)   # the executor's own thread notices the workers gone and ends
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.terminate()

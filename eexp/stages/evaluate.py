@@ -16,12 +16,8 @@ deterministic policy: a batching server's own floating-point results can depend 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import multiprocessing
-import multiprocessing.pool
 import os
-import signal
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +36,7 @@ from eexp.prompts import Serializer, clip
 from eexp.records import expect, make_meta, short_hash, utc_now
 from eexp.stages.settings import setting, shared
 from eexp.stats import wilson
+from eexp.workers import Pool
 
 UNPARSED_CHARS = 300  # how much of an unparseable reply is kept (sent to the env, and in meta)
 
@@ -368,43 +365,24 @@ def episode_id(settings: EvalSettings, task: dict, description: dict) -> str:
 
 # --- where episodes run ----------------------------------------------------------------------------------------
 
-_worker: Evaluator | None = None
-_worker_error: BaseException | None = None
 _local = threading.local()
 
 
-def _init_worker(settings: EvalSettings) -> None:
-    global _worker, _worker_error
-    # Ctrl-C is the parent's to handle: it stops the workers itself, without a traceback from each of them.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The parent killed (kill -9, OOM): close the environment and the model and exit, instead of running on until
-    # the next result finds the pipe broken (or, idle, waiting for work forever).
-    from eexp.workers import die_with_parent
-    die_with_parent(_close_worker)
-    try:
-        _worker = Evaluator(settings)
-    except BaseException as e:  # noqa: BLE001 - kept and raised in the parent by the first call, with its message
-        _worker_error = e
+# -j N: an eexp.workers.Pool whose workers each keep an Evaluator (an environment and a model)
+
+def _close_evaluator(evaluator: Evaluator) -> None:
+    evaluator.env.close()
+    evaluator.policy.close()
+    if evaluator.critic is not None:
+        evaluator.critic.close()
 
 
-def _close_worker() -> None:
-    if _worker is not None:
-        _worker.env.close()
-        _worker.policy.close()
-        if _worker.critic is not None:
-            _worker.critic.close()
+def _worker_describe(evaluator: Evaluator, _: Any) -> dict:
+    return evaluator.describe()
 
 
-def _worker_describe() -> dict:
-    if _worker_error is not None:
-        raise _worker_error
-    return _worker.describe()
-
-
-def _worker_run(item: tuple[dict, str]) -> tuple[dict, dict | None]:
-    if _worker_error is not None:
-        raise _worker_error
-    return _worker.run(*item)
+def _worker_run(evaluator: Evaluator, item: tuple[dict, str]) -> tuple[dict, dict | None]:
+    return evaluator.run(*item)
 
 
 class Runner:
@@ -412,9 +390,7 @@ class Runner:
     serve overlapping calls: a server); or in `jobs` spawned worker processes, each with its own environment and
     model.
 
-    Spawned, not forked: a forked copy of a process that holds llama.cpp or torch threads can deadlock. The
-    processes are a multiprocessing.Pool, whose terminate() stops them at once on Ctrl-C (a ProcessPoolExecutor
-    would let each worker finish the episodes already queued to it).
+    The processes are an eexp.workers.Pool (spawned; Ctrl-C is the parent's; stopped at once on an abort).
     """
 
     def __init__(self, settings: EvalSettings, jobs: int = 1, concurrency: int | None = None, *,
@@ -423,17 +399,16 @@ class Runner:
             raise UsageProblem(f"-j {jobs} runs worker processes and --concurrency {concurrency} keeps requests in "
                                f"flight in one process: give one of them (--concurrency for a server)")
         self.settings, self.jobs = settings, jobs
-        self.processes = None
+        self.processes: Pool | None = None
         self.calls: InOrder | None = None     # episodes in this process (threads when concurrency > 1)
         self.local: Evaluator | None = None
         self.thread_envs: list[Env] = []
         self._envs_lock = threading.Lock()
-        self.pending: collections.deque = collections.deque()  # AsyncResult of the processes, in task order
         if jobs > 1 and policy is None:
-            self.processes = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker,
-                                                                        initargs=(settings,))
+            self.processes = Pool(jobs, Evaluator, (settings,), cleanup=_close_evaluator)
             try:
-                self.description = self.processes.apply(_worker_describe)
+                self.processes.submit(_worker_describe, None)
+                [self.description] = self.processes.ready(block=True)
             except BaseException:
                 self.close(abort=True)
                 raise
@@ -464,7 +439,7 @@ class Runner:
     def submit(self, item: tuple[dict, str]) -> None:
         """Start an episode (with one at a time: run it now)."""
         if self.processes is not None:
-            self.pending.append(self.processes.apply_async(_worker_run, (item,)))
+            self.processes.submit(_worker_run, item)
         else:
             self.calls.submit(lambda: self._run_here(item))
 
@@ -475,8 +450,7 @@ class Runner:
             for _, result in self.calls.ready(block):
                 yield result
             return
-        while self.pending and (block or len(self.pending) >= 2 * self.jobs or self.pending[0].ready()):
-            yield self.pending.popleft().get()
+        yield from self.processes.ready(block)
 
     def map(self, items: Iterable[tuple[dict, str]]) -> Iterator[tuple[dict, dict | None]]:
         """Results in the order of `items`, each as soon as it and all before it are done."""
@@ -493,7 +467,6 @@ class Runner:
                 self.processes.terminate()
             else:
                 self.processes.close()
-            self.processes.join()
             self.processes = None
         if self.calls is not None:
             self.calls.close()

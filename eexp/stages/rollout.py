@@ -15,20 +15,15 @@ a mismatch is an `error` (on the record, or on the alternative when a later repl
 data. An exception or a hang (`--step-timeout`) inside the environment is an `error` on that alternative; the
 environment is then restarted and the stage goes on.
 
-`-j N` runs whole trajectories in N worker processes, each keeping one environment per (name, kwargs), and
-writes the outcomes in input order. The workers ignore Ctrl-C from their first instruction on (they are started
-with SIGINT ignored, which a new process inherits): the interrupt is the parent's, which lets each worker finish the
-trajectory it holds, stops them, and exits 130 with whole lines written.
+`-j N` runs whole trajectories in N worker processes (an eexp.workers.Pool), each keeping one environment per
+(name, kwargs), and writes the outcomes in input order. The workers ignore Ctrl-C from their first instruction on:
+the interrupt is the parent's, which stops them at once and exits 130 with whole lines written (the trajectories
+in flight are walked again by --resume).
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import contextlib
-import multiprocessing
-import signal
-import threading
 from typing import Any, Callable, Iterator
 
 import orjson
@@ -37,6 +32,7 @@ from eexp.envs.base import Env, EnvError, env_class, make_env
 from eexp.envs.reach import StateMismatch, check_state, guarded, reach
 from eexp.io import RecordError, Stage
 from eexp.records import make_meta
+from eexp.workers import Pool
 
 REPLAY_RETRIES = 1   # a state mismatch is tried again this many times from a reset before it is an error
 
@@ -222,50 +218,19 @@ def rollout_group(records: list[dict], pool: EnvPool, meta_extra: dict | None = 
     return outcomes, dict(counts)
 
 
-# --- worker processes (-j N) -----------------------------------------------------------------------------------
+# --- worker processes (-j N): an eexp.workers.Pool whose workers each keep an EnvPool --------------------------
 
-_WORKER: dict[str, Any] = {}
-
-
-@contextlib.contextmanager
-def sigint_ignored_by_children():
-    """Processes started inside this block ignore SIGINT from birth: the disposition SIG_IGN survives exec, and
-    Python leaves an ignored SIGINT ignored, so a Ctrl-C to the process group cannot raise KeyboardInterrupt in a
-    worker still starting up (importing, unpickling), where its own handler would come too late. Here, SIGINT is
-    blocked in this (the main) thread meanwhile, so one that comes to it is held and raised once the block ends
-    (Linux keeps a blocked signal pending even while it is ignored); one the kernel hands to another thread of the
-    process, where there is one, is lost. The block lasts while the workers are started, a few milliseconds."""
-    if threading.current_thread() is not threading.main_thread():
-        yield   # signal handlers belong to the main thread; a worker it starts then sets SIG_IGN itself
-        return
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+def _worker_setup(factory: Callable[..., Env], timeout: float | None, meta_extra: dict) -> tuple[EnvPool, dict]:
+    return EnvPool(factory, timeout), meta_extra
 
 
-def _init_worker(factory: Callable[..., Env], timeout: float | None, meta_extra: dict) -> None:
-    import atexit
-
-    from eexp.workers import die_with_parent
-    # Ctrl-C is the parent's to handle (a worker started outside sigint_ignored_by_children learns it here)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # the parent killed (kill -9, OOM): close the environments and exit instead of waiting for work forever
-    die_with_parent(lambda: _WORKER["pool"].close() if "pool" in _WORKER else None)
-    _WORKER["pool"] = EnvPool(factory, timeout)
-    _WORKER["meta"] = meta_extra
-    atexit.register(_WORKER["pool"].close)
+def _worker_cleanup(state: tuple[EnvPool, dict]) -> None:
+    state[0].close()   # the environments, and with them their own processes (a JVM)
 
 
-def _worker_group(records: list[dict]) -> tuple[list[dict], dict]:
-    return rollout_group(records, _WORKER["pool"], _WORKER["meta"])
-
-
-def _worker_ready() -> None:
-    """A task that only makes a worker start (and run its initializer)."""
+def _worker_group(state: tuple[EnvPool, dict], records: list[dict]) -> tuple[list[dict], dict]:
+    pool, meta_extra = state
+    return rollout_group(records, pool, meta_extra)
 
 
 class Rollout(Stage):
@@ -284,26 +249,13 @@ class Rollout(Stage):
         self.meta_extra = {"step_timeout": step_timeout} if step_timeout else {}
         self._envs_checked: dict = {}   # env name -> why it cannot be used (None: it can); ("version", name)
         self._group: list[dict] = []
-        self._pending: collections.deque = collections.deque()
         self._walk: Walk | None = None
         if jobs > 1:
-            # spawn, not fork: a worker must not inherit a parent's JVM or model threads.
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                initargs=(env_factory, step_timeout, self.meta_extra))
+            self._workers: Pool | None = Pool(jobs, _worker_setup, (env_factory, step_timeout, self.meta_extra),
+                                              cleanup=_worker_cleanup)
             self._pool = None
-            # Start all N workers now, and only now (the executor starts one per submit while none is idle), so
-            # every worker is started with Ctrl-C ignored.
-            with sigint_ignored_by_children():
-                started = [self._executor.submit(_worker_ready) for _ in range(jobs)]
-            try:
-                for future in started:
-                    future.result()
-            except BaseException:
-                self.close()
-                raise
         else:
-            self._executor = None
+            self._workers = None
             self._pool = EnvPool(env_factory, step_timeout)
 
     def check_env(self, record: dict) -> None:
@@ -335,7 +287,7 @@ class Rollout(Stage):
 
     def __call__(self, record: dict) -> Iterator[dict]:
         self.check_env(record)
-        if self._executor is None:   # walk it now: the env stays where the previous record of the trajectory left it
+        if self._workers is None:   # walk it now: the env stays where the previous record of the trajectory left it
             counts: collections.Counter = collections.Counter()
             if self._walk is None or not self._walk.matches(record):
                 self._walk = Walk(self._pool, record["env"], record["task"], counts)
@@ -350,22 +302,27 @@ class Rollout(Stage):
         yield from self._collect(block=False)
 
     def _submit(self) -> None:
-        self._pending.append(self._executor.submit(_worker_group, self._group))
+        self._workers.submit(_worker_group, self._group)
         self._group = []
 
     def _collect(self, block: bool) -> Iterator[dict]:
-        while self._pending and (self._pending[0].done() or block or len(self._pending) >= 2 * self.jobs):
-            outcomes, counts = self._pending.popleft().result()
+        for outcomes, counts in self._workers.ready(block):
             self._add_counts(counts)
             yield from map(self._check_version, outcomes)
 
     def finish(self) -> Iterator[dict]:
-        if self._executor is not None and self._group:
-            self._submit()
-        yield from self._collect(block=True)
+        if self._workers is not None:
+            if self._group:
+                self._submit()
+            yield from self._collect(block=True)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._workers is not None:
+            # work still submitted or collected here is an abort (Ctrl-C, an error): stop the workers at once
+            if self._group or self._workers.pending:
+                self._workers.terminate()
+            else:
+                self._workers.close()
+            self._workers = None
         if self._pool is not None:
             self._pool.close()
