@@ -1,14 +1,23 @@
 """The errors eexp reports to a person: each carries its exit code, and the `eexp` click group turns any of them into
 `Error: message` and that code, once (eexp/cli/__init__.py), so commands need no try/except of their own.
 
+Each class says what happened, so code that catches one catches that and nothing else:
+
     EexpError              exit 1: something the user can act on (a message, no traceback)
-      InputError           bad input, with where it was found: `FILE:LINE: what is wrong` (eexp.io)
-        PolicyError        a model that cannot be loaded or used (eexp.policies.base)
-        WriteError         an output that cannot be written (eexp.io)
-      EnvError             unknown environment, split or task, a missing package, a broken engine (eexp.envs.base)
-      ModelError           a model, checkpoint, adapter or output path (eexp.models.init)
+      InputError           bad input, with where it was found: `FILE:LINE: what is wrong` (read by eexp.io)
+        MissingFile        an input file that does not exist: `FILE: no such file`
+        EmptyFile          an input file with no records: `FILE: empty file (no records)`
+      UsageProblem         exit 2: a combination of options click cannot check on its own (the one usage error)
+      WriteError           an output that cannot be written (a full disk, a read-only folder): `FILE: cannot write
+                           (reason)` (eexp.io)
+      PolicyError          a model or server that cannot be loaded or used: a missing or corrupt model, an endpoint
+                           that is down (eexp.policies)
+      EnvError             an environment that cannot be used: unknown name, split or task, a missing package, a
+                           broken engine (eexp.envs)
+      ModelError           a model, checkpoint, adapter or output path of init-model, import-model, export, merge
+                           (eexp.models.init)
       TrainingError        finetune and rl: no data, out of memory, disk full (eexp.training)
-      UsageProblem         exit 2: a combination of options click cannot check on its own
+      CardError, SerializerError, HubError: a bad model card, serializer setting, hub id (where they are raised)
 
 Internal signals that never reach a person as such (RecordError, which the stage runner turns into an InputError
 at FILE:LINE or skips under --on-error skip; an environment's own errors) are not EexpErrors.
@@ -21,8 +30,61 @@ class EexpError(Exception):
     exit_code = 1
 
 
+class InputError(EexpError):
+    """Bad input, with where it was found: str() is `FILE:LINE: what is wrong`."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        self.message, self.path, self.line = message, path, line
+        where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
+        super().__init__(where + message)
+
+
+class MissingFile(InputError):
+    """An input file that does not exist: `FILE: no such file`."""
+
+    def __init__(self, path: str):
+        super().__init__("no such file", path)
+
+    def __reduce__(self):   # from a worker process: made again from its path
+        return type(self), (self.path,)
+
+
+class EmptyFile(InputError):
+    """An input file that holds no record: `FILE: empty file (no records)`."""
+
+    def __init__(self, path: str):
+        super().__init__("empty file (no records)", path)
+
+    def __reduce__(self):
+        return type(self), (self.path,)
+
+
 class UsageProblem(EexpError):
+    """A combination of options click cannot check on its own: exit 2, as click's own usage errors."""
+
     exit_code = 2
+
+
+class WriteError(EexpError):
+    """A file that cannot be written (a full disk, a read-only folder): `FILE: cannot write (reason)...`.
+    Keeps the errno of the OSError behind it."""
+
+    def __init__(self, err: OSError, path: str | None, note: str = ""):
+        self.errno, self.strerror = err.errno, err.strerror or str(err)
+        self.message, self.path, self.note = f"cannot write ({self.strerror}){note}", path, note
+        super().__init__(f"{path}: {self.message}" if path else self.message)
+
+    def __reduce__(self):   # from a worker process: made again from what it was made of
+        return type(self), (OSError(self.errno, self.strerror), self.path, self.note)
+
+
+class PolicyError(EexpError):
+    """A policy that cannot be loaded or used (missing or corrupt model, unknown spec, bad --policy-arg, a server
+    that is down)."""
+
+
+class EnvError(EexpError):
+    """A problem the user can act on: unknown environment, split or task, missing package, ..."""
 
 
 def entry_point_source(ep) -> str:

@@ -28,19 +28,11 @@ from typing import Callable, Iterable, Iterator
 
 import orjson
 
-from eexp.errors import EexpError, UsageProblem
+# InputError, MissingFile, EmptyFile and WriteError are raised here (and imported from here by older code)
+from eexp.errors import EmptyFile, InputError, MissingFile, PolicyError, UsageProblem, WriteError  # noqa: F401
 from eexp.records import KIND_PLURALS, kind_of, type_name
 
 STDIN_NAME = "<stdin>"
-
-
-class InputError(EexpError):
-    """Bad input, with where it was found: str() is `FILE:LINE: what is wrong`."""
-
-    def __init__(self, message: str, path: str | None = None, line: int | None = None):
-        self.message, self.path, self.line = message, path, line
-        where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
-        super().__init__(where + message)
 
 
 class RecordError(Exception):
@@ -106,7 +98,7 @@ class Reader:
                 # FILE.jsonl.gz is read as it is (compressed results kept in a repository, eval --compare's input)
                 stream = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
             except FileNotFoundError:
-                raise InputError("no such file", path) from None
+                raise MissingFile(path) from None
             except OSError as e:
                 raise InputError(f"cannot read ({e.strerror})", path) from None
         seen = 0
@@ -139,7 +131,7 @@ class Reader:
             if path == "-":
                 self.warn("no records on stdin")
             else:
-                raise InputError("empty file (no records)", name)
+                raise EmptyFile(name)
 
 
 def read_records(paths: Iterable[str]) -> Iterator[dict]:
@@ -149,15 +141,6 @@ def read_records(paths: Iterable[str]) -> Iterator[dict]:
 
 
 STDOUT_NAME = "<stdout>"
-
-
-class WriteError(InputError):
-    """A file that cannot be written (a full disk, a read-only folder): `FILE: cannot write (reason)...`.
-    Keeps the errno of the OSError behind it."""
-
-    def __init__(self, err: OSError, path: str | None, note: str = ""):
-        self.errno, self.strerror = err.errno, err.strerror or str(err)
-        super().__init__(f"cannot write ({self.strerror}){note}", path)
 
 
 class Writer:
@@ -283,10 +266,10 @@ def closing(*writers: Writer | None, then: Callable[[], None] | None = None):
     except BaseException:
         for writer in writers:
             if writer is not None:
-                with contextlib.suppress(InputError):
+                with contextlib.suppress(WriteError):
                     writer.close()
         if then is not None:
-            with contextlib.suppress(InputError):
+            with contextlib.suppress(WriteError):
                 then()
         raise
     for writer in writers:
@@ -604,9 +587,11 @@ class StageIO:
                 try:
                     run_stage(self.reader, stage, writer, self.stats, validate=validate, shard=self.shard,
                               done=done, input_key=input_key, progress=bar)
-                except InputError:
-                    # A bad input line stops the run where a serial run stops: the outputs of the lines before it,
-                    # still in flight in a stage with --concurrency or -j, are written first.
+                except (InputError, PolicyError):
+                    # A bad input line, or a policy that cannot go on (its server gone), stops the run where a
+                    # serial run stops: the outputs of the lines before it, still in flight in a stage with
+                    # --concurrency or -j, are written first. (A WriteError goes straight out: nothing more can be
+                    # written.)
                     self._write_all(writer, _finish(stage))
                     raise
                 self._write_all(writer, _finish(stage))

@@ -10,7 +10,8 @@ from collections import Counter
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, config_option, serializer_options, stage_options
+from eexp.cli.options import config_option, serializer_options, stage_options
+from eexp.errors import InputError
 from eexp.io import Reader, StageIO
 from eexp.records import KIND_NAMES, expect, kind_of, validate as validate_record
 from eexp.stages.critic import critic_examples
@@ -93,8 +94,8 @@ def check_alternatives(without: int, states: int) -> None:
     hint = ("branch proposes none where a state lists no admissible actions: propose with a model (branch "
             "--propose policy)")
     if states and without == states:
-        raise UserError(f"none of the {states} states has an alternative action, so these examples are the expert's "
-                        f"transitions alone, not world-model data; {hint}")
+        raise InputError(f"none of the {states} states has an alternative action, so these examples are the expert's "
+                         f"transitions alone, not world-model data; {hint}")
     if without:
         click.echo(f"eexp: {without} of {states} states have no alternative action (their example is the expert "
                    f"transition alone; no_alternatives in --stats); {hint}", err=True)
@@ -236,4 +237,4 @@ def validate(files, kind, quiet):
             listing = ", ".join(f"{n} {k}" for k, n in kinds.most_common()) or "no valid records"
             click.echo(f"{path}: {listing}" + (f"; {reader.skipped} unreadable line(s)" if reader.skipped else ""))
     if bad:
-        raise UserError(f"{bad} invalid record(s)")
+        raise InputError(f"{bad} invalid record(s)")

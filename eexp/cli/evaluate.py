@@ -7,9 +7,10 @@ import sys
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, concurrency_option, explicit_serializer_settings, field_options, \
+from eexp.cli.options import concurrency_option, explicit_serializer_settings, field_options, \
     parse_env_args, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
 from eexp.compare import compare_runs, format_comparison, plot_comparison, read_runs
+from eexp.errors import EexpError
 from eexp.io import write_atomic
 from eexp.stages.evaluate import EvalSettings, check_failed_requests, evaluate, find_tasks, format_summary, \
     worker_policy_args, write_summary
@@ -151,7 +152,7 @@ def run_compare(io, seed: int, summary_path: str | None, plot: str | None) -> No
         try:
             plot_comparison(result, plot)
         except ImportError:
-            raise UserError("--plot needs matplotlib: pip install 'eexp[all]'") from None
+            raise EexpError("--plot needs matplotlib: pip install 'eexp[all]'") from None
         warn(f"wrote {plot}")
 
 

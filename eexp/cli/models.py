@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, config_option, quiet_transformers
+from eexp.cli.options import config_option, quiet_transformers
 from eexp.cli.options import field_options
 from eexp.models.merge import MergeSettings
 from eexp.models.pretrain import PretrainSettings

@@ -19,10 +19,6 @@ from eexp.prompts import Serializer
 from eexp.stages.settings import Generation
 
 
-class UserError(click.ClickException):
-    """exit 1, `Error: message` on stderr, no traceback."""
-
-
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
     """`--config run.yaml`: every option of the command can be given there (dashes or underscores)."""
     if not value:

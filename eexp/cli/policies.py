@@ -8,7 +8,8 @@ import click
 import orjson
 
 from eexp.cli import cli
-from eexp.cli.options import UserError, config_option
+from eexp.cli.options import config_option
+from eexp.errors import PolicyError
 from eexp.policies import policy_kind
 
 
@@ -43,7 +44,7 @@ def doctor(policy_spec, tokenizer, as_json):
         raise click.BadParameter("doctor compares a GGUF file with its tokenizer; give --policy MODEL.gguf",
                                  param_hint="--policy")
     if not os.path.isfile(policy_spec):
-        raise UserError(f"{policy_spec}: no such GGUF file")
+        raise PolicyError(f"{policy_spec}: no such GGUF file")
     checks, summary = run_doctor(policy_spec, tokenizer)
     if as_json:
         out = {**summary, "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}
@@ -60,4 +61,4 @@ def doctor(policy_spec, tokenizer, as_json):
     if not summary["ok"]:
         if as_json:
             click.get_current_context().exit(1)
-        raise UserError("the GGUF and the tokenizer disagree (see above)")
+        raise PolicyError("the GGUF and the tokenizer disagree (see above)")

@@ -12,12 +12,8 @@ import random
 from importlib.metadata import entry_points
 from typing import Any
 
-from eexp.errors import EexpError, entry_point_source
+from eexp.errors import EnvError, entry_point_source  # EnvError is imported from here by environment plugins
 from eexp.text import normalize_space
-
-
-class EnvError(EexpError):
-    """A problem the user can act on: unknown environment, split or task, missing package, ..."""
 
 
 class Env:

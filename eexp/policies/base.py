@@ -11,18 +11,14 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from eexp.errors import UsageProblem
-from eexp.io import InputError
+# PolicyError is imported from here by the backends and by policy plugins
+from eexp.errors import PolicyError, UsageProblem  # noqa: F401
 
 MAX_TOKENS = 256  # most tokens per generated reply, where a stage does not ask for more (reflect)
 # A run in which more than this share of a policy's requests failed after their retries exits 1 (its records are
 # written, and say which replies failed): a model that "scores" 0% because its server was down must not pass
 # for a result.
 MAX_FAILED_SHARE = 0.05
-
-
-class PolicyError(InputError):
-    """A policy that cannot be loaded or used (missing or corrupt model, unknown spec, bad --policy-arg)."""
 
 
 def derive_seed(base_seed: int, record_id: str, k: int) -> int:

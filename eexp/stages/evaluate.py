@@ -27,7 +27,7 @@ import orjson
 
 from eexp.envs.base import Env, EnvError, make_env
 from eexp.envs.screens import can_screenshot, save_step
-from eexp.errors import EexpError, UsageProblem
+from eexp.errors import EexpError, EmptyFile, MissingFile, UsageProblem
 from eexp.inflight import InOrder
 from eexp.io import InputError, Reader, Stage, StageIO, in_shard, read_records, write_atomic
 from eexp.policies import policy_kind
@@ -699,9 +699,7 @@ def resume_episodes(io: StageIO, ids: list[str], trajectories_path: str | None) 
     if trajectories_path:
         try:
             kept = [r for r in read_records([trajectories_path]) if r.get("id") in done]
-        except InputError as e:
-            if "no such file" not in str(e) and "empty file" not in str(e):
-                raise
+        except (MissingFile, EmptyFile):   # not written yet, or no trajectory kept so far
             kept = []
         write_atomic(trajectories_path, b"".join(orjson.dumps(r) + b"\n" for r in kept))
     return previous

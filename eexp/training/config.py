@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from eexp import errors
-from eexp.errors import EexpError
+from eexp.errors import EexpError, UsageProblem  # noqa: F401 - the one usage error, imported from here too
 
 PHASES = ("warmup", "train")
 # Options that may differ between a run and its --resume without changing the loss curve.
@@ -15,10 +14,6 @@ RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "log_eve
 
 class TrainingError(EexpError):
     """A user-facing problem (bad model directory, no data, out of memory, disk full): message, exit 1."""
-
-
-class UsageProblem(TrainingError, errors.UsageProblem):
-    """A bad combination of options (exit 2 at the CLI)."""
 
 
 def option(default=None, help: str = "", *, factory=None, **click_hints):
