@@ -150,40 +150,6 @@ def test_the_wheel_exports_a_model_with_no_second_command(venv, tmp_path):
     assert (tmp_path / "again.gguf").read_bytes()[:4] == b"GGUF"
 
 
-def test_the_converter_is_installed_on_first_use_and_a_replaced_gguf_is_still_an_error(monkeypatch, tmp_path):
-    """In process: a missing converter is installed (one note), an installed one is used as it is, and a gguf package
-    replaced since the install stays the error it was (nothing is reinstalled behind the user's back)."""
-    from eexp.models import llama_converter as lc
-    from eexp.models.init import ModelError
-
-    state = {"installed": False, "gguf_replaced": False}
-    installs, notes = [], []
-
-    def converter_dir():
-        if state["gguf_replaced"]:
-            raise ModelError("the installed gguf package is not llama.cpp's gguf-py")
-        if not state["installed"]:
-            raise lc.ConverterMissing("llama.cpp's converter is not installed")
-        return tmp_path
-
-    def install(sdist=None, echo=print):
-        installs.append(sdist)
-        state["installed"] = True
-        return tmp_path
-
-    monkeypatch.setattr(lc, "converter_dir", converter_dir)
-    monkeypatch.setattr(lc, "install", install)
-    monkeypatch.setattr(lc, "llama_cpp_version", lambda: "9.9.9")
-    assert lc.ensure_converter(notes.append) == tmp_path
-    assert len(installs) == 1 and len(notes) == 1 and notes[0].startswith(
-        "installing llama.cpp's converter for llama-cpp-python 9.9.9 (once; from its sdist, with pip) into ")
-    assert lc.ensure_converter(notes.append) == tmp_path and len(installs) == 1 and len(notes) == 1
-    state["gguf_replaced"] = True
-    with pytest.raises(ModelError, match="not llama.cpp's gguf-py"):
-        lc.ensure_converter(notes.append)
-    assert len(installs) == 1
-
-
 def test_eexp_alone_shows_every_command_once_by_section():
     from click.testing import CliRunner
 
