@@ -14,14 +14,12 @@ finishes first. What every stage needs of its workers is in it, once:
 - An error of `setup` is raised, with its message, by every task of that worker, in the parent, in its turn.
 - At most 2 x jobs results wait for an older one (`ready` waits for the oldest past that), so memory stays bounded.
 
-`WorkerPool` is that interface (submit / ready / map in order, close / terminate): another executor (a cluster's)
-implements the same five methods and a stage takes it in place of `Pool`.
+`WorkerPool` is that interface (submit / ready / map in order, close / terminate), all a stage uses of its pool:
+the five methods another executor (a cluster's) implements to stand in for `Pool`.
 
 Spawned, not forked: a forked copy of a process that holds llama.cpp, torch or JVM threads can deadlock.
 
-Dying with the parent.
-
-multiprocessing's workers do not notice their parent's death on their own: a ProcessPoolExecutor worker waiting
+Dying with the parent: multiprocessing's workers do not notice their parent's death on their own: a ProcessPoolExecutor worker waiting
 for work blocks on its queue forever (it holds both ends of the pipe), a Pool worker lives on until it next writes
 a result; and the resource tracker (started for the named semaphores of the queues of the 'spawn' context) lives as
 long as any of them holds its pipe. After `kill -9` of eexp they all stayed, re-parented to PID 1.
@@ -258,7 +256,8 @@ class Pool:
         if self._executor is None:
             return
         executor, self._executor = self._executor, None
-        processes = list((executor._processes or {}).values())   # shutdown() forgets them
+        # the processes, before shutdown() forgets them (what Python 3.14's terminate_workers() does itself)
+        processes = list((getattr(executor, "_processes", None) or {}).values())
         for future in self.pending:
             future.cancel()
         self.pending.clear()
