@@ -1,7 +1,7 @@
 # The two things a new user runs (README): the demo loop and the tests. Both install what is missing first.
 VENV := .venv
 
-.PHONY: install dev test test-fast demo docs
+.PHONY: install dev test test-all demo docs
 install: $(VENV)/.installed-all
 dev: $(VENV)/.installed-dev
 
@@ -10,11 +10,14 @@ $(VENV)/.installed-all: pyproject.toml install.sh
 $(VENV)/.installed-dev: pyproject.toml install.sh
 	./install.sh --dev
 
+# The fast tier: unit and in-process tests (tiny models, stubs), about 10 minutes on 2 cores. Which tests are slow
+# is decided in tests/conftest.py (by module and fixture), not here.
 test: dev
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-fast: dev
-	$(VENV)/bin/pytest -q -m "not slow"
+# Everything, the slow tests too (JVM, browser, llama-server, recipes, wheels): what CI runs (.ci/run)
+test-all: dev
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 demo:
 	$(MAKE) -C recipes demo

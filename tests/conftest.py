@@ -120,3 +120,70 @@ def stub():
     yield make
     for server in servers:
         server.close()
+
+
+# --- test tiers: `make test` is the fast tier (-m "not slow"), `make test-all` (and CI) everything -----------------
+# What is slow is decided here, from what a test uses and where it lives, not by a decorator remembered on each test:
+# a module whose every test starts a heavy process, a fixture that builds or starts something expensive, and the
+# few remaining tests measured over ~10 s on 2 cores (`pytest --durations=0`). A test that is not marked and takes
+# over UNMARKED_LIMIT seconds is listed at the end of the run, so the fast tier stays fast.
+
+SLOW_MODULES = {
+    "test_recipes": "runs recipes end to end",
+    "test_real_model": "SmolLM2-135M (93 MB GGUF): import, fine-tune, export",
+    "test_llama_server": "starts llama.cpp's llama-server",
+    "test_multiprocess": "accelerate launches two training processes",
+    "test_envs_real": "TextWorld generation and Inform 7, ScienceWorld's JVM, BFCL",
+    "test_miniwob": "Chromium",
+    "test_wheel": "builds the sdist and wheel and installs them in fresh venvs",
+    "test_alfworld": "ALFWorld games through TextWorld and the PDDL planner",
+    "test_tau2": "τ²-bench's environment with a user simulator",
+    "test_guides": "installs the guides' plugins with pip and runs them",
+}
+SLOW_FIXTURES = {
+    "llama_server": "starts llama.cpp's llama-server",
+    "smollm2": "SmolLM2-135M",
+}
+# module::name (parameters left off) of single tests measured over 20 s on 2 cores, with the time seen under load
+SLOW_TESTS = {
+    "test_corpus::test_pretraining_lowers_the_held_out_loss_and_is_recorded": "pretrains a tiny model (78 s)",
+    "test_corpus::test_pretraining_is_deterministic_for_a_seed": "pretrains twice (22 s)",
+    "test_critic::test_a_trained_critic_ranks_the_expert_first_more_often_than_chance": "trains a critic (62 s)",
+    "test_memory::test_eval_with_several_workers_refuses_copies_of_a_gpu_model": "starts eval workers (28 s)",
+}
+UNMARKED_LIMIT = 20.0
+
+
+def _tier_reason(item) -> str | None:
+    module = item.module.__name__.rpartition(".")[2] if item.module else ""
+    if module in SLOW_MODULES:
+        return SLOW_MODULES[module]
+    for name in getattr(item, "fixturenames", ()):
+        if name in SLOW_FIXTURES:
+            return SLOW_FIXTURES[name]
+    return SLOW_TESTS.get(f"{module}::{item.originalname}")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") is None and _tier_reason(item):
+            item.add_marker(pytest.mark.slow)
+
+
+_unmarked_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if "slow" not in report.keywords:
+        _unmarked_durations[report.nodeid] = _unmarked_durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    over = sorted(((t, n) for n, t in _unmarked_durations.items() if t > UNMARKED_LIMIT), reverse=True)
+    if over:
+        terminalreporter.section("unmarked tests over the fast tier's limit")
+        terminalreporter.write_line(f"{len(over)} test(s) not marked slow took over {UNMARKED_LIMIT:.0f} s (setup, "
+                                    f"call and teardown): add them to tests/conftest.py's SLOW_TESTS or make them "
+                                    f"cheaper")
+        for seconds, nodeid in over:
+            terminalreporter.write_line(f"  {seconds:6.1f} s  {nodeid}")
