@@ -64,6 +64,9 @@ class Card:
     adapter_sha256: str | None = None
     quant: str | None = None          # GGUF: the tensor type written
     pretrain: dict | None = None      # init-model --pretrain: {corpus, steps, block, batch, lr, seed, pages, ...}
+    # The longest thought among the training targets (`Thought: ...` up to its `Action:` line), in the model's
+    # tokens: eval --act think's thought budget (eexp.policies.base.thought_budget). None: no thought was trained.
+    thought_tokens: int | None = None
 
     # -- dict (card.yaml) --
 
@@ -139,7 +142,8 @@ def _check(key: str, value: Any, where: str) -> Any:
         if unknown:
             raise CardError(f"{where}: pretrain: unknown key {unknown[0]!r} (known: {', '.join(PRETRAIN_KEYS)})")
         return value
-    kinds = {"from_scratch": bool, "updates": int, "best_step": int, "best_val_loss": (int, float)}
+    kinds = {"from_scratch": bool, "updates": int, "best_step": int, "best_val_loss": (int, float),
+             "thought_tokens": int}
     kind = kinds.get(key, str)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         expected = {bool: "true or false", int: "an integer", str: "a string"}.get(kind, "a number")
@@ -186,6 +190,21 @@ def write_card(folder: str | os.PathLike, card: Card) -> str:
     path = os.path.join(folder, CARD_FILE)
     write_atomic(path, yaml.safe_dump(card.to_dict(), sort_keys=False, allow_unicode=True).encode())
     return path
+
+
+def read_model_card(path: str | os.PathLike | None) -> Card:
+    """The card of a model named by a local path: a checkpoint folder's (read_card) or a GGUF file's (its `eexp.*`
+    metadata, read with the gguf package without loading the model); an empty card for anything else."""
+    if path and os.path.isfile(path) and str(path).lower().endswith(".gguf"):
+        try:
+            from gguf import GGUFReader
+            fields_ = GGUFReader(str(path)).fields
+        except ImportError:
+            return Card()
+        except Exception as e:  # the gguf package raises plain ValueError/IndexError on a damaged file
+            raise CardError(f"{path}: cannot read the GGUF metadata ({e})") from None
+        return Card.from_gguf({k: f.contents() for k, f in fields_.items() if k.startswith(GGUF_PREFIX)}, str(path))
+    return read_card(path)
 
 
 def _read_yaml(path: str) -> Any:

@@ -42,13 +42,14 @@ class StubServer:
     chat request (that one and those in flight still get answers). `trims`: the chat template trims a message's
     content (Llama-3's does), so a continued message loses its trailing whitespace, as vLLM (transformers'
     continue_final_message) continues it; `continued` holds, per continued request, the reply as the model wrote it
-    (the final message as rendered, then what it generated)."""
+    (the final message as rendered, then what it generated). `model_id`: the model /v1/models lists (its `id` and
+    `root`), as vLLM lists the path it serves and llama-server the GGUF's."""
 
     def __init__(self, honours: str | None = None, *, strict: bool = False, fail: set[int] = frozenset(),
                  status: int = 200, latency: float = 0.0, fail_every: int = 0, free_text=None,
-                 die_after: int = 0, echoes: bool = False, trims: bool = False):
+                 die_after: int = 0, echoes: bool = False, trims: bool = False, model_id: str = "stub-model"):
         self.honours, self.strict, self.fail, self.status = honours, strict, set(fail), status
-        self.echoes, self.trims = echoes, trims
+        self.echoes, self.trims, self.model_id = echoes, trims, model_id
         self.continued: list[str] = []
         self.latency, self.fail_every, self.free_text, self.die_after = latency, fail_every, free_text, die_after
         self.chats: list[dict] = []
@@ -75,7 +76,8 @@ class StubServer:
                         return self.send(200, {"timeline": outer.timeline, "most_in_flight": outer.most_in_flight})
                 if outer.status != 200:
                     return self.send(outer.status, {"error": {"message": "invalid api key"}})
-                self.send(200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
+                self.send(200, {"object": "list", "data": [{"id": outer.model_id, "object": "model",
+                                                            "root": outer.model_id}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

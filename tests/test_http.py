@@ -302,9 +302,13 @@ CHOICES = [f"Action: {a}" for a in ADMISSIBLE]
 
 
 def scripted(thought: str, continuation: str = ""):
-    """A stub's free text: `thought` for a fresh reply, `continuation` for one that continues a final assistant
-    message."""
-    return lambda body: continuation if body.get("continue_final_message") else thought
+    """A stub's free text: the rest of `thought` (a reply beginning with `Thought:`) for a reply begun with the
+    prefill `Thought:`, `continuation` for any other."""
+    def answer(body):
+        if body.get("continue_final_message") and body["messages"][-1]["content"] == "Thought:":
+            return thought[len("Thought:"):]
+        return continuation
+    return answer
 
 
 class OpenEnv:
@@ -326,10 +330,16 @@ def test_think_asks_for_the_thought_then_the_action_after_it(stub):
     start = len(server.chats)
     reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
     thought, action = server.chats[start:]
-    # the thought: a plain chat completion, free text, the call's seed and temperature, the policy's --max-tokens
-    assert thought["messages"] == MESSAGES and (thought["seed"], thought["temperature"], thought["max_tokens"]) == \
-        (4, 0.0, 40)
-    assert not {"continue_final_message", "add_generation_prompt", "guided_choice"} & set(thought)
+    # the thought: the reply begun with `Thought:` and continued, free text, the call's seed and temperature, the
+    # policy's --max-tokens (no thought budget given)
+    assert thought["messages"] == MESSAGES + [{"role": "assistant", "content": "Thought:"}]
+    assert (thought["seed"], thought["temperature"], thought["max_tokens"]) == (4, 0.0, 40)
+    assert (thought["continue_final_message"], thought["add_generation_prompt"]) == (True, False)
+    assert "guided_choice" not in thought
+    policy.thought_tokens = 25   # eval's thought budget (--thought-tokens, or the model card's)
+    policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
+    assert server.chats[-2]["max_tokens"] == 25 and server.chats[-2]["messages"][-1]["content"] == "Thought:"
+    start = len(server.chats)
     # the action: the same messages, the reply up to its `Action:` line as the final assistant message, continued,
     # guided to the admissible actions, each after the newline that the reply had before its `Action:` line
     assert action["messages"] == MESSAGES + [{"role": "assistant", "content": THOUGHT}]
@@ -343,8 +353,8 @@ def test_think_asks_for_the_thought_then_the_action_after_it(stub):
     # K seeds: two requests each, each reply its own seed's
     replies = policy.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[5, 6], temperature=1.0)
     assert [(r.action, r.seed) for r in replies] == [(ADMISSIBLE[2], 5), (ADMISSIBLE[0], 6)]
-    assert sorted(c["seed"] for c in server.chats[start + 2:]) == [5, 5, 6, 6]
-    assert policy.requests == 3 and policy.failed_requests == 0
+    assert sorted(c["seed"] for c in server.chats[start:]) == [5, 5, 6, 6]
+    assert policy.requests == 4 and policy.failed_requests == 0
 
 
 def test_think_a_cut_thought_gets_its_action_after_it(stub):
@@ -385,15 +395,15 @@ def test_think_takes_the_continuation_from_a_server_that_answers_the_whole_messa
     assert reply.text == "Thought: the door\n\nAction: open it" and reply.action == "open it"
 
 
-def test_think_without_a_thought_asks_for_the_action_as_constrained_does(stub):
-    """A model that answers `Action:` at once (IL, IWM): nothing to continue, so the action request is the plain
-    guided one of --act constrained (a server would otherwise be asked to continue an empty message)."""
-    server = stub("vllm", free_text=scripted("Action: look"))
+def test_think_an_empty_thought_is_no_thought(stub):
+    """A model that closes its `Thought:` at once writes no thought (the step counts as one without); the action
+    continues what it wrote, on a line of its own."""
+    server = stub("vllm", free_text=scripted("Thought:\nAction: look"))
     policy = load_policy(server.url, act="think")
     reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
-    assert (reply.thought, reply.thought_cut, reply.text) == (None, False, "Action: buy the red mug")
-    assert server.chats[-1]["messages"] == MESSAGES and "continue_final_message" not in server.chats[-1]
-    assert server.chats[-1]["guided_choice"] == CHOICES
+    assert (reply.thought, reply.thought_cut, reply.text) == (None, False, "Thought:\nAction: buy the red mug")
+    assert server.chats[-1]["messages"] == MESSAGES + [{"role": "assistant", "content": "Thought:"}]
+    assert server.chats[-1]["guided_choice"] == [f"\n{c}" for c in CHOICES]
 
 
 def test_think_in_an_open_action_space_takes_or_generates_the_action(stub):

@@ -33,7 +33,8 @@ def warn(message: str) -> None:
               help="Worker processes, each with its own environment and model (for a model in this process, or "
               "an environment that needs CPU); for a server use --concurrency.")
 @concurrency_option("episodes")
-@field_options(EvalSettings, "max_steps", "start", "attempts", "memory", "critic", "critic_k", "critic_temperature")
+@field_options(EvalSettings, "thought_tokens", "max_steps", "start", "attempts", "memory", "critic", "critic_k",
+               "critic_temperature")
 @sampling_options(k=False, settings=EvalSettings)  # greedy by default, as the paper evaluates
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the summary JSON here (with --compare: the "
               "comparison).")
@@ -46,8 +47,8 @@ def warn(message: str) -> None:
               "NAME=FILE,FILE,... groups the runs (seeds) of one method.")
 @click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
 def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
-                 concurrency, max_steps, start, attempts, memory, critic, critic_k, critic_temperature, temperature,
-                 seed, summary_path, trajectories_path, screenshots, compare, plot):
+                 concurrency, thought_tokens, max_steps, start, attempts, memory, critic, critic_k, critic_temperature,
+                 temperature, seed, summary_path, trajectories_path, screenshots, compare, plot):
     """Run a policy on an environment's tasks: one episode record per task on stdout, a summary (success rate with
     its 95% Wilson interval) on stderr and in --summary FILE.
 
@@ -77,7 +78,8 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     """
     ctx = click.get_current_context()
     if compare:
-        for name in ("policy_spec", "env_name", "n", "max_steps", "trajectories_path", "concurrency", "screenshots"):
+        for name in ("policy_spec", "env_name", "n", "max_steps", "trajectories_path", "concurrency", "screenshots",
+                     "thought_tokens"):
             if ctx.params.get(name) is not None:
                 raise click.UsageError(f"--compare reads episode files; it takes no --{_option_name(name)}")
         for name in ("start", "attempts", "memory", "critic", "critic_k", "critic_temperature"):
@@ -99,6 +101,9 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
         raise click.UsageError("--trajectories keeps successful episodes as expert data, and an off-path episode "
                                "begins with actions the policy did not choose (the expert's prefix and the injected "
                                "one): evaluate from reset for trajectories")
+    if thought_tokens is not None and act != "think":
+        raise click.UsageError("--thought-tokens is the budget of the thought that --act think writes first: give "
+                               "--act think")
     if memory != "none" and attempts == 1:
         raise click.UsageError(f"--memory {memory} is written between attempts: give --attempts N (N >= 2)")
     policy_spec = policy_or_default(policy_spec, "eval needs the policy to evaluate (or random, oracle)")
@@ -123,7 +128,8 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
                                    f"environment with screenshot(): miniwob)")
     settings = EvalSettings(env_name=env_name, env_kwargs=env_kwargs, policy_spec=policy_spec,
                             policy_args=worker_policy_args(policy_spec, policy_args, jobs), act=act,
-                            max_tokens=max_tokens, top_p=top_p, serializer_overrides=explicit_serializer_settings(ctx),
+                            max_tokens=max_tokens, thought_tokens=thought_tokens, top_p=top_p,
+                            serializer_overrides=explicit_serializer_settings(ctx),
                             max_steps=max_steps, start=start, attempts=attempts, memory=memory,
                             critic=critic, critic_k=critic_k, critic_temperature=critic_temperature,
                             temperature=temperature, seed=seed, screenshots=screenshots)

@@ -8,6 +8,7 @@ in the output, so the same inputs and seeds give the same records.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,15 @@ MAX_TOKENS = 256  # most tokens per generated reply, where a stage does not ask 
 # written, and say which replies failed): a model that "scores" 0% because its server was down must not pass
 # for a result.
 MAX_FAILED_SHARE = 0.05
+# --act think: a thought may run this much past the longest thought the model was trained on (its card's
+# thought_tokens), and at least THOUGHT_EXTRA tokens past it, before it is cut.
+THOUGHT_MARGIN = 0.25
+THOUGHT_EXTRA = 16
+
+
+def thought_budget(longest: int) -> int:
+    """The tokens a thought may take (--act think) for a model whose longest training thought took `longest`."""
+    return longest + max(THOUGHT_EXTRA, math.ceil(longest * THOUGHT_MARGIN))
 
 
 def derive_seed(base_seed: int, record_id: str, k: int) -> int:
@@ -53,6 +63,8 @@ class Policy:
     # Calls made, and calls that failed for good (after any retries), for the summary and --stats.
     requests: int = 0
     failed_requests: int = 0
+    # --act think: most tokens of a thought (None: max_tokens); eval sets it (--thought-tokens, else the card's)
+    thought_tokens: int | None = None
 
     def generate(self, messages: list[dict], *, seed: int, temperature: float, top_p: float = 1.0,
                  max_tokens: int = MAX_TOKENS) -> Reply:
@@ -71,6 +83,11 @@ class Policy:
 
     def serializer_settings(self) -> dict | None:
         """The serializer settings recorded with the model (checkpoint config or GGUF metadata), if any."""
+        return None
+
+    def trained_thought_tokens(self) -> int | None:
+        """The longest thought of the model's training examples in its tokens (its card's thought_tokens), or None
+        when the model records none (no thought trained, or a model eexp did not train)."""
         return None
 
     def describe(self) -> dict[str, Any]:

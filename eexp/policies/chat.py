@@ -7,18 +7,22 @@ replies) and `_logliks` (log-likelihood of each candidate reply after the prompt
 and so every decision about actions, is written once here.
 
 `--act think` is for models trained to reason before they act (SR targets are `Thought: ...` then `Action: ...`):
-the model writes its reply freely; the text before its first `Action:` line is its thought, and the action is then
-chosen after that thought: ranked by log-likelihood among the admissible actions where the set is closed (as
-`score` does, but as the continuation of prompt + thought + `Action: `), generated where it is open. A thought that
-never reaches `Action:` within --max-tokens is cut where it stopped, and the action is chosen after it anyway
-(`Reply.thought_cut`).
+the reply is begun with the SR targets' label, `Thought:` (THOUGHT_PREFILL, a prefill: the assistant turn as the
+template renders it, without its end of turn), so the model writes a thought at every step instead of choosing on
+its first token between answering `Action:` at once (what it learned from the IL examples trained beside the SR
+ones) and thinking first. The text before its first `Action:` line is its thought, and the action is then chosen
+after that thought: ranked by log-likelihood among the admissible actions where the set is closed (as `score` does,
+but as the continuation of prompt + thought + `Action: `), generated where it is open. A thought may take
+`thought_tokens` tokens (eval sets it from --thought-tokens or the model card: eexp.policies.base.thought_budget;
+else --max-tokens); one that never reaches `Action:` within them is cut where it stopped, and the action is chosen
+after it anyway (`Reply.thought_cut`).
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -29,6 +33,9 @@ from eexp.prompts import fit_messages, format_action
 # The start of the action in a reasoning reply: an `Action:` at the start of a line (what parse_reply reads).
 ACTION_LINE = re.compile(r"^[ \t]*Action[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _THOUGHT_LABEL = re.compile(r"^\s*Thought\s*:\s*", re.IGNORECASE)
+# What a --act think reply begins with: the label of the SR targets' thought (format_action's `Thought:`, without the
+# space after it, which the tokenizer joins to the thought's first word as training saw it).
+THOUGHT_PREFILL = format_action("\0", thought="\0").split("\0", 1)[0].rstrip()
 
 # How many tokens to keep free for a reply whose text is known (`Action: <admissible action>`), before it is
 # tokenized: its characters / REPLY_CHARS_PER_TOKEN + REPLY_EXTRA_TOKENS. A trained BPE vocabulary averages about 4
@@ -220,17 +227,20 @@ class ModelPolicy(Policy):
 
     # --act think -------------------------------------------------------------------------------------------------
     def think(self, messages, *, admissible, seeds, temperature=0.0, context=None) -> list[Reply]:
-        """One reply per seed: a thought generated with the seed (greedy at temperature 0), then the action after
-        it: among the admissible actions by log-likelihood where the set is closed (argmax at temperature 0, else a
-        draw from softmax(loglik / T) with the same seed), generated where it is open or not listed."""
+        """One reply per seed: a thought generated with the seed (greedy at temperature 0) after the prefill
+        (THOUGHT_PREFILL), then the action after it: among the admissible actions by log-likelihood where the set is
+        closed (argmax at temperature 0, else a draw from softmax(loglik / T) with the same seed), generated where it
+        is open or not listed."""
         closed = bool(admissible) and not open_space(context)
         longest = reply_tokens([format_action(a) for a in admissible]) if closed else 0
-        messages, ids = self.fit(messages, reserve=self._reserve(self.max_tokens + longest))
+        budget = self.thought_tokens or self.max_tokens
+        messages, ids = self.fit(messages, reserve=self._reserve(budget + longest + REPLY_EXTRA_TOKENS))
+        begun = self._assistant_ids(messages, ids, THOUGHT_PREFILL)[:-1]   # the prompt, then the turn's `Thought:`
         out = []
         for seed in seeds:
-            text, finish = self._generate_ids(ids, seed=seed, temperature=temperature, top_p=self.top_p,
-                                              max_tokens=self._budget(ids, self.max_tokens))
-            split = split_thought(text)
+            text, finish = self._generate_ids(begun, seed=seed, temperature=temperature, top_p=self.top_p,
+                                              max_tokens=self._budget(begun, budget))
+            split = split_thought(THOUGHT_PREFILL + text)
             prefix = split.prefix
             sampled_seed = seed if temperature > 0 else 0
             if closed:
@@ -318,6 +328,19 @@ def split_thought(text: str) -> ThoughtSplit:
         prefix, cut, written = (text.rstrip() + "\n\n" if text.strip() else ""), True, ""
     thought = _THOUGHT_LABEL.sub("", prefix.strip(), count=1).strip() or None
     return ThoughtSplit(prefix, thought, cut, written)
+
+
+def longest_thought(messages: list[dict], count: Callable[[str], int]) -> int:
+    """The tokens (`count`: text -> tokens) of the longest thought among the trained assistant turns of a training
+    example, `Thought:` through the line break before its `Action:` line, as --act think generates it; 0 where no
+    turn has a thought (IL, world-model and critic targets). finetune records the longest on the model card."""
+    longest = 0
+    for m in messages:
+        content = m["content"]
+        if m["role"] == "assistant" and m.get("weight", 1) and _THOUGHT_LABEL.match(content) \
+                and ACTION_LINE.search(content):
+            longest = max(longest, count(split_thought(content).prefix))
+    return longest
 
 
 def pick_action(admissible: list[str], logliks: list[float], seed: int, temperature: float) -> Reply:

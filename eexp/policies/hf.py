@@ -148,6 +148,10 @@ class TransformersPolicy(ModelPolicy):
         return read_checkpoint_serializer(self.adapter or self.base) or (
             read_checkpoint_serializer(self.base) if self.adapter else None)
 
+    def trained_thought_tokens(self):
+        from eexp.card import read_card
+        return read_card(self.adapter or self.base).thought_tokens
+
     def describe(self):
         hub = {"model_revision": self.hub.revision} if self.hub else {}
         return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend, **hub}

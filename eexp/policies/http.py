@@ -28,20 +28,24 @@ turn, as the local backends do, where the server can give it: it renders chat me
 start probes both with one tiny request each; a server without them is an error that says which modes it serves.
 
 `--act think` (models that reason first: `Thought: ...` then `Action: ...`) takes two requests per reply, both
-within the in-flight limit, with the same retries and failure counting: the thought, a plain chat completion at the
-call's temperature and seed (up to --max-tokens), read as the local backends read it (eexp.policies.chat.
-split_thought); then the action, asked for as the continuation of that reply: the messages end with an assistant
-message holding the thought, and `continue_final_message` (vLLM, llama.cpp's llama-server) has the server extend
-it instead of starting a new turn (the newline before `Action:` is generated with the action: `continued` says
-why). Where the admissible set is closed, the action is chosen by the server's guided
-decoding among the admissible `Action: <action>` replies, as `--act constrained` chooses it: a sample of the
-constrained distribution (greedy at temperature 0), NOT the ranking by log-likelihood that the local backends' think
-does, so the two can pick different actions after the same thought. Where the set is open, the action the model
-wrote after its thought is taken, or generated after `Action:` when it wrote none, as locally. A reply without a
-thought gets the plain request of `--act constrained` (nothing to continue). The start probes continuation with one
-tiny request (a server that refuses the field is an error that says what think needs), then guided decoding as
-`--act constrained` does but in a continued reply, as think uses it (none found is an error). A server that
-silently ignores the field would start a new turn instead: the probe cannot tell that from its reply.
+within the in-flight limit, with the same retries and failure counting, each a continuation of the reply so far: the
+messages end with an assistant message holding it, and `continue_final_message` (vLLM, llama.cpp's llama-server) has
+the server extend it instead of starting a new turn. First the thought: the reply begun with `Thought:`
+(eexp.policies.chat.THOUGHT_PREFILL, as the local backends begin it, so every step has a thought), continued at the
+call's temperature and seed for up to the thought budget (`thought_tokens`, else --max-tokens), read as the local
+backends read it (eexp.policies.chat.split_thought); then the action, continuing the reply up to its `Action:` line
+(the newline before `Action:` is generated with the action: `continued` says why). Where the admissible set is
+closed, the action is chosen by the server's guided decoding among the admissible `Action: <action>` replies, as
+`--act constrained` chooses it: a sample of the constrained distribution (greedy at temperature 0), NOT the ranking
+by log-likelihood that the local backends' think does, so the two can pick different actions after the same thought.
+Where the set is open, the action the model wrote after its thought is taken, or generated after `Action:` when it
+wrote none, as locally. The start probes continuation with one tiny request (a server that refuses the field is an
+error that says what think needs), then guided decoding as `--act constrained` does but in a continued reply, as
+think uses it (none found is an error). A server that silently ignores the field would start a new turn instead:
+the probe cannot tell that from its reply. The thought budget of a model eexp trained is on its card; the start
+looks for the served model on this machine where the server names it (llama-server's /props `model_path`, vLLM's
+/v1/models `root`, or the model's id, which both default to the path given) and reads its card there
+(`trained_thought_tokens`, `describe()["card"]`).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from eexp.inflight import side_by_side
 from eexp.policies.actions import failed_reply, open_space, reply_from_text
 from eexp.policies.args import take_args
 from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply
-from eexp.policies.chat import split_thought, warn
+from eexp.policies.chat import THOUGHT_PREFILL, split_thought, warn
 from eexp.prompts import format_action
 
 SCHEMA = {
@@ -158,8 +162,11 @@ class HttpPolicy(Policy):
         self._connect()
         if act == "score":
             self._probe_scoring()
+        self.card_path: str | None = None   # the served model's file or folder here, where its card was read
+        self._thought_tokens_trained: int | None = None
         if act == "think":
             self._probe_continuation()
+            self._read_served_card()
         if self.guided == "auto":
             if act in ("generate", "score"):
                 self.guided = "none"     # free text, or ranking: no guided decoding to probe
@@ -393,8 +400,40 @@ class HttpPolicy(Policy):
         how = {"score": {"scoring": "tokenize+echo"},
                # the action after the thought: by `guided` where the set is closed (not by log-likelihood)
                "think": {"think": "continue_final_message"}}.get(self.act_mode, {})
+        card = {"card": self.card_path} if self.card_path else {}
         return {"model": self.model or self.base, "model_sha256": "", "backend": self.backend,
-                "endpoint": self.base, "guided": self.guided, **how}
+                "endpoint": self.base, "guided": self.guided, **how, **card}
+
+    def trained_thought_tokens(self) -> int | None:
+        return self._thought_tokens_trained
+
+    def _read_served_card(self) -> None:
+        """The thought budget of the served model's card, where the server names a model file or folder that is on
+        this machine (a server elsewhere, or one that names none, leaves it to --thought-tokens)."""
+        from eexp.card import CardError, read_model_card
+        names = []
+        for path, key, root in (("/props", "model_path", True), ("/models", None, False)):
+            try:   # no retries: a route the server lacks is no reason to wait
+                answer = self._request("GET", path, root=root, first=True)
+            except EndpointError:
+                continue
+            if key:
+                names.append(answer.get(key) if isinstance(answer, dict) else None)
+            else:
+                listed = (answer.get("data") or []) if isinstance(answer, dict) else []
+                served = [m for m in listed if isinstance(m, dict) and m.get("id") == self.model] or listed[:1]
+                for m in served[:1]:
+                    if isinstance(m, dict):
+                        names += [m.get("root"), m.get("id")]
+        for name in names:
+            if isinstance(name, str) and name and os.path.exists(name):
+                try:
+                    card = read_model_card(name)
+                except CardError as e:
+                    warn(f"{self.base} serves {name}, whose model card cannot be read ({e})")
+                    continue
+                self.card_path, self._thought_tokens_trained = os.path.abspath(name), card.thought_tokens
+                return
 
     # --act think ------------------------------------------------------------------------------------------------
     def _probe_continuation(self) -> None:
@@ -423,11 +462,11 @@ class HttpPolicy(Policy):
         ask = dict(seed=seed, temperature=temperature, top_p=self.top_p)
         try:
             with self._slots:   # each request takes its own slot: the two of a reply need not be batched together
-                text, finish = self._chat(messages, max_tokens=self.max_tokens, **ask)
-            split = split_thought(text)
+                text, finish = self._chat(messages, max_tokens=self.thought_tokens or self.max_tokens,
+                                          prefix=THOUGHT_PREFILL, **ask)
+            split = split_thought(THOUGHT_PREFILL + text)
             if choices is not None:   # the reply is `Action: <one of the admissible actions>`, after the thought
-                # no thought: a plain request, as --act constrained makes (nothing to continue)
-                prefix, after = continued(split.prefix, choices) if split.prefix.strip() else (None, choices)
+                prefix, after = continued(split.prefix, choices)
                 with self._slots:
                     action_line, finish = self._chat(messages, max_tokens=self._choice_tokens(after, self.guided),
                                                      choices=after, prefix=prefix, **ask)

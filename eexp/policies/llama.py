@@ -139,6 +139,10 @@ class LlamaCppPolicy(ModelPolicy):
     def serializer_settings(self):
         return gguf_serializer(self.llm.metadata, self.spec)  # from the model card in its eexp.* metadata
 
+    def trained_thought_tokens(self):
+        from eexp.card import Card
+        return Card.from_gguf(self.llm.metadata, self.spec).thought_tokens
+
     def describe(self):
         return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend,
                 "extra_bufts": self.llm.eexp_buffers.use_extra_bufts}

@@ -31,7 +31,7 @@ from eexp.errors import EexpError, EmptyFile, MissingFile, UsageProblem
 from eexp.inflight import InOrder
 from eexp.io import InputError, Reader, Stage, StageIO, in_shard, read_records, write_atomic
 from eexp.policies import policy_kind
-from eexp.policies.base import Policy, PolicyError, derive_seed, failure_problem, resolve_concurrency
+from eexp.policies.base import Policy, PolicyError, derive_seed, failure_problem, resolve_concurrency, thought_budget
 from eexp.prompts import Serializer, clip
 from eexp.records import expect, make_meta, short_hash, utc_now
 from eexp.stages.settings import setting, shared
@@ -39,6 +39,9 @@ from eexp.stats import wilson
 from eexp.workers import Pool
 
 UNPARSED_CHARS = 300  # how much of an unparseable reply is kept (sent to the env, and in meta)
+# --act think: a run with more than this share of its thoughts cut at the thought budget warns (their actions were
+# chosen after half a thought, so the run does not measure the model as it was trained to act)
+MAX_CUT_SHARE = 0.05
 
 
 @dataclass
@@ -52,6 +55,11 @@ class EvalSettings:
     policy_args: dict = field(default_factory=dict)
     act: str | None = shared("act")
     max_tokens: int = shared("max_tokens")
+    thought_tokens: int | None = setting(
+        None, "With --act think: most tokens of a thought (the reply is begun with `Thought:`, so every step has one). "
+        "Default: the model card's longest training thought plus a quarter (at least 16 tokens more), where the card "
+        "records one (finetune on SR examples; over HTTP, where the server names a model file here); else "
+        "--max-tokens. A run with more than 5% of its thoughts cut says so.", min=1, metavar="N")
     top_p: float = shared("top_p")
     serializer_overrides: dict = field(default_factory=dict)  # only the settings given on the command line
     max_steps: int | None = setting(None, "Most steps per episode (default: the environment's); with --start "
@@ -105,6 +113,10 @@ class Evaluator:
         self.serializer = resolve_serializer(policy.serializer_settings(), settings.serializer_overrides,
                                              f"{policy.spec or policy.name}:")
         self.max_steps = settings.max_steps or self.env.max_steps
+        # --act think: the thought budget ({tokens, from, trained?}), given to the policy
+        self.thought = resolve_thought_tokens(settings, policy) if settings.act == "think" else None
+        if self.thought:
+            policy.thought_tokens = self.thought["tokens"]
         # a critic is a model in this process: threads share one and take turns with it (critic.lock)
         self.critic = critic
         if critic is None and settings.critic:
@@ -116,6 +128,7 @@ class Evaluator:
         return {"policy": self.policy.name or self.settings.policy_spec, "policy_info": self.policy.describe(),
                 "serializer": self.serializer.to_dict(), "max_steps": self.max_steps,
                 "env_version": self.env.version,
+                **({"thought_tokens": self.thought} if self.thought else {}),
                 **({"critic": {"spec": self.settings.critic, **self.critic.describe(), "k": self.settings.critic_k,
                                "temperature": self.settings.critic_temperature}} if self.critic else {})}
 
@@ -277,6 +290,7 @@ class Evaluator:
         }
         if s.act == "think":  # steps whose thought never reached `Action:` (cut, the action chosen after it)
             meta_fields["thoughts_cut"] = thoughts_cut
+            meta_fields["thought_tokens"] = desc["thought_tokens"]   # the budget, and where it came from
         if self.critic is not None:   # the critic, and at each step its candidates, their scores and its choice
             meta_fields["critic"] = desc["critic"]
             meta_fields["critic_steps"] = critic_steps
@@ -296,6 +310,24 @@ class Evaluator:
         if success:
             trajectory = episode_trajectory(episode, env.env_record(), admissibles)
         return episode, trajectory
+
+
+def resolve_thought_tokens(settings: EvalSettings, policy: Policy) -> dict:
+    """--act think's thought budget: {tokens, from: option | card | max_tokens, trained: the card's longest
+    training thought, where it records one}. --thought-tokens, else the card's longest thought plus the margin
+    (eexp.policies.base.thought_budget), else --max-tokens."""
+    trained = policy.trained_thought_tokens()
+    known = {"trained": trained} if trained else {}
+    if settings.thought_tokens:
+        return {"tokens": settings.thought_tokens, "from": "option", **known}
+    if trained:
+        return {"tokens": thought_budget(trained), "from": "card", **known}
+    return {"tokens": settings.max_tokens, "from": "max_tokens"}
+
+
+def thought_steps(episode: dict) -> int:
+    """The steps of an episode whose reply had a thought (a played off-path step has none)."""
+    return sum(1 for t in episode.get("thoughts") or () if t)
 
 
 def off_path_start(env: Env, task: dict, seed: int) -> dict:
@@ -349,9 +381,10 @@ def episode_id(settings: EvalSettings, task: dict, description: dict) -> str:
     """Deterministic from the environment, the task and the policy (and the settings that change an episode), so
     --resume can tell what is done and two runs of the same thing have the same ids."""
     info = description.get("policy_info") or {}
-    # --act think: the thought's length limit changes the episode (kept out of the other modes' ids, which stay
-    # what they were)
-    think = (settings.max_tokens,) if settings.act == "think" else ()
+    # --act think: the reply begun with `Thought:` and the thought's budget change the episode (kept out of the other
+    # modes' ids, which stay what they were)
+    think = (settings.max_tokens, "prefill", description["thought_tokens"]["tokens"]) if settings.act == "think" \
+        else ()
     # an off-path start is another episode (kept out of reset's ids, which stay what they were)
     start = (settings.start,) if settings.start != "reset" else ()
     attempts = (settings.attempts, settings.memory) if settings.attempts > 1 else ()
@@ -531,8 +564,13 @@ def summarize(episodes: list[dict], *, env: str, policy: str, split: str | None 
         if diagnoses:
             summary["diagnoses"] = {"written": len(diagnoses), "kept": sum(d["kept"] for d in diagnoses),
                                     "rejected": dict(Counter(d["reason"] for d in diagnoses if not d["kept"]))}
-    if any("thoughts_cut" in (e.get("meta") or {}) for e in episodes):  # --act think
-        summary["thoughts_cut"] = sum((e.get("meta") or {}).get("thoughts_cut", 0) for e in episodes)
+    think = [e for e in episodes if "thoughts_cut" in (e.get("meta") or {})]   # --act think
+    if think:
+        think_steps = sum(e["steps"] for e in think)
+        summary["thoughts_cut"] = sum(e["meta"]["thoughts_cut"] for e in think)
+        summary["thought_steps"] = sum(thought_steps(e) for e in think)   # steps with a thought
+        summary["thought_share"] = summary["thought_steps"] / think_steps if think_steps else 0.0
+        summary["thoughts_cut_share"] = summary["thoughts_cut"] / think_steps if think_steps else 0.0
     groups: dict[str, list[dict]] = {}
     for e in episodes:
         if e["task"].get("category"):
@@ -579,6 +617,31 @@ def pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
 
+THOUGHT_BUDGET_FROM = {"option": "--thought-tokens", "card": "the model card", "max_tokens": "--max-tokens"}
+
+
+def thought_warnings(summary: dict) -> list[str]:
+    """What a --act think run says on stderr about its thoughts: too many cut, or a budget taken from --max-tokens
+    for want of a model card that records the longest training thought."""
+    if "thoughts_cut" not in summary:
+        return []
+    budget = (summary.get("meta") or {}).get("thought_tokens") or {}
+    out = []
+    if budget.get("from") == "max_tokens":
+        out.append(f"warning: --act think: the model card records no training thought (a model not trained on SR "
+                   f"examples or trained before eexp recorded it, or a server whose model file is not on this "
+                   f"machine), so a thought may take --max-tokens {budget.get('tokens')} tokens; --thought-tokens N "
+                   f"sets it")
+    if summary["thoughts_cut_share"] > MAX_CUT_SHARE:
+        steps = round(summary["mean_steps"] * summary["n"])
+        share = 100 * summary["thoughts_cut_share"]
+        out.append(f"warning: {summary['thoughts_cut']} of {steps} thoughts ({share:.1f}%, more than "
+                   f"{100 * MAX_CUT_SHARE:g}%) were cut at the thought budget of {budget.get('tokens')} tokens "
+                   f"before they reached `Action:`, so their actions were chosen after an unfinished thought: give "
+                   f"a larger --thought-tokens")
+    return out
+
+
 def format_summary(summary: dict) -> str:
     """The readable table printed on stderr."""
     lines = [f"eval {summary['env']} {summary['split']}  policy {summary['policy']}  n={summary['n']}",
@@ -599,8 +662,12 @@ def format_summary(summary: dict) -> str:
             " (rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(d["rejected"].items())) + ")"
             if d["rejected"] else ""))
     if "thoughts_cut" in summary:
-        lines.append(f"  thoughts  {summary['thoughts_cut']} of {round(summary['mean_steps'] * summary['n'])} "
-                     f"never reached `Action:` (cut; the action chosen after them)")
+        budget = (summary.get("meta") or {}).get("thought_tokens") or {}
+        within = f" within {budget['tokens']} tokens ({THOUGHT_BUDGET_FROM[budget['from']]})" if budget else ""
+        lines.append(f"  thoughts  {pct(summary['thought_share'])} of steps had one "
+                     f"({summary['thought_steps']}/{round(summary['mean_steps'] * summary['n'])}); "
+                     f"{pct(summary['thoughts_cut_share']).strip()} cut ({summary['thoughts_cut']} never reached "
+                     f"`Action:`{within}; the action chosen after them)")
     if summary.get("by_category"):
         width = max(len(c) for c in summary["by_category"])
         lines.append("  by category:")
@@ -770,6 +837,8 @@ def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: in
     first_meta = ordered[0]["meta"] if ordered else {}
     per_episode = ("seeds", "unparsed", "error", "thoughts_cut")
     summary["meta"] = {**{k: v for k, v in first_meta.items() if k not in per_episode}, "created_utc": utc_now()}
+    for message in thought_warnings(summary):   # --act think: cut thoughts, a budget without a card
+        warn(message)
     return summary
 
 

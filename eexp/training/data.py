@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from eexp.io import Reader
+from eexp.policies.chat import longest_thought
 from eexp.prompts import fit_messages
 from eexp.records import expect
 from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem
@@ -167,6 +168,7 @@ class Dataset:
     truncated: int = 0
     skipped: int = 0
     serializers: Counter = field(default_factory=Counter)
+    longest_thought: int = 0   # tokens of the longest `Thought: ...` target (the model card's thought_tokens)
 
     @property
     def tokens(self) -> int:
@@ -204,6 +206,8 @@ def encode_items(name: str, items, reader: Reader, tokenizer, cfg: FinetuneConfi
             continue
         data.examples.append(enc)
         data.truncated += enc.truncated
+        data.longest_thought = max(data.longest_thought, longest_thought(
+            item.record["messages"], lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])))
         serializer = (item.record.get("meta") or {}).get("serializer")
         if serializer:
             data.serializers[serializer] += 1

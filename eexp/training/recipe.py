@@ -598,6 +598,7 @@ class Finetune:
     def card(self) -> Card:
         """OUT/card.yaml: what the model is and how it was made (eexp.card)."""
         from eexp.policies.files import content_hash
+        from eexp.card import read_card
         base = self.base_gguf or (self.base_hub.id if self.base_hub else os.path.abspath(self.cfg.model))
         data = getattr(self, "data", {})  # RL has phases but no datasets
         phases = [{"name": name, "updates": n, **({"examples": len(data[name].examples), "tokens": data[name].tokens,
@@ -610,7 +611,10 @@ class Finetune:
                     base_revision=self.base_hub.revision if self.base_hub else None,
                     from_scratch=from_scratch(self.model_cfg.model), method=self.cfg.method,
                     precision="bf16" if self.bf16 else "fp32", phases=phases, updates=self.state["global_step"],
-                    best_step=self.state.get("best_step"), best_val_loss=self.state.get("best_val"))
+                    best_step=self.state.get("best_step"), best_val_loss=self.state.get("best_val"),
+                    # the longest thought trained, here or before (a base that was itself trained on SR examples)
+                    thought_tokens=max([d.longest_thought for d in data.values()]
+                                       + [read_card(self.model_cfg.model).thought_tokens or 0]) or None)
 
     def _export(self) -> None:
         try:
