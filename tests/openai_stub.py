@@ -1,7 +1,8 @@
 """A stub OpenAI-compatible server for the tests: chat completions on 127.0.0.1 with one guided-decoding mechanism,
 deterministic answers (from the request's seed), continuation of a final assistant message (continue_final_message,
 as vLLM and llama-server serve it), failures on cue, a latency, and a count of the requests it had in flight at once.
-Used by tests/test_http.py and tests/test_concurrency.py."""
+Used by tests/test_http.py and tests/test_concurrency.py. `tau2_user_reply` is a scripted τ²-bench customer
+(tests/test_tau2.py); `python tests/openai_stub.py tau2-user --port P` serves it (recipes/configs/tau2.mk)."""
 
 from __future__ import annotations
 
@@ -172,8 +173,97 @@ class StubServer:
         self.httpd.server_close()
 
 
+# --- a scripted τ²-bench customer (tests/test_tau2.py, recipes/configs/tau2.mk) ----------------------------------
+
+TAU2_CONFIRM = "Yes, please go ahead."
+
+
+def tau2_user_reply(body: dict) -> str:
+    """What a cooperative customer says to tau2's user-simulator requests: to the agent's greeting, the scenario's
+    reason for calling and what the customer knows (read from the simulator's system prompt); to anything else,
+    consent. Never tau2's stop token: the agent ends the conversation."""
+    messages = body["messages"]
+    if len([m for m in messages if m["role"] != "system"]) == 1:
+        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+        found = (re.search(rf"{heading}:\s*(.*?)(?:\n\s*[A-Z][a-z]+(?: [a-z]+)*:|</scenario>|$)", system, re.S)
+                 for heading in ("Reason for call", "Known info"))
+        parts = [" ".join(m.group(1).split()) for m in found if m]
+        return "Hello. " + (" ".join(parts) or "I need help with my account.")
+    return TAU2_CONFIRM
+
+
+class _FixedPort(ThreadingHTTPServer):
+    """ThreadingHTTPServer on the port in `_FixedPort.port` whatever it is asked for (tau2-user below)."""
+    port = 0
+
+    def __init__(self, address, handler):
+        super().__init__((address[0], self.port), handler)
+
+
+def _serve_tau2_user(argv: list[str]) -> int:
+    """`python tests/openai_stub.py tau2-user --port P [--parent PID] [--log FILE]`: the scripted customer on
+    127.0.0.1:P in a process of its own (one already answering there is reused), which exits once PID (the make
+    that started it) has gone. Returns when the server answers, printing its URL."""
+    import argparse
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+    ap = argparse.ArgumentParser(prog="openai_stub.py tau2-user")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--parent", type=int, default=0)
+    ap.add_argument("--log", default=os.devnull)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    url = f"http://127.0.0.1:{args.port}/v1"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    if args.serve:
+        global ThreadingHTTPServer
+        _FixedPort.port, ThreadingHTTPServer = args.port, _FixedPort   # StubServer binds through the module name
+        server = StubServer(free_text=tau2_user_reply)
+        print(server.url, flush=True)
+        while not args.parent or _alive(args.parent):
+            time.sleep(1.0)
+        server.close()
+        return 0
+    if answers():
+        print(url, flush=True)
+        return 0
+    with open(args.log, "ab") as log:
+        subprocess.Popen([sys.executable, os.path.abspath(__file__), "tau2-user", "--serve", "--port",
+                          str(args.port), "--parent", str(args.parent)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    for _ in range(100):
+        if answers():
+            print(url, flush=True)
+            return 0
+        time.sleep(0.1)
+    print(f"openai_stub.py tau2-user: nothing answers at {url} (see {args.log})", file=sys.stderr, flush=True)
+    return 1
+
+
+def _alive(pid: int) -> bool:
+    import os
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 if __name__ == "__main__":   # a stub in a process of its own: python tests/openai_stub.py LATENCY -> prints its URL
     import sys
+    if sys.argv[1:2] == ["tau2-user"]:   # the scripted τ²-bench customer (recipes/configs/tau2.mk)
+        sys.exit(_serve_tau2_user(sys.argv[2:]))
     server = StubServer("llamacpp", latency=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0)
     print(server.url, flush=True)
     threading.Event().wait()
