@@ -31,8 +31,10 @@ from eexp.errors import EexpError
 CARD_FILE = "card.yaml"
 LEGACY_FILE = "config.yaml"
 GGUF_PREFIX = "eexp."
-# objective and beta: a phase trained with --objective dpo (an SFT phase has neither)
-PHASE_KEYS = ("name", "updates", "examples", "tokens", "truncated", "skipped", "objective", "beta")
+# objective and beta: a phase trained with --objective dpo (an SFT phase has neither); examples_per_update, epochs
+# (the epochs its updates made) and loss_norm: finetune's phases (eexp.training.recipe.Finetune._phase_card)
+PHASE_KEYS = ("name", "updates", "examples", "tokens", "truncated", "skipped", "objective", "beta",
+              "examples_per_update", "epochs", "loss_norm")
 # init-model --pretrain's record (eexp.models.pretrain.pretrain, and the corpus files it read)
 PRETRAIN_KEYS = ("corpus", "steps", "block", "batch", "lr", "seed", "pages", "tokens", "held_out_pages",
                  "held_out_loss_before", "final_train_loss", "held_out_loss")

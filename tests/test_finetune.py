@@ -181,18 +181,22 @@ def test_full_finetune_pins_the_loss_and_writes_out(tiny_checkpoint, data, tmp_p
     run = finetune(cfg(tiny_checkpoint, data, out, max_steps=4, val_fraction=0.34))
     got = [loss for _, _, loss in losses(out)]
     # Pinned: the tiny init-model checkpoint (seed 0), these 11 examples, batch 4, lr 1e-3 (the default for a model
-    # from init-model), cosine. A change in masks, loss normalization, batch order or the optimizer moves these.
+    # from init-model), cosine, the loss per example (the default --loss-norm). A change in masks, loss
+    # normalization, batch order or the optimizer moves these.
     assert got == pytest.approx(PINNED_LOSSES, rel=1e-3)
-    # And independently of our loss code: the first update's loss is what transformers computes with labels set to
-    # -100 outside the trained tokens, on the first batch of the plan, with the initial weights.
-    first = [run.data["train"].examples[j] for j in training.epoch_batches(
+    # And independently of our loss code: the first update's loss is the mean over the first update's examples of
+    # what transformers computes for each alone (its mean over target tokens), with labels set to -100 outside the
+    # trained tokens, with the initial weights.
+    first = [run.data["train"].examples[j] for j in training.epoch_updates(
         [len(e.ids) for e in run.data["train"].examples], 4, 0, "train", 0)[0]]
-    ids, mask, w = training.collate(first, run.pad_id, "cpu")
-    labels = torch.where((w > 0) & (mask > 0), ids, torch.full_like(ids, -100))
     base = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
-    with torch.no_grad():
-        hf_loss = float(base(input_ids=ids, attention_mask=mask, labels=labels).loss)
-    assert got[0] == pytest.approx(hf_loss, rel=1e-5)
+    hf_losses = []
+    for example in first:
+        ids, mask, w = training.collate([example], run.pad_id, "cpu")
+        labels = torch.where((w > 0) & (mask > 0), ids, torch.full_like(ids, -100))
+        with torch.no_grad():
+            hf_losses.append(float(base(input_ids=ids, attention_mask=mask, labels=labels).loss))
+    assert got[0] == pytest.approx(sum(hf_losses) / len(hf_losses), rel=1e-5)
     for name in ("model.safetensors", "config.json", "tokenizer.json", "config.yaml", "card.yaml", "metrics.jsonl"):
         assert (out / name).exists(), name
     assert not (out / "checkpoints").exists()
@@ -209,7 +213,7 @@ def test_full_finetune_pins_the_loss_and_writes_out(tiny_checkpoint, data, tmp_p
     assert trained.config.vocab_size == transformers.AutoConfig.from_pretrained(tiny_checkpoint).vocab_size
 
 
-PINNED_LOSSES = [6.021227, 5.965849, 5.816069, 5.550929]
+PINNED_LOSSES = [6.021568, 5.958855, 5.810153, 5.549208]
 
 
 def test_validation_split_keeps_trajectories_whole(data):
@@ -334,13 +338,12 @@ def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(tiny_checkpo
     assert read_card(out).best_step == best_step
     # The saved model really is that one: its validation loss is the best one logged.
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
-    total = n = 0
-    for e in run.val.examples:
+    total = 0.0
+    for e in run.val.examples:   # the validation loss is the mean over examples of each one's mean (--loss-norm)
         ids, mask, w = training.collate([e], run.pad_id, "cpu")
         with torch.no_grad():
-            total += float(training.weighted_nll(model, ids, mask, w))
-        n += e.n_targets
-    assert total / n == pytest.approx(val[best_step], rel=1e-4)
+            total += float(training.weighted_nll(model, ids, mask, w)) / e.n_targets
+    assert total / len(run.val.examples) == pytest.approx(val[best_step], rel=1e-4)
 
 
 def test_config_file_and_export_gguf(tiny_checkpoint, data, tmp_path, runner):

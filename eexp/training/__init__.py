@@ -5,7 +5,7 @@ One module per concept, in the style of torchtune:
 
     config.py      FinetuneConfig (every option, its default and help), the errors
     data.py        examples -> token ids and loss weights (chat-template masks, budgeted shortening)
-    batches.py     length-grouped micro-batches, collation, the weighted loss
+    batches.py     length-grouped updates and their micro-batches, collation, the weighted loss
     model.py       the tokenizer and the model to train (full, LoRA, QLoRA), accelerate
     checkpoint.py  resumable checkpoints written whole or not at all
     recipe.py      the recipe itself: Finetune.setup / train / save / resume / finish
@@ -15,7 +15,8 @@ The names below are the package's public interface (`from eexp.training import f
 """
 
 from eexp.io import InputError
-from eexp.training.batches import collate, epoch_batches, phase_updates, updates_per_epoch, weighted_nll
+from eexp.training.batches import (collate, epoch_updates, examples_per_update, micro_batches, phase_updates,
+                                   updates_per_epoch, weighted_nll)
 from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem, from_scratch
 from eexp.training.data import (Dataset, Encoded, encode, encode_items, read_examples, render, split_validation,
                                 target_spans)
@@ -24,5 +25,6 @@ from eexp.training.recipe import Finetune, finetune
 
 __all__ = ["FinetuneConfig", "Finetune", "finetune", "encode", "target_spans", "TrainingError", "UsageProblem",
            "InputError", "from_scratch", "check_model_dir", "load_model", "load_tokenizer", "linear_module_names",
-           "Dataset", "Encoded", "render", "read_examples", "encode_items", "split_validation", "epoch_batches",
-           "updates_per_epoch", "phase_updates", "collate", "weighted_nll", "PHASES", "RESUME_FREE"]
+           "Dataset", "Encoded", "render", "read_examples", "encode_items", "split_validation", "epoch_updates",
+           "micro_batches", "examples_per_update", "updates_per_epoch", "phase_updates", "collate", "weighted_nll",
+           "PHASES", "RESUME_FREE"]

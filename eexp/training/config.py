@@ -57,7 +57,10 @@ class FinetuneConfig:
     lora_dropout: float = option(0.05, "Dropout on the LoRA path.", min=0, max=1)
     lora_targets: list[str] = option(help="Comma-separated module names to adapt (q_proj,v_proj,...), or all-linear.",
                                      factory=lambda: ["all-linear"], sep=",", metavar="NAMES")
-    epochs: int = option(1, "Epochs over the training files (ignored with --max-steps).", min=1)
+    epochs: int = option(1, "Epochs over the training files (ignored with --max-steps): ceil(examples / examples "
+                         "per update) updates each, so a larger data set gets more updates (the paper's SR budget: "
+                         "IL's epochs over D_refl + D_expert). The card records each phase's updates and epochs.",
+                         min=1)
     max_steps: int | None = option(None, "Total optimizer updates, warm-up phase included: IL, IWM and SR runs with "
                                    "one --max-steps have one budget.", min=1)
     lr: float | None = option(None, "Peak learning rate. Default: 1e-5 full (the paper), 2e-4 LoRA, 1e-3 for a model "
@@ -69,7 +72,17 @@ class FinetuneConfig:
     weight_decay: float = option(0.0, "AdamW weight decay (matrices only; biases and norms get none).")
     max_grad_norm: float = option(1.0, "Gradient clipping norm.")
     batch_size: int = option(8, "Examples per micro-batch (per process).", min=1)
-    grad_accum: int = option(1, "Micro-batches per update.", min=1)
+    grad_accum: int = option(1, "Micro-batches per update. An update's examples depend only on how many it has "
+                             "(--batch-size x --grad-accum x processes), never on how they are split, so 2 x 4 "
+                             "gives the updates (and to float rounding the loss) of one batch of 8.", min=1)
+    loss_norm: str = option("example", "How an update's loss weighs its examples. example: each example's mean "
+                            "over its target tokens, then the mean over the update's examples, so every example "
+                            "counts alike whatever its length (an update mixing IL examples, ~9 target tokens, and "
+                            "self-reflections, ~300, one for one gives the IL actions half its loss, not 3%). "
+                            "token: the sum over the update's target tokens divided by their count, so an example "
+                            "weighs as many target tokens as it has. Under both, a message's `weight` scales its "
+                            "tokens and the logged loss and val_loss are the same mean. DPO averages over pairs.",
+                            choices=["example", "token"])
     max_length: int = option(2048, "Tokens per example; longer ones lose their oldest history first, as at "
                              "inference (never the task or the target).", min=8)
     truncate: bool = option(True, "Shorten over-long examples (--no-truncate: reject them).",

@@ -125,6 +125,9 @@ class DPO(Finetune):
                                "as a finetune of its own and give its output as --model")
         if self.cfg.beta <= 0:
             raise UsageProblem("--beta must be above 0")
+        if self.cfg.loss_norm != "example":
+            raise UsageProblem(f"--loss-norm {self.cfg.loss_norm} is the sft loss's; DPO's loss is the mean over "
+                               "pairs (--loss-norm example)")
 
     def _read(self, paths: list[str]):
         return read_pairs(paths, self.cfg.on_error, self.echo)

@@ -13,7 +13,12 @@ most of the time and memory of a chat fine-tune go (the prompt is long, the acti
 
 The IWM schedule (paper §3, §5.1): phase "warmup" trains on world-model examples (`--warmup-data`), then phase
 "train" continues the same weights (or LoRA adapter) on the training files with a fresh optimizer and schedule.
-`--max-steps` counts the updates of both phases, so IL, IWM and SR runs are held to one budget.
+`--max-steps` counts the updates of both phases, so IL, IWM and SR runs can be held to one budget; without it each
+phase runs its epochs (the paper's budgets: SR the same epochs over D_refl + D_expert as IL over D_expert).
+
+An update is --batch-size x --grad-accum x processes examples, chosen before it is split into micro-batches
+(batches.epoch_updates), and its loss is normalized over all of them (`_units`: target tokens, or examples with the
+default --loss-norm example), so how it is split changes neither its examples nor its gradient.
 
 The objective is a few methods (`_read`, `_encode`, `_units`, `_batch_loss`, `prepare_objective`): here the
 likelihood of the target tokens; `--objective dpo` is `eexp.training.dpo.DPO`, which overrides them and keeps the
@@ -45,7 +50,7 @@ from eexp import __version__
 from eexp.card import Card, check_serializer, write_card
 from eexp.io import WriteError, Writer, write_atomic
 from eexp.training import checkpoint
-from eexp.training.batches import collate, phase_updates, updates_per_epoch, weighted_nll
+from eexp.training.batches import collate, examples_per_update, phase_updates, updates_per_epoch, weighted_nll
 from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem, from_scratch
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
 from eexp.training.config import check_full_fits
@@ -248,17 +253,23 @@ class Finetune:
         """What --resume's fingerprint of the data hashes for one encoded example."""
         return [example.ids, example.weights]
 
-    @staticmethod
-    def _units(example) -> int:
-        """What the loss is averaged over, per example: its target tokens (so grad-accum and several processes
-        give the gradient of one big batch)."""
-        return example.n_targets
+    def _units(self, example) -> int:
+        """What the loss is averaged over, per example (--loss-norm): its target tokens, or the example itself. An
+        update's loss is the sum of `_batch_loss` over its micro-batches divided by the units of all its examples,
+        so grad-accum and several processes give the gradient of one batch of the same examples."""
+        return example.n_targets if self.cfg.loss_norm == "token" else 1
 
     def _batch_loss(self, batch: list):
         """(the loss summed over the batch's units, as a tensor; its tokens; other sums to log per unit, {name:
-        tensor}). Here: weight x negative log-likelihood of the target tokens."""
+        tensor}). Here: weight x negative log-likelihood of the target tokens, summed (--loss-norm token), or each
+        example's mean over its target tokens, summed over the examples (--loss-norm example)."""
+        import torch
         ids, mask, weights = collate(batch, self.pad_id, self.device)
-        return weighted_nll(self.model, ids, mask, weights), int(mask.sum()), {}
+        per_example = weighted_nll(self.model, ids, mask, weights, per_example=True)
+        if self.cfg.loss_norm == "example":
+            per_example = per_example / torch.tensor([max(e.n_targets, 1) for e in batch], dtype=per_example.dtype,
+                                                     device=per_example.device)
+        return per_example.sum(), int(mask.sum()), {}
 
     def prepare_objective(self) -> None:
         """What the objective needs from the starting weights, computed before a checkpoint replaces them (DPO: the
@@ -358,30 +369,10 @@ class Finetune:
         while self.state["phase_step"] < steps:
             epoch, micro = next(updates)
             examples = [[data.examples[j] for j in batch] for batch in micro]
-            n_targets = sum(self._units(e) for batch in examples for e in batch)
-            mine = examples[self.rank::self.world]
-            # Every process runs as many forward and backward passes as the busiest one: DDP syncs gradients at each
-            # backward and FSDP gathers weights at each forward, so a process short of micro-batches in the last
-            # update of an epoch (3 micro-batches for 2 processes x --grad-accum 2) repeats one with zero weight.
-            rounds = math.ceil(len(examples) / self.world)
+            n_units = sum(self._units(e) for batch in examples for e in batch)
             try:
-                loss_sum, extra_sum = 0.0, {}
-                for k in range(rounds):
-                    real = k < len(mine)
-                    batch = mine[k] if real else examples[0]
-                    with autocast:
-                        nll, tokens, extra = self._batch_loss(batch)
-                    # Normalized by the update's target tokens (over every micro-batch and process), so grad-accum
-                    # and several GPUs give the same gradient as one big batch.
-                    loss = nll / max(n_targets, 1) * self.world * (1 if real else 0)
-                    if self.acc:
-                        self.acc.backward(loss)
-                    else:
-                        loss.backward()
-                    loss_sum += float(nll.detach()) if real else 0.0
-                    window_tokens += tokens if real else 0
-                    for name, value in extra.items():
-                        extra_sum[name] = extra_sum.get(name, 0.0) + (float(value) if real else 0.0)
+                loss_sum, extra_sum, tokens = self._accumulate(examples, autocast)
+                window_tokens += tokens
                 if self.acc:
                     self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     loss_sum = float(self.acc.reduce(torch.tensor(loss_sum, device=self.device), "sum"))
@@ -404,9 +395,9 @@ class Finetune:
             self.state["phase_step"] += 1
             self.state["global_step"] += 1
             step = self.state["global_step"]
-            loss = loss_sum / max(n_targets, 1)
+            loss = loss_sum / max(n_units, 1)
             window_loss.append(loss)
-            window_extra.append({name: v / max(n_targets, 1) for name, v in extra_sum.items()})
+            window_extra.append({name: v / max(n_units, 1) for name, v in extra_sum.items()})
             bar.update(1)
             if step % self.log_every == 0 or self.state["phase_step"] == steps:
                 elapsed = time.perf_counter() - window_start
@@ -429,6 +420,38 @@ class Finetune:
             if step % cfg.save_every == 0 and step < self.total_steps and not self.sharded:
                 self.save_checkpoint()
             self.model.train()
+
+    def _accumulate(self, examples: list[list], autocast=contextlib.nullcontext()) -> tuple[float, dict, int]:
+        """The forward and backward passes of this process's share of one update, its gradient added to `.grad`.
+
+        `examples`: the update's micro-batches, every process's (a process takes every world-th). Each micro-batch's
+        loss is divided by the units of the whole update (every micro-batch and process: its target tokens, or its
+        examples; `_units`), never by its own, so whatever the split the gradient is that of one batch of the
+        update's examples. Returns this process's loss summed over units, its other sums, and its tokens.
+        """
+        n_units = sum(self._units(e) for batch in examples for e in batch)
+        mine = examples[self.rank::self.world]
+        # Every process runs as many forward and backward passes as the busiest one: DDP syncs gradients at each
+        # backward and FSDP gathers weights at each forward, so a process short of micro-batches in the last update
+        # of an epoch (3 micro-batches for 2 processes x --grad-accum 2) repeats one with zero weight.
+        rounds = math.ceil(len(examples) / self.world)
+        loss_sum, extra_sum, tokens_sum = 0.0, {}, 0
+        for k in range(rounds):
+            real = k < len(mine)
+            batch = mine[k] if real else examples[0]
+            with autocast:
+                nll, tokens, extra = self._batch_loss(batch)
+            # x world: DDP and FSDP average the processes' gradients, where the update's loss is their sum.
+            loss = nll / max(n_units, 1) * self.world * (1 if real else 0)
+            if self.acc:
+                self.acc.backward(loss)
+            else:
+                loss.backward()
+            loss_sum += float(nll.detach()) if real else 0.0
+            tokens_sum += tokens if real else 0
+            for name, value in extra.items():
+                extra_sum[name] = extra_sum.get(name, 0.0) + (float(value) if real else 0.0)
+        return loss_sum, extra_sum, tokens_sum
 
     def _validate(self) -> float:
         import torch
@@ -601,9 +624,8 @@ class Finetune:
         from eexp.card import read_card
         base = self.base_gguf or (self.base_hub.id if self.base_hub else os.path.abspath(self.cfg.model))
         data = getattr(self, "data", {})  # RL has phases but no datasets
-        phases = [{"name": name, "updates": n, **({"examples": len(data[name].examples), "tokens": data[name].tokens,
-                                                    "truncated": data[name].truncated, "skipped": data[name].skipped}
-                                                   if name in data else {})} for name, n in self.phases]
+        phases = [{"name": name, "updates": n, **(self._phase_card(name, n) if name in data else {})}
+                  for name, n in self.phases]
         return Card(command=self.resolved_config().get("command", "finetune"),  # RL's config names its command
                     eexp_version=__version__, serializer=self.serializer, base_model=base,
                     base_sha256=content_hash([self.base_hub.path if self.base_hub else base]),
@@ -615,6 +637,15 @@ class Finetune:
                     # the longest thought trained, here or before (a base that was itself trained on SR examples)
                     thought_tokens=max([d.longest_thought for d in data.values()]
                                        + [read_card(self.model_cfg.model).thought_tokens or 0]) or None)
+
+    def _phase_card(self, name: str, updates: int) -> dict:
+        """What the card says of a phase trained on data: its examples, the examples per update, the epochs its
+        updates made (updates / updates per epoch: a --max-steps budget may end mid-epoch) and the loss
+        normalization, so a results page can state what each run trained on."""
+        data = self.data[name]
+        return {"examples": len(data.examples), "tokens": data.tokens, "truncated": data.truncated,
+                "skipped": data.skipped, "examples_per_update": examples_per_update(self.cfg, self.world),
+                "epochs": round(updates / self.per_epoch[name], 4), "loss_norm": self.cfg.loss_norm}
 
     def _export(self) -> None:
         try:
