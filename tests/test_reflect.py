@@ -16,8 +16,9 @@ from eexp.cli.reflect import NO_REFLECTOR
 from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, parse_reply
 from eexp.records import expect, validate
-from eexp.stages.reflect import (COUNTS, Reflector, Settings, Template, grounded_reflection, judge,
-                                 reflect_examples, reflection_prompt, shown_alternatives, topic_words, trim_repeat)
+from eexp.stages.reflect import (COUNTS, FILTERS, GROUNDED_VERSION, PASTE_RUN, Reflector, Settings, Template,
+                                 describe_action, grounded_reflection, judge, page_runs, reflect_examples,
+                                 reflection_prompt, shown_alternatives, topic_words, trim_repeat)
 
 
 def outcome(goal, observation, expert, expected, alternatives, *, env="shop", expert_done=False, expert_reward=0.0,
@@ -157,6 +158,9 @@ def test_a_good_reflection_is_kept_without_its_action_line():
 @pytest.mark.parametrize("text, reason", [
     ("Pink is what the task asks for, but white looks nicer to me.\n\nAction: click[white]", "different_action"),
     ("Pink is what the task wants. Still, I will settle on click[white].", "different_action"),
+    # the closing argues for another move than the Action line takes
+    ("White would be a fine colour too, and the task can wait. So my move is click[white].\n\nAction: click[pink]",
+     "different_action"),
     ("The expert chose pink because the task wants pink.\n\nAction: click[pink]", "label_leakage"),
     ("Alternative 2 would end the task too early, so pink is right.\n\nAction: click[pink]", "label_leakage"),
     ("Action 1 selects white, which is wrong; pink is what the task wants.\n\nAction: click[pink]", "label_leakage"),
@@ -262,30 +266,187 @@ def test_repeat_detection_leaves_ordinary_text_alone():
 # --- the grounded reflector ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("record", [SHOP, TEXTWORLD, SCIENCEWORLD], ids=["shop", "textworld", "scienceworld"])
-def test_grounded_reflection_names_each_outcome_and_anticipates_the_chosen_one(record):
+def test_grounded_reflection_describes_each_alternative_and_closes_on_the_chosen_move(record):
     shown = shown_alternatives(record, 3)
     text = grounded_reflection(record, shown)
     for alt in shown:
-        assert f'"{alt["action"]}"' in text
-    assert f'So my move is "{record["expert"]["action"]}": I expect it to' in text
-    # It passes the same filters a model's reflection does.
-    examples = list(reflect_examples(record, reflector=Reflector("grounded"), template=Template.load(),
-                                     serializer=Serializer(), settings=Settings()))
-    assert len(examples) == 1
+        assert describe_action(alt["action"])[:1].upper() + describe_action(alt["action"])[1:] in text
+        assert alt["action"] not in text          # described, never written as the command it is
+    assert text.endswith(f"So my move is {record['expert']['action']}.")
+    assert text.count(record["expert"]["action"]) == 1      # in the closing only
+    # It passes the same filters a model's reflection does, with either built-in template.
+    for template in ("default", "short"):
+        examples = list(reflect_examples(record, reflector=Reflector("grounded"), template=Template.load(template),
+                                         serializer=Serializer(), settings=Settings()))
+        assert len(examples) == 1
 
 
-def test_grounded_reflection_reasons_from_what_each_alternative_led_to():
-    text = grounded_reflection(SHOP, shown_alternatives(SHOP, 3))
-    assert '"click[white]" only adds "selected: white", with nothing about pink' in text
-    assert '"click[buy now]" would end the episode at once' in text
-    assert 'I expect it to add "selected: pink", which brings pink from the task' in text
+def test_grounded_reflection_says_why_each_alternative_falls_short_in_words():
+    assert grounded_reflection(SHOP, shown_alternatives(SHOP, 3)) == (
+        'Clicking pink should add "selected: pink", giving pink as the task asks. '
+        'Clicking white would add "selected: white" instead of pink. '
+        "Buying now would end the episode here, with only part of the task done. "
+        "Going back to search would leave this page and lose the glass travel mug and pink found here. "
+        "So my move is click[pink].")
     tw = grounded_reflection(TEXTWORLD, shown_alternatives(TEXTWORLD, 3))
-    assert '"eat keycard" is not accepted here' in tw
-    assert "I expect it to lead to \"You take the keycard from the box.\"" in tw
+    assert "Eating keycard is not a move that works here." in tw
+    assert tw.startswith("Taking keycard from box should move me toward the goal.")
     sw = grounded_reflection(SCIENCEWORLD, shown_alternatives(SCIENCEWORLD, 3))
-    assert '"look around" leaves everything as it is' in sw
-    assert '"open fridge" cannot even be carried out' in sw
-    assert "should bring progress (a reward of 5)" in sw
+    assert "Focusing on stove would end the episode at once, losing 100." in sw
+    assert "Looking around would leave everything as it is." in sw
+    assert "Opening fridge cannot be carried out from here." in sw
+    assert sw.startswith("Activating stove should bring progress (a reward of 5).")
+
+
+def test_grounded_reflection_names_over_budget_and_missing_options():
+    goal = "i need canvas slip on sneakers in yellow, size 10, under 50 dollars"
+    results = 'results for "canvas slip on sneakers" (page 1 of 2)\n[rio canvas slip on sneakers] $32\n' \
+              "[kiko canvas slip on sneakers] $71\n[back to search] [next >]"
+    record = outcome(goal, results, "click[rio canvas slip on sneakers]",
+                     "rio canvas slip on sneakers\nprice: $32\ncolor: [black] [yellow]\nsize: [9] [10]\n"
+                     "[< prev] [back to search] [buy now]",
+                     [{"action": "click[kiko canvas slip on sneakers]",
+                       "next_observation": "kiko canvas slip on sneakers\nprice: $71\ncolor: [yellow]\nsize: [10]"
+                                           "\n[< prev] [back to search] [buy now]"},
+                      {"action": "click[next >]",
+                       "next_observation": 'results for "canvas slip on sneakers" (page 2 of 2)\n'
+                                           "[zen canvas slip on sneakers] $40\n[back to search] [< prev]"},
+                      {"action": "click[back to search]",
+                       "next_observation": "search page. type a query with search[...]"}])
+    assert grounded_reflection(record, shown_alternatives(record, 3)) == (
+        "Clicking rio canvas slip on sneakers should bring yellow and size 10 into view, as the task asks. "
+        "Clicking kiko canvas slip on sneakers would show a price of $71, over the budget of 50. "
+        "Going on to the next page would not offer yellow and size 10. "
+        "Going back to search would leave this page and lose the canvas slip on sneakers found here. "
+        "So my move is click[rio canvas slip on sneakers].")
+
+
+@pytest.mark.parametrize("action, said", [
+    ("click[back to search]", "going back to search"), ("click[< prev]", "going back a page"),
+    ("click[next >]", "going on to the next page"), ("click[buy now]", "buying now"),
+    ("click[pink]", "clicking pink"), ("search[red mug]", "searching for red mug"),
+    ("type[12][hello world]", "typing hello world into 12"), ("select[3][Blue]", "selecting Blue in 3"),
+    ("take key from box", "taking key from box"), ("put apple in fridge", "putting apple in fridge"),
+    ("go east", "going east"), ("n", "going north"), ("inventory", "checking the inventory"),
+    ("open door to kitchen", "opening door to kitchen"), ("cd('docs')", "calling cd"),
+    ("[ls(), cd(folder='a')]", "calling ls"),
+])
+def test_actions_are_described_in_words(action, said):
+    assert describe_action(action) == said
+
+
+def _words_runs(text, n):
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_grounded_reflections_on_shop_are_short_and_paste_no_page(shop_outcomes):
+    """The grounded rationale of version 1 quoted the page and every outcome (median ~160 words, ~260 SmolLM2
+    tokens, on shop) and wrote each rejected action as its command: a model trained on it copies both."""
+    outcomes = _lines(shop_outcomes)
+    lengths = []
+    for record in outcomes:
+        shown = shown_alternatives(record, 3)
+        text = grounded_reflection(record, shown)
+        lengths.append(len(text.split()))
+        pages = [record["state"]["observation"], record["expert"]["next_observation"],
+                 *(a.get("next_observation") or "" for a in shown)]
+        own = _words_runs(" ".join([record["state"]["goal"], record["expert"]["action"],
+                                    *(a["action"] for a in shown)]), 8)
+        page_runs = set().union(*(_words_runs(p, 8) for p in pages)) - own
+        assert not _words_runs(text, 8) & page_runs, text        # not even 8 words of a page in a row
+        assert not any(a["action"] in text for a in shown), text
+        assert text.endswith(f"So my move is {record['expert']['action']}.")
+    assert max(lengths) <= 100 and sorted(lengths)[len(lengths) // 2] <= 70, lengths
+
+
+# --- the filters against pasted pages -----------------------------------------------------------------------------
+
+RESULTS = ('results for "glass travel mug" (page 1 of 2)\n[brio glass travel mug] $23\n[nova glass travel mug] $41\n'
+           "[zen glass mug] $12\n[back to search] [next >]")
+PASTE = outcome("find me a glass travel mug, pink, priced under 30 dollars",
+                "search page. type a query with search[...]", "search[glass travel mug]", RESULTS,
+                [{"action": "search[glass mug]", "next_observation": RESULTS.replace("travel mug\"", "mug\"")},
+                 {"action": "search[red lamp]", "next_observation": 'no results for "red lamp".\n[back to search]'}])
+
+
+def _judge_paste(text):
+    shown = shown_alternatives(PASTE, 3)
+    return judge(text, "stop", expert="search[glass travel mug]", alternatives=[a["action"] for a in shown],
+                 new_words=set(), max_words=500, pages=page_runs(PASTE, shown))
+
+
+def test_a_reflection_that_pastes_an_outcome_page_is_rejected():
+    # 12 words in a row of what the chosen action led to (it is also in no task or action text)
+    pasted = ("Searching for glass travel mug should give results for glass travel mug page 1 of 2 brio glass "
+              "travel mug, which fits the task.\n\nAction: search[glass travel mug]")
+    v = _judge_paste(pasted)
+    assert (v.reason, v.detail) == ("pasted_page", "pastes 13 words of a page in a row: 'results for glass travel "
+                                                   "mug page 1 of 2 brio glass travel mug'")
+    # ... and from an alternative's outcome too
+    v = _judge_paste("Searching for a red lamp gives no results for red lamp back to search at all, and for a glass "
+                     "mug it gives results for glass mug page 1 of 2 brio glass travel mug 23 nova glass travel mug. "
+                     "Searching for glass travel mug should fit.\n\nAction: search[glass travel mug]")
+    assert (v.reason, v.detail) == ("pasted_page", "pastes 17 words of a page in a row: 'results for glass mug "
+                                                   "page 1 of 2 brio glass travel mug 23 nova glass travel mug'")
+
+
+def test_the_paste_limit_is_twelve_words_and_the_task_and_moves_are_not_page_text():
+    assert PASTE_RUN == 12
+    words = "results for glass travel mug page 1 of 2 brio glass travel".split()   # 12 words of the outcome
+    tail = ", which fits the task. Searching for glass travel mug should do it.\n\nAction: search[glass travel mug]"
+    assert _judge_paste("I expect " + " ".join(words[:11]) + tail).reason is None
+    assert _judge_paste("I expect " + " ".join(words) + tail).reason == "pasted_page"
+    # restating the whole task, even where a page shows it, is not pasting a page
+    record = copy.deepcopy(PASTE)
+    goal = "find me a large glass travel mug in pink with a lid, priced under 30 dollars"
+    record["state"].update(goal=goal, observation=f"Your task: {goal}. search page.")
+    shown = shown_alternatives(record, 3)
+    v = judge(f"The task is to {goal}, so searching for glass travel mug should help.\n\n"
+              "Action: search[glass travel mug]", "stop", expert="search[glass travel mug]",
+              alternatives=[a["action"] for a in shown], new_words=set(), max_words=500,
+              pages=page_runs(record, shown))
+    assert v.reason is None, v.detail
+
+
+def test_pasted_reflections_are_counted_in_the_stats():
+    reply = ("Searching for glass travel mug should give results for glass travel mug page 1 of 2 brio glass "
+             "travel mug 23.\n\nAction: search[glass travel mug]")
+    out, counts, rejected = _run(PASTE, lambda m, s: (reply, "stop"))
+    assert out == [] and counts == {"pasted_page": 1} and rejected[0]["reason"] == "pasted_page"
+    assert "pasted_page" in COUNTS and "pasted_page" in FILTERS
+
+
+def test_version_one_grounded_rationale_is_rejected_as_pasted():
+    """What the grounded writer wrote before (version 1): the page and the outcomes quoted."""
+    old = ('My task: find me a glass travel mug, pink, priced under 30 dollars. What is in front of me: "search page. '
+           'type a query with search[...]". Weighing the moves I have: "search[glass mug]" leads to "results for '
+           "'glass mug' (page 1 of 2) [brio glass travel mug] $23 [nova glass travel mug] $41 [zen glass mug] $12 "
+           '...", which is a detour from the task. So my move is "search[glass travel mug]": I expect it to lead to '
+           '"results for \'glass travel mug\' (page 1 of 2) [brio glass travel mug] $23 [nova glass travel mug] '
+           '$41 ...", which moves me toward the goal.')
+    assert _judge_paste(old).reason == "pasted_page"
+    assert _judge_paste(grounded_reflection(PASTE, shown_alternatives(PASTE, 3))).reason is None
+
+
+# --- the templates ask for the same style ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["default", "short"])
+def test_templates_ask_for_a_short_described_rationale_with_the_closing(name):
+    text = Template.load(name).text
+    assert "So my move is" in text
+    assert "copy" in text and "commands" in text         # describe the moves and their pages, do not paste them
+    if name == "default":
+        assert "40 to 120 words" in text and "{max_words}" in text
+
+
+def test_the_closing_the_template_asks_for_is_not_a_template_copy():
+    text = ("Clicking pink should select the colour the task asks for. Going back to search would lose this mug. "
+            "So my move is click[pink].")
+    for name in ("default", "short"):
+        v = judge(text, "stop", expert=EXPERT, alternatives=ALTS, new_words=set(), max_words=500,
+                  template=Template.load(name), topic=topic_words(SHOP, ALTS))
+        assert v.reason is None and v.concluded == "click[pink]", (name, v.detail)
 
 
 # --- the training example ---------------------------------------------------------------------------------------
@@ -334,6 +495,9 @@ def test_teacher_and_grounded_are_labelled_in_meta():
     extra = json.loads(grounded["meta"]["extra"])
     assert grounded["meta"]["reflector"] == "grounded" and grounded["meta"]["model"] == ""
     assert extra["paper_method"] is False and "not the paper's method" in extra["note"]
+    # which grounded writer made it: version 1 (no key) quoted pages, version 2 describes them
+    assert extra["grounded_version"] == GROUNDED_VERSION == 2
+    assert "grounded_version" not in json.loads(teacher["meta"]["extra"])
 
 
 def test_a_rejected_reflection_is_counted_and_passed_on_with_its_reason():
@@ -394,6 +558,7 @@ def test_fallback_replaces_a_rejected_reflection_with_the_grounded_one_and_says_
     meta, extra = example["meta"], json.loads(example["meta"]["extra"])
     assert (meta["reflector"], meta["model"]) == ("grounded", "")
     assert (extra["fallback_for"], extra["rejected"], extra["paper_method"]) == ("self", "label_leakage", False)
+    assert extra["grounded_version"] == GROUNDED_VERSION
     assert counts == {"label_leakage": 1, "fallback_grounded": 1}
     assert rejected[0]["reason"] == "label_leakage" and rejected[0]["meta"]["reflector"] == "self"
 

@@ -11,8 +11,9 @@ outcomes, no model: for CPU experiments and tests; not the paper's method, and i
 
 Every reflection goes through the same filters, from what the paper's public code base learned about its generated
 reflections and what SmolLM2-135M did here: a cut-off reply, an empty, short or over-long one, label leakage, a copy
-of the template's own words, one off the topic or going round in circles, the chosen action's outcome narrated as
-already seen, a different concluding action. A monologue repeated twice is repaired (first copy kept), not rejected.
+of the template's own words, page text pasted in (12 words in a row of an observation it was shown), one off the
+topic or going round in circles, the chosen action's outcome narrated as already seen, a different concluding
+action. A monologue repeated twice is repaired (first copy kept), not rejected.
 
 The package: the prompt template and what the reflector is shown (`template`), the grounded writer (`grounded`),
 the filters (`filters`), the words they share (`text`) and, here, the stage itself.
@@ -27,14 +28,16 @@ from eexp.inflight import InOrder
 from eexp.io import Stage
 from eexp.prompts import Serializer, format_action
 from eexp.records import example_meta
-from eexp.stages.reflect.filters import COUNTS, FILTERS, Verdict, fresh_words, judge, topic_words, trim_repeat
-from eexp.stages.reflect.grounded import grounded_reflection
+from eexp.stages.reflect.filters import (COUNTS, FILTERS, PASTE_RUN, Verdict, fresh_words, judge, page_runs,
+                                         pasted_span, topic_words, trim_repeat)
+from eexp.stages.reflect.grounded import VERSION as GROUNDED_VERSION, describe_action, grounded_reflection
 from eexp.stages.reflect.template import BUILTIN_TEMPLATES, Template, reflection_prompt, shown_alternatives
 from eexp.stages.settings import setting, shared
 
-__all__ = ["BUILTIN_TEMPLATES", "COUNTS", "FILTERS", "Reflect", "Reflector", "Settings", "Template", "Verdict",
-           "grounded_reflection", "judge", "policy_writer", "reflect_examples", "reflection_prompt",
-           "shown_alternatives", "topic_words", "trim_repeat"]
+__all__ = ["BUILTIN_TEMPLATES", "COUNTS", "FILTERS", "GROUNDED_VERSION", "PASTE_RUN", "Reflect", "Reflector",
+           "Settings", "Template", "Verdict", "describe_action", "grounded_reflection", "judge", "page_runs",
+           "pasted_span", "policy_writer", "reflect_examples", "reflection_prompt", "shown_alternatives",
+           "topic_words", "trim_repeat"]
 
 
 @dataclass(frozen=True)
@@ -45,13 +48,14 @@ class Settings:
     # the paper finds SR best at K = 2-4
     max_alternatives: int = setting(3, "Alternatives shown per state: the first N that rollout executed, valid or "
                                     "not.", min=1)
-    # the repo's soft cap; the prompt asks for 150-300
-    max_words: int = setting(500, "Reject reflections longer than this.", min=1)
+    # The templates ask for 40-120 words (a short rationale, as the grounded writer's ~50): 200 words is ~260 tokens,
+    # past which eval's thought budget cuts the closing `So my move is ...` (the paper's repo capped at 500).
+    max_words: int = setting(200, "Reject reflections longer than this.", min=1)
     # a few words explain nothing (and are what a broken model emits)
     min_words: int = setting(10, "Reject reflections shorter than this.", min=1)
     max_outcome_chars: int = setting(600, "Clip each outcome shown to the reflector (0: no limit).", min=0)
-    # Reflections are long, free prose: 1024 tokens leaves room for the 150-300 words the prompt asks for (and the
-    # 500-word cap) without cutting them, and 0.7 keeps a small model coherent over that length while still varying
+    # Reflections are free prose: 1024 tokens leaves ample room for the 40-120 words the prompt asks for (and the
+    # 200-word cap), so a reply is cut only when it rambles, and 0.7 keeps a small model coherent while still varying
     # the wording from state to state (the paper used 0.9 for TravelPlanner; its repo's generator ran at 0.7).
     temperature: float = shared("temperature", 0.7)
     top_p: float = shared("top_p")
@@ -116,7 +120,7 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
     verdict = judge(reply, finish_reason, expert=expert["action"], alternatives=alternatives,
                     new_words=fresh_words(outcome, shown, serializer.render_state(state)),
                     max_words=settings.max_words, min_words=settings.min_words, template=template,
-                    topic=topic_words(outcome, alternatives))
+                    topic=topic_words(outcome, alternatives), pages=page_runs(outcome, shown))
     if verdict.repeated:
         count("repeated")
 
@@ -126,6 +130,7 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
             extra["paper_method"] = False
             extra["note"] = "grounded: deterministic rationale from observed outcomes, no model; not the paper's " \
                             "method"
+            extra["grounded_version"] = GROUNDED_VERSION   # 1 (no key): quoted pages; 2: described, short
         else:
             extra.update(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
         if kind == "teacher":

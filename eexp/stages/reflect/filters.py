@@ -1,7 +1,7 @@
 """The filters every reflection goes through, in a fixed order (`judge`): a cut-off reply, an empty, short or
-over-long one, label leakage, a copy of the template's own words, one off the topic or going round in circles, the
-chosen action's outcome narrated as already seen, a different concluding action. A monologue repeated twice is
-repaired (first copy kept), not rejected."""
+over-long one, label leakage, a copy of the template's own words, page text pasted in, one off the topic or going
+round in circles, the chosen action's outcome narrated as already seen, a different concluding action. A monologue
+repeated twice is repaired (first copy kept), not rejected."""
 
 from __future__ import annotations
 
@@ -14,11 +14,16 @@ from eexp.stages.reflect.text import WORD, content_words
 from eexp.text import normalize_space
 
 FILTERS = ("truncated", "model_error", "empty", "too_short", "too_long", "label_leakage", "template_copy",
-           "off_topic", "repetitive", "outcome_narration", "different_action")
+           "pasted_page", "off_topic", "repetitive", "outcome_narration", "different_action")
 # What --stats reports: why states gave no example, each filter, repairs, fallbacks, and what was kept.
 COUNTS = ("kept", *FILTERS, "repeated", "fallback_grounded", "no_alternatives", "all_alternatives_failed",
           "unreachable", "expert_not_executed")
 MAX_REPEATED_RUNS = 0.4   # a monologue whose three-word runs repeat more than this is going round in circles
+# Words in a row, the same and in the same order as in an observation the reflector was shown, that make a
+# reflection a paste of page text (pasted_page). Twelve is past anything a monologue says in its own words that
+# happens to match a page ("there is a locked gate to the east" is 8; a shop item's name is at most 6), and well
+# under what a copied page line gives ("results for 'glass mug' (page 1 of 3) [nova glass travel mug] $23" is 13).
+PASTE_RUN = 12
 
 # Labels a generator copies from its prompt (~16% of one batch in the paper's code base): who demonstrated the
 # action, list positions, template headings, meta talk. Plain words like "alternative" or "option" alone are fine
@@ -127,7 +132,7 @@ def fresh_words(outcome: dict, shown: list[dict], situation: str) -> set[str]:
 
 def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str], new_words: set[str],
           max_words: int, min_words: int = 1, template: Template | None = None,
-          topic: set[str] | None = None) -> Verdict:
+          topic: set[str] | None = None, pages: frozenset[tuple[str, ...]] = frozenset()) -> Verdict:
     """Clean a reply and run the filters in a fixed order; the first that fails is the reason."""
     text, repeated = trim_repeat(reply.strip())
     if finish_reason.startswith("error"):
@@ -160,6 +165,11 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
     if copied:
         verdict.reason, verdict.detail = "template_copy", f"repeats the template's words {copied!r}"
         return verdict
+    pasted = pasted_span(prose, pages)
+    if pasted:
+        verdict.reason, verdict.detail = "pasted_page", f"pastes {len(pasted)} words of a page in a row: " \
+                                                         f"{clip(' '.join(pasted), 120)!r}"
+        return verdict
     content = set(content_words(prose))
     if topic and not content & topic:
         verdict.reason, verdict.detail = "off_topic", "names nothing from the task or the moves"
@@ -178,7 +188,26 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
         verdict.concluded = concluded
     if concluded is not None and _canon(concluded) != _canon(expert):
         verdict.reason, verdict.detail = "different_action", f"concludes {concluded!r}, not {expert!r}"
+        return verdict
+    closing = _closing_move(prose, expert, alternatives)
+    if closing is not None and _canon(closing) != _canon(expert):
+        # "So my move is click[white]." then `Action: click[pink]`: a thought that argues for another move
+        verdict.reason, verdict.detail = "different_action", f"closes on {closing!r}, not {expert!r}"
     return verdict
+
+
+_CLOSING = re.compile(r"\bso my move is\b", re.IGNORECASE)
+
+
+def _closing_move(prose: str, expert: str, alternatives: list[str]) -> str | None:
+    """The move the closing the templates ask for (`So my move is <move>.`, its last occurrence) names, when it
+    names the chosen one or an alternative word for word (the longest that fits); None otherwise."""
+    found = list(_CLOSING.finditer(prose))
+    if not found:
+        return None
+    after = normalize_space(prose[found[-1].end():]).strip().lstrip("`'\"*:").casefold()
+    named = [a for a in [expert, *alternatives] if _canon(a) and after.startswith(_canon(a))]
+    return max(named, key=lambda a: len(_canon(a))) if named else None
 
 
 # What a reply may open with before the monologue: the template's answer cue ("Why:") or a "Thought:" label.
@@ -191,6 +220,41 @@ def _copied_phrase(prose: str, template: Template) -> str | None:
         if tuple(words[i:i + COPY_RUN]) in template.phrases:
             return " ".join(words[i:i + COPY_RUN])
     return None
+
+
+def page_runs(outcome: dict, shown: list[dict]) -> frozenset[tuple[str, ...]]:
+    """Every run of PASTE_RUN words of the observations the reflector was shown (the current one, those of the
+    recent steps, what the chosen action and each alternative shown led to), less the runs that are also in the
+    task or in an action's text: restating the task or naming a move in full is not pasting a page."""
+    state = outcome["state"]
+    pages = [state.get("observation") or "", outcome["expert"].get("next_observation") or ""]
+    pages += [step.get("observation") or "" for step in state.get("history") or []]
+    pages += [alt.get("next_observation") or "" for alt in shown]
+    own = [state.get("goal") or "", outcome["expert"]["action"], *(alt["action"] for alt in shown)]
+    return frozenset(_runs(pages, PASTE_RUN) - _runs(own, PASTE_RUN))
+
+
+def _runs(texts: list[str], n: int) -> set[tuple[str, ...]]:
+    runs = set()
+    for text in texts:
+        words = [w.lower() for w in WORD.findall(text)]
+        runs.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return runs
+
+
+def pasted_span(prose: str, pages: frozenset[tuple[str, ...]]) -> list[str]:
+    """The first stretch of the prose whose every PASTE_RUN-word run is one of `pages` (page_runs), as long as it
+    goes on: the pasted words, or [] when there are none."""
+    if not pages:
+        return []
+    words = [w.lower() for w in WORD.findall(prose)]
+    for i in range(len(words) - PASTE_RUN + 1):
+        if tuple(words[i:i + PASTE_RUN]) in pages:
+            end = i + PASTE_RUN
+            while end < len(words) and tuple(words[end - PASTE_RUN + 1:end + 1]) in pages:
+                end += 1
+            return words[i:end]
+    return []
 
 
 def _repeated_run_share(prose: str) -> float:

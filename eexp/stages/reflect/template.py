@@ -27,6 +27,8 @@ BUILTIN_TEMPLATES = {"default": "reflect.txt", "short": "reflect-short.txt"}
 OPTIONAL_SLOTS = ("goal", "max_words")
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 COPY_RUN = 5              # words in a row shared with the template that count as copying it
+# The closing every reflection ends with, and the move after it (the worked example's): never counted as a copy.
+_CLOSING = re.compile(r"so my move is\s*\S*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,13 @@ class Template:
     @cached_property
     def phrases(self) -> frozenset[tuple[str, ...]]:
         """Every run of COPY_RUN words in the template's own text (slots excluded): a reflection that repeats one
-        is copying the instructions or the worked example instead of reasoning about its own state."""
+        is copying the instructions or the worked example instead of reasoning about its own state. The closing
+        the templates ask for (`So my move is <move>.`) is a slot too: every reflection is meant to end with it."""
         runs = set()
         for part in _SLOT.split(self.text)[::2]:  # split() alternates text and slot names
-            words = [w.lower() for w in WORD.findall(part)]
-            runs.update(tuple(words[i:i + COPY_RUN]) for i in range(len(words) - COPY_RUN + 1))
+            for piece in _CLOSING.split(part):
+                words = [w.lower() for w in WORD.findall(piece)]
+                runs.update(tuple(words[i:i + COPY_RUN]) for i in range(len(words) - COPY_RUN + 1))
         return frozenset(runs)
 
 

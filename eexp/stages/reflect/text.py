@@ -1,10 +1,8 @@
-"""Words and quotes shared by the reflection template, the grounded writer and the filters."""
+"""Words shared by the reflection template, the grounded writer and the filters."""
 
 from __future__ import annotations
 
 import re
-
-from eexp.text import normalize_space
 
 WORD = re.compile(r"[a-z0-9]+", re.IGNORECASE)
 
@@ -20,12 +18,3 @@ def content_words(text: str) -> list[str]:
         if w not in STOP and w not in out:
             out.append(w)
     return out
-
-
-def snippet(text: str, max_chars: int = 160) -> str:
-    """One line of an observation, short enough to quote inside a sentence."""
-    flat = normalize_space(text.replace('"', "'"))
-    if len(flat) <= max_chars:
-        return flat
-    cut = flat[:max_chars].rsplit(" ", 1)[0]
-    return cut.rstrip(",;:") + " ..."
