@@ -65,10 +65,14 @@ def build(jobs: int | None = None) -> Path:
         source = next(tmp.glob("llama_cpp_python-*/vendor/llama.cpp"))
         build_dir = tmp / "build"
         log = tmp / "build.log"
+        # ggml's CMake compiles through ccache when it is installed (GGML_CCACHE, on by default); with the source's
+        # temporary folder as ccache's base, its paths hash the same in every build, so a machine that built this
+        # version once (a second clone, CI) compiles it again in about a minute instead of ~10
+        env = {**os.environ, "CCACHE_BASEDIR": str(tmp)}
         for step in (["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS],
                      ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)]):
             with open(log, "ab") as out:   # the compiler's warnings stay out of the install's output
-                done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT)
+                done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, env=env)
             if done.returncode:
                 sys.stderr.write(log.read_text(errors="replace")[-4000:])
                 raise SystemExit(f"llama-server: {' '.join(step[:2])} failed (exit {done.returncode}); its output "
