@@ -1,0 +1,382 @@
+"""`alfworld`: ALFWorld (Shridhar et al., 2021), the paper's headline benchmark, through the `alfworld` package.
+
+ALFRED's household tasks as text games: TextWorld's PDDL engine (`textworld[pddl]`, fast-downward) wrapped as
+alfworld's AlfredTWEnv wraps it (AlfredDemangler: objects named `countertop 1`, `apple 2`; AlfredInfos). Install
+with `pip install 'eexp[alfworld]'`; the games come from `alfworld-download` (needs the internet, ~2 GB), which fills
+$ALFWORLD_DATA (alfworld's default: ~/.cache/alfworld):
+
+    $ALFWORLD_DATA/json_2.1.1/{train,valid_seen,valid_unseen}/<task>-<object>-<mrecep>-<receptacle>-<scene>/<trial>/
+        traj_data.json  game.tw-pddl  initial_state.pddl
+
+Splits, as in the paper and ALFWorld: train = `train` (3,553 solvable games in the release), test = `valid_seen`
+(140, seen rooms), ood = `valid_unseen` (134, unseen rooms). Games are collected as AlfredTWEnv collects them: a trial
+folder with traj_data.json and game.tw-pddl, of one of the six task types, not a movable-receptacle or sliced task,
+marked solvable; in path order. A task's id is `<task folder>/<trial>`, its goal the game's task sentence, its
+category the task type (ALFWorld's six, which eval --summary breaks success down by). The listing is read once per
+data folder and kept in $EEXP_CACHE/alfworld/ (checked against the folder's files by size and mtime).
+
+Actions are the admissible commands (a closed set: go to, open, close, take X from Y, move X to Y, heat/cool/clean X
+with Y, use, examine, look, inventory, help); any other text gets ALFWorld's "Nothing happens." and valid False. A
+step returns the engine's feedback; the first observation drops TextWorld's welcome banner. Success is ALFWorld's
+`won` (the PDDL goal holds); the score is 1 for a won game, else 0.
+
+The expert (option `expert`): `walkthrough` (default), the gold walkthrough game.tw-pddl carries (what
+`alfworld-generate` recorded with alfworld's hand-coded expert; the official early-experience notes use it), or the
+planner's plan where a game has none; `planner`, the PDDL planner's plan from the start (AlfredExpert "planner", as
+ALFWorld's DAgger training does). Plans are computed in an engine of their own, so expert() leaves the live episode
+alone.
+
+Snapshots: the engine's state is a state id in fast-downward's state registry (its C library, one private copy per
+engine) plus the Python side (PddlState's facts, the last GameState, the operators in reach). snapshot() saves both;
+restore() sets them back (microseconds). reset() on the game already loaded restores the game's first state instead of
+translating the PDDL again (0.3 s), so the registry and every snapshot of that game stay valid; a snapshot of another
+game (or taken before the engine was restarted) is reached by resetting and replaying the actions it records.
+rollout compares every reached observation with the recorded one (reach.py), which catches a drift onto another state.
+
+Offline: nothing here reaches the network (the data is local; alfworld-download is the user's step). TextWorld's PDDL
+translator overwrites sys.argv; it is put back after every engine load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from eexp.cache import cache_root
+from eexp.envs.base import Env, EnvError, package_version
+from eexp.text import normalize_space
+
+SPLIT_FOLDERS = {"train": "train", "test": "valid_seen", "ood": "valid_unseen"}
+TASK_TYPES = ("pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
+              "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place")
+DATA_VERSION = "json_2.1.1"
+EXPERTS = ("walkthrough", "planner")
+INDEX_FORMAT = 1
+_TASK_SENTENCE = re.compile(r'"task"\s*:\s*\[\s*\{\s*"rhs"\s*:\s*"Your task is to: ([^"]*?)\.?"')
+_BANNER = re.compile(r"^\s*-= Welcome to TextWorld, ALFRED! =-\s*")
+MISSING = ("alfworld: no ALFWorld games in {path} (ALFWORLD_DATA{how}); run `alfworld-download` once (it needs the "
+           "internet) or set ALFWORLD_DATA to the folder it filled")
+
+
+def data_root() -> Path:
+    """$ALFWORLD_DATA, else alfworld's own default (~/.cache/alfworld); read without importing alfworld, whose import
+    creates the folder."""
+    return Path(os.environ.get("ALFWORLD_DATA") or Path.home() / ".cache" / "alfworld").expanduser()
+
+
+def split_folder(split: str) -> Path:
+    return data_root() / DATA_VERSION / SPLIT_FOLDERS[split]
+
+
+def _missing(path: Path) -> EnvError:
+    how = " is not set: alfworld's default" if not os.environ.get("ALFWORLD_DATA") else ""
+    return EnvError(MISSING.format(path=path, how=how))
+
+
+def _trial_folders(folder: Path) -> list[Path]:
+    """The trial folders of a split (those with a traj_data.json), in path order."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        if "traj_data.json" in files:
+            found.append(Path(root))
+    return sorted(found)
+
+
+def _signature(folder: Path, trials: list[Path]) -> str:
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    for trial in trials:
+        game = trial / "game.tw-pddl"
+        stat = game.stat() if game.exists() else None
+        digest.update(f"{trial.relative_to(folder)}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def read_tasks(split: str) -> list[dict]:
+    """Every game of a split, as AlfredTWEnv collects them, cached by the folder's signature."""
+    folder = split_folder(split)
+    if not folder.is_dir():
+        raise _missing(folder)
+    trials = _trial_folders(folder)
+    signature = _signature(folder, trials)
+    cache = cache_root() / "alfworld" / f"tasks-{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("format") == INDEX_FORMAT and cached.get("signature") == signature:
+            return cached["tasks"]
+    except (OSError, ValueError):
+        pass
+    tasks = []
+    for trial in trials:
+        rel = trial.relative_to(folder).as_posix()
+        if "movable" in rel or "Sliced" in rel:     # as AlfredTWEnv: not supported
+            continue
+        game_file = trial / "game.tw-pddl"
+        if not game_file.exists():
+            continue
+        try:
+            task_type = json.loads((trial / "traj_data.json").read_text()).get("task_type")
+            game = json.loads(game_file.read_text())
+        except (OSError, ValueError) as e:
+            raise EnvError(f"alfworld: cannot read the game in {trial}: {e}") from None
+        if task_type not in TASK_TYPES or not game.get("solvable"):
+            continue
+        found = _TASK_SENTENCE.search(game.get("grammar", ""))
+        if not found or "UNKNOWN GOAL" in found.group(1):
+            raise EnvError(f"alfworld: {game_file} has no task sentence in its grammar (run alfworld-generate on it)")
+        tasks.append({"id": rel, "split": split, "goal": found.group(1).strip(), "category": task_type})
+    if not tasks:
+        raise _missing(folder)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"format": INDEX_FORMAT, "signature": signature, "tasks": tasks}))
+    os.replace(tmp, cache)
+    return tasks
+
+
+# PddlEnv objects not in use, by whether they compute the planner's plan. Each holds a private copy of fast-downward's
+# C library, loaded once: the library cannot be unloaded and loaded again in one process (dlclose, then the next
+# load_lib, crashes), so an engine's PddlEnv goes back here when it is closed and the next engine takes it.
+_FREE: dict[bool, list] = {False: [], True: []}
+_FREE_LOCK = threading.Lock()
+_EPOCHS = itertools.count(1)
+
+
+def _take_pddl(policy: bool):
+    with _FREE_LOCK:
+        if _FREE[policy]:
+            return _FREE[policy].pop()
+    import textworld
+    from textworld.envs import PddlEnv
+    return PddlEnv(textworld.EnvInfos(admissible_commands=True, won=True, policy_commands=policy,
+                                      extras=["gamefile"]))
+
+
+class _Engine:
+    """One game in TextWorld's PDDL engine with alfworld's wrappers, and the engine's state saved and set back."""
+
+    def __init__(self, game_file: Path, policy: bool = False):
+        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+        self.policy = policy
+        self.pddl = _take_pddl(policy)
+        self.env = AlfredInfos(AlfredDemangler(self.pddl, shuffle=False))
+        self.game_file = game_file
+        with _argv_kept():
+            self.env.load(str(game_file))
+            self.state = self.env.reset()        # translates the PDDL (0.3 s): once per engine
+        lib = self.pddl.downward_lib
+        import ctypes
+        lib.get_state_id.argtypes, lib.get_state_id.restype = [], ctypes.c_int
+        lib.set_state_id.argtypes, lib.set_state_id.restype = [ctypes.c_int], None
+        self.first = self.save()
+
+    def save(self) -> dict:
+        pddl, facts = self.pddl, self.pddl._pddl_state
+        return {"id": pddl.downward_lib.get_state_id(),
+                "facts": {k: frozenset(v) for k, v in facts._facts.items()},
+                "vars_by_name": dict(facts._vars_by_name),
+                "vars_by_type": {k: frozenset(v) for k, v in facts._vars_by_type.items()},
+                "var_counts": facts._var_counts.copy(), "operators": dict(getattr(facts, "_operators", {})),
+                "state": pddl.state, "prev_state": pddl.prev_state, "last_action": pddl._last_action,
+                "moves": pddl._moves}
+
+    def load(self, saved: dict) -> None:
+        pddl, facts = self.pddl, self.pddl._pddl_state
+        pddl.downward_lib.set_state_id(saved["id"])
+        facts._facts.clear()
+        facts._facts.update({k: set(v) for k, v in saved["facts"].items()})
+        facts._vars_by_name = dict(saved["vars_by_name"])
+        facts._vars_by_type.clear()
+        facts._vars_by_type.update({k: set(v) for k, v in saved["vars_by_type"].items()})
+        facts._var_counts = saved["var_counts"].copy()
+        facts._operators = dict(saved["operators"])
+        pddl.state, pddl.prev_state = saved["state"], saved["prev_state"]
+        pddl._last_action, pddl._moves = saved["last_action"], saved["moves"]
+        self.state = saved["state"]
+
+    def step(self, command: str):
+        self.state, _, done = self.env.step(command)
+        return self.state, done
+
+    def close(self) -> None:
+        pddl, self.pddl, self.env = self.pddl, None, None
+        if pddl is not None:
+            with _FREE_LOCK:
+                _FREE[self.policy].append(pddl)
+
+
+class _argv_kept:
+    """TextWorld's PDDL translator sets sys.argv (fast_downward.pddl2sas); put it back."""
+
+    def __enter__(self):
+        self.argv = list(sys.argv)
+
+    def __exit__(self, *exc):
+        sys.argv[:] = self.argv
+
+
+class AlfWorldEnv(Env):
+    name = "alfworld"
+    version = package_version("alfworld")
+    splits = ("train", "test", "ood")
+    can_snapshot = True
+    closed_actions = True
+    max_steps = 50                    # ALFWorld's evaluation episodes
+    action_format = ("go to X | open X | close X | take X from Y | move X to Y | heat/cool/clean X with Y | use X | "
+                     "examine X | look | inventory")
+    options = {"expert": "walkthrough"}
+
+    def __init__(self, expert: str = "walkthrough", **kwargs: Any):
+        super().__init__(expert=expert, **kwargs)
+        if expert not in EXPERTS:
+            raise EnvError(f"alfworld: expert must be one of {', '.join(EXPERTS)}, not {expert!r}")
+        self.expert_kind = expert
+        self._tasks: dict[str, list[dict]] = {}
+        self._engine: _Engine | None = None
+        self._task: dict | None = None
+        self._history: list[str] = []
+        self._done = False
+        self._plans: dict[tuple[str, str], list[str]] = {}
+        self._epoch = 0                   # a new engine, a new registry: older snapshots are replayed instead
+
+    # --- tasks ------------------------------------------------------------------------------------------------
+    def tasks(self, split: str) -> list[dict]:
+        if split not in self.splits:
+            raise EnvError(f"alfworld has no split {split!r} (splits: {', '.join(self.splits)})")
+        if split not in self._tasks:
+            self._tasks[split] = read_tasks(split)
+        return self._tasks[split]
+
+    def _game_file(self, task: dict) -> Path:
+        split, task_id = task.get("split"), str(task.get("id", ""))
+        if split not in SPLIT_FOLDERS:
+            raise EnvError(f"alfworld: task {task_id!r} has no split of alfworld's ({', '.join(self.splits)})")
+        folder = split_folder(split)
+        path = folder / task_id / "game.tw-pddl"
+        if ".." in Path(task_id).parts or not path.is_file():
+            if not folder.is_dir():
+                raise _missing(folder)
+            raise EnvError(f"alfworld: no game {task_id!r} in {folder}")
+        return path
+
+    # --- episode ----------------------------------------------------------------------------------------------
+    def _guard(self, what: str, call):
+        try:
+            with _argv_kept():
+                return call()
+        except EnvError:
+            raise
+        except Exception as e:
+            self._drop()
+            raise EnvError(f"alfworld: engine failed during {what}: {type(e).__name__}: {e} "
+                           "(the game was closed; reset() starts it again)") from e
+
+    def _drop(self) -> None:
+        engine, self._engine = self._engine, None
+        self._task = None
+        if engine is not None:
+            engine.close()
+
+    def reset(self, task: dict) -> str:
+        path = self._game_file(task)
+        if self._engine is None or self._engine.game_file != path:
+            self._drop()
+            self._engine = self._guard("loading the game", lambda: _Engine(path))
+            self._epoch = next(_EPOCHS)
+        else:
+            self._guard("reset", lambda: self._engine.load(self._engine.first))
+        self._task, self._history, self._done = task, [], False
+        return _BANNER.sub("", self._engine.state.feedback).strip()
+
+    def _live(self) -> _Engine:
+        if self._engine is None or self._task is None:
+            raise EnvError("alfworld: no game running (it failed or was never started); call reset() first")
+        return self._engine
+
+    def step(self, action: str) -> tuple[str, float, bool, dict]:
+        engine = self._live()
+        command = self.canonicalize(action)
+        valid = command in set(engine.state.admissible_commands or [])
+        state, done = self._guard(f"step {action!r}", lambda: engine.step(command))
+        self._history.append(command)
+        won = bool(state.get("won"))
+        self._done = bool(done)
+        return str(state.feedback).strip(), 1.0 if won else 0.0, bool(done), {"valid": valid}
+
+    def admissible(self) -> list[str]:
+        if self._engine is None or self._task is None:
+            return []
+        return list(self._engine.state.admissible_commands or [])
+
+    def success(self) -> bool:
+        return bool(self._engine is not None and self._task is not None and self._engine.state.get("won"))
+
+    def score(self) -> float:
+        return 1.0 if self.success() else 0.0
+
+    def canonicalize(self, action: str) -> str:
+        return normalize_space(str(action).lower())
+
+    # --- the expert: from the game file or a planner of its own ------------------------------------------------
+    def expert(self, task: dict) -> list[str]:
+        path = self._game_file(task)
+        key = (str(path), self.expert_kind)
+        if key not in self._plans:
+            plan = None
+            if self.expert_kind == "walkthrough":
+                try:
+                    plan = json.loads(path.read_text()).get("walkthrough")
+                except (OSError, ValueError) as e:
+                    raise EnvError(f"alfworld: cannot read {path}: {e}") from None
+            if not plan:
+                plan = self._plan(path)
+            self._plans[key] = [str(a) for a in plan]
+        return list(self._plans[key])
+
+    def _plan(self, path: Path) -> list[str]:
+        """The PDDL planner's plan from the game's first state, in an engine of its own."""
+        def run():
+            engine = _Engine(path, policy=True)
+            try:
+                return list(engine.state.get("policy_commands") or [])
+            finally:
+                engine.close()
+        plan = self._guard_expert(run)
+        if not plan:
+            raise EnvError(f"alfworld: the planner found no plan for {path}")
+        return plan
+
+    @staticmethod
+    def _guard_expert(call):
+        try:
+            with _argv_kept():
+                return call()
+        except EnvError:
+            raise
+        except Exception as e:
+            raise EnvError(f"alfworld: the planner failed: {type(e).__name__}: {e}") from e
+
+    # --- snapshots ----------------------------------------------------------------------------------------------
+    def snapshot(self) -> Any:
+        engine = self._live()
+        saved = self._guard("snapshot", engine.save)
+        return {"task": self._task, "epoch": self._epoch, "game": str(engine.game_file), "engine": saved,
+                "history": tuple(self._history), "done": self._done}
+
+    def restore(self, snap: Any) -> None:
+        task = snap["task"]
+        if self._engine is not None and self._epoch == snap["epoch"] and str(self._engine.game_file) == snap["game"]:
+            self._guard("restore", lambda: self._engine.load(snap["engine"]))
+            self._task, self._history, self._done = task, list(snap["history"]), snap["done"]
+            return
+        self.replay(task, list(snap["history"]))   # another engine: reach it again (deterministic)
+
+    def close(self) -> None:
+        self._drop()
