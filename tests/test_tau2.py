@@ -33,10 +33,10 @@ from openai_stub import TAU2_CONFIRM, StubServer, tau2_user_reply  # noqa: E402
 
 from eexp.cli import cli  # noqa: E402
 from eexp.envs import EnvError, make_env  # noqa: E402
-from eexp.envs.tau2_env import parse_action  # noqa: E402
+from eexp.envs.tau2_env import ASK, parse_action  # noqa: E402
 
 # litellm's response types warn about themselves when first built (eexp filters it, pytest resets filters per test)
-pytestmark = pytest.mark.filterwarnings("ignore:.*is using the `ReadOnly` qualifier:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
 
 ROOT = Path(__file__).parent.parent
 TASK = "retail-0"          # exchange two items of a delivered order: 5 reference calls, one a write
@@ -199,8 +199,10 @@ def test_an_episode_tool_calls_user_replies_and_tau2s_reward(tau2, customer):
     assert plan[-1] == "done()" and "Do you confirm" in plan[-3]           # a write is confirmed with the customer
     first = tau2.reset(task)
     assert first.startswith("user: Hello. You received your order #W2378156")
+    assert tau2.admissible() == ["get_order_details(order_id='#W2378156')", ASK, "done()"]   # a sample: ids seen
     observation, reward, done, info = tau2.step(plan[0])
     assert (observation, reward, done, info["valid"]) == ("tool: yusuf_rossi_9620", 0.0, False, True)
+    assert "get_user_details(user_id='yusuf_rossi_9620')" in tau2.admissible()
     assert tau2.step("no_such_tool(x=1)")[3]["valid"] is False
     assert tau2.step("get_order_details('#W1')")[:3] == (
         "Invalid action: get_order_details: give every argument by name (arg=value)", 0.0, False)

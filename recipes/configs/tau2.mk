@@ -27,7 +27,8 @@ STEPS      = 600
 N_EVAL     = 20
 ACT        = generate
 EVAL_ARGS  = --max-steps 20
-# tau2 lists no admissible actions, so the alternatives of IWM and SR are the IL model's own samples (as bfcl.mk)
+# the alternatives of IWM and SR are the IL model's own samples (as bfcl.mk); an invalid one is replaced from tau2's
+# sample of plausible actions (lookups of the ids the conversation has shown, a question, done())
 PROPOSER   = $(OUT)/IL
 
 # The scripted customer: started before the first conversation (or found already answering), gone when make exits.
