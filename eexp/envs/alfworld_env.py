@@ -40,6 +40,7 @@ translator overwrites sys.argv; it is put back after every engine load.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -237,6 +238,10 @@ class AlfWorldEnv(Env):
         super().__init__(expert=expert, **kwargs)
         if expert not in EXPERTS:
             raise EnvError(f"alfworld: expert must be one of {', '.join(EXPERTS)}, not {expert!r}")
+        for module in ("alfworld", "fast_downward"):   # found, not imported: alfworld's import makes folders
+            if importlib.util.find_spec(module) is None:
+                raise EnvError(f"alfworld: the package {module} is not installed; pip install 'eexp[alfworld]' "
+                               "(alfworld==0.4.2 'textworld[pddl]')")
         self.expert_kind = expert
         self._tasks: dict[str, list[dict]] = {}
         self._engine: _Engine | None = None
