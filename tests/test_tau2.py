@@ -222,7 +222,8 @@ def test_an_episode_tool_calls_user_replies_and_tau2s_reward(tau2, customer):
 def test_expert_reward_is_tau2s_and_user_replies_are_replayed_not_asked(runner, env_args, customer):
     records = _run(runner, "expert", "-q", "--env", "tau2", *env_args, "--task", TASK, "--task", "retail-1")
     assert [r["success"] for r in records] == [True, True] and [r["score"] for r in records] == [1.0, 1.0]
-    assert records[0]["id"].startswith("tau2:retail-0~") and records[0]["final_observation"] == "The conversation is over."
+    assert records[0]["id"].startswith("tau2:retail-0~")
+    assert records[0]["final_observation"] == "The conversation is over."
     asked = len(customer.chats)
     again = _run(runner, "expert", "-q", "--env", "tau2", *env_args, "--task", TASK, "--task", "retail-1")
     assert [r["steps"] for r in again] == [r["steps"] for r in records]

