@@ -34,11 +34,14 @@ game (or taken before the engine was restarted) is reached by resetting and repl
 rollout compares every reached observation with the recorded one (reach.py), which catches a drift onto another state.
 
 Offline: nothing here reaches the network (the data is local; alfworld-download is the user's step). TextWorld's PDDL
-translator overwrites sys.argv; it is put back after every engine load.
+translator overwrites sys.argv; it is put back after every engine call (_engine_calls, which also memoizes the PDDL
+translation and TextWorld's grammar parsing while the engine runs: half the time a step).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -169,7 +172,7 @@ class _Engine:
         self.pddl = _take_pddl(policy)
         self.env = AlfredInfos(AlfredDemangler(self.pddl, shuffle=False))
         self.game_file = game_file
-        with _argv_kept():
+        with _engine_calls():
             self.env.load(str(game_file))
             self.state = self.env.reset()        # translates the PDDL (0.3 s): once per engine
         lib = self.pddl.downward_lib
@@ -213,13 +216,52 @@ class _Engine:
                 _FREE[self.policy].append(pddl)
 
 
-class _argv_kept:
-    """TextWorld's PDDL translator sets sys.argv (fast_downward.pddl2sas); put it back."""
+_PARSED: dict = {}      # TextWorld's grammar snippets, parsed once (textgen._parse_and_convert)
+
+
+def _parse_once(*args, **kwargs):
+    key = (args, tuple(sorted(kwargs.items())))
+    if key not in _PARSED:
+        if len(_PARSED) >= 20000:    # the grammar's rules and each game's task sentence: a bound, never reached
+            _PARSED.clear()
+        _PARSED[key] = _ORIGINAL["parse"](*args, **kwargs)
+    return copy.deepcopy(_PARSED[key])      # derive() sets attributes on the symbols it gets
+
+
+@functools.lru_cache(maxsize=8)
+def _translate_once(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
+    return _ORIGINAL["pddl2sas"](domain, problem, verbose=verbose, optimize=optimize)
+
+
+_ORIGINAL: dict = {}
+
+
+class _engine_calls:
+    """Around every call into the engine: sys.argv put back (TextWorld's PDDL translator, fast_downward.pddl2sas,
+    sets it), and two pure functions of the engine memoized while the call runs: the translation of a game's PDDL
+    (PddlEnv translates it at load() and again at reset(), 0.3 s each) and the parsing of grammar snippets (TextWorld
+    parses them anew at every text it writes, most of a step's time). Both give what the originals give (the same
+    observations and admissible lists, in order, on every test game, stepped by the expert and at random); steps
+    and first resets take about half the time."""
+
+    depth = 0   # calls nest (a new engine inside a guarded call): the outermost one puts things back
 
     def __enter__(self):
+        import fast_downward
+        from textworld.envs.pddl import textgen
         self.argv = list(sys.argv)
+        if _engine_calls.depth == 0:
+            _ORIGINAL.setdefault("parse", textgen._parse_and_convert)
+            _ORIGINAL.setdefault("pddl2sas", fast_downward.pddl2sas)
+            textgen._parse_and_convert, fast_downward.pddl2sas = _parse_once, _translate_once
+        _engine_calls.depth += 1
 
     def __exit__(self, *exc):
+        import fast_downward
+        from textworld.envs.pddl import textgen
+        _engine_calls.depth -= 1
+        if _engine_calls.depth == 0:
+            textgen._parse_and_convert, fast_downward.pddl2sas = _ORIGINAL["parse"], _ORIGINAL["pddl2sas"]
         sys.argv[:] = self.argv
 
 
@@ -276,7 +318,7 @@ class AlfWorldEnv(Env):
         """Run an engine call; any failure inside it (a stage's step timeout included) closes the game, since the
         engine may be half-way through a step."""
         try:
-            with _argv_kept():
+            with _engine_calls():
                 return call()
         except BaseException as e:
             self._drop()
@@ -363,7 +405,7 @@ class AlfWorldEnv(Env):
     @staticmethod
     def _guard_expert(call):
         try:
-            with _argv_kept():
+            with _engine_calls():
                 return call()
         except EnvError:
             raise
