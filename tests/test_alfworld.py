@@ -207,3 +207,23 @@ def test_snapshot_of_another_engine_is_replayed_and_faults_close_the_game(monkey
     assert env.reset(first).startswith("You are in the middle of a room.")
     env.close()
     env.close()
+
+
+def test_memoized_engine_calls_give_what_the_engine_gives(monkeypatch):
+    """_engine_calls memoizes the PDDL translation and TextWorld's grammar parsing: the same texts, in order."""
+    import random
+    from eexp.envs.alfworld_env import AlfWorldEnv, _engine_calls
+
+    def play():
+        env, seen = AlfWorldEnv(), []
+        for task in env.tasks("ood"):
+            rng = random.Random(task["id"])
+            seen += [env.reset(task), env.admissible()]
+            for action in env.expert(task)[:-1] + [rng.choice(env.admissible()) for _ in range(4)] + ["bogus"]:
+                seen += [env.step(action), env.admissible()]
+        env.close()
+        return seen
+
+    memoized = play()
+    monkeypatch.setattr(_engine_calls, "depth", 1)    # as if nested: the originals stay in place
+    assert play() == memoized

@@ -3,8 +3,8 @@
 # paper trains on all 3,553 train games and evaluates on valid_seen (test, 140 games) and valid_unseen (ood, 134).
 #   make -C recipes CONFIG=configs/alfworld.mk compare
 # The official notes: the gold walkthrough is the expert (the default), IWM executes every admissible alternative
-# (5-15 a state; K_IWM=15 is exhaustive), SR uses 3 random admissible ones. Steps cost ~0.06 s and a game's first
-# reset ~0.6 s on one core; branching restores snapshots, so K alternatives cost K + 1 steps a state.
+# (5-15 a state; K_IWM=15 is exhaustive), SR uses 3 random admissible ones. A step costs ~40 ms of CPU and loading
+# a game ~0.5 s (measured on the test games); branching restores snapshots, so K alternatives cost K + 1 steps a state.
 ENV       = alfworld
 OUT       = out/alfworld
 N_EXPERT  = 200
