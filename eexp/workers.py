@@ -15,7 +15,8 @@ finishes first. What every stage needs of its workers is in it, once:
 - At most 2 x jobs results wait for an older one (`ready` waits for the oldest past that), so memory stays bounded.
 
 `WorkerPool` is that interface (submit / ready / map in order, close / terminate), all a stage uses of its pool:
-the five methods another executor (a cluster's) implements to stand in for `Pool`.
+the five methods another executor (a cluster's) implements to stand in for `Pool`. `open_pool` is how a stage gets
+its pool: a `Pool` of `jobs` processes, or the workers of a cluster it was given (`--ray`: eexp.workers_ray).
 
 Spawned, not forked: a forked copy of a process that holds llama.cpp, torch or JVM threads can deadlock.
 
@@ -136,6 +137,7 @@ class WorkerPool(Protocol):
     """What a stage asks of its workers (a `Pool` here; a cluster's executor likewise)."""
 
     jobs: int
+    pending: Any   # what was submitted and not yet handed back (sized: a stage aborts while it is not empty)
 
     def submit(self, fn: Callable[[Any, Any], Any], item: Any) -> None:
         """Run `fn(state, item)` in a worker; its result comes back from `ready` in submission order."""
@@ -154,6 +156,17 @@ class WorkerPool(Protocol):
 
     def terminate(self) -> None:
         """Stop the workers at once (Ctrl-C, an error): what is in flight is dropped."""
+
+
+def open_pool(jobs: int, setup: Callable[..., Any], args: tuple = (), cleanup: Callable[[Any], None] | None = None,
+              cluster: Any = None) -> WorkerPool | None:
+    """A stage's workers: on `cluster` (an eexp.workers_ray.Cluster, from --ray) whatever `jobs`; else a `Pool` of
+    `jobs` processes when there are more than one; None: the stage runs its work in this process."""
+    if cluster is not None:
+        return cluster.pool(setup, args, cleanup)
+    if jobs > 1:
+        return Pool(jobs, setup, args, cleanup)
+    return None
 
 
 @contextlib.contextmanager

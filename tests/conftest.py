@@ -139,6 +139,7 @@ SLOW_MODULES = {
     "test_alfworld": "ALFWorld games through TextWorld and the PDDL planner",
     "test_tau2": "τ²-bench's environment with a user simulator",
     "test_guides": "installs the guides' plugins with pip and runs them",
+    "test_ray": "starts a three-node Ray cluster on loopback, and eexp's own local one",
 }
 SLOW_FIXTURES = {
     "llama_server": "starts llama.cpp's llama-server",

@@ -7,7 +7,7 @@ import sys
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import concurrency_option, explicit_serializer_settings, field_options, \
+from eexp.cli.options import cluster_options, concurrency_option, explicit_serializer_settings, field_options, \
     parse_env_args, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
 from eexp.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.errors import EexpError
@@ -33,6 +33,7 @@ def warn(message: str) -> None:
               help="Worker processes, each with its own environment and model (for a model in this process, or "
               "an environment that needs CPU); for a server use --concurrency.")
 @concurrency_option("episodes")
+@cluster_options
 @field_options(EvalSettings, "thought_tokens", "max_steps", "start", "attempts", "memory", "critic", "critic_k",
                "critic_temperature")
 @sampling_options(k=False, settings=EvalSettings)  # greedy by default, as the paper evaluates
@@ -48,7 +49,7 @@ def warn(message: str) -> None:
 @click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
 def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
                  concurrency, thought_tokens, max_steps, start, attempts, memory, critic, critic_k, critic_temperature,
-                 temperature, seed, summary_path, trajectories_path, screenshots, compare, plot):
+                 temperature, seed, summary_path, trajectories_path, screenshots, compare, plot, cluster):
     """Run a policy on an environment's tasks: one episode record per task on stdout, a summary (success rate with
     its 95% Wilson interval) on stderr and in --summary FILE.
 
@@ -68,6 +69,7 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
       eexp eval --policy oracle --env shop -n 50
       eexp eval --policy model.gguf --env shop -n 200 -j 2 --summary il.json > il.jsonl
       eexp eval --policy http://127.0.0.1:8080/v1 --env shop -n 200 --concurrency 8 > il.jsonl
+      eexp eval --policy model.gguf --env shop -n 2000 --ray=10.0.0.5:6379 --env-workers 32 > il.jsonl
       eexp eval --policy model.gguf --env shop --split ood -o ood.jsonl --resume
       eexp eval --compare random.jsonl il.jsonl iwm.jsonl --plot runs.png
       eexp eval --compare IL=IL-s0.jsonl,IL-s1.jsonl,IL-s2.jsonl IWM='IWM-s*.jsonl' --summary cmp.json
@@ -126,6 +128,8 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
         if not can_screenshot(env):
             raise click.UsageError(f"--screenshots: the {env_name} environment draws no pictures of its states (an "
                                    f"environment with screenshot(): miniwob)")
+    if cluster is not None and policy_kind(policy_spec) in ("gguf", "checkpoint"):
+        policy_args = {"n_threads": str(max(1, int(cluster.cpus))), **policy_args}   # --ray: a worker's CPUs
     settings = EvalSettings(env_name=env_name, env_kwargs=env_kwargs, policy_spec=policy_spec,
                             policy_args=worker_policy_args(policy_spec, policy_args, jobs), act=act,
                             max_tokens=max_tokens, thought_tokens=thought_tokens, top_p=top_p,
@@ -134,7 +138,7 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
                             critic=critic, critic_k=critic_k, critic_temperature=critic_temperature,
                             temperature=temperature, seed=seed, screenshots=screenshots)
     summary = evaluate(io, settings, tasks, jobs=jobs, concurrency=concurrency, env=env,
-                       trajectories_path=trajectories_path, warn=warn)
+                       trajectories_path=trajectories_path, warn=warn, cluster=cluster)
     click.echo(format_summary(summary), err=True)
     write_summary(summary_path, summary)
     check_failed_requests(summary, policy_spec)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from eexp.cli import cli
-from eexp.cli.options import check_requests, concurrency_option, count_requests, explicit_serializer_settings, \
-    policy_options, policy_or_default, sampling_options, serializer_options, stage_options
+from eexp.cli.options import check_requests, cluster_options, concurrency_option, count_requests, \
+    explicit_serializer_settings, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
 from eexp.policies.base import resolve_concurrency
 from eexp.prompts import Serializer
 from eexp.records import expect
@@ -98,7 +98,8 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
 @click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="An environment step that takes longer is an error on that action; the environment is "
               "restarted and the stage goes on. Default: no limit.")
-def rollout(io, jobs, step_timeout):
+@cluster_options
+def rollout(io, jobs, step_timeout, cluster):
     """Branch records -> outcome records: the expert action and every alternative executed from the recorded state.
 
     Fills next_observation, reward, done and valid for the expert and each alternative. Before each execution the
@@ -110,8 +111,9 @@ def rollout(io, jobs, step_timeout):
     Example:
       eexp branch -k 8 expert.jsonl | eexp rollout -j 4 --stats rollout.json > outcomes.jsonl
       eexp rollout branches.jsonl -o outcomes.jsonl --resume
+      eexp rollout branches.jsonl --ray=10.0.0.5:6379 --env-workers 32 -o outcomes.jsonl --resume
     """
     for name in ("env_steps", "errors", "state_mismatches", "env_restarts"):
         io.count(name, 0)
-    io.run(Rollout(jobs=jobs, step_timeout=step_timeout, count=io.count, note=_note), validate=expect("branch"),
-           input_key=lambda r: r.get("source_id"), output_kind="outcome")
+    io.run(Rollout(jobs=jobs, step_timeout=step_timeout, count=io.count, note=_note, cluster=cluster),
+           validate=expect("branch"), input_key=lambda r: r.get("source_id"), output_kind="outcome")

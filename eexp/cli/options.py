@@ -4,6 +4,8 @@
   `-q`, `--config`. The command receives a ready `StageIO` as its first argument.
 - `sampling_options`: `--seed`, `--temperature`, `-k`.
 - `serializer_options`: the state serializer's settings (history length, character limits).
+- `cluster_options`: `--ray [ADDRESS]`, `--env-workers N`, `--worker-cpus X`: the environment workers of a `-j`
+  stage on a Ray cluster. The command receives `cluster` (an eexp.workers_ray.Cluster, or None).
 """
 
 from __future__ import annotations
@@ -201,6 +203,68 @@ def concurrency_option(what: str) -> Callable:
         f"llama-server) is fast only when kept busy. The output is the serial run's, in the same order. Default: "
         f"the policy's (16 for an http(s) endpoint, or its --policy-arg concurrency); 1 for a model in this "
         f"process, which takes one call at a time.")
+
+
+LOCAL_RAY = "local"   # `--ray` given without an address
+
+
+def _warn(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _check_ray_address(ctx, param, value):
+    if value is None or value == LOCAL_RAY or value == "auto":
+        return value
+    if not (value.startswith("ray://") or value.rpartition(":")[2].isdigit()):
+        raise click.BadParameter(f"{value!r} is no Ray address (HOST:PORT, or auto); give it as "
+                                 f"--ray=ADDRESS, or --ray alone for a local cluster, after the INPUT files",
+                                 ctx=ctx, param=param)
+    return value
+
+
+def cluster_options(f: Callable) -> Callable:
+    """`--ray [ADDRESS]`, `--env-workers N`, `--worker-cpus X`: the command gets `cluster`, an
+    eexp.workers_ray.Cluster with --ray (its stage's workers are Ray actors), else None. A command with `-j` gets
+    both; -j above 1 and --ray are one or the other."""
+
+    @functools.wraps(f)
+    def wrapper(*args, ray_address, env_workers, worker_cpus, **kwargs):
+        ctx = click.get_current_context()
+        if ray_address is None:
+            for name, value in (("env-workers", env_workers), ("worker-cpus", worker_cpus)):
+                if value is not None:
+                    raise click.UsageError(f"--{name} sets the workers of a Ray cluster: give --ray [ADDRESS]")
+            return f(*args, cluster=None, **kwargs)
+        if (kwargs.get("jobs") or 1) > 1:
+            raise click.UsageError("-j N starts worker processes on this machine and --ray puts the workers on a Ray "
+                                   "cluster: give one of them (--env-workers N with --ray)")
+        if (kwargs.get("concurrency") or 1) > 1:
+            raise click.UsageError("--concurrency keeps policy requests in flight in one process; with --ray each "
+                                   "environment worker runs its episodes one at a time (--env-workers N)")
+        from eexp.workers_ray import Cluster, import_ray
+        import_ray()   # not installed: one line saying how to install it
+        quiet = bool(ctx.params.get("quiet"))
+        return f(*args, cluster=Cluster(address=None if ray_address == LOCAL_RAY else ray_address,
+                                        workers=env_workers, cpus=worker_cpus or 1.0,
+                                        note=(lambda message: None) if quiet else _warn, warn=_warn), **kwargs)
+
+    decorators = [
+        click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL_RAY, default=None,
+                     callback=_check_ray_address, metavar="[ADDRESS]",
+                     help="Run the environment workers as Ray actors on the cluster at ADDRESS (HOST:PORT of its "
+                     "head, or auto; eexp runs on one of its nodes); alone, on a local Ray cluster started for the "
+                     "run, which reaches "
+                     "nothing outside this machine. The records are the serial run's, in the same order; a worker "
+                     "or node lost mid-run has its work run again elsewhere. Needs pip install 'eexp[ray]'."),
+        click.option("--env-workers", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="With --ray: environment workers (Ray actors). Default: the cluster's CPUs / "
+                     "--worker-cpus."),
+        click.option("--worker-cpus", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X",
+                     help="With --ray: CPUs Ray reserves for each worker (fractions allowed). Default: 1."),
+    ]
+    for decorator in reversed(decorators):
+        wrapper = decorator(wrapper)
+    return wrapper
 
 
 def policy_or_default(policy_spec: str | None, what: str) -> str:

@@ -36,7 +36,7 @@ from eexp.prompts import Serializer, clip
 from eexp.records import expect, make_meta, short_hash, utc_now
 from eexp.stages.settings import setting, shared
 from eexp.stats import wilson
-from eexp.workers import Pool
+from eexp.workers import WorkerPool, open_pool
 
 UNPARSED_CHARS = 300  # how much of an unparseable reply is kept (sent to the env, and in meta)
 # --act think: a run with more than this share of its thoughts cut at the thought budget warns (their actions were
@@ -427,18 +427,19 @@ class Runner:
     """
 
     def __init__(self, settings: EvalSettings, jobs: int = 1, concurrency: int | None = None, *,
-                 env: Env | None = None, policy: Policy | None = None, critic=None):
+                 env: Env | None = None, policy: Policy | None = None, critic=None, cluster=None):
         if jobs > 1 and concurrency is not None and concurrency > 1:
             raise UsageProblem(f"-j {jobs} runs worker processes and --concurrency {concurrency} keeps requests in "
                                f"flight in one process: give one of them (--concurrency for a server)")
         self.settings, self.jobs = settings, jobs
-        self.processes: Pool | None = None
+        self.processes: WorkerPool | None = None   # -j N, or a cluster's workers (--ray: eexp.workers_ray)
         self.calls: InOrder | None = None     # episodes in this process (threads when concurrency > 1)
         self.local: Evaluator | None = None
         self.thread_envs: list[Env] = []
         self._envs_lock = threading.Lock()
-        if jobs > 1 and policy is None:
-            self.processes = Pool(jobs, Evaluator, (settings,), cleanup=_close_evaluator)
+        if policy is None:
+            self.processes = open_pool(jobs, Evaluator, (settings,), _close_evaluator, cluster)
+        if self.processes is not None:
             try:
                 self.processes.submit(_worker_describe, None)
                 [self.description] = self.processes.ready(block=True)
@@ -815,13 +816,13 @@ class Evaluation(Stage):
 
 def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: int = 1,
              concurrency: int | None = None, env: Env | None = None, trajectories_path: str | None = None,
-             warn: Callable[[str], None] = lambda message: None) -> dict:
+             warn: Callable[[str], None] = lambda message: None, cluster=None) -> dict:
     """Run one episode per task (those of this --shard), write them to io's output (resuming it with --resume) and
     return the summary of every episode of the run, with the run's settings as its episodes record them.
     `concurrency`: episodes at once in this process (None: the policy's default)."""
     tasks = [t for t in tasks if in_shard(t["id"], io.shard)]
     io.count("failed_requests", 0)
-    with Runner(settings, jobs, concurrency, env=env) as runner:
+    with Runner(settings, jobs, concurrency, env=env, cluster=cluster) as runner:
         description = runner.description
         ids = [episode_id(settings, t, description) for t in tasks]
         previous = resume_episodes(io, ids, trajectories_path)

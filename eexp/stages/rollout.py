@@ -18,7 +18,8 @@ environment is then restarted and the stage goes on.
 `-j N` runs whole trajectories in N worker processes (an eexp.workers.Pool), each keeping one environment per
 (name, kwargs), and writes the outcomes in input order. The workers ignore Ctrl-C from their first instruction on:
 the interrupt is the parent's, which stops them at once and exits 130 with whole lines written (the trajectories
-in flight are walked again by --resume).
+in flight are walked again by --resume). With a cluster (`--ray`, eexp.workers_ray) the workers are Ray actors
+across its nodes instead, and the outcomes the same.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from eexp.envs.base import Env, EnvError, env_class, make_env
 from eexp.envs.reach import StateMismatch, check_state, guarded, reach
 from eexp.io import RecordError, Stage
 from eexp.records import make_meta
-from eexp.workers import Pool
+from eexp.workers import WorkerPool, open_pool
 
 REPLAY_RETRIES = 1   # a state mismatch is tried again this many times from a reset before it is an error
 
@@ -242,7 +243,8 @@ class Rollout(Stage):
     """
 
     def __init__(self, jobs: int = 1, step_timeout: float | None = None, env_factory: Callable[..., Env] = make_env,
-                 count: Callable[[str, int], None] | None = None, note: Callable[[str], None] | None = None):
+                 count: Callable[[str, int], None] | None = None, note: Callable[[str], None] | None = None,
+                 cluster=None):
         self.jobs, self.step_timeout, self.env_factory = jobs, step_timeout, env_factory
         self.count = count or (lambda name, n=1: None)
         self.note = note or (lambda msg: None)
@@ -250,13 +252,9 @@ class Rollout(Stage):
         self._envs_checked: dict = {}   # env name -> why it cannot be used (None: it can); ("version", name)
         self._group: list[dict] = []
         self._walk: Walk | None = None
-        if jobs > 1:
-            self._workers: Pool | None = Pool(jobs, _worker_setup, (env_factory, step_timeout, self.meta_extra),
-                                              cleanup=_worker_cleanup)
-            self._pool = None
-        else:
-            self._workers = None
-            self._pool = EnvPool(env_factory, step_timeout)
+        self._workers: WorkerPool | None = open_pool(
+            jobs, _worker_setup, (env_factory, step_timeout, self.meta_extra), _worker_cleanup, cluster)
+        self._pool = EnvPool(env_factory, step_timeout) if self._workers is None else None
 
     def check_env(self, record: dict) -> None:
         """An environment that is not installed is this record's error (FILE:LINE, --on-error), said plainly."""

@@ -1,0 +1,454 @@
+"""`--ray [ADDRESS]`: the environment workers of rollout and eval as Ray actors (eexp.workers_ray), on a Ray cluster
+of three nodes on loopback (a head and two worker nodes of one CPU each, started once for the module) and on the
+local cluster eexp starts itself.
+
+- the records are the serial run's (timestamps aside), in input order, with -o FILE --resume and --shard;
+- a worker node killed mid-run loses nothing and writes nothing twice; kill -9 of the driver leaves no actor
+  behind (and, with a local cluster, no Ray process), and --resume completes the file;
+- nothing leaves loopback. Two checks, because Ray has two kinds of processes: every Python process of the
+  clusters and drivers (Ray's dashboard and agents, its workers, eexp) runs `guard/sitecustomize.py`, an audit
+  hook that records every socket connect, sendto and name lookup to a non-loopback address. That is where Ray's
+  outside traffic comes from (the usage report and the cloud-metadata probe are Python `requests` calls), and it
+  sees attempts however short-lived. Ray's C++ processes (gcs_server, raylet) and the gRPC channels of the Python
+  ones do not go through Python's socket module: their connections are sampled from outside (psutil's
+  `net_connections`, every 0.3 s, for every process below this test session) and must all be loopback. Their
+  sockets are long-lived (gRPC channels), so a sample sees them. The test cluster is started with exactly what
+  eexp's local start sets (eexp.workers_ray.local_env), and the local-start test runs eexp without any of it in
+  its environment, so it checks eexp's own settings.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).parent.parent
+EEXP = [sys.executable, "-m", "eexp"]
+STEP_SLEEP = "0.005"   # seconds added to every shop step in the clusters' workers: long enough runs to kill into
+
+GUARD = textwrap.dedent('''\
+    import ipaddress, os, socket, sys
+
+    _log = os.environ.get("EEXP_TEST_NET_LOG")
+    _LOCAL_NAMES = {"localhost", "", None}
+
+    def _local(host):
+        if host in _LOCAL_NAMES or isinstance(host, (bytes, bytearray)) and not host:
+            return True
+        host = host.decode() if isinstance(host, (bytes, bytearray)) else str(host)
+        try:
+            return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:
+            return False   # a name: looking it up could leave the machine
+
+    def _record(what):
+        with open(_log, "a") as f:
+            f.write(f"{os.getpid()} {sys.argv[:2]} {what}\\n")
+
+    def _hook(event, args):
+        if event in ("socket.connect", "socket.sendto"):
+            sock, address = args[0], args[-1]
+            if isinstance(address, tuple) and sock.family in (socket.AF_INET, socket.AF_INET6) \\
+                    and not _local(address[0]):
+                _record(f"{event} {address} type={sock.type}")
+        elif event in ("socket.getaddrinfo", "socket.gethostbyname") and not _local(args[0]):
+            _record(f"{event} {args[0]!r}")
+
+    if _log:
+        sys.addaudithook(_hook)
+
+    if os.environ.get("EEXP_TEST_STEP_SLEEP"):
+        import importlib.abc, importlib.machinery, time
+        _pause = float(os.environ["EEXP_TEST_STEP_SLEEP"])
+
+        class _SlowShop(importlib.abc.MetaPathFinder):   # patches ShopEnv.step once eexp.envs.shop is imported
+            def find_spec(self, name, path, target=None):
+                if name != "eexp.envs.shop":
+                    return None
+                sys.meta_path.remove(self)
+                spec = importlib.machinery.PathFinder.find_spec(name, path)
+                load = spec.loader.exec_module
+
+                def exec_module(module):
+                    load(module)
+                    step = module.ShopEnv.step
+                    def slow_step(self, action):
+                        time.sleep(_pause)
+                        return step(self, action)
+                    module.ShopEnv.step = slow_step
+                spec.loader.exec_module = exec_module
+                return spec
+
+        sys.meta_path.insert(0, _SlowShop())
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stat(pid: int):
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[1]), fields[0], fields[19]   # parent, state, start time
+
+
+def descendants(root: int) -> dict[int, str]:
+    table = {int(e): st for e in os.listdir("/proc") if e.isdigit() and (st := _stat(int(e))) is not None}
+    found, frontier = {}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, (parent, _state, start) in table.items():
+            if parent == pid and child not in found:
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def running(pid: int, start: str) -> bool:
+    st = _stat(pid)
+    return st is not None and st[2] == start and st[1] != "Z"
+
+
+def _kill_all(pids: dict[int, str]) -> None:
+    for pid, start in pids.items():
+        if running(pid, start):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _wait_gone(pids: dict[int, str], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while True:
+        left = [pid for pid, start in pids.items() if running(pid, start)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+class Sampler(threading.Thread):
+    """Every process below this test session, its inet connections every 0.3 s: those not on loopback."""
+
+    def __init__(self):
+        super().__init__(daemon=True, name="net-sampler")
+        import psutil
+        self.psutil, self.outside, self.samples, self.stop = psutil, set(), 0, threading.Event()
+
+    def run(self) -> None:
+        me = self.psutil.Process()
+        while not self.stop.wait(0.3):
+            for proc in me.children(recursive=True):
+                try:
+                    connections = proc.net_connections(kind="inet")
+                    name = proc.name()
+                except (self.psutil.Error, OSError):
+                    continue
+                for c in connections:
+                    for address in (c.laddr, c.raddr):
+                        if address and not _loopback(address.ip):
+                            self.outside.add((name, c.laddr, c.raddr))
+            self.samples += 1
+
+
+def _loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1, an IPv4 loopback address mapped into IPv6 (::ffff:127.0.0.1), or a socket listening on
+    every interface (0.0.0.0, ::), which sends nothing anywhere."""
+    import ipaddress
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback) or address.is_unspecified
+
+
+class LoopbackCluster:
+    """A Ray head (no CPUs) and two worker nodes (one CPU each) on 127.0.0.x, each a `ray start --block` child."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.guard = root / "guard"
+        self.guard.mkdir()
+        (self.guard / "sitecustomize.py").write_text(GUARD)
+        self.net_log = root / "net.log"
+        self.net_log.touch()
+        from eexp.workers_ray import local_env, private_home
+        self.env = {**os.environ, **local_env(private_home(str(root))),
+                    "PYTHONPATH": os.pathsep.join([str(self.guard), str(ROOT)]),
+                    "EEXP_TEST_NET_LOG": str(self.net_log), "EEXP_TEST_STEP_SLEEP": STEP_SLEEP,
+                    "EEXP_CACHE": os.environ.get("EEXP_CACHE") or str(Path.home() / ".cache" / "eexp")}
+        self.port = _free_port()
+        self.address = f"127.0.0.2:{self.port}"
+        self.nodes: dict[str, subprocess.Popen] = {}
+        self.base_port = random.Random().randrange(20000, 60000, 1000)
+
+    def _start(self, name: str, ip: str, head: bool) -> subprocess.Popen:
+        n = len(self.nodes)
+        ports = self.base_port + 100 * n
+        args = [shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray", "start", "--block",
+                f"--node-ip-address={ip}", "--disable-usage-stats",
+                f"--min-worker-port={ports}", f"--max-worker-port={ports + 49}",
+                f"--node-manager-port={ports + 50}", f"--object-manager-port={ports + 51}",
+                f"--dashboard-agent-listen-port={ports + 52}", f"--dashboard-agent-grpc-port={ports + 53}",
+                f"--runtime-env-agent-port={ports + 54}", f"--metrics-export-port={ports + 55}",
+                "--object-store-memory=100000000"]
+        if head:
+            args += ["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
+                     f"--temp-dir={self.root / 'tmp'}"]
+        else:
+            args += [f"--address={self.address}", "--num-cpus=1"]
+        log = open(self.root / f"{name}.log", "wb")
+        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.nodes[name] = proc
+        return proc
+
+    def start(self) -> None:
+        # one at a time: two nodes joining at once on one machine time out (they share the head's session folder)
+        for name, ip in (("head", "127.0.0.2"), ("worker1", "127.0.0.3"), ("worker2", "127.0.0.4")):
+            self._start(name, ip, head=name == "head")
+            self.wait_started(name)
+
+    def wait_started(self, name: str, timeout: float = 90) -> None:
+        """`ray start --block` says it blocks once its node is up."""
+        log, proc = self.root / f"{name}.log", self.nodes[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b"will now block forever" in log.read_bytes():
+                return
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray node {name} exited: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"ray node {name} did not start in {timeout} s")
+
+    def kill_node(self, name: str) -> None:
+        proc = self.nodes.pop(name)
+        below = descendants(proc.pid)
+        proc.kill()
+        _kill_all(below)
+        proc.wait()
+        assert not _wait_gone(below, 10)
+
+    def stop(self) -> None:
+        below = {}
+        for proc in self.nodes.values():
+            below.update(descendants(proc.pid))
+        for name in ("worker1", "worker2", "head"):
+            if name in self.nodes:
+                self.nodes[name].send_signal(signal.SIGTERM)
+        for proc in self.nodes.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        _kill_all(below)   # Ray's agents outlive their raylet
+        left = _wait_gone(below, 10)
+        assert not left, f"Ray processes left after the test cluster stopped: {left}"
+
+    def actors(self) -> list[int]:
+        """eexp's actors on the cluster now (the processes Ray named ray::_Worker)."""
+        found = []
+        for proc in self.nodes.values():
+            for pid in descendants(proc.pid):
+                try:
+                    if "_Worker" in Path(f"/proc/{pid}/cmdline").read_text():
+                        found.append(pid)
+                except OSError:
+                    pass
+        return found
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    pytest.importorskip("ray")
+    pytest.importorskip("psutil")
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("reads the process tree from /proc")
+    root = Path(tempfile.mkdtemp(prefix="eexp-rt-"))   # short: Ray's socket paths must fit 107 bytes
+    sampler = Sampler()
+    sampler.start()
+    c = LoopbackCluster(root)
+    c.sampler = sampler
+    try:
+        c.start()
+        yield c
+    finally:
+        try:
+            c.stop()
+        finally:
+            sampler.stop.set()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(EEXP + args, env=env or {**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          **kw)
+
+
+def records(path_or_bytes) -> list[dict]:
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def untimed(record: dict) -> dict:
+    """The record less its timestamps (meta.created_utc, at any depth)."""
+    if isinstance(record, dict):
+        return {k: untimed(v) for k, v in record.items() if k != "created_utc"}
+    if isinstance(record, list):
+        return [untimed(v) for v in record]
+    return record
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    return [untimed(r) for r in a] == [untimed(r) for r in b]
+
+
+@pytest.fixture(scope="module")
+def branches(tmp_path_factory) -> Path:
+    """Shop branch records: 30 expert trajectories, 3 admissible alternatives per state (144 records)."""
+    d = tmp_path_factory.mktemp("ray-branches")
+    expert = run(["expert", "--env", "shop", "-n", "30", "--seed", "2", "-q"], check=True).stdout
+    run(["branch", "--propose", "admissible", "-k", "3", "-q", "-o", str(d / "br.jsonl")], input=expert, check=True)
+    run(["rollout", "-q", "--stats", str(d / "serial.json"), "-o", str(d / "serial.jsonl"), str(d / "br.jsonl")],
+        check=True)
+    return d
+
+
+def test_rollout_on_the_cluster_resumes_a_file_to_the_serial_records(cluster, branches, tmp_path):
+    serial = (branches / "serial.jsonl").read_bytes().splitlines(keepends=True)
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(serial[:40]))   # a run cut short
+    done = run(["rollout", str(branches / "br.jsonl"), f"--ray={cluster.address}", "--env-workers", "2",
+                "-o", str(out), "--resume", "--stats", str(tmp_path / "stats.json")], env=cluster.env)
+    assert done.returncode == 0, done.stderr.decode()
+    assert same(records(out), records(b"".join(serial)))
+    stats, serial_stats = orjson.loads((tmp_path / "stats.json").read_bytes()), \
+        orjson.loads((branches / "serial.json").read_bytes())
+    assert 0 < stats["records_out"] <= len(serial) - 40 + 10   # the cut trajectory's records made again
+    assert stats["env_steps"] > 0 and stats["errors"] == serial_stats["errors"] == 0
+    assert b"2 environment workers" in done.stderr
+
+
+def test_eval_on_the_cluster_writes_the_serial_episodes_of_a_shard(cluster, tmp_path):
+    args = ["eval", "--policy", "random", "--env", "shop", "-n", "40", "--seed", "3", "--shard", "2/2", "-q"]
+    serial = run(args + ["--summary", str(tmp_path / "serial.json")], check=True).stdout
+    ray = run(args + [f"--ray={cluster.address}", "--env-workers", "2", "--summary", str(tmp_path / "ray.json")],
+              env=cluster.env)
+    assert ray.returncode == 0, ray.stderr.decode()
+    assert 10 < len(records(serial)) < 30 and same(records(ray.stdout), records(serial))
+    assert untimed(orjson.loads((tmp_path / "ray.json").read_bytes())) == \
+        untimed(orjson.loads((tmp_path / "serial.json").read_bytes()))
+
+
+def test_kill_9_of_the_driver_leaves_no_actor_and_resume_completes_the_file(cluster, tmp_path):
+    args = ["eval", "--policy", "random", "--env", "shop", "--split", "train", "-n", "300", "--seed", "5", "-q"]
+    serial = run(args, check=True).stdout
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(EEXP + args + [f"--ray={cluster.address}", "--env-workers", "2", "-o", str(out)],
+                            env=cluster.env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and len(records(out) if out.exists() else []) < 20:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    assert len(cluster.actors()) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while cluster.actors() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not cluster.actors(), "eexp's actors outlived their driver"
+    assert out.read_bytes().endswith(b"\n")   # whole lines
+    done = run(args + ["-o", str(out), "--resume"])
+    assert done.returncode == 0, done.stderr.decode()
+    assert same(records(out), records(serial))
+
+
+def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
+    """Last of the cluster's tests: it takes a node away. Its items are run again on the other node's worker."""
+    args = ["eval", "--policy", "random", "--env", "shop", "--split", "train", "-n", "120", "--seed", "4", "-q"]
+    serial = run(args, check=True).stdout
+    out = tmp_path / "out.jsonl"
+    err = tmp_path / "err"
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(EEXP + args + [f"--ray={cluster.address}", "--env-workers", "2", "-o", str(out)],
+                                env=cluster.env, stderr=stderr)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline and \
+                len(records(out) if out.exists() else []) < 20:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before a node could be killed"
+        cluster.kill_node("worker2")
+        proc.wait(120)
+    assert proc.returncode == 0, err.read_text()
+    assert "a Ray worker was lost" in err.read_text()
+    written = records(out)
+    assert len(written) == len(records(serial)) == 120   # nothing lost, nothing twice
+    assert same(written, records(serial))
+
+
+def test_local_cluster_reaches_nothing_outside_and_kill_9_leaves_no_process(cluster, branches, tmp_path):
+    """`--ray` alone: eexp starts a local cluster, with nothing of the test cluster's settings in its environment
+    (no RAY_USAGE_STATS_*, the real HOME) but the network guard; kill -9 of eexp stops every process of it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PYTHONPATH=cluster.env["PYTHONPATH"], EEXP_TEST_NET_LOG=str(cluster.net_log))
+    serial = records(branches / "serial.jsonl")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(EEXP + ["rollout", "--ray", "--env-workers", "2", "-q", "-o", str(out)], env=env,
+                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    lines = (branches / "br.jsonl").read_bytes().splitlines(keepends=True)
+    proc.stdin.write(b"".join(lines[:60]))   # the rest never comes: eexp waits for it, alive, when killed
+    proc.stdin.flush()
+    deadline = time.monotonic() + 90
+    while proc.poll() is None and time.monotonic() < deadline and len(records(out) if out.exists() else []) < 20:
+        time.sleep(0.2)
+    assert proc.poll() is None and len(records(out)) >= 20
+    below = descendants(proc.pid)
+    assert any("raylet" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in below
+               if Path(f"/proc/{pid}").exists())
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()
+    assert not _wait_gone(below, 20), "processes of eexp's local Ray cluster outlived it"
+    written = records(out)
+    assert same(written, serial[:len(written)])
+
+
+def test_nothing_leaves_loopback(cluster):
+    """Last: what the guard and the sampler saw over the module's runs (and the guard itself works)."""
+    probe = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, "
+                            "socket.SOCK_DGRAM); s.connect(('192.0.2.1', 9))"], env=cluster.env)
+    assert probe.returncode == 0
+    seen = cluster.net_log.read_text().splitlines()
+    assert seen and "192.0.2.1" in seen[-1], "the guard records nothing"
+    assert seen[:-1] == [], "connections leaving loopback:\n" + "\n".join(seen[:-1])
+    assert cluster.sampler.samples > 10
+    assert not cluster.sampler.outside, "connections leaving loopback:\n" + "\n".join(
+        map(str, sorted(cluster.sampler.outside, key=str)[:20]))
+
+
+def test_without_ray_installed_ray_says_how_to_install_it(tmp_path):
+    fake = tmp_path / "noray"
+    (fake / "ray").mkdir(parents=True)
+    (fake / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    done = run(["rollout", "--ray", "-q"], env={**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])},
+               input=b"")
+    assert done.returncode == 1
+    assert done.stderr.decode().strip() == "Error: --ray needs Ray, which is not installed here: " \
+                                           "pip install 'eexp[ray]'"
