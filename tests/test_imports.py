@@ -143,3 +143,26 @@ def test_function_level_imports_are_not_counted(tmp_path):
     mod = tmp_path / "m.py"
     mod.write_text("import eexp.io\n\ndef f():\n    import eexp.records\n")
     assert module_level_imports("eexp.m", mod, {"eexp.io": mod, "eexp.records": mod}) == {"eexp.io"}
+
+
+def function_level_eexp_imports(path: Path) -> list[str]:
+    """The eexp modules imported inside a function of the file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and (inner.level or (inner.module or "").startswith("eexp")):
+                    found.append(inner.module or ".")
+                elif isinstance(inner, ast.Import):
+                    found += [a.name for a in inner.names if a.name.startswith("eexp")]
+    return found
+
+
+def test_training_imports_eexp_at_module_level():
+    """No import inside a function of eexp/training/ or eexp/rl/ that hides a circle: an eexp module is imported at
+    the top (torch, transformers and the like stay lazy, for the CLI's start-up). The one exception is the optional
+    GGUF export, whose absence --export-gguf reports."""
+    optional = {"eexp.models.export"}
+    for path in sorted([*(PACKAGE / "training").glob("*.py"), *(PACKAGE / "rl").glob("*.py")]):
+        inside = [m for m in function_level_eexp_imports(path) if m not in optional]
+        assert not inside, f"{path.relative_to(ROOT)}: imported inside a function: {inside}"

@@ -85,18 +85,40 @@ class TransformersPolicy(ModelPolicy):
                 model = PeftModel.from_pretrained(model, path).merge_and_unload()
             except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
                 raise PolicyError(f"{path}: the adapter does not load onto {base} ({_first_line(e)})") from None
-        self.model = model.to(self.device).eval()
-        self.torch = torch
-        self.n_ctx = opts["n_ctx"] or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-        self.batch_size = max(1, opts["batch_size"])
+        self._attach(model.to(self.device).eval(), self.tokenizer, self.device, opts["n_ctx"], opts["batch_size"])
+        self.sha256 = content_hash([p for p in (self.adapter, base) if p])
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, spec: str, device, act=None, max_tokens=MAX_TOKENS, top_p=1.0,
+                   n_ctx: int = 0, batch_size: int = SCHEMA["batch_size"][1], sha256: str = ""):
+        """A policy over a model already in memory (the weights `eexp rl` trains, which its episodes are played
+        with), as loading `spec` would give: the same prompts, stop tokens, context size and serializer settings
+        (read from `spec`'s card), with nothing loaded and the model's mode (train or eval) left as it is.
+        `sha256` is what records name as the model's hash (none for weights that change)."""
+        policy = cls.__new__(cls)
+        ModelPolicy.__init__(policy, act, max_tokens, top_p)
+        policy.spec = spec
+        policy.name = os.path.basename(os.path.normpath(spec))
+        policy.hub = None
+        policy.adapter, policy.base = None, spec
+        policy._attach(model, tokenizer, device, n_ctx, batch_size)
+        policy.sha256 = sha256
+        return policy
+
+    def _attach(self, model, tokenizer, device, n_ctx: int, batch_size: int) -> None:
+        """The model and tokenizer to act with, and what follows from them: context size (n_ctx, or the model's
+        max_position_embeddings), stop tokens (the generation config's and the tokenizer's end of sequence), pad."""
+        import torch
+        self.model, self.tokenizer, self.device, self.torch = model, tokenizer, device, torch
+        self.n_ctx = n_ctx or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        self.batch_size = max(1, batch_size)
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        if self.tokenizer.eos_token_id is not None:
-            eos.append(self.tokenizer.eos_token_id)
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
         self.stop_ids = sorted(set(eos))
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
             (self.stop_ids[0] if self.stop_ids else 0)
-        self.sha256 = content_hash([p for p in (self.adapter, base) if p])
         self._cache_key: tuple | None = None
         self._cache = None
 

@@ -1,9 +1,10 @@
 """`eexp rl`: GRPO-style reinforcement learning from an eexp checkpoint, on one workstation (paper §5.3, Fig. 3).
 
-A recipe next to the supervised one (eexp/training/), not a second framework: `RL` subclasses `Finetune` and
-reuses its model loading (full, LoRA, continuing a LoRA adapter, a GGUF imported once), its checkpoints (weights as
-safetensors, optimizer/scheduler/RNG state, written to a temporary name and renamed), `--resume`, metrics.jsonl,
-final save and `--export-gguf`. What differs is where the examples come from:
+A recipe next to the supervised one (eexp/training/), not a second framework: `RL` is the same trainer
+(eexp.training.trainer.Trainer) with its own loop and objective, and reuses its model loading (full, LoRA,
+continuing a LoRA adapter, a GGUF imported once), its checkpoints (weights as safetensors, optimizer/scheduler/RNG
+state, written to a temporary name and renamed), `--resume`, metrics.jsonl, final save and `--export-gguf`. What
+differs is where the examples come from:
 
     for step in 1..--max-steps:                     (one step = one rollout batch and its updates)
         tasks  = a seeded permutation of the split, --tasks-per-step of them (a pure function of seed and step)
@@ -77,27 +78,29 @@ renormalization over the allowed tokens; use score for closed action spaces.
 One module per concept, as eexp/training/ is split:
 
     config.py      RLConfig (every option, its default and help), the constants of the loss and the probe
-    rollouts.py    the policy over the live weights (LivePolicy), the tasks of a step, rewards and advantages
-    expert_step.py the expert states and the match reward of --reward expert-step
+    rollouts.py    the policy over the live weights (LivePolicy, on TransformersPolicy.from_model), the tasks of a
+                   step, rewards and advantages; `Episodes`, the objective of outcome RL (GRPO over episodes)
+    expert_step.py the expert states and the match reward of --reward expert-step; `ExpertStep`, its objective
     loss.py        log-probabilities of what the policy produced (packed or one part at a time), the clipped loss
-    recipe.py      the recipe itself: RL.setup / train / save / resume / finish (a Finetune subclass)
+    recipe.py      the recipe itself: RL.setup / train / save / resume / finish, on eexp.training.trainer.Trainer
+                   (device, precision, model, optimizer, checkpoints, --resume, the final save) with an objective
 
 The names below are the package's public interface (`from eexp.rl import RLConfig, run_rl`).
 """
 
 from eexp.rl.config import (ENCODE_CACHE_SIZE, PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, ZERO_START_ADVICE,
                             RLConfig)
-from eexp.rl.expert_step import EXPERT_MATCHES, expert_states, match_reward, token_f1
+from eexp.rl.expert_step import EXPERT_MATCHES, ExpertStep, expert_states, match_reward, token_f1
 from eexp.rl.loss import (action_logprobs, batch_logprobs, candidate_logliks, chosen_units, clipped_surrogate,
                           pack_chunks, pack_tokens, packable, packed_logprobs, part_logprobs, reply_logprobs,
                           same_inputs, sample_key, sample_parts, unit_count)
 from eexp.rl.recipe import RL, run_rl
-from eexp.rl.rollouts import episode_reward, group_advantages, live_policy_class, step_tasks
+from eexp.rl.rollouts import Episodes, LivePolicy, episode_reward, group_advantages, play_episodes, step_tasks
 from eexp.training import TrainingError, UsageProblem
 
 __all__ = ["RLConfig", "RL", "run_rl", "group_advantages", "clipped_surrogate", "candidate_logliks",
-           "action_logprobs", "step_tasks", "TrainingError", "UsageProblem", "episode_reward", "live_policy_class",
+           "action_logprobs", "step_tasks", "TrainingError", "UsageProblem", "episode_reward", "LivePolicy",
            "batch_logprobs", "packed_logprobs", "part_logprobs", "reply_logprobs", "packable", "pack_chunks",
            "pack_tokens", "same_inputs", "sample_key", "sample_parts", "chosen_units", "unit_count", "REWARDS",
            "RL_ACT_MODES", "RESUME_FREE", "PACK_TOKENS", "ENCODE_CACHE_SIZE", "ZERO_START_ADVICE", "EXPERT_MATCHES",
-           "expert_states", "match_reward", "token_f1"]
+           "expert_states", "match_reward", "token_f1", "Episodes", "ExpertStep", "play_episodes"]

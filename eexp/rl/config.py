@@ -103,13 +103,3 @@ class RLConfig:
     quant: str = option("q8_0", "GGUF type for --export-gguf.")
     resume: bool = option(False, "Continue the run in OUT from its last checkpoint (exactly).")
     quiet: bool = option(False, "No progress bar.", short="-q")
-
-    def default_lr(self, start_from_scratch: bool, method: str) -> float:
-        """1e-6 for full RL of a pretrained model (verl's GRPO default), 1e-5 with LoRA, 1e-4 for a model whose
-        weights began random (`eexp init-model`): the supervised rates divided by ten."""
-        if self.lr is not None:
-            return self.lr
-        if start_from_scratch and method == "full":
-            return 1e-4
-        return 1e-6 if method == "full" else 1e-5
-

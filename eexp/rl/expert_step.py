@@ -17,9 +17,15 @@ imitation-data leaves them out.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Callable
 
+from eexp.io import Reader
+from eexp.policies.base import derive_seed
 from eexp.records import expect, trajectory_states
+from eexp.rl.rollouts import step_tasks
+from eexp.stages.expert import expert_trajectory
+from eexp.training.config import TrainingError
 
 EXPERT_MATCHES = ("exact", "f1")
 _WORD = re.compile(r"\w+")
@@ -28,7 +34,6 @@ _WORD = re.compile(r"\w+")
 def token_f1(a: str, b: str) -> float:
     """The F1 of the two texts' words (\\w+, lowercased) as multisets, SQuAD's token F1: 2PR / (P + R) with P the
     share of a's words found in b, R the share of b's found in a; 0 when either has no word."""
-    from collections import Counter
     x, y = Counter(_WORD.findall(a.lower())), Counter(_WORD.findall(b.lower()))
     common = sum((x & y).values())
     if not common:
@@ -59,7 +64,6 @@ def expert_states(trajectories: list[dict]) -> list[dict]:
 def read_expert(path: str, env, split: str, n: int | None) -> tuple[list[dict], int]:
     """(the successful trajectories of `split` in FILE, the first n of them; how many unsuccessful ones were left
     out). A record that is not a trajectory, or one of another environment or world, is `FILE:LINE: ...`."""
-    from eexp.io import Reader
     check = expect("trajectory")
     kept, failed = [], 0
     for line in Reader([path]):
@@ -85,7 +89,84 @@ def read_expert(path: str, env, split: str, n: int | None) -> tuple[list[dict], 
 
 def oracle_trajectories(env, tasks: list[dict]) -> tuple[list[dict], int]:
     """(the oracle's successful trajectories of the tasks, as `eexp expert` makes them; how many were not)."""
-    from eexp.stages.expert import expert_trajectory
     made = [expert_trajectory(env, task) for task in tasks]
     kept = [t for t in made if t["success"] and t["steps"]]
     return kept, len(made) - len(kept)
+
+
+class ExpertStep:
+    """The objective of --reward expert-step (an RL objective as `eexp.rl.rollouts.Episodes` describes): each step
+    samples --group-size actions at each of --tasks-per-step expert states, each rewarded by its match with the
+    expert's action; the first step's match rate is recorded as the probe (nothing is refused)."""
+
+    phase = "rl-expert-step"
+    unit = "actions"
+
+    def setup(self, run) -> None:
+        """The expert states: from --expert FILE, or the oracle's trajectories of the run's tasks."""
+        rl = run.rl
+        if rl.expert is not None:
+            trajectories, failed = read_expert(rl.expert, run.env, rl.split, rl.tasks)
+            where = rl.expert
+        else:
+            trajectories, failed = oracle_trajectories(run.env, run.tasks)
+            where = f"the {rl.env} oracle on {len(run.tasks)} {rl.split} tasks"
+        if failed:
+            run.echo(f"expert-step: {failed} unsuccessful expert trajectories of {where} left out")
+        if not trajectories:
+            raise TrainingError(f"{where}: no successful {rl.split} trajectory of {rl.env}, so no expert state to "
+                                f"act at (--split {rl.split})")
+        run.states = expert_states(trajectories)
+        run.echo(f"expert-step: {len(run.states)} expert states of {len(trajectories)} trajectories ({where})")
+
+    def fingerprint_data(self, run) -> list:
+        return [[s["id"], s["action"]] for s in run.states]
+
+    def collect(self, run, step: int) -> list[tuple[dict, list[dict]]]:
+        """The actions of one step, grouped by state: --tasks-per-step expert states (a seeded permutation, as the
+        tasks of outcome RL), --group-size actions sampled at each from the current weights:
+        [({state, action, expert, reward, match}, its trace of policy calls)]."""
+        rl, serializer, policy, env = run.rl, run.evaluator.serializer, run.policy, run.env
+        out = []
+        with run.autocast():
+            for i, item in enumerate(step_tasks(run.states, rl.seed, step, rl.tasks_per_step)):
+                state = item["state"]
+                messages = serializer.policy_messages(state)
+                context = {"env": env, "task": item["task"], "step": len(state["history"])}
+                for k in range(rl.group_size):
+                    policy.trace = []
+                    seed = derive_seed(rl.seed, f"rl-expert-step\x1f{step}\x1f{i}\x1f{item['id']}", k)
+                    reply = policy.sample(messages, admissible=state.get("admissible"), seeds=[seed],
+                                          temperature=rl.temperature, context=context)[0]
+                    match = reply.action is not None and \
+                        env.canonicalize(reply.action) == env.canonicalize(item["action"])
+                    out.append(({"state": item["id"], "action": reply.action, "expert": item["action"],
+                                 "reward": match_reward(reply.action, item["action"], env.canonicalize,
+                                                        rl.expert_match), "match": match}, policy.trace))
+        policy.trace = []
+        return out
+
+    def probe(self, run, drawn: list) -> None:
+        if run.state["probe"] is not None:
+            return
+        matches = sum(d["match"] for d, _ in drawn)
+        run.state["probe"] = {"actions": len(drawn), "matches": matches,
+                              "match_rate": round(matches / len(drawn), 4)}
+        run.echo(f"probe (the first batch of actions at expert states, sampled at temperature "
+                 f"{run.rl.temperature}): {matches} of {len(drawn)} match the expert's")
+
+    def rewards(self, run, drawn: list) -> list[float]:
+        return [d["reward"] for d, _ in drawn]
+
+    def account(self, run, drawn: list, rewards: list[float]) -> dict:
+        matches = sum(d["match"] for d, _ in drawn)
+        run.state["actions"] = run.state.get("actions", 0) + len(drawn)
+        return {"actions": run.state["actions"], "states": len(drawn) // run.rl.group_size,
+                "match_rate": round(matches / len(drawn), 4), "mean_reward": round(sum(rewards) / len(rewards), 6)}
+
+    @staticmethod
+    def postfix(row: dict) -> dict:
+        return {"match": f"{row['match_rate']:.2f}"}
+
+    def config(self, run) -> dict:
+        return {"actions": run.state.get("actions", 0), "expert_states": len(run.states)}

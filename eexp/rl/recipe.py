@@ -1,8 +1,14 @@
-"""`RL`: the recipe (setup / train / save / resume / finish), a subclass of the supervised `Finetune` that reuses its
-model loading, checkpoints, --resume, metrics.jsonl, final save and --export-gguf."""
+"""`RL`: the recipe of `eexp rl` (setup / train / save / resume / finish), in the style of torchtune's recipes.
+
+`RL` is the trainer (eexp.training.trainer: device, precision, model loading, optimizer and schedule, checkpoints,
+--resume, metrics.jsonl, the final save and --export-gguf) with the RL loop: each step draws samples from the live
+weights (the objective: `Episodes`, GRPO over whole episodes, eexp.rl.rollouts; or `ExpertStep`, actions at expert
+states, eexp.rl.expert_step), weighs each by its group-relative advantage and makes --ppo-epochs x --minibatches
+clipped-surrogate updates (eexp.rl.loss)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -18,29 +24,36 @@ from typing import Callable
 import orjson
 
 from eexp import __version__
-from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, ZERO_START_ADVICE, RLConfig
-from eexp.rl.expert_step import EXPERT_MATCHES, expert_states, match_reward, oracle_trajectories, read_expert
-from eexp.rl.loss import (batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, packable, same_inputs,
-                          unit_count)
-from eexp.rl.rollouts import episode_reward, group_advantages, live_policy_class, step_tasks
-from eexp.training import Finetune, FinetuneConfig, TrainingError, UsageProblem, from_scratch
-from eexp.training.model import enable_tf32
+from eexp.envs.base import make_env
+from eexp.io import progress_bar
+from eexp.policies.base import PolicyError
+from eexp.policies.hf import TransformersPolicy
+from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, RLConfig
+from eexp.rl.expert_step import EXPERT_MATCHES, ExpertStep
+from eexp.rl.loss import batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, packable, same_inputs, unit_count
+from eexp.rl.rollouts import Episodes, LivePolicy, group_advantages, play_episodes
+from eexp.stages.evaluate import EvalSettings, Evaluator, split_tasks
+from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem, default_lr, from_scratch
+from eexp.training.model import check_model_dir, load_model
+from eexp.training.trainer import Trainer
 
-class RL(Finetune):
-    """setup() -> train() -> finish(), with Finetune's checkpoints, resume, metrics and final save."""
 
-    def __init__(self, rl: RLConfig, echo: Callable[[str], None] | None = None):
+class RL(Trainer):
+    """setup() -> train() -> finish(), with the trainer's checkpoints, resume, metrics and final save, and the
+    objective of --reward (or the one given)."""
+
+    def __init__(self, rl: RLConfig, echo: Callable[[str], None] | None = None, objective=None):
         self.rl = rl
         super().__init__(self._finetune_config(rl), echo)
+        self.objective = objective if objective is not None else (
+            ExpertStep() if rl.reward == "expert-step" else Episodes())
 
     @staticmethod
     def _finetune_config(rl: RLConfig) -> FinetuneConfig:
-        """The supervised recipe's options that load, save and resume the model. --model may be a full checkpoint
+        """The trainer's options that load, save and resume the model. --model may be a full checkpoint
         (trained whole, or with a fresh LoRA adapter under --lora) or a LoRA adapter (trained on, on its base)."""
         model, adapter = rl.model, None
         if os.path.isfile(os.path.join(rl.model, "adapter_config.json")):
-            from eexp.policies.base import PolicyError
-            from eexp.policies.hf import TransformersPolicy
             try:
                 model, adapter = TransformersPolicy._base_of(rl.model, ""), rl.model
             except PolicyError as e:
@@ -58,28 +71,18 @@ class RL(Finetune):
 
     def setup(self) -> None:
         import torch
-        from eexp.envs.base import make_env
-        from eexp.stages.evaluate import EvalSettings, Evaluator, split_tasks
         rl, cfg = self.rl, self.cfg
         self._check_rl_options()
-        self.acc, self.world, self.rank, self.main, self.sharded, self.fsdp2 = None, 1, 0, True, False, False
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
-                                                and torch.cuda.is_bf16_supported())
-        enable_tf32(self.device)
+        self._runtime(distributed=False)  # one process: the episodes are played where the weights are
         self.model_cfg = self._import_base()
-        from eexp.training import check_model_dir, load_model, load_tokenizer
         check_model_dir(self.model_cfg.model)
         self.env = make_env(rl.env, **rl.env_kwargs)
         self.act = rl.act or ("score" if getattr(self.env, "closed_actions", True) else "generate")
         self.tasks = split_tasks(self.env, rl.split, rl.tasks, self.echo)
-        self.expert_step = rl.reward == "expert-step"
-        self.states = self._expert_states() if self.expert_step else []
+        self.objective.setup(self)  # expert-step: the expert states (self.states)
         self._existed = os.path.exists(cfg.output)
         self._prepare_output()
-        self.tokenizer = load_tokenizer(self.model_cfg)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
-            self.tokenizer.eos_token_id or 0)
+        self._load_tokenizer()
         torch.manual_seed(rl.seed)
         random.seed(rl.seed)
         self.model = load_model(self.model_cfg, self.device, self.bf16).eval()
@@ -88,13 +91,14 @@ class RL(Finetune):
             # passes, so dropout is turned off for good here (old and new log-probabilities stay one function).
             without_dropout(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.cfg = replace(cfg, lr=rl.default_lr(from_scratch(self.model_cfg.model), cfg.method))
+        lr = rl.lr if rl.lr is not None else default_lr("rl", cfg.method, self.model_cfg.model)
+        self.cfg = replace(cfg, lr=lr)
         self.reference = None
         if rl.kl_coef > 0 and not (cfg.method != "full" and not cfg.adapter):
             # A fresh LoRA adapter's reference is its base with the adapter off; otherwise a frozen copy.
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.policy = live_policy_class()(self.model, self.tokenizer, start=rl.model, act=self.act,
-                                          max_tokens=rl.max_tokens, device=self.device)
+        self.policy = LivePolicy.over(self.model, self.tokenizer, start=rl.model, act=self.act,
+                                      max_tokens=rl.max_tokens, device=self.device)
         settings = EvalSettings(env_name=rl.env, policy_spec=rl.model, env_kwargs=dict(rl.env_kwargs),
                                 act=self.act, max_tokens=rl.max_tokens, max_steps=rl.episode_steps,
                                 temperature=rl.temperature, seed=rl.seed)
@@ -102,13 +106,12 @@ class RL(Finetune):
         self.serializer = self.evaluator.serializer.to_dict()
         self.updates_per_step = rl.ppo_epochs * rl.minibatches
         # scheduler length, in optimizer updates; the card's phase name says which reward trained it
-        self.phases = [("rl-expert-step" if self.expert_step else "rl", rl.max_steps * self.updates_per_step)]
+        self.phases = [(self.objective.phase, rl.max_steps * self.updates_per_step)]
         self.total_steps = rl.max_steps
         self.log_every = 1
         options = {k: v for k, v in asdict(rl).items() if k not in RESUME_FREE}
-        data = [[s["id"], s["action"]] for s in self.states] if self.expert_step else [t["id"] for t in self.tasks]
-        self.fingerprint = {"options": options,
-                            "data": hashlib.blake2b(orjson.dumps(data), digest_size=16).hexdigest()}
+        self.fingerprint = {"options": options, "data": hashlib.blake2b(
+            orjson.dumps(self.objective.fingerprint_data(self)), digest_size=16).hexdigest()}
         self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
                       "best_step": None, "fingerprint": self.fingerprint, "episodes": 0, "env_steps": 0,
                       "actions": 0, "probe": None}
@@ -141,29 +144,9 @@ class RL(Finetune):
             raise UsageProblem("--temperature must be above 0: RL samples from the policy (greedy episodes of one "
                                "task are all the same)")
 
-    def _expert_states(self) -> list[dict]:
-        """The expert states of --reward expert-step: from --expert FILE, or the oracle's trajectories of the
-        run's tasks."""
-        rl = self.rl
-        if rl.expert is not None:
-            trajectories, failed = read_expert(rl.expert, self.env, rl.split, rl.tasks)
-            where = rl.expert
-        else:
-            trajectories, failed = oracle_trajectories(self.env, self.tasks)
-            where = f"the {rl.env} oracle on {len(self.tasks)} {rl.split} tasks"
-        if failed:
-            self.echo(f"expert-step: {failed} unsuccessful expert trajectories of {where} left out")
-        if not trajectories:
-            raise TrainingError(f"{where}: no successful {rl.split} trajectory of {rl.env}, so no expert state to "
-                                f"act at (--split {rl.split})")
-        states = expert_states(trajectories)
-        self.echo(f"expert-step: {len(states)} expert states of {len(trajectories)} trajectories ({where})")
-        return states
-
     # -- train --
 
     def train(self) -> None:
-        from eexp.io import progress_bar
         bar = progress_bar(self.rl.quiet, total=self.total_steps, initial=self.state["global_step"], unit="step")
         try:
             while self.state["global_step"] < self.total_steps:
@@ -173,90 +156,35 @@ class RL(Finetune):
 
     def autocast(self):
         """bf16 autocast on a GPU (--precision auto or bf16): the rollouts and the update's passes; else nothing."""
-        import contextlib
-
         import torch
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     def rollouts(self, step: int) -> list[tuple[dict, list[dict]]]:
         """The episodes of one RL step, grouped by task: [(episode record, its trace of policy calls)]."""
-        from eexp.records import short_hash
-        out = []
-        with self.autocast():
-            for t, task in enumerate(step_tasks(self.tasks, self.rl.seed, step, self.rl.tasks_per_step)):
-                for k in range(self.rl.group_size):
-                    self.policy.trace = []
-                    episode_id = short_hash("rl", self.rl.seed, step, t, task.get("split", ""), task["id"], k)
-                    episode, _ = self.evaluator.run(task, episode_id)
-                    out.append((episode, self.policy.trace))
-        self.policy.trace = []
-        return out
-
-    def expert_samples(self, step: int) -> list[tuple[dict, list[dict]]]:
-        """The actions of one expert-step RL step, grouped by state: --tasks-per-step expert states (a seeded
-        permutation, as the tasks of outcome RL), --group-size actions sampled at each from the current weights:
-        [({state, action, expert, reward, match}, its trace of policy calls)]."""
-        from eexp.policies.base import derive_seed
-        rl, serializer = self.rl, self.evaluator.serializer
-        out = []
-        with self.autocast():
-            for i, item in enumerate(step_tasks(self.states, rl.seed, step, rl.tasks_per_step)):
-                state = item["state"]
-                messages = serializer.policy_messages(state)
-                context = {"env": self.env, "task": item["task"], "step": len(state["history"])}
-                for k in range(rl.group_size):
-                    self.policy.trace = []
-                    seed = derive_seed(rl.seed, f"rl-expert-step\x1f{step}\x1f{i}\x1f{item['id']}", k)
-                    reply = self.policy.sample(messages, admissible=state.get("admissible"), seeds=[seed],
-                                               temperature=rl.temperature, context=context)[0]
-                    match = reply.action is not None and \
-                        self.env.canonicalize(reply.action) == self.env.canonicalize(item["action"])
-                    out.append(({"state": item["id"], "action": reply.action, "expert": item["action"],
-                                 "reward": match_reward(reply.action, item["action"], self.env.canonicalize,
-                                                        rl.expert_match), "match": match}, self.policy.trace))
-        self.policy.trace = []
-        return out
+        return play_episodes(self, step)
 
     def _rl_step(self, bar) -> None:
-        if self.expert_step:
-            return self._expert_step(bar)
-        rl = self.rl
+        """One RL step: the objective's samples (episodes, or actions at expert states) from the current weights,
+        their rewards, the group-relative update, a metrics row, and a checkpoint every --save-every steps."""
+        rl, objective = self.rl, self.objective
         step = self.state["global_step"] + 1
         t0 = time.perf_counter()
-        episodes = self.rollouts(step)
+        drawn = objective.collect(self, step)
         rollout_s = time.perf_counter() - t0
-        successes = sum(bool(e["success"]) for e, _ in episodes)
-        if self.state["probe"] is None:
-            self.state["probe"] = {"episodes": len(episodes), "successes": successes,
-                                   "success_rate": round(successes / len(episodes), 4)}
-            self.echo(f"probe (the first rollout batch, sampled at temperature {rl.temperature}): {successes} of "
-                      f"{len(episodes)} episodes succeeded")
-            if successes == 0 and not rl.allow_zero_start:
-                self._discard_output()
-                raise TrainingError(f"{rl.model}: 0 of {len(episodes)} sampled episodes on {rl.env} "
-                                    f"{rl.split} succeeded. {ZERO_START_ADVICE}")
-        rewards = [episode_reward(e, rl.reward) for e, _ in episodes]
-        stats, update_s, n_samples = self._group_update([trace for _, trace in episodes], rewards, step)
+        objective.probe(self, drawn)
+        rewards = objective.rewards(self, drawn)
+        stats, update_s, n_samples = self._group_update([trace for _, trace in drawn], rewards, step)
         self.policy.weights_changed()
-        env_steps = sum(e["steps"] for e, _ in episodes)
         self.state["global_step"] = self.state["phase_step"] = step
-        self.state["episodes"] += len(episodes)
-        self.state["env_steps"] += env_steps
-        row = {"step": step, "phase": "rl", "reward": rl.reward, "episodes": self.state["episodes"],
-               "success_rate": round(successes / len(episodes), 4),
-               "mean_reward": round(sum(rewards) / len(rewards), 6),
-               "mean_score": round(sum(float(e["score"]) for e, _ in episodes) / len(episodes), 6),
-               "env_steps": env_steps, "samples": n_samples, **stats,
-               "lr": self.scheduler.get_last_lr()[0],
-               "rollout_s": round(rollout_s, 3), "update_s": round(update_s, 3),
-               "episodes_per_s": round(len(episodes) / rollout_s, 3) if rollout_s > 0 else 0.0}
-        self._finish_step(row, bar, success=f"{row['success_rate']:.2f}")
-
-    def _finish_step(self, row: dict, bar, **postfix) -> None:
+        row = {"step": step, "phase": objective.phase, "reward": rl.reward,
+               **objective.account(self, drawn, rewards), "samples": n_samples, **stats,
+               "lr": self.scheduler.get_last_lr()[0], "rollout_s": round(rollout_s, 3),
+               "update_s": round(update_s, 3),
+               f"{objective.unit}_per_s": round(len(drawn) / rollout_s, 3) if rollout_s > 0 else 0.0}
         self._log(row)
         bar.update(1)
-        bar.set_postfix(**postfix, loss=f"{row['loss']:.4f}")
-        if row["step"] % self.cfg.save_every == 0 and row["step"] < self.total_steps:
+        bar.set_postfix(**objective.postfix(row), loss=f"{row['loss']:.4f}")
+        if step % self.cfg.save_every == 0 and step < self.total_steps:
             self.save_checkpoint()
 
     @staticmethod
@@ -265,34 +193,6 @@ class RL(Finetune):
         return [{**s, "advantage": advantage} for s in trace
                 if s["mode"] == "score" or (s["mode"] == "generate" and s["reply"])
                 or (s["mode"] == "think" and s["parts"])]
-
-    def _expert_step(self, bar) -> None:
-        """One RL step of --reward expert-step: actions at expert states, rewarded by their match with the
-        expert's, group-relative advantages per state, the update of outcome RL. Nothing is refused: the first
-        step's match rate is recorded as the probe."""
-        rl = self.rl
-        step = self.state["global_step"] + 1
-        t0 = time.perf_counter()
-        drawn = self.expert_samples(step)
-        rollout_s = time.perf_counter() - t0
-        matches = sum(d["match"] for d, _ in drawn)
-        if self.state["probe"] is None:
-            self.state["probe"] = {"actions": len(drawn), "matches": matches,
-                                   "match_rate": round(matches / len(drawn), 4)}
-            self.echo(f"probe (the first batch of actions at expert states, sampled at temperature "
-                      f"{rl.temperature}): {matches} of {len(drawn)} match the expert's")
-        rewards = [d["reward"] for d, _ in drawn]
-        stats, update_s, n_samples = self._group_update([trace for _, trace in drawn], rewards, step)
-        self.policy.weights_changed()
-        self.state["global_step"] = self.state["phase_step"] = step
-        self.state["actions"] = self.state.get("actions", 0) + len(drawn)
-        row = {"step": step, "phase": self.phases[0][0], "reward": rl.reward, "actions": self.state["actions"],
-               "states": len(drawn) // rl.group_size, "match_rate": round(matches / len(drawn), 4),
-               "mean_reward": round(sum(rewards) / len(rewards), 6), "samples": n_samples, **stats,
-               "lr": self.scheduler.get_last_lr()[0], "rollout_s": round(rollout_s, 3),
-               "update_s": round(update_s, 3),
-               "actions_per_s": round(len(drawn) / rollout_s, 3) if rollout_s > 0 else 0.0}
-        self._finish_step(row, bar, match=f"{row['match_rate']:.2f}")
 
     def _logprobs(self, model, samples: list[dict]) -> list[list[tuple]]:
         """The samples' log-probabilities under bf16 autocast on a GPU. With gradient checkpointing, a pass that
@@ -423,9 +323,7 @@ class RL(Finetune):
                 "from_scratch": from_scratch(self.model_cfg.model), "eexp_version": __version__,
                 "precision": "bf16" if self.bf16 else "fp32", "probe": self.state.get("probe"),
                 "steps": self.state["global_step"], "episodes": self.state["episodes"],
-                "env_steps": self.state["env_steps"],
-                **({"actions": self.state.get("actions", 0), "expert_states": len(self.states)}
-                   if self.expert_step else {})}
+                "env_steps": self.state["env_steps"], **self.objective.config(self)}
 
     def finish(self) -> None:
         super().finish()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from eexp.card import read_card
 from eexp.errors import EexpError, UsageProblem  # noqa: F401 - the one usage error, imported from here too
 
 PHASES = ("warmup", "train")
@@ -132,19 +133,28 @@ class FinetuneConfig:
         return "qlora" if self.qlora else "lora" if (self.lora or self.adapter) else "full"
 
     def resolved_lr(self) -> float:
-        """1e-5 for full fine-tuning of a pretrained model (the paper's), 2e-4 for LoRA, and 1e-3 for a model whose
-        weights are random (made by `eexp init-model`): at 1e-5 such a model would barely move."""
-        if self.lr is not None:
-            return self.lr
-        if self.method != "full":
-            return 2e-4
-        return 1e-3 if from_scratch(self.model) else 1e-5
+        """--lr, or the default for what this run trains (`default_lr`)."""
+        return self.lr if self.lr is not None else default_lr("sft", self.method, self.model)
+
+
+# The default peak learning rates: (full training of a pretrained model, LoRA, full training of a model whose weights
+# began random). Supervised: 1e-5 full (the paper's), 2e-4 LoRA, 1e-3 from scratch (at 1e-5 random weights would
+# barely move). RL: 1e-6 full (verl's GRPO default), 1e-5 LoRA, 1e-4 from scratch.
+DEFAULT_LR = {"sft": (1e-5, 2e-4, 1e-3), "rl": (1e-6, 1e-5, 1e-4)}
+
+
+def default_lr(kind: str, method: str, model_dir: str) -> float:
+    """The learning rate a run of `kind` (sft: finetune, rl) gets without --lr: by its method (full, lora, qlora)
+    and, for full training, whether the checkpoint's weights began random (`from_scratch`, read from its card)."""
+    full, lora, scratch = DEFAULT_LR[kind]
+    if method != "full":
+        return lora
+    return scratch if from_scratch(model_dir) else full
 
 
 def from_scratch(model_dir: str) -> bool:
     """Whether a checkpoint's weights began random (its card says so: made by `eexp init-model`, or fine-tuned from
     such a model)."""
-    from eexp.card import read_card
     return read_card(model_dir).from_scratch
 
 

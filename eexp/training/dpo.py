@@ -1,9 +1,10 @@
 """`eexp finetune --objective dpo`: Direct Preference Optimization (Rafailov et al., 2023) on preference pairs.
 
 The pairs are `eexp preference-data`'s (or any file of preference records: a prompt, chosen and rejected assistant
-turns). DPO is a subclass of the supervised recipe and keeps all of it: model loading (full, LoRA, QLoRA),
-length-grouped batches, checkpoints, exact --resume, validation, metrics.jsonl, the final save. What changes is
-what an example is (a pair of encoded conversations over one prompt, `encode_pair`) and the loss of a micro-batch.
+turns). DPO is an objective of the supervised recipe (eexp.training.objective), which keeps all of the rest: model
+loading (full, LoRA, QLoRA), length-grouped batches, checkpoints, exact --resume, validation, metrics.jsonl, the
+final save. What changes is what an example is (a pair of encoded conversations over one prompt, `encode_pair`) and
+the loss of a micro-batch.
 
 The loss of a pair, with pc and pr the model's log-probabilities of the chosen and the rejected answer (summed over
 their target tokens, the tokens `eexp finetune` trains: each assistant turn with its end-of-turn token) and rc and
@@ -30,9 +31,8 @@ from dataclasses import dataclass
 from eexp.io import Reader
 from eexp.records import expect
 from eexp.training.batches import collate
-from eexp.training.config import TrainingError, UsageProblem
+from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem
 from eexp.training.data import Dataset, Encoded, encode_pair, warn_without_end_of_turn
-from eexp.training.recipe import Finetune
 
 
 @dataclass
@@ -115,76 +115,75 @@ def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, beta: float):
     return -F.logsigmoid(margin), margin
 
 
-class DPO(Finetune):
-    """The supervised recipe with preference pairs for examples and the DPO loss."""
+class DPO:
+    """The objective of `--objective dpo`: preference pairs for examples and the DPO loss."""
 
-    def _check_options(self) -> None:
-        super()._check_options()
-        if self.cfg.warmup_data:
+    name = "dpo"
+
+    def check(self, cfg: FinetuneConfig) -> None:
+        if cfg.warmup_data:
             raise UsageProblem("--objective dpo trains on preference pairs alone; run the warm-up (--warmup-data) "
                                "as a finetune of its own and give its output as --model")
-        if self.cfg.beta <= 0:
+        if cfg.beta <= 0:
             raise UsageProblem("--beta must be above 0")
-        if self.cfg.loss_norm != "example":
-            raise UsageProblem(f"--loss-norm {self.cfg.loss_norm} is the sft loss's; DPO's loss is the mean over "
+        if cfg.loss_norm != "example":
+            raise UsageProblem(f"--loss-norm {cfg.loss_norm} is the sft loss's; DPO's loss is the mean over "
                                "pairs (--loss-norm example)")
 
-    def _read(self, paths: list[str]):
-        return read_pairs(paths, self.cfg.on_error, self.echo)
+    def read(self, paths: list[str], cfg: FinetuneConfig, echo):
+        return read_pairs(paths, cfg.on_error, echo)
 
-    def _encode(self, name: str, items, reader) -> Dataset:
-        return encode_pairs(name, items, reader, self.tokenizer, self.cfg)
+    def encode(self, name: str, items, reader, tokenizer, cfg: FinetuneConfig) -> Dataset:
+        return encode_pairs(name, items, reader, tokenizer, cfg)
 
     @staticmethod
-    def _example_key(pair: Pair) -> list:
+    def example_key(pair: Pair) -> list:
         return [pair.chosen.ids, pair.chosen.weights, pair.rejected.ids, pair.rejected.weights]
 
     @staticmethod
-    def _units(pair: Pair) -> int:
+    def units(pair: Pair, cfg: FinetuneConfig) -> int:
         return 1   # the loss is a mean over pairs
 
-    def _logps(self, batch: list[Pair]):
+    @staticmethod
+    def logps(run, batch: list[Pair]):
         """The model's log-probabilities of the chosen and of the rejected answers of `batch`, in one forward pass,
         and the tokens of that pass."""
-        ids, mask, weights = collate([p.chosen for p in batch] + [p.rejected for p in batch], self.pad_id,
-                                     self.device)
-        logps = sequence_logps(self.model, ids, mask, weights)
+        ids, mask, weights = collate([p.chosen for p in batch] + [p.rejected for p in batch], run.pad_id,
+                                     run.device)
+        logps = sequence_logps(run.model, ids, mask, weights)
         return logps[:len(batch)], logps[len(batch):], int(mask.sum())
 
-    def _batch_loss(self, batch: list[Pair]):
+    def batch_loss(self, run, batch: list[Pair]):
         import torch
-        chosen, rejected, tokens = self._logps(batch)
-        ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in batch], dtype=torch.float32, device=self.device)
-        losses, margin = dpo_losses(chosen, rejected, ref[:, 0], ref[:, 1], self.cfg.beta)
+        chosen, rejected, tokens = self.logps(run, batch)
+        ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in batch], dtype=torch.float32, device=run.device)
+        losses, margin = dpo_losses(chosen, rejected, ref[:, 0], ref[:, 1], run.cfg.beta)
         margin = margin.detach()
         return losses.sum(), tokens, {"reward_margin": margin.sum(), "reward_accuracy": (margin > 0).sum()}
 
-    def prepare_objective(self) -> None:
+    def prepare(self, run) -> None:
         """The reference log-probabilities of every pair (training and validation), from the weights as loaded."""
         import torch
-        model = self.acc.unwrap_model(self.model) if self.acc else self.model
-        fresh_adapter = self.cfg.method != "full" and not self.cfg.adapter
+        model = run.acc.unwrap_model(run.model) if run.acc else run.model
+        fresh_adapter = run.cfg.method != "full" and not run.cfg.adapter
         # A fresh adapter starts at zero (PEFT's B matrices), so its model is its base; disabling it says so
         # whatever the initialization.
         start = model.disable_adapter() if fresh_adapter else contextlib.nullcontext()
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        pairs = [p for data in (self.data["train"], self.val) if data is not None for p in data.examples]
+        autocast = torch.autocast(run.device.type, dtype=torch.bfloat16) if run.bf16 else contextlib.nullcontext()
+        pairs = [p for data in (run.data["train"], run.val) if data is not None for p in data.examples]
         order = sorted(range(len(pairs)), key=lambda j: pairs[j].length)
-        size = self.cfg.batch_size
-        self.model.eval()
+        size = run.cfg.batch_size
+        run.model.eval()
         # Every process computes every pair, in the same order (under FSDP each forward pass is collective).
         with torch.no_grad(), start, autocast:
             for k in range(0, len(order), size):
                 batch = [pairs[j] for j in order[k:k + size]]
-                chosen, rejected, _ = self._logps(batch)
+                chosen, rejected, _ = self.logps(run, batch)
                 for pair, c, r in zip(batch, chosen.tolist(), rejected.tolist()):
                     pair.ref_chosen, pair.ref_rejected = c, r
-        self.model.train()
-        self.echo(f"reference log-probabilities of {len(pairs)} pairs computed (the starting weights)")
+        run.model.train()
+        run.echo(f"reference log-probabilities of {len(pairs)} pairs computed (the starting weights)")
 
-    def card(self):
+    def card(self, cfg: FinetuneConfig) -> dict:
         """The card's training phase says it was DPO, and with which beta."""
-        card = super().card()
-        for phase in card.phases:
-            phase.update(objective="dpo", beta=self.cfg.beta)
-        return card
+        return {"objective": "dpo", "beta": cfg.beta}

@@ -1,10 +1,16 @@
-"""`eexp finetune`: imitation (IL), the implicit-world-modeling schedule (IWM) and self-reflection (SR) training.
+"""`eexp finetune`: imitation (IL), the implicit-world-modeling schedule (IWM) and self-reflection (SR) training,
+and DPO on preference pairs.
 
 One readable recipe in plain PyTorch (no HF Trainer), in the style of torchtune's single-device recipes:
 
     options (config.FinetuneConfig) -> data (data.encode: chat-template masks, shortening) -> batches
     (batches: length-grouped) -> model (model.load_model: full, LoRA or QLoRA through PEFT)
-    -> Finetune.setup / train / save / resume (checkpoint) / finish -> OUT
+    -> Finetune.setup / train / save / resume / finish -> OUT
+
+`Finetune` is the trainer (eexp.training.trainer: device, precision, model, optimizer and schedule, checkpoints,
+--resume, metrics, the final save) with the supervised loop: phases of updates over examples, validation. What it
+optimizes is its objective (the interface: eexp.training.objective): `SFT` (here), the likelihood of the target
+tokens, or, with `--objective dpo`, `DPO` (eexp.training.dpo) on preference pairs.
 
 Why a custom loop: every piece of state that decides the next update is ours (the batch order is a pure function of
 seed, phase and epoch; the optimizer, scheduler and RNG state are saved with the weights), so `--resume` reproduces an
@@ -19,14 +25,6 @@ phase runs its epochs (the paper's budgets: SR the same epochs over D_refl + D_e
 An update is --batch-size x --grad-accum x processes examples, chosen before it is split into micro-batches
 (batches.epoch_updates), and its loss is normalized over all of them (`_units`: target tokens, or examples with the
 default --loss-norm example), so how it is split changes neither its examples nor its gradient.
-
-The objective is a few methods (`_read`, `_encode`, `_units`, `_batch_loss`, `prepare_objective`): here the
-likelihood of the target tokens; `--objective dpo` is `eexp.training.dpo.DPO`, which overrides them and keeps the
-rest (batches, checkpoints, resume, validation, the final save).
-
-Security: weights are written and read as safetensors only; optimizer, scheduler and RNG state (written by eexp
-itself) go through torch.save and are read back with `torch.load(weights_only=True)`, which refuses arbitrary
-pickled objects; the run state is JSON.
 """
 
 from __future__ import annotations
@@ -36,36 +34,78 @@ import hashlib
 import math
 import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 from dataclasses import asdict
 from typing import Callable
 
 import orjson
-import yaml
 
-from eexp import __version__
-from eexp.card import Card, check_serializer, write_card
-from eexp.io import WriteError, Writer, write_atomic
-from eexp.training import checkpoint
+from eexp.card import check_serializer
+from eexp.io import progress_bar
 from eexp.training.batches import collate, examples_per_update, phase_updates, updates_per_epoch, weighted_nll
-from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem, from_scratch
+from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
-from eexp.training.config import check_full_fits
-from eexp.training.model import (OOM_ADVICE, _accelerator, _is_oom, check_model_dir, count_parameters, enable_tf32,
-                                 load_model, load_tokenizer)
+from eexp.training.dpo import DPO
+from eexp.training.model import OOM_ADVICE, _is_oom, check_model_dir, load_model
+from eexp.training.objective import Objective
+from eexp.training.trainer import Trainer
 
 
-class Finetune:
-    """setup() -> train() -> finish(); save_checkpoint / load_checkpoint make a killed run resumable exactly."""
+class SFT:
+    """The weighted negative log-likelihood of the target tokens (the assistant turns) of training examples."""
 
-    def __init__(self, cfg: FinetuneConfig, echo: Callable[[str], None] | None = None):
-        self.cfg = cfg
-        self.echo = echo or (lambda msg: print(f"eexp: {msg}", file=sys.stderr, flush=True))
-        self.ckpt_root = os.path.join(cfg.output, "checkpoints")
-        self.metrics_path = os.path.join(cfg.output, "metrics.jsonl")
+    name = "sft"
+
+    def check(self, cfg: FinetuneConfig) -> None:
+        """Nothing beyond the recipe's own checks."""
+
+    def read(self, paths: list[str], cfg: FinetuneConfig, echo):
+        return read_examples(paths, cfg.on_error, echo)
+
+    def encode(self, name: str, items, reader, tokenizer, cfg: FinetuneConfig) -> Dataset:
+        return encode_items(name, items, reader, tokenizer, cfg)
+
+    @staticmethod
+    def example_key(example) -> list:
+        return [example.ids, example.weights]
+
+    @staticmethod
+    def units(example, cfg: FinetuneConfig) -> int:
+        """Its target tokens (--loss-norm token), or the example itself (example). An update's loss is the sum of
+        `batch_loss` over its micro-batches divided by the units of all its examples, so grad-accum and several
+        processes give the gradient of one batch of the same examples."""
+        return example.n_targets if cfg.loss_norm == "token" else 1
+
+    def batch_loss(self, run, batch: list):
+        """Weight x negative log-likelihood of the target tokens, summed (--loss-norm token), or each example's mean
+        over its target tokens, summed over the examples (--loss-norm example)."""
+        import torch
+        ids, mask, weights = collate(batch, run.pad_id, run.device)
+        per_example = weighted_nll(run.model, ids, mask, weights, per_example=True)
+        if run.cfg.loss_norm == "example":
+            per_example = per_example / torch.tensor([max(e.n_targets, 1) for e in batch], dtype=per_example.dtype,
+                                                     device=per_example.device)
+        return per_example.sum(), int(mask.sum()), {}
+
+    def prepare(self, run) -> None:
+        """Nothing: the loss needs only the weights being trained."""
+
+    def card(self, cfg: FinetuneConfig) -> dict:
+        return {}
+
+
+# --objective NAME: the objective a run optimizes
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": DPO}
+
+
+class Finetune(Trainer):
+    """setup() -> train() -> finish() over training examples, with the objective of --objective (or the one given);
+    the trainer's save_checkpoint / load_checkpoint make a killed run resumable exactly."""
+
+    def __init__(self, cfg: FinetuneConfig, echo: Callable[[str], None] | None = None,
+                 objective: Objective | None = None):
+        super().__init__(cfg, echo)
+        self.objective = objective if objective is not None else OBJECTIVES[cfg.objective]()
 
     # -- setup --
 
@@ -73,25 +113,9 @@ class Finetune:
         import torch
         cfg = self.cfg
         self._check_options()
-        self.acc = _accelerator()
-        self.world = self.acc.num_processes if self.acc else 1
-        self.rank = self.acc.process_index if self.acc else 0
-        self.main = self.rank == 0
-        if not self.main:  # one voice on stderr
-            self.echo = lambda msg: None
-        if self.acc:
-            self.device = self.acc.device
-        else:
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._runtime()
         if cfg.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise UsageProblem("--precision bf16: this GPU does not support bfloat16")
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
-                                                and torch.cuda.is_bf16_supported())
-        enable_tf32(self.device)
-        # Under FSDP each process holds a shard of the model and of the optimizer state; eexp's checkpoints hold one
-        # full copy, so they (and --resume) are for one process or plain data parallelism.
-        self.sharded = bool(self.acc) and "FSDP" in str(self.acc.distributed_type)
-        self.fsdp2 = self.sharded and bool(getattr(self.acc, "is_fsdp2", False))
         if self.sharded and cfg.resume:
             raise UsageProblem("--resume is not supported under FSDP (sharded optimizer state)")
         self.model_cfg = self._import_base()  # --model X.gguf: its import; a Hub id: its snapshot in the HF cache
@@ -100,9 +124,7 @@ class Finetune:
         self._prepare_output()
         if self.acc:  # every process checks OUT before the first one writes into it
             self.acc.wait_for_everyone()
-        self.tokenizer = load_tokenizer(self.model_cfg)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
-            self.tokenizer.eos_token_id or 0)
+        self._load_tokenizer()
         self._load_data()
         self._plan()
         torch.manual_seed(cfg.seed)
@@ -117,62 +139,12 @@ class Finetune:
         elif self.acc:
             self.model = self.acc.prepare(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.prepare_objective()  # from the starting weights, before a checkpoint replaces them
+        self.objective.prepare(self)  # from the starting weights, before a checkpoint replaces them
         self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
                       "best_step": None, "fingerprint": self.fingerprint}
         self.optimizer = self.scheduler = None
         if cfg.resume:
             self.load_checkpoint()
-
-    def _import_base(self) -> FinetuneConfig:
-        """The config that names the checkpoint folder to load: cfg itself; when --model is a Hub id, a copy naming
-        its snapshot in the Hugging Face cache (the card records the id and the revision); when it is a GGUF file, a
-        copy naming its import (made once into the cache by eexp.models.import_gguf; the main process imports, the
-        others find it there). The card still records the GGUF as the base. Every resolved option (gradient
-        checkpointing: on with CUDA unless turned off) is in the copy."""
-        from dataclasses import replace
-
-        from eexp.policies.files import HubError, hub_id, resolve_hub_model
-        self.base_gguf = self.base_hub = None
-        resolved = replace(self.cfg, gradient_checkpointing=self.checkpointing)
-        if hub_id(self.cfg.model):
-            try:
-                self.base_hub = resolve_hub_model(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code)
-            except HubError as e:
-                raise TrainingError(f"--model {e}") from None
-            self.echo(f"base model: {self.base_hub.id} at revision {self.base_hub.revision} ({self.base_hub.path})")
-            return replace(resolved, model=self.base_hub.path)
-        if not (self.cfg.model.lower().endswith(".gguf") and os.path.isfile(self.cfg.model)):
-            return resolved
-        from eexp.models.import_gguf import import_gguf
-        from eexp.models.init import ModelError
-        if self.acc and not self.main:
-            self.acc.wait_for_everyone()
-        try:
-            folder = import_gguf(self.cfg.model, echo=self.echo)
-        except ModelError as e:
-            raise TrainingError(f"--model: {e}") from None
-        if self.acc and self.main:
-            self.acc.wait_for_everyone()
-        self.base_gguf = os.path.abspath(self.cfg.model)
-        self.echo(f"base model: {self.cfg.model}, imported as {folder}")
-        return replace(resolved, model=str(folder))
-
-    @property
-    def checkpointing(self) -> bool:
-        """--gradient-checkpointing as resolved: on with a CUDA GPU unless turned off, off on CPU unless asked."""
-        if self.cfg.gradient_checkpointing is not None:
-            return self.cfg.gradient_checkpointing
-        return self.device.type == "cuda"
-
-    def _check_memory(self) -> None:
-        """On a GPU, refuse a full fine-tune whose weights, gradients and AdamW state cannot fit (eexp.training.config
-        .check_full_fits), before anything is loaded or written."""
-        import torch
-        if self.cfg.method != "full" or self.device.type != "cuda":
-            return
-        total = torch.cuda.get_device_properties(self.device).total_memory
-        check_full_fits(self.cfg.model, count_parameters(self.model_cfg.model), total, self.world, self.sharded)
 
     def _check_options(self) -> None:
         cfg = self.cfg
@@ -187,25 +159,7 @@ class Finetune:
         if cfg.adapter and cfg.lora_targets != ["all-linear"]:
             raise UsageProblem("--adapter continues an existing adapter with its own target modules; drop "
                                "--lora-targets")
-
-    def _prepare_output(self) -> None:
-        out = self.cfg.output
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise TrainingError(f"{out}: exists and is not a directory")
-        if os.path.isdir(out) and os.listdir(out) and not self.cfg.resume:
-            raise TrainingError(f"{out}: already exists and is not empty (use --resume to continue that run, or "
-                                "another -o)")
-        if self.main:
-            try:
-                os.makedirs(out, exist_ok=True)
-            except OSError as e:
-                raise TrainingError(f"{out}: cannot create the directory ({e.strerror})") from None
-            try:  # found now, not after the training
-                fd, probe = tempfile.mkstemp(prefix=".eexp-write-test-", dir=out)
-                os.close(fd)
-                os.unlink(probe)
-            except OSError as e:
-                raise TrainingError(f"{out}: cannot write into this directory ({e.strerror})") from None
+        self.objective.check(cfg)
 
     def _load_data(self) -> None:
         cfg = self.cfg
@@ -235,45 +189,26 @@ class Finetune:
         digest = hashlib.blake2b(digest_size=16)
         for name in ("warmup", "train"):
             for e in self.data.get(name, Dataset(name, [])).examples:
-                digest.update(orjson.dumps(self._example_key(e)))
+                digest.update(orjson.dumps(self.objective.example_key(e)))
         options = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
         self.fingerprint = {"options": options, "data": digest.hexdigest()}
 
-    # -- the objective: what the data is and what one micro-batch adds to the loss (eexp.training.dpo overrides) --
+    # -- the objective (eexp.training.objective): what the data is and what one micro-batch adds to the loss --
 
     def _read(self, paths: list[str]):
         """The valid records of `paths` with where they came from, and their reader (--on-error)."""
-        return read_examples(paths, self.cfg.on_error, self.echo)
+        return self.objective.read(paths, self.cfg, self.echo)
 
     def _encode(self, name: str, items, reader) -> Dataset:
-        return encode_items(name, items, reader, self.tokenizer, self.cfg)
-
-    @staticmethod
-    def _example_key(example) -> list:
-        """What --resume's fingerprint of the data hashes for one encoded example."""
-        return [example.ids, example.weights]
+        return self.objective.encode(name, items, reader, self.tokenizer, self.cfg)
 
     def _units(self, example) -> int:
-        """What the loss is averaged over, per example (--loss-norm): its target tokens, or the example itself. An
-        update's loss is the sum of `_batch_loss` over its micro-batches divided by the units of all its examples,
-        so grad-accum and several processes give the gradient of one batch of the same examples."""
-        return example.n_targets if self.cfg.loss_norm == "token" else 1
+        """What the loss is averaged over, per example (--loss-norm; `objective.units`)."""
+        return self.objective.units(example, self.cfg)
 
     def _batch_loss(self, batch: list):
-        """(the loss summed over the batch's units, as a tensor; its tokens; other sums to log per unit, {name:
-        tensor}). Here: weight x negative log-likelihood of the target tokens, summed (--loss-norm token), or each
-        example's mean over its target tokens, summed over the examples (--loss-norm example)."""
-        import torch
-        ids, mask, weights = collate(batch, self.pad_id, self.device)
-        per_example = weighted_nll(self.model, ids, mask, weights, per_example=True)
-        if self.cfg.loss_norm == "example":
-            per_example = per_example / torch.tensor([max(e.n_targets, 1) for e in batch], dtype=per_example.dtype,
-                                                     device=per_example.device)
-        return per_example.sum(), int(mask.sum()), {}
-
-    def prepare_objective(self) -> None:
-        """What the objective needs from the starting weights, computed before a checkpoint replaces them (DPO: the
-        reference log-probabilities). Nothing here."""
+        """(the loss summed over the batch's units, as a tensor; its tokens; other sums to log per unit)."""
+        return self.objective.batch_loss(self, batch)
 
     def _files(self, name: str) -> list[str]:
         return self.cfg.warmup_data if name == "warmup" else self.cfg.train_files
@@ -315,21 +250,6 @@ class Finetune:
         self.log_every = cfg.log_every or (1 if self.total_steps < 1000 else 10)
         self.echo("plan: " + ", then ".join(f"{name} {n} updates" for name, n in self.phases)
                   + f" ({self.total_steps} in all)")
-
-    def _new_optimizer(self, phase: str, steps: int) -> None:
-        """A fresh optimizer and schedule for each phase (the IWM schedule restarts both)."""
-        import torch
-        from transformers import get_scheduler
-        lr = self.cfg.warmup_lr if (phase == "warmup" and self.cfg.warmup_lr) else self.cfg.resolved_lr()
-        decay = [p for p in self.params if p.ndim >= 2]
-        no_decay = [p for p in self.params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999))
-        if self.acc and not self.fsdp2:  # under FSDP2 a plain optimizer over the sharded parameters (see setup)
-            self.optimizer = self.acc.prepare(self.optimizer)
-        self.scheduler = get_scheduler(self.cfg.lr_scheduler, self.optimizer,
-                                       num_warmup_steps=round(self.cfg.lr_warmup_ratio * steps),
-                                       num_training_steps=steps)
 
     # -- train --
 
@@ -491,122 +411,6 @@ class Finetune:
             self._save_dir(os.path.join(self.ckpt_root, "best"), optimizer=False)
         return val
 
-    def _log(self, row: dict) -> None:
-        if self.main:  # whole lines even when the disk fills up (`OUT/metrics.jsonl: cannot write (...)`)
-            writer = Writer(self.metrics_path, append=True)
-            try:
-                writer.write(row)
-            finally:
-                writer.close()
-
-    # -- save / resume --
-
-    def _trainable_state(self) -> dict:
-        """The weights training changes (all of them, or the LoRA adapter), detached and contiguous for safetensors."""
-        if self.acc:  # gathered on the main process, under the model's own (unwrapped) names
-            state = self.acc.get_state_dict(self.model)
-            keep = (lambda n: True) if self.cfg.method == "full" else (lambda n: "lora_" in n)
-            out, seen = {}, set()
-            for n, t in state.items():  # tied weights (embeddings = output layer) are saved once
-                if keep(n) and t.data_ptr() not in seen:
-                    seen.add(t.data_ptr())
-                    out[n] = t.detach().to("cpu").contiguous()
-            return out
-        return {n: p.detach().to("cpu").contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def _save_dir(self, final: str, optimizer: bool = True) -> None:
-        weights = self._trainable_state()  # every process takes part in gathering them; the main one writes
-        if self.main:
-            checkpoint.save(self.ckpt_root, final, weights, self.state, *(
-                (self.optimizer, self.scheduler) if optimizer else ()))
-
-    def _checkpoints(self) -> list[str]:
-        return checkpoint.checkpoints(self.ckpt_root)
-
-    def save_checkpoint(self) -> None:
-        self._save_dir(os.path.join(self.ckpt_root, f"step-{self.state['global_step']}"))
-        if self.main:
-            checkpoint.prune(self.ckpt_root, self.cfg.keep_checkpoints)
-
-    def load_checkpoint(self) -> None:
-        found = self._checkpoints()
-        if not found:
-            if os.path.exists(os.path.join(self.cfg.output, "config.yaml")):
-                raise TrainingError(f"{self.cfg.output}: this run already finished; nothing to resume")
-            self.echo(f"no checkpoint in {self.ckpt_root}: starting from the beginning")
-            if os.path.exists(self.metrics_path) and self.main:
-                os.remove(self.metrics_path)
-            return
-        path = found[-1]
-        state = checkpoint.read_state(path)
-        checkpoint.check_fingerprint(state.get("fingerprint") or {}, self.fingerprint, path)
-        checkpoint.load_weights(path, self.acc.unwrap_model(self.model) if self.acc else self.model, self.device)
-        self.state = state
-        self._new_optimizer(state["phase"], dict(self.phases)[state["phase"]])
-        checkpoint.load_optimizer(path, self.optimizer, self.scheduler, self.device)
-        if self.main:
-            checkpoint.trim_metrics(self.metrics_path, state["global_step"])
-        self.echo(f"resumed from {path} (step {state['global_step']} of {self.total_steps})")
-
-    # -- finish --
-
-    def finish(self) -> None:
-        """OUT: the model (or adapter), tokenizer, card.yaml, config.yaml, metrics.jsonl; then model.gguf if asked."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        cfg = self.cfg
-        model = self.acc.unwrap_model(self.model) if self.acc else self.model
-        if cfg.keep_best and self.state.get("best_step"):
-            best = os.path.join(self.ckpt_root, "best", "weights.safetensors")
-            model.load_state_dict(load_file(best, device=str(self.device)), strict=False)
-            self.echo(f"keeping the best checkpoint: step {self.state['best_step']} "
-                      f"(validation loss {self.state['best_val']:.4f})")
-        state = without_tied_copies(self.acc.get_state_dict(self.model), model) if self.acc else None
-        dtype = self.saved_dtype()
-        cast = cfg.method == "full" and self.main and dtype is not None
-        if cast:
-            state = cast_state(state if state is not None else model.state_dict(), dtype)
-        if self.main:
-            try:
-                model.save_pretrained(cfg.output, state_dict=state)
-                if cast:  # config.json says what the file holds (vLLM and transformers load that by default)
-                    model.config.dtype = dtype
-                    model.config.save_pretrained(cfg.output)
-                self.tokenizer.save_pretrained(cfg.output)
-                if cfg.method != "full":  # policies find the base model from the adapter config
-                    self._point_adapter_at_base()
-                write_card(cfg.output, self.card())
-                write_atomic(os.path.join(cfg.output, "config.yaml"), yaml.safe_dump(
-                    self.resolved_config(), sort_keys=False, allow_unicode=True).encode())  # last: "finished"
-            except (OSError, SafetensorError, WriteError) as e:
-                why = checkpoint.why(e)
-                previous = self._checkpoints()
-                then = (f"the last checkpoint {previous[-1]} is intact (free space, then --resume)" if previous
-                        else "no checkpoint was kept (free space, then --resume starts the run over)")
-                raise TrainingError(f"cannot write the final model to {cfg.output}: {why}; {then}") from None
-            shutil.rmtree(self.ckpt_root, ignore_errors=True)
-            self.echo(f"wrote {cfg.output} ({'full model' if cfg.method == 'full' else 'LoRA adapter'}, "
-                      f"{self.state['global_step']} updates)")
-        if cfg.export_gguf and self.main:
-            self._export()
-
-    def saved_dtype(self):
-        """The dtype a full model is saved in (--save-dtype; auto: bf16 when trained in bf16), or None for fp32 (the
-        weights as they are)."""
-        import torch
-        wanted = self.cfg.save_dtype if self.cfg.save_dtype != "auto" else ("bf16" if self.bf16 else "fp32")
-        return torch.bfloat16 if wanted == "bf16" else None
-
-    def _point_adapter_at_base(self) -> None:
-        path = os.path.join(self.cfg.output, "adapter_config.json")
-        with open(path, "rb") as f:
-            conf = orjson.loads(f.read())
-        if self.base_hub:  # the Hub id and its commit, as PEFT, vLLM and eexp's policies read them
-            conf["base_model_name_or_path"], conf["revision"] = self.base_hub.id, self.base_hub.revision
-        else:
-            conf["base_model_name_or_path"] = os.path.abspath(self.model_cfg.model)  # a GGUF's import folder
-        write_atomic(path, orjson.dumps(conf, option=orjson.OPT_INDENT_2) + b"\n")
-
     def resolved_config(self) -> dict:
         """OUT/config.yaml: every option of the run as resolved (the learning rate, log interval), under the option
         names of `eexp finetune`, so `eexp finetune --config OUT/config.yaml -o OTHER` runs it again."""
@@ -618,91 +422,28 @@ class Finetune:
             cfg.pop(key)
         return cfg
 
-    def card(self) -> Card:
-        """OUT/card.yaml: what the model is and how it was made (eexp.card)."""
-        from eexp.policies.files import content_hash
-        from eexp.card import read_card
-        base = self.base_gguf or (self.base_hub.id if self.base_hub else os.path.abspath(self.cfg.model))
-        data = getattr(self, "data", {})  # RL has phases but no datasets
-        phases = [{"name": name, "updates": n, **(self._phase_card(name, n) if name in data else {})}
-                  for name, n in self.phases]
-        return Card(command=self.resolved_config().get("command", "finetune"),  # RL's config names its command
-                    eexp_version=__version__, serializer=self.serializer, base_model=base,
-                    base_sha256=content_hash([self.base_hub.path if self.base_hub else base]),
-                    base_import=os.path.abspath(self.model_cfg.model) if self.base_gguf else None,
-                    base_revision=self.base_hub.revision if self.base_hub else None,
-                    from_scratch=from_scratch(self.model_cfg.model), method=self.cfg.method,
-                    precision="bf16" if self.bf16 else "fp32", phases=phases, updates=self.state["global_step"],
-                    best_step=self.state.get("best_step"), best_val_loss=self.state.get("best_val"),
-                    # the longest thought trained, here or before (a base that was itself trained on SR examples)
-                    thought_tokens=max([d.longest_thought for d in data.values()]
-                                       + [read_card(self.model_cfg.model).thought_tokens or 0]) or None)
-
     def _phase_card(self, name: str, updates: int) -> dict:
         """What the card says of a phase trained on data: its examples, the examples per update, the epochs its
         updates made (updates / updates per epoch: a --max-steps budget may end mid-epoch) and the loss
         normalization, so a results page can state what each run trained on."""
+        if name not in self.data:
+            return {}
         data = self.data[name]
         return {"examples": len(data.examples), "tokens": data.tokens, "truncated": data.truncated,
                 "skipped": data.skipped, "examples_per_update": examples_per_update(self.cfg, self.world),
-                "epochs": round(updates / self.per_epoch[name], 4), "loss_norm": self.cfg.loss_norm}
+                "epochs": round(updates / self.per_epoch[name], 4), "loss_norm": self.cfg.loss_norm,
+                **self.objective.card(self.cfg)}
 
-    def _export(self) -> None:
-        try:
-            from eexp.models.export import export_gguf
-        except ImportError:
-            raise TrainingError("--export-gguf: GGUF export is not available in this installation "
-                                "(eexp.models.export)") from None
-        from eexp.models.init import ModelError
-        out = os.path.join(self.cfg.output, "model.gguf")
-        try:
-            if self.cfg.method == "full":
-                export_gguf(self.cfg.output, out, self.cfg.quant)
-            else:
-                export_gguf(self.model_cfg.model, out, self.cfg.quant, adapter=self.cfg.output)
-        except ModelError as e:
-            raise TrainingError(f"--export-gguf: {e} (the trained model in {self.cfg.output} is complete; "
-                                "`eexp export` can be run again)") from None
-        self.echo(f"wrote {out} ({self.cfg.quant})")
-
-
-def without_tied_copies(state: dict, model) -> dict:
-    """A gathered state dict (FSDP's holds tied weights as separate tensors) without the copies of tied weights
-    (the output layer that is the input embedding), so they are saved once, as transformers saves them."""
-    import torch
-    for target, source in dict(getattr(model, "all_tied_weights_keys", None) or {}).items():
-        if target in state and source in state and torch.equal(state[target], state[source]):
-            del state[target]
-    return state
-
-
-def cast_state(state: dict, dtype) -> dict:
-    """The floating-point tensors of a state dict in `dtype`; tensors that shared storage (tied embeddings) still
-    share it, so they are saved once."""
-    cast, out = {}, {}
-    for name, t in state.items():
-        if not t.is_floating_point():
-            out[name] = t
-            continue
-        key = (t.data_ptr(), t.dtype, tuple(t.shape))
-        if key not in cast:
-            cast[key] = t.detach().to(device="cpu", dtype=dtype)
-        out[name] = cast[key]
-    return out
-
+    def _thoughts_trained(self) -> list[int]:
+        return [d.longest_thought for d in self.data.values()]
 
 def _progress(disabled: bool, total: int, initial: int):
-    from eexp.io import progress_bar
     return progress_bar(disabled, total=total, initial=initial, unit="step")
 
 
 def finetune(cfg: FinetuneConfig, echo: Callable[[str], None] | None = None) -> Finetune:
     """Run a whole fine-tune; returns the recipe (its state and config) for callers and tests."""
-    if cfg.objective == "dpo":
-        from eexp.training.dpo import DPO
-        run = DPO(cfg, echo)
-    else:
-        run = Finetune(cfg, echo)
+    run = Finetune(cfg, echo)
     run.setup()
     run.train()
     run.finish()
