@@ -47,6 +47,7 @@ INSTALL_HINT = "--ray needs Ray, which is not installed here: pip install 'eexp[
 LOCAL_NODE_IP = "127.0.0.2"   # 127.0.0.1 is rewritten by Ray to the machine's interface address
 MAX_LOSSES = 3                # an item whose worker is lost this many times is an error
 DEPTH = 2                     # calls queued on one actor (one running, one waiting: no round trip between them)
+PLACE_WAIT = 20.0             # seconds to wait for every worker before starting with those placed
 START_TIMEOUT = float(os.environ.get("EEXP_RAY_START_TIMEOUT", "120"))   # seconds to wait for a first worker
 
 
@@ -298,8 +299,15 @@ class RayPool:
             free = ray.cluster_resources().get("CPU", 0)
             cluster.note(f"eexp: {self.jobs} environment workers of {cluster.cpus:g} CPU on "
                          f"{cluster._started['where']} ({free:g} CPUs)")
-            while self._starting and not self._actors_ready():   # every worker placed and set up, as Pool does
+            # every worker placed and set up, as Pool does; or, past PLACE_WAIT, those the cluster had room for
+            began = time.monotonic()
+            while self._starting and not self._actors_ready():
                 self._poll(timeout=1.0)
+                placed = sum(1 for actor in self._actors.values() if actor[2])
+                if placed and time.monotonic() - began > PLACE_WAIT:
+                    cluster.warn(f"eexp: {placed} of {self.jobs} Ray workers started; the others start when the "
+                                 f"cluster has room for them")
+                    break
         except BaseException:
             self.terminate()
             raise

@@ -3,8 +3,8 @@ of three nodes on loopback (a head and two worker nodes of one CPU each, started
 local cluster eexp starts itself.
 
 - the records are the serial run's (timestamps aside), in input order, with -o FILE --resume and --shard;
-- a worker node killed mid-run loses nothing and writes nothing twice; kill -9 of the driver leaves no actor
-  behind (and, with a local cluster, no Ray process), and --resume completes the file;
+- a worker node killed mid-run loses nothing and writes nothing twice; Ctrl-C exits 130 with whole lines; kill -9
+  of the driver leaves no actor behind (and, with a local cluster, no Ray process), and --resume completes the file;
 - nothing leaves loopback. Two checks, because Ray has two kinds of processes: every Python process of the
   clusters and drivers (Ray's dashboard and agents, its workers, eexp) runs `guard/sitecustomize.py`, an audit
   hook that records every socket connect, sendto and name lookup to a non-loopback address. That is where Ray's
@@ -14,7 +14,9 @@ local cluster eexp starts itself.
   `net_connections`, every 0.3 s, for every process below this test session) and must all be loopback. Their
   sockets are long-lived (gRPC channels), so a sample sees them. The test cluster is started with exactly what
   eexp's local start sets (eexp.workers_ray.local_env), and the local-start test runs eexp without any of it in
-  its environment, so it checks eexp's own settings.
+  its environment, so it checks eexp's own settings. Checked by hand: a head started without those settings has its
+  dashboard connect to 169.254.169.254 and look up metadata.google.internal within seconds, and the guard records
+  all three.
 """
 
 from __future__ import annotations
@@ -378,6 +380,31 @@ def test_kill_9_of_the_driver_leaves_no_actor_and_resume_completes_the_file(clus
     done = run(args + ["-o", str(out), "--resume"])
     assert done.returncode == 0, done.stderr.decode()
     assert same(records(out), records(serial))
+
+
+def test_ctrl_c_exits_130_with_whole_lines_and_no_actor_left(cluster, tmp_path):
+    """Ctrl-C to eexp's process group (as a terminal sends it) while its actors run episodes."""
+    args = ["eval", "--policy", "random", "--env", "shop", "--split", "train", "-n", "300", "--seed", "6", "-q"]
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(EEXP + args + [f"--ray={cluster.address}", "--env-workers", "2", "-o", str(out)],
+                            env=cluster.env, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and len(records(out) if out.exists() else []) < 10:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err
+    assert out.read_bytes().endswith(b"\n")
+    serial = records(run(args, check=True).stdout)
+    written = records(out)
+    assert 10 <= len(written) < 300 and same(written, serial[:len(written)])
+    deadline = time.monotonic() + 20
+    while cluster.actors() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not cluster.actors(), "eexp's actors outlived a Ctrl-C"
 
 
 def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
