@@ -323,7 +323,7 @@ class RayPool:
     def _actors_ready(self) -> bool:
         return bool(self._actors) and all(actor[2] for actor in self._actors.values())
 
-    def _lose_actor(self, key: int) -> None:
+    def _lose_actor(self, key: int, why: BaseException | None = None) -> None:
         """The actor is gone (or unusable): its calls go back to the backlog, and another is started."""
         actor = self._actors.pop(key, None)
         if actor is None:
@@ -346,8 +346,8 @@ class RayPool:
                 del self._starting[ref]
         self._replaced += 1
         if self._replaced > MAX_LOSSES * self.jobs:
-            raise EexpError(f"{self._replaced} Ray workers were lost in this run: giving up (is the cluster "
-                            f"losing nodes?)")
+            last = " ".join(str(why).split())[-300:] if why is not None else "unknown"
+            raise EexpError(f"{self._replaced} Ray workers were lost in this run: giving up (the last: {last})")
         self.cluster.warn(f"eexp: a Ray worker was lost; its work is sent to another ({self._replaced} lost)")
         self._start_actor()
 
@@ -381,8 +381,8 @@ class RayPool:
                 key = self._starting.pop(ref)
                 try:
                     ray.get(ref)
-                except ray.exceptions.RayError:
-                    self._lose_actor(key)
+                except ray.exceptions.RayError as e:   # it could not be placed or set up (an import error)
+                    self._lose_actor(key, e)
                     continue
                 if key in self._actors:
                     self._actors[key][2] = True
@@ -395,9 +395,9 @@ class RayPool:
                 slot.result = ray.get(ref)
             except ray.exceptions.RayTaskError as e:   # the task's own exception: raised in its turn
                 slot.error = e.cause if isinstance(e.cause, BaseException) else e
-            except ray.exceptions.RayError:            # the worker or its node is gone: run it again elsewhere
+            except ray.exceptions.RayError as e:       # the worker or its node is gone: run it again elsewhere
                 self._running[ref] = (slot, key)
-                self._lose_actor(key)
+                self._lose_actor(key, e)
                 continue
             slot.done = True
             if key in self._actors:

@@ -193,7 +193,7 @@ class LoopbackCluster:
         self.net_log.touch()
         from eexp.workers_ray import local_env, private_home
         self.env = {**os.environ, **local_env(private_home(str(root))),
-                    "PYTHONPATH": os.pathsep.join([str(self.guard), str(ROOT)]),
+                    "PYTHONPATH": os.pathsep.join([str(self.guard), str(ROOT), str(ROOT / "tests")]),
                     "EEXP_TEST_NET_LOG": str(self.net_log), "EEXP_TEST_STEP_SLEEP": STEP_SLEEP,
                     "EEXP_CACHE": os.environ.get("EEXP_CACHE") or str(Path.home() / ".cache" / "eexp")}
         self.port = _free_port()
@@ -380,6 +380,44 @@ def test_kill_9_of_the_driver_leaves_no_actor_and_resume_completes_the_file(clus
     done = run(args + ["-o", str(out), "--resume"])
     assert done.returncode == 0, done.stderr.decode()
     assert same(records(out), records(serial))
+
+
+def _setup(base: int, fail: bool = False) -> int:
+    if fail:
+        raise ValueError("this worker cannot start")
+    return base
+
+
+def _task(base: int, item: int) -> tuple[int, int]:
+    time.sleep(0.01 * (item % 4))   # finishing out of order
+    if item == 7:
+        raise ValueError(f"item {item} is bad")
+    return item, base + item
+
+
+def test_the_pool_hands_results_back_in_order_and_errors_in_their_turn(cluster):
+    """RayPool itself, in this process: results in submission order whatever finishes first, a task's exception
+    raised (its class and message) at its turn, a setup's error raised by every task."""
+    from eexp.workers_ray import Cluster
+    pool = Cluster(address=cluster.address, workers=2, note=lambda m: None).pool(_setup, (100,))
+    try:
+        got = []
+        with pytest.raises(ValueError, match="item 7 is bad"):
+            for result in pool.map(_task, range(20)):
+                got.append(result)
+        assert got == [(i, 100 + i) for i in range(7)]
+        rest = list(pool.ready(block=True))   # what was submitted after it, in order (as a Pool does)
+        assert rest and rest == [(i, 100 + i) for i in range(8, 8 + len(rest))]
+    finally:
+        pool.close()
+    pool = Cluster(address=cluster.address, workers=1, note=lambda m: None).pool(_setup, (0, True))
+    try:
+        pool.submit(_task, 1)
+        with pytest.raises(ValueError, match="this worker cannot start"):
+            list(pool.ready(block=True))
+    finally:
+        pool.terminate()
+    assert not cluster.actors()
 
 
 def test_ctrl_c_exits_130_with_whole_lines_and_no_actor_left(cluster, tmp_path):
