@@ -195,11 +195,24 @@ class LoopbackCluster:
         self.env = {**os.environ, **local_env(private_home(str(root))),
                     "PYTHONPATH": os.pathsep.join([str(self.guard), str(ROOT), str(ROOT / "tests")]),
                     "EEXP_TEST_NET_LOG": str(self.net_log), "EEXP_TEST_STEP_SLEEP": STEP_SLEEP,
-                    "EEXP_CACHE": os.environ.get("EEXP_CACHE") or str(Path.home() / ".cache" / "eexp")}
+                    "EEXP_CACHE": str(self._cache())}
         self.port = _free_port()
         self.address = f"127.0.0.2:{self.port}"
         self.nodes: dict[str, subprocess.Popen] = {}
         self.base_port = random.Random().randrange(20000, 60000, 1000)
+
+    def _cache(self) -> Path:
+        """The clusters' EEXP_CACHE, holding tests/data/textworld's committed games (no generation: games=1)."""
+        cache = self.root / "cache"
+        try:
+            import textworld
+        except ImportError:
+            return cache
+        games = cache / "textworld" / textworld.__version__
+        games.mkdir(parents=True)
+        for f in (ROOT / "tests" / "data" / "textworld").iterdir():
+            shutil.copy(f, games / f.name)
+        return cache
 
     def _start(self, name: str, ip: str, head: bool) -> subprocess.Popen:
         n = len(self.nodes)
@@ -346,6 +359,20 @@ def test_rollout_on_the_cluster_resumes_a_file_to_the_serial_records(cluster, br
     assert 0 < stats["records_out"] <= len(serial) - 40 + 10   # the cut trajectory's records made again
     assert stats["env_steps"] > 0 and stats["errors"] == serial_stats["errors"] == 0
     assert b"2 environment workers" in done.stderr
+
+
+def test_rollout_on_the_cluster_writes_the_serial_records_of_textworld(cluster, tmp_path):
+    """A second environment, with state of its own: TextWorld's committed games (tests/data/textworld)."""
+    pytest.importorskip("textworld")
+    expert = run(["expert", "--env", "textworld", "--env-arg", "games=1", "-n", "3", "-q"], env=cluster.env,
+                 check=True).stdout
+    br = tmp_path / "br.jsonl"
+    run(["branch", "--propose", "admissible", "-k", "2", "-q", "-o", str(br)], input=expert, env=cluster.env,
+        check=True)
+    serial = run(["rollout", "-q", str(br)], env=cluster.env, check=True).stdout
+    ray = run(["rollout", "-q", str(br), f"--ray={cluster.address}", "--env-workers", "2"], env=cluster.env)
+    assert ray.returncode == 0, ray.stderr.decode()
+    assert len(records(serial)) >= 5 and same(records(ray.stdout), records(serial))
 
 
 def test_eval_on_the_cluster_writes_the_serial_episodes_of_a_shard(cluster, tmp_path):
