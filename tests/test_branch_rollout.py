@@ -426,12 +426,12 @@ def test_rollout_of_an_env_that_is_not_installed(runner, tmp_path, expert_files)
     result = run_cli(runner, ["branch", str(expert_files["shop"]), "-k", "1"])
     lines = [orjson.loads(x) for x in result.output.splitlines()]
     for r in lines:
-        r["env"]["name"] = "alfworld"
+        r["env"]["name"] = "webarena"
     path = tmp_path / "br.jsonl"
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
     result = runner.invoke(cli, ["rollout", str(path)])
     assert result.exit_code == 1
-    assert f"{path}:1:" in result.output and "'alfworld'" in result.output and "pip install" in result.output
+    assert f"{path}:1:" in result.output and "'webarena'" in result.output and "pip install" in result.output
 
 
 def test_rollout_of_a_corrupted_record_through_the_cli(runner, tmp_path, expert_files):
