@@ -38,11 +38,13 @@ def timeless(items: list[dict]) -> list[dict]:
 
 
 def reflection(body: dict) -> str:
-    """A reply that varies with the seed: the words of the prompt's situation, 20 to 80 of them."""
+    """A reply that varies with the seed: the words of the prompt's situation, 20 to 80 of them; for odd seeds every
+    other one of them (even seeds paste a run of the page, which reflect's pasted_page filter refuses)."""
     words = body["messages"][-1]["content"].split()
     n = 20 + body["seed"] % 61
     start = body["seed"] % max(1, len(words) - n)
-    return "I chose well because " + " ".join(words[start:start + n])
+    picked = words[start:start + n]
+    return "I chose well because " + " ".join(picked[::2] if body["seed"] % 2 else picked)
 
 
 # --- InOrder ----------------------------------------------------------------------------------------------------
