@@ -109,7 +109,9 @@ def test_smollm2_recipe_at_a_tiny_size(tmp_path):
         sr = run.startswith("SR")
         assert (meta["backend"], meta["act"], meta["guided"]) == ("http", "think" if sr else "constrained", "llamacpp")
         assert meta.get("think") == ("continue_final_message" if sr else None)
-        assert meta["serializer"]["history"] == 0 and meta["serializer"]["show_admissible"] is False
+        # the previous actions, as the paper's WebShop prompt has them (configs/smollm2.mk: --history 10)
+        assert meta["serializer"]["history"] == 10 and meta["serializer"]["max_history_chars"] == 40
+        assert meta["serializer"]["show_admissible"] is False
         recovery = [orjson.loads(line) for line in (out / "recovery" / f"{run}.jsonl").read_text().splitlines()]
         assert len(recovery) == 2 and all(e["meta"]["start"]["mode"] == "off-path" for e in recovery)
         starts[run] = [e["meta"]["start"] for e in recovery]
