@@ -10,8 +10,8 @@ $(VENV)/.installed-all: pyproject.toml install.sh
 $(VENV)/.installed-dev: pyproject.toml install.sh
 	./install.sh --dev
 
-# The fast tier: unit and in-process tests (tiny models, stubs), about 10 minutes on 2 cores. Which tests are slow
-# is decided in tests/conftest.py (by module and fixture), not here.
+# The fast tier: unit and in-process tests (tiny models, stubs), about 2 minutes on 2 quiet cores (630 tests,
+# 119 s). Which tests are slow is decided in tests/conftest.py (by module and fixture), not here.
 test: dev
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
