@@ -1,5 +1,5 @@
 """The errors eexp reports to a person: each carries its exit code, and the `eexp` click group turns any of them into
-`Error: message` and that code, once (eexp/cli/__init__.py), so commands need no try/except of their own.
+`Error: message` and that code, once (eexp/cli/group.py), so commands need no try/except of their own.
 
 Each class says what happened, so code that catches one catches that and nothing else:
 

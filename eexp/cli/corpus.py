@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import config_option, parse_env_args
 from eexp.io import Writer, progress_bar
 

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import _parse_policy_args, config_option
 from eexp.io import Reader, progress_bar
 from eexp.records import expect

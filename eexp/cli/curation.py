@@ -6,7 +6,7 @@ import random
 
 import click
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import stage_options
 from eexp.io import Stage
 from eexp.records import expect

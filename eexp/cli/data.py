@@ -9,7 +9,7 @@ from collections import Counter
 
 import click
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import config_option, serializer_options, stage_options
 from eexp.errors import InputError
 from eexp.io import Reader, StageIO

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import orjson
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import config_option, parse_env_args
 from eexp.envs.base import EnvError, make_env, registry
 from eexp.envs.check import check_installed

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import cluster_options, concurrency_option, explicit_serializer_settings, field_options, \
     parse_env_args, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
 from eexp.compare import compare_runs, format_comparison, plot_comparison, read_runs

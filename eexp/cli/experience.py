@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import check_requests, cluster_options, concurrency_option, count_requests, \
     explicit_serializer_settings, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
 from eexp.policies.base import resolve_concurrency

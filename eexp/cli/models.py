@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import config_option, quiet_transformers
 from eexp.cli.options import field_options
 from eexp.models.merge import MergeSettings

@@ -7,7 +7,7 @@ import sys
 import click
 import orjson
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import config_option
 from eexp.errors import PolicyError
 from eexp.policies import policy_kind

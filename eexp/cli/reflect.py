@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import check_requests, concurrency_option, count_requests, field_options, policy_options, \
     policy_or_default, sampling_options, serializer_options, stage_options
 from eexp.io import prepare_resume

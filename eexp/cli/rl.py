@@ -7,7 +7,7 @@ import dataclasses
 
 import click
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import config_option, field_options, parse_env_args, quiet_transformers
 from eexp.rl.config import RLConfig
 

@@ -3,7 +3,7 @@ options, their defaults and help are FinetuneConfig's fields (eexp/training/conf
 
 from __future__ import annotations
 
-from eexp.cli import cli
+from eexp.cli.group import cli
 from eexp.cli.options import config_option, dataclass_options, quiet_transformers
 from eexp.training.config import FinetuneConfig
 

@@ -16,7 +16,8 @@ topic or going round in circles, the chosen action's outcome narrated as already
 action. A monologue repeated twice is repaired (first copy kept), not rejected.
 
 The package: the prompt template and what the reflector is shown (`template`), the grounded writer (`grounded`),
-the filters (`filters`), the words they share (`text`) and, here, the stage itself.
+the filters (`filters`), the words they share (`text`), the stage's settings (`settings`) and, here, the stage
+itself.
 """
 
 from __future__ import annotations
@@ -26,41 +27,19 @@ from typing import Callable, Iterator
 
 from eexp.inflight import InOrder
 from eexp.io import Stage
+from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, format_action
 from eexp.records import example_meta
 from eexp.stages.reflect.filters import (COUNTS, FILTERS, PASTE_RUN, Verdict, fresh_words, judge, page_runs,
                                          pasted_span, topic_words, trim_repeat)
 from eexp.stages.reflect.grounded import VERSION as GROUNDED_VERSION, describe_action, grounded_reflection
+from eexp.stages.reflect.settings import Settings
 from eexp.stages.reflect.template import BUILTIN_TEMPLATES, Template, reflection_prompt, shown_alternatives
-from eexp.stages.settings import setting, shared
 
 __all__ = ["BUILTIN_TEMPLATES", "COUNTS", "FILTERS", "GROUNDED_VERSION", "PASTE_RUN", "Reflect", "Reflector",
            "Settings", "Template", "Verdict", "describe_action", "grounded_reflection", "judge", "page_runs",
            "pasted_span", "policy_writer", "reflect_examples", "reflection_prompt", "shown_alternatives",
            "topic_words", "trim_repeat"]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the reflector is shown, the filters' word limits, and how it samples. The defaults and help of reflect's
-    options are these fields' (eexp.cli.options.field_options)."""
-
-    # the paper finds SR best at K = 2-4
-    max_alternatives: int = setting(3, "Alternatives shown per state: the first N that rollout executed, valid or "
-                                    "not.", min=1)
-    # The templates ask for 40-120 words (a short rationale, as the grounded writer's ~50): 200 words is ~260 tokens,
-    # past which eval's thought budget cuts the closing `So my move is ...` (the paper's repo capped at 500).
-    max_words: int = setting(200, "Reject reflections longer than this.", min=1)
-    # a few words explain nothing (and are what a broken model emits)
-    min_words: int = setting(10, "Reject reflections shorter than this.", min=1)
-    max_outcome_chars: int = setting(600, "Clip each outcome shown to the reflector (0: no limit).", min=0)
-    # Reflections are free prose: 1024 tokens leaves ample room for the 40-120 words the prompt asks for (and the
-    # 200-word cap), so a reply is cut only when it rambles, and 0.7 keeps a small model coherent while still varying
-    # the wording from state to state (the paper used 0.9 for TravelPlanner; its repo's generator ran at 0.7).
-    temperature: float = shared("temperature", 0.7)
-    top_p: float = shared("top_p")
-    max_tokens: int = shared("max_tokens", 1024)
-    seed: int = shared("seed")
 
 
 Writer = Callable[[list[dict], int], tuple[str, str]]  # (prompt messages, seed) -> (reply text, finish_reason)
@@ -112,7 +91,6 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
     if reflector.write is None:
         reply, finish_reason = grounded_reflection(outcome, shown), "stop"
     else:
-        from eexp.policies.base import derive_seed
         seed = derive_seed(settings.seed, outcome["id"], 0)
         reply, finish_reason = reflector.write(
             reflection_prompt(outcome, shown, template, serializer, settings), seed)

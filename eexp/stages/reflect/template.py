@@ -9,14 +9,11 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from eexp.io import InputError
 from eexp.prompts import Serializer, clip
+from eexp.stages.reflect.settings import Settings
 from eexp.stages.reflect.text import WORD
-
-if TYPE_CHECKING:
-    from eexp.stages.reflect import Settings
 
 REQUIRED_SLOTS = ("situation", "chosen_action", "chosen_outcome", "alternatives")
 # Templates shipped with eexp, by name. `short` is for small models (~100M-1B parameters): the default asks for 150-300
