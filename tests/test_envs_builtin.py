@@ -83,6 +83,25 @@ def test_expert_is_deterministic_and_seed_picks_tasks(runner):
     assert strip_time(e) == [strip_time(a)[3]]
 
 
+def test_expert_jobs_write_the_serial_records_in_task_order(runner, tmp_path):
+    """-j 2: the tasks run in two worker processes; the records, their order and the counts are the serial run's,
+    and --resume goes on from a file a serial run began."""
+    def strip_time(records):
+        return [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in records]
+
+    _, serial = run_expert(runner, "--env", "shop", "-n", "30", "--seed", "2", "-q", "--stats", str(tmp_path / "s1"))
+    out = tmp_path / "expert.jsonl"
+    out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in serial[:7]))
+    result, _ = run_expert(runner, "--env", "shop", "-n", "30", "--seed", "2", "-q", "-j", "2", "-o", str(out),
+                           "--resume", "--stats", str(tmp_path / "s2"))
+    assert result.exit_code == 0, result.output
+    written = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(written) == 30 and strip_time(written) == strip_time(serial)
+    one, two = (orjson.loads((tmp_path / name).read_bytes()) for name in ("s1", "s2"))
+    assert two["resumed"] == 6 and two["records_out"] == 24   # the file's last record is made again
+    assert (two["unsuccessful"], two["errors"]) == (one["unsuccessful"], one["errors"]) == (0, 0)
+
+
 def test_expert_resume_skips_done_tasks(runner, tmp_path):
     out = tmp_path / "expert.jsonl"
     run_expert(runner, "--env", "tools", "-n", "5", "-o", str(out), "-q")

@@ -1,6 +1,6 @@
-"""`--ray [ADDRESS]`: the environment workers of rollout and eval as Ray actors (eexp.workers_ray), on a Ray cluster
-of three nodes on loopback (a head and two worker nodes of one CPU each, started once for the module) and on the
-local cluster eexp starts itself.
+"""`--ray [ADDRESS]`: the environment workers of expert, rollout and eval as Ray actors (eexp.workers_ray), on a Ray
+cluster of three nodes on loopback (a head and two worker nodes of one CPU each, started once for the module) and on
+the local cluster eexp starts itself.
 
 - the records are the serial run's (timestamps aside), in input order, with -o FILE --resume and --shard;
 - a worker node killed mid-run loses nothing and writes nothing twice; Ctrl-C exits 130 with whole lines; kill -9
@@ -339,7 +339,9 @@ def same(a: list[dict], b: list[dict]) -> bool:
 def branches(tmp_path_factory) -> Path:
     """Shop branch records: 30 expert trajectories, 3 admissible alternatives per state (144 records)."""
     d = tmp_path_factory.mktemp("ray-branches")
-    expert = run(["expert", "--env", "shop", "-n", "30", "--seed", "2", "-q"], check=True).stdout
+    expert = run(["expert", "--env", "shop", "-n", "30", "--seed", "2", "-q", "--stats", str(d / "expert.json")],
+                 check=True).stdout
+    (d / "expert.jsonl").write_bytes(expert)
     run(["branch", "--propose", "admissible", "-k", "3", "-q", "-o", str(d / "br.jsonl")], input=expert, check=True)
     run(["rollout", "-q", "--stats", str(d / "serial.json"), "-o", str(d / "serial.jsonl"), str(d / "br.jsonl")],
         check=True)
@@ -373,6 +375,21 @@ def test_rollout_on_the_cluster_writes_the_serial_records_of_textworld(cluster, 
     ray = run(["rollout", "-q", str(br), f"--ray={cluster.address}", "--env-workers", "2"], env=cluster.env)
     assert ray.returncode == 0, ray.stderr.decode()
     assert len(records(serial)) >= 5 and same(records(ray.stdout), records(serial))
+
+
+def test_expert_on_the_cluster_resumes_a_file_to_the_serial_records(cluster, branches, tmp_path):
+    """expert's tasks on the cluster's two workers: the serial run's trajectories, in task order, and its counts."""
+    serial = (branches / "expert.jsonl").read_bytes().splitlines(keepends=True)
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(serial[:8]))
+    done = run(["expert", "--env", "shop", "-n", "30", "--seed", "2", f"--ray={cluster.address}", "--env-workers",
+                "2", "-o", str(out), "--resume", "--stats", str(tmp_path / "stats.json")], env=cluster.env)
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(serial) == 30 and same(records(out), records(b"".join(serial)))
+    stats, serial_stats = (orjson.loads(p.read_bytes()) for p in (tmp_path / "stats.json", branches / "expert.json"))
+    assert stats["resumed"] == 7 and stats["records_out"] == 23   # the file's last record made again
+    assert (stats["unsuccessful"], stats["errors"]) == (serial_stats["unsuccessful"], serial_stats["errors"])
+    assert b"2 environment workers" in done.stderr
 
 
 def test_eval_on_the_cluster_writes_the_serial_episodes_of_a_shard(cluster, tmp_path):

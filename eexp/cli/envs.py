@@ -6,7 +6,7 @@ import click
 import orjson
 
 from eexp.cli.group import cli
-from eexp.cli.options import config_option, parse_env_args
+from eexp.cli.options import cluster_options, config_option, parse_env_args
 from eexp.envs.base import EnvError, make_env, registry
 from eexp.envs.check import check_installed
 from eexp.io import StageIO
@@ -161,14 +161,17 @@ def describe(env, split: str | None = None) -> dict:
 @click.option("--step-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Seconds one environment call may take before it is recorded as an error (0: no limit).")
 @click.option("--no-admissible", is_flag=True, help="Do not record the admissible actions of each step.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Environment worker processes (each runs whole tasks); output stays in task order.")
 @click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
               help="Write records here instead of stdout.")
 @click.option("--resume", is_flag=True, help="Continue -o FILE: skip tasks already written there.")
 @click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@cluster_options
 @config_option
-def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admissible, output, resume, stats,
-           quiet):
+def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admissible, jobs, output, resume, stats,
+           quiet, cluster):
     """Write expert trajectories from an environment's oracle, one JSON line per task.
 
     Success is checked by the environment; trajectories that fail are still written (success: false) and counted
@@ -179,7 +182,9 @@ def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admiss
     Example:
       eexp expert --env shop -n 200 --seed 1 > expert.jsonl
       eexp expert --env tools --split test --task test-00003
+      eexp expert --env alfworld -n 3500 --ray=10.0.0.5:6379 --env-workers 64 -o expert.jsonl --resume
     """
     io = StageIO(output=output, resume=resume, stats=stats, quiet=quiet)
     run_expert(io, env_name, env_args, split=split, n=n, seed=seed, task_ids=task_ids, timeout=step_timeout or None,
-               include_admissible=not no_admissible, note=lambda message: click.echo(message, err=True))
+               include_admissible=not no_admissible, note=lambda message: click.echo(message, err=True), jobs=jobs,
+               cluster=cluster)

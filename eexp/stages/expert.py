@@ -8,6 +8,7 @@ from eexp.envs.base import Env, EnvError, make_env, pick_tasks
 from eexp.envs.reach import guarded
 from eexp.io import Stage, StageIO
 from eexp.records import make_meta, short_hash
+from eexp.workers import WorkerPool, open_pool
 
 
 def trajectory_id(env: Env, task: dict) -> str:
@@ -48,44 +49,24 @@ def expert_trajectory(env: Env, task: dict, seed: int = 0, timeout: float | None
     return record
 
 
-class Expert(Stage):
-    """The expert stage over tasks: called with a task, it yields the oracle's trajectory of it.
+class Oracle:
+    """One environment that plays the oracle task after task: `oracle(task)` is the task's expert trajectory. An
+    environment error (an exception, or a call slower than `timeout`) is the trajectory's `error`; the instance is
+    then closed and a fresh one made, since after a failure inside one of its calls an instance is never used again
+    (DESIGN.md). The expert stage's own one, and the state of each of its workers (-j N, --ray)."""
 
-    An environment error (an exception, or a call slower than `timeout`) is that trajectory's `error`; the instance
-    is then closed and a fresh one made, since after a failure inside one of its calls an instance is never used
-    again (DESIGN.md). Counts `unsuccessful` and `errors`; the first five of each are noted with their reason."""
-
-    NOTED = 5
-
-    def __init__(self, env_name: str, env_args: dict | None = None, *, seed: int = 0, timeout: float | None = None,
-                 include_admissible: bool = True, count: Callable[..., None] = lambda name, n=1: None,
-                 note: Callable[[str], None] = lambda message: None):
+    def __init__(self, env_name: str, env_args: dict | None = None, seed: int = 0, timeout: float | None = None,
+                 include_admissible: bool = True):
         self.env_name, self.env_args = env_name, dict(env_args or {})
         self.seed, self.timeout, self.include_admissible = seed, timeout, include_admissible
-        self.count, self.note = count, note
         self.env = make_env(env_name, **self.env_args)
-        self.unsuccessful = self.errors = 0
-        count("unsuccessful", 0)
-        count("errors", 0)
 
-    def trajectory_id(self, task: dict) -> str:
-        return trajectory_id(self.env, task)
-
-    def __call__(self, task: dict) -> Iterator[dict]:
+    def __call__(self, task: dict) -> dict:
         record = expert_trajectory(self.env, task, seed=self.seed, timeout=self.timeout,
                                    include_admissible=self.include_admissible)
         if "error" in record:
             self._replace()
-            self.errors += 1
-            self.count("errors")
-            if self.errors <= self.NOTED:
-                self.note(f"eexp: {record['id']}: {record['error']}")
-        elif not record["success"]:
-            self.unsuccessful += 1
-            self.count("unsuccessful")
-            if self.unsuccessful <= self.NOTED:
-                self.note(f"eexp: {record['id']}: the expert did not succeed (score {record.get('score')})")
-        yield record
+        return record
 
     def _replace(self) -> None:
         """Close the failed instance (bounded by the step limit; its own failure to close is not reported) and make
@@ -100,16 +81,98 @@ class Expert(Stage):
         self.env.close()
 
 
+def _worker_trajectory(oracle: Oracle, task: dict) -> dict:
+    return oracle(task)
+
+
+def _worker_cleanup(oracle: Oracle) -> None:
+    oracle.close()   # the environment, and with it its own processes (a JVM, a planner)
+
+
+class Expert(Stage):
+    """The expert stage over tasks: called with a task, it yields the oracle's trajectory of it.
+
+    With `jobs` above 1 (or a `cluster`: --ray) the tasks go to worker processes (an eexp.workers pool, each with
+    an `Oracle` of its own) and the trajectories come back in task order, the records of a serial run; at most
+    2 x jobs tasks are in flight. Its own environment then only lists the tasks and names their trajectories.
+    Counts `unsuccessful` and `errors` in task order; the first five of each are noted with their reason."""
+
+    NOTED = 5
+
+    def __init__(self, env_name: str, env_args: dict | None = None, *, seed: int = 0, timeout: float | None = None,
+                 include_admissible: bool = True, count: Callable[..., None] = lambda name, n=1: None,
+                 note: Callable[[str], None] = lambda message: None, jobs: int = 1, cluster=None):
+        self.count, self.note = count, note
+        self.oracle = Oracle(env_name, env_args, seed, timeout, include_admissible)
+        self.unsuccessful = self.errors = 0
+        count("unsuccessful", 0)
+        count("errors", 0)
+        # the workers start with `start_workers` (run_expert: once the tasks are known), else with the first task
+        self._pool_spec = (jobs, Oracle, (env_name, env_args, seed, timeout, include_admissible), _worker_cleanup,
+                           cluster) if jobs > 1 or cluster is not None else None
+        self._workers: WorkerPool | None = None
+
+    @property
+    def env(self) -> Env:
+        return self.oracle.env
+
+    def trajectory_id(self, task: dict) -> str:
+        return trajectory_id(self.env, task)
+
+    def start_workers(self) -> None:
+        if self._pool_spec is not None and self._workers is None:
+            self._workers = open_pool(*self._pool_spec)
+
+    def __call__(self, task: dict) -> Iterator[dict]:
+        if self._pool_spec is None:
+            yield self._account(self.oracle(task))
+            return
+        self.start_workers()
+        self._workers.submit(_worker_trajectory, task)
+        yield from map(self._account, self._workers.ready())
+
+    def finish(self) -> Iterator[dict]:
+        if self._workers is not None:
+            yield from map(self._account, self._workers.ready(block=True))
+
+    def _account(self, record: dict) -> dict:
+        if "error" in record:
+            self.errors += 1
+            self.count("errors")
+            if self.errors <= self.NOTED:
+                self.note(f"eexp: {record['id']}: {record['error']}")
+        elif not record["success"]:
+            self.unsuccessful += 1
+            self.count("unsuccessful")
+            if self.unsuccessful <= self.NOTED:
+                self.note(f"eexp: {record['id']}: the expert did not succeed (score {record.get('score')})")
+        return record
+
+    def close(self) -> None:
+        try:
+            if self._workers is not None:
+                # tasks still in flight are an abort (Ctrl-C, an error): stop the workers at once
+                if self._workers.pending:
+                    self._workers.terminate()
+                else:
+                    self._workers.close()
+                self._workers = None
+        finally:
+            self.oracle.close()
+
+
 def run_expert(io: StageIO, env_name: str, env_args: dict | None = None, *, split: str = "train",
                n: int | None = None, seed: int = 0, task_ids: list[str] | tuple[str, ...] = (),
                timeout: float | None = None, include_admissible: bool = True,
-               note: Callable[[str], None] = lambda message: None) -> None:
+               note: Callable[[str], None] = lambda message: None, jobs: int = 1, cluster=None) -> None:
     """Write the expert trajectories of the tasks `pick_tasks` chooses to io's output (--resume skips the tasks
-    already there), and say how many did not succeed."""
+    already there), and say how many did not succeed. `jobs` worker processes, or the workers of `cluster`
+    (--ray), run the tasks; the records are those of a serial run, in the same order."""
     stage = Expert(env_name, env_args, seed=seed, timeout=timeout, include_admissible=include_admissible,
-                   count=io.count, note=note)
+                   count=io.count, note=note, jobs=jobs, cluster=cluster)
     try:
         tasks = pick_tasks(stage.env, split, n, seed, task_ids)
+        stage.start_workers()   # a cluster that cannot be reached is said before the output is opened
     except BaseException:
         stage.close()
         raise
