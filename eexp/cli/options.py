@@ -186,7 +186,10 @@ def policy_options(f: Callable | None = None, *, settings=Generation) -> Callabl
         click.option("--policy", "policy_spec", metavar="SPEC",
                      help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | ORG/NAME (Hub cache) | random "
                      "| oracle | KIND:TARGET (a backend an installed plugin registers under the entry points "
-                     "eexp.policies). Where a model is needed and none is given: $EEXP_POLICY."),
+                     "eexp.policies). Several servers of one model as one policy: URL,URL or @FILE (one URL a "
+                     "line); each call goes to the one with the fewest requests in flight, a state's K samples "
+                     "together, and one that stops answering has its requests sent to the others; URL#N caps that "
+                     "one at N in flight (docs/scale.md). Where a model is needed and none is given: $EEXP_POLICY."),
         click.option("--policy-arg", "policy_args", multiple=True, callback=_parse_policy_args,
                      metavar="KEY=VALUE", help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
                      "api_key_env, ...); repeatable."),
@@ -201,8 +204,8 @@ def concurrency_option(what: str) -> Callable:
         "--concurrency", type=click.IntRange(min=1), default=None, metavar="N",
         help=f"Policy requests in flight at once, across {what}: a batching server (vLLM, SGLang, llama.cpp's "
         f"llama-server) is fast only when kept busy. The output is the serial run's, in the same order. Default: "
-        f"the policy's (16 for an http(s) endpoint, or its --policy-arg concurrency); 1 for a model in this "
-        f"process, which takes one call at a time.")
+        f"the policy's (16 for an http(s) endpoint, or its --policy-arg concurrency; for several, the sum of "
+        f"theirs); 1 for a model in this process, which takes one call at a time.")
 
 
 LOCAL_RAY = "local"   # `--ray` given without an address
@@ -280,8 +283,12 @@ def policy_or_default(policy_spec: str | None, what: str) -> str:
 
 
 def count_requests(io, policy) -> None:
-    """--stats gets the policy's calls and failed calls (`policy_requests`, `failed_requests`) when the run ends."""
-    io.count_at_end(lambda: {"policy_requests": policy.requests, "failed_requests": policy.failed_requests})
+    """--stats gets the policy's calls and failed calls (`policy_requests`, `failed_requests`) when the run ends,
+    and, for several endpoints behind one policy (eexp.policies.fleet), the requests sent again to another after
+    theirs stopped answering (`resent_requests`)."""
+    io.count_at_end(lambda: {"policy_requests": policy.requests, "failed_requests": policy.failed_requests,
+                             **({"resent_requests": policy.resent_requests}
+                                if hasattr(policy, "resent_requests") else {})})
 
 
 def check_requests(policy, policy_spec: str | None) -> None:

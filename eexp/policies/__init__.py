@@ -8,6 +8,7 @@ and any backend an installed package registers under the entry-point group `eexp
     DIR                        a transformers checkpoint (config.json) or a PEFT adapter (adapter_config.json)
     ORG/NAME[@REVISION]        a Hugging Face Hub model (no such local path): safetensors only, through the HF cache
     http(s)://host:port/v1     an OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's server)
+    URL,URL[#N] | @FILE        several endpoints of one model behind one policy (eexp.policies.fleet)
     KIND:TARGET                the backend a plugin registers as KIND (its loader gets TARGET)
 
 Every kind, eexp's own included, is an entry point of `eexp.policies`: its name is the kind `policy_kind` returns,
@@ -30,7 +31,7 @@ __all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "default_policy", "l
 ACT_MODES = ("generate", "constrained", "score", "think")
 
 SPEC_FORMS = ("random, oracle, a .gguf file, a checkpoint or adapter directory, a Hugging Face Hub id "
-              "(ORG/NAME[@REVISION]), or http(s)://HOST/v1")
+              "(ORG/NAME[@REVISION]), http(s)://HOST/v1, or several: URL,URL or @FILE")
 BASELINES = ("random", "oracle")
 # The default policy, as llm has a default model: the stages that need a model and are given no --policy use it.
 DEFAULT_POLICY_ENV = "EEXP_POLICY"
@@ -76,7 +77,7 @@ def policy_kind(spec: str | None) -> str | None:
             return plugin[0]
     if spec in BASELINES:
         return "baseline"
-    if spec.startswith(("http://", "https://")):
+    if spec.startswith(("http://", "https://", "@")):   # one URL, a list of them, or @FILE listing them
         return "endpoint"
     if spec.lower().endswith(".gguf"):
         return "gguf"
@@ -143,6 +144,9 @@ def load_baseline(spec: str, args: dict, *, act: str | None, max_tokens: int, to
 
 
 def load_endpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    from eexp.policies.fleet import FleetPolicy, is_fleet
+    if is_fleet(spec):
+        return FleetPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
     from eexp.policies.http import HttpPolicy
     return HttpPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
 

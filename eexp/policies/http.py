@@ -113,6 +113,58 @@ class EndpointDown(PolicyError):
     """The server stopped answering mid-run: the run stops (its finished records are written whole)."""
 
 
+HEALTH_TIMEOUT = 5.0   # seconds the quick look at a server (its model list) waits for an answer
+
+
+def endpoint_base(url: str) -> str | None:
+    """`scheme://host[:port]/path` of an endpoint URL, without credentials, query, fragment or a final `/` (what
+    records name), or None where the URL names no host."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port
+    except ValueError:     # a port that is not a number
+        return None
+    if not parsed.hostname:
+        return None
+    # never keep credentials from the URL in what we record
+    netloc = parsed.hostname + (f":{port}" if port else "")
+    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path.rstrip("/"), "", ""))
+
+
+def no_answer(base: str, timeout: float = HEALTH_TIMEOUT) -> str | None:
+    """Why the server at `base` gives no answer to one quick request for its model list (`connection refused`),
+    or None where it answers: an HTTP error code is an answer (a server without the route, or one that wants a
+    key, is there). The health check of a server at start (a fleet) and after a request that got no answer."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + "/models", method="GET"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as e:
+        return _reason(e)
+
+
+class BothSlots:
+    """A request's slot in two limits at once, its endpoint's own and the one shared by a fleet's endpoints;
+    taken in that order by every request (the shared one first), so no two requests wait on each other."""
+
+    def __init__(self, shared: threading.BoundedSemaphore, n: int):
+        self.shared, self.own = shared, threading.BoundedSemaphore(n)
+
+    def __enter__(self):
+        self.shared.acquire()
+        try:
+            self.own.acquire()
+        except BaseException:
+            self.shared.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.own.release()
+        self.shared.release()
+
+
 def _reason(e: BaseException) -> str:
     """`connection refused`, not `<urlopen error [Errno 111] Connection refused>`."""
     reason = getattr(e, "reason", e)
@@ -133,12 +185,9 @@ class HttpPolicy(Policy):
         if act in GUIDED_FOR and opts["guided"] == "none":
             raise PolicyError(f"--act {act} over HTTP needs the server's guided decoding{GUIDED_FOR[act]}: give "
                               f"--policy-arg guided=NAME ({', '.join(GUIDED)}) or leave it to the probe (auto)")
-        parsed = urllib.parse.urlsplit(url)
-        if not parsed.hostname:
+        self.base = endpoint_base(url)
+        if self.base is None:
             raise PolicyError(f"{url}: not an http(s) URL")
-        # never keep credentials from the URL in what we record
-        netloc = parsed.hostname + (f":{parsed.port}" if parsed.port else "")
-        self.base = urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path.rstrip("/"), "", ""))
         self.spec = self.base
         self.act_mode, self.max_tokens, self.top_p = act, max_tokens, top_p
         self.opts = opts
@@ -340,15 +389,9 @@ class HttpPolicy(Policy):
         answer it either is gone, and the run stops (EndpointDown) with how far it got. A server that answers it
         is there (the request was lost, or timed out on a busy server): the request's retries go on."""
         if not self.down:
-            try:
-                req = urllib.request.Request(self.base + "/models", method="GET")
-                with urllib.request.urlopen(req, timeout=min(5.0, self.opts["timeout"])):
-                    return
-            except urllib.error.HTTPError:
-                return                  # it answers (an error code is an answer): not gone
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                    http.client.HTTPException) as e:
-                self.down = _reason(e)
+            self.down = no_answer(self.base, min(HEALTH_TIMEOUT, self.opts["timeout"]))
+            if not self.down:
+                return
         raise EndpointDown(f"the policy endpoint {self.base} stopped answering ({self.down}) after "
                            f"{self.requests} requests: the run stops here. The records written so far are whole; "
                            f"restart the server and continue with -o FILE --resume")
@@ -392,9 +435,11 @@ class HttpPolicy(Policy):
         # the K samples together (the semaphore in _call bounds what is in flight), in the order of the seeds
         return side_by_side([one(s) for s in seeds], self.concurrency, name="eexp-http-sample")
 
-    def set_concurrency(self, n: int) -> None:
+    def set_concurrency(self, n: int, shared: threading.BoundedSemaphore | None = None) -> None:
+        """At most `n` requests in flight; `shared`: a limit this endpoint shares with others (the fleet's
+        --concurrency, eexp.policies.fleet), taken too by every request."""
         self.concurrency = n
-        self._slots = threading.BoundedSemaphore(n)
+        self._slots = threading.BoundedSemaphore(n) if shared is None else BothSlots(shared, n)
 
     def describe(self):
         how = {"score": {"scoring": "tokenize+echo"},
