@@ -393,6 +393,22 @@ def server(quick: bool) -> list[dict]:
     return rows
 
 
+def fleet(quick: bool) -> list[dict]:
+    import bench_fleet
+    what = "eval episodes/min, two llama-servers behind one --policy vs one server"
+    r = bench_fleet.measure(n=4 if quick else 12, parallel=4)
+    if "skipped" in r:
+        return [skipped(what, ">= 1.7x", r["skipped"])]
+    one, two = r["one"], r["two"]
+    return [row(f"eval episodes/min, {r['model']} on shop test: two llama-servers (-t {r['threads']}, --parallel "
+                f"{r['parallel']} each) behind one --policy, --concurrency {two['concurrency']}",
+                two["episodes_per_min"], "ep/min", one["episodes_per_min"],
+                f"one server, --concurrency {one['concurrency']}", r["ratio"], ">= 1.7x", r["ratio"] >= 1.7,
+                f"{r['cores']} cores (two one-thread servers and eexp need 3 free); eexp "
+                f"{two['cpu_ms_per_request']:.1f} CPU-ms a request (process start included); {r['differ']} of "
+                f"{r['episodes']} episodes took other actions than against one server")]
+
+
 def rl(quick: bool) -> list[dict]:
     import bench_rl
     import torch
@@ -423,6 +439,7 @@ SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
     "export": (export, 300, 240),
     "eval": (evaluate, 150, 120),
     "server": (server, 600, 300),
+    "fleet": (fleet, 300, 150),
     "rl": (rl, 200, 150),
 }
 
