@@ -15,7 +15,6 @@ import importlib.util
 import itertools
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -107,8 +106,11 @@ def test_tau2_and_litellm_reach_nowhere_through_eexp():
     reading a task's goal, tools and policy connect nowhere. The same import of litellm without those settings does
     try to fetch the price list from the internet (the guard catches it), so this test would fail without them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
+    # a listening socket stands in for the user endpoint, which the environment connects to once when made
     left = _guarded_python("import eexp.envs.tau2_env as m\nm._tau2()\nimport litellm\n"
-                           "assert m.Tau2Env(user_model='x').tasks('train')[0]['goal']", env)
+                           "user = socket.create_server(('127.0.0.1', 0))\n"
+                           "url = f'http://127.0.0.1:{user.getsockname()[1]}/v1'\n"
+                           "assert m.Tau2Env(user=url, user_model='x').tasks('train')[0]['goal']", env)
     assert left == []
     bare = _guarded_python("import litellm", env)
     assert bare, "litellm imported without eexp's settings reached nowhere: the check above proves nothing"
@@ -168,17 +170,19 @@ def test_splits_are_the_packages_and_the_user_is_part_of_the_world(customer):
     assert not {t["id"] for t in train} & {t["id"] for t in test}
     goal = train[0]["goal"]
     assert "exchange_delivered_order_items(order_id: string" in goal and "done()" in goal and "Policy:" in goal
-    assert "Policy:" not in make_env("tau2", user_model="u", policy=False).tasks("train")[0]["goal"]
-    assert make_env("tau2", domain="telecom", user_model="u").tasks("ood")[0]["id"].startswith("retail-")
+    user = {"user": customer.url}
+    assert "Policy:" not in make_env("tau2", **user, user_model="u", policy=False).tasks("train")[0]["goal"]
+    assert make_env("tau2", **user, domain="telecom", user_model="u").tasks("ood")[0]["id"].startswith("retail-")
     # the user's model and temperature are options: recorded, so another user is another world (trajectory ids)
     assert env.kwargs == {"user": customer.url, "user_model": "scripted-customer"}
-    assert make_env("tau2", user_model="u", user_temperature=0.0).kwargs == {"user_model": "u"}
-    assert make_env("tau2", user_model="u", user_temperature=0.7).kwargs == {"user_model": "u", "user_temperature": 0.7}
+    assert make_env("tau2", **user, user_model="u", user_temperature=0.0).kwargs == {**user, "user_model": "u"}
+    assert make_env("tau2", **user, user_model="u", user_temperature=0.7).kwargs == {
+        **user, "user_model": "u", "user_temperature": 0.7}
     for bad in ({"domain": "mock"}, {"user": "127.0.0.1:8080"}, {"user_temperature": "hot"}, {"colour": 1}):
         with pytest.raises(EnvError):
-            make_env("tau2", **bad)
-    with pytest.raises(EnvError, match="user_model"):
-        make_env("tau2", user=customer.url).reset(train[0])
+            make_env("tau2", **{**user, "user_model": "u", **bad})
+    with pytest.raises(EnvError, match="user_model"):   # refused when made (tests/test_refused_at_start.py: the CLI)
+        make_env("tau2", user=customer.url)
 
 
 def test_actions_are_read_never_evaluated():
@@ -292,11 +296,14 @@ def test_eval_oracle_succeeds_in_and_out_of_domain(runner, env_args):
         assert all(e["actions"][-1] == "done()" for e in episodes)
 
 
-def test_a_user_endpoint_that_is_down_is_an_error_not_a_hang(runner, tmp_path):
-    with socket.socket() as s:          # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    records = _run(runner, "expert", "-q", "--env", "tau2", "--env-arg", f"user=http://127.0.0.1:{port}/v1",
-                   "--env-arg", "user_model=nobody", "--task", TASK)
-    assert records[0]["success"] is False and "user simulator" in records[0]["error"], records[0]
-    shutil.rmtree(tmp_path, ignore_errors=True)
+def test_a_user_endpoint_that_goes_down_is_an_error_not_a_hang(runner):
+    """One that is down when a run starts refuses the run (tests/test_refused_at_start.py); one that goes down
+    after fails the conversation that needs it, with an error that names the user simulator."""
+    server = StubServer(free_text=tau2_user_reply)
+    env = make_env("tau2", user=server.url, user_model="gone-customer")
+    server.close()
+    try:
+        with pytest.raises(EnvError, match="the user simulator at .* failed"):
+            env.reset(env.task("train", TASK))
+    finally:
+        env.close()

@@ -293,6 +293,13 @@ class AlfWorldEnv(Env):
         self._plans: dict[tuple[str, str], list[str]] = {}
         self._epoch = 0                   # a new engine, a new registry: older snapshots are replayed instead
 
+    @classmethod
+    def check_options(cls, kwargs: dict[str, Any]) -> None:
+        """The games must be there (rollout asks before its first record; tasks() says the same per split)."""
+        folder = data_root() / DATA_VERSION
+        if not folder.is_dir():
+            raise _missing(folder)
+
     # --- tasks ------------------------------------------------------------------------------------------------
     def tasks(self, split: str) -> list[dict]:
         if split not in self.splits:

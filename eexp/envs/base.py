@@ -88,6 +88,15 @@ class Env:
     def restore(self, snap: Any) -> None:
         raise NotImplementedError(f"{self.name} cannot snapshot; reach states by replay")
 
+    @classmethod
+    def check_options(cls, kwargs: dict[str, Any]) -> None:
+        """Refuse, before a run starts anything, options it cannot work with (a server that is not named or does
+        not answer, a data folder that is missing): an EnvError of one line that says what to give. Cheap: it starts
+        no process and plays no episode. `kwargs` as records carry them (options at their default may be absent).
+        Rollout calls it once per world before its first record, so a run whose every record would fail the same
+        way stops at once, writing no record; an environment may call it from __init__ too, for the stages that
+        make one (expert, eval)."""
+
     def close(self) -> None:
         """Release everything the instance started (processes, files). eexp calls it when done with an instance and
         after any failure or timeout inside one of its calls (then the instance is never used again); it must work

@@ -20,9 +20,10 @@ there only as far as the user simulator follows.
 The user simulator is any OpenAI-compatible endpoint: `user=http://HOST:PORT/v1` and `user_model=NAME` (required,
 the model name the server expects; vLLM, llama-server, or a hosted API with `EEXP_TAU2_USER_API_KEY` set), at
 `user_temperature` (default 0, tau2's own). The model and temperature are options, so they are part of every record's
-world: different users are different tasks. Every reply of the user is recorded under `$EEXP_CACHE/tau2/users/`,
-keyed by the user, the task and the whole conversation it answers, and a conversation seen before is answered from
-the record, never asked again. Replaying a recorded prefix (how branch and rollout reach an expert state) must find
+world: different users are different tasks. A run without `user_model`, or whose endpoint nothing listens at, is
+refused when the environment is made, before any episode. Every reply of the user is recorded under
+`$EEXP_CACHE/tau2/users/`, keyed by the user, the task and the whole conversation it answers, and a conversation seen
+before is answered from the record, never asked again. Replaying a recorded prefix (how branch and rollout reach an expert state) must find
 every reply recorded: one that is not is a state mismatch, so a state is never silently reached with different user
 replies (rollout on another machine needs that folder copied along with the trajectories).
 
@@ -41,8 +42,10 @@ import importlib.util
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
+import urllib.parse
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -64,6 +67,7 @@ DOMAINS = ("retail", "airline", "telecom")
 OOD_DOMAIN = {"retail": "airline", "airline": "retail", "telecom": "retail"}
 DEFAULT_USER = "http://127.0.0.1:8080/v1"        # llama-server's default address
 USER_TIMEOUT = 300.0                              # seconds one user reply may take (litellm's request timeout)
+USER_CONNECT_TIMEOUT = 10.0                       # seconds to connect to the user endpoint when a run starts
 USER_RETRIES = 2                                  # litellm retries (the OpenAI client its own none)
 ORCHESTRATOR_MAX_STEPS = 200                      # tau2's own default; eval's --max-steps is the limit that binds
 OVER = "The conversation is over."
@@ -427,6 +431,28 @@ class Episode:
         thread.join(timeout=5.0)   # one still waiting on the user endpoint is a daemon; its reply is refused
 
 
+_ANSWERING: set[str] = set()   # user endpoints this process has connected to
+
+
+def _check_answers(url: str) -> None:
+    """Refuse, before any episode, a user endpoint that nothing listens at: otherwise every episode of a run would
+    fail the same way, one by one (each after litellm's retries), and the run end as if it had measured something.
+    A TCP connection is all that is tried (a hosted API needs its key for anything more); once per process and
+    endpoint, so the many environments of a rollout connect once. An endpoint that dies later fails the episodes
+    that need it (UserFailed)."""
+    if url in _ANSWERING:
+        return
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname or "", port), timeout=USER_CONNECT_TIMEOUT).close()
+    except (OSError, ValueError) as e:
+        raise EnvError(f"tau2: no user simulator answers at {url} ({type(e).__name__}: {e}): start an "
+                       f"OpenAI-compatible server there (e.g. llama-server -m MODEL.gguf --port 8080) or give its "
+                       f"address: --env-arg user=http://HOST:PORT/v1") from None
+    _ANSWERING.add(url)
+
+
 def _api_key() -> str:
     """The user endpoint's key: $EEXP_TAU2_USER_API_KEY (never another API's key, which a local server would see)."""
     return os.environ.get("EEXP_TAU2_USER_API_KEY") or "eexp"
@@ -462,7 +488,8 @@ class Tau2Env(Env):
             raise EnvError(f"tau2: user_temperature={user_temperature} is negative")
         if not isinstance(policy, bool):
             raise EnvError(f"tau2: policy={policy!r} is not true or false")
-        self.domain, self.user, self.user_model = domain, user.rstrip("/"), str(user_model or "")
+        self.check_options({"user": user, "user_model": user_model})
+        self.domain, self.user, self.user_model = domain, user.rstrip("/"), str(user_model)
         self.user_temperature, self.policy = user_temperature, policy
         self._episode: Episode | None = None
         self._seen: list[str] = []       # the observations of the episode so far (admissible() reads ids from them)
@@ -470,6 +497,17 @@ class Tau2Env(Env):
         self._done = False
         self._reward = 0.0
         self._tasks: dict[str, list[dict]] = {}
+
+    @classmethod
+    def check_options(cls, kwargs: dict[str, Any]) -> None:
+        """The user simulator must be named (user_model) and its endpoint answer: without either, every
+        conversation of a run would fail the same way, one by one."""
+        user = str(kwargs.get("user") or DEFAULT_USER).rstrip("/")
+        if not kwargs.get("user_model"):
+            raise EnvError(f"tau2: no user simulator named: give --env-arg user_model=NAME, the model that the "
+                           f"OpenAI-compatible server at {user} serves (another address: --env-arg user=URL); "
+                           f"e.g. llama-server -m MODEL.gguf --port 8080 and --env-arg user_model=MODEL")
+        _check_answers(user)
 
     # --- tasks ----------------------------------------------------------------------------------------------------
     def _domain_of(self, split: str) -> tuple[str, str]:
@@ -516,9 +554,6 @@ class Tau2Env(Env):
     # --- the episode ------------------------------------------------------------------------------------------------
     def reset(self, task: dict) -> str:
         domain, tid = self._locate(task)
-        if not self.user_model:
-            raise EnvError(f"tau2: name the user simulator's model: --env-arg user_model=NAME (what the server at "
-                           f"{self.user} serves; it becomes part of every record's world)")
         self._end()
         episode = self._episode = Episode(self, domain, tid)
         self._done, self._reward = False, 0.0

@@ -257,7 +257,9 @@ class Rollout(Stage):
         self._pool = EnvPool(env_factory, step_timeout) if self._workers is None else None
 
     def check_env(self, record: dict) -> None:
-        """An environment that is not installed is this record's error (FILE:LINE, --on-error), said plainly."""
+        """An environment that is not installed is this record's error (FILE:LINE, --on-error), said plainly. Options
+        the environment refuses before starting anything (Env.check_options: a user simulator that does not answer)
+        stop the run at its first record of that world, an EnvError (exit 1): every record would fail the same way."""
         name = record["env"]["name"]
         if name not in self._envs_checked:
             problem = None
@@ -269,6 +271,13 @@ class Rollout(Stage):
             self._envs_checked[name] = problem
         if self._envs_checked[name]:
             raise RecordError(self._envs_checked[name])
+        kwargs = record["env"].get("kwargs") or {}
+        world = ("options", name, orjson.dumps(kwargs, option=orjson.OPT_SORT_KEYS))
+        if self.env_factory is make_env and world not in self._envs_checked:
+            check_options = getattr(env_class(name), "check_options", None)   # a plugin need not subclass Env
+            if check_options is not None:
+                check_options(kwargs)
+            self._envs_checked[world] = None
 
     def _add_counts(self, counts: dict) -> None:
         for name, n in counts.items():
