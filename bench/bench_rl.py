@@ -46,7 +46,8 @@ def measure(model: str | None = None, group_size: int = 8, tasks_per_step: int =
     import torch
     from eexp.envs.base import make_env
     from eexp.rl import RL, RLConfig, step_tasks
-    from eexp.stages.evaluate import EvalSettings, Evaluator
+    from eexp.stages.evaluate.episode import Evaluator
+    from eexp.stages.evaluate.settings import EvalSettings
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         model = model or build_start(folder, start_updates)

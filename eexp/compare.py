@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from eexp.io import InputError, Reader
 from eexp.records import expect
-from eexp.stages.evaluate import pct, rate_fields
+from eexp.stages.evaluate.summary import pct, rate_fields
 from eexp.stats import mcnemar_exact, paired_bootstrap, seed_spread, sign_flip_exact
 
 

@@ -148,7 +148,8 @@ def test_a_critic_given_to_eval_as_an_object_reranks(tiny_checkpoint):
     from eexp.envs.base import make_env
     from eexp.policies.baselines import RandomPolicy
     from eexp.policies.critic import Critic
-    from eexp.stages.evaluate import EvalSettings, Evaluator
+    from eexp.stages.evaluate.episode import Evaluator
+    from eexp.stages.evaluate.settings import EvalSettings
     env = make_env("shop")
     settings = EvalSettings(env_name="shop", policy_spec="random", critic=str(tiny_checkpoint), critic_k=3,
                             temperature=1.0, max_steps=3)

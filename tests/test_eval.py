@@ -17,8 +17,12 @@ from eexp.policies.base import Policy, Reply
 from eexp.policies.baselines import OraclePolicy, RandomPolicy
 from eexp.prompts import SerializerError
 from eexp.records import expect
-from eexp.stages import evaluate as evaluate_stage
-from eexp.stages.evaluate import EvalSettings, Evaluator, Runner, episode_id, split_tasks, summarize
+from eexp.stages.evaluate import tasks as evaluate_stage
+from eexp.stages.evaluate.episode import Evaluator, episode_id
+from eexp.stages.evaluate.runner import Runner
+from eexp.stages.evaluate.settings import EvalSettings
+from eexp.stages.evaluate.summary import summarize
+from eexp.stages.evaluate.tasks import split_tasks
 from eexp.stats import mcnemar_exact, paired_bootstrap, wilson
 
 
@@ -822,7 +826,7 @@ def runner_results(policy, tasks, attempts=3, memory="reflexion"):
 def test_every_attempts_environment_error_is_counted_and_said():
     """t-boom fails inside its environment at step 2 of every attempt: each attempt's record keeps its error, and
     the stage counts and warns about all of them (not the last attempt's alone), with every attempt's steps."""
-    from eexp.stages.evaluate import Evaluation
+    from eexp.stages.evaluate.stage import Evaluation
     boom = [t for t in CountEnv().tasks("test") if t["id"] == "t-boom"]
     counts, warnings = {}, []
     s = EvalSettings(env_name="count", policy_spec="oracle", attempts=2)

@@ -313,8 +313,11 @@ class UpDown(Env):
 
 def think_run(policy, **settings):
     """The episodes of an --act think eval of `policy` on UpDown, and their summary (with the run's meta, as
-    eexp.stages.evaluate.evaluate writes it)."""
-    from eexp.stages.evaluate import EvalSettings, Runner, episode_id, summarize
+    eexp.stages.evaluate.stage.evaluate writes it)."""
+    from eexp.stages.evaluate.episode import episode_id
+    from eexp.stages.evaluate.runner import Runner
+    from eexp.stages.evaluate.settings import EvalSettings
+    from eexp.stages.evaluate.summary import summarize
     env = UpDown()
     s = EvalSettings(env_name="updown", policy_spec=policy.spec, act="think", **settings)
     with Runner(s, 1, env=env, policy=policy) as runner:
@@ -328,7 +331,7 @@ def think_run(policy, **settings):
 def test_every_step_of_a_think_eval_has_a_thought():
     """A model that would answer `Action:` at once from the bare prompt thinks at every step: the reply is begun
     with `Thought:`."""
-    from eexp.stages.evaluate import format_summary, thought_warnings
+    from eexp.stages.evaluate.summary import format_summary, thought_warnings
     episodes, summary = think_run(CharPolicy())
     steps = sum(e["steps"] for e in episodes)
     assert steps >= 12
@@ -350,7 +353,7 @@ def test_the_cut_share_is_reported_and_past_5_percent_warned():
     steps = sum(e["steps"] for e in episodes)
     assert all(e["meta"]["thoughts_cut"] == e["steps"] for e in episodes)
     assert (summary["thoughts_cut"], summary["thoughts_cut_share"], summary["thought_share"]) == (steps, 1.0, 1.0)
-    from eexp.stages.evaluate import format_summary, thought_warnings
+    from eexp.stages.evaluate.summary import format_summary, thought_warnings
     assert f"100.0% cut ({steps} never reached `Action:` within 50 tokens (--thought-tokens)" in format_summary(summary)
     warnings = thought_warnings(summary)
     assert len(warnings) == 1 and warnings[0].startswith(

@@ -217,7 +217,7 @@ def test_there_is_one_worker_pool_and_every_j_stage_uses_it():
         text = path.read_text()
         for made in ("ProcessPoolExecutor", "multiprocessing.Pool", ".Pool(", "get_context("):
             assert made not in text, f"{path.relative_to(ROOT)} makes worker processes of its own ({made})"
-    for stage in ("rollout.py", "evaluate.py"):
+    for stage in ("rollout.py", "evaluate/runner.py"):
         assert "open_pool(" in (root / "stages" / stage).read_text()   # a Pool, or a cluster's (--ray)
 
 

@@ -12,8 +12,11 @@ from eexp.cli.options import cluster_options, concurrency_option, explicit_seria
 from eexp.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.errors import EexpError
 from eexp.io import write_atomic
-from eexp.stages.evaluate import EvalSettings, check_failed_requests, evaluate, find_tasks, format_summary, \
-    worker_policy_args, write_summary
+from eexp.stages.evaluate.runner import worker_policy_args
+from eexp.stages.evaluate.settings import EvalSettings
+from eexp.stages.evaluate.stage import evaluate
+from eexp.stages.evaluate.summary import check_failed_requests, format_summary, write_summary
+from eexp.stages.evaluate.tasks import find_tasks
 
 def warn(message: str) -> None:
     click.echo(f"eexp: {message}", err=True)

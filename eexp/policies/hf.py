@@ -274,7 +274,7 @@ def _first_line(e: Exception) -> str:
 def check_worker_copies(spec: str | None, args: dict, jobs: int) -> None:
     """`eval -j N` loads the policy once in each of its N worker processes: with a transformers model on a GPU that
     is N copies on one device (an 8B model in bf16 is 16 GB each). Refused, with what to do instead; on a CPU each
-    worker gets its share of the cores (eexp.stages.evaluate.worker_policy_args)."""
+    worker gets its share of the cores (eexp.stages.evaluate.runner.worker_policy_args)."""
     from eexp.policies import policy_kind
     if jobs <= 1 or policy_kind(spec) != "checkpoint":
         return

@@ -32,7 +32,9 @@ from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, RLCo
 from eexp.rl.expert_step import EXPERT_MATCHES, ExpertStep
 from eexp.rl.loss import batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, packable, same_inputs, unit_count
 from eexp.rl.rollouts import Episodes, LivePolicy, group_advantages, play_episodes
-from eexp.stages.evaluate import EvalSettings, Evaluator, split_tasks
+from eexp.stages.evaluate.episode import Evaluator
+from eexp.stages.evaluate.settings import EvalSettings
+from eexp.stages.evaluate.tasks import split_tasks
 from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem, default_lr, from_scratch
 from eexp.training.model import check_model_dir, load_model
 from eexp.training.trainer import Trainer
