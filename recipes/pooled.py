@@ -19,7 +19,7 @@ from pathlib import Path
 
 from eexp.compare import compare_runs, p_text, plot_comparison, read_runs
 from eexp.io import Reader
-from eexp.stages.evaluate import success_at
+from eexp.stages.evaluate.summary import success_at, summarize
 
 # SR~constrained: SR evaluated like IL, constrained to the actions without its thought (seed 0 only; SR is evaluated
 # thought first since). DPO .. IWM-curated: the signals recipe's rows (configs/signals.mk). A run a folder lacks is
@@ -116,6 +116,30 @@ def attempts_table(results: Path) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines]) + "\n"
 
 
+def thoughts_table(results: Path) -> str:
+    """How the runs evaluated thought first (`eval --act think`) thought, pooled over their seeds: the steps whose
+    reply had a thought and those whose thought was cut before `Action:` (eval's own summary, its thought_share and
+    thoughts_cut_share). Issue 40's bar: a thought in >= 95% of steps, <= 5% cut."""
+    lines = []
+    for kind, splits in KINDS.items():
+        for run in RUNS:
+            files = [f / kind / f"{run}.jsonl.gz" for f in seeds(results) if (f / kind / f"{run}.jsonl.gz").exists()]
+            episodes = [e for path in files for e in read_episodes(path)]
+            for split in splits:
+                mine = [e for e in episodes if e["meta"]["split"] == split]
+                summary = summarize(mine, env=mine[0]["task"].get("env", ""), policy=run) if mine else {}
+                if "thoughts_cut" not in summary:   # not evaluated thought first
+                    continue
+                steps = sum(e["steps"] for e in mine if "thoughts_cut" in e["meta"])
+                lines.append(f"| {LABEL[kind, split]} | {run} | {len(files)} | {steps} | "
+                             f"{summary['thought_steps']} ({pct(summary['thought_share'])}) | "
+                             f"{summary['thoughts_cut']} ({pct(summary['thoughts_cut_share'])}) |")
+    if not lines:
+        return ""
+    return "\n".join(["| split | run | seeds | steps | steps with a thought | thoughts cut before `Action:` |",
+                      "|---|---|---|---|---|---|", *lines]) + "\n"
+
+
 def critic_table(results: Path) -> str:
     """The critic's accuracy on held-out states (critic_eval/<split>.json of every seed, `eexp critic-eval`): the
     seeds' mean, min and max of each measure."""
@@ -183,7 +207,9 @@ def report(results: Path, result: dict) -> str:
     """pooled.md: the pooled table (`result`, from pooled()), then the tables of the runs that have them (attempts,
     the critic)."""
     parts = [table(result)]
-    for title, text in (("Within N attempts (pooled over seeds)", attempts_table(results)),
+    for title, text in (("Thought first (`--act think`): steps with a thought and thoughts cut, pooled over seeds",
+                         thoughts_table(results)),
+                        ("Within N attempts (pooled over seeds)", attempts_table(results)),
                         ("The critic on held-out states (mean over seeds, min - max)", critic_table(results))):
         if text:
             parts.append(f"\n{title}:\n\n{text}")
