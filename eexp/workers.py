@@ -1,4 +1,4 @@
-"""The worker processes of every `-j N` stage (rollout, eval): `Pool`, and `die_with_parent` under it.
+"""The worker processes of every `-j N` stage (expert, rollout, eval): `Pool`, and `die_with_parent` under it.
 
 `Pool(jobs, setup, args, cleanup)` starts `jobs` spawned processes, each of which runs `setup(*args)` once (an
 environment pool, an evaluator with its model) and keeps what it returns as its state; `submit(fn, item)` runs

@@ -1,11 +1,11 @@
 """Environment workers on a Ray cluster (`--ray [ADDRESS]`): `RayPool`, one more `eexp.workers.WorkerPool`.
 
-A stage that steps environments through its pool (rollout, eval) gets a `RayPool` instead of a `Pool` when it is
-given a `Cluster`: `--env-workers N` Ray actors of `--worker-cpus` CPUs each, placed by Ray across the cluster's
-nodes. Each actor runs the stage's `setup(*args)` once and keeps its state (an environment pool, an evaluator), as a
-`Pool` worker does; `submit` / `ready` / `map` hand the results back in submission order, so the driver writes the
-records a serial run writes. What the driver keeps of the contract is unchanged: it alone writes, so `-o FILE
---resume`, `--shard` and `--stats` work as on one machine.
+A stage that steps environments through its pool (expert, rollout, eval) gets a `RayPool` instead of a `Pool` when
+it is given a `Cluster`: `--env-workers N` Ray actors of `--worker-cpus` CPUs each, placed by Ray across the
+cluster's nodes. Each actor runs the stage's `setup(*args)` once and keeps its state (an environment, an environment
+pool, an evaluator), as a `Pool` worker does; `submit` / `ready` / `map` hand the results back in submission order,
+so the driver writes the records a serial run writes. What the driver keeps of the contract is unchanged: it alone
+writes, so `-o FILE --resume`, `--shard` and `--stats` work as on one machine.
 
 - A worker or node lost mid-run (the actor died, its node went away): the items it held are submitted again to
   another worker, and a replacement actor is started where Ray finds room. An item is only ever taken from the
