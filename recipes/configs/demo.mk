@@ -9,6 +9,11 @@ N_EXPERT  = 1000
 K_IWM     = 3
 K_SR      = 3
 STEPS     = 8000
+# The paper's budgets (issue 40): every run EPOCHS epochs of its own data. IL's ~4,670 examples (seed 0: 4,671) make
+# 584 updates of 8 an epoch, so 14 epochs is ~8,180 updates, the 8,000 of STEPS before; SR trains IL + reflections
+# for the same 14 epochs over the expert data (about twice IL's updates; before: 8,000, half its epochs over the
+# expert data); IWM one epoch of world-model data, then IL's 14. STEPS given on make's command line still wins.
+EPOCHS    = 14
 BATCH     = 8
 LR        = 3e-3
 # shop pages carry what a decision needs (the query, the selected options, the buttons), so neither history nor
