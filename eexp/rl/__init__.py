@@ -85,22 +85,24 @@ One module per concept, as eexp/training/ is split:
     recipe.py      the recipe itself: RL.setup / train / save / resume / finish, on eexp.training.trainer.Trainer
                    (device, precision, model, optimizer, checkpoints, --resume, the final save) with an objective
 
-The names below are the package's public interface (`from eexp.rl import RLConfig, run_rl`).
+The names below are the package's public interface (`from eexp.rl import RLConfig, run_rl`), each imported from its
+module the first time it is used (eexp/lazy.py): `eexp rl --help` and the other commands' start-up read config.py,
+which runs this file first, and must not import torch.
 """
 
-from eexp.rl.config import (ENCODE_CACHE_SIZE, PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, ZERO_START_ADVICE,
-                            RLConfig)
-from eexp.rl.expert_step import EXPERT_MATCHES, ExpertStep, expert_states, match_reward, token_f1
-from eexp.rl.loss import (action_logprobs, batch_logprobs, candidate_logliks, chosen_units, clipped_surrogate,
-                          pack_chunks, pack_tokens, packable, packed_logprobs, part_logprobs, reply_logprobs,
-                          same_inputs, sample_key, sample_parts, unit_count)
-from eexp.rl.recipe import RL, run_rl
-from eexp.rl.rollouts import Episodes, LivePolicy, episode_reward, group_advantages, play_episodes, step_tasks
-from eexp.training import TrainingError, UsageProblem
+from eexp.lazy import lazy_exports
 
-__all__ = ["RLConfig", "RL", "run_rl", "group_advantages", "clipped_surrogate", "candidate_logliks",
-           "action_logprobs", "step_tasks", "TrainingError", "UsageProblem", "episode_reward", "LivePolicy",
-           "batch_logprobs", "packed_logprobs", "part_logprobs", "reply_logprobs", "packable", "pack_chunks",
-           "pack_tokens", "same_inputs", "sample_key", "sample_parts", "chosen_units", "unit_count", "REWARDS",
-           "RL_ACT_MODES", "RESUME_FREE", "PACK_TOKENS", "ENCODE_CACHE_SIZE", "ZERO_START_ADVICE", "EXPERT_MATCHES",
-           "expert_states", "match_reward", "token_f1", "Episodes", "ExpertStep", "play_episodes"]
+LAZY_IMPORTS = {
+    "eexp.rl.config": ["ENCODE_CACHE_SIZE", "PACK_TOKENS", "RESUME_FREE", "REWARDS", "RL_ACT_MODES",
+                       "ZERO_START_ADVICE", "RLConfig"],
+    "eexp.rl.expert_step": ["EXPERT_MATCHES", "ExpertStep", "expert_states", "match_reward", "token_f1"],
+    "eexp.rl.loss": ["action_logprobs", "batch_logprobs", "candidate_logliks", "chosen_units", "clipped_surrogate",
+                     "pack_chunks", "pack_tokens", "packable", "packed_logprobs", "part_logprobs", "reply_logprobs",
+                     "same_inputs", "sample_key", "sample_parts", "unit_count"],
+    "eexp.rl.recipe": ["RL", "run_rl"],
+    "eexp.rl.rollouts": ["Episodes", "LivePolicy", "episode_reward", "group_advantages", "play_episodes",
+                         "step_tasks"],
+    "eexp.training.config": ["TrainingError", "UsageProblem"],
+}
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, LAZY_IMPORTS)

@@ -4,10 +4,12 @@ surrogate. eexp/rl/__init__.py says what the ratio means in each action mode."""
 
 from __future__ import annotations
 
+import torch
+
+
 def candidate_logliks(model, ids: list[int], candidates: list[list[int]], device, pad_id: int):
     """l(a) for every candidate reply: the sum of log p(reply tokens | prompt), as a tensor that carries gradients
     when they are enabled. The prompt's KV is computed once and shared by the candidates (as eval's scoring does)."""
-    import torch
     prefix = torch.tensor([ids[:-1]], dtype=torch.long, device=device)
     cache = model(input_ids=prefix, use_cache=True).past_key_values if len(ids) > 1 else None
     if cache is not None:
@@ -27,7 +29,6 @@ def candidate_logliks(model, ids: list[int], candidates: list[list[int]], device
 
 def reply_logprobs(model, ids: list[int], reply: list[int], device, temperature: float):
     """log softmax(logits / T) of each sampled reply token after the prompt (per token, with gradients)."""
-    import torch
     row = torch.tensor([ids + reply], dtype=torch.long, device=device)
     logits = model(input_ids=row, use_cache=False).logits[0, len(ids) - 1:len(ids) + len(reply) - 1].float()
     logp = torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
@@ -44,7 +45,6 @@ def part_logprobs(model, part: dict, device, pad_id: int, temperature: float) ->
     """(log-probabilities of the part's units, its distribution or None), one part at a time: the score part's
     decision (log pi(a|s), pi = softmax(l / T) over the admissible replies) and that distribution, or the generated
     tokens' log-probabilities."""
-    import torch
     if part["mode"] == "score":
         logits = candidate_logliks(model, part["ids"], part["candidates"], device, pad_id) / max(temperature, 1e-6)
         logpi = torch.log_softmax(logits, dim=-1)
@@ -65,7 +65,6 @@ def packed_logprobs(model, parts: list[dict], device, temperature: float) -> lis
     positions it has after the prompt. The first token of every continuation is predicted from the prompt's last
     position, as with the shared KV cache of `candidate_logliks`; the prompt is computed once per part. Rows are
     left-padded, so the logits kept (`logits_to_keep`) run from the last prompt token of the longest tail."""
-    import torch
     rows, tails = [], []
     for part in parts:
         ids = list(part["ids"])
@@ -131,7 +130,6 @@ def action_logprobs(model, sample: dict, device, pad_id: int, temperature: float
 
     A score part is one unit, log pi(a|s) with pi = softmax(l / T) over the admissible replies, and carries that
     distribution's log-probabilities (for the exact KL); a generated part is one unit per reply token."""
-    import torch
     out = batch_logprobs(model, [sample], device, pad_id, temperature)[0]
     return torch.cat([logp for logp, _ in out]), out
 
@@ -178,7 +176,6 @@ def chosen_units(parts: list[tuple], sample: dict):
     """A sample's unit log-probabilities from the `parts` of `action_logprobs` over its inputs (perhaps computed for
     another sample with the same inputs): its own decision's log pi for a score part, the tokens for a generated
     one."""
-    import torch
     return torch.cat([dist[part["chosen"]].reshape(1) if part["mode"] == "score" else logp
                       for part, (logp, dist) in zip(sample_parts(sample), parts)])
 
@@ -189,7 +186,6 @@ def unit_count(sample: dict) -> int:
 
 def clipped_surrogate(logp_new, logp_old, advantage: float, clip: float):
     """PPO's clipped objective as a loss (per unit: action or token), and which units were clipped."""
-    import torch
     ratio = torch.exp(logp_new - logp_old)
     unclipped = ratio * advantage
     clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantage

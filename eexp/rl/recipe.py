@@ -22,6 +22,7 @@ from dataclasses import asdict, replace
 from typing import Callable
 
 import orjson
+import torch
 
 from eexp import __version__
 from eexp.envs.base import make_env
@@ -72,7 +73,6 @@ class RL(Trainer):
     # -- setup --
 
     def setup(self) -> None:
-        import torch
         rl, cfg = self.rl, self.cfg
         self._check_rl_options()
         self._runtime(distributed=False)  # one process: the episodes are played where the weights are
@@ -158,7 +158,6 @@ class RL(Trainer):
 
     def autocast(self):
         """bf16 autocast on a GPU (--precision auto or bf16): the rollouts and the update's passes; else nothing."""
-        import torch
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     def rollouts(self, step: int) -> list[tuple[dict, list[dict]]]:
@@ -200,7 +199,6 @@ class RL(Trainer):
         """The samples' log-probabilities under bf16 autocast on a GPU. With gradient checkpointing, a pass that
         computes gradients runs in train mode (where transformers recomputes activations; dropout is off) when it is
         packed; the one-part-at-a-time path shares the prompt's KV cache, which checkpointing would switch off."""
-        import torch
         checkpoint = (self.model_cfg.gradient_checkpointing and torch.is_grad_enabled() and model is self.model
                       and packable(model))
         if checkpoint:
@@ -235,7 +233,6 @@ class RL(Trainer):
 
     def _update(self, samples: list[dict], step: int) -> dict:
         """--ppo-epochs passes of --minibatches optimizer updates over the step's samples."""
-        import torch
         rl = self.rl
         totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "units": 0}
         if not samples:
@@ -278,7 +275,6 @@ class RL(Trainer):
         """One optimizer update: the clipped surrogate (+ KL) averaged over every unit (action or token). Samples
         with the same inputs (a group's episodes share their first state, and often later ones) share one forward
         and backward pass; each keeps its own decision and advantage."""
-        import torch
         rl = self.rl
         units = sum(unit_count(s) for s in chunk)
         for packed in pack_chunks(same_inputs(chunk), PACK_TOKENS):
@@ -335,7 +331,6 @@ class RL(Trainer):
 def without_dropout(model) -> None:
     """Every dropout of the model at 0 (its modules and the attention's own rate), so train mode computes what eval
     mode does."""
-    import torch
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

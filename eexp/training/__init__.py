@@ -14,24 +14,27 @@ One module per concept, in the style of torchtune:
     dpo.py         --objective dpo: preference pairs and the DPO loss (an objective)
     recipe.py      the recipe itself: Finetune.setup / train / save / resume / finish, over examples; SFT
 
-The names below are the package's public interface (`from eexp.training import finetune, FinetuneConfig`).
+The names below are the package's public interface (`from eexp.training import finetune, FinetuneConfig`). Each is
+imported from its module the first time it is used (eexp/lazy.py), not here: the commands' start-up reads config.py
+(FinetuneConfig's fields make finetune's options), which runs this file first, and must not import torch, which
+the other modules import at their top.
 """
 
-from eexp.io import InputError
-from eexp.training.batches import (collate, epoch_updates, examples_per_update, micro_batches, phase_updates,
-                                   updates_per_epoch, weighted_nll)
-from eexp.training.config import (PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem, default_lr,
-                                  from_scratch)
-from eexp.training.data import (Dataset, Encoded, encode, encode_items, read_examples, render, split_validation,
-                                target_spans)
-from eexp.training.model import check_model_dir, linear_module_names, load_model, load_tokenizer
-from eexp.training.dpo import DPO
-from eexp.training.objective import Objective
-from eexp.training.recipe import OBJECTIVES, SFT, Finetune, finetune
-from eexp.training.trainer import Trainer
+from eexp.lazy import lazy_exports
 
-__all__ = ["FinetuneConfig", "Finetune", "finetune", "encode", "target_spans", "TrainingError", "UsageProblem",
-           "InputError", "from_scratch", "check_model_dir", "load_model", "load_tokenizer", "linear_module_names",
-           "Dataset", "Encoded", "render", "read_examples", "encode_items", "split_validation", "epoch_updates",
-           "micro_batches", "examples_per_update", "updates_per_epoch", "phase_updates", "collate", "weighted_nll",
-           "PHASES", "RESUME_FREE", "Trainer", "Objective", "SFT", "DPO", "OBJECTIVES", "default_lr"]
+LAZY_IMPORTS = {
+    "eexp.io": ["InputError"],
+    "eexp.training.batches": ["collate", "epoch_updates", "examples_per_update", "micro_batches", "phase_updates",
+                              "updates_per_epoch", "weighted_nll"],
+    "eexp.training.config": ["PHASES", "RESUME_FREE", "FinetuneConfig", "TrainingError", "UsageProblem", "default_lr",
+                             "from_scratch"],
+    "eexp.training.data": ["Dataset", "Encoded", "encode", "encode_items", "read_examples", "render",
+                           "split_validation", "target_spans"],
+    "eexp.training.model": ["check_model_dir", "linear_module_names", "load_model", "load_tokenizer"],
+    "eexp.training.dpo": ["DPO"],
+    "eexp.training.objective": ["Objective"],
+    "eexp.training.recipe": ["OBJECTIVES", "SFT", "Finetune", "finetune"],
+    "eexp.training.trainer": ["Trainer"],
+}
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, LAZY_IMPORTS)

@@ -8,6 +8,9 @@ import math
 import random
 from typing import Iterator
 
+import torch
+import torch.nn.functional as F
+
 from eexp.training.config import FinetuneConfig
 from eexp.training.data import Dataset, Encoded
 
@@ -60,7 +63,6 @@ def phase_updates(data: Dataset, cfg: FinetuneConfig, phase: str, world: int = 1
 
 
 def collate(examples: list[Encoded], pad_id: int, device):
-    import torch
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -81,8 +83,6 @@ def weighted_nll(model, ids, mask, weights, per_example: bool = False):
     chat example that is a few dozen of the sequence's positions, so the vocabulary-sized logits never exist for the
     prompt.
     """
-    import torch
-    import torch.nn.functional as F
     keep = torch.nonzero(weights[:, 1:].any(dim=0)).flatten()  # positions whose next token is a target
     try:
         logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits

@@ -16,6 +16,9 @@ import re
 import shutil
 
 import orjson
+import safetensors.torch  # called as safetensors.torch.save_file: a test puts a failing writer (full disk) there
+import torch
+from safetensors import SafetensorError
 
 from eexp.io import WriteError, write_atomic
 from eexp.training.config import TrainingError
@@ -45,15 +48,12 @@ def checkpoints(root: str) -> list[str]:
 def save(root: str, final: str, weights: dict, state: dict, optimizer=None, scheduler=None) -> None:
     """Write a checkpoint to `final` (under `root`) through a temporary directory; optimizer, scheduler and RNG state
     too when `optimizer` is given. A failure is a TrainingError that names the previous checkpoint, still intact."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
     os.makedirs(root, exist_ok=True)
     tmp = os.path.join(root, f".tmp-{os.path.basename(final)}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         os.makedirs(tmp)
-        save_file(weights, os.path.join(tmp, "weights.safetensors"))
+        safetensors.torch.save_file(weights, os.path.join(tmp, "weights.safetensors"))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
             torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
@@ -89,8 +89,7 @@ def read_state(path: str) -> dict:
 
 def load_weights(path: str, model, device) -> None:
     """The checkpoint's weights into `model`; every trainable tensor must be there (else it is another run's)."""
-    from safetensors.torch import load_file
-    weights = load_file(os.path.join(path, "weights.safetensors"), device=str(device))
+    weights = safetensors.torch.load_file(os.path.join(path, "weights.safetensors"), device=str(device))
     missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
     if missing:
         raise TrainingError(f"{path}: the checkpoint lacks {len(missing)} trained tensor(s) "
@@ -100,7 +99,6 @@ def load_weights(path: str, model, device) -> None:
 
 def load_optimizer(path: str, optimizer, scheduler, device) -> None:
     """Optimizer, scheduler and RNG state as they were saved."""
-    import torch
     # weights_only=True: plain tensors and containers only, never arbitrary pickled objects.
     optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True, map_location=device))
     scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))

@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+import jinja2
+
 from eexp.io import Reader
 from eexp.policies.chat import longest_thought
 from eexp.prompts import fit_messages
@@ -193,7 +195,6 @@ def read_examples(paths: list[str], on_error: str, warn: Callable[[str], None]) 
 
 
 def encode_items(name: str, items, reader: Reader, tokenizer, cfg: FinetuneConfig) -> Dataset:
-    import jinja2
     data = Dataset(name, [])
     for item in items:
         try:

@@ -28,6 +28,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import jinja2
+import torch
+import torch.nn.functional as F
+
 from eexp.io import Reader
 from eexp.records import expect
 from eexp.training.batches import collate
@@ -68,7 +72,6 @@ def read_pairs(paths: list[str], on_error: str, warn) -> tuple[list, Reader]:
 
 
 def encode_pairs(name: str, items, reader: Reader, tokenizer, cfg) -> Dataset:
-    import jinja2
     data = Dataset(name, [])
     for item in items:
         record = item.record
@@ -96,8 +99,6 @@ def encode_pairs(name: str, items, reader: Reader, tokenizer, cfg) -> Dataset:
 def sequence_logps(model, ids, mask, weights):
     """Per row: the sum over its target tokens of weight x log-probability, computing logits only at the positions
     that predict a target (as `weighted_nll`)."""
-    import torch
-    import torch.nn.functional as F
     keep = torch.nonzero(weights[:, 1:].any(dim=0)).flatten()
     try:
         logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
@@ -110,7 +111,6 @@ def sequence_logps(model, ids, mask, weights):
 
 def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, beta: float):
     """(the loss of each pair, each pair's reward margin beta * ((pc - rc) - (pr - rr)))."""
-    import torch.nn.functional as F
     margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
     return -F.logsigmoid(margin), margin
 
@@ -154,7 +154,6 @@ class DPO:
         return logps[:len(batch)], logps[len(batch):], int(mask.sum())
 
     def batch_loss(self, run, batch: list[Pair]):
-        import torch
         chosen, rejected, tokens = self.logps(run, batch)
         ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in batch], dtype=torch.float32, device=run.device)
         losses, margin = dpo_losses(chosen, rejected, ref[:, 0], ref[:, 1], run.cfg.beta)
@@ -163,7 +162,6 @@ class DPO:
 
     def prepare(self, run) -> None:
         """The reference log-probabilities of every pair (training and validation), from the weights as loaded."""
-        import torch
         model = run.acc.unwrap_model(run.model) if run.acc else run.model
         fresh_adapter = run.cfg.method != "full" and not run.cfg.adapter
         # A fresh adapter starts at zero (PEFT's B matrices), so its model is its base; disabling it says so

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import os
 
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from safetensors import SafetensorError, safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
 from eexp.policies.files import has_tokenizer
 from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem
 
@@ -29,7 +35,6 @@ def _first_line(e: BaseException) -> str:
 
 
 def load_tokenizer(cfg: FinetuneConfig):
-    from transformers import AutoTokenizer
     source = cfg.adapter if cfg.adapter and has_tokenizer(cfg.adapter) else cfg.model
     if not has_tokenizer(source):
         raise TrainingError(f"{cfg.model}: no tokenizer in this model directory (expected tokenizer.json or "
@@ -47,7 +52,6 @@ def load_tokenizer(cfg: FinetuneConfig):
 
 def linear_module_names(model) -> list[str]:
     """The names LoRA can target: the last component of every linear layer's name (lm_head excluded)."""
-    import torch
     names = set()
     for name, module in model.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or type(module).__name__ in ("Conv1D",
@@ -60,7 +64,6 @@ def linear_module_names(model) -> list[str]:
 
 def count_parameters(folder: str) -> int:
     """The parameters of a checkpoint, read from its safetensors headers (no weights are loaded)."""
-    from safetensors import safe_open
     total = 0
     for name in sorted(os.listdir(folder)):
         if name.endswith(".safetensors"):
@@ -76,7 +79,6 @@ def count_parameters(folder: str) -> int:
 def enable_tf32(device) -> None:
     """TF32 matrix products on an Ampere or newer GPU (fp32 math on tensor cores: ~8x faster, 10-bit mantissa),
     for what autocast leaves in fp32."""
-    import torch
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -86,8 +88,6 @@ def load_model(cfg: FinetuneConfig, device, bf16: bool, sharded: bool = False):
     """The model to train, on `device`; under FSDP (`sharded`) it stays where transformers loaded it (the first
     process's CPU memory, the others' meta device with accelerate's CPU-efficient loading) until accelerate shards
     it, so no GPU ever holds the whole model."""
-    import torch
-    from transformers import AutoModelForCausalLM
     check_model_dir(cfg.model)
     if os.path.exists(os.path.join(cfg.model, "adapter_config.json")):
         raise UsageProblem(f"{cfg.model} is a LoRA adapter: pass its base model as --model and the adapter as "
@@ -98,18 +98,16 @@ def load_model(cfg: FinetuneConfig, device, bf16: bool, sharded: bool = False):
     # Full fine-tuning keeps fp32 master weights (bf16 only inside autocast); LoRA may hold the frozen base in bf16.
     kwargs["dtype"] = torch.bfloat16 if (bf16 and cfg.method != "full") else torch.float32
     if cfg.qlora:
-        try:
+        try:  # not a dependency of eexp[train] (CUDA only): looked for only when --qlora asks for it
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise UsageProblem("--qlora needs bitsandbytes and a CUDA GPU (pip install bitsandbytes)") from None
         if device.type != "cuda":
             raise UsageProblem("--qlora needs a CUDA GPU (4-bit weights through bitsandbytes)")
-        from transformers import BitsAndBytesConfig
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
         kwargs["device_map"] = {"": device}
-    from safetensors import SafetensorError
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
     except ImportError as e:  # flash_attention_2 without flash-attn
@@ -125,7 +123,6 @@ def load_model(cfg: FinetuneConfig, device, bf16: bool, sharded: bool = False):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "full":
         return model
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     if cfg.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
@@ -157,11 +154,6 @@ def _accelerator():
     launched = "ACCELERATE_MIXED_PRECISION" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if not launched:
         return None
-    try:
-        from accelerate import Accelerator
-    except ImportError:
-        raise TrainingError("launched for several processes but accelerate is not installed "
-                            "(pip install accelerate)") from None
     acc = Accelerator()
     kind = str(acc.distributed_type).rsplit(".", 1)[-1]
     if kind == "DEEPSPEED":
@@ -178,7 +170,6 @@ OOM_ADVICE = ("out of memory at step {step} (micro-batch of {batch} examples, up
 
 
 def _is_oom(e: BaseException) -> bool:
-    import torch
     if isinstance(e, torch.OutOfMemoryError):
         return True
     text = str(e)

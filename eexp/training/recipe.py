@@ -39,6 +39,7 @@ from dataclasses import asdict
 from typing import Callable
 
 import orjson
+import torch
 
 from eexp.card import check_serializer
 from eexp.io import progress_bar
@@ -79,7 +80,6 @@ class SFT:
     def batch_loss(self, run, batch: list):
         """Weight x negative log-likelihood of the target tokens, summed (--loss-norm token), or each example's mean
         over its target tokens, summed over the examples (--loss-norm example)."""
-        import torch
         ids, mask, weights = collate(batch, run.pad_id, run.device)
         per_example = weighted_nll(run.model, ids, mask, weights, per_example=True)
         if run.cfg.loss_norm == "example":
@@ -110,7 +110,6 @@ class Finetune(Trainer):
     # -- setup --
 
     def setup(self) -> None:
-        import torch
         cfg = self.cfg
         self._check_options()
         self._runtime()
@@ -133,7 +132,6 @@ class Finetune(Trainer):
         if self.fsdp2:
             # FSDP2 swaps the parameters for sharded ones, so accelerate prepares the model only together with an
             # optimizer; each phase's own optimizer is then made over the sharded parameters (_new_optimizer).
-            import torch
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             self.model, _ = self.acc.prepare(self.model, torch.optim.AdamW(trainable, lr=0.0))
         elif self.acc:
@@ -277,7 +275,6 @@ class Finetune(Trainer):
             bar.close()
 
     def _train_phase(self, phase: str, steps: int, bar) -> None:
-        import torch
         cfg = self.cfg
         data = self.data[phase]
         updates = phase_updates(data, cfg, phase, self.world)
@@ -374,7 +371,6 @@ class Finetune(Trainer):
         return loss_sum, extra_sum, tokens_sum
 
     def _validate(self) -> float:
-        import torch
         self.model.eval()
         total, n, extra_total = 0.0, 0, {}
         lengths = [e.length for e in self.val.examples]

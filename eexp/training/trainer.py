@@ -29,11 +29,16 @@ from dataclasses import replace
 from typing import Callable
 
 import orjson
+import torch
 import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import get_scheduler
 
 from eexp import __version__
 from eexp.card import Card, read_card, write_card
 from eexp.io import WriteError, Writer, write_atomic
+from eexp.models.export import export_gguf
 from eexp.models.import_gguf import import_gguf
 from eexp.models.init import ModelError
 from eexp.policies.files import HubError, content_hash, hub_id, resolve_hub_model
@@ -57,7 +62,6 @@ class Trainer:
         """Where the run computes: the processes of `accelerate launch` when there are (`distributed`), their rank
         (only the main process speaks), the device, bf16 autocast (--precision; auto: on a GPU that supports it),
         TF32, and whether the model is sharded (FSDP)."""
-        import torch
         cfg = self.cfg
         self.acc = _accelerator() if distributed else None
         self.world = self.acc.num_processes if self.acc else 1
@@ -116,7 +120,6 @@ class Trainer:
     def _check_memory(self) -> None:
         """On a GPU, refuse a full fine-tune whose weights, gradients and AdamW state cannot fit (eexp.training.config
         .check_full_fits), before anything is loaded or written."""
-        import torch
         if self.cfg.method != "full" or self.device.type != "cuda":
             return
         total = torch.cuda.get_device_properties(self.device).total_memory
@@ -151,8 +154,6 @@ class Trainer:
 
     def _new_optimizer(self, phase: str, steps: int) -> None:
         """A fresh optimizer and schedule for each phase (the IWM schedule restarts both)."""
-        import torch
-        from transformers import get_scheduler
         lr = self.cfg.warmup_lr if (phase == "warmup" and self.cfg.warmup_lr) else self.cfg.resolved_lr()
         decay = [p for p in self.params if p.ndim >= 2]
         no_decay = [p for p in self.params if p.ndim < 2]
@@ -227,8 +228,6 @@ class Trainer:
 
     def finish(self) -> None:
         """OUT: the model (or adapter), tokenizer, card.yaml, config.yaml, metrics.jsonl; then model.gguf if asked."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
         cfg = self.cfg
         model = self.acc.unwrap_model(self.model) if self.acc else self.model
         if cfg.keep_best and self.state.get("best_step"):
@@ -268,7 +267,6 @@ class Trainer:
     def saved_dtype(self):
         """The dtype a full model is saved in (--save-dtype; auto: bf16 when trained in bf16), or None for fp32 (the
         weights as they are)."""
-        import torch
         wanted = self.cfg.save_dtype if self.cfg.save_dtype != "auto" else ("bf16" if self.bf16 else "fp32")
         return torch.bfloat16 if wanted == "bf16" else None
 
@@ -314,11 +312,6 @@ class Trainer:
         return []
 
     def _export(self) -> None:
-        try:
-            from eexp.models.export import export_gguf
-        except ImportError:
-            raise TrainingError("--export-gguf: GGUF export is not available in this installation "
-                                "(eexp.models.export)") from None
         out = os.path.join(self.cfg.output, "model.gguf")
         try:
             if self.cfg.method == "full":
@@ -334,7 +327,6 @@ class Trainer:
 def without_tied_copies(state: dict, model) -> dict:
     """A gathered state dict (FSDP's holds tied weights as separate tensors) without the copies of tied weights
     (the output layer that is the input embedding), so they are saved once, as transformers saves them."""
-    import torch
     for target, source in dict(getattr(model, "all_tied_weights_keys", None) or {}).items():
         if target in state and source in state and torch.equal(state[target], state[source]):
             del state[target]
