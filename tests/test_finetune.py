@@ -264,6 +264,22 @@ def test_budget_must_leave_updates_after_the_warmup(tiny_checkpoint, data, tmp_p
             "larger --max-steps or a smaller --warmup-steps") in " ".join(result.output.split())
 
 
+def test_a_warmup_rendered_with_other_serializer_settings_is_named(tiny_checkpoint, data, tmp_path, runner):
+    """IWM's world model should learn states as the policy reads them: a warm-up made with another --history says so."""
+    other = Serializer(history=0)
+    iwm = [e for o in read_records([DATA / "outcomes.jsonl"]) for e in world_model_examples(o, other)]
+    no_history = write_jsonl(tmp_path / "iwm0.jsonl", iwm)
+    result = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o", "--warmup-data", no_history,
+                     "--warmup-steps", "1", "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    assert ("warning: --warmup-data renders states with other serializer settings than the training data (history 0 "
+            "against 3); make both with the same options") in " ".join(result.output.split())
+    same = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o2", "--warmup-data", data["iwm"],
+                   "--warmup-steps", "1", "--max-steps", "2")
+    assert same.exit_code == 0, same.output
+    assert "--warmup-data renders states" not in same.output
+
+
 class Killed(Exception):
     pass
 

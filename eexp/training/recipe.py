@@ -221,7 +221,18 @@ class Finetune(Trainer):
         if len(counts) > 1:
             self.echo(f"warning: the training examples were made with {len(counts)} different serializer settings; "
                       "the model card records the most common")
-        return check_serializer(counts.most_common(1)[0][0], "meta.serializer of the training examples")
+        settings = check_serializer(counts.most_common(1)[0][0], "meta.serializer of the training examples")
+        # IWM's world model should learn the states as the policy will read them: a warm-up rendered otherwise (say
+        # without the history the imitation examples show) is allowed, but rarely meant.
+        warmup = self.data.get("warmup")
+        if warmup and warmup.serializers:
+            theirs = check_serializer(warmup.serializers.most_common(1)[0][0], "meta.serializer of --warmup-data")
+            if theirs != settings:
+                differ = ", ".join(f"{k} {theirs.get(k)} against {settings.get(k)}"
+                                   for k in sorted(set(theirs) | set(settings)) if theirs.get(k) != settings.get(k))
+                self.echo(f"warning: --warmup-data renders states with other serializer settings than the training "
+                          f"data ({differ}); make both with the same options")
+        return settings
 
     def _plan(self) -> None:
         """How many updates each phase gets. --max-steps is the budget of both phases together."""
