@@ -133,10 +133,15 @@ def test_eval_goes_on_when_an_endpoint_dies_and_stops_when_every_one_has(stub, t
     args = SHOP + ["-n", "10", "--max-steps", "4", "--concurrency", "4"]
     single = invoke(args + ["--policy", one.url])
     dying, lasting = stub("llamacpp", latency=0.02, die_after=14), stub("llamacpp", latency=0.02)
-    both = invoke(args + ["--policy", f"{dying.url},{lasting.url}"])
+    stats, summary = tmp_path / "stats.json", tmp_path / "summary.json"
+    both = invoke(args + ["--policy", f"{dying.url},{lasting.url}", "--stats", str(stats), "--summary", str(summary)])
     assert both.exit_code == 0, both.output
     assert placeless(records(both.stdout)) == placeless(records(single.stdout))
-    assert "policy requests were sent again to another endpoint after" in both.stderr
+    # the requests sent again, counted in --stats and --summary as in the line on stderr
+    resent = json.loads(stats.read_text())["resent_requests"]
+    assert resent > 0 and json.loads(summary.read_text())["resent_requests"] == resent
+    assert (f"{resent} policy requests were sent again to another endpoint after {dying.url} stopped answering"
+            in both.stderr)
     # both die: the run stops as it does with one endpoint, whole lines written
     first, second = stub("llamacpp", latency=0.02, die_after=12), stub("llamacpp", latency=0.02, die_after=14)
     out = tmp_path / "episodes.jsonl"

@@ -72,6 +72,12 @@ def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: in
             warn(f"resuming: {len(previous)} of {len(tasks)} episodes already in {io.output}")
         stage = Evaluation(runner, settings, count=io.count, warn=warn, previous=previous,
                            trajectories=io.side_output(trajectories_path))
+        # several endpoints behind one policy (eexp.policies.fleet) in this process: the requests sent again after
+        # an endpoint stopped answering, in --stats and the summary. A -j worker's policy says it on stderr as it
+        # closes.
+        fleet = runner.local.policy if runner.local and hasattr(runner.local.policy, "resent_requests") else None
+        if fleet is not None:
+            io.count_at_end(lambda: {"resent_requests": fleet.resent_requests})
         io.run_source(stage, tasks, key=stage.episode_id, output_kind="episode", unit="ep")
     ordered = [stage.episodes[i] for i in ids if i in stage.episodes]
     summary = summarize(ordered, env=settings.env_name,
@@ -80,6 +86,8 @@ def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: in
     first_meta = ordered[0]["meta"] if ordered else {}
     per_episode = ("seeds", "unparsed", "error", "thoughts_cut")
     summary["meta"] = {**{k: v for k, v in first_meta.items() if k not in per_episode}, "created_utc": utc_now()}
+    if fleet is not None:
+        summary["resent_requests"] = fleet.resent_requests
     for message in thought_warnings(summary):   # --act think: cut thoughts, a budget without a card
         warn(message)
     return summary
