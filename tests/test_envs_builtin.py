@@ -102,6 +102,22 @@ def test_expert_jobs_write_the_serial_records_in_task_order(runner, tmp_path):
     assert (two["unsuccessful"], two["errors"]) == (one["unsuccessful"], one["errors"]) == (0, 0)
 
 
+def test_expert_shards_split_the_tasks_of_one_run(runner, tmp_path):
+    """--shard I/N keeps the tasks of slice I among those -n and --seed choose: the shards together are the whole
+    run's records, each once, and each shard keeps the run's order."""
+    _, whole = run_expert(runner, "--env", "shop", "-n", "24", "--seed", "3", "-q")
+    shards = [run_expert(runner, "--env", "shop", "-n", "24", "--seed", "3", "-q", "--shard", f"{i}/3")[1]
+              for i in (1, 2, 3)]
+    assert all(shards) and sum(map(len, shards)) == len(whole) == 24
+    order = [r["id"] for r in whole]
+    for shard in shards:
+        assert [r["id"] for r in shard] == [i for i in order if i in {r["id"] for r in shard}]
+    drop = lambda r: {**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}}  # noqa: E731
+    assert sorted(map(orjson.dumps, map(drop, sum(shards, [])))) == sorted(map(orjson.dumps, map(drop, whole)))
+    result = runner.invoke(cli, ["expert", "--env", "shop", "-n", "2", "--shard", "4/3"])
+    assert result.exit_code == 2 and "--shard 4/3: I must be between 1 and N (here 1 to 3)" in result.output
+
+
 def test_expert_resume_skips_done_tasks(runner, tmp_path):
     out = tmp_path / "expert.jsonl"
     run_expert(runner, "--env", "tools", "-n", "5", "-o", str(out), "-q")

@@ -6,7 +6,7 @@ import click
 import orjson
 
 from eexp.cli.group import cli
-from eexp.cli.options import cluster_options, config_option, parse_env_args
+from eexp.cli.options import cluster_options, config_option, parse_env_args, shard_option
 from eexp.envs.base import EnvError, make_env, registry
 from eexp.envs.check import check_installed
 from eexp.io import StageIO
@@ -166,12 +166,13 @@ def describe(env, split: str | None = None) -> dict:
 @click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
               help="Write records here instead of stdout.")
 @click.option("--resume", is_flag=True, help="Continue -o FILE: skip tasks already written there.")
+@shard_option("by task id, of the tasks -n and --seed choose")
 @click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @cluster_options
 @config_option
-def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admissible, jobs, output, resume, stats,
-           quiet, cluster):
+def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admissible, jobs, output, resume, shard,
+           stats, quiet, cluster):
     """Write expert trajectories from an environment's oracle, one JSON line per task.
 
     Success is checked by the environment; trajectories that fail are still written (success: false) and counted
@@ -183,8 +184,9 @@ def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admiss
       eexp expert --env shop -n 200 --seed 1 > expert.jsonl
       eexp expert --env tools --split test --task test-00003
       eexp expert --env alfworld -n 3500 --ray=10.0.0.5:6379 --env-workers 64 -o expert.jsonl --resume
+      eexp expert --env alfworld -n 3500 --shard 2/4 -j 8 -o expert-2.jsonl    # machine 2 of 4; cat the four
     """
-    io = StageIO(output=output, resume=resume, stats=stats, quiet=quiet)
+    io = StageIO(output=output, resume=resume, shard=shard, stats=stats, quiet=quiet)
     run_expert(io, env_name, env_args, split=split, n=n, seed=seed, task_ids=task_ids, timeout=step_timeout or None,
                include_admissible=not no_admissible, note=lambda message: click.echo(message, err=True), jobs=jobs,
                cluster=cluster)

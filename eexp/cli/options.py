@@ -58,6 +58,12 @@ def _check_shard(ctx, param, value):
         raise click.BadParameter(str(e), ctx=ctx, param=param)
 
 
+def shard_option(what: str = "by trajectory id") -> Callable:
+    """--shard I/N: keep only slice I of N (`what` says what is sliced), so N machines split one run."""
+    return click.option("--shard", callback=_check_shard, metavar="I/N",
+                        help=f"Keep only slice I of N ({what}), for several machines.")
+
+
 def stage_options(f: Callable) -> Callable:
     """The JSONL-stage options; the command gets `io: StageIO` as its first argument."""
 
@@ -71,8 +77,7 @@ def stage_options(f: Callable) -> Callable:
         click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
                      help="Write records here instead of stdout."),
         click.option("--resume", is_flag=True, help="Continue -o FILE: skip inputs already done there."),
-        click.option("--shard", callback=_check_shard, metavar="I/N",
-                     help="Keep only slice I of N (by trajectory id), for several machines."),
+        shard_option(),
         click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
                      help="On a bad input record: stop (exit 1), or skip it and count it."),
         click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here."),

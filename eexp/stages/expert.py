@@ -165,8 +165,8 @@ def run_expert(io: StageIO, env_name: str, env_args: dict | None = None, *, spli
                n: int | None = None, seed: int = 0, task_ids: list[str] | tuple[str, ...] = (),
                timeout: float | None = None, include_admissible: bool = True,
                note: Callable[[str], None] = lambda message: None, jobs: int = 1, cluster=None) -> None:
-    """Write the expert trajectories of the tasks `pick_tasks` chooses to io's output (--resume skips the tasks
-    already there), and say how many did not succeed. `jobs` worker processes, or the workers of `cluster`
+    """Write the expert trajectories of the tasks `pick_tasks` chooses (those of io's --shard) to io's output
+    (--resume skips the tasks already there), and say how many did not succeed. `jobs` worker processes, or the workers of `cluster`
     (--ray), run the tasks; the records are those of a serial run, in the same order."""
     stage = Expert(env_name, env_args, seed=seed, timeout=timeout, include_admissible=include_admissible,
                    count=io.count, note=note, jobs=jobs, cluster=cluster)
@@ -176,7 +176,8 @@ def run_expert(io: StageIO, env_name: str, env_args: dict | None = None, *, spli
     except BaseException:
         stage.close()
         raise
-    io.run_source(stage, tasks, key=stage.trajectory_id, output_kind="trajectory", unit="task")
+    io.run_source(stage, tasks, key=stage.trajectory_id, shard_key=lambda task: task["id"], output_kind="trajectory",
+                  unit="task")
     if stage.unsuccessful or stage.errors:
         note(f"eexp: {stage.unsuccessful} of {io.stats.records_out} expert trajectories did not succeed, "
              f"{stage.errors} had environment errors")
