@@ -124,10 +124,18 @@ class StubServer:
                                 "choices": [{"index": 0, "finish_reason": finish,
                                              "message": {"role": "assistant", "content": text}}]})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.handle_error = lambda request, address: None   # a dropped connection is the point, not news
+        self.handler = Handler
+        self.listen(0)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def listen(self, port: int) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self.handler)
+        self.httpd.handle_error = lambda request, address: None   # a dropped connection is the point, not news
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def revive(self) -> None:
+        """Listen again at the same address (a server restarted after it died), with the same replies."""
+        self.listen(int(self.url.rsplit(":", 1)[1].split("/")[0]))
 
     def extra_post(self, path: str, body: dict) -> dict | None:
         """The answer to a POST other than chat completions (None: 404, as a server without the route)."""

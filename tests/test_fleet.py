@@ -7,10 +7,14 @@ request's seed alone, whichever server gives it)."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from typing import Callable
 
 from click.testing import CliRunner
 
 from eexp.cli import cli
+from eexp.policies.fleet import FleetPolicy
 from openai_stub import MESSAGES, StubServer
 from test_concurrency import reflection
 
@@ -175,6 +179,46 @@ def test_an_endpoint_down_at_start_is_left_out_with_a_line_and_all_down_is_an_er
     assert result.stderr == (f"Error: none of the policy endpoints answers: {down.url} (connection refused); "
                              f"{other.url} (connection refused) (are the servers running, and listening at these "
                              f"addresses?)\n")
+
+
+def revive_when(server: StubServer, dead: Callable[[], bool], after: float = 0.3) -> threading.Thread:
+    """Restart `server` at its address `after` seconds once `dead()` (a server restarted after a crash)."""
+    def run():
+        while not dead():
+            time.sleep(0.01)
+        time.sleep(after)
+        server.revive()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_endpoint_that_comes_back_is_taken_back_and_one_that_serves_otherwise_is_not(stub, monkeypatch):
+    monkeypatch.setattr(FleetPolicy, "REPROBE_SECONDS", 0.1)
+    one = stub("llamacpp")
+    args = SHOP + ["-n", "30", "--max-steps", "4", "--concurrency", "2"]
+    single = invoke(args + ["--policy", one.url])
+    # one dies at its 6th request and is restarted; one is down at start and started during the run; one started
+    # during the run serves another model
+    dying, late, lasting = stub("llamacpp", die_after=6), stub("llamacpp"), stub("llamacpp", latency=0.03)
+    other = stub("llamacpp", model_id="another-model")
+    late.close()
+    other.close()
+    revivals = [revive_when(dying, lambda: len(dying.chats) >= 6), revive_when(late, lambda: True),
+                revive_when(other, lambda: True)]
+    result = invoke(args + ["--policy", f"{dying.url},{late.url},{other.url},{lasting.url}"])
+    for thread in revivals:
+        thread.join()
+    assert result.exit_code == 0, result.output
+    assert placeless(records(result.stdout)) == placeless(records(single.stdout))
+    err = " ".join(result.stderr.split())
+    assert f"the policy endpoint {dying.url} stopped answering" in err
+    assert (f"the policy endpoint {dying.url} answers again (left out: connection refused): taking it back, with"
+            in err)
+    assert f"the policy endpoint {late.url} answers again (left out: connection refused): taking it back" in err
+    assert err.count(f"the policy endpoint {other.url} answers again but cannot serve as the others do (model: "
+                     f"'stub-model' at {dying.url}, 'another-model' at {other.url}): it stays out") == 1
+    assert len(run_chats(dying)) > 6 and run_chats(late) and not run_chats(other)
 
 
 def test_caps_bound_an_endpoint_and_concurrency_bounds_them_all(stub, tmp_path):

@@ -17,10 +17,14 @@ stops answering); this module only chooses which one answers a call:
   alike: the same model, the same guided decoding, the same card. An endpoint that answers but cannot be used (a
   refused key, another model) is an error, not left out: that is a mistake to fix, not a server that is down.
 - An endpoint that stops answering mid-run (HttpPolicy's quick look after a request that got no answer: EndpointDown)
-  is left out for the rest of the run, with a line on stderr; the calls it held are sent again, whole, to the others
-  and counted (`resent_requests`: their requests, in --stats and in a line when the policy closes). Each call's
-  replies are handed back once, from the endpoint that finished it, so nothing is lost or written twice. Only when
-  every endpoint is gone does the run stop (EndpointDown, as with one endpoint: restart and --resume).
+  is left out, with a line on stderr; the calls it held are sent again, whole, to the others and counted
+  (`resent_requests`: their requests, in --stats and in a line when the policy closes). Each call's replies are
+  handed back once, from the endpoint that finished it, so nothing is lost or written twice. Only when every
+  endpoint is gone does the run stop (EndpointDown, as with one endpoint: restart and --resume).
+- An endpoint left out (gone mid-run, or silent at start) is asked for its model list again every REPROBE_SECONDS
+  (30), in the background, as calls come: one that answers is set up afresh as at start and, serving as the others
+  do, taken back with a line on stderr (a restarted server rejoins the run); one that answers but serves otherwise
+  stays out, said once. Whichever endpoint answers, a reply is the same, so this changes no record.
 - A request that fails on an endpoint that still answers (HTTP 5xx after its retries) is a failed reply, counted
   toward the failed-request rule as with one endpoint; it is not sent elsewhere.
 
@@ -32,6 +36,7 @@ request), so the records are those of a run against one endpoint but for the fie
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,10 +100,18 @@ def _endpoint(item: str, where: str) -> tuple[str, int | None]:
     return base, cap
 
 
+def _unlike(first: HttpPolicy, other: HttpPolicy) -> str | None:
+    """How `other` serves otherwise than `first` (its address aside), or None where they serve alike."""
+    a, b = ({k: v for k, v in m.describe().items() if k != "endpoint"} for m in (first, other))
+    return "; ".join(f"{key}: {a.get(key)!r} at {first.base}, {b.get(key)!r} at {other.base}"
+                     for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)) or None
+
+
 class FleetPolicy(Policy):
     """One policy over the endpoints of a list spec (the module's docstring says how calls are routed)."""
 
     backend = "http"
+    REPROBE_SECONDS = 30.0   # how often an endpoint left out is asked again whether it is back
 
     def __init__(self, spec: str, args: dict | None = None, *, act=None, max_tokens=MAX_TOKENS, top_p=1.0):
         listed = parse_endpoints(spec)
@@ -114,43 +127,48 @@ class FleetPolicy(Policy):
             if why:
                 warn(f"the policy endpoint {base} does not answer ({why}): going on without it, with "
                      f"{sum(not s for s in silent)} of the {len(listed)} endpoints")
-        up = [(base, cap) for (base, cap), why in zip(listed, silent) if not why]
-        self.members: list[HttpPolicy] = side_by_side(
-            [lambda base=base: HttpPolicy(base, dict(args or {}), act=act, max_tokens=max_tokens, top_p=top_p)
-             for base, _ in up], len(up), name="eexp-fleet-start")
+        # one slot per endpoint listed, in its order: an endpoint that did not answer has no member (None) until it
+        # answers again (_reprobe)
+        self._connect = lambda base: HttpPolicy(base, dict(args or {}), act=act, max_tokens=max_tokens, top_p=top_p)
+        self.bases = [base for base, _ in listed]
+        self.caps = [cap for _, cap in listed]
+        started = iter(side_by_side([lambda base=base: self._connect(base) for (base, _), why in zip(listed, silent)
+                                     if not why], sum(not why for why in silent), name="eexp-fleet-start"))
+        self.members: list[HttpPolicy | None] = [None if why else next(started) for why in silent]
         self._check_alike()
-        self.caps = [cap for _, cap in up]
-        self.spec = ",".join(m.base for m in self.members)
-        first = self.members[0]
+        self.spec = ",".join(m.base for m in self.members if m)
+        first = self.reference = next(m for m in self.members if m)
         self.name, self.model, self.act_mode = first.name, first.model, first.act_mode
         self.requests = self.failed_requests = 0
         self.resent_requests = 0          # requests sent again to another endpoint after theirs stopped answering
-        self.in_flight = [0] * len(self.members)   # requests of the calls each endpoint holds
-        self.sent = [0] * len(self.members)
-        self.gone: list[str | None] = [None] * len(self.members)   # why an endpoint is left out (None: in use)
+        self.in_flight = [0] * len(listed)   # requests of the calls each endpoint holds
+        self.sent = [0] * len(listed)
+        self.gone: list[str | None] = list(silent)   # why an endpoint is left out (None: in use)
+        self.left_at = [time.monotonic()] * len(listed)   # when an endpoint was left out, or last asked again
+        self.asking = [False] * len(listed)                # whether a look at it is under way (_reprobe)
+        self.lost_mid_run: set[str] = set()               # the endpoints that stopped answering during the run
+        self.taken_back = 0
+        self.closed = False
         self._routing = threading.Condition()
-        self.set_concurrency(sum(cap or opts["concurrency"] for cap in self.caps))
+        self.set_concurrency(sum(cap or opts["concurrency"] for cap, m in zip(self.caps, self.members) if m))
 
     def _check_alike(self) -> None:
         """Every endpoint describes itself as the first does, but for its address: a reply must not depend on which
         endpoint gave it."""
-        def served(member):
-            return {k: v for k, v in member.describe().items() if k != "endpoint"}
-        first = self.members[0]
-        for other in self.members[1:]:
-            a, b = served(first), served(other)
-            if a != b:
-                differ = "; ".join(f"{key}: {a.get(key)!r} at {first.base}, {b.get(key)!r} at {other.base}"
-                                   for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key))
+        up = [m for m in self.members if m]
+        for other in up[1:]:
+            differ = _unlike(up[0], other)
+            if differ:
                 raise PolicyError(f"the policy endpoints do not serve alike ({differ}): the endpoints of one "
                                   f"--policy must serve the same model in the same way")
 
     # routing ------------------------------------------------------------------------------------------------------
-    def _take(self, n: int) -> int:
+    def _take(self, n: int) -> tuple[int, HttpPolicy]:
         """The endpoint for a call of `n` requests: the fewest in flight among those in use and under their cap
         (ties: the fewest sent), waiting while every one is at its cap."""
         with self._routing:
             while True:
+                self._ask_again()
                 in_use = [i for i, why in enumerate(self.gone) if why is None]
                 if not in_use:
                     raise self._all_gone()
@@ -159,22 +177,73 @@ class FleetPolicy(Policy):
                     i = min(room, key=lambda j: (self.in_flight[j], self.sent[j], j))
                     self.in_flight[i] += n
                     self.sent[i] += n
-                    return i
+                    return i, self.members[i]
                 self._routing.wait()
+
+    def _ask_again(self) -> None:
+        """(Routing lock held.) Every REPROBE_SECONDS, a look in the background at each endpoint left out (gone mid-
+        run, or silent at start)."""
+        now = time.monotonic()
+        for i, why in enumerate(self.gone):
+            if why and not self.asking[i] and now - self.left_at[i] >= self.REPROBE_SECONDS:
+                self.asking[i] = True
+                threading.Thread(target=self._reprobe, args=(i,), daemon=True, name="eexp-fleet-reprobe").start()
+
+    def _reprobe(self, i: int) -> None:
+        """Endpoint i, left out, is asked for its model list; one that answers is set up afresh (as at start) and,
+        serving as the others do, taken back with a line on stderr. One that answers but serves otherwise stays
+        out, said once."""
+        base, member, unlike = self.bases[i], None, None
+        if no_answer(base) is None:
+            try:
+                member = self._connect(base)
+                unlike = _unlike(self.reference, member)
+            except PolicyError as e:
+                member, unlike = None, str(e)
+        say_unlike = False
+        with self._routing:
+            self.asking[i], self.left_at[i] = False, time.monotonic()
+            back = member is not None and not unlike and not self.closed
+            if back:
+                old, self.members[i] = self.members[i], member
+                if old is self.reference:   # alike: the new one serves as a reference as well
+                    self.reference = member
+                member.set_concurrency(min(self.caps[i], self.concurrency) if self.caps[i] else self.concurrency,
+                                       shared=self._shared)
+                member.thought_tokens = self.reference.thought_tokens
+                was, self.gone[i] = self.gone[i], None
+                self.taken_back += 1
+                in_use = sum(why is None for why in self.gone)
+                self._routing.notify_all()
+            elif unlike and self.gone[i] != f"answers, but {unlike}":
+                self.gone[i], say_unlike = f"answers, but {unlike}", True
+        if back:
+            if old is not None:
+                old.close()
+            warn(f"the policy endpoint {base} answers again (left out: {was}): taking it back, with {in_use} of "
+                 f"the {len(self.gone)} endpoints")
+            return
+        if member is not None:
+            member.close()
+        if say_unlike:
+            warn(f"the policy endpoint {base} answers again but cannot serve as the others do ({unlike}): it stays "
+                 f"out")
 
     def _release(self, i: int, n: int) -> None:
         with self._routing:
             self.in_flight[i] -= n
             self._routing.notify_all()
 
-    def _lost(self, i: int, n: int) -> None:
-        """Endpoint i stopped answering during a call of `n` requests: it is left out, and the call is sent again
-        elsewhere (counted), unless none is left."""
-        member = self.members[i]
+    def _lost(self, i: int, member: HttpPolicy, n: int) -> None:
+        """Endpoint i (`member`) stopped answering during a call of `n` requests: it is left out, and the call is sent
+        again elsewhere (counted), unless none is left. A call that ran on a member since replaced (the endpoint
+        was taken back meanwhile) leaves the new one in use."""
         with self._routing:
-            first = self.gone[i] is None
+            first = self.gone[i] is None and self.members[i] is member
             if first:
                 self.gone[i] = member.down or "stopped answering"
+                self.left_at[i] = time.monotonic()
+                self.lost_mid_run.add(member.base)
             left = sum(why is None for why in self.gone)
             if left:
                 self.resent_requests += n
@@ -187,7 +256,7 @@ class FleetPolicy(Policy):
 
     def _all_gone(self) -> EndpointDown:
         return EndpointDown("every policy endpoint stopped answering (" + "; ".join(
-            f"{m.base}: {why}" for m, why in zip(self.members, self.gone)) + f") after {self.requests} requests: "
+            f"{base}: {why}" for base, why in zip(self.bases, self.gone)) + f") after {self.requests} requests: "
             f"the run stops here. The records written so far are whole; restart the servers and continue with "
             f"-o FILE --resume")
 
@@ -195,11 +264,11 @@ class FleetPolicy(Policy):
         """`call(endpoint)` for a call of `n` requests, on one endpoint, again on another while the one it ran on
         stops answering; its replies counted once."""
         while True:
-            i = self._take(n)
+            i, member = self._take(n)
             try:
-                result = call(self.members[i])
+                result = call(member)
             except EndpointDown:
-                self._lost(i, n)
+                self._lost(i, member, n)
                 continue
             finally:
                 self._release(i, n)
@@ -226,28 +295,34 @@ class FleetPolicy(Policy):
     def set_concurrency(self, n: int) -> None:
         """`n` requests in flight over every endpoint together, and no endpoint past its cap."""
         self.concurrency = n
-        shared = threading.BoundedSemaphore(n)
+        self._shared = threading.BoundedSemaphore(n)
         for member, cap in zip(self.members, self.caps):
-            member.set_concurrency(min(cap, n) if cap else n, shared=shared)
+            if member:
+                member.set_concurrency(min(cap, n) if cap else n, shared=self._shared)
 
     @property
     def thought_tokens(self) -> int | None:   # eval sets it (--act think): each endpoint's calls read their own
-        return self.members[0].thought_tokens
+        return self.reference.thought_tokens
 
     @thought_tokens.setter
     def thought_tokens(self, tokens: int | None) -> None:
-        for member in self.members:
-            member.thought_tokens = tokens
+        with self._routing:   # an endpoint taken back meanwhile copies the reference's
+            for member in self.members:
+                if member:
+                    member.thought_tokens = tokens
 
     def trained_thought_tokens(self) -> int | None:
-        return self.members[0].trained_thought_tokens()
+        return self.reference.trained_thought_tokens()
 
     def describe(self) -> dict:
-        return {**self.members[0].describe(), "endpoint": self.spec}
+        return {**self.reference.describe(), "endpoint": self.spec}
 
     def close(self) -> None:
-        for member in self.members:
+        with self._routing:
+            self.closed = True   # a look under way (_reprobe) closes what it set up
+            members = [m for m in self.members if m]
+        for member in members:
             member.close()
         if self.resent_requests:
             warn(f"{self.resent_requests} policy requests were sent again to another endpoint after "
-                 f"{', '.join(m.base for m, why in zip(self.members, self.gone) if why)} stopped answering")
+                 f"{', '.join(b for b in self.bases if b in self.lost_mid_run)} stopped answering")
