@@ -7,7 +7,8 @@
 #   make -C recipes CONFIG=configs/smollm2.mk seeds SEEDS="0 1 2"      # three seeds, pooled
 # One seed per invocation: `seeds SEEDS=1` runs seed 1 alone (in out/smollm2/seed1), `publish OUT=out/smollm2/seed1
 # SEED=1` keeps its episode files in docs/results/smollm2/seed1, and `pooled` pools every seed kept there (the
-# README's table; tests/test_results.py recomputes it). Measured times and results: docs/results/smollm2.md.
+# README's table; tests/test_results.py recomputes it; the seeds measured before issue 40's fixes are kept in
+# docs/results/smollm2/before). Measured times and results: docs/results/smollm2.md.
 .DEFAULT_GOAL := compare
 ENV       = shop
 OUT       = out/smollm2
