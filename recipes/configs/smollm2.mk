@@ -34,6 +34,9 @@ EPOCHS    = 5
 # the split: finetune --grad-accum) at the same speed in 3.9 GB peak RSS instead of 9.5 (3 updates of the SR data
 # measured each way). Before issue 40 they were not the same: 2 x 4 mixed IL and SR examples in updates that one batch
 # of 8 kept apart (every seed after the pilot was trained so; the pilot was one batch of 8, 18 GB peak).
+# On a GPU the split costs speed and saves nothing: at 135M the GPU waits on its kernel launches (on an H200, 694
+# tokens/s at 4 x 2 and 2,139 at one batch of 8, both with gradient checkpointing, a GPU's default: 1,058 at 4 x 2
+# without it; docs/results/smollm2.md). There, give BATCH=8 and TRAIN_ARGS without --grad-accum 4.
 BATCH     = 2
 LR        = 2e-4
 # bf16 autocast where the CPU has bf16 instructions (AVX512-BF16 or AMX): about 2x the tokens/s of fp32 with the
