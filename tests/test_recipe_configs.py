@@ -9,6 +9,7 @@ The 12 cases that run took 8 minutes together (815 s of CPU) on 2 cores that ano
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import os
 import re
@@ -252,3 +253,27 @@ def test_every_config_header_gives_a_command_of_a_recipe_target():
         assert named == [f"CONFIG=configs/{config.name}"], (config.name, argv)
         if config.name not in COVERED:
             assert target in ("compare", "seeds", "signals"), f"{config.name}: results() knows no {target!r}"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_publish_adds_a_later_run_beside_a_kept_seed(tmp_path):
+    """Fast: a row run in a later sitting (its episodes and validation losses, no stage --stats in its OUT) publishes
+    alone into a seed already kept, and what was kept there stays."""
+    out, kept = tmp_path / "out", tmp_path / "results"
+    for split in ("eval", "recovery"):
+        (out / split).mkdir(parents=True)
+        (out / split / "SR-grounded.jsonl").write_text('{"episode": 1}\n')
+    (out / "SR-grounded").mkdir()
+    (out / "SR-grounded" / "metrics.jsonl").write_text('{"step": 0}\n')
+    (kept / "seed0" / "eval").mkdir(parents=True)
+    (kept / "seed0" / "eval" / "IL.jsonl.gz").write_bytes(b"kept")
+    (kept / "seed0" / "reflect.stats.json").write_text("{}")
+    publish = subprocess.run(["make", "-C", str(RECIPES), "publish", "CONFIG=configs/smollm2.mk", f"OUT={out}",
+                              "SEED=0", f"RESULTS={kept}", "PUBLISH_NEEDS=", "PUBLISH_TRAIN=SR-grounded"],
+                             capture_output=True, text=True, timeout=60)
+    assert publish.returncode == 0, publish.stdout + publish.stderr
+    files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+    assert files == ["seed0/eval/IL.jsonl.gz", "seed0/eval/SR-grounded.jsonl.gz", "seed0/recovery/SR-grounded.jsonl.gz",
+                     "seed0/reflect.stats.json", "seed0/train/SR-grounded.metrics.jsonl"]
+    assert (kept / "seed0" / "eval" / "IL.jsonl.gz").read_bytes() == b"kept"
+    assert gzip.decompress((kept / "seed0" / "recovery" / "SR-grounded.jsonl.gz").read_bytes()) == b'{"episode": 1}\n'
