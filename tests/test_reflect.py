@@ -495,8 +495,9 @@ def test_teacher_and_grounded_are_labelled_in_meta():
     extra = json.loads(grounded["meta"]["extra"])
     assert grounded["meta"]["reflector"] == "grounded" and grounded["meta"]["model"] == ""
     assert extra["paper_method"] is False and "not the paper's method" in extra["note"]
-    # which grounded writer made it: version 1 (no key) quoted pages, version 2 describes them
-    assert extra["grounded_version"] == GROUNDED_VERSION == 2
+    # which grounded writer made it: version 1 (no key) quoted pages, version 2 describes them, version 3 explains
+    # paging and names only what the record shows
+    assert extra["grounded_version"] == GROUNDED_VERSION == 3
     assert "grounded_version" not in json.loads(teacher["meta"]["extra"])
 
 

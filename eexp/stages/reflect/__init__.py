@@ -13,11 +13,13 @@ Every reflection goes through the same filters, from what the paper's public cod
 reflections and what SmolLM2-135M did here: a cut-off reply, an empty, short or over-long one, label leakage, a copy
 of the template's own words, page text pasted in (12 words in a row of an observation it was shown), one off the
 topic or going round in circles, the chosen action's outcome narrated as already seen, a different concluding
-action. A monologue repeated twice is repaired (first copy kept), not rejected.
+action, and one that names a number or a place (an object's location, a receptacle, a folder, "found here") that
+neither the state nor any outcome it was shown has (`claims`). A monologue repeated twice is repaired (first copy
+kept), not rejected.
 
 The package: the prompt template and what the reflector is shown (`template`), the grounded writer (`grounded`),
-the filters (`filters`), the words they share (`text`), the stage's settings (`settings`) and, here, the stage
-itself.
+the filters (`filters`), the claims check (`claims`), the words they share (`text`), the stage's settings
+(`settings`) and, here, the stage itself.
 """
 
 from __future__ import annotations
@@ -30,16 +32,17 @@ from eexp.io import Stage
 from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, format_action
 from eexp.records import example_meta
+from eexp.stages.reflect.claims import Claim, Evidence, unsupported_claims
 from eexp.stages.reflect.filters import (COUNTS, FILTERS, PASTE_RUN, Verdict, fresh_words, judge, page_runs,
                                          pasted_span, topic_words, trim_repeat)
 from eexp.stages.reflect.grounded import VERSION as GROUNDED_VERSION, describe_action, grounded_reflection
 from eexp.stages.reflect.settings import Settings
 from eexp.stages.reflect.template import BUILTIN_TEMPLATES, Template, reflection_prompt, shown_alternatives
 
-__all__ = ["BUILTIN_TEMPLATES", "COUNTS", "FILTERS", "GROUNDED_VERSION", "PASTE_RUN", "Reflect", "Reflector",
-           "Settings", "Template", "Verdict", "describe_action", "grounded_reflection", "judge", "page_runs",
-           "pasted_span", "policy_writer", "reflect_examples", "reflection_prompt", "shown_alternatives",
-           "topic_words", "trim_repeat"]
+__all__ = ["BUILTIN_TEMPLATES", "COUNTS", "Claim", "Evidence", "FILTERS", "GROUNDED_VERSION", "PASTE_RUN", "Reflect",
+           "Reflector", "Settings", "Template", "Verdict", "describe_action", "grounded_reflection", "judge",
+           "page_runs", "pasted_span", "policy_writer", "reflect_examples", "reflection_prompt", "shown_alternatives",
+           "topic_words", "trim_repeat", "unsupported_claims"]
 
 
 Writer = Callable[[list[dict], int], tuple[str, str]]  # (prompt messages, seed) -> (reply text, finish_reason)
@@ -98,7 +101,8 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
     verdict = judge(reply, finish_reason, expert=expert["action"], alternatives=alternatives,
                     new_words=fresh_words(outcome, shown, serializer.render_state(state)),
                     max_words=settings.max_words, min_words=settings.min_words, template=template,
-                    topic=topic_words(outcome, alternatives), pages=page_runs(outcome, shown))
+                    topic=topic_words(outcome, alternatives), pages=page_runs(outcome, shown),
+                    evidence=Evidence.of(outcome, shown))
     if verdict.repeated:
         count("repeated")
 
@@ -108,7 +112,8 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
             extra["paper_method"] = False
             extra["note"] = "grounded: deterministic rationale from observed outcomes, no model; not the paper's " \
                             "method"
-            extra["grounded_version"] = GROUNDED_VERSION   # 1 (no key): quoted pages; 2: described, short
+            # 1 (no key): quoted pages; 2: described, short; 3: paging, each environment's words, claims shown
+            extra["grounded_version"] = GROUNDED_VERSION
         else:
             extra.update(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
         if kind == "teacher":

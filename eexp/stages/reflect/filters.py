@@ -1,7 +1,8 @@
 """The filters every reflection goes through, in a fixed order (`judge`): a cut-off reply, an empty, short or
 over-long one, label leakage, a copy of the template's own words, page text pasted in, one off the topic or going
-round in circles, the chosen action's outcome narrated as already seen, a different concluding action. A monologue
-repeated twice is repaired (first copy kept), not rejected."""
+round in circles, the chosen action's outcome narrated as already seen, a number or a place no observation shows
+(`claims`), a different concluding action. A monologue repeated twice is repaired (first copy kept), not
+rejected."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import re
 from dataclasses import dataclass
 
 from eexp.prompts import clip
+from eexp.stages.reflect.claims import Evidence, check as check_claims
 from eexp.stages.reflect.template import COPY_RUN, Template
 from eexp.stages.reflect.text import WORD, content_words
 from eexp.text import normalize_space
 
 FILTERS = ("truncated", "model_error", "empty", "too_short", "too_long", "label_leakage", "template_copy",
-           "pasted_page", "off_topic", "repetitive", "outcome_narration", "different_action")
+           "pasted_page", "off_topic", "repetitive", "outcome_narration", "unsupported_claim", "different_action")
 # What --stats reports: why states gave no example, each filter, repairs, fallbacks, and what was kept.
 COUNTS = ("kept", *FILTERS, "repeated", "fallback_grounded", "no_alternatives", "all_alternatives_failed",
           "unreachable", "expert_not_executed")
@@ -132,8 +134,10 @@ def fresh_words(outcome: dict, shown: list[dict], situation: str) -> set[str]:
 
 def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str], new_words: set[str],
           max_words: int, min_words: int = 1, template: Template | None = None,
-          topic: set[str] | None = None, pages: frozenset[tuple[str, ...]] = frozenset()) -> Verdict:
-    """Clean a reply and run the filters in a fixed order; the first that fails is the reason."""
+          topic: set[str] | None = None, pages: frozenset[tuple[str, ...]] = frozenset(),
+          evidence: Evidence | None = None) -> Verdict:
+    """Clean a reply and run the filters in a fixed order; the first that fails is the reason. With `evidence`
+    (what the record shows), a reflection that names a number or a place it does not show is rejected."""
     text, repeated = trim_repeat(reply.strip())
     if finish_reason.startswith("error"):
         return Verdict("", "model_error", finish_reason, repeated)
@@ -182,6 +186,11 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
     if narration:
         verdict.reason, verdict.detail = "outcome_narration", f"reports the chosen action's result as seen: " \
                                                                 f"{clip(narration, 160)!r}"
+        return verdict
+    unsupported = check_claims(prose, evidence) if evidence is not None else []
+    if unsupported:
+        verdict.reason = "unsupported_claim"
+        verdict.detail = "names what no observation shows: " + "; ".join(repr(c.what) for c in unsupported[:3])
         return verdict
     if concluded is None:
         concluded = _concluding_action(prose, expert, alternatives)

@@ -17,8 +17,9 @@ from eexp.stages.reflect.text import STOP
 from eexp.text import normalize_space
 
 # Which grounded writer made an example: meta.extra records it, so data from the old writer can be told apart.
-# 1: quoted the task, the page and every outcome; 2: described, short (this module).
-VERSION = 2
+# 1: quoted the task, the page and every outcome; 2: described, short; 3: (this module) says why the chosen action
+# turns a page of search results, and names no number or place that the record does not show (`claims`).
+VERSION = 3
 CLOSING = "So my move is"     # the thought's last sentence: `So my move is <expert action>.`
 MAX_QUOTE_WORDS = 5           # a small edit ("selected: pink") is quoted when it is at most this long
 
@@ -258,11 +259,146 @@ def _expert_sentence(state: dict, expert: dict, wanted: list[str], small: bool, 
     return f"{said} should move me toward the goal."
 
 
+# --- paging through search results (the web worlds' `next >` / `< prev`) ----------------------------------------
+_RESULTS = re.compile(r'^results for "(.*)" \(page (\d+) of (\d+)\)', re.IGNORECASE)
+_LISTED = re.compile(r"^\[(.+)\] \$(\d+(?:\.\d+)?)\s*$")
+_OPTION_LINE = re.compile(r"^([a-z][a-z ]*): ((?:\[[^\]]+\]\s*)+)$")
+PAGING = {"next >": "next", "< prev": "prev"}
+
+
+def _results(observation: str) -> tuple[str, int, int, list[tuple[str, str]]] | None:
+    """A results page's query, page number, page count and listed (name, price) items; None for another page."""
+    lines = observation.splitlines()
+    head = _RESULTS.match(lines[0].strip()) if lines else None
+    if not head:
+        return None
+    listed = [(m.group(1), m.group(2)) for m in map(_LISTED.match, (line.strip() for line in lines[1:])) if m]
+    return head.group(1), int(head.group(2)), int(head.group(3)), listed
+
+
+def _item_page(observation: str) -> tuple[str, dict[str, list[str]]] | None:
+    """An item page's name (its first line) and options ({"color": ["blue", "pink"]}); None for another page."""
+    lines = [line.strip() for line in observation.splitlines()]
+    if len(lines) < 2 or not lines[1].startswith("price:"):
+        return None
+    options = {}
+    for line in lines[2:]:
+        m = _OPTION_LINE.match(line)
+        if m:
+            options[m.group(1)] = re.findall(r"\[([^\]]+)\]", m.group(2))
+    return lines[0], options
+
+
+def _wanted_options(goal: str, query: str, keys: set[str]) -> list[str]:
+    """What the goal asks for past the item it names (the query searched for) and its budget: its options, as
+    words ("pink") or as an option's name and value ("size m" where item pages have a size)."""
+    budget = _BUDGET.search(goal)
+    at = goal.lower().find(query.lower()) if query else -1
+    tail = _tokens(goal[at + len(query):] if at >= 0 else goal)
+    drop = STOP | set(_tokens(query)) | ({budget.group(1)} if budget else set()) | {"am"}
+    wanted, i = [], 0
+    while i < len(tail):
+        if tail[i] in keys and i + 1 < len(tail):
+            wanted.append(f"{tail[i]} {tail[i + 1]}")
+            i += 2
+            continue
+        if tail[i] not in drop:
+            wanted.append(tail[i])
+        i += 1
+    return wanted
+
+
+def _lacks(wanted: list[str], options: dict[str, list[str]]) -> list[str]:
+    """The wanted options an item page does not offer ("size m" is offered only under size)."""
+    values = {v.lower() for vals in options.values() for v in vals}
+    missing = []
+    for want in wanted:
+        key, _, value = want.rpartition(" ")
+        offered = value in {v.lower() for v in options.get(key, [])} if key else want in values
+        if not offered:
+            missing.append(want)
+    return missing
+
+
+def _paging_reflection(outcome: dict, shown: list[dict], direction: str) -> str | None:
+    """Why turning the page of search results beats what this page offers, from what is shown: each listed item's
+    price against the budget and its name against the query (on this page), and what each item an alternative
+    opened offers. It says the item is not among these results only when every listed one is shown to fall short.
+    None where the state is not a results page (the general sentences apply)."""
+    state, expert = outcome["state"], outcome["expert"]
+    goal, current = state["goal"], state["observation"]
+    page = _results(current)
+    if page is None:
+        return None
+    query, number, total, listed = page
+    budget = _BUDGET.search(goal)
+    limit = float(budget.group(1)) if budget else None
+    query_words = [w for w in _tokens(query) if w not in STOP]
+    opened = {}
+    for alt in shown:
+        item = _item_page(alt.get("next_observation") or "") if not alt.get("error") else None
+        if item:
+            opened[item[0]] = item[1]
+    wanted = _wanted_options(goal, query, {key for options in opened.values() for key in options})
+
+    def fault(name: str, price: str) -> str:
+        """Why a listed item falls short, from this page or the page an alternative opened; "" if none is shown."""
+        if limit is not None and float(price) > limit:
+            return f"costs ${price}, over the budget of {budget.group(1)}"
+        lacking = [w for w in query_words if w not in _tokens(name)]
+        if lacking:
+            return f"is not {_join(lacking)}"
+        missing = _lacks(wanted, opened[name]) if name in opened else []
+        return f"has no {_join(missing)}" if missing else ""
+
+    faults = {name: fault(name, price) for name, price in listed}
+    lines = []
+    if direction == "next":
+        if listed and all(faults.values()):
+            lines.append(f"The item the task asks for is not among these results on page {number} of {total}, so "
+                         f"going on to the next page should show more of them.")
+        else:
+            lines.append(f"Going on to the next page should show more results for {query}, past page {number} of "
+                         f"{total}.")
+    else:
+        lines.append(f"Going back a page should return to results I passed over for {query}.")
+    named = set()
+    for i, alt in enumerate(shown):
+        said = _capital(describe_action(alt["action"]))
+        target = _BRACKETED.match(normalize_space(alt["action"]))
+        label = target.group(2).strip() if target and target.group(1).lower() == "click" else None
+        if alt.get("error") or alt.get("valid") is False or label is None:
+            lines.append(_alternative_sentence(alt, state, expert, set(), i))
+        elif label in faults:
+            named.add(label)
+            why = faults[label]
+            lines.append(f"{said} would open one that {why}." if why else
+                         _alternative_sentence(alt, state, expert, set(), i))
+        elif label == "back to search":
+            lines.append(f"{said} would drop these results and start over.")
+        elif label in PAGING:
+            other = _results(alt.get("next_observation") or "")
+            lines.append(f"{said} would only return to page {other[1]}." if other else
+                         _alternative_sentence(alt, state, expert, set(), i))
+        else:
+            lines.append(_alternative_sentence(alt, state, expert, set(), i))
+    rest = [f"{name} {faults[name]}" for name, _ in listed if name not in named and faults[name]]
+    if rest:
+        lines.append(f"Of the rest here, {_join(rest)}.")
+    lines.append(f"{CLOSING} {expert['action']}.")
+    return " ".join(lines)
+
+
 def grounded_reflection(outcome: dict, shown: list[dict]) -> str:
     """A deterministic rationale from the observed outcomes: what the chosen action should achieve, why each
     alternative shown falls short, and the closing `So my move is <action>.`. Anticipatory about the chosen action
     by construction, free of list labels and page text, so it passes the same filters as a model's."""
     state, expert = outcome["state"], outcome["expert"]
+    action = _BRACKETED.match(normalize_space(expert["action"]))
+    if action and action.group(1).lower() == "click" and action.group(2).strip().lower() in PAGING:
+        paged = _paging_reflection(outcome, shown, PAGING[action.group(2).strip().lower()])
+        if paged is not None:
+            return paged
     goal, current = state["goal"], state["observation"]
     edited, small, added, _ = change(current, expert["next_observation"])
     # The goal's words the chosen action's outcome newly offers: in what it edits, or on the new page it opens.
