@@ -17,7 +17,7 @@ from eexp.cli import cli
 from eexp.envs import EnvError, make_env
 from eexp.envs.base import pick_tasks
 from eexp.envs.reach import ReachError, StateMismatch, StepTimeout, check_state, reach
-from eexp.envs.shop import IN_DIST, OOD_CATEGORIES, PER_PAGE, ShopEnv, goal_of, world_of
+from eexp.envs.shop import CATEGORIES, IN_DIST, OOD_CATEGORIES, PER_PAGE, ShopEnv, goal_of, world_of
 from eexp.envs.tools import ToolError, ToolsEnv, parse_call
 from eexp.records import validate
 from eexp.stages.expert import expert_trajectory
@@ -149,7 +149,8 @@ def test_unknown_env_lists_known_ones(runner):
 def test_unknown_split_and_task(runner, name):
     result = runner.invoke(cli, ["expert", "--env", name, "--split", "dev", "-n", "1"])
     assert result.exit_code == 1
-    assert f"{name} has no split 'dev' (splits: train, test, ood)" in result.output
+    splits = {"shop": "train, test, ood, combo", "tools": "train, test, ood"}[name]
+    assert f"{name} has no split 'dev' (splits: {splits})" in result.output
     result = runner.invoke(cli, ["expert", "--env", name, "--split", "test", "--task", "test-99999"])
     assert result.exit_code == 1 and f"{name} has no task 'test-99999' in split 'test'" in result.output
     result = runner.invoke(cli, ["expert", "--env", name, "--task", "test-00001"])   # a test id in train
@@ -371,6 +372,38 @@ def test_shop_splits_ood_categories_never_in_train_or_test():
     assert {t["category"] for t in env.tasks("ood")} == set(OOD_CATEGORIES)
     assert {t["category"] for t in env.tasks("train")} == set(IN_DIST)
     assert len(env.tasks("train")) >= 5000 and len({t["goal"] for t in env.tasks("train")}) > 3000
+
+
+def test_shop_combo_split_uses_train_words_in_combinations_train_never_has():
+    """combo tests generalisation for a model made from scratch: every word of its instructions and pages occurs in
+    the train split, but the goal's (category, attribute pair) never does, and the expert still wins every task."""
+    env = ShopEnv()
+    train_words, train_pairs = set(), set()
+    for i in range(0, 5000, 5):
+        goal, world = goal_of("train", i), world_of("train", i)
+        train_words |= set(goal["instruction"].split())
+        train_words |= {w for p in world["products"] for w in p["name"].split()}
+        train_pairs.add((goal["category"], frozenset(goal["attrs"])))
+    combos = env.tasks("combo")
+    assert len(combos) == 1000 and {t["category"] for t in combos} == set(IN_DIST)
+    for i in range(0, 1000, 10):
+        goal, world = goal_of("combo", i), world_of("combo", i)
+        own, borrowed = goal["attrs"]
+        assert own in CATEGORIES[goal["category"]][0] and borrowed not in CATEGORIES[goal["category"]][0]
+        assert (goal["category"], frozenset(goal["attrs"])) not in train_pairs
+        words = set(goal["instruction"].split()) | {w for p in world["products"] for w in p["name"].split()}
+        assert words - train_words <= {w for w in words if w.strip(",").isdigit()}, words - train_words
+        assert goal["query"] in {q for q in world["queries"]}
+    # the expert wins, and a uniform random policy stays near test's floor
+    wins = 0
+    for task in combos[:30]:
+        env.reset(task)
+        for action in env.expert(task):
+            _, reward, done, _ = env.step(action)
+        wins += env.success()
+    assert wins == 30
+    # the splits train, test and ood are the same tasks as before combo existed
+    assert goal_of("test", 7)["instruction"] == "i need a cotton soft pillow in blue, size king, under 50 dollars"
 
 
 def test_shop_reading_the_results_matters():

