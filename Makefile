@@ -22,9 +22,11 @@ test-all: dev
 demo:
 	$(MAKE) -C recipes demo
 
-# docs/cli.md from every command's --help (tests/test_docs.py fails when it is stale)
+# docs/cli.md and the man pages man/*.1 from every command's --help, the pages with what eexp/cli/man/PAGE.roff adds
+# (tests/test_docs.py fails when either is stale)
 docs: dev
 	$(VENV)/bin/python -m eexp.cli.reference > docs/cli.md
+	$(VENV)/bin/python -m eexp.cli.reference --man man
 
 # Every benchmark in one table (bench/run: eexp's figure, a baseline measured in the same run, ratio, target, met or
 # missed; about 15 minutes on 2 cores). make bench BENCH_ARGS="--quick" (a few minutes) or "--json".

@@ -1,8 +1,12 @@
-"""Every command is documented: --help with an example, a man page that names every option, and eexp(1) lists it."""
+"""Every command is documented: --help with an example, and docs/cli.md and the man pages generated from it (make docs);
+the pages name every option, render without a warning, and eexp(1) lists every command."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,9 +32,9 @@ def test_help_has_an_example(runner, command):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_man_page_names_every_option(command):
     page = MAN / f"eexp-{command}.1"
-    assert page.exists(), f"man/eexp-{command}.1 is missing"
+    assert page.exists(), f"man/eexp-{command}.1 is missing: run `make docs`"
     text = man_text(page.name)
-    assert ".SH EXAMPLES" in text and ".SH EXIT STATUS" in text
+    assert ".SH EXAMPLES" in text and ".SH EXIT STATUS" in text and ".SH SEE ALSO" in text
     options = [opt for param in cli.commands[command].params for opt in getattr(param, "opts", [])
                if opt.startswith("--") and opt != "--help"]
     missing = [opt for opt in options if opt not in text]
@@ -41,6 +45,61 @@ def test_main_page_lists_every_command():
     text = man_text("eexp.1")
     missing = [c for c in COMMANDS if f"eexp-{c}" not in text]
     assert not missing, f"man/eexp.1 does not list {missing}"
+
+
+def test_man_pages_are_generated_from_the_current_help():
+    """man/*.1 are every command's help with eexp/cli/man/PAGE.roff; regenerate them with `make docs`."""
+    from eexp.cli.reference import stale_pages
+    stale = stale_pages(MAN)
+    assert not stale, f"man/ is stale ({', '.join(stale)}): run `make docs`"
+    assert sorted(p.name for p in MAN.glob("*.1")) == sorted(["eexp.1", *(f"eexp-{c}.1" for c in COMMANDS)])
+
+
+def test_a_stale_missing_or_orphan_man_page_is_caught(tmp_path):
+    from eexp.cli.reference import stale_pages, write_man_pages
+    written = write_man_pages(tmp_path)
+    assert written == sorted(p.name for p in MAN.glob("*.1")) and stale_pages(tmp_path) == []
+    page = tmp_path / "eexp-branch.1"
+    page.write_text(page.read_text().replace("Alternatives", "Alternates", 1))
+    (tmp_path / "eexp-mix.1").unlink()
+    (tmp_path / "eexp-gone.1").write_text(".TH EEXP-GONE 1\n")
+    assert stale_pages(tmp_path) == ["eexp-branch.1", "eexp-gone.1", "eexp-mix.1"]
+    write_man_pages(tmp_path)   # what `make docs` does: every page rewritten, the orphan removed
+    assert stale_pages(tmp_path) == [] and not (tmp_path / "eexp-gone.1").exists()
+
+
+def test_an_extra_section_for_an_option_the_command_lacks_is_an_error(tmp_path, monkeypatch):
+    from eexp.cli import reference
+    for path in reference.EXTRA.glob("*.roff"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "eexp-mix.roff").write_text(".SH OPTION --no-such-option\nText.\n")
+    monkeypatch.setattr(reference, "EXTRA", tmp_path)
+    with pytest.raises(ValueError, match=r"eexp-mix\.roff: \.SH OPTION --no-such-option: eexp-mix has no such option"):
+        reference.man_pages()
+
+
+def render_command() -> list[str] | None:
+    """groff's man macros to UTF-8 text with every warning on (-k: preconv for the UTF-8 source), else man -l."""
+    if shutil.which("groff"):
+        return ["groff", "-k", "-man", "-Tutf8", "-ww"]
+    if shutil.which("man"):
+        return ["man", "-l"]
+    return None
+
+
+@pytest.mark.parametrize("page", ["eexp.1", *(f"eexp-{c}.1" for c in COMMANDS)])
+def test_man_page_renders(page):
+    command = render_command()
+    if command is None:
+        pytest.skip("neither groff nor man is installed")
+    env = {**os.environ, "MANWIDTH": "100", "MAN_KEEP_FORMATTING": "0", "LANG": "C.UTF-8"}
+    result = subprocess.run([*command, str(MAN / page)], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0 and not result.stderr.strip(), f"{page}: {result.stderr[:2000]}"
+    text = re.sub(r".\x08", "", result.stdout)   # overstrike bold and underline, where the formatter writes them
+    text = text.replace("\u2212", "-").replace("\u2010", "-")   # \- and - as a formatter may draw them
+    for heading in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "SEE ALSO"):
+        assert re.search(rf"^{heading}$", text, re.MULTILINE), f"{page}: no {heading} when rendered"
+    assert page.removesuffix(".1") in text
 
 
 def test_only_the_cli_imports_the_cli():
