@@ -1,6 +1,8 @@
 """`eval --compare`: runs of a policy side by side, each with its 95% interval, and every run tested against the
 first over the tasks both ran (exact McNemar on success, seeded paired bootstrap on score); runs named NAME=FILES
-are the seeds of one method, pooled into one row and tested over tasks x seeds (exact sign-flip test).
+are the seeds of one method, pooled into one row and tested over seeds first (file i of a method against file i of
+the first: per-seed differences, a hierarchical bootstrap, an exact sign-flip test over seeds), then over tasks x
+seeds (exact sign-flip test).
 
 `read_runs` reads the episode files (`NAME=FILE,FILE,...` and quoted globs included), `compare_runs` computes the
 comparison, `format_comparison` prints it and `plot_comparison` draws it.
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from eexp.io import InputError, Reader
 from eexp.records import expect
 from eexp.stages.evaluate.summary import pct, rate_fields
-from eexp.stats import mcnemar_exact, paired_bootstrap, seed_spread, sign_flip_exact
+from eexp.stats import hierarchical_bootstrap, mcnemar_exact, paired_bootstrap, seed_spread, sign_flip_exact
 
 
 def compare_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
@@ -162,6 +164,7 @@ def compare_runs(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.0
 
 
 SEEDED_TEST = "sign-flip"  # eexp.stats.sign_flip_exact over tasks, successes summed over seeds
+TOO_FEW_SEEDS = "too few seeds for a seed-level claim"
 
 
 def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.05,
@@ -170,10 +173,14 @@ def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0
     per-seed success rates and scores with their mean, sd, min and max, and every method after the first tested
     against the first over the tasks every run of both holds: the exact sign-flip test on the per-task successes
     summed over seeds (eexp.stats.sign_flip_exact, which says why this test) and a seeded paired bootstrap over
-    tasks of the per-task mean score."""
+    tasks of the per-task mean score; where both have the same number of files, several, also over seeds, file i
+    against file i (seed_level)."""
     groups: dict[str, dict[str, list[Run]]] = {}
+    files_of: dict[str, list[str]] = {}   # label -> its files in the order given: a file's position is its seed
     for run in runs:
         groups.setdefault(run.split, {}).setdefault(run.label, []).append(run)
+        if run.path not in files_of.setdefault(run.label, []):
+            files_of[run.label].append(run.path)
     splits: dict[str, list[dict]] = {}
     for split, methods in groups.items():
         rows = []
@@ -197,7 +204,8 @@ def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0
             if first is None:
                 first = seeds
             else:
-                row["vs_first"] = seeded_test(first, seeds, seed=seed, alpha=alpha, resamples=resamples)
+                row["vs_first"] = seeded_test(first, seeds, seed=seed, alpha=alpha, resamples=resamples,
+                                              files_of=files_of)
             rows.append(row)
         splits[split] = rows
     return {"env": env, "alpha": alpha, "resamples": resamples, "seed": seed, "seeded": True,
@@ -214,7 +222,8 @@ def seed_row(run: Run) -> dict:
             "mean_score": sum(e["score"] for e in eps) / len(eps) if eps else 0.0}
 
 
-def seeded_test(first: list[Run], other: list[Run], *, seed: int, alpha: float, resamples: int) -> dict:
+def seeded_test(first: list[Run], other: list[Run], *, seed: int, alpha: float, resamples: int,
+                files_of: dict[str, list[str]] | None = None) -> dict:
     runs = first + other
     common = [t for t in first[0].episodes if all(t in r.episodes for r in runs)]
     s_first, s_other = len(first), len(other)
@@ -229,12 +238,50 @@ def seeded_test(first: list[Run], other: list[Run], *, seed: int, alpha: float, 
     n = len(common)
     p = sign_flip_exact(diffs)
     boot = paired_bootstrap(scores_a, scores_b, resamples=resamples, seed=seed)
-    return {"first": first[0].label, "paired_n": n, "seeds_first": s_first, "seeds_this": s_other,
-            "tasks_better": sum(1 for d in diffs if d > 0), "tasks_worse": sum(1 for d in diffs if d < 0),
-            "success_diff": sum(rate_diffs) / n if n else 0.0, "success_test": SEEDED_TEST, "success_p": p,
-            "success_verdict": verdict(sum(diffs), p, alpha, n),
-            "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
-            "bootstrap_p": boot.p_value, "score_verdict": verdict(boot.mean_diff, boot.p_value, alpha, n)}
+    out = {"first": first[0].label, "paired_n": n, "seeds_first": s_first, "seeds_this": s_other,
+           "tasks_better": sum(1 for d in diffs if d > 0), "tasks_worse": sum(1 for d in diffs if d < 0),
+           "success_diff": sum(rate_diffs) / n if n else 0.0, "success_test": SEEDED_TEST, "success_p": p,
+           "success_verdict": verdict(sum(diffs), p, alpha, n),
+           "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
+           "bootstrap_p": boot.p_value, "score_verdict": verdict(boot.mean_diff, boot.p_value, alpha, n)}
+    by_seed = seed_level(first, other, common, files_of or {}, seed=seed, alpha=alpha, resamples=resamples)
+    if by_seed:
+        out["seed_level"] = by_seed
+    return out
+
+
+def seed_level(first: list[Run], other: list[Run], common: list[str], files_of: dict[str, list[str]], *, seed: int,
+               alpha: float, resamples: int) -> dict | None:
+    """The test over seeds: file i of `other`'s method against file i of `first`'s (the position in NAME=FILES is the
+    seed: the recipes' seed s trains both methods from seed s's expert data), over the tasks `common` to all runs.
+    Per pair the difference in success rate; how many are above 0 and below; a hierarchical bootstrap of their mean
+    (seeds, then tasks, each task's two outcomes together: eexp.stats.hierarchical_bootstrap), with its 95% interval
+    and p; and the exact sign-flip test over the pairs, whose smallest p over S seeds that differ is 2 / 2^S: with
+    log2(2 / alpha) or fewer of them (5 or fewer at alpha 0.05) no seed-level claim can be made, and the verdict
+    says so.
+
+    None where there is no seed level: fewer than two files on a side, or the two methods have different numbers of
+    files (file i of one is then not the seed of file i of the other)."""
+    mine, reference = files_of.get(other[0].label, []), files_of.get(first[0].label, [])
+    if len(mine) != len(reference) or len(mine) < 2 or not common:
+        return None
+    at = {reference.index(r.path): r for r in first}
+    pairs = [(at[mine.index(r.path)], r) for r in other if mine.index(r.path) in at]
+    if len(pairs) < 2:   # a split only one seed of both holds
+        return None
+    diffs = [[int(bool(b.episodes[t]["success"])) - int(bool(a.episodes[t]["success"])) for t in common]
+             for a, b in pairs]
+    counts = [sum(d) for d in diffs]   # per seed, successes of this method minus the first's on the same tasks
+    n = len(common)
+    boot = hierarchical_bootstrap(diffs, resamples=resamples, seed=seed)
+    p = sign_flip_exact(counts)
+    smallest = min(1.0, 2 / 2 ** sum(1 for c in counts if c))
+    return {"pairing": "position", "seeds": len(pairs), "files": [[a.path, b.path] for a, b in pairs],
+            "paired_n": n, "diffs": [c / n for c in counts], "above": sum(1 for c in counts if c > 0),
+            "below": sum(1 for c in counts if c < 0), "mean_diff": boot.mean_diff, "ci_low": boot.ci_low,
+            "ci_high": boot.ci_high, "bootstrap_p": boot.p_value, "resamples": resamples, "sign_flip_p": p,
+            "smallest_p": smallest, "enough_seeds": smallest < alpha,
+            "verdict": verdict(sum(counts), p, alpha, n) if smallest < alpha else TOO_FEW_SEEDS}
 
 
 def paired_test(first: Run, run: Run, *, seed: int, alpha: float, resamples: int) -> dict:
@@ -291,24 +338,38 @@ def format_comparison(result: dict) -> str:
 
 
 def format_seeded(result: dict) -> str:
-    """The table of a comparison with seeds: per method the pooled success, the seeds' min-max and sd."""
+    """The table of a comparison with seeds: per method the pooled success, the seeds' min-max and sd, then the test
+    against the first over seeds (where there is one: seed_level) before the test over tasks x seeds."""
     out = []
     for split, rows in result["splits"].items():
-        out.append(f"{result['env']} {split}: success pooled over seeds, with the seeds' range and sd (a single run: "
-                   f"its 95% Wilson interval); each method against the first over tasks x seeds (exact sign-flip "
-                   f"test on per-task successes summed over seeds, paired bootstrap over tasks on score, alpha "
-                   f"{result['alpha']})")
+        by_seed = [(r.get("vs_first") or {}).get("seed_level") for r in rows]
+        seed_cells = [seed_text(s, result["resamples"]) if s else "(reference)" if not r.get("vs_first") else "-"
+                      for r, s in zip(rows, by_seed)] if any(by_seed) else None
+        if seed_cells:
+            out.append(f"{result['env']} {split}: success pooled over seeds, with the seeds' range and sd (a single "
+                       f"run: its 95% Wilson interval); each method against the first over seeds, file i against "
+                       f"file i (per-seed differences, hierarchical bootstrap over seeds then tasks, exact sign-flip "
+                       f"test over seeds), then over tasks x seeds (exact sign-flip test on per-task successes summed "
+                       f"over seeds, paired bootstrap over tasks on score), alpha {result['alpha']}")
+        else:
+            out.append(f"{result['env']} {split}: success pooled over seeds, with the seeds' range and sd (a single "
+                       f"run: its 95% Wilson interval); each method against the first over tasks x seeds (exact "
+                       f"sign-flip test on per-task successes summed over seeds, paired bootstrap over tasks on score, "
+                       f"alpha {result['alpha']})")
         w_run = max(len("run"), *(len(r["run"]) for r in rows))
         w_pol = max(len("policy"), *(len(r["policy"]) for r in rows))
+        head = "vs first over seeds"
+        w_seed = max(len(head), *(len(c) for c in seed_cells)) if seed_cells else 0
         out.append(f"  {'run':<{w_run}}  {'policy':<{w_pol}}  {'seeds':>5}  {'n':>5}  {'success':>7}  "
-                   f"{'seeds min-max / 95% CI':<24}  {'sd':>5}  {'score':>6}  vs first")
-        for r in rows:
+                   f"{'seeds min-max / 95% CI':<24}  {'sd':>5}  {'score':>6}  "
+                   + (f"{head:<{w_seed}}  vs first over tasks x seeds" if seed_cells else "vs first"))
+        for i, r in enumerate(rows):
             s = r["seed_success"]
             if r.get("seeds", 1) > 1:
                 spread, sd = f"{pct(s['min'])} - {pct(s['max'])}", f"{100 * s['sd']:5.1f}"
             else:
                 spread, sd = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]", "    -"
-            vs = "(reference)"
+            vs = "(reference)" if not seed_cells else ""
             t = r.get("vs_first")
             if t:
                 vs = (f"{t['paired_n']} tasks x {t['seeds_first']}|{t['seeds_this']} seeds: success "
@@ -316,10 +377,49 @@ def format_seeded(result: dict) -> str:
                       f"worse; sign-flip p={t['success_p']:.3g}, {t['success_verdict']}); "
                       f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
                       f"(bootstrap {p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
+            if seed_cells:
+                vs = f"{seed_cells[i]:<{w_seed}}  {vs}"
             out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['seeds']:>5}  {r['n']:>5}  "
-                       f"{pct(r['success_rate']):>7}  {spread:<24}  {sd:>5}  {r['mean_score']:6.3f}  {vs}")
+                       f"{pct(r['success_rate']):>7}  {spread:<24}  {sd:>5}  {r['mean_score']:6.3f}  {vs}".rstrip())
+        few = [s["seeds"] for s in by_seed if s and not s["enough_seeds"]]
+        if few:
+            out.append(f"  {TOO_FEW_SEEDS}: {too_few_note(result['alpha'], few)}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def seed_text(s: dict, resamples: int) -> str:
+    """One method against the first over seeds, in a line: each seed's difference, how many are above, the mean with
+    its hierarchical bootstrap interval and p, the sign-flip test over seeds and its verdict."""
+    diffs = ", ".join(f"{100 * d:+.1f}" for d in s["diffs"])
+    return (f"{diffs} pts: {s['above']}/{s['seeds']} seeds above; mean {100 * s['mean_diff']:+.1f} "
+            f"[{100 * s['ci_low']:+.1f}, {100 * s['ci_high']:+.1f}] (hierarchical bootstrap "
+            f"{p_text(floored(s['bootstrap_p'], resamples), resamples)}; sign-flip over seeds "
+            f"p={s['sign_flip_p']:.3g}, {s['verdict']})")
+
+
+def floored(p: float, resamples: int) -> float:
+    """A hierarchical bootstrap p at its floor (1 / resamples: no resample crossed 0) as 0, which p_text prints as
+    `p < 1 / resamples`."""
+    return 0.0 if p <= 1 / resamples else p
+
+
+def seeds_needed(alpha: float) -> int:
+    """The fewest seeds whose exact sign-flip test can reach p < alpha: its smallest p over S seeds is 2 / 2^S."""
+    seeds = 1
+    while 2 / 2 ** seeds >= alpha:
+        seeds += 1
+    return seeds
+
+
+def too_few_note(alpha: float, seeds: list[int]) -> str:
+    """Why a seed-level claim needs more seeds, under a table whose rows of `seeds` seeds have too few."""
+    smallest = ", ".join(f"{2 / 2 ** n:g} with {n} seeds" for n in sorted(set(seeds)))
+    return (f"over S seeds that differ, the exact sign-flip test over seeds cannot give p below 2 / 2^S ({smallest}); "
+            f"p < {alpha:g} takes {seeds_needed(alpha)}. The hierarchical bootstrap can only resample the seeds "
+            f"there are: with few, its interval is too narrow and its p too small. The test over tasks x seeds "
+            f"holds these training runs fixed: it says these runs differ on tasks like these, not that the method "
+            f"wins on another seed.")
 
 
 def p_text(p: float, resamples: int) -> str:
@@ -329,7 +429,9 @@ def p_text(p: float, resamples: int) -> str:
 
 
 def plot_comparison(result: dict, path: str) -> None:
-    """Success rate with its interval per run, grouped by split, as a PNG (matplotlib, Agg: no display needed)."""
+    """Success rate with its interval per run, grouped by split, as a PNG (matplotlib, Agg: no display needed); with a
+    test over seeds (seed_level), a second panel under it: each seed's difference from the first run, and their
+    mean with its hierarchical bootstrap interval."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -337,8 +439,14 @@ def plot_comparison(result: dict, path: str) -> None:
     splits = list(result["splits"])
     labels = list(dict.fromkeys(r["run"] for rows in result["splits"].values() for r in rows))
     width = 0.8 / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(splits) * max(1, len(labels)) ** 0.5 + 2.5), 4.0))
+    size = max(5.0, 1.6 * len(splits) * max(1, len(labels)) ** 0.5 + 2.5)
     seeded = bool(result.get("seeded"))
+    by_seed = {(split, r["run"]): r["vs_first"]["seed_level"] for split, rows in result["splits"].items()
+               for r in rows if "seed_level" in (r.get("vs_first") or {})}
+    if by_seed:
+        fig, (ax, dx) = plt.subplots(2, 1, figsize=(size, 7.0), sharex=True, gridspec_kw={"height_ratios": [4, 3]})
+    else:
+        fig, ax = plt.subplots(figsize=(size, 4.0))
     dots_labelled = False
     for i, label in enumerate(labels):
         xs, ys, lo, hi, ns, dots = [], [], [], [], [], []
@@ -359,8 +467,19 @@ def plot_comparison(result: dict, path: str) -> None:
                         hi.append(100 * (r["ci_high"] - r["success_rate"]))
                         ns.append(f"n={r['n']}")
         policy = next(r["policy"] for rows in result["splits"].values() for r in rows if r["run"] == label)
-        ax.bar(xs, ys, width * 0.9, yerr=[lo, hi], capsize=4, alpha=0.85,
+        color = f"C{i}"   # the same colour for a method in both panels
+        ax.bar(xs, ys, width * 0.9, yerr=[lo, hi], capsize=4, alpha=0.85, color=color,
                label=label if policy in (label, "") else f"{label} ({policy})")
+        for j, split in enumerate(splits):
+            s = by_seed.get((split, label))
+            if not s:
+                continue
+            x, mean = j - 0.4 + width * (i + 0.5), 100 * s["mean_diff"]
+            dx.scatter([x] * len(s["diffs"]), [100 * d for d in s["diffs"]], s=14, color="black", zorder=3)
+            dx.errorbar([x], [mean], yerr=[[mean - 100 * s["ci_low"]], [100 * s["ci_high"] - mean]], fmt="D",
+                        color=color, capsize=4, markersize=5)
+            dx.annotate(f"{s['above']}/{s['seeds']}", (x, 100 * max(s["ci_high"], *s["diffs"])),
+                        textcoords="offset points", xytext=(0, 3), ha="center", fontsize="x-small")
         if dots:
             ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=14, color="black", zorder=3,
                        label=None if dots_labelled else "one seed")
@@ -373,6 +492,15 @@ def plot_comparison(result: dict, path: str) -> None:
     ax.set_ylabel("success rate (%), 95% Wilson interval" if not seeded else
                   "success rate (%), pooled over seeds\nwhisker: the seeds' min-max (one run: 95% Wilson)")
     ax.set_title(f"{result['env']}: success per run and split")
+    if by_seed:
+        reference = next(r["vs_first"]["first"] for rows in result["splits"].values() for r in rows
+                         if "seed_level" in (r.get("vs_first") or {}))
+        dx.axhline(0, color="grey", linewidth=0.8)
+        dx.margins(y=0.15)   # room for the k/S labels above the highest interval
+        dx.set_xticks(range(len(splits)), splits)
+        dx.set_ylabel(f"success minus {reference}'s\nof the same seed (points)")
+        dx.set_title(f"against {reference} over seeds: a dot per seed; the mean with its 95% interval (bootstrap "
+                     f"over seeds and tasks); k/S: seeds above {reference}", fontsize="small")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

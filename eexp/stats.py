@@ -1,9 +1,10 @@
 """The statistics behind `eexp eval`: a Wilson interval for a success rate, an exact McNemar test for paired success,
-an exact sign-flip test for paired success over tasks x seeds, a seeded paired bootstrap for paired scores, and the
+an exact sign-flip test for paired success over tasks x seeds (and over seeds), a seeded paired bootstrap for paired
+scores, a seeded hierarchical bootstrap (seeds, then tasks) for a difference between two methods' seeds, and the
 spread of a rate across seeds.
 
-Plain Python (math, random): no scipy or numpy, so an evaluation of the baselines needs nothing beyond eexp's core
-dependencies, and the results are the same on every machine for the same seed.
+Plain Python (math, random), except the hierarchical bootstrap, which draws its resamples of seeds and tasks with
+numpy (a core dependency). Every resampling is seeded, so the same inputs and seed give the same figures.
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ def sign_flip_exact(diffs: list[int]) -> float:
     difficulty, so they are not independent pairs. McNemar on the pooled (task, seed) discordant pairs counts a
     task that one method always solves and the other never does S times, as if it were S independent pieces of
     evidence (too small p-values); a Cochran-Mantel-Haenszel test stratified by seed has the same flaw within each
-    stratum and needs seed i of one method paired with seed i of the other, a pairing of independent training runs
-    that means nothing. Summing over seeds within the task keeps the task as the unit, needs no pairing of seeds,
-    and is exact at any size. With one seed on each side the differences are -1, 0, +1 and the test is exactly the
-    exact McNemar test (the sign test on the discordant tasks), so single runs compare as before. What it does not
-    do is treat the seeds' training runs as sampled: it asks whether these runs differ on tasks like these, and the
-    spread across seeds (`seed_spread`) is the evidence about training variance to read beside it.
+    stratum and needs seed i of one method paired with seed i of the other. Summing over seeds within the task keeps
+    the task as the unit, needs no pairing of seeds, and is exact at any size. With one seed on each side the
+    differences are -1, 0, +1 and the test is exactly the exact McNemar test (the sign test on the discordant
+    tasks), so single runs compare as before. What it does not do is treat the seeds' training runs as sampled: it
+    asks whether these runs differ on tasks like these. Whether the method beats the other on another training run
+    is the test over seeds (this test on each seed pair's difference, eexp.compare.seed_level, and
+    `hierarchical_bootstrap`).
     """
     nonzero = [abs(int(d)) for d in diffs if d]
     if not nonzero:
@@ -139,3 +141,51 @@ def paired_bootstrap(first: list[float], second: list[float], *, resamples: int 
     at_or_above = sum(1 for m in means if m >= 0)
     p = min(1.0, 2 * min(at_or_below, at_or_above) / resamples)
     return Bootstrap(observed, low, high, p)
+
+
+def hierarchical_bootstrap(diffs: list[list[float]], *, resamples: int = 10000, seed: int = 0,
+                           confidence: float = 0.95, chunk: int = 1000) -> Bootstrap:
+    """Two-level bootstrap of a mean paired difference over seeds and tasks: `diffs[s][t]` is the difference (second
+    - first) on task t in seed s, seed s of one method paired with seed s of the other, the same tasks t in every
+    seed; the statistic is the mean over seeds of each seed's mean over the tasks.
+
+    Each resample draws S seeds with replacement, then n tasks with replacement, and takes the drawn tasks in every
+    drawn seed: a task's difference is one pair (both methods' outcomes on it move together), and one task draw
+    serves all seeds because every seed ran the same tasks (tasks are crossed with seeds, not nested in them). Drawn
+    afresh for each seed, a task that one method wins in every seed would average away over the seeds, and S copies
+    of one run would give an interval sqrt(S) times narrower than the run alone. Resampling seeds is what lets the
+    interval see training variance, which a bootstrap over tasks cannot; with few seeds it sees only the spread of
+    the seeds it has (3 seeds give 10 distinct draws), so its interval is too narrow then: read it beside the exact
+    sign-flip test over seeds.
+
+    Vectorised (numpy), `chunk` resamples at a time: how often each seed is drawn, c ~ Multinomial(S, 1/S), gives
+    per task the drawn seeds' differences summed (c . D), and the resample's mean is the sum of that over n task
+    indices drawn with replacement, divided by S n. The p-value is two-sided: twice the share of resampled means on
+    the far side of 0, at least 1 / resamples (no resample crossing 0 means p is below that, not 0), at most 1.
+    Seeded: numpy.random.default_rng(seed).
+    """
+    import numpy as np   # here, not at the top: every command's start-up imports this module (eval's CLI)
+
+    if resamples < 1:
+        raise ValueError("hierarchical_bootstrap needs at least one resample")
+    if len({len(d) for d in diffs}) > 1:
+        raise ValueError("hierarchical_bootstrap needs the same tasks in every seed (one difference per task)")
+    table = np.asarray(diffs, dtype=float)
+    if table.size == 0:
+        return Bootstrap(0.0, 0.0, 0.0, 1.0)
+    n_seeds, n_tasks = table.shape
+    rng = np.random.default_rng(seed)
+    seeds_drawn = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=resamples)
+    means = np.empty(resamples)
+    for at in range(0, resamples, chunk):
+        summed = seeds_drawn[at:at + chunk] @ table             # resample x task: the drawn seeds' sum
+        tasks = rng.integers(0, n_tasks, size=summed.shape)     # resample x draw: a task index
+        means[at:at + len(summed)] = summed[np.arange(len(summed))[:, None], tasks].sum(axis=1) / (n_seeds * n_tasks)
+    means.sort()
+    # whole differences (success) give exact sums; others can leave a mean that cancels a rounding error off 0
+    means[np.abs(means) < 1e-12] = 0.0
+    alpha = 1 - confidence
+    low = float(means[int(math.floor(alpha / 2 * resamples))])
+    high = float(means[max(0, int(math.ceil((1 - alpha / 2) * resamples)) - 1)])
+    far = min(int(np.count_nonzero(means <= 0)), int(np.count_nonzero(means >= 0)))
+    return Bootstrap(float(table.mean()), low, high, min(1.0, max(1, 2 * far) / resamples))

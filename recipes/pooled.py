@@ -3,7 +3,9 @@
 Reads RESULTS/seed<s>/eval/<run>.jsonl.gz (episodes from reset, test and ood) and RESULTS/seed<s>/recovery/<run>.jsonl.gz
 (the recovery test: episodes that start off the expert's path, `eval --start off-path`) for every seed folder there
 is, pools each run's seeds with `eexp eval --compare`'s own code (eexp.compare: success over tasks x seeds, each run
-against IL by the exact sign-flip test on per-task successes summed over seeds, and the paired bootstrap on score),
+against IL first over seeds, seed s against seed s: the per-seed differences, how many are above IL, a hierarchical
+bootstrap interval and the exact sign-flip test over seeds, which 3 seeds cannot bring below p = 0.25; then over
+tasks by the exact sign-flip test on per-task successes summed over seeds, and the paired bootstrap on score),
 and prints one markdown table (then, where the runs have them, success@1..N of runs given several attempts and the
 critic's held-out accuracy), or with --write updates RESULTS/pooled.md, RESULTS/pooled.json and the plot
 RESULTS/pooled.png. A folder with starts/ holds the expert-step RL recipe's runs instead (expert_step_table).
@@ -17,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eexp.compare import compare_runs, p_text, plot_comparison, read_runs
+from eexp.compare import TOO_FEW_SEEDS, compare_runs, floored, p_text, plot_comparison, read_runs, too_few_note
 from eexp.io import Reader
 from eexp.stages.evaluate.summary import success_at, summarize
 
@@ -71,18 +73,27 @@ def pct(x: float) -> str:
 
 
 def table(result: dict) -> str:
+    """The pooled table, the test over seeds leading (a claim about a method rests on its seeds), and under it, where
+    a row has too few seeds for a seed-level claim, why."""
     lines = ["| split | run | seeds | episodes | success (pooled) | seeds' min-max (one seed: 95% CI) | mean score | "
-             "vs IL: success "
+             "vs IL over seeds: success per seed (seeds above); mean [95% CI], p | vs IL over tasks: success "
              "(tasks better / worse, p) | vs IL: score (bootstrap p) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    few = []
     for kind, splits in KINDS.items():
         for split in splits:
             for row in (result.get(kind) or {}).get("splits", {}).get(split, []):
                 spread = (f"{pct(row['seed_success']['min'])} - {pct(row['seed_success']['max'])}"
                           if row.get("seed_success") else f"[{pct(row['ci_low'])}, {pct(row['ci_high'])}]")
                 vs = row.get("vs_first")
+                by_seed = (vs or {}).get("seed_level")
+                seeds_cell = "" if vs else "(reference)"
+                if by_seed:
+                    seeds_cell = seed_cell(by_seed, result[kind]["resamples"])
+                    if not by_seed["enough_seeds"]:
+                        few.append(by_seed["seeds"])
                 if not vs:
-                    success = "(reference)"
+                    success = ""
                 elif "tasks_better" in vs:   # seeds pooled: the exact sign-flip test over tasks
                     success = (f"{100 * vs['success_diff']:+.1f} pts ({vs['tasks_better']} / {vs['tasks_worse']}, "
                                f"sign-flip p = {vs['success_p']:.3g})")
@@ -92,8 +103,23 @@ def table(result: dict) -> str:
                 resamples = result[kind]["resamples"]
                 score = f"{vs['score_diff']:+.3f} ({p_text(vs['bootstrap_p'], resamples)})" if vs else ""
                 lines.append(f"| {LABEL[kind, split]} | {row['run']} | {row.get('seeds', 1)} | {row['n']} | "
-                             f"{pct(row['success_rate'])} | {spread} | {row['mean_score']:.3f} | {success} | {score} |")
-    return "\n".join(lines) + "\n"
+                             f"{pct(row['success_rate'])} | {spread} | {row['mean_score']:.3f} | {seeds_cell} | "
+                             f"{success} | {score} |")
+    note = ""
+    if few:
+        alpha = next(iter(result.values()))["alpha"]
+        note = f"\n{TOO_FEW_SEEDS[0].upper()}{TOO_FEW_SEEDS[1:]}: {too_few_note(alpha, few)}\n"
+    return "\n".join(lines) + "\n" + note
+
+
+def seed_cell(s: dict, resamples: int) -> str:
+    """A run against IL over seeds: each seed's difference in points, how many are above, the mean with its
+    hierarchical bootstrap interval and p, the exact sign-flip test over seeds and, with too few seeds, that."""
+    diffs = ", ".join(f"{100 * d:+.1f}" for d in s["diffs"])
+    claim = f": {s['verdict']}" if not s["enough_seeds"] else f", {s['verdict']}"
+    return (f"{diffs} pts ({s['above']}/{s['seeds']} above); {100 * s['mean_diff']:+.1f} [{100 * s['ci_low']:+.1f}, "
+            f"{100 * s['ci_high']:+.1f}], bootstrap {p_text(floored(s['bootstrap_p'], resamples), resamples)}; "
+            f"sign-flip p = {s['sign_flip_p']:.3g}{claim}")
 
 
 def attempts_table(results: Path) -> str:

@@ -64,8 +64,11 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     With --compare, INPUT are episode files from earlier runs (one environment): a table of the runs with
     intervals, and each run tested against the first over the tasks both ran. Seeds: NAME=FILE,FILE,... (or a
     quoted glob, NAME='runs/IL-s*.jsonl') names one method's runs, one file per seed; each method is then one row
-    with its seeds' min-max and sd, tested against the first over tasks x seeds (an exact sign-flip test on the
-    per-task successes summed over seeds; with one seed each it is McNemar's exact test).
+    with its seeds' min-max and sd, tested against the first over seeds where both have the same number of files
+    (file i against file i: each seed's difference, how many are above, a hierarchical bootstrap interval and an
+    exact sign-flip test over seeds, which cannot reach p < 0.05 with fewer than 6 seeds), then over tasks x seeds
+    (an exact sign-flip test on the per-task successes summed over seeds; with one seed each it is McNemar's exact
+    test).
 
     \b
     Examples:
