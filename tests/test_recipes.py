@@ -174,3 +174,31 @@ def test_scaling_recipe_at_a_tiny_size(tmp_path):
     half = next(line for line in table.splitlines() if line.startswith("| 1/2 | test |"))
     assert re.search(r"\| IL \d+\.\d{3} \(\d+\.\d{3} @ \d\), IWM .*, SR .* \|$", half), half
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_compute_matched_rows_train_for_the_updates_of_the_run_they_match(tmp_path):
+    """At the paper's budgets (EPOCHS) IL@SR and IL@IWM are IL trained for SR's and IWM's update counts, IWM@IL puts
+    the world-model epoch inside IL's; every fine-tune logs its loss on held-out expert examples (VAL_N)."""
+    out = tmp_path / "low"
+    eexp = f"{sys.executable} -m eexp"
+    small = ["N_EXPERT=3", "K_IWM=2", "K_SR=2", "EPOCHS=4", "BATCH=4", "VAL_N=2", "JOBS=1"]
+    runs = ["IL", "SR", "IWM", "IL@SR", "IL@IWM", "IWM@IL"]
+    proc = subprocess.run(["make", "-C", str(RECIPES), "-j2", *(f"{out}/{r}/done" for r in runs),
+                           "CONFIG=configs/lowdata.mk", f"OUT={out}", f"EEXP={eexp}", *small], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cards = {r: yaml.safe_load((out / r / "card.yaml").read_text()) for r in runs}
+    updates = {r: c["updates"] for r, c in cards.items()}
+    phases = {r: [p["name"] for p in c["phases"]] for r, c in cards.items()}
+    assert updates["SR"] > updates["IL"] and updates["IWM"] > updates["IL"]
+    assert (updates["IL@SR"], updates["IL@IWM"], updates["IWM@IL"]) == (updates["SR"], updates["IWM"], updates["IL"])
+    assert phases["IL@SR"] == phases["IL@IWM"] == ["train"] and phases["IWM@IL"] == ["warmup", "train"]
+    # the validation trajectories are the seed's next train tasks, none of the trained ones
+    trained = {orjson.loads(line)["task"]["id"] for line in (out / "expert.jsonl").read_bytes().splitlines()}
+    held_out = {orjson.loads(line)["task"]["id"] for line in (out / "val_expert.jsonl").read_bytes().splitlines()[3:]}
+    assert len(held_out) == 2 and not trained & held_out
+    for r in runs:
+        rows = [orjson.loads(line) for line in (out / r / "metrics.jsonl").read_bytes().splitlines()]
+        assert any("val_loss" in row for row in rows), f"{r} logged no validation loss"
