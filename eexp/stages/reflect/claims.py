@@ -7,10 +7,15 @@ says something is ("the apple in the fridge", "the mug found here", "todo.txt in
 shows it at. The task sentence is no evidence of where a thing is: "put a cool apple in fridge" says where the apple
 must go, and version 2 of the grounded writer turned it into "lose the apple in fridge found here" on ALFWorld.
 
-What counts as a place is concrete per environment (`place_claims`): ALFWorld's receptacles and what it shows on or
-in them; TextWorld's containers, supporters and rooms; the tools world's folders; the web worlds' "here" (the
-current page). The `reflect` stage rejects a reflection with a claim no observation shows (filter
-`unsupported_claim`), whoever wrote it."""
+What counts as a place is concrete per environment (`place_claims`): in ALFWorld a receptacle named with its
+number ("cabinet 7") and "X in/on/at Y" for a receptacle Y, shown by its feedback ("On the countertop 1, you see a
+apple 1", "In it, you see ...", "You pick up the X from the Y", "You move the X to the Y"); in the tools world "F
+in D" for a folder D, shown by an `ls` listing made in D or the request's own "F in D" / "F from D"; in TextWorld
+and ScienceWorld "X in/on Y", shown by one sentence of an observation naming both; in every world "the X found
+here", shown by the current observation; in τ²-bench (no places) the numbers and ids. The task's text counts for
+numbers ("over the budget of 30") but never places a thing. The `reflect` stage rejects a reflection with a claim
+no observation shows (filter `unsupported_claim`), whoever wrote it; the words that say a plan or the task ("put
+the apple in the fridge", "cooling it in fridge 1") are no claim."""
 
 from __future__ import annotations
 
@@ -68,6 +73,7 @@ _RELATION = re.compile(
     r"kept|left|still|now|already))*\s+(in|on|inside|at)\s+(?:the |a |an )?([a-z][a-z0-9._-]*)(?: (\d+))?\b")
 _HERE = re.compile(r"\b(?:found|shown|seen|listed) (?:here|on this page)\b")
 _ARTICLE = frozenset({"the", "a", "an", "any", "these", "this", "those"})
+_PLACING = ("in", "on", "inside", "at")
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,9 @@ class Evidence:
     env: str
     goal: str
     current: str
-    observations: list[str]
+    observations: list[str]     # the state's (history, then the current one), then the outcomes'
     texts: list[str]
+    in_state: int = 0           # how many of `observations` are the state's
 
     @classmethod
     def of(cls, outcome: dict, shown: list[dict]) -> "Evidence":
@@ -119,7 +126,8 @@ class Evidence:
         rewards = [f"{abs(o['reward']):g}" for o in [expert, *shown] if isinstance(o.get("reward"), (int, float))]
         return cls(env=(outcome.get("env") or {}).get("name", ""), goal=state.get("goal") or "",
                    current=state.get("observation") or "", observations=observations,
-                   texts=[state.get("goal") or "", *observations, *actions, *errors, *rewards])
+                   texts=[state.get("goal") or "", *observations, *actions, *errors, *rewards],
+                   in_state=len(history) + 1)
 
     # --- numbers ------------------------------------------------------------------------------------------------
     def number_set(self) -> set[str]:
@@ -183,11 +191,12 @@ def place_claims(reflection: str, env: str) -> list[tuple[Claim, tuple]]:
         before = _WORD.findall(prose[max(0, m.start() - 160):m.start()])[-12:]
         cut = max((i for i, w in enumerate(before) if w in _ARTICLE), default=-1)
         phrase = before[cut + 1:]
-        if cut > 0 and before[cut - 1] in ("in", "on", "inside", "at"):
+        if cut > 0 and before[cut - 1] in _PLACING:
             # "the apple in the fridge found here": the thing here is the apple; where it is, the relation says
             end = cut - 1
             cut = max((i for i, w in enumerate(before[:end]) if w in _ARTICLE), default=-1)
             phrase = before[cut + 1:end]
+        phrase = phrase[:next((i for i, w in enumerate(phrase) if w in _PLACING), len(phrase))]
         words = [w for w in phrase if w not in _NOT_A_THING]
         if words:
             said = " ".join(phrase)
@@ -196,8 +205,11 @@ def place_claims(reflection: str, env: str) -> list[tuple[Claim, tuple]]:
         thing, thing_no, prep, place, place_no = m.groups()
         if thing in _NOT_A_THING or place in _NOT_A_THING or thing.isdigit():
             continue
-        before = _WORD.findall(prose[max(0, m.start() - 60):m.start()])[-3:]
-        if any(w in _INTENT for w in before) or thing in _INTENT:
+        before = _WORD.findall(prose[max(0, m.start() - 60):m.start()])[-4:]
+        # a verb of intent among the three words before ("put the apple in"), but not an adjective after an
+        # article ("the cool apple in fridge")
+        if thing in _INTENT or any(w in _INTENT and not (k and before[k - 1] in _ARTICLE)
+                                   for k, w in enumerate(before) if k):
             continue
         if thing.endswith("ing") or (before and before[-1].endswith("ing")):
             continue            # a move described ("focusing on stove", "taking the key in the box")
@@ -229,13 +241,15 @@ def _tools_place(word: str) -> bool:
 
 
 def _tools_facts(evidence: Evidence) -> set[tuple[str, str]]:
-    """(name, folder) pairs the tools world showed: every entry of an `ls` result with the folder it listed, the
-    request's own "X in Y" / "X from Y" (what the user says is where), and the folder a result says one is in."""
-    facts = set()
-    cwd = "workspace"
-    for obs in evidence.observations:
-        low = obs.lower()
-        m = re.search(r"you are in /?([\w/.-]+)", low)
+    """(name, folder) pairs the tools world showed: every entry of an `ls` result (`current_directory_content`) with
+    the folder it listed (the last `current_working_directory` a result gave before it, or the first observation's
+    "you are in /workspace"), and the request's own "X in Y" / "X from Y" for a file X (where the user says it is;
+    never its "into Y" or "to Y", where the user wants it). Each outcome starts from the state's folder."""
+    facts: set[tuple[str, str]] = set()
+
+    def read(observation: str, cwd: str) -> str:
+        low = observation.lower()
+        m = re.search(r"you are in /?([\w/.-]+?)\.?$", low, re.MULTILINE)
         if m:
             cwd = m.group(1).rstrip("/").rsplit("/", 1)[-1]
         for line in low.splitlines():
@@ -244,17 +258,24 @@ def _tools_facts(evidence: Evidence) -> set[tuple[str, str]]:
                     result = json.loads(line[len("result:"):].strip())
                 except ValueError:
                     continue
-                if isinstance(result, dict):
-                    where = result.get("current_folder") or result.get("cwd") or result.get("path")
-                    if isinstance(where, str):
-                        cwd = where.rstrip("/").rsplit("/", 1)[-1] or cwd
-                    for key in ("files", "folders", "entries", "contents", "matches"):
-                        for name in result.get(key) or []:
-                            if isinstance(name, str):
-                                facts.add((name, cwd))
-            for r in re.finditer(r"([\w.-]+) (?:in|from) ([\w-]+)", line):
-                if line.startswith("request"):
-                    facts.add((r.group(1), r.group(2)))
+                if not isinstance(result, dict):
+                    continue
+                where = result.get("current_working_directory")
+                if isinstance(where, str) and where.strip("/"):
+                    cwd = where.rstrip("/").rsplit("/", 1)[-1]
+                for name in result.get("current_directory_content") or []:
+                    if isinstance(name, str):
+                        facts.add((name.rstrip("/"), cwd))
+            elif line.startswith("request"):
+                facts.update((r.group(1), r.group(2))
+                             for r in re.finditer(r"([\w-]+\.\w+) (?:in|from) ([\w-]+)", line))
+        return cwd
+
+    here = "workspace"
+    for observation in evidence.observations[:evidence.in_state]:
+        here = read(observation, here)
+    for observation in evidence.observations[evidence.in_state:]:
+        read(observation, here)
     return facts
 
 
@@ -269,7 +290,12 @@ def check(reflection: str, evidence: Evidence) -> list[Claim]:
             unsupported.append(Claim("number", m.group(0), f"the number {m.group(0)}"))
     sentences = None
     facts = None
-    current = set(_WORD.findall(evidence.current.lower()))
+    # "here" is what the current observation shows, less the task's text that ALFWorld and TextWorld repeat in it
+    here = evidence.current.lower()
+    if evidence.goal.strip():
+        here = here.replace(evidence.goal.lower().strip().rstrip("."), " ")
+    here = re.sub(r"your task is to:?[^\n]*", " ", here)
+    current = set(_WORD.findall(here))
     for claim, what in place_claims(reflection, evidence.env):
         if what[0] == "here":
             if not all(w in current or _singular(w) in current for w in what[1]):

@@ -6,13 +6,21 @@ observation it led to, said in anticipation), why each tried alternative falls s
 search would lose the pink mug found here"), then the closing `So my move is <action>.`. It pastes no page text and
 never writes a rejected action as a command (version 1 quoted every outcome page and every alternative verbatim:
 ~160 words a thought, most of them page text the model would have to invent at test time, and SmolLM2 trained on it
-took `click[back to search]`, quoted in the thoughts, in 246 of 2,258 steps against IL's 5 of 2,081)."""
+took `click[back to search]`, quoted in the thoughts, in 246 of 2,258 steps against IL's 5 of 2,081).
+
+Version 3: the web worlds (shop, miniwob) keep version 2's page sentences, and a turn to the next page of search
+results says why from what the page shows (version 2 had "should move me toward the goal", and the SR model trained
+on it almost never paged); every other world speaks its own words (worlds.py: no page, no place taken from the task
+sentence, which version 2 turned into "lose the apple in fridge found here" on ALFWorld). Every number and place a
+reflection names is one the record shows (claims.py, which the stage's filters apply)."""
 
 from __future__ import annotations
 
 import difflib
 import re
 
+from eexp.stages.reflect import worlds
+from eexp.stages.reflect.claims import WEB_ENVS
 from eexp.stages.reflect.text import STOP
 from eexp.text import normalize_space
 
@@ -183,17 +191,16 @@ def _missing(goal: str, wanted: set[str], offered: set[str], present: set[str]) 
     return [p for p in goal_phrases(goal, wanted, present) if not set(p.split()) - STOP <= offered]
 
 
-def _alternative_sentence(alt: dict, state: dict, expert: dict, wanted: set[str], i: int) -> str:
-    """Why one tried alternative falls short, from what it led to, in words (no page text, no command)."""
-    said = _capital(describe_action(alt["action"]))
-    current, goal = state["observation"], state["goal"]
-    expected = set(_tokens(expert["next_observation"]))
+def _plain_outcome(alt: dict, state: dict, expert: dict, i: int, said: str | None = None) -> str | None:
+    """The sentence for an alternative whose outcome says it all in any world: it failed, was refused, changed
+    nothing, ended the episode, or led where the chosen action leads; None otherwise."""
+    said = said or _capital(describe_action(alt["action"]))
     if alt.get("error"):
         return f"{said} cannot be carried out from here."
     after = alt["next_observation"]
     if alt.get("valid") is False:
         return f"{said} {_INVALID[i % len(_INVALID)]}."
-    if normalize_space(after) == normalize_space(current):
+    if normalize_space(after) == normalize_space(state["observation"]):
         return f"{said} {_UNCHANGED[i % len(_UNCHANGED)]}."
     if alt.get("done"):
         reward = alt.get("reward")
@@ -206,6 +213,18 @@ def _alternative_sentence(alt: dict, state: dict, expert: dict, wanted: set[str]
         return f"{said} would end the episode here with nothing gained."
     if normalize_space(after) == normalize_space(expert["next_observation"]):
         return f"{said} would end up in the same place, with nothing more to gain."
+    return None
+
+
+def _alternative_sentence(alt: dict, state: dict, expert: dict, wanted: set[str], i: int) -> str:
+    """Why one tried alternative falls short, from what it led to, in words (no page text, no command)."""
+    plain = _plain_outcome(alt, state, expert, i)
+    if plain is not None:
+        return plain
+    said = _capital(describe_action(alt["action"]))
+    current, goal = state["observation"], state["goal"]
+    expected = set(_tokens(expert["next_observation"]))
+    after = alt["next_observation"]
     edited, small, added, removed = change(current, after)
     goal_words = _goal_words(goal)
     if small:
@@ -389,11 +408,104 @@ def _paging_reflection(outcome: dict, shown: list[dict], direction: str) -> str 
     return " ".join(lines)
 
 
+# --- the worlds that are not web pages (worlds.py has their own sentences) ---------------------------------------
+def _world_task(env: str, state: dict) -> str:
+    """What the task asks, in words: the goal, and in the tools world the user's current request too."""
+    request = worlds._request(state["observation"]) if env == "tools" else None
+    return f"{state['goal']} {request[2]}" if request else state["goal"]
+
+
+def _said(env: str, action: str) -> str:
+    """An action in words, capitalized: τ²-bench's words to the user as asking or telling, never quoted."""
+    told = worlds.tau2_describe(action) if env == "tau2" else None
+    return _capital(told or describe_action(action))
+
+
+def _world_expert(env: str, state: dict, expert: dict, wanted: list[str]) -> str:
+    said = _said(env, expert["action"])
+    reward = expert.get("reward")
+    rewarded = isinstance(reward, (int, float)) and reward > 0
+    if expert.get("done"):
+        return f"{said} should finish the task." if rewarded else f"{said} should end the episode here."
+    after = expert["next_observation"]
+    special = None
+    if env == "alfworld":
+        special = worlds.alfworld_expert(said, expert["action"], state["goal"], after, wanted)
+    elif env == "tools":
+        special = worlds.tools_expert(said, expert["action"], state, expert)
+    elif env == "tau2":
+        special = worlds.tau2_expert(said, expert["action"], state, expert)
+    if special:
+        return special
+    progress = f" (a reward of {reward:g})" if rewarded else ""
+    if wanted:
+        return f"{said} should bring {_join(wanted)} into view, as the task asks{progress}."
+    if normalize_space(after) == normalize_space(state["observation"]):
+        return f"{said} should set up the next step{progress}."
+    if rewarded:
+        return f"{said} should bring progress{progress}."
+    return f"{said} should move me toward the goal."
+
+
+def _world_alternative(env: str, alt: dict, state: dict, expert: dict, wanted: list[str], i: int) -> str:
+    said = _said(env, alt["action"])
+    plain = _plain_outcome(alt, state, expert, i, said)
+    if plain is not None:
+        return plain
+    after = alt["next_observation"]
+    special = None
+    if env == "alfworld":
+        special = worlds.alfworld_alternative(said, alt["action"], state["goal"], after, i)
+    elif env == "textworld":
+        special = worlds.textworld_alternative(said, alt["action"], state["goal"], after, i)
+    elif env == "tools":
+        special = worlds.tools_alternative(said, alt["action"], state, alt, i)
+    elif env == "tau2":
+        special = worlds.tau2_alternative(said, alt["action"], state, alt, i)
+    if special:
+        return special
+    missing = [w for w in wanted if w not in set(_tokens(after))]
+    if missing:
+        return f"{said} would not bring {_join(missing)} into view."
+    return worlds.detour(said, i)
+
+
+def _world_reflection(outcome: dict, shown: list[dict], env: str) -> str:
+    """The rationale in a world that is not a web page: its own words for its moves (worlds.py), and of the task's
+    words only those the chosen action's outcome newly shows, one by one (version 2 joined them with the task's
+    small words: "the apple in fridge", a place the task sentence names, not one anything showed)."""
+    state, expert = outcome["state"], outcome["expert"]
+    task = _world_task(env, state)
+    # TextWorld's and ALFWorld's first observation carries the task's text: its words are not in view for that
+    current = state["observation"].replace(state["goal"], " ")
+    # (nor the action's own words: "open portal" does not bring "open" into view; its figures may: "up 1")
+    new = set(_tokens(expert["next_observation"])) - set(_tokens(current)) - \
+        {w for w in _tokens(expert["action"]) if not w.isdigit()}
+    # ... and only things and figures: words the outcome names after an article ("a passkey", "a apple 1") or
+    # numbers ("the dials read 1"), not the chatty words of TextWorld's task text ("hey", "there") that an outcome
+    # happens to have too
+    named = {w for pair in re.findall(r"\b(?:a|an|the|some)\s+([a-z-]+)(?:\s+([a-z-]+))?",
+                                      expert["next_observation"].lower()) for w in pair}
+    wanted = []
+    # τ²-bench's goal is the domain's tool list and policy: its words say nothing about what this state needs
+    for token in _tokens(task) if env != "tau2" else []:
+        if token in new & _goal_words(task) and (token in named or token.isdigit()) and token not in wanted:
+            wanted.append(token)
+    lines = [_world_expert(env, state, expert, wanted)]
+    lines.extend(_world_alternative(env, alt, state, expert, wanted, i) for i, alt in enumerate(shown))
+    lines.append(f"{CLOSING} {expert['action']}.")
+    return " ".join(lines)
+
+
 def grounded_reflection(outcome: dict, shown: list[dict]) -> str:
     """A deterministic rationale from the observed outcomes: what the chosen action should achieve, why each
     alternative shown falls short, and the closing `So my move is <action>.`. Anticipatory about the chosen action
-    by construction, free of list labels and page text, so it passes the same filters as a model's."""
+    by construction, free of list labels and page text, so it passes the same filters as a model's. The web worlds
+    (shop, miniwob) speak of pages; every other world in its own words (worlds.py)."""
     state, expert = outcome["state"], outcome["expert"]
+    env = (outcome.get("env") or {}).get("name", "")
+    if env not in WEB_ENVS:
+        return _world_reflection(outcome, shown, env)
     action = _BRACKETED.match(normalize_space(expert["action"]))
     if action and action.group(1).lower() == "click" and action.group(2).strip().lower() in PAGING:
         paged = _paging_reflection(outcome, shown, PAGING[action.group(2).strip().lower()])
