@@ -26,20 +26,28 @@ from eexp.stages.evaluate.summary import success_at, summarize
 # SR~constrained: SR evaluated like IL, constrained to the actions without its thought (seed 0 only; SR is evaluated
 # thought first since). DPO .. IWM-curated: the signals recipe's rows (configs/signals.mk). A run a folder lacks is
 # left out, so one list serves every recipe that publishes.
-RUNS = ("IL", "IWM", "SR", "SR-grounded", "SR~constrained", "DPO", "IL+critic", "IL+reflexion", "IL-curated",
-        "IWM-curated", "random")
-KINDS = {"eval": ("test", "ood"), "recovery": ("test",)}   # folder: its splits
-LABEL = {("eval", "test"): "test", ("eval", "ood"): "ood", ("recovery", "test"): "recovery (test, off-path)"}
+# IWM@IL, IL@SR, IL@IWM: the compute-matched rows (recipes/Makefile's MATCHED_ROWS), RUN@OTHER trained for OTHER's
+# update count.
+RUNS = ("IL", "IWM", "SR", "SR-grounded", "SR~constrained", "ActObs", "IWM@IL", "IL@SR", "IL@IWM", "DPO", "IL+critic",
+        "IL+reflexion", "IL-curated", "IWM-curated", "random")
+# Each method against its compute-matched control as well as against IL: (method, control), where both are kept.
+MATCHED = (("SR", "IL@SR"), ("SR-grounded", "IL@SR"), ("IWM", "IL@IWM"))
+KINDS = {"eval": ("test", "ood", "combo"), "recovery": ("test",)}   # folder: its splits
+LABEL = {("eval", "test"): "test", ("eval", "ood"): "ood", ("eval", "combo"): "combo",
+         ("recovery", "test"): "recovery (test, off-path)"}
 
 
 def seeds(results: Path) -> list[Path]:
     return sorted((p for p in results.glob("seed*") if p.is_dir()), key=lambda p: int(p.name[4:]))
 
 
-def pooled(results: Path) -> dict:
+def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None) -> dict:
     """{kind: eexp.compare result} for the runs found in the seed folders. Each run pools the seeds that hold it
     (seed 0 has `SR~constrained`, later seeds `SR` and `SR-grounded`), and is tested against IL over those same
-    seeds, so every test pairs runs of one seed; IL's own row pools every seed."""
+    seeds, so every test pairs runs of one seed; IL's own row pools every seed.
+
+    pairs: (run, reference) to test instead of every run against IL (the matched controls, MATCHED); each reference
+    gets its own row, then the runs tested against it."""
     folders = seeds(results)
     if not folders:
         raise SystemExit(f"{results}: no seed<s> folders")
@@ -47,37 +55,54 @@ def pooled(results: Path) -> dict:
     for kind in KINDS:
         def files(run: str) -> list[Path]:
             return [f / kind / f"{run}.jsonl.gz" for f in folders if (f / kind / f"{run}.jsonl.gz").exists()]
-        il = files(RUNS[0])
-        if not il:
-            continue
-        env, runs = read_runs([f"{RUNS[0]}={','.join(map(str, il))}"])
-        result = compare_runs(env, runs, seed=0)
-        for run in RUNS[1:]:
-            mine = files(run)
+        result = None
+        for run, reference in pairs or [(run, RUNS[0]) for run in RUNS[1:]]:
+            mine, theirs = files(run), files(reference)
+            if not theirs or (pairs and not mine):
+                continue
+            if result is None or result["runs"][0] != reference:
+                if result is not None:   # a new reference: the rows so far are done
+                    out.setdefault(kind, []).append(result)
+                env, runs = read_runs([f"{reference}={','.join(map(str, theirs))}"])
+                result = compare_runs(env, runs, seed=0)
+                result["runs"] = [reference]
             if not mine:
                 continue
-            paired = [f.parent.parent / kind / f"{RUNS[0]}.jsonl.gz" for f in mine]
+            paired = [f.parent.parent / kind / f"{reference}.jsonl.gz" for f in mine]
             missing = [str(f) for f in paired if not f.exists()]
             if missing:
-                raise SystemExit(f"{run}: {kind} episodes without IL's of the same seed ({', '.join(missing)})")
-            env, runs = read_runs([f"{RUNS[0]}={','.join(map(str, paired))}", f"{run}={','.join(map(str, mine))}"])
+                raise SystemExit(f"{run}: {kind} episodes without {reference}'s of the same seed ({', '.join(missing)})")
+            env, runs = read_runs([f"{reference}={','.join(map(str, paired))}", f"{run}={','.join(map(str, mine))}"])
             against = compare_runs(env, runs, seed=0)
             for split, rows in against["splits"].items():
-                result["splits"].setdefault(split, []).extend(rows[1:])   # rows[0] is IL over these seeds
-        out[kind] = result
-    return out
+                result["splits"].setdefault(split, []).extend(rows[1:])   # rows[0] is the reference over these seeds
+        if result is not None:
+            out.setdefault(kind, []).append(result)
+    if pairs:
+        return {kind: merge(results_) for kind, results_ in out.items()}
+    return {kind: results_[0] for kind, results_ in out.items()}
+
+
+def merge(results: list[dict]) -> dict:
+    """Several compare results (one per reference) as one, their rows split by split in reference order."""
+    merged = {**results[0], "splits": {}}
+    for result in results:
+        for split, rows in result["splits"].items():
+            merged["splits"].setdefault(split, []).extend(rows)
+    return merged
 
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def table(result: dict) -> str:
+def table(result: dict, reference: str = "IL") -> str:
     """The pooled table, the test over seeds leading (a claim about a method rests on its seeds), and under it, where
-    a row has too few seeds for a seed-level claim, why."""
+    a row has too few seeds for a seed-level claim, why. reference: what the rows are tested against, for the header
+    (the matched table's rows follow their control's row)."""
     lines = ["| split | run | seeds | episodes | success (pooled) | seeds' min-max (one seed: 95% CI) | mean score | "
-             "vs IL over seeds: success per seed (seeds above); mean [95% CI], p | vs IL over tasks: success "
-             "(tasks better / worse, p) | vs IL: score (bootstrap p) |",
+             f"vs {reference} over seeds: success per seed (seeds above); mean [95% CI], p | vs {reference} over "
+             f"tasks: success (tasks better / worse, p) | vs {reference}: score (bootstrap p) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     few = []
     for kind, splits in KINDS.items():
@@ -233,6 +258,10 @@ def report(results: Path, result: dict) -> str:
     """pooled.md: the pooled table (`result`, from pooled()), then the tables of the runs that have them (attempts,
     the critic)."""
     parts = [table(result)]
+    matched = pooled(results, MATCHED)
+    if matched:
+        parts.append("\nAgainst the compute-matched control (each method's row follows its control's: IL trained for "
+                     "the method's update count):\n\n" + table(matched, "the control"))
     for title, text in (("Thought first (`--act think`): steps with a thought and thoughts cut, pooled over seeds",
                          thoughts_table(results)),
                         ("Within N attempts (pooled over seeds)", attempts_table(results)),
@@ -262,6 +291,51 @@ def main() -> None:
         merged = {**result["eval"], "splits": {**result["eval"]["splits"], **{
             "recovery": rows for rows in [result.get("recovery", {}).get("splits", {}).get("test")] if rows}}}
         plot_comparison(merged, str(args.results / "pooled.png"))
+        matched = pooled(args.results, MATCHED)
+        if matched:
+            (args.results / "pooled-matched.json").write_text(json.dumps(matched, indent=1) + "\n")
+        validation_plot(args.results, args.results / "validation.png")
+
+
+def validation_curves(results: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{run: {seed: [(update, validation loss)]}} from the training logs kept (seed<s>/train/<run>.metrics.jsonl),
+    for the runs that logged one."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for folder in seeds(results):
+        for log in sorted((folder / "train").glob("*.metrics.jsonl")):
+            points = [(row["step"], row["val_loss"]) for row in map(json.loads, log.read_text().splitlines())
+                      if "val_loss" in row]
+            if points:
+                curves.setdefault(log.name.removesuffix(".metrics.jsonl"), {})[folder.name] = points
+    return curves
+
+
+def validation_plot(results: Path, path: Path) -> None:
+    """One panel per run, a line per seed: the loss on held-out expert examples against updates, so a reader sees
+    whether each budget stopped before, at or past the validation minimum. Nothing is drawn without such logs."""
+    curves = validation_curves(results)
+    if not curves:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    order = [r for r in RUNS if r in curves] + sorted(r for r in curves if r not in RUNS)
+    cols = min(4, len(order))
+    rows = -(-len(order) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), sharey=True, squeeze=False)
+    for ax, run in zip(axes.flat, order):
+        for seed, points in curves[run].items():
+            ax.plot(*zip(*points), label=seed, linewidth=1)
+        ax.set_title(run)
+        ax.set_xlabel("update")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation loss")
+    for ax in list(axes.flat)[len(order):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
