@@ -24,14 +24,15 @@ from eexp.io import Reader
 from eexp.stages.evaluate.summary import success_at, summarize
 
 # SR~constrained: SR evaluated like IL, constrained to the actions without its thought (seed 0 only; SR is evaluated
-# thought first since). DPO .. IWM-curated: the signals recipe's rows (configs/signals.mk). A run a folder lacks is
-# left out, so one list serves every recipe that publishes.
+# thought first since); SR~score: the same with IL's --act score (the Makefile's SCORE_ROWS). DPO .. IWM-curated:
+# the signals recipe's rows (configs/signals.mk). A run a folder lacks is left out, so one list serves every recipe
+# that publishes.
 # IWM@IL, IL@SR, IL@IWM: the compute-matched rows (recipes/Makefile's MATCHED_ROWS), RUN@OTHER trained for OTHER's
 # update count.
-RUNS = ("IL", "IWM", "SR", "SR-grounded", "SR~constrained", "ActObs", "IWM@IL", "IL@SR", "IL@IWM", "DPO", "IL+critic",
-        "IL+reflexion", "IL-curated", "IWM-curated", "random")
+RUNS = ("IL", "IWM", "SR", "SR-grounded", "SR~constrained", "SR~score", "ActObs", "IWM@IL", "IL@SR", "IL@IWM", "DPO",
+        "IL+critic", "IL+reflexion", "IL-curated", "IWM-curated", "random")
 # Each method against its compute-matched control as well as against IL: (method, control), where both are kept.
-MATCHED = (("SR", "IL@SR"), ("SR-grounded", "IL@SR"), ("IWM", "IL@IWM"))
+MATCHED = (("SR", "IL@SR"), ("SR~score", "IL@SR"), ("SR-grounded", "IL@SR"), ("IWM", "IL@IWM"))
 KINDS = {"eval": ("test", "ood", "combo"), "recovery": ("test",)}   # folder: its splits
 LABEL = {("eval", "test"): "test", ("eval", "ood"): "ood", ("eval", "combo"): "combo",
          ("recovery", "test"): "recovery (test, off-path)"}
