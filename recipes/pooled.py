@@ -329,6 +329,7 @@ def validation_plot(results: Path, path: Path) -> None:
             ax.plot(*zip(*points), label=seed, linewidth=1)
         ax.set_title(run)
         ax.set_xlabel("update")
+        ax.set_yscale("log")   # the first updates fall by 20x; the floor and any rise past it are what matter
     for ax in axes[:, 0]:
         ax.set_ylabel("validation loss")
     for ax in list(axes.flat)[len(order):]:
