@@ -382,12 +382,15 @@ def dataclass_options(cls, name: str = "config") -> Callable:
     from its metadata: help, flag ("--lora/--full"), short ("-o"), metavar, min/max, choices, required, argument
     (positional, one or more), multiple (a list given by repeating the option), sep (a list given as one value,
     e.g. comma-separated; a list in a --config file too). Option names are the field names, so a YAML file of
-    `field: value` (the dataclass as `asdict` writes it) is a `--config` file. The command receives `name=cls(...)`."""
+    `field: value` (the dataclass as `asdict` writes it) is a `--config` file. The options are the fields `cls.OPTIONS`
+    names, in that order, where it has one (a config that extends another's), else every field in declaration order.
+    The command receives `name=cls(...)`."""
     import dataclasses
     import typing
 
     hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    fields = [by_name[n] for n in getattr(cls, "OPTIONS", by_name)]
     decorators = [_field_option(f, hints[f.name]) for f in fields]
     names = [f.name for f in fields]
     lists = {f.name for f in fields if typing.get_origin(hints[f.name]) is list}

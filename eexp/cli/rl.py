@@ -3,16 +3,15 @@ options, their defaults and help are RLConfig's fields (eexp/rl/config.py), made
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
 from eexp.cli.group import cli
 from eexp.cli.options import config_option, field_options, parse_env_args, quiet_transformers
 from eexp.rl.config import RLConfig
 
-# Every option is an RLConfig field (its default and help are written there); --env-arg fills env_kwargs.
-RL_OPTIONS = [f.name for f in dataclasses.fields(RLConfig) if f.name != "env_kwargs"]
+# Every option is an RLConfig field (its default and help are written there), in its order; --env-arg fills
+# env_kwargs.
+RL_OPTIONS = [name for name in RLConfig.OPTIONS if name != "env_kwargs"]
 
 
 @cli.command("rl")

@@ -77,7 +77,8 @@ renormalization over the allowed tokens; use score for closed action spaces.
 
 One module per concept, as eexp/training/ is split:
 
-    config.py      RLConfig (every option, its default and help), the constants of the loss and the probe
+    config.py      RLConfig (every option, its default and help: the trainer's, eexp.training.config.TrainerConfig,
+                   and RL's own), the constants of the loss and the probe
     rollouts.py    the policy over the live weights (LivePolicy, on TransformersPolicy.from_model), the tasks of a
                    step, rewards and advantages; `Episodes`, the objective of outcome RL (GRPO over episodes)
     expert_step.py the expert states and the match reward of --reward expert-step; `ExpertStep`, its objective

@@ -1,20 +1,21 @@
-"""The options of an RL run (`RLConfig`) and the constants of the probe and the loss."""
+"""The options of an RL run (`RLConfig`, the trainer's extended) and the constants of the probe and the loss."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from eexp.training.config import option
+from eexp.training.config import OBJECTIVES, TRAINER_RESUME_FREE, TrainerConfig, option, retold
 
-REWARDS = ("success", "score", "success+score", "expert-step")
+REWARDS = tuple(OBJECTIVES["rl"])
 OUTCOME_REWARDS = REWARDS[:3]  # rewards of whole episodes; expert-step rewards single actions (eexp/rl/expert_step.py)
 PACK_TOKENS = 4096  # tokens in one packed forward pass of the update (rows x longest row): bounds its memory (9 GiB
 #                   for a 0.5B-parameter shape in bf16 with its 152k vocabulary, measured on an H100)
 ENCODE_CACHE_SIZE = 50_000  # tokenized prompts and replies the live policy remembers (then it starts over)
 RL_ACT_MODES = ("score", "generate", "think")
-# Options that may differ between a run and its --resume without changing the result.
-RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "keep_checkpoints",
-               "gradient_checkpointing"}
+# Options that may differ between a run and its --resume without changing the result: the trainer's (RL's own all
+# change it).
+RESUME_FREE = TRAINER_RESUME_FREE
 ZERO_START_ADVICE = ("RL learns only from groups whose episodes differ, and with no success every group is all "
                      "failures (verl-agent issue #41: RL cannot start from 0% success). Start from an IL, IWM or SR "
                      "checkpoint that succeeds some of the time when sampled (`eexp finetune`, more updates if it "
@@ -24,18 +25,23 @@ ZERO_START_ADVICE = ("RL learns only from groups whose episodes differ, and with
                      "differ)")
 
 
-@dataclass
-class RLConfig:
+@dataclass(kw_only=True)
+class RLConfig(TrainerConfig):
     """Every option of `eexp rl`, with its default and help (the command's options are made from these fields;
-    --env-arg, parsed as YAML scalars, fills env_kwargs)."""
+    --env-arg, parsed as YAML scalars, fills env_kwargs): the trainer's (TrainerConfig), some as RL tells them, and
+    the episodes', the reward's and the update's, here. The trainer's fields RL does not offer keep their defaults,
+    but for the two the recipe sets (eexp.rl.recipe.RL: a LoRA --model is trained on as `adapter`; no LoRA
+    dropout)."""
 
-    model: str = option(None, "The checkpoint to start from: an IL, IWM or SR model from `eexp finetune` (a full "
-                        "checkpoint, or a LoRA adapter, trained on on its base), a Hugging Face Hub id (as finetune "
-                        "takes it), or a GGUF file (imported once, as finetune does).", required=True,
-                        metavar="CKPT")
-    output: str = option(None, "Directory to write: model or adapter, tokenizer, config.yaml (options, serializer, "
-                         "probe, episodes used), metrics.jsonl (one row per step), and checkpoints/ while running.",
-                         required=True, short="-o", metavar="OUT")
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        "model", "output", "env", "env_kwargs", "split", "tasks", "group_size", "tasks_per_step", "max_steps", "act",
+        "temperature", "max_tokens", "episode_steps", "reward", "expert", "expert_match", "scale_rewards", "clip",
+        "kl_coef", "ppo_epochs", "minibatches", "lr", "lr_scheduler", "weight_decay", "max_grad_norm", "lora",
+        "lora_rank", "lora_alpha", "seed", "save_every", "keep_checkpoints", "allow_zero_start", "precision",
+        "gradient_checkpointing", "attn_implementation", "trust_remote_code", "export_gguf", "quant", "resume",
+        "quiet")
+    LR_KIND: ClassVar[str] = "rl"
+
     env: str = option(None, "Environment to act in (`eexp envs`).", required=True, metavar="NAME")
     env_kwargs: dict = field(default_factory=dict)
     split: str = option("train", "Split whose tasks RL trains on.")
@@ -45,8 +51,6 @@ class RLConfig:
                              min=2)
     tasks_per_step: int = option(4, "Tasks (groups) per RL step; expert states with --reward expert-step.",
                                  min=1)
-    max_steps: int = option(50, "RL steps: each is one rollout batch (tasks-per-step x group-size episodes) and its "
-                            "updates.", min=1)
     act: str | None = option(None, "How an action is chosen: a draw from softmax(log-likelihood / T) over the "
                              "admissible actions, free generation, or a generated thought and then the action after "
                              "it (as eval --act think). Default: score where the environment's action set is closed, "
@@ -72,34 +76,36 @@ class RLConfig:
                             min=0)
     ppo_epochs: int = option(1, "Passes over each step's samples.", min=1)
     minibatches: int = option(1, "Optimizer updates per pass (the samples split in seeded chunks).", min=1)
-    lr: float | None = option(None, "Learning rate. Default: 1e-6 full, 1e-5 LoRA, 1e-4 for a model whose weights "
-                              "began random (`eexp init-model`).")
-    lr_scheduler: str = option("constant", "Learning-rate schedule over the run's updates.",
-                               choices=["constant", "cosine", "linear"])
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
-    lora: bool = option(False, "Train a fresh LoRA adapter on a full checkpoint, or every weight (a LoRA --model is "
-                        "always trained as LoRA).", flag="--lora/--full")
-    lora_rank: int = option(16, "Rank of a fresh LoRA adapter.", min=1)
-    lora_alpha: float = option(32.0, "LoRA scaling numerator (the update is scaled by alpha / rank).")
-    seed: int = option(0, "Seed of the task order, every episode's sampling and the minibatch order.")
-    save_every: int = option(10, "Resumable checkpoint every N RL steps.", min=1, metavar="N")
-    keep_checkpoints: int = option(1, "Resumable checkpoints kept while running.", min=1)
     allow_zero_start: bool = option(False, "Train even when no episode of the probe batch succeeds (refused by "
                                     "default: there is nothing to learn from; expert-step has no such probe).")
-    precision: str = option("auto", "auto: bf16 autocast (rollouts and updates; TF32 for the rest) on a GPU that "
-                            "supports it, fp32 on CPU. A LoRA base is held in bf16 there.",
-                            choices=["auto", "bf16", "fp32"])
-    gradient_checkpointing: bool | None = option(None, "Recompute activations in the update's backward pass: a "
-                                                 "fraction of the activation memory, slower. Default: on with a CUDA "
-                                                 "GPU, off on CPU.",
-                                                 flag="--gradient-checkpointing/--no-gradient-checkpointing")
-    attn_implementation: str | None = option(None, "Attention kernel (as finetune's). The update packs several "
-                                             "replies into one pass under a 4D mask with sdpa or eager; with "
-                                             "flash_attention_2 it scores one reply set at a time.",
-                                             choices=["sdpa", "flash_attention_2", "eager"])
-    trust_remote_code: bool = option(False, "Allow model code from the checkpoint directory.")
-    export_gguf: bool = option(False, "Finally write OUT/model.gguf (as `eexp export`).")
-    quant: str = option("q8_0", "GGUF type for --export-gguf.")
-    resume: bool = option(False, "Continue the run in OUT from its last checkpoint (exactly).")
-    quiet: bool = option(False, "No progress bar.", short="-q")
+
+    # the trainer's options, as RL tells them
+    model: str = retold(TrainerConfig, "model", "The checkpoint to start from: an IL, IWM or SR model from `eexp "
+                        "finetune` (a full checkpoint, or a LoRA adapter, trained on on its base), a Hugging Face Hub "
+                        "id (as finetune takes it), or a GGUF file (imported once, as finetune does).")
+    output: str = retold(TrainerConfig, "output", "Directory to write: model or adapter, tokenizer, config.yaml "
+                         "(options, serializer, probe, episodes used), metrics.jsonl (one row per step), and "
+                         "checkpoints/ while running.")
+    max_steps: int | None = retold(TrainerConfig, "max_steps", "RL steps: each is one rollout batch (tasks-per-step "
+                                   "x group-size episodes) and its updates.", default=50)
+    lr: float | None = retold(TrainerConfig, "lr", "Learning rate. Default: 1e-6 full, 1e-5 LoRA, 1e-4 for a model "
+                              "whose weights began random (`eexp init-model`).")
+    lr_scheduler: str = retold(TrainerConfig, "lr_scheduler", "Learning-rate schedule over the run's updates.",
+                               default="constant", choices=["constant", "cosine", "linear"])
+    weight_decay: float = retold(TrainerConfig, "weight_decay", "AdamW weight decay.")
+    lora: bool = retold(TrainerConfig, "lora", "Train a fresh LoRA adapter on a full checkpoint, or every weight (a "
+                        "LoRA --model is always trained as LoRA).")
+    lora_rank: int = retold(TrainerConfig, "lora_rank", "Rank of a fresh LoRA adapter.")
+    seed: int = retold(TrainerConfig, "seed", "Seed of the task order, every episode's sampling and the minibatch "
+                       "order.")
+    save_every: int = retold(TrainerConfig, "save_every", "Resumable checkpoint every N RL steps.", default=10)
+    precision: str = retold(TrainerConfig, "precision", "auto: bf16 autocast (rollouts and updates; TF32 for the "
+                            "rest) on a GPU that supports it, fp32 on CPU. A LoRA base is held in bf16 there.")
+    gradient_checkpointing: bool | None = retold(TrainerConfig, "gradient_checkpointing", "Recompute activations in "
+                                                 "the update's backward pass: a fraction of the activation memory, "
+                                                 "slower. Default: on with a CUDA GPU, off on CPU.")
+    attn_implementation: str | None = retold(TrainerConfig, "attn_implementation", "Attention kernel (as "
+                                             "finetune's). The update packs several replies into one pass under a 4D "
+                                             "mask with sdpa or eager; with flash_attention_2 it scores one reply "
+                                             "set at a time.")
+    resume: bool = retold(TrainerConfig, "resume", "Continue the run in OUT from its last checkpoint (exactly).")

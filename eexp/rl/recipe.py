@@ -2,9 +2,10 @@
 
 `RL` is the trainer (eexp.training.trainer: device, precision, model loading, optimizer and schedule, checkpoints,
 --resume, metrics.jsonl, the final save and --export-gguf) with the RL loop: each step draws samples from the live
-weights (the objective: `Episodes`, GRPO over whole episodes, eexp.rl.rollouts; or `ExpertStep`, actions at expert
-states, eexp.rl.expert_step), weighs each by its group-relative advantage and makes --ppo-epochs x --minibatches
-clipped-surrogate updates (eexp.rl.loss)."""
+weights (the objective --reward names in `OBJECTIVES`, eexp.training.config: `Episodes`, GRPO over whole episodes,
+eexp.rl.rollouts; or `ExpertStep`, actions at expert states, eexp.rl.expert_step), weighs each by its
+group-relative advantage and makes --ppo-epochs x --minibatches clipped-surrogate updates (eexp.rl.loss). Its
+options (`RLConfig`) are the trainer's (TrainerConfig) and RL's own."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import re
 import shutil
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Callable
 
 import orjson
@@ -30,51 +31,47 @@ from eexp.io import progress_bar
 from eexp.policies.base import PolicyError
 from eexp.policies.hf import TransformersPolicy
 from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, RLConfig
-from eexp.rl.expert_step import EXPERT_MATCHES, ExpertStep
+from eexp.rl.expert_step import EXPERT_MATCHES
 from eexp.rl.loss import batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, packable, same_inputs, unit_count
-from eexp.rl.rollouts import Episodes, LivePolicy, group_advantages, play_episodes
+from eexp.rl.rollouts import LivePolicy, group_advantages, play_episodes
 from eexp.stages.evaluate.episode import Evaluator
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.stages.evaluate.tasks import split_tasks
-from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem, default_lr, from_scratch
-from eexp.training.model import check_model_dir, load_model
+from eexp.training.config import TrainingError, UsageProblem, default_lr, from_scratch, objective_class
+from eexp.training.model import check_model_dir
 from eexp.training.trainer import Trainer
 
 
 class RL(Trainer):
     """setup() -> train() -> finish(), with the trainer's checkpoints, resume, metrics and final save, and the
-    objective of --reward (or the one given)."""
+    objective --reward names (`OBJECTIVES`), or the one given. `rl` is the options as given; `cfg`, the trainer's,
+    the same options as the trainer runs them (`_trainer_config`)."""
 
     def __init__(self, rl: RLConfig, echo: Callable[[str], None] | None = None, objective=None):
         self.rl = rl
-        super().__init__(self._finetune_config(rl), echo)
-        self.objective = objective if objective is not None else (
-            ExpertStep() if rl.reward == "expert-step" else Episodes())
+        super().__init__(self._trainer_config(rl), echo)
+        self.objective = objective  # None: --reward's, once setup has checked the options
 
     @staticmethod
-    def _finetune_config(rl: RLConfig) -> FinetuneConfig:
-        """The trainer's options that load, save and resume the model. --model may be a full checkpoint
-        (trained whole, or with a fresh LoRA adapter under --lora) or a LoRA adapter (trained on, on its base)."""
-        model, adapter = rl.model, None
-        if os.path.isfile(os.path.join(rl.model, "adapter_config.json")):
-            try:
-                model, adapter = TransformersPolicy._base_of(rl.model, ""), rl.model
-            except PolicyError as e:
-                raise TrainingError(str(e)) from None
-        return FinetuneConfig(train_files=[], model=model, output=rl.output, lora=rl.lora or bool(adapter),
-                              adapter=adapter, lora_rank=rl.lora_rank, lora_alpha=rl.lora_alpha, lora_dropout=0.0,
-                              max_steps=rl.max_steps, lr=None, lr_scheduler=rl.lr_scheduler,
-                              weight_decay=rl.weight_decay, max_grad_norm=rl.max_grad_norm, seed=rl.seed,
-                              save_every=rl.save_every, keep_checkpoints=rl.keep_checkpoints,
-                              precision=rl.precision, gradient_checkpointing=rl.gradient_checkpointing,
-                              attn_implementation=rl.attn_implementation, trust_remote_code=rl.trust_remote_code,
-                              export_gguf=rl.export_gguf, quant=rl.quant, resume=rl.resume, quiet=rl.quiet)
+    def _trainer_config(rl: RLConfig) -> RLConfig:
+        """The options as the trainer loads, saves and resumes the model: --model may be a full checkpoint (trained
+        whole, or with a fresh LoRA adapter under --lora) or a LoRA adapter (trained on, on its base); no LoRA
+        dropout (the old and new log-probabilities are one function)."""
+        if not os.path.isfile(os.path.join(rl.model, "adapter_config.json")):
+            return replace(rl, lora_dropout=0.0)
+        try:
+            base = TransformersPolicy._base_of(rl.model, "")
+        except PolicyError as e:
+            raise TrainingError(str(e)) from None
+        return replace(rl, model=base, adapter=rl.model, lora=True, lora_dropout=0.0)
 
     # -- setup --
 
     def setup(self) -> None:
         rl, cfg = self.rl, self.cfg
         self._check_rl_options()
+        if self.objective is None:
+            self.objective = objective_class("rl", rl.reward)()
         self._runtime(distributed=False)  # one process: the episodes are played where the weights are
         self.model_cfg = self._import_base()
         check_model_dir(self.model_cfg.model)
@@ -85,15 +82,13 @@ class RL(Trainer):
         self._existed = os.path.exists(cfg.output)
         self._prepare_output()
         self._load_tokenizer()
-        torch.manual_seed(rl.seed)
-        random.seed(rl.seed)
-        self.model = load_model(self.model_cfg, self.device, self.bf16).eval()
+        self.model = self._load_model().eval()
         if self.model_cfg.gradient_checkpointing:
             # transformers recomputes activations only in train mode; the update switches to it for its packed
             # passes, so dropout is turned off for good here (old and new log-probabilities stay one function).
             without_dropout(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        lr = rl.lr if rl.lr is not None else default_lr("rl", cfg.method, self.model_cfg.model)
+        lr = rl.lr if rl.lr is not None else default_lr(cfg.LR_KIND, cfg.method, self.model_cfg.model)
         self.cfg = replace(cfg, lr=lr)
         self.reference = None
         if rl.kl_coef > 0 and not (cfg.method != "full" and not cfg.adapter):
@@ -111,7 +106,7 @@ class RL(Trainer):
         self.phases = [(self.objective.phase, rl.max_steps * self.updates_per_step)]
         self.total_steps = rl.max_steps
         self.log_every = 1
-        options = {k: v for k, v in asdict(rl).items() if k not in RESUME_FREE}
+        options = {k: v for k, v in rl.options().items() if k not in RESUME_FREE}
         self.fingerprint = {"options": options, "data": hashlib.blake2b(
             orjson.dumps(self.objective.fingerprint_data(self)), digest_size=16).hexdigest()}
         self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
@@ -185,8 +180,7 @@ class RL(Trainer):
         self._log(row)
         bar.update(1)
         bar.set_postfix(**objective.postfix(row), loss=f"{row['loss']:.4f}")
-        if step % self.cfg.save_every == 0 and step < self.total_steps:
-            self.save_checkpoint()
+        self._checkpoint_if_due(step)
 
     @staticmethod
     def _trained(trace: list[dict], advantage: float) -> list[dict]:
@@ -299,7 +293,7 @@ class RL(Trainer):
                     total = total + rl.kl_coef * len(members) * kl
                     totals["kl"] += float(kl.detach()) * len(members)
             (total / units).backward()
-        torch.nn.utils.clip_grad_norm_(self.params, rl.max_grad_norm)
+        self._clip_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -311,7 +305,7 @@ class RL(Trainer):
     # -- finish --
 
     def resolved_config(self) -> dict:
-        rl = asdict(self.rl)
+        rl = self.rl.options()
         for key in ("resume", "quiet"):
             rl.pop(key)
         start = self.base_hub.id if self.base_hub else os.path.abspath(self.rl.model)

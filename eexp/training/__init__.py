@@ -3,7 +3,9 @@ and DPO on preference pairs.
 
 One module per concept, in the style of torchtune:
 
-    config.py      FinetuneConfig (every option, its default and help), the errors
+    config.py      TrainerConfig (the trainer's options) and FinetuneConfig (every option of finetune: the
+                   trainer's and its own), each with its default and help; OBJECTIVES (the objective each name
+                   of --objective and of rl's --reward stands for); the errors
     data.py        examples -> token ids and loss weights (chat-template masks, budgeted shortening)
     batches.py     length-grouped updates and their micro-batches, collation, the weighted loss
     model.py       the tokenizer and the model to train (full, LoRA, QLoRA), accelerate
@@ -26,14 +28,14 @@ LAZY_IMPORTS = {
     "eexp.io": ["InputError"],
     "eexp.training.batches": ["collate", "epoch_updates", "examples_per_update", "micro_batches", "phase_updates",
                               "updates_per_epoch", "weighted_nll"],
-    "eexp.training.config": ["PHASES", "RESUME_FREE", "FinetuneConfig", "TrainingError", "UsageProblem", "default_lr",
-                             "from_scratch"],
+    "eexp.training.config": ["OBJECTIVES", "PHASES", "RESUME_FREE", "FinetuneConfig", "TrainerConfig", "TrainingError",
+                             "UsageProblem", "default_lr", "from_scratch", "objective_class"],
     "eexp.training.data": ["Dataset", "Encoded", "encode", "encode_items", "read_examples", "render",
                            "split_validation", "target_spans"],
     "eexp.training.model": ["check_model_dir", "linear_module_names", "load_model", "load_tokenizer"],
     "eexp.training.dpo": ["DPO"],
     "eexp.training.objective": ["Objective"],
-    "eexp.training.recipe": ["OBJECTIVES", "SFT", "Finetune", "finetune"],
+    "eexp.training.recipe": ["SFT", "Finetune", "finetune"],
     "eexp.training.trainer": ["Trainer"],
 }
 

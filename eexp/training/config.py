@@ -1,16 +1,39 @@
-"""The options of a fine-tune (`FinetuneConfig`) and the errors the recipe reports."""
+"""The options of the trainer (`TrainerConfig`) and of a fine-tune (`FinetuneConfig`, which extends it), the objective
+each command's option names (`OBJECTIVES`), and the errors the recipes report."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import MISSING, asdict, dataclass, field
+from typing import ClassVar
 
 from eexp.card import read_card
 from eexp.errors import EexpError, UsageProblem  # noqa: F401 - the one usage error, imported from here too
 
 PHASES = ("warmup", "train")
-# Options that may differ between a run and its --resume without changing the loss curve.
-RESUME_FREE = {"resume", "quiet", "export_gguf", "quant", "save_every", "log_every", "keep_checkpoints", "on_error",
-               "save_dtype", "gradient_checkpointing"}
+# Options that may differ between a run and its --resume without changing the loss curve: the trainer's (every
+# recipe's), and finetune's own.
+TRAINER_RESUME_FREE = frozenset({"resume", "quiet", "export_gguf", "quant", "save_every", "keep_checkpoints",
+                                 "save_dtype", "gradient_checkpointing"})
+RESUME_FREE = TRAINER_RESUME_FREE | {"log_every", "on_error"}
+
+# What each command's objective option names, in one place: `eexp finetune --objective NAME` (an
+# eexp.training.objective.Objective) and `eexp rl --reward NAME` (what an RL step draws and how it is rewarded, as
+# eexp.rl.rollouts.Episodes describes). The options' choices, the recipes and the card read it. A class is named as
+# "module:Class" and imported when a run starts (`objective_class`): the commands' start-up reads the names, and
+# must not import torch, which the objectives' modules import at their top.
+_EPISODES = "eexp.rl.rollouts:Episodes"
+OBJECTIVES = {
+    "finetune": {"sft": "eexp.training.recipe:SFT", "dpo": "eexp.training.dpo:DPO"},
+    "rl": {"success": _EPISODES, "score": _EPISODES, "success+score": _EPISODES,
+           "expert-step": "eexp.rl.expert_step:ExpertStep"},
+}
+
+
+def objective_class(command: str, name: str) -> type:
+    """The class `command`'s objective option names `name` (OBJECTIVES), imported."""
+    module, _, attr = OBJECTIVES[command][name].partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 class TrainingError(EexpError):
@@ -18,8 +41,8 @@ class TrainingError(EexpError):
 
 
 def option(default=None, help: str = "", *, factory=None, **click_hints):
-    """A FinetuneConfig field: its default and its help live here, once; `eexp finetune`'s options are generated from
-    the fields (eexp.cli.options.dataclass_options). `click_hints`: flag ("--lora/--full"), short ("-o"), metavar,
+    """A config field: its default and its help live here, once; a command's options are generated from the fields
+    (eexp.cli.options.dataclass_options). `click_hints`: flag ("--lora/--full"), short ("-o"), metavar,
     min/max (min_open/max_open: a float's bound excluded), choices, required, argument (the positional files),
     multiple (repeated), sep (one comma-separated value)."""
     metadata = {"help": help, **click_hints}
@@ -30,11 +53,30 @@ def option(default=None, help: str = "", *, factory=None, **click_hints):
     return field(default=default, metadata=metadata)
 
 
-@dataclass
-class FinetuneConfig:
-    """Every option of `eexp finetune`, with its default and help (the command's options are made from them)."""
+def retold(base: type, name: str, help: str, *, default=MISSING, choices: list | None = None):
+    """A field of `base` (TrainerConfig) as another command tells it: declared in `base`, once (its type, flag,
+    bounds, metavar), with this command's help, and where given its own default and choices (a subset)."""
+    declared = base.__dataclass_fields__[name]
+    metadata = {**declared.metadata, "help": help, "retold": base.__name__,
+                **({"choices": choices} if choices is not None else {})}
+    if default is MISSING and declared.default_factory is not MISSING:
+        return field(default_factory=declared.default_factory, metadata=metadata)
+    return field(default=declared.default if default is MISSING else default, metadata=metadata)
 
-    train_files: list[str] = option(argument=True, metavar="TRAIN.jsonl...")
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    """The options `Trainer` (eexp.training.trainer) runs with, whatever its recipe optimizes: the model and what of
+    it is trained, the optimizer and its schedule, the seed, precision and memory, checkpoints and --resume, the
+    final save. A command's config extends it (`FinetuneConfig`, eexp.rl.config.RLConfig): its options are the
+    fields `OPTIONS` names, in that order (its --help's and config.yaml's; a field it does not name keeps its
+    default); a command that says more or other of one of these options retells it (`retold`)."""
+
+    OPTIONS: ClassVar[tuple[str, ...]]
+    # whose default learning rates a run without --lr gets (a key of DEFAULT_LR)
+    LR_KIND: ClassVar[str] = "sft"
+
+    # the model, and what of it is trained (every weight, or a LoRA adapter)
     model: str = option(None, "Transformers checkpoint to train (e.g. from `eexp init-model`, or a downloaded model "
                         "directory), a Hugging Face Hub id (ORG/NAME or ORG/NAME@REVISION: safetensors only, through "
                         "the Hugging Face cache; HF_HUB_OFFLINE=1 uses the cache alone), or a GGUF file (quantized "
@@ -42,13 +84,6 @@ class FinetuneConfig:
                         required=True, metavar="CKPT")
     output: str = option(None, "Directory to write: model or adapter, tokenizer, config.yaml, card.yaml, "
                          "metrics.jsonl (and checkpoints/ while running).", required=True, short="-o", metavar="OUT")
-    objective: str = option("sft", "sft: the likelihood of the assistant turns of training examples (IL, IWM, SR). "
-                            "dpo: Direct Preference Optimization on preference pairs (`eexp preference-data`), "
-                            "against the starting weights as the reference; the loss of a pair is -log sigmoid(beta "
-                            "x ((chosen - reference chosen) - (rejected - reference rejected))), with the "
-                            "log-probabilities of the answers' target tokens.", choices=["sft", "dpo"])
-    beta: float = option(0.1, "With --objective dpo: how strongly the loss holds the model to the reference (larger: "
-                         "closer; DPO's beta).", min=0, min_open=True)
     lora: bool = option(False, "Train a LoRA adapter through PEFT, or every weight (the paper's default).",
                         flag="--lora/--full")
     qlora: bool = option(False, "LoRA over a 4-bit base (bitsandbytes, CUDA only).")
@@ -58,10 +93,7 @@ class FinetuneConfig:
     lora_dropout: float = option(0.05, "Dropout on the LoRA path.", min=0, max=1)
     lora_targets: list[str] = option(help="Comma-separated module names to adapt (q_proj,v_proj,...), or all-linear.",
                                      factory=lambda: ["all-linear"], sep=",", metavar="NAMES")
-    epochs: int = option(1, "Epochs over the training files (ignored with --max-steps): ceil(examples / examples "
-                         "per update) updates each, so a larger data set gets more updates (the paper's SR budget: "
-                         "IL's epochs over D_refl + D_expert). The card records each phase's updates and epochs.",
-                         min=1)
+    # the length of the run, the optimizer and its schedule
     max_steps: int | None = option(None, "Total optimizer updates, warm-up phase included: IL, IWM and SR runs with "
                                    "one --max-steps have one budget.", min=1)
     lr: float | None = option(None, "Peak learning rate. Default: 1e-5 full (the paper), 2e-4 LoRA, 1e-3 for a model "
@@ -72,6 +104,72 @@ class FinetuneConfig:
                                     min=0, max=1)
     weight_decay: float = option(0.0, "AdamW weight decay (matrices only; biases and norms get none).")
     max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    # the seed, checkpoints and --resume
+    seed: int = option(0, "Seed of initialization, batch order and the validation split.")
+    save_every: int = option(500, "Resumable checkpoint every N updates.", min=1, metavar="N")
+    keep_checkpoints: int = option(1, "Resumable checkpoints kept while running.", min=1)
+    # precision and memory
+    precision: str = option("auto", "auto: bf16 autocast on a GPU that supports it, fp32 on CPU.",
+                            choices=["auto", "bf16", "fp32"])
+    save_dtype: str = option("auto", "Weights of a full fine-tune as saved: auto is the training precision (bf16 "
+                             "when trained in bf16: half the disk of the fp32 master weights), or bf16, fp32.",
+                             choices=["auto", "bf16", "fp32"])
+    gradient_checkpointing: bool | None = option(None, "Recompute activations in the backward pass: a fraction of "
+                                                 "the activation memory, ~30% slower. Default: on with a CUDA GPU, "
+                                                 "off on CPU.",
+                                                 flag="--gradient-checkpointing/--no-gradient-checkpointing")
+    attn_implementation: str | None = option(None, "Attention kernel (transformers' attn_implementation): "
+                                             "flash_attention_2 needs the flash-attn package and a CUDA GPU. Default: "
+                                             "transformers' choice (sdpa where the model supports it).",
+                                             choices=["sdpa", "flash_attention_2", "eager"])
+    # loading and the final save; the run
+    trust_remote_code: bool = option(False, "Allow model code from the checkpoint directory.")
+    export_gguf: bool = option(False, "Finally write OUT/model.gguf (as `eexp export`).")
+    quant: str = option("q8_0", "GGUF type for --export-gguf.")
+    resume: bool = option(False, "Continue the run in OUT from its last checkpoint.")
+    quiet: bool = option(False, "No progress bar.", short="-q")
+
+    @property
+    def method(self) -> str:
+        return "qlora" if self.qlora else "lora" if (self.lora or self.adapter) else "full"
+
+    def resolved_lr(self) -> float:
+        """--lr, or the default for what this run trains (`default_lr`)."""
+        return self.lr if self.lr is not None else default_lr(self.LR_KIND, self.method, self.model)
+
+    def options(self) -> dict:
+        """The command's options and their values, in its order (`OPTIONS`): its config.yaml, --resume's
+        fingerprint."""
+        values = asdict(self)
+        return {name: values[name] for name in self.OPTIONS}
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainerConfig):
+    """Every option of `eexp finetune`, with its default and help (the command's options are made from them): the
+    trainer's (TrainerConfig) and the data's, the objective's, the phases' and validation's, here."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        "train_files", "model", "output", "objective", "beta", "lora", "qlora", "adapter", "lora_rank", "lora_alpha",
+        "lora_dropout", "lora_targets", "epochs", "max_steps", "lr", "lr_scheduler", "lr_warmup_ratio",
+        "weight_decay", "max_grad_norm", "batch_size", "grad_accum", "loss_norm", "max_length", "truncate", "seed",
+        "val", "val_fraction", "eval_every", "keep_best", "save_every", "keep_checkpoints", "log_every",
+        "warmup_data", "warmup_epochs", "warmup_steps", "warmup_lr", "precision", "save_dtype",
+        "gradient_checkpointing", "attn_implementation", "export_gguf", "quant", "trust_remote_code", "resume",
+        "on_error", "quiet")
+
+    train_files: list[str] = option(argument=True, metavar="TRAIN.jsonl...")
+    objective: str = option("sft", "sft: the likelihood of the assistant turns of training examples (IL, IWM, SR). "
+                            "dpo: Direct Preference Optimization on preference pairs (`eexp preference-data`), "
+                            "against the starting weights as the reference; the loss of a pair is -log sigmoid(beta "
+                            "x ((chosen - reference chosen) - (rejected - reference rejected))), with the "
+                            "log-probabilities of the answers' target tokens.", choices=list(OBJECTIVES["finetune"]))
+    beta: float = option(0.1, "With --objective dpo: how strongly the loss holds the model to the reference (larger: "
+                         "closer; DPO's beta).", min=0, min_open=True)
+    epochs: int = option(1, "Epochs over the training files (ignored with --max-steps): ceil(examples / examples "
+                         "per update) updates each, so a larger data set gets more updates (the paper's SR budget: "
+                         "IL's epochs over D_refl + D_expert). The card records each phase's updates and epochs.",
+                         min=1)
     batch_size: int = option(8, "Examples per micro-batch (per process).", min=1)
     grad_accum: int = option(1, "Micro-batches per update. An update's examples depend only on how many it has "
                              "(--batch-size x --grad-accum x processes), never on how they are split, so 2 x 4 "
@@ -88,15 +186,12 @@ class FinetuneConfig:
                              "inference (never the task or the target).", min=8)
     truncate: bool = option(True, "Shorten over-long examples (--no-truncate: reject them).",
                             flag="--truncate/--no-truncate")
-    seed: int = option(0, "Seed of initialization, batch order and the validation split.")
     val: str | None = option(None, "Validation examples.", metavar="FILE")
     val_fraction: float = option(0.0, "Hold out this fraction of the training trajectories (seeded) for validation.",
                                  min=0, max=1, metavar="F")
     eval_every: int | None = option(None, "Validation loss every N updates (default: every epoch).", min=1,
                                     metavar="N")
     keep_best: bool = option(False, "OUT gets the weights with the lowest validation loss.")
-    save_every: int = option(500, "Resumable checkpoint every N updates.", min=1, metavar="N")
-    keep_checkpoints: int = option(1, "Resumable checkpoints kept while running.", min=1)
     log_every: int | None = option(None, "A metrics row every N updates (default: 1 under 1,000 updates, else 10).",
                                    min=1, metavar="N")
     warmup_data: list[str] = option(help="World-model examples trained on first (the IWM schedule); then the "
@@ -107,34 +202,8 @@ class FinetuneConfig:
                                       "--warmup-epochs epochs (the data is cycled or cut to fit); counted in "
                                       "--max-steps.", min=1)
     warmup_lr: float | None = option(None, "Learning rate of the warm-up phase (default: --lr).")
-    precision: str = option("auto", "auto: bf16 autocast on a GPU that supports it, fp32 on CPU.",
-                            choices=["auto", "bf16", "fp32"])
-    save_dtype: str = option("auto", "Weights of a full fine-tune as saved: auto is the training precision (bf16 "
-                             "when trained in bf16: half the disk of the fp32 master weights), or bf16, fp32.",
-                             choices=["auto", "bf16", "fp32"])
-    gradient_checkpointing: bool | None = option(None, "Recompute activations in the backward pass: a fraction of "
-                                                 "the activation memory, ~30% slower. Default: on with a CUDA GPU, "
-                                                 "off on CPU.",
-                                                 flag="--gradient-checkpointing/--no-gradient-checkpointing")
-    attn_implementation: str | None = option(None, "Attention kernel (transformers' attn_implementation): "
-                                             "flash_attention_2 needs the flash-attn package and a CUDA GPU. Default: "
-                                             "transformers' choice (sdpa where the model supports it).",
-                                             choices=["sdpa", "flash_attention_2", "eager"])
-    export_gguf: bool = option(False, "Finally write OUT/model.gguf (as `eexp export`).")
-    quant: str = option("q8_0", "GGUF type for --export-gguf.")
-    trust_remote_code: bool = option(False, "Allow model code from the checkpoint directory.")
-    resume: bool = option(False, "Continue the run in OUT from its last checkpoint.")
     on_error: str = option("fail", "On a bad example: stop (exit 1), or skip it and count it.",
                            choices=["fail", "skip"])
-    quiet: bool = option(False, "No progress bar.", short="-q")
-
-    @property
-    def method(self) -> str:
-        return "qlora" if self.qlora else "lora" if (self.lora or self.adapter) else "full"
-
-    def resolved_lr(self) -> float:
-        """--lr, or the default for what this run trains (`default_lr`)."""
-        return self.lr if self.lr is not None else default_lr("sft", self.method, self.model)
 
 
 # The default peak learning rates: (full training of a pretrained model, LoRA, full training of a model whose weights

@@ -118,8 +118,6 @@ def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, beta: float):
 class DPO:
     """The objective of `--objective dpo`: preference pairs for examples and the DPO loss."""
 
-    name = "dpo"
-
     def check(self, cfg: FinetuneConfig) -> None:
         if cfg.warmup_data:
             raise UsageProblem("--objective dpo trains on preference pairs alone; run the warm-up (--warmup-data) "
@@ -183,5 +181,5 @@ class DPO:
         run.echo(f"reference log-probabilities of {len(pairs)} pairs computed (the starting weights)")
 
     def card(self, cfg: FinetuneConfig) -> dict:
-        """The card's training phase says it was DPO, and with which beta."""
-        return {"objective": "dpo", "beta": cfg.beta}
+        """The card's training phase says it was DPO (its name in OBJECTIVES), and with which beta."""
+        return {"objective": cfg.objective, "beta": cfg.beta}

@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from eexp.policies.files import has_tokenizer
-from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem
+from eexp.training.config import TrainerConfig, TrainingError, UsageProblem
 
 
 def check_model_dir(path: str) -> None:
@@ -34,7 +34,7 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def load_tokenizer(cfg: FinetuneConfig):
+def load_tokenizer(cfg: TrainerConfig):
     source = cfg.adapter if cfg.adapter and has_tokenizer(cfg.adapter) else cfg.model
     if not has_tokenizer(source):
         raise TrainingError(f"{cfg.model}: no tokenizer in this model directory (expected tokenizer.json or "
@@ -84,7 +84,7 @@ def enable_tf32(device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def load_model(cfg: FinetuneConfig, device, bf16: bool, sharded: bool = False):
+def load_model(cfg: TrainerConfig, device, bf16: bool, sharded: bool = False):
     """The model to train, on `device`; under FSDP (`sharded`) it stays where transformers loaded it (the first
     process's CPU memory, the others' meta device with accelerate's CPU-efficient loading) until accelerate shards
     it, so no GPU ever holds the whole model."""

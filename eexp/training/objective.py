@@ -1,4 +1,5 @@
-"""What a supervised run optimizes: an objective object that `Finetune` (eexp.training.recipe) is given.
+"""What a supervised run optimizes: an objective object that `Finetune` (eexp.training.recipe) is given, the class
+`--objective NAME` names in `OBJECTIVES` (eexp.training.config), where the name is said once.
 
 An objective says what an example is and what a micro-batch of examples adds to the loss; the recipe does the rest
 (batches, updates, validation, checkpoints, --resume, the final save). Its methods:
@@ -28,8 +29,6 @@ from eexp.training.data import Dataset
 
 class Objective(Protocol):
     """What `Finetune` asks of the objective it optimizes (`SFT`, `DPO`)."""
-
-    name: str
 
     def check(self, cfg: FinetuneConfig) -> None: ...
 

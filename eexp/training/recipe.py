@@ -9,8 +9,9 @@ One readable recipe in plain PyTorch (no HF Trainer), in the style of torchtune'
 
 `Finetune` is the trainer (eexp.training.trainer: device, precision, model, optimizer and schedule, checkpoints,
 --resume, metrics, the final save) with the supervised loop: phases of updates over examples, validation. What it
-optimizes is its objective (the interface: eexp.training.objective): `SFT` (here), the likelihood of the target
-tokens, or, with `--objective dpo`, `DPO` (eexp.training.dpo) on preference pairs.
+optimizes is its objective (the interface: eexp.training.objective), the class --objective names in `OBJECTIVES`
+(eexp.training.config): `SFT` (here), the likelihood of the target tokens, or, with `--objective dpo`, `DPO`
+(eexp.training.dpo) on preference pairs.
 
 Why a custom loop: every piece of state that decides the next update is ours (the batch order is a pure function of
 seed, phase and epoch; the optimizer, scheduler and RNG state are saved with the weights), so `--resume` reproduces an
@@ -33,29 +34,25 @@ import contextlib
 import hashlib
 import math
 import os
-import random
 import time
-from dataclasses import asdict
 from typing import Callable
 
 import orjson
 import torch
+from safetensors.torch import load_file
 
 from eexp.card import check_serializer
 from eexp.io import progress_bar
 from eexp.training.batches import collate, examples_per_update, phase_updates, updates_per_epoch, weighted_nll
-from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem
+from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem, objective_class
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
-from eexp.training.dpo import DPO
-from eexp.training.model import OOM_ADVICE, _is_oom, check_model_dir, load_model
+from eexp.training.model import OOM_ADVICE, _is_oom, check_model_dir
 from eexp.training.objective import Objective
 from eexp.training.trainer import Trainer
 
 
 class SFT:
     """The weighted negative log-likelihood of the target tokens (the assistant turns) of training examples."""
-
-    name = "sft"
 
     def check(self, cfg: FinetuneConfig) -> None:
         """Nothing beyond the recipe's own checks."""
@@ -94,18 +91,14 @@ class SFT:
         return {}
 
 
-# --objective NAME: the objective a run optimizes
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": DPO}
-
-
 class Finetune(Trainer):
-    """setup() -> train() -> finish() over training examples, with the objective of --objective (or the one given);
-    the trainer's save_checkpoint / load_checkpoint make a killed run resumable exactly."""
+    """setup() -> train() -> finish() over training examples, with the objective --objective names (`OBJECTIVES`),
+    or the one given; the trainer's save_checkpoint / load_checkpoint make a killed run resumable exactly."""
 
     def __init__(self, cfg: FinetuneConfig, echo: Callable[[str], None] | None = None,
                  objective: Objective | None = None):
         super().__init__(cfg, echo)
-        self.objective = objective if objective is not None else OBJECTIVES[cfg.objective]()
+        self.objective = objective if objective is not None else objective_class("finetune", cfg.objective)()
 
     # -- setup --
 
@@ -126,9 +119,7 @@ class Finetune(Trainer):
         self._load_tokenizer()
         self._load_data()
         self._plan()
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        self.model = load_model(self.model_cfg, self.device, self.bf16, sharded=self.sharded)
+        self.model = self._load_model()
         if self.fsdp2:
             # FSDP2 swaps the parameters for sharded ones, so accelerate prepares the model only together with an
             # optimizer; each phase's own optimizer is then made over the sharded parameters (_new_optimizer).
@@ -188,7 +179,7 @@ class Finetune(Trainer):
         for name in ("warmup", "train"):
             for e in self.data.get(name, Dataset(name, [])).examples:
                 digest.update(orjson.dumps(self.objective.example_key(e)))
-        options = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
+        options = {k: v for k, v in cfg.options().items() if k not in RESUME_FREE}
         self.fingerprint = {"options": options, "data": digest.hexdigest()}
 
     # -- the objective (eexp.training.objective): what the data is and what one micro-batch adds to the loss --
@@ -285,6 +276,10 @@ class Finetune(Trainer):
         finally:
             bar.close()
 
+    def _lr(self, phase: str) -> float:
+        """--warmup-lr for the warm-up phase where given, else --lr as resolved."""
+        return self.cfg.warmup_lr if (phase == "warmup" and self.cfg.warmup_lr) else self.cfg.resolved_lr()
+
     def _train_phase(self, phase: str, steps: int, bar) -> None:
         cfg = self.cfg
         data = self.data[phase]
@@ -301,14 +296,13 @@ class Finetune(Trainer):
             try:
                 loss_sum, extra_sum, tokens = self._accumulate(examples, autocast)
                 window_tokens += tokens
+                self._clip_gradients()
                 if self.acc:
-                    self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     loss_sum = float(self.acc.reduce(torch.tensor(loss_sum, device=self.device), "sum"))
                     extra_sum = {name: float(self.acc.reduce(torch.tensor(v, device=self.device), "sum"))
                                  for name, v in sorted(extra_sum.items())}
                     window_tokens_all = int(self.acc.reduce(torch.tensor(window_tokens, device=self.device), "sum"))
                 else:
-                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     window_tokens_all = window_tokens
                 lr = self.scheduler.get_last_lr()[0]
                 self.optimizer.step()
@@ -345,8 +339,7 @@ class Finetune(Trainer):
                     or (not cfg.eval_every and phase == "train" and end_of_epoch)
                     or (phase == "warmup" and self.state["phase_step"] == steps)):  # right after the world model
                 self._validate()
-            if step % cfg.save_every == 0 and step < self.total_steps and not self.sharded:
-                self.save_checkpoint()
+            self._checkpoint_if_due(step)
             self.model.train()
 
     def _accumulate(self, examples: list[list], autocast=contextlib.nullcontext()) -> tuple[float, dict, int]:
@@ -418,10 +411,23 @@ class Finetune(Trainer):
             self._save_dir(os.path.join(self.ckpt_root, "best"), optimizer=False)
         return val
 
+    # -- finish --
+
+    def finish(self) -> None:
+        """--keep-best: the weights of the best validation loss replace the last ones; then the trainer's final
+        save."""
+        if self.cfg.keep_best and self.state.get("best_step"):
+            model = self.acc.unwrap_model(self.model) if self.acc else self.model
+            best = os.path.join(self.ckpt_root, "best", "weights.safetensors")
+            model.load_state_dict(load_file(best, device=str(self.device)), strict=False)
+            self.echo(f"keeping the best checkpoint: step {self.state['best_step']} "
+                      f"(validation loss {self.state['best_val']:.4f})")
+        super().finish()
+
     def resolved_config(self) -> dict:
         """OUT/config.yaml: every option of the run as resolved (the learning rate, log interval), under the option
         names of `eexp finetune`, so `eexp finetune --config OUT/config.yaml -o OTHER` runs it again."""
-        cfg = asdict(self.cfg)
+        cfg = self.cfg.options()
         cfg.update(lr=self.cfg.resolved_lr(), warmup_lr=self.cfg.warmup_lr or (self.cfg.resolved_lr()
                    if self.cfg.warmup_data else None), log_every=self.log_every,
                    gradient_checkpointing=self.model_cfg.gradient_checkpointing)

@@ -2,16 +2,18 @@
 
 The trainer owns the device and precision (one process, or the processes of `accelerate launch`), the model to
 train (a checkpoint folder, a Hub id through the Hugging Face cache, or a GGUF imported once; full, LoRA or QLoRA),
-the optimizer and learning-rate schedule, metrics.jsonl, the resumable checkpoints and --resume, and the final save
-(model or adapter, tokenizer, card.yaml, config.yaml, --export-gguf). What it optimizes is an objective object,
-given by the recipe:
+the optimizer and learning-rate schedule, gradient clipping, metrics.jsonl, the resumable checkpoints and --resume,
+and the final save (model or adapter, tokenizer, card.yaml, config.yaml, --export-gguf). Its options are
+`TrainerConfig` (eexp.training.config), which each recipe's config extends. What it optimizes is an objective
+object, named by the recipe's option (`OBJECTIVES`, eexp.training.config):
 
     eexp.training.recipe.Finetune   over examples: `SFT` (eexp.training.objective) or `DPO` (eexp.training.dpo)
     eexp.rl.recipe.RL               over its own samples: GRPO over episodes (eexp.rl.rollouts.Episodes) or
                                     actions at expert states (eexp.rl.expert_step.ExpertStep)
 
 A recipe (a subclass) says how its run is set up and trained: `setup` (calling `_runtime`, `_import_base`,
-`_prepare_output`, `_load_tokenizer`), `train`, and the few things the final save asks of it: `resolved_config` (its
+`_prepare_output`, `_load_tokenizer`, `_load_model`), `train` (with `_clip_gradients`, `_checkpoint_if_due`), and the
+few things the optimizer and the final save ask of it: `_lr` (a phase's learning rate), `resolved_config` (its
 config.yaml), `_phase_card` (what the card says of each phase) and `_thoughts_trained`.
 
 Security: weights are written and read as safetensors only; optimizer, scheduler and RNG state (written by eexp
@@ -22,6 +24,7 @@ pickled objects; the run state is JSON.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -32,7 +35,6 @@ import orjson
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from transformers import get_scheduler
 
 from eexp import __version__
@@ -43,14 +45,14 @@ from eexp.models.import_gguf import import_gguf
 from eexp.models.init import ModelError
 from eexp.policies.files import HubError, content_hash, hub_id, resolve_hub_model
 from eexp.training import checkpoint
-from eexp.training.config import FinetuneConfig, TrainingError, check_full_fits, from_scratch
-from eexp.training.model import _accelerator, count_parameters, enable_tf32, load_tokenizer
+from eexp.training.config import TrainerConfig, TrainingError, check_full_fits, from_scratch
+from eexp.training.model import _accelerator, count_parameters, enable_tf32, load_model, load_tokenizer
 
 
 class Trainer:
     """Device, precision, model, optimizer and schedule, checkpoints and --resume, metrics, the final save."""
 
-    def __init__(self, cfg: FinetuneConfig, echo: Callable[[str], None] | None = None):
+    def __init__(self, cfg: TrainerConfig, echo: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.echo = echo or (lambda msg: print(f"eexp: {msg}", file=sys.stderr, flush=True))
         self.ckpt_root = os.path.join(cfg.output, "checkpoints")
@@ -81,7 +83,7 @@ class Trainer:
         self.sharded = bool(self.acc) and "FSDP" in str(self.acc.distributed_type)
         self.fsdp2 = self.sharded and bool(getattr(self.acc, "is_fsdp2", False))
 
-    def _import_base(self) -> FinetuneConfig:
+    def _import_base(self) -> TrainerConfig:
         """The config that names the checkpoint folder to load: cfg itself; when --model is a Hub id, a copy naming
         its snapshot in the Hugging Face cache (the card records the id and the revision); when it is a GGUF file, a
         copy naming its import (made once into the cache by eexp.models.import_gguf; the main process imports, the
@@ -150,11 +152,18 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
             self.tokenizer.eos_token_id or 0)
 
+    def _load_model(self):
+        """The model to train (eexp.training.model.load_model: full, LoRA or QLoRA), made after seeding torch and
+        `random` with --seed (a fresh LoRA adapter's initial weights come from it)."""
+        torch.manual_seed(self.cfg.seed)
+        random.seed(self.cfg.seed)
+        return load_model(self.model_cfg, self.device, self.bf16, sharded=self.sharded)
+
     # -- optimizer and schedule --
 
     def _new_optimizer(self, phase: str, steps: int) -> None:
         """A fresh optimizer and schedule for each phase (the IWM schedule restarts both)."""
-        lr = self.cfg.warmup_lr if (phase == "warmup" and self.cfg.warmup_lr) else self.cfg.resolved_lr()
+        lr = self._lr(phase)
         decay = [p for p in self.params if p.ndim >= 2]
         no_decay = [p for p in self.params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -164,6 +173,13 @@ class Trainer:
         self.scheduler = get_scheduler(self.cfg.lr_scheduler, self.optimizer,
                                        num_warmup_steps=round(self.cfg.lr_warmup_ratio * steps),
                                        num_training_steps=steps)
+
+    def _clip_gradients(self) -> None:
+        """Clip the gradient to --max-grad-norm (over every process's, under accelerate)."""
+        if self.acc:
+            self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
 
     # -- metrics, save / resume --
 
@@ -199,6 +215,12 @@ class Trainer:
     def _checkpoints(self) -> list[str]:
         return checkpoint.checkpoints(self.ckpt_root)
 
+    def _checkpoint_if_due(self, step: int) -> None:
+        """A resumable checkpoint every --save-every steps (the recipe's), but after the last (the final save comes
+        then) and under FSDP (eexp's checkpoints hold one full copy)."""
+        if step % self.cfg.save_every == 0 and step < self.total_steps and not self.sharded:
+            self.save_checkpoint()
+
     def save_checkpoint(self) -> None:
         self._save_dir(os.path.join(self.ckpt_root, f"step-{self.state['global_step']}"))
         if self.main:
@@ -230,11 +252,6 @@ class Trainer:
         """OUT: the model (or adapter), tokenizer, card.yaml, config.yaml, metrics.jsonl; then model.gguf if asked."""
         cfg = self.cfg
         model = self.acc.unwrap_model(self.model) if self.acc else self.model
-        if cfg.keep_best and self.state.get("best_step"):
-            best = os.path.join(self.ckpt_root, "best", "weights.safetensors")
-            model.load_state_dict(load_file(best, device=str(self.device)), strict=False)
-            self.echo(f"keeping the best checkpoint: step {self.state['best_step']} "
-                      f"(validation loss {self.state['best_val']:.4f})")
         state = without_tied_copies(self.acc.get_state_dict(self.model), model) if self.acc else None
         dtype = self.saved_dtype()
         cast = cfg.method == "full" and self.main and dtype is not None
@@ -297,7 +314,11 @@ class Trainer:
                                        + [read_card(self.model_cfg.model).thought_tokens or 0]) or None)
 
 
-    # -- what the final save asks of the recipe --
+    # -- what the optimizer and the final save ask of the recipe --
+
+    def _lr(self, phase: str) -> float:
+        """The peak learning rate of a phase's optimizer: --lr as resolved (`TrainerConfig.resolved_lr`)."""
+        return self.cfg.resolved_lr()
 
     def resolved_config(self) -> dict:
         """OUT/config.yaml: every option of the run as resolved."""
