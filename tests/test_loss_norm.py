@@ -176,7 +176,9 @@ def test_grad_accum_trains_as_one_batch(tiny_checkpoint, mix, tmp_path, norm):
     for key in ((2, 2), (1, 4)):
         assert [r["loss"] for r in metrics(runs[key]) if "loss" in r] == pytest.approx(want, rel=1e-4)
         got = load_file(runs[key] / "model.safetensors")
-        assert all(torch.allclose(got[k], ref[k], atol=1e-5) for k in ref)
+        # float rounding differs with the CPU's kernels: up to 1.1e-5 after 4 updates on an AMX Xeon (each Adam step
+        # moves a weight by about the learning rate, far more than the tolerance: a different plan falls outside it)
+        assert all(torch.allclose(got[k], ref[k], atol=3e-5) for k in ref)
 
 
 # --- the budget in epochs, on the card ----------------------------------------------------------------------------
