@@ -25,6 +25,13 @@ at FILE:LINE or skips under --on-error skip; an environment's own errors) are no
 
 from __future__ import annotations
 
+# A run that lost more than this share of its work exits 1, after writing everything (its records say what failed):
+# policy requests that failed after their retries (eexp.policies.base.failure_problem), and records whose environment
+# failed (expert's trajectories, rollout's outcomes, eval's episodes: environment_failures). What is left of such a
+# run must not pass for a result: a model that "scores" 0% because its server was down, a rollout whose every
+# outcome is an error.
+MAX_FAILED_SHARE = 0.05
+
 
 class EexpError(Exception):
     exit_code = 1
@@ -85,6 +92,17 @@ class PolicyError(EexpError):
 
 class EnvError(EexpError):
     """A problem the user can act on: unknown environment, split or task, missing package, ..."""
+
+
+def environment_failures(failed: int, total: int, what: str, field: str = "error") -> EnvError | None:
+    """The error a run ends with (exit 1, once everything is written) when more than MAX_FAILED_SHARE of its `total`
+    `what` (records, episodes) failed in the environment; None when fewer did."""
+    if total and failed / total > MAX_FAILED_SHARE:
+        return EnvError(f"{failed} of {total} {what} ({100 * failed / total:.1f}%) failed in the environment, more "
+                        f"than the {100 * MAX_FAILED_SHARE:g}% a run may lose: the records are written, each failure "
+                        f"with its reason (`{field}`), but what is left is not a result. Fix the environment and "
+                        f"rerun")
+    return None
 
 
 def entry_point_source(ep) -> str:

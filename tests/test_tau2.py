@@ -273,11 +273,19 @@ def test_branch_rollout_reach_every_state_and_a_drift_is_a_mismatch(runner, env_
         assert json.loads(stats.read_text())["state_mismatches"] == 0
         # Without the record (another machine, another cache) the customer would be asked again along the prefix:
         # every state after the first reply is a state mismatch, never an outcome from another conversation.
+        # Every outcome in error is said, and exits 1 once they are written (issue 51: it passed in silence).
         monkeypatch.setenv("EEXP_CACHE", str(tmp_path / "empty-cache"))
-        records = _run(runner, "rollout", "-q", str(branches), "--stats", str(stats))
+        result = runner.invoke(cli, ["rollout", "-q", str(branches), "--stats", str(stats)])
+        records = [orjson.loads(line) for line in result.stdout.splitlines()]
         counts = json.loads(stats.read_text())
         assert counts["state_mismatches"] >= len(records) and all("error" in r for r in records), counts
         assert "never recorded" in records[0]["error"]
+        n = len(records)
+        assert result.exit_code == 1 and result.stderr.endswith(
+            f"eexp: {n} of {n} outcome records have an error (on the record, its expert action or an alternative: "
+            f"`error` says why)\nError: {n} of {n} outcome records (100.0%) failed in the environment, more than the "
+            f"5% a run may lose: the records are written, each failure with its reason (`error`), but what is left is "
+            f"not a result. Fix the environment and rerun\n")
     finally:
         customer.free_text = tau2_user_reply
 

@@ -15,7 +15,8 @@ from eexp.io import write_atomic
 from eexp.stages.evaluate.runner import worker_policy_args
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.stages.evaluate.stage import evaluate
-from eexp.stages.evaluate.summary import check_failed_requests, format_summary, write_summary
+from eexp.stages.evaluate.summary import check_environment_errors, check_failed_requests, format_summary, \
+    write_summary
 from eexp.stages.evaluate.tasks import find_tasks
 
 def warn(message: str) -> None:
@@ -148,6 +149,7 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     click.echo(format_summary(summary), err=True)
     write_summary(summary_path, summary)
     check_failed_requests(summary, policy_spec)
+    check_environment_errors(summary)
 
 
 def _option_name(param: str) -> str:

@@ -115,5 +115,6 @@ def rollout(io, jobs, step_timeout, cluster):
     """
     for name in ("env_steps", "errors", "state_mismatches", "env_restarts"):
         io.count(name, 0)
-    io.run(Rollout(jobs=jobs, step_timeout=step_timeout, count=io.count, note=_note, cluster=cluster),
-           validate=expect("branch"), input_key=lambda r: r.get("source_id"), output_kind="outcome")
+    stage = Rollout(jobs=jobs, step_timeout=step_timeout, count=io.count, note=_note, cluster=cluster)
+    io.run(stage, validate=expect("branch"), input_key=lambda r: r.get("source_id"), output_kind="outcome")
+    stage.check_failures()

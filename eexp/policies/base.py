@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 # PolicyError is imported from here by the backends and by policy plugins
-from eexp.errors import PolicyError, UsageProblem  # noqa: F401
+from eexp.errors import MAX_FAILED_SHARE, PolicyError, UsageProblem  # noqa: F401
 
 MAX_TOKENS = 256  # most tokens per generated reply, where a stage does not ask for more (reflect)
-# A run in which more than this share of a policy's requests failed after their retries exits 1 (its records are
-# written, and say which replies failed): a model that "scores" 0% because its server was down must not pass
-# for a result.
-MAX_FAILED_SHARE = 0.05
+# A run in which more than MAX_FAILED_SHARE (eexp.errors) of a policy's requests failed after their retries exits 1
+# (its records are written, and say which replies failed): a model that "scores" 0% because its server was down must
+# not pass for a result.
 # --act think: a thought may run this much past the longest thought the model was trained on (its card's
 # thought_tokens), and at least THOUGHT_EXTRA tokens past it, before it is cut.
 THOUGHT_MARGIN = 0.25

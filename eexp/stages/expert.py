@@ -6,6 +6,7 @@ from typing import Callable, Iterator
 
 from eexp.envs.base import Env, EnvError, make_env, pick_tasks
 from eexp.envs.reach import guarded
+from eexp.errors import environment_failures
 from eexp.io import Stage, StageIO
 from eexp.records import make_meta, short_hash
 from eexp.workers import WorkerPool, open_pool
@@ -167,7 +168,8 @@ def run_expert(io: StageIO, env_name: str, env_args: dict | None = None, *, spli
                note: Callable[[str], None] = lambda message: None, jobs: int = 1, cluster=None) -> None:
     """Write the expert trajectories of the tasks `pick_tasks` chooses (those of io's --shard) to io's output
     (--resume skips the tasks already there), and say how many did not succeed. `jobs` worker processes, or the workers of `cluster`
-    (--ray), run the tasks; the records are those of a serial run, in the same order."""
+    (--ray), run the tasks; the records are those of a serial run, in the same order. More than MAX_FAILED_SHARE of
+    the trajectories with an environment error is an EnvError (exit 1) once they are all written."""
     stage = Expert(env_name, env_args, seed=seed, timeout=timeout, include_admissible=include_admissible,
                    count=io.count, note=note, jobs=jobs, cluster=cluster)
     try:
@@ -179,5 +181,9 @@ def run_expert(io: StageIO, env_name: str, env_args: dict | None = None, *, spli
     io.run_source(stage, tasks, key=stage.trajectory_id, shard_key=lambda task: task["id"], output_kind="trajectory",
                   unit="task")
     if stage.unsuccessful or stage.errors:
-        note(f"eexp: {stage.unsuccessful} of {io.stats.records_out} expert trajectories did not succeed, "
-             f"{stage.errors} had environment errors")
+        # an environment error is a trajectory that did not succeed too (success: false): counted once, and said
+        note(f"eexp: {stage.unsuccessful + stage.errors} of {io.stats.records_out} expert trajectories did not "
+             f"succeed" + (f" ({stage.errors} had an environment error)" if stage.errors else ""))
+    problem = environment_failures(stage.errors, io.stats.records_out, "expert trajectories")
+    if problem:
+        raise problem

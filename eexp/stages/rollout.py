@@ -31,6 +31,7 @@ import orjson
 
 from eexp.envs.base import Env, EnvError, env_class, make_env
 from eexp.envs.reach import StateMismatch, check_state, guarded, reach
+from eexp.errors import environment_failures
 from eexp.io import RecordError, Stage
 from eexp.records import make_meta
 from eexp.workers import WorkerPool, open_pool
@@ -240,7 +241,13 @@ class Rollout(Stage):
     With one job the records are walked as they come (a trajectory's env carries over from record to record).
     With N jobs a trajectory's records are collected until the next trajectory starts, then sent to a worker;
     at most 2N trajectories are in flight, so memory stays bounded however long the input.
+
+    An outcome with an `error` (on the record, its expert action or an alternative) is counted in `failed`, the
+    first NOTED said with their reason; `check_failures()` says how many when the run ends, and refuses the run
+    (exit 1) past MAX_FAILED_SHARE.
     """
+
+    NOTED = 5
 
     def __init__(self, jobs: int = 1, step_timeout: float | None = None, env_factory: Callable[..., Env] = make_env,
                  count: Callable[[str, int], None] | None = None, note: Callable[[str], None] | None = None,
@@ -250,6 +257,7 @@ class Rollout(Stage):
         self.note = note or (lambda msg: None)
         self.meta_extra = {"step_timeout": step_timeout} if step_timeout else {}
         self._envs_checked: dict = {}   # env name -> why it cannot be used (None: it can); ("version", name)
+        self.outcomes = self.failed = 0   # outcome records written, and those with an error
         self._group: list[dict] = []
         self._walk: Walk | None = None
         self._workers: WorkerPool | None = open_pool(
@@ -290,7 +298,35 @@ class Rollout(Stage):
             self._envs_checked[("version", name)] = None
             self.note(f"eexp: the records of {name!r} were made with version {made}, this is {used}; every state is "
                       f"checked, and one that changed becomes an error")
+        return self._account(out)
+
+    def _account(self, out: dict) -> dict:
+        """Count the outcome, and one with an error; say the first NOTED errors with their reason."""
+        self.outcomes += 1
+        if "error" in out:
+            why = out["error"]
+        else:
+            failed = [(f"the alternative {a['action']!r}", a) for a in out["alternatives"] if "error" in a]
+            if "error" in out["expert"]:
+                failed.append((f"the expert action {out['expert']['action']!r}", out["expert"]))
+            if not failed:
+                return out
+            more = f" (and {len(failed) - 1} more of its actions)" if len(failed) > 1 else ""
+            why = f"{failed[0][0]}: {failed[0][1]['error']}{more}"
+        self.failed += 1
+        if self.failed <= self.NOTED:
+            self.note(f"eexp: {out['id']}: {why}")
         return out
+
+    def check_failures(self) -> None:
+        """When the run is over: say how many outcomes have an error, and raise EnvError (exit 1) when more than
+        MAX_FAILED_SHARE of them do."""
+        if self.failed:
+            self.note(f"eexp: {self.failed} of {self.outcomes} outcome records have an error (on the record, its "
+                      f"expert action or an alternative: `error` says why)")
+        problem = environment_failures(self.failed, self.outcomes, "outcome records")
+        if problem:
+            raise problem
 
     def __call__(self, record: dict) -> Iterator[dict]:
         self.check_env(record)

@@ -9,6 +9,7 @@ from collections import Counter
 
 import orjson
 
+from eexp.errors import environment_failures
 from eexp.io import write_atomic
 from eexp.policies import policy_kind
 from eexp.policies.base import PolicyError, failure_problem
@@ -168,6 +169,14 @@ def check_failed_requests(summary: dict, policy: str) -> None:
     problem = failure_problem(summary.get("failed_requests", 0), summary["policy_steps"], policy)
     if problem:
         raise PolicyError(problem)
+
+
+def check_environment_errors(summary: dict) -> None:
+    """Exit 1 (after everything is written) when more than MAX_FAILED_SHARE of the run's episodes ended in an
+    environment error: their failures are the environment's, not the policy's."""
+    problem = environment_failures(summary["stop_reasons"].get("error", 0), summary["n"], "episodes", "meta.error")
+    if problem:
+        raise problem
 
 
 def write_summary(path: str | None, summary: dict) -> None:

@@ -1,0 +1,133 @@
+"""No failure passes in silence (issue 51): a stage whose records failed in the environment (expert's trajectories,
+rollout's outcomes, eval's episodes) says how many on stderr, and past the share the server paths already allow
+(MAX_FAILED_SHARE, 5%) exits 1 once everything is written."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import orjson
+import pytest
+
+import eexp.envs.base as base
+from eexp.cli import cli
+from eexp.envs.shop import ShopEnv
+
+
+def failure_line(failed: int, total: int, what: str, field: str = "error") -> str:
+    return (f"Error: {failed} of {total} {what} ({100 * failed / total:.1f}%) failed in the environment, more than "
+            f"the 5% a run may lose: the records are written, each failure with its reason (`{field}`), but what is "
+            f"left is not a result. Fix the environment and rerun")
+
+
+def lines(path: Path) -> list[dict]:
+    return [orjson.loads(line) for line in path.read_text().splitlines()]
+
+
+class BrokenShop(ShopEnv):
+    """The shop, whose engine falls over at every reset (a corrupted game, a dead simulator)."""
+    name = "broken-shop"
+
+    def reset(self, task):
+        raise RuntimeError("the game file is corrupt")
+
+
+@pytest.fixture
+def broken_shop(monkeypatch):
+    monkeypatch.setattr(base, "registry", lambda: {
+        "broken-shop": EntryPoint(name="broken-shop", value=f"{__name__}:BrokenShop", group="eexp.envs")})
+
+
+def test_the_share_is_the_one_failed_requests_use():
+    from eexp.errors import MAX_FAILED_SHARE
+    from eexp.policies.base import MAX_FAILED_SHARE as requests_share
+    assert MAX_FAILED_SHARE == requests_share == 0.05
+
+
+# --- expert ------------------------------------------------------------------------------------------------------
+
+def test_expert_whose_every_trajectory_failed_counts_them_once_and_exits_1(runner, tmp_path, broken_shop):
+    out = tmp_path / "expert.jsonl"
+    result = runner.invoke(cli, ["expert", "--env", "broken-shop", "-n", "2", "-q", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    records = lines(out)
+    assert len(records) == 2 and all(not r["success"] and "corrupt" in r["error"] for r in records)
+    assert "eexp: 2 of 2 expert trajectories did not succeed (2 had an environment error)\n" in result.stderr
+    assert result.stderr.endswith(failure_line(2, 2, "expert trajectories") + "\n")
+
+
+# --- rollout -----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shop_branches(tmp_path_factory) -> list[dict]:
+    """The branch records of 4 shop trajectories (20 states, 2 alternatives each)."""
+    from click.testing import CliRunner
+    folder = tmp_path_factory.mktemp("shop")
+    expert = CliRunner().invoke(cli, ["expert", "--env", "shop", "-n", "4", "-q", "-o", str(folder / "e.jsonl")])
+    assert expert.exit_code == 0, expert.output
+    branch = CliRunner().invoke(cli, ["branch", "-k", "2", "-q", str(folder / "e.jsonl"), "-o",
+                                      str(folder / "b.jsonl")])
+    assert branch.exit_code == 0, branch.output
+    return lines(folder / "b.jsonl")
+
+
+def _unreachable(record: dict) -> dict:
+    """The record with a recorded state the replay of its prefix cannot reach (a prefix that cannot be replayed)."""
+    return {**record, "state": {**record["state"], "observation": "a page this shop never shows"}}
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_rollout_whose_records_all_failed_says_so_and_exits_1(runner, tmp_path, shop_branches, jobs):
+    branches = tmp_path / "branches.jsonl"
+    branches.write_bytes(b"".join(orjson.dumps(_unreachable(r)) + b"\n" for r in shop_branches))
+    out = tmp_path / "outcomes.jsonl"
+    result = runner.invoke(cli, ["rollout", "-j", jobs, "-q", str(branches), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    n = len(shop_branches)
+    outcomes = lines(out)
+    assert [o["id"] for o in outcomes] == [r["id"] for r in shop_branches]   # every outcome written, in order
+    assert all(o["error"].startswith("cannot reach the recorded state: state mismatch at step ") for o in outcomes)
+    # the first five with their reason, then the count, then the error
+    assert result.stderr.splitlines() == [
+        *(f"eexp: {o['id']}: {o['error']}" for o in outcomes[:5]),
+        f"eexp: {n} of {n} outcome records have an error (on the record, its expert action or an alternative: "
+        f"`error` says why)",
+        failure_line(n, n, "outcome records")]
+
+
+def test_rollout_with_few_failures_says_how_many_and_exits_0(runner, tmp_path, shop_branches):
+    records = [_unreachable(r) if i == 3 else r for i, r in enumerate(shop_branches)]
+    assert len(records) == 20   # one of 20 is 5%, not more: the run passes, and says it
+    branches = tmp_path / "branches.jsonl"
+    branches.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    result = runner.invoke(cli, ["rollout", "-q", str(branches)])
+    assert result.exit_code == 0, result.output
+    said = result.stderr.splitlines()
+    assert len(said) == 2 and said[0].startswith(f"eexp: {records[3]['id']}: cannot reach the recorded state: ")
+    assert said[1] == ("eexp: 1 of 20 outcome records have an error (on the record, its expert action or an "
+                       "alternative: `error` says why)")
+
+
+def test_an_alternative_in_error_counts_its_record_once(shop_branches):
+    from eexp.stages.rollout import Rollout
+    notes = []
+    stage = Rollout(note=notes.append)
+    record = {**shop_branches[0], "alternatives": [{"action": "a", "error": "environment timed out"},
+                                                   {"action": "b", "error": "boom"}, {"action": "c"}]}
+    stage._account(record)
+    stage._account(shop_branches[1])
+    assert (stage.failed, stage.outcomes) == (1, 2)
+    assert notes == [f"eexp: {record['id']}: the alternative 'a': environment timed out (and 1 more of its actions)"]
+
+
+# --- eval --------------------------------------------------------------------------------------------------------
+
+def test_eval_whose_episodes_all_failed_in_the_environment_exits_1(runner, tmp_path, broken_shop):
+    out = tmp_path / "episodes.jsonl"
+    result = runner.invoke(cli, ["eval", "--env", "broken-shop", "--policy", "random", "-n", "3", "-q",
+                                 "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert [e["stop_reason"] for e in lines(out)] == ["error"] * 3
+    assert "  ended     error 3\n" in result.stderr
+    assert result.stderr.endswith(failure_line(3, 3, "episodes", "meta.error") + "\n")
