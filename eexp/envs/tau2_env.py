@@ -21,7 +21,8 @@ The user simulator is any OpenAI-compatible endpoint: `user=http://HOST:PORT/v1`
 the model name the server expects; vLLM, llama-server, or a hosted API with `EEXP_TAU2_USER_API_KEY` set), at
 `user_temperature` (default 0, tau2's own). The model and temperature are options, so they are part of every record's
 world: different users are different tasks. A run without `user_model`, or whose endpoint nothing listens at, is
-refused when the environment is made, before any episode. Every reply of the user is recorded under
+refused before any episode (when expert and eval make the environment, before rollout's first record); branch, which
+only canonicalizes actions, never asks for the user. Every reply of the user is recorded under
 `$EEXP_CACHE/tau2/users/`, keyed by the user, the task and the whole conversation it answers, and a conversation seen
 before is answered from the record, never asked again. Replaying a recorded prefix (how branch and rollout reach an expert state) must find
 every reply recorded: one that is not is a state mismatch, so a state is never silently reached with different user
@@ -453,6 +454,12 @@ def _check_answers(url: str) -> None:
     _ANSWERING.add(url)
 
 
+def _check_user_url(user: Any) -> None:
+    if not isinstance(user, str) or not re.match(r"https?://", user):
+        raise EnvError(f"tau2: user={user!r} is not an http(s) URL of an OpenAI-compatible endpoint "
+                       "(e.g. http://127.0.0.1:8080/v1)")
+
+
 def _api_key() -> str:
     """The user endpoint's key: $EEXP_TAU2_USER_API_KEY (never another API's key, which a local server would see)."""
     return os.environ.get("EEXP_TAU2_USER_API_KEY") or "eexp"
@@ -477,9 +484,7 @@ class Tau2Env(Env):
                          policy=policy, **kwargs)
         if domain not in DOMAINS:
             raise EnvError(f"tau2: no domain {domain!r} (domains: {', '.join(DOMAINS)})")
-        if not isinstance(user, str) or not re.match(r"https?://", user):
-            raise EnvError(f"tau2: user={user!r} is not an http(s) URL of an OpenAI-compatible endpoint "
-                           "(e.g. http://127.0.0.1:8080/v1)")
+        _check_user_url(user)
         try:
             user_temperature = float(user_temperature)
         except (TypeError, ValueError):
@@ -488,7 +493,6 @@ class Tau2Env(Env):
             raise EnvError(f"tau2: user_temperature={user_temperature} is negative")
         if not isinstance(policy, bool):
             raise EnvError(f"tau2: policy={policy!r} is not true or false")
-        self.check_options({"user": user, "user_model": user_model})
         self.domain, self.user, self.user_model = domain, user.rstrip("/"), str(user_model)
         self.user_temperature, self.policy = user_temperature, policy
         self._episode: Episode | None = None
@@ -501,7 +505,9 @@ class Tau2Env(Env):
     @classmethod
     def check_options(cls, kwargs: dict[str, Any]) -> None:
         """The user simulator must be named (user_model) and its endpoint answer: without either, every
-        conversation of a run would fail the same way, one by one."""
+        conversation of a run would fail the same way, one by one. Asked before the instances that play episodes
+        are made (make_env), and by reset(): an instance that only canonicalizes (branch's) needs no user."""
+        _check_user_url(kwargs.get("user") or DEFAULT_USER)   # a malformed one is said as such, never looked up
         user = str(kwargs.get("user") or DEFAULT_USER).rstrip("/")
         if not kwargs.get("user_model"):
             raise EnvError(f"tau2: no user simulator named: give --env-arg user_model=NAME, the model that the "
@@ -554,6 +560,7 @@ class Tau2Env(Env):
     # --- the episode ------------------------------------------------------------------------------------------------
     def reset(self, task: dict) -> str:
         domain, tid = self._locate(task)
+        self.check_options({"user": self.user, "user_model": self.user_model})
         self._end()
         episode = self._episode = Episode(self, domain, tid)
         self._done, self._reward = False, 0.0

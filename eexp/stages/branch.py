@@ -21,7 +21,7 @@ import math
 import random
 from typing import Any, Callable, Iterator
 
-from eexp.envs.base import Env, make_env
+from eexp.envs.base import Env, env_class, make_idle_env
 from eexp.inflight import InOrder
 from eexp.io import RecordError, Stage
 from eexp.policies.base import Policy, derive_seed
@@ -70,7 +70,7 @@ class Brancher(Stage):
     def __init__(self, propose: str, k: int, *, policy: Policy | None = None, seed: int = 0,
                  temperature: float = 1.0, serializer: Serializer | None = None, steps: set[int] | None = None,
                  max_steps: int | None = None, count: Callable[[str, int], None] | None = None,
-                 note: Callable[[str], None] | None = None, env_factory: Callable[..., Env] = make_env,
+                 note: Callable[[str], None] | None = None, env_factory: Callable[..., Env] = make_idle_env,
                  policy_settings: dict | None = None, concurrency: int = 1):
         if propose not in PROPOSE_MODES:
             raise ValueError(f"propose must be one of {', '.join(PROPOSE_MODES)}, got {propose!r}")
@@ -96,13 +96,22 @@ class Brancher(Stage):
 
     def env_for(self, env_record: dict) -> Env:
         """One instance per (name, kwargs), made on first need (rollout's EnvPool): branch only canonicalizes with
-        it (and hands it to the oracle / random baselines as context); it never steps it."""
+        it (and hands it to the oracle / random baselines as context); it never steps it, so it is made without
+        what only episodes need (make_idle_env: no user simulator, no games)."""
+        name = env_record["name"]
         try:
             return self._pool.get(env_record)
         except Exception as e:   # not installed, or cannot start: every record of it would fail alike
-            raise RecordError(f"environment {env_record['name']!r} is not available here "
-                              f"({type(e).__name__}: {e}); branch needs it to canonicalize actions. "
-                              f"{INSTALL_HINT}") from None
+            try:
+                env_class(name)
+                installed = True
+            except Exception:
+                installed = False
+            if installed:   # the package is there: what went wrong is the environment's to say, not an install's
+                raise RecordError(f"environment {name!r} cannot be made here ({type(e).__name__}: {e}); branch "
+                                  f"needs it to canonicalize actions") from None
+            raise RecordError(f"environment {name!r} is not available here ({type(e).__name__}: {e}); branch needs "
+                              f"it to canonicalize actions. {INSTALL_HINT}") from None
 
     def close(self) -> None:
         self._calls.close()
