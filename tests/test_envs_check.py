@@ -3,6 +3,7 @@ environments, on the third-party test package tests/envpkg, and on plugins that 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -421,3 +422,73 @@ def test_options_at_their_default_recorded_fails():
     failed = {r.name: r.detail for r in check_env(KeepsDefaults) if r.status == "FAIL"}
     assert failed == {"options": "options at their defaults are recorded: {'start': 0} (they would change every "
                                  "trajectory id; Env.__init__ drops them)"}
+
+
+def test_a_failure_is_named_by_its_own_check_not_the_previous_ones():
+    """A check that fails before it says where it is (its first call) is named by that call, never by the place the
+    previous check had reached (`FAIL version: tasks('no-such-split'): ...`, issue 51)."""
+    class NoGame(Counter):
+        def reset(self, task):
+            raise RuntimeError("no game file")
+
+    class Fragile(Counter):
+        made = 0
+
+        def __init__(self, **kwargs):
+            Fragile.made += 1
+            if Fragile.made > 2:   # the lazy check's instance and the tasks check's, then no more
+                raise RuntimeError("out of licences")
+            super().__init__(**kwargs)
+
+    reset = "environment error (reset({'id': 'train-0', 'split': 'train', 'go…)): RuntimeError: no game file"
+    assert {r.name: r.line() for r in check_env(NoGame)}["version"] == f"FAIL version: task train-0: {reset}"
+    assert [r.line() for r in check_env(Fragile)][2:4] == [
+        "FAIL version: environment error (constructing the environment): RuntimeError: out of licences",
+        "FAIL close() is safe: environment error (constructing the environment): RuntimeError: out of licences"]
+
+
+class HalfDownloaded(Counter):
+    """A world whose test split is not on this machine (ALFWorld with one split folder missing)."""
+    name = "half-t"
+
+    def tasks(self, split):
+        if split == "test":
+            raise EnvError("half-t: no games in /data/valid_seen; download them")
+        return super().tasks(split)
+
+
+def test_envs_describes_a_world_with_a_split_missing(runner, monkeypatch):
+    monkeypatch.setattr(base, "registry", lambda: {
+        "half-t": EntryPoint(name="half-t", value=f"{__name__}:HalfDownloaded", group="eexp.envs")})
+    result = runner.invoke(cli, ["envs", "half-t"])
+    assert result.exit_code == 0, result.output
+    assert ("splits: train (3 tasks), test (unavailable: half-t: no games in /data/valid_seen; download them), ood "
+            "(3 tasks)\n") in result.stdout
+    assert "example task train-0: bring the counter to 1\n" in result.stdout
+    info = orjson.loads(runner.invoke(cli, ["envs", "half-t", "--json", "--split", "ood"]).stdout)
+    assert info["task_counts"] == {"train": 3, "ood": 3} and info["example"]["task"]["id"] == "ood-0"
+    assert info["unavailable_splits"] == {"test": "half-t: no games in /data/valid_seen; download them"}
+    result = runner.invoke(cli, ["envs", "half-t", "--split", "test"])   # the split asked for must be there
+    assert result.exit_code == 1 and result.output == "Error: half-t: no games in /data/valid_seen; download them\n"
+
+
+@pytest.mark.slow   # writes ALFWorld games and starts the real engine once
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("alfworld", "fast_downward", "textworld")),
+                    reason="alfworld is not installed (pip install 'eexp[alfworld]')")
+def test_envs_describes_alfworld_with_one_split_not_downloaded(runner, tmp_path, monkeypatch):
+    """ALFWorld with one split's folder missing, as expert and --check on train work: `eexp envs alfworld` says so
+    beside the splits that are there, instead of refusing (issue 51)."""
+    from alfworld_games import write_games   # the offline test games of tests/test_alfworld.py
+    write_games(tmp_path)
+    missing = tmp_path / "json_2.1.1" / "valid_seen"
+    shutil.rmtree(missing)
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    result = runner.invoke(cli, ["envs", "alfworld"])
+    assert result.exit_code == 0, result.output
+    assert (f"splits: train (6 tasks), test (unavailable: alfworld: no ALFWorld games in {missing} (ALFWORLD_DATA); "
+            f"run `alfworld-download` once (it needs the internet) or set ALFWORLD_DATA to the folder it filled), ood "
+            f"(2 tasks)\n") in result.stdout
+    info = orjson.loads(runner.invoke(cli, ["envs", "alfworld", "--json"]).stdout)
+    assert info["task_counts"] == {"train": 6, "ood": 2} and info["example"]["task"]["split"] == "train"
+    result = runner.invoke(cli, ["envs", "alfworld", "--split", "test"])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: alfworld: no ALFWorld games in {missing} ")

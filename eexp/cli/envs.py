@@ -109,7 +109,9 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
     click.echo(f"admissible actions: {'listed (closed set)' if info['closed_actions'] else 'a sample (open set)'}")
     click.echo(f"snapshot: {'yes' if info['can_snapshot'] else 'no (states are reached by replay)'}")
     click.echo(f"max steps: {info['max_steps']}")
-    click.echo("splits: " + ", ".join(f"{s} ({n} tasks)" for s, n in info["task_counts"].items()))
+    counts, unavailable = info["task_counts"], info.get("unavailable_splits", {})
+    click.echo("splits: " + ", ".join(f"{s} ({counts[s]} tasks)" if s in counts else f"{s} (unavailable: "
+                                      f"{unavailable[s]})" for s in info["splits"]))
     example = info["example"]
     click.echo(f"\nexample task {example['task']['id']}: {example['task']['goal']}")
     click.echo("first observation:")
@@ -135,17 +137,26 @@ def run_check(name, env_args, split, n, seed, task_ids, step_timeout, as_json) -
 
 
 def describe(env, split: str | None = None) -> dict:
-    """What `eexp envs NAME` shows: the environment's own describe() plus task counts and an example."""
+    """What `eexp envs NAME` shows: the environment's own describe() plus task counts and an example. A split whose
+    tasks cannot be listed (ALFWorld with one split's games not downloaded) is shown with the reason, under
+    `unavailable_splits`, as long as the example's split (the one asked for, else the first that lists tasks) can."""
     info = env.describe()
-    counts = {s: len(env.tasks(s)) for s in env.splits}
-    split = split or env.splits[0]
-    if split not in env.splits:
+    counts, unavailable = {}, {}
+    for s in env.splits:
+        try:
+            counts[s] = len(env.tasks(s))
+        except EnvError as e:
+            unavailable[s] = str(e)
+    if split is not None and split not in env.splits:
         raise EnvError(f"{env.name} has no split {split!r} (splits: {', '.join(env.splits)})")
+    split = split or next((s for s in env.splits if s in counts), env.splits[0])
+    if split in unavailable:
+        raise EnvError(unavailable[split])
     if not counts[split]:
         raise EnvError(f"{env.name} has no tasks in split {split!r}")
     task = env.tasks(split)[0]
     observation = env.reset(task)
-    return {**info, "task_counts": counts,
+    return {**info, "task_counts": counts, **({"unavailable_splits": unavailable} if unavailable else {}),
             "example": {"task": task, "observation": observation, "admissible": env.admissible()}}
 
 

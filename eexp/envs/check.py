@@ -169,17 +169,21 @@ class Checker:
             if name in needs_tasks and self.tasks is None:
                 yield Check("skip", name, "no tasks to run (see the tasks check)")
                 continue
+            self.where = ""   # each check says where it is; a failure before it does is named by its call alone
             try:
                 status, detail = check()
             except Failed as e:
                 status, detail = "FAIL", str(e)
             except EnvError as e:
-                status, detail = "FAIL", f"{self.where}: {e}"
+                status, detail = "FAIL", self._at(str(e))
             except Exception as e:   # a check must report, never crash the command
-                status, detail = "FAIL", f"{self.where}: {type(e).__name__}: {e}"
+                status, detail = "FAIL", self._at(f"{type(e).__name__}: {e}")
             finally:
                 self.release()
             yield Check(status, name, normalize_space(str(detail)))
+
+    def _at(self, problem: str) -> str:
+        return f"{self.where}: {problem}" if self.where else problem
 
     # --- the checks -------------------------------------------------------------------------------------------------
     def check_lazy(self) -> tuple[str, str]:
@@ -236,6 +240,7 @@ class Checker:
         if "version" not in vars(cls) and not any("version" in vars(b) for b in cls.__mro__[1:] if b is not Env):
             raise Failed(f"the class does not set version (Env's default {declared!r}); set it on the class")
         if self.tasks:
+            self.where = f"task {self.tasks[0]['id']}"
             env.call("reset", self.tasks[0])
             if env.env.version != declared:
                 raise Failed(f"after reset() the instance's version is {short(env.env.version)}, the class's "
