@@ -1,11 +1,16 @@
 """No failure passes in silence (issue 51): a stage whose records failed in the environment (expert's trajectories,
 rollout's outcomes, eval's episodes) says how many on stderr, and past the share the server paths already allow
 (MAX_FAILED_SHARE, 5%) exits 1 once everything is written; branch makes its environment without what only episodes
-need (a user simulator), and gives the install hint only for a package that is missing."""
+need (a user simulator), and gives the install hint only for a package that is missing; the test run keeps to its own
+cache and fails on nobody else's writes."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -186,3 +191,33 @@ def test_branch_gives_the_install_hint_only_for_a_missing_package(runner, tmp_pa
         result = runner.invoke(cli, ["branch", "-k", "2", "-q", str(trajectories)])
         assert result.exit_code == 1, result.output
         assert result.stderr == said.format(where=f"{trajectories}:1") + "\n"
+
+
+# --- the tests' own cache ----------------------------------------------------------------------------------------
+
+def test_the_tests_use_their_own_cache_and_fail_on_nobody_elses_writes(tmp_path):
+    """A process of eexp started by a test finds the session's cache; another process that writes to the user's
+    cache during a run (a training run on the same machine) does not fail it."""
+    from eexp.cache import cache_root
+    session = os.environ["EEXP_CACHE"]
+    started = subprocess.run([sys.executable, "-c", "from eexp.cache import cache_root; print(cache_root())"],
+                             capture_output=True, text=True, check=True)
+    assert started.stdout.strip() == str(cache_root()) == session
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eexp"
+    assert not Path(session).resolve().is_relative_to(home.resolve())
+    # a run of this conftest whose user cache another process writes to meanwhile
+    (tmp_path / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tmp_path / "test_other_process.py").write_text(textwrap.dedent("""
+        import os, subprocess, sys
+        def test_meanwhile(tmp_path):
+            home = os.path.join(os.environ["XDG_CACHE_HOME"], "eexp")
+            code = "import os, sys; os.makedirs(sys.argv[1], exist_ok=True); open(sys.argv[1] + '/hashes', 'w')"
+            subprocess.run([sys.executable, "-c", code, home], check=True, env={})
+    """))
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "XDG_CACHE_HOME": str(xdg)})
+    assert (xdg / "eexp" / "hashes").exists()
+    assert run.returncode == 0, run.stdout[-3000:]
