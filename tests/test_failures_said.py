@@ -1,8 +1,8 @@
 """No failure passes in silence (issue 51): a stage whose records failed in the environment (expert's trajectories,
 rollout's outcomes, eval's episodes) says how many on stderr, and past the share the server paths already allow
 (MAX_FAILED_SHARE, 5%) exits 1 once everything is written; branch makes its environment without what only episodes
-need (a user simulator), and gives the install hint only for a package that is missing; the test run keeps to its own
-cache and fails on nobody else's writes."""
+need (a user simulator), and gives the install hint only for a package that is missing; an eval on a transformers
+model prints no deprecation warning; the test run keeps to its own cache and fails on nobody else's writes."""
 
 from __future__ import annotations
 
@@ -191,6 +191,32 @@ def test_branch_gives_the_install_hint_only_for_a_missing_package(runner, tmp_pa
         result = runner.invoke(cli, ["branch", "-k", "2", "-q", str(trajectories)])
         assert result.exit_code == 1, result.output
         assert result.stderr == said.format(where=f"{trajectories}:1") + "\n"
+
+
+# --- eval on a transformers model: no deprecation warning ---------------------------------------------------------
+
+def test_eval_on_a_tiny_model_prints_no_future_warning(runner, tiny_checkpoint):
+    """transformers 5 renamed past_key_values to cache: the old name printed a FutureWarning (two lines) and a
+    deprecation line in every eval process. Both --act modes that use the prompt's KV cache: generate and score."""
+    import logging
+    import warnings
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    transformers_log = logging.getLogger("transformers")
+    transformers_log.addHandler(handler)
+    try:
+        for act in ("generate", "score"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = runner.invoke(cli, ["eval", "--env", "shop", "-n", "1", "--max-steps", "2", "-q",
+                                             "--max-tokens", "8", "--policy", str(tiny_checkpoint), "--act", act])
+            assert result.exit_code == 0, result.output
+            assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))
+                    ] == []
+    finally:
+        transformers_log.removeHandler(handler)
+    assert [m for m in said if "deprecated" in m] == []
 
 
 # --- the tests' own cache ----------------------------------------------------------------------------------------

@@ -121,6 +121,7 @@ class TransformersPolicy(ModelPolicy):
             (self.stop_ids[0] if self.stop_ids else 0)
         self._cache_key: tuple | None = None
         self._cache = None
+        self._cache_arg = cache_argument(model)
 
     @staticmethod
     def _base_of(adapter: str, override: str, trust_remote_code: bool = False) -> str:
@@ -188,7 +189,7 @@ class TransformersPolicy(ModelPolicy):
             if key:
                 with self.torch.no_grad():
                     out = self.model(input_ids=self._tensor([list(key)]), use_cache=True)
-                self._cache = out.past_key_values
+                self._cache = getattr(out, self._cache_arg)
             self._cache_key = key
         return copy.deepcopy(self._cache) if self._cache is not None else None
 
@@ -199,7 +200,7 @@ class TransformersPolicy(ModelPolicy):
         torch = self.torch
         kwargs = dict(max_new_tokens=max_tokens, eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id,
                       do_sample=temperature > 0, repetition_penalty=1.0,
-                      past_key_values=self._prefix_cache(ids))
+                      **{self._cache_arg: self._prefix_cache(ids)})
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)  # no default top-k: T and top-p only
         else:
@@ -255,7 +256,7 @@ class TransformersPolicy(ModelPolicy):
                 cache.batch_repeat_interleave(len(chunk))
             with torch.no_grad():
                 logits = self.model(input_ids=self._tensor(rows), attention_mask=self._tensor(mask),
-                                    past_key_values=cache, use_cache=cache is not None).logits
+                                    **{self._cache_arg: cache}, use_cache=cache is not None).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             for i, cand in enumerate(chunk):
                 positions = torch.arange(len(cand), device=self.device)
@@ -265,6 +266,21 @@ class TransformersPolicy(ModelPolicy):
 
     def close(self):
         self._cache = None
+
+
+def cache_argument(model) -> str:
+    """How the installed transformers names a model's KV cache, as an argument of forward() and generate() and as a
+    field of their outputs: `cache` where transformers renamed it (5.x: the old name still works, with a
+    FutureWarning and a deprecation line on stderr in every process), `past_key_values` before."""
+    import inspect
+    inner = getattr(model, "module", model)   # a wrapped model (DDP, FSDP) forwards to its module
+    if hasattr(inner, "get_base_model"):      # a PEFT model (rl's LoRA) passes the argument on to its base
+        inner = inner.get_base_model()
+    try:
+        params = inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _first_line(e: Exception) -> str:

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import torch
 
+from eexp.policies.hf import cache_argument
+
 
 def candidate_logliks(model, ids: list[int], candidates: list[list[int]], device, pad_id: int):
     """l(a) for every candidate reply: the sum of log p(reply tokens | prompt), as a tensor that carries gradients
     when they are enabled. The prompt's KV is computed once and shared by the candidates (as eval's scoring does)."""
     prefix = torch.tensor([ids[:-1]], dtype=torch.long, device=device)
-    cache = model(input_ids=prefix, use_cache=True).past_key_values if len(ids) > 1 else None
+    name = cache_argument(model)   # `cache` in transformers 5.x, `past_key_values` before
+    cache = getattr(model(input_ids=prefix, use_cache=True), name) if len(ids) > 1 else None
     if cache is not None:
         cache.batch_repeat_interleave(len(candidates))
     width = max(len(c) for c in candidates) + 1
     rows = [[ids[-1]] + c + [pad_id] * (width - 1 - len(c)) for c in candidates]
     mask = [[1] * (len(ids) - 1) + [1] * (len(c) + 1) + [0] * (width - 1 - len(c)) for c in candidates]
     logits = model(input_ids=torch.tensor(rows, device=device), attention_mask=torch.tensor(mask, device=device),
-                   past_key_values=cache, use_cache=cache is not None).logits.float()
+                   **{name: cache}, use_cache=cache is not None).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     out = []
     for i, cand in enumerate(candidates):

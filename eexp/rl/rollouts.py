@@ -67,7 +67,7 @@ class LivePolicy(TransformersPolicy):
         torch = self.torch
         kwargs = dict(max_new_tokens=max_tokens, eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id,
                       do_sample=temperature > 0, repetition_penalty=1.0, use_cache=True,
-                      past_key_values=self._prefix_cache(ids))
+                      **{self._cache_arg: self._prefix_cache(ids)})
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
