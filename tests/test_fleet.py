@@ -156,6 +156,14 @@ def test_eval_goes_on_when_an_endpoint_dies_and_stops_when_every_one_has(stub, t
             f"connection refused) after") in gone.stderr
     assert "continue with -o FILE --resume" in gone.stderr
     assert all(json.loads(line)["stop_reason"] != "error" for line in out.read_text().splitlines())
+    # the closing line names the endpoint whose requests were sent again (the first to stop), not the last one,
+    # whose requests had nowhere left to go (issue 51)
+    resent_from = [url for url in (first.url, second.url)
+                   if f"the policy endpoint {url} stopped answering (connection refused) after" in gone.stderr]
+    closing = [line for line in gone.stderr.splitlines() if "policy requests were sent again" in line]
+    assert len(resent_from) == 1 and len(closing) == 1, gone.stderr
+    assert closing[0].endswith(f"policy requests were sent again to another endpoint after {resent_from[0]} stopped "
+                               f"answering"), closing
 
 
 def test_an_endpoint_down_at_start_is_left_out_with_a_line_and_all_down_is_an_error(stub, tmp_path):

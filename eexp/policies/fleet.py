@@ -146,7 +146,9 @@ class FleetPolicy(Policy):
         self.gone: list[str | None] = list(silent)   # why an endpoint is left out (None: in use)
         self.left_at = [time.monotonic()] * len(listed)   # when an endpoint was left out, or last asked again
         self.asking = [False] * len(listed)                # whether a look at it is under way (_reprobe)
-        self.lost_mid_run: set[str] = set()               # the endpoints that stopped answering during the run
+        # the endpoints whose requests were sent again elsewhere after they stopped answering (not the last one to
+        # stop: there was nowhere left to send its requests)
+        self.resent_from: set[str] = set()
         self.taken_back = 0
         self.closed = False
         self._routing = threading.Condition()
@@ -243,10 +245,10 @@ class FleetPolicy(Policy):
             if first:
                 self.gone[i] = member.down or "stopped answering"
                 self.left_at[i] = time.monotonic()
-                self.lost_mid_run.add(member.base)
             left = sum(why is None for why in self.gone)
             if left:
                 self.resent_requests += n
+                self.resent_from.add(member.base)
             self._routing.notify_all()
         if first and left:
             warn(f"the policy endpoint {member.base} stopped answering ({self.gone[i]}) after {self.sent[i]} "
@@ -325,4 +327,4 @@ class FleetPolicy(Policy):
             member.close()
         if self.resent_requests:
             warn(f"{self.resent_requests} policy requests were sent again to another endpoint after "
-                 f"{', '.join(b for b in self.bases if b in self.lost_mid_run)} stopped answering")
+                 f"{', '.join(b for b in self.bases if b in self.resent_from)} stopped answering")
