@@ -23,10 +23,10 @@ def test_corpus_pages_are_distinct_observations_of_every_split_without_goals_or_
                                       "-o", str(out)])
     assert result.exit_code == 0, result.output
     pages = _pages(out)
-    assert result.stderr.strip() == f"eexp: {len(pages)} distinct pages from 120 walks over train, test, ood"
+    assert result.stderr.strip() == f"eexp: {len(pages)} distinct pages from 160 walks over train, test, ood, combo"
     texts = [p["observation"] for p in pages]
-    assert len(set(texts)) == len(texts) > 120
-    assert {p["meta"]["split"] for p in pages} == {"train", "test", "ood"}
+    assert len(set(texts)) == len(texts) > 160
+    assert {p["meta"]["split"] for p in pages} == {"train", "test", "ood", "combo"}
     assert any("jacket" in t or "water bottle" in t for t in texts)  # the ood categories' words are in it
     # nothing but pages: no goal (no instruction wording anywhere) and no action
     assert all(set(p) == {"id", "env", "observation", "meta"} for p in pages)
