@@ -483,7 +483,7 @@ def test_tools_multi_turn_requests_and_admissible_sample():
 def test_envs_lists_and_describes(runner):
     result = runner.invoke(cli, ["envs"])
     assert result.exit_code == 0
-    assert re.search(r"^shop\s+1\s+yes\s+train, test, ood$", result.output, re.M)
+    assert re.search(r"^shop\s+1\s+yes\s+train, test, ood, combo$", result.output, re.M)
     assert re.search(r"^tools\s+1\s+yes\s+train, test, ood$", result.output, re.M)
     result = runner.invoke(cli, ["envs", "shop"])
     assert result.exit_code == 0

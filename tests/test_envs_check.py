@@ -270,7 +270,7 @@ def test_json_output_and_usage_errors(runner):
     result = runner.invoke(cli, ["envs", "--check", "shop", "--env-arg", "size=3"])
     assert result.exit_code == 1 and result.output == "Error: shop: unknown options size (known: none)\n"
     result = runner.invoke(cli, ["envs", "--check", "shop", "--split", "dev"])
-    assert result.exit_code == 1 and result.output == "Error: shop has no split 'dev' (splits: train, test, ood)\n"
+    assert result.exit_code == 1 and result.output == "Error: shop has no split 'dev' (splits: train, test, ood, combo)\n"
     result = runner.invoke(cli, ["envs", "--check", "shop", "--task", "train-9"])
     assert result.exit_code == 1 and result.output == ("Error: shop has no task 'train-9' in split 'train' (ids are "
                                                        "train-00000 to train-04999)\n")
