@@ -29,7 +29,7 @@ TEXTWORLD_GAMES = Path(__file__).parent / "data" / "textworld"
 
 # configs whose header command another test runs end to end at a reduced size
 COVERED = {
-    "demo.mk": "tests/test_recipes.py::test_demo_recipe_at_a_reduced_size (the demo's compare; `demo` = seeds)",
+    "demo.mk": "tests/test_recipes.py::test_demo_recipe_at_a_reduced_size (its compare; `seeds` runs compare per seed)",
     "smollm2.mk": "tests/test_recipes.py::test_smollm2_recipe_at_a_tiny_size",
     "scaling.mk": "tests/test_recipes.py::test_scaling_recipe_at_a_tiny_size (`scaling` = scaling-curves)",
     "scaling-quick.mk": "tests/test_recipes.py::test_scaling_recipe_at_a_tiny_size (scaling.mk's curves; "

@@ -1,5 +1,8 @@
-# The CPU demo (`make -C recipes demo`): the built-in shop world, a model made from scratch, 2 cores, no downloads.
-# What was tried before these settings, and what they measured, is in README.md ("The demo").
+# The full-data demo: the built-in shop world, 1,000 expert trajectories, a model made from scratch, 2 cores, no
+# downloads, every run of the comparison (with the compute-matched rows: about an hour of both cores a seed):
+#   make -C recipes -j2 seeds CONFIG=configs/demo.mk
+# `make -C recipes demo` runs configs/lowdata.mk, which includes these settings, over 6 seeds. What each measured is
+# in docs/results/demo.md.
 ENV       = shop
 OUT       = out/demo
 # `tiny` (0.1M parameters) takes ~15x less compute per update than `small` (3.3M): at this budget many updates beat
