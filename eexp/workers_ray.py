@@ -13,13 +13,19 @@ writes, so `-o FILE --resume`, `--shard` and `--stats` work as on one machine.
   crashes whatever runs it) is an error.
 - `terminate()` (Ctrl-C, an error) kills the actors at once; `close()` lets them run their `cleanup` first. The
   actors belong to this driver: Ray kills them when it exits, `kill -9` included.
-- `ADDRESS` is an existing cluster's (`HOST:PORT` of its head, or `auto`). Without one a local cluster is
-  started for the run, and set so that nothing leaves the machine (`local_env`): Ray's usage report off and pointed
-  at a closed loopback port, the node on 127.0.0.2, and Ray's processes given a home whose
-  `ray_bootstrap_config.yaml` is `{}` (without that file the head's dashboard probes the cloud metadata address
-  169.254.169.254 to name the cloud it runs on). The actors get the user's HOME back. A local cluster ends with
-  its driver, kill -9 included: `ray.shutdown` stops most of it, and a small reaper process started beside it
-  stops the rest (Ray leaves its dashboard and runtime-env agents running when the raylet goes).
+- `ADDRESS` is an existing cluster's (`HOST:PORT` of its head, or `auto`). Before `ray.init` joins it, `probe`
+  asks it for its cluster id with Ray's own GCS client, in a child process given `EEXP_RAY_CONNECT_TIMEOUT` seconds
+  (default 20): `ray.init` retries an address that accepts TCP but is no Ray head (an HTTP server, another of Ray's
+  ports) for ~14 minutes, printing a C++ log line every few seconds. The child's stderr (Ray's C++ log lines) is
+  shown only with `EEXP_RAY_LOG=1`.
+- Without one a local cluster is started for the run, and set so that nothing leaves the machine (`local_env`):
+  Ray's usage report off and pointed at a closed loopback port, the node on 127.0.0.2, and Ray's processes given a
+  home whose `ray_bootstrap_config.yaml` is `{}` (without that file the head's dashboard probes the cloud metadata
+  address 169.254.169.254 to name the cloud it runs on), and told that the cluster has one node (`ONE_NODE`: else
+  its runtime-env agent, which is not given the node's address, finds one by connecting a UDP socket to 8.8.8.8:53;
+  no packet is sent, but it is a connect off loopback, made in C++). The actors get the user's HOME back. A local
+  cluster ends with its driver, kill -9 included: `ray.shutdown` stops most of it, and a small reaper process
+  started beside it stops the rest (Ray leaves its dashboard and runtime-env agents running when the raylet goes).
 
 Ray is an optional dependency (`pip install 'eexp[ray]'`): this module imports it only when a cluster is used.
 """
@@ -30,6 +36,8 @@ import collections
 import heapq
 import itertools
 import os
+import re
+import select
 import shutil
 import signal
 import socket
@@ -49,6 +57,12 @@ MAX_LOSSES = 3                # an item whose worker is lost this many times is 
 DEPTH = 2                     # calls queued on one actor (one running, one waiting: no round trip between them)
 PLACE_WAIT = 20.0             # seconds to wait for every worker before starting with those placed
 START_TIMEOUT = float(os.environ.get("EEXP_RAY_START_TIMEOUT", "120"))   # seconds to wait for a first worker
+CONNECT_TIMEOUT = 20.0        # seconds for a cluster's head to answer (EEXP_RAY_CONNECT_TIMEOUT)
+# for a local cluster's processes: Ray's "no multi-node cluster" switch (named for Windows and macOS, where it is
+# off). With it off, a process not told its node's address takes the loopback address instead of asking the
+# routing table with a UDP connect to 8.8.8.8:53, as the runtime-env agent does (`ray start` of a second node
+# refuses it: it is never set for the nodes of a cluster of several)
+ONE_NODE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def import_ray():
@@ -96,10 +110,10 @@ class Cluster:
         if self.address is None:
             root = tempfile.mkdtemp(prefix="eexp-ray-")   # short: Ray's socket paths must fit 107 bytes
             home = os.environ.get("HOME", "")
-            env = local_env(private_home(root))
+            env = {**local_env(private_home(root)), **ONE_NODE}
             self._started.update(root=root, reaper=_start_reaper(root), actor_env={"HOME": home} if home else {})
             saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)   # inherited by the processes ray.init starts (HOME only meanwhile)
+            os.environ.update(env)   # inherited by the processes ray.init starts (HOME and ONE_NODE only meanwhile)
             try:
                 with sigint_ignored_by_children():   # Ctrl-C is the driver's, which then stops the cluster
                     ray.init(_node_ip_address=LOCAL_NODE_IP, include_dashboard=False,
@@ -110,19 +124,23 @@ class Cluster:
                 self.disconnect()
                 raise EexpError(f"cannot start a local Ray cluster: {type(e).__name__}: {e}") from None
             finally:
-                if saved["HOME"] is None:
-                    os.environ.pop("HOME", None)
-                else:
-                    os.environ["HOME"] = saved["HOME"]
+                for key in ("HOME", *ONE_NODE):
+                    if saved[key] is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = saved[key]
             where = "a local Ray cluster"
         else:
-            host, _, port = self.address.split("://")[-1].rpartition(":")
-            if port.isdigit():   # nothing there: ray.init would retry for minutes
+            timeout = connect_timeout()
+            target = os.environ.get("RAY_ADDRESS") or self.address if self.address == "auto" else self.address
+            host, _, port = target.split("://")[-1].rpartition(":")
+            if port.isdigit():   # nothing there, or no Ray head: ray.init would retry for ~14 minutes
                 try:
-                    socket.create_connection((host, int(port)), timeout=10).close()
+                    socket.create_connection((host, int(port)), timeout=timeout).close()
                 except OSError as e:
-                    raise EexpError(f"cannot connect to the Ray cluster at {self.address}: {e.strerror or e}") \
-                        from None
+                    raise EexpError(f"cannot connect to the Ray cluster at {target}: {e.strerror or e}") from None
+                if "://" not in target:   # not ray:// (Ray Client's server, not the head's GCS)
+                    probe(target, timeout)
             if host.startswith("127."):   # a loopback cluster: the driver's node is found by that address
                 options["_node_ip_address"] = host
             try:
@@ -161,6 +179,81 @@ class Cluster:
     def pool(self, setup: Callable[..., Any], args: tuple = (),
              cleanup: Callable[[Any], None] | None = None) -> "RayPool":
         return RayPool(self, setup, args, cleanup)
+
+
+# --- joining a cluster: is a Ray head there? -------------------------------------------------------------------
+
+_PROBE = """\
+import os, sys
+from ray._raylet import InnerGcsClient
+print("ready", flush=True)
+try:
+    InnerGcsClient.standalone(sys.argv[1], None, int(sys.argv[2]))
+    print("ok", flush=True)
+except Exception as e:
+    code = getattr(e, "rpc_code", None)   # gRPC's status: 12 UNIMPLEMENTED (a gRPC server, not the GCS), ...
+    said = f"{type(e).__name__}: {e}".rstrip(" :") + (f" (gRPC status {code})" if code is not None else "")
+    print(" ".join(said.split()), flush=True)
+os._exit(0)
+"""
+PROBE_START = 120.0   # seconds for the probe's child to import Ray (not counted in the timeout: a loaded machine)
+
+
+def connect_timeout() -> float:
+    """`EEXP_RAY_CONNECT_TIMEOUT`: seconds for a cluster's head to answer (default `CONNECT_TIMEOUT`)."""
+    text = os.environ.get("EEXP_RAY_CONNECT_TIMEOUT", "").strip()
+    if not text:
+        return CONNECT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise EexpError(f"EEXP_RAY_CONNECT_TIMEOUT={text} is no number of seconds above 0")
+    return value
+
+
+def probe(address: str, timeout: float) -> None:
+    """Ask the Ray head at `address` for its cluster id, as `ray.init` does first, with Ray's own GCS client in a
+    child process, stopped if no answer comes in `timeout` seconds (counted once Ray is imported there): an error
+    unless a cluster id comes back. `ray.init` itself retries an address that accepts TCP but is no Ray head for
+    ~14 minutes. Ray's C++ log lines go to the child's stderr, shown with EEXP_RAY_LOG=1."""
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen([sys.executable, "-c", _PROBE, address, str(int(timeout * 1000))],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, bufsize=0)
+        said, ended = "", False
+        try:   # unbuffered: a line read leaves the next in the pipe, where select sees it
+            ready = bool(select.select([child.stdout], [], [], PROBE_START)[0]) and \
+                child.stdout.readline() == b"ready\n"
+            if ready and select.select([child.stdout], [], [], timeout)[0]:
+                line = child.stdout.readline()
+                said, ended = line.decode(errors="replace").strip(), not line
+        finally:
+            try:   # it has said what it had to say, or nothing in time (or it ended: its exit status)
+                child.wait(10 if ended else 0)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            child.stdout.close()
+        err.seek(0)
+        log = err.read().decode(errors="replace")
+    if os.environ.get("EEXP_RAY_LOG", "") not in ("", "0"):
+        sys.stderr.write(log)
+        sys.stderr.flush()
+    if said == "ok":
+        return
+    if not ready:
+        why = (log.strip().splitlines() or [f"nothing in {PROBE_START:g} s"])[-1]
+        raise EexpError(f"cannot connect to the Ray cluster at {address}: Ray could not be started here to ask it "
+                        f"({why[:300]})")
+    if ended and child.returncode != -signal.SIGKILL:   # Ray's client stopped the child (a failed check)
+        fatal = [line.split("] ", 1)[-1] for line in log.splitlines() if re.match(r"\[[^]]* [CF] \d+ \d+\] ", line)]
+        said = "Ray's client stopped: " + (fatal[0].split(": ", 1)[-1].split("Check failed: ", 1)[-1] if fatal
+                                           else f"exit status {child.returncode}")
+    if not said or "Timed out while waiting for GCS" in said:   # no answer: stopped here, or it gave up itself
+        raise EexpError(f"cannot connect to the Ray cluster at {address}: no Ray head answered there in "
+                        f"{timeout:g} s (EEXP_RAY_CONNECT_TIMEOUT sets how long to wait)")
+    raise EexpError(f"cannot connect to the Ray cluster at {address}: no Ray head answers there ({said[:300]})")
 
 
 # --- what is left of a local cluster when its driver goes ------------------------------------------------------
