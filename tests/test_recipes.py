@@ -55,9 +55,13 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
     assert kinds == {"il-obs"}
     for run in ("IL", "IWM", "SR", "ActObs"):
         assert (out / run / "config.yaml").exists() and (out / run / "metrics.jsonl").exists()
-        phases = [orjson.loads(line)["phase"] for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+        rows = [orjson.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+        phases = [r["phase"] for r in rows if "loss" in r]
         assert len(phases) == 60  # one update budget for every method, the warm-up included
         assert ("warmup" in phases) == (run == "IWM")
+        # every run's loss on the held-out trajectories (VAL_N), every STEPS / 10 updates from the start (IWM's also
+        # right after its world-model phase)
+        assert set(range(0, 61, 6)) <= {r["step"] for r in rows if "val_loss" in r}
     compare = orjson.loads((out / "compare.json").read_bytes())
     assert set(compare["splits"]) == {"test", "ood"}
     for rows in compare["splits"].values():
