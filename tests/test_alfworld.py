@@ -2,8 +2,10 @@
 
 The release's games come from `alfworld-download`, which needs the internet; tests/alfworld_games.py writes small
 ALFRED-style games (six task types, rooms from the layouts the package ships) in the layout it produces, once per test
-session, so the real loading code runs on them. Skipped, with the reason, where alfworld or fast-downward is missing
-(pip install 'eexp[alfworld]'; CI installs it).
+session, so the real loading code runs on them. The last tests generate a small data set with `eexp alfworld-games`
+(eexp/envs/alfworld_gen.py: full rooms, ALFWorld's splits) and check it: same seed, same bytes; the splits' rooms and
+task types; every walkthrough winning through --env alfworld; `envs --check`; the recipe's GAMES switch. Skipped, with
+the reason, where alfworld or fast-downward is missing (pip install 'eexp[alfworld]'; CI installs it).
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -141,7 +146,10 @@ def test_state_check_catches_a_drift(runner, expert_file, tmp_path):
     assert len(records) > 4
     records[3]["state"]["observation"] = "You arrive at fridge 1. The fridge 1 is closed."   # another state
     branches.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    run_cli(runner, ["rollout", str(branches), "-o", str(outcomes), "--stats", str(stats), "--on-error", "skip"])
+    # the drifted record fails; 1 of 5 is more than the 5% a run may lose, so rollout exits 1 after writing everything
+    result = runner.invoke(cli, ["rollout", str(branches), "-o", str(outcomes), "--stats", str(stats), "--on-error",
+                                 "skip"])
+    assert result.exit_code == 1 and f"1 of {len(records)} outcome records" in result.output, result.output
     assert orjson.loads(stats.read_bytes())["state_mismatches"] == 1
     wrong = next(o for o in read_records([outcomes]) if o["id"] == records[3]["id"])
     assert "state mismatch" in (wrong.get("error") or wrong["alternatives"][0].get("error", ""))
@@ -227,3 +235,119 @@ def test_memoized_engine_calls_give_what_the_engine_gives(monkeypatch):
     memoized = play()
     monkeypatch.setattr(_engine_calls, "depth", 1)    # as if nested: the originals stay in place
     assert play() == memoized
+
+
+# --- generated games (eexp alfworld-games, eexp/envs/alfworld_gen.py) ------------------------------------------------
+SMALL = {"train": 6, "valid_seen": 2, "valid_unseen": 2}
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _games(root, split):
+    """(task folder, trial folder) of each game of a split; the folder names <type>-<object>-None-<recep>-<scene>."""
+    return sorted(p.parent for p in (root / "json_2.1.1" / split).glob("*/*/game.tw-pddl"))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A small generated data set, written by the command as a user runs it (one process)."""
+    root = tmp_path_factory.mktemp("generated") / "games"
+    out = subprocess.run([sys.executable, "-m", "eexp", "alfworld-games", str(root), "--train", "6", "--valid-seen",
+                          "2", "--valid-unseen", "2", "--seed", "3"], capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr
+    assert "alfworld-games: wrote 6 train, 2 valid_seen, 2 valid_unseen games" in out.stderr
+    return root
+
+
+def test_generated_games_same_seed_same_bytes_whatever_the_jobs(generated, tmp_path):
+    from eexp.envs.alfworld_gen import generate
+    again = tmp_path / "again"
+    summary = generate(again, SMALL, seed=3, jobs=2)
+    assert _tree(again) == _tree(generated)          # every file, byte for byte, with 2 processes instead of 1
+    assert summary["splits"]["train"]["games"] == 6 and summary["seed"] == 3
+
+
+def test_generated_splits_follow_alfworld(generated):
+    from eexp.envs.alfworld_gen import RELEASED, TASK_TYPES, UNSEEN_ROOMS, allocate
+    summary = json.loads((generated / "eexp-games.json").read_text())
+    instances = {}
+    for split in ("train", "valid_seen", "valid_unseen"):
+        games = _games(generated, split)
+        assert len(games) == SMALL[split] == summary["splits"][split]["games"]
+        instances[split] = {g.parent.name for g in games}       # <type>-<object>-None-<receptacle>-<scene>
+        kinds = [json.loads((g / "traj_data.json").read_text())["task_type"] for g in games]
+        assert {t: kinds.count(t) for t in TASK_TYPES} == allocate(SMALL[split], RELEASED[split]) \
+            == summary["splits"][split]["task_types"]
+        for g in games:
+            game = json.loads((g / "game.tw-pddl").read_text())
+            traj = json.loads((g / "traj_data.json").read_text())
+            assert game["solvable"] is True and game["walkthrough"]
+            assert traj["eexp"]["walkthrough"] in ("handcoded", "planner") and traj["scene"]["scene_num"] == int(
+                g.parent.name.rsplit("-", 1)[1])
+    rooms = {split: {int(name.rsplit("-", 1)[1]) for name in names} for split, names in instances.items()}
+    assert rooms["valid_unseen"] <= set(UNSEEN_ROOMS) and rooms["train"].isdisjoint(rooms["valid_unseen"])
+    assert instances["valid_seen"] <= instances["train"]      # seen: train's task instances, objects placed anew
+    assert all(summary["splits"][s]["rooms"] == sorted(rooms[s]) for s in rooms)
+    for name in instances["valid_seen"]:
+        seen = [g for g in _games(generated, "valid_seen") if g.parent.name == name]
+        trained = [g for g in _games(generated, "train") if g.parent.name == name]
+        assert all((s / "initial_state.pddl").read_bytes() != (t / "initial_state.pddl").read_bytes()
+                   for s in seen for t in trained)
+    # at the release's sizes, the release's counts; at the default CPU scale, the same proportions
+    assert all(allocate(sum(c.values()), c) == c for c in RELEASED.values())
+    assert allocate(600, RELEASED["train"]) == {
+        "pick_and_place_simple": 133, "look_at_obj_in_light": 52, "pick_clean_then_place_in_recep": 110,
+        "pick_heat_then_place_in_recep": 78, "pick_cool_then_place_in_recep": 90, "pick_two_obj_and_place": 137}
+
+
+def test_generated_games_serve_env_alfworld(generated, monkeypatch, tmp_path, runner):
+    """ALFWORLD_DATA=OUT_DIR: every game's walkthrough wins through eexp's own ALFWorld environment, and the
+    environment contract's check passes on them."""
+    monkeypatch.setenv("ALFWORLD_DATA", str(generated))
+    for split in ("train", "test", "ood"):   # no step timeout: a full room's first load takes seconds on busy cores
+        path = tmp_path / f"{split}.jsonl"
+        run_cli(runner, ["expert", "--env", "alfworld", "--split", split, "--step-timeout", "0", "-q", "-o", str(path)])
+        trajectories = list(read_records([path]))
+        assert len(trajectories) == {"train": 6, "test": 2, "ood": 2}[split]
+        assert all(t["success"] for t in trajectories)
+        assert all(s["action"] in s["admissible"] for t in trajectories for s in t["steps"])
+    result = runner.invoke(cli, ["envs", "--check", "alfworld", "-n", "2", "--split", "ood", "--step-timeout", "0"])
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output and "snapshot/restore equals replay: admissible" in result.output
+
+
+def test_generated_games_bad_input_is_one_line(runner, tmp_path):
+    there = tmp_path / "there"
+    (there / "json_2.1.1" / "train").mkdir(parents=True)
+    result = runner.invoke(cli, ["alfworld-games", str(there)])      # never over games already there
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: {there / 'json_2.1.1'}: already exists (alfworld-games "
+                                                  "writes a new data folder; remove it or choose another OUT_DIR)"]
+    assert sorted(p.name for p in there.iterdir()) == ["json_2.1.1"]
+    result = runner.invoke(cli, ["alfworld-games", str(tmp_path / "x"), "--train", "0", "--valid-seen", "0",
+                                 "--valid-unseen", "0"])
+    assert result.exit_code == 1 and "nothing to generate" in result.output
+    assert not (tmp_path / "x" / "json_2.1.1").exists()
+    result = runner.invoke(cli, ["alfworld-games", str(tmp_path / "y"), "--train", "-1"])
+    assert result.exit_code == 2 and "--train" in result.output
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_recipe_generates_the_games_first_only_when_asked(tmp_path):
+    """configs/alfworld.mk: the released games by default; GAMES=generated writes them into $(OUT)/games first."""
+    recipes = Path(__file__).parent.parent / "recipes"
+
+    def dry(*args):
+        return subprocess.run(["make", "-n", "-C", str(recipes), "CONFIG=configs/alfworld.mk", f"OUT={tmp_path}",
+                               *args, "compare"], capture_output=True, text=True, timeout=60)
+    real = dry()
+    assert real.returncode == 0 and "alfworld-games" not in real.stdout
+    generated = dry("GAMES=generated", "GAMES_TRAIN=12")
+    lines = generated.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if "eexp alfworld-games" in line)
+    assert f"alfworld-games {tmp_path}/games --train 12 --valid-seen 140" in lines[first]
+    assert first < next(i for i, line in enumerate(lines) if "expert --env alfworld" in line)
+    wrong = dry("GAMES=downloaded")
+    assert wrong.returncode == 2 and "GAMES must be real" in wrong.stderr

@@ -25,7 +25,7 @@ def _stdout_to_devnull() -> None:
 
 # The commands as `eexp` and `eexp --help` list them: in the order of the pipeline, not the alphabet's.
 SECTIONS = {
-    "Collect experience": ["envs", "expert", "curate", "branch", "rollout"],
+    "Collect experience": ["envs", "expert", "curate", "branch", "rollout", "alfworld-games"],
     "Make training data": ["imitation-data", "world-model-data", "reflect", "preference-data", "critic-data", "mix",
                            "corpus"],
     "Models": ["init-model", "import-model", "finetune", "rl", "export", "merge"],

@@ -1,0 +1,65 @@
+"""`alfworld-games`: ALFWorld games generated offline (eexp/envs/alfworld_gen.py), for where `alfworld-download`
+cannot reach the internet or its 3,553 train games are more than a run needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from eexp.cli.group import cli
+from eexp.envs import alfworld_gen
+
+
+def _size(option: str, help_text: str):
+    return click.option(option, type=click.IntRange(min=0), default=None, metavar="N", help=help_text)
+
+
+@cli.command("alfworld-games")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@_size("--train", f"Games in train  [default: {alfworld_gen.SIZES['train']}; --full: "
+       f"{alfworld_gen.FULL_SIZES['train']:,}].")
+@_size("--valid-seen", f"Games in valid_seen (eexp's test split)  [default: {alfworld_gen.SIZES['valid_seen']}].")
+@_size("--valid-unseen", f"Games in valid_unseen (eexp's ood split)  [default: {alfworld_gen.SIZES['valid_unseen']}].")
+@click.option("--full", is_flag=True, help="The released split's sizes (3,553 / 140 / 134) where a size is not given.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Which games: the same seed writes the same bytes.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Processes generating games side by side (the games do not depend on it).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines, no summary line.")
+def alfworld_games(out_dir, train, valid_seen, valid_unseen, full, seed, jobs, quiet):
+    """Generate solvable ALFWorld games into OUT_DIR, in the layout of alfworld-download's.
+
+    Rooms, task types, goals, PDDL domain, grammar and experts are the `alfworld` package's (ALFRED's 120 floor
+    plans and the goal library of the six task types); objects are placed by sampling into receptacles that can
+    hold them, not from AI2-THOR scenes, so these are generated games on ALFWorld's engine, not the released split.
+    The splits follow ALFWorld's rules: valid_unseen in the four rooms of the released valid_unseen, which no train
+    game uses; train in the other 116; valid_seen holds train's task instances (task type, object, receptacle,
+    room) with objects placed anew. Task types come in the released proportions. Every game is solvable: its
+    walkthrough is the hand-coded expert's winning run, or the planner's plan (replayed to a win) where the
+    hand-coded expert does not win; a game neither wins is drawn again. The same arguments write the same bytes.
+
+    Writes OUT_DIR/json_2.1.1/{train,valid_seen,valid_unseen}/ (OUT_DIR/json_2.1.1 must not exist yet) and
+    OUT_DIR/eexp-games.json (the sizes, task types, rooms and walkthrough experts per split); then
+    ALFWORLD_DATA=OUT_DIR serves --env alfworld. About 2 s of CPU a game (the engine's PDDL translation of a full
+    room, the hand-coded expert's run): the default size in 25 minutes with -j 2 on 2 cores.
+
+    \b
+    Example:
+      eexp alfworld-games games -j 2
+      ALFWORLD_DATA=games eexp expert --env alfworld -n 200 -o expert.jsonl
+      eexp alfworld-games games-full --full --seed 1
+    """
+    sizes = {"train": train, "valid_seen": valid_seen, "valid_unseen": valid_unseen}
+    base = alfworld_gen.FULL_SIZES if full else alfworld_gen.SIZES
+    sizes = {split: base[split] if n is None else n for split, n in sizes.items()}
+    note = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    summary = alfworld_gen.generate(out_dir, sizes, seed=seed, jobs=jobs, note=note)
+    if not quiet:
+        splits = summary["splits"]
+        made = ", ".join(f"{splits[s]['games']} {s}" for s in alfworld_gen.SPLITS)
+        experts = {e: sum(splits[s]["walkthrough"][e] for s in splits) for e in ("handcoded", "planner")}
+        redrawn = sum(splits[s]["redrawn"] for s in splits)
+        click.echo(f"alfworld-games: wrote {made} games to {out_dir / alfworld_gen.DATA_VERSION} "
+                   f"(walkthroughs: {experts['handcoded']} hand-coded, {experts['planner']} planner; {redrawn} "
+                   f"redrawn) in {summary['seconds']:.0f} s; ALFWORLD_DATA={out_dir} serves --env alfworld", err=True)
