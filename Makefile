@@ -15,9 +15,10 @@ $(VENV)/.installed-dev: pyproject.toml install.sh
 test: dev
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Everything, the slow tests too (JVM, browser, llama-server, recipes, wheels): what CI runs (.ci/run)
+# Everything, the slow tests too (JVM, browser, llama-server, recipes, wheels): what CI runs (.ci/run). The 40
+# slowest tests are listed at the end, so CI's log says where its time went.
 test-all: dev
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=40 $(PYTEST_ARGS)
 
 demo:
 	$(MAKE) -C recipes demo

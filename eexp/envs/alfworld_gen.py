@@ -50,6 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eexp.errors import EnvError
+from eexp.workers import open_pool
 
 GENERATOR = "eexp alfworld-games"
 GENERATOR_VERSION = 1
@@ -569,8 +570,13 @@ def make_game(job: dict) -> dict:
                    f"(seed {job['seed']})")
 
 
-def _worker_init() -> None:
+def _worker_setup() -> None:
+    """A worker's state: none; alfworld imported once, before its first game."""
     _import_alfworld()
+
+
+def _make_game_in_worker(state: None, job: dict) -> dict:
+    return make_game(job)
 
 
 def game_plan(sizes: dict[str, int]) -> dict[str, list[tuple[str, int]]]:
@@ -609,11 +615,7 @@ def generate(out_dir: Path, sizes: dict[str, int] | None = None, seed: int = 0, 
     made: dict[str, list[dict]] = {}
     pool = None
     try:
-        if jobs > 1:
-            import concurrent.futures
-            import multiprocessing
-            pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
-                                                          mp_context=multiprocessing.get_context("spawn"))
+        pool = open_pool(jobs, _worker_setup)   # eexp's worker processes (None: games made here, one by one)
         seen: dict[str, list] = {}
         for split, games in game_plan(sizes).items():
             if not games:
@@ -623,7 +625,7 @@ def generate(out_dir: Path, sizes: dict[str, int] | None = None, seed: int = 0, 
             job_list = [{"seed": seed, "split": split, "task_type": t, "k": k, "n": n,
                          "scratch": str(staging / ".scratch"),
                          "seen": seen if split == "valid_seen" else None} for n, (t, k) in enumerate(games)]
-            results = list(pool.map(make_game, job_list, chunksize=4) if pool else map(make_game, job_list))
+            results = list(pool.map(_make_game_in_worker, job_list) if pool else map(make_game, job_list))
             results = _no_duplicates(results, job_list, made)
             for r in results:
                 folder = staging / split / r["folder"]
@@ -647,7 +649,7 @@ def generate(out_dir: Path, sizes: dict[str, int] | None = None, seed: int = 0, 
         raise
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            pool.terminate()   # after a finished run there is nothing left in flight; after an error, drop it
     return dict(summary, seconds=round(time.perf_counter() - started, 1),
                 cpu_seconds=round(sum(r["cpu_s"] for split in made.values() for r in split), 1))
 
