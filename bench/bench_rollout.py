@@ -22,8 +22,9 @@ import sys
 import tempfile
 import time
 
-from eexp.envs.base import Env, EnvError, env_class, make_env
+from eexp.envs.base import Env, env_class, make_env
 from eexp.envs.reach import reach
+from eexp.errors import EnvError
 from eexp.stages.branch import Brancher
 from eexp.stages.rollout import Rollout
 

@@ -124,7 +124,8 @@ def envs(quick: bool) -> list[dict]:
 
 
 def textworld(quick: bool) -> list[dict]:
-    from eexp.envs.base import EnvError, env_class
+    from eexp.envs.base import env_class
+    from eexp.errors import EnvError
     what = "TextWorld: reach the last expert step again"
     try:
         env_class("textworld")
@@ -142,7 +143,8 @@ def textworld(quick: bool) -> list[dict]:
 
 
 def scienceworld(quick: bool) -> list[dict]:
-    from eexp.envs.base import EnvError, env_class
+    from eexp.envs.base import env_class
+    from eexp.errors import EnvError
     what = "ScienceWorld prefix replay, steps/s"
     try:
         env_class("scienceworld")
@@ -183,7 +185,8 @@ def miniwob(quick: bool) -> list[dict]:
 
 def rollout(quick: bool) -> list[dict]:
     import bench_rollout
-    from eexp.envs.base import EnvError, env_class
+    from eexp.envs.base import env_class
+    from eexp.errors import EnvError
     rows = []
     # environment steps of rollout: snapshot vs naive reset+replay, T=100 K=4, counted by the env
     k, t = 4, 100

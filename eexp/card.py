@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from eexp.errors import EexpError
+from eexp.errors import CardError
 
 CARD_FILE = "card.yaml"
 LEGACY_FILE = "config.yaml"
@@ -38,10 +38,6 @@ PHASE_KEYS = ("name", "updates", "examples", "tokens", "truncated", "skipped", "
 # init-model --pretrain's record (eexp.models.pretrain.pretrain, and the corpus files it read)
 PRETRAIN_KEYS = ("corpus", "steps", "block", "batch", "lr", "seed", "pages", "tokens", "held_out_pages",
                  "held_out_loss_before", "final_train_loss", "held_out_loss")
-
-
-class CardError(EexpError):
-    """A model card that cannot be read: the file and the key are named."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +151,8 @@ def _check(key: str, value: Any, where: str) -> Any:
 
 def check_serializer(value: Any, where: str) -> dict:
     """Serializer settings, strictly: every key one of the Serializer's fields, with a value of its type."""
-    from eexp.prompts import Serializer, SerializerError
+    from eexp.prompts import Serializer
+    from eexp.errors import SerializerError
     if isinstance(value, str):  # as a GGUF or an example's meta holds it
         try:
             value = json.loads(value)

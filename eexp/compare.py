@@ -15,7 +15,8 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
-from eexp.io import InputError, Reader
+from eexp.errors import InputError
+from eexp.io import Reader
 from eexp.records import expect
 from eexp.stages.evaluate.summary import pct, rate_fields
 from eexp.stats import hierarchical_bootstrap, mcnemar_exact, paired_bootstrap, seed_spread, sign_flip_exact

@@ -19,7 +19,8 @@ import hashlib
 import random
 from typing import Iterator
 
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import Env
+from eexp.errors import EnvError
 from eexp.records import make_meta
 
 

@@ -12,15 +12,26 @@ Each class says what happened, so code that catches one catches that and nothing
                            (reason)` (eexp.io)
       PolicyError          a model or server that cannot be loaded or used: a missing or corrupt model, an endpoint
                            that is down (eexp.policies)
+        EndpointDown       a policy server that stopped answering mid-run (eexp.policies.http, eexp.policies.fleet)
       EnvError             an environment that cannot be used: unknown name, split or task, a missing package, a
                            broken engine (eexp.envs)
+        UserFailed         tau2's user simulator endpoint failed (eexp.envs.tau2_env)
       ModelError           a model, checkpoint, adapter or output path of init-model, import-model, export, merge
-                           (eexp.models.init)
-      TrainingError        finetune and rl: no data, out of memory, disk full (eexp.training)
-      CardError, SerializerError, HubError: a bad model card, serializer setting, hub id (where they are raised)
+                           (eexp.models)
+        ConverterMissing   llama-cpp-python without its converter, which export installs (eexp.models.llama_converter)
+      TrainingError        finetune and rl: no data, out of memory, disk full (eexp.training, eexp.rl)
+      CardError            a model card that cannot be read (eexp.card)
+      SerializerError      serializer settings that cannot be used (eexp.prompts)
+      HubError             a Hugging Face Hub id that cannot be used (eexp.policies.files)
+
+Every class a person can meet is defined here, and imported from here alone (tests/test_errors.py checks both), with
+one family of exceptions: the errors of reaching a recorded state (eexp.envs.reach: ReachError, StepTimeout,
+StateMismatch, and tau2's UserNotRecorded), EnvErrors that a stage records as a record's `error` and that build their
+message from the observations they compare, next to the code that compares them.
 
 Internal signals that never reach a person as such (RecordError, which the stage runner turns into an InputError
-at FILE:LINE or skips under --on-error skip; an environment's own errors) are not EexpErrors.
+at FILE:LINE or skips under --on-error skip; an endpoint's EndpointError, which the policy turns into a PolicyError;
+an environment's own errors) are not EexpErrors.
 """
 
 from __future__ import annotations
@@ -92,6 +103,38 @@ class PolicyError(EexpError):
 
 class EnvError(EexpError):
     """A problem the user can act on: unknown environment, split or task, missing package, ..."""
+
+
+class UserFailed(EnvError):
+    """The user simulator's endpoint failed."""
+
+
+class EndpointDown(PolicyError):
+    """The server stopped answering mid-run: the run stops (its finished records are written whole)."""
+
+
+class ModelError(EexpError):
+    """A user-facing problem with a model, checkpoint, adapter or output path (the CLI prints it, exit 1)."""
+
+
+class ConverterMissing(ModelError):
+    """llama-cpp-python is installed but its converter is not (yet): what `ensure_converter` installs."""
+
+
+class TrainingError(EexpError):
+    """A user-facing problem (bad model directory, no data, out of memory, disk full): message, exit 1."""
+
+
+class CardError(EexpError):
+    """A model card that cannot be read: the file and the key are named."""
+
+
+class SerializerError(EexpError):
+    """Serializer settings that cannot be used: an unknown setting or a value of the wrong type, named."""
+
+
+class HubError(EexpError):
+    """A Hub id that cannot be used: not in the cache while offline, unknown, gated, or without safetensors."""
 
 
 def environment_failures(failed: int, total: int, what: str, field: str = "error") -> EnvError | None:

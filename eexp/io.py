@@ -28,8 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 import orjson
 
-# InputError, MissingFile, EmptyFile and WriteError are raised here (and imported from here by older code)
-from eexp.errors import EmptyFile, InputError, MissingFile, PolicyError, UsageProblem, WriteError  # noqa: F401
+from eexp.errors import EmptyFile, InputError, MissingFile, PolicyError, UsageProblem, WriteError
 from eexp.records import KIND_PLURALS, kind_of, type_name
 
 STDIN_NAME = "<stdin>"

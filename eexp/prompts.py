@@ -14,7 +14,7 @@ from functools import cached_property
 
 import orjson
 
-from eexp.errors import EexpError
+from eexp.errors import SerializerError
 
 # Short on purpose: every example carries one, and for a small model trained from scratch it is pure cost.
 POLICY_SYSTEM = ("Choose the next action for the task. Answer `Action: <action>`, optionally after "
@@ -28,10 +28,6 @@ PROPOSED_ACTION = "Proposed action: "
 HISTORY_HEADING = "Recent steps:\n"
 OBSERVATION_HEADING = "Current observation:\n"
 ADMISSIBLE_HEADING = "Admissible actions:\n"
-
-
-class SerializerError(EexpError):
-    """Serializer settings that cannot be used: an unknown setting or a value of the wrong type, named."""
 
 
 @dataclass(frozen=True)

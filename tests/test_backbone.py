@@ -13,8 +13,9 @@ import orjson
 import pytest
 
 from eexp.cli import cli
+from eexp.errors import SerializerError
 from eexp.io import in_shard, prepare_resume
-from eexp.prompts import Serializer, SerializerError, parse_reply
+from eexp.prompts import Serializer, parse_reply
 from eexp.records import EXAMPLE_META, kind_of, validate
 
 DATA = Path(__file__).parent / "data"
@@ -375,7 +376,8 @@ def test_python_dash_m_and_version():
 def test_a_gzip_file_is_read_as_jsonl_and_a_bad_one_is_a_clear_error(tmp_path):
     import gzip
 
-    from eexp.io import InputError, Reader
+    from eexp.io import Reader
+    from eexp.errors import InputError
     good = tmp_path / "episodes.jsonl.gz"
     with gzip.open(good, "wb") as f:
         f.write(b'{"id": "a"}\n\n{"id": "b"}\n{"id": \n')

@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from eexp.cli import cli
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import Env
+from eexp.errors import EnvError
 from eexp.io import read_records
 from eexp.policies.base import Policy, Reply, derive_seed
 from eexp.records import expect

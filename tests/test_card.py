@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eexp.card import Card, CardError, read_card, write_card
+from eexp.card import Card, read_card, write_card
 from eexp.cli import cli
+from eexp.errors import CardError
 from eexp.io import read_records
 from eexp.prompts import Serializer
 from eexp.stages.imitation import imitation_examples

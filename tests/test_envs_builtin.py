@@ -14,11 +14,12 @@ import orjson
 import pytest
 
 from eexp.cli import cli
-from eexp.envs import EnvError, make_env
+from eexp.envs import make_env
 from eexp.envs.base import pick_tasks
 from eexp.envs.reach import ReachError, StateMismatch, StepTimeout, check_state, reach
 from eexp.envs.shop import CATEGORIES, IN_DIST, OOD_CATEGORIES, PER_PAGE, ShopEnv, goal_of, world_of
 from eexp.envs.tools import ToolError, ToolsEnv, parse_call
+from eexp.errors import EnvError
 from eexp.records import validate
 from eexp.stages.expert import expert_trajectory
 from eexp.stages.rollout import EnvPool, Walk

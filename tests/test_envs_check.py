@@ -17,8 +17,9 @@ import pytest
 
 import eexp.envs.base as base
 from eexp.cli import cli
-from eexp.envs.base import Env, EnvError, env_class, make_env
+from eexp.envs.base import Env, env_class, make_env
 from eexp.envs.check import check_env
+from eexp.errors import EnvError
 
 ENVPKG = Path(__file__).parent / "envpkg"
 CHECKS = ["construction is lazy", "tasks", "version", "close() is safe", "deterministic", "expert replays to success",

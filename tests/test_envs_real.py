@@ -19,8 +19,9 @@ import orjson
 import pytest
 
 from eexp.cli import cli
-from eexp.envs import EnvError, make_env
+from eexp.envs import make_env
 from eexp.envs.reach import StateMismatch, StepTimeout, guarded, reach
+from eexp.errors import EnvError
 from eexp.stages.rollout import EnvPool, Walk
 
 DATA = Path(__file__).parent / "data" / "textworld"

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from eexp.cli import cli
 from eexp.cli.options import config_option, explicit_serializer_settings, serializer_options
 from eexp.compare import Run, compare_runs, p_text
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import Env
+from eexp.errors import EnvError, SerializerError
 from eexp.policies.base import Policy, Reply
 from eexp.policies.baselines import OraclePolicy, RandomPolicy
-from eexp.prompts import SerializerError
 from eexp.records import expect
 from eexp.stages.evaluate import tasks as evaluate_stage
 from eexp.stages.evaluate.episode import Evaluator, episode_id

@@ -20,6 +20,7 @@ import pytest
 import eexp.envs.base as base
 from eexp.cli import cli
 from eexp.envs.shop import ShopEnv
+from eexp.errors import EnvError
 
 
 def failure_line(failed: int, total: int, what: str, field: str = "error") -> str:
@@ -47,9 +48,11 @@ def broken_shop(monkeypatch):
 
 
 def test_the_share_is_the_one_failed_requests_use():
-    from eexp.errors import MAX_FAILED_SHARE
-    from eexp.policies.base import MAX_FAILED_SHARE as requests_share
-    assert MAX_FAILED_SHARE == requests_share == 0.05
+    from eexp.errors import MAX_FAILED_SHARE, environment_failures
+    from eexp.policies.base import failure_problem
+    assert MAX_FAILED_SHARE == 0.05
+    assert failure_problem(5, 100, "x") is None and environment_failures(5, 100, "records") is None
+    assert failure_problem(6, 100, "x") and environment_failures(6, 100, "records")
 
 
 # --- expert ------------------------------------------------------------------------------------------------------
@@ -169,7 +172,7 @@ class UnbuildableShop(ShopEnv):
     name = "unbuildable-shop"
 
     def __init__(self, **kwargs):
-        raise base.EnvError("unbuildable-shop: the catalogue file is missing")
+        raise EnvError("unbuildable-shop: the catalogue file is missing")
 
 
 def test_branch_gives_the_install_hint_only_for_a_missing_package(runner, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import yaml
 
 from eexp.card import read_card
 from eexp.cli import cli
+from eexp.errors import TrainingError
 from eexp.io import read_records
 from eexp.prompts import Serializer
 from eexp.stages.imitation import imitation_examples
@@ -25,7 +26,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from eexp import training  # noqa: E402
-from eexp.training import Finetune, FinetuneConfig, TrainingError, encode, finetune  # noqa: E402
+from eexp.training import Finetune, FinetuneConfig, encode, finetune  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 

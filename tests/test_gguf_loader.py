@@ -13,7 +13,7 @@ import sys
 import orjson
 import pytest
 
-from eexp.policies.base import PolicyError
+from eexp.errors import PolicyError
 from eexp.policies.gguf_loader import ISSUE, choose_extra_bufts, cpu_flags, parse_switch
 
 SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}

@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from eexp.cli import cli
-from eexp.policies import PolicyError, load_policy
+from eexp.errors import PolicyError
+from eexp.policies import load_policy
 from eexp.policies.http import GUIDED
 from openai_stub import ADMISSIBLE, MESSAGES, StubServer
 

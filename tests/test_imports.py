@@ -122,7 +122,7 @@ def test_the_graph_is_read():
     assert "eexp.training.recipe" in graph["eexp.training"]
     assert "eexp.training.config" in graph["eexp.training.recipe"]
     assert "eexp.io" in graph["eexp.training.dpo"]
-    assert "eexp.rl.recipe" in graph["eexp.rl"] and "eexp.training.config" in graph["eexp.rl"]  # LAZY_IMPORTS
+    assert "eexp.rl.recipe" in graph["eexp.rl"] and "eexp.rl.config" in graph["eexp.rl"]  # LAZY_IMPORTS
     assert "eexp.cli.group" in graph["eexp.cli.train"] and "eexp.cli.train" in graph["eexp.cli"]
 
 
@@ -217,7 +217,7 @@ def test_the_public_names_are_imported_on_first_use():
             "from eexp.training import checkpoint, finetune\n"
             "import eexp.training.recipe as recipe, eexp.training.config as config\n"
             "assert finetune is recipe.finetune and checkpoint is sys.modules['eexp.training.checkpoint']\n"
-            "assert eexp.rl.TrainingError is config.TrainingError is eexp.training.TrainingError\n"
+            "assert eexp.rl.RLConfig is sys.modules['eexp.rl.config'].RLConfig\n"
             "for package in (eexp.training, eexp.rl):\n"
             "    assert all(getattr(package, name) is not None for name in package.__all__)\n"
             "    assert set(package.__all__) <= set(dir(package))\n"

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from eexp.errors import ConverterMissing, ModelError
+
 
 def test_the_converter_is_installed_on_first_use_and_a_replaced_gguf_is_still_an_error(monkeypatch, tmp_path):
     """In process: a missing converter is installed (one note), an installed one is used as it is, and a gguf package
     replaced since the install stays the error it was (nothing is reinstalled behind the user's back)."""
     from eexp.models import llama_converter as lc
-    from eexp.models.init import ModelError
 
     state = {"installed": False, "gguf_replaced": False}
     installs, notes = [], []
@@ -19,7 +20,7 @@ def test_the_converter_is_installed_on_first_use_and_a_replaced_gguf_is_still_an
         if state["gguf_replaced"]:
             raise ModelError("the installed gguf package is not llama.cpp's gguf-py")
         if not state["installed"]:
-            raise lc.ConverterMissing("llama.cpp's converter is not installed")
+            raise ConverterMissing("llama.cpp's converter is not installed")
         return tmp_path
 
     def install(sdist=None, echo=print):

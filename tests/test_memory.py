@@ -17,11 +17,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from eexp.cli import cli  # noqa: E402
+from eexp.errors import UsageProblem
 from eexp.io import read_records  # noqa: E402
 from eexp.prompts import Serializer  # noqa: E402
 from eexp.stages.imitation import imitation_examples  # noqa: E402
 from eexp.training import Finetune, FinetuneConfig, finetune  # noqa: E402
-from eexp.training.config import FULL_BYTES_PER_PARAM, UsageProblem, check_full_fits  # noqa: E402
+from eexp.training.config import FULL_BYTES_PER_PARAM, check_full_fits  # noqa: E402
 from eexp.training.model import count_parameters  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from eexp.cli import cli
-from eexp.envs import EnvError
 from eexp.envs.miniwob_env import OOD_TYPES, TASK_TYPES
+from eexp.errors import EnvError
 
 
 def _browser_missing() -> str | None:

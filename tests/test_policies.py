@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from eexp.envs.base import Env
-from eexp.policies import PolicyError, Reply, derive_seed, load_policy
+from eexp.errors import PolicyError
+from eexp.policies import Reply, derive_seed, load_policy
 from eexp.policies.actions import match_admissible, reply_from_text
 
 ADMISSIBLE = ["go north", "go south", "take lamp", "open door"]

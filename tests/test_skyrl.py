@@ -10,7 +10,8 @@ skyrl_gym = pytest.importorskip("skyrl_gym", reason="skyrl-gym is in the dev ext
 
 from skyrl_gym.envs.base_text_env import BaseTextEnv  # noqa: E402
 
-from eexp.envs.base import EnvError, make_env  # noqa: E402
+from eexp.envs.base import make_env  # noqa: E402
+from eexp.errors import EnvError
 from eexp.integrations.skyrl import EexpTextEnv, dataset_rows, main, register  # noqa: E402
 from eexp.prompts import Serializer, format_action  # noqa: E402
 

@@ -31,8 +31,9 @@ if importlib.util.find_spec("tau2") is None:
 from openai_stub import TAU2_CONFIRM, StubServer, tau2_user_reply  # noqa: E402
 
 from eexp.cli import cli  # noqa: E402
-from eexp.envs import EnvError, make_env  # noqa: E402
+from eexp.envs import make_env  # noqa: E402
 from eexp.envs.tau2_env import ASK, parse_action  # noqa: E402
+from eexp.errors import EnvError
 
 # litellm's response types warn about themselves when first built (eexp filters it, pytest resets filters per test)
 pytestmark = pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")

@@ -18,7 +18,8 @@ import pytest
 
 from eexp.cli import cli
 from eexp.envs.base import Env
-from eexp.policies import PolicyError, load_policy
+from eexp.errors import PolicyError
+from eexp.policies import load_policy
 from eexp.policies.chat import ModelPolicy
 from eexp.prompts import Serializer, format_action
 

@@ -7,8 +7,9 @@ import orjson
 
 from eexp.cli.group import cli
 from eexp.cli.options import cluster_options, config_option, parse_env_args, shard_option
-from eexp.envs.base import EnvError, make_env, registry
+from eexp.envs.base import make_env, registry
 from eexp.envs.check import check_installed
+from eexp.errors import EnvError
 from eexp.io import StageIO
 from eexp.stages.expert import run_expert
 

@@ -298,7 +298,8 @@ def count_requests(io, policy) -> None:
 
 def check_requests(policy, policy_spec: str | None) -> None:
     """Exit 1 when more than MAX_FAILED_SHARE of the policy's calls failed (everything is written by then)."""
-    from eexp.policies.base import PolicyError, failure_problem
+    from eexp.policies.base import failure_problem
+    from eexp.errors import PolicyError
     if policy is not None:
         problem = failure_problem(policy.failed_requests, policy.requests, policy_spec)
         if problem:

@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from eexp.cache import cache_root
-from eexp.envs.base import Env, EnvError, package_version
+from eexp.envs.base import Env, package_version
+from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 SPLIT_FOLDERS = {"train": "train", "test": "valid_seen", "ood": "valid_unseen"}

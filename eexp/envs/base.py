@@ -12,7 +12,7 @@ import random
 from importlib.metadata import entry_points
 from typing import Any
 
-from eexp.errors import EnvError, entry_point_source  # EnvError is imported from here by environment plugins
+from eexp.errors import EnvError, entry_point_source
 from eexp.text import normalize_space
 
 

@@ -31,7 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from eexp.envs.base import Env, EnvError, package_version
+from eexp.envs.base import Env, package_version
+from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 CATEGORIES = {"base": "multi_turn_base", "long_context": "multi_turn_long_context",

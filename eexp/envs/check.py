@@ -36,8 +36,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from eexp.envs.base import Env, EnvError, env_class, pick_tasks
+from eexp.envs.base import Env, env_class, pick_tasks
 from eexp.envs.reach import guarded
+from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 SCORE_RANGE = (0.0, 1.0)

@@ -67,7 +67,8 @@ from pathlib import Path
 from typing import Any
 
 from eexp.cache import cache_root
-from eexp.envs.base import Env, EnvError, package_version
+from eexp.envs.base import Env, package_version
+from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 TASK_TYPES = ("click-button", "click-button-sequence", "click-link", "click-dialog", "click-dialog-2",

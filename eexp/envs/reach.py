@@ -21,7 +21,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import Env
+from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 EXCERPT_CHARS = 160

@@ -30,7 +30,8 @@ import random
 import re
 from functools import lru_cache
 
-from eexp.envs.base import EnvError, NumberedTasks
+from eexp.envs.base import NumberedTasks
+from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 # category -> (attributes, options, (min price, max price)); attributes are in a fixed order, so the goal's

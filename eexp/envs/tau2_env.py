@@ -53,8 +53,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from eexp.envs.base import Env, EnvError, package_version
+from eexp.envs.base import Env, package_version
 from eexp.envs.reach import StateMismatch
+from eexp.errors import EnvError, UserFailed
 from eexp.text import normalize_space
 
 # Offline, before tau2 or litellm is ever imported in this process: litellm otherwise fetches its model price list
@@ -265,10 +266,6 @@ class UserNotRecorded(StateMismatch):
         EnvError.__init__(self, f"state mismatch at step {step}: the user's reply to this conversation was never "
                                 f"recorded ({detail}); the prefix departs from every recorded conversation, or "
                                 f"{_store_root()} is not the one the expert wrote (copy it along)")
-
-
-class UserFailed(EnvError):
-    """The user simulator's endpoint failed."""
 
 
 def _store_root() -> Path:

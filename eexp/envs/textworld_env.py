@@ -67,7 +67,8 @@ from pathlib import Path
 from typing import Any
 
 from eexp.cache import cache_root
-from eexp.envs.base import Env, EnvError, package_version
+from eexp.envs.base import Env, package_version
+from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 # family -> (tw-make challenge, settings as a function of the nominal seed: the task's, whatever game seed made it)

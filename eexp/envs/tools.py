@@ -25,7 +25,8 @@ from functools import lru_cache
 
 import orjson
 
-from eexp.envs.base import EnvError, NumberedTasks
+from eexp.envs.base import NumberedTasks
+from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 ROOT = "/workspace"

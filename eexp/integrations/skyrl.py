@@ -35,7 +35,8 @@ from typing import Any
 
 from skyrl_gym.envs.base_text_env import BaseTextEnv, BaseTextEnvStepOutput
 
-from eexp.envs.base import EnvError, make_env
+from eexp.envs.base import make_env
+from eexp.errors import EnvError
 from eexp.policies.actions import reply_from_text
 from eexp.prompts import Serializer, clip
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from eexp import __version__
 from eexp.card import Card, read_card
-from eexp.models.init import ModelError
+from eexp.errors import ModelError
 from eexp.policies.files import content_hash
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")

@@ -42,7 +42,7 @@ import yaml
 from eexp import __version__
 from eexp.cache import cache_root
 from eexp.card import Card, write_card
-from eexp.models.init import ModelError
+from eexp.errors import ModelError
 
 IMPORT_FORMAT = 1          # part of the cache path: a change of what an import holds makes new folders
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

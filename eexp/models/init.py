@@ -27,7 +27,7 @@ import yaml
 
 from eexp import __version__
 from eexp.card import Card, write_card
-from eexp.errors import EexpError
+from eexp.errors import ModelError
 
 ARCHITECTURES = ("qwen2", "llama")
 
@@ -118,10 +118,6 @@ BUILTIN_TEXT = _builtin_text()
 # examples, episodes).
 TEXT_KEYS = {"observation", "action", "goal", "final_observation", "next_observation", "content", "admissible",
              "actions", "observations", "reflection", "prefix"}
-
-
-class ModelError(EexpError):
-    """A user-facing problem with a model, checkpoint, adapter or output path (the CLI prints it, exit 1)."""
 
 
 def _strings(value, keep: bool) -> Iterator[str]:

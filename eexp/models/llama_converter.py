@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 from eexp.cache import cache_root
-from eexp.models.init import ModelError
+from eexp.errors import ConverterMissing, ModelError
 
 LLAMA_DIST = "llama-cpp-python"
 # what is taken from the sdist's vendor/llama.cpp/
@@ -50,10 +50,6 @@ def llama_cpp_version() -> str | None:
         return importlib.metadata.version(LLAMA_DIST)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-class ConverterMissing(ModelError):
-    """llama-cpp-python is installed but its converter is not (yet): what `ensure_converter` installs."""
 
 
 def _prefix_dir(version: str) -> Path:

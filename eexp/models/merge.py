@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from eexp.models.init import ModelError
+from eexp.errors import ModelError
 from eexp.training.config import option
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -48,7 +48,7 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
 
     from eexp import __version__
     from eexp.card import read_card, write_card
-    from eexp.policies.base import PolicyError
+    from eexp.errors import PolicyError
     from eexp.policies.files import content_hash, has_tokenizer, hub_id
     from eexp.policies.hf import TransformersPolicy
 

@@ -22,10 +22,10 @@ import os
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from eexp.errors import entry_point_source
-from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply, derive_seed
+from eexp.errors import PolicyError, entry_point_source
+from eexp.policies.base import MAX_TOKENS, Policy, Reply, derive_seed
 
-__all__ = ["Policy", "PolicyError", "Reply", "derive_seed", "default_policy", "load_policy", "policy_kind",
+__all__ = ["Policy", "Reply", "derive_seed", "default_policy", "load_policy", "policy_kind",
            "policy_registry", "ACT_MODES", "DEFAULT_POLICY_ENV"]
 
 ACT_MODES = ("generate", "constrained", "score", "think")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eexp.policies.base import PolicyError
+from eexp.errors import PolicyError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -12,8 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-# PolicyError is imported from here by the backends and by policy plugins
-from eexp.errors import MAX_FAILED_SHARE, PolicyError, UsageProblem  # noqa: F401
+from eexp.errors import MAX_FAILED_SHARE, UsageProblem
 
 MAX_TOKENS = 256  # most tokens per generated reply, where a stage does not ask for more (reflect)
 # A run in which more than MAX_FAILED_SHARE (eexp.errors) of a policy's requests failed after their retries exits 1

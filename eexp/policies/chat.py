@@ -26,8 +26,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from eexp.errors import PolicyError
 from eexp.policies.actions import open_space, reply_from_text
-from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply
+from eexp.policies.base import MAX_TOKENS, Policy, Reply
 from eexp.prompts import fit_messages, format_action
 
 # The start of the action in a reasoning reply: an `Action:` at the start of a line (what parse_reply reads).

@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import threading
 
-from eexp.policies import PolicyError, load_policy
+from eexp.errors import PolicyError
+from eexp.policies import load_policy
 from eexp.policies.base import Policy
 from eexp.policies.chat import ModelPolicy, reply_tokens
 from eexp.prompts import CRITIC_VERDICTS, Serializer

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from eexp.policies.base import PolicyError
+from eexp.errors import PolicyError
 from eexp.prompts import POLICY_SYSTEM, format_action
 
 # One multi-turn conversation with the things that drift: non-ASCII text, brackets, runs of spaces and newlines,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from eexp.card import Card, read_card
-from eexp.errors import EexpError
+from eexp.errors import HubError
 
 _HASHES: dict[tuple, str] = {}
 
@@ -99,10 +99,6 @@ HUB_ID = re.compile(r"(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-
 # What eexp takes from a Hub repository: safetensors weights, configs, tokenizer and chat template files. Never a
 # pickle (*.bin, *.pt, *.pth); model code (*.py) only with trust_remote_code.
 HUB_FILES = ["*.safetensors", "*.json", "*.txt", "*.jinja", "tokenizer.model", "*.tiktoken"]
-
-
-class HubError(EexpError):
-    """A Hub id that cannot be used: not in the cache while offline, unknown, gated, or without safetensors."""
 
 
 @dataclass(frozen=True)

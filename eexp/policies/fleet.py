@@ -40,11 +40,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from eexp.errors import EndpointDown, PolicyError
 from eexp.inflight import side_by_side
 from eexp.policies.args import take_args
-from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply
+from eexp.policies.base import MAX_TOKENS, Policy, Reply
 from eexp.policies.chat import warn
-from eexp.policies.http import HEALTH_TIMEOUT, SCHEMA, EndpointDown, HttpPolicy, endpoint_base, no_answer
+from eexp.policies.http import HEALTH_TIMEOUT, SCHEMA, HttpPolicy, endpoint_base, no_answer
 
 LIST_FORMS = "http(s)://HOST/v1,http(s)://HOST/v1 (each may end in #N, at most N requests in flight there), or @FILE"
 

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
-from eexp.policies.base import PolicyError
+from eexp.errors import PolicyError
 
 AMX_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "amx_fp16", "amx_complex")
 # flags worth showing in `eexp doctor`: the SIMD levels llama.cpp's CPU kernels are chosen by

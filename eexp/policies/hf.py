@@ -13,11 +13,11 @@ import copy
 import json
 import os
 
+from eexp.errors import HubError, PolicyError
 from eexp.policies.args import take_args
-from eexp.policies.base import MAX_TOKENS, PolicyError
+from eexp.policies.base import MAX_TOKENS
 from eexp.policies.chat import ModelPolicy
-from eexp.policies.files import (HubError, content_hash, has_tokenizer, hub_id, read_checkpoint_serializer,
-                                 resolve_hub_model)
+from eexp.policies.files import content_hash, has_tokenizer, hub_id, read_checkpoint_serializer, resolve_hub_model
 
 SCHEMA = {
     "device": (str, "auto"),           # auto | cpu | cuda | cuda:N
@@ -145,7 +145,7 @@ class TransformersPolicy(ModelPolicy):
                 raise PolicyError(f"{adapter}: the adapter's base: {e}") from None
         if not (base and os.path.isdir(base)):  # a GGUF base (finetune --model X.gguf): its import, from the cache
             from eexp.models.import_gguf import adapter_base
-            from eexp.models.init import ModelError
+            from eexp.errors import ModelError
             try:
                 base = adapter_base(adapter, base) or base
             except ModelError as e:

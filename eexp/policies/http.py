@@ -60,10 +60,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from eexp.errors import EndpointDown, PolicyError
 from eexp.inflight import side_by_side
 from eexp.policies.actions import failed_reply, open_space, reply_from_text
 from eexp.policies.args import take_args
-from eexp.policies.base import MAX_TOKENS, Policy, PolicyError, Reply
+from eexp.policies.base import MAX_TOKENS, Policy, Reply
 from eexp.policies.chat import THOUGHT_PREFILL, split_thought, warn
 from eexp.prompts import format_action
 
@@ -107,10 +108,6 @@ class EndpointError(Exception):
 
 class Unreachable(EndpointError):
     """No HTTP answer at all (connection refused, unknown host, timeout) to the first request."""
-
-
-class EndpointDown(PolicyError):
-    """The server stopped answering mid-run: the run stops (its finished records are written whole)."""
 
 
 HEALTH_TIMEOUT = 5.0   # seconds the quick look at a server (its model list) waits for an answer
@@ -455,7 +452,8 @@ class HttpPolicy(Policy):
     def _read_served_card(self) -> None:
         """The thought budget of the served model's card, where the server names a model file or folder that is on
         this machine (a server elsewhere, or one that names none, leaves it to --thought-tokens)."""
-        from eexp.card import CardError, read_model_card
+        from eexp.card import read_model_card
+        from eexp.errors import CardError
         names = []
         for path, key, root in (("/props", "model_path", True), ("/models", None, False)):
             try:   # no retries: a route the server lacks is no reason to wait

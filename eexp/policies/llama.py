@@ -15,8 +15,9 @@ import weakref
 
 import numpy as np
 
+from eexp.errors import PolicyError
 from eexp.policies.args import take_args
-from eexp.policies.base import MAX_TOKENS, PolicyError
+from eexp.policies.base import MAX_TOKENS
 from eexp.policies.chat import ModelPolicy, log_softmax, render_chat_template
 from eexp.policies.files import content_hash, gguf_serializer
 from eexp.policies.gguf_loader import open_gguf

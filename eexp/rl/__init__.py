@@ -103,7 +103,6 @@ LAZY_IMPORTS = {
     "eexp.rl.recipe": ["RL", "run_rl"],
     "eexp.rl.rollouts": ["Episodes", "LivePolicy", "episode_reward", "group_advantages", "play_episodes",
                          "step_tasks"],
-    "eexp.training.config": ["TrainingError", "UsageProblem"],
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, LAZY_IMPORTS)

@@ -20,12 +20,12 @@ import re
 from collections import Counter
 from typing import Callable
 
+from eexp.errors import TrainingError
 from eexp.io import Reader
 from eexp.policies.base import derive_seed
 from eexp.records import expect, trajectory_states
 from eexp.rl.rollouts import step_tasks
 from eexp.stages.expert import expert_trajectory
-from eexp.training.config import TrainingError
 
 EXPERT_MATCHES = ("exact", "f1")
 _WORD = re.compile(r"\w+")

@@ -27,8 +27,8 @@ import torch
 
 from eexp import __version__
 from eexp.envs.base import make_env
+from eexp.errors import PolicyError, TrainingError, UsageProblem
 from eexp.io import progress_bar
-from eexp.policies.base import PolicyError
 from eexp.policies.hf import TransformersPolicy
 from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, RLConfig
 from eexp.rl.expert_step import EXPERT_MATCHES
@@ -37,7 +37,7 @@ from eexp.rl.rollouts import LivePolicy, group_advantages, play_episodes
 from eexp.stages.evaluate.episode import Evaluator
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.stages.evaluate.tasks import split_tasks
-from eexp.training.config import TrainingError, UsageProblem, default_lr, from_scratch, objective_class
+from eexp.training.config import default_lr, from_scratch, objective_class
 from eexp.training.model import check_model_dir
 from eexp.training.trainer import Trainer
 

@@ -9,11 +9,11 @@ import random
 
 import orjson
 
+from eexp.errors import TrainingError
 from eexp.policies.chat import ACTION_LINE
 from eexp.policies.hf import TransformersPolicy
 from eexp.records import short_hash
 from eexp.rl.config import ENCODE_CACHE_SIZE, ZERO_START_ADVICE
-from eexp.training.config import TrainingError
 
 
 class LivePolicy(TransformersPolicy):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from eexp.envs.base import Env, EnvError, make_env, pick_tasks
+from eexp.envs.base import Env, make_env, pick_tasks
 from eexp.envs.reach import guarded
-from eexp.errors import environment_failures
+from eexp.errors import EnvError, environment_failures
 from eexp.io import Stage, StageIO
 from eexp.records import make_meta, short_hash
 from eexp.workers import WorkerPool, open_pool

@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from eexp.envs.base import Env, EnvError, env_class, make_env
+from eexp.envs.base import Env, env_class, make_env
 from eexp.envs.reach import StateMismatch, check_state, guarded, reach
-from eexp.errors import environment_failures
+from eexp.errors import EnvError, environment_failures
 from eexp.io import RecordError, Stage
 from eexp.records import make_meta
 from eexp.workers import WorkerPool, open_pool

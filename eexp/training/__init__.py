@@ -25,11 +25,10 @@ the other modules import at their top.
 from eexp.lazy import lazy_exports
 
 LAZY_IMPORTS = {
-    "eexp.io": ["InputError"],
     "eexp.training.batches": ["collate", "epoch_updates", "examples_per_update", "micro_batches", "phase_updates",
                               "updates_per_epoch", "weighted_nll"],
-    "eexp.training.config": ["OBJECTIVES", "PHASES", "RESUME_FREE", "FinetuneConfig", "TrainerConfig", "TrainingError",
-                             "UsageProblem", "default_lr", "from_scratch", "objective_class"],
+    "eexp.training.config": ["OBJECTIVES", "PHASES", "RESUME_FREE", "FinetuneConfig", "TrainerConfig", "default_lr",
+                             "from_scratch", "objective_class"],
     "eexp.training.data": ["Dataset", "Encoded", "encode", "encode_items", "read_examples", "render",
                            "split_validation", "target_spans"],
     "eexp.training.model": ["check_model_dir", "linear_module_names", "load_model", "load_tokenizer"],

@@ -20,8 +20,8 @@ import safetensors.torch  # called as safetensors.torch.save_file: a test puts a
 import torch
 from safetensors import SafetensorError
 
-from eexp.io import WriteError, write_atomic
-from eexp.training.config import TrainingError
+from eexp.errors import TrainingError, WriteError
+from eexp.io import write_atomic
 
 
 def why(e: BaseException) -> str:

@@ -8,7 +8,7 @@ from dataclasses import MISSING, asdict, dataclass, field
 from typing import ClassVar
 
 from eexp.card import read_card
-from eexp.errors import EexpError, UsageProblem  # noqa: F401 - the one usage error, imported from here too
+from eexp.errors import UsageProblem
 
 PHASES = ("warmup", "train")
 # Options that may differ between a run and its --resume without changing the loss curve: the trainer's (every
@@ -34,10 +34,6 @@ def objective_class(command: str, name: str) -> type:
     """The class `command`'s objective option names `name` (OBJECTIVES), imported."""
     module, _, attr = OBJECTIVES[command][name].partition(":")
     return getattr(importlib.import_module(module), attr)
-
-
-class TrainingError(EexpError):
-    """A user-facing problem (bad model directory, no data, out of memory, disk full): message, exit 1."""
 
 
 def option(default=None, help: str = "", *, factory=None, **click_hints):

@@ -11,11 +11,12 @@ from typing import Callable
 
 import jinja2
 
+from eexp.errors import TrainingError, UsageProblem
 from eexp.io import Reader
 from eexp.policies.chat import longest_thought
 from eexp.prompts import fit_messages
 from eexp.records import expect
-from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem
+from eexp.training.config import FinetuneConfig
 
 
 @dataclass

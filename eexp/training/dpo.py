@@ -32,10 +32,11 @@ import jinja2
 import torch
 import torch.nn.functional as F
 
+from eexp.errors import TrainingError, UsageProblem
 from eexp.io import Reader
 from eexp.records import expect
 from eexp.training.batches import collate
-from eexp.training.config import FinetuneConfig, TrainingError, UsageProblem
+from eexp.training.config import FinetuneConfig
 from eexp.training.data import Dataset, Encoded, encode_pair, warn_without_end_of_turn
 
 

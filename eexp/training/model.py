@@ -11,8 +11,9 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from eexp.errors import TrainingError, UsageProblem
 from eexp.policies.files import has_tokenizer
-from eexp.training.config import TrainerConfig, TrainingError, UsageProblem
+from eexp.training.config import TrainerConfig
 
 
 def check_model_dir(path: str) -> None:

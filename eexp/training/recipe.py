@@ -42,9 +42,10 @@ import torch
 from safetensors.torch import load_file
 
 from eexp.card import check_serializer
+from eexp.errors import TrainingError, UsageProblem
 from eexp.io import progress_bar
 from eexp.training.batches import collate, examples_per_update, phase_updates, updates_per_epoch, weighted_nll
-from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, TrainingError, UsageProblem, objective_class
+from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, objective_class
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
 from eexp.training.model import OOM_ADVICE, _is_oom, check_model_dir
 from eexp.training.objective import Objective

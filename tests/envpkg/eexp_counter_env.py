@@ -3,7 +3,8 @@
 It cannot snapshot, so eexp reaches its states by reset + replay. Task ids are `<split>-<n>`.
 """
 
-from eexp.envs.base import Env, EnvError
+from eexp.envs.base import Env
+from eexp.errors import EnvError
 
 
 class CounterEnv(Env):

@@ -5,7 +5,8 @@ A loader gets the text after `prefer:`, the --policy-arg options and the stage's
 `eexp.policies.Policy`; problems the user can act on are `PolicyError`s.
 """
 
-from eexp.policies import Policy, PolicyError, Reply
+from eexp.errors import PolicyError
+from eexp.policies import Policy, Reply
 from eexp.prompts import format_action
 
 OPTIONS = {"case": "insensitive"}   # --policy-arg case=sensitive|insensitive

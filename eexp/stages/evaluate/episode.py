@@ -10,8 +10,8 @@ from typing import Any
 
 from eexp.envs.base import Env, make_env
 from eexp.envs.screens import can_screenshot, save_step
-from eexp.errors import UsageProblem
-from eexp.policies.base import Policy, PolicyError, derive_seed
+from eexp.errors import PolicyError, UsageProblem
+from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import clip
 from eexp.records import make_meta, short_hash
 from eexp.stages.evaluate.off_path import off_path_start

@@ -9,10 +9,10 @@ from collections import Counter
 
 import orjson
 
-from eexp.errors import environment_failures
+from eexp.errors import PolicyError, environment_failures
 from eexp.io import write_atomic
 from eexp.policies import policy_kind
-from eexp.policies.base import PolicyError, failure_problem
+from eexp.policies.base import failure_problem
 from eexp.stats import wilson
 
 # --act think: a run with more than this share of its thoughts cut at the thought budget warns (their actions were

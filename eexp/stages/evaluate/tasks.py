@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from eexp.envs.base import Env, EnvError, make_env
-from eexp.io import InputError, Reader
+from eexp.envs.base import Env, make_env
+from eexp.errors import EnvError, InputError
+from eexp.io import Reader
 from eexp.records import expect
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 
-from eexp.io import InputError
+from eexp.errors import InputError
 from eexp.prompts import Serializer, clip
 from eexp.stages.reflect.settings import Settings
 from eexp.stages.reflect.text import WORD
