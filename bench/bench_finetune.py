@@ -44,7 +44,8 @@ def make_inputs(work: Path, size: str, n_tasks: int) -> tuple[Path, Path]:
 
 
 def run_eexp(args) -> dict:
-    from eexp.training import Finetune, FinetuneConfig
+    from eexp.training.config import FinetuneConfig
+    from eexp.training.recipe import Finetune
     cfg = FinetuneConfig(train_files=[args.data], model=args.model, output=args.out, lora=not args.full,
                          lora_rank=16, lora_alpha=32, lora_dropout=0.0, max_steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=0, quiet=True,

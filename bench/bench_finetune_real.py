@@ -68,7 +68,9 @@ def held_out_loss(model, tokenizer, args) -> float:
     """Mean loss per target token on --val examples, fp32, no autocast: eexp's encoding and loss for every run."""
     import torch
 
-    from eexp.training import FinetuneConfig, collate, encode_items, read_examples, weighted_nll
+    from eexp.training.batches import collate, weighted_nll
+    from eexp.training.config import FinetuneConfig
+    from eexp.training.data import encode_items, read_examples
     cfg = FinetuneConfig(train_files=[args.val], model=args.model, output="", max_length=args.max_length)
     items, reader = read_examples([args.val], "fail", lambda m: None)
     data = encode_items("val", items, reader, tokenizer, cfg)
@@ -87,7 +89,9 @@ def held_out_loss(model, tokenizer, args) -> float:
 def run_eexp(args) -> dict:
     import torch
 
-    from eexp.training import Finetune, FinetuneConfig, load_model
+    from eexp.training.config import FinetuneConfig
+    from eexp.training.model import load_model
+    from eexp.training.recipe import Finetune
     cfg = FinetuneConfig(train_files=[args.data], model=args.model, output=args.out, lora=not args.full,
                          lora_rank=16, lora_alpha=32, lora_dropout=0.0, max_steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,

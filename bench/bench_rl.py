@@ -45,7 +45,9 @@ def measure(model: str | None = None, group_size: int = 8, tasks_per_step: int =
     {"episodes", "model", "eval": (s, steps), "rl": (s, steps), "train": (s, steps, rollout s)}, best of `repeat`."""
     import torch
     from eexp.envs.base import make_env
-    from eexp.rl import RL, RLConfig, step_tasks
+    from eexp.rl.config import RLConfig
+    from eexp.rl.recipe import RL
+    from eexp.rl.rollouts import step_tasks
     from eexp.stages.evaluate.episode import Evaluator
     from eexp.stages.evaluate.settings import EvalSettings
     load = os.getloadavg()[0]

@@ -45,7 +45,7 @@ def tokens_per_example(data: str, model: str, max_length: int) -> float:
     """Mean tokens per example (eexp's encoding), the common unit of every throughput."""
     from transformers import AutoTokenizer
 
-    from eexp.training import encode
+    from eexp.training.data import encode
     tok = AutoTokenizer.from_pretrained(model)
     lengths = [len(encode(tok, json.loads(line)["messages"], max_length).ids) for line in open(data)]
     return sum(lengths) / len(lengths)

@@ -26,7 +26,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from eexp.errors import CardError
+from eexp.errors import CardError, SerializerError
+from eexp.io import write_atomic
+from eexp.prompts import Serializer
 
 CARD_FILE = "card.yaml"
 LEGACY_FILE = "config.yaml"
@@ -151,8 +153,6 @@ def _check(key: str, value: Any, where: str) -> Any:
 
 def check_serializer(value: Any, where: str) -> dict:
     """Serializer settings, strictly: every key one of the Serializer's fields, with a value of its type."""
-    from eexp.prompts import Serializer
-    from eexp.errors import SerializerError
     if isinstance(value, str):  # as a GGUF or an example's meta holds it
         try:
             value = json.loads(value)
@@ -185,7 +185,6 @@ def read_card(folder: str | os.PathLike | None) -> Card:
 
 def write_card(folder: str | os.PathLike, card: Card) -> str:
     """Write `folder/card.yaml` (whole or not at all); returns its path."""
-    from eexp.io import write_atomic
     path = os.path.join(folder, CARD_FILE)
     write_atomic(path, yaml.safe_dump(card.to_dict(), sort_keys=False, allow_unicode=True).encode())
     return path

@@ -27,9 +27,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import orjson
+from tqdm import tqdm
 
 from eexp.errors import EmptyFile, InputError, MissingFile, PolicyError, UsageProblem, WriteError
 from eexp.records import KIND_PLURALS, kind_of, type_name
+
+try:
+    import fcntl  # POSIX; elsewhere the writer simply cannot cut a torn line back
+except ImportError:
+    fcntl = None
 
 STDIN_NAME = "<stdin>"
 
@@ -169,8 +175,9 @@ class Writer:
 
     def _position(self) -> int | None:
         """Where the next line starts, for a regular file (stdout redirected to a file included)."""
+        if fcntl is None:
+            return None
         try:
-            import fcntl  # POSIX; elsewhere the writer simply cannot cut a torn line back
             fd = self.stream.fileno()
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
@@ -179,7 +186,7 @@ class Writer:
                 if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:  # `>`: where the shell left us
                     return os.lseek(fd, 0, os.SEEK_CUR)
             return os.lseek(fd, 0, os.SEEK_END)  # -o FILE, or stdout appending (`>>`)
-        except (ImportError, OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             return None
 
     def write(self, record: dict, flush: bool = True) -> None:
@@ -660,5 +667,4 @@ class StageIO:
 
 def progress_bar(quiet: bool, **kwargs):
     """A tqdm bar on stderr, only for a person watching (stderr is a terminal) and never with -q."""
-    from tqdm import tqdm
     return tqdm(disable=quiet or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True, **kwargs)

@@ -115,7 +115,7 @@ class Serializer:
 
 
 # --- a state over a token budget -------------------------------------------------------------------------------
-# Training (`training.encode`, --max-length) and inference (`ModelPolicy.fit`, the context size) shorten a state that
+# Training (`eexp.training.data.encode`, --max-length) and inference (`ModelPolicy.fit`, the context size) shorten a state that
 # does not fit in the same way, so a model sees a long state as it was trained on it: the oldest history goes first,
 # then the current observation and the admissible list are clipped; the task is never touched.
 

@@ -7,7 +7,7 @@ import pytest
 
 from eexp.policies import load_policy
 from eexp.prompts import Serializer, fit_messages, shorten
-from eexp.training import encode
+from eexp.training.data import encode
 
 STATE = {"goal": "buy a blue shirt under 30 dollars",
          "observation": "results for shirt\n" + "\n".join(f"[shirt {i}] ${10 + i}" for i in range(30)),

@@ -23,7 +23,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from eexp.card import read_card  # noqa: E402
-from eexp.training import Finetune, FinetuneConfig, finetune  # noqa: E402
+from eexp.training.config import FinetuneConfig  # noqa: E402
+from eexp.training.recipe import Finetune, finetune  # noqa: E402
 from eexp.training.data import encode_pair  # noqa: E402
 
 DATA = Path(__file__).parent / "data"

@@ -25,8 +25,11 @@ from eexp.stages.world_model import world_model_examples
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from eexp import training  # noqa: E402
-from eexp.training import Finetune, FinetuneConfig, encode, finetune  # noqa: E402
+from eexp.training import recipe  # noqa: E402
+from eexp.training.batches import collate, epoch_updates, weighted_nll  # noqa: E402
+from eexp.training.config import FinetuneConfig  # noqa: E402
+from eexp.training.data import encode, read_examples, split_validation  # noqa: E402
+from eexp.training.recipe import Finetune, finetune  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
@@ -188,12 +191,12 @@ def test_full_finetune_pins_the_loss_and_writes_out(tiny_checkpoint, data, tmp_p
     # And independently of our loss code: the first update's loss is the mean over the first update's examples of
     # what transformers computes for each alone (its mean over target tokens), with labels set to -100 outside the
     # trained tokens, with the initial weights.
-    first = [run.data["train"].examples[j] for j in training.epoch_updates(
+    first = [run.data["train"].examples[j] for j in epoch_updates(
         [len(e.ids) for e in run.data["train"].examples], 4, 0, "train", 0)[0]]
     base = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     hf_losses = []
     for example in first:
-        ids, mask, w = training.collate([example], run.pad_id, "cpu")
+        ids, mask, w = collate([example], run.pad_id, "cpu")
         labels = torch.where((w > 0) & (mask > 0), ids, torch.full_like(ids, -100))
         with torch.no_grad():
             hf_losses.append(float(base(input_ids=ids, attention_mask=mask, labels=labels).loss))
@@ -218,12 +221,12 @@ PINNED_LOSSES = [6.021568, 5.958855, 5.810153, 5.549208]
 
 
 def test_validation_split_keeps_trajectories_whole(data):
-    items, _ = training.read_examples([str(data["il"])], "fail", print)
-    train, val = training.split_validation(items, 0.34, seed=0)
+    items, _ = read_examples([str(data["il"])], "fail", print)
+    train, val = split_validation(items, 0.34, seed=0)
     traj = lambda xs: {x.record["meta"]["trajectory_id"] for x in xs}  # noqa: E731
     assert traj(train) and traj(val) and not traj(train) & traj(val)
     assert len(train) + len(val) == len(items)
-    assert training.split_validation(items, 0.34, seed=0)[1] == val     # seeded
+    assert split_validation(items, 0.34, seed=0)[1] == val     # seeded
 
 
 def test_iwm_schedule_counts_both_phases_in_max_steps(tiny_checkpoint, data, tmp_path):
@@ -357,9 +360,9 @@ def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(tiny_checkpo
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     total = 0.0
     for e in run.val.examples:   # the validation loss is the mean over examples of each one's mean (--loss-norm)
-        ids, mask, w = training.collate([e], run.pad_id, "cpu")
+        ids, mask, w = collate([e], run.pad_id, "cpu")
         with torch.no_grad():
-            total += float(training.weighted_nll(model, ids, mask, w)) / e.n_targets
+            total += float(weighted_nll(model, ids, mask, w)) / e.n_targets
     assert total / len(run.val.examples) == pytest.approx(val[best_step], rel=1e-4)
 
 
@@ -447,7 +450,7 @@ def test_model_without_tokenizer(tiny_checkpoint, data, tmp_path, runner):
 def test_out_of_memory_gives_advice(tiny_checkpoint, data, tmp_path, runner, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    monkeypatch.setattr(training.recipe, "weighted_nll", oom)  # the name the recipe calls
+    monkeypatch.setattr(recipe, "weighted_nll", oom)  # the name the recipe calls
     result = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "out of memory at step 1" in result.output

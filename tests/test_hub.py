@@ -153,7 +153,8 @@ def test_model_code_is_refused_unless_asked(hub, tmp_path, tiny_checkpoint):
 
 def test_rl_resolved_config_names_the_hub_start(hub, tmp_path):
     """rl --model ORG/NAME: the run's config names the Hub id as its start and base (not a cache path)."""
-    from eexp.rl import RL, RLConfig
+    from eexp.rl.config import RLConfig
+    from eexp.rl.recipe import RL
     run = RL(RLConfig(model=REPO, output=str(tmp_path / "rl"), env="shop", group_size=2, tasks_per_step=1,
                       max_steps=1, episode_steps=1, allow_zero_start=True, quiet=True))
     run.setup()

@@ -24,8 +24,10 @@ from eexp.stages.imitation import imitation_examples
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from eexp import training  # noqa: E402
-from eexp.training import Dataset, Encoded, Finetune, FinetuneConfig, finetune  # noqa: E402
+from eexp.training.batches import phase_updates, updates_per_epoch  # noqa: E402
+from eexp.training.config import FinetuneConfig  # noqa: E402
+from eexp.training.data import Dataset, Encoded  # noqa: E402
+from eexp.training.recipe import Finetune, finetune  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,8 +69,8 @@ def updates_of(lengths: list[int], epochs: int = 2, world: int = 1, **options) -
     """Every update of `epochs` epochs as the set of its examples, and each update's micro-batches."""
     data = Dataset("train", [Encoded(ids=[0] * n, weights=[0.0] * (n - 1) + [1.0]) for n in lengths])
     cfg = FinetuneConfig(train_files=[], model="m", output="o", seed=3, **options)
-    per_epoch = training.updates_per_epoch(len(lengths), cfg.batch_size, cfg.grad_accum, world)
-    plan = training.phase_updates(data, cfg, "train", world)
+    per_epoch = updates_per_epoch(len(lengths), cfg.batch_size, cfg.grad_accum, world)
+    plan = phase_updates(data, cfg, "train", world)
     out = []
     for _ in range(epochs * per_epoch):
         _, micro = next(plan)

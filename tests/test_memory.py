@@ -21,7 +21,8 @@ from eexp.errors import UsageProblem
 from eexp.io import read_records  # noqa: E402
 from eexp.prompts import Serializer  # noqa: E402
 from eexp.stages.imitation import imitation_examples  # noqa: E402
-from eexp.training import Finetune, FinetuneConfig, finetune  # noqa: E402
+from eexp.training.config import FinetuneConfig  # noqa: E402
+from eexp.training.recipe import Finetune, finetune  # noqa: E402
 from eexp.training.config import FULL_BYTES_PER_PARAM, check_full_fits  # noqa: E402
 from eexp.training.model import count_parameters  # noqa: E402
 
@@ -97,7 +98,9 @@ def test_gradient_checkpointing_recomputes_and_keeps_the_losses(tiny_checkpoint,
 def test_rl_update_with_gradient_checkpointing_recomputes_and_gives_the_same_update(tiny_checkpoint, tmp_path):
     """RL's packed update in train mode (where transformers checkpoints) with dropout off: the same
     log-probabilities and gradients as eval mode without checkpointing, with each layer recomputed."""
-    from eexp.rl import RL, RLConfig, sample_parts
+    from eexp.rl.config import RLConfig
+    from eexp.rl.loss import sample_parts
+    from eexp.rl.recipe import RL
     results = {}
     for on in (False, True):
         run = RL(RLConfig(model=str(tiny_checkpoint), output=str(tmp_path / f"rl-{on}"), env="shop", act="score",

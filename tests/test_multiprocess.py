@@ -26,7 +26,8 @@ pytest.importorskip("accelerate")
 from eexp.io import read_records  # noqa: E402
 from eexp.prompts import Serializer  # noqa: E402
 from eexp.stages.imitation import imitation_examples  # noqa: E402
-from eexp.training import FinetuneConfig, finetune  # noqa: E402
+from eexp.training.config import FinetuneConfig  # noqa: E402
+from eexp.training.recipe import finetune  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

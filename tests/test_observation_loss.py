@@ -67,7 +67,8 @@ def test_finetune_puts_loss_on_the_observation_tokens(runner, tmp_path, tiny_che
     """Through finetune's own reading and encoding (read_examples -> encode_items), with the model's template."""
     import transformers
 
-    from eexp.training import FinetuneConfig, encode_items, read_examples
+    from eexp.training.config import FinetuneConfig
+    from eexp.training.data import encode_items, read_examples
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
     cfg = FinetuneConfig(train_files=[], model=str(tiny_checkpoint), output=str(tmp_path / "unused"),
                          max_length=2048)

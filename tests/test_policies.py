@@ -516,7 +516,10 @@ def test_every_kind_is_an_entry_point():
     from eexp.policies import BUILTIN_KINDS, policy_registry
     registry = policy_registry()
     assert set(BUILTIN_KINDS) <= set(registry)
-    assert all(registry[k].value.startswith("eexp.policies:") for k in BUILTIN_KINDS)
+    # each loader lives in its backend's module (eexp.policies.llama:load_gguf ...), imported when its kind is asked for
+    assert all(registry[k].value.startswith("eexp.policies.") for k in BUILTIN_KINDS)
+    assert {registry[k].load().__module__ for k in BUILTIN_KINDS} == {
+        "eexp.policies.baselines", "eexp.policies.fleet", "eexp.policies.llama", "eexp.policies.hf"}
 
 
 def test_third_party_policy_registers_by_entry_point(tmp_path):

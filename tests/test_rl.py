@@ -24,7 +24,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from eexp.cli import cli  # noqa: E402
-from eexp.rl import action_logprobs, clipped_surrogate, group_advantages, step_tasks  # noqa: E402
+from eexp.rl.loss import action_logprobs, clipped_surrogate  # noqa: E402
+from eexp.rl.rollouts import group_advantages, step_tasks  # noqa: E402
 
 
 # one torch thread for every test here (conftest.one_torch_thread)
@@ -180,7 +181,8 @@ def test_lora_with_a_kl_term_writes_an_adapter_that_eval_loads(shop_models, tmp_
 
 
 def test_generate_mode_trains_on_the_sampled_reply_tokens(shop_models, tmp_path):
-    from eexp.rl import RL, RLConfig
+    from eexp.rl.config import RLConfig
+    from eexp.rl.recipe import RL
     run = RL(RLConfig(model=str(shop_models["il"]), output=str(tmp_path / "gen"), env="shop", act="generate",
                       group_size=2, tasks_per_step=1, max_steps=1, max_tokens=24, episode_steps=2,
                       allow_zero_start=True, quiet=True))
@@ -206,7 +208,9 @@ def test_generate_mode_trains_on_the_sampled_reply_tokens(shop_models, tmp_path)
 def test_the_packed_update_pass_gives_what_one_part_at_a_time_gives(shop_models, tmp_path, act):
     """The update's one forward pass over many samples (each prompt once, its continuations beside it under a 4D
     mask) gives the log-probabilities and gradients of the part-by-part pass with the prompt's KV cache."""
-    from eexp.rl import RL, RLConfig, packed_logprobs, part_logprobs, sample_parts
+    from eexp.rl.config import RLConfig
+    from eexp.rl.loss import packed_logprobs, part_logprobs, sample_parts
+    from eexp.rl.recipe import RL
     run = RL(RLConfig(model=str(shop_models["il"]), output=str(tmp_path / act), env="shop", act=act, group_size=2,
                       tasks_per_step=2, max_steps=1, max_tokens=8, episode_steps=3, allow_zero_start=True,
                       quiet=True))
@@ -268,7 +272,8 @@ def test_rl_recipe_at_a_tiny_size(tmp_path):
 def test_think_mode_trains_the_thought_and_the_decision_after_it(shop_models, tmp_path):
     """--act think on a closed action space: the sampled thought's tokens, then the choice among the admissible
     replies after it; one update with a positive advantage makes both more likely."""
-    from eexp.rl import RL, RLConfig
+    from eexp.rl.config import RLConfig
+    from eexp.rl.recipe import RL
     # the untrained base never writes `Action:`, so its whole reply is the thought (cut), then the action is chosen
     run = RL(RLConfig(model=str(shop_models["base"]), output=str(tmp_path / "think"), env="shop", act="think",
                       group_size=2, tasks_per_step=1, max_steps=1, max_tokens=6, episode_steps=2,
@@ -306,7 +311,7 @@ def test_expert_step_rewards_by_hand():
     """exact: 1 for the expert's action after canonicalize (shop: case and spaces), else 0; f1: the words of the two
     canonical forms (click, red, shirt against click, blue, shirt: P = R = 2/3); the group's advantages follow."""
     from eexp.envs.base import make_env
-    from eexp.rl import expert_states, match_reward, token_f1
+    from eexp.rl.expert_step import expert_states, match_reward, token_f1
     canon = make_env("shop").canonicalize
     expert = "click[Red Shirt]"
     sampled = ["click[ red shirt ]", "click[blue shirt]", "search[hat]", None]
@@ -336,7 +341,8 @@ def test_expert_step_rewards_by_hand():
 def expert_match(model, states_of, out) -> tuple[float, float]:
     """The policy's match with the expert on the training states of `states_of`'s run: greedy (the share of states
     whose most likely action is the expert's) and sampled (the share of 100 draws at temperature 1, per state)."""
-    from eexp.rl import RL, RLConfig
+    from eexp.rl.config import RLConfig
+    from eexp.rl.recipe import RL
     run = RL(RLConfig(**{**states_of, "model": str(model), "output": str(out), "quiet": True}))
     run.setup()
     greedy = sampled = 0.0
@@ -417,7 +423,8 @@ def test_expert_step_resumes_exactly(shop_models, tmp_path):
     """A run cut off after its third step (its checkpoint of step 2 on disk) and --resumed gives the metrics and
     weights of an uninterrupted one. No --expert: the oracle's trajectories of the first 2 tasks."""
     from eexp.io import progress_bar
-    from eexp.rl import RL, RLConfig
+    from eexp.rl.config import RLConfig
+    from eexp.rl.recipe import RL
     settings = dict(model=str(shop_models["il"]), env="shop", reward="expert-step", tasks=2, group_size=4,
                     tasks_per_step=3, temperature=3.0, lr=3e-3, max_steps=4, save_every=2, quiet=True)
     whole = tmp_path / "whole"
@@ -440,7 +447,7 @@ def test_expert_step_resumes_exactly(shop_models, tmp_path):
 
 
 def run_rl_quietly(cfg):
-    from eexp.rl import run_rl
+    from eexp.rl.recipe import run_rl
     return run_rl(cfg, echo=lambda message: None)
 
 

@@ -12,7 +12,7 @@ from eexp.cli.options import cluster_options, concurrency_option, explicit_seria
 from eexp.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.errors import EexpError
 from eexp.io import write_atomic
-from eexp.stages.evaluate.runner import worker_policy_args
+from eexp.stages.evaluate.runner import check_worker_copies, worker_policy_args
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.stages.evaluate.stage import evaluate
 from eexp.stages.evaluate.summary import check_environment_errors, check_failed_requests, format_summary, \
@@ -128,7 +128,6 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     else:
         env_name, env_kwargs, env, tasks = find_tasks(io.reader, env_name, env_args, split if split_given else None,
                                                       n, warn)
-    from eexp.policies.hf import check_worker_copies
     check_worker_copies(policy_spec, policy_args, jobs)  # -j N: no N copies of a transformers model on one GPU
     if screenshots:
         from eexp.envs.screens import can_screenshot

@@ -39,7 +39,7 @@ def rl_command(env_args, **options):
       eexp eval --policy runs/iwm-rl --env shop --split test --act score -o iwm-rl.jsonl
       eexp rl --model runs/il --env shop -o runs/il-es --reward expert-step --expert expert.jsonl --temperature 3
     """
-    from eexp.rl import run_rl
+    from eexp.rl.recipe import run_rl
     quiet_transformers()
     run_rl(RLConfig(env_kwargs=dict(env_args), **options))
 

@@ -33,7 +33,7 @@ def finetune_command(config: FinetuneConfig):
       eexp finetune pairs.jsonl --objective dpo --model runs/il -o runs/il-dpo --lora
       accelerate launch -m eexp finetune il.jsonl --model Qwen2.5-0.5B -o runs/il
     """
-    from eexp.training import finetune
+    from eexp.training.recipe import finetune
     quiet_transformers()
     finetune(config)
 

@@ -41,6 +41,7 @@ translation and TextWorld's grammar parsing while the engine runs: half the time
 from __future__ import annotations
 
 import copy
+import ctypes
 import functools
 import hashlib
 import importlib.util
@@ -177,7 +178,6 @@ class _Engine:
             self.env.load(str(game_file))
             self.state = self.env.reset()        # translates the PDDL (0.3 s): once per engine
         lib = self.pddl.downward_lib
-        import ctypes
         lib.get_state_id.argtypes, lib.get_state_id.restype = [], ctypes.c_int
         lib.set_state_id.argtypes, lib.set_state_id.restype = [ctypes.c_int], None
         self.first = self.save()

@@ -9,7 +9,7 @@ environment against it.
 from __future__ import annotations
 
 import random
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
 from eexp.errors import EnvError, entry_point_source
@@ -188,7 +188,6 @@ def pick_tasks(env: Env, split: str, n: int | None = None, seed: int = 0,
 def package_version(dist: str) -> str:
     """`<dist>-<installed version>` (or `<dist>` when it is not installed) for the class attribute `version` of an
     environment that wraps a package: read from the package's metadata, without importing it."""
-    from importlib.metadata import PackageNotFoundError, version
     try:
         return f"{dist}-{version(dist)}"
     except PackageNotFoundError:

@@ -59,6 +59,7 @@ passes has another digest than the one seen there before.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -68,6 +69,8 @@ from typing import Any
 
 from eexp.cache import cache_root
 from eexp.envs.base import Env, package_version
+from eexp.envs.browser import Browser, BrowserMissing
+from eexp.envs.miniwob_oracles import ORACLES, OracleFailed, fields_of
 from eexp.errors import EnvError
 from eexp.text import normalize_space
 
@@ -305,7 +308,6 @@ class MiniWobEnv(Env):
 
     # --- the browser --------------------------------------------------------------------------------------------
     def _driver(self):
-        from eexp.envs.browser import Browser, BrowserMissing
         try:
             import miniwob  # noqa: F401 - the task pages
         except ImportError:
@@ -514,7 +516,6 @@ class MiniWobEnv(Env):
         MiniWoB's own between-episodes cover."""
         if self._page is None or self._browser is None or not self._browser.running:
             raise EnvError("miniwob: no page to take a screenshot of (reset() first)")
-        import io
         from PIL import Image
         driver = self._browser.driver
         png = driver.get_screenshot_as_png()
@@ -555,7 +556,6 @@ class MiniWobEnv(Env):
 
     # --- expert -------------------------------------------------------------------------------------------------
     def expert(self, task: dict) -> list[str]:
-        from eexp.envs.miniwob_oracles import ORACLES, OracleFailed, fields_of
         task_type, seed = self._parse(task)
         if task["id"] in self._plans:
             return list(self._plans[task["id"]])

@@ -53,6 +53,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from eexp.cache import cache_root
 from eexp.envs.base import Env, package_version
 from eexp.envs.reach import StateMismatch
 from eexp.errors import EnvError, UserFailed
@@ -269,7 +270,6 @@ class UserNotRecorded(StateMismatch):
 
 
 def _store_root() -> Path:
-    from eexp.cache import cache_root
     return cache_root() / "tau2" / "users"
 
 

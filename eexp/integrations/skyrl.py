@@ -30,14 +30,17 @@ template); a LoRA output must be merged into its base first (PEFT's merge_and_un
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
 
+import orjson
 from skyrl_gym.envs.base_text_env import BaseTextEnv, BaseTextEnvStepOutput
 
 from eexp.envs.base import make_env
 from eexp.errors import EnvError
 from eexp.policies.actions import reply_from_text
+from eexp.policies.files import read_checkpoint_serializer
 from eexp.prompts import Serializer, clip
 
 ENV_ID = "eexp"
@@ -156,9 +159,6 @@ def dataset_rows(env_name: str, split: str, n: int | None = None, *, env_kwargs:
 
 def main(argv: list[str] | None = None) -> int:
     """python -m eexp.integrations.skyrl --env shop --split train -n 1000 --model CKPT -o train.parquet"""
-    import argparse
-
-    from eexp.policies.files import read_checkpoint_serializer
     parser = argparse.ArgumentParser(prog="python -m eexp.integrations.skyrl",
                                      description="Write a SkyRL dataset (parquet or jsonl) of an eexp environment's "
                                                  "tasks, rendered with a checkpoint's serializer settings.")
@@ -177,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         import pandas
         pandas.DataFrame(rows).to_parquet(args.output)
     else:
-        import orjson
         with open(args.output, "wb") as f:
             f.writelines(orjson.dumps(r) + b"\n" for r in rows)
     print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)

@@ -27,18 +27,25 @@ hyperparameters, RoPE scaling, sliding windows, the tokenizer). eexp keeps what 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import re
+import runpy
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from eexp import __version__
 from eexp.card import Card, read_card
 from eexp.errors import ModelError
+from eexp.models.import_gguf import adapter_base, import_gguf
+from eexp.models.llama_converter import ensure_converter, llama_cpp_version
 from eexp.policies.files import content_hash
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
@@ -180,8 +187,6 @@ def _check_adapter_fits(adapter: Path, base_shapes: dict[str, tuple[int, ...]], 
 
 def _lora_scale(config: dict, module: str, rank: int) -> float:
     """PEFT's scaling for one module: alpha / r (alpha / sqrt(r) with rsLoRA), per-module patterns included."""
-    import re
-
     alpha = config.get("lora_alpha", 8)
     for pattern, value in (config.get("alpha_pattern") or {}).items():
         if re.search(rf"(^|\.){pattern}$", module):
@@ -266,8 +271,6 @@ def _converter(ckpt: Path, name: str, fields: dict[str, str]):
     keys (written with the rest of the metadata, adapters included), the name, the pre-tokenizer fallback, no
     progress bar, and quiet logging (its errors are collected). Yields (conversion, the error log, the converter
     folder)."""
-    from eexp.models.llama_converter import ensure_converter
-
     folder = ensure_converter()   # installed on first use (one line on stderr)
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
@@ -349,7 +352,6 @@ def _model_class(conversion, ckpt: Path, config: dict):
     try:
         return conversion.get_model_class(arch)
     except NotImplementedError:
-        from eexp.models.llama_converter import llama_cpp_version
         raise ModelError(f"{ckpt}: unsupported architecture {arch!r}: llama.cpp's converter (llama-cpp-python "
                          f"{llama_cpp_version()}) does not know it") from None
 
@@ -358,7 +360,6 @@ def _failed(ckpt: Path, out: Path, errors: _ErrorLog, e: BaseException) -> Model
     if isinstance(e, ModelError):
         return e
     if isinstance(e, OSError):
-        import errno
         why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         return ModelError(f"cannot write {out}: {why}")
     detail = errors.lines[-1] if errors.lines else _first_line(e)
@@ -410,8 +411,6 @@ def _convert_model(ckpt: Path, out: Path, quant: str, name: str, fields: dict[st
 
 def _convert_lora(ckpt: Path, adapter: Path, out: Path, quant: str, name: str, fields: dict[str, str]) -> None:
     """convert_lora_to_gguf.py over `adapter` (PEFT's scaling already folded in) with `ckpt` as the base."""
-    import runpy
-
     with _converter(ckpt, name, fields) as (conversion, errors, folder):
         _model_class(conversion, ckpt, _read_json(ckpt / "config.json"))
         tmp = _temp_path(out)
@@ -468,7 +467,6 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, quant: str = "q
     if adapter is None and ckpt.is_dir() and _is_adapter(ckpt):
         adapter = ckpt
         base = _adapter_config(ckpt).get("base_model_name_or_path")
-        from eexp.models.import_gguf import adapter_base
         found = adapter_base(ckpt, base)  # a directory, or the import of the GGUF finetune trained from
         if found is None:
             raise ModelError(f"{ckpt}: an adapter whose base model {base!r} is not a local directory; "
@@ -484,7 +482,6 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, quant: str = "q
         raise ModelError(f"cannot write {out}: directory {out.parent} does not exist")
 
     if ckpt.is_file() and ckpt.suffix.lower() == ".gguf":  # a GGUF base (finetune --model X.gguf): its import
-        from eexp.models.import_gguf import import_gguf
         ckpt = import_gguf(ckpt)
     config = _check_checkpoint(ckpt)
     base_shapes = _weight_shapes(ckpt)
@@ -548,7 +545,6 @@ def _single_alpha_adapter(adapter: Path, config: dict, tensors: dict, tmpdir: Pa
     """The adapter as llama.cpp applies it: every pair scaled by one alpha / rank. PEFT's per-module scale (rsLoRA,
     alpha and rank patterns) is folded into lora_b, so that alpha / r times lora_b @ lora_a is exactly PEFT's delta
     for every module. The adapter itself when nothing needs folding; else a copy in `tmpdir`."""
-    import numpy as np
     from safetensors.numpy import save_file
 
     alpha = float(config.get("lora_alpha", 8))

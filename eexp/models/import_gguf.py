@@ -30,10 +30,13 @@ Security: a GGUF is data (no code); the weights are written as safetensors; noth
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -41,8 +44,9 @@ import yaml
 
 from eexp import __version__
 from eexp.cache import cache_root
-from eexp.card import Card, write_card
+from eexp.card import Card, read_card, write_card
 from eexp.errors import ModelError
+from eexp.policies.files import content_hash
 
 IMPORT_FORMAT = 1          # part of the cache path: a change of what an import holds makes new folders
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,7 +101,6 @@ def gguf_info(path: str | os.PathLike) -> dict:
     try:
         quant = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
     except (TypeError, ValueError):  # no file type recorded: the commonest type of the matrices
-        from collections import Counter
         kinds = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2)
         quant = kinds.most_common(1)[0][0] if kinds else "unknown"
     return {"architecture": field("general.architecture") or "unknown", "name": field("general.name") or "",
@@ -107,7 +110,6 @@ def gguf_info(path: str | os.PathLike) -> dict:
 def cached_path(path: str | os.PathLike, sha: str | None = None, template_sha: str | None = None) -> Path:
     """Where the import of `path` lives in the cache (whether or not it is there yet); with a chat template given
     at import, a folder of its own (keyed by the template's hash too)."""
-    from eexp.policies.files import content_hash
     sha = sha or content_hash([str(path)])
     suffix = f"-t{template_sha[:8]}" if template_sha else ""
     return cache_root() / "models" / f"gguf-v{IMPORT_FORMAT}" / f"{Path(path).stem}-{sha[:16]}{suffix}"
@@ -154,10 +156,6 @@ def import_gguf(path: str | os.PathLike, out: str | os.PathLike | None = None,
     or written to `out`, which must not exist or be empty (copied from the cache when the cache has it).
     `chat_template`: a file whose Jinja template the folder's tokenizer gets instead of the GGUF's own (for a base
     model's GGUF, which has none). Returns the folder. Raises ModelError for anything the user can act on."""
-    import hashlib
-
-    from eexp.policies.files import content_hash
-
     echo = echo or (lambda msg: None)
     src = Path(path).resolve()
     if not src.is_file():
@@ -276,7 +274,6 @@ def _build(src: Path, info: dict, sha: str, tmp: Path, template: str | None = No
         "import_format": IMPORT_FORMAT,
     }
     if template is not None:
-        import hashlib
         provenance["chat_template"] = str(Path(template_file).resolve())
         provenance["chat_template_sha256"] = hashlib.sha256(template.encode()).hexdigest()
     (tmp / PROVENANCE).write_text(yaml.safe_dump(provenance, sort_keys=False, allow_unicode=True))
@@ -291,7 +288,6 @@ def adapter_base(adapter: str | os.PathLike, base: str | None) -> str | None:
         return base
     if base and is_gguf(base) and os.path.isfile(base):
         return str(import_gguf(base))
-    from eexp.card import read_card
     gguf_base = read_card(adapter).base_model
     if isinstance(gguf_base, str) and is_gguf(gguf_base) and os.path.isfile(gguf_base):
         return str(import_gguf(gguf_base))
@@ -303,5 +299,4 @@ def _first_line(e: BaseException) -> str:
 
 
 def _why(e: OSError) -> str:
-    import errno
     return "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))

@@ -28,6 +28,8 @@ import yaml
 from eexp import __version__
 from eexp.card import Card, write_card
 from eexp.errors import ModelError
+from eexp.models.pretrain import PretrainSettings, pretrain as pretrain_lm
+from eexp.prompts import Serializer, format_action, format_observation
 
 ARCHITECTURES = ("qwen2", "llama")
 
@@ -103,7 +105,6 @@ The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor 
 def _builtin_text() -> str:
     """The system prompts, a state rendered by the default Serializer (every section, and the line for the one of
     its four history steps it leaves out), the reply formats, then the environment text."""
-    from eexp.prompts import Serializer, format_action, format_observation
     system, user = Serializer().policy_messages(_EXAMPLE_STATE)
     world_system = Serializer().world_model_messages(_EXAMPLE_STATE, "click[1]", rendered=user["content"])[0]
     texts = [system["content"], user["content"], world_system["content"],
@@ -240,8 +241,6 @@ def init_model(out_dir: str | os.PathLike, arch: str = "qwen2", size: str = "tin
     model.generation_config.pad_token_id = config.pad_token_id
     pretrained = None
     if pretrain:
-        from eexp.models.pretrain import PretrainSettings, pretrain as pretrain_lm
-
         settings = pretrain_settings or PretrainSettings(seed=seed)
         try:
             pretrained = pretrain_lm(model, fast, pretrain_texts, settings, progress)

@@ -27,12 +27,18 @@ import importlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:   # not POSIX: no lock (_locked)
+    fcntl = None
 
 from eexp.cache import cache_root
 from eexp.errors import ConverterMissing, ModelError
@@ -146,8 +152,6 @@ def _extract(sdist: Path, version: str, into: Path) -> None:
 
 def _gguf_py_version(folder: Path) -> str:
     """The version gguf-py's pyproject.toml declares."""
-    import re
-
     found = re.search(r'^version\s*=\s*"([^"]+)"', (folder / "pyproject.toml").read_text(), re.M)
     if not found:
         raise ModelError(f"{folder / 'pyproject.toml'}: no version")
@@ -184,9 +188,7 @@ def install(sdist: str | os.PathLike | None = None, echo=print) -> Path:
 @contextlib.contextmanager
 def _locked(path: Path):
     """One installer at a time per folder (two exports started at once install once)."""
-    try:
-        import fcntl
-    except ImportError:   # not POSIX: no lock
+    if fcntl is None:   # not POSIX: no lock
         yield
         return
     with open(path, "a") as f:

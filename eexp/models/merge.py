@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from eexp.errors import ModelError
+from eexp import __version__
+from eexp.card import read_card, write_card
+from eexp.errors import ModelError, PolicyError
+from eexp.policies.files import content_hash, has_tokenizer, hub_id
 from eexp.training.config import option
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -46,10 +49,6 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eexp import __version__
-    from eexp.card import read_card, write_card
-    from eexp.errors import PolicyError
-    from eexp.policies.files import content_hash, has_tokenizer, hub_id
     from eexp.policies.hf import TransformersPolicy
 
     echo = echo or (lambda msg: None)

@@ -13,7 +13,10 @@ and any backend an installed package registers under the entry-point group `eexp
 
 Every kind, eexp's own included, is an entry point of `eexp.policies`: its name is the kind `policy_kind` returns,
 its object a loader `load(target, args, *, act, max_tokens, top_p) -> Policy` (DESIGN.md "Policies" is the
-contract). eexp's own kinds are read from the form of the spec; a plugin's from its `KIND:` prefix.
+contract). eexp's own kinds are read from the form of the spec; a plugin's from its `KIND:` prefix. Each of eexp's
+own loaders lives in its backend's module (`load_baseline` in baselines.py, `load_endpoint` in fleet.py, `load_gguf`
+in llama.py, `load_checkpoint` in hf.py), registered in pyproject.toml as a plugin's is: this module imports no
+backend, and a backend's module is imported when its kind is first asked for.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Callable
 
 from eexp.errors import PolicyError, entry_point_source
 from eexp.policies.base import MAX_TOKENS, Policy, Reply, derive_seed
+from eexp.policies.files import hub_id
 
 __all__ = ["Policy", "Reply", "derive_seed", "default_policy", "load_policy", "policy_kind",
            "policy_registry", "ACT_MODES", "DEFAULT_POLICY_ENV"]
@@ -83,7 +87,6 @@ def policy_kind(spec: str | None) -> str | None:
         return "gguf"
     if os.path.isdir(spec):
         return "checkpoint"
-    from eexp.policies.files import hub_id
     if hub_id(spec):  # a transformers checkpoint in the Hugging Face cache (loaded by the checkpoint backend)
         return "checkpoint"
     return None
@@ -131,41 +134,3 @@ def _loader(kind: str, known: dict[str, Any]) -> Loader:
     except Exception as e:   # ImportError included: one line, not a traceback
         raise PolicyError(f"the {kind!r} policy backend is registered but cannot load: {type(e).__name__}: {e} "
                           f"(it comes from {entry_point_source(ep)})") from None
-
-
-# --- eexp's own loaders (registered in pyproject.toml like a plugin's) -------------------------------------------
-# Each imports its backend only when called, so `--policy random` never imports torch or llama.cpp.
-
-def load_baseline(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
-    if args:
-        raise PolicyError(f"the {spec} policy takes no --policy-arg (got {', '.join(sorted(args))})")
-    from eexp.policies.baselines import OraclePolicy, RandomPolicy
-    return RandomPolicy() if spec == "random" else OraclePolicy()
-
-
-def load_endpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
-    from eexp.policies.fleet import FleetPolicy, is_fleet
-    if is_fleet(spec):
-        return FleetPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
-    from eexp.policies.http import HttpPolicy
-    return HttpPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
-
-
-def load_gguf(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
-    if not os.path.isfile(spec):
-        raise PolicyError(f"{spec}: no such GGUF file")
-    from eexp.policies.llama import LlamaCppPolicy
-    return LlamaCppPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
-
-
-def load_checkpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
-    from eexp.policies.files import hub_id
-    if hub_id(spec):
-        from eexp.policies.hf import TransformersPolicy
-        return TransformersPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
-    if os.path.isfile(os.path.join(spec, "adapter_config.json")) or \
-            os.path.isfile(os.path.join(spec, "config.json")):
-        from eexp.policies.hf import TransformersPolicy
-        return TransformersPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
-    raise PolicyError(f"{spec}: a directory, but neither a transformers checkpoint (config.json) nor a PEFT "
-                      f"adapter (adapter_config.json)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from eexp.errors import PolicyError
 from eexp.policies.actions import canonicalizer, failed_reply, match_admissible
 from eexp.policies.base import MAX_TOKENS, Policy, Reply
 
@@ -68,3 +69,10 @@ class OraclePolicy(Policy):
 
     def describe(self):
         return {"model": "oracle", "model_sha256": ""}
+
+
+def load_baseline(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    """`--policy random` and `--policy oracle` (the entry point `baseline` of `eexp.policies`)."""
+    if args:
+        raise PolicyError(f"the {spec} policy takes no --policy-arg (got {', '.join(sorted(args))})")
+    return RandomPolicy() if spec == "random" else OraclePolicy()

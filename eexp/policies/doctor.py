@@ -8,10 +8,13 @@ for an exported model to lose its training (template drift, double BOS, a model 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 from eexp.errors import PolicyError
+from eexp.policies.gguf_loader import system_report
+from eexp.policies.llama import LlamaCppPolicy
 from eexp.prompts import POLICY_SYSTEM, format_action
 
 # One multi-turn conversation with the things that drift: non-ASCII text, brackets, runs of spaces and newlines,
@@ -65,8 +68,6 @@ def doctor(gguf_path: str, tokenizer_dir: str | None = None, n_threads: int = 0)
     """The checks and a summary ({gguf, tokenizer, ...}). Raises PolicyError when either side cannot be loaded."""
     from transformers import AutoTokenizer
 
-    from eexp.policies.gguf_loader import system_report
-    from eexp.policies.llama import LlamaCppPolicy
 
     args = {"n_ctx": "1024"}
     if n_threads:
@@ -158,7 +159,6 @@ def doctor(gguf_path: str, tokenizer_dir: str | None = None, n_threads: int = 0)
 
 def _generation_eos(directory: str) -> set[int]:
     """eos_token_id of generation_config.json (an int or a list), which transformers' generate stops on."""
-    import json
     try:
         with open(os.path.join(directory, "generation_config.json")) as f:
             eos = json.load(f).get("eos_token_id")

@@ -7,11 +7,14 @@ Hugging Face cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from typing import Mapping
 
+from eexp.cache import cache_root
 from eexp.card import Card, read_card
 from eexp.errors import HubError
 
@@ -64,14 +67,12 @@ def content_hash(paths: list[str]) -> str:
 
 
 def _hash_cache_file(key: tuple) -> str:
-    from eexp.cache import cache_root
     name = hashlib.blake2b(repr(key).encode(), digest_size=20).hexdigest()
     return os.path.join(cache_root(), "hashes", name)
 
 
 def _store_hash(path: str, value: str) -> None:
     """Best effort (a read-only cache only costs the next process a re-read): a temporary name, then a rename."""
-    import tempfile
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".hash-", dir=os.path.dirname(path))
@@ -162,7 +163,6 @@ def resolve_hub_model(spec: str, *, trust_remote_code: bool = False) -> HubModel
 
 
 def _needs_remote_code(folder: str) -> bool:
-    import json
     try:
         with open(os.path.join(folder, "config.json")) as f:
             return "auto_map" in json.load(f)

@@ -329,3 +329,11 @@ class FleetPolicy(Policy):
         if self.resent_requests:
             warn(f"{self.resent_requests} policy requests were sent again to another endpoint after "
                  f"{', '.join(b for b in self.bases if b in self.resent_from)} stopped answering")
+
+
+def load_endpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    """`--policy http(s)://HOST/v1`, and several endpoints of one model (URL,URL or @FILE): the entry point
+    `endpoint` of `eexp.policies`."""
+    if is_fleet(spec):
+        return FleetPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
+    return HttpPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)

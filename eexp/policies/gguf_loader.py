@@ -18,6 +18,7 @@ parameters with the field set. A lock keeps two threads from opening models with
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -124,7 +125,6 @@ def probe(path: str) -> None:
     """Evaluate two tokens of `path` with extra buffer types on, in a child process: a crash there is an error here."""
     proc = subprocess.run([sys.executable, "-c", PROBE, path], capture_output=True, text=True)
     if proc.returncode < 0:
-        import signal
         name = signal.Signals(-proc.returncode).name
         raise PolicyError(f"{path}: llama.cpp crashed ({name}) evaluating this model with extra buffer types on "
                           f"this AMX CPU ({ISSUE}); leave --policy-arg extra_bufts at auto (off here)")

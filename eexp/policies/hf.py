@@ -10,12 +10,15 @@ candidate replies that score mode ranks.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 
-from eexp.errors import HubError, PolicyError
+from eexp.card import read_card
+from eexp.errors import HubError, ModelError, PolicyError
+from eexp.models.import_gguf import adapter_base
 from eexp.policies.args import take_args
-from eexp.policies.base import MAX_TOKENS
+from eexp.policies.base import MAX_TOKENS, Policy
 from eexp.policies.chat import ModelPolicy
 from eexp.policies.files import content_hash, has_tokenizer, hub_id, read_checkpoint_serializer, resolve_hub_model
 
@@ -144,8 +147,6 @@ class TransformersPolicy(ModelPolicy):
             except HubError as e:
                 raise PolicyError(f"{adapter}: the adapter's base: {e}") from None
         if not (base and os.path.isdir(base)):  # a GGUF base (finetune --model X.gguf): its import, from the cache
-            from eexp.models.import_gguf import adapter_base
-            from eexp.errors import ModelError
             try:
                 base = adapter_base(adapter, base) or base
             except ModelError as e:
@@ -172,7 +173,6 @@ class TransformersPolicy(ModelPolicy):
             read_checkpoint_serializer(self.base) if self.adapter else None)
 
     def trained_thought_tokens(self):
-        from eexp.card import read_card
         return read_card(self.adapter or self.base).thought_tokens
 
     def describe(self):
@@ -272,7 +272,6 @@ def cache_argument(model) -> str:
     """How the installed transformers names a model's KV cache, as an argument of forward() and generate() and as a
     field of their outputs: `cache` where transformers renamed it (5.x: the old name still works, with a
     FutureWarning and a deprecation line on stderr in every process), `past_key_values` before."""
-    import inspect
     inner = getattr(model, "module", model)   # a wrapped model (DDP, FSDP) forwards to its module
     if hasattr(inner, "get_base_model"):      # a PEFT model (rl's LoRA) passes the argument on to its base
         inner = inner.get_base_model()
@@ -287,20 +286,11 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def check_worker_copies(spec: str | None, args: dict, jobs: int) -> None:
-    """`eval -j N` loads the policy once in each of its N worker processes: with a transformers model on a GPU that
-    is N copies on one device (an 8B model in bf16 is 16 GB each). Refused, with what to do instead; on a CPU each
-    worker gets its share of the cores (eexp.stages.evaluate.runner.worker_policy_args)."""
-    from eexp.policies import policy_kind
-    if jobs <= 1 or policy_kind(spec) != "checkpoint":
-        return
-    device = str(args.get("device", "auto"))
-    if device == "auto":
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        from eexp.errors import UsageProblem
-        raise UsageProblem(f"-j {jobs} with --policy {spec} would load {jobs} copies of the model onto {device} (one "
-                           "per worker process). Run -j 1 (one model, batched scoring), serve the model once "
-                           "(vllm serve, after `eexp merge` for an adapter) and evaluate it with --policy "
-                           "http://127.0.0.1:PORT/v1 -j N, or keep the workers on the CPU (--policy-arg device=cpu)")
+def load_checkpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    """`--policy DIR` (a transformers checkpoint or a PEFT adapter) and `--policy ORG/NAME[@REVISION]` (the entry
+    point `checkpoint` of `eexp.policies`)."""
+    if hub_id(spec) or os.path.isfile(os.path.join(spec, "adapter_config.json")) or \
+            os.path.isfile(os.path.join(spec, "config.json")):
+        return TransformersPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
+    raise PolicyError(f"{spec}: a directory, but neither a transformers checkpoint (config.json) nor a PEFT "
+                      f"adapter (adapter_config.json)")

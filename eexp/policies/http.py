@@ -60,12 +60,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from eexp.errors import EndpointDown, PolicyError
+from eexp.card import read_model_card
+from eexp.errors import CardError, EndpointDown, PolicyError
 from eexp.inflight import side_by_side
 from eexp.policies.actions import failed_reply, open_space, reply_from_text
 from eexp.policies.args import take_args
 from eexp.policies.base import MAX_TOKENS, Policy, Reply
-from eexp.policies.chat import THOUGHT_PREFILL, split_thought, warn
+from eexp.policies.chat import THOUGHT_PREFILL, pick_action, split_thought, warn
+from eexp.policies.llama import choice_grammar
 from eexp.prompts import format_action
 
 SCHEMA = {
@@ -315,7 +317,6 @@ class HttpPolicy(Policy):
         if mechanism == "vllm":
             return {"guided_choice": choices}
         if mechanism == "llamacpp":
-            from eexp.policies.llama import choice_grammar
             return {"grammar": choice_grammar(choices)}
         schema = {"type": "object", "properties": {"action": {"type": "string", "enum": choices}},
                   "required": ["action"], "additionalProperties": False}
@@ -452,8 +453,6 @@ class HttpPolicy(Policy):
     def _read_served_card(self) -> None:
         """The thought budget of the served model's card, where the server names a model file or folder that is on
         this machine (a server elsewhere, or one that names none, leaves it to --thought-tokens)."""
-        from eexp.card import read_model_card
-        from eexp.errors import CardError
         names = []
         for path, key, root in (("/props", "model_path", True), ("/models", None, False)):
             try:   # no retries: a route the server lacks is no reason to wait
@@ -606,7 +605,6 @@ class HttpPolicy(Policy):
 
     def _scored(self, messages, admissible, seeds, temperature) -> list[Reply]:
         """--act score: the actions ranked once, then one pick per seed (greedy at temperature 0)."""
-        from eexp.policies.chat import pick_action
         try:
             logliks = self._score(messages, admissible)
         except EndpointError as e:

@@ -15,9 +15,10 @@ import weakref
 
 import numpy as np
 
+from eexp.card import Card
 from eexp.errors import PolicyError
 from eexp.policies.args import take_args
-from eexp.policies.base import MAX_TOKENS
+from eexp.policies.base import MAX_TOKENS, Policy
 from eexp.policies.chat import ModelPolicy, log_softmax, render_chat_template
 from eexp.policies.files import content_hash, gguf_serializer
 from eexp.policies.gguf_loader import open_gguf
@@ -141,7 +142,6 @@ class LlamaCppPolicy(ModelPolicy):
         return gguf_serializer(self.llm.metadata, self.spec)  # from the model card in its eexp.* metadata
 
     def trained_thought_tokens(self):
-        from eexp.card import Card
         return Card.from_gguf(self.llm.metadata, self.spec).thought_tokens
 
     def describe(self):
@@ -231,3 +231,10 @@ def gbnf_literal(text: str) -> str:
 def choice_grammar(replies: list[str]) -> str:
     """A grammar that accepts exactly one of the replies (llama.cpp then allows only end of turn)."""
     return "root ::= " + " | ".join(gbnf_literal(r) for r in dict.fromkeys(replies)) + "\n"
+
+
+def load_gguf(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
+    """`--policy model.gguf` (the entry point `gguf` of `eexp.policies`)."""
+    if not os.path.isfile(spec):
+        raise PolicyError(f"{spec}: no such GGUF file")
+    return LlamaCppPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)

@@ -86,23 +86,6 @@ One module per concept, as eexp/training/ is split:
     recipe.py      the recipe itself: RL.setup / train / save / resume / finish, on eexp.training.trainer.Trainer
                    (device, precision, model, optimizer, checkpoints, --resume, the final save) with an objective
 
-The names below are the package's public interface (`from eexp.rl import RLConfig, run_rl`), each imported from its
-module the first time it is used (eexp/lazy.py): `eexp rl --help` and the other commands' start-up read config.py,
-which runs this file first, and must not import torch.
+Each name is imported from its module (`from eexp.rl.recipe import run_rl`): this file imports nothing, so `eexp rl
+--help` and the other commands' start-up, which read config.py and so run this file first, import no torch.
 """
-
-from eexp.lazy import lazy_exports
-
-LAZY_IMPORTS = {
-    "eexp.rl.config": ["ENCODE_CACHE_SIZE", "PACK_TOKENS", "RESUME_FREE", "REWARDS", "RL_ACT_MODES",
-                       "ZERO_START_ADVICE", "RLConfig"],
-    "eexp.rl.expert_step": ["EXPERT_MATCHES", "ExpertStep", "expert_states", "match_reward", "token_f1"],
-    "eexp.rl.loss": ["action_logprobs", "batch_logprobs", "candidate_logliks", "chosen_units", "clipped_surrogate",
-                     "pack_chunks", "pack_tokens", "packable", "packed_logprobs", "part_logprobs", "reply_logprobs",
-                     "same_inputs", "sample_key", "sample_parts", "unit_count"],
-    "eexp.rl.recipe": ["RL", "run_rl"],
-    "eexp.rl.rollouts": ["Episodes", "LivePolicy", "episode_reward", "group_advantages", "play_episodes",
-                         "step_tasks"],
-}
-
-__all__, __getattr__, __dir__ = lazy_exports(__name__, LAZY_IMPORTS)

@@ -1,5 +1,5 @@
 """The options of the trainer (`TrainerConfig`) and of a fine-tune (`FinetuneConfig`, which extends it), the objective
-each command's option names (`OBJECTIVES`), and the errors the recipes report."""
+each command's option names (`OBJECTIVES`)."""
 
 from __future__ import annotations
 

@@ -11,12 +11,14 @@ from typing import Any
 from eexp.envs.base import Env, make_env
 from eexp.envs.screens import can_screenshot, save_step
 from eexp.errors import PolicyError, UsageProblem
+from eexp.policies import load_policy
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import clip
 from eexp.records import make_meta, short_hash
 from eexp.stages.evaluate.off_path import off_path_start
 from eexp.stages.evaluate.settings import EvalSettings, resolve_serializer, resolve_thought_tokens
 from eexp.stages.evaluate.summary import failed_requests
+from eexp.stages.memory import diagnose, with_memory
 
 UNPARSED_CHARS = 300  # how much of an unparseable reply is kept (sent to the env, and in meta)
 
@@ -56,7 +58,6 @@ class Evaluator:
         self.settings = settings
         self.env = env if env is not None else make_env(settings.env_name, **settings.env_kwargs)
         if policy is None:
-            from eexp.policies import load_policy
             policy = load_policy(settings.policy_spec, settings.policy_args, act=settings.act,
                                  max_tokens=settings.max_tokens, top_p=settings.top_p)
         self.policy = policy
@@ -130,7 +131,6 @@ class Evaluator:
             if episode["success"] or attempt == s.attempts - 1:
                 break
             if s.memory == "reflexion" and episode["stop_reason"] != "error":
-                from eexp.stages.memory import diagnose
                 record["diagnosis"] = diagnose(self.policy, task["goal"], episode["actions"],
                                                episode["observations"],
                                                seed=derive_seed(s.seed, f"{this_id}\x1fdiagnosis", attempt),
@@ -208,7 +208,6 @@ class Evaluator:
             state["admissible"] = admissible
         messages = self.serializer.policy_messages(state)
         if notes:
-            from eexp.stages.memory import with_memory
             messages = with_memory(messages, notes)
         if shots:
             save_step(env, shots, shots_id, step, observation, prompt=messages[-1]["content"])

@@ -3,6 +3,8 @@ that leaves the expert's path (a recovery test)."""
 
 from __future__ import annotations
 
+import random
+
 from eexp.envs.base import Env
 from eexp.errors import UsageProblem
 
@@ -14,7 +16,6 @@ def off_path_start(env: Env, task: dict, seed: int) -> dict:
     action at step k does, the next k in a seeded order of them is tried. `injected` is None where no state of the
     expert's path has such an action (the episode then starts at reset). Environments are reset and replayed to
     try each action, so none needs snapshots."""
-    import random
     rng = random.Random(seed)
     expert = env.expert(task)
     ks = list(range(len(expert)))

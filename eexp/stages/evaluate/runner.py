@@ -147,6 +147,23 @@ class Runner:
         self.close(abort=exc_type is not None)
 
 
+def check_worker_copies(spec: str | None, args: dict, jobs: int) -> None:
+    """`eval -j N` loads the policy once in each of its N worker processes: with a transformers model on a GPU that
+    is N copies on one device (an 8B model in bf16 is 16 GB each). Refused, with what to do instead; on a CPU each
+    worker gets its share of the cores (worker_policy_args)."""
+    if jobs <= 1 or policy_kind(spec) != "checkpoint":
+        return
+    device = str(args.get("device", "auto"))
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        raise UsageProblem(f"-j {jobs} with --policy {spec} would load {jobs} copies of the model onto {device} (one "
+                           "per worker process). Run -j 1 (one model, batched scoring), serve the model once "
+                           "(vllm serve, after `eexp merge` for an adapter) and evaluate it with --policy "
+                           "http://127.0.0.1:PORT/v1 -j N, or keep the workers on the CPU (--policy-arg device=cpu)")
+
+
 def worker_policy_args(policy_spec: str, policy_args: dict, jobs: int) -> dict:
     """N llama.cpp or torch processes each using every core fight over them (torch's spinning threads made a step
     ~10x slower here): with -j N a local model gets its share of the cores, unless n_threads is given."""
