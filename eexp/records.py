@@ -54,14 +54,20 @@ SHAPES: dict[str, dict] = {
     "summary": {"env": str, "split": str, "policy": str, "n": int, "success_rate": NUMBER, "ci_low": NUMBER,
                 "ci_high": NUMBER, "mean_score": NUMBER, "mean_steps": NUMBER, "invalid_rate": NUMBER,
                 "by_category?": dict},
+    "prediction": {"id": str, "source_id": str, "trajectory_id": str, "step": int, "env": ENV, "task": TASK,
+                   "action": str, "action_source": str, "alternative": int, "prompt_sha256": str, "prediction": str,
+                   "labelled": bool, "finish_reason": str, "target": str, "scores?": dict, "effect": dict,
+                   "meta?": dict},
 }
 
 KIND_NAMES = {"trajectory": "a trajectory", "branch": "a branch record", "outcome": "an outcome record",
               "example": "a training example",
-              "preference": "a preference pair", "episode": "an episode", "summary": "an eval summary"}
+              "preference": "a preference pair", "episode": "an episode", "summary": "an eval summary",
+              "prediction": "a world-model prediction"}
 KIND_PLURALS = {"trajectory": "trajectories", "branch": "branch records", "outcome": "outcomes",
                 "example": "training examples",
-                "preference": "preference pairs", "episode": "episodes", "summary": "eval summaries"}
+                "preference": "preference pairs", "episode": "episodes", "summary": "eval summaries",
+                "prediction": "world-model predictions"}
 
 
 # A spec is compiled once into a function value -> None | (path parts, problem); the path is only built when
@@ -158,6 +164,8 @@ def kind_of(record: dict) -> str | None:
         return "example"
     if "chosen" in record and "rejected" in record:
         return "preference"
+    if "prediction" in record and "target" in record:
+        return "prediction"
     if "steps" in record and "final_observation" in record:
         return "trajectory"
     if "alternatives" in record:

@@ -1,10 +1,11 @@
-"""The statistics behind `eexp eval`: a Wilson interval for a success rate, an exact McNemar test for paired success,
-an exact sign-flip test for paired success over tasks x seeds (and over seeds), a seeded paired bootstrap for paired
-scores, a seeded hierarchical bootstrap (seeds, then tasks) for a difference between two methods' seeds, and the
-spread of a rate across seeds.
+"""The statistics behind `eexp eval` and `eexp world-model-eval`: a Wilson interval for a success rate, a seeded
+bootstrap interval for a mean score, an exact McNemar test for paired success, an exact sign-flip test for paired
+success over tasks x seeds (and over seeds), a seeded paired bootstrap for paired scores, a seeded hierarchical
+bootstrap (seeds, then tasks) for a difference between two methods' seeds, and the spread of a rate across seeds.
 
-Plain Python (math, random), except the hierarchical bootstrap, which draws its resamples of seeds and tasks with
-numpy (a core dependency). Every resampling is seeded, so the same inputs and seed give the same figures.
+Plain Python (math, random), except the bootstrap of a mean and the hierarchical bootstrap, which draw their
+resamples with numpy (a core dependency). Every resampling is seeded, so the same inputs and seed give the same
+figures.
 """
 
 from __future__ import annotations
@@ -189,3 +190,41 @@ def hierarchical_bootstrap(diffs: list[list[float]], *, resamples: int = 10000, 
     high = float(means[max(0, int(math.ceil((1 - alpha / 2) * resamples)) - 1)])
     far = min(int(np.count_nonzero(means <= 0)), int(np.count_nonzero(means >= 0)))
     return Bootstrap(float(table.mean()), low, high, min(1.0, max(1, 2 * far) / resamples))
+
+
+@dataclass
+class MeanInterval:
+    mean: float
+    ci_low: float     # percentile interval of the resampled means
+    ci_high: float
+
+
+def bootstrap_mean(values: list[float], *, resamples: int = 10000, seed: int = 0, confidence: float = 0.95,
+                   chunk_cells: int = 2_000_000) -> MeanInterval:
+    """The mean of `values` with a seeded percentile bootstrap interval: `resamples` draws of len(values) values with
+    replacement, the interval between the alpha/2 and 1 - alpha/2 quantiles of their means (no normal or t
+    approximation, so a mean near 0 or 1 of a bounded score keeps its interval inside the values' range). One value,
+    or all equal: the interval is that value. Vectorised (numpy), about `chunk_cells` draws at a time; seeded
+    (numpy.random.default_rng(seed)), so the same values and seed give the same interval."""
+    import numpy as np   # here, as in hierarchical_bootstrap: every command's start-up imports this module
+
+    if resamples < 1:
+        raise ValueError("bootstrap_mean needs at least one resample")
+    data = np.asarray(values, dtype=float)
+    n = len(data)
+    if n == 0:
+        return MeanInterval(0.0, 0.0, 0.0)
+    mean = float(data.mean())
+    if n == 1 or float(data.min()) == float(data.max()):
+        return MeanInterval(mean, float(data[0]), float(data[0]))
+    rng = np.random.default_rng(seed)
+    step = max(1, chunk_cells // n)
+    means = np.empty(resamples)
+    for at in range(0, resamples, step):
+        rows = min(step, resamples - at)
+        means[at:at + rows] = data[rng.integers(0, n, size=(rows, n))].mean(axis=1)
+    means.sort()
+    alpha = 1 - confidence
+    low = float(means[int(math.floor(alpha / 2 * resamples))])
+    high = float(means[max(0, int(math.ceil((1 - alpha / 2) * resamples)) - 1)])
+    return MeanInterval(mean, low, high)

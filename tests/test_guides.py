@@ -19,7 +19,8 @@ from eexp.records import SHAPES, kind_of, validate
 
 GUIDE = Path(__file__).parent.parent / "docs" / "guide"
 KIND_OF_HEADING = {"trajectory": "trajectory", "branch": "branch", "outcome": "outcome", "training": "example",
-                   "preference": "preference", "episode": "episode", "summary": "summary"}
+                   "preference": "preference", "episode": "episode", "summary": "summary",
+                   "prediction": "prediction"}
 
 
 def guide_files(page: str) -> dict[str, str]:
@@ -133,7 +134,7 @@ def test_records_guide_examples_are_valid_records():
         assert kind_of(record) == kind
 
 
-@pytest.mark.slow  # ~8 s: the page's eight commands on the example environment
+@pytest.mark.slow  # ~40 s: the page's ten commands on the example environment (a tiny model among them)
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_records_guide_examples_are_what_eexp_writes(lock_site, tmp_path):
     proc = bash(sh_block("records.md", "<!-- commands: the examples below -->"), tmp_path, lock_site)

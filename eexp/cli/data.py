@@ -224,7 +224,7 @@ def validate(files, kind, quiet):
                 problem = f"expected {KIND_NAMES[kind]}, got {KIND_NAMES.get(found, 'a record of no known kind')}"
             elif found is None:
                 problem = "not a record of any kind eexp knows (trajectory, branch, outcome, example, preference " \
-                          "pair, episode, summary)"
+                          "pair, episode, summary, world-model prediction)"
             else:
                 problem = validate_record(item.record, found)
             if problem:

@@ -29,7 +29,7 @@ SECTIONS = {
     "Make training data": ["imitation-data", "world-model-data", "reflect", "preference-data", "critic-data", "mix",
                            "corpus"],
     "Models": ["init-model", "import-model", "finetune", "rl", "export", "merge"],
-    "Evaluate and check": ["eval", "critic-eval", "doctor", "validate"],
+    "Evaluate and check": ["eval", "critic-eval", "world-model-eval", "doctor", "validate"],
 }
 # What `--version` reports besides eexp's own version: the packages that decide what eexp can do here.
 VERSION_PACKAGES = ("torch", "transformers", "peft", "llama-cpp-python")

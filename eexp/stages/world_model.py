@@ -17,6 +17,16 @@ Summarizer = Callable[[str, dict, str], str]  # (next_observation, state, action
 
 def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int = 0,
                          summarizer: Summarizer | None = None, count=lambda name: None) -> Iterator[dict]:
+    for _, _, example in world_model_transitions(outcome, serializer, max_chars, summarizer, count):
+        yield example
+
+
+def world_model_transitions(outcome: dict, serializer: Serializer, max_chars: int = 0,
+                            summarizer: Summarizer | None = None,
+                            count=lambda name: None) -> Iterator[tuple[int, dict, dict]]:
+    """(j, the executed transition, its IWM example) for every example of `world_model_examples`, in its order: j is
+    the alternative's index in the outcome, -1 for the expert's. world-model-eval asks a model the prompts of these
+    very examples and scores its answers against their targets."""
     if outcome.get("error"):
         raise RecordError(f"the state could not be reached: {outcome['error']}")
     state = outcome["state"]
@@ -29,9 +39,9 @@ def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int =
                              serializer=serializer.json)
     if not outcome["alternatives"]:
         count("no_alternatives")   # the expert transition alone: nothing the expert did not do
-    transitions = [("expert", outcome["expert"], "expert")]
-    transitions += [(str(j), alt, alt["source"]) for j, alt in enumerate(outcome["alternatives"])]
-    for tag, executed, source in transitions:
+    transitions = [(-1, "expert", outcome["expert"], "expert")]
+    transitions += [(j, str(j), alt, alt["source"]) for j, alt in enumerate(outcome["alternatives"])]
+    for j, tag, executed, source in transitions:
         next_obs = executed.get("next_observation")
         if next_obs is None or executed.get("error"):
             count("not_executed")
@@ -43,7 +53,7 @@ def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int =
             count("invalid_actions")
         messages = serializer.world_model_messages(state, action, rendered)
         messages.append({"role": "assistant", "content": format_observation(next_obs, max_chars)})
-        yield {
+        yield j, executed, {
             "id": f"wm:{source_id}:{tag}",
             "source_id": source_id,
             "messages": messages,

@@ -1,0 +1,106 @@
+"""`eexp world-model-eval`: how well a model predicts the next state of held-out outcome records, in the prompt
+format IWM trains (eexp.stages.world_model_eval)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import orjson
+
+from eexp.cli.group import cli
+from eexp.cli.options import check_requests, concurrency_option, count_requests, explicit_serializer_settings, \
+    field_options, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
+from eexp.errors import UsageProblem
+from eexp.io import Reader, read_records, write_atomic
+from eexp.policies import load_policy, policy_kind
+from eexp.policies.base import resolve_concurrency
+from eexp.records import expect, kind_of
+from eexp.stages.evaluate.settings import resolve_serializer
+from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summary, policy_predictor, summarize
+
+
+@cli.command("world-model-eval")
+@stage_options
+@policy_options(settings=Settings)
+@serializer_options(build=False)  # the model's recorded settings, overridden by those given
+@field_options(Settings, "max_chars")
+@sampling_options(k=False, settings=Settings)  # greedy by default: the model's most likely next state
+@concurrency_option("predictions")
+@click.option("--summary", "summary_path", metavar="FILE", help="Write the summary JSON here: per environment the "
+              "counts, the rates with their 95% Wilson intervals and the mean token F1 with its 95% bootstrap "
+              "interval, and which effect fields could be scored.")
+def world_model_eval(io, policy_spec, policy_args, act, max_tokens, top_p, max_chars, seed, temperature,
+                     concurrency, summary_path):
+    """Measure how well a model predicts the next state of outcome records, in the prompt IWM trains.
+
+    One record per prediction, a summary per environment. For every transition world-model-data makes an IWM example of (the expert's action and each executed
+    alternative of every outcome record), the model is asked that example's prompt, exactly: the same serializer
+    (the settings recorded with the model, overridden by any serializer option given here), the world-model system
+    prompt, the state and `Action: <action>`. Its answer is scored against the example's target, the observation
+    the environment really showed: `exact` (equal once the `Observation:` label is taken off and the surrounding
+    whitespace stripped, as the serializer writes a target; nothing else normalised), `f1` (token-level F1: text
+    case folded, every run of letters, digits and underscores one token and every other non-space character one
+    token, counted as multisets), and the action's effect where the record can say it: `changed` (whether the
+    prediction differs from the current observation, against whether the recorded next observation does,
+    whitespace-normalised) and `valid` (whether the environment accepted the action, read from the
+    prediction by the environment's refusal reply where that has a fixed form: alfworld, scienceworld, shop,
+    miniwob, tau2). Whether the episode ended is in the record but not in an IWM target, so it is not scored.
+
+    Give it outcomes the model was not trained on (held-out tasks). Greedy by default (--temperature 0); each
+    prediction's seed is derive_seed(--seed, its example id, 0). Records are flushed one per prediction, in input
+    order whatever --concurrency; a failed request is recorded (its finish_reason says so) and left out of the
+    scores. The summary (stderr, and --summary FILE) gives per environment the exact-match rate, the share of
+    replies in the `Observation:` format and the effect rates with their 95% Wilson intervals, the mean F1 with a
+    seeded bootstrap interval, the same for the expert's and the alternatives' transitions, and the counts. There
+    is no --compare yet: compare two models' records with `join` on their ids.
+
+    \b
+    Examples:
+      eexp expert --env shop --split test -n 50 | eexp branch -k 4 | eexp rollout > heldout.jsonl
+      eexp world-model-eval --policy IWM/ heldout.jsonl --summary iwm.json > iwm_predictions.jsonl
+      eexp world-model-eval --policy http://127.0.0.1:8080/v1 --concurrency 16 heldout.jsonl -o p.jsonl
+    """
+    ctx = click.get_current_context()
+    if act is not None:
+        raise click.UsageError("--act does not apply to world-model-eval (the model predicts an observation, it "
+                               "does not choose an action)")
+    policy_spec = policy_or_default(policy_spec, "world-model-eval needs the model whose predictions to score")
+    if policy_kind(policy_spec) == "baseline":
+        raise click.UsageError(f"the {policy_spec} policy writes no text: give a model with --policy")
+    settings = Settings(max_chars=max_chars, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    policy = load_policy(policy_spec, policy_args, max_tokens=max_tokens, top_p=top_p)
+    try:
+        concurrency = resolve_concurrency(policy, concurrency)
+        serializer = resolve_serializer(policy.serializer_settings(), explicit_serializer_settings(ctx))
+        described = policy.describe()
+        model = {"model": described.get("model", policy_spec), "model_sha256": described.get("model_sha256", ""),
+                 "policy": policy_spec}
+        count_requests(io, policy)
+        stage = WorldModelEval(predict=policy_predictor(policy, settings), serializer=serializer, settings=settings,
+                               model=model, count=io.count, concurrency=concurrency, keep=io.output in (None, "-"))
+        if io.resume:
+            check_resumed_run(io.output, stage.run)
+        io.run(stage, validate=expect("outcome"), unit="state", output_kind="prediction")
+    finally:
+        policy.close()
+    records = stage.kept if io.output in (None, "-") else list(read_records([io.output]))
+    summary = summarize(records, seed=seed)
+    click.echo(format_summary(summary), err=True)
+    if summary_path:
+        write_atomic(summary_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    check_requests(policy, policy_spec)
+
+
+def check_resumed_run(path: str, run: str) -> None:
+    """--resume continues a file only with the run that began it: the same model, decoding, serializer and
+    clipping (meta.run), so that one file never mixes two models' predictions."""
+    if not os.path.isfile(path):
+        return
+    # a torn or foreign line is skipped here: the runner's own resume check says what is wrong with it
+    for item in Reader([path], on_error="skip", warn=lambda message: None):
+        record = item.record
+        if kind_of(record) == "prediction" and (record.get("meta") or {}).get("run") != run:
+            raise UsageProblem(f"--resume: {path} holds predictions of another model or other settings (meta.run "
+                               f"{(record.get('meta') or {}).get('run')!r}, this run's {run!r}): write to another "
+                               f"file")
