@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from eexp.cli import cli
-from eexp.corpus import walk_tasks
+from eexp.stages.corpus import walk_tasks
 from eexp.envs.base import make_env
 
 

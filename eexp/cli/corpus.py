@@ -40,7 +40,7 @@ def corpus(env_name, env_args, splits, walks, holdout, max_steps, seed, output, 
       eexp corpus --env shop --walks 2000 --holdout 200 -o pages.jsonl
       eexp init-model models/prior --pretrain pages.jsonl --pretrain-steps 2000
     """
-    from eexp.corpus import corpus_pages
+    from eexp.stages.corpus import corpus_pages
     from eexp.envs.base import make_env
 
     env = make_env(env_name, **env_args)
