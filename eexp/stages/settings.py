@@ -7,9 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from eexp.policies import ACT_MODES  # the action modes load_policy takes, the stages' --act choices
 from eexp.policies.base import MAX_TOKENS  # the policies' default reply length, the stages' too
-
-ACT_MODES = ("generate", "constrained", "score", "think")
 
 
 def setting(default=None, help: str = "", **hints):
