@@ -16,8 +16,9 @@ import pytest
 
 from eexp.cli import cli
 from eexp.rl.config import REWARDS, RLConfig
+from eexp.stages.settings import setting
+from eexp.training.config import OBJECTIVES, FinetuneConfig, TrainerConfig, objective_class, retold
 from eexp.training.objective import Objective
-from eexp.training.config import OBJECTIVES, FinetuneConfig, TrainerConfig, objective_class, option, retold
 
 CONFIGS = (TrainerConfig, FinetuneConfig, RLConfig)
 COMMANDS = {"finetune": FinetuneConfig, "rl": RLConfig}
@@ -66,7 +67,7 @@ def test_a_field_of_the_trainer_is_only_retold_elsewhere_keeping_its_declaration
 def test_the_check_sees_an_option_declared_twice():
     @dataclasses.dataclass(kw_only=True)
     class Twice(TrainerConfig):
-        lr: float | None = option(None, "Learning rate.")   # declared again, not retold
+        lr: float | None = setting(None, "Learning rate.")   # declared again, not retold
         seed: int = retold(TrainerConfig, "seed", "Seed.")
 
     assert declarations((TrainerConfig, Twice))["lr"] == ["TrainerConfig", "Twice"]

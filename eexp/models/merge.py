@@ -24,7 +24,7 @@ from eexp import __version__
 from eexp.card import read_card, write_card
 from eexp.errors import ModelError, PolicyError
 from eexp.policies.files import content_hash, has_tokenizer, hub_id
-from eexp.training.config import option
+from eexp.stages.settings import setting
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -34,13 +34,13 @@ class MergeSettings:
     """Every option of `eexp merge`, with its default and help (the command's options are made from them)."""
 
     adapter: str                      # the LoRA adapter folder (the command's argument)
-    output: str = option(None, "The folder to write (it must not exist, or be empty).", required=True, short="-o",
+    output: str = setting(None, "The folder to write (it must not exist, or be empty).", required=True, short="-o",
                          metavar="OUT")
-    base: str | None = option(None, "The base model (a folder or a Hugging Face Hub id). Default: the one the "
+    base: str | None = setting(None, "The base model (a folder or a Hugging Face Hub id). Default: the one the "
                               "adapter names (adapter_config.json), as the policies find it.", metavar="CKPT")
-    dtype: str = option("bf16", "Weights as saved: bf16 (what vLLM and SGLang serve), fp16, or fp32 (the merge "
+    dtype: str = setting("bf16", "Weights as saved: bf16 (what vLLM and SGLang serve), fp16, or fp32 (the merge "
                         "itself is computed in fp32 either way).", choices=list(DTYPES))
-    trust_remote_code: bool = option(False, "Allow model code from the base's folder or repository.")
+    trust_remote_code: bool = setting(False, "Allow model code from the base's folder or repository.")
 
 
 def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = None) -> Path:

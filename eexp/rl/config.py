@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from eexp.training.config import OBJECTIVES, TRAINER_RESUME_FREE, TrainerConfig, option, retold
+from eexp.stages.settings import setting
+from eexp.training.config import OBJECTIVES, TRAINER_RESUME_FREE, TrainerConfig, retold
 
 REWARDS = tuple(OBJECTIVES["rl"])
 OUTCOME_REWARDS = REWARDS[:3]  # rewards of whole episodes; expert-step rewards single actions (eexp/rl/expert_step.py)
@@ -42,41 +43,41 @@ class RLConfig(TrainerConfig):
         "quiet")
     LR_KIND: ClassVar[str] = "rl"
 
-    env: str = option(None, "Environment to act in (`eexp envs`).", required=True, metavar="NAME")
+    env: str = setting(None, "Environment to act in (`eexp envs`).", required=True, metavar="NAME")
     env_kwargs: dict = field(default_factory=dict)
-    split: str = option("train", "Split whose tasks RL trains on.")
-    tasks: int | None = option(None, "Use the first N tasks of the split (default: all); with --expert, its first N "
+    split: str = setting("train", "Split whose tasks RL trains on.")
+    tasks: int | None = setting(None, "Use the first N tasks of the split (default: all); with --expert, its first N "
                                "trajectories of the split.", short="-n", min=1)
-    group_size: int = option(8, "Episodes sampled per task; advantages are relative to the group.", short="-G",
+    group_size: int = setting(8, "Episodes sampled per task; advantages are relative to the group.", short="-G",
                              min=2)
-    tasks_per_step: int = option(4, "Tasks (groups) per RL step; expert states with --reward expert-step.",
+    tasks_per_step: int = setting(4, "Tasks (groups) per RL step; expert states with --reward expert-step.",
                                  min=1)
-    act: str | None = option(None, "How an action is chosen: a draw from softmax(log-likelihood / T) over the "
+    act: str | None = setting(None, "How an action is chosen: a draw from softmax(log-likelihood / T) over the "
                              "admissible actions, free generation, or a generated thought and then the action after "
                              "it (as eval --act think). Default: score where the environment's action set is closed, "
                              "else generate.", choices=list(RL_ACT_MODES))
-    temperature: float = option(1.0, "Sampling temperature of the episodes (above 0).")
-    max_tokens: int = option(64, "Most tokens per generated reply (--act generate).", min=1)
-    episode_steps: int | None = option(None, "Most steps per episode (default: the environment's).", min=1)
-    reward: str = option("success", "The reward: the episode's success (1/0), its score, or both, at its end; or "
+    temperature: float = setting(1.0, "Sampling temperature of the episodes (above 0).")
+    max_tokens: int = setting(64, "Most tokens per generated reply (--act generate).", min=1)
+    episode_steps: int | None = setting(None, "Most steps per episode (default: the environment's).", min=1)
+    reward: str = setting("success", "The reward: the episode's success (1/0), its score, or both, at its end; or "
                          "expert-step: no episodes, the policy acts at the states of expert trajectories and each "
                          "action is rewarded by its match with the expert's (--expert-match). --tasks-per-step then "
                          "counts expert states, each a group of --group-size actions.", choices=list(REWARDS))
-    expert: str | None = option(None, "With --reward expert-step: the expert trajectories (as `eexp expert` writes "
+    expert: str | None = setting(None, "With --reward expert-step: the expert trajectories (as `eexp expert` writes "
                                 "them) whose states the policy acts at, those of --split, successful, the first "
                                 "--tasks of them. Default: the environment's oracle on the first --tasks tasks of "
                                 "--split, run once at the start.", metavar="FILE")
-    expert_match: str = option("exact", "With --reward expert-step: an action's reward is 1 where it equals the "
+    expert_match: str = setting("exact", "With --reward expert-step: an action's reward is 1 where it equals the "
                                "expert's after the environment's canonicalize, else 0 (exact) or the token F1 of "
                                "the two (f1: words shared, SQuAD's F1).", choices=["exact", "f1"])
-    scale_rewards: bool = option(True, "Divide advantages by the group's standard deviation (GRPO), or only "
+    scale_rewards: bool = setting(True, "Divide advantages by the group's standard deviation (GRPO), or only "
                                  "subtract its mean (Dr. GRPO).", flag="--scale-rewards/--no-scale-rewards")
-    clip: float = option(0.2, "PPO clip range of the probability ratio (above 0).", min=0, max=1)
-    kl_coef: float = option(0.0, "Weight of the KL term to the starting model (0: no reference model is kept).",
+    clip: float = setting(0.2, "PPO clip range of the probability ratio (above 0).", min=0, max=1)
+    kl_coef: float = setting(0.0, "Weight of the KL term to the starting model (0: no reference model is kept).",
                             min=0)
-    ppo_epochs: int = option(1, "Passes over each step's samples.", min=1)
-    minibatches: int = option(1, "Optimizer updates per pass (the samples split in seeded chunks).", min=1)
-    allow_zero_start: bool = option(False, "Train even when no episode of the probe batch succeeds (refused by "
+    ppo_epochs: int = setting(1, "Passes over each step's samples.", min=1)
+    minibatches: int = setting(1, "Optimizer updates per pass (the samples split in seeded chunks).", min=1)
+    allow_zero_start: bool = setting(False, "Train even when no episode of the probe batch succeeds (refused by "
                                     "default: there is nothing to learn from; expert-step has no such probe).")
 
     # the trainer's options, as RL tells them

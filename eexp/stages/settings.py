@@ -11,9 +11,18 @@ from eexp.policies import ACT_MODES  # the action modes load_policy takes, the s
 from eexp.policies.base import MAX_TOKENS  # the policies' default reply length, the stages' too
 
 
-def setting(default=None, help: str = "", **hints):
-    """A settings field with its default, its help and click hints (min/max, choices, metavar, flag) in metadata."""
-    return field(default=default, metadata={"help": help, **hints})
+def setting(default=None, help: str = "", *, factory=None, **hints):
+    """A settings (or config) field: its default and its help live here, once, and a command's options are made from
+    the fields (eexp.cli.options.field_options and dataclass_options). `hints` for click: flag ("--lora/--full"),
+    short ("-o"), metavar, min/max (min_open/max_open: a float's bound excluded), choices, required, argument (the
+    positional files), multiple (repeated), sep (one comma-separated value). `factory`: a default made anew for each
+    instance (a list)."""
+    metadata = {"help": help, **hints}
+    if hints.get("required") or hints.get("argument"):
+        return field(metadata=metadata)  # no default: the dataclass, like the command, needs it
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from eexp.card import read_card
 from eexp.errors import UsageProblem
+from eexp.stages.settings import setting
 
 PHASES = ("warmup", "train")
 # Options that may differ between a run and its --resume without changing the loss curve: the trainer's (every
@@ -36,19 +37,6 @@ def objective_class(command: str, name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-def option(default=None, help: str = "", *, factory=None, **click_hints):
-    """A config field: its default and its help live here, once; a command's options are generated from the fields
-    (eexp.cli.options.dataclass_options). `click_hints`: flag ("--lora/--full"), short ("-o"), metavar,
-    min/max (min_open/max_open: a float's bound excluded), choices, required, argument (the positional files),
-    multiple (repeated), sep (one comma-separated value)."""
-    metadata = {"help": help, **click_hints}
-    if click_hints.get("required") or click_hints.get("argument"):
-        return field(metadata=metadata)  # no default: the dataclass, like the command, needs it
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
 def retold(base: type, name: str, help: str, *, default=MISSING, choices: list | None = None):
     """A field of `base` (TrainerConfig) as another command tells it: declared in `base`, once (its type, flag,
     bounds, metavar), with this command's help, and where given its own default and choices (a subset)."""
@@ -73,57 +61,57 @@ class TrainerConfig:
     LR_KIND: ClassVar[str] = "sft"
 
     # the model, and what of it is trained (every weight, or a LoRA adapter)
-    model: str = option(None, "Transformers checkpoint to train (e.g. from `eexp init-model`, or a downloaded model "
+    model: str = setting(None, "Transformers checkpoint to train (e.g. from `eexp init-model`, or a downloaded model "
                         "directory), a Hugging Face Hub id (ORG/NAME or ORG/NAME@REVISION: safetensors only, through "
                         "the Hugging Face cache; HF_HUB_OFFLINE=1 uses the cache alone), or a GGUF file (quantized "
                         "or not), imported once into $EEXP_CACHE as a float32 checkpoint (see `eexp import-model`).",
                         required=True, metavar="CKPT")
-    output: str = option(None, "Directory to write: model or adapter, tokenizer, config.yaml, card.yaml, "
+    output: str = setting(None, "Directory to write: model or adapter, tokenizer, config.yaml, card.yaml, "
                          "metrics.jsonl (and checkpoints/ while running).", required=True, short="-o", metavar="OUT")
-    lora: bool = option(False, "Train a LoRA adapter through PEFT, or every weight (the paper's default).",
+    lora: bool = setting(False, "Train a LoRA adapter through PEFT, or every weight (the paper's default).",
                         flag="--lora/--full")
-    qlora: bool = option(False, "LoRA over a 4-bit base (bitsandbytes, CUDA only).")
-    adapter: str | None = option(None, "Continue training this LoRA adapter of --model.", metavar="DIR")
-    lora_rank: int = option(16, "Rank of the LoRA matrices.", min=1)
-    lora_alpha: float = option(32.0, "LoRA scaling numerator (the update is scaled by alpha / rank).")
-    lora_dropout: float = option(0.05, "Dropout on the LoRA path.", min=0, max=1)
-    lora_targets: list[str] = option(help="Comma-separated module names to adapt (q_proj,v_proj,...), or all-linear.",
+    qlora: bool = setting(False, "LoRA over a 4-bit base (bitsandbytes, CUDA only).")
+    adapter: str | None = setting(None, "Continue training this LoRA adapter of --model.", metavar="DIR")
+    lora_rank: int = setting(16, "Rank of the LoRA matrices.", min=1)
+    lora_alpha: float = setting(32.0, "LoRA scaling numerator (the update is scaled by alpha / rank).")
+    lora_dropout: float = setting(0.05, "Dropout on the LoRA path.", min=0, max=1)
+    lora_targets: list[str] = setting(help="Comma-separated module names to adapt (q_proj,v_proj,...), or all-linear.",
                                      factory=lambda: ["all-linear"], sep=",", metavar="NAMES")
     # the length of the run, the optimizer and its schedule
-    max_steps: int | None = option(None, "Total optimizer updates, warm-up phase included: IL, IWM and SR runs with "
+    max_steps: int | None = setting(None, "Total optimizer updates, warm-up phase included: IL, IWM and SR runs with "
                                    "one --max-steps have one budget.", min=1)
-    lr: float | None = option(None, "Peak learning rate. Default: 1e-5 full (the paper), 2e-4 LoRA, 1e-3 for a model "
+    lr: float | None = setting(None, "Peak learning rate. Default: 1e-5 full (the paper), 2e-4 LoRA, 1e-3 for a model "
                               "from `eexp init-model` (random weights).")
-    lr_scheduler: str = option("cosine", "Learning-rate schedule of each phase.",
+    lr_scheduler: str = setting("cosine", "Learning-rate schedule of each phase.",
                                choices=["cosine", "linear", "constant", "constant_with_warmup"])
-    lr_warmup_ratio: float = option(0.0, "Fraction of each phase's updates spent warming the learning rate up.",
+    lr_warmup_ratio: float = setting(0.0, "Fraction of each phase's updates spent warming the learning rate up.",
                                     min=0, max=1)
-    weight_decay: float = option(0.0, "AdamW weight decay (matrices only; biases and norms get none).")
-    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    weight_decay: float = setting(0.0, "AdamW weight decay (matrices only; biases and norms get none).")
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.")
     # the seed, checkpoints and --resume
-    seed: int = option(0, "Seed of initialization, batch order and the validation split.")
-    save_every: int = option(500, "Resumable checkpoint every N updates.", min=1, metavar="N")
-    keep_checkpoints: int = option(1, "Resumable checkpoints kept while running.", min=1)
+    seed: int = setting(0, "Seed of initialization, batch order and the validation split.")
+    save_every: int = setting(500, "Resumable checkpoint every N updates.", min=1, metavar="N")
+    keep_checkpoints: int = setting(1, "Resumable checkpoints kept while running.", min=1)
     # precision and memory
-    precision: str = option("auto", "auto: bf16 autocast on a GPU that supports it, fp32 on CPU.",
+    precision: str = setting("auto", "auto: bf16 autocast on a GPU that supports it, fp32 on CPU.",
                             choices=["auto", "bf16", "fp32"])
-    save_dtype: str = option("auto", "Weights of a full fine-tune as saved: auto is the training precision (bf16 "
+    save_dtype: str = setting("auto", "Weights of a full fine-tune as saved: auto is the training precision (bf16 "
                              "when trained in bf16: half the disk of the fp32 master weights), or bf16, fp32.",
                              choices=["auto", "bf16", "fp32"])
-    gradient_checkpointing: bool | None = option(None, "Recompute activations in the backward pass: a fraction of "
+    gradient_checkpointing: bool | None = setting(None, "Recompute activations in the backward pass: a fraction of "
                                                  "the activation memory, ~30% slower. Default: on with a CUDA GPU, "
                                                  "off on CPU.",
                                                  flag="--gradient-checkpointing/--no-gradient-checkpointing")
-    attn_implementation: str | None = option(None, "Attention kernel (transformers' attn_implementation): "
+    attn_implementation: str | None = setting(None, "Attention kernel (transformers' attn_implementation): "
                                              "flash_attention_2 needs the flash-attn package and a CUDA GPU. Default: "
                                              "transformers' choice (sdpa where the model supports it).",
                                              choices=["sdpa", "flash_attention_2", "eager"])
     # loading and the final save; the run
-    trust_remote_code: bool = option(False, "Allow model code from the checkpoint directory.")
-    export_gguf: bool = option(False, "Finally write OUT/model.gguf (as `eexp export`).")
-    quant: str = option("q8_0", "GGUF type for --export-gguf.")
-    resume: bool = option(False, "Continue the run in OUT from its last checkpoint.")
-    quiet: bool = option(False, "No progress bar.", short="-q")
+    trust_remote_code: bool = setting(False, "Allow model code from the checkpoint directory.")
+    export_gguf: bool = setting(False, "Finally write OUT/model.gguf (as `eexp export`).")
+    quant: str = setting("q8_0", "GGUF type for --export-gguf.")
+    resume: bool = setting(False, "Continue the run in OUT from its last checkpoint.")
+    quiet: bool = setting(False, "No progress bar.", short="-q")
 
     @property
     def method(self) -> str:
@@ -154,23 +142,23 @@ class FinetuneConfig(TrainerConfig):
         "gradient_checkpointing", "attn_implementation", "export_gguf", "quant", "trust_remote_code", "resume",
         "on_error", "quiet")
 
-    train_files: list[str] = option(argument=True, metavar="TRAIN.jsonl...")
-    objective: str = option("sft", "sft: the likelihood of the assistant turns of training examples (IL, IWM, SR). "
+    train_files: list[str] = setting(argument=True, metavar="TRAIN.jsonl...")
+    objective: str = setting("sft", "sft: the likelihood of the assistant turns of training examples (IL, IWM, SR). "
                             "dpo: Direct Preference Optimization on preference pairs (`eexp preference-data`), "
                             "against the starting weights as the reference; the loss of a pair is -log sigmoid(beta "
                             "x ((chosen - reference chosen) - (rejected - reference rejected))), with the "
                             "log-probabilities of the answers' target tokens.", choices=list(OBJECTIVES["finetune"]))
-    beta: float = option(0.1, "With --objective dpo: how strongly the loss holds the model to the reference (larger: "
+    beta: float = setting(0.1, "With --objective dpo: how strongly the loss holds the model to the reference (larger: "
                          "closer; DPO's beta).", min=0, min_open=True)
-    epochs: int = option(1, "Epochs over the training files (ignored with --max-steps): ceil(examples / examples "
+    epochs: int = setting(1, "Epochs over the training files (ignored with --max-steps): ceil(examples / examples "
                          "per update) updates each, so a larger data set gets more updates (the paper's SR budget: "
                          "IL's epochs over D_refl + D_expert). The card records each phase's updates and epochs.",
                          min=1)
-    batch_size: int = option(8, "Examples per micro-batch (per process).", min=1)
-    grad_accum: int = option(1, "Micro-batches per update. An update's examples depend only on how many it has "
+    batch_size: int = setting(8, "Examples per micro-batch (per process).", min=1)
+    grad_accum: int = setting(1, "Micro-batches per update. An update's examples depend only on how many it has "
                              "(--batch-size x --grad-accum x processes), never on how they are split, so 2 x 4 "
                              "gives the updates (and to float rounding the loss) of one batch of 8.", min=1)
-    loss_norm: str = option("example", "How an update's loss weighs its examples. example: each example's mean "
+    loss_norm: str = setting("example", "How an update's loss weighs its examples. example: each example's mean "
                             "over its target tokens, then the mean over the update's examples, so every example "
                             "counts alike whatever its length (an update mixing IL examples, ~9 target tokens, and "
                             "self-reflections, ~300, one for one gives the IL actions half its loss, not 3%). "
@@ -178,27 +166,27 @@ class FinetuneConfig(TrainerConfig):
                             "weighs as many target tokens as it has. Under both, a message's `weight` scales its "
                             "tokens and the logged loss and val_loss are the same mean. DPO averages over pairs.",
                             choices=["example", "token"])
-    max_length: int = option(2048, "Tokens per example; longer ones lose their oldest history first, as at "
+    max_length: int = setting(2048, "Tokens per example; longer ones lose their oldest history first, as at "
                              "inference (never the task or the target).", min=8)
-    truncate: bool = option(True, "Shorten over-long examples (--no-truncate: reject them).",
+    truncate: bool = setting(True, "Shorten over-long examples (--no-truncate: reject them).",
                             flag="--truncate/--no-truncate")
-    val: str | None = option(None, "Validation examples.", metavar="FILE")
-    val_fraction: float = option(0.0, "Hold out this fraction of the training trajectories (seeded) for validation.",
+    val: str | None = setting(None, "Validation examples.", metavar="FILE")
+    val_fraction: float = setting(0.0, "Hold out this fraction of the training trajectories (seeded) for validation.",
                                  min=0, max=1, metavar="F")
-    eval_every: int | None = option(None, "Validation loss every N updates (default: every epoch).", min=1,
+    eval_every: int | None = setting(None, "Validation loss every N updates (default: every epoch).", min=1,
                                     metavar="N")
-    keep_best: bool = option(False, "OUT gets the weights with the lowest validation loss.")
-    log_every: int | None = option(None, "A metrics row every N updates (default: 1 under 1,000 updates, else 10).",
+    keep_best: bool = setting(False, "OUT gets the weights with the lowest validation loss.")
+    log_every: int | None = setting(None, "A metrics row every N updates (default: 1 under 1,000 updates, else 10).",
                                    min=1, metavar="N")
-    warmup_data: list[str] = option(help="World-model examples trained on first (the IWM schedule); then the "
+    warmup_data: list[str] = setting(help="World-model examples trained on first (the IWM schedule); then the "
                                     "training files continue the same weights with a fresh optimizer.",
                                     factory=list, multiple=True, metavar="FILE")
-    warmup_epochs: int = option(1, "Epochs of --warmup-data.", min=1)
-    warmup_steps: int | None = option(None, "Updates of world modeling before the training data, instead of "
+    warmup_epochs: int = setting(1, "Epochs of --warmup-data.", min=1)
+    warmup_steps: int | None = setting(None, "Updates of world modeling before the training data, instead of "
                                       "--warmup-epochs epochs (the data is cycled or cut to fit); counted in "
                                       "--max-steps.", min=1)
-    warmup_lr: float | None = option(None, "Learning rate of the warm-up phase (default: --lr).")
-    on_error: str = option("fail", "On a bad example: stop (exit 1), or skip it and count it.",
+    warmup_lr: float | None = setting(None, "Learning rate of the warm-up phase (default: --lr).")
+    on_error: str = setting("fail", "On a bad example: stop (exit 1), or skip it and count it.",
                            choices=["fail", "skip"])
 
 
