@@ -33,7 +33,6 @@ IMPORT_NAMES = {"pyyaml": "yaml"}
 # The imports of the standard library, of eexp and of CORE that stay inside a function outside eexp/cli/, each with
 # its reason. numpy takes about 120 ms to import (measured after eexp.cli's own imports, 2 shared cores) and every
 # command's start-up, `eexp --help` included, imports eexp.cli's modules and theirs: numpy stays out of it.
-OWNED_ELSEWHERE = "owned by another session (issue 52, the ALFWorld game generator): to move to the top there"
 ALLOWED_INSIDE = {
     ("eexp/stats.py", "numpy"): "numpy (~120 ms) for eval --compare's seed-level bootstrap only; every command's "
                                 "start-up imports eexp.stats (through eexp.compare)",
@@ -42,10 +41,6 @@ ALLOWED_INSIDE = {
     ("eexp/stages/evaluate/episode.py", "eexp.policies.critic"): "imports numpy at its top (through "
                                                                  "eexp.policies.chat), for --critic only; every "
                                                                  "command's start-up imports this module",
-    ("eexp/envs/alfworld_gen.py", "tempfile"): OWNED_ELSEWHERE,
-    ("eexp/envs/alfworld_gen.py", "types"): OWNED_ELSEWHERE,
-    ("eexp/envs/alfworld_gen.py", "importlib.metadata"): OWNED_ELSEWHERE,
-    ("eexp/envs/alfworld_gen.py", "eexp.envs.alfworld_env"): OWNED_ELSEWHERE,
 }
 
 # Inside a function of eexp/training/ or eexp/rl/, where even torch is imported at the top: a package that

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -45,10 +46,13 @@ import random
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
+from eexp.envs.alfworld_env import _engine_calls
 from eexp.errors import EnvError
 from eexp.workers import open_pool
 
@@ -110,7 +114,6 @@ def _import_alfworld():
         return
     given = os.environ.get("ALFWORLD_DATA")
     if given is None:
-        import tempfile
         scratch = tempfile.mkdtemp(prefix="eexp-alfworld-")
         os.environ["ALFWORLD_DATA"] = scratch
     try:
@@ -329,7 +332,6 @@ class _calls:
     puts sys.argv back after TextWorld's PDDL translator)."""
 
     def __enter__(self):
-        from eexp.envs.alfworld_env import _engine_calls
         self.inner = _engine_calls()
         self.inner.__enter__()
 
@@ -393,8 +395,6 @@ def focused(problem: str, keep: set[str], keep_receptacles: set[str]) -> str:
 
 def _names(problem: str) -> dict[str, str]:
     """{PDDL id: the name a player reads}, as alfworld's AlfredDemangler numbers them (within a type, by id)."""
-    from types import SimpleNamespace
-
     from alfworld.agents.utils.misc import Demangler
     ids = _declared(problem)
     demangler = Demangler(game_infos={i: SimpleNamespace(id=i) for i in ids})
@@ -655,7 +655,6 @@ def generate(out_dir: Path, sizes: dict[str, int] | None = None, seed: int = 0, 
 
 
 def tempfile_dir(out_dir: Path) -> str:
-    import tempfile
     return tempfile.mkdtemp(prefix=f".{DATA_VERSION}.", dir=out_dir)
 
 
@@ -676,7 +675,6 @@ def _no_duplicates(results: list[dict], jobs: list[dict], made: dict[str, list[d
 
 
 def _summary(made: dict[str, list[dict]], sizes: dict[str, int], seed: int) -> dict:
-    from importlib.metadata import version
     splits = {}
     for split in SPLITS:
         results = made.get(split, [])
@@ -690,7 +688,7 @@ def _summary(made: dict[str, list[dict]], sizes: dict[str, int], seed: int) -> d
                                   "max": max(steps) if steps else None},
             "redrawn": sum(r["attempt"] > 0 for r in results),
         }
-    return {"generator": GENERATOR, "version": GENERATOR_VERSION, "alfworld": version("alfworld"), "seed": seed,
+    return {"generator": GENERATOR, "version": GENERATOR_VERSION, "alfworld": importlib.metadata.version("alfworld"), "seed": seed,
             "sizes": {s: sizes[s] for s in SPLITS},
             "note": "generated games on ALFWorld's engine, not the released split: objects placed by sampling, not "
                     "from AI2-THOR scenes; task types in the released proportions",
