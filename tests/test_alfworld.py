@@ -190,7 +190,7 @@ def test_missing_data_is_one_line_naming_alfworld_download(tmp_path, monkeypatch
 
 def test_snapshot_of_another_engine_is_replayed_and_faults_close_the_game(monkeypatch):
     from eexp.envs.alfworld_env import AlfWorldEnv
-    from eexp.envs.base import EnvError
+    from eexp.errors import EnvError
     env = AlfWorldEnv()
     first, second = env.tasks("test")
     plan = env.expert(first)
