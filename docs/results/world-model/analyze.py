@@ -2,7 +2,7 @@
 
 usage: python analyze.py WORK RECIPE_OUT COMMITTED_DEMO DEST.json
 
-Reads WORK/out/s<seed>_<run>_<set>.summary.json (eexp world-model-eval --summary) and .nll.json (nll.py), the held-out
+Reads WORK/runs/s<seed>_<run>_<set>.summary.json (eexp world-model-eval --summary) and .nll.json (nll.py), the held-out
 outcomes WORK/heldout24.jsonl and WORK/train11_s0.jsonl (for the copy baseline), the recipe's eval files
 (RECIPE_OUT/seed<s>/eval/<run>.jsonl, test split) and the committed demo's (COMMITTED_DEMO/seed<s>/eval/<run>.jsonl.gz);
 writes DEST (docs/results/world-model/summary.json) and prints the tables of docs/results/world-model.md.
@@ -23,7 +23,7 @@ from eexp.stats import wilson
 from eexp.text import normalize_space
 
 W, RECIPE, COMMITTED = (Path(a) for a in sys.argv[1:4])
-OUT = W / "out"
+OUT = W / "runs"
 RUNS = ["base", "WM", "IL", "IWM", "IWM@IL", "IL@IWM", "ActObs", "IL@SR", "SR"]
 
 
