@@ -17,7 +17,8 @@ from eexp.policies import load_policy, policy_kind
 from eexp.policies.base import resolve_concurrency
 from eexp.records import expect, kind_of
 from eexp.stages.evaluate.settings import resolve_serializer
-from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summary, policy_predictor, summarize
+from eexp.stages.reflect import policy_writer
+from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summary, summarize
 
 
 @cli.command("world-model-eval")
@@ -77,7 +78,7 @@ def world_model_eval(io, policy_spec, policy_args, act, max_tokens, top_p, max_c
         model = {"model": described.get("model", policy_spec), "model_sha256": described.get("model_sha256", ""),
                  "policy": policy_spec}
         count_requests(io, policy)
-        stage = WorldModelEval(predict=policy_predictor(policy, settings), serializer=serializer, settings=settings,
+        stage = WorldModelEval(predict=policy_writer(policy, settings), serializer=serializer, settings=settings,
                                model=model, count=io.count, concurrency=concurrency, keep=io.output in (None, "-"))
         if io.resume:
             check_resumed_run(io.output, stage.run)

@@ -147,15 +147,6 @@ def score(effect: dict, prediction: str, target: str) -> dict:
 Predict = Callable[[list[dict], int], tuple[str, str]]   # (prompt messages, seed) -> (reply text, finish_reason)
 
 
-def policy_predictor(policy, settings: Settings) -> Predict:
-    """A policy's free-text answer to a prompt, as reflect asks for a reflection (Policy.generate)."""
-    def predict(messages: list[dict], seed: int) -> tuple[str, str]:
-        reply = policy.generate(messages, seed=seed, temperature=settings.temperature, top_p=settings.top_p,
-                                max_tokens=settings.max_tokens)
-        return reply.text or "", reply.finish_reason or ""
-    return predict
-
-
 def run_key(model: dict, settings: Settings, serializer: Serializer) -> str:
     """A short hash of what decides the predictions (model, decoding, serializer, clipping): meta.run, which
     --resume checks so that a file is continued only by the run that began it."""

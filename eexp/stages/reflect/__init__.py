@@ -59,6 +59,8 @@ class Reflector:
 
 
 def policy_writer(policy, settings: Settings) -> Writer:
+    """A policy's free-text answer to a prompt (Policy.generate) at the decoding `settings` give (temperature, top_p,
+    max_tokens): reflect's reflections, world-model-eval's predictions."""
     def write(messages: list[dict], seed: int) -> tuple[str, str]:
         reply = policy.generate(messages, seed=seed, temperature=settings.temperature, top_p=settings.top_p,
                                 max_tokens=settings.max_tokens)
