@@ -14,9 +14,10 @@ import pytest
 
 from eexp.cli import cli
 from eexp.errors import SerializerError
-from eexp.io import in_shard, prepare_resume
+from eexp.io import prepare_resume
 from eexp.prompts import Serializer, parse_reply
 from eexp.records import EXAMPLE_META, kind_of, validate
+from eexp.runner import in_shard
 
 DATA = Path(__file__).parent / "data"
 TRAJ = str(DATA / "trajectories.jsonl")

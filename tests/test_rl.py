@@ -422,9 +422,9 @@ def test_outcome_rl_continues_from_an_expert_step_checkpoint(shop_models, expert
 def test_expert_step_resumes_exactly(shop_models, tmp_path):
     """A run cut off after its third step (its checkpoint of step 2 on disk) and --resumed gives the metrics and
     weights of an uninterrupted one. No --expert: the oracle's trajectories of the first 2 tasks."""
-    from eexp.io import progress_bar
     from eexp.rl.config import RLConfig
     from eexp.rl.recipe import RL
+    from eexp.runner import progress_bar
     settings = dict(model=str(shop_models["il"]), env="shop", reward="expert-step", tasks=2, group_size=4,
                     tasks_per_step=3, temperature=3.0, lr=3e-3, max_steps=4, save_every=2, quiet=True)
     whole = tmp_path / "whole"

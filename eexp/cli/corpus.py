@@ -6,7 +6,8 @@ import click
 
 from eexp.cli.group import cli
 from eexp.cli.options import config_option, parse_env_args
-from eexp.io import Writer, progress_bar
+from eexp.io import Writer
+from eexp.runner import progress_bar
 
 
 @cli.command()

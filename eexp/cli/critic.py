@@ -9,8 +9,9 @@ import click
 
 from eexp.cli.group import cli
 from eexp.cli.options import _parse_policy_args, config_option
-from eexp.io import Reader, progress_bar
+from eexp.io import Reader
 from eexp.records import expect
+from eexp.runner import progress_bar
 from eexp.stages.critic import REJECTED, critic_accuracy, score_states
 
 

@@ -8,8 +8,8 @@ import click
 
 from eexp.cli.group import cli
 from eexp.cli.options import stage_options
-from eexp.io import Stage
 from eexp.records import expect
+from eexp.runner import Stage
 from eexp.stages.curate import CURATE_BY, choose, coverage, pool_features
 
 RANDOM_DRAWS = 20   # random choices whose mean coverage is said beside the curated one

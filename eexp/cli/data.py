@@ -12,8 +12,9 @@ import click
 from eexp.cli.group import cli
 from eexp.cli.options import config_option, serializer_options, stage_options
 from eexp.errors import InputError
-from eexp.io import Reader, StageIO
+from eexp.io import Reader
 from eexp.records import KIND_NAMES, expect, kind_of, validate as validate_record
+from eexp.runner import StageIO
 from eexp.stages.critic import critic_examples
 from eexp.stages.imitation import imitation_examples
 from eexp.stages.mix import mix, parse_source

@@ -10,7 +10,7 @@ from eexp.cli.options import cluster_options, config_option, parse_env_args, sha
 from eexp.envs.base import make_env, registry
 from eexp.envs.check import check_installed
 from eexp.errors import EnvError
-from eexp.io import StageIO
+from eexp.runner import StageIO
 from eexp.stages.expert import run_expert
 
 

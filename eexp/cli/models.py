@@ -55,8 +55,8 @@ def init_model_command(out, arch, size, corpus, seed, pretrain, pretrain_steps, 
       eexp corpus --env shop --holdout 200 -o pages.jsonl
       eexp init-model models/prior --pretrain pages.jsonl --pretrain-steps 2000
     """
-    from eexp.io import progress_bar
     from eexp.models.init import init_model
+    from eexp.runner import progress_bar
 
     quiet_transformers()
     settings = PretrainSettings(steps=pretrain_steps, block=pretrain_block, batch=pretrain_batch, lr=pretrain_lr,

@@ -1,4 +1,4 @@
-"""Option bundles every stage shares, and the glue from options to eexp.io.
+"""Option bundles every stage shares, and the glue from options to eexp.runner.
 
 - `stage_options`: INPUT files (or `-`), `-o/--output`, `--resume`, `--shard I/N`, `--on-error`, `--stats`,
   `-q`, `--config`. The command receives a ready `StageIO` as its first argument.
@@ -16,8 +16,8 @@ from typing import Callable
 import click
 import yaml
 
-from eexp.io import StageIO, parse_shard
 from eexp.prompts import Serializer
+from eexp.runner import StageIO, parse_shard
 from eexp.stages.settings import Generation
 
 

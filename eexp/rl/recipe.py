@@ -28,12 +28,12 @@ import torch
 from eexp import __version__
 from eexp.envs.base import make_env
 from eexp.errors import PolicyError, TrainingError, UsageProblem
-from eexp.io import progress_bar
 from eexp.policies.hf import TransformersPolicy
 from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, RLConfig
 from eexp.rl.expert_step import EXPERT_MATCHES
 from eexp.rl.loss import batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, packable, same_inputs, unit_count
 from eexp.rl.rollouts import LivePolicy, group_advantages, play_episodes
+from eexp.runner import progress_bar
 from eexp.stages.evaluate.episode import Evaluator
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.stages.evaluate.tasks import split_tasks

@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterator
 
 from eexp.envs.base import Env, env_class, make_idle_env
 from eexp.inflight import InOrder
-from eexp.io import RecordError, Stage
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import Serializer
 from eexp.records import make_meta, trajectory_states
+from eexp.runner import RecordError, Stage
 from eexp.stages.rollout import INSTALL_HINT, EnvPool
 
 PROPOSE_MODES = ("policy", "admissible", "mixed")

@@ -7,8 +7,8 @@ from typing import Callable, Iterator
 from eexp.envs.base import Env, make_env, pick_tasks
 from eexp.envs.reach import guarded
 from eexp.errors import EnvError, environment_failures
-from eexp.io import Stage, StageIO
 from eexp.records import make_meta, short_hash
+from eexp.runner import Stage, StageIO
 from eexp.workers import WorkerPool, open_pool
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from eexp.io import RecordError
 from eexp.prompts import Serializer, format_action, format_observation
 from eexp.records import example_meta, trajectory_states
+from eexp.runner import RecordError
 
 # The user turn between the expert action and the observation target of an --observation-loss example.
 OBSERVATION_PROMPT = "What does the environment show after this action? Answer `Observation: <observation>`."

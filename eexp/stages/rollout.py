@@ -32,8 +32,8 @@ import orjson
 from eexp.envs.base import Env, env_class, make_env
 from eexp.envs.reach import StateMismatch, check_state, guarded, reach
 from eexp.errors import EnvError, environment_failures
-from eexp.io import RecordError, Stage
 from eexp.records import make_meta
+from eexp.runner import RecordError, Stage
 from eexp.workers import WorkerPool, open_pool
 
 REPLAY_RETRIES = 1   # a state mismatch is tried again this many times from a reset before it is an error

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from eexp.io import RecordError
 from eexp.prompts import Serializer, format_observation
 from eexp.records import example_meta
+from eexp.runner import RecordError
 
 Summarizer = Callable[[str, dict, str], str]  # (next_observation, state, action) -> text to predict
 

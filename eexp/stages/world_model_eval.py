@@ -36,10 +36,10 @@ from typing import Callable, Iterable, Iterator
 import orjson
 
 from eexp.inflight import InOrder
-from eexp.io import Stage
 from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, clip
 from eexp.records import make_meta, short_hash
+from eexp.runner import Stage
 from eexp.stages.settings import setting, shared
 from eexp.stages.world_model import world_model_transitions
 from eexp.stats import bootstrap_mean, wilson

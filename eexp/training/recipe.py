@@ -43,7 +43,7 @@ from safetensors.torch import load_file
 
 from eexp.card import check_serializer
 from eexp.errors import TrainingError, UsageProblem
-from eexp.io import progress_bar
+from eexp.runner import progress_bar
 from eexp.training.batches import collate, examples_per_update, phase_updates, updates_per_epoch, weighted_nll
 from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, objective_class
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation

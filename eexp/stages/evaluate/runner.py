@@ -14,9 +14,10 @@ import orjson
 from eexp.envs.base import Env
 from eexp.errors import EexpError, EmptyFile, MissingFile, UsageProblem
 from eexp.inflight import InOrder
-from eexp.io import StageIO, read_records, write_atomic
+from eexp.io import read_records, write_atomic
 from eexp.policies import policy_kind
 from eexp.policies.base import Policy, resolve_concurrency
+from eexp.runner import StageIO
 from eexp.stages.evaluate.episode import Evaluator
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.workers import WorkerPool, open_pool

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Callable, Iterable, Iterator
 
 from eexp.envs.base import Env
-from eexp.io import Stage, StageIO, in_shard
 from eexp.records import utc_now
+from eexp.runner import Stage, StageIO, in_shard
 from eexp.stages.evaluate.episode import episode_id
 from eexp.stages.evaluate.runner import Runner, resume_episodes
 from eexp.stages.evaluate.settings import EvalSettings

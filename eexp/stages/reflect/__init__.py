@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from eexp.inflight import InOrder
-from eexp.io import Stage
 from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, format_action
 from eexp.records import example_meta
+from eexp.runner import Stage
 from eexp.stages.reflect.claims import Claim, Evidence, unsupported_claims
 from eexp.stages.reflect.filters import (COUNTS, FILTERS, PASTE_RUN, Verdict, fresh_words, judge, page_runs,
                                          pasted_span, topic_words, trim_repeat)

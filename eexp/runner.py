@@ -1,0 +1,316 @@
+"""The stage runner: how a stage's records go from its inputs to its output.
+
+`run_stage` ties reading, validation, sharding, resume, stats and writing together for the stages that map each
+input record to zero or more output records; `StageIO` holds one run's inputs, output and options and runs a stage
+either over input records (`run`) or over items the command makes itself, such as an environment's tasks
+(`run_source`: expert, eval). With them: which records a `--shard I/N` runs (`parse_shard`, `in_shard`, `shard_key`),
+the counts `--stats FILE` writes (`Stats`), and the progress bar on stderr (`progress_bar`, which finetune and rl
+show too). Reading and writing the records themselves is eexp.io.
+
+Every stage has one shape (`Stage`): called with one record it yields that record's outputs, `finish()` yields what
+it still holds after the last one, `close()` releases what it holds; it reports counts through the
+`count(name, n)` it was given (`StageIO.count`). A plain function of one record is a stage with nothing to finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import orjson
+from tqdm import tqdm
+
+from eexp.errors import InputError, PolicyError, UsageProblem
+from eexp.io import Reader, Writer, closing, prepare_resume, write_atomic
+
+
+class RecordError(Exception):
+    """Raised by a stage for one record it cannot use; the runner adds FILE:LINE and applies --on-error."""
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 2/8), got {spec!r}") from None
+    if n < 1 or not 1 <= i <= n:
+        raise ValueError(f"--shard {spec}: I must be between 1 and N (here 1 to {n})")
+    return i, n
+
+
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """Deterministic across machines and Python versions (no hash randomization)."""
+    if shard is None:
+        return True
+    i, n = shard
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n == i - 1
+
+
+def shard_key(record: dict) -> str:
+    """Records of one trajectory share a key, so a trajectory stays whole in one shard."""
+    if "trajectory_id" in record:
+        return str(record["trajectory_id"])
+    meta = record.get("meta") or {}
+    if meta.get("trajectory_id"):
+        return str(meta["trajectory_id"])
+    if "steps" in record:
+        return str(record.get("id"))
+    return str(record.get("source_id") or record.get("id"))
+
+
+@dataclass
+class Stats:
+    """What `--stats FILE` writes: the DESIGN.md counts plus stage-specific ones."""
+
+    records_in: int = 0
+    records_out: int = 0
+    skipped: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def as_dict(self) -> dict:
+        return {"records_in": self.records_in, "records_out": self.records_out, "skipped": self.skipped,
+                "seconds": round(time.perf_counter() - self.started, 3), **self.counts}
+
+    def write(self, path: str | None) -> None:
+        if path:
+            write_atomic(path, orjson.dumps(self.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def run_stage(
+    reader: Reader,
+    process: Callable[[dict], Iterable[dict]],
+    writer: Writer,
+    stats: Stats,
+    *,
+    validate: Callable[[dict], str | None] | None = None,
+    shard: tuple[int, int] | None = None,
+    done: set[str] | None = None,
+    input_key: Callable[[dict], str] = lambda r: r.get("id"),
+    progress=None,
+) -> None:
+    """Feed each input record through `process` and write what it yields.
+
+    validate(record) returns an error message for a record this stage cannot take; `process` raises RecordError for
+    the same reason later. Both become `FILE:LINE: message` and follow --on-error. Inputs whose key is in `done`
+    (from prepare_resume) are skipped.
+    """
+    for item in reader:
+        stats.records_in += 1
+        if progress is not None:
+            progress.update(1)
+        record = item.record
+        if validate is not None:
+            problem = validate(record)
+            if problem:
+                reader.reject(item.error(problem))
+                continue
+        if shard is not None and not in_shard(shard_key(record), shard):
+            continue
+        if done and input_key(record) in done:
+            stats.add("resumed")
+            continue
+        try:
+            for out in process(record):
+                writer.write(out, flush=False)
+                stats.records_out += 1
+        except RecordError as e:
+            reader.reject(item.error(str(e)))
+        writer.flush()  # every input's outputs reach the next stage as soon as they are all made
+    stats.skipped = reader.skipped
+
+
+class Stage:
+    """The one shape of a stage: records in, records out.
+
+    `stage(record)` yields the outputs of one input record (as soon as they are made, or later: a stage with work in
+    worker processes yields what is done so far), `finish()` yields what it still holds after the last input, and
+    `close()` releases what it started (environments, workers). Counts go to the `count(name, n)` it was built with
+    (`StageIO.count`), and end up in --stats. A plain function of one record is a stage with nothing to finish or
+    close; a subclass overrides what it needs."""
+
+    def __call__(self, record: dict) -> Iterable[dict]:
+        raise NotImplementedError
+
+    def finish(self) -> Iterable[dict]:
+        return ()
+
+    def close(self) -> None:
+        pass
+
+
+def _finish(stage) -> Iterable[dict]:
+    finish = getattr(stage, "finish", None)
+    return finish() if finish is not None else ()
+
+
+def _close(stage) -> None:
+    close = getattr(stage, "close", None)
+    if close is not None:
+        close()
+
+
+class StageIO:
+    """One stage run: its inputs, output, --resume, --shard, --on-error, --stats and -q, and the runners.
+
+    `run(stage)` feeds the input records through a stage; `run_source(stage, items)` feeds items the command made
+    itself (an environment's tasks) through a stage that reads no input (expert, eval). Both write every output
+    as one whole line, skip what --resume finds done, close the stage, and write --stats when they end (also on an
+    error: the error in flight is the one reported)."""
+
+    def __init__(self, inputs: Iterable[str] = (), output: str | None = "-", resume: bool = False,
+                 shard: tuple[int, int] | None = None, on_error: str = "fail", stats: str | None = None,
+                 quiet: bool = False, resumable: bool = True):
+        if resume and output in (None, "-"):
+            raise UsageProblem("--resume needs -o FILE (it continues an output file)")
+        if stats and os.path.isdir(stats):  # found now, not after the whole run
+            raise InputError("is a directory, not a file to write", stats)
+        self.inputs = list(inputs) or ["-"]
+        self.output, self.resume, self.shard, self.quiet = output, resume, shard, quiet
+        self.on_error = on_error
+        self.resumable = resumable  # whether a failed write advises --resume (a command without it: no)
+        self.stats_path = stats
+        self.reader = Reader(self.inputs, on_error=on_error)
+        self.readers = [self.reader]
+        self.stats = Stats()
+        self.side: list[Writer] = []
+        self._end_counts: list[Callable[[], dict[str, int]]] = []
+        self._done: set[str] | None = None
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.stats.add(name, n)
+
+    def count_at_end(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Counts known only when the run ends (a policy's requests): read and set just before --stats is
+        written."""
+        self._end_counts.append(counts)
+
+    def done(self, key: Callable[[dict], str] = lambda r: r.get("source_id"), kind: str | None = None) -> set[str]:
+        """With --resume, the keys (by `key` of each output record) -o FILE already holds, after making the file
+        safe to append to (once per run: later calls return the same set); without it, nothing."""
+        if not self.resume:
+            return set()
+        if self._done is None:
+            self._done = prepare_resume(self.output, key, kind=kind)
+        return self._done
+
+    def read(self, paths: Iterable[str] | None = None,
+             validate: Callable[[dict], str | None] | None = None) -> Iterator[dict]:
+        """The records of `paths` (default: the inputs), each counted in records_in; one `validate` finds a problem
+        with is rejected as FILE:LINE (fatal, or counted with --on-error skip)."""
+        reader = self.reader if paths is None else Reader(list(paths), on_error=self.on_error)
+        if reader not in self.readers:
+            self.readers.append(reader)
+        for item in reader:
+            self.stats.records_in += 1
+            problem = validate(item.record) if validate is not None else None
+            if problem:
+                reader.reject(item.error(problem))
+                continue
+            yield item.record
+
+    def side_output(self, path: str | None, *, resume: bool | None = None) -> Writer | None:
+        """A second output file a stage writes beside -o (eval's --trajectories, reflect's --rejected): appended to
+        under --resume, closed with the run. None for no path."""
+        if not path:
+            return None
+        writer = Writer(path, append=self.resume if resume is None else resume)
+        self.side.append(writer)
+        return writer
+
+    def run(self, stage: Callable[[dict], Iterable[dict]], validate=None, input_key=lambda r: r.get("id"),
+            output_key=lambda r: r.get("source_id"), unit: str = "rec", output_kind: str | None = None) -> None:
+        """Map every input record through `stage` and write its outputs, then what `stage.finish()` still holds.
+        `output_kind` is the kind of record the stage writes: --resume refuses a file of another kind."""
+        try:
+            done = self.done(output_key, output_kind)
+            writer = self._writer()
+            with self.closing(writer), progress_bar(self.quiet, unit=unit) as bar:
+                try:
+                    run_stage(self.reader, stage, writer, self.stats, validate=validate, shard=self.shard,
+                              done=done, input_key=input_key, progress=bar)
+                except (InputError, PolicyError):
+                    # A bad input line, or a policy that cannot go on (its server gone), stops the run where a
+                    # serial run stops: the outputs of the lines before it, still in flight in a stage with
+                    # --concurrency or -j, are written first. (A WriteError goes straight out: nothing more can be
+                    # written.)
+                    self._write_all(writer, _finish(stage))
+                    raise
+                self._write_all(writer, _finish(stage))
+        finally:
+            _close(stage)
+
+    def run_source(self, stage: Callable[[dict], Iterable[dict]], items: Iterable[dict], *,
+                   key: Callable[[dict], str], shard_key: Callable[[dict], str] | None = None,
+                   output_kind: str | None = None, unit: str = "rec") -> None:
+        """Run a stage that reads no input over `items` the command made (an environment's tasks): each item counts
+        as one input (records_in); with --shard only the items whose `shard_key` falls in this slice are run; with
+        --resume an item whose `key` (the id of the record it gives) -o FILE already holds is skipped and counted
+        as resumed. Outputs are written as the stage yields them."""
+        try:
+            items = [item for item in items if shard_key is None or in_shard(shard_key(item), self.shard)]
+            done = self.done(lambda r: r.get("id"), output_kind)
+            writer = self._writer()
+            with self.closing(writer), progress_bar(self.quiet, total=len(items), unit=unit) as bar:
+                for item in items:
+                    self.stats.records_in += 1
+                    bar.update(1)
+                    if key(item) in done:
+                        self.count("resumed")
+                        continue
+                    self._write_all(writer, stage(item))
+                self._write_all(writer, _finish(stage))
+        finally:
+            _close(stage)
+
+    def write(self, records: Iterable[dict]) -> None:
+        """Write records made from inputs read with `read` (mix), each a whole line as it comes, then --stats."""
+        writer = self._writer()
+        with self.closing(writer):
+            for record in records:
+                self._write_all(writer, (record,))
+
+    def _writer(self) -> Writer:
+        return Writer(self.output, append=bool(self.resume), resumable=self.resumable)
+
+    def _write_all(self, writer: Writer, records: Iterable[dict]) -> None:
+        for out in records:
+            writer.write(out, flush=False)
+            self.stats.records_out += 1
+        writer.flush()
+
+    def closing(self, *writers: Writer | None):
+        """Close `writers` and the side outputs, then write --stats, when the block ends; an error in flight is the
+        one reported."""
+        return closing(*writers, then=self._end)
+
+    def _end(self) -> None:
+        try:
+            for writer in self.side:
+                writer.close()
+        finally:
+            self.report()
+
+    def report(self) -> None:
+        """Say how many bad records were skipped, and write --stats."""
+        for counts in self._end_counts:
+            self.stats.counts.update(counts())
+        self.stats.skipped = sum(r.skipped for r in self.readers)
+        if self.stats.skipped:
+            self.reader.warn(f"skipped {self.stats.skipped} bad record(s)")
+        self.stats.write(self.stats_path)
+
+
+def progress_bar(quiet: bool, **kwargs):
+    """A tqdm bar on stderr, only for a person watching (stderr is a terminal) and never with -q."""
+    return tqdm(disable=quiet or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True, **kwargs)
