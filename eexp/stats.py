@@ -70,8 +70,8 @@ def sign_flip_exact(diffs: list[int]) -> float:
     differences are -1, 0, +1 and the test is exactly the exact McNemar test (the sign test on the discordant
     tasks), so single runs compare as before. What it does not do is treat the seeds' training runs as sampled: it
     asks whether these runs differ on tasks like these. Whether the method beats the other on another training run
-    is the test over seeds (this test on each seed pair's difference, eexp.compare.seed_level, and
-    `hierarchical_bootstrap`).
+    is the test over seeds (this test on each seed pair's difference, eexp.stages.evaluate.compare.seed_level,
+    and `hierarchical_bootstrap`).
     """
     nonzero = [abs(int(d)) for d in diffs if d]
     if not nonzero:

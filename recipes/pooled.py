@@ -2,13 +2,14 @@
 
 Reads RESULTS/seed<s>/eval/<run>.jsonl.gz (episodes from reset, test and ood) and RESULTS/seed<s>/recovery/<run>.jsonl.gz
 (the recovery test: episodes that start off the expert's path, `eval --start off-path`) for every seed folder there
-is, pools each run's seeds with `eexp eval --compare`'s own code (eexp.compare: success over tasks x seeds, each run
-against IL first over seeds, seed s against seed s: the per-seed differences, how many are above IL, a hierarchical
-bootstrap interval and the exact sign-flip test over seeds, which 3 seeds cannot bring below p = 0.25; then over
-tasks by the exact sign-flip test on per-task successes summed over seeds, and the paired bootstrap on score),
-and prints one markdown table (then, where the runs have them, success@1..N of runs given several attempts and the
-critic's held-out accuracy), or with --write updates RESULTS/pooled.md, RESULTS/pooled.json and the plot
-RESULTS/pooled.png. A folder with starts/ holds the expert-step RL recipe's runs instead (expert_step_table).
+is, pools each run's seeds with `eexp eval --compare`'s own code (eexp.stages.evaluate.compare: success over tasks x
+seeds, each run against IL first over seeds, seed s against seed s: the per-seed differences, how many are above IL,
+a hierarchical bootstrap interval and the exact sign-flip test over seeds, which 3 seeds cannot bring below
+p = 0.25; then over tasks by the exact sign-flip test on per-task successes summed over seeds, and the paired
+bootstrap on score), and prints one markdown table (then, where the runs have them, success@1..N of runs given
+several attempts and the critic's held-out accuracy), or with --write updates RESULTS/pooled.md, RESULTS/pooled.json
+and the plot RESULTS/pooled.png. A folder with starts/ holds the expert-step RL recipe's runs instead
+(expert_step_table).
 tests/test_results.py recomputes the table from the committed files and checks that the results
 page and the README show it as it is, so the table cannot drift from its data.
 """
@@ -19,8 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
-from eexp.compare import TOO_FEW_SEEDS, compare_runs, floored, p_text, plot_comparison, read_runs, too_few_note
 from eexp.io import Reader
+from eexp.stages.evaluate.compare import (TOO_FEW_SEEDS, compare_runs, floored, p_text, plot_comparison, read_runs,
+                                          too_few_note)
 from eexp.stages.evaluate.summary import success_at, summarize
 
 # SR~constrained: SR evaluated like IL, constrained to the actions without its thought (seed 0 only; SR is evaluated
@@ -43,9 +45,9 @@ def seeds(results: Path) -> list[Path]:
 
 
 def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None) -> dict:
-    """{kind: eexp.compare result} for the runs found in the seed folders. Each run pools the seeds that hold it
-    (seed 0 has `SR~constrained`, later seeds `SR` and `SR-grounded`), and is tested against IL over those same
-    seeds, so every test pairs runs of one seed; IL's own row pools every seed.
+    """{kind: eexp.stages.evaluate.compare result} for the runs found in the seed folders. Each run pools the seeds
+    that hold it (seed 0 has `SR~constrained`, later seeds `SR` and `SR-grounded`), and is tested against IL over those
+    same seeds, so every test pairs runs of one seed; IL's own row pools every seed.
 
     pairs: (run, reference) to test instead of every run against IL (the matched controls, MATCHED); each reference
     gets its own row, then the runs tested against it."""

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from eexp.cli import cli
-from eexp.compare import Run, compare_runs, format_comparison
+from eexp.stages.evaluate.compare import Run, compare_runs, format_comparison
 from eexp.stats import hierarchical_bootstrap, paired_bootstrap, sign_flip_exact
 
 TASKS = 200

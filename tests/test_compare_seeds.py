@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from eexp.cli import cli
-from eexp.compare import Run, compare_runs, format_comparison
+from eexp.stages.evaluate.compare import Run, compare_runs, format_comparison
 from eexp.stats import mcnemar_exact, seed_spread, sign_flip_exact, wilson
 
 

@@ -11,13 +11,13 @@ from click.testing import CliRunner
 
 from eexp.cli import cli
 from eexp.cli.options import config_option, explicit_serializer_settings, serializer_options
-from eexp.compare import Run, compare_runs, p_text
 from eexp.envs.base import Env
 from eexp.errors import EnvError, SerializerError
 from eexp.policies.base import Policy, Reply
 from eexp.policies.baselines import OraclePolicy, RandomPolicy
 from eexp.records import expect
 from eexp.stages.evaluate import tasks as evaluate_stage
+from eexp.stages.evaluate.compare import Run, compare_runs, p_text
 from eexp.stages.evaluate.episode import Evaluator, episode_id
 from eexp.stages.evaluate.runner import Runner
 from eexp.stages.evaluate.settings import EvalSettings

@@ -35,7 +35,7 @@ IMPORT_NAMES = {"pyyaml": "yaml"}
 # command's start-up, `eexp --help` included, imports eexp.cli's modules and theirs: numpy stays out of it.
 ALLOWED_INSIDE = {
     ("eexp/stats.py", "numpy"): "numpy (~120 ms) for eval --compare's seed-level bootstrap only; every command's "
-                                "start-up imports eexp.stats (through eexp.compare)",
+                                "start-up imports eexp.stats (through eexp.stages.evaluate.compare)",
     ("eexp/models/merge.py", "eexp.policies.hf"): "imports numpy at its top (through eexp.policies.chat); every "
                                                   "command's start-up imports this module (merge's settings)",
     ("eexp/stages/evaluate/episode.py", "eexp.policies.critic"): "imports numpy at its top (through "

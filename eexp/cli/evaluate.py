@@ -9,9 +9,9 @@ import click
 from eexp.cli.group import cli
 from eexp.cli.options import cluster_options, concurrency_option, explicit_serializer_settings, field_options, \
     parse_env_args, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
-from eexp.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.errors import EexpError
 from eexp.io import write_atomic
+from eexp.stages.evaluate.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.stages.evaluate.runner import check_worker_copies, worker_policy_args
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.stages.evaluate.stage import evaluate

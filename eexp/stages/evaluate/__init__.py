@@ -1,5 +1,5 @@
-"""eval: run a policy on the tasks of an environment split, one episode per task, and summarize the run
-(`eval --compare` is eexp.compare).
+"""eval: run a policy on the tasks of an environment split, one episode per task, and summarize the run; compare
+runs (`eval --compare`).
 
 An episode renders each state with the serializer the model was trained with (its recorded settings, overridable),
 asks the policy for one action (greedy by default, as the paper evaluates) and steps the environment until it says
@@ -16,8 +16,9 @@ deterministic policy: a batching server's own floating-point results can depend 
 The package, one module per part: the run's settings (`settings`), the tasks of a run (`tasks`), an episode's
 record and the loop that plays it (`episode`), where an off-path episode hands over (`off_path`), where episodes
 run: here, in threads or in worker processes, in task order, and what a resumed file already holds (`runner`), the
-stage that writes them (`stage`), and the summary of a run, its table and warnings (`summary`). This file imports
-the summary alone, so reading it (eexp.compare) loads no environment, policy or worker.
+stage that writes them (`stage`), the summary of a run, its table and warnings (`summary`), and `eval --compare`:
+runs side by side, read from their episode files, with their tests, table and plot (`compare`). This file imports
+the summary alone, so `compare`, which reads episode files only, loads no environment, policy or worker.
 """
 
 from __future__ import annotations

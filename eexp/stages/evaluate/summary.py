@@ -1,7 +1,7 @@
 """The summary of an eval run (DESIGN.md): success with its 95% Wilson interval, success@k of --attempts, means,
 the invalid and failed-request counts, --act think's thoughts, per category; the table printed on stderr, the
-warnings about cut thoughts, and the summary file. eexp.compare formats its tables with `pct` and `rate_fields`.
-It reads episode records: it starts no environment, model or worker."""
+warnings about cut thoughts, and the summary file. `eval --compare` (`compare`) formats its tables with `pct` and
+`rate_fields`. It reads episode records: it starts no environment, model or worker."""
 
 from __future__ import annotations
 
