@@ -9,7 +9,8 @@ from eexp.stages.settings import setting
 from eexp.training.config import OBJECTIVES, TRAINER_RESUME_FREE, TrainerConfig, retold
 
 REWARDS = tuple(OBJECTIVES["rl"])
-OUTCOME_REWARDS = REWARDS[:3]  # rewards of whole episodes; expert-step rewards single actions (eexp/rl/expert_step.py)
+OUTCOME_REWARDS = REWARDS[:3]  # rewards of whole episodes; expert-step rewards single actions (eexp/rl/expert_step.py),
+#                                next-state predictions of the next observation (eexp/rl/next_state.py)
 PACK_TOKENS = 4096  # tokens in one packed forward pass of the update (rows x longest row): bounds its memory (9 GiB
 #                   for a 0.5B-parameter shape in bf16 with its 152k vocabulary, measured on an H100)
 ENCODE_CACHE_SIZE = 50_000  # tokenized prompts and replies the live policy remembers (then it starts over)
@@ -36,8 +37,8 @@ class RLConfig(TrainerConfig):
 
     OPTIONS: ClassVar[tuple[str, ...]] = (
         "model", "output", "env", "env_kwargs", "split", "tasks", "group_size", "tasks_per_step", "max_steps", "act",
-        "temperature", "max_tokens", "episode_steps", "reward", "expert", "expert_match", "scale_rewards", "clip",
-        "kl_coef", "ppo_epochs", "minibatches", "lr", "lr_scheduler", "weight_decay", "max_grad_norm", "lora",
+        "temperature", "max_tokens", "episode_steps", "reward", "expert", "expert_match", "outcomes", "scale_rewards",
+        "clip", "kl_coef", "ppo_epochs", "minibatches", "lr", "lr_scheduler", "weight_decay", "max_grad_norm", "lora",
         "lora_rank", "lora_alpha", "seed", "save_every", "keep_checkpoints", "allow_zero_start", "precision",
         "gradient_checkpointing", "attn_implementation", "trust_remote_code", "export_gguf", "quant", "resume",
         "quiet")
@@ -47,22 +48,30 @@ class RLConfig(TrainerConfig):
     env_kwargs: dict = field(default_factory=dict)
     split: str = setting("train", "Split whose tasks RL trains on.")
     tasks: int | None = setting(None, "Use the first N tasks of the split (default: all); with --expert, its first N "
-                               "trajectories of the split.", short="-n", min=1)
+                               "trajectories of the split; with --outcomes, its first N outcome records of the split.",
+                               short="-n", min=1)
     group_size: int = setting(8, "Episodes sampled per task; advantages are relative to the group.", short="-G",
                              min=2)
-    tasks_per_step: int = setting(4, "Tasks (groups) per RL step; expert states with --reward expert-step.",
-                                 min=1)
+    tasks_per_step: int = setting(4, "Tasks (groups) per RL step; expert states with --reward expert-step, "
+                                 "transitions with --reward next-state.", min=1)
     act: str | None = setting(None, "How an action is chosen: a draw from softmax(log-likelihood / T) over the "
                              "admissible actions, free generation, or a generated thought and then the action after "
                              "it (as eval --act think). Default: score where the environment's action set is closed, "
-                             "else generate.", choices=list(RL_ACT_MODES))
+                             "else generate; with --reward next-state, generate (the only one: a prediction is "
+                             "text).", choices=list(RL_ACT_MODES))
     temperature: float = setting(1.0, "Sampling temperature of the episodes (above 0).")
-    max_tokens: int = setting(64, "Most tokens per generated reply (--act generate).", min=1)
+    max_tokens: int = setting(64, "Most tokens per generated reply (--act generate); with --reward next-state, per "
+                             "prediction (an observation is longer than an action: a shop page is ~1,500 "
+                             "characters, so raise it there).", min=1)
     episode_steps: int | None = setting(None, "Most steps per episode (default: the environment's).", min=1)
     reward: str = setting("success", "The reward: the episode's success (1/0), its score, or both, at its end; or "
                          "expert-step: no episodes, the policy acts at the states of expert trajectories and each "
                          "action is rewarded by its match with the expert's (--expert-match). --tasks-per-step then "
-                         "counts expert states, each a group of --group-size actions.", choices=list(REWARDS))
+                         "counts expert states, each a group of --group-size actions. Or next-state: no episodes, "
+                         "the policy predicts the next observation of each transition of --outcomes, asked as IWM "
+                         "trains it (world-model-data's prompt), and each prediction is rewarded by its token F1 "
+                         "with the recorded one (world-model-eval's); --tasks-per-step then counts transitions, each "
+                         "a group of --group-size predictions.", choices=list(REWARDS))
     expert: str | None = setting(None, "With --reward expert-step: the expert trajectories (as `eexp expert` writes "
                                 "them) whose states the policy acts at, those of --split, successful, the first "
                                 "--tasks of them. Default: the environment's oracle on the first --tasks tasks of "
@@ -70,6 +79,10 @@ class RLConfig(TrainerConfig):
     expert_match: str = setting("exact", "With --reward expert-step: an action's reward is 1 where it equals the "
                                "expert's after the environment's canonicalize, else 0 (exact) or the token F1 of "
                                "the two (f1: words shared, SQuAD's F1).", choices=["exact", "f1"])
+    outcomes: str | None = setting(None, "With --reward next-state (required there): the outcome records (as `eexp "
+                                  "rollout` writes them) whose transitions, the expert's action and every executed "
+                                  "alternative, the policy predicts the next observation of: those of --split whose "
+                                  "state was reached, the first --tasks of them.", metavar="FILE")
     scale_rewards: bool = setting(True, "Divide advantages by the group's standard deviation (GRPO), or only "
                                  "subtract its mean (Dr. GRPO).", flag="--scale-rewards/--no-scale-rewards")
     clip: float = setting(0.2, "PPO clip range of the probability ratio (above 0).", min=0, max=1)
@@ -78,7 +91,8 @@ class RLConfig(TrainerConfig):
     ppo_epochs: int = setting(1, "Passes over each step's samples.", min=1)
     minibatches: int = setting(1, "Optimizer updates per pass (the samples split in seeded chunks).", min=1)
     allow_zero_start: bool = setting(False, "Train even when no episode of the probe batch succeeds (refused by "
-                                    "default: there is nothing to learn from; expert-step has no such probe).")
+                                    "default: there is nothing to learn from; expert-step and next-state have no such "
+                                    "probe).")
 
     # the trainer's options, as RL tells them
     model: str = retold(TrainerConfig, "model", "The checkpoint to start from: an IL, IWM or SR model from `eexp "

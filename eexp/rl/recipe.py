@@ -3,9 +3,10 @@
 `RL` is the trainer (eexp.training.trainer: device, precision, model loading, optimizer and schedule, checkpoints,
 --resume, metrics.jsonl, the final save and --export-gguf) with the RL loop: each step draws samples from the live
 weights (the objective --reward names in `OBJECTIVES`, eexp.training.config: `Episodes`, GRPO over whole episodes,
-eexp.rl.rollouts; or `ExpertStep`, actions at expert states, eexp.rl.expert_step), weighs each by its
-group-relative advantage and makes --ppo-epochs x --minibatches clipped-surrogate updates (eexp.rl.loss). Its
-options (`RLConfig`) are the trainer's (TrainerConfig) and RL's own."""
+eexp.rl.rollouts; `ExpertStep`, actions at expert states, eexp.rl.expert_step; or `NextState`, predictions of the
+next observation of recorded transitions, eexp.rl.next_state), weighs each by its group-relative advantage and
+makes --ppo-epochs x --minibatches clipped-surrogate updates (eexp.rl.loss). Its options (`RLConfig`) are the
+trainer's (TrainerConfig) and RL's own."""
 
 from __future__ import annotations
 
@@ -76,9 +77,11 @@ class RL(Trainer):
         self.model_cfg = self._import_base()
         check_model_dir(self.model_cfg.model)
         self.env = make_env(rl.env, **rl.env_kwargs)
-        self.act = rl.act or ("score" if getattr(self.env, "closed_actions", True) else "generate")
+        # an objective that says how it acts (next-state: a prediction is generated) has that default
+        self.act = rl.act or getattr(self.objective, "act", None) or (
+            "score" if getattr(self.env, "closed_actions", True) else "generate")
         self.tasks = split_tasks(self.env, rl.split, rl.tasks, self.echo)
-        self.objective.setup(self)  # expert-step: the expert states (self.states)
+        self.objective.setup(self)  # expert-step: the expert states (self.states); next-state: the outcome records
         self._existed = os.path.exists(cfg.output)
         self._prepare_output()
         self._load_tokenizer()
@@ -135,6 +138,16 @@ class RL(Trainer):
         if rl.expert_match != "exact" and rl.reward != "expert-step":
             raise UsageProblem(f"--expert-match: only with --reward expert-step (--reward {rl.reward} rewards "
                                "episodes)")
+        if rl.outcomes is not None and rl.reward != "next-state":
+            raise UsageProblem(f"--outcomes: only with --reward next-state (--reward {rl.reward} does not predict "
+                               "next states)")
+        if rl.reward == "next-state":
+            if rl.outcomes is None:
+                raise UsageProblem("--reward next-state needs --outcomes FILE: the outcome records (as `eexp rollout` "
+                                   "writes them) whose next states the policy predicts")
+            if rl.act not in (None, "generate"):
+                raise UsageProblem(f"--act {rl.act}: --reward next-state generates its predictions (--act generate, "
+                                   "the default there)")
         if rl.group_size < 2:
             raise UsageProblem("--group-size must be at least 2 (advantages are relative to the group)")
         if rl.temperature <= 0:

@@ -177,7 +177,8 @@ class Episodes:
     `fingerprint_data(run)` (what --resume must find unchanged), `collect(run, step)` -> [(drawn, its trace)],
     `probe(run, drawn)` (the first step's check), `rewards(run, drawn)`, `account(run, drawn, rewards)` (the run's
     counts, and the metrics row's fields), `postfix(row)` (the progress bar's), `config(run)` (config.yaml's extra
-    fields); `phase` (the metrics' and the card's phase) and `unit` (what `<unit>_per_s` counts)."""
+    fields); `phase` (the metrics' and the card's phase), `unit` (what `<unit>_per_s` counts) and, where it samples
+    one way whatever the environment, `act` (the default of --act: next-state's `generate`)."""
 
     phase = "rl"
     unit = "episodes"

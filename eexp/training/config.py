@@ -27,7 +27,7 @@ _EPISODES = "eexp.rl.rollouts:Episodes"
 OBJECTIVES = {
     "finetune": {"sft": "eexp.training.recipe:SFT", "dpo": "eexp.training.dpo:DPO"},
     "rl": {"success": _EPISODES, "score": _EPISODES, "success+score": _EPISODES,
-           "expert-step": "eexp.rl.expert_step:ExpertStep"},
+           "expert-step": "eexp.rl.expert_step:ExpertStep", "next-state": "eexp.rl.next_state:NextState"},
 }
 
 
