@@ -28,7 +28,10 @@ def rl_command(env_args, **options):
     replies with group-relative advantages, a clipped policy-gradient loss and an optional KL term to the start.
     The first rollout batch is a probe: when none of its episodes succeeds, the run is refused. --reward
     expert-step needs no success: the policy acts at the states of expert trajectories and each sampled action is
-    rewarded by its match with the expert's; outcome RL then continues from its output. Checkpoints, --resume and
+    rewarded by its match with the expert's; outcome RL then continues from its output. --reward next-state
+    (RWML) trains the world model the same way: at each transition of --outcomes (rollout's records) the policy
+    predicts the next observation, asked as IWM trains it, and each prediction is rewarded by its token F1 with the
+    recorded one (world-model-eval's score); outcome RL continues from its output too. Checkpoints, --resume and
     metrics.jsonl work as in finetune.
 
     \b
@@ -38,6 +41,7 @@ def rl_command(env_args, **options):
       eexp rl --model runs/iwm --env shop -o runs/iwm-rl --max-steps 40 --resume
       eexp eval --policy runs/iwm-rl --env shop --split test --act score -o iwm-rl.jsonl
       eexp rl --model runs/il --env shop -o runs/il-es --reward expert-step --expert expert.jsonl --temperature 3
+      eexp rl --model runs/iwm --env shop -o runs/iwm-ns --reward next-state --outcomes outcomes.jsonl --max-tokens 256
     """
     from eexp.rl.recipe import run_rl
     quiet_transformers()

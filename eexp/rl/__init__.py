@@ -39,6 +39,13 @@ renders it), samples --group-size actions at each, and rewards each by its match
 after canonicalize, or token F1); groups, advantages and the update are the ones above. It needs no success, so it
 has no refusing probe: the way out of a 0% start, after which outcome RL continues from its checkpoint.
 
+`--reward next-state` (next_state.py, RWML: arXiv 2602.05842) trains the world model the same way: each step takes
+--tasks-per-step transitions of --outcomes (rollout's records: the expert's action and every executed alternative),
+asks each as world-model-data renders its IWM example, generates --group-size predictions of the next observation,
+and rewards each by its token F1 with the recorded one (world-model-eval's read_observation and token_f1); the
+predictions' tokens are trained as `--act generate` trains a reply. RWML's combination with the task reward is in
+sequence: outcome RL continues from its checkpoint.
+
 What "the tokens the policy produced" and the PPO ratio mean in each action mode
 --------------------------------------------------------------------------------
 `--act generate` (open action spaces): the reply's sampled tokens. Per token t, logp_t = log softmax(logits / T) of
@@ -82,6 +89,8 @@ One module per concept, as eexp/training/ is split:
     rollouts.py    the policy over the live weights (LivePolicy, on TransformersPolicy.from_model), the tasks of a
                    step, rewards and advantages; `Episodes`, the objective of outcome RL (GRPO over episodes)
     expert_step.py the expert states and the match reward of --reward expert-step; `ExpertStep`, its objective
+    next_state.py  the transitions of outcome records and the F1 reward of --reward next-state; `NextState`, its
+                   objective
     loss.py        log-probabilities of what the policy produced (packed or one part at a time), the clipped loss
     recipe.py      the recipe itself: RL.setup / train / save / resume / finish, on eexp.training.trainer.Trainer
                    (device, precision, model, optimizer, checkpoints, --resume, the final save) with an objective

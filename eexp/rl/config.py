@@ -80,9 +80,9 @@ class RLConfig(TrainerConfig):
                                "expert's after the environment's canonicalize, else 0 (exact) or the token F1 of "
                                "the two (f1: words shared, SQuAD's F1).", choices=["exact", "f1"])
     outcomes: str | None = setting(None, "With --reward next-state (required there): the outcome records (as `eexp "
-                                  "rollout` writes them) whose transitions, the expert's action and every executed "
-                                  "alternative, the policy predicts the next observation of: those of --split whose "
-                                  "state was reached, the first --tasks of them.", metavar="FILE")
+                                  "rollout` writes them) to learn from; the policy predicts the next observation "
+                                  "after each executed action of them (the expert's and each alternative's). Those of "
+                                  "--split whose state was reached, the first --tasks of them.", metavar="FILE")
     scale_rewards: bool = setting(True, "Divide advantages by the group's standard deviation (GRPO), or only "
                                  "subtract its mean (Dr. GRPO).", flag="--scale-rewards/--no-scale-rewards")
     clip: float = setting(0.2, "PPO clip range of the probability ratio (above 0).", min=0, max=1)
