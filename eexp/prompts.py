@@ -216,6 +216,19 @@ def format_observation(observation: str, max_chars: int = 0) -> str:
     return "Observation: " + clip(observation, max_chars)
 
 
+_OBSERVATION_LABEL = re.compile(r"\s*Observation\s*:[ \t]*", re.IGNORECASE)
+
+
+def read_observation(text: str) -> tuple[str, bool]:
+    """(the observation a world model's reply or an IWM target states, whether it carried the `Observation:` label):
+    the label taken off and whitespace stripped, as `clip` strips a target. world-model-eval scores what it reads
+    and the dream environment (eexp.envs.dream) shows it as the next observation."""
+    match = _OBSERVATION_LABEL.match(text or "")
+    if match:
+        return clip(text[match.end():], 0), True
+    return clip(text or "", 0), False
+
+
 _ACTION = re.compile(r"^\s*Action\s*:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 _THOUGHT = re.compile(r"Thought\s*:\s*(.*?)(?=^\s*Action\s*:|\Z)", re.IGNORECASE | re.DOTALL | re.MULTILINE)
 

@@ -7,7 +7,7 @@ import orjson
 
 from eexp.cli.group import cli
 from eexp.cli.options import cluster_options, config_option, parse_env_args, shard_option
-from eexp.envs.base import make_env, registry
+from eexp.envs.base import WRAPPERS, make_env, registry, wrapper_class
 from eexp.envs.check import check_installed
 from eexp.errors import EnvError
 from eexp.runner import StageIO
@@ -15,7 +15,8 @@ from eexp.stages.expert import run_expert
 
 
 def _listing() -> list[dict]:
-    """One row per registered environment; one that cannot load is listed with the reason."""
+    """One row per registered environment; one that cannot load is listed with the reason. Then eexp's
+    environments over another one (WRAPPERS: dream), by the form of their name, with WORLD's splits."""
     rows = []
     for name, ep in sorted(registry().items()):
         try:
@@ -26,6 +27,10 @@ def _listing() -> list[dict]:
         except Exception as e:  # a broken third-party package must not hide the others
             rows.append({"name": name, "available": False, "reason": f"{type(e).__name__}: {e}",
                          "entry_point": ep.value})
+    for kind in WRAPPERS:
+        cls = wrapper_class(kind)
+        rows.append({"name": cls.form, "available": True, "version": cls.version, "splits": ["WORLD's"],
+                     "can_snapshot": cls.can_snapshot, "closed_actions": None, "entry_point": WRAPPERS[kind].value})
     return rows
 
 
@@ -57,6 +62,11 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
     unavailable, with the reason. With NAME: its action format, its splits with their task counts, and the
     first observation and admissible actions of an example task.
 
+    `dream:MODEL@WORLD` is the environment WORLD as a world model dreams it: WORLD's tasks and first observations,
+    every later observation the prediction of MODEL (a checkpoint, a GGUF or a server, as --policy names one)
+    asked IWM's prompt; usable wherever an environment is (expert, branch | rollout, eval, rl), its records'
+    meta.dream saying so. `eexp envs dream` says where its end, success and admissible actions come from.
+
     With --check NAME: the conformance check a plugin author runs (lazy construction, well-formed tasks, version,
     close(), determinism, the expert replaying to success, snapshot/restore against replay, canonicalize through
     step(), expert() leaving a live episode alone, scores in [0, 1], options). One line a check: `ok`, `FAIL`
@@ -66,6 +76,8 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
     Example:
       eexp envs
       eexp envs shop
+      eexp envs dream
+      eexp envs dream:out/iwm@shop
       eexp envs --check counter -n 5 --split test
       eexp envs --check textworld -n 1 --env-arg games=1 --env-arg eval_games=1
     """
@@ -89,13 +101,17 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
             click.echo("no environments installed")
             return
         width = max([len("version")] + [len(str(row.get("version", ""))) for row in rows if row["available"]])
-        click.echo(f"{'name':<14} {'version':<{width}} {'snapshot':<9} splits")
+        names = max([14] + [len(row["name"]) for row in rows])
+        click.echo(f"{'name':<{names}} {'version':<{width}} {'snapshot':<9} splits")
         for row in rows:
             if row["available"]:
-                click.echo(f"{row['name']:<14} {row['version']:<{width}} {'yes' if row['can_snapshot'] else 'no':<9} "
-                           f"{', '.join(row['splits'])}")
+                click.echo(f"{row['name']:<{names}} {row['version']:<{width}} "
+                           f"{'yes' if row['can_snapshot'] else 'no':<9} {', '.join(row['splits'])}")
             else:
-                click.echo(f"{row['name']:<14} unavailable: {row['reason']}")
+                click.echo(f"{row['name']:<{names}} unavailable: {row['reason']}")
+        return
+    if name in WRAPPERS:   # `eexp envs dream`: what the form means (an instance needs its MODEL@WORLD)
+        click.echo(wrapper_class(name).help_text)
         return
     env = make_env(name, **env_args)
     try:
@@ -110,6 +126,8 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
     click.echo(f"admissible actions: {'listed (closed set)' if info['closed_actions'] else 'a sample (open set)'}")
     click.echo(f"snapshot: {'yes' if info['can_snapshot'] else 'no (states are reached by replay)'}")
     click.echo(f"max steps: {info['max_steps']}")
+    for key, text in (info.get("rules") or {}).items():   # a dream's: where its observations, end, success come from
+        click.echo(f"{key}: {text}")
     counts, unavailable = info["task_counts"], info.get("unavailable_splits", {})
     click.echo("splits: " + ", ".join(f"{s} ({counts[s]} tasks)" if s in counts else f"{s} (unavailable: "
                                       f"{unavailable[s]})" for s in info["splits"]))

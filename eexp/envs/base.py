@@ -9,7 +9,7 @@ environment against it.
 from __future__ import annotations
 
 import random
-from importlib.metadata import PackageNotFoundError, entry_points, version
+from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 from typing import Any
 
 from eexp.errors import EnvError, entry_point_source
@@ -81,6 +81,19 @@ class Env:
         for action in prefix:
             observation, _, _, _ = self.step(action)
         return observation
+
+    def read_text(self, task: dict, observations: list[str]) -> dict:
+        """What this environment reads from the text of an episode's observations alone, where another hand wrote
+        them (the dream environment, eexp.envs.dream, asks it of a world model's predictions): any of
+        `admissible` (the actions the last observation offers, as admissible() would list them), `valid` (False:
+        the last observation is this environment's refusal of the action), `done` (it ends the episode), `score`
+        and `success` (this environment's own check, applied to the text). {} (the default): it reads nothing."""
+        return {}
+
+    def record_meta(self) -> dict:
+        """What this environment adds to the `meta` of the records made in it (expert, rollout, eval): {} for an
+        environment that is what its name says; the dream environment says that it was dreamed, and by what."""
+        return {}
 
     def snapshot(self) -> Any:
         raise NotImplementedError(f"{self.name} cannot snapshot; reach states by replay")
@@ -199,10 +212,27 @@ def registry() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group="eexp.envs")}
 
 
+# eexp's environments over another environment, named `KIND:ARGUMENT` and read from that form (as a policy's kind is
+# read from its spec), not installed entry points: the class's `bind(argument)` is the environment the whole name
+# stands for, and its `form` how the name is written. Loaded when named, as an entry point is (the module imports
+# this one).
+WRAPPERS = {"dream": EntryPoint(name="dream", value="eexp.envs.dream:DreamEnv", group="eexp.envs")}
+
+
+def wrapper_class(kind: str) -> Any:
+    """The class of the wrapper KIND (WRAPPERS)."""
+    return WRAPPERS[kind].load()
+
+
 def env_class(name: str) -> type[Env]:
+    kind, sep, argument = name.partition(":")
+    if kind in WRAPPERS:
+        if not sep:
+            raise EnvError(wrapper_class(kind).usage)
+        return wrapper_class(kind).bind(argument)
     known = registry()
     if name not in known:
-        names = ", ".join(sorted(known)) or "none"
+        names = ", ".join(sorted(known) + [wrapper_class(k).form for k in WRAPPERS]) or "none"
         raise EnvError(f"unknown environment {name!r} (known: {names})")
     ep = known[name]
     try:
@@ -230,6 +260,12 @@ def make_env(name: str, **kwargs: Any) -> Env:
     if check_options is not None:
         check_options(kwargs)
     return cls(**kwargs)
+
+
+def record_meta(env: Env) -> dict:
+    """What `env` adds to the meta of the records made in it (Env.record_meta; a plugin need not subclass Env)."""
+    method = getattr(env, "record_meta", None)
+    return dict(method()) if method is not None else {}
 
 
 def make_idle_env(name: str, **kwargs: Any) -> Env:

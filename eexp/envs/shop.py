@@ -85,6 +85,45 @@ def article(item: str) -> str:
     return "an " if item[0] in "aeiou" else "a "
 
 
+def purchase_score(goal: dict, product: dict, selected: dict[str, str]) -> float:
+    """WebShop's reward for buying `product` with the options `selected` (option -> value): (attributes + options +
+    price matched) / (their number), times the type match."""
+    attrs = sum(a in product["attrs"] for a in goal["attrs"])
+    options = sum(selected.get(k) == v for k, v in goal["options"].items())
+    price = product["price"] < goal["budget"]
+    total = (attrs + options + price) / (len(goal["attrs"]) + len(goal["options"]) + 1)
+    same_type = 1.0 if product["category"] == goal["category"] else 0.1
+    return round(total * same_type, 4)
+
+
+# A page's text as read_text reads it: the purchase page, a [button] (the names of the results, the options, the
+# navigation), an item page's `selected:` line
+_BOUGHT = re.compile(r"you bought (.+)\. thank you for shopping\.")
+_BUTTON = re.compile(r"\[([^\[\]\n]+)\]")
+_SELECTED = re.compile(r"^selected: (.*)$", re.MULTILINE)
+
+
+def _read_purchase(goal: dict, world: dict, name: str, before: list[str]) -> float:
+    """shop's score of buying the product named `name`, its options read from the last page of it in `before`."""
+    product = next((p for p in world["products"] if p["name"] == name), None)
+    if product is None:
+        return 0.0
+    selected: dict[str, str] = {}
+    for page in reversed(before):
+        page = page.strip()
+        if page.startswith("invalid action:"):   # a refusal shows the page it left the episode on under it
+            page = page.partition("\n")[2].strip()
+        if page.partition("\n")[0].strip() == name:
+            shown = _SELECTED.search(page)
+            values = [v.strip() for v in shown.group(1).split(",")] if shown else []
+            for key, allowed in product["options"].items():
+                chosen = [v for v in values if v in allowed]
+                if chosen:
+                    selected[key] = chosen[-1]
+            break
+    return purchase_score(goal, product, selected)
+
+
 def _tokens(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
@@ -348,16 +387,43 @@ class ShopEnv(NumberedTasks):
         s = self.state
         if s is None or s["bought"] is None:
             return 0.0
-        goal, product = self.goal, self._product(s["bought"])
-        attrs = sum(a in product["attrs"] for a in goal["attrs"])
-        options = sum(s["selected"].get(k) == v for k, v in goal["options"].items())
-        price = product["price"] < goal["budget"]
-        total = (attrs + options + price) / (len(goal["attrs"]) + len(goal["options"]) + 1)
-        same_type = 1.0 if product["category"] == goal["category"] else 0.1
-        return round(total * same_type, 4)
+        return purchase_score(self.goal, self._product(s["bought"]), s["selected"])
 
     def success(self) -> bool:
         return self.score() == 1.0
+
+    # --- reading pages that another hand wrote (the dream environment's predictions) ----------------------------
+    def read_text(self, task: dict, observations: list[str]) -> dict:
+        """What shop reads from its pages' text alone (Env.read_text), for an episode of `task` whose last
+        observation is `observations[-1]`:
+
+        - `valid`: False when the page begins with shop's refusal, `invalid action: ...` (the page shown under it
+          is read as the page);
+        - `admissible`: on the search page the task's candidate queries (its world's, as admissible() lists them);
+          elsewhere `click[LABEL]` for every `[LABEL]` on the page, in the page's order (as the rendered buttons
+          are); after a purchase none; a page with no button: not read (None);
+        - a purchase page (`you bought NAME. thank you for shopping.`) is `done`, with shop's own `score` and
+          `success`: the bought product looked up by name in the task's world (a name the world does not have
+          scores 0), the options it was bought with read from the `selected:` line of the last page of that
+          product in `observations` (none: none selected), graded as score() grades a purchase.
+        """
+        split, index = self.locate(task)
+        goal, world = goal_of(split, index), world_of(split, index)
+        page = observations[-1].strip()
+        read: dict = {"valid": True}
+        if page.startswith("invalid action:"):
+            read["valid"] = False
+            page = page.partition("\n")[2].strip()
+        bought = _BOUGHT.fullmatch(page)
+        if bought:
+            score = _read_purchase(goal, world, bought.group(1), observations[:-1])
+            return {**read, "admissible": [], "done": True, "score": score, "success": score == 1.0}
+        if page.startswith("search page."):
+            return {**read, "admissible": [f"search[{q}]" for q in world["queries"]]}
+        labels = _BUTTON.findall(page)
+        if labels:
+            read["admissible"] = [f"click[{label}]" for label in labels]
+        return read
 
     # --- snapshots: the world is immutable and shared, so the episode state is all there is to copy ----------
     def snapshot(self):

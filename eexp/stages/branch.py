@@ -22,6 +22,7 @@ import random
 from typing import Any, Callable, Iterator
 
 from eexp.envs.base import Env, env_class, make_idle_env
+from eexp.envs.dream import META_KEY
 from eexp.inflight import InOrder
 from eexp.policies.base import Policy, derive_seed
 from eexp.prompts import Serializer
@@ -136,6 +137,9 @@ class Brancher(Stage):
         chosen = set(self.chosen_steps(len(steps)))
         env_record = {"name": trajectory["env"]["name"], "version": trajectory["env"]["version"],
                       "kwargs": trajectory["env"].get("kwargs") or {}}
+        # a trajectory dreamed by a world model (eexp.envs.dream): its branch records say so, as it does
+        meta = trajectory.get("meta") or {}
+        dreamed = {META_KEY: meta[META_KEY]} if META_KEY in meta else {}
         for step, state, expert in trajectory_states(trajectory):
             if step not in chosen:
                 continue
@@ -152,7 +156,7 @@ class Brancher(Stage):
                 "expert": {"action": expert},
                 "alternatives": [],
                 "meta": make_meta("branch", env=env_record["name"], env_version=env_record["version"],
-                                  **self.meta_fields),
+                                  **self.meta_fields, **dreamed),
             }
             # What can fail for the record (an environment that is not there) fails here, at its own input line.
             env = self.env_for(env_record) if self.k and (self.propose != "admissible" or state.get("admissible")) \

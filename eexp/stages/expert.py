@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from eexp.envs.base import Env, make_env, pick_tasks
+from eexp.envs.base import Env, make_env, pick_tasks, record_meta
 from eexp.envs.reach import guarded
 from eexp.errors import EnvError, environment_failures
 from eexp.records import make_meta, short_hash
@@ -46,7 +46,7 @@ def expert_trajectory(env: Env, task: dict, seed: int = 0, timeout: float | None
     if error is not None:
         record["error"] = error
     record["meta"] = make_meta("expert", env=env.name, env_version=env.version, env_kwargs=dict(env.kwargs),
-                               split=task["split"], seed=seed, policy="oracle")
+                               split=task["split"], seed=seed, policy="oracle", **record_meta(env))
     return record
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from eexp.envs.base import Env, env_class, make_env
+from eexp.envs.base import Env, env_class, make_env, record_meta
 from eexp.envs.reach import StateMismatch, check_state, guarded, reach
 from eexp.errors import EnvError, environment_failures
 from eexp.records import make_meta
@@ -180,7 +180,7 @@ def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_e
         counts["errors"] += 1
         return out
     out["meta"] = make_meta("rollout", env=env.name or record["env"]["name"], env_version=str(env.version),
-                            snapshots=bool(env.can_snapshot), **(meta_extra or {}),
+                            snapshots=bool(env.can_snapshot), **(meta_extra or {}), **record_meta(env),
                             branch=record.get("meta") or {})
 
     def failed(target: dict, err: EnvError, what: str = "") -> None:

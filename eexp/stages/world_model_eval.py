@@ -37,7 +37,7 @@ import orjson
 
 from eexp.inflight import InOrder
 from eexp.policies.base import derive_seed
-from eexp.prompts import Serializer, clip
+from eexp.prompts import Serializer, clip, read_observation
 from eexp.records import make_meta, short_hash
 from eexp.runner import Stage
 from eexp.stages.settings import setting, shared
@@ -51,7 +51,6 @@ SCORER_VERSION = 1
 TOKEN_RULE = ("case folded; every run of letters, digits and underscores is one token, every other non-space "
               "character one token")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-_LABEL = re.compile(r"\s*Observation\s*:[ \t]*", re.IGNORECASE)
 FAILED = "error"   # a finish_reason that starts so: the request failed, nothing was predicted
 
 # How an environment's observation says that it refused the action, where it says so in a fixed form (each from the
@@ -100,15 +99,6 @@ def token_f1(prediction: str, target: str) -> float:
         return 0.0
     precision, recall = common / len(p), common / len(t)
     return 2 * precision * recall / (precision + recall)
-
-
-def read_observation(text: str) -> tuple[str, bool]:
-    """(the observation a reply or a target states, whether it carried the `Observation:` label): the label taken
-    off and whitespace stripped, as `clip` strips a target."""
-    match = _LABEL.match(text or "")
-    if match:
-        return clip(text[match.end():], 0), True
-    return clip(text or "", 0), False
 
 
 def refused(env: str, observation: str) -> bool | None:

@@ -17,8 +17,8 @@ import random
 import sys
 from pathlib import Path
 
-from eexp.prompts import clip, format_observation
-from eexp.stages.world_model_eval import read_observation, token_f1
+from eexp.prompts import clip, format_observation, read_observation
+from eexp.stages.world_model_eval import token_f1
 from eexp.stats import wilson
 from eexp.text import normalize_space
 

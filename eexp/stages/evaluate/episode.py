@@ -8,7 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from eexp.envs.base import Env, make_env
+from eexp.envs.base import Env, make_env, record_meta
+from eexp.envs.dream import META_KEY
 from eexp.envs.screens import can_screenshot, save_step
 from eexp.errors import PolicyError, UsageProblem
 from eexp.policies import load_policy
@@ -244,6 +245,7 @@ class Evaluator:
             "split": task.get("split", ""), "policy": desc["policy"], "policy_spec": s.policy_spec,
             "act": s.act, "temperature": s.temperature, "seed": s.seed, "seeds": play.seeds,
             "max_steps": self.max_steps, "max_tokens": s.max_tokens, "serializer": desc["serializer"],
+            **record_meta(env),
         }
         if s.act == "think":  # steps whose thought never reached `Action:` (cut, the action chosen after it)
             meta_fields["thoughts_cut"] = play.thoughts_cut
@@ -282,7 +284,8 @@ def episode_trajectory(episode: dict, env_record: dict, admissibles: list[list[s
             "meta": make_meta("eval", source="policy", policy=episode["policy"], policy_spec=meta.get("policy_spec"),
                               model_sha256=meta.get("model_sha256", ""), temperature=meta.get("temperature"),
                               seed=meta.get("seed"), serializer=meta.get("serializer"),
-                              invalid_actions=episode["invalid_actions"])}
+                              invalid_actions=episode["invalid_actions"],
+                              **({META_KEY: meta[META_KEY]} if META_KEY in meta else {}))}
 
 
 def episode_id(settings: EvalSettings, task: dict, description: dict) -> str:
