@@ -15,10 +15,13 @@ $(VENV)/.installed-dev: pyproject.toml install.sh
 test: dev
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Everything, the slow tests too (JVM, browser, llama-server, recipes, wheels): what CI runs (.ci/run). The 40
-# slowest tests are listed at the end, so CI's log says where its time went.
+# Everything, the slow tests too (JVM, browser, llama-server, recipes, wheels): what CI runs (.ci/run). The tests run
+# in parallel, one worker process per core up to 4 (pytest-xdist): the tests of a module that builds a fixture once
+# for the module stay in one worker, the others go to whichever is free; each worker has its own empty cache and one
+# OpenMP thread (tests/conftest.py).
+# The 40 slowest tests are listed at the end, so CI's log says where its time went.
 test-all: dev
-	$(VENV)/bin/pytest -q --durations=40 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=40 $(PYTEST_ARGS)
 
 demo:
 	$(MAKE) -C recipes demo

@@ -30,6 +30,10 @@ def pytest_configure(config):
     os.environ.pop("EEXP_POLICY", None)
     # nothing reaches outside: a name that is not a local path is looked up in the Hugging Face cache alone
     os.environ["HF_HUB_OFFLINE"] = "1"
+    # a worker of `make test-all` (pytest-xdist, one per core) runs one OpenMP thread, and so does every process it
+    # starts: with the other workers busy, threads of one torch or llama.cpp process mostly wait on each other
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     config._eexp_cache = tempfile.mkdtemp(prefix="eexp-test-cache-")
     config._eexp_saved_cache = os.environ.get("EEXP_CACHE")
     os.environ["EEXP_CACHE"] = config._eexp_cache
@@ -151,10 +155,21 @@ def _tier_reason(item) -> str | None:
     return SLOW_TESTS.get(f"{module}::{item.originalname}")
 
 
+def _shares_a_fixture_of_its_module(item) -> bool:
+    """Whether the test uses a fixture built once for its module (or class): such a module's tests are run by one
+    worker of `make test-all`, or each worker would build it again."""
+    return any(d.scope in ("module", "class", "package")
+               for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") is None and _tier_reason(item):
             item.add_marker(pytest.mark.slow)
+        # `make test-all` (pytest-xdist, --dist loadgroup) hands each other test to whichever worker is free: a
+        # module of long independent tests (every recipe config, tests/test_recipe_configs.py) is spread over them
+        if _shares_a_fixture_of_its_module(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
 
 
 _unmarked_durations: dict[str, float] = {}

@@ -92,10 +92,12 @@ def free_port() -> int:
 
 class Server:
     """A llama-server on 127.0.0.1 serving `model` with `parallel` slots (continuous batching), `threads` CPU
-    threads and `ctx` tokens of context per slot; `log` receives its output."""
+    threads (by default $OMP_NUM_THREADS, which a worker of `make test-all` sets to 1, else 2) and `ctx` tokens of
+    context per slot; `log` receives its output."""
 
-    def __init__(self, model: str | Path, *, parallel: int = 4, threads: int = 2, ctx: int = 2048,
+    def __init__(self, model: str | Path, *, parallel: int = 4, threads: int | None = None, ctx: int = 2048,
                  log: str | Path | None = None, extra: list[str] = (), ready_timeout: float = 180):
+        threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 2)
         exe = binary()
         if exe is None:
             raise FileNotFoundError("llama-server is not built: python tests/llama_server.py build")

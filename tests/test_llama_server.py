@@ -38,7 +38,7 @@ def server(tmp_path_factory):
         if os.environ.get("EEXP_REQUIRE_LLAMA_SERVER") == "1":
             pytest.fail(MISSING)
         pytest.skip(MISSING)
-    with Server(smollm2_path(), parallel=4, threads=2, log=tmp_path_factory.mktemp("llama-server") / "log") as s:
+    with Server(smollm2_path(), parallel=4, log=tmp_path_factory.mktemp("llama-server") / "log") as s:
         yield s
 
 
