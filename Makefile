@@ -1,7 +1,7 @@
 # The two things a new user runs (README): the demo loop and the tests. Both install what is missing first.
 VENV := .venv
 
-.PHONY: install dev test test-all demo docs
+.PHONY: install dev test test-all test-recipes demo docs
 install: $(VENV)/.installed-all
 dev: $(VENV)/.installed-dev
 
@@ -15,13 +15,18 @@ $(VENV)/.installed-dev: pyproject.toml install.sh
 test: dev
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Everything, the slow tests too (JVM, browser, llama-server, recipes, wheels): what CI runs (.ci/run). The tests run
-# in parallel, one worker process per core up to 4 (pytest-xdist): the tests of a module that builds a fixture once
-# for the module stay in one worker, the others go to whichever is free; each worker has its own empty cache and one
-# OpenMP thread (tests/conftest.py).
-# The 40 slowest tests are listed at the end, so CI's log says where its time went.
+# Everything but the recipe runs, the slow tests too (JVM, browser, llama-server, the demo's recipe, wheels): what CI
+# runs (.ci/run). The tests run in parallel, one worker process per core up to 4 (pytest-xdist): the tests of a
+# module that builds a fixture once for the module stay in one worker, the others go to whichever is free; each
+# worker has its own empty cache and one OpenMP thread (tests/conftest.py). The 40 slowest tests are listed at the
+# end, so CI's log says where its time went.
 test-all: dev
-	$(VENV)/bin/pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=40 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=40 -m "not recipes" $(PYTEST_ARGS)
+
+# The recipe runs, on request: every config's header command, the SmolLM2, scaling and RL recipes, end to end at a
+# tiny size (tests/conftest.py's RECIPE_RUNS; about an hour on 2 cores). Run it when a recipe or a config changes.
+test-recipes: dev
+	$(VENV)/bin/pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=20 -m recipes $(PYTEST_ARGS)
 
 demo:
 	$(MAKE) -C recipes demo

@@ -144,6 +144,18 @@ SLOW_TESTS = {
 }
 UNMARKED_LIMIT = 20.0
 
+# The recipe runs, on request (`make test-recipes`, -m recipes; torchtune keeps its recipe integration tests apart
+# too): each runs a recipe end to end through make, a process per stage, most of them loading torch (2-10 minutes
+# each on 2 cores, over half of the whole suite's time). `make test-all` and CI plan every config's header command
+# instead (tests/test_recipe_configs.py) and run the demo's recipe and the README's quick start end to end.
+RECIPE_RUNS = {
+    "test_recipe_configs::test_header_command_runs_at_a_tiny_size": "every config's header command, run",
+    "test_recipes::test_smollm2_recipe_at_a_tiny_size": "the SmolLM2 recipe, run",
+    "test_recipes::test_scaling_recipe_at_a_tiny_size": "the scaling recipe, run",
+    "test_rl::test_rl_recipe_at_a_tiny_size": "the RL recipe, run",
+    "test_rl::test_expert_step_recipe_at_a_tiny_size": "the expert-step RL recipe, run",
+}
+
 
 def _tier_reason(item) -> str | None:
     module = item.module.__name__.rpartition(".")[2] if item.module else ""
@@ -165,6 +177,10 @@ def _shares_a_fixture_of_its_module(item) -> bool:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") is None and _tier_reason(item):
+            item.add_marker(pytest.mark.slow)
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if f"{module}::{item.originalname}" in RECIPE_RUNS:
+            item.add_marker(pytest.mark.recipes)
             item.add_marker(pytest.mark.slow)
         # `make test-all` (pytest-xdist, --dist loadgroup) hands each other test to whichever worker is free: a
         # module of long independent tests (every recipe config, tests/test_recipe_configs.py) is spread over them

@@ -1,10 +1,16 @@
-"""Every config of recipes/configs runs as its header says: the `make -C recipes ...` command in the config's header
-comment is read from the file itself and run at a tiny size (command-line variables win over the config's), and the
-results the recipe announces must exist. One case per config, so no header command is left that fails.
+"""Every config of recipes/configs works as its header says: the `make -C recipes ...` command in the config's header
+comment is read from the file itself and planned, or run, at a tiny size (command-line variables win over the
+config's); a run's announced results must exist. One case per config, so no header command is left that fails.
 
-Configs run end to end by another test are not run again here (see COVERED). A config that needs something optional
+Configs run end to end by another test are not run again here (see COVERED).
+
+Two tiers: every config's header command is *planned* at the tiny size (`make -n`: every target and file of the
+run resolves and the announced results are among what it would make; seconds each, in `make test-all` and CI), and
+*run* end to end at that size on request (`make test-recipes`, the `recipes` marker of tests/conftest.py: a process
+per stage, most of them loading torch, so 2-4 minutes a config on 2 cores). A config that needs something optional
 (Java, a package, a browser) is skipped with the reason, as tests/test_envs_real.py and tests/test_miniwob.py skip.
-The 12 cases that run took 8 minutes together (815 s of CPU) on 2 cores that another run was using too.
+Run serially on 2 cores, the 13 cases that run took over 35 minutes together (November 2026, the demo's configs with
+their compute-matched rows), which is why they are on request.
 """
 
 from __future__ import annotations
@@ -40,11 +46,11 @@ COVERED = {
 }
 
 # The tiny size of every run: two trajectories, 3 updates, one episode per split of 3 steps, one seed. Every fine-tune
-# and eval is a process that loads torch (~3-8 s of CPU each), so the extra rows are left out: the think rows (SR is
-# still evaluated thinking, ACT_SR) and ActObs, which tests/test_recipes.py runs in the demo.
+# and eval is a process that loads torch (~3-8 s of CPU each), so the extra rows are left out: the think and score
+# rows (SR is still evaluated thinking, ACT_SR), ActObs and the compute-matched rows, which tests/test_recipes.py runs.
 TINY = {"N_EXPERT": "2", "K_IWM": "2", "K_SR": "2", "STEPS": "3", "N_EVAL": "1", "JOBS": "1", "SEEDS": "0",
         "EVAL_ARGS": "--max-steps 3", "SIZE": "tiny", "BATCH": "2", "IWM_ARGS": "--warmup-steps 1",
-        "THINK_ROWS": "", "ACTOBS_ROW": ""}
+        "THINK_ROWS": "", "SCORE_ROWS": "", "ACTOBS_ROW": "", "MATCHED_ROWS": ""}
 # per config, on top of TINY. The shop configs evaluate the test split only: the demo's test runs shop's ood split.
 SIZES = {
     "lowdata.mk": {"SPLITS": "test"},
@@ -176,22 +182,56 @@ def tiny_gguf(tmp_path_factory) -> Path:
     return folder / "model.gguf"
 
 
+def tiny_command(config: Path, out: Path, policy: Path | None = None) -> tuple[list[str], list[str], dict]:
+    """The config's header command at the tiny size, as (the header's argv, make's argv, tiny variables)."""
+    argv = header_command(config)
+    assert argv[:3] == ["make", "-C", "recipes"], argv
+    tiny = {**TINY, **SIZES.get(config.name, {}), "OUT": str(out), "EEXP": f"{sys.executable} -m eexp",
+            "PYTHON": sys.executable}
+    if config.name.startswith("gpu-instruct"):
+        tiny.update(MODEL=str(out / "base"), POLICY=str(policy))
+    # the header's own settings stay unless the tiny size replaces them
+    kept = [a for a in argv[3:] if a.split("=", 1)[0] not in tiny]
+    # the independent branches side by side (a header without -j runs them one by one)
+    jobs = [] if any(a.startswith("-j") for a in kept) else ["-j2"]
+    return argv, ["make", "-C", str(RECIPES), *jobs, *kept, *(f"{k}={v}" for k, v in tiny.items())], tiny
+
+
+# configs whose plan cannot be drawn before the run: their sub-makes read what an earlier step of the run wrote
+UNPLANNABLE = {
+    "scaling.mk": "its sub-make per data fraction checks the expert and validation files an earlier step writes",
+    "scaling-quick.mk": "scaling.mk's sub-makes check the files an earlier step writes",
+    "signals.mk": "its sub-make of the curated rows reads the files an earlier step writes",
+}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_header_command_is_planned_at_a_tiny_size(config: Path, tmp_path):
+    if config.name in UNPLANNABLE:
+        pytest.skip(f"{UNPLANNABLE[config.name]}: run by make test-recipes")
+    out = tmp_path / "out"
+    policy = tmp_path / "policy.gguf"   # a file the plan names; only a run would read it
+    policy.write_bytes(b"")
+    argv, command, _ = tiny_command(config, out, policy)
+    proc = subprocess.run([*command[:3], "-n", *command[3:]], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    if config.name not in COVERED:
+        for path in results(target_of(argv), out):
+            assert str(path) in proc.stdout, f"{config.name}: the plan never makes {path}"
+
+
 @pytest.mark.parametrize("config", _cases())
 def test_header_command_runs_at_a_tiny_size(config: Path, tmp_path, request):
     need = NEEDS.get(config.name)
     reason = need() if need else None
     if reason:
         pytest.skip(reason)
-    argv = header_command(config)
-    assert argv[:3] == ["make", "-C", "recipes"], argv
-    target = target_of(argv)
     out = tmp_path / "out"
-    tiny = {**TINY, **SIZES.get(config.name, {}), "OUT": str(out), "EEXP": f"{sys.executable} -m eexp",
-            "PYTHON": sys.executable}
-    if config.name.startswith("gpu-instruct"):
-        tiny.update(MODEL=str(out / "base"), POLICY=str(request.getfixturevalue("tiny_gguf")))
-    # the header's own settings stay unless the tiny size replaces them
-    kept = [a for a in argv[3:] if a.split("=", 1)[0] not in tiny]
+    policy = request.getfixturevalue("tiny_gguf") if config.name.startswith("gpu-instruct") else None
+    argv, command, tiny = tiny_command(config, out, policy)
+    target = target_of(argv)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if config.name.startswith("textworld"):   # the committed train games, in the run's cache (tests/conftest.py)
         import textworld
@@ -201,11 +241,8 @@ def test_header_command_runs_at_a_tiny_size(config: Path, tmp_path, request):
         from alfworld_games import write_games
         write_games(tmp_path / "alfworld")
         env["ALFWORLD_DATA"] = str(tmp_path / "alfworld")
-    # the independent branches side by side (a header without -j runs them one by one)
-    jobs = [] if any(a.startswith("-j") for a in kept) else ["-j2"]
     start = time.monotonic()
-    proc = subprocess.run(["make", "-C", str(RECIPES), *jobs, *kept, *(f"{k}={v}" for k, v in tiny.items())],
-                          capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     took = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     print(f"{config.name}: {shlex.join(argv)} at a tiny size took {took:.0f} s")
@@ -244,6 +281,7 @@ def test_every_config_header_gives_a_command_of_a_recipe_target():
     """Fast: each config's header (those COVERED elsewhere too) names one `make -C recipes` target that the Makefile
     has, with the config itself (a target such as `demo` or `rl` names its config in the Makefile)."""
     makefile = (RECIPES / "Makefile").read_text()
+    assert set(COVERED) <= {c.name for c in CONFIGS}, "COVERED names a config that is gone"
     for config in CONFIGS:
         argv = header_command(config)
         target = target_of(argv)
