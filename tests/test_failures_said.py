@@ -184,7 +184,7 @@ def test_branch_gives_the_install_hint_only_for_a_missing_package(runner, tmp_pa
                                             "(EnvError: unbuildable-shop: the catalogue file is missing); branch "
                                             "needs it to canonicalize actions"),
                        ("no-such-env", "Error: {where}: environment 'no-such-env' is not available here (EnvError: "
-                                       "unknown environment 'no-such-env' (known: unbuildable-shop)); branch needs "
+                                       "unknown environment 'no-such-env' (known: unbuildable-shop, dream:MODEL@WORLD)); branch needs "
                                        "it to canonicalize actions. eexp's optional environments come with `pip "
                                        "install 'eexp[all]'` (BFCL: `pip install --no-deps bfcl-eval mpmath`); a "
                                        "third-party one with the package that registers it under the `eexp.envs` "

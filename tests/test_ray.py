@@ -464,6 +464,10 @@ def test_the_pool_hands_results_back_in_order_and_errors_in_their_turn(cluster):
             list(pool.ready(block=True))
     finally:
         pool.terminate()
+    # Ray kills the actors asynchronously: each is gone within seconds (20 s allowed on loaded cores)
+    deadline = time.monotonic() + 20
+    while cluster.actors() and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not cluster.actors()
 
 
