@@ -61,11 +61,10 @@ def expert_states(trajectories: list[dict]) -> list[dict]:
             for t in trajectories for step, state, action in trajectory_states(t)]
 
 
-def read_expert(path: str, env, split: str, n: int | None) -> tuple[list[dict], int]:
-    """(the successful trajectories of `split` in FILE, the first n of them; how many unsuccessful ones were left
-    out). A record that is not a trajectory, or one of another environment or world, is `FILE:LINE: ...`."""
-    check = expect("trajectory")
-    kept, failed = [], 0
+def records_of_split(path: str, kind: str, what: str, env, split: str):
+    """(line, record) for each record of `split` in FILE, every record of the file checked first: one that is not a
+    `kind` record, or one of another environment or world than the run's (`what` names it), is `FILE:LINE: ...`."""
+    check = expect(kind)
     for line in Reader([path]):
         record = line.record
         problem = check(record)
@@ -73,10 +72,17 @@ def read_expert(path: str, env, split: str, n: int | None) -> tuple[list[dict], 
             raise line.error(problem)
         recorded = record["env"]
         if recorded["name"] != env.name or (recorded.get("kwargs") or {}) != dict(env.kwargs):
-            raise line.error(f"a trajectory of {recorded['name']} {recorded.get('kwargs') or {}}, and this run acts "
+            raise line.error(f"{what} of {recorded['name']} {recorded.get('kwargs') or {}}, and this run acts "
                              f"in {env.name} {dict(env.kwargs)}")
-        if record["task"]["split"] != split:
-            continue
+        if record["task"]["split"] == split:
+            yield line, record
+
+
+def read_expert(path: str, env, split: str, n: int | None) -> tuple[list[dict], int]:
+    """(the successful trajectories of `split` in FILE, the first n of them; how many unsuccessful ones were left
+    out). A record that is not a trajectory, or one of another environment or world, is `FILE:LINE: ...`."""
+    kept, failed = [], 0
+    for line, record in records_of_split(path, "trajectory", "a trajectory", env, split):
         if not record["success"]:
             failed += 1
             continue

@@ -25,13 +25,12 @@ counted; a record that is not an outcome, or one of another environment or world
 from __future__ import annotations
 
 from eexp.errors import TrainingError
-from eexp.io import Reader
 from eexp.policies.base import derive_seed
-from eexp.prompts import Serializer
-from eexp.records import expect
+from eexp.prompts import Serializer, read_observation
+from eexp.rl.expert_step import records_of_split
 from eexp.rl.rollouts import step_tasks
 from eexp.stages.world_model import world_model_transitions
-from eexp.stages.world_model_eval import read_observation, token_f1
+from eexp.stages.world_model_eval import token_f1
 
 
 def prediction_reward(reply: str, target: str) -> float:
@@ -44,19 +43,8 @@ def prediction_reward(reply: str, target: str) -> float:
 def read_outcomes(path: str, env, split: str, n: int | None) -> tuple[list[dict], int]:
     """(the outcome records of `split` in FILE whose state was reached, the first n of them; how many were not
     reached). A record that is not an outcome, or one of another environment or world, is `FILE:LINE: ...`."""
-    check = expect("outcome")
     kept, unreached = [], 0
-    for line in Reader([path]):
-        record = line.record
-        problem = check(record)
-        if problem:
-            raise line.error(problem)
-        recorded = record["env"]
-        if recorded["name"] != env.name or (recorded.get("kwargs") or {}) != dict(env.kwargs):
-            raise line.error(f"an outcome record of {recorded['name']} {recorded.get('kwargs') or {}}, and this run "
-                             f"acts in {env.name} {dict(env.kwargs)}")
-        if record["task"]["split"] != split:
-            continue
+    for _, record in records_of_split(path, "outcome", "an outcome record", env, split):
         if record.get("error"):
             unreached += 1
             continue
