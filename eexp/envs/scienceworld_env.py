@@ -136,8 +136,15 @@ class ScienceWorldEnv(Env):
                 proc.wait(timeout=10)
             except Exception:
                 pass
+            # The JVM is gone: tell py4j so, and close its sockets, rather than have it send a shutdown command to a
+            # dead port (gateway.shutdown() would). A client left "connected" makes every Java object collected later
+            # reconnect and log a traceback from whatever code the garbage collector interrupts; in Python 3.11 that
+            # formatting parses source with ast, which inside another ast.parse raises SystemError (CPython
+            # gh-106905's shared recursion counter): CI failed once so.
+            sw._gateway._gateway_client.is_connected = False
             try:
-                sw._gateway.shutdown()
+                sw._gateway._gateway_client.close()
+                sw._gateway.shutdown_callback_server()
             except Exception:
                 pass
 
