@@ -352,7 +352,9 @@ def _field_option(f, kind) -> Callable:
     decls = ([meta["short"]] if "short" in meta else []) + [meta.get("flag") or "--" + f.name.replace("_", "-"),
                                                              f.name]
     kw: dict = {"help": meta.get("help") or None, "metavar": meta.get("metavar"),
-                "required": bool(meta.get("required")), "default": default}
+                "required": bool(meta.get("required"))}
+    if not kw["required"]:   # click 8.3+ takes an explicit default, None too, as a value: --env would go unchecked
+        kw["default"] = default
     element = typing.get_args(kind)[0] if is_list else kind
     if "choices" in meta:
         kw["type"] = click.Choice(meta["choices"])
