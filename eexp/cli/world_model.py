@@ -18,6 +18,8 @@ from eexp.policies.base import resolve_concurrency
 from eexp.records import expect, kind_of
 from eexp.stages.evaluate.settings import resolve_serializer
 from eexp.stages.reflect import policy_writer
+from eexp.stages.world_model_compare import compare_predictions, format_predictions_comparison, \
+    read_predictions
 from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summary, summarize
 
 
@@ -30,9 +32,11 @@ from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summar
 @concurrency_option("predictions")
 @click.option("--summary", "summary_path", metavar="FILE", help="Write the summary JSON here: per environment the "
               "counts, the rates with their 95% Wilson intervals and the mean token F1 with its 95% bootstrap "
-              "interval, and which effect fields could be scored.")
+              "interval, and which effect fields could be scored (with --compare: the comparison).")
+@click.option("--compare", is_flag=True, help="Compare prediction files (INPUT...: what world-model-eval -o wrote) "
+              "instead of predicting; NAME=FILE,FILE,... groups the runs (seeds) of one model.")
 def world_model_eval(io, policy_spec, policy_args, act, max_tokens, top_p, max_chars, seed, temperature,
-                     concurrency, summary_path):
+                     concurrency, summary_path, compare):
     """Measure how well a model predicts the next state of outcome records, in the prompt IWM trains.
 
     One record per prediction, a summary per environment. For every transition world-model-data makes an IWM example of (the expert's action and each executed
@@ -53,16 +57,29 @@ def world_model_eval(io, policy_spec, policy_args, act, max_tokens, top_p, max_c
     order whatever --concurrency; a failed request is recorded (its finish_reason says so) and left out of the
     scores. The summary (stderr, and --summary FILE) gives per environment the exact-match rate, the share of
     replies in the `Observation:` format and the effect rates with their 95% Wilson intervals, the mean F1 with a
-    seeded bootstrap interval, the same for the expert's and the alternatives' transitions, and the counts. There
-    is no --compare yet: compare two models' records with `join` on their ids.
+    seeded bootstrap interval, the same for the expert's and the alternatives' transitions, and the counts.
+
+    With --compare, INPUT are prediction files of earlier runs (-o FILE) of the same outcome records, compared as
+    eval --compare compares episode files: per environment a row per model (its predictions, failed requests, the
+    exact-match rate with its 95% Wilson interval, the mean F1 with its bootstrap interval, the share of labelled
+    answers), and each model tested against the first over the transitions both predicted (the same prediction
+    ids; those only one has are left out and counted, failed requests too): exact match by McNemar's exact test,
+    the difference in mean F1 by a seeded paired bootstrap. NAME=FILE,FILE,... (or a quoted glob) names one model's
+    runs, one file per seed, pooled into one row and tested over transitions x seeds (an exact sign-flip test on
+    the exact matches summed over seeds), and over seeds where both have the same number of files (file i against
+    file i, on exact match: as eval --compare).
 
     \b
     Examples:
       eexp expert --env shop --split test -n 50 | eexp branch -k 4 | eexp rollout > heldout.jsonl
       eexp world-model-eval --policy IWM/ heldout.jsonl --summary iwm.json > iwm_predictions.jsonl
       eexp world-model-eval --policy http://127.0.0.1:8080/v1 --concurrency 16 heldout.jsonl -o p.jsonl
+      eexp world-model-eval --compare il_predictions.jsonl iwm_predictions.jsonl --summary cmp.json
+      eexp world-model-eval --compare IL=il-s0.jsonl,il-s1.jsonl,il-s2.jsonl IWM='iwm-s*.jsonl'
     """
     ctx = click.get_current_context()
+    if compare:
+        return run_compare(ctx, io, seed, summary_path)
     if act is not None:
         raise click.UsageError("--act does not apply to world-model-eval (the model predicts an observation, it "
                                "does not choose an action)")
@@ -91,6 +108,29 @@ def world_model_eval(io, policy_spec, policy_args, act, max_tokens, top_p, max_c
     if summary_path:
         write_atomic(summary_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     check_requests(policy, policy_spec)
+
+
+# what --compare reads besides its INPUTs: the rest is for predicting
+COMPARE_OPTIONS = {"inputs", "output", "on_error", "quiet", "config", "seed", "summary_path", "compare"}
+
+
+def run_compare(ctx: click.Context, io, seed: int, summary_path: str | None) -> None:
+    """--compare: the table of prediction files on stdout (or -o FILE), the comparison in --summary FILE."""
+    for param in ctx.command.params:
+        if param.expose_value and param.name not in COMPARE_OPTIONS and \
+                ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"--compare reads prediction files; it takes no {max(param.opts, key=len)}")
+    if not ctx.params["inputs"]:
+        raise click.UsageError("--compare needs the prediction files to compare (eexp world-model-eval --compare "
+                               "A.jsonl B.jsonl ...)")
+    result = compare_predictions(read_predictions(io.inputs, on_error=io.on_error), seed=seed)
+    table = format_predictions_comparison(result)
+    if io.output in (None, "-"):
+        click.echo(table, nl=False)
+    else:
+        write_atomic(io.output, table.encode())
+    if summary_path:
+        write_atomic(summary_path, orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def check_resumed_run(path: str, run: str) -> None:

@@ -231,7 +231,8 @@ def mean_f1(values: list[float], seed: int, resamples: int) -> dict:
     return {"n": len(values), "mean": found.mean, "ci_low": found.ci_low, "ci_high": found.ci_high}
 
 
-def _group(records: list[dict], seed: int, resamples: int) -> dict:
+def scores_of(records: list[dict], seed: int, resamples: int) -> dict:
+    """n, the exact-match rate (95% Wilson) and the mean F1 (seeded bootstrap) of scored predictions."""
     n = len(records)
     return {"n": n, "exact_match": rate(sum(r["scores"]["exact"] for r in records), n),
             "f1": mean_f1([r["scores"]["f1"] for r in records], seed, resamples)}
@@ -241,7 +242,7 @@ def summarize_env(env: str, records: list[dict], *, seed: int = 0, resamples: in
     scored = [r for r in records if r["scores"] is not None]
     n = len(scored)
     out = {"predictions": len(records), "failed": len(records) - n, "states": len({r["source_id"] for r in records}),
-           **_group(scored, seed, resamples),
+           **scores_of(scored, seed, resamples),
            "labelled": rate(sum(r["labelled"] for r in scored), n),
            "cut": sum(1 for r in scored if r["finish_reason"] == "length")}
     out["changed"] = {**rate(sum(r["scores"]["changed"] for r in scored), n),
@@ -258,8 +259,8 @@ def summarize_env(env: str, records: list[dict], *, seed: int = 0, resamples: in
     out["done"] = {"n": 0, "why": DONE_NOT_SCORABLE,
                    "recorded_done": sum(1 for r in scored if r["effect"]["done"])}
     out["by_action"] = {
-        "expert": _group([r for r in scored if r["alternative"] < 0], seed, resamples),
-        "alternatives": _group([r for r in scored if r["alternative"] >= 0], seed, resamples)}
+        "expert": scores_of([r for r in scored if r["alternative"] < 0], seed, resamples),
+        "alternatives": scores_of([r for r in scored if r["alternative"] >= 0], seed, resamples)}
     return out
 
 

@@ -14,6 +14,7 @@ import glob
 import os
 from collections import Counter
 from dataclasses import dataclass
+from typing import Iterator
 
 from eexp.errors import InputError
 from eexp.io import Reader
@@ -88,20 +89,9 @@ def load_runs(files: list[tuple]) -> tuple[str, list[Run]]:
     success tests are not comparable."""
     env_name, env_from = None, None
     runs: list[Run] = []
-    unlabelled = [f[0] for f in files if len(f) < 3 or not f[2]]
-    named = iter(_labels(unlabelled))
-    labels = [f[2] if len(f) > 2 and f[2] else next(named) for f in files]
-    explicit = {f[2] for f in files if len(f) > 2 and f[2]}
-    seen: dict[str, set] = {}
     starts: dict[str, tuple[str, str]] = {}   # split -> (start mode, the file it was first seen in)
-    for f, label in zip(files, labels):
+    for f, label in labelled(files):
         path, records = f[0], f[1]
-        if (len(f) < 3 or not f[2]) and label in explicit:
-            raise InputError(f"the run name {label!r} is both a label given with {label}=FILES and this file's name: "
-                             f"give this file a label of its own (NAME={path})", path)
-        if path in seen.setdefault(label, set()) and path != "-":
-            raise InputError(f"given twice for {label!r}: one file is one run (one seed)", path)
-        seen[label].add(path)
         by_split: dict[str, Run] = {}
         for record, line in records:
             meta = record.get("meta") or {}
@@ -132,6 +122,26 @@ def load_runs(files: list[tuple]) -> tuple[str, list[Run]]:
             run.episodes[task_id] = record
         runs.extend(by_split.values())
     return env_name or "", runs
+
+
+def labelled(files: list[tuple]) -> Iterator[tuple[tuple, str]]:
+    """(file, its run name) for files given as (path, ...) or (path, ..., label), in order: a file without a label is
+    named by its file name (_labels). Refused, as each file comes: a file whose name is also a label given with
+    NAME=FILES, and a file given twice for one name (one file is one run: one seed)."""
+    unlabelled = [f[0] for f in files if len(f) < 3 or not f[2]]
+    named = iter(_labels(unlabelled))
+    labels = [f[2] if len(f) > 2 and f[2] else next(named) for f in files]
+    explicit = {f[2] for f in files if len(f) > 2 and f[2]}
+    seen: dict[str, set] = {}
+    for f, label in zip(files, labels):
+        path = f[0]
+        if (len(f) < 3 or not f[2]) and label in explicit:
+            raise InputError(f"the run name {label!r} is both a label given with {label}=FILES and this file's name: "
+                             f"give this file a label of its own (NAME={path})", path)
+        if path in seen.setdefault(label, set()) and path != "-":
+            raise InputError(f"given twice for {label!r}: one file is one run (one seed)", path)
+        seen[label].add(path)
+        yield f, label
 
 
 def _labels(paths: list[str]) -> list[str]:
@@ -413,13 +423,14 @@ def seeds_needed(alpha: float) -> int:
     return seeds
 
 
-def too_few_note(alpha: float, seeds: list[int]) -> str:
-    """Why a seed-level claim needs more seeds, under a table whose rows of `seeds` seeds have too few."""
+def too_few_note(alpha: float, seeds: list[int], units: str = "tasks") -> str:
+    """Why a seed-level claim needs more seeds, under a table whose rows of `seeds` seeds have too few; `units` are
+    what the test beside it pairs (eval's tasks, world-model-eval's transitions)."""
     smallest = ", ".join(f"{2 / 2 ** n:g} with {n} seeds" for n in sorted(set(seeds)))
     return (f"over S seeds that differ, the exact sign-flip test over seeds cannot give p below 2 / 2^S ({smallest}); "
             f"p < {alpha:g} takes {seeds_needed(alpha)}. The hierarchical bootstrap can only resample the seeds "
-            f"there are: with few, its interval is too narrow and its p too small. The test over tasks x seeds "
-            f"holds these training runs fixed: it says these runs differ on tasks like these, not that the method "
+            f"there are: with few, its interval is too narrow and its p too small. The test over {units} x seeds "
+            f"holds these training runs fixed: it says these runs differ on {units} like these, not that the method "
             f"wins on another seed.")
 
 
