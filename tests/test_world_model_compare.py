@@ -17,8 +17,8 @@ import eexp.cli.world_model
 from eexp.cli import cli
 from eexp.policies.base import Policy, Reply
 from eexp.stages.world_model_compare import TEST_FIELDS
-from eexp.stats import mcnemar_exact, sign_flip_exact, wilson
 from eexp.stages.world_model_eval import token_f1
+from eexp.stats import mcnemar_exact, sign_flip_exact, wilson
 from test_world_model_eval import KITCHEN, Copier, outcomes_file  # noqa: F401 (a fixture)
 
 IDS = 20

@@ -5,7 +5,9 @@ the first: per-seed differences, a hierarchical bootstrap, an exact sign-flip te
 seeds (exact sign-flip test).
 
 `read_runs` reads the episode files (`NAME=FILE,FILE,...` and quoted globs included), `compare_runs` computes the
-comparison, `format_comparison` prints it and `plot_comparison` draws it.
+comparison, `format_comparison` prints it and `plot_comparison` draws it. `world-model-eval --compare`
+(eexp.stages.world_model_compare) reads its files with compare_inputs and labelled and tests them with paired_test,
+seeded_test and seed_level, which read a run as its `label`, `path` and `episodes` (id -> `success`, `score`).
 """
 
 from __future__ import annotations
