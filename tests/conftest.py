@@ -154,6 +154,7 @@ RECIPE_RUNS = {
     "test_recipes::test_scaling_recipe_at_a_tiny_size": "the scaling recipe, run",
     "test_rl::test_rl_recipe_at_a_tiny_size": "the RL recipe, run",
     "test_rl::test_expert_step_recipe_at_a_tiny_size": "the expert-step RL recipe, run",
+    "test_rl::test_next_state_recipe_at_a_tiny_size": "the next-state RL recipe, run",
 }
 
 

@@ -43,6 +43,8 @@ COVERED = {
     "rl.mk": "tests/test_rl.py::test_rl_recipe_at_a_tiny_size (`rl` = rl-compare with configs/rl.mk)",
     "rl-expert-step.mk": "tests/test_rl.py::test_expert_step_recipe_at_a_tiny_size (`rl-expert-step` = "
                          "rl-es-compare with configs/rl-expert-step.mk)",
+    "rl-next-state.mk": "tests/test_rl.py::test_next_state_recipe_at_a_tiny_size (`rl-next-state` = "
+                        "rl-ns-compare with configs/rl-next-state.mk)",
 }
 
 # The tiny size of every run: two trajectories, 3 updates, one episode per split of 3 steps, one seed. Every fine-tune

@@ -508,3 +508,52 @@ def test_expert_step_recipe_at_a_tiny_size(tmp_path):
     for name in ("IL", "IL+RL", "IL+ES", "IL+ES+RL", "IL-early", "IL-early+RL", "IL-early+ES", "IL-early+ES+RL"):
         assert f'"{name}"' in compare
     assert (es / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_next_state_recipe_at_a_tiny_size(tmp_path):
+    """`make -C recipes rl-next-state` reduced: from IWM, outcome RL, next-state RL on the IWM data's outcomes and
+    outcome RL after it, two seeds, pooled by eval --compare, and the world-model accuracy of the start and every row
+    on held-out test outcomes. Episodes of 2 steps cannot buy anything in shop, so the outcome runs are refused at
+    their probe (their rows are their starts), while next-state RL, which plays no episode, trains."""
+    import shutil
+
+    import yaml
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    recipes = Path(__file__).parent.parent / "recipes"
+    out = tmp_path / "shop"
+    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=2", "JOBS=1", "RL_STEPS=2", "RL_G=2",
+             "RL_TASKS=1", "RL_SEEDS=0 1", "NS_STEPS=2", "NS_HELDOUT=2", "RL_ARGS=--episode-steps 2"]
+    proc = subprocess.run(["make", "-C", str(recipes), "-j2", "rl-ns-compare", "CONFIG=configs/rl-next-state.mk",
+                           f"OUT={out}", f"EEXP={sys.executable} -m eexp", *small], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ns = out / "rl" / "next-state"
+    for seed in (0, 1):
+        run = ns / "NS" / f"IWM-s{seed}"
+        made = yaml.safe_load((run / "config.yaml").read_text())
+        assert made["reward"] == "next-state" and made["start"] == str(out / "IWM") and made["seed"] == seed
+        assert made["outcomes"] == str(out / "outcomes_iwm.jsonl") and made["max_tokens"] == 80
+        assert [r["step"] for r in rows(run)] == [1, 2] and all(0 <= r["mean_reward"] <= 1 for r in rows(run))
+        for kind, before in (("RL", out / "IWM"), ("NS+RL", run)):
+            refused = ns / kind / f"IWM-s{seed}"
+            assert (refused / "start").read_text().strip() == str(before)
+            assert f"{refused}: refused at the probe" in proc.stdout
+    compare = json.dumps(json.loads((ns / "compare.json").read_text()))
+    for name in ("IWM", "IWM+RL", "IWM+NS", "IWM+NS+RL"):
+        assert f'"{name}"' in compare
+    # every start and row measured as a world model on the same held-out transitions of test tasks
+    heldout = [json.loads(line) for line in (ns / "heldout.jsonl").read_text().splitlines()]
+    assert heldout and {r["task"]["split"] for r in heldout} == {"test"}
+    counts = set()
+    for summary in [ns / "wm" / "IWM.json", *(ns / "wm" / kind / f"IWM-s{s}.json" for kind in ("RL", "NS", "NS+RL")
+                                             for s in (0, 1))]:
+        shop = json.loads(summary.read_text())["envs"]["shop"]
+        counts.add(shop["n"])
+        assert 0 <= shop["f1"]["mean"] <= 1
+    assert len(counts) == 1
+    # and pooled, each row against its start (world-model-eval --compare)
+    wm = json.dumps(json.loads((ns / "wm" / "compare.json").read_text()))
+    for name in ("IWM", "IWM+RL", "IWM+NS", "IWM+NS+RL"):
+        assert f'"{name}"' in wm
