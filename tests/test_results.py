@@ -66,3 +66,26 @@ def test_the_readme_stays_a_product_page():
     # the measured results live on their pages, one row each in the README's table (issue 39: ~220 lines at most)
     lines = (ROOT / "README.md").read_text().count("\n")
     assert lines <= 220, f"README.md has {lines} lines: move detail to docs/ and keep one row per experiment"
+
+
+def test_the_next_state_rl_table_is_recomputed_from_the_committed_episodes():
+    """docs/results/world-model.md's next-state RL table: every run's test success from its committed episodes, and
+    the start's world-model F1 from its committed summary."""
+    import gzip
+    import json
+
+    results = ROOT / "docs" / "results" / "world-model" / "next-state"
+    page = (ROOT / "docs" / "results" / "world-model.md").read_text()
+
+    def success(path: Path) -> float:
+        episodes = [json.loads(line) for line in gzip.open(path, "rt")]
+        assert len(episodes) == 200
+        return 100 * sum(bool(e["success"]) for e in episodes) / len(episodes)
+
+    for seed in (0, 1):
+        folder = results / f"seed{seed}"
+        f1 = json.loads((folder / "IWM.wm.json").read_text())["envs"]["shop"]["f1"]["mean"]
+        cells = [f"{success(folder / 'IWM.eval.jsonl.gz'):.1f}%, {f1:.3f}"]
+        for kind in ("RL", "NS", "NS_RL"):
+            cells.append(" / ".join(f"{success(folder / f'{kind}-s{r}.eval.jsonl.gz'):.1f}" for r in (0, 1, 2)) + "%")
+        assert f"| {seed} | " + " | ".join(cells) + " |" in page, (seed, cells)
