@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eexp.errors import InputError
-from eexp.io import Reader
 from eexp.records import expect, type_name
-from eexp.stages.evaluate.compare import TOO_FEW_SEEDS, compare_inputs, labelled, p_text, paired_test, seed_text, \
+from eexp.stages.evaluate.compare import TOO_FEW_SEEDS, labelled, p_text, paired_test, read_inputs, seed_text, \
     seeded_test, too_few_note
 from eexp.stages.world_model_eval import SCORER_VERSION, STAGE, pct, rate, scores_of
 from eexp.stats import seed_spread
@@ -53,20 +52,8 @@ def read_predictions(inputs: list[str], on_error: str = "fail") -> list[Predicti
     per file and environment; a record that is not a prediction, or whose scores are not exact and f1, is FILE:LINE,
     fatal or skipped as `on_error` says."""
     check = expect("prediction")
-    files = []
-    for path, label in compare_inputs(inputs):
-        reader = Reader([path], on_error=on_error)
-        records = []
-        for item in reader:
-            problem = check(item.record) or scores_problem(item.record.get("scores"))
-            if problem:
-                reader.reject(item.error(problem))
-                continue
-            records.append((item.record, item.line))
-        if not records:
-            raise InputError("no predictions to compare", path)
-        files.append((path, records, label))
-    return load_predictions(files)
+    return load_predictions(read_inputs(
+        inputs, lambda record: check(record) or scores_problem(record.get("scores")), "predictions", on_error))
 
 
 def scores_problem(scores) -> str | None:

@@ -56,21 +56,27 @@ def compare_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
 def read_runs(inputs: list[str], on_error: str = "fail") -> tuple[str, list["Run"]]:
     """(environment name, runs) from the INPUTs of `eval --compare` (see compare_inputs); a record that is not an
     episode is FILE:LINE, fatal or skipped as `on_error` says."""
-    check = expect("episode")
+    return load_runs(read_inputs(inputs, expect("episode"), "episodes", on_error))
+
+
+def read_inputs(inputs: list[str], problem_of, what: str, on_error: str = "fail") -> list[tuple]:
+    """(path, [(record, line)], label) for each file of the INPUTs (compare_inputs), keeping the records that
+    `problem_of` finds nothing wrong with; the others are FILE:LINE, fatal or skipped as `on_error` says. A file with
+    none left is an error ("no WHAT to compare"). eval --compare and world-model-eval --compare read their files so."""
     files = []
     for path, label in compare_inputs(inputs):
         reader = Reader([path], on_error=on_error)
         records = []
         for item in reader:
-            problem = check(item.record)
+            problem = problem_of(item.record)
             if problem:
                 reader.reject(item.error(problem))
                 continue
             records.append((item.record, item.line))
         if not records:
-            raise InputError("no episodes to compare", path)
+            raise InputError(f"no {what} to compare", path)
         files.append((path, records, label))
-    return load_runs(files)
+    return files
 
 
 @dataclass
