@@ -141,6 +141,7 @@ SLOW_TESTS = {
     "test_corpus::test_pretraining_is_deterministic_for_a_seed": "pretrains twice (22 s)",
     "test_critic::test_a_trained_critic_ranks_the_expert_first_more_often_than_chance": "trains a critic (62 s)",
     "test_memory::test_eval_with_several_workers_refuses_copies_of_a_gpu_model": "starts eval workers (28 s)",
+    "test_rl::test_rl_in_the_dream_of_a_perfect_world_model_trains_as_in_the_world": "two RL runs (53 s)",
 }
 UNMARKED_LIMIT = 20.0
 

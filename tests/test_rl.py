@@ -70,6 +70,13 @@ def test_group_advantages_are_relative_to_the_group():
     assert group_advantages([0, 0, 0], scale=True) == [0, 0, 0]  # one reward: no signal
 
 
+def test_an_episode_the_environment_failed_has_no_advantage_and_no_part_in_its_group_s():
+    # None: the environment failed the episode; the others' advantages are those of the group without it
+    assert group_advantages([1, 0, None, 1], scale=False) == pytest.approx([1 / 3, -2 / 3, 0, 1 / 3])
+    assert group_advantages([1, None, 0], scale=True) == pytest.approx([1, 0, -1], abs=1e-5)
+    assert group_advantages([None, None], scale=True) == [0, 0]
+
+
 def test_clipped_surrogate_bounds_the_ratio_in_the_direction_of_the_advantage():
     old = torch.log(torch.tensor([0.5, 0.5, 0.5]))
     new = torch.log(torch.tensor([0.5, 0.9, 0.2]))  # ratios 1, 1.8, 0.4
@@ -130,6 +137,42 @@ def test_refuses_a_start_that_never_succeeds(shop_models, tmp_path):
     assert "0 of 4 sampled episodes on shop train succeeded" in result.output
     assert "IL, IWM or SR checkpoint" in result.output and "--allow-zero-start" in result.output
     assert not out.exists()  # nothing left behind
+
+
+def test_rl_in_the_dream_of_a_perfect_world_model_trains_as_in_the_world(shop_models, stub, tmp_path):
+    """A dream (issue 53) whose world model answers shop's own next page trains exactly as shop does: the same
+    episodes, rewards and updates, byte for byte the same weights, one prediction asked per environment step."""
+    from shop_simulator import ShopSimulator
+
+    from eexp.envs.shop import ShopEnv
+    simulator = ShopSimulator([task for step in (1, 2) for task in step_tasks(ShopEnv().tasks("train"), 0, step, 2)])
+    dream = f"dream:{stub(free_text=simulator).url}@shop"
+    run = ["-G", 4, "--tasks-per-step", 2, "--max-steps", 2, "--episode-steps", 6, "--reward", "score",
+           "--allow-zero-start", "--lr", "1e-3", "-q"]
+    invoke("rl", "--model", shop_models["il"], "--env", "shop", "-o", tmp_path / "shop", *run)
+    invoke("rl", "--model", shop_models["il"], "--env", dream, "-o", tmp_path / "dream", *run)
+    assert timeless(tmp_path / "dream") == timeless(tmp_path / "shop")
+    assert sum(r["samples"] for r in rows(tmp_path / "shop")) > 0   # it trained on something
+    assert (tmp_path / "dream" / "model.safetensors").read_bytes() == \
+        (tmp_path / "shop" / "model.safetensors").read_bytes()
+    assert simulator.predictions == sum(r["env_steps"] for r in rows(tmp_path / "dream")) > 0
+    import yaml
+    assert yaml.safe_load((tmp_path / "dream" / "config.yaml").read_text())["env"] == dream
+
+
+def test_rl_stops_rather_than_train_on_episodes_the_environment_failed(shop_models, stub, tmp_path):
+    # a dream whose world model is out of reach: every episode ends in an environment error at its first step
+    server = stub()
+    url = server.url
+    server.close()
+    out = tmp_path / "rl"
+    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", f"dream:{url}@shop", "-o",
+                                      str(out), "-G", "2", "--tasks-per-step", "2", "--allow-zero-start", "-q"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: 4 of 4 episodes on dream:{url}@shop failed in the environment, more "
+                                    "than the 5% a run may lose; the first of this step: "), result.output
+    assert "cannot reach" in result.output and result.output.endswith(". Fix the environment and rerun\n")
+    assert not out.exists()   # nothing left behind
 
 
 RUN = ["--env", "shop", "-G", "4", "--tasks-per-step", "2", "--max-steps", "4", "--episode-steps", "6",

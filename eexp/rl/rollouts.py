@@ -9,7 +9,7 @@ import random
 
 import orjson
 
-from eexp.errors import TrainingError
+from eexp.errors import MAX_FAILED_SHARE, EnvError, TrainingError
 from eexp.policies.chat import ACTION_LINE
 from eexp.policies.hf import TransformersPolicy
 from eexp.records import short_hash
@@ -122,14 +122,20 @@ class LivePolicy(TransformersPolicy):
 
 
 
-def group_advantages(rewards: list[float], scale: bool) -> list[float]:
-    """GRPO: each episode's reward minus its group's mean, divided by the group's std (population) when `scale`."""
-    mean = sum(rewards) / len(rewards)
-    centred = [r - mean for r in rewards]
-    if not scale:
-        return centred
-    std = math.sqrt(sum(c * c for c in centred) / len(centred))
-    return [c / (std + 1e-6) for c in centred]
+def group_advantages(rewards: list[float | None], scale: bool) -> list[float]:
+    """GRPO: each episode's reward minus its group's mean, divided by the group's std (population) when `scale`. An
+    episode without a reward (None: the environment failed it, so it is no outcome) gets no advantage, and the
+    group's mean and std are the other episodes'."""
+    scored = [r for r in rewards if r is not None]
+    if not scored:
+        return [0.0] * len(rewards)
+    mean = sum(scored) / len(scored)
+    centred = [r - mean for r in scored]
+    if scale:
+        std = math.sqrt(sum(c * c for c in centred) / len(centred))
+        centred = [c / (std + 1e-6) for c in centred]
+    advantages = iter(centred)
+    return [0.0 if r is None else next(advantages) for r in rewards]
 
 
 def episode_reward(episode: dict, kind: str) -> float:
@@ -190,7 +196,26 @@ class Episodes:
         return [t["id"] for t in run.tasks]
 
     def collect(self, run, step: int) -> list[tuple[dict, list[dict]]]:
-        return play_episodes(run, step)
+        episodes = play_episodes(run, step)
+        self.check_environment(run, episodes)
+        return episodes
+
+    @staticmethod
+    def check_environment(run, episodes: list) -> None:
+        """Episodes the environment failed (stop_reason `error`: a world model out of reach, a dead game engine)
+        are counted, and train nothing (rewards: None); once more than MAX_FAILED_SHARE of the run's episodes have
+        failed, the run stops (exit 1), removing OUT if it is the first step and this run made it, rather than
+        train on what is not a result."""
+        failed = [episode for episode, _ in episodes if episode["stop_reason"] == "error"]
+        run.state["env_errors"] = run.state.get("env_errors", 0) + len(failed)
+        total = run.state["episodes"] + len(episodes)
+        if failed and run.state["env_errors"] / total > MAX_FAILED_SHARE:
+            if run.state["global_step"] == 0:
+                run._discard_output()
+            reason = failed[0].get("meta", {}).get("error", "no reason recorded")
+            raise EnvError(f"{run.state['env_errors']} of {total} episodes on {run.rl.env} failed in the "
+                           f"environment, more than the {100 * MAX_FAILED_SHARE:g}% a run may lose; the first of "
+                           f"this step: {reason}. Fix the environment and rerun")
 
     def probe(self, run, episodes: list) -> None:
         """The first rollout batch: recorded; refused when no episode succeeded (unless --allow-zero-start), OUT
@@ -208,18 +233,20 @@ class Episodes:
             raise TrainingError(f"{rl.model}: 0 of {len(episodes)} sampled episodes on {rl.env} "
                                 f"{rl.split} succeeded. {ZERO_START_ADVICE}")
 
-    def rewards(self, run, episodes: list) -> list[float]:
-        return [episode_reward(e, run.rl.reward) for e, _ in episodes]
+    def rewards(self, run, episodes: list) -> list[float | None]:
+        return [None if e["stop_reason"] == "error" else episode_reward(e, run.rl.reward) for e, _ in episodes]
 
-    def account(self, run, episodes: list, rewards: list[float]) -> dict:
+    def account(self, run, episodes: list, rewards: list[float | None]) -> dict:
+        """The step's metrics; the mean reward is over the episodes that have one (env_errors: those that do not)."""
         successes = sum(bool(e["success"]) for e, _ in episodes)
         env_steps = sum(e["steps"] for e, _ in episodes)
+        scored = [r for r in rewards if r is not None]
         run.state["episodes"] += len(episodes)
         run.state["env_steps"] += env_steps
         return {"episodes": run.state["episodes"], "success_rate": round(successes / len(episodes), 4),
-                "mean_reward": round(sum(rewards) / len(rewards), 6),
+                "mean_reward": round(sum(scored) / len(scored), 6) if scored else 0.0,
                 "mean_score": round(sum(float(e["score"]) for e, _ in episodes) / len(episodes), 6),
-                "env_steps": env_steps}
+                "env_steps": env_steps, "env_errors": len(episodes) - len(scored)}
 
     @staticmethod
     def postfix(row: dict) -> dict:
