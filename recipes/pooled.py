@@ -74,6 +74,8 @@ def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None) -> d
             paired = [f.parent.parent / kind / f"{reference}.jsonl.gz" for f in mine]
             if pairs:   # a control trained for fewer seeds than its method: the method over the seeds it has
                 mine, paired = [m for m, p in zip(mine, paired) if p.exists()], [p for p in paired if p.exists()]
+                if not mine:
+                    continue
             missing = [str(f) for f in paired if not f.exists()]
             if missing:
                 raise SystemExit(f"{run}: {kind} episodes without {reference}'s of the same seed ({', '.join(missing)})")
