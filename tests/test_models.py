@@ -217,6 +217,30 @@ def test_import_model_writes_its_card_beside_config_yaml(tiny_gguf, tmp_path):
     assert config["source_sha256"] == sha and config["source_quant"] == "Q8_0" and is_import(out, sha)
 
 
+def test_import_keeps_the_gguf_special_tokens_whatever_transformers_makes_of_them(tiny_gguf, tmp_path, monkeypatch):
+    """The imported tokenizer's EOS, BOS and pad tokens are the GGUF's (tokenizer.ggml.*_token_id), not what the
+    installed transformers rebuilds: transformers 5.17 imported SmolLM2 with EOS <|im_start|> and no pad token (seen
+    on a GPU machine's image, 2026-11-26), so training there warned that the model would not learn to stop. Here the
+    rebuild is made wrong the same way, and the import must still be right."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    rebuild = transformers.AutoTokenizer.from_pretrained
+
+    def as_transformers_5_17(*args, **kwargs):
+        tok = rebuild(*args, **kwargs)
+        if kwargs.get("gguf_file"):
+            tok.eos_token, tok.pad_token = "<|im_start|>", None
+        return tok
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", as_transformers_5_17)
+    from eexp.models.import_gguf import import_gguf
+    out = import_gguf(tiny_gguf, tmp_path / "imported", echo=lambda msg: None)
+    monkeypatch.undo()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert (tok.eos_token, tok.pad_token) == (IM_END, PAD_TOKEN)
+
+
 def test_q8_0_export_generates_and_chats(tiny_gguf, tiny_checkpoint):
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -48,7 +48,7 @@ from eexp.card import Card, read_card, write_card
 from eexp.errors import ModelError
 from eexp.policies.files import content_hash
 
-IMPORT_FORMAT = 1          # part of the cache path: a change of what an import holds makes new folders
+IMPORT_FORMAT = 2          # part of the cache path: a change of what an import holds makes new folders
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROVENANCE = "config.yaml"
 
@@ -103,8 +103,14 @@ def gguf_info(path: str | os.PathLike) -> dict:
     except (TypeError, ValueError):  # no file type recorded: the commonest type of the matrices
         kinds = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2)
         quant = kinds.most_common(1)[0][0] if kinds else "unknown"
+    # The ids of the special tokens as llama.cpp reads them (tokenizer.ggml.*_token_id), which the import's tokenizer
+    # must keep whatever transformers makes of the vocabulary (transformers 5.17 turned SmolLM2's <|im_end|> EOS into
+    # <|im_start|> and dropped its pad token; 5.24 keeps both).
+    special = {attr: field(f"tokenizer.ggml.{key}_token_id")
+               for attr, key in (("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"))}
     return {"architecture": field("general.architecture") or "unknown", "name": field("general.name") or "",
-            "quant": quant, "tensors": len(reader.tensors)}
+            "quant": quant, "tensors": len(reader.tensors),
+            "special_tokens": {attr: int(i) for attr, i in special.items() if i is not None}}
 
 
 def cached_path(path: str | os.PathLike, sha: str | None = None, template_sha: str | None = None) -> Path:
@@ -247,6 +253,10 @@ def _build(src: Path, info: dict, sha: str, tmp: Path, template: str | None = No
                          f"{_first_line(e)}") from None
     if template is not None:
         tok.chat_template = template
+    for attr, token_id in info.get("special_tokens", {}).items():
+        token = tok.convert_ids_to_tokens(token_id) if 0 <= token_id < len(tok) else None
+        if token is not None and getattr(tok, attr) != token:
+            setattr(tok, attr, token)
     if not tok.chat_template:
         raise ModelError(f"{src}: the GGUF has no chat template (tokenizer.chat_template; a base model?); eexp "
                          "trains and acts through the template stored with the model: give one with "
