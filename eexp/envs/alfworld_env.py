@@ -243,13 +243,20 @@ class _engine_calls:
     (PddlEnv translates it at load() and again at reset(), 0.3 s each) and the parsing of grammar snippets (TextWorld
     parses them anew at every text it writes, most of a step's time). Both give what the originals give (the same
     observations and admissible lists, in order, on every test game, stepped by the expert and at random); steps
-    and first resets take about half the time."""
+    and first resets take about half the time.
+
+    One call at a time in a process: the engine is not thread-safe (the translator, TextWorld's grammar parser and
+    these patches are shared by every engine), and `--concurrency N` plays N episodes in threads. Unserialised, 59 of
+    60 episodes of an eval with --concurrency 8 failed to load their game. The policy's requests, the slow part
+    there, still overlap: they are made outside engine calls."""
 
     depth = 0   # calls nest (a new engine inside a guarded call): the outermost one puts things back
+    lock = threading.RLock()
 
     def __enter__(self):
         import fast_downward
         from textworld.envs.pddl import textgen
+        _engine_calls.lock.acquire()
         self.argv = list(sys.argv)
         if _engine_calls.depth == 0:
             _ORIGINAL.setdefault("parse", textgen._parse_and_convert)
@@ -260,10 +267,13 @@ class _engine_calls:
     def __exit__(self, *exc):
         import fast_downward
         from textworld.envs.pddl import textgen
-        _engine_calls.depth -= 1
-        if _engine_calls.depth == 0:
-            textgen._parse_and_convert, fast_downward.pddl2sas = _ORIGINAL["parse"], _ORIGINAL["pddl2sas"]
-        sys.argv[:] = self.argv
+        try:
+            _engine_calls.depth -= 1
+            if _engine_calls.depth == 0:
+                textgen._parse_and_convert, fast_downward.pddl2sas = _ORIGINAL["parse"], _ORIGINAL["pddl2sas"]
+            sys.argv[:] = self.argv
+        finally:
+            _engine_calls.lock.release()
 
 
 class AlfWorldEnv(Env):
