@@ -13,7 +13,7 @@
 # a game: the default sizes in ~25 minutes with JOBS=2); branching restores snapshots, so K alternatives cost K + 1
 # steps a state.
 ENV       = alfworld
-OUT       = out/alfworld
+OUT       ?= out/alfworld
 N_EXPERT  = 200
 K_IWM     = 8
 K_SR      = 3
