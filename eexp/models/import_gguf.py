@@ -74,7 +74,8 @@ def smollm2_path() -> Path | None:
 
 
 def gguf_info(path: str | os.PathLike) -> dict:
-    """architecture, name, quant type (e.g. Q4_1) and tensor count, from the GGUF header; ModelError otherwise."""
+    """architecture, name, quant type (e.g. Q4_1), tensor count and the special tokens' ids, from the GGUF header;
+    ModelError otherwise."""
     import gguf
 
     path = Path(path)
