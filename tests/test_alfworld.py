@@ -364,7 +364,7 @@ def test_eval_with_concurrency_writes_the_serial_runs_episodes(runner, stub, tmp
     own; TextWorld's PDDL engine is not thread-safe (the translator and grammar parser are shared and eexp's memoizing
     patches them for the call), so the engine calls are serialised. Before they were, 59 of 60 episodes of a
     SmolLM2 eval with --concurrency 8 failed to load their game (IndexError, tatsu's FailedToken)."""
-    server = stub("llamacpp", latency=0.02)
+    server = stub("llamacpp", latency=0.2)   # longer than an engine step, so requests overlap while steps queue
     args = ["eval", "--policy", server.url, "--env", "alfworld", "--split", "train", "--max-steps", "6", "-q",
             "--temperature", "0.7"]
     serial = run_cli(runner, args + ["--concurrency", "1"])
