@@ -19,7 +19,7 @@ K_IWM     = 8
 K_SR      = 3
 STEPS     = 1500
 # every game of both splits (ood has 134; eval plays all a split has): a split's tasks are in path order, grouped by
-# task type, and eval's -n takes the first n, so -n 50 would play only pick_and_place_simple and look_at_obj_in_light
+# task type, and eval's -n takes the first n, so -n 50 played almost only look_at_obj_in_light and pick_and_place_simple
 N_EVAL    = 140
 JOBS      = 2
 EVAL_ARGS = --max-steps 50
