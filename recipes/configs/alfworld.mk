@@ -19,7 +19,8 @@ K_IWM     = 8
 K_SR      = 3
 STEPS     = 1500
 # every game of both splits (ood has 134; eval plays all a split has): a split's tasks are in path order, grouped by
-# task type, and eval's -n takes the first n, so -n 50 played almost only look_at_obj_in_light and pick_and_place_simple
+# task type, and eval's -n takes the first n, so -n 50 of the released valid_seen would play its 13
+# look_at_obj_in_light games, its 35 pick_and_place_simple and 2 of its other 92
 N_EVAL    = 140
 JOBS      = 2
 EVAL_ARGS = --max-steps 50
