@@ -157,6 +157,7 @@ def test_a_model_that_copies_the_state_scores_what_it_should(copier, outcomes_fi
     assert summary["effect_scorable"] == {"changed": 5, "valid": 3, "done": 0, "valid_envs": ["alfworld"],
                                           "done_why": summary["effect_scorable"]["done_why"]}
     assert "world-model-eval: alfworld: 3 predictions (1 states): exact match 33.3%" in result.stderr
+    assert "effect right: changed 33.3% of 3 (2 changed the state), valid 66.7% of 3 (1 refused)" in result.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert (stats["predictions"], stats["exact"], stats["not_executed"], stats["invalid_actions"]) == (5, 2, 1, 1)
 
@@ -255,10 +256,17 @@ def test_bad_input_is_file_line_and_exit_1(copier, outcomes_file, tmp_path):
 
 def test_usage_errors(copier, outcomes_file):
     for args, message in ((["--policy", "random"], "writes no text"),
-                          (["--policy", "m.gguf", "--act", "score"], "--act does not apply"),
+                          (["--policy", "m.gguf", "--act", "score"], "No such option '--act'"),
                           ([], "world-model-eval needs the model")):
         result = invoke(["world-model-eval", *args, str(outcomes_file)])
         assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_only_the_commands_that_choose_actions_offer_act():
+    """reflect and world-model-eval have their model write text: their help offers no --act to refuse."""
+    for command, offers in (("world-model-eval", False), ("reflect", False), ("eval", True), ("branch", True)):
+        result = invoke([command, "--help"])
+        assert result.exit_code == 0 and ("--act" in result.stdout) == offers, command
 
 
 def test_resume_continues_the_same_run_and_refuses_another(copier, outcomes_file, tmp_path):

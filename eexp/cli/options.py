@@ -180,13 +180,15 @@ def parse_env_args(ctx, param, values):
     return _key_values(ctx, param, values, _yaml_scalar)
 
 
-def policy_options(f: Callable | None = None, *, settings=Generation) -> Callable:
+def policy_options(f: Callable | None = None, *, settings=Generation, chooses_actions: bool = True) -> Callable:
     """--policy SPEC and its backend options, with the defaults of `settings` (a dataclass with fields of
     eexp.stages.settings.Generation: act, max_tokens, top_p). The command receives policy_spec, policy_args, act,
-    max_tokens, top_p and loads the policy only when it needs one (`eexp.policies.load_policy`)."""
+    max_tokens, top_p and loads the policy only when it needs one (`eexp.policies.load_policy`). A command whose
+    model writes text rather than choosing an action (chooses_actions=False) gets no --act: its help offers none."""
     if f is None:
-        return lambda g: policy_options(g, settings=settings)
-    f = field_options(settings, "act", "max_tokens", "top_p", fallback=Generation)(f)
+        return lambda g: policy_options(g, settings=settings, chooses_actions=chooses_actions)
+    fields = ("act", "max_tokens", "top_p") if chooses_actions else ("max_tokens", "top_p")
+    f = field_options(settings, *fields, fallback=Generation)(f)
     for decorator in reversed([
         click.option("--policy", "policy_spec", metavar="SPEC",
                      help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | ORG/NAME (Hub cache) | random "

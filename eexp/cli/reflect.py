@@ -21,7 +21,7 @@ NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC 
 
 @cli.command()
 @stage_options
-@policy_options(settings=Settings)
+@policy_options(settings=Settings, chooses_actions=False)
 @sampling_options(k=False, settings=Settings)
 @serializer_options
 @click.option("--reflector", type=click.Choice(["self", "teacher", "grounded"]), default=None,
@@ -40,7 +40,7 @@ NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC 
               "one), or the grounded rationale, labelled reflector=grounded in meta and counted as "
               "fallback_grounded.")
 @concurrency_option("states")
-def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperature, serializer, reflector,
+def reflect(io, policy_spec, policy_args, max_tokens, top_p, seed, temperature, serializer, reflector,
             max_alternatives, template_path, max_words, min_words, max_outcome_chars, rejected, fallback,
             concurrency):
     """Outcome records -> one self-reflection example per state: `Thought: <monologue>` then
@@ -76,8 +76,6 @@ def reflect(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperat
     if policy_kind(policy_spec) == "baseline":
         raise click.UsageError(f"the {policy_spec} policy writes no text; give a model with --policy, or use "
                                f"--reflector grounded")
-    if act is not None:
-        raise click.UsageError("--act does not apply to reflect (it generates text, it does not choose actions)")
     settings = Settings(max_alternatives=max_alternatives, max_words=max_words, min_words=min_words,
                         max_outcome_chars=max_outcome_chars,
                         temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)

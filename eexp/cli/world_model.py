@@ -25,7 +25,7 @@ from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summar
 
 @cli.command("world-model-eval")
 @stage_options
-@policy_options(settings=Settings)
+@policy_options(settings=Settings, chooses_actions=False)
 @serializer_options(build=False)  # the model's recorded settings, overridden by those given
 @field_options(Settings, "max_chars")
 @sampling_options(k=False, settings=Settings)  # greedy by default: the model's most likely next state
@@ -35,7 +35,7 @@ from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summar
               "interval, and which effect fields could be scored (with --compare: the comparison).")
 @click.option("--compare", is_flag=True, help="Compare prediction files (INPUT...: what world-model-eval -o wrote) "
               "instead of predicting; NAME=FILE,FILE,... groups the runs (seeds) of one model.")
-def world_model_eval(io, policy_spec, policy_args, act, max_tokens, top_p, max_chars, seed, temperature,
+def world_model_eval(io, policy_spec, policy_args, max_tokens, top_p, max_chars, seed, temperature,
                      concurrency, summary_path, compare):
     """Measure how well a model predicts the next state of outcome records, in the prompt IWM trains.
 
@@ -80,9 +80,6 @@ def world_model_eval(io, policy_spec, policy_args, act, max_tokens, top_p, max_c
     ctx = click.get_current_context()
     if compare:
         return run_compare(ctx, io, seed, summary_path)
-    if act is not None:
-        raise click.UsageError("--act does not apply to world-model-eval (the model predicts an observation, it "
-                               "does not choose an action)")
     policy_spec = policy_or_default(policy_spec, "world-model-eval needs the model whose predictions to score")
     if policy_kind(policy_spec) == "baseline":
         raise click.UsageError(f"the {policy_spec} policy writes no text: give a model with --policy")

@@ -293,15 +293,19 @@ def pct(x: float) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    """The lines world-model-eval prints on stderr: one per environment."""
+    """The lines world-model-eval prints on stderr: one per environment. Each effect rate comes with what the
+    records say (how many transitions changed the state, how many actions were refused), since a rate is read
+    against that base: where nothing was refused, any model that never predicts a refusal scores 100% on valid."""
     lines = []
     for env, s in summary["envs"].items():
-        e, f = s["exact_match"], s["f1"]
+        e, f, c = s["exact_match"], s["f1"], s["changed"]
         line = (f"world-model-eval: {env}: {e['n']} predictions ({s['states']} states): exact match {pct(e['rate'])} "
                 f"[{pct(e['ci_low'])}, {pct(e['ci_high'])}], token F1 {f['mean']:.3f} [{f['ci_low']:.3f}, "
-                f"{f['ci_high']:.3f}]; effect right: changed {pct(s['changed']['rate'])} of {s['changed']['n']}")
+                f"{f['ci_high']:.3f}]; effect right: changed {pct(c['rate'])} of {c['n']} "
+                f"({c['recorded_changed']} changed the state)")
         v = s["valid"]
-        line += (f", valid {pct(v['rate'])} of {v['n']}" if v["n"] else ", valid not scorable") + ", done not scorable"
+        line += (f", valid {pct(v['rate'])} of {v['n']} ({v['recorded_invalid']} refused)" if v["n"]
+                 else ", valid not scorable") + ", done not scorable"
         if s["failed"]:
             line += f"; {s['failed']} failed requests left out"
         if s["cut"]:
