@@ -184,7 +184,7 @@ def policy_options(f: Callable | None = None, *, settings=Generation, chooses_ac
     """--policy SPEC and its backend options, with the defaults of `settings` (a dataclass with fields of
     eexp.stages.settings.Generation: act, max_tokens, top_p). The command receives policy_spec, policy_args, act,
     max_tokens, top_p and loads the policy only when it needs one (`eexp.policies.load_policy`). A command whose
-    model writes text rather than choosing an action (chooses_actions=False) gets no --act: its help offers none."""
+    model writes text rather than choosing an action (chooses_actions=False) gets no --act and receives no act."""
     if f is None:
         return lambda g: policy_options(g, settings=settings, chooses_actions=chooses_actions)
     fields = ("act", "max_tokens", "top_p") if chooses_actions else ("max_tokens", "top_p")
