@@ -1,9 +1,11 @@
 #!/bin/bash
 # Issue 53: world-model accuracy of SmolLM2-135M-Instruct checkpoints on the demo's 96 held-out shop transitions
 # (../heldout24.jsonl.gz), asked with the SmolLM2 recipe's serializer (its DATA_ARGS), greedy, through llama-server.
-#   docs/results/world-model/smollm2/run.sh base IL@SR-s0 IL@SR-s1 IL@SR-s2 IL-s2
+#   docs/results/world-model/smollm2/run.sh base IL@SR-s0 IL@SR-s1 IL@SR-s2 IL-s2 WM-s2 IWM-s2
 # run from the repository root with the venv active; OUT: the SmolLM2 recipe's output root (recipes/out/smollm2),
 # where seed<s>/IL@SR.q8_0.gguf and seed<s>/base are. Writes RUN.jsonl and RUN.summary.json into WORK.
+# WM-s<s> is seed s's IWM at the end of its world-model phase: seed<s>/WM, the adapter phase_adapter.py writes from
+# the IWM run's checkpoint at that update, exported here as the recipe exports its runs.
 set -e
 OUT=${OUT:-recipes/out/smollm2}
 WORK=${WORK:-out/world-model-smollm2}
@@ -16,6 +18,9 @@ for run in "$@"; do
     base) model=$WORK/base.q8_0.gguf;;
     IL@SR-s*) model=$OUT/seed${run#IL@SR-s}/IL@SR.q8_0.gguf;;
     IL-s*) model=$OUT/seed${run#IL-s}/IL.q8_0.gguf;;
+    IWM-s*) model=$OUT/seed${run#IWM-s}/IWM.q8_0.gguf;;
+    WM-s*) model=$OUT/seed${run#WM-s}/WM.q8_0.gguf
+      [ -f "$model" ] || eexp export "$OUT/seed${run#WM-s}/WM" --quant q8_0 -o "$model";;
     *) echo "run.sh: unknown run $run" >&2; exit 1;;
   esac
   [ -f "$WORK/$run.summary.json" ] && continue
