@@ -1,5 +1,6 @@
 # SmolLM2-135M-Instruct on ALFWorld's generated games (issue 52): the comparison the calibration in
-# docs/results/alfworld.md calls for, sized for a GPU (on 2 CPU cores a fine-tune here runs at 11-17 tokens a second).
+# docs/results/alfworld.md calls for, sized for a GPU (on 2 CPU cores a LoRA fine-tune here runs at 110-129 tokens a
+# second: IL's 2 epochs take about 3.4 hours a seed, IWM's world-model epoch about 15 more).
 #   make -C recipes CONFIG=configs/alfworld-smollm2.mk compare          # one seed (SEED=0), in out/alfworld-smollm2
 # The games are `eexp alfworld-games`' (GAMES=generated): generated on ALFWorld's engine, not the released split;
 # with alfworld-download's data in ALFWORLD_DATA, GAMES=real uses that instead. The calibration alone (IL against
