@@ -17,7 +17,13 @@ import sys
 import yaml
 from safetensors.torch import load_file, save_file
 
+if len(sys.argv) != 4:
+    sys.exit(__doc__.strip().splitlines()[2].strip())
 step_dir, run, out = sys.argv[1:4]
+for need in (os.path.join(step_dir, "state.json"), os.path.join(step_dir, "weights.safetensors"),
+             os.path.join(run, "adapter_model.safetensors"), os.path.join(run, "card.yaml")):
+    if not os.path.isfile(need):
+        sys.exit(f"{need}: no such file (STEP_DIR is a checkpoints/step-N folder, RUN a finished LoRA run)")
 state = json.load(open(os.path.join(step_dir, "state.json")))
 weights = load_file(os.path.join(step_dir, "weights.safetensors"))
 # the trainer saves the live module names (`...q_proj.lora_A.default.weight`); PEFT's files drop the adapter's name
