@@ -286,8 +286,8 @@ def test_header_command_runs_at_a_tiny_size(config: Path, tmp_path, request):
 
 def test_every_config_header_gives_a_command_of_a_recipe_target():
     """Fast: each config's header (those COVERED elsewhere too) names one `make -C recipes` target that the Makefile
-    has, with the config itself (a target such as `demo` or `rl` names its config in the Makefile)."""
-    makefile = (RECIPES / "Makefile").read_text()
+    (or a file of mk/ it includes) has, with the config itself (a target such as `demo` or `rl` names its config in the Makefile)."""
+    makefile = "\n".join(f.read_text() for f in (RECIPES / "Makefile", *sorted((RECIPES / "mk").glob("*.mk"))))
     assert set(COVERED) <= {c.name for c in CONFIGS}, "COVERED names a config that is gone"
     for config in CONFIGS:
         argv = header_command(config)
@@ -322,3 +322,42 @@ def test_publish_adds_a_later_run_beside_a_kept_seed(tmp_path):
                      "seed0/reflect.stats.json", "seed0/train/SR-grounded.metrics.jsonl"]
     assert (kept / "seed0" / "eval" / "IL.jsonl.gz").read_bytes() == b"kept"
     assert gzip.decompress((kept / "seed0" / "recovery" / "SR-grounded.jsonl.gz").read_bytes()) == b'{"episode": 1}\n'
+
+
+def _plan(*args: str) -> str:
+    """`make -n` of the recipes with ARGS: every command the target would run, printed, none run."""
+    proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(RECIPES), "EEXP=eexp", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+@pytest.mark.parametrize("target, seeds", [("demo", range(6)), ("demo-20", range(20))])
+def test_the_demo_targets_plan_the_seeds_they_say(target, seeds):
+    """Fast: `demo` runs configs/lowdata.mk over 6 seeds and `demo-20` over 20 (0-19), both in out/demo, one
+    comparison per seed and one table pooling them all (the Makefile's header and recipes/README.md say so)."""
+    plan = _plan(target)
+    runs = re.findall(r"make compare OUT=out/demo/seed(\d+) SEED=(\d+)", plan)
+    assert runs == [(str(s), str(s)) for s in seeds]
+    pooled = next(line for line in plan.splitlines() if line.startswith("eexp eval --compare IL="))
+    assert pooled.split()[3] == "IL=" + ",".join(f"out/demo/seed{s}/eval/IL.jsonl" for s in seeds)
+    assert "  --summary out/demo/seeds/compare.json" in plan
+    # every seed's run is lowdata's (125 expert trajectories), not the full-data demo's 1,000
+    assert re.findall(r"--split train -n 125 --seed (\d+) ", plan) == [str(s) for s in seeds]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_the_core_comparison_is_one_file():
+    """Fast: every rule `make compare` runs for IL, IWM and SR (data, base, fine-tunes, eval, table) is read from
+    recipes/mk/compare.mk, so a reader opens one file for the comparison; recipes/Makefile keeps the settings."""
+    # make's database (-p), read without running anything (-q, and `clean`, a target whose recipe runs no make)
+    proc = subprocess.run(["make", "-pq", "-C", str(RECIPES), "OUT=/o", "EEXP=eexp", "clean"], capture_output=True,
+                          text=True, timeout=120)
+    where = dict(re.findall(r"^(\S[^\n#]*?):[^\n]*\n(?:#[^\n]*\n)*?#  recipe to execute \(from '([^']+)'", proc.stdout,
+                            re.M))
+    core = ["/o/expert.jsonl", "/o/il.jsonl", "/o/outcomes_iwm.jsonl", "/o/iwm.jsonl", "/o/outcomes_sr.jsonl",
+            "/o/sr.jsonl", "/o/sr_train.jsonl", "/o/base/config.json", "/o/val.jsonl", "/o/IL/done", "/o/IWM/done",
+            "/o/SR/done", "/o/eval/%.jsonl", "/o/eval/random.jsonl", "/o/compare.json", "compare"]
+    assert {t: where.get(t) for t in core} == {t: "mk/compare.mk" for t in core}
+    assert len((RECIPES / "Makefile").read_text().splitlines()) < 400

@@ -1,0 +1,53 @@
+# Included by ../Makefile, whose settings it reads; `make -n -C recipes TARGET` prints what a target runs.
+
+# --- seeds: the whole comparison once per seed, pooled -------------------------------------------------------------
+# One training run measures training noise as much as the method (the same settings gave IWM 28.5% on one CPU and
+# 14.5% on another). Each seed redoes everything it seeds: expert data, alternatives, the model's init, batch order.
+# Seed s lives in $(OUT)/seed<s>; `eval --compare NAME=FILES` pools the seeds of each method (mean, sd, range) and
+# tests each against IL by an exact sign-flip test over tasks (successes summed over seeds).
+SEEDS     ?= 0 1 2
+SEED_GROUP = $(1)=$(subst $(eval) ,$(comma),$(strip $(foreach s,$(SEEDS),$(OUT)/seed$(s)/eval/$(1).jsonl)))
+
+seeds: install
+	$(foreach s,$(SEEDS),$(MAKE) compare OUT=$(OUT)/seed$(s) SEED=$(s) &&) true
+	@mkdir -p $(OUT)/seeds
+	$(EEXP) eval --compare $(foreach r,$(ROWS) $(addsuffix ~think,$(THINK_ROWS)) $(addsuffix ~score,$(SCORE_ROWS)),$(call SEED_GROUP,$(r))) \
+	  --summary $(OUT)/seeds/compare.json \
+	  --plot $(OUT)/seeds/compare.png
+	$(foreach m,$(filter IL@SR IL@IWM,$(MATCHED_ROWS)),$(EEXP) eval --compare $(call SEED_GROUP,$(m)) \
+	  $(call SEED_GROUP,$(subst IL@,,$(m))) --summary $(OUT)/seeds/vs-$(m).json > /dev/null &&) true
+	$(if $(RECOVERY_N),$(EEXP) eval --compare $(foreach r,$(RECOVERY_ROWS),$(r)=$(subst $(eval) ,$(comma),$(strip \
+	  $(foreach s,$(SEEDS),$(OUT)/seed$(s)/recovery/$(r).jsonl)))) --summary $(OUT)/seeds/recovery.json)
+	@echo "results: $(OUT)/seeds/compare.json, plot: $(OUT)/seeds/compare.png"
+
+# --- results kept in a repository: one seed at a time, pooled from what is kept ------------------------------------
+# `publish` copies seed SEED's episode files (gzip: eval --compare reads them as they are), every run's
+# metrics.jsonl (its validation losses) and the stages' --stats into RESULTS/seed<SEED>; `pooled` pools every seed
+# kept there (pooled.py: the table, pooled.json, pooled.png). So a recipe too long for one sitting runs one seed per
+# invocation, e.g. `make CONFIG=configs/smollm2.mk seeds SEEDS=1 && make CONFIG=configs/smollm2.mk publish
+# OUT=out/smollm2/seed1 SEED=1 && make CONFIG=configs/smollm2.mk pooled`.
+# The signals recipe publishes the same way (`make CONFIG=configs/signals.mk publish OUT=out/signals/seed0 SEED=0
+# RESULTS=...`): its curated runs as <run>-curated, the critic's held-out accuracy as critic_eval/<split>.json.
+# A run added to a kept seed later (a row trained in another sitting) publishes alone, beside what is kept there:
+# `make ... publish OUT=out/smollm2/seed0 SEED=0 PUBLISH_NEEDS= PUBLISH_TRAIN=SR-grounded`.
+RESULTS ?=
+PUBLISH_NEEDS ?= $(OUT)/compare.json
+PUBLISH_TRAIN ?= IL IWM SR $(SR_GROUNDED_ROW) $(ACTOBS_ROW) $(MATCHED_ROWS)
+publish:
+	@test -n "$(RESULTS)" || { echo "publish: give RESULTS=FOLDER (where the seed's results are kept)" >&2; exit 1; }
+	@for f in $(PUBLISH_NEEDS); do test -f $$f || { echo "publish: $$f is missing: run the seed first" >&2; exit 1; }; done
+	mkdir -p $(RESULTS)/seed$(SEED)/train
+	for f in $(wildcard $(OUT)/eval/*.jsonl $(OUT)/recovery/*.jsonl) $(wildcard $(OUT)/curated/eval/*.jsonl); do \
+	  d=$(RESULTS)/seed$(SEED)/$$(basename $$(dirname $$f)); r=$$(basename $$f .jsonl); \
+	  case $$f in */curated/eval/*) r=$$r-curated;; esac; \
+	  mkdir -p $$d && gzip -9nc $$f > $$d/$$r.jsonl.gz.tmp && mv $$d/$$r.jsonl.gz.tmp $$d/$$r.jsonl.gz || exit 1; done
+	for r in $(PUBLISH_TRAIN); do \
+	  cp $(OUT)/$$r/metrics.jsonl $(RESULTS)/seed$(SEED)/train/$$(echo $$r | sed 's|^curated/\(.*\)|\1-curated|').metrics.jsonl \
+	  || exit 1; done
+	$(if $(wildcard $(OUT)/*.stats.json),cp $(wildcard $(OUT)/*.stats.json) $(RESULTS)/seed$(SEED)/)
+	$(if $(wildcard $(OUT)/critic_eval/*.json),mkdir -p $(RESULTS)/seed$(SEED)/critic_eval && \
+	  cp $(wildcard $(OUT)/critic_eval/*.json) $(RESULTS)/seed$(SEED)/critic_eval/)
+
+pooled:
+	@test -n "$(RESULTS)" || { echo "pooled: give RESULTS=FOLDER (where the seeds' results are kept)" >&2; exit 1; }
+	$(PYTHON) pooled.py $(RESULTS) --write
