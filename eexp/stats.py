@@ -1,9 +1,12 @@
 """The statistics behind `eexp eval` and `eexp world-model-eval`: a Wilson interval for a success rate, a seeded
 bootstrap interval for a mean score, an exact McNemar test for paired success, an exact sign-flip test for paired
 success over tasks x seeds (and over seeds), a seeded paired bootstrap for paired scores, a seeded hierarchical
-bootstrap (seeds, then tasks) for a difference between two methods' seeds, and the spread of a rate across seeds.
+bootstrap (seeds, then tasks) for a difference between two methods' seeds, the spread of a rate across seeds, and
+the power of a test over seeds: the smallest mean difference it detects, and the seeds a difference needs
+(detectable_difference, seeds_for_power, on Student's t quantiles: t_quantile), and the fewest pairs a bootstrap
+claim rests on (bootstrap_min_pairs).
 
-Plain Python (math, random), except the bootstrap of a mean and the hierarchical bootstrap, which draw their
+Plain Python (math, random, statistics), except the bootstrap of a mean and the hierarchical bootstrap, which draw their
 resamples with numpy (a core dependency). Every resampling is seeded, so the same inputs and seed give the same
 figures.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from statistics import NormalDist
 
 Z95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal
 
@@ -228,3 +232,100 @@ def bootstrap_mean(values: list[float], *, resamples: int = 10000, seed: int = 0
     low = float(means[int(math.floor(alpha / 2 * resamples))])
     high = float(means[max(0, int(math.ceil((1 - alpha / 2) * resamples)) - 1)])
     return MeanInterval(mean, low, high)
+
+
+# --- power over seeds -------------------------------------------------------------------------------------------------
+# Student's t quantiles without scipy (not a dependency of eexp's core): exact for integer degrees of freedom up to
+# T_EXACT_DF, from the closed form of the t distribution (Abramowitz & Stegun 26.7.3-4) inverted by bisection; above
+# it the Cornish-Fisher expansion to its 1/df^2 term (A&S 26.7.5), within 1e-9 of the quantile there.
+T_EXACT_DF = 4000
+
+
+def t_within(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with `df` (a positive integer) degrees of freedom: with theta = atan(t / sqrt(df)),
+    for odd df (2/pi) (theta + sin theta (cos theta + 2/3 cos^3 theta + ... + (2.4...(df-3))/(1.3...(df-2))
+    cos^(df-2) theta)), for even df sin theta (1 + 1/2 cos^2 theta + ... + (1.3...(df-3))/(2.4...(df-2))
+    cos^(df-2) theta) (A&S 26.7.3-4): a finite sum, exact up to rounding."""
+    if df < 1 or int(df) != df:
+        raise ValueError(f"t_within needs a positive integer number of degrees of freedom, got {df}")
+    t = abs(t)
+    theta = math.atan(t / math.sqrt(df))
+    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
+    if df % 2:
+        if df == 1:
+            return 2 * theta / math.pi
+        term = total = math.cos(theta)
+        for k in range(1, (df - 1) // 2):
+            term *= 2 * k / (2 * k + 1) * cos2
+            total += term
+        return min(1.0, 2 / math.pi * (theta + sin * total))
+    term = total = 1.0
+    for k in range(1, df // 2):
+        term *= (2 * k - 1) / (2 * k) * cos2
+        total += term
+    return min(1.0, sin * total)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p quantile of Student's t with `df` degrees of freedom (0 < p < 1): t_within inverted by bisection to the
+    last bit, or above T_EXACT_DF degrees of freedom z + (z^3 + z) / (4 df) + (5 z^5 + 16 z^3 + 3 z) / (96 df^2)
+    (A&S 26.7.5)."""
+    if not 0 < p < 1:
+        raise ValueError(f"t_quantile needs 0 < p < 1, got {p}")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    if p == 0.5:
+        return 0.0
+    if df > T_EXACT_DF:
+        z = NormalDist().inv_cdf(p)
+        return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    within = 2 * p - 1
+    low, high = 0.0, 1.0
+    while t_within(high, df) < within:
+        low, high = high, 2 * high
+    for _ in range(200):
+        mid = (low + high) / 2
+        if mid in (low, high):
+            break
+        low, high = (mid, high) if t_within(mid, df) < within else (low, mid)
+    return high
+
+
+def detectable_difference(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest mean of n paired differences with standard deviation `sd` that a two-sided paired t-test at
+    `alpha` detects with probability `power`: (t(1 - alpha/2, n - 1) + t(power, n - 1)) sd / sqrt(n), the textbook
+    approximation of its noncentral-t power (it leaves out the far tail and the noncentral t's skew: the exact power
+    at that difference is 0.795 at n = 6, 0.798 at n = 8, 0.800 from n = 20, for 0.8 asked). n >= 2."""
+    if n < 2:
+        raise ValueError("a paired t-test needs at least two differences")
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def seeds_for_power(diff: float, sd: float, *, alpha: float = 0.05, power: float = 0.8,
+                    at_least: int = 2) -> int | None:
+    """The fewest n >= at_least whose detectable_difference(sd, n) is at most |diff|: how many paired differences a
+    true mean difference of `diff` needs, if their standard deviation is `sd`. None for a diff of 0 (no number does).
+    The normal formula ((z(1 - alpha/2) + z(power)) sd / diff)^2 is a lower bound (t quantiles exceed z's), so the
+    search starts there."""
+    if diff == 0:
+        return None
+    normal = NormalDist()
+    z = normal.inv_cdf(1 - alpha / 2) + normal.inv_cdf(power)
+    n = max(at_least, 2, math.ceil((z * sd / abs(diff)) ** 2))
+    while detectable_difference(sd, n, alpha=alpha, power=power) > abs(diff):
+        n += 1
+    return n
+
+
+def bootstrap_min_pairs(alpha: float = 0.05) -> int:
+    """The fewest pairs a paired bootstrap's p-value is read at level `alpha` on: below it `eval --compare` says "too
+    few" instead. The percentile bootstrap of a mean over n pairs resamples a mean whose variance is (n - 1) / n of
+    s^2 / n and reads it with normal quantiles, so for normal differences its test of level alpha rejects a true null
+    with probability P(|T(n - 1)| > z(1 - alpha/2) sqrt((n - 1) / n)): 0.40 at 2 pairs, 0.15 at 5, 0.096 at 10 for
+    alpha 0.05 (one pair: every resample is that pair, an interval of width 0 and p below any alpha). The minimum is
+    the fewest pairs where that error is at most twice alpha: 10 at alpha 0.05."""
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    n = 2
+    while 1 - t_within(z * math.sqrt((n - 1) / n), n - 1) > 2 * alpha:
+        n += 1
+    return n

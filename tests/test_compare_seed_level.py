@@ -224,15 +224,19 @@ def test_no_seed_level_with_one_seed_or_unequal_seeds():
 def test_the_table_word_for_word():
     # A: 2 seeds that solve none of 4 tasks (score 0); B: 2 seeds that solve all 4 (score 1); C: one run that solves
     # tasks 0 and 1, score 0 everywhere. B against A over seeds: +100 pts in both seeds, and every resample too:
-    # [+100, +100], no resample at 0 (p < 1/10000); the sign-flip test over 2 seeds: 2 of 4 patterns, p = 0.5, too
-    # few seeds. Over tasks: 4 tasks, each +4 (2 x 2 - 2 x 0): 2 of 16 patterns, p = 0.125. C has one file against
-    # A's two: no seed pairing ("-"); per task 2 x k_C - 1 x k_A = 2, 2, 0, 0: p = 2 / 4 = 0.5, and the rate
-    # difference is (1 + 1 + 0 + 0) / 4 = +50 pts; its scores equal A's: +0.000, p = 1. C's Wilson interval for 2 of
-    # 4: center 0.5, half-width 0.350: [15.0%, 85.0%].
+    # [+100, +100], but 2 seeds are under the 10 a bootstrap claim needs (the mean alone is given); the sign-flip test
+    # over 2 seeds: 2 of 4 patterns, p = 0.5 (its floor), too few seeds, so no difference is detectable either; the
+    # differences' sd is 0, so +100 would need the sign-flip test's own minimum, 6 seeds. Over tasks: 4 tasks, each
+    # +4 (2 x 2 - 2 x 0): 2 of 16 patterns, p = 0.125; 4 tasks are too few for the bootstrap on score. C has one file
+    # against A's two: no seed pairing ("-"); per task 2 x k_C - 1 x k_A = 2, 2, 0, 0: p = 2 / 4 = 0.5, and the rate
+    # difference is (1 + 1 + 0 + 0) / 4 = +50 pts; its score difference is +0.000 on 4 tasks, again too few for the
+    # bootstrap. C's Wilson interval for 2 of 4: center 0.5, half-width 0.350: [15.0%, 85.0%]. No verdict says
+    # better or worse, so no "for these runs" note: the too-few-seeds note, then what the power figures mean.
     runs = [run("A", "A0", set(), n=4), run("A", "A1", set(), n=4), run("B", "B0", set(range(4)), n=4),
             run("B", "B1", set(range(4)), n=4), run("C", "C0", {0, 1}, n=4, score=0.0)]
-    b = ("+100.0, +100.0 pts: 2/2 seeds above; mean +100.0 [+100.0, +100.0] (hierarchical bootstrap p < 0.0001; "
-         "sign-flip over seeds p=0.5, too few seeds for a seed-level claim)")
+    b = ("+100.0, +100.0 pts: 2/2 seeds above; mean +100.0 (no bootstrap claim under 10 seeds; sign-flip over seeds "
+         "p=0.5, too few seeds for a seed-level claim); with 2 seeds (sign-flip floor 0.5) no difference can be told "
+         "from zero; +100.0 pts would need 6 seeds")
     w = len(b)
     assert format_comparison(compare_runs("count", runs)) == "\n".join([
         "count test: success pooled over seeds, with the seeds' range and sd (a single run: its 95% Wilson "
@@ -245,14 +249,19 @@ def test_the_table_word_for_word():
         "  A    A           2      8     0.0%    0.0% -   0.0%             0.0   0.000  (reference)",
         "  B    B           2      8   100.0%  100.0% - 100.0%             0.0   1.000  " + b + "  4 tasks x 2|2 "
         "seeds: success +100.0 pts (4 tasks better, 0 worse; sign-flip p=0.125, no significant difference); score "
-        "+1.000 [+1.000, +1.000] (bootstrap p < 0.0001, better)",
+        "+1.000 (4 tasks: too few for a bootstrap, which needs 10)",
         "  C    C           1      4    50.0%  [ 15.0%,  85.0%]              -   0.000  " + "-".ljust(w) + "  4 tasks "
         "x 2|1 seeds: success +50.0 pts (2 tasks better, 0 worse; sign-flip p=0.5, no significant difference); "
-        "score +0.000 [+0.000, +0.000] (bootstrap p = 1, no significant difference)",
+        "score +0.000 (4 tasks: too few for a bootstrap, which needs 10)",
         "  too few seeds for a seed-level claim: over S seeds that differ, the exact sign-flip test over seeds cannot "
         "give p below 2 / 2^S (0.5 with 2 seeds); p < 0.05 takes 6. The hierarchical bootstrap can only resample the "
         "seeds there are: with few, its interval is too narrow and its p too small. The test over tasks x seeds holds "
         "these training runs fixed: it says these runs differ on tasks like these, not that the method wins on "
         "another seed.",
+        "  over seeds, \"cannot be told from zero\": a smaller mean difference is detected with less than 80% power "
+        "at these seeds (two-sided, at alpha), from the sd of the per-seed differences by the paired t-test's "
+        "approximation (t quantiles); the exact sign-flip test has about that power from 8 seeds on and less with "
+        "fewer (at 6, about 80% only at 1.25 times it). \"would need\": the seeds a mean difference of the observed "
+        "size needs for 80% power, if the sd stays",
     ]) + "\n"
     assert sign_flip_exact([4, 4, 4, 4]) == 0.125   # the task-level p above, by the test's own count

@@ -22,7 +22,8 @@ from eexp.errors import InputError
 from eexp.io import Reader
 from eexp.records import expect
 from eexp.stages.evaluate.summary import pct, rate_fields
-from eexp.stats import hierarchical_bootstrap, mcnemar_exact, paired_bootstrap, seed_spread, sign_flip_exact
+from eexp.stats import (bootstrap_min_pairs, detectable_difference, hierarchical_bootstrap, mcnemar_exact,
+                        paired_bootstrap, seed_spread, seeds_for_power, sign_flip_exact)
 
 
 def compare_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
@@ -184,6 +185,11 @@ def compare_runs(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.0
 
 SEEDED_TEST = "sign-flip"  # eexp.stats.sign_flip_exact over tasks, successes summed over seeds
 TOO_FEW_SEEDS = "too few seeds for a seed-level claim"
+# a bootstrap over fewer pairs (tasks; seeds for the hierarchical bootstrap) than eexp.stats.bootstrap_min_pairs (10
+# at alpha 0.05) is no claim: its verdict is this, and the table gives the mean without an interval or p
+TOO_FEW_PAIRS = "too few pairs for a bootstrap claim"
+POWER = 0.8          # the power of the smallest detectable difference over seeds (seed_level)
+MAX_LISTED_SEEDS = 12   # the table lists each seed's difference up to this many seeds, then their mean, sd and signs
 
 
 def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.05,
@@ -262,7 +268,8 @@ def seeded_test(first: list[Run], other: list[Run], *, seed: int, alpha: float, 
            "success_diff": sum(rate_diffs) / n if n else 0.0, "success_test": SEEDED_TEST, "success_p": p,
            "success_verdict": verdict(sum(diffs), p, alpha, n),
            "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
-           "bootstrap_p": boot.p_value, "score_verdict": verdict(boot.mean_diff, boot.p_value, alpha, n)}
+           "bootstrap_p": boot.p_value, "score_verdict": bootstrap_verdict(boot.mean_diff, boot.p_value, alpha, n),
+           "bootstrap_min_pairs": bootstrap_min_pairs(alpha)}
     by_seed = seed_level(first, other, common, files_of or {}, seed=seed, alpha=alpha, resamples=resamples)
     if by_seed:
         out["seed_level"] = by_seed
@@ -277,7 +284,17 @@ def seed_level(first: list[Run], other: list[Run], common: list[str], files_of: 
     (seeds, then tasks, each task's two outcomes together: eexp.stats.hierarchical_bootstrap), with its 95% interval
     and p; and the exact sign-flip test over the pairs, whose smallest p over S seeds that differ is 2 / 2^S: with
     log2(2 / alpha) or fewer of them (5 or fewer at alpha 0.05) no seed-level claim can be made, and the verdict
-    says so.
+    says so. With fewer pairs than eexp.stats.bootstrap_min_pairs (10 at alpha 0.05) the bootstrap's interval and p
+    are kept but marked as no claim (bootstrap_enough false).
+
+    And the power over these seeds (seed_power): the standard deviation of the per-seed differences, the smallest
+    mean difference detectable at `alpha` (two-sided) with POWER at these seeds, and the seeds a mean difference of
+    the observed size would need, from that standard deviation and the paired t-test's textbook approximation
+    (eexp.stats.detectable_difference, on exact t quantiles). The exact sign-flip test the verdict comes from has
+    about the t-test's power from 8 seeds on, and less with fewer (at 6 seeds, where p < 0.05 needs all six to agree,
+    it reaches 80% power only at about 1.25 times the t-test's difference, for normal differences): so with fewer
+    seeds than it needs to reach p < alpha at all, nothing is detectable (detectable_diff null), and no number of
+    seeds below that count is given.
 
     None where there is no seed level: fewer than two files on a side, or the two methods have different numbers of
     files (file i of one is then not the seed of file i of the other)."""
@@ -298,9 +315,24 @@ def seed_level(first: list[Run], other: list[Run], common: list[str], files_of: 
     return {"pairing": "position", "seeds": len(pairs), "files": [[a.path, b.path] for a, b in pairs],
             "paired_n": n, "diffs": [c / n for c in counts], "above": sum(1 for c in counts if c > 0),
             "below": sum(1 for c in counts if c < 0), "mean_diff": boot.mean_diff, "ci_low": boot.ci_low,
-            "ci_high": boot.ci_high, "bootstrap_p": boot.p_value, "resamples": resamples, "sign_flip_p": p,
+            "ci_high": boot.ci_high, "bootstrap_p": boot.p_value, "resamples": resamples,
+            "bootstrap_enough": len(pairs) >= bootstrap_min_pairs(alpha), "sign_flip_p": p,
             "smallest_p": smallest, "enough_seeds": smallest < alpha,
-            "verdict": verdict(sum(counts), p, alpha, n) if smallest < alpha else TOO_FEW_SEEDS}
+            "verdict": verdict(sum(counts), p, alpha, n) if smallest < alpha else TOO_FEW_SEEDS,
+            **seed_power([c / n for c in counts], alpha)}
+
+
+def seed_power(diffs: list[float], alpha: float) -> dict:
+    """The power of the test over seeds, from the per-seed differences (seed_level says how): `sd` their sample
+    standard deviation, `detectable_diff` the smallest mean difference detected with POWER at these seeds (null where
+    the sign-flip test's floor 2 / 2^S is not below alpha: no difference is), `seeds_for_observed` the seeds a mean
+    difference of the observed size would need (at least the sign-flip test's own minimum; null for a mean of 0)."""
+    s = len(diffs)
+    spread = seed_spread(diffs)
+    floor = seeds_needed(alpha)
+    return {"alpha": alpha, "power": POWER, "power_method": "paired t approximation", "sd": spread.sd,
+            "detectable_diff": detectable_difference(spread.sd, s, alpha=alpha, power=POWER) if s >= floor else None,
+            "seeds_for_observed": seeds_for_power(spread.mean, spread.sd, alpha=alpha, power=POWER, at_least=floor)}
 
 
 def paired_test(first: Run, run: Run, *, seed: int, alpha: float, resamples: int) -> dict:
@@ -316,7 +348,16 @@ def paired_test(first: Run, run: Run, *, seed: int, alpha: float, resamples: int
             "success_diff": (sum(y["success"] for y in b) - sum(x["success"] for x in a)) / n if n else 0.0,
             "mcnemar_p": p, "success_verdict": verdict(only_this - only_first, p, alpha, n),
             "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
-            "bootstrap_p": boot.p_value, "score_verdict": verdict(boot.mean_diff, boot.p_value, alpha, n)}
+            "bootstrap_p": boot.p_value, "score_verdict": bootstrap_verdict(boot.mean_diff, boot.p_value, alpha, n),
+            "bootstrap_min_pairs": bootstrap_min_pairs(alpha)}
+
+
+def bootstrap_verdict(diff: float, p: float, alpha: float, n: int) -> str:
+    """A paired bootstrap's verdict over n pairs: TOO_FEW_PAIRS below eexp.stats.bootstrap_min_pairs(alpha) (one pair
+    resamples to itself: an interval of width 0 and "p < 0.0001"), else verdict's."""
+    if 0 < n < bootstrap_min_pairs(alpha):
+        return TOO_FEW_PAIRS
+    return verdict(diff, p, alpha, n)
 
 
 def verdict(diff: float, p: float, alpha: float, n: int) -> str:
@@ -347,13 +388,40 @@ def format_comparison(result: dict) -> str:
             t = r.get("vs_first")
             if t:
                 vs = (f"{t['paired_n']} paired: success {100 * t['success_diff']:+.1f} pts "
-                      f"(McNemar p={t['mcnemar_p']:.3g}, {t['success_verdict']}); "
-                      f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
-                      f"(bootstrap {p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
+                      f"(McNemar p={t['mcnemar_p']:.3g}, {held(t['success_verdict'])}); "
+                      f"{score_text(t, result['resamples'], 'tasks')}")
             out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['n']:>5}  {pct(r['success_rate']):>7}  "
                        f"{ci:<16}  {r['mean_score']:6.3f}  {vs}")
+        if len(rows) > 1:
+            out.append(f"  {ONE_RUN_NOTE}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+HELD = "for these runs"
+# under a table of single runs (one file per name)
+ONE_RUN_NOTE = (f"one training run per name: these tests pair tasks and hold the runs fixed (\"{HELD}\"): they say "
+                f"these two runs differ on tasks like these, not that the method would on another training run (give "
+                f"each method's seeds, NAME=FILE,FILE,..., for a test over seeds)")
+# under a table of seeds where a test over tasks x seeds says better or worse, and no too_few_note says this already
+TASKS_HELD_NOTE = (f"\"{HELD}\": the tests over tasks x seeds hold these training runs fixed: they say these runs "
+                   f"differ on tasks like these, not that the method wins on another seed (that is the test over "
+                   f"seeds)")
+
+
+def held(v: str) -> str:
+    """A test over tasks' verdict as the table prints it: better or worse only with HELD beside it."""
+    return f"{v} {HELD}" if v in ("better", "worse") else v
+
+
+def score_text(t: dict, resamples: int, units: str) -> str:
+    """The score against the first over tasks: the mean difference with its paired bootstrap interval, p and
+    verdict, or with fewer than t's bootstrap_min_pairs tasks the mean and "too few" (no interval, no p)."""
+    if t["score_verdict"] == TOO_FEW_PAIRS:
+        return (f"score {t['score_diff']:+.3f} ({t['paired_n']} {units if t['paired_n'] != 1 else units[:-1]}: too "
+                f"few for a bootstrap, which needs {t['bootstrap_min_pairs']})")
+    return (f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
+            f"(bootstrap {p_text(t['bootstrap_p'], resamples)}, {held(t['score_verdict'])})")
 
 
 def format_seeded(result: dict) -> str:
@@ -393,9 +461,8 @@ def format_seeded(result: dict) -> str:
             if t:
                 vs = (f"{t['paired_n']} tasks x {t['seeds_first']}|{t['seeds_this']} seeds: success "
                       f"{100 * t['success_diff']:+.1f} pts ({t['tasks_better']} tasks better, {t['tasks_worse']} "
-                      f"worse; sign-flip p={t['success_p']:.3g}, {t['success_verdict']}); "
-                      f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
-                      f"(bootstrap {p_text(t['bootstrap_p'], result['resamples'])}, {t['score_verdict']})")
+                      f"worse; sign-flip p={t['success_p']:.3g}, {held(t['success_verdict'])}); "
+                      f"{score_text(t, result['resamples'], 'tasks')}")
             if seed_cells:
                 vs = f"{seed_cells[i]:<{w_seed}}  {vs}"
             out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['seeds']:>5}  {r['n']:>5}  "
@@ -403,18 +470,58 @@ def format_seeded(result: dict) -> str:
         few = [s["seeds"] for s in by_seed if s and not s["enough_seeds"]]
         if few:
             out.append(f"  {TOO_FEW_SEEDS}: {too_few_note(result['alpha'], few)}")
+        elif any(held(r["vs_first"][k]) != r["vs_first"][k] for r in rows if r.get("vs_first")
+                 for k in ("success_verdict", "score_verdict")):
+            out.append(f"  {TASKS_HELD_NOTE}")
+        if any(by_seed):
+            out.append(f"  {POWER_NOTE}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
+POWER_NOTE = (f"over seeds, \"cannot be told from zero\": a smaller mean difference is detected with less than "
+              f"{POWER:.0%} power at these seeds (two-sided, at alpha), from the sd of the per-seed differences by the "
+              f"paired t-test's approximation (t quantiles); the exact sign-flip test has about that power from 8 "
+              f"seeds on and less with fewer (at 6, about {POWER:.0%} only at 1.25 times it). \"would need\": the "
+              f"seeds a mean difference of the observed size needs for {POWER:.0%} power, if the sd stays")
+
+
 def seed_text(s: dict, resamples: int) -> str:
-    """One method against the first over seeds, in a line: each seed's difference, how many are above, the mean with
-    its hierarchical bootstrap interval and p, the sign-flip test over seeds and its verdict."""
-    diffs = ", ".join(f"{100 * d:+.1f}" for d in s["diffs"])
-    return (f"{diffs} pts: {s['above']}/{s['seeds']} seeds above; mean {100 * s['mean_diff']:+.1f} "
-            f"[{100 * s['ci_low']:+.1f}, {100 * s['ci_high']:+.1f}] (hierarchical bootstrap "
-            f"{p_text(floored(s['bootstrap_p'], resamples), resamples)}; sign-flip over seeds "
-            f"p={s['sign_flip_p']:.3g}, {s['verdict']})")
+    """One method against the first over seeds, in a line: each seed's difference (beyond MAX_LISTED_SEEDS seeds
+    their sd), how many are above, the mean with its hierarchical bootstrap interval and p (with too few seeds for a
+    bootstrap claim, the mean alone), the sign-flip test over seeds with its floor and verdict, and the power over
+    these seeds (seed_power): the smallest detectable difference, and the seeds the observed mean would need."""
+    if s["seeds"] > MAX_LISTED_SEEDS:
+        diffs = f"{s['seeds']} seed differences, sd {100 * s['sd']:.1f} pts"
+    else:
+        diffs = ", ".join(f"{100 * d:+.1f}" for d in s["diffs"]) + " pts"
+    mean = f"mean {100 * s['mean_diff']:+.1f}"
+    if s.get("bootstrap_enough", True):
+        mean += (f" [{100 * s['ci_low']:+.1f}, {100 * s['ci_high']:+.1f}] (hierarchical bootstrap "
+                 f"{p_text(floored(s['bootstrap_p'], resamples), resamples)}; ")
+    else:
+        mean += f" (no bootstrap claim under {bootstrap_min_pairs(s.get('alpha', 0.05))} seeds; "
+    return (f"{diffs}: {s['above']}/{s['seeds']} seeds above; {mean}sign-flip over seeds p={s['sign_flip_p']:.3g}, "
+            f"{s['verdict']}){power_text(s)}")
+
+
+def power_text(s: dict) -> str:
+    """`; with S seeds (sign-flip floor P), differences under X pts cannot be told from zero (sd D); +Y pts would
+    need N seeds`, from seed_power (empty for a seed level computed without it). The floor is the smallest p the
+    sign-flip test over seeds can give, 2 / 2^S' over the S' seeds that differ (S' < S where some are tied)."""
+    if "detectable_diff" not in s:
+        return ""
+    tied = s["seeds"] - s["above"] - s["below"]   # a seed with no difference drops out of the sign-flip test
+    seeds = f"with {s['seeds']} seeds ({f'{tied} tied, ' if tied else ''}sign-flip floor {s['smallest_p']:.3g})"
+    if s["detectable_diff"] is None:
+        out = f"; {seeds} no difference can be told from zero"
+    else:
+        out = (f"; {seeds}, differences under {100 * s['detectable_diff']:.1f} pts cannot be told from zero (sd "
+               f"{100 * s['sd']:.1f})")
+    need = s["seeds_for_observed"]
+    if need is None:
+        return out + "; no number of seeds detects a mean of 0"
+    return out + f"; {100 * s['mean_diff']:+.1f} pts would need {need} seeds"
 
 
 def floored(p: float, resamples: int) -> float:
