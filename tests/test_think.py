@@ -480,3 +480,28 @@ def test_every_step_of_a_think_eval_over_http_has_a_thought(runner, stub):
     begun = [c for c in server.chats if c.get("continue_final_message") and c["messages"][-1]["content"] == "Thought:"]
     assert len(begun) == steps and {c["max_tokens"] for c in begun} == {300}
     assert "100.0% of steps had one" in result.stderr and "0.0% cut" in result.stderr
+
+
+@pytest.mark.parametrize("reply, kind", [(" up", "action"), ("", "empty")])
+def test_thoughts_that_stop_short_of_the_budget_are_not_told_to_take_a_larger_one(reply, kind):
+    """A model that answers `Thought:` with its action (as the demo's SR did: `search[...]`, then the end of its
+    reply) or with nothing never reaches `Action:`, well inside the budget: the warning says what it wrote instead,
+    and does not advise a larger --thought-tokens, which would change nothing."""
+    from eexp.stages.evaluate.summary import thought_warnings
+
+    class NoThought(CharPolicy):
+        def _generate_ids(self, ids, *, seed, temperature, top_p, max_tokens):
+            if "".join(map(chr, ids)).endswith("Thought:"):
+                return reply, "stop"
+            return super()._generate_ids(ids, seed=seed, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+
+    episodes, summary = think_run(NoThought(), thought_tokens=200)
+    steps = sum(e["steps"] for e in episodes)
+    assert summary["thoughts_cut"] == steps and summary["thoughts_stopped"][kind] == steps
+    warnings = thought_warnings(summary)
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"warning: {steps} of {steps} thoughts (100.0%) never reached `Action:` though they "
+                                  f"stopped short of the thought budget of 200 tokens: {steps} ")
+    assert {"action": "an action written where the thought belongs", "empty": "the model wrote no thought"}[kind] \
+        in warnings[0]
+    assert "does not change" in warnings[0] and "give a larger --thought-tokens" not in warnings[0]

@@ -2,23 +2,68 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
+import urllib.parse
+import urllib.request
+from importlib.metadata import PackageNotFoundError, distribution
+
 import click
 import orjson
 
 from eexp.cli.group import cli
 from eexp.cli.options import cluster_options, config_option, parse_env_args, shard_option
-from eexp.envs.base import WRAPPERS, make_env, registry, wrapper_class
+from eexp.envs.base import NEEDS, WRAPPERS, make_env, missing_modules, registry, wrapper_class
 from eexp.envs.check import check_installed
 from eexp.errors import EnvError
 from eexp.runner import StageIO
 from eexp.stages.expert import run_expert
 
 
+def eexp_requirement(extra: str) -> str:
+    """eexp with EXTRA, as pip installs it from where this eexp came from: the folder of an editable install (a
+    clone: `-e DIR[extra]`), the wheel file it was installed from, else the package index."""
+    try:
+        direct = json.loads(distribution("eexp").read_text("direct_url.json") or "null") or {}
+    except (PackageNotFoundError, ValueError):
+        direct = {}
+    url = direct.get("url", "")
+    if url.startswith("file:"):
+        path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+        editable = (direct.get("dir_info") or {}).get("editable")
+        return ("-e " if editable else "") + shlex.quote(f"{path}[{extra}]")
+    return shlex.quote(f"eexp[{extra}]")
+
+
+def install_command(name: str) -> str:
+    """The command that installs what environment `name` needs (NEEDS) into the Python that runs eexp."""
+    pip = f"{shlex.quote(sys.executable)} -m pip install"
+    extra = NEEDS[name][1]
+    if extra is None:   # BFCL's multi-turn checker, without the multi-GB dependencies it declares (install.sh)
+        return f"{pip} --no-deps 'bfcl-eval>=2025' mpmath"
+    return f"{pip} {eexp_requirement(extra)}"
+
+
+def not_installed(name: str) -> str | None:
+    """Why environment `name` cannot run here, with the command that installs what it needs; None: it can."""
+    missing = missing_modules(name)
+    if not missing:
+        return None
+    return f"not installed (no module {', '.join(missing)}): {install_command(name)}"
+
+
 def _listing() -> list[dict]:
-    """One row per registered environment; one that cannot load is listed with the reason. Then eexp's
-    environments over another one (WRAPPERS: dream), by the form of their name, with WORLD's splits."""
+    """One row per registered environment; one whose packages are missing is listed as not installed, with the
+    command that installs them, and one that cannot load with the reason. Then eexp's environments over another one
+    (WRAPPERS: dream), by the form of their name, with WORLD's splits."""
     rows = []
     for name, ep in sorted(registry().items()):
+        if missing_modules(name):
+            rows.append({"name": name, "available": False, "installed": False, "reason": not_installed(name),
+                         "missing": missing_modules(name), "install": install_command(name),
+                         "entry_point": ep.value})
+            continue
         try:
             cls = ep.load()
             rows.append({"name": name, "available": True, "version": cls.version, "splits": list(cls.splits),
@@ -58,8 +103,9 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
     """List the installed environments, describe one, or check one against the environment contract.
 
     Without NAME: each environment's version, splits and whether it can snapshot a state (otherwise states are
-    reached again by replaying actions). An environment that is registered but cannot load is listed as
-    unavailable, with the reason. With NAME: its action format, its splits with their task counts, and the
+    reached again by replaying actions). An environment whose packages are not installed (alfworld and tau2 are
+    extras of their own) is listed as not installed, with the command that installs them; one that is registered
+    but cannot load is listed as unavailable, with the reason. With NAME: its action format, its splits with their task counts, and the
     first observation and admissible actions of an example task.
 
     `dream:MODEL@WORLD` is the environment WORLD as a world model dreams it: WORLD's tasks and first observations,
@@ -107,12 +153,16 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
             if row["available"]:
                 click.echo(f"{row['name']:<{names}} {row['version']:<{width}} "
                            f"{'yes' if row['can_snapshot'] else 'no':<9} {', '.join(row['splits'])}")
+            elif row.get("installed") is False:
+                click.echo(f"{row['name']:<{names}} {row['reason']}")
             else:
                 click.echo(f"{row['name']:<{names}} unavailable: {row['reason']}")
         return
     if name in WRAPPERS:   # `eexp envs dream`: what the form means (an instance needs its MODEL@WORLD)
         click.echo(wrapper_class(name).help_text)
         return
+    if name in NEEDS and missing_modules(name):
+        raise EnvError(f"{name}: {not_installed(name)}")
     env = make_env(name, **env_args)
     try:
         info = describe(env, split)

@@ -8,6 +8,7 @@ environment against it.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 from typing import Any
@@ -210,6 +211,26 @@ def package_version(dist: str) -> str:
 def registry() -> dict[str, Any]:
     """name -> entry point, for every installed environment (eexp's own register the same way)."""
     return {ep.name: ep for ep in entry_points(group="eexp.envs")}
+
+
+# The Python modules eexp's own environments need beyond its core, and the extra of pyproject.toml that brings them
+# (None: BFCL's package, installed without its declared dependencies, as install.sh does). Their entry points load
+# without them (each module imports its package only when an instance is made), so `eexp envs` asks this table
+# which are installed. alfworld and tau2 are extras of their own, outside `all`: a default install lacks them.
+NEEDS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "textworld": (("textworld",), "all"),
+    "scienceworld": (("scienceworld",), "all"),
+    "miniwob": (("miniwob", "selenium"), "miniwob"),
+    "bfcl": (("bfcl_eval",), None),
+    "alfworld": (("alfworld", "fast_downward"), "alfworld"),
+    "tau2": (("tau2",), "tau2"),
+}
+
+
+def missing_modules(name: str) -> list[str]:
+    """The modules environment `name` needs (NEEDS) that are not installed: found, not imported (importing alfworld
+    makes folders)."""
+    return [m for m in NEEDS.get(name, ((), None))[0] if importlib.util.find_spec(m) is None]
 
 
 # eexp's environments over another environment, named `KIND:ARGUMENT` and read from that form (as a policy's kind is

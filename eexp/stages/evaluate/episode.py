@@ -36,6 +36,8 @@ class Play:
     seeds: list[int] = field(default_factory=list)
     admissibles: list[list[str] | None] = field(default_factory=list)
     thoughts_cut: int = 0    # steps whose thought never reached `Action:`
+    # of those, the ones that ended short of the thought budget: why, as thought_stop_kind says
+    thoughts_stopped: dict[str, int] = field(default_factory=lambda: {"empty": 0, "action": 0, "other": 0})
     unparsed: list[dict] = field(default_factory=list)
     invalid: int = 0
     critic_steps: list[dict] = field(default_factory=list)   # --critic: its candidates, scores and choice per step
@@ -222,6 +224,10 @@ class Evaluator:
         play.seeds.append(seed)
         play.thoughts.append(reply.thought)
         play.thoughts_cut += bool(reply.thought_cut)
+        if reply.thought_cut:
+            kind = thought_stop_kind(reply.thought, admissible, reply.action, (self.thought or {}).get("tokens"))
+            if kind:
+                play.thoughts_stopped[kind] += 1
         if reply.action is None:
             # Unparseable: still sent, so the policy sees the environment's own error observation.
             action = clip(reply.text or "", UNPARSED_CHARS)
@@ -249,6 +255,7 @@ class Evaluator:
         }
         if s.act == "think":  # steps whose thought never reached `Action:` (cut, the action chosen after it)
             meta_fields["thoughts_cut"] = play.thoughts_cut
+            meta_fields["thoughts_stopped"] = play.thoughts_stopped   # cut, but short of the budget: why
             meta_fields["thought_tokens"] = desc["thought_tokens"]   # the budget, and where it came from
         if self.critic is not None:   # the critic, and at each step its candidates, their scores and its choice
             meta_fields["critic"] = desc["critic"]
@@ -267,6 +274,24 @@ class Evaluator:
         if s.act == "think" or any(t is not None for t in play.thoughts):
             episode["thoughts"] = play.thoughts
         return episode
+
+
+def thought_stop_kind(thought: str | None, admissible: list[str] | None, action: str | None,
+                      budget: int | None) -> str | None:
+    """Why a thought that never reached `Action:` ended, when it was not the budget: "empty" (the model wrote no
+    thought), "action" (it wrote an action where the thought belongs: one of the step's admissible actions, or the
+    action chosen after it), "other" (it ended early otherwise); None: it may have run into the budget. A reply cut
+    at a budget of N tokens holds about N characters or more (a token decodes to one character or more, but for
+    pieces of a multi-byte character and whitespace stripped at the ends), so one under half that stopped by itself,
+    and a larger budget would not change it."""
+    text = (thought or "").strip()
+    if not text:
+        return "empty"
+    if text in (admissible or ()) or text == action:
+        return "action"
+    if budget and len(text) < budget / 2:
+        return "other"
+    return None
 
 
 def episode_trajectory(episode: dict, env_record: dict, admissibles: list[list[str] | None]) -> dict:

@@ -84,7 +84,7 @@ def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: in
                         policy=ordered[0]["policy"] if ordered else description["policy"])
     # The run's settings, as its episodes record them (less what is per episode).
     first_meta = ordered[0]["meta"] if ordered else {}
-    per_episode = ("seeds", "unparsed", "error", "thoughts_cut")
+    per_episode = ("seeds", "unparsed", "error", "thoughts_cut", "thoughts_stopped")
     summary["meta"] = {**{k: v for k, v in first_meta.items() if k not in per_episode}, "created_utc": utc_now()}
     if fleet is not None:
         summary["resent_requests"] = fleet.resent_requests

@@ -53,6 +53,9 @@ def summarize(episodes: list[dict], *, env: str, policy: str, split: str | None 
         summary["thought_steps"] = sum(thought_steps(e) for e in think)   # steps with a thought
         summary["thought_share"] = summary["thought_steps"] / think_steps if think_steps else 0.0
         summary["thoughts_cut_share"] = summary["thoughts_cut"] / think_steps if think_steps else 0.0
+        if all("thoughts_stopped" in e["meta"] for e in think):   # (episodes recorded before eexp told why: none)
+            summary["thoughts_stopped"] = {k: sum(e["meta"]["thoughts_stopped"][k] for e in think)
+                                           for k in ("empty", "action", "other")}
     groups: dict[str, list[dict]] = {}
     for e in episodes:
         if e["task"].get("category"):
@@ -119,13 +122,28 @@ def thought_warnings(summary: dict) -> list[str]:
                    f"examples or trained before eexp recorded it, or a server whose model file is not on this "
                    f"machine), so a thought may take --max-tokens {budget.get('tokens')} tokens; --thought-tokens N "
                    f"sets it")
-    if summary["thoughts_cut_share"] > MAX_CUT_SHARE:
-        steps = round(summary["mean_steps"] * summary["n"])
-        share = 100 * summary["thoughts_cut_share"]
-        out.append(f"warning: {summary['thoughts_cut']} of {steps} thoughts ({share:.1f}%, more than "
+    if summary["thoughts_cut_share"] <= MAX_CUT_SHARE:
+        return out
+    steps = round(summary["mean_steps"] * summary["n"])
+    stopped = summary.get("thoughts_stopped") or {}
+    early = sum(stopped.values())
+    at_budget = summary["thoughts_cut"] - early
+    # A thought that ended by itself short of the budget (no thought, or an action where the thought belongs) is
+    # not helped by a larger budget: the advice follows what most of the cut thoughts were.
+    if at_budget >= early or at_budget > MAX_CUT_SHARE * steps:
+        out.append(f"warning: {at_budget} of {steps} thoughts ({100 * at_budget / steps:.1f}%, more than "
                    f"{100 * MAX_CUT_SHARE:g}%) were cut at the thought budget of {budget.get('tokens')} tokens "
                    f"before they reached `Action:`, so their actions were chosen after an unfinished thought: give "
                    f"a larger --thought-tokens")
+    if early > at_budget or early > MAX_CUT_SHARE * steps:
+        why = [f"{n} {what}" for n, what in ((stopped.get("action", 0), "were an action written where the "
+                                              "thought belongs (the model answers `Thought:` with its action)"),
+                                             (stopped.get("empty", 0), "were empty (the model wrote no thought)"),
+                                             (stopped.get("other", 0), "ended early")) if n]
+        out.append(f"warning: {early} of {steps} thoughts ({100 * early / steps:.1f}%) never reached `Action:` "
+                   f"though they stopped short of the thought budget of {budget.get('tokens')} tokens: "
+                   f"{', '.join(why)}. The action was chosen after them; a larger --thought-tokens does not change "
+                   f"that (the model does not write a thought first; --act score chooses its action without one)")
     return out
 
 
