@@ -67,9 +67,11 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     quoted glob, NAME='runs/IL-s*.jsonl') names one method's runs, one file per seed; each method is then one row
     with its seeds' min-max and sd, tested against the first over seeds where both have the same number of files
     (file i against file i: each seed's difference, how many are above, a hierarchical bootstrap interval and an
-    exact sign-flip test over seeds, which cannot reach p < 0.05 with fewer than 6 seeds), then over tasks x seeds
-    (an exact sign-flip test on the per-task successes summed over seeds; with one seed each it is McNemar's exact
-    test).
+    exact sign-flip test over seeds, which cannot reach p < 0.05 with fewer than 6 seeds, and beside it the smallest
+    mean difference detectable at 80% power with these seeds and the seeds the observed difference would need), then
+    over tasks x seeds (an exact sign-flip test on the per-task successes summed over seeds; with one seed each it is
+    McNemar's exact test). A test over tasks holds the training runs fixed: its better or worse is "for these runs".
+    A bootstrap over fewer than 10 pairs (tasks, or seeds) gives the mean and "too few", no interval or p.
 
     \b
     Examples:

@@ -1,8 +1,10 @@
 """`eval --compare`: runs of a policy side by side, each with its 95% interval, and every run tested against the
 first over the tasks both ran (exact McNemar on success, seeded paired bootstrap on score); runs named NAME=FILES
 are the seeds of one method, pooled into one row and tested over seeds first (file i of a method against file i of
-the first: per-seed differences, a hierarchical bootstrap, an exact sign-flip test over seeds), then over tasks x
-seeds (exact sign-flip test).
+the first: per-seed differences, a hierarchical bootstrap, an exact sign-flip test over seeds, and its power: the
+smallest mean difference it detects at these seeds and the seeds the observed one would need), then over tasks x
+seeds (exact sign-flip test). A bootstrap over fewer pairs than eexp.stats.bootstrap_min_pairs makes no claim ("too
+few"), and a test over tasks, which holds the training runs fixed, says better or worse only "for these runs".
 
 `read_runs` reads the episode files (`NAME=FILE,FILE,...` and quoted globs included), `compare_runs` computes the
 comparison, `format_comparison` prints it and `plot_comparison` draws it. `world-model-eval --compare`
