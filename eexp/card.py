@@ -54,6 +54,7 @@ class Card:
     from_scratch: bool = False        # the weights began random (init-model, or trained from such a model)
     method: str | None = None         # full, lora, qlora
     precision: str | None = None      # bf16, fp32
+    gradient_checkpointing: str | None = None  # finetune, rl: "on: ..." or "off: ..." and why (asked, or estimated)
     phases: list = field(default_factory=list)  # [{name, updates, examples?, tokens?, truncated?, skipped?, ...}]
     updates: int | None = None
     best_step: int | None = None

@@ -450,7 +450,7 @@ def test_model_without_tokenizer(tiny_checkpoint, data, tmp_path, runner):
 def test_out_of_memory_gives_advice(tiny_checkpoint, data, tmp_path, runner, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    monkeypatch.setattr(recipe, "weighted_nll", oom)  # the name the recipe calls
+    monkeypatch.setattr(recipe, "example_nll", oom)  # the name the recipe calls
     result = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "out of memory at step 1" in result.output

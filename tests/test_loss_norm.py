@@ -124,9 +124,9 @@ def gradient(run: Finetune, micro: list[list], norm: str) -> tuple[float, torch.
     """(the update's loss, its gradient as one vector) for the update made of the micro-batches `micro`."""
     run.cfg = replace(run.cfg, loss_norm=norm)
     run.model.zero_grad(set_to_none=True)
-    loss_sum, _, _ = run._accumulate(micro)
+    loss_sum, _, _ = run._accumulate(micro)   # a device scalar: read here, as the loop reads it at a log row
     units = sum(run._units(e) for batch in micro for e in batch)
-    return loss_sum / units, torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+    return float(loss_sum) / units, torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
                                         for p in run.params])
 
 

@@ -99,8 +99,10 @@ class TrainerConfig:
                              "when trained in bf16: half the disk of the fp32 master weights), or bf16, fp32.",
                              choices=["auto", "bf16", "fp32"])
     gradient_checkpointing: bool | None = setting(None, "Recompute activations in the backward pass: a fraction of "
-                                                 "the activation memory, ~30% slower. Default: on with a CUDA GPU, "
-                                                 "off on CPU.",
+                                                 "the activation memory, ~30% slower. Default: off on CPU; on a GPU, "
+                                                 "on only where the memory a step needs without it, estimated from "
+                                                 "the model's shape and the largest micro-batch, exceeds 80% of the "
+                                                 "GPU's free memory. The card says which, and why.",
                                                  flag="--gradient-checkpointing/--no-gradient-checkpointing")
     attn_implementation: str | None = setting(None, "Attention kernel (transformers' attn_implementation): "
                                              "flash_attention_2 needs the flash-attn package and a CUDA GPU. Default: "
@@ -139,8 +141,8 @@ class FinetuneConfig(TrainerConfig):
         "weight_decay", "max_grad_norm", "batch_size", "grad_accum", "loss_norm", "max_length", "truncate", "seed",
         "val", "val_fraction", "eval_every", "keep_best", "save_every", "keep_checkpoints", "log_every",
         "warmup_data", "warmup_epochs", "warmup_steps", "warmup_lr", "precision", "save_dtype",
-        "gradient_checkpointing", "attn_implementation", "export_gguf", "quant", "trust_remote_code", "resume",
-        "on_error", "quiet")
+        "gradient_checkpointing", "attn_implementation", "packing", "export_gguf", "quant", "trust_remote_code",
+        "resume", "on_error", "quiet")
 
     train_files: list[str] = setting(argument=True, metavar="TRAIN.jsonl...")
     objective: str = setting("sft", "sft: the likelihood of the assistant turns of training examples (IL, IWM, SR). "
@@ -188,6 +190,11 @@ class FinetuneConfig(TrainerConfig):
     warmup_lr: float | None = setting(None, "Learning rate of the warm-up phase (default: --lr).")
     on_error: str = setting("fail", "On a bad example: stop (exit 1), or skip it and count it.",
                            choices=["fail", "skip"])
+    packing: bool = setting(False, "Padding-free micro-batches: a micro-batch's examples end to end in one row, each "
+                           "attending to itself alone (its positions restart at 0), so no padding is computed "
+                           "(TRL's padding_free). The updates' examples and each example's loss are unchanged. Fast "
+                           "with --attn-implementation flash_attention_2 on a GPU (variable-length kernel); under sdpa "
+                           "or eager a block-diagonal mask over the whole row, which costs more than it saves.")
 
 
 # The default peak learning rates: (full training of a pretrained model, LoRA, full training of a model whose weights

@@ -77,6 +77,67 @@ def count_parameters(folder: str) -> int:
     return total
 
 
+def model_dims(config) -> tuple[int, int, int, int, int]:
+    """(hidden size, layers, MLP width, vocabulary, attention heads) of a transformers config (Llama / Qwen2 names,
+    or GPT-2's)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None) or 1024
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None) or 24
+    inner = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
+    vocab = getattr(text, "vocab_size", None) or 32000
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None) or max(hidden // 64, 1)
+    return hidden, layers, inner, vocab, heads
+
+
+def activation_bytes_per_token(config, method: str, bf16: bool) -> int:
+    """The activations backward keeps for one token of one micro-batch, all layers together, without gradient
+    checkpointing: about 6 x hidden + 4 x intermediate values a layer (norms, q/k/v, attention output, the MLP's
+    gate, up and product), and with LoRA the dropped-out input of each adapted layer (about 4 x hidden +
+    intermediate more), in bf16 under autocast, else fp32. Fitted to the plain loop of issue 62 on an H100 (a 1B
+    Llama shape, LoRA on every linear layer, batch 8: 9.7 GiB at peak), so an estimate, not a measurement."""
+    hidden, layers, inner, _, _ = model_dims(config)
+    values = 6 * hidden + 4 * inner + ((4 * hidden + inner) if method != "full" else 0)
+    return values * layers * (2 if bf16 else 4)
+
+
+def training_memory(config, n_params: int, *, method: str, bf16: bool, rows: int, row_tokens: int, kept: int,
+                    lora_rank: int = 16, attn: str | None = None, processes: int = 1) -> dict[str, int]:
+    """Bytes a training step needs at its largest micro-batch (`rows` x `row_tokens`, logits at `kept` positions a
+    row) without gradient checkpointing, by part: the weights (fp32 for a full fine-tune, bf16 for a LoRA base
+    under bf16, 4-bit for QLoRA), gradients and AdamW state (of every weight, or of the adapter's), activations, and
+    the logits (bf16, their fp32 copy and its gradient). Under FSDP (`processes`) the weights and state are
+    divided; activations are each process's own."""
+    hidden, layers, inner, vocab, heads = model_dims(config)
+    per_weight = {"full": 4, "qlora": 0.6}.get(method, 2 if bf16 else 4)
+    adapter = lora_rank * layers * (9 * hidden + 3 * inner)  # q, k, v, o, gate, up, down: in + out each
+    state = n_params * 12 if method == "full" else adapter * 16
+    activations = rows * row_tokens * activation_bytes_per_token(config, method, bf16)
+    if attn == "eager":  # the attention weights themselves (softmax and its dropout), every head and layer
+        activations += rows * heads * row_tokens * row_tokens * layers * (2 if bf16 else 4) * 2
+    return {"weights": int(n_params * per_weight) // processes, "state": int(state) // processes,
+            "activations": int(activations), "logits": int(rows * kept * vocab * 10)}
+
+
+# Gradient checkpointing goes on by default where the estimate (training_memory) exceeds this share of the GPU's
+# free memory: the rest is for the allocator's fragmentation and what the estimate leaves out.
+CHECKPOINT_ABOVE = 0.8
+
+
+def checkpointing_default(parts: dict[str, int], free: int) -> tuple[bool, str]:
+    """(gradient checkpointing on?, why), from `training_memory`'s estimate and the GPU's free memory."""
+    need = sum(parts.values())
+    said = (f"about {_gib(need)} without it (activations {_gib(parts['activations'])}, weights "
+            f"{_gib(parts['weights'])}, gradients and optimizer {_gib(parts['state'])}, logits "
+            f"{_gib(parts['logits'])}; estimated) against {_gib(free)} free on the GPU")
+    if need > CHECKPOINT_ABOVE * free:
+        return True, f"on: {said}"
+    return False, f"off: {said}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024 ** 3:.1f} GiB"
+
+
 def enable_tf32(device) -> None:
     """TF32 matrix products on an Ampere or newer GPU (fp32 math on tensor cores: ~8x faster, 10-bit mantissa),
     for what autocast leaves in fp32."""

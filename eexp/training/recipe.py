@@ -44,7 +44,7 @@ from safetensors.torch import load_file
 from eexp.card import check_serializer
 from eexp.errors import TrainingError, UsageProblem
 from eexp.runner import progress_bar
-from eexp.training.batches import collate, examples_per_update, phase_updates, updates_per_epoch, weighted_nll
+from eexp.training.batches import collate_rows, example_nll, examples_per_update, phase_updates, updates_per_epoch
 from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, objective_class
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
 from eexp.training.model import OOM_ADVICE, _is_oom, check_model_dir
@@ -54,6 +54,8 @@ from eexp.training.trainer import Trainer
 
 class SFT:
     """The weighted negative log-likelihood of the target tokens (the assistant turns) of training examples."""
+
+    OPTIONS = ("packing",)   # --packing: the padding-free rows of this loss (batches.collate_rows)
 
     def check(self, cfg: FinetuneConfig) -> None:
         """Nothing beyond the recipe's own checks."""
@@ -78,12 +80,11 @@ class SFT:
     def batch_loss(self, run, batch: list):
         """Weight x negative log-likelihood of the target tokens, summed (--loss-norm token), or each example's mean
         over its target tokens, summed over the examples (--loss-norm example)."""
-        ids, mask, weights = collate(batch, run.pad_id, run.device)
-        per_example = weighted_nll(run.model, ids, mask, weights, per_example=True)
+        rows = collate_rows(batch, run.pad_id, run.device, packed=run.cfg.packing)  # --packing: one row
+        per_example = example_nll(run.model, rows)
         if run.cfg.loss_norm == "example":
-            per_example = per_example / torch.tensor([max(e.n_targets, 1) for e in batch], dtype=per_example.dtype,
-                                                     device=per_example.device)
-        return per_example.sum(), int(mask.sum()), {}
+            per_example = per_example / rows.n_targets
+        return per_example.sum(), rows.tokens, {}
 
     def prepare(self, run) -> None:
         """Nothing: the loss needs only the weights being trained."""
@@ -146,6 +147,8 @@ class Finetune(Trainer):
             raise UsageProblem("--keep-best needs validation data (--val FILE or --val-fraction F)")
         if cfg.objective != "dpo" and cfg.beta != FinetuneConfig.beta:
             raise UsageProblem("--beta is the DPO loss's; give --objective dpo")
+        if cfg.objective != "sft" and cfg.packing:  # SFT.OPTIONS
+            raise UsageProblem("--packing: only with --objective sft (the likelihood loss's rows)")
         if cfg.adapter and cfg.lora_targets != ["all-linear"]:
             raise UsageProblem("--adapter continues an existing adapter with its own target modules; drop "
                                "--lora-targets")
@@ -182,6 +185,18 @@ class Finetune(Trainer):
                 digest.update(orjson.dumps(self.objective.example_key(e)))
         options = {k: v for k, v in cfg.options().items() if k not in RESUME_FREE}
         self.fingerprint = {"options": options, "data": digest.hexdigest()}
+
+    def _activation_shape(self) -> tuple[int, int, int]:
+        """The largest micro-batch for the memory estimate behind --gradient-checkpointing's default: --batch-size
+        rows of the longest sequence (a DPO pair is two), logits at the targets of every row (the positions kept are
+        the union over the rows); packed, one row of them all."""
+        seqs = [s for d in self.data.values() for e in d.examples
+                for s in ((e.chosen, e.rejected) if hasattr(e, "chosen") else (e,))]
+        rows = self.cfg.batch_size * len(seqs) // sum(len(d.examples) for d in self.data.values())
+        longest, targets = max(s.length for s in seqs), max(s.n_targets for s in seqs)
+        if self.cfg.packing:
+            return 1, rows * longest, rows * targets
+        return rows, longest, min(longest, rows * targets)
 
     # -- the objective (eexp.training.objective): what the data is and what one micro-batch adds to the loss --
 
@@ -298,13 +313,10 @@ class Finetune(Trainer):
                 loss_sum, extra_sum, tokens = self._accumulate(examples, autocast)
                 window_tokens += tokens
                 self._clip_gradients()
-                if self.acc:
-                    loss_sum = float(self.acc.reduce(torch.tensor(loss_sum, device=self.device), "sum"))
-                    extra_sum = {name: float(self.acc.reduce(torch.tensor(v, device=self.device), "sum"))
+                if self.acc:  # device tensors: read on the host at the next log row, not here
+                    loss_sum = self.acc.reduce(self._on_device(loss_sum), "sum")
+                    extra_sum = {name: self.acc.reduce(self._on_device(v), "sum")
                                  for name, v in sorted(extra_sum.items())}
-                    window_tokens_all = int(self.acc.reduce(torch.tensor(window_tokens, device=self.device), "sum"))
-                else:
-                    window_tokens_all = window_tokens
                 lr = self.scheduler.get_last_lr()[0]
                 self.optimizer.step()
                 self.scheduler.step()
@@ -323,6 +335,11 @@ class Finetune(Trainer):
             window_extra.append({name: v / max(n_units, 1) for name, v in extra_sum.items()})
             bar.update(1)
             if step % self.log_every == 0 or self.state["phase_step"] == steps:
+                # the one wait for the device per log row: the losses of the window, read together
+                window_loss = self._floats(window_loss)
+                window_extra = [dict(zip(u, self._floats(list(u.values())))) for u in window_extra]
+                window_tokens_all = (int(self.acc.reduce(torch.tensor(window_tokens, device=self.device), "sum"))
+                                     if self.acc else window_tokens)
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens_all / elapsed if elapsed > 0 else 0.0
                 row = {"step": step, "phase": phase, "epoch": round(self.state["phase_step"] /
@@ -357,6 +374,8 @@ class Finetune(Trainer):
         # backward and FSDP gathers weights at each forward, so a process short of micro-batches in the last update
         # of an epoch (3 micro-batches for 2 processes x --grad-accum 2) repeats one with zero weight.
         rounds = math.ceil(len(examples) / self.world)
+        # The sums stay on the device (float64, as the floats they were once read into): reading a loss per
+        # micro-batch would make the host wait for the device at every one.
         loss_sum, extra_sum, tokens_sum = 0.0, {}, 0
         for k in range(rounds):
             real = k < len(mine)
@@ -369,11 +388,19 @@ class Finetune(Trainer):
                 self.acc.backward(loss)
             else:
                 loss.backward()
-            loss_sum += float(nll.detach()) if real else 0.0
-            tokens_sum += tokens if real else 0
+            if real:
+                loss_sum = loss_sum + nll.detach().double()
+                tokens_sum += tokens
             for name, value in extra.items():
-                extra_sum[name] = extra_sum.get(name, 0.0) + (float(value) if real else 0.0)
+                extra_sum[name] = extra_sum.get(name, 0.0) + (value.detach().double() if real else 0.0)
         return loss_sum, extra_sum, tokens_sum
+
+    def _on_device(self, value) -> torch.Tensor:
+        return torch.as_tensor(value, dtype=torch.float64, device=self.device)
+
+    def _floats(self, values: list) -> list[float]:
+        """Device scalars (or plain numbers) as floats, in one transfer."""
+        return torch.stack([self._on_device(v) for v in values]).tolist() if values else []
 
     def _validate(self) -> float:
         self.model.eval()

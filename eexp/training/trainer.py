@@ -35,7 +35,7 @@ import orjson
 import torch
 import yaml
 from safetensors import SafetensorError
-from transformers import get_scheduler
+from transformers import AutoConfig, get_scheduler
 
 from eexp import __version__
 from eexp.card import Card, read_card, write_card
@@ -46,7 +46,8 @@ from eexp.models.import_gguf import import_gguf
 from eexp.policies.files import content_hash, hub_id, resolve_hub_model
 from eexp.training import checkpoint
 from eexp.training.config import TrainerConfig, check_full_fits, from_scratch
-from eexp.training.model import _accelerator, count_parameters, enable_tf32, load_model, load_tokenizer
+from eexp.training.model import (_accelerator, checkpointing_default, count_parameters, enable_tf32, load_model,
+                                 load_tokenizer, training_memory)
 
 
 class Trainer:
@@ -87,10 +88,10 @@ class Trainer:
         """The config that names the checkpoint folder to load: cfg itself; when --model is a Hub id, a copy naming
         its snapshot in the Hugging Face cache (the card records the id and the revision); when it is a GGUF file, a
         copy naming its import (made once into the cache by eexp.models.import_gguf; the main process imports, the
-        others find it there). The card still records the GGUF as the base. Every resolved option (gradient
-        checkpointing: on with CUDA unless turned off) is in the copy."""
+        others find it there). The card still records the GGUF as the base. Gradient checkpointing is resolved when the
+        model is loaded (`_load_model`)."""
         self.base_gguf = self.base_hub = None
-        resolved = replace(self.cfg, gradient_checkpointing=self.checkpointing)
+        resolved = self.cfg
         if hub_id(self.cfg.model):
             try:
                 self.base_hub = resolve_hub_model(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code)
@@ -112,12 +113,35 @@ class Trainer:
         self.echo(f"base model: {self.cfg.model}, imported as {folder}")
         return replace(resolved, model=str(folder))
 
-    @property
-    def checkpointing(self) -> bool:
-        """--gradient-checkpointing as resolved: on with a CUDA GPU unless turned off, off on CPU unless asked."""
-        if self.cfg.gradient_checkpointing is not None:
-            return self.cfg.gradient_checkpointing
-        return self.device.type == "cuda"
+    def _checkpointing(self) -> tuple[bool, str]:
+        """--gradient-checkpointing as resolved, and why: as asked; else off on CPU; else on a GPU, on only where
+        the step's memory without it, estimated from the model's shape and the largest micro-batch
+        (`_activation_shape`), would not fit the GPU's free memory (eexp.training.model.training_memory); a recipe
+        that cannot say its micro-batches keeps it on."""
+        cfg = self.cfg
+        if cfg.gradient_checkpointing is not None:
+            return cfg.gradient_checkpointing, ("on: asked (--gradient-checkpointing)" if cfg.gradient_checkpointing
+                                                else "off: asked (--no-gradient-checkpointing)")
+        if self.device.type != "cuda":
+            return False, "off: not on a CUDA GPU (the default there)"
+        shape = self._activation_shape()
+        if shape is None:
+            return True, "on: the default on a GPU for this command (no estimate of its micro-batches)"
+        rows, row_tokens, kept = shape
+        try:
+            config = AutoConfig.from_pretrained(self.model_cfg.model, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as e:
+            return True, f"on: the model's shape is unknown ({str(e).splitlines()[0] if str(e) else e})"
+        parts = training_memory(config, count_parameters(self.model_cfg.model), method=cfg.method, bf16=self.bf16,
+                                rows=rows, row_tokens=row_tokens, kept=kept, lora_rank=cfg.lora_rank,
+                                attn=cfg.attn_implementation, processes=self.world if self.sharded else 1)
+        free = torch.cuda.mem_get_info(self.device)[0]
+        return checkpointing_default(parts, free)
+
+    def _activation_shape(self) -> tuple[int, int, int] | None:
+        """(rows, tokens a row, positions whose logits are computed a row) of the recipe's largest micro-batch, for
+        the memory estimate behind the default of --gradient-checkpointing; None: unknown (the recipe's)."""
+        return None
 
     def _check_memory(self) -> None:
         """On a GPU, refuse a full fine-tune whose weights, gradients and AdamW state cannot fit (eexp.training.config
@@ -155,6 +179,9 @@ class Trainer:
     def _load_model(self):
         """The model to train (eexp.training.model.load_model: full, LoRA or QLoRA), made after seeding torch and
         `random` with --seed (a fresh LoRA adapter's initial weights come from it)."""
+        on, self.checkpointing_why = self._checkpointing()
+        self.model_cfg = replace(self.model_cfg, gradient_checkpointing=on)
+        self.echo(f"gradient checkpointing {self.checkpointing_why}")
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)
         return load_model(self.model_cfg, self.device, self.bf16, sharded=self.sharded)
@@ -307,7 +334,8 @@ class Trainer:
                     base_import=os.path.abspath(self.model_cfg.model) if self.base_gguf else None,
                     base_revision=self.base_hub.revision if self.base_hub else None,
                     from_scratch=from_scratch(self.model_cfg.model), method=self.cfg.method,
-                    precision="bf16" if self.bf16 else "fp32", phases=phases, updates=self.state["global_step"],
+                    precision="bf16" if self.bf16 else "fp32", gradient_checkpointing=self.checkpointing_why,
+                    phases=phases, updates=self.state["global_step"],
                     best_step=self.state.get("best_step"), best_val_loss=self.state.get("best_val"),
                     # the longest thought trained, here or before (a base that was itself trained on SR examples)
                     thought_tokens=max(self._thoughts_trained()
