@@ -10,6 +10,8 @@ Each class says what happened, so code that catches one catches that and nothing
       UsageProblem         exit 2: a combination of options click cannot check on its own (the one usage error)
       WriteError           an output that cannot be written (a full disk, a read-only folder): `FILE: cannot write
                            (reason)` (eexp.io)
+      OutputBusy           an output file or folder another eexp run is writing: `FILE: another eexp run (pid N) is
+                           writing this file; ...` (eexp.io.lock_output)
       PolicyError          a model or server that cannot be loaded or used: a missing or corrupt model, an endpoint
                            that is down (eexp.policies)
         EndpointDown       a policy server that stopped answering mid-run (eexp.policies.http, eexp.policies.fleet)
@@ -22,7 +24,7 @@ Each class says what happened, so code that catches one catches that and nothing
       TrainingError        finetune and rl: no data, out of memory, disk full (eexp.training, eexp.rl)
       CardError            a model card that cannot be read (eexp.card)
       SerializerError      serializer settings that cannot be used (eexp.prompts)
-      HubError             a Hugging Face Hub id that cannot be used (eexp.policies.files)
+      HubError             a Hugging Face Hub id that cannot be used (eexp.files)
 
 Every class a person can meet is defined here, and imported from here alone (tests/test_errors.py checks both), with
 one family of exceptions: the errors of reaching a recorded state (eexp.envs.reach: ReachError, StepTimeout,
@@ -46,6 +48,14 @@ MAX_FAILED_SHARE = 0.05
 
 class EexpError(Exception):
     exit_code = 1
+
+
+class Terminated(BaseException):
+    """SIGTERM while a stage's worker processes run (eexp.workers.Pool), raised in the main thread: the run stops as
+    on Ctrl-C (every `except BaseException` on the way keeps the lines written whole, the workers are stopped and
+    their semaphores released; killed at once, the parent left Python's "leaked semaphore objects" warning behind);
+    the CLI says `eexp: terminated` and exits 143 (128 + SIGTERM). Not a KeyboardInterrupt, which click would turn
+    into Abort, nor an EexpError: a signal, not a problem to report."""
 
 
 class InputError(EexpError):
@@ -94,6 +104,20 @@ class WriteError(EexpError):
 
     def __reduce__(self):   # from a worker process: made again from what it was made of
         return type(self), (OSError(self.errno, self.strerror), self.path, self.note)
+
+
+class OutputBusy(EexpError):
+    """An output file (or a finetune's output folder) that another eexp run holds locked, refused at start: two
+    writers of one file would lose or duplicate records. `pid` is the holder's, where the system says it."""
+
+    def __init__(self, path: str, pid: int | None = None, folder: bool = False):
+        self.path, self.pid, self.folder = path, pid, folder
+        who = f"another eexp run (pid {pid})" if pid else "another eexp run"
+        what = "into this folder" if folder else "this file"
+        super().__init__(f"{path}: {who} is writing {what}; wait for it to end, or give another -o")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.pid, self.folder)
 
 
 class PolicyError(EexpError):

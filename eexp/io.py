@@ -3,7 +3,8 @@
 Reading names `FILE:LINE` on every problem; writing emits one whole line per record and flushes when asked (after
 each input's outputs), so a downstream stage sees records as they are made and an interrupted run never leaves half a
 line behind. `prepare_resume` makes an output file safe to append to; `write_atomic` writes a whole file or leaves
-the old one. How a stage runs over them (the `Stage` shape, `StageIO`, --shard, --stats) is eexp.runner.
+the old one. `lock_output` keeps a second run from writing an output this one writes (a Writer takes it on its file).
+How a stage runs over them (the `Stage` shape, `StageIO`, --shard, --stats) is eexp.runner.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import io
 import os
 import stat
 import sys
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import orjson
 
-from eexp.errors import EmptyFile, InputError, MissingFile, WriteError
+from eexp.errors import EmptyFile, InputError, MissingFile, OutputBusy, WriteError
 from eexp.records import KIND_PLURALS, kind_of, type_name
 
 
@@ -136,6 +138,131 @@ def read_records(paths: Iterable[str]) -> Iterator[dict]:
 STDOUT_NAME = "<stdout>"
 
 
+# --- one writer per output ---------------------------------------------------------------------------------------
+# Two runs writing one file lose or duplicate records (two `mix -o same.jsonl`, two `rollout -o out.jsonl --resume`),
+# so every output file a stage writes (-o, a side output) and a finetune's output folder is locked with flock(2) while
+# it is written: a second writer is refused at start (OutputBusy, naming the holder's pid). The kernel drops a flock
+# when the process that holds it ends, however it ends (kill -9 too): a lock left by a killed run is no lock, and
+# the next run simply takes it over; there is no lock file to find stale or to remove. The lock is on the output
+# itself (a folder's own descriptor), so nothing is left beside it. A process keeps one locked descriptor per file
+# (_HELD): two flocks of one file in one process would refuse each other (prepare_resume's, then the Writer's).
+
+
+@dataclass
+class _Held:
+    fd: int
+    path: str
+    created: bool   # this run made the (empty) file: a run that ends before writing anything removes it again
+
+
+_HELD: dict[tuple[int, int], _Held] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def lock_output(path: str, folder: bool = False) -> tuple[int, int] | None:
+    """Lock output `path` for this process: a file (made, empty, where it is missing) or, with `folder`, a directory.
+    Returns the key to give unlock_output, or None where nothing is locked: a device or a fifo (two runs may both
+    write -o /dev/null), a path of the other kind or one that cannot be opened (the caller's own open says why), a
+    filesystem or system without flock. Raises OutputBusy when another process holds the lock."""
+    if fcntl is None:
+        return None
+    for _ in range(8):   # again when the path is removed or replaced between our open and our lock
+        created = False
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError:
+            return None
+        if st is None:
+            if folder:
+                return None
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                created = True
+            except FileExistsError:
+                continue
+            except OSError:
+                return None
+        else:
+            if not (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)):
+                return None
+            with _HELD_GUARD:
+                if (st.st_dev, st.st_ino) in _HELD:
+                    return st.st_dev, st.st_ino   # this process holds it already
+            fd = _open_to_lock(path)
+            if fd is None:
+                return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.fstat(fd).st_ino)
+            os.close(fd)
+            raise OutputBusy(path, holder, folder) from None
+        except OSError:   # no locks on this filesystem (ENOLCK): written unlocked, as before
+            os.close(fd)
+            return None
+        mine = os.fstat(fd)
+        key = (mine.st_dev, mine.st_ino)
+        try:
+            there = os.stat(path)
+        except OSError:
+            there = None
+        if there is None or (there.st_dev, there.st_ino) != key:
+            os.close(fd)   # we locked a file no longer at `path` (a refused run removed the one it made)
+            continue
+        with _HELD_GUARD:
+            _HELD[key] = _Held(fd, os.path.abspath(path), created)
+        return key
+    return None
+
+
+def unlock_output(key: tuple[int, int] | None, discard_empty: bool = False) -> None:
+    """Release lock_output's lock. With `discard_empty` (the run ended in an error), a file this run made and left
+    empty is removed first, still under the lock: a run refused at start leaves no output behind."""
+    if key is None:
+        return
+    with _HELD_GUARD:
+        held = _HELD.pop(key, None)
+    if held is None:
+        return
+    try:
+        if discard_empty and held.created:
+            with contextlib.suppress(OSError):
+                st = os.stat(held.path)
+                if (st.st_dev, st.st_ino) == key and st.st_size == 0:
+                    os.unlink(held.path)
+    finally:
+        os.close(held.fd)
+
+
+def _open_to_lock(path: str) -> int | None:
+    """A descriptor of `path` to hold its lock by (flock needs no particular mode: a write-only file too)."""
+    for flags in (os.O_RDONLY, os.O_WRONLY):
+        try:
+            return os.open(path, flags | os.O_CLOEXEC)
+        except OSError:
+            continue
+    return None
+
+
+def _holder(inode: int) -> int | None:
+    """The pid holding a flock on the file with this inode, from Linux's /proc/locks (`1: FLOCK ADVISORY WRITE PID
+    MAJ:MIN:INODE 0 EOF`; a waiter's line has `->` after the number); None where it cannot be told."""
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            with contextlib.suppress(ValueError):
+                if int(fields[4]) != os.getpid():
+                    return int(fields[4])
+    return None
+
+
 class Writer:
     """One whole line per record, flushed at once. `-`/None means stdout.
 
@@ -150,14 +277,17 @@ class Writer:
         self.resumable = resumable and self.path is not None
         self.failed = False
         self.pending: list[bytes] = []
+        self.lock = None
         if self.path is None:
             self.stream = sys.stdout.buffer
         else:
+            self.lock = lock_output(self.path)   # before "wb" empties the file: another run may be writing it
             try:
                 # unbuffered: each flush writes exactly the pending whole lines, and nothing is left in a buffer
                 # that a later close() could write after the file was cut back
                 self.stream = open(self.path, "ab" if append else "wb", buffering=0)
             except OSError as e:
+                unlock_output(self.lock, discard_empty=True)
                 raise WriteError(e, self.path) from None
         self.whole = self._position()  # the offset just after the last whole line; None where unknown
 
@@ -242,26 +372,31 @@ class Writer:
                 note += ", continue with --resume"
         raise WriteError(err, self.name, note) from None
 
-    def close(self) -> None:
+    def close(self, discard_empty: bool = False) -> None:
+        """Write what is pending, close, and release the lock. `discard_empty`: the run ended in an error, and a file
+        it made and wrote nothing into is removed (a run refused at start leaves no output file)."""
         try:
             self.flush()
         finally:
             if self.path is not None:
                 self.stream.close()
+                lock, self.lock = self.lock, None
+                unlock_output(lock, discard_empty)
 
 
 @contextlib.contextmanager
 def closing(*writers: Writer | None, then: Callable[[], None] | None = None):
     """Close `writers` (None ones skipped), then call `then` (write --stats), when the block ends. When it ends in an
     error (a full disk, Ctrl-C), that error is the one reported: a second one while closing (the same full disk
-    under --stats) is not allowed to hide it."""
+    under --stats) is not allowed to hide it; and an output file the run made but wrote nothing into goes again (a run
+    refused at its first record, such as a τ² rollout whose user simulator is down, leaves no 0-byte file)."""
     try:
         yield
     except BaseException:
         for writer in writers:
             if writer is not None:
                 with contextlib.suppress(WriteError):
-                    writer.close()
+                    writer.close(discard_empty=True)
         if then is not None:
             with contextlib.suppress(WriteError):
                 then()
@@ -309,6 +444,7 @@ def prepare_resume(path: str, key: Callable[[dict], str] = lambda r: r.get("sour
         return set()
     if os.path.isdir(path):
         raise InputError("is a directory, not a JSONL file", path)
+    lock_output(path)   # held on into the Writer that appends to it: no other run may cut or extend it meanwhile
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -322,7 +458,8 @@ def prepare_resume(path: str, key: Callable[[dict], str] = lambda r: r.get("sour
             try:
                 record = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                raise InputError("cannot resume: the file has a line that is not JSON", path) from None
+                raise InputError("cannot resume: the line is not JSON (fix or remove it, then --resume again)", path,
+                                 lineno) from None
             if not isinstance(record, dict):
                 raise InputError("cannot resume: the line is not a JSON object", path, lineno)
             if kind is not None:

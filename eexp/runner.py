@@ -292,7 +292,7 @@ class StageIO:
     def closing(self, *writers: Writer | None):
         """Close `writers` and the side outputs, then write --stats, when the block ends; an error in flight is the
         one reported."""
-        return closing(*writers, then=self._end)
+        return closing(*writers, *self.side, then=self._end)
 
     def _end(self) -> None:
         try:

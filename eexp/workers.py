@@ -10,6 +10,9 @@ finishes first. What every stage needs of its workers is in it, once:
   parent stops them (`terminate`) and exits 130 with whole lines written.
 - `terminate()` stops the workers at once, dropping the work in flight (an interrupted run's `--resume` makes it
   again); `close()` waits for what was submitted, then lets the workers go (their `cleanup` runs).
+- SIGTERM to the parent (a job's time limit, `kill`) is an interrupt while the pool lives (`_sigterm_raises`): the
+  parent stops the workers as for Ctrl-C and exits 143 with one line, `eexp: terminated`; killed at once it left
+  the resource tracker to warn of "leaked semaphore objects".
 - A worker dies with its parent (`kill -9`, OOM): `die_with_parent` below, with `cleanup` run first.
 - An error of `setup` is raised, with its message, by every task of that worker, in the parent, in its turn.
 - At most 2 x jobs results wait for an older one (`ready` waits for the oldest past that), so memory stays bounded.
@@ -46,6 +49,8 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from eexp.errors import Terminated
 
 PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 1.0
@@ -222,6 +227,26 @@ def _started() -> None:
     """A task that only makes a worker start (and run its setup)."""
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _sigterm_raises():
+    """Make SIGTERM raise Terminated in the main thread (where it had its default, killing, disposition); returns
+    what to restore, or None where nothing changed (another thread, or a handler someone else installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return signal.SIG_DFL
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Pool:
     """`jobs` spawned worker processes, each with the state `setup(*args)` made in it (`cleanup(state)` when it
     goes); see the module's docstring. A context manager: an exception out of the block terminates."""
@@ -232,6 +257,7 @@ class Pool:
             raise ValueError(f"a pool needs at least one worker, got {jobs}")
         self.jobs = jobs
         self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        self._sigterm = _sigterm_raises()
         self._executor = concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
             initargs=(setup, args, cleanup))
@@ -264,6 +290,8 @@ class Pool:
             self._executor.shutdown(wait=True)
             self._executor = None
         self.pending.clear()
+        self._sigterm, previous = None, self._sigterm
+        _restore_sigterm(previous)
 
     def terminate(self) -> None:
         if self._executor is None:
@@ -284,6 +312,8 @@ class Pool:
                 process.join(10)
         with contextlib.suppress(Exception):
             executor.shutdown(wait=True)   # the executor's own thread notices the workers gone and ends
+        self._sigterm, previous = None, self._sigterm
+        _restore_sigterm(previous)
 
     def __enter__(self) -> "Pool":
         return self

@@ -396,3 +396,37 @@ def test_a_ctrl_c_keeps_the_whole_lines_written_and_only_those(tmp_path, monkeyp
         writer.write({"id": "second"})
     writer.close()
     assert [r["id"] for r in records(out)] == kept
+
+
+# --- issue 65: a torn middle line on --resume, SIGTERM under -j --------------------------------------------------
+
+def test_resume_names_the_line_that_is_not_json(data, tmp_path):
+    """A torn line in the middle (not the last: that one is cut off and done again) is named by its number."""
+    out = tmp_path / "outcomes.jsonl"
+    lines = Path(data["outcomes"]).read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:3]) + lines[3][:40] + b"\n" + b"".join(lines[4:]))
+    before = out.read_bytes()
+    result = invoke(["rollout", data["branches"], "-o", out, "--resume", "-q"])
+    assert_error(result, f"{out}:4: cannot resume: the line is not JSON (fix or remove it, then --resume again)")
+    assert out.read_bytes() == before
+
+
+def test_sigterm_to_eval_with_workers_is_one_line(tmp_path):
+    """SIGTERM (a job's time limit, `kill`) to `eval -j 2`: the workers are stopped as on Ctrl-C, and stderr says
+    `eexp: terminated`, not Python's resource tracker's "There appear to be N leaked semaphore objects"."""
+    import signal
+    import sys
+    import time
+    out = tmp_path / "episodes.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "eexp", "eval", "--env", "shop", "--split", "train", "--policy",
+                             "random", "-n", "5000", "-j", "2", "-o", str(out), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and not (out.exists() and out.stat().st_size):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.stderr.read()   # to its end: the resource tracker (a child) writes to it too
+    assert proc.wait(30) == 143
+    assert stderr == "eexp: terminated\n"
+    assert 0 < len(records(out)) < 5000   # whole lines only

@@ -484,3 +484,99 @@ def test_eval_act_think_over_http_records_thoughts(stub):
                                                                                "llamacpp")
         assert e["invalid_actions"] == 0 and e["meta"]["thoughts_cut"] == e["steps"] == len(e["thoughts"]) > 0
         assert set(e["thoughts"]) == {"I think I should look around first, then decide what to buy."}
+
+
+# --- a deadline per request (issue 65) ----------------------------------------------------------------------------
+
+@pytest.fixture
+def dripping_server():
+    """A loopback server that answers every request with a whole, valid 290-byte HTTP reply, one byte a second:
+    urllib's per-read timeout never trips on it."""
+    import threading
+    body = json.dumps({"data": [{"id": "m"}], "pad": "x" * 180}).encode()
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def drip(conn):
+        with conn:
+            conn.recv(65536)
+            for i in range(len(reply)):
+                if stop.wait(1.0):
+                    return
+                try:
+                    conn.sendall(reply[i:i + 1])
+                except OSError:
+                    return
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    listener.close()
+
+
+def test_timeout_is_a_deadline_for_the_whole_request_against_a_server_that_drips(dripping_server):
+    """Before, `timeout` bounded each socket read: a reply a byte a second held eval for as long as it dripped (45 s
+    seen), silent. Now the request is cut at its deadline, and the run stops with one line."""
+    start = time.monotonic()
+    result = invoke(["eval", "--policy", dripping_server, "--env", "shop", "-n", "1", "--policy-arg", "timeout=2"])
+    took = time.monotonic() - start
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (f"Error: the policy endpoint {dripping_server} cannot be used: {dripping_server}/models: "
+                             "no whole answer within the 2 s timeout (--policy-arg timeout=SECONDS)\n")
+    assert took < 6, took
+
+
+def test_the_deadline_holds_mid_run_and_in_the_health_check(dripping_server):
+    """After the start: a dripping request is cut at the deadline, and so is the quick look at the server that
+    follows it (no_answer): the run stops, said once, within about two deadlines."""
+    import urllib.request
+
+    from eexp.policies.http import DeadlinePassed, fetch, no_answer
+    start = time.monotonic()
+    with pytest.raises(DeadlinePassed):
+        fetch(urllib.request.Request(dripping_server + "/models"), 1.5)
+    assert no_answer(dripping_server, 1.5) == "no whole answer within the 1.5 s timeout (--policy-arg timeout=SECONDS)"
+    assert time.monotonic() - start < 5
+
+
+def test_warnings_from_threads_are_one_write_each(monkeypatch):
+    """`print` writes a line's text and its newline apart, so two threads' warnings could share one line of stderr
+    (seen once in seven runs). Each warning is one write of one whole line now."""
+    import threading
+
+    from eexp.policies import chat
+
+    class Recording:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            time.sleep(0.001)   # let another thread in between two writes, if there are two
+            return len(text)
+
+        def flush(self):
+            pass
+
+    stderr = Recording()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    threads = [threading.Thread(target=lambda i=i: [chat.warn(f"thread {i} line {j}") for j in range(20)])
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(stderr.writes) == 80
+    assert all(w.startswith("eexp: warning: thread ") and w.endswith("\n") and w.count("\n") == 1
+               for w in stderr.writes)

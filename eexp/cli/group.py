@@ -12,7 +12,7 @@ from importlib import metadata
 import click
 
 from eexp import __version__
-from eexp.errors import EexpError
+from eexp.errors import EexpError, Terminated
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -125,6 +125,9 @@ def main() -> None:
     except BrokenPipeError:  # at the final flush
         _stdout_to_devnull()
         sys.exit(0)
+    except Terminated:   # SIGTERM while worker processes ran (eexp.workers): stopped as Ctrl-C stops them
+        click.echo("eexp: terminated", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
         click.echo("eexp: interrupted", err=True)
         sys.exit(130)

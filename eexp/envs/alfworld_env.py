@@ -127,11 +127,14 @@ def read_tasks(split: str) -> list[dict]:
         game_file = trial / "game.tw-pddl"
         if not game_file.exists():
             continue
+        reading = trial / "traj_data.json"   # the file an error names (a truncated download: which one)
         try:
-            task_type = json.loads((trial / "traj_data.json").read_text()).get("task_type")
+            task_type = json.loads(reading.read_text()).get("task_type")
+            reading = game_file
             game = json.loads(game_file.read_text())
         except (OSError, ValueError) as e:
-            raise EnvError(f"alfworld: cannot read the game in {trial}: {e}") from None
+            raise EnvError(f"alfworld: cannot read {reading} ({e}); run `alfworld-download` again to replace it"
+                           ) from None
         if task_type not in TASK_TYPES or not game.get("solvable"):
             continue
         found = _TASK_SENTENCE.search(game.get("grammar", ""))

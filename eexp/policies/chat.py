@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -56,8 +57,17 @@ def reply_tokens(replies: list[str]) -> int:
     return max(len(r) for r in replies) // REPLY_CHARS_PER_TOKEN + REPLY_EXTRA_TOKENS
 
 
+_WARN_LOCK = threading.Lock()
+
+
 def warn(message: str) -> None:
-    print(f"eexp: warning: {message}", file=sys.stderr)
+    """`eexp: warning: MESSAGE` on stderr, written whole: one write of the line with its newline, under a lock. The
+    threads of a policy's requests warn at once (print writes the text and the newline apart, and two such lines
+    once shared one line of stderr)."""
+    line = f"eexp: warning: {message}\n"
+    with _WARN_LOCK:
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
 def render_chat_template(template: str, messages: list[dict], *, add_generation_prompt: bool, **special) -> str:

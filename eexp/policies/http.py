@@ -51,6 +51,7 @@ looks for the served model on this machine where the server names it (llama-serv
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import socket
@@ -73,7 +74,7 @@ from eexp.prompts import format_action
 SCHEMA = {
     "model": (str, ""),           # the served model's name (default: the first one /v1/models lists)
     "api_key_env": (str, ""),     # NAME of the environment variable holding the API key
-    "timeout": (float, 120.0),    # seconds per request
+    "timeout": (float, 120.0),    # seconds a request may take in all, connection to last byte (each retry anew)
     "retries": (int, 4),          # further attempts after a failed one
     "backoff": (float, 1.0),      # seconds before the first retry, doubled each time
     "concurrency": (int, 16),     # requests in flight at once: the default of the stages' --concurrency
@@ -115,6 +116,122 @@ class Unreachable(EndpointError):
 HEALTH_TIMEOUT = 5.0   # seconds the quick look at a server (its model list) waits for an answer
 
 
+# --- a deadline per request --------------------------------------------------------------------------------------
+# urllib's own timeout bounds each socket operation, not the request: a server that sends its reply a byte a second
+# never trips it, and held a run for as long as it dripped. Here a request has `timeout` seconds in all, from the
+# connection to the last byte of the answer, whatever the server does: a timer shuts the request's socket down at
+# the deadline, which ends the read that waits on it, and the request fails as timed out (then retried as any
+# request that got no answer). The socket's own timeout stays set too, for a connection that never opens.
+
+class DeadlinePassed(TimeoutError):
+    """A request that had no whole answer within its `timeout` seconds."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"no whole answer within the {seconds:g} s timeout (--policy-arg timeout=SECONDS)")
+        self.seconds = seconds
+
+
+class _Deadline:
+    """One request's deadline: the sockets it opens, shut down when the time is up."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.passed = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._sockets)
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.passed:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.passed = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)   # a read blocked on it returns at once
+    except OSError:
+        pass
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, deadline: _Deadline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self):
+        super().connect()
+        self._deadline.add(self.sock)
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, deadline: _Deadline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self):
+        super().connect()
+        self._deadline.add(self.sock)
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(lambda *a, **kw: _DeadlineHTTPConnection(*a, deadline=req.deadline, **kw), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(lambda *a, **kw: _DeadlineHTTPSConnection(*a, deadline=req.deadline, **kw), req,
+                            context=self._context)
+
+
+# urllib's usual opener (proxies from the environment, redirects, HTTP errors as HTTPError) with these two handlers
+_OPENER = urllib.request.build_opener(_DeadlineHTTPHandler, _DeadlineHTTPSHandler)
+
+
+def fetch(req: urllib.request.Request, timeout: float, read: bool = True) -> bytes:
+    """The body of the answer to `req`, all of it within `timeout` seconds (DeadlinePassed otherwise); an HTTP error
+    is urllib's HTTPError, its body read within the same deadline. With `read` False, only the status line and
+    headers are waited for."""
+    with _Deadline(timeout) as deadline:
+        req.deadline = deadline
+        try:
+            try:
+                with _OPENER.open(req, timeout=timeout) as resp:
+                    return resp.read() if read else b""
+            except urllib.error.HTTPError as e:
+                try:
+                    body = e.read()
+                except (OSError, http.client.HTTPException):
+                    body = b""
+                raise urllib.error.HTTPError(e.url, e.code, e.msg, e.hdrs, io.BytesIO(body)) from None
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            # what the shutdown made of the read it ended (a reset, a short read); a connection that never opened
+            # (no socket registered) keeps its own error
+            if deadline.passed and deadline.connected and not isinstance(e, urllib.error.HTTPError):
+                raise DeadlinePassed(timeout) from None
+            raise
+
+
 def endpoint_base(url: str) -> str | None:
     """`scheme://host[:port]/path` of an endpoint URL, without credentials, query, fragment or a final `/` (what
     records name), or None where the URL names no host."""
@@ -135,8 +252,8 @@ def no_answer(base: str, timeout: float = HEALTH_TIMEOUT) -> str | None:
     or None where it answers: an HTTP error code is an answer (a server without the route, or one that wants a
     key, is there). The health check of a server at start (a fleet) and after a request that got no answer."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(base + "/models", method="GET"), timeout=timeout):
-            return None
+        fetch(urllib.request.Request(base + "/models", method="GET"), timeout, read=False)
+        return None
     except urllib.error.HTTPError:
         return None
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as e:
@@ -167,6 +284,8 @@ class BothSlots:
 def _reason(e: BaseException) -> str:
     """`connection refused`, not `<urlopen error [Errno 111] Connection refused>`."""
     reason = getattr(e, "reason", e)
+    if isinstance(reason, DeadlinePassed):
+        return str(reason)
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror[:1].lower() + reason.strerror[1:]
     if isinstance(reason, (socket.timeout, TimeoutError)):
@@ -244,8 +363,7 @@ class HttpPolicy(Policy):
                 raise EndpointError(f"cannot reach {url} ({self.down})")
             try:
                 req = urllib.request.Request(url, data=data, headers=headers, method=method)
-                with urllib.request.urlopen(req, timeout=self.opts["timeout"]) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
+                return json.loads(fetch(req, self.opts["timeout"]).decode("utf-8"))
             except urllib.error.HTTPError as e:
                 detail = _error_detail(e)
                 last = f"HTTP {e.code} from {url}: {detail}"
@@ -256,6 +374,8 @@ class HttpPolicy(Policy):
                     http.client.HTTPException) as e:
                 last, status = f"cannot reach {url} ({_reason(e)})", None
                 if first:
+                    if isinstance(e, DeadlinePassed):   # it is there, but too slow to use
+                        raise EndpointError(f"{url}: {e}") from None
                     raise Unreachable(_reason(e)) from None
                 self._check_alive()    # a server that is gone stops the run now, not after every retry
             except (json.JSONDecodeError, UnicodeDecodeError):
