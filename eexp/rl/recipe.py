@@ -38,6 +38,7 @@ from eexp.runner import progress_bar
 from eexp.stages.evaluate.episode import Evaluator
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.stages.evaluate.tasks import split_tasks
+from eexp.training import checkpoint
 from eexp.training.config import default_lr, from_scratch, objective_class
 from eexp.training.model import check_model_dir
 from eexp.training.trainer import Trainer
@@ -110,8 +111,8 @@ class RL(Trainer):
         self.total_steps = rl.max_steps
         self.log_every = 1
         options = {k: v for k, v in rl.options().items() if k not in RESUME_FREE}
-        self.fingerprint = {"options": options, "data": hashlib.blake2b(
-            orjson.dumps(self.objective.fingerprint_data(self)), digest_size=16).hexdigest()}
+        self.fingerprint = checkpoint.fingerprint(options, hashlib.blake2b(
+            orjson.dumps(self.objective.fingerprint_data(self)), digest_size=16).hexdigest())
         self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
                       "best_step": None, "fingerprint": self.fingerprint, "episodes": 0, "env_steps": 0,
                       "actions": 0, "probe": None}
@@ -347,7 +348,8 @@ def without_dropout(model) -> None:
 
 def run_rl(rl: RLConfig, echo: Callable[[str], None] | None = None) -> RL:
     run = RL(rl, echo)
-    run.setup()
-    run.train()
-    run.finish()
+    with checkpoint.run_folder(rl.output, main=checkpoint.is_main_process()):
+        run.setup()
+        run.train()
+        run.finish()
     return run

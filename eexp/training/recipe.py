@@ -44,6 +44,7 @@ from safetensors.torch import load_file
 from eexp.card import check_serializer
 from eexp.errors import TrainingError, UsageProblem
 from eexp.runner import progress_bar
+from eexp.training import checkpoint
 from eexp.training.batches import collate_rows, example_nll, examples_per_update, phase_updates, updates_per_epoch
 from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, objective_class
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
@@ -184,7 +185,7 @@ class Finetune(Trainer):
             for e in self.data.get(name, Dataset(name, [])).examples:
                 digest.update(orjson.dumps(self.objective.example_key(e)))
         options = {k: v for k, v in cfg.options().items() if k not in RESUME_FREE}
-        self.fingerprint = {"options": options, "data": digest.hexdigest()}
+        self.fingerprint = checkpoint.fingerprint(options, digest.hexdigest())
 
     def _activation_shape(self) -> tuple[int, int, int]:
         """The largest micro-batch for the memory estimate behind --gradient-checkpointing's default: --batch-size
@@ -485,7 +486,8 @@ def _progress(disabled: bool, total: int, initial: int):
 def finetune(cfg: FinetuneConfig, echo: Callable[[str], None] | None = None) -> Finetune:
     """Run a whole fine-tune; returns the recipe (its state and config) for callers and tests."""
     run = Finetune(cfg, echo)
-    run.setup()
-    run.train()
-    run.finish()
+    with checkpoint.run_folder(cfg.output, main=checkpoint.is_main_process()):
+        run.setup()
+        run.train()
+        run.finish()
     return run
