@@ -17,6 +17,7 @@ one on 127.0.0.1 and a free port, waits until it answers, and stops it on close.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -71,8 +72,9 @@ def build(jobs: int | None = None) -> Path:
         env = {**os.environ, "CCACHE_BASEDIR": str(tmp)}
         for step in (["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS],
                      ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)]):
+            sys.stderr.write(f"llama-server: {'configuring' if step[1] == '-S' else 'compiling'} (cmake)\n")
             with open(log, "ab") as out:   # the compiler's warnings stay out of the install's output
-                done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, env=env)
+                done = _run_with_progress(step, out, env)
             if done.returncode:
                 sys.stderr.write(log.read_text(errors="replace")[-4000:])
                 raise SystemExit(f"llama-server: {' '.join(step[:2])} failed (exit {done.returncode}); its output "
@@ -82,6 +84,21 @@ def build(jobs: int | None = None) -> Path:
         shutil.copy2(build_dir / "bin" / "llama-server", staged)
         os.replace(staged, DEST / "llama-server")       # whole or absent, never half a binary
     return DEST / "llama-server"
+
+
+def _run_with_progress(step: list[str], log, env: dict) -> subprocess.CompletedProcess:
+    """Run a cmake step with its output into `log`, and every 10% of a build's `[ 42%]` lines on stderr: the compile
+    takes minutes, and a step that prints nothing for them looks hung."""
+    proc = subprocess.Popen(step, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    shown = -1
+    for line in proc.stdout:
+        log.write(line)
+        found = re.match(rb"\[\s*(\d+)%\]", line)
+        if found and int(found.group(1)) // 10 > shown:
+            shown = int(found.group(1)) // 10
+            sys.stderr.write(f"llama-server: compiled {int(found.group(1))}%\n")
+            sys.stderr.flush()
+    return subprocess.CompletedProcess(step, proc.wait())
 
 
 def free_port() -> int:
