@@ -444,7 +444,28 @@ def prepare_resume(path: str, key: Callable[[dict], str] = lambda r: r.get("sour
         return set()
     if os.path.isdir(path):
         raise InputError("is a directory, not a JSONL file", path)
-    lock_output(path)   # held on into the Writer that appends to it: no other run may cut or extend it meanwhile
+    held = _held(path)
+    lock = lock_output(path)   # held on into the Writer that appends to it: no other run may cut or extend it meanwhile
+    try:
+        return _prepare_resume(path, key, kind)
+    except BaseException:
+        if not held:
+            unlock_output(lock)   # refused: the file is not written after all
+        raise
+
+
+def _held(path: str) -> bool:
+    """Whether this process holds lock_output's lock on `path` already."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    with _HELD_GUARD:
+        return (st.st_dev, st.st_ino) in _HELD
+
+
+def _prepare_resume(path: str, key: Callable[[dict], str], kind: str | None) -> set[str]:
+    """prepare_resume's work, done under the file's lock."""
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -199,7 +199,8 @@ def policy_options(f: Callable | None = None, *, settings=Generation, chooses_ac
                      "one at N in flight (docs/scale.md). Where a model is needed and none is given: $EEXP_POLICY."),
         click.option("--policy-arg", "policy_args", multiple=True, callback=_parse_policy_args,
                      metavar="KEY=VALUE", help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
-                     "api_key_env, ...); repeatable."),
+                     "api_key_env, timeout: an HTTP request's deadline in seconds, connection to last byte, ...); "
+                     "repeatable."),
     ]):
         f = decorator(f)
     return f

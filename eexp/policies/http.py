@@ -14,7 +14,9 @@ exponential backoff; after the last retry the reply is marked failed (`finish_re
 (`requests`, `failed_requests`), and the stage records it and goes on; a run that loses more than
 MAX_FAILED_SHARE of its requests so exits 1 at the end. A request that gets no answer at all sends one quick
 look at the server (its model list): a server that is gone stops the run at once (EndpointDown) instead of every
-later request spending its full retries on it.
+later request spending its full retries on it. `--policy-arg timeout=SECONDS` (default 120) is a deadline for each
+request as a whole, from the connection to the last byte of the answer, whatever the server does (`fetch`): a
+server that drips its reply a byte at a time is cut at it, as one that does not answer (each retry has its own).
 
 Constrained actions (a closed admissible list) need the server's guided decoding, and servers spell it differently
 (GUIDED). Unless `--policy-arg guided=NAME` says which, the start probes them in turn with one tiny request each and
