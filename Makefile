@@ -28,7 +28,8 @@ test-all: dev
 	  $(PYTEST_ARGS)
 
 # The recipe runs, on request: every config's header command, the SmolLM2, scaling and RL recipes, end to end at a
-# tiny size (tests/conftest.py's RECIPE_RUNS; about an hour on 2 cores). Run it when a recipe or a config changes.
+# tiny size (tests/conftest.py's RECIPE_RUNS: the 13 config runs of tests/test_recipe_configs.py alone took over 35
+# minutes serially on 2 cores, November 2026). Run it when a recipe or a config changes.
 test-recipes: dev
 	$(VENV)/bin/pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=20 -m recipes $(PYTEST_ARGS)
 
@@ -42,7 +43,8 @@ docs: dev
 	$(VENV)/bin/python -m eexp.cli.reference --man man
 
 # Every benchmark in one table (bench/run: eexp's figure, a baseline measured in the same run, ratio, target, met or
-# missed; about 15 minutes on 2 cores). make bench BENCH_ARGS="--quick" (a few minutes) or "--json".
+# missed; the last run took 6.8 minutes on 2 quiet cores and 13.3 under a load of 8-9: docs/results/performance.md).
+# make bench BENCH_ARGS="--quick" (a few minutes) or "--json".
 .PHONY: bench
 bench: dev
 	bench/run $(BENCH_ARGS)
