@@ -216,6 +216,9 @@ def run_folder(path: str, main: bool = True):
 
 # Options that are not compared: where the checkpoint was found (the run's folder, wherever it is now).
 UNCOMPARED = {"output"}
+# The options of finetune and rl that name files or folders, compared by what they point to (another option's value
+# is compared as written, even where a file of that name happens to exist).
+PATH_OPTIONS = {"model", "adapter", "train_files", "val", "warmup_data", "expert", "outcomes"}
 # A folder's identity reads its files' names and sizes, and the bytes of the small ones (configs, tokenizers, cards).
 SMALL_FILE = 1 << 20
 MAX_FILES = 10_000
@@ -231,7 +234,7 @@ def fingerprint(options: dict, data: str) -> dict:
     paths = {}
     for name, value in options.items():
         values = value if isinstance(value, list) else [value]
-        if name in UNCOMPARED or not values or not all(isinstance(v, str) and v for v in values):
+        if name not in PATH_OPTIONS or not values or not all(isinstance(v, str) and v for v in values):
             continue
         if any(os.path.exists(v) for v in values):
             paths[name] = [_identity(v) for v in values]
