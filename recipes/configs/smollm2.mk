@@ -72,7 +72,7 @@ SR_GROUNDED_ROW = SR-grounded
 # the recovery test: 100 test episodes per run that start off the expert's path (eval --start off-path; each seed
 # draws its own starts, so 3 seeds meet 300 off-path states)
 RECOVERY_N = 100
-# validation (VAL_N; mk/compare.mk's val.jsonl rule): the IL examples of the 10 train tasks after the N_EXPERT that are trained
+# validation (VAL_N; mk/compare.mk): the IL examples of the 10 train tasks after the N_EXPERT that are trained
 # on (the seed's order), scored every VAL_EVERY updates, so metrics.jsonl shows whether each arm converged or overfit
 VAL_N     = 10
 VAL_EVERY = 20
