@@ -23,6 +23,13 @@ Speed: tokens/s of the fine-tunes (metrics.jsonl, non-padding input tokens), env
 episodes/s of RL, seconds of the rest. Exit status 2 (and nothing measured) without a CUDA GPU. The figures go to
 stdout as a table and to --out as JSON; put them in the closing note of the issue and the README, with the GPU.
 `--device cpu` is a dry run of the script itself on a machine without one (its figures mean nothing).
+
+    .venv/bin/python bench/gpu_check.py --ratio [--steps 30] [--parallel 8] [--tiny --device cpu]
+
+measures instead what issue 62 asks of eexp's fine-tune on a GPU: its tokens/s against a plain PEFT loop on the same
+data and model (the ratio), with --packing, and the aggregate of N fine-tunes side by side, for SmolLM2-135M's shape
+and a 1B shape with random weights (bench/gpu_ratio.py says what each row is). It is sized to finish within 8 minutes
+on an H100; `--tiny --device cpu` is its dry run.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import gpu_ratio  # bench/gpu_ratio.py, beside this script
 
 STEPS = ["lora-bf16", "lora-bf16-no-ckpt", "qlora", "full-bf16", "policy-score", "policy-generate", "policy-think",
          "rl", "merge", "export"]
@@ -166,7 +175,13 @@ def prepare(work: Path, model: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2", help="smollm2 (default), init, a checkpoint folder or a Hub id")
-    parser.add_argument("--steps", type=int, default=20, help="updates of each fine-tune")
+    parser.add_argument("--steps", type=int, help="updates of each fine-tune (default 20; --ratio: 30, --tiny: 4)")
+    parser.add_argument("--ratio", action="store_true", help="eexp against a plain PEFT loop, and N runs at once "
+                        "(issue 62), instead of the steps")
+    parser.add_argument("--parallel", type=int, help="--ratio: fine-tunes side by side (default 8; --tiny: 2)")
+    parser.add_argument("--warm", type=int, help="--ratio: updates left out of the rates (default 5; --tiny: 1)")
+    parser.add_argument("--tiny", action="store_true", help="--ratio at a tiny size: a dry run of the script")
+    parser.add_argument("--plain", help=argparse.SUPPRESS)  # the plain loop over this il.jsonl, in a child process
     parser.add_argument("--only", help="comma-separated steps (default: all, in order)")
     parser.add_argument("--out", default="gpu-check.json")
     parser.add_argument("--work", help="working folder (default: a temporary one)")
@@ -174,6 +189,9 @@ def main() -> int:
                         help="cpu: a dry run of this script where there is no GPU (figures meaningless)")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # one step, in a child process
     args = parser.parse_args()
+    args.steps = args.steps or (4 if args.tiny else 30 if args.ratio or args.plain else 20)
+    args.parallel = args.parallel or (2 if args.tiny else 8)
+    args.warm = args.warm if args.warm is not None else (1 if args.tiny else 5)
     import torch
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU here: nothing measured", file=sys.stderr)
@@ -181,15 +199,30 @@ def main() -> int:
     if args.step:
         print(json.dumps(run_step(args.step, Path(args.work), args.model, args.steps, args.device)), flush=True)
         return 0
+    if args.plain:
+        print(json.dumps(gpu_ratio.plain_loop(args.plain, args.model, args.steps, args.warm, args.device)),
+              flush=True)
+        return 0
     work = Path(args.work or tempfile.mkdtemp(prefix="eexp-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("EEXP_CACHE", str(work / "cache"))
-    model = prepare(work, args.model)
+    t0 = time.perf_counter()
+    model = prepare(work, "init" if args.ratio else args.model)
     if args.device == "cuda":
         props = torch.cuda.get_device_properties(0)
         gpu, memory = props.name, round(props.total_memory / 1024 ** 3, 1)
     else:
         gpu, memory = "none (--device cpu: a dry run)", 0
+    if args.ratio:
+        results = {"gpu": gpu, "gpu_memory_gib": memory, "torch": torch.__version__, "steps": args.steps,
+                   "warm": args.warm, "tiny": args.tiny,
+                   **gpu_ratio.ratio(work, work / "il.jsonl", Path(model), args)}
+        results["seconds"] = round(time.perf_counter() - t0, 1)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"\n{gpu} ({memory} GiB), {args.steps} updates of 8 examples a row, the first {args.warm} left out; "
+              f"{results['seconds']} s in all")
+        print(gpu_ratio.table(results))
+        return 1 if any("failed" in r for rows in results["shapes"].values() for r in rows.values()) else 0
     results = {"gpu": gpu, "gpu_memory_gib": memory, "model": args.model, "model_folder": model,
                "torch": torch.__version__, "steps": []}
     for step in (args.only.split(",") if args.only else STEPS):
