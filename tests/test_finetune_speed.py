@@ -164,8 +164,9 @@ def test_packing_is_the_likelihood_loss_s_alone(tiny_checkpoint, tmp_path, runne
 # --- no wait for the device per micro-batch -----------------------------------------------------------------------
 
 def test_the_loop_reads_the_loss_once_a_log_row(tiny_checkpoint, mix, tmp_path, monkeypatch):
-    """8 updates of 2 micro-batches, a log row every 4: eexp's training code reads device values on the host twice
-    (once a row), never per micro-batch (the old loop's float(loss) made the host wait for the GPU 16 times)."""
+    """8 updates of 2 micro-batches, a log row every 4, validation: eexp's training code reads device values on the
+    host once a log row and once a validation, never per micro-batch (the old loop's float(loss) made the host wait
+    for the GPU at each of the 16, and validation at each of its batches)."""
     reads = []
     for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
         real = getattr(torch.Tensor, name)
@@ -177,11 +178,14 @@ def test_the_loop_reads_the_loss_once_a_log_row(tiny_checkpoint, mix, tmp_path, 
             return _real(self, *args, **kwargs)
         monkeypatch.setattr(torch.Tensor, name, wrapped)
     out = tmp_path / "out"
-    finetune(config(tiny_checkpoint, mix, out, batch_size=2, grad_accum=2, max_steps=8, log_every=4))
+    finetune(config(tiny_checkpoint, mix, out, batch_size=2, grad_accum=2, max_steps=8, log_every=4,
+                    val_fraction=0.3))
     monkeypatch.undo()
-    assert reads == [("tolist", "_floats")] * 2   # one a row: the window's losses
     rows = [r for r in metrics(out) if "loss" in r]
-    assert [r["step"] for r in rows] == [4, 8] and all(r["loss"] > 0 for r in rows)
+    validations = [r for r in metrics(out) if "val_loss" in r]
+    assert [r["step"] for r in rows] == [4, 8] and all(r["loss"] > 0 for r in rows) and len(validations) >= 2
+    # one read a row (the window's losses) and one a validation (its sums), whatever the micro-batches
+    assert reads == [("tolist", "_floats")] * (len(rows) + len(validations))
 
 
 # --- gradient checkpointing where memory needs it -----------------------------------------------------------------

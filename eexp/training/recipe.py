@@ -418,16 +418,17 @@ class Finetune(Trainer):
                 real = k < len(batches)
                 batch = [self.val.examples[j] for j in (batches[k] if real else batches[0])]
                 nll, _, extra = self._batch_loss(batch)
-                if real:
-                    total += float(nll)
+                if real:  # summed on the device (float64), read once below
+                    total = total + nll.double()
                     n += sum(self._units(e) for e in batch)
                 for name, value in extra.items():   # every process has every name: one reduce each, below
-                    extra_total[name] = extra_total.get(name, 0.0) + (float(value) if real else 0.0)
+                    extra_total[name] = extra_total.get(name, 0.0) + (value.double() if real else 0.0)
         if self.acc:
-            total = float(self.acc.reduce(torch.tensor(total, device=self.device), "sum"))
+            total = self.acc.reduce(self._on_device(total), "sum")
             n = int(self.acc.reduce(torch.tensor(n, device=self.device), "sum"))
-            extra_total = {name: float(self.acc.reduce(torch.tensor(v, device=self.device), "sum"))
-                           for name, v in sorted(extra_total.items())}
+            extra_total = {name: self.acc.reduce(self._on_device(v), "sum") for name, v in sorted(extra_total.items())}
+        total, *sums = self._floats([total, *extra_total.values()])
+        extra_total = dict(zip(extra_total, sums))
         val = total / max(n, 1)
         step = self.state["global_step"]
         self.state["last_val_step"] = step
