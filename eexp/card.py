@@ -9,7 +9,7 @@ transformers policies read the serializer from it, so `eval` renders states the 
 Parsing is strict: an unknown key, a setting the serializer does not have, or a value of the wrong type is a
 `CardError` naming the key and the file, never silently dropped.
 
-Every hash is `eexp.policies.files.content_hash` (sha256 over a model's files, names and bytes), the value a run of
+Every hash is `eexp.files.content_hash` (sha256 over a model's files, names and bytes), the value a run of
 that model records as `meta.model_sha256`: a GGUF's `eexp.source_sha256` joins the records of the checkpoint it was
 exported from, and `base_sha256` the records of the base model.
 

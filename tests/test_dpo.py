@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,32 @@ def test_an_over_long_pair_keeps_one_prompt_on_both_sides(tiny_checkpoint):
         encode_pair(tok, prompt, chosen, rejected, max_length=300, truncate=False)
 
 
+def with_template(src: Path, dst: Path, template: str) -> Path:
+    shutil.copytree(src, dst)
+    (dst / "chat_template.jinja").write_text(template)
+    conf = json.loads((dst / "tokenizer_config.json").read_text())
+    conf.pop("chat_template", None)
+    (dst / "tokenizer_config.json").write_text(json.dumps(conf))
+    return dst
+
+
+def test_a_chat_template_that_fails_is_said_as_for_sft(tiny_checkpoint, pairs, tmp_path, runner):
+    """The pair's record is named where the template cannot render it (--on-error: stopped here), the model where
+    the template cannot be parsed (eexp.training.chat_template, SFT's examples' handling)."""
+    original = transformers.AutoTokenizer.from_pretrained(str(tiny_checkpoint)).chat_template
+    refusing = ("{% if messages[-1]['role'] == 'assistant' %}{{ raise_exception('no answers here') }}{% endif %}"
+                + original)
+    model = with_template(Path(tiny_checkpoint), tmp_path / "m", refusing)
+    base = ["finetune", str(pairs), "--objective", "dpo", "-q", "--max-steps", "1"]
+    result = runner.invoke(cli, [*base, "--model", str(model), "-o", str(tmp_path / "a")])
+    assert result.exit_code == 1
+    assert f"{pairs}:1: the chat template cannot render this pair: no answers here" in result.output
+    broken = with_template(Path(tiny_checkpoint), tmp_path / "m2", "{% for m in messages %}{{ m.content }")
+    result = runner.invoke(cli, [*base, "--model", str(broken), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{broken}: the chat template cannot be parsed" in result.output
+
+
 def test_usage_errors_name_the_problem(tiny_checkpoint, pairs, tmp_path, runner):
     il = tmp_path / "il.jsonl"
     runner.invoke(cli, ["imitation-data", str(DATA / "trajectories.jsonl"), "-o", str(il)])
@@ -178,7 +205,9 @@ def test_usage_errors_name_the_problem(tiny_checkpoint, pairs, tmp_path, runner)
     result = runner.invoke(cli, [*base, str(pairs), "-o", str(tmp_path / "b")])
     assert result.exit_code == 1 and f"{pairs}:1: expected a training example, got a preference pair" in result.output
     result = runner.invoke(cli, [*base, str(il), "-o", str(tmp_path / "c"), "--beta", "0.3"])
-    assert result.exit_code == 2 and "--beta is the DPO loss's; give --objective dpo" in result.output
+    # the one refusal of an objective's option under another (training.objective.refuse_foreign_options)
+    assert result.exit_code == 2 and "--beta: only with --objective dpo (--objective sft does not take it)" in \
+        result.output
     result = runner.invoke(cli, [*base, str(pairs), "-o", str(tmp_path / "d"), "--objective", "dpo",
                                  "--warmup-data", str(il)])
     assert result.exit_code == 2 and "--objective dpo trains on preference pairs alone" in result.output

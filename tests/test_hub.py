@@ -25,8 +25,8 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 from eexp.card import read_card  # noqa: E402
 from eexp.cli import cli  # noqa: E402
 from eexp.errors import HubError, PolicyError  # noqa: E402
+from eexp.files import content_hash, hub_id, resolve_hub_model  # noqa: E402
 from eexp.policies import load_policy, policy_kind  # noqa: E402
-from eexp.policies.files import content_hash, hub_id, resolve_hub_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

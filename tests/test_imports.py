@@ -8,6 +8,10 @@
   may import: an optional package (torch, transformers, PEFT, an environment's package, llama.cpp, Ray, matplotlib:
   whatever `pip install eexp` does not install), where the option or the backend that needs it asks for it. The
   click commands of eexp/cli/ import their implementation when they run, so that `eexp --help` stays fast.
+- Layers (LAYERS): a module imports modules of its own layer and of the layers below it, never above. Shared
+  helpers sit at the bottom (`setting()` in eexp/fields.py, the model files and hashes in eexp/files.py), models/
+  below policies/ (a backend loads a model; nothing in models/ needs a policy), and the dream environment, a world
+  backed by a model, above policies/ (the other environments import no policy), so no two layers import each other.
 - eexp/training/ and eexp/rl/ import everything at their top, torch included; their packages' __init__.py import
   nothing, so the commands' start-up, which reads their config modules, imports no torch (nor numpy).
 """
@@ -36,8 +40,6 @@ IMPORT_NAMES = {"pyyaml": "yaml"}
 ALLOWED_INSIDE = {
     ("eexp/stats.py", "numpy"): "numpy (~120 ms) for eval --compare's seed-level bootstrap only; every command's "
                                 "start-up imports eexp.stats (through eexp.stages.evaluate.compare)",
-    ("eexp/models/merge.py", "eexp.policies.hf"): "imports numpy at its top (through eexp.policies.chat); every "
-                                                  "command's start-up imports this module (merge's settings)",
     ("eexp/stages/evaluate/episode.py", "eexp.policies.critic"): "imports numpy at its top (through "
                                                                  "eexp.policies.chat), for --critic only; every "
                                                                  "command's start-up imports this module",
@@ -153,13 +155,70 @@ def test_the_graph_is_read():
     assert "eexp.io" in graph["eexp.training.dpo"]
     assert "eexp.cli.group" in graph["eexp.cli.train"] and "eexp.cli.train" in graph["eexp.cli"]
     assert "eexp.training.recipe" in graph["eexp.cli.train"]            # inside the command's function
-    assert "eexp.policies" in graph["eexp.models.import_gguf"]          # eexp.policies.files runs it first
+    assert "eexp.files" in graph["eexp.models.import_gguf"]
+    assert "eexp.models" in graph["eexp.policies.hf"]                   # eexp.models.adapter runs it first
     assert "eexp.training" not in graph["eexp.training.recipe"]         # a module of the package itself
 
 
 def test_no_import_cycle():
     found = cycles(import_graph())
     assert not found, "import cycle: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+# The layers of eexp, each with the layers its modules may import beside its own (and, in turn, what those may): a
+# module is in the layer of the longest name here that it is, or is inside. "eexp" is the bottom: the top-level
+# modules (errors, io, records, prompts, card, runner, fields: `setting()`, files: model files and their hashes, ...),
+# which import no layer.
+LAYERS = {
+    "eexp": set(),
+    "eexp.envs": set(),                                  # the environments: a world with rules of its own
+    "eexp.models": set(),                                # model files: init-model, GGUF import and export, merge
+    "eexp.policies": {"eexp.models"},                    # a backend loads a model (a GGUF base imported first)
+    "eexp.envs.dream": {"eexp.envs", "eexp.policies"},   # a world backed by a model: an environment over a policy
+    "eexp.stages": {"eexp.envs.dream"},
+    "eexp.training": {"eexp.policies"},                  # the chat format's thoughts; no stage (setting() is below)
+    "eexp.rl": {"eexp.training", "eexp.stages"},
+    "eexp.integrations": {"eexp.envs", "eexp.policies"},
+    "eexp.cli": {"eexp.rl", "eexp.integrations"},
+    "eexp.__main__": {"eexp.cli"},
+}
+
+
+def layer_of(module: str) -> str:
+    return max((name for name in LAYERS if module == name or module.startswith(name + ".")), key=len)
+
+
+def below(layer: str) -> set[str]:
+    """The layers `layer` may import: those LAYERS gives it, and theirs, down to the bottom."""
+    found, todo = {"eexp"}, list(LAYERS[layer])
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo += LAYERS[name]
+    return found
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{name} imports {target}: {layer_of(name)} is below {layer_of(target)}"
+                  for name, targets in graph.items() for target in targets
+                  if layer_of(target) != layer_of(name) and layer_of(target) not in below(layer_of(name)))
+
+
+def test_the_layers_are_kept():
+    found = layer_violations(import_graph())
+    assert not found, "\n".join(found)
+
+
+def test_a_module_that_imports_above_its_layer_is_found():
+    assert layer_violations({"eexp.models.merge": {"eexp.policies.hf", "eexp.files"}}) == \
+        ["eexp.models.merge imports eexp.policies.hf: eexp.models is below eexp.policies"]
+    assert layer_violations({"eexp.training.config": {"eexp.stages.settings"}}) == \
+        ["eexp.training.config imports eexp.stages.settings: eexp.training is below eexp.stages"]
+    assert layer_violations({"eexp.envs.shop": {"eexp.policies"}, "eexp.envs.dream": {"eexp.policies.base"},
+                             "eexp.stages.branch": {"eexp.envs.dream"}, "eexp.rl.recipe": {"eexp.models.adapter"}}) \
+        == ["eexp.envs.shop imports eexp.policies: eexp.envs is below eexp.policies"]
+    assert layer_of("eexp.fields") == layer_of("eexp") == "eexp" and layer_of("eexp.envs.dream") == "eexp.envs.dream"
 
 
 def test_a_cycle_is_found():

@@ -204,7 +204,7 @@ def test_the_memory_check_runs_before_anything_is_loaded_or_written(tiny_checkpo
 def test_weight_hashes_are_computed_once_and_keyed_by_size_and_mtime(tiny_checkpoint, tmp_path, monkeypatch):
     import shutil
 
-    from eexp.policies import files
+    from eexp import files
     model = tmp_path / "m"
     shutil.copytree(tiny_checkpoint, model)
     first = files.content_hash([str(model)])

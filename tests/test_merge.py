@@ -14,7 +14,7 @@ peft = pytest.importorskip("peft")
 
 from eexp.card import Card, read_card, write_card  # noqa: E402
 from eexp.cli import cli  # noqa: E402
-from eexp.policies.files import content_hash  # noqa: E402
+from eexp.files import content_hash  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

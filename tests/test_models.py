@@ -204,7 +204,7 @@ def test_import_model_writes_its_card_beside_config_yaml(tiny_gguf, tmp_path):
     from eexp import __version__
     from eexp.card import Card, read_card
     from eexp.models.import_gguf import import_gguf, is_import
-    from eexp.policies.files import content_hash
+    from eexp.files import content_hash
 
     out = import_gguf(tiny_gguf, tmp_path / "imported", echo=lambda msg: None)
     sha = content_hash([str(tiny_gguf)])

@@ -151,7 +151,7 @@ def open_llama(path):
 @pytest.mark.slow
 @needs_smollm2
 def test_import_is_a_checkpoint_with_provenance(imported):
-    from eexp.policies.files import content_hash
+    from eexp.files import content_hash
     names = set(os.listdir(imported))
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "config.yaml"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
@@ -202,15 +202,15 @@ def test_an_adapter_finds_its_gguf_base_again(run_dir, imported, tmp_path):
     from the base_model its model card records (here the cache still has it, so nothing is re-imported)."""
     import shutil
 
+    from eexp.models.adapter import base_of
     from eexp.models.import_gguf import adapter_base
-    from eexp.policies.hf import TransformersPolicy
     moved = tmp_path / "lora"
     shutil.copytree(run_dir, moved)
     conf = json.loads((moved / "adapter_config.json").read_text())
     conf["base_model_name_or_path"] = str(tmp_path / "gone")
     (moved / "adapter_config.json").write_text(json.dumps(conf))
     assert adapter_base(moved, conf["base_model_name_or_path"]) == imported
-    assert TransformersPolicy._base_of(str(moved), "") == imported
+    assert base_of(str(moved)) == imported
     assert adapter_base(moved, str(SMOLLM2)) == imported  # --policy-arg base=FILE.gguf
 
 

@@ -15,8 +15,8 @@ import click
 import pytest
 
 from eexp.cli import cli
+from eexp.fields import setting
 from eexp.rl.config import REWARDS, RLConfig
-from eexp.stages.settings import setting
 from eexp.training.config import OBJECTIVES, FinetuneConfig, TrainerConfig, objective_class, retold
 from eexp.training.objective import Objective
 

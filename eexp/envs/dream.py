@@ -28,6 +28,11 @@ Every record made in a dream says so: `record_meta()` puts `dream` (the world mo
 one, WORLD and its version and options, the decoding, the serializer, whether WORLD reads its text) into the meta of
 expert's trajectories, rollout's outcomes and eval's episodes, and branch carries a dreamed trajectory's into its
 records; the environment's name in every record is `dream:MODEL@WORLD` too.
+
+Its place: an environment by contract (named by --env, found through `WRAPPERS` in eexp.envs.base, checked by `envs
+--check`), but a world backed by a model, so the one module of eexp/envs/ that imports eexp/policies/: a layer of
+its own, above the policies and below the stages (`LAYERS`, tests/test_imports.py). No environment and no policy
+imports it; the other environments import no policy.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ from skyrl_gym.envs.base_text_env import BaseTextEnv, BaseTextEnvStepOutput
 
 from eexp.envs.base import make_env
 from eexp.errors import EnvError
+from eexp.files import read_checkpoint_serializer
 from eexp.policies.actions import reply_from_text
-from eexp.policies.files import read_checkpoint_serializer
 from eexp.prompts import Serializer, clip
 
 ENV_ID = "eexp"

@@ -44,9 +44,9 @@ import numpy as np
 from eexp import __version__
 from eexp.card import Card, read_card
 from eexp.errors import ModelError
+from eexp.files import content_hash
 from eexp.models.import_gguf import adapter_base, import_gguf
 from eexp.models.llama_converter import ensure_converter, llama_cpp_version
-from eexp.policies.files import content_hash
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 LORA_QUANTS = ("f32", "f16", "q8_0")

@@ -46,7 +46,7 @@ from eexp import __version__
 from eexp.cache import cache_root
 from eexp.card import Card, read_card, write_card
 from eexp.errors import ModelError
-from eexp.policies.files import content_hash
+from eexp.files import content_hash
 
 IMPORT_FORMAT = 2          # part of the cache path: a change of what an import holds makes new folders
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

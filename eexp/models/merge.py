@@ -23,8 +23,9 @@ from typing import Callable
 from eexp import __version__
 from eexp.card import read_card, write_card
 from eexp.errors import ModelError, PolicyError
-from eexp.policies.files import content_hash, has_tokenizer, hub_id
-from eexp.stages.settings import setting
+from eexp.files import content_hash, has_tokenizer, hub_id
+from eexp.fields import setting
+from eexp.models.adapter import base_of
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -49,8 +50,6 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eexp.policies.hf import TransformersPolicy
-
     echo = echo or (lambda msg: None)
     adapter, target = settings.adapter, Path(settings.output)
     if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
@@ -59,7 +58,7 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ModelError(f"{target}: already exists and is not an empty directory")
     try:
-        base = TransformersPolicy._base_of(adapter, settings.base or "", settings.trust_remote_code)
+        base = base_of(adapter, settings.base or "", settings.trust_remote_code)
     except PolicyError as e:
         raise ModelError(str(e)) from None
     tokenizer_dir = adapter if has_tokenizer(adapter) else base

@@ -26,8 +26,8 @@ from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from eexp.errors import PolicyError, entry_point_source
+from eexp.files import hub_id
 from eexp.policies.base import MAX_TOKENS, Policy, Reply, derive_seed
-from eexp.policies.files import hub_id
 
 __all__ = ["Policy", "Reply", "derive_seed", "default_policy", "load_policy", "policy_kind",
            "policy_registry", "ACT_MODES", "DEFAULT_POLICY_ENV"]

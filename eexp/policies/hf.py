@@ -1,5 +1,5 @@
 """The transformers backend: a checkpoint directory, a Hugging Face Hub id (ORG/NAME[@REVISION], found through the
-Hugging Face cache: eexp.policies.files.resolve_hub_model), or a PEFT adapter directory whose base is named in its
+Hugging Face cache: eexp.files.resolve_hub_model), or a PEFT adapter directory whose base is named in its
 adapter_config.json (a folder, or a Hub id and its revision). CUDA in bf16 where there is a GPU, CPU in fp32
 otherwise; safetensors only; trust_remote_code only when asked (`--policy-arg trust_remote_code=true`).
 
@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
 
 from eexp.card import read_card
-from eexp.errors import HubError, ModelError, PolicyError
-from eexp.models.import_gguf import adapter_base
+from eexp.errors import HubError, PolicyError
+from eexp.files import content_hash, has_tokenizer, hub_id, read_checkpoint_serializer, resolve_hub_model
+from eexp.models.adapter import base_of
 from eexp.policies.args import take_args
 from eexp.policies.base import MAX_TOKENS, Policy
 from eexp.policies.chat import ModelPolicy
-from eexp.policies.files import content_hash, has_tokenizer, hub_id, read_checkpoint_serializer, resolve_hub_model
 
 SCHEMA = {
     "device": (str, "auto"),           # auto | cpu | cuda | cuda:N
@@ -35,7 +34,7 @@ SCHEMA = {
 
 class TransformersPolicy(ModelPolicy):
     backend = "transformers"
-    hub = None  # a Hub model: its id, revision and snapshot folder (eexp.policies.files.HubModel)
+    hub = None  # a Hub model: its id, revision and snapshot folder (eexp.files.HubModel)
 
     def __init__(self, path: str, args: dict | None = None, *, act=None, max_tokens=MAX_TOKENS, top_p=1.0):
         super().__init__(act, max_tokens, top_p)
@@ -59,7 +58,7 @@ class TransformersPolicy(ModelPolicy):
                 raise PolicyError(str(e)) from None
             self.name, path = self.hub.id, self.hub.path
         self.adapter = path if os.path.isfile(os.path.join(path, "adapter_config.json")) else None
-        base = self._base_of(path, opts["base"], opts["trust_remote_code"]) if self.adapter else path
+        base = base_of(path, opts["base"], opts["trust_remote_code"]) if self.adapter else path
         self.base = base
         device = opts["device"]
         if device == "auto":
@@ -125,36 +124,6 @@ class TransformersPolicy(ModelPolicy):
         self._cache_key: tuple | None = None
         self._cache = None
         self._cache_arg = cache_argument(model)
-
-    @staticmethod
-    def _base_of(adapter: str, override: str, trust_remote_code: bool = False) -> str:
-        revision = None
-        if override:
-            base = override
-        else:
-            try:
-                with open(os.path.join(adapter, "adapter_config.json")) as f:
-                    conf = json.load(f)
-            except (OSError, json.JSONDecodeError) as e:
-                raise PolicyError(f"{adapter}/adapter_config.json: cannot read ({e})") from None
-            base, revision = conf.get("base_model_name_or_path") or "", conf.get("revision")
-            if base and not os.path.isabs(base) and os.path.isdir(os.path.join(adapter, base)):
-                base = os.path.join(adapter, base)
-        if hub_id(base):  # a Hub base (finetune --model ORG/NAME): its snapshot, at the revision trained on
-            spec = f"{base}@{revision}" if revision and "@" not in base else base
-            try:
-                return resolve_hub_model(spec, trust_remote_code=trust_remote_code).path
-            except HubError as e:
-                raise PolicyError(f"{adapter}: the adapter's base: {e}") from None
-        if not (base and os.path.isdir(base)):  # a GGUF base (finetune --model X.gguf): its import, from the cache
-            try:
-                base = adapter_base(adapter, base) or base
-            except ModelError as e:
-                raise PolicyError(f"{adapter}: {e}") from None
-        if not base or not os.path.isdir(base):
-            raise PolicyError(f"{adapter}: the adapter's base model {base!r} is not a local directory "
-                              f"(nothing is downloaded; give it with --policy-arg base=DIR)")
-        return base
 
     # hooks ------------------------------------------------------------------------------------------------------
     def encode_chat(self, messages, add_generation_prompt=True):

@@ -17,10 +17,10 @@ import numpy as np
 
 from eexp.card import Card
 from eexp.errors import PolicyError
+from eexp.files import content_hash, gguf_serializer
 from eexp.policies.args import take_args
 from eexp.policies.base import MAX_TOKENS, Policy
 from eexp.policies.chat import ModelPolicy, log_softmax, render_chat_template
-from eexp.policies.files import content_hash, gguf_serializer
 from eexp.policies.gguf_loader import open_gguf
 
 SCHEMA = {

@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from eexp.stages.settings import setting
+from eexp.fields import setting
 from eexp.training.config import OBJECTIVES, TRAINER_RESUME_FREE, TrainerConfig, retold
 
 REWARDS = tuple(OBJECTIVES["rl"])
-OUTCOME_REWARDS = REWARDS[:3]  # rewards of whole episodes; expert-step rewards single actions (eexp/rl/expert_step.py),
-#                                next-state predictions of the next observation (eexp/rl/next_state.py)
 PACK_TOKENS = 4096  # tokens in one packed forward pass of the update (rows x longest row): bounds its memory (9 GiB
 #                   for a 0.5B-parameter shape in bf16 with its 152k vocabulary, measured on an H100)
 ENCODE_CACHE_SIZE = 50_000  # tokenized prompts and replies the live policy remembers (then it starts over)

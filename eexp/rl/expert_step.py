@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from typing import Callable
 
-from eexp.errors import TrainingError
+from eexp.errors import TrainingError, UsageProblem
 from eexp.io import Reader
 from eexp.policies.base import derive_seed
 from eexp.records import expect, trajectory_states
@@ -101,12 +101,18 @@ def oracle_trajectories(env, tasks: list[dict]) -> tuple[list[dict], int]:
 
 
 class ExpertStep:
-    """The objective of --reward expert-step (an RL objective as `eexp.rl.rollouts.Episodes` describes): each step
-    samples --group-size actions at each of --tasks-per-step expert states, each rewarded by its match with the
-    expert's action; the first step's match rate is recorded as the probe (nothing is refused)."""
+    """The objective of --reward expert-step (an RL objective: eexp.rl.objective.RLObjective): each step samples
+    --group-size actions at each of --tasks-per-step expert states, each rewarded by its match with the expert's
+    action; the first step's match rate is recorded as the probe (nothing is refused)."""
 
+    OPTIONS = ("expert", "expert_match")
     phase = "rl-expert-step"
     unit = "actions"
+    act = None   # the environment's
+
+    def check(self, rl) -> None:
+        if rl.expert_match not in EXPERT_MATCHES:
+            raise UsageProblem(f"--expert-match {rl.expert_match}: choose from {', '.join(EXPERT_MATCHES)}")
 
     def setup(self, run) -> None:
         """The expert states: from --expert FILE, or the oracle's trajectories of the run's tasks."""

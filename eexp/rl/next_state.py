@@ -24,7 +24,7 @@ counted; a record that is not an outcome, or one of another environment or world
 
 from __future__ import annotations
 
-from eexp.errors import TrainingError
+from eexp.errors import TrainingError, UsageProblem
 from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, read_observation
 from eexp.rl.expert_step import records_of_split
@@ -67,14 +67,23 @@ def next_state_transitions(outcomes: list[dict], serializer: Serializer) -> list
 
 
 class NextState:
-    """The objective of --reward next-state (an RL objective as `eexp.rl.rollouts.Episodes` describes): each step
-    samples --group-size predictions at each of --tasks-per-step transitions of the outcome records, each rewarded
-    by its token F1 with the recorded next observation; the first step's mean F1 is recorded as the probe (nothing
-    is refused)."""
+    """The objective of --reward next-state (an RL objective: eexp.rl.objective.RLObjective): each step samples
+    --group-size predictions at each of --tasks-per-step transitions of the outcome records, each rewarded by its
+    token F1 with the recorded next observation; the first step's mean F1 is recorded as the probe (nothing is
+    refused)."""
 
+    OPTIONS = ("outcomes",)
     phase = "rl-next-state"
     unit = "predictions"
     act = "generate"   # a prediction is generated text, whatever the environment's action set
+
+    def check(self, rl) -> None:
+        if rl.outcomes is None:
+            raise UsageProblem("--reward next-state needs --outcomes FILE: the outcome records (as `eexp rollout` "
+                               "writes them) whose next states the policy predicts")
+        if rl.act not in (None, "generate"):
+            raise UsageProblem(f"--act {rl.act}: --reward next-state generates its predictions (--act generate, "
+                               "the default there)")
 
     def setup(self, run) -> None:
         """The outcome records of --outcomes FILE (their transitions are rendered once the start's serializer is

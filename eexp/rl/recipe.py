@@ -29,10 +29,10 @@ import torch
 from eexp import __version__
 from eexp.envs.base import make_env
 from eexp.errors import PolicyError, TrainingError, UsageProblem
-from eexp.policies.hf import TransformersPolicy
+from eexp.models.adapter import base_of
 from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, RLConfig
-from eexp.rl.expert_step import EXPERT_MATCHES
 from eexp.rl.loss import batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, packable, same_inputs, unit_count
+from eexp.rl.objective import RLObjective
 from eexp.rl.rollouts import LivePolicy, group_advantages, play_episodes
 from eexp.runner import progress_bar
 from eexp.stages.evaluate.episode import Evaluator
@@ -41,6 +41,7 @@ from eexp.stages.evaluate.tasks import split_tasks
 from eexp.training import checkpoint
 from eexp.training.config import default_lr, from_scratch, objective_class
 from eexp.training.model import check_model_dir
+from eexp.training.objective import refuse_foreign_options
 from eexp.training.trainer import Trainer
 
 
@@ -49,7 +50,8 @@ class RL(Trainer):
     objective --reward names (`OBJECTIVES`), or the one given. `rl` is the options as given; `cfg`, the trainer's,
     the same options as the trainer runs them (`_trainer_config`)."""
 
-    def __init__(self, rl: RLConfig, echo: Callable[[str], None] | None = None, objective=None):
+    def __init__(self, rl: RLConfig, echo: Callable[[str], None] | None = None,
+                 objective: RLObjective | None = None):
         self.rl = rl
         super().__init__(self._trainer_config(rl), echo)
         self.objective = objective  # None: --reward's, once setup has checked the options
@@ -62,7 +64,7 @@ class RL(Trainer):
         if not os.path.isfile(os.path.join(rl.model, "adapter_config.json")):
             return replace(rl, lora_dropout=0.0)
         try:
-            base = TransformersPolicy._base_of(rl.model, "")
+            base = base_of(rl.model)
         except PolicyError as e:
             raise TrainingError(str(e)) from None
         return replace(rl, model=base, adapter=rl.model, lora=True, lora_dropout=0.0)
@@ -72,14 +74,12 @@ class RL(Trainer):
     def setup(self) -> None:
         rl, cfg = self.rl, self.cfg
         self._check_rl_options()
-        if self.objective is None:
-            self.objective = objective_class("rl", rl.reward)()
         self._runtime(distributed=False)  # one process: the episodes are played where the weights are
         self.model_cfg = self._import_base()
         check_model_dir(self.model_cfg.model)
         self.env = make_env(rl.env, **rl.env_kwargs)
         # an objective that says how it acts (next-state: a prediction is generated) has that default
-        self.act = rl.act or getattr(self.objective, "act", None) or (
+        self.act = rl.act or self.objective.act or (
             "score" if getattr(self.env, "closed_actions", True) else "generate")
         self.tasks = split_tasks(self.env, rl.split, rl.tasks, self.echo)
         self.objective.setup(self)  # expert-step: the expert states (self.states); next-state: the outcome records
@@ -124,6 +124,8 @@ class RL(Trainer):
             self._new_optimizer("rl", self.phases[0][1])
 
     def _check_rl_options(self) -> None:
+        """The options of every RL run; the objective's own, refused under another objective in one place for all
+        (refuse_foreign_options: its OPTIONS) and checked by the objective (its check)."""
         rl = self.rl
         if not 0 < rl.clip <= 1:
             raise UsageProblem("--clip must be in (0, 1]")
@@ -132,23 +134,10 @@ class RL(Trainer):
                                "sampling's probabilities are not computed; use score for a closed action space)")
         if rl.reward not in REWARDS:
             raise UsageProblem(f"--reward {rl.reward}: choose from {', '.join(REWARDS)}")
-        if rl.expert is not None and rl.reward != "expert-step":
-            raise UsageProblem(f"--expert: only with --reward expert-step (--reward {rl.reward} rewards episodes)")
-        if rl.expert_match not in EXPERT_MATCHES:
-            raise UsageProblem(f"--expert-match {rl.expert_match}: choose from {', '.join(EXPERT_MATCHES)}")
-        if rl.expert_match != "exact" and rl.reward != "expert-step":
-            raise UsageProblem(f"--expert-match: only with --reward expert-step (--reward {rl.reward} rewards "
-                               "episodes)")
-        if rl.outcomes is not None and rl.reward != "next-state":
-            raise UsageProblem(f"--outcomes: only with --reward next-state (--reward {rl.reward} does not predict "
-                               "next states)")
-        if rl.reward == "next-state":
-            if rl.outcomes is None:
-                raise UsageProblem("--reward next-state needs --outcomes FILE: the outcome records (as `eexp rollout` "
-                                   "writes them) whose next states the policy predicts")
-            if rl.act not in (None, "generate"):
-                raise UsageProblem(f"--act {rl.act}: --reward next-state generates its predictions (--act generate, "
-                                   "the default there)")
+        if self.objective is None:
+            self.objective = objective_class("rl", rl.reward)()
+        refuse_foreign_options("rl", rl, self.objective)
+        self.objective.check(rl)
         if rl.group_size < 2:
             raise UsageProblem("--group-size must be at least 2 (advantages are relative to the group)")
         if rl.temperature <= 0:

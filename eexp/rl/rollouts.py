@@ -179,15 +179,15 @@ class Episodes:
     """The objective of outcome RL (--reward success, score or success+score; GRPO): each step plays --group-size
     episodes of each of --tasks-per-step tasks; an episode's reward comes at its end, its advantage from its group.
 
-    An RL objective (eexp.rl.recipe.RL) says what a step draws and how it is rewarded: `setup(run)`,
-    `fingerprint_data(run)` (what --resume must find unchanged), `collect(run, step)` -> [(drawn, its trace)],
-    `probe(run, drawn)` (the first step's check), `rewards(run, drawn)`, `account(run, drawn, rewards)` (the run's
-    counts, and the metrics row's fields), `postfix(row)` (the progress bar's), `config(run)` (config.yaml's extra
-    fields); `phase` (the metrics' and the card's phase), `unit` (what `<unit>_per_s` counts) and, where it samples
-    one way whatever the environment, `act` (the default of --act: next-state's `generate`)."""
+    An RL objective (eexp.rl.objective.RLObjective); it takes no option of its own."""
 
+    OPTIONS = ()
     phase = "rl"
     unit = "episodes"
+    act = None   # the environment's: score where its action set is closed, else generate
+
+    def check(self, rl) -> None:
+        """Nothing beyond the recipe's own checks."""
 
     def setup(self, run) -> None:
         run.states = []

@@ -16,7 +16,6 @@ from eexp.prompts import clip
 from eexp.stages.reflect.filters import judge
 from eexp.stages.reflect.text import content_words
 
-MEMORY_MODES = ("none", "reflexion")
 DIAGNOSIS_MAX_TOKENS = 160     # a short note: two or three sentences
 DIAGNOSIS_MAX_WORDS = 90
 DIAGNOSIS_MIN_WORDS = 5

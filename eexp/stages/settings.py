@@ -1,28 +1,16 @@
 """The generation and sampling settings the stages share, each default and help written once: the stages' settings
 dataclasses (eval's `EvalSettings`, reflect's `Settings`) take their fields from here, and the CLI makes its options
-from the fields (`eexp.cli.options.field_options`), as `eexp finetune` does from `FinetuneConfig`."""
+from the fields (`eexp.cli.options.field_options`), as `eexp finetune` does from `FinetuneConfig`. A field is made
+by `setting()` (eexp.fields, the bottom layer, which training's and rl's configs import too)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
+from eexp.fields import setting
 from eexp.policies import ACT_MODES  # the action modes load_policy takes, the stages' --act choices
 from eexp.policies.base import MAX_TOKENS  # the policies' default reply length, the stages' too
-
-
-def setting(default=None, help: str = "", *, factory=None, **hints):
-    """A settings (or config) field: its default and its help live here, once, and a command's options are made from
-    the fields (eexp.cli.options.field_options and dataclass_options). `hints` for click: flag ("--lora/--full"),
-    short ("-o"), metavar, min/max (min_open/max_open: a float's bound excluded), choices, required, argument (the
-    positional files), multiple (repeated), sep (one comma-separated value). `factory`: a default made anew for each
-    instance (a list)."""
-    metadata = {"help": help, **hints}
-    if hints.get("required") or hints.get("argument"):
-        return field(metadata=metadata)  # no default: the dataclass, like the command, needs it
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)

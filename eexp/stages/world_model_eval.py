@@ -35,12 +35,13 @@ from typing import Callable, Iterable, Iterator
 
 import orjson
 
+from eexp.fields import setting
 from eexp.inflight import InOrder
 from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, clip, read_observation
 from eexp.records import make_meta, short_hash
 from eexp.runner import Stage
-from eexp.stages.settings import setting, shared
+from eexp.stages.settings import shared
 from eexp.stages.world_model import world_model_transitions
 from eexp.stats import bootstrap_mean, wilson
 from eexp.text import normalize_space

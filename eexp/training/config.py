@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from eexp.card import read_card
 from eexp.errors import UsageProblem
-from eexp.stages.settings import setting
+from eexp.fields import setting
 
 PHASES = ("warmup", "train")
 # Options that may differ between a run and its --resume without changing the loss curve: the trainer's (every

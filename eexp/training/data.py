@@ -9,13 +9,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-import jinja2
-
-from eexp.errors import TrainingError, UsageProblem
+from eexp.errors import UsageProblem
 from eexp.io import Reader
 from eexp.policies.chat import longest_thought
 from eexp.prompts import fit_messages
 from eexp.records import expect
+from eexp.training.chat_template import encode_or_reject
 from eexp.training.config import FinetuneConfig
 
 
@@ -198,13 +197,9 @@ def read_examples(paths: list[str], on_error: str, warn: Callable[[str], None]) 
 def encode_items(name: str, items, reader: Reader, tokenizer, cfg: FinetuneConfig) -> Dataset:
     data = Dataset(name, [])
     for item in items:
-        try:
-            enc = encode(tokenizer, item.record["messages"], cfg.max_length, cfg.truncate)
-        except jinja2.TemplateSyntaxError as e:
-            raise TrainingError(f"{cfg.model}: the chat template cannot be parsed: {e}") from None
-        except (ValueError, jinja2.TemplateError) as e:
-            what = str(e) if isinstance(e, ValueError) else f"the chat template cannot render this example: {e}"
-            reader.reject(item.error(what))
+        enc = encode_or_reject(lambda: encode(tokenizer, item.record["messages"], cfg.max_length, cfg.truncate),
+                               item, reader, cfg.model, "example")
+        if enc is None:
             continue
         data.examples.append(enc)
         data.truncated += enc.truncated

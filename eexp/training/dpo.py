@@ -28,14 +28,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-import jinja2
 import torch
 import torch.nn.functional as F
 
-from eexp.errors import TrainingError, UsageProblem
+from eexp.errors import UsageProblem
 from eexp.io import Reader
 from eexp.records import expect
 from eexp.training.batches import collate
+from eexp.training.chat_template import encode_or_reject
 from eexp.training.config import FinetuneConfig
 from eexp.training.data import Dataset, Encoded, encode_pair, warn_without_end_of_turn
 
@@ -76,16 +76,12 @@ def encode_pairs(name: str, items, reader: Reader, tokenizer, cfg) -> Dataset:
     data = Dataset(name, [])
     for item in items:
         record = item.record
-        try:
-            chosen, rejected = encode_pair(tokenizer, record["prompt"], record["chosen"], record["rejected"],
-                                           cfg.max_length, cfg.truncate)
-        except jinja2.TemplateSyntaxError as e:
-            raise TrainingError(f"{cfg.model}: the chat template cannot be parsed: {e}") from None
-        except (ValueError, jinja2.TemplateError) as e:
-            what = str(e) if isinstance(e, ValueError) else f"the chat template cannot render this pair: {e}"
-            reader.reject(item.error(what))
+        encoded = encode_or_reject(lambda: encode_pair(tokenizer, record["prompt"], record["chosen"],
+                                                        record["rejected"], cfg.max_length, cfg.truncate),
+                                   item, reader, cfg.model, "pair")
+        if encoded is None:
             continue
-        pair = Pair(chosen, rejected)
+        pair = Pair(*encoded)
         data.examples.append(pair)
         data.truncated += pair.truncated
         serializer = (record.get("meta") or {}).get("serializer")
@@ -118,6 +114,8 @@ def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, beta: float):
 
 class DPO:
     """The objective of `--objective dpo`: preference pairs for examples and the DPO loss."""
+
+    OPTIONS = ("beta",)   # FinetuneConfig's fields that are DPO's own: refused under another objective
 
     def check(self, cfg: FinetuneConfig) -> None:
         if cfg.warmup_data:

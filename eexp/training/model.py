@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from eexp.errors import TrainingError, UsageProblem
-from eexp.policies.files import has_tokenizer
+from eexp.files import has_tokenizer
 from eexp.training.config import TrainerConfig
 
 

@@ -2,9 +2,13 @@
 `--objective NAME` names in `OBJECTIVES` (eexp.training.config), where the name is said once.
 
 An objective says what an example is and what a micro-batch of examples adds to the loss; the recipe does the rest
-(batches, updates, validation, checkpoints, --resume, the final save). Its methods:
+(batches, updates, validation, checkpoints, --resume, the final save). It declares the options it owns and checks
+them:
 
-    check(cfg)                        refuse options it cannot train with (UsageProblem)
+    OPTIONS                           the config fields that are its own (DPO: beta): given under another objective,
+                                      they are refused, in one place for every objective and both commands
+                                      (`refuse_foreign_options`); an objective with none may leave it out
+    check(cfg)                        refuse values of options it cannot train with (UsageProblem)
     read(paths, cfg, echo)            the valid records of the files, and their reader (--on-error)
     encode(name, items, reader, tokenizer, cfg) -> Dataset
     example_key(example)              what --resume's fingerprint of the data hashes for one example
@@ -20,15 +24,22 @@ preference pairs.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+import dataclasses
+from typing import Any, Callable, ClassVar, Protocol
 
+from eexp.errors import UsageProblem
 from eexp.io import Reader
-from eexp.training.config import FinetuneConfig
+from eexp.training.config import OBJECTIVES, FinetuneConfig, objective_class
 from eexp.training.data import Dataset
+
+# The option that names each command's objective (a key of OBJECTIVES[command]).
+OBJECTIVE_OPTION = {"finetune": "objective", "rl": "reward"}
 
 
 class Objective(Protocol):
     """What `Finetune` asks of the objective it optimizes (`SFT`, `DPO`)."""
+
+    OPTIONS: ClassVar[tuple[str, ...]]
 
     def check(self, cfg: FinetuneConfig) -> None: ...
 
@@ -45,3 +56,31 @@ class Objective(Protocol):
     def prepare(self, run: Any) -> None: ...
 
     def card(self, cfg: FinetuneConfig) -> dict: ...
+
+
+def options_of(objective: Any) -> tuple[str, ...]:
+    """The config fields an objective (a class or an instance) declares as its own; none when it declares nothing."""
+    return tuple(getattr(objective, "OPTIONS", ()))
+
+
+def refuse_foreign_options(command: str, cfg: Any, objective: Any) -> None:
+    """The one place an option of one objective given under another is refused (exit 2), for `command`'s
+    objectives (OBJECTIVES[command]): every field some objective declares in its OPTIONS, and `objective` (the one
+    the run trains) does not, must keep its default. The recipes name no objective here: a new objective's options
+    are refused under the others by its OPTIONS alone."""
+    option = OBJECTIVE_OPTION[command]
+    owners: dict[str, list[str]] = {}
+    for name in OBJECTIVES[command]:
+        for field in options_of(objective_class(command, name)):
+            owners.setdefault(field, []).append(name)
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for name, names in owners.items():
+        if name in options_of(objective) or getattr(cfg, name) == _default(fields[name]):
+            continue
+        flag = (fields[name].metadata.get("flag") or "--" + name.replace("_", "-")).split("/")[0]
+        raise UsageProblem(f"{flag}: only with --{option} {' or '.join(names)} (--{option} "
+                           f"{getattr(cfg, option)} does not take it)")
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default

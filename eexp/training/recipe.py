@@ -49,7 +49,7 @@ from eexp.training.batches import collate_rows, example_nll, examples_per_update
 from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, objective_class
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
 from eexp.training.model import OOM_ADVICE, _is_oom, check_model_dir
-from eexp.training.objective import Objective
+from eexp.training.objective import Objective, refuse_foreign_options
 from eexp.training.trainer import Trainer
 
 
@@ -146,10 +146,7 @@ class Finetune(Trainer):
             raise UsageProblem("--val-fraction must be in [0, 1)")
         if cfg.keep_best and not (cfg.val or cfg.val_fraction):
             raise UsageProblem("--keep-best needs validation data (--val FILE or --val-fraction F)")
-        if cfg.objective != "dpo" and cfg.beta != FinetuneConfig.beta:
-            raise UsageProblem("--beta is the DPO loss's; give --objective dpo")
-        if cfg.objective != "sft" and cfg.packing:  # SFT.OPTIONS
-            raise UsageProblem("--packing: only with --objective sft (the likelihood loss's rows)")
+        refuse_foreign_options("finetune", cfg, self.objective)
         if cfg.adapter and cfg.lora_targets != ["all-linear"]:
             raise UsageProblem("--adapter continues an existing adapter with its own target modules; drop "
                                "--lora-targets")

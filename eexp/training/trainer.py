@@ -40,10 +40,10 @@ from transformers import AutoConfig, get_scheduler
 from eexp import __version__
 from eexp.card import Card, read_card, write_card
 from eexp.errors import HubError, ModelError, TrainingError, WriteError
+from eexp.files import content_hash, hub_id, resolve_hub_model
 from eexp.io import Writer, write_atomic
 from eexp.models.export import export_gguf
 from eexp.models.import_gguf import import_gguf
-from eexp.policies.files import content_hash, hub_id, resolve_hub_model
 from eexp.training import checkpoint
 from eexp.training.config import TrainerConfig, check_full_fits, from_scratch
 from eexp.training.model import (_accelerator, checkpointing_default, count_parameters, enable_tf32, load_model,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from eexp.fields import setting
 from eexp.policies.base import Policy, thought_budget
 from eexp.prompts import Serializer
-from eexp.stages.settings import setting, shared
+from eexp.stages.settings import shared
 
 
 @dataclass

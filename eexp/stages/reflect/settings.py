@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eexp.stages.settings import setting, shared
+from eexp.fields import setting
+from eexp.stages.settings import shared
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ REQUIRED_SLOTS = ("situation", "chosen_action", "chosen_outcome", "alternatives"
 # off at 1,024 tokens, 15 s each); with one worked example and two or three sentences asked for, it stays on the
 # task more often and a reflection costs ~2.5 s (README.md here: "Self-reflection with a small model").
 BUILTIN_TEMPLATES = {"default": "reflect.txt", "short": "reflect-short.txt"}
-OPTIONAL_SLOTS = ("goal", "max_words")
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 COPY_RUN = 5              # words in a row shared with the template that count as copying it
 # The closing every reflection ends with, and the move after it (the worked example's): never counted as a copy.
