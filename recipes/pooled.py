@@ -21,8 +21,9 @@ import json
 from pathlib import Path
 
 from eexp.io import Reader
-from eexp.stages.evaluate.compare import (TOO_FEW_SEEDS, compare_runs, floored, p_text, plot_comparison, read_runs,
-                                          too_few_note)
+from eexp.stages.evaluate.compare import (MAX_LISTED_SEEDS, POWER_NOTE, TOO_FEW_SEEDS, compare_runs, floored, p_text,
+                                          plot_comparison, power_text, read_runs, too_few_note)
+from eexp.stats import bootstrap_min_pairs
 from eexp.stages.evaluate.summary import success_at, summarize
 
 # SR~constrained: SR evaluated like IL, constrained to the actions without its thought (seed 0 only; SR is evaluated
@@ -111,7 +112,7 @@ def table(result: dict, reference: str = "IL") -> str:
              f"vs {reference} over seeds: success per seed (seeds above); mean [95% CI], p | vs {reference} over "
              f"tasks: success (tasks better / worse, p) | vs {reference}: score (bootstrap p) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    few = []
+    few, seed_rows = [], 0
     for kind, splits in KINDS.items():
         for split in splits:
             for row in (result.get(kind) or {}).get("splits", {}).get(split, []):
@@ -121,6 +122,7 @@ def table(result: dict, reference: str = "IL") -> str:
                 by_seed = (vs or {}).get("seed_level")
                 seeds_cell = "" if vs else "(reference)"
                 if by_seed:
+                    seed_rows += 1
                     seeds_cell = seed_cell(by_seed, result[kind]["resamples"])
                     if not by_seed["enough_seeds"]:
                         few.append(by_seed["seeds"])
@@ -141,17 +143,30 @@ def table(result: dict, reference: str = "IL") -> str:
     if few:
         alpha = next(iter(result.values()))["alpha"]
         note = f"\n{TOO_FEW_SEEDS[0].upper()}{TOO_FEW_SEEDS[1:]}: {too_few_note(alpha, few)}\n"
+    if seed_rows:
+        note += f"\nPower {POWER_NOTE}.\n"
     return "\n".join(lines) + "\n" + note
 
 
 def seed_cell(s: dict, resamples: int) -> str:
-    """A run against IL over seeds: each seed's difference in points, how many are above, the mean with its
-    hierarchical bootstrap interval and p, the exact sign-flip test over seeds and, with too few seeds, that."""
-    diffs = ", ".join(f"{100 * d:+.1f}" for d in s["diffs"])
+    """A run against IL over seeds: each seed's difference in points (beyond eval --compare's MAX_LISTED_SEEDS, their
+    sd), how many are above, the mean with its hierarchical bootstrap interval and p (with fewer seeds than a
+    bootstrap claim needs, the mean alone), the exact sign-flip test over seeds with, when too few, that, and the
+    power over these seeds: the smallest difference they can tell from zero and the seeds the observed mean would
+    need (eval --compare's power_text)."""
+    if s["seeds"] > MAX_LISTED_SEEDS:
+        diffs = f"{s['seeds']} seed differences, sd {100 * s['sd']:.1f}"
+    else:
+        diffs = ", ".join(f"{100 * d:+.1f}" for d in s["diffs"])
     claim = f": {s['verdict']}" if not s["enough_seeds"] else f", {s['verdict']}"
-    return (f"{diffs} pts ({s['above']}/{s['seeds']} above); {100 * s['mean_diff']:+.1f} [{100 * s['ci_low']:+.1f}, "
-            f"{100 * s['ci_high']:+.1f}], bootstrap {p_text(floored(s['bootstrap_p'], resamples), resamples)}; "
-            f"sign-flip p = {s['sign_flip_p']:.3g}{claim}")
+    mean = f"{100 * s['mean_diff']:+.1f}"
+    if s.get("bootstrap_enough", True):
+        mean += (f" [{100 * s['ci_low']:+.1f}, {100 * s['ci_high']:+.1f}], bootstrap "
+                 f"{p_text(floored(s['bootstrap_p'], resamples), resamples)}")
+    else:
+        mean += f" (no bootstrap claim under {bootstrap_min_pairs(s.get('alpha', 0.05))} seeds)"
+    return (f"{diffs} pts ({s['above']}/{s['seeds']} above); {mean}; sign-flip p = {s['sign_flip_p']:.3g}{claim}"
+            f"{power_text(s)}")
 
 
 def attempts_table(results: Path) -> str:
@@ -196,6 +211,44 @@ def thoughts_table(results: Path) -> str:
         return ""
     return "\n".join(["| split | run | seeds | steps | steps with a thought | thoughts cut before `Action:` |",
                       "|---|---|---|---|---|---|", *lines]) + "\n"
+
+
+def machine(folder: Path) -> str:
+    """The CPU a seed was trained on (seed<s>/machine.txt's `cpu:` line, and its kernels' `env:` when set), or
+    `not recorded`: training diverges between CPUs, so a user checks a seed against a run on the same kind."""
+    try:
+        fields = dict(line.split(": ", 1) for line in (folder / "machine.txt").read_text().splitlines() if ": " in line)
+    except OSError:
+        return "not recorded"
+    kernels = " ".join(part.split("=", 1)[1] for part in fields.get("env", "").split()
+                       if part.startswith("ATEN_CPU_CAPABILITY="))
+    return fields.get("cpu", "not recorded") + (f", {kernels} kernels" if kernels else "")
+
+
+def seed_table(results: Path) -> str:
+    """Each seed's success per run and split (successes of episodes), and the machine that trained it: the figures
+    a user checks their own seed against, beside the pooled rates and the differences."""
+    folders = seeds(results)
+    lines = []
+    for kind, splits in KINDS.items():
+        found = [run for run in RUNS if any((f / kind / f"{run}.jsonl.gz").exists() for f in folders)]
+        if not found:
+            continue
+        for split in splits:
+            rows = []
+            for folder in folders:
+                cells = []
+                for run in found:
+                    path = folder / kind / f"{run}.jsonl.gz"
+                    mine = [e for e in read_episodes(path) if e["meta"]["split"] == split] if path.exists() else []
+                    cells.append(f"{sum(bool(e['success']) for e in mine)}/{len(mine)}" if mine else "")
+                if any(cells):
+                    rows.append(f"| {LABEL[kind, split]} | {folder.name[4:]} | {machine(folder)} | "
+                                + " | ".join(cells) + " |")
+            if rows:
+                lines += [f"| split | seed | machine | {' | '.join(found)} |",
+                          "|---|---|---|" + "---|" * len(found), *rows, ""]
+    return "\n".join(lines)
 
 
 def critic_table(results: Path) -> str:
@@ -272,6 +325,8 @@ def report(results: Path, result: dict) -> str:
     for title, text in (("Thought first (`--act think`): steps with a thought and thoughts cut, pooled over seeds",
                          thoughts_table(results)),
                         ("Within N attempts (pooled over seeds)", attempts_table(results)),
+                        ("Each seed: successes of episodes per run, and the machine that trained it",
+                         seed_table(results)),
                         ("The critic on held-out states (mean over seeds, min - max)", critic_table(results))):
         if text:
             parts.append(f"\n{title}:\n\n{text}")

@@ -77,7 +77,7 @@ class Rows:
     ids: torch.Tensor                  # (rows, width)
     mask: torch.Tensor | None          # attention mask of the padded rows; None when packed
     position_ids: torch.Tensor | None  # packed: each example's positions, from 0
-    targets: torch.Tensor              # (positions kept,) the token each kept position predicts, per row
+    targets: torch.Tensor              # (rows, positions kept) the token each kept position predicts
     weights: torch.Tensor              # (rows, positions kept) the loss weight of that prediction
     keep: torch.Tensor                 # the kept positions (of every row)
     segment: torch.Tensor | None       # packed: the example of each kept position
@@ -135,8 +135,8 @@ def collate_rows(examples: list[Encoded], pad_id: int, device, packed: bool = Fa
                  for k, v in flash.items()}
     on = {k: v.to(device, non_blocking=cuda) for k, v in host.items()}
     return Rows(ids=on["ids"], mask=on.get("mask"), position_ids=on.get("position_ids"), targets=on["targets"],
-                weights=on["weights"], keep=on["keep"], segment=on.get("segment"), n_targets=on["n_targets"], n_examples=len(examples),
-                tokens=sum(len(e.ids) for e in examples), flash_kwargs=flash)
+                weights=on["weights"], keep=on["keep"], segment=on.get("segment"), n_targets=on["n_targets"],
+                n_examples=len(examples), tokens=sum(len(e.ids) for e in examples), flash_kwargs=flash)
 
 
 def example_nll(model, rows: Rows):
