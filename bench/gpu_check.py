@@ -138,8 +138,8 @@ def merged_logit_difference(adapter: Path, merged: Path, device: str) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eexp.policies.hf import TransformersPolicy
-    base = TransformersPolicy._base_of(str(adapter), "")
+    from eexp.models.adapter import base_of
+    base = base_of(str(adapter))
     tok = AutoTokenizer.from_pretrained(merged)
     ids = tok.apply_chat_template([{"role": "user", "content": "Task: buy a red shirt under 30 dollars."}],
                                   add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
