@@ -38,6 +38,9 @@ GGUF_PREFIX = "eexp."
 PHASE_KEYS = ("name", "updates", "examples", "tokens", "truncated", "skipped", "objective", "beta",
               "examples_per_update", "epochs", "loss_norm")
 # init-model --pretrain's record (eexp.models.pretrain.pretrain, and the corpus files it read)
+# what trained the model (finetune, rl: eexp.training.machine.machine_card): training diverges between CPUs (an AVX512 machine and an AVX2
+# one sum in another order), so a seed's result is checked against a run on the same kind of machine
+MACHINE_KEYS = ("cpu", "cpu_capability", "mkl_cbwr", "threads", "torch", "device")
 PRETRAIN_KEYS = ("corpus", "steps", "block", "batch", "lr", "seed", "pages", "tokens", "held_out_pages",
                  "held_out_loss_before", "final_train_loss", "held_out_loss")
 
@@ -68,6 +71,7 @@ class Card:
     # The longest thought among the training targets (`Thought: ...` up to its `Action:` line), in the model's
     # tokens: eval --act think's thought budget (eexp.policies.base.thought_budget). None: no thought was trained.
     thought_tokens: int | None = None
+    machine: dict | None = None       # finetune, rl: the machine and kernels that trained it
 
     # -- dict (card.yaml) --
 
@@ -135,6 +139,13 @@ def _check(key: str, value: Any, where: str) -> Any:
             unknown = sorted(set(phase) - set(PHASE_KEYS))
             if unknown:
                 raise CardError(f"{where}: phases: unknown key {unknown[0]!r} (known: {', '.join(PHASE_KEYS)})")
+        return value
+    if key == "machine":
+        if not isinstance(value, dict):
+            raise CardError(f"{where}: machine must be a mapping, not {type(value).__name__}")
+        unknown = sorted(set(value) - set(MACHINE_KEYS))
+        if unknown:
+            raise CardError(f"{where}: machine: unknown key {unknown[0]!r} (known: {', '.join(MACHINE_KEYS)})")
         return value
     if key == "pretrain":
         if not isinstance(value, dict):

@@ -100,6 +100,25 @@ def test_config_yaml_replays_the_run(trained, tmp_path, runner):
     assert read_card(again).serializer == read_card(trained).serializer
 
 
+def test_finetune_card_records_the_machine_and_its_kernels(trained):
+    """Training diverges between CPUs (issue 61): the card says which CPU and which kernels trained the model."""
+    machine = read_card(trained).machine
+    assert machine["cpu"] and machine["torch"] == torch.__version__
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_the_recipes_kernel_settings_reach_the_card(tmp_path):
+    """The recipes' CPU_REPRODUCIBLE settings (AVX2 kernels, MKL's AVX2 branch) are what the card records."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", "from eexp.training.machine import machine_card; "
+                          "m = machine_card(); print(m['cpu_capability'], m['mkl_cbwr'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["AVX2", "AVX2"]
+
+
 def test_an_unknown_key_in_a_card_is_an_error_naming_it_and_the_file(tmp_path):
     (tmp_path / "card.yaml").write_text("command: finetune\nserialiser: {history: 2}\n")
     with pytest.raises(CardError) as e:
@@ -107,8 +126,8 @@ def test_an_unknown_key_in_a_card_is_an_error_naming_it_and_the_file(tmp_path):
     assert str(e.value) == (
         f"{tmp_path / 'card.yaml'}: unknown key 'serialiser' in the model card (known: adapter, adapter_sha256, "
         "base_import, base_model, base_revision, base_sha256, best_step, best_val_loss, command, eexp_version, "
-        "from_scratch, gradient_checkpointing, method, phases, precision, pretrain, quant, serializer, source, "
-        "source_sha256, thought_tokens, updates)")
+        "from_scratch, gradient_checkpointing, machine, method, phases, precision, pretrain, quant, serializer, "
+        "source, source_sha256, thought_tokens, updates)")
 
 
 def test_an_unknown_serializer_setting_is_an_error_not_dropped(tmp_path):

@@ -46,6 +46,7 @@ from eexp.models.export import export_gguf
 from eexp.models.import_gguf import import_gguf
 from eexp.training import checkpoint
 from eexp.training.config import TrainerConfig, check_full_fits, from_scratch
+from eexp.training.machine import machine_card
 from eexp.training.model import (_accelerator, checkpointing_default, count_parameters, enable_tf32, load_model,
                                  load_tokenizer, training_memory)
 
@@ -339,7 +340,8 @@ class Trainer:
                     best_step=self.state.get("best_step"), best_val_loss=self.state.get("best_val"),
                     # the longest thought trained, here or before (a base that was itself trained on SR examples)
                     thought_tokens=max(self._thoughts_trained()
-                                       + [read_card(self.model_cfg.model).thought_tokens or 0]) or None)
+                                       + [read_card(self.model_cfg.model).thought_tokens or 0]) or None,
+                    machine=machine_card())
 
 
     # -- what the optimizer and the final save ask of the recipe --
