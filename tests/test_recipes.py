@@ -206,3 +206,45 @@ def test_compute_matched_rows_train_for_the_updates_of_the_run_they_match(tmp_pa
     for r in runs:
         rows = [orjson.loads(line) for line in (out / r / "metrics.jsonl").read_bytes().splitlines()]
         assert any("val_loss" in row for row in rows), f"{r} logged no validation loss"
+
+
+def _plan(tmp_path, nvidia_smi: str, *args: str) -> str:
+    """`make -n` of the recipes with a fake nvidia-smi first on PATH (a shell script printing `nvidia_smi`'s text,
+    or failing as it does without a driver when that is empty), outside any make the tests themselves run in."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "nvidia-smi"
+    body = f"echo '{nvidia_smi}'" if nvidia_smi else "echo 'NVIDIA-SMI has failed: no driver' >&2; exit 9"
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "GPU_JOBS")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(["make", "-n", "-C", str(RECIPES), "CONFIG=configs/lowdata.mk", f"OUT={tmp_path}/x", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_on_a_gpu_the_seeds_fine_tunes_are_planned_side_by_side_and_without_one_as_before(tmp_path):
+    """With an 80 GB GPU listed by nvidia-smi, `seeds` runs every seed's comparison inside one make of GPU_JOBS jobs
+    (four fifths of the memory over GPU_RUN_GIB, or as given), so all their fine-tunes share its jobs; `compare`
+    runs in a make of its own with those jobs. Without a GPU the seeds run one after another, as before."""
+    out = tmp_path / "x"
+    finetunes = re.compile(r"eexp finetune .*--seed (\d) .*-o \S+/seed(\d)/(\S+) ")
+    gpu = _plan(tmp_path, "81559", "seeds", "SEEDS=0 1")  # an H100's MiB: 63 GiB / 8 GiB a run
+    lines = gpu.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith("-j7 seed-run-0 seed-run-1 GPU_JOBS="))
+    runs = [m.groups() for m in map(finetunes.search, lines[start:]) if m]
+    assert {(s, arm) for s, _, arm in runs} >= {(s, arm) for s in "01" for arm in ("IL", "IWM", "SR")}
+    assert all(seed == folder for seed, folder, _ in runs)
+    assert not re.search(r"compare OUT=\S+ SEED=\d &&", gpu)  # no seed waits for another
+    assert "-j3 seed-run-0" in _plan(tmp_path, "81559", "seeds", "SEEDS=0 1", "GPU_RUN_GIB=20")
+    assert "-j2 seed-run-0" in _plan(tmp_path, "81559", "seeds", "SEEDS=0 1", "GPU_JOBS=2")
+    assert re.search(r"^\S*make -j7 compare GPU_JOBS=$", _plan(tmp_path, "81559", "compare"), re.M)
+
+    for cpu in (_plan(tmp_path, "", "seeds", "SEEDS=0 1"), _plan(tmp_path, "81559", "seeds", "SEEDS=0 1", "GPU_JOBS=")):
+        assert re.search(rf"^\S*make compare OUT={out}/seed0 SEED=0 && \S*make compare OUT={out}/seed1 SEED=1 && true$",
+                         cpu, re.M)
+        assert "seed-run-" not in cpu and not re.search(r"make -j\d", cpu)
+    assert not re.search(r"make -j\d", _plan(tmp_path, "", "compare"))

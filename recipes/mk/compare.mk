@@ -126,5 +126,11 @@ ROWS = IL IWM SR $(SR_GROUNDED_ROW) $(ACTOBS_ROW) $(MATCHED_ROWS) $(DREAM_ROWS) 
 $(OUT)/compare.json: $(foreach r,$(ROWS),$(OUT)/eval/$(r).jsonl) $(THINK_EVALS)
 	$(EEXP) eval --compare $^ --summary $@ --plot $(OUT)/compare.png
 
+ifeq ($(GPU_JOBS),)
 compare: $(OUT)/compare.json $(if $(RECOVERY_N),$(OUT)/recovery.json)
 	@echo "results: $(OUT)/compare.json, plot: $(OUT)/compare.png"
+else
+# on a GPU (GPU_JOBS, ../Makefile): the same in a make of GPU_JOBS jobs, so the arms' fine-tunes run side by side
+compare:
+	$(MAKE) -j$(GPU_JOBS) compare GPU_JOBS=
+endif

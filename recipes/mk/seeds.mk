@@ -8,8 +8,13 @@
 SEEDS     ?= 0 1 2
 SEED_GROUP = $(1)=$(subst $(eval) ,$(comma),$(strip $(foreach s,$(SEEDS),$(OUT)/seed$(s)/eval/$(1).jsonl)))
 
+# Without a GPU the seeds run one after another (each seed's targets side by side under make's own -j); with one
+# (GPU_JOBS, ../Makefile) every seed's comparison is a sub-make of one make of GPU_JOBS jobs, so all the seeds'
+# fine-tunes share its jobs and run side by side. GPU_JOBS= below them: no seed's sub-make starts a make of its own.
+SEED_RUNS = $(addprefix seed-run-,$(SEEDS))
 seeds: install
-	$(foreach s,$(SEEDS),$(MAKE) compare OUT=$(OUT)/seed$(s) SEED=$(s) &&) true
+	$(if $(GPU_JOBS),$(MAKE) -j$(GPU_JOBS) $(SEED_RUNS) GPU_JOBS=,$(foreach s,$(SEEDS),$(MAKE) compare \
+	  OUT=$(OUT)/seed$(s) SEED=$(s) &&) true)
 	@mkdir -p $(OUT)/seeds
 	$(EEXP) eval --compare $(foreach r,$(ROWS) $(addsuffix ~think,$(THINK_ROWS)) $(addsuffix ~score,$(SCORE_ROWS)),$(call SEED_GROUP,$(r))) \
 	  --summary $(OUT)/seeds/compare.json \
@@ -19,6 +24,11 @@ seeds: install
 	$(if $(RECOVERY_N),$(EEXP) eval --compare $(foreach r,$(RECOVERY_ROWS),$(r)=$(subst $(eval) ,$(comma),$(strip \
 	  $(foreach s,$(SEEDS),$(OUT)/seed$(s)/recovery/$(r).jsonl)))) --summary $(OUT)/seeds/recovery.json)
 	@echo "results: $(OUT)/seeds/compare.json, plot: $(OUT)/seeds/compare.png"
+
+# seed s's comparison, in a make of its own (its OUT and SEED are not the other seeds')
+.PHONY: $(SEED_RUNS)
+$(SEED_RUNS): seed-run-%:
+	$(MAKE) compare OUT=$(OUT)/seed$* SEED=$*
 
 # --- results kept in a repository: one seed at a time, pooled from what is kept ------------------------------------
 # `publish` copies seed SEED's episode files (gzip: eval --compare reads them as they are), every run's
