@@ -155,7 +155,9 @@ def test_eval_goes_on_when_an_endpoint_dies_and_stops_when_every_one_has(stub, t
     assert (f"Error: every policy endpoint stopped answering ({first.url}: connection refused; {second.url}: "
             f"connection refused) after") in gone.stderr
     assert "continue with -o FILE --resume" in gone.stderr
-    assert all(json.loads(line)["stop_reason"] != "error" for line in out.read_text().splitlines())
+    # (under load no episode may have ended before both died: an output the run left empty is removed)
+    kept = out.read_text().splitlines() if out.exists() else []
+    assert all(json.loads(line)["stop_reason"] != "error" for line in kept)
     # the closing line names the endpoint whose requests were sent again (the first to stop), not the last one,
     # whose requests had nowhere left to go (issue 51)
     resent_from = [url for url in (first.url, second.url)

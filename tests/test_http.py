@@ -580,3 +580,25 @@ def test_warnings_from_threads_are_one_write_each(monkeypatch):
     assert len(stderr.writes) == 80
     assert all(w.startswith("eexp: warning: thread ") and w.endswith("\n") and w.count("\n") == 1
                for w in stderr.writes)
+
+
+def test_a_served_model_file_on_this_machine_is_hashed_as_a_local_run_hashes_it(stub, tmp_path):
+    """llama-server and vLLM name what they serve (/v1/models' id and root); where that file or folder is on this
+    machine, eval's records carry its hash, the model_sha256 a run of the file itself records (issue 61: the
+    ALFWorld calibration's episodes, evaluated through llama-server, had an empty one). A name that is not here
+    leaves it unknown."""
+    from eexp.card import Card, write_card
+    from eexp.files import content_hash
+    folder = tmp_path / "served"
+    folder.mkdir()
+    write_card(folder, Card(command="finetune"))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    runner = CliRunner()
+    for model_id, want in ((str(folder), content_hash([str(folder)])), ("elsewhere/model.gguf", "")):
+        server = stub("llamacpp", model_id=model_id)
+        result = runner.invoke(cli, ["eval", "--policy", server.url, "--env", "shop", "-n", "1", "--max-steps", "1",
+                                     "--act", "constrained", "-q"])
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout.splitlines()[0])
+        assert record["meta"]["model_sha256"] == want
+    assert want == "" and len(content_hash([str(folder)])) == 64

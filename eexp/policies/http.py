@@ -65,6 +65,7 @@ import urllib.request
 
 from eexp.card import read_model_card
 from eexp.errors import CardError, EndpointDown, PolicyError
+from eexp.files import content_hash
 from eexp.inflight import side_by_side
 from eexp.policies.actions import failed_reply, open_space, reply_from_text
 from eexp.policies.args import take_args
@@ -333,9 +334,10 @@ class HttpPolicy(Policy):
             self._probe_scoring()
         self.card_path: str | None = None   # the served model's file or folder here, where its card was read
         self._thought_tokens_trained: int | None = None
+        # every act: the card gives think its thought budget, and the file its hash (describe's model_sha256)
+        self._read_served_card()
         if act == "think":
             self._probe_continuation()
-            self._read_served_card()
         if self.guided == "auto":
             if act in ("generate", "score"):
                 self.guided = "none"     # free text, or ranking: no guided decoding to probe
@@ -566,7 +568,10 @@ class HttpPolicy(Policy):
                # the action after the thought: by `guided` where the set is closed (not by log-likelihood)
                "think": {"think": "continue_final_message"}}.get(self.act_mode, {})
         card = {"card": self.card_path} if self.card_path else {}
-        return {"model": self.model or self.base, "model_sha256": "", "backend": self.backend,
+        # the served model's hash where the server names a model file or folder on this machine (llama-server its
+        # GGUF, vLLM its folder), as a local run of that model records it; a server elsewhere: unknown ("")
+        sha = content_hash([self.card_path]) if self.card_path else ""
+        return {"model": self.model or self.base, "model_sha256": sha, "backend": self.backend,
                 "endpoint": self.base, "guided": self.guided, **how, **card}
 
     def trained_thought_tokens(self) -> int | None:
