@@ -138,6 +138,46 @@ def test_branch_k3_every_state_rollout_no_mismatch(runner, expert_file, tmp_path
     assert len(list(read_records([tmp_path / "iwm.jsonl"]))) >= 3 * len(records)
 
 
+def test_rollout_from_snapshots_writes_the_records_a_replay_writes(runner, expert_file, tmp_path, monkeypatch):
+    """Rollout restores a state from its snapshot and writes the admissible list of only the states it is asked for
+    (alternatives are stepped and left). Its outcome records are the ones today's replay writes: each execution a
+    reset of the game and a replay of its prefix in an engine that writes every list (TextWorld's own
+    _gather_infos), on these games the generator wrote."""
+    from eexp.envs import alfworld_env
+    from eexp.envs.alfworld_env import AlfWorldEnv
+    from eexp.stages.rollout import EnvPool, rollout_group
+    branches, outcomes, stats = tmp_path / "br.jsonl", tmp_path / "out.jsonl", tmp_path / "stats.json"
+    run_cli(runner, ["branch", "--propose", "admissible", "-k", "3", "--seed", "2", str(expert_file), "-o",
+                     str(branches)])
+    records = list(read_records([branches]))
+    written = []
+    admissible = alfworld_env._admissible
+
+    def counted(pddl):
+        written.append("admissible_commands" not in pddl.state)
+        return admissible(pddl)
+    monkeypatch.setattr(alfworld_env, "_admissible", counted)
+    run_cli(runner, ["rollout", str(branches), "-o", str(outcomes), "--stats", str(stats)])
+    restored = list(read_records([outcomes]))
+    st = orjson.loads(stats.read_bytes())
+    assert st["env_steps"] == 4 * len(records) and st["state_mismatches"] == 0 and st["errors"] == 0
+    assert sum(written) == len(records)    # one list a state (its snapshot's), none for the 4 states it steps to
+    monkeypatch.setattr(alfworld_env, "_admissible", admissible)
+
+    class Replayed(AlfWorldEnv):
+        can_snapshot = False
+    monkeypatch.setattr(alfworld_env, "_gather_infos_lazily", lambda pddl: type(pddl)._gather_infos(pddl))
+    pool = EnvPool(lambda name, **kwargs: Replayed(**kwargs))
+    replayed, counts = rollout_group(records, pool)
+    pool.close()
+    assert counts.get("state_mismatches", 0) == 0 and counts.get("errors", 0) == 0
+    assert counts["env_steps"] > 4 * len(records)                  # the resets' replays
+    assert not any(r["meta"]["snapshots"] for r in replayed) and all(r["meta"]["snapshots"] for r in restored)
+    assert len(restored) == len(replayed) == len(records)
+    for a, b in zip(restored, replayed):    # every outcome record, the same but for how the state was reached
+        assert {k: v for k, v in a.items() if k != "meta"} == {k: v for k, v in b.items() if k != "meta"}
+
+
 def test_state_check_catches_a_drift(runner, expert_file, tmp_path):
     branches, outcomes, stats = tmp_path / "br.jsonl", tmp_path / "out.jsonl", tmp_path / "stats.json"
     run_cli(runner, ["branch", "--propose", "admissible", "-k", "1", str(expert_file), "-o", str(branches)])
@@ -218,8 +258,10 @@ def test_snapshot_of_another_engine_is_replayed_and_faults_close_the_game(monkey
 
 
 def test_memoized_engine_calls_give_what_the_engine_gives(monkeypatch):
-    """_engine_calls memoizes the PDDL translation and TextWorld's grammar parsing: the same texts, in order."""
+    """_engine_calls memoizes the PDDL translation and TextWorld's grammar parsing, and the admissible lists are
+    written only when asked: the same texts and lists, in order."""
     import random
+    from eexp.envs import alfworld_env
     from eexp.envs.alfworld_env import AlfWorldEnv, _engine_calls
 
     def play():
@@ -234,6 +276,9 @@ def test_memoized_engine_calls_give_what_the_engine_gives(monkeypatch):
 
     memoized = play()
     monkeypatch.setattr(_engine_calls, "depth", 1)    # as if nested: the originals stay in place
+    assert play() == memoized
+    # and the admissible lists written only when asked are the ones TextWorld writes at every step
+    monkeypatch.setattr(alfworld_env, "_gather_infos_lazily", lambda pddl: type(pddl)._gather_infos(pddl))
     assert play() == memoized
 
 

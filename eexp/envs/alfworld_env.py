@@ -168,6 +168,47 @@ def _take_pddl(policy: bool):
                                       extras=["gamefile"]))
 
 
+def _gather_infos_lazily(pddl) -> None:
+    """PddlEnv._gather_infos (textworld 1.7) without its admissible list, which _admissible() writes when asked.
+
+    Writing the list derives the command of every applicable action through TextWorld's grammar: 70-80% of a step's
+    time in a full room. Rollout steps each of a state's K alternatives from a restored snapshot and never asks the
+    list of the state an alternative reaches, so it is written only for the states that are asked (the next step,
+    admissible(), a snapshot). It is a function of the state (the grammar takes the first applicable rule, no
+    randomness), written while the engine is still at that state: the same list, in the same order."""
+    state, facts = pddl.state, pddl._pddl_state
+    state["command_templates"] = sorted(set(action.template for action in pddl._logic.actions.values()))
+    state["won"] = facts.check_goal()
+    state["lost"] = False
+    state["_entity_infos"] = dict(pddl._entity_infos)
+    state["_facts"] = list(facts.facts)
+    if pddl.request_infos.facts:
+        state["facts"] = list(map(pddl._get_human_readable_fact, state["_facts"]))
+    state["last_action"] = None
+    state["_last_action"] = pddl._last_action
+    state["_valid_actions"] = list(facts.all_applicable_actions())
+    if pddl.request_infos.moves:
+        state["moves"] = pddl._moves
+
+
+def _admissible(pddl) -> list[str]:
+    """The current state's admissible commands, written now if _gather_infos_lazily left them out (as
+    PddlEnv._gather_infos writes them: derived through the grammar, deduplicated, sorted)."""
+    state = pddl.state
+    if "admissible_commands" not in state:
+        mapping = {k: info.name for k, info in pddl._entity_infos.items()}
+        commands = []
+        for action in state["_valid_actions"]:
+            context = {"state": pddl._pddl_state, "facts": list(pddl._pddl_state.facts),
+                       "variables": {ph.name: pddl._entity_infos[var.name] for ph, var in action.mapping.items()},
+                       "mapping": action.mapping, "entity_infos": pddl._entity_infos}
+            action.command_template = pddl._logic.grammar.derive(action.command_template, context)
+            commands.append(action.format_command(mapping))
+        state["_valid_commands"] = commands
+        state["admissible_commands"] = sorted(set(commands))
+    return state["admissible_commands"] or []
+
+
 class _Engine:
     """One game in TextWorld's PDDL engine with alfworld's wrappers, and the engine's state saved and set back."""
 
@@ -175,6 +216,8 @@ class _Engine:
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
         self.policy = policy
         self.pddl = _take_pddl(policy)
+        if not policy:      # the planner's engine replans in _gather_infos: it keeps TextWorld's own
+            self.pddl._gather_infos = functools.partial(_gather_infos_lazily, self.pddl)
         self.env = AlfredInfos(AlfredDemangler(self.pddl, shuffle=False))
         self.game_file = game_file
         with _engine_calls():
@@ -185,7 +228,11 @@ class _Engine:
         lib.set_state_id.argtypes, lib.set_state_id.restype = [ctypes.c_int], None
         self.first = self.save()
 
+    def admissible(self) -> list[str]:
+        return _admissible(self.pddl)
+
     def save(self) -> dict:
+        _admissible(self.pddl)          # a snapshot is stepped from again: its list is written once, here
         pddl, facts = self.pddl, self.pddl._pddl_state
         return {"id": pddl.downward_lib.get_state_id(),
                 "facts": {k: frozenset(v) for k, v in facts._facts.items()},
@@ -210,6 +257,7 @@ class _Engine:
         self.state = saved["state"]
 
     def step(self, command: str):
+        _admissible(self.pddl)          # PddlEnv.step finds the command in the list of the state it leaves
         self.state, _, done = self.env.step(command)
         return self.state, done
 
@@ -373,7 +421,7 @@ class AlfWorldEnv(Env):
     def step(self, action: str) -> tuple[str, float, bool, dict]:
         engine = self._live()
         command = self.canonicalize(action)
-        valid = command in set(engine.state.admissible_commands or [])
+        valid = command in set(self._guard(f"step {action!r}", engine.admissible))
         state, done = self._guard(f"step {action!r}", lambda: engine.step(command))
         self._history.append(command)
         won = bool(state.get("won"))
@@ -383,7 +431,7 @@ class AlfWorldEnv(Env):
     def admissible(self) -> list[str]:
         if self._engine is None or self._task is None:
             return []
-        return list(self._engine.state.admissible_commands or [])
+        return list(self._guard("admissible", self._engine.admissible))
 
     def success(self) -> bool:
         return bool(self._engine is not None and self._task is not None and self._engine.state.get("won"))
