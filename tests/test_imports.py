@@ -12,6 +12,8 @@
   helpers sit at the bottom (`setting()` in eexp/fields.py, the model files and hashes in eexp/files.py), models/
   below policies/ (a backend loads a model; nothing in models/ needs a policy), and the dream environment, a world
   backed by a model, above policies/ (the other environments import no policy), so no two layers import each other.
+- eexp/training/ names no module of eexp/rl/, the layer above it, in its code: no import, and no "module:Class"
+  string either (rl's objectives are registered in eexp/rl/config.py); docstrings may point a reader there.
 - eexp/training/ and eexp/rl/ import everything at their top, torch included; their packages' __init__.py import
   nothing, so the commands' start-up, which reads their config modules, imports no torch (nor numpy).
 """
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -327,3 +330,56 @@ def test_the_commands_start_without_torch(args):
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1] == "[]", f"eexp {' '.join(args)} imported {done.stderr.splitlines()[-1]}"
+
+
+def docstrings(tree: ast.AST) -> set[int]:
+    """The ids of the docstring nodes of a module's tree (of the module, its classes and functions)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+RL_MODULE = re.compile(r"\beexp\.rl\b")
+
+
+def names_of_rl(path: Path, package: str) -> list[str]:
+    """Where a module depends on eexp.rl: an import of it (at the top or inside a function, relative ones resolved
+    against `package`), or a string in its code that names one of its modules ("eexp.rl.rollouts:Episodes",
+    importlib's argument), which the import graph does not see. Docstrings name the layer above for a reader and
+    run nothing: they may."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    skip = docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names if RL_MODULE.match(a.name)]
+        elif isinstance(node, ast.ImportFrom):
+            source = source_of(node, package)
+            if any(RL_MODULE.match(name) for name in (source, *(f"{source}.{a.name}" for a in node.names))):
+                found.append(f"{node.lineno}: from {source} import {', '.join(a.name for a in node.names)}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            if RL_MODULE.search(node.value):
+                found.append(f"{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_training_names_no_rl_module():
+    """eexp/training/ is below eexp/rl/ (LAYERS): it neither imports eexp.rl nor names one of its modules by string
+    (rl's objectives are registered in eexp/rl/config.py, `REWARDS`), so training knows nothing of the layer above."""
+    found = [f"{path.relative_to(ROOT).as_posix()}:{where}" for name, path in module_names().items()
+             if name.startswith("eexp.training") for where in names_of_rl(path, package_of(name, path))]
+    assert not found, "\n".join(found)
+
+
+def test_a_string_or_import_naming_an_rl_module_is_found(tmp_path):
+    mod = tmp_path / "m.py"
+    mod.write_text('"""Beside eexp.rl.recipe (a docstring: allowed)."""\nimport eexp.rl.loss\n\n'
+                   'def f():\n    """eexp.rl.config"""\n    from eexp import rl\n    from ..rl.config import REWARDS\n'
+                   '    return {"x": "eexp.rl.rollouts:Episodes", "y": "eexp.rlx", "z": "eexp.training.dpo:DPO"}\n')
+    assert names_of_rl(mod, "eexp.training") == ["2: import eexp.rl.loss", "6: from eexp import rl",
+                                                 "7: from eexp.rl.config import REWARDS",
+                                                 "8: 'eexp.rl.rollouts:Episodes'"]

@@ -16,7 +16,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from eexp.cli import cli  # noqa: E402
 from eexp.errors import UsageProblem  # noqa: E402
-from eexp.rl.config import RLConfig  # noqa: E402
+from eexp.rl.config import REWARDS, RLConfig  # noqa: E402
 from eexp.rl.objective import RLObjective  # noqa: E402
 from eexp.rl.recipe import RL  # noqa: E402
 from eexp.training import objective as objectives  # noqa: E402
@@ -33,12 +33,12 @@ def members(protocol: type) -> set[str]:
     return {name for name in vars(protocol) if not name.startswith("_")} | set(protocol.__annotations__)
 
 
-@pytest.mark.parametrize("command, protocol, config", [("finetune", Objective, FinetuneConfig),
-                                                       ("rl", RLObjective, RLConfig)])
-def test_every_objective_follows_its_interface_and_owns_options_of_its_command(command, protocol, config):
+@pytest.mark.parametrize("registry, protocol, config", [(OBJECTIVES, Objective, FinetuneConfig),
+                                                        (REWARDS, RLObjective, RLConfig)])
+def test_every_objective_follows_its_interface_and_owns_options_of_its_command(registry, protocol, config):
     fields = {f.name for f in dataclasses.fields(config)}
-    for name in OBJECTIVES[command]:
-        cls = objective_class(command, name)
+    for name in registry:
+        cls = objective_class(registry, name)
         missing = members(protocol) - {"OPTIONS"} - set(dir(cls))
         assert not missing, f"{name}: {sorted(missing)}"
         assert set(objectives.options_of(cls)) <= fields & set(config.OPTIONS), name
@@ -57,17 +57,17 @@ def test_every_objective_follows_its_interface_and_owns_options_of_its_command(c
 def test_an_objectives_option_is_refused_under_another(given, reward, refused):
     rl = rl_config(reward=reward, **given)
     with pytest.raises(UsageProblem) as e:
-        refuse_foreign_options("rl", rl, objective_class("rl", reward)())
+        refuse_foreign_options(REWARDS, rl, objective_class(REWARDS, reward)())
     assert str(e.value) == refused
 
 
 def test_an_objectives_own_options_pass():
-    refuse_foreign_options("rl", rl_config(reward="expert-step", expert="e.jsonl", expert_match="f1"),
-                           objective_class("rl", "expert-step")())
-    refuse_foreign_options("rl", rl_config(reward="next-state", outcomes="f.jsonl"),
-                           objective_class("rl", "next-state")())
-    refuse_foreign_options("finetune", FinetuneConfig(train_files=["t"], model="m", output="o", objective="dpo",
-                                                      beta=0.3), objective_class("finetune", "dpo")())
+    refuse_foreign_options(REWARDS, rl_config(reward="expert-step", expert="e.jsonl", expert_match="f1"),
+                           objective_class(REWARDS, "expert-step")())
+    refuse_foreign_options(REWARDS, rl_config(reward="next-state", outcomes="f.jsonl"),
+                           objective_class(REWARDS, "next-state")())
+    refuse_foreign_options(OBJECTIVES, FinetuneConfig(train_files=["t"], model="m", output="o", objective="dpo",
+                                                      beta=0.3), objective_class(OBJECTIVES, "dpo")())
 
 
 class Toy:
@@ -77,10 +77,10 @@ class Toy:
 
 
 def test_a_new_objective_is_a_registry_line_and_its_options_are_refused_elsewhere(monkeypatch):
-    monkeypatch.setitem(OBJECTIVES["rl"], "toy", f"{__name__}:Toy")
+    monkeypatch.setitem(REWARDS, "toy", f"{__name__}:Toy")
     with pytest.raises(UsageProblem, match=r"^--allow-zero-start: only with --reward toy \(--reward success does "):
-        refuse_foreign_options("rl", rl_config(allow_zero_start=True), objective_class("rl", "success")())
-    refuse_foreign_options("rl", rl_config(reward="toy", allow_zero_start=True), Toy())
+        refuse_foreign_options(REWARDS, rl_config(allow_zero_start=True), objective_class(REWARDS, "success")())
+    refuse_foreign_options(REWARDS, rl_config(reward="toy", allow_zero_start=True), Toy())
 
 
 def test_the_recipe_checks_an_objectives_options_before_it_loads_anything(tmp_path):

@@ -2,8 +2,9 @@
 
 `TrainerConfig` (eexp/training/config.py) declares the options the trainer runs with, once; `FinetuneConfig` and
 `RLConfig` extend it, and a command that words one of them otherwise retells it (`retold`: the same declaration,
-its own help, default or choices) rather than declaring it again. `OBJECTIVES` names each objective once: the
-options' choices, the recipes and the card read it. Nothing here imports torch but the last test.
+its own help, default or choices) rather than declaring it again. Each command's registry (finetune's
+`OBJECTIVES`, rl's `REWARDS`) names each objective once: the options' choices, the recipes and the card read it.
+Nothing here imports torch but the last test.
 """
 
 from __future__ import annotations
@@ -104,17 +105,19 @@ def choices(command: str, option: str) -> list[str]:
 
 
 def test_the_objective_choices_are_the_registry_s_names():
-    assert choices("finetune", "objective") == list(OBJECTIVES["finetune"]) == ["sft", "dpo"]
-    assert choices("rl", "reward") == list(OBJECTIVES["rl"]) == list(REWARDS)
-    assert FinetuneConfig.__dataclass_fields__["objective"].metadata["choices"] == list(OBJECTIVES["finetune"])
+    assert choices("finetune", "objective") == list(OBJECTIVES) == ["sft", "dpo"]
+    assert choices("rl", "reward") == list(REWARDS) == ["success", "score", "success+score", "expert-step",
+                                                        "next-state"]
+    assert FinetuneConfig.__dataclass_fields__["objective"].metadata["choices"] == list(OBJECTIVES)
+    assert (OBJECTIVES.option, REWARDS.option) == ("objective", "reward")
 
 
 def test_every_registered_objective_is_a_class_of_its_recipe():
     pytest.importorskip("torch")
-    for name in OBJECTIVES["finetune"]:
-        cls = objective_class("finetune", name)
+    for name in OBJECTIVES:
+        cls = objective_class(OBJECTIVES, name)
         assert all(callable(getattr(cls, m, None)) for m in Objective.__dict__ if not m.startswith("_")
                    and callable(Objective.__dict__[m])), name
-    for name in OBJECTIVES["rl"]:
-        cls = objective_class("rl", name)
+    for name in REWARDS:
+        cls = objective_class(REWARDS, name)
         assert cls.phase.startswith("rl") and callable(cls.collect) and callable(cls.rewards), name

@@ -1,4 +1,5 @@
-"""The options of an RL run (`RLConfig`, the trainer's extended) and the constants of the probe and the loss."""
+"""The options of an RL run (`RLConfig`, the trainer's extended), what each name of --reward stands for (`REWARDS`),
+and the constants of the probe and the loss."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from eexp.fields import setting
-from eexp.training.config import OBJECTIVES, TRAINER_RESUME_FREE, TrainerConfig, retold
+from eexp.training.config import TRAINER_RESUME_FREE, Objectives, TrainerConfig, retold
 
-REWARDS = tuple(OBJECTIVES["rl"])
+# `eexp rl --reward NAME`: what an RL step draws and how it is rewarded (an eexp.rl.objective.RLObjective). The
+# outcome rewards are one objective, GRPO over whole episodes, rewarded three ways.
+_EPISODES = "eexp.rl.rollouts:Episodes"
+REWARDS = Objectives("reward", {"success": _EPISODES, "score": _EPISODES, "success+score": _EPISODES,
+                                "expert-step": "eexp.rl.expert_step:ExpertStep",
+                                "next-state": "eexp.rl.next_state:NextState"})
 PACK_TOKENS = 4096  # tokens in one packed forward pass of the update (rows x longest row): bounds its memory (9 GiB
 #                   for a 0.5B-parameter shape in bf16 with its 152k vocabulary, measured on an H100)
 ENCODE_CACHE_SIZE = 50_000  # tokenized prompts and replies the live policy remembers (then it starts over)

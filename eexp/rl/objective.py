@@ -1,5 +1,5 @@
 """What an RL step draws and how it is rewarded: an objective object that `RL` (eexp.rl.recipe) is given, the class
-`--reward NAME` names in `OBJECTIVES["rl"]` (eexp.training.config), where the name is said once. The RL counterpart of
+`--reward NAME` names in `REWARDS` (eexp.rl.config), where the name is said once. The RL counterpart of
 eexp.training.objective.Objective.
 
 An objective says what a step samples from the live weights and what each sample earns; the recipe does the rest

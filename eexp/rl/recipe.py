@@ -2,7 +2,7 @@
 
 `RL` is the trainer (eexp.training.trainer: device, precision, model loading, optimizer and schedule, checkpoints,
 --resume, metrics.jsonl, the final save and --export-gguf) with the RL loop: each step draws samples from the live
-weights (the objective --reward names in `OBJECTIVES`, eexp.training.config: `Episodes`, GRPO over whole episodes,
+weights (the objective --reward names in `REWARDS`, eexp.rl.config: `Episodes`, GRPO over whole episodes,
 eexp.rl.rollouts; `ExpertStep`, actions at expert states, eexp.rl.expert_step; or `NextState`, predictions of the
 next observation of recorded transitions, eexp.rl.next_state), weighs each by its group-relative advantage and
 makes --ppo-epochs x --minibatches clipped-surrogate updates (eexp.rl.loss). Its options (`RLConfig`) are the
@@ -47,7 +47,7 @@ from eexp.training.trainer import Trainer
 
 class RL(Trainer):
     """setup() -> train() -> finish(), with the trainer's checkpoints, resume, metrics and final save, and the
-    objective --reward names (`OBJECTIVES`), or the one given. `rl` is the options as given; `cfg`, the trainer's,
+    objective --reward names (`REWARDS`), or the one given. `rl` is the options as given; `cfg`, the trainer's,
     the same options as the trainer runs them (`_trainer_config`)."""
 
     def __init__(self, rl: RLConfig, echo: Callable[[str], None] | None = None,
@@ -135,8 +135,8 @@ class RL(Trainer):
         if rl.reward not in REWARDS:
             raise UsageProblem(f"--reward {rl.reward}: choose from {', '.join(REWARDS)}")
         if self.objective is None:
-            self.objective = objective_class("rl", rl.reward)()
-        refuse_foreign_options("rl", rl, self.objective)
+            self.objective = objective_class(REWARDS, rl.reward)()
+        refuse_foreign_options(REWARDS, rl, self.objective)
         self.objective.check(rl)
         if rl.group_size < 2:
             raise UsageProblem("--group-size must be at least 2 (advantages are relative to the group)")

@@ -5,7 +5,7 @@ One module per concept, in the style of torchtune:
 
     config.py      TrainerConfig (the trainer's options) and FinetuneConfig (every option of finetune: the
                    trainer's and its own), each with its default and help; OBJECTIVES (the objective each name
-                   of --objective and of rl's --reward stands for)
+                   of --objective stands for; rl's --reward has its own, eexp.rl.config.REWARDS)
     data.py        examples -> token ids and loss weights (chat-template masks, budgeted shortening)
     batches.py     length-grouped updates and their micro-batches, collation, the weighted loss
     model.py       the tokenizer and the model to train (full, LoRA, QLoRA), accelerate

@@ -1,5 +1,5 @@
-"""The options of the trainer (`TrainerConfig`) and of a fine-tune (`FinetuneConfig`, which extends it), the objective
-each command's option names (`OBJECTIVES`)."""
+"""The options of the trainer (`TrainerConfig`) and of a fine-tune (`FinetuneConfig`, which extends it); what an
+objective option's names stand for (`Objectives`), and finetune's (`OBJECTIVES`)."""
 
 from __future__ import annotations
 
@@ -18,22 +18,27 @@ TRAINER_RESUME_FREE = frozenset({"resume", "quiet", "export_gguf", "quant", "sav
                                  "save_dtype", "gradient_checkpointing"})
 RESUME_FREE = TRAINER_RESUME_FREE | {"log_every", "on_error"}
 
-# What each command's objective option names, in one place: `eexp finetune --objective NAME` (an
-# eexp.training.objective.Objective) and `eexp rl --reward NAME` (what an RL step draws and how it is rewarded, as
-# eexp.rl.rollouts.Episodes describes). The options' choices, the recipes and the card read it. A class is named as
-# "module:Class" and imported when a run starts (`objective_class`): the commands' start-up reads the names, and
-# must not import torch, which the objectives' modules import at their top.
-_EPISODES = "eexp.rl.rollouts:Episodes"
-OBJECTIVES = {
-    "finetune": {"sft": "eexp.training.recipe:SFT", "dpo": "eexp.training.dpo:DPO"},
-    "rl": {"success": _EPISODES, "score": _EPISODES, "success+score": _EPISODES,
-           "expert-step": "eexp.rl.expert_step:ExpertStep", "next-state": "eexp.rl.next_state:NextState"},
-}
+class Objectives(dict):
+    """A command's objective option (`option`, the config field: finetune's --objective, rl's --reward) and what each
+    of its names stands for, an objective class named as "module:Class" and imported when a run starts
+    (`objective_class`): the commands' start-up reads the names (the option's choices, the recipes, the card), and
+    must not import torch, which the objectives' modules import at their top. Each command's config module holds
+    its own (finetune's `OBJECTIVES` here, rl's `REWARDS` in eexp.rl.config), so a layer names no objective of the
+    layer above it."""
+
+    def __init__(self, option: str, classes: dict[str, str]):
+        super().__init__(classes)
+        self.option = option
 
 
-def objective_class(command: str, name: str) -> type:
-    """The class `command`'s objective option names `name` (OBJECTIVES), imported."""
-    module, _, attr = OBJECTIVES[command][name].partition(":")
+# `eexp finetune --objective NAME`: an eexp.training.objective.Objective.
+OBJECTIVES = Objectives("objective", {"sft": "eexp.training.recipe:SFT", "dpo": "eexp.training.dpo:DPO"})
+
+
+def objective_class(objectives: Objectives, name: str) -> type:
+    """The class `name` stands for in `objectives` (a command's registry: OBJECTIVES, eexp.rl.config.REWARDS),
+    imported."""
+    module, _, attr = objectives[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -149,7 +154,7 @@ class FinetuneConfig(TrainerConfig):
                             "dpo: Direct Preference Optimization on preference pairs (`eexp preference-data`), "
                             "against the starting weights as the reference; the loss of a pair is -log sigmoid(beta "
                             "x ((chosen - reference chosen) - (rejected - reference rejected))), with the "
-                            "log-probabilities of the answers' target tokens.", choices=list(OBJECTIVES["finetune"]))
+                            "log-probabilities of the answers' target tokens.", choices=list(OBJECTIVES))
     beta: float = setting(0.1, "With --objective dpo: how strongly the loss holds the model to the reference (larger: "
                          "closer; DPO's beta).", min=0, min_open=True)
     epochs: int = setting(1, "Epochs over the training files (ignored with --max-steps): ceil(examples / examples "

@@ -29,11 +29,8 @@ from typing import Any, Callable, ClassVar, Protocol
 
 from eexp.errors import UsageProblem
 from eexp.io import Reader
-from eexp.training.config import OBJECTIVES, FinetuneConfig, objective_class
+from eexp.training.config import FinetuneConfig, Objectives, objective_class
 from eexp.training.data import Dataset
-
-# The option that names each command's objective (a key of OBJECTIVES[command]).
-OBJECTIVE_OPTION = {"finetune": "objective", "rl": "reward"}
 
 
 class Objective(Protocol):
@@ -63,15 +60,15 @@ def options_of(objective: Any) -> tuple[str, ...]:
     return tuple(getattr(objective, "OPTIONS", ()))
 
 
-def refuse_foreign_options(command: str, cfg: Any, objective: Any) -> None:
-    """The one place an option of one objective given under another is refused (exit 2), for `command`'s
-    objectives (OBJECTIVES[command]): every field some objective declares in its OPTIONS, and `objective` (the one
-    the run trains) does not, must keep its default. The recipes name no objective here: a new objective's options
-    are refused under the others by its OPTIONS alone."""
-    option = OBJECTIVE_OPTION[command]
+def refuse_foreign_options(objectives: Objectives, cfg: Any, objective: Any) -> None:
+    """The one place an option of one objective given under another is refused (exit 2), for a command's
+    objectives (its registry: OBJECTIVES, eexp.rl.config.REWARDS): every field some objective declares in its
+    OPTIONS, and `objective` (the one the run trains) does not, must keep its default. The recipes name no objective
+    here: a new objective's options are refused under the others by its OPTIONS alone."""
+    option = objectives.option
     owners: dict[str, list[str]] = {}
-    for name in OBJECTIVES[command]:
-        for field in options_of(objective_class(command, name)):
+    for name in objectives:
+        for field in options_of(objective_class(objectives, name)):
             owners.setdefault(field, []).append(name)
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for name, names in owners.items():

@@ -46,7 +46,7 @@ from eexp.errors import TrainingError, UsageProblem
 from eexp.runner import progress_bar
 from eexp.training import checkpoint
 from eexp.training.batches import collate_rows, example_nll, examples_per_update, phase_updates, updates_per_epoch
-from eexp.training.config import PHASES, RESUME_FREE, FinetuneConfig, objective_class
+from eexp.training.config import OBJECTIVES, PHASES, RESUME_FREE, FinetuneConfig, objective_class
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
 from eexp.training.model import OOM_ADVICE, _is_oom, check_model_dir
 from eexp.training.objective import Objective, refuse_foreign_options
@@ -101,7 +101,7 @@ class Finetune(Trainer):
     def __init__(self, cfg: FinetuneConfig, echo: Callable[[str], None] | None = None,
                  objective: Objective | None = None):
         super().__init__(cfg, echo)
-        self.objective = objective if objective is not None else objective_class("finetune", cfg.objective)()
+        self.objective = objective if objective is not None else objective_class(OBJECTIVES, cfg.objective)()
 
     # -- setup --
 
@@ -146,7 +146,7 @@ class Finetune(Trainer):
             raise UsageProblem("--val-fraction must be in [0, 1)")
         if cfg.keep_best and not (cfg.val or cfg.val_fraction):
             raise UsageProblem("--keep-best needs validation data (--val FILE or --val-fraction F)")
-        refuse_foreign_options("finetune", cfg, self.objective)
+        refuse_foreign_options(OBJECTIVES, cfg, self.objective)
         if cfg.adapter and cfg.lora_targets != ["all-linear"]:
             raise UsageProblem("--adapter continues an existing adapter with its own target modules; drop "
                                "--lora-targets")

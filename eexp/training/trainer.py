@@ -5,7 +5,7 @@ train (a checkpoint folder, a Hub id through the Hugging Face cache, or a GGUF i
 the optimizer and learning-rate schedule, gradient clipping, metrics.jsonl, the resumable checkpoints and --resume,
 and the final save (model or adapter, tokenizer, card.yaml, config.yaml, --export-gguf). Its options are
 `TrainerConfig` (eexp.training.config), which each recipe's config extends. What it optimizes is an objective
-object, named by the recipe's option (`OBJECTIVES`, eexp.training.config):
+object, named by the recipe's option (its registry: `OBJECTIVES`, eexp.training.config; `REWARDS`, eexp.rl.config):
 
     eexp.training.recipe.Finetune   over examples: `SFT` (eexp.training.objective) or `DPO` (eexp.training.dpo)
     eexp.rl.recipe.RL               over its own samples: GRPO over episodes (eexp.rl.rollouts.Episodes) or
@@ -182,7 +182,8 @@ class Trainer:
         `random` with --seed (a fresh LoRA adapter's initial weights come from it)."""
         on, self.checkpointing_why = self._checkpointing()
         self.model_cfg = replace(self.model_cfg, gradient_checkpointing=on)
-        self.echo(f"gradient checkpointing {self.checkpointing_why}")
+        if self.device.type == "cuda":  # on CPU it is off and nothing was weighed: the card alone says so
+            self.echo(f"gradient checkpointing {self.checkpointing_why}")
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)
         return load_model(self.model_cfg, self.device, self.bf16, sharded=self.sharded)
