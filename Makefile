@@ -36,11 +36,13 @@ test-recipes: dev
 demo:
 	$(MAKE) -C recipes demo
 
-# docs/cli.md and the man pages man/*.1 from every command's --help, the pages with what eexp/cli/man/PAGE.roff adds
-# (tests/test_docs.py fails when either is stale)
+# docs/cli.md and the man pages man/*.1 from every command's --help, the pages with what eexp/cli/man/PAGE.roff adds,
+# and README.md's results table from docs/results/README.md's
+# (tests/test_docs.py and tests/test_results_index.py fail when one is stale)
 docs: dev
 	$(VENV)/bin/python -m eexp.cli.reference > docs/cli.md
 	$(VENV)/bin/python -m eexp.cli.reference --man man
+	$(VENV)/bin/python docs/results/readme_table.py
 
 # Every benchmark in one table (bench/run: eexp's figure, a baseline measured in the same run, ratio, target, met or
 # missed; the last run took 6.8 minutes on 2 quiet cores and 13.3 under a load of 8-9: docs/results/performance.md).

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,6 @@ import time
 from pathlib import Path
 
 import orjson
-
 from rss import run_measured  # bench/rss.py, beside this script
 
 OBS = "[results page 1/3] 1. red cotton t-shirt $24.00 | 2. blue cotton t-shirt $12.00 | 3. red silk t-shirt $41.00"
@@ -30,18 +28,42 @@ OBS = "[results page 1/3] 1. red cotton t-shirt $24.00 | 2. blue cotton t-shirt 
 
 def outcome(i: int) -> dict:
     traj = f"shop:train-{i // 4:06d}"
-    state = {"goal": f"i need a red cotton t-shirt in size m, under {20 + i % 50} dollars",
-             "history": [{"observation": "[search page] type a query.", "action": "search[red cotton t-shirt]"}],
-             "observation": OBS, "admissible": ["click[back to search]", "click[next >]", "click[red cotton t-shirt]"]}
-    alts = [{"action": f"click[item {k}]", "source": "admissible", "next_observation": f"[item page] item {k} $9.00",
-             "reward": 0.0, "done": False, "valid": True} for k in range(3)]
-    return {"id": f"{traj}#{i % 4}", "source_id": traj, "trajectory_id": traj, "step": i % 4,
-            "env": {"name": "shop", "version": "1", "kwargs": {}}, "task": {"id": f"train-{i // 4}", "split": "train",
-                                                                          "goal": state["goal"]},
-            "prefix": ["search[red cotton t-shirt]"], "state": state,
-            "expert": {"action": "click[red cotton t-shirt]", "next_observation": "[item page] red cotton t-shirt",
-                       "reward": 0.0, "done": False, "valid": True},
-            "alternatives": alts, "meta": {}}
+    state = {
+        "goal": f"i need a red cotton t-shirt in size m, under {20 + i % 50} dollars",
+        "history": [{"observation": "[search page] type a query.", "action": "search[red cotton t-shirt]"}],
+        "observation": OBS,
+        "admissible": ["click[back to search]", "click[next >]", "click[red cotton t-shirt]"],
+    }
+    alts = [
+        {
+            "action": f"click[item {k}]",
+            "source": "admissible",
+            "next_observation": f"[item page] item {k} $9.00",
+            "reward": 0.0,
+            "done": False,
+            "valid": True,
+        }
+        for k in range(3)
+    ]
+    return {
+        "id": f"{traj}#{i % 4}",
+        "source_id": traj,
+        "trajectory_id": traj,
+        "step": i % 4,
+        "env": {"name": "shop", "version": "1", "kwargs": {}},
+        "task": {"id": f"train-{i // 4}", "split": "train", "goal": state["goal"]},
+        "prefix": ["search[red cotton t-shirt]"],
+        "state": state,
+        "expert": {
+            "action": "click[red cotton t-shirt]",
+            "next_observation": "[item page] red cotton t-shirt",
+            "reward": 0.0,
+            "done": False,
+            "valid": True,
+        },
+        "alternatives": alts,
+        "meta": {},
+    }
 
 
 def trajectory(i: int) -> dict:
@@ -49,24 +71,49 @@ def trajectory(i: int) -> dict:
     goal = f"i need a red cotton t-shirt in size m, under {20 + i % 50} dollars"
     item = "[item page] red cotton t-shirt $24.00. soft cotton, crew neck. size: s | m | l"
     sizes = ["click[back to search]", "click[s]", "click[m]", "click[l]", "click[buy now]"]
-    steps = [{"observation": "[search page] type a query to search the shop.", "action": "search[red cotton t-shirt]",
-              "admissible": ["search[red cotton t-shirt]", "search[blue wool sweater]", "search[leather boots]"]},
-             {"observation": OBS, "action": "click[red cotton t-shirt]",
-              "admissible": ["click[back to search]", "click[next >]", "click[blue cotton t-shirt]",
-                             "click[red cotton t-shirt]", "click[red silk t-shirt]"]},
-             {"observation": item, "action": "click[m]", "admissible": sizes},
-             {"observation": item.replace("| m |", "| [m] |"), "action": "click[buy now]", "admissible": sizes}]
-    return {"id": f"shop:train-{i:06d}", "env": {"name": "shop", "version": "1", "kwargs": {}},
-            "task": {"id": f"train-{i:06d}", "split": "train", "goal": goal}, "steps": steps,
-            "final_observation": "[done] you bought red cotton t-shirt (size m) for $24.00.", "success": True,
-            "score": 1.0, "meta": {}}
+    steps = [
+        {
+            "observation": "[search page] type a query to search the shop.",
+            "action": "search[red cotton t-shirt]",
+            "admissible": ["search[red cotton t-shirt]", "search[blue wool sweater]", "search[leather boots]"],
+        },
+        {
+            "observation": OBS,
+            "action": "click[red cotton t-shirt]",
+            "admissible": [
+                "click[back to search]",
+                "click[next >]",
+                "click[blue cotton t-shirt]",
+                "click[red cotton t-shirt]",
+                "click[red silk t-shirt]",
+            ],
+        },
+        {"observation": item, "action": "click[m]", "admissible": sizes},
+        {"observation": item.replace("| m |", "| [m] |"), "action": "click[buy now]", "admissible": sizes},
+    ]
+    return {
+        "id": f"shop:train-{i:06d}",
+        "env": {"name": "shop", "version": "1", "kwargs": {}},
+        "task": {"id": f"train-{i:06d}", "split": "train", "goal": goal},
+        "steps": steps,
+        "final_observation": "[done] you bought red cotton t-shirt (size m) for $24.00.",
+        "success": True,
+        "score": 1.0,
+        "meta": {},
+    }
 
 
 def example(i: int) -> dict:
-    return {"id": f"ex{i}", "source_id": f"t{i // 4}", "messages": [
-        {"role": "system", "content": "You are an agent in a text environment."},
-        {"role": "user", "content": f"Task: find item {i}\n\nCurrent observation:\n{OBS}"},
-        {"role": "assistant", "content": f"Action: click[item {i % 7}]"}], "meta": {"stage": "imitation-data"}}
+    return {
+        "id": f"ex{i}",
+        "source_id": f"t{i // 4}",
+        "messages": [
+            {"role": "system", "content": "You are an agent in a text environment."},
+            {"role": "user", "content": f"Task: find item {i}\n\nCurrent observation:\n{OBS}"},
+            {"role": "assistant", "content": f"Action: click[item {i % 7}]"},
+        ],
+        "meta": {"stage": "imitation-data"},
+    }
 
 
 def generate(path: Path, make, n: int) -> None:
@@ -87,8 +134,10 @@ def timed(cmd: list[str], stdin_path: Path | None = None) -> tuple[float, float]
     return seconds, rss
 
 
-BASELINE = ("import sys, orjson\nw = sys.stdout.buffer\n"
-            "for l in sys.stdin.buffer:\n    w.write(orjson.dumps(orjson.loads(l)) + b'\\n')\n")
+BASELINE = (
+    "import sys, orjson\nw = sys.stdout.buffer\n"
+    "for l in sys.stdin.buffer:\n    w.write(orjson.dumps(orjson.loads(l)) + b'\\n')\n"
+)
 
 # The fair floor of world-model-data: the same job (each outcome -> its 4 examples, as many bytes), done with plain
 # dict literals: the state rendered once with f-strings (no clipping), the messages and a meta dict of the same 17 keys
@@ -132,20 +181,30 @@ def world_model_rate(records: int) -> dict:
         s, rss = timed([*eexp, "world-model-data", "-q", str(outcomes)])
         one = Path(tmp) / "one.jsonl"
         generate(one, outcome, 1)
-        startup, _ = timed([*eexp, "world-model-data", "-q", str(one)])   # start-up and imports, one record
+        startup, _ = timed([*eexp, "world-model-data", "-q", str(one)])  # start-up and imports, one record
         in_bytes = outcomes.stat().st_size
         sample = Path(tmp) / "sample.jsonl"
         generate(sample, outcome, 100)
-        out_bytes = len(subprocess.run([*eexp, "world-model-data", "-q", str(sample)], capture_output=True,
-                                       check=True).stdout)
+        out_bytes = len(
+            subprocess.run([*eexp, "world-model-data", "-q", str(sample)], capture_output=True, check=True).stdout
+        )
         with open(sample, "rb") as f:
-            floor_bytes = len(subprocess.run([sys.executable, "-c", WM_FLOOR], stdin=f, capture_output=True,
-                                             check=True).stdout)
+            floor_bytes = len(
+                subprocess.run([sys.executable, "-c", WM_FLOOR], stdin=f, capture_output=True, check=True).stdout
+            )
     # world-model-data writes 4 examples per outcome; records/s counts inputs
-    return {"records": records, "eexp_rps": records / s, "baseline_rps": records / base, "seconds": s,
-            "floor_rps": records / floor, "startup_s": startup, "peak_rss_mb": rss,
-            "in_bytes_per_record": in_bytes / records, "out_bytes_per_in": out_bytes / 100,
-            "floor_out_bytes_per_in": floor_bytes / 100}
+    return {
+        "records": records,
+        "eexp_rps": records / s,
+        "baseline_rps": records / base,
+        "seconds": s,
+        "floor_rps": records / floor,
+        "startup_s": startup,
+        "peak_rss_mb": rss,
+        "in_bytes_per_record": in_bytes / records,
+        "out_bytes_per_in": out_bytes / 100,
+        "floor_out_bytes_per_in": floor_bytes / 100,
+    }
 
 
 def world_model_breakdown(records: int) -> dict:
@@ -158,6 +217,7 @@ def world_model_breakdown(records: int) -> dict:
     from eexp.prompts import Serializer
     from eexp.records import example_meta, expect
     from eexp.stages.world_model import world_model_examples
+
     lines = [orjson.dumps(outcome(i)) for i in range(records)]
     serializer, check = Serializer(), expect("outcome")
     t = {}
@@ -175,9 +235,16 @@ def world_model_breakdown(records: int) -> dict:
     t["stage"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for r in parsed:
-        example_meta(stage="world-model-data", kind="iwm", env=r["env"]["name"], env_version=r["env"]["version"],
-                     task_id=r["task"]["id"], trajectory_id=r["trajectory_id"], step=r["step"],
-                     serializer=serializer.json)
+        example_meta(
+            stage="world-model-data",
+            kind="iwm",
+            env=r["env"]["name"],
+            env_version=r["env"]["version"],
+            task_id=r["task"]["id"],
+            trajectory_id=r["trajectory_id"],
+            step=r["step"],
+            serializer=serializer.json,
+        )
     t["meta"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for examples in made:
@@ -273,8 +340,10 @@ def main() -> None:
     at = {n: streaming_peak_rss(n) for n in (small, big)}
     for label, *_ in STREAMING_STAGES:
         a, b = at[small][label], at[big][label]
-        print(f"  {label:<34} {b['peak_rss_mb']:7.1f} MiB at {b['records']:>9,} vs {a['peak_rss_mb']:7.1f} MiB at "
-              f"{a['records']:>8,} ({b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x), {b['rps']:,.0f} records/s")
+        print(
+            f"  {label:<34} {b['peak_rss_mb']:7.1f} MiB at {b['records']:>9,} vs {a['peak_rss_mb']:7.1f} MiB at "
+            f"{a['records']:>8,} ({b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x), {b['rps']:,.0f} records/s"
+        )
 
 
 if __name__ == "__main__":

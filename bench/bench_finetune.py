@@ -38,26 +38,44 @@ def make_inputs(work: Path, size: str, n_tasks: int) -> tuple[Path, Path]:
     with open(il, "wb") as f:
         subprocess.run(eexp + ["imitation-data", str(expert), "-q"], stdout=f, check=True)
     model = work / "model"
-    subprocess.run(eexp + ["init-model", str(model), "--size", size, "--corpus", str(expert)], check=True,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        eexp + ["init-model", str(model), "--size", size, "--corpus", str(expert)],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     return il, model
 
 
 def run_eexp(args) -> dict:
     from eexp.training.config import FinetuneConfig
     from eexp.training.recipe import Finetune
-    cfg = FinetuneConfig(train_files=[args.data], model=args.model, output=args.out, lora=not args.full,
-                         lora_rank=16, lora_alpha=32, lora_dropout=0.0, max_steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=0, quiet=True,
-                         save_every=10**9)
+
+    cfg = FinetuneConfig(
+        train_files=[args.data],
+        model=args.model,
+        output=args.out,
+        lora=not args.full,
+        lora_rank=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        seed=0,
+        quiet=True,
+        save_every=10**9,
+    )
     run = Finetune(cfg, echo=lambda m: None)
     run.setup()
     start = time.perf_counter()
     run.train()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "examples": args.steps * args.batch_size,
-            "final_loss": [r for r in map(json.loads, open(Path(args.out) / "metrics.jsonl")) if "loss" in r][-1]
-            ["loss"]}
+    return {
+        "seconds": seconds,
+        "examples": args.steps * args.batch_size,
+        "final_loss": [r for r in map(json.loads, open(Path(args.out) / "metrics.jsonl")) if "loss" in r][-1]["loss"],
+    }
 
 
 def run_trl(args) -> dict:
@@ -70,12 +88,14 @@ def run_trl(args) -> dict:
 
 def child(args) -> None:
     import torch
+
     torch.set_num_threads(args.threads)
     from transformers.utils import logging
+
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     result = (run_eexp if args.which == "eexp" else run_trl)(args)
-    result["peak_rss_mb"] = self_peak_mb()   # since this child's exec, not the parent's RSS at the fork
+    result["peak_rss_mb"] = self_peak_mb()  # since this child's exec, not the parent's RSS at the fork
     print("RESULT " + json.dumps(result))
 
 
@@ -112,10 +132,28 @@ def compare(**options) -> dict:
         results: dict[str, list[dict]] = {"eexp": [], "trl": []}
         for r in range(args.repeats):
             for which in ("eexp", "trl"):
-                cmd = [sys.executable, __file__, "--which", which, "--data", str(il), "--model", str(model),
-                       "--out", str(work / f"{which}{r}"), "--steps", str(args.steps), "--batch-size",
-                       str(args.batch_size), "--max-length", str(args.max_length), "--lr", str(args.lr),
-                       "--threads", str(args.threads)] + (["--full"] if args.full else [])
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--which",
+                    which,
+                    "--data",
+                    str(il),
+                    "--model",
+                    str(model),
+                    "--out",
+                    str(work / f"{which}{r}"),
+                    "--steps",
+                    str(args.steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--max-length",
+                    str(args.max_length),
+                    "--lr",
+                    str(args.lr),
+                    "--threads",
+                    str(args.threads),
+                ] + (["--full"] if args.full else [])
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE)
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -138,15 +176,19 @@ def main() -> None:
     except RuntimeError as e:
         sys.exit(str(e))
     best, rss, n, per_example = r["best"], r["rss"], r["examples"], r["tokens_per_example"]
-    print(f"model: init-model {args.size}; data: {n} shop IL examples, {per_example:.0f} tokens each on average; "
-          f"{'full fine-tuning' if args.full else 'LoRA r16 all-linear'}; batch {args.batch_size}; "
-          f"{args.steps} updates; fp32 CPU, {args.threads} threads; best of {args.repeats}")
+    print(
+        f"model: init-model {args.size}; data: {n} shop IL examples, {per_example:.0f} tokens each on average; "
+        f"{'full fine-tuning' if args.full else 'LoRA r16 all-linear'}; batch {args.batch_size}; "
+        f"{args.steps} updates; fp32 CPU, {args.threads} threads; best of {args.repeats}"
+    )
     print(f"{'':8}{'tokens/s':>12}{'train s':>10}{'peak RSS MB':>14}{'final loss':>12}")
     for k in ("eexp", "trl"):
         b = best[k]
         print(f"{k:8}{b['tokens_per_s']:12.0f}{b['seconds']:10.2f}{rss[k]:14.0f}{b['final_loss']:12.4f}")
-    print(f"ratio eexp/TRL: tokens/s {best['eexp']['tokens_per_s'] / best['trl']['tokens_per_s']:.2f} "
-          f"(target >= 1.0), peak RSS {rss['eexp'] / rss['trl']:.2f} (target <= 1.0)")
+    print(
+        f"ratio eexp/TRL: tokens/s {best['eexp']['tokens_per_s'] / best['trl']['tokens_per_s']:.2f} "
+        f"(target >= 1.0), peak RSS {rss['eexp'] / rss['trl']:.2f} (target <= 1.0)"
+    )
 
 
 if __name__ == "__main__":

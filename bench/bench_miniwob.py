@@ -33,12 +33,13 @@ def per_call(reps: int, call) -> float:
 
 def figures(reps: int = 3) -> dict:
     from eexp.envs.miniwob_env import MiniWobEnv
+
     types = ",".join(t.rpartition("-")[0] for t in TASKS)
     env = MiniWobEnv(task_types=types, ood_types="", train_seeds=5)
     try:
-        tasks = {x["id"]: x for x in env.tasks("train")}   # reads the goals from the pages once (then cached)
+        tasks = {x["id"]: x for x in env.tasks("train")}  # reads the goals from the pages once (then cached)
         env.reset(tasks[TASKS[0]])
-        env.close()                     # timed below: a second start, with the browser's files in the page cache
+        env.close()  # timed below: a second start, with the browser's files in the page cache
         t = time.perf_counter()
         env.reset(tasks[TASKS[0]])
         start_s = time.perf_counter() - t
@@ -59,9 +60,16 @@ def figures(reps: int = 3) -> dict:
         replay_reset_ms = 1000 * per_call(reps, lambda: env.reset(tasks[longest]))
     finally:
         env.close()
-    out = {"steps_per_s": steps / stepping, "reset_ms": reset_ms, "replay_ms": replay_ms,
-           "replay_reset_ms": replay_reset_ms, "prefix": len(prefix), "replay_task": longest,
-           "browser_start_s": start_s, "steps": int(steps)}
+    out = {
+        "steps_per_s": steps / stepping,
+        "reset_ms": reset_ms,
+        "replay_ms": replay_ms,
+        "replay_reset_ms": replay_reset_ms,
+        "prefix": len(prefix),
+        "replay_task": longest,
+        "browser_start_s": start_s,
+        "steps": int(steps),
+    }
     out.update(package_figures(plans, reps))
     return out
 
@@ -69,14 +77,18 @@ def figures(reps: int = 3) -> dict:
 def package_figures(plans: dict[str, list[str]], reps: int) -> dict:
     """The miniwob package's gymnasium environment on the same episodes (its own browser per task type)."""
     import re
+
     import gymnasium
     import miniwob
     from miniwob.action import ActionTypes
+
     from eexp.envs.browser import find_executables
+
     gymnasium.register_envs(miniwob)
     chromium, chromedriver = find_executables()
-    os.environ.update(MINIWOB_CHROME_BINARY=chromium, MINIWOB_CHROMEDRIVER=chromedriver, SE_OFFLINE="true",
-                      SE_AVOID_STATS="true")
+    os.environ.update(
+        MINIWOB_CHROME_BINARY=chromium, MINIWOB_CHROMEDRIVER=chromedriver, SE_OFFLINE="true", SE_AVOID_STATS="true"
+    )
     steps = stepping = resetting = resets = 0.0
     for task_id, plan in plans.items():
         task_type, _, seed = task_id.rpartition("-")
@@ -94,9 +106,8 @@ def package_figures(plans: dict[str, list[str]], reps: int) -> dict:
                     if verb == "click":
                         act = env.unwrapped.create_action(ActionTypes.CLICK_ELEMENT, ref=ref)
                     elif verb == "type":
-                        act = env.unwrapped.create_action(ActionTypes.FOCUS_ELEMENT_AND_TYPE_TEXT, ref=ref,
-                                                          text=text)
-                    else:   # the package has no select action: a click on the list stands in for it
+                        act = env.unwrapped.create_action(ActionTypes.FOCUS_ELEMENT_AND_TYPE_TEXT, ref=ref, text=text)
+                    else:  # the package has no select action: a click on the list stands in for it
                         act = env.unwrapped.create_action(ActionTypes.CLICK_ELEMENT, ref=ref)
                     env.step(act)
                 stepping += time.perf_counter() - t
@@ -114,8 +125,10 @@ def main() -> None:
     print(f"miniwob steps/s, the package's gymnasium env (baseline)  {f['package_steps_per_s']:8.1f}")
     print(f"miniwob reset, eexp (fresh page)                         {f['reset_ms']:8.1f} ms")
     print(f"miniwob reset, the package (page reused)                 {f['package_reset_ms']:8.1f} ms")
-    print(f"miniwob reach step {f['prefix']} of {f['replay_task']} by replay  {f['replay_ms']:8.1f} ms "
-          f"(its reset alone {f['replay_reset_ms']:.1f} ms; no exact restore exists)")
+    print(
+        f"miniwob reach step {f['prefix']} of {f['replay_task']} by replay  {f['replay_ms']:8.1f} ms "
+        f"(its reset alone {f['replay_reset_ms']:.1f} ms; no exact restore exists)"
+    )
     print(f"miniwob first reset (ChromeDriver + Chromium start, page)  {f['browser_start_s']:8.2f} s")
 
 

@@ -29,11 +29,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def state_messages(policy, target: int = 300) -> list[dict]:
     """A shop-like state whose prompt is about `target` tokens."""
-    history = [{"observation": f"[results page {i}] 1. red cotton t-shirt $24.00 | 2. blue cotton t-shirt $12.00",
-                "action": f"click[next >] {i}"} for i in range(40)]
-    state = {"goal": "i need a red cotton t-shirt in size m, under 30 dollars", "history": [],
-             "observation": "[item page] red cotton t-shirt, $24.00. options: size s | m | l; color red | blue",
-             "admissible": ["click[buy now]", "click[back to search]", "click[size m]", "click[color red]"]}
+    history = [
+        {
+            "observation": f"[results page {i}] 1. red cotton t-shirt $24.00 | 2. blue cotton t-shirt $12.00",
+            "action": f"click[next >] {i}",
+        }
+        for i in range(40)
+    ]
+    state = {
+        "goal": "i need a red cotton t-shirt in size m, under 30 dollars",
+        "history": [],
+        "observation": "[item page] red cotton t-shirt, $24.00. options: size s | m | l; color red | blue",
+        "admissible": ["click[buy now]", "click[back to search]", "click[size m]", "click[color red]"],
+    }
     for n in range(len(history) + 1):
         messages = Serializer(history=n).policy_messages({**state, "history": history[:n]})
         if len(policy.encode_chat(messages)) >= target:
@@ -53,13 +61,15 @@ def timed(fn, repeat: int = 3) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def measure(model: str | None = None, threads: int = 2, k: int = 8, sample_tokens: int = 16,
-            tokens: int = 128, repeat: int = 3) -> dict:
+def measure(
+    model: str | None = None, threads: int = 2, k: int = 8, sample_tokens: int = 16, tokens: int = 128, repeat: int = 3
+) -> dict:
     """Prefix reuse (K samples on one state, reuse vs a context reset / no KV cache per sample) for llama.cpp q8_0
     and transformers, and greedy decode of `tokens` tokens, llama.cpp q8_0 vs transformers generate fp32.
     Seconds are medians of `repeat` runs: {"wall": s, "cpu": s} under "reuse"/"reset" per backend and under
     "decode" per backend."""
     import torch
+
     torch.set_num_threads(threads)
     from eexp.models.export import export_gguf
     from eexp.models.init import init_model
@@ -75,8 +85,15 @@ def measure(model: str | None = None, threads: int = 2, k: int = 8, sample_token
     messages = state_messages(hf)
     n_prompt = len(hf.encode_chat(messages))
     seeds = [derive_seed(0, "bench#0", i) for i in range(k)]
-    out = {"model": str(ckpt), "parameters": params, "threads": threads, "prompt_tokens": n_prompt, "k": k,
-           "sample_tokens": sample_tokens, "tokens": tokens}
+    out = {
+        "model": str(ckpt),
+        "parameters": params,
+        "threads": threads,
+        "prompt_tokens": n_prompt,
+        "k": k,
+        "sample_tokens": sample_tokens,
+        "tokens": tokens,
+    }
 
     # 1. prefix reuse ---------------------------------------------------------------------------------------------
     def llama_reuse():
@@ -107,14 +124,20 @@ def measure(model: str | None = None, threads: int = 2, k: int = 8, sample_token
 
     def llama_decode():
         llama.llm.reset()
-        res = llama.llm.create_completion(prompt=prompt_ids, max_tokens=tokens, temperature=0.0, top_k=0,
-                                          min_p=0.0, logit_bias={eos: -1e9}, seed=1)
+        res = llama.llm.create_completion(
+            prompt=prompt_ids, max_tokens=tokens, temperature=0.0, top_k=0, min_p=0.0, logit_bias={eos: -1e9}, seed=1
+        )
         assert res["usage"]["completion_tokens"] == tokens, res["usage"]
 
     def hf_decode():
         with torch.no_grad():
-            res = hf.model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=tokens,
-                                    min_new_tokens=tokens, do_sample=False, pad_token_id=hf.pad_id)
+            res = hf.model.generate(
+                input_ids=torch.tensor([prompt_ids]),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=hf.pad_id,
+            )
         assert res.shape[1] - len(prompt_ids) == tokens
 
     llama_decode(), hf_decode()  # warm up
@@ -133,8 +156,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128, help="tokens decoded in the speed test")
     args = ap.parse_args()
     r = measure(args.model, args.threads, args.k, args.sample_tokens, args.tokens)
-    print(f"model: {r['model']} ({r['parameters'] / 1e6:.1f}M parameters), {args.threads} threads, prompt "
-          f"{r['prompt_tokens']} tokens, K={args.k}, {args.sample_tokens} tokens per sample")
+    print(
+        f"model: {r['model']} ({r['parameters'] / 1e6:.1f}M parameters), {args.threads} threads, prompt "
+        f"{r['prompt_tokens']} tokens, K={args.k}, {args.sample_tokens} tokens per sample"
+    )
     print("\n1. K samples on one state (median of 3 runs)")
     print(f"{'backend':<14}{'reuse wall/cpu (s)':>20}{'reset wall/cpu (s)':>20}{'speed-up wall/cpu':>19}")
     for name, key in (("llama.cpp q8", "llama"), ("transformers", "transformers")):
@@ -142,13 +167,19 @@ def main() -> None:
         b, bc = r[key]["reset"]["wall"], r[key]["reset"]["cpu"]
         print(f"{name:<14}{a:>10.3f}/{ac:<9.3f}{b:>10.3f}/{bc:<9.3f}{b / a:>9.2f}x/{bc / ac:.2f}x")
     d = r["decode"]
-    t_hf, c_hf, t_llama, c_llama = (d["transformers"]["wall"], d["transformers"]["cpu"], d["llama"]["wall"],
-                                    d["llama"]["cpu"])
+    t_hf, c_hf, t_llama, c_llama = (
+        d["transformers"]["wall"],
+        d["transformers"]["cpu"],
+        d["llama"]["wall"],
+        d["llama"]["cpu"],
+    )
     print(f"\n2. greedy decode of {args.tokens} tokens after the {r['prompt_tokens']}-token prompt (median of 3)")
     print(f"{'backend':<22}{'wall s':>8}{'tokens/s':>10}{'cpu s':>8}{'tokens/cpu-s':>14}")
     print(f"{'transformers fp32':<22}{t_hf:>8.3f}{args.tokens / t_hf:>10.1f}{c_hf:>8.3f}{args.tokens / c_hf:>14.1f}")
-    print(f"{'llama.cpp q8_0':<22}{t_llama:>8.3f}{args.tokens / t_llama:>10.1f}{c_llama:>8.3f}"
-          f"{args.tokens / c_llama:>14.1f}")
+    print(
+        f"{'llama.cpp q8_0':<22}{t_llama:>8.3f}{args.tokens / t_llama:>10.1f}{c_llama:>8.3f}"
+        f"{args.tokens / c_llama:>14.1f}"
+    )
     print(f"llama.cpp / transformers: {t_hf / t_llama:.2f}x wall, {c_hf / c_llama:.2f}x cpu (target >= 3x)")
 
 

@@ -48,7 +48,7 @@ from eexp.envs.base import Env
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 EEXP = [sys.executable, "-m", "eexp"]
-SLEEP_VAR = "EEXP_BENCH_STEP_SLEEP"   # seconds each sleepwalk step sleeps (unset: none)
+SLEEP_VAR = "EEXP_BENCH_STEP_SLEEP"  # seconds each sleepwalk step sleeps (unset: none)
 MOVES = {"left": -1, "right": 1, "stay": 0, "jump": 2}
 
 
@@ -65,8 +65,10 @@ class SleepWalkEnv(Env):
     TASKS = 1000
 
     def tasks(self, split):
-        return [{"id": f"{split}-{i:04d}", "split": split, "goal": f"walk {self.LENGTH} steps right"}
-                for i in range(self.TASKS)]
+        return [
+            {"id": f"{split}-{i:04d}", "split": split, "goal": f"walk {self.LENGTH} steps right"}
+            for i in range(self.TASKS)
+        ]
 
     def reset(self, task):
         self.task_id, self.pos, self.moves = task["id"], 0, 0
@@ -113,6 +115,7 @@ def plugin_site(root: Path) -> Path:
 
 # --- Ray nodes on loopback ---------------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,7 +131,7 @@ def _children() -> dict[int, int]:
                 text = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            found[int(entry)] = int(text[text.rindex(")") + 2:].split()[1])
+            found[int(entry)] = int(text[text.rindex(")") + 2 :].split()[1])
     return found
 
 
@@ -159,20 +162,32 @@ class Nodes:
         n = len(self.procs)
         ports = self.base_port + 100 * n
         ip = f"127.0.0.{2 + n}"
-        args = [shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray", "start", "--block",
-                f"--node-ip-address={ip}", "--disable-usage-stats", f"--num-cpus={cpus}",
-                f"--min-worker-port={ports}", f"--max-worker-port={ports + 49}",
-                f"--node-manager-port={ports + 50}", f"--object-manager-port={ports + 51}",
-                f"--dashboard-agent-listen-port={ports + 52}", f"--dashboard-agent-grpc-port={ports + 53}",
-                f"--runtime-env-agent-port={ports + 54}", f"--metrics-export-port={ports + 55}",
-                "--object-store-memory=100000000"]
-        args += ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.root / 'tmp'}"] \
-            if head else [f"--address={self.address}"]
+        args = [
+            shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray",
+            "start",
+            "--block",
+            f"--node-ip-address={ip}",
+            "--disable-usage-stats",
+            f"--num-cpus={cpus}",
+            f"--min-worker-port={ports}",
+            f"--max-worker-port={ports + 49}",
+            f"--node-manager-port={ports + 50}",
+            f"--object-manager-port={ports + 51}",
+            f"--dashboard-agent-listen-port={ports + 52}",
+            f"--dashboard-agent-grpc-port={ports + 53}",
+            f"--runtime-env-agent-port={ports + 54}",
+            f"--metrics-export-port={ports + 55}",
+            "--object-store-memory=100000000",
+        ]
+        args += (
+            ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.root / 'tmp'}"]
+            if head
+            else [f"--address={self.address}"]
+        )
         log_path = self.root / f"node{n}.log"
         started = time.perf_counter()
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs.append(proc)
         deadline = time.monotonic() + 180
         while b"will now block forever" not in log_path.read_bytes():
@@ -191,7 +206,7 @@ class Nodes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for pid in below:   # Ray's agents outlive their raylet
+        for pid in below:  # Ray's agents outlive their raylet
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -201,11 +216,13 @@ class Nodes:
 
 def ray_env(root: Path, extra_path: list[Path] = (), **more: str) -> dict:
     from eexp.workers_ray import local_env, private_home
+
     path = os.pathsep.join(str(p) for p in [*extra_path, BENCH, ROOT])
     return {**os.environ, **local_env(private_home(str(root))), "PYTHONPATH": path, **more}
 
 
 # --- runs --------------------------------------------------------------------------------------------------------
+
 
 def untimed(record):
     if isinstance(record, dict):
@@ -246,17 +263,28 @@ def timed(args: list[str], env: dict, out: Path) -> dict:
     lines = out.read_bytes().count(b"\n")
     first = seen[0] if seen else (wall, lines)
     steady = (lines - first[1]) / (wall - first[0]) if wall > first[0] and lines > first[1] else None
-    return {"wall_s": wall, "first_record_s": first[0], "records": lines, "steady_rps": steady,
-            "stderr": done.stderr.decode()}
+    return {
+        "wall_s": wall,
+        "first_record_s": first[0],
+        "records": lines,
+        "steady_rps": steady,
+        "stderr": done.stderr.decode(),
+    }
 
 
 def make_branches(root: Path, env: dict, env_name: str, n: int | None, k: int, env_args: list[str] = ()) -> Path:
     """Expert trajectories (every train task, or -n of them), then branch --propose admissible -k K."""
     expert, branches = root / f"{env_name}.expert.jsonl", root / f"{env_name}.branches.jsonl"
-    subprocess.run(EEXP + ["expert", "--env", env_name, *env_args, "-q", "-o", str(expert)]
-                   + (["-n", str(n)] if n else []), env=env, check=True)
-    subprocess.run(EEXP + ["branch", "--propose", "admissible", "-k", str(k), "-q", "-o", str(branches),
-                           str(expert)], env=env, check=True)
+    subprocess.run(
+        EEXP + ["expert", "--env", env_name, *env_args, "-q", "-o", str(expert)] + (["-n", str(n)] if n else []),
+        env=env,
+        check=True,
+    )
+    subprocess.run(
+        EEXP + ["branch", "--propose", "admissible", "-k", str(k), "-q", "-o", str(branches), str(expert)],
+        env=env,
+        check=True,
+    )
     return branches
 
 
@@ -271,27 +299,37 @@ def repeat_trajectories(branches: Path, n: int, out: Path) -> int:
         tid, copy = order[i % len(order)], i // len(order)
         for record in groups[tid]:
             new = f"{tid}~{copy}"
-            lines.append(json.dumps({**record, "id": f"{new}#{record['step']}", "source_id": new,
-                                     "trajectory_id": new}))
+            lines.append(
+                json.dumps({**record, "id": f"{new}#{record['step']}", "source_id": new, "trajectory_id": new})
+            )
     out.write_text("\n".join(lines) + "\n")
     return len(lines)
 
 
 def scaling(nodes: list[int], cpus: int, n: int, sleep: float, k: int = 3) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="eexp-bs-"))   # short: Ray's socket paths must fit 107 bytes
+    root = Path(tempfile.mkdtemp(prefix="eexp-bs-"))  # short: Ray's socket paths must fit 107 bytes
     try:
         site = plugin_site(root)
         quiet = ray_env(root, [site])
         quiet.pop(SLEEP_VAR, None)
         branches = make_branches(root, quiet, "sleepwalk", n, k)
-        serial = timed(["rollout", "-q", str(branches), "--stats", str(root / "serial.json")], quiet,
-                       root / "serial.jsonl")
+        serial = timed(
+            ["rollout", "-q", str(branches), "--stats", str(root / "serial.json")], quiet, root / "serial.jsonl"
+        )
         reference = [untimed(r) for r in read(root / "serial.jsonl")]
         env_steps = json.loads((root / "serial.json").read_text())["env_steps"]
         env = {**quiet, SLEEP_VAR: str(sleep)}
         cluster = Nodes(root, env)
-        result = {"trajectories": n, "states": len(reference), "k": k, "env_steps": env_steps, "sleep_s": sleep,
-                  "cpus_per_node": cpus, "serial_no_sleep_s": serial["wall_s"], "runs": []}
+        result = {
+            "trajectories": n,
+            "states": len(reference),
+            "k": k,
+            "env_steps": env_steps,
+            "sleep_s": sleep,
+            "cpus_per_node": cpus,
+            "serial_no_sleep_s": serial["wall_s"],
+            "runs": [],
+        }
         try:
             result["head_start_s"] = cluster.add(0, head=True)
             starts = []
@@ -300,13 +338,24 @@ def scaling(nodes: list[int], cpus: int, n: int, sleep: float, k: int = 3) -> di
                     starts.append(cluster.add(cpus))
                 workers = count * cpus
                 out = root / f"ray{count}.jsonl"
-                run = timed(["rollout", "-q", str(branches), f"--ray={cluster.address}", "--env-workers",
-                             str(workers)], env, out)
-                run.update(nodes=count, workers=workers, identical=[untimed(r) for r in read(out)] == reference,
-                           sleep_bound_s=env_steps * sleep / workers)
-                print(f"  {count} node(s), {workers} workers: {run['wall_s']:.1f} s, steady "
-                      f"{run['steady_rps'] or 0:.1f} rec/s, sleep alone {run['sleep_bound_s']:.1f} s, identical "
-                      f"{run['identical']}", file=sys.stderr, flush=True)
+                run = timed(
+                    ["rollout", "-q", str(branches), f"--ray={cluster.address}", "--env-workers", str(workers)],
+                    env,
+                    out,
+                )
+                run.update(
+                    nodes=count,
+                    workers=workers,
+                    identical=[untimed(r) for r in read(out)] == reference,
+                    sleep_bound_s=env_steps * sleep / workers,
+                )
+                print(
+                    f"  {count} node(s), {workers} workers: {run['wall_s']:.1f} s, steady "
+                    f"{run['steady_rps'] or 0:.1f} rec/s, sleep alone {run['sleep_bound_s']:.1f} s, identical "
+                    f"{run['identical']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 result["runs"].append(run)
             result["worker_node_start_s"] = starts
         finally:
@@ -316,8 +365,9 @@ def scaling(nodes: list[int], cpus: int, n: int, sleep: float, k: int = 3) -> di
             scale = run["nodes"] / one["nodes"]
             run["speedup"] = one["wall_s"] / run["wall_s"]
             run["efficiency"] = run["speedup"] / scale
-            run["steady_efficiency"] = (run["steady_rps"] / one["steady_rps"] / scale
-                                        if run["steady_rps"] and one["steady_rps"] else None)
+            run["steady_efficiency"] = (
+                run["steady_rps"] / one["steady_rps"] / scale if run["steady_rps"] and one["steady_rps"] else None
+            )
         return result
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -329,6 +379,7 @@ def alfworld_data(root: Path) -> Path:
         return Path(os.environ["ALFWORLD_DATA"])
     sys.path.insert(0, str(ROOT / "tests"))
     from alfworld_games import write_games
+
     write_games(root / "alfworld")
     return root / "alfworld"
 
@@ -339,17 +390,28 @@ def overhead(env_name: str, n: int, workers: int, repeat: int, k: int = 8) -> di
         extra = {"ALFWORLD_DATA": str(alfworld_data(root))} if env_name == "alfworld" else {}
         env = ray_env(root, **extra)
         branches = root / "branches.jsonl"
-        records = repeat_trajectories(make_branches(root, env, env_name, None if env_name == "alfworld" else n, k),
-                                      n, branches)
+        records = repeat_trajectories(
+            make_branches(root, env, env_name, None if env_name == "alfworld" else n, k), n, branches
+        )
         cluster = Nodes(root, env)
-        result = {"env": env_name, "trajectories": n, "records": records, "k": k, "workers": workers,
-                  "repeat": repeat, "jobs": [], "ray": []}
+        result = {
+            "env": env_name,
+            "trajectories": n,
+            "records": records,
+            "k": k,
+            "workers": workers,
+            "repeat": repeat,
+            "jobs": [],
+            "ray": [],
+        }
         try:
             result["cluster_start_s"] = cluster.add(workers, head=True)
             outs = {}
             for r in range(repeat):
-                for kind, args in (("jobs", ["-j", str(workers)]),
-                                   ("ray", [f"--ray={cluster.address}", "--env-workers", str(workers)])):
+                for kind, args in (
+                    ("jobs", ["-j", str(workers)]),
+                    ("ray", [f"--ray={cluster.address}", "--env-workers", str(workers)]),
+                ):
                     outs[kind] = root / f"{kind}{r}.jsonl"
                     run = timed(["rollout", "-q", str(branches), *args], env, outs[kind])
                     run.pop("stderr")
@@ -373,6 +435,7 @@ def env_costs(name: str, n: int | None, k: int = 8) -> dict:
     from eexp.stages.branch import Brancher
     from eexp.stages.expert import expert_trajectory
     from eexp.stages.rollout import Rollout
+
     cpu = time.process_time
     tasks = pick_tasks(make_env(name), "train", n, 0)
     t0 = cpu()
@@ -392,15 +455,28 @@ def env_costs(name: str, n: int | None, k: int = 8) -> dict:
     t0 = cpu()
     outs = [o for r in records for o in stage(r)] + list(stage.finish())
     stage.close()
-    rollout = cpu() - t0   # one start of its environment included
-    return {"env": name, "trajectories": len(trajectories), "succeeded": sum(t["success"] for t in trajectories),
-            "expert_steps": steps, "steps_per_trajectory": steps / len(trajectories), "states": len(outs), "k": k,
-            "rollout_env_steps": counts["env_steps"], "errors": counts["errors"], "start_cpu_s": start,
-            "expert_cpu_s_per_step": expert / steps, "expert_cpu_s_per_trajectory": expert / len(trajectories),
-            "rollout_cpu_s_per_step": rollout / counts["env_steps"], "rollout_cpu_s_per_state": rollout / len(outs),
-            "rollout_steps_per_state": counts["env_steps"] / len(outs),
-            "data": {"imitation-data": example_sizes("imitation-data", trajectories),
-                     "world-model-data": example_sizes("world-model-data", outs)}}
+    rollout = cpu() - t0  # one start of its environment included
+    return {
+        "env": name,
+        "trajectories": len(trajectories),
+        "succeeded": sum(t["success"] for t in trajectories),
+        "expert_steps": steps,
+        "steps_per_trajectory": steps / len(trajectories),
+        "states": len(outs),
+        "k": k,
+        "rollout_env_steps": counts["env_steps"],
+        "errors": counts["errors"],
+        "start_cpu_s": start,
+        "expert_cpu_s_per_step": expert / steps,
+        "expert_cpu_s_per_trajectory": expert / len(trajectories),
+        "rollout_cpu_s_per_step": rollout / counts["env_steps"],
+        "rollout_cpu_s_per_state": rollout / len(outs),
+        "rollout_steps_per_state": counts["env_steps"] / len(outs),
+        "data": {
+            "imitation-data": example_sizes("imitation-data", trajectories),
+            "world-model-data": example_sizes("world-model-data", outs),
+        },
+    }
 
 
 def example_sizes(stage: str, records: list[dict]) -> dict:
@@ -412,14 +488,17 @@ def example_sizes(stage: str, records: list[dict]) -> dict:
         subprocess.run(EEXP + [stage, "-q", str(source), "-o", str(made)], check=True)
         examples = read(made)
     chars = [sum(len(m["content"]) for m in e["messages"]) for e in examples]
-    return {"examples": len(examples), "per_record": len(examples) / len(records),
-            "chars_per_example": sum(chars) / len(chars)}
+    return {
+        "examples": len(examples),
+        "per_record": len(examples) / len(records),
+        "chars_per_example": sum(chars) / len(chars),
+    }
 
 
 def costs(shop_n: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="eexp-bc-"))
     try:
-        os.environ["ALFWORLD_DATA"] = str(alfworld_data(root))   # (importing alfworld sets its own default)
+        os.environ["ALFWORLD_DATA"] = str(alfworld_data(root))  # (importing alfworld sets its own default)
         return {"shop": env_costs("shop", shop_n), "alfworld": env_costs("alfworld", None)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -427,29 +506,42 @@ def costs(shop_n: int) -> dict:
 
 # --- output ------------------------------------------------------------------------------------------------------
 
+
 def report_scaling(r: dict) -> None:
-    print(f"scaling: rollout --ray over {r['trajectories']} sleepwalk trajectories ({r['states']} states, K={r['k']},"
-          f" {r['env_steps']} env steps of {r['sleep_s'] * 1000:.0f} ms sleep), {r['cpus_per_node']} workers a node")
-    print(f"  head started in {r['head_start_s']:.1f} s, worker nodes in "
-          f"{', '.join(f'{s:.1f}' for s in r['worker_node_start_s'])} s; serial run without the sleep "
-          f"{r['serial_no_sleep_s']:.1f} s")
-    print("  nodes  workers  wall s  sleep alone s  first record s  steady rec/s  speed-up  x linear  steady x "
-          "linear  records")
+    print(
+        f"scaling: rollout --ray over {r['trajectories']} sleepwalk trajectories ({r['states']} states, K={r['k']},"
+        f" {r['env_steps']} env steps of {r['sleep_s'] * 1000:.0f} ms sleep), {r['cpus_per_node']} workers a node"
+    )
+    print(
+        f"  head started in {r['head_start_s']:.1f} s, worker nodes in "
+        f"{', '.join(f'{s:.1f}' for s in r['worker_node_start_s'])} s; serial run without the sleep "
+        f"{r['serial_no_sleep_s']:.1f} s"
+    )
+    print(
+        "  nodes  workers  wall s  sleep alone s  first record s  steady rec/s  speed-up  x linear  steady x "
+        "linear  records"
+    )
     for run in r["runs"]:
         steady = run["steady_efficiency"]
-        print(f"  {run['nodes']:5d}  {run['workers']:7d}  {run['wall_s']:6.1f}  {run['sleep_bound_s']:13.1f}  "
-              f"{run['first_record_s']:14.1f}  {run['steady_rps'] or 0:12.1f}  {run['speedup']:7.2f}x  "
-              f"{run['efficiency']:7.2f}x  {'' if steady is None else f'{steady:.2f}x':>15}  "
-              f"{'identical' if run['identical'] else 'DIFFER'}")
+        print(
+            f"  {run['nodes']:5d}  {run['workers']:7d}  {run['wall_s']:6.1f}  {run['sleep_bound_s']:13.1f}  "
+            f"{run['first_record_s']:14.1f}  {run['steady_rps'] or 0:12.1f}  {run['speedup']:7.2f}x  "
+            f"{run['efficiency']:7.2f}x  {'' if steady is None else f'{steady:.2f}x':>15}  "
+            f"{'identical' if run['identical'] else 'DIFFER'}"
+        )
     print("  target: >= 0.80x linear (the 1-node run is the baseline)")
 
 
 def report_overhead(r: dict) -> None:
-    print(f"overhead: rollout on {r['env']}, {r['trajectories']} trajectories ({r['records']} states, K={r['k']}), "
-          f"{r['workers']} workers, best of {r['repeat']}")
-    print(f"  -j {r['workers']}: {r['best_jobs_s']:.2f} s   --ray (one node, started in {r['cluster_start_s']:.1f} s):"
-          f" {r['best_ray_s']:.2f} s   ratio {r['ratio']:.3f} (target <= 1.10)   records "
-          f"{'identical' if r['identical'] else 'DIFFER'}")
+    print(
+        f"overhead: rollout on {r['env']}, {r['trajectories']} trajectories ({r['records']} states, K={r['k']}), "
+        f"{r['workers']} workers, best of {r['repeat']}"
+    )
+    print(
+        f"  -j {r['workers']}: {r['best_jobs_s']:.2f} s   --ray (one node, started in {r['cluster_start_s']:.1f} s):"
+        f" {r['best_ray_s']:.2f} s   ratio {r['ratio']:.3f} (target <= 1.10)   records "
+        f"{'identical' if r['identical'] else 'DIFFER'}"
+    )
     for kind in ("jobs", "ray"):
         walls = ", ".join(f"{x['wall_s']:.2f}" for x in r[kind])
         firsts = ", ".join(f"{x['first_record_s']:.2f}" for x in r[kind])
@@ -458,13 +550,17 @@ def report_overhead(r: dict) -> None:
 
 def report_costs(r: dict) -> None:
     print("costs: CPU seconds of one core (this process), per environment step")
-    print("  env       trajectories  steps/traj  start s  expert ms/step  expert s/traj  rollout ms/step  "
-          "rollout steps/state  rollout s/state")
+    print(
+        "  env       trajectories  steps/traj  start s  expert ms/step  expert s/traj  rollout ms/step  "
+        "rollout steps/state  rollout s/state"
+    )
     for c in r.values():
-        print(f"  {c['env']:8}  {c['trajectories']:12d}  {c['steps_per_trajectory']:10.1f}  {c['start_cpu_s']:7.2f}  "
-              f"{c['expert_cpu_s_per_step'] * 1000:14.2f}  {c['expert_cpu_s_per_trajectory']:13.3g}  "
-              f"{c['rollout_cpu_s_per_step'] * 1000:15.2f}  {c['rollout_steps_per_state']:19.2f}  "
-              f"{c['rollout_cpu_s_per_state']:15.3g}")
+        print(
+            f"  {c['env']:8}  {c['trajectories']:12d}  {c['steps_per_trajectory']:10.1f}  {c['start_cpu_s']:7.2f}  "
+            f"{c['expert_cpu_s_per_step'] * 1000:14.2f}  {c['expert_cpu_s_per_trajectory']:13.3g}  "
+            f"{c['rollout_cpu_s_per_step'] * 1000:15.2f}  {c['rollout_steps_per_state']:19.2f}  "
+            f"{c['rollout_cpu_s_per_state']:15.3g}"
+        )
     print("  training examples (the stages' defaults): per input record, characters each")
     for c in r.values():
         for stage, d in c["data"].items():
@@ -478,23 +574,36 @@ def project(c: dict, trajectories: int, steps: float) -> dict:
     training examples are counted, with their characters as measured (a token is about 4 characters here)."""
     states = trajectories * steps
     iwm, il = c["data"]["world-model-data"], c["data"]["imitation-data"]
-    return {"trajectories": trajectories, "steps": steps, "states": states, "k": c["k"],
-            "expert_cpu_h": trajectories * c["expert_cpu_s_per_trajectory"] / 3600,
-            "rollout_cpu_h": states * c["rollout_cpu_s_per_state"] / 3600,
-            "rollout_env_steps": states * c["rollout_steps_per_state"], "policy_samples": states * c["k"],
-            "il_examples": states, "il_tokens": states * il["chars_per_example"] / 4,
-            "iwm_examples": states * iwm["per_record"],
-            "iwm_tokens": states * iwm["per_record"] * iwm["chars_per_example"] / 4}
+    return {
+        "trajectories": trajectories,
+        "steps": steps,
+        "states": states,
+        "k": c["k"],
+        "expert_cpu_h": trajectories * c["expert_cpu_s_per_trajectory"] / 3600,
+        "rollout_cpu_h": states * c["rollout_cpu_s_per_state"] / 3600,
+        "rollout_env_steps": states * c["rollout_steps_per_state"],
+        "policy_samples": states * c["k"],
+        "il_examples": states,
+        "il_tokens": states * il["chars_per_example"] / 4,
+        "iwm_examples": states * iwm["per_record"],
+        "iwm_tokens": states * iwm["per_record"] * iwm["chars_per_example"] / 4,
+    }
 
 
 def report_projection(p: dict) -> None:
-    print(f"projection: {p['trajectories']:,} trajectories of {p['steps']:g} steps ({p['states']:,.0f} states), "
-          f"K={p['k']}")
-    print(f"  environment, CPU-hours of one core: expert {p['expert_cpu_h']:.2f}, rollout {p['rollout_cpu_h']:.2f} "
-          f"({p['rollout_env_steps']:,.0f} env steps)")
+    print(
+        f"projection: {p['trajectories']:,} trajectories of {p['steps']:g} steps ({p['states']:,.0f} states), "
+        f"K={p['k']}"
+    )
+    print(
+        f"  environment, CPU-hours of one core: expert {p['expert_cpu_h']:.2f}, rollout {p['rollout_cpu_h']:.2f} "
+        f"({p['rollout_env_steps']:,.0f} env steps)"
+    )
     print(f"  policy samples if the K alternatives are proposed by the model: {p['policy_samples']:,.0f}")
-    print(f"  training examples: imitation {p['il_examples']:,.0f} (~{p['il_tokens'] / 1e6:.0f}M tokens), world "
-          f"model {p['iwm_examples']:,.0f} (~{p['iwm_tokens'] / 1e6:.0f}M tokens), an epoch")
+    print(
+        f"  training examples: imitation {p['il_examples']:,.0f} (~{p['il_tokens'] / 1e6:.0f}M tokens), world "
+        f"model {p['iwm_examples']:,.0f} (~{p['iwm_tokens'] / 1e6:.0f}M tokens), an epoch"
+    )
 
 
 def main() -> None:
@@ -512,8 +621,13 @@ def main() -> None:
     o.add_argument("--repeat", type=int, default=3, help="runs of each (default 3)")
     c = sub.add_parser("costs", help="CPU seconds per environment step, shop and ALFWorld")
     c.add_argument("--shop", type=int, default=200, help="shop trajectories (default 200)")
-    c.add_argument("--project", type=int, default=3500, metavar="N",
-                   help="project a run of N ALFWorld expert trajectories from the costs (default 3500)")
+    c.add_argument(
+        "--project",
+        type=int,
+        default=3500,
+        metavar="N",
+        help="project a run of N ALFWorld expert trajectories from the costs (default 3500)",
+    )
     c.add_argument("--steps", type=float, default=10.0, help="... of this many steps each (default 10)")
     c.add_argument("--load", metavar="FILE", help="project from the costs saved in FILE (--save) instead of measuring")
     for p in (s, o, c):
@@ -532,8 +646,12 @@ def main() -> None:
         report_costs(result)
         report_projection(project(result["alfworld"], args.project, args.steps))
     if args.save:
-        result["run"] = {"argv": sys.argv[1:], "load_average": os.getloadavg(), "cores": os.cpu_count(),
-                         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        result["run"] = {
+            "argv": sys.argv[1:],
+            "load_average": os.getloadavg(),
+            "cores": os.cpu_count(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
         Path(args.save).write_text(json.dumps(result, indent=1) + "\n")
 
 

@@ -34,15 +34,26 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "small"], default="small")
     parser.add_argument("--states", type=int, default=12, help="Outcome records to reflect on.")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="llama.cpp threads (1: on a shared, busy CPU more threads only wait on each other).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads (1: on a shared, busy CPU more threads only wait on each other).",
+    )
     parser.add_argument("--model", help="An existing .gguf to use instead of a fresh random one.")
     opts = parser.parse_args()
 
     from eexp.policies import load_policy
     from eexp.prompts import Serializer
-    from eexp.stages.reflect import (Reflector, Settings, Template, policy_writer, reflect_examples,
-                                     reflection_prompt, shown_alternatives)
+    from eexp.stages.reflect import (
+        Reflector,
+        Settings,
+        Template,
+        policy_writer,
+        reflect_examples,
+        reflection_prompt,
+        shown_alternatives,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -60,13 +71,17 @@ def main() -> None:
         settings = Settings(max_tokens=opts.max_tokens)
         policy = load_policy(model, {"n_threads": str(opts.threads)}, max_tokens=opts.max_tokens)
         import llama_cpp
+
         ctx = policy.llm._ctx.ctx
 
         # Baseline: the grounded reflector, no model.
         t0 = time.perf_counter()
         for o in outcomes:
-            list(reflect_examples(o, reflector=Reflector("grounded"), template=template, serializer=serializer,
-                                  settings=settings))
+            list(
+                reflect_examples(
+                    o, reflector=Reflector("grounded"), template=template, serializer=serializer, settings=settings
+                )
+            )
         grounded_s = time.perf_counter() - t0
 
         # Full reflections through the command's code path.
@@ -75,8 +90,16 @@ def main() -> None:
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
         for o in outcomes:
-            list(reflect_examples(o, reflector=reflector, template=template, serializer=serializer,
-                                  settings=settings, count=lambda n, k=1: counts.__setitem__(n, counts.get(n, 0) + k)))
+            list(
+                reflect_examples(
+                    o,
+                    reflector=reflector,
+                    template=template,
+                    serializer=serializer,
+                    settings=settings,
+                    count=lambda n, k=1: counts.__setitem__(n, counts.get(n, 0) + k),
+                )
+            )
         full_s = time.perf_counter() - t0
         perf = llama_cpp.llama_perf_context(ctx)
 
@@ -84,8 +107,9 @@ def main() -> None:
         llama_cpp.llama_perf_context_reset(ctx)
         t0 = time.perf_counter()
         for i, o in enumerate(outcomes):
-            prompt = reflection_prompt(o, shown_alternatives(o, settings.max_alternatives), template, serializer,
-                                       settings)
+            prompt = reflection_prompt(
+                o, shown_alternatives(o, settings.max_alternatives), template, serializer, settings
+            )
             policy.llm.reset()  # no KV reuse from the previous call: measure a cold prompt
             policy.generate(prompt, seed=i + 1, temperature=0.7, max_tokens=1)
         prompt_only_s = time.perf_counter() - t0
@@ -95,22 +119,32 @@ def main() -> None:
     n = len(outcomes)
     p_ms, g_ms = perf.t_p_eval_ms, perf.t_eval_ms
     other_ms = full_s * 1000 - p_ms - g_ms
-    print(f"model: {opts.model or f'random {opts.size} (init-model, exported to GGUF f16)'}; {n} shop states, "
-          f"K<=3 alternatives, --max-tokens {opts.max_tokens}, {opts.threads} threads")
+    print(
+        f"model: {opts.model or f'random {opts.size} (init-model, exported to GGUF f16)'}; {n} shop states, "
+        f"K<=3 alternatives, --max-tokens {opts.max_tokens}, {opts.threads} threads"
+    )
     print(f"{'':34s}{'reflections/min':>16s}{'s/reflection':>14s}")
     print(f"{'self reflector (llama.cpp)':34s}{n / full_s * 60:16.1f}{full_s / n:14.3f}")
     print(f"{'grounded reflector (baseline)':34s}{n / grounded_s * 60:16.0f}{grounded_s / n:14.5f}")
-    print(f"prompt tokens {perf.n_p_eval} ({perf.n_p_eval / n:.0f}/reflection after KV-prefix reuse), "
-          f"generated tokens {perf.n_eval} ({perf.n_eval / n:.0f}/reflection)")
-    print(f"wall time: prompt evaluation {p_ms / 1000:.2f} s ({100 * p_ms / (full_s * 1000):.1f}%), generation "
-          f"{g_ms / 1000:.2f} s ({100 * g_ms / (full_s * 1000):.1f}%), other (sampling, templating, filters) "
-          f"{other_ms / 1000:.2f} s ({100 * other_ms / (full_s * 1000):.1f}%)")
+    print(
+        f"prompt tokens {perf.n_p_eval} ({perf.n_p_eval / n:.0f}/reflection after KV-prefix reuse), "
+        f"generated tokens {perf.n_eval} ({perf.n_eval / n:.0f}/reflection)"
+    )
+    print(
+        f"wall time: prompt evaluation {p_ms / 1000:.2f} s ({100 * p_ms / (full_s * 1000):.1f}%), generation "
+        f"{g_ms / 1000:.2f} s ({100 * g_ms / (full_s * 1000):.1f}%), other (sampling, templating, filters) "
+        f"{other_ms / 1000:.2f} s ({100 * other_ms / (full_s * 1000):.1f}%)"
+    )
     if perf.n_p_eval and perf.n_eval:
-        print(f"speed: prompt {perf.n_p_eval / (p_ms / 1000):.0f} tok/s, generation {perf.n_eval / (g_ms / 1000):.0f} "
-              f"tok/s")
-    print(f"cross-check, prompt-only calls (max_tokens=1, cold cache): {prompt_only_s:.2f} s = "
-          f"{100 * prompt_only_s / full_s:.1f}% of the full run's wall time; llama.cpp counted "
-          f"{prompt_only_perf.n_p_eval} prompt tokens in {prompt_only_perf.t_p_eval_ms / 1000:.2f} s")
+        print(
+            f"speed: prompt {perf.n_p_eval / (p_ms / 1000):.0f} tok/s, generation {perf.n_eval / (g_ms / 1000):.0f} "
+            f"tok/s"
+        )
+    print(
+        f"cross-check, prompt-only calls (max_tokens=1, cold cache): {prompt_only_s:.2f} s = "
+        f"{100 * prompt_only_s / full_s:.1f}% of the full run's wall time; llama.cpp counted "
+        f"{prompt_only_perf.n_p_eval} prompt tokens in {prompt_only_perf.t_p_eval_ms / 1000:.2f} s"
+    )
     print("filter counts:", {k: v for k, v in sorted(counts.items())})
 
 

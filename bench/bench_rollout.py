@@ -93,8 +93,14 @@ def trajectory(cls, task, tid):
     for action in env.expert(task):
         steps.append({"observation": observation, "action": action, "admissible": env.admissible()})
         observation = env.step(action)[0]
-    return {"id": tid, "env": env.env_record(), "task": task, "steps": steps, "final_observation": observation,
-            "success": False}
+    return {
+        "id": tid,
+        "env": env.env_record(),
+        "task": task,
+        "steps": steps,
+        "final_observation": observation,
+        "success": False,
+    }
 
 
 def rollout_counts(records, jobs=1):
@@ -119,10 +125,14 @@ def naive_steps(records, cls):
 
 
 def section_steps(k):
-    print(f"1. Environment steps of rollout, one T-step trajectory, K={k} alternatives per state "
-          f"(simulated line env, counted by the env)")
-    print(f"{'T':>4} {'snapshot':>9} {'target (K+1)T+T':>16} {'no snapshot':>12} {'naive replay':>13} "
-          f"{'K*T^2/2':>8} {'naive/snapshot':>15}")
+    print(
+        f"1. Environment steps of rollout, one T-step trajectory, K={k} alternatives per state "
+        f"(simulated line env, counted by the env)"
+    )
+    print(
+        f"{'T':>4} {'snapshot':>9} {'target (K+1)T+T':>16} {'no snapshot':>12} {'naive replay':>13} "
+        f"{'K*T^2/2':>8} {'naive/snapshot':>15}"
+    )
     for task in LineEnv().tasks("train"):
         t = len(LineEnv().expert(task))
         row = {}
@@ -130,12 +140,14 @@ def section_steps(k):
             records = list(Brancher("admissible", k, env_factory=bench_env)(trajectory(cls, task, f"t{t}")))
             before = LineEnv.steps_taken
             _, counts = rollout_counts(records)
-            assert counts["env_steps"] == LineEnv.steps_taken - before   # the stage counts what the env did
+            assert counts["env_steps"] == LineEnv.steps_taken - before  # the stage counts what the env did
             assert counts["errors"] == 0
             row[cls.can_snapshot] = counts["env_steps"]
         naive = naive_steps(records, LineEnv)
-        print(f"{t:>4} {row[True]:>9} {(k + 1) * t + t:>16} {row[False]:>12} {naive:>13} {k * t * t // 2:>8} "
-              f"{naive / row[True]:>14.1f}x")
+        print(
+            f"{t:>4} {row[True]:>9} {(k + 1) * t + t:>16} {row[False]:>12} {naive:>13} {k * t * t // 2:>8} "
+            f"{naive / row[True]:>14.1f}x"
+        )
     print()
 
 
@@ -151,8 +163,12 @@ def cpu_seconds() -> float:
     """CPU seconds of this process and of its children that have exited (rollout workers, a JVM started by this
     process is counted when it ends)."""
     import resource
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
+
+    return sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
 
 
 def scienceworld_start_s() -> float:
@@ -171,13 +187,23 @@ def jobs_speedup(records) -> dict:
         t0, c0 = time.perf_counter(), cpu_seconds()
         outs, counts = rollout_counts(records, jobs)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-        results[jobs] = {"seconds": seconds, "states_per_s": len(records) / seconds,
-                         "env_steps_per_s": counts["env_steps"] / seconds, "errors": counts["errors"], "outs": outs,
-                         "cpu_percent": 100 * cpu / seconds}
-    strip = lambda outs: [{**o, "meta": {}} for o in outs]   # noqa: E731
+        results[jobs] = {
+            "seconds": seconds,
+            "states_per_s": len(records) / seconds,
+            "env_steps_per_s": counts["env_steps"] / seconds,
+            "errors": counts["errors"],
+            "outs": outs,
+            "cpu_percent": 100 * cpu / seconds,
+        }
+    strip = lambda outs: [{**o, "meta": {}} for o in outs]  # noqa: E731
     same = strip(results[1].pop("outs")) == strip(results[2].pop("outs"))
-    return {"states": len(records), "j1": results[1], "j2": results[2], "identical": same,
-            "speedup": results[1]["seconds"] / results[2]["seconds"]}
+    return {
+        "states": len(records),
+        "j1": results[1],
+        "j2": results[2],
+        "identical": same,
+        "speedup": results[1]["seconds"] / results[2]["seconds"],
+    }
 
 
 def worker_start_s(repeat: int = 2) -> float:
@@ -214,8 +240,13 @@ def jobs_needed(j1_s: float, j2_s: float, states: int, start_s: float, worker_s:
     fixed = target * (worker_s + start_s) - start_s
     ideal = fixed / (t * (1 - target / 2)) if t > 0 else float("inf")
     measured = fixed / (t - target * t2) if t2 > 0 and t > target * t2 else None
-    return {"per_state_j1_s": t, "per_state_j2_s": t2, "limit": t / t2 if t2 > 0 else float("inf"),
-            "states_ideal": max(ideal, 0.0), "states_measured": None if measured is None else max(measured, 0.0)}
+    return {
+        "per_state_j1_s": t,
+        "per_state_j2_s": t2,
+        "limit": t / t2 if t2 > 0 else float("inf"),
+        "states_ideal": max(ideal, 0.0),
+        "states_measured": None if measured is None else max(measured, 0.0),
+    }
 
 
 def time_jobs(records, what, k):
@@ -223,38 +254,68 @@ def time_jobs(records, what, k):
     r = jobs_speedup(records)
     for jobs in (1, 2):
         x = r[f"j{jobs}"]
-        print(f"   -j {jobs}: {x['seconds']:6.2f} s  {x['states_per_s']:7.2f} states/s  "
-              f"{x['env_steps_per_s']:8.1f} env steps/s  ({x['errors']} errors)")
-    print(f"   speed-up -j 2 / -j 1: {r['speedup']:.2f}x (target >= 1.7x); "
-          f"outcomes {'identical' if r['identical'] else 'DIFFERENT'}")
+        print(
+            f"   -j {jobs}: {x['seconds']:6.2f} s  {x['states_per_s']:7.2f} states/s  "
+            f"{x['env_steps_per_s']:8.1f} env steps/s  ({x['errors']} errors)"
+        )
+    print(
+        f"   speed-up -j 2 / -j 1: {r['speedup']:.2f}x (target >= 1.7x); "
+        f"outcomes {'identical' if r['identical'] else 'DIFFERENT'}"
+    )
 
 
 def slow_records(k, trajectories=6):
     task = {"id": "train-12", "split": "train", "goal": "walk 12 steps"}
-    return [r for i in range(trajectories) for r in Brancher("admissible", k, env_factory=bench_env)(
-        trajectory(SlowLineEnv, task, f"slow{i}"))]
+    return [
+        r
+        for i in range(trajectories)
+        for r in Brancher("admissible", k, env_factory=bench_env)(trajectory(SlowLineEnv, task, f"slow{i}"))
+    ]
 
 
 def scienceworld_records(k, sw_trajectories, sw_steps):
     """Branch records of the first sw_steps steps of sw_trajectories ScienceWorld dev expert trajectories."""
     with tempfile.TemporaryDirectory() as d:
         expert = os.path.join(d, "expert.jsonl")
-        subprocess.run([sys.executable, "-m", "eexp", "expert", "--env", "scienceworld", "--split", "dev",
-                        "-n", str(sw_trajectories), "-q", "-o", expert], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "eexp",
+                "expert",
+                "--env",
+                "scienceworld",
+                "--split",
+                "dev",
+                "-n",
+                str(sw_trajectories),
+                "-q",
+                "-o",
+                expert,
+            ],
+            check=True,
+        )
         from eexp.io import read_records
+
         return [r for t in read_records([expert]) for r in Brancher("admissible", k, steps=set(range(sw_steps)))(t)]
 
 
 def section_jobs(k, sw_trajectories, sw_steps=6):
     print("2. rollout -j 2 vs -j 1 throughput")
-    time_jobs(slow_records(k), f"simulated env whose step sleeps {SlowLineEnv.SLOW * 1000:.0f} ms (no CPU), "
-              f"no snapshots, 6 trajectories of 12 steps", k)
+    time_jobs(
+        slow_records(k),
+        f"simulated env whose step sleeps {SlowLineEnv.SLOW * 1000:.0f} ms (no CPU), "
+        f"no snapshots, 6 trajectories of 12 steps",
+        k,
+    )
     if not scienceworld_available():
         print("   ScienceWorld is not registered here: no ScienceWorld figure")
     elif sw_trajectories:
-        time_jobs(scienceworld_records(k, sw_trajectories, sw_steps),
-                  f"ScienceWorld, {sw_trajectories} dev trajectories, their first {sw_steps} steps "
-                  f"(JVM start included)", k)
+        time_jobs(
+            scienceworld_records(k, sw_trajectories, sw_steps),
+            f"ScienceWorld, {sw_trajectories} dev trajectories, their first {sw_steps} steps (JVM start included)",
+            k,
+        )
     print()
 
 
@@ -265,9 +326,14 @@ def branch_k(states, rounds=3, threads=2) -> dict:
     from eexp.policies import load_policy
     from eexp.policies.gguf_loader import open_gguf
     from eexp.prompts import Serializer
+
     with tempfile.TemporaryDirectory() as d:
-        run = lambda *args: subprocess.run([sys.executable, "-m", "eexp", *args], check=True,  # noqa: E731
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = lambda *args: subprocess.run(
+            [sys.executable, "-m", "eexp", *args],
+            check=True,  # noqa: E731
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         expert = os.path.join(d, "expert.jsonl")
         run("expert", "--env", "shop", "-n", "40", "--seed", "3", "-o", expert)
         run("init-model", os.path.join(d, "m"), "--size", "tiny", "--corpus", expert)
@@ -302,9 +368,15 @@ def branch_k(states, rounds=3, threads=2) -> dict:
             wall.setdefault(k, []).append((time.perf_counter() - t0) / n)
             cpu.setdefault(k, []).append((time.process_time() - c0) / n)
         policy.close()
-    return {"threads": threads, "states": len(prompt_tokens), "prompt_tokens": sum(prompt_tokens) / len(prompt_tokens),
-            "prompt_min": min(prompt_tokens), "prompt_max": max(prompt_tokens),
-            "wall": {1: min(wall[1][1:]), 8: min(wall[8])}, "cpu": {1: min(cpu[1][1:]), 8: min(cpu[8])}}
+    return {
+        "threads": threads,
+        "states": len(prompt_tokens),
+        "prompt_tokens": sum(prompt_tokens) / len(prompt_tokens),
+        "prompt_min": min(prompt_tokens),
+        "prompt_max": max(prompt_tokens),
+        "wall": {1: min(wall[1][1:]), 8: min(wall[8])},
+        "cpu": {1: min(cpu[1][1:]), 8: min(cpu[8])},
+    }
 
 
 def section_gguf(states):
@@ -315,12 +387,16 @@ def section_gguf(states):
         print("   skipped: llama-cpp-python is not installed\n")
         return
     r = branch_k(states)
-    print(f"   {r['states']} shop states, prompt {r['prompt_tokens']:.0f} tokens on average (min {r['prompt_min']}, "
-          f"max {r['prompt_max']}), max_tokens 32, T=1.0, {r['threads']} threads")
+    print(
+        f"   {r['states']} shop states, prompt {r['prompt_tokens']:.0f} tokens on average (min {r['prompt_min']}, "
+        f"max {r['prompt_max']}), max_tokens 32, T=1.0, {r['threads']} threads"
+    )
     for name in ("wall", "cpu"):
         k1, k8 = r[name][1], r[name][8]
-        print(f"   {name.replace('cpu', 'CPU'):>4}: K=1 {k1:.3f} s/state   K=8 {k8:.3f} s/state   "
-              f"ratio {k8 / k1:.2f}x (target <= 2.5x)")
+        print(
+            f"   {name.replace('cpu', 'CPU'):>4}: K=1 {k1:.3f} s/state   K=8 {k8:.3f} s/state   "
+            f"ratio {k8 / k1:.2f}x (target <= 2.5x)"
+        )
     print()
 
 
@@ -328,10 +404,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=4, help="alternatives per state (default 4)")
     ap.add_argument("--states", type=int, default=12, help="states for the GGUF section (default 12)")
-    ap.add_argument("--scienceworld", type=int, default=4, metavar="N",
-                    help="ScienceWorld trajectories for section 2 (0: skip; default 4)")
-    ap.add_argument("--sw-steps", type=int, default=6, metavar="N",
-                    help="branch the first N steps of each ScienceWorld trajectory (default 6)")
+    ap.add_argument(
+        "--scienceworld",
+        type=int,
+        default=4,
+        metavar="N",
+        help="ScienceWorld trajectories for section 2 (0: skip; default 4)",
+    )
+    ap.add_argument(
+        "--sw-steps",
+        type=int,
+        default=6,
+        metavar="N",
+        help="branch the first N steps of each ScienceWorld trajectory (default 6)",
+    )
     ap.add_argument("--skip-gguf", action="store_true")
     args = ap.parse_args()
     section_steps(args.k)

@@ -46,15 +46,27 @@ def shape_folder(work: Path, base: Path, name: str, tiny: bool) -> Path:
     """A checkpoint folder of the shape `name` with random weights (seed 0) and `base`'s tokenizer and card."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
+
     out = work / f"shape-{name}"
     if (out / "config.json").exists():
         return out
     hidden, inner, layers, heads, kv, theta = (TINY if tiny else SHAPES)[name]
     ref = json.loads((base / "config.json").read_text())
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inner, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv, rope_theta=theta,
-                         max_position_embeddings=8192, tie_word_embeddings=True, rms_norm_eps=1e-5,
-                         bos_token_id=None, eos_token_id=ref["eos_token_id"], pad_token_id=ref["pad_token_id"])
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=inner,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        rope_theta=theta,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        bos_token_id=None,
+        eos_token_id=ref["eos_token_id"],
+        pad_token_id=ref["pad_token_id"],
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     tmp = work / f".shape-{name}"
@@ -71,23 +83,44 @@ def eexp_rates(out: Path, warm: int) -> dict:
     rows = [r for r in rows if "tokens_per_s" in r]
     late = [r for r in rows if r["step"] > warm] or rows[-1:]
     ckpt = (yaml.safe_load((out / "card.yaml").read_text()) or {}).get("gradient_checkpointing")
-    return {"tokens_per_s": round(sum(r["tokens_per_s"] for r in late) / len(late), 1),
-            "gradient_checkpointing": ckpt}
+    return {"tokens_per_s": round(sum(r["tokens_per_s"] for r in late) / len(late), 1), "gradient_checkpointing": ckpt}
 
 
 def eexp_command(il: Path, model: Path, out: Path, steps: int, warm: int, device: str, *extra: str) -> list[str]:
     log_every = max(1, min(warm, 5))
-    return [sys.executable, "-m", "eexp", "finetune", str(il), "--model", str(model), "-o", str(out), "--lora",
-            "--lora-rank", str(RANK), "--batch-size", str(BATCH), "--max-length", str(MAX_LENGTH), "--max-steps",
-            str(steps), "--log-every", str(log_every), "-q",
-            *(["--precision", "fp32"] if device == "cpu" else []), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "eexp",
+        "finetune",
+        str(il),
+        "--model",
+        str(model),
+        "-o",
+        str(out),
+        "--lora",
+        "--lora-rank",
+        str(RANK),
+        "--batch-size",
+        str(BATCH),
+        "--max-length",
+        str(MAX_LENGTH),
+        "--max-steps",
+        str(steps),
+        "--log-every",
+        str(log_every),
+        "-q",
+        *(["--precision", "fp32"] if device == "cpu" else []),
+        *extra,
+    ]
 
 
 def run_eexp(il: Path, model: Path, out: Path, steps: int, warm: int, device: str, *extra: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}))
-    proc = subprocess.run(eexp_command(il, model, out, steps, warm, device, *extra), capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run(
+        eexp_command(il, model, out, steps, warm, device, *extra), capture_output=True, text=True, env=env
+    )
     if proc.returncode != 0:
         return {"failed": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     return eexp_rates(out, warm)
@@ -101,15 +134,27 @@ def run_parallel(il: Path, model: Path, work: Path, n: int, steps: int, warm: in
     start = time.perf_counter()
     for k, out in enumerate(outs):
         shutil.rmtree(out, ignore_errors=True)
-        procs.append(subprocess.Popen(eexp_command(il, model, out, steps, warm, device, "--seed", str(k)),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+        procs.append(
+            subprocess.Popen(
+                eexp_command(il, model, out, steps, warm, device, "--seed", str(k)),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     failed = [p.communicate()[1].strip().splitlines()[-1:] for p in procs if p.wait() != 0]
     wall = time.perf_counter() - start
     if failed:
         return {"failed": (failed[0] or ["?"])[0]}
     each = [eexp_rates(out, warm)["tokens_per_s"] for out in outs]
-    return {"processes": n, "aggregate_tokens_per_s": round(sum(each), 1), "each_min": min(each),
-            "each_max": max(each), "wall_s_with_start_up": round(wall, 1)}
+    return {
+        "processes": n,
+        "aggregate_tokens_per_s": round(sum(each), 1),
+        "each_min": min(each),
+        "each_max": max(each),
+        "wall_s_with_start_up": round(wall, 1),
+    }
 
 
 def plain_loop(il: str, model_dir: str, steps: int, warm: int, device: str) -> dict:
@@ -121,6 +166,7 @@ def plain_loop(il: str, model_dir: str, steps: int, warm: int, device: str) -> d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eexp.training.data import encode
+
     tok = AutoTokenizer.from_pretrained(model_dir)
     examples = []
     for line in Path(il).read_text().splitlines():
@@ -131,13 +177,14 @@ def plain_loop(il: str, model_dir: str, steps: int, warm: int, device: str) -> d
         examples.append((e.ids, [t if w else -100 for t, w in zip(e.ids, e.weights)]))
     rng = random.Random(0)
     order = sorted(range(len(examples)), key=lambda j: len(examples[j][0]))
-    batches = [order[k:k + BATCH] for k in range(0, len(order), BATCH)]
+    batches = [order[k : k + BATCH] for k in range(0, len(order), BATCH)]
     rng.shuffle(batches)
     cuda = device == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=RANK, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -165,15 +212,31 @@ def plain_loop(il: str, model_dir: str, steps: int, warm: int, device: str) -> d
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    peak = round(torch.cuda.max_memory_allocated() / 1024 ** 3, 2) if cuda else None
+    peak = round(torch.cuda.max_memory_allocated() / 1024**3, 2) if cuda else None
     return {"tokens_per_s": round(tokens / elapsed, 1), "peak_gpu_gib": peak, "final_loss": round(float(loss), 4)}
 
 
 def run_plain(il: Path, model: Path, steps: int, warm: int, device: str) -> dict:
     env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}))
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("gpu_check.py")), "--plain", str(il),
-                           "--model", str(model), "--steps", str(steps), "--warm", str(warm), "--device", device],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("gpu_check.py")),
+            "--plain",
+            str(il),
+            "--model",
+            str(model),
+            "--steps",
+            str(steps),
+            "--warm",
+            str(warm),
+            "--device",
+            device,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         return {"failed": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -183,6 +246,7 @@ def ratio(work: Path, il: Path, base: Path, args) -> dict:
     """Every row of both shapes, printed as it comes; the figures as a dict."""
     try:
         import flash_attn  # noqa: F401
+
         flash = ["--attn-implementation", "flash_attention_2"]
     except ImportError:
         flash = []
@@ -191,8 +255,16 @@ def ratio(work: Path, il: Path, base: Path, args) -> dict:
         model = shape_folder(work, base, name, args.tiny)
         rows = {"eexp": run_eexp(il, model, work / f"eexp-{name}", args.steps, args.warm, args.device)}
         print(json.dumps({"shape": name, "row": "eexp", **rows["eexp"]}), flush=True)
-        rows["eexp-packing"] = run_eexp(il, model, work / f"packed-{name}", args.steps, args.warm, args.device,
-                                        "--packing", *(flash if args.device == "cuda" else []))
+        rows["eexp-packing"] = run_eexp(
+            il,
+            model,
+            work / f"packed-{name}",
+            args.steps,
+            args.warm,
+            args.device,
+            "--packing",
+            *(flash if args.device == "cuda" else []),
+        )
         print(json.dumps({"shape": name, "row": "eexp-packing", **rows["eexp-packing"]}), flush=True)
         rows["plain"] = run_plain(il, model, args.steps, args.warm, args.device)
         print(json.dumps({"shape": name, "row": "plain", **rows["plain"]}), flush=True)
@@ -201,10 +273,13 @@ def ratio(work: Path, il: Path, base: Path, args) -> dict:
             mine = rows[row].get("tokens_per_s")
             rows[row]["ratio_to_plain"] = round(mine / plain, 3) if mine and plain else None
         if name == "135M" and args.parallel > 1:
-            rows[f"eexp x{args.parallel}"] = run_parallel(il, model, work, args.parallel, args.steps, args.warm,
-                                                          args.device)
-            print(json.dumps({"shape": name, "row": f"eexp x{args.parallel}", **rows[f"eexp x{args.parallel}"]}),
-                  flush=True)
+            rows[f"eexp x{args.parallel}"] = run_parallel(
+                il, model, work, args.parallel, args.steps, args.warm, args.device
+            )
+            print(
+                json.dumps({"shape": name, "row": f"eexp x{args.parallel}", **rows[f"eexp x{args.parallel}"]}),
+                flush=True,
+            )
         results["shapes"][name] = rows
     return results
 
@@ -214,10 +289,14 @@ def table(results: dict) -> str:
     for name, rows in results["shapes"].items():
         for row, r in rows.items():
             rate = r.get("tokens_per_s", r.get("aggregate_tokens_per_s"))
-            notes = r.get("failed") or r.get("gradient_checkpointing") or (
-                f"each {r['each_min']}-{r['each_max']}" if "each_min" in r else "") or (
-                f"peak {r['peak_gpu_gib']} GiB" if r.get("peak_gpu_gib") else "")
+            notes = (
+                r.get("failed")
+                or r.get("gradient_checkpointing")
+                or (f"each {r['each_min']}-{r['each_max']}" if "each_min" in r else "")
+                or (f"peak {r['peak_gpu_gib']} GiB" if r.get("peak_gpu_gib") else "")
+            )
             ratio_ = r.get("ratio_to_plain")
-            lines.append(f"{name:<6} {row:<14} {'' if rate is None else rate:>10} "
-                         f"{'' if ratio_ is None else ratio_:>8}  {notes}")
+            lines.append(
+                f"{name:<6} {row:<14} {'' if rate is None else rate:>10} {'' if ratio_ is None else ratio_:>8}  {notes}"
+            )
     return "\n".join(lines)

@@ -21,14 +21,33 @@ def sft_trainer(args, *, seed: int, logging_steps: int):
         rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
-    config = SFTConfig(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                       gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine",
-                       max_length=args.max_length, completion_only_loss=True, packing=False, use_cpu=True,
-                       bf16=False, fp16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-                       logging_steps=logging_steps, dataloader_num_workers=0, seed=seed, disable_tqdm=True,
-                       max_grad_norm=1.0)
-    peft_config = None if args.full else LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                    target_modules="all-linear", task_type="CAUSAL_LM")
+    config = SFTConfig(
+        output_dir=args.out,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=args.lr,
+        lr_scheduler_type="cosine",
+        max_length=args.max_length,
+        completion_only_loss=True,
+        packing=False,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=logging_steps,
+        dataloader_num_workers=0,
+        seed=seed,
+        disable_tqdm=True,
+        max_grad_norm=1.0,
+    )
+    peft_config = (
+        None
+        if args.full
+        else LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     losses: list[float] = []
 
     class Log(TrainerCallback):
@@ -36,8 +55,14 @@ def sft_trainer(args, *, seed: int, logging_steps: int):
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
 
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft_config, callbacks=[Log()])
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=[Log()],
+    )
     return trainer, tok, losses
 
 
@@ -46,6 +71,7 @@ def tokens_per_example(data: str, model: str, max_length: int) -> float:
     from transformers import AutoTokenizer
 
     from eexp.training.data import encode
+
     tok = AutoTokenizer.from_pretrained(model)
     lengths = [len(encode(tok, json.loads(line)["messages"], max_length).ids) for line in open(data)]
     return sum(lengths) / len(lengths)

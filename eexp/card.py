@@ -35,50 +35,77 @@ LEGACY_FILE = "config.yaml"
 GGUF_PREFIX = "eexp."
 # objective and beta: a phase trained with --objective dpo (an SFT phase has neither); examples_per_update, epochs
 # (the epochs its updates made) and loss_norm: finetune's phases (eexp.training.recipe.Finetune._phase_card)
-PHASE_KEYS = ("name", "updates", "examples", "tokens", "truncated", "skipped", "objective", "beta",
-              "examples_per_update", "epochs", "loss_norm")
+PHASE_KEYS = (
+    "name",
+    "updates",
+    "examples",
+    "tokens",
+    "truncated",
+    "skipped",
+    "objective",
+    "beta",
+    "examples_per_update",
+    "epochs",
+    "loss_norm",
+)
 # init-model --pretrain's record (eexp.models.pretrain.pretrain, and the corpus files it read)
-# what trained the model (finetune, rl: eexp.training.machine.machine_card): training diverges between CPUs (an AVX512 machine and an AVX2
-# one sum in another order), so a seed's result is checked against a run on the same kind of machine
+# what trained the model (finetune, rl: eexp.training.machine.machine_card): training diverges between CPUs (an
+# AVX512 machine and an AVX2 one sum in another order), so a seed's result is checked against a run on the same kind
+# of machine
 MACHINE_KEYS = ("cpu", "cpu_capability", "mkl_cbwr", "threads", "torch", "device")
-PRETRAIN_KEYS = ("corpus", "steps", "block", "batch", "lr", "seed", "pages", "tokens", "held_out_pages",
-                 "held_out_loss_before", "final_train_loss", "held_out_loss")
+PRETRAIN_KEYS = (
+    "corpus",
+    "steps",
+    "block",
+    "batch",
+    "lr",
+    "seed",
+    "pages",
+    "tokens",
+    "held_out_pages",
+    "held_out_loss_before",
+    "final_train_loss",
+    "held_out_loss",
+)
 
 
 @dataclass(frozen=True)
 class Card:
-    command: str | None = None        # what made the model: init-model, import-model, finetune, rl, merge
-    eexp_version: str | None = None   # of the eexp that wrote the card (of the exporter, in a GGUF)
-    serializer: dict | None = None    # the Serializer settings the training examples were rendered with
-    base_model: str | None = None     # what training started from: a checkpoint folder or a GGUF file (absolute)
-    base_sha256: str | None = None    # content_hash of base_model
-    base_import: str | None = None    # a GGUF base's import, the checkpoint folder that was loaded and trained
+    command: str | None = None  # what made the model: init-model, import-model, finetune, rl, merge
+    eexp_version: str | None = None  # of the eexp that wrote the card (of the exporter, in a GGUF)
+    serializer: dict | None = None  # the Serializer settings the training examples were rendered with
+    base_model: str | None = None  # what training started from: a checkpoint folder or a GGUF file (absolute)
+    base_sha256: str | None = None  # content_hash of base_model
+    base_import: str | None = None  # a GGUF base's import, the checkpoint folder that was loaded and trained
     base_revision: str | None = None  # a Hugging Face Hub base (base_model is its id): the commit used
-    from_scratch: bool = False        # the weights began random (init-model, or trained from such a model)
-    method: str | None = None         # full, lora, qlora
-    precision: str | None = None      # bf16, fp32
+    from_scratch: bool = False  # the weights began random (init-model, or trained from such a model)
+    method: str | None = None  # full, lora, qlora
+    precision: str | None = None  # bf16, fp32
     gradient_checkpointing: str | None = None  # finetune, rl: "on: ..." or "off: ..." and why (asked, or estimated)
     phases: list = field(default_factory=list)  # [{name, updates, examples?, tokens?, truncated?, skipped?, ...}]
     updates: int | None = None
     best_step: int | None = None
     best_val_loss: float | None = None
-    source: str | None = None         # GGUF: the checkpoint exported; import: the GGUF imported
+    source: str | None = None  # GGUF: the checkpoint exported; import: the GGUF imported
     source_sha256: str | None = None  # content_hash of what was exported (with its adapter) or imported
-    adapter: str | None = None        # GGUF: the LoRA adapter merged in (or exported alone)
+    adapter: str | None = None  # GGUF: the LoRA adapter merged in (or exported alone)
     adapter_sha256: str | None = None
-    quant: str | None = None          # GGUF: the tensor type written
-    pretrain: dict | None = None      # init-model --pretrain: {corpus, steps, block, batch, lr, seed, pages, ...}
+    quant: str | None = None  # GGUF: the tensor type written
+    pretrain: dict | None = None  # init-model --pretrain: {corpus, steps, block, batch, lr, seed, pages, ...}
     # The longest thought among the training targets (`Thought: ...` up to its `Action:` line), in the model's
     # tokens: eval --act think's thought budget (eexp.policies.base.thought_budget). None: no thought was trained.
     thought_tokens: int | None = None
-    machine: dict | None = None       # finetune, rl: the machine and kernels that trained it
+    machine: dict | None = None  # finetune, rl: the machine and kernels that trained it
 
     # -- dict (card.yaml) --
 
     def to_dict(self) -> dict:
         """The fields that are set, in declaration order."""
-        return {k: v for k, v in asdict(self).items() if v is not None and v != [] and not (k == "from_scratch"
-                                                                                              and v is False)}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if v is not None and v != [] and not (k == "from_scratch" and v is False)
+        }
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "Card":
@@ -96,8 +123,10 @@ class Card:
 
     def gguf_fields(self) -> dict[str, str]:
         """The card as GGUF metadata: `eexp.<field>` -> a string (text as is, anything else as compact JSON)."""
-        return {gguf_key(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
-                for k, v in self.to_dict().items()}
+        return {
+            gguf_key(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+            for k, v in self.to_dict().items()
+        }
 
     @classmethod
     def from_gguf(cls, metadata: Mapping[str, Any], where: str) -> "Card":
@@ -109,8 +138,9 @@ class Card:
                 continue
             f = by_key.get(key)
             if f is None:
-                raise CardError(f"{where}: unknown metadata key {key!r} in the model card (known: "
-                                f"{', '.join(sorted(by_key))})")
+                raise CardError(
+                    f"{where}: unknown metadata key {key!r} in the model card (known: {', '.join(sorted(by_key))})"
+                )
             if isinstance(value, str) and f.type not in ("str | None",):
                 try:
                     value = json.loads(value)
@@ -123,7 +153,6 @@ class Card:
 def gguf_key(name: str) -> str:
     """The GGUF metadata key of a card field (`eexp_version` is `eexp.version`)."""
     return GGUF_PREFIX + ("version" if name == "eexp_version" else name)
-
 
 
 def _check(key: str, value: Any, where: str) -> Any:
@@ -154,8 +183,13 @@ def _check(key: str, value: Any, where: str) -> Any:
         if unknown:
             raise CardError(f"{where}: pretrain: unknown key {unknown[0]!r} (known: {', '.join(PRETRAIN_KEYS)})")
         return value
-    kinds = {"from_scratch": bool, "updates": int, "best_step": int, "best_val_loss": (int, float),
-             "thought_tokens": int}
+    kinds = {
+        "from_scratch": bool,
+        "updates": int,
+        "best_step": int,
+        "best_val_loss": (int, float),
+        "thought_tokens": int,
+    }
     kind = kinds.get(key, str)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         expected = {bool: "true or false", int: "an integer", str: "a string"}.get(kind, "a number")
@@ -173,13 +207,14 @@ def check_serializer(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
         raise CardError(f"{where}: serializer must be a mapping of settings, not {type(value).__name__}")
     try:
-        Serializer.from_dict(value, f"{where}: serializer")   # the one strict reading of the settings
+        Serializer.from_dict(value, f"{where}: serializer")  # the one strict reading of the settings
     except SerializerError as e:
         raise CardError(str(e)) from None
     return dict(value)
 
 
 # --- a checkpoint folder ------------------------------------------------------------------------------------------
+
 
 def read_card(folder: str | os.PathLike | None) -> Card:
     """The card of a checkpoint folder: card.yaml, else the provenance in config.yaml; an empty card for anything
@@ -208,6 +243,7 @@ def read_model_card(path: str | os.PathLike | None) -> Card:
     if path and os.path.isfile(path) and str(path).lower().endswith(".gguf"):
         try:
             from gguf import GGUFReader
+
             fields_ = GGUFReader(str(path)).fields
         except ImportError:
             return Card()

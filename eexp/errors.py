@@ -73,7 +73,7 @@ class MissingFile(InputError):
     def __init__(self, path: str):
         super().__init__("no such file", path)
 
-    def __reduce__(self):   # from a worker process: made again from its path
+    def __reduce__(self):  # from a worker process: made again from its path
         return type(self), (self.path,)
 
 
@@ -102,7 +102,7 @@ class WriteError(EexpError):
         self.message, self.path, self.note = f"cannot write ({self.strerror}){note}", path, note
         super().__init__(f"{path}: {self.message}" if path else self.message)
 
-    def __reduce__(self):   # from a worker process: made again from what it was made of
+    def __reduce__(self):  # from a worker process: made again from what it was made of
         return type(self), (OSError(self.errno, self.strerror), self.path, self.note)
 
 
@@ -165,15 +165,20 @@ def environment_failures(failed: int, total: int, what: str, field: str = "error
     """The error a run ends with (exit 1, once everything is written) when more than MAX_FAILED_SHARE of its `total`
     `what` (records, episodes) failed in the environment; None when fewer did."""
     if total and failed / total > MAX_FAILED_SHARE:
-        return EnvError(f"{failed} of {total} {what} ({100 * failed / total:.1f}%) failed in the environment, more "
-                        f"than the {100 * MAX_FAILED_SHARE:g}% a run may lose: the records are written, each failure "
-                        f"with its reason (`{field}`), but what is left is not a result. Fix the environment and "
-                        f"rerun")
+        return EnvError(
+            f"{failed} of {total} {what} ({100 * failed / total:.1f}%) failed in the environment, more "
+            f"than the {100 * MAX_FAILED_SHARE:g}% a run may lose: the records are written, each failure "
+            f"with its reason (`{field}`), but what is left is not a result. Fix the environment and "
+            f"rerun"
+        )
     return None
 
 
 def entry_point_source(ep) -> str:
     """The installed package that registers an entry point (an environment or a policy backend), for errors."""
     dist = getattr(ep, "dist", None)
-    return f"the package {dist.name}" if dist is not None and getattr(dist, "name", None) else \
-        f"the package that registers {ep.value}"
+    return (
+        f"the package {dist.name}"
+        if dist is not None and getattr(dist, "name", None)
+        else f"the package that registers {ep.value}"
+    )

@@ -26,8 +26,9 @@ def model_files(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
     keep = (".safetensors", ".json", ".gguf", ".model", ".txt", ".jinja")
-    return sorted(os.path.join(path, f) for f in os.listdir(path)
-                  if f.endswith(keep) and os.path.isfile(os.path.join(path, f)))
+    return sorted(
+        os.path.join(path, f) for f in os.listdir(path) if f.endswith(keep) and os.path.isfile(os.path.join(path, f))
+    )
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -93,10 +94,11 @@ def gguf_serializer(metadata: Mapping[str, str], where: str) -> dict | None:
     return Card.from_gguf(metadata, where).serializer
 
 
-
 # --- models named by a Hugging Face Hub id ----------------------------------------------------------------------
 
-HUB_ID = re.compile(r"(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<revision>[A-Za-z0-9_./-]+))?")
+HUB_ID = re.compile(
+    r"(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<revision>[A-Za-z0-9_./-]+))?"
+)
 # What eexp takes from a Hub repository: safetensors weights, configs, tokenizer and chat template files. Never a
 # pickle (*.bin, *.pt, *.pth); model code (*.py) only with trust_remote_code.
 HUB_FILES = ["*.safetensors", "*.json", "*.txt", "*.jinja", "tokenizer.model", "*.tiktoken"]
@@ -104,9 +106,9 @@ HUB_FILES = ["*.safetensors", "*.json", "*.txt", "*.jinja", "tokenizer.model", "
 
 @dataclass(frozen=True)
 class HubModel:
-    id: str          # ORG/NAME
-    revision: str    # the commit the files come from (the snapshot's name in the cache)
-    path: str        # the snapshot folder in the Hugging Face cache
+    id: str  # ORG/NAME
+    revision: str  # the commit the files come from (the snapshot's name in the cache)
+    path: str  # the snapshot folder in the Hugging Face cache
 
 
 def hub_id(spec: str | None) -> tuple[str, str | None] | None:
@@ -131,34 +133,47 @@ def resolve_hub_model(spec: str, *, trust_remote_code: bool = False) -> HubModel
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
-        from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                            RevisionNotFoundError)
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
     except ImportError:
         raise HubError(f"{spec}: a Hub id needs huggingface_hub (pip install 'eexp[train]')") from None
     patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
     try:
         path = snapshot_download(repo, revision=revision, allow_patterns=patterns)
     except GatedRepoError:
-        raise HubError(f"{spec}: a gated repository; accept its terms on huggingface.co and log in "
-                       "(`hf auth login`), or download it once and pass the folder") from None
+        raise HubError(
+            f"{spec}: a gated repository; accept its terms on huggingface.co and log in "
+            "(`hf auth login`), or download it once and pass the folder"
+        ) from None
     except RepositoryNotFoundError:
         raise HubError(f"{spec}: no such model on the Hugging Face Hub (nor a local path here)") from None
     except RevisionNotFoundError:
         raise HubError(f"{spec}: the repository has no revision {revision!r}") from None
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if HF_HUB_OFFLINE else "the Hub cannot be reached"
-        raise HubError(f"{spec}: no such local path, and not in the Hugging Face cache ({HF_HUB_CACHE}) while "
-                       f"{why}; download it once (`hf download {repo}`) or pass a model folder") from None
+        raise HubError(
+            f"{spec}: no such local path, and not in the Hugging Face cache ({HF_HUB_CACHE}) while "
+            f"{why}; download it once (`hf download {repo}`) or pass a model folder"
+        ) from None
     except (OSError, ValueError) as e:
-        raise HubError(f"{spec}: cannot fetch it from the Hugging Face Hub ({type(e).__name__}: "
-                       f"{(str(e).strip().splitlines() or [''])[0]})") from None
+        raise HubError(
+            f"{spec}: cannot fetch it from the Hugging Face Hub ({type(e).__name__}: "
+            f"{(str(e).strip().splitlines() or [''])[0]})"
+        ) from None
     names = os.listdir(path)
     if not any(n.endswith(".safetensors") for n in names):
-        raise HubError(f"{spec}: the repository has no safetensors weights (eexp loads safetensors only, never "
-                       "pickled .bin files)")
+        raise HubError(
+            f"{spec}: the repository has no safetensors weights (eexp loads safetensors only, never pickled .bin files)"
+        )
     if not trust_remote_code and _needs_remote_code(path):
-        raise HubError(f"{spec}: the model's config asks for its own code (auto_map); allow it only if you trust "
-                       "the repository (--trust-remote-code, or --policy-arg trust_remote_code=true)")
+        raise HubError(
+            f"{spec}: the model's config asks for its own code (auto_map); allow it only if you trust "
+            "the repository (--trust-remote-code, or --policy-arg trust_remote_code=true)"
+        )
     return HubModel(repo, os.path.basename(os.path.normpath(path)), path)
 
 

@@ -53,7 +53,7 @@ class InOrder:
                 continue
             try:
                 future.set_result(call())
-            except BaseException as e:   # noqa: BLE001 - handed to the caller by ready()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller by ready()
                 future.set_exception(e)
 
     def submit(self, call: Callable[[], Any], tag: Any = None) -> None:
@@ -65,8 +65,8 @@ class InOrder:
             return
         try:
             done.set_result(call())
-        except BaseException as e:   # noqa: BLE001 - raised again in turn by ready(), as with a thread
-            if not isinstance(e, Exception):   # Ctrl-C (KeyboardInterrupt) and the like stop the caller now
+        except BaseException as e:  # noqa: BLE001 - raised again in turn by ready(), as with a thread
+            if not isinstance(e, Exception):  # Ctrl-C (KeyboardInterrupt) and the like stop the caller now
                 raise
             done.set_exception(e)
         self.pending.append((tag, done))

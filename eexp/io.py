@@ -25,7 +25,6 @@ import orjson
 from eexp.errors import EmptyFile, InputError, MissingFile, OutputBusy, WriteError
 from eexp.records import KIND_PLURALS, kind_of, type_name
 
-
 try:
     import fcntl  # POSIX; elsewhere the writer simply cannot cut a torn line back
 except ImportError:
@@ -82,7 +81,7 @@ class Reader:
             yield from self._read_one(path)
 
     def _read_one(self, path: str) -> Iterator[Line]:
-        path = os.fspath(path)   # a pathlib.Path too (library callers, tests)
+        path = os.fspath(path)  # a pathlib.Path too (library callers, tests)
         name = STDIN_NAME if path == "-" else path
         if path == "-":
             stream = sys.stdin.buffer
@@ -152,7 +151,7 @@ STDOUT_NAME = "<stdout>"
 class _Held:
     fd: int
     path: str
-    created: bool   # this run made the (empty) file: a run that ends before writing anything removes it again
+    created: bool  # this run made the (empty) file: a run that ends before writing anything removes it again
 
 
 _HELD: dict[tuple[int, int], _Held] = {}
@@ -166,7 +165,7 @@ def lock_output(path: str, folder: bool = False) -> tuple[int, int] | None:
     filesystem or system without flock. Raises OutputBusy when another process holds the lock."""
     if fcntl is None:
         return None
-    for _ in range(8):   # again when the path is removed or replaced between our open and our lock
+    for _ in range(8):  # again when the path is removed or replaced between our open and our lock
         created = False
         try:
             st = os.stat(path)
@@ -189,7 +188,7 @@ def lock_output(path: str, folder: bool = False) -> tuple[int, int] | None:
                 return None
             with _HELD_GUARD:
                 if (st.st_dev, st.st_ino) in _HELD:
-                    return st.st_dev, st.st_ino   # this process holds it already
+                    return st.st_dev, st.st_ino  # this process holds it already
             fd = _open_to_lock(path)
             if fd is None:
                 return None
@@ -199,7 +198,7 @@ def lock_output(path: str, folder: bool = False) -> tuple[int, int] | None:
             holder = _holder(os.fstat(fd).st_ino)
             os.close(fd)
             raise OutputBusy(path, holder, folder) from None
-        except OSError:   # no locks on this filesystem (ENOLCK): written unlocked, as before
+        except OSError:  # no locks on this filesystem (ENOLCK): written unlocked, as before
             os.close(fd)
             return None
         mine = os.fstat(fd)
@@ -209,7 +208,7 @@ def lock_output(path: str, folder: bool = False) -> tuple[int, int] | None:
         except OSError:
             there = None
         if there is None or (there.st_dev, there.st_ino) != key:
-            os.close(fd)   # we locked a file no longer at `path` (a refused run removed the one it made)
+            os.close(fd)  # we locked a file no longer at `path` (a refused run removed the one it made)
             continue
         with _HELD_GUARD:
             _HELD[key] = _Held(fd, os.path.abspath(path), created)
@@ -281,7 +280,7 @@ class Writer:
         if self.path is None:
             self.stream = sys.stdout.buffer
         else:
-            self.lock = lock_output(self.path)   # before "wb" empties the file: another run may be writing it
+            self.lock = lock_output(self.path)  # before "wb" empties the file: another run may be writing it
             try:
                 # unbuffered: each flush writes exactly the pending whole lines, and nothing is left in a buffer
                 # that a later close() could write after the file was cut back
@@ -320,7 +319,7 @@ class Writer:
         try:
             view = memoryview(data)
             while view:  # a raw stream (-o FILE, or an unbuffered stdout) may take part of it
-                view = view[self.stream.write(view) or 0:]
+                view = view[self.stream.write(view) or 0 :]
             if self.path is None:
                 self.stream.flush()
         except BrokenPipeError:
@@ -328,7 +327,7 @@ class Writer:
         except OSError as e:
             self._fail(e)
         except BaseException:  # Ctrl-C half-way through a write: the file still ends on a whole line
-            if self._holds(len(data)):   # a Ctrl-C just after the write: its lines are whole, and kept
+            if self._holds(len(data)):  # a Ctrl-C just after the write: its lines are whole, and kept
                 self.whole += len(data)
             else:
                 self._cut()
@@ -431,8 +430,9 @@ def _discard_stdout() -> None:
         pass
 
 
-def prepare_resume(path: str, key: Callable[[dict], str] = lambda r: r.get("source_id"),
-                   kind: str | None = None) -> set[str]:
+def prepare_resume(
+    path: str, key: Callable[[dict], str] = lambda r: r.get("source_id"), kind: str | None = None
+) -> set[str]:
     """Make an output file safe to append to, and return the keys of the inputs it already covers.
 
     A torn last line (a killed process) is cut off. The records of the last input in the file are dropped too, since
@@ -445,12 +445,12 @@ def prepare_resume(path: str, key: Callable[[dict], str] = lambda r: r.get("sour
     if os.path.isdir(path):
         raise InputError("is a directory, not a JSONL file", path)
     held = _held(path)
-    lock = lock_output(path)   # held on into the Writer that appends to it: no other run may cut or extend it meanwhile
+    lock = lock_output(path)  # held on into the Writer that appends to it: no other run may cut or extend it meanwhile
     try:
         return _prepare_resume(path, key, kind)
     except BaseException:
         if not held:
-            unlock_output(lock)   # refused: the file is not written after all
+            unlock_output(lock)  # refused: the file is not written after all
         raise
 
 
@@ -479,16 +479,20 @@ def _prepare_resume(path: str, key: Callable[[dict], str], kind: str | None) -> 
             try:
                 record = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                raise InputError("cannot resume: the line is not JSON (fix or remove it, then --resume again)", path,
-                                 lineno) from None
+                raise InputError(
+                    "cannot resume: the line is not JSON (fix or remove it, then --resume again)", path, lineno
+                ) from None
             if not isinstance(record, dict):
                 raise InputError("cannot resume: the line is not a JSON object", path, lineno)
             if kind is not None:
                 found = kind_of(record)
                 if found != kind:
                     held = KIND_PLURALS.get(found, "records of no kind eexp knows")
-                    raise InputError(f"cannot resume: this file holds {held}, not {KIND_PLURALS[kind]} (written "
-                                     "by another stage?)", path, lineno)
+                    raise InputError(
+                        f"cannot resume: this file holds {held}, not {KIND_PLURALS[kind]} (written by another stage?)",
+                        path,
+                        lineno,
+                    )
             keys.append((key(record), offset))
         offset += len(raw)
     if keys:

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
 from functools import cached_property
+from typing import Callable
 
 import orjson
 
 from eexp.errors import SerializerError
 
 # Short on purpose: every example carries one, and for a small model trained from scratch it is pure cost.
-POLICY_SYSTEM = ("Choose the next action for the task. Answer `Action: <action>`, optionally after "
-                 "`Thought: <reasoning>`.")
+POLICY_SYSTEM = (
+    "Choose the next action for the task. Answer `Action: <action>`, optionally after `Thought: <reasoning>`."
+)
 WORLD_MODEL_SYSTEM = "Predict what the environment shows after the action. Answer `Observation: <next observation>`."
 # A critic (critic-data, eexp.policies.critic) judges one proposed action of a state; its answer is one of VERDICTS.
 CRITIC_SYSTEM = "Is the proposed action the one an expert takes next in this state? Answer `Yes` or `No`."
-CRITIC_VERDICTS = ("Yes", "No")   # the expert's action, any other
+CRITIC_VERDICTS = ("Yes", "No")  # the expert's action, any other
 PROPOSED_ACTION = "Proposed action: "
 # The section headings of a rendered state: `render_state` writes them and `shorten` finds them again.
 HISTORY_HEADING = "Recent steps:\n"
@@ -34,11 +35,11 @@ ADMISSIBLE_HEADING = "Admissible actions:\n"
 class Serializer:
     """How a raw state becomes chat messages. The paper keeps recent history only, hence `history`."""
 
-    history: int = 3                   # how many previous steps to show (0: none)
+    history: int = 3  # how many previous steps to show (0: none)
     max_observation_chars: int = 1500  # the current observation
-    max_history_chars: int = 300       # each observation in the history
-    show_admissible: bool = True       # list the admissible actions when the state has them
-    max_admissible: int = 60           # at most this many, in the environment's order
+    max_history_chars: int = 300  # each observation in the history
+    show_admissible: bool = True  # list the admissible actions when the state has them
+    max_admissible: int = 60  # at most this many, in the environment's order
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,8 +67,9 @@ class Serializer:
                 raise SerializerError(f"{where}: unknown setting {key!r} (settings: {', '.join(defaults)})")
             kind = type(defaults[key])
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise SerializerError(f"{where}: {key} must be {'true or false' if kind is bool else 'an integer'}"
-                                      f", not {value!r}")
+                raise SerializerError(
+                    f"{where}: {key} must be {'true or false' if kind is bool else 'an integer'}, not {value!r}"
+                )
         return cls(**data)
 
     # --- rendering ---------------------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ class Serializer:
     def render_state(self, state: dict) -> str:
         parts = [f"Task: {state['goal']}"]
         history = state.get("history") or []
-        shown = history[-self.history:] if self.history > 0 else []
+        shown = history[-self.history :] if self.history > 0 else []
         if shown:
             lines = []
             if len(history) > len(shown):
@@ -95,29 +97,34 @@ class Serializer:
 
     def policy_messages(self, state: dict) -> list[dict]:
         """The prompt a policy answers: system + user. The answer is `format_action(...)`."""
-        return [{"role": "system", "content": POLICY_SYSTEM},
-                {"role": "user", "content": self.render_state(state)}]
+        return [{"role": "system", "content": POLICY_SYSTEM}, {"role": "user", "content": self.render_state(state)}]
 
     def world_model_messages(self, state: dict, action: str, rendered: str | None = None) -> list[dict]:
         """The prompt of an IWM example; its target is `format_observation(next_observation)`. Pass `rendered`
         (render_state of the same state) when making several examples from one state."""
         rendered = self.render_state(state) if rendered is None else rendered
-        return [{"role": "system", "content": WORLD_MODEL_SYSTEM},
-                {"role": "user", "content": f"{rendered}\n\nAction: {action}"}]
+        return [
+            {"role": "system", "content": WORLD_MODEL_SYSTEM},
+            {"role": "user", "content": f"{rendered}\n\nAction: {action}"},
+        ]
 
     def critic_messages(self, state: dict, action: str, rendered: str | None = None) -> list[dict]:
         """The prompt of a critic example: the rendered state (the IL user turn, unchanged) and the proposed action
         after it, in one user turn (so an over-long one is shortened like any state: the action is never cut); the
         answer is one of CRITIC_VERDICTS. `rendered` as in world_model_messages."""
         rendered = self.render_state(state) if rendered is None else rendered
-        return [{"role": "system", "content": CRITIC_SYSTEM},
-                {"role": "user", "content": f"{rendered}\n\n{PROPOSED_ACTION}{action}"}]
+        return [
+            {"role": "system", "content": CRITIC_SYSTEM},
+            {"role": "user", "content": f"{rendered}\n\n{PROPOSED_ACTION}{action}"},
+        ]
 
 
 # --- a state over a token budget -------------------------------------------------------------------------------
-# Training (`eexp.training.data.encode`, --max-length) and inference (`ModelPolicy.fit`, the context size) shorten a state that
+# Training (`eexp.training.data.encode`, --max-length) and inference (`ModelPolicy.fit`, the context size) shorten a
+# state that
 # does not fit in the same way, so a model sees a long state as it was trained on it: the oldest history goes first,
 # then the current observation and the admissible list are clipped; the task is never touched.
+
 
 def not_shown_note(hidden: int) -> str:
     """The line that stands for the `hidden` oldest history steps a rendered state leaves out (`render_state`, past
@@ -149,7 +156,7 @@ def shorten(messages: list[dict]) -> list[dict] | None:
     body = [i for i, m in enumerate(messages) if m["role"] != "system"]
     if len(body) > 2:
         first = body[0]
-        return messages[:first] + messages[first + 2:]
+        return messages[:first] + messages[first + 2 :]
     for i in reversed(body):
         if messages[i]["role"] != "user":
             continue
@@ -159,7 +166,7 @@ def shorten(messages: list[dict]) -> list[dict] | None:
             new = _clip_state(content)
         if new is None:
             return None
-        return messages[:i] + [{**messages[i], "content": new}] + messages[i + 1:]
+        return messages[:i] + [{**messages[i], "content": new}] + messages[i + 1 :]
     return None
 
 
@@ -184,13 +191,16 @@ def _drop_oldest_step(content: str) -> str | None:
         return None
     shown = _NOT_SHOWN.search(block)
     hidden = int(shown.group(1)) if shown else 0
-    rest = _NOT_SHOWN.sub("", block[:step.start()] + block[step.end():]).strip("\n")
+    rest = _NOT_SHOWN.sub("", block[: step.start()] + block[step.end() :]).strip("\n")
     return content[:start] + not_shown_note(hidden + 1) + ("\n" + rest if rest else "") + content[end:]
 
 
 def _clip_state(content: str) -> str | None:
-    spans = [s for s in (_section(content, OBSERVATION_HEADING), _section(content, ADMISSIBLE_HEADING))
-             if s is not None and s[1] - s[0] > MIN_SECTION_CHARS]
+    spans = [
+        s
+        for s in (_section(content, OBSERVATION_HEADING), _section(content, ADMISSIBLE_HEADING))
+        if s is not None and s[1] - s[0] > MIN_SECTION_CHARS
+    ]
     if not spans:
         return None
     start, end = max(spans, key=lambda s: s[1] - s[0])
@@ -225,7 +235,7 @@ def read_observation(text: str) -> tuple[str, bool]:
     and the dream environment (eexp.envs.dream) shows it as the next observation."""
     match = _OBSERVATION_LABEL.match(text or "")
     if match:
-        return clip(text[match.end():], 0), True
+        return clip(text[match.end() :], 0), True
     return clip(text or "", 0), False
 
 

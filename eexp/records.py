@@ -22,8 +22,16 @@ ENV = {"name": str, "version": str, "kwargs?": dict}
 TASK = {"id": str, "split": str, "goal": str, "category?": str}
 STEP = {"observation": str, "action": str, "admissible?": [str]}
 STATE = {"goal": str, "history": [{"observation": str, "action": str}], "observation": str, "admissible?": [str]}
-ALTERNATIVE = {"action": str, "source": str, "seed?": int, "next_observation?": str, "reward?": NUMBER,
-               "done?": bool, "valid?": bool, "error?": str}
+ALTERNATIVE = {
+    "action": str,
+    "source": str,
+    "seed?": int,
+    "next_observation?": str,
+    "reward?": NUMBER,
+    "done?": bool,
+    "valid?": bool,
+    "error?": str,
+}
 MESSAGE = {"role": str, "content": str, "weight?": NUMBER}
 
 
@@ -31,43 +39,137 @@ def type_name(value) -> str:
     """A JSON value's type as an error message names it (`expected a string, got a number`)."""
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
 
 
 SHAPES: dict[str, dict] = {
-    "trajectory": {"id": str, "env": ENV, "task": TASK, "steps": [STEP], "final_observation": str,
-                   "success": bool, "score?": NUMBER, "meta?": dict},
-    "branch": {"id": str, "source_id": str, "trajectory_id": str, "step": int, "env": ENV, "task": TASK,
-               "prefix": [str], "state": STATE, "expert": {"action": str}, "alternatives": [ALTERNATIVE],
-               "meta?": dict},
-    "outcome": {"id": str, "source_id": str, "trajectory_id": str, "step": int, "env": ENV, "task": TASK,
-                "prefix": [str], "state": STATE,
-                "expert": {"action": str, "next_observation?": str, "reward?": NUMBER, "done?": bool,
-                           "valid?": bool, "error?": str},
-                "alternatives": [ALTERNATIVE], "error?": str, "meta?": dict},
+    "trajectory": {
+        "id": str,
+        "env": ENV,
+        "task": TASK,
+        "steps": [STEP],
+        "final_observation": str,
+        "success": bool,
+        "score?": NUMBER,
+        "meta?": dict,
+    },
+    "branch": {
+        "id": str,
+        "source_id": str,
+        "trajectory_id": str,
+        "step": int,
+        "env": ENV,
+        "task": TASK,
+        "prefix": [str],
+        "state": STATE,
+        "expert": {"action": str},
+        "alternatives": [ALTERNATIVE],
+        "meta?": dict,
+    },
+    "outcome": {
+        "id": str,
+        "source_id": str,
+        "trajectory_id": str,
+        "step": int,
+        "env": ENV,
+        "task": TASK,
+        "prefix": [str],
+        "state": STATE,
+        "expert": {
+            "action": str,
+            "next_observation?": str,
+            "reward?": NUMBER,
+            "done?": bool,
+            "valid?": bool,
+            "error?": str,
+        },
+        "alternatives": [ALTERNATIVE],
+        "error?": str,
+        "meta?": dict,
+    },
     "example": {"id": str, "source_id?": str, "messages": [MESSAGE], "meta?": dict},
-    "preference": {"id": str, "source_id?": str, "prompt": [MESSAGE], "chosen": [MESSAGE], "rejected": [MESSAGE],
-                   "meta?": dict},
-    "episode": {"id": str, "task": TASK, "policy": str, "actions": [str], "observations": [str], "success": bool,
-                "score": NUMBER, "steps": int, "invalid_actions": int, "stop_reason": str, "meta?": dict},
-    "summary": {"env": str, "split": str, "policy": str, "n": int, "success_rate": NUMBER, "ci_low": NUMBER,
-                "ci_high": NUMBER, "mean_score": NUMBER, "mean_steps": NUMBER, "invalid_rate": NUMBER,
-                "by_category?": dict},
-    "prediction": {"id": str, "source_id": str, "trajectory_id": str, "step": int, "env": ENV, "task": TASK,
-                   "action": str, "action_source": str, "alternative": int, "prompt_sha256": str, "prediction": str,
-                   "labelled": bool, "finish_reason": str, "target": str, "scores?": dict, "effect": dict,
-                   "meta?": dict},
+    "preference": {
+        "id": str,
+        "source_id?": str,
+        "prompt": [MESSAGE],
+        "chosen": [MESSAGE],
+        "rejected": [MESSAGE],
+        "meta?": dict,
+    },
+    "episode": {
+        "id": str,
+        "task": TASK,
+        "policy": str,
+        "actions": [str],
+        "observations": [str],
+        "success": bool,
+        "score": NUMBER,
+        "steps": int,
+        "invalid_actions": int,
+        "stop_reason": str,
+        "meta?": dict,
+    },
+    "summary": {
+        "env": str,
+        "split": str,
+        "policy": str,
+        "n": int,
+        "success_rate": NUMBER,
+        "ci_low": NUMBER,
+        "ci_high": NUMBER,
+        "mean_score": NUMBER,
+        "mean_steps": NUMBER,
+        "invalid_rate": NUMBER,
+        "by_category?": dict,
+    },
+    "prediction": {
+        "id": str,
+        "source_id": str,
+        "trajectory_id": str,
+        "step": int,
+        "env": ENV,
+        "task": TASK,
+        "action": str,
+        "action_source": str,
+        "alternative": int,
+        "prompt_sha256": str,
+        "prediction": str,
+        "labelled": bool,
+        "finish_reason": str,
+        "target": str,
+        "scores?": dict,
+        "effect": dict,
+        "meta?": dict,
+    },
 }
 
-KIND_NAMES = {"trajectory": "a trajectory", "branch": "a branch record", "outcome": "an outcome record",
-              "example": "a training example",
-              "preference": "a preference pair", "episode": "an episode", "summary": "an eval summary",
-              "prediction": "a world-model prediction"}
-KIND_PLURALS = {"trajectory": "trajectories", "branch": "branch records", "outcome": "outcomes",
-                "example": "training examples",
-                "preference": "preference pairs", "episode": "episodes", "summary": "eval summaries",
-                "prediction": "world-model predictions"}
+KIND_NAMES = {
+    "trajectory": "a trajectory",
+    "branch": "a branch record",
+    "outcome": "an outcome record",
+    "example": "a training example",
+    "preference": "a preference pair",
+    "episode": "an episode",
+    "summary": "an eval summary",
+    "prediction": "a world-model prediction",
+}
+KIND_PLURALS = {
+    "trajectory": "trajectories",
+    "branch": "branch records",
+    "outcome": "outcomes",
+    "example": "training examples",
+    "preference": "preference pairs",
+    "episode": "episodes",
+    "summary": "eval summaries",
+    "prediction": "world-model predictions",
+}
 
 
 # A spec is compiled once into a function value -> None | (path parts, problem); the path is only built when
@@ -104,6 +206,7 @@ def _compile(spec: Any) -> Callable[[Any], Problem | None]:
                 if problem:
                     return [name, *problem[0]], problem[1]
             return None
+
         return check_object
     if isinstance(spec, list):
         check_item = _compile(spec[0])
@@ -112,7 +215,7 @@ def _compile(spec: Any) -> Callable[[Any], Problem | None]:
         def check_list(value):
             if not isinstance(value, list):
                 return [], f"expected a list, got {type_name(value)}"
-            if exact:   # a list of leaves (strings): checked at a glance, item by item only to name a problem
+            if exact:  # a list of leaves (strings): checked at a glance, item by item only to name a problem
                 for item in value:
                     if type(item) not in exact:
                         break
@@ -123,6 +226,7 @@ def _compile(spec: Any) -> Callable[[Any], Problem | None]:
                 if problem:
                     return [i, *problem[0]], problem[1]
             return None
+
         return check_list
     if spec is ANY:
         return lambda value: None
@@ -136,6 +240,7 @@ def _compile(spec: Any) -> Callable[[Any], Problem | None]:
         if isinstance(value, wanted) and (takes_bool or not isinstance(value, bool)):  # True is no number to us
             return None
         return [], f"{expected}, got {type_name(value)}"
+
     return check_leaf
 
 
@@ -230,12 +335,13 @@ def expect(*kinds: str):
 
 # --- ids and meta ---------------------------------------------------------------------------------------------
 
+
 def short_hash(*parts: Any, n: int = 12) -> str:
     data = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(data, digest_size=16).hexdigest()[:n]
 
 
-_utc_second: tuple[int, str] = (-1, "")   # the last whole second and its text, formatted once per second
+_utc_second: tuple[int, str] = (-1, "")  # the last whole second and its text, formatted once per second
 
 
 def utc_now() -> str:
@@ -255,27 +361,27 @@ def make_meta(stage: str, **fields: Any) -> dict:
 # Every training example has exactly these meta keys with these types, whichever stage wrote it, so Arrow never
 # sees a column change type (huggingface/datasets #6460). Unknown values are "" or 0, never null.
 EXAMPLE_META: dict[str, type] = {
-    "stage": str,            # imitation-data | world-model-data | reflect
-    "kind": str,             # il | iwm | sr (preference pairs: preference)
+    "stage": str,  # imitation-data | world-model-data | reflect
+    "kind": str,  # il | iwm | sr (preference pairs: preference)
     "eexp_version": str,
     "env": str,
     "env_version": str,
     "task_id": str,
     "trajectory_id": str,
     "step": int,
-    "action": str,           # the action the example is about (expert, or the alternative for IWM)
-    "action_source": str,    # expert | policy | admissible
-    "model": str,            # the model that wrote part of the example (reflect), else ""
+    "action": str,  # the action the example is about (expert, or the alternative for IWM)
+    "action_source": str,  # expert | policy | admissible
+    "model": str,  # the model that wrote part of the example (reflect), else ""
     "model_sha256": str,
-    "reflector": str,        # self | teacher | grounded, else ""
-    "seed": int,             # the sampling seed used, 0 when none was
-    "serializer": str,       # the state serializer settings, as compact JSON
-    "extra": str,            # anything else, as compact JSON ("" when nothing)
+    "reflector": str,  # self | teacher | grounded, else ""
+    "seed": int,  # the sampling seed used, 0 when none was
+    "serializer": str,  # the state serializer settings, as compact JSON
+    "extra": str,  # anything else, as compact JSON ("" when nothing)
     "created_utc": str,
 }
 
 
-_EMPTY_META = {key: typ() for key, typ in EXAMPLE_META.items()}   # "" or 0
+_EMPTY_META = {key: typ() for key, typ in EXAMPLE_META.items()}  # "" or 0
 
 
 def example_meta(**fields: Any) -> dict:
@@ -284,7 +390,7 @@ def example_meta(**fields: Any) -> dict:
     extra: dict[str, Any] = {}
     for key, value in fields.items():
         typ = EXAMPLE_META.get(key)
-        if type(value) is typ and key != "extra":   # the common case: a known key, the exact type
+        if type(value) is typ and key != "extra":  # the common case: a known key, the exact type
             out[key] = value
         elif typ is None or key == "extra":
             if key != "extra" and value not in (None, "", {}, []):
@@ -296,11 +402,14 @@ def example_meta(**fields: Any) -> dict:
         elif value is not None:
             extra[key] = value
     if fields.get("extra"):
-        out["extra"] = fields["extra"] if isinstance(fields["extra"], str) else orjson.dumps(
-            fields["extra"], option=orjson.OPT_SORT_KEYS).decode()
+        out["extra"] = (
+            fields["extra"]
+            if isinstance(fields["extra"], str)
+            else orjson.dumps(fields["extra"], option=orjson.OPT_SORT_KEYS).decode()
+        )
     elif extra:
         out["extra"] = orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode()
-    meta = {**_EMPTY_META, **out}   # every key, in EXAMPLE_META's order
+    meta = {**_EMPTY_META, **out}  # every key, in EXAMPLE_META's order
     meta["eexp_version"] = meta["eexp_version"] or __version__
     meta["created_utc"] = meta["created_utc"] or utc_now()
     return meta
@@ -308,14 +417,17 @@ def example_meta(**fields: Any) -> dict:
 
 # --- states along a trajectory ---------------------------------------------------------------------------------
 
+
 def trajectory_states(trajectory: dict) -> Iterator[tuple[int, dict, str]]:
     """(step, raw state, expert action) for every step: the state the expert acted in, history included."""
     steps = trajectory["steps"]
     goal = trajectory["task"]["goal"]
     for i, step in enumerate(steps):
-        state = {"goal": goal,
-                 "history": [{"observation": s["observation"], "action": s["action"]} for s in steps[:i]],
-                 "observation": step["observation"]}
+        state = {
+            "goal": goal,
+            "history": [{"observation": s["observation"], "action": s["action"]} for s in steps[:i]],
+            "observation": step["observation"],
+        }
         if step.get("admissible") is not None:
             state["admissible"] = step["admissible"]
         yield i, state, step["action"]

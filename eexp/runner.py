@@ -79,8 +79,13 @@ class Stats:
         self.counts[name] = self.counts.get(name, 0) + n
 
     def as_dict(self) -> dict:
-        return {"records_in": self.records_in, "records_out": self.records_out, "skipped": self.skipped,
-                "seconds": round(time.perf_counter() - self.started, 3), **self.counts}
+        return {
+            "records_in": self.records_in,
+            "records_out": self.records_out,
+            "skipped": self.skipped,
+            "seconds": round(time.perf_counter() - self.started, 3),
+            **self.counts,
+        }
 
     def write(self, path: str | None) -> None:
         if path:
@@ -168,9 +173,17 @@ class StageIO:
     as one whole line, skip what --resume finds done, close the stage, and write --stats when they end (also on an
     error: the error in flight is the one reported)."""
 
-    def __init__(self, inputs: Iterable[str] = (), output: str | None = "-", resume: bool = False,
-                 shard: tuple[int, int] | None = None, on_error: str = "fail", stats: str | None = None,
-                 quiet: bool = False, resumable: bool = True):
+    def __init__(
+        self,
+        inputs: Iterable[str] = (),
+        output: str | None = "-",
+        resume: bool = False,
+        shard: tuple[int, int] | None = None,
+        on_error: str = "fail",
+        stats: str | None = None,
+        quiet: bool = False,
+        resumable: bool = True,
+    ):
         if resume and output in (None, "-"):
             raise UsageProblem("--resume needs -o FILE (it continues an output file)")
         if stats and os.path.isdir(stats):  # found now, not after the whole run
@@ -204,8 +217,9 @@ class StageIO:
             self._done = prepare_resume(self.output, key, kind=kind)
         return self._done
 
-    def read(self, paths: Iterable[str] | None = None,
-             validate: Callable[[dict], str | None] | None = None) -> Iterator[dict]:
+    def read(
+        self, paths: Iterable[str] | None = None, validate: Callable[[dict], str | None] | None = None
+    ) -> Iterator[dict]:
         """The records of `paths` (default: the inputs), each counted in records_in; one `validate` finds a problem
         with is rejected as FILE:LINE (fatal, or counted with --on-error skip)."""
         reader = self.reader if paths is None else Reader(list(paths), on_error=self.on_error)
@@ -228,8 +242,15 @@ class StageIO:
         self.side.append(writer)
         return writer
 
-    def run(self, stage: Callable[[dict], Iterable[dict]], validate=None, input_key=lambda r: r.get("id"),
-            output_key=lambda r: r.get("source_id"), unit: str = "rec", output_kind: str | None = None) -> None:
+    def run(
+        self,
+        stage: Callable[[dict], Iterable[dict]],
+        validate=None,
+        input_key=lambda r: r.get("id"),
+        output_key=lambda r: r.get("source_id"),
+        unit: str = "rec",
+        output_kind: str | None = None,
+    ) -> None:
         """Map every input record through `stage` and write its outputs, then what `stage.finish()` still holds.
         `output_kind` is the kind of record the stage writes: --resume refuses a file of another kind."""
         try:
@@ -237,8 +258,17 @@ class StageIO:
             writer = self._writer()
             with self.closing(writer), progress_bar(self.quiet, unit=unit) as bar:
                 try:
-                    run_stage(self.reader, stage, writer, self.stats, validate=validate, shard=self.shard,
-                              done=done, input_key=input_key, progress=bar)
+                    run_stage(
+                        self.reader,
+                        stage,
+                        writer,
+                        self.stats,
+                        validate=validate,
+                        shard=self.shard,
+                        done=done,
+                        input_key=input_key,
+                        progress=bar,
+                    )
                 except (InputError, PolicyError):
                     # A bad input line, or a policy that cannot go on (its server gone), stops the run where a
                     # serial run stops: the outputs of the lines before it, still in flight in a stage with
@@ -250,9 +280,16 @@ class StageIO:
         finally:
             _close(stage)
 
-    def run_source(self, stage: Callable[[dict], Iterable[dict]], items: Iterable[dict], *,
-                   key: Callable[[dict], str], shard_key: Callable[[dict], str] | None = None,
-                   output_kind: str | None = None, unit: str = "rec") -> None:
+    def run_source(
+        self,
+        stage: Callable[[dict], Iterable[dict]],
+        items: Iterable[dict],
+        *,
+        key: Callable[[dict], str],
+        shard_key: Callable[[dict], str] | None = None,
+        output_kind: str | None = None,
+        unit: str = "rec",
+    ) -> None:
         """Run a stage that reads no input over `items` the command made (an environment's tasks): each item counts
         as one input (records_in); with --shard only the items whose `shard_key` falls in this slice are run; with
         --resume an item whose `key` (the id of the record it gives) -o FILE already holds is skipped and counted

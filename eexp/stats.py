@@ -82,7 +82,7 @@ def sign_flip_exact(diffs: list[int]) -> float:
         return 1.0
     observed = abs(sum(int(d) for d in diffs))
     total = sum(nonzero)
-    counts = [0] * (2 * total + 1)   # counts[total + s]: sign patterns so far whose sum is s
+    counts = [0] * (2 * total + 1)  # counts[total + s]: sign patterns so far whose sum is s
     counts[total] = 1
     for d in nonzero:
         new = [0] * len(counts)
@@ -97,11 +97,11 @@ def sign_flip_exact(diffs: list[int]) -> float:
 
 @dataclass
 class Spread:
-    n: int        # how many seeds
+    n: int  # how many seeds
     mean: float
-    sd: float     # the sample standard deviation (n - 1 in the denominator); 0 for one seed
-    low: float    # min
-    high: float   # max
+    sd: float  # the sample standard deviation (n - 1 in the denominator); 0 for one seed
+    low: float  # min
+    high: float  # max
 
 
 def seed_spread(values: list[float]) -> Spread:
@@ -117,13 +117,14 @@ def seed_spread(values: list[float]) -> Spread:
 @dataclass
 class Bootstrap:
     mean_diff: float  # mean of (second - first) over the pairs
-    ci_low: float     # percentile interval of the resampled mean differences
+    ci_low: float  # percentile interval of the resampled mean differences
     ci_high: float
-    p_value: float    # two-sided: twice the share of resampled means on the far side of 0, capped at 1
+    p_value: float  # two-sided: twice the share of resampled means on the far side of 0, capped at 1
 
 
-def paired_bootstrap(first: list[float], second: list[float], *, resamples: int = 10000, seed: int = 0,
-                     confidence: float = 0.95) -> Bootstrap:
+def paired_bootstrap(
+    first: list[float], second: list[float], *, resamples: int = 10000, seed: int = 0, confidence: float = 0.95
+) -> Bootstrap:
     """Paired bootstrap of the mean difference `second - first`: resample the pairs (tasks) with replacement.
 
     Seeded (random.Random(seed)), so the same inputs and seed give the same interval and p-value.
@@ -148,8 +149,9 @@ def paired_bootstrap(first: list[float], second: list[float], *, resamples: int 
     return Bootstrap(observed, low, high, p)
 
 
-def hierarchical_bootstrap(diffs: list[list[float]], *, resamples: int = 10000, seed: int = 0,
-                           confidence: float = 0.95, chunk: int = 1000) -> Bootstrap:
+def hierarchical_bootstrap(
+    diffs: list[list[float]], *, resamples: int = 10000, seed: int = 0, confidence: float = 0.95, chunk: int = 1000
+) -> Bootstrap:
     """Two-level bootstrap of a mean paired difference over seeds and tasks: `diffs[s][t]` is the difference (second
     - first) on task t in seed s, seed s of one method paired with seed s of the other, the same tasks t in every
     seed; the statistic is the mean over seeds of each seed's mean over the tasks.
@@ -169,7 +171,7 @@ def hierarchical_bootstrap(diffs: list[list[float]], *, resamples: int = 10000, 
     the far side of 0, at least 1 / resamples (no resample crossing 0 means p is below that, not 0), at most 1.
     Seeded: numpy.random.default_rng(seed).
     """
-    import numpy as np   # here, not at the top: every command's start-up imports this module (eval's CLI)
+    import numpy as np  # here, not at the top: every command's start-up imports this module (eval's CLI)
 
     if resamples < 1:
         raise ValueError("hierarchical_bootstrap needs at least one resample")
@@ -183,9 +185,9 @@ def hierarchical_bootstrap(diffs: list[list[float]], *, resamples: int = 10000, 
     seeds_drawn = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=resamples)
     means = np.empty(resamples)
     for at in range(0, resamples, chunk):
-        summed = seeds_drawn[at:at + chunk] @ table             # resample x task: the drawn seeds' sum
-        tasks = rng.integers(0, n_tasks, size=summed.shape)     # resample x draw: a task index
-        means[at:at + len(summed)] = summed[np.arange(len(summed))[:, None], tasks].sum(axis=1) / (n_seeds * n_tasks)
+        summed = seeds_drawn[at : at + chunk] @ table  # resample x task: the drawn seeds' sum
+        tasks = rng.integers(0, n_tasks, size=summed.shape)  # resample x draw: a task index
+        means[at : at + len(summed)] = summed[np.arange(len(summed))[:, None], tasks].sum(axis=1) / (n_seeds * n_tasks)
     means.sort()
     # whole differences (success) give exact sums; others can leave a mean that cancels a rounding error off 0
     means[np.abs(means) < 1e-12] = 0.0
@@ -199,18 +201,24 @@ def hierarchical_bootstrap(diffs: list[list[float]], *, resamples: int = 10000, 
 @dataclass
 class MeanInterval:
     mean: float
-    ci_low: float     # percentile interval of the resampled means
+    ci_low: float  # percentile interval of the resampled means
     ci_high: float
 
 
-def bootstrap_mean(values: list[float], *, resamples: int = 10000, seed: int = 0, confidence: float = 0.95,
-                   chunk_cells: int = 2_000_000) -> MeanInterval:
+def bootstrap_mean(
+    values: list[float],
+    *,
+    resamples: int = 10000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    chunk_cells: int = 2_000_000,
+) -> MeanInterval:
     """The mean of `values` with a seeded percentile bootstrap interval: `resamples` draws of len(values) values with
     replacement, the interval between the alpha/2 and 1 - alpha/2 quantiles of their means (no normal or t
     approximation, so a mean near 0 or 1 of a bounded score keeps its interval inside the values' range). One value,
     or all equal: the interval is that value. Vectorised (numpy), about `chunk_cells` draws at a time; seeded
     (numpy.random.default_rng(seed)), so the same values and seed give the same interval."""
-    import numpy as np   # here, as in hierarchical_bootstrap: every command's start-up imports this module
+    import numpy as np  # here, as in hierarchical_bootstrap: every command's start-up imports this module
 
     if resamples < 1:
         raise ValueError("bootstrap_mean needs at least one resample")
@@ -226,7 +234,7 @@ def bootstrap_mean(values: list[float], *, resamples: int = 10000, seed: int = 0
     means = np.empty(resamples)
     for at in range(0, resamples, step):
         rows = min(step, resamples - at)
-        means[at:at + rows] = data[rng.integers(0, n, size=(rows, n))].mean(axis=1)
+        means[at : at + rows] = data[rng.integers(0, n, size=(rows, n))].mean(axis=1)
     means.sort()
     alpha = 1 - confidence
     low = float(means[int(math.floor(alpha / 2 * resamples))])
@@ -278,7 +286,7 @@ def t_quantile(p: float, df: int) -> float:
         return 0.0
     if df > T_EXACT_DF:
         z = NormalDist().inv_cdf(p)
-        return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+        return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
     within = 2 * p - 1
     low, high = 0.0, 1.0
     while t_within(high, df) < within:
@@ -301,8 +309,9 @@ def detectable_difference(sd: float, n: int, *, alpha: float = 0.05, power: floa
     return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
 
 
-def seeds_for_power(diff: float, sd: float, *, alpha: float = 0.05, power: float = 0.8,
-                    at_least: int = 2) -> int | None:
+def seeds_for_power(
+    diff: float, sd: float, *, alpha: float = 0.05, power: float = 0.8, at_least: int = 2
+) -> int | None:
     """The fewest n >= at_least whose detectable_difference(sd, n) is at most |diff|: how many paired differences a
     true mean difference of `diff` needs, if their standard deviation is `sd`. None for a diff of 0 (no number does).
     The normal formula ((z(1 - alpha/2) + z(power)) sd / diff)^2 is a lower bound (t quantiles exceed z's), so the

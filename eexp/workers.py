@@ -23,7 +23,8 @@ its pool: a `Pool` of `jobs` processes, or the workers of a cluster it was given
 
 Spawned, not forked: a forked copy of a process that holds llama.cpp, torch or JVM threads can deadlock.
 
-Dying with the parent: multiprocessing's workers do not notice their parent's death on their own: a ProcessPoolExecutor worker waiting
+Dying with the parent: multiprocessing's workers do not notice their parent's death on their own: a ProcessPoolExecutor
+worker waiting
 for work blocks on its queue forever (it holds both ends of the pipe), a Pool worker lives on until it next writes
 a result; and the resource tracker (started for the named semaphores of the queues of the 'spawn' context) lives as
 long as any of them holds its pipe. After `kill -9` of eexp they all stayed, re-parented to PID 1.
@@ -60,7 +61,7 @@ _state: dict = {}
 
 
 def _parent_pid() -> int:
-    parent = multiprocessing.parent_process()   # set in spawned / forked multiprocessing children
+    parent = multiprocessing.parent_process()  # set in spawned / forked multiprocessing children
     return parent.pid if parent is not None and parent.pid else os.getppid()
 
 
@@ -86,7 +87,7 @@ def _exit_now() -> None:
     if cleanup is not None:
         try:
             cleanup()
-        except BaseException:   # noqa: BLE001 - nobody is left to tell
+        except BaseException:  # noqa: BLE001 - nobody is left to tell
             pass
     os._exit(1)
 
@@ -132,17 +133,18 @@ def die_with_parent(cleanup: Callable[[], None] | None = None, grace: float = 5.
             signal.signal(PARENT_DEATH_SIGNAL, signal.SIG_DFL)
     if not asked:
         _start_watchdog()
-    if os.getppid() != parent:   # the parent died before the signal was asked for: nobody will send it
+    if os.getppid() != parent:  # the parent died before the signal was asked for: nobody will send it
         _exit_now()
 
 
 # --- the pool ---------------------------------------------------------------------------------------------------
 
+
 class WorkerPool(Protocol):
     """What a stage asks of its workers (a `Pool` here; a cluster's executor likewise)."""
 
     jobs: int
-    pending: Any   # what was submitted and not yet handed back (sized: a stage aborts while it is not empty)
+    pending: Any  # what was submitted and not yet handed back (sized: a stage aborts while it is not empty)
 
     def submit(self, fn: Callable[[Any, Any], Any], item: Any) -> None:
         """Run `fn(state, item)` in a worker; its result comes back from `ready` in submission order."""
@@ -163,8 +165,13 @@ class WorkerPool(Protocol):
         """Stop the workers at once (Ctrl-C, an error): what is in flight is dropped."""
 
 
-def open_pool(jobs: int, setup: Callable[..., Any], args: tuple = (), cleanup: Callable[[Any], None] | None = None,
-              cluster: Any = None) -> WorkerPool | None:
+def open_pool(
+    jobs: int,
+    setup: Callable[..., Any],
+    args: tuple = (),
+    cleanup: Callable[[Any], None] | None = None,
+    cluster: Any = None,
+) -> WorkerPool | None:
     """A stage's workers: on `cluster` (an eexp.workers_ray.Cluster, from --ray) whatever `jobs`; else a `Pool` of
     `jobs` processes when there are more than one; None: the stage runs its work in this process."""
     if cluster is not None:
@@ -183,7 +190,7 @@ def sigint_ignored_by_children():
     (Linux keeps a blocked signal pending even while it is ignored); one the kernel hands to another thread of the
     process, where there is one, is lost. The block lasts while the workers are started, a few milliseconds."""
     if threading.current_thread() is not threading.main_thread():
-        yield   # signal handlers belong to the main thread; a worker it starts then sets SIG_IGN itself
+        yield  # signal handlers belong to the main thread; a worker it starts then sets SIG_IGN itself
         return
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -194,7 +201,7 @@ def sigint_ignored_by_children():
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-_worker: dict[str, Any] = {}   # in a worker process: its state, or the error its setup raised; its cleanup
+_worker: dict[str, Any] = {}  # in a worker process: its state, or the error its setup raised; its cleanup
 
 
 def _close_worker_state() -> None:
@@ -211,10 +218,10 @@ def _start_worker(setup: Callable[..., Any], args: tuple, cleanup: Callable[[Any
     die_with_parent(_close_worker_state)
     try:
         _worker["state"] = setup(*args)
-    except BaseException as e:   # noqa: BLE001 - raised in the parent by this worker's tasks, with its message
+    except BaseException as e:  # noqa: BLE001 - raised in the parent by this worker's tasks, with its message
         _worker["error"] = e
         return
-    atexit.register(_close_worker_state)   # a worker let go by close() (spawned workers run atexit)
+    atexit.register(_close_worker_state)  # a worker let go by close() (spawned workers run atexit)
 
 
 def _run_task(fn: Callable[[Any, Any], Any], item: Any) -> Any:
@@ -251,16 +258,20 @@ class Pool:
     """`jobs` spawned worker processes, each with the state `setup(*args)` made in it (`cleanup(state)` when it
     goes); see the module's docstring. A context manager: an exception out of the block terminates."""
 
-    def __init__(self, jobs: int, setup: Callable[..., Any], args: tuple = (),
-                 cleanup: Callable[[Any], None] | None = None):
+    def __init__(
+        self, jobs: int, setup: Callable[..., Any], args: tuple = (), cleanup: Callable[[Any], None] | None = None
+    ):
         if jobs < 1:
             raise ValueError(f"a pool needs at least one worker, got {jobs}")
         self.jobs = jobs
         self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
         self._sigterm = _sigterm_raises()
         self._executor = concurrent.futures.ProcessPoolExecutor(
-            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-            initargs=(setup, args, cleanup))
+            jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(setup, args, cleanup),
+        )
         # Start all the workers now, and only now (the executor starts one per task while none is idle), so that
         # every one is started with Ctrl-C ignored.
         try:
@@ -304,14 +315,14 @@ class Pool:
         self.pending.clear()
         executor.shutdown(wait=False, cancel_futures=True)
         for process in processes:
-            with contextlib.suppress(ValueError, ProcessLookupError):   # ended (and closed) meanwhile
+            with contextlib.suppress(ValueError, ProcessLookupError):  # ended (and closed) meanwhile
                 if process.is_alive():
                     process.terminate()
         for process in processes:
             with contextlib.suppress(ValueError, AssertionError):
                 process.join(10)
         with contextlib.suppress(Exception):
-            executor.shutdown(wait=True)   # the executor's own thread notices the workers gone and ends
+            executor.shutdown(wait=True)  # the executor's own thread notices the workers gone and ends
         self._sigterm, previous = None, self._sigterm
         _restore_sigterm(previous)
 

@@ -52,12 +52,12 @@ from eexp.errors import EexpError
 from eexp.workers import sigint_ignored_by_children
 
 INSTALL_HINT = "--ray needs Ray, which is not installed here: pip install 'eexp[ray]'"
-LOCAL_NODE_IP = "127.0.0.2"   # 127.0.0.1 is rewritten by Ray to the machine's interface address
-MAX_LOSSES = 3                # an item whose worker is lost this many times is an error
-DEPTH = 2                     # calls queued on one actor (one running, one waiting: no round trip between them)
-PLACE_WAIT = 20.0             # seconds to wait for every worker before starting with those placed
-START_TIMEOUT = float(os.environ.get("EEXP_RAY_START_TIMEOUT", "120"))   # seconds to wait for a first worker
-CONNECT_TIMEOUT = 20.0        # seconds for a cluster's head to answer (EEXP_RAY_CONNECT_TIMEOUT)
+LOCAL_NODE_IP = "127.0.0.2"  # 127.0.0.1 is rewritten by Ray to the machine's interface address
+MAX_LOSSES = 3  # an item whose worker is lost this many times is an error
+DEPTH = 2  # calls queued on one actor (one running, one waiting: no round trip between them)
+PLACE_WAIT = 20.0  # seconds to wait for every worker before starting with those placed
+START_TIMEOUT = float(os.environ.get("EEXP_RAY_START_TIMEOUT", "120"))  # seconds to wait for a first worker
+CONNECT_TIMEOUT = 20.0  # seconds for a cluster's head to answer (EEXP_RAY_CONNECT_TIMEOUT)
 # for a local cluster's processes: Ray's "no multi-node cluster" switch (named for Windows and macOS, where it is
 # off). With it off, a process not told its node's address takes the loopback address instead of asking the
 # routing table with a UDP connect to 8.8.8.8:53, as the runtime-env agent does (`ray start` of a second node
@@ -97,8 +97,8 @@ class Cluster:
     workers: int | None = None
     cpus: float = 1.0
     local_cpus: int | None = None
-    note: Callable[[str], None] = lambda message: print(message, file=sys.stderr)   # what it started (not with -q)
-    warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr)   # a worker lost (always)
+    note: Callable[[str], None] = lambda message: print(message, file=sys.stderr)  # what it started (not with -q)
+    warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr)  # a worker lost (always)
     _started: dict = field(default_factory=dict, repr=False)
 
     def connect(self):
@@ -108,17 +108,21 @@ class Cluster:
             return ray
         options = dict(logging_level="ERROR", log_to_driver=False, configure_logging=True)
         if self.address is None:
-            root = tempfile.mkdtemp(prefix="eexp-ray-")   # short: Ray's socket paths must fit 107 bytes
+            root = tempfile.mkdtemp(prefix="eexp-ray-")  # short: Ray's socket paths must fit 107 bytes
             home = os.environ.get("HOME", "")
             env = {**local_env(private_home(root)), **ONE_NODE}
             self._started.update(root=root, reaper=_start_reaper(root), actor_env={"HOME": home} if home else {})
             saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)   # inherited by the processes ray.init starts (HOME and ONE_NODE only meanwhile)
+            os.environ.update(env)  # inherited by the processes ray.init starts (HOME and ONE_NODE only meanwhile)
             try:
-                with sigint_ignored_by_children():   # Ctrl-C is the driver's, which then stops the cluster
-                    ray.init(_node_ip_address=LOCAL_NODE_IP, include_dashboard=False,
-                             num_cpus=self.local_cpus or os.cpu_count() or 1, _temp_dir=os.path.join(root, "tmp"),
-                             **options)
+                with sigint_ignored_by_children():  # Ctrl-C is the driver's, which then stops the cluster
+                    ray.init(
+                        _node_ip_address=LOCAL_NODE_IP,
+                        include_dashboard=False,
+                        num_cpus=self.local_cpus or os.cpu_count() or 1,
+                        _temp_dir=os.path.join(root, "tmp"),
+                        **options,
+                    )
                 _register(self._started["reaper"])
             except Exception as e:
                 self.disconnect()
@@ -134,20 +138,21 @@ class Cluster:
             timeout = connect_timeout()
             target = os.environ.get("RAY_ADDRESS") or self.address if self.address == "auto" else self.address
             host, _, port = target.split("://")[-1].rpartition(":")
-            if port.isdigit():   # nothing there, or no Ray head: ray.init would retry for ~14 minutes
+            if port.isdigit():  # nothing there, or no Ray head: ray.init would retry for ~14 minutes
                 try:
                     socket.create_connection((host, int(port)), timeout=timeout).close()
                 except OSError as e:
                     raise EexpError(f"cannot connect to the Ray cluster at {target}: {e.strerror or e}") from None
-                if "://" not in target:   # not ray:// (Ray Client's server, not the head's GCS)
+                if "://" not in target:  # not ray:// (Ray Client's server, not the head's GCS)
                     probe(target, timeout)
-            if host.startswith("127."):   # a loopback cluster: the driver's node is found by that address
+            if host.startswith("127."):  # a loopback cluster: the driver's node is found by that address
                 options["_node_ip_address"] = host
             try:
                 ray.init(address=self.address, **options)
             except Exception as e:
-                raise EexpError(f"cannot connect to the Ray cluster at {self.address}: {type(e).__name__}: {e}") \
-                    from None
+                raise EexpError(
+                    f"cannot connect to the Ray cluster at {self.address}: {type(e).__name__}: {e}"
+                ) from None
             where = f"the Ray cluster at {self.address}"
         self._started["where"] = where
         return ray
@@ -165,10 +170,10 @@ class Cluster:
         ray = sys.modules.get("ray")
         try:
             if ray is not None and ray.is_initialized():
-                ray.shutdown()   # a local cluster: stopped with it
+                ray.shutdown()  # a local cluster: stopped with it
         finally:
             reaper = self._started.pop("reaper", None)
-            if reaper is not None:   # it stops what is left of a local cluster (Ray leaves its agents running)
+            if reaper is not None:  # it stops what is left of a local cluster (Ray leaves its agents running)
                 reaper.stdin.close()
                 try:
                     reaper.wait(REAP_GRACE + 10)
@@ -176,8 +181,9 @@ class Cluster:
                     reaper.kill()
             self._started.pop("root", None)
 
-    def pool(self, setup: Callable[..., Any], args: tuple = (),
-             cleanup: Callable[[Any], None] | None = None) -> "RayPool":
+    def pool(
+        self, setup: Callable[..., Any], args: tuple = (), cleanup: Callable[[Any], None] | None = None
+    ) -> "RayPool":
         return RayPool(self, setup, args, cleanup)
 
 
@@ -196,7 +202,7 @@ except Exception as e:
     print(" ".join(said.split()), flush=True)
 os._exit(0)
 """
-PROBE_START = 120.0   # seconds for the probe's child to import Ray (not counted in the timeout: a loaded machine)
+PROBE_START = 120.0  # seconds for the probe's child to import Ray (not counted in the timeout: a loaded machine)
 
 
 def connect_timeout() -> float:
@@ -219,17 +225,23 @@ def probe(address: str, timeout: float) -> None:
     unless a cluster id comes back. `ray.init` itself retries an address that accepts TCP but is no Ray head for
     ~14 minutes. Ray's C++ log lines go to the child's stderr, shown with EEXP_RAY_LOG=1."""
     with tempfile.TemporaryFile() as err:
-        child = subprocess.Popen([sys.executable, "-c", _PROBE, address, str(int(timeout * 1000))],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, bufsize=0)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _PROBE, address, str(int(timeout * 1000))],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            bufsize=0,
+        )
         said, ended = "", False
-        try:   # unbuffered: a line read leaves the next in the pipe, where select sees it
-            ready = bool(select.select([child.stdout], [], [], PROBE_START)[0]) and \
-                child.stdout.readline() == b"ready\n"
+        try:  # unbuffered: a line read leaves the next in the pipe, where select sees it
+            ready = (
+                bool(select.select([child.stdout], [], [], PROBE_START)[0]) and child.stdout.readline() == b"ready\n"
+            )
             if ready and select.select([child.stdout], [], [], timeout)[0]:
                 line = child.stdout.readline()
                 said, ended = line.decode(errors="replace").strip(), not line
         finally:
-            try:   # it has said what it had to say, or nothing in time (or it ended: its exit status)
+            try:  # it has said what it had to say, or nothing in time (or it ended: its exit status)
                 child.wait(10 if ended else 0)
             except subprocess.TimeoutExpired:
                 child.kill()
@@ -244,15 +256,19 @@ def probe(address: str, timeout: float) -> None:
         return
     if not ready:
         why = (log.strip().splitlines() or [f"nothing in {PROBE_START:g} s"])[-1]
-        raise EexpError(f"cannot connect to the Ray cluster at {address}: Ray could not be started here to ask it "
-                        f"({why[:300]})")
-    if ended and child.returncode != -signal.SIGKILL:   # Ray's client stopped the child (a failed check)
+        raise EexpError(
+            f"cannot connect to the Ray cluster at {address}: Ray could not be started here to ask it ({why[:300]})"
+        )
+    if ended and child.returncode != -signal.SIGKILL:  # Ray's client stopped the child (a failed check)
         fatal = [line.split("] ", 1)[-1] for line in log.splitlines() if re.match(r"\[[^]]* [CF] \d+ \d+\] ", line)]
-        said = "Ray's client stopped: " + (fatal[0].split(": ", 1)[-1].split("Check failed: ", 1)[-1] if fatal
-                                           else f"exit status {child.returncode}")
-    if not said or "Timed out while waiting for GCS" in said:   # no answer: stopped here, or it gave up itself
-        raise EexpError(f"cannot connect to the Ray cluster at {address}: no Ray head answered there in "
-                        f"{timeout:g} s (EEXP_RAY_CONNECT_TIMEOUT sets how long to wait)")
+        said = "Ray's client stopped: " + (
+            fatal[0].split(": ", 1)[-1].split("Check failed: ", 1)[-1] if fatal else f"exit status {child.returncode}"
+        )
+    if not said or "Timed out while waiting for GCS" in said:  # no answer: stopped here, or it gave up itself
+        raise EexpError(
+            f"cannot connect to the Ray cluster at {address}: no Ray head answered there in "
+            f"{timeout:g} s (EEXP_RAY_CONNECT_TIMEOUT sets how long to wait)"
+        )
     raise EexpError(f"cannot connect to the Ray cluster at {address}: no Ray head answers there ({said[:300]})")
 
 
@@ -267,8 +283,13 @@ def _start_reaper(root: str) -> subprocess.Popen:
     raylet's death leave the dashboard and runtime-env agents running), as `_register` named them, and removes
     `root`. It ignores Ctrl-C, which is the driver's."""
     code = "import sys; from eexp.workers_ray import _reap; _reap(sys.argv[1])"
-    return subprocess.Popen([sys.executable, "-c", code, root], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "PYTHONPATH": _import_path()})
+    return subprocess.Popen(
+        [sys.executable, "-c", code, root],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": _import_path()},
+    )
 
 
 def _import_path() -> str:
@@ -288,7 +309,7 @@ def _processes() -> dict[int, tuple[int, str]]:
                     text = f.read()
             except OSError:
                 continue
-            fields = text[text.rindex(")") + 2:].split()
+            fields = text[text.rindex(")") + 2 :].split()
             found[int(entry)] = (int(fields[1]), fields[19])
     return found
 
@@ -313,7 +334,7 @@ def _register(reaper: subprocess.Popen) -> None:
 
 def _reap(root: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    named = dict(line.split() for line in sys.stdin.read().splitlines() if line.strip())   # until the driver ends
+    named = dict(line.split() for line in sys.stdin.read().splitlines() if line.strip())  # until the driver ends
 
     def left() -> list[int]:
         table = _processes()
@@ -339,7 +360,7 @@ class _Worker:
         self.cleanup, self.state, self.error = cleanup, None, None
         try:
             self.state = setup(*args)
-        except BaseException as e:   # noqa: BLE001 - raised in the driver by this worker's tasks, in their turn
+        except BaseException as e:  # noqa: BLE001 - raised in the driver by this worker's tasks, in their turn
             self.error = e
 
     def ready(self) -> int:
@@ -370,18 +391,23 @@ class _Slot:
 class RayPool:
     """`jobs` Ray actors (of `cluster.cpus` CPUs each) with the state `setup(*args)`; see the module's docstring."""
 
-    def __init__(self, cluster: Cluster, setup: Callable[..., Any], args: tuple = (),
-                 cleanup: Callable[[Any], None] | None = None):
+    def __init__(
+        self,
+        cluster: Cluster,
+        setup: Callable[..., Any],
+        args: tuple = (),
+        cleanup: Callable[[Any], None] | None = None,
+    ):
         self.cluster = cluster
         self.pending: collections.deque[_Slot] = collections.deque()
-        self._backlog: list[_Slot] = []            # a heap by submission order: the oldest is sent first
-        self._running: dict = {}                   # object ref -> (slot, actor key)
-        self._actors: dict[int, list] = {}         # key -> [handle, calls queued on it]
-        self._starting: dict = {}                  # ready ref -> actor key (not yet known to be placed)
+        self._backlog: list[_Slot] = []  # a heap by submission order: the oldest is sent first
+        self._running: dict = {}  # object ref -> (slot, actor key)
+        self._actors: dict[int, list] = {}  # key -> [handle, calls queued on it]
+        self._starting: dict = {}  # ready ref -> actor key (not yet known to be placed)
         self._keys = itertools.count()
         self._seq = itertools.count()
         self._replaced = 0
-        self._since = time.monotonic()             # last time a worker was known to be alive
+        self._since = time.monotonic()  # last time a worker was known to be alive
         self.ray = ray = cluster.connect()
         try:
             self.jobs = cluster.worker_count(ray)
@@ -390,16 +416,20 @@ class RayPool:
             for _ in range(self.jobs):
                 self._start_actor()
             free = ray.cluster_resources().get("CPU", 0)
-            cluster.note(f"eexp: {self.jobs} environment workers of {cluster.cpus:g} CPU on "
-                         f"{cluster._started['where']} ({free:g} CPUs)")
+            cluster.note(
+                f"eexp: {self.jobs} environment workers of {cluster.cpus:g} CPU on "
+                f"{cluster._started['where']} ({free:g} CPUs)"
+            )
             # every worker placed and set up, as Pool does; or, past PLACE_WAIT, those the cluster had room for
             began = time.monotonic()
             while self._starting and not self._actors_ready():
                 self._poll(timeout=1.0)
                 placed = sum(1 for actor in self._actors.values() if actor[2])
                 if placed and time.monotonic() - began > PLACE_WAIT:
-                    cluster.warn(f"eexp: {placed} of {self.jobs} Ray workers started; the others start when the "
-                                 f"cluster has room for them")
+                    cluster.warn(
+                        f"eexp: {placed} of {self.jobs} Ray workers started; the others start when the "
+                        f"cluster has room for them"
+                    )
                     break
         except BaseException:
             self.terminate()
@@ -423,15 +453,19 @@ class RayPool:
             return
         try:
             self.ray.kill(actor[0], no_restart=True)
-        except Exception:   # noqa: BLE001 - already gone
+        except Exception:  # noqa: BLE001 - already gone
             pass
         for ref, (slot, owner) in list(self._running.items()):
             if owner == key:
                 del self._running[ref]
                 slot.losses += 1
                 if slot.losses >= MAX_LOSSES:
-                    slot.done, slot.error = True, EexpError(
-                        f"a Ray worker was lost {slot.losses} times running one item (it may crash its worker)")
+                    slot.done, slot.error = (
+                        True,
+                        EexpError(
+                            f"a Ray worker was lost {slot.losses} times running one item (it may crash its worker)"
+                        ),
+                    )
                 else:
                     heapq.heappush(self._backlog, slot)
         for ref, owner in list(self._starting.items()):
@@ -467,14 +501,14 @@ class RayPool:
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         else:
             done, rest = ray.wait(refs, num_returns=1, timeout=timeout)
-            if done and rest:   # and whatever else is done by now
+            if done and rest:  # and whatever else is done by now
                 done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         for ref in done:
             if ref in self._starting:
                 key = self._starting.pop(ref)
                 try:
                     ray.get(ref)
-                except ray.exceptions.RayError as e:   # it could not be placed or set up (an import error)
+                except ray.exceptions.RayError as e:  # it could not be placed or set up (an import error)
                     self._lose_actor(key, e)
                     continue
                 if key in self._actors:
@@ -486,9 +520,9 @@ class RayPool:
             slot, key = self._running.pop(ref)
             try:
                 slot.result = ray.get(ref)
-            except ray.exceptions.RayTaskError as e:   # the task's own exception: raised in its turn
+            except ray.exceptions.RayTaskError as e:  # the task's own exception: raised in its turn
                 slot.error = e.cause if isinstance(e.cause, BaseException) else e
-            except ray.exceptions.RayError as e:       # the worker or its node is gone: run it again elsewhere
+            except ray.exceptions.RayError as e:  # the worker or its node is gone: run it again elsewhere
                 self._running[ref] = (slot, key)
                 self._lose_actor(key, e)
                 continue
@@ -497,8 +531,10 @@ class RayPool:
                 self._actors[key][1] -= 1
                 self._since = time.monotonic()
         if not any(actor[2] for actor in self._actors.values()) and time.monotonic() - self._since > START_TIMEOUT:
-            raise EexpError(f"no Ray worker of {self.cluster.cpus:g} CPU could be started in {START_TIMEOUT:g} s: "
-                            f"the cluster has no room for one (--worker-cpus, --env-workers)")
+            raise EexpError(
+                f"no Ray worker of {self.cluster.cpus:g} CPU could be started in {START_TIMEOUT:g} s: "
+                f"the cluster has no room for one (--worker-cpus, --env-workers)"
+            )
         self._dispatch()
 
     # --- the WorkerPool interface ---------------------------------------------------------------------------------
@@ -553,7 +589,7 @@ class RayPool:
         for actor in self._actors.values():
             try:
                 ray.kill(actor[0], no_restart=True)
-            except Exception:   # noqa: BLE001 - already gone
+            except Exception:  # noqa: BLE001 - already gone
                 pass
         self._actors.clear()
         self.cluster.disconnect()

@@ -65,33 +65,47 @@ def test_cell(row: dict | None) -> str:
     versus = (row or {}).get("vs_first")
     if not versus:
         return ""
-    return (f"{100 * versus['success_diff']:+.1f} pts, {versus['tasks_better']}/{versus['tasks_worse']} tasks, "
-            f"p = {versus['success_p']:.2g}")
+    return (
+        f"{100 * versus['success_diff']:+.1f} pts, {versus['tasks_better']}/{versus['tasks_worse']} tasks, "
+        f"p = {versus['success_p']:.2g}"
+    )
 
 
 def table(title: str, label: str, points: list[tuple[str, Path, dict]], methods) -> list[str]:
     validated = any(val_cell(point_dir, m) for _, point_dir, _ in points for m in METHODS)
-    lines = [f"### {title}", "",
-             f"| {label} | split | " + " | ".join(f"{m} % (pooled)" for m in methods)
-             + " | " + " | ".join(f"{m} vs IL" for m in methods if m != "IL")
-             + (" | validation loss at the end (lowest @ update) |" if validated else " |"),
-             "|" + "---|" * (2 + len(methods) + len([m for m in methods if m != "IL"]) + validated)]
+    lines = [
+        f"### {title}",
+        "",
+        f"| {label} | split | "
+        + " | ".join(f"{m} % (pooled)" for m in methods)
+        + " | "
+        + " | ".join(f"{m} vs IL" for m in methods if m != "IL")
+        + (" | validation loss at the end (lowest @ update) |" if validated else " |"),
+        "|" + "---|" * (2 + len(methods) + len([m for m in methods if m != "IL"]) + validated),
+    ]
     for name, point_dir, summary in points:
         for i, split in enumerate(summary["splits"]):
             r = rows(summary, split)
-            line = (f"| {name} | {split} | " + " | ".join(cell(r.get(m)) for m in methods) + " | "
-                    + " | ".join(test_cell(r.get(m)) for m in methods if m != "IL") + " |")
+            line = (
+                f"| {name} | {split} | "
+                + " | ".join(cell(r.get(m)) for m in methods)
+                + " | "
+                + " | ".join(test_cell(r.get(m)) for m in methods if m != "IL")
+                + " |"
+            )
             if validated:  # training is the same for every split: its losses once, on the point's first row
                 line += " " + ("" if i else ", ".join(c for m in METHODS if (c := val_cell(point_dir, m)))) + " |"
             lines.append(line)
     return lines + [""]
 
 
-def draw(path: Path, curves: list[tuple[str, str, list[tuple[float, dict]], bool]],
-         losses: list[tuple[str, Path]]) -> None:
+def draw(
+    path: Path, curves: list[tuple[str, str, list[tuple[float, dict]], bool]], losses: list[tuple[str, Path]]
+) -> None:
     """The success curves, then (when the runs were validated) one panel of validation loss against the update for
     every point in `losses`: colour by point, line style by method."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -109,8 +123,14 @@ def draw(path: Path, curves: list[tuple[str, str, list[tuple[float, dict]], bool
                 seeds = [100 * s["success_rate"] for s in row.get("per_seed", [])]
                 ax.scatter([x] * len(seeds), seeds, color=COLORS[method], alpha=0.35, s=14)
             if xs:
-                ax.plot(xs, means, marker="o", color=COLORS[method], label=method,
-                        linestyle="--" if method == "random" else "-")
+                ax.plot(
+                    xs,
+                    means,
+                    marker="o",
+                    color=COLORS[method],
+                    label=method,
+                    linestyle="--" if method == "random" else "-",
+                )
         if log2:
             ax.set_xscale("log", base=2)
         ax.set_title(title)
@@ -125,8 +145,13 @@ def draw(path: Path, curves: list[tuple[str, str, list[tuple[float, dict]], bool
             for method, style in zip(METHODS, ("-", "--", ":")):
                 curve = mean_val_curve(point_dir, method)
                 if curve:
-                    ax.plot(list(curve), list(curve.values()), linestyle=style,
-                            color=shades(i / max(len(losses) - 1, 1)), label=f"{method} {label}")
+                    ax.plot(
+                        list(curve),
+                        list(curve.values()),
+                        linestyle=style,
+                        color=shades(i / max(len(losses) - 1, 1)),
+                        label=f"{method} {label}",
+                    )
         ax.set_title("Validation loss (held-out IL examples, seed mean)")
         ax.set_xlabel("update")
         ax.set_yscale("log")  # the untrained start and IWM's warm-up sit an order of magnitude above the rest
@@ -150,21 +175,38 @@ def main() -> None:
     fractions = [int(f) for f in args.fractions.split(",")]
     ks = [int(k) for k in args.ks.split(",")]
 
-    frac_points = [(f"1/{f}" if f > 1 else "1", out / f"frac{f}", json.loads((out / f"frac{f}.json").read_text()))
-                   for f in fractions]
+    frac_points = [
+        (f"1/{f}" if f > 1 else "1", out / f"frac{f}", json.loads((out / f"frac{f}.json").read_text()))
+        for f in fractions
+    ]
     k_points = [(str(k), out / f"k{k}", json.loads((out / f"k{k}.json").read_text())) for k in ks]
-    lines = [f"Equal budget: {args.steps} updates per run; full data = {args.full_n} expert trajectories; "
-             f"K curve at 1/{args.k_at} of the data (its IL is that fraction's IL). Cells: success % per seed "
-             f"(pooled); tests are the exact sign-flip test over tasks x seeds against IL.", ""]
+    lines = [
+        f"Equal budget: {args.steps} updates per run; full data = {args.full_n} expert trajectories; "
+        f"K curve at 1/{args.k_at} of the data (its IL is that fraction's IL). Cells: success % per seed "
+        f"(pooled); tests are the exact sign-flip test over tasks x seeds against IL.",
+        "",
+    ]
     lines += table("Data efficiency (Fig. 4a)", "expert data", frac_points, METHODS)
     lines += table("Branching factor (Fig. 4b)", "K", k_points, METHODS)
     (out / "scaling.md").write_text("\n".join(lines))
-    draw(out / "scaling.png", [
-        ("Data efficiency (test)", f"expert trajectories (of {args.full_n})",
-         [(args.full_n // f, s) for (_, _, s), f in zip(frac_points, fractions)], True),
-        ("Branching factor (test)", f"K alternatives per state (1/{args.k_at} of the data)",
-         [(k, s) for (_, _, s), k in zip(k_points, ks)], True),
-    ], [(f"{name} data", point_dir) for name, point_dir, _ in frac_points])
+    draw(
+        out / "scaling.png",
+        [
+            (
+                "Data efficiency (test)",
+                f"expert trajectories (of {args.full_n})",
+                [(args.full_n // f, s) for (_, _, s), f in zip(frac_points, fractions)],
+                True,
+            ),
+            (
+                "Branching factor (test)",
+                f"K alternatives per state (1/{args.k_at} of the data)",
+                [(k, s) for (_, _, s), k in zip(k_points, ks)],
+                True,
+            ),
+        ],
+        [(f"{name} data", point_dir) for name, point_dir, _ in frac_points],
+    )
     print("\n".join(lines))
 
 

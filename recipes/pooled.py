@@ -1,6 +1,7 @@
 """The pooled table of a recipe run with seeds, from its committed episode files (`make -C recipes pooled`).
 
-Reads RESULTS/seed<s>/eval/<run>.jsonl.gz (episodes from reset, test and ood) and RESULTS/seed<s>/recovery/<run>.jsonl.gz
+Reads RESULTS/seed<s>/eval/<run>.jsonl.gz (episodes from reset, test and ood) and
+RESULTS/seed<s>/recovery/<run>.jsonl.gz
 (the recovery test: episodes that start off the expert's path, `eval --start off-path`) for every seed folder there
 is, pools each run's seeds with `eexp eval --compare`'s own code (eexp.stages.evaluate.compare: success over tasks x
 seeds, each run against IL first over seeds, seed s against seed s: the per-seed differences, how many are above IL,
@@ -21,10 +22,20 @@ import json
 from pathlib import Path
 
 from eexp.io import Reader
-from eexp.stages.evaluate.compare import (MAX_LISTED_SEEDS, POWER_NOTE, TOO_FEW_SEEDS, compare_runs, floored, p_text,
-                                          plot_comparison, power_text, read_runs, too_few_note)
-from eexp.stats import bootstrap_min_pairs
+from eexp.stages.evaluate.compare import (
+    MAX_LISTED_SEEDS,
+    POWER_NOTE,
+    TOO_FEW_SEEDS,
+    compare_runs,
+    floored,
+    p_text,
+    plot_comparison,
+    power_text,
+    read_runs,
+    too_few_note,
+)
 from eexp.stages.evaluate.summary import success_at, summarize
+from eexp.stats import bootstrap_min_pairs
 
 # SR~constrained: SR evaluated like IL, constrained to the actions without its thought (seed 0 only; SR is evaluated
 # thought first since); SR~score: the same with IL's --act score (the Makefile's SCORE_ROWS). DPO .. IWM-curated:
@@ -32,13 +43,33 @@ from eexp.stages.evaluate.summary import success_at, summarize
 # that publishes.
 # IWM@IL, IL@SR, IL@IWM: the compute-matched rows (recipes/Makefile's MATCHED_ROWS), RUN@OTHER trained for OTHER's
 # update count.
-RUNS = ("IL", "IWM", "SR", "SR-grounded", "SR~constrained", "SR~score", "ActObs", "IWM@IL", "IL@SR", "IL@IWM", "DPO",
-        "IL+critic", "IL+reflexion", "IL-curated", "IWM-curated", "random")
+RUNS = (
+    "IL",
+    "IWM",
+    "SR",
+    "SR-grounded",
+    "SR~constrained",
+    "SR~score",
+    "ActObs",
+    "IWM@IL",
+    "IL@SR",
+    "IL@IWM",
+    "DPO",
+    "IL+critic",
+    "IL+reflexion",
+    "IL-curated",
+    "IWM-curated",
+    "random",
+)
 # Each method against its compute-matched control as well as against IL: (method, control), where both are kept.
 MATCHED = (("SR", "IL@SR"), ("SR~score", "IL@SR"), ("SR-grounded", "IL@SR"), ("IWM", "IL@IWM"))
-KINDS = {"eval": ("test", "ood", "combo"), "recovery": ("test",)}   # folder: its splits
-LABEL = {("eval", "test"): "test", ("eval", "ood"): "ood", ("eval", "combo"): "combo",
-         ("recovery", "test"): "recovery (test, off-path)"}
+KINDS = {"eval": ("test", "ood", "combo"), "recovery": ("test",)}  # folder: its splits
+LABEL = {
+    ("eval", "test"): "test",
+    ("eval", "ood"): "ood",
+    ("eval", "combo"): "combo",
+    ("recovery", "test"): "recovery (test, off-path)",
+}
 
 
 def seeds(results: Path) -> list[Path]:
@@ -57,15 +88,17 @@ def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None) -> d
         raise SystemExit(f"{results}: no seed<s> folders")
     out = {}
     for kind in KINDS:
+
         def files(run: str) -> list[Path]:
             return [f / kind / f"{run}.jsonl.gz" for f in folders if (f / kind / f"{run}.jsonl.gz").exists()]
+
         result = None
         for run, reference in pairs or [(run, RUNS[0]) for run in RUNS[1:]]:
             mine, theirs = files(run), files(reference)
             if not theirs or (pairs and not mine):
                 continue
             if result is None or result["runs"][0] != reference:
-                if result is not None:   # a new reference: the rows so far are done
+                if result is not None:  # a new reference: the rows so far are done
                     out.setdefault(kind, []).append(result)
                 env, runs = read_runs([f"{reference}={','.join(map(str, theirs))}"])
                 result = compare_runs(env, runs, seed=0)
@@ -73,17 +106,19 @@ def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None) -> d
             if not mine:
                 continue
             paired = [f.parent.parent / kind / f"{reference}.jsonl.gz" for f in mine]
-            if pairs:   # a control trained for fewer seeds than its method: the method over the seeds it has
+            if pairs:  # a control trained for fewer seeds than its method: the method over the seeds it has
                 mine, paired = [m for m, p in zip(mine, paired) if p.exists()], [p for p in paired if p.exists()]
                 if not mine:
                     continue
             missing = [str(f) for f in paired if not f.exists()]
             if missing:
-                raise SystemExit(f"{run}: {kind} episodes without {reference}'s of the same seed ({', '.join(missing)})")
+                raise SystemExit(
+                    f"{run}: {kind} episodes without {reference}'s of the same seed ({', '.join(missing)})"
+                )
             env, runs = read_runs([f"{reference}={','.join(map(str, paired))}", f"{run}={','.join(map(str, mine))}"])
             against = compare_runs(env, runs, seed=0)
             for split, rows in against["splits"].items():
-                result["splits"].setdefault(split, []).extend(rows[1:])   # rows[0] is the reference over these seeds
+                result["splits"].setdefault(split, []).extend(rows[1:])  # rows[0] is the reference over these seeds
         if result is not None:
             out.setdefault(kind, []).append(result)
     if pairs:
@@ -108,16 +143,21 @@ def table(result: dict, reference: str = "IL") -> str:
     """The pooled table, the test over seeds leading (a claim about a method rests on its seeds), and under it, where
     a row has too few seeds for a seed-level claim, why. reference: what the rows are tested against, for the header
     (the matched table's rows follow their control's row)."""
-    lines = ["| split | run | seeds | episodes | success (pooled) | seeds' min-max (one seed: 95% CI) | mean score | "
-             f"vs {reference} over seeds: success per seed (seeds above); mean [95% CI], p | vs {reference} over "
-             f"tasks: success (tasks better / worse, p) | vs {reference}: score (bootstrap p) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| split | run | seeds | episodes | success (pooled) | seeds' min-max (one seed: 95% CI) | mean score | "
+        f"vs {reference} over seeds: success per seed (seeds above); mean [95% CI], p | vs {reference} over "
+        f"tasks: success (tasks better / worse, p) | vs {reference}: score (bootstrap p) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     few, seed_rows = [], 0
     for kind, splits in KINDS.items():
         for split in splits:
             for row in (result.get(kind) or {}).get("splits", {}).get(split, []):
-                spread = (f"{pct(row['seed_success']['min'])} - {pct(row['seed_success']['max'])}"
-                          if row.get("seed_success") else f"[{pct(row['ci_low'])}, {pct(row['ci_high'])}]")
+                spread = (
+                    f"{pct(row['seed_success']['min'])} - {pct(row['seed_success']['max'])}"
+                    if row.get("seed_success")
+                    else f"[{pct(row['ci_low'])}, {pct(row['ci_high'])}]"
+                )
                 vs = row.get("vs_first")
                 by_seed = (vs or {}).get("seed_level")
                 seeds_cell = "" if vs else "(reference)"
@@ -128,17 +168,23 @@ def table(result: dict, reference: str = "IL") -> str:
                         few.append(by_seed["seeds"])
                 if not vs:
                     success = ""
-                elif "tasks_better" in vs:   # seeds pooled: the exact sign-flip test over tasks
-                    success = (f"{100 * vs['success_diff']:+.1f} pts ({vs['tasks_better']} / {vs['tasks_worse']}, "
-                               f"sign-flip p = {vs['success_p']:.3g})")
-                else:                        # one seed each: McNemar's exact test over the discordant tasks
-                    success = (f"{100 * vs['success_diff']:+.1f} pts ({vs['only_this']} / {vs['only_first']}, "
-                               f"McNemar p = {vs['mcnemar_p']:.3g})")
+                elif "tasks_better" in vs:  # seeds pooled: the exact sign-flip test over tasks
+                    success = (
+                        f"{100 * vs['success_diff']:+.1f} pts ({vs['tasks_better']} / {vs['tasks_worse']}, "
+                        f"sign-flip p = {vs['success_p']:.3g})"
+                    )
+                else:  # one seed each: McNemar's exact test over the discordant tasks
+                    success = (
+                        f"{100 * vs['success_diff']:+.1f} pts ({vs['only_this']} / {vs['only_first']}, "
+                        f"McNemar p = {vs['mcnemar_p']:.3g})"
+                    )
                 resamples = result[kind]["resamples"]
                 score = f"{vs['score_diff']:+.3f} ({p_text(vs['bootstrap_p'], resamples)})" if vs else ""
-                lines.append(f"| {LABEL[kind, split]} | {row['run']} | {row.get('seeds', 1)} | {row['n']} | "
-                             f"{pct(row['success_rate'])} | {spread} | {row['mean_score']:.3f} | {seeds_cell} | "
-                             f"{success} | {score} |")
+                lines.append(
+                    f"| {LABEL[kind, split]} | {row['run']} | {row.get('seeds', 1)} | {row['n']} | "
+                    f"{pct(row['success_rate'])} | {spread} | {row['mean_score']:.3f} | {seeds_cell} | "
+                    f"{success} | {score} |"
+                )
     note = ""
     if few:
         alpha = next(iter(result.values()))["alpha"]
@@ -161,12 +207,16 @@ def seed_cell(s: dict, resamples: int) -> str:
     claim = f": {s['verdict']}" if not s["enough_seeds"] else f", {s['verdict']}"
     mean = f"{100 * s['mean_diff']:+.1f}"
     if s.get("bootstrap_enough", True):
-        mean += (f" [{100 * s['ci_low']:+.1f}, {100 * s['ci_high']:+.1f}], bootstrap "
-                 f"{p_text(floored(s['bootstrap_p'], resamples), resamples)}")
+        mean += (
+            f" [{100 * s['ci_low']:+.1f}, {100 * s['ci_high']:+.1f}], bootstrap "
+            f"{p_text(floored(s['bootstrap_p'], resamples), resamples)}"
+        )
     else:
         mean += f" (no bootstrap claim under {bootstrap_min_pairs(s.get('alpha', 0.05))} seeds)"
-    return (f"{diffs} pts ({s['above']}/{s['seeds']} above); {mean}; sign-flip p = {s['sign_flip_p']:.3g}{claim}"
-            f"{power_text(s)}")
+    return (
+        f"{diffs} pts ({s['above']}/{s['seeds']} above); {mean}; sign-flip p = {s['sign_flip_p']:.3g}{claim}"
+        f"{power_text(s)}"
+    )
 
 
 def attempts_table(results: Path) -> str:
@@ -183,9 +233,12 @@ def attempts_table(results: Path) -> str:
         return ""
     most = max(len(at) for *_, at in rows)
     header = ["split", "run", "seeds", "episodes", *(f"success@{k} (95% CI)" for k in range(1, most + 1))]
-    lines = [f"| {split} | {run} | {n_seeds} | {n} | " + " | ".join(
-        f"{pct(a['success_rate'])} [{pct(a['ci_low'])}, {pct(a['ci_high'])}]" for a in at) + " |" * (most - len(at) + 1)
-        for split, run, n_seeds, n, at in rows]
+    lines = [
+        f"| {split} | {run} | {n_seeds} | {n} | "
+        + " | ".join(f"{pct(a['success_rate'])} [{pct(a['ci_low'])}, {pct(a['ci_high'])}]" for a in at)
+        + " |" * (most - len(at) + 1)
+        for split, run, n_seeds, n, at in rows
+    ]
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines]) + "\n"
 
 
@@ -201,16 +254,26 @@ def thoughts_table(results: Path) -> str:
             for split in splits:
                 mine = [e for e in episodes if e["meta"]["split"] == split]
                 summary = summarize(mine, env=mine[0]["task"].get("env", ""), policy=run) if mine else {}
-                if "thoughts_cut" not in summary:   # not evaluated thought first
+                if "thoughts_cut" not in summary:  # not evaluated thought first
                     continue
                 steps = sum(e["steps"] for e in mine if "thoughts_cut" in e["meta"])
-                lines.append(f"| {LABEL[kind, split]} | {run} | {len(files)} | {steps} | "
-                             f"{summary['thought_steps']} ({pct(summary['thought_share'])}) | "
-                             f"{summary['thoughts_cut']} ({pct(summary['thoughts_cut_share'])}) |")
+                lines.append(
+                    f"| {LABEL[kind, split]} | {run} | {len(files)} | {steps} | "
+                    f"{summary['thought_steps']} ({pct(summary['thought_share'])}) | "
+                    f"{summary['thoughts_cut']} ({pct(summary['thoughts_cut_share'])}) |"
+                )
     if not lines:
         return ""
-    return "\n".join(["| split | run | seeds | steps | steps with a thought | thoughts cut before `Action:` |",
-                      "|---|---|---|---|---|---|", *lines]) + "\n"
+    return (
+        "\n".join(
+            [
+                "| split | run | seeds | steps | steps with a thought | thoughts cut before `Action:` |",
+                "|---|---|---|---|---|---|",
+                *lines,
+            ]
+        )
+        + "\n"
+    )
 
 
 def machine(folder: Path) -> str:
@@ -220,8 +283,9 @@ def machine(folder: Path) -> str:
         fields = dict(line.split(": ", 1) for line in (folder / "machine.txt").read_text().splitlines() if ": " in line)
     except OSError:
         return "not recorded"
-    kernels = " ".join(part.split("=", 1)[1] for part in fields.get("env", "").split()
-                       if part.startswith("ATEN_CPU_CAPABILITY="))
+    kernels = " ".join(
+        part.split("=", 1)[1] for part in fields.get("env", "").split() if part.startswith("ATEN_CPU_CAPABILITY=")
+    )
     return fields.get("cpu", "not recorded") + (f", {kernels} kernels" if kernels else "")
 
 
@@ -243,11 +307,16 @@ def seed_table(results: Path) -> str:
                     mine = [e for e in read_episodes(path) if e["meta"]["split"] == split] if path.exists() else []
                     cells.append(f"{sum(bool(e['success']) for e in mine)}/{len(mine)}" if mine else "")
                 if any(cells):
-                    rows.append(f"| {LABEL[kind, split]} | {folder.name[4:]} | {machine(folder)} | "
-                                + " | ".join(cells) + " |")
+                    rows.append(
+                        f"| {LABEL[kind, split]} | {folder.name[4:]} | {machine(folder)} | " + " | ".join(cells) + " |"
+                    )
             if rows:
-                lines += [f"| split | seed | machine | {' | '.join(found)} |",
-                          "|---|---|---|" + "---|" * len(found), *rows, ""]
+                lines += [
+                    f"| split | seed | machine | {' | '.join(found)} |",
+                    "|---|---|---|" + "---|" * len(found),
+                    *rows,
+                    "",
+                ]
     return "\n".join(lines)
 
 
@@ -256,21 +325,40 @@ def critic_table(results: Path) -> str:
     seeds' mean, min and max of each measure."""
     lines = []
     for split in KINDS["eval"]:
-        found = [json.loads(p.read_text()) for f in seeds(results) for p in [f / "critic_eval" / f"{split}.json"]
-                 if p.exists()]
+        found = [
+            json.loads(p.read_text())
+            for f in seeds(results)
+            for p in [f / "critic_eval" / f"{split}.json"]
+            if p.exists()
+        ]
         if not found:
             continue
 
         def cell(key: str) -> str:
             values = [r[key] for r in found]
-            return (f"{pct(sum(values) / len(values))} ({pct(min(values))} - {pct(max(values))})"
-                    if len(values) > 1 else pct(values[0]))
-        lines.append(f"| {split} | {len(found)} | {sum(r['states'] for r in found)} | {cell('top1')} | "
-                     f"{cell('chance_top1')} | {cell('pair_accuracy')} | {cell('balanced_accuracy')} |")
+            return (
+                f"{pct(sum(values) / len(values))} ({pct(min(values))} - {pct(max(values))})"
+                if len(values) > 1
+                else pct(values[0])
+            )
+
+        lines.append(
+            f"| {split} | {len(found)} | {sum(r['states'] for r in found)} | {cell('top1')} | "
+            f"{cell('chance_top1')} | {cell('pair_accuracy')} | {cell('balanced_accuracy')} |"
+        )
     if not lines:
         return ""
-    return "\n".join(["| held-out split | seeds | states | top-1: expert's action scored first | chance top-1 | "
-                      "pairs ordered right | balanced accuracy |", "|---|---|---|---|---|---|---|", *lines]) + "\n"
+    return (
+        "\n".join(
+            [
+                "| held-out split | seeds | states | top-1: expert's action scored first | chance top-1 | "
+                "pairs ordered right | balanced accuracy |",
+                "|---|---|---|---|---|---|---|",
+                *lines,
+            ]
+        )
+        + "\n"
+    )
 
 
 def read_episodes(path: Path) -> list[dict]:
@@ -284,15 +372,19 @@ def expert_step_table(results: Path) -> str:
     expert-step then outcome RL from it, their RL seeds pooled and each tested against its start over tasks x seeds
     (eval --compare's code). A run refused at outcome RL's 0% probe (RESULTS/<config>/refused/<row>-<S>-s<k>.txt) is
     its start evaluated again, and its cell says so."""
-    lines = ["| expert-step | split | start (one run) | + outcome RL (3 RL seeds) | + expert-step RL (3) | "
-             "+ expert-step, then outcome RL (3) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| expert-step | split | start (one run) | + outcome RL (3 RL seeds) | + expert-step RL (3) | "
+        "+ expert-step, then outcome RL (3) |",
+        "|---|---|---|---|---|---|",
+    ]
     for config in sorted(p for p in results.iterdir() if (p / "eval").is_dir()):
         for start in sorted(f.name.removesuffix(".jsonl.gz") for f in (results / "starts").glob("*.jsonl.gz")):
             rows = {k: sorted((config / "eval" / k).glob(f"{start}-s*.jsonl.gz")) for k in ("RL", "ES", "ES+RL")}
             if not any(rows.values()):
                 continue
             runs = [f"{start}={results / 'starts' / f'{start}.jsonl.gz'}"] + [
-                f"{k}={','.join(map(str, files))}" for k, files in rows.items() if files]
+                f"{k}={','.join(map(str, files))}" for k, files in rows.items() if files
+            ]
             env, loaded = read_runs(runs)
             result = compare_runs(env, loaded, seed=0)
             for split, table_rows in result["splits"].items():
@@ -305,12 +397,16 @@ def expert_step_table(results: Path) -> str:
                         continue
                     vs = row["vs_first"]
                     refused = len(list((config / "refused").glob(f"{k}-{start}-s*.txt")))
-                    cells.append(f"{pct(row['success_rate'])}, score {row['mean_score']:.3f} "
-                                 f"({100 * vs['success_diff']:+.1f} pts, p = {vs['success_p']:.2g}; score "
-                                 f"{vs['score_diff']:+.3f}, {p_text(vs['bootstrap_p'], result['resamples'])})"
-                                 + (f"; {refused} of {len(rows[k])} refused at the probe" if refused else ""))
-                lines.append(f"| {config.name} | {split} | {start}: {pct(first['success_rate'])}, score "
-                             f"{first['mean_score']:.3f} | " + " | ".join(cells) + " |")
+                    cells.append(
+                        f"{pct(row['success_rate'])}, score {row['mean_score']:.3f} "
+                        f"({100 * vs['success_diff']:+.1f} pts, p = {vs['success_p']:.2g}; score "
+                        f"{vs['score_diff']:+.3f}, {p_text(vs['bootstrap_p'], result['resamples'])})"
+                        + (f"; {refused} of {len(rows[k])} refused at the probe" if refused else "")
+                    )
+                lines.append(
+                    f"| {config.name} | {split} | {start}: {pct(first['success_rate'])}, score "
+                    f"{first['mean_score']:.3f} | " + " | ".join(cells) + " |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -320,14 +416,19 @@ def report(results: Path, result: dict) -> str:
     parts = [table(result)]
     matched = pooled(results, MATCHED)
     if matched:
-        parts.append("\nAgainst the compute-matched control (each method's row follows its control's: IL trained for "
-                     "the method's update count):\n\n" + table(matched, "the control"))
-    for title, text in (("Thought first (`--act think`): steps with a thought and thoughts cut, pooled over seeds",
-                         thoughts_table(results)),
-                        ("Within N attempts (pooled over seeds)", attempts_table(results)),
-                        ("Each seed: successes of episodes per run, and the machine that trained it",
-                         seed_table(results)),
-                        ("The critic on held-out states (mean over seeds, min - max)", critic_table(results))):
+        parts.append(
+            "\nAgainst the compute-matched control (each method's row follows its control's: IL trained for "
+            "the method's update count):\n\n" + table(matched, "the control")
+        )
+    for title, text in (
+        (
+            "Thought first (`--act think`): steps with a thought and thoughts cut, pooled over seeds",
+            thoughts_table(results),
+        ),
+        ("Within N attempts (pooled over seeds)", attempts_table(results)),
+        ("Each seed: successes of episodes per run, and the machine that trained it", seed_table(results)),
+        ("The critic on held-out states (mean over seeds, min - max)", critic_table(results)),
+    ):
         if text:
             parts.append(f"\n{title}:\n\n{text}")
     return "".join(parts)
@@ -338,7 +439,7 @@ def main() -> None:
     ap.add_argument("results", type=Path, help="the folder holding seed<s>/eval and seed<s>/recovery")
     ap.add_argument("--write", action="store_true", help="write pooled.md, pooled.json and pooled.png there")
     args = ap.parse_args()
-    if (args.results / "starts").is_dir():   # the expert-step RL recipe's results: one table
+    if (args.results / "starts").is_dir():  # the expert-step RL recipe's results: one table
         text = expert_step_table(args.results)
         print(text, end="")
         if args.write:
@@ -350,8 +451,13 @@ def main() -> None:
     if args.write:
         (args.results / "pooled.md").write_text(text)
         (args.results / "pooled.json").write_text(json.dumps(result, indent=1) + "\n")
-        merged = {**result["eval"], "splits": {**result["eval"]["splits"], **{
-            "recovery": rows for rows in [result.get("recovery", {}).get("splits", {}).get("test")] if rows}}}
+        merged = {
+            **result["eval"],
+            "splits": {
+                **result["eval"]["splits"],
+                **{"recovery": rows for rows in [result.get("recovery", {}).get("splits", {}).get("test")] if rows},
+            },
+        }
         plot_comparison(merged, str(args.results / "pooled.png"))
         matched = pooled(args.results, MATCHED)
         if matched:
@@ -365,8 +471,11 @@ def validation_curves(results: Path) -> dict[str, dict[str, list[tuple[int, floa
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for folder in seeds(results):
         for log in sorted((folder / "train").glob("*.metrics.jsonl")):
-            points = [(row["step"], row["val_loss"]) for row in map(json.loads, log.read_text().splitlines())
-                      if "val_loss" in row]
+            points = [
+                (row["step"], row["val_loss"])
+                for row in map(json.loads, log.read_text().splitlines())
+                if "val_loss" in row
+            ]
             if points:
                 curves.setdefault(log.name.removesuffix(".metrics.jsonl"), {})[folder.name] = points
     return curves
@@ -379,8 +488,10 @@ def validation_plot(results: Path, path: Path) -> None:
     if not curves:
         return
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     order = [r for r in RUNS if r in curves] + sorted(r for r in curves if r not in RUNS)
     cols = min(4, len(order))
     rows = -(-len(order) // cols)
@@ -390,10 +501,10 @@ def validation_plot(results: Path, path: Path) -> None:
             ax.plot(*zip(*points), label=seed, linewidth=1)
         ax.set_title(run)
         ax.set_xlabel("update")
-        ax.set_yscale("log")   # the first updates fall by 20x; the floor and any rise past it are what matter
+        ax.set_yscale("log")  # the first updates fall by 20x; the floor and any rise past it are what matter
     for ax in axes[:, 0]:
         ax.set_ylabel("validation loss")
-    for ax in list(axes.flat)[len(order):]:
+    for ax in list(axes.flat)[len(order) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()

@@ -31,11 +31,12 @@ def answer_logp(model, tok, prompt: list[dict], answer: list[dict]) -> float:
     conversation (up to its end-of-turn token: the whitespace the template writes after it is no target), and the
     sum of the log-probabilities the model gives the answer's tokens, one by one."""
     import torch
+
     head = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(prompt + answer, tokenize=False).rstrip()
     assert full.startswith(head) and full.endswith(tok.eos_token)
     context = tok(head, add_special_tokens=False)["input_ids"]
-    target = tok(full[len(head):], add_special_tokens=False)["input_ids"]
+    target = tok(full[len(head) :], add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([context + target])).logits[0].double()
     logprobs = torch.log_softmax(logits, dim=-1)

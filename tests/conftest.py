@@ -26,6 +26,7 @@ def runner():
 
 def pytest_configure(config):
     import tempfile
+
     # a user's default policy would change what the tests of "no --policy given" see
     os.environ.pop("EEXP_POLICY", None)
     # nothing reaches outside: a name that is not a local path is looked up in the Hugging Face cache alone
@@ -41,6 +42,7 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     import shutil
+
     if hasattr(config, "_eexp_cache"):
         shutil.rmtree(config._eexp_cache, ignore_errors=True)
         if config._eexp_saved_cache is None:
@@ -54,6 +56,7 @@ def one_torch_thread():
     """One intra-op thread for a module of training tests: on a shared 2-core machine, two OpenMP threads of a
     0.1M-parameter model mostly wait on each other (measured: ~10x slower per step under load)."""
     import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -68,8 +71,10 @@ def _isolated_cache(request, monkeypatch):
 
 # --- models (issue 5): tiny checkpoints built once per test session with `eexp init-model` ---------------------
 
+
 def _init_checkpoint(tmp_path_factory, name: str, arch: str):
     from eexp.cli import cli
+
     out = tmp_path_factory.mktemp("models") / name
     result = CliRunner().invoke(cli, ["init-model", str(out), "--arch", arch, "--size", "tiny", "--seed", "0"])
     assert result.exit_code == 0, result.output
@@ -92,6 +97,7 @@ def tiny_llama_checkpoint(tmp_path_factory) -> Path:
 def tiny_gguf(tiny_checkpoint, tmp_path_factory) -> Path:
     """`tiny_checkpoint` exported with `eexp export --quant q8_0` (a GGUF for llama-cpp-python policies)."""
     from eexp.cli import cli
+
     out = tmp_path_factory.mktemp("gguf") / "tiny-qwen2.q8_0.gguf"
     result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "-o", str(out), "--quant", "q8_0"])
     assert result.exit_code == 0, result.output
@@ -102,11 +108,13 @@ def tiny_gguf(tiny_checkpoint, tmp_path_factory) -> Path:
 def stub():
     """stub(honours, **options) -> a StubServer (tests/openai_stub.py) on 127.0.0.1, closed after the test."""
     from openai_stub import StubServer
+
     servers = []
 
     def make(*args, **kwargs):
         servers.append(StubServer(*args, **kwargs))
         return servers[-1]
+
     yield make
     for server in servers:
         server.close()
@@ -172,8 +180,9 @@ def _tier_reason(item) -> str | None:
 def _shares_a_fixture_of_its_module(item) -> bool:
     """Whether the test uses a fixture built once for its module (or class): such a module's tests are run by one
     worker of `make test-all`, or each worker would build it again."""
-    return any(d.scope in ("module", "class", "package")
-               for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs)
+    return any(
+        d.scope in ("module", "class", "package") for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -206,8 +215,10 @@ def pytest_terminal_summary(terminalreporter):
     over = sorted(((t, n) for n, t in _unmarked_durations.items() if t > UNMARKED_LIMIT), reverse=True)
     if over:
         terminalreporter.section("unmarked tests over the fast tier's limit")
-        terminalreporter.write_line(f"{len(over)} test(s) not marked slow took over {UNMARKED_LIMIT:.0f} s (setup, "
-                                    f"call and teardown): add them to tests/conftest.py's SLOW_TESTS or make them "
-                                    f"cheaper")
+        terminalreporter.write_line(
+            f"{len(over)} test(s) not marked slow took over {UNMARKED_LIMIT:.0f} s (setup, "
+            f"call and teardown): add them to tests/conftest.py's SLOW_TESTS or make them "
+            f"cheaper"
+        )
         for seconds, nodeid in over:
             terminalreporter.write_line(f"  {seconds:6.1f} s  {nodeid}")

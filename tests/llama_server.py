@@ -33,12 +33,20 @@ from pathlib import Path
 SOURCE = "llama-cpp-python==0.3.36"
 ROOT = Path(__file__).resolve().parent.parent
 DEST = ROOT / ".venv" / "opt" / f"llama-server-{SOURCE.split('==')[1]}"
-CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_SERVER=ON",
-               "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-               "-DLLAMA_BUILD_APP=OFF",
-               # no web UI: the prebuilt one is fetched from a hub at build time, the other needs npm
-               "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
-               "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF"]
+CMAKE_FLAGS = [
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    # no web UI: the prebuilt one is fetched from a hub at build time, the other needs npm
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_CURL=OFF",
+]
 
 
 def binary() -> Path | None:
@@ -58,8 +66,23 @@ def build(jobs: int | None = None) -> Path:
     jobs = jobs or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="eexp-llama-server-") as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--no-deps",
-                        "--no-binary", ":all:", "-d", str(tmp), SOURCE], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                str(tmp),
+                SOURCE,
+            ],
+            check=True,
+        )
         sdist = next(tmp.glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data")
@@ -70,19 +93,22 @@ def build(jobs: int | None = None) -> Path:
         # temporary folder as ccache's base, its paths hash the same in every build, so a machine that built this
         # version once (a second clone, CI) compiles it again in about a minute instead of ~10
         env = {**os.environ, "CCACHE_BASEDIR": str(tmp)}
-        for step in (["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS],
-                     ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)]):
+        for step in (
+            ["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS],
+            ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(jobs)],
+        ):
             sys.stderr.write(f"llama-server: {'configuring' if step[1] == '-S' else 'compiling'} (cmake)\n")
-            with open(log, "ab") as out:   # the compiler's warnings stay out of the install's output
+            with open(log, "ab") as out:  # the compiler's warnings stay out of the install's output
                 done = _run_with_progress(step, out, env)
             if done.returncode:
                 sys.stderr.write(log.read_text(errors="replace")[-4000:])
-                raise SystemExit(f"llama-server: {' '.join(step[:2])} failed (exit {done.returncode}); its output "
-                                 f"ends above")
+                raise SystemExit(
+                    f"llama-server: {' '.join(step[:2])} failed (exit {done.returncode}); its output ends above"
+                )
         DEST.mkdir(parents=True, exist_ok=True)
         staged = DEST / "llama-server.tmp"
         shutil.copy2(build_dir / "bin" / "llama-server", staged)
-        os.replace(staged, DEST / "llama-server")       # whole or absent, never half a binary
+        os.replace(staged, DEST / "llama-server")  # whole or absent, never half a binary
     return DEST / "llama-server"
 
 
@@ -112,20 +138,48 @@ class Server:
     threads (by default $OMP_NUM_THREADS, which a worker of `make test-all` sets to 1, else 2) and `ctx` tokens of
     context per slot; `log` receives its output."""
 
-    def __init__(self, model: str | Path, *, parallel: int = 4, threads: int | None = None, ctx: int = 2048,
-                 log: str | Path | None = None, extra: list[str] = (), ready_timeout: float = 180):
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        parallel: int = 4,
+        threads: int | None = None,
+        ctx: int = 2048,
+        log: str | Path | None = None,
+        extra: list[str] = (),
+        ready_timeout: float = 180,
+    ):
         threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 2)
         exe = binary()
         if exe is None:
             raise FileNotFoundError("llama-server is not built: python tests/llama_server.py build")
         from eexp.policies.gguf_loader import AMX_FLAGS, cpu_flags
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = Path(log) if log else None
-        args = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "--parallel",
-                str(parallel), "-c", str(ctx * parallel), "-t", str(threads), "--threads-http", str(parallel + 2),
-                "--seed", "1", "--no-ui", *extra]
-        if cpu_flags() & set(AMX_FLAGS):   # the repacking that crashes quantized models on AMX (gguf_loader.py)
+        args = [
+            str(exe),
+            "-m",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--parallel",
+            str(parallel),
+            "-c",
+            str(ctx * parallel),
+            "-t",
+            str(threads),
+            "--threads-http",
+            str(parallel + 2),
+            "--seed",
+            "1",
+            "--no-ui",
+            *extra,
+        ]
+        if cpu_flags() & set(AMX_FLAGS):  # the repacking that crashes quantized models on AMX (gguf_loader.py)
             args.append("--no-repack")
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
@@ -173,6 +227,7 @@ def run(argv: list[str]) -> int:
     status is returned. A SIGTERM (a killed make, a timeout) is passed on to COMMAND, and the server stops after it:
     none is left serving."""
     import argparse
+
     if "--" not in argv:
         raise SystemExit("usage: llama_server.py run MODEL [--parallel N] [--threads T] [--log FILE] -- COMMAND...")
     cut = argv.index("--")
@@ -184,10 +239,10 @@ def run(argv: list[str]) -> int:
     ap.add_argument("--log")
     args = ap.parse_args(argv[:cut])
     with Server(args.model, parallel=args.parallel, threads=args.threads, ctx=args.ctx, log=args.log) as server:
-        command = subprocess.Popen(argv[cut + 1:], env={**os.environ, "EEXP_POLICY": server.url})
+        command = subprocess.Popen(argv[cut + 1 :], env={**os.environ, "EEXP_POLICY": server.url})
         signal.signal(signal.SIGTERM, lambda signum, frame: command.send_signal(signum))
         code = command.wait()
-    return 128 - code if code < 0 else code   # killed by signal N: 128 + N, as a shell says it
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says it
 
 
 if __name__ == "__main__":

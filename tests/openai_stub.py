@@ -21,11 +21,17 @@ OPENAI_FIELDS = {"model", "messages", "temperature", "top_p", "max_tokens", "see
 
 def gbnf_choices(grammar: str) -> list[str]:
     """The alternatives of a `root ::= "a" | "b"` grammar, unescaped as llama.cpp reads them."""
-    rule = re.fullmatch(r'\s*root\s*::=\s*(.*?)\s*', grammar, re.S)
+    rule = re.fullmatch(r"\s*root\s*::=\s*(.*?)\s*", grammar, re.S)
     literals = re.findall(r'"((?:[^"\\]|\\.)*)"', rule.group(1))
     escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
-    return [re.sub(r'\\(x[0-9a-fA-F]{2}|.)', lambda m: chr(int(m.group(1)[1:], 16)) if m.group(1)[0] == "x"
-                   else escapes[m.group(1)], lit) for lit in literals]
+    return [
+        re.sub(
+            r"\\(x[0-9a-fA-F]{2}|.)",
+            lambda m: chr(int(m.group(1)[1:], 16)) if m.group(1)[0] == "x" else escapes[m.group(1)],
+            lit,
+        )
+        for lit in literals
+    ]
 
 
 class StubServer:
@@ -46,15 +52,27 @@ class StubServer:
     (the final message as rendered, then what it generated). `model_id`: the model /v1/models lists (its `id` and
     `root`), as vLLM lists the path it serves and llama-server the GGUF's."""
 
-    def __init__(self, honours: str | None = None, *, strict: bool = False, fail: set[int] = frozenset(),
-                 status: int = 200, latency: float = 0.0, fail_every: int = 0, free_text=None,
-                 die_after: int = 0, echoes: bool = False, trims: bool = False, model_id: str = "stub-model"):
+    def __init__(
+        self,
+        honours: str | None = None,
+        *,
+        strict: bool = False,
+        fail: set[int] = frozenset(),
+        status: int = 200,
+        latency: float = 0.0,
+        fail_every: int = 0,
+        free_text=None,
+        die_after: int = 0,
+        echoes: bool = False,
+        trims: bool = False,
+        model_id: str = "stub-model",
+    ):
         self.honours, self.strict, self.fail, self.status = honours, strict, set(fail), status
         self.echoes, self.trims, self.model_id = echoes, trims, model_id
         self.continued: list[str] = []
         self.latency, self.fail_every, self.free_text, self.die_after = latency, fail_every, free_text, die_after
         self.chats: list[dict] = []
-        self.timeline: list[tuple[float, float]] = []     # (start, end) of every chat request, time.monotonic()
+        self.timeline: list[tuple[float, float]] = []  # (start, end) of every chat request, time.monotonic()
         self.in_flight = self.most_in_flight = 0
         self.lock = threading.Lock()
         outer = self
@@ -72,17 +90,18 @@ class StubServer:
                 self.wfile.write(data)
 
             def do_GET(self):
-                if self.path.endswith("/stats"):   # for bench/bench_server.py, which runs this in a process
+                if self.path.endswith("/stats"):  # for bench/bench_server.py, which runs this in a process
                     with outer.lock:
                         return self.send(200, {"timeline": outer.timeline, "most_in_flight": outer.most_in_flight})
                 if outer.status != 200:
                     return self.send(outer.status, {"error": {"message": "invalid api key"}})
-                self.send(200, {"object": "list", "data": [{"id": outer.model_id, "object": "model",
-                                                            "root": outer.model_id}]})
+                self.send(
+                    200, {"object": "list", "data": [{"id": outer.model_id, "object": "model", "root": outer.model_id}]}
+                )
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if not self.path.endswith("/chat/completions"):   # what a subclass serves besides, or 404
+                if not self.path.endswith("/chat/completions"):  # what a subclass serves besides, or 404
                     answer = outer.extra_post(self.path, body)
                     if answer is None:
                         return self.send(404, {"error": {"message": f"no such route: {self.path}"}})
@@ -91,12 +110,12 @@ class StubServer:
                     index = len(outer.chats)
                     outer.chats.append(body)
                     outer.in_flight += 1
-                    if outer.die_after and index + 1 == outer.die_after:   # the server dies: nobody listens
+                    if outer.die_after and index + 1 == outer.die_after:  # the server dies: nobody listens
                         threading.Thread(target=outer.close, daemon=True).start()
                     outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
                 started = time.monotonic()
                 time.sleep(outer.latency)
-                with outer.lock:   # done before the answer leaves: the client's next request is not overlapping
+                with outer.lock:  # done before the answer leaves: the client's next request is not overlapping
                     outer.in_flight -= 1
                     outer.timeline.append((started, time.monotonic()))
                 self.respond(index, body)
@@ -110,19 +129,41 @@ class StubServer:
                         return self.connection.shutdown(socket.SHUT_RDWR)
                     return self.send(503, {"error": {"message": "overloaded"}})
                 if outer.strict and set(body) - OPENAI_FIELDS:
-                    return self.send(400, {"error": {"message": "Unrecognized request argument supplied: "
-                                                                + ", ".join(sorted(set(body) - OPENAI_FIELDS))}})
+                    return self.send(
+                        400,
+                        {
+                            "error": {
+                                "message": "Unrecognized request argument supplied: "
+                                + ", ".join(sorted(set(body) - OPENAI_FIELDS))
+                            }
+                        },
+                    )
                 if body.get("continue_final_message"):
-                    if body.get("add_generation_prompt", True):   # llama-server's default is true, vLLM's too
-                        return self.send(400, {"error": {"message": "Cannot set both add_generation_prompt and "
-                                                                    "continue_final_message to true."}})
+                    if body.get("add_generation_prompt", True):  # llama-server's default is true, vLLM's too
+                        return self.send(
+                            400,
+                            {
+                                "error": {
+                                    "message": "Cannot set both add_generation_prompt and "
+                                    "continue_final_message to true."
+                                }
+                            },
+                        )
                     if body["messages"][-1]["role"] != "assistant":
-                        return self.send(400, {"error": {"message": "continue_final_message needs a final "
-                                                                    "assistant message"}})
+                        return self.send(
+                            400, {"error": {"message": "continue_final_message needs a final assistant message"}}
+                        )
                 text, finish = outer.answer(body)
-                self.send(200, {"object": "chat.completion", "model": "stub-model",
-                                "choices": [{"index": 0, "finish_reason": finish,
-                                             "message": {"role": "assistant", "content": text}}]})
+                self.send(
+                    200,
+                    {
+                        "object": "chat.completion",
+                        "model": "stub-model",
+                        "choices": [
+                            {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
+                        ],
+                    },
+                )
 
         self.handler = Handler
         self.listen(0)
@@ -130,7 +171,7 @@ class StubServer:
 
     def listen(self, port: int) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self.handler)
-        self.httpd.handle_error = lambda request, address: None   # a dropped connection is the point, not news
+        self.httpd.handle_error = lambda request, address: None  # a dropped connection is the point, not news
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def revive(self) -> None:
@@ -172,7 +213,7 @@ class StubServer:
             return self.free_text(body), "stop"
         words = FREE_TEXT.split()
         if len(words) > body["max_tokens"]:
-            return " ".join(words[:body["max_tokens"]]), "length"
+            return " ".join(words[: body["max_tokens"]]), "length"
         return FREE_TEXT, "stop"
 
     def close(self):
@@ -193,8 +234,10 @@ def tau2_user_reply(body: dict) -> str:
     messages = body["messages"]
     if len([m for m in messages if m["role"] != "system"]) == 1:
         system = messages[0]["content"] if messages[0]["role"] == "system" else ""
-        found = (re.search(rf"{heading}:\s*(.*?)(?:\n\s*[A-Z][a-z]+(?: [a-z]+)*:|</scenario>|$)", system, re.S)
-                 for heading in ("Reason for call", "Known info"))
+        found = (
+            re.search(rf"{heading}:\s*(.*?)(?:\n\s*[A-Z][a-z]+(?: [a-z]+)*:|</scenario>|$)", system, re.S)
+            for heading in ("Reason for call", "Known info")
+        )
         parts = [" ".join(m.group(1).split()) for m in found if m]
         return "Hello. " + (" ".join(parts) or "I need help with my account.")
     return TAU2_CONFIRM
@@ -202,6 +245,7 @@ def tau2_user_reply(body: dict) -> str:
 
 class _FixedPort(ThreadingHTTPServer):
     """ThreadingHTTPServer on the port in `_FixedPort.port` whatever it is asked for (tau2-user below)."""
+
     port = 0
 
     def __init__(self, address, handler):
@@ -217,6 +261,7 @@ def _serve_tau2_user(argv: list[str]) -> int:
     import subprocess
     import sys
     import urllib.request
+
     ap = argparse.ArgumentParser(prog="openai_stub.py tau2-user")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--parent", type=int, default=0)
@@ -234,7 +279,7 @@ def _serve_tau2_user(argv: list[str]) -> int:
 
     if args.serve:
         global ThreadingHTTPServer
-        _FixedPort.port, ThreadingHTTPServer = args.port, _FixedPort   # StubServer binds through the module name
+        _FixedPort.port, ThreadingHTTPServer = args.port, _FixedPort  # StubServer binds through the module name
         server = StubServer(free_text=tau2_user_reply)
         print(server.url, flush=True)
         while not args.parent or _alive(args.parent):
@@ -245,9 +290,22 @@ def _serve_tau2_user(argv: list[str]) -> int:
         print(url, flush=True)
         return 0
     with open(args.log, "ab") as log:
-        subprocess.Popen([sys.executable, os.path.abspath(__file__), "tau2-user", "--serve", "--port",
-                          str(args.port), "--parent", str(args.parent)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "tau2-user",
+                "--serve",
+                "--port",
+                str(args.port),
+                "--parent",
+                str(args.parent),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     for _ in range(100):
         if answers():
             print(url, flush=True)
@@ -259,6 +317,7 @@ def _serve_tau2_user(argv: list[str]) -> int:
 
 def _alive(pid: int) -> bool:
     import os
+
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -268,9 +327,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-if __name__ == "__main__":   # a stub in a process of its own: python tests/openai_stub.py LATENCY -> prints its URL
+if __name__ == "__main__":  # a stub in a process of its own: python tests/openai_stub.py LATENCY -> prints its URL
     import sys
-    if sys.argv[1:2] == ["tau2-user"]:   # the scripted τ²-bench customer (recipes/configs/tau2.mk)
+
+    if sys.argv[1:2] == ["tau2-user"]:  # the scripted τ²-bench customer (recipes/configs/tau2.mk)
         sys.exit(_serve_tau2_user(sys.argv[2:]))
     server = StubServer("llamacpp", latency=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0)
     print(server.url, flush=True)

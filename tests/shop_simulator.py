@@ -22,11 +22,11 @@ class ShopSimulator:
         self.tasks = {t["goal"]: t for t in tasks}
         assert len(self.tasks) == len(tasks), "tasks that share a goal: the prompt cannot tell them apart"
         self.states: dict[tuple[str, str], object] = {}
-        self.predictions = 0   # world-model prompts answered
+        self.predictions = 0  # world-model prompts answered
 
     def __call__(self, body: dict) -> str:
         prompt = body["messages"][-1]["content"]
-        if body["messages"][0]["content"] != WORLD_MODEL_SYSTEM:   # the http backend's probes at its start
+        if body["messages"][0]["content"] != WORLD_MODEL_SYSTEM:  # the http backend's probes at its start
             return "ok"
         goal = re.match(r"Task: (.*)\n", prompt).group(1)
         page = PAGE.search(prompt).group(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -35,6 +34,7 @@ def write(path: Path, content: bytes | str) -> str:
 
 
 # --- imitation-data ---------------------------------------------------------------------------------------------
+
 
 def test_imitation_data_one_example_per_expert_step(runner):
     result = runner.invoke(cli, ["imitation-data", TRAJ])
@@ -72,6 +72,7 @@ def test_the_same_input_gives_the_same_records(runner):
 
 # --- world-model-data --------------------------------------------------------------------------------------------
 
+
 def test_world_model_data_keeps_expert_and_invalid_transitions(runner, tmp_path):
     stats = tmp_path / "stats.json"
     result = runner.invoke(cli, ["world-model-data", OUTCOMES, "--stats", str(stats)])
@@ -92,22 +93,27 @@ def test_world_model_data_keeps_expert_and_invalid_transitions(runner, tmp_path)
 
 def test_world_model_data_says_which_states_had_no_alternative_and_refuses_a_file_with_none(runner, tmp_path):
     import json
+
     outcomes = [json.loads(line) for line in Path(OUTCOMES).read_text().splitlines()]
     outcomes[0]["alternatives"] = []
     some = write(tmp_path / "some.jsonl", "".join(json.dumps(o) + "\n" for o in outcomes))
     result = runner.invoke(cli, ["world-model-data", some, "--stats", str(tmp_path / "s.json")])
     assert result.exit_code == 0, result.output
-    assert "eexp: 1 of 2 states have no alternative action (their example is the expert transition alone; " \
-           "no_alternatives in --stats)" in result.stderr
+    assert (
+        "eexp: 1 of 2 states have no alternative action (their example is the expert transition alone; "
+        "no_alternatives in --stats)" in result.stderr
+    )
     assert json.loads((tmp_path / "s.json").read_text())["no_alternatives"] == 1
     # BFCL with --propose admissible: no state lists admissible actions, so none has an alternative
     outcomes[1]["alternatives"] = []
     none = write(tmp_path / "none.jsonl", "".join(json.dumps(o) + "\n" for o in outcomes))
     result = runner.invoke(cli, ["world-model-data", none])
     assert result.exit_code == 1
-    assert "none of the 2 states has an alternative action, so these examples are the expert's transitions alone, " \
-           "not world-model data; branch proposes none where a state lists no admissible actions: propose with a " \
-           "model (branch --propose policy)" in result.stderr
+    assert (
+        "none of the 2 states has an alternative action, so these examples are the expert's transitions alone, "
+        "not world-model data; branch proposes none where a state lists no admissible actions: propose with a "
+        "model (branch --propose policy)" in result.stderr
+    )
 
 
 def test_world_model_data_max_chars(runner):
@@ -118,10 +124,19 @@ def test_world_model_data_max_chars(runner):
 
 # --- mix ---------------------------------------------------------------------------------------------------------
 
+
 def make_examples(path: Path, tag: str, n: int) -> str:
-    records = [{"id": f"{tag}{i}", "source_id": f"{tag}", "messages": [
-        {"role": "user", "content": f"{tag} question {i}"}, {"role": "assistant", "content": f"Action: {tag}{i}"}]}
-        for i in range(n)]
+    records = [
+        {
+            "id": f"{tag}{i}",
+            "source_id": f"{tag}",
+            "messages": [
+                {"role": "user", "content": f"{tag} question {i}"},
+                {"role": "assistant", "content": f"Action: {tag}{i}"},
+            ],
+        }
+        for i in range(n)
+    ]
     return write(path, b"".join(orjson.dumps(r) + b"\n" for r in records))
 
 
@@ -163,12 +178,19 @@ def test_mix_output_loads_with_datasets(runner, tmp_path):
     datasets = pytest.importorskip("datasets")
     il = runner.invoke(cli, ["imitation-data", TRAJ]).stdout
     wm = runner.invoke(cli, ["world-model-data", OUTCOMES]).stdout
-    user = [{"id": "u1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a",
-                                                                        "weight": 1}],
-             "meta": {"step": "three", "score": 0.5}},
-            {"id": "u2", "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]}]
-    files = [write(tmp_path / "il.jsonl", il), write(tmp_path / "wm.jsonl", wm),
-             write(tmp_path / "user.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in user))]
+    user = [
+        {
+            "id": "u1",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 1}],
+            "meta": {"step": "three", "score": 0.5},
+        },
+        {"id": "u2", "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]},
+    ]
+    files = [
+        write(tmp_path / "il.jsonl", il),
+        write(tmp_path / "wm.jsonl", wm),
+        write(tmp_path / "user.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in user)),
+    ]
     mixed = runner.invoke(cli, ["mix", *files, "-o", str(tmp_path / "mix.jsonl")])
     assert mixed.exit_code == 0, mixed.output
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "mix.jsonl"), split="train")
@@ -178,6 +200,7 @@ def test_mix_output_loads_with_datasets(runner, tmp_path):
 
 
 # --- validate ----------------------------------------------------------------------------------------------------
+
 
 def test_validate_names_kinds_and_problems(runner, tmp_path):
     ok = runner.invoke(cli, ["validate", TRAJ, OUTCOMES])
@@ -207,16 +230,21 @@ def test_validate_kinds():
 GOOD = orjson.loads(Path(TRAJ).read_text().splitlines()[0])
 
 
-@pytest.mark.parametrize("content, message", [
-    (orjson.dumps(GOOD)[:-40] + b"\n", ":1: not valid JSON"),
-    (b"[1, 2]\n", ":1: expected a JSON object, got a list"),
-    (orjson.dumps({k: v for k, v in GOOD.items() if k != "task"}) + b"\n", ":1: task: missing"),
-    (orjson.dumps({**GOOD, "success": "yes"}) + b"\n", ":1: success: expected a boolean, got a string"),
-    (b"", ": empty file (no records)"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\n", ":1: binary data, not JSON Lines"),
-    (b'{"id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n',
-     ":1: expected a trajectory, got a training example"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (orjson.dumps(GOOD)[:-40] + b"\n", ":1: not valid JSON"),
+        (b"[1, 2]\n", ":1: expected a JSON object, got a list"),
+        (orjson.dumps({k: v for k, v in GOOD.items() if k != "task"}) + b"\n", ":1: task: missing"),
+        (orjson.dumps({**GOOD, "success": "yes"}) + b"\n", ":1: success: expected a boolean, got a string"),
+        (b"", ": empty file (no records)"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\n", ":1: binary data, not JSON Lines"),
+        (
+            b'{"id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n',
+            ":1: expected a trajectory, got a training example",
+        ),
+    ],
+)
 def test_bad_input_names_file_and_line(runner, tmp_path, content, message):
     path = write(tmp_path / "in.jsonl", content)
     result = runner.invoke(cli, ["imitation-data", path])
@@ -271,10 +299,13 @@ def test_resume_without_output_is_a_usage_error(runner):
 
 # --- shards and resume -------------------------------------------------------------------------------------------
 
+
 def test_shards_partition_and_keep_trajectories_whole(runner, tmp_path):
     full = lines(runner.invoke(cli, ["world-model-data", OUTCOMES, OUTCOMES]).stdout)
-    parts = [lines(runner.invoke(cli, ["world-model-data", OUTCOMES, OUTCOMES, "--shard", f"{i}/3"]).stdout)
-             for i in (1, 2, 3)]
+    parts = [
+        lines(runner.invoke(cli, ["world-model-data", OUTCOMES, OUTCOMES, "--shard", f"{i}/3"]).stdout)
+        for i in (1, 2, 3)
+    ]
     assert sorted(r["id"] for p in parts for r in p) == sorted(r["id"] for r in full)
     assert sum(1 for p in parts if p) == 1  # one trajectory: one shard has all of it
     keys = [f"traj-{i}" for i in range(1000)]
@@ -304,6 +335,7 @@ def test_prepare_resume_on_a_missing_file(tmp_path):
 
 # --- serializer and action format ----------------------------------------------------------------------------------
 
+
 def test_serializer_clips_and_lists_admissible():
     s = Serializer(history=2, max_observation_chars=10, max_admissible=2)
     text = s.render_state({"goal": "g", "history": [], "observation": "x" * 50, "admissible": ["a", "b", "c"]})
@@ -318,8 +350,10 @@ def test_serializer_from_dict_is_strict():
     assert Serializer.from_dict(None) == Serializer()
     with pytest.raises(SerializerError) as unknown:
         Serializer.from_dict({"history": 1, "max_obs_chars": 10}, "m.gguf: serializer settings")
-    assert str(unknown.value) == ("m.gguf: serializer settings: unknown setting 'max_obs_chars' (settings: history, "
-                                  "max_observation_chars, max_history_chars, show_admissible, max_admissible)")
+    assert str(unknown.value) == (
+        "m.gguf: serializer settings: unknown setting 'max_obs_chars' (settings: history, "
+        "max_observation_chars, max_history_chars, show_admissible, max_admissible)"
+    )
     assert unknown.value.exit_code == 1
     with pytest.raises(SerializerError, match=r"^serializer settings: show_admissible must be true or false, not 1$"):
         Serializer.from_dict({"show_admissible": 1})
@@ -329,23 +363,28 @@ def test_serializer_from_dict_is_strict():
         Serializer.from_dict([("history", 1)])
 
 
-@pytest.mark.parametrize("reply, action, thought", [
-    ("Action: click[buy now]", "click[buy now]", None),
-    ("Thought: the price fits.\n\nAction: click[buy now]", "click[buy now]", "the price fits."),
-    ("thought: maybe\naction:  search[x] ", "search[x]", "maybe"),
-    ("I would buy it.", None, None),
-    ("Action: a\nAction: b", "b", None),
-])
+@pytest.mark.parametrize(
+    "reply, action, thought",
+    [
+        ("Action: click[buy now]", "click[buy now]", None),
+        ("Thought: the price fits.\n\nAction: click[buy now]", "click[buy now]", "the price fits."),
+        ("thought: maybe\naction:  search[x] ", "search[x]", "maybe"),
+        ("I would buy it.", None, None),
+        ("Action: a\nAction: b", "b", None),
+    ],
+)
 def test_parse_reply(reply, action, thought):
     assert parse_reply(reply) == (action, thought)
 
 
 # --- process behaviour: pipes and signals ---------------------------------------------------------------------------
 
+
 def test_broken_pipe_exits_quietly(tmp_path):
     a = make_examples(tmp_path / "a.jsonl", "a", 20000)
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m eexp mix {a} | head -n 1"],
-                          capture_output=True)
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{sys.executable} -m eexp mix {a} | head -n 1"], capture_output=True
+    )
     assert proc.returncode == 0 and proc.stderr == b"" and proc.stdout.count(b"\n") == 1
 
 
@@ -354,8 +393,12 @@ def test_ctrl_c_exits_130_with_whole_lines(tmp_path):
     out = tmp_path / "out.jsonl"
     # SIGINT at its default in the child: a suite started from a background shell has it ignored, and Python keeps
     # an ignored SIGINT ignored
-    proc = subprocess.Popen([*EEXP, "imitation-data", "-o", str(out)], stdin=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [*EEXP, "imitation-data", "-o", str(out)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     proc.stdin.write(Path(TRAJ).read_bytes().splitlines(keepends=True)[0])
     proc.stdin.flush()
     for _ in range(100):  # wait for the first trajectory's examples
@@ -377,8 +420,9 @@ def test_python_dash_m_and_version():
 def test_a_gzip_file_is_read_as_jsonl_and_a_bad_one_is_a_clear_error(tmp_path):
     import gzip
 
-    from eexp.io import Reader
     from eexp.errors import InputError
+    from eexp.io import Reader
+
     good = tmp_path / "episodes.jsonl.gz"
     with gzip.open(good, "wb") as f:
         f.write(b'{"id": "a"}\n\n{"id": "b"}\n{"id": \n')
@@ -388,7 +432,7 @@ def test_a_gzip_file_is_read_as_jsonl_and_a_bad_one_is_a_clear_error(tmp_path):
         for line in reader:
             lines.append((line.record["id"], line.line))
     assert lines == [("a", 1), ("b", 3)]
-    assert str(err.value).startswith(f"{good}:4: not valid JSON")       # FILE:LINE counts the uncompressed lines
+    assert str(err.value).startswith(f"{good}:4: not valid JSON")  # FILE:LINE counts the uncompressed lines
     bad = tmp_path / "plain.jsonl.gz"
     bad.write_bytes(b'{"id": "a"}\n')
     with pytest.raises(InputError, match=r"plain.jsonl.gz: not a readable gzip file"):

@@ -28,6 +28,7 @@ EEXP = [sys.executable, "-m", "eexp"]
 
 # --- a small deterministic environment, with and without snapshots ------------------------------------------------
 
+
 class LineEnv(Env):
     """A walker on a line. The observation names the position and the moves so far, so any wrong replay shows.
     `crash` raises inside the environment, `hang` blocks, an unknown action is rejected (valid False)."""
@@ -35,7 +36,7 @@ class LineEnv(Env):
     name = "line"
     version = "1"
     MOVES = {"left": -1, "right": 1, "stay": 0, "jump": 2}
-    steps_taken = 0          # across instances: what the rollout really cost
+    steps_taken = 0  # across instances: what the rollout really cost
 
     def tasks(self, split):
         return [{"id": f"{split}-{i}", "split": split, "goal": f"walk to {i + 3}"} for i in range(5)]
@@ -51,7 +52,7 @@ class LineEnv(Env):
         LineEnv.steps_taken += 1
         if action == "crash":
             raise RuntimeError("the simulator fell over")
-        if action == "fault":   # what an environment says about its own failure (a JVM that died)
+        if action == "fault":  # what an environment says about its own failure (a JVM that died)
             raise EnvError("the simulator process died")
         if action == "hang":
             time.sleep(30)
@@ -98,11 +99,23 @@ def trajectory(env_cls=LineEnv, task_index=0, admissible=None):
     observation = env.reset(task)
     steps = []
     for action in env.expert(task):
-        steps.append({"observation": observation, "action": action,
-                      "admissible": list(admissible if admissible is not None else env.admissible())})
+        steps.append(
+            {
+                "observation": observation,
+                "action": action,
+                "admissible": list(admissible if admissible is not None else env.admissible()),
+            }
+        )
         observation, _, _, _ = env.step(action)
-    return {"id": f"{env.name}:{task['id']}", "env": env.env_record(), "task": task, "steps": steps,
-            "final_observation": observation, "success": env.success(), "meta": {}}
+    return {
+        "id": f"{env.name}:{task['id']}",
+        "env": env.env_record(),
+        "task": task,
+        "steps": steps,
+        "final_observation": observation,
+        "success": env.success(),
+        "meta": {},
+    }
 
 
 class FixedPolicy(Policy):
@@ -147,6 +160,7 @@ def roll(records, env_name=None, timeout=None):
 
 # --- branch ---------------------------------------------------------------------------------------------------
 
+
 def test_parse_steps_and_spread():
     assert parse_steps("0,2,5-7") == {0, 2, 5, 6, 7}
     assert parse_steps(None) is None
@@ -176,8 +190,10 @@ def test_admissible_proposals_one_record_per_step_never_the_expert():
     assert counts["short_of_k"] == 0 and not notes
     # K larger than what is left (left, stay, jump): take all, count it, say so once.
     records = branches(traj, k=8, count=lambda n, c=1: counts.update({n: c}), note=notes.append)
-    assert all(sorted(a["action"] for a in r["alternatives"]) in (["jump", "left", "stay"], ["Jump", "left", "stay"])
-               for r in records)
+    assert all(
+        sorted(a["action"] for a in r["alternatives"]) in (["jump", "left", "stay"], ["Jump", "left", "stay"])
+        for r in records
+    )
     assert all(len({a["action"].lower() for a in r["alternatives"]}) == 3 for r in records)
     assert counts["short_of_k"] == 3 and len(notes) == 1 and "fewer than K=8" in notes[0]
 
@@ -195,8 +211,9 @@ def test_steps_without_admissible_list_get_empty_records():
     for s in traj["steps"]:
         del s["admissible"]
     notes = []
-    records = list(Brancher("admissible", 4, env_factory=lambda *a, **k: pytest.fail("env not needed"),
-                            note=notes.append)(traj))
+    records = list(
+        Brancher("admissible", 4, env_factory=lambda *a, **k: pytest.fail("env not needed"), note=notes.append)(traj)
+    )
     assert len(records) == 3 and all(r["alternatives"] == [] for r in records)
     assert len(notes) == 1
 
@@ -205,8 +222,15 @@ def test_policy_proposals_seeds_and_top_up():
     traj = trajectory()
     counts = collections.Counter()
     # A model that always says "left": one distinct proposal, the rest topped up from the admissible list.
-    records = branches(traj, k=3, propose="policy", policy=FixedPolicy(["left"]), seed=7, temperature=0.7,
-                       count=lambda n, c=1: counts.update({n: c}))
+    records = branches(
+        traj,
+        k=3,
+        propose="policy",
+        policy=FixedPolicy(["left"]),
+        seed=7,
+        temperature=0.7,
+        count=lambda n, c=1: counts.update({n: c}),
+    )
     for r in records:
         alts = r["alternatives"]
         assert alts[0] == {"action": "left", "source": "policy", "seed": derive_seed(7, r["id"], 0)}
@@ -216,14 +240,16 @@ def test_policy_proposals_seeds_and_top_up():
     assert counts["topped_up"] == 2 * 3 and counts["repeated_proposals"] == 2 * 3
     # The expert action and an inadmissible action are never kept.
     counts.clear()
-    records = branches(traj, k=2, propose="policy", policy=FixedPolicy(["right", "fly"]),
-                       count=lambda n, c=1: counts.update({n: c}))
+    records = branches(
+        traj, k=2, propose="policy", policy=FixedPolicy(["right", "fly"]), count=lambda n, c=1: counts.update({n: c})
+    )
     assert all(a["source"] == "admissible" for r in records for a in r["alternatives"])
     assert counts["topped_up"] == 2 * 3
 
 
 def test_policy_proposals_with_random_policy_recorded_seeds():
     from eexp.policies import load_policy
+
     traj = trajectory()
     records = branches(traj, k=3, propose="policy", policy=load_policy("random"), seed=3)
     policy = load_policy("random")
@@ -231,7 +257,7 @@ def test_policy_proposals_with_random_policy_recorded_seeds():
         seeds = [derive_seed(3, r["id"], j) for j in range(3)]
         proposed = [a for a in r["alternatives"] if a["source"] == "policy"]
         assert proposed and [a["seed"] for a in proposed] == [s for s in seeds if s in {a["seed"] for a in proposed}]
-        for alt in proposed:   # the recorded seed gives back the proposal
+        for alt in proposed:  # the recorded seed gives back the proposal
             again = policy.act([], admissible=r["state"]["admissible"], seed=alt["seed"])
             assert again.action == alt["action"]
         assert len({a["action"] for a in r["alternatives"]}) == len(r["alternatives"]) == 3
@@ -247,12 +273,13 @@ def test_mixed_proposals_half_policy_half_admissible():
 
 
 def test_steps_and_max_steps_per_trajectory():
-    traj = trajectory(task_index=4)   # 7 steps
+    traj = trajectory(task_index=4)  # 7 steps
     assert [r["step"] for r in branches(traj, steps={0, 2, 5, 6, 40})] == [0, 2, 5, 6]
     assert [r["step"] for r in branches(traj, max_steps=3)] == [0, 3, 6]
 
 
 # --- rollout --------------------------------------------------------------------------------------------------
+
 
 def ground_truth(env_cls, task, prefix, action):
     env = env_cls()
@@ -262,7 +289,7 @@ def ground_truth(env_cls, task, prefix, action):
 
 @pytest.mark.parametrize("env_cls", [LineEnv, SnapLineEnv])
 def test_rollout_outcomes_are_the_real_transitions(env_cls):
-    traj = trajectory(env_cls, task_index=2)   # 5 steps
+    traj = trajectory(env_cls, task_index=2)  # 5 steps
     records = branches(traj, k=3)
     outs, counts = roll(records)
     assert [o["id"] for o in outs] == [r["id"] for r in records]
@@ -270,8 +297,12 @@ def test_rollout_outcomes_are_the_real_transitions(env_cls):
         assert expect("outcome")(out) is None and "error" not in out
         for alt in out["alternatives"] + [out["expert"]]:
             obs, reward, done, info = ground_truth(env_cls, traj["task"], rec["prefix"], alt["action"])
-            assert (alt["next_observation"], alt["reward"], alt["done"], alt["valid"]) == \
-                (obs, reward, done, info["valid"])
+            assert (alt["next_observation"], alt["reward"], alt["done"], alt["valid"]) == (
+                obs,
+                reward,
+                done,
+                info["valid"],
+            )
         assert out["meta"]["stage"] == "rollout" and out["meta"]["snapshots"] == env_cls.can_snapshot
     assert counts["errors"] == counts["state_mismatches"] == 0
 
@@ -288,7 +319,7 @@ def test_rollout_env_steps_snapshot_linear_replay_shortest():
     # the first alternative goes from where the last expert step left the env; K replays of i steps after it
     expected = sum(K * i + K + 1 for i in range(T))
     assert counts["env_steps"] == LineEnv.steps_taken - before == expected
-    assert expected < (K + 1) * sum(i + 1 for i in range(T))   # a replay before every execution
+    assert expected < (K + 1) * sum(i + 1 for i in range(T))  # a replay before every execution
 
 
 def test_state_check_catches_a_corrupted_record():
@@ -299,7 +330,7 @@ def test_state_check_catches_a_corrupted_record():
     assert "state mismatch" in outs[2]["error"] and "next_observation" not in outs[2]["expert"]
     assert all("error" not in o for i, o in enumerate(outs) if i != 2)
     assert counts["state_mismatches"] == 1 and counts["errors"] == 1
-    assert counts["replay_retries"] == 1   # tried once more from a reset before it became an error
+    assert counts["replay_retries"] == 1  # tried once more from a reset before it became an error
     # a corrupted prefix: the env reaches another state than the one recorded
     records = branches(trajectory(LineEnv, task_index=2), k=2)
     records[3]["prefix"] = ["right", "jump", "right"]
@@ -309,13 +340,16 @@ def test_state_check_catches_a_corrupted_record():
 
 
 @pytest.mark.parametrize("env_cls", [LineEnv, SnapLineEnv])
-@pytest.mark.parametrize("action, message", [("crash", "RuntimeError: the simulator fell over"),
-                                             ("fault", "the simulator process died")])
+@pytest.mark.parametrize(
+    "action, message", [("crash", "RuntimeError: the simulator fell over"), ("fault", "the simulator process died")]
+)
 def test_crashing_alternative_is_an_error_and_the_stage_goes_on(env_cls, action, message):
     traj = trajectory(env_cls, task_index=1)
     records = branches(traj, k=1)
-    records[1]["alternatives"] = [{"action": action, "source": "policy", "seed": 5},
-                                  {"action": "left", "source": "admissible"}]
+    records[1]["alternatives"] = [
+        {"action": action, "source": "policy", "seed": 5},
+        {"action": "left", "source": "admissible"},
+    ]
     outs, counts = roll(records)
     crash, left = outs[1]["alternatives"]
     assert message in crash["error"] and "next_observation" not in crash
@@ -351,9 +385,11 @@ def test_records_of_interleaved_trajectories_keep_input_order():
 
 # --- the commands, on the built-in environments ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def expert_files(tmp_path_factory):
     from click.testing import CliRunner
+
     d = tmp_path_factory.mktemp("expert")
     paths = {}
     for env in ("shop", "tools"):
@@ -388,7 +424,7 @@ def test_pipeline_branch_rollout_validate(runner, tmp_path, expert_files, env, p
     st = orjson.loads(stats.read_bytes())
     n_alt = sum(len(r["alternatives"]) for r in records)
     assert st["errors"] == 0 and st["state_mismatches"] == 0
-    assert st["env_steps"] == n_alt + len(records)   # both envs snapshot: K + 1 steps a state
+    assert st["env_steps"] == n_alt + len(records)  # both envs snapshot: K + 1 steps a state
     result = runner.invoke(cli, ["validate", "--kind", "outcome", str(out)])
     assert result.exit_code == 0 and f"{len(outcomes)} outcome" in result.output
 
@@ -409,16 +445,20 @@ def test_jobs_give_the_same_output_and_runs_are_reproducible(runner, tmp_path, e
 def test_branch_is_reproducible_and_seed_matters(runner, tmp_path, expert_files):
     outs = []
     for seed in ("1", "1", "2"):
-        result = run_cli(runner, ["branch", str(expert_files["tools"]), "--policy", "random", "-k", "2",
-                                  "--seed", seed])
+        result = run_cli(
+            runner, ["branch", str(expert_files["tools"]), "--policy", "random", "-k", "2", "--seed", seed]
+        )
         outs.append(strip_times(orjson.loads(line) for line in result.output.splitlines()))
     assert outs[0] == outs[1] and outs[0] != outs[2]
 
 
 def test_branch_usage_errors(runner, expert_files):
     result = runner.invoke(cli, ["branch", str(expert_files["shop"]), "--propose", "policy"])
-    assert result.exit_code == 2 and "--propose policy needs a model to sample alternatives from: give --policy " \
-        "SPEC" in result.output and "EEXP_POLICY is not set" in " ".join(result.output.split())
+    assert (
+        result.exit_code == 2
+        and "--propose policy needs a model to sample alternatives from: give --policy SPEC" in result.output
+        and "EEXP_POLICY is not set" in " ".join(result.output.split())
+    )
     result = runner.invoke(cli, ["branch", str(expert_files["shop"]), "--steps", "3-1"])
     assert result.exit_code == 2 and "--steps" in result.output
 
@@ -450,7 +490,8 @@ def test_rollout_of_a_corrupted_record_through_the_cli(runner, tmp_path, expert_
     assert len(outs) == 21 and result.stderr == (
         f"eexp: {outs[1]['id']}: {outs[1]['error']}\n"
         f"eexp: 1 of 21 outcome records have an error (on the record, its expert action or an alternative: `error` "
-        f"says why)\n")
+        f"says why)\n"
+    )
 
 
 def test_resume_after_a_torn_write_matches_an_uninterrupted_run(runner, tmp_path, expert_files):
@@ -459,7 +500,7 @@ def test_resume_after_a_torn_write_matches_an_uninterrupted_run(runner, tmp_path
     run_cli(runner, ["rollout", str(br), "-o", str(full)])
     data = full.read_bytes()
     for cut in (len(data) // 3, len(data) // 2 + 17, len(data) - 5):
-        part.write_bytes(data[:cut])   # what a kill leaves: whole lines, then a torn one
+        part.write_bytes(data[:cut])  # what a kill leaves: whole lines, then a torn one
         run_cli(runner, ["rollout", str(br), "-o", str(part), "--resume"])
         assert strip_times(read_records([part])) == strip_times(read_records([full]))
 
@@ -480,15 +521,28 @@ def test_rollout_killed_half_way_and_resumed(tmp_path, expert_files):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert part.read_bytes().count(b"\n") == n    # it wrote each outcome as it went, then waited for input
+    assert part.read_bytes().count(b"\n") == n  # it wrote each outcome as it went, then waited for input
     subprocess.run(EEXP + ["rollout", str(br), "-o", str(part), "--resume"], check=True, env=env)
     assert strip_times(read_records([part])) == strip_times(read_records([full]))
 
 
 def test_branch_with_a_tiny_gguf_policy_is_reproducible(runner, tmp_path, expert_files, tiny_gguf):
     pytest.importorskip("llama_cpp")
-    args = ["branch", str(expert_files["shop"]), "--policy", str(tiny_gguf), "-k", "3", "--steps", "0-1",
-            "--seed", "5", "--max-tokens", "24", "-q"]
+    args = [
+        "branch",
+        str(expert_files["shop"]),
+        "--policy",
+        str(tiny_gguf),
+        "-k",
+        "3",
+        "--steps",
+        "0-1",
+        "--seed",
+        "5",
+        "--max-tokens",
+        "24",
+        "-q",
+    ]
     first = run_cli(runner, args + ["--stats", str(tmp_path / "s.json")]).output
     again = run_cli(runner, args).output
     records = [orjson.loads(x) for x in first.splitlines()]
@@ -497,7 +551,7 @@ def test_branch_with_a_tiny_gguf_policy_is_reproducible(runner, tmp_path, expert
     stats = orjson.loads((tmp_path / "s.json").read_bytes())
     for r in records:
         assert r["meta"]["model_sha256"] and r["meta"]["temperature"] == 1.0 and r["meta"]["propose"] == "policy"
-        assert len(r["alternatives"]) == 3   # shop lists >= 4 actions a state: topped up where the model repeats
+        assert len(r["alternatives"]) == 3  # shop lists >= 4 actions a state: topped up where the model repeats
         seeds = [derive_seed(5, r["id"], j) for j in range(3)]
         assert all(a["seed"] in seeds for a in r["alternatives"] if a["source"] == "policy")
         assert r["expert"]["action"] not in [a["action"] for a in r["alternatives"]]
@@ -516,8 +570,9 @@ def test_branch_of_an_env_that_is_not_installed(runner, tmp_path, expert_files):
     assert result.exit_code == 1 and f"{path}:2:" in result.output and "'webarena'" in result.output
     result = runner.invoke(cli, ["branch", str(path), "--on-error", "skip", "-q"])
     assert result.exit_code == 0 and "skipped 1" in result.output
-    assert {orjson.loads(x)["source_id"] for x in result.output.splitlines() if x.startswith("{")} == \
-        {lines[i]["id"] for i in (0, 2, 3)}
+    assert {orjson.loads(x)["source_id"] for x in result.output.splitlines() if x.startswith("{")} == {
+        lines[i]["id"] for i in (0, 2, 3)
+    }
 
 
 def test_rollout_shards_keep_trajectories_whole(runner, tmp_path, expert_files):
@@ -531,12 +586,13 @@ def test_rollout_shards_keep_trajectories_whole(runner, tmp_path, expert_files):
         parts.append(list(read_records([out])) if out.stat().st_size else [])
     ids = [o["id"] for p in parts for o in p]
     assert sorted(ids) == sorted(r["id"] for r in full) and len(ids) == len(set(ids))
-    for p in parts:   # every trajectory of a shard is there with all its steps
+    for p in parts:  # every trajectory of a shard is there with all its steps
         for tid in {o["trajectory_id"] for o in p}:
             assert sum(o["trajectory_id"] == tid for o in p) == sum(r["trajectory_id"] == tid for r in full)
 
 
 # --- the third-party environments (skipped only where the package or Java is missing) -----------------------------
+
 
 def _pipeline(runner, tmp_path, env, expert_args, branch_args):
     """expert -> branch -> rollout -> validate; returns the outcomes and the rollout stats."""
@@ -555,13 +611,19 @@ def _pipeline(runner, tmp_path, env, expert_args, branch_args):
 def test_textworld_pipeline(runner, tmp_path, monkeypatch):
     textworld = pytest.importorskip("textworld")
     import shutil
+
     monkeypatch.setenv("EEXP_CACHE", str(tmp_path))
     cache = tmp_path / "textworld" / textworld.__version__
     shutil.copytree(Path(__file__).parent / "data" / "textworld", cache)
-    outcomes, stats = _pipeline(runner, tmp_path, "textworld", ["-n", "2", "--env-arg", "games=1"],
-                                ["-k", "3", "--max-steps-per-trajectory", "4"])
+    outcomes, stats = _pipeline(
+        runner,
+        tmp_path,
+        "textworld",
+        ["-n", "2", "--env-arg", "games=1"],
+        ["-k", "3", "--max-steps-per-trajectory", "4"],
+    )
     assert stats["errors"] == 0 and all(len(o["alternatives"]) == 3 for o in outcomes)
-    assert stats["env_steps"] == 4 * len(outcomes)   # snapshots (jericho): K + 1 steps a state
+    assert stats["env_steps"] == 4 * len(outcomes)  # snapshots (jericho): K + 1 steps a state
 
 
 def test_bfcl_pipeline(runner, tmp_path):
@@ -575,11 +637,13 @@ def test_bfcl_pipeline(runner, tmp_path):
 @pytest.mark.slow
 def test_scienceworld_pipeline(runner, tmp_path):
     import shutil
+
     pytest.importorskip("scienceworld")
     if shutil.which("java") is None:
         pytest.skip("java is not on PATH (ScienceWorld's simulator is Java)")
-    outcomes, stats = _pipeline(runner, tmp_path, "scienceworld", ["-n", "1", "--split", "dev"],
-                                ["-k", "2", "--steps", "0-2"])
+    outcomes, stats = _pipeline(
+        runner, tmp_path, "scienceworld", ["-n", "1", "--split", "dev"], ["-k", "2", "--steps", "0-2"]
+    )
     assert len(outcomes) == 3 and stats["env_steps"] > 0
     # ScienceWorld cannot snapshot: every alternative after the first is a replay; every state is checked
     assert stats["errors"] == stats["state_mismatches"]

@@ -9,10 +9,12 @@ from eexp.policies import load_policy
 from eexp.prompts import Serializer, fit_messages, shorten
 from eexp.training.data import encode
 
-STATE = {"goal": "buy a blue shirt under 30 dollars",
-         "observation": "results for shirt\n" + "\n".join(f"[shirt {i}] ${10 + i}" for i in range(30)),
-         "history": [{"observation": f"page {i} " * 10, "action": f"click[{i}]"} for i in range(10)],
-         "admissible": [f"click[shirt {i}]" for i in range(30)]}
+STATE = {
+    "goal": "buy a blue shirt under 30 dollars",
+    "observation": "results for shirt\n" + "\n".join(f"[shirt {i}] ${10 + i}" for i in range(30)),
+    "history": [{"observation": f"page {i} " * 10, "action": f"click[{i}]"} for i in range(10)],
+    "admissible": [f"click[shirt {i}]" for i in range(30)],
+}
 
 
 def user(messages):
@@ -31,13 +33,17 @@ def test_shorten_drops_the_oldest_step_then_clips_and_never_the_task():
     last = user(steps[-1])
     assert "(10 earlier steps not shown)" in last and "Action: click[" not in last
     assert last.startswith("Task: buy a blue shirt under 30 dollars\n")  # every step kept the task whole
-    assert len(last) < len(user(steps[11]))                              # after the history, the sections shrank
-    assert all(m[0] == messages[0] for m in steps)                       # and the system prompt never changed
+    assert len(last) < len(user(steps[11]))  # after the history, the sections shrank
+    assert all(m[0] == messages[0] for m in steps)  # and the system prompt never changed
 
 
 def test_multi_turn_loses_its_oldest_pair_first():
-    turns = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
-             {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"}]
+    turns = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "u2"},
+    ]
     assert shorten(turns) == [turns[0], turns[3]]
 
 
@@ -59,11 +65,12 @@ def shorten_n(messages, n):
 def test_training_and_eval_render_a_long_state_identically(tiny_checkpoint, max_length):
     """The tokens training keeps before the target are the prompt eval gives the model at the same budget."""
     from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
     prompt = Serializer(history=10).policy_messages(STATE)
     example = encode(tokenizer, prompt + [{"role": "assistant", "content": "Action: click[shirt 3]"}], max_length)
     assert example.truncated and len(example.ids) <= max_length
-    trained_prompt = example.ids[:example.weights.index(next(w for w in example.weights if w))]
+    trained_prompt = example.ids[: example.weights.index(next(w for w in example.weights if w))]
     assert "Task: buy a blue shirt under 30 dollars" in tokenizer.decode(trained_prompt)
 
     policy = load_policy(str(tiny_checkpoint), {"n_ctx": str(len(trained_prompt) + 16)}, max_tokens=16)

@@ -37,13 +37,28 @@ def il(tmp_path_factory) -> Path:
 
 
 def finetune_args(il, model, out, *extra) -> list[str]:
-    return ["finetune", str(il), "--model", str(model), "-o", str(out), "--max-steps", "2", "--batch-size", "4",
-            "--max-length", "512", "-q", *extra]
+    return [
+        "finetune",
+        str(il),
+        "--model",
+        str(model),
+        "-o",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "512",
+        "-q",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def trained(il, tiny_checkpoint, tmp_path_factory) -> Path:
     from click.testing import CliRunner
+
     out = tmp_path_factory.mktemp("card-run") / "il"
     result = CliRunner().invoke(cli, finetune_args(il, tiny_checkpoint, out))
     assert result.exit_code == 0, result.output
@@ -53,6 +68,7 @@ def trained(il, tiny_checkpoint, tmp_path_factory) -> Path:
 def test_finetune_writes_one_card(trained, tiny_checkpoint):
     from eexp import __version__
     from eexp.policies import load_policy
+
     card = read_card(trained)
     assert card.command == "finetune" and card.eexp_version == __version__
     assert card.serializer == SERIALIZER.to_dict()
@@ -70,14 +86,16 @@ def test_checkpoint_to_gguf_to_policy_carries_the_card_and_the_hashes_join(train
 
     from eexp.models.export import export_gguf
     from eexp.policies import load_policy
+
     out = export_gguf(trained, tmp_path / "il.f32.gguf", quant="f32")
     reader = gguf.GGUFReader(str(out))
     metadata = {name: field.contents() for name, field in reader.fields.items()}
     in_gguf = Card.from_gguf(metadata, str(out))
     checkpoint_run = load_policy(str(trained), {}).describe()
     # the checkpoint's card, with what export adds: nothing of it lost on the way
-    assert in_gguf == replace(read_card(trained), source=str(trained.resolve()),
-                              source_sha256=checkpoint_run["model_sha256"], quant="f32")
+    assert in_gguf == replace(
+        read_card(trained), source=str(trained.resolve()), source_sha256=checkpoint_run["model_sha256"], quant="f32"
+    )
     assert metadata["eexp.source_sha256"] == checkpoint_run["model_sha256"]  # records of the checkpoint join the GGUF
     assert json.loads(metadata["eexp.serializer"]) == SERIALIZER.to_dict()
     pytest.importorskip("llama_cpp")
@@ -94,8 +112,10 @@ def test_config_yaml_replays_the_run(trained, tmp_path, runner):
     before, after = yaml.safe_load(config.read_text()), yaml.safe_load((again / "config.yaml").read_text())
     assert after == {**before, "output": str(again)}
     assert (again / "metrics.jsonl").read_text().count("\n") == (trained / "metrics.jsonl").read_text().count("\n")
-    losses = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-              for d in (trained, again)]
+    losses = [
+        [r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        for d in (trained, again)
+    ]
     assert losses[0] == losses[1]
     assert read_card(again).serializer == read_card(trained).serializer
 
@@ -112,10 +132,20 @@ def test_the_recipes_kernel_settings_reach_the_card(tmp_path):
     import os
     import subprocess
     import sys
+
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
-    out = subprocess.run([sys.executable, "-c", "from eexp.training.machine import machine_card; "
-                          "m = machine_card(); print(m['cpu_capability'], m['mkl_cbwr'])"],
-                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from eexp.training.machine import machine_card; "
+            "m = machine_card(); print(m['cpu_capability'], m['mkl_cbwr'])",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out == ["AVX2", "AVX2"]
 
 
@@ -127,7 +157,8 @@ def test_an_unknown_key_in_a_card_is_an_error_naming_it_and_the_file(tmp_path):
         f"{tmp_path / 'card.yaml'}: unknown key 'serialiser' in the model card (known: adapter, adapter_sha256, "
         "base_import, base_model, base_revision, base_sha256, best_step, best_val_loss, command, eexp_version, "
         "from_scratch, gradient_checkpointing, machine, method, phases, precision, pretrain, quant, serializer, "
-        "source, source_sha256, thought_tokens, updates)")
+        "source, source_sha256, thought_tokens, updates)"
+    )
 
 
 def test_an_unknown_serializer_setting_is_an_error_not_dropped(tmp_path):
@@ -137,7 +168,8 @@ def test_an_unknown_serializer_setting_is_an_error_not_dropped(tmp_path):
         read_card(tmp_path)
     assert str(e.value) == (
         f"{tmp_path / 'card.yaml'}: serializer: unknown setting 'max_obs_chars' (settings: history, "
-        "max_observation_chars, max_history_chars, show_admissible, max_admissible)")
+        "max_observation_chars, max_history_chars, show_admissible, max_admissible)"
+    )
 
 
 def test_gguf_metadata_is_parsed_as_strictly():
@@ -153,9 +185,18 @@ def test_gguf_metadata_is_parsed_as_strictly():
 
 
 def test_card_round_trips_through_the_folder_and_gguf_fields(tmp_path):
-    card = Card(command="finetune", eexp_version="0.1", serializer=SERIALIZER.to_dict(), base_model="/m",
-                base_sha256="ab" * 32, from_scratch=True, method="lora", phases=[{"name": "train", "updates": 3}],
-                updates=3, best_val_loss=1.5)
+    card = Card(
+        command="finetune",
+        eexp_version="0.1",
+        serializer=SERIALIZER.to_dict(),
+        base_model="/m",
+        base_sha256="ab" * 32,
+        from_scratch=True,
+        method="lora",
+        phases=[{"name": "train", "updates": 3}],
+        updates=3,
+        best_val_loss=1.5,
+    )
     write_card(tmp_path, card)
     assert read_card(tmp_path) == card
     assert Card.from_gguf(card.gguf_fields(), "m.gguf") == card
@@ -185,11 +226,15 @@ def test_init_model_writes_its_card_with_the_pretrain_record(tiny_checkpoint, tm
     from eexp.models.pretrain import PretrainSettings
 
     assert yaml.safe_load((tiny_checkpoint / "card.yaml").read_text()) == {
-        "command": "init-model", "eexp_version": __version__, "from_scratch": True}
+        "command": "init-model",
+        "eexp_version": __version__,
+        "from_scratch": True,
+    }
     text = tmp_path / "pages.txt"
     text.write_text("".join(f"page {i}: a red shirt costs {i} dollars and a blue one {i + 3}.\n" for i in range(30)))
-    out = init_model(tmp_path / "prior", pretrain=[str(text)],
-                     pretrain_settings=PretrainSettings(steps=2, block=16, batch=2))
+    out = init_model(
+        tmp_path / "prior", pretrain=[str(text)], pretrain_settings=PretrainSettings(steps=2, block=16, batch=2)
+    )
     card, config = read_card(out), yaml.safe_load((out / "config.yaml").read_text())
     assert (card.command, card.from_scratch, card.pretrain) == ("init-model", True, config["pretrain"])
     assert card.pretrain["corpus"] == [str(text)] and card.pretrain["steps"] == 2
@@ -199,9 +244,11 @@ def test_init_model_writes_its_card_with_the_pretrain_record(tiny_checkpoint, tm
     (tmp_path / "bad" / "card.yaml").write_text("command: init-model\npretrain: {steps: 2, colour: red}\n")
     with pytest.raises(CardError) as unknown:
         read_card(tmp_path / "bad")
-    assert str(unknown.value) == (f"{tmp_path / 'bad' / 'card.yaml'}: pretrain: unknown key 'colour' (known: corpus, "
-                                  "steps, block, batch, lr, seed, pages, tokens, held_out_pages, held_out_loss_before, "
-                                  "final_train_loss, held_out_loss)")
+    assert str(unknown.value) == (
+        f"{tmp_path / 'bad' / 'card.yaml'}: pretrain: unknown key 'colour' (known: corpus, "
+        "steps, block, batch, lr, seed, pages, tokens, held_out_pages, held_out_loss_before, "
+        "final_train_loss, held_out_loss)"
+    )
     (tmp_path / "bad" / "card.yaml").write_text("pretrain: [2]\n")
     with pytest.raises(CardError, match="pretrain must be a mapping, not list"):
         read_card(tmp_path / "bad")

@@ -75,8 +75,10 @@ GEMMA3 = (
     "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
 )
 
-STATE = [{"role": "system", "content": "You act in a text environment. Answer with `Action: <action>`."},
-         {"role": "user", "content": "Task: buy a red shirt.\nObservation: [1] red shirt, $24.99"}]
+STATE = [
+    {"role": "system", "content": "You act in a text environment. Answer with `Action: <action>`."},
+    {"role": "user", "content": "Task: buy a red shirt.\nObservation: [1] red shirt, $24.99"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +91,9 @@ def tokenizers(tiny_checkpoint):
     qwen3.add_tokens(["<think>", "</think>"])  # Qwen3's are added tokens, not special ones
     qwen3.chat_template = QWEN3
     gemma3 = AutoTokenizer.from_pretrained(base)
-    gemma3.add_special_tokens({"bos_token": "<bos>", "eos_token": "<end_of_turn>",
-                               "additional_special_tokens": ["<start_of_turn>"]})
+    gemma3.add_special_tokens(
+        {"bos_token": "<bos>", "eos_token": "<end_of_turn>", "additional_special_tokens": ["<start_of_turn>"]}
+    )
     gemma3.chat_template = GEMMA3
     return {"qwen3": qwen3, "gemma3": gemma3}
 
@@ -111,13 +114,15 @@ def _trained(tok, enc) -> list[str]:
 
 def _prompt_ids(tok, messages) -> list[int]:
     """What a transformers policy feeds for this state (eexp.policies.hf encode_chat)."""
-    return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)["input_ids"])
+    return list(
+        tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    )
 
 
 def _gguf_prompt_text(tok, messages) -> str:
     """What a GGUF policy renders for this state (eexp.policies.llama: the GGUF's template, its special tokens)."""
     from eexp.policies.chat import render_chat_template
+
     special = {k: v for k, v in (("bos_token", tok.bos_token), ("eos_token", tok.eos_token)) if v}
     return render_chat_template(tok.chat_template, messages, add_generation_prompt=True, **special)
 
@@ -149,6 +154,7 @@ def test_qwen3_reasoning_of_the_last_turn_is_trained(tokenizers):
     enc = encode(tok, STATE + [{"role": "assistant", "content": reply}], max_length=512)
     assert _trained(tok, enc) == [reply + "<|im_end|>"]
     from eexp.prompts import parse_reply
+
     assert parse_reply(reply)[0] == "click[1]"  # the action is read past the think block
 
 
@@ -157,10 +163,12 @@ def test_qwen3_earlier_reasoning_is_dropped_from_history(tokenizers):
     generated cannot be expressed in one rendering: eexp refuses rather than mask the wrong text, and with that turn
     marked `weight: 0` trains the last turn on the history as Qwen3 shows it (no earlier reasoning anywhere)."""
     tok = tokenizers["qwen3"]
-    turns = [{"role": "user", "content": "Task: buy a red shirt.\nObservation: search page"},
-             {"role": "assistant", "content": "<think>\nSearch first.\n</think>\n\nAction: search[red shirt]"},
-             {"role": "user", "content": "Observation: [1] red shirt, $24.99"},
-             {"role": "assistant", "content": "<think>\nThe first result fits.\n</think>\n\nAction: click[1]"}]
+    turns = [
+        {"role": "user", "content": "Task: buy a red shirt.\nObservation: search page"},
+        {"role": "assistant", "content": "<think>\nSearch first.\n</think>\n\nAction: search[red shirt]"},
+        {"role": "user", "content": "Observation: [1] red shirt, $24.99"},
+        {"role": "assistant", "content": "<think>\nThe first result fits.\n</think>\n\nAction: click[1]"},
+    ]
     with pytest.raises(ValueError, match="rewrites history"):
         encode(tok, turns, max_length=512)
     turns[1]["weight"] = 0
@@ -174,13 +182,19 @@ def test_qwen3_earlier_reasoning_is_dropped_from_history(tokenizers):
 
 def test_gemma3_multi_turn_trains_every_model_turn(tokenizers):
     tok = tokenizers["gemma3"]
-    turns = [*STATE, {"role": "assistant", "content": "Action: search[red shirt]"},
-             {"role": "user", "content": "Observation: [1] red shirt, $24.99"},
-             {"role": "assistant", "content": "Action: click[1]\n"}]  # the template trims content
+    turns = [
+        *STATE,
+        {"role": "assistant", "content": "Action: search[red shirt]"},
+        {"role": "user", "content": "Observation: [1] red shirt, $24.99"},
+        {"role": "assistant", "content": "Action: click[1]\n"},
+    ]  # the template trims content
     enc = encode(tok, turns, max_length=512)
     assert _trained(tok, enc) == ["Action: search[red shirt]<end_of_turn>", "Action: click[1]<end_of_turn>"]
     first_of_last = max(i for i, w in enumerate(enc.weights) if w and not enc.weights[i - 1])
     assert enc.ids[:first_of_last] == _prompt_ids(tok, turns[:4])
     with pytest.raises(Exception, match="alternate"):  # the template's own rule: no two user turns in a row
-        encode(tok, [*STATE, {"role": "user", "content": "again"}, {"role": "assistant", "content": "Action: x"}],
-               max_length=512)
+        encode(
+            tok,
+            [*STATE, {"role": "user", "content": "again"}, {"role": "assistant", "content": "Action: x"}],
+            max_length=512,
+        )

@@ -41,8 +41,24 @@ def il(tmp_path_factory) -> Path:
 
 
 def finetune_args(il, model, out, *extra) -> list:
-    return ["finetune", il, "--model", model, "-o", out, "-q", "--max-steps", "3", "--save-every", "2",
-            "--batch-size", "4", "--max-length", "512", *extra]
+    return [
+        "finetune",
+        il,
+        "--model",
+        model,
+        "-o",
+        out,
+        "-q",
+        "--max-steps",
+        "3",
+        "--save-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "512",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -73,9 +89,11 @@ def resume_refused(il, model, out, file: Path, what: str) -> None:
     before = listing(out)
     result = invoke(finetune_args(il, model, out, "--resume"))
     ckpt = out / "checkpoints" / "step-2"
-    assert error(result) == (f"Error: {file}: {what}; the checkpoint {ckpt} is damaged: move it aside (or delete "
-                             f"it), and --resume starts the run over")
-    assert listing(out) == before   # nothing deleted, nothing written
+    assert error(result) == (
+        f"Error: {file}: {what}; the checkpoint {ckpt} is damaged: move it aside (or delete "
+        f"it), and --resume starts the run over"
+    )
+    assert listing(out) == before  # nothing deleted, nothing written
 
 
 def test_a_truncated_weights_file_is_one_line(il, tiny_checkpoint, killed):
@@ -108,24 +126,26 @@ def test_a_damaged_checkpoint_points_to_the_one_before_it(il, tiny_checkpoint, t
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         m.setattr(Finetune, "finish", lambda self: None)
-        assert invoke(finetune_args(il, tiny_checkpoint, out, "--save-every", "1", "--keep-checkpoints", "2")
-                      ).exit_code == 0
+        assert (
+            invoke(finetune_args(il, tiny_checkpoint, out, "--save-every", "1", "--keep-checkpoints", "2")).exit_code
+            == 0
+        )
     rng = out / "checkpoints" / "step-2" / "rng.pt"
     rng.write_bytes(rng.read_bytes()[:10])
-    result = invoke(finetune_args(il, tiny_checkpoint, out, "--save-every", "1", "--keep-checkpoints", "2",
-                                  "--resume"))
+    result = invoke(finetune_args(il, tiny_checkpoint, out, "--save-every", "1", "--keep-checkpoints", "2", "--resume"))
     line = error(result)
     assert line.startswith(f"Error: {rng}: cannot be read (")
     assert line.endswith(f"--resume continues from {out / 'checkpoints' / 'step-1'}")
 
 
-def test_resume_under_another_spelling_of_the_paths_and_from_a_moved_folder(il, tiny_checkpoint, tiny_llama_checkpoint,
-                                                                            tmp_path, monkeypatch):
+def test_resume_under_another_spelling_of_the_paths_and_from_a_moved_folder(
+    il, tiny_checkpoint, tiny_llama_checkpoint, tmp_path, monkeypatch
+):
     w = tmp_path / "W"
     w.mkdir()
     shutil.copytree(tiny_checkpoint, w / "base")
     shutil.copy(il, w / "il.jsonl")
-    monkeypatch.setattr(Finetune, "finish", lambda self: None)   # every run here stops before its final save
+    monkeypatch.setattr(Finetune, "finish", lambda self: None)  # every run here stops before its final save
     monkeypatch.chdir(w)
     assert invoke(finetune_args("il.jsonl", "base", "ft")).exit_code == 0
     monkeypatch.chdir(tmp_path)
@@ -133,12 +153,12 @@ def test_resume_under_another_spelling_of_the_paths_and_from_a_moved_folder(il, 
     assert result.exit_code == 0, result.output
     assert "resumed from W/ft/checkpoints/step-2 (step 2 of 3)" in result.stderr
 
-    shutil.move(w, tmp_path / "moved")     # the whole run folder, its model and data with it
+    shutil.move(w, tmp_path / "moved")  # the whole run folder, its model and data with it
     result = invoke(finetune_args("moved/il.jsonl", "moved/base", "moved/ft", "--resume"))
     assert result.exit_code == 0, result.output
     assert "resumed from moved/ft/checkpoints/step-2" in result.stderr
 
-    shutil.rmtree(tmp_path / "moved" / "base")   # another model where the first one was: another run
+    shutil.rmtree(tmp_path / "moved" / "base")  # another model where the first one was: another run
     shutil.copytree(tiny_llama_checkpoint, tmp_path / "moved" / "base")
     result = invoke(finetune_args("moved/il.jsonl", "moved/base", "moved/ft", "--resume"))
     assert "options differ from that run's: model ('base' -> 'moved/base')" in error(result)

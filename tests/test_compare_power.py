@@ -21,15 +21,37 @@ from eexp.stats import bootstrap_min_pairs, detectable_difference, seeds_for_pow
 TASKS = 200
 
 # Student's t quantiles as a printed table gives them (3 decimals): (df, p) -> t
-T_TABLE = {(1, 0.975): 12.706, (1, 0.8): 1.376, (2, 0.975): 4.303, (5, 0.975): 2.571, (5, 0.8): 0.920,
-           (10, 0.975): 2.228, (10, 0.8): 0.879, (16, 0.975): 2.120, (16, 0.8): 0.865, (17, 0.975): 2.110,
-           (17, 0.8): 0.863, (29, 0.975): 2.045, (120, 0.975): 1.980}
+T_TABLE = {
+    (1, 0.975): 12.706,
+    (1, 0.8): 1.376,
+    (2, 0.975): 4.303,
+    (5, 0.975): 2.571,
+    (5, 0.8): 0.920,
+    (10, 0.975): 2.228,
+    (10, 0.8): 0.879,
+    (16, 0.975): 2.120,
+    (16, 0.8): 0.865,
+    (17, 0.975): 2.110,
+    (17, 0.8): 0.863,
+    (29, 0.975): 2.045,
+    (120, 0.975): 1.980,
+}
 
 
 def episode(task: int, success: bool) -> dict:
-    return {"id": f"e{task}", "task": {"id": f"t{task:03d}", "split": "test", "goal": "g"}, "policy": "p",
-            "actions": [], "observations": ["o"], "success": success, "score": float(success), "steps": 0,
-            "invalid_actions": 0, "stop_reason": "done", "meta": {"env": "count", "split": "test", "seed": 0}}
+    return {
+        "id": f"e{task}",
+        "task": {"id": f"t{task:03d}", "split": "test", "goal": "g"},
+        "policy": "p",
+        "actions": [],
+        "observations": ["o"],
+        "success": success,
+        "score": float(success),
+        "steps": 0,
+        "invalid_actions": 0,
+        "stop_reason": "done",
+        "meta": {"env": "count", "split": "test", "seed": 0},
+    }
 
 
 def write(path, wins: set[int], n: int = TASKS) -> str:
@@ -39,8 +61,7 @@ def write(path, wins: set[int], n: int = TASKS) -> str:
 
 def compare(tmp_path, *inputs: str) -> tuple[dict, str]:
     summary = tmp_path / "cmp.json"
-    result = CliRunner().invoke(cli, ["eval", "--compare", *inputs, "--summary", str(summary)],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["eval", "--compare", *inputs, "--summary", str(summary)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(summary.read_text()), result.stdout
 
@@ -50,6 +71,7 @@ def seeds(tmp_path, name: str, wins: list[set[int]], n: int = TASKS) -> str:
 
 
 # --- the quantiles and the formula ------------------------------------------------------------------------------------
+
 
 def test_t_quantiles_match_the_printed_table():
     for (df, p), t in T_TABLE.items():
@@ -61,12 +83,12 @@ def test_t_quantiles_match_the_printed_table():
     assert t_quantile(0.95, 2) == pytest.approx(q * math.sqrt(2 / (1 - q * q)), rel=1e-12)
     assert t_within(0.0, 7) == 0.0 and t_within(50.0, 3) == pytest.approx(1.0, abs=1e-4)
     # far past the exact range the quantile is the normal's, corrected: 1.96 at df 10^6
-    assert t_quantile(0.975, 10 ** 6) == pytest.approx(1.959966, abs=1e-6)
+    assert t_quantile(0.975, 10**6) == pytest.approx(1.959966, abs=1e-6)
 
 
 def test_against_scipy_where_it_is_installed():
-    stats = pytest.importorskip("scipy.stats")   # not a dependency: a check where a machine has it
-    for df in (1, 2, 3, 5, 8, 19, 199, 4000, 4001, 10 ** 5):
+    stats = pytest.importorskip("scipy.stats")  # not a dependency: a check where a machine has it
+    for df in (1, 2, 3, 5, 8, 19, 199, 4000, 4001, 10**5):
         for p in (0.6, 0.8, 0.975, 0.995):
             assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9), (df, p)
 
@@ -76,12 +98,12 @@ def test_detectable_difference_is_the_textbook_formula():
     # The paired t-test at 5% (two-sided) has 80% power from (t(.975, 5) + t(.80, 5)) sd / sqrt(6)
     sd = math.sqrt(14)
     textbook = (T_TABLE[5, 0.975] + T_TABLE[5, 0.8]) * sd / math.sqrt(6)
-    assert detectable_difference(sd, 6) == pytest.approx(textbook, rel=5e-4)   # the table rounds each t to 3 decimals
+    assert detectable_difference(sd, 6) == pytest.approx(textbook, rel=5e-4)  # the table rounds each t to 3 decimals
     assert detectable_difference(sd, 6) == pytest.approx(5.331, abs=1e-3)
     # a larger alpha or a smaller power lowers it; more seeds lower it as 1 / sqrt(n) for large n
     assert detectable_difference(sd, 6, alpha=0.1) < detectable_difference(sd, 6)
     assert detectable_difference(sd, 6, power=0.5) < detectable_difference(sd, 6)
-    big = detectable_difference(1.0, 10 ** 4)
+    big = detectable_difference(1.0, 10**4)
     assert big == pytest.approx((1.959964 + 0.841621) / 100, rel=1e-3)
     with pytest.raises(ValueError):
         detectable_difference(1.0, 1)
@@ -128,12 +150,15 @@ def test_six_seeds_say_what_they_cannot_tell(tmp_path):
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 5)
     assert s["sign_flip_p"] == pytest.approx(10 / 64) and s["verdict"] == "no significant difference"
     assert (s["power"], s["sd"]) == (0.8, pytest.approx(sd))
-    assert s["detectable_diff"] == pytest.approx((T_TABLE[5, 0.975] + T_TABLE[5, 0.8]) * sd / math.sqrt(6),
-                                                 rel=5e-4)   # the table rounds each t to 3 decimals
+    assert s["detectable_diff"] == pytest.approx(
+        (T_TABLE[5, 0.975] + T_TABLE[5, 0.8]) * sd / math.sqrt(6), rel=5e-4
+    )  # the table rounds each t to 3 decimals
     assert s["seeds_for_observed"] == 18
     # the words a results page can quote, beside the verdict, and the sign-flip test's floor
-    assert ("sign-flip over seeds p=0.156, no significant difference); with 6 seeds (sign-flip floor 0.0312), "
-            "differences under 10.3 pts cannot be told from zero (sd 7.3); +5.2 pts would need 18 seeds") in table
+    assert (
+        "sign-flip over seeds p=0.156, no significant difference); with 6 seeds (sign-flip floor 0.0312), "
+        "differences under 10.3 pts cannot be told from zero (sd 7.3); +5.2 pts would need 18 seeds"
+    ) in table
     # 6 seeds are too few for the hierarchical bootstrap's claim: its mean, without an interval or p
     assert not s["bootstrap_enough"] and "mean +5.2 (no bootstrap claim under 10 seeds; sign-flip" in table
     assert "hierarchical bootstrap p" not in table
@@ -145,17 +170,19 @@ def test_too_few_seeds_detect_nothing(tmp_path):
     # 3 seeds: the sign-flip test cannot go below 2 / 2^3 = 0.25, so no difference is detectable at 0.05; with
     # differences of exactly 5, 10, 15 pts (sd 5) a mean of +10 needs 6 seeds, the sign-flip test's own minimum
     assert s["detectable_diff"] is None and s["sd"] == pytest.approx(0.05) and s["seeds_for_observed"] == 6
-    assert ("p=0.25, too few seeds for a seed-level claim); with 3 seeds (sign-flip floor 0.25) no difference can "
-            "be told from zero; +10.0 pts would need 6 seeds") in table
-    assert "cannot give p below 2 / 2^S (0.25 with 3 seeds)" in table   # the floor's note stays
+    assert (
+        "p=0.25, too few seeds for a seed-level claim); with 3 seeds (sign-flip floor 0.25) no difference can "
+        "be told from zero; +10.0 pts would need 6 seeds"
+    ) in table
+    assert "cannot give p below 2 / 2^S (0.25 with 3 seeds)" in table  # the floor's note stays
 
 
 def test_many_seeds_are_summarised(tmp_path):
     # 200 seeds of one episode each: the seed column gives the differences' sd and signs, not 200 numbers
-    wins = [{0} if s % 5 < 3 else set() for s in range(200)]   # 120 of 200 seeds solve the one task
+    wins = [{0} if s % 5 < 3 else set() for s in range(200)]  # 120 of 200 seeds solve the one task
     result, table = compare(tmp_path, seeds(tmp_path, "A", [set()] * 200, n=1), seeds(tmp_path, "B", wins, n=1))
     s = result["splits"]["test"][1]["vs_first"]["seed_level"]
-    assert (s["seeds"], s["above"], s["below"]) == (200, 120, 0) and len(s["diffs"]) == 200   # the JSON keeps all
+    assert (s["seeds"], s["above"], s["below"]) == (200, 120, 0) and len(s["diffs"]) == 200  # the JSON keeps all
     assert "200 seed differences, sd 49.1 pts: 120/200 seeds above; mean +60.0" in table
     assert "+100.0, +100.0" not in table and max(len(line) for line in table.splitlines()) < 700
     # and the one task is too few for a bootstrap over tasks
@@ -171,12 +198,14 @@ def test_a_dozen_seeds_are_listed_then_summarised():
     def table(n_seeds: int) -> str:
         runs = [run("A", f"A{s}", set()) for s in range(n_seeds)] + [run("B", f"B{s}", {s}) for s in range(n_seeds)]
         return format_comparison(compare_runs("count", runs, resamples=200))
+
     assert MAX_LISTED_SEEDS == 12
     assert ", ".join(["+2.0"] * 12) + " pts: 12/12 seeds above" in table(12)
     assert "13 seed differences, sd 0.0 pts: 13/13 seeds above" in table(13)
 
 
 # --- single runs and few tasks ----------------------------------------------------------------------------------------
+
 
 def test_one_episode_a_run_makes_no_bootstrap_claim(tmp_path):
     a, b = write(tmp_path / "a.jsonl", set(), n=1), write(tmp_path / "b.jsonl", {0}, n=1)
@@ -196,14 +225,17 @@ def test_nine_tasks_are_too_few_ten_are_enough():
 
 def test_single_runs_never_say_better_without_the_caveat(tmp_path):
     # 20 tasks: A solves 0-1, B 0-15: McNemar 14 of 14 discordant for B, p = 2 / 2^14, and the bootstrap agrees
-    result, table = compare(tmp_path, write(tmp_path / "A.jsonl", {0, 1}, 20), write(tmp_path / "B.jsonl",
-                                                                                     set(range(16)), 20))
+    result, table = compare(
+        tmp_path, write(tmp_path / "A.jsonl", {0, 1}, 20), write(tmp_path / "B.jsonl", set(range(16)), 20)
+    )
     t = result["splits"]["test"][1]["vs_first"]
-    assert t["success_verdict"] == "better" and t["score_verdict"] == "better"   # the JSON's verdicts, as before
+    assert t["success_verdict"] == "better" and t["score_verdict"] == "better"  # the JSON's verdicts, as before
     assert "McNemar p=0.000122, better for these runs" in table and "better for these runs)" in table
     assert re.findall(r"\b(?:better|worse)\b(?! for these runs)", table) == []
-    assert ("one training run per name: these tests pair tasks and hold the runs fixed (\"for these runs\"): they "
-            "say these two runs differ on tasks like these, not that the method would on another training run") in table
+    assert (
+        'one training run per name: these tests pair tasks and hold the runs fixed ("for these runs"): they '
+        "say these two runs differ on tasks like these, not that the method would on another training run"
+    ) in table
 
 
 def test_seeds_without_a_seed_level_carry_the_caveat_too():
@@ -225,4 +257,5 @@ def test_a_tied_seed_raises_the_floor_it_states():
     assert (s["smallest_p"], s["enough_seeds"]) == (0.0625, False)
     assert s["detectable_diff"] == pytest.approx(detectable_difference(s["sd"], 6))
     assert "with 6 seeds (1 tied, sign-flip floor 0.0625), differences under" in format_comparison(
-        compare_runs("count", il + m, resamples=200))
+        compare_runs("count", il + m, resamples=200)
+    )

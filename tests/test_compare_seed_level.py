@@ -19,10 +19,19 @@ TASKS = 200
 
 
 def episode(task: int, success: bool, score: float | None = None, split: str = "test", policy: str = "p") -> dict:
-    return {"id": f"{policy}-{task}", "task": {"id": f"t{task:03d}", "split": split, "goal": "g"}, "policy": policy,
-            "actions": [], "observations": ["o"], "success": success,
-            "score": float(success) if score is None else score, "steps": 0, "invalid_actions": 0,
-            "stop_reason": "done", "meta": {"env": "count", "split": split, "seed": 0}}
+    return {
+        "id": f"{policy}-{task}",
+        "task": {"id": f"t{task:03d}", "split": split, "goal": "g"},
+        "policy": policy,
+        "actions": [],
+        "observations": ["o"],
+        "success": success,
+        "score": float(success) if score is None else score,
+        "steps": 0,
+        "invalid_actions": 0,
+        "stop_reason": "done",
+        "meta": {"env": "count", "split": split, "seed": 0},
+    }
 
 
 def run(label: str, path: str, wins: set[int], n: int = TASKS, score: float | None = None) -> Run:
@@ -39,13 +48,17 @@ def compare_files(tmp_path, il: list[set[int]], method: list[set[int]], *extra: 
     il_files = [write(tmp_path / f"IL-s{s}.jsonl", wins) for s, wins in enumerate(il)]
     m_files = [write(tmp_path / f"M-s{s}.jsonl", wins) for s, wins in enumerate(method)]
     summary = tmp_path / "cmp.json"
-    result = CliRunner().invoke(cli, ["eval", "--compare", f"IL={','.join(il_files)}", f"M={','.join(m_files)}",
-                                      "--summary", str(summary), *extra], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ["eval", "--compare", f"IL={','.join(il_files)}", f"M={','.join(m_files)}", "--summary", str(summary), *extra],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     return json.loads(summary.read_text()), result.stdout
 
 
 # --- the hierarchical bootstrap --------------------------------------------------------------------------------------
+
 
 def test_bootstrap_resamples_seeds_hand_computed():
     # Two seeds, the same difference on every task within a seed: 0 in seed 0, +1 in seed 1. Drawing tasks changes
@@ -67,8 +80,10 @@ def test_bootstrap_within_one_seed_is_the_task_bootstrap():
     assert boot.ci_high == pytest.approx(0.05 + 1.96 * 0.02487, abs=0.006)
     # and the same as the task-level paired bootstrap (plain Python, its own random stream) up to resampling noise
     tasks = paired_bootstrap([0.0] * 400, [float(d) for d in diffs], resamples=10000, seed=0)
-    assert (boot.ci_low, boot.ci_high) == (pytest.approx(tasks.ci_low, abs=0.0051),
-                                           pytest.approx(tasks.ci_high, abs=0.0051))
+    assert (boot.ci_low, boot.ci_high) == (
+        pytest.approx(tasks.ci_low, abs=0.0051),
+        pytest.approx(tasks.ci_high, abs=0.0051),
+    )
     assert boot.p_value == pytest.approx(tasks.p_value, abs=0.02)
 
 
@@ -120,7 +135,7 @@ def test_bootstrap_is_deterministic_and_floored():
 
 # --- the two levels disagree ------------------------------------------------------------------------------------------
 
-IL_WINS = set(range(20))   # IL solves tasks 0-19 in every seed
+IL_WINS = set(range(20))  # IL solves tasks 0-19 in every seed
 
 
 def test_tasks_significant_seeds_not(tmp_path):
@@ -138,7 +153,7 @@ def test_tasks_significant_seeds_not(tmp_path):
     assert s["diffs"] == [0.3] + [0.005, -0.005] * 3 + [0.005]
     assert (s["seeds"], s["above"], s["below"], s["paired_n"]) == (8, 5, 3, TASKS)
     assert s["sign_flip_p"] == pytest.approx(0.5, abs=1e-15)
-    assert s["smallest_p"] == 2 / 2 ** 8 and s["enough_seeds"]
+    assert s["smallest_p"] == 2 / 2**8 and s["enough_seeds"]
     assert s["verdict"] == "no significant difference"
     # the mean over seeds is the mean over tasks x seeds: 61 tasks of 1600 pairs
     assert s["mean_diff"] == pytest.approx(t["success_diff"]) == pytest.approx(61 / 1600)
@@ -180,8 +195,10 @@ def test_three_seeds_cannot_support_a_claim(tmp_path):
     assert s["sign_flip_p"] == 0.25 and s["smallest_p"] == 0.25 and not s["enough_seeds"]
     assert s["verdict"] == "too few seeds for a seed-level claim"
     assert "+10.0, +5.0, +1.0 pts: 3/3 seeds above" in table
-    assert "  too few seeds for a seed-level claim: over S seeds that differ, the exact sign-flip test over seeds " \
-           "cannot give p below 2 / 2^S (0.25 with 3 seeds); p < 0.05 takes 6." in table
+    assert (
+        "  too few seeds for a seed-level claim: over S seeds that differ, the exact sign-flip test over seeds "
+        "cannot give p below 2 / 2^S (0.25 with 3 seeds); p < 0.05 takes 6." in table
+    )
 
 
 def test_same_input_same_json_and_plot(tmp_path):
@@ -198,6 +215,7 @@ def test_same_input_same_json_and_plot(tmp_path):
 
 # --- pairing and when there is no seed level -------------------------------------------------------------------------
 
+
 def test_seeds_are_paired_by_position():
     # IL's seeds solve 10, 20, 30 tasks; M's 15, 20, 25. File i against file i: +5, 0, -5 tasks. Given in another
     # order, M's files pair differently, and the differences follow
@@ -206,7 +224,7 @@ def test_seeds_are_paired_by_position():
     s = compare_runs("count", il + m)["splits"]["test"][1]["vs_first"]["seed_level"]
     assert s["diffs"] == [0.025, 0.0, -0.025] and (s["above"], s["below"]) == (1, 1)
     assert s["files"] == [["IL0", "M0"], ["IL1", "M1"], ["IL2", "M2"]]
-    assert s["sign_flip_p"] == 1.0 and s["smallest_p"] == 0.5   # a zero difference drops out: 2 seeds differ
+    assert s["sign_flip_p"] == 1.0 and s["smallest_p"] == 0.5  # a zero difference drops out: 2 seeds differ
     swapped = compare_runs("count", il + m[::-1])["splits"]["test"][1]["vs_first"]["seed_level"]
     assert swapped["diffs"] == [0.075, 0.0, -0.075] and swapped["files"][0] == ["IL0", "M2"]
 
@@ -218,7 +236,7 @@ def test_no_seed_level_with_one_seed_or_unequal_seeds():
     rows = {r["run"]: r for r in compare_runs("count", il + [one] + two)["splits"]["test"]}
     assert "seed_level" not in rows["One"]["vs_first"] and "seed_level" not in rows["Two"]["vs_first"]
     table = format_comparison(compare_runs("count", il + [one] + two))
-    assert "vs first over seeds" not in table and "too few seeds" not in table   # the table as it was
+    assert "vs first over seeds" not in table and "too few seeds" not in table  # the table as it was
 
 
 def test_the_table_word_for_word():
@@ -232,36 +250,62 @@ def test_the_table_word_for_word():
     # difference is (1 + 1 + 0 + 0) / 4 = +50 pts; its score difference is +0.000 on 4 tasks, again too few for the
     # bootstrap. C's Wilson interval for 2 of 4: center 0.5, half-width 0.350: [15.0%, 85.0%]. No verdict says
     # better or worse, so no "for these runs" note: the too-few-seeds note, then what the power figures mean.
-    runs = [run("A", "A0", set(), n=4), run("A", "A1", set(), n=4), run("B", "B0", set(range(4)), n=4),
-            run("B", "B1", set(range(4)), n=4), run("C", "C0", {0, 1}, n=4, score=0.0)]
-    b = ("+100.0, +100.0 pts: 2/2 seeds above; mean +100.0 (no bootstrap claim under 10 seeds; sign-flip over seeds "
-         "p=0.5, too few seeds for a seed-level claim); with 2 seeds (sign-flip floor 0.5) no difference can be told "
-         "from zero; +100.0 pts would need 6 seeds")
+    runs = [
+        run("A", "A0", set(), n=4),
+        run("A", "A1", set(), n=4),
+        run("B", "B0", set(range(4)), n=4),
+        run("B", "B1", set(range(4)), n=4),
+        run("C", "C0", {0, 1}, n=4, score=0.0),
+    ]
+    b = (
+        "+100.0, +100.0 pts: 2/2 seeds above; mean +100.0 (no bootstrap claim under 10 seeds; sign-flip over seeds "
+        "p=0.5, too few seeds for a seed-level claim); with 2 seeds (sign-flip floor 0.5) no difference can be told "
+        "from zero; +100.0 pts would need 6 seeds"
+    )
     w = len(b)
-    assert format_comparison(compare_runs("count", runs)) == "\n".join([
-        "count test: success pooled over seeds, with the seeds' range and sd (a single run: its 95% Wilson "
-        "interval); each method against the first over seeds, file i against file i (per-seed differences, "
-        "hierarchical bootstrap over seeds then tasks, exact sign-flip test over seeds), then over tasks x seeds "
-        "(exact sign-flip test on per-task successes summed over seeds, paired bootstrap over tasks on score), "
-        "alpha 0.05",
-        "  run  policy  seeds      n  success  seeds min-max / 95% CI       sd   score  "
-        + "vs first over seeds".ljust(w) + "  vs first over tasks x seeds",
-        "  A    A           2      8     0.0%    0.0% -   0.0%             0.0   0.000  (reference)",
-        "  B    B           2      8   100.0%  100.0% - 100.0%             0.0   1.000  " + b + "  4 tasks x 2|2 "
-        "seeds: success +100.0 pts (4 tasks better, 0 worse; sign-flip p=0.125, no significant difference); score "
-        "+1.000 (4 tasks: too few for a bootstrap, which needs 10)",
-        "  C    C           1      4    50.0%  [ 15.0%,  85.0%]              -   0.000  " + "-".ljust(w) + "  4 tasks "
-        "x 2|1 seeds: success +50.0 pts (2 tasks better, 0 worse; sign-flip p=0.5, no significant difference); "
-        "score +0.000 (4 tasks: too few for a bootstrap, which needs 10)",
-        "  too few seeds for a seed-level claim: over S seeds that differ, the exact sign-flip test over seeds cannot "
-        "give p below 2 / 2^S (0.5 with 2 seeds); p < 0.05 takes 6. The hierarchical bootstrap can only resample the "
-        "seeds there are: with few, its interval is too narrow and its p too small. The test over tasks x seeds holds "
-        "these training runs fixed: it says these runs differ on tasks like these, not that the method wins on "
-        "another seed.",
-        "  over seeds, \"cannot be told from zero\": a smaller mean difference is detected with less than 80% power "
-        "at these seeds (two-sided, at alpha), from the sd of the per-seed differences by the paired t-test's "
-        "approximation (t quantiles); the exact sign-flip test has about that power from 8 seeds on and less with "
-        "fewer (at 6, about 80% only at 1.25 times it). \"would need\": the seeds a mean difference of the observed "
-        "size needs for 80% power, if the sd stays",
-    ]) + "\n"
-    assert sign_flip_exact([4, 4, 4, 4]) == 0.125   # the task-level p above, by the test's own count
+    assert (
+        format_comparison(compare_runs("count", runs))
+        == "\n".join(
+            [
+                "count test: success pooled over seeds, with the seeds' range and sd (a single run: its 95% Wilson "
+                "interval); each method against the first over seeds, file i against file i (per-seed differences, "
+                "hierarchical bootstrap over seeds then tasks, exact sign-flip test over seeds), then over tasks x "
+                "seeds "
+                "(exact sign-flip test on per-task successes summed over seeds, paired bootstrap over tasks on score), "
+                "alpha 0.05",
+                "  run  policy  seeds      n  success  seeds min-max / 95% CI       sd   score  "
+                + "vs first over seeds".ljust(w)
+                + "  vs first over tasks x seeds",
+                "  A    A           2      8     0.0%    0.0% -   0.0%             0.0   0.000  (reference)",
+                "  B    B           2      8   100.0%  100.0% - 100.0%             0.0   1.000  "
+                + b
+                + "  4 tasks x 2|2 "
+                "seeds: success +100.0 pts (4 tasks better, 0 worse; sign-flip p=0.125, no significant difference); "
+                "score "
+                "+1.000 (4 tasks: too few for a bootstrap, which needs 10)",
+                "  C    C           1      4    50.0%  [ 15.0%,  85.0%]              -   0.000  "
+                + "-".ljust(w)
+                + "  4 tasks "
+                "x 2|1 seeds: success +50.0 pts (2 tasks better, 0 worse; sign-flip p=0.5, no significant difference); "
+                "score +0.000 (4 tasks: too few for a bootstrap, which needs 10)",
+                "  too few seeds for a seed-level claim: over S seeds that differ, the exact sign-flip test over "
+                "seeds cannot "
+                "give p below 2 / 2^S (0.5 with 2 seeds); p < 0.05 takes 6. The hierarchical bootstrap can only "
+                "resample the "
+                "seeds there are: with few, its interval is too narrow and its p too small. The test over tasks x "
+                "seeds holds "
+                "these training runs fixed: it says these runs differ on tasks like these, not that the method wins on "
+                "another seed.",
+                '  over seeds, "cannot be told from zero": a smaller mean difference is detected with less than 80% '
+                "power "
+                "at these seeds (two-sided, at alpha), from the sd of the per-seed differences by the paired t-test's "
+                "approximation (t quantiles); the exact sign-flip test has about that power from 8 seeds on and less "
+                "with "
+                'fewer (at 6, about 80% only at 1.25 times it). "would need": the seeds a mean difference of the '
+                "observed "
+                "size needs for 80% power, if the sd stays",
+            ]
+        )
+        + "\n"
+    )
+    assert sign_flip_exact([4, 4, 4, 4]) == 0.125  # the task-level p above, by the test's own count

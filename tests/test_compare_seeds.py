@@ -47,8 +47,15 @@ def test_seed_spread_hand_computed():
 
 
 def run(label, wins, seed_file, n=6, split="test"):
-    eps = {f"t{i}": {"task": {"id": f"t{i}", "split": split, "goal": "g"}, "success": i in wins,
-                     "score": 1.0 if i in wins else 0.0, "meta": {"seed": 0}} for i in range(n)}
+    eps = {
+        f"t{i}": {
+            "task": {"id": f"t{i}", "split": split, "goal": "g"},
+            "success": i in wins,
+            "score": 1.0 if i in wins else 0.0,
+            "meta": {"seed": 0},
+        }
+        for i in range(n)
+    }
     return Run(label, seed_file, split, label, eps)
 
 
@@ -67,13 +74,18 @@ def test_seeded_comparison_hand_computed():
     assert (a["run"], a["seeds"], a["n"], a["successes"], a["files"]) == ("A", 2, 12, 3, ["A0", "A1"])
     assert a["success_rate"] == pytest.approx(3 / 12)
     # per-seed rates 2/6 and 1/6: mean 1/4, sd = sqrt(2 * (1/12)^2 / 1) = sqrt(2) / 12
-    assert a["seed_success"] == {"mean": pytest.approx(0.25), "sd": pytest.approx(math.sqrt(2) / 12),
-                                 "min": pytest.approx(1 / 6), "max": pytest.approx(2 / 6)}
+    assert a["seed_success"] == {
+        "mean": pytest.approx(0.25),
+        "sd": pytest.approx(math.sqrt(2) / 12),
+        "min": pytest.approx(1 / 6),
+        "max": pytest.approx(2 / 6),
+    }
     assert [p["success_rate"] for p in a["per_seed"]] == [pytest.approx(2 / 6), pytest.approx(1 / 6)]
     assert a["per_seed"][0]["ci_low"] == pytest.approx(wilson(2, 6)[0])
     assert "ci_low" not in a and "vs_first" not in a  # several seeds: their spread, not a pooled interval
-    assert b["seed_success"]["sd"] == 0.0 and b["seed_success"]["min"] == b["seed_success"]["max"] == \
-        pytest.approx(4 / 6)
+    assert b["seed_success"]["sd"] == 0.0 and b["seed_success"]["min"] == b["seed_success"]["max"] == pytest.approx(
+        4 / 6
+    )
     t = b["vs_first"]
     assert (t["paired_n"], t["seeds_first"], t["seeds_this"], t["tasks_better"], t["tasks_worse"]) == (6, 2, 2, 4, 1)
     assert t["success_p"] == pytest.approx(0.25) and t["success_verdict"] == "no significant difference"
@@ -87,8 +99,11 @@ def test_seeds_with_one_run_methods_and_unequal_counts():
     # C has one run: its row keeps the Wilson interval, and against a one-run reference the test is McNemar's
     ref = run("R", {0}, "R0", n=10)
     c = run("C", set(range(1, 9)), "C0", n=10)
-    d = [run("D", set(range(0, 10)), "D0", n=10), run("D", set(range(1, 10)), "D1", n=10),
-         run("D", set(range(2, 10)), "D2", n=10)]
+    d = [
+        run("D", set(range(0, 10)), "D0", n=10),
+        run("D", set(range(1, 10)), "D1", n=10),
+        run("D", set(range(2, 10)), "D2", n=10),
+    ]
     result = compare_runs("count", [ref, c, *d])
     rows = {r["run"]: r for r in result["splits"]["test"]}
     assert rows["C"]["ci_low"] == pytest.approx(wilson(8, 10)[0])
@@ -109,11 +124,16 @@ def invoke(args):
 def episode_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("runs")
     files = {}
-    for name, policy, seed in [("oracle", "oracle", 0), ("rand-s0", "random", 0), ("rand-s1", "random", 1),
-                               ("rand-s2", "random", 2)]:
+    for name, policy, seed in [
+        ("oracle", "oracle", 0),
+        ("rand-s0", "random", 0),
+        ("rand-s1", "random", 1),
+        ("rand-s2", "random", 2),
+    ]:
         files[name] = d / f"{name}.jsonl"
-        result = invoke(["eval", "--policy", policy, "--env", "shop", "-n", "12", "--seed", str(seed), "-q",
-                         "-o", str(files[name])])
+        result = invoke(
+            ["eval", "--policy", policy, "--env", "shop", "-n", "12", "--seed", str(seed), "-q", "-o", str(files[name])]
+        )
         assert result.exit_code == 0, result.output
     return d, files
 
@@ -122,8 +142,18 @@ def test_cli_seeds_by_name_and_glob(episode_files):
     d, files = episode_files
     listed = ",".join(str(files[f"rand-s{i}"]) for i in range(3))
     summary, png = d / "cmp.json", d / "cmp.png"
-    result = invoke(["eval", "--compare", f"oracle={files['oracle']}", f"random={listed}", "--summary", str(summary),
-                     "--plot", str(png)])
+    result = invoke(
+        [
+            "eval",
+            "--compare",
+            f"oracle={files['oracle']}",
+            f"random={listed}",
+            "--summary",
+            str(summary),
+            "--plot",
+            str(png),
+        ]
+    )
     assert result.exit_code == 0, result.output
     comparison = json.loads(summary.read_text())
     oracle, rand = comparison["splits"]["test"]
@@ -136,11 +166,27 @@ def test_cli_seeds_by_name_and_glob(episode_files):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a quoted glob (expanded by eexp, sorted), or the label repeated, are the same comparison
     again = d / "again.json"
-    assert invoke(["eval", "--compare", f"oracle={files['oracle']}", f"random={d}/rand-s*.jsonl", "--summary",
-                   str(again)]).exit_code == 0
+    assert (
+        invoke(
+            ["eval", "--compare", f"oracle={files['oracle']}", f"random={d}/rand-s*.jsonl", "--summary", str(again)]
+        ).exit_code
+        == 0
+    )
     repeated = d / "repeated.json"
-    assert invoke(["eval", "--compare", f"oracle={files['oracle']}", f"random={files['rand-s0']}",
-                   f"random={files['rand-s1']},{files['rand-s2']}", "--summary", str(repeated)]).exit_code == 0
+    assert (
+        invoke(
+            [
+                "eval",
+                "--compare",
+                f"oracle={files['oracle']}",
+                f"random={files['rand-s0']}",
+                f"random={files['rand-s1']},{files['rand-s2']}",
+                "--summary",
+                str(repeated),
+            ]
+        ).exit_code
+        == 0
+    )
     for other in (again, repeated):
         assert json.loads(other.read_text())["splits"] == comparison["splits"]
 

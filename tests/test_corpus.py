@@ -9,8 +9,8 @@ import yaml
 from click.testing import CliRunner
 
 from eexp.cli import cli
-from eexp.stages.corpus import walk_tasks
 from eexp.envs.base import make_env
+from eexp.stages.corpus import walk_tasks
 
 
 def _pages(path) -> list[dict]:
@@ -19,8 +19,9 @@ def _pages(path) -> list[dict]:
 
 def test_corpus_pages_are_distinct_observations_of_every_split_without_goals_or_actions(tmp_path):
     out = tmp_path / "pages.jsonl"
-    result = CliRunner().invoke(cli, ["corpus", "--env", "shop", "--walks", "40", "--holdout", "50", "-q",
-                                      "-o", str(out)])
+    result = CliRunner().invoke(
+        cli, ["corpus", "--env", "shop", "--walks", "40", "--holdout", "50", "-q", "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     pages = _pages(out)
     assert result.stderr.strip() == f"eexp: {len(pages)} distinct pages from 160 walks over train, test, ood, combo"
@@ -44,10 +45,13 @@ def test_corpus_never_walks_the_tasks_eval_plays_and_is_the_same_for_a_seed(tmp_
     runs = []
     for name in ("a", "b"):
         path = tmp_path / f"{name}.jsonl"
-        assert CliRunner().invoke(cli, ["corpus", "--env", "shop", "--walks", "15", "--seed", "3", "-q",
-                                        "-o", str(path)]).exit_code == 0
-        runs.append([{**p, "meta": {k: v for k, v in p["meta"].items() if k != "created_utc"}}
-                     for p in _pages(path)])
+        assert (
+            CliRunner()
+            .invoke(cli, ["corpus", "--env", "shop", "--walks", "15", "--seed", "3", "-q", "-o", str(path)])
+            .exit_code
+            == 0
+        )
+        runs.append([{**p, "meta": {k: v for k, v in p["meta"].items() if k != "created_utc"}} for p in _pages(path)])
     assert runs[0] == runs[1]
 
 
@@ -66,19 +70,33 @@ def pages(tmp_path_factory):
 
 def test_pretraining_lowers_the_held_out_loss_and_is_recorded(tmp_path, pages):
     out = tmp_path / "prior"
-    result = CliRunner().invoke(cli, ["init-model", str(out), "--pretrain", str(pages), "--pretrain-steps", "40",
-                                      "--pretrain-block", "64", "--pretrain-batch", "8", "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "init-model",
+            str(out),
+            "--pretrain",
+            str(pages),
+            "--pretrain-steps",
+            "40",
+            "--pretrain-block",
+            "64",
+            "--pretrain-batch",
+            "8",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = yaml.safe_load((out / "config.yaml").read_text())["pretrain"]
     assert record["corpus"] == [str(pages)] and record["steps"] == 40 and record["block"] == 64
     assert record["held_out_pages"] == -(-len(_pages(pages)) // 10)  # every tenth page
     # a random model is near uniform over the vocabulary (ln 1024 ~ 6.9); 40 updates already learn the pages
     assert record["held_out_loss_before"] > 6.0 and record["held_out_loss"] < record["held_out_loss_before"] - 2
-    assert (f"held-out loss {record['held_out_loss_before']} -> {record['held_out_loss']}"
-            in result.stderr)
+    assert f"held-out loss {record['held_out_loss_before']} -> {record['held_out_loss']}" in result.stderr
 
     # the ood words are in the tokenizer's merges: a prior knows them before any fine-tune
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(out)
     assert len(tok.tokenize(" jacket")) <= 2
 
@@ -89,8 +107,27 @@ def test_pretraining_is_deterministic_for_a_seed(tmp_path, pages):
     weights = []
     for name in ("a", "b"):
         out = tmp_path / name
-        assert CliRunner().invoke(cli, ["init-model", str(out), "--pretrain", str(pages), "--pretrain-steps", "5",
-                                        "--pretrain-block", "32", "--pretrain-batch", "2", "-q"]).exit_code == 0
+        assert (
+            CliRunner()
+            .invoke(
+                cli,
+                [
+                    "init-model",
+                    str(out),
+                    "--pretrain",
+                    str(pages),
+                    "--pretrain-steps",
+                    "5",
+                    "--pretrain-block",
+                    "32",
+                    "--pretrain-batch",
+                    "2",
+                    "-q",
+                ],
+            )
+            .exit_code
+            == 0
+        )
         weights.append(load_file(out / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
@@ -103,4 +140,3 @@ def test_pretraining_on_no_text_is_a_clear_error(tmp_path):
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: --pretrain: pretraining needs text"
     assert not (tmp_path / "m").exists()
-

@@ -18,24 +18,37 @@ DATA = Path(__file__).parent / "data"
 
 
 def traj(tid: str, category: str, actions: list[str], first_lines: list[str]) -> dict:
-    return {"id": tid, "task": {"id": tid, "category": category},
-            "steps": [{"observation": o, "action": a} for o, a in zip(first_lines, actions)]}
+    return {
+        "id": tid,
+        "task": {"id": tid, "category": category},
+        "steps": [{"observation": o, "action": a} for o, a in zip(first_lines, actions)],
+    }
 
 
 def test_features_generalize_numbers_and_quotes_and_keep_verbs():
     assert verb("click[blue]") == "click" and verb("cd(folder='x')") == "cd" and verb("look around") == "look around"
     assert page('Results for "red mug" (page 2 of 3)\n[a] $4') == 'results for "…" (page # of #)'
     t = traj("a", "mug", ["search[red mug]", "click[buy now]"], ["search page", 'results for "red mug" (page 1 of 2)'])
-    assert raw_features(t) == {"category:mug", "steps:2", "action:search[red mug]", "action:click[buy now]",
-                               "verb:search", "verb:click", "page:search page", 'page:results for "…" (page # of #)'}
+    assert raw_features(t) == {
+        "category:mug",
+        "steps:2",
+        "action:search[red mug]",
+        "action:click[buy now]",
+        "verb:search",
+        "verb:click",
+        "page:search page",
+        'page:results for "…" (page # of #)',
+    }
 
 
 def test_greedy_coverage_by_hand():
-    pool = [traj("a", "mug", ["x[1]"], ["p"]),                 # category:mug, steps:1, verb:x, action:x[1], page:p
-            traj("b", "mug", ["x[1]", "y[2]"], ["p", "q"]),    # + steps:2, verb:y (y[2] and q are too rare)
-            traj("c", "lamp", ["x[1]"], ["p"]),                # category:lamp, steps:1, ...
-            traj("d", "lamp", ["x[1]"], ["p"])]
-    feats, df = pool_features(pool, min_share=0.5)             # verbatim only where 2 of 4 trajectories have it
+    pool = [
+        traj("a", "mug", ["x[1]"], ["p"]),  # category:mug, steps:1, verb:x, action:x[1], page:p
+        traj("b", "mug", ["x[1]", "y[2]"], ["p", "q"]),  # + steps:2, verb:y (y[2] and q are too rare)
+        traj("c", "lamp", ["x[1]"], ["p"]),  # category:lamp, steps:1, ...
+        traj("d", "lamp", ["x[1]"], ["p"]),
+    ]
+    feats, df = pool_features(pool, min_share=0.5)  # verbatim only where 2 of 4 trajectories have it
     assert feats[1] == {"category:mug", "steps:2", "verb:x", "verb:y", "action:x[1]", "page:p"}
     assert df["category:lamp"] == 2 and df["verb:y"] == 1 and df["action:x[1]"] == 4 and "action:y[2]" not in df
     # b's gain: mug 1/2 + steps:2 1/1 + verb:y 1/1 + verb:x, action:x[1], page:p 1/4 each = 3.25, the most
@@ -62,12 +75,12 @@ def test_curate_on_shop_covers_more_than_random_and_every_category(tmp_path):
     said = float(result.stderr.split("30 at random cover ")[1].split(" ")[0])
     assert said + 5 < counts["features_covered"] <= counts["features"]
     by_category = Counter(t["task"]["category"] for t in chosen)
-    assert len(by_category) == 10        # every category, though not evenly: some have more options to cover
+    assert len(by_category) == 10  # every category, though not evenly: some have more options to cover
     meta = chosen[0]["meta"]["curation"]
     assert (meta["by"], meta["n"], meta["rank"], meta["pool"]) == ("coverage", 30, 0, 300) and meta["new_features"]
-    assert chosen[0]["meta"]["stage"] == "expert"          # the record is the input's, with curation added
+    assert chosen[0]["meta"]["stage"] == "expert"  # the record is the input's, with curation added
     again = runner.invoke(cli, ["curate", "-n", "30", str(pool)])
-    assert again.stdout == result.stdout                    # deterministic
+    assert again.stdout == result.stdout  # deterministic
     rand = runner.invoke(cli, ["curate", "-n", "30", "--by", "random", str(pool)])
     assert {json.loads(x)["id"] for x in rand.stdout.splitlines()} != {t["id"] for t in chosen}
 
@@ -78,7 +91,9 @@ def test_curate_refuses_resume_and_reports_a_bad_line(tmp_path):
     result = CliRunner().invoke(cli, ["curate", "-n", "2", str(bad)])
     assert result.exit_code == 1 and f"{bad}:1:" in result.output
     result = CliRunner().invoke(cli, ["curate", "-n", "2", str(bad), "-o", str(tmp_path / "o.jsonl"), "--resume"])
-    assert result.exit_code == 2 and "curate chooses from the whole pool: it takes no --resume or --shard" in result.output
+    assert (
+        result.exit_code == 2 and "curate chooses from the whole pool: it takes no --resume or --shard" in result.output
+    )
 
 
 def test_curate_leaves_unsuccessful_trajectories_out_of_the_pool(tmp_path):
@@ -100,6 +115,12 @@ def test_curate_chooses_the_same_in_every_process(tmp_path):
     outputs = set()
     for hash_seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        outputs.add(subprocess.run([sys.executable, "-m", "eexp", "curate", "-n", "60", "-q", str(pool)], env=env,
-                                   capture_output=True, check=True).stdout)
+        outputs.add(
+            subprocess.run(
+                [sys.executable, "-m", "eexp", "curate", "-n", "60", "-q", str(pool)],
+                env=env,
+                capture_output=True,
+                check=True,
+            ).stdout
+        )
     assert len(outputs) == 1

@@ -35,8 +35,12 @@ def test_man_page_names_every_option(command):
     assert page.exists(), f"man/eexp-{command}.1 is missing: run `make docs`"
     text = man_text(page.name)
     assert ".SH EXAMPLES" in text and ".SH EXIT STATUS" in text and ".SH SEE ALSO" in text
-    options = [opt for param in cli.commands[command].params for opt in getattr(param, "opts", [])
-               if opt.startswith("--") and opt != "--help"]
+    options = [
+        opt
+        for param in cli.commands[command].params
+        for opt in getattr(param, "opts", [])
+        if opt.startswith("--") and opt != "--help"
+    ]
     missing = [opt for opt in options if opt not in text]
     assert not missing, f"man/eexp-{command}.1 does not mention {missing}"
 
@@ -50,6 +54,7 @@ def test_main_page_lists_every_command():
 def test_man_pages_are_generated_from_the_current_help():
     """man/*.1 are every command's help with eexp/cli/man/PAGE.roff; regenerate them with `make docs`."""
     from eexp.cli.reference import stale_pages
+
     stale = stale_pages(MAN)
     assert not stale, f"man/ is stale ({', '.join(stale)}): run `make docs`"
     assert sorted(p.name for p in MAN.glob("*.1")) == sorted(["eexp.1", *(f"eexp-{c}.1" for c in COMMANDS)])
@@ -57,6 +62,7 @@ def test_man_pages_are_generated_from_the_current_help():
 
 def test_a_stale_missing_or_orphan_man_page_is_caught(tmp_path):
     from eexp.cli.reference import stale_pages, write_man_pages
+
     written = write_man_pages(tmp_path)
     assert written == sorted(p.name for p in MAN.glob("*.1")) and stale_pages(tmp_path) == []
     page = tmp_path / "eexp-branch.1"
@@ -64,12 +70,13 @@ def test_a_stale_missing_or_orphan_man_page_is_caught(tmp_path):
     (tmp_path / "eexp-mix.1").unlink()
     (tmp_path / "eexp-gone.1").write_text(".TH EEXP-GONE 1\n")
     assert stale_pages(tmp_path) == ["eexp-branch.1", "eexp-gone.1", "eexp-mix.1"]
-    write_man_pages(tmp_path)   # what `make docs` does: every page rewritten, the orphan removed
+    write_man_pages(tmp_path)  # what `make docs` does: every page rewritten, the orphan removed
     assert stale_pages(tmp_path) == [] and not (tmp_path / "eexp-gone.1").exists()
 
 
 def test_an_extra_section_for_an_option_the_command_lacks_is_an_error(tmp_path, monkeypatch):
     from eexp.cli import reference
+
     for path in reference.EXTRA.glob("*.roff"):
         (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "eexp-mix.roff").write_text(".SH OPTION --no-such-option\nText.\n")
@@ -95,8 +102,8 @@ def test_man_page_renders(page):
     env = {**os.environ, "MANWIDTH": "100", "MAN_KEEP_FORMATTING": "0", "LANG": "C.UTF-8"}
     result = subprocess.run([*command, str(MAN / page)], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0 and not result.stderr.strip(), f"{page}: {result.stderr[:2000]}"
-    text = re.sub(r".\x08", "", result.stdout)   # overstrike bold and underline, where the formatter writes them
-    text = text.replace("\u2212", "-").replace("\u2010", "-")   # \- and - as a formatter may draw them
+    text = re.sub(r".\x08", "", result.stdout)  # overstrike bold and underline, where the formatter writes them
+    text = text.replace("\u2212", "-").replace("\u2010", "-")  # \- and - as a formatter may draw them
     for heading in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "SEE ALSO"):
         assert re.search(rf"^{heading}$", text, re.MULTILINE), f"{page}: no {heading} when rendered"
     assert page.removesuffix(".1") in text
@@ -105,16 +112,20 @@ def test_man_page_renders(page):
 def test_only_the_cli_imports_the_cli():
     """Click parses and prints; the library under it never reaches back up (sqlite-utils' layering)."""
     package = Path(__file__).parent.parent / "eexp"
-    offenders = [str(p.relative_to(package.parent)) for p in package.rglob("*.py")
-                 if "cli" not in p.relative_to(package).parts[:1] and p.name != "__main__.py"
-                 and re.search(r"^\s*(from eexp\.cli\b|import eexp\.cli\b|from eexp import cli\b)", p.read_text(),
-                               re.MULTILINE)]
+    offenders = [
+        str(p.relative_to(package.parent))
+        for p in package.rglob("*.py")
+        if "cli" not in p.relative_to(package).parts[:1]
+        and p.name != "__main__.py"
+        and re.search(r"^\s*(from eexp\.cli\b|import eexp\.cli\b|from eexp import cli\b)", p.read_text(), re.MULTILINE)
+    ]
     assert offenders == []
 
 
 def test_cli_reference_is_generated_from_the_current_help():
     """docs/cli.md is --help of every command; regenerate it with `make docs` after changing an option."""
     from eexp.cli.reference import reference
+
     checked_in = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
     assert checked_in == reference(), "docs/cli.md is stale: run `make docs`"
     assert all(f"## eexp {name}\n" in checked_in for name in COMMANDS)

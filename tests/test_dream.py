@@ -20,7 +20,7 @@ from eexp.prompts import WORLD_MODEL_SYSTEM, Serializer
 from eexp.records import validate
 
 TASK = "train-00003"
-SAMPLED = ["--env-arg", "dream_temperature=1.0", "--env-arg", "dream_max_tokens=8"]   # short, varied predictions
+SAMPLED = ["--env-arg", "dream_temperature=1.0", "--env-arg", "dream_max_tokens=8"]  # short, varied predictions
 
 
 def records(text: str) -> list[dict]:
@@ -49,8 +49,12 @@ def iwm_prompts(task: dict, actions: list[str], pages: list[str], admissibles: l
     """The user turn of IWM's prompt at each expert step (as world-model-data writes it) -> the real next page."""
     serializer, answers = Serializer(), {}
     for i, action in enumerate(actions):
-        state = {"goal": task["goal"], "observation": pages[i], "admissible": admissibles[i],
-                 "history": [{"observation": o, "action": a} for o, a in zip(pages[:i], actions[:i])]}
+        state = {
+            "goal": task["goal"],
+            "observation": pages[i],
+            "admissible": admissibles[i],
+            "history": [{"observation": o, "action": a} for o, a in zip(pages[:i], actions[:i])],
+        }
         answers[serializer.world_model_messages(state, action)[-1]["content"]] = pages[i + 1]
     return answers
 
@@ -59,16 +63,17 @@ def test_the_world_model_s_prediction_is_the_observation(stub, runner):
     task, actions, pages, admissibles = real_episode()
     answers = iwm_prompts(task, actions, pages, admissibles)
     # a perfect world model: the real next page for IWM's prompt of an expert step, a fixed text for anything else
-    server = stub(free_text=lambda body: "Observation: " + answers.get(body["messages"][-1]["content"],
-                                                                       "the shop is closed."))
+    server = stub(
+        free_text=lambda body: "Observation: " + answers.get(body["messages"][-1]["content"], "the shop is closed.")
+    )
     env = make_env(f"dream:{server.url}@shop")
-    assert env.reset(task) == pages[0] and env.admissible() == admissibles[0]   # WORLD's own first page
+    assert env.reset(task) == pages[0] and env.admissible() == admissibles[0]  # WORLD's own first page
     for i, action in enumerate(actions):
         observation, reward, done, info = env.step(action)
-        assert observation == pages[i + 1]                        # what the model answered, label taken off
-        assert env.admissible() == admissibles[i + 1]             # read by shop from the predicted page
+        assert observation == pages[i + 1]  # what the model answered, label taken off
+        assert env.admissible() == admissibles[i + 1]  # read by shop from the predicted page
         assert info["valid"] and done == (i == len(actions) - 1)
-    assert env.success() and env.score() == 1.0 and reward == 1.0   # shop's grading of the predicted purchase
+    assert env.success() and env.score() == 1.0 and reward == 1.0  # shop's grading of the predicted purchase
     # one request a step (besides the http backend's probes at start), IWM's prompt seeded from itself, at the
     # dream's default decoding
     asked = [body for body in server.chats if body["messages"][0]["content"] == WORLD_MODEL_SYSTEM]
@@ -97,8 +102,21 @@ def test_the_world_model_s_prediction_is_the_observation(stub, runner):
 def test_eval_in_a_dream(runner, tiny_checkpoint, tmp_path):
     env = f"dream:{tiny_checkpoint}@shop"
     summary = tmp_path / "summary.json"
-    args = ["eval", "--policy", "oracle", "--env", env, "-n", "2", "--max-steps", "3", "--env-arg",
-            "dream_max_tokens=8", "--summary", str(summary)]
+    args = [
+        "eval",
+        "--policy",
+        "oracle",
+        "--env",
+        env,
+        "-n",
+        "2",
+        "--max-steps",
+        "3",
+        "--env-arg",
+        "dream_max_tokens=8",
+        "--summary",
+        str(summary),
+    ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     episodes = records(result.stdout)
@@ -133,28 +151,35 @@ def test_expert_branch_rollout_in_a_dream(runner, tiny_checkpoint, tmp_path):
     [trajectory] = records(first[0])
     _, _, pages, _ = real_episode()
     observations = [s["observation"] for s in trajectory["steps"]]
-    assert observations[0] == pages[0]                                  # WORLD's first page
-    assert all(o and o not in pages for o in observations[1:])          # then the tiny model's (sampled) text
+    assert observations[0] == pages[0]  # WORLD's first page
+    assert all(o and o not in pages for o in observations[1:])  # then the tiny model's (sampled) text
     outcomes = records(first[2])
-    assert len(outcomes) == 2 and all("error" not in o for o in outcomes)   # every dreamed state reached again
+    assert len(outcomes) == 2 and all("error" not in o for o in outcomes)  # every dreamed state reached again
     for record in [trajectory, *records(first[1]), *outcomes]:
         dream = record["meta"]["dream"]
         assert dream["world_model"] == str(tiny_checkpoint) and dream["world"] == "shop"
         assert dream["model_sha256"] and dream["temperature"] == 1.0
     assert all(o["env"]["name"] == env for o in outcomes)
-    assert [untimed(x) for x in pipeline()] == [untimed(x) for x in first]   # same seed, same bytes
+    assert [untimed(x) for x in pipeline()] == [untimed(x) for x in first]  # same seed, same bytes
 
 
-@pytest.mark.parametrize("name, message", [
-    ("dream:out/iwm", "dream:out/iwm: no WORLD: name the world model and the environment it dreams as "
-                      "dream:MODEL@WORLD"),
-    ("dream:@shop", "dream:@shop: no MODEL"),
-    ("dream:out/iwm@nowhere", "dream:out/iwm@nowhere: WORLD: unknown environment 'nowhere' (known: "),
-    ("dream:no/such/model@shop", "dream:no/such/model@shop: the world model 'no/such/model': no such file or "
-                                 "directory"),
-    ("dream:random@shop", "dream:random@shop: the world model 'random' writes no text"),
-    ("dream", "dream: name the world model and the environment it dreams as dream:MODEL@WORLD"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "dream:out/iwm",
+            "dream:out/iwm: no WORLD: name the world model and the environment it dreams as dream:MODEL@WORLD",
+        ),
+        ("dream:@shop", "dream:@shop: no MODEL"),
+        ("dream:out/iwm@nowhere", "dream:out/iwm@nowhere: WORLD: unknown environment 'nowhere' (known: "),
+        (
+            "dream:no/such/model@shop",
+            "dream:no/such/model@shop: the world model 'no/such/model': no such file or directory",
+        ),
+        ("dream:random@shop", "dream:random@shop: the world model 'random' writes no text"),
+        ("dream", "dream: name the world model and the environment it dreams as dream:MODEL@WORLD"),
+    ],
+)
 def test_a_bad_dream_is_one_line_and_exit_1(runner, name, message):
     result = runner.invoke(cli, ["expert", "--env", name, "-n", "1"])
     assert result.exit_code == 1 and result.stdout == ""
@@ -162,11 +187,23 @@ def test_a_bad_dream_is_one_line_and_exit_1(runner, name, message):
 
 
 def test_bad_dream_options_and_the_help(runner, tiny_checkpoint):
-    result = runner.invoke(cli, ["eval", "--policy", "oracle", "--env", f"dream:{tiny_checkpoint}@shop", "-n", "1",
-                                 "--env-arg", "dream_temperature=hot"])
+    result = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--policy",
+            "oracle",
+            "--env",
+            f"dream:{tiny_checkpoint}@shop",
+            "-n",
+            "1",
+            "--env-arg",
+            "dream_temperature=hot",
+        ],
+    )
     assert result.exit_code == 1 and "dream_temperature must be a number from 0, not 'hot'" in result.output
     result = runner.invoke(cli, ["expert", "--env", f"dream:{tiny_checkpoint}@shop", "-n", "1", "--env-arg", "size=3"])
-    assert result.exit_code == 1 and "shop: unknown options size" in result.output   # WORLD's options are WORLD's
+    assert result.exit_code == 1 and "shop: unknown options size" in result.output  # WORLD's options are WORLD's
     result = runner.invoke(cli, ["envs", "dream"])
     assert result.exit_code == 0 and "success: WORLD's own check applied to the predicted text" in result.output
     assert re.search(r"^dream:MODEL@WORLD\s+1\s+yes\s+WORLD's$", runner.invoke(cli, ["envs"]).output, re.M)
@@ -178,7 +215,7 @@ def test_shop_reads_its_own_pages():
     for task_id in ("train-00000", "train-00003", "train-00011", "test-00004"):
         task = shop.task(task_id.split("-")[0], task_id)
         pages = [shop.reset(task)]
-        for action in ["click[next >]", *shop.expert(task)]:   # a refusal first: the search page has no buttons
+        for action in ["click[next >]", *shop.expert(task)]:  # a refusal first: the search page has no buttons
             page, reward, done, info = shop.step(action)
             pages.append(page)
             read = shop.read_text(task, pages)

@@ -54,6 +54,7 @@ def replay_in_fresh_env(name: str, record: dict) -> None:
 
 # --- done when: 200 expert trajectories of each built-in succeed when replayed -------------------------------
 
+
 @pytest.mark.parametrize("name", ["shop", "tools"])
 def test_expert_200_all_succeed_on_replay(runner, name):
     result, records = run_expert(runner, "--env", name, "-n", "200", "-q")
@@ -78,7 +79,7 @@ def test_expert_is_deterministic_and_seed_picks_tasks(runner):
     _, d = run_expert(runner, "--env", "shop", "-n", "10", "--seed", "5", "-q")
     assert orjson.dumps(strip_time(a)) == orjson.dumps(strip_time(b))
     assert {r["id"] for r in a} != {r["id"] for r in c}
-    assert strip_time(d) == strip_time(a)[:10]   # -n 10 is a prefix of -n 30 with the same seed
+    assert strip_time(d) == strip_time(a)[:10]  # -n 10 is a prefix of -n 30 with the same seed
     # the same task id is the same task everywhere: --task gives the record the sample gave
     _, e = run_expert(runner, "--env", "shop", "--task", a[3]["task"]["id"], "--seed", "5", "-q")
     assert strip_time(e) == [strip_time(a)[3]]
@@ -87,19 +88,35 @@ def test_expert_is_deterministic_and_seed_picks_tasks(runner):
 def test_expert_jobs_write_the_serial_records_in_task_order(runner, tmp_path):
     """-j 2: the tasks run in two worker processes; the records, their order and the counts are the serial run's,
     and --resume goes on from a file a serial run began."""
+
     def strip_time(records):
         return [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in records]
 
     _, serial = run_expert(runner, "--env", "shop", "-n", "30", "--seed", "2", "-q", "--stats", str(tmp_path / "s1"))
     out = tmp_path / "expert.jsonl"
     out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in serial[:7]))
-    result, _ = run_expert(runner, "--env", "shop", "-n", "30", "--seed", "2", "-q", "-j", "2", "-o", str(out),
-                           "--resume", "--stats", str(tmp_path / "s2"))
+    result, _ = run_expert(
+        runner,
+        "--env",
+        "shop",
+        "-n",
+        "30",
+        "--seed",
+        "2",
+        "-q",
+        "-j",
+        "2",
+        "-o",
+        str(out),
+        "--resume",
+        "--stats",
+        str(tmp_path / "s2"),
+    )
     assert result.exit_code == 0, result.output
     written = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert len(written) == 30 and strip_time(written) == strip_time(serial)
     one, two = (orjson.loads((tmp_path / name).read_bytes()) for name in ("s1", "s2"))
-    assert two["resumed"] == 6 and two["records_out"] == 24   # the file's last record is made again
+    assert two["resumed"] == 6 and two["records_out"] == 24  # the file's last record is made again
     assert (two["unsuccessful"], two["errors"]) == (one["unsuccessful"], one["errors"]) == (0, 0)
 
 
@@ -107,8 +124,9 @@ def test_expert_shards_split_the_tasks_of_one_run(runner, tmp_path):
     """--shard I/N keeps the tasks of slice I among those -n and --seed choose: the shards together are the whole
     run's records, each once, and each shard keeps the run's order."""
     _, whole = run_expert(runner, "--env", "shop", "-n", "24", "--seed", "3", "-q")
-    shards = [run_expert(runner, "--env", "shop", "-n", "24", "--seed", "3", "-q", "--shard", f"{i}/3")[1]
-              for i in (1, 2, 3)]
+    shards = [
+        run_expert(runner, "--env", "shop", "-n", "24", "--seed", "3", "-q", "--shard", f"{i}/3")[1] for i in (1, 2, 3)
+    ]
     assert all(shards) and sum(map(len, shards)) == len(whole) == 24
     order = [r["id"] for r in whole]
     for shard in shards:
@@ -123,10 +141,9 @@ def test_expert_resume_skips_done_tasks(runner, tmp_path):
     out = tmp_path / "expert.jsonl"
     run_expert(runner, "--env", "tools", "-n", "5", "-o", str(out), "-q")
     full = out.read_bytes()
-    out.write_bytes(full[: full.index(b"\n", len(full) // 2) + 1])   # as if killed after a few records
+    out.write_bytes(full[: full.index(b"\n", len(full) // 2) + 1])  # as if killed after a few records
     stats = tmp_path / "stats.json"
-    result, _ = run_expert(runner, "--env", "tools", "-n", "5", "-o", str(out), "--resume", "-q",
-                           "--stats", str(stats))
+    result, _ = run_expert(runner, "--env", "tools", "-n", "5", "-o", str(out), "--resume", "-q", "--stats", str(stats))
     assert result.exit_code == 0
     counts = orjson.loads(stats.read_bytes())
     assert counts["records_in"] == 5 and counts["resumed"] + counts["records_out"] == 5
@@ -136,6 +153,7 @@ def test_expert_resume_skips_done_tasks(runner, tmp_path):
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
+
 
 def test_unknown_env_lists_known_ones(runner):
     result = runner.invoke(cli, ["expert", "--env", "webshopp", "-n", "1"])
@@ -154,12 +172,12 @@ def test_unknown_split_and_task(runner, name):
     assert f"{name} has no split 'dev' (splits: {splits})" in result.output
     result = runner.invoke(cli, ["expert", "--env", name, "--split", "test", "--task", "test-99999"])
     assert result.exit_code == 1 and f"{name} has no task 'test-99999' in split 'test'" in result.output
-    result = runner.invoke(cli, ["expert", "--env", name, "--task", "test-00001"])   # a test id in train
+    result = runner.invoke(cli, ["expert", "--env", name, "--task", "test-00001"])  # a test id in train
     assert result.exit_code == 1 and "has no task 'test-00001' in split 'train'" in result.output
 
 
 def test_usage_errors_exit_2(runner):
-    assert runner.invoke(cli, ["expert"]).exit_code == 2                       # --env is required
+    assert runner.invoke(cli, ["expert"]).exit_code == 2  # --env is required
     assert runner.invoke(cli, ["expert", "--env", "shop", "-n", "0"]).exit_code == 2
     result = runner.invoke(cli, ["expert", "--env", "shop", "--resume"])
     assert result.exit_code == 2 and "--resume needs -o FILE" in result.output
@@ -179,7 +197,7 @@ def test_shop_bad_actions_get_error_observations():
     for action, message in cases:
         observation, reward, done, info = env.step(action)
         assert observation.startswith(message) and info["valid"] is False and not done and reward == 0
-        assert observation.endswith("search page. type a query with search[...]")   # the page is still shown
+        assert observation.endswith("search page. type a query with search[...]")  # the page is still shown
     env.step(f"search[{goal_of('train', 7)['query']}]")
     observation, _, _, info = env.step("search[red shirt]")
     assert info["valid"] is False and "search works on the search page only" in observation
@@ -217,7 +235,7 @@ def test_replay_that_diverges_is_a_state_mismatch_with_both_excerpts(runner):
     env = make_env("shop")
     actions = [s["action"] for s in record["steps"]]
     expected = [s["observation"] for s in record["steps"]]
-    expected[2] = expected[2].replace("price: $", "price: $9")          # a recording of some other world
+    expected[2] = expected[2].replace("price: $", "price: $9")  # a recording of some other world
     walk = walk_over(env, record["task"])
     assert walk.reach(tuple(actions[:1]), expected[1], 1) == expected[1]
     with pytest.raises(StateMismatch) as caught:
@@ -232,6 +250,7 @@ def test_replay_that_diverges_is_a_state_mismatch_with_both_excerpts(runner):
 
 
 # --- reaching states: snapshot vs replay, errors inside the environment ---------------------------------------
+
 
 class NoSnapshotShop(ShopEnv):
     can_snapshot = False
@@ -256,8 +275,11 @@ class SlowShop(ShopEnv):
 def _expert(env, task_id="train-00011"):
     task = env.task("train", task_id)
     record = expert_trajectory(env, task)
-    return task, [s["action"] for s in record["steps"]], [s["observation"] for s in record["steps"]] + [
-        record["final_observation"]]
+    return (
+        task,
+        [s["action"] for s in record["steps"]],
+        [s["observation"] for s in record["steps"]] + [record["final_observation"]],
+    )
 
 
 def test_walk_with_snapshots_reaches_each_state_in_one_step():
@@ -270,24 +292,25 @@ def test_walk_with_snapshots_reaches_each_state_in_one_step():
         assert walk.reach(prefix, observations[i], i) == observations[i]
         assert walk.counts["env_steps"] - before == (1 if i else 0)
         if i < len(actions):
-            for alt in env.admissible()[:3]:         # alternatives from state i, then back to state i
+            for alt in env.admissible()[:3]:  # alternatives from state i, then back to state i
                 assert walk.reach(prefix, observations[i], i) == observations[i]
                 walk.execute(prefix, alt, observations[i], i)
             after_alts = walk.counts["env_steps"]
-            assert after_alts - before == (1 if i else 0) + 3                                  # one step each
-            assert walk.reach(prefix, observations[i], i) == observations[i] and \
-                walk.counts["env_steps"] == after_alts                                          # a restore: 0 steps
+            assert after_alts - before == (1 if i else 0) + 3  # one step each
+            assert (
+                walk.reach(prefix, observations[i], i) == observations[i] and walk.counts["env_steps"] == after_alts
+            )  # a restore: 0 steps
 
 
 def test_walk_without_snapshots_replays_and_counts_steps():
     env = NoSnapshotShop()
     task, actions, observations = _expert(env)
     walk = walk_over(env, task)
-    steps = lambda: walk.counts["env_steps"]   # noqa: E731
+    steps = lambda: walk.counts["env_steps"]  # noqa: E731
     assert walk.reach(tuple(actions[:2]), observations[2], 2) == observations[2] and steps() == 2
     assert walk.reach(tuple(actions[:3]), observations[3], 3) == observations[3] and steps() == 3  # straight on
     walk.execute(tuple(actions[:3]), "click[back to search]", observations[3], 3)
-    assert steps() == 4                                                          # from where it stood: one step
+    assert steps() == 4  # from where it stood: one step
     assert walk.reach(tuple(actions[:3]), observations[3], 3) == observations[3] and steps() == 4 + 3  # replay 3
 
 
@@ -318,30 +341,37 @@ def test_step_timeout_becomes_an_error():
 
 def test_expert_stage_goes_on_after_an_environment_error(runner, monkeypatch):
     import eexp.stages.expert as expert_stage
+
     made = []
-    monkeypatch.setattr(expert_stage, "make_env", lambda name, **kw: made.append(FlakyShop() if not made else ShopEnv())
-                        or made[-1])
+    monkeypatch.setattr(
+        expert_stage, "make_env", lambda name, **kw: made.append(FlakyShop() if not made else ShopEnv()) or made[-1]
+    )
     result = runner.invoke(cli, ["expert", "--env", "shop", "-n", "3", "-q"])
     records = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 3
-    assert "RuntimeError: boom" in records[0]["error"]           # the env raised once, on the first task
+    assert "RuntimeError: boom" in records[0]["error"]  # the env raised once, on the first task
     assert all(r["success"] for r in records[1:])
-    assert [type(e) for e in made] == [FlakyShop, ShopEnv]      # the failed instance was replaced (DESIGN.md)
+    assert [type(e) for e in made] == [FlakyShop, ShopEnv]  # the failed instance was replaced (DESIGN.md)
     # the trajectory in error did not succeed (it was counted as 0 of 3 before issue 51), and one of three in error
     # is more than a run may lose: exit 1 once every trajectory is written
     assert "eexp: 1 of 3 expert trajectories did not succeed (1 had an environment error)\n" in result.stderr
-    assert result.exit_code == 1 and "Error: 1 of 3 expert trajectories (33.3%) failed in the environment" in \
-        result.stderr
+    assert (
+        result.exit_code == 1 and "Error: 1 of 3 expert trajectories (33.3%) failed in the environment" in result.stderr
+    )
 
 
 # --- the shop world --------------------------------------------------------------------------------------------
+
 
 def test_shop_score_is_graded_like_webshop():
     env = ShopEnv()
     task = env.task("train", "train-00003")
     goal, world = goal_of("train", 3), world_of("train", 3)
-    over_budget = next(p for p in world["products"] if p["category"] == goal["category"]
-                       and p["attrs"] == goal["attrs"] and p["price"] >= goal["budget"])
+    over_budget = next(
+        p
+        for p in world["products"]
+        if p["category"] == goal["category"] and p["attrs"] == goal["attrs"] and p["price"] >= goal["budget"]
+    )
     env.reset(task)
     env.step(f"search[{goal['query']}]")
     while f"click[{over_budget['name']}]" not in env.admissible():
@@ -354,7 +384,7 @@ def test_shop_score_is_graded_like_webshop():
     assert done and observation.startswith("you bought")
     assert 0 < reward < 1 and reward == env.score() and not env.success()
     n = len(goal["attrs"]) + len(goal["options"]) + 1
-    assert abs(reward * n - round(reward * n)) < 1e-3                    # a fraction of the goal's fields
+    assert abs(reward * n - round(reward * n)) < 1e-3  # a fraction of the goal's fields
     # another category: the type factor
     other = next(p for p in world["products"] if p["category"] != goal["category"])
     env.reset(task)
@@ -420,7 +450,7 @@ def test_shop_reading_the_results_matters():
         positions.append(results.index(world["target"]))
         twins = [p for p in world["products"] if p["attrs"] == goal["attrs"] and p["category"] == goal["category"]]
         assert len(twins) >= 2
-    assert positions.count(0) < 120 and max(positions) >= PER_PAGE   # some targets are on the second page
+    assert positions.count(0) < 120 and max(positions) >= PER_PAGE  # some targets are on the second page
 
 
 @pytest.mark.parametrize("name", ["shop", "tools"])
@@ -467,9 +497,9 @@ def test_tools_multi_turn_requests_and_admissible_sample():
     seen = []
     for action in actions:
         sample = env.admissible()
-        assert 0 < len(sample) <= ToolsEnv.admissible_sample and sample == env.admissible()   # deterministic
+        assert 0 < len(sample) <= ToolsEnv.admissible_sample and sample == env.admissible()  # deterministic
         for call in sample:
-            parse_call(call)                                                   # well formed
+            parse_call(call)  # well formed
         observation, reward, done, _ = env.step(action)
         seen += re.findall(r"request (\d) done", observation)
     assert seen == ["1", "2", "3"] and done and env.success()
@@ -480,6 +510,7 @@ def test_tools_multi_turn_requests_and_admissible_sample():
 
 
 # --- eexp envs, and an environment installed from another package ---------------------------------------------
+
 
 def test_envs_lists_and_describes(runner):
     result = runner.invoke(cli, ["envs"])
@@ -501,20 +532,37 @@ def test_envs_lists_and_describes(runner):
 
 def test_third_party_env_registers_by_entry_point(tmp_path):
     src, site = tmp_path / "src", tmp_path / "site"
-    shutil.copytree(ENVPKG, src)   # building writes into the source tree: keep tests/ clean
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(src)], check=True, capture_output=True)
+    shutil.copytree(ENVPKG, src)  # building writes into the source tree: keep tests/ clean
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     env = {"PYTHONPATH": str(site), "PATH": str(Path(sys.executable).parent)}
 
     def eexp(*args):
-        return subprocess.run([sys.executable, "-m", "eexp", *args], capture_output=True, text=True, env=env,
-                              cwd=tmp_path)
+        return subprocess.run(
+            [sys.executable, "-m", "eexp", *args], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
 
     listing = eexp("envs")
     assert listing.returncode == 0, listing.stderr
     assert re.search(r"^counter\s+0\.1\s+no\s+train, test, ood$", listing.stdout, re.M)
-    assert re.search(r"^broken\s+unavailable: ModuleNotFoundError: No module named 'eexp_counter_env_missing'",
-                     listing.stdout, re.M)
+    assert re.search(
+        r"^broken\s+unavailable: ModuleNotFoundError: No module named 'eexp_counter_env_missing'", listing.stdout, re.M
+    )
     assert re.search(r"^shop\s+1\s+yes", listing.stdout, re.M)
     out = eexp("expert", "--env", "counter", "--split", "test", "-n", "3")
     assert out.returncode == 0, out.stderr
@@ -525,6 +573,7 @@ def test_third_party_env_registers_by_entry_point(tmp_path):
     sys.path.insert(0, str(site))
     try:
         from eexp_counter_env import CounterEnv
+
         counter = CounterEnv()
         r = records[0]
         observations = [s["observation"] for s in r["steps"]] + [r["final_observation"]]

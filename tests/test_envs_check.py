@@ -22,9 +22,19 @@ from eexp.envs.check import check_env
 from eexp.errors import EnvError
 
 ENVPKG = Path(__file__).parent / "envpkg"
-CHECKS = ["construction is lazy", "tasks", "version", "close() is safe", "deterministic", "expert replays to success",
-          "snapshot/restore equals replay", "canonicalize round-trips through step()",
-          "expert() leaves the live episode undisturbed", "score range", "options"]
+CHECKS = [
+    "construction is lazy",
+    "tasks",
+    "version",
+    "close() is safe",
+    "deterministic",
+    "expert replays to success",
+    "snapshot/restore equals replay",
+    "canonicalize round-trips through step()",
+    "expert() leaves the live episode undisturbed",
+    "score range",
+    "options",
+]
 
 
 def run_check(runner, *args):
@@ -43,8 +53,10 @@ def statuses(lines: list[str]) -> dict[str, str]:
 
 # --- plugins written for this test ---------------------------------------------------------------------------------
 
+
 class Counter(Env):
     """A conforming plugin: bring a counter to a target (what tests/envpkg does), with snapshots."""
+
     name = "counter-t"
     version = "2"
     can_snapshot = True
@@ -91,6 +103,7 @@ class BrokenCounter(Counter):
     """Breaks the contract three ways: an expert that is not deterministic (it takes a detour every other call),
     one that finds its path by playing the task on the live instance, and a score that counts instead of being in
     [0, 1]."""
+
     name = "broken-t"
     calls = 0
 
@@ -109,6 +122,7 @@ class BrokenCounter(Counter):
 
 class SpawningCounter(Counter):
     """Starts its 'simulator' (a child process) in __init__, as a wrapper of a Java game might."""
+
     name = "spawning-t"
 
     def __init__(self, **kwargs):
@@ -125,18 +139,25 @@ def test_conforming_plugin_passes_every_check():
     results = list(check_env(Counter))
     assert [r.name for r in results] == CHECKS
     assert [r.line() for r in results if r.status != "ok"] == []
-    assert results[-1].detail == ("declared: start; defaults are dropped from the record, an unknown option is an "
-                                  "EnvError")
+    assert results[-1].detail == (
+        "declared: start; defaults are dropped from the record, an unknown option is an EnvError"
+    )
 
 
 def test_broken_plugin_fails_word_for_word(runner, monkeypatch):
-    monkeypatch.setattr(base, "registry", lambda: {
-        "broken-t": EntryPoint(name="broken-t", value=f"{__name__}:BrokenCounter", group="eexp.envs")})
+    monkeypatch.setattr(
+        base,
+        "registry",
+        lambda: {"broken-t": EntryPoint(name="broken-t", value=f"{__name__}:BrokenCounter", group="eexp.envs")},
+    )
     BrokenCounter.calls = 0
     result, lines = run_check(runner, "broken-t", "-n", "2", "--seed", "0")
     assert result.exit_code == 1, result.output
-    assert re.fullmatch(r"ok   construction is lazy: no process or thread started by constructing and "
-                        r"canonicalizing \(\d+\.\d\d s\)", lines[0])
+    assert re.fullmatch(
+        r"ok   construction is lazy: no process or thread started by constructing and "
+        r"canonicalizing \(\d+\.\d\d s\)",
+        lines[0],
+    )
     assert lines[1:] == [
         "ok   tasks: 3 tasks in train, every goal listed, unique ids; checking 2",
         "ok   version: '2'",
@@ -158,7 +179,7 @@ def test_broken_plugin_fails_word_for_word(runner, monkeypatch):
 
 def test_expert_that_disturbs_the_live_episode():
     class Disturbing(Counter):
-        def expert(self, task):   # deterministic, but it plays the task on the live instance to find the path
+        def expert(self, task):  # deterministic, but it plays the task on the live instance to find the path
             self.reset(task)
             actions = []
             while not self.success():
@@ -166,11 +187,16 @@ def test_expert_that_disturbs_the_live_episode():
                 actions.append("inc")
             return actions
 
-    failed = {r.name: r.detail for r in check_env(Disturbing, pick=lambda env, split: env.tasks(split)[1:2])
-              if r.status == "FAIL"}
-    assert failed == {"expert() leaves the live episode undisturbed":
-                      "task train-1 after reset: score() differs when expert() is called in every state (without vs "
-                      "with): 0.0 vs 1.0"}
+    failed = {
+        r.name: r.detail
+        for r in check_env(Disturbing, pick=lambda env, split: env.tasks(split)[1:2])
+        if r.status == "FAIL"
+    }
+    assert failed == {
+        "expert() leaves the live episode undisturbed": "task train-1 after reset: score() differs when expert() is "
+        "called in every state (without vs "
+        "with): 0.0 vs 1.0"
+    }
 
 
 def test_score_out_of_range():
@@ -184,12 +210,14 @@ def test_score_out_of_range():
 
 def test_expert_actions_after_done():
     class GoesOn(Counter):
-        def expert(self, task):   # a gold path that runs past the end of the episode
+        def expert(self, task):  # a gold path that runs past the end of the episode
             return super().expert(task) + ["dec"]
 
     failed = {r.name: r.detail for r in check_env(GoesOn) if r.status == "FAIL"}
-    assert failed == {"expert replays to success": "task train-0: done after step 0 of 2; expert() must end where the "
-                                                   "episode ends (eexp drops the actions after done)"}
+    assert failed == {
+        "expert replays to success": "task train-0: done after step 0 of 2; expert() must end where the "
+        "episode ends (eexp drops the actions after done)"
+    }
 
 
 def test_heavy_construction_and_unsafe_close_are_reported():
@@ -216,8 +244,10 @@ def test_version_set_on_the_instance_fails():
             self.version = "counter-9"
 
     failed = {r.name: r.detail for r in check_env(InstanceVersion) if r.status == "FAIL"}
-    assert failed == {"version": "the instance's version is 'counter-9', the class's '2': set it on the class (eexp "
-                                 "envs reads the class, records the instance)"}
+    assert failed == {
+        "version": "the instance's version is 'counter-9', the class's '2': set it on the class (eexp "
+        "envs reads the class, records the instance)"
+    }
 
 
 def test_canonical_form_that_step_rejects():
@@ -225,16 +255,18 @@ def test_canonical_form_that_step_rejects():
         def canonicalize(self, action):
             return " ".join(action.upper().split())
 
-        def step(self, action):   # accepts only the lower-case form
+        def step(self, action):  # accepts only the lower-case form
             if action.strip() not in ("inc", "dec"):
                 return f"unknown action. counter: {self.value}", 0.0, False, {"valid": False}
             self.value += 1 if action.strip() == "inc" else -1
             return f"counter: {self.value}", float(self.success()), self.success(), {"valid": True}
 
     failed = {r.name: r.detail for r in check_env(StrictStep) if r.status == "FAIL"}
-    assert failed == {"canonicalize round-trips through step()":
-                      "task train-0 state 0: step() rejects the canonical form 'INC' of the valid action 'inc': "
-                      "'unknown action. counter: 0'"}
+    assert failed == {
+        "canonicalize round-trips through step()": "task train-0 state 0: step() rejects the canonical form 'INC' of "
+        "the valid action 'inc': "
+        "'unknown action. counter: 0'"
+    }
 
 
 def test_options_at_their_default_are_not_recorded():
@@ -246,6 +278,7 @@ def test_options_at_their_default_are_not_recorded():
 
 
 # --- the built-in environments and the third-party test package ------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["shop", "tools", "bfcl"])
 def test_builtin_environments_pass(runner, name):
@@ -271,10 +304,13 @@ def test_json_output_and_usage_errors(runner):
     result = runner.invoke(cli, ["envs", "--check", "shop", "--env-arg", "size=3"])
     assert result.exit_code == 1 and result.output == "Error: shop: unknown options size (known: none)\n"
     result = runner.invoke(cli, ["envs", "--check", "shop", "--split", "dev"])
-    assert result.exit_code == 1 and result.output == "Error: shop has no split 'dev' (splits: train, test, ood, combo)\n"
+    assert (
+        result.exit_code == 1 and result.output == "Error: shop has no split 'dev' (splits: train, test, ood, combo)\n"
+    )
     result = runner.invoke(cli, ["envs", "--check", "shop", "--task", "train-9"])
-    assert result.exit_code == 1 and result.output == ("Error: shop has no task 'train-9' in split 'train' (ids are "
-                                                       "train-00000 to train-04999)\n")
+    assert result.exit_code == 1 and result.output == (
+        "Error: shop has no task 'train-9' in split 'train' (ids are train-00000 to train-04999)\n"
+    )
     result = runner.invoke(cli, ["envs", "--check", "nosuch"])
     assert result.exit_code == 1 and result.output.startswith("Error: unknown environment 'nosuch' (known: ")
 
@@ -286,16 +322,18 @@ def test_plugin_errors_keep_their_own_message(monkeypatch):
     registered("eexp_no_such_plugin_module:Env")
     with pytest.raises(EnvError) as caught:
         env_class("p")
-    assert str(caught.value) == ("environment 'p' is registered but cannot load: No module named "
-                                 "'eexp_no_such_plugin_module' (it comes from the package that registers "
-                                 "eexp_no_such_plugin_module:Env)")
+    assert str(caught.value) == (
+        "environment 'p' is registered but cannot load: No module named "
+        "'eexp_no_such_plugin_module' (it comes from the package that registers "
+        "eexp_no_such_plugin_module:Env)"
+    )
     registered(f"{__name__}:raise_env_error")
     with pytest.raises(EnvError) as caught:
         env_class("p")
     assert str(caught.value) == "textgame needs Java 17: apt install openjdk-17-jre"
 
 
-def __getattr__(name):   # `module:raise_env_error` as an entry point: loading it fails the way a plugin's import can
+def __getattr__(name):  # `module:raise_env_error` as an entry point: loading it fails the way a plugin's import can
     if name == "raise_env_error":
         raise EnvError("textgame needs Java 17: apt install openjdk-17-jre")
     raise AttributeError(name)
@@ -303,23 +341,52 @@ def __getattr__(name):   # `module:raise_env_error` as an entry point: loading i
 
 def test_third_party_package_passes(tmp_path):
     src, site = tmp_path / "src", tmp_path / "site"
-    shutil.copytree(ENVPKG, src)   # building writes into the source tree: keep tests/ clean
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(src)], check=True, capture_output=True)
+    shutil.copytree(ENVPKG, src)  # building writes into the source tree: keep tests/ clean
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     env = {"PYTHONPATH": str(site), "PATH": str(Path(sys.executable).parent)}
-    out = subprocess.run([sys.executable, "-m", "eexp", "envs", "--check", "counter", "--split", "test", "-n", "4"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "eexp", "envs", "--check", "counter", "--split", "test", "-n", "4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert statuses(lines) == {c: "skip" if c == "snapshot/restore equals replay" else "ok" for c in CHECKS}
-    assert "skip snapshot/restore equals replay: can_snapshot is False: states are reached by replaying the " \
-           "expert's prefix" in lines
+    assert (
+        "skip snapshot/restore equals replay: can_snapshot is False: states are reached by replaying the "
+        "expert's prefix" in lines
+    )
     assert lines[-1] == "counter: 10 ok, 0 failed, 1 skipped"
-    broken = subprocess.run([sys.executable, "-m", "eexp", "envs", "--check", "broken"], capture_output=True,
-                            text=True, env=env, cwd=tmp_path)
+    broken = subprocess.run(
+        [sys.executable, "-m", "eexp", "envs", "--check", "broken"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert broken.returncode == 1
-    assert broken.stderr == ("Error: environment 'broken' is registered but cannot load: No module named "
-                             "'eexp_counter_env_missing' (it comes from the package eexp-counter-env)\n")
+    assert broken.stderr == (
+        "Error: environment 'broken' is registered but cannot load: No module named "
+        "'eexp_counter_env_missing' (it comes from the package eexp-counter-env)\n"
+    )
 
 
 @pytest.mark.slow
@@ -336,8 +403,9 @@ def test_scienceworld_passes(runner):
     # Two tasks whose simulation is deterministic. The electrical task types are not: in power-component-0 the
     # circuit completes at the 8th or the 9th gold action from one episode to the next, so the check fails there
     # ("score() differs between two episodes of one instance"), as it should.
-    result, lines = run_check(runner, "scienceworld", "--task", "find-animal-0", "--task", "find-plant-0",
-                              "--env-arg", "variations=1")
+    result, lines = run_check(
+        runner, "scienceworld", "--task", "find-animal-0", "--task", "find-plant-0", "--env-arg", "variations=1"
+    )
     assert result.exit_code == 0, result.output
     assert statuses(lines)["snapshot/restore equals replay"] == "skip"
     assert lines[-1] == "scienceworld: 10 ok, 0 failed, 1 skipped"
@@ -370,13 +438,15 @@ def test_a_hanging_call_fails_its_check_and_the_others_go_on():
     started = time.perf_counter()
     results = {r.name: r for r in check_env(Hanging, timeout=0.2, pick=lambda env, split: env.tasks(split)[2:3])}
     assert time.perf_counter() - started < 30
-    assert results["deterministic"].line() == ("FAIL deterministic: task train-2 step 1 ('inc'): environment timed out "
-                                               "after 0.2 s (step('inc'))")
+    assert results["deterministic"].line() == (
+        "FAIL deterministic: task train-2 step 1 ('inc'): environment timed out after 0.2 s (step('inc'))"
+    )
     assert results["options"].status == "ok" and results["construction is lazy"].status == "ok"
 
 
 class HangingOnce(Counter):
     """Its first instance hangs in step(); the instances made after it do not. Records close() calls."""
+
     made: list = []
 
     def __init__(self, **kwargs):
@@ -394,17 +464,21 @@ class HangingOnce(Counter):
 
 
 def test_expert_closes_an_instance_that_timed_out_and_goes_on_with_a_fresh_one(runner, monkeypatch):
-    monkeypatch.setattr(base, "registry", lambda: {
-        "hanging-t": EntryPoint(name="hanging-t", value=f"{__name__}:HangingOnce", group="eexp.envs")})
+    monkeypatch.setattr(
+        base,
+        "registry",
+        lambda: {"hanging-t": EntryPoint(name="hanging-t", value=f"{__name__}:HangingOnce", group="eexp.envs")},
+    )
     HangingOnce.made = []
     result = runner.invoke(cli, ["expert", "--env", "hanging-t", "-n", "3", "--step-timeout", "0.2", "-q"])
     records = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert [("error" in r, r["success"]) for r in records] == [(True, False), (False, True), (False, True)]
     # every trajectory written; one of three in error is more than a run may lose (issue 51): exit 1, said
-    assert result.exit_code == 1 and "Error: 1 of 3 expert trajectories (33.3%) failed in the environment" in \
-        result.stderr
+    assert (
+        result.exit_code == 1 and "Error: 1 of 3 expert trajectories (33.3%) failed in the environment" in result.stderr
+    )
     assert records[0]["error"] == "environment timed out after 0.2 s (step 0 'inc')"
-    assert [e.closed for e in HangingOnce.made] == [1, 1]   # the hung one closed at once, the fresh one at the end
+    assert [e.closed for e in HangingOnce.made] == [1, 1]  # the hung one closed at once, the fresh one at the end
 
 
 def test_listing_reads_the_version_the_records_carry(runner):
@@ -418,16 +492,19 @@ def test_options_at_their_default_recorded_fails():
     class KeepsDefaults(Counter):
         def __init__(self, start: int = 0, **kwargs):
             super().__init__(start=start, **kwargs)
-            self.kwargs = {"start": start, **self.kwargs}   # records the default too
+            self.kwargs = {"start": start, **self.kwargs}  # records the default too
 
     failed = {r.name: r.detail for r in check_env(KeepsDefaults) if r.status == "FAIL"}
-    assert failed == {"options": "options at their defaults are recorded: {'start': 0} (they would change every "
-                                 "trajectory id; Env.__init__ drops them)"}
+    assert failed == {
+        "options": "options at their defaults are recorded: {'start': 0} (they would change every "
+        "trajectory id; Env.__init__ drops them)"
+    }
 
 
 def test_a_failure_is_named_by_its_own_check_not_the_previous_ones():
     """A check that fails before it says where it is (its first call) is named by that call, never by the place the
     previous check had reached (`FAIL version: tasks('no-such-split'): ...`, issue 51)."""
+
     class NoGame(Counter):
         def reset(self, task):
             raise RuntimeError("no game file")
@@ -437,7 +514,7 @@ def test_a_failure_is_named_by_its_own_check_not_the_previous_ones():
 
         def __init__(self, **kwargs):
             Fragile.made += 1
-            if Fragile.made > 2:   # the lazy check's instance and the tasks check's, then no more
+            if Fragile.made > 2:  # the lazy check's instance and the tasks check's, then no more
                 raise RuntimeError("out of licences")
             super().__init__(**kwargs)
 
@@ -445,11 +522,13 @@ def test_a_failure_is_named_by_its_own_check_not_the_previous_ones():
     assert {r.name: r.line() for r in check_env(NoGame)}["version"] == f"FAIL version: task train-0: {reset}"
     assert [r.line() for r in check_env(Fragile)][2:4] == [
         "FAIL version: environment error (constructing the environment): RuntimeError: out of licences",
-        "FAIL close() is safe: environment error (constructing the environment): RuntimeError: out of licences"]
+        "FAIL close() is safe: environment error (constructing the environment): RuntimeError: out of licences",
+    ]
 
 
 class HalfDownloaded(Counter):
     """A world whose test split is not on this machine (ALFWorld with one split folder missing)."""
+
     name = "half-t"
 
     def tasks(self, split):
@@ -459,36 +538,46 @@ class HalfDownloaded(Counter):
 
 
 def test_envs_describes_a_world_with_a_split_missing(runner, monkeypatch):
-    monkeypatch.setattr(base, "registry", lambda: {
-        "half-t": EntryPoint(name="half-t", value=f"{__name__}:HalfDownloaded", group="eexp.envs")})
+    monkeypatch.setattr(
+        base,
+        "registry",
+        lambda: {"half-t": EntryPoint(name="half-t", value=f"{__name__}:HalfDownloaded", group="eexp.envs")},
+    )
     result = runner.invoke(cli, ["envs", "half-t"])
     assert result.exit_code == 0, result.output
-    assert ("splits: train (3 tasks), test (unavailable: half-t: no games in /data/valid_seen; download them), ood "
-            "(3 tasks)\n") in result.stdout
+    assert (
+        "splits: train (3 tasks), test (unavailable: half-t: no games in /data/valid_seen; download them), ood "
+        "(3 tasks)\n"
+    ) in result.stdout
     assert "example task train-0: bring the counter to 1\n" in result.stdout
     info = orjson.loads(runner.invoke(cli, ["envs", "half-t", "--json", "--split", "ood"]).stdout)
     assert info["task_counts"] == {"train": 3, "ood": 3} and info["example"]["task"]["id"] == "ood-0"
     assert info["unavailable_splits"] == {"test": "half-t: no games in /data/valid_seen; download them"}
-    result = runner.invoke(cli, ["envs", "half-t", "--split", "test"])   # the split asked for must be there
+    result = runner.invoke(cli, ["envs", "half-t", "--split", "test"])  # the split asked for must be there
     assert result.exit_code == 1 and result.output == "Error: half-t: no games in /data/valid_seen; download them\n"
 
 
-@pytest.mark.slow   # writes ALFWorld games and starts the real engine once
-@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("alfworld", "fast_downward", "textworld")),
-                    reason="alfworld is not installed (pip install 'eexp[alfworld]')")
+@pytest.mark.slow  # writes ALFWorld games and starts the real engine once
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("alfworld", "fast_downward", "textworld")),
+    reason="alfworld is not installed (pip install 'eexp[alfworld]')",
+)
 def test_envs_describes_alfworld_with_one_split_not_downloaded(runner, tmp_path, monkeypatch):
     """ALFWorld with one split's folder missing, as expert and --check on train work: `eexp envs alfworld` says so
     beside the splits that are there, instead of refusing (issue 51)."""
-    from alfworld_games import write_games   # the offline test games of tests/test_alfworld.py
+    from alfworld_games import write_games  # the offline test games of tests/test_alfworld.py
+
     write_games(tmp_path)
     missing = tmp_path / "json_2.1.1" / "valid_seen"
     shutil.rmtree(missing)
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
     result = runner.invoke(cli, ["envs", "alfworld"])
     assert result.exit_code == 0, result.output
-    assert (f"splits: train (6 tasks), test (unavailable: alfworld: no ALFWorld games in {missing} (ALFWORLD_DATA); "
-            f"run `alfworld-download` once (it needs the internet) or set ALFWORLD_DATA to the folder it filled), ood "
-            f"(2 tasks)\n") in result.stdout
+    assert (
+        f"splits: train (6 tasks), test (unavailable: alfworld: no ALFWorld games in {missing} (ALFWORLD_DATA); "
+        f"run `alfworld-download` once (it needs the internet) or set ALFWORLD_DATA to the folder it filled), ood "
+        f"(2 tasks)\n"
+    ) in result.stdout
     info = orjson.loads(runner.invoke(cli, ["envs", "alfworld", "--json"]).stdout)
     assert info["task_counts"] == {"train": 6, "ood": 2} and info["example"]["task"]["split"] == "train"
     result = runner.invoke(cli, ["envs", "alfworld", "--split", "test"])

@@ -22,13 +22,15 @@ def test_an_environment_whose_package_is_missing_is_listed_as_not_installed_with
     # eexp from where it was installed: this checkout in editable mode (install.sh), with the extra
     assert lines["tau2"].endswith("[tau2]'") and "-e '" in lines["tau2"]
     assert lines["bfcl"].endswith(f"{pip} --no-deps 'bfcl-eval>=2025' mpmath")
-    assert "not installed" not in lines["shop"]   # eexp's own worlds need nothing more
+    assert "not installed" not in lines["shop"]  # eexp's own worlds need nothing more
     rows = {r["name"]: r for r in map(orjson.loads, runner.invoke(cli, ["envs", "--json"]).stdout.splitlines())}
     assert (rows["tau2"]["available"], rows["tau2"]["installed"], rows["tau2"]["missing"]) == (
-        False, False, ["no_such_module_for_eexp"])
+        False,
+        False,
+        ["no_such_module_for_eexp"],
+    )
     assert rows["tau2"]["install"] in lines["tau2"]
     # described by name: one line naming the command, exit 1
     described = runner.invoke(cli, ["envs", "tau2"])
     assert described.exit_code == 1
-    assert described.stderr.strip().startswith("Error: tau2: not installed (no module no_such_module_for_eexp): "
-                                                + pip)
+    assert described.stderr.strip().startswith("Error: tau2: not installed (no module no_such_module_for_eexp): " + pip)

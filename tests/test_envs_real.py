@@ -30,15 +30,17 @@ DATA = Path(__file__).parent / "data" / "textworld"
 
 
 def _need(module: str):
-    return pytest.mark.skipif(importlib.util.find_spec(module) is None,
-                              reason=f"{module} is not installed (pip install 'eexp[all]')")
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None, reason=f"{module} is not installed (pip install 'eexp[all]')"
+    )
 
 
 needs_textworld = _need("textworld")
 needs_bfcl = _need("bfcl_eval")
 needs_scienceworld = pytest.mark.skipif(
     importlib.util.find_spec("scienceworld") is None or shutil.which("java") is None,
-    reason="scienceworld is not installed or java is not on PATH (ScienceWorld's simulator is Java)")
+    reason="scienceworld is not installed or java is not on PATH (ScienceWorld's simulator is Java)",
+)
 
 
 def walk_over(env, task) -> Walk:
@@ -54,10 +56,12 @@ def _expert_records(runner, *args) -> list[dict]:
 
 # --- textworld ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tw(monkeypatch, tmp_path):
     """A textworld env (1 game per train family) whose cache holds the committed games."""
     import textworld
+
     monkeypatch.setenv("EEXP_CACHE", str(tmp_path))
     cache = tmp_path / "textworld" / textworld.__version__
     cache.mkdir(parents=True)
@@ -71,16 +75,20 @@ def tw(monkeypatch, tmp_path):
 @needs_textworld
 def test_textworld_tasks_goals_and_clean_observations(tw):
     tasks = tw.tasks("train")
-    assert [t["id"] for t in tasks] == ["treasure-easy-00000", "treasure-medium-00000", "cooking-easy-00000",
-                                        "cooking-medium-00000"]
+    assert [t["id"] for t in tasks] == [
+        "treasure-easy-00000",
+        "treasure-medium-00000",
+        "cooking-easy-00000",
+        "cooking-medium-00000",
+    ]
     assert {t["category"] for t in tasks} == {"treasure-easy", "treasure-medium", "cooking-easy", "cooking-medium"}
-    assert all(t["game_seed"] == 0 for t in tasks)               # seed 0 makes every game: no fallback
+    assert all(t["game_seed"] == 0 for t in tasks)  # seed 0 makes every game: no fallback
     observation = tw.reset(tasks[2])
-    assert observation.startswith(tasks[2]["goal"][:30])        # banner gone, objective first
+    assert observation.startswith(tasks[2]["goal"][:30])  # banner gone, objective first
     assert "$$" not in observation and not observation.endswith(" ")
     assert "look" in tw.admissible()
     obs, _, _, info = tw.step("inventory")
-    assert info["valid"] and "-= " not in obs and ">" not in obs   # prompt and status bar stripped
+    assert info["valid"] and "-= " not in obs and ">" not in obs  # prompt and status bar stripped
 
 
 @needs_textworld
@@ -94,7 +102,7 @@ def test_textworld_splits_are_disjoint_and_ood_holds_out_families(tw):
 
 @needs_textworld
 def test_textworld_snapshot_branches_independently_and_replay_is_deterministic(tw):
-    task = tw.tasks("train")[3]                       # cooking-medium: a longer walkthrough
+    task = tw.tasks("train")[3]  # cooking-medium: a longer walkthrough
     actions = tw.expert(task)
     assert len(actions) >= 4
     walk = tw.replay(task, actions[:2])
@@ -102,9 +110,9 @@ def test_textworld_snapshot_branches_independently_and_replay_is_deterministic(t
     other = next(a for a in tw.admissible() if a != actions[2])
     branch_obs = tw.step(other)[0]
     tw.restore(snap)
-    assert tw.step(actions[2])[0] == tw.replay(task, actions[:3])   # restored state = replayed state
+    assert tw.step(actions[2])[0] == tw.replay(task, actions[:3])  # restored state = replayed state
     tw.restore(snap)
-    assert tw.step(other)[0] == branch_obs                          # the snapshot stays reusable
+    assert tw.step(other)[0] == branch_obs  # the snapshot stays reusable
     assert tw.replay(task, actions[:2]) == walk
 
 
@@ -114,21 +122,30 @@ def _tw_full_state(env) -> dict:
 
     def plain(state):
         d = {k: v for k, v in (state or {}).items() if k not in ("game", "_game_progression")}
-        if "_facts" in d:   # a set's iteration order: it differs between two processes replaying the same game too
+        if "_facts" in d:  # a set's iteration order: it differs between two processes replaying the same game too
             d["_facts"] = sorted(map(str, d["_facts"]))
         return d
 
     ram, stack, pc, sp, *registers = jericho._jericho.get_state()
     progression = tracking._game_progression
-    return {"admissible": env.admissible(), "score": env.score(), "success": env.success(),
-            "state": plain(tracking.state), "previous state": plain(inform7._prev_state),
-            "state refers to the live progression": tracking.state["_game_progression"] is progression,
-            "facts": sorted(map(str, progression.state.facts)),
-            "valid actions": list(map(str, progression.valid_actions)),
-            "policy": tracking._current_winning_policy, "previous policy": tracking._previous_winning_policy,
-            "moves": tracking._moves, "last action": tracking._last_action, "tracked infos": inform7._tracked_infos,
-            "ram": ram.tobytes(), "stack in use": stack.tobytes()[2 * sp:], "pc, sp, fp, frames, opcode, rng, text":
-            (pc, sp, *registers)}
+    return {
+        "admissible": env.admissible(),
+        "score": env.score(),
+        "success": env.success(),
+        "state": plain(tracking.state),
+        "previous state": plain(inform7._prev_state),
+        "state refers to the live progression": tracking.state["_game_progression"] is progression,
+        "facts": sorted(map(str, progression.state.facts)),
+        "valid actions": list(map(str, progression.valid_actions)),
+        "policy": tracking._current_winning_policy,
+        "previous policy": tracking._previous_winning_policy,
+        "moves": tracking._moves,
+        "last action": tracking._last_action,
+        "tracked infos": inform7._tracked_infos,
+        "ram": ram.tobytes(),
+        "stack in use": stack.tobytes()[2 * sp :],
+        "pc, sp, fp, frames, opcode, rng, text": (pc, sp, *registers),
+    }
 
 
 @needs_textworld
@@ -194,7 +211,7 @@ def test_textworld_engine_exception_becomes_env_error_and_reset_recovers(tw, mon
     with pytest.raises(EnvError, match="engine failed"):
         tw.step("look")
     with pytest.raises(EnvError, match="reset"):
-        tw.step("look")                              # broken until reset
+        tw.step("look")  # broken until reset
     assert tw.reset(task) == first
 
 
@@ -205,7 +222,7 @@ def test_textworld_hung_step_times_out_and_reset_recovers(tw, monkeypatch):
     monkeypatch.setattr(tw._env, "step", lambda a: time.sleep(5))
     with pytest.raises(StepTimeout):
         guarded(lambda: tw.step("look"), "step", timeout=0.3)
-    assert tw._env is None                           # the interrupted engine was dropped
+    assert tw._env is None  # the interrupted engine was dropped
     assert tw.reset(task) == first
 
 
@@ -216,11 +233,12 @@ def test_textworld_generation_is_byte_stable(tmp_path):
     Inform 7 writes the compile date as the story file's serial number (header bytes 0x12-0x17); it is pinned, so a
     game made on another day (the committed one was first made with serial 261121) is the same file."""
     from eexp.envs.textworld_env import SERIAL, generate_games, stamp_serial, z_checksum
+
     record = generate_games([{"family": "treasure-easy", "seed": 0}], tmp_path)["treasure-easy-00000"]
     assert record["game_seed"] == 0 and record["tried"] == []
     made = (tmp_path / "treasure-easy-00000.z8").read_bytes()
     assert made[0x12:0x18] == SERIAL.encode() and z_checksum(made) == int.from_bytes(made[0x1C:0x1E], "big")
-    for suffix in (".z8", ".game.json"):     # the story file, and ours
+    for suffix in (".z8", ".game.json"):  # the story file, and ours
         name = "treasure-easy-00000" + suffix
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
     # TextWorld's own record of the game (quest, walkthrough) is the same but for one field: where the textworld
@@ -230,7 +248,7 @@ def test_textworld_generation_is_byte_stable(tmp_path):
     committed["KB"].pop("text_grammars_path")
     assert made_json == committed
     dated = bytearray(made)
-    dated[0x12:0x18] = b"261121"                       # as compiled on 2026-11-21: only the serial differs
+    dated[0x12:0x18] = b"261121"  # as compiled on 2026-11-21: only the serial differs
     (tmp_path / "dated.z8").write_bytes(bytes(dated))
     stamp_serial(tmp_path / "dated.z8")
     assert (tmp_path / "dated.z8").read_bytes() == made
@@ -241,9 +259,11 @@ def test_textworld_seed_that_makes_no_game_is_an_error_naming_family_and_seeds(t
     """treasure-easy seed 8 makes no game (QuestGenerationError, on every machine); with one try allowed, the error
     names the family and the seeds tried, and the other games of the batch are still made."""
     from eexp.envs.textworld_env import generate_games
+
     with pytest.raises(EnvError, match=r"1 of 2 games .*treasure-easy-00008 \(treasure-easy\).*seeds tried: 8;"):
-        generate_games([{"family": "treasure-easy", "seed": 8}, {"family": "treasure-easy", "seed": 0}],
-                       tmp_path, tries=1)
+        generate_games(
+            [{"family": "treasure-easy", "seed": 8}, {"family": "treasure-easy", "seed": 0}], tmp_path, tries=1
+        )
     assert (tmp_path / "treasure-easy-00000.game.json").exists()
     assert not (tmp_path / "treasure-easy-00008.game.json").exists()
 
@@ -252,13 +272,18 @@ def test_textworld_seed_that_makes_no_game_is_an_error_naming_family_and_seeds(t
 def test_textworld_seed_that_makes_no_game_falls_back_to_the_next_game_seed(tmp_path):
     """treasure-easy seed 9 makes no game; task treasure-easy-00009 is made with game seed 100009 and says so."""
     from eexp.envs.textworld_env import SERIAL, generate_games
+
     record = generate_games([{"family": "treasure-easy", "seed": 9}], tmp_path)["treasure-easy-00009"]
-    assert (record["id"], record["seed"], record["game_seed"], record["tried"]) == \
-        ("treasure-easy-00009", 9, 100009, [9])
+    assert (record["id"], record["seed"], record["game_seed"], record["tried"]) == (
+        "treasure-easy-00009",
+        9,
+        100009,
+        [9],
+    )
     assert json.loads((tmp_path / "treasure-easy-00009.game.json").read_text()) == record
     assert (tmp_path / "treasure-easy-00009.z8").read_bytes()[0x12:0x18] == SERIAL.encode()
     level = json.loads((tmp_path / "treasure-easy-00009.json").read_text())["metadata"]
-    assert (level["mode"], level["quest_length"]) == ("easy", 5)   # the settings of seed 9 (level 10) are kept
+    assert (level["mode"], level["quest_length"]) == ("easy", 5)  # the settings of seed 9 (level 10) are kept
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +313,7 @@ def test_textworld_fallback_seed_is_used_recorded_and_deterministic(tw_cold_cach
     200008 (8 and 100008 make none), treasure-easy-00009 with 100009. The tasks keep their ids and record the game
     seed; made alone in another process, the game is the same file as made inside the whole split's batch."""
     from eexp.envs.textworld_env import generate_games
+
     monkeypatch.setenv("EEXP_CACHE", str(tw_cold_cache))
     env = make_env("textworld")
     try:
@@ -296,7 +322,7 @@ def test_textworld_fallback_seed_is_used_recorded_and_deterministic(tw_cold_cach
         fallbacks = {i: t["game_seed"] for i, t in tasks.items() if t["game_seed"] != int(i[-5:])}
         assert fallbacks == {"treasure-easy-00008": 200008, "treasure-easy-00009": 100009}
         assert env.game("treasure-easy-00008")["tried"] == [8, 100008]
-        assert env.expert(tasks["treasure-easy-00008"])          # a playable game
+        assert env.expert(tasks["treasure-easy-00008"])  # a playable game
         wrong = {**tasks["treasure-easy-00008"], "game_seed": 8}
         with pytest.raises(EnvError, match="recorded with game seed 8"):
             env.reset(wrong)
@@ -311,6 +337,7 @@ def test_textworld_fallback_seed_is_used_recorded_and_deterministic(tw_cold_cach
 
 
 # --- scienceworld ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sw(tmp_path_factory):
@@ -347,7 +374,7 @@ def test_scienceworld_replay_matches_stepping_and_admissible_is_trimmed(sw):
     for a in gold[:8]:
         stepped.append(sw.step(a)[0])
     assert sw.replay(task, gold[:8]) == stepped[-1]
-    assert sw.replay(task, gold[:5]) == stepped[5]          # deterministic, any prefix
+    assert sw.replay(task, gold[:5]) == stepped[5]  # deterministic, any prefix
     admissible = sw.admissible()
     assert 0 < len(admissible) <= 60 and not any("agent" in a or " air" in a for a in admissible)
     assert sw.step("fly to the moon")[3]["valid"] is False
@@ -368,7 +395,7 @@ def test_scienceworld_java_death_is_an_error_and_reset_restarts(sw, caplog):
     task = _sw_task(sw)
     first = sw.reset(task)
     old = sw.java_process()
-    server, client = sw._sw.server, sw._sw._gateway._gateway_client   # a Java object of the JVM about to die
+    server, client = sw._sw.server, sw._sw._gateway._gateway_client  # a Java object of the JVM about to die
     old.kill()
     old.wait()
     with pytest.raises(EnvError, match="Java process died|simulator failed"):
@@ -380,7 +407,7 @@ def test_scienceworld_java_death_is_an_error_and_reset_restarts(sw, caplog):
     del server
     gc.collect()
     assert not [r for r in caplog.records if r.name.startswith("py4j") and r.levelno >= logging.WARNING]
-    assert sw.reset(task) == first                 # a fresh JVM
+    assert sw.reset(task) == first  # a fresh JVM
     assert sw.java_process().pid != old.pid
 
 
@@ -390,9 +417,10 @@ def test_scienceworld_hung_step_is_killed_by_the_watchdog(sw, monkeypatch):
     first = sw.reset(task)
     monkeypatch.setattr(sw, "step_timeout", 0.5)
 
-    class Slow:   # stands in for a server call that never answers
+    class Slow:  # stands in for a server call that never answers
         def __getattr__(self, name):
             return lambda *a: time.sleep(3)
+
     monkeypatch.setattr(sw, "_server", lambda: Slow())
     with pytest.raises(EnvError, match="took longer than 0.5 s"):
         sw.step("look around")
@@ -404,13 +432,15 @@ def test_scienceworld_hung_step_is_killed_by_the_watchdog(sw, monkeypatch):
 @pytest.mark.slow
 def test_scienceworld_expert_10_all_succeed(runner, tmp_path, monkeypatch):
     monkeypatch.setenv("EEXP_CACHE", str(tmp_path))
-    records = _expert_records(runner, "--env", "scienceworld", "-n", "10", "--env-arg", "variations=1",
-                              "--no-admissible")
+    records = _expert_records(
+        runner, "--env", "scienceworld", "-n", "10", "--env-arg", "variations=1", "--no-admissible"
+    )
     assert len(records) == 10 and len({r["task"]["category"] for r in records}) >= 5
     assert all(r["success"] and "error" not in r for r in records), [(r["id"], r.get("score")) for r in records]
 
 
 # --- bfcl -----------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def bfcl():
@@ -439,7 +469,7 @@ def test_bfcl_checker_rejects_a_wrong_trajectory(bfcl):
     bfcl.reset(task)
     for action in bfcl.expert(task):
         if "(" in action:
-            continue                                 # skip every call: the user's requests are not done
+            continue  # skip every call: the user's requests are not done
         bfcl.step(action)
     assert not bfcl.success()
 
@@ -449,13 +479,13 @@ def test_bfcl_executor_never_evaluates(bfcl, tmp_path):
     task = next(t for t in bfcl.tasks("train") if "GorillaFileSystem" in t["goal"] or "ls(" in t["goal"])
     bfcl.reset(task)
     marker = tmp_path / "pwned"
-    obs, _, _, _ = bfcl.step(f"__import__('os').system('touch {marker}')")   # not a call by name: a reply
+    obs, _, _, _ = bfcl.step(f"__import__('os').system('touch {marker}')")  # not a call by name: a reply
     assert not marker.exists()
     bfcl.reset(task)
-    obs, _, _, info = bfcl.step(f"ls(a=open('{marker}', 'w'))")              # non-literal argument: a reply
+    obs, _, _, info = bfcl.step(f"ls(a=open('{marker}', 'w'))")  # non-literal argument: a reply
     assert not marker.exists() and "User:" in obs
     bfcl.reset(task)
-    obs, _, _, info = bfcl.step("_load_scenario({})")                        # private: not a tool
+    obs, _, _, info = bfcl.step("_load_scenario({})")  # private: not a tool
     assert info["valid"] is False and "no tool" in obs
 
 
@@ -485,7 +515,7 @@ def test_bfcl_tool_exception_and_setup_failure(bfcl, monkeypatch):
     name = bfcl.expert(task)[0].split("(")[0]
     obj = next(o for o in bfcl._ep["instances"].values() if hasattr(o, name))
     monkeypatch.setattr(obj, name, lambda *a, **k: 1 / 0)
-    obs, _, done, _ = bfcl.step(bfcl.expert(task)[0])      # a tool's exception is its error message
+    obs, _, done, _ = bfcl.step(bfcl.expert(task)[0])  # a tool's exception is its error message
     assert "Error during execution: division by zero" in obs and not done
     broken = json.loads(json.dumps(bfcl._entries[task["id"]][0]))
     broken["involved_classes"] = ["NoSuchAPI"]

@@ -25,8 +25,8 @@ from eexp.stages.evaluate.summary import summarize
 from eexp.stages.evaluate.tasks import split_tasks
 from eexp.stats import mcnemar_exact, paired_bootstrap, wilson
 
-
 # --- statistics, against values computed by hand ----------------------------------------------------------------
+
 
 def test_wilson_interval_hand_computed():
     # 6 successes of 50, z = 1.959964, z² = 3.841459:
@@ -90,6 +90,7 @@ def test_paired_bootstrap_hand_computed():
 
 # --- a small environment: count up to a target, then submit -------------------------------------------------------
 
+
 class CountEnv(Env):
     """Reach the task's target with `up`/`down`, then `submit`. Task "t-boom" raises inside step 2 (an environment
     failure); any other action is rejected with an error observation (invalid)."""
@@ -101,9 +102,10 @@ class CountEnv(Env):
 
     def tasks(self, split):
         if split == "test":
-            return [{"id": f"t-{i}", "split": "test", "goal": f"reach {i % 3 + 1}",
-                     "category": "odd" if i % 2 else "even"} for i in range(5)] + \
-                   [{"id": "t-boom", "split": "test", "goal": "reach 2", "category": "even"}]
+            return [
+                {"id": f"t-{i}", "split": "test", "goal": f"reach {i % 3 + 1}", "category": "odd" if i % 2 else "even"}
+                for i in range(5)
+            ] + [{"id": "t-boom", "split": "test", "goal": "reach 2", "category": "even"}]
         return [{"id": f"tr-{i}", "split": "train", "goal": f"reach {i % 3 + 1}"} for i in range(3)]
 
     def reset(self, task):
@@ -299,8 +301,14 @@ def test_compare_paired_test_hand_computed():
     # only B on tasks 2-8 (c = 7): McNemar p = 2 * (C(8,0) + C(8,1)) / 2^8 = 2 * 9 / 256 = 0.0703125 -> not
     # significant at 0.05. Run C succeeds on tasks 1-9: b = 1, c = 8, p = 0.0390625 (hand value above) -> better.
     def run(label, wins):
-        eps = {f"t{i}": {"task": {"id": f"t{i}", "split": "test", "goal": "g"}, "success": i in wins,
-                         "score": 1.0 if i in wins else 0.0} for i in range(10)}
+        eps = {
+            f"t{i}": {
+                "task": {"id": f"t{i}", "split": "test", "goal": "g"},
+                "success": i in wins,
+                "score": 1.0 if i in wins else 0.0,
+            }
+            for i in range(10)
+        }
         return Run(label, f"{label}.jsonl", "test", label, eps)
 
     result = compare_runs("count", [run("A", {0, 1}), run("B", set(range(1, 9))), run("C", set(range(1, 10)))])
@@ -317,6 +325,7 @@ def test_compare_paired_test_hand_computed():
 
 
 # --- the command on the built-in environments ---------------------------------------------------------------------
+
 
 def invoke(args, input=None):
     return CliRunner().invoke(cli, args, input=input, catch_exceptions=False)
@@ -351,8 +360,9 @@ def test_oracle_reaches_100_percent_and_random_is_low(tmp_path, env):
 
 
 @pytest.mark.slow  # the optional environments (TextWorld games, the ScienceWorld JVM, BFCL data) take a while
-@pytest.mark.parametrize("env,package", [("textworld", "textworld"), ("scienceworld", "scienceworld"),
-                                         ("bfcl", "bfcl_eval")])
+@pytest.mark.parametrize(
+    "env,package", [("textworld", "textworld"), ("scienceworld", "scienceworld"), ("bfcl", "bfcl_eval")]
+)
 def test_oracle_100_percent_and_random_lower_on_optional_envs(tmp_path, env, package):
     pytest.importorskip(package)
     summary_path = tmp_path / "s.json"
@@ -377,8 +387,9 @@ def test_cli_bad_input(tmp_path, monkeypatch):
     assert result.exit_code == 2 and " ".join(result.output.split()).endswith(
         "Error: eval needs the policy to evaluate (or random, oracle): give --policy SPEC (model.gguf, a checkpoint "
         "dir, http(s)://HOST/v1, ...), or set a default for every stage with EEXP_POLICY=SPEC (EEXP_POLICY is not "
-        "set)")
-    monkeypatch.setenv("EEXP_POLICY", "oracle")     # the default policy: what eval runs when given none
+        "set)"
+    )
+    monkeypatch.setenv("EEXP_POLICY", "oracle")  # the default policy: what eval runs when given none
     result = CliRunner().invoke(cli, ["eval", "--env", "shop", "-n", "2", "-q"])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["meta"]["policy_spec"] for line in result.stdout.splitlines()] == ["oracle", "oracle"]
@@ -423,8 +434,20 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     part.write_bytes(b"".join(raw[:3]) + raw[3][:40])
     part_traj.write_bytes(b"".join(full_traj.read_bytes().splitlines(keepends=True)[:4]))
     summary = tmp_path / "s.json"
-    result = invoke(args + ["-o", str(part), "--trajectories", str(part_traj), "--resume", "--summary",
-                            str(summary), "--stats", str(tmp_path / "stats.json")])
+    result = invoke(
+        args
+        + [
+            "-o",
+            str(part),
+            "--trajectories",
+            str(part_traj),
+            "--resume",
+            "--summary",
+            str(summary),
+            "--stats",
+            str(tmp_path / "stats.json"),
+        ]
+    )
     assert result.exit_code == 0, result.output
     # prepare_resume also drops the last whole episode (it may have been cut between its outputs): 2 kept
     assert "resuming: 2 of 8 episodes" in result.stderr
@@ -434,15 +457,33 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["resumed"] == 2 and stats["records_out"] == 6
     # A file of another evaluation is not silently mixed into this one.
-    result = CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "8", "-q", "-o",
-                                      str(part), "--resume"])
+    result = CliRunner().invoke(
+        cli, ["eval", "--policy", "random", "--env", "shop", "-n", "8", "-q", "-o", str(part), "--resume"]
+    )
     assert result.exit_code == 1 and "another evaluation" in result.output
 
 
 def test_tasks_from_trajectory_files(tmp_path):
     traj = tmp_path / "t.jsonl"
-    assert invoke(["eval", "--policy", "oracle", "--env", "shop", "--split", "ood", "-n", "5", "-q",
-                   "--trajectories", str(traj)]).exit_code == 0
+    assert (
+        invoke(
+            [
+                "eval",
+                "--policy",
+                "oracle",
+                "--env",
+                "shop",
+                "--split",
+                "ood",
+                "-n",
+                "5",
+                "-q",
+                "--trajectories",
+                str(traj),
+            ]
+        ).exit_code
+        == 0
+    )
     result = invoke(["eval", "--policy", "random", "-q", str(traj)])
     assert result.exit_code == 0, result.output
     episodes = lines(result.stdout)
@@ -454,18 +495,19 @@ def test_tasks_from_trajectory_files(tmp_path):
 
 def test_compare_refuses_mixed_environments_and_plots(tmp_path):
     files = {}
-    for name, env, policy in [("oracle", "shop", "oracle"), ("random", "shop", "random"),
-                              ("tools", "tools", "oracle")]:
+    for name, env, policy in [("oracle", "shop", "oracle"), ("random", "shop", "random"), ("tools", "tools", "oracle")]:
         files[name] = tmp_path / f"{name}.jsonl"
-        assert invoke(["eval", "--policy", policy, "--env", env, "-n", "30", "-q", "-o", str(files[name])]
-                      ).exit_code == 0
+        assert (
+            invoke(["eval", "--policy", policy, "--env", env, "-n", "30", "-q", "-o", str(files[name])]).exit_code == 0
+        )
     result = CliRunner().invoke(cli, ["eval", "--compare", str(files["oracle"]), str(files["tools"])])
     assert result.exit_code == 1
     assert "episodes of environment 'tools'" in result.output and "holds episodes of 'shop'" in result.output
 
     png, summary = tmp_path / "runs.png", tmp_path / "cmp.json"
-    result = invoke(["eval", "--compare", str(files["random"]), str(files["oracle"]), "--plot", str(png),
-                     "--summary", str(summary)])
+    result = invoke(
+        ["eval", "--compare", str(files["random"]), str(files["oracle"]), "--plot", str(png), "--summary", str(summary)]
+    )
     assert result.exit_code == 0, result.output
     assert "random" in result.stdout and "better" in result.stdout
     comparison = json.loads(summary.read_text())
@@ -475,12 +517,14 @@ def test_compare_refuses_mixed_environments_and_plots(tmp_path):
 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
+
     with Image.open(png) as image:
         image.verify()
     with Image.open(png) as image:
         width, height = image.size
     assert width >= 400 and height >= 300
     import matplotlib.image
+
     pixels = matplotlib.image.imread(str(png))
     assert pixels.shape[:2] == (height, width) and pixels.std() > 0.05  # not a blank canvas
 
@@ -498,6 +542,7 @@ def test_compare_pairs_only_common_tasks(tmp_path):
 
 
 # --- model policies: a local OpenAI-compatible endpoint, and a tiny GGUF --------------------------------------------
+
 
 class FakeEndpoint:
     """A chat-completions server on 127.0.0.1 that answers the first admissible action of the prompt, and counts
@@ -527,6 +572,7 @@ class FakeEndpoint:
 
             def do_POST(self):
                 import time
+
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
                     outer.in_flight += 1
@@ -534,8 +580,11 @@ class FakeEndpoint:
                     outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
                 time.sleep(0.02)  # long enough for concurrent requests to overlap
                 prompt = request["messages"][-1]["content"]
-                listed = prompt.split("Admissible actions:\n", 1)[1].splitlines() if "Admissible actions" in prompt \
+                listed = (
+                    prompt.split("Admissible actions:\n", 1)[1].splitlines()
+                    if "Admissible actions" in prompt
                     else ["look"]
+                )
                 with outer.lock:
                     outer.in_flight -= 1
                 self.reply({"choices": [{"message": {"content": f"Action: {listed[-1]}"}, "finish_reason": "stop"}]})
@@ -552,15 +601,27 @@ class FakeEndpoint:
 def test_endpoint_policy_runs_concurrent_requests_with_the_same_episodes():
     endpoint = FakeEndpoint()
     try:
-        args = ["eval", "--policy", endpoint.url, "--env", "shop", "-n", "6", "--max-steps", "4", "-q",
-                "--policy-arg", "guided=none"]   # it answers from the listed actions itself
+        args = [
+            "eval",
+            "--policy",
+            endpoint.url,
+            "--env",
+            "shop",
+            "-n",
+            "6",
+            "--max-steps",
+            "4",
+            "-q",
+            "--policy-arg",
+            "guided=none",
+        ]  # it answers from the listed actions itself
         one = invoke(args + ["--concurrency", "1"])
         assert one.exit_code == 0, one.output
         assert endpoint.most_in_flight == 1
         four = invoke(args + ["--concurrency", "4"])
         assert four.exit_code == 0, four.output
         assert endpoint.most_in_flight >= 2  # episodes ran side by side against the one endpoint
-        assert endpoint.requests == 2 * (1 + 6 * 4)   # the first contact's one-token request, then the steps
+        assert endpoint.requests == 2 * (1 + 6 * 4)  # the first contact's one-token request, then the steps
         assert without_time(lines(one.stdout)) == without_time(lines(four.stdout))
         assert lines(one.stdout)[0]["policy"] == "fake-model"
     finally:
@@ -574,6 +635,7 @@ def trained_gguf(tiny_checkpoint, tmp_path_factory):
     import shutil
 
     from eexp.card import read_card, write_card
+
     ckpt = tmp_path_factory.mktemp("eval-model") / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     write_card(ckpt, dataclasses.replace(read_card(ckpt), serializer={"history": 1, "show_admissible": False}))
@@ -586,8 +648,20 @@ def trained_gguf(tiny_checkpoint, tmp_path_factory):
 @pytest.mark.slow  # ~20-40 s on 2 shared cores: three evals of a GGUF, two of them in spawned workers
 def test_gguf_policy_serializer_from_the_model_and_workers(trained_gguf):
     pytest.importorskip("llama_cpp")
-    base = ["eval", "--policy", str(trained_gguf), "--env", "shop", "-n", "3", "--max-steps", "3", "-q",
-            "--policy-arg", "n_threads=1"]
+    base = [
+        "eval",
+        "--policy",
+        str(trained_gguf),
+        "--env",
+        "shop",
+        "-n",
+        "3",
+        "--max-steps",
+        "3",
+        "-q",
+        "--policy-arg",
+        "n_threads=1",
+    ]
     one = invoke(base)
     assert one.exit_code == 0, one.output
     episodes = lines(one.stdout)
@@ -613,13 +687,37 @@ def test_ctrl_c_with_workers_then_resume(trained_gguf, tmp_path):
     import subprocess
     import sys
     import time
+
     pytest.importorskip("llama_cpp")
     out = tmp_path / "episodes.jsonl"
-    args = [sys.executable, "-m", "eexp", "eval", "--policy", str(trained_gguf), "--env", "shop", "-n", "30",
-            "--max-steps", "3", "-j", "2", "-q", "--policy-arg", "n_threads=1", "-o", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "eexp",
+        "eval",
+        "--policy",
+        str(trained_gguf),
+        "--env",
+        "shop",
+        "-n",
+        "30",
+        "--max-steps",
+        "3",
+        "-j",
+        "2",
+        "-q",
+        "--policy-arg",
+        "n_threads=1",
+        "-o",
+        str(out),
+    ]
     # SIGINT at its default in the child (a background shell would have it ignored), in a group of its own
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        args,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (out.exists() and out.stat().st_size > 0) and process.poll() is None:
         time.sleep(0.2)
@@ -638,6 +736,7 @@ def test_ctrl_c_with_workers_then_resume(trained_gguf, tmp_path):
 
 def test_screenshots_save_each_state_beside_what_the_model_read(tmp_path, monkeypatch):
     from eexp.envs.shop import ShopEnv
+
     args = ["eval", "--policy", "oracle", "--env", "shop", "-n", "2", "-q"]
     plain = invoke(args)
     refused = CliRunner().invoke(cli, args + ["--screenshots", str(tmp_path / "no")])
@@ -646,18 +745,19 @@ def test_screenshots_save_each_state_beside_what_the_model_read(tmp_path, monkey
     monkeypatch.setattr(ShopEnv, "screenshot", lambda self: b"PNG " + self._render().encode(), raising=False)
     shots = invoke(args + ["--screenshots", str(tmp_path / "shots")])
     assert shots.exit_code == 0, shots.output
-    assert without_time(lines(shots.stdout)) == without_time(lines(plain.stdout))   # the episodes do not change
+    assert without_time(lines(shots.stdout)) == without_time(lines(plain.stdout))  # the episodes do not change
     for episode in lines(shots.stdout):
         folder = tmp_path / "shots" / episode["id"]
         assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:03d}.png" for i in range(episode["steps"] + 1)]
         for i, observation in enumerate(episode["observations"]):
             text = (folder / f"{i:03d}.txt").read_text()
             assert text.startswith(f"# observation\n{observation}\n")
-            assert ("# what the model read\n" in text) == (i < episode["steps"])   # the last state is not acted on
+            assert ("# what the model read\n" in text) == (i < episode["steps"])  # the last state is not acted on
             assert (folder / f"{i:03d}.png").read_bytes().startswith(b"PNG ")
 
 
 # --- --start off-path: the recovery test ------------------------------------------------------------------------
+
 
 def _episodes(output: str) -> list[dict]:
     return [json.loads(line) for line in output.splitlines()]
@@ -665,9 +765,11 @@ def _episodes(output: str) -> list[dict]:
 
 def test_off_path_start_plays_the_expert_prefix_then_one_other_action_and_hands_over():
     from eexp.envs.base import make_env
+
     runner = CliRunner()
-    result = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "15", "--start", "off-path",
-                                 "--seed", "3", "-q"])
+    result = runner.invoke(
+        cli, ["eval", "--policy", "random", "--env", "shop", "-n", "15", "--start", "off-path", "--seed", "3", "-q"]
+    )
     assert result.exit_code == 0, result.output
     episodes = _episodes(result.stdout)
     env = make_env("shop")
@@ -679,7 +781,7 @@ def test_off_path_start_plays_the_expert_prefix_then_one_other_action_and_hands_
         ks.add(k)
         assert start["mode"] == "off-path" and 0 <= k < len(expert)
         assert start["prefix"] == expert[:k] and start["expert_next"] == expert[k]
-        assert start["played"] == k + 1 and e["actions"][:k + 1] == expert[:k] + [start["injected"]]
+        assert start["played"] == k + 1 and e["actions"][: k + 1] == expert[:k] + [start["injected"]]
         # the injected action was admissible there, is not the expert's, and left the episode running
         env.replay(e["task"], expert[:k])
         assert start["injected"] in env.admissible() and start["injected"] != expert[k]
@@ -688,15 +790,17 @@ def test_off_path_start_plays_the_expert_prefix_then_one_other_action_and_hands_
         # the policy's first state is the one the injected action led to; steps count the policy's actions only
         assert e["observations"][k + 1] == handover
         assert e["steps"] == len(e["actions"]) - (k + 1) >= 1
-    assert len(ks) > 1          # k is drawn per task
+    assert len(ks) > 1  # k is drawn per task
 
 
 def test_off_path_starts_are_the_same_for_every_policy_of_one_seed_and_change_with_the_seed():
     runner = CliRunner()
 
     def starts(policy, seed):
-        result = runner.invoke(cli, ["eval", "--policy", policy, "--env", "shop", "-n", "12", "--start",
-                                     "off-path", "--seed", str(seed), "-q"])
+        result = runner.invoke(
+            cli,
+            ["eval", "--policy", policy, "--env", "shop", "-n", "12", "--start", "off-path", "--seed", str(seed), "-q"],
+        )
         assert result.exit_code == 0, result.output
         return [(e["task"]["id"], e["meta"]["start"]) for e in _episodes(result.stdout)]
 
@@ -709,11 +813,14 @@ def test_off_path_starts_are_the_same_for_every_policy_of_one_seed_and_change_wi
 
 
 def test_off_path_start_needs_an_admissible_list():
-    result = CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "bfcl", "-n", "2", "--start",
-                                      "off-path", "-q"])
+    result = CliRunner().invoke(
+        cli, ["eval", "--policy", "random", "--env", "bfcl", "-n", "2", "--start", "off-path", "-q"]
+    )
     assert result.exit_code == 2
-    assert "--start off-path draws the injected action from the admissible list, and the bfcl environment " \
-           "lists none at step" in result.output
+    assert (
+        "--start off-path draws the injected action from the admissible list, and the bfcl environment "
+        "lists none at step" in result.output
+    )
 
 
 class ThinkingOracle(OraclePolicy):
@@ -727,20 +834,37 @@ class ThinkingOracle(OraclePolicy):
 
 def test_off_path_thoughts_stay_parallel_to_the_actions():
     from eexp.envs.base import make_env
+
     env = make_env("shop")
-    evaluator = Evaluator(EvalSettings(env_name="shop", policy_spec="oracle", start="off-path", seed=3), env=env,
-                          policy=ThinkingOracle())
+    evaluator = Evaluator(
+        EvalSettings(env_name="shop", policy_spec="oracle", start="off-path", seed=3), env=env, policy=ThinkingOracle()
+    )
     for task in env.tasks("test")[:6]:
         episode, _ = evaluator.run(task, f"ep-{task['id']}")
         played = episode["meta"]["start"]["played"]
         assert played >= 1 and len(episode["thoughts"]) == len(episode["actions"])
-        assert episode["thoughts"][:played] == [None] * played           # played for the policy: no thought
+        assert episode["thoughts"][:played] == [None] * played  # played for the policy: no thought
         assert all(t is not None and t.startswith("I do ") for t in episode["thoughts"][played:])
 
 
 def test_off_path_keeps_no_trajectories(tmp_path):
-    result = CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "2", "--start",
-                                      "off-path", "--trajectories", str(tmp_path / "t.jsonl"), "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--policy",
+            "random",
+            "--env",
+            "shop",
+            "-n",
+            "2",
+            "--start",
+            "off-path",
+            "--trajectories",
+            str(tmp_path / "t.jsonl"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2
     assert "an off-path episode begins with actions the policy did not choose" in result.output
     assert not (tmp_path / "t.jsonl").exists()
@@ -754,17 +878,24 @@ def test_compare_takes_no_start(tmp_path):
 def test_compare_refuses_reset_and_off_path_episodes_of_one_split(tmp_path):
     reset, off = tmp_path / "reset.jsonl", tmp_path / "off.jsonl"
     for path, start in ((reset, []), (off, ["--start", "off-path"])):
-        assert CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "4", "-q", "-o",
-                                        str(path), *start]).exit_code == 0
+        assert (
+            CliRunner()
+            .invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "4", "-q", "-o", str(path), *start])
+            .exit_code
+            == 0
+        )
     result = CliRunner().invoke(cli, ["eval", "--compare", str(reset), str(off)])
     assert result.exit_code == 1
-    assert f"{off}:1: an episode that starts off-path, but {reset} holds test episodes that start reset: --compare " \
-           "pairs episodes of the same task from the same start (compare --start off-path runs on their own)" \
-           in " ".join(result.output.split())
+    assert (
+        f"{off}:1: an episode that starts off-path, but {reset} holds test episodes that start reset: --compare "
+        "pairs episodes of the same task from the same start (compare --start off-path runs on their own)"
+        in " ".join(result.output.split())
+    )
     assert CliRunner().invoke(cli, ["eval", "--compare", f"A={off}", f"B={off}"]).exit_code == 0
 
 
 # --- --attempts N --memory reflexion ------------------------------------------------------------------------------
+
 
 class LearnerPolicy(Policy):
     """Submits at once unless a note in its prompt tells it to count up first; its diagnosis of a failed attempt is
@@ -791,6 +922,7 @@ class LearnerPolicy(Policy):
 
 def test_reflexion_memory_carries_a_kept_diagnosis_into_the_next_attempt():
     from eexp.stages.memory import DIAGNOSIS_ASK, MEMORY_HEADER
+
     note = "I submitted the counter too early. Next time count up to the target before I submit the count."
     policy = LearnerPolicy(note)
     tasks = [t for t in CountEnv().tasks("test") if t["id"] != "t-boom"]
@@ -829,12 +961,14 @@ def test_every_attempts_environment_error_is_counted_and_said():
     """t-boom fails inside its environment at step 2 of every attempt: each attempt's record keeps its error, and
     the stage counts and warns about all of them (not the last attempt's alone), with every attempt's steps."""
     from eexp.stages.evaluate.stage import Evaluation
+
     boom = [t for t in CountEnv().tasks("test") if t["id"] == "t-boom"]
     counts, warnings = {}, []
     s = EvalSettings(env_name="count", policy_spec="oracle", attempts=2)
     with Runner(s, 1, env=CountEnv(), policy=OraclePolicy()) as runner:
-        stage = Evaluation(runner, s, count=lambda k, n=1: counts.__setitem__(k, counts.get(k, 0) + n),
-                           warn=warnings.append)
+        stage = Evaluation(
+            runner, s, count=lambda k, n=1: counts.__setitem__(k, counts.get(k, 0) + n), warn=warnings.append
+        )
         episodes = list(stage(boom[0])) + list(stage.finish())
     tries = episodes[0]["meta"]["attempts"]
     assert [a["stop_reason"] for a in tries] == ["error", "error"] and all(a["error"] for a in tries)
@@ -847,7 +981,7 @@ def test_reflexion_leaves_out_a_diagnosis_that_fails_the_filters():
     tasks = [t for t in CountEnv().tasks("test") if int(t["goal"].split()[-1]) > 0 and t["id"] != "t-boom"]
     episodes, _ = run_count(policy, tasks=tasks, attempts=2, memory="reflexion")
     summary = summarize(episodes, env="count", policy="learner")
-    assert [a["successes"] for a in summary["success_at"]] == [0, 0]        # nothing was learned: no memory
+    assert [a["successes"] for a in summary["success_at"]] == [0, 0]  # nothing was learned: no memory
     assert summary["diagnoses"]["kept"] == 0 and summary["diagnoses"]["rejected"] == {"label_leakage": len(tasks)}
     assert all(a["memory"] == [] for e in episodes for a in e["meta"]["attempts"])
 
@@ -856,6 +990,7 @@ def test_a_diagnosis_sees_the_last_steps_of_a_long_attempt():
     """An attempt that ran to a 50-step limit is shown by its last DIAGNOSIS_STEPS steps, so the prompt keeps its
     task and instructions at any length (a prompt fitted to the context is cut from the front)."""
     from eexp.stages.memory import DIAGNOSIS_STEPS, diagnosis_messages
+
     actions = [f"go {i}" for i in range(50)]
     observations = [f"room {i}" for i in range(51)]
     text = diagnosis_messages("find the key", actions, observations)[-1]["content"]
@@ -879,13 +1014,17 @@ def test_attempts_cli_and_its_usage_errors():
         assert b["success"] == any(t["success"] for t in b["meta"]["attempts"])
     assert "success@3" in three.stderr
     result = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "--memory", "reflexion"])
-    assert result.exit_code == 2 and "--memory reflexion is written between attempts: give --attempts N" in result.output
-    result = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "--attempts", "2", "--memory",
-                                 "reflexion"])
+    assert (
+        result.exit_code == 2 and "--memory reflexion is written between attempts: give --attempts N" in result.output
+    )
+    result = runner.invoke(
+        cli, ["eval", "--policy", "random", "--env", "shop", "--attempts", "2", "--memory", "reflexion"]
+    )
     assert result.exit_code == 2 and "the random policy writes no diagnoses" in result.output
 
 
 # --- --critic: the policy proposes, a critic chooses -------------------------------------------------------------
+
 
 class WanderPolicy(Policy):
     """Its own (greedy) action is always `down`; its samples cycle through up, submit, down, and an unparseable
@@ -897,8 +1036,13 @@ class WanderPolicy(Policy):
         if temperature == 0:
             return Reply(text="Action: down", action="down", valid=True, seed=0, finish_reason="stop")
         action = ("up", "submit", "down", None)[seed % 4]
-        return Reply(text=f"Action: {action}" if action else "hmm", action=action, valid=action is not None,
-                     seed=seed, finish_reason="stop")
+        return Reply(
+            text=f"Action: {action}" if action else "hmm",
+            action=action,
+            valid=action is not None,
+            seed=seed,
+            finish_reason="stop",
+        )
 
 
 class CountingCritic:
@@ -925,7 +1069,7 @@ class CountingCritic:
 def test_a_critic_chooses_among_the_policys_proposals_and_records_what_it_saw():
     tasks = [t for t in CountEnv().tasks("test") if t["id"] != "t-boom"]
     plain, _ = run_count(WanderPolicy(), tasks=tasks)
-    assert not any(e["success"] for e in plain)                     # alone, it only goes down
+    assert not any(e["success"] for e in plain)  # alone, it only goes down
     env, critic = CountEnv(), CountingCritic()
     s = EvalSettings(env_name="count", policy_spec="wander", critic="counting-critic", critic_k=8)
     with Runner(s, 1, env=env, policy=WanderPolicy(), critic=critic) as runner:
@@ -933,18 +1077,28 @@ def test_a_critic_chooses_among_the_policys_proposals_and_records_what_it_saw():
         episodes = [ep for ep, _ in runner.map(list(zip(tasks, ids)))]
     assert all(e["success"] for e in episodes)
     first = episodes[0]["meta"]
-    assert first["critic"] == {"spec": "counting-critic", "model": "counting-critic", "model_sha256": "c0ffee",
-                               "k": 8, "temperature": 1.0}
+    assert first["critic"] == {
+        "spec": "counting-critic",
+        "model": "counting-critic",
+        "model_sha256": "c0ffee",
+        "k": 8,
+        "temperature": 1.0,
+    }
     step = first["critic_steps"][0]
     # the policy's own action first, then the distinct valid samples (the unparseable one is not a candidate)
     assert step["candidates"][0] == "down" and sorted(step["candidates"]) == ["down", "submit", "up"]
     assert step["scores"][step["chosen"]] == 0.9 and len(first["critic_steps"]) == episodes[0]["steps"]
     # the critic changes the episode, so its id says which critic and how many proposals
-    assert ids[0] != episode_id(EvalSettings(env_name="count", policy_spec="wander"), tasks[0],
-                                {k: v for k, v in runner.description.items() if k != "critic"})
+    assert ids[0] != episode_id(
+        EvalSettings(env_name="count", policy_spec="wander"),
+        tasks[0],
+        {k: v for k, v in runner.description.items() if k != "critic"},
+    )
 
 
 def test_critic_options_need_a_critic():
     result = CliRunner().invoke(cli, ["eval", "--policy", "random", "--env", "shop", "--critic-k", "3"])
-    assert result.exit_code == 2 and "--critic-k sets how the critic's candidates are proposed: give --critic MODEL" \
-        in result.output
+    assert (
+        result.exit_code == 2
+        and "--critic-k sets how the critic's candidates are proposed: give --critic MODEL" in result.output
+    )

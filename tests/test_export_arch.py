@@ -23,10 +23,15 @@ from click.testing import CliRunner
 
 from eexp.cli import cli
 
-SEQ = 200            # positions compared: past llama3's original context (32) and Gemma-3's window (16)
-TOLERANCE = 0.003    # of the logits' spread
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 32}
+SEQ = 200  # positions compared: past llama3's original context (32) and Gemma-3's window (16)
+TOLERANCE = 0.003  # of the logits' spread
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
 
 
 def _config(arch: str, vocab: int, **overrides):
@@ -34,19 +39,32 @@ def _config(arch: str, vocab: int, **overrides):
     so that one of them (the sixth) is a global-attention layer, as in llama.cpp's fixed 5:1 pattern)."""
     from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                  tie_word_embeddings=False, bos_token_id=None, eos_token_id=2, pad_token_id=0)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     if arch in ("llama", "llama3"):
-        config = LlamaConfig(**common, rope_theta=10000.0,
-                             rope_scaling=dict(LLAMA3_ROPE) if arch == "llama3" else None)
+        config = LlamaConfig(**common, rope_theta=10000.0, rope_scaling=dict(LLAMA3_ROPE) if arch == "llama3" else None)
     elif arch == "qwen2":
         config = Qwen2Config(**{**common, "tie_word_embeddings": True}, rope_theta=10000.0)
     elif arch == "qwen3":
         config = Qwen3Config(**common, rope_theta=10000.0)
     elif arch == "gemma3":
-        config = Gemma3TextConfig(**{**common, "num_hidden_layers": 6, "tie_word_embeddings": True},
-                                  sliding_window=16, query_pre_attn_scalar=16)
+        config = Gemma3TextConfig(
+            **{**common, "num_hidden_layers": 6, "tie_word_embeddings": True},
+            sliding_window=16,
+            query_pre_attn_scalar=16,
+        )
         config.architectures = ["Gemma3ForCausalLM"]
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -76,6 +94,7 @@ def _tiny(arch: str, tokenizer_dir, dest, seed: int = 0, **overrides):
 
 def _ids(vocab: int, seed: int = 1):
     import random
+
     rng = random.Random(seed)
     return [rng.randrange(3, vocab) for _ in range(SEQ)]
 
@@ -87,6 +106,7 @@ def _hf_all(ckpt, ids, adapter=None):
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     if adapter is not None:
         from peft import PeftModel
+
         model = PeftModel.from_pretrained(model, str(adapter))
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].numpy()
@@ -113,11 +133,13 @@ def _export(*args):
 
 def _fields(path):
     import gguf
+
     return {name: field.contents() for name, field in gguf.GGUFReader(str(path)).fields.items()}
 
 
 def _within(llama, hf, tolerance=TOLERANCE):
     import numpy as np
+
     spread = float(hf.max() - hf.min())
     diff = float(np.abs(llama - hf).max())
     assert diff < tolerance * spread, f"max |llama.cpp - transformers| = {diff:.3g}, spread {spread:.3g}"
@@ -157,6 +179,7 @@ def test_f32_export_computes_like_transformers_past_the_context(arch, tokenizer_
     spread = float(hf.max() - hf.min())
     if arch == "llama3":
         from gguf import GGUFReader
+
         assert any(t.name == "rope_freqs.weight" for t in GGUFReader(str(out)).tensors)  # how llama.cpp takes llama3
         plain = tmp_path / "plain"
         shutil.copytree(ckpt, plain)
@@ -172,6 +195,7 @@ def test_f32_export_computes_like_transformers_past_the_context(arch, tokenizer_
 
     # the tokenizer too: llama.cpp splits text as transformers does (the pre-tokenizer eexp named)
     from eexp.policies.gguf_loader import open_gguf
+
     text = "Task: buy a red cotton shirt under 30 dollars.\nObservation: [1] red shirt, $24.99\nAction: click[1]"
     llm = open_gguf(str(out), n_ctx=64, verbose=False)
     try:
@@ -191,10 +215,17 @@ def test_lora_adapter_over_llama3_merged_and_lora_only(tokenizer_dir, tmp_path):
 
     ckpt = _tiny("llama3", tokenizer_dir, tmp_path / "base")
     torch.manual_seed(3)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(ckpt), LoraConfig(
-        r=8, lora_alpha=16, use_rslora=True, alpha_pattern={"v_proj": 4},
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(ckpt),
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            use_rslora=True,
+            alpha_pattern={"v_proj": 4},
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            task_type="CAUSAL_LM",
+        ),
+    )
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
@@ -225,6 +256,7 @@ def test_lora_adapter_over_llama3_merged_and_lora_only(tokenizer_dir, tmp_path):
 
 
 # --- errors and provenance ----------------------------------------------------------------------------------------
+
 
 def test_unknown_architecture_is_one_clear_line(tokenizer_dir, tmp_path):
     ckpt = _tiny("llama", tokenizer_dir, tmp_path / "m")

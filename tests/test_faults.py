@@ -65,15 +65,18 @@ def data(tmp_path_factory):
     uninterrupted run: what an interrupted and resumed run must end up equal to."""
     d = tmp_path_factory.mktemp("faults")
     files = {name: d / f"{name}.jsonl" for name in ("expert", "il", "branches", "outcomes")}
-    for args in (["expert", "--env", "shop", "-n", "20", "-o", files["expert"]],
-                 ["imitation-data", files["expert"], "-o", files["il"]],
-                 ["branch", files["expert"], "-k", "2", "-o", files["branches"]],
-                 ["rollout", files["branches"], "-o", files["outcomes"]]):
+    for args in (
+        ["expert", "--env", "shop", "-n", "20", "-o", files["expert"]],
+        ["imitation-data", files["expert"], "-o", files["il"]],
+        ["branch", files["expert"], "-k", "2", "-o", files["branches"]],
+        ["rollout", files["branches"], "-o", files["outcomes"]],
+    ):
         assert invoke(args + ["-q"]).exit_code == 0
     return files
 
 
 # --- a small disk: a real tmpfs, or ENOSPC simulated in-process ---------------------------------------------------
+
 
 @pytest.fixture
 def small_disk(tmp_path):
@@ -141,7 +144,7 @@ class _FullFile(io.FileIO):
     def write(self, b) -> int:
         if self.disk.free <= 0:
             raise OSError(errno.ENOSPC, NO_SPACE)
-        n = super().write(bytes(b)[:self.disk.free])
+        n = super().write(bytes(b)[: self.disk.free])
         self.disk.free -= n
         return n
 
@@ -155,7 +158,7 @@ def test_full_disk_simulated_leaves_whole_lines_that_resume_completes(data, tmp_
     kept = records(out)
     assert 0 < len(kept) < len(records(data["il"]))
     assert_error(result, kept_message(out, len(kept)))
-    assert timeless(kept) == timeless(records(data["il"])[:len(kept)])
+    assert timeless(kept) == timeless(records(data["il"])[: len(kept)])
     assert sorted(os.listdir(disk.root)) == ["il.jsonl"]  # no stats, no temporary file left behind
 
     monkeypatch.undo()  # space freed
@@ -226,6 +229,7 @@ def test_full_disk_under_stats(data, tmp_path, small_disk):
 
 # --- finetune, export --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def one_thread():
     torch = pytest.importorskip("torch")
@@ -236,17 +240,36 @@ def one_thread():
 
 
 def finetune_args(data, model, out, *extra) -> list:
-    return ["finetune", data["il"], "--model", model, "-o", out, "-q", "--max-steps", "2", "--batch-size", "4",
-            "--max-length", "512", *extra]
+    return [
+        "finetune",
+        data["il"],
+        "--model",
+        model,
+        "-o",
+        out,
+        "-q",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "512",
+        *extra,
+    ]
 
 
 def test_full_disk_finetune(data, tiny_checkpoint, tmp_path, small_disk, one_thread):
     from safetensors.torch import load_file
+
     disk = small_disk("64k")
     out = disk / "run"
     result = invoke(finetune_args(data, tiny_checkpoint, out))  # the model (~400 KB) does not fit
-    assert_error(result, f"cannot write the final model to {out}: the disk is full; no checkpoint was kept (free "
-                         "space, then --resume starts the run over)", alone=False)
+    assert_error(
+        result,
+        f"cannot write the final model to {out}: the disk is full; no checkpoint was kept (free "
+        "space, then --resume starts the run over)",
+        alone=False,
+    )
     assert len(records(out / "metrics.jsonl")) == 2
     grow(disk)
     assert invoke(finetune_args(data, tiny_checkpoint, out, "--resume")).exit_code == 0
@@ -264,11 +287,16 @@ def test_full_disk_simulated_in_a_finetune_checkpoint(data, tiny_checkpoint, tmp
     def save_file(tensors, path, *args, **kwargs):
         Path(path).write_bytes(b"partial")
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     out = tmp_path / "run"
     result = invoke(finetune_args(data, tiny_checkpoint, out, "--save-every", "1"))
-    assert_error(result, f"cannot save the checkpoint {out / 'checkpoints' / 'step-1'} (step 1): the disk is full. "
-                         "Free space and run again with --resume", alone=False)
+    assert_error(
+        result,
+        f"cannot save the checkpoint {out / 'checkpoints' / 'step-1'} (step 1): the disk is full. "
+        "Free space and run again with --resume",
+        alone=False,
+    )
     assert not (out / "checkpoints" / "step-1").exists()
 
 
@@ -284,6 +312,7 @@ def test_finetune_into_a_read_only_folder(data, tiny_checkpoint, small_disk, one
 def test_finetune_into_a_read_only_folder_simulated(data, tiny_checkpoint, tmp_path, monkeypatch):
     def makedirs(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
     monkeypatch.setattr(os, "makedirs", makedirs)
     out = tmp_path / "locked" / "run"
     result = invoke(finetune_args(data, tiny_checkpoint, out))
@@ -294,7 +323,7 @@ def test_export_of_a_truncated_checkpoint(tiny_checkpoint, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     weights = ckpt / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])  # a copy cut short
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
     out = tmp_path / "m.gguf"
     result = invoke(["export", ckpt, "-o", out])
     assert result.exit_code == 1
@@ -312,18 +341,20 @@ def test_stats_naming_a_directory(data, tmp_path):
     assert not out.exists()  # found before the run, not after it
 
 
-@pytest.mark.parametrize("stage, file, held, wanted", [
-    ("rollout", "il", "training examples", "outcomes"),
-    ("imitation-data", "outcomes", "outcomes", "training examples"),
-])
+@pytest.mark.parametrize(
+    "stage, file, held, wanted",
+    [
+        ("rollout", "il", "training examples", "outcomes"),
+        ("imitation-data", "outcomes", "outcomes", "training examples"),
+    ],
+)
 def test_resume_refuses_the_output_of_another_stage(data, tmp_path, stage, file, held, wanted):
     source = {"rollout": data["branches"], "imitation-data": data["expert"]}[stage]
     out = tmp_path / "out.jsonl"
     shutil.copy(data[file], out)
     before = out.read_bytes()
     result = invoke([stage, source, "-o", out, "--resume", "-q"])
-    assert_error(result, f"{out}:1: cannot resume: this file holds {held}, not {wanted} (written by another "
-                         "stage?)")
+    assert_error(result, f"{out}:1: cannot resume: this file holds {held}, not {wanted} (written by another stage?)")
     assert out.read_bytes() == before  # untouched
 
 
@@ -344,19 +375,24 @@ def test_finetune_loads_safetensors_only(data, tiny_checkpoint, tmp_path, monkey
     (model / "pytorch_model.bin").write_bytes(pickle.dumps(_Touch(mark)))
     out = tmp_path / "run"
     result = invoke(finetune_args(data, model, out))
-    assert_error(result, f"{model}: the weights are pytorch_model.bin, a pickle, and eexp loads safetensors only; "
-                         "convert them once (if you trust the file): python -c \"from transformers import "
-                         f"AutoModelForCausalLM as M; M.from_pretrained('{model}', use_safetensors=False)"
-                         f".save_pretrained('{model}')\"")
+    assert_error(
+        result,
+        f"{model}: the weights are pytorch_model.bin, a pickle, and eexp loads safetensors only; "
+        'convert them once (if you trust the file): python -c "from transformers import '
+        f"AutoModelForCausalLM as M; M.from_pretrained('{model}', use_safetensors=False)"
+        f".save_pretrained('{model}')\"",
+    )
     assert not mark.exists() and not out.exists()
 
     # and the checkpoint is loaded with use_safetensors=True, as eval and export load theirs
     import transformers
+
     asked = {}
 
     def from_pretrained(path, **kwargs):
         asked.update(kwargs)
         raise OSError("stop here")
+
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
     result = invoke(finetune_args(data, tiny_checkpoint, tmp_path / "run2"))
     assert_error(result, f"{tiny_checkpoint}: cannot load the model: stop here", alone=False)
@@ -370,10 +406,10 @@ def test_finetune_model_that_does_not_exist(data, tmp_path):
     assert not out.exists()
 
 
-
 def interrupted_file(marker: bytes, written: int | None):
     """eexp.io's `open` for a file whose write of the line holding `marker` puts `written` bytes of it on disk (None:
     all of them) and is then interrupted by a Ctrl-C, raised before the writer sees how many bytes were written."""
+
     class Interrupted(io.FileIO):
         def write(self, b) -> int:
             data = bytes(b)
@@ -381,6 +417,7 @@ def interrupted_file(marker: bytes, written: int | None):
                 return super().write(data)
             super().write(data[:written])
             raise KeyboardInterrupt
+
     return lambda path, mode, buffering=-1: Interrupted(path, mode)
 
 
@@ -400,6 +437,7 @@ def test_a_ctrl_c_keeps_the_whole_lines_written_and_only_those(tmp_path, monkeyp
 
 # --- issue 65: a torn middle line on --resume, SIGTERM under -j --------------------------------------------------
 
+
 def test_resume_names_the_line_that_is_not_json(data, tmp_path):
     """A torn line in the middle (not the last: that one is cut off and done again) is named by its number."""
     out = tmp_path / "outcomes.jsonl"
@@ -417,16 +455,38 @@ def test_sigterm_to_eval_with_workers_is_one_line(tmp_path):
     import signal
     import sys
     import time
+
     out = tmp_path / "episodes.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "eexp", "eval", "--env", "shop", "--split", "train", "--policy",
-                             "random", "-n", "5000", "-j", "2", "-o", str(out), "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eexp",
+            "eval",
+            "--env",
+            "shop",
+            "--split",
+            "train",
+            "--policy",
+            "random",
+            "-n",
+            "5000",
+            "-j",
+            "2",
+            "-o",
+            str(out),
+            "-q",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline and not (out.exists() and out.stat().st_size):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
-    stderr = proc.stderr.read()   # to its end: the resource tracker (a child) writes to it too
+    stderr = proc.stderr.read()  # to its end: the resource tracker (a child) writes to it too
     assert proc.wait(30) == 143
     assert stderr == "eexp: terminated\n"
-    assert 0 < len(records(out)) < 5000   # whole lines only
+    assert 0 < len(records(out)) < 5000  # whole lines only

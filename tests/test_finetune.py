@@ -59,8 +59,15 @@ def tokenizer(tiny_checkpoint):
 
 
 def cfg(model, data, out, **kw) -> FinetuneConfig:
-    options = dict(train_files=[str(data["il"])], model=str(model), output=str(out), batch_size=4, seed=0,
-                   quiet=True, max_length=512)
+    options = dict(
+        train_files=[str(data["il"])],
+        model=str(model),
+        output=str(out),
+        batch_size=4,
+        seed=0,
+        quiet=True,
+        max_length=512,
+    )
     options.update(kw)
     return FinetuneConfig(**options)
 
@@ -89,15 +96,18 @@ QWEN2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 LLAMA3_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
     "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
     " + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 
 
 # --- masks ------------------------------------------------------------------------------------------------------
+
 
 def test_mask_of_the_init_model_template_trains_the_answer_and_its_end_of_turn(tokenizer):
     enc = encode(tokenizer, CONVERSATION, max_length=512)
@@ -107,8 +117,12 @@ def test_mask_of_the_init_model_template_trains_the_answer_and_its_end_of_turn(t
     trained = [t for t, w in zip(enc.ids, enc.weights) if w]
     assert trained[-1] == tokenizer.eos_token_id
     # The sequence is the template's rendering (the answer tokenized on its own, as generated at inference).
-    assert tokenizer.decode(enc.ids) == tokenizer.apply_chat_template(
-        [{k: m[k] for k in ("role", "content")} for m in CONVERSATION], tokenize=False).rstrip()
+    assert (
+        tokenizer.decode(enc.ids)
+        == tokenizer.apply_chat_template(
+            [{k: m[k] for k in ("role", "content")} for m in CONVERSATION], tokenize=False
+        ).rstrip()
+    )
     # No token was added to the vocabulary.
     assert max(enc.ids) < len(tokenizer)
 
@@ -132,8 +146,13 @@ def test_mask_of_qwen2_and_llama3_style_templates(tiny_checkpoint, style):
         messages = CONVERSATION[1:]
     else:
         # A Llama-3-style vocabulary (made here for the test; finetune itself never adds tokens).
-        tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-                                "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+        tok.add_special_tokens(
+            {
+                "bos_token": "<|begin_of_text|>",
+                "eos_token": "<|eot_id|>",
+                "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"],
+            }
+        )
         tok.chat_template, eot = LLAMA3_TEMPLATE, "<|eot_id|>"
         messages = CONVERSATION
     n_vocab = len(tok)
@@ -147,31 +166,36 @@ def test_mask_of_qwen2_and_llama3_style_templates(tiny_checkpoint, style):
 
 def test_a_long_state_loses_its_oldest_history_and_keeps_its_task(tokenizer):
     """Shortened as inference shortens it (tests/test_budget.py shows the two give the same tokens)."""
-    state = {"goal": "buy a shirt", "observation": "a shop page " * 5,
-             "history": [{"observation": f"page {i} " * 8, "action": f"click[{i}]"} for i in range(12)]}
+    state = {
+        "goal": "buy a shirt",
+        "observation": "a shop page " * 5,
+        "history": [{"observation": f"page {i} " * 8, "action": f"click[{i}]"} for i in range(12)],
+    }
     messages = Serializer(history=12).policy_messages(state) + [{"role": "assistant", "content": "Action: click[1]"}]
     enc = encode(tokenizer, messages, max_length=400)
     assert enc.truncated and len(enc.ids) <= 400
     text = tokenizer.decode(enc.ids)
     assert "Task: buy a shirt" in text and "earlier steps not shown)" in text
-    assert "click[0]" not in text and "click[11]" in text              # the oldest history went first
+    assert "click[0]" not in text and "click[11]" in text  # the oldest history went first
     assert trained_text(tokenizer, enc) == "Action: click[1]<|im_end|>"
 
 
 def test_text_that_is_not_a_rendered_state_is_cut_from_the_left_keeping_system_and_target(tokenizer):
     """The last resort, for messages `shorten` cannot read (no state sections)."""
     history = " ".join(f"step{i} looked at item {i}." for i in range(60))
-    messages = [{"role": "system", "content": "You are an agent."},
-                {"role": "user", "content": f"Task: buy a shirt. {history} Now choose."},
-                {"role": "assistant", "content": "Action: click[1]"}]
+    messages = [
+        {"role": "system", "content": "You are an agent."},
+        {"role": "user", "content": f"Task: buy a shirt. {history} Now choose."},
+        {"role": "assistant", "content": "Action: click[1]"},
+    ]
     full = encode(tokenizer, messages, max_length=4096)
     enc = encode(tokenizer, messages, max_length=80)
     assert not full.truncated and len(full.ids) > 80
     assert enc.truncated and len(enc.ids) == 80
     text = tokenizer.decode(enc.ids)
     assert text.startswith("<|im_start|>system\nYou are an agent.<|im_end|>\n")  # system prompt kept
-    assert "Task: buy a shirt" not in text and "Now choose." in text            # the oldest history went
-    assert trained_text(tokenizer, enc) == "Action: click[1]<|im_end|>"           # the target is whole
+    assert "Task: buy a shirt" not in text and "Now choose." in text  # the oldest history went
+    assert trained_text(tokenizer, enc) == "Action: click[1]<|im_end|>"  # the target is whole
     with pytest.raises(ValueError, match="over --max-length 80"):
         encode(tokenizer, messages, max_length=80, truncate=False)
     with pytest.raises(ValueError, match="targets are never cut"):
@@ -179,6 +203,7 @@ def test_text_that_is_not_a_rendered_state_is_cut_from_the_left_keeping_system_a
 
 
 # --- training runs ----------------------------------------------------------------------------------------------
+
 
 def test_full_finetune_pins_the_loss_and_writes_out(tiny_checkpoint, data, tmp_path):
     out = tmp_path / "il"
@@ -191,8 +216,10 @@ def test_full_finetune_pins_the_loss_and_writes_out(tiny_checkpoint, data, tmp_p
     # And independently of our loss code: the first update's loss is the mean over the first update's examples of
     # what transformers computes for each alone (its mean over target tokens), with labels set to -100 outside the
     # trained tokens, with the initial weights.
-    first = [run.data["train"].examples[j] for j in epoch_updates(
-        [len(e.ids) for e in run.data["train"].examples], 4, 0, "train", 0)[0]]
+    first = [
+        run.data["train"].examples[j]
+        for j in epoch_updates([len(e.ids) for e in run.data["train"].examples], 4, 0, "train", 0)[0]
+    ]
     base = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     hf_losses = []
     for example in first:
@@ -205,12 +232,12 @@ def test_full_finetune_pins_the_loss_and_writes_out(tiny_checkpoint, data, tmp_p
         assert (out / name).exists(), name
     assert not (out / "checkpoints").exists()
     conf, card = yaml.safe_load((out / "config.yaml").read_text()), read_card(out)
-    assert card.serializer == Serializer().to_dict()               # from the examples' meta.serializer
+    assert card.serializer == Serializer().to_dict()  # from the examples' meta.serializer
     assert card.method == "full" and conf["lr"] == 1e-3 and card.updates == 4
     rows = metrics(out)
     assert {"step", "phase", "epoch", "loss", "lr", "tokens_per_s"} <= set(rows[1])
     val = [r["val_loss"] for r in rows if "val_loss" in r]
-    assert len(val) >= 2 and val[-1] < val[0]                     # validation loss went down
+    assert len(val) >= 2 and val[-1] < val[0]  # validation loss went down
     # The validation split holds whole trajectories out.
     assert run.state["global_step"] == 4
     trained = transformers.AutoModelForCausalLM.from_pretrained(out)
@@ -226,7 +253,7 @@ def test_validation_split_keeps_trajectories_whole(data):
     traj = lambda xs: {x.record["meta"]["trajectory_id"] for x in xs}  # noqa: E731
     assert traj(train) and traj(val) and not traj(train) & traj(val)
     assert len(train) + len(val) == len(items)
-    assert split_validation(items, 0.34, seed=0)[1] == val     # seeded
+    assert split_validation(items, 0.34, seed=0)[1] == val  # seeded
 
 
 def test_iwm_schedule_counts_both_phases_in_max_steps(tiny_checkpoint, data, tmp_path):
@@ -247,8 +274,17 @@ def test_warmup_steps_fix_the_warmup_whatever_the_data_size(tiny_checkpoint, dat
     n_per_epoch = -(-len(list(read_records([data["iwm"]]))) // 3)
     warm = n_per_epoch + 1  # more than one epoch of world-model data: it cycles
     out = tmp_path / "iwm"
-    finetune(cfg(tiny_checkpoint, data, out, warmup_data=[str(data["iwm"])], warmup_steps=warm, max_steps=warm + 2,
-                 batch_size=3))
+    finetune(
+        cfg(
+            tiny_checkpoint,
+            data,
+            out,
+            warmup_data=[str(data["iwm"])],
+            warmup_steps=warm,
+            max_steps=warm + 2,
+            batch_size=3,
+        )
+    )
     assert [p for _, p, _ in losses(out)] == ["warmup"] * warm + ["train"] * 2
     conf = yaml.safe_load((out / "config.yaml").read_text())
     assert conf["warmup_steps"] == warm
@@ -256,16 +292,47 @@ def test_warmup_steps_fix_the_warmup_whatever_the_data_size(tiny_checkpoint, dat
 
 
 def test_budget_must_leave_updates_after_the_warmup(tiny_checkpoint, data, tmp_path, runner):
-    result = runner.invoke(cli, ["finetune", str(data["il"]), "--model", str(tiny_checkpoint), "-o",
-                                 str(tmp_path / "o"), "--warmup-data", str(data["iwm"]), "--max-steps", "1", "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "finetune",
+            str(data["il"]),
+            "--model",
+            str(tiny_checkpoint),
+            "-o",
+            str(tmp_path / "o"),
+            "--warmup-data",
+            str(data["iwm"]),
+            "--max-steps",
+            "1",
+            "-q",
+        ],
+    )
     assert result.exit_code == 2
     assert "leaves no updates for the training data" in result.output
-    result = runner.invoke(cli, ["finetune", str(data["il"]), "--model", str(tiny_checkpoint), "-o",
-                                 str(tmp_path / "o"), "--warmup-data", str(data["iwm"]), "--warmup-steps", "4",
-                                 "--max-steps", "4", "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "finetune",
+            str(data["il"]),
+            "--model",
+            str(tiny_checkpoint),
+            "-o",
+            str(tmp_path / "o"),
+            "--warmup-data",
+            str(data["iwm"]),
+            "--warmup-steps",
+            "4",
+            "--max-steps",
+            "4",
+            "-q",
+        ],
+    )
     assert result.exit_code == 2
-    assert ("--max-steps 4 leaves no updates for the training data after the warm-up (--warmup-steps 4); give a "
-            "larger --max-steps or a smaller --warmup-steps") in " ".join(result.output.split())
+    assert (
+        "--max-steps 4 leaves no updates for the training data after the warm-up (--warmup-steps 4); give a "
+        "larger --max-steps or a smaller --warmup-steps"
+    ) in " ".join(result.output.split())
 
 
 def test_a_warmup_rendered_with_other_serializer_settings_is_named(tiny_checkpoint, data, tmp_path, runner):
@@ -273,13 +340,35 @@ def test_a_warmup_rendered_with_other_serializer_settings_is_named(tiny_checkpoi
     other = Serializer(history=0)
     iwm = [e for o in read_records([DATA / "outcomes.jsonl"]) for e in world_model_examples(o, other)]
     no_history = write_jsonl(tmp_path / "iwm0.jsonl", iwm)
-    result = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o", "--warmup-data", no_history,
-                     "--warmup-steps", "1", "--max-steps", "2")
+    result = run_cli(
+        runner,
+        tiny_checkpoint,
+        [data["il"]],
+        tmp_path / "o",
+        "--warmup-data",
+        no_history,
+        "--warmup-steps",
+        "1",
+        "--max-steps",
+        "2",
+    )
     assert result.exit_code == 0, result.output
-    assert ("warning: --warmup-data renders states with other serializer settings than the training data (history 0 "
-            "against 3); make both with the same options") in " ".join(result.output.split())
-    same = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o2", "--warmup-data", data["iwm"],
-                   "--warmup-steps", "1", "--max-steps", "2")
+    assert (
+        "warning: --warmup-data renders states with other serializer settings than the training data (history 0 "
+        "against 3); make both with the same options"
+    ) in " ".join(result.output.split())
+    same = run_cli(
+        runner,
+        tiny_checkpoint,
+        [data["il"]],
+        tmp_path / "o2",
+        "--warmup-data",
+        data["iwm"],
+        "--warmup-steps",
+        "1",
+        "--max-steps",
+        "2",
+    )
     assert same.exit_code == 0, same.output
     assert "--warmup-data renders states" not in same.output
 
@@ -291,8 +380,16 @@ class Killed(Exception):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_resume_reproduces_the_uninterrupted_loss_curve(tiny_checkpoint, data, tmp_path, monkeypatch, lora):
     # Two phases (IWM schedule), LoRA dropout on in the LoRA case, so the RNG state must be restored too.
-    options = dict(warmup_data=[str(data["iwm"])], max_steps=7, batch_size=3, save_every=2, lora=lora,
-                   lora_dropout=0.1, val_fraction=0.34, eval_every=3)
+    options = dict(
+        warmup_data=[str(data["iwm"])],
+        max_steps=7,
+        batch_size=3,
+        save_every=2,
+        lora=lora,
+        lora_dropout=0.1,
+        val_fraction=0.34,
+        eval_every=3,
+    )
     finetune(cfg(tiny_checkpoint, data, tmp_path / "whole", **options))
 
     interrupted = tmp_path / "killed"
@@ -302,6 +399,7 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tiny_checkpoint, data, t
         log(self, row)
         if row.get("step") == 5 and "loss" in row:
             raise Killed
+
     monkeypatch.setattr(Finetune, "_log", dying_log)
     with pytest.raises(Killed):
         finetune(cfg(tiny_checkpoint, data, interrupted, **options))
@@ -327,8 +425,11 @@ def test_resume_refuses_changed_options(tiny_checkpoint, data, tmp_path, monkeyp
 
 def test_lora_adapter_and_continuing_it(tiny_checkpoint, data, tmp_path):
     first = tmp_path / "lora1"
-    finetune(cfg(tiny_checkpoint, data, first, lora=True, lora_targets=["q_proj", "v_proj"], max_steps=3,
-                 val=str(data["il"])))
+    finetune(
+        cfg(
+            tiny_checkpoint, data, first, lora=True, lora_targets=["q_proj", "v_proj"], max_steps=3, val=str(data["il"])
+        )
+    )
     assert (first / "adapter_model.safetensors").exists() and not (first / "model.safetensors").exists()
     adapter_conf = json.loads((first / "adapter_config.json").read_text())
     assert Path(adapter_conf["base_model_name_or_path"]) == Path(tiny_checkpoint).resolve()
@@ -342,8 +443,21 @@ def test_lora_adapter_and_continuing_it(tiny_checkpoint, data, tmp_path):
 
 
 def test_lora_target_that_does_not_exist_lists_candidates(tiny_checkpoint, data, tmp_path, runner):
-    result = runner.invoke(cli, ["finetune", str(data["il"]), "--model", str(tiny_checkpoint), "-o",
-                                 str(tmp_path / "o"), "--lora", "--lora-targets", "q_proj,attn_qkv", "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "finetune",
+            str(data["il"]),
+            "--model",
+            str(tiny_checkpoint),
+            "-o",
+            str(tmp_path / "o"),
+            "--lora",
+            "--lora-targets",
+            "q_proj,attn_qkv",
+            "-q",
+        ],
+    )
     assert result.exit_code == 2
     assert "attn_qkv not in this model" in result.output
     assert "q_proj" in result.output and "down_proj" in result.output
@@ -351,15 +465,16 @@ def test_lora_target_that_does_not_exist_lists_candidates(tiny_checkpoint, data,
 
 def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(tiny_checkpoint, data, tmp_path):
     out = tmp_path / "best"
-    run = finetune(cfg(tiny_checkpoint, data, out, max_steps=6, eval_every=1, val_fraction=0.34, keep_best=True,
-                       lr=0.05))
+    run = finetune(
+        cfg(tiny_checkpoint, data, out, max_steps=6, eval_every=1, val_fraction=0.34, keep_best=True, lr=0.05)
+    )
     val = {r["step"]: r["val_loss"] for r in metrics(out) if "val_loss" in r and r["step"] > 0}
     best_step = min(val, key=val.get)
     assert read_card(out).best_step == best_step
     # The saved model really is that one: its validation loss is the best one logged.
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     total = 0.0
-    for e in run.val.examples:   # the validation loss is the mean over examples of each one's mean (--loss-norm)
+    for e in run.val.examples:  # the validation loss is the mean over examples of each one's mean (--loss-norm)
         ids, mask, w = collate([e], run.pad_id, "cpu")
         with torch.no_grad():
             total += float(weighted_nll(model, ids, mask, w)) / e.n_targets
@@ -371,8 +486,21 @@ def test_config_file_and_export_gguf(tiny_checkpoint, data, tmp_path, runner):
     conf = tmp_path / "run.yaml"
     conf.write_text(yaml.safe_dump({"max-steps": 2, "batch_size": 4, "lr": 0.002, "seed": 3}))
     out = tmp_path / "o"
-    result = runner.invoke(cli, ["finetune", str(data["il"]), "--model", str(tiny_checkpoint), "-o", str(out),
-                                 "--config", str(conf), "--export-gguf", "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "finetune",
+            str(data["il"]),
+            "--model",
+            str(tiny_checkpoint),
+            "-o",
+            str(out),
+            "--config",
+            str(conf),
+            "--export-gguf",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert (resolved["max_steps"], resolved["lr"], resolved["seed"]) == (2, 0.002, 3)
@@ -383,17 +511,25 @@ def test_config_file_and_export_gguf(tiny_checkpoint, data, tmp_path, runner):
 
 # --- bad input --------------------------------------------------------------------------------------------------
 
+
 def run_cli(runner, model, files, out, *extra):
-    return runner.invoke(cli, ["finetune", *map(str, files), "--model", str(model), "-o", str(out), "-q",
-                               "--max-steps", "1", *extra])
+    return runner.invoke(
+        cli, ["finetune", *map(str, files), "--model", str(model), "-o", str(out), "-q", "--max-steps", "1", *extra]
+    )
 
 
 def test_example_without_an_assistant_turn(tiny_checkpoint, data, tmp_path, runner):
-    bad = write_jsonl(tmp_path / "bad.jsonl", [
-        {"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Action: x"}]},
-        {"id": "b", "messages": [{"role": "user", "content": "hi"}]},
-        {"id": "c", "messages": [{"role": "user", "content": "hi"},
-                                 {"role": "assistant", "content": "x", "weight": 0}]}])
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Action: x"}]},
+            {"id": "b", "messages": [{"role": "user", "content": "hi"}]},
+            {
+                "id": "c",
+                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 0}],
+            },
+        ],
+    )
     result = run_cli(runner, tiny_checkpoint, [bad], tmp_path / "o")
     assert result.exit_code == 1
     assert f"{bad}:2: messages: no assistant turn to learn from" in result.output
@@ -424,13 +560,14 @@ def copy_model(src, dst, template: str | None = None, drop=()):
 
 
 def test_template_that_cannot_render_an_example(tiny_checkpoint, data, tmp_path, runner):
-    refusing = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-                "{% endif %}" + QWEN2_TEMPLATE)
+    refusing = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}" + QWEN2_TEMPLATE
+    )
     model = copy_model(tiny_checkpoint, tmp_path / "m", template=refusing)
     result = run_cli(runner, model, [data["il"]], tmp_path / "o")
     assert result.exit_code == 1
-    assert f"{data['il']}:1: the chat template cannot render this example: System role not supported" \
-        in result.output
+    assert f"{data['il']}:1: the chat template cannot render this example: System role not supported" in result.output
     broken = copy_model(tiny_checkpoint, tmp_path / "m2", template="{% for m in messages %}{{ m.content }")
     result = run_cli(runner, broken, [data["il"]], tmp_path / "o2")
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -450,6 +587,7 @@ def test_model_without_tokenizer(tiny_checkpoint, data, tmp_path, runner):
 def test_out_of_memory_gives_advice(tiny_checkpoint, data, tmp_path, runner, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
     monkeypatch.setattr(recipe, "example_nll", oom)  # the name the recipe calls
     result = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o")
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -459,6 +597,7 @@ def test_out_of_memory_gives_advice(tiny_checkpoint, data, tmp_path, runner, mon
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_checkpoint, data, tmp_path, monkeypatch):
     import safetensors.torch
+
     real_save = safetensors.torch.save_file
     calls = []
 
@@ -468,6 +607,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_checkpoint, d
             Path(path).write_bytes(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(tensors, path, *args, **kwargs)
+
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     out = tmp_path / "o"
     options = dict(max_steps=6, batch_size=2, save_every=2)

@@ -31,8 +31,10 @@ from eexp.training.recipe import Finetune, finetune  # noqa: E402
 DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-THOUGHT = ("Thought: the third result is red and costs 25 dollars, which matches every constraint of the task; "
-           "clicking it opens its page, where the size can be chosen before buying. ") * 4
+THOUGHT = (
+    "Thought: the third result is red and costs 25 dollars, which matches every constraint of the task; "
+    "clicking it opens its page, where the size can be chosen before buying. "
+) * 4
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def metrics(out: Path) -> list[dict]:
 def run(tiny_checkpoint, mix, tmp_path):
     recipe_ = Finetune(config(tiny_checkpoint, mix, tmp_path / "out", batch_size=4))
     recipe_.setup()
-    recipe_.model.eval()   # no dropout: the same examples give the same gradient
+    recipe_.model.eval()  # no dropout: the same examples give the same gradient
     return recipe_
 
 
@@ -71,18 +73,20 @@ def gradient(run: Finetune, micro: list[list], **options) -> tuple[float, torch.
     run.model.zero_grad(set_to_none=True)
     loss_sum, _, _ = run._accumulate(micro)
     units = sum(run._units(e) for batch in micro for e in batch)
-    return float(loss_sum) / units, torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                                               for p in run.params])
+    return float(loss_sum) / units, torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in run.params]
+    )
 
 
 # --- packing ------------------------------------------------------------------------------------------------------
+
 
 def test_a_packed_row_gives_each_example_its_own_loss(run):
     """Packed end to end in one row, each example's summed loss is what it has alone, and what the padded batch
     gives it: attention stays inside each example and positions restart (a row attending across examples, or
     counting on, moves every loss after the first example)."""
     data = run.data["train"].examples
-    batch = [data[j] for j in (0, 11, 3, 14, 20)]   # IL and SR, lengths far apart
+    batch = [data[j] for j in (0, 11, 3, 14, 20)]  # IL and SR, lengths far apart
     with torch.no_grad():
         alone = torch.cat([example_nll(run.model, collate_rows([e], run.pad_id, "cpu")) for e in batch])
         padded = example_nll(run.model, collate_rows(batch, run.pad_id, "cpu"))
@@ -107,8 +111,12 @@ def test_packed_and_padded_updates_have_the_same_loss_and_gradient(run, norm):
     assert loss_p == pytest.approx(loss, rel=1e-5)
     assert torch.allclose(grad_p, grad, rtol=1e-4, atol=1e-6)
     # and one example alone has the same gradient either way (no neighbour to leak into)
-    assert torch.allclose(gradient(run, [[update[2]]], loss_norm=norm, packing=True)[1],
-                          gradient(run, [[update[2]]], loss_norm=norm, packing=False)[1], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(
+        gradient(run, [[update[2]]], loss_norm=norm, packing=True)[1],
+        gradient(run, [[update[2]]], loss_norm=norm, packing=False)[1],
+        rtol=1e-4,
+        atol=1e-7,
+    )
 
 
 def test_the_padded_path_is_the_old_arithmetic(run):
@@ -131,6 +139,7 @@ def updates_seen(monkeypatch) -> dict:
     def spy(self, examples, *args, **kwargs):
         seen.setdefault(seen["run"], []).append([tuple(e.ids) for batch in examples for e in batch])
         return real(self, examples, *args, **kwargs)
+
     monkeypatch.setattr(Finetune, "_accumulate", spy)
     return seen
 
@@ -139,11 +148,15 @@ def test_packing_keeps_the_updates_and_their_losses(tiny_checkpoint, mix, tmp_pa
     """End to end: with --packing the same examples make each update, in the same order, and the logged losses and
     the trained weights are the padded run's to float tolerance."""
     from safetensors.torch import load_file
+
     seen = updates_seen(monkeypatch)
     for packing in (False, True):
         seen["run"] = packing
-        finetune(config(tiny_checkpoint, mix, tmp_path / str(packing), batch_size=4, grad_accum=2, max_steps=4,
-                        packing=packing))
+        finetune(
+            config(
+                tiny_checkpoint, mix, tmp_path / str(packing), batch_size=4, grad_accum=2, max_steps=4, packing=packing
+            )
+        )
     assert seen[True] == seen[False] and len(seen[True]) == 4
     want = [r["loss"] for r in metrics(tmp_path / "False") if "loss" in r]
     assert [r["loss"] for r in metrics(tmp_path / "True") if "loss" in r] == pytest.approx(want, rel=1e-4)
@@ -153,15 +166,30 @@ def test_packing_keeps_the_updates_and_their_losses(tiny_checkpoint, mix, tmp_pa
 
 def test_packing_is_the_likelihood_loss_s_alone(tiny_checkpoint, tmp_path, runner):
     from eexp.cli import cli
+
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("")
-    result = runner.invoke(cli, ["finetune", str(pairs), "--objective", "dpo", "--packing", "--model",
-                                 str(tiny_checkpoint), "-o", str(tmp_path / "o"), "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "finetune",
+            str(pairs),
+            "--objective",
+            "dpo",
+            "--packing",
+            "--model",
+            str(tiny_checkpoint),
+            "-o",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "--packing" in result.output
 
 
 # --- no wait for the device per micro-batch -----------------------------------------------------------------------
+
 
 def test_the_loop_reads_the_loss_once_a_log_row(tiny_checkpoint, mix, tmp_path, monkeypatch):
     """8 updates of 2 micro-batches, a log row every 4, validation: eexp's training code reads device values on the
@@ -176,10 +204,10 @@ def test_the_loop_reads_the_loss_once_a_log_row(tiny_checkpoint, mix, tmp_path, 
             if "eexp/training" in caller.replace("\\", "/"):
                 reads.append((_name, sys._getframe(1).f_code.co_name))
             return _real(self, *args, **kwargs)
+
         monkeypatch.setattr(torch.Tensor, name, wrapped)
     out = tmp_path / "out"
-    finetune(config(tiny_checkpoint, mix, out, batch_size=2, grad_accum=2, max_steps=8, log_every=4,
-                    val_fraction=0.3))
+    finetune(config(tiny_checkpoint, mix, out, batch_size=2, grad_accum=2, max_steps=8, log_every=4, val_fraction=0.3))
     monkeypatch.undo()
     rows = [r for r in metrics(out) if "loss" in r]
     validations = [r for r in metrics(out) if "val_loss" in r]
@@ -190,16 +218,35 @@ def test_the_loop_reads_the_loss_once_a_log_row(tiny_checkpoint, mix, tmp_path, 
 
 # --- gradient checkpointing where memory needs it -----------------------------------------------------------------
 
-SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-               num_attention_heads=9, num_key_value_heads=3)
-LLAMA_1B = dict(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                num_attention_heads=32, num_key_value_heads=8)
-GIB = 1024 ** 3
+SMOLLM2 = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+)
+LLAMA_1B = dict(
+    vocab_size=49152,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+)
+GIB = 1024**3
 
 
 def estimate(shape: dict, n_params: float, rows: int, tokens: int, kept: int, method: str = "lora") -> dict:
-    return training_memory(transformers.LlamaConfig(**shape), int(n_params), method=method, bf16=True, rows=rows,
-                           row_tokens=tokens, kept=kept)
+    return training_memory(
+        transformers.LlamaConfig(**shape),
+        int(n_params),
+        method=method,
+        bf16=True,
+        rows=rows,
+        row_tokens=tokens,
+        kept=kept,
+    )
 
 
 def test_the_memory_estimate_meets_the_measured_peak():
@@ -231,7 +278,7 @@ def test_the_default_reads_the_gpu_s_free_memory_and_the_card_says_why(run, monk
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * GIB, 80 * GIB))
     on, why = run._checkpointing()
     assert not on and why.startswith("off: about ") and "40.0 GiB free" in why
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024 ** 2, 80 * GIB))  # 1 MiB free
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024**2, 80 * GIB))  # 1 MiB free
     on, why = run._checkpointing()
     assert on and why.startswith("on: about ")
     run.cfg = replace(run.cfg, gradient_checkpointing=False)
@@ -246,4 +293,3 @@ def test_the_card_records_the_decision(tiny_checkpoint, mix, tmp_path):
     out = tmp_path / "out"
     finetune(config(tiny_checkpoint, mix, out, batch_size=4, max_steps=1, gradient_checkpointing=True))
     assert read_card(out).gradient_checkpointing == "on: asked (--gradient-checkpointing)"
-

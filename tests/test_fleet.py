@@ -12,11 +12,11 @@ import time
 from typing import Callable
 
 from click.testing import CliRunner
+from openai_stub import MESSAGES, StubServer
+from test_concurrency import reflection
 
 from eexp.cli import cli
 from eexp.policies.fleet import FleetPolicy
-from openai_stub import MESSAGES, StubServer
-from test_concurrency import reflection
 
 SHOP = ["eval", "--env", "shop", "-q", "--temperature", "0.7"]
 
@@ -87,22 +87,34 @@ def test_branch_sends_a_states_k_samples_to_one_endpoint_and_reflect_writes_the_
     for name, server in (("a", a), ("b", b)):
         for chat in run_chats(server):
             prompts.setdefault(json.dumps(chat["messages"]), []).append(name)
-    assert len(prompts) == len(got)                                  # one state, one prompt
-    assert all(len(where) == 3 and len(set(where)) == 1 for where in prompts.values())   # its 3 samples, together
-    assert {where[0] for where in prompts.values()} == {"a", "b"}    # and the states spread over both
+    assert len(prompts) == len(got)  # one state, one prompt
+    assert all(len(where) == 3 and len(set(where)) == 1 for where in prompts.values())  # its 3 samples, together
+    assert {where[0] for where in prompts.values()} == {"a", "b"}  # and the states spread over both
     stats = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two")]
     assert stats[1].pop("resent_requests") == 0
-    assert {k: v for k, v in stats[0].items() if k != "seconds"} == {k: v for k, v in stats[1].items()
-                                                                     if k != "seconds"}
+    assert {k: v for k, v in stats[0].items() if k != "seconds"} == {
+        k: v for k, v in stats[1].items() if k != "seconds"
+    }
 
     # reflect over the branches' outcomes: its examples name no endpoint, so they are the one-endpoint run's whole
     outcomes = invoke(["rollout", "-q"], input=single.stdout)
     (tmp_path / "outcomes.jsonl").write_text(outcomes.stdout)
-    one.free_text = a.free_text = b.free_text = reflection   # some kept by reflect's filters, some refused
+    one.free_text = a.free_text = b.free_text = reflection  # some kept by reflect's filters, some refused
     kept, refused = [], []
     for name, policy in (("one", one.url), ("two", f"{a.url},{b.url}")):
-        run = invoke(["reflect", "-q", "--concurrency", "4", "--policy", policy, str(tmp_path / "outcomes.jsonl"),
-                      "--rejected", str(tmp_path / f"rejected-{name}.jsonl")])
+        run = invoke(
+            [
+                "reflect",
+                "-q",
+                "--concurrency",
+                "4",
+                "--policy",
+                policy,
+                str(tmp_path / "outcomes.jsonl"),
+                "--rejected",
+                str(tmp_path / f"rejected-{name}.jsonl"),
+            ]
+        )
         assert run.exit_code == 0, run.output
         kept.append(placeless(records(run.stdout)))
         refused.append(placeless(records((tmp_path / f"rejected-{name}.jsonl").read_text())))
@@ -117,19 +129,22 @@ def test_an_endpoint_that_dies_mid_run_has_its_requests_sent_elsewhere_counted_n
     args = ["branch", "-k", "3", "-q", "--concurrency", "4", str(tmp_path / "expert.jsonl")]
     single = invoke(args + ["--policy", one.url, "--stats", str(tmp_path / "one.json")])
     out = tmp_path / "branches.jsonl"
-    both = invoke(args + ["--policy", f"{dying.url},{lasting.url}", "--stats", str(tmp_path / "two.json"),
-                          "-o", str(out)])
+    both = invoke(
+        args + ["--policy", f"{dying.url},{lasting.url}", "--stats", str(tmp_path / "two.json"), "-o", str(out)]
+    )
     assert both.exit_code == 0, both.output
     got = records(out.read_text())
-    assert placeless(got) == placeless(records(single.stdout))          # every record, once, in its order
+    assert placeless(got) == placeless(records(single.stdout))  # every record, once, in its order
     assert len({r["id"] for r in got}) == len(got)
     stats = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two")]
     resent = stats[1]["resent_requests"]
-    assert resent > 0 and resent % 3 == 0                                # whole calls: a state's 3 samples
+    assert resent > 0 and resent % 3 == 0  # whole calls: a state's 3 samples
     assert stats[1]["policy_requests"] == stats[0]["policy_requests"] and stats[1]["failed_requests"] == 0
     assert f"eexp: warning: the policy endpoint {dying.url} stopped answering (connection refused)" in both.stderr
-    assert (f"eexp: warning: {resent} policy requests were sent again to another endpoint after {dying.url} "
-            f"stopped answering") in both.stderr
+    assert (
+        f"eexp: warning: {resent} policy requests were sent again to another endpoint after {dying.url} "
+        f"stopped answering"
+    ) in both.stderr
 
 
 def test_eval_goes_on_when_an_endpoint_dies_and_stops_when_every_one_has(stub, tmp_path):
@@ -144,28 +159,49 @@ def test_eval_goes_on_when_an_endpoint_dies_and_stops_when_every_one_has(stub, t
     # the requests sent again, counted in --stats and --summary as in the line on stderr
     resent = json.loads(stats.read_text())["resent_requests"]
     assert resent > 0 and json.loads(summary.read_text())["resent_requests"] == resent
-    assert (f"{resent} policy requests were sent again to another endpoint after {dying.url} stopped answering"
-            in both.stderr)
+    assert (
+        f"{resent} policy requests were sent again to another endpoint after {dying.url} stopped answering"
+        in both.stderr
+    )
     # both die: the run stops as it does with one endpoint, whole lines written
     first, second = stub("llamacpp", latency=0.02, die_after=12), stub("llamacpp", latency=0.02, die_after=14)
     out = tmp_path / "episodes.jsonl"
-    gone = invoke(SHOP + ["-n", "40", "--max-steps", "5", "--concurrency", "4", "-o", str(out),
-                          "--policy", f"{first.url},{second.url}"])
+    gone = invoke(
+        SHOP
+        + [
+            "-n",
+            "40",
+            "--max-steps",
+            "5",
+            "--concurrency",
+            "4",
+            "-o",
+            str(out),
+            "--policy",
+            f"{first.url},{second.url}",
+        ]
+    )
     assert gone.exit_code == 1
-    assert (f"Error: every policy endpoint stopped answering ({first.url}: connection refused; {second.url}: "
-            f"connection refused) after") in gone.stderr
+    assert (
+        f"Error: every policy endpoint stopped answering ({first.url}: connection refused; {second.url}: "
+        f"connection refused) after"
+    ) in gone.stderr
     assert "continue with -o FILE --resume" in gone.stderr
     # (under load no episode may have ended before both died: an output the run left empty is removed)
     kept = out.read_text().splitlines() if out.exists() else []
     assert all(json.loads(line)["stop_reason"] != "error" for line in kept)
     # the closing line names the endpoint whose requests were sent again (the first to stop), not the last one,
     # whose requests had nowhere left to go (issue 51)
-    resent_from = [url for url in (first.url, second.url)
-                   if f"the policy endpoint {url} stopped answering (connection refused) after" in gone.stderr]
+    resent_from = [
+        url
+        for url in (first.url, second.url)
+        if f"the policy endpoint {url} stopped answering (connection refused) after" in gone.stderr
+    ]
     closing = [line for line in gone.stderr.splitlines() if "policy requests were sent again" in line]
     assert len(resent_from) == 1 and len(closing) == 1, gone.stderr
-    assert closing[0].endswith(f"policy requests were sent again to another endpoint after {resent_from[0]} stopped "
-                               f"answering"), closing
+    assert closing[0].endswith(
+        f"policy requests were sent again to another endpoint after {resent_from[0]} stopped answering"
+    ), closing
 
 
 def test_an_endpoint_down_at_start_is_left_out_with_a_line_and_all_down_is_an_error(stub, tmp_path):
@@ -177,8 +213,10 @@ def test_an_endpoint_down_at_start_is_left_out_with_a_line_and_all_down_is_an_er
     single = invoke(args + ["--policy", one.url])
     result = invoke(args + ["--policy", f"@{listing}"])
     assert result.exit_code == 0, result.output
-    assert result.stderr.startswith(f"eexp: warning: the policy endpoint {down.url} does not answer (connection "
-                                    f"refused): going on without it, with 1 of the 2 endpoints\n")
+    assert result.stderr.startswith(
+        f"eexp: warning: the policy endpoint {down.url} does not answer (connection "
+        f"refused): going on without it, with 1 of the 2 endpoints\n"
+    )
     got = records(result.stdout)
     assert placeless(got) == placeless(records(single.stdout))
     assert got[0]["meta"]["endpoint"] == up.url and got[0]["meta"]["policy_spec"] == f"@{listing}"
@@ -186,18 +224,22 @@ def test_an_endpoint_down_at_start_is_left_out_with_a_line_and_all_down_is_an_er
     other.close()
     result = invoke(args + ["--policy", f"{down.url},{other.url}"])
     assert result.exit_code == 1
-    assert result.stderr == (f"Error: none of the policy endpoints answers: {down.url} (connection refused); "
-                             f"{other.url} (connection refused) (are the servers running, and listening at these "
-                             f"addresses?)\n")
+    assert result.stderr == (
+        f"Error: none of the policy endpoints answers: {down.url} (connection refused); "
+        f"{other.url} (connection refused) (are the servers running, and listening at these "
+        f"addresses?)\n"
+    )
 
 
 def revive_when(server: StubServer, dead: Callable[[], bool], after: float = 0.3) -> threading.Thread:
     """Restart `server` at its address `after` seconds once `dead()` (a server restarted after a crash)."""
+
     def run():
         while not dead():
             time.sleep(0.01)
         time.sleep(after)
         server.revive()
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
@@ -214,8 +256,11 @@ def test_an_endpoint_that_comes_back_is_taken_back_and_one_that_serves_otherwise
     other = stub("llamacpp", model_id="another-model")
     late.close()
     other.close()
-    revivals = [revive_when(dying, lambda: len(dying.chats) >= 6), revive_when(late, lambda: True),
-                revive_when(other, lambda: True)]
+    revivals = [
+        revive_when(dying, lambda: len(dying.chats) >= 6),
+        revive_when(late, lambda: True),
+        revive_when(other, lambda: True),
+    ]
     result = invoke(args + ["--policy", f"{dying.url},{late.url},{other.url},{lasting.url}"])
     for thread in revivals:
         thread.join()
@@ -223,11 +268,15 @@ def test_an_endpoint_that_comes_back_is_taken_back_and_one_that_serves_otherwise
     assert placeless(records(result.stdout)) == placeless(records(single.stdout))
     err = " ".join(result.stderr.split())
     assert f"the policy endpoint {dying.url} stopped answering" in err
-    assert (f"the policy endpoint {dying.url} answers again (left out: connection refused): taking it back, with"
-            in err)
+    assert f"the policy endpoint {dying.url} answers again (left out: connection refused): taking it back, with" in err
     assert f"the policy endpoint {late.url} answers again (left out: connection refused): taking it back" in err
-    assert err.count(f"the policy endpoint {other.url} answers again but cannot serve as the others do (model: "
-                     f"'stub-model' at {dying.url}, 'another-model' at {other.url}): it stays out") == 1
+    assert (
+        err.count(
+            f"the policy endpoint {other.url} answers again but cannot serve as the others do (model: "
+            f"'stub-model' at {dying.url}, 'another-model' at {other.url}): it stays out"
+        )
+        == 1
+    )
     assert len(run_chats(dying)) > 6 and run_chats(late) and not run_chats(other)
 
 
@@ -236,10 +285,21 @@ def test_caps_bound_an_endpoint_and_concurrency_bounds_them_all(stub, tmp_path):
     (tmp_path / "expert.jsonl").write_text(expert.stdout)
     small, big = stub("llamacpp", latency=0.1), stub("llamacpp", latency=0.1)
     # 6 states at once, 3 samples each: 18 requests would go out but for the limits
-    result = invoke(["branch", "-k", "3", "-q", "--concurrency", "6", "--policy", f"{small.url}#2,{big.url}",
-                     str(tmp_path / "expert.jsonl")])
+    result = invoke(
+        [
+            "branch",
+            "-k",
+            "3",
+            "-q",
+            "--concurrency",
+            "6",
+            "--policy",
+            f"{small.url}#2,{big.url}",
+            str(tmp_path / "expert.jsonl"),
+        ]
+    )
     assert result.exit_code == 0, result.output
-    assert small.most_in_flight == 2                 # its cap, though a state's 3 samples went to it together
+    assert small.most_in_flight == 2  # its cap, though a state's 3 samples went to it together
     assert 3 <= big.most_in_flight <= 6
     assert most_at_once(small, big) <= 6
     assert run_chats(small) and run_chats(big)
@@ -249,9 +309,11 @@ def test_endpoints_that_serve_differently_are_refused(stub):
     a, b = stub("llamacpp"), stub("llamacpp", model_id="another-model")
     result = invoke(SHOP + ["-n", "2", "--policy", f"{a.url},{b.url}"])
     assert result.exit_code == 1
-    assert result.stderr == (f"Error: the policy endpoints do not serve alike (model: 'stub-model' at {a.url}, "
-                             f"'another-model' at {b.url}): the endpoints of one --policy must serve the same model "
-                             f"in the same way\n")
+    assert result.stderr == (
+        f"Error: the policy endpoints do not serve alike (model: 'stub-model' at {a.url}, "
+        f"'another-model' at {b.url}): the endpoints of one --policy must serve the same model "
+        f"in the same way\n"
+    )
 
 
 def test_a_malformed_endpoint_list_is_one_clear_error(stub, tmp_path):
@@ -264,29 +326,30 @@ def test_a_malformed_endpoint_list_is_one_clear_error(stub, tmp_path):
     empty.write_text("# nothing yet\n\n")
     cases = {
         f"{a.url},,{a.url}": f"--policy {a.url},,{a.url}: endpoint 2: empty (expected http(s)://HOST/v1,"
-                             f"http(s)://HOST/v1 (each may end in #N, at most N requests in flight there), or @FILE)",
+        f"http(s)://HOST/v1 (each may end in #N, at most N requests in flight there), or @FILE)",
         f"{a.url},ftp://x/v1": f"--policy {a.url},ftp://x/v1: endpoint 2: 'ftp://x/v1' is not an "
-                               f"http(s)://HOST[:PORT]/v1 URL",
+        f"http(s)://HOST[:PORT]/v1 URL",
         f"{a.url}#0,{a.url}": f"--policy {a.url}#0,{a.url}: endpoint 1: {a.url}#0: what follows # is the "
-                              f"endpoint's cap, a whole number of requests in flight, at least 1",
+        f"endpoint's cap, a whole number of requests in flight, at least 1",
         f"{a.url},http://h:port/v1": f"--policy {a.url},http://h:port/v1: endpoint 2: 'http://h:port/v1' is not an "
-                                     f"http(s)://HOST[:PORT]/v1 URL",
+        f"http(s)://HOST[:PORT]/v1 URL",
         f"@{listing}": f"{listing}:3: 'localhost:8000/v1' is not an http(s)://HOST[:PORT]/v1 URL",
         f"@{twice}": f"{twice}:2: {a.url} is listed twice",
         f"@{empty}": f"{empty}: lists no endpoint (one http(s)://HOST/v1 a line)",
         f"@{tmp_path / 'absent.txt'}": f"{tmp_path / 'absent.txt'}: no such file (--policy @FILE lists the "
-                                       f"endpoints, one URL a line)",
+        f"endpoints, one URL a line)",
     }
     for spec, message in cases.items():
         result = invoke(SHOP + ["-n", "2", "--policy", spec])
         assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n"), spec
-    assert a.chats == []                             # refused before any server was asked
+    assert a.chats == []  # refused before any server was asked
 
 
 def test_k_samples_via_the_policy_object(stub):
     """The policy object itself: `sample` sends the K seeds of one call to one endpoint, and the replies are those
     of the seeds, in their order."""
     from eexp.policies import load_policy
+
     a, b = stub("llamacpp"), stub("llamacpp")
     policy = load_policy(f"{a.url},{b.url}")
     try:

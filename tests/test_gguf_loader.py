@@ -23,8 +23,10 @@ ZEN4 = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
 def test_amx_turns_extra_buffer_types_off():
     choice = choose_extra_bufts(SAPPHIRE_RAPIDS)
     assert choice.use_extra_bufts is False
-    assert choice.describe() == ("extra buffer types off (this CPU has AMX (amx_bf16, amx_int8, amx_tile): "
-                                 f"llama.cpp's AMX repack of quantized weights crashes, {ISSUE})")
+    assert choice.describe() == (
+        "extra buffer types off (this CPU has AMX (amx_bf16, amx_int8, amx_tile): "
+        f"llama.cpp's AMX repack of quantized weights crashes, {ISSUE})"
+    )
 
 
 def test_no_amx_keeps_them_on():
@@ -44,18 +46,22 @@ def test_switch_values():
         parse_switch("maybe")
 
 
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
-                    reason="reads the flags of an x86-64 Linux CPU")
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
+    reason="reads the flags of an x86-64 Linux CPU",
+)
 def test_cpu_flags_are_read_from_this_machine():
     assert "sse2" in cpu_flags()  # every x86-64 CPU has it: the flags line was found and split
 
 
 # --- the loader applies the choice --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("switch,expected", [("off", False), ("on", True)])
 def test_open_gguf_passes_the_choice_to_llama_cpp(tiny_gguf, switch, expected, monkeypatch):
     pytest.importorskip("llama_cpp")
     from eexp.policies import gguf_loader
+
     if switch == "on" and any(f in gguf_loader.AMX_FLAGS for f in cpu_flags()):
         pytest.skip("extra buffer types on crash on this AMX CPU: covered by the probe test")
     llm = gguf_loader.open_gguf(str(tiny_gguf), extra_bufts=switch, n_ctx=64, verbose=False)
@@ -64,6 +70,7 @@ def test_open_gguf_passes_the_choice_to_llama_cpp(tiny_gguf, switch, expected, m
         assert llm.eexp_buffers.use_extra_bufts is expected
         # and the library's own default is left as it was for everyone else
         import llama_cpp.llama_cpp as low_level
+
         assert low_level.llama_model_default_params().use_extra_bufts is True
     finally:
         llm.close()
@@ -72,6 +79,7 @@ def test_open_gguf_passes_the_choice_to_llama_cpp(tiny_gguf, switch, expected, m
 def test_default_choice_is_this_cpus(tiny_gguf):
     pytest.importorskip("llama_cpp")
     from eexp.policies.llama import LlamaCppPolicy
+
     policy = LlamaCppPolicy(str(tiny_gguf), {"n_ctx": "64"})
     try:
         assert policy.llm._model.params.use_extra_bufts is choose_extra_bufts(cpu_flags()).use_extra_bufts
@@ -84,12 +92,15 @@ def test_a_forced_choice_on_an_amx_cpu_is_probed_and_a_crash_becomes_an_error(ti
     """The child process is real; a SIGSEGV in it (what llama.cpp does on AMX) must come back as a PolicyError."""
     pytest.importorskip("llama_cpp")
     from eexp.policies import gguf_loader
+
     monkeypatch.setattr(gguf_loader, "cpu_flags", lambda: frozenset(SAPPHIRE_RAPIDS))
     monkeypatch.setattr(gguf_loader, "PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     with pytest.raises(PolicyError) as caught:
         gguf_loader.open_gguf(str(tiny_gguf), extra_bufts="on", n_ctx=64, verbose=False)
-    assert str(caught.value) == (f"{tiny_gguf}: llama.cpp crashed (SIGSEGV) evaluating this model with extra buffer "
-                                 f"types on this AMX CPU ({ISSUE}); leave --policy-arg extra_bufts at auto (off here)")
+    assert str(caught.value) == (
+        f"{tiny_gguf}: llama.cpp crashed (SIGSEGV) evaluating this model with extra buffer "
+        f"types on this AMX CPU ({ISSUE}); leave --policy-arg extra_bufts at auto (off here)"
+    )
     # the default on such a CPU needs no probe: it is off
     monkeypatch.setattr(gguf_loader, "PROBE", "raise SystemExit('the probe must not run')")
     llm = gguf_loader.open_gguf(str(tiny_gguf), n_ctx=64, verbose=False)
@@ -99,23 +110,28 @@ def test_a_forced_choice_on_an_amx_cpu_is_probed_and_a_crash_becomes_an_error(ti
 
 # --- quantized models through the stages ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
     """A q8_0 GGUF of a tiny model and a q4_k_m GGUF of a small one (K-quants need widths of 256)."""
     pytest.importorskip("llama_cpp")
     from eexp.models.export import export_gguf
     from eexp.models.init import init_model
+
     d = tmp_path_factory.mktemp("quantized")
     tiny = init_model(d / "tiny", "qwen2", "tiny", seed=0)
     small = init_model(d / "small", "llama", "small", seed=0)
-    return {"q8_0": export_gguf(tiny, d / "tiny.q8_0.gguf", quant="q8_0"),
-            "q4_k_m": export_gguf(small, d / "small.q4_k_m.gguf", quant="q4_k_m")}
+    return {
+        "q8_0": export_gguf(tiny, d / "tiny.q8_0.gguf", quant="q8_0"),
+        "q4_k_m": export_gguf(small, d / "small.q4_k_m.gguf", quant="q4_k_m"),
+    }
 
 
 def _eexp(*args, input=None):
     """The real process: a segfault shows as a negative return code, which CliRunner would not survive."""
-    return subprocess.run([sys.executable, "-m", "eexp", *map(str, args)], capture_output=True, input=input,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "eexp", *map(str, args)], capture_output=True, input=input, timeout=600
+    )
 
 
 @pytest.mark.parametrize("quant", ["q8_0", "q4_k_m"])
@@ -131,8 +147,19 @@ def test_quantized_policy_plays_shop_through_eval(quantized, quant):
 def test_quantized_policy_proposes_alternatives_through_branch(quantized, quant):
     expert = _eexp("expert", "--env", "shop", "-n", "3", "--seed", "2")
     assert expert.returncode == 0, expert.stderr.decode()
-    result = _eexp("branch", "--policy", quantized[quant], "-k", "2", "--steps", "0-1", "--max-tokens", "24", "-q",
-                   input=expert.stdout)
+    result = _eexp(
+        "branch",
+        "--policy",
+        quantized[quant],
+        "-k",
+        "2",
+        "--steps",
+        "0-1",
+        "--max-tokens",
+        "24",
+        "-q",
+        input=expert.stdout,
+    )
     assert result.returncode == 0, result.stderr.decode()
     records = [orjson.loads(x) for x in result.stdout.splitlines()]
     assert len(records) == 3 * 2 and all(len(r["alternatives"]) == 2 for r in records)
@@ -142,22 +169,37 @@ def test_quantized_policy_proposes_alternatives_through_branch(quantized, quant)
 def test_forcing_extra_buffer_types_on_never_segfaults(quantized):
     """On an AMX CPU the forced choice is probed in a child process first: the run ends with a message instead
     of SIGSEGV. Elsewhere it simply runs."""
-    result = _eexp("eval", "--policy", quantized["q8_0"], "--policy-arg", "extra_bufts=on", "--env", "shop",
-                   "-n", "1", "--max-steps", "2", "-q")
+    result = _eexp(
+        "eval",
+        "--policy",
+        quantized["q8_0"],
+        "--policy-arg",
+        "extra_bufts=on",
+        "--env",
+        "shop",
+        "-n",
+        "1",
+        "--max-steps",
+        "2",
+        "-q",
+    )
     amx = any(f.startswith("amx") for f in cpu_flags())
     if result.returncode == 0:
         assert len(result.stdout.splitlines()) == 1
     else:
         assert amx and result.returncode == 1, (result.returncode, result.stderr.decode())
-        assert "crashed (SIGSEGV) evaluating this model with extra buffer types on this AMX CPU" in \
-            result.stderr.decode()
+        assert (
+            "crashed (SIGSEGV) evaluating this model with extra buffer types on this AMX CPU" in result.stderr.decode()
+        )
 
 
 # --- doctor ------------------------------------------------------------------------------------------------------
 
+
 def test_doctor_prints_the_cpu_and_the_choice(tiny_gguf, tiny_checkpoint, runner):
     pytest.importorskip("llama_cpp")
     from eexp.cli import cli
+
     result = runner.invoke(cli, ["doctor", "--policy", str(tiny_gguf), "--tokenizer", str(tiny_checkpoint)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -171,6 +213,7 @@ def test_doctor_prints_the_cpu_and_the_choice(tiny_gguf, tiny_checkpoint, runner
 
 def test_doctor_on_a_missing_file_is_one_line(runner, tmp_path):
     from eexp.cli import cli
+
     result = runner.invoke(cli, ["doctor", "--policy", str(tmp_path / "iwm.gguf"), "--tokenizer", "IWM"])
     assert result.exit_code == 1
     assert result.output == f"Error: {tmp_path / 'iwm.gguf'}: no such GGUF file\n"

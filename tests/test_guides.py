@@ -18,9 +18,16 @@ import pytest
 from eexp.records import SHAPES, kind_of, validate
 
 GUIDE = Path(__file__).parent.parent / "docs" / "guide"
-KIND_OF_HEADING = {"trajectory": "trajectory", "branch": "branch", "outcome": "outcome", "training": "example",
-                   "preference": "preference", "episode": "episode", "summary": "summary",
-                   "prediction": "prediction"}
+KIND_OF_HEADING = {
+    "trajectory": "trajectory",
+    "branch": "branch",
+    "outcome": "outcome",
+    "training": "example",
+    "preference": "preference",
+    "episode": "episode",
+    "summary": "summary",
+    "prediction": "prediction",
+}
 
 
 def guide_files(page: str) -> dict[str, str]:
@@ -42,8 +49,23 @@ def install(page: str, tmp: Path) -> Path:
     assert "pyproject.toml" in files and len(files) == 2, sorted(files)
     for name, text in files.items():
         (src / name).write_text(text)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(src)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return site
 
 
@@ -51,11 +73,12 @@ def bash(script: str, cwd: Path, site: Path) -> subprocess.CompletedProcess:
     """Run a guide's block as a user would, `eexp` on PATH being this interpreter's eexp."""
     bin_dir = cwd / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "eexp").write_text(f"#!/bin/sh\nexec {sys.executable} -m eexp \"$@\"\n")
+    (bin_dir / "eexp").write_text(f'#!/bin/sh\nexec {sys.executable} -m eexp "$@"\n')
     (bin_dir / "eexp").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(site)}
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def lines(path: Path) -> list[dict]:
@@ -93,7 +116,7 @@ def test_policy_plugin_guide_runs_as_written(tmp_path):
     episodes = lines(tmp_path / "keyword.jsonl")
     assert len(episodes) == 20 and {e["policy"] for e in episodes} == {"keyword-buy-click"}
     assert all(e["meta"]["policy_spec"] == "keyword:buy,click" for e in episodes)
-    assert "keyword" in proc.stdout and "random" in proc.stdout   # the comparison table
+    assert "keyword" in proc.stdout and "random" in proc.stdout  # the comparison table
     branches = lines(tmp_path / "branches.jsonl")
     sampled = [a for b in branches for a in b["alternatives"] if a["source"] == "policy"]
     assert sampled and all(a["seed"] >= 1 for a in sampled)
@@ -101,8 +124,9 @@ def test_policy_plugin_guide_runs_as_written(tmp_path):
 
 def example_blocks() -> list[tuple[str, dict]]:
     text = (GUIDE / "records.md").read_text()
-    return [(kind, json.loads(body)) for kind, body in re.findall(r"<!-- kind: (\w+) -->\n```json\n(.*?)```",
-                                                                    text, re.S)]
+    return [
+        (kind, json.loads(body)) for kind, body in re.findall(r"<!-- kind: (\w+) -->\n```json\n(.*?)```", text, re.S)
+    ]
 
 
 def field_tables() -> dict[str, set[str]]:
@@ -112,8 +136,9 @@ def field_tables() -> dict[str, set[str]]:
     for heading, body in re.findall(r"^## (\w+)[^\n]*\n(.*?)(?=^## |\Z)", text, re.S | re.M):
         if heading in KIND_OF_HEADING:
             first_column = re.findall(r"^\| ([^|]+) \|", body, re.M)
-            tables[KIND_OF_HEADING[heading]] = {name for cell in first_column
-                                                for name in re.findall(r"`([\w?]+)`", cell)}
+            tables[KIND_OF_HEADING[heading]] = {
+                name for cell in first_column for name in re.findall(r"`([\w?]+)`", cell)
+            }
     return tables
 
 
@@ -139,7 +164,7 @@ def test_records_guide_examples_are_valid_records():
 def test_records_guide_examples_are_what_eexp_writes(lock_site, tmp_path):
     proc = bash(sh_block("records.md", "<!-- commands: the examples below -->"), tmp_path, lock_site)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    written = {}   # (kind, id): a branch record and its outcome share an id
+    written = {}  # (kind, id): a branch record and its outcome share an id
     for path in tmp_path.glob("*.jsonl"):
         for record in lines(path):
             written[kind_of(record), record["id"]] = record
@@ -148,5 +173,5 @@ def test_records_guide_examples_are_what_eexp_writes(lock_site, tmp_path):
         made = summary if kind == "summary" else written.get((kind, example["id"]))
         assert made is not None, f"no record {example['id']} was written"
         assert example["meta"]["stage"] == made["meta"]["stage"]
-        strip = lambda r: {k: v for k, v in r.items() if k != "meta"}   # noqa: E731
+        strip = lambda r: {k: v for k, v in r.items() if k != "meta"}  # noqa: E731
         assert strip(example) == strip(made), kind

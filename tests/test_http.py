@@ -14,17 +14,19 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from openai_stub import ADMISSIBLE, MESSAGES, StubServer
 
 from eexp.cli import cli
 from eexp.errors import PolicyError
 from eexp.policies import load_policy
 from eexp.policies.http import GUIDED
-from openai_stub import ADMISSIBLE, MESSAGES, StubServer
 
-WARNING = ("eexp: warning: {url} obeys none of the guided decodings eexp knows (structured_outputs, vllm, llamacpp, "
-           "json_schema; tried each with one request at start): actions are FREE TEXT, and a model that answers "
-           "outside the admissible list scores its steps as invalid. If the server has one, give --policy-arg "
-           "guided=NAME; --policy-arg guided=none says free text is meant (said once per run)")
+WARNING = (
+    "eexp: warning: {url} obeys none of the guided decodings eexp knows (structured_outputs, vllm, llamacpp, "
+    "json_schema; tried each with one request at start): actions are FREE TEXT, and a model that answers "
+    "outside the admissible list scores its steps as invalid. If the server has one, give --policy-arg "
+    "guided=NAME; --policy-arg guided=none says free text is meant (said once per run)"
+)
 
 
 def free_port() -> int:
@@ -44,11 +46,17 @@ def episodes(output: str) -> list[dict]:
 def comparable(records):
     """Without what differs between two servers of the same model: the time and the URL. (`created_utc` is to the
     second: two runs a second apart made this test fail about one time in eight.)"""
-    return [{**r, "meta": {k: v for k, v in r["meta"].items()
-                           if k not in ("time", "created_utc", "endpoint", "policy_spec")}} for r in records]
+    return [
+        {
+            **r,
+            "meta": {k: v for k, v in r["meta"].items() if k not in ("time", "created_utc", "endpoint", "policy_spec")},
+        }
+        for r in records
+    ]
 
 
 # --- the probe ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mechanism", list(GUIDED))
 def test_the_probe_finds_the_one_mechanism_the_server_obeys(stub, mechanism, capsys):
@@ -61,15 +69,19 @@ def test_the_probe_finds_the_one_mechanism_the_server_obeys(stub, mechanism, cap
     replies = policy.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[1, 2, 3, 4, 5, 6], temperature=1.0)
     assert [r.action for r in replies] == [ADMISSIBLE[s % 3] for s in (1, 2, 3, 4, 5, 6)]
     assert all(r.valid for r in replies)
-    fields = {"structured_outputs": "structured_outputs", "vllm": "guided_choice", "llamacpp": "grammar",
-              "json_schema": "response_format"}
+    fields = {
+        "structured_outputs": "structured_outputs",
+        "vllm": "guided_choice",
+        "llamacpp": "grammar",
+        "json_schema": "response_format",
+    }
     last = server.chats[-1]
-    assert [f for f in fields.values() if f in last] == [fields[mechanism]]   # only the one that works is sent
+    assert [f for f in fields.values() if f in last] == [fields[mechanism]]  # only the one that works is sent
     assert "warning" not in capsys.readouterr().err
 
 
 def test_a_strict_server_refusing_unknown_fields_gets_json_schema(stub):
-    server = stub("json_schema", strict=True)   # OpenAI's answer to guided_choice or grammar: HTTP 400
+    server = stub("json_schema", strict=True)  # OpenAI's answer to guided_choice or grammar: HTTP 400
     policy = load_policy(server.url, {"retries": "0"})
     assert policy.guided == "json_schema"
     assert policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4).action == ADMISSIBLE[1]
@@ -80,7 +92,7 @@ def test_a_given_mechanism_is_not_probed(stub):
     policy = load_policy(server.url, {"guided": "vllm"})
     assert len(server.chats) == 1 and policy.describe()["guided"] == "vllm"
     none = load_policy(server.url, {"guided": "none"})
-    assert none.act(MESSAGES, admissible=ADMISSIBLE, seed=1).action is None   # free text, as asked: no warning
+    assert none.act(MESSAGES, admissible=ADMISSIBLE, seed=1).action is None  # free text, as asked: no warning
     assert "guided_choice" not in server.chats[-1]
 
 
@@ -88,21 +100,27 @@ def test_constrained_without_any_mechanism_is_an_error(stub):
     server = stub(None)
     with pytest.raises(PolicyError) as e:
         load_policy(server.url, act="constrained")
-    assert str(e.value) == (f"--act constrained over HTTP needs the server's guided decoding, and {server.url} "
-                            f"obeys none of structured_outputs, vllm, llamacpp, json_schema (tried each with one "
-                            f"request); use --act generate, or a server that has one")
+    assert str(e.value) == (
+        f"--act constrained over HTTP needs the server's guided decoding, and {server.url} "
+        f"obeys none of structured_outputs, vllm, llamacpp, json_schema (tried each with one "
+        f"request); use --act generate, or a server that has one"
+    )
     with pytest.raises(PolicyError) as e:
         load_policy(server.url, {"guided": "none"}, act="constrained")
-    assert str(e.value) == ("--act constrained over HTTP needs the server's guided decoding: give --policy-arg "
-                            "guided=NAME (structured_outputs, vllm, llamacpp, json_schema) or leave it to the probe "
-                            "(auto)")
+    assert str(e.value) == (
+        "--act constrained over HTTP needs the server's guided decoding: give --policy-arg "
+        "guided=NAME (structured_outputs, vllm, llamacpp, json_schema) or leave it to the probe "
+        "(auto)"
+    )
     with pytest.raises(PolicyError) as e:
         load_policy(server.url, {"guided": "outlines"})
-    assert str(e.value) == ("--policy-arg guided=outlines: expected auto, none, structured_outputs, vllm, llamacpp, "
-                            "json_schema")
+    assert str(e.value) == (
+        "--policy-arg guided=outlines: expected auto, none, structured_outputs, vllm, llamacpp, json_schema"
+    )
 
 
 # --- eval through the CLI -------------------------------------------------------------------------------------
+
 
 def test_eval_with_guided_decoding_and_without(stub):
     args = ["--env", "shop", "-n", "2", "--max-steps", "3", "-q"]
@@ -113,7 +131,7 @@ def test_eval_with_guided_decoding_and_without(stub):
     assert len(eps) == 2 and all(e["invalid_actions"] == 0 and "unparsed" not in e["meta"] for e in eps)
     assert {e["meta"]["guided"] for e in eps} == {"llamacpp"} and "warning" not in result.stderr
 
-    plain = stub(None)   # the failure this replaces: every action free text, 100% invalid, and not a word said
+    plain = stub(None)  # the failure this replaces: every action free text, 100% invalid, and not a word said
     result = invoke(["eval", "--policy", plain.url] + args)
     assert result.exit_code == 0, result.output
     eps = episodes(result.stdout)
@@ -130,16 +148,19 @@ def test_eval_against_an_unreachable_endpoint_is_one_error():
     result = invoke(["eval", "--policy", url, "--env", "shop", "-n", "1", "--policy-arg", "backoff=60"])
     assert time.monotonic() - start < 30
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr == (f"Error: cannot reach the policy endpoint {url}: connection refused (is the server "
-                             f"running, and listening at this address?)\n")
+    assert result.stderr == (
+        f"Error: cannot reach the policy endpoint {url}: connection refused (is the server "
+        f"running, and listening at this address?)\n"
+    )
 
 
 def test_eval_against_an_endpoint_that_refuses_us_is_one_error(stub):
     server = stub("vllm", status=401)
     result = invoke(["eval", "--policy", server.url, "--env", "shop", "-n", "1"])
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr == (f"Error: the policy endpoint {server.url} cannot be used: HTTP 401 from "
-                             f"{server.url}/models: invalid api key\n")
+    assert result.stderr == (
+        f"Error: the policy endpoint {server.url} cannot be used: HTTP 401 from {server.url}/models: invalid api key\n"
+    )
     assert server.chats == []
 
 
@@ -148,12 +169,12 @@ def test_failures_mid_run_are_retried_and_the_result_is_whole(stub):
     clean = stub("vllm")
     expected = invoke(["eval", "--policy", clean.url] + args)
     assert expected.exit_code == 0, expected.output
-    start = 1 + 2 + 5   # after the first contact and the two probes, the 6th request of the episodes
-    assert len(clean.chats) > start + 8    # mid-run
-    flaky = stub("vllm", fail={start, start + 1, start + 2, start + 7})   # 503, dropped, 503 ... dropped
+    start = 1 + 2 + 5  # after the first contact and the two probes, the 6th request of the episodes
+    assert len(clean.chats) > start + 8  # mid-run
+    flaky = stub("vllm", fail={start, start + 1, start + 2, start + 7})  # 503, dropped, 503 ... dropped
     result = invoke(["eval", "--policy", flaky.url] + args)
     assert result.exit_code == 0, result.output
-    assert len(flaky.chats) == len(clean.chats) + 4   # each failure retried
+    assert len(flaky.chats) == len(clean.chats) + 4  # each failure retried
     got = episodes(result.stdout)
     assert comparable(got) == comparable(episodes(expected.stdout))
     assert all(e["invalid_actions"] == 0 and "unparsed" not in e["meta"] for e in got)
@@ -161,6 +182,7 @@ def test_failures_mid_run_are_retried_and_the_result_is_whole(stub):
 
 
 # --- llama-cpp-python's own server, serving a tiny f32 GGUF -----------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def f32_gguf(tiny_checkpoint, tmp_path_factory):
@@ -174,22 +196,42 @@ def server_missing() -> str | None:
     try:
         import llama_cpp.server.app  # noqa: F401
     except ImportError as e:
-        return (f"llama-cpp-python's server extra is not installed ({e}): pip install fastapi uvicorn sse-starlette "
-                f"starlette-context pydantic-settings")
+        return (
+            f"llama-cpp-python's server extra is not installed ({e}): pip install fastapi uvicorn sse-starlette "
+            f"starlette-context pydantic-settings"
+        )
     return None
 
 
 @pytest.mark.slow  # ~30 s: a llama_cpp.server process, then the same eval in process and through it
 def test_eval_through_llama_cpp_python_server_matches_the_gguf_policy(f32_gguf, tmp_path):
     pytest.importorskip("llama_cpp")
-    if (reason := server_missing()):
+    if reason := server_missing():
         pytest.skip(reason)
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(f32_gguf), "--host",
-                               "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
-                               "--seed", "1"], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(f32_gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "1",
+            "--seed",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
@@ -212,7 +254,7 @@ def test_eval_through_llama_cpp_python_server_matches_the_gguf_policy(f32_gguf, 
         server.wait(timeout=30)
         log.close()
     over_http, in_process = episodes(served.stdout), episodes(local.stdout)
-    assert {e["meta"]["guided"] for e in over_http} == {"llamacpp"}   # its grammar field, found by the probe
+    assert {e["meta"]["guided"] for e in over_http} == {"llamacpp"}  # its grammar field, found by the probe
     assert sum(e["invalid_actions"] for e in over_http) == 0 and "warning" not in served.stderr
     assert [e["actions"] for e in over_http] == [e["actions"] for e in in_process]
     assert len({a for e in over_http for a in e["actions"]}) > 2
@@ -222,6 +264,7 @@ def test_eval_through_llama_cpp_python_server_matches_the_gguf_policy(f32_gguf, 
 
 # --- --act score over HTTP: a vLLM-like server (/tokenize with messages, /v1/completions with echo) ----------------
 
+
 class ScoringServer(StubServer):
     """The stub, plus what vLLM gives for scoring, computed with a real (tiny) transformers model: POST /tokenize
     renders chat messages with the model's template, and /v1/completions with `echo` returns the log-probability of
@@ -230,6 +273,7 @@ class ScoringServer(StubServer):
     def __init__(self, checkpoint):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
@@ -238,8 +282,12 @@ class ScoringServer(StubServer):
 
     def extra_post(self, path: str, body: dict):
         if path == "/tokenize":
-            ids = self.tokenizer.apply_chat_template(body["messages"], tokenize=True, return_dict=True,
-                                                     add_generation_prompt=body.get("add_generation_prompt", True))
+            ids = self.tokenizer.apply_chat_template(
+                body["messages"],
+                tokenize=True,
+                return_dict=True,
+                add_generation_prompt=body.get("add_generation_prompt", True),
+            )
             return {"tokens": list(ids["input_ids"]), "count": len(ids["input_ids"])}
         if path.endswith("/completions") and body.get("echo"):
             ids = body["prompt"]
@@ -254,14 +302,16 @@ class ScoringServer(StubServer):
 
 def test_act_score_over_http_ranks_as_the_local_model_does(tiny_checkpoint):
     from eexp.policies.hf import TransformersPolicy
+
     server = ScoringServer(tiny_checkpoint)
     try:
         remote = load_policy(server.url, act="score")
         local = TransformersPolicy(str(tiny_checkpoint), act="score")
         assert remote.describe()["scoring"] == "tokenize+echo"
         # the server's log-likelihoods are those the local backend computes, token for token
-        assert remote._score(MESSAGES, ADMISSIBLE) == pytest.approx([ll for _, ll in sorted(
-            local.rank(MESSAGES, ADMISSIBLE), key=lambda p: ADMISSIBLE.index(p[0]))], abs=1e-4)
+        assert remote._score(MESSAGES, ADMISSIBLE) == pytest.approx(
+            [ll for _, ll in sorted(local.rank(MESSAGES, ADMISSIBLE), key=lambda p: ADMISSIBLE.index(p[0]))], abs=1e-4
+        )
         for temperature in (0.0, 1.0):
             got = remote.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[3, 4, 5], temperature=temperature)
             want = local.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[3, 4, 5], temperature=temperature)
@@ -291,9 +341,11 @@ def test_act_score_against_a_server_that_cannot_score_says_what_it_serves(stub):
     assert str(e.value).startswith(
         "--act score over HTTP needs a server that renders chat messages to token ids (POST /tokenize with "
         "messages, as vLLM and SGLang do) and gives the log-probability of every prompt token (/v1/completions with "
-        f"echo and logprobs, as vLLM does); {server.url} does not (HTTP 404")
-    assert str(e.value).endswith("It serves --act generate, and --act constrained where it has guided decoding (the "
-                                 "default probes for it)")
+        f"echo and logprobs, as vLLM does); {server.url} does not (HTTP 404"
+    )
+    assert str(e.value).endswith(
+        "It serves --act generate, and --act constrained where it has guided decoding (the default probes for it)"
+    )
 
 
 # --- --act think over HTTP: the thought, then the action as the continuation of that reply -------------------------
@@ -305,15 +357,18 @@ CHOICES = [f"Action: {a}" for a in ADMISSIBLE]
 def scripted(thought: str, continuation: str = ""):
     """A stub's free text: the rest of `thought` (a reply beginning with `Thought:`) for a reply begun with the
     prefill `Thought:`, `continuation` for any other."""
+
     def answer(body):
         if body.get("continue_final_message") and body["messages"][-1]["content"] == "Thought:":
-            return thought[len("Thought:"):]
+            return thought[len("Thought:") :]
         return continuation
+
     return answer
 
 
 class OpenEnv:
     """A context environment whose admissible list is a sample of an open action space."""
+
     closed_actions = False
 
 
@@ -337,7 +392,7 @@ def test_think_asks_for_the_thought_then_the_action_after_it(stub):
     assert (thought["seed"], thought["temperature"], thought["max_tokens"]) == (4, 0.0, 40)
     assert (thought["continue_final_message"], thought["add_generation_prompt"]) == (True, False)
     assert "guided_choice" not in thought
-    policy.thought_tokens = 25   # eval's thought budget (--thought-tokens, or the model card's)
+    policy.thought_tokens = 25  # eval's thought budget (--thought-tokens, or the model card's)
     policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
     assert server.chats[-2]["max_tokens"] == 25 and server.chats[-2]["messages"][-1]["content"] == "Thought:"
     start = len(server.chats)
@@ -345,8 +400,10 @@ def test_think_asks_for_the_thought_then_the_action_after_it(stub):
     # guided to the admissible actions, each after the newline that the reply had before its `Action:` line
     assert action["messages"] == MESSAGES + [{"role": "assistant", "content": THOUGHT}]
     assert (action["continue_final_message"], action["add_generation_prompt"]) == (True, False)
-    assert action["guided_choice"] == [f"\n{c}" for c in CHOICES] and (action["seed"], action["temperature"]) == \
-        (4, 0.0)
+    assert action["guided_choice"] == [f"\n{c}" for c in CHOICES] and (action["seed"], action["temperature"]) == (
+        4,
+        0.0,
+    )
     # the guided answer is the action (the stub's seed picks ADMISSIBLE[4 % 3]), not the one the thought's reply wrote
     assert (reply.action, reply.valid, reply.seed, reply.finish_reason) == ("buy the red mug", True, 0, "stop")
     assert reply.text == f"{THOUGHT}\nAction: buy the red mug"
@@ -388,7 +445,7 @@ def test_think_takes_the_continuation_from_a_server_that_answers_the_whole_messa
     reply holds the thought once all the same."""
     server = stub("llamacpp", echoes=True, free_text=scripted(f"{THOUGHT}\nAction: look", continuation=" open it"))
     policy = load_policy(server.url, act="think")
-    assert policy.guided == "llamacpp"   # the probe's continued reply was read past its echo
+    assert policy.guided == "llamacpp"  # the probe's continued reply was read past its echo
     reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=4, temperature=0.0)
     assert reply.text == f"{THOUGHT}\nAction: buy the red mug" and reply.action == "buy the red mug"
     server.free_text = scripted("Thought: the door", continuation=" open it\nmore")
@@ -414,8 +471,12 @@ def test_think_in_an_open_action_space_takes_or_generates_the_action(stub):
     start = len(server.chats)
     reply = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=1, temperature=0.0, context=context)
     # the action the model wrote after its thought is taken: one request, nothing guided
-    assert (reply.action, reply.thought, reply.valid, reply.thought_cut) == \
-        ("open the red door", "the door is shut.", None, False)
+    assert (reply.action, reply.thought, reply.valid, reply.thought_cut) == (
+        "open the red door",
+        "the door is shut.",
+        None,
+        False,
+    )
     assert len(server.chats) == start + 1 and "guided_choice" not in server.chats[-1]
     # a cut thought: the model continues its own reply after `Action:`, and the first line it writes is the action
     server.free_text = scripted("Thought: the door", continuation=" open the door\nThought: and then")
@@ -435,11 +496,11 @@ def test_think_failed_requests_are_retried_then_counted(stub, capsys):
     server = stub("vllm", fail={2, 4, 5}, free_text=scripted(THOUGHT))
     policy = load_policy(server.url, {"guided": "vllm", "retries": "0", "backoff": "0.01"}, act="think")
     first, second = (policy.act(MESSAGES, admissible=ADMISSIBLE, seed=1, temperature=0.0) for _ in range(2))
-    assert len(server.chats) == 5     # a failed thought asks for no action
+    assert len(server.chats) == 5  # a failed thought asks for no action
     for reply in (first, second):
         assert reply.action is None and reply.valid is False and reply.finish_reason.startswith("error: HTTP 503")
         assert (reply.thought, reply.thought_cut) == (None, False)
-    assert (policy.requests, policy.failed_requests) == (2, 2)   # per reply, as every mode counts
+    assert (policy.requests, policy.failed_requests) == (2, 2)  # per reply, as every mode counts
     policy.opts["retries"] = 1
     third = policy.act(MESSAGES, admissible=ADMISSIBLE, seed=2, temperature=0.0)
     assert third.valid and third.thought and len(server.chats) == 8
@@ -448,7 +509,7 @@ def test_think_failed_requests_are_retried_then_counted(stub, capsys):
 
 
 def test_think_needs_a_server_that_continues_a_reply(stub):
-    server = stub("json_schema", strict=True)   # OpenAI: HTTP 400 for a field it does not know
+    server = stub("json_schema", strict=True)  # OpenAI: HTTP 400 for a field it does not know
     with pytest.raises(PolicyError) as e:
         load_policy(server.url, act="think")
     assert str(e.value) == (
@@ -456,43 +517,55 @@ def test_think_needs_a_server_that_continues_a_reply(stub):
         f"needs a server that continues a final assistant message (continue_final_message, as vLLM and llama.cpp's "
         f"llama-server do); {server.url} does not (HTTP 400 from {server.url}/chat/completions: Unrecognized request "
         f"argument supplied: add_generation_prompt, continue_final_message). It serves --act generate, and --act "
-        f"constrained where it has guided decoding")
-    assert len(server.chats) == 2   # the first contact, then one probe: no retries
+        f"constrained where it has guided decoding"
+    )
+    assert len(server.chats) == 2  # the first contact, then one probe: no retries
 
 
 def test_think_needs_guided_decoding_for_the_action(stub):
     server = stub(None)
     with pytest.raises(PolicyError) as e:
         load_policy(server.url, act="think")
-    assert str(e.value) == (f"--act think over HTTP needs the server's guided decoding to choose the action after "
-                            f"the thought, and {server.url} obeys none of structured_outputs, vllm, llamacpp, "
-                            f"json_schema (tried each with one request); use --act generate, or a server that has one")
-    with pytest.raises(PolicyError, match=r"^--act think over HTTP needs the server's guided decoding to choose the "
-                                          r"action after the thought: give --policy-arg guided=NAME"):
+    assert str(e.value) == (
+        f"--act think over HTTP needs the server's guided decoding to choose the action after "
+        f"the thought, and {server.url} obeys none of structured_outputs, vllm, llamacpp, "
+        f"json_schema (tried each with one request); use --act generate, or a server that has one"
+    )
+    with pytest.raises(
+        PolicyError,
+        match=r"^--act think over HTTP needs the server's guided decoding to choose the "
+        r"action after the thought: give --policy-arg guided=NAME",
+    ):
         load_policy(server.url, {"guided": "none"}, act="think")
 
 
 def test_eval_act_think_over_http_records_thoughts(stub):
-    server = stub("llamacpp")   # the stub's free text never reaches `Action:`: every thought is cut
-    result = invoke(["eval", "--policy", server.url, "--env", "shop", "-n", "2", "--max-steps", "3", "--act",
-                     "think", "-q"])
+    server = stub("llamacpp")  # the stub's free text never reaches `Action:`: every thought is cut
+    result = invoke(
+        ["eval", "--policy", server.url, "--env", "shop", "-n", "2", "--max-steps", "3", "--act", "think", "-q"]
+    )
     assert result.exit_code == 0, result.output
     eps = episodes(result.stdout)
     assert len(eps) == 2
     for e in eps:
-        assert (e["meta"]["act"], e["meta"]["think"], e["meta"]["guided"]) == ("think", "continue_final_message",
-                                                                               "llamacpp")
+        assert (e["meta"]["act"], e["meta"]["think"], e["meta"]["guided"]) == (
+            "think",
+            "continue_final_message",
+            "llamacpp",
+        )
         assert e["invalid_actions"] == 0 and e["meta"]["thoughts_cut"] == e["steps"] == len(e["thoughts"]) > 0
         assert set(e["thoughts"]) == {"I think I should look around first, then decide what to buy."}
 
 
 # --- a deadline per request (issue 65) ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def dripping_server():
     """A loopback server that answers every request with a whole, valid 290-byte HTTP reply, one byte a second:
     urllib's per-read timeout never trips on it."""
     import threading
+
     body = json.dumps({"data": [{"id": "m"}], "pad": "x" * 180}).encode()
     reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     listener = socket.socket()
@@ -507,7 +580,7 @@ def dripping_server():
                 if stop.wait(1.0):
                     return
                 try:
-                    conn.sendall(reply[i:i + 1])
+                    conn.sendall(reply[i : i + 1])
                 except OSError:
                     return
 
@@ -532,8 +605,10 @@ def test_timeout_is_a_deadline_for_the_whole_request_against_a_server_that_drips
     result = invoke(["eval", "--policy", dripping_server, "--env", "shop", "-n", "1", "--policy-arg", "timeout=2"])
     took = time.monotonic() - start
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr == (f"Error: the policy endpoint {dripping_server} cannot be used: {dripping_server}/models: "
-                             "no whole answer within the 2 s timeout (--policy-arg timeout=SECONDS)\n")
+    assert result.stderr == (
+        f"Error: the policy endpoint {dripping_server} cannot be used: {dripping_server}/models: "
+        "no whole answer within the 2 s timeout (--policy-arg timeout=SECONDS)\n"
+    )
     assert took < 6, took
 
 
@@ -543,6 +618,7 @@ def test_the_deadline_holds_mid_run_and_in_the_health_check(dripping_server):
     import urllib.request
 
     from eexp.policies.http import DeadlinePassed, fetch, no_answer
+
     start = time.monotonic()
     with pytest.raises(DeadlinePassed):
         fetch(urllib.request.Request(dripping_server + "/models"), 1.5)
@@ -563,7 +639,7 @@ def test_warnings_from_threads_are_one_write_each(monkeypatch):
 
         def write(self, text):
             self.writes.append(text)
-            time.sleep(0.001)   # let another thread in between two writes, if there are two
+            time.sleep(0.001)  # let another thread in between two writes, if there are two
             return len(text)
 
         def flush(self):
@@ -571,15 +647,17 @@ def test_warnings_from_threads_are_one_write_each(monkeypatch):
 
     stderr = Recording()
     monkeypatch.setattr(sys, "stderr", stderr)
-    threads = [threading.Thread(target=lambda i=i: [chat.warn(f"thread {i} line {j}") for j in range(20)])
-               for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: [chat.warn(f"thread {i} line {j}") for j in range(20)]) for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(stderr.writes) == 80
-    assert all(w.startswith("eexp: warning: thread ") and w.endswith("\n") and w.count("\n") == 1
-               for w in stderr.writes)
+    assert all(
+        w.startswith("eexp: warning: thread ") and w.endswith("\n") and w.count("\n") == 1 for w in stderr.writes
+    )
 
 
 def test_a_served_model_file_on_this_machine_is_hashed_as_a_local_run_hashes_it(stub, tmp_path):
@@ -589,6 +667,7 @@ def test_a_served_model_file_on_this_machine_is_hashed_as_a_local_run_hashes_it(
     leaves it unknown."""
     from eexp.card import Card, write_card
     from eexp.files import content_hash
+
     folder = tmp_path / "served"
     folder.mkdir()
     write_card(folder, Card(command="finetune"))
@@ -596,8 +675,23 @@ def test_a_served_model_file_on_this_machine_is_hashed_as_a_local_run_hashes_it(
     runner = CliRunner()
     for model_id, want in ((str(folder), content_hash([str(folder)])), ("elsewhere/model.gguf", "")):
         server = stub("llamacpp", model_id=model_id)
-        result = runner.invoke(cli, ["eval", "--policy", server.url, "--env", "shop", "-n", "1", "--max-steps", "1",
-                                     "--act", "constrained", "-q"])
+        result = runner.invoke(
+            cli,
+            [
+                "eval",
+                "--policy",
+                server.url,
+                "--env",
+                "shop",
+                "-n",
+                "1",
+                "--max-steps",
+                "1",
+                "--act",
+                "constrained",
+                "-q",
+            ],
+        )
         assert result.exit_code == 0, result.output
         record = json.loads(result.stdout.splitlines()[0])
         assert record["meta"]["model_sha256"] == want

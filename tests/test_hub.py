@@ -70,8 +70,17 @@ def hub(tmp_path, monkeypatch, tiny_checkpoint):
 def test_a_hub_id_is_read_only_where_no_such_path_exists(tmp_path, monkeypatch):
     assert hub_id("Qwen/Qwen2.5-7B-Instruct") == ("Qwen/Qwen2.5-7B-Instruct", None)
     assert hub_id("meta-llama/Llama-3.2-3B-Instruct@main") == ("meta-llama/Llama-3.2-3B-Instruct", "main")
-    for not_an_id in ("model.gguf", "org/model.gguf", "./org/name", "/org/name", "a/b/c", "random", "kind:target",
-                      "http://host/v1", ""):
+    for not_an_id in (
+        "model.gguf",
+        "org/model.gguf",
+        "./org/name",
+        "/org/name",
+        "a/b/c",
+        "random",
+        "kind:target",
+        "http://host/v1",
+        "",
+    ):
         assert hub_id(not_an_id) is None, not_an_id
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "il").mkdir(parents=True)
@@ -84,14 +93,42 @@ def test_finetune_from_a_hub_id_offline_records_the_id_and_revision(hub, tmp_pat
     from eexp.io import read_records
     from eexp.prompts import Serializer
     from eexp.stages.imitation import imitation_examples
+
     il = tmp_path / "il.jsonl"
-    il.write_text("".join(json.dumps(e) + "\n" for t in read_records([DATA / "trajectories.jsonl"])
-                          for e in imitation_examples(t, Serializer(), True)))
+    il.write_text(
+        "".join(
+            json.dumps(e) + "\n"
+            for t in read_records([DATA / "trajectories.jsonl"])
+            for e in imitation_examples(t, Serializer(), True)
+        )
+    )
     out = tmp_path / "lora"
     env = {**os.environ, **hub["env"], "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "eexp", "finetune", str(il), "--model", REPO, "-o", str(out),
-                           "--lora", "--max-steps", "2", "--batch-size", "4", "--max-length", "512", "-q"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eexp",
+            "finetune",
+            str(il),
+            "--model",
+            REPO,
+            "-o",
+            str(out),
+            "--lora",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "512",
+            "-q",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"base model: {REPO} at revision {COMMIT}" in proc.stderr
     card = read_card(out)
@@ -116,8 +153,9 @@ def test_a_policy_from_a_hub_id_names_the_id_and_revision_in_its_records(hub):
 
 
 def test_a_model_not_in_the_cache_offline_is_a_clear_error(hub, tmp_path):
-    result = CliRunner().invoke(cli, ["finetune", str(DATA / "trajectories.jsonl"), "--model", "eexp-test/absent",
-                                      "-o", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        cli, ["finetune", str(DATA / "trajectories.jsonl"), "--model", "eexp-test/absent", "-o", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1
     assert "eexp-test/absent: no such local path, and not in the Hugging Face cache" in result.output
     assert "HF_HUB_OFFLINE is set" in result.output and "Traceback" not in result.output
@@ -155,8 +193,20 @@ def test_rl_resolved_config_names_the_hub_start(hub, tmp_path):
     """rl --model ORG/NAME: the run's config names the Hub id as its start and base (not a cache path)."""
     from eexp.rl.config import RLConfig
     from eexp.rl.recipe import RL
-    run = RL(RLConfig(model=REPO, output=str(tmp_path / "rl"), env="shop", group_size=2, tasks_per_step=1,
-                      max_steps=1, episode_steps=1, allow_zero_start=True, quiet=True))
+
+    run = RL(
+        RLConfig(
+            model=REPO,
+            output=str(tmp_path / "rl"),
+            env="shop",
+            group_size=2,
+            tasks_per_step=1,
+            max_steps=1,
+            episode_steps=1,
+            allow_zero_start=True,
+            quiet=True,
+        )
+    )
     run.setup()
     made = run.resolved_config()
     assert made["start"] == REPO and made["base_model"] == REPO

@@ -11,10 +11,12 @@ from click.testing import CliRunner
 
 from eexp.cli import cli
 
-GEMMA_LIKE = ("{{ bos_token }}{%- for m in messages -%}"
-              "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n' + m['content'] "
-              "+ '<end_of_turn>\\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}"
-              "{%- endif -%}")
+GEMMA_LIKE = (
+    "{{ bos_token }}{%- for m in messages -%}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n' + m['content'] "
+    "+ '<end_of_turn>\\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}"
+    "{%- endif -%}"
+)
 
 
 def _base_gguf(tiny_checkpoint, tmp_path):
@@ -29,6 +31,7 @@ def _base_gguf(tiny_checkpoint, tmp_path):
     result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(out)])
     assert result.exit_code == 0, result.output
     import gguf
+
     assert "tokenizer.chat_template" not in gguf.GGUFReader(str(out)).fields
     return out
 
@@ -44,8 +47,9 @@ def test_a_base_gguf_imports_with_the_template_given(tiny_checkpoint, tmp_path):
 
     template = tmp_path / "gemma.jinja"
     template.write_text(GEMMA_LIKE)
-    result = runner.invoke(cli, ["import-model", str(base), "--chat-template", str(template), "-o",
-                                 str(tmp_path / "imported")])
+    result = runner.invoke(
+        cli, ["import-model", str(base), "--chat-template", str(template), "-o", str(tmp_path / "imported")]
+    )
     assert result.exit_code == 0, result.output
     folder = tmp_path / "imported"
     tok = AutoTokenizer.from_pretrained(folder)
@@ -54,11 +58,13 @@ def test_a_base_gguf_imports_with_the_template_given(tiny_checkpoint, tmp_path):
     assert text.endswith("<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n")
     provenance = yaml.safe_load((folder / "config.yaml").read_text())
     import hashlib
+
     assert provenance["chat_template"] == str(template.resolve())
     assert provenance["chat_template_sha256"] == hashlib.sha256(GEMMA_LIKE.encode()).hexdigest()
 
     # into the cache: a folder of its own, never taken for the file's plain import
     from eexp.models.import_gguf import cached_path, import_gguf
+
     cached = import_gguf(base, chat_template=template)
     assert cached != cached_path(base) and AutoTokenizer.from_pretrained(cached).chat_template == GEMMA_LIKE
 
@@ -66,10 +72,12 @@ def test_a_base_gguf_imports_with_the_template_given(tiny_checkpoint, tmp_path):
 def test_a_template_file_that_is_not_jinja_names_its_line(tiny_gguf, tmp_path):
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% for m in messages %}\n{{ m['content'] }\n{% endfor %}\n")
-    result = CliRunner().invoke(cli, ["import-model", str(tiny_gguf), "--chat-template", str(bad), "-o",
-                                      str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        cli, ["import-model", str(tiny_gguf), "--chat-template", str(bad), "-o", str(tmp_path / "out")]
+    )
     assert result.exit_code == 1 and f"{bad}:2: the chat template is not valid Jinja" in result.output
-    result = CliRunner().invoke(cli, ["import-model", str(tiny_gguf), "--chat-template", str(tmp_path / "none"),
-                                      "-o", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        cli, ["import-model", str(tiny_gguf), "--chat-template", str(tmp_path / "none"), "-o", str(tmp_path / "out")]
+    )
     assert result.exit_code == 1 and "no such chat template file" in result.output
     assert not (tmp_path / "out").exists()

@@ -24,10 +24,10 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "eexp"
@@ -42,17 +42,17 @@ IMPORT_NAMES = {"pyyaml": "yaml"}
 # command's start-up, `eexp --help` included, imports eexp.cli's modules and theirs: numpy stays out of it.
 ALLOWED_INSIDE = {
     ("eexp/stats.py", "numpy"): "numpy (~120 ms) for eval --compare's seed-level bootstrap only; every command's "
-                                "start-up imports eexp.stats (through eexp.stages.evaluate.compare)",
+    "start-up imports eexp.stats (through eexp.stages.evaluate.compare)",
     ("eexp/stages/evaluate/episode.py", "eexp.policies.critic"): "imports numpy at its top (through "
-                                                                 "eexp.policies.chat), for --critic only; every "
-                                                                 "command's start-up imports this module",
+    "eexp.policies.chat), for --critic only; every "
+    "command's start-up imports this module",
 }
 
 # Inside a function of eexp/training/ or eexp/rl/, where even torch is imported at the top: a package that
 # eexp[train] does not install, looked for only when an option asks for it.
 TRAINING_ALLOWED_INSIDE = {
     ("eexp/training/model.py", "bitsandbytes"): "--qlora only: CUDA-only, not a dependency of eexp[train]; its "
-                                                "absence is a usage error that says to install it",
+    "absence is a usage error that says to install it",
 }
 
 
@@ -76,7 +76,7 @@ def source_of(node: ast.ImportFrom, package: str) -> str:
     if not node.level:
         return node.module or ""
     base = package.split(".")
-    base = base[:len(base) - node.level + 1]
+    base = base[: len(base) - node.level + 1]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -91,7 +91,7 @@ def eexp_imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 target = alias.name
-                while target and target not in modules:   # `import eexp.a.b.c` where c is a name: eexp.a.b
+                while target and target not in modules:  # `import eexp.a.b.c` where c is a name: eexp.a.b
                     target = target.rpartition(".")[0]
                 if target:
                     found.add(target)
@@ -105,8 +105,11 @@ def eexp_imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                     found.add(source)
     for target in list(found):
         parts = target.split(".")
-        found.update(".".join(parts[:i]) for i in range(1, len(parts))
-                     if ".".join(parts[:i]) in modules and not name.startswith(".".join(parts[:i]) + "."))
+        found.update(
+            ".".join(parts[:i])
+            for i in range(1, len(parts))
+            if ".".join(parts[:i]) in modules and not name.startswith(".".join(parts[:i]) + ".")
+        )
     found.discard(name)
     return found
 
@@ -157,10 +160,10 @@ def test_the_graph_is_read():
     assert "eexp.training.config" in graph["eexp.training.recipe"]
     assert "eexp.io" in graph["eexp.training.dpo"]
     assert "eexp.cli.group" in graph["eexp.cli.train"] and "eexp.cli.train" in graph["eexp.cli"]
-    assert "eexp.training.recipe" in graph["eexp.cli.train"]            # inside the command's function
+    assert "eexp.training.recipe" in graph["eexp.cli.train"]  # inside the command's function
     assert "eexp.files" in graph["eexp.models.import_gguf"]
-    assert "eexp.models" in graph["eexp.policies.hf"]                   # eexp.models.adapter runs it first
-    assert "eexp.training" not in graph["eexp.training.recipe"]         # a module of the package itself
+    assert "eexp.models" in graph["eexp.policies.hf"]  # eexp.models.adapter runs it first
+    assert "eexp.training" not in graph["eexp.training.recipe"]  # a module of the package itself
 
 
 def test_no_import_cycle():
@@ -174,12 +177,12 @@ def test_no_import_cycle():
 # which import no layer.
 LAYERS = {
     "eexp": set(),
-    "eexp.envs": set(),                                  # the environments: a world with rules of its own
-    "eexp.models": set(),                                # model files: init-model, GGUF import and export, merge
-    "eexp.policies": {"eexp.models"},                    # a backend loads a model (a GGUF base imported first)
-    "eexp.envs.dream": {"eexp.envs", "eexp.policies"},   # a world backed by a model: an environment over a policy
+    "eexp.envs": set(),  # the environments: a world with rules of its own
+    "eexp.models": set(),  # model files: init-model, GGUF import and export, merge
+    "eexp.policies": {"eexp.models"},  # a backend loads a model (a GGUF base imported first)
+    "eexp.envs.dream": {"eexp.envs", "eexp.policies"},  # a world backed by a model: an environment over a policy
     "eexp.stages": {"eexp.envs.dream"},
-    "eexp.training": {"eexp.policies"},                  # the chat format's thoughts; no stage (setting() is below)
+    "eexp.training": {"eexp.policies"},  # the chat format's thoughts; no stage (setting() is below)
     "eexp.rl": {"eexp.training", "eexp.stages"},
     "eexp.integrations": {"eexp.envs", "eexp.policies"},
     "eexp.cli": {"eexp.rl", "eexp.integrations"},
@@ -203,9 +206,12 @@ def below(layer: str) -> set[str]:
 
 
 def layer_violations(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{name} imports {target}: {layer_of(name)} is below {layer_of(target)}"
-                  for name, targets in graph.items() for target in targets
-                  if layer_of(target) != layer_of(name) and layer_of(target) not in below(layer_of(name)))
+    return sorted(
+        f"{name} imports {target}: {layer_of(name)} is below {layer_of(target)}"
+        for name, targets in graph.items()
+        for target in targets
+        if layer_of(target) != layer_of(name) and layer_of(target) not in below(layer_of(name))
+    )
 
 
 def test_the_layers_are_kept():
@@ -214,13 +220,20 @@ def test_the_layers_are_kept():
 
 
 def test_a_module_that_imports_above_its_layer_is_found():
-    assert layer_violations({"eexp.models.merge": {"eexp.policies.hf", "eexp.files"}}) == \
-        ["eexp.models.merge imports eexp.policies.hf: eexp.models is below eexp.policies"]
-    assert layer_violations({"eexp.training.config": {"eexp.stages.settings"}}) == \
-        ["eexp.training.config imports eexp.stages.settings: eexp.training is below eexp.stages"]
-    assert layer_violations({"eexp.envs.shop": {"eexp.policies"}, "eexp.envs.dream": {"eexp.policies.base"},
-                             "eexp.stages.branch": {"eexp.envs.dream"}, "eexp.rl.recipe": {"eexp.models.adapter"}}) \
-        == ["eexp.envs.shop imports eexp.policies: eexp.envs is below eexp.policies"]
+    assert layer_violations({"eexp.models.merge": {"eexp.policies.hf", "eexp.files"}}) == [
+        "eexp.models.merge imports eexp.policies.hf: eexp.models is below eexp.policies"
+    ]
+    assert layer_violations({"eexp.training.config": {"eexp.stages.settings"}}) == [
+        "eexp.training.config imports eexp.stages.settings: eexp.training is below eexp.stages"
+    ]
+    assert layer_violations(
+        {
+            "eexp.envs.shop": {"eexp.policies"},
+            "eexp.envs.dream": {"eexp.policies.base"},
+            "eexp.stages.branch": {"eexp.envs.dream"},
+            "eexp.rl.recipe": {"eexp.models.adapter"},
+        }
+    ) == ["eexp.envs.shop imports eexp.policies: eexp.envs is below eexp.policies"]
     assert layer_of("eexp.fields") == layer_of("eexp") == "eexp" and layer_of("eexp.envs.dream") == "eexp.envs.dream"
 
 
@@ -259,8 +272,9 @@ def belongs_at_the_top(module: str) -> bool:
 
 def test_core_is_what_pip_install_eexp_installs():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    names = {dep.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower()
-             for dep in project["dependencies"]}
+    names = {
+        dep.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower() for dep in project["dependencies"]
+    }
     assert {IMPORT_NAMES.get(name, name) for name in names} == CORE
 
 
@@ -272,9 +286,11 @@ def test_outside_the_cli_imports_are_at_the_top():
         rel = path.relative_to(ROOT).as_posix()
         if rel.startswith("eexp/cli/"):
             continue
-        inside += [f"{rel}:{line}: import {module} inside a function"
-                   for line, module in function_level_imports(path, package_of(modules[path], path))
-                   if belongs_at_the_top(module) and (rel, module) not in ALLOWED_INSIDE]
+        inside += [
+            f"{rel}:{line}: import {module} inside a function"
+            for line, module in function_level_imports(path, package_of(modules[path], path))
+            if belongs_at_the_top(module) and (rel, module) not in ALLOWED_INSIDE
+        ]
     assert not inside, "\n".join(inside)
 
 
@@ -285,18 +301,28 @@ def test_training_and_rl_import_at_module_level():
     inside = []
     for path in sorted([*(PACKAGE / "training").glob("*.py"), *(PACKAGE / "rl").glob("*.py")]):
         rel = path.relative_to(ROOT).as_posix()
-        inside += [f"{rel}:{line}: import {module} inside a function" for line, module in function_level_imports(path)
-                   if (rel, module) not in TRAINING_ALLOWED_INSIDE]
+        inside += [
+            f"{rel}:{line}: import {module} inside a function"
+            for line, module in function_level_imports(path)
+            if (rel, module) not in TRAINING_ALLOWED_INSIDE
+        ]
     assert not inside, "\n".join(inside)
 
 
 def test_an_import_inside_a_function_is_found(tmp_path):
     mod = tmp_path / "m.py"
-    mod.write_text("import os\n\nclass C:\n    def f(self):\n        if os:\n            from torch import nn\n"
-                   "\nasync def g():\n    import torch.nn.functional as F\n    from . import io\n")
+    mod.write_text(
+        "import os\n\nclass C:\n    def f(self):\n        if os:\n            from torch import nn\n"
+        "\nasync def g():\n    import torch.nn.functional as F\n    from . import io\n"
+    )
     assert function_level_imports(mod, "eexp") == [(6, "torch"), (9, "torch.nn.functional"), (10, "eexp")]
-    assert [belongs_at_the_top(m) for m in ("torch", "json", "eexp.io", "numpy", "llama_cpp")] == \
-        [False, True, True, True, False]
+    assert [belongs_at_the_top(m) for m in ("torch", "json", "eexp.io", "numpy", "llama_cpp")] == [
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_every_allowed_import_is_still_there():
@@ -319,14 +345,17 @@ def test_the_training_and_rl_packages_import_nothing():
 HEAVY = ("torch", "transformers", "peft", "accelerate", "safetensors", "numpy")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["finetune", "--help"], ["rl", "--help"], ["merge", "--help"],
-                                  ["eval", "--help"], ["envs"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["finetune", "--help"], ["rl", "--help"], ["merge", "--help"], ["eval", "--help"], ["envs"]]
+)
 def test_the_commands_start_without_torch(args):
     """What the command imports to get this far (in a fresh interpreter, as `eexp ARGS` would): no torch, and no
     numpy (ALLOWED_INSIDE keeps it out of the start-up)."""
-    code = ("import sys\nfrom eexp.cli import main\nsys.argv = ['eexp', *sys.argv[1:]]\ntry:\n    main()\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+    code = (
+        "import sys\nfrom eexp.cli import main\nsys.argv = ['eexp', *sys.argv[1:]]\ntry:\n    main()\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1] == "[]", f"eexp {' '.join(args)} imported {done.stderr.splitlines()[-1]}"
@@ -370,16 +399,25 @@ def names_of_rl(path: Path, package: str) -> list[str]:
 def test_training_names_no_rl_module():
     """eexp/training/ is below eexp/rl/ (LAYERS): it neither imports eexp.rl nor names one of its modules by string
     (rl's objectives are registered in eexp/rl/config.py, `REWARDS`), so training knows nothing of the layer above."""
-    found = [f"{path.relative_to(ROOT).as_posix()}:{where}" for name, path in module_names().items()
-             if name.startswith("eexp.training") for where in names_of_rl(path, package_of(name, path))]
+    found = [
+        f"{path.relative_to(ROOT).as_posix()}:{where}"
+        for name, path in module_names().items()
+        if name.startswith("eexp.training")
+        for where in names_of_rl(path, package_of(name, path))
+    ]
     assert not found, "\n".join(found)
 
 
 def test_a_string_or_import_naming_an_rl_module_is_found(tmp_path):
     mod = tmp_path / "m.py"
-    mod.write_text('"""Beside eexp.rl.recipe (a docstring: allowed)."""\nimport eexp.rl.loss\n\n'
-                   'def f():\n    """eexp.rl.config"""\n    from eexp import rl\n    from ..rl.config import REWARDS\n'
-                   '    return {"x": "eexp.rl.rollouts:Episodes", "y": "eexp.rlx", "z": "eexp.training.dpo:DPO"}\n')
-    assert names_of_rl(mod, "eexp.training") == ["2: import eexp.rl.loss", "6: from eexp import rl",
-                                                 "7: from eexp.rl.config import REWARDS",
-                                                 "8: 'eexp.rl.rollouts:Episodes'"]
+    mod.write_text(
+        '"""Beside eexp.rl.recipe (a docstring: allowed)."""\nimport eexp.rl.loss\n\n'
+        'def f():\n    """eexp.rl.config"""\n    from eexp import rl\n    from ..rl.config import REWARDS\n'
+        '    return {"x": "eexp.rl.rollouts:Episodes", "y": "eexp.rlx", "z": "eexp.training.dpo:DPO"}\n'
+    )
+    assert names_of_rl(mod, "eexp.training") == [
+        "2: import eexp.rl.loss",
+        "6: from eexp import rl",
+        "7: from eexp.rl.config import REWARDS",
+        "8: 'eexp.rl.rollouts:Episodes'",
+    ]

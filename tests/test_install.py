@@ -35,13 +35,22 @@ def test_install_sh_shows_the_progress_of_a_compile():
     make = "[  3%] Building C object a.o\nwarning: unused\n[ 17%] Building C object b.o\n[100%] Linking llama\n"
     shown = {}
     for name, lines in (("ninja", ninja), ("make", make)):
-        proc = subprocess.run(["bash", "-c", f'eval "$(sed -n "/^progress()/,/^}}/p" install.sh)"; progress {name}'],
-                              cwd=ROOT, input=lines, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["bash", "-c", f'eval "$(sed -n "/^progress()/,/^}}/p" install.sh)"; progress {name}'],
+            cwd=ROOT,
+            input=lines,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0 and proc.stdout == "", proc.stderr
         shown[name] = proc.stderr.splitlines()
     assert shown["ninja"] == [f"install.sh: ninja: compiled {p}%" for p in (2, *range(10, 101, 10))]
-    assert shown["make"] == ["install.sh: make: compiled 3%", "install.sh: make: compiled 17%",
-                             "install.sh: make: compiled 100%"]
+    assert shown["make"] == [
+        "install.sh: make: compiled 3%",
+        "install.sh: make: compiled 17%",
+        "install.sh: make: compiled 100%",
+    ]
     # and no step that compiles or downloads for minutes sends its output away
     script = (ROOT / "install.sh").read_text()
     assert "llama_server.py build >/dev/null" not in script and "install -v" in script

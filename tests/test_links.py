@@ -26,15 +26,15 @@ def anchors(page: Path) -> set[str]:
     found = set()
     for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, re.M):
         slug = anchor(heading)
-        found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)   # GitHub numbers repeated headings
+        found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)  # GitHub numbers repeated headings
         seen[slug] = seen.get(slug, 0) + 1
     return found
 
 
 def relative_links(page: Path) -> list[str]:
     text = FENCE.sub("", page.read_text())
-    text = re.sub(r"`[^`\n]*`", "", text)   # inline code
-    return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]   # no http:, mailto:
+    text = re.sub(r"`[^`\n]*`", "", text)  # inline code
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]  # no http:, mailto:
 
 
 def test_the_pages_have_links():
@@ -57,10 +57,14 @@ def test_every_relative_link_resolves(page):
 
 def test_a_broken_link_is_found(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("# A page\n\n[fine](#a-page) [gone](missing.md) [bad anchor](#nowhere) `[code](x.md)`\n\n"
-                    "```sh\n[also code](y.md)\n```\n")
+    page.write_text(
+        "# A page\n\n[fine](#a-page) [gone](missing.md) [bad anchor](#nowhere) `[code](x.md)`\n\n"
+        "```sh\n[also code](y.md)\n```\n"
+    )
     links = relative_links(page)
     assert links == ["#a-page", "missing.md", "#nowhere"]
     assert anchors(page) == {"a-page"}
-    assert anchor("RL from the early-experience checkpoints (paper §5.3, Fig. 3)") == \
-        "rl-from-the-early-experience-checkpoints-paper-53-fig-3"
+    assert (
+        anchor("RL from the early-experience checkpoints (paper §5.3, Fig. 3)")
+        == "rl-from-the-early-experience-checkpoints-paper-53-fig-3"
+    )

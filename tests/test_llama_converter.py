@@ -32,8 +32,13 @@ def test_the_converter_is_installed_on_first_use_and_a_replaced_gguf_is_still_an
     monkeypatch.setattr(lc, "install", install)
     monkeypatch.setattr(lc, "llama_cpp_version", lambda: "9.9.9")
     assert lc.ensure_converter(notes.append) == tmp_path
-    assert len(installs) == 1 and len(notes) == 1 and notes[0].startswith(
-        "installing llama.cpp's converter for llama-cpp-python 9.9.9 (once; from its sdist, with pip) into ")
+    assert (
+        len(installs) == 1
+        and len(notes) == 1
+        and notes[0].startswith(
+            "installing llama.cpp's converter for llama-cpp-python 9.9.9 (once; from its sdist, with pip) into "
+        )
+    )
     assert lc.ensure_converter(notes.append) == tmp_path and len(installs) == 1 and len(notes) == 1
     state["gguf_replaced"] = True
     with pytest.raises(ModelError, match="not llama.cpp's gguf-py"):

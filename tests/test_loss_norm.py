@@ -32,10 +32,12 @@ from eexp.training.recipe import Finetune, finetune  # noqa: E402
 DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-THOUGHT = ("Thought: the task asks for a red shirt under 30 dollars, and this page lists the search results. The "
-           "first result is a blue shirt and the second costs 45 dollars, so neither fits; the third is red and "
-           "costs 25 dollars, which matches every constraint of the task. Clicking it opens its page, where the "
-           "size and the colour can be chosen before buying. ") * 3
+THOUGHT = (
+    "Thought: the task asks for a red shirt under 30 dollars, and this page lists the search results. The "
+    "first result is a blue shirt and the second costs 45 dollars, so neither fits; the third is red and "
+    "costs 25 dollars, which matches every constraint of the task. Clicking it opens its page, where the "
+    "size and the colour can be chosen before buying. "
+) * 3
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,7 @@ def metrics(out: Path) -> list[dict]:
 
 
 # --- which examples share an update --------------------------------------------------------------------------------
+
 
 def updates_of(lengths: list[int], epochs: int = 2, world: int = 1, **options) -> list[list[frozenset]]:
     """Every update of `epochs` epochs as the set of its examples, and each update's micro-batches."""
@@ -111,12 +114,13 @@ def test_the_last_short_update_of_an_epoch_is_split_alike():
 
 # --- the loss of an update ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def run(tiny_checkpoint, mix, tmp_path):
     """A set-up recipe (model loaded, the mix encoded), for computing the gradients of chosen updates."""
     recipe = Finetune(config(tiny_checkpoint, mix, tmp_path / "out", batch_size=2))
     recipe.setup()
-    recipe.model.eval()   # no dropout: the same examples give the same gradient
+    recipe.model.eval()  # no dropout: the same examples give the same gradient
     return recipe
 
 
@@ -124,19 +128,19 @@ def gradient(run: Finetune, micro: list[list], norm: str) -> tuple[float, torch.
     """(the update's loss, its gradient as one vector) for the update made of the micro-batches `micro`."""
     run.cfg = replace(run.cfg, loss_norm=norm)
     run.model.zero_grad(set_to_none=True)
-    loss_sum, _, _ = run._accumulate(micro)   # a device scalar: read here, as the loop reads it at a log row
+    loss_sum, _, _ = run._accumulate(micro)  # a device scalar: read here, as the loop reads it at a log row
     units = sum(run._units(e) for batch in micro for e in batch)
-    return float(loss_sum) / units, torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                                        for p in run.params])
+    return float(loss_sum) / units, torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in run.params]
+    )
 
 
 @pytest.mark.parametrize("norm", ["example", "token"])
 def test_an_update_split_into_micro_batches_has_the_loss_and_gradient_of_one_batch(run, norm):
     data = run.data["train"].examples
-    update = [data[j] for j in (0, 3, 11, 14, 5, 20)]   # IL and SR examples, lengths apart
+    update = [data[j] for j in (0, 3, 11, 14, 5, 20)]  # IL and SR examples, lengths apart
     loss_one, grad_one = gradient(run, [update], norm)
-    for split in ([update[:2], update[2:4], update[4:]], [update[:1], update[1:5], update[5:]],
-                  [[e] for e in update]):
+    for split in ([update[:2], update[2:4], update[4:]], [update[:1], update[1:5], update[5:]], [[e] for e in update]):
         loss, grad = gradient(run, split, norm)
         assert loss == pytest.approx(loss_one, rel=1e-5)
         assert torch.allclose(grad, grad_one, rtol=1e-4, atol=1e-7)
@@ -169,11 +173,11 @@ def test_grad_accum_trains_as_one_batch(tiny_checkpoint, mix, tmp_path, norm):
     runs = {}
     for batch, accum in ((4, 1), (2, 2), (1, 4)):
         out = tmp_path / f"{batch}x{accum}"
-        finetune(config(tiny_checkpoint, mix, out, batch_size=batch, grad_accum=accum, max_steps=4,
-                        loss_norm=norm))
+        finetune(config(tiny_checkpoint, mix, out, batch_size=batch, grad_accum=accum, max_steps=4, loss_norm=norm))
         runs[batch, accum] = out
     want = [r["loss"] for r in metrics(runs[4, 1]) if "loss" in r]
     from safetensors.torch import load_file
+
     ref = load_file(runs[4, 1] / "model.safetensors")
     for key in ((2, 2), (1, 4)):
         assert [r["loss"] for r in metrics(runs[key]) if "loss" in r] == pytest.approx(want, rel=1e-4)
@@ -185,6 +189,7 @@ def test_grad_accum_trains_as_one_batch(tiny_checkpoint, mix, tmp_path, norm):
 
 # --- the budget in epochs, on the card ----------------------------------------------------------------------------
 
+
 def test_epochs_make_the_updates_and_the_card_says_so(tiny_checkpoint, mix, tmp_path):
     """--epochs 2 over 22 examples, 8 an update (4 x --grad-accum 2): 2 x ceil(22 / 8) = 6 updates; the card
     records each phase's updates, examples per update, epochs and loss normalization (a results page states them)."""
@@ -192,20 +197,47 @@ def test_epochs_make_the_updates_and_the_card_says_so(tiny_checkpoint, mix, tmp_
     finetune(config(tiny_checkpoint, mix, out, batch_size=4, grad_accum=2, epochs=2))
     card = read_card(out)
     assert card.updates == 6
-    assert card.phases == [{"name": "train", "updates": 6, "examples": 22, "tokens": card.phases[0]["tokens"],
-                            "truncated": 0, "skipped": 0, "examples_per_update": 8, "epochs": 2.0,
-                            "loss_norm": "example"}]
+    assert card.phases == [
+        {
+            "name": "train",
+            "updates": 6,
+            "examples": 22,
+            "tokens": card.phases[0]["tokens"],
+            "truncated": 0,
+            "skipped": 0,
+            "examples_per_update": 8,
+            "epochs": 2.0,
+            "loss_norm": "example",
+        }
+    ]
     # a --max-steps budget that ends mid-epoch says so
     out = tmp_path / "steps"
     finetune(config(tiny_checkpoint, mix, out, batch_size=4, max_steps=3, loss_norm="token"))
     assert {k: read_card(out).phases[0][k] for k in ("updates", "epochs", "loss_norm")} == {
-        "updates": 3, "epochs": 0.5, "loss_norm": "token"}
+        "updates": 3,
+        "epochs": 0.5,
+        "loss_norm": "token",
+    }
 
 
 def test_dpo_refuses_token_normalization(tiny_checkpoint, tmp_path, runner):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("")
-    result = runner.invoke(cli, ["finetune", str(pairs), "--objective", "dpo", "--loss-norm", "token", "--model",
-                                 str(tiny_checkpoint), "-o", str(tmp_path / "o"), "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "finetune",
+            str(pairs),
+            "--objective",
+            "dpo",
+            "--loss-norm",
+            "token",
+            "--model",
+            str(tiny_checkpoint),
+            "-o",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2
     assert "--loss-norm token is the sft loss's; DPO's loss is the mean over pairs" in result.output

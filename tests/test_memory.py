@@ -17,37 +17,58 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from eexp.cli import cli  # noqa: E402
-from eexp.errors import UsageProblem
+from eexp.errors import UsageProblem  # noqa: E402
 from eexp.io import read_records  # noqa: E402
 from eexp.prompts import Serializer  # noqa: E402
 from eexp.stages.imitation import imitation_examples  # noqa: E402
-from eexp.training.config import FinetuneConfig  # noqa: E402
-from eexp.training.recipe import Finetune, finetune  # noqa: E402
-from eexp.training.config import FULL_BYTES_PER_PARAM, check_full_fits  # noqa: E402
+from eexp.training.config import (  # noqa: E402
+    FULL_BYTES_PER_PARAM,
+    FinetuneConfig,  # noqa: E402
+    check_full_fits,
+)
 from eexp.training.model import count_parameters  # noqa: E402
+from eexp.training.recipe import Finetune, finetune  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DATA = Path(__file__).parent / "data"
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 @pytest.fixture(scope="module")
 def il(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mem") / "il.jsonl"
-    path.write_text("".join(json.dumps(e) + "\n" for t in read_records([DATA / "trajectories.jsonl"])
-                            for e in imitation_examples(t, Serializer(), True)))
+    path.write_text(
+        "".join(
+            json.dumps(e) + "\n"
+            for t in read_records([DATA / "trajectories.jsonl"])
+            for e in imitation_examples(t, Serializer(), True)
+        )
+    )
     return path
 
 
 def cfg(model, il, out, **kw) -> FinetuneConfig:
-    return FinetuneConfig(**{"train_files": [str(il)], "model": str(model), "output": str(out), "batch_size": 4,
-                             "max_length": 512, "max_steps": 3, "quiet": True, **kw})
+    return FinetuneConfig(
+        **{
+            "train_files": [str(il)],
+            "model": str(model),
+            "output": str(out),
+            "batch_size": 4,
+            "max_length": 512,
+            "max_steps": 3,
+            "quiet": True,
+            **kw,
+        }
+    )
 
 
 def losses(out) -> list[float]:
-    return [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()
-            if "loss" in json.loads(line)]
+    return [
+        json.loads(line)["loss"]
+        for line in (Path(out) / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
 
 
 def decoder_layer(model):
@@ -64,6 +85,7 @@ def count_layer_calls(model) -> list[int]:
 
 
 # --- gradient checkpointing ---------------------------------------------------------------------------------------
+
 
 def test_gradient_checkpointing_is_on_by_default_with_cuda_only(tiny_checkpoint, il, tmp_path):
     run = Finetune(cfg(tiny_checkpoint, il, tmp_path / "o"))
@@ -101,11 +123,24 @@ def test_rl_update_with_gradient_checkpointing_recomputes_and_gives_the_same_upd
     from eexp.rl.config import RLConfig
     from eexp.rl.loss import sample_parts
     from eexp.rl.recipe import RL
+
     results = {}
     for on in (False, True):
-        run = RL(RLConfig(model=str(tiny_checkpoint), output=str(tmp_path / f"rl-{on}"), env="shop", act="score",
-                          group_size=2, tasks_per_step=1, max_steps=1, episode_steps=2, allow_zero_start=True,
-                          gradient_checkpointing=on, quiet=True))
+        run = RL(
+            RLConfig(
+                model=str(tiny_checkpoint),
+                output=str(tmp_path / f"rl-{on}"),
+                env="shop",
+                act="score",
+                group_size=2,
+                tasks_per_step=1,
+                max_steps=1,
+                episode_steps=2,
+                allow_zero_start=True,
+                gradient_checkpointing=on,
+                quiet=True,
+            )
+        )
         run.setup()
         samples = [{**s, "advantage": 1.0} for _, trace in run.rollouts(1) for s in trace]
         assert samples and all(p["mode"] == "score" for s in samples for p in sample_parts(s))
@@ -126,14 +161,29 @@ def test_rl_update_with_gradient_checkpointing_recomputes_and_gives_the_same_upd
 
 # --- attention, saved dtype ---------------------------------------------------------------------------------------
 
+
 def test_attn_implementation_is_the_one_asked_for(tiny_checkpoint, il, tmp_path, runner):
     run = finetune(cfg(tiny_checkpoint, il, tmp_path / "eager", attn_implementation="eager"))
     assert run.model.config._attn_implementation == "eager"
     sdpa = finetune(cfg(tiny_checkpoint, il, tmp_path / "sdpa", attn_implementation="sdpa"))
     assert sdpa.model.config._attn_implementation == "sdpa"
     assert losses(tmp_path / "eager") == pytest.approx(losses(tmp_path / "sdpa"), rel=1e-4)
-    result = runner.invoke(cli, ["finetune", str(il), "--model", str(tiny_checkpoint), "-o", str(tmp_path / "fa"),
-                                 "--attn-implementation", "flash_attention_2", "--max-steps", "1", "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "finetune",
+            str(il),
+            "--model",
+            str(tiny_checkpoint),
+            "-o",
+            str(tmp_path / "fa"),
+            "--attn-implementation",
+            "flash_attention_2",
+            "--max-steps",
+            "1",
+            "-q",
+        ],
+    )
     assert result.exit_code == 2, result.output  # no flash-attn (or no GPU) here: a usage error, named
     assert "--attn-implementation flash_attention_2" in result.output and "Traceback" not in result.output
 
@@ -142,8 +192,12 @@ def test_full_finetune_is_saved_in_the_training_dtype(tiny_checkpoint, il, tmp_p
     """bf16 training saves bf16 weights (half the disk of the fp32 master weights), config.json and the card say
     so, and the tied embedding is saved once; fp32 training saves fp32; --save-dtype overrides."""
     from safetensors.torch import load_file
-    for precision, save, expect in (("bf16", "auto", torch.bfloat16), ("fp32", "auto", torch.float32),
-                                    ("fp32", "bf16", torch.bfloat16)):
+
+    for precision, save, expect in (
+        ("bf16", "auto", torch.bfloat16),
+        ("fp32", "auto", torch.float32),
+        ("fp32", "bf16", torch.bfloat16),
+    ):
         out = tmp_path / f"{precision}-{save}"
         run = finetune(cfg(tiny_checkpoint, il, out, precision=precision, save_dtype=save, max_steps=2))
         weights = load_file(out / "model.safetensors")
@@ -160,6 +214,7 @@ def test_full_finetune_is_saved_in_the_training_dtype(tiny_checkpoint, il, tmp_p
 
 
 # --- a --full that cannot fit ------------------------------------------------------------------------------------
+
 
 def test_parameters_are_counted_from_the_safetensors_headers(tiny_checkpoint):
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
@@ -185,12 +240,14 @@ def test_a_full_finetune_that_cannot_fit_is_refused_with_the_estimate():
 
 def test_the_memory_check_runs_before_anything_is_loaded_or_written(tiny_checkpoint, il, tmp_path, monkeypatch):
     """On a GPU, setup refuses --full before loading the model or making OUT (a CUDA device is faked here)."""
-    props = type("Props", (), {"total_memory": 1024 ** 2})()  # a 1 MiB GPU
+    props = type("Props", (), {"total_memory": 1024**2})()  # a 1 MiB GPU
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
     run = Finetune(cfg(tiny_checkpoint, il, tmp_path / "o"))
     run.device, run.world, run.sharded = torch.device("cuda"), 1, False
     run.model_cfg = run._import_base()
-    with pytest.raises(UsageProblem, match=r"--full on .* \(0\.\d+M parameters\) needs about \d+\.\d MiB .* the GPU has 1\.0 MiB"):
+    with pytest.raises(
+        UsageProblem, match=r"--full on .* \(0\.\d+M parameters\) needs about \d+\.\d MiB .* the GPU has 1\.0 MiB"
+    ):
         run._check_memory()
     assert not (tmp_path / "o").exists()
     lora = Finetune(cfg(tiny_checkpoint, il, tmp_path / "o", lora=True))
@@ -201,10 +258,12 @@ def test_the_memory_check_runs_before_anything_is_loaded_or_written(tiny_checkpo
 
 # --- hashes, eval -j --------------------------------------------------------------------------------------------
 
+
 def test_weight_hashes_are_computed_once_and_keyed_by_size_and_mtime(tiny_checkpoint, tmp_path, monkeypatch):
     import shutil
 
     from eexp import files
+
     model = tmp_path / "m"
     shutil.copytree(tiny_checkpoint, model)
     first = files.content_hash([str(model)])
@@ -233,4 +292,3 @@ def test_eval_with_several_workers_refuses_copies_of_a_gpu_model(tiny_checkpoint
     result = runner.invoke(cli, [*args, "--policy-arg", "device=cpu", "--max-steps", "1", "-q"])
     assert result.exit_code == 0, result.output  # workers on the CPU: allowed
     assert len(result.stdout.strip().splitlines()) == 2
-

@@ -26,22 +26,29 @@ def adapter(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("merge") / "adapter"
     base = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     torch.manual_seed(0)
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                             task_type="CAUSAL_LM")
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     model = peft.get_peft_model(base, config)
     model.save_pretrained(out)
     conf = json.loads((out / "adapter_config.json").read_text())
     conf["base_model_name_or_path"] = str(tiny_checkpoint)
     (out / "adapter_config.json").write_text(json.dumps(conf))
     transformers.AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(out)
-    write_card(out, Card(command="finetune", method="lora", base_model=str(tiny_checkpoint),
-                         serializer={"history": 0}, updates=7))
+    write_card(
+        out,
+        Card(command="finetune", method="lora", base_model=str(tiny_checkpoint), serializer={"history": 0}, updates=7),
+    )
     return out
 
 
 def logits_of(model, tokenizer) -> torch.Tensor:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Task: buy a red shirt"}],
-                                        add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Task: buy a red shirt"}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits.float()
 
@@ -74,6 +81,7 @@ def test_merged_bf16_folder_is_ready_to_serve(tiny_checkpoint, adapter, tmp_path
         result = CliRunner().invoke(cli, ["merge", str(adapter), "-o", str(out), *extra])
         assert result.exit_code == 0, result.output
     from safetensors.torch import load_file
+
     full, half = load_file(fp32 / "model.safetensors"), load_file(bf16 / "model.safetensors")
     assert half.keys() == full.keys()
     assert all(t.dtype == torch.bfloat16 for t in half.values())
@@ -95,6 +103,7 @@ def test_merged_bf16_folder_is_ready_to_serve(tiny_checkpoint, adapter, tmp_path
 
 def test_merged_folder_is_a_policy_that_acts_as_the_adapter(tiny_checkpoint, adapter, tmp_path):
     from eexp.policies import load_policy
+
     out = tmp_path / "merged"
     assert CliRunner().invoke(cli, ["merge", str(adapter), "-o", str(out), "--dtype", "fp32"]).exit_code == 0
     messages = [{"role": "user", "content": "Task: buy a red shirt. You see a red shirt and a blue hat."}]

@@ -6,14 +6,13 @@ import json
 
 import pytest
 import yaml
-
-from eexp.cli import cli
 from click.testing import CliRunner
 
+from eexp.cli import cli
 from eexp.models.init import IM_END, PAD_TOKEN, init_model
 
-
 # --- init-model -------------------------------------------------------------------------------------------------
+
 
 def test_init_model_checkpoint_loads_with_its_tokenizer_and_template(tiny_checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -27,8 +26,9 @@ def test_init_model_checkpoint_loads_with_its_tokenizer_and_template(tiny_checkp
     assert tok.eos_token == IM_END and tok.pad_token == PAD_TOKEN and tok.pad_token_id != tok.eos_token_id
     assert tok.bos_token is None
     assert model.config.eos_token_id == tok.eos_token_id and model.config.vocab_size == len(tok)
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Action: go"}],
-                                   tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Action: go"}], tokenize=False
+    )
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nAction: go<|im_end|>\n"
     ids = tok(text).input_ids
     assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 2 and ids.count(tok.eos_token_id) == 2
@@ -40,16 +40,21 @@ def test_init_model_checkpoint_loads_with_its_tokenizer_and_template(tiny_checkp
 def test_init_model_trains_tokenizer_on_jsonl_text_fields_and_is_deterministic(tmp_path):
     from tokenizers import Tokenizer
 
-    record = {"id": "t1", "env": {"name": "shop", "version": "1"},
-              "task": {"id": "1", "split": "train", "goal": "buy zorblaxian widgets"},
-              "steps": [{"observation": "zorblaxian widgets cost 5", "action": "click[zorblaxian]"}] * 3,
-              "final_observation": "done", "success": True, "meta": {"stage": "expert-metadata-quuxfrob"}}
+    record = {
+        "id": "t1",
+        "env": {"name": "shop", "version": "1"},
+        "task": {"id": "1", "split": "train", "goal": "buy zorblaxian widgets"},
+        "steps": [{"observation": "zorblaxian widgets cost 5", "action": "click[zorblaxian]"}] * 3,
+        "final_observation": "done",
+        "success": True,
+        "meta": {"stage": "expert-metadata-quuxfrob"},
+    }
     corpus = tmp_path / "expert.jsonl"
     corpus.write_text("\n".join(json.dumps(record) for _ in range(5)) + "\n")
     a = init_model(tmp_path / "a", "llama", "tiny", corpus=[str(corpus)], seed=3)
     b = init_model(tmp_path / "b", "llama", "tiny", corpus=[str(corpus)], seed=3)
     vocab = Tokenizer.from_file(str(a / "tokenizer.json")).get_vocab()
-    assert "Ġzorblaxian" in vocab        # a word from goals/observations/actions became one token
+    assert "Ġzorblaxian" in vocab  # a word from goals/observations/actions became one token
     assert not any("quux" in t for t in vocab)  # meta is not text a model reads
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
@@ -100,11 +105,13 @@ def _sharpened(ckpt, dest):
 
 def _llama(path, **kwargs):
     from eexp.policies.gguf_loader import open_gguf
+
     return open_gguf(str(path), n_ctx=512, logits_all=True, verbose=False, **kwargs)
 
 
 def _last_logits(llm, ids):
     import numpy as np
+
     llm.reset()
     llm.eval(ids)
     return np.array(llm.scores[len(ids) - 1])
@@ -112,17 +119,20 @@ def _last_logits(llm, ids):
 
 def _hf_logits(model, ids):
     import torch
+
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0, -1].numpy()
 
 
 def _gguf_fields(path):
     import gguf
+
     reader = gguf.GGUFReader(str(path))
     return {name: field.contents() for name, field in reader.fields.items()}, reader
 
 
 # --- export: the real checks --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_f32_export_tokenizes_and_computes_like_transformers(arch, request, runner, tmp_path):
@@ -146,6 +156,7 @@ def test_f32_export_tokenizes_and_computes_like_transformers(arch, request, runn
         # Every position, not only the last one, on the longest text.
         ids = tok(TEXTS[0]).input_ids
         import torch
+
         with torch.no_grad():
             every = model(torch.tensor([ids])).logits[0].numpy()
         _last_logits(llm, ids)
@@ -162,6 +173,7 @@ def test_f32_export_tokenizes_and_computes_like_transformers(arch, request, runn
     assert fields["eexp.source"] == str(ckpt.resolve())
     # the hash a run of the checkpoint records as meta.model_sha256: records and this file join on it
     from eexp.policies import load_policy
+
     assert fields["eexp.source_sha256"] == load_policy(str(ckpt), {}).describe()["model_sha256"]
     assert {t.tensor_type.name for t in reader.tensors} == {"F32"}
     # tied embeddings (qwen2) write no output tensor; untied (llama) do
@@ -203,16 +215,20 @@ def test_import_model_writes_its_card_beside_config_yaml(tiny_gguf, tmp_path):
     content hash, the hash a run with --policy FILE records); config.yaml keeps the import's details."""
     from eexp import __version__
     from eexp.card import Card, read_card
-    from eexp.models.import_gguf import import_gguf, is_import
     from eexp.files import content_hash
+    from eexp.models.import_gguf import import_gguf, is_import
 
     out = import_gguf(tiny_gguf, tmp_path / "imported", echo=lambda msg: None)
     sha = content_hash([str(tiny_gguf)])
     assert yaml.safe_load((out / "card.yaml").read_text()) == {
-        "command": "import-model", "eexp_version": __version__, "source": str(tiny_gguf.resolve()),
-        "source_sha256": sha}
-    assert read_card(out) == Card(command="import-model", eexp_version=__version__, source=str(tiny_gguf.resolve()),
-                                  source_sha256=sha)
+        "command": "import-model",
+        "eexp_version": __version__,
+        "source": str(tiny_gguf.resolve()),
+        "source_sha256": sha,
+    }
+    assert read_card(out) == Card(
+        command="import-model", eexp_version=__version__, source=str(tiny_gguf.resolve()), source_sha256=sha
+    )
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["source_sha256"] == sha and config["source_quant"] == "Q8_0" and is_import(out, sha)
 
@@ -235,6 +251,7 @@ def test_import_keeps_the_gguf_special_tokens_whatever_transformers_makes_of_the
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", as_transformers_5_17)
     from eexp.models.import_gguf import import_gguf
+
     out = import_gguf(tiny_gguf, tmp_path / "imported", echo=lambda msg: None)
     monkeypatch.undo()
     tok = AutoTokenizer.from_pretrained(out)
@@ -257,12 +274,14 @@ def test_q8_0_export_generates_and_chats(tiny_gguf, tiny_checkpoint):
         first = llm.create_completion("Action:", max_tokens=8, temperature=0.0, seed=1)
         again = llm.create_completion("Action:", max_tokens=8, temperature=0.0, seed=1)
         assert first["usage"]["completion_tokens"] >= 1 and first["choices"][0]["text"] == again["choices"][0]["text"]
-        chat = llm.create_chat_completion([{"role": "user", "content": "Task: look around."}], max_tokens=6,
-                                          temperature=0.0, seed=1)
+        chat = llm.create_chat_completion(
+            [{"role": "user", "content": "Task: look around."}], max_tokens=6, temperature=0.0, seed=1
+        )
         assert chat["choices"][0]["message"]["role"] == "assistant"
         # the prompt llama.cpp built from the GGUF's chat template is the ChatML prompt transformers builds
-        prompt = tok.apply_chat_template([{"role": "user", "content": "Task: look around."}], tokenize=False,
-                                         add_generation_prompt=True)
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": "Task: look around."}], tokenize=False, add_generation_prompt=True
+        )
         assert chat["usage"]["prompt_tokens"] == len(tok(prompt).input_ids)
     finally:
         llm.close()
@@ -276,8 +295,12 @@ def _lora_adapter(base, dest, seed=0):
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                            "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -311,8 +334,12 @@ def test_lora_only_adapter_in_llama_cpp_matches_merged_export(arch, request, run
     assert np.abs(peft_logits - base_logits).max() > 0.1  # the adapter matters
 
     logits = {}
-    for name, model_file, lora in [("merged", "merged.f32.gguf", None), ("lora", "base.f32.gguf", "lora.gguf"),
-                                   ("merged_q8", "merged.q8_0.gguf", None), ("lora_q8", "base.q8_0.gguf", "lora.gguf")]:
+    for name, model_file, lora in [
+        ("merged", "merged.f32.gguf", None),
+        ("lora", "base.f32.gguf", "lora.gguf"),
+        ("merged_q8", "merged.q8_0.gguf", None),
+        ("lora_q8", "base.q8_0.gguf", "lora.gguf"),
+    ]:
         llm = _llama(tmp_path / model_file, **({"lora_path": str(tmp_path / lora)} if lora else {}))
         try:
             logits[name] = _last_logits(llm, ids)
@@ -329,8 +356,13 @@ def test_export_adapter_directory_alone_and_serializer_provenance(tiny_checkpoin
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     adapter = _lora_adapter(ckpt, tmp_path / "adapter")
-    serializer = {"history": 2, "max_observation_chars": 800, "max_history_chars": 200, "show_admissible": True,
-                  "max_admissible": 40}
+    serializer = {
+        "history": 2,
+        "max_observation_chars": 800,
+        "max_history_chars": 200,
+        "show_admissible": True,
+        "max_admissible": 40,
+    }
     (adapter / "config.yaml").write_text(yaml.safe_dump({"serializer": serializer, "lr": 1e-4}))
     _export(runner, adapter, "-o", tmp_path / "a.gguf", "--quant", "f16")  # base found from adapter_config.json
     fields, reader = _gguf_fields(tmp_path / "a.gguf")
@@ -341,12 +373,14 @@ def test_export_adapter_directory_alone_and_serializer_provenance(tiny_checkpoin
 
 # --- export: bad input ----------------------------------------------------------------------------------------------
 
+
 def _no_leftovers(directory, keep=()):
     return sorted(p.name for p in directory.iterdir() if p.name not in keep) == []
 
 
 def test_export_refuses_checkpoint_without_tokenizer(tiny_checkpoint, runner, tmp_path):
     import shutil
+
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     (ckpt / "tokenizer.json").unlink()
@@ -359,6 +393,7 @@ def test_export_refuses_checkpoint_without_tokenizer(tiny_checkpoint, runner, tm
 
 def test_export_refuses_unsupported_architecture(tiny_checkpoint, runner, tmp_path):
     import shutil
+
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     config = json.loads((ckpt / "config.json").read_text())
@@ -378,8 +413,9 @@ def test_export_refuses_adapter_that_does_not_fit(tiny_checkpoint, runner, tmp_p
     weights[key] = weights[key][:, :32]  # as if trained on a model of hidden size 32
     save_file(weights, str(adapter / "adapter_model.safetensors"))
     for flags in ([], ["--lora-only"]):
-        result = runner.invoke(cli, ["export", str(tiny_checkpoint), "--adapter", str(adapter), *flags,
-                                     "-o", str(tmp_path / "m.gguf")])
+        result = runner.invoke(
+            cli, ["export", str(tiny_checkpoint), "--adapter", str(adapter), *flags, "-o", str(tmp_path / "m.gguf")]
+        )
         assert result.exit_code == 1
         assert "does not fit base" in result.output and "model.layers.1.mlp.up_proj" in result.output
     assert not (tmp_path / "m.gguf").exists()
@@ -412,9 +448,13 @@ def test_export_to_unwritable_output_leaves_no_partial_file(tiny_checkpoint, tmp
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    proc = subprocess.run([sys.executable, "-m", "eexp", "export", str(tiny_checkpoint), "-o",
-                           str(out_dir / "m.gguf"), "--quant", "f32"], preexec_fn=limit, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "eexp", "export", str(tiny_checkpoint), "-o", str(out_dir / "m.gguf"), "--quant", "f32"],
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
     assert (out_dir / "m.gguf").read_bytes() == b"previous"
@@ -478,8 +518,9 @@ def test_adapter_with_full_tensors_merges_but_is_no_llama_cpp_adapter(tiny_llama
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_checkpoint)
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"],
-                                                  task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"], task_type="CAUSAL_LM")
+    )
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "modules_to_save" in name:
@@ -488,11 +529,22 @@ def test_adapter_with_full_tensors_merges_but_is_no_llama_cpp_adapter(tiny_llama
     _export(runner, tiny_llama_checkpoint, "--adapter", tmp_path / "adapter", "-o", tmp_path / "m.gguf")
     import gguf
     import numpy as np
+
     output = next(t for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors if t.name == "output.weight")
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_checkpoint)
     lm_head = base.get_output_embeddings().weight.detach().numpy()  # the base weights, before the +1
     merged = gguf.quants.dequantize(np.array(output.data), output.tensor_type).reshape(lm_head.shape)
     assert np.abs(merged - (lm_head + 1.0)).max() < 0.05  # the saved module replaced the base one (q8_0)
-    result = runner.invoke(cli, ["export", str(tiny_llama_checkpoint), "--adapter", str(tmp_path / "adapter"),
-                                 "--lora-only", "-o", str(tmp_path / "a.gguf")])
+    result = runner.invoke(
+        cli,
+        [
+            "export",
+            str(tiny_llama_checkpoint),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--lora-only",
+            "-o",
+            str(tmp_path / "a.gguf"),
+        ],
+    )
     assert result.exit_code == 1 and "export the merged model instead" in result.output

@@ -41,8 +41,9 @@ def data(tmp_path_factory):
     for the first process, one for the second) and 5 validation examples (3 batches for one process, 2 for the
     other)."""
     d = tmp_path_factory.mktemp("mp")
-    examples = [e for t in read_records([DATA / "trajectories.jsonl"]) for e in imitation_examples(t, Serializer(),
-                                                                                                 True)]
+    examples = [
+        e for t in read_records([DATA / "trajectories.jsonl"]) for e in imitation_examples(t, Serializer(), True)
+    ]
     assert len(examples) == 11
     (d / "train.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
     (d / "val.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples[:5]))
@@ -59,12 +60,37 @@ def launch(config: str, data: Path, out: Path, tmp_path: Path, port: int, *extra
     (`accelerate launch --cpu --num_processes 2` starts one process in accelerate 1.x: its multi-CPU launcher is
     mpirun.)"""
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-    args = [accelerate, "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / config), "--num_processes",
-            "2", "--num_machines", "1", "--mixed_precision", "no", "--main_process_port", str(port), *script,
-            "finetune", str(data / "train.jsonl"), "--val", str(data / "val.jsonl"), "-o", str(out), *COMMON,
-            "--grad-accum", "2", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
-           "HF_HOME": str(tmp_path / "hf")}  # no accelerate config of the user's
+    args = [
+        accelerate,
+        "launch",
+        "--config_file",
+        str(ROOT / "recipes" / "accelerate" / config),
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(port),
+        *script,
+        "finetune",
+        str(data / "train.jsonl"),
+        "--val",
+        str(data / "val.jsonl"),
+        "-o",
+        str(out),
+        *COMMON,
+        "--grad-accum",
+        "2",
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "true",
+        "HF_HOME": str(tmp_path / "hf"),
+    }  # no accelerate config of the user's
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -77,9 +103,21 @@ COMMON = ["--max-steps", "3", "--batch-size", "1", "--max-length", "512", "--eva
 def single(tiny_checkpoint, data, tmp_path_factory):
     """One process, --grad-accum 4: the reference run."""
     out = tmp_path_factory.mktemp("single") / "out"
-    finetune(FinetuneConfig(train_files=[str(data / "train.jsonl")], val=str(data / "val.jsonl"),
-                            model=str(tiny_checkpoint), output=str(out), max_steps=3, batch_size=1, grad_accum=4,
-                            max_length=512, eval_every=1, seed=0, quiet=True))
+    finetune(
+        FinetuneConfig(
+            train_files=[str(data / "train.jsonl")],
+            val=str(data / "val.jsonl"),
+            model=str(tiny_checkpoint),
+            output=str(out),
+            max_steps=3,
+            batch_size=1,
+            grad_accum=4,
+            max_length=512,
+            eval_every=1,
+            seed=0,
+            quiet=True,
+        )
+    )
     return out
 
 
@@ -89,17 +127,29 @@ def same_run(out, reference, rel):
     assert [(r["step"], r.get("epoch")) for r in got] == [(r["step"], r.get("epoch")) for r in want]
     assert [r["loss"] for r in got if "loss" in r] == pytest.approx([r["loss"] for r in want if "loss" in r], rel=rel)
     assert [r["val_loss"] for r in got if "val_loss" in r] == pytest.approx(
-        [r["val_loss"] for r in want if "val_loss" in r], rel=rel)
+        [r["val_loss"] for r in want if "val_loss" in r], rel=rel
+    )
     assert len([r for r in got if "val_loss" in r]) == 4  # before the first update, then after each of 3
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_with_grad_accum_and_uneven_shards(tiny_checkpoint, data, single, tmp_path):
     out = tmp_path / "ddp"
-    launch("ddp.yaml", data, out, tmp_path, 29541, "--model", str(tiny_checkpoint), "--save-every", "2",
-           script=["-m", "eexp"])
+    launch(
+        "ddp.yaml",
+        data,
+        out,
+        tmp_path,
+        29541,
+        "--model",
+        str(tiny_checkpoint),
+        "--save-every",
+        "2",
+        script=["-m", "eexp"],
+    )
     same_run(out, single, rel=1e-4)
     from safetensors.torch import load_file
+
     a, b = load_file(out / "model.safetensors"), load_file(single / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in b)
 
@@ -110,10 +160,19 @@ def test_fsdp_two_processes_with_the_committed_config(tiny_checkpoint, data, sin
     broadcast into the others' shards), on 2 CPU processes (through tests/accelerate_fsdp_cpu.py, which lifts
     accelerate's accelerator-only check)."""
     out = tmp_path / "fsdp"
-    launch("fsdp.yaml", data, out, tmp_path, 29542, "--model", str(tiny_checkpoint),
-           script=[str(Path(__file__).parent / "accelerate_fsdp_cpu.py")])
+    launch(
+        "fsdp.yaml",
+        data,
+        out,
+        tmp_path,
+        29542,
+        "--model",
+        str(tiny_checkpoint),
+        script=[str(Path(__file__).parent / "accelerate_fsdp_cpu.py")],
+    )
     same_run(out, single, rel=1e-3)
     from safetensors.torch import load_file
+
     a, b = load_file(out / "model.safetensors"), load_file(single / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in b)

@@ -42,8 +42,7 @@ def test_examples_carry_the_next_observation(runner, tmp_path):
     mine = [e for e in obs if e["source_id"] == t["id"]]
     expected = [s["observation"] for s in t["steps"][1:]] + [t["final_observation"]]
     assert [e["messages"][3] for e in mine] == [{"role": "user", "content": OBSERVATION_PROMPT}] * len(mine)
-    assert [e["messages"][4] for e in mine] == [{"role": "assistant", "content": f"Observation: {o}"}
-                                                for o in expected]
+    assert [e["messages"][4] for e in mine] == [{"role": "assistant", "content": f"Observation: {o}"} for o in expected]
     # deterministic: the same input gives the same records (up to the creation time)
     _, again = run_data(runner, tmp_path, "obs2.jsonl", "--observation-loss")
     strip = lambda rs: [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in rs]  # noqa
@@ -51,15 +50,24 @@ def test_examples_carry_the_next_observation(runner, tmp_path):
 
 
 def test_weight_and_clipping(runner, tmp_path):
-    _, obs = run_data(runner, tmp_path, "w.jsonl", "--observation-loss", "--observation-weight", "0.5",
-                      "--max-observation-chars", "20")
+    _, obs = run_data(
+        runner,
+        tmp_path,
+        "w.jsonl",
+        "--observation-loss",
+        "--observation-weight",
+        "0.5",
+        "--max-observation-chars",
+        "20",
+    )
     target = obs[0]["messages"][4]
     assert target["weight"] == 0.5 and json.loads(obs[0]["meta"]["extra"])["observation_weight"] == 0.5
     assert target["content"] == "Observation: " + TRAJECTORIES[0]["steps"][1]["observation"][:19].rstrip() + "…"
     result = runner.invoke(cli, ["imitation-data", str(DATA / "trajectories.jsonl"), "--observation-weight", "2"])
     assert result.exit_code == 2 and "--observation-loss" in result.output
-    result = runner.invoke(cli, ["imitation-data", str(DATA / "trajectories.jsonl"), "--observation-loss",
-                                 "--observation-weight", "0"])
+    result = runner.invoke(
+        cli, ["imitation-data", str(DATA / "trajectories.jsonl"), "--observation-loss", "--observation-weight", "0"]
+    )
     assert result.exit_code == 2
 
 
@@ -69,9 +77,9 @@ def test_finetune_puts_loss_on_the_observation_tokens(runner, tmp_path, tiny_che
 
     from eexp.training.config import FinetuneConfig
     from eexp.training.data import encode_items, read_examples
+
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
-    cfg = FinetuneConfig(train_files=[], model=str(tiny_checkpoint), output=str(tmp_path / "unused"),
-                         max_length=2048)
+    cfg = FinetuneConfig(train_files=[], model=str(tiny_checkpoint), output=str(tmp_path / "unused"), max_length=2048)
 
     def targets(path):
         items, reader = read_examples([str(path)], "fail", print)
@@ -96,4 +104,4 @@ def test_finetune_puts_loss_on_the_observation_tokens(runner, tmp_path, tiny_che
         untrained = tokenizer.decode([tok for tok, w in t if w == 0])
         assert OBSERVATION_PROMPT in untrained and observation not in untrained
         # the prefix up to the action is the IL example, token for token
-        assert t[:len(il_t)] == il_t
+        assert t[: len(il_t)] == il_t

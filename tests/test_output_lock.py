@@ -74,9 +74,18 @@ ALL = [f"e{i}" for i in range(30_000)]
 @pytest.fixture
 def examples(tmp_path) -> Path:
     path = tmp_path / "examples.jsonl"
-    path.write_bytes(b"".join(orjson.dumps({"id": f"e{i}", "messages": [{"role": "user", "content": f"q{i}"},
-                                                                        {"role": "assistant", "content": f"a{i}"}]})
-                              + b"\n" for i in range(30_000)))
+    path.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "id": f"e{i}",
+                    "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+                }
+            )
+            + b"\n"
+            for i in range(30_000)
+        )
+    )
     return path
 
 
@@ -87,7 +96,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_the_file_is_left_as_it
     result = invoke(["mix", examples, "-o", out])
     assert result.exit_code == 1
     assert result.stderr == busy(out, first.pid)
-    assert out.read_bytes() == b'{"id": "written by the first run"}\n'   # not emptied, not appended to
+    assert out.read_bytes() == b'{"id": "written by the first run"}\n'  # not emptied, not appended to
     result = invoke(["mix", examples, "-o", out, "--stats", tmp_path / "stats.json"])
     assert result.stderr == busy(out, first.pid) and not (tmp_path / "stats.json").exists()
 
@@ -108,13 +117,16 @@ def test_two_concurrent_writers_lose_and_duplicate_nothing(examples, tmp_path):
     """Two `mix -o same.jsonl` started together: one is refused (or, had the first finished before the second
     began, both ran whole in turn); either way the file holds every record once, each a whole line."""
     out = tmp_path / "same.jsonl"
-    procs = [subprocess.Popen([*EEXP, "mix", str(examples), "-o", str(out)], stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([*EEXP, "mix", str(examples), "-o", str(out)], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(), p.stderr.read()) for p in procs]
     print(results)
     for code, stderr in results:
-        assert (code, stderr) == (0, "") or (code == 1 and "another eexp run (pid " in stderr
-                                             and stderr.count("\n") == 1), (code, stderr)
+        assert (code, stderr) == (0, "") or (
+            code == 1 and "another eexp run (pid " in stderr and stderr.count("\n") == 1
+        ), (code, stderr)
     assert ids(out) == ALL
 
 
@@ -130,7 +142,8 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(examples, tmp_path, holder):
 
 def test_stdout_and_devices_are_not_locked(examples, tmp_path):
     from eexp.io import Writer
-    writer = Writer(os.devnull)   # nothing is locked there: two runs may both write -o /dev/null
+
+    writer = Writer(os.devnull)  # nothing is locked there: two runs may both write -o /dev/null
     try:
         assert writer.lock is None
         assert invoke(["mix", examples, "-o", os.devnull]).exit_code == 0

@@ -6,7 +6,7 @@ import pytest
 
 from eexp.envs.base import Env
 from eexp.errors import PolicyError
-from eexp.policies import Reply, derive_seed, load_policy
+from eexp.policies import derive_seed, load_policy
 from eexp.policies.actions import match_admissible, reply_from_text
 
 ADMISSIBLE = ["go north", "go south", "take lamp", "open door"]
@@ -44,6 +44,7 @@ class TinyEnv(Env):
 
 # --- action parsing -------------------------------------------------------------------------------------------
 
+
 def test_reply_parsing_matches_admissible_and_keeps_unparseable():
     r = reply_from_text("Thought: the lamp first.\nAction:  Take   Lamp ", ADMISSIBLE)
     assert (r.action, r.thought, r.valid) == ("take lamp", "the lamp first.", True)
@@ -69,6 +70,7 @@ def test_matching_uses_the_context_envs_canonicalization():
 
 # --- loader ---------------------------------------------------------------------------------------------------
 
+
 def test_loader_errors_are_clear(tmp_path):
     with pytest.raises(PolicyError, match="no such file"):
         load_policy(str(tmp_path / "missing"))
@@ -84,6 +86,7 @@ def test_loader_errors_are_clear(tmp_path):
 
 
 # --- baselines ------------------------------------------------------------------------------------------------
+
 
 def test_random_is_uniform_and_seeded():
     policy = load_policy("random")
@@ -124,10 +127,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E40
 
 from eexp.prompts import Serializer  # noqa: E402
 
-STATE = {"goal": "take the lamp and go north",
-         "history": [{"observation": "You wake up in a hall.", "action": "look"},
-                     {"observation": "A hall. A lamp is here.", "action": "inventory"}],
-         "observation": "You carry nothing. A lamp is here.", "admissible": ADMISSIBLE}
+STATE = {
+    "goal": "take the lamp and go north",
+    "history": [
+        {"observation": "You wake up in a hall.", "action": "look"},
+        {"observation": "A hall. A lamp is here.", "action": "inventory"},
+    ],
+    "observation": "You carry nothing. A lamp is here.",
+    "admissible": ADMISSIBLE,
+}
 MESSAGES = Serializer().policy_messages(STATE)
 
 
@@ -146,8 +154,9 @@ def test_transformers_seeds_reproduce_and_differ(hf_policy):
     batch = hf_policy.sample(MESSAGES, admissible=None, seeds=seeds, temperature=1.0)
     assert [r.seed for r in batch] == seeds
     fresh = load_policy(hf_policy.spec, max_tokens=12)
-    assert [fresh.act(MESSAGES, admissible=None, seed=s, temperature=1.0).text for s in seeds] == \
-        [r.text for r in batch]
+    assert [fresh.act(MESSAGES, admissible=None, seed=s, temperature=1.0).text for s in seeds] == [
+        r.text for r in batch
+    ]
     # greedy: no seed recorded, same text every time
     g = hf_policy.generate(MESSAGES, seed=5, temperature=0.0)
     assert g.seed == 0 and g.text == hf_policy.generate(MESSAGES, seed=6, temperature=0.0).text
@@ -156,14 +165,16 @@ def test_transformers_seeds_reproduce_and_differ(hf_policy):
 def test_transformers_score_matches_a_plain_forward_pass(hf_policy):
     """The batched, KV-sharing log-likelihoods equal a forward pass over prompt + reply without any cache."""
     import torch
+
     ranked = dict(hf_policy.rank(MESSAGES, ADMISSIBLE))
     model, tok = hf_policy.model, hf_policy.tokenizer
     for action in ADMISSIBLE:
         prompt = hf_policy.encode_chat(MESSAGES)
-        full = hf_policy.encode_chat(MESSAGES + [{"role": "assistant", "content": f"Action: {action}"}],
-                                     add_generation_prompt=False)
-        reply = full[len(prompt):]
-        reply = reply[:reply.index(tok.convert_tokens_to_ids("<|im_end|>")) + 1]  # through the end of turn
+        full = hf_policy.encode_chat(
+            MESSAGES + [{"role": "assistant", "content": f"Action: {action}"}], add_generation_prompt=False
+        )
+        reply = full[len(prompt) :]
+        reply = reply[: reply.index(tok.convert_tokens_to_ids("<|im_end|>")) + 1]  # through the end of turn
         with torch.no_grad():
             logits = model(torch.tensor([prompt + reply])).logits[0].float()
         logp = torch.log_softmax(logits, -1)
@@ -181,8 +192,7 @@ def test_constrained_and_score_stay_in_the_list(tiny_checkpoint, act):
         assert all(r.action in admissible and r.valid for r in replies), [r.text for r in replies]
         if temperature > 0:
             assert len({r.action for r in replies}) > 1  # sampling, not argmax
-            again = policy.sample(MESSAGES, admissible=admissible, seeds=list(range(1, 13)),
-                                  temperature=temperature)
+            again = policy.sample(MESSAGES, admissible=admissible, seeds=list(range(1, 13)), temperature=temperature)
             assert [r.action for r in again] == [r.action for r in replies]
     if act == "score":  # greedy score mode is the argmax of the ranking
         best = policy.rank(MESSAGES, admissible)[0][0]
@@ -225,6 +235,7 @@ def test_peft_adapter_directory(tiny_checkpoint, tmp_path, hf_policy, monkeypatc
     """An adapter directory loads on the base named in its adapter_config.json and changes the model."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
     base = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint))
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft_model = get_peft_model(base, config)
@@ -240,12 +251,15 @@ def test_peft_adapter_directory(tiny_checkpoint, tmp_path, hf_policy, monkeypatc
     assert policy.sha256 != hf_policy.sha256
     # a base that is not on disk, a Hub id not in the Hugging Face cache, offline: a clear error, nothing downloaded
     import huggingface_hub
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     adapter_cfg["base_model_name_or_path"] = "someone/some-model"
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_cfg))
-    with pytest.raises(PolicyError, match="the adapter's base: someone/some-model: no such local path, and not in "
-                                          "the Hugging Face cache"):
+    with pytest.raises(
+        PolicyError,
+        match="the adapter's base: someone/some-model: no such local path, and not in the Hugging Face cache",
+    ):
         load_policy(str(tmp_path / "adapter"))
     adapter_cfg["base_model_name_or_path"] = str(tmp_path / "gone")  # a folder that is not there
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_cfg))
@@ -263,6 +277,7 @@ def test_broken_checkpoints_give_clear_errors(tmp_path, tiny_checkpoint):
     with pytest.raises(PolicyError, match="not a GGUF file"):
         load_policy(str(tmp_path / "junk.gguf"))
     import shutil
+
     cut = tmp_path / "cut"
     shutil.copytree(tiny_checkpoint, cut)
     weights = (cut / "model.safetensors").read_bytes()
@@ -278,6 +293,7 @@ def test_broken_checkpoints_give_clear_errors(tmp_path, tiny_checkpoint):
 
 
 # --- HTTP: a chat-completions server on 127.0.0.1 wrapping the transformers policy --------------------------
+
 
 class ChatServer:
     """The OpenAI chat-completions subset eexp uses (and vLLM's guided_choice), answering with a local policy.
@@ -310,8 +326,9 @@ class ChatServer:
                     return self._send(503, {"error": {"message": "busy"}})
                 with server.lock:  # one model, one global torch RNG: requests take turns
                     text, finish = server.answer(body)
-                self._send(200, {"choices": [{"message": {"role": "assistant", "content": text},
-                                              "finish_reason": finish}]})
+                self._send(
+                    200, {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
+                )
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -322,13 +339,21 @@ class ChatServer:
         if body.get("guided_choice"):
             p = self.policy
             ids = p.encode_chat(body["messages"])
-            text, finish = p._constrained_ids(ids, p.candidate_ids(body["messages"], body["guided_choice"]),
-                                              body["guided_choice"], seed=body["seed"],
-                                              temperature=body["temperature"])
+            text, finish = p._constrained_ids(
+                ids,
+                p.candidate_ids(body["messages"], body["guided_choice"]),
+                body["guided_choice"],
+                seed=body["seed"],
+                temperature=body["temperature"],
+            )
         else:
-            r = self.policy.generate(body["messages"], seed=body["seed"],
-                                     temperature=body["temperature"], top_p=body["top_p"],
-                                     max_tokens=body["max_tokens"])
+            r = self.policy.generate(
+                body["messages"],
+                seed=body["seed"],
+                temperature=body["temperature"],
+                top_p=body["top_p"],
+                max_tokens=body["max_tokens"],
+            )
             text, finish = r.text, r.finish_reason
         return text, finish
 
@@ -352,8 +377,9 @@ def test_http_answers_like_the_local_model(chat_server, hf_policy, monkeypatch):
     seeds = [derive_seed(3, "t#2", k) for k in range(6)]
     replies = policy.sample(MESSAGES, admissible=None, seeds=seeds, temperature=1.0)
     assert [r.seed for r in replies] == seeds  # parallel requests, answers in the order of the seeds
-    assert [r.text for r in replies] == [hf_policy.generate(MESSAGES, seed=s, temperature=1.0, max_tokens=12).text
-                                         for s in seeds]
+    assert [r.text for r in replies] == [
+        hf_policy.generate(MESSAGES, seed=s, temperature=1.0, max_tokens=12).text for s in seeds
+    ]
     assert chat_server.requests[-1]["auth"] == "Bearer sk-secret"
     assert chat_server.requests[-1]["body"]["model"] == "tiny"  # found from /v1/models
     assert "sk-secret" not in json.dumps(policy.describe())
@@ -364,11 +390,11 @@ def test_http_constrained_with_guided_choice(chat_server):
     replies = policy.sample(MESSAGES, admissible=ADMISSIBLE, seeds=[1, 2, 3, 4], temperature=1.0)
     assert all(r.valid for r in replies)
     assert chat_server.requests[-1]["body"]["guided_choice"] == [f"Action: {a}" for a in ADMISSIBLE]
-    assert load_policy(chat_server.url, act="constrained").guided == "vllm"   # found by the probe
+    assert load_policy(chat_server.url, act="constrained").guided == "vllm"  # found by the probe
     with pytest.raises(PolicyError, match="guided"):
         load_policy(chat_server.url, {"guided": "none"}, act="constrained")
     with pytest.raises(PolicyError, match="--act score over HTTP needs a server that renders chat messages"):
-        load_policy(chat_server.url, act="score")     # this one has no /tokenize
+        load_policy(chat_server.url, act="score")  # this one has no /tokenize
 
 
 def test_http_retries_then_marks_the_reply_failed(chat_server, capsys):
@@ -381,6 +407,7 @@ def test_http_retries_then_marks_the_reply_failed(chat_server, capsys):
     assert "marked failed" in capsys.readouterr().err
     # nothing listening at the first contact: the policy cannot be made, with the reason (tests/test_http.py)
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -389,6 +416,7 @@ def test_http_retries_then_marks_the_reply_failed(chat_server, capsys):
 
 
 # --- llama.cpp ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def f32_gguf(tiny_checkpoint, tmp_path_factory):
@@ -399,6 +427,7 @@ def f32_gguf(tiny_checkpoint, tmp_path_factory):
 
     from eexp.card import read_card, write_card
     from eexp.models.export import export_gguf
+
     ckpt = tmp_path_factory.mktemp("ckpt") / "tiny-with-serializer"
     shutil.copytree(tiny_checkpoint, ckpt)
     serializer = Serializer(history=2, max_observation_chars=900).to_dict()
@@ -410,8 +439,10 @@ def test_llama_answers_the_conversation_like_transformers(f32_gguf, hf_policy):
     path, ckpt = f32_gguf
     policy = load_policy(str(path), max_tokens=12)
     assert policy.encode_chat(MESSAGES) == hf_policy.encode_chat(MESSAGES)  # same template, same ids, no BOS
-    assert policy.generate(MESSAGES, seed=1, temperature=0.0).text == \
-        hf_policy.generate(MESSAGES, seed=1, temperature=0.0, max_tokens=12).text
+    assert (
+        policy.generate(MESSAGES, seed=1, temperature=0.0).text
+        == hf_policy.generate(MESSAGES, seed=1, temperature=0.0, max_tokens=12).text
+    )
     ours, theirs = dict(policy.rank(MESSAGES, ADMISSIBLE)), dict(hf_policy.rank(MESSAGES, ADMISSIBLE))
     assert ours == pytest.approx(theirs, abs=1e-2)
     scored = load_policy(str(path), act="score")  # the logits_all path gives the same numbers
@@ -453,6 +484,7 @@ def test_bad_gguf_files(tmp_path, tiny_gguf):
         load_policy(str(tmp_path / "cut.gguf"))
     import gguf
     import numpy as np
+
     writer = gguf.GGUFWriter(str(tmp_path / "alien.gguf"), "alienformer")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
@@ -466,10 +498,12 @@ def test_bad_gguf_files(tmp_path, tiny_gguf):
 
 # --- eexp doctor ----------------------------------------------------------------------------------------------
 
+
 def test_doctor_passes_on_an_export_and_fails_on_a_mismatch(runner, tiny_gguf, tiny_checkpoint, tmp_path):
     import shutil
 
     from eexp.cli import cli
+
     ok = runner.invoke(cli, ["doctor", "--policy", str(tiny_gguf)])  # tokenizer found from eexp.source
     assert ok.exit_code == 0, ok.output
     assert "all checks agree" in ok.output and "DIFF" not in ok.output
@@ -497,11 +531,21 @@ def test_doctor_passes_on_an_export_and_fails_on_a_mismatch(runner, tiny_gguf, t
     assert usage.exit_code == 2
 
 
-@pytest.mark.parametrize("spec, kind", [("random", "baseline"), ("oracle", "baseline"),
-                                        ("http://127.0.0.1:8000/v1", "endpoint"), ("https://h/v1", "endpoint"),
-                                        ("m.gguf", "gguf"), ("M.GGUF", "gguf"), ("nothing-here", None)])
+@pytest.mark.parametrize(
+    "spec, kind",
+    [
+        ("random", "baseline"),
+        ("oracle", "baseline"),
+        ("http://127.0.0.1:8000/v1", "endpoint"),
+        ("https://h/v1", "endpoint"),
+        ("m.gguf", "gguf"),
+        ("M.GGUF", "gguf"),
+        ("nothing-here", None),
+    ],
+)
 def test_policy_kind_reads_a_spec_once(spec, kind, tmp_path):
     from eexp.policies import policy_kind
+
     assert policy_kind(spec) == kind
     assert policy_kind(str(tmp_path)) == "checkpoint"
 
@@ -514,12 +558,17 @@ POLICYPKG = __import__("pathlib").Path(__file__).parent / "policypkg"
 def test_every_kind_is_an_entry_point():
     """eexp's own backends register as a plugin's do, so load_policy has no if-chain of kinds."""
     from eexp.policies import BUILTIN_KINDS, policy_registry
+
     registry = policy_registry()
     assert set(BUILTIN_KINDS) <= set(registry)
     # each loader lives in its backend's module (eexp.policies.llama:load_gguf ...), imported when its kind is asked for
     assert all(registry[k].value.startswith("eexp.policies.") for k in BUILTIN_KINDS)
     assert {registry[k].load().__module__ for k in BUILTIN_KINDS} == {
-        "eexp.policies.baselines", "eexp.policies.fleet", "eexp.policies.llama", "eexp.policies.hf"}
+        "eexp.policies.baselines",
+        "eexp.policies.fleet",
+        "eexp.policies.llama",
+        "eexp.policies.hf",
+    }
 
 
 def test_third_party_policy_registers_by_entry_point(tmp_path):
@@ -532,30 +581,48 @@ def test_third_party_policy_registers_by_entry_point(tmp_path):
     import orjson
 
     src, site = tmp_path / "src", tmp_path / "site"
-    shutil.copytree(POLICYPKG, src)   # building writes into the source tree: keep tests/ clean
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(src)], check=True, capture_output=True)
+    shutil.copytree(POLICYPKG, src)  # building writes into the source tree: keep tests/ clean
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     env = {"PYTHONPATH": str(site), "PATH": str(__import__("pathlib").Path(sys.executable).parent)}
 
     def eexp(*args, stdin=None):
-        return subprocess.run([sys.executable, "-m", "eexp", *args], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, input=stdin)
+        return subprocess.run(
+            [sys.executable, "-m", "eexp", *args], capture_output=True, text=True, env=env, cwd=tmp_path, input=stdin
+        )
 
     out = eexp("eval", "--env", "shop", "--split", "test", "-n", "2", "--max-steps", "3", "--policy", "prefer:buy")
     assert out.returncode == 0, out.stderr
     episodes = [orjson.loads(line) for line in out.stdout.splitlines()]
     assert len(episodes) == 2 and all(e["policy"] == "prefer-buy" for e in episodes)
     assert all(e["meta"]["policy_spec"] == "prefer:buy" for e in episodes)
-    assert episodes[0]["actions"][0].startswith("search[")   # no admissible action has "buy" yet: the first one
+    assert episodes[0]["actions"][0].startswith("search[")  # no admissible action has "buy" yet: the first one
     # branch proposes with it too, and its --policy-arg reach its loader
     expert = eexp("expert", "--env", "shop", "-n", "1")
     assert expert.returncode == 0, expert.stderr
-    branches = eexp("branch", "--policy", "prefer:back", "--policy-arg", "case=sensitive", "-k", "1",
-                    stdin=expert.stdout)
+    branches = eexp(
+        "branch", "--policy", "prefer:back", "--policy-arg", "case=sensitive", "-k", "1", stdin=expert.stdout
+    )
     assert branches.returncode == 0, branches.stderr
     records = [orjson.loads(line) for line in branches.stdout.splitlines()]
-    assert records and any(a["source"] == "policy" and "back" in a["action"]
-                           for r in records for a in r["alternatives"])
+    assert records and any(
+        a["source"] == "policy" and "back" in a["action"] for r in records for a in r["alternatives"]
+    )
     bad_arg = eexp("branch", "--policy", "prefer:back", "--policy-arg", "colour=red", stdin=expert.stdout)
     assert bad_arg.returncode == 1 and "prefer: unknown --policy-arg colour (known: case)" in bad_arg.stderr
     broken = eexp("eval", "--env", "shop", "-n", "1", "--policy", "broken:x")
@@ -564,7 +631,7 @@ def test_third_party_policy_registers_by_entry_point(tmp_path):
     assert "(it comes from the package eexp-prefer-policy)" in broken.stderr and "Traceback" not in broken.stderr
     unknown = eexp("eval", "--env", "shop", "-n", "1", "--policy", "nothing:x")
     assert unknown.returncode == 1 and "KIND:TARGET for an installed plugin (kinds: broken, prefer)" in unknown.stderr
-    hijack = eexp("eval", "--env", "shop", "-n", "1", "--policy", "missing.gguf")   # the plugin's `gguf` is not used
+    hijack = eexp("eval", "--env", "shop", "-n", "1", "--policy", "missing.gguf")  # the plugin's `gguf` is not used
     assert hijack.returncode == 1 and "missing.gguf: no such GGUF file" in hijack.stderr
 
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import orjson
 import pytest
-
 from by_hand import OUTCOMES, TRAJ, lines, outcomes, write
+
 from eexp.cli import cli
 from eexp.records import EXAMPLE_META, kind_of, validate
 from eexp.stages.preference import PAIR_META
-
 
 
 def test_a_pair_per_executed_alternative_with_the_imitation_prompt(runner, tmp_path):
@@ -22,29 +20,45 @@ def test_a_pair_per_executed_alternative_with_the_imitation_prompt(runner, tmp_p
     assert result.exit_code == 0, result.output
     pairs = lines(result.stdout)
     # 2 alternatives at step 0; at step 1 two executed, the third failed in rollout (no outcome: no pair)
-    assert [p["id"] for p in pairs] == ["pref:shop:train-00001#0:0", "pref:shop:train-00001#0:1",
-                                        "pref:shop:train-00001#1:0", "pref:shop:train-00001#1:1"]
+    assert [p["id"] for p in pairs] == [
+        "pref:shop:train-00001#0:0",
+        "pref:shop:train-00001#0:1",
+        "pref:shop:train-00001#1:0",
+        "pref:shop:train-00001#1:1",
+    ]
     # The prompt is exactly what imitation-data trains on (and eval renders) at that state, chosen its target.
     il = {e["id"]: e for e in lines(runner.invoke(cli, ["imitation-data", TRAJ]).stdout)}
     for pair in pairs:
         example = il[f"il:shop:train-00001#{pair['meta']['step']}"]
         assert pair["prompt"] == example["messages"][:-1]
         assert pair["chosen"] == [example["messages"][-1]]
-        assert pair["source_id"] == pair["id"].rsplit(":", 1)[0][len("pref:"):]
+        assert pair["source_id"] == pair["id"].rsplit(":", 1)[0][len("pref:") :]
     invalid = pairs[3]
     assert invalid["rejected"] == [{"role": "assistant", "content": "Action: click[green t-shirt]"}]
     assert invalid["chosen"] == [{"role": "assistant", "content": "Action: click[red cotton t-shirt]"}]
     meta = invalid["meta"]
     assert list(meta) == [*[k for k in EXAMPLE_META if k != "created_utc"], *PAIR_META, "created_utc"]
-    assert (meta["stage"], meta["kind"], meta["alternative"], meta["rejected_action"], meta["rejected_source"],
-            meta["reason"], meta["rejected_filter"], meta["seed"]) == (
-        "preference-data", "preference", 1, "click[green t-shirt]", "policy", "invalid", "all", 99)
+    assert (
+        meta["stage"],
+        meta["kind"],
+        meta["alternative"],
+        meta["rejected_action"],
+        meta["rejected_source"],
+        meta["reason"],
+        meta["rejected_filter"],
+        meta["seed"],
+    ) == ("preference-data", "preference", 1, "click[green t-shirt]", "policy", "invalid", "all", 99)
     assert meta["action"] == "click[red cotton t-shirt]" and meta["trajectory_id"] == "shop:train-00001"
-    assert all(list(p["meta"]) == list(meta) for p in pairs)   # one set of keys: Arrow sees one schema
+    assert all(list(p["meta"]) == list(meta) for p in pairs)  # one set of keys: Arrow sees one schema
     assert [p["meta"]["reason"] for p in pairs] == ["executed", "executed", "executed", "invalid"]
     counts = orjson.loads(stats.read_bytes())
-    assert (counts["records_in"], counts["records_out"], counts["pairs_executed"], counts["pairs_invalid"],
-            counts["not_executed"]) == (2, 4, 3, 1, 1)
+    assert (
+        counts["records_in"],
+        counts["records_out"],
+        counts["pairs_executed"],
+        counts["pairs_invalid"],
+        counts["not_executed"],
+    ) == (2, 4, 3, 1, 1)
     # eexp validate knows the kind
     path = tmp_path / "pairs.jsonl"
     path.write_text(result.stdout)
@@ -70,12 +84,17 @@ ALTERNATIVES = [
 ]
 
 
-@pytest.mark.parametrize("rejected, taken", [
-    ("invalid", {"a-invalid": "invalid"}),
-    ("no-progress", {"a-invalid": "invalid", "a-same": "no_change", "a-ends-early": "ended_episode"}),
-    ("all", {"a-invalid": "invalid", "a-same": "no_change", "a-ends-early": "ended_episode",
-             "a-detour": "executed"}),
-])
+@pytest.mark.parametrize(
+    "rejected, taken",
+    [
+        ("invalid", {"a-invalid": "invalid"}),
+        ("no-progress", {"a-invalid": "invalid", "a-same": "no_change", "a-ends-early": "ended_episode"}),
+        (
+            "all",
+            {"a-invalid": "invalid", "a-same": "no_change", "a-ends-early": "ended_episode", "a-detour": "executed"},
+        ),
+    ],
+)
 def test_rejected_chooses_which_alternatives_count(runner, tmp_path, rejected, taken):
     path = write(tmp_path / "o.jsonl", [outcome_with(*ALTERNATIVES)])
     stats = tmp_path / "s.json"
@@ -84,8 +103,9 @@ def test_rejected_chooses_which_alternatives_count(runner, tmp_path, rejected, t
     pairs = lines(result.stdout)
     assert {p["meta"]["rejected_action"]: p["meta"]["reason"] for p in pairs} == taken
     assert all(p["meta"]["rejected_filter"] == rejected for p in pairs)
-    assert [p["id"].rsplit(":", 1)[1] for p in pairs] == [str(j) for j, a in enumerate(ALTERNATIVES)
-                                                          if a["action"] in taken]  # j: index in the outcome
+    assert [p["id"].rsplit(":", 1)[1] for p in pairs] == [
+        str(j) for j, a in enumerate(ALTERNATIVES) if a["action"] in taken
+    ]  # j: index in the outcome
     counts = orjson.loads(stats.read_bytes())
     assert counts["not_executed"] == 1 and counts.get("not_rejected", 0) == 4 - len(taken)
 
@@ -93,12 +113,16 @@ def test_rejected_chooses_which_alternatives_count(runner, tmp_path, rejected, t
 def test_an_ending_counts_as_no_progress_only_when_the_expert_did_better():
     from eexp.prompts import Serializer
     from eexp.stages.preference import preference_pairs
+
     ends = {"next_observation": "bought", "done": True, "valid": True}
-    record = outcome_with({"action": "worse", **ends, "reward": 0.5}, {"action": "as-good", **ends, "reward": 1.0},
-                          expert={"done": True, "reward": 1.0})
+    record = outcome_with(
+        {"action": "worse", **ends, "reward": 0.5},
+        {"action": "as-good", **ends, "reward": 1.0},
+        expert={"done": True, "reward": 1.0},
+    )
     pairs = list(preference_pairs(record, Serializer(), "no-progress"))
-    assert [p["meta"]["rejected_action"] for p in pairs] == ["worse"]   # a buy as good as the expert's is not
-    record = outcome_with({"action": "ends", **ends, "reward": 1.0})   # the expert's action went on (done false)
+    assert [p["meta"]["rejected_action"] for p in pairs] == ["worse"]  # a buy as good as the expert's is not
+    record = outcome_with({"action": "ends", **ends, "reward": 1.0})  # the expert's action went on (done false)
     assert [p["meta"]["reason"] for p in preference_pairs(record, Serializer(), "no-progress")] == ["ended_episode"]
 
 
@@ -113,14 +137,16 @@ def test_states_that_give_no_pairs_are_counted_and_said(runner, tmp_path):
     result = runner.invoke(cli, ["preference-data", path, "--stats", str(stats)])
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
-    assert "no preference pairs: none of the 3 states has an executed alternative that --rejected all takes" \
+    assert (
+        "no preference pairs: none of the 3 states has an executed alternative that --rejected all takes"
         in result.stderr
+    )
     counts = orjson.loads(stats.read_bytes())
     assert (counts["unreachable"], counts["expert_not_executed"], counts["no_alternatives"]) == (1, 1, 1)
 
 
 def test_bad_input_names_file_and_line(runner, tmp_path):
-    branch = copy.deepcopy(outcomes()[1])   # a branch record that was never rolled out
+    branch = copy.deepcopy(outcomes()[1])  # a branch record that was never rolled out
     del branch["expert"]["next_observation"]
     for a in branch["alternatives"]:
         for key in ("next_observation", "reward", "done", "valid", "error"):
@@ -129,7 +155,7 @@ def test_bad_input_names_file_and_line(runner, tmp_path):
     result = runner.invoke(cli, ["preference-data", path])
     assert result.exit_code == 1
     assert f"{path}:2: expected an outcome record, got a branch record" in result.stderr
-    assert len(lines(result.stdout)) == 2   # the first state's pairs were written
+    assert len(lines(result.stdout)) == 2  # the first state's pairs were written
     skipped = runner.invoke(cli, ["preference-data", path, "--on-error", "skip"])
     assert skipped.exit_code == 0 and len(lines(skipped.stdout)) == 2
 
@@ -142,7 +168,7 @@ def test_same_input_same_records_and_resume(runner, tmp_path):
     whole = runner.invoke(cli, ["preference-data", OUTCOMES, "-o", str(out)])
     assert whole.exit_code == 0
     torn = out.read_bytes().splitlines(keepends=True)
-    out.write_bytes(b"".join(torn[:3]) + torn[3][:20])   # killed in the second state
+    out.write_bytes(b"".join(torn[:3]) + torn[3][:20])  # killed in the second state
     resumed = runner.invoke(cli, ["preference-data", OUTCOMES, "-o", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert strip(lines(out.read_text())) == strip(a)
@@ -153,13 +179,18 @@ def test_same_input_same_records_and_resume(runner, tmp_path):
 
 
 def test_pair_validation():
-    pair = lines(Path(OUTCOMES).read_text())[0]   # any outcome, to build one pair from
+    pair = lines(Path(OUTCOMES).read_text())[0]  # any outcome, to build one pair from
     from eexp.prompts import Serializer
     from eexp.stages.preference import preference_pairs
+
     record = next(preference_pairs(pair, Serializer()))
     assert kind_of(record) == "preference" and validate(record, "preference") is None
     assert validate({**record, "chosen": []}, "preference") == "chosen: empty"
-    assert validate({**record, "rejected": [{"role": "user", "content": "x"}]}, "preference") == \
-        "rejected[0].role: expected assistant, got 'user'"
-    assert validate({**record, "prompt": record["prompt"][:1]}, "preference") == \
-        "prompt: expected it to end on a user turn, got 'system'"
+    assert (
+        validate({**record, "rejected": [{"role": "user", "content": "x"}]}, "preference")
+        == "rejected[0].role: expected assistant, got 'user'"
+    )
+    assert (
+        validate({**record, "prompt": record["prompt"][:1]}, "preference")
+        == "prompt: expected it to end on a user turn, got 'system'"
+    )

@@ -42,9 +42,9 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 EEXP = [sys.executable, "-m", "eexp"]
-STEP_SLEEP = "0.005"   # seconds added to every shop step in the clusters' workers: long enough runs to kill into
+STEP_SLEEP = "0.005"  # seconds added to every shop step in the clusters' workers: long enough runs to kill into
 
-GUARD = textwrap.dedent('''\
+GUARD = textwrap.dedent("""\
     import ipaddress, os, socket, sys
 
     _log = os.environ.get("EEXP_TEST_NET_LOG")
@@ -98,7 +98,7 @@ GUARD = textwrap.dedent('''\
                 return spec
 
         sys.meta_path.insert(0, _SlowShop())
-''')
+""")
 
 
 def _free_port() -> int:
@@ -112,8 +112,8 @@ def _stat(pid: int):
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[1]), fields[0], fields[19]   # parent, state, start time
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[1]), fields[0], fields[19]  # parent, state, start time
 
 
 def descendants(root: int) -> dict[int, str]:
@@ -157,6 +157,7 @@ class Sampler(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True, name="net-sampler")
         import psutil
+
         self.psutil, self.outside, self.samples, self.stop = psutil, set(), 0, threading.Event()
 
     def run(self) -> None:
@@ -179,6 +180,7 @@ def _loopback(ip: str) -> bool:
     """127.0.0.0/8, ::1, an IPv4 loopback address mapped into IPv6 (::ffff:127.0.0.1), or a socket listening on
     every interface (0.0.0.0, ::), which sends nothing anywhere."""
     import ipaddress
+
     address = ipaddress.ip_address(ip.split("%")[0])
     mapped = getattr(address, "ipv4_mapped", None)
     return address.is_loopback or (mapped is not None and mapped.is_loopback) or address.is_unspecified
@@ -195,10 +197,15 @@ class LoopbackCluster:
         self.net_log = root / "net.log"
         self.net_log.touch()
         from eexp.workers_ray import local_env, private_home
-        self.env = {**os.environ, **local_env(private_home(str(root))),
-                    "PYTHONPATH": os.pathsep.join([str(self.guard), str(ROOT), str(ROOT / "tests")]),
-                    "EEXP_TEST_NET_LOG": str(self.net_log), "EEXP_TEST_STEP_SLEEP": STEP_SLEEP,
-                    "EEXP_CACHE": str(self._cache())}
+
+        self.env = {
+            **os.environ,
+            **local_env(private_home(str(root))),
+            "PYTHONPATH": os.pathsep.join([str(self.guard), str(ROOT), str(ROOT / "tests")]),
+            "EEXP_TEST_NET_LOG": str(self.net_log),
+            "EEXP_TEST_STEP_SLEEP": STEP_SLEEP,
+            "EEXP_CACHE": str(self._cache()),
+        }
         self.port = _free_port()
         self.address = f"127.0.0.2:{self.port}"
         self.nodes: dict[str, subprocess.Popen] = {}
@@ -220,16 +227,30 @@ class LoopbackCluster:
     def _start(self, name: str, ip: str, head: bool) -> subprocess.Popen:
         n = len(self.nodes)
         ports = self.base_port + 100 * n
-        args = [shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray", "start", "--block",
-                f"--node-ip-address={ip}", "--disable-usage-stats",
-                f"--min-worker-port={ports}", f"--max-worker-port={ports + 49}",
-                f"--node-manager-port={ports + 50}", f"--object-manager-port={ports + 51}",
-                f"--dashboard-agent-listen-port={ports + 52}", f"--dashboard-agent-grpc-port={ports + 53}",
-                f"--runtime-env-agent-port={ports + 54}", f"--metrics-export-port={ports + 55}",
-                "--object-store-memory=100000000"]
+        args = [
+            shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray",
+            "start",
+            "--block",
+            f"--node-ip-address={ip}",
+            "--disable-usage-stats",
+            f"--min-worker-port={ports}",
+            f"--max-worker-port={ports + 49}",
+            f"--node-manager-port={ports + 50}",
+            f"--object-manager-port={ports + 51}",
+            f"--dashboard-agent-listen-port={ports + 52}",
+            f"--dashboard-agent-grpc-port={ports + 53}",
+            f"--runtime-env-agent-port={ports + 54}",
+            f"--metrics-export-port={ports + 55}",
+            "--object-store-memory=100000000",
+        ]
         if head:
-            args += ["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
-                     f"--temp-dir={self.root / 'tmp'}"]
+            args += [
+                "--head",
+                f"--port={self.port}",
+                "--num-cpus=0",
+                "--include-dashboard=false",
+                f"--temp-dir={self.root / 'tmp'}",
+            ]
         else:
             args += [f"--address={self.address}", "--num-cpus=1"]
         log = open(self.root / f"{name}.log", "wb")
@@ -276,7 +297,7 @@ class LoopbackCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        _kill_all(below)   # Ray's agents outlive their raylet
+        _kill_all(below)  # Ray's agents outlive their raylet
         left = _wait_gone(below, 10)
         assert not left, f"Ray processes left after the test cluster stopped: {left}"
 
@@ -299,7 +320,7 @@ def cluster():
     pytest.importorskip("psutil")
     if not os.path.isdir("/proc/self/task"):
         pytest.skip("reads the process tree from /proc")
-    root = Path(tempfile.mkdtemp(prefix="eexp-rt-"))   # short: Ray's socket paths must fit 107 bytes
+    root = Path(tempfile.mkdtemp(prefix="eexp-rt-"))  # short: Ray's socket paths must fit 107 bytes
     sampler = Sampler()
     sampler.start()
     c = LoopbackCluster(root)
@@ -316,8 +337,7 @@ def cluster():
 
 
 def run(args: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(EEXP + args, env=env or {**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          **kw)
+    return subprocess.run(EEXP + args, env=env or {**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, **kw)
 
 
 def records(path_or_bytes) -> list[dict]:
@@ -342,26 +362,44 @@ def same(a: list[dict], b: list[dict]) -> bool:
 def branches(tmp_path_factory) -> Path:
     """Shop branch records: 30 expert trajectories, 3 admissible alternatives per state (144 records)."""
     d = tmp_path_factory.mktemp("ray-branches")
-    expert = run(["expert", "--env", "shop", "-n", "30", "--seed", "2", "-q", "--stats", str(d / "expert.json")],
-                 check=True).stdout
+    expert = run(
+        ["expert", "--env", "shop", "-n", "30", "--seed", "2", "-q", "--stats", str(d / "expert.json")], check=True
+    ).stdout
     (d / "expert.jsonl").write_bytes(expert)
     run(["branch", "--propose", "admissible", "-k", "3", "-q", "-o", str(d / "br.jsonl")], input=expert, check=True)
-    run(["rollout", "-q", "--stats", str(d / "serial.json"), "-o", str(d / "serial.jsonl"), str(d / "br.jsonl")],
-        check=True)
+    run(
+        ["rollout", "-q", "--stats", str(d / "serial.json"), "-o", str(d / "serial.jsonl"), str(d / "br.jsonl")],
+        check=True,
+    )
     return d
 
 
 def test_rollout_on_the_cluster_resumes_a_file_to_the_serial_records(cluster, branches, tmp_path):
     serial = (branches / "serial.jsonl").read_bytes().splitlines(keepends=True)
     out = tmp_path / "out.jsonl"
-    out.write_bytes(b"".join(serial[:40]))   # a run cut short
-    done = run(["rollout", str(branches / "br.jsonl"), f"--ray={cluster.address}", "--env-workers", "2",
-                "-o", str(out), "--resume", "--stats", str(tmp_path / "stats.json")], env=cluster.env)
+    out.write_bytes(b"".join(serial[:40]))  # a run cut short
+    done = run(
+        [
+            "rollout",
+            str(branches / "br.jsonl"),
+            f"--ray={cluster.address}",
+            "--env-workers",
+            "2",
+            "-o",
+            str(out),
+            "--resume",
+            "--stats",
+            str(tmp_path / "stats.json"),
+        ],
+        env=cluster.env,
+    )
     assert done.returncode == 0, done.stderr.decode()
     assert same(records(out), records(b"".join(serial)))
-    stats, serial_stats = orjson.loads((tmp_path / "stats.json").read_bytes()), \
-        orjson.loads((branches / "serial.json").read_bytes())
-    assert 0 < stats["records_out"] <= len(serial) - 40 + 10   # the cut trajectory's records made again
+    stats, serial_stats = (
+        orjson.loads((tmp_path / "stats.json").read_bytes()),
+        orjson.loads((branches / "serial.json").read_bytes()),
+    )
+    assert 0 < stats["records_out"] <= len(serial) - 40 + 10  # the cut trajectory's records made again
     assert stats["env_steps"] > 0 and stats["errors"] == serial_stats["errors"] == 0
     assert b"2 environment workers" in done.stderr
 
@@ -369,11 +407,13 @@ def test_rollout_on_the_cluster_resumes_a_file_to_the_serial_records(cluster, br
 def test_rollout_on_the_cluster_writes_the_serial_records_of_textworld(cluster, tmp_path):
     """A second environment, with state of its own: TextWorld's committed games (tests/data/textworld)."""
     pytest.importorskip("textworld")
-    expert = run(["expert", "--env", "textworld", "--env-arg", "games=1", "-n", "3", "-q"], env=cluster.env,
-                 check=True).stdout
+    expert = run(
+        ["expert", "--env", "textworld", "--env-arg", "games=1", "-n", "3", "-q"], env=cluster.env, check=True
+    ).stdout
     br = tmp_path / "br.jsonl"
-    run(["branch", "--propose", "admissible", "-k", "2", "-q", "-o", str(br)], input=expert, env=cluster.env,
-        check=True)
+    run(
+        ["branch", "--propose", "admissible", "-k", "2", "-q", "-o", str(br)], input=expert, env=cluster.env, check=True
+    )
     serial = run(["rollout", "-q", str(br)], env=cluster.env, check=True).stdout
     ray = run(["rollout", "-q", str(br), f"--ray={cluster.address}", "--env-workers", "2"], env=cluster.env)
     assert ray.returncode == 0, ray.stderr.decode()
@@ -385,12 +425,30 @@ def test_expert_on_the_cluster_resumes_a_file_to_the_serial_records(cluster, bra
     serial = (branches / "expert.jsonl").read_bytes().splitlines(keepends=True)
     out = tmp_path / "out.jsonl"
     out.write_bytes(b"".join(serial[:8]))
-    done = run(["expert", "--env", "shop", "-n", "30", "--seed", "2", f"--ray={cluster.address}", "--env-workers",
-                "2", "-o", str(out), "--resume", "--stats", str(tmp_path / "stats.json")], env=cluster.env)
+    done = run(
+        [
+            "expert",
+            "--env",
+            "shop",
+            "-n",
+            "30",
+            "--seed",
+            "2",
+            f"--ray={cluster.address}",
+            "--env-workers",
+            "2",
+            "-o",
+            str(out),
+            "--resume",
+            "--stats",
+            str(tmp_path / "stats.json"),
+        ],
+        env=cluster.env,
+    )
     assert done.returncode == 0, done.stderr.decode()
     assert len(serial) == 30 and same(records(out), records(b"".join(serial)))
     stats, serial_stats = (orjson.loads(p.read_bytes()) for p in (tmp_path / "stats.json", branches / "expert.json"))
-    assert stats["resumed"] == 7 and stats["records_out"] == 23   # the file's last record made again
+    assert stats["resumed"] == 7 and stats["records_out"] == 23  # the file's last record made again
     assert (stats["unsuccessful"], stats["errors"]) == (serial_stats["unsuccessful"], serial_stats["errors"])
     assert b"2 environment workers" in done.stderr
 
@@ -398,20 +456,26 @@ def test_expert_on_the_cluster_resumes_a_file_to_the_serial_records(cluster, bra
 def test_eval_on_the_cluster_writes_the_serial_episodes_of_a_shard(cluster, tmp_path):
     args = ["eval", "--policy", "random", "--env", "shop", "-n", "40", "--seed", "3", "--shard", "2/2", "-q"]
     serial = run(args + ["--summary", str(tmp_path / "serial.json")], check=True).stdout
-    ray = run(args + [f"--ray={cluster.address}", "--env-workers", "2", "--summary", str(tmp_path / "ray.json")],
-              env=cluster.env)
+    ray = run(
+        args + [f"--ray={cluster.address}", "--env-workers", "2", "--summary", str(tmp_path / "ray.json")],
+        env=cluster.env,
+    )
     assert ray.returncode == 0, ray.stderr.decode()
     assert 10 < len(records(serial)) < 30 and same(records(ray.stdout), records(serial))
-    assert untimed(orjson.loads((tmp_path / "ray.json").read_bytes())) == \
-        untimed(orjson.loads((tmp_path / "serial.json").read_bytes()))
+    assert untimed(orjson.loads((tmp_path / "ray.json").read_bytes())) == untimed(
+        orjson.loads((tmp_path / "serial.json").read_bytes())
+    )
 
 
 def test_kill_9_of_the_driver_leaves_no_actor_and_resume_completes_the_file(cluster, tmp_path):
     args = ["eval", "--policy", "random", "--env", "shop", "--split", "train", "-n", "300", "--seed", "5", "-q"]
     serial = run(args, check=True).stdout
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen(EEXP + args + [f"--ray={cluster.address}", "--env-workers", "2", "-o", str(out)],
-                            env=cluster.env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        EEXP + args + [f"--ray={cluster.address}", "--env-workers", "2", "-o", str(out)],
+        env=cluster.env,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline and len(records(out) if out.exists() else []) < 20:
         time.sleep(0.1)
@@ -423,7 +487,7 @@ def test_kill_9_of_the_driver_leaves_no_actor_and_resume_completes_the_file(clus
     while cluster.actors() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not cluster.actors(), "eexp's actors outlived their driver"
-    assert out.read_bytes().endswith(b"\n")   # whole lines
+    assert out.read_bytes().endswith(b"\n")  # whole lines
     done = run(args + ["-o", str(out), "--resume"])
     assert done.returncode == 0, done.stderr.decode()
     assert same(records(out), records(serial))
@@ -436,7 +500,7 @@ def _setup(base: int, fail: bool = False) -> int:
 
 
 def _task(base: int, item: int) -> tuple[int, int]:
-    time.sleep(0.01 * (item % 4))   # finishing out of order
+    time.sleep(0.01 * (item % 4))  # finishing out of order
     if item == 7:
         raise ValueError(f"item {item} is bad")
     return item, base + item
@@ -446,6 +510,7 @@ def test_the_pool_hands_results_back_in_order_and_errors_in_their_turn(cluster):
     """RayPool itself, in this process: results in submission order whatever finishes first, a task's exception
     raised (its class and message) at its turn, a setup's error raised by every task."""
     from eexp.workers_ray import Cluster
+
     pool = Cluster(address=cluster.address, workers=2, note=lambda m: None).pool(_setup, (100,))
     try:
         got = []
@@ -453,7 +518,7 @@ def test_the_pool_hands_results_back_in_order_and_errors_in_their_turn(cluster):
             for result in pool.map(_task, range(20)):
                 got.append(result)
         assert got == [(i, 100 + i) for i in range(7)]
-        rest = list(pool.ready(block=True))   # what was submitted after it, in order (as a Pool does)
+        rest = list(pool.ready(block=True))  # what was submitted after it, in order (as a Pool does)
         assert rest and rest == [(i, 100 + i) for i in range(8, 8 + len(rest))]
     finally:
         pool.close()
@@ -475,9 +540,13 @@ def test_ctrl_c_exits_130_with_whole_lines_and_no_actor_left(cluster, tmp_path):
     """Ctrl-C to eexp's process group (as a terminal sends it) while its actors run episodes."""
     args = ["eval", "--policy", "random", "--env", "shop", "--split", "train", "-n", "300", "--seed", "6", "-q"]
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen(EEXP + args + [f"--ray={cluster.address}", "--env-workers", "2", "-o", str(out)],
-                            env=cluster.env, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        EEXP + args + [f"--ray={cluster.address}", "--env-workers", "2", "-o", str(out)],
+        env=cluster.env,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline and len(records(out) if out.exists() else []) < 10:
         time.sleep(0.1)
@@ -489,7 +558,7 @@ def test_ctrl_c_exits_130_with_whole_lines_and_no_actor_left(cluster, tmp_path):
     assert out.read_bytes().endswith(b"\n")
     serial = records(run(args, check=True).stdout)
     written = records(out)
-    assert 10 <= len(written) < 300 and same(written, serial[:len(written)])
+    assert 10 <= len(written) < 300 and same(written, serial[: len(written)])
     deadline = time.monotonic() + 20
     while cluster.actors() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -503,11 +572,13 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
     out = tmp_path / "out.jsonl"
     err = tmp_path / "err"
     with open(err, "wb") as stderr:
-        proc = subprocess.Popen(EEXP + args + [f"--ray={cluster.address}", "--env-workers", "2", "-o", str(out)],
-                                env=cluster.env, stderr=stderr)
+        proc = subprocess.Popen(
+            EEXP + args + [f"--ray={cluster.address}", "--env-workers", "2", "-o", str(out)],
+            env=cluster.env,
+            stderr=stderr,
+        )
         deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline and \
-                len(records(out) if out.exists() else []) < 20:
+        while proc.poll() is None and time.monotonic() < deadline and len(records(out) if out.exists() else []) < 20:
             time.sleep(0.1)
         assert proc.poll() is None, "the run ended before a node could be killed"
         cluster.kill_node("worker2")
@@ -515,7 +586,7 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
     assert proc.returncode == 0, err.read_text()
     assert "a Ray worker was lost" in err.read_text()
     written = records(out)
-    assert len(written) == len(records(serial)) == 120   # nothing lost, nothing twice
+    assert len(written) == len(records(serial)) == 120  # nothing lost, nothing twice
     assert same(written, records(serial))
 
 
@@ -526,24 +597,31 @@ def test_local_cluster_reaches_nothing_outside_and_kill_9_leaves_no_process(clus
     env.update(PYTHONPATH=cluster.env["PYTHONPATH"], EEXP_TEST_NET_LOG=str(cluster.net_log))
     serial = records(branches / "serial.jsonl")
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen(EEXP + ["rollout", "--ray", "--env-workers", "2", "-q", "-o", str(out)], env=env,
-                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        EEXP + ["rollout", "--ray", "--env-workers", "2", "-q", "-o", str(out)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     lines = (branches / "br.jsonl").read_bytes().splitlines(keepends=True)
-    proc.stdin.write(b"".join(lines[:60]))   # the rest never comes: eexp waits for it, alive, when killed
+    proc.stdin.write(b"".join(lines[:60]))  # the rest never comes: eexp waits for it, alive, when killed
     proc.stdin.flush()
     deadline = time.monotonic() + 90
     while proc.poll() is None and time.monotonic() < deadline and len(records(out) if out.exists() else []) < 20:
         time.sleep(0.2)
     assert proc.poll() is None and len(records(out)) >= 20
     below = descendants(proc.pid)
-    assert any("raylet" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in below
-               if Path(f"/proc/{pid}").exists())
+    assert any(
+        "raylet" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        for pid in below
+        if Path(f"/proc/{pid}").exists()
+    )
     proc.kill()
     proc.wait()
     proc.stdin.close()
     assert not _wait_gone(below, 20), "processes of eexp's local Ray cluster outlived it"
     written = records(out)
-    assert same(written, serial[:len(written)])
+    assert same(written, serial[: len(written)])
 
 
 # --- an address that accepts TCP but is no Ray head (issue 51, item 7) -------------------------------------------
@@ -552,28 +630,33 @@ def test_local_cluster_reaches_nothing_outside_and_kill_9_leaves_no_process(clus
 # an HTTP/2 server that answers 404). eexp asks the address with Ray's GCS client first, EEXP_RAY_CONNECT_TIMEOUT
 # seconds (default 20), and says why in one line.
 
+
 def _serve(kind: str, conn: socket.socket) -> None:
     try:
         first = conn.recv(65536)
         if kind == "garbage":
             conn.sendall(b"\x00\xffnot a protocol\r\n" * 64)
-        elif kind == "http2":   # a server preface (empty SETTINGS), then 404 to every request (HEADERS frame)
+        elif kind == "http2":  # a server preface (empty SETTINGS), then 404 to every request (HEADERS frame)
             conn.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             data = first[24:] if first.startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") else first
             while True:
                 while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
-                    size, kind_, flags, stream = int.from_bytes(data[:3], "big"), data[3], data[4], \
-                        int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
-                    if kind_ == 4 and not flags & 1:   # SETTINGS: acknowledged
+                    size, kind_, flags, stream = (
+                        int.from_bytes(data[:3], "big"),
+                        data[3],
+                        data[4],
+                        int.from_bytes(data[5:9], "big") & 0x7FFFFFFF,
+                    )
+                    if kind_ == 4 and not flags & 1:  # SETTINGS: acknowledged
                         conn.sendall(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
-                    elif kind_ == 1:   # HEADERS: ":status: 404" (HPACK static index 13), END_STREAM | END_HEADERS
+                    elif kind_ == 1:  # HEADERS: ":status: 404" (HPACK static index 13), END_STREAM | END_HEADERS
                         conn.sendall(b"\x00\x00\x01\x01\x05" + stream.to_bytes(4, "big") + b"\x8d")
-                    data = data[9 + size:]
+                    data = data[9 + size :]
                 more = conn.recv(65536)
                 if not more:
                     return
                 data += more
-        while conn.recv(65536):   # silent: reads, says nothing
+        while conn.recv(65536):  # silent: reads, says nothing
             pass
     except OSError:
         pass
@@ -597,6 +680,7 @@ class FakeHead:
 
                 def log_message(self, *args):
                     pass
+
             self.server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), NotFound)
             self.server.daemon_threads = True
             self.address = f"127.0.0.2:{self.server.server_address[1]}"
@@ -615,6 +699,7 @@ class FakeHead:
                 except OSError:
                     return
                 threading.Thread(target=_serve, args=(kind, conn), daemon=True).start()
+
         threading.Thread(target=accept, daemon=True).start()
 
     def close(self) -> None:
@@ -628,8 +713,10 @@ class FakeHead:
 # seconds allowed beyond the timeout: eexp's start and Ray's import, ~2 s on a quiet machine, up to ~100 s measured
 # on these 2 cores beside two training runs; Ray's own retries took 14 minutes
 SLACK = 240.0
-NO_ANSWER = "Error: cannot connect to the Ray cluster at {}: no Ray head answered there in {} s " \
-            "(EEXP_RAY_CONNECT_TIMEOUT sets how long to wait)"
+NO_ANSWER = (
+    "Error: cannot connect to the Ray cluster at {}: no Ray head answered there in {} s "
+    "(EEXP_RAY_CONNECT_TIMEOUT sets how long to wait)"
+)
 
 
 def _ray_at(address: str, timeout: str | None = None, bound: float = 20.0, **extra: str):
@@ -641,11 +728,18 @@ def _ray_at(address: str, timeout: str | None = None, bound: float = 20.0, **ext
         env["EEXP_RAY_CONNECT_TIMEOUT"] = timeout
     began = time.monotonic()
     try:
-        done = subprocess.run(EEXP + ["rollout", "-q", f"--ray={address}"], input=b"", env=env, capture_output=True,
-                              timeout=bound + SLACK + 60)
+        done = subprocess.run(
+            EEXP + ["rollout", "-q", f"--ray={address}"],
+            input=b"",
+            env=env,
+            capture_output=True,
+            timeout=bound + SLACK + 60,
+        )
     except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"--ray={address} still waiting after {bound + SLACK + 60:g} s; it said: "
-                             f"{(e.stderr or b'').decode(errors='replace')[-2000:]}") from None
+        raise AssertionError(
+            f"--ray={address} still waiting after {bound + SLACK + 60:g} s; it said: "
+            f"{(e.stderr or b'').decode(errors='replace')[-2000:]}"
+        ) from None
     return done, time.monotonic() - began
 
 
@@ -662,12 +756,14 @@ def test_an_address_that_is_no_ray_head_fails_in_the_timeout_with_one_line(kind,
         head.close()
     assert done.returncode == 1
     if kind == "http2":
-        assert done.stderr.decode() == f"Error: cannot connect to the Ray cluster at {head.address}: no Ray head " \
-                                       f"answers there (RpcError: RPC error: Received http2 header with status: " \
-                                       f"404 (gRPC status 12))\n"
+        assert (
+            done.stderr.decode() == f"Error: cannot connect to the Ray cluster at {head.address}: no Ray head "
+            f"answers there (RpcError: RPC error: Received http2 header with status: "
+            f"404 (gRPC status 12))\n"
+        )
     else:
         assert done.stderr.decode() == NO_ANSWER.format(head.address, f"{bound:g}") + "\n"
-    assert took < bound + SLACK, f"{took:.0f} s"   # was 873 s for an HTTP server
+    assert took < bound + SLACK, f"{took:.0f} s"  # was 873 s for an HTTP server
 
 
 def test_ray_s_own_lines_are_shown_when_asked_and_auto_is_ray_address_s(tmp_path):
@@ -679,8 +775,10 @@ def test_ray_s_own_lines_are_shown_when_asked_and_auto_is_ray_address_s(tmp_path
         auto, _ = _ray_at("auto", RAY_ADDRESS=head.address)
     finally:
         head.close()
-    said = f"Error: cannot connect to the Ray cluster at {head.address}: no Ray head answers there (RpcError: RPC " \
-           f"error: Received http2 header with status: 404 (gRPC status 12))"
+    said = (
+        f"Error: cannot connect to the Ray cluster at {head.address}: no Ray head answers there (RpcError: RPC "
+        f"error: Received http2 header with status: 404 (gRPC status 12))"
+    )
     lines = shown.stderr.decode().splitlines()
     assert shown.returncode == 1 and lines[-1] == said
     assert lines[:-1] and all("Failed to get cluster ID from GCS server" in line for line in lines[:-1])
@@ -704,19 +802,21 @@ def test_other_ports_of_a_ray_node_are_no_ray_head(cluster):
     assert took < 5 + SLACK, f"{took:.0f} s"
     done, _ = _ray_at(raylet, "5", 5.0)
     assert done.returncode == 1
-    assert done.stderr.decode() == f"Error: cannot connect to the Ray cluster at {raylet}: no Ray head answers there " \
-                                   f"(RpcError: RPC error (gRPC status 12))\n"
+    assert (
+        done.stderr.decode() == f"Error: cannot connect to the Ray cluster at {raylet}: no Ray head answers there "
+        f"(RpcError: RPC error (gRPC status 12))\n"
+    )
 
 
 # --- a local cluster seen from the kernel (issue 51, item 8) ---------------------------------------------------
+
 
 def _strace() -> str:
     """strace, if it can trace here (else the test is skipped: .ci/run installs it)."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed (apt-get install strace)")
-    check = subprocess.run([strace, "-f", "-qq", "-e", "trace=connect", "-o", os.devnull, "true"],
-                           capture_output=True)
+    check = subprocess.run([strace, "-f", "-qq", "-e", "trace=connect", "-o", os.devnull, "true"], capture_output=True)
     if check.returncode != 0:
         pytest.skip(f"strace cannot trace here: {check.stderr.decode(errors='replace').strip()[-300:]}")
     return strace
@@ -725,6 +825,7 @@ def _strace() -> str:
 def _addresses(log: str) -> set[str]:
     """The IPv4 and IPv6 addresses in strace's lines (connect's and sendto's destinations)."""
     import re
+
     return {a or b for a, b in re.findall(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)"', log)}
 
 
@@ -739,38 +840,58 @@ def test_local_cluster_connects_to_loopback_alone_as_the_kernel_sees_it(branches
     env["PYTHONPATH"] = str(ROOT)
     log = tmp_path / "strace.log"
     lines = (branches / "br.jsonl").read_bytes().splitlines(keepends=True)[:12]
-    done = subprocess.run([strace, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect,sendto",
-                           "-e", "signal=none", "-o", str(log)] + EEXP + ["rollout", "--ray", "--env-workers", "1",
-                                                                          "-q"],
-                          input=b"".join(lines), env=env, capture_output=True, timeout=600)
+    done = subprocess.run(
+        [strace, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect,sendto", "-e", "signal=none", "-o", str(log)]
+        + EEXP
+        + ["rollout", "--ray", "--env-workers", "1", "-q"],
+        input=b"".join(lines),
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr.decode()
     assert records(done.stdout)
     seen = _addresses(log.read_text(errors="replace"))
     assert "127.0.0.2" in seen, "strace saw none of Ray's connections"
     outside = sorted(ip for ip in seen if not _loopback(ip))
-    assert not outside, "eexp's local Ray cluster connected off loopback: " + ", ".join(outside) + "\n" + "\n".join(
-        line for line in log.read_text(errors="replace").splitlines() if any(ip in line for ip in outside))[:3000]
+    assert not outside, (
+        "eexp's local Ray cluster connected off loopback: "
+        + ", ".join(outside)
+        + "\n"
+        + "\n".join(line for line in log.read_text(errors="replace").splitlines() if any(ip in line for ip in outside))[
+            :3000
+        ]
+    )
 
 
 def test_nothing_leaves_loopback(cluster):
     """Last: what the guard and the sampler saw over the module's runs (and the guard itself works)."""
-    probe = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, "
-                            "socket.SOCK_DGRAM); s.connect(('192.0.2.1', 9))"], env=cluster.env)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('192.0.2.1', 9))",
+        ],
+        env=cluster.env,
+    )
     assert probe.returncode == 0
     seen = cluster.net_log.read_text().splitlines()
     assert seen and "192.0.2.1" in seen[-1], "the guard records nothing"
     assert seen[:-1] == [], "connections leaving loopback:\n" + "\n".join(seen[:-1])
     assert cluster.sampler.samples > 10
     assert not cluster.sampler.outside, "connections leaving loopback:\n" + "\n".join(
-        map(str, sorted(cluster.sampler.outside, key=str)[:20]))
+        map(str, sorted(cluster.sampler.outside, key=str)[:20])
+    )
 
 
 def test_without_ray_installed_ray_says_how_to_install_it(tmp_path):
     fake = tmp_path / "noray"
     (fake / "ray").mkdir(parents=True)
     (fake / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
-    done = run(["rollout", "--ray", "-q"], env={**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])},
-               input=b"")
+    done = run(
+        ["rollout", "--ray", "-q"], env={**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(ROOT)])}, input=b""
+    )
     assert done.returncode == 1
-    assert done.stderr.decode().strip() == "Error: --ray needs Ray, which is not installed here: " \
-                                           "pip install 'eexp[ray]'"
+    assert (
+        done.stderr.decode().strip() == "Error: --ray needs Ray, which is not installed here: pip install 'eexp[ray]'"
+    )

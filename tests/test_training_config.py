@@ -60,15 +60,16 @@ def test_a_field_of_the_trainer_is_only_retold_elsewhere_keeping_its_declaration
             assert name in trainer and f.metadata["retold"] == "TrainerConfig", f"{cls.__name__}.{name}"
             assert own_types[name] == base_types[name], f"{cls.__name__}.{name}: its type is the trainer's"
             base = trainer[name].metadata
-            assert {k: v for k, v in f.metadata.items() if k not in RETELLABLE} == \
-                   {k: v for k, v in base.items() if k not in RETELLABLE}, f"{cls.__name__}.{name}: flag, bounds"
+            assert {k: v for k, v in f.metadata.items() if k not in RETELLABLE} == {
+                k: v for k, v in base.items() if k not in RETELLABLE
+            }, f"{cls.__name__}.{name}: flag, bounds"
             assert set(f.metadata.get("choices", [])) <= set(base.get("choices", [])), f"{cls.__name__}.{name}"
 
 
 def test_the_check_sees_an_option_declared_twice():
     @dataclasses.dataclass(kw_only=True)
     class Twice(TrainerConfig):
-        lr: float | None = setting(None, "Learning rate.")   # declared again, not retold
+        lr: float | None = setting(None, "Learning rate.")  # declared again, not retold
         seed: int = retold(TrainerConfig, "seed", "Seed.")
 
     assert declarations((TrainerConfig, Twice))["lr"] == ["TrainerConfig", "Twice"]
@@ -106,8 +107,9 @@ def choices(command: str, option: str) -> list[str]:
 
 def test_the_objective_choices_are_the_registry_s_names():
     assert choices("finetune", "objective") == list(OBJECTIVES) == ["sft", "dpo"]
-    assert choices("rl", "reward") == list(REWARDS) == ["success", "score", "success+score", "expert-step",
-                                                        "next-state"]
+    assert (
+        choices("rl", "reward") == list(REWARDS) == ["success", "score", "success+score", "expert-step", "next-state"]
+    )
     assert FinetuneConfig.__dataclass_fields__["objective"].metadata["choices"] == list(OBJECTIVES)
     assert (OBJECTIVES.option, REWARDS.option) == ("objective", "reward")
 
@@ -116,8 +118,11 @@ def test_every_registered_objective_is_a_class_of_its_recipe():
     pytest.importorskip("torch")
     for name in OBJECTIVES:
         cls = objective_class(OBJECTIVES, name)
-        assert all(callable(getattr(cls, m, None)) for m in Objective.__dict__ if not m.startswith("_")
-                   and callable(Objective.__dict__[m])), name
+        assert all(
+            callable(getattr(cls, m, None))
+            for m in Objective.__dict__
+            if not m.startswith("_") and callable(Objective.__dict__[m])
+        ), name
     for name in REWARDS:
         cls = objective_class(REWARDS, name)
         assert cls.phase.startswith("rl") and callable(cls.collect) and callable(cls.rewards), name

@@ -36,8 +36,12 @@ def dist(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "man", src / "man")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -49,10 +53,29 @@ def venv(dist, tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
     python = root / "bin" / "python"
     wheel = next(dist.glob("*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check",
-                    "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "--disable-pip-version-check",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
+    )
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     (Path(purelib) / "eexp_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return root
 
@@ -86,26 +109,34 @@ def test_sdist_and_wheel_hold_the_package_its_data_and_man_pages(dist):
 def test_the_wheel_runs_outside_the_repository(venv, tmp_path):
     version = run(venv, tmp_path, "eexp", "--version")
     assert version.returncode == 0 and version.stdout.decode().startswith(f"eexp, version {__version__}\n")
-    where = run(venv, tmp_path, "python", "-c", "import eexp, importlib.resources as r; print(eexp.__file__); "
-                "print(r.files('eexp').joinpath('templates/reflect.txt').read_text()[:40])")
+    where = run(
+        venv,
+        tmp_path,
+        "python",
+        "-c",
+        "import eexp, importlib.resources as r; print(eexp.__file__); "
+        "print(r.files('eexp').joinpath('templates/reflect.txt').read_text()[:40])",
+    )
     assert where.returncode == 0, where.stderr.decode()
     module, template = where.stdout.decode().splitlines()[:2]
-    assert Path(module).is_relative_to(venv) and template   # the wheel's eexp, with its package data
+    assert Path(module).is_relative_to(venv) and template  # the wheel's eexp, with its package data
     assert (venv / "share" / "man" / "man1" / "eexp-branch.1").read_text().startswith(".TH")
 
-    overview = run(venv, tmp_path, "eexp")   # `eexp` alone: the commands, by stage of the pipeline
+    overview = run(venv, tmp_path, "eexp")  # `eexp` alone: the commands, by stage of the pipeline
     assert overview.returncode == 0 and b"Collect experience:" in overview.stdout
     envs = run(venv, tmp_path, "eexp", "envs")
     assert envs.returncode == 0, envs.stderr.decode()
     assert {"shop", "tools"} <= {line.split()[0] for line in envs.stdout.decode().splitlines()[1:]}
 
     # a tiny pipeline, as the README draws it: expert -> branch -> rollout -> IWM and SR data, IL data, eval
-    pipeline = ("eexp expert --env shop -n 3 -o expert.jsonl && eexp imitation-data expert.jsonl -o il.jsonl && "
-                "eexp branch --propose admissible -k 2 expert.jsonl | eexp rollout -o outcomes.jsonl && "
-                "eexp world-model-data outcomes.jsonl -o iwm.jsonl && "
-                "eexp reflect --reflector grounded outcomes.jsonl -o sr.jsonl && "
-                "eexp eval --policy random --env shop --split test -n 2 --max-steps 5 -q -o episodes.jsonl && "
-                "eexp validate expert.jsonl il.jsonl outcomes.jsonl iwm.jsonl sr.jsonl episodes.jsonl")
+    pipeline = (
+        "eexp expert --env shop -n 3 -o expert.jsonl && eexp imitation-data expert.jsonl -o il.jsonl && "
+        "eexp branch --propose admissible -k 2 expert.jsonl | eexp rollout -o outcomes.jsonl && "
+        "eexp world-model-data outcomes.jsonl -o iwm.jsonl && "
+        "eexp reflect --reflector grounded outcomes.jsonl -o sr.jsonl && "
+        "eexp eval --policy random --env shop --split test -n 2 --max-steps 5 -q -o episodes.jsonl && "
+        "eexp validate expert.jsonl il.jsonl outcomes.jsonl iwm.jsonl sr.jsonl episodes.jsonl"
+    )
     done = run(venv, tmp_path, "sh", "-ec", pipeline)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     trajectories = [orjson.loads(x) for x in (tmp_path / "expert.jsonl").read_bytes().splitlines()]
@@ -127,22 +158,29 @@ def test_the_wheel_exports_a_model_with_no_second_command(venv, tmp_path):
         pytest.skip("llama-cpp-python is not installed here")
     ours = gguf_module_file()
     ours_before = ours.read_bytes() if ours is not None else None
-    assert not (venv / "share" / "eexp").exists()   # the wheel carries no converter: pip alone put nothing there
+    assert not (venv / "share" / "eexp").exists()  # the wheel carries no converter: pip alone put nothing there
     made = run(venv, tmp_path, "eexp", "init-model", "tiny", "-q")
     assert made.returncode == 0, made.stderr.decode()[-3000:]
 
     first = run(venv, tmp_path, "eexp", "export", "tiny", "-o", "tiny.gguf")
     assert first.returncode == 0, first.stderr.decode()[-3000:]
     notes = [line for line in first.stderr.decode().splitlines() if "converter" in line]
-    assert notes == [f"eexp: installing llama.cpp's converter for llama-cpp-python {version} (once; from its sdist, "
-                     f"with pip) into {venv / 'share' / 'eexp' / f'llama.cpp-{version}'}"], first.stderr.decode()
+    assert notes == [
+        f"eexp: installing llama.cpp's converter for llama-cpp-python {version} (once; from its sdist, "
+        f"with pip) into {venv / 'share' / 'eexp' / f'llama.cpp-{version}'}"
+    ], first.stderr.decode()
     assert (tmp_path / "tiny.gguf").read_bytes()[:4] == b"GGUF"
     assert (venv / "share" / "eexp" / f"llama.cpp-{version}" / "INSTALLED.json").is_file()
-    where = run(venv, tmp_path, "python", "-c", "from eexp.models.llama_converter import gguf_module_file; "
-                "print(gguf_module_file())")
-    assert Path(where.stdout.decode().strip()).is_relative_to(venv)   # gguf-py went into the fresh environment
+    where = run(
+        venv,
+        tmp_path,
+        "python",
+        "-c",
+        "from eexp.models.llama_converter import gguf_module_file; print(gguf_module_file())",
+    )
+    assert Path(where.stdout.decode().strip()).is_relative_to(venv)  # gguf-py went into the fresh environment
     if ours is not None:
-        assert ours.read_bytes() == ours_before   # and this environment's gguf is untouched
+        assert ours.read_bytes() == ours_before  # and this environment's gguf is untouched
 
     second = run(venv, tmp_path, "eexp", "export", "tiny", "-o", "again.gguf", "--quant", "f16")
     assert second.returncode == 0, second.stderr.decode()[-3000:]
@@ -154,15 +192,19 @@ def test_eexp_alone_shows_every_command_once_by_section():
     from click.testing import CliRunner
 
     from eexp.cli import SECTIONS, cli
+
     result = CliRunner().invoke(cli, [], prog_name="eexp")
     assert result.exit_code == 0 and result.stdout.startswith("Usage: eexp")
-    listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ") and
-              line.split()[0] in cli.commands]
-    assert sorted(listed) == sorted(cli.commands)   # each once, none left out (a new one lands in "Other commands")
+    listed = [
+        line.split()[0]
+        for line in result.stdout.splitlines()
+        if line.startswith("  ") and line.split()[0] in cli.commands
+    ]
+    assert sorted(listed) == sorted(cli.commands)  # each once, none left out (a new one lands in "Other commands")
     headings = [line[:-1] for line in result.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert [h for h in headings if h in SECTIONS] == list(SECTIONS)
-    assert listed[:5] == ["envs", "expert", "curate", "branch", "rollout"]   # the pipeline's order, not the alphabet's
-    assert "..." not in result.stdout.split("Collect experience:")[1]   # first sentences whole, never cut
+    assert listed[:5] == ["envs", "expert", "curate", "branch", "rollout"]  # the pipeline's order, not the alphabet's
+    assert "..." not in result.stdout.split("Collect experience:")[1]  # first sentences whole, never cut
     assert result.stdout == CliRunner().invoke(cli, ["--help"], prog_name="eexp").stdout
 
 
@@ -170,6 +212,7 @@ def test_version_names_python_and_the_packages_that_decide_what_runs():
     from click.testing import CliRunner
 
     from eexp.cli import VERSION_PACKAGES, cli
+
     result = CliRunner().invoke(cli, ["--version"])
     first, second = result.stdout.splitlines()
     assert result.exit_code == 0 and first == f"eexp, version {__version__}"

@@ -34,9 +34,9 @@ def _stat(pid: int) -> tuple[int, str, str] | None:
     """(parent pid, state, start time) of a live or zombie process, None when there is no such process."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:   # gone
+    except OSError:  # gone
         return None
-    fields = text[text.rindex(")") + 2:].split()   # after "pid (comm) "
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
     return int(fields[1]), fields[0], fields[19]
 
 
@@ -58,7 +58,7 @@ def descendants(root: int) -> dict[int, str]:
 
 def alive(pid: int, start: str) -> bool:
     st = _stat(pid)
-    return st is not None and st[2] == start and st[1] != "Z"   # a zombie is dead, waiting for PID 1 to reap it
+    return st is not None and st[2] == start and st[1] != "Z"  # a zombie is dead, waiting for PID 1 to reap it
 
 
 def cmdline(pid: int) -> str:
@@ -82,20 +82,28 @@ def kill_and_check(proc: subprocess.Popen, workers: int) -> list[int]:
     every process it had below it must be gone within 10 s. Returns the workers' pids."""
     below: dict[int, str] = {}
     try:
-        assert wait_for(lambda: sum("spawn_main" in cmdline(p) for p in descendants(proc.pid)) >= workers, 60), \
+        assert wait_for(lambda: sum("spawn_main" in cmdline(p) for p in descendants(proc.pid)) >= workers, 60), (
             "the workers never started"
+        )
         below = descendants(proc.pid)
-        kinds = {p: "worker" if "spawn_main" in cmdline(p) else
-                 "resource_tracker" if "resource_tracker" in cmdline(p) else cmdline(p) for p in below}
+        kinds = {
+            p: "worker"
+            if "spawn_main" in cmdline(p)
+            else "resource_tracker"
+            if "resource_tracker" in cmdline(p)
+            else cmdline(p)
+            for p in below
+        }
         assert sorted(kinds.values()) == ["resource_tracker"] + ["worker"] * workers
         assert proc.poll() is None, "the parent had already finished: nothing was tested"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert wait_for(lambda: not any(alive(p, s) for p, s in below.items()), 10), \
-            "still running 10 s after the parent was killed: " + \
-            ", ".join(f"{p} {cmdline(p)}" for p, s in below.items() if alive(p, s))
+        assert wait_for(lambda: not any(alive(p, s) for p, s in below.items()), 10), (
+            "still running 10 s after the parent was killed: "
+            + ", ".join(f"{p} {cmdline(p)}" for p, s in below.items() if alive(p, s))
+        )
         return sorted(p for p, kind in kinds.items() if kind == "worker")
-    finally:   # never leave what this test started behind, whatever failed
+    finally:  # never leave what this test started behind, whatever failed
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -106,14 +114,17 @@ def kill_and_check(proc: subprocess.Popen, workers: int) -> list[int]:
 
 def test_rollout_workers_die_with_a_killed_parent(tmp_path):
     br = tmp_path / "br.jsonl"
-    expert = subprocess.run(EEXP + ["expert", "--env", "shop", "-n", "40", "--seed", "2"], env=env(), check=True,
-                            capture_output=True).stdout
-    subprocess.run(EEXP + ["branch", "--propose", "admissible", "-k", "4", "-o", str(br)], input=expert, env=env(),
-                   check=True)
+    expert = subprocess.run(
+        EEXP + ["expert", "--env", "shop", "-n", "40", "--seed", "2"], env=env(), check=True, capture_output=True
+    ).stdout
+    subprocess.run(
+        EEXP + ["branch", "--propose", "admissible", "-k", "4", "-o", str(br)], input=expert, env=env(), check=True
+    )
     # The input comes from a pipe left open: the parent is sure to be alive (working, or waiting for more input)
     # when it is killed, with its workers busy or waiting for work.
-    proc = subprocess.Popen(EEXP + ["rollout", "-j", "2", "-q", "-o", str(tmp_path / "out.jsonl")],
-                            stdin=subprocess.PIPE, env=env())
+    proc = subprocess.Popen(
+        EEXP + ["rollout", "-j", "2", "-q", "-o", str(tmp_path / "out.jsonl")], stdin=subprocess.PIPE, env=env()
+    )
     proc.stdin.write(br.read_bytes())
     proc.stdin.flush()
     kill_and_check(proc, workers=2)
@@ -126,8 +137,12 @@ def test_eval_workers_die_with_a_killed_parent(tmp_path):
     # after the episode under way had run to its end.
     stderr = tmp_path / "stderr"
     with open(stderr, "wb") as err:
-        proc = subprocess.Popen(EEXP + ["eval", "--policy", "random", "--env", "shop", "--split", "train",
-                                        "-j", "2", "-q"], stdout=subprocess.PIPE, stderr=err, env=env())
+        proc = subprocess.Popen(
+            EEXP + ["eval", "--policy", "random", "--env", "shop", "--split", "train", "-j", "2", "-q"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env(),
+        )
         kill_and_check(proc, workers=2)
     proc.stdout.close()
     assert "Traceback" not in stderr.read_text()
@@ -150,7 +165,7 @@ def test_a_dying_parent_gives_its_workers_their_cleanup(tmp_path):
                 ex.submit(time.sleep, 0.5)
             time.sleep(600)
     """)
-    path = tmp_path / "pool.py"   # a file, not -c: spawned workers import the initializer from __main__
+    path = tmp_path / "pool.py"  # a file, not -c: spawned workers import the initializer from __main__
     path.write_text(script)
     (tmp_path / "closed").mkdir()
     proc = subprocess.Popen([sys.executable, str(path)])
@@ -159,6 +174,7 @@ def test_a_dying_parent_gives_its_workers_their_cleanup(tmp_path):
 
 
 # --- the one pool ------------------------------------------------------------------------------------------------
+
 
 def _setup(offset: int) -> dict:
     if offset < 0:
@@ -184,7 +200,7 @@ def test_the_pool_hands_results_back_in_submission_order_from_every_worker():
         assert len({pid for _, pid in results}) == 2 and os.getpid() not in {pid for _, pid in results}
         pool.submit(_sigint_ignored, None)
         pool.submit(_sigint_ignored, None)
-        assert list(pool.ready(block=True)) == [True, True]   # Ctrl-C is the parent's
+        assert list(pool.ready(block=True)) == [True, True]  # Ctrl-C is the parent's
 
 
 def test_an_error_of_the_workers_setup_comes_with_each_task_in_its_turn():
@@ -201,7 +217,7 @@ def test_terminate_stops_busy_workers_at_once_and_leaves_no_process():
     assert len(workers) == 2
     for _ in range(4):
         pool.submit(_slow_add, (0, 60.0))
-    time.sleep(0.2)   # both at work
+    time.sleep(0.2)  # both at work
     started = time.monotonic()
     pool.terminate()
     assert time.monotonic() - started < 10 and not pool.pending
@@ -218,7 +234,7 @@ def test_there_is_one_worker_pool_and_every_j_stage_uses_it():
         for made in ("ProcessPoolExecutor", "multiprocessing.Pool", ".Pool(", "get_context("):
             assert made not in text, f"{path.relative_to(ROOT)} makes worker processes of its own ({made})"
     for stage in ("rollout.py", "evaluate/runner.py"):
-        assert "open_pool(" in (root / "stages" / stage).read_text()   # a Pool, or a cluster's (--ray)
+        assert "open_pool(" in (root / "stages" / stage).read_text()  # a Pool, or a cluster's (--ray)
 
 
 def test_workers_are_started_ignoring_ctrl_c_and_a_ctrl_c_meanwhile_is_held():
@@ -234,12 +250,12 @@ def test_workers_are_started_ignoring_ctrl_c_and_a_ctrl_c_meanwhile_is_held():
         with sigint_ignored_by_children():
             child = subprocess.run(probe, capture_output=True, text=True)
         assert child.stdout.strip() == "True"
-        assert subprocess.run(probe, capture_output=True, text=True).stdout.strip() == "False"   # outside it
+        assert subprocess.run(probe, capture_output=True, text=True).stdout.strip() == "False"  # outside it
         with pytest.raises(KeyboardInterrupt):
             with sigint_ignored_by_children():
                 # to this thread: a process-directed SIGINT may go to another thread of the process, if one exists
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-                time.sleep(0.05)   # it would have been raised here, were it not held
+                time.sleep(0.05)  # it would have been raised here, were it not held
                 held = True
         assert held
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -248,6 +264,7 @@ def test_workers_are_started_ignoring_ctrl_c_and_a_ctrl_c_meanwhile_is_held():
 
 
 # --- Ctrl-C to the process group of each -j stage ----------------------------------------------------------------
+
 
 def _group_alive(pgid: int) -> list[str]:
     """The processes of a process group that still run (a zombie whose parent is gone and that PID 1 has not reaped
@@ -259,17 +276,45 @@ def _group_alive(pgid: int) -> list[str]:
 def _stage_run(stage: str, tmp_path: Path) -> tuple[list[str], list[str], callable]:
     """The command of `stage -j 2` writing to out.jsonl, and the ids a complete run writes, in order."""
     out = tmp_path / "out.jsonl"
-    if stage == "rollout":   # 1,400 shop branch records
+    if stage == "rollout":  # 1,400 shop branch records
         br = tmp_path / "br.jsonl"
-        expert = subprocess.run(EEXP + ["expert", "--env", "shop", "-n", "300", "-q"], check=True, env=env(),
-                                capture_output=True).stdout
-        subprocess.run(EEXP + ["branch", "--propose", "admissible", "-k", "6", "-q", "-o", str(br)], input=expert,
-                       check=True, env=env(), capture_output=True)
-        return EEXP + ["rollout", "-j", "2", "-q", "-o", str(out), str(br)], [r["id"] for r in read_records([br])], \
-            lambda r: r["id"]
-    n = 1500   # random episodes of the shop: long enough to be interrupted, quick to complete by --resume
-    return (EEXP + ["eval", "--policy", "random", "--env", "shop", "--split", "train", "-n", str(n), "-j", "2", "-q",
-                    "-o", str(out)], [f"train-{i:05d}" for i in range(n)], lambda r: r["task"]["id"])
+        expert = subprocess.run(
+            EEXP + ["expert", "--env", "shop", "-n", "300", "-q"], check=True, env=env(), capture_output=True
+        ).stdout
+        subprocess.run(
+            EEXP + ["branch", "--propose", "admissible", "-k", "6", "-q", "-o", str(br)],
+            input=expert,
+            check=True,
+            env=env(),
+            capture_output=True,
+        )
+        return (
+            EEXP + ["rollout", "-j", "2", "-q", "-o", str(out), str(br)],
+            [r["id"] for r in read_records([br])],
+            lambda r: r["id"],
+        )
+    n = 1500  # random episodes of the shop: long enough to be interrupted, quick to complete by --resume
+    return (
+        EEXP
+        + [
+            "eval",
+            "--policy",
+            "random",
+            "--env",
+            "shop",
+            "--split",
+            "train",
+            "-n",
+            str(n),
+            "-j",
+            "2",
+            "-q",
+            "-o",
+            str(out),
+        ],
+        [f"train-{i:05d}" for i in range(n)],
+        lambda r: r["task"]["id"],
+    )
 
 
 @pytest.mark.slow  # ~15 s each on 2 shared cores: a run interrupted, then resumed
@@ -284,8 +329,13 @@ def test_ctrl_c_to_the_process_group_of_a_stage_with_workers(tmp_path, stage, mo
     args, ids, key = _stage_run(stage, tmp_path)
     out = tmp_path / "out.jsonl"
     # SIGINT at its default in the child (a background shell would have it ignored), in a group of its own
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, start_new_session=True, env=env(),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        args,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if moment == "workers starting":
@@ -303,7 +353,7 @@ def test_ctrl_c_to_the_process_group_of_a_stage_with_workers(tmp_path, stage, mo
     assert err.decode().strip().endswith("eexp: interrupted")
     written = out.read_bytes() if out.exists() else b""
     assert written == b"" or written.endswith(b"\n")
-    assert [key(orjson.loads(line)) for line in written.splitlines()] == ids[:written.count(b"\n")]
+    assert [key(orjson.loads(line)) for line in written.splitlines()] == ids[: written.count(b"\n")]
     assert written.count(b"\n") < len(ids)
     assert wait_for(lambda: _group_alive(proc.pid) == [], 10), _group_alive(proc.pid)
     subprocess.run(args + ["--resume"], check=True, env=env(), capture_output=True, timeout=300)

@@ -27,34 +27,64 @@ def outcome(id_, env, observation, expert, alternatives, admissible=None):
     state = {"goal": "put a mug in the sink", "history": [], "observation": observation}
     if admissible:
         state["admissible"] = admissible
-    return {"id": id_, "source_id": id_.split("#")[0], "trajectory_id": id_.split("#")[0], "step": 0,
-            "env": {"name": env, "version": "test", "kwargs": {}},
-            "task": {"id": id_.split("#")[0], "split": "test", "goal": "put a mug in the sink"},
-            "prefix": [], "state": state, "expert": expert, "alternatives": alternatives, "meta": {}}
+    return {
+        "id": id_,
+        "source_id": id_.split("#")[0],
+        "trajectory_id": id_.split("#")[0],
+        "step": 0,
+        "env": {"name": env, "version": "test", "kwargs": {}},
+        "task": {"id": id_.split("#")[0], "split": "test", "goal": "put a mug in the sink"},
+        "prefix": [],
+        "state": state,
+        "expert": expert,
+        "alternatives": alternatives,
+        "meta": {},
+    }
 
 
 def step(action, next_observation, *, valid=True, done=False, source="admissible"):
-    return {"action": action, "source": source, "next_observation": next_observation, "reward": 0.0,
-            "done": done, "valid": valid}
+    return {
+        "action": action,
+        "source": source,
+        "next_observation": next_observation,
+        "reward": 0.0,
+        "done": done,
+        "valid": valid,
+    }
 
 
 # Five executed transitions of known effect: the expert's and two alternatives in ALFWorld's words (one changes
 # nothing, one is refused with ALFWorld's "Nothing happens."), one that failed (not asked), and a TextWorld state
 # whose expert action ends the episode.
 OUTCOMES = [
-    outcome("alfworld:t1#0", "alfworld", KITCHEN, step("take mug 1", PICKED),
-            [step("look", KITCHEN), step("fly away", "Nothing happens.", valid=False, source="policy"),
-             {"action": "go to sink 1", "source": "admissible", "error": "the environment failed"}],
-            admissible=["take mug 1", "look", "go to sink 1"]),
-    outcome("textworld:g1#0", "textworld", "A small room.", step("open door", "The door opens.", done=True),
-            [step("wait", "A small room.")]),
+    outcome(
+        "alfworld:t1#0",
+        "alfworld",
+        KITCHEN,
+        step("take mug 1", PICKED),
+        [
+            step("look", KITCHEN),
+            step("fly away", "Nothing happens.", valid=False, source="policy"),
+            {"action": "go to sink 1", "source": "admissible", "error": "the environment failed"},
+        ],
+        admissible=["take mug 1", "look", "go to sink 1"],
+    ),
+    outcome(
+        "textworld:g1#0",
+        "textworld",
+        "A small room.",
+        step("open door", "The door opens.", done=True),
+        [step("wait", "A small room.")],
+    ),
 ]
 # (id, exact for a copy of the current observation, recorded changed, valid scorable and recorded)
-EXPECTED = [("wmeval:alfworld:t1#0:expert", False, True, True),
-            ("wmeval:alfworld:t1#0:0", True, False, True),
-            ("wmeval:alfworld:t1#0:1", False, True, False),
-            ("wmeval:textworld:g1#0:expert", False, True, None),
-            ("wmeval:textworld:g1#0:0", True, False, None)]
+EXPECTED = [
+    ("wmeval:alfworld:t1#0:expert", False, True, True),
+    ("wmeval:alfworld:t1#0:0", True, False, True),
+    ("wmeval:alfworld:t1#0:1", False, True, False),
+    ("wmeval:textworld:g1#0:expert", False, True, None),
+    ("wmeval:textworld:g1#0:0", True, False, None),
+]
 
 
 @pytest.fixture
@@ -110,6 +140,7 @@ def iwm_examples(path, *args) -> list[dict]:
 
 # --- the scores -------------------------------------------------------------------------------------------------
 
+
 def test_tokens_and_f1_by_hand():
     assert tokens("You see a Mug 1, $24.00!") == ["you", "see", "a", "mug", "1", ",", "$", "24", ".", "00", "!"]
     # 12 tokens against 10; in common: you, the, mug, 1, "." (once each): P = 5/12, R = 5/10, F1 = 5/11
@@ -120,26 +151,41 @@ def test_tokens_and_f1_by_hand():
 
 def test_a_model_that_copies_the_state_scores_what_it_should(copier, outcomes_file, tmp_path):
     summary_path = tmp_path / "summary.json"
-    result = invoke(["world-model-eval", "--policy", "m.gguf", str(outcomes_file), "--summary", str(summary_path),
-                     "--stats", str(tmp_path / "stats.json")])
+    result = invoke(
+        [
+            "world-model-eval",
+            "--policy",
+            "m.gguf",
+            str(outcomes_file),
+            "--summary",
+            str(summary_path),
+            "--stats",
+            str(tmp_path / "stats.json"),
+        ]
+    )
     assert result.exit_code == 0, result.output
     got = records(result.stdout)
-    assert [r["id"] for r in got] == [e[0] for e in EXPECTED]   # the failed alternative is not asked
+    assert [r["id"] for r in got] == [e[0] for e in EXPECTED]  # the failed alternative is not asked
     for record, (_, exact, changed, valid) in zip(got, EXPECTED):
         assert expect("prediction")(record) is None and kind_of(record) == "prediction"
-        assert record["scores"]["exact"] is exact          # 1 exactly where the state did not change
+        assert record["scores"]["exact"] is exact  # 1 exactly where the state did not change
         assert record["effect"]["changed"] is changed and record["effect"]["predicted_changed"] is False
         assert record["scores"]["changed"] is (not changed)
         assert record["effect"]["valid"] is valid
-        assert record["scores"]["valid"] is (None if valid is None else valid)   # a copy never says "refused"
+        assert record["scores"]["valid"] is (None if valid is None else valid)  # a copy never says "refused"
         assert record["labelled"] and record["finish_reason"] == "stop"
     assert got[0]["scores"]["f1"] == pytest.approx(5 / 11, abs=1e-6)
     assert [r["scores"]["f1"] for r in got][1] == 1.0
     assert got[3]["effect"]["done"] is True and got[0]["effect"]["done"] is False
     assert got[0]["prediction"] == KITCHEN and got[0]["target"] == PICKED
     meta = got[0]["meta"]
-    assert (meta["stage"], meta["model"], meta["temperature"], meta["seed"], meta["env"]) == \
-        ("world-model-eval", "copier", 0.0, 0, "alfworld")
+    assert (meta["stage"], meta["model"], meta["temperature"], meta["seed"], meta["env"]) == (
+        "world-model-eval",
+        "copier",
+        0.0,
+        0,
+        "alfworld",
+    )
     assert meta["example_id"] == "wm:alfworld:t1#0:expert" and meta["call_seed"] >= 1
 
     summary = json.loads(summary_path.read_text())
@@ -152,10 +198,17 @@ def test_a_model_that_copies_the_state_scores_what_it_should(copier, outcomes_fi
     assert (alf["valid"]["k"], alf["valid"]["n"], alf["valid"]["recorded_invalid"]) == (2, 3, 1)
     assert tw["valid"]["n"] == 0 and "refused action" in tw["valid"]["why"]
     assert alf["done"]["n"] == 0 and tw["done"]["recorded_done"] == 1
-    assert (tw["by_action"]["expert"]["exact_match"]["k"], tw["by_action"]["alternatives"]["exact_match"]["k"]) \
-        == (0, 1)
-    assert summary["effect_scorable"] == {"changed": 5, "valid": 3, "done": 0, "valid_envs": ["alfworld"],
-                                          "done_why": summary["effect_scorable"]["done_why"]}
+    assert (tw["by_action"]["expert"]["exact_match"]["k"], tw["by_action"]["alternatives"]["exact_match"]["k"]) == (
+        0,
+        1,
+    )
+    assert summary["effect_scorable"] == {
+        "changed": 5,
+        "valid": 3,
+        "done": 0,
+        "valid_envs": ["alfworld"],
+        "done_why": summary["effect_scorable"]["done_why"],
+    }
     assert "world-model-eval: alfworld: 3 predictions (1 states): exact match 33.3%" in result.stderr
     assert "effect right: changed 33.3% of 3 (2 changed the state), valid 66.7% of 3 (1 refused)" in result.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
@@ -164,8 +217,18 @@ def test_a_model_that_copies_the_state_scores_what_it_should(copier, outcomes_fi
 
 def test_the_prompt_is_byte_for_byte_what_world_model_data_trains_on(copier, outcomes_file, tmp_path):
     examples = iwm_examples(outcomes_file, "--history", "1", "--max-observation-chars", "30")
-    result = invoke(["world-model-eval", "--policy", "m.gguf", str(outcomes_file), "--history", "1",
-                     "--max-observation-chars", "30"])
+    result = invoke(
+        [
+            "world-model-eval",
+            "--policy",
+            "m.gguf",
+            str(outcomes_file),
+            "--history",
+            "1",
+            "--max-observation-chars",
+            "30",
+        ]
+    )
     assert result.exit_code == 0, result.output
     got = records(result.stdout)
     assert len(copier.asked) == len(examples) == len(got) == 5
@@ -178,9 +241,11 @@ def test_the_prompt_is_byte_for_byte_what_world_model_data_trains_on(copier, out
 
 def test_the_same_on_real_outcomes_and_with_clipped_targets(copier, tmp_path):
     path = tmp_path / "outcomes.jsonl"
-    for args in (["expert", "--env", "shop", "-n", "2", "--seed", "1", "-o", str(tmp_path / "e.jsonl")],
-                 ["branch", "-k", "2", str(tmp_path / "e.jsonl"), "-o", str(tmp_path / "b.jsonl")],
-                 ["rollout", str(tmp_path / "b.jsonl"), "-o", str(path)]):
+    for args in (
+        ["expert", "--env", "shop", "-n", "2", "--seed", "1", "-o", str(tmp_path / "e.jsonl")],
+        ["branch", "-k", "2", str(tmp_path / "e.jsonl"), "-o", str(tmp_path / "b.jsonl")],
+        ["rollout", str(tmp_path / "b.jsonl"), "-o", str(path)],
+    ):
         assert invoke(args).exit_code == 0
     examples = iwm_examples(path, "--max-chars", "40")
     result = invoke(["world-model-eval", "--policy", "m.gguf", str(path), "--max-chars", "40", "-q"])
@@ -198,16 +263,26 @@ def recorded_answers(path) -> dict[str, str]:
     return {e["messages"][1]["content"]: e["messages"][2]["content"] for e in iwm_examples(path)}
 
 
-def test_a_model_that_answers_the_recorded_next_state_scores_1_over_http_and_concurrency(stub, outcomes_file,
-                                                                                          tmp_path):
+def test_a_model_that_answers_the_recorded_next_state_scores_1_over_http_and_concurrency(stub, outcomes_file, tmp_path):
     answers = recorded_answers(outcomes_file)
     # (the backend's own probes of the server ask other things: "Say hello.")
     server = stub(latency=0.01, free_text=lambda body: answers.get(body["messages"][-1]["content"], "hello"))
     runs = {}
     for n in (1, 4):
         summary = tmp_path / f"s{n}.json"
-        result = invoke(["world-model-eval", "--policy", server.url, str(outcomes_file), "--concurrency", str(n),
-                         "--summary", str(summary), "-q"])
+        result = invoke(
+            [
+                "world-model-eval",
+                "--policy",
+                server.url,
+                str(outcomes_file),
+                "--concurrency",
+                str(n),
+                "--summary",
+                str(summary),
+                "-q",
+            ]
+        )
         assert result.exit_code == 0, result.output
         runs[n] = timeless(records(result.stdout))
         s = json.loads(summary.read_text())
@@ -227,21 +302,29 @@ def test_records_are_the_same_for_the_same_inputs_and_seed(copier, outcomes_file
     again = invoke(["world-model-eval", "--policy", "m.gguf", str(outcomes_file), "--seed", "7"])
     other = invoke(["world-model-eval", "--policy", "m.gguf", str(outcomes_file), "--seed", "8"])
     assert timeless(records(first.stdout)) == timeless(records(again.stdout))
-    assert [r["meta"]["call_seed"] for r in records(first.stdout)] != \
-        [r["meta"]["call_seed"] for r in records(other.stdout)]
+    assert [r["meta"]["call_seed"] for r in records(first.stdout)] != [
+        r["meta"]["call_seed"] for r in records(other.stdout)
+    ]
 
 
 # --- bad input and usage ----------------------------------------------------------------------------------------
 
+
 def test_bad_input_is_file_line_and_exit_1(copier, outcomes_file, tmp_path):
     bad = tmp_path / "bad.jsonl"
-    trajectory = {"id": "t", "env": {"name": "shop", "version": "1"}, "task": {"id": "a", "split": "x", "goal": "g"},
-                  "steps": [], "final_observation": "", "success": True}
+    trajectory = {
+        "id": "t",
+        "env": {"name": "shop", "version": "1"},
+        "task": {"id": "a", "split": "x", "goal": "g"},
+        "steps": [],
+        "final_observation": "",
+        "success": True,
+    }
     bad.write_bytes(orjson.dumps(OUTCOMES[0]) + b"\n" + orjson.dumps(trajectory) + b"\n")
     result = invoke(["world-model-eval", "--policy", "m.gguf", str(bad)])
     assert result.exit_code == 1
     assert result.stderr.endswith(f"Error: {bad}:2: expected an outcome record, got a trajectory\n")
-    assert len(records(result.stdout)) == 3          # the first record's predictions are written first
+    assert len(records(result.stdout)) == 3  # the first record's predictions are written first
     broken = dict(OUTCOMES[1], state={"goal": "g", "history": []})
     bad.write_bytes(orjson.dumps(broken) + b"\n")
     result = invoke(["world-model-eval", "--policy", "m.gguf", str(bad)])
@@ -255,9 +338,11 @@ def test_bad_input_is_file_line_and_exit_1(copier, outcomes_file, tmp_path):
 
 
 def test_usage_errors(copier, outcomes_file):
-    for args, message in ((["--policy", "random"], "writes no text"),
-                          (["--policy", "m.gguf", "--act", "score"], "No such option '--act'"),
-                          ([], "world-model-eval needs the model")):
+    for args, message in (
+        (["--policy", "random"], "writes no text"),
+        (["--policy", "m.gguf", "--act", "score"], "No such option '--act'"),
+        ([], "world-model-eval needs the model"),
+    ):
         result = invoke(["world-model-eval", *args, str(outcomes_file)])
         assert result.exit_code == 2 and message in result.stderr, result.output
 
@@ -274,14 +359,36 @@ def test_resume_continues_the_same_run_and_refuses_another(copier, outcomes_file
     full = invoke(["world-model-eval", "--policy", "m.gguf", str(outcomes_file), "-o", str(out)])
     assert full.exit_code == 0, full.output
     whole = out.read_bytes()
-    out.write_bytes(whole[: whole.index(b"\n") + 1] + b'{"id": "torn')   # one record, then a torn line
-    result = invoke(["world-model-eval", "--policy", "m.gguf", str(outcomes_file), "-o", str(out), "--resume",
-                     "--summary", str(tmp_path / "s.json")])
+    out.write_bytes(whole[: whole.index(b"\n") + 1] + b'{"id": "torn')  # one record, then a torn line
+    result = invoke(
+        [
+            "world-model-eval",
+            "--policy",
+            "m.gguf",
+            str(outcomes_file),
+            "-o",
+            str(out),
+            "--resume",
+            "--summary",
+            str(tmp_path / "s.json"),
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert timeless(records(out.read_text())) == timeless(records(whole.decode()))
-    assert json.loads((tmp_path / "s.json").read_text())["predictions"] == 5   # the whole file's
-    result = invoke(["world-model-eval", "--policy", "m.gguf", str(outcomes_file), "-o", str(out), "--resume",
-                     "--temperature", "0.5"])
+    assert json.loads((tmp_path / "s.json").read_text())["predictions"] == 5  # the whole file's
+    result = invoke(
+        [
+            "world-model-eval",
+            "--policy",
+            "m.gguf",
+            str(outcomes_file),
+            "-o",
+            str(out),
+            "--resume",
+            "--temperature",
+            "0.5",
+        ]
+    )
     assert result.exit_code == 2 and "holds predictions of another model or other settings" in result.stderr
 
 
@@ -293,15 +400,31 @@ def test_invalid_replies_read_the_environments_refusals():
 
 # --- end to end on a tiny checkpoint ----------------------------------------------------------------------------
 
+
 def test_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, outcomes_file, tmp_path):
     runs = []
     for _ in range(2):
         summary = tmp_path / "s.json"
-        result = invoke(["world-model-eval", "--policy", str(tiny_checkpoint), str(outcomes_file), "--max-tokens",
-                         "6", "--temperature", "1", "--seed", "3", "--summary", str(summary), "-q"])
+        result = invoke(
+            [
+                "world-model-eval",
+                "--policy",
+                str(tiny_checkpoint),
+                str(outcomes_file),
+                "--max-tokens",
+                "6",
+                "--temperature",
+                "1",
+                "--seed",
+                "3",
+                "--summary",
+                str(summary),
+                "-q",
+            ]
+        )
         assert result.exit_code == 0, result.output
         runs.append(timeless(records(result.stdout)))
-    assert runs[0] == runs[1] and len(runs[0]) == 5       # sampled, and the same for the same seed
+    assert runs[0] == runs[1] and len(runs[0]) == 5  # sampled, and the same for the same seed
     for record in runs[0]:
         assert validate(record, "prediction") is None
         assert record["meta"]["model_sha256"] and record["meta"]["temperature"] == 1.0

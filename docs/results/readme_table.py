@@ -30,10 +30,12 @@ def table(lines: list[str]) -> tuple[int, int]:
 
 def from_root(row: str) -> str:
     """A row of docs/results/README.md with its relative links made relative to the repository root."""
+
     def fix(m: re.Match) -> str:
         path, _, anchor = m.group(1).partition("#")
         rel = (INDEX.parent / path).resolve().relative_to(ROOT).as_posix() if path else ""
         return f"]({rel}{'#' + anchor if anchor else ''})"
+
     return LINK.sub(fix, row)
 
 
@@ -45,7 +47,7 @@ def expected_readme() -> str:
     heading = readme.index("## What eexp has measured")
     r0, r1 = table(readme[heading:])
     rows = [from_root(row) for row in index[i0:i1]]
-    out = readme[:heading + r0] + rows + readme[heading + r1:]
+    out = readme[: heading + r0] + rows + readme[heading + r1 :]
     return "\n".join(out) + "\n"
 
 
@@ -53,8 +55,11 @@ def main(argv: list[str]) -> int:
     want = expected_readme()
     if "--check" in argv:
         if README.read_text() != want:
-            print("README.md's results table differs from docs/results/README.md's: "
-                  "run `python docs/results/readme_table.py`", file=sys.stderr)
+            print(
+                "README.md's results table differs from docs/results/README.md's: "
+                "run `python docs/results/readme_table.py`",
+                file=sys.stderr,
+            )
             return 1
         return 0
     README.write_text(want)

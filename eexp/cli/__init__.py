@@ -4,8 +4,22 @@ every command, in the order they always have (`eexp --help` lists them in SECTIO
 
 from __future__ import annotations
 
-from eexp.cli import (data, envs, models, evaluate, reflect, experience, train, policies, corpus, rl,  # noqa: F401
-                      curation, critic, games, world_model)
+from eexp.cli import (
+    corpus,
+    critic,
+    curation,
+    data,
+    envs,
+    evaluate,
+    experience,
+    games,
+    models,
+    policies,
+    reflect,
+    rl,  # noqa: F401
+    train,
+    world_model,
+)
 from eexp.cli.group import SECTIONS, VERSION_PACKAGES, Group, cli, first_sentence, main, version_text
 
 __all__ = ["SECTIONS", "VERSION_PACKAGES", "Group", "cli", "first_sentence", "main", "version_text"]

@@ -12,19 +12,37 @@ from eexp.runner import progress_bar
 
 @cli.command()
 @click.option("--env", "env_name", required=True, metavar="NAME", help="Environment (see `eexp envs`).")
-@click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
-              help="An environment option; repeatable.")
-@click.option("--split", "splits", multiple=True, metavar="NAME",
-              help="Walk the worlds of this split; repeatable. Default: every split.")
-@click.option("--walks", type=click.IntRange(min=1), default=1000, show_default=True, metavar="N",
-              help="Random walks per split.")
-@click.option("--holdout", type=click.IntRange(min=0), default=200, show_default=True, metavar="N",
-              help="Walk no task among the first N of a split other than train: the ones `eval -n N` plays.")
-@click.option("--max-steps", type=click.IntRange(min=0), default=15, show_default=True,
-              help="Actions per walk.")
+@click.option(
+    "--env-arg",
+    "env_args",
+    multiple=True,
+    callback=parse_env_args,
+    metavar="KEY=VALUE",
+    help="An environment option; repeatable.",
+)
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    metavar="NAME",
+    help="Walk the worlds of this split; repeatable. Default: every split.",
+)
+@click.option(
+    "--walks", type=click.IntRange(min=1), default=1000, show_default=True, metavar="N", help="Random walks per split."
+)
+@click.option(
+    "--holdout",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    metavar="N",
+    help="Walk no task among the first N of a split other than train: the ones `eval -n N` plays.",
+)
+@click.option("--max-steps", type=click.IntRange(min=0), default=15, show_default=True, help="Actions per walk.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which tasks, and which actions.")
-@click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
-              help="Write records here instead of stdout.")
+@click.option(
+    "-o", "--output", default="-", show_default=True, metavar="FILE", help="Write records here instead of stdout."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
 def corpus(env_name, env_args, splits, walks, holdout, max_steps, seed, output, quiet):
@@ -41,8 +59,8 @@ def corpus(env_name, env_args, splits, walks, holdout, max_steps, seed, output, 
       eexp corpus --env shop --walks 2000 --holdout 200 -o pages.jsonl
       eexp init-model models/prior --pretrain pages.jsonl --pretrain-steps 2000
     """
-    from eexp.stages.corpus import corpus_pages
     from eexp.envs.base import make_env
+    from eexp.stages.corpus import corpus_pages
 
     env = make_env(env_name, **env_args)
     splits = list(splits or env.splits)
@@ -59,5 +77,4 @@ def corpus(env_name, env_args, splits, walks, holdout, max_steps, seed, output, 
             writer.close()
     finally:
         env.close()
-    click.echo(f"eexp: {pages} distinct pages from {walks * len(splits)} walks over "
-               f"{', '.join(splits)}", err=True)
+    click.echo(f"eexp: {pages} distinct pages from {walks * len(splits)} walks over {', '.join(splits)}", err=True)

@@ -17,16 +17,37 @@ from eexp.stages.critic import REJECTED, critic_accuracy, score_states
 
 @cli.command("critic-eval")
 @click.argument("inputs", nargs=-1, metavar="[OUTCOMES]...")
-@click.option("--critic", "critic_spec", required=True, metavar="MODEL",
-              help="The critic: a checkpoint or adapter directory, or a .gguf file (any local chat model; one "
-              "trained on critic-data is the point).")
-@click.option("--critic-arg", "critic_args", multiple=True, callback=_parse_policy_args, metavar="KEY=VALUE",
-              help="Backend option of the critic, as --policy-arg (n_ctx, device, ...); repeatable.")
-@click.option("--rejected", type=click.Choice(REJECTED), default="all", show_default=True,
-              help="Which executed alternatives are scored against the expert's action: critic-data's choice "
-              "(invalid, no-progress, all).")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-              help="On a bad input record: stop (exit 1), or skip it and count it.")
+@click.option(
+    "--critic",
+    "critic_spec",
+    required=True,
+    metavar="MODEL",
+    help="The critic: a checkpoint or adapter directory, or a .gguf file (any local chat model; one "
+    "trained on critic-data is the point).",
+)
+@click.option(
+    "--critic-arg",
+    "critic_args",
+    multiple=True,
+    callback=_parse_policy_args,
+    metavar="KEY=VALUE",
+    help="Backend option of the critic, as --policy-arg (n_ctx, device, ...); repeatable.",
+)
+@click.option(
+    "--rejected",
+    type=click.Choice(REJECTED),
+    default="all",
+    show_default=True,
+    help="Which executed alternatives are scored against the expert's action: critic-data's choice "
+    "(invalid, no-progress, all).",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="On a bad input record: stop (exit 1), or skip it and count it.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
 def critic_eval(inputs, critic_spec, critic_args, rejected, on_error, quiet):
@@ -47,6 +68,7 @@ def critic_eval(inputs, critic_spec, critic_args, rejected, on_error, quiet):
       eexp expert --env shop --split test -n 50 | eexp branch -k 4 | eexp rollout | eexp critic-eval --critic critic/
     """
     from eexp.policies.critic import Critic
+
     counts: dict[str, int] = {}
 
     def count(name: str, n: int = 1) -> None:
@@ -72,14 +94,24 @@ def critic_eval(inputs, critic_spec, critic_args, rejected, on_error, quiet):
     finally:
         critic.close()
     counts["skipped"] = reader.skipped
-    result = {"critic": critic_spec, "rejected_filter": rejected, **summary, "counts": counts,
-              "model_sha256": critic.describe().get("model_sha256", "")}
+    result = {
+        "critic": critic_spec,
+        "rejected_filter": rejected,
+        **summary,
+        "counts": counts,
+        "model_sha256": critic.describe().get("model_sha256", ""),
+    }
     click.echo(json.dumps(result, indent=2))
     if not summary["states"]:
-        click.echo(f"eexp: no state to score: none of the {counts.get('records_in', 0)} records has an executed "
-                   f"alternative that --rejected {rejected} takes", err=True)
+        click.echo(
+            f"eexp: no state to score: none of the {counts.get('records_in', 0)} records has an executed "
+            f"alternative that --rejected {rejected} takes",
+            err=True,
+        )
     else:
-        click.echo(f"eexp: critic {critic_spec} on {summary['states']} states: expert scored first at "
-                   f"{summary['top1']:.1%} (chance {summary['chance_top1']:.1%}), pairs ordered right "
-                   f"{summary['pair_accuracy']:.1%}, balanced accuracy at 0.5 {summary['balanced_accuracy']:.1%}",
-                   err=True)
+        click.echo(
+            f"eexp: critic {critic_spec} on {summary['states']} states: expert scored first at "
+            f"{summary['top1']:.1%} (chance {summary['chance_top1']:.1%}), pairs ordered right "
+            f"{summary['pair_accuracy']:.1%}, balanced accuracy at 0.5 {summary['balanced_accuracy']:.1%}",
+            err=True,
+        )

@@ -12,7 +12,7 @@ from eexp.records import expect
 from eexp.runner import Stage
 from eexp.stages.curate import CURATE_BY, choose, coverage, pool_features
 
-RANDOM_DRAWS = 20   # random choices whose mean coverage is said beside the curated one
+RANDOM_DRAWS = 20  # random choices whose mean coverage is said beside the curated one
 
 
 class Curation(Stage):
@@ -32,39 +32,70 @@ class Curation(Stage):
         return ()
 
     def finish(self):
-        if not self.pool:    # nothing read (or the input failed before any record): nothing to choose or to say
+        if not self.pool:  # nothing read (or the input failed before any record): nothing to choose or to say
             return
         picks = choose(self.pool, self.n, by=self.by, seed=self.seed, min_share=self.min_share)
         _, df = pool_features(self.pool, self.min_share)
         chosen = [i for i, _, _ in picks]
         covered = round(coverage(self.pool, chosen, self.min_share) * len(df))
-        draws = [random.Random(f"curate-baseline-{d}").sample(range(len(self.pool)), len(chosen))
-                 for d in range(RANDOM_DRAWS)]
+        draws = [
+            random.Random(f"curate-baseline-{d}").sample(range(len(self.pool)), len(chosen))
+            for d in range(RANDOM_DRAWS)
+        ]
         baseline = sum(coverage(self.pool, d, self.min_share) for d in draws) / RANDOM_DRAWS * len(df)
         self.count("features", len(df))
         self.count("features_covered", covered)
-        click.echo(f"eexp: chose {len(chosen)} of {len(self.pool)} trajectories ({self.by}), covering {covered} of "
-                   f"{len(df)} features; {len(chosen)} at random cover {baseline:.1f} on average "
-                   f"({RANDOM_DRAWS} draws)", err=True)
+        click.echo(
+            f"eexp: chose {len(chosen)} of {len(self.pool)} trajectories ({self.by}), covering {covered} of "
+            f"{len(df)} features; {len(chosen)} at random cover {baseline:.1f} on average "
+            f"({RANDOM_DRAWS} draws)",
+            err=True,
+        )
         for rank, (i, gain, new) in enumerate(picks):
             record = dict(self.pool[i])
-            record["meta"] = {**(record.get("meta") or {}), "curation": {
-                "by": self.by, "n": self.n, "seed": self.seed, "min_share": self.min_share, "pool": len(self.pool),
-                "rank": rank, "gain": round(gain, 6), "new_features": new[:8]}}
+            record["meta"] = {
+                **(record.get("meta") or {}),
+                "curation": {
+                    "by": self.by,
+                    "n": self.n,
+                    "seed": self.seed,
+                    "min_share": self.min_share,
+                    "pool": len(self.pool),
+                    "rank": rank,
+                    "gain": round(gain, 6),
+                    "new_features": new[:8],
+                },
+            }
             yield record
 
 
 @cli.command("curate")
 @stage_options
 @click.option("-n", "n", type=click.IntRange(min=1), required=True, help="How many trajectories to keep.")
-@click.option("--by", type=click.Choice(CURATE_BY), default="coverage", show_default=True,
-              help="coverage: greedy maximum coverage of the pool's features (categories, recurring actions and "
-              "pages, action verbs), rare ones weighing more; random: a seeded uniform sample (the baseline).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the tie-breaking order (and of "
-              "--by random's sample).")
-@click.option("--min-share", type=click.FloatRange(0, 1), default=0.01, show_default=True, metavar="F",
-              help="An action or a page counts as a feature verbatim where at least this share of the pool's "
-              "trajectories has it (and at least 2); rarer ones count by their verb only.")
+@click.option(
+    "--by",
+    type=click.Choice(CURATE_BY),
+    default="coverage",
+    show_default=True,
+    help="coverage: greedy maximum coverage of the pool's features (categories, recurring actions and "
+    "pages, action verbs), rare ones weighing more; random: a seeded uniform sample (the baseline).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the tie-breaking order (and of --by random's sample).",
+)
+@click.option(
+    "--min-share",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    metavar="F",
+    help="An action or a page counts as a feature verbatim where at least this share of the pool's "
+    "trajectories has it (and at least 2); rarer ones count by their verb only.",
+)
 def curate_command(io, n, by, seed, min_share):
     """Expert trajectories -> the N that cover the most, in the order chosen.
 
@@ -82,5 +113,4 @@ def curate_command(io, n, by, seed, min_share):
     """
     if io.resume or io.shard:
         raise click.UsageError("curate chooses from the whole pool: it takes no --resume or --shard")
-    io.run(Curation(n, by, seed, min_share, io.count), validate=expect("trajectory"),
-           output_key=lambda r: r.get("id"))
+    io.run(Curation(n, by, seed, min_share, io.count), validate=expect("trajectory"), output_key=lambda r: r.get("id"))

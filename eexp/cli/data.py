@@ -4,7 +4,6 @@ preference-data, critic-data, mix, validate. No model and no environment needed.
 from __future__ import annotations
 
 import importlib
-import sys
 from collections import Counter
 
 import click
@@ -13,7 +12,8 @@ from eexp.cli.group import cli
 from eexp.cli.options import config_option, serializer_options, stage_options
 from eexp.errors import InputError
 from eexp.io import Reader
-from eexp.records import KIND_NAMES, expect, kind_of, validate as validate_record
+from eexp.records import KIND_NAMES, expect, kind_of
+from eexp.records import validate as validate_record
 from eexp.runner import StageIO
 from eexp.stages.critic import critic_examples
 from eexp.stages.imitation import imitation_examples
@@ -26,11 +26,20 @@ from eexp.stages.world_model import world_model_examples
 @stage_options
 @serializer_options
 @click.option("--include-failed", is_flag=True, help="Also imitate trajectories that did not succeed.")
-@click.option("--observation-loss", is_flag=True,
-              help="The ActObs baseline: each example also trains on the next observation (a user turn asks for "
-              "it, an assistant turn `Observation: ...` answers), so finetune puts loss on observation tokens too.")
-@click.option("--observation-weight", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              metavar="W", help="With --observation-loss: loss weight of the observation turn (the action's is 1).")
+@click.option(
+    "--observation-loss",
+    is_flag=True,
+    help="The ActObs baseline: each example also trains on the next observation (a user turn asks for "
+    "it, an assistant turn `Observation: ...` answers), so finetune puts loss on observation tokens too.",
+)
+@click.option(
+    "--observation-weight",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="W",
+    help="With --observation-loss: loss weight of the observation turn (the action's is 1).",
+)
 def imitation_data(io, serializer, include_failed, observation_loss, observation_weight):
     """Trajectories -> one imitation-learning example per expert step (state -> `Action: <expert action>`).
 
@@ -47,12 +56,24 @@ def imitation_data(io, serializer, include_failed, observation_loss, observation
     """
     if observation_weight != 1.0 and not observation_loss:
         raise click.UsageError("--observation-weight is the weight of the observation turn: give --observation-loss")
-    io.run(lambda t: imitation_examples(t, serializer, include_failed, io.count, observation_loss=observation_loss,
-                                        observation_weight=observation_weight),
-           validate=expect("trajectory"), output_kind="example")
+    io.run(
+        lambda t: imitation_examples(
+            t,
+            serializer,
+            include_failed,
+            io.count,
+            observation_loss=observation_loss,
+            observation_weight=observation_weight,
+        ),
+        validate=expect("trajectory"),
+        output_kind="example",
+    )
     if io.stats.counts.get("unsuccessful_skipped"):
-        click.echo(f"eexp: {io.stats.counts['unsuccessful_skipped']} unsuccessful trajectories not imitated "
-                   "(--include-failed keeps them)", err=True)
+        click.echo(
+            f"eexp: {io.stats.counts['unsuccessful_skipped']} unsuccessful trajectories not imitated "
+            "(--include-failed keeps them)",
+            err=True,
+        )
 
 
 def _load_summarizer(spec: str | None):
@@ -68,10 +89,15 @@ def _load_summarizer(spec: str | None):
 @cli.command("world-model-data")
 @stage_options
 @serializer_options
-@click.option("--max-chars", type=int, default=0, help="Clip each next observation to this many characters "
-              "(0: no limit).")
-@click.option("--summarizer", metavar="MODULE:FUNCTION", help="Python function (next_observation, state, action) "
-              "-> str that replaces each next observation by a summary, for long or noisy observations.")
+@click.option(
+    "--max-chars", type=int, default=0, help="Clip each next observation to this many characters (0: no limit)."
+)
+@click.option(
+    "--summarizer",
+    metavar="MODULE:FUNCTION",
+    help="Python function (next_observation, state, action) "
+    "-> str that replaces each next observation by a summary, for long or noisy observations.",
+)
 def world_model_data(io, serializer, max_chars, summarizer):
     """Outcome records -> one implicit-world-modeling example per transition (state + action -> next observation).
 
@@ -84,30 +110,44 @@ def world_model_data(io, serializer, max_chars, summarizer):
       eexp branch -k 8 expert.jsonl | eexp rollout | eexp world-model-data > iwm.jsonl
     """
     summarize = _load_summarizer(summarizer)
-    io.run(lambda o: world_model_examples(o, serializer, max_chars, summarize, io.count), validate=expect("outcome"),
-           output_kind="example")
+    io.run(
+        lambda o: world_model_examples(o, serializer, max_chars, summarize, io.count),
+        validate=expect("outcome"),
+        output_kind="example",
+    )
     check_alternatives(io.stats.counts.get("no_alternatives", 0), io.stats.records_in)
 
 
 def check_alternatives(without: int, states: int) -> None:
     """World-model data is about what the expert did not do: states without an executed alternative are counted
     and said, and a file where no state has one is an error (its examples are the expert's transitions alone)."""
-    hint = ("branch proposes none where a state lists no admissible actions: propose with a model (branch "
-            "--propose policy)")
+    hint = (
+        "branch proposes none where a state lists no admissible actions: propose with a model (branch --propose policy)"
+    )
     if states and without == states:
-        raise InputError(f"none of the {states} states has an alternative action, so these examples are the expert's "
-                         f"transitions alone, not world-model data; {hint}")
+        raise InputError(
+            f"none of the {states} states has an alternative action, so these examples are the expert's "
+            f"transitions alone, not world-model data; {hint}"
+        )
     if without:
-        click.echo(f"eexp: {without} of {states} states have no alternative action (their example is the expert "
-                   f"transition alone; no_alternatives in --stats); {hint}", err=True)
+        click.echo(
+            f"eexp: {without} of {states} states have no alternative action (their example is the expert "
+            f"transition alone; no_alternatives in --stats); {hint}",
+            err=True,
+        )
 
 
 def rejected_option(side: str):
     """--rejected of preference-data and critic-data: which executed alternatives count against the expert's."""
-    return click.option("--rejected", type=click.Choice(REJECTED), default="all", show_default=True,
-                        help=f"Which executed alternatives are {side}: invalid (the environment refused them), "
-                        "no-progress (invalid, changed nothing, or ended the episode where the expert's action did not "
-                        "or with less reward), or all of them.")
+    return click.option(
+        "--rejected",
+        type=click.Choice(REJECTED),
+        default="all",
+        show_default=True,
+        help=f"Which executed alternatives are {side}: invalid (the environment refused them), "
+        "no-progress (invalid, changed nothing, or ended the episode where the expert's action did not "
+        "or with less reward), or all of them.",
+    )
 
 
 @cli.command("preference-data")
@@ -128,20 +168,30 @@ def preference_data(io, serializer, rejected):
       eexp branch -k 4 expert.jsonl | eexp rollout | eexp preference-data > pairs.jsonl
       eexp preference-data --rejected no-progress outcomes.jsonl -o pairs.jsonl
     """
-    io.run(lambda o: preference_pairs(o, serializer, rejected, io.count), validate=expect("outcome"),
-           output_kind="preference")
+    io.run(
+        lambda o: preference_pairs(o, serializer, rejected, io.count),
+        validate=expect("outcome"),
+        output_kind="preference",
+    )
     if io.stats.records_in and not io.stats.records_out and not io.stats.counts.get("resumed"):
-        click.echo(f"eexp: no preference pairs: none of the {io.stats.records_in} states has an executed "
-                   f"alternative that --rejected {rejected} takes (see --stats)", err=True)
+        click.echo(
+            f"eexp: no preference pairs: none of the {io.stats.records_in} states has an executed "
+            f"alternative that --rejected {rejected} takes (see --stats)",
+            err=True,
+        )
 
 
 @cli.command("critic-data")
 @stage_options
 @serializer_options
 @rejected_option("the `No` examples")
-@click.option("--balance/--no-balance", default=True, show_default=True,
-              help="Give the expert's example loss weight n, the number of `No` examples of its state, so each "
-              "state weighs `Yes` and `No` alike (finetune reads the weight of an assistant turn).")
+@click.option(
+    "--balance/--no-balance",
+    default=True,
+    show_default=True,
+    help="Give the expert's example loss weight n, the number of `No` examples of its state, so each "
+    "state weighs `Yes` and `No` alike (finetune reads the weight of an assistant turn).",
+)
 def critic_data(io, serializer, rejected, balance):
     """Outcome records -> critic examples: the state and a proposed action -> `Yes` (the expert's) or `No`.
 
@@ -158,11 +208,17 @@ def critic_data(io, serializer, rejected, balance):
       eexp finetune critic.jsonl --model IL -o critic
       eexp critic-data --rejected no-progress --no-balance outcomes.jsonl -o critic.jsonl
     """
-    io.run(lambda o: critic_examples(o, serializer, rejected, balance, io.count), validate=expect("outcome"),
-           output_kind="example")
+    io.run(
+        lambda o: critic_examples(o, serializer, rejected, balance, io.count),
+        validate=expect("outcome"),
+        output_kind="example",
+    )
     if io.stats.records_in and not io.stats.records_out and not io.stats.counts.get("resumed"):
-        click.echo(f"eexp: no critic examples: none of the {io.stats.records_in} states has an executed "
-                   f"alternative that --rejected {rejected} takes (see --stats)", err=True)
+        click.echo(
+            f"eexp: no critic examples: none of the {io.stats.records_in} states has an executed "
+            f"alternative that --rejected {rejected} takes (see --stats)",
+            err=True,
+        )
 
 
 @cli.command("mix", context_settings={"ignore_unknown_options": True})  # so `-:3` (stdin, weight 3) is a source
@@ -170,8 +226,13 @@ def critic_data(io, serializer, rejected, balance):
 @click.option("-o", "--output", default="-", metavar="FILE", help="Write here instead of stdout.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the interleave and the shuffle.")
 @click.option("--concat", is_flag=True, help="Plain concatenation in the order given (the paper's SR + IL).")
-@click.option("--shuffle-buffer", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Shuffle within a buffer of N records (bounded memory).")
+@click.option(
+    "--shuffle-buffer",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Shuffle within a buffer of N records (bounded memory).",
+)
 @click.option("--dedup", is_flag=True, help="Drop examples whose messages were already written.")
 @click.option("--limit", type=click.IntRange(min=0), help="Stop after this many examples.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
@@ -197,8 +258,17 @@ def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_
         raise click.BadParameter(str(e), param_hint="SOURCES")
     io = StageIO(output=output, on_error=on_error, stats=stats, quiet=True, resumable=False)
     check = expect("example")
-    io.write(mix([(io.read([path], validate=check), w) for path, w in parsed], seed=seed, concat=concat,
-                 shuffle_buffer=shuffle_buffer, dedup=dedup, limit=limit, count=io.count))
+    io.write(
+        mix(
+            [(io.read([path], validate=check), w) for path, w in parsed],
+            seed=seed,
+            concat=concat,
+            shuffle_buffer=shuffle_buffer,
+            dedup=dedup,
+            limit=limit,
+            count=io.count,
+        )
+    )
 
 
 @cli.command()
@@ -217,15 +287,16 @@ def validate(files, kind, quiet):
     bad = 0
     for path in files:
         kinds: Counter = Counter()
-        reader = Reader([path], on_error="skip", warn=lambda msg: click.echo(msg.replace("skipping ", ""),
-                                                                                   err=True))
+        reader = Reader([path], on_error="skip", warn=lambda msg: click.echo(msg.replace("skipping ", ""), err=True))
         for item in reader:
             found = kind_of(item.record)
             if kind and found != kind:
                 problem = f"expected {KIND_NAMES[kind]}, got {KIND_NAMES.get(found, 'a record of no known kind')}"
             elif found is None:
-                problem = "not a record of any kind eexp knows (trajectory, branch, outcome, example, preference " \
-                          "pair, episode, summary, world-model prediction)"
+                problem = (
+                    "not a record of any kind eexp knows (trajectory, branch, outcome, example, preference "
+                    "pair, episode, summary, world-model prediction)"
+                )
             else:
                 problem = validate_record(item.record, found)
             if problem:

@@ -40,7 +40,7 @@ def install_command(name: str) -> str:
     """The command that installs what environment `name` needs (NEEDS) into the Python that runs eexp."""
     pip = f"{shlex.quote(sys.executable)} -m pip install"
     extra = NEEDS[name][1]
-    if extra is None:   # BFCL's multi-turn checker, without the multi-GB dependencies it declares (install.sh)
+    if extra is None:  # BFCL's multi-turn checker, without the multi-GB dependencies it declares (install.sh)
         return f"{pip} --no-deps 'bfcl-eval>=2025' mpmath"
     return f"{pip} {eexp_requirement(extra)}"
 
@@ -60,22 +60,48 @@ def _listing() -> list[dict]:
     rows = []
     for name, ep in sorted(registry().items()):
         if missing_modules(name):
-            rows.append({"name": name, "available": False, "installed": False, "reason": not_installed(name),
-                         "missing": missing_modules(name), "install": install_command(name),
-                         "entry_point": ep.value})
+            rows.append(
+                {
+                    "name": name,
+                    "available": False,
+                    "installed": False,
+                    "reason": not_installed(name),
+                    "missing": missing_modules(name),
+                    "install": install_command(name),
+                    "entry_point": ep.value,
+                }
+            )
             continue
         try:
             cls = ep.load()
-            rows.append({"name": name, "available": True, "version": cls.version, "splits": list(cls.splits),
-                         "can_snapshot": cls.can_snapshot, "closed_actions": cls.closed_actions,
-                         "entry_point": ep.value})
+            rows.append(
+                {
+                    "name": name,
+                    "available": True,
+                    "version": cls.version,
+                    "splits": list(cls.splits),
+                    "can_snapshot": cls.can_snapshot,
+                    "closed_actions": cls.closed_actions,
+                    "entry_point": ep.value,
+                }
+            )
         except Exception as e:  # a broken third-party package must not hide the others
-            rows.append({"name": name, "available": False, "reason": f"{type(e).__name__}: {e}",
-                         "entry_point": ep.value})
+            rows.append(
+                {"name": name, "available": False, "reason": f"{type(e).__name__}: {e}", "entry_point": ep.value}
+            )
     for kind in WRAPPERS:
         cls = wrapper_class(kind)
-        rows.append({"name": cls.form, "available": True, "version": cls.version, "splits": ["WORLD's"],
-                     "can_snapshot": cls.can_snapshot, "closed_actions": None, "entry_point": WRAPPERS[kind].value})
+        rows.append(
+            {
+                "name": cls.form,
+                "available": True,
+                "version": cls.version,
+                "splits": ["WORLD's"],
+                "can_snapshot": cls.can_snapshot,
+                "closed_actions": None,
+                "entry_point": WRAPPERS[kind].value,
+            }
+        )
     return rows
 
 
@@ -84,28 +110,52 @@ CHECK_ONLY = ("n", "seed", "task_ids", "step_timeout")
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--split", help="With NAME: the split of the example task, or of the tasks --check runs "
-              "(default: the first).")
+@click.option(
+    "--split", help="With NAME: the split of the example task, or of the tasks --check runs (default: the first)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text (with --check: one object a check).")
-@click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
-              help="With NAME: an environment option; repeatable.")
-@click.option("--check", is_flag=True,
-              help="Check NAME against the environment contract (DESIGN.md): one line a check, exit 1 on a failure.")
-@click.option("-n", "--tasks", "n", type=click.IntRange(min=1), default=None,
-              help="With --check: how many tasks to run episodes on  [default: 3].")
-@click.option("--seed", type=int, default=None,
-              help="With --check: which tasks, as `eexp expert --seed` picks them  [default: 0].")
+@click.option(
+    "--env-arg",
+    "env_args",
+    multiple=True,
+    callback=parse_env_args,
+    metavar="KEY=VALUE",
+    help="With NAME: an environment option; repeatable.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Check NAME against the environment contract (DESIGN.md): one line a check, exit 1 on a failure.",
+)
+@click.option(
+    "-n",
+    "--tasks",
+    "n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --check: how many tasks to run episodes on  [default: 3].",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="With --check: which tasks, as `eexp expert --seed` picks them  [default: 0].",
+)
 @click.option("--task", "task_ids", multiple=True, metavar="ID", help="With --check: these task ids; repeatable.")
-@click.option("--step-timeout", type=click.FloatRange(min=0), default=None,
-              help="With --check: seconds one environment call may take before it fails its check (0: no limit)  "
-              "[default: 60].")
+@click.option(
+    "--step-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --check: seconds one environment call may take before it fails its check (0: no limit)  [default: 60].",
+)
 def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout):
     """List the installed environments, describe one, or check one against the environment contract.
 
     Without NAME: each environment's version, splits and whether it can snapshot a state (otherwise states are
     reached again by replaying actions). An environment whose packages are not installed (alfworld and tau2 are
     extras of their own) is listed as not installed, with the command that installs them; one that is registered
-    but cannot load is listed as unavailable, with the reason. With NAME: its action format, its splits with their task counts, and the
+    but cannot load is listed as unavailable, with the reason. With NAME: its action format, its splits with their task
+    counts, and the
     first observation and admissible actions of an example task.
 
     `dream:MODEL@WORLD` is the environment WORLD as a world model dreams it: WORLD's tasks and first observations,
@@ -134,8 +184,16 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
     if check:
         if name is None:
             raise click.UsageError("--check needs NAME (see `eexp envs` for the installed environments)")
-        run_check(name, env_args, split, 3 if n is None else n, seed or 0, task_ids,
-                  60.0 if step_timeout is None else step_timeout, as_json)
+        run_check(
+            name,
+            env_args,
+            split,
+            3 if n is None else n,
+            seed or 0,
+            task_ids,
+            60.0 if step_timeout is None else step_timeout,
+            as_json,
+        )
         return
     if name is None:
         rows = _listing()
@@ -151,14 +209,16 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
         click.echo(f"{'name':<{names}} {'version':<{width}} {'snapshot':<9} splits")
         for row in rows:
             if row["available"]:
-                click.echo(f"{row['name']:<{names}} {row['version']:<{width}} "
-                           f"{'yes' if row['can_snapshot'] else 'no':<9} {', '.join(row['splits'])}")
+                click.echo(
+                    f"{row['name']:<{names}} {row['version']:<{width}} "
+                    f"{'yes' if row['can_snapshot'] else 'no':<9} {', '.join(row['splits'])}"
+                )
             elif row.get("installed") is False:
                 click.echo(f"{row['name']:<{names}} {row['reason']}")
             else:
                 click.echo(f"{row['name']:<{names}} unavailable: {row['reason']}")
         return
-    if name in WRAPPERS:   # `eexp envs dream`: what the form means (an instance needs its MODEL@WORLD)
+    if name in WRAPPERS:  # `eexp envs dream`: what the form means (an instance needs its MODEL@WORLD)
         click.echo(wrapper_class(name).help_text)
         return
     if name in NEEDS and missing_modules(name):
@@ -176,11 +236,16 @@ def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout)
     click.echo(f"admissible actions: {'listed (closed set)' if info['closed_actions'] else 'a sample (open set)'}")
     click.echo(f"snapshot: {'yes' if info['can_snapshot'] else 'no (states are reached by replay)'}")
     click.echo(f"max steps: {info['max_steps']}")
-    for key, text in (info.get("rules") or {}).items():   # a dream's: where its observations, end, success come from
+    for key, text in (info.get("rules") or {}).items():  # a dream's: where its observations, end, success come from
         click.echo(f"{key}: {text}")
     counts, unavailable = info["task_counts"], info.get("unavailable_splits", {})
-    click.echo("splits: " + ", ".join(f"{s} ({counts[s]} tasks)" if s in counts else f"{s} (unavailable: "
-                                      f"{unavailable[s]})" for s in info["splits"]))
+    click.echo(
+        "splits: "
+        + ", ".join(
+            f"{s} ({counts[s]} tasks)" if s in counts else f"{s} (unavailable: {unavailable[s]})"
+            for s in info["splits"]
+        )
+    )
     example = info["example"]
     click.echo(f"\nexample task {example['task']['id']}: {example['task']['goal']}")
     click.echo("first observation:")
@@ -225,34 +290,77 @@ def describe(env, split: str | None = None) -> dict:
         raise EnvError(f"{env.name} has no tasks in split {split!r}")
     task = env.tasks(split)[0]
     observation = env.reset(task)
-    return {**info, "task_counts": counts, **({"unavailable_splits": unavailable} if unavailable else {}),
-            "example": {"task": task, "observation": observation, "admissible": env.admissible()}}
+    return {
+        **info,
+        "task_counts": counts,
+        **({"unavailable_splits": unavailable} if unavailable else {}),
+        "example": {"task": task, "observation": observation, "admissible": env.admissible()},
+    }
 
 
 @cli.command()
 @click.option("--env", "env_name", required=True, metavar="NAME", help="Environment (see `eexp envs`).")
 @click.option("--split", default="train", show_default=True, help="Split to draw tasks from.")
 @click.option("-n", "n", type=click.IntRange(min=1), help="Number of tasks (default: every task of the split).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Which tasks: a seeded sample of the split (the same seed and -n give the same tasks).")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Which tasks: a seeded sample of the split (the same seed and -n give the same tasks).",
+)
 @click.option("--task", "task_ids", multiple=True, metavar="ID", help="Run these task ids instead; repeatable.")
-@click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
-              help="An environment option; repeatable.")
-@click.option("--step-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
-              help="Seconds one environment call may take before it is recorded as an error (0: no limit).")
+@click.option(
+    "--env-arg",
+    "env_args",
+    multiple=True,
+    callback=parse_env_args,
+    metavar="KEY=VALUE",
+    help="An environment option; repeatable.",
+)
+@click.option(
+    "--step-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds one environment call may take before it is recorded as an error (0: no limit).",
+)
 @click.option("--no-admissible", is_flag=True, help="Do not record the admissible actions of each step.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="Environment worker processes (each runs whole tasks); output stays in task order.")
-@click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
-              help="Write records here instead of stdout.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Environment worker processes (each runs whole tasks); output stays in task order.",
+)
+@click.option(
+    "-o", "--output", default="-", show_default=True, metavar="FILE", help="Write records here instead of stdout."
+)
 @click.option("--resume", is_flag=True, help="Continue -o FILE: skip tasks already written there.")
 @shard_option("by task id, of the tasks -n and --seed choose")
 @click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @cluster_options
 @config_option
-def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admissible, jobs, output, resume, shard,
-           stats, quiet, cluster):
+def expert(
+    env_name,
+    split,
+    n,
+    seed,
+    task_ids,
+    env_args,
+    step_timeout,
+    no_admissible,
+    jobs,
+    output,
+    resume,
+    shard,
+    stats,
+    quiet,
+    cluster,
+):
     """Write expert trajectories from an environment's oracle, one JSON line per task.
 
     Success is checked by the environment; trajectories that fail are still written (success: false) and counted
@@ -267,6 +375,17 @@ def expert(env_name, split, n, seed, task_ids, env_args, step_timeout, no_admiss
       eexp expert --env alfworld -n 3500 --shard 2/4 -j 8 -o expert-2.jsonl    # machine 2 of 4; cat the four
     """
     io = StageIO(output=output, resume=resume, shard=shard, stats=stats, quiet=quiet)
-    run_expert(io, env_name, env_args, split=split, n=n, seed=seed, task_ids=task_ids, timeout=step_timeout or None,
-               include_admissible=not no_admissible, note=lambda message: click.echo(message, err=True), jobs=jobs,
-               cluster=cluster)
+    run_expert(
+        io,
+        env_name,
+        env_args,
+        split=split,
+        n=n,
+        seed=seed,
+        task_ids=task_ids,
+        timeout=step_timeout or None,
+        include_admissible=not no_admissible,
+        note=lambda message: click.echo(message, err=True),
+        jobs=jobs,
+        cluster=cluster,
+    )

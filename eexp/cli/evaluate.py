@@ -7,17 +7,27 @@ import sys
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import cluster_options, concurrency_option, explicit_serializer_settings, field_options, \
-    parse_env_args, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
+from eexp.cli.options import (
+    cluster_options,
+    concurrency_option,
+    explicit_serializer_settings,
+    field_options,
+    parse_env_args,
+    policy_options,
+    policy_or_default,
+    sampling_options,
+    serializer_options,
+    stage_options,
+)
 from eexp.errors import EexpError
 from eexp.io import write_atomic
 from eexp.stages.evaluate.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.stages.evaluate.runner import check_worker_copies, worker_policy_args
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.stages.evaluate.stage import evaluate
-from eexp.stages.evaluate.summary import check_environment_errors, check_failed_requests, format_summary, \
-    write_summary
+from eexp.stages.evaluate.summary import check_environment_errors, check_failed_requests, format_summary, write_summary
 from eexp.stages.evaluate.tasks import find_tasks
+
 
 def warn(message: str) -> None:
     click.echo(f"eexp: {message}", err=True)
@@ -27,33 +37,98 @@ def warn(message: str) -> None:
 @stage_options
 @policy_options(settings=EvalSettings)
 @serializer_options(build=False)  # the model's recorded settings, overridden by those given
-@click.option("--env", "env_name", metavar="NAME", help="Environment to evaluate on (default: the environment of "
-              "the input trajectories).")
-@click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
-              help="An environment option with --env (e.g. games=5 for textworld); repeatable.")
+@click.option(
+    "--env",
+    "env_name",
+    metavar="NAME",
+    help="Environment to evaluate on (default: the environment of the input trajectories).",
+)
+@click.option(
+    "--env-arg",
+    "env_args",
+    multiple=True,
+    callback=parse_env_args,
+    metavar="KEY=VALUE",
+    help="An environment option with --env (e.g. games=5 for textworld); repeatable.",
+)
 @click.option("--split", default="test", show_default=True, help="Split of the environment's tasks.")
 @click.option("-n", "n", type=click.IntRange(min=1), help="Evaluate the first N tasks of the split (default: all).")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes, each with its own environment and model (for a model in this process, or "
-              "an environment that needs CPU); for a server use --concurrency.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes, each with its own environment and model (for a model in this process, or "
+    "an environment that needs CPU); for a server use --concurrency.",
+)
 @concurrency_option("episodes")
 @cluster_options
-@field_options(EvalSettings, "thought_tokens", "max_steps", "start", "attempts", "memory", "critic", "critic_k",
-               "critic_temperature")
+@field_options(
+    EvalSettings,
+    "thought_tokens",
+    "max_steps",
+    "start",
+    "attempts",
+    "memory",
+    "critic",
+    "critic_k",
+    "critic_temperature",
+)
 @sampling_options(k=False, settings=EvalSettings)  # greedy by default, as the paper evaluates
-@click.option("--summary", "summary_path", metavar="FILE", help="Write the summary JSON here (with --compare: the "
-              "comparison).")
-@click.option("--trajectories", "trajectories_path", metavar="FILE",
-              help="Also write each successful episode here as a trajectory record (expert data).")
-@click.option("--screenshots", "screenshots", metavar="DIR",
-              help="Save a picture of every state, DIR/<episode id>/<step>.png, with the observation and the prompt "
-              "the model read beside it (<step>.txt): for an environment that draws its states (miniwob).")
-@click.option("--compare", is_flag=True, help="Compare episode files (INPUT...) instead of running episodes; "
-              "NAME=FILE,FILE,... groups the runs (seeds) of one method.")
+@click.option(
+    "--summary", "summary_path", metavar="FILE", help="Write the summary JSON here (with --compare: the comparison)."
+)
+@click.option(
+    "--trajectories",
+    "trajectories_path",
+    metavar="FILE",
+    help="Also write each successful episode here as a trajectory record (expert data).",
+)
+@click.option(
+    "--screenshots",
+    "screenshots",
+    metavar="DIR",
+    help="Save a picture of every state, DIR/<episode id>/<step>.png, with the observation and the prompt "
+    "the model read beside it (<step>.txt): for an environment that draws its states (miniwob).",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Compare episode files (INPUT...) instead of running episodes; "
+    "NAME=FILE,FILE,... groups the runs (seeds) of one method.",
+)
 @click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
-def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name, env_args, split, n, jobs,
-                 concurrency, thought_tokens, max_steps, start, attempts, memory, critic, critic_k, critic_temperature,
-                 temperature, seed, summary_path, trajectories_path, screenshots, compare, plot, cluster):
+def eval_command(
+    io,
+    policy_spec,
+    policy_args,
+    act,
+    max_tokens,
+    top_p,
+    env_name,
+    env_args,
+    split,
+    n,
+    jobs,
+    concurrency,
+    thought_tokens,
+    max_steps,
+    start,
+    attempts,
+    memory,
+    critic,
+    critic_k,
+    critic_temperature,
+    temperature,
+    seed,
+    summary_path,
+    trajectories_path,
+    screenshots,
+    compare,
+    plot,
+    cluster,
+):
     """Run a policy on an environment's tasks: one episode record per task on stdout, a summary (success rate with
     its 95% Wilson interval) on stderr and in --summary FILE.
 
@@ -89,8 +164,16 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     """
     ctx = click.get_current_context()
     if compare:
-        for name in ("policy_spec", "env_name", "n", "max_steps", "trajectories_path", "concurrency", "screenshots",
-                     "thought_tokens"):
+        for name in (
+            "policy_spec",
+            "env_name",
+            "n",
+            "max_steps",
+            "trajectories_path",
+            "concurrency",
+            "screenshots",
+            "thought_tokens",
+        ):
             if ctx.params.get(name) is not None:
                 raise click.UsageError(f"--compare reads episode files; it takes no --{_option_name(name)}")
         for name in ("start", "attempts", "memory", "critic", "critic_k", "critic_temperature"):
@@ -99,26 +182,32 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
         if io.resume:
             raise click.UsageError("--compare runs no episodes; --resume does not apply")
         if not ctx.params["inputs"]:
-            raise click.UsageError("--compare needs the episode files to compare (eexp eval --compare A.jsonl "
-                                   "B.jsonl ...)")
+            raise click.UsageError(
+                "--compare needs the episode files to compare (eexp eval --compare A.jsonl B.jsonl ...)"
+            )
         return run_compare(io, seed, summary_path, plot)
     if plot:
         raise click.UsageError("--plot draws a comparison: use it with --compare and episode files")
     for name in ("critic_k", "critic_temperature"):
         if not critic and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
-            raise click.UsageError(f"--{name.replace('_', '-')} sets how the critic's candidates are proposed: "
-                                   f"give --critic MODEL")
+            raise click.UsageError(
+                f"--{name.replace('_', '-')} sets how the critic's candidates are proposed: give --critic MODEL"
+            )
     if trajectories_path and start == "off-path":
-        raise click.UsageError("--trajectories keeps successful episodes as expert data, and an off-path episode "
-                               "begins with actions the policy did not choose (the expert's prefix and the injected "
-                               "one): evaluate from reset for trajectories")
+        raise click.UsageError(
+            "--trajectories keeps successful episodes as expert data, and an off-path episode "
+            "begins with actions the policy did not choose (the expert's prefix and the injected "
+            "one): evaluate from reset for trajectories"
+        )
     if thought_tokens is not None and act != "think":
-        raise click.UsageError("--thought-tokens is the budget of the thought that --act think writes first: give "
-                               "--act think")
+        raise click.UsageError(
+            "--thought-tokens is the budget of the thought that --act think writes first: give --act think"
+        )
     if memory != "none" and attempts == 1:
         raise click.UsageError(f"--memory {memory} is written between attempts: give --attempts N (N >= 2)")
     policy_spec = policy_or_default(policy_spec, "eval needs the policy to evaluate (or random, oracle)")
     from eexp.policies import policy_kind
+
     if memory == "reflexion" and policy_kind(policy_spec) == "baseline":
         raise click.UsageError(f"--memory reflexion: the {policy_spec} policy writes no diagnoses (a model does)")
     from_files = bool(ctx.params["inputs"])
@@ -128,25 +217,52 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
     if env_name and not from_files:
         env_name, env_kwargs, env, tasks = find_tasks(None, env_name, env_args, split, n, warn)
     else:
-        env_name, env_kwargs, env, tasks = find_tasks(io.reader, env_name, env_args, split if split_given else None,
-                                                      n, warn)
+        env_name, env_kwargs, env, tasks = find_tasks(
+            io.reader, env_name, env_args, split if split_given else None, n, warn
+        )
     check_worker_copies(policy_spec, policy_args, jobs)  # -j N: no N copies of a transformers model on one GPU
     if screenshots:
         from eexp.envs.screens import can_screenshot
+
         if not can_screenshot(env):
-            raise click.UsageError(f"--screenshots: the {env_name} environment draws no pictures of its states (an "
-                                   f"environment with screenshot(): miniwob)")
+            raise click.UsageError(
+                f"--screenshots: the {env_name} environment draws no pictures of its states (an "
+                f"environment with screenshot(): miniwob)"
+            )
     if cluster is not None and policy_kind(policy_spec) in ("gguf", "checkpoint"):
-        policy_args = {"n_threads": str(max(1, int(cluster.cpus))), **policy_args}   # --ray: a worker's CPUs
-    settings = EvalSettings(env_name=env_name, env_kwargs=env_kwargs, policy_spec=policy_spec,
-                            policy_args=worker_policy_args(policy_spec, policy_args, jobs), act=act,
-                            max_tokens=max_tokens, thought_tokens=thought_tokens, top_p=top_p,
-                            serializer_overrides=explicit_serializer_settings(ctx),
-                            max_steps=max_steps, start=start, attempts=attempts, memory=memory,
-                            critic=critic, critic_k=critic_k, critic_temperature=critic_temperature,
-                            temperature=temperature, seed=seed, screenshots=screenshots)
-    summary = evaluate(io, settings, tasks, jobs=jobs, concurrency=concurrency, env=env,
-                       trajectories_path=trajectories_path, warn=warn, cluster=cluster)
+        policy_args = {"n_threads": str(max(1, int(cluster.cpus))), **policy_args}  # --ray: a worker's CPUs
+    settings = EvalSettings(
+        env_name=env_name,
+        env_kwargs=env_kwargs,
+        policy_spec=policy_spec,
+        policy_args=worker_policy_args(policy_spec, policy_args, jobs),
+        act=act,
+        max_tokens=max_tokens,
+        thought_tokens=thought_tokens,
+        top_p=top_p,
+        serializer_overrides=explicit_serializer_settings(ctx),
+        max_steps=max_steps,
+        start=start,
+        attempts=attempts,
+        memory=memory,
+        critic=critic,
+        critic_k=critic_k,
+        critic_temperature=critic_temperature,
+        temperature=temperature,
+        seed=seed,
+        screenshots=screenshots,
+    )
+    summary = evaluate(
+        io,
+        settings,
+        tasks,
+        jobs=jobs,
+        concurrency=concurrency,
+        env=env,
+        trajectories_path=trajectories_path,
+        warn=warn,
+        cluster=cluster,
+    )
     click.echo(format_summary(summary), err=True)
     write_summary(summary_path, summary)
     check_failed_requests(summary, policy_spec)
@@ -155,7 +271,8 @@ def eval_command(io, policy_spec, policy_args, act, max_tokens, top_p, env_name,
 
 def _option_name(param: str) -> str:
     return {"policy_spec": "policy", "env_name": "env", "trajectories_path": "trajectories"}.get(
-        param, param.replace("_", "-"))
+        param, param.replace("_", "-")
+    )
 
 
 def run_compare(io, seed: int, summary_path: str | None, plot: str | None) -> None:

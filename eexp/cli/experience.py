@@ -6,13 +6,24 @@ from __future__ import annotations
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import check_requests, cluster_options, concurrency_option, count_requests, \
-    explicit_serializer_settings, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
+from eexp.cli.options import (
+    check_requests,
+    cluster_options,
+    concurrency_option,
+    count_requests,
+    explicit_serializer_settings,
+    policy_options,
+    policy_or_default,
+    sampling_options,
+    serializer_options,
+    stage_options,
+)
 from eexp.policies.base import resolve_concurrency
 from eexp.prompts import Serializer
 from eexp.records import expect
 from eexp.stages.branch import PROPOSE_MODES, Brancher, parse_steps
 from eexp.stages.rollout import Rollout
+
 
 def _note(message: str) -> None:
     click.echo(message, err=True)
@@ -30,16 +41,42 @@ def _check_steps(ctx, param, value):
 @policy_options
 @sampling_options
 @serializer_options
-@click.option("--propose", type=click.Choice(PROPOSE_MODES), default=None,
-              help="Where alternatives come from: the policy's samples, uniform draws from the admissible actions, "
-              "or both (WebShop's mix). Default: policy when --policy is given, else admissible.")
-@click.option("--steps", callback=_check_steps, metavar="LIST",
-              help="Branch only these steps (from 0), e.g. 0,2,5-7. Default: every step.")
-@click.option("--max-steps-per-trajectory", type=click.IntRange(min=1), metavar="N",
-              help="Branch at most N steps of a trajectory, evenly spaced (first and last included).")
+@click.option(
+    "--propose",
+    type=click.Choice(PROPOSE_MODES),
+    default=None,
+    help="Where alternatives come from: the policy's samples, uniform draws from the admissible actions, "
+    "or both (WebShop's mix). Default: policy when --policy is given, else admissible.",
+)
+@click.option(
+    "--steps",
+    callback=_check_steps,
+    metavar="LIST",
+    help="Branch only these steps (from 0), e.g. 0,2,5-7. Default: every step.",
+)
+@click.option(
+    "--max-steps-per-trajectory",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Branch at most N steps of a trajectory, evenly spaced (first and last included).",
+)
 @concurrency_option("states")
-def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperature, k, serializer, propose, steps,
-           max_steps_per_trajectory, concurrency):
+def branch(
+    io,
+    policy_spec,
+    policy_args,
+    act,
+    max_tokens,
+    top_p,
+    seed,
+    temperature,
+    k,
+    serializer,
+    propose,
+    steps,
+    max_steps_per_trajectory,
+    concurrency,
+):
     """Trajectories -> one branch record per expert step, with up to K alternative actions.
 
     Alternatives are distinct and never the expert action (after the environment's canonicalization). With
@@ -57,17 +94,19 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
     """
     propose = propose or ("policy" if policy_spec else "admissible")
     if propose != "admissible":
-        policy_spec = policy_or_default(policy_spec, f"--propose {propose} needs a model to sample alternatives "
-                                                     f"from")
+        policy_spec = policy_or_default(policy_spec, f"--propose {propose} needs a model to sample alternatives from")
     policy = None
     settings = {}
     if propose == "admissible":
         if policy_spec or concurrency:
-            _note(f"eexp: --propose admissible draws from the admissible lists; "
-                  f"{'--policy is' if policy_spec else '--concurrency is'} not used")
+            _note(
+                f"eexp: --propose admissible draws from the admissible lists; "
+                f"{'--policy is' if policy_spec else '--concurrency is'} not used"
+            )
         concurrency = 1
     else:
         from eexp.policies import load_policy
+
         policy = load_policy(policy_spec, policy_args, act=act, max_tokens=max_tokens, top_p=top_p)
         settings = {"act": act or "", "max_tokens": max_tokens, "top_p": top_p}
         # A model trained by eexp carries the serializer it was trained with: prompt it the same way unless the
@@ -81,9 +120,20 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
         if policy is not None:
             concurrency = resolve_concurrency(policy, concurrency)
             count_requests(io, policy)
-        brancher = Brancher(propose, k, policy=policy, seed=seed, temperature=temperature, serializer=serializer,
-                            steps=steps, max_steps=max_steps_per_trajectory, count=io.count, note=_note,
-                            policy_settings=settings, concurrency=concurrency)
+        brancher = Brancher(
+            propose,
+            k,
+            policy=policy,
+            seed=seed,
+            temperature=temperature,
+            serializer=serializer,
+            steps=steps,
+            max_steps=max_steps_per_trajectory,
+            count=io.count,
+            note=_note,
+            policy_settings=settings,
+            concurrency=concurrency,
+        )
         io.run(brancher, validate=expect("trajectory"), unit="traj", output_kind="branch")
     finally:
         if policy is not None:
@@ -93,11 +143,22 @@ def branch(io, policy_spec, policy_args, act, max_tokens, top_p, seed, temperatu
 
 @cli.command()
 @stage_options
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="Environment worker processes (each takes whole trajectories); output stays in input order.")
-@click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="An environment step that takes longer is an error on that action; the environment is "
-              "restarted and the stage goes on. Default: no limit.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Environment worker processes (each takes whole trajectories); output stays in input order.",
+)
+@click.option(
+    "--step-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="An environment step that takes longer is an error on that action; the environment is "
+    "restarted and the stage goes on. Default: no limit.",
+)
 @cluster_options
 def rollout(io, jobs, step_timeout, cluster):
     """Branch records -> outcome records: the expert action and every alternative executed from the recorded state.

@@ -17,15 +17,25 @@ def _size(option: str, help_text: str):
 
 @cli.command("alfworld-games")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@_size("--train", f"Games in train  [default: {alfworld_gen.SIZES['train']}; --full: "
-       f"{alfworld_gen.FULL_SIZES['train']:,}].")
+@_size(
+    "--train",
+    f"Games in train  [default: {alfworld_gen.SIZES['train']}; --full: {alfworld_gen.FULL_SIZES['train']:,}].",
+)
 @_size("--valid-seen", f"Games in valid_seen (eexp's test split)  [default: {alfworld_gen.SIZES['valid_seen']}].")
 @_size("--valid-unseen", f"Games in valid_unseen (eexp's ood split)  [default: {alfworld_gen.SIZES['valid_unseen']}].")
 @click.option("--full", is_flag=True, help="The released split's sizes (3,553 / 140 / 134) where a size is not given.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Which games: the same seed writes the same bytes.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="Processes generating games side by side (the games do not depend on it).")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Which games: the same seed writes the same bytes."
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Processes generating games side by side (the games do not depend on it).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, no summary line.")
 def alfworld_games(out_dir, train, valid_seen, valid_unseen, full, seed, jobs, quiet):
     """Generate solvable ALFWorld games into OUT_DIR, in the layout of alfworld-download's.
@@ -60,6 +70,9 @@ def alfworld_games(out_dir, train, valid_seen, valid_unseen, full, seed, jobs, q
         made = ", ".join(f"{splits[s]['games']} {s}" for s in alfworld_gen.SPLITS)
         experts = {e: sum(splits[s]["walkthrough"][e] for s in splits) for e in ("handcoded", "planner")}
         redrawn = sum(splits[s]["redrawn"] for s in splits)
-        click.echo(f"alfworld-games: wrote {made} games to {out_dir / alfworld_gen.DATA_VERSION} "
-                   f"(walkthroughs: {experts['handcoded']} hand-coded, {experts['planner']} planner; {redrawn} "
-                   f"redrawn) in {summary['seconds']:.0f} s; ALFWORLD_DATA={out_dir} serves --env alfworld", err=True)
+        click.echo(
+            f"alfworld-games: wrote {made} games to {out_dir / alfworld_gen.DATA_VERSION} "
+            f"(walkthroughs: {experts['handcoded']} hand-coded, {experts['planner']} planner; {redrawn} "
+            f"redrawn) in {summary['seconds']:.0f} s; ALFWORLD_DATA={out_dir} serves --env alfworld",
+            err=True,
+        )

@@ -26,8 +26,15 @@ def _stdout_to_devnull() -> None:
 # The commands as `eexp` and `eexp --help` list them: in the order of the pipeline, not the alphabet's.
 SECTIONS = {
     "Collect experience": ["envs", "expert", "curate", "branch", "rollout", "alfworld-games"],
-    "Make training data": ["imitation-data", "world-model-data", "reflect", "preference-data", "critic-data", "mix",
-                           "corpus"],
+    "Make training data": [
+        "imitation-data",
+        "world-model-data",
+        "reflect",
+        "preference-data",
+        "critic-data",
+        "mix",
+        "corpus",
+    ],
     "Models": ["init-model", "import-model", "finetune", "rl", "export", "merge"],
     "Evaluate and check": ["eval", "critic-eval", "world-model-eval", "doctor", "validate"],
 }
@@ -44,15 +51,14 @@ def version_text() -> str:
             found.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             found.append(f"{name} not installed")
-    return (f"eexp, version {__version__}\n"
-            f"python {platform.python_version()} ({sys.executable}); {', '.join(found)}")
+    return f"eexp, version {__version__}\npython {platform.python_version()} ({sys.executable}); {', '.join(found)}"
 
 
 def first_sentence(command: click.Command, most: int = 110) -> str:
     """The first sentence of a command's help; past `most` characters, what comes before its first colon."""
     text = " ".join((command.help or "").split("\n\n")[0].split())
     end = text.find(". ")
-    text = text[:end + 1] if end >= 0 else text
+    text = text[: end + 1] if end >= 0 else text
     return text.split(": ", 1)[0] if len(text) > most and ": " in text else text
 
 
@@ -91,8 +97,14 @@ class Group(click.Group):
 
 
 @click.group(cls=Group, context_settings=CONTEXT_SETTINGS, invoke_without_command=True)
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
-              help="Show the version of eexp, Python and the packages eexp runs on, and exit.")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version of eexp, Python and the packages eexp runs on, and exit.",
+)
 @click.pass_context
 def cli(ctx: click.Context):
     """Train language agents from their own early experience (arXiv 2510.08558).
@@ -107,7 +119,7 @@ def cli(ctx: click.Context):
     Exit codes: 0 success, 1 bad input or runtime error, 2 usage error, 130 interrupted.
     Every command has --help with an example, and a man page (man eexp-COMMAND).
     """
-    if ctx.invoked_subcommand is None:   # `eexp` alone: this overview, on stdout, as a successful run
+    if ctx.invoked_subcommand is None:  # `eexp` alone: this overview, on stdout, as a successful run
         click.echo(ctx.get_help())
 
 
@@ -125,7 +137,7 @@ def main() -> None:
     except BrokenPipeError:  # at the final flush
         _stdout_to_devnull()
         sys.exit(0)
-    except Terminated:   # SIGTERM while worker processes ran (eexp.workers): stopped as Ctrl-C stops them
+    except Terminated:  # SIGTERM while worker processes ran (eexp.workers): stopped as Ctrl-C stops them
         click.echo("eexp: terminated", err=True)
         sys.exit(143)
     except KeyboardInterrupt:

@@ -6,37 +6,71 @@ from __future__ import annotations
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import config_option, quiet_transformers
-from eexp.cli.options import field_options
+from eexp.cli.options import config_option, field_options, quiet_transformers
 from eexp.models.merge import MergeSettings
 from eexp.models.pretrain import PretrainSettings
 
 
 @cli.command("init-model")
 @click.argument("out", metavar="OUT")
-@click.option("--arch", type=click.Choice(["qwen2", "llama"]), default="qwen2", show_default=True,
-              help="Model architecture.")
-@click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True,
-              help="tiny: ~0.1M parameters, for tests; small: ~4M parameters, for CPU demos.")
-@click.option("--corpus", multiple=True, metavar="FILE",
-              help="Text to train the tokenizer on: JSONL records (their observations, actions, goals and "
-              "message contents are used) or plain text. Repeatable; with none, a small built-in text.")
+@click.option(
+    "--arch", type=click.Choice(["qwen2", "llama"]), default="qwen2", show_default=True, help="Model architecture."
+)
+@click.option(
+    "--size",
+    type=click.Choice(["tiny", "small"]),
+    default="tiny",
+    show_default=True,
+    help="tiny: ~0.1M parameters, for tests; small: ~4M parameters, for CPU demos.",
+)
+@click.option(
+    "--corpus",
+    multiple=True,
+    metavar="FILE",
+    help="Text to train the tokenizer on: JSONL records (their observations, actions, goals and "
+    "message contents are used) or plain text. Repeatable; with none, a small built-in text.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-@click.option("--pretrain", multiple=True, metavar="FILE",
-              help="Pretrain the model as a language model on this text (JSONL records or plain text, as for "
-              "--corpus; the tokenizer is trained on it too), e.g. the pages of `eexp corpus`. Repeatable.")
-@click.option("--pretrain-steps", type=click.IntRange(min=1), default=PretrainSettings.steps, show_default=True,
-              help="Pretraining updates.")
-@click.option("--pretrain-batch", type=click.IntRange(min=1), default=PretrainSettings.batch, show_default=True,
-              help="Windows per update.")
-@click.option("--pretrain-block", type=click.IntRange(min=8), default=PretrainSettings.block, show_default=True,
-              help="Tokens per window.")
-@click.option("--pretrain-lr", type=click.FloatRange(min=0, min_open=True), default=PretrainSettings.lr,
-              show_default=True, help="Peak learning rate (warm-up, then cosine decay to a tenth).")
+@click.option(
+    "--pretrain",
+    multiple=True,
+    metavar="FILE",
+    help="Pretrain the model as a language model on this text (JSONL records or plain text, as for "
+    "--corpus; the tokenizer is trained on it too), e.g. the pages of `eexp corpus`. Repeatable.",
+)
+@click.option(
+    "--pretrain-steps",
+    type=click.IntRange(min=1),
+    default=PretrainSettings.steps,
+    show_default=True,
+    help="Pretraining updates.",
+)
+@click.option(
+    "--pretrain-batch",
+    type=click.IntRange(min=1),
+    default=PretrainSettings.batch,
+    show_default=True,
+    help="Windows per update.",
+)
+@click.option(
+    "--pretrain-block",
+    type=click.IntRange(min=8),
+    default=PretrainSettings.block,
+    show_default=True,
+    help="Tokens per window.",
+)
+@click.option(
+    "--pretrain-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=PretrainSettings.lr,
+    show_default=True,
+    help="Peak learning rate (warm-up, then cosine decay to a tenth).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
-def init_model_command(out, arch, size, corpus, seed, pretrain, pretrain_steps, pretrain_batch, pretrain_block,
-                       pretrain_lr, quiet):
+def init_model_command(
+    out, arch, size, corpus, seed, pretrain, pretrain_steps, pretrain_batch, pretrain_block, pretrain_lr, quiet
+):
     """Create a randomly initialized model with its own tokenizer, as a transformers checkpoint in OUT.
 
     The tokenizer is a byte-level BPE trained on the corpus, with ChatML special tokens (`<|im_start|>`,
@@ -59,16 +93,26 @@ def init_model_command(out, arch, size, corpus, seed, pretrain, pretrain_steps, 
     from eexp.runner import progress_bar
 
     quiet_transformers()
-    settings = PretrainSettings(steps=pretrain_steps, block=pretrain_block, batch=pretrain_batch, lr=pretrain_lr,
-                                seed=seed)
+    settings = PretrainSettings(
+        steps=pretrain_steps, block=pretrain_block, batch=pretrain_batch, lr=pretrain_lr, seed=seed
+    )
     with progress_bar(quiet or not pretrain, total=pretrain_steps, unit="step") as bar:
+
         def progress(step: int, loss: float) -> None:
             bar.update(1)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}")
 
-        path = init_model(out, arch=arch, size=size, corpus=corpus, seed=seed, pretrain=pretrain,
-                          pretrain_settings=settings, progress=progress)
+        path = init_model(
+            out,
+            arch=arch,
+            size=size,
+            corpus=corpus,
+            seed=seed,
+            pretrain=pretrain,
+            pretrain_settings=settings,
+            progress=progress,
+        )
     click.echo(f"eexp: wrote {arch} {size} model to {path}", err=True)
     if pretrain:
         import yaml
@@ -76,18 +120,29 @@ def init_model_command(out, arch, size, corpus, seed, pretrain, pretrain_steps, 
         record = yaml.safe_load((path / "config.yaml").read_text())["pretrain"]
         before = record.get("held_out_loss_before")
         held = f"; held-out loss {before} -> {record['held_out_loss']}" if before is not None else ""
-        click.echo(f"eexp: pretrained {record['steps']} steps on {record['tokens']} tokens of "
-                   f"{record['pages']} pages{held}", err=True)
+        click.echo(
+            f"eexp: pretrained {record['steps']} steps on {record['tokens']} tokens of {record['pages']} pages{held}",
+            err=True,
+        )
 
 
 @cli.command("import-model")
 @click.argument("gguf_file", metavar="FILE.gguf")
-@click.option("-o", "--output", metavar="DIR", help="Write the checkpoint folder here (it must not exist, or be "
-              "empty). Without it, into the cache ($EEXP_CACHE/models), where `finetune --model FILE.gguf` finds "
-              "it.")
-@click.option("--chat-template", metavar="FILE", help="A Jinja chat template for the folder's tokenizer, instead of "
-              "the GGUF's own: for a base model's GGUF, which has none (e.g. an instruct model's template of the "
-              "same family). Recorded in config.yaml with its hash.")
+@click.option(
+    "-o",
+    "--output",
+    metavar="DIR",
+    help="Write the checkpoint folder here (it must not exist, or be "
+    "empty). Without it, into the cache ($EEXP_CACHE/models), where `finetune --model FILE.gguf` finds "
+    "it.",
+)
+@click.option(
+    "--chat-template",
+    metavar="FILE",
+    help="A Jinja chat template for the folder's tokenizer, instead of "
+    "the GGUF's own: for a base model's GGUF, which has none (e.g. an instruct model's template of the "
+    "same family). Recorded in config.yaml with its hash.",
+)
 @config_option
 def import_model_command(gguf_file, output, chat_template):
     """Import a GGUF model (quantized or not) as a float32 transformers checkpoint folder; print the folder.
@@ -109,8 +164,9 @@ def import_model_command(gguf_file, output, chat_template):
     from eexp.models.import_gguf import import_gguf
 
     quiet_transformers()
-    path = import_gguf(gguf_file, output, echo=lambda msg: click.echo(f"eexp: {msg}", err=True),
-                       chat_template=chat_template)
+    path = import_gguf(
+        gguf_file, output, echo=lambda msg: click.echo(f"eexp: {msg}", err=True), chat_template=chat_template
+    )
     click.echo(str(path))
 
 
@@ -118,11 +174,18 @@ def import_model_command(gguf_file, output, chat_template):
 @click.argument("ckpt", metavar="CKPT")
 @click.option("-o", "--output", required=True, metavar="FILE", help="The GGUF file to write.")
 @click.option("--adapter", metavar="DIR", help="A PEFT LoRA adapter to merge into CKPT first (CKPT is its base).")
-@click.option("--quant", type=click.Choice(["f32", "f16", "q8_0", "q4_k_m"]), default=None,
-              help="Weight type: f32, f16, q8_0 (default), or q4_k_m (needs widths that are multiples of 256). "
-              "With --lora-only: f32 (default), f16 or q8_0.")
-@click.option("--lora-only", is_flag=True, help="Write the --adapter alone as a GGUF LoRA adapter, for llama.cpp's "
-              "lora_path over a GGUF of CKPT.")
+@click.option(
+    "--quant",
+    type=click.Choice(["f32", "f16", "q8_0", "q4_k_m"]),
+    default=None,
+    help="Weight type: f32, f16, q8_0 (default), or q4_k_m (needs widths that are multiples of 256). "
+    "With --lora-only: f32 (default), f16 or q8_0.",
+)
+@click.option(
+    "--lora-only",
+    is_flag=True,
+    help="Write the --adapter alone as a GGUF LoRA adapter, for llama.cpp's lora_path over a GGUF of CKPT.",
+)
 @config_option
 def export_command(ckpt, output, adapter, quant, lora_only):
     """Convert a transformers checkpoint to one GGUF file for llama.cpp, with llama.cpp's own converter.
@@ -147,8 +210,9 @@ def export_command(ckpt, output, adapter, quant, lora_only):
     if quant == "q4_k_m" and lora_only:
         raise click.BadParameter("--lora-only takes f32, f16 or q8_0", param_hint="--quant")
     quiet_transformers()
-    path = export_gguf(ckpt, output, quant=quant or ("f32" if lora_only else "q8_0"), adapter=adapter,
-                       lora_only=lora_only)
+    path = export_gguf(
+        ckpt, output, quant=quant or ("f32" if lora_only else "q8_0"), adapter=adapter, lora_only=lora_only
+    )
     click.echo(f"eexp: wrote {path}", err=True)
 
 
@@ -175,6 +239,7 @@ def merge_command(adapter, **options):
     from eexp.models.merge import merge_adapter
 
     quiet_transformers()
-    path = merge_adapter(MergeSettings(adapter=adapter, **options),
-                         echo=lambda msg: click.echo(f"eexp: {msg}", err=True))
+    path = merge_adapter(
+        MergeSettings(adapter=adapter, **options), echo=lambda msg: click.echo(f"eexp: {msg}", err=True)
+    )
     click.echo(f"eexp: wrote {path}", err=True)

@@ -39,16 +39,23 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
     for key, val in data.items():
         name = str(key).replace("-", "_")
         if name not in names:
-            raise click.BadParameter(f"{value}: unknown option {key!r} (options: {', '.join(sorted(names))})",
-                                     ctx=ctx, param=param)
+            raise click.BadParameter(
+                f"{value}: unknown option {key!r} (options: {', '.join(sorted(names))})", ctx=ctx, param=param
+            )
         defaults[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
 def config_option(f: Callable) -> Callable:
-    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-                        callback=_load_config, help="YAML file of option values (command-line options win).")(f)
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="YAML file of option values (command-line options win).",
+    )(f)
 
 
 def _check_shard(ctx, param, value):
@@ -60,8 +67,9 @@ def _check_shard(ctx, param, value):
 
 def shard_option(what: str = "by trajectory id") -> Callable:
     """--shard I/N: keep only slice I of N (`what` says what is sliced), so N machines split one run."""
-    return click.option("--shard", callback=_check_shard, metavar="I/N",
-                        help=f"Keep only slice I of N ({what}), for several machines.")
+    return click.option(
+        "--shard", callback=_check_shard, metavar="I/N", help=f"Keep only slice I of N ({what}), for several machines."
+    )
 
 
 def stage_options(f: Callable) -> Callable:
@@ -74,12 +82,23 @@ def stage_options(f: Callable) -> Callable:
 
     decorators = [
         click.argument("inputs", nargs=-1, metavar="[INPUT]..."),
-        click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
-                     help="Write records here instead of stdout."),
+        click.option(
+            "-o",
+            "--output",
+            default="-",
+            show_default=True,
+            metavar="FILE",
+            help="Write records here instead of stdout.",
+        ),
         click.option("--resume", is_flag=True, help="Continue -o FILE: skip inputs already done there."),
         shard_option(),
-        click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-                     help="On a bad input record: stop (exit 1), or skip it and count it."),
+        click.option(
+            "--on-error",
+            type=click.Choice(["fail", "skip"]),
+            default="fail",
+            show_default=True,
+            help="On a bad input record: stop (exit 1), or skip it and count it.",
+        ),
         click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
         config_option,
@@ -96,8 +115,17 @@ def sampling_options(f: Callable | None = None, *, k: bool = True, settings=Gene
     if f is None:
         return lambda g: sampling_options(g, k=k, settings=settings)
     f = field_options(settings, "seed", "temperature", fallback=Generation)(
-        click.option("-k", "k", type=click.IntRange(min=0), default=4, show_default=True,
-                     help="Samples (alternatives) per state.")(f) if k else f)
+        click.option(
+            "-k",
+            "k",
+            type=click.IntRange(min=0),
+            default=4,
+            show_default=True,
+            help="Samples (alternatives) per state.",
+        )(f)
+        if k
+        else f
+    )
     return f
 
 
@@ -112,33 +140,61 @@ def serializer_options(f: Callable | None = None, *, build: bool = True) -> Call
     def wrapper(*args, history, max_observation_chars, max_history_chars, max_admissible, no_admissible, **kwargs):
         if not build:
             return f(*args, **kwargs)
-        serializer = Serializer(history=history, max_observation_chars=max_observation_chars,
-                                max_history_chars=max_history_chars, show_admissible=not no_admissible,
-                                max_admissible=max_admissible)
+        serializer = Serializer(
+            history=history,
+            max_observation_chars=max_observation_chars,
+            max_history_chars=max_history_chars,
+            show_admissible=not no_admissible,
+            max_admissible=max_admissible,
+        )
         return f(*args, serializer=serializer, **kwargs)
 
     d = Serializer()
-    for decorator in reversed([
-        click.option("--history", type=click.IntRange(min=0), default=d.history, show_default=True,
-                     help="Previous steps shown in a state."),
-        click.option("--max-observation-chars", type=int, default=d.max_observation_chars, show_default=True,
-                     help="Clip the current observation to this many characters."),
-        click.option("--max-history-chars", type=int, default=d.max_history_chars, show_default=True,
-                     help="Clip each observation in the history."),
-        click.option("--max-admissible", type=int, default=d.max_admissible, show_default=True,
-                     help="List at most this many admissible actions."),
-        click.option("--no-admissible", is_flag=True, help="Do not list admissible actions in the state."),
-    ]):
+    for decorator in reversed(
+        [
+            click.option(
+                "--history",
+                type=click.IntRange(min=0),
+                default=d.history,
+                show_default=True,
+                help="Previous steps shown in a state.",
+            ),
+            click.option(
+                "--max-observation-chars",
+                type=int,
+                default=d.max_observation_chars,
+                show_default=True,
+                help="Clip the current observation to this many characters.",
+            ),
+            click.option(
+                "--max-history-chars",
+                type=int,
+                default=d.max_history_chars,
+                show_default=True,
+                help="Clip each observation in the history.",
+            ),
+            click.option(
+                "--max-admissible",
+                type=int,
+                default=d.max_admissible,
+                show_default=True,
+                help="List at most this many admissible actions.",
+            ),
+            click.option("--no-admissible", is_flag=True, help="Do not list admissible actions in the state."),
+        ]
+    ):
         wrapper = decorator(wrapper)
     return wrapper
 
 
 # serializer option -> (Serializer field, how the option's value maps to it)
-SERIALIZER_PARAMS = {"history": ("history", lambda v: v),
-                     "max_observation_chars": ("max_observation_chars", lambda v: v),
-                     "max_history_chars": ("max_history_chars", lambda v: v),
-                     "max_admissible": ("max_admissible", lambda v: v),
-                     "no_admissible": ("show_admissible", lambda v: not v)}
+SERIALIZER_PARAMS = {
+    "history": ("history", lambda v: v),
+    "max_observation_chars": ("max_observation_chars", lambda v: v),
+    "max_history_chars": ("max_history_chars", lambda v: v),
+    "max_admissible": ("max_admissible", lambda v: v),
+    "no_admissible": ("show_admissible", lambda v: not v),
+}
 
 
 def explicit_serializer_settings(ctx: click.Context) -> dict:
@@ -189,19 +245,31 @@ def policy_options(f: Callable | None = None, *, settings=Generation, chooses_ac
         return lambda g: policy_options(g, settings=settings, chooses_actions=chooses_actions)
     fields = ("act", "max_tokens", "top_p") if chooses_actions else ("max_tokens", "top_p")
     f = field_options(settings, *fields, fallback=Generation)(f)
-    for decorator in reversed([
-        click.option("--policy", "policy_spec", metavar="SPEC",
-                     help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | ORG/NAME (Hub cache) | random "
-                     "| oracle | KIND:TARGET (a backend an installed plugin registers under the entry points "
-                     "eexp.policies). Several servers of one model as one policy: URL,URL or @FILE (one URL a "
-                     "line); each call goes to the one with the fewest requests in flight, a state's K samples "
-                     "together, and one that stops answering has its requests sent to the others; URL#N caps that "
-                     "one at N in flight (docs/scale.md). Where a model is needed and none is given: $EEXP_POLICY."),
-        click.option("--policy-arg", "policy_args", multiple=True, callback=_parse_policy_args,
-                     metavar="KEY=VALUE", help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
-                     "api_key_env, timeout: an HTTP request's deadline in seconds, connection to last byte, ...); "
-                     "repeatable."),
-    ]):
+    for decorator in reversed(
+        [
+            click.option(
+                "--policy",
+                "policy_spec",
+                metavar="SPEC",
+                help="model.gguf | checkpoint or adapter dir | http(s)://host/v1 | ORG/NAME (Hub cache) | random "
+                "| oracle | KIND:TARGET (a backend an installed plugin registers under the entry points "
+                "eexp.policies). Several servers of one model as one policy: URL,URL or @FILE (one URL a "
+                "line); each call goes to the one with the fewest requests in flight, a state's K samples "
+                "together, and one that stops answering has its requests sent to the others; URL#N caps that "
+                "one at N in flight (docs/scale.md). Where a model is needed and none is given: $EEXP_POLICY.",
+            ),
+            click.option(
+                "--policy-arg",
+                "policy_args",
+                multiple=True,
+                callback=_parse_policy_args,
+                metavar="KEY=VALUE",
+                help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
+                "api_key_env, timeout: an HTTP request's deadline in seconds, connection to last byte, ...); "
+                "repeatable.",
+            ),
+        ]
+    ):
         f = decorator(f)
     return f
 
@@ -209,14 +277,18 @@ def policy_options(f: Callable | None = None, *, settings=Generation, chooses_ac
 def concurrency_option(what: str) -> Callable:
     """--concurrency N: policy calls in flight at once, across `what` (states, episodes)."""
     return click.option(
-        "--concurrency", type=click.IntRange(min=1), default=None, metavar="N",
+        "--concurrency",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
         help=f"Policy requests in flight at once, across {what}: a batching server (vLLM, SGLang, llama.cpp's "
         f"llama-server) is fast only when kept busy. The output is the serial run's, in the same order. Default: "
         f"the policy's (16 for an http(s) endpoint, or its --policy-arg concurrency; for several, the sum of "
-        f"theirs); 1 for a model in this process, which takes one call at a time.")
+        f"theirs); 1 for a model in this process, which takes one call at a time.",
+    )
 
 
-LOCAL_RAY = "local"   # `--ray` given without an address
+LOCAL_RAY = "local"  # `--ray` given without an address
 
 
 def _warn(message: str) -> None:
@@ -227,9 +299,12 @@ def _check_ray_address(ctx, param, value):
     if value is None or value == LOCAL_RAY or value == "auto":
         return value
     if not (value.startswith("ray://") or value.rpartition(":")[2].isdigit()):
-        raise click.BadParameter(f"{value!r} is no Ray address (HOST:PORT, or auto); give it as "
-                                 f"--ray=ADDRESS, or --ray alone for a local cluster, after the INPUT files",
-                                 ctx=ctx, param=param)
+        raise click.BadParameter(
+            f"{value!r} is no Ray address (HOST:PORT, or auto); give it as "
+            f"--ray=ADDRESS, or --ray alone for a local cluster, after the INPUT files",
+            ctx=ctx,
+            param=param,
+        )
     return value
 
 
@@ -247,31 +322,60 @@ def cluster_options(f: Callable) -> Callable:
                     raise click.UsageError(f"--{name} sets the workers of a Ray cluster: give --ray [ADDRESS]")
             return f(*args, cluster=None, **kwargs)
         if (kwargs.get("jobs") or 1) > 1:
-            raise click.UsageError("-j N starts worker processes on this machine and --ray puts the workers on a Ray "
-                                   "cluster: give one of them (--env-workers N with --ray)")
+            raise click.UsageError(
+                "-j N starts worker processes on this machine and --ray puts the workers on a Ray "
+                "cluster: give one of them (--env-workers N with --ray)"
+            )
         if (kwargs.get("concurrency") or 1) > 1:
-            raise click.UsageError("--concurrency keeps policy requests in flight in one process; with --ray each "
-                                   "environment worker runs its episodes one at a time (--env-workers N)")
+            raise click.UsageError(
+                "--concurrency keeps policy requests in flight in one process; with --ray each "
+                "environment worker runs its episodes one at a time (--env-workers N)"
+            )
         from eexp.workers_ray import Cluster, import_ray
-        import_ray()   # not installed: one line saying how to install it
+
+        import_ray()  # not installed: one line saying how to install it
         quiet = bool(ctx.params.get("quiet"))
-        return f(*args, cluster=Cluster(address=None if ray_address == LOCAL_RAY else ray_address,
-                                        workers=env_workers, cpus=worker_cpus or 1.0,
-                                        note=(lambda message: None) if quiet else _warn, warn=_warn), **kwargs)
+        return f(
+            *args,
+            cluster=Cluster(
+                address=None if ray_address == LOCAL_RAY else ray_address,
+                workers=env_workers,
+                cpus=worker_cpus or 1.0,
+                note=(lambda message: None) if quiet else _warn,
+                warn=_warn,
+            ),
+            **kwargs,
+        )
 
     decorators = [
-        click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL_RAY, default=None,
-                     callback=_check_ray_address, metavar="[ADDRESS]",
-                     help="Run the environment workers as Ray actors on the cluster at ADDRESS (HOST:PORT of its "
-                     "head, or auto; eexp runs on one of its nodes); alone, on a local Ray cluster started for the "
-                     "run, which reaches "
-                     "nothing outside this machine. The records are the serial run's, in the same order; a worker "
-                     "or node lost mid-run has its work run again elsewhere. Needs pip install 'eexp[ray]'."),
-        click.option("--env-workers", type=click.IntRange(min=1), default=None, metavar="N",
-                     help="With --ray: environment workers (Ray actors). Default: the cluster's CPUs / "
-                     "--worker-cpus."),
-        click.option("--worker-cpus", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X",
-                     help="With --ray: CPUs Ray reserves for each worker (fractions allowed). Default: 1."),
+        click.option(
+            "--ray",
+            "ray_address",
+            is_flag=False,
+            flag_value=LOCAL_RAY,
+            default=None,
+            callback=_check_ray_address,
+            metavar="[ADDRESS]",
+            help="Run the environment workers as Ray actors on the cluster at ADDRESS (HOST:PORT of its "
+            "head, or auto; eexp runs on one of its nodes); alone, on a local Ray cluster started for the "
+            "run, which reaches "
+            "nothing outside this machine. The records are the serial run's, in the same order; a worker "
+            "or node lost mid-run has its work run again elsewhere. Needs pip install 'eexp[ray]'.",
+        ),
+        click.option(
+            "--env-workers",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="With --ray: environment workers (Ray actors). Default: the cluster's CPUs / --worker-cpus.",
+        ),
+        click.option(
+            "--worker-cpus",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            metavar="X",
+            help="With --ray: CPUs Ray reserves for each worker (fractions allowed). Default: 1.",
+        ),
     ]
     for decorator in reversed(decorators):
         wrapper = decorator(wrapper)
@@ -282,11 +386,14 @@ def policy_or_default(policy_spec: str | None, what: str) -> str:
     """--policy, else the configured default ($EEXP_POLICY), else a usage error saying how to give one: `what`
     says what the stage needs a model for."""
     from eexp.policies import DEFAULT_POLICY_ENV, default_policy
+
     spec = policy_spec or default_policy()
     if not spec:
-        raise click.UsageError(f"{what}: give --policy SPEC (model.gguf, a checkpoint dir, http(s)://HOST/v1, ...), "
-                               f"or set a default for every stage with {DEFAULT_POLICY_ENV}=SPEC ({DEFAULT_POLICY_ENV} "
-                               f"is not set)")
+        raise click.UsageError(
+            f"{what}: give --policy SPEC (model.gguf, a checkpoint dir, http(s)://HOST/v1, ...), "
+            f"or set a default for every stage with {DEFAULT_POLICY_ENV}=SPEC ({DEFAULT_POLICY_ENV} "
+            f"is not set)"
+        )
     return spec
 
 
@@ -294,15 +401,20 @@ def count_requests(io, policy) -> None:
     """--stats gets the policy's calls and failed calls (`policy_requests`, `failed_requests`) when the run ends,
     and, for several endpoints behind one policy (eexp.policies.fleet), the requests sent again to another after
     theirs stopped answering (`resent_requests`)."""
-    io.count_at_end(lambda: {"policy_requests": policy.requests, "failed_requests": policy.failed_requests,
-                             **({"resent_requests": policy.resent_requests}
-                                if hasattr(policy, "resent_requests") else {})})
+    io.count_at_end(
+        lambda: {
+            "policy_requests": policy.requests,
+            "failed_requests": policy.failed_requests,
+            **({"resent_requests": policy.resent_requests} if hasattr(policy, "resent_requests") else {}),
+        }
+    )
 
 
 def check_requests(policy, policy_spec: str | None) -> None:
     """Exit 1 when more than MAX_FAILED_SHARE of the policy's calls failed (everything is written by then)."""
-    from eexp.policies.base import failure_problem
     from eexp.errors import PolicyError
+    from eexp.policies.base import failure_problem
+
     if policy is not None:
         problem = failure_problem(policy.failed_requests, policy.requests, policy_spec)
         if problem:
@@ -313,6 +425,7 @@ def quiet_transformers() -> None:
     """transformers and PEFT draw bars ("Writing model shards") and warnings of their own on stderr; eexp's commands
     keep stderr for their own messages."""
     from transformers.utils import logging
+
     logging.disable_progress_bar()
     logging.set_verbosity_error()
 
@@ -332,6 +445,7 @@ class Separated(click.ParamType):
 
 def _default(f):
     import dataclasses
+
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -352,18 +466,20 @@ def _field_option(f, kind) -> Callable:
     default = _default(f)
     if meta.get("argument"):
         return click.argument(f.name, nargs=-1, required=True, metavar=meta.get("metavar"))
-    decls = ([meta["short"]] if "short" in meta else []) + [meta.get("flag") or "--" + f.name.replace("_", "-"),
-                                                             f.name]
-    kw: dict = {"help": meta.get("help") or None, "metavar": meta.get("metavar"),
-                "required": bool(meta.get("required"))}
-    if not kw["required"]:   # click 8.3+ takes an explicit default, None too, as a value: --env would go unchecked
+    decls = ([meta["short"]] if "short" in meta else []) + [meta.get("flag") or "--" + f.name.replace("_", "-"), f.name]
+    kw: dict = {
+        "help": meta.get("help") or None,
+        "metavar": meta.get("metavar"),
+        "required": bool(meta.get("required")),
+    }
+    if not kw["required"]:  # click 8.3+ takes an explicit default, None too, as a value: --env would go unchecked
         kw["default"] = default
     element = typing.get_args(kind)[0] if is_list else kind
     if "choices" in meta:
         kw["type"] = click.Choice(meta["choices"])
     elif element in (int, float) and ("min" in meta or "max" in meta):
         ranged = click.IntRange if element is int else click.FloatRange
-        open_ends = {k: meta[k] for k in ("min_open", "max_open") if k in meta}   # FloatRange only
+        open_ends = {k: meta[k] for k in ("min_open", "max_open") if k in meta}  # FloatRange only
         kw["type"] = ranged(min=meta.get("min"), max=meta.get("max"), **open_ends)
     elif element in (int, float, str):
         kw["type"] = element

@@ -14,10 +14,19 @@ from eexp.policies import policy_kind
 
 
 @cli.command()
-@click.option("--policy", "policy_spec", required=True, metavar="MODEL.gguf",
-              help="The GGUF to check (e.g. the output of eexp export).")
-@click.option("--tokenizer", metavar="DIR", help="The transformers checkpoint (tokenizer and chat template) it was "
-              "made from. Default: the checkpoint named in the GGUF's eexp.source metadata.")
+@click.option(
+    "--policy",
+    "policy_spec",
+    required=True,
+    metavar="MODEL.gguf",
+    help="The GGUF to check (e.g. the output of eexp export).",
+)
+@click.option(
+    "--tokenizer",
+    metavar="DIR",
+    help="The transformers checkpoint (tokenizer and chat template) it was "
+    "made from. Default: the checkpoint named in the GGUF's eexp.source metadata.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of lines.")
 @config_option
 def doctor(policy_spec, tokenizer, as_json):
@@ -41,8 +50,9 @@ def doctor(policy_spec, tokenizer, as_json):
     from eexp.policies.doctor import doctor as run_doctor
 
     if policy_kind(policy_spec) != "gguf":
-        raise click.BadParameter("doctor compares a GGUF file with its tokenizer; give --policy MODEL.gguf",
-                                 param_hint="--policy")
+        raise click.BadParameter(
+            "doctor compares a GGUF file with its tokenizer; give --policy MODEL.gguf", param_hint="--policy"
+        )
     if not os.path.isfile(policy_spec):
         raise PolicyError(f"{policy_spec}: no such GGUF file")
     checks, summary = run_doctor(policy_spec, tokenizer)

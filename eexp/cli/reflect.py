@@ -5,18 +5,29 @@ from __future__ import annotations
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import check_requests, concurrency_option, count_requests, field_options, policy_options, \
-    policy_or_default, sampling_options, serializer_options, stage_options
+from eexp.cli.options import (
+    check_requests,
+    concurrency_option,
+    count_requests,
+    field_options,
+    policy_options,
+    policy_or_default,
+    sampling_options,
+    serializer_options,
+    stage_options,
+)
 from eexp.io import prepare_resume
 from eexp.policies import default_policy, policy_kind
 from eexp.policies.base import resolve_concurrency
 from eexp.records import expect
 from eexp.stages.reflect import COUNTS, FILTERS, Reflect, Reflector, Settings, Template, policy_writer
 
-NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes "
-                "its own, the paper's setting; add --reflector teacher for a stronger model), set a default model "
-                "with EEXP_POLICY=SPEC (it is not set), or give --reflector grounded for a deterministic rationale "
-                "without a model (not the paper's method)")
+NO_REFLECTOR = (
+    "reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes "
+    "its own, the paper's setting; add --reflector teacher for a stronger model), set a default model "
+    "with EEXP_POLICY=SPEC (it is not set), or give --reflector grounded for a deterministic rationale "
+    "without a model (not the paper's method)"
+)
 
 
 @cli.command()
@@ -24,25 +35,54 @@ NO_REFLECTOR = ("reflect needs a writer for the reflections: give --policy SPEC 
 @policy_options(settings=Settings, chooses_actions=False)
 @sampling_options(k=False, settings=Settings)
 @serializer_options
-@click.option("--reflector", type=click.Choice(["self", "teacher", "grounded"]), default=None,
-              help="Who writes the reflections: self (the --policy model being trained; default with --policy), "
-              "teacher (a stronger --policy model, recorded as teacher-assisted), grounded (no model: a "
-              "deterministic rationale from the observed outcomes, not the paper's method).")
+@click.option(
+    "--reflector",
+    type=click.Choice(["self", "teacher", "grounded"]),
+    default=None,
+    help="Who writes the reflections: self (the --policy model being trained; default with --policy), "
+    "teacher (a stronger --policy model, recorded as teacher-assisted), grounded (no model: a "
+    "deterministic rationale from the observed outcomes, not the paper's method).",
+)
 @field_options(Settings, "max_alternatives")
-@click.option("--template", "template_path", metavar="NAME|FILE",
-              help="Prompt template: a built-in one (default; short: two or three sentences after one worked "
-              "example, for models of ~100M-1B parameters) or a file with the slots {situation}, {chosen_action}, "
-              "{chosen_outcome} and {alternatives} ({goal} and {max_words} are optional).")
+@click.option(
+    "--template",
+    "template_path",
+    metavar="NAME|FILE",
+    help="Prompt template: a built-in one (default; short: two or three sentences after one worked "
+    "example, for models of ~100M-1B parameters) or a file with the slots {situation}, {chosen_action}, "
+    "{chosen_outcome} and {alternatives} ({goal} and {max_words} are optional).",
+)
 @field_options(Settings, "max_words", "min_words", "max_outcome_chars")
 @click.option("--rejected", metavar="FILE", help="Write each rejected reflection here, with its reason.")
-@click.option("--fallback", type=click.Choice(["none", "grounded"]), default="none", show_default=True,
-              help="What a state whose model reflection was rejected gets: nothing (its IL example stays its only "
-              "one), or the grounded rationale, labelled reflector=grounded in meta and counted as "
-              "fallback_grounded.")
+@click.option(
+    "--fallback",
+    type=click.Choice(["none", "grounded"]),
+    default="none",
+    show_default=True,
+    help="What a state whose model reflection was rejected gets: nothing (its IL example stays its only "
+    "one), or the grounded rationale, labelled reflector=grounded in meta and counted as "
+    "fallback_grounded.",
+)
 @concurrency_option("states")
-def reflect(io, policy_spec, policy_args, max_tokens, top_p, seed, temperature, serializer, reflector,
-            max_alternatives, template_path, max_words, min_words, max_outcome_chars, rejected, fallback,
-            concurrency):
+def reflect(
+    io,
+    policy_spec,
+    policy_args,
+    max_tokens,
+    top_p,
+    seed,
+    temperature,
+    serializer,
+    reflector,
+    max_alternatives,
+    template_path,
+    max_words,
+    min_words,
+    max_outcome_chars,
+    rejected,
+    fallback,
+    concurrency,
+):
     """Outcome records -> one self-reflection example per state: `Thought: <monologue>` then
     `Action: <expert action>`, where the monologue compares the expert action with the first
     --max-alternatives executed alternatives, using what each one led to.
@@ -71,26 +111,40 @@ def reflect(io, policy_spec, policy_args, max_tokens, top_p, seed, temperature, 
     if reflector == "grounded" and fallback != "none":
         raise click.UsageError("--fallback is for model reflectors: --reflector grounded rejects nothing to replace")
     if reflector != "grounded":
-        policy_spec = policy_or_default(policy_spec, f"--reflector {reflector} needs the model that writes the "
-                                                     f"reflections")
+        policy_spec = policy_or_default(
+            policy_spec, f"--reflector {reflector} needs the model that writes the reflections"
+        )
     if policy_kind(policy_spec) == "baseline":
-        raise click.UsageError(f"the {policy_spec} policy writes no text; give a model with --policy, or use "
-                               f"--reflector grounded")
-    settings = Settings(max_alternatives=max_alternatives, max_words=max_words, min_words=min_words,
-                        max_outcome_chars=max_outcome_chars,
-                        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        raise click.UsageError(
+            f"the {policy_spec} policy writes no text; give a model with --policy, or use --reflector grounded"
+        )
+    settings = Settings(
+        max_alternatives=max_alternatives,
+        max_words=max_words,
+        min_words=min_words,
+        max_outcome_chars=max_outcome_chars,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+    )
     template = Template.load(template_path)
 
     policy = None
     if reflector == "grounded":
         writer = Reflector("grounded")
-        concurrency = 1     # no model, nothing to wait for
+        concurrency = 1  # no model, nothing to wait for
     else:
         from eexp.policies import load_policy
+
         policy = load_policy(policy_spec, policy_args, max_tokens=max_tokens, top_p=top_p)
         described = policy.describe()
-        writer = Reflector(reflector, policy_writer(policy, settings), described.get("model", policy_spec),
-                           described.get("model_sha256", ""))
+        writer = Reflector(
+            reflector,
+            policy_writer(policy, settings),
+            described.get("model", policy_spec),
+            described.get("model_sha256", ""),
+        )
         try:
             concurrency = resolve_concurrency(policy, concurrency)
         except BaseException:
@@ -105,9 +159,17 @@ def reflect(io, policy_spec, policy_args, max_tokens, top_p, seed, temperature, 
     # (With a fallback the output holds every state that was done, so --rejected is not needed for that.)
     rejected_done = prepare_resume(rejected) if (io.resume and rejected and fallback == "none") else set()
     rejects = io.side_output(rejected)
-    stage = Reflect(reflector=writer, template=template, serializer=serializer, settings=settings, count=io.count,
-                    reject=rejects.write if rejects is not None else None, fallback=fallback, skip=rejected_done,
-                    concurrency=concurrency)
+    stage = Reflect(
+        reflector=writer,
+        template=template,
+        serializer=serializer,
+        settings=settings,
+        count=io.count,
+        reject=rejects.write if rejects is not None else None,
+        fallback=fallback,
+        skip=rejected_done,
+        concurrency=concurrency,
+    )
     try:
         io.run(stage, validate=expect("outcome"), unit="state", output_kind="example")
     finally:

@@ -16,8 +16,14 @@ RL_OPTIONS = [name for name in RLConfig.OPTIONS if name != "env_kwargs"]
 
 @cli.command("rl")
 @field_options(RLConfig, *RL_OPTIONS[:3])
-@click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE",
-              help="Environment option (as in eval); repeatable.")
+@click.option(
+    "--env-arg",
+    "env_args",
+    multiple=True,
+    callback=parse_env_args,
+    metavar="KEY=VALUE",
+    help="Environment option (as in eval); repeatable.",
+)
 @field_options(RLConfig, *RL_OPTIONS[3:])
 @config_option
 def rl_command(env_args, **options):
@@ -44,6 +50,7 @@ def rl_command(env_args, **options):
       eexp rl --model runs/iwm --env shop -o runs/iwm-ns --reward next-state --outcomes outcomes.jsonl --max-tokens 256
     """
     from eexp.rl.recipe import run_rl
+
     quiet_transformers()
     run_rl(RLConfig(env_kwargs=dict(env_args), **options))
 

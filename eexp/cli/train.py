@@ -34,6 +34,7 @@ def finetune_command(config: FinetuneConfig):
       accelerate launch -m eexp finetune il.jsonl --model Qwen2.5-0.5B -o runs/il
     """
     from eexp.training.recipe import finetune
+
     quiet_transformers()
     finetune(config)
 

@@ -9,8 +9,18 @@ import click
 import orjson
 
 from eexp.cli.group import cli
-from eexp.cli.options import check_requests, concurrency_option, count_requests, explicit_serializer_settings, \
-    field_options, policy_options, policy_or_default, sampling_options, serializer_options, stage_options
+from eexp.cli.options import (
+    check_requests,
+    concurrency_option,
+    count_requests,
+    explicit_serializer_settings,
+    field_options,
+    policy_options,
+    policy_or_default,
+    sampling_options,
+    serializer_options,
+    stage_options,
+)
 from eexp.errors import UsageProblem
 from eexp.io import Reader, read_records, write_atomic
 from eexp.policies import load_policy, policy_kind
@@ -18,8 +28,7 @@ from eexp.policies.base import resolve_concurrency
 from eexp.records import expect, kind_of
 from eexp.stages.evaluate.settings import resolve_serializer
 from eexp.stages.reflect import policy_writer
-from eexp.stages.world_model_compare import compare_predictions, format_predictions_comparison, \
-    read_predictions
+from eexp.stages.world_model_compare import compare_predictions, format_predictions_comparison, read_predictions
 from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summary, summarize
 
 
@@ -30,16 +39,27 @@ from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summar
 @field_options(Settings, "max_chars")
 @sampling_options(k=False, settings=Settings)  # greedy by default: the model's most likely next state
 @concurrency_option("predictions")
-@click.option("--summary", "summary_path", metavar="FILE", help="Write the summary JSON here: per environment the "
-              "counts, the rates with their 95% Wilson intervals and the mean token F1 with its 95% bootstrap "
-              "interval, and which effect fields could be scored (with --compare: the comparison).")
-@click.option("--compare", is_flag=True, help="Compare prediction files (INPUT...: what world-model-eval -o wrote) "
-              "instead of predicting; NAME=FILE,FILE,... groups the runs (seeds) of one model.")
-def world_model_eval(io, policy_spec, policy_args, max_tokens, top_p, max_chars, seed, temperature,
-                     concurrency, summary_path, compare):
+@click.option(
+    "--summary",
+    "summary_path",
+    metavar="FILE",
+    help="Write the summary JSON here: per environment the "
+    "counts, the rates with their 95% Wilson intervals and the mean token F1 with its 95% bootstrap "
+    "interval, and which effect fields could be scored (with --compare: the comparison).",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Compare prediction files (INPUT...: what world-model-eval -o wrote) "
+    "instead of predicting; NAME=FILE,FILE,... groups the runs (seeds) of one model.",
+)
+def world_model_eval(
+    io, policy_spec, policy_args, max_tokens, top_p, max_chars, seed, temperature, concurrency, summary_path, compare
+):
     """Measure how well a model predicts the next state of outcome records, in the prompt IWM trains.
 
-    One record per prediction, a summary per environment. For every transition world-model-data makes an IWM example of (the expert's action and each executed
+    One record per prediction, a summary per environment. For every transition world-model-data makes an IWM example of
+    (the expert's action and each executed
     alternative of every outcome record), the model is asked that example's prompt, exactly: the same serializer
     (the settings recorded with the model, overridden by any serializer option given here), the world-model system
     prompt, the state and `Action: <action>`. Its answer is scored against the example's target, the observation
@@ -89,11 +109,21 @@ def world_model_eval(io, policy_spec, policy_args, max_tokens, top_p, max_chars,
         concurrency = resolve_concurrency(policy, concurrency)
         serializer = resolve_serializer(policy.serializer_settings(), explicit_serializer_settings(ctx))
         described = policy.describe()
-        model = {"model": described.get("model", policy_spec), "model_sha256": described.get("model_sha256", ""),
-                 "policy": policy_spec}
+        model = {
+            "model": described.get("model", policy_spec),
+            "model_sha256": described.get("model_sha256", ""),
+            "policy": policy_spec,
+        }
         count_requests(io, policy)
-        stage = WorldModelEval(predict=policy_writer(policy, settings), serializer=serializer, settings=settings,
-                               model=model, count=io.count, concurrency=concurrency, keep=io.output in (None, "-"))
+        stage = WorldModelEval(
+            predict=policy_writer(policy, settings),
+            serializer=serializer,
+            settings=settings,
+            model=model,
+            count=io.count,
+            concurrency=concurrency,
+            keep=io.output in (None, "-"),
+        )
         if io.resume:
             check_resumed_run(io.output, stage.run)
         io.run(stage, validate=expect("outcome"), unit="state", output_kind="prediction")
@@ -114,12 +144,16 @@ COMPARE_OPTIONS = {"inputs", "output", "on_error", "quiet", "config", "seed", "s
 def run_compare(ctx: click.Context, io, seed: int, summary_path: str | None) -> None:
     """--compare: the table of prediction files on stdout (or -o FILE), the comparison in --summary FILE."""
     for param in ctx.command.params:
-        if param.expose_value and param.name not in COMPARE_OPTIONS and \
-                ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT:
+        if (
+            param.expose_value
+            and param.name not in COMPARE_OPTIONS
+            and ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT
+        ):
             raise click.UsageError(f"--compare reads prediction files; it takes no {max(param.opts, key=len)}")
     if not ctx.params["inputs"]:
-        raise click.UsageError("--compare needs the prediction files to compare (eexp world-model-eval --compare "
-                               "A.jsonl B.jsonl ...)")
+        raise click.UsageError(
+            "--compare needs the prediction files to compare (eexp world-model-eval --compare A.jsonl B.jsonl ...)"
+        )
     result = compare_predictions(read_predictions(io.inputs, on_error=io.on_error), seed=seed)
     table = format_predictions_comparison(result)
     if io.output in (None, "-"):
@@ -139,6 +173,8 @@ def check_resumed_run(path: str, run: str) -> None:
     for item in Reader([path], on_error="skip", warn=lambda message: None):
         record = item.record
         if kind_of(record) == "prediction" and (record.get("meta") or {}).get("run") != run:
-            raise UsageProblem(f"--resume: {path} holds predictions of another model or other settings (meta.run "
-                               f"{(record.get('meta') or {}).get('run')!r}, this run's {run!r}): write to another "
-                               f"file")
+            raise UsageProblem(
+                f"--resume: {path} holds predictions of another model or other settings (meta.run "
+                f"{(record.get('meta') or {}).get('run')!r}, this run's {run!r}): write to another "
+                f"file"
+            )

@@ -60,52 +60,101 @@ GENERATOR = "eexp alfworld-games"
 GENERATOR_VERSION = 1
 DATA_VERSION = "json_2.1.1"
 SPLITS = ("train", "valid_seen", "valid_unseen")
-TASK_TYPES = ("pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
-              "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place")
+TASK_TYPES = (
+    "pick_and_place_simple",
+    "look_at_obj_in_light",
+    "pick_clean_then_place_in_recep",
+    "pick_heat_then_place_in_recep",
+    "pick_cool_then_place_in_recep",
+    "pick_two_obj_and_place",
+)
 # The released ALFWorld games per task type (ALFWorld, Shridhar et al., ICLR 2021, its table of task types: 3,553
 # train, 140 valid_seen, 134 valid_unseen; the two eval splits' counts are also those the AHEAD-ALFWorld-7B model card
 # lists for the released files). A generated split draws its task types in these proportions.
 RELEASED = {
-    "train": {"pick_and_place_simple": 790, "look_at_obj_in_light": 308, "pick_clean_then_place_in_recep": 650,
-              "pick_heat_then_place_in_recep": 459, "pick_cool_then_place_in_recep": 533,
-              "pick_two_obj_and_place": 813},
-    "valid_seen": {"pick_and_place_simple": 35, "look_at_obj_in_light": 13, "pick_clean_then_place_in_recep": 27,
-                   "pick_heat_then_place_in_recep": 16, "pick_cool_then_place_in_recep": 25,
-                   "pick_two_obj_and_place": 24},
-    "valid_unseen": {"pick_and_place_simple": 24, "look_at_obj_in_light": 18, "pick_clean_then_place_in_recep": 31,
-                     "pick_heat_then_place_in_recep": 23, "pick_cool_then_place_in_recep": 21,
-                     "pick_two_obj_and_place": 17},
+    "train": {
+        "pick_and_place_simple": 790,
+        "look_at_obj_in_light": 308,
+        "pick_clean_then_place_in_recep": 650,
+        "pick_heat_then_place_in_recep": 459,
+        "pick_cool_then_place_in_recep": 533,
+        "pick_two_obj_and_place": 813,
+    },
+    "valid_seen": {
+        "pick_and_place_simple": 35,
+        "look_at_obj_in_light": 13,
+        "pick_clean_then_place_in_recep": 27,
+        "pick_heat_then_place_in_recep": 16,
+        "pick_cool_then_place_in_recep": 25,
+        "pick_two_obj_and_place": 24,
+    },
+    "valid_unseen": {
+        "pick_and_place_simple": 24,
+        "look_at_obj_in_light": 18,
+        "pick_clean_then_place_in_recep": 31,
+        "pick_heat_then_place_in_recep": 23,
+        "pick_cool_then_place_in_recep": 21,
+        "pick_two_obj_and_place": 17,
+    },
 }
-SIZES = {"train": 600, "valid_seen": 140, "valid_unseen": 134}        # the default: CPU scale
-FULL_SIZES = {split: sum(counts.values()) for split, counts in RELEASED.items()}   # the release's: 3,553 / 140 / 134
-UNSEEN_ROOMS = (10, 219, 308, 424)        # the rooms of the released valid_unseen
+SIZES = {"train": 600, "valid_seen": 140, "valid_unseen": 134}  # the default: CPU scale
+FULL_SIZES = {split: sum(counts.values()) for split, counts in RELEASED.items()}  # the release's: 3,553 / 140 / 134
+UNSEEN_ROOMS = (10, 219, 308, 424)  # the rooms of the released valid_unseen
 ALL_ROOMS = tuple(list(range(1, 31)) + list(range(201, 231)) + list(range(301, 331)) + list(range(401, 431)))
 SEEN_ROOMS = tuple(r for r in ALL_ROOMS if r not in UNSEEN_ROOMS)
-ROOM_TYPES = {"Kitchen": range(1, 31), "LivingRoom": range(201, 231), "Bedroom": range(301, 331),
-              "Bathroom": range(401, 431)}
-TOOLS = {"pick_clean_then_place_in_recep": "SinkBasin", "pick_heat_then_place_in_recep": "Microwave",
-         "pick_cool_then_place_in_recep": "Fridge"}      # the receptacle a task type's state change needs
-ACTION_GROUPS = {"pick_clean_then_place_in_recep": "Cleanable", "pick_heat_then_place_in_recep": "Heatable",
-                 "pick_cool_then_place_in_recep": "Coolable"}
+ROOM_TYPES = {
+    "Kitchen": range(1, 31),
+    "LivingRoom": range(201, 231),
+    "Bedroom": range(301, 331),
+    "Bathroom": range(401, 431),
+}
+TOOLS = {
+    "pick_clean_then_place_in_recep": "SinkBasin",
+    "pick_heat_then_place_in_recep": "Microwave",
+    "pick_cool_then_place_in_recep": "Fridge",
+}  # the receptacle a task type's state change needs
+ACTION_GROUPS = {
+    "pick_clean_then_place_in_recep": "Cleanable",
+    "pick_heat_then_place_in_recep": "Heatable",
+    "pick_cool_then_place_in_recep": "Coolable",
+}
 
 # ALFWorld uses SinkBasin and BathtubBasin as the receptacles (alfworld 0.4.2 removed Sink and Bathtub)
 BASINS = {"Sink": "SinkBasin", "Bathtub": "BathtubBasin"}
 # receptacle types a room lists among its objects without a position in the layout: placed at a sampled spot. The
 # generator places all of these; tests/alfworld_games.py's small games the first twelve (as they always have)
-EXTRA_RECEPTACLES = ("SinkBasin", "BathtubBasin", "GarbageCan", "CoffeeMachine", "StoveBurner", "Toaster", "Toilet",
-                     "TowelHolder", "HandTowelHolder", "ToiletPaperHanger", "SideTable", "Desk",
-                     "Drawer", "Shelf", "Cabinet", "Safe", "LaundryHamper", "Ottoman")
+EXTRA_RECEPTACLES = (
+    "SinkBasin",
+    "BathtubBasin",
+    "GarbageCan",
+    "CoffeeMachine",
+    "StoveBurner",
+    "Toaster",
+    "Toilet",
+    "TowelHolder",
+    "HandTowelHolder",
+    "ToiletPaperHanger",
+    "SideTable",
+    "Desk",
+    "Drawer",
+    "Shelf",
+    "Cabinet",
+    "Safe",
+    "LaundryHamper",
+    "Ottoman",
+)
 SMALL_EXTRAS = EXTRA_RECEPTACLES[:12]
 LAMPS = ("DeskLamp", "FloorLamp")
 LAMP_STANDS = ("Desk", "SideTable", "Dresser")
-MAX_WALKTHROUGH = 150      # steps the hand-coded expert gets to win (alfworld's own agent gives up at 200)
-STUCK_LOOKS = 5            # ... and `look`s: it says `look` when it has lost track (then it walks in circles)
-ATTEMPTS = 40              # draws of one game before giving up (a room and goal that never work are not drawn)
-ALL_OBJECTS = None         # initial_state's `distractors`: every pickable object type of the room
-COUNTS = (1, 2, 3)         # instances of an object type (ALFRED's MAX_NUM_OF_OBJ_INSTANCES is 3)
+MAX_WALKTHROUGH = 150  # steps the hand-coded expert gets to win (alfworld's own agent gives up at 200)
+STUCK_LOOKS = 5  # ... and `look`s: it says `look` when it has lost track (then it walks in circles)
+ATTEMPTS = 40  # draws of one game before giving up (a room and goal that never work are not drawn)
+ALL_OBJECTS = None  # initial_state's `distractors`: every pickable object type of the room
+COUNTS = (1, 2, 3)  # instances of an object type (ALFRED's MAX_NUM_OF_OBJ_INSTANCES is 3)
 
 
 # ---- the package ------------------------------------------------------------------------------------------------
+
 
 def _import_alfworld():
     """Import alfworld without leaving a folder behind: its import makes $ALFWORLD_DATA (or ~/.cache/alfworld) and
@@ -127,12 +176,14 @@ def _import_alfworld():
 def _package() -> Path:
     _import_alfworld()
     import alfworld
+
     return Path(alfworld.__file__).parent
 
 
 def _constants():
     _import_alfworld()
     from alfworld.gen import constants
+
     return constants
 
 
@@ -161,8 +212,10 @@ def _layout(scene: int) -> tuple[dict, list[str]]:
 
 # ---- one game -----------------------------------------------------------------------------------------------------
 
-def room(scene: int, rng: random.Random, extras: tuple[str, ...] = EXTRA_RECEPTACLES
-         ) -> tuple[dict[str, str], dict[str, str], list[str]]:
+
+def room(
+    scene: int, rng: random.Random, extras: tuple[str, ...] = EXTRA_RECEPTACLES
+) -> tuple[dict[str, str], dict[str, str], list[str]]:
     """The receptacles of a floor plan ({id: location}, {id: type}) and its object types; `extras`: the receptacle
     types placed at a sampled spot where the room has them without a position."""
     constants = _constants()
@@ -174,14 +227,14 @@ def room(scene: int, rng: random.Random, extras: tuple[str, ...] = EXTRA_RECEPTA
         if rtype not in constants.RECEPTACLES or rtype in constants.MOVABLE_RECEPTACLES_SET:
             continue
         x, z, rotation, horizon = positions[rid]
-        if rtype in BASINS.values():   # ALFRED names a basin after its sink: Sink|x|y|z|SinkBasin
+        if rtype in BASINS.values():  # ALFRED names a basin after its sink: Sink|x|y|z|SinkBasin
             rid = f"{rid}|{rtype}"
         where[rid], kind[rid] = _loc(x, z, int(rotation), int(horizon)), rtype
     for n, rtype in enumerate(t for t in extras if t in object_types and t not in kind.values()):
         x, z = rng.choice([-1.5, -1.0, 0.5, 1.0]), rng.choice([-1.5, -0.5, 0.5, 1.5])
         rid = f"{rtype}|{_coord(x)}|{_coord(0.9 + n * 0.01)}|{_coord(z)}"
         if rtype in BASINS.values():
-            rid = rtype.replace("Basin", "") + rid[rid.index("|"):] + f"|{rtype}"
+            rid = rtype.replace("Basin", "") + rid[rid.index("|") :] + f"|{rtype}"
         where[rid], kind[rid] = _loc(x, z, 90 * rng.randrange(4), 30), rtype
     return where, kind, object_types
 
@@ -190,44 +243,65 @@ def _pickable(object_types) -> list[str]:
     """The object types of a room that can be picked up and put somewhere (no static receptacle, lamp or slice)."""
     constants = _constants()
     placeable = {t for ts in constants.VAL_RECEPTACLE_OBJECTS.values() for t in ts}
-    return sorted(t for t in object_types if t in placeable and t in constants.OBJECTS_SET
-                  and t not in constants.RECEPTACLES - constants.MOVABLE_RECEPTACLES_SET
-                  and "Sliced" not in t and t not in LAMPS)
+    return sorted(
+        t
+        for t in object_types
+        if t in placeable
+        and t in constants.OBJECTS_SET
+        and t not in constants.RECEPTACLES - constants.MOVABLE_RECEPTACLES_SET
+        and "Sliced" not in t
+        and t not in LAMPS
+    )
 
 
-def initial_state(task_type: str, scene: int, target: str, parent: str, seed: int, distractors: int | None = 6,
-                  counts: tuple[int, ...] = (1, 1, 2), extras: tuple[str, ...] = SMALL_EXTRAS) -> tuple[str, dict]:
+def initial_state(
+    task_type: str,
+    scene: int,
+    target: str,
+    parent: str,
+    seed: int,
+    distractors: int | None = 6,
+    counts: tuple[int, ...] = (1, 1, 2),
+    extras: tuple[str, ...] = SMALL_EXTRAS,
+) -> tuple[str, dict]:
     """An ALFRED-style initial_state.pddl for one task in one room, and the traj_data's pddl_params. `parent` is the
     receptacle type, or the lamp of look_at_obj_in_light; `distractors` object types besides the target (None: all
     the room's), each present `counts` times (a choice; the target of pick_two_obj_and_place twice); `extras` as
     room() takes them. The defaults make tests/alfworld_games.py's small rooms; the generator passes its own."""
     constants = _constants()
     from alfworld.gen import goal_library
+
     rng = random.Random(seed)
     where, kind, object_types = room(scene, rng, extras)
     toggle = parent if task_type == "look_at_obj_in_light" else None
     placeable = {t for ts in constants.VAL_RECEPTACLE_OBJECTS.values() for t in ts}
-    candidates = sorted(t for t in object_types if t in placeable and t in constants.OBJECTS_SET
-                        and t not in constants.RECEPTACLES - constants.MOVABLE_RECEPTACLES_SET
-                        and t not in (target, parent) and "Sliced" not in t)
-    types = [target] + rng.sample(candidates, len(candidates) if distractors is None
-                                  else min(distractors, len(candidates)))
-    how_many = {t: (2 if t == target and task_type == "pick_two_obj_and_place" else rng.choice(counts))
-                for t in types}
+    candidates = sorted(
+        t
+        for t in object_types
+        if t in placeable
+        and t in constants.OBJECTS_SET
+        and t not in constants.RECEPTACLES - constants.MOVABLE_RECEPTACLES_SET
+        and t not in (target, parent)
+        and "Sliced" not in t
+    )
+    types = [target] + rng.sample(
+        candidates, len(candidates) if distractors is None else min(distractors, len(candidates))
+    )
+    how_many = {t: (2 if t == target and task_type == "pick_two_obj_and_place" else rng.choice(counts)) for t in types}
     receptacles = sorted(where)
-    objects: dict[str, tuple[str, str]] = {}     # id -> (type, receptacle)
+    objects: dict[str, tuple[str, str]] = {}  # id -> (type, receptacle)
     goal_receptacles = [r for r in receptacles if kind[r] == parent]
     for otype in types:
         homes = [r for r in receptacles if otype in constants.VAL_RECEPTACLE_OBJECTS.get(kind[r], ())]
         if otype == target and task_type != "look_at_obj_in_light":
-            homes = [r for r in homes if kind[r] != parent] or homes   # the task is not done at the start
+            homes = [r for r in homes if kind[r] != parent] or homes  # the task is not done at the start
         if not homes:
             continue
         for i in range(how_many[otype]):
             home = rng.choice(homes)
             x, y, z = (rng.uniform(-2, 2) for _ in range(3))
             objects[f"{otype}|{_coord(x)}|{_coord(y)}|{_coord(z)}"] = (otype, home)
-    if toggle:   # the lamp stands on a desk, side table or dresser
+    if toggle:  # the lamp stands on a desk, side table or dresser
         stands = [r for r in receptacles if kind[r] in LAMP_STANDS]
         if not stands:
             raise ValueError(f"FloorPlan{scene} has nothing for a {toggle} to stand on")
@@ -249,14 +323,21 @@ def initial_state(task_type: str, scene: int, target: str, parent: str, seed: in
             lines.append(f"(openable {r})")
     for o in sorted(objects):
         otype, home = objects[o]
-        lines += [f"(objectType {o} {otype}Type)", f"(inReceptacle {o} {home})",
-                  f"(objectAtLocation {o} {where[home]})"]
+        lines += [
+            f"(objectType {o} {otype}Type)",
+            f"(inReceptacle {o} {home})",
+            f"(objectAtLocation {o} {where[home]})",
+        ]
         if otype in LAMPS:
             lines.append(f"(toggleable {o})")
         else:
             lines.append(f"(pickupable {o})")
-        for predicate, group in (("cleanable", "Cleanable"), ("heatable", "Heatable"), ("coolable", "Coolable"),
-                                 ("sliceable", "Sliceable")):
+        for predicate, group in (
+            ("cleanable", "Cleanable"),
+            ("heatable", "Heatable"),
+            ("coolable", "Coolable"),
+            ("sliceable", "Sliceable"),
+        ):
             if otype in constants.VAL_ACTION_OBJECTS[group]:
                 lines.append(f"({predicate} {o})")
         if otype in constants.MOVABLE_RECEPTACLES_SET:
@@ -266,8 +347,13 @@ def initial_state(task_type: str, scene: int, target: str, parent: str, seed: in
             if otype in constants.VAL_RECEPTACLE_OBJECTS.get(rtype, ()):
                 lines.append(f"(canContain {rtype}Type {otype}Type)")
     lines.append(")")
-    params = {"object_target": target, "parent_target": "" if toggle else parent,
-              "toggle_target": toggle or "", "mrecep_target": "", "object_sliced": False}
+    params = {
+        "object_target": target,
+        "parent_target": "" if toggle else parent,
+        "toggle_target": toggle or "",
+        "mrecep_target": "",
+        "object_sliced": False,
+    }
     goal = goal_library.gdict[task_type]["pddl"].format(obj=target, recep=parent, toggle=toggle or "", mrecep="")
     text = "\n".join(lines) + "\n" + goal.strip() + "\n"
     return _fix(text), params
@@ -277,27 +363,48 @@ def task_sentence(task_type: str, params: dict, seed: int) -> str:
     """The templated goal, as alfworld's get_templated_task_desc writes it (a template chosen by `seed`)."""
     _import_alfworld()
     from alfworld.gen import goal_library
+
     template = random.Random(seed).choice(goal_library.gdict[task_type]["templates"])
-    return template.format(obj=params["object_target"].lower(), recep=params["parent_target"].lower(),
-                           toggle=params["toggle_target"].lower(), mrecep=params["mrecep_target"].lower())
+    return template.format(
+        obj=params["object_target"].lower(),
+        recep=params["parent_target"].lower(),
+        toggle=params["toggle_target"].lower(),
+        mrecep=params["mrecep_target"].lower(),
+    )
 
 
 def trial_name(seed: int, n: int) -> str:
     return f"trial_T2019{1000 + seed % 9000:04d}_{seed % 1000000:06d}_{n:06d}"
 
 
-def game_files(task_type: str, scene: int, target: str, parent: str, seed: int, trial: str, n_sentence: int,
-               distractors: int | None = 6, counts: tuple[int, ...] = (1, 1, 2),
-               extras: tuple[str, ...] = SMALL_EXTRAS, extra: dict | None = None) -> tuple[str, dict[str, str], dict]:
+def game_files(
+    task_type: str,
+    scene: int,
+    target: str,
+    parent: str,
+    seed: int,
+    trial: str,
+    n_sentence: int,
+    distractors: int | None = 6,
+    counts: tuple[int, ...] = (1, 1, 2),
+    extras: tuple[str, ...] = SMALL_EXTRAS,
+    extra: dict | None = None,
+) -> tuple[str, dict[str, str], dict]:
     """The folder (relative to the split) and the three files of a game, without a walkthrough yet."""
     _import_alfworld()
     from alfworld.info import ALFRED_PDDL_PATH, ALFRED_TWL2_PATH
+
     folder = f"{task_type}-{target}-None-{parent}-{scene}/{trial}"
     problem, params = initial_state(task_type, scene, target, parent, seed, distractors, counts, extras)
     sentence = task_sentence(task_type, params, n_sentence)
-    traj = {"task_id": trial, "task_type": task_type, "pddl_params": params,
-            "scene": {"floor_plan": f"FloorPlan{scene}", "scene_num": scene},
-            "turk_annotations": {"anns": [{"task_desc": sentence}]}, **(extra or {})}
+    traj = {
+        "task_id": trial,
+        "task_type": task_type,
+        "pddl_params": params,
+        "scene": {"floor_plan": f"FloorPlan{scene}", "scene_num": scene},
+        "turk_annotations": {"anns": [{"task_desc": sentence}]},
+        **(extra or {}),
+    }
     grammar = _text(ALFRED_TWL2_PATH).replace("UNKNOWN GOAL", sentence)
     game = {"pddl_domain": _text(ALFRED_PDDL_PATH), "grammar": grammar, "pddl_problem": problem, "solvable": True}
     files = {"initial_state.pddl": problem, "traj_data.json": json.dumps(traj, indent=1, sort_keys=True) + "\n"}
@@ -311,7 +418,7 @@ def _text(path: str) -> str:
 
 # ---- the experts --------------------------------------------------------------------------------------------------
 
-_ENVS: dict[str, object] = {}     # one engine per kind and process: fast-downward's library is loaded once
+_ENVS: dict[str, object] = {}  # one engine per kind and process: fast-downward's library is loaded once
 
 
 def _env(kind: str):
@@ -319,8 +426,9 @@ def _env(kind: str):
     the planner, or none (to replay a plan)."""
     if kind not in _ENVS:
         import textworld
-        from textworld.envs import PddlEnv
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
+        from textworld.envs import PddlEnv
+
         infos = textworld.EnvInfos(admissible_commands=True, won=True, extras=["gamefile"])
         env = AlfredInfos(AlfredDemangler(PddlEnv(infos), shuffle=False))
         _ENVS[kind] = env if kind == "replay" else AlfredExpert(env, expert_type=kind)
@@ -339,8 +447,9 @@ class _calls:
         self.inner.__exit__(*exc)
 
 
-def handcoded_walkthrough(game_file: Path, seed: int, limit: int = MAX_WALKTHROUGH,
-                          looks: int | None = STUCK_LOOKS) -> list[str] | None:
+def handcoded_walkthrough(
+    game_file: Path, seed: int, limit: int = MAX_WALKTHROUGH, looks: int | None = STUCK_LOOKS
+) -> list[str] | None:
     """The hand-coded expert's run (it explores with `random`, seeded here) when it wins within `limit` steps and
     at most `looks` of them `look` (None: any number), else None. The global `random` is put back after."""
     saved = random.getstate()
@@ -357,7 +466,7 @@ def handcoded_walkthrough(game_file: Path, seed: int, limit: int = MAX_WALKTHROU
                 action = state["extra.expert_plan"][0]
                 state, _, done = env.step(action)
                 actions.append(action)
-        except Exception:       # alfworld's agent gives up by raising (timeout, a state it cannot parse)
+        except Exception:  # alfworld's agent gives up by raising (timeout, a state it cannot parse)
             return None
         finally:
             random.setstate(saved)
@@ -385,17 +494,24 @@ def focused(problem: str, keep: set[str], keep_receptacles: set[str]) -> str:
     rtype = {f[1]: f[2].removesuffix("Type") for f in facts if f[0] == "receptacleType" and len(f) == 3}
     objects = {n for n, kind in declared.items() if kind == "object" and n.split("_bar_", 1)[0] in keep}
     homes = {f[2] for f in facts if f[0] == "inReceptacle" and len(f) == 3 and f[1] in objects}
-    dropped = {n for n, kind in declared.items()
-               if (kind == "object" and n not in objects)
-               or (kind == "receptacle" and n not in homes and rtype.get(n) not in keep_receptacles)}
-    lines = [line for line in problem.splitlines()
-             if not dropped.intersection(line.replace("(", " ").replace(")", " ").split())]
+    dropped = {
+        n
+        for n, kind in declared.items()
+        if (kind == "object" and n not in objects)
+        or (kind == "receptacle" and n not in homes and rtype.get(n) not in keep_receptacles)
+    }
+    lines = [
+        line
+        for line in problem.splitlines()
+        if not dropped.intersection(line.replace("(", " ").replace(")", " ").split())
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _names(problem: str) -> dict[str, str]:
     """{PDDL id: the name a player reads}, as alfworld's AlfredDemangler numbers them (within a type, by id)."""
     from alfworld.agents.utils.misc import Demangler
+
     ids = _declared(problem)
     demangler = Demangler(game_infos={i: SimpleNamespace(id=i) for i in ids})
     return {i: demangler.demangle_alfred_name(i).strip().lower() for i in ids}
@@ -409,8 +525,9 @@ def _renamed(plan: list[str], small: str, whole: str) -> list[str]:
     return [re.sub(r"[a-z]+ \d+", lambda m: mapping.get(m.group(0), m.group(0)), action) for action in plan]
 
 
-def planner_walkthrough(game_file: Path, keep: set[str] | None = None,
-                        keep_receptacles: set[str] = frozenset()) -> list[str] | None:
+def planner_walkthrough(
+    game_file: Path, keep: set[str] | None = None, keep_receptacles: set[str] = frozenset()
+) -> list[str] | None:
     """The PDDL planner's plan from the first state (on the focused problem where `keep` is given), replayed to a
     win in the whole game in an engine of its own; else None."""
     with _calls():
@@ -444,8 +561,11 @@ def walkthrough(game_file: Path, kind: str, seed: int = 0) -> list[str]:
     """The given expert's walkthrough (tests/alfworld_games.py's games); a RuntimeError where it does not win."""
     argv = list(sys.argv)
     try:
-        found = (handcoded_walkthrough(game_file, seed, looks=None) if kind == "handcoded"
-                 else planner_walkthrough(game_file))
+        found = (
+            handcoded_walkthrough(game_file, seed, looks=None)
+            if kind == "handcoded"
+            else planner_walkthrough(game_file)
+        )
     finally:
         sys.argv[:] = argv
     if found is None:
@@ -454,6 +574,7 @@ def walkthrough(game_file: Path, kind: str, seed: int = 0) -> list[str]:
 
 
 # ---- rooms and goals ----------------------------------------------------------------------------------------------
+
 
 def room_type(scene: int) -> str:
     return next(name for name, scenes in ROOM_TYPES.items() if scene in scenes)
@@ -465,7 +586,7 @@ def goals(scene: int) -> dict[str, tuple[tuple[str, str], ...]]:
     type (GOALS_VALID), an object that the room holds and the task type accepts, a receptacle that can hold it besides
     the one it must end in, the appliance its state change needs, a lamp with something to stand on."""
     constants = _constants()
-    _, kind, object_types = room(scene, random.Random(0))    # the receptacle types do not depend on the draw
+    _, kind, object_types = room(scene, random.Random(0))  # the receptacle types do not depend on the draw
     rtypes = set(kind.values())
     objects = _pickable(object_types)
     found: dict[str, tuple[tuple[str, str], ...]] = {}
@@ -474,8 +595,12 @@ def goals(scene: int) -> dict[str, tuple[tuple[str, str], ...]]:
         if room_type(scene) in constants.GOALS_VALID[task_type]:
             if task_type == "look_at_obj_in_light":
                 lamps = [t for t in LAMPS if t in object_types] if rtypes & set(LAMP_STANDS) else []
-                pairs = [(o, lamp) for o in objects for lamp in lamps
-                         if any(o in constants.VAL_RECEPTACLE_OBJECTS.get(r, ()) for r in rtypes)]
+                pairs = [
+                    (o, lamp)
+                    for o in objects
+                    for lamp in lamps
+                    if any(o in constants.VAL_RECEPTACLE_OBJECTS.get(r, ()) for r in rtypes)
+                ]
             else:
                 tool = TOOLS.get(task_type)
                 group = ACTION_GROUPS.get(task_type)
@@ -499,21 +624,22 @@ def allocate(total: int, shares: dict[str, int]) -> dict[str, int]:
     exact = {t: total * shares[t] / whole for t in TASK_TYPES}
     counts = {t: int(exact[t]) for t in TASK_TYPES}
     rest = sorted(TASK_TYPES, key=lambda t: (-(exact[t] - counts[t]), TASK_TYPES.index(t)))
-    for t in rest[:total - sum(counts.values())]:
+    for t in rest[: total - sum(counts.values())]:
         counts[t] += 1
     return counts
 
 
 # ---- the generator ------------------------------------------------------------------------------------------------
 
+
 def _draw(seed: int, split: str, task_type: str, k: int, attempt: int, seen: dict | None) -> tuple[int, str, str, int]:
     """A game's room, goal and placement seed: a function of its identity and the attempt."""
     rng = random.Random(f"eexp-alfworld-games/{seed}/{split}/{task_type}/{k}/{attempt}")
     if split == "valid_seen":
         known = (seen or {}).get(task_type, ())
-        if known:     # one of train's task instances, objects placed anew
+        if known:  # one of train's task instances, objects placed anew
             scene, target, parent = rng.choice(known)
-            return scene, target, parent, rng.randrange(2 ** 31)
+            return scene, target, parent, rng.randrange(2**31)
         used = sorted({i[0] for instances in (seen or {}).values() for i in instances})
         pool = rooms_for(task_type, tuple(used)) or rooms_for(task_type, SEEN_ROOMS)
     else:
@@ -522,7 +648,7 @@ def _draw(seed: int, split: str, task_type: str, k: int, attempt: int, seen: dic
         raise EnvError(f"alfworld-games: no room of {split} can hold a {task_type} game")
     scene = rng.choice(pool)
     target, parent = rng.choice(goals(scene)[task_type])
-    return scene, target, parent, rng.randrange(2 ** 31)
+    return scene, target, parent, rng.randrange(2**31)
 
 
 def make_game(job: dict) -> dict:
@@ -535,11 +661,22 @@ def make_game(job: dict) -> dict:
     for attempt in range(job.get("first_attempt", 0), job.get("first_attempt", 0) + ATTEMPTS):
         scene, target, parent, placement = _draw(job["seed"], split, task_type, k, attempt, job.get("seen"))
         trial = trial_name(placement, job["n"])
-        extra = {"eexp": {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": job["seed"],
-                          "attempt": attempt}}
-        folder, files, game = game_files(task_type, scene, target, parent, placement, trial, placement,
-                                         distractors=ALL_OBJECTS, counts=COUNTS,
-                                         extras=EXTRA_RECEPTACLES, extra=extra)
+        extra = {
+            "eexp": {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": job["seed"], "attempt": attempt}
+        }
+        folder, files, game = game_files(
+            task_type,
+            scene,
+            target,
+            parent,
+            placement,
+            trial,
+            placement,
+            distractors=ALL_OBJECTS,
+            counts=COUNTS,
+            extras=EXTRA_RECEPTACLES,
+            extra=extra,
+        )
         where = scratch / f"{split}-{job['n']}"
         where.mkdir(parents=True, exist_ok=True)
         game_file = where / "game.tw-pddl"
@@ -563,11 +700,22 @@ def make_game(job: dict) -> dict:
         traj["eexp"]["walkthrough"] = expert
         files["traj_data.json"] = json.dumps(traj, indent=1, sort_keys=True) + "\n"
         files["game.tw-pddl"] = json.dumps({**game, "walkthrough": steps})
-        return {"split": split, "n": job["n"], "task_type": task_type, "folder": folder, "files": files,
-                "scene": scene, "instance": (scene, target, parent), "expert": expert, "steps": len(steps),
-                "attempt": attempt, "cpu_s": time.process_time() - cpu}
-    raise EnvError(f"alfworld-games: no solvable {task_type} game for {split} #{job['n']} in {ATTEMPTS} draws "
-                   f"(seed {job['seed']})")
+        return {
+            "split": split,
+            "n": job["n"],
+            "task_type": task_type,
+            "folder": folder,
+            "files": files,
+            "scene": scene,
+            "instance": (scene, target, parent),
+            "expert": expert,
+            "steps": len(steps),
+            "attempt": attempt,
+            "cpu_s": time.process_time() - cpu,
+        }
+    raise EnvError(
+        f"alfworld-games: no solvable {task_type} game for {split} #{job['n']} in {ATTEMPTS} draws (seed {job['seed']})"
+    )
 
 
 def _worker_setup() -> None:
@@ -581,12 +729,19 @@ def _make_game_in_worker(state: None, job: dict) -> dict:
 
 def game_plan(sizes: dict[str, int]) -> dict[str, list[tuple[str, int]]]:
     """Each split's games as (task type, k), in the order they are numbered."""
-    return {split: [(t, k) for t, count in allocate(sizes[split], RELEASED[split]).items() for k in range(count)]
-            for split in SPLITS}
+    return {
+        split: [(t, k) for t, count in allocate(sizes[split], RELEASED[split]).items() for k in range(count)]
+        for split in SPLITS
+    }
 
 
-def generate(out_dir: Path, sizes: dict[str, int] | None = None, seed: int = 0, jobs: int = 1,
-             note: Callable[[str], None] | None = None) -> dict:
+def generate(
+    out_dir: Path,
+    sizes: dict[str, int] | None = None,
+    seed: int = 0,
+    jobs: int = 1,
+    note: Callable[[str], None] | None = None,
+) -> dict:
     """Write the games under out_dir/json_2.1.1/<split>/ and out_dir/eexp-games.json (what was made, how); returns
     that summary. The folder json_2.1.1 must not exist yet: the games are written beside it and moved in at the end,
     so an interrupted run leaves no half split behind."""
@@ -598,13 +753,16 @@ def generate(out_dir: Path, sizes: dict[str, int] | None = None, seed: int = 0, 
         raise EnvError("alfworld-games: nothing to generate (every split's size is 0)")
     for module in ("alfworld", "fast_downward", "textworld"):
         if importlib.util.find_spec(module) is None:
-            raise EnvError(f"alfworld-games: the package {module} is not installed; pip install 'eexp[alfworld]' "
-                           "(alfworld==0.4.2 'textworld[pddl]')")
+            raise EnvError(
+                f"alfworld-games: the package {module} is not installed; pip install 'eexp[alfworld]' "
+                "(alfworld==0.4.2 'textworld[pddl]')"
+            )
     out_dir = Path(out_dir)
     final = out_dir / DATA_VERSION
     if final.exists():
-        raise EnvError(f"{final}: already exists (alfworld-games writes a new data folder; remove it or choose "
-                       "another OUT_DIR)")
+        raise EnvError(
+            f"{final}: already exists (alfworld-games writes a new data folder; remove it or choose another OUT_DIR)"
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile_dir(out_dir))
@@ -615,16 +773,25 @@ def generate(out_dir: Path, sizes: dict[str, int] | None = None, seed: int = 0, 
     made: dict[str, list[dict]] = {}
     pool = None
     try:
-        pool = open_pool(jobs, _worker_setup)   # eexp's worker processes (None: games made here, one by one)
+        pool = open_pool(jobs, _worker_setup)  # eexp's worker processes (None: games made here, one by one)
         seen: dict[str, list] = {}
         for split, games in game_plan(sizes).items():
             if not games:
                 made[split] = []
                 continue
             t0 = time.perf_counter()
-            job_list = [{"seed": seed, "split": split, "task_type": t, "k": k, "n": n,
-                         "scratch": str(staging / ".scratch"),
-                         "seen": seen if split == "valid_seen" else None} for n, (t, k) in enumerate(games)]
+            job_list = [
+                {
+                    "seed": seed,
+                    "split": split,
+                    "task_type": t,
+                    "k": k,
+                    "n": n,
+                    "scratch": str(staging / ".scratch"),
+                    "seen": seen if split == "valid_seen" else None,
+                }
+                for n, (t, k) in enumerate(games)
+            ]
             results = list(pool.map(_make_game_in_worker, job_list) if pool else map(make_game, job_list))
             results = _no_duplicates(results, job_list, made)
             for r in results:
@@ -637,21 +804,26 @@ def generate(out_dir: Path, sizes: dict[str, int] | None = None, seed: int = 0, 
                 for t in TASK_TYPES:
                     seen[t] = sorted({r["instance"] for r in results if r["task_type"] == t})
             cpu = sum(r["cpu_s"] for r in results)
-            note(f"alfworld-games: {split}: {len(results)} games in {time.perf_counter() - t0:.0f} s "
-                 f"({cpu:.0f} s of CPU)")
+            note(
+                f"alfworld-games: {split}: {len(results)} games in {time.perf_counter() - t0:.0f} s "
+                f"({cpu:.0f} s of CPU)"
+            )
         shutil.rmtree(staging / ".scratch", ignore_errors=True)
         summary = _summary(made, sizes, seed)
         (staging / "eexp-games.json").write_text(json.dumps(summary, indent=1) + "\n")
-        staging.rename(final)          # the games, then the summary: a summary means every game is there
+        staging.rename(final)  # the games, then the summary: a summary means every game is there
         os.replace(final / "eexp-games.json", out_dir / "eexp-games.json")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
         if pool is not None:
-            pool.terminate()   # after a finished run there is nothing left in flight; after an error, drop it
-    return dict(summary, seconds=round(time.perf_counter() - started, 1),
-                cpu_seconds=round(sum(r["cpu_s"] for split in made.values() for r in split), 1))
+            pool.terminate()  # after a finished run there is nothing left in flight; after an error, drop it
+    return dict(
+        summary,
+        seconds=round(time.perf_counter() - started, 1),
+        cpu_seconds=round(sum(r["cpu_s"] for split in made.values() for r in split), 1),
+    )
 
 
 def tempfile_dir(out_dir: Path) -> str:
@@ -684,12 +856,19 @@ def _summary(made: dict[str, list[dict]], sizes: dict[str, int], seed: int) -> d
             "task_types": {t: sum(r["task_type"] == t for r in results) for t in TASK_TYPES},
             "rooms": sorted({r["scene"] for r in results}),
             "walkthrough": {e: sum(r["expert"] == e for r in results) for e in ("handcoded", "planner")},
-            "walkthrough_steps": {"mean": round(sum(steps) / len(steps), 2) if steps else None,
-                                  "max": max(steps) if steps else None},
+            "walkthrough_steps": {
+                "mean": round(sum(steps) / len(steps), 2) if steps else None,
+                "max": max(steps) if steps else None,
+            },
             "redrawn": sum(r["attempt"] > 0 for r in results),
         }
-    return {"generator": GENERATOR, "version": GENERATOR_VERSION, "alfworld": importlib.metadata.version("alfworld"), "seed": seed,
-            "sizes": {s: sizes[s] for s in SPLITS},
-            "note": "generated games on ALFWorld's engine, not the released split: objects placed by sampling, not "
-                    "from AI2-THOR scenes; task types in the released proportions",
-            "splits": splits}
+    return {
+        "generator": GENERATOR,
+        "version": GENERATOR_VERSION,
+        "alfworld": importlib.metadata.version("alfworld"),
+        "seed": seed,
+        "sizes": {s: sizes[s] for s in SPLITS},
+        "note": "generated games on ALFWorld's engine, not the released split: objects placed by sampling, not "
+        "from AI2-THOR scenes; task types in the released proportions",
+        "splits": splits,
+    }

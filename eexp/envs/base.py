@@ -21,12 +21,12 @@ class Env:
     """Base class and protocol. Subclasses set the class attributes and implement the methods marked required."""
 
     name: str = ""
-    version: str = "0"             # set on the class, never on an instance: `eexp envs` reads the class
+    version: str = "0"  # set on the class, never on an instance: `eexp envs` reads the class
     splits: tuple[str, ...] = ("train", "test", "ood")
     can_snapshot: bool = False
-    action_format: str = ""        # one line for `eexp envs NAME`, e.g. "search[QUERY] | click[LABEL]"
-    max_steps: int = 30            # eval's default episode length
-    closed_actions: bool = True    # True when admissible() lists every valid action
+    action_format: str = ""  # one line for `eexp envs NAME`, e.g. "search[QUERY] | click[LABEL]"
+    max_steps: int = 30  # eval's default episode length
+    closed_actions: bool = True  # True when admissible() lists every valid action
     # The options (--env-arg KEY=VALUE) and their defaults. When declared (a dict), an unknown option is an EnvError
     # and an option given at its default is dropped from `kwargs` (what records and trajectory ids carry), so the
     # default world has one id however it was asked for. None: not declared, every option is recorded as given.
@@ -36,8 +36,9 @@ class Env:
         if self.options is not None:
             unknown = sorted(set(kwargs) - set(self.options))
             if unknown:
-                raise EnvError(f"{self.name}: unknown options {', '.join(unknown)} "
-                               f"(known: {', '.join(self.options) or 'none'})")
+                raise EnvError(
+                    f"{self.name}: unknown options {', '.join(unknown)} (known: {', '.join(self.options) or 'none'})"
+                )
             kwargs = {k: v for k, v in kwargs.items() if v != self.options[k]}
         self.kwargs = kwargs
 
@@ -119,9 +120,15 @@ class Env:
         pass
 
     def describe(self) -> dict:
-        return {"name": self.name, "version": self.version, "splits": list(self.splits),
-                "can_snapshot": self.can_snapshot, "action_format": self.action_format,
-                "max_steps": self.max_steps, "closed_actions": self.closed_actions}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "splits": list(self.splits),
+            "can_snapshot": self.can_snapshot,
+            "action_format": self.action_format,
+            "max_steps": self.max_steps,
+            "closed_actions": self.closed_actions,
+        }
 
     def task(self, split: str, task_id: str) -> dict:
         """One task by id, with an error that says what exists."""
@@ -141,7 +148,7 @@ class NumberedTasks(Env):
     """An environment whose tasks are numbered in each split (`<split>-00042`), built from the split and the number
     alone (shop, tools): `tasks`, `task` and `locate` from `split_sizes` and the subclass's `task_fields`."""
 
-    split_sizes: dict[str, int] = {}   # split -> how many tasks
+    split_sizes: dict[str, int] = {}  # split -> how many tasks
 
     def task_fields(self, split: str, index: int) -> dict:
         """The fields of task `index` of `split` besides `id` and `split`: `goal`, and `category` if any."""
@@ -158,8 +165,10 @@ class NumberedTasks(Env):
         self._check_split(split)
         found = self._number(task_id)
         if found is None or found[0] != split:
-            raise EnvError(f"{self.name} has no task {task_id!r} in split {split!r} "
-                           f"(ids are {split}-00000 to {split}-{self.split_sizes[split] - 1:05d})")
+            raise EnvError(
+                f"{self.name} has no task {task_id!r} in split {split!r} "
+                f"(ids are {split}-00000 to {split}-{self.split_sizes[split] - 1:05d})"
+            )
         return self.numbered_task(*found)
 
     def locate(self, task: dict) -> tuple[str, int]:
@@ -175,14 +184,20 @@ class NumberedTasks(Env):
 
     def _number(self, task_id: str) -> tuple[str, int] | None:
         split, dash, number = task_id.rpartition("-")
-        if not dash or split not in self.split_sizes or len(number) != 5 or not number.isdigit() or \
-                int(number) >= self.split_sizes[split]:
+        if (
+            not dash
+            or split not in self.split_sizes
+            or len(number) != 5
+            or not number.isdigit()
+            or int(number) >= self.split_sizes[split]
+        ):
             return None
         return split, int(number)
 
 
-def pick_tasks(env: Env, split: str, n: int | None = None, seed: int = 0,
-               task_ids: list[str] | tuple[str, ...] = ()) -> list[dict]:
+def pick_tasks(
+    env: Env, split: str, n: int | None = None, seed: int = 0, task_ids: list[str] | tuple[str, ...] = ()
+) -> list[dict]:
     """The tasks a stage runs (expert, `envs --check`): the ids asked for, else a deterministic sample of n tasks
     of the split.
 
@@ -258,26 +273,31 @@ def env_class(name: str) -> type[Env]:
     ep = known[name]
     try:
         return ep.load()
-    except EnvError:   # the package's own message (and install hint), as it wrote it
+    except EnvError:  # the package's own message (and install hint), as it wrote it
         raise
     except ImportError as e:
         if ep.value.startswith("eexp."):
-            raise EnvError(f"environment {name!r} is registered but cannot load: {e} "
-                           f"(its package is missing: ./install.sh or pip install 'eexp[all]' installs it)") from None
-        raise EnvError(f"environment {name!r} is registered but cannot load: {e} "
-                       f"(it comes from {entry_point_source(ep)})") from None
+            raise EnvError(
+                f"environment {name!r} is registered but cannot load: {e} "
+                f"(its package is missing: ./install.sh or pip install 'eexp[all]' installs it)"
+            ) from None
+        raise EnvError(
+            f"environment {name!r} is registered but cannot load: {e} (it comes from {entry_point_source(ep)})"
+        ) from None
     except AttributeError as e:
         raise EnvError(f"environment {name!r} is registered as {ep.value} but that does not exist: {e}") from None
-    except Exception as e:   # a plugin's crash at import: one line, not a traceback
-        raise EnvError(f"environment {name!r} is registered but cannot load: {type(e).__name__}: {e} "
-                       f"(it comes from {entry_point_source(ep)})") from None
+    except Exception as e:  # a plugin's crash at import: one line, not a traceback
+        raise EnvError(
+            f"environment {name!r} is registered but cannot load: {type(e).__name__}: {e} "
+            f"(it comes from {entry_point_source(ep)})"
+        ) from None
 
 
 def make_env(name: str, **kwargs: Any) -> Env:
     """An instance of environment `name` to play episodes with: the options it cannot work with (Env.check_options:
     a user simulator that does not answer, games that are not there) are refused first, an EnvError."""
     cls = env_class(name)
-    check_options = getattr(cls, "check_options", None)   # a plugin need not subclass Env
+    check_options = getattr(cls, "check_options", None)  # a plugin need not subclass Env
     if check_options is not None:
         check_options(kwargs)
     return cls(**kwargs)

@@ -35,14 +35,18 @@ from eexp.envs.base import Env, package_version
 from eexp.errors import EnvError
 from eexp.text import normalize_space
 
-CATEGORIES = {"base": "multi_turn_base", "long_context": "multi_turn_long_context",
-              "miss_func": "multi_turn_miss_func", "miss_param": "multi_turn_miss_param"}
+CATEGORIES = {
+    "base": "multi_turn_base",
+    "long_context": "multi_turn_long_context",
+    "miss_func": "multi_turn_miss_func",
+    "miss_param": "multi_turn_miss_param",
+}
 OOD = ("long_context", "miss_func", "miss_param")
 TRAIN_FRACTION = 0.75
 SPLIT_SEED = "eexp-bfcl-split"
 END_TURN_REPLY = "Done."
 UNABLE_REPLY = "I cannot do that with the tools and information I have; please tell me what is missing."
-NEW_TOOLS_MESSAGE = "I have updated some more functions you can choose from. What about now?"   # BFCL's own
+NEW_TOOLS_MESSAGE = "I have updated some more functions you can choose from. What about now?"  # BFCL's own
 MAX_RESULT_CHARS = 1500
 
 
@@ -103,6 +107,7 @@ def _load(category: str) -> tuple[list[dict], list[list[list[str]]]]:
 @lru_cache(maxsize=None)
 def _func_docs(class_name: str) -> tuple[dict, ...]:
     from bfcl_eval.constants.executable_backend_config import MULTI_TURN_FUNC_DOC_FILE_MAPPING
+
     path = _data_dir() / "multi_turn_func_doc" / MULTI_TURN_FUNC_DOC_FILE_MAPPING[class_name]
     return tuple(json.loads(line) for line in path.read_text().splitlines() if line.strip())
 
@@ -111,8 +116,9 @@ def signature(doc: dict) -> str:
     """`mv(source: string, destination: string, overwrite?: boolean)` from a BFCL function doc."""
     params = doc.get("parameters", {})
     required = set(params.get("required", []))
-    fields = [f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}"
-              for k, v in params.get("properties", {}).items()]
+    fields = [
+        f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}" for k, v in params.get("properties", {}).items()
+    ]
     return f"{doc['name']}({', '.join(fields)})"
 
 
@@ -128,7 +134,7 @@ class BfclEnv(Env):
     options = {"max_result_chars": MAX_RESULT_CHARS}
 
     def __init__(self, max_result_chars: int = MAX_RESULT_CHARS, **kwargs: Any):
-        super().__init__(max_result_chars=max_result_chars, **kwargs)   # unknown options: EnvError
+        super().__init__(max_result_chars=max_result_chars, **kwargs)  # unknown options: EnvError
         self.max_result_chars = int(max_result_chars)
         _data_dir()
         self._entries: dict[str, tuple[dict, list, str]] = {}
@@ -137,7 +143,7 @@ class BfclEnv(Env):
             for e, gt in zip(entries, answers):
                 self._entries[e["id"]] = (e, gt, category)
         self._tasks: dict[str, list[dict]] = {}
-        self._ep: dict | None = None   # the episode: instances, turn, calls per turn, available functions
+        self._ep: dict | None = None  # the episode: instances, turn, calls per turn, available functions
 
     # --- tasks ------------------------------------------------------------------------------------------------
     def tasks(self, split: str) -> list[dict]:
@@ -162,8 +168,7 @@ class BfclEnv(Env):
         entry, _, category = self._entries[task_id]
         first = " ".join(m["content"] for m in entry["question"][0] if m.get("role") == "user")
         tools = "; ".join(signature(d) for d in self._available(entry, 0))
-        return {"id": task_id, "split": split, "category": category,
-                "goal": f"{first}\n\nTools: {tools}"}
+        return {"id": task_id, "split": split, "category": category, "goal": f"{first}\n\nTools: {tools}"}
 
     def _entry(self, task: dict) -> tuple[dict, list, str]:
         if task.get("id") not in self._entries:
@@ -176,20 +181,26 @@ class BfclEnv(Env):
         missing = entry.get("missed_function") or {}
         held_back = {name for t, names in missing.items() if int(t) > turn for name in names}
         excluded = set(entry.get("excluded_function") or [])
-        return [d for c in entry["involved_classes"] for d in _func_docs(c)
-                if d["name"] not in held_back and d["name"] not in excluded]
+        return [
+            d
+            for c in entry["involved_classes"]
+            for d in _func_docs(c)
+            if d["name"] not in held_back and d["name"] not in excluded
+        ]
 
     # --- episode ----------------------------------------------------------------------------------------------
     def reset(self, task: dict) -> str:
         entry, _, category = self._entry(task)
         from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING, STATELESS_CLASSES
+
         instances = {}
         try:
             for c in entry["involved_classes"]:
                 obj = getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[c]), c)()
                 if c not in STATELESS_CLASSES:
-                    obj._load_scenario(copy.deepcopy(entry["initial_config"].get(c, {})),
-                                       long_context=(category == "long_context"))
+                    obj._load_scenario(
+                        copy.deepcopy(entry["initial_config"].get(c, {})), long_context=(category == "long_context")
+                    )
                 instances[c] = obj
         except Exception as e:
             self._ep = None
@@ -203,8 +214,9 @@ class BfclEnv(Env):
         new = (entry.get("missed_function") or {}).get(str(turn))
         if new:
             docs = {d["name"]: d for d in self._available(entry, turn)}
-            text = (text or NEW_TOOLS_MESSAGE) + "\nNew tools: " + "; ".join(signature(docs[n]) for n in new
-                                                                             if n in docs)
+            text = (
+                (text or NEW_TOOLS_MESSAGE) + "\nNew tools: " + "; ".join(signature(docs[n]) for n in new if n in docs)
+            )
         return f"User: {text}"
 
     def _methods(self) -> dict[str, Any]:
@@ -226,7 +238,7 @@ class BfclEnv(Env):
             calls = parse_calls(action)
         except CallError:
             calls = []
-        if not calls:   # a reply (or []): the turn ends
+        if not calls:  # a reply (or []): the turn ends
             return self._end_turn()
         methods = self._methods()
         results, valid = [], True
@@ -238,7 +250,7 @@ class BfclEnv(Env):
             self._ep["calls"][-1].append(render_call(name, args, kwargs))
             try:
                 result = methods[name](*args, **kwargs)
-            except Exception as e:   # a tool's own error, reported the way BFCL's executor does
+            except Exception as e:  # a tool's own error, reported the way BFCL's executor does
                 result = f"Error during execution: {e}"
             results.append(self._result_text(result))
         return "\n".join(results), 0.0, False, {"valid": valid}
@@ -249,7 +261,7 @@ class BfclEnv(Env):
                 result = json.dumps(result, ensure_ascii=False)
             except (TypeError, ValueError):
                 result = str(result)
-        return result if len(result) <= self.max_result_chars else result[:self.max_result_chars] + " …"
+        return result if len(result) <= self.max_result_chars else result[: self.max_result_chars] + " …"
 
     def _end_turn(self) -> tuple[str, float, bool, dict]:
         entry = self._entry(self._ep["task"])[0]
@@ -278,9 +290,10 @@ class BfclEnv(Env):
             return False
         from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
         from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
+
         entry, gt, _ = self._entry(self._ep["task"])
         turns = [list(c) for c in self._ep["calls"]] + [[] for _ in range(len(gt) - len(self._ep["calls"]))]
-        decoded = [[[call] for call in turn] for turn in turns[:len(gt)]]
+        decoded = [[[call] for call in turn] for turn in turns[: len(gt)]]
         # The checker caches tool instances in its module globals by model name: use a fresh name, then clean up.
         model = f"eexp_{uuid.uuid4().hex}"
         try:

@@ -36,10 +36,21 @@ import tempfile
 import time
 import weakref
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-extensions", "--disable-default-apps", "--mute-audio", "--hide-scrollbars",
-                  "--disable-features=Translate,OptimizationHints,MediaRouter")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--disable-features=Translate,OptimizationHints,MediaRouter",
+)
 INSTALL_HINT = "./install.sh --browser (as root: apt-get install chromium chromium-driver)"
 TAG_PREFIX = "eexp-browser-"
 START_TIMEOUT = 30.0
@@ -55,13 +66,19 @@ def find_executables() -> tuple[str, str]:
     """(chromium, chromedriver) paths, from $EEXP_CHROMIUM / $EEXP_CHROMEDRIVER or PATH; BrowserMissing names what
     is missing and the install command."""
     chromium = os.environ.get("EEXP_CHROMIUM") or next(
-        (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
+        (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None
+    )
     driver = os.environ.get("EEXP_CHROMEDRIVER") or shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", chromium), ("chromedriver", driver))
-               if not path or not os.access(path, os.X_OK)]
+    missing = [
+        name
+        for name, path in (("chromium", chromium), ("chromedriver", driver))
+        if not path or not os.access(path, os.X_OK)
+    ]
     if missing:
-        raise BrowserMissing(f"no {' and no '.join(missing)} found (EEXP_CHROMIUM / EEXP_CHROMEDRIVER or PATH); "
-                             f"install them: {INSTALL_HINT}")
+        raise BrowserMissing(
+            f"no {' and no '.join(missing)} found (EEXP_CHROMIUM / EEXP_CHROMEDRIVER or PATH); "
+            f"install them: {INSTALL_HINT}"
+        )
     return chromium, driver
 
 
@@ -108,7 +125,7 @@ def kill_browser(pgid: int | None, folder: str) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    for _ in range(3):   # a process forked while the first ones were being killed
+    for _ in range(3):  # a process forked while the first ones were being killed
         pids = [p for p in _processes_naming(folder) if _state(p) not in ("Z", "X", "gone")]
         if not pids:
             break
@@ -126,7 +143,7 @@ class Browser:
 
     def __init__(self, window: tuple[int, int] = (800, 600)):
         self.window = window
-        self.driver = None            # selenium WebDriver, once started
+        self.driver = None  # selenium WebDriver, once started
         self.folder: str | None = None
         self._service: subprocess.Popen | None = None
         self._reaper: subprocess.Popen | None = None
@@ -145,19 +162,30 @@ class Browser:
             from selenium import webdriver
         except ImportError:
             raise BrowserMissing("selenium is not installed: pip install 'eexp[miniwob]'") from None
-        os.environ.setdefault("SE_OFFLINE", "true")        # Selenium Manager must never look online
+        os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never look online
         os.environ.setdefault("SE_AVOID_STATS", "true")
         self.folder = tempfile.mkdtemp(prefix=TAG_PREFIX)
         port = _free_port()
-        env = {**os.environ, "XDG_CONFIG_HOME": os.path.join(self.folder, "config"),
-               "XDG_CACHE_HOME": os.path.join(self.folder, "cache")}
-        self._service = subprocess.Popen([chromedriver, f"--port={port}", "--allowed-ips=127.0.0.1"],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        self._reaper = subprocess.Popen([sys.executable, "-m", "eexp.envs.browser", "--reap",
-                                         str(self._service.pid), self.folder],
-                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        env = {
+            **os.environ,
+            "XDG_CONFIG_HOME": os.path.join(self.folder, "config"),
+            "XDG_CACHE_HOME": os.path.join(self.folder, "cache"),
+        }
+        self._service = subprocess.Popen(
+            [chromedriver, f"--port={port}", "--allowed-ips=127.0.0.1"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "eexp.envs.browser", "--reap", str(self._service.pid), self.folder],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         _open.add(self)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -181,7 +209,9 @@ class Browser:
             # ChromeDriver's DevTools endpoint (webdriver.Chrome has it; Remote, which we need to start the driver
             # ourselves, does not register it)
             self.driver.command_executor._commands["executeCdpCommand"] = (
-                "POST", "/session/$sessionId/goog/cdp/execute")
+                "POST",
+                "/session/$sessionId/goog/cdp/execute",
+            )
             self.emulate_focus()
         except Exception:
             self.close()
@@ -192,12 +222,13 @@ class Browser:
         """Make the page behave as if its window had the focus. A headless window never has it, so element.focus()
         moves document.activeElement but fires no `focus` event, which some pages wait for (MiniWoB's
         focus-text)."""
-        self.driver.execute("executeCdpCommand", {"cmd": "Emulation.setFocusEmulationEnabled",
-                                                  "params": {"enabled": True}})
+        self.driver.execute(
+            "executeCdpCommand", {"cmd": "Emulation.setFocusEmulationEnabled", "params": {"enabled": True}}
+        )
 
     def close(self) -> None:
         """Kill every process of this browser and delete its folder; safe at any point and twice."""
-        self.driver = None   # no quit(): it could block on a hung driver; the profile is thrown away anyway
+        self.driver = None  # no quit(): it could block on a hung driver; the profile is thrown away anyway
         service, self._service = self._service, None
         reaper, self._reaper = self._reaper, None
         if self.folder is not None:
@@ -208,7 +239,7 @@ class Browser:
                 continue
             if proc is reaper and proc.stdin is not None:
                 try:
-                    proc.stdin.close()   # the reaper finds nothing left to kill and exits
+                    proc.stdin.close()  # the reaper finds nothing left to kill and exits
                 except OSError:
                     pass
             try:
@@ -236,7 +267,7 @@ def _close_all() -> None:
 
 def _reap(pgid: int, folder: str) -> None:
     """The reaper: wait until the owner's end of stdin closes (it exited or was killed), then kill the browser."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # a Ctrl-C is for the owner; the owner's exit is our signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the owner; the owner's exit is our signal
     try:
         while sys.stdin.buffer.read(65536):
             pass
@@ -249,4 +280,3 @@ if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--reap":
     _reap(int(sys.argv[2]), sys.argv[3])
 elif __name__ == "__main__":
     sys.exit("usage: python -m eexp.envs.browser --reap PGID FOLDER (started by eexp.envs.browser.Browser)")
-

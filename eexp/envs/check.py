@@ -42,13 +42,13 @@ from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 SCORE_RANGE = (0.0, 1.0)
-PROBE_ACTION = "  Look   AROUND  "      # canonicalized on a fresh instance: any text must be accepted
-ALTERNATIVES_PER_STATE = 2               # admissible actions besides the expert's tried by the canonicalize check
+PROBE_ACTION = "  Look   AROUND  "  # canonicalized on a fresh instance: any text must be accepted
+ALTERNATIVES_PER_STATE = 2  # admissible actions besides the expert's tried by the canonicalize check
 
 
 @dataclass
 class Check:
-    status: str          # "ok", "FAIL" or "skip"
+    status: str  # "ok", "FAIL" or "skip"
     name: str
     detail: str
 
@@ -65,7 +65,7 @@ class Failed(Exception):
 
 def short(value: Any, limit: int = 80) -> str:
     text = repr(value) if not isinstance(value, str) else repr(normalize_space(value))
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Guarded:
@@ -82,8 +82,12 @@ class Guarded:
         value = guarded(lambda: getattr(self.env, method)(*args), what, self.timeout)
         if method == "score":
             self.scores += 1
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
                 and SCORE_RANGE[0] <= value <= SCORE_RANGE[1]
+            )
             if not ok and self.bad_score is None:
                 self.bad_score = f"{self.where()}: score() is {value!r}, outside [0, 1]"
         return value
@@ -98,9 +102,14 @@ class Guarded:
 class Checker:
     """Runs the checks on fresh instances from `factory`, on the tasks `pick(env)` returns."""
 
-    def __init__(self, factory: Callable[..., Env], split: str | None = None,
-                 pick: Callable[[Env, str], list[dict]] | None = None, timeout: float | None = 60.0):
-        self.factory_with = lambda extra: factory(**extra)   # the options check adds options of its own
+    def __init__(
+        self,
+        factory: Callable[..., Env],
+        split: str | None = None,
+        pick: Callable[[Env, str], list[dict]] | None = None,
+        timeout: float | None = 60.0,
+    ):
+        self.factory_with = lambda extra: factory(**extra)  # the options check adds options of its own
         self.factory, self.timeout = (lambda: factory()), timeout
         self.split = split
         self.pick = pick or (lambda env, split: env.tasks(split)[:3])
@@ -108,14 +117,15 @@ class Checker:
         self.envs: list[Guarded] = []
         self.tasks: list[dict] | None = None
         self.all_tasks: list[dict] = []
-        self.reference: dict[str, dict] = {}     # task id -> the expert episode of a fresh instance
+        self.reference: dict[str, dict] = {}  # task id -> the expert episode of a fresh instance
         self.scores = 0
         self.bad_score: str | None = None
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
     def fresh(self) -> Guarded:
-        env = Guarded(guarded(self.factory, "constructing the environment", self.timeout), self.timeout,
-                      lambda: self.where)
+        env = Guarded(
+            guarded(self.factory, "constructing the environment", self.timeout), self.timeout, lambda: self.where
+        )
         self.envs.append(env)
         return env
 
@@ -126,8 +136,9 @@ class Checker:
             env.close()
         self.envs.clear()
 
-    def episode(self, env: Guarded, task: dict, actions: list[str], during: Callable[[int], None] | None = None
-                ) -> dict:
+    def episode(
+        self, env: Guarded, task: dict, actions: list[str], during: Callable[[int], None] | None = None
+    ) -> dict:
         """Reset and take `actions`: the observation, admissible list and score of every state, the reward, done and
         valid flag of every step. `during(i)` runs in state i before its admissible list is read."""
         states, steps = [], []
@@ -156,28 +167,39 @@ class Checker:
         return self.reference[task["id"]]
 
     def run(self) -> Iterator[Check]:
-        checks = [("construction is lazy", self.check_lazy), ("tasks", self.check_tasks),
-                  ("version", self.check_version), ("close() is safe", self.check_close),
-                  ("deterministic", self.check_deterministic), ("expert replays to success", self.check_replay),
-                  ("snapshot/restore equals replay", self.check_snapshot),
-                  ("canonicalize round-trips through step()", self.check_canonicalize),
-                  ("expert() leaves the live episode undisturbed", self.check_undisturbed),
-                  ("score range", self.check_score), ("options", self.check_options)]
-        needs_tasks = {"deterministic", "expert replays to success", "snapshot/restore equals replay",
-                       "canonicalize round-trips through step()", "expert() leaves the live episode undisturbed",
-                       "score range"}
+        checks = [
+            ("construction is lazy", self.check_lazy),
+            ("tasks", self.check_tasks),
+            ("version", self.check_version),
+            ("close() is safe", self.check_close),
+            ("deterministic", self.check_deterministic),
+            ("expert replays to success", self.check_replay),
+            ("snapshot/restore equals replay", self.check_snapshot),
+            ("canonicalize round-trips through step()", self.check_canonicalize),
+            ("expert() leaves the live episode undisturbed", self.check_undisturbed),
+            ("score range", self.check_score),
+            ("options", self.check_options),
+        ]
+        needs_tasks = {
+            "deterministic",
+            "expert replays to success",
+            "snapshot/restore equals replay",
+            "canonicalize round-trips through step()",
+            "expert() leaves the live episode undisturbed",
+            "score range",
+        }
         for name, check in checks:
             if name in needs_tasks and self.tasks is None:
                 yield Check("skip", name, "no tasks to run (see the tasks check)")
                 continue
-            self.where = ""   # each check says where it is; a failure before it does is named by its call alone
+            self.where = ""  # each check says where it is; a failure before it does is named by its call alone
             try:
                 status, detail = check()
             except Failed as e:
                 status, detail = "FAIL", str(e)
             except EnvError as e:
                 status, detail = "FAIL", self._at(str(e))
-            except Exception as e:   # a check must report, never crash the command
+            except Exception as e:  # a check must report, never crash the command
                 status, detail = "FAIL", self._at(f"{type(e).__name__}: {e}")
             finally:
                 self.release()
@@ -200,12 +222,16 @@ class Checker:
         if not isinstance(canonical, str):
             raise Failed(f"canonicalize({PROBE_ACTION!r}) returned {short(canonical)}, not a string")
         if new_children:
-            raise Failed(f"constructing and canonicalizing started {len(new_children)} process(es) "
-                         f"({_command(min(new_children))}); start heavy resources on first use (reset), not in "
-                         "__init__")
+            raise Failed(
+                f"constructing and canonicalizing started {len(new_children)} process(es) "
+                f"({_command(min(new_children))}); start heavy resources on first use (reset), not in "
+                "__init__"
+            )
         if new_threads:
-            raise Failed(f"constructing and canonicalizing started {len(new_threads)} thread(s) "
-                         f"({', '.join(new_threads)}); start heavy resources on first use (reset), not in __init__")
+            raise Failed(
+                f"constructing and canonicalizing started {len(new_threads)} thread(s) "
+                f"({', '.join(new_threads)}); start heavy resources on first use (reset), not in __init__"
+            )
         return "ok", f"no process or thread started by constructing and canonicalizing ({seconds:.2f} s)"
 
     def check_close(self) -> tuple[str, str]:
@@ -236,16 +262,20 @@ class Checker:
         if not isinstance(declared, str) or not declared:
             raise Failed(f"the class's version is {short(declared)}; set a non-empty string on the class")
         if env.env.version != declared:
-            raise Failed(f"the instance's version is {short(env.env.version)}, the class's {short(declared)}: "
-                         "set it on the class (eexp envs reads the class, records the instance)")
+            raise Failed(
+                f"the instance's version is {short(env.env.version)}, the class's {short(declared)}: "
+                "set it on the class (eexp envs reads the class, records the instance)"
+            )
         if "version" not in vars(cls) and not any("version" in vars(b) for b in cls.__mro__[1:] if b is not Env):
             raise Failed(f"the class does not set version (Env's default {declared!r}); set it on the class")
         if self.tasks:
             self.where = f"task {self.tasks[0]['id']}"
             env.call("reset", self.tasks[0])
             if env.env.version != declared:
-                raise Failed(f"after reset() the instance's version is {short(env.env.version)}, the class's "
-                             f"{short(declared)}: set it on the class, never on the instance")
+                raise Failed(
+                    f"after reset() the instance's version is {short(env.env.version)}, the class's "
+                    f"{short(declared)}: set it on the class, never on the instance"
+                )
         return "ok", repr(declared)
 
     def check_tasks(self) -> tuple[str, str]:
@@ -282,8 +312,7 @@ class Checker:
         except EnvError:
             pass
         except Exception as e:
-            raise Failed(f"tasks('no-such-split') raised {type(e).__name__}: {e}; an unknown split must raise "
-                         "EnvError")
+            raise Failed(f"tasks('no-such-split') raised {type(e).__name__}: {e}; an unknown split must raise EnvError")
         else:
             raise Failed("tasks('no-such-split') raised nothing; an unknown split must raise EnvError")
         self.tasks = picked
@@ -295,9 +324,11 @@ class Checker:
         tasks_a, tasks_b = a.call("tasks", self.split), b.call("tasks", self.split)
         if tasks_a != tasks_b:
             i = next((i for i, (x, y) in enumerate(zip(tasks_a, tasks_b)) if x != y), min(len(tasks_a), len(tasks_b)))
-            raise Failed(f"tasks({self.split!r}) differs between two fresh instances at index {i}: "
-                         f"{short(tasks_a[i] if i < len(tasks_a) else None)} vs "
-                         f"{short(tasks_b[i] if i < len(tasks_b) else None)}")
+            raise Failed(
+                f"tasks({self.split!r}) differs between two fresh instances at index {i}: "
+                f"{short(tasks_a[i] if i < len(tasks_a) else None)} vs "
+                f"{short(tasks_b[i] if i < len(tasks_b) else None)}"
+            )
         steps = 0
         for task in self.tasks:
             self.where = f"task {task['id']}: expert()"
@@ -305,8 +336,9 @@ class Checker:
             if not isinstance(plan_a, list) or not all(isinstance(x, str) for x in plan_a):
                 raise Failed(f"task {task['id']}: expert() returned {short(plan_a)}, not a list of strings")
             if plan_a != plan_b:
-                raise Failed(f"task {task['id']}: expert() differs between two fresh instances: "
-                             f"{_difference(plan_a, plan_b)}")
+                raise Failed(
+                    f"task {task['id']}: expert() differs between two fresh instances: {_difference(plan_a, plan_b)}"
+                )
             first, second = self.episode(a, task, plan_a), self.episode(b, task, plan_a)
             _compare(first, second, task, plan_a, "differs between two fresh instances")
             again = self.episode(a, task, plan_a)
@@ -314,12 +346,16 @@ class Checker:
             self.where = f"task {task['id']}: expert() after an episode"
             plan_again = a.call("expert", task)
             if plan_again != plan_a:
-                raise Failed(f"task {task['id']}: expert() differs when called again on one instance: "
-                             f"{_difference(plan_a, plan_again)}")
+                raise Failed(
+                    f"task {task['id']}: expert() differs when called again on one instance: "
+                    f"{_difference(plan_a, plan_again)}"
+                )
             self.reference[task["id"]] = {"plan": plan_a, **first}
             steps += len(plan_a)
-        return "ok", (f"tasks, expert actions, observations and admissible lists (in order) are the same in two fresh "
-                      f"instances and in a second episode ({len(self.tasks)} tasks, {steps} steps)")
+        return "ok", (
+            f"tasks, expert actions, observations and admissible lists (in order) are the same in two fresh "
+            f"instances and in a second episode ({len(self.tasks)} tasks, {steps} steps)"
+        )
 
     def check_replay(self) -> tuple[str, str]:
         env = self.fresh()
@@ -333,34 +369,42 @@ class Checker:
             for i, action in enumerate(plan):
                 self.where = f"task {task['id']} step {i} ({action!r})"
                 admissible = env.call("admissible")
-                if admissible is not None and (not isinstance(admissible, list)
-                                               or not all(isinstance(x, str) for x in admissible)):
-                    raise Failed(f"{self.where}: admissible() returned {short(admissible)}, not a list of strings "
-                                 "or None")
+                if admissible is not None and (
+                    not isinstance(admissible, list) or not all(isinstance(x, str) for x in admissible)
+                ):
+                    raise Failed(
+                        f"{self.where}: admissible() returned {short(admissible)}, not a list of strings or None"
+                    )
                 if closed:
                     if admissible is None:
                         raise Failed(f"{self.where}: admissible() is None but closed_actions is True")
                     canon = env.call("canonicalize", action)
                     if canon not in {env.call("canonicalize", x) for x in admissible}:
-                        raise Failed(f"task {task['id']} step {i}: the expert action {action!r} is not in "
-                                     f"admissible() {short(admissible)}")
+                        raise Failed(
+                            f"task {task['id']} step {i}: the expert action {action!r} is not in "
+                            f"admissible() {short(admissible)}"
+                        )
                 result = env.call("step", action)
                 problem = _step_problem(result)
                 if problem:
                     raise Failed(f"{self.where}: {problem}")
                 observation, _, done, info = result
                 if info.get("valid", True) is False:
-                    raise Failed(f"task {task['id']} step {i}: the expert action {action!r} is invalid: "
-                                 f"{short(observation)}")
+                    raise Failed(
+                        f"task {task['id']} step {i}: the expert action {action!r} is invalid: {short(observation)}"
+                    )
                 if done and i < len(plan) - 1:
-                    raise Failed(f"task {task['id']}: done after step {i} of {len(plan)}; expert() must end where "
-                                 f"the episode ends (eexp drops the actions after done)")
+                    raise Failed(
+                        f"task {task['id']}: done after step {i} of {len(plan)}; expert() must end where "
+                        f"the episode ends (eexp drops the actions after done)"
+                    )
                 steps += 1
             self.where = f"task {task['id']} after the expert's {len(plan)} actions"
             score = env.call("score")
             if env.call("success") is not True:
-                raise Failed(f"task {task['id']}: success() is not True after the expert's {len(plan)} actions "
-                             f"(score {score!r})")
+                raise Failed(
+                    f"task {task['id']}: success() is not True after the expert's {len(plan)} actions (score {score!r})"
+                )
         return "ok", f"{len(self.tasks)} of {len(self.tasks)} tasks succeed in a fresh instance ({steps} steps)"
 
     def check_snapshot(self) -> tuple[str, str]:
@@ -382,17 +426,21 @@ class Checker:
                     self.where = f"task {task['id']} step {i} ({plan[i]!r})"
                     observation = env.call("step", plan[i])[0]
                     if normalize_space(observation) != normalize_space(ref["states"][i + 1]["observation"]):
-                        raise Failed(f"task {task['id']} step {i}: taking snapshots changed the episode: the "
-                                     f"observation is {short(observation)}, without snapshots "
-                                     f"{short(ref['states'][i + 1]['observation'])}")
+                        raise Failed(
+                            f"task {task['id']} step {i}: taking snapshots changed the episode: the "
+                            f"observation is {short(observation)}, without snapshots "
+                            f"{short(ref['states'][i + 1]['observation'])}"
+                        )
             for i, snap in enumerate(snaps):
                 here = f"task {task['id']} state {i}"
                 self.where = f"{here}: restore()"
                 env.call("restore", snap)
                 admissible = env.call("admissible")
                 if admissible != ref["states"][i]["admissible"]:
-                    raise Failed(f"{here}: admissible() after restore() is {short(admissible)}, after replaying the "
-                                 f"prefix {short(ref['states'][i]['admissible'])}")
+                    raise Failed(
+                        f"{here}: admissible() after restore() is {short(admissible)}, after replaying the "
+                        f"prefix {short(ref['states'][i]['admissible'])}"
+                    )
                 alternative = _alternative(admissible, plan[i] if i < len(plan) else None)
                 self.where = f"{here}: step({alternative!r}) after restore()"
                 restored = env.call("step", alternative)
@@ -401,17 +449,21 @@ class Checker:
                 self.where = f"{here}: step({alternative!r}) after replay()"
                 replayed = replay.call("step", alternative)
                 if normalize_space(restored[0]) != normalize_space(replayed[0]) or restored[2] != replayed[2]:
-                    raise Failed(f"{here}: step({alternative!r}) after restore() gives {short(restored[0])}, after "
-                                 f"replaying the prefix {short(replayed[0])}")
+                    raise Failed(
+                        f"{here}: step({alternative!r}) after restore() gives {short(restored[0])}, after "
+                        f"replaying the prefix {short(replayed[0])}"
+                    )
                 if i < len(plan):
                     self.where = f"{here}: a second restore()"
                     env.call("restore", snap)
                     observation = env.call("step", plan[i])[0]
                     expected = ref["states"][i + 1]["observation"]
                     if normalize_space(observation) != normalize_space(expected):
-                        raise Failed(f"{here}: step({plan[i]!r}) after a second restore() gives "
-                                     f"{short(observation)}, after replaying the prefix {short(expected)} (a snapshot "
-                                     "must stay reusable)")
+                        raise Failed(
+                            f"{here}: step({plan[i]!r}) after a second restore() gives "
+                            f"{short(observation)}, after replaying the prefix {short(expected)} (a snapshot "
+                            "must stay reusable)"
+                        )
                 states += 1
         return "ok", f"admissible lists and next observations after restore() equal replay ({states} states)"
 
@@ -421,9 +473,9 @@ class Checker:
         for task in self.tasks:
             ref = self.reference_of(task)
             plan = ref["plan"]
-            for i, state in enumerate(ref["states"][:len(plan)]):
+            for i, state in enumerate(ref["states"][: len(plan)]):
                 others = [a for a in (state["admissible"] or []) if a != plan[i]][:ALTERNATIVES_PER_STATE]
-                spaced = "  " + plan[i].replace(" ", "  ") + " "   # the expert's action as a person might type it
+                spaced = "  " + plan[i].replace(" ", "  ") + " "  # the expert's action as a person might type it
                 for action in [plan[i], spaced, *others]:
                     here = f"task {task['id']} state {i}"
                     self.where = f"{here}: canonicalize({action!r})"
@@ -433,8 +485,7 @@ class Checker:
                         raise Failed(f"{here}: canonicalize({action!r}) returned {short(canon)}, not a string")
                     twice = env.call("canonicalize", canon)
                     if twice != canon:
-                        raise Failed(f"{here}: canonicalize() is not idempotent: {action!r} -> {canon!r} -> "
-                                     f"{twice!r}")
+                        raise Failed(f"{here}: canonicalize() is not idempotent: {action!r} -> {canon!r} -> {twice!r}")
                     if canon == action:
                         continue
                     self.where = f"{here}: replay()"
@@ -448,13 +499,19 @@ class Checker:
                     valid_a = (original[3] or {}).get("valid", True)
                     valid_c = (canonical[3] or {}).get("valid", True)
                     if valid_a and not valid_c:
-                        raise Failed(f"{here}: step() rejects the canonical form {canon!r} of the valid action "
-                                     f"{action!r}: {short(canonical[0])}")
+                        raise Failed(
+                            f"{here}: step() rejects the canonical form {canon!r} of the valid action "
+                            f"{action!r}: {short(canonical[0])}"
+                        )
                     if normalize_space(original[0]) != normalize_space(canonical[0]):
-                        raise Failed(f"{here}: step({canon!r}) gives {short(canonical[0])}, step({action!r}) "
-                                     f"{short(original[0])}")
-        return "ok", (f"{tried} actions: canonicalize() is idempotent and step() gives the same for an action and "
-                      f"its canonical form ({stepped} differed in form and were stepped)")
+                        raise Failed(
+                            f"{here}: step({canon!r}) gives {short(canonical[0])}, step({action!r}) "
+                            f"{short(original[0])}"
+                        )
+        return "ok", (
+            f"{tried} actions: canonicalize() is idempotent and step() gives the same for an action and "
+            f"its canonical form ({stepped} differed in form and were stepped)"
+        )
 
     def check_undisturbed(self) -> tuple[str, str]:
         env = self.fresh()
@@ -499,17 +556,24 @@ class Checker:
         base = env.env.env_record()["kwargs"]
         if declared:
             self.where = f"constructing with every option at its default ({', '.join(declared)})"
-            explicit = Guarded(guarded(lambda: self.factory_with({**declared, **env.env.kwargs}), "constructing",
-                                       self.timeout), self.timeout, lambda: self.where)
+            explicit = Guarded(
+                guarded(lambda: self.factory_with({**declared, **env.env.kwargs}), "constructing", self.timeout),
+                self.timeout,
+                lambda: self.where,
+            )
             self.envs.append(explicit)
             at_default = {k: v for k, v in base.items() if k in declared and v == declared[k]}
             if at_default:
-                raise Failed(f"options at their defaults are recorded: {short(at_default)} (they would change every "
-                             "trajectory id; Env.__init__ drops them)")
+                raise Failed(
+                    f"options at their defaults are recorded: {short(at_default)} (they would change every "
+                    "trajectory id; Env.__init__ drops them)"
+                )
             recorded = explicit.env.env_record()["kwargs"]
             if recorded != base:
-                raise Failed(f"options given at their defaults are recorded: {short(recorded)} instead of "
-                             f"{short(base)} (they would change every trajectory id)")
+                raise Failed(
+                    f"options given at their defaults are recorded: {short(recorded)} instead of "
+                    f"{short(base)} (they would change every trajectory id)"
+                )
         self.where = "constructing with an unknown option"
         try:
             extra = self.factory_with({"eexp_check_no_such_option": 1, **env.env.kwargs})
@@ -520,11 +584,14 @@ class Checker:
         else:
             self.envs.append(Guarded(extra, self.timeout, lambda: self.where))
             raise Failed("an unknown option was accepted; it must raise EnvError naming the known ones")
-        return "ok", (f"declared: {', '.join(declared) or 'none'}; defaults are dropped from the record, an unknown "
-                      "option is an EnvError")
+        return "ok", (
+            f"declared: {', '.join(declared) or 'none'}; defaults are dropped from the record, an unknown "
+            "option is an EnvError"
+        )
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
+
 
 def _task_problem(task: Any, split: str) -> str | None:
     if not isinstance(task, dict):
@@ -567,19 +634,23 @@ def _compare(first: dict, second: dict, task: dict, plan: list[str], how: str) -
     for i, (x, y) in enumerate(zip(first["states"], second["states"])):
         at = "after reset" if i == 0 else f"after step {i - 1} ({plan[i - 1]!r})"
         if normalize_space(x["observation"]) != normalize_space(y["observation"]):
-            raise Failed(f"task {task['id']} {at}: the observation {how}: {short(x['observation'])} vs "
-                         f"{short(y['observation'])}")
+            raise Failed(
+                f"task {task['id']} {at}: the observation {how}: {short(x['observation'])} vs {short(y['observation'])}"
+            )
         if x["admissible"] != y["admissible"]:
             same = sorted(x["admissible"] or []) == sorted(y["admissible"] or [])
-            detail = "the same actions in another order" if same else \
-                f"{short(x['admissible'])} vs {short(y['admissible'])}"
+            detail = (
+                "the same actions in another order" if same else f"{short(x['admissible'])} vs {short(y['admissible'])}"
+            )
             raise Failed(f"task {task['id']} {at}: admissible() {how}: {detail}")
         if x["score"] != y["score"]:
             raise Failed(f"task {task['id']} {at}: score() {how}: {x['score']!r} vs {y['score']!r}")
     for i, (x, y) in enumerate(zip(first["steps"], second["steps"])):
         if (x["done"], x["valid"]) != (y["done"], y["valid"]):
-            raise Failed(f"task {task['id']} step {i} ({plan[i]!r}): done/valid {how}: "
-                         f"{(x['done'], x['valid'])} vs {(y['done'], y['valid'])}")
+            raise Failed(
+                f"task {task['id']} step {i} ({plan[i]!r}): done/valid {how}: "
+                f"{(x['done'], x['valid'])} vs {(y['done'], y['valid'])}"
+            )
     if first["success"] != second["success"]:
         raise Failed(f"task {task['id']}: success() {how}: {first['success']!r} vs {second['success']!r}")
 
@@ -623,15 +694,26 @@ def _command(pid: int) -> str:
     return short(text or f"pid {pid}", 60).strip("'")
 
 
-def check_env(factory: Callable[..., Env], split: str | None = None, pick=None, timeout: float | None = 60.0,
-              ) -> Iterator[Check]:
+def check_env(
+    factory: Callable[..., Env],
+    split: str | None = None,
+    pick=None,
+    timeout: float | None = 60.0,
+) -> Iterator[Check]:
     """Run every check on fresh instances from `factory(**options)` (the options check passes options of its own;
     the others none)."""
     yield from Checker(factory, split, pick, timeout).run()
 
 
-def check_installed(name: str, env_args: dict | None = None, split: str | None = None, n: int = 3, seed: int = 0,
-                    task_ids: tuple[str, ...] | list[str] = (), timeout: float | None = 60.0) -> Iterator[Check]:
+def check_installed(
+    name: str,
+    env_args: dict | None = None,
+    split: str | None = None,
+    n: int = 3,
+    seed: int = 0,
+    task_ids: tuple[str, ...] | list[str] = (),
+    timeout: float | None = 60.0,
+) -> Iterator[Check]:
     """`eexp envs --check NAME`: the checks on the installed environment NAME built with `env_args`, on the tasks
     `eexp expert` would pick with the same split, -n, --seed and --task. An environment that cannot load or be
     built at all, or refuses its options (Env.check_options, as for a run), is an EnvError before any check."""
@@ -639,17 +721,21 @@ def check_installed(name: str, env_args: dict | None = None, split: str | None =
     env_args = dict(env_args or {})
     if split is not None and split not in cls.splits:
         raise EnvError(f"{name} has no split {split!r} (splits: {', '.join(cls.splits)})")
-    check_options = getattr(cls, "check_options", None)   # a plugin need not subclass Env
+    check_options = getattr(cls, "check_options", None)  # a plugin need not subclass Env
     if check_options is not None:
         guarded(lambda: check_options(env_args), "check_options()", timeout)
     first = guarded(lambda: cls(**env_args), "constructing the environment", timeout)
     try:
-        for task_id in task_ids:   # a mistyped id is the user's error, not a failed check
+        for task_id in task_ids:  # a mistyped id is the user's error, not a failed check
             guarded(lambda: first.task(split or cls.splits[0], task_id), f"task({task_id!r})", timeout)
     finally:
         try:
             guarded(first.close, "close()", timeout)
         except EnvError:
             pass
-    yield from check_env(lambda **extra: cls(**{**env_args, **extra}), split,
-                         lambda env, split: pick_tasks(env, split, n, seed, list(task_ids)), timeout)
+    yield from check_env(
+        lambda **extra: cls(**{**env_args, **extra}),
+        split,
+        lambda env, split: pick_tasks(env, split, n, seed, list(task_ids)),
+        timeout,
+    )

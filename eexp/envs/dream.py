@@ -52,39 +52,44 @@ from eexp.prompts import Serializer, read_observation
 
 KIND = "dream"
 FORM = "dream:MODEL@WORLD"
-DREAM_VERSION = "1"   # bumped whenever a dream is made otherwise (its prompt, its reading, its rules)
-META_KEY = "dream"    # the key of record meta that says a record was dreamed (Env.record_meta)
+DREAM_VERSION = "1"  # bumped whenever a dream is made otherwise (its prompt, its reading, its rules)
+META_KEY = "dream"  # the key of record meta that says a record was dreamed (Env.record_meta)
 # The dream's own options (--env-arg KEY=VALUE) and their defaults: world-model-eval's decoding (greedy, 512 tokens:
 # an observation is longer than an action). Every other --env-arg is WORLD's.
 OPTIONS: dict[str, Any] = {"dream_temperature": 0.0, "dream_top_p": 1.0, "dream_max_tokens": 512, "dream_seed": 0}
 MODEL_FORMS = "a checkpoint or adapter folder, a .gguf file or an http(s)://HOST/v1 server, as --policy names one"
-HOW = (f"name the world model and the environment it dreams as {FORM} (MODEL: {MODEL_FORMS}; WORLD: an installed "
-       f"environment), e.g. --env dream:out/iwm@shop; `eexp envs dream` says more")
+HOW = (
+    f"name the world model and the environment it dreams as {FORM} (MODEL: {MODEL_FORMS}; WORLD: an installed "
+    f"environment), e.g. --env dream:out/iwm@shop; `eexp envs dream` says more"
+)
 USAGE = f"dream: {HOW}"
 RULES = {
     "tasks": "WORLD's tasks and splits; each episode's first observation and admissible actions are WORLD's own",
     "observations": "every later observation is the world model's prediction, asked IWM's prompt (the state and "
-                    "the action, serialized with the model's recorded settings)",
+    "the action, serialized with the model's recorded settings)",
     "end": "where WORLD reads the predicted text (Env.read_text: shop), as it reads it; elsewhere the episode ends "
-           "only at the stage's step limit (eval/rl --max-steps, default WORLD's; expert: the gold path's end)",
+    "only at the stage's step limit (eval/rl --max-steps, default WORLD's; expert: the gold path's end)",
     "success": "WORLD's own check applied to the predicted text where WORLD reads it (shop grades a predicted "
-               "purchase page); elsewhere never claimed (success false, score 0)",
+    "purchase page); elsewhere never claimed (success false, score 0)",
     "admissible": "read from the predicted observation where WORLD reads it (shop: the page's buttons); elsewhere "
-                  "none (free text)",
+    "none (free text)",
     "determinism": "each prediction is seeded from its prompt; greedy decoding (dream_temperature 0, the default) "
-                   "on a deterministic backend predicts the same observation every time",
+    "on a deterministic backend predicts the same observation every time",
 }
-HELP = "\n".join([
-    f"{FORM}: WORLD as the world model MODEL dreams it.",
-    f"  MODEL: {MODEL_FORMS}.",
-    "  WORLD: an installed environment (`eexp envs`); its options are --env-arg KEY=VALUE as for WORLD itself.",
-    *(f"  {key}: {text}." for key, text in RULES.items()),
-    "  options (--env-arg): " + ", ".join(f"{k}={v}" for k, v in OPTIONS.items()) + ".",
-    "  records: meta.dream names the world model, WORLD and the decoding; `eexp envs dream:MODEL@WORLD` describes one.",
-    "  example: eexp expert --env dream:out/iwm@shop -n 20 | eexp branch -k 3 | eexp rollout > dreamed.jsonl",
-])
+HELP = "\n".join(
+    [
+        f"{FORM}: WORLD as the world model MODEL dreams it.",
+        f"  MODEL: {MODEL_FORMS}.",
+        "  WORLD: an installed environment (`eexp envs`); its options are --env-arg KEY=VALUE as for WORLD itself.",
+        *(f"  {key}: {text}." for key, text in RULES.items()),
+        "  options (--env-arg): " + ", ".join(f"{k}={v}" for k, v in OPTIONS.items()) + ".",
+        "  records: meta.dream names the world model, WORLD and the decoding; "
+        "`eexp envs dream:MODEL@WORLD` describes one.",
+        "  example: eexp expert --env dream:out/iwm@shop -n 20 | eexp branch -k 3 | eexp rollout > dreamed.jsonl",
+    ]
+)
 
-_BOUND: dict[str, type] = {}   # name -> its class, made once per process
+_BOUND: dict[str, type] = {}  # name -> its class, made once per process
 
 
 def prompt_key(messages: list[dict]) -> str:
@@ -107,12 +112,14 @@ def split_options(kwargs: dict) -> tuple[dict, dict]:
 
 def check_dream_options(name: str, dream: dict) -> None:
     """An EnvError of one line for a dream option of the wrong type or out of its range."""
+
     def number(key: str, low: float, high: float | None = None, integer: bool = False) -> None:
         value = dream[key]
         kind = int if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind) or value < low or (high is not None and value > high):
             span = f"from {low:g}" + (f" to {high:g}" if high is not None else "")
             raise EnvError(f"{name}: {key} must be {'an integer' if integer else 'a number'} {span}, not {value!r}")
+
     number("dream_temperature", 0)
     number("dream_top_p", 0, 1)
     if dream["dream_top_p"] == 0:
@@ -134,8 +141,8 @@ class DreamEnv(Env):
     can_snapshot = True
     action_format = "WORLD's"
     closed_actions = False
-    model_spec = ""            # MODEL, as the name gives it
-    world_name = ""            # WORLD
+    model_spec = ""  # MODEL, as the name gives it
+    world_name = ""  # WORLD
     world_class: Any = None
 
     @classmethod
@@ -155,13 +162,22 @@ class DreamEnv(Env):
         except EnvError as e:
             raise EnvError(f"{name}: WORLD: {e}") from None
         closed = bool(getattr(world_class, "closed_actions", False)) and reads_text(world_class)
-        bound = type("DreamEnv", (cls,), {
-            "name": name, "model_spec": model, "world_name": world, "world_class": world_class,
-            "version": f"{getattr(world_class, 'version', '0')}+dream{DREAM_VERSION}",
-            "splits": tuple(getattr(world_class, "splits", ())),
-            "action_format": getattr(world_class, "action_format", ""),
-            "max_steps": getattr(world_class, "max_steps", Env.max_steps), "closed_actions": closed,
-            "__doc__": f"{name}: {world} as the world model {model} dreams it (eexp.envs.dream)."})
+        bound = type(
+            "DreamEnv",
+            (cls,),
+            {
+                "name": name,
+                "model_spec": model,
+                "world_name": world,
+                "world_class": world_class,
+                "version": f"{getattr(world_class, 'version', '0')}+dream{DREAM_VERSION}",
+                "splits": tuple(getattr(world_class, "splits", ())),
+                "action_format": getattr(world_class, "action_format", ""),
+                "max_steps": getattr(world_class, "max_steps", Env.max_steps),
+                "closed_actions": closed,
+                "__doc__": f"{name}: {world} as the world model {model} dreams it (eexp.envs.dream).",
+            },
+        )
         _BOUND[name] = bound
         return bound
 
@@ -194,7 +210,7 @@ class DreamEnv(Env):
         dream, world_kwargs = split_options(kwargs)
         check_dream_options(self.name, dream)
         self.settings = dream
-        self.world = self.world_class(**world_kwargs)   # WORLD's construction starts nothing either (the contract)
+        self.world = self.world_class(**world_kwargs)  # WORLD's construction starts nothing either (the contract)
         recorded = getattr(self.world, "kwargs", world_kwargs)
         self.kwargs = {**dict(recorded), **{k: v for k, v in dream.items() if v != OPTIONS[k]}}
         self._policy = None
@@ -204,7 +220,7 @@ class DreamEnv(Env):
         self._history: list[dict] = []
         self._observation = ""
         self._admissible: list[str] | None = None
-        self._read: dict = {}   # what WORLD read from the last prediction
+        self._read: dict = {}  # what WORLD read from the last prediction
 
     # --- WORLD's, as they are -------------------------------------------------------------------------------------
     def tasks(self, split: str) -> list[dict]:
@@ -233,8 +249,11 @@ class DreamEnv(Env):
 
     def state(self) -> dict:
         """The raw state the world model is asked about: as trajectory_states and eval make one."""
-        state = {"goal": self._task["goal"], "history": [dict(h) for h in self._history],
-                 "observation": self._observation}
+        state = {
+            "goal": self._task["goal"],
+            "history": [dict(h) for h in self._history],
+            "observation": self._observation,
+        }
         if self._admissible is not None:
             state["admissible"] = list(self._admissible)
         return state
@@ -246,22 +265,33 @@ class DreamEnv(Env):
             return self._observation, 0.0, True, {"valid": False}
         s = self.settings
         messages = self._serializer.world_model_messages(self.state(), action)
-        reply = self._policy.generate(messages, seed=derive_seed(s["dream_seed"], prompt_key(messages), 0),
-                                      temperature=float(s["dream_temperature"]), top_p=float(s["dream_top_p"]),
-                                      max_tokens=int(s["dream_max_tokens"]))
+        reply = self._policy.generate(
+            messages,
+            seed=derive_seed(s["dream_seed"], prompt_key(messages), 0),
+            temperature=float(s["dream_temperature"]),
+            top_p=float(s["dream_top_p"]),
+            max_tokens=int(s["dream_max_tokens"]),
+        )
         finish = reply.finish_reason or ""
-        if finish.startswith("error"):   # nothing was predicted: an environment failure, never an invented page
+        if finish.startswith("error"):  # nothing was predicted: an environment failure, never an invented page
             raise EnvError(f"{self.name}: the world model gave no prediction ({finish})")
         observation, _ = read_observation(reply.text)
         self._history.append({"observation": self._observation, "action": action})
         self._observation = observation
-        self._read = dict(self.world.read_text(self._task, [h["observation"] for h in self._history]
-                                               + [observation])) if reads_text(type(self.world)) else {}
+        self._read = (
+            dict(self.world.read_text(self._task, [h["observation"] for h in self._history] + [observation]))
+            if reads_text(type(self.world))
+            else {}
+        )
         admissible = self._read.get("admissible")
         self._admissible = list(admissible) if admissible is not None else None
         done = bool(self._read.get("done", False))
-        return observation, self.score() if done else 0.0, done, \
-            {"valid": bool(self._read.get("valid", True)), "finish_reason": finish}
+        return (
+            observation,
+            self.score() if done else 0.0,
+            done,
+            {"valid": bool(self._read.get("valid", True)), "finish_reason": finish},
+        )
 
     def admissible(self) -> list[str] | None:
         return list(self._admissible) if self._admissible is not None else None
@@ -285,8 +315,9 @@ class DreamEnv(Env):
             return
         s = self.settings
         try:
-            policy = load_policy(self.model_spec, {}, max_tokens=int(s["dream_max_tokens"]),
-                                 top_p=float(s["dream_top_p"]))
+            policy = load_policy(
+                self.model_spec, {}, max_tokens=int(s["dream_max_tokens"]), top_p=float(s["dream_top_p"])
+            )
         except EexpError as e:
             raise EnvError(f"{self.name}: the world model cannot be used: {e}") from None
         try:
@@ -296,8 +327,12 @@ class DreamEnv(Env):
             raise EnvError(f"{self.name}: {e}") from None
         self._policy, self._serializer = policy, serializer
         described = policy.describe()
-        self._described = {"model": described.get("model", ""), "model_sha256": described.get("model_sha256", ""),
-                           "backend": described.get("backend", ""), "serializer": serializer.to_dict()}
+        self._described = {
+            "model": described.get("model", ""),
+            "model_sha256": described.get("model_sha256", ""),
+            "backend": described.get("backend", ""),
+            "serializer": serializer.to_dict(),
+        }
 
     def record_meta(self) -> dict:
         """meta.dream of the records made in this dream. The world model is loaded for it if no episode has loaded
@@ -307,16 +342,30 @@ class DreamEnv(Env):
         except EnvError:
             pass
         s = self.settings
-        return {META_KEY: {
-            "world_model": self.model_spec, **self._described,
-            "world": self.world_name, "world_version": str(getattr(self.world_class, "version", "0")),
-            "world_kwargs": dict(getattr(self.world, "kwargs", {})), "reads_text": reads_text(self.world_class),
-            "temperature": s["dream_temperature"], "top_p": s["dream_top_p"], "max_tokens": s["dream_max_tokens"],
-            "seed": s["dream_seed"], "dream_version": DREAM_VERSION}}
+        return {
+            META_KEY: {
+                "world_model": self.model_spec,
+                **self._described,
+                "world": self.world_name,
+                "world_version": str(getattr(self.world_class, "version", "0")),
+                "world_kwargs": dict(getattr(self.world, "kwargs", {})),
+                "reads_text": reads_text(self.world_class),
+                "temperature": s["dream_temperature"],
+                "top_p": s["dream_top_p"],
+                "max_tokens": s["dream_max_tokens"],
+                "seed": s["dream_seed"],
+                "dream_version": DREAM_VERSION,
+            }
+        }
 
     def describe(self) -> dict:
-        return {**super().describe(), "world": self.world_name, "world_model": self.model_spec,
-                "reads_text": reads_text(self.world_class), "rules": dict(RULES)}
+        return {
+            **super().describe(),
+            "world": self.world_name,
+            "world_model": self.model_spec,
+            "reads_text": reads_text(self.world_class),
+            "rules": dict(RULES),
+        }
 
     def close(self) -> None:
         policy, self._policy = self._policy, None

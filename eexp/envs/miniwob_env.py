@@ -74,26 +74,66 @@ from eexp.envs.miniwob_oracles import ORACLES, OracleFailed, fields_of
 from eexp.errors import EnvError
 from eexp.text import normalize_space
 
-TASK_TYPES = ("click-button", "click-button-sequence", "click-link", "click-dialog", "click-dialog-2",
-              "click-checkboxes", "click-option", "click-tab", "click-test", "click-test-2", "enter-text",
-              "enter-text-2", "enter-password", "focus-text", "focus-text-2", "login-user", "choose-list",
-              "click-collapsible-nodelay", "use-autocomplete-nodelay", "simple-arithmetic", "find-word",
-              "read-table", "odd-or-even")
+TASK_TYPES = (
+    "click-button",
+    "click-button-sequence",
+    "click-link",
+    "click-dialog",
+    "click-dialog-2",
+    "click-checkboxes",
+    "click-option",
+    "click-tab",
+    "click-test",
+    "click-test-2",
+    "enter-text",
+    "enter-text-2",
+    "enter-password",
+    "focus-text",
+    "focus-text-2",
+    "login-user",
+    "choose-list",
+    "click-collapsible-nodelay",
+    "use-autocomplete-nodelay",
+    "simple-arithmetic",
+    "find-word",
+    "read-table",
+    "odd-or-even",
+)
 OOD_TYPES = ("click-checkboxes-transfer", "enter-text-dynamic", "unicode-test", "simple-algebra")
 TEST_SEED_BASE = 100000
-EPISODE_CLOCK_MS = 2 ** 31 - 1        # the largest delay setTimeout takes: MiniWoB's time limit is effectively off
+EPISODE_CLOCK_MS = 2**31 - 1  # the largest delay setTimeout takes: MiniWoB's time limit is effectively off
 READY_TRIES = 40
 PAGE_LOAD_SECONDS = 30
-LOADED_JS = ("return !window.eexpLeaving && document.readyState === 'complete' && "
-             "typeof genProblem === 'function' && typeof core === 'object' && core.cover_div !== null;")
+LOADED_JS = (
+    "return !window.eexpLeaving && document.readyState === 'complete' && "
+    "typeof genProblem === 'function' && typeof core === 'object' && core.cover_div !== null;"
+)
 MAX_OBS_CHARS = 4000
 # classes that say an element's state, shown even on an element with text (`[7] button "Odd" .selected`)
-STATE_CLASSES = ("selected", "active", "ui-state-active", "ui-tabs-active", "checked", "clicked", "open",
-                 "expanded", "highlighted", "disabled")
-SOLVED = 0.999                         # a raw reward this high solves the task (partial rewards add up to 1)
+STATE_CLASSES = (
+    "selected",
+    "active",
+    "ui-state-active",
+    "ui-tabs-active",
+    "checked",
+    "clicked",
+    "open",
+    "expanded",
+    "highlighted",
+    "disabled",
+)
+SOLVED = 0.999  # a raw reward this high solves the task (partial rewards add up to 1)
 INTERACTIVE = ("input", "button", "a", "select", "textarea", "label", "option")
-TYPEABLE = ("input_text", "input_password", "input_email", "input_search", "input_number", "input_tel",
-            "input_url", "textarea")
+TYPEABLE = (
+    "input_text",
+    "input_password",
+    "input_email",
+    "input_search",
+    "input_number",
+    "input_tel",
+    "input_url",
+    "textarea",
+)
 QUOTED = re.compile(r'"([^"]*)"')
 ACTION = re.compile(r"^\s*(click|type|select)\s*\[\s*(\d+)\s*\](?:\s*\[(.*)\])?\s*$", re.S | re.I)
 
@@ -124,9 +164,10 @@ function observe() {
 def _then_observe(action: str) -> str:
     """An async script: `action` (arguments a0, a1), then the page's pending timers up to `settle` ms (a2), then the
     observation: one round trip for an action and what it led to."""
-    return ("var done = arguments[arguments.length - 1], a0 = arguments[0], a1 = arguments[1], "
-            "settle = arguments[2];\n" + OBSERVE_FN + action +
-            "\nsetTimeout(function () { done(observe()); }, settle);")
+    return (
+        "var done = arguments[arguments.length - 1], a0 = arguments[0], a1 = arguments[1], "
+        "settle = arguments[2];\n" + OBSERVE_FN + action + "\nsetTimeout(function () { done(observe()); }, settle);"
+    )
 
 
 OBSERVE_JS = _then_observe("")
@@ -142,7 +183,8 @@ core.elementClick(arguments[0]);
 var el = core.previousDOMInfo[arguments[0]];
 if (el && el.select !== undefined) { el.select(); }
 """
-START_JS = """
+START_JS = (
+    """
 if (window.jQuery) { jQuery.fx.off = true; }
 if (core.EP_TIMER !== null) { core.endEpisode(0); }
 core.EPISODE_MAX_TIME = %d;
@@ -150,25 +192,42 @@ Math.seedrandom(arguments[0]);
 core.setDataMode(arguments[1]);
 core.startEpisodeReal();
 return WOB_TASK_READY;
-""" % EPISODE_CLOCK_MS
+"""
+    % EPISODE_CLOCK_MS
+)
 
 
 def html_dir() -> Path:
     """The folder of MiniWoB's task pages inside the installed package."""
     import miniwob
+
     return Path(miniwob.__file__).parent / "html" / "miniwob"
 
 
 class Element:
     """One element of the page as the observation shows it (and the oracles read it)."""
 
-    __slots__ = ("ref", "tag", "id", "classes", "text", "value", "focused", "options", "selected", "disabled",
-                 "parent", "children", "shown", "box")
+    __slots__ = (
+        "ref",
+        "tag",
+        "id",
+        "classes",
+        "text",
+        "value",
+        "focused",
+        "options",
+        "selected",
+        "disabled",
+        "parent",
+        "children",
+        "shown",
+        "box",
+    )
 
     def __init__(self, node: dict, parent: "Element | None"):
         kids = node.get("children") or []
         text = node.get("text")
-        if text is None:   # mixed content: the element's own text is its text nodes' ("t" pseudo-elements)
+        if text is None:  # mixed content: the element's own text is its text nodes' ("t" pseudo-elements)
             text = " ".join(c.get("text") or "" for c in kids if c.get("tag") == "t")
         self.ref = int(node["ref"])
         self.tag = str(node["tag"]).lower()
@@ -233,8 +292,9 @@ class Page:
         self.env_reward = float(state.get("reward") or 0.0)
         self.reason = state.get("reason")
         self.elements: list[Element] = []
-        self.digest = hashlib.sha256(json.dumps(_digestible(state.get("tree") or {}), sort_keys=True)
-                                     .encode()).hexdigest()[:16]
+        self.digest = hashlib.sha256(
+            json.dumps(_digestible(state.get("tree") or {}), sort_keys=True).encode()
+        ).hexdigest()[:16]
 
         def walk(node: dict, parent: Element | None) -> None:
             if node.get("tag") == "t" or node.get("ref", 0) <= 0:
@@ -245,6 +305,7 @@ class Page:
             self.elements.append(element)
             for child in node.get("children") or []:
                 walk(child, element)
+
         if state.get("tree"):
             walk(state["tree"], None)
         self.by_ref = {e.ref: e for e in self.elements}
@@ -256,11 +317,23 @@ class Page:
         text = "\n".join([self.utterance] + [e.line() for e in self.shown()])
         return text if len(text) <= limit else text[:limit] + " …"
 
-    def find(self, tag: str | None = None, text: str | None = None, id: str | None = None,
-             cls: str | None = None, within: Element | None = None) -> list[Element]:
+    def find(
+        self,
+        tag: str | None = None,
+        text: str | None = None,
+        id: str | None = None,
+        cls: str | None = None,
+        within: Element | None = None,
+    ) -> list[Element]:
         pool = list(within.descendants()) if within is not None else self.elements
-        return [e for e in pool if (tag is None or e.tag == tag) and (text is None or e.text == text)
-                and (id is None or e.id == id) and (cls is None or cls in e.classes)]
+        return [
+            e
+            for e in pool
+            if (tag is None or e.tag == tag)
+            and (text is None or e.text == text)
+            and (id is None or e.id == id)
+            and (cls is None or cls in e.classes)
+        ]
 
 
 def _digestible(node: dict) -> dict:
@@ -278,8 +351,14 @@ class MiniWobEnv(Env):
     closed_actions = False
     max_steps = 12
     action_format = "click[REF] | type[REF][TEXT] | select[REF][OPTION] (REF: an element's number on the page)"
-    options = {"task_types": ",".join(TASK_TYPES), "ood_types": ",".join(OOD_TYPES), "train_seeds": 50,
-               "test_seeds": 10, "max_obs_chars": MAX_OBS_CHARS, "settle_ms": 0}
+    options = {
+        "task_types": ",".join(TASK_TYPES),
+        "ood_types": ",".join(OOD_TYPES),
+        "train_seeds": 50,
+        "test_seeds": 10,
+        "max_obs_chars": MAX_OBS_CHARS,
+        "settle_ms": 0,
+    }
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -295,7 +374,7 @@ class MiniWobEnv(Env):
         self.settle_ms = int(opts["settle_ms"])
         self.cache = cache_root() / "miniwob" / self.version
         self._browser = None
-        self._page_type: str | None = None      # the task type whose page is loaded
+        self._page_type: str | None = None  # the task type whose page is loaded
         self._task: dict | None = None
         self._page: Page | None = None
         self._history: list[str] = []
@@ -303,7 +382,7 @@ class MiniWobEnv(Env):
         self._raw = 0.0
         self._tasks: dict[str, list[dict]] = {}
         self._plans: dict[str, list[str]] = {}
-        self._digests: dict[tuple, str] = {}      # (task id, actions) -> the DOM digest first seen there
+        self._digests: dict[tuple, str] = {}  # (task id, actions) -> the DOM digest first seen there
         self._replaying = False
 
     # --- the browser --------------------------------------------------------------------------------------------
@@ -378,8 +457,9 @@ class MiniWobEnv(Env):
             base = 0 if split == "train" else TEST_SEED_BASE
             keys = [(t, base + i) for i in range(count) for t in types]
             goals = self._goals(keys)
-            self._tasks[split] = [{"id": f"{t}-{s}", "split": split, "goal": goals[f"{t}-{s}"], "category": t}
-                                  for t, s in keys]
+            self._tasks[split] = [
+                {"id": f"{t}-{s}", "split": split, "goal": goals[f"{t}-{s}"], "category": t} for t, s in keys
+            ]
         return self._tasks[split]
 
     def _goals(self, keys: list[tuple[str, int]]) -> dict[str, str]:
@@ -389,10 +469,9 @@ class MiniWobEnv(Env):
         missing = [(t, s) for t, s in keys if f"{t}-{s}" not in goals]
         if missing:
             live = (self._task, list(self._history)) if self._task is not None else None
-            for t, s in sorted(missing):   # the page is not reloaded between seeds here: reset() checks the goal
+            for t, s in sorted(missing):  # the page is not reloaded between seeds here: reset() checks the goal
                 self._start_episode(t, s, "train", fresh=False)
-                goals[f"{t}-{s}"] = normalize_space(self._browser.driver.execute_script(
-                    "return core.getUtterance();"))
+                goals[f"{t}-{s}"] = normalize_space(self._browser.driver.execute_script("return core.getUtterance();"))
             on_disk = json.loads(path.read_text()) if path.exists() else {}
             _write_json(path, {**on_disk, **goals})
             if live is not None:
@@ -415,8 +494,10 @@ class MiniWobEnv(Env):
         self._start_episode(task_type, seed, "train")
         page = self._run(OBSERVE_JS)
         if task.get("goal") is not None and normalize_space(task["goal"]) != page.utterance:
-            raise EnvError(f"miniwob: {task['id']}: the page asks {page.utterance!r}, not the task's goal "
-                           f"{task['goal']!r} (a stale goal cache? remove {self.cache / 'goals.json'})")
+            raise EnvError(
+                f"miniwob: {task['id']}: the page asks {page.utterance!r}, not the task's goal "
+                f"{task['goal']!r} (a stale goal cache? remove {self.cache / 'goals.json'})"
+            )
         self._task, self._page = task, page
         self._remember()
         return self._page.render(self.max_obs_chars)
@@ -431,8 +512,7 @@ class MiniWobEnv(Env):
         page = self._act(action)
         if isinstance(page, str):
             self._remember()
-            return f"Invalid action: {page}\n{self._page.render(self.max_obs_chars)}", 0.0, False, \
-                {"valid": False}
+            return f"Invalid action: {page}\n{self._page.render(self.max_obs_chars)}", 0.0, False, {"valid": False}
         self._page = page
         if page.done:
             self._done, self._raw = True, page.raw_reward
@@ -463,7 +543,8 @@ class MiniWobEnv(Env):
             if element.tag not in TYPEABLE:
                 return f"[{ref}] is a {element.tag}, which takes no text"
             from selenium.webdriver.common.action_chains import ActionChains
-            driver.execute_script(FOCUS_FIELD_JS, ref)   # click, focus, select what it holds
+
+            driver.execute_script(FOCUS_FIELD_JS, ref)  # click, focus, select what it holds
             for key in arg:
                 # one key at a time, and the timers it set run before the next: sent together, keys coalesce or
                 # not by timing (use-autocomplete built its menu 1 to 3 times, its ids counting up each time)
@@ -501,8 +582,10 @@ class MiniWobEnv(Env):
         digest = self.dom_digest()
         seen = self._digests.setdefault(key, digest)
         if seen != digest and self._replaying:
-            raise EnvError(f"miniwob: the page reached by replaying {len(self._history)} actions of "
-                           f"{self._task.get('id')} differs from the one seen before (DOM digest {digest} != {seen})")
+            raise EnvError(
+                f"miniwob: the page reached by replaying {len(self._history)} actions of "
+                f"{self._task.get('id')} differs from the one seen before (DOM digest {digest} != {seen})"
+            )
 
     def dom_digest(self) -> str:
         """A digest of the whole DOM of the current state (geometry, colours, classes, text, value, focus)."""
@@ -517,10 +600,13 @@ class MiniWobEnv(Env):
         if self._page is None or self._browser is None or not self._browser.running:
             raise EnvError("miniwob: no page to take a screenshot of (reset() first)")
         from PIL import Image
+
         driver = self._browser.driver
         png = driver.get_screenshot_as_png()
-        box = driver.execute_script("var r = document.getElementById('wrap').getBoundingClientRect(); "
-                                    "return [r.left, r.top, r.right, r.bottom, window.devicePixelRatio];")
+        box = driver.execute_script(
+            "var r = document.getElementById('wrap').getBoundingClientRect(); "
+            "return [r.left, r.top, r.right, r.bottom, window.devicePixelRatio];"
+        )
         scale = box[4] or 1
         image = Image.open(io.BytesIO(png))
         crop = tuple(int(round(v * scale)) for v in box[:4])
@@ -575,11 +661,11 @@ class MiniWobEnv(Env):
                 plan.append(action)
                 _, _, _, info = self.step(action)
                 if not info["valid"]:
-                    raise EnvError(f"miniwob: the {task_type} oracle's action {action!r} was invalid on "
-                                   f"{task['id']}")
+                    raise EnvError(f"miniwob: the {task_type} oracle's action {action!r} was invalid on {task['id']}")
             if not self.success():
-                raise EnvError(f"miniwob: the {task_type} oracle did not solve {task['id']} "
-                               f"(reward {self._raw:g}, actions {plan})")
+                raise EnvError(
+                    f"miniwob: the {task_type} oracle did not solve {task['id']} (reward {self._raw:g}, actions {plan})"
+                )
         finally:
             if live is not None:
                 self._put_back(*live)

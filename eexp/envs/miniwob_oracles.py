@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+
 class OracleFailed(Exception):
     """The oracle found no action for this page."""
 
@@ -22,6 +23,7 @@ class OracleFailed(Exception):
 def fields_of(task_type: str, utterance: str) -> dict[str, str]:
     """The instruction's fields, by the miniwob package's extractor (an empty dict for a type that has none)."""
     from miniwob.fields import FIELD_EXTRACTORS
+
     extractor = FIELD_EXTRACTORS.get(task_type)
     if extractor is None:
         return {}
@@ -46,8 +48,11 @@ def type_into(element, text: str) -> str:
 
 
 def submit(page, text: str | None = None):
-    buttons = [e for e in page.elements if e.tag == "button" and (text is None and e.id == "subbtn"
-                                                                  or text is not None and e.text.lower() == text)]
+    buttons = [
+        e
+        for e in page.elements
+        if e.tag == "button" and (text is None and e.id == "subbtn" or text is not None and e.text.lower() == text)
+    ]
     return click(first(buttons, f"{text or 'Submit'} button"))
 
 
@@ -79,8 +84,12 @@ def click_link(fields, page):
 
 
 def click_dialog(fields, page):
-    return click(first([e for e in page.elements if e.tag == "button" and "ui-dialog-titlebar-close" in e.classes],
-                       "dialog close button"))
+    return click(
+        first(
+            [e for e in page.elements if e.tag == "button" and "ui-dialog-titlebar-close" in e.classes],
+            "dialog close button",
+        )
+    )
 
 
 def click_dialog_2(fields, page):
@@ -143,8 +152,13 @@ def enter_text_2(fields, page):
 
 
 def enter_password(fields, page):
-    return fill_then_submit(page, [(first(page.find(id="password"), "password field"), fields["target"]),
-                                   (first(page.find(id="verify"), "verify field"), fields["target"])])
+    return fill_then_submit(
+        page,
+        [
+            (first(page.find(id="password"), "password field"), fields["target"]),
+            (first(page.find(id="verify"), "verify field"), fields["target"]),
+        ],
+    )
 
 
 def focus_text(fields, page):
@@ -160,9 +174,14 @@ def focus_text_2(fields, page):
 
 
 def login_user(fields, page):
-    return fill_then_submit(page, [(first(page.find(id="username"), "username field"), fields["username"]),
-                                   (first(page.find(id="password"), "password field"), fields["password"])],
-                            button="login")
+    return fill_then_submit(
+        page,
+        [
+            (first(page.find(id="username"), "username field"), fields["username"]),
+            (first(page.find(id="password"), "password field"), fields["password"]),
+        ],
+        button="login",
+    )
 
 
 def choose_list(fields, page):
@@ -178,8 +197,11 @@ def use_autocomplete(fields, page):
     value = str(field.value or "")
     if value.startswith(start) and value.endswith(end) and len(value) > len(start):
         return submit(page)
-    items = [e for e in page.elements if "ui-menu-item-wrapper" in e.classes or
-             (e.tag == "li" and "ui-menu-item" in e.classes and e.text)]
+    items = [
+        e
+        for e in page.elements
+        if "ui-menu-item-wrapper" in e.classes or (e.tag == "li" and "ui-menu-item" in e.classes and e.text)
+    ]
     matches = [e for e in items if e.text.startswith(start) and e.text.endswith(end)]
     if matches:
         return click(matches[0])
@@ -211,7 +233,7 @@ def _solve_for_x(equation: str) -> int:
     m = re.fullmatch(r"(-?\d+)([-+])x|x([-+])(-?\d+)", left)
     if not m:
         raise OracleFailed(f"cannot read the equation {equation!r}")
-    if m[1] is not None:     # a + x = t  or  a - x = t
+    if m[1] is not None:  # a + x = t  or  a - x = t
         return total - int(m[1]) if m[2] == "+" else int(m[1]) - total
     return total - int(m[4]) if m[3] == "+" else total + int(m[4])
 

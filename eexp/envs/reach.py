@@ -42,8 +42,10 @@ class StateMismatch(ReachError):
     def __init__(self, observed: str, expected: str, step: int | None = None):
         self.observed, self.expected, self.step = observed, expected, step
         where = f" at step {step}" if step is not None else ""
-        super().__init__(f"state mismatch{where}: reached {excerpt_around(observed, expected)!r}, "
-                         f"recorded {excerpt_around(expected, observed)!r}")
+        super().__init__(
+            f"state mismatch{where}: reached {excerpt_around(observed, expected)!r}, "
+            f"recorded {excerpt_around(expected, observed)!r}"
+        )
 
 
 def excerpt_around(text: str, other: str, limit: int = EXCERPT_CHARS) -> str:
@@ -51,7 +53,7 @@ def excerpt_around(text: str, other: str, limit: int = EXCERPT_CHARS) -> str:
     a, b = normalize_space(text), normalize_space(other)
     start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     start = max(0, start - 40)
-    piece = a[start:start + limit]
+    piece = a[start : start + limit]
     return ("…" if start else "") + piece + ("…" if start + limit < len(a) else "")
 
 
@@ -92,8 +94,9 @@ def guarded(call: Callable[[], Any], what: str, timeout: float | None = None) ->
         raise ReachError(f"environment error ({what}): {type(e).__name__}: {e}") from e
 
 
-def reach(env: Env, task: dict, prefix: list[str], expected_observation: str | None = None,
-          timeout: float | None = None) -> str:
+def reach(
+    env: Env, task: dict, prefix: list[str], expected_observation: str | None = None, timeout: float | None = None
+) -> str:
     """Reset, replay `prefix`, check the observation reached against the recorded one, and return it.
 
     `timeout` is per step, so the replay as a whole gets `timeout * (len(prefix) + 1)`.
@@ -102,4 +105,3 @@ def reach(env: Env, task: dict, prefix: list[str], expected_observation: str | N
     observation = guarded(lambda: env.replay(task, list(prefix)), f"replaying {len(prefix)} actions", limit)
     check_state(observation, expected_observation, len(prefix))
     return observation
-

@@ -54,13 +54,41 @@ from eexp.envs.base import Env, package_version
 from eexp.errors import EnvError
 from eexp.text import normalize_space
 
-OOD_TASKS = ("freeze", "chemistry-mix-paint-tertiary-color", "find-non-living-thing",
-             "lifespan-longest-lived-then-shortest-lived", "mendelian-genetics-unknown-plant",
-             "test-conductivity-of-unknown-substances")
+OOD_TASKS = (
+    "freeze",
+    "chemistry-mix-paint-tertiary-color",
+    "find-non-living-thing",
+    "lifespan-longest-lived-then-shortest-lived",
+    "mendelian-genetics-unknown-plant",
+    "test-conductivity-of-unknown-substances",
+)
 SPLIT_SOURCE = {"train": "train", "dev": "dev", "test": "test", "ood": "test"}
-VERB_ORDER = ("go", "teleport", "open", "close", "pick", "put", "move", "pour", "dunk", "use", "mix", "connect",
-              "disconnect", "activate", "deactivate", "eat", "read", "flush", "focus", "look", "inventory", "wait",
-              "wait1", "task")
+VERB_ORDER = (
+    "go",
+    "teleport",
+    "open",
+    "close",
+    "pick",
+    "put",
+    "move",
+    "pour",
+    "dunk",
+    "use",
+    "mix",
+    "connect",
+    "disconnect",
+    "activate",
+    "deactivate",
+    "eat",
+    "read",
+    "flush",
+    "focus",
+    "look",
+    "inventory",
+    "wait",
+    "wait1",
+    "task",
+)
 NOISE_OBJECTS = {"agent", "air"}
 TWO_OBJECT_VERBS = {"move", "pour", "dunk", "use", "mix"}
 WIRE_WORDS = ("anode", "cathode", "terminal", "wire", "battery", "generator", "solar panel")
@@ -81,13 +109,20 @@ class ScienceWorldEnv(Env):
     max_steps = 100
     action_format = "a command such as 'open door to kitchen', 'pick up thermometer', 'use thermometer on water'"
 
-    DEFAULTS = {"variations": 10, "simplifications": "easy", "ood_tasks": ",".join(OOD_TASKS),
-                "max_admissible": 60, "max_obs_chars": MAX_OBS_CHARS, "env_step_limit": 1000, "step_timeout": 0}
+    DEFAULTS = {
+        "variations": 10,
+        "simplifications": "easy",
+        "ood_tasks": ",".join(OOD_TASKS),
+        "max_admissible": 60,
+        "max_obs_chars": MAX_OBS_CHARS,
+        "env_step_limit": 1000,
+        "step_timeout": 0,
+    }
 
     options = DEFAULTS
 
     def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)   # an unknown option is an EnvError; those at their defaults are not recorded
+        super().__init__(**kwargs)  # an unknown option is an EnvError; those at their defaults are not recorded
         opts = {**self.DEFAULTS, **kwargs}
         try:
             import scienceworld
@@ -102,7 +137,7 @@ class ScienceWorldEnv(Env):
         self.env_step_limit = int(opts["env_step_limit"])
         self.step_timeout = float(opts["step_timeout"] or 0)
         self.cache = cache_root() / "scienceworld" / scienceworld.__version__
-        self._sw = None              # the package's ScienceWorldEnv (one JVM), None until started or after a fault
+        self._sw = None  # the package's ScienceWorldEnv (one JVM), None until started or after a fault
         self._loaded: tuple | None = None
         self._task: dict | None = None
         self._score = 0.0
@@ -110,17 +145,19 @@ class ScienceWorldEnv(Env):
         self._admissible: list[str] | None = None
         self._index: dict | None = None
         self._tasks: dict[str, list[dict]] = {}
-        self._history: list[str] | None = None   # the actions of the episode in progress, to put it back
+        self._history: list[str] | None = None  # the actions of the episode in progress, to put it back
         self._gold: dict[str, list[str]] | None = None
 
     # --- the JVM ------------------------------------------------------------------------------------------------
     def _start(self) -> None:
         from scienceworld import ScienceWorldEnv as Simulator
+
         try:
             self._sw = Simulator("", envStepLimit=self.env_step_limit)
-        except Exception as e:   # no java, or it would not start
-            raise EnvError(f"scienceworld: cannot start the Java simulator ({type(e).__name__}: {e}); "
-                           "it needs Java 11+ on PATH") from None
+        except Exception as e:  # no java, or it would not start
+            raise EnvError(
+                f"scienceworld: cannot start the Java simulator ({type(e).__name__}: {e}); it needs Java 11+ on PATH"
+            ) from None
         self._loaded = None
 
     def java_process(self):
@@ -162,8 +199,10 @@ class ScienceWorldEnv(Env):
 
     def _server(self):
         if self._sw is None:
-            raise EnvError("scienceworld: the simulator is not running (it failed or was never started); "
-                           "call reset() to start a fresh one")
+            raise EnvError(
+                "scienceworld: the simulator is not running (it failed or was never started); "
+                "call reset() to start a fresh one"
+            )
         return self._sw.server
 
     def _call(self, what: str, fn, timeout_steps: int = 1):
@@ -172,29 +211,34 @@ class ScienceWorldEnv(Env):
         fired = threading.Event()
         timer = None
         if self.step_timeout:
+
             def on_timeout():
                 fired.set()
                 proc = self.java_process()
                 if proc is not None:
                     proc.kill()
+
             timer = threading.Timer(self.step_timeout * timeout_steps, on_timeout)
             timer.daemon = True
             timer.start()
         try:
             result = fn(server)
-            if fired.is_set():   # it returned, but only after the watchdog had killed the JVM
+            if fired.is_set():  # it returned, but only after the watchdog had killed the JVM
                 raise TimeoutError
             return result
         except BaseException as e:
             self._kill()
             if fired.is_set():
-                raise EnvError(f"scienceworld: {what} took longer than {self.step_timeout:g} s; the Java process "
-                               "was killed (reset() starts a fresh one)") from None
+                raise EnvError(
+                    f"scienceworld: {what} took longer than {self.step_timeout:g} s; the Java process "
+                    "was killed (reset() starts a fresh one)"
+                ) from None
             if not isinstance(e, Exception) or isinstance(e, EnvError):
                 raise
             dead = "the Java process died" if self._java_dead(e) else "the simulator failed"
-            raise EnvError(f"scienceworld: {dead} during {what}: {type(e).__name__}: {str(e)[:200]} "
-                           "(reset() starts a fresh one)") from e
+            raise EnvError(
+                f"scienceworld: {dead} during {what}: {type(e).__name__}: {str(e)[:200]} (reset() starts a fresh one)"
+            ) from e
         finally:
             if timer is not None:
                 timer.cancel()
@@ -214,10 +258,15 @@ class ScienceWorldEnv(Env):
                 self._ensure_running()
                 index = {}
                 for name in self._call("listing tasks", lambda s: list(s.getTaskNames())):
+
                     def load(s, name=name):
                         s.load(name, 0, "", False)
-                        return {"train": list(s.getVariationsTrain()), "dev": list(s.getVariationsDev()),
-                                "test": list(s.getVariationsTest())}
+                        return {
+                            "train": list(s.getVariationsTrain()),
+                            "dev": list(s.getVariationsDev()),
+                            "test": list(s.getVariationsTest()),
+                        }
+
                     index[name] = self._call(f"loading {name}", load)
                 self._loaded = None
                 _write_json(path, index)
@@ -232,9 +281,11 @@ class ScienceWorldEnv(Env):
         if missing:
             self._ensure_running()
             for n, v in missing:
+
                 def describe(s, n=n, v=v):
                     s.load(n, v, self.simplifications, False)
                     return str(s.getTaskDescription())
+
                 goals[f"{n}-{v}"] = " ".join(self._call(f"loading {n} {v}", describe).split())
             self._loaded = None
             _write_json(path, goals)
@@ -249,12 +300,13 @@ class ScienceWorldEnv(Env):
             if unknown:
                 raise EnvError(f"scienceworld: unknown task types in ood_tasks: {', '.join(unknown)}")
             types = [t for t in index if (t in self.ood_tasks) == (split == "ood")]
-            per_type = {t: index[t][SPLIT_SOURCE[split]][:self.variations or None] for t in types}
+            per_type = {t: index[t][SPLIT_SOURCE[split]][: self.variations or None] for t in types}
             rounds = max((len(v) for v in per_type.values()), default=0)
             keys = [(t, per_type[t][i]) for i in range(rounds) for t in types if i < len(per_type[t])]
             goals = self._goals(keys)
-            self._tasks[split] = [{"id": f"{t}-{v}", "split": split, "goal": goals[f"{t}-{v}"], "category": t}
-                                  for t, v in keys]
+            self._tasks[split] = [
+                {"id": f"{t}-{v}", "split": split, "goal": goals[f"{t}-{v}"], "category": t} for t, v in keys
+            ]
         return self._tasks[split]
 
     @staticmethod
@@ -289,6 +341,7 @@ class ScienceWorldEnv(Env):
         def first(s):
             s.reset()
             return s.step("look around")
+
         observation = self._clean(self._call("reset", first))
         self._history = []
         return observation
@@ -297,25 +350,33 @@ class ScienceWorldEnv(Env):
         def one(s):
             observation = s.step(action)
             return observation, float(s.getScore()), bool(s.getCompleted()), int(s.getNumMoves())
+
         observation, score, completed, moves = self._call(f"step {action!r}", one)
         if self._history is not None:
             self._history.append(action)
         reward, self._score, self._admissible = score - self._score, score, None
         self._done = completed or score < 0 or moves > self.env_step_limit
-        return self._clean(observation), reward, self._done, {"valid": observation.strip() != INVALID_REPLY,
-                                                              "score": round(score * 100)}
+        return (
+            self._clean(observation),
+            reward,
+            self._done,
+            {"valid": observation.strip() != INVALID_REPLY, "score": round(score * 100)},
+        )
 
     def replay(self, task: dict, prefix: list[str]) -> str:
         """Reset, then the raw server step for every prefix action (no per-step score or valid-action calls)."""
         observation = self.reset(task)
         if prefix:
+
             def run(s):
                 out = None
                 for action in prefix:
                     out = s.step(action)
                 return out, float(s.getScore()), bool(s.getCompleted()), int(s.getNumMoves())
-            out, self._score, completed, moves = self._call(f"replaying {len(prefix)} actions", run,
-                                                            timeout_steps=len(prefix))
+
+            out, self._score, completed, moves = self._call(
+                f"replaying {len(prefix)} actions", run, timeout_steps=len(prefix)
+            )
             self._done = completed or self._score < 0 or moves > self.env_step_limit
             observation = self._clean(out)
             self._history = list(prefix)
@@ -324,15 +385,18 @@ class ScienceWorldEnv(Env):
     def _clean(self, text: str) -> str:
         lines = [line.rstrip() for line in str(text).strip().split("\n")]
         text = "\n".join(lines)
-        return text if len(text) <= self.max_obs_chars else text[:self.max_obs_chars] + " …"
+        return text if len(text) <= self.max_obs_chars else text[: self.max_obs_chars] + " …"
 
     def admissible(self) -> list[str]:
         if self._admissible is None:
             name = self._parse(self._task)[0] if self._task else ""
 
             def fetch(s):
-                return (json.loads(s.getValidActionObjectCombinationsJSON())["validActions"],
-                        json.loads(s.getPossibleObjectReferentLUTJSON()))
+                return (
+                    json.loads(s.getValidActionObjectCombinationsJSON())["validActions"],
+                    json.loads(s.getPossibleObjectReferentLUTJSON()),
+                )
+
             valid, referents = self._call("listing valid actions", fetch)
             self._admissible = trim_actions(valid, referents, name, self.max_admissible)
         return list(self._admissible)
@@ -341,7 +405,7 @@ class ScienceWorldEnv(Env):
         name, var = self._parse(task)
         key = f"{name}-{var}-{self.simplifications}-{self.env_step_limit}"
         path = self.cache / "gold.json"
-        if self._gold is None or key not in self._gold:   # another instance may have computed it since
+        if self._gold is None or key not in self._gold:  # another instance may have computed it since
             self._gold = json.loads(path.read_text()) if path.exists() else {}
         if key not in self._gold:
             # The simulator's gold path is not always the same from one load to the next (find-plant-0): the first
@@ -376,6 +440,7 @@ class ScienceWorldEnv(Env):
             s.step("look around")
             for action in history:
                 s.step(action)
+
         self._call(f"putting back the episode ({len(history)} actions)", run, timeout_steps=len(history) + 1)
 
     def success(self) -> bool:
@@ -401,12 +466,13 @@ def trim_actions(valid: list[dict], referents: dict, task_name: str, limit: int)
         if action == "reset task" or action.endswith(" to inventory"):
             continue
         names = [str(referents.get(str(i), "")) for i in ids]
-        if verb in ("connect", "disconnect") and not (electrical and all(any(w in n for w in WIRE_WORDS)
-                                                                          for n in names)):
+        if verb in ("connect", "disconnect") and not (
+            electrical and all(any(w in n for w in WIRE_WORDS) for n in names)
+        ):
             continue
         if verb == "mix" and ids and ids[0] not in held:
             continue
-        if verb == "go" and any("door" in n for n in names):   # "go to door to kitchen" = "go to kitchen"
+        if verb == "go" and any("door" in n for n in names):  # "go to door to kitchen" = "go to kitchen"
             continue
         if verb in TWO_OBJECT_VERBS and len(ids) == 2 and ids[0] not in held:
             continue
@@ -414,7 +480,7 @@ def trim_actions(valid: list[dict], referents: dict, task_name: str, limit: int)
         if action.startswith("look at "):
             rank = len(VERB_ORDER) + 1
         kept.setdefault(action, rank)
-    ordered = sorted(kept, key=lambda a: (kept[a], a))   # not the simulator's order: it depends on the JVM's history
+    ordered = sorted(kept, key=lambda a: (kept[a], a))  # not the simulator's order: it depends on the JVM's history
     return ordered[:limit] if limit else ordered
 
 

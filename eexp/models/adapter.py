@@ -41,6 +41,8 @@ def base_of(adapter: str, override: str = "", trust_remote_code: bool = False) -
         except ModelError as e:
             raise PolicyError(f"{adapter}: {e}") from None
     if not base or not os.path.isdir(base):
-        raise PolicyError(f"{adapter}: the adapter's base model {base!r} is not a local directory "
-                          f"(nothing is downloaded; give it with --policy-arg base=DIR)")
+        raise PolicyError(
+            f"{adapter}: the adapter's base model {base!r} is not a local directory "
+            f"(nothing is downloaded; give it with --policy-arg base=DIR)"
+        )
     return base

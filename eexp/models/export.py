@@ -53,14 +53,15 @@ LORA_QUANTS = ("f32", "f16", "q8_0")
 
 # Pre-tokenizer regexes llama.cpp knows, by the name it knows them under (llama-vocab.cpp).
 _PRE_TOKENIZERS = {
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        "qwen2",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+": "qwen2",
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
     r"\s+(?!\S)|\s+": "llama-bpe",
 }
 
 
 # --- reading the inputs -----------------------------------------------------------------------------------------
+
 
 def _read_json(path: Path) -> dict:
     try:
@@ -96,8 +97,10 @@ def _check_checkpoint(ckpt: Path) -> dict:
     if _architecture(config) is None:
         raise ModelError(f"{ckpt}/config.json: no `architectures` (which transformers class the model is)")
     if not (ckpt / "tokenizer.json").is_file() and not (ckpt / "tokenizer.model").is_file():
-        raise ModelError(f"{ckpt}: no tokenizer.json (export needs the model's tokenizer saved beside it; "
-                         "save it with tokenizer.save_pretrained)")
+        raise ModelError(
+            f"{ckpt}: no tokenizer.json (export needs the model's tokenizer saved beside it; "
+            "save it with tokenizer.save_pretrained)"
+        )
     if not _weight_files(ckpt):
         raise ModelError(f"{ckpt}: no .safetensors weights (eexp reads safetensors only)")
     return config
@@ -119,8 +122,9 @@ def _weight_shapes(ckpt: Path) -> dict[str, tuple[int, ...]]:
                 for name in f.keys():
                     shapes[name] = tuple(f.get_slice(name).get_shape())
         except (SafetensorError, OSError) as e:  # safetensors raises its own error types for a damaged file
-            raise ModelError(f"{path}: cannot read the weights ({_first_line(e)}): a truncated or damaged "
-                             "file?") from None
+            raise ModelError(
+                f"{path}: cannot read the weights ({_first_line(e)}): a truncated or damaged file?"
+            ) from None
     return shapes
 
 
@@ -146,8 +150,7 @@ def _module_of(key: str) -> str:
     return name
 
 
-def _check_adapter_fits(adapter: Path, base_shapes: dict[str, tuple[int, ...]], ckpt: Path,
-                        lora_only: bool) -> dict:
+def _check_adapter_fits(adapter: Path, base_shapes: dict[str, tuple[int, ...]], ckpt: Path, lora_only: bool) -> dict:
     """Read the adapter's tensors and check each LoRA pair against the base weights; return all tensors.
     Full tensors (modules_to_save) and embedding LoRA are fine to merge, but cannot be a llama.cpp adapter."""
     from safetensors.numpy import load_file
@@ -165,11 +168,15 @@ def _check_adapter_fits(adapter: Path, base_shapes: dict[str, tuple[int, ...]], 
         elif not lora_only:
             continue  # PEFT merges it; PEFT says so if it does not fit
         elif "lora_embedding" in key:
-            raise ModelError(f"{adapter}: LoRA on the token embeddings ({module}) cannot be exported as a "
-                             "llama.cpp adapter; export the merged model instead (without --lora-only)")
+            raise ModelError(
+                f"{adapter}: LoRA on the token embeddings ({module}) cannot be exported as a "
+                "llama.cpp adapter; export the merged model instead (without --lora-only)"
+            )
         else:
-            raise ModelError(f"{adapter}: holds a full tensor {key} (modules_to_save or added tokens), which a "
-                             "llama.cpp LoRA adapter cannot carry; export the merged model instead")
+            raise ModelError(
+                f"{adapter}: holds a full tensor {key} (modules_to_save or added tokens), which a "
+                "llama.cpp LoRA adapter cannot carry; export the merged model instead"
+            )
     if not pairs and lora_only:
         raise ModelError(f"{adapter}: no LoRA weights found")
     for module, pair in pairs.items():
@@ -180,8 +187,10 @@ def _check_adapter_fits(adapter: Path, base_shapes: dict[str, tuple[int, ...]], 
             raise ModelError(f"{misfit}: the base has no weight {module}.weight")
         a, b = pair["A"], pair["B"]
         if len(base) != 2 or a[1] != base[1] or b[0] != base[0] or a[0] != b[1]:
-            raise ModelError(f"{misfit}: {module} has lora_A {list(a)} and lora_B {list(b)}, but the base weight "
-                             f"is {list(base)} (out, in)")
+            raise ModelError(
+                f"{misfit}: {module} has lora_A {list(a)} and lora_B {list(b)}, but the base weight "
+                f"is {list(base)} (out, in)"
+            )
     return tensors
 
 
@@ -196,6 +205,7 @@ def _lora_scale(config: dict, module: str, rank: int) -> float:
 
 # --- what eexp adds to the converter ---------------------------------------------------------------------------
 
+
 def _pre_tokenizer_name(pre: dict | None, ckpt: Path) -> str:
     """llama.cpp's name for the tokenizer's split regex."""
     steps = (pre or {}).get("pretokenizers", [pre] if pre else [])
@@ -204,8 +214,10 @@ def _pre_tokenizer_name(pre: dict | None, ckpt: Path) -> str:
             pattern = (step.get("pattern") or {}).get("Regex")
             if pattern in _PRE_TOKENIZERS:
                 return _PRE_TOKENIZERS[pattern]
-            raise ModelError(f"{ckpt}: the tokenizer's split pattern is not one llama.cpp knows (supported: "
-                             f"{', '.join(sorted(set(_PRE_TOKENIZERS.values())))}, gpt2)")
+            raise ModelError(
+                f"{ckpt}: the tokenizer's split pattern is not one llama.cpp knows (supported: "
+                f"{', '.join(sorted(set(_PRE_TOKENIZERS.values())))}, gpt2)"
+            )
         if step.get("type") == "ByteLevel" and step.get("use_regex", True):
             return "gpt-2"
     raise ModelError(f"{ckpt}: the tokenizer has no split pattern llama.cpp can reproduce")
@@ -217,13 +229,17 @@ def known_pre_tokenizer(ckpt: Path) -> str:
     spec = _read_json(ckpt / "tokenizer.json")
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-        raise ModelError(f"{ckpt}: llama.cpp's converter does not recognize this tokenizer (a {model.get('type')} "
-                         "tokenizer without a byte-level pre-tokenizer)")
+        raise ModelError(
+            f"{ckpt}: llama.cpp's converter does not recognize this tokenizer (a {model.get('type')} "
+            "tokenizer without a byte-level pre-tokenizer)"
+        )
     normalizer = spec.get("normalizer")
     # NFC, as in Qwen2's own tokenizer, is allowed: llama.cpp skips it, and the two agree on NFC text
     if normalizer is not None and normalizer.get("type") != "NFC":
-        raise ModelError(f"{ckpt}: llama.cpp's converter does not recognize this tokenizer, and it has a "
-                         f"{normalizer.get('type')} normalizer, which no llama.cpp pre-tokenizer reproduces")
+        raise ModelError(
+            f"{ckpt}: llama.cpp's converter does not recognize this tokenizer, and it has a "
+            f"{normalizer.get('type')} normalizer, which no llama.cpp pre-tokenizer reproduces"
+        )
     return _pre_tokenizer_name(spec.get("pre_tokenizer"), ckpt)
 
 
@@ -236,9 +252,15 @@ def gguf_card(ckpt: Path, adapter: Path | None, quant: str) -> Card:
     if card == Card():
         card = read_card(ckpt)
     source = [str(adapter), str(ckpt)] if adapter is not None else [str(ckpt)]
-    return replace(card, eexp_version=__version__, source=str(ckpt.resolve()), source_sha256=content_hash(source),
-                   quant=quant, adapter=str(adapter.resolve()) if adapter is not None else None,
-                   adapter_sha256=content_hash([str(adapter)]) if adapter is not None else None)
+    return replace(
+        card,
+        eexp_version=__version__,
+        source=str(ckpt.resolve()),
+        source_sha256=content_hash(source),
+        quant=quant,
+        adapter=str(adapter.resolve()) if adapter is not None else None,
+        adapter_sha256=content_hash([str(adapter)]) if adapter is not None else None,
+    )
 
 
 def _check_quant(shapes: dict[str, tuple[int, ...]], quant: str) -> None:
@@ -249,9 +271,11 @@ def _check_quant(shapes: dict[str, tuple[int, ...]], quant: str) -> None:
         return
     for name, shape in shapes.items():
         if len(shape) >= 2 and shape[-1] % block:
-            raise ModelError(f"--quant {quant} needs rows of a multiple of {block} values, but tensor {name} "
-                             f"{list(shape)} has rows of {shape[-1]}; use "
-                             f"{'q8_0 or ' if quant != 'q8_0' and shape[-1] % 32 == 0 else ''}f16 or f32")
+            raise ModelError(
+                f"--quant {quant} needs rows of a multiple of {block} values, but tensor {name} "
+                f"{list(shape)} has rows of {shape[-1]}; use "
+                f"{'q8_0 or ' if quant != 'q8_0' and shape[-1] % 32 == 0 else ''}f16 or f32"
+            )
 
 
 class _ErrorLog(logging.Handler):
@@ -271,7 +295,7 @@ def _converter(ckpt: Path, name: str, fields: dict[str, str]):
     keys (written with the rest of the metadata, adapters included), the name, the pre-tokenizer fallback, no
     progress bar, and quiet logging (its errors are collected). Yields (conversion, the error log, the converter
     folder)."""
-    folder = ensure_converter()   # installed on first use (one line on stderr)
+    folder = ensure_converter()  # installed on first use (one line on stderr)
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
     no_local = os.environ.get("NO_LOCAL_GGUF")
@@ -338,6 +362,7 @@ def _add_special_flags(writer, ckpt: Path, tok=None) -> None:
         return
     if tok is None:
         from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=False)
     plain, full = tok("a", add_special_tokens=False).input_ids, tok("a").input_ids
     added = len(full) > len(plain)
@@ -352,8 +377,10 @@ def _model_class(conversion, ckpt: Path, config: dict):
     try:
         return conversion.get_model_class(arch)
     except NotImplementedError:
-        raise ModelError(f"{ckpt}: unsupported architecture {arch!r}: llama.cpp's converter (llama-cpp-python "
-                         f"{llama_cpp_version()}) does not know it") from None
+        raise ModelError(
+            f"{ckpt}: unsupported architecture {arch!r}: llama.cpp's converter (llama-cpp-python "
+            f"{llama_cpp_version()}) does not know it"
+        ) from None
 
 
 def _failed(ckpt: Path, out: Path, errors: _ErrorLog, e: BaseException) -> ModelError:
@@ -368,6 +395,7 @@ def _failed(ckpt: Path, out: Path, errors: _ErrorLog, e: BaseException) -> Model
 
 # --- writing ------------------------------------------------------------------------------------------------------
 
+
 def _temp_path(out: Path) -> Path:
     """A fresh file beside `out` (same file system, so the final rename is atomic)."""
     try:
@@ -381,17 +409,18 @@ def _temp_path(out: Path) -> Path:
     return Path(name)
 
 
-def _convert_model(ckpt: Path, out: Path, quant: str, name: str, fields: dict[str, str],
-                   merged: dict | None) -> None:
+def _convert_model(ckpt: Path, out: Path, quant: str, name: str, fields: dict[str, str], merged: dict | None) -> None:
     """convert_hf_to_gguf's conversion of `ckpt` (its tensors replaced by `merged` when given) to `out`, through a
     temporary name."""
+    import gguf
     import torch
 
-    import gguf
-
     config = _read_json(ckpt / "config.json")
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+    ftype = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[quant]
     with _converter(ckpt, name, fields) as (conversion, errors, _):
         model_class = _model_class(conversion, ckpt, config)
         tmp = _temp_path(out)
@@ -399,8 +428,9 @@ def _convert_model(ckpt: Path, out: Path, quant: str, name: str, fields: dict[st
             with torch.inference_mode():
                 model = model_class(ckpt, ftype, tmp, eager=merged is not None)
                 if merged is not None:  # the merged weights, under the base file's tensor names
-                    model.model_tensors = dict(filter(None, (model.filter_tensors((key, lambda t=t: t))
-                                                             for key, t in merged.items())))
+                    model.model_tensors = dict(
+                        filter(None, (model.filter_tensors((key, lambda t=t: t)) for key, t in merged.items()))
+                    )
                 model.write()
             os.replace(tmp, out)
         except (Exception, SystemExit) as e:
@@ -416,8 +446,16 @@ def _convert_lora(ckpt: Path, adapter: Path, out: Path, quant: str, name: str, f
         tmp = _temp_path(out)
         argv, no_local = sys.argv, os.environ.get("NO_LOCAL_GGUF")
         os.environ["NO_LOCAL_GGUF"] = "1"
-        sys.argv = ["convert_lora_to_gguf.py", "--base", str(ckpt), "--outfile", str(tmp), "--outtype", quant,
-                    str(adapter)]
+        sys.argv = [
+            "convert_lora_to_gguf.py",
+            "--base",
+            str(ckpt),
+            "--outfile",
+            str(tmp),
+            "--outtype",
+            quant,
+            str(adapter),
+        ]
         try:
             runpy.run_path(str(folder / "convert_lora_to_gguf.py"), run_name="__main__")
             os.replace(tmp, out)
@@ -457,8 +495,13 @@ def _quantize_k(src: Path, out: Path, quant: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, quant: str = "q8_0",
-                adapter: str | os.PathLike | None = None, lora_only: bool = False) -> Path:
+def export_gguf(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    quant: str = "q8_0",
+    adapter: str | os.PathLike | None = None,
+    lora_only: bool = False,
+) -> Path:
     """Export a checkpoint (merged with `adapter` if given) to GGUF at `out`; with `lora_only`, the adapter alone as
     a llama.cpp LoRA adapter. CKPT may itself be an adapter directory: its base is then found from its config.
     Returns the path written. Raises ModelError for anything the user can fix."""
@@ -469,8 +512,10 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, quant: str = "q
         base = _adapter_config(ckpt).get("base_model_name_or_path")
         found = adapter_base(ckpt, base)  # a directory, or the import of the GGUF finetune trained from
         if found is None:
-            raise ModelError(f"{ckpt}: an adapter whose base model {base!r} is not a local directory; "
-                             "give the base as CKPT and this directory as --adapter")
+            raise ModelError(
+                f"{ckpt}: an adapter whose base model {base!r} is not a local directory; "
+                "give the base as CKPT and this directory as --adapter"
+            )
         ckpt = Path(found)
     if quant not in (LORA_QUANTS if lora_only else QUANTS):
         raise ModelError(f"unknown --quant {quant!r} (choose from {', '.join(LORA_QUANTS if lora_only else QUANTS)})")
@@ -493,8 +538,10 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike, quant: str = "q
     name = (adapter or ckpt).resolve().name
     if lora_only:
         if config.get("tie_word_embeddings") and any(_module_of(k).endswith("lm_head") for k in adapter_tensors):
-            raise ModelError(f"{adapter}: LoRA on lm_head of a model with tied embeddings cannot be a llama.cpp "
-                             "adapter; export the merged model instead")
+            raise ModelError(
+                f"{adapter}: LoRA on lm_head of a model with tied embeddings cannot be a llama.cpp "
+                "adapter; export the merged model instead"
+            )
         _check_quant({k: v.shape for k, v in adapter_tensors.items()}, quant)
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmpdir:
             lora = _single_alpha_adapter(adapter, adapter_config, adapter_tensors, Path(tmpdir))
@@ -525,11 +572,13 @@ def _merged_state(ckpt: Path, adapter: Path, names: set[str]) -> dict:
 
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32, trust_remote_code=False,
-                                                     use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(ckpt), dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+        )
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelError(f"{ckpt}: cannot load the model ({_first_line(e)}): missing or damaged files?") from None
     from peft import PeftModel
+
     try:
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as e:

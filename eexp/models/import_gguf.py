@@ -48,7 +48,7 @@ from eexp.card import Card, read_card, write_card
 from eexp.errors import ModelError
 from eexp.files import content_hash
 
-IMPORT_FORMAT = 2          # part of the cache path: a change of what an import holds makes new folders
+IMPORT_FORMAT = 2  # part of the cache path: a change of what an import holds makes new folders
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROVENANCE = "config.yaml"
 
@@ -96,8 +96,9 @@ def gguf_info(path: str | os.PathLike) -> dict:
             return None
 
     if field("general.type") not in (None, "model"):
-        raise ModelError(f"{path}: a GGUF {field('general.type')}, not a model (a LoRA adapter GGUF cannot be a "
-                         "base model)")
+        raise ModelError(
+            f"{path}: a GGUF {field('general.type')}, not a model (a LoRA adapter GGUF cannot be a base model)"
+        )
     file_type = field("general.file_type")
     try:
         quant = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
@@ -107,11 +108,17 @@ def gguf_info(path: str | os.PathLike) -> dict:
     # The ids of the special tokens as llama.cpp reads them (tokenizer.ggml.*_token_id), which the import's tokenizer
     # must keep whatever transformers makes of the vocabulary (transformers 5.17 turned SmolLM2's <|im_end|> EOS into
     # <|im_start|> and dropped its pad token; 5.24 keeps both).
-    special = {attr: field(f"tokenizer.ggml.{key}_token_id")
-               for attr, key in (("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"))}
-    return {"architecture": field("general.architecture") or "unknown", "name": field("general.name") or "",
-            "quant": quant, "tensors": len(reader.tensors),
-            "special_tokens": {attr: int(i) for attr, i in special.items() if i is not None}}
+    special = {
+        attr: field(f"tokenizer.ggml.{key}_token_id")
+        for attr, key in (("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"))
+    }
+    return {
+        "architecture": field("general.architecture") or "unknown",
+        "name": field("general.name") or "",
+        "quant": quant,
+        "tensors": len(reader.tensors),
+        "special_tokens": {attr: int(i) for attr, i in special.items() if i is not None},
+    }
 
 
 def cached_path(path: str | os.PathLike, sha: str | None = None, template_sha: str | None = None) -> Path:
@@ -133,8 +140,10 @@ def read_chat_template(path: str | os.PathLike) -> str:
     if "messages" not in text:
         raise ModelError(f"{path}:1: not a chat template (a Jinja template over `messages`)")
     import jinja2
+
     try:  # compiled as transformers compiles it (its sandbox and extensions, `{% generation %}` included)
         from transformers.utils.chat_template_utils import _compile_jinja_template
+
         _compile_jinja_template(text)
     except jinja2.TemplateSyntaxError as e:
         raise ModelError(f"{path}:{e.lineno}: the chat template is not valid Jinja ({e.message})") from None
@@ -144,8 +153,7 @@ def read_chat_template(path: str | os.PathLike) -> str:
 def is_import(folder: str | os.PathLike, sha: str | None = None) -> bool:
     """Whether `folder` is a complete import (of the file with content hash `sha`, when given)."""
     prov = read_provenance(folder)
-    return bool(prov) and (sha is None or prov.get("source_sha256") == sha) and \
-        any(Path(folder).glob("*.safetensors"))
+    return bool(prov) and (sha is None or prov.get("source_sha256") == sha) and any(Path(folder).glob("*.safetensors"))
 
 
 def read_provenance(folder: str | os.PathLike) -> dict | None:
@@ -157,8 +165,12 @@ def read_provenance(folder: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) and data.get("command") == "import-model" else None
 
 
-def import_gguf(path: str | os.PathLike, out: str | os.PathLike | None = None,
-                echo: Callable[[str], None] | None = None, chat_template: str | os.PathLike | None = None) -> Path:
+def import_gguf(
+    path: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    echo: Callable[[str], None] | None = None,
+    chat_template: str | os.PathLike | None = None,
+) -> Path:
     """The checkpoint folder of GGUF `path`: from the cache when it is there, else imported into it (out=None);
     or written to `out`, which must not exist or be empty (copied from the cache when the cache has it).
     `chat_template`: a file whose Jinja template the folder's tokenizer gets instead of the GGUF's own (for a base
@@ -193,8 +205,10 @@ def import_gguf(path: str | os.PathLike, out: str | os.PathLike | None = None,
             shutil.copytree(cached, tmp, dirs_exist_ok=True)
         else:
             info = gguf_info(src)  # the header's token lists take seconds to parse: only when importing
-            echo(f"importing {src.name} ({info['architecture']}, {info['quant']}) to a float32 checkpoint in "
-                 f"{target} (once per file; about a minute per 100M parameters on a small CPU)")
+            echo(
+                f"importing {src.name} ({info['architecture']}, {info['quant']}) to a float32 checkpoint in "
+                f"{target} (once per file; about a minute per 100M parameters on a small CPU)"
+            )
             _build(src, info, sha, tmp, template, chat_template)
         _rename_into_place(tmp, target, sha)
     except OSError as e:
@@ -236,8 +250,14 @@ def _quiet():
             logging.enable_progress_bar()
 
 
-def _build(src: Path, info: dict, sha: str, tmp: Path, template: str | None = None,
-           template_file: str | os.PathLike | None = None) -> None:
+def _build(
+    src: Path,
+    info: dict,
+    sha: str,
+    tmp: Path,
+    template: str | None = None,
+    template_file: str | os.PathLike | None = None,
+) -> None:
     """Dequantize `src` with transformers and save model, tokenizer (with `template`, when given) and provenance
     into `tmp`."""
     import torch
@@ -250,8 +270,9 @@ def _build(src: Path, info: dict, sha: str, tmp: Path, template: str | None = No
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (ValueError, KeyError, RuntimeError, NotImplementedError, OSError, TypeError) as e:
-        raise ModelError(f"{src}: transformers cannot import this GGUF ({info['architecture']}, {info['quant']}): "
-                         f"{_first_line(e)}") from None
+        raise ModelError(
+            f"{src}: transformers cannot import this GGUF ({info['architecture']}, {info['quant']}): {_first_line(e)}"
+        ) from None
     if template is not None:
         tok.chat_template = template
     for attr, token_id in info.get("special_tokens", {}).items():
@@ -259,9 +280,11 @@ def _build(src: Path, info: dict, sha: str, tmp: Path, template: str | None = No
         if token is not None and getattr(tok, attr) != token:
             setattr(tok, attr, token)
     if not tok.chat_template:
-        raise ModelError(f"{src}: the GGUF has no chat template (tokenizer.chat_template; a base model?); eexp "
-                         "trains and acts through the template stored with the model: give one with "
-                         "`eexp import-model --chat-template FILE`")
+        raise ModelError(
+            f"{src}: the GGUF has no chat template (tokenizer.chat_template; a base model?); eexp "
+            "trains and acts through the template stored with the model: give one with "
+            "`eexp import-model --chat-template FILE`"
+        )
     # The weights are plain float32 tensors now; transformers still marks the model as "quantized with gguf" and
     # refuses to save it until that mark is removed.
     model.hf_quantizer = None

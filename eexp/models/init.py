@@ -28,7 +28,8 @@ import yaml
 from eexp import __version__
 from eexp.card import Card, write_card
 from eexp.errors import ModelError
-from eexp.models.pretrain import PretrainSettings, pretrain as pretrain_lm
+from eexp.models.pretrain import PretrainSettings
+from eexp.models.pretrain import pretrain as pretrain_lm
 from eexp.prompts import Serializer, format_action, format_observation
 
 ARCHITECTURES = ("qwen2", "llama")
@@ -51,9 +52,10 @@ QWEN2_SPLIT = (
     r"\s+(?!\S)|\s+"
 )
 
+
 @dataclass(frozen=True)
 class Size:
-    vocab: int          # BPE target; the real vocabulary can be smaller on a small corpus
+    vocab: int  # BPE target; the real vocabulary can be smaller on a small corpus
     hidden: int
     intermediate: int
     layers: int
@@ -107,9 +109,13 @@ def _builtin_text() -> str:
     its four history steps it leaves out), the reply formats, then the environment text."""
     system, user = Serializer().policy_messages(_EXAMPLE_STATE)
     world_system = Serializer().world_model_messages(_EXAMPLE_STATE, "click[1]", rendered=user["content"])[0]
-    texts = [system["content"], user["content"], world_system["content"],
-             format_action("click[1]", "The first result is red, cotton and under 30 dollars, so I open it."),
-             format_observation("Red cotton shirt. Price: $24.99. Sizes: small, medium, large.")]
+    texts = [
+        system["content"],
+        user["content"],
+        world_system["content"],
+        format_action("click[1]", "The first result is red, cotton and under 30 dollars, so I open it."),
+        format_observation("Red cotton shirt. Price: $24.99. Sizes: small, medium, large."),
+    ]
     return "\n".join(texts) + "\n" + _ENVIRONMENT_TEXT
 
 
@@ -117,8 +123,19 @@ BUILTIN_TEXT = _builtin_text()
 
 # JSONL record keys whose string values are text a model will read or write (trajectories, branches, outcomes,
 # examples, episodes).
-TEXT_KEYS = {"observation", "action", "goal", "final_observation", "next_observation", "content", "admissible",
-             "actions", "observations", "reflection", "prefix"}
+TEXT_KEYS = {
+    "observation",
+    "action",
+    "goal",
+    "final_observation",
+    "next_observation",
+    "content",
+    "admissible",
+    "actions",
+    "observations",
+    "reflection",
+    "prefix",
+}
 
 
 def _strings(value, keep: bool) -> Iterator[str]:
@@ -170,13 +187,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     # Always include the built-in text so the prompt words eexp writes are single tokens even on a tiny corpus.
     tok.train_from_iterator(list(texts) + BUILTIN_TEXT.splitlines(), trainer=trainer)
     return tok
@@ -185,30 +209,52 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 def _fast_tokenizer(tok):
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD_TOKEN,
-                                   additional_special_tokens=[IM_START], clean_up_tokenization_spaces=False,
-                                   model_max_length=None)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=[IM_START],
+        clean_up_tokenization_spaces=False,
+        model_max_length=None,
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
 def _config(arch: str, size: Size, vocab: int):
-    common = dict(vocab_size=vocab, hidden_size=size.hidden, intermediate_size=size.intermediate,
-                  num_hidden_layers=size.layers, num_attention_heads=size.heads,
-                  num_key_value_heads=size.kv_heads, max_position_embeddings=size.context,
-                  bos_token_id=None, eos_token_id=SPECIAL_TOKENS.index(IM_END),
-                  pad_token_id=SPECIAL_TOKENS.index(PAD_TOKEN), rms_norm_eps=1e-6)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads,
+        max_position_embeddings=size.context,
+        bos_token_id=None,
+        eos_token_id=SPECIAL_TOKENS.index(IM_END),
+        pad_token_id=SPECIAL_TOKENS.index(PAD_TOKEN),
+        rms_norm_eps=1e-6,
+    )
     if arch == "qwen2":
         from transformers import Qwen2Config
+
         # Tied input/output embeddings, as the small Qwen2 models have.
         return Qwen2Config(tie_word_embeddings=True, **common)
     from transformers import LlamaConfig
+
     return LlamaConfig(tie_word_embeddings=False, **common)
 
 
-def init_model(out_dir: str | os.PathLike, arch: str = "qwen2", size: str = "tiny",
-               corpus: Iterable[str] | None = None, seed: int = 0, pretrain: Iterable[str] | None = None,
-               pretrain_settings=None, progress=None) -> Path:
+def init_model(
+    out_dir: str | os.PathLike,
+    arch: str = "qwen2",
+    size: str = "tiny",
+    corpus: Iterable[str] | None = None,
+    seed: int = 0,
+    pretrain: Iterable[str] | None = None,
+    pretrain_settings=None,
+    progress=None,
+) -> Path:
     """Write a fresh checkpoint directory: model (safetensors), config, tokenizer with chat template,
     `config.yaml` recording how it was made (arch, size, seed, corpus, sizes, special tokens) and the model card
     (`card.yaml`: init-model, the eexp version, from_scratch). Returns the directory. Same inputs and seed, same
@@ -257,10 +303,19 @@ def init_model(out_dir: str | os.PathLike, arch: str = "qwen2", size: str = "tin
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         fast.save_pretrained(tmp)
-        resolved = {"eexp_version": __version__, "command": "init-model", "arch": arch, "size": size,
-                    "seed": seed, "corpus": [c if Path(c).is_file() else "<text>" for c in corpus],
-                    "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(fast),
-                    "bos": None, "eos": IM_END, "pad": PAD_TOKEN}
+        resolved = {
+            "eexp_version": __version__,
+            "command": "init-model",
+            "arch": arch,
+            "size": size,
+            "seed": seed,
+            "corpus": [c if Path(c).is_file() else "<text>" for c in corpus],
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(fast),
+            "bos": None,
+            "eos": IM_END,
+            "pad": PAD_TOKEN,
+        }
         if pretrained:
             resolved["pretrain"] = pretrained
         (tmp / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))

@@ -37,7 +37,7 @@ from pathlib import Path
 
 try:
     import fcntl
-except ImportError:   # not POSIX: no lock (_locked)
+except ImportError:  # not POSIX: no lock (_locked)
     fcntl = None
 
 from eexp.cache import cache_root
@@ -106,25 +106,42 @@ def converter_dir() -> Path:
     installed, or when the installed gguf package is not the one of that llama.cpp."""
     version = llama_cpp_version()
     if version is None:
-        raise ModelError("eexp export needs llama-cpp-python and llama.cpp's converter: pip install 'eexp[gguf]', "
-                         f"then {INSTALL_HINT}")
+        raise ModelError(
+            "eexp export needs llama-cpp-python and llama.cpp's converter: pip install 'eexp[gguf]', "
+            f"then {INSTALL_HINT}"
+        )
     folder = install_dir(version)
     try:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
-        raise ConverterMissing(f"llama.cpp's converter for llama-cpp-python {version} is not installed "
-                         f"(no {folder / MARKER}): {INSTALL_HINT}") from None
+        raise ConverterMissing(
+            f"llama.cpp's converter for llama-cpp-python {version} is not installed "
+            f"(no {folder / MARKER}): {INSTALL_HINT}"
+        ) from None
     installed = gguf_module_file()
     if installed is None or not installed.is_file() or _sha256(installed) != marker.get("gguf_constants_sha256"):
-        raise ModelError(f"the installed gguf package is not llama.cpp's gguf-py from llama-cpp-python {version} "
-                         f"(replaced or upgraded since?): {INSTALL_HINT}")
+        raise ModelError(
+            f"the installed gguf package is not llama.cpp's gguf-py from llama-cpp-python {version} "
+            f"(replaced or upgraded since?): {INSTALL_HINT}"
+        )
     return folder
 
 
 def _download_sdist(version: str, into: Path) -> Path:
     """The llama-cpp-python sdist of `version`, with pip (from pip's cache when it built that version)."""
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "--no-deps", "--no-binary",
-           ":all:", f"{LLAMA_DIST}=={version}", "-d", str(into)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"{LLAMA_DIST}=={version}",
+        "-d",
+        str(into),
+    ]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     found = sorted(into.glob("llama_cpp_python-*.tar.gz"))
     if proc.returncode != 0 or not found:
@@ -138,12 +155,15 @@ def _extract(sdist: Path, version: str, into: Path) -> None:
     wanted = tuple(prefix + m for m in MEMBERS)
     try:
         with tarfile.open(sdist, "r:gz") as tar:
-            members = [m for m in tar.getmembers()
-                       if (m.isfile() or m.isdir()) and any(m.name == w or m.name.startswith(w + "/") for w in wanted)]
+            members = [
+                m
+                for m in tar.getmembers()
+                if (m.isfile() or m.isdir()) and any(m.name == w or m.name.startswith(w + "/") for w in wanted)
+            ]
             if not any(m.name == prefix + "convert_hf_to_gguf.py" for m in members):
                 raise ModelError(f"{sdist}: no {prefix}convert_hf_to_gguf.py (not a llama-cpp-python {version} sdist)")
             for m in members:
-                m.name = m.name[len(prefix):]
+                m.name = m.name[len(prefix) :]
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
             tar.extractall(into, members=members, **safe)
     except (OSError, tarfile.TarError) as e:
@@ -175,7 +195,7 @@ def install(sdist: str | os.PathLike | None = None, echo=print) -> Path:
     except OSError as e:
         raise ModelError(f"cannot install llama.cpp's converter in {target.parent} ({e.strerror})") from None
     with _locked(target.parent / f".{target.name}.lock"):
-        try:   # another eexp may have installed it while this one waited
+        try:  # another eexp may have installed it while this one waited
             converter_dir()
             return target
         except ModelError:
@@ -188,7 +208,7 @@ def install(sdist: str | os.PathLike | None = None, echo=print) -> Path:
 @contextlib.contextmanager
 def _locked(path: Path):
     """One installer at a time per folder (two exports started at once install once)."""
-    if fcntl is None:   # not POSIX: no lock
+    if fcntl is None:  # not POSIX: no lock
         yield
         return
     with open(path, "a") as f:
@@ -206,9 +226,22 @@ def _install(version: str, target: Path, sdist, echo) -> None:
         staged = tmp / "llama.cpp"
         _extract(src, version, staged)
         echo(f"installing llama.cpp's gguf-py (from the llama-cpp-python {version} sdist) as the gguf package")
-        proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "-q",
-                               "--no-deps", "--force-reinstall", str(staged / "gguf-py")],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--disable-pip-version-check",
+                "install",
+                "-q",
+                "--no-deps",
+                "--force-reinstall",
+                str(staged / "gguf-py"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         if proc.returncode != 0:
             raise ModelError(f"cannot install {staged / 'gguf-py'} with pip:\n{proc.stdout[-2000:]}")
         importlib.invalidate_caches()
@@ -216,10 +249,19 @@ def _install(version: str, target: Path, sdist, echo) -> None:
         installed = gguf_module_file()
         if installed is None or _sha256(installed) != expected:
             raise ModelError("pip installed gguf-py, but another gguf package is still the one found")
-        (staged / MARKER).write_text(json.dumps({
-            "llama_cpp_python": version, "sdist": src.name, "sdist_sha256": _sha256(src),
-            "gguf_version": _gguf_py_version(staged / "gguf-py"), "gguf_constants_sha256": expected},
-            indent=1) + "\n")
+        (staged / MARKER).write_text(
+            json.dumps(
+                {
+                    "llama_cpp_python": version,
+                    "sdist": src.name,
+                    "sdist_sha256": _sha256(src),
+                    "gguf_version": _gguf_py_version(staged / "gguf-py"),
+                    "gguf_constants_sha256": expected,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         # installed now; a copy beside the converter would be a second gguf (conversion/ puts ../gguf-py first on
         # sys.path unless NO_LOCAL_GGUF is set)
         shutil.rmtree(staged / "gguf-py")
@@ -237,9 +279,11 @@ def ensure_converter(note=lambda msg: print(f"eexp: {msg}", file=sys.stderr, flu
     except ConverterMissing:
         pass
     version = llama_cpp_version()
-    note(f"installing llama.cpp's converter for llama-cpp-python {version} (once; from its sdist, with pip) "
-         f"into {install_dir(version)}")
-    stale = "gguf" in sys.modules   # a gguf imported before the install is not the one just installed
+    note(
+        f"installing llama.cpp's converter for llama-cpp-python {version} (once; from its sdist, with pip) "
+        f"into {install_dir(version)}"
+    )
+    stale = "gguf" in sys.modules  # a gguf imported before the install is not the one just installed
     install(echo=lambda msg: None)
     if stale:
         for name in [m for m in sys.modules if m == "gguf" or m.startswith("gguf.")]:
@@ -248,10 +292,16 @@ def ensure_converter(note=lambda msg: print(f"eexp: {msg}", file=sys.stderr, flu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eexp.models.llama_converter", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sdist", metavar="FILE", help="a llama_cpp_python-VERSION.tar.gz of the installed version "
-                        "(default: pip downloads it)")
+    parser = argparse.ArgumentParser(
+        prog="python -m eexp.models.llama_converter",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sdist",
+        metavar="FILE",
+        help="a llama_cpp_python-VERSION.tar.gz of the installed version (default: pip downloads it)",
+    )
     args = parser.parse_args(argv)
     try:
         install(args.sdist, echo=lambda msg: print(f"eexp: {msg}", file=sys.stderr))

@@ -23,8 +23,8 @@ from typing import Callable
 from eexp import __version__
 from eexp.card import read_card, write_card
 from eexp.errors import ModelError, PolicyError
-from eexp.files import content_hash, has_tokenizer, hub_id
 from eexp.fields import setting
+from eexp.files import content_hash, has_tokenizer, hub_id
 from eexp.models.adapter import base_of
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -34,13 +34,22 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 class MergeSettings:
     """Every option of `eexp merge`, with its default and help (the command's options are made from them)."""
 
-    adapter: str                      # the LoRA adapter folder (the command's argument)
-    output: str = setting(None, "The folder to write (it must not exist, or be empty).", required=True, short="-o",
-                         metavar="OUT")
-    base: str | None = setting(None, "The base model (a folder or a Hugging Face Hub id). Default: the one the "
-                              "adapter names (adapter_config.json), as the policies find it.", metavar="CKPT")
-    dtype: str = setting("bf16", "Weights as saved: bf16 (what vLLM and SGLang serve), fp16, or fp32 (the merge "
-                        "itself is computed in fp32 either way).", choices=list(DTYPES))
+    adapter: str  # the LoRA adapter folder (the command's argument)
+    output: str = setting(
+        None, "The folder to write (it must not exist, or be empty).", required=True, short="-o", metavar="OUT"
+    )
+    base: str | None = setting(
+        None,
+        "The base model (a folder or a Hugging Face Hub id). Default: the one the "
+        "adapter names (adapter_config.json), as the policies find it.",
+        metavar="CKPT",
+    )
+    dtype: str = setting(
+        "bf16",
+        "Weights as saved: bf16 (what vLLM and SGLang serve), fp16, or fp32 (the merge "
+        "itself is computed in fp32 either way).",
+        choices=list(DTYPES),
+    )
     trust_remote_code: bool = setting(False, "Allow model code from the base's folder or repository.")
 
 
@@ -53,8 +62,9 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
     echo = echo or (lambda msg: None)
     adapter, target = settings.adapter, Path(settings.output)
     if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
-        raise ModelError(f"{adapter}: not a LoRA adapter directory (no adapter_config.json); a full checkpoint "
-                         "needs no merge")
+        raise ModelError(
+            f"{adapter}: not a LoRA adapter directory (no adapter_config.json); a full checkpoint needs no merge"
+        )
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ModelError(f"{target}: already exists and is not an empty directory")
     try:
@@ -64,13 +74,15 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
     tokenizer_dir = adapter if has_tokenizer(adapter) else base
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=settings.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True,
-                                                     trust_remote_code=settings.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            base, dtype=torch.float32, use_safetensors=True, trust_remote_code=settings.trust_remote_code
+        )
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         raise ModelError(f"{base}: cannot load the base model ({_first_line(e)})") from None
     if not tokenizer.chat_template:
         raise ModelError(f"{tokenizer_dir}: the tokenizer has no chat template; a served model needs one")
     from peft import PeftModel
+
     try:
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
@@ -79,12 +91,17 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
     merged = merged.to(dtype)
     merged.config.dtype = dtype
     card = read_card(adapter)
-    base_name = settings.base if settings.base and hub_id(settings.base) else (card.base_model or
-                                                                              os.path.abspath(base))
-    card = dataclasses.replace(card, command="merge", eexp_version=__version__, base_model=base_name,
-                               base_sha256=card.base_sha256 or content_hash([base]),
-                               adapter=os.path.abspath(adapter), adapter_sha256=content_hash([adapter]),
-                               precision=settings.dtype)
+    base_name = settings.base if settings.base and hub_id(settings.base) else (card.base_model or os.path.abspath(base))
+    card = dataclasses.replace(
+        card,
+        command="merge",
+        eexp_version=__version__,
+        base_model=base_name,
+        base_sha256=card.base_sha256 or content_hash([base]),
+        adapter=os.path.abspath(adapter),
+        adapter_sha256=content_hash([adapter]),
+        precision=settings.dtype,
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:

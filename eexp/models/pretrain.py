@@ -39,12 +39,13 @@ def _mean_loss(model, data, block: int, windows: int) -> float:
 
     starts = list(range(0, max(1, len(data) - block - 1), block))[:windows]
     with torch.no_grad():
-        x = torch.stack([data[s:s + block] for s in starts])
+        x = torch.stack([data[s : s + block] for s in starts])
         return float(model(input_ids=x, labels=x).loss)
 
 
-def pretrain(model, tokenizer, texts: list[str], settings: PretrainSettings,
-             progress: Callable[[int, float], None] | None = None) -> dict:
+def pretrain(
+    model, tokenizer, texts: list[str], settings: PretrainSettings, progress: Callable[[int, float], None] | None = None
+) -> dict:
     """Train `model` in place on `texts`; return what to record (tokens, losses before and after)."""
     import torch
 
@@ -70,16 +71,23 @@ def pretrain(model, tokenizer, texts: list[str], settings: PretrainSettings,
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
-    record = {"steps": settings.steps, "block": block, "batch": settings.batch, "lr": settings.lr,
-              "seed": settings.seed, "pages": len(train_texts), "tokens": len(data),
-              "held_out_pages": len(held_out)}
+    record = {
+        "steps": settings.steps,
+        "block": block,
+        "batch": settings.batch,
+        "lr": settings.lr,
+        "seed": settings.seed,
+        "pages": len(train_texts),
+        "tokens": len(data),
+        "held_out_pages": len(held_out),
+    }
     if valid is not None and len(valid) > block + 1:
         record["held_out_loss_before"] = round(_mean_loss(model, valid, block, 32), 4)
     model.train()
     loss_value = float("nan")
     for step in range(settings.steps):
         starts = [rng.randrange(0, len(data) - block) for _ in range(settings.batch)]
-        x = torch.stack([data[s:s + block] for s in starts])
+        x = torch.stack([data[s : s + block] for s in starts])
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

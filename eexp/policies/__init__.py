@@ -29,13 +29,24 @@ from eexp.errors import PolicyError, entry_point_source
 from eexp.files import hub_id
 from eexp.policies.base import MAX_TOKENS, Policy, Reply, derive_seed
 
-__all__ = ["Policy", "Reply", "derive_seed", "default_policy", "load_policy", "policy_kind",
-           "policy_registry", "ACT_MODES", "DEFAULT_POLICY_ENV"]
+__all__ = [
+    "Policy",
+    "Reply",
+    "derive_seed",
+    "default_policy",
+    "load_policy",
+    "policy_kind",
+    "policy_registry",
+    "ACT_MODES",
+    "DEFAULT_POLICY_ENV",
+]
 
 ACT_MODES = ("generate", "constrained", "score", "think")
 
-SPEC_FORMS = ("random, oracle, a .gguf file, a checkpoint or adapter directory, a Hugging Face Hub id "
-              "(ORG/NAME[@REVISION]), http(s)://HOST/v1, or several: URL,URL or @FILE")
+SPEC_FORMS = (
+    "random, oracle, a .gguf file, a checkpoint or adapter directory, a Hugging Face Hub id "
+    "(ORG/NAME[@REVISION]), http(s)://HOST/v1, or several: URL,URL or @FILE"
+)
 BASELINES = ("random", "oracle")
 # The default policy, as llm has a default model: the stages that need a model and are given no --policy use it.
 DEFAULT_POLICY_ENV = "EEXP_POLICY"
@@ -81,7 +92,7 @@ def policy_kind(spec: str | None) -> str | None:
             return plugin[0]
     if spec in BASELINES:
         return "baseline"
-    if spec.startswith(("http://", "https://", "@")):   # one URL, a list of them, or @FILE listing them
+    if spec.startswith(("http://", "https://", "@")):  # one URL, a list of them, or @FILE listing them
         return "endpoint"
     if spec.lower().endswith(".gguf"):
         return "gguf"
@@ -92,8 +103,9 @@ def policy_kind(spec: str | None) -> str | None:
     return None
 
 
-def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, max_tokens: int = MAX_TOKENS,
-                top_p: float = 1.0) -> Policy:
+def load_policy(
+    spec: str, args: dict | None = None, *, act: str | None = None, max_tokens: int = MAX_TOKENS, top_p: float = 1.0
+) -> Policy:
     """The policy named by `spec`, with backend options `args` (--policy-arg) and the action mode `act`
     (None: constrained where a state lists admissible actions, generate where it does not; think: a thought, then
     the action after it)."""
@@ -105,8 +117,9 @@ def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, 
     kind = policy_kind(spec)
     if kind is None:
         plugins = sorted(k for k in known if k not in BUILTIN_KINDS)
-        forms = SPEC_FORMS + (f", or KIND:TARGET for an installed plugin (kinds: {', '.join(plugins)})"
-                              if plugins else "")
+        forms = SPEC_FORMS + (
+            f", or KIND:TARGET for an installed plugin (kinds: {', '.join(plugins)})" if plugins else ""
+        )
         if os.path.exists(spec):
             raise PolicyError(f"{spec}: not a policy (expected {forms})")
         raise PolicyError(f"{spec}: no such file or directory, and not a known policy (expected {forms})")
@@ -114,23 +127,29 @@ def load_policy(spec: str, args: dict | None = None, *, act: str | None = None, 
     target = plugin[1] if plugin else spec
     policy = _loader(kind, known)(target, dict(args or {}), act=act, max_tokens=max_tokens, top_p=top_p)
     if not isinstance(policy, Policy):
-        raise PolicyError(f"the {kind!r} policy backend returned {type(policy).__name__}, not an "
-                          f"eexp.policies.Policy (it comes from {entry_point_source(known[kind])})")
+        raise PolicyError(
+            f"the {kind!r} policy backend returned {type(policy).__name__}, not an "
+            f"eexp.policies.Policy (it comes from {entry_point_source(known[kind])})"
+        )
     if plugin:
-        policy.spec = spec   # what the user passed to --policy, as records show it
+        policy.spec = spec  # what the user passed to --policy, as records show it
     return policy
 
 
 def _loader(kind: str, known: dict[str, Any]) -> Loader:
     """The loader registered for `kind`; a plugin that fails to import is one line naming its package."""
-    if kind not in known:   # one of eexp's own kinds, but its entry points are not installed
-        raise PolicyError(f"the {kind!r} policy backend is not registered: eexp's entry points are missing "
-                          f"(reinstall eexp: ./install.sh, or pip install -e .)")
+    if kind not in known:  # one of eexp's own kinds, but its entry points are not installed
+        raise PolicyError(
+            f"the {kind!r} policy backend is not registered: eexp's entry points are missing "
+            f"(reinstall eexp: ./install.sh, or pip install -e .)"
+        )
     ep = known[kind]
     try:
         return ep.load()
-    except PolicyError:   # the package's own message (and install hint), as it wrote it
+    except PolicyError:  # the package's own message (and install hint), as it wrote it
         raise
-    except Exception as e:   # ImportError included: one line, not a traceback
-        raise PolicyError(f"the {kind!r} policy backend is registered but cannot load: {type(e).__name__}: {e} "
-                          f"(it comes from {entry_point_source(ep)})") from None
+    except Exception as e:  # ImportError included: one line, not a traceback
+        raise PolicyError(
+            f"the {kind!r} policy backend is registered but cannot load: {type(e).__name__}: {e} "
+            f"(it comes from {entry_point_source(ep)})"
+        ) from None

@@ -44,8 +44,9 @@ def match_admissible(action: str, admissible: list[str], canonicalize: Callable[
     return folded.get(canon.casefold())
 
 
-def reply_from_text(text: str, admissible: list[str] | None, *, context: dict | None = None, seed: int = 0,
-                    finish_reason: str = "stop") -> Reply:
+def reply_from_text(
+    text: str, admissible: list[str] | None, *, context: dict | None = None, seed: int = 0, finish_reason: str = "stop"
+) -> Reply:
     """Parse a raw reply into a `Reply`: action (canonical, or the matching admissible string), thought, validity."""
     canonicalize = canonicalizer(context)
     action, thought = parse_reply(text)
@@ -55,19 +56,37 @@ def reply_from_text(text: str, admissible: list[str] | None, *, context: dict | 
         if bare and "\n" not in bare and match_admissible(bare, admissible, canonicalize) is not None:
             action = bare
     if action is None:
-        return Reply(text=text, action=None, thought=thought, valid=False if admissible is not None else None,
-                     seed=seed, finish_reason=finish_reason)
+        return Reply(
+            text=text,
+            action=None,
+            thought=thought,
+            valid=False if admissible is not None else None,
+            seed=seed,
+            finish_reason=finish_reason,
+        )
     if admissible is None:
-        return Reply(text=text, action=canonicalize(action), thought=thought, valid=None, seed=seed,
-                     finish_reason=finish_reason)
+        return Reply(
+            text=text, action=canonicalize(action), thought=thought, valid=None, seed=seed, finish_reason=finish_reason
+        )
     matched = match_admissible(action, admissible, canonicalize)
     # outside a sample of an open space, validity is for the environment to say
     valid = True if matched is not None else (None if open_space(context) else False)
-    return Reply(text=text, action=matched if matched is not None else canonicalize(action), thought=thought,
-                 valid=valid, seed=seed, finish_reason=finish_reason)
+    return Reply(
+        text=text,
+        action=matched if matched is not None else canonicalize(action),
+        thought=thought,
+        valid=valid,
+        seed=seed,
+        finish_reason=finish_reason,
+    )
 
 
 def failed_reply(message: str, seed: int = 0, admissible: list[str] | None = None) -> Reply:
     """A call that could not be made (endpoint down after retries, ...): recorded as failed, the stage goes on."""
-    return Reply(text="", action=None, valid=False if admissible is not None else None, seed=seed,
-                 finish_reason=f"error: {message}")
+    return Reply(
+        text="",
+        action=None,
+        valid=False if admissible is not None else None,
+        seed=seed,
+        finish_reason=f"error: {message}",
+    )

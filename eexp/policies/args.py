@@ -16,8 +16,10 @@ def take_args(args: dict | None, schema: dict[str, tuple[type, Any]], backend: s
     args = dict(args or {})
     unknown = sorted(set(args) - set(schema))
     if unknown:
-        raise PolicyError(f"--policy-arg {unknown[0]!r} is not an option of the {backend} backend "
-                          f"(options: {', '.join(sorted(schema))})")
+        raise PolicyError(
+            f"--policy-arg {unknown[0]!r} is not an option of the {backend} backend "
+            f"(options: {', '.join(sorted(schema))})"
+        )
     out = {}
     for key, (kind, default) in schema.items():
         if key not in args or args[key] is None:

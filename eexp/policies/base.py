@@ -39,21 +39,21 @@ def derive_seed(base_seed: int, record_id: str, k: int) -> int:
 class Reply:
     """One answer of a policy. `action` is None when the reply had no parseable action (recorded, not dropped)."""
 
-    text: str                  # the raw model output ("" for random / oracle)
-    action: str | None         # the action, canonicalized and, when there is a list, matched to an admissible one
+    text: str  # the raw model output ("" for random / oracle)
+    action: str | None  # the action, canonicalized and, when there is a list, matched to an admissible one
     thought: str | None = None
     valid: bool | None = None  # in the admissible list (None when the state has no list)
-    seed: int = 0              # the seed of this call (0: not sampled, e.g. greedy or scoring)
-    finish_reason: str = ""    # "stop", "length" (cut by max tokens), "error: ..." for a failed call
+    seed: int = 0  # the seed of this call (0: not sampled, e.g. greedy or scoring)
+    finish_reason: str = ""  # "stop", "length" (cut by max tokens), "error: ..." for a failed call
     thought_cut: bool = False  # --act think: the thought never reached `Action:` (cut; the action chosen after it)
 
 
 class Policy:
     """Base class. Backends implement `generate`, and `score` where they can compute log-likelihoods."""
 
-    spec: str = ""          # what the user passed to --policy
-    name: str = ""          # a short name for records (file name, model name, "random", "oracle")
-    sha256: str = ""        # content hash of the model file(s), "" for baselines and endpoints
+    spec: str = ""  # what the user passed to --policy
+    name: str = ""  # a short name for records (file name, model name, "random", "oracle")
+    sha256: str = ""  # content hash of the model file(s), "" for baselines and endpoints
     # How many calls may overlap, from as many threads: the default of the stages' --concurrency. 1 (a model in
     # this process, a baseline that uses the environment it is given) means calls must come one at a time; a
     # backend whose calls are requests to a server says more, and is then thread-safe.
@@ -64,20 +64,36 @@ class Policy:
     # --act think: most tokens of a thought (None: max_tokens); eval sets it (--thought-tokens, else the card's)
     thought_tokens: int | None = None
 
-    def generate(self, messages: list[dict], *, seed: int, temperature: float, top_p: float = 1.0,
-                 max_tokens: int = MAX_TOKENS) -> Reply:
+    def generate(
+        self, messages: list[dict], *, seed: int, temperature: float, top_p: float = 1.0, max_tokens: int = MAX_TOKENS
+    ) -> Reply:
         raise NotImplementedError
 
-    def act(self, messages: list[dict], *, admissible: list[str] | None, seed: int, temperature: float = 0.0,
-            context: dict | None = None) -> Reply:
+    def act(
+        self,
+        messages: list[dict],
+        *,
+        admissible: list[str] | None,
+        seed: int,
+        temperature: float = 0.0,
+        context: dict | None = None,
+    ) -> Reply:
         """One action. `context` carries {"env", "task", "step"} for policies that need them (oracle, random)."""
         raise NotImplementedError
 
-    def sample(self, messages: list[dict], *, admissible: list[str] | None, seeds: list[int],
-               temperature: float = 1.0, context: dict | None = None) -> list[Reply]:
+    def sample(
+        self,
+        messages: list[dict],
+        *,
+        admissible: list[str] | None,
+        seeds: list[int],
+        temperature: float = 1.0,
+        context: dict | None = None,
+    ) -> list[Reply]:
         """One reply per seed, issued back to back so the shared prompt is evaluated once."""
-        return [self.act(messages, admissible=admissible, seed=s, temperature=temperature, context=context)
-                for s in seeds]
+        return [
+            self.act(messages, admissible=admissible, seed=s, temperature=temperature, context=context) for s in seeds
+        ]
 
     def serializer_settings(self) -> dict | None:
         """The serializer settings recorded with the model (checkpoint config or GGUF metadata), if any."""
@@ -107,9 +123,11 @@ def resolve_concurrency(policy: Policy, given: int | None) -> int:
     if given is None:
         return max(1, policy.concurrency)
     if given > 1 and policy.concurrency <= 1:
-        raise UsageProblem(f"--concurrency {given}: the policy {policy.spec or policy.name} answers one call at a "
-                           f"time (a model in this process, or a baseline); serve the model (llama.cpp's "
-                           f"llama-server, vLLM, SGLang) and give its http(s)://HOST/v1, or run -j N processes")
+        raise UsageProblem(
+            f"--concurrency {given}: the policy {policy.spec or policy.name} answers one call at a "
+            f"time (a model in this process, or a baseline); serve the model (llama.cpp's "
+            f"llama-server, vLLM, SGLang) and give its http(s)://HOST/v1, or run -j N processes"
+        )
     policy.set_concurrency(given)
     return given
 
@@ -117,8 +135,10 @@ def resolve_concurrency(policy: Policy, given: int | None) -> int:
 def failure_problem(failed: int, requests: int, what: str) -> str | None:
     """The message a run ends with (exit 1) when more than MAX_FAILED_SHARE of its `requests` to `what` failed."""
     if requests and failed / requests > MAX_FAILED_SHARE:
-        return (f"{failed} of {requests} requests to {what} ({100 * failed / requests:.1f}%) failed after their "
-                f"retries, more than the {100 * MAX_FAILED_SHARE:g}% a run may lose: the records are written, and "
-                f"each failed reply is marked (finish_reason \"error: ...\"), but these results are not the "
-                f"model's. Fix the server and rerun")
+        return (
+            f"{failed} of {requests} requests to {what} ({100 * failed / requests:.1f}%) failed after their "
+            f"retries, more than the {100 * MAX_FAILED_SHARE:g}% a run may lose: the records are written, and "
+            f'each failed reply is marked (finish_reason "error: ..."), but these results are not the '
+            f"model's. Fix the server and rerun"
+        )
     return None

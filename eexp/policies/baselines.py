@@ -53,8 +53,9 @@ class OraclePolicy(Policy):
             self._plans[key] = list(env.expert(task))  # the plan of a task is fixed: compute it once
         plan = self._plans[key]
         if step >= len(plan):
-            return failed_reply(f"oracle policy: the expert has no action at step {step} (plan of {len(plan)})",
-                                seed, admissible)
+            return failed_reply(
+                f"oracle policy: the expert has no action at step {step} (plan of {len(plan)})", seed, admissible
+            )
         action = canonicalizer(context)(plan[step])
         if admissible is None:
             return Reply(text="", action=action, valid=None, seed=seed, finish_reason="stop")

@@ -77,8 +77,9 @@ def render_chat_template(template: str, messages: list[dict], *, add_generation_
         from transformers.utils.chat_template_utils import render_jinja_template
     except ImportError:  # llama.cpp alone (the `gguf` extra): the same sandboxed Jinja settings as transformers
         return _render_jinja(template, messages, add_generation_prompt, special)
-    rendered, _ = render_jinja_template(conversations=[messages], chat_template=template,
-                                        add_generation_prompt=add_generation_prompt, **special)
+    rendered, _ = render_jinja_template(
+        conversations=[messages], chat_template=template, add_generation_prompt=add_generation_prompt, **special
+    )
     return rendered[0]
 
 
@@ -91,11 +92,11 @@ def _render_jinja(template, messages, add_generation_prompt, special):
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                             **special)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
 
 
 # --- the shared model policy ----------------------------------------------------------------------------------
+
 
 class ModelPolicy(Policy):
     """A policy backed by a local model. Subclasses set `backend` and implement the hooks below."""
@@ -105,8 +106,9 @@ class ModelPolicy(Policy):
 
     def __init__(self, act: str | None = None, max_tokens: int = MAX_TOKENS, top_p: float = 1.0):
         if act is not None and act not in self.supports:
-            raise PolicyError(f"--act {act} is not available with the {self.backend} backend "
-                              f"(available: {', '.join(self.supports)})")
+            raise PolicyError(
+                f"--act {act} is not available with the {self.backend} backend (available: {', '.join(self.supports)})"
+            )
         self.act_mode, self.max_tokens, self.top_p = act, max_tokens, top_p
         self._warned: set[str] = set()
         self._score_cache: tuple | None = None
@@ -122,13 +124,15 @@ class ModelPolicy(Policy):
         """End of turn / end of sequence."""
         raise NotImplementedError
 
-    def _generate_ids(self, ids: list[int], *, seed: int, temperature: float, top_p: float,
-                      max_tokens: int) -> tuple[str, str]:
+    def _generate_ids(
+        self, ids: list[int], *, seed: int, temperature: float, top_p: float, max_tokens: int
+    ) -> tuple[str, str]:
         """(text, finish_reason) sampled after `ids`."""
         raise NotImplementedError
 
-    def _constrained_ids(self, ids: list[int], candidates: list[list[int]], replies: list[str], *, seed: int,
-                         temperature: float) -> tuple[str, str]:
+    def _constrained_ids(
+        self, ids: list[int], candidates: list[list[int]], replies: list[str], *, seed: int, temperature: float
+    ) -> tuple[str, str]:
         raise NotImplementedError
 
     def _logliks(self, ids: list[int], candidates: list[list[int]]) -> list[float]:
@@ -148,8 +152,11 @@ class ModelPolicy(Policy):
         fitted, steps = fit_messages(messages, lambda m: len(self.encode_chat(m)), budget)
         ids = self.encode_chat(fitted)
         if steps:
-            self.warn_once("overflow", f"a prompt did not fit the context of {self.context_size()} tokens: "
-                           f"shortened it as training does (oldest history first, then the observation)")
+            self.warn_once(
+                "overflow",
+                f"a prompt did not fit the context of {self.context_size()} tokens: "
+                f"shortened it as training does (oldest history first, then the observation)",
+            )
         if len(ids) > budget:  # a prompt that is not a rendered state, or one whose task alone is too long
             self.warn_once("cut", f"prompt of {len(ids)} tokens cut to the last {budget}")
             ids = ids[-budget:] if budget > 0 else ids[-1:]
@@ -170,13 +177,15 @@ class ModelPolicy(Policy):
         out = []
         for reply in replies:
             full = self.encode_chat(messages + [{"role": "assistant", "content": reply}], add_generation_prompt=False)
-            if full[:len(ids)] != ids or len(full) <= len(ids):
-                raise PolicyError(f"the {self.backend} chat template renders an assistant turn that does not extend "
-                                  f"the generation prompt; --act score/constrained need one that does")
-            cont = full[len(ids):]
+            if full[: len(ids)] != ids or len(full) <= len(ids):
+                raise PolicyError(
+                    f"the {self.backend} chat template renders an assistant turn that does not extend "
+                    f"the generation prompt; --act score/constrained need one that does"
+                )
+            cont = full[len(ids) :]
             for j, tok in enumerate(cont):
                 if self.is_stop(tok):
-                    cont = cont[:j + 1]  # stop at the end of the turn: what follows is the next turn's framing
+                    cont = cont[: j + 1]  # stop at the end of the turn: what follows is the next turn's framing
                     break
             out.append(cont)
         return out
@@ -197,31 +206,41 @@ class ModelPolicy(Policy):
     def generate(self, messages, *, seed, temperature, top_p=None, max_tokens=None) -> Reply:
         max_tokens = max_tokens or self.max_tokens
         _, ids = self.fit(messages, reserve=self._reserve(max_tokens))
-        text, finish = self._generate_ids(ids, seed=seed, temperature=temperature,
-                                          top_p=self.top_p if top_p is None else top_p,
-                                          max_tokens=self._budget(ids, max_tokens))
+        text, finish = self._generate_ids(
+            ids,
+            seed=seed,
+            temperature=temperature,
+            top_p=self.top_p if top_p is None else top_p,
+            max_tokens=self._budget(ids, max_tokens),
+        )
         reply = reply_from_text(text, None, seed=seed if temperature > 0 else 0, finish_reason=finish)
         return reply
 
     def act(self, messages, *, admissible, seed, temperature=0.0, context=None) -> Reply:
-        return self.sample(messages, admissible=admissible, seeds=[seed], temperature=temperature,
-                           context=context)[0]
+        return self.sample(messages, admissible=admissible, seeds=[seed], temperature=temperature, context=context)[0]
 
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
         """K replies back to back on one prompt: the backends keep the prompt's KV between the calls, and score
         mode ranks the candidates once for all K."""
         mode = self.mode_for(admissible, context)
         if mode == "think":
-            return self.think(messages, admissible=admissible, seeds=seeds, temperature=temperature,
-                              context=context)
+            return self.think(messages, admissible=admissible, seeds=seeds, temperature=temperature, context=context)
         if mode == "generate":
             _, ids = self.fit(messages, reserve=self._reserve(self.max_tokens))
             out = []
             for seed in seeds:
-                text, finish = self._generate_ids(ids, seed=seed, temperature=temperature, top_p=self.top_p,
-                                                  max_tokens=self._budget(ids, self.max_tokens))
-                out.append(reply_from_text(text, admissible, context=context, seed=seed if temperature > 0 else 0,
-                                           finish_reason=finish))
+                text, finish = self._generate_ids(
+                    ids,
+                    seed=seed,
+                    temperature=temperature,
+                    top_p=self.top_p,
+                    max_tokens=self._budget(ids, self.max_tokens),
+                )
+                out.append(
+                    reply_from_text(
+                        text, admissible, context=context, seed=seed if temperature > 0 else 0, finish_reason=finish
+                    )
+                )
             return out
         replies = [format_action(a) for a in admissible]
         messages, ids = self.fit(messages, reserve=self._reserve(reply_tokens(replies)))
@@ -230,8 +249,11 @@ class ModelPolicy(Policy):
             out = []
             for seed in seeds:
                 text, finish = self._constrained_ids(ids, candidates, replies, seed=seed, temperature=temperature)
-                out.append(reply_from_text(text, admissible, context=context,
-                                           seed=seed if temperature > 0 else 0, finish_reason=finish))
+                out.append(
+                    reply_from_text(
+                        text, admissible, context=context, seed=seed if temperature > 0 else 0, finish_reason=finish
+                    )
+                )
             return out
         logliks = self.scores_for(ids, candidates)
         return [pick_action(admissible, logliks, seed, temperature) for seed in seeds]
@@ -246,11 +268,12 @@ class ModelPolicy(Policy):
         longest = reply_tokens([format_action(a) for a in admissible]) if closed else 0
         budget = self.thought_tokens or self.max_tokens
         messages, ids = self.fit(messages, reserve=self._reserve(budget + longest + REPLY_EXTRA_TOKENS))
-        begun = self._assistant_ids(messages, ids, THOUGHT_PREFILL)[:-1]   # the prompt, then the turn's `Thought:`
+        begun = self._assistant_ids(messages, ids, THOUGHT_PREFILL)[:-1]  # the prompt, then the turn's `Thought:`
         out = []
         for seed in seeds:
-            text, finish = self._generate_ids(begun, seed=seed, temperature=temperature, top_p=self.top_p,
-                                              max_tokens=self._budget(begun, budget))
+            text, finish = self._generate_ids(
+                begun, seed=seed, temperature=temperature, top_p=self.top_p, max_tokens=self._budget(begun, budget)
+            )
             split = split_thought(THOUGHT_PREFILL + text)
             prefix = split.prefix
             sampled_seed = seed if temperature > 0 else 0
@@ -260,8 +283,9 @@ class ModelPolicy(Policy):
                 written = split.written
                 if not written:  # cut, or an empty `Action:` line: generate the action after the thought
                     written, finish = self._generate_after(messages, ids, prefix + "Action:", seed, temperature)
-                reply = reply_from_text(f"{prefix}Action: {written}", admissible, context=context,
-                                        seed=sampled_seed, finish_reason=finish)
+                reply = reply_from_text(
+                    f"{prefix}Action: {written}", admissible, context=context, seed=sampled_seed, finish_reason=finish
+                )
             reply.thought, reply.thought_cut, reply.seed = split.thought, split.cut, sampled_seed
             out.append(reply)
         return out
@@ -270,14 +294,18 @@ class ModelPolicy(Policy):
         """The ids of prompt + an assistant turn holding `content`, as the template renders the whole turn, through
         its end-of-turn token."""
         full = self.encode_chat(messages + [{"role": "assistant", "content": content}], add_generation_prompt=False)
-        if full[:len(ids)] != ids or len(full) <= len(ids):
-            raise PolicyError(f"the {self.backend} chat template renders an assistant turn that does not extend "
-                              f"the generation prompt; --act think needs one that does")
+        if full[: len(ids)] != ids or len(full) <= len(ids):
+            raise PolicyError(
+                f"the {self.backend} chat template renders an assistant turn that does not extend "
+                f"the generation prompt; --act think needs one that does"
+            )
         for j in range(len(ids), len(full)):
             if self.is_stop(full[j]):
-                return full[:j + 1]
-        raise PolicyError(f"the {self.backend} chat template ends an assistant turn without an end-of-turn token; "
-                          f"--act think cannot tell where the action ends")
+                return full[: j + 1]
+        raise PolicyError(
+            f"the {self.backend} chat template ends an assistant turn without an end-of-turn token; "
+            f"--act think cannot tell where the action ends"
+        )
 
     def _action_after(self, messages, ids, prefix, admissible, seed, temperature) -> Reply:
         """The admissible action chosen after `prefix` (the thought as written). Every candidate turn is
@@ -300,9 +328,10 @@ class ModelPolicy(Policy):
     def _generate_after(self, messages, ids, content, seed, temperature) -> tuple[str, str]:
         """The first line generated after an assistant turn that begins with `content` (ending in `Action:`): the
         action of an open action space, as the model continues its own reply."""
-        full = self._assistant_ids(messages, ids, content)[:-1]   # the turn so far, without its end of turn
-        text, finish = self._generate_ids(full, seed=seed, temperature=temperature, top_p=self.top_p,
-                                          max_tokens=self._budget(full, self.max_tokens))
+        full = self._assistant_ids(messages, ids, content)[:-1]  # the turn so far, without its end of turn
+        text, finish = self._generate_ids(
+            full, seed=seed, temperature=temperature, top_p=self.top_p, max_tokens=self._budget(full, self.max_tokens)
+        )
         return text.strip().split("\n", 1)[0].strip(), finish
 
     def scores_for(self, ids: list[int], candidates: list[list[int]]) -> list[float]:
@@ -322,10 +351,10 @@ class ModelPolicy(Policy):
 class ThoughtSplit(NamedTuple):
     """A reasoning reply read as --act think reads it (every backend, local or over HTTP)."""
 
-    prefix: str           # the reply up to its first `Action:` line: what the action is chosen after
-    thought: str | None   # the prefix without its `Thought:` label (None: no thought written)
-    cut: bool             # the reply never reached `Action:` (cut by --max-tokens, or it stopped)
-    written: str          # what the model wrote on its `Action:` line ("" when cut): an open space's action
+    prefix: str  # the reply up to its first `Action:` line: what the action is chosen after
+    thought: str | None  # the prefix without its `Thought:` label (None: no thought written)
+    cut: bool  # the reply never reached `Action:` (cut by --max-tokens, or it stopped)
+    written: str  # what the model wrote on its `Action:` line ("" when cut): an open space's action
 
 
 def split_thought(text: str) -> ThoughtSplit:
@@ -333,8 +362,8 @@ def split_thought(text: str) -> ThoughtSplit:
     keeps what it wrote, closed by a blank line (the SR target's layout), and the action is asked for after it."""
     found = ACTION_LINE.search(text)
     if found:
-        prefix, cut = text[:found.start()], False
-        written = text[found.end():].split("\n", 1)[0].strip()
+        prefix, cut = text[: found.start()], False
+        written = text[found.end() :].split("\n", 1)[0].strip()
     else:
         prefix, cut, written = (text.rstrip() + "\n\n" if text.strip() else ""), True, ""
     thought = _THOUGHT_LABEL.sub("", prefix.strip(), count=1).strip() or None
@@ -348,8 +377,12 @@ def longest_thought(messages: list[dict], count: Callable[[str], int]) -> int:
     longest = 0
     for m in messages:
         content = m["content"]
-        if m["role"] == "assistant" and m.get("weight", 1) and _THOUGHT_LABEL.match(content) \
-                and ACTION_LINE.search(content):
+        if (
+            m["role"] == "assistant"
+            and m.get("weight", 1)
+            and _THOUGHT_LABEL.match(content)
+            and ACTION_LINE.search(content)
+        ):
             longest = max(longest, count(split_thought(content).prefix))
     return longest
 
@@ -371,4 +404,3 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-

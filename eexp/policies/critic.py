@@ -46,12 +46,15 @@ class Critic:
         policy = model if isinstance(model, Policy) else load_policy(model, args, act="score")
         if not isinstance(policy, ModelPolicy):
             policy.close()
-            raise PolicyError(f"{getattr(policy, 'spec', None) or policy.name}: a critic must be a local model (a "
-                              f"checkpoint or adapter directory, or a .gguf file): it is read from the "
-                              f"log-likelihoods of its verdicts, which a {type(policy).__name__} does not give")
+            raise PolicyError(
+                f"{getattr(policy, 'spec', None) or policy.name}: a critic must be a local model (a "
+                f"checkpoint or adapter directory, or a .gguf file): it is read from the "
+                f"log-likelihoods of its verdicts, which a {type(policy).__name__} does not give"
+            )
         self.policy = policy
-        self.serializer = serializer or Serializer.from_dict(policy.serializer_settings(),
-                                                             where=f"{policy.name}: serializer settings")
+        self.serializer = serializer or Serializer.from_dict(
+            policy.serializer_settings(), where=f"{policy.name}: serializer settings"
+        )
         self._reserve = reply_tokens(list(CRITIC_VERDICTS))
         # eval's threads share one critic (one model in this process): they take turns with it
         self.lock = threading.Lock()
@@ -61,7 +64,7 @@ class Critic:
         1. `rendered`: the state as `serializer.render_state` renders it, when the caller has it."""
         messages, ids = self.policy.fit(self.serializer.critic_messages(state, action, rendered), self._reserve)
         yes, no = self.policy.scores_for(ids, self.policy.candidate_ids(messages, list(CRITIC_VERDICTS)))
-        p_yes = 1.0 / (1.0 + math.exp(min(no - yes, 700.0)))   # softmax of two, without overflow
+        p_yes = 1.0 / (1.0 + math.exp(min(no - yes, 700.0)))  # softmax of two, without overflow
         return p_yes, 1.0 - p_yes
 
     def score(self, state: dict, candidates: list[str]) -> list[float]:

@@ -68,17 +68,21 @@ def parse_endpoints(spec: str) -> list[tuple[str, int | None]]:
             raise PolicyError(f"{path}: no such file (--policy @FILE lists the endpoints, one URL a line)") from None
         except (OSError, UnicodeDecodeError) as e:
             raise PolicyError(f"{path}: cannot be read ({e})") from None
-        items = [(f"{path}:{number}", line.strip()) for number, line in enumerate(lines, 1)
-                 if line.strip() and not line.strip().startswith("#")]
+        items = [
+            (f"{path}:{number}", line.strip())
+            for number, line in enumerate(lines, 1)
+            if line.strip() and not line.strip().startswith("#")
+        ]
         if not items:
             raise PolicyError(f"{path}: lists no endpoint (one http(s)://HOST/v1 a line)")
     else:
-        items = [(f"--policy {spec}: endpoint {number}", item.strip())
-                 for number, item in enumerate(spec.split(","), 1)]
+        items = [
+            (f"--policy {spec}: endpoint {number}", item.strip()) for number, item in enumerate(spec.split(","), 1)
+        ]
     endpoints: list[tuple[str, int | None]] = []
     for where, item in items:
         base, cap = _endpoint(item, where)
-        if base in (listed for listed, _ in endpoints):   # twice would be a second share of the calls, unasked
+        if base in (listed for listed, _ in endpoints):  # twice would be a second share of the calls, unasked
             raise PolicyError(f"{where}: {base} is listed twice")
         endpoints.append((base, cap))
     return endpoints
@@ -91,11 +95,12 @@ def _endpoint(item: str, where: str) -> tuple[str, int | None]:
     cap = None
     if sep:
         if not cap_text.isdigit() or int(cap_text) < 1:
-            raise PolicyError(f"{where}: {item}: what follows # is the endpoint's cap, a whole number of requests "
-                              f"in flight, at least 1")
+            raise PolicyError(
+                f"{where}: {item}: what follows # is the endpoint's cap, a whole number of requests "
+                f"in flight, at least 1"
+            )
         cap = int(cap_text)
-    base = endpoint_base(url) if url.startswith(("http://", "https://")) and not any(c.isspace() for c in url) \
-        else None
+    base = endpoint_base(url) if url.startswith(("http://", "https://")) and not any(c.isspace() for c in url) else None
     if base is None:
         raise PolicyError(f"{where}: {url!r} is not an http(s)://HOST[:PORT]/v1 URL")
     return base, cap
@@ -104,49 +109,66 @@ def _endpoint(item: str, where: str) -> tuple[str, int | None]:
 def _unlike(first: HttpPolicy, other: HttpPolicy) -> str | None:
     """How `other` serves otherwise than `first` (its address aside), or None where they serve alike."""
     a, b = ({k: v for k, v in m.describe().items() if k != "endpoint"} for m in (first, other))
-    return "; ".join(f"{key}: {a.get(key)!r} at {first.base}, {b.get(key)!r} at {other.base}"
-                     for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)) or None
+    return (
+        "; ".join(
+            f"{key}: {a.get(key)!r} at {first.base}, {b.get(key)!r} at {other.base}"
+            for key in sorted(set(a) | set(b))
+            if a.get(key) != b.get(key)
+        )
+        or None
+    )
 
 
 class FleetPolicy(Policy):
     """One policy over the endpoints of a list spec (the module's docstring says how calls are routed)."""
 
     backend = "http"
-    REPROBE_SECONDS = 30.0   # how often an endpoint left out is asked again whether it is back
+    REPROBE_SECONDS = 30.0  # how often an endpoint left out is asked again whether it is back
 
     def __init__(self, spec: str, args: dict | None = None, *, act=None, max_tokens=MAX_TOKENS, top_p=1.0):
         listed = parse_endpoints(spec)
-        opts = take_args(args, SCHEMA, self.backend)   # a bad --policy-arg is said before any server is asked
+        opts = take_args(args, SCHEMA, self.backend)  # a bad --policy-arg is said before any server is asked
         timeout = min(HEALTH_TIMEOUT, opts["timeout"])
-        silent = side_by_side([lambda base=base: no_answer(base, timeout) for base, _ in listed], len(listed),
-                              name="eexp-fleet-health")
+        silent = side_by_side(
+            [lambda base=base: no_answer(base, timeout) for base, _ in listed], len(listed), name="eexp-fleet-health"
+        )
         if all(silent):
-            raise PolicyError("none of the policy endpoints answers: " + "; ".join(
-                f"{base} ({why})" for (base, _), why in zip(listed, silent)) + " (are the servers running, and "
-                "listening at these addresses?)")
+            raise PolicyError(
+                "none of the policy endpoints answers: "
+                + "; ".join(f"{base} ({why})" for (base, _), why in zip(listed, silent))
+                + " (are the servers running, and "
+                "listening at these addresses?)"
+            )
         for (base, _), why in zip(listed, silent):
             if why:
-                warn(f"the policy endpoint {base} does not answer ({why}): going on without it, with "
-                     f"{sum(not s for s in silent)} of the {len(listed)} endpoints")
+                warn(
+                    f"the policy endpoint {base} does not answer ({why}): going on without it, with "
+                    f"{sum(not s for s in silent)} of the {len(listed)} endpoints"
+                )
         # one slot per endpoint listed, in its order: an endpoint that did not answer has no member (None) until it
         # answers again (_reprobe)
         self._connect = lambda base: HttpPolicy(base, dict(args or {}), act=act, max_tokens=max_tokens, top_p=top_p)
         self.bases = [base for base, _ in listed]
         self.caps = [cap for _, cap in listed]
-        started = iter(side_by_side([lambda base=base: self._connect(base) for (base, _), why in zip(listed, silent)
-                                     if not why], sum(not why for why in silent), name="eexp-fleet-start"))
+        started = iter(
+            side_by_side(
+                [lambda base=base: self._connect(base) for (base, _), why in zip(listed, silent) if not why],
+                sum(not why for why in silent),
+                name="eexp-fleet-start",
+            )
+        )
         self.members: list[HttpPolicy | None] = [None if why else next(started) for why in silent]
         self._check_alike()
         self.spec = ",".join(m.base for m in self.members if m)
         first = self.reference = next(m for m in self.members if m)
         self.name, self.model, self.act_mode = first.name, first.model, first.act_mode
         self.requests = self.failed_requests = 0
-        self.resent_requests = 0          # requests sent again to another endpoint after theirs stopped answering
-        self.in_flight = [0] * len(listed)   # requests of the calls each endpoint holds
+        self.resent_requests = 0  # requests sent again to another endpoint after theirs stopped answering
+        self.in_flight = [0] * len(listed)  # requests of the calls each endpoint holds
         self.sent = [0] * len(listed)
-        self.gone: list[str | None] = list(silent)   # why an endpoint is left out (None: in use)
-        self.left_at = [time.monotonic()] * len(listed)   # when an endpoint was left out, or last asked again
-        self.asking = [False] * len(listed)                # whether a look at it is under way (_reprobe)
+        self.gone: list[str | None] = list(silent)  # why an endpoint is left out (None: in use)
+        self.left_at = [time.monotonic()] * len(listed)  # when an endpoint was left out, or last asked again
+        self.asking = [False] * len(listed)  # whether a look at it is under way (_reprobe)
         # the endpoints whose requests were sent again elsewhere after they stopped answering (not the last one to
         # stop: there was nowhere left to send its requests)
         self.resent_from: set[str] = set()
@@ -162,8 +184,10 @@ class FleetPolicy(Policy):
         for other in up[1:]:
             differ = _unlike(up[0], other)
             if differ:
-                raise PolicyError(f"the policy endpoints do not serve alike ({differ}): the endpoints of one "
-                                  f"--policy must serve the same model in the same way")
+                raise PolicyError(
+                    f"the policy endpoints do not serve alike ({differ}): the endpoints of one "
+                    f"--policy must serve the same model in the same way"
+                )
 
     # routing ------------------------------------------------------------------------------------------------------
     def _take(self, n: int) -> tuple[int, HttpPolicy]:
@@ -209,10 +233,11 @@ class FleetPolicy(Policy):
             back = member is not None and not unlike and not self.closed
             if back:
                 old, self.members[i] = self.members[i], member
-                if old is self.reference:   # alike: the new one serves as a reference as well
+                if old is self.reference:  # alike: the new one serves as a reference as well
                     self.reference = member
-                member.set_concurrency(min(self.caps[i], self.concurrency) if self.caps[i] else self.concurrency,
-                                       shared=self._shared)
+                member.set_concurrency(
+                    min(self.caps[i], self.concurrency) if self.caps[i] else self.concurrency, shared=self._shared
+                )
                 member.thought_tokens = self.reference.thought_tokens
                 was, self.gone[i] = self.gone[i], None
                 self.taken_back += 1
@@ -223,14 +248,15 @@ class FleetPolicy(Policy):
         if back:
             if old is not None:
                 old.close()
-            warn(f"the policy endpoint {base} answers again (left out: {was}): taking it back, with {in_use} of "
-                 f"the {len(self.gone)} endpoints")
+            warn(
+                f"the policy endpoint {base} answers again (left out: {was}): taking it back, with {in_use} of "
+                f"the {len(self.gone)} endpoints"
+            )
             return
         if member is not None:
             member.close()
         if say_unlike:
-            warn(f"the policy endpoint {base} answers again but cannot serve as the others do ({unlike}): it stays "
-                 f"out")
+            warn(f"the policy endpoint {base} answers again but cannot serve as the others do ({unlike}): it stays out")
 
     def _release(self, i: int, n: int) -> None:
         with self._routing:
@@ -252,16 +278,21 @@ class FleetPolicy(Policy):
                 self.resent_from.add(member.base)
             self._routing.notify_all()
         if first and left:
-            warn(f"the policy endpoint {member.base} stopped answering ({self.gone[i]}) after {self.sent[i]} "
-                 f"requests: the requests it held are sent again to the other endpoints ({left} left)")
+            warn(
+                f"the policy endpoint {member.base} stopped answering ({self.gone[i]}) after {self.sent[i]} "
+                f"requests: the requests it held are sent again to the other endpoints ({left} left)"
+            )
         if not left:
             raise self._all_gone()
 
     def _all_gone(self) -> EndpointDown:
-        return EndpointDown("every policy endpoint stopped answering (" + "; ".join(
-            f"{base}: {why}" for base, why in zip(self.bases, self.gone)) + f") after {self.requests} requests: "
+        return EndpointDown(
+            "every policy endpoint stopped answering ("
+            + "; ".join(f"{base}: {why}" for base, why in zip(self.bases, self.gone))
+            + f") after {self.requests} requests: "
             f"the run stops here. The records written so far are whole; restart the servers and continue with "
-            f"-o FILE --resume")
+            f"-o FILE --resume"
+        )
 
     def _route(self, call: Callable[[HttpPolicy], Any], n: int) -> Any:
         """`call(endpoint)` for a call of `n` requests, on one endpoint, again on another while the one it ran on
@@ -284,16 +315,20 @@ class FleetPolicy(Policy):
 
     # the interface ----------------------------------------------------------------------------------------------
     def generate(self, messages, *, seed, temperature, top_p=None, max_tokens=None) -> Reply:
-        return self._route(lambda m: m.generate(messages, seed=seed, temperature=temperature, top_p=top_p,
-                                                max_tokens=max_tokens), 1)
+        return self._route(
+            lambda m: m.generate(messages, seed=seed, temperature=temperature, top_p=top_p, max_tokens=max_tokens), 1
+        )
 
     def act(self, messages, *, admissible, seed, temperature=0.0, context=None) -> Reply:
-        return self._route(lambda m: m.act(messages, admissible=admissible, seed=seed, temperature=temperature,
-                                           context=context), 1)
+        return self._route(
+            lambda m: m.act(messages, admissible=admissible, seed=seed, temperature=temperature, context=context), 1
+        )
 
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
-        return self._route(lambda m: m.sample(messages, admissible=admissible, seeds=seeds, temperature=temperature,
-                                              context=context), len(seeds))
+        return self._route(
+            lambda m: m.sample(messages, admissible=admissible, seeds=seeds, temperature=temperature, context=context),
+            len(seeds),
+        )
 
     def set_concurrency(self, n: int) -> None:
         """`n` requests in flight over every endpoint together, and no endpoint past its cap."""
@@ -304,12 +339,12 @@ class FleetPolicy(Policy):
                 member.set_concurrency(min(cap, n) if cap else n, shared=self._shared)
 
     @property
-    def thought_tokens(self) -> int | None:   # eval sets it (--act think): each endpoint's calls read their own
+    def thought_tokens(self) -> int | None:  # eval sets it (--act think): each endpoint's calls read their own
         return self.reference.thought_tokens
 
     @thought_tokens.setter
     def thought_tokens(self, tokens: int | None) -> None:
-        with self._routing:   # an endpoint taken back meanwhile copies the reference's
+        with self._routing:  # an endpoint taken back meanwhile copies the reference's
             for member in self.members:
                 if member:
                     member.thought_tokens = tokens
@@ -322,13 +357,15 @@ class FleetPolicy(Policy):
 
     def close(self) -> None:
         with self._routing:
-            self.closed = True   # a look under way (_reprobe) closes what it set up
+            self.closed = True  # a look under way (_reprobe) closes what it set up
             members = [m for m in self.members if m]
         for member in members:
             member.close()
         if self.resent_requests:
-            warn(f"{self.resent_requests} policy requests were sent again to another endpoint after "
-                 f"{', '.join(b for b in self.bases if b in self.resent_from)} stopped answering")
+            warn(
+                f"{self.resent_requests} policy requests were sent again to another endpoint after "
+                f"{', '.join(b for b in self.bases if b in self.resent_from)} stopped answering"
+            )
 
 
 def load_endpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:

@@ -1,4 +1,5 @@
-"""The one place a GGUF is opened with llama.cpp: policies, doctor, export checks, tests and benchmarks call `open_gguf`.
+"""The one place a GGUF is opened with llama.cpp: policies, doctor, export checks, tests and benchmarks call
+`open_gguf`.
 
 Why a loader of our own: llama.cpp can repack a model's weights into "extra buffer types" for faster CPU kernels.
 On Intel CPUs with AMX, llama.cpp (as built by llama-cpp-python 0.3.36) repacks quantized weights into its AMX
@@ -29,8 +30,19 @@ from eexp.errors import PolicyError
 
 AMX_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "amx_fp16", "amx_complex")
 # flags worth showing in `eexp doctor`: the SIMD levels llama.cpp's CPU kernels are chosen by
-SHOWN_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
-               "neon", "sve") + AMX_FLAGS
+SHOWN_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "neon",
+    "sve",
+) + AMX_FLAGS
 ISSUE = "ggml-org/llama.cpp#20824"
 _LOCK = threading.Lock()
 # the child process of `probe`: load with extra buffer types on and evaluate two tokens
@@ -90,8 +102,9 @@ def choose_extra_bufts(flags: frozenset[str] | set[str], override: bool | None =
     if override is not None:
         return BufferChoice(override, "--policy-arg extra_bufts=" + ("on" if override else "off"))
     if amx:
-        return BufferChoice(False, f"this CPU has AMX ({', '.join(amx)}): llama.cpp's AMX repack of quantized "
-                                   f"weights crashes, {ISSUE}")
+        return BufferChoice(
+            False, f"this CPU has AMX ({', '.join(amx)}): llama.cpp's AMX repack of quantized weights crashes, {ISSUE}"
+        )
     return BufferChoice(True, "no AMX on this CPU: weight repacking is safe")
 
 
@@ -126,8 +139,10 @@ def probe(path: str) -> None:
     proc = subprocess.run([sys.executable, "-c", PROBE, path], capture_output=True, text=True)
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
-        raise PolicyError(f"{path}: llama.cpp crashed ({name}) evaluating this model with extra buffer types on "
-                          f"this AMX CPU ({ISSUE}); leave --policy-arg extra_bufts at auto (off here)")
+        raise PolicyError(
+            f"{path}: llama.cpp crashed ({name}) evaluating this model with extra buffer types on "
+            f"this AMX CPU ({ISSUE}); leave --policy-arg extra_bufts at auto (off here)"
+        )
     if proc.returncode != 0:
         tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
         raise PolicyError(f"{path}: llama.cpp cannot load this model with extra buffer types on ({tail})")
@@ -139,6 +154,7 @@ def system_report() -> dict:
     report = {"cpu_flags": [f for f in SHOWN_FLAGS if f in flags], "buffers": choose_extra_bufts(flags).describe()}
     try:
         import llama_cpp
+
         report["llama_cpp"] = f"{llama_cpp.__version__}: " + llama_cpp.llama_print_system_info().decode().strip()
     except ImportError:
         report["llama_cpp"] = "not installed"

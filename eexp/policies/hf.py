@@ -22,13 +22,13 @@ from eexp.policies.base import MAX_TOKENS, Policy
 from eexp.policies.chat import ModelPolicy
 
 SCHEMA = {
-    "device": (str, "auto"),           # auto | cpu | cuda | cuda:N
-    "dtype": (str, "auto"),            # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    "device": (str, "auto"),  # auto | cpu | cuda | cuda:N
+    "dtype": (str, "auto"),  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     "trust_remote_code": (bool, False),
-    "n_ctx": (int, 0),                 # context size (0: the model's max_position_embeddings)
-    "base": (str, ""),                 # an adapter's base checkpoint, overriding adapter_config.json
-    "batch_size": (int, 32),           # candidate replies scored per forward pass
-    "n_threads": (int, 0),             # torch CPU threads (0: torch's default)
+    "n_ctx": (int, 0),  # context size (0: the model's max_position_embeddings)
+    "base": (str, ""),  # an adapter's base checkpoint, overriding adapter_config.json
+    "batch_size": (int, 32),  # candidate replies scored per forward pass
+    "n_threads": (int, 0),  # torch CPU threads (0: torch's default)
 }
 
 
@@ -42,8 +42,8 @@ class TransformersPolicy(ModelPolicy):
         import torch
         from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from transformers.utils import logging as hf_logging
+
         hf_logging.disable_progress_bar()  # stderr is for eexp's own progress and warnings
 
         if opts["n_threads"] > 0:
@@ -73,17 +73,22 @@ class TransformersPolicy(ModelPolicy):
         tokenizer_dir = path if self.adapter and has_tokenizer(path) else base
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust)
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), use_safetensors=True,
-                                                         trust_remote_code=trust)
+            model = AutoModelForCausalLM.from_pretrained(
+                base, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust
+            )
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
-            raise PolicyError(f"{base}: cannot load the checkpoint ({_first_line(e)}); missing or corrupt "
-                              f"files?") from None
+            raise PolicyError(
+                f"{base}: cannot load the checkpoint ({_first_line(e)}); missing or corrupt files?"
+            ) from None
         if not self.tokenizer.chat_template:
-            raise PolicyError(f"{tokenizer_dir}: the tokenizer has no chat template (eexp renders every prompt "
-                              f"with the model's own template)")
+            raise PolicyError(
+                f"{tokenizer_dir}: the tokenizer has no chat template (eexp renders every prompt "
+                f"with the model's own template)"
+            )
         if self.adapter:
             try:
                 from peft import PeftModel
+
                 model = PeftModel.from_pretrained(model, path).merge_and_unload()
             except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
                 raise PolicyError(f"{path}: the adapter does not load onto {base} ({_first_line(e)})") from None
@@ -91,8 +96,20 @@ class TransformersPolicy(ModelPolicy):
         self.sha256 = content_hash([p for p in (self.adapter, base) if p])
 
     @classmethod
-    def from_model(cls, model, tokenizer, *, spec: str, device, act=None, max_tokens=MAX_TOKENS, top_p=1.0,
-                   n_ctx: int = 0, batch_size: int = SCHEMA["batch_size"][1], sha256: str = ""):
+    def from_model(
+        cls,
+        model,
+        tokenizer,
+        *,
+        spec: str,
+        device,
+        act=None,
+        max_tokens=MAX_TOKENS,
+        top_p=1.0,
+        n_ctx: int = 0,
+        batch_size: int = SCHEMA["batch_size"][1],
+        sha256: str = "",
+    ):
         """A policy over a model already in memory (the weights `eexp rl` trains, which its episodes are played
         with), as loading `spec` would give: the same prompts, stop tokens, context size and serializer settings
         (read from `spec`'s card), with nothing loaded and the model's mode (train or eval) left as it is.
@@ -111,6 +128,7 @@ class TransformersPolicy(ModelPolicy):
         """The model and tokenizer to act with, and what follows from them: context size (n_ctx, or the model's
         max_position_embeddings), stop tokens (the generation config's and the tokenizer's end of sequence), pad."""
         import torch
+
         self.model, self.tokenizer, self.device, self.torch = model, tokenizer, device, torch
         self.n_ctx = n_ctx or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.batch_size = max(1, batch_size)
@@ -119,16 +137,18 @@ class TransformersPolicy(ModelPolicy):
         if tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
         self.stop_ids = sorted(set(eos))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
-            (self.stop_ids[0] if self.stop_ids else 0)
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.stop_ids[0] if self.stop_ids else 0)
+        )
         self._cache_key: tuple | None = None
         self._cache = None
         self._cache_arg = cache_argument(model)
 
     # hooks ------------------------------------------------------------------------------------------------------
     def encode_chat(self, messages, add_generation_prompt=True):
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                 tokenize=True, return_dict=True)
+        out = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+        )
         return list(out["input_ids"])
 
     def context_size(self):
@@ -139,7 +159,8 @@ class TransformersPolicy(ModelPolicy):
 
     def serializer_settings(self):
         return read_checkpoint_serializer(self.adapter or self.base) or (
-            read_checkpoint_serializer(self.base) if self.adapter else None)
+            read_checkpoint_serializer(self.base) if self.adapter else None
+        )
 
     def trained_thought_tokens(self):
         return read_card(self.adapter or self.base).thought_tokens
@@ -167,9 +188,14 @@ class TransformersPolicy(ModelPolicy):
 
     def _run_generate(self, ids, *, seed, temperature, top_p, max_tokens, allowed=None):
         torch = self.torch
-        kwargs = dict(max_new_tokens=max_tokens, eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id,
-                      do_sample=temperature > 0, repetition_penalty=1.0,
-                      **{self._cache_arg: self._prefix_cache(ids)})
+        kwargs = dict(
+            max_new_tokens=max_tokens,
+            eos_token_id=self.stop_ids or None,
+            pad_token_id=self.pad_id,
+            do_sample=temperature > 0,
+            repetition_penalty=1.0,
+            **{self._cache_arg: self._prefix_cache(ids)},
+        )
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)  # no default top-k: T and top-p only
         else:
@@ -179,9 +205,10 @@ class TransformersPolicy(ModelPolicy):
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type), torch.no_grad():
             torch.manual_seed(seed)  # the call's own seed: the same seed gives the same sample
-            out = self.model.generate(input_ids=self._tensor([ids]), attention_mask=self._tensor([[1] * len(ids)]),
-                                      **kwargs)
-        new = out[0, len(ids):].tolist()
+            out = self.model.generate(
+                input_ids=self._tensor([ids]), attention_mask=self._tensor([[1] * len(ids)]), **kwargs
+            )
+        new = out[0, len(ids) :].tolist()
         finish = "stop" if new and self.is_stop(new[-1]) else "length"
         return self.tokenizer.decode(new, skip_special_tokens=True), finish
 
@@ -208,15 +235,16 @@ class TransformersPolicy(ModelPolicy):
             return list(node) or fallback
 
         longest = max(len(c) for c in candidates)
-        return self._run_generate(ids, seed=seed, temperature=temperature, top_p=1.0, max_tokens=longest,
-                                  allowed=allowed)
+        return self._run_generate(
+            ids, seed=seed, temperature=temperature, top_p=1.0, max_tokens=longest, allowed=allowed
+        )
 
     def _logliks(self, ids, candidates):
         """Sum of log p(reply tokens | prompt) for each candidate, in batches over one copy of the prompt's KV."""
         torch = self.torch
         out: list[float] = []
         for start in range(0, len(candidates), self.batch_size):
-            chunk = candidates[start:start + self.batch_size]
+            chunk = candidates[start : start + self.batch_size]
             width = max(len(c) for c in chunk) + 1
             rows = [[ids[-1]] + c + [self.pad_id] * (width - 1 - len(c)) for c in chunk]
             mask = [[1] * (len(ids) - 1) + [1] * (len(c) + 1) + [0] * (width - 1 - len(c)) for c in chunk]
@@ -224,8 +252,12 @@ class TransformersPolicy(ModelPolicy):
             if cache is not None:
                 cache.batch_repeat_interleave(len(chunk))
             with torch.no_grad():
-                logits = self.model(input_ids=self._tensor(rows), attention_mask=self._tensor(mask),
-                                    **{self._cache_arg: cache}, use_cache=cache is not None).logits
+                logits = self.model(
+                    input_ids=self._tensor(rows),
+                    attention_mask=self._tensor(mask),
+                    **{self._cache_arg: cache},
+                    use_cache=cache is not None,
+                ).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             for i, cand in enumerate(chunk):
                 positions = torch.arange(len(cand), device=self.device)
@@ -241,8 +273,8 @@ def cache_argument(model) -> str:
     """How the installed transformers names a model's KV cache, as an argument of forward() and generate() and as a
     field of their outputs: `cache` where transformers renamed it (5.x: the old name still works, with a
     FutureWarning and a deprecation line on stderr in every process), `past_key_values` before."""
-    inner = getattr(model, "module", model)   # a wrapped model (DDP, FSDP) forwards to its module
-    if hasattr(inner, "get_base_model"):      # a PEFT model (rl's LoRA) passes the argument on to its base
+    inner = getattr(model, "module", model)  # a wrapped model (DDP, FSDP) forwards to its module
+    if hasattr(inner, "get_base_model"):  # a PEFT model (rl's LoRA) passes the argument on to its base
         inner = inner.get_base_model()
     try:
         params = inspect.signature(inner.forward).parameters
@@ -258,8 +290,13 @@ def _first_line(e: Exception) -> str:
 def load_checkpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:
     """`--policy DIR` (a transformers checkpoint or a PEFT adapter) and `--policy ORG/NAME[@REVISION]` (the entry
     point `checkpoint` of `eexp.policies`)."""
-    if hub_id(spec) or os.path.isfile(os.path.join(spec, "adapter_config.json")) or \
-            os.path.isfile(os.path.join(spec, "config.json")):
+    if (
+        hub_id(spec)
+        or os.path.isfile(os.path.join(spec, "adapter_config.json"))
+        or os.path.isfile(os.path.join(spec, "config.json"))
+    ):
         return TransformersPolicy(spec, args, act=act, max_tokens=max_tokens, top_p=top_p)
-    raise PolicyError(f"{spec}: a directory, but neither a transformers checkpoint (config.json) nor a PEFT "
-                      f"adapter (adapter_config.json)")
+    raise PolicyError(
+        f"{spec}: a directory, but neither a transformers checkpoint (config.json) nor a PEFT "
+        f"adapter (adapter_config.json)"
+    )

@@ -75,13 +75,13 @@ from eexp.policies.llama import choice_grammar
 from eexp.prompts import format_action
 
 SCHEMA = {
-    "model": (str, ""),           # the served model's name (default: the first one /v1/models lists)
-    "api_key_env": (str, ""),     # NAME of the environment variable holding the API key
-    "timeout": (float, 120.0),    # seconds a request may take in all, connection to last byte (each retry anew)
-    "retries": (int, 4),          # further attempts after a failed one
-    "backoff": (float, 1.0),      # seconds before the first retry, doubled each time
-    "concurrency": (int, 16),     # requests in flight at once: the default of the stages' --concurrency
-    "guided": (str, "auto"),      # constrained actions: auto (probe), none, or one of GUIDED
+    "model": (str, ""),  # the served model's name (default: the first one /v1/models lists)
+    "api_key_env": (str, ""),  # NAME of the environment variable holding the API key
+    "timeout": (float, 120.0),  # seconds a request may take in all, connection to last byte (each retry anew)
+    "retries": (int, 4),  # further attempts after a failed one
+    "backoff": (float, 1.0),  # seconds before the first retry, doubled each time
+    "concurrency": (int, 16),  # requests in flight at once: the default of the stages' --concurrency
+    "guided": (str, "auto"),  # constrained actions: auto (probe), none, or one of GUIDED
 }
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -109,14 +109,14 @@ class EndpointError(Exception):
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
-        self.status = status   # the HTTP status of the last answer, if there was one
+        self.status = status  # the HTTP status of the last answer, if there was one
 
 
 class Unreachable(EndpointError):
     """No HTTP answer at all (connection refused, unknown host, timeout) to the first request."""
 
 
-HEALTH_TIMEOUT = 5.0   # seconds the quick look at a server (its model list) waits for an answer
+HEALTH_TIMEOUT = 5.0  # seconds the quick look at a server (its model list) waits for an answer
 
 
 # --- a deadline per request --------------------------------------------------------------------------------------
@@ -125,6 +125,7 @@ HEALTH_TIMEOUT = 5.0   # seconds the quick look at a server (its model list) wai
 # connection to the last byte of the answer, whatever the server does: a timer shuts the request's socket down at
 # the deadline, which ends the read that waits on it, and the request fails as timed out (then retried as any
 # request that got no answer). The socket's own timeout stays set too, for a connection that never opens.
+
 
 class DeadlinePassed(TimeoutError):
     """A request that had no whole answer within its `timeout` seconds."""
@@ -171,7 +172,7 @@ class _Deadline:
 
 def _shut(sock: socket.socket) -> None:
     try:
-        sock.shutdown(socket.SHUT_RDWR)   # a read blocked on it returns at once
+        sock.shutdown(socket.SHUT_RDWR)  # a read blocked on it returns at once
     except OSError:
         pass
 
@@ -203,8 +204,9 @@ class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
 
 class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
     def https_open(self, req):
-        return self.do_open(lambda *a, **kw: _DeadlineHTTPSConnection(*a, deadline=req.deadline, **kw), req,
-                            context=self._context)
+        return self.do_open(
+            lambda *a, **kw: _DeadlineHTTPSConnection(*a, deadline=req.deadline, **kw), req, context=self._context
+        )
 
 
 # urllib's usual opener (proxies from the environment, redirects, HTTP errors as HTTPError) with these two handlers
@@ -241,7 +243,7 @@ def endpoint_base(url: str) -> str | None:
     try:
         parsed = urllib.parse.urlsplit(url)
         port = parsed.port
-    except ValueError:     # a port that is not a number
+    except ValueError:  # a port that is not a number
         return None
     if not parsed.hostname:
         return None
@@ -304,8 +306,10 @@ class HttpPolicy(Policy):
         if opts["guided"] not in GUIDED_VALUES:
             raise PolicyError(f"--policy-arg guided={opts['guided']}: expected {', '.join(GUIDED_VALUES)}")
         if act in GUIDED_FOR and opts["guided"] == "none":
-            raise PolicyError(f"--act {act} over HTTP needs the server's guided decoding{GUIDED_FOR[act]}: give "
-                              f"--policy-arg guided=NAME ({', '.join(GUIDED)}) or leave it to the probe (auto)")
+            raise PolicyError(
+                f"--act {act} over HTTP needs the server's guided decoding{GUIDED_FOR[act]}: give "
+                f"--policy-arg guided=NAME ({', '.join(GUIDED)}) or leave it to the probe (auto)"
+            )
         self.base = endpoint_base(url)
         if self.base is None:
             raise PolicyError(f"{url}: not an http(s) URL")
@@ -316,15 +320,16 @@ class HttpPolicy(Policy):
         if opts["api_key_env"]:
             self.api_key = os.environ.get(opts["api_key_env"])
             if not self.api_key:
-                raise PolicyError(f"--policy-arg api_key_env={opts['api_key_env']}: that environment variable is "
-                                  f"not set")
+                raise PolicyError(
+                    f"--policy-arg api_key_env={opts['api_key_env']}: that environment variable is not set"
+                )
         self.model = opts["model"]
         self.name = self.model or self.base
         if opts["concurrency"] < 1:
             raise PolicyError(f"--policy-arg concurrency={opts['concurrency']}: must be at least 1")
         self.set_concurrency(opts["concurrency"])
         self.requests = self.failed_requests = 0
-        self.down: str | None = None      # why the server is taken for gone (then every call stops the run)
+        self.down: str | None = None  # why the server is taken for gone (then every call stops the run)
         self._count_lock = threading.Lock()
         self._warn_lock = threading.Lock()
         self._warned_unguided = False
@@ -332,7 +337,7 @@ class HttpPolicy(Policy):
         self._connect()
         if act == "score":
             self._probe_scoring()
-        self.card_path: str | None = None   # the served model's file or folder here, where its card was read
+        self.card_path: str | None = None  # the served model's file or folder here, where its card was read
         self._thought_tokens_trained: int | None = None
         # every act: the card gives think its thought budget, and the file its hash (describe's model_sha256)
         self._read_served_card()
@@ -340,17 +345,20 @@ class HttpPolicy(Policy):
             self._probe_continuation()
         if self.guided == "auto":
             if act in ("generate", "score"):
-                self.guided = "none"     # free text, or ranking: no guided decoding to probe
+                self.guided = "none"  # free text, or ranking: no guided decoding to probe
             else:
                 self.guided = self._probe_guided()
                 if self.guided == "none" and act in GUIDED_FOR:
-                    raise PolicyError(f"--act {act} over HTTP needs the server's guided decoding{GUIDED_FOR[act]}, "
-                                      f"and {self.base} obeys none of {', '.join(GUIDED)} (tried each with one "
-                                      f"request); use --act generate, or a server that has one")
+                    raise PolicyError(
+                        f"--act {act} over HTTP needs the server's guided decoding{GUIDED_FOR[act]}, "
+                        f"and {self.base} obeys none of {', '.join(GUIDED)} (tried each with one "
+                        f"request); use --act generate, or a server that has one"
+                    )
 
     # transport --------------------------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: dict | None = None, first: bool = False,
-                 root: bool = False) -> dict:
+    def _request(
+        self, method: str, path: str, body: dict | None = None, first: bool = False, root: bool = False
+    ) -> dict:
         """The JSON answer; EndpointError after the retries. `first`: no HTTP answer at all is Unreachable at once
         (an address where nothing listens does not start listening between retries). `root`: `path` is at the
         server's root (/tokenize), not under the base URL's /v1."""
@@ -363,7 +371,7 @@ class HttpPolicy(Policy):
         delay = self.opts["backoff"]
         last, status = "", None
         for attempt in range(attempts):
-            if self.down:    # another request found the server gone: no retries spent on it
+            if self.down:  # another request found the server gone: no retries spent on it
                 raise EndpointError(f"cannot reach {url} ({self.down})")
             try:
                 req = urllib.request.Request(url, data=data, headers=headers, method=method)
@@ -374,14 +382,19 @@ class HttpPolicy(Policy):
                 status = e.code
                 if e.code not in RETRY_STATUS:
                     raise EndpointError(last, e.code) from None
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                    http.client.HTTPException) as e:
+            except (
+                urllib.error.URLError,
+                socket.timeout,
+                TimeoutError,
+                ConnectionError,
+                http.client.HTTPException,
+            ) as e:
                 last, status = f"cannot reach {url} ({_reason(e)})", None
                 if first:
-                    if isinstance(e, DeadlinePassed):   # it is there, but too slow to use
+                    if isinstance(e, DeadlinePassed):  # it is there, but too slow to use
                         raise EndpointError(f"{url}: {e}") from None
                     raise Unreachable(_reason(e)) from None
-                self._check_alive()    # a server that is gone stops the run now, not after every retry
+                self._check_alive()  # a server that is gone stops the run now, not after every retry
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise EndpointError(f"{url} answered with something that is not JSON") from None
             if attempt + 1 < attempts:
@@ -407,8 +420,10 @@ class HttpPolicy(Policy):
                 self.name = self.model
             self._chat(PROBE_MESSAGES, seed=1, temperature=0.0, top_p=1.0, max_tokens=1, first=True)
         except Unreachable as e:
-            raise PolicyError(f"cannot reach the policy endpoint {self.base}: {e} (is the server running, and "
-                              f"listening at this address?)") from None
+            raise PolicyError(
+                f"cannot reach the policy endpoint {self.base}: {e} (is the server running, and "
+                f"listening at this address?)"
+            ) from None
         except EndpointError as e:
             raise PolicyError(f"the policy endpoint {self.base} cannot be used: {e}") from None
 
@@ -419,10 +434,17 @@ class HttpPolicy(Policy):
         prefix, choices = continued(PROBE_PREFIX, PROBE_CHOICES) if self.act_mode == "think" else (None, PROBE_CHOICES)
         for mechanism in GUIDED:
             try:
-                text, _ = self._chat(PROBE_MESSAGES, seed=1, temperature=0.0, top_p=1.0,
-                                     max_tokens=self._choice_tokens(choices, mechanism),
-                                     choices=choices, mechanism=mechanism, prefix=prefix)
-            except EndpointError:      # e.g. HTTP 400 for a field the server does not accept
+                text, _ = self._chat(
+                    PROBE_MESSAGES,
+                    seed=1,
+                    temperature=0.0,
+                    top_p=1.0,
+                    max_tokens=self._choice_tokens(choices, mechanism),
+                    choices=choices,
+                    mechanism=mechanism,
+                    prefix=prefix,
+                )
+            except EndpointError:  # e.g. HTTP 400 for a field the server does not accept
                 continue
             if text.strip() in PROBE_CHOICES:
                 return mechanism
@@ -442,17 +464,33 @@ class HttpPolicy(Policy):
             return {"guided_choice": choices}
         if mechanism == "llamacpp":
             return {"grammar": choice_grammar(choices)}
-        schema = {"type": "object", "properties": {"action": {"type": "string", "enum": choices}},
-                  "required": ["action"], "additionalProperties": False}
-        return {"response_format": {"type": "json_schema",
-                                    "json_schema": {"name": "action", "strict": True, "schema": schema}}}
+        schema = {
+            "type": "object",
+            "properties": {"action": {"type": "string", "enum": choices}},
+            "required": ["action"],
+            "additionalProperties": False,
+        }
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "action", "strict": True, "schema": schema},
+            }
+        }
 
-    def _chat(self, messages, *, seed, temperature, top_p, max_tokens, choices=None, mechanism=None,
-              first=False, prefix=None) -> tuple[str, str]:
+    def _chat(
+        self, messages, *, seed, temperature, top_p, max_tokens, choices=None, mechanism=None, first=False, prefix=None
+    ) -> tuple[str, str]:
         """The reply's text and finish reason. `prefix`: the reply so far (--act think), which the server continues
         (the answer is what comes after it)."""
-        body = {"model": self.model or "default", "messages": messages, "temperature": temperature,
-                "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "n": 1}
+        body = {
+            "model": self.model or "default",
+            "messages": messages,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "n": 1,
+        }
         if prefix is not None:
             body.update(CONTINUE, messages=messages + [{"role": "assistant", "content": prefix}])
         mechanism = mechanism or self.guided
@@ -467,26 +505,31 @@ class HttpPolicy(Policy):
         if prefix is not None:
             text = continuation(prefix, text)
         if choices is not None and mechanism == "json_schema":
-            try:   # {"action": "Action: ..."}: the action line itself is the reply
+            try:  # {"action": "Action: ..."}: the action line itself is the reply
                 action = json.loads(text).get("action")
                 text = action if isinstance(action, str) else text
             except (json.JSONDecodeError, AttributeError):
-                pass   # not the JSON asked for: parsed as it is (and most likely invalid)
+                pass  # not the JSON asked for: parsed as it is (and most likely invalid)
         return text, finish
 
-    def _call(self, messages, admissible, seed, temperature, context, max_tokens, constrained,
-              top_p=None) -> Reply:
+    def _call(self, messages, admissible, seed, temperature, context, max_tokens, constrained, top_p=None) -> Reply:
         choices = [format_action(a) for a in admissible] if constrained else None
         try:
-            with self._slots:     # at most `concurrency` requests in flight, from every thread together
-                text, finish = self._chat(messages, seed=seed, temperature=temperature,
-                                          top_p=self.top_p if top_p is None else top_p,
-                                          max_tokens=max_tokens, choices=choices)
+            with self._slots:  # at most `concurrency` requests in flight, from every thread together
+                text, finish = self._chat(
+                    messages,
+                    seed=seed,
+                    temperature=temperature,
+                    top_p=self.top_p if top_p is None else top_p,
+                    max_tokens=max_tokens,
+                    choices=choices,
+                )
         except EndpointError as e:
             return self._failed(e, [seed], admissible)[0]
         self._count(1)
-        return reply_from_text(text, admissible, context=context, seed=seed if temperature > 0 else 0,
-                               finish_reason=finish)
+        return reply_from_text(
+            text, admissible, context=context, seed=seed if temperature > 0 else 0, finish_reason=finish
+        )
 
     def _count(self, calls: int, failed: bool = False) -> int:
         """Count `calls` replies (all failed, or none); the failures so far."""
@@ -502,8 +545,10 @@ class HttpPolicy(Policy):
             self._check_alive()
         failed = self._count(len(seeds), failed=True)
         if failed - len(seeds) < 3:
-            warn(f"{e}; the reply is marked failed" + (" (further failures are counted, not shown)"
-                                                      if failed >= 3 else ""))
+            warn(
+                f"{e}; the reply is marked failed"
+                + (" (further failures are counted, not shown)" if failed >= 3 else "")
+            )
         return [failed_reply(str(e), seed, admissible) for seed in seeds]
 
     def _check_alive(self) -> None:
@@ -514,12 +559,14 @@ class HttpPolicy(Policy):
             self.down = no_answer(self.base, min(HEALTH_TIMEOUT, self.opts["timeout"]))
             if not self.down:
                 return
-        raise EndpointDown(f"the policy endpoint {self.base} stopped answering ({self.down}) after "
-                           f"{self.requests} requests: the run stops here. The records written so far are whole; "
-                           f"restart the server and continue with -o FILE --resume")
+        raise EndpointDown(
+            f"the policy endpoint {self.base} stopped answering ({self.down}) after "
+            f"{self.requests} requests: the run stops here. The records written so far are whole; "
+            f"restart the server and continue with -o FILE --resume"
+        )
 
     def _first_unguided_call(self) -> bool:
-        with self._warn_lock:   # eval -j N: threads share this policy
+        with self._warn_lock:  # eval -j N: threads share this policy
             first, self._warned_unguided = not self._warned_unguided, True
         return first
 
@@ -528,8 +575,7 @@ class HttpPolicy(Policy):
         return self._call(messages, None, seed, temperature, None, max_tokens or self.max_tokens, False, top_p)
 
     def act(self, messages, *, admissible, seed, temperature=0.0, context=None) -> Reply:
-        return self.sample(messages, admissible=admissible, seeds=[seed], temperature=temperature,
-                           context=context)[0]
+        return self.sample(messages, admissible=admissible, seeds=[seed], temperature=temperature, context=context)[0]
 
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
         # constrained where asked, and by default where the list is the closed set of actions and the server can
@@ -537,17 +583,19 @@ class HttpPolicy(Policy):
             return self._think(messages, admissible, seeds, temperature, context)
         if self.act_mode == "score" and admissible:
             return self._scored(messages, admissible, seeds, temperature)
-        wanted = bool(admissible) and (self.act_mode == "constrained" or
-                                       (self.act_mode is None and not open_space(context)))
+        wanted = bool(admissible) and (
+            self.act_mode == "constrained" or (self.act_mode is None and not open_space(context))
+        )
         constrained = wanted and self.guided != "none"
         if wanted and not constrained and self.opts["guided"] == "auto" and self._first_unguided_call():
-            warn(f"{self.base} obeys none of the guided decodings eexp knows ({', '.join(GUIDED)}; tried each "
-                 f"with one request at start): actions are FREE TEXT, and a model that answers outside the "
-                 f"admissible list scores its steps as invalid. If the server has one, give --policy-arg "
-                 f"guided=NAME; --policy-arg guided=none says free text is meant (said once per run)")
+            warn(
+                f"{self.base} obeys none of the guided decodings eexp knows ({', '.join(GUIDED)}; tried each "
+                f"with one request at start): actions are FREE TEXT, and a model that answers outside the "
+                f"admissible list scores its steps as invalid. If the server has one, give --policy-arg "
+                f"guided=NAME; --policy-arg guided=none says free text is meant (said once per run)"
+            )
         if constrained:
-            max_tokens = min(self.max_tokens,
-                             self._choice_tokens([format_action(a) for a in admissible], self.guided))
+            max_tokens = min(self.max_tokens, self._choice_tokens([format_action(a) for a in admissible], self.guided))
         else:
             max_tokens = self.max_tokens
 
@@ -564,15 +612,24 @@ class HttpPolicy(Policy):
         self._slots = threading.BoundedSemaphore(n) if shared is None else BothSlots(shared, n)
 
     def describe(self):
-        how = {"score": {"scoring": "tokenize+echo"},
-               # the action after the thought: by `guided` where the set is closed (not by log-likelihood)
-               "think": {"think": "continue_final_message"}}.get(self.act_mode, {})
+        how = {
+            "score": {"scoring": "tokenize+echo"},
+            # the action after the thought: by `guided` where the set is closed (not by log-likelihood)
+            "think": {"think": "continue_final_message"},
+        }.get(self.act_mode, {})
         card = {"card": self.card_path} if self.card_path else {}
         # the served model's hash where the server names a model file or folder on this machine (llama-server its
         # GGUF, vLLM its folder), as a local run of that model records it; a server elsewhere: unknown ("")
         sha = content_hash([self.card_path]) if self.card_path else ""
-        return {"model": self.model or self.base, "model_sha256": sha, "backend": self.backend,
-                "endpoint": self.base, "guided": self.guided, **how, **card}
+        return {
+            "model": self.model or self.base,
+            "model_sha256": sha,
+            "backend": self.backend,
+            "endpoint": self.base,
+            "guided": self.guided,
+            **how,
+            **card,
+        }
 
     def trained_thought_tokens(self) -> int | None:
         return self._thought_tokens_trained
@@ -582,7 +639,7 @@ class HttpPolicy(Policy):
         this machine (a server elsewhere, or one that names none, leaves it to --thought-tokens)."""
         names = []
         for path, key, root in (("/props", "model_path", True), ("/models", None, False)):
-            try:   # no retries: a route the server lacks is no reason to wait
+            try:  # no retries: a route the server lacks is no reason to wait
                 answer = self._request("GET", path, root=root, first=True)
             except EndpointError:
                 continue
@@ -606,15 +663,18 @@ class HttpPolicy(Policy):
 
     # --act think ------------------------------------------------------------------------------------------------
     def _probe_continuation(self) -> None:
-        try:   # no retries: a server that refuses the field does not learn it
-            self._chat(PROBE_MESSAGES, seed=1, temperature=0.0, top_p=1.0, max_tokens=1, prefix=PROBE_PREFIX,
-                       first=True)
+        try:  # no retries: a server that refuses the field does not learn it
+            self._chat(
+                PROBE_MESSAGES, seed=1, temperature=0.0, top_p=1.0, max_tokens=1, prefix=PROBE_PREFIX, first=True
+            )
         except EndpointError as e:
-            raise PolicyError(f"--act think over HTTP asks for the action as the continuation of the model's own "
-                              f"reply (its thought): it needs a server that continues a final assistant message "
-                              f"(continue_final_message, as vLLM and llama.cpp's llama-server do); {self.base} does "
-                              f"not ({e}). It serves --act generate, and --act constrained where it has guided "
-                              f"decoding") from None
+            raise PolicyError(
+                f"--act think over HTTP asks for the action as the continuation of the model's own "
+                f"reply (its thought): it needs a server that continues a final assistant message "
+                f"(continue_final_message, as vLLM and llama.cpp's llama-server do); {self.base} does "
+                f"not ({e}). It serves --act generate, and --act constrained where it has guided "
+                f"decoding"
+            ) from None
 
     def _think(self, messages, admissible, seeds, temperature, context) -> list[Reply]:
         """One reply per seed, each a thought and then the action after it (ChatPolicy.think's reading of the
@@ -630,29 +690,41 @@ class HttpPolicy(Policy):
     def _think_one(self, messages, admissible, choices, seed, temperature, context) -> Reply:
         ask = dict(seed=seed, temperature=temperature, top_p=self.top_p)
         try:
-            with self._slots:   # each request takes its own slot: the two of a reply need not be batched together
-                text, finish = self._chat(messages, max_tokens=self.thought_tokens or self.max_tokens,
-                                          prefix=THOUGHT_PREFILL, **ask)
+            with self._slots:  # each request takes its own slot: the two of a reply need not be batched together
+                text, finish = self._chat(
+                    messages, max_tokens=self.thought_tokens or self.max_tokens, prefix=THOUGHT_PREFILL, **ask
+                )
             split = split_thought(THOUGHT_PREFILL + text)
-            if choices is not None:   # the reply is `Action: <one of the admissible actions>`, after the thought
+            if choices is not None:  # the reply is `Action: <one of the admissible actions>`, after the thought
                 prefix, after = continued(split.prefix, choices)
                 with self._slots:
-                    action_line, finish = self._chat(messages, max_tokens=self._choice_tokens(after, self.guided),
-                                                     choices=after, prefix=prefix, **ask)
+                    action_line, finish = self._chat(
+                        messages,
+                        max_tokens=self._choice_tokens(after, self.guided),
+                        choices=after,
+                        prefix=prefix,
+                        **ask,
+                    )
                 action_line = action_line.strip()
             else:
                 written = split.written
-                if not written:   # cut, or an empty `Action:` line: the model continues its reply after `Action:`
+                if not written:  # cut, or an empty `Action:` line: the model continues its reply after `Action:`
                     with self._slots:
-                        after, finish = self._chat(messages, max_tokens=self.max_tokens,
-                                                   prefix=split.prefix + "Action:", **ask)
+                        after, finish = self._chat(
+                            messages, max_tokens=self.max_tokens, prefix=split.prefix + "Action:", **ask
+                        )
                     written = after.strip().split("\n", 1)[0].strip()
                 action_line = f"Action: {written}"
         except EndpointError as e:
             return self._failed(e, [seed], admissible)[0]
         self._count(1)
-        reply = reply_from_text(split.prefix + action_line, admissible, context=context,
-                                seed=seed if temperature > 0 else 0, finish_reason=finish)
+        reply = reply_from_text(
+            split.prefix + action_line,
+            admissible,
+            context=context,
+            seed=seed if temperature > 0 else 0,
+            finish_reason=finish,
+        )
         reply.thought, reply.thought_cut = split.thought, split.cut
         return reply
 
@@ -662,57 +734,74 @@ class HttpPolicy(Policy):
         return self.base[:-3] if self.base.endswith("/v1") else self.base
 
     def _tokenize(self, messages: list[dict], add_generation_prompt: bool, probe: bool = False) -> list[int]:
-        body = {"model": self.model or "default", "messages": messages,
-                "add_generation_prompt": add_generation_prompt, "add_special_tokens": False}
+        body = {
+            "model": self.model or "default",
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "add_special_tokens": False,
+        }
         answer = self._request("POST", "/tokenize", body, root=True, first=probe)
         tokens = answer.get("tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise EndpointError(f"{self._root()}/tokenize answered without a list of token ids")
-        if not tokens:   # llama.cpp's server: its /tokenize reads text (`content`), not chat messages
+        if not tokens:  # llama.cpp's server: its /tokenize reads text (`content`), not chat messages
             raise EndpointError(f"{self._root()}/tokenize gave no token ids for chat messages")
         return tokens
 
     def _token_logprobs(self, ids: list[int], probe: bool = False) -> list[float | None]:
         """log p(token i | tokens before it) for every token of `ids` (None for the first)."""
-        body = {"model": self.model or "default", "prompt": ids, "max_tokens": 1, "temperature": 0.0,
-                "echo": True, "logprobs": 0}
+        body = {
+            "model": self.model or "default",
+            "prompt": ids,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "echo": True,
+            "logprobs": 0,
+        }
         answer = self._request("POST", "/completions", body, first=probe)
         try:
             values = answer["choices"][0]["logprobs"]["token_logprobs"]
         except (KeyError, IndexError, TypeError):
-            raise EndpointError(f"{self.base}/completions answered without choices[0].logprobs.token_logprobs "
-                                f"(echo)") from None
+            raise EndpointError(
+                f"{self.base}/completions answered without choices[0].logprobs.token_logprobs (echo)"
+            ) from None
         if not isinstance(values, list) or len(values) < len(ids):
-            raise EndpointError(f"{self.base}/completions gave {len(values or [])} prompt log-probabilities for "
-                                f"{len(ids)} prompt tokens (echo)")
-        return values[:len(ids)]
+            raise EndpointError(
+                f"{self.base}/completions gave {len(values or [])} prompt log-probabilities for "
+                f"{len(ids)} prompt tokens (echo)"
+            )
+        return values[: len(ids)]
 
     def _probe_scoring(self) -> None:
-        try:   # no retries: a server without the routes does not grow them (one that drops the connection)
+        try:  # no retries: a server without the routes does not grow them (one that drops the connection)
             ids = self._tokenize(PROBE_MESSAGES, True, probe=True)
             self._token_logprobs(ids, probe=True)
         except EndpointError as e:
-            raise PolicyError(f"--act score over HTTP needs a server that renders chat messages to token ids (POST "
-                              f"/tokenize with messages, as vLLM and SGLang do) and gives the log-probability of "
-                              f"every prompt token (/v1/completions with echo and logprobs, as vLLM does); "
-                              f"{self.base} does not ({e}). It serves --act generate, and --act constrained where "
-                              f"it has guided decoding (the default probes for it)") from None
+            raise PolicyError(
+                f"--act score over HTTP needs a server that renders chat messages to token ids (POST "
+                f"/tokenize with messages, as vLLM and SGLang do) and gives the log-probability of "
+                f"every prompt token (/v1/completions with echo and logprobs, as vLLM does); "
+                f"{self.base} does not ({e}). It serves --act generate, and --act constrained where "
+                f"it has guided decoding (the default probes for it)"
+            ) from None
 
     def _candidates(self, messages: list[dict], replies: list[str]) -> tuple[list[int], list[list[int]]]:
         """The prompt's ids and each reply's, as an assistant turn rendered by the server's template, through its
         end-of-turn token (the tokens training produced, and those the local backends score)."""
         prompt = self._tokenize(messages, True)
         # what the template puts after an assistant turn's content: its first token ends the turn
-        framing = self._tokenize(messages + [{"role": "assistant", "content": ""}], False)[len(prompt):]
+        framing = self._tokenize(messages + [{"role": "assistant", "content": ""}], False)[len(prompt) :]
         out = []
         for reply in replies:
             full = self._tokenize(messages + [{"role": "assistant", "content": reply}], False)
-            if full[:len(prompt)] != prompt or len(full) <= len(prompt):
-                raise PolicyError(f"the chat template of {self.base} renders an assistant turn that does not extend "
-                                  f"the generation prompt; --act score needs one that does")
-            cont = full[len(prompt):]
-            if framing and len(cont) > len(framing) and cont[-len(framing):] == framing:
-                cont = cont[:len(cont) - len(framing) + 1]
+            if full[: len(prompt)] != prompt or len(full) <= len(prompt):
+                raise PolicyError(
+                    f"the chat template of {self.base} renders an assistant turn that does not extend "
+                    f"the generation prompt; --act score needs one that does"
+                )
+            cont = full[len(prompt) :]
+            if framing and len(cont) > len(framing) and cont[-len(framing) :] == framing:
+                cont = cont[: len(cont) - len(framing) + 1]
             out.append(cont)
         return prompt, out
 
@@ -725,7 +814,8 @@ class HttpPolicy(Policy):
             def call():
                 with self._slots:
                     values = self._token_logprobs(prompt + cont)
-                return float(sum(values[len(prompt):]))
+                return float(sum(values[len(prompt) :]))
+
             return call
 
         return side_by_side([loglik(cont) for cont in conts], self.concurrency, name="eexp-http-score")
@@ -748,13 +838,13 @@ def continued(prefix: str, choices: list[str]) -> tuple[str, list[str]]:
     where the template keeps it (llama-server, ChatML), the text and, with a tokenizer that splits whitespace from
     words, the tokens are the same as before."""
     body = prefix.rstrip()
-    return body, [prefix[len(body):] + c for c in choices]
+    return body, [prefix[len(body) :] + c for c in choices]
 
 
 def continuation(prefix: str, text: str) -> str:
     """What the server wrote after `prefix`. llama-server answers a continued message with all of it (the prefix,
     then what it generated), vLLM with what it generated: a reply that begins with the prefix has it taken off."""
-    return text[len(prefix):] if text.startswith(prefix) else text
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def _error_detail(e: urllib.error.HTTPError) -> str:

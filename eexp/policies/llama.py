@@ -24,12 +24,12 @@ from eexp.policies.chat import ModelPolicy, log_softmax, render_chat_template
 from eexp.policies.gguf_loader import open_gguf
 
 SCHEMA = {
-    "n_ctx": (int, 0),            # context size (0: the model's, at most 4096)
-    "n_threads": (int, 0),        # CPU threads (0: llama.cpp's default)
-    "n_gpu_layers": (int, -1),    # layers on the GPU where llama.cpp was built with one (-1: all)
-    "n_batch": (int, 512),        # prompt tokens evaluated per llama.cpp batch (llama-cpp-python's default)
-    "tokenizer": (str, ""),       # render with this transformers tokenizer instead of the GGUF's template
-    "lora_path": (str, ""),       # a GGUF LoRA adapter (eexp export --lora-only)
+    "n_ctx": (int, 0),  # context size (0: the model's, at most 4096)
+    "n_threads": (int, 0),  # CPU threads (0: llama.cpp's default)
+    "n_gpu_layers": (int, -1),  # layers on the GPU where llama.cpp was built with one (-1: all)
+    "n_batch": (int, 512),  # prompt tokens evaluated per llama.cpp batch (llama-cpp-python's default)
+    "tokenizer": (str, ""),  # render with this transformers tokenizer instead of the GGUF's template
+    "lora_path": (str, ""),  # a GGUF LoRA adapter (eexp export --lora-only)
     "extra_bufts": (str, "auto"),  # weight repacking into extra CPU buffer types: auto (off on AMX CPUs), on, off
     "verbose": (bool, False),
 }
@@ -54,6 +54,7 @@ def read_gguf_header(path: str) -> dict:
         raise PolicyError(f"{path}: not a GGUF file (bad magic {magic!r}; truncated or corrupt?)")
     try:
         from gguf import GGUFReader
+
         reader = GGUFReader(path)
         field = reader.fields.get("general.architecture")
         arch = field.contents() if field is not None else ""
@@ -83,14 +84,22 @@ class LlamaCppPolicy(ModelPolicy):
         n_ctx = opts["n_ctx"] or min(header["n_ctx_train"] or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
         try:
             llm = open_gguf(
-                path, extra_bufts=opts["extra_bufts"], n_ctx=n_ctx, n_threads=opts["n_threads"] or None,
+                path,
+                extra_bufts=opts["extra_bufts"],
+                n_ctx=n_ctx,
+                n_threads=opts["n_threads"] or None,
                 n_gpu_layers=opts["n_gpu_layers"] if llama_cpp.llama_supports_gpu_offload() else 0,
-                n_batch=opts["n_batch"], logits_all=act in ("score", "think"), lora_path=opts["lora_path"] or None,
-                verbose=opts["verbose"])
+                n_batch=opts["n_batch"],
+                logits_all=act in ("score", "think"),
+                lora_path=opts["lora_path"] or None,
+                verbose=opts["verbose"],
+            )
         except (ValueError, RuntimeError) as e:
             arch = header["architecture"] or "unknown"
-            raise PolicyError(f"{path}: llama.cpp cannot load this model (architecture {arch!r}: {e}); "
-                              f"an architecture this llama.cpp build does not support, or a damaged file") from None
+            raise PolicyError(
+                f"{path}: llama.cpp cannot load this model (architecture {arch!r}: {e}); "
+                f"an architecture this llama.cpp build does not support, or a damaged file"
+            ) from None
         self.llm = llm
         # close at interpreter exit, before module teardown (llama-cpp-python's __del__ fails after it)
         self._finalizer = weakref.finalize(self, llm.close)
@@ -98,14 +107,17 @@ class LlamaCppPolicy(ModelPolicy):
         self.hf_tokenizer = None
         if opts["tokenizer"]:
             from transformers import AutoTokenizer
+
             try:
                 self.hf_tokenizer = AutoTokenizer.from_pretrained(opts["tokenizer"])
             except (OSError, ValueError) as e:
                 raise PolicyError(f"{opts['tokenizer']}: cannot load the tokenizer ({e})") from None
         self.template = llm.metadata.get("tokenizer.chat_template", "")
         if not self.template and self.hf_tokenizer is None:
-            raise PolicyError(f"{path}: the GGUF has no chat template (tokenizer.chat_template); re-export it, or "
-                              f"render with the training tokenizer: --policy-arg tokenizer=CHECKPOINT_DIR")
+            raise PolicyError(
+                f"{path}: the GGUF has no chat template (tokenizer.chat_template); re-export it, or "
+                f"render with the training tokenizer: --policy-arg tokenizer=CHECKPOINT_DIR"
+            )
         self.sha256 = content_hash([path] + ([opts["lora_path"]] if opts["lora_path"] else []))
         self._grammars: dict[tuple, object] = {}
 
@@ -119,18 +131,21 @@ class LlamaCppPolicy(ModelPolicy):
         return out
 
     def render(self, messages, add_generation_prompt=True) -> str:
-        return render_chat_template(self.template, messages, add_generation_prompt=add_generation_prompt,
-                                    **self.special_tokens())
+        return render_chat_template(
+            self.template, messages, add_generation_prompt=add_generation_prompt, **self.special_tokens()
+        )
 
     def encode_chat(self, messages, add_generation_prompt=True):
         if self.hf_tokenizer is not None:
-            out = self.hf_tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                        tokenize=True, return_dict=True)
+            out = self.hf_tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+            )
             return list(out["input_ids"])
         # special=True: control tokens written by the template (<|im_start|>) are parsed as themselves;
         # add_bos=False: a BOS is there only if the template wrote one, as with transformers.
-        return self.llm.tokenize(self.render(messages, add_generation_prompt).encode("utf-8"), add_bos=False,
-                                 special=True)
+        return self.llm.tokenize(
+            self.render(messages, add_generation_prompt).encode("utf-8"), add_bos=False, special=True
+        )
 
     def context_size(self):
         return self.llm.n_ctx()
@@ -145,15 +160,27 @@ class LlamaCppPolicy(ModelPolicy):
         return Card.from_gguf(self.llm.metadata, self.spec).thought_tokens
 
     def describe(self):
-        return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend,
-                "extra_bufts": self.llm.eexp_buffers.use_extra_bufts}
+        return {
+            "model": self.name,
+            "model_sha256": self.sha256,
+            "backend": self.backend,
+            "extra_bufts": self.llm.eexp_buffers.use_extra_bufts,
+        }
 
     def _complete(self, ids, *, seed, temperature, top_p, max_tokens, grammar=None):
         # top_k=0 and min_p=0 turn llama.cpp's extra default samplers off: temperature and top-p mean what they
         # mean in transformers. An explicit seed on every call (llama-cpp-python otherwise chains seeds).
-        out = self.llm.create_completion(prompt=list(ids), max_tokens=max_tokens, temperature=temperature,
-                                         top_p=top_p, top_k=0, min_p=0.0, repeat_penalty=1.0, seed=seed,
-                                         grammar=grammar)
+        out = self.llm.create_completion(
+            prompt=list(ids),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            seed=seed,
+            grammar=grammar,
+        )
         choice = out["choices"][0]
         return choice["text"], choice.get("finish_reason") or "stop"
 
@@ -164,12 +191,14 @@ class LlamaCppPolicy(ModelPolicy):
         key = tuple(replies)
         if key not in self._grammars:
             from llama_cpp import LlamaGrammar
+
             if len(self._grammars) > GRAMMAR_CACHE_SIZE:
                 self._grammars.clear()
             self._grammars[key] = LlamaGrammar.from_string(choice_grammar(replies), verbose=False)
         longest = max(len(r.encode("utf-8")) for r in replies) + GRAMMAR_EXTRA_TOKENS
-        return self._complete(ids, seed=seed, temperature=temperature, top_p=1.0, max_tokens=longest,
-                              grammar=self._grammars[key])
+        return self._complete(
+            ids, seed=seed, temperature=temperature, top_p=1.0, max_tokens=longest, grammar=self._grammars[key]
+        )
 
     def _last_logits(self) -> np.ndarray:
         """Logits of the last evaluated token (a context without logits_all keeps only those)."""
@@ -184,7 +213,7 @@ class LlamaCppPolicy(ModelPolicy):
         llm = self.llm
         n = llm.longest_token_prefix(llm._input_ids.tolist(), ids)
         llm.n_tokens = min(n, len(ids) - 1)  # eval() drops the KV past n_tokens; re-evaluate at least one token
-        llm.eval(ids[llm.n_tokens:])
+        llm.eval(ids[llm.n_tokens :])
         p = len(ids)
         first = self._last_logits()
         out = []
@@ -194,7 +223,7 @@ class LlamaCppPolicy(ModelPolicy):
             if llm._logits_all:
                 if len(cand) > 1:
                     llm.eval(cand[:-1])
-                    rows.extend(llm.scores[p:p + len(cand) - 1])
+                    rows.extend(llm.scores[p : p + len(cand) - 1])
             else:
                 for tok in cand[:-1]:
                     llm.eval([tok])

@@ -57,8 +57,11 @@ def match_reward(action: str | None, expert: str, canonicalize: Callable[[str], 
 def expert_states(trajectories: list[dict]) -> list[dict]:
     """Every step of the trajectories as {id: <trajectory id>#<step>, task, state (raw, history included), action}:
     the states and targets of IL (`trajectory_states`)."""
-    return [{"id": f"{t['id']}#{step}", "task": t["task"], "state": state, "action": action}
-            for t in trajectories for step, state, action in trajectory_states(t)]
+    return [
+        {"id": f"{t['id']}#{step}", "task": t["task"], "state": state, "action": action}
+        for t in trajectories
+        for step, state, action in trajectory_states(t)
+    ]
 
 
 def records_of_split(path: str, kind: str, what: str, env, split: str):
@@ -72,8 +75,10 @@ def records_of_split(path: str, kind: str, what: str, env, split: str):
             raise line.error(problem)
         recorded = record["env"]
         if recorded["name"] != env.name or (recorded.get("kwargs") or {}) != dict(env.kwargs):
-            raise line.error(f"{what} of {recorded['name']} {recorded.get('kwargs') or {}}, and this run acts "
-                             f"in {env.name} {dict(env.kwargs)}")
+            raise line.error(
+                f"{what} of {recorded['name']} {recorded.get('kwargs') or {}}, and this run acts "
+                f"in {env.name} {dict(env.kwargs)}"
+            )
         if record["task"]["split"] == split:
             yield line, record
 
@@ -108,7 +113,7 @@ class ExpertStep:
     OPTIONS = ("expert", "expert_match")
     phase = "rl-expert-step"
     unit = "actions"
-    act = None   # the environment's
+    act = None  # the environment's
 
     def check(self, rl) -> None:
         if rl.expert_match not in EXPERT_MATCHES:
@@ -126,8 +131,10 @@ class ExpertStep:
         if failed:
             run.echo(f"expert-step: {failed} unsuccessful expert trajectories of {where} left out")
         if not trajectories:
-            raise TrainingError(f"{where}: no successful {rl.split} trajectory of {rl.env}, so no expert state to "
-                                f"act at (--split {rl.split})")
+            raise TrainingError(
+                f"{where}: no successful {rl.split} trajectory of {rl.env}, so no expert state to "
+                f"act at (--split {rl.split})"
+            )
         run.states = expert_states(trajectories)
         run.echo(f"expert-step: {len(run.states)} expert states of {len(trajectories)} trajectories ({where})")
 
@@ -148,13 +155,28 @@ class ExpertStep:
                 for k in range(rl.group_size):
                     policy.trace = []
                     seed = derive_seed(rl.seed, f"rl-expert-step\x1f{step}\x1f{i}\x1f{item['id']}", k)
-                    reply = policy.sample(messages, admissible=state.get("admissible"), seeds=[seed],
-                                          temperature=rl.temperature, context=context)[0]
-                    match = reply.action is not None and \
-                        env.canonicalize(reply.action) == env.canonicalize(item["action"])
-                    out.append(({"state": item["id"], "action": reply.action, "expert": item["action"],
-                                 "reward": match_reward(reply.action, item["action"], env.canonicalize,
-                                                        rl.expert_match), "match": match}, policy.trace))
+                    reply = policy.sample(
+                        messages,
+                        admissible=state.get("admissible"),
+                        seeds=[seed],
+                        temperature=rl.temperature,
+                        context=context,
+                    )[0]
+                    match = reply.action is not None and env.canonicalize(reply.action) == env.canonicalize(
+                        item["action"]
+                    )
+                    out.append(
+                        (
+                            {
+                                "state": item["id"],
+                                "action": reply.action,
+                                "expert": item["action"],
+                                "reward": match_reward(reply.action, item["action"], env.canonicalize, rl.expert_match),
+                                "match": match,
+                            },
+                            policy.trace,
+                        )
+                    )
         policy.trace = []
         return out
 
@@ -162,10 +184,11 @@ class ExpertStep:
         if run.state["probe"] is not None:
             return
         matches = sum(d["match"] for d, _ in drawn)
-        run.state["probe"] = {"actions": len(drawn), "matches": matches,
-                              "match_rate": round(matches / len(drawn), 4)}
-        run.echo(f"probe (the first batch of actions at expert states, sampled at temperature "
-                 f"{run.rl.temperature}): {matches} of {len(drawn)} match the expert's")
+        run.state["probe"] = {"actions": len(drawn), "matches": matches, "match_rate": round(matches / len(drawn), 4)}
+        run.echo(
+            f"probe (the first batch of actions at expert states, sampled at temperature "
+            f"{run.rl.temperature}): {matches} of {len(drawn)} match the expert's"
+        )
 
     def rewards(self, run, drawn: list) -> list[float]:
         return [d["reward"] for d, _ in drawn]
@@ -173,8 +196,12 @@ class ExpertStep:
     def account(self, run, drawn: list, rewards: list[float]) -> dict:
         matches = sum(d["match"] for d, _ in drawn)
         run.state["actions"] = run.state.get("actions", 0) + len(drawn)
-        return {"actions": run.state["actions"], "states": len(drawn) // run.rl.group_size,
-                "match_rate": round(matches / len(drawn), 4), "mean_reward": round(sum(rewards) / len(rewards), 6)}
+        return {
+            "actions": run.state["actions"],
+            "states": len(drawn) // run.rl.group_size,
+            "match_rate": round(matches / len(drawn), 4),
+            "mean_reward": round(sum(rewards) / len(rewards), 6),
+        }
 
     @staticmethod
     def postfix(row: dict) -> dict:

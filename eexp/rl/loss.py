@@ -13,15 +13,19 @@ def candidate_logliks(model, ids: list[int], candidates: list[list[int]], device
     """l(a) for every candidate reply: the sum of log p(reply tokens | prompt), as a tensor that carries gradients
     when they are enabled. The prompt's KV is computed once and shared by the candidates (as eval's scoring does)."""
     prefix = torch.tensor([ids[:-1]], dtype=torch.long, device=device)
-    name = cache_argument(model)   # `cache` in transformers 5.x, `past_key_values` before
+    name = cache_argument(model)  # `cache` in transformers 5.x, `past_key_values` before
     cache = getattr(model(input_ids=prefix, use_cache=True), name) if len(ids) > 1 else None
     if cache is not None:
         cache.batch_repeat_interleave(len(candidates))
     width = max(len(c) for c in candidates) + 1
     rows = [[ids[-1]] + c + [pad_id] * (width - 1 - len(c)) for c in candidates]
     mask = [[1] * (len(ids) - 1) + [1] * (len(c) + 1) + [0] * (width - 1 - len(c)) for c in candidates]
-    logits = model(input_ids=torch.tensor(rows, device=device), attention_mask=torch.tensor(mask, device=device),
-                   **{name: cache}, use_cache=cache is not None).logits.float()
+    logits = model(
+        input_ids=torch.tensor(rows, device=device),
+        attention_mask=torch.tensor(mask, device=device),
+        **{name: cache},
+        use_cache=cache is not None,
+    ).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     out = []
     for i, cand in enumerate(candidates):
@@ -33,7 +37,7 @@ def candidate_logliks(model, ids: list[int], candidates: list[list[int]], device
 def reply_logprobs(model, ids: list[int], reply: list[int], device, temperature: float):
     """log softmax(logits / T) of each sampled reply token after the prompt (per token, with gradients)."""
     row = torch.tensor([ids + reply], dtype=torch.long, device=device)
-    logits = model(input_ids=row, use_cache=False).logits[0, len(ids) - 1:len(ids) + len(reply) - 1].float()
+    logits = model(input_ids=row, use_cache=False).logits[0, len(ids) - 1 : len(ids) + len(reply) - 1].float()
     logp = torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
     return logp.gather(1, torch.tensor(reply, device=device)[:, None])[:, 0]
 
@@ -87,22 +91,28 @@ def packed_logprobs(model, parts: list[dict], device, temperature: float) -> lis
     segments = torch.tensor([[-1] * n + r[2] for n, r in zip(pad, rows)], dtype=torch.long, device=device)
     index = torch.arange(width, device=device)
     real = segments >= 0
-    allowed = (index[None, None, :] <= index[None, :, None]) & real[:, None, :] & real[:, :, None] & (
-        (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None]))
+    allowed = (
+        (index[None, None, :] <= index[None, :, None])
+        & real[:, None, :]
+        & real[:, :, None]
+        & ((segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None]))
+    )
     allowed |= torch.eye(width, dtype=torch.bool, device=device)  # a padding position sees itself (no empty row)
     mask = allowed[:, None]
     if model.config._attn_implementation == "eager":  # an additive mask
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
-    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=False,
-                   logits_to_keep=keep).logits.float()
+    logits = model(
+        input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=keep
+    ).logits.float()
     out = []
     for b, (part, row) in enumerate(zip(parts, rows)):
         base = width - keep - pad[b]  # row position -> index into the kept logits
         score = part["mode"] == "score"
         logp = torch.log_softmax(logits[b] if score else logits[b] / max(temperature, 1e-6), dim=-1)
-        per_cont = [logp[torch.tensor(at, device=device) - base, torch.tensor(cont, device=device)]
-                    for at, cont in row[3]]
+        per_cont = [
+            logp[torch.tensor(at, device=device) - base, torch.tensor(cont, device=device)] for at, cont in row[3]
+        ]
         if score:
             logpi = torch.log_softmax(torch.stack([t.sum() for t in per_cont]) / max(temperature, 1e-6), dim=-1)
             out.append((logpi[part["chosen"]].reshape(1), logpi))
@@ -122,7 +132,7 @@ def batch_logprobs(model, samples: list[dict], device, pad_id: int, temperature:
     out, i = [], 0
     for s in samples:
         n = len(sample_parts(s))
-        out.append(flat[i:i + n])
+        out.append(flat[i : i + n])
         i += n
     return out
 
@@ -139,8 +149,10 @@ def action_logprobs(model, sample: dict, device, pad_id: int, temperature: float
 
 def pack_tokens(sample: dict) -> int:
     """The length of a sample's longest packed row (`packed_logprobs`)."""
-    return max(len(p["ids"]) + sum(len(c) - 1 for c in (p["candidates"] if p["mode"] == "score" else [p["reply"]]))
-               for p in sample_parts(sample))
+    return max(
+        len(p["ids"]) + sum(len(c) - 1 for c in (p["candidates"] if p["mode"] == "score" else [p["reply"]]))
+        for p in sample_parts(sample)
+    )
 
 
 def pack_chunks(groups: list[tuple[dict, list[dict]]], budget: int) -> list[list[tuple[dict, list[dict]]]]:
@@ -162,9 +174,10 @@ def pack_chunks(groups: list[tuple[dict, list[dict]]], budget: int) -> list[list
 def sample_key(sample: dict) -> tuple:
     """What a step's log-probabilities are computed from (prompt ids, candidate replies or sampled tokens, per part),
     without the decision taken: samples with one key share one forward pass."""
-    return tuple((p["mode"], tuple(p["ids"]),
-                  tuple(map(tuple, p["candidates"])) if p["mode"] == "score" else tuple(p["reply"]))
-                 for p in sample_parts(sample))
+    return tuple(
+        (p["mode"], tuple(p["ids"]), tuple(map(tuple, p["candidates"])) if p["mode"] == "score" else tuple(p["reply"]))
+        for p in sample_parts(sample)
+    )
 
 
 def same_inputs(samples: list[dict]) -> list[tuple[dict, list[dict]]]:
@@ -179,8 +192,12 @@ def chosen_units(parts: list[tuple], sample: dict):
     """A sample's unit log-probabilities from the `parts` of `action_logprobs` over its inputs (perhaps computed for
     another sample with the same inputs): its own decision's log pi for a score part, the tokens for a generated
     one."""
-    return torch.cat([dist[part["chosen"]].reshape(1) if part["mode"] == "score" else logp
-                      for part, (logp, dist) in zip(sample_parts(sample), parts)])
+    return torch.cat(
+        [
+            dist[part["chosen"]].reshape(1) if part["mode"] == "score" else logp
+            for part, (logp, dist) in zip(sample_parts(sample), parts)
+        ]
+    )
 
 
 def unit_count(sample: dict) -> int:
@@ -194,4 +211,3 @@ def clipped_surrogate(logp_new, logp_old, advantage: float, clip: float):
     clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantage
     loss = -torch.minimum(unclipped, clipped)
     return loss, (clipped < unclipped).float() if advantage else torch.zeros_like(loss)
-

@@ -61,8 +61,15 @@ def next_state_transitions(outcomes: list[dict], serializer: Serializer) -> list
     for outcome in outcomes:
         for _, executed, example in world_model_transitions(outcome, serializer):
             target, _ = read_observation(example["messages"][-1]["content"])
-            out.append({"id": example["id"], "source_id": outcome["id"], "action": executed["action"],
-                        "messages": example["messages"][:-1], "target": target})
+            out.append(
+                {
+                    "id": example["id"],
+                    "source_id": outcome["id"],
+                    "action": executed["action"],
+                    "messages": example["messages"][:-1],
+                    "target": target,
+                }
+            )
     return out
 
 
@@ -75,15 +82,18 @@ class NextState:
     OPTIONS = ("outcomes",)
     phase = "rl-next-state"
     unit = "predictions"
-    act = "generate"   # a prediction is generated text, whatever the environment's action set
+    act = "generate"  # a prediction is generated text, whatever the environment's action set
 
     def check(self, rl) -> None:
         if rl.outcomes is None:
-            raise UsageProblem("--reward next-state needs --outcomes FILE: the outcome records (as `eexp rollout` "
-                               "writes them) whose next states the policy predicts")
+            raise UsageProblem(
+                "--reward next-state needs --outcomes FILE: the outcome records (as `eexp rollout` "
+                "writes them) whose next states the policy predicts"
+            )
         if rl.act not in (None, "generate"):
-            raise UsageProblem(f"--act {rl.act}: --reward next-state generates its predictions (--act generate, "
-                               "the default there)")
+            raise UsageProblem(
+                f"--act {rl.act}: --reward next-state generates its predictions (--act generate, the default there)"
+            )
 
     def setup(self, run) -> None:
         """The outcome records of --outcomes FILE (their transitions are rendered once the start's serializer is
@@ -93,8 +103,10 @@ class NextState:
         if unreached:
             run.echo(f"next-state: {unreached} outcome records of {rl.outcomes} whose state was not reached left out")
         if not outcomes:
-            raise TrainingError(f"{rl.outcomes}: no reached {rl.split} outcome record of {rl.env}, so no transition "
-                                f"to predict (--split {rl.split})")
+            raise TrainingError(
+                f"{rl.outcomes}: no reached {rl.split} outcome record of {rl.env}, so no transition "
+                f"to predict (--split {rl.split})"
+            )
         run.outcomes = outcomes
         run.states = []
 
@@ -104,10 +116,13 @@ class NextState:
         if not run.states:
             run.states = next_state_transitions(run.outcomes, run.evaluator.serializer)
             if not run.states:
-                raise TrainingError(f"{run.rl.outcomes}: no executed transition (every action of its "
-                                    f"{run.rl.split} outcome records failed), so nothing to predict")
-            run.echo(f"next-state: {len(run.states)} transitions of {len(run.outcomes)} outcome records "
-                     f"({run.rl.outcomes})")
+                raise TrainingError(
+                    f"{run.rl.outcomes}: no executed transition (every action of its "
+                    f"{run.rl.split} outcome records failed), so nothing to predict"
+                )
+            run.echo(
+                f"next-state: {len(run.states)} transitions of {len(run.outcomes)} outcome records ({run.rl.outcomes})"
+            )
         return run.states
 
     def fingerprint_data(self, run) -> list:
@@ -124,12 +139,22 @@ class NextState:
                 for k in range(rl.group_size):
                     policy._calls = []
                     seed = derive_seed(rl.seed, f"rl-next-state\x1f{step}\x1f{i}\x1f{item['id']}", k)
-                    reply = policy.generate(item["messages"], seed=seed, temperature=rl.temperature, top_p=1.0,
-                                            max_tokens=rl.max_tokens)
+                    reply = policy.generate(
+                        item["messages"], seed=seed, temperature=rl.temperature, top_p=1.0, max_tokens=rl.max_tokens
+                    )
                     prediction, _ = read_observation(reply.text)
-                    out.append(({"transition": item["id"], "prediction": prediction, "target": item["target"],
-                                 "reward": prediction_reward(reply.text, item["target"]),
-                                 "exact": prediction == item["target"]}, list(policy._calls)))
+                    out.append(
+                        (
+                            {
+                                "transition": item["id"],
+                                "prediction": prediction,
+                                "target": item["target"],
+                                "reward": prediction_reward(reply.text, item["target"]),
+                                "exact": prediction == item["target"],
+                            },
+                            list(policy._calls),
+                        )
+                    )
         policy._calls = []
         return out
 
@@ -139,22 +164,30 @@ class NextState:
         mean = sum(d["reward"] for d, _ in drawn) / len(drawn)
         exact = sum(d["exact"] for d, _ in drawn)
         run.state["probe"] = {"predictions": len(drawn), "exact": exact, "mean_f1": round(mean, 4)}
-        run.echo(f"probe (the first batch of next-state predictions, sampled at temperature {run.rl.temperature}): "
-                 f"mean token F1 {mean:.3f}, {exact} of {len(drawn)} exact")
+        run.echo(
+            f"probe (the first batch of next-state predictions, sampled at temperature {run.rl.temperature}): "
+            f"mean token F1 {mean:.3f}, {exact} of {len(drawn)} exact"
+        )
 
     def rewards(self, run, drawn: list) -> list[float]:
         return [d["reward"] for d, _ in drawn]
 
     def account(self, run, drawn: list, rewards: list[float]) -> dict:
         run.state["predictions"] = run.state.get("predictions", 0) + len(drawn)
-        return {"predictions": run.state["predictions"], "transitions": len(drawn) // run.rl.group_size,
-                "exact_rate": round(sum(d["exact"] for d, _ in drawn) / len(drawn), 4),
-                "mean_reward": round(sum(rewards) / len(rewards), 6)}
+        return {
+            "predictions": run.state["predictions"],
+            "transitions": len(drawn) // run.rl.group_size,
+            "exact_rate": round(sum(d["exact"] for d, _ in drawn) / len(drawn), 4),
+            "mean_reward": round(sum(rewards) / len(rewards), 6),
+        }
 
     @staticmethod
     def postfix(row: dict) -> dict:
         return {"f1": f"{row['mean_reward']:.3f}"}
 
     def config(self, run) -> dict:
-        return {"predictions": run.state.get("predictions", 0), "transitions": len(run.states),
-                "outcome_records": len(run.outcomes)}
+        return {
+            "predictions": run.state.get("predictions", 0),
+            "transitions": len(run.states),
+            "outcome_records": len(run.outcomes),
+        }

@@ -50,8 +50,7 @@ class RL(Trainer):
     objective --reward names (`REWARDS`), or the one given. `rl` is the options as given; `cfg`, the trainer's,
     the same options as the trainer runs them (`_trainer_config`)."""
 
-    def __init__(self, rl: RLConfig, echo: Callable[[str], None] | None = None,
-                 objective: RLObjective | None = None):
+    def __init__(self, rl: RLConfig, echo: Callable[[str], None] | None = None, objective: RLObjective | None = None):
         self.rl = rl
         super().__init__(self._trainer_config(rl), echo)
         self.objective = objective  # None: --reward's, once setup has checked the options
@@ -79,8 +78,9 @@ class RL(Trainer):
         check_model_dir(self.model_cfg.model)
         self.env = make_env(rl.env, **rl.env_kwargs)
         # an objective that says how it acts (next-state: a prediction is generated) has that default
-        self.act = rl.act or self.objective.act or (
-            "score" if getattr(self.env, "closed_actions", True) else "generate")
+        self.act = (
+            rl.act or self.objective.act or ("score" if getattr(self.env, "closed_actions", True) else "generate")
+        )
         self.tasks = split_tasks(self.env, rl.split, rl.tasks, self.echo)
         self.objective.setup(self)  # expert-step: the expert states (self.states); next-state: the outcome records
         self._existed = os.path.exists(cfg.output)
@@ -98,11 +98,19 @@ class RL(Trainer):
         if rl.kl_coef > 0 and not (cfg.method != "full" and not cfg.adapter):
             # A fresh LoRA adapter's reference is its base with the adapter off; otherwise a frozen copy.
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.policy = LivePolicy.over(self.model, self.tokenizer, start=rl.model, act=self.act,
-                                      max_tokens=rl.max_tokens, device=self.device)
-        settings = EvalSettings(env_name=rl.env, policy_spec=rl.model, env_kwargs=dict(rl.env_kwargs),
-                                act=self.act, max_tokens=rl.max_tokens, max_steps=rl.episode_steps,
-                                temperature=rl.temperature, seed=rl.seed)
+        self.policy = LivePolicy.over(
+            self.model, self.tokenizer, start=rl.model, act=self.act, max_tokens=rl.max_tokens, device=self.device
+        )
+        settings = EvalSettings(
+            env_name=rl.env,
+            policy_spec=rl.model,
+            env_kwargs=dict(rl.env_kwargs),
+            act=self.act,
+            max_tokens=rl.max_tokens,
+            max_steps=rl.episode_steps,
+            temperature=rl.temperature,
+            seed=rl.seed,
+        )
         self.evaluator = Evaluator(settings, env=self.env, policy=self.policy)
         self.serializer = self.evaluator.serializer.to_dict()
         self.updates_per_step = rl.ppo_epochs * rl.minibatches
@@ -111,11 +119,21 @@ class RL(Trainer):
         self.total_steps = rl.max_steps
         self.log_every = 1
         options = {k: v for k, v in rl.options().items() if k not in RESUME_FREE}
-        self.fingerprint = checkpoint.fingerprint(options, hashlib.blake2b(
-            orjson.dumps(self.objective.fingerprint_data(self)), digest_size=16).hexdigest())
-        self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
-                      "best_step": None, "fingerprint": self.fingerprint, "episodes": 0, "env_steps": 0,
-                      "actions": 0, "probe": None}
+        self.fingerprint = checkpoint.fingerprint(
+            options, hashlib.blake2b(orjson.dumps(self.objective.fingerprint_data(self)), digest_size=16).hexdigest()
+        )
+        self.state = {
+            "phase": self.phases[0][0],
+            "phase_step": 0,
+            "global_step": 0,
+            "best_val": None,
+            "best_step": None,
+            "fingerprint": self.fingerprint,
+            "episodes": 0,
+            "env_steps": 0,
+            "actions": 0,
+            "probe": None,
+        }
         self.optimizer = self.scheduler = None
         if rl.resume:
             self.load_checkpoint()
@@ -130,8 +148,10 @@ class RL(Trainer):
         if not 0 < rl.clip <= 1:
             raise UsageProblem("--clip must be in (0, 1]")
         if rl.act is not None and rl.act not in RL_ACT_MODES:
-            raise UsageProblem(f"--act {rl.act}: eexp rl acts with {' or '.join(RL_ACT_MODES)} (constrained "
-                               "sampling's probabilities are not computed; use score for a closed action space)")
+            raise UsageProblem(
+                f"--act {rl.act}: eexp rl acts with {' or '.join(RL_ACT_MODES)} (constrained "
+                "sampling's probabilities are not computed; use score for a closed action space)"
+            )
         if rl.reward not in REWARDS:
             raise UsageProblem(f"--reward {rl.reward}: choose from {', '.join(REWARDS)}")
         if self.objective is None:
@@ -141,8 +161,10 @@ class RL(Trainer):
         if rl.group_size < 2:
             raise UsageProblem("--group-size must be at least 2 (advantages are relative to the group)")
         if rl.temperature <= 0:
-            raise UsageProblem("--temperature must be above 0: RL samples from the policy (greedy episodes of one "
-                               "task are all the same)")
+            raise UsageProblem(
+                "--temperature must be above 0: RL samples from the policy (greedy episodes of one "
+                "task are all the same)"
+            )
 
     # -- train --
 
@@ -175,11 +197,18 @@ class RL(Trainer):
         stats, update_s, n_samples = self._group_update([trace for _, trace in drawn], rewards, step)
         self.policy.weights_changed()
         self.state["global_step"] = self.state["phase_step"] = step
-        row = {"step": step, "phase": objective.phase, "reward": rl.reward,
-               **objective.account(self, drawn, rewards), "samples": n_samples, **stats,
-               "lr": self.scheduler.get_last_lr()[0], "rollout_s": round(rollout_s, 3),
-               "update_s": round(update_s, 3),
-               f"{objective.unit}_per_s": round(len(drawn) / rollout_s, 3) if rollout_s > 0 else 0.0}
+        row = {
+            "step": step,
+            "phase": objective.phase,
+            "reward": rl.reward,
+            **objective.account(self, drawn, rewards),
+            "samples": n_samples,
+            **stats,
+            "lr": self.scheduler.get_last_lr()[0],
+            "rollout_s": round(rollout_s, 3),
+            "update_s": round(update_s, 3),
+            f"{objective.unit}_per_s": round(len(drawn) / rollout_s, 3) if rollout_s > 0 else 0.0,
+        }
         self._log(row)
         bar.update(1)
         bar.set_postfix(**objective.postfix(row), loss=f"{row['loss']:.4f}")
@@ -188,16 +217,22 @@ class RL(Trainer):
     @staticmethod
     def _trained(trace: list[dict], advantage: float) -> list[dict]:
         """The trace's policy calls that produced something to train on, each with the advantage."""
-        return [{**s, "advantage": advantage} for s in trace
-                if s["mode"] == "score" or (s["mode"] == "generate" and s["reply"])
-                or (s["mode"] == "think" and s["parts"])]
+        return [
+            {**s, "advantage": advantage}
+            for s in trace
+            if s["mode"] == "score" or (s["mode"] == "generate" and s["reply"]) or (s["mode"] == "think" and s["parts"])
+        ]
 
     def _logprobs(self, model, samples: list[dict]) -> list[list[tuple]]:
         """The samples' log-probabilities under bf16 autocast on a GPU. With gradient checkpointing, a pass that
         computes gradients runs in train mode (where transformers recomputes activations; dropout is off) when it is
         packed; the one-part-at-a-time path shares the prompt's KV cache, which checkpointing would switch off."""
-        checkpoint = (self.model_cfg.gradient_checkpointing and torch.is_grad_enabled() and model is self.model
-                      and packable(model))
+        checkpoint = (
+            self.model_cfg.gradient_checkpointing
+            and torch.is_grad_enabled()
+            and model is self.model
+            and packable(model)
+        )
         if checkpoint:
             model.train()
         try:
@@ -220,8 +255,8 @@ class RL(Trainer):
         rl = self.rl
         samples = []
         for g in range(0, len(traces), rl.group_size):
-            advantages = group_advantages(rewards[g:g + rl.group_size], rl.scale_rewards)
-            for trace, adv in zip(traces[g:g + rl.group_size], advantages):
+            advantages = group_advantages(rewards[g : g + rl.group_size], rl.scale_rewards)
+            for trace, adv in zip(traces[g : g + rl.group_size], advantages):
                 if abs(adv) > 1e-8:
                     samples += self._trained(trace, adv)
         t1 = time.perf_counter()
@@ -254,14 +289,18 @@ class RL(Trainer):
             random.Random(f"{rl.seed}/rl-minibatch/{step}/{epoch}").shuffle(order)
             size = math.ceil(len(order) / rl.minibatches)
             for m in range(rl.minibatches):
-                chunk = [samples[i] for i in order[m * size:(m + 1) * size]]
+                chunk = [samples[i] for i in order[m * size : (m + 1) * size]]
                 if chunk:
                     self._minibatch(chunk, totals)
                     updates += 1
                 self._schedule()
         n = max(totals["units"], 1)
-        return {"loss": round(totals["loss"] / n, 6), "kl": round(totals["kl"] / n, 6),
-                "clip_frac": round(totals["clip_frac"] / n, 4), "updates": updates}
+        return {
+            "loss": round(totals["loss"] / n, 6),
+            "kl": round(totals["kl"] / n, 6),
+            "clip_frac": round(totals["clip_frac"] / n, 4),
+            "updates": updates,
+        }
 
     def _schedule(self) -> None:
         with warnings.catch_warnings():  # a step without an update still advances the schedule: no warning
@@ -279,8 +318,9 @@ class RL(Trainer):
             for (rep, members), parts in zip(packed, self._logprobs(self.model, [rep for rep, _ in packed])):
                 for s in members:
                     logp = chosen_units(parts, s)
-                    loss, clipped = clipped_surrogate(logp, s["old"] if "old" in s else logp.detach(),
-                                                      s["advantage"], rl.clip)
+                    loss, clipped = clipped_surrogate(
+                        logp, s["old"] if "old" in s else logp.detach(), s["advantage"], rl.clip
+                    )
                     total = total + loss.sum()
                     totals["loss"] += float(loss.detach().sum())
                     totals["clip_frac"] += float(clipped.sum())
@@ -312,13 +352,25 @@ class RL(Trainer):
         for key in ("resume", "quiet"):
             rl.pop(key)
         start = self.base_hub.id if self.base_hub else os.path.abspath(self.rl.model)
-        return {**rl, "act": self.act, "lr": self.cfg.lr, "method": self.cfg.method, "serializer": self.serializer,
-                "command": "rl", "start": start, "gradient_checkpointing": self.model_cfg.gradient_checkpointing,
-                "base_model": self.base_gguf or (start if self.base_hub else os.path.abspath(self.cfg.model)),
-                "from_scratch": from_scratch(self.model_cfg.model), "eexp_version": __version__,
-                "precision": "bf16" if self.bf16 else "fp32", "probe": self.state.get("probe"),
-                "steps": self.state["global_step"], "episodes": self.state["episodes"],
-                "env_steps": self.state["env_steps"], **self.objective.config(self)}
+        return {
+            **rl,
+            "act": self.act,
+            "lr": self.cfg.lr,
+            "method": self.cfg.method,
+            "serializer": self.serializer,
+            "command": "rl",
+            "start": start,
+            "gradient_checkpointing": self.model_cfg.gradient_checkpointing,
+            "base_model": self.base_gguf or (start if self.base_hub else os.path.abspath(self.cfg.model)),
+            "from_scratch": from_scratch(self.model_cfg.model),
+            "eexp_version": __version__,
+            "precision": "bf16" if self.bf16 else "fp32",
+            "probe": self.state.get("probe"),
+            "steps": self.state["global_step"],
+            "episodes": self.state["episodes"],
+            "env_steps": self.state["env_steps"],
+            **self.objective.config(self),
+        }
 
     def finish(self) -> None:
         super().finish()

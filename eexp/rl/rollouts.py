@@ -23,12 +23,13 @@ class LivePolicy(TransformersPolicy):
     @classmethod
     def over(cls, model, tokenizer, *, start: str, act: str, max_tokens: int, device) -> "LivePolicy":
         """The policy of an RL run that started from `start` (its name and serializer settings in records)."""
-        policy = cls.from_model(model, tokenizer, spec=start, device=device, act=act, max_tokens=max_tokens,
-                                batch_size=64)
-        policy.trace = []      # what the calls since it was last emptied produced, one record a call
-        policy._calls = []     # the model passes of the current call
-        policy._encoded = {}   # messages -> token ids (bounded: ENCODE_CACHE_SIZE)
-        policy._scores = {}    # (prompt ids, candidates) -> scores, for the current weights
+        policy = cls.from_model(
+            model, tokenizer, spec=start, device=device, act=act, max_tokens=max_tokens, batch_size=64
+        )
+        policy.trace = []  # what the calls since it was last emptied produced, one record a call
+        policy._calls = []  # the model passes of the current call
+        policy._encoded = {}  # messages -> token ids (bounded: ENCODE_CACHE_SIZE)
+        policy._scores = {}  # (prompt ids, candidates) -> scores, for the current weights
         return policy
 
     def weights_changed(self) -> None:
@@ -65,19 +66,30 @@ class LivePolicy(TransformersPolicy):
 
     def _run_generate(self, ids, *, seed, temperature, top_p, max_tokens, allowed=None):
         torch = self.torch
-        kwargs = dict(max_new_tokens=max_tokens, eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id,
-                      do_sample=temperature > 0, repetition_penalty=1.0, use_cache=True,
-                      **{self._cache_arg: self._prefix_cache(ids)})
+        kwargs = dict(
+            max_new_tokens=max_tokens,
+            eos_token_id=self.stop_ids or None,
+            pad_token_id=self.pad_id,
+            do_sample=temperature > 0,
+            repetition_penalty=1.0,
+            use_cache=True,
+            **{self._cache_arg: self._prefix_cache(ids)},
+        )
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [],
-                                   device_type=self.device.type), torch.no_grad():
+        with (
+            torch.random.fork_rng(
+                devices=[self.device] if self.device.type == "cuda" else [], device_type=self.device.type
+            ),
+            torch.no_grad(),
+        ):
             torch.manual_seed(seed)
-            out = self.model.generate(input_ids=self._tensor([ids]),
-                                      attention_mask=self._tensor([[1] * len(ids)]), **kwargs)
-        new = out[0, len(ids):].tolist()
+            out = self.model.generate(
+                input_ids=self._tensor([ids]), attention_mask=self._tensor([[1] * len(ids)]), **kwargs
+            )
+        new = out[0, len(ids) :].tolist()
         finish = "stop" if new and self.is_stop(new[-1]) else "length"
         self._calls.append({"mode": "generate", "ids": list(ids), "reply": new})
         return self.tokenizer.decode(new, skip_special_tokens=True), finish
@@ -86,16 +98,17 @@ class LivePolicy(TransformersPolicy):
         """One action (RL asks for one seed at a time), and a trace record of the tokens it produced."""
         self._calls = []
         mode = self.mode_for(admissible, context)
-        replies = super().sample(messages, admissible=admissible, seeds=seeds, temperature=temperature,
-                                 context=context)
+        replies = super().sample(messages, admissible=admissible, seeds=seeds, temperature=temperature, context=context)
         calls, reply = self._calls, replies[0]
         if mode == "think":
             first = calls[0]
             if calls[-1]["mode"] == "score":
                 # closed: the thought is the sampled tokens before the reply's `Action:` line (all of them when
                 # it never got there); the decision is then taken over the admissible replies after it
-                parts = [{**first, "reply": self._before_action(first["reply"])},
-                         {**calls[-1], "chosen": admissible.index(reply.action)}]
+                parts = [
+                    {**first, "reply": self._before_action(first["reply"])},
+                    {**calls[-1], "chosen": admissible.index(reply.action)},
+                ]
             else:  # open: every sampled token (thought and action line), and the action generated after it
                 parts = calls
             record = {"mode": "think", "parts": [p for p in parts if p["mode"] == "score" or p["reply"]]}
@@ -114,12 +127,9 @@ class LivePolicy(TransformersPolicy):
         if not found:
             return reply
         j = 0
-        while j < len(reply) and len(self.tokenizer.decode(reply[:j + 1], skip_special_tokens=True)) \
-                <= found.start():
+        while j < len(reply) and len(self.tokenizer.decode(reply[: j + 1], skip_special_tokens=True)) <= found.start():
             j += 1
         return reply[:j]
-
-
 
 
 def group_advantages(rewards: list[float | None], scale: bool) -> list[float]:
@@ -184,7 +194,7 @@ class Episodes:
     OPTIONS = ()
     phase = "rl"
     unit = "episodes"
-    act = None   # the environment's: score where its action set is closed, else generate
+    act = None  # the environment's: score where its action set is closed, else generate
 
     def check(self, rl) -> None:
         """Nothing beyond the recipe's own checks."""
@@ -213,9 +223,11 @@ class Episodes:
             if run.state["global_step"] == 0:
                 run._discard_output()
             reason = failed[0].get("meta", {}).get("error", "no reason recorded")
-            raise EnvError(f"{run.state['env_errors']} of {total} episodes on {run.rl.env} failed in the "
-                           f"environment, more than the {100 * MAX_FAILED_SHARE:g}% a run may lose; the first of "
-                           f"this step: {reason}. Fix the environment and rerun")
+            raise EnvError(
+                f"{run.state['env_errors']} of {total} episodes on {run.rl.env} failed in the "
+                f"environment, more than the {100 * MAX_FAILED_SHARE:g}% a run may lose; the first of "
+                f"this step: {reason}. Fix the environment and rerun"
+            )
 
     def probe(self, run, episodes: list) -> None:
         """The first rollout batch: recorded; refused when no episode succeeded (unless --allow-zero-start), OUT
@@ -224,14 +236,21 @@ class Episodes:
             return
         rl = run.rl
         successes = sum(bool(e["success"]) for e, _ in episodes)
-        run.state["probe"] = {"episodes": len(episodes), "successes": successes,
-                              "success_rate": round(successes / len(episodes), 4)}
-        run.echo(f"probe (the first rollout batch, sampled at temperature {rl.temperature}): {successes} of "
-                 f"{len(episodes)} episodes succeeded")
+        run.state["probe"] = {
+            "episodes": len(episodes),
+            "successes": successes,
+            "success_rate": round(successes / len(episodes), 4),
+        }
+        run.echo(
+            f"probe (the first rollout batch, sampled at temperature {rl.temperature}): {successes} of "
+            f"{len(episodes)} episodes succeeded"
+        )
         if successes == 0 and not rl.allow_zero_start:
             run._discard_output()
-            raise TrainingError(f"{rl.model}: 0 of {len(episodes)} sampled episodes on {rl.env} "
-                                f"{rl.split} succeeded. {ZERO_START_ADVICE}")
+            raise TrainingError(
+                f"{rl.model}: 0 of {len(episodes)} sampled episodes on {rl.env} "
+                f"{rl.split} succeeded. {ZERO_START_ADVICE}"
+            )
 
     def rewards(self, run, episodes: list) -> list[float | None]:
         return [None if e["stop_reason"] == "error" else episode_reward(e, run.rl.reward) for e, _ in episodes]
@@ -243,10 +262,14 @@ class Episodes:
         scored = [r for r in rewards if r is not None]
         run.state["episodes"] += len(episodes)
         run.state["env_steps"] += env_steps
-        return {"episodes": run.state["episodes"], "success_rate": round(successes / len(episodes), 4),
-                "mean_reward": round(sum(scored) / len(scored), 6) if scored else 0.0,
-                "mean_score": round(sum(float(e["score"]) for e, _ in episodes) / len(episodes), 6),
-                "env_steps": env_steps, "env_errors": len(episodes) - len(scored)}
+        return {
+            "episodes": run.state["episodes"],
+            "success_rate": round(successes / len(episodes), 4),
+            "mean_reward": round(sum(scored) / len(scored), 6) if scored else 0.0,
+            "mean_score": round(sum(float(e["score"]) for e, _ in episodes) / len(episodes), 6),
+            "env_steps": env_steps,
+            "env_errors": len(episodes) - len(scored),
+        }
 
     @staticmethod
     def postfix(row: dict) -> dict:

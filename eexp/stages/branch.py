@@ -68,11 +68,23 @@ class Brancher(Stage):
     the one-time stderr notes.
     """
 
-    def __init__(self, propose: str, k: int, *, policy: Policy | None = None, seed: int = 0,
-                 temperature: float = 1.0, serializer: Serializer | None = None, steps: set[int] | None = None,
-                 max_steps: int | None = None, count: Callable[[str, int], None] | None = None,
-                 note: Callable[[str], None] | None = None, env_factory: Callable[..., Env] = make_idle_env,
-                 policy_settings: dict | None = None, concurrency: int = 1):
+    def __init__(
+        self,
+        propose: str,
+        k: int,
+        *,
+        policy: Policy | None = None,
+        seed: int = 0,
+        temperature: float = 1.0,
+        serializer: Serializer | None = None,
+        steps: set[int] | None = None,
+        max_steps: int | None = None,
+        count: Callable[[str, int], None] | None = None,
+        note: Callable[[str], None] | None = None,
+        env_factory: Callable[..., Env] = make_idle_env,
+        policy_settings: dict | None = None,
+        concurrency: int = 1,
+    ):
         if propose not in PROPOSE_MODES:
             raise ValueError(f"propose must be one of {', '.join(PROPOSE_MODES)}, got {propose!r}")
         if propose != "admissible" and policy is None:
@@ -85,10 +97,14 @@ class Brancher(Stage):
         self.note = note or (lambda msg: None)
         self._pool = EnvPool(env_factory)
         self._noted: set[str] = set()
-        self._calls = InOrder(concurrency, name="eexp-branch")   # the policy's samples, up to N states at once
+        self._calls = InOrder(concurrency, name="eexp-branch")  # the policy's samples, up to N states at once
         # What every record's meta says about how it was made (the time is added per record).
-        self.meta_fields: dict[str, Any] = {"propose": propose, "k": k, "seed": seed,
-                                            "serializer": self.serializer.to_dict()}
+        self.meta_fields: dict[str, Any] = {
+            "propose": propose,
+            "k": k,
+            "seed": seed,
+            "serializer": self.serializer.to_dict(),
+        }
         if policy is not None:
             self.meta_fields.update(policy.describe())
             self.meta_fields.update(temperature=temperature, **(policy_settings or {}))
@@ -102,17 +118,21 @@ class Brancher(Stage):
         name = env_record["name"]
         try:
             return self._pool.get(env_record)
-        except Exception as e:   # not installed, or cannot start: every record of it would fail alike
+        except Exception as e:  # not installed, or cannot start: every record of it would fail alike
             try:
                 env_class(name)
                 installed = True
             except Exception:
                 installed = False
-            if installed:   # the package is there: what went wrong is the environment's to say, not an install's
-                raise RecordError(f"environment {name!r} cannot be made here ({type(e).__name__}: {e}); branch "
-                                  f"needs it to canonicalize actions") from None
-            raise RecordError(f"environment {name!r} is not available here ({type(e).__name__}: {e}); branch needs "
-                              f"it to canonicalize actions. {INSTALL_HINT}") from None
+            if installed:  # the package is there: what went wrong is the environment's to say, not an install's
+                raise RecordError(
+                    f"environment {name!r} cannot be made here ({type(e).__name__}: {e}); branch "
+                    f"needs it to canonicalize actions"
+                ) from None
+            raise RecordError(
+                f"environment {name!r} is not available here ({type(e).__name__}: {e}); branch needs "
+                f"it to canonicalize actions. {INSTALL_HINT}"
+            ) from None
 
     def close(self) -> None:
         self._calls.close()
@@ -135,8 +155,11 @@ class Brancher(Stage):
         if not steps:
             raise RecordError("steps: empty, no state to branch from")
         chosen = set(self.chosen_steps(len(steps)))
-        env_record = {"name": trajectory["env"]["name"], "version": trajectory["env"]["version"],
-                      "kwargs": trajectory["env"].get("kwargs") or {}}
+        env_record = {
+            "name": trajectory["env"]["name"],
+            "version": trajectory["env"]["version"],
+            "kwargs": trajectory["env"].get("kwargs") or {},
+        }
         # a trajectory dreamed by a world model (eexp.envs.dream): its branch records say so, as it does
         meta = trajectory.get("meta") or {}
         dreamed = {META_KEY: meta[META_KEY]} if META_KEY in meta else {}
@@ -155,14 +178,17 @@ class Brancher(Stage):
                 "state": state,
                 "expert": {"action": expert},
                 "alternatives": [],
-                "meta": make_meta("branch", env=env_record["name"], env_version=env_record["version"],
-                                  **self.meta_fields, **dreamed),
+                "meta": make_meta(
+                    "branch", env=env_record["name"], env_version=env_record["version"], **self.meta_fields, **dreamed
+                ),
             }
             # What can fail for the record (an environment that is not there) fails here, at its own input line.
-            env = self.env_for(env_record) if self.k and (self.propose != "admissible" or state.get("admissible")) \
+            env = (
+                self.env_for(env_record)
+                if self.k and (self.propose != "admissible" or state.get("admissible"))
                 else None
-            self._calls.submit(self._proposals(record_id, state, env, trajectory["task"], step),
-                               tag=(record, env))
+            )
+            self._calls.submit(self._proposals(record_id, state, env, trajectory["task"], step), tag=(record, env))
         yield from self._collect()
 
     def finish(self) -> Iterator[dict]:
@@ -170,8 +196,9 @@ class Brancher(Stage):
 
     def _collect(self, block: bool = False) -> Iterator[dict]:
         for (record, env), replies in self._calls.ready(block):
-            record["alternatives"] = self._choose(record["id"], record["state"], record["expert"]["action"],
-                                                  env, replies)
+            record["alternatives"] = self._choose(
+                record["id"], record["state"], record["expert"]["action"], env, replies
+            )
             yield record
 
     def _policy_share(self, admissible: list[str] | None) -> int:
@@ -179,8 +206,7 @@ class Brancher(Stage):
             return 0
         return math.ceil(self.k / 2) if self.propose == "mixed" and admissible else self.k
 
-    def _proposals(self, record_id: str, state: dict, env: Env | None, task: dict,
-                   step: int) -> Callable[[], list]:
+    def _proposals(self, record_id: str, state: dict, env: Env | None, task: dict, step: int) -> Callable[[], list]:
         """The slow part, as a call that may run in another thread: the policy's samples at this state, one per
         seed, issued together so a backend evaluates the prompt once (a server gets them side by side)."""
         n_policy = self._policy_share(state.get("admissible")) if self.k else 0
@@ -189,8 +215,9 @@ class Brancher(Stage):
         seeds = [derive_seed(self.seed, record_id, j) for j in range(n_policy)]
         messages = self.serializer.policy_messages(state)
         context = {"env": env, "task": task, "step": step}
-        return lambda: self.policy.sample(messages, admissible=state.get("admissible"), seeds=seeds,
-                                          temperature=self.temperature, context=context)
+        return lambda: self.policy.sample(
+            messages, admissible=state.get("admissible"), seeds=seeds, temperature=self.temperature, context=context
+        )
 
     def _choose(self, record_id: str, state: dict, expert: str, env: Env | None, replies: list) -> list[dict]:
         """The alternatives from the policy's replies, topped up from the admissible list."""
@@ -200,8 +227,11 @@ class Brancher(Stage):
         if self.propose == "admissible" and not admissible:
             # Nothing to draw from: the record still exists (every step gets one), with no alternatives.
             self.count("no_admissible", 1)
-            self._note_once("no_admissible", "eexp: some states list no admissible actions, so --propose "
-                            "admissible gives them no alternatives (use --policy to propose with a model)")
+            self._note_once(
+                "no_admissible",
+                "eexp: some states list no admissible actions, so --propose "
+                "admissible gives them no alternatives (use --policy to propose with a model)",
+            )
             return []
         canonical = env.canonicalize
         taken = {canonical(expert)}
@@ -213,8 +243,14 @@ class Brancher(Stage):
                 return False
             taken.add(key)
             # a thinking model's thought before the action (--act think, or a `Thought:` in a generated reply)
-            chosen.append({"action": action, "source": source, **({"seed": seed} if seed else {}),
-                           **({"thought": thought} if thought else {})})
+            chosen.append(
+                {
+                    "action": action,
+                    "source": source,
+                    **({"seed": seed} if seed else {}),
+                    **({"thought": thought} if thought else {}),
+                }
+            )
             return True
 
         # 1. The policy's share (its samples, made by _proposals).
@@ -242,11 +278,14 @@ class Brancher(Stage):
             picked = rng.sample(pool, min(want, len(pool))) if want > 0 else []
             for a in picked:
                 add(a, "admissible")
-            planned = self.k - n_policy   # the admissible share by design (mixed, admissible)
+            planned = self.k - n_policy  # the admissible share by design (mixed, admissible)
             if len(picked) > planned:
                 self.count("topped_up", len(picked) - planned)
         if len(chosen) < self.k:
             self.count("short_of_k", 1)
-            self._note_once("short_of_k", f"eexp: some states have fewer than K={self.k} distinct alternatives "
-                            "besides the expert action; all there were are taken (count: short_of_k in --stats)")
+            self._note_once(
+                "short_of_k",
+                f"eexp: some states have fewer than K={self.k} distinct alternatives "
+                "besides the expert action; all there were are taken (count: short_of_k in --stats)",
+            )
         return chosen

@@ -53,8 +53,7 @@ def random_walk(env: Env, task: dict, rng: random.Random, max_steps: int) -> Ite
             return
 
 
-def corpus_pages(env: Env, splits: list[str], walks: int, holdout: int, max_steps: int, seed: int
-                 ) -> Iterator[dict]:
+def corpus_pages(env: Env, splits: list[str], walks: int, holdout: int, max_steps: int, seed: int) -> Iterator[dict]:
     """One record per distinct page, in the order the walks first see them (same arguments, same records)."""
     seen: set[str] = set()
     settings = {"splits": splits, "walks": walks, "holdout": holdout, "max_steps": max_steps, "seed": seed}
@@ -65,6 +64,9 @@ def corpus_pages(env: Env, splits: list[str], walks: int, holdout: int, max_step
             if digest in seen:
                 continue
             seen.add(digest)
-            yield {"id": f"page:{env.name}:{digest}", "env": env.name, "observation": observation,
-                   "meta": make_meta("corpus", env_version=str(env.version), split=task.get("split", ""),
-                                     **settings)}
+            yield {
+                "id": f"page:{env.name}:{digest}",
+                "env": env.name,
+                "observation": observation,
+                "meta": make_meta("corpus", env_version=str(env.version), split=task.get("split", ""), **settings),
+            }

@@ -44,7 +44,7 @@ class Candidates:
 
     state: dict
     expert: str
-    alternatives: list[tuple[int, dict, str]]   # (j, alternative, reason)
+    alternatives: list[tuple[int, dict, str]]  # (j, alternative, reason)
 
     @property
     def actions(self) -> list[str]:
@@ -86,8 +86,9 @@ def candidates(outcome: dict, rejected: str = "all", count=lambda name, n=1: Non
     return Candidates(state, expert["action"], taken)
 
 
-def critic_examples(outcome: dict, serializer: Serializer, rejected: str = "all", balance: bool = True,
-                    count=lambda name, n=1: None) -> Iterator[dict]:
+def critic_examples(
+    outcome: dict, serializer: Serializer, rejected: str = "all", balance: bool = True, count=lambda name, n=1: None
+) -> Iterator[dict]:
     """The critic examples of one outcome record: the expert's (`Yes`) first, then one `No` per alternative that
     `rejected` takes, in the outcome's order (see the module)."""
     found = candidates(outcome, rejected, count)
@@ -95,14 +96,23 @@ def critic_examples(outcome: dict, serializer: Serializer, rejected: str = "all"
         return
     rendered = serializer.render_state(found.state)
     source_id = outcome["id"]
-    base = dict(stage="critic-data", kind="critic", env=outcome["env"]["name"], env_version=outcome["env"]["version"],
-                task_id=outcome["task"]["id"], trajectory_id=outcome["trajectory_id"], step=outcome["step"],
-                serializer=serializer.json)
+    base = dict(
+        stage="critic-data",
+        kind="critic",
+        env=outcome["env"]["name"],
+        env_version=outcome["env"]["version"],
+        task_id=outcome["task"]["id"],
+        trajectory_id=outcome["trajectory_id"],
+        step=outcome["step"],
+        serializer=serializer.json,
+    )
     n_no = len(found.alternatives)
     weight = n_no if balance else 1
     rows = [("expert", -1, found.expert, "expert", 0, "expert", YES, weight)]
-    rows += [(str(j), j, alt["action"], alt.get("source", ""), alt.get("seed") or 0, why, NO, 1)
-             for j, alt, why in found.alternatives]
+    rows += [
+        (str(j), j, alt["action"], alt.get("source", ""), alt.get("seed") or 0, why, NO, 1)
+        for j, alt, why in found.alternatives
+    ]
     count("states")
     count("yes")
     count("no", n_no)
@@ -153,15 +163,24 @@ def critic_accuracy(scored: Iterable[tuple[float, list[float]]]) -> dict:
         return round(a / b, 4) if b else None
 
     expert_acc, alt_acc = share(expert_right, states), share(alt_right, alternatives)
-    return {"states": states, "examples": examples, "top1": share(top1, states), "chance_top1": share(chance, states),
-            "pair_accuracy": share(pairs_right, pairs), "accuracy": share(expert_right + alt_right, examples),
-            "expert_accuracy": expert_acc, "alternative_accuracy": alt_acc,
-            "balanced_accuracy": round((expert_acc + alt_acc) / 2, 4) if states else None,
-            "mean_expert_score": share(expert_sum, states), "mean_alternative_score": share(alt_sum, alternatives)}
+    return {
+        "states": states,
+        "examples": examples,
+        "top1": share(top1, states),
+        "chance_top1": share(chance, states),
+        "pair_accuracy": share(pairs_right, pairs),
+        "accuracy": share(expert_right + alt_right, examples),
+        "expert_accuracy": expert_acc,
+        "alternative_accuracy": alt_acc,
+        "balanced_accuracy": round((expert_acc + alt_acc) / 2, 4) if states else None,
+        "mean_expert_score": share(expert_sum, states),
+        "mean_alternative_score": share(alt_sum, alternatives),
+    }
 
 
-def score_states(critic, outcomes: Iterable[dict], rejected: str = "all",
-                 count=lambda name, n=1: None) -> Iterator[tuple[float, list[float]]]:
+def score_states(
+    critic, outcomes: Iterable[dict], rejected: str = "all", count=lambda name, n=1: None
+) -> Iterator[tuple[float, list[float]]]:
     """(the expert's score, the alternatives' scores) at every state of `outcomes` that gives candidates, scored by
     `critic` (an eexp.policies.critic.Critic): what critic_accuracy reads. The candidates are critic-data's for the
     same `rejected`, so a critic is measured on the kind of examples it was trained on."""

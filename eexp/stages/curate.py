@@ -71,8 +71,9 @@ def pool_features(trajectories: list[dict], min_share: float) -> tuple[list[set[
     return feats, Counter({f: df[f] for f in keep})
 
 
-def choose(trajectories: list[dict], n: int, *, by: str = "coverage", seed: int = 0,
-           min_share: float = 0.01) -> list[tuple[int, float, list[str]]]:
+def choose(
+    trajectories: list[dict], n: int, *, by: str = "coverage", seed: int = 0, min_share: float = 0.01
+) -> list[tuple[int, float, list[str]]]:
     """[(index into trajectories, gain, new features)] of the n chosen, in pick order."""
     if by not in CURATE_BY:
         raise ValueError(f"by must be one of {', '.join(CURATE_BY)}, got {by!r}")
@@ -84,11 +85,11 @@ def choose(trajectories: list[dict], n: int, *, by: str = "coverage", seed: int 
     feats, df = pool_features(trajectories, min_share)
     weight = {f: 1.0 / k for f, k in df.items()}
     covered: set[str] = set()
-    left = order[:]               # in shuffled order: max() keeps the first of equal gains
+    left = order[:]  # in shuffled order: max() keeps the first of equal gains
     picks = []
     while len(picks) < n:
         if all(not (feats[i] - covered) for i in left):
-            covered = set()       # everything the rest has is covered: start a second round of coverage
+            covered = set()  # everything the rest has is covered: start a second round of coverage
         # summed in sorted order: a set's order changes with PYTHONHASHSEED, and a float sum with its order, which
         # would let equal gains differ in the last bit and skip the seeded tie-break
         gains = {i: math.fsum(weight[f] for f in sorted(feats[i] - covered)) for i in left}

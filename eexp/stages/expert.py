@@ -18,13 +18,19 @@ def trajectory_id(env: Env, task: dict) -> str:
     return f"{env.name}:{task['id']}{suffix}"
 
 
-def expert_trajectory(env: Env, task: dict, seed: int = 0, timeout: float | None = None,
-                      include_admissible: bool = True) -> dict:
+def expert_trajectory(
+    env: Env, task: dict, seed: int = 0, timeout: float | None = None, include_admissible: bool = True
+) -> dict:
     """Run the oracle's actions on a fresh episode. An environment failure (exception, timeout) is recorded as
     `error` on the trajectory, with the steps done so far, and success false."""
-    record = {"id": trajectory_id(env, task), "env": env.env_record(),
-              "task": {k: task[k] for k in ("id", "split", "goal", "category", "game_seed") if k in task},
-              "steps": [], "final_observation": "", "success": False}
+    record = {
+        "id": trajectory_id(env, task),
+        "env": env.env_record(),
+        "task": {k: task[k] for k in ("id", "split", "goal", "category", "game_seed") if k in task},
+        "steps": [],
+        "final_observation": "",
+        "success": False,
+    }
     error = None
     try:
         actions = guarded(lambda: env.expert(task), "expert", timeout)
@@ -45,8 +51,16 @@ def expert_trajectory(env: Env, task: dict, seed: int = 0, timeout: float | None
         error = str(e)
     if error is not None:
         record["error"] = error
-    record["meta"] = make_meta("expert", env=env.name, env_version=env.version, env_kwargs=dict(env.kwargs),
-                               split=task["split"], seed=seed, policy="oracle", **record_meta(env))
+    record["meta"] = make_meta(
+        "expert",
+        env=env.name,
+        env_version=env.version,
+        env_kwargs=dict(env.kwargs),
+        split=task["split"],
+        seed=seed,
+        policy="oracle",
+        **record_meta(env),
+    )
     return record
 
 
@@ -56,15 +70,22 @@ class Oracle:
     then closed and a fresh one made, since after a failure inside one of its calls an instance is never used again
     (DESIGN.md). The expert stage's own one, and the state of each of its workers (-j N, --ray)."""
 
-    def __init__(self, env_name: str, env_args: dict | None = None, seed: int = 0, timeout: float | None = None,
-                 include_admissible: bool = True):
+    def __init__(
+        self,
+        env_name: str,
+        env_args: dict | None = None,
+        seed: int = 0,
+        timeout: float | None = None,
+        include_admissible: bool = True,
+    ):
         self.env_name, self.env_args = env_name, dict(env_args or {})
         self.seed, self.timeout, self.include_admissible = seed, timeout, include_admissible
         self.env = make_env(env_name, **self.env_args)
 
     def __call__(self, task: dict) -> dict:
-        record = expert_trajectory(self.env, task, seed=self.seed, timeout=self.timeout,
-                                   include_admissible=self.include_admissible)
+        record = expert_trajectory(
+            self.env, task, seed=self.seed, timeout=self.timeout, include_admissible=self.include_admissible
+        )
         if "error" in record:
             self._replace()
         return record
@@ -87,7 +108,7 @@ def _worker_trajectory(oracle: Oracle, task: dict) -> dict:
 
 
 def _worker_cleanup(oracle: Oracle) -> None:
-    oracle.close()   # the environment, and with it its own processes (a JVM, a planner)
+    oracle.close()  # the environment, and with it its own processes (a JVM, a planner)
 
 
 class Expert(Stage):
@@ -100,17 +121,30 @@ class Expert(Stage):
 
     NOTED = 5
 
-    def __init__(self, env_name: str, env_args: dict | None = None, *, seed: int = 0, timeout: float | None = None,
-                 include_admissible: bool = True, count: Callable[..., None] = lambda name, n=1: None,
-                 note: Callable[[str], None] = lambda message: None, jobs: int = 1, cluster=None):
+    def __init__(
+        self,
+        env_name: str,
+        env_args: dict | None = None,
+        *,
+        seed: int = 0,
+        timeout: float | None = None,
+        include_admissible: bool = True,
+        count: Callable[..., None] = lambda name, n=1: None,
+        note: Callable[[str], None] = lambda message: None,
+        jobs: int = 1,
+        cluster=None,
+    ):
         self.count, self.note = count, note
         self.oracle = Oracle(env_name, env_args, seed, timeout, include_admissible)
         self.unsuccessful = self.errors = 0
         count("unsuccessful", 0)
         count("errors", 0)
         # the workers start with `start_workers` (run_expert: once the tasks are known), else with the first task
-        self._pool_spec = (jobs, Oracle, (env_name, env_args, seed, timeout, include_admissible), _worker_cleanup,
-                           cluster) if jobs > 1 or cluster is not None else None
+        self._pool_spec = (
+            (jobs, Oracle, (env_name, env_args, seed, timeout, include_admissible), _worker_cleanup, cluster)
+            if jobs > 1 or cluster is not None
+            else None
+        )
         self._workers: WorkerPool | None = None
 
     @property
@@ -162,28 +196,52 @@ class Expert(Stage):
             self.oracle.close()
 
 
-def run_expert(io: StageIO, env_name: str, env_args: dict | None = None, *, split: str = "train",
-               n: int | None = None, seed: int = 0, task_ids: list[str] | tuple[str, ...] = (),
-               timeout: float | None = None, include_admissible: bool = True,
-               note: Callable[[str], None] = lambda message: None, jobs: int = 1, cluster=None) -> None:
+def run_expert(
+    io: StageIO,
+    env_name: str,
+    env_args: dict | None = None,
+    *,
+    split: str = "train",
+    n: int | None = None,
+    seed: int = 0,
+    task_ids: list[str] | tuple[str, ...] = (),
+    timeout: float | None = None,
+    include_admissible: bool = True,
+    note: Callable[[str], None] = lambda message: None,
+    jobs: int = 1,
+    cluster=None,
+) -> None:
     """Write the expert trajectories of the tasks `pick_tasks` chooses (those of io's --shard) to io's output
-    (--resume skips the tasks already there), and say how many did not succeed. `jobs` worker processes, or the workers of `cluster`
+    (--resume skips the tasks already there), and say how many did not succeed. `jobs` worker processes, or the workers
+    of `cluster`
     (--ray), run the tasks; the records are those of a serial run, in the same order. More than MAX_FAILED_SHARE of
     the trajectories with an environment error is an EnvError (exit 1) once they are all written."""
-    stage = Expert(env_name, env_args, seed=seed, timeout=timeout, include_admissible=include_admissible,
-                   count=io.count, note=note, jobs=jobs, cluster=cluster)
+    stage = Expert(
+        env_name,
+        env_args,
+        seed=seed,
+        timeout=timeout,
+        include_admissible=include_admissible,
+        count=io.count,
+        note=note,
+        jobs=jobs,
+        cluster=cluster,
+    )
     try:
         tasks = pick_tasks(stage.env, split, n, seed, task_ids)
-        stage.start_workers()   # a cluster that cannot be reached is said before the output is opened
+        stage.start_workers()  # a cluster that cannot be reached is said before the output is opened
     except BaseException:
         stage.close()
         raise
-    io.run_source(stage, tasks, key=stage.trajectory_id, shard_key=lambda task: task["id"], output_kind="trajectory",
-                  unit="task")
+    io.run_source(
+        stage, tasks, key=stage.trajectory_id, shard_key=lambda task: task["id"], output_kind="trajectory", unit="task"
+    )
     if stage.unsuccessful or stage.errors:
         # an environment error is a trajectory that did not succeed too (success: false): counted once, and said
-        note(f"eexp: {stage.unsuccessful + stage.errors} of {io.stats.records_out} expert trajectories did not "
-             f"succeed" + (f" ({stage.errors} had an environment error)" if stage.errors else ""))
+        note(
+            f"eexp: {stage.unsuccessful + stage.errors} of {io.stats.records_out} expert trajectories did not "
+            f"succeed" + (f" ({stage.errors} had an environment error)" if stage.errors else "")
+        )
     problem = environment_failures(stage.errors, io.stats.records_out, "expert trajectories")
     if problem:
         raise problem

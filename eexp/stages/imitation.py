@@ -22,9 +22,15 @@ from eexp.runner import RecordError
 OBSERVATION_PROMPT = "What does the environment show after this action? Answer `Observation: <observation>`."
 
 
-def imitation_examples(trajectory: dict, serializer: Serializer, include_failed: bool = False,
-                       count=lambda name: None, *, observation_loss: bool = False,
-                       observation_weight: float = 1.0) -> Iterator[dict]:
+def imitation_examples(
+    trajectory: dict,
+    serializer: Serializer,
+    include_failed: bool = False,
+    count=lambda name: None,
+    *,
+    observation_loss: bool = False,
+    observation_weight: float = 1.0,
+) -> Iterator[dict]:
     """Yields nothing for an unsuccessful trajectory unless include_failed (imitating failures teaches them).
 
     `observation_loss`: every example also trains on the next observation (clipped like the current observation of
@@ -39,10 +45,13 @@ def imitation_examples(trajectory: dict, serializer: Serializer, include_failed:
     for step, state, action in trajectory_states(trajectory):
         messages = serializer.policy_messages(state) + [{"role": "assistant", "content": format_action(action)}]
         if observation_loss:
-            next_observation = steps[step + 1]["observation"] if step + 1 < len(steps) else \
-                trajectory["final_observation"]
-            target = {"role": "assistant",
-                      "content": format_observation(next_observation, serializer.max_observation_chars)}
+            next_observation = (
+                steps[step + 1]["observation"] if step + 1 < len(steps) else trajectory["final_observation"]
+            )
+            target = {
+                "role": "assistant",
+                "content": format_observation(next_observation, serializer.max_observation_chars),
+            }
             if observation_weight != 1:
                 target["weight"] = observation_weight
             messages += [{"role": "user", "content": OBSERVATION_PROMPT}, target]
@@ -50,9 +59,17 @@ def imitation_examples(trajectory: dict, serializer: Serializer, include_failed:
             "id": f"{'ilobs' if observation_loss else 'il'}:{trajectory['id']}#{step}",
             "source_id": trajectory["id"],
             "messages": messages,
-            "meta": example_meta(stage="imitation-data", kind="il-obs" if observation_loss else "il",
-                                 env=trajectory["env"]["name"], env_version=trajectory["env"]["version"],
-                                 task_id=trajectory["task"]["id"], trajectory_id=trajectory["id"], step=step,
-                                 action=action, action_source="expert", serializer=serializer.to_json(),
-                                 extra=extra),
+            "meta": example_meta(
+                stage="imitation-data",
+                kind="il-obs" if observation_loss else "il",
+                env=trajectory["env"]["name"],
+                env_version=trajectory["env"]["version"],
+                task_id=trajectory["task"]["id"],
+                trajectory_id=trajectory["id"],
+                step=step,
+                action=action,
+                action_source="expert",
+                serializer=serializer.to_json(),
+                extra=extra,
+            ),
         }

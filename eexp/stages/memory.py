@@ -16,20 +16,23 @@ from eexp.prompts import clip
 from eexp.stages.reflect.filters import judge
 from eexp.stages.reflect.text import content_words
 
-DIAGNOSIS_MAX_TOKENS = 160     # a short note: two or three sentences
+DIAGNOSIS_MAX_TOKENS = 160  # a short note: two or three sentences
 DIAGNOSIS_MAX_WORDS = 90
 DIAGNOSIS_MIN_WORDS = 5
-STEP_CHARS = 300               # each observation shown to the diagnosis, clipped
+STEP_CHARS = 300  # each observation shown to the diagnosis, clipped
 # the last steps shown to the diagnosis: a failed attempt often runs to the step limit (textworld 50, scienceworld
 # 100), and at up to 300 characters of observation a step every step would make a prompt of several thousand tokens,
 # which the local backends' fitting cannot shorten (it knows the sections of a rendered state, not these) and so
 # cuts to its last tokens, system prompt and task first; the end of an attempt is where it went wrong or ran out
 DIAGNOSIS_STEPS = 10
 
-DIAGNOSIS_SYSTEM = ("You review a failed attempt at a task and write a short note that will help the next attempt "
-                    "at the same task.")
-DIAGNOSIS_ASK = ("The attempt failed: the task was not completed. In two or three sentences, say what went wrong "
-                 "and what to do differently next time. Write only the note.")
+DIAGNOSIS_SYSTEM = (
+    "You review a failed attempt at a task and write a short note that will help the next attempt at the same task."
+)
+DIAGNOSIS_ASK = (
+    "The attempt failed: the task was not completed. In two or three sentences, say what went wrong "
+    "and what to do differently next time. Write only the note."
+)
 MEMORY_HEADER = "Notes from your earlier attempts at this task (each one failed):"
 
 
@@ -47,19 +50,35 @@ def diagnosis_messages(goal: str, actions: list[str], observations: list[str]) -
     return [{"role": "system", "content": DIAGNOSIS_SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
-def diagnose(policy: Policy, goal: str, actions: list[str], observations: list[str], *, seed: int,
-             temperature: float) -> dict:
+def diagnose(
+    policy: Policy, goal: str, actions: list[str], observations: list[str], *, seed: int, temperature: float
+) -> dict:
     """{"text", "kept", "reason"}: the policy's diagnosis of a failed attempt, judged by reflect's filters."""
-    reply = policy.generate(diagnosis_messages(goal, actions, observations), seed=seed, temperature=temperature,
-                            max_tokens=DIAGNOSIS_MAX_TOKENS)
-    verdict = judge(reply.text or "", reply.finish_reason or "stop", expert="", alternatives=[], new_words=set(),
-                    max_words=DIAGNOSIS_MAX_WORDS, min_words=DIAGNOSIS_MIN_WORDS,
-                    topic=set(content_words(goal)) | {w for a in actions for w in content_words(a)})
+    reply = policy.generate(
+        diagnosis_messages(goal, actions, observations),
+        seed=seed,
+        temperature=temperature,
+        max_tokens=DIAGNOSIS_MAX_TOKENS,
+    )
+    verdict = judge(
+        reply.text or "",
+        reply.finish_reason or "stop",
+        expert="",
+        alternatives=[],
+        new_words=set(),
+        max_words=DIAGNOSIS_MAX_WORDS,
+        min_words=DIAGNOSIS_MIN_WORDS,
+        topic=set(content_words(goal)) | {w for a in actions for w in content_words(a)},
+    )
     reason = verdict.reason
-    if reason == "different_action":   # a diagnosis that ends on an `Action:` line is acting, not diagnosing
+    if reason == "different_action":  # a diagnosis that ends on an `Action:` line is acting, not diagnosing
         reason = "action_line"
-    return {"text": verdict.text, "kept": reason is None, "reason": reason,
-            **({"detail": verdict.detail} if reason else {})}
+    return {
+        "text": verdict.text,
+        "kept": reason is None,
+        "reason": reason,
+        **({"detail": verdict.detail} if reason else {}),
+    }
 
 
 def with_memory(messages: list[dict], notes: list[str]) -> list[dict]:

@@ -84,9 +84,16 @@ def normalized(record: dict) -> dict:
     return {**record, "meta": example_meta(**meta)}
 
 
-def mix(sources: list[tuple[Iterator[dict], float]], *, seed: int = 0, concat: bool = False,
-        shuffle_buffer: int = 0, dedup: bool = False, limit: int | None = None,
-        count: Callable[[str], None] = lambda name: None) -> Iterator[dict]:
+def mix(
+    sources: list[tuple[Iterator[dict], float]],
+    *,
+    seed: int = 0,
+    concat: bool = False,
+    shuffle_buffer: int = 0,
+    dedup: bool = False,
+    limit: int | None = None,
+    count: Callable[[str], None] = lambda name: None,
+) -> Iterator[dict]:
     rng = random.Random(seed)
     stream: Iterable[dict] = chain.from_iterable(it for it, _ in sources) if concat else interleave(sources, rng)
     stream = map(normalized, stream)

@@ -34,12 +34,14 @@ from eexp.text import normalize_space
 
 REJECTED = ("invalid", "no-progress", "all")
 # A pair's meta keys past the training example's (eexp.records.EXAMPLE_META), with their types.
-PAIR_META = {"alternative": int,         # the rejected alternative's index in the outcome's list
-             "rejected_action": str,
-             "rejected_source": str,     # policy | admissible
-             "reason": str,              # why it counts as worse: one of REASONS
-             "rejected_filter": str}     # the --rejected choice that made the file
-REASONS = ("invalid", "no_change", "ended_episode", "executed")   # most specific first
+PAIR_META = {
+    "alternative": int,  # the rejected alternative's index in the outcome's list
+    "rejected_action": str,
+    "rejected_source": str,  # policy | admissible
+    "reason": str,  # why it counts as worse: one of REASONS
+    "rejected_filter": str,
+}  # the --rejected choice that made the file
+REASONS = ("invalid", "no_change", "ended_episode", "executed")  # most specific first
 # the reasons each --rejected choice takes
 TAKES = {"invalid": {"invalid"}, "no-progress": {"invalid", "no_change", "ended_episode"}, "all": set(REASONS)}
 
@@ -54,8 +56,9 @@ def reason(alternative: dict, state: dict, expert: dict) -> str:
         return "invalid"
     if normalize_space(alternative["next_observation"]) == normalize_space(state["observation"]):
         return "no_change"
-    if alternative.get("done") and (not expert.get("done")
-                                    or _reward(alternative.get("reward")) < _reward(expert.get("reward"))):
+    if alternative.get("done") and (
+        not expert.get("done") or _reward(alternative.get("reward")) < _reward(expert.get("reward"))
+    ):
         return "ended_episode"
     return "executed"
 
@@ -67,14 +70,15 @@ def pair_meta(meta: dict, **pair) -> dict:
     return {**meta, **{key: typ(pair[key]) for key, typ in PAIR_META.items()}, "created_utc": created}
 
 
-def preference_pairs(outcome: dict, serializer: Serializer, rejected: str = "all",
-                     count=lambda name, n=1: None) -> Iterator[dict]:
+def preference_pairs(
+    outcome: dict, serializer: Serializer, rejected: str = "all", count=lambda name, n=1: None
+) -> Iterator[dict]:
     """The preference pairs of one outcome record: one per executed alternative that `rejected` takes, in the
     outcome's order. Ids are `pref:<outcome id>:<j>`, j the alternative's index in the outcome."""
     if rejected not in TAKES:
         raise ValueError(f"rejected must be one of {', '.join(REJECTED)}, not {rejected!r}")
     if outcome.get("error"):
-        count("unreachable")              # rollout could not reach the state: nothing was observed
+        count("unreachable")  # rollout could not reach the state: nothing was observed
         return
     expert = outcome["expert"]
     if expert.get("next_observation") is None or expert.get("error"):
@@ -87,10 +91,18 @@ def preference_pairs(outcome: dict, serializer: Serializer, rejected: str = "all
     state = outcome["state"]
     prompt = serializer.policy_messages(state)
     chosen = format_action(expert["action"])
-    base = dict(stage="preference-data", kind="preference", env=outcome["env"]["name"],
-                env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
-                trajectory_id=outcome["trajectory_id"], step=outcome["step"], action=expert["action"],
-                action_source="expert", serializer=serializer.json)
+    base = dict(
+        stage="preference-data",
+        kind="preference",
+        env=outcome["env"]["name"],
+        env_version=outcome["env"]["version"],
+        task_id=outcome["task"]["id"],
+        trajectory_id=outcome["trajectory_id"],
+        step=outcome["step"],
+        action=expert["action"],
+        action_source="expert",
+        serializer=serializer.json,
+    )
     made = 0
     for j, alternative in enumerate(alternatives):
         if alternative.get("error") or alternative.get("next_observation") is None:
@@ -101,7 +113,7 @@ def preference_pairs(outcome: dict, serializer: Serializer, rejected: str = "all
         if why not in TAKES[rejected]:
             count("not_rejected")
             continue
-        if text == chosen:   # branch never proposes the expert action; a hand-made file might
+        if text == chosen:  # branch never proposes the expert action; a hand-made file might
             count("same_as_expert")
             continue
         count(f"pairs_{why}")
@@ -112,9 +124,14 @@ def preference_pairs(outcome: dict, serializer: Serializer, rejected: str = "all
             "prompt": prompt,
             "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": text}],
-            "meta": pair_meta(example_meta(**base, seed=alternative.get("seed") or 0), alternative=j,
-                              rejected_action=alternative["action"], rejected_source=alternative.get("source", ""),
-                              reason=why, rejected_filter=rejected),
+            "meta": pair_meta(
+                example_meta(**base, seed=alternative.get("seed") or 0),
+                alternative=j,
+                rejected_action=alternative["action"],
+                rejected_source=alternative.get("source", ""),
+                reason=why,
+                rejected_filter=rejected,
+            ),
         }
     if not made:
         count("states_without_pairs")

@@ -36,11 +36,13 @@ from eexp.records import make_meta
 from eexp.runner import RecordError, Stage
 from eexp.workers import WorkerPool, open_pool
 
-REPLAY_RETRIES = 1   # a state mismatch is tried again this many times from a reset before it is an error
+REPLAY_RETRIES = 1  # a state mismatch is tried again this many times from a reset before it is an error
 
-INSTALL_HINT = ("eexp's optional environments come with `pip install 'eexp[all]'` (BFCL: `pip install --no-deps "
-                "bfcl-eval mpmath`); a third-party one with the package that registers it under the `eexp.envs` "
-                "entry points")
+INSTALL_HINT = (
+    "eexp's optional environments come with `pip install 'eexp[all]'` (BFCL: `pip install --no-deps "
+    "bfcl-eval mpmath`); a third-party one with the package that registers it under the `eexp.envs` "
+    "entry points"
+)
 
 
 def env_key(env_record: dict) -> str:
@@ -53,7 +55,7 @@ class EnvPool:
     def __init__(self, factory: Callable[..., Env] = make_env, timeout: float | None = None):
         self.factory, self.timeout = factory, timeout
         self.envs: dict[str, Env] = {}
-        self.generation: dict[str, int] = collections.Counter()   # bumped on every restart
+        self.generation: dict[str, int] = collections.Counter()  # bumped on every restart
 
     def get(self, env_record: dict) -> Env:
         key = env_key(env_record)
@@ -88,9 +90,9 @@ class Walk:
         self._reset_position()
 
     def _reset_position(self) -> None:
-        self.at: tuple[str, ...] | None = None   # the expert prefix the env stands at (None: off the path/unknown)
+        self.at: tuple[str, ...] | None = None  # the expert prefix the env stands at (None: off the path/unknown)
         self.observation = ""
-        self.snap: tuple[tuple[str, ...], Any, str] | None = None   # (prefix, snapshot, observation)
+        self.snap: tuple[tuple[str, ...], Any, str] | None = None  # (prefix, snapshot, observation)
 
     @property
     def env(self) -> Env:
@@ -123,13 +125,13 @@ class Walk:
                 if attempt == REPLAY_RETRIES:
                     raise
                 self.counts["replay_retries"] += 1
-                self.at, self.snap = None, None   # start over from a reset
+                self.at, self.snap = None, None  # start over from a reset
 
     def _reach_once(self, prefix: tuple[str, ...], expected: str, step: int) -> str:
         env = self.env
-        if self.at is not None and prefix[:len(self.at)] == self.at:
-            pass                                             # already there, or further along the same path
-        elif self.snap is not None and prefix[:len(self.snap[0])] == self.snap[0]:
+        if self.at is not None and prefix[: len(self.at)] == self.at:
+            pass  # already there, or further along the same path
+        elif self.snap is not None and prefix[: len(self.snap[0])] == self.snap[0]:
             snap_prefix, snap, observation = self.snap
             self.at = None
             guarded(lambda: env.restore(snap), f"restoring step {len(snap_prefix)}", self.timeout)
@@ -139,7 +141,7 @@ class Walk:
             self.observation = reach(env, self.task, list(prefix), None, self.timeout)
             self.counts["env_steps"] += len(prefix)
             self.at = prefix
-        while len(self.at) < len(prefix):                    # walk on along the expert path
+        while len(self.at) < len(prefix):  # walk on along the expert path
             action = prefix[len(self.at)]
             position, self.at = self.at, None
             self.observation = self._step(action, f"expert action {len(position)} {action!r}")[0]
@@ -161,8 +163,12 @@ class Walk:
 
 def _fill(target: dict, result: tuple) -> None:
     observation, reward, done, info = result
-    target.update(next_observation=str(observation), reward=float(reward or 0.0), done=bool(done),
-                  valid=bool((info or {}).get("valid", True)))
+    target.update(
+        next_observation=str(observation),
+        reward=float(reward or 0.0),
+        done=bool(done),
+        valid=bool((info or {}).get("valid", True)),
+    )
 
 
 def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_extra: dict | None = None) -> dict:
@@ -173,15 +179,22 @@ def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_e
     expected = record["state"]["observation"]
     try:
         env = walk.env
-    except Exception as e:   # the environment cannot even be made (bad kwargs, a missing data file)
+    except Exception as e:  # the environment cannot even be made (bad kwargs, a missing data file)
         out["error"] = f"cannot start the environment: {type(e).__name__}: {e}"
-        out["meta"] = make_meta("rollout", env=record["env"]["name"], **(meta_extra or {}),
-                                branch=record.get("meta") or {})
+        out["meta"] = make_meta(
+            "rollout", env=record["env"]["name"], **(meta_extra or {}), branch=record.get("meta") or {}
+        )
         counts["errors"] += 1
         return out
-    out["meta"] = make_meta("rollout", env=env.name or record["env"]["name"], env_version=str(env.version),
-                            snapshots=bool(env.can_snapshot), **(meta_extra or {}), **record_meta(env),
-                            branch=record.get("meta") or {})
+    out["meta"] = make_meta(
+        "rollout",
+        env=env.name or record["env"]["name"],
+        env_version=str(env.version),
+        snapshots=bool(env.can_snapshot),
+        **(meta_extra or {}),
+        **record_meta(env),
+        branch=record.get("meta") or {},
+    )
 
     def failed(target: dict, err: EnvError, what: str = "") -> None:
         target["error"] = what + str(err)
@@ -189,11 +202,11 @@ def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_e
         if isinstance(err, StateMismatch):
             counts["state_mismatches"] += 1
         else:
-            walk.restart()   # an exception or a hang: the environment may be broken, start a fresh one
+            walk.restart()  # an exception or a hang: the environment may be broken, start a fresh one
 
     try:
         walk.reach(prefix, expected, step)
-    except EnvError as e:   # StateMismatch, ReachError, or the environment's own EnvError
+    except EnvError as e:  # StateMismatch, ReachError, or the environment's own EnvError
         failed(out, e, "cannot reach the recorded state: ")
         return out
     for alt in out["alternatives"]:
@@ -222,12 +235,13 @@ def rollout_group(records: list[dict], pool: EnvPool, meta_extra: dict | None = 
 
 # --- worker processes (-j N): an eexp.workers.Pool whose workers each keep an EnvPool --------------------------
 
+
 def _worker_setup(factory: Callable[..., Env], timeout: float | None, meta_extra: dict) -> tuple[EnvPool, dict]:
     return EnvPool(factory, timeout), meta_extra
 
 
 def _worker_cleanup(state: tuple[EnvPool, dict]) -> None:
-    state[0].close()   # the environments, and with them their own processes (a JVM)
+    state[0].close()  # the environments, and with them their own processes (a JVM)
 
 
 def _worker_group(state: tuple[EnvPool, dict], records: list[dict]) -> tuple[list[dict], dict]:
@@ -249,19 +263,26 @@ class Rollout(Stage):
 
     NOTED = 5
 
-    def __init__(self, jobs: int = 1, step_timeout: float | None = None, env_factory: Callable[..., Env] = make_env,
-                 count: Callable[[str, int], None] | None = None, note: Callable[[str], None] | None = None,
-                 cluster=None):
+    def __init__(
+        self,
+        jobs: int = 1,
+        step_timeout: float | None = None,
+        env_factory: Callable[..., Env] = make_env,
+        count: Callable[[str, int], None] | None = None,
+        note: Callable[[str], None] | None = None,
+        cluster=None,
+    ):
         self.jobs, self.step_timeout, self.env_factory = jobs, step_timeout, env_factory
         self.count = count or (lambda name, n=1: None)
         self.note = note or (lambda msg: None)
         self.meta_extra = {"step_timeout": step_timeout} if step_timeout else {}
-        self._envs_checked: dict = {}   # env name -> why it cannot be used (None: it can); ("version", name)
-        self.outcomes = self.failed = 0   # outcome records written, and those with an error
+        self._envs_checked: dict = {}  # env name -> why it cannot be used (None: it can); ("version", name)
+        self.outcomes = self.failed = 0  # outcome records written, and those with an error
         self._group: list[dict] = []
         self._walk: Walk | None = None
         self._workers: WorkerPool | None = open_pool(
-            jobs, _worker_setup, (env_factory, step_timeout, self.meta_extra), _worker_cleanup, cluster)
+            jobs, _worker_setup, (env_factory, step_timeout, self.meta_extra), _worker_cleanup, cluster
+        )
         self._pool = EnvPool(env_factory, step_timeout) if self._workers is None else None
 
     def check_env(self, record: dict) -> None:
@@ -282,7 +303,7 @@ class Rollout(Stage):
         kwargs = record["env"].get("kwargs") or {}
         world = ("options", name, orjson.dumps(kwargs, option=orjson.OPT_SORT_KEYS))
         if self.env_factory is make_env and world not in self._envs_checked:
-            check_options = getattr(env_class(name), "check_options", None)   # a plugin need not subclass Env
+            check_options = getattr(env_class(name), "check_options", None)  # a plugin need not subclass Env
             if check_options is not None:
                 check_options(kwargs)
             self._envs_checked[world] = None
@@ -296,8 +317,10 @@ class Rollout(Stage):
         name, made, used = out["env"]["name"], str(out["env"]["version"]), out["meta"].get("env_version")
         if used is not None and used != made and ("version", name) not in self._envs_checked:
             self._envs_checked[("version", name)] = None
-            self.note(f"eexp: the records of {name!r} were made with version {made}, this is {used}; every state is "
-                      f"checked, and one that changed becomes an error")
+            self.note(
+                f"eexp: the records of {name!r} were made with version {made}, this is {used}; every state is "
+                f"checked, and one that changed becomes an error"
+            )
         return self._account(out)
 
     def _account(self, out: dict) -> dict:
@@ -322,15 +345,17 @@ class Rollout(Stage):
         """When the run is over: say how many outcomes have an error, and raise EnvError (exit 1) when more than
         MAX_FAILED_SHARE of them do."""
         if self.failed:
-            self.note(f"eexp: {self.failed} of {self.outcomes} outcome records have an error (on the record, its "
-                      f"expert action or an alternative: `error` says why)")
+            self.note(
+                f"eexp: {self.failed} of {self.outcomes} outcome records have an error (on the record, its "
+                f"expert action or an alternative: `error` says why)"
+            )
         problem = environment_failures(self.failed, self.outcomes, "outcome records")
         if problem:
             raise problem
 
     def __call__(self, record: dict) -> Iterator[dict]:
         self.check_env(record)
-        if self._workers is None:   # walk it now: the env stays where the previous record of the trajectory left it
+        if self._workers is None:  # walk it now: the env stays where the previous record of the trajectory left it
             counts: collections.Counter = collections.Counter()
             if self._walk is None or not self._walk.matches(record):
                 self._walk = Walk(self._pool, record["env"], record["task"], counts)

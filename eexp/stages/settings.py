@@ -18,12 +18,15 @@ class Generation:
     """How a policy answers and samples (branch's settings, and the source of eval's and reflect's)."""
 
     act: str | None = setting(
-        None, "How an action is chosen: free generation, generation constrained to the admissible actions, ranking "
+        None,
+        "How an action is chosen: free generation, generation constrained to the admissible actions, ranking "
         "them by log-likelihood, or think: the reply is begun with `Thought:`, the model writes its thought (eval: "
         "up to --thought-tokens; elsewhere --max-tokens), then the action is ranked after it (closed action sets) or "
         "generated (open ones); over HTTP the action after the thought is chosen by the server's guided decoding, as "
         "constrained does, not ranked. Default: constrained where the environment lists admissible actions, "
-        "generate where it does not.", choices=ACT_MODES)
+        "generate where it does not.",
+        choices=ACT_MODES,
+    )
     max_tokens: int = setting(MAX_TOKENS, "Most tokens per generated reply.", min=1)
     top_p: float = setting(1.0, min=0, max=1)
     seed: int = setting(0, "Base seed; every sampled call derives its own seed >= 1 from it.")

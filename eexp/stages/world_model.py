@@ -15,15 +15,24 @@ from eexp.runner import RecordError
 Summarizer = Callable[[str, dict, str], str]  # (next_observation, state, action) -> text to predict
 
 
-def world_model_examples(outcome: dict, serializer: Serializer, max_chars: int = 0,
-                         summarizer: Summarizer | None = None, count=lambda name: None) -> Iterator[dict]:
+def world_model_examples(
+    outcome: dict,
+    serializer: Serializer,
+    max_chars: int = 0,
+    summarizer: Summarizer | None = None,
+    count=lambda name: None,
+) -> Iterator[dict]:
     for _, _, example in world_model_transitions(outcome, serializer, max_chars, summarizer, count):
         yield example
 
 
-def world_model_transitions(outcome: dict, serializer: Serializer, max_chars: int = 0,
-                            summarizer: Summarizer | None = None,
-                            count=lambda name: None) -> Iterator[tuple[int, dict, dict]]:
+def world_model_transitions(
+    outcome: dict,
+    serializer: Serializer,
+    max_chars: int = 0,
+    summarizer: Summarizer | None = None,
+    count=lambda name: None,
+) -> Iterator[tuple[int, dict, dict]]:
     """(j, the executed transition, its IWM example) for every example of `world_model_examples`, in its order: j is
     the alternative's index in the outcome, -1 for the expert's. world-model-eval asks a model the prompts of these
     very examples and scores its answers against their targets."""
@@ -33,12 +42,18 @@ def world_model_transitions(outcome: dict, serializer: Serializer, max_chars: in
     source_id = outcome["id"]
     # once per outcome: the rendered state and the meta its examples share (each adds its action)
     rendered = serializer.render_state(state)
-    base_meta = example_meta(stage="world-model-data", kind="iwm", env=outcome["env"]["name"],
-                             env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
-                             trajectory_id=outcome["trajectory_id"], step=outcome["step"],
-                             serializer=serializer.json)
+    base_meta = example_meta(
+        stage="world-model-data",
+        kind="iwm",
+        env=outcome["env"]["name"],
+        env_version=outcome["env"]["version"],
+        task_id=outcome["task"]["id"],
+        trajectory_id=outcome["trajectory_id"],
+        step=outcome["step"],
+        serializer=serializer.json,
+    )
     if not outcome["alternatives"]:
-        count("no_alternatives")   # the expert transition alone: nothing the expert did not do
+        count("no_alternatives")  # the expert transition alone: nothing the expert did not do
     transitions = [(-1, "expert", outcome["expert"], "expert")]
     transitions += [(j, str(j), alt, alt["source"]) for j, alt in enumerate(outcome["alternatives"])]
     for j, tag, executed, source in transitions:
@@ -53,9 +68,13 @@ def world_model_transitions(outcome: dict, serializer: Serializer, max_chars: in
             count("invalid_actions")
         messages = serializer.world_model_messages(state, action, rendered)
         messages.append({"role": "assistant", "content": format_observation(next_obs, max_chars)})
-        yield j, executed, {
-            "id": f"wm:{source_id}:{tag}",
-            "source_id": source_id,
-            "messages": messages,
-            "meta": {**base_meta, "action": action, "action_source": source, "seed": executed.get("seed") or 0},
-        }
+        yield (
+            j,
+            executed,
+            {
+                "id": f"wm:{source_id}:{tag}",
+                "source_id": source_id,
+                "messages": messages,
+                "meta": {**base_meta, "action": action, "action_source": source, "seed": executed.get("seed") or 0},
+            },
+        )

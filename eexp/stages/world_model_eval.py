@@ -49,10 +49,11 @@ from eexp.text import normalize_space
 STAGE = "world-model-eval"
 # What the scores mean: bumped whenever a score is computed otherwise, so records of two versions are not compared.
 SCORER_VERSION = 1
-TOKEN_RULE = ("case folded; every run of letters, digits and underscores is one token, every other non-space "
-              "character one token")
+TOKEN_RULE = (
+    "case folded; every run of letters, digits and underscores is one token, every other non-space character one token"
+)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-FAILED = "error"   # a finish_reason that starts so: the request failed, nothing was predicted
+FAILED = "error"  # a finish_reason that starts so: the request failed, nothing was predicted
 
 # How an environment's observation says that it refused the action, where it says so in a fixed form (each from the
 # environment's step(): alfworld_env, scienceworld_env.INVALID_REPLY, shop._invalid, miniwob_env, tau2_env). A
@@ -65,10 +66,14 @@ INVALID_REPLIES = {
     "miniwob": re.compile(r"Invalid action:"),
     "tau2": re.compile(r"Invalid action:"),
 }
-DONE_NOT_SCORABLE = ("an IWM prediction is the next observation alone (world-model-data trains no end-of-episode "
-                     "signal), so none says whether the episode ended; the records carry the recorded `done`")
-VALID_NOT_SCORABLE = ("this environment words a refused action like any other observation (no fixed refusal reply "
-                      "eexp can read from a prediction)")
+DONE_NOT_SCORABLE = (
+    "an IWM prediction is the next observation alone (world-model-data trains no end-of-episode "
+    "signal), so none says whether the episode ended; the records carry the recorded `done`"
+)
+VALID_NOT_SCORABLE = (
+    "this environment words a refused action like any other observation (no fixed refusal reply "
+    "eexp can read from a prediction)"
+)
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,13 @@ class Settings:
     """How the model is asked and what its answers are scored against; the defaults and help of world-model-eval's
     options are these fields' (eexp.cli.options.field_options)."""
 
-    max_chars: int = setting(0, "Clip each recorded next observation to this many characters before scoring, as "
-                             "world-model-data --max-chars clipped the model's training targets (0: no limit).", min=0)
-    temperature: float = shared("temperature", 0.0)   # greedy: the model's most likely next state
+    max_chars: int = setting(
+        0,
+        "Clip each recorded next observation to this many characters before scoring, as "
+        "world-model-data --max-chars clipped the model's training targets (0: no limit).",
+        min=0,
+    )
+    temperature: float = shared("temperature", 0.0)  # greedy: the model's most likely next state
     top_p: float = shared("top_p")
     # an observation is longer than an action: a shop page is ~1,500 characters
     max_tokens: int = shared("max_tokens", 512)
@@ -118,49 +127,69 @@ def effect_of(env: str, observation: str, executed: dict, target: str, predictio
     """The effect fields of one prediction: what the record says happened and what the prediction says, where the
     record can say it (see the module)."""
     changed = normalize_space(executed["next_observation"]) != normalize_space(observation)
-    effect = {"changed": changed,
-              "predicted_changed": normalize_space(prediction) != normalize_space(clip(observation, max_chars)),
-              "valid": None, "predicted_valid": None,
-              "done": executed["done"] if isinstance(executed.get("done"), bool) else None}
+    effect = {
+        "changed": changed,
+        "predicted_changed": normalize_space(prediction) != normalize_space(clip(observation, max_chars)),
+        "valid": None,
+        "predicted_valid": None,
+        "done": executed["done"] if isinstance(executed.get("done"), bool) else None,
+    }
     valid = executed.get("valid")
     said = refused(env, target)
-    if isinstance(valid, bool) and said is not None and said == (not valid):   # the reply reads this target right
+    if isinstance(valid, bool) and said is not None and said == (not valid):  # the reply reads this target right
         effect["valid"], effect["predicted_valid"] = valid, not refused(env, prediction)
     return effect
 
 
 def score(effect: dict, prediction: str, target: str) -> dict:
-    return {"exact": prediction == target, "f1": round(token_f1(prediction, target), 6),
-            "changed": effect["predicted_changed"] == effect["changed"],
-            "valid": None if effect["valid"] is None else effect["predicted_valid"] == effect["valid"]}
+    return {
+        "exact": prediction == target,
+        "f1": round(token_f1(prediction, target), 6),
+        "changed": effect["predicted_changed"] == effect["changed"],
+        "valid": None if effect["valid"] is None else effect["predicted_valid"] == effect["valid"],
+    }
 
 
-Predict = Callable[[list[dict], int], tuple[str, str]]   # (prompt messages, seed) -> (reply text, finish_reason)
+Predict = Callable[[list[dict], int], tuple[str, str]]  # (prompt messages, seed) -> (reply text, finish_reason)
 
 
 def run_key(model: dict, settings: Settings, serializer: Serializer) -> str:
     """A short hash of what decides the predictions (model, decoding, serializer, clipping): meta.run, which
     --resume checks so that a file is continued only by the run that began it."""
-    return short_hash(model.get("model", ""), model.get("model_sha256", ""), asdict(settings), serializer.json,
-                      SCORER_VERSION)
+    return short_hash(
+        model.get("model", ""), model.get("model_sha256", ""), asdict(settings), serializer.json, SCORER_VERSION
+    )
 
 
 class WorldModelEval(Stage):
     """Outcome records in, one prediction record per IWM transition out, with up to `concurrency` predictions asked
     at once; the records come in input order, as a serial run writes them."""
 
-    def __init__(self, *, predict: Predict, serializer: Serializer, settings: Settings, model: dict,
-                 count: Callable[..., None] = lambda name, n=1: None, concurrency: int = 1, keep: bool = False):
-        self.predict, self.serializer, self.settings, self.model, self.count = predict, serializer, settings, model, \
-            count
+    def __init__(
+        self,
+        *,
+        predict: Predict,
+        serializer: Serializer,
+        settings: Settings,
+        model: dict,
+        count: Callable[..., None] = lambda name, n=1: None,
+        concurrency: int = 1,
+        keep: bool = False,
+    ):
+        self.predict, self.serializer, self.settings, self.model, self.count = (
+            predict,
+            serializer,
+            settings,
+            model,
+            count,
+        )
         self.keep = keep
-        self.kept: list[dict] = []   # with keep: every record yielded (a summary of a run written to stdout)
+        self.kept: list[dict] = []  # with keep: every record yielded (a summary of a run written to stdout)
         self.run = run_key(model, settings, serializer)
         self.calls = InOrder(concurrency, name="eexp-world-model-eval")
 
     def __call__(self, outcome: dict) -> Iterator[dict]:
-        transitions = list(world_model_transitions(outcome, self.serializer, self.settings.max_chars,
-                                                   count=self.count))
+        transitions = list(world_model_transitions(outcome, self.serializer, self.settings.max_chars, count=self.count))
         for j, executed, example in transitions:
             self.calls.submit(lambda j=j, executed=executed, example=example: self._one(outcome, j, executed, example))
         return self._collect()
@@ -175,7 +204,7 @@ class WorldModelEval(Stage):
         env = outcome["env"]["name"]
         effect = effect_of(env, outcome["state"]["observation"], executed, target, prediction, s.max_chars)
         failed = finish_reason.startswith(FAILED)
-        if failed:   # nothing was predicted: no effect read from it
+        if failed:  # nothing was predicted: no effect read from it
             effect["predicted_changed"] = effect["predicted_valid"] = None
         return {
             "id": f"wmeval:{outcome['id']}:{'expert' if j < 0 else j}",
@@ -194,12 +223,24 @@ class WorldModelEval(Stage):
             "target": target,
             "scores": None if failed else score(effect, prediction, target),
             "effect": effect,
-            "meta": make_meta(STAGE, model=self.model.get("model", ""),
-                              model_sha256=self.model.get("model_sha256", ""), policy=self.model.get("policy", ""),
-                              env=env, env_version=outcome["env"]["version"], temperature=s.temperature,
-                              top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed, call_seed=seed,
-                              max_chars=s.max_chars, serializer=self.serializer.json, scorer=SCORER_VERSION,
-                              example_id=example["id"], run=self.run),
+            "meta": make_meta(
+                STAGE,
+                model=self.model.get("model", ""),
+                model_sha256=self.model.get("model_sha256", ""),
+                policy=self.model.get("policy", ""),
+                env=env,
+                env_version=outcome["env"]["version"],
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_tokens,
+                seed=s.seed,
+                call_seed=seed,
+                max_chars=s.max_chars,
+                serializer=self.serializer.json,
+                scorer=SCORER_VERSION,
+                example_id=example["id"],
+                run=self.run,
+            ),
         }
 
     def finish(self) -> Iterator[dict]:
@@ -222,6 +263,7 @@ class WorldModelEval(Stage):
 
 # --- the summary ------------------------------------------------------------------------------------------------
 
+
 def rate(k: int, n: int) -> dict:
     low, high = wilson(k, n)
     return {"k": k, "n": n, "rate": k / n if n else 0.0, "ci_low": low, "ci_high": high}
@@ -235,33 +277,48 @@ def mean_f1(values: list[float], seed: int, resamples: int) -> dict:
 def scores_of(records: list[dict], seed: int, resamples: int) -> dict:
     """n, the exact-match rate (95% Wilson) and the mean F1 (seeded bootstrap) of scored predictions."""
     n = len(records)
-    return {"n": n, "exact_match": rate(sum(r["scores"]["exact"] for r in records), n),
-            "f1": mean_f1([r["scores"]["f1"] for r in records], seed, resamples)}
+    return {
+        "n": n,
+        "exact_match": rate(sum(r["scores"]["exact"] for r in records), n),
+        "f1": mean_f1([r["scores"]["f1"] for r in records], seed, resamples),
+    }
 
 
 def summarize_env(env: str, records: list[dict], *, seed: int = 0, resamples: int = 10000) -> dict:
     scored = [r for r in records if r["scores"] is not None]
     n = len(scored)
-    out = {"predictions": len(records), "failed": len(records) - n, "states": len({r["source_id"] for r in records}),
-           **scores_of(scored, seed, resamples),
-           "labelled": rate(sum(r["labelled"] for r in scored), n),
-           "cut": sum(1 for r in scored if r["finish_reason"] == "length")}
-    out["changed"] = {**rate(sum(r["scores"]["changed"] for r in scored), n),
-                      "recorded_changed": sum(r["effect"]["changed"] for r in scored)}
+    out = {
+        "predictions": len(records),
+        "failed": len(records) - n,
+        "states": len({r["source_id"] for r in records}),
+        **scores_of(scored, seed, resamples),
+        "labelled": rate(sum(r["labelled"] for r in scored), n),
+        "cut": sum(1 for r in scored if r["finish_reason"] == "length"),
+    }
+    out["changed"] = {
+        **rate(sum(r["scores"]["changed"] for r in scored), n),
+        "recorded_changed": sum(r["effect"]["changed"] for r in scored),
+    }
     readable = [r for r in scored if r["scores"]["valid"] is not None]
     if readable:
-        out["valid"] = {**rate(sum(r["scores"]["valid"] for r in readable), len(readable)),
-                        "recorded_invalid": sum(not r["effect"]["valid"] for r in readable),
-                        "not_scorable": n - len(readable)}
+        out["valid"] = {
+            **rate(sum(r["scores"]["valid"] for r in readable), len(readable)),
+            "recorded_invalid": sum(not r["effect"]["valid"] for r in readable),
+            "not_scorable": n - len(readable),
+        }
     else:
-        out["valid"] = {"n": 0, "not_scorable": n,
-                        "why": VALID_NOT_SCORABLE if env not in INVALID_REPLIES else
-                        "no record says whether its action was valid in a form the refusal reply reads"}
-    out["done"] = {"n": 0, "why": DONE_NOT_SCORABLE,
-                   "recorded_done": sum(1 for r in scored if r["effect"]["done"])}
+        out["valid"] = {
+            "n": 0,
+            "not_scorable": n,
+            "why": VALID_NOT_SCORABLE
+            if env not in INVALID_REPLIES
+            else "no record says whether its action was valid in a form the refusal reply reads",
+        }
+    out["done"] = {"n": 0, "why": DONE_NOT_SCORABLE, "recorded_done": sum(1 for r in scored if r["effect"]["done"])}
     out["by_action"] = {
         "expert": scores_of([r for r in scored if r["alternative"] < 0], seed, resamples),
-        "alternatives": scores_of([r for r in scored if r["alternative"] >= 0], seed, resamples)}
+        "alternatives": scores_of([r for r in scored if r["alternative"] >= 0], seed, resamples),
+    }
     return out
 
 
@@ -278,15 +335,26 @@ def summarize(records: Iterable[dict], *, seed: int = 0, resamples: int = 10000)
         models[(record.get("meta") or {}).get("model", "")] = None
     envs = {env: summarize_env(env, rs, seed=seed, resamples=resamples) for env, rs in sorted(by_env.items())}
     scorable = {name: sum(e[name]["n"] for e in envs.values()) for name in ("changed", "valid", "done")}
-    return {"stage": STAGE, "model": " + ".join(models) if models else "", "policy": meta.get("policy", ""),
-            "temperature": meta.get("temperature"), "seed": meta.get("seed"), "max_chars": meta.get("max_chars"),
-            "scorer": SCORER_VERSION, "tokens": TOKEN_RULE, "intervals": "95%: Wilson for rates; percentile "
-            f"bootstrap ({resamples} resamples, seed {seed}) for the mean F1; predictions taken as independent",
-            "predictions": sum(e["predictions"] for e in envs.values()),
-            "scored": sum(e["exact_match"]["n"] for e in envs.values()),
-            "effect_scorable": {**scorable, "valid_envs": sorted(e for e, s in envs.items() if s["valid"]["n"]),
-                                "done_why": DONE_NOT_SCORABLE},
-            "envs": envs}
+    return {
+        "stage": STAGE,
+        "model": " + ".join(models) if models else "",
+        "policy": meta.get("policy", ""),
+        "temperature": meta.get("temperature"),
+        "seed": meta.get("seed"),
+        "max_chars": meta.get("max_chars"),
+        "scorer": SCORER_VERSION,
+        "tokens": TOKEN_RULE,
+        "intervals": "95%: Wilson for rates; percentile "
+        f"bootstrap ({resamples} resamples, seed {seed}) for the mean F1; predictions taken as independent",
+        "predictions": sum(e["predictions"] for e in envs.values()),
+        "scored": sum(e["exact_match"]["n"] for e in envs.values()),
+        "effect_scorable": {
+            **scorable,
+            "valid_envs": sorted(e for e, s in envs.items() if s["valid"]["n"]),
+            "done_why": DONE_NOT_SCORABLE,
+        },
+        "envs": envs,
+    }
 
 
 def pct(x: float) -> str:
@@ -300,13 +368,18 @@ def format_summary(summary: dict) -> str:
     lines = []
     for env, s in summary["envs"].items():
         e, f, c = s["exact_match"], s["f1"], s["changed"]
-        line = (f"world-model-eval: {env}: {e['n']} predictions ({s['states']} states): exact match {pct(e['rate'])} "
-                f"[{pct(e['ci_low'])}, {pct(e['ci_high'])}], token F1 {f['mean']:.3f} [{f['ci_low']:.3f}, "
-                f"{f['ci_high']:.3f}]; effect right: changed {pct(c['rate'])} of {c['n']} "
-                f"({c['recorded_changed']} changed the state)")
+        line = (
+            f"world-model-eval: {env}: {e['n']} predictions ({s['states']} states): exact match {pct(e['rate'])} "
+            f"[{pct(e['ci_low'])}, {pct(e['ci_high'])}], token F1 {f['mean']:.3f} [{f['ci_low']:.3f}, "
+            f"{f['ci_high']:.3f}]; effect right: changed {pct(c['rate'])} of {c['n']} "
+            f"({c['recorded_changed']} changed the state)"
+        )
         v = s["valid"]
-        line += (f", valid {pct(v['rate'])} of {v['n']} ({v['recorded_invalid']} refused)" if v["n"]
-                 else ", valid not scorable") + ", done not scorable"
+        line += (
+            f", valid {pct(v['rate'])} of {v['n']} ({v['recorded_invalid']} refused)"
+            if v["n"]
+            else ", valid not scorable"
+        ) + ", done not scorable"
         if s["failed"]:
             line += f"; {s['failed']} failed requests left out"
         if s["cut"]:

@@ -33,8 +33,8 @@ def epoch_updates(lengths: list[int], per_update: int, seed: int, phase: str, ep
     window = per_update * 64
     updates = []
     for i in range(0, len(order), window):
-        chunk = sorted(order[i:i + window], key=lambda j: lengths[j], reverse=True)
-        updates += [chunk[k:k + per_update] for k in range(0, len(chunk), per_update)]
+        chunk = sorted(order[i : i + window], key=lambda j: lengths[j], reverse=True)
+        updates += [chunk[k : k + per_update] for k in range(0, len(chunk), per_update)]
     rng.shuffle(updates)
     return updates
 
@@ -43,7 +43,7 @@ def micro_batches(update: list[int], lengths: list[int], batch_size: int) -> lis
     """An update's examples as micro-batches of `batch_size`, longest first, so each micro-batch holds neighbours in
     length (the least padding). The processes take every world-th of them (the recipe); the last may be short."""
     ordered = sorted(update, key=lambda j: lengths[j], reverse=True)
-    return [ordered[k:k + batch_size] for k in range(0, len(ordered), batch_size)]
+    return [ordered[k : k + batch_size] for k in range(0, len(ordered), batch_size)]
 
 
 def examples_per_update(cfg: FinetuneConfig, world: int = 1) -> int:
@@ -74,16 +74,16 @@ class Rows:
     token is a target) and `segment` (the example of each kept position) come from the host, so reading the batch
     needs no synchronization with the device."""
 
-    ids: torch.Tensor                  # (rows, width)
-    mask: torch.Tensor | None          # attention mask of the padded rows; None when packed
+    ids: torch.Tensor  # (rows, width)
+    mask: torch.Tensor | None  # attention mask of the padded rows; None when packed
     position_ids: torch.Tensor | None  # packed: each example's positions, from 0
-    targets: torch.Tensor              # (rows, positions kept) the token each kept position predicts
-    weights: torch.Tensor              # (rows, positions kept) the loss weight of that prediction
-    keep: torch.Tensor                 # the kept positions (of every row)
-    segment: torch.Tensor | None       # packed: the example of each kept position
-    n_targets: torch.Tensor            # (examples,) each example's target tokens (at least 1: --loss-norm example)
+    targets: torch.Tensor  # (rows, positions kept) the token each kept position predicts
+    weights: torch.Tensor  # (rows, positions kept) the loss weight of that prediction
+    keep: torch.Tensor  # the kept positions (of every row)
+    segment: torch.Tensor | None  # packed: the example of each kept position
+    n_targets: torch.Tensor  # (examples,) each example's target tokens (at least 1: --loss-norm example)
     n_examples: int
-    tokens: int                        # non-padding tokens
+    tokens: int  # non-padding tokens
     flash_kwargs: dict = field(default_factory=dict)
 
 
@@ -98,21 +98,26 @@ def collate_rows(examples: list[Encoded], pad_id: int, device, packed: bool = Fa
         positions = [k for e in examples for k in range(len(e.ids))]
         owner = [i for i, e in enumerate(examples) for _ in e.ids]
         keep = [p for p in range(len(ids) - 1) if weights[p + 1]]
-        host = {"ids": torch.tensor([ids], dtype=torch.long),
-                "position_ids": torch.tensor([positions], dtype=torch.long),
-                "targets": torch.tensor([[ids[p + 1] for p in keep]], dtype=torch.long),
-                "weights": torch.tensor([[weights[p + 1] for p in keep]], dtype=torch.float32),
-                "keep": torch.tensor(keep, dtype=torch.long),
-                "segment": torch.tensor([owner[p + 1] for p in keep], dtype=torch.long)}
+        host = {
+            "ids": torch.tensor([ids], dtype=torch.long),
+            "position_ids": torch.tensor([positions], dtype=torch.long),
+            "targets": torch.tensor([[ids[p + 1] for p in keep]], dtype=torch.long),
+            "weights": torch.tensor([[weights[p + 1] for p in keep]], dtype=torch.float32),
+            "keep": torch.tensor(keep, dtype=torch.long),
+            "segment": torch.tensor([owner[p + 1] for p in keep], dtype=torch.long),
+        }
         flash = {}
         if cuda:  # flash-attention's variable-length kernel reads the boundaries from here, not from the device
             bounds = [0]
             for e in examples:
                 bounds.append(bounds[-1] + len(e.ids))
             longest = max(len(e.ids) for e in examples)
-            flash = {"cu_seq_lens_q": torch.tensor(bounds, dtype=torch.int32),
-                     "cu_seq_lens_k": torch.tensor(bounds, dtype=torch.int32),
-                     "max_length_q": longest, "max_length_k": longest}
+            flash = {
+                "cu_seq_lens_q": torch.tensor(bounds, dtype=torch.int32),
+                "cu_seq_lens_k": torch.tensor(bounds, dtype=torch.int32),
+                "max_length_q": longest,
+                "max_length_k": longest,
+            }
     else:
         width = max(len(e.ids) for e in examples)
         targets_at = sorted({p for e in examples for p in range(len(e.ids) - 1) if e.weights[p + 1]})
@@ -125,18 +130,29 @@ def collate_rows(examples: list[Encoded], pad_id: int, device, packed: bool = Fa
             mask[row, :n] = 1
             weights[row, :n] = torch.tensor(e.weights)
         keep = torch.tensor(targets_at, dtype=torch.long)
-        host = {"ids": ids, "mask": mask, "targets": ids[:, keep + 1], "weights": weights[:, keep + 1],
-                "keep": keep}
+        host = {"ids": ids, "mask": mask, "targets": ids[:, keep + 1], "weights": weights[:, keep + 1], "keep": keep}
         flash = {}
     host["n_targets"] = torch.tensor([max(e.n_targets, 1) for e in examples], dtype=torch.float32)
     if cuda:
         host = {k: v.pin_memory() for k, v in host.items()}
-        flash = {k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                 for k, v in flash.items()}
+        flash = {
+            k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in flash.items()
+        }
     on = {k: v.to(device, non_blocking=cuda) for k, v in host.items()}
-    return Rows(ids=on["ids"], mask=on.get("mask"), position_ids=on.get("position_ids"), targets=on["targets"],
-                weights=on["weights"], keep=on["keep"], segment=on.get("segment"), n_targets=on["n_targets"],
-                n_examples=len(examples), tokens=sum(len(e.ids) for e in examples), flash_kwargs=flash)
+    return Rows(
+        ids=on["ids"],
+        mask=on.get("mask"),
+        position_ids=on.get("position_ids"),
+        targets=on["targets"],
+        weights=on["weights"],
+        keep=on["keep"],
+        segment=on.get("segment"),
+        n_targets=on["n_targets"],
+        n_examples=len(examples),
+        tokens=sum(len(e.ids) for e in examples),
+        flash_kwargs=flash,
+    )
 
 
 def example_nll(model, rows: Rows):
@@ -153,13 +169,15 @@ def example_nll(model, rows: Rows):
         logits = model(**inputs, logits_to_keep=rows.keep).logits
     except TypeError:  # a model without logits_to_keep: full logits, then select
         logits = model(**inputs).logits[:, rows.keep]
-    nll = F.cross_entropy(logits.float().flatten(0, 1), rows.targets.flatten(),
-                          reduction="none").view(rows.targets.shape)
+    nll = F.cross_entropy(logits.float().flatten(0, 1), rows.targets.flatten(), reduction="none").view(
+        rows.targets.shape
+    )
     weighted = nll * rows.weights
     if rows.segment is None:
         return weighted.sum(dim=1)
     return torch.zeros(rows.n_examples, dtype=weighted.dtype, device=weighted.device).index_add_(
-        0, rows.segment, weighted[0])
+        0, rows.segment, weighted[0]
+    )
 
 
 def collate(examples: list[Encoded], pad_id: int, device):
@@ -193,4 +211,3 @@ def weighted_nll(model, ids, mask, weights, per_example: bool = False):
     nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
     rows = (nll * w).sum(dim=1)
     return rows if per_example else rows.sum()
-

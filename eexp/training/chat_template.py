@@ -23,6 +23,7 @@ def encode_or_reject(encode: Callable[[], T], item, reader: Reader, model: str, 
     except jinja2.TemplateSyntaxError as e:
         raise TrainingError(f"{model}: the chat template cannot be parsed: {e}") from None
     except (ValueError, jinja2.TemplateError) as e:
-        reader.reject(item.error(str(e) if isinstance(e, ValueError)
-                                 else f"the chat template cannot render this {what}: {e}"))
+        reader.reject(
+            item.error(str(e) if isinstance(e, ValueError) else f"the chat template cannot render this {what}: {e}")
+        )
         return None

@@ -55,8 +55,9 @@ def checkpoints(root: str) -> list[str]:
     """The step-N checkpoints under `root`, oldest first."""
     if not os.path.isdir(root):
         return []
-    steps = sorted(int(d.split("-")[1]) for d in os.listdir(root)
-                   if d.startswith("step-") and d.split("-")[1].isdigit())
+    steps = sorted(
+        int(d.split("-")[1]) for d in os.listdir(root) if d.startswith("step-") and d.split("-")[1].isdigit()
+    )
     return [os.path.join(root, f"step-{s}") for s in steps]
 
 
@@ -87,13 +88,15 @@ def save(root: str, final: str, weights: dict, state: dict, optimizer=None, sche
         shutil.rmtree(tmp, ignore_errors=True)
         previous = checkpoints(root)
         kept = f"; the previous checkpoint {previous[-1]} is intact" if previous else ""
-        raise TrainingError(f"cannot save the checkpoint {final} (step {state['global_step']}): {why(e)}"
-                            f"{kept}. Free space and run again with --resume") from None
+        raise TrainingError(
+            f"cannot save the checkpoint {final} (step {state['global_step']}): {why(e)}"
+            f"{kept}. Free space and run again with --resume"
+        ) from None
 
 
 def prune(root: str, keep: int) -> None:
     """Delete all but the newest `keep` step-N checkpoints."""
-    for old in checkpoints(root)[:-max(keep, 1)]:
+    for old in checkpoints(root)[: -max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -103,9 +106,10 @@ def damaged(file: str, what: str) -> TrainingError:
     start over; eexp itself deletes nothing."""
     ckpt = os.path.dirname(file)
     earlier = [c for c in checkpoints(os.path.dirname(ckpt)) if c != ckpt and _step(c) < _step(ckpt)]
-    then = (f"continues from {earlier[-1]}" if earlier else "starts the run over")
-    return TrainingError(f"{file}: {what}; the checkpoint {ckpt} is damaged: move it aside (or delete it), and "
-                         f"--resume {then}")
+    then = f"continues from {earlier[-1]}" if earlier else "starts the run over"
+    return TrainingError(
+        f"{file}: {what}; the checkpoint {ckpt} is damaged: move it aside (or delete it), and --resume {then}"
+    )
 
 
 def _step(ckpt: str) -> int:
@@ -138,12 +142,14 @@ def load_weights(path: str, model, device) -> None:
         weights = safetensors.torch.load_file(file, device=str(device))
     except FileNotFoundError:
         raise damaged(file, "missing") from None
-    except (SafetensorError, OSError, ValueError) as e:   # cut short: "incomplete metadata", "buffer too small"
+    except (SafetensorError, OSError, ValueError) as e:  # cut short: "incomplete metadata", "buffer too small"
         raise damaged(file, f"cannot be read ({why(e)})") from None
     missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
     if missing:
-        raise TrainingError(f"{path}: the checkpoint lacks {len(missing)} trained tensor(s) "
-                            f"(e.g. {sorted(missing)[0]}): not a checkpoint of this run")
+        raise TrainingError(
+            f"{path}: the checkpoint lacks {len(missing)} trained tensor(s) "
+            f"(e.g. {sorted(missing)[0]}): not a checkpoint of this run"
+        )
     model.load_state_dict(weights, strict=False)
 
 
@@ -197,16 +203,16 @@ def run_folder(path: str, main: bool = True):
                 up = os.path.dirname(up)
             try:
                 os.makedirs(path)
-                made = missing   # deepest first
+                made = missing  # deepest first
             except OSError:
-                pass             # the run's own check says why (a read-only folder)
+                pass  # the run's own check says why (a read-only folder)
         key = lock_output(path, folder=True)
     try:
         yield
     except BaseException:
         for folder in made:
             try:
-                os.rmdir(folder)   # only while empty: never what the run wrote
+                os.rmdir(folder)  # only while empty: never what the run wrote
             except OSError:
                 break
         raise
@@ -311,8 +317,10 @@ def check_fingerprint(saved: dict, now: dict, path: str) -> None:
 
     changed = sorted(k for k in set(before) | set(after) if differs(k))
     if changed:
-        raise TrainingError(f"cannot resume from {path}: options differ from that run's: "
-                            + ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed))
+        raise TrainingError(
+            f"cannot resume from {path}: options differ from that run's: "
+            + ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed)
+        )
 
 
 def trim_metrics(metrics_path: str, step: int) -> None:

@@ -25,8 +25,8 @@ class Encoded:
     ids: list[int]
     weights: list[float]
     truncated: bool = False
-    system_tokens: int = 0   # where the system prompt ends
-    last_target: int = 0     # where the last trained span starts
+    system_tokens: int = 0  # where the system prompt ends
+    last_target: int = 0  # where the last trained span starts
 
     @property
     def n_targets(self) -> int:
@@ -39,8 +39,11 @@ class Encoded:
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
-                                         tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in messages],
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )
 
 
 def target_spans(tokenizer, messages: list[dict]) -> tuple[str, int, list[tuple[int, int, float]]]:
@@ -60,9 +63,11 @@ def target_spans(tokenizer, messages: list[dict]) -> tuple[str, int, list[tuple[
         start = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         end = render(tokenizer, messages[: i + 1])
         if not (end.startswith(start) and full.startswith(end)):
-            raise ValueError(f"the chat template does not render messages[{i}] as an extension of the turns before "
-                             "it, so the assistant turn cannot be located (a template that rewrites history?)")
-        stop = len(end.rstrip()) if end[len(start):].strip() else len(end)
+            raise ValueError(
+                f"the chat template does not render messages[{i}] as an extension of the turns before "
+                "it, so the assistant turn cannot be located (a template that rewrites history?)"
+            )
+        stop = len(end.rstrip()) if end[len(start) :].strip() else len(end)
         spans.append((len(start), stop, float(weight)))
     system_end = 0
     if messages[0]["role"] == "system":
@@ -94,11 +99,13 @@ def encode(tokenizer, messages: list[dict], max_length: int, truncate: bool = Tr
     return enc if len(enc.ids) <= max_length else _cut_left(enc, max_length)
 
 
-def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict], max_length: int,
-                truncate: bool = True) -> tuple[Encoded, Encoded]:
+def encode_pair(
+    tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict], max_length: int, truncate: bool = True
+) -> tuple[Encoded, Encoded]:
     """The chosen and the rejected conversation (the prompt, then each side's assistant turns), encoded as `encode`
     encodes one, with one prompt: an over-long pair has its prompt shortened once, by what the longer side needs, so
     both sides are scored on the same context (and, as a last resort, cut by the same tokens from the left)."""
+
     def both(messages: list[dict]) -> tuple[Encoded, Encoded]:
         return _encode(tokenizer, messages + chosen), _encode(tokenizer, messages + rejected)
 
@@ -111,7 +118,7 @@ def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: lis
     fitted, _ = fit_messages(prompt, lambda m: max(len(e.ids) for e in both(m)), max_length)
     pair = both(fitted)
     excess = max(len(e.ids) for e in pair) - max_length
-    if excess > 0:   # the same prompt tokens go from both sides
+    if excess > 0:  # the same prompt tokens go from both sides
         pair = tuple(_cut_left(e, len(e.ids) - excess) for e in pair)
     for e in pair:
         e.truncated = True
@@ -155,8 +162,10 @@ def _cut_left(enc: Encoded, max_length: int) -> Encoded:
     elif excess <= enc.last_target:
         keep = list(range(excess, len(ids)))
     else:
-        raise ValueError(f"the last assistant turn alone is {len(ids) - enc.last_target} tokens, over --max-length "
-                         f"{max_length}; raise --max-length (targets are never cut)")
+        raise ValueError(
+            f"the last assistant turn alone is {len(ids) - enc.last_target} tokens, over --max-length "
+            f"{max_length}; raise --max-length (targets are never cut)"
+        )
     ids = [ids[i] for i in keep]
     weights = [weights[i] for i in keep]
     weights[0] = 0.0
@@ -170,7 +179,7 @@ class Dataset:
     truncated: int = 0
     skipped: int = 0
     serializers: Counter = field(default_factory=Counter)
-    longest_thought: int = 0   # tokens of the longest `Thought: ...` target (the model card's thought_tokens)
+    longest_thought: int = 0  # tokens of the longest `Thought: ...` target (the model card's thought_tokens)
 
     @property
     def tokens(self) -> int:
@@ -184,8 +193,9 @@ def read_examples(paths: list[str], on_error: str, warn: Callable[[str], None]) 
     items = []
     for item in reader:
         problem = check(item.record)
-        if problem is None and not any(m["role"] == "assistant" and m.get("weight", 1) for m in
-                                       item.record["messages"]):
+        if problem is None and not any(
+            m["role"] == "assistant" and m.get("weight", 1) for m in item.record["messages"]
+        ):
             problem = "messages: every assistant turn has weight 0 (nothing to learn)"
         if problem:
             reader.reject(item.error(problem))
@@ -197,14 +207,23 @@ def read_examples(paths: list[str], on_error: str, warn: Callable[[str], None]) 
 def encode_items(name: str, items, reader: Reader, tokenizer, cfg: FinetuneConfig) -> Dataset:
     data = Dataset(name, [])
     for item in items:
-        enc = encode_or_reject(lambda: encode(tokenizer, item.record["messages"], cfg.max_length, cfg.truncate),
-                               item, reader, cfg.model, "example")
+        enc = encode_or_reject(
+            lambda: encode(tokenizer, item.record["messages"], cfg.max_length, cfg.truncate),
+            item,
+            reader,
+            cfg.model,
+            "example",
+        )
         if enc is None:
             continue
         data.examples.append(enc)
         data.truncated += enc.truncated
-        data.longest_thought = max(data.longest_thought, longest_thought(
-            item.record["messages"], lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])))
+        data.longest_thought = max(
+            data.longest_thought,
+            longest_thought(
+                item.record["messages"], lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            ),
+        )
         serializer = (item.record.get("meta") or {}).get("serializer")
         if serializer:
             data.serializers[serializer] += 1
@@ -218,16 +237,21 @@ def warn_without_end_of_turn(tokenizer, example: Encoded, model: str) -> None:
     """Say so when the template's assistant turn ends on no special token: the model would not learn to stop."""
     last = example.ids[max(i for i, w in enumerate(example.weights) if w)]
     if last not in set(tokenizer.all_special_ids) | {tokenizer.eos_token_id}:
-        print(f"eexp: warning: {model}: the chat template ends an assistant turn without an end-of-turn or EOS "
-              "token, so the model will not learn to stop", file=sys.stderr)
+        print(
+            f"eexp: warning: {model}: the chat template ends an assistant turn without an end-of-turn or EOS "
+            "token, so the model will not learn to stop",
+            file=sys.stderr,
+        )
 
 
 def split_validation(items: list, fraction: float, seed: int) -> tuple[list, list]:
     """A seeded split by trajectory (meta.trajectory_id, else source_id): steps of one trajectory share states, so
     they stay on one side and the validation loss is not measured on near-copies of training examples."""
+
     def group(item):
         meta = item.record.get("meta") or {}
         return str(meta.get("trajectory_id") or item.record.get("source_id") or item.record["id"])
+
     groups = sorted({group(i) for i in items})
     random.Random(f"val/{seed}").shuffle(groups)
     n_val = max(1, round(fraction * len(groups)))
@@ -235,4 +259,3 @@ def split_validation(items: list, fraction: float, seed: int) -> tuple[list, lis
         raise UsageProblem(f"--val-fraction {fraction} leaves no training data ({len(groups)} trajectories)")
     held = set(groups[:n_val])
     return [i for i in items if group(i) not in held], [i for i in items if group(i) in held]
-

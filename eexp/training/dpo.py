@@ -76,9 +76,15 @@ def encode_pairs(name: str, items, reader: Reader, tokenizer, cfg) -> Dataset:
     data = Dataset(name, [])
     for item in items:
         record = item.record
-        encoded = encode_or_reject(lambda: encode_pair(tokenizer, record["prompt"], record["chosen"],
-                                                        record["rejected"], cfg.max_length, cfg.truncate),
-                                   item, reader, cfg.model, "pair")
+        encoded = encode_or_reject(
+            lambda: encode_pair(
+                tokenizer, record["prompt"], record["chosen"], record["rejected"], cfg.max_length, cfg.truncate
+            ),
+            item,
+            reader,
+            cfg.model,
+            "pair",
+        )
         if encoded is None:
             continue
         pair = Pair(*encoded)
@@ -115,17 +121,21 @@ def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, beta: float):
 class DPO:
     """The objective of `--objective dpo`: preference pairs for examples and the DPO loss."""
 
-    OPTIONS = ("beta",)   # FinetuneConfig's fields that are DPO's own: refused under another objective
+    OPTIONS = ("beta",)  # FinetuneConfig's fields that are DPO's own: refused under another objective
 
     def check(self, cfg: FinetuneConfig) -> None:
         if cfg.warmup_data:
-            raise UsageProblem("--objective dpo trains on preference pairs alone; run the warm-up (--warmup-data) "
-                               "as a finetune of its own and give its output as --model")
+            raise UsageProblem(
+                "--objective dpo trains on preference pairs alone; run the warm-up (--warmup-data) "
+                "as a finetune of its own and give its output as --model"
+            )
         if cfg.beta <= 0:
             raise UsageProblem("--beta must be above 0")
         if cfg.loss_norm != "example":
-            raise UsageProblem(f"--loss-norm {cfg.loss_norm} is the sft loss's; DPO's loss is the mean over "
-                               "pairs (--loss-norm example)")
+            raise UsageProblem(
+                f"--loss-norm {cfg.loss_norm} is the sft loss's; DPO's loss is the mean over "
+                "pairs (--loss-norm example)"
+            )
 
     def read(self, paths: list[str], cfg: FinetuneConfig, echo):
         return read_pairs(paths, cfg.on_error, echo)
@@ -139,16 +149,15 @@ class DPO:
 
     @staticmethod
     def units(pair: Pair, cfg: FinetuneConfig) -> int:
-        return 1   # the loss is a mean over pairs
+        return 1  # the loss is a mean over pairs
 
     @staticmethod
     def logps(run, batch: list[Pair]):
         """The model's log-probabilities of the chosen and of the rejected answers of `batch`, in one forward pass,
         and the tokens of that pass."""
-        ids, mask, weights = collate([p.chosen for p in batch] + [p.rejected for p in batch], run.pad_id,
-                                     run.device)
+        ids, mask, weights = collate([p.chosen for p in batch] + [p.rejected for p in batch], run.pad_id, run.device)
         logps = sequence_logps(run.model, ids, mask, weights)
-        return logps[:len(batch)], logps[len(batch):], int(mask.sum())
+        return logps[: len(batch)], logps[len(batch) :], int(mask.sum())
 
     def batch_loss(self, run, batch: list[Pair]):
         chosen, rejected, tokens = self.logps(run, batch)
@@ -172,7 +181,7 @@ class DPO:
         # Every process computes every pair, in the same order (under FSDP each forward pass is collective).
         with torch.no_grad(), start, autocast:
             for k in range(0, len(order), size):
-                batch = [pairs[j] for j in order[k:k + size]]
+                batch = [pairs[j] for j in order[k : k + size]]
                 chosen, rejected, _ = self.logps(run, batch)
                 for pair, c, r in zip(batch, chosen.tolist(), rejected.tolist()):
                     pair.ref_chosen, pair.ref_rejected = c, r

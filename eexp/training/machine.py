@@ -19,9 +19,13 @@ def machine_card() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    out = {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "mkl_cbwr": os.environ.get("MKL_CBWR", ""), "threads": str(torch.get_num_threads()),
-           "torch": str(torch.__version__)}
+    out = {
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR", ""),
+        "threads": str(torch.get_num_threads()),
+        "torch": str(torch.__version__),
+    }
     if torch.cuda.is_available():
         out["device"] = str(torch.cuda.get_device_name())
     return out

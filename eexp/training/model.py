@@ -25,10 +25,12 @@ def check_model_dir(path: str) -> None:
     names = os.listdir(path)
     pickles = sorted(n for n in names if n.endswith(".bin"))
     if pickles and not any(n.endswith(".safetensors") for n in names):
-        raise TrainingError(f"{path}: the weights are {pickles[0]}, a pickle, and eexp loads safetensors only; "
-                            "convert them once (if you trust the file): python -c \"from transformers import "
-                            f"AutoModelForCausalLM as M; M.from_pretrained({path!r}, use_safetensors=False)"
-                            f".save_pretrained({path!r})\"")
+        raise TrainingError(
+            f"{path}: the weights are {pickles[0]}, a pickle, and eexp loads safetensors only; "
+            'convert them once (if you trust the file): python -c "from transformers import '
+            f"AutoModelForCausalLM as M; M.from_pretrained({path!r}, use_safetensors=False)"
+            f'.save_pretrained({path!r})"'
+        )
 
 
 def _first_line(e: BaseException) -> str:
@@ -38,16 +40,20 @@ def _first_line(e: BaseException) -> str:
 def load_tokenizer(cfg: TrainerConfig):
     source = cfg.adapter if cfg.adapter and has_tokenizer(cfg.adapter) else cfg.model
     if not has_tokenizer(source):
-        raise TrainingError(f"{cfg.model}: no tokenizer in this model directory (expected tokenizer.json or "
-                            "tokenizer_config.json); a checkpoint from `eexp init-model` or `eexp finetune` has one")
+        raise TrainingError(
+            f"{cfg.model}: no tokenizer in this model directory (expected tokenizer.json or "
+            "tokenizer_config.json); a checkpoint from `eexp init-model` or `eexp finetune` has one"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
         raise TrainingError(f"{source}: cannot load the tokenizer: {e}") from None
     if not tok.chat_template:
-        raise TrainingError(f"{source}: the tokenizer has no chat template; eexp trains and acts through the "
-                            "template stored with the model (add one to tokenizer_config.json or "
-                            "chat_template.jinja)")
+        raise TrainingError(
+            f"{source}: the tokenizer has no chat template; eexp trains and acts through the "
+            "template stored with the model (add one to tokenizer_config.json or "
+            "chat_template.jinja)"
+        )
     return tok
 
 
@@ -55,8 +61,10 @@ def linear_module_names(model) -> list[str]:
     """The names LoRA can target: the last component of every linear layer's name (lm_head excluded)."""
     names = set()
     for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or type(module).__name__ in ("Conv1D",
-                                                                                               "Linear4bit"):
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or type(module).__name__ in (
+            "Conv1D",
+            "Linear4bit",
+        ):
             leaf = name.rsplit(".", 1)[-1]
             if leaf != "lm_head":
                 names.add(leaf)
@@ -100,8 +108,19 @@ def activation_bytes_per_token(config, method: str, bf16: bool) -> int:
     return values * layers * (2 if bf16 else 4)
 
 
-def training_memory(config, n_params: int, *, method: str, bf16: bool, rows: int, row_tokens: int, kept: int,
-                    lora_rank: int = 16, attn: str | None = None, processes: int = 1) -> dict[str, int]:
+def training_memory(
+    config,
+    n_params: int,
+    *,
+    method: str,
+    bf16: bool,
+    rows: int,
+    row_tokens: int,
+    kept: int,
+    lora_rank: int = 16,
+    attn: str | None = None,
+    processes: int = 1,
+) -> dict[str, int]:
     """Bytes a training step needs at its largest micro-batch (`rows` x `row_tokens`, logits at `kept` positions a
     row) without gradient checkpointing, by part: the weights (fp32 for a full fine-tune, bf16 for a LoRA base
     under bf16, 4-bit for QLoRA), gradients and AdamW state (of every weight, or of the adapter's), activations, and
@@ -114,8 +133,12 @@ def training_memory(config, n_params: int, *, method: str, bf16: bool, rows: int
     activations = rows * row_tokens * activation_bytes_per_token(config, method, bf16)
     if attn == "eager":  # the attention weights themselves (softmax and its dropout), every head and layer
         activations += rows * heads * row_tokens * row_tokens * layers * (2 if bf16 else 4) * 2
-    return {"weights": int(n_params * per_weight) // processes, "state": int(state) // processes,
-            "activations": int(activations), "logits": int(rows * kept * vocab * 10)}
+    return {
+        "weights": int(n_params * per_weight) // processes,
+        "state": int(state) // processes,
+        "activations": int(activations),
+        "logits": int(rows * kept * vocab * 10),
+    }
 
 
 # Gradient checkpointing goes on by default where the estimate (training_memory) exceeds this share of the GPU's
@@ -126,16 +149,18 @@ CHECKPOINT_ABOVE = 0.8
 def checkpointing_default(parts: dict[str, int], free: int) -> tuple[bool, str]:
     """(gradient checkpointing on?, why), from `training_memory`'s estimate and the GPU's free memory."""
     need = sum(parts.values())
-    said = (f"about {_gib(need)} without it (activations {_gib(parts['activations'])}, weights "
-            f"{_gib(parts['weights'])}, gradients and optimizer {_gib(parts['state'])}, logits "
-            f"{_gib(parts['logits'])}; estimated) against {_gib(free)} free on the GPU")
+    said = (
+        f"about {_gib(need)} without it (activations {_gib(parts['activations'])}, weights "
+        f"{_gib(parts['weights'])}, gradients and optimizer {_gib(parts['state'])}, logits "
+        f"{_gib(parts['logits'])}; estimated) against {_gib(free)} free on the GPU"
+    )
     if need > CHECKPOINT_ABOVE * free:
         return True, f"on: {said}"
     return False, f"off: {said}"
 
 
 def _gib(n: int) -> str:
-    return f"{n / 1024 ** 3:.1f} GiB"
+    return f"{n / 1024**3:.1f} GiB"
 
 
 def enable_tf32(device) -> None:
@@ -152,8 +177,10 @@ def load_model(cfg: TrainerConfig, device, bf16: bool, sharded: bool = False):
     it, so no GPU ever holds the whole model."""
     check_model_dir(cfg.model)
     if os.path.exists(os.path.join(cfg.model, "adapter_config.json")):
-        raise UsageProblem(f"{cfg.model} is a LoRA adapter: pass its base model as --model and the adapter as "
-                           "--adapter DIR to continue training it")
+        raise UsageProblem(
+            f"{cfg.model} is a LoRA adapter: pass its base model as --model and the adapter as "
+            "--adapter DIR to continue training it"
+        )
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "use_safetensors": True}  # never a pickle
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
@@ -167,8 +194,11 @@ def load_model(cfg: TrainerConfig, device, bf16: bool, sharded: bool = False):
         if device.type != "cuda":
             raise UsageProblem("--qlora needs a CUDA GPU (4-bit weights through bitsandbytes)")
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32,
+        )
         kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
@@ -182,7 +212,7 @@ def load_model(cfg: TrainerConfig, device, bf16: bool, sharded: bool = False):
         model.to(device)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):   # transformers 5's name (the old one warns)
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name (the old one warns)
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -198,13 +228,19 @@ def load_model(cfg: TrainerConfig, device, bf16: bool, sharded: bool = False):
         return PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
     candidates = linear_module_names(model)
     targets = [t for t in cfg.lora_targets if t != "all-linear"]
-    missing = [t for t in targets if t not in candidates and not any(n.endswith(t) for n, _ in
-                                                                     model.named_modules())]
+    missing = [t for t in targets if t not in candidates and not any(n.endswith(t) for n, _ in model.named_modules())]
     if missing:
-        raise UsageProblem(f"--lora-targets: {', '.join(missing)} not in this model; candidates: "
-                           f"{', '.join(candidates)} (or all-linear)")
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets or "all-linear", task_type="CAUSAL_LM")
+        raise UsageProblem(
+            f"--lora-targets: {', '.join(missing)} not in this model; candidates: "
+            f"{', '.join(candidates)} (or all-linear)"
+        )
+    lora = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets or "all-linear",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     if bf16:  # trainable adapter weights stay fp32 (optimizer precision); autocast does the bf16 math
         for p in model.parameters():
@@ -224,20 +260,24 @@ def _accelerator():
     if kind == "DEEPSPEED":
         # DeepSpeed's engine owns gradient accumulation and the optimizer, which this loop does itself (a fresh
         # optimizer per phase, token-normalized accumulation). FSDP's full sharding gives ZeRO-3's memory savings.
-        raise UsageProblem("eexp finetune does not run under DeepSpeed; use FSDP "
-                           "(accelerate launch --config_file recipes/accelerate/fsdp.yaml -m eexp finetune ...)")
+        raise UsageProblem(
+            "eexp finetune does not run under DeepSpeed; use FSDP "
+            "(accelerate launch --config_file recipes/accelerate/fsdp.yaml -m eexp finetune ...)"
+        )
     return acc
 
 
-OOM_ADVICE = ("out of memory at step {step} (micro-batch of {batch} examples, up to {length} tokens). Try a smaller "
-              "--batch-size with a larger --grad-accum (same effective batch), a lower --max-length, "
-              "--gradient-checkpointing, or --lora")
+OOM_ADVICE = (
+    "out of memory at step {step} (micro-batch of {batch} examples, up to {length} tokens). Try a smaller "
+    "--batch-size with a larger --grad-accum (same effective batch), a lower --max-length, "
+    "--gradient-checkpointing, or --lora"
+)
 
 
 def _is_oom(e: BaseException) -> bool:
     if isinstance(e, torch.OutOfMemoryError):
         return True
     text = str(e)
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
-                                            or "DefaultCPUAllocator" in text)
-
+    return isinstance(e, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "DefaultCPUAllocator" in text
+    )

@@ -75,8 +75,9 @@ def refuse_foreign_options(objectives: Objectives, cfg: Any, objective: Any) -> 
         if name in options_of(objective) or getattr(cfg, name) == _default(fields[name]):
             continue
         flag = (fields[name].metadata.get("flag") or "--" + name.replace("_", "-")).split("/")[0]
-        raise UsageProblem(f"{flag}: only with --{option} {' or '.join(names)} (--{option} "
-                           f"{getattr(cfg, option)} does not take it)")
+        raise UsageProblem(
+            f"{flag}: only with --{option} {' or '.join(names)} (--{option} {getattr(cfg, option)} does not take it)"
+        )
 
 
 def _default(field: dataclasses.Field) -> Any:

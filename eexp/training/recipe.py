@@ -56,7 +56,7 @@ from eexp.training.trainer import Trainer
 class SFT:
     """The weighted negative log-likelihood of the target tokens (the assistant turns) of training examples."""
 
-    OPTIONS = ("packing",)   # --packing: the padding-free rows of this loss (batches.collate_rows)
+    OPTIONS = ("packing",)  # --packing: the padding-free rows of this loss (batches.collate_rows)
 
     def check(self, cfg: FinetuneConfig) -> None:
         """Nothing beyond the recipe's own checks."""
@@ -98,8 +98,9 @@ class Finetune(Trainer):
     """setup() -> train() -> finish() over training examples, with the objective --objective names (`OBJECTIVES`),
     or the one given; the trainer's save_checkpoint / load_checkpoint make a killed run resumable exactly."""
 
-    def __init__(self, cfg: FinetuneConfig, echo: Callable[[str], None] | None = None,
-                 objective: Objective | None = None):
+    def __init__(
+        self, cfg: FinetuneConfig, echo: Callable[[str], None] | None = None, objective: Objective | None = None
+    ):
         super().__init__(cfg, echo)
         self.objective = objective if objective is not None else objective_class(OBJECTIVES, cfg.objective)()
 
@@ -132,8 +133,14 @@ class Finetune(Trainer):
             self.model = self.acc.prepare(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.objective.prepare(self)  # from the starting weights, before a checkpoint replaces them
-        self.state = {"phase": self.phases[0][0], "phase_step": 0, "global_step": 0, "best_val": None,
-                      "best_step": None, "fingerprint": self.fingerprint}
+        self.state = {
+            "phase": self.phases[0][0],
+            "phase_step": 0,
+            "global_step": 0,
+            "best_val": None,
+            "best_step": None,
+            "fingerprint": self.fingerprint,
+        }
         self.optimizer = self.scheduler = None
         if cfg.resume:
             self.load_checkpoint()
@@ -148,8 +155,9 @@ class Finetune(Trainer):
             raise UsageProblem("--keep-best needs validation data (--val FILE or --val-fraction F)")
         refuse_foreign_options(OBJECTIVES, cfg, self.objective)
         if cfg.adapter and cfg.lora_targets != ["all-linear"]:
-            raise UsageProblem("--adapter continues an existing adapter with its own target modules; drop "
-                               "--lora-targets")
+            raise UsageProblem(
+                "--adapter continues an existing adapter with its own target modules; drop --lora-targets"
+            )
         self.objective.check(cfg)
 
     def _load_data(self) -> None:
@@ -188,8 +196,12 @@ class Finetune(Trainer):
         """The largest micro-batch for the memory estimate behind --gradient-checkpointing's default: --batch-size
         rows of the longest sequence (a DPO pair is two), logits at the targets of every row (the positions kept are
         the union over the rows); packed, one row of them all."""
-        seqs = [s for d in self.data.values() for e in d.examples
-                for s in ((e.chosen, e.rejected) if hasattr(e, "chosen") else (e,))]
+        seqs = [
+            s
+            for d in self.data.values()
+            for e in d.examples
+            for s in ((e.chosen, e.rejected) if hasattr(e, "chosen") else (e,))
+        ]
         rows = self.cfg.batch_size * len(seqs) // sum(len(d.examples) for d in self.data.values())
         longest, targets = max(s.length for s in seqs), max(s.n_targets for s in seqs)
         if self.cfg.packing:
@@ -220,12 +232,16 @@ class Finetune(Trainer):
         """The serializer settings the examples were made with (meta.serializer), for the card, eval and export."""
         counts = self.data["train"].serializers
         if not counts:
-            self.echo("warning: the training examples carry no meta.serializer; the model card records none, so "
-                      "eval will render states with its defaults")
+            self.echo(
+                "warning: the training examples carry no meta.serializer; the model card records none, so "
+                "eval will render states with its defaults"
+            )
             return None
         if len(counts) > 1:
-            self.echo(f"warning: the training examples were made with {len(counts)} different serializer settings; "
-                      "the model card records the most common")
+            self.echo(
+                f"warning: the training examples were made with {len(counts)} different serializer settings; "
+                "the model card records the most common"
+            )
         settings = check_serializer(counts.most_common(1)[0][0], "meta.serializer of the training examples")
         # IWM's world model should learn the states as the policy will read them: a warm-up rendered otherwise (say
         # without the history the imitation examples show) is allowed, but rarely meant.
@@ -233,10 +249,15 @@ class Finetune(Trainer):
         if warmup and warmup.serializers:
             theirs = check_serializer(warmup.serializers.most_common(1)[0][0], "meta.serializer of --warmup-data")
             if theirs != settings:
-                differ = ", ".join(f"{k} {theirs.get(k)} against {settings.get(k)}"
-                                   for k in sorted(set(theirs) | set(settings)) if theirs.get(k) != settings.get(k))
-                self.echo(f"warning: --warmup-data renders states with other serializer settings than the training "
-                          f"data ({differ}); make both with the same options")
+                differ = ", ".join(
+                    f"{k} {theirs.get(k)} against {settings.get(k)}"
+                    for k in sorted(set(theirs) | set(settings))
+                    if theirs.get(k) != settings.get(k)
+                )
+                self.echo(
+                    f"warning: --warmup-data renders states with other serializer settings than the training "
+                    f"data ({differ}); make both with the same options"
+                )
         return settings
 
     def _plan(self) -> None:
@@ -246,24 +267,34 @@ class Finetune(Trainer):
         budget = cfg.max_steps
         if "warmup" in self.data:
             n = cfg.warmup_steps or cfg.warmup_epochs * updates_per_epoch(
-                len(self.data["warmup"].examples), cfg.batch_size, cfg.grad_accum, self.world)
+                len(self.data["warmup"].examples), cfg.batch_size, cfg.grad_accum, self.world
+            )
             if budget is not None and n >= budget:
-                what = (f"--warmup-steps {n}" if cfg.warmup_steps else
-                        f"{n} updates for {cfg.warmup_epochs} epoch(s) of --warmup-data")
-                raise UsageProblem(f"--max-steps {budget} leaves no updates for the training data after the "
-                                   f"warm-up ({what}); give a larger --max-steps or a smaller --warmup-steps")
+                what = (
+                    f"--warmup-steps {n}"
+                    if cfg.warmup_steps
+                    else f"{n} updates for {cfg.warmup_epochs} epoch(s) of --warmup-data"
+                )
+                raise UsageProblem(
+                    f"--max-steps {budget} leaves no updates for the training data after the "
+                    f"warm-up ({what}); give a larger --max-steps or a smaller --warmup-steps"
+                )
             self.phases.append(("warmup", n))
         per_epoch = updates_per_epoch(len(self.data["train"].examples), cfg.batch_size, cfg.grad_accum, self.world)
         used = sum(n for _, n in self.phases)
         self.phases.append(("train", budget - used if budget is not None else cfg.epochs * per_epoch))
         self.per_epoch = {"train": per_epoch}
         if "warmup" in self.data:
-            self.per_epoch["warmup"] = updates_per_epoch(len(self.data["warmup"].examples), cfg.batch_size,
-                                                         cfg.grad_accum, self.world)
+            self.per_epoch["warmup"] = updates_per_epoch(
+                len(self.data["warmup"].examples), cfg.batch_size, cfg.grad_accum, self.world
+            )
         self.total_steps = sum(n for _, n in self.phases)
         self.log_every = cfg.log_every or (1 if self.total_steps < 1000 else 10)
-        self.echo("plan: " + ", then ".join(f"{name} {n} updates" for name, n in self.phases)
-                  + f" ({self.total_steps} in all)")
+        self.echo(
+            "plan: "
+            + ", then ".join(f"{name} {n} updates" for name, n in self.phases)
+            + f" ({self.total_steps} in all)"
+        )
 
     # -- train --
 
@@ -281,8 +312,10 @@ class Finetune(Trainer):
                 if not resumed:
                     self.state.update(phase=name, phase_step=0)
                     self._new_optimizer(name, steps)
-                self.echo(f"phase {name}: {steps} updates over {len(self.data[name].examples)} examples"
-                          + (f" (resumed at update {self.state['phase_step']})" if resumed else ""))
+                self.echo(
+                    f"phase {name}: {steps} updates over {len(self.data[name].examples)} examples"
+                    + (f" (resumed at update {self.state['phase_step']})" if resumed else "")
+                )
                 self._train_phase(name, steps, bar)
                 self.echo(f"phase {name} done: {steps} updates")
             if self.val is not None and self.state.get("last_val_step") != self.state["global_step"]:
@@ -313,8 +346,9 @@ class Finetune(Trainer):
                 self._clip_gradients()
                 if self.acc:  # device tensors: read on the host at the next log row, not here
                     loss_sum = self.acc.reduce(self._on_device(loss_sum), "sum")
-                    extra_sum = {name: self.acc.reduce(self._on_device(v), "sum")
-                                 for name, v in sorted(extra_sum.items())}
+                    extra_sum = {
+                        name: self.acc.reduce(self._on_device(v), "sum") for name, v in sorted(extra_sum.items())
+                    }
                 lr = self.scheduler.get_last_lr()[0]
                 self.optimizer.step()
                 self.scheduler.step()
@@ -322,8 +356,9 @@ class Finetune(Trainer):
             except Exception as e:
                 if _is_oom(e):
                     longest = max(x.length for batch in examples for x in batch)
-                    raise TrainingError(OOM_ADVICE.format(step=self.state["global_step"] + 1,
-                                                          batch=cfg.batch_size, length=longest)) from None
+                    raise TrainingError(
+                        OOM_ADVICE.format(step=self.state["global_step"] + 1, batch=cfg.batch_size, length=longest)
+                    ) from None
                 raise
             self.state["phase_step"] += 1
             self.state["global_step"] += 1
@@ -336,24 +371,34 @@ class Finetune(Trainer):
                 # the one wait for the device per log row: the losses of the window, read together
                 window_loss = self._floats(window_loss)
                 window_extra = [dict(zip(u, self._floats(list(u.values())))) for u in window_extra]
-                window_tokens_all = (int(self.acc.reduce(torch.tensor(window_tokens, device=self.device), "sum"))
-                                     if self.acc else window_tokens)
+                window_tokens_all = (
+                    int(self.acc.reduce(torch.tensor(window_tokens, device=self.device), "sum"))
+                    if self.acc
+                    else window_tokens
+                )
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens_all / elapsed if elapsed > 0 else 0.0
-                row = {"step": step, "phase": phase, "epoch": round(self.state["phase_step"] /
-                                                                    self.per_epoch[phase], 4),
-                       "loss": round(sum(window_loss) / len(window_loss), 6),
-                       **{name: round(sum(u[name] for u in window_extra) / len(window_extra), 6)
-                          for name in window_extra[-1]},
-                       "lr": lr, "tokens_per_s": round(tps, 1)}
+                row = {
+                    "step": step,
+                    "phase": phase,
+                    "epoch": round(self.state["phase_step"] / self.per_epoch[phase], 4),
+                    "loss": round(sum(window_loss) / len(window_loss), 6),
+                    **{
+                        name: round(sum(u[name] for u in window_extra) / len(window_extra), 6)
+                        for name in window_extra[-1]
+                    },
+                    "lr": lr,
+                    "tokens_per_s": round(tps, 1),
+                }
                 self._log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tps:.0f}", phase=phase)
                 window_tokens, window_start, window_loss, window_extra = 0, time.perf_counter(), [], []
             end_of_epoch = self.state["phase_step"] % self.per_epoch[phase] == 0
             if self.val is not None and (
-                    (cfg.eval_every and step % cfg.eval_every == 0)
-                    or (not cfg.eval_every and phase == "train" and end_of_epoch)
-                    or (phase == "warmup" and self.state["phase_step"] == steps)):  # right after the world model
+                (cfg.eval_every and step % cfg.eval_every == 0)
+                or (not cfg.eval_every and phase == "train" and end_of_epoch)
+                or (phase == "warmup" and self.state["phase_step"] == steps)
+            ):  # right after the world model
                 self._validate()
             self._checkpoint_if_due(step)
             self.model.train()
@@ -367,7 +412,7 @@ class Finetune(Trainer):
         update's examples. Returns this process's loss summed over units, its other sums, and its tokens.
         """
         n_units = sum(self._units(e) for batch in examples for e in batch)
-        mine = examples[self.rank::self.world]
+        mine = examples[self.rank :: self.world]
         # Every process runs as many forward and backward passes as the busiest one: DDP syncs gradients at each
         # backward and FSDP gathers weights at each forward, so a process short of micro-batches in the last update
         # of an epoch (3 micro-batches for 2 processes x --grad-accum 2) repeats one with zero weight.
@@ -407,7 +452,7 @@ class Finetune(Trainer):
         order = sorted(range(len(lengths)), key=lambda j: lengths[j])
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         size = self.cfg.batch_size
-        batches = [order[k:k + size] for k in range(0, len(order), size)]
+        batches = [order[k : k + size] for k in range(0, len(order), size)]
         rounds = math.ceil(len(batches) / self.world)  # as many forward passes on every process (FSDP gathers)
         with torch.no_grad(), autocast:
             for r in range(rounds):
@@ -418,7 +463,7 @@ class Finetune(Trainer):
                 if real:  # summed on the device (float64), read once below
                     total = total + nll.double()
                     n += sum(self._units(e) for e in batch)
-                for name, value in extra.items():   # every process has every name: one reduce each, below
+                for name, value in extra.items():  # every process has every name: one reduce each, below
                     extra_total[name] = extra_total.get(name, 0.0) + (value.double() if real else 0.0)
         if self.acc:
             total = self.acc.reduce(self._on_device(total), "sum")
@@ -429,11 +474,21 @@ class Finetune(Trainer):
         val = total / max(n, 1)
         step = self.state["global_step"]
         self.state["last_val_step"] = step
-        self._log({"step": step, "phase": self.state["phase"], "val_loss": round(val, 6),
-                   **{f"val_{name}": round(v / max(n, 1), 6) for name, v in extra_total.items()}})
+        self._log(
+            {
+                "step": step,
+                "phase": self.state["phase"],
+                "val_loss": round(val, 6),
+                **{f"val_{name}": round(v / max(n, 1), 6) for name, v in extra_total.items()},
+            }
+        )
         self.echo(f"step {step}: validation loss {val:.4f}")
-        if self.cfg.keep_best and self.state["phase"] == "train" and step > 0 and (
-                self.state["best_val"] is None or val < self.state["best_val"]):
+        if (
+            self.cfg.keep_best
+            and self.state["phase"] == "train"
+            and step > 0
+            and (self.state["best_val"] is None or val < self.state["best_val"])
+        ):
             self.state.update(best_val=val, best_step=step)
             self._save_dir(os.path.join(self.ckpt_root, "best"), optimizer=False)
         return val
@@ -447,17 +502,22 @@ class Finetune(Trainer):
             model = self.acc.unwrap_model(self.model) if self.acc else self.model
             best = os.path.join(self.ckpt_root, "best", "weights.safetensors")
             model.load_state_dict(load_file(best, device=str(self.device)), strict=False)
-            self.echo(f"keeping the best checkpoint: step {self.state['best_step']} "
-                      f"(validation loss {self.state['best_val']:.4f})")
+            self.echo(
+                f"keeping the best checkpoint: step {self.state['best_step']} "
+                f"(validation loss {self.state['best_val']:.4f})"
+            )
         super().finish()
 
     def resolved_config(self) -> dict:
         """OUT/config.yaml: every option of the run as resolved (the learning rate, log interval), under the option
         names of `eexp finetune`, so `eexp finetune --config OUT/config.yaml -o OTHER` runs it again."""
         cfg = self.cfg.options()
-        cfg.update(lr=self.cfg.resolved_lr(), warmup_lr=self.cfg.warmup_lr or (self.cfg.resolved_lr()
-                   if self.cfg.warmup_data else None), log_every=self.log_every,
-                   gradient_checkpointing=self.model_cfg.gradient_checkpointing)
+        cfg.update(
+            lr=self.cfg.resolved_lr(),
+            warmup_lr=self.cfg.warmup_lr or (self.cfg.resolved_lr() if self.cfg.warmup_data else None),
+            log_every=self.log_every,
+            gradient_checkpointing=self.model_cfg.gradient_checkpointing,
+        )
         for key in ("resume", "quiet"):
             cfg.pop(key)
         return cfg
@@ -469,13 +529,20 @@ class Finetune(Trainer):
         if name not in self.data:
             return {}
         data = self.data[name]
-        return {"examples": len(data.examples), "tokens": data.tokens, "truncated": data.truncated,
-                "skipped": data.skipped, "examples_per_update": examples_per_update(self.cfg, self.world),
-                "epochs": round(updates / self.per_epoch[name], 4), "loss_norm": self.cfg.loss_norm,
-                **self.objective.card(self.cfg)}
+        return {
+            "examples": len(data.examples),
+            "tokens": data.tokens,
+            "truncated": data.truncated,
+            "skipped": data.skipped,
+            "examples_per_update": examples_per_update(self.cfg, self.world),
+            "epochs": round(updates / self.per_epoch[name], 4),
+            "loss_norm": self.cfg.loss_norm,
+            **self.objective.card(self.cfg),
+        }
 
     def _thoughts_trained(self) -> list[int]:
         return [d.longest_thought for d in self.data.values()]
+
 
 def _progress(disabled: bool, total: int, initial: int):
     return progress_bar(disabled, total=total, initial=initial, unit="step")

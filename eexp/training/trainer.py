@@ -47,8 +47,15 @@ from eexp.models.import_gguf import import_gguf
 from eexp.training import checkpoint
 from eexp.training.config import TrainerConfig, check_full_fits, from_scratch
 from eexp.training.machine import machine_card
-from eexp.training.model import (_accelerator, checkpointing_default, count_parameters, enable_tf32, load_model,
-                                 load_tokenizer, training_memory)
+from eexp.training.model import (
+    _accelerator,
+    checkpointing_default,
+    count_parameters,
+    enable_tf32,
+    load_model,
+    load_tokenizer,
+    training_memory,
+)
 
 
 class Trainer:
@@ -77,8 +84,9 @@ class Trainer:
             self.device = self.acc.device
         else:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"
-                                                and torch.cuda.is_bf16_supported())
+        self.bf16 = cfg.precision == "bf16" or (
+            cfg.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
         enable_tf32(self.device)
         # Under FSDP each process holds a shard of the model and of the optimizer state; eexp's checkpoints hold one
         # full copy, so they (and --resume) are for one process or plain data parallelism.
@@ -121,8 +129,11 @@ class Trainer:
         that cannot say its micro-batches keeps it on."""
         cfg = self.cfg
         if cfg.gradient_checkpointing is not None:
-            return cfg.gradient_checkpointing, ("on: asked (--gradient-checkpointing)" if cfg.gradient_checkpointing
-                                                else "off: asked (--no-gradient-checkpointing)")
+            return cfg.gradient_checkpointing, (
+                "on: asked (--gradient-checkpointing)"
+                if cfg.gradient_checkpointing
+                else "off: asked (--no-gradient-checkpointing)"
+            )
         if self.device.type != "cuda":
             return False, "off: not on a CUDA GPU (the default there)"
         shape = self._activation_shape()
@@ -133,9 +144,18 @@ class Trainer:
             config = AutoConfig.from_pretrained(self.model_cfg.model, trust_remote_code=cfg.trust_remote_code)
         except (OSError, ValueError) as e:
             return True, f"on: the model's shape is unknown ({str(e).splitlines()[0] if str(e) else e})"
-        parts = training_memory(config, count_parameters(self.model_cfg.model), method=cfg.method, bf16=self.bf16,
-                                rows=rows, row_tokens=row_tokens, kept=kept, lora_rank=cfg.lora_rank,
-                                attn=cfg.attn_implementation, processes=self.world if self.sharded else 1)
+        parts = training_memory(
+            config,
+            count_parameters(self.model_cfg.model),
+            method=cfg.method,
+            bf16=self.bf16,
+            rows=rows,
+            row_tokens=row_tokens,
+            kept=kept,
+            lora_rank=cfg.lora_rank,
+            attn=cfg.attn_implementation,
+            processes=self.world if self.sharded else 1,
+        )
         free = torch.cuda.mem_get_info(self.device)[0]
         return checkpointing_default(parts, free)
 
@@ -157,8 +177,9 @@ class Trainer:
         if os.path.exists(out) and not os.path.isdir(out):
             raise TrainingError(f"{out}: exists and is not a directory")
         if os.path.isdir(out) and os.listdir(out) and not self.cfg.resume:
-            raise TrainingError(f"{out}: already exists and is not empty (use --resume to continue that run, or "
-                                "another -o)")
+            raise TrainingError(
+                f"{out}: already exists and is not empty (use --resume to continue that run, or another -o)"
+            )
         if self.main:
             try:
                 os.makedirs(out, exist_ok=True)
@@ -174,8 +195,11 @@ class Trainer:
     def _load_tokenizer(self) -> None:
         """The tokenizer of the model to train, and the id that pads a batch (its pad token, else end of sequence)."""
         self.tokenizer = load_tokenizer(self.model_cfg)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
-            self.tokenizer.eos_token_id or 0)
+        self.pad_id = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else (self.tokenizer.eos_token_id or 0)
+        )
 
     def _load_model(self):
         """The model to train (eexp.training.model.load_model: full, LoRA or QLoRA), made after seeding torch and
@@ -199,9 +223,12 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999))
         if self.acc and not self.fsdp2:  # under FSDP2 a plain optimizer over the sharded parameters (see setup)
             self.optimizer = self.acc.prepare(self.optimizer)
-        self.scheduler = get_scheduler(self.cfg.lr_scheduler, self.optimizer,
-                                       num_warmup_steps=round(self.cfg.lr_warmup_ratio * steps),
-                                       num_training_steps=steps)
+        self.scheduler = get_scheduler(
+            self.cfg.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=round(self.cfg.lr_warmup_ratio * steps),
+            num_training_steps=steps,
+        )
 
     def _clip_gradients(self) -> None:
         """Clip the gradient to --max-grad-norm (over every process's, under accelerate)."""
@@ -238,8 +265,9 @@ class Trainer:
     def _save_dir(self, final: str, optimizer: bool = True) -> None:
         weights = self._trainable_state()  # every process takes part in gathering them; the main one writes
         if self.main:
-            checkpoint.save(self.ckpt_root, final, weights, self.state, *(
-                (self.optimizer, self.scheduler) if optimizer else ()))
+            checkpoint.save(
+                self.ckpt_root, final, weights, self.state, *((self.optimizer, self.scheduler) if optimizer else ())
+            )
 
     def _checkpoints(self) -> list[str]:
         return checkpoint.checkpoints(self.ckpt_root)
@@ -296,17 +324,24 @@ class Trainer:
                 if cfg.method != "full":  # policies find the base model from the adapter config
                     self._point_adapter_at_base()
                 write_card(cfg.output, self.card())
-                write_atomic(os.path.join(cfg.output, "config.yaml"), yaml.safe_dump(
-                    self.resolved_config(), sort_keys=False, allow_unicode=True).encode())  # last: "finished"
+                write_atomic(
+                    os.path.join(cfg.output, "config.yaml"),
+                    yaml.safe_dump(self.resolved_config(), sort_keys=False, allow_unicode=True).encode(),
+                )  # last: "finished"
             except (OSError, SafetensorError, WriteError) as e:
                 why = checkpoint.why(e)
                 previous = self._checkpoints()
-                then = (f"the last checkpoint {previous[-1]} is intact (free space, then --resume)" if previous
-                        else "no checkpoint was kept (free space, then --resume starts the run over)")
+                then = (
+                    f"the last checkpoint {previous[-1]} is intact (free space, then --resume)"
+                    if previous
+                    else "no checkpoint was kept (free space, then --resume starts the run over)"
+                )
                 raise TrainingError(f"cannot write the final model to {cfg.output}: {why}; {then}") from None
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
-            self.echo(f"wrote {cfg.output} ({'full model' if cfg.method == 'full' else 'LoRA adapter'}, "
-                      f"{self.state['global_step']} updates)")
+            self.echo(
+                f"wrote {cfg.output} ({'full model' if cfg.method == 'full' else 'LoRA adapter'}, "
+                f"{self.state['global_step']} updates)"
+            )
         if cfg.export_gguf and self.main:
             self._export()
 
@@ -330,20 +365,27 @@ class Trainer:
         """OUT/card.yaml: what the model is and how it was made (eexp.card)."""
         base = self.base_gguf or (self.base_hub.id if self.base_hub else os.path.abspath(self.cfg.model))
         phases = [{"name": name, "updates": n, **self._phase_card(name, n)} for name, n in self.phases]
-        return Card(command=self.resolved_config().get("command", "finetune"),  # RL's config names its command
-                    eexp_version=__version__, serializer=self.serializer, base_model=base,
-                    base_sha256=content_hash([self.base_hub.path if self.base_hub else base]),
-                    base_import=os.path.abspath(self.model_cfg.model) if self.base_gguf else None,
-                    base_revision=self.base_hub.revision if self.base_hub else None,
-                    from_scratch=from_scratch(self.model_cfg.model), method=self.cfg.method,
-                    precision="bf16" if self.bf16 else "fp32", gradient_checkpointing=self.checkpointing_why,
-                    phases=phases, updates=self.state["global_step"],
-                    best_step=self.state.get("best_step"), best_val_loss=self.state.get("best_val"),
-                    # the longest thought trained, here or before (a base that was itself trained on SR examples)
-                    thought_tokens=max(self._thoughts_trained()
-                                       + [read_card(self.model_cfg.model).thought_tokens or 0]) or None,
-                    machine=machine_card())
-
+        return Card(
+            command=self.resolved_config().get("command", "finetune"),  # RL's config names its command
+            eexp_version=__version__,
+            serializer=self.serializer,
+            base_model=base,
+            base_sha256=content_hash([self.base_hub.path if self.base_hub else base]),
+            base_import=os.path.abspath(self.model_cfg.model) if self.base_gguf else None,
+            base_revision=self.base_hub.revision if self.base_hub else None,
+            from_scratch=from_scratch(self.model_cfg.model),
+            method=self.cfg.method,
+            precision="bf16" if self.bf16 else "fp32",
+            gradient_checkpointing=self.checkpointing_why,
+            phases=phases,
+            updates=self.state["global_step"],
+            best_step=self.state.get("best_step"),
+            best_val_loss=self.state.get("best_val"),
+            # the longest thought trained, here or before (a base that was itself trained on SR examples)
+            thought_tokens=max(self._thoughts_trained() + [read_card(self.model_cfg.model).thought_tokens or 0])
+            or None,
+            machine=machine_card(),
+        )
 
     # -- what the optimizer and the final save ask of the recipe --
 
@@ -371,8 +413,10 @@ class Trainer:
             else:
                 export_gguf(self.model_cfg.model, out, self.cfg.quant, adapter=self.cfg.output)
         except ModelError as e:
-            raise TrainingError(f"--export-gguf: {e} (the trained model in {self.cfg.output} is complete; "
-                                "`eexp export` can be run again)") from None
+            raise TrainingError(
+                f"--export-gguf: {e} (the trained model in {self.cfg.output} is complete; "
+                "`eexp export` can be run again)"
+            ) from None
         self.echo(f"wrote {out} ({self.cfg.quant})")
 
 

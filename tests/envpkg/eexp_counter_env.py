@@ -19,8 +19,7 @@ class CounterEnv(Env):
         if split not in self.splits:
             raise EnvError(f"counter has no split {split!r}")
         offset = {"train": 1, "test": 2, "ood": 6}[split]
-        return [{"id": f"{split}-{i}", "split": split, "goal": f"bring the counter to {i + offset}"}
-                for i in range(4)]
+        return [{"id": f"{split}-{i}", "split": split, "goal": f"bring the counter to {i + offset}"} for i in range(4)]
 
     def reset(self, task):
         self.target = int(task["goal"].rsplit(" ", 1)[1])

@@ -9,7 +9,7 @@ from eexp.errors import PolicyError
 from eexp.policies import Policy, Reply
 from eexp.prompts import format_action
 
-OPTIONS = {"case": "insensitive"}   # --policy-arg case=sensitive|insensitive
+OPTIONS = {"case": "insensitive"}  # --policy-arg case=sensitive|insensitive
 
 
 class PreferPolicy(Policy):

@@ -138,18 +138,29 @@ def main() -> None:
         seed = int(seed_part[1:])
         s = json.loads(summary.read_text())
         e = s["envs"]["shop"]
-        row = {"seed": seed, "run": run, "data": data, "predictions": e["predictions"], "states": e["states"],
-               "exact": e["exact_match"]["rate"], "exact_k": e["exact_match"]["k"],
-               "exact_ci": [e["exact_match"]["ci_low"], e["exact_match"]["ci_high"]],
-               "f1": e["f1"]["mean"], "f1_ci": [e["f1"]["ci_low"], e["f1"]["ci_high"]],
-               "changed": e["changed"]["rate"], "recorded_changed": e["changed"]["recorded_changed"],
-               "valid": e["valid"].get("rate"), "valid_n": e["valid"]["n"],
-               "recorded_invalid": e["valid"].get("recorded_invalid"),
-               "labelled": e["labelled"]["rate"], "cut": e["cut"],
-               "f1_expert": e["by_action"]["expert"]["f1"]["mean"],
-               "f1_alternatives": e["by_action"]["alternatives"]["f1"]["mean"],
-               "exact_expert": e["by_action"]["expert"]["exact_match"]["rate"],
-               "exact_alternatives": e["by_action"]["alternatives"]["exact_match"]["rate"]}
+        row = {
+            "seed": seed,
+            "run": run,
+            "data": data,
+            "predictions": e["predictions"],
+            "states": e["states"],
+            "exact": e["exact_match"]["rate"],
+            "exact_k": e["exact_match"]["k"],
+            "exact_ci": [e["exact_match"]["ci_low"], e["exact_match"]["ci_high"]],
+            "f1": e["f1"]["mean"],
+            "f1_ci": [e["f1"]["ci_low"], e["f1"]["ci_high"]],
+            "changed": e["changed"]["rate"],
+            "recorded_changed": e["changed"]["recorded_changed"],
+            "valid": e["valid"].get("rate"),
+            "valid_n": e["valid"]["n"],
+            "recorded_invalid": e["valid"].get("recorded_invalid"),
+            "labelled": e["labelled"]["rate"],
+            "cut": e["cut"],
+            "f1_expert": e["by_action"]["expert"]["f1"]["mean"],
+            "f1_alternatives": e["by_action"]["alternatives"]["f1"]["mean"],
+            "exact_expert": e["by_action"]["expert"]["exact_match"]["rate"],
+            "exact_alternatives": e["by_action"]["alternatives"]["exact_match"]["rate"],
+        }
         mine = None if data != "test" else success(RECIPE / f"seed{seed}" / "eval" / f"{run}.jsonl")
         if mine:
             row["success_k"], row["success_n"] = mine
@@ -173,8 +184,11 @@ def main() -> None:
     corr = {}
     for name, pts in (("trained_runs", trained), ("with_floors", test)):
         if len(pts) >= 3:
-            corr[name] = {"points": [f"s{r['seed']}:{r['run']}" for r in pts],
-                          "f1": correlate(pts, "f1"), "exact": correlate(pts, "exact")}
+            corr[name] = {
+                "points": [f"s{r['seed']}:{r['run']}" for r in pts],
+                "f1": correlate(pts, "f1"),
+                "exact": correlate(pts, "exact"),
+            }
             if all("nll" in r for r in pts):
                 corr[name]["nll"] = correlate(pts, "nll")
                 corr[name]["rank_accuracy"] = correlate(pts, "rank_accuracy")
@@ -185,19 +199,31 @@ def main() -> None:
 
     def pc(x):
         return "" if x is None else f"{100 * x:.1f}%"
-    print("| seed | run | held-out set | predictions | exact match [95% CI] | token F1 [95% CI] | F1 expert / alternatives "
-          "| changed right | labelled | NLL a token (all / page) | ranks own page above another's | test success (this run) | committed run's test success |")
+
+    print(
+        "| seed | run | held-out set | predictions | exact match [95% CI] | token F1 [95% CI] "
+        "| F1 expert / alternatives | changed right | labelled | NLL a token (all / page) "
+        "| ranks own page above another's | test success (this run) | committed run's test success |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         succ = f"{r['success_k']}/{r['success_n']} ({pc(r['success'])})" if "success" in r else "-"
-        nll = (f"{r['nll']:.2f} / {r['nll_content']:.2f}" if r.get("nll_content") is not None else
-               f"{r['nll']:.2f} / -" if "nll" in r else "-")
+        nll = (
+            f"{r['nll']:.2f} / {r['nll_content']:.2f}"
+            if r.get("nll_content") is not None
+            else f"{r['nll']:.2f} / -"
+            if "nll" in r
+            else "-"
+        )
         rank = f"{pc(r['rank_accuracy'])} of {r['rank_pairs']} pairs" if "nll" in r else "-"
-        com = (f"{r['committed_success_k']}/{r['committed_success_n']}" if "committed_success_k" in r else "-")
-        print(f"| {r['seed']} | {r['run']} | {r['data']} | {r['predictions']} | {pc(r['exact'])} [{pc(r['exact_ci'][0])}, "
-              f"{pc(r['exact_ci'][1])}] | {r['f1']:.3f} [{r['f1_ci'][0]:.3f}, {r['f1_ci'][1]:.3f}] | "
-              f"{r['f1_expert']:.3f} / {r['f1_alternatives']:.3f} | {pc(r['changed'])} | {pc(r['labelled'])} | "
-              f"{nll} | {rank} | {succ} | {com} |")
+        com = f"{r['committed_success_k']}/{r['committed_success_n']}" if "committed_success_k" in r else "-"
+        print(
+            f"| {r['seed']} | {r['run']} | {r['data']} | {r['predictions']} | "
+            f"{pc(r['exact'])} [{pc(r['exact_ci'][0])}, "
+            f"{pc(r['exact_ci'][1])}] | {r['f1']:.3f} [{r['f1_ci'][0]:.3f}, {r['f1_ci'][1]:.3f}] | "
+            f"{r['f1_expert']:.3f} / {r['f1_alternatives']:.3f} | {pc(r['changed'])} | {pc(r['labelled'])} | "
+            f"{nll} | {rank} | {succ} | {com} |"
+        )
     print(json.dumps(baselines))
     for name, c in corr.items():
         for key in ("f1", "exact", "nll", "rank_accuracy"):
@@ -207,8 +233,10 @@ def main() -> None:
             if v.get("undefined"):
                 print(f"{name} {key}: n={v['n']} undefined: {v['undefined']}")
                 continue
-            print(f"{name} {key}: n={v['n']} pearson {v['pearson']:.3f} {v['pearson_ci']} spearman {v['spearman']:.3f} "
-                  f"{v['spearman_ci']} perm p {v['pearson_perm_p']:.3f}")
+            print(
+                f"{name} {key}: n={v['n']} pearson {v['pearson']:.3f} {v['pearson_ci']} spearman {v['spearman']:.3f} "
+                f"{v['spearman_ci']} perm p {v['pearson_perm_p']:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ def nll(model, tok, messages, content_only: bool = False) -> tuple[float, int]:
     if content_only:
         first = next(i for i, x in enumerate(enc.weights) if x)
         for t in range(first, len(enc.ids)):
-            if ":" in tok.decode(enc.ids[first:t + 1]):
-                w[first - 1:t] = 0   # weights[1:] is shifted by one: position t-1 predicts token t
+            if ":" in tok.decode(enc.ids[first : t + 1]):
+                w[first - 1 : t] = 0  # weights[1:] is shifted by one: position t-1 predicts token t
                 break
     lp = torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0]
     total = -(lp * w).sum().item()
@@ -60,7 +60,7 @@ def main() -> None:
             per_example.append(total / n)
             c_total, c_n = nll(model, tok, e["messages"], content_only=True)
             content.append(c_total / c_n)
-            own = -total   # log-likelihood of its own recorded next observation (summed over its tokens)
+            own = -total  # log-likelihood of its own recorded next observation (summed over its tokens)
             for j, other in enumerate(targets):
                 if j == i or other == targets[i]:
                     continue
@@ -68,10 +68,15 @@ def main() -> None:
                 o_total, o_n = nll(model, tok, prompt + [{"role": "assistant", "content": other}])
                 pairs += 1
                 right += (own / n) > (-o_total / o_n)
-    result = {"model": model_dir, "examples": len(per_example), "states": len(by_state),
-              "nll_mean": sum(per_example) / len(per_example),
-              "nll_content_mean": sum(content) / len(content), "rank_pairs": pairs,
-              "rank_accuracy": right / pairs if pairs else None}
+    result = {
+        "model": model_dir,
+        "examples": len(per_example),
+        "states": len(by_state),
+        "nll_mean": sum(per_example) / len(per_example),
+        "nll_content_mean": sum(content) / len(content),
+        "rank_pairs": pairs,
+        "rank_accuracy": right / pairs if pairs else None,
+    }
     json.dump(result, open(out, "w"), indent=1)
     print(json.dumps(result))
 

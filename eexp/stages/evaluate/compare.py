@@ -24,8 +24,16 @@ from eexp.errors import InputError
 from eexp.io import Reader
 from eexp.records import expect
 from eexp.stages.evaluate.summary import pct, rate_fields
-from eexp.stats import (bootstrap_min_pairs, detectable_difference, hierarchical_bootstrap, mcnemar_exact,
-                        paired_bootstrap, seed_spread, seeds_for_power, sign_flip_exact)
+from eexp.stats import (
+    bootstrap_min_pairs,
+    detectable_difference,
+    hierarchical_bootstrap,
+    mcnemar_exact,
+    paired_bootstrap,
+    seed_spread,
+    seeds_for_power,
+    sign_flip_exact,
+)
 
 
 def compare_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
@@ -41,8 +49,7 @@ def compare_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
             continue
         label = label.strip()
         if not label or not rest:
-            raise InputError(f"{item!r}: expected a file or NAME=FILE[,FILE...] (the runs of one method, one per "
-                             f"seed)")
+            raise InputError(f"{item!r}: expected a file or NAME=FILE[,FILE...] (the runs of one method, one per seed)")
         for part in rest.split(","):
             if not part:
                 continue
@@ -100,7 +107,7 @@ def load_runs(files: list[tuple]) -> tuple[str, list[Run]]:
     success tests are not comparable."""
     env_name, env_from = None, None
     runs: list[Run] = []
-    starts: dict[str, tuple[str, str]] = {}   # split -> (start mode, the file it was first seen in)
+    starts: dict[str, tuple[str, str]] = {}  # split -> (start mode, the file it was first seen in)
     for f, label in labelled(files):
         path, records = f[0], f[1]
         by_split: dict[str, Run] = {}
@@ -112,24 +119,35 @@ def load_runs(files: list[tuple]) -> tuple[str, list[Run]]:
             if env_name is None:
                 env_name, env_from = env, path
             elif env != env_name:
-                raise InputError(f"episodes of environment {env!r}, but {env_from} holds episodes of {env_name!r}: "
-                                 f"--compare needs runs of one environment (compare each environment separately)",
-                                 path, line)
+                raise InputError(
+                    f"episodes of environment {env!r}, but {env_from} holds episodes of {env_name!r}: "
+                    f"--compare needs runs of one environment (compare each environment separately)",
+                    path,
+                    line,
+                )
             split = record["task"].get("split") or meta.get("split") or ""
             # an off-path episode (eval --start off-path) starts elsewhere than the reset one of the same task:
             # pairing them would compare two different tests
             start = (meta.get("start") or {}).get("mode", "reset")
             first_start, start_from = starts.setdefault(split, (start, path))
             if start != first_start:
-                raise InputError(f"an episode that starts {start}, but {start_from} holds {split or 'its'} episodes "
-                                 f"that start {first_start}: --compare pairs episodes of the same task from the same "
-                                 f"start (compare --start off-path runs on their own)", path, line)
+                raise InputError(
+                    f"an episode that starts {start}, but {start_from} holds {split or 'its'} episodes "
+                    f"that start {first_start}: --compare pairs episodes of the same task from the same "
+                    f"start (compare --start off-path runs on their own)",
+                    path,
+                    line,
+                )
             run = by_split.setdefault(split, Run(label, path, split, record["policy"], {}))
             task_id = record["task"]["id"]
             if task_id in run.episodes:
-                raise InputError(f"task {task_id!r} ({split}) appears twice: --compare pairs one episode per task "
-                                 f"and file (put repeated runs, e.g. seeds, in separate files: NAME=A.jsonl,"
-                                 f"B.jsonl)", path, line)
+                raise InputError(
+                    f"task {task_id!r} ({split}) appears twice: --compare pairs one episode per task "
+                    f"and file (put repeated runs, e.g. seeds, in separate files: NAME=A.jsonl,"
+                    f"B.jsonl)",
+                    path,
+                    line,
+                )
             run.episodes[task_id] = record
         runs.extend(by_split.values())
     return env_name or "", runs
@@ -147,8 +165,11 @@ def labelled(files: list[tuple]) -> Iterator[tuple[tuple, str]]:
     for f, label in zip(files, labels):
         path = f[0]
         if (len(f) < 3 or not f[2]) and label in explicit:
-            raise InputError(f"the run name {label!r} is both a label given with {label}=FILES and this file's name: "
-                             f"give this file a label of its own (NAME={path})", path)
+            raise InputError(
+                f"the run name {label!r} is both a label given with {label}=FILES and this file's name: "
+                f"give this file a label of its own (NAME={path})",
+                path,
+            )
         if path in seen.setdefault(label, set()) and path != "-":
             raise InputError(f"given twice for {label!r}: one file is one run (one seed)", path)
         seen[label].add(path)
@@ -175,9 +196,16 @@ def compare_runs(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.0
     for run in runs:
         eps = list(run.episodes.values())
         successes = sum(1 for e in eps if e["success"])
-        row = {"run": run.label, "file": run.path, "policy": run.policy, "split": run.split, "n": len(eps),
-               "successes": successes, **rate_fields(successes, len(eps)),
-               "mean_score": sum(e["score"] for e in eps) / len(eps)}
+        row = {
+            "run": run.label,
+            "file": run.path,
+            "policy": run.policy,
+            "split": run.split,
+            "n": len(eps),
+            "successes": successes,
+            **rate_fields(successes, len(eps)),
+            "mean_score": sum(e["score"] for e in eps) / len(eps),
+        }
         first = firsts.setdefault(run.split, run)
         if first is not run:
             row["vs_first"] = paired_test(first, run, seed=seed, alpha=alpha, resamples=resamples)
@@ -190,12 +218,11 @@ TOO_FEW_SEEDS = "too few seeds for a seed-level claim"
 # a bootstrap over fewer pairs (tasks; seeds for the hierarchical bootstrap) than eexp.stats.bootstrap_min_pairs (10
 # at alpha 0.05) is no claim: its verdict is this, and the table gives the mean without an interval or p
 TOO_FEW_PAIRS = "too few pairs for a bootstrap claim"
-POWER = 0.8          # the power of the smallest detectable difference over seeds (seed_level)
-MAX_LISTED_SEEDS = 12   # the table lists each seed's difference up to this many seeds, then their mean, sd and signs
+POWER = 0.8  # the power of the smallest detectable difference over seeds (seed_level)
+MAX_LISTED_SEEDS = 12  # the table lists each seed's difference up to this many seeds, then their mean, sd and signs
 
 
-def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.05,
-                   resamples: int = 10000) -> dict:
+def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.05, resamples: int = 10000) -> dict:
     """Per split, one row per method (label) pooling its seeds' runs: episodes and successes over all seeds, the
     per-seed success rates and scores with their mean, sd, min and max, and every method after the first tested
     against the first over the tasks every run of both holds: the exact sign-flip test on the per-task successes
@@ -203,7 +230,7 @@ def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0
     tasks of the per-task mean score; where both have the same number of files, several, also over seeds, file i
     against file i (seed_level)."""
     groups: dict[str, dict[str, list[Run]]] = {}
-    files_of: dict[str, list[str]] = {}   # label -> its files in the order given: a file's position is its seed
+    files_of: dict[str, list[str]] = {}  # label -> its files in the order given: a file's position is its seed
     for run in runs:
         groups.setdefault(run.split, {}).setdefault(run.label, []).append(run)
         if run.path not in files_of.setdefault(run.label, []):
@@ -219,24 +246,39 @@ def compare_seeded(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0
             rates = seed_spread([p["success_rate"] for p in per_seed])
             scores = seed_spread([p["mean_score"] for p in per_seed])
             policies = list(dict.fromkeys(r.policy for r in seeds))
-            row = {"run": label, "files": [r.path for r in seeds], "policy": policies[0] if len(policies) == 1
-                   else f"{len(policies)} models", "split": split, "seeds": len(seeds), "n": len(eps),
-                   "successes": successes, "success_rate": successes / len(eps) if eps else 0.0,
-                   "mean_score": sum(e["score"] for e in eps) / len(eps) if eps else 0.0,
-                   "seed_success": {"mean": rates.mean, "sd": rates.sd, "min": rates.low, "max": rates.high},
-                   "seed_score": {"mean": scores.mean, "sd": scores.sd, "min": scores.low, "max": scores.high},
-                   "per_seed": per_seed}
+            row = {
+                "run": label,
+                "files": [r.path for r in seeds],
+                "policy": policies[0] if len(policies) == 1 else f"{len(policies)} models",
+                "split": split,
+                "seeds": len(seeds),
+                "n": len(eps),
+                "successes": successes,
+                "success_rate": successes / len(eps) if eps else 0.0,
+                "mean_score": sum(e["score"] for e in eps) / len(eps) if eps else 0.0,
+                "seed_success": {"mean": rates.mean, "sd": rates.sd, "min": rates.low, "max": rates.high},
+                "seed_score": {"mean": scores.mean, "sd": scores.sd, "min": scores.low, "max": scores.high},
+                "per_seed": per_seed,
+            }
             if len(seeds) == 1:  # one run: its Wilson interval, as in a comparison of single runs
                 row.update(rate_fields(successes, len(eps)))
             if first is None:
                 first = seeds
             else:
-                row["vs_first"] = seeded_test(first, seeds, seed=seed, alpha=alpha, resamples=resamples,
-                                              files_of=files_of)
+                row["vs_first"] = seeded_test(
+                    first, seeds, seed=seed, alpha=alpha, resamples=resamples, files_of=files_of
+                )
             rows.append(row)
         splits[split] = rows
-    return {"env": env, "alpha": alpha, "resamples": resamples, "seed": seed, "seeded": True,
-            "success_test": SEEDED_TEST, "splits": splits}
+    return {
+        "env": env,
+        "alpha": alpha,
+        "resamples": resamples,
+        "seed": seed,
+        "seeded": True,
+        "success_test": SEEDED_TEST,
+        "splits": splits,
+    }
 
 
 def seed_row(run: Run) -> dict:
@@ -244,13 +286,26 @@ def seed_row(run: Run) -> dict:
     eps = list(run.episodes.values())
     successes = sum(1 for e in eps if e["success"])
     meta = (eps[0].get("meta") or {}) if eps else {}
-    return {"file": run.path, "policy": run.policy, "eval_seed": meta.get("seed"), "n": len(eps),
-            "successes": successes, **rate_fields(successes, len(eps)),
-            "mean_score": sum(e["score"] for e in eps) / len(eps) if eps else 0.0}
+    return {
+        "file": run.path,
+        "policy": run.policy,
+        "eval_seed": meta.get("seed"),
+        "n": len(eps),
+        "successes": successes,
+        **rate_fields(successes, len(eps)),
+        "mean_score": sum(e["score"] for e in eps) / len(eps) if eps else 0.0,
+    }
 
 
-def seeded_test(first: list[Run], other: list[Run], *, seed: int, alpha: float, resamples: int,
-                files_of: dict[str, list[str]] | None = None) -> dict:
+def seeded_test(
+    first: list[Run],
+    other: list[Run],
+    *,
+    seed: int,
+    alpha: float,
+    resamples: int,
+    files_of: dict[str, list[str]] | None = None,
+) -> dict:
     runs = first + other
     common = [t for t in first[0].episodes if all(t in r.episodes for r in runs)]
     s_first, s_other = len(first), len(other)
@@ -265,21 +320,40 @@ def seeded_test(first: list[Run], other: list[Run], *, seed: int, alpha: float, 
     n = len(common)
     p = sign_flip_exact(diffs)
     boot = paired_bootstrap(scores_a, scores_b, resamples=resamples, seed=seed)
-    out = {"first": first[0].label, "paired_n": n, "seeds_first": s_first, "seeds_this": s_other,
-           "tasks_better": sum(1 for d in diffs if d > 0), "tasks_worse": sum(1 for d in diffs if d < 0),
-           "success_diff": sum(rate_diffs) / n if n else 0.0, "success_test": SEEDED_TEST, "success_p": p,
-           "success_verdict": verdict(sum(diffs), p, alpha, n),
-           "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
-           "bootstrap_p": boot.p_value, "score_verdict": bootstrap_verdict(boot.mean_diff, boot.p_value, alpha, n),
-           "bootstrap_min_pairs": bootstrap_min_pairs(alpha)}
+    out = {
+        "first": first[0].label,
+        "paired_n": n,
+        "seeds_first": s_first,
+        "seeds_this": s_other,
+        "tasks_better": sum(1 for d in diffs if d > 0),
+        "tasks_worse": sum(1 for d in diffs if d < 0),
+        "success_diff": sum(rate_diffs) / n if n else 0.0,
+        "success_test": SEEDED_TEST,
+        "success_p": p,
+        "success_verdict": verdict(sum(diffs), p, alpha, n),
+        "score_diff": boot.mean_diff,
+        "score_ci_low": boot.ci_low,
+        "score_ci_high": boot.ci_high,
+        "bootstrap_p": boot.p_value,
+        "score_verdict": bootstrap_verdict(boot.mean_diff, boot.p_value, alpha, n),
+        "bootstrap_min_pairs": bootstrap_min_pairs(alpha),
+    }
     by_seed = seed_level(first, other, common, files_of or {}, seed=seed, alpha=alpha, resamples=resamples)
     if by_seed:
         out["seed_level"] = by_seed
     return out
 
 
-def seed_level(first: list[Run], other: list[Run], common: list[str], files_of: dict[str, list[str]], *, seed: int,
-               alpha: float, resamples: int) -> dict | None:
+def seed_level(
+    first: list[Run],
+    other: list[Run],
+    common: list[str],
+    files_of: dict[str, list[str]],
+    *,
+    seed: int,
+    alpha: float,
+    resamples: int,
+) -> dict | None:
     """The test over seeds: file i of `other`'s method against file i of `first`'s (the position in NAME=FILES is the
     seed: the recipes' seed s trains both methods from seed s's expert data), over the tasks `common` to all runs.
     Per pair the difference in success rate; how many are above 0 and below; a hierarchical bootstrap of their mean
@@ -305,23 +379,36 @@ def seed_level(first: list[Run], other: list[Run], common: list[str], files_of: 
         return None
     at = {reference.index(r.path): r for r in first}
     pairs = [(at[mine.index(r.path)], r) for r in other if mine.index(r.path) in at]
-    if len(pairs) < 2:   # a split only one seed of both holds
+    if len(pairs) < 2:  # a split only one seed of both holds
         return None
-    diffs = [[int(bool(b.episodes[t]["success"])) - int(bool(a.episodes[t]["success"])) for t in common]
-             for a, b in pairs]
-    counts = [sum(d) for d in diffs]   # per seed, successes of this method minus the first's on the same tasks
+    diffs = [
+        [int(bool(b.episodes[t]["success"])) - int(bool(a.episodes[t]["success"])) for t in common] for a, b in pairs
+    ]
+    counts = [sum(d) for d in diffs]  # per seed, successes of this method minus the first's on the same tasks
     n = len(common)
     boot = hierarchical_bootstrap(diffs, resamples=resamples, seed=seed)
     p = sign_flip_exact(counts)
     smallest = min(1.0, 2 / 2 ** sum(1 for c in counts if c))
-    return {"pairing": "position", "seeds": len(pairs), "files": [[a.path, b.path] for a, b in pairs],
-            "paired_n": n, "diffs": [c / n for c in counts], "above": sum(1 for c in counts if c > 0),
-            "below": sum(1 for c in counts if c < 0), "mean_diff": boot.mean_diff, "ci_low": boot.ci_low,
-            "ci_high": boot.ci_high, "bootstrap_p": boot.p_value, "resamples": resamples,
-            "bootstrap_enough": len(pairs) >= bootstrap_min_pairs(alpha), "sign_flip_p": p,
-            "smallest_p": smallest, "enough_seeds": smallest < alpha,
-            "verdict": verdict(sum(counts), p, alpha, n) if smallest < alpha else TOO_FEW_SEEDS,
-            **seed_power([c / n for c in counts], alpha)}
+    return {
+        "pairing": "position",
+        "seeds": len(pairs),
+        "files": [[a.path, b.path] for a, b in pairs],
+        "paired_n": n,
+        "diffs": [c / n for c in counts],
+        "above": sum(1 for c in counts if c > 0),
+        "below": sum(1 for c in counts if c < 0),
+        "mean_diff": boot.mean_diff,
+        "ci_low": boot.ci_low,
+        "ci_high": boot.ci_high,
+        "bootstrap_p": boot.p_value,
+        "resamples": resamples,
+        "bootstrap_enough": len(pairs) >= bootstrap_min_pairs(alpha),
+        "sign_flip_p": p,
+        "smallest_p": smallest,
+        "enough_seeds": smallest < alpha,
+        "verdict": verdict(sum(counts), p, alpha, n) if smallest < alpha else TOO_FEW_SEEDS,
+        **seed_power([c / n for c in counts], alpha),
+    }
 
 
 def seed_power(diffs: list[float], alpha: float) -> dict:
@@ -332,9 +419,14 @@ def seed_power(diffs: list[float], alpha: float) -> dict:
     s = len(diffs)
     spread = seed_spread(diffs)
     floor = seeds_needed(alpha)
-    return {"alpha": alpha, "power": POWER, "power_method": "paired t approximation", "sd": spread.sd,
-            "detectable_diff": detectable_difference(spread.sd, s, alpha=alpha, power=POWER) if s >= floor else None,
-            "seeds_for_observed": seeds_for_power(spread.mean, spread.sd, alpha=alpha, power=POWER, at_least=floor)}
+    return {
+        "alpha": alpha,
+        "power": POWER,
+        "power_method": "paired t approximation",
+        "sd": spread.sd,
+        "detectable_diff": detectable_difference(spread.sd, s, alpha=alpha, power=POWER) if s >= floor else None,
+        "seeds_for_observed": seeds_for_power(spread.mean, spread.sd, alpha=alpha, power=POWER, at_least=floor),
+    }
 
 
 def paired_test(first: Run, run: Run, *, seed: int, alpha: float, resamples: int) -> dict:
@@ -346,12 +438,21 @@ def paired_test(first: Run, run: Run, *, seed: int, alpha: float, resamples: int
     p = mcnemar_exact(only_first, only_this)
     n = len(common)
     boot = paired_bootstrap([x["score"] for x in a], [y["score"] for y in b], resamples=resamples, seed=seed)
-    return {"first": first.label, "paired_n": n, "only_first": only_first, "only_this": only_this,
-            "success_diff": (sum(y["success"] for y in b) - sum(x["success"] for x in a)) / n if n else 0.0,
-            "mcnemar_p": p, "success_verdict": verdict(only_this - only_first, p, alpha, n),
-            "score_diff": boot.mean_diff, "score_ci_low": boot.ci_low, "score_ci_high": boot.ci_high,
-            "bootstrap_p": boot.p_value, "score_verdict": bootstrap_verdict(boot.mean_diff, boot.p_value, alpha, n),
-            "bootstrap_min_pairs": bootstrap_min_pairs(alpha)}
+    return {
+        "first": first.label,
+        "paired_n": n,
+        "only_first": only_first,
+        "only_this": only_this,
+        "success_diff": (sum(y["success"] for y in b) - sum(x["success"] for x in a)) / n if n else 0.0,
+        "mcnemar_p": p,
+        "success_verdict": verdict(only_this - only_first, p, alpha, n),
+        "score_diff": boot.mean_diff,
+        "score_ci_low": boot.ci_low,
+        "score_ci_high": boot.ci_high,
+        "bootstrap_p": boot.p_value,
+        "score_verdict": bootstrap_verdict(boot.mean_diff, boot.p_value, alpha, n),
+        "bootstrap_min_pairs": bootstrap_min_pairs(alpha),
+    }
 
 
 def bootstrap_verdict(diff: float, p: float, alpha: float, n: int) -> str:
@@ -377,23 +478,30 @@ def format_comparison(result: dict) -> str:
         return format_seeded(result)
     out = []
     for split, rows in result["splits"].items():
-        out.append(f"{result['env']} {split}: success with 95% Wilson intervals; each run against the first over "
-                   f"the tasks both ran (exact McNemar on success, paired bootstrap on score, alpha "
-                   f"{result['alpha']})")
+        out.append(
+            f"{result['env']} {split}: success with 95% Wilson intervals; each run against the first over "
+            f"the tasks both ran (exact McNemar on success, paired bootstrap on score, alpha "
+            f"{result['alpha']})"
+        )
         w_run = max(len("run"), *(len(r["run"]) for r in rows))
         w_pol = max(len("policy"), *(len(r["policy"]) for r in rows))
-        out.append(f"  {'run':<{w_run}}  {'policy':<{w_pol}}  {'n':>5}  {'success':>7}  {'95% CI':<16}  "
-                   f"{'score':>6}  vs first")
+        out.append(
+            f"  {'run':<{w_run}}  {'policy':<{w_pol}}  {'n':>5}  {'success':>7}  {'95% CI':<16}  {'score':>6}  vs first"
+        )
         for r in rows:
             ci = f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]"
             vs = "(reference)"
             t = r.get("vs_first")
             if t:
-                vs = (f"{t['paired_n']} paired: success {100 * t['success_diff']:+.1f} pts "
-                      f"(McNemar p={t['mcnemar_p']:.3g}, {held(t['success_verdict'])}); "
-                      f"{score_text(t, result['resamples'], 'tasks')}")
-            out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['n']:>5}  {pct(r['success_rate']):>7}  "
-                       f"{ci:<16}  {r['mean_score']:6.3f}  {vs}")
+                vs = (
+                    f"{t['paired_n']} paired: success {100 * t['success_diff']:+.1f} pts "
+                    f"(McNemar p={t['mcnemar_p']:.3g}, {held(t['success_verdict'])}); "
+                    f"{score_text(t, result['resamples'], 'tasks')}"
+                )
+            out.append(
+                f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['n']:>5}  {pct(r['success_rate']):>7}  "
+                f"{ci:<16}  {r['mean_score']:6.3f}  {vs}"
+            )
         if len(rows) > 1:
             out.append(f"  {ONE_RUN_NOTE}")
         out.append("")
@@ -402,13 +510,17 @@ def format_comparison(result: dict) -> str:
 
 HELD = "for these runs"
 # under a table of single runs (one file per name)
-ONE_RUN_NOTE = (f"one training run per name: these tests pair tasks and hold the runs fixed (\"{HELD}\"): they say "
-                f"these two runs differ on tasks like these, not that the method would on another training run (give "
-                f"each method's seeds, NAME=FILE,FILE,..., for a test over seeds)")
+ONE_RUN_NOTE = (
+    f'one training run per name: these tests pair tasks and hold the runs fixed ("{HELD}"): they say '
+    f"these two runs differ on tasks like these, not that the method would on another training run (give "
+    f"each method's seeds, NAME=FILE,FILE,..., for a test over seeds)"
+)
 # under a table of seeds where a test over tasks x seeds says better or worse, and no too_few_note says this already
-TASKS_HELD_NOTE = (f"\"{HELD}\": the tests over tasks x seeds hold these training runs fixed: they say these runs "
-                   f"differ on tasks like these, not that the method wins on another seed (that is the test over "
-                   f"seeds)")
+TASKS_HELD_NOTE = (
+    f'"{HELD}": the tests over tasks x seeds hold these training runs fixed: they say these runs '
+    f"differ on tasks like these, not that the method wins on another seed (that is the test over "
+    f"seeds)"
+)
 
 
 def held(v: str) -> str:
@@ -420,10 +532,14 @@ def score_text(t: dict, resamples: int, units: str) -> str:
     """The score against the first over tasks: the mean difference with its paired bootstrap interval, p and
     verdict, or with fewer than t's bootstrap_min_pairs tasks the mean and "too few" (no interval, no p)."""
     if t["score_verdict"] == TOO_FEW_PAIRS:
-        return (f"score {t['score_diff']:+.3f} ({t['paired_n']} {units if t['paired_n'] != 1 else units[:-1]}: too "
-                f"few for a bootstrap, which needs {t['bootstrap_min_pairs']})")
-    return (f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
-            f"(bootstrap {p_text(t['bootstrap_p'], resamples)}, {held(t['score_verdict'])})")
+        return (
+            f"score {t['score_diff']:+.3f} ({t['paired_n']} {units if t['paired_n'] != 1 else units[:-1]}: too "
+            f"few for a bootstrap, which needs {t['bootstrap_min_pairs']})"
+        )
+    return (
+        f"score {t['score_diff']:+.3f} [{t['score_ci_low']:+.3f}, {t['score_ci_high']:+.3f}] "
+        f"(bootstrap {p_text(t['bootstrap_p'], resamples)}, {held(t['score_verdict'])})"
+    )
 
 
 def format_seeded(result: dict) -> str:
@@ -432,26 +548,38 @@ def format_seeded(result: dict) -> str:
     out = []
     for split, rows in result["splits"].items():
         by_seed = [(r.get("vs_first") or {}).get("seed_level") for r in rows]
-        seed_cells = [seed_text(s, result["resamples"]) if s else "(reference)" if not r.get("vs_first") else "-"
-                      for r, s in zip(rows, by_seed)] if any(by_seed) else None
+        seed_cells = (
+            [
+                seed_text(s, result["resamples"]) if s else "(reference)" if not r.get("vs_first") else "-"
+                for r, s in zip(rows, by_seed)
+            ]
+            if any(by_seed)
+            else None
+        )
         if seed_cells:
-            out.append(f"{result['env']} {split}: success pooled over seeds, with the seeds' range and sd (a single "
-                       f"run: its 95% Wilson interval); each method against the first over seeds, file i against "
-                       f"file i (per-seed differences, hierarchical bootstrap over seeds then tasks, exact sign-flip "
-                       f"test over seeds), then over tasks x seeds (exact sign-flip test on per-task successes summed "
-                       f"over seeds, paired bootstrap over tasks on score), alpha {result['alpha']}")
+            out.append(
+                f"{result['env']} {split}: success pooled over seeds, with the seeds' range and sd (a single "
+                f"run: its 95% Wilson interval); each method against the first over seeds, file i against "
+                f"file i (per-seed differences, hierarchical bootstrap over seeds then tasks, exact sign-flip "
+                f"test over seeds), then over tasks x seeds (exact sign-flip test on per-task successes summed "
+                f"over seeds, paired bootstrap over tasks on score), alpha {result['alpha']}"
+            )
         else:
-            out.append(f"{result['env']} {split}: success pooled over seeds, with the seeds' range and sd (a single "
-                       f"run: its 95% Wilson interval); each method against the first over tasks x seeds (exact "
-                       f"sign-flip test on per-task successes summed over seeds, paired bootstrap over tasks on score, "
-                       f"alpha {result['alpha']})")
+            out.append(
+                f"{result['env']} {split}: success pooled over seeds, with the seeds' range and sd (a single "
+                f"run: its 95% Wilson interval); each method against the first over tasks x seeds (exact "
+                f"sign-flip test on per-task successes summed over seeds, paired bootstrap over tasks on score, "
+                f"alpha {result['alpha']})"
+            )
         w_run = max(len("run"), *(len(r["run"]) for r in rows))
         w_pol = max(len("policy"), *(len(r["policy"]) for r in rows))
         head = "vs first over seeds"
         w_seed = max(len(head), *(len(c) for c in seed_cells)) if seed_cells else 0
-        out.append(f"  {'run':<{w_run}}  {'policy':<{w_pol}}  {'seeds':>5}  {'n':>5}  {'success':>7}  "
-                   f"{'seeds min-max / 95% CI':<24}  {'sd':>5}  {'score':>6}  "
-                   + (f"{head:<{w_seed}}  vs first over tasks x seeds" if seed_cells else "vs first"))
+        out.append(
+            f"  {'run':<{w_run}}  {'policy':<{w_pol}}  {'seeds':>5}  {'n':>5}  {'success':>7}  "
+            f"{'seeds min-max / 95% CI':<24}  {'sd':>5}  {'score':>6}  "
+            + (f"{head:<{w_seed}}  vs first over tasks x seeds" if seed_cells else "vs first")
+        )
         for i, r in enumerate(rows):
             s = r["seed_success"]
             if r.get("seeds", 1) > 1:
@@ -461,19 +589,27 @@ def format_seeded(result: dict) -> str:
             vs = "(reference)" if not seed_cells else ""
             t = r.get("vs_first")
             if t:
-                vs = (f"{t['paired_n']} tasks x {t['seeds_first']}|{t['seeds_this']} seeds: success "
-                      f"{100 * t['success_diff']:+.1f} pts ({t['tasks_better']} tasks better, {t['tasks_worse']} "
-                      f"worse; sign-flip p={t['success_p']:.3g}, {held(t['success_verdict'])}); "
-                      f"{score_text(t, result['resamples'], 'tasks')}")
+                vs = (
+                    f"{t['paired_n']} tasks x {t['seeds_first']}|{t['seeds_this']} seeds: success "
+                    f"{100 * t['success_diff']:+.1f} pts ({t['tasks_better']} tasks better, {t['tasks_worse']} "
+                    f"worse; sign-flip p={t['success_p']:.3g}, {held(t['success_verdict'])}); "
+                    f"{score_text(t, result['resamples'], 'tasks')}"
+                )
             if seed_cells:
                 vs = f"{seed_cells[i]:<{w_seed}}  {vs}"
-            out.append(f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['seeds']:>5}  {r['n']:>5}  "
-                       f"{pct(r['success_rate']):>7}  {spread:<24}  {sd:>5}  {r['mean_score']:6.3f}  {vs}".rstrip())
+            out.append(
+                f"  {r['run']:<{w_run}}  {r['policy']:<{w_pol}}  {r['seeds']:>5}  {r['n']:>5}  "
+                f"{pct(r['success_rate']):>7}  {spread:<24}  {sd:>5}  {r['mean_score']:6.3f}  {vs}".rstrip()
+            )
         few = [s["seeds"] for s in by_seed if s and not s["enough_seeds"]]
         if few:
             out.append(f"  {TOO_FEW_SEEDS}: {too_few_note(result['alpha'], few)}")
-        elif any(held(r["vs_first"][k]) != r["vs_first"][k] for r in rows if r.get("vs_first")
-                 for k in ("success_verdict", "score_verdict")):
+        elif any(
+            held(r["vs_first"][k]) != r["vs_first"][k]
+            for r in rows
+            if r.get("vs_first")
+            for k in ("success_verdict", "score_verdict")
+        ):
             out.append(f"  {TASKS_HELD_NOTE}")
         if any(by_seed):
             out.append(f"  {POWER_NOTE}")
@@ -481,11 +617,13 @@ def format_seeded(result: dict) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-POWER_NOTE = (f"over seeds, \"cannot be told from zero\": a smaller mean difference is detected with less than "
-              f"{POWER:.0%} power at these seeds (two-sided, at alpha), from the sd of the per-seed differences by the "
-              f"paired t-test's approximation (t quantiles); the exact sign-flip test has about that power from 8 "
-              f"seeds on and less with fewer (at 6, about {POWER:.0%} only at 1.25 times it). \"would need\": the "
-              f"seeds a mean difference of the observed size needs for {POWER:.0%} power, if the sd stays")
+POWER_NOTE = (
+    f'over seeds, "cannot be told from zero": a smaller mean difference is detected with less than '
+    f"{POWER:.0%} power at these seeds (two-sided, at alpha), from the sd of the per-seed differences by the "
+    f"paired t-test's approximation (t quantiles); the exact sign-flip test has about that power from 8 "
+    f'seeds on and less with fewer (at 6, about {POWER:.0%} only at 1.25 times it). "would need": the '
+    f"seeds a mean difference of the observed size needs for {POWER:.0%} power, if the sd stays"
+)
 
 
 def seed_text(s: dict, resamples: int) -> str:
@@ -499,12 +637,16 @@ def seed_text(s: dict, resamples: int) -> str:
         diffs = ", ".join(f"{100 * d:+.1f}" for d in s["diffs"]) + " pts"
     mean = f"mean {100 * s['mean_diff']:+.1f}"
     if s.get("bootstrap_enough", True):
-        mean += (f" [{100 * s['ci_low']:+.1f}, {100 * s['ci_high']:+.1f}] (hierarchical bootstrap "
-                 f"{p_text(floored(s['bootstrap_p'], resamples), resamples)}; ")
+        mean += (
+            f" [{100 * s['ci_low']:+.1f}, {100 * s['ci_high']:+.1f}] (hierarchical bootstrap "
+            f"{p_text(floored(s['bootstrap_p'], resamples), resamples)}; "
+        )
     else:
         mean += f" (no bootstrap claim under {bootstrap_min_pairs(s.get('alpha', 0.05))} seeds; "
-    return (f"{diffs}: {s['above']}/{s['seeds']} seeds above; {mean}sign-flip over seeds p={s['sign_flip_p']:.3g}, "
-            f"{s['verdict']}){power_text(s)}")
+    return (
+        f"{diffs}: {s['above']}/{s['seeds']} seeds above; {mean}sign-flip over seeds p={s['sign_flip_p']:.3g}, "
+        f"{s['verdict']}){power_text(s)}"
+    )
 
 
 def power_text(s: dict) -> str:
@@ -513,13 +655,15 @@ def power_text(s: dict) -> str:
     sign-flip test over seeds can give, 2 / 2^S' over the S' seeds that differ (S' < S where some are tied)."""
     if "detectable_diff" not in s:
         return ""
-    tied = s["seeds"] - s["above"] - s["below"]   # a seed with no difference drops out of the sign-flip test
+    tied = s["seeds"] - s["above"] - s["below"]  # a seed with no difference drops out of the sign-flip test
     seeds = f"with {s['seeds']} seeds ({f'{tied} tied, ' if tied else ''}sign-flip floor {s['smallest_p']:.3g})"
     if s["detectable_diff"] is None:
         out = f"; {seeds} no difference can be told from zero"
     else:
-        out = (f"; {seeds}, differences under {100 * s['detectable_diff']:.1f} pts cannot be told from zero (sd "
-               f"{100 * s['sd']:.1f})")
+        out = (
+            f"; {seeds}, differences under {100 * s['detectable_diff']:.1f} pts cannot be told from zero (sd "
+            f"{100 * s['sd']:.1f})"
+        )
     need = s["seeds_for_observed"]
     if need is None:
         return out + "; no number of seeds detects a mean of 0"
@@ -535,7 +679,7 @@ def floored(p: float, resamples: int) -> float:
 def seeds_needed(alpha: float) -> int:
     """The fewest seeds whose exact sign-flip test can reach p < alpha: its smallest p over S seeds is 2 / 2^S."""
     seeds = 1
-    while 2 / 2 ** seeds >= alpha:
+    while 2 / 2**seeds >= alpha:
         seeds += 1
     return seeds
 
@@ -543,12 +687,14 @@ def seeds_needed(alpha: float) -> int:
 def too_few_note(alpha: float, seeds: list[int], units: str = "tasks") -> str:
     """Why a seed-level claim needs more seeds, under a table whose rows of `seeds` seeds have too few; `units` are
     what the test beside it pairs (eval's tasks, world-model-eval's transitions)."""
-    smallest = ", ".join(f"{2 / 2 ** n:g} with {n} seeds" for n in sorted(set(seeds)))
-    return (f"over S seeds that differ, the exact sign-flip test over seeds cannot give p below 2 / 2^S ({smallest}); "
-            f"p < {alpha:g} takes {seeds_needed(alpha)}. The hierarchical bootstrap can only resample the seeds "
-            f"there are: with few, its interval is too narrow and its p too small. The test over {units} x seeds "
-            f"holds these training runs fixed: it says these runs differ on {units} like these, not that the method "
-            f"wins on another seed.")
+    smallest = ", ".join(f"{2 / 2**n:g} with {n} seeds" for n in sorted(set(seeds)))
+    return (
+        f"over S seeds that differ, the exact sign-flip test over seeds cannot give p below 2 / 2^S ({smallest}); "
+        f"p < {alpha:g} takes {seeds_needed(alpha)}. The hierarchical bootstrap can only resample the seeds "
+        f"there are: with few, its interval is too narrow and its p too small. The test over {units} x seeds "
+        f"holds these training runs fixed: it says these runs differ on {units} like these, not that the method "
+        f"wins on another seed."
+    )
 
 
 def p_text(p: float, resamples: int) -> str:
@@ -562,6 +708,7 @@ def plot_comparison(result: dict, path: str) -> None:
     test over seeds (seed_level), a second panel under it: each seed's difference from the first run, and their
     mean with its hierarchical bootstrap interval."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -570,8 +717,12 @@ def plot_comparison(result: dict, path: str) -> None:
     width = 0.8 / max(1, len(labels))
     size = max(5.0, 1.6 * len(splits) * max(1, len(labels)) ** 0.5 + 2.5)
     seeded = bool(result.get("seeded"))
-    by_seed = {(split, r["run"]): r["vs_first"]["seed_level"] for split, rows in result["splits"].items()
-               for r in rows if "seed_level" in (r.get("vs_first") or {})}
+    by_seed = {
+        (split, r["run"]): r["vs_first"]["seed_level"]
+        for split, rows in result["splits"].items()
+        for r in rows
+        if "seed_level" in (r.get("vs_first") or {})
+    }
     if by_seed:
         fig, (ax, dx) = plt.subplots(2, 1, figsize=(size, 7.0), sharex=True, gridspec_kw={"height_ratios": [4, 3]})
     else:
@@ -596,40 +747,83 @@ def plot_comparison(result: dict, path: str) -> None:
                         hi.append(100 * (r["ci_high"] - r["success_rate"]))
                         ns.append(f"n={r['n']}")
         policy = next(r["policy"] for rows in result["splits"].values() for r in rows if r["run"] == label)
-        color = f"C{i}"   # the same colour for a method in both panels
-        ax.bar(xs, ys, width * 0.9, yerr=[lo, hi], capsize=4, alpha=0.85, color=color,
-               label=label if policy in (label, "") else f"{label} ({policy})")
+        color = f"C{i}"  # the same colour for a method in both panels
+        ax.bar(
+            xs,
+            ys,
+            width * 0.9,
+            yerr=[lo, hi],
+            capsize=4,
+            alpha=0.85,
+            color=color,
+            label=label if policy in (label, "") else f"{label} ({policy})",
+        )
         for j, split in enumerate(splits):
             s = by_seed.get((split, label))
             if not s:
                 continue
             x, mean = j - 0.4 + width * (i + 0.5), 100 * s["mean_diff"]
             dx.scatter([x] * len(s["diffs"]), [100 * d for d in s["diffs"]], s=14, color="black", zorder=3)
-            dx.errorbar([x], [mean], yerr=[[mean - 100 * s["ci_low"]], [100 * s["ci_high"] - mean]], fmt="D",
-                        color=color, capsize=4, markersize=5)
-            dx.annotate(f"{s['above']}/{s['seeds']}", (x, 100 * max(s["ci_high"], *s["diffs"])),
-                        textcoords="offset points", xytext=(0, 3), ha="center", fontsize="x-small")
+            dx.errorbar(
+                [x],
+                [mean],
+                yerr=[[mean - 100 * s["ci_low"]], [100 * s["ci_high"] - mean]],
+                fmt="D",
+                color=color,
+                capsize=4,
+                markersize=5,
+            )
+            dx.annotate(
+                f"{s['above']}/{s['seeds']}",
+                (x, 100 * max(s["ci_high"], *s["diffs"])),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize="x-small",
+            )
         if dots:
-            ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=14, color="black", zorder=3,
-                       label=None if dots_labelled else "one seed")
+            ax.scatter(
+                [d[0] for d in dots],
+                [d[1] for d in dots],
+                s=14,
+                color="black",
+                zorder=3,
+                label=None if dots_labelled else "one seed",
+            )
             dots_labelled = True
         for x, y, h, n in zip(xs, ys, hi, ns):
-            ax.annotate(f"{y:.0f}%\n{n}", (x, min(y + h, 100)), textcoords="offset points", xytext=(0, 3),
-                        ha="center", fontsize="x-small")
+            ax.annotate(
+                f"{y:.0f}%\n{n}",
+                (x, min(y + h, 100)),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize="x-small",
+            )
     ax.set_xticks(range(len(splits)), splits)
     ax.set_ylim(0, 112)
-    ax.set_ylabel("success rate (%), 95% Wilson interval" if not seeded else
-                  "success rate (%), pooled over seeds\nwhisker: the seeds' min-max (one run: 95% Wilson)")
+    ax.set_ylabel(
+        "success rate (%), 95% Wilson interval"
+        if not seeded
+        else "success rate (%), pooled over seeds\nwhisker: the seeds' min-max (one run: 95% Wilson)"
+    )
     ax.set_title(f"{result['env']}: success per run and split")
     if by_seed:
-        reference = next(r["vs_first"]["first"] for rows in result["splits"].values() for r in rows
-                         if "seed_level" in (r.get("vs_first") or {}))
+        reference = next(
+            r["vs_first"]["first"]
+            for rows in result["splits"].values()
+            for r in rows
+            if "seed_level" in (r.get("vs_first") or {})
+        )
         dx.axhline(0, color="grey", linewidth=0.8)
-        dx.margins(y=0.15)   # room for the k/S labels above the highest interval
+        dx.margins(y=0.15)  # room for the k/S labels above the highest interval
         dx.set_xticks(range(len(splits)), splits)
         dx.set_ylabel(f"success minus {reference}'s\nof the same seed (points)")
-        dx.set_title(f"against {reference} over seeds: a dot per seed; the mean with its 95% interval (bootstrap "
-                     f"over seeds and tasks); k/S: seeds above {reference}", fontsize="small")
+        dx.set_title(
+            f"against {reference} over seeds: a dot per seed; the mean with its 95% interval (bootstrap "
+            f"over seeds and tasks); k/S: seeds above {reference}",
+            fontsize="small",
+        )
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -24,8 +24,10 @@ def off_path_start(env: Env, task: dict, seed: int) -> dict:
         env.replay(task, expert[:k])
         admissible = env.admissible()
         if admissible is None:
-            raise UsageProblem(f"--start off-path draws the injected action from the admissible list, and the "
-                               f"{env.name} environment lists none at step {k} of task {task['id']}")
+            raise UsageProblem(
+                f"--start off-path draws the injected action from the admissible list, and the "
+                f"{env.name} environment lists none at step {k} of task {task['id']}"
+            )
         taken = env.canonicalize(expert[k])
         others = [a for a in admissible if env.canonicalize(a) != taken]
         rng.shuffle(others)

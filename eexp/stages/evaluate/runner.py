@@ -28,6 +28,7 @@ _local = threading.local()
 
 # -j N: an eexp.workers.Pool whose workers each keep an Evaluator (an environment and a model)
 
+
 def _close_evaluator(evaluator: Evaluator) -> None:
     evaluator.env.close()
     evaluator.policy.close()
@@ -51,14 +52,25 @@ class Runner:
     The processes are an eexp.workers.Pool (spawned; Ctrl-C is the parent's; stopped at once on an abort).
     """
 
-    def __init__(self, settings: EvalSettings, jobs: int = 1, concurrency: int | None = None, *,
-                 env: Env | None = None, policy: Policy | None = None, critic=None, cluster=None):
+    def __init__(
+        self,
+        settings: EvalSettings,
+        jobs: int = 1,
+        concurrency: int | None = None,
+        *,
+        env: Env | None = None,
+        policy: Policy | None = None,
+        critic=None,
+        cluster=None,
+    ):
         if jobs > 1 and concurrency is not None and concurrency > 1:
-            raise UsageProblem(f"-j {jobs} runs worker processes and --concurrency {concurrency} keeps requests in "
-                               f"flight in one process: give one of them (--concurrency for a server)")
+            raise UsageProblem(
+                f"-j {jobs} runs worker processes and --concurrency {concurrency} keeps requests in "
+                f"flight in one process: give one of them (--concurrency for a server)"
+            )
         self.settings, self.jobs = settings, jobs
-        self.processes: WorkerPool | None = None   # -j N, or a cluster's workers (--ray: eexp.workers_ray)
-        self.calls: InOrder | None = None     # episodes in this process (threads when concurrency > 1)
+        self.processes: WorkerPool | None = None  # -j N, or a cluster's workers (--ray: eexp.workers_ray)
+        self.calls: InOrder | None = None  # episodes in this process (threads when concurrency > 1)
         self.local: Evaluator | None = None
         self.thread_envs: list[Env] = []
         self._envs_lock = threading.Lock()
@@ -89,8 +101,7 @@ class Runner:
             return self.local.run(*item)
         evaluator = getattr(_local, "evaluator", None)
         if evaluator is None or evaluator.policy is not self.local.policy:
-            evaluator = _local.evaluator = Evaluator(self.settings, policy=self.local.policy,
-                                                     critic=self.local.critic)
+            evaluator = _local.evaluator = Evaluator(self.settings, policy=self.local.policy, critic=self.local.critic)
             with self._envs_lock:
                 self.thread_envs.append(evaluator.env)
         return evaluator.run(*item)
@@ -157,12 +168,15 @@ def check_worker_copies(spec: str | None, args: dict, jobs: int) -> None:
     device = str(args.get("device", "auto"))
     if device == "auto":
         import torch
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
-        raise UsageProblem(f"-j {jobs} with --policy {spec} would load {jobs} copies of the model onto {device} (one "
-                           "per worker process). Run -j 1 (one model, batched scoring), serve the model once "
-                           "(vllm serve, after `eexp merge` for an adapter) and evaluate it with --policy "
-                           "http://127.0.0.1:PORT/v1 -j N, or keep the workers on the CPU (--policy-arg device=cpu)")
+        raise UsageProblem(
+            f"-j {jobs} with --policy {spec} would load {jobs} copies of the model onto {device} (one "
+            "per worker process). Run -j 1 (one model, batched scoring), serve the model once "
+            "(vllm serve, after `eexp merge` for an adapter) and evaluate it with --policy "
+            "http://127.0.0.1:PORT/v1 -j N, or keep the workers on the CPU (--policy-arg device=cpu)"
+        )
 
 
 def worker_policy_args(policy_spec: str, policy_args: dict, jobs: int) -> dict:
@@ -182,8 +196,10 @@ def resume_episodes(io: StageIO, ids: list[str], trajectories_path: str | None) 
     done = io.done(lambda r: r.get("id"), kind="episode")
     foreign = done - set(ids)
     if foreign:
-        raise EexpError(f"cannot resume {io.output}: it holds {len(foreign)} episode(s) of another evaluation (a "
-                        f"different environment, split, policy or setting); write to a new file")
+        raise EexpError(
+            f"cannot resume {io.output}: it holds {len(foreign)} episode(s) of another evaluation (a "
+            f"different environment, split, policy or setting); write to a new file"
+        )
     previous = {}
     if done:
         for record in read_records([io.output]):
@@ -192,7 +208,7 @@ def resume_episodes(io: StageIO, ids: list[str], trajectories_path: str | None) 
     if trajectories_path:
         try:
             kept = [r for r in read_records([trajectories_path]) if r.get("id") in done]
-        except (MissingFile, EmptyFile):   # not written yet, or no trajectory kept so far
+        except (MissingFile, EmptyFile):  # not written yet, or no trajectory kept so far
             kept = []
         write_atomic(trajectories_path, b"".join(orjson.dumps(r) + b"\n" for r in kept))
     return previous

@@ -23,36 +23,59 @@ class EvalSettings:
     act: str | None = shared("act")
     max_tokens: int = shared("max_tokens")
     thought_tokens: int | None = setting(
-        None, "With --act think: most tokens of a thought (the reply is begun with `Thought:`, so every step has one). "
+        None,
+        "With --act think: most tokens of a thought (the reply is begun with `Thought:`, so every step has one). "
         "Default: the model card's longest training thought plus a quarter (at least 16 tokens more), where the card "
         "records one (finetune on SR examples; over HTTP, where the server names a model file here); else "
-        "--max-tokens. A run with more than 5% of its thoughts cut says so.", min=1, metavar="N")
+        "--max-tokens. A run with more than 5% of its thoughts cut says so.",
+        min=1,
+        metavar="N",
+    )
     top_p: float = shared("top_p")
     serializer_overrides: dict = field(default_factory=dict)  # only the settings given on the command line
-    max_steps: int | None = setting(None, "Most steps per episode (default: the environment's); with --start "
-                                    "off-path, the policy's steps after the hand-over.", min=1)
+    max_steps: int | None = setting(
+        None,
+        "Most steps per episode (default: the environment's); with --start "
+        "off-path, the policy's steps after the hand-over.",
+        min=1,
+    )
     start: str = setting(
-        "reset", "Where each episode starts. reset: the task's first state. off-path: a recovery test; the expert's "
+        "reset",
+        "Where each episode starts. reset: the task's first state. off-path: a recovery test; the expert's "
         "first k steps are played (k drawn per task from the seed), then one admissible action that is not the "
         "expert's and does not end the episode, and then the policy takes over. k, the played actions and the "
         "injected one are in the record's `start`, so every policy evaluated with one seed meets the same states.",
-        choices=("reset", "off-path"), metavar="MODE")
+        choices=("reset", "off-path"),
+        metavar="MODE",
+    )
     critic: str | None = setting(
-        None, "A critic (a local model trained on eexp critic-data) that reranks the policy's proposals at every step: "
+        None,
+        "A critic (a local model trained on eexp critic-data) that reranks the policy's proposals at every step: "
         "the policy's own action and --critic-k - 1 samples at --critic-temperature; the critic chooses among the "
-        "distinct valid ones the one most likely the expert's.", metavar="MODEL")
-    critic_k: int = setting(4, "With --critic: actions proposed per step (the policy's own, then samples).", min=1,
-                            metavar="K")
-    critic_temperature: float = setting(1.0, "With --critic: temperature of the proposals after the first.", min=0.0,
-                                        metavar="T")
-    attempts: int = setting(1, "Attempts per task: a failed attempt is followed by another, up to N or the first "
-                            "success (the summary gives success@1..N; an episode's success is success within N).",
-                            min=1, metavar="N")
+        "distinct valid ones the one most likely the expert's.",
+        metavar="MODEL",
+    )
+    critic_k: int = setting(
+        4, "With --critic: actions proposed per step (the policy's own, then samples).", min=1, metavar="K"
+    )
+    critic_temperature: float = setting(
+        1.0, "With --critic: temperature of the proposals after the first.", min=0.0, metavar="T"
+    )
+    attempts: int = setting(
+        1,
+        "Attempts per task: a failed attempt is followed by another, up to N or the first "
+        "success (the summary gives success@1..N; an episode's success is success within N).",
+        min=1,
+        metavar="N",
+    )
     memory: str = setting(
-        "none", "Between attempts: none (each attempt starts afresh), or reflexion: the policy writes a short "
+        "none",
+        "Between attempts: none (each attempt starts afresh), or reflexion: the policy writes a short "
         "diagnosis of each failed attempt from its actions, observations and the failure alone; the ones that pass "
         "reflect's filters open every later attempt's prompt. No weights change.",
-        choices=("none", "reflexion"), metavar="MODE")
+        choices=("none", "reflexion"),
+        metavar="MODE",
+    )
     temperature: float = shared("temperature", 0.0)  # greedy, as the paper evaluates
     seed: int = shared("seed")
     # a picture of every state beside the text the model read (eexp.envs.screens); never part of an episode's id

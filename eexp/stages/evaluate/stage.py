@@ -22,8 +22,16 @@ class Evaluation(Stage):
     so a resume keeps only trajectories whose episode was written. Every episode (those of `previous`, from a
     resumed file, included) is kept for the summary; env_steps, invalid_actions and errors are counted."""
 
-    def __init__(self, runner: Runner, settings: EvalSettings, *, count: Callable[..., None],
-                 warn: Callable[[str], None], trajectories=None, previous: dict[str, dict] | None = None):
+    def __init__(
+        self,
+        runner: Runner,
+        settings: EvalSettings,
+        *,
+        count: Callable[..., None],
+        warn: Callable[[str], None],
+        trajectories=None,
+        previous: dict[str, dict] | None = None,
+    ):
         self.runner, self.settings, self.count, self.warn = runner, settings, count, warn
         self.trajectories = trajectories
         self.episodes: dict[str, dict] = dict(previous or {})
@@ -56,9 +64,18 @@ class Evaluation(Stage):
             yield episode
 
 
-def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: int = 1,
-             concurrency: int | None = None, env: Env | None = None, trajectories_path: str | None = None,
-             warn: Callable[[str], None] = lambda message: None, cluster=None) -> dict:
+def evaluate(
+    io: StageIO,
+    settings: EvalSettings,
+    tasks: list[dict],
+    *,
+    jobs: int = 1,
+    concurrency: int | None = None,
+    env: Env | None = None,
+    trajectories_path: str | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+    cluster=None,
+) -> dict:
     """Run one episode per task (those of this --shard), write them to io's output (resuming it with --resume) and
     return the summary of every episode of the run, with the run's settings as its episodes record them.
     `concurrency`: episodes at once in this process (None: the policy's default)."""
@@ -70,8 +87,14 @@ def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: in
         previous = resume_episodes(io, ids, trajectories_path)
         if previous:
             warn(f"resuming: {len(previous)} of {len(tasks)} episodes already in {io.output}")
-        stage = Evaluation(runner, settings, count=io.count, warn=warn, previous=previous,
-                           trajectories=io.side_output(trajectories_path))
+        stage = Evaluation(
+            runner,
+            settings,
+            count=io.count,
+            warn=warn,
+            previous=previous,
+            trajectories=io.side_output(trajectories_path),
+        )
         # several endpoints behind one policy (eexp.policies.fleet) in this process: the requests sent again after
         # an endpoint stopped answering, in --stats and the summary. A -j worker's policy says it on stderr as it
         # closes.
@@ -80,14 +103,15 @@ def evaluate(io: StageIO, settings: EvalSettings, tasks: list[dict], *, jobs: in
             io.count_at_end(lambda: {"resent_requests": fleet.resent_requests})
         io.run_source(stage, tasks, key=stage.episode_id, output_kind="episode", unit="ep")
     ordered = [stage.episodes[i] for i in ids if i in stage.episodes]
-    summary = summarize(ordered, env=settings.env_name,
-                        policy=ordered[0]["policy"] if ordered else description["policy"])
+    summary = summarize(
+        ordered, env=settings.env_name, policy=ordered[0]["policy"] if ordered else description["policy"]
+    )
     # The run's settings, as its episodes record them (less what is per episode).
     first_meta = ordered[0]["meta"] if ordered else {}
     per_episode = ("seeds", "unparsed", "error", "thoughts_cut", "thoughts_stopped")
     summary["meta"] = {**{k: v for k, v in first_meta.items() if k not in per_episode}, "created_utc": utc_now()}
     if fleet is not None:
         summary["resent_requests"] = fleet.resent_requests
-    for message in thought_warnings(summary):   # --act think: cut thoughts, a budget without a card
+    for message in thought_warnings(summary):  # --act think: cut thoughts, a budget without a card
         warn(message)
     return summary

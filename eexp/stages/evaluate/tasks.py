@@ -22,8 +22,9 @@ def split_tasks(env: Env, split: str, n: int | None, warn: Callable[[str], None]
     return tasks[:n] if n is not None else tasks
 
 
-def tasks_from_trajectories(reader: Reader, env_name: str | None, split: str | None, n: int | None,
-                            warn: Callable[[str], None]) -> tuple[str, dict, Env, list[dict]]:
+def tasks_from_trajectories(
+    reader: Reader, env_name: str | None, split: str | None, n: int | None, warn: Callable[[str], None]
+) -> tuple[str, dict, Env, list[dict]]:
     """(env name, env kwargs, env, tasks): the distinct tasks of the input trajectories, in input order, looked up
     in the environment (so categories and the environment's own task fields are those of the split)."""
     check = expect("trajectory")
@@ -46,9 +47,13 @@ def tasks_from_trajectories(reader: Reader, env_name: str | None, split: str | N
             env_name, env_kwargs, env_from = name, kwargs, f"{item.path}:{item.line}"
             env = make_env(name, **kwargs)
         elif (name, kwargs) != (env_name, env_kwargs):
-            reader.reject(item.error(f"environment {name!r} {kwargs or ''} differs from {env_name!r} "
-                                     f"{env_kwargs or ''} of the first trajectory ({env_from}): evaluate one "
-                                     f"environment at a time"))
+            reader.reject(
+                item.error(
+                    f"environment {name!r} {kwargs or ''} differs from {env_name!r} "
+                    f"{env_kwargs or ''} of the first trajectory ({env_from}): evaluate one "
+                    f"environment at a time"
+                )
+            )
             continue
         task_split, task_id = record["task"]["split"], record["task"]["id"]
         if split is not None and task_split != split:
@@ -72,8 +77,14 @@ def tasks_from_trajectories(reader: Reader, env_name: str | None, split: str | N
     return env_name, env_kwargs, env, tasks[:n] if n is not None else tasks
 
 
-def find_tasks(reader: Reader | None, env_name: str | None, env_args: dict, split: str | None, n: int | None,
-               warn: Callable[[str], None]) -> tuple[str, dict, Env, list[dict]]:
+def find_tasks(
+    reader: Reader | None,
+    env_name: str | None,
+    env_args: dict,
+    split: str | None,
+    n: int | None,
+    warn: Callable[[str], None],
+) -> tuple[str, dict, Env, list[dict]]:
     """(env name, env kwargs, env, tasks) of a run: the first n tasks of `split` of the environment `env_name`
     when no trajectories are read (`reader` None), else the tasks of the trajectories (of `split`, when given)."""
     if reader is None:

@@ -26,14 +26,46 @@ defines nothing: it names what the commands and the tests import from the packag
 from __future__ import annotations
 
 from eexp.stages.reflect.claims import Claim, Evidence, unsupported_claims
-from eexp.stages.reflect.filters import (COUNTS, FILTERS, PASTE_RUN, Verdict, judge, page_runs, pasted_span,
-                                         topic_words, trim_repeat)
-from eexp.stages.reflect.grounded import VERSION as GROUNDED_VERSION, describe_action, grounded_reflection
+from eexp.stages.reflect.filters import (
+    COUNTS,
+    FILTERS,
+    PASTE_RUN,
+    Verdict,
+    judge,
+    page_runs,
+    pasted_span,
+    topic_words,
+    trim_repeat,
+)
+from eexp.stages.reflect.grounded import VERSION as GROUNDED_VERSION
+from eexp.stages.reflect.grounded import describe_action, grounded_reflection
 from eexp.stages.reflect.settings import Settings
 from eexp.stages.reflect.stage import Reflect, Reflector, policy_writer, reflect_examples
 from eexp.stages.reflect.template import BUILTIN_TEMPLATES, Template, reflection_prompt, shown_alternatives
 
-__all__ = ["BUILTIN_TEMPLATES", "COUNTS", "Claim", "Evidence", "FILTERS", "GROUNDED_VERSION", "PASTE_RUN", "Reflect",
-           "Reflector", "Settings", "Template", "Verdict", "describe_action", "grounded_reflection", "judge",
-           "page_runs", "pasted_span", "policy_writer", "reflect_examples", "reflection_prompt", "shown_alternatives",
-           "topic_words", "trim_repeat", "unsupported_claims"]
+__all__ = [
+    "BUILTIN_TEMPLATES",
+    "COUNTS",
+    "Claim",
+    "Evidence",
+    "FILTERS",
+    "GROUNDED_VERSION",
+    "PASTE_RUN",
+    "Reflect",
+    "Reflector",
+    "Settings",
+    "Template",
+    "Verdict",
+    "describe_action",
+    "grounded_reflection",
+    "judge",
+    "page_runs",
+    "pasted_span",
+    "policy_writer",
+    "reflect_examples",
+    "reflection_prompt",
+    "shown_alternatives",
+    "topic_words",
+    "trim_repeat",
+    "unsupported_claims",
+]

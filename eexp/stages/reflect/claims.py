@@ -32,10 +32,20 @@ WEB_ENVS = frozenset({"shop", "miniwob", "webshop"})
 RECEPTACLES = frozenset(
     "armchair bathtub bathtubbasin bed cabinet cart coffeemachine coffeetable countertop desk diningtable drawer "
     "dresser fridge garbagecan handtowelholder laundryhamper microwave ottoman safe shelf sidetable sink sinkbasin "
-    "sofa stoveburner toaster toilet toiletpaperhanger towelholder tvstand".split())
-_RECEPTACLE_ALIASES = {"counter": "countertop", "table": "table", "stove": "stoveburner", "burner": "stoveburner",
-                       "basin": "sinkbasin", "bin": "garbagecan", "trash": "garbagecan", "refrigerator": "fridge",
-                       "cupboard": "cabinet", "oven": "microwave"}
+    "sofa stoveburner toaster toilet toiletpaperhanger towelholder tvstand".split()
+)
+_RECEPTACLE_ALIASES = {
+    "counter": "countertop",
+    "table": "table",
+    "stove": "stoveburner",
+    "burner": "stoveburner",
+    "basin": "sinkbasin",
+    "bin": "garbagecan",
+    "trash": "garbagecan",
+    "refrigerator": "fridge",
+    "cupboard": "cabinet",
+    "oven": "microwave",
+}
 
 # Words before "in/on Y" that are no thing placed there: pronouns, quantifiers, verbs, adjectives of the task.
 _NOT_A_THING = frozenset(
@@ -43,7 +53,8 @@ _NOT_A_THING = frozenset(
     "ones is are was were be been being am lies lie sits sit stays remains left kept found seen shown listed "
     "already still only also not no and or but so then than as to of for with from by at in on into onto inside "
     "a an the some any each every all both more less most least other another else i me my we us our you your "
-    "he she his her him task goal cool cold hot heated cooled clean cleaned washed".split())
+    "he she his her him task goal cool cold hot heated cooled clean cleaned washed".split()
+)
 # Verbs that make "X in Y" a plan, the task or a described move, not a claim of where X is: "put the apple in the
 # fridge", "cooling apple 1 in fridge 1", "looking for a mug on the shelves".
 _INTENT = frozenset(
@@ -53,7 +64,8 @@ _INTENT = frozenset(
     "check checking want wants need needs asks ask go going went into onto "
     "take taking took get getting grab grabbing pick picking toss tossing throw throwing insert inserting "
     "copy copying mv cp write writing create creating make making mkdir touch rename renaming delete deleting "
-    "remove removing".split())
+    "remove removing".split()
+)
 _NUMBER = re.compile(r"(?<![\w.])\$?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\w])")
 _WORD = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _CLOSING = re.compile(r"\bso my move is\b.*$", re.IGNORECASE | re.DOTALL)
@@ -70,7 +82,8 @@ _ALF_ITEMS = re.compile(r"\b(?:a|an|the) ([a-z]+ \d+)")
 # A claim of place: THING (NUMBER)? (is|are|...)? in|on|inside|at (the)? PLACE (NUMBER)?
 _RELATION = re.compile(
     r"\b([a-z][a-z0-9._-]*)(?: (\d+))?(?: (?:is|are|was|were|lies|lie|sits|sit|stays|remains|found|seen|shown|"
-    r"kept|left|still|now|already))*\s+(in|on|inside|at)\s+(?:the |a |an )?([a-z][a-z0-9._-]*)(?: (\d+))?\b")
+    r"kept|left|still|now|already))*\s+(in|on|inside|at)\s+(?:the |a |an )?([a-z][a-z0-9._-]*)(?: (\d+))?\b"
+)
 _HERE = re.compile(r"\b(?:found|shown|seen|listed) (?:here|on this page)\b")
 _ARTICLE = frozenset({"the", "a", "an", "any", "these", "this", "those"})
 _PLACING = ("in", "on", "inside", "at")
@@ -78,9 +91,9 @@ _PLACING = ("in", "on", "inside", "at")
 
 @dataclass(frozen=True)
 class Claim:
-    kind: str      # number | place
-    text: str      # as the reflection says it
-    what: str      # what it asserts, in words, for the filter's detail
+    kind: str  # number | place
+    text: str  # as the reflection says it
+    what: str  # what it asserts, in words, for the filter's detail
 
 
 def _norm_number(whole: str, fraction: str | None) -> str:
@@ -108,9 +121,9 @@ class Evidence:
     env: str
     goal: str
     current: str
-    observations: list[str]     # the state's (history, then the current one), then the outcomes'
+    observations: list[str]  # the state's (history, then the current one), then the outcomes'
     texts: list[str]
-    in_state: int = 0           # how many of `observations` are the state's
+    in_state: int = 0  # how many of `observations` are the state's
 
     @classmethod
     def of(cls, outcome: dict, shown: list[dict]) -> "Evidence":
@@ -124,10 +137,14 @@ class Evidence:
         errors = [alt.get("error") or "" for alt in shown]
         # the rewards the outcomes gave are observed too ("losing 100", "a reward of 5")
         rewards = [f"{abs(o['reward']):g}" for o in [expert, *shown] if isinstance(o.get("reward"), (int, float))]
-        return cls(env=(outcome.get("env") or {}).get("name", ""), goal=state.get("goal") or "",
-                   current=state.get("observation") or "", observations=observations,
-                   texts=[state.get("goal") or "", *observations, *actions, *errors, *rewards],
-                   in_state=len(history) + 1)
+        return cls(
+            env=(outcome.get("env") or {}).get("name", ""),
+            goal=state.get("goal") or "",
+            current=state.get("observation") or "",
+            observations=observations,
+            texts=[state.get("goal") or "", *observations, *actions, *errors, *rewards],
+            in_state=len(history) + 1,
+        )
 
     # --- numbers ------------------------------------------------------------------------------------------------
     def number_set(self) -> set[str]:
@@ -176,8 +193,11 @@ def _same_kind(said: str, name: str) -> bool:
     """Whether a word a reflection says ("fridge", "counter", "apples") names the thing `name` is ("fridge 1")."""
     kind = name.split()[0]
     said = _singular(said)
-    return said == kind or _RECEPTACLE_ALIASES.get(said) == kind or (
-        _RECEPTACLE_ALIASES.get(said) == "table" and kind.endswith("table"))
+    return (
+        said == kind
+        or _RECEPTACLE_ALIASES.get(said) == kind
+        or (_RECEPTACLE_ALIASES.get(said) == "table" and kind.endswith("table"))
+    )
 
 
 def place_claims(reflection: str, env: str) -> list[tuple[Claim, tuple]]:
@@ -188,15 +208,15 @@ def place_claims(reflection: str, env: str) -> list[tuple[Claim, tuple]]:
     out: list[tuple[Claim, tuple]] = []
     for m in _HERE.finditer(prose):
         # the thing said to be here: the words back to the nearest article ("lose the pink mug found here")
-        before = _WORD.findall(prose[max(0, m.start() - 160):m.start()])[-12:]
+        before = _WORD.findall(prose[max(0, m.start() - 160) : m.start()])[-12:]
         cut = max((i for i, w in enumerate(before) if w in _ARTICLE), default=-1)
-        phrase = before[cut + 1:]
+        phrase = before[cut + 1 :]
         if cut > 0 and before[cut - 1] in _PLACING:
             # "the apple in the fridge found here": the thing here is the apple; where it is, the relation says
             end = cut - 1
             cut = max((i for i, w in enumerate(before[:end]) if w in _ARTICLE), default=-1)
-            phrase = before[cut + 1:end]
-        phrase = phrase[:next((i for i, w in enumerate(phrase) if w in _PLACING), len(phrase))]
+            phrase = before[cut + 1 : end]
+        phrase = phrase[: next((i for i, w in enumerate(phrase) if w in _PLACING), len(phrase))]
         words = [w for w in phrase if w not in _NOT_A_THING]
         if words:
             said = " ".join(phrase)
@@ -205,27 +225,35 @@ def place_claims(reflection: str, env: str) -> list[tuple[Claim, tuple]]:
         thing, thing_no, prep, place, place_no = m.groups()
         if thing in _NOT_A_THING or place in _NOT_A_THING or thing.isdigit():
             continue
-        before = _WORD.findall(prose[max(0, m.start() - 60):m.start()])[-4:]
+        before = _WORD.findall(prose[max(0, m.start() - 60) : m.start()])[-4:]
         # a verb of intent among the three words before ("put the apple in"), but not an adjective after an
         # article ("the cool apple in fridge")
-        if thing in _INTENT or any(w in _INTENT and not (k and before[k - 1] in _ARTICLE)
-                                   for k, w in enumerate(before) if k):
+        if thing in _INTENT or any(
+            w in _INTENT and not (k and before[k - 1] in _ARTICLE) for k, w in enumerate(before) if k
+        ):
             continue
         if thing.endswith("ing") or (before and before[-1].endswith("ing")):
-            continue            # a move described ("focusing on stove", "taking the key in the box")
+            continue  # a move described ("focusing on stove", "taking the key in the box")
         if prep == "at" and env != "alfworld":
-            continue            # "at a price", "at once": only ALFWorld's "at countertop 1" is a place
+            continue  # "at a price", "at once": only ALFWorld's "at countertop 1" is a place
         if env == "alfworld" and not (_singular(place) in RECEPTACLES or place in _RECEPTACLE_ALIASES):
-            continue            # "in the room", "in view", "in hand": no receptacle
+            continue  # "in the room", "in view", "in hand": no receptacle
         if env in WEB_ENVS:
-            continue            # a web page's "in pink", "on sale": its places are its pages ("here")
+            continue  # a web page's "in pink", "on sale": its places are its pages ("here")
         if env == "tools" and not _tools_place(place):
             continue
         if env not in ("alfworld", "tools", "textworld", "scienceworld"):
             continue
-        out.append((Claim("place", m.group(0).strip(), f"{thing}{' ' + thing_no if thing_no else ''} {prep} "
-                                                         f"{place}{' ' + place_no if place_no else ''}"),
-                    ("at", thing, thing_no, place, place_no)))
+        out.append(
+            (
+                Claim(
+                    "place",
+                    m.group(0).strip(),
+                    f"{thing}{' ' + thing_no if thing_no else ''} {prep} {place}{' ' + place_no if place_no else ''}",
+                ),
+                ("at", thing, thing_no, place, place_no),
+            )
+        )
     if env == "alfworld":
         for m in _ALF_NAME.finditer(prose):
             if m.group(1) in RECEPTACLES:
@@ -255,7 +283,7 @@ def _tools_facts(evidence: Evidence) -> set[tuple[str, str]]:
         for line in low.splitlines():
             if line.startswith("result:"):
                 try:
-                    result = json.loads(line[len("result:"):].strip())
+                    result = json.loads(line[len("result:") :].strip())
                 except ValueError:
                     continue
                 if not isinstance(result, dict):
@@ -267,14 +295,13 @@ def _tools_facts(evidence: Evidence) -> set[tuple[str, str]]:
                     if isinstance(name, str):
                         facts.add((name.rstrip("/"), cwd))
             elif line.startswith("request"):
-                facts.update((r.group(1), r.group(2))
-                             for r in re.finditer(r"([\w-]+\.\w+) (?:in|from) ([\w-]+)", line))
+                facts.update((r.group(1), r.group(2)) for r in re.finditer(r"([\w-]+\.\w+) (?:in|from) ([\w-]+)", line))
         return cwd
 
     here = "workspace"
-    for observation in evidence.observations[:evidence.in_state]:
+    for observation in evidence.observations[: evidence.in_state]:
         here = read(observation, here)
-    for observation in evidence.observations[evidence.in_state:]:
+    for observation in evidence.observations[evidence.in_state :]:
         read(observation, here)
     return facts
 
@@ -308,9 +335,13 @@ def check(reflection: str, evidence: Evidence) -> list[Claim]:
         _, thing, thing_no, place, place_no = what
         if evidence.env == "alfworld":
             facts = evidence.alfworld_facts() if facts is None else facts
-            ok = any(_same_kind(thing, f_thing) and (not thing_no or f_thing.endswith(" " + thing_no))
-                     and _same_kind(place, f_place) and (not place_no or f_place.endswith(" " + place_no))
-                     for f_thing, f_place in facts)
+            ok = any(
+                _same_kind(thing, f_thing)
+                and (not thing_no or f_thing.endswith(" " + thing_no))
+                and _same_kind(place, f_place)
+                and (not place_no or f_place.endswith(" " + place_no))
+                for f_thing, f_place in facts
+            )
         elif evidence.env == "tools":
             facts = _tools_facts(evidence) if facts is None else facts
             ok = (thing, place) in facts

@@ -10,17 +10,39 @@ import re
 from dataclasses import dataclass
 
 from eexp.prompts import clip
-from eexp.stages.reflect.claims import Evidence, check as check_claims
+from eexp.stages.reflect.claims import Evidence
+from eexp.stages.reflect.claims import check as check_claims
 from eexp.stages.reflect.template import COPY_RUN, Template
 from eexp.stages.reflect.text import WORD, content_words
 from eexp.text import normalize_space
 
-FILTERS = ("truncated", "model_error", "empty", "too_short", "too_long", "label_leakage", "template_copy",
-           "pasted_page", "off_topic", "repetitive", "outcome_narration", "unsupported_claim", "different_action")
+FILTERS = (
+    "truncated",
+    "model_error",
+    "empty",
+    "too_short",
+    "too_long",
+    "label_leakage",
+    "template_copy",
+    "pasted_page",
+    "off_topic",
+    "repetitive",
+    "outcome_narration",
+    "unsupported_claim",
+    "different_action",
+)
 # What --stats reports: why states gave no example, each filter, repairs, fallbacks, and what was kept.
-COUNTS = ("kept", *FILTERS, "repeated", "fallback_grounded", "no_alternatives", "all_alternatives_failed",
-          "unreachable", "expert_not_executed")
-MAX_REPEATED_RUNS = 0.4   # a monologue whose three-word runs repeat more than this is going round in circles
+COUNTS = (
+    "kept",
+    *FILTERS,
+    "repeated",
+    "fallback_grounded",
+    "no_alternatives",
+    "all_alternatives_failed",
+    "unreachable",
+    "expert_not_executed",
+)
+MAX_REPEATED_RUNS = 0.4  # a monologue whose three-word runs repeat more than this is going round in circles
 # Words in a row, the same and in the same order as in an observation the reflector was shown, that make a
 # reflection a paste of page text (pasted_page). Twelve is past anything a monologue says in its own words that
 # happens to match a page ("there is a locked gate to the east" is 8; a shop item's name is at most 6), and well
@@ -37,12 +59,15 @@ _LEAKAGE = re.compile(
     r"|\b(?:listed|given|provided|shown)\s+(?:above|below)\b"
     r"|\bthe move (?:i|you) will make\b|\bother moves you could make\b|\bwhat followed\b"
     r"|\bas an ai\b|\bai (?:assistant|model)\b|\blanguage model\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 # Words that make a sentence anticipatory rather than a report of what happened.
 _ANTICIPATION = re.compile(
     r"\b(?:will|should|would|could|might|may|can't|cannot|expect\w*|likely|probably|hope\w*|if|once|going to|"
-    r"want to|plan|intend|aim)\b|'ll\b", re.IGNORECASE)
+    r"want to|plan|intend|aim)\b|'ll\b",
+    re.IGNORECASE,
+)
 
 # Ways of reporting a result as seen ("now I see cup 1": ~25% of ALFWorld navigation reflections in the paper's code
 # base).
@@ -53,17 +78,18 @@ _NARRATION = re.compile(
     r"it\s+(?:shows?|showed|worked|led|resulted|returned|gave))\b"
     r"|\b(?:it|this|that|my (?:move|action|choice))\s+(?:worked|succeeded|led to|resulted in|showed|gave me)\b"
     r"|\b(?:led to|resulted in|showed|returned|gave me|revealed)\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _ACTION_LINE = re.compile(r"^[ \t*_#>-]*Action\s*:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 _BOUNDARY = re.compile(r"[.!?]+(?=\s)|\n")
 
 
 @dataclass
 class Verdict:
-    text: str                 # the cleaned monologue (Action lines and a leading "Thought:" removed)
+    text: str  # the cleaned monologue (Action lines and a leading "Thought:" removed)
     reason: str | None = None  # the first filter it failed, or None when kept
     detail: str = ""
-    repeated: bool = False     # the monologue came twice and the first copy was kept
+    repeated: bool = False  # the monologue came twice and the first copy was kept
     concluded: str | None = None
 
 
@@ -97,8 +123,7 @@ def trim_repeat(text: str) -> tuple[str, bool]:
         m = min(len(norms) - p, p)
         matched = 0
         for i in range(m):
-            cut_copy = p + i == len(norms) - 1 and len(norms[p + i].split()) >= 3 and \
-                norms[i].startswith(norms[p + i])
+            cut_copy = p + i == len(norms) - 1 and len(norms[p + i].split()) >= 3 and norms[i].startswith(norms[p + i])
             if norms[p + i] != norms[i] and not cut_copy:
                 break
             matched += 1
@@ -116,7 +141,7 @@ def _concluding_action(prose: str, expert: str, alternatives: list[str]) -> str 
     spans = sentences(prose)
     if not spans:
         return None
-    last = prose[spans[-1][0]: spans[-1][1]].casefold()
+    last = prose[spans[-1][0] : spans[-1][1]].casefold()
     named = [a for a in [expert, *alternatives] if _canon(a) and _canon(a) in normalize_space(last)]
     return named[0] if len(named) == 1 else None
 
@@ -132,10 +157,20 @@ def fresh_words(outcome: dict, shown: list[dict], situation: str) -> set[str]:
     return {w for w in fresh if len(w) >= 3 or w.isdigit()}
 
 
-def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str], new_words: set[str],
-          max_words: int, min_words: int = 1, template: Template | None = None,
-          topic: set[str] | None = None, pages: frozenset[tuple[str, ...]] = frozenset(),
-          evidence: Evidence | None = None) -> Verdict:
+def judge(
+    reply: str,
+    finish_reason: str,
+    *,
+    expert: str,
+    alternatives: list[str],
+    new_words: set[str],
+    max_words: int,
+    min_words: int = 1,
+    template: Template | None = None,
+    topic: set[str] | None = None,
+    pages: frozenset[tuple[str, ...]] = frozenset(),
+    evidence: Evidence | None = None,
+) -> Verdict:
     """Clean a reply and run the filters in a fixed order; the first that fails is the reason. With `evidence`
     (what the record shows), a reflection that names a number or a place it does not show is rejected."""
     text, repeated = trim_repeat(reply.strip())
@@ -171,8 +206,10 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
         return verdict
     pasted = pasted_span(prose, pages)
     if pasted:
-        verdict.reason, verdict.detail = "pasted_page", f"pastes {len(pasted)} words of a page in a row: " \
-                                                         f"{clip(' '.join(pasted), 120)!r}"
+        verdict.reason, verdict.detail = (
+            "pasted_page",
+            f"pastes {len(pasted)} words of a page in a row: {clip(' '.join(pasted), 120)!r}",
+        )
         return verdict
     content = set(content_words(prose))
     if topic and not content & topic:
@@ -184,8 +221,10 @@ def judge(reply: str, finish_reason: str, *, expert: str, alternatives: list[str
         return verdict
     narration = _narrated_sentence(prose, expert, new_words)
     if narration:
-        verdict.reason, verdict.detail = "outcome_narration", f"reports the chosen action's result as seen: " \
-                                                                f"{clip(narration, 160)!r}"
+        verdict.reason, verdict.detail = (
+            "outcome_narration",
+            f"reports the chosen action's result as seen: {clip(narration, 160)!r}",
+        )
         return verdict
     unsupported = check_claims(prose, evidence) if evidence is not None else []
     if unsupported:
@@ -214,7 +253,7 @@ def _closing_move(prose: str, expert: str, alternatives: list[str]) -> str | Non
     found = list(_CLOSING.finditer(prose))
     if not found:
         return None
-    after = normalize_space(prose[found[-1].end():]).strip().lstrip("`'\"*:").casefold()
+    after = normalize_space(prose[found[-1].end() :]).strip().lstrip("`'\"*:").casefold()
     named = [a for a in [expert, *alternatives] if _canon(a) and after.startswith(_canon(a))]
     return max(named, key=lambda a: len(_canon(a))) if named else None
 
@@ -226,8 +265,8 @@ _ANSWER_CUE = re.compile(r"^\s*(?:(?:thought|why|reasoning|reflection)\s*:\s*)+"
 def _copied_phrase(prose: str, template: Template) -> str | None:
     words = [w.lower() for w in WORD.findall(prose)]
     for i in range(len(words) - COPY_RUN + 1):
-        if tuple(words[i:i + COPY_RUN]) in template.phrases:
-            return " ".join(words[i:i + COPY_RUN])
+        if tuple(words[i : i + COPY_RUN]) in template.phrases:
+            return " ".join(words[i : i + COPY_RUN])
     return None
 
 
@@ -247,7 +286,7 @@ def _runs(texts: list[str], n: int) -> set[tuple[str, ...]]:
     runs = set()
     for text in texts:
         words = [w.lower() for w in WORD.findall(text)]
-        runs.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        runs.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     return runs
 
 
@@ -258,9 +297,9 @@ def pasted_span(prose: str, pages: frozenset[tuple[str, ...]]) -> list[str]:
         return []
     words = [w.lower() for w in WORD.findall(prose)]
     for i in range(len(words) - PASTE_RUN + 1):
-        if tuple(words[i:i + PASTE_RUN]) in pages:
+        if tuple(words[i : i + PASTE_RUN]) in pages:
             end = i + PASTE_RUN
-            while end < len(words) and tuple(words[end - PASTE_RUN + 1:end + 1]) in pages:
+            while end < len(words) and tuple(words[end - PASTE_RUN + 1 : end + 1]) in pages:
                 end += 1
             return words[i:end]
     return []
@@ -269,18 +308,21 @@ def pasted_span(prose: str, pages: frozenset[tuple[str, ...]]) -> list[str]:
 def _repeated_run_share(prose: str) -> float:
     """The share of three-word runs that already occurred earlier in the text (0 for short texts)."""
     words = [w.lower() for w in WORD.findall(prose)]
-    runs = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    runs = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
     return 1 - len(set(runs)) / len(runs) if len(runs) >= 15 else 0.0
 
 
 def topic_words(outcome: dict, alternatives: list[str]) -> set[str]:
     """What a reflection on this state should name at least one of: the goal's content words and those of the
     moves' arguments (`red mug` of click[red mug]; a whole action when it has no brackets)."""
+
     def argument(action: str) -> str:
         inner = re.search(r"\[(.*)\]", action)
         return inner.group(1) if inner else action
-    words = content_words(" ".join([outcome["state"]["goal"], argument(outcome["expert"]["action"]),
-                                     *map(argument, alternatives)]))
+
+    words = content_words(
+        " ".join([outcome["state"]["goal"], argument(outcome["expert"]["action"]), *map(argument, alternatives)])
+    )
     return set(words)
 
 

@@ -28,28 +28,70 @@ from eexp.text import normalize_space
 # 1: quoted the task, the page and every outcome; 2: described, short; 3: (this module) says why the chosen action
 # turns a page of search results, and names no number or place that the record does not show (`claims`).
 VERSION = 3
-CLOSING = "So my move is"     # the thought's last sentence: `So my move is <expert action>.`
-MAX_QUOTE_WORDS = 5           # a small edit ("selected: pink") is quoted when it is at most this long
+CLOSING = "So my move is"  # the thought's last sentence: `So my move is <expert action>.`
+MAX_QUOTE_WORDS = 5  # a small edit ("selected: pink") is quoted when it is at most this long
 
 # Words with their hyphens kept ("v-neck", "t-shirt"), so a goal's phrases read as the goal writes them.
 _TOKEN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _BRACKETED = re.compile(r"^\s*([a-z_]+)\s*\[(.*?)\](?:\s*\[(.*)\])?\s*$", re.IGNORECASE)
 _PUNCTUATION = re.compile(r"[,.;:!?()]")
-_EDGE = STOP - {"over"}       # small words a phrase does not start or end with ("over ear headphones" keeps its own)
+_EDGE = STOP - {"over"}  # small words a phrase does not start or end with ("over ear headphones" keeps its own)
 _CALL = re.compile(r"^\s*\[?\s*([A-Za-z_][\w.]*)\s*\(")
 _BUDGET = re.compile(r"\b(?:under|less than|below|at most|no more than)\s+\$?(\d+(?:\.\d+)?)", re.IGNORECASE)
 _PRICE = re.compile(r"\bprice:?\s*\$(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 # Buttons whose label is not a phrase, said as a person would.
-_BUTTONS = {"back to search": "going back to search", "< prev": "going back a page", "prev": "going back a page",
-            "next >": "going on to the next page", "next": "going on to the next page", "buy now": "buying now"}
-_DIRECTIONS = {"n": "north", "s": "south", "e": "east", "w": "west", "ne": "northeast", "nw": "northwest",
-               "se": "southeast", "sw": "southwest", "u": "up", "d": "down"}
+_BUTTONS = {
+    "back to search": "going back to search",
+    "< prev": "going back a page",
+    "prev": "going back a page",
+    "next >": "going on to the next page",
+    "next": "going on to the next page",
+    "buy now": "buying now",
+}
+_DIRECTIONS = {
+    "n": "north",
+    "s": "south",
+    "e": "east",
+    "w": "west",
+    "ne": "northeast",
+    "nw": "northwest",
+    "se": "southeast",
+    "sw": "southwest",
+    "u": "up",
+    "d": "down",
+}
 _MOVES = set(_DIRECTIONS.values()) | {"up", "down", "in", "out", "left", "right", "forward", "back"}
-_ONE_WORD = {"inventory": "checking the inventory", "look": "looking around", "i": "checking the inventory",
-             "l": "looking around"}
-_DOUBLED = {"put", "get", "set", "cut", "stop", "drop", "dig", "plug", "shut", "chop", "run", "swim", "sit", "hit",
-            "grab", "tap", "pat", "rub", "wrap", "trim", "nod", "hug"}
+_ONE_WORD = {
+    "inventory": "checking the inventory",
+    "look": "looking around",
+    "i": "checking the inventory",
+    "l": "looking around",
+}
+_DOUBLED = {
+    "put",
+    "get",
+    "set",
+    "cut",
+    "stop",
+    "drop",
+    "dig",
+    "plug",
+    "shut",
+    "chop",
+    "run",
+    "swim",
+    "sit",
+    "hit",
+    "grab",
+    "tap",
+    "pat",
+    "rub",
+    "wrap",
+    "trim",
+    "nod",
+    "hug",
+}
 
 
 def gerund(verb: str) -> str:
@@ -125,13 +167,13 @@ def goal_phrases(goal: str, wanted: set[str], present: set[str] = frozenset()) -
     with wanted {canvas, slip, sneakers, yellow, 10} and "on" and "size" on the page, the goal `canvas slip on
     sneakers in yellow, size 10` gives [canvas slip on sneakers, yellow, size 10]."""
     phrases = []
-    for part in _PUNCTUATION.split(goal):     # "in blue, size m": blue and size m are two phrases
+    for part in _PUNCTUATION.split(goal):  # "in blue, size m": blue and size m are two phrases
         run: list[str] = []
         before = ""
         for token in _tokens(part) + [""]:
             if token and (token in wanted and token not in STOP or token in STOP and token in present):
                 if not run and before and before not in STOP and before in present:
-                    run.append(before)           # the word that names it: "size" of size m
+                    run.append(before)  # the word that names it: "size" of size m
                 run.append(token)
                 before = token
                 continue
@@ -170,7 +212,7 @@ def _quote(text: str) -> str | None:
 
 
 def _over_budget(goal: str, observation: str) -> str:
-    """"a price of $63, over the budget of 30" when the goal sets a ceiling and the outcome shows one price above
+    """ "a price of $63, over the budget of 30" when the goal sets a ceiling and the outcome shows one price above
     it."""
     budget, prices = _BUDGET.search(goal), _PRICE.findall(observation)
     if budget and len(prices) == 1 and float(prices[0]) > float(budget.group(1)):
@@ -178,10 +220,16 @@ def _over_budget(goal: str, observation: str) -> str:
     return ""
 
 
-_DETOURS = ("would not move the task forward", "would be a detour from the task",
-            "would bring me no closer to the goal")
-_INVALID = ("is not accepted here, so it would waste a step", "would be refused here, a wasted step",
-            "is not a move that works here")
+_DETOURS = (
+    "would not move the task forward",
+    "would be a detour from the task",
+    "would bring me no closer to the goal",
+)
+_INVALID = (
+    "is not accepted here, so it would waste a step",
+    "would be refused here, a wasted step",
+    "is not a move that works here",
+)
 _UNCHANGED = ("would change nothing", "would leave everything as it is", "would get me nowhere")
 
 
@@ -263,12 +311,16 @@ def _expert_sentence(state: dict, expert: dict, wanted: list[str], small: bool, 
         gives = f", giving {_join(wanted)} as the task asks" if wanted else ""
         if quoted:
             return f"{said} should add {quoted}{gives}."
-        return f"{said} should change just what is needed here{gives}." if wanted else \
-            f"{said} should set up the next step."
+        return (
+            f"{said} should change just what is needed here{gives}."
+            if wanted
+            else f"{said} should set up the next step."
+        )
     progress = f" (a reward of {reward:g})" if rewarded else ""
-    if sum(len(p.split()) for p in wanted) >= 2 and \
-            all(phrase in normalize_space(expert["action"]).lower() for phrase in wanted):
-        return f"{said} should turn up matches for the task{progress}."     # a search for what the task names
+    if sum(len(p.split()) for p in wanted) >= 2 and all(
+        phrase in normalize_space(expert["action"]).lower() for phrase in wanted
+    ):
+        return f"{said} should turn up matches for the task{progress}."  # a search for what the task names
     if wanted:
         return f"{said} should bring {_join(wanted)} into view, as the task asks{progress}."
     if normalize_space(expert["next_observation"]) == normalize_space(state["observation"]):
@@ -313,7 +365,7 @@ def _wanted_options(goal: str, query: str, keys: set[str]) -> list[str]:
     words ("pink") or as an option's name and value ("size m" where item pages have a size)."""
     budget = _BUDGET.search(goal)
     at = goal.lower().find(query.lower()) if query else -1
-    tail = _tokens(goal[at + len(query):] if at >= 0 else goal)
+    tail = _tokens(goal[at + len(query) :] if at >= 0 else goal)
     drop = STOP | set(_tokens(query)) | ({budget.group(1)} if budget else set()) | {"am"}
     wanted, i = [], 0
     while i < len(tail):
@@ -374,11 +426,14 @@ def _paging_reflection(outcome: dict, shown: list[dict], direction: str) -> str 
     lines = []
     if direction == "next":
         if listed and all(faults.values()):
-            lines.append(f"The item the task asks for is not among these results on page {number} of {total}, so "
-                         f"going on to the next page should show more of them.")
+            lines.append(
+                f"The item the task asks for is not among these results on page {number} of {total}, so "
+                f"going on to the next page should show more of them."
+            )
         else:
-            lines.append(f"Going on to the next page should show more results for {query}, past page {number} of "
-                         f"{total}.")
+            lines.append(
+                f"Going on to the next page should show more results for {query}, past page {number} of {total}."
+            )
     else:
         lines.append(f"Going back a page should return to results I passed over for {query}.")
     named = set()
@@ -391,14 +446,18 @@ def _paging_reflection(outcome: dict, shown: list[dict], direction: str) -> str 
         elif label in faults:
             named.add(label)
             why = faults[label]
-            lines.append(f"{said} would open one that {why}." if why else
-                         _alternative_sentence(alt, state, expert, set(), i))
+            lines.append(
+                f"{said} would open one that {why}." if why else _alternative_sentence(alt, state, expert, set(), i)
+            )
         elif label == "back to search":
             lines.append(f"{said} would drop these results and start over.")
         elif label in PAGING:
             other = _results(alt.get("next_observation") or "")
-            lines.append(f"{said} would only return to page {other[1]}." if other else
-                         _alternative_sentence(alt, state, expert, set(), i))
+            lines.append(
+                f"{said} would only return to page {other[1]}."
+                if other
+                else _alternative_sentence(alt, state, expert, set(), i)
+            )
         else:
             lines.append(_alternative_sentence(alt, state, expert, set(), i))
     rest = [f"{name} {faults[name]}" for name, _ in listed if name not in named and faults[name]]
@@ -479,13 +538,19 @@ def _world_reflection(outcome: dict, shown: list[dict], env: str) -> str:
     # TextWorld's and ALFWorld's first observation carries the task's text: its words are not in view for that
     current = state["observation"].replace(state["goal"], " ")
     # (nor the action's own words: "open portal" does not bring "open" into view; its figures may: "up 1")
-    new = set(_tokens(expert["next_observation"])) - set(_tokens(current)) - \
-        {w for w in _tokens(expert["action"]) if not w.isdigit()}
+    new = (
+        set(_tokens(expert["next_observation"]))
+        - set(_tokens(current))
+        - {w for w in _tokens(expert["action"]) if not w.isdigit()}
+    )
     # ... and only things and figures: words the outcome names after an article ("a passkey", "a apple 1") or
     # numbers ("the dials read 1"), not the chatty words of TextWorld's task text ("hey", "there") that an outcome
     # happens to have too
-    named = {w for pair in re.findall(r"\b(?:a|an|the|some)\s+([a-z-]+)(?:\s+([a-z-]+))?",
-                                      expert["next_observation"].lower()) for w in pair}
+    named = {
+        w
+        for pair in re.findall(r"\b(?:a|an|the|some)\s+([a-z-]+)(?:\s+([a-z-]+))?", expert["next_observation"].lower())
+        for w in pair
+    }
     wanted = []
     # τ²-bench's goal is the domain's tool list and policy: its words say nothing about what this state needs
     for token in _tokens(task) if env != "tau2" else []:

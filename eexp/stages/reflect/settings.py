@@ -15,8 +15,9 @@ class Settings:
     options are these fields' (eexp.cli.options.field_options)."""
 
     # the paper finds SR best at K = 2-4
-    max_alternatives: int = setting(3, "Alternatives shown per state: the first N that rollout executed, valid or "
-                                    "not.", min=1)
+    max_alternatives: int = setting(
+        3, "Alternatives shown per state: the first N that rollout executed, valid or not.", min=1
+    )
     # The templates ask for 40-120 words (a short rationale, as the grounded writer's ~50): 200 words is ~260 tokens,
     # past which eval's thought budget cuts the closing `So my move is ...` (the paper's repo capped at 500).
     max_words: int = setting(200, "Reject reflections longer than this.", min=1)

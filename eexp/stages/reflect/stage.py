@@ -14,10 +14,10 @@ from eexp.records import example_meta
 from eexp.runner import Stage
 from eexp.stages.reflect.claims import Evidence
 from eexp.stages.reflect.filters import fresh_words, judge, page_runs, topic_words
-from eexp.stages.reflect.grounded import VERSION as GROUNDED_VERSION, grounded_reflection
+from eexp.stages.reflect.grounded import VERSION as GROUNDED_VERSION
+from eexp.stages.reflect.grounded import grounded_reflection
 from eexp.stages.reflect.settings import Settings
 from eexp.stages.reflect.template import Template, reflection_prompt, shown_alternatives
-
 
 Writer = Callable[[list[dict], int], tuple[str, str]]  # (prompt messages, seed) -> (reply text, finish_reason)
 
@@ -26,7 +26,7 @@ Writer = Callable[[list[dict], int], tuple[str, str]]  # (prompt messages, seed)
 class Reflector:
     """Who writes the reflections: `self`/`teacher` call `write`; `grounded` has no model (write is None)."""
 
-    kind: str                      # self | teacher | grounded
+    kind: str  # self | teacher | grounded
     write: Writer | None = None
     model: str = ""
     model_sha256: str = ""
@@ -35,26 +35,36 @@ class Reflector:
 def policy_writer(policy, settings: Settings) -> Writer:
     """A policy's free-text answer to a prompt (Policy.generate) at the decoding `settings` give (temperature, top_p,
     max_tokens): reflect's reflections, world-model-eval's predictions."""
+
     def write(messages: list[dict], seed: int) -> tuple[str, str]:
-        reply = policy.generate(messages, seed=seed, temperature=settings.temperature, top_p=settings.top_p,
-                                max_tokens=settings.max_tokens)
+        reply = policy.generate(
+            messages, seed=seed, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens
+        )
         return reply.text or "", reply.finish_reason or ""
+
     return write
 
 
-def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template, serializer: Serializer,
-                     settings: Settings, count: Callable[..., None] = lambda name, n=1: None,
-                     reject: Callable[[dict], None] = lambda record: None,
-                     fallback: str | None = None) -> Iterator[dict]:
+def reflect_examples(
+    outcome: dict,
+    *,
+    reflector: Reflector,
+    template: Template,
+    serializer: Serializer,
+    settings: Settings,
+    count: Callable[..., None] = lambda name, n=1: None,
+    reject: Callable[[dict], None] = lambda record: None,
+    fallback: str | None = None,
+) -> Iterator[dict]:
     """At most one SR example for an outcome record. Records that cannot give one are counted (and rejected
     reflections passed to `reject`); nothing here stops the run. With fallback="grounded", a model's rejected
     reflection is replaced by the grounded rationale, labelled as such in meta and counted."""
     if outcome.get("error"):
-        count("unreachable")              # rollout could not reach the state: nothing was observed
+        count("unreachable")  # rollout could not reach the state: nothing was observed
         return
     expert = outcome["expert"]
     if expert.get("next_observation") is None:
-        count("expert_not_executed")      # no outcome to justify the chosen action with
+        count("expert_not_executed")  # no outcome to justify the chosen action with
         return
     shown = shown_alternatives(outcome, settings.max_alternatives)
     if not shown:
@@ -71,14 +81,21 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
         reply, finish_reason = grounded_reflection(outcome, shown), "stop"
     else:
         seed = derive_seed(settings.seed, outcome["id"], 0)
-        reply, finish_reason = reflector.write(
-            reflection_prompt(outcome, shown, template, serializer, settings), seed)
+        reply, finish_reason = reflector.write(reflection_prompt(outcome, shown, template, serializer, settings), seed)
     alternatives = [a["action"] for a in shown]
-    verdict = judge(reply, finish_reason, expert=expert["action"], alternatives=alternatives,
-                    new_words=fresh_words(outcome, shown, serializer.render_state(state)),
-                    max_words=settings.max_words, min_words=settings.min_words, template=template,
-                    topic=topic_words(outcome, alternatives), pages=page_runs(outcome, shown),
-                    evidence=Evidence.of(outcome, shown))
+    verdict = judge(
+        reply,
+        finish_reason,
+        expert=expert["action"],
+        alternatives=alternatives,
+        new_words=fresh_words(outcome, shown, serializer.render_state(state)),
+        max_words=settings.max_words,
+        min_words=settings.min_words,
+        template=template,
+        topic=topic_words(outcome, alternatives),
+        pages=page_runs(outcome, shown),
+        evidence=Evidence.of(outcome, shown),
+    )
     if verdict.repeated:
         count("repeated")
 
@@ -86,8 +103,7 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
         extra = {"alternatives": alternatives, "template_sha256": template.sha256, **more}
         if kind == "grounded":
             extra["paper_method"] = False
-            extra["note"] = "grounded: deterministic rationale from observed outcomes, no model; not the paper's " \
-                            "method"
+            extra["note"] = "grounded: deterministic rationale from observed outcomes, no model; not the paper's method"
             # 1 (no key): quoted pages; 2: described, short; 3: paging, each environment's words, claims shown
             extra["grounded_version"] = GROUNDED_VERSION
         else:
@@ -95,18 +111,39 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
         if kind == "teacher":
             extra["teacher_assisted"] = True
         model, sha = ("", "") if kind == "grounded" else (reflector.model, reflector.model_sha256)
-        return example_meta(stage="reflect", kind="sr", env=outcome["env"]["name"],
-                            env_version=outcome["env"]["version"], task_id=outcome["task"]["id"],
-                            trajectory_id=outcome["trajectory_id"], step=outcome["step"], action=expert["action"],
-                            action_source="expert", model=model, model_sha256=sha, reflector=kind, seed=seed,
-                            serializer=serializer.to_json(), extra=extra)
+        return example_meta(
+            stage="reflect",
+            kind="sr",
+            env=outcome["env"]["name"],
+            env_version=outcome["env"]["version"],
+            task_id=outcome["task"]["id"],
+            trajectory_id=outcome["trajectory_id"],
+            step=outcome["step"],
+            action=expert["action"],
+            action_source="expert",
+            model=model,
+            model_sha256=sha,
+            reflector=kind,
+            seed=seed,
+            serializer=serializer.to_json(),
+            extra=extra,
+        )
 
     example_id = f"sr:{outcome['id']}"
     text, kind, more = verdict.text, reflector.kind, {}
     if verdict.reason:
         count(verdict.reason)
-        reject({"id": example_id, "source_id": outcome["id"], "reason": verdict.reason, "detail": verdict.detail,
-                "reply": reply, "finish_reason": finish_reason, "meta": meta(reflector.kind)})
+        reject(
+            {
+                "id": example_id,
+                "source_id": outcome["id"],
+                "reason": verdict.reason,
+                "detail": verdict.detail,
+                "reply": reply,
+                "finish_reason": finish_reason,
+                "meta": meta(reflector.kind),
+            }
+        )
         if fallback != "grounded" or reflector.write is None:
             return
         count("fallback_grounded")
@@ -117,8 +154,8 @@ def reflect_examples(outcome: dict, *, reflector: Reflector, template: Template,
     yield {
         "id": example_id,
         "source_id": outcome["id"],
-        "messages": serializer.policy_messages(state) + [
-            {"role": "assistant", "content": format_action(expert["action"], text)}],
+        "messages": serializer.policy_messages(state)
+        + [{"role": "assistant", "content": format_action(expert["action"], text)}],
         "meta": meta(kind, **more),
     }
 
@@ -130,9 +167,19 @@ class Reflect(Stage):
     concurrency > 1; its counts and rejected reflections are kept with its result and passed on, with its
     examples, in input order: the output, the --rejected file and --stats are those of a serial run."""
 
-    def __init__(self, *, reflector: Reflector, template: Template, serializer: Serializer, settings: Settings,
-                 count: Callable[..., None], reject: Callable[[dict], None] | None = None,
-                 fallback: str | None = None, skip: set[str] = frozenset(), concurrency: int = 1):
+    def __init__(
+        self,
+        *,
+        reflector: Reflector,
+        template: Template,
+        serializer: Serializer,
+        settings: Settings,
+        count: Callable[..., None],
+        reject: Callable[[dict], None] | None = None,
+        fallback: str | None = None,
+        skip: set[str] = frozenset(),
+        concurrency: int = 1,
+    ):
         self.reflector, self.template, self.serializer, self.settings = reflector, template, serializer, settings
         self.count, self.reject, self.fallback, self.skip = count, reject, fallback, skip
         self.calls = InOrder(concurrency, name="eexp-reflect")
@@ -140,14 +187,22 @@ class Reflect(Stage):
     def _one(self, outcome: dict) -> tuple[list[dict], list[tuple[str, int]], list[dict]]:
         counts: list[tuple[str, int]] = []
         rejected: list[dict] = []
-        examples = list(reflect_examples(outcome, reflector=self.reflector, template=self.template,
-                                         serializer=self.serializer, settings=self.settings,
-                                         count=lambda name, n=1: counts.append((name, n)),
-                                         reject=rejected.append, fallback=self.fallback))
+        examples = list(
+            reflect_examples(
+                outcome,
+                reflector=self.reflector,
+                template=self.template,
+                serializer=self.serializer,
+                settings=self.settings,
+                count=lambda name, n=1: counts.append((name, n)),
+                reject=rejected.append,
+                fallback=self.fallback,
+            )
+        )
         return examples, counts, rejected
 
     def __call__(self, outcome: dict) -> Iterator[dict]:
-        if outcome["id"] in self.skip:    # rejected in an earlier run (--resume): its seed gives the same reply
+        if outcome["id"] in self.skip:  # rejected in an earlier run (--resume): its seed gives the same reply
             self.count("resumed")
         else:
             self.calls.submit(lambda: self._one(outcome))

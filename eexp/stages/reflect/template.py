@@ -22,7 +22,7 @@ REQUIRED_SLOTS = ("situation", "chosen_action", "chosen_outcome", "alternatives"
 # task more often and a reflection costs ~2.5 s (README.md here: "Self-reflection with a small model").
 BUILTIN_TEMPLATES = {"default": "reflect.txt", "short": "reflect-short.txt"}
 _SLOT = re.compile(r"\{([a-z_]+)\}")
-COPY_RUN = 5              # words in a row shared with the template that count as copying it
+COPY_RUN = 5  # words in a row shared with the template that count as copying it
 # The closing every reflection ends with, and the move after it (the worked example's): never counted as a copy.
 _CLOSING = re.compile(r"so my move is\s*\S*", re.IGNORECASE)
 
@@ -55,8 +55,11 @@ class Template:
         missing = [s for s in REQUIRED_SLOTS if "{" + s + "}" not in text]
         if missing:
             names = ", ".join("{" + s + "}" for s in missing)
-            raise InputError(f"the template has no {names} slot{'s' if len(missing) > 1 else ''} (a reflection "
-                             f"template needs {', '.join('{' + s + '}' for s in REQUIRED_SLOTS)})", path)
+            raise InputError(
+                f"the template has no {names} slot{'s' if len(missing) > 1 else ''} (a reflection "
+                f"template needs {', '.join('{' + s + '}' for s in REQUIRED_SLOTS)})",
+                path,
+            )
         return template
 
     @property
@@ -75,10 +78,8 @@ class Template:
         for part in _SLOT.split(self.text)[::2]:  # split() alternates text and slot names
             for piece in _CLOSING.split(part):
                 words = [w.lower() for w in WORD.findall(piece)]
-                runs.update(tuple(words[i:i + COPY_RUN]) for i in range(len(words) - COPY_RUN + 1))
+                runs.update(tuple(words[i : i + COPY_RUN]) for i in range(len(words) - COPY_RUN + 1))
         return frozenset(runs)
-
-
 
 
 def executed(alternative: dict) -> bool:
@@ -109,8 +110,9 @@ def render_alternatives(alternatives: list[dict], max_chars: int) -> str:
     return "\n".join(blocks)
 
 
-def reflection_prompt(outcome: dict, shown: list[dict], template: Template, serializer: Serializer,
-                      settings: Settings) -> list[dict]:
+def reflection_prompt(
+    outcome: dict, shown: list[dict], template: Template, serializer: Serializer, settings: Settings
+) -> list[dict]:
     state = outcome["state"]
     text = template.fill(
         situation=serializer.render_state(state),

@@ -14,10 +14,13 @@ import re
 from eexp.stages.reflect.text import STOP
 from eexp.text import normalize_space
 
-_DETOURS = ("would not move the task forward", "would be a detour from the task",
-            "would bring me no closer to the goal")
+_DETOURS = (
+    "would not move the task forward",
+    "would be a detour from the task",
+    "would bring me no closer to the goal",
+)
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-_NAME = r"[a-z]+(?: [a-z]+)* \d+"       # an ALFWorld name: "apple 1", "countertop 2"
+_NAME = r"[a-z]+(?: [a-z]+)* \d+"  # an ALFWorld name: "apple 1", "countertop 2"
 
 
 def _tokens(text: str) -> list[str]:
@@ -34,11 +37,17 @@ def detour(said: str, i: int) -> str:
 
 # --- ALFWorld -----------------------------------------------------------------------------------------------------
 
-_ALF_ACTION = re.compile(rf"^(go to|open|close|take|move|put|heat|cool|clean|slice|use|examine|toggle)\s+({_NAME})"
-                         rf"(?:\s+(?:from|to|in|on|with|in/on)\s+({_NAME}))?$")
+_ALF_ACTION = re.compile(
+    rf"^(go to|open|close|take|move|put|heat|cool|clean|slice|use|examine|toggle)\s+({_NAME})"
+    rf"(?:\s+(?:from|to|in|on|with|in/on)\s+({_NAME}))?$"
+)
 # What the task's adjectives ask of a thing, by the verb that does it.
-_ALF_CHANGE = {"heat": ("hot", "heat", "heated", "warm"), "cool": ("cool", "cold", "cooled", "chilled"),
-               "clean": ("clean", "cleaned", "washed", "rinsed"), "slice": ("sliced", "slice")}
+_ALF_CHANGE = {
+    "heat": ("hot", "heat", "heated", "warm"),
+    "cool": ("cool", "cold", "cooled", "chilled"),
+    "clean": ("clean", "cleaned", "washed", "rinsed"),
+    "slice": ("sliced", "slice"),
+}
 _ALF_SEE = re.compile(r"\bon the [a-z]+ \d+, you see ([^.]*)|\bin it, you see ([^.]*)")
 
 
@@ -129,6 +138,7 @@ def alfworld_alternative(said: str, action: str, goal: str, after: str, i: int) 
 
 # --- TextWorld ----------------------------------------------------------------------------------------------------
 
+
 def textworld_alternative(said: str, action: str, goal: str, after: str, i: int) -> str | None:
     low = normalize_space(after.lower())
     move = action.lower().strip()
@@ -174,7 +184,7 @@ def _cwd(observation: str) -> str | None:
     for line in observation.splitlines():
         if line.startswith("result:"):
             try:
-                result = json.loads(line[len("result:"):])
+                result = json.loads(line[len("result:") :])
             except ValueError:
                 return None
             where = result.get("current_working_directory") if isinstance(result, dict) else None
@@ -234,6 +244,7 @@ def tools_alternative(said: str, action: str, state: dict, alt: dict, i: int) ->
 
 # --- τ²-bench -----------------------------------------------------------------------------------------------------
 
+
 def tau2_describe(action: str) -> str | None:
     """Words said to the user, as a move ("asking the user to confirm"); None for a tool call."""
     text = normalize_space(action)
@@ -245,8 +256,9 @@ def tau2_describe(action: str) -> str | None:
 
 
 def _conversation(state: dict) -> str:
-    return "\n".join([*(step.get("observation") or "" for step in state.get("history") or []),
-                      state.get("observation") or ""])
+    return "\n".join(
+        [*(step.get("observation") or "" for step in state.get("history") or []), state.get("observation") or ""]
+    )
 
 
 def tau2_expert(said: str, action: str, state: dict, expert: dict) -> str | None:

@@ -25,20 +25,36 @@ def fidelity(run: Path) -> dict:
         assert [s["action"] for s in r["steps"]] == [s["action"] for s in d["steps"]], r["id"]
         ours = [s["observation"] for s in r["steps"]][1:] + [r["final_observation"]]
         theirs = [s["observation"] for s in d["steps"]][1:] + [d["final_observation"]]
-        for a, b in zip(ours, theirs):   # every page after the first, which the dream takes from shop
+        for a, b in zip(ours, theirs):  # every page after the first, which the dream takes from shop
             pages += 1
             exact += a == b
             f1 += token_f1(b, a)
-    count = {name: sum(1 for _ in (run / name).open()) for name in
-             ("iwm.jsonl", "sr.jsonl", "dream/iwm.jsonl", "dream/sr.jsonl")}
-    stats = {kind: json.loads((run / f"{prefix}rollout_iwm.stats.json").read_text())
-             for kind, prefix in (("real", ""), ("dream", "dream/"))}
-    return {"run": str(run), "expert_trajectories": len(real), "dreamed_pages": pages,
-            "exact_pages": exact, "mean_page_f1": round(f1 / pages, 4),
-            "dream_success": sum(bool(t["success"]) for t in dream), "real_success": sum(bool(t["success"]) for t in real),
-            "examples": count,
-            "rollout_iwm": {k: {"env_steps": v["env_steps"], "seconds": v["seconds"],
-                                "ms_per_step": round(1000 * v["seconds"] / v["env_steps"], 2)} for k, v in stats.items()}}
+    count = {
+        name: sum(1 for _ in (run / name).open())
+        for name in ("iwm.jsonl", "sr.jsonl", "dream/iwm.jsonl", "dream/sr.jsonl")
+    }
+    stats = {
+        kind: json.loads((run / f"{prefix}rollout_iwm.stats.json").read_text())
+        for kind, prefix in (("real", ""), ("dream", "dream/"))
+    }
+    return {
+        "run": str(run),
+        "expert_trajectories": len(real),
+        "dreamed_pages": pages,
+        "exact_pages": exact,
+        "mean_page_f1": round(f1 / pages, 4),
+        "dream_success": sum(bool(t["success"]) for t in dream),
+        "real_success": sum(bool(t["success"]) for t in real),
+        "examples": count,
+        "rollout_iwm": {
+            k: {
+                "env_steps": v["env_steps"],
+                "seconds": v["seconds"],
+                "ms_per_step": round(1000 * v["seconds"] / v["env_steps"], 2),
+            }
+            for k, v in stats.items()
+        },
+    }
 
 
 if __name__ == "__main__":

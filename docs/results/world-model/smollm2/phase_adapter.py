@@ -20,8 +20,12 @@ from safetensors.torch import load_file, save_file
 if len(sys.argv) != 4:
     sys.exit(__doc__.strip().splitlines()[2].strip())
 step_dir, run, out = sys.argv[1:4]
-for need in (os.path.join(step_dir, "state.json"), os.path.join(step_dir, "weights.safetensors"),
-             os.path.join(run, "adapter_model.safetensors"), os.path.join(run, "card.yaml")):
+for need in (
+    os.path.join(step_dir, "state.json"),
+    os.path.join(step_dir, "weights.safetensors"),
+    os.path.join(run, "adapter_model.safetensors"),
+    os.path.join(run, "card.yaml"),
+):
     if not os.path.isfile(need):
         sys.exit(f"{need}: no such file (STEP_DIR is a checkpoints/step-N folder, RUN a finished LoRA run)")
 state = json.load(open(os.path.join(step_dir, "state.json")))
@@ -30,8 +34,9 @@ weights = load_file(os.path.join(step_dir, "weights.safetensors"))
 adapter = {k.replace(".default.", "."): v for k, v in weights.items()}
 final = load_file(os.path.join(run, "adapter_model.safetensors"))
 if set(adapter) != set(final):
-    sys.exit(f"{step_dir}: its tensors are not those of {run}'s adapter "
-             f"({len(set(adapter) ^ set(final))} names differ)")
+    sys.exit(
+        f"{step_dir}: its tensors are not those of {run}'s adapter ({len(set(adapter) ^ set(final))} names differ)"
+    )
 os.makedirs(out, exist_ok=True)
 for name in os.listdir(run):
     if name.startswith(("tokenizer", "special_tokens", "chat_template")) or name == "adapter_config.json":
