@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib
 from collections import Counter
+from dataclasses import dataclass
 
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import config_option, serializer_options, stage_options
+from eexp.cli.options import config_option, field_options, serializer_options, stage_options
 from eexp.errors import InputError
+from eexp.fields import setting
 from eexp.io import Reader
 from eexp.records import KIND_NAMES, expect, kind_of
 from eexp.records import validate as validate_record
@@ -21,25 +23,89 @@ from eexp.stages.mix import mix, parse_source
 from eexp.stages.preference import REJECTED, preference_pairs
 from eexp.stages.world_model import world_model_examples
 
+# Each command's own options, a default and a help written once (eexp.fields.setting; the click options are made from
+# the fields by eexp.cli.options.field_options). The options every stage shares come from eexp.cli.options' bundles.
+
+
+@dataclass(frozen=True)
+class ImitationDataSettings:
+    include_failed: bool = setting(False, "Also imitate trajectories that did not succeed.")
+    observation_loss: bool = setting(
+        False,
+        "The ActObs baseline: each example also trains on the next observation (a user turn asks for it, an "
+        "assistant turn `Observation: ...` answers), so finetune puts loss on observation tokens too.",
+    )
+    observation_weight: float = setting(
+        1.0,
+        "With --observation-loss: loss weight of the observation turn (the action's is 1).",
+        metavar="W",
+        min=0,
+        min_open=True,
+    )
+
+
+@dataclass(frozen=True)
+class WorldModelDataSettings:
+    max_chars: int = setting(0, "Clip each next observation to this many characters (0: no limit).", show_default=False)
+    summarizer: str | None = setting(
+        None,
+        "Python function (next_observation, state, action) -> str that replaces each next observation by a "
+        "summary, for long or noisy observations.",
+        metavar="MODULE:FUNCTION",
+    )
+
+
+def _rejected(side: str):
+    """--rejected of preference-data and critic-data: which executed alternatives count against the expert's."""
+    return setting(
+        "all",
+        f"Which executed alternatives are {side}: invalid (the environment refused them), no-progress (invalid, "
+        "changed nothing, or ended the episode where the expert's action did not or with less reward), or all of "
+        "them.",
+        choices=REJECTED,
+    )
+
+
+@dataclass(frozen=True)
+class PreferenceDataSettings:
+    rejected: str = _rejected("the rejected side")
+
+
+@dataclass(frozen=True)
+class CriticDataSettings:
+    rejected: str = _rejected("the `No` examples")
+    balance: bool = setting(
+        True,
+        "Give the expert's example loss weight n, the number of `No` examples of its state, so each state weighs "
+        "`Yes` and `No` alike (finetune reads the weight of an assistant turn).",
+        flag="--balance/--no-balance",
+    )
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    output: str = setting("-", "Write here instead of stdout.", short="-o", metavar="FILE", show_default=False)
+    seed: int = setting(0, "Seed of the interleave and the shuffle.")
+    concat: bool = setting(False, "Plain concatenation in the order given (the paper's SR + IL).")
+    shuffle_buffer: int = setting(
+        0, "Shuffle within a buffer of N records (bounded memory).", metavar="N", min=0, show_default=False
+    )
+    dedup: bool = setting(False, "Drop examples whose messages were already written.")
+    limit: int | None = setting(None, "Stop after this many examples.", min=0)
+    on_error: str = setting("fail", choices=["fail", "skip"])
+    stats: str | None = setting(None, "Write a JSON summary of the run here.", metavar="FILE")
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    kind: str | None = setting(None, "Require this kind of record.", choices=sorted(KIND_NAMES))
+    quiet: bool = setting(False, "Print only problems.", short="-q")
+
 
 @cli.command("imitation-data")
 @stage_options
 @serializer_options
-@click.option("--include-failed", is_flag=True, help="Also imitate trajectories that did not succeed.")
-@click.option(
-    "--observation-loss",
-    is_flag=True,
-    help="The ActObs baseline: each example also trains on the next observation (a user turn asks for "
-    "it, an assistant turn `Observation: ...` answers), so finetune puts loss on observation tokens too.",
-)
-@click.option(
-    "--observation-weight",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    metavar="W",
-    help="With --observation-loss: loss weight of the observation turn (the action's is 1).",
-)
+@field_options(ImitationDataSettings, "include_failed", "observation_loss", "observation_weight")
 def imitation_data(io, serializer, include_failed, observation_loss, observation_weight):
     """Trajectories -> one imitation-learning example per expert step (state -> `Action: <expert action>`).
 
@@ -89,15 +155,7 @@ def _load_summarizer(spec: str | None):
 @cli.command("world-model-data")
 @stage_options
 @serializer_options
-@click.option(
-    "--max-chars", type=int, default=0, help="Clip each next observation to this many characters (0: no limit)."
-)
-@click.option(
-    "--summarizer",
-    metavar="MODULE:FUNCTION",
-    help="Python function (next_observation, state, action) "
-    "-> str that replaces each next observation by a summary, for long or noisy observations.",
-)
+@field_options(WorldModelDataSettings, "max_chars", "summarizer")
 def world_model_data(io, serializer, max_chars, summarizer):
     """Outcome records -> one implicit-world-modeling example per transition (state + action -> next observation).
 
@@ -137,23 +195,10 @@ def check_alternatives(without: int, states: int) -> None:
         )
 
 
-def rejected_option(side: str):
-    """--rejected of preference-data and critic-data: which executed alternatives count against the expert's."""
-    return click.option(
-        "--rejected",
-        type=click.Choice(REJECTED),
-        default="all",
-        show_default=True,
-        help=f"Which executed alternatives are {side}: invalid (the environment refused them), "
-        "no-progress (invalid, changed nothing, or ended the episode where the expert's action did not "
-        "or with less reward), or all of them.",
-    )
-
-
 @cli.command("preference-data")
 @stage_options
 @serializer_options
-@rejected_option("the rejected side")
+@field_options(PreferenceDataSettings, "rejected")
 def preference_data(io, serializer, rejected):
     """Outcome records -> preference pairs: the state, the expert action chosen, an executed alternative rejected.
 
@@ -184,14 +229,7 @@ def preference_data(io, serializer, rejected):
 @cli.command("critic-data")
 @stage_options
 @serializer_options
-@rejected_option("the `No` examples")
-@click.option(
-    "--balance/--no-balance",
-    default=True,
-    show_default=True,
-    help="Give the expert's example loss weight n, the number of `No` examples of its state, so each "
-    "state weighs `Yes` and `No` alike (finetune reads the weight of an assistant turn).",
-)
+@field_options(CriticDataSettings, "rejected", "balance")
 def critic_data(io, serializer, rejected, balance):
     """Outcome records -> critic examples: the state and a proposed action -> `Yes` (the expert's) or `No`.
 
@@ -223,20 +261,7 @@ def critic_data(io, serializer, rejected, balance):
 
 @cli.command("mix", context_settings={"ignore_unknown_options": True})  # so `-:3` (stdin, weight 3) is a source
 @click.argument("sources", nargs=-1, required=True, metavar="FILE[:WEIGHT]...")
-@click.option("-o", "--output", default="-", metavar="FILE", help="Write here instead of stdout.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the interleave and the shuffle.")
-@click.option("--concat", is_flag=True, help="Plain concatenation in the order given (the paper's SR + IL).")
-@click.option(
-    "--shuffle-buffer",
-    type=click.IntRange(min=0),
-    default=0,
-    metavar="N",
-    help="Shuffle within a buffer of N records (bounded memory).",
-)
-@click.option("--dedup", is_flag=True, help="Drop examples whose messages were already written.")
-@click.option("--limit", type=click.IntRange(min=0), help="Stop after this many examples.")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
-@click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")
+@field_options(MixSettings, "output", "seed", "concat", "shuffle_buffer", "dedup", "limit", "on_error", "stats")
 @config_option
 def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_error, stats):
     """Interleave example files; a weight is a sampling ratio (a file without :WEIGHT has weight 1).
@@ -273,8 +298,7 @@ def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("--kind", type=click.Choice(sorted(KIND_NAMES)), help="Require this kind of record.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only problems.")
+@field_options(ValidateSettings, "kind", "quiet")
 def validate(files, kind, quiet):
     """Check files of records: say what kind each file holds and what is wrong, as FILE:LINE.
 

@@ -485,7 +485,7 @@ def _field_option(f, kind) -> Callable:
         kw["type"] = element
     if kind is bool:
         kw.pop("type", None)
-        if "flag" not in meta:
+        if "/" not in meta.get("flag", ""):  # --json: a flag; --lora/--full: a pair, which shows its default
             kw["is_flag"] = True
         else:
             kw["show_default"] = True
@@ -495,7 +495,14 @@ def _field_option(f, kind) -> Callable:
         kw.update(default=meta["sep"].join(default or []), show_default=True, type=Separated(meta["sep"]))
     elif default is not None:
         kw["show_default"] = True
+    kw.update({key: meta[key] for key in CLICK_HINTS if key in meta})
     return click.option(*decls, **kw)
+
+
+# setting() hints handed to click.option as they are, for what a field's type does not say: a click type of its own
+# (click.Path), a callback that parses or checks the value, a default click should not show (0 meaning "no limit" is
+# said in the help), an option whose value is optional (flag_value).
+CLICK_HINTS = ("type", "callback", "show_default", "flag_value", "is_flag", "is_eager", "expose_value")
 
 
 def dataclass_options(cls, name: str = "config") -> Callable:
