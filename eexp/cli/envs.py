@@ -7,16 +7,28 @@ import shlex
 import sys
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 
 import click
 import orjson
 
 from eexp.cli.group import cli
-from eexp.cli.options import cluster_options, config_option, parse_env_args, shard_option
+from eexp.cli.options import (
+    cluster_options,
+    config_option,
+    env_arg_option,
+    field_options,
+    output_option,
+    quiet_option,
+    resume_option,
+    shard_option,
+    stats_option,
+)
 from eexp.envs.base import NEEDS, WRAPPERS, make_env, missing_modules, registry, wrapper_class
 from eexp.envs.check import check_installed
 from eexp.errors import EnvError
+from eexp.fields import setting
 from eexp.runner import StageIO
 from eexp.stages.expert import run_expert
 
@@ -108,46 +120,61 @@ def _listing() -> list[dict]:
 CHECK_ONLY = ("n", "seed", "task_ids", "step_timeout")
 
 
+# The commands' own options, a default and a help written once (made into click options by field_options); --env-arg,
+# -o, --resume, --shard, --stats and -q are eexp.cli.options' shared declarations.
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvsSettings:
+    split: str | None = setting(
+        None, "With NAME: the split of the example task, or of the tasks --check runs (default: the first)."
+    )
+    as_json: bool = setting(False, "Print JSON instead of text (with --check: one object a check).", flag="--json")
+    check: bool = setting(
+        False, "Check NAME against the environment contract (DESIGN.md): one line a check, exit 1 on a failure."
+    )
+    # --check's own defaults are said in the help and applied by run_check: None tells "not given" (CHECK_ONLY)
+    n: int | None = setting(
+        None, "With --check: how many tasks to run episodes on  [default: 3].", flag="--tasks", short="-n", min=1
+    )
+    seed: int | None = setting(None, "With --check: which tasks, as `eexp expert --seed` picks them  [default: 0].")
+    task_ids: list[str] = setting(
+        help="With --check: these task ids; repeatable.", factory=list, flag="--task", metavar="ID", multiple=True
+    )
+    step_timeout: float | None = setting(
+        None,
+        "With --check: seconds one environment call may take before it fails its check (0: no limit)  [default: 60].",
+        min=0,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExpertSettings:
+    env_name: str = setting(help="Environment (see `eexp envs`).", flag="--env", metavar="NAME", required=True)
+    split: str = setting("train", "Split to draw tasks from.")
+    n: int | None = setting(None, "Number of tasks (default: every task of the split).", flag="-n", min=1)
+    seed: int = setting(0, "Which tasks: a seeded sample of the split (the same seed and -n give the same tasks).")
+    task_ids: list[str] = setting(
+        help="Run these task ids instead; repeatable.", factory=list, flag="--task", metavar="ID", multiple=True
+    )
+    step_timeout: float = setting(
+        60.0, "Seconds one environment call may take before it is recorded as an error (0: no limit).", min=0
+    )
+    no_admissible: bool = setting(False, "Do not record the admissible actions of each step.")
+    jobs: int = setting(
+        1,
+        "Environment worker processes (each runs whole tasks); output stays in task order.",
+        short="-j",
+        metavar="N",
+        min=1,
+    )
+
+
 @cli.command()
 @click.argument("name", required=False)
-@click.option(
-    "--split", help="With NAME: the split of the example task, or of the tasks --check runs (default: the first)."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text (with --check: one object a check).")
-@click.option(
-    "--env-arg",
-    "env_args",
-    multiple=True,
-    callback=parse_env_args,
-    metavar="KEY=VALUE",
-    help="With NAME: an environment option; repeatable.",
-)
-@click.option(
-    "--check",
-    is_flag=True,
-    help="Check NAME against the environment contract (DESIGN.md): one line a check, exit 1 on a failure.",
-)
-@click.option(
-    "-n",
-    "--tasks",
-    "n",
-    type=click.IntRange(min=1),
-    default=None,
-    help="With --check: how many tasks to run episodes on  [default: 3].",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=None,
-    help="With --check: which tasks, as `eexp expert --seed` picks them  [default: 0].",
-)
-@click.option("--task", "task_ids", multiple=True, metavar="ID", help="With --check: these task ids; repeatable.")
-@click.option(
-    "--step-timeout",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="With --check: seconds one environment call may take before it fails its check (0: no limit)  [default: 60].",
-)
+@field_options(EnvsSettings, "split", "as_json")
+@env_arg_option("With NAME: an environment option; repeatable.")
+@field_options(EnvsSettings, "check", "n", "seed", "task_ids", "step_timeout")
 def envs(name, split, as_json, env_args, check, n, seed, task_ids, step_timeout):
     """List the installed environments, describe one, or check one against the environment contract.
 
@@ -299,49 +326,14 @@ def describe(env, split: str | None = None) -> dict:
 
 
 @cli.command()
-@click.option("--env", "env_name", required=True, metavar="NAME", help="Environment (see `eexp envs`).")
-@click.option("--split", default="train", show_default=True, help="Split to draw tasks from.")
-@click.option("-n", "n", type=click.IntRange(min=1), help="Number of tasks (default: every task of the split).")
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Which tasks: a seeded sample of the split (the same seed and -n give the same tasks).",
-)
-@click.option("--task", "task_ids", multiple=True, metavar="ID", help="Run these task ids instead; repeatable.")
-@click.option(
-    "--env-arg",
-    "env_args",
-    multiple=True,
-    callback=parse_env_args,
-    metavar="KEY=VALUE",
-    help="An environment option; repeatable.",
-)
-@click.option(
-    "--step-timeout",
-    type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
-    help="Seconds one environment call may take before it is recorded as an error (0: no limit).",
-)
-@click.option("--no-admissible", is_flag=True, help="Do not record the admissible actions of each step.")
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    metavar="N",
-    help="Environment worker processes (each runs whole tasks); output stays in task order.",
-)
-@click.option(
-    "-o", "--output", default="-", show_default=True, metavar="FILE", help="Write records here instead of stdout."
-)
-@click.option("--resume", is_flag=True, help="Continue -o FILE: skip tasks already written there.")
+@field_options(ExpertSettings, "env_name", "split", "n", "seed", "task_ids")
+@env_arg_option()
+@field_options(ExpertSettings, "step_timeout", "no_admissible", "jobs")
+@output_option
+@resume_option("tasks already written there")
 @shard_option("by task id, of the tasks -n and --seed choose")
-@click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@stats_option
+@quiet_option()
 @cluster_options
 @config_option
 def expert(

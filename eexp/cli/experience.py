@@ -3,6 +3,8 @@ rollout (execute them in the environment)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from eexp.cli.group import cli
@@ -12,12 +14,14 @@ from eexp.cli.options import (
     concurrency_option,
     count_requests,
     explicit_serializer_settings,
+    field_options,
     policy_options,
     policy_or_default,
     sampling_options,
     serializer_options,
     stage_options,
 )
+from eexp.fields import setting
 from eexp.policies.base import resolve_concurrency
 from eexp.prompts import Serializer
 from eexp.records import expect
@@ -36,30 +40,57 @@ def _check_steps(ctx, param, value):
         raise click.BadParameter(str(e), ctx=ctx, param=param)
 
 
+# branch's and rollout's own options, a default and a help written once (made into click options by field_options);
+# the shared ones (the stage's, the policy's, sampling, serializer, cluster) come from eexp.cli.options' bundles.
+
+
+@dataclass(frozen=True)
+class BranchSettings:
+    propose: str | None = setting(
+        None,
+        "Where alternatives come from: the policy's samples, uniform draws from the admissible actions, or both "
+        "(WebShop's mix). Default: policy when --policy is given, else admissible.",
+        choices=PROPOSE_MODES,
+    )
+    steps: str | None = setting(
+        None,
+        "Branch only these steps (from 0), e.g. 0,2,5-7. Default: every step.",
+        metavar="LIST",
+        callback=_check_steps,
+    )
+    max_steps_per_trajectory: int | None = setting(
+        None,
+        "Branch at most N steps of a trajectory, evenly spaced (first and last included).",
+        metavar="N",
+        min=1,
+    )
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    jobs: int = setting(
+        1,
+        "Environment worker processes (each takes whole trajectories); output stays in input order.",
+        short="-j",
+        metavar="N",
+        min=1,
+    )
+    step_timeout: float | None = setting(
+        None,
+        "An environment step that takes longer is an error on that action; the environment is restarted and the "
+        "stage goes on. Default: no limit.",
+        metavar="SECONDS",
+        min=0,
+        min_open=True,
+    )
+
+
 @cli.command()
 @stage_options
 @policy_options
 @sampling_options
 @serializer_options
-@click.option(
-    "--propose",
-    type=click.Choice(PROPOSE_MODES),
-    default=None,
-    help="Where alternatives come from: the policy's samples, uniform draws from the admissible actions, "
-    "or both (WebShop's mix). Default: policy when --policy is given, else admissible.",
-)
-@click.option(
-    "--steps",
-    callback=_check_steps,
-    metavar="LIST",
-    help="Branch only these steps (from 0), e.g. 0,2,5-7. Default: every step.",
-)
-@click.option(
-    "--max-steps-per-trajectory",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Branch at most N steps of a trajectory, evenly spaced (first and last included).",
-)
+@field_options(BranchSettings, "propose", "steps", "max_steps_per_trajectory")
 @concurrency_option("states")
 def branch(
     io,
@@ -143,22 +174,7 @@ def branch(
 
 @cli.command()
 @stage_options
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    metavar="N",
-    help="Environment worker processes (each takes whole trajectories); output stays in input order.",
-)
-@click.option(
-    "--step-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help="An environment step that takes longer is an error on that action; the environment is "
-    "restarted and the stage goes on. Default: no limit.",
-)
+@field_options(RolloutSettings, "jobs", "step_timeout")
 @cluster_options
 def rollout(io, jobs, step_timeout, cluster):
     """Branch records -> outcome records: the expert action and every alternative executed from the recorded state.

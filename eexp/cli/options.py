@@ -2,6 +2,9 @@
 
 - `stage_options`: INPUT files (or `-`), `-o/--output`, `--resume`, `--shard I/N`, `--on-error`, `--stats`,
   `-q`, `--config`. The command receives a ready `StageIO` as its first argument.
+- `output_option`, `resume_option`, `stats_option`, `quiet_option`, `env_arg_option`, `shard_option`,
+  `config_option`: the same options of the commands that are no JSONL stage (expert, corpus, critic-eval, ...), one
+  declaration each. A command's own options are fields of a settings dataclass (`field_options`).
 - `sampling_options`: `--seed`, `--temperature`, `-k`.
 - `serializer_options`: the state serializer's settings (history length, character limits).
 - `cluster_options`: `--ray [ADDRESS]`, `--env-workers N`, `--worker-cpus X`: the environment workers of a `-j`
@@ -72,6 +75,31 @@ def shard_option(what: str = "by trajectory id") -> Callable:
     )
 
 
+def output_option(f: Callable) -> Callable:
+    """-o/--output FILE of a command that writes records (stdout by default)."""
+    return click.option(
+        "-o", "--output", default="-", show_default=True, metavar="FILE", help="Write records here instead of stdout."
+    )(f)
+
+
+def resume_option(skipped: str) -> Callable:
+    """--resume: continue the -o file; `skipped` says what is skipped ("tasks already written there")."""
+    return click.option("--resume", is_flag=True, help=f"Continue -o FILE: skip {skipped}.")
+
+
+def stats_option(f: Callable) -> Callable:
+    return click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")(f)
+
+
+def quiet_option(help: str = "No progress bar.") -> Callable:
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
+def env_arg_option(help: str = "An environment option; repeatable.") -> Callable:
+    """--env-arg KEY=VALUE, repeatable: the command receives `env_args`, a dict (values read as YAML scalars)."""
+    return click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE", help=help)
+
+
 def stage_options(f: Callable) -> Callable:
     """The JSONL-stage options; the command gets `io: StageIO` as its first argument."""
 
@@ -82,15 +110,8 @@ def stage_options(f: Callable) -> Callable:
 
     decorators = [
         click.argument("inputs", nargs=-1, metavar="[INPUT]..."),
-        click.option(
-            "-o",
-            "--output",
-            default="-",
-            show_default=True,
-            metavar="FILE",
-            help="Write records here instead of stdout.",
-        ),
-        click.option("--resume", is_flag=True, help="Continue -o FILE: skip inputs already done there."),
+        output_option,
+        resume_option("inputs already done there"),
         shard_option(),
         click.option(
             "--on-error",
@@ -99,8 +120,8 @@ def stage_options(f: Callable) -> Callable:
             show_default=True,
             help="On a bad input record: stop (exit 1), or skip it and count it.",
         ),
-        click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        stats_option,
+        quiet_option(),
         config_option,
     ]
     for decorator in reversed(decorators):
