@@ -2,48 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import config_option, parse_env_args
+from eexp.cli.options import config_option, env_arg_option, field_options, output_option, quiet_option
+from eexp.fields import setting
 from eexp.io import Writer
 from eexp.runner import progress_bar
 
 
+@dataclass(frozen=True, kw_only=True)
+class CorpusSettings:
+    """corpus's own options, a default and a help written once (made into click options by field_options)."""
+
+    env_name: str = setting(help="Environment (see `eexp envs`).", flag="--env", metavar="NAME", required=True)
+    splits: list[str] = setting(
+        help="Walk the worlds of this split; repeatable. Default: every split.",
+        factory=list,
+        flag="--split",
+        metavar="NAME",
+        multiple=True,
+    )
+    walks: int = setting(1000, "Random walks per split.", metavar="N", min=1)
+    holdout: int = setting(
+        200,
+        "Walk no task among the first N of a split other than train: the ones `eval -n N` plays.",
+        metavar="N",
+        min=0,
+    )
+    max_steps: int = setting(15, "Actions per walk.", min=0)
+    seed: int = setting(0, "Which tasks, and which actions.")
+
+
 @cli.command()
-@click.option("--env", "env_name", required=True, metavar="NAME", help="Environment (see `eexp envs`).")
-@click.option(
-    "--env-arg",
-    "env_args",
-    multiple=True,
-    callback=parse_env_args,
-    metavar="KEY=VALUE",
-    help="An environment option; repeatable.",
-)
-@click.option(
-    "--split",
-    "splits",
-    multiple=True,
-    metavar="NAME",
-    help="Walk the worlds of this split; repeatable. Default: every split.",
-)
-@click.option(
-    "--walks", type=click.IntRange(min=1), default=1000, show_default=True, metavar="N", help="Random walks per split."
-)
-@click.option(
-    "--holdout",
-    type=click.IntRange(min=0),
-    default=200,
-    show_default=True,
-    metavar="N",
-    help="Walk no task among the first N of a split other than train: the ones `eval -n N` plays.",
-)
-@click.option("--max-steps", type=click.IntRange(min=0), default=15, show_default=True, help="Actions per walk.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Which tasks, and which actions.")
-@click.option(
-    "-o", "--output", default="-", show_default=True, metavar="FILE", help="Write records here instead of stdout."
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@field_options(CorpusSettings, "env_name")
+@env_arg_option()
+@field_options(CorpusSettings, "splits", "walks", "holdout", "max_steps", "seed")
+@output_option
+@quiet_option()
 @config_option
 def corpus(env_name, env_args, splits, walks, holdout, max_steps, seed, output, quiet):
     """Write the distinct pages that random walks see, one record per page: text for language-model pretraining.

@@ -4,51 +4,51 @@ alternatives on held-out outcome records (eexp.stages.critic, eexp.policies.crit
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import _parse_policy_args, config_option
+from eexp.cli.options import _parse_policy_args, config_option, field_options, on_error_option, quiet_option
+from eexp.fields import setting
 from eexp.io import Reader
 from eexp.records import expect
 from eexp.runner import progress_bar
 from eexp.stages.critic import REJECTED, critic_accuracy, score_states
 
 
+@dataclass(frozen=True, kw_only=True)
+class CriticEvalSettings:
+    """critic-eval's own options, a default and a help written once (made into click options by field_options)."""
+
+    critic_spec: str = setting(
+        help="The critic: a checkpoint or adapter directory, or a .gguf file (any local chat model; one trained on "
+        "critic-data is the point).",
+        flag="--critic",
+        metavar="MODEL",
+        required=True,
+    )
+    critic_args: list[str] = setting(
+        help="Backend option of the critic, as --policy-arg (n_ctx, device, ...); repeatable.",
+        factory=list,
+        flag="--critic-arg",
+        metavar="KEY=VALUE",
+        multiple=True,
+        callback=_parse_policy_args,
+    )
+    rejected: str = setting(
+        "all",
+        "Which executed alternatives are scored against the expert's action: critic-data's choice (invalid, "
+        "no-progress, all).",
+        choices=REJECTED,
+    )
+
+
 @cli.command("critic-eval")
 @click.argument("inputs", nargs=-1, metavar="[OUTCOMES]...")
-@click.option(
-    "--critic",
-    "critic_spec",
-    required=True,
-    metavar="MODEL",
-    help="The critic: a checkpoint or adapter directory, or a .gguf file (any local chat model; one "
-    "trained on critic-data is the point).",
-)
-@click.option(
-    "--critic-arg",
-    "critic_args",
-    multiple=True,
-    callback=_parse_policy_args,
-    metavar="KEY=VALUE",
-    help="Backend option of the critic, as --policy-arg (n_ctx, device, ...); repeatable.",
-)
-@click.option(
-    "--rejected",
-    type=click.Choice(REJECTED),
-    default="all",
-    show_default=True,
-    help="Which executed alternatives are scored against the expert's action: critic-data's choice "
-    "(invalid, no-progress, all).",
-)
-@click.option(
-    "--on-error",
-    type=click.Choice(["fail", "skip"]),
-    default="fail",
-    show_default=True,
-    help="On a bad input record: stop (exit 1), or skip it and count it.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@field_options(CriticEvalSettings, "critic_spec", "critic_args", "rejected")
+@on_error_option
+@quiet_option()
 @config_option
 def critic_eval(inputs, critic_spec, critic_args, rejected, on_error, quiet):
     """Measure a critic on outcome records: does it score the expert's action above the alternatives?

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import stage_options
+from eexp.cli.options import field_options, stage_options
+from eexp.fields import setting
 from eexp.records import expect
 from eexp.runner import Stage
 from eexp.stages.curate import CURATE_BY, choose, coverage, pool_features
@@ -69,33 +71,31 @@ class Curation(Stage):
             yield record
 
 
+@dataclass(frozen=True, kw_only=True)
+class CurateSettings:
+    """curate's own options, a default and a help written once (made into click options by field_options)."""
+
+    n: int = setting(help="How many trajectories to keep.", flag="-n", min=1, required=True)
+    by: str = setting(
+        "coverage",
+        "coverage: greedy maximum coverage of the pool's features (categories, recurring actions and pages, action "
+        "verbs), rare ones weighing more; random: a seeded uniform sample (the baseline).",
+        choices=CURATE_BY,
+    )
+    seed: int = setting(0, "Seed of the tie-breaking order (and of --by random's sample).")
+    min_share: float = setting(
+        0.01,
+        "An action or a page counts as a feature verbatim where at least this share of the pool's trajectories has "
+        "it (and at least 2); rarer ones count by their verb only.",
+        metavar="F",
+        min=0,
+        max=1,
+    )
+
+
 @cli.command("curate")
 @stage_options
-@click.option("-n", "n", type=click.IntRange(min=1), required=True, help="How many trajectories to keep.")
-@click.option(
-    "--by",
-    type=click.Choice(CURATE_BY),
-    default="coverage",
-    show_default=True,
-    help="coverage: greedy maximum coverage of the pool's features (categories, recurring actions and "
-    "pages, action verbs), rare ones weighing more; random: a seeded uniform sample (the baseline).",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the tie-breaking order (and of --by random's sample).",
-)
-@click.option(
-    "--min-share",
-    type=click.FloatRange(0, 1),
-    default=0.01,
-    show_default=True,
-    metavar="F",
-    help="An action or a page counts as a feature verbatim where at least this share of the pool's "
-    "trajectories has it (and at least 2); rarer ones count by their verb only.",
-)
+@field_options(CurateSettings, "n", "by", "seed", "min_share")
 def curate_command(io, n, by, seed, min_share):
     """Expert trajectories -> the N that cover the most, in the order chosen.
 

@@ -3,40 +3,48 @@ cannot reach the internet or its 3,553 train games are more than a run needs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from eexp.cli.group import cli
+from eexp.cli.options import field_options, quiet_option
 from eexp.envs import alfworld_gen
+from eexp.fields import setting
+
+SIZES, FULL = alfworld_gen.SIZES, alfworld_gen.FULL_SIZES
 
 
-def _size(option: str, help_text: str):
-    return click.option(option, type=click.IntRange(min=0), default=None, metavar="N", help=help_text)
+@dataclass(frozen=True, kw_only=True)
+class AlfworldGamesSettings:
+    """alfworld-games' own options, a default and a help written once (made into click options by field_options).
+    A size left None is the default size, or the released one with --full: the help says both."""
+
+    train: int | None = setting(
+        None, f"Games in train  [default: {SIZES['train']}; --full: {FULL['train']:,}].", metavar="N", min=0
+    )
+    valid_seen: int | None = setting(
+        None, f"Games in valid_seen (eexp's test split)  [default: {SIZES['valid_seen']}].", metavar="N", min=0
+    )
+    valid_unseen: int | None = setting(
+        None, f"Games in valid_unseen (eexp's ood split)  [default: {SIZES['valid_unseen']}].", metavar="N", min=0
+    )
+    full: bool = setting(False, "The released split's sizes (3,553 / 140 / 134) where a size is not given.")
+    seed: int = setting(0, "Which games: the same seed writes the same bytes.")
+    jobs: int = setting(
+        1,
+        "Processes generating games side by side (the games do not depend on it).",
+        short="-j",
+        metavar="N",
+        min=1,
+    )
 
 
 @cli.command("alfworld-games")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@_size(
-    "--train",
-    f"Games in train  [default: {alfworld_gen.SIZES['train']}; --full: {alfworld_gen.FULL_SIZES['train']:,}].",
-)
-@_size("--valid-seen", f"Games in valid_seen (eexp's test split)  [default: {alfworld_gen.SIZES['valid_seen']}].")
-@_size("--valid-unseen", f"Games in valid_unseen (eexp's ood split)  [default: {alfworld_gen.SIZES['valid_unseen']}].")
-@click.option("--full", is_flag=True, help="The released split's sizes (3,553 / 140 / 134) where a size is not given.")
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Which games: the same seed writes the same bytes."
-)
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    metavar="N",
-    help="Processes generating games side by side (the games do not depend on it).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines, no summary line.")
+@field_options(AlfworldGamesSettings, "train", "valid_seen", "valid_unseen", "full", "seed", "jobs")
+@quiet_option("No progress lines, no summary line.")
 def alfworld_games(out_dir, train, valid_seen, valid_unseen, full, seed, jobs, quiet):
     """Generate solvable ALFWorld games into OUT_DIR, in the layout of alfworld-download's.
 

@@ -3,70 +3,100 @@ checkpoint folder) and export (to GGUF)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import config_option, field_options, quiet_transformers
+from eexp.cli.options import config_option, field_options, quiet_option, quiet_transformers
+from eexp.fields import setting
 from eexp.models.merge import MergeSettings
 from eexp.models.pretrain import PretrainSettings
+
+# The commands' own options, a default and a help written once (made into click options by field_options); merge's
+# are MergeSettings' fields (eexp/models/merge.py).
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitModelSettings:
+    arch: str = setting("qwen2", "Model architecture.", choices=["qwen2", "llama"])
+    size: str = setting(
+        "tiny", "tiny: ~0.1M parameters, for tests; small: ~4M parameters, for CPU demos.", choices=["tiny", "small"]
+    )
+    corpus: list[str] = setting(
+        help="Text to train the tokenizer on: JSONL records (their observations, actions, goals and message contents "
+        "are used) or plain text. Repeatable; with none, a small built-in text.",
+        factory=list,
+        metavar="FILE",
+        multiple=True,
+    )
+    seed: int = setting(0, "Seed of the random weights.")
+    pretrain: list[str] = setting(
+        help="Pretrain the model as a language model on this text (JSONL records or plain text, as for --corpus; the "
+        "tokenizer is trained on it too), e.g. the pages of `eexp corpus`. Repeatable.",
+        factory=list,
+        metavar="FILE",
+        multiple=True,
+    )
+    # the pretraining recipe's own defaults (eexp.models.pretrain), shown and overridable here
+    pretrain_steps: int = setting(PretrainSettings.steps, "Pretraining updates.", min=1)
+    pretrain_batch: int = setting(PretrainSettings.batch, "Windows per update.", min=1)
+    pretrain_block: int = setting(PretrainSettings.block, "Tokens per window.", min=8)
+    pretrain_lr: float = setting(
+        PretrainSettings.lr, "Peak learning rate (warm-up, then cosine decay to a tenth).", min=0, min_open=True
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportModelSettings:
+    output: str | None = setting(
+        None,
+        "Write the checkpoint folder here (it must not exist, or be empty). Without it, into the cache "
+        "($EEXP_CACHE/models), where `finetune --model FILE.gguf` finds it.",
+        short="-o",
+        metavar="DIR",
+    )
+    chat_template: str | None = setting(
+        None,
+        "A Jinja chat template for the folder's tokenizer, instead of the GGUF's own: for a base model's GGUF, which "
+        "has none (e.g. an instruct model's template of the same family). Recorded in config.yaml with its hash.",
+        metavar="FILE",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSettings:
+    output: str = setting(help="The GGUF file to write.", short="-o", metavar="FILE", required=True)
+    adapter: str | None = setting(
+        None, "A PEFT LoRA adapter to merge into CKPT first (CKPT is its base).", metavar="DIR"
+    )
+    quant: str | None = setting(
+        None,
+        "Weight type: f32, f16, q8_0 (default), or q4_k_m (needs widths that are multiples of 256). With "
+        "--lora-only: f32 (default), f16 or q8_0.",
+        choices=["f32", "f16", "q8_0", "q4_k_m"],
+    )
+    lora_only: bool = setting(
+        False,
+        "Write the --adapter alone as a GGUF LoRA adapter, for llama.cpp's lora_path over a GGUF of CKPT.",
+    )
 
 
 @cli.command("init-model")
 @click.argument("out", metavar="OUT")
-@click.option(
-    "--arch", type=click.Choice(["qwen2", "llama"]), default="qwen2", show_default=True, help="Model architecture."
+@field_options(
+    InitModelSettings,
+    "arch",
+    "size",
+    "corpus",
+    "seed",
+    "pretrain",
+    "pretrain_steps",
+    "pretrain_batch",
+    "pretrain_block",
+    "pretrain_lr",
 )
-@click.option(
-    "--size",
-    type=click.Choice(["tiny", "small"]),
-    default="tiny",
-    show_default=True,
-    help="tiny: ~0.1M parameters, for tests; small: ~4M parameters, for CPU demos.",
-)
-@click.option(
-    "--corpus",
-    multiple=True,
-    metavar="FILE",
-    help="Text to train the tokenizer on: JSONL records (their observations, actions, goals and "
-    "message contents are used) or plain text. Repeatable; with none, a small built-in text.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-@click.option(
-    "--pretrain",
-    multiple=True,
-    metavar="FILE",
-    help="Pretrain the model as a language model on this text (JSONL records or plain text, as for "
-    "--corpus; the tokenizer is trained on it too), e.g. the pages of `eexp corpus`. Repeatable.",
-)
-@click.option(
-    "--pretrain-steps",
-    type=click.IntRange(min=1),
-    default=PretrainSettings.steps,
-    show_default=True,
-    help="Pretraining updates.",
-)
-@click.option(
-    "--pretrain-batch",
-    type=click.IntRange(min=1),
-    default=PretrainSettings.batch,
-    show_default=True,
-    help="Windows per update.",
-)
-@click.option(
-    "--pretrain-block",
-    type=click.IntRange(min=8),
-    default=PretrainSettings.block,
-    show_default=True,
-    help="Tokens per window.",
-)
-@click.option(
-    "--pretrain-lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=PretrainSettings.lr,
-    show_default=True,
-    help="Peak learning rate (warm-up, then cosine decay to a tenth).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@quiet_option()
 @config_option
 def init_model_command(
     out, arch, size, corpus, seed, pretrain, pretrain_steps, pretrain_batch, pretrain_block, pretrain_lr, quiet
@@ -128,21 +158,7 @@ def init_model_command(
 
 @cli.command("import-model")
 @click.argument("gguf_file", metavar="FILE.gguf")
-@click.option(
-    "-o",
-    "--output",
-    metavar="DIR",
-    help="Write the checkpoint folder here (it must not exist, or be "
-    "empty). Without it, into the cache ($EEXP_CACHE/models), where `finetune --model FILE.gguf` finds "
-    "it.",
-)
-@click.option(
-    "--chat-template",
-    metavar="FILE",
-    help="A Jinja chat template for the folder's tokenizer, instead of "
-    "the GGUF's own: for a base model's GGUF, which has none (e.g. an instruct model's template of the "
-    "same family). Recorded in config.yaml with its hash.",
-)
+@field_options(ImportModelSettings, "output", "chat_template")
 @config_option
 def import_model_command(gguf_file, output, chat_template):
     """Import a GGUF model (quantized or not) as a float32 transformers checkpoint folder; print the folder.
@@ -172,20 +188,7 @@ def import_model_command(gguf_file, output, chat_template):
 
 @cli.command("export")
 @click.argument("ckpt", metavar="CKPT")
-@click.option("-o", "--output", required=True, metavar="FILE", help="The GGUF file to write.")
-@click.option("--adapter", metavar="DIR", help="A PEFT LoRA adapter to merge into CKPT first (CKPT is its base).")
-@click.option(
-    "--quant",
-    type=click.Choice(["f32", "f16", "q8_0", "q4_k_m"]),
-    default=None,
-    help="Weight type: f32, f16, q8_0 (default), or q4_k_m (needs widths that are multiples of 256). "
-    "With --lora-only: f32 (default), f16 or q8_0.",
-)
-@click.option(
-    "--lora-only",
-    is_flag=True,
-    help="Write the --adapter alone as a GGUF LoRA adapter, for llama.cpp's lora_path over a GGUF of CKPT.",
-)
+@field_options(ExportSettings, "output", "adapter", "quant", "lora_only")
 @config_option
 def export_command(ckpt, output, adapter, quant, lora_only):
     """Convert a transformers checkpoint to one GGUF file for llama.cpp, with llama.cpp's own converter.

@@ -2,7 +2,7 @@
 
 - `stage_options`: INPUT files (or `-`), `-o/--output`, `--resume`, `--shard I/N`, `--on-error`, `--stats`,
   `-q`, `--config`. The command receives a ready `StageIO` as its first argument.
-- `output_option`, `resume_option`, `stats_option`, `quiet_option`, `env_arg_option`, `shard_option`,
+- `output_option`, `resume_option`, `on_error_option`, `stats_option`, `quiet_option`, `env_arg_option`, `shard_option`,
   `config_option`: the same options of the commands that are no JSONL stage (expert, corpus, critic-eval, ...), one
   declaration each. A command's own options are fields of a settings dataclass (`field_options`).
 - `sampling_options`: `--seed`, `--temperature`, `-k`.
@@ -87,6 +87,16 @@ def resume_option(skipped: str) -> Callable:
     return click.option("--resume", is_flag=True, help=f"Continue -o FILE: skip {skipped}.")
 
 
+def on_error_option(f: Callable) -> Callable:
+    return click.option(
+        "--on-error",
+        type=click.Choice(["fail", "skip"]),
+        default="fail",
+        show_default=True,
+        help="On a bad input record: stop (exit 1), or skip it and count it.",
+    )(f)
+
+
 def stats_option(f: Callable) -> Callable:
     return click.option("--stats", metavar="FILE", help="Write a JSON summary of the run here.")(f)
 
@@ -113,13 +123,7 @@ def stage_options(f: Callable) -> Callable:
         output_option,
         resume_option("inputs already done there"),
         shard_option(),
-        click.option(
-            "--on-error",
-            type=click.Choice(["fail", "skip"]),
-            default="fail",
-            show_default=True,
-            help="On a bad input record: stop (exit 1), or skip it and count it.",
-        ),
+        on_error_option,
         stats_option,
         quiet_option(),
         config_option,
