@@ -129,3 +129,45 @@ def test_cli_reference_is_generated_from_the_current_help():
     checked_in = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
     assert checked_in == reference(), "docs/cli.md is stale: run `make docs`"
     assert all(f"## eexp {name}\n" in checked_in for name in COMMANDS)
+
+
+# Where click options may be declared by hand: the shared bundles (sqlite-utils' style: -o, --resume, --shard, -q,
+# --policy, ...) and the group's own --version. A command's own options are fields of a settings dataclass.
+SHARED_DECLARATIONS = {"options.py", "group.py"}
+
+
+def test_commands_declare_their_options_through_settings_dataclasses():
+    """One way to declare an option (issue 64): a command module under eexp/cli/ makes its own options from a
+    settings dataclass (eexp.fields.setting: one default, one help; eexp.cli.options.field_options or
+    dataclass_options) or takes eexp/cli/options.py's shared decorators; it writes no click.option of its own."""
+    import ast
+
+    cli_dir = Path(__file__).parent.parent / "eexp" / "cli"
+    offenders = []
+    for path in sorted(cli_dir.glob("*.py")):
+        if path.name in SHARED_DECLARATIONS:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        from_click = {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "click"
+            for alias in node.names
+            if alias.name in ("option", "Option")
+        }
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            bare = (
+                isinstance(func, ast.Attribute)
+                and func.attr in ("option", "Option")
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "click"
+            ) or (isinstance(func, ast.Name) and func.id in from_click)
+            if bare:
+                offenders.append(f"eexp/cli/{path.name}:{node.lineno}")
+    assert offenders == [], (
+        "declare a command's option as a setting() field of its settings dataclass (field_options), or use a shared "
+        f"decorator of eexp/cli/options.py: {offenders}"
+    )

@@ -10,9 +10,9 @@ from eexp.cli.group import cli
 from eexp.cli.options import (
     cluster_options,
     concurrency_option,
+    env_arg_option,
     explicit_serializer_settings,
     field_options,
-    parse_env_args,
     policy_options,
     policy_or_default,
     sampling_options,
@@ -23,7 +23,7 @@ from eexp.errors import EexpError
 from eexp.io import write_atomic
 from eexp.stages.evaluate.compare import compare_runs, format_comparison, plot_comparison, read_runs
 from eexp.stages.evaluate.runner import check_worker_copies, worker_policy_args
-from eexp.stages.evaluate.settings import EvalSettings
+from eexp.stages.evaluate.settings import EvalSettings, RunSettings
 from eexp.stages.evaluate.stage import evaluate
 from eexp.stages.evaluate.summary import check_environment_errors, check_failed_requests, format_summary, write_summary
 from eexp.stages.evaluate.tasks import find_tasks
@@ -37,31 +37,9 @@ def warn(message: str) -> None:
 @stage_options
 @policy_options(settings=EvalSettings)
 @serializer_options(build=False)  # the model's recorded settings, overridden by those given
-@click.option(
-    "--env",
-    "env_name",
-    metavar="NAME",
-    help="Environment to evaluate on (default: the environment of the input trajectories).",
-)
-@click.option(
-    "--env-arg",
-    "env_args",
-    multiple=True,
-    callback=parse_env_args,
-    metavar="KEY=VALUE",
-    help="An environment option with --env (e.g. games=5 for textworld); repeatable.",
-)
-@click.option("--split", default="test", show_default=True, help="Split of the environment's tasks.")
-@click.option("-n", "n", type=click.IntRange(min=1), help="Evaluate the first N tasks of the split (default: all).")
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes, each with its own environment and model (for a model in this process, or "
-    "an environment that needs CPU); for a server use --concurrency.",
-)
+@field_options(RunSettings, "env_name")
+@env_arg_option("An environment option with --env (e.g. games=5 for textworld); repeatable.")
+@field_options(RunSettings, "split", "n", "jobs")
 @concurrency_option("episodes")
 @cluster_options
 @field_options(
@@ -76,29 +54,9 @@ def warn(message: str) -> None:
     "critic_temperature",
 )
 @sampling_options(k=False, settings=EvalSettings)  # greedy by default, as the paper evaluates
-@click.option(
-    "--summary", "summary_path", metavar="FILE", help="Write the summary JSON here (with --compare: the comparison)."
-)
-@click.option(
-    "--trajectories",
-    "trajectories_path",
-    metavar="FILE",
-    help="Also write each successful episode here as a trajectory record (expert data).",
-)
-@click.option(
-    "--screenshots",
-    "screenshots",
-    metavar="DIR",
-    help="Save a picture of every state, DIR/<episode id>/<step>.png, with the observation and the prompt "
-    "the model read beside it (<step>.txt): for an environment that draws its states (miniwob).",
-)
-@click.option(
-    "--compare",
-    is_flag=True,
-    help="Compare episode files (INPUT...) instead of running episodes; "
-    "NAME=FILE,FILE,... groups the runs (seeds) of one method.",
-)
-@click.option("--plot", metavar="PNG", help="With --compare: draw success rates and intervals per run and split.")
+@field_options(RunSettings, "summary_path", "trajectories_path")
+@field_options(EvalSettings, "screenshots")
+@field_options(RunSettings, "compare", "plot")
 def eval_command(
     io,
     policy_spec,

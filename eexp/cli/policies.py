@@ -3,31 +3,36 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import click
 import orjson
 
 from eexp.cli.group import cli
-from eexp.cli.options import config_option
+from eexp.cli.options import config_option, field_options
 from eexp.errors import PolicyError
+from eexp.fields import setting
 from eexp.policies import policy_kind
 
 
+@dataclass(frozen=True, kw_only=True)
+class DoctorSettings:
+    """doctor's options, a default and a help written once (made into click options by field_options)."""
+
+    policy_spec: str = setting(
+        help="The GGUF to check (e.g. the output of eexp export).", flag="--policy", metavar="MODEL.gguf", required=True
+    )
+    tokenizer: str | None = setting(
+        None,
+        "The transformers checkpoint (tokenizer and chat template) it was made from. Default: the checkpoint named in "
+        "the GGUF's eexp.source metadata.",
+        metavar="DIR",
+    )
+    as_json: bool = setting(False, "Print the checks as one JSON object instead of lines.", flag="--json")
+
+
 @cli.command()
-@click.option(
-    "--policy",
-    "policy_spec",
-    required=True,
-    metavar="MODEL.gguf",
-    help="The GGUF to check (e.g. the output of eexp export).",
-)
-@click.option(
-    "--tokenizer",
-    metavar="DIR",
-    help="The transformers checkpoint (tokenizer and chat template) it was "
-    "made from. Default: the checkpoint named in the GGUF's eexp.source metadata.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of lines.")
+@field_options(DoctorSettings, "policy_spec", "tokenizer", "as_json")
 @config_option
 def doctor(policy_spec, tokenizer, as_json):
     """Compare how a GGUF and its transformers tokenizer see one conversation.

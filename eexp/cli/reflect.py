@@ -21,6 +21,7 @@ from eexp.policies import default_policy, policy_kind
 from eexp.policies.base import resolve_concurrency
 from eexp.records import expect
 from eexp.stages.reflect import COUNTS, FILTERS, Reflect, Reflector, Settings, Template, policy_writer
+from eexp.stages.reflect.settings import StageSettings
 
 NO_REFLECTOR = (
     "reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes "
@@ -35,34 +36,11 @@ NO_REFLECTOR = (
 @policy_options(settings=Settings, chooses_actions=False)
 @sampling_options(k=False, settings=Settings)
 @serializer_options
-@click.option(
-    "--reflector",
-    type=click.Choice(["self", "teacher", "grounded"]),
-    default=None,
-    help="Who writes the reflections: self (the --policy model being trained; default with --policy), "
-    "teacher (a stronger --policy model, recorded as teacher-assisted), grounded (no model: a "
-    "deterministic rationale from the observed outcomes, not the paper's method).",
-)
+@field_options(StageSettings, "reflector")
 @field_options(Settings, "max_alternatives")
-@click.option(
-    "--template",
-    "template_path",
-    metavar="NAME|FILE",
-    help="Prompt template: a built-in one (default; short: two or three sentences after one worked "
-    "example, for models of ~100M-1B parameters) or a file with the slots {situation}, {chosen_action}, "
-    "{chosen_outcome} and {alternatives} ({goal} and {max_words} are optional).",
-)
+@field_options(StageSettings, "template_path")
 @field_options(Settings, "max_words", "min_words", "max_outcome_chars")
-@click.option("--rejected", metavar="FILE", help="Write each rejected reflection here, with its reason.")
-@click.option(
-    "--fallback",
-    type=click.Choice(["none", "grounded"]),
-    default="none",
-    show_default=True,
-    help="What a state whose model reflection was rejected gets: nothing (its IL example stays its only "
-    "one), or the grounded rationale, labelled reflector=grounded in meta and counted as "
-    "fallback_grounded.",
-)
+@field_options(StageSettings, "rejected", "fallback")
 @concurrency_option("states")
 def reflect(
     io,

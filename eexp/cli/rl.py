@@ -3,10 +3,8 @@ options, their defaults and help are RLConfig's fields (eexp/rl/config.py), made
 
 from __future__ import annotations
 
-import click
-
 from eexp.cli.group import cli
-from eexp.cli.options import config_option, field_options, parse_env_args, quiet_transformers
+from eexp.cli.options import config_option, env_arg_option, field_options, quiet_transformers
 from eexp.rl.config import RLConfig
 
 # Every option is an RLConfig field (its default and help are written there), in its order; --env-arg fills
@@ -16,14 +14,7 @@ RL_OPTIONS = [name for name in RLConfig.OPTIONS if name != "env_kwargs"]
 
 @cli.command("rl")
 @field_options(RLConfig, *RL_OPTIONS[:3])
-@click.option(
-    "--env-arg",
-    "env_args",
-    multiple=True,
-    callback=parse_env_args,
-    metavar="KEY=VALUE",
-    help="Environment option (as in eval); repeatable.",
-)
+@env_arg_option("Environment option (as in eval); repeatable.")
 @field_options(RLConfig, *RL_OPTIONS[3:])
 @config_option
 def rl_command(env_args, **options):

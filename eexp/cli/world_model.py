@@ -4,6 +4,7 @@ format IWM trains (eexp.stages.world_model_eval)."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import click
 import orjson
@@ -22,6 +23,7 @@ from eexp.cli.options import (
     stage_options,
 )
 from eexp.errors import UsageProblem
+from eexp.fields import setting
 from eexp.io import Reader, read_records, write_atomic
 from eexp.policies import load_policy, policy_kind
 from eexp.policies.base import resolve_concurrency
@@ -32,6 +34,26 @@ from eexp.stages.world_model_compare import compare_predictions, format_predicti
 from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summary, summarize
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """world-model-eval's options about the run rather than a prediction (those are eexp.stages.world_model_eval's
+    Settings): a default and a help written once (made into click options by field_options)."""
+
+    summary_path: str | None = setting(
+        None,
+        "Write the summary JSON here: per environment the counts, the rates with their 95% Wilson intervals and the "
+        "mean token F1 with its 95% bootstrap interval, and which effect fields could be scored (with --compare: the "
+        "comparison).",
+        flag="--summary",
+        metavar="FILE",
+    )
+    compare: bool = setting(
+        False,
+        "Compare prediction files (INPUT...: what world-model-eval -o wrote) instead of predicting; NAME=FILE,FILE,... "
+        "groups the runs (seeds) of one model.",
+    )
+
+
 @cli.command("world-model-eval")
 @stage_options
 @policy_options(settings=Settings, chooses_actions=False)
@@ -39,20 +61,7 @@ from eexp.stages.world_model_eval import Settings, WorldModelEval, format_summar
 @field_options(Settings, "max_chars")
 @sampling_options(k=False, settings=Settings)  # greedy by default: the model's most likely next state
 @concurrency_option("predictions")
-@click.option(
-    "--summary",
-    "summary_path",
-    metavar="FILE",
-    help="Write the summary JSON here: per environment the "
-    "counts, the rates with their 95% Wilson intervals and the mean token F1 with its 95% bootstrap "
-    "interval, and which effect fields could be scored (with --compare: the comparison).",
-)
-@click.option(
-    "--compare",
-    is_flag=True,
-    help="Compare prediction files (INPUT...: what world-model-eval -o wrote) "
-    "instead of predicting; NAME=FILE,FILE,... groups the runs (seeds) of one model.",
-)
+@field_options(RunSettings, "summary_path", "compare")
 def world_model_eval(
     io, policy_spec, policy_args, max_tokens, top_p, max_chars, seed, temperature, concurrency, summary_path, compare
 ):

@@ -1,5 +1,6 @@
 """eval's settings: everything that makes an episode what it is (`EvalSettings`, whose fields give eval's options
-their defaults and help), the serializer a model is evaluated with and --act think's thought budget."""
+their defaults and help; `RunSettings`, the options about the run rather than an episode), the serializer a model
+is evaluated with and --act think's thought budget."""
 
 from __future__ import annotations
 
@@ -79,7 +80,51 @@ class EvalSettings:
     temperature: float = shared("temperature", 0.0)  # greedy, as the paper evaluates
     seed: int = shared("seed")
     # a picture of every state beside the text the model read (eexp.envs.screens); never part of an episode's id
-    screenshots: str | None = None
+    screenshots: str | None = setting(
+        None,
+        "Save a picture of every state, DIR/<episode id>/<step>.png, with the observation and the prompt the model "
+        "read beside it (<step>.txt): for an environment that draws its states (miniwob).",
+        metavar="DIR",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """eval's options that are about the run, not about an episode (so no worker needs them): which tasks, how many
+    processes, what else is written, and --compare. Their defaults and help, written once (field_options)."""
+
+    env_name: str | None = setting(
+        None,
+        "Environment to evaluate on (default: the environment of the input trajectories).",
+        flag="--env",
+        metavar="NAME",
+    )
+    split: str = setting("test", "Split of the environment's tasks.")
+    n: int | None = setting(None, "Evaluate the first N tasks of the split (default: all).", flag="-n", min=1)
+    jobs: int = setting(
+        1,
+        "Worker processes, each with its own environment and model (for a model in this process, or an environment "
+        "that needs CPU); for a server use --concurrency.",
+        short="-j",
+        min=1,
+    )
+    summary_path: str | None = setting(
+        None, "Write the summary JSON here (with --compare: the comparison).", flag="--summary", metavar="FILE"
+    )
+    trajectories_path: str | None = setting(
+        None,
+        "Also write each successful episode here as a trajectory record (expert data).",
+        flag="--trajectories",
+        metavar="FILE",
+    )
+    compare: bool = setting(
+        False,
+        "Compare episode files (INPUT...) instead of running episodes; NAME=FILE,FILE,... groups the runs (seeds) "
+        "of one method.",
+    )
+    plot: str | None = setting(
+        None, "With --compare: draw success rates and intervals per run and split.", metavar="PNG"
+    )
 
 
 def resolve_serializer(model_settings: dict | None, overrides: dict, where: str = "the model's") -> Serializer:

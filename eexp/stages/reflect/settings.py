@@ -31,3 +31,32 @@ class Settings:
     top_p: float = shared("top_p")
     max_tokens: int = shared("max_tokens", 1024)
     seed: int = shared("seed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageSettings:
+    """reflect's options about the stage rather than what the reflector is shown: who writes, from which template,
+    where rejected reflections go and what their states get. Their defaults and help, written once (field_options)."""
+
+    reflector: str | None = setting(
+        None,
+        "Who writes the reflections: self (the --policy model being trained; default with --policy), teacher (a "
+        "stronger --policy model, recorded as teacher-assisted), grounded (no model: a deterministic rationale from "
+        "the observed outcomes, not the paper's method).",
+        choices=["self", "teacher", "grounded"],
+    )
+    template_path: str | None = setting(
+        None,
+        "Prompt template: a built-in one (default; short: two or three sentences after one worked example, for "
+        "models of ~100M-1B parameters) or a file with the slots {situation}, {chosen_action}, {chosen_outcome} and "
+        "{alternatives} ({goal} and {max_words} are optional).",
+        flag="--template",
+        metavar="NAME|FILE",
+    )
+    rejected: str | None = setting(None, "Write each rejected reflection here, with its reason.", metavar="FILE")
+    fallback: str = setting(
+        "none",
+        "What a state whose model reflection was rejected gets: nothing (its IL example stays its only one), or the "
+        "grounded rationale, labelled reflector=grounded in meta and counted as fallback_grounded.",
+        choices=["none", "grounded"],
+    )
