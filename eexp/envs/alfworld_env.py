@@ -32,6 +32,9 @@ restore() sets them back (microseconds). reset() on the game already loaded rest
 translating the PDDL again (0.3 s), so the registry and every snapshot of that game stay valid; a snapshot of another
 game (or taken before the engine was restarted) is reached by resetting and replaying the actions it records.
 rollout compares every reached observation with the recorded one (reach.py), which catches a drift onto another state.
+A step writes the admissible list of the state it reaches only when that list is asked for (the next step,
+admissible(), a snapshot): deriving it is most of a step's time, and rollout leaves each alternative's state unasked,
+so IWM's rollout at K=8 takes about 0.1 CPU-s a state on generated games (0.29 when every step wrote it).
 
 Offline: nothing here reaches the network (the data is local; alfworld-download is the user's step). TextWorld's PDDL
 translator overwrites sys.argv; it is put back after every engine call (_engine_calls, which also memoizes the PDDL
