@@ -261,6 +261,7 @@ def test_memoized_engine_calls_give_what_the_engine_gives(monkeypatch):
     """_engine_calls memoizes the PDDL translation and TextWorld's grammar parsing, and the admissible lists are
     written only when asked: the same texts and lists, in order."""
     import random
+
     from eexp.envs import alfworld_env
     from eexp.envs.alfworld_env import AlfWorldEnv, _engine_calls
 
