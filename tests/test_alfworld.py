@@ -28,8 +28,10 @@ from eexp.io import read_records
 def _missing() -> str | None:
     for module in ("alfworld", "fast_downward", "textworld"):
         if importlib.util.find_spec(module) is None:
-            return (f"{module} is not installed: pip install 'eexp[alfworld]' "
-                    "(alfworld==0.4.2 'textworld[pddl]', fast-downward builds from source)")
+            return (
+                f"{module} is not installed: pip install 'eexp[alfworld]' "
+                "(alfworld==0.4.2 'textworld[pddl]', fast-downward builds from source)"
+            )
     return None
 
 
@@ -41,6 +43,7 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"no ALFWorld: {MISS
 def alfworld_data(tmp_path_factory):
     """The test games, written once per session: ALFWORLD_DATA for the whole module."""
     from alfworld_games import write_games
+
     root = tmp_path_factory.mktemp("alfworld-data")
     write_games(root)
     return root
@@ -62,14 +65,21 @@ def expert_file(alfworld_data, tmp_path_factory):
     """Expert trajectories of every train game, made in a process of its own (another hash seed than the tests')."""
     path = tmp_path_factory.mktemp("alfworld-expert") / "expert.jsonl"
     env = {**os.environ, "ALFWORLD_DATA": str(alfworld_data), "PYTHONHASHSEED": "123"}
-    out = subprocess.run([sys.executable, "-m", "eexp", "expert", "--env", "alfworld", "-q", "-o", str(path)],
-                         env=env, capture_output=True, text=True, cwd=path.parent, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "eexp", "expert", "--env", "alfworld", "-q", "-o", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=path.parent,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     return path
 
 
 def test_tasks_splits_and_goals(alfworld_data):
     from eexp.envs.alfworld_env import TASK_TYPES, AlfWorldEnv
+
     env = AlfWorldEnv()
     train, test, ood = env.tasks("train"), env.tasks("test"), env.tasks("ood")
     assert (len(train), len(test), len(ood)) == (6, 2, 2)
@@ -89,11 +99,12 @@ def test_tasks_splits_and_goals(alfworld_data):
 
 def test_expert_all_succeed_and_walkthrough_is_the_gold_one(runner, expert_file, alfworld_data):
     from eexp.envs.alfworld_env import AlfWorldEnv
+
     trajectories = list(read_records([expert_file]))
     assert len(trajectories) == 6 and all(t["success"] for t in trajectories)
     assert {t["task"]["category"] for t in trajectories} == {t["category"] for t in AlfWorldEnv().tasks("train")}
     env = AlfWorldEnv()
-    for t in trajectories:   # the expert is the game file's walkthrough (the hand-coded expert's or planner's run)
+    for t in trajectories:  # the expert is the game file's walkthrough (the hand-coded expert's or planner's run)
         game = json.loads((alfworld_data / "json_2.1.1" / "train" / t["task"]["id"] / "game.tw-pddl").read_text())
         assert [s["action"] for s in t["steps"]] == game["walkthrough"] == env.expert(t["task"])
         assert all(s["action"] in s["admissible"] for s in t["steps"])
@@ -118,19 +129,20 @@ def test_a_game_without_walkthrough_gets_the_planners_plan(runner, tmp_path):
 
 def test_branch_k3_every_state_rollout_no_mismatch(runner, expert_file, tmp_path):
     branches, outcomes, stats = tmp_path / "br.jsonl", tmp_path / "out.jsonl", tmp_path / "stats.json"
-    run_cli(runner, ["branch", "--propose", "admissible", "-k", "3", "--seed", "1", str(expert_file), "-o",
-                     str(branches)])
+    run_cli(
+        runner, ["branch", "--propose", "admissible", "-k", "3", "--seed", "1", str(expert_file), "-o", str(branches)]
+    )
     trajectories = list(read_records([expert_file]))
     records = list(read_records([branches]))
     assert len(records) == sum(len(t["steps"]) for t in trajectories)
-    assert all(len(r["alternatives"]) == 3 for r in records)    # every ALFWorld state has > 3 other actions
+    assert all(len(r["alternatives"]) == 3 for r in records)  # every ALFWorld state has > 3 other actions
     run_cli(runner, ["rollout", str(branches), "-o", str(outcomes), "--stats", str(stats)])
     done = list(read_records([outcomes]))
     assert [o["id"] for o in done] == [r["id"] for r in records]
     assert all("error" not in o and "error" not in a for o in done for a in o["alternatives"])
     st = orjson.loads(stats.read_bytes())
     assert st["state_mismatches"] == 0 and st["errors"] == 0
-    assert st["env_steps"] == 3 * len(records) + len(records)     # snapshots: K + 1 steps a state, no replay
+    assert st["env_steps"] == 3 * len(records) + len(records)  # snapshots: K + 1 steps a state, no replay
     # every alternative was executed for real: its next observation is the engine's
     assert all(a["valid"] and a["next_observation"] != "Nothing happens." for o in done for a in o["alternatives"])
     assert any(a["next_observation"].startswith("You arrive at") for o in done for a in o["alternatives"])
@@ -146,9 +158,11 @@ def test_rollout_from_snapshots_writes_the_records_a_replay_writes(runner, exper
     from eexp.envs import alfworld_env
     from eexp.envs.alfworld_env import AlfWorldEnv
     from eexp.stages.rollout import EnvPool, rollout_group
+
     branches, outcomes, stats = tmp_path / "br.jsonl", tmp_path / "out.jsonl", tmp_path / "stats.json"
-    run_cli(runner, ["branch", "--propose", "admissible", "-k", "3", "--seed", "2", str(expert_file), "-o",
-                     str(branches)])
+    run_cli(
+        runner, ["branch", "--propose", "admissible", "-k", "3", "--seed", "2", str(expert_file), "-o", str(branches)]
+    )
     records = list(read_records([branches]))
     written = []
     admissible = alfworld_env._admissible
@@ -156,25 +170,27 @@ def test_rollout_from_snapshots_writes_the_records_a_replay_writes(runner, exper
     def counted(pddl):
         written.append("admissible_commands" not in pddl.state)
         return admissible(pddl)
+
     monkeypatch.setattr(alfworld_env, "_admissible", counted)
     run_cli(runner, ["rollout", str(branches), "-o", str(outcomes), "--stats", str(stats)])
     restored = list(read_records([outcomes]))
     st = orjson.loads(stats.read_bytes())
     assert st["env_steps"] == 4 * len(records) and st["state_mismatches"] == 0 and st["errors"] == 0
-    assert sum(written) == len(records)    # one list a state (its snapshot's), none for the 4 states it steps to
+    assert sum(written) == len(records)  # one list a state (its snapshot's), none for the 4 states it steps to
     monkeypatch.setattr(alfworld_env, "_admissible", admissible)
 
     class Replayed(AlfWorldEnv):
         can_snapshot = False
+
     monkeypatch.setattr(alfworld_env, "_gather_infos_lazily", lambda pddl: type(pddl)._gather_infos(pddl))
     pool = EnvPool(lambda name, **kwargs: Replayed(**kwargs))
     replayed, counts = rollout_group(records, pool)
     pool.close()
     assert counts.get("state_mismatches", 0) == 0 and counts.get("errors", 0) == 0
-    assert counts["env_steps"] > 4 * len(records)                  # the resets' replays
+    assert counts["env_steps"] > 4 * len(records)  # the resets' replays
     assert not any(r["meta"]["snapshots"] for r in replayed) and all(r["meta"]["snapshots"] for r in restored)
     assert len(restored) == len(replayed) == len(records)
-    for a, b in zip(restored, replayed):    # every outcome record, the same but for how the state was reached
+    for a, b in zip(restored, replayed):  # every outcome record, the same but for how the state was reached
         assert {k: v for k, v in a.items() if k != "meta"} == {k: v for k, v in b.items() if k != "meta"}
 
 
@@ -182,13 +198,14 @@ def test_state_check_catches_a_drift(runner, expert_file, tmp_path):
     branches, outcomes, stats = tmp_path / "br.jsonl", tmp_path / "out.jsonl", tmp_path / "stats.json"
     run_cli(runner, ["branch", "--propose", "admissible", "-k", "1", str(expert_file), "-o", str(branches)])
     records = list(read_records([branches]))
-    records = [r for r in records if r["trajectory_id"] == records[0]["trajectory_id"]]   # one trajectory
+    records = [r for r in records if r["trajectory_id"] == records[0]["trajectory_id"]]  # one trajectory
     assert len(records) > 4
-    records[3]["state"]["observation"] = "You arrive at fridge 1. The fridge 1 is closed."   # another state
+    records[3]["state"]["observation"] = "You arrive at fridge 1. The fridge 1 is closed."  # another state
     branches.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     # the drifted record fails; 1 of 5 is more than the 5% a run may lose, so rollout exits 1 after writing everything
-    result = runner.invoke(cli, ["rollout", str(branches), "-o", str(outcomes), "--stats", str(stats), "--on-error",
-                                 "skip"])
+    result = runner.invoke(
+        cli, ["rollout", str(branches), "-o", str(outcomes), "--stats", str(stats), "--on-error", "skip"]
+    )
     assert result.exit_code == 1 and f"1 of {len(records)} outcome records" in result.output, result.output
     assert orjson.loads(stats.read_bytes())["state_mismatches"] == 1
     wrong = next(o for o in read_records([outcomes]) if o["id"] == records[3]["id"])
@@ -199,8 +216,25 @@ def test_state_check_catches_a_drift(runner, expert_file, tmp_path):
 def test_eval_random_and_oracle(runner, tmp_path, split):
     for policy in ("random", "oracle"):
         summary = tmp_path / f"{policy}.json"
-        run_cli(runner, ["eval", "--env", "alfworld", "--split", split, "--policy", policy, "--max-steps", "20",
-                         "--summary", str(summary), "-q", "-o", str(tmp_path / f"{policy}.jsonl")])
+        run_cli(
+            runner,
+            [
+                "eval",
+                "--env",
+                "alfworld",
+                "--split",
+                split,
+                "--policy",
+                policy,
+                "--max-steps",
+                "20",
+                "--summary",
+                str(summary),
+                "-q",
+                "-o",
+                str(tmp_path / f"{policy}.jsonl"),
+            ],
+        )
         result = orjson.loads(summary.read_bytes())
         assert result["n"] == 2
         if policy == "oracle":
@@ -219,18 +253,24 @@ def test_envs_check_passes(runner):
 
 def test_missing_data_is_one_line_naming_alfworld_download(tmp_path, monkeypatch):
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "nothing-here"))
-    out = subprocess.run([sys.executable, "-m", "eexp", "expert", "--env", "alfworld", "-o", str(tmp_path / "x")],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "eexp", "expert", "--env", "alfworld", "-o", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: alfworld: no ALFWorld games in ")
     assert "alfworld-download" in lines[0] and "ALFWORLD_DATA" in lines[0]
-    assert not (tmp_path / "nothing-here").exists()   # nothing made on the way (alfworld's import would)
+    assert not (tmp_path / "nothing-here").exists()  # nothing made on the way (alfworld's import would)
 
 
 def test_snapshot_of_another_engine_is_replayed_and_faults_close_the_game(monkeypatch):
     from eexp.envs.alfworld_env import AlfWorldEnv
     from eexp.errors import EnvError
+
     env = AlfWorldEnv()
     first, second = env.tasks("test")
     plan = env.expert(first)
@@ -239,14 +279,15 @@ def test_snapshot_of_another_engine_is_replayed_and_faults_close_the_game(monkey
         env.step(action)
     snap, here = env.snapshot(), env.admissible()
     after = env.step(plan[3])[0]
-    env.reset(second)                      # another game: another engine, whose registry knows no such state
+    env.reset(second)  # another game: another engine, whose registry knows no such state
     env.restore(snap)
     assert env.admissible() == here and env.step(plan[3])[0] == after
-    env.restore(snap)                      # the same engine again: restored, reusable
+    env.restore(snap)  # the same engine again: restored, reusable
     assert env.step(plan[3])[0] == after
 
     def boom(command):
         raise RuntimeError("boom")
+
     monkeypatch.setattr(env._engine.env, "step", boom)
     with pytest.raises(EnvError, match="engine failed during step"):
         env.step("look")
@@ -276,7 +317,7 @@ def test_memoized_engine_calls_give_what_the_engine_gives(monkeypatch):
         return seen
 
     memoized = play()
-    monkeypatch.setattr(_engine_calls, "depth", 1)    # as if nested: the originals stay in place
+    monkeypatch.setattr(_engine_calls, "depth", 1)  # as if nested: the originals stay in place
     assert play() == memoized
     # and the admissible lists written only when asked are the ones TextWorld writes at every step
     monkeypatch.setattr(alfworld_env, "_gather_infos_lazily", lambda pddl: type(pddl)._gather_infos(pddl))
@@ -300,8 +341,26 @@ def _games(root, split):
 def generated(tmp_path_factory):
     """A small generated data set, written by the command as a user runs it (one process)."""
     root = tmp_path_factory.mktemp("generated") / "games"
-    out = subprocess.run([sys.executable, "-m", "eexp", "alfworld-games", str(root), "--train", "6", "--valid-seen",
-                          "2", "--valid-unseen", "2", "--seed", "3"], capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eexp",
+            "alfworld-games",
+            str(root),
+            "--train",
+            "6",
+            "--valid-seen",
+            "2",
+            "--valid-unseen",
+            "2",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert out.returncode == 0, out.stderr
     assert "alfworld-games: wrote 6 train, 2 valid_seen, 2 valid_unseen games" in out.stderr
     return root
@@ -311,46 +370,61 @@ def test_generated_games_same_seed_same_bytes_whatever_the_jobs(generated, tmp_p
     """A game depends on the seed, its split, task type and number alone: valid_unseen made again on its own, in 2
     worker processes instead of 1, is the same files byte for byte (the other splits are left out to save time)."""
     from eexp.envs.alfworld_gen import generate
+
     again = tmp_path / "again"
     summary = generate(again, {"train": 0, "valid_seen": 0, "valid_unseen": 2}, seed=3, jobs=2)
     unseen = "json_2.1.1/valid_unseen/"
     made = {name: data for name, data in _tree(generated).items() if name.startswith(unseen)}
     assert len(made) >= 2 * 3 and _tree(again / "json_2.1.1" / "valid_unseen") == {
-        name.removeprefix(unseen): data for name, data in made.items()}
+        name.removeprefix(unseen): data for name, data in made.items()
+    }
     assert summary["splits"]["valid_unseen"]["games"] == 2 and summary["seed"] == 3
 
 
 def test_generated_splits_follow_alfworld(generated):
     from eexp.envs.alfworld_gen import RELEASED, TASK_TYPES, UNSEEN_ROOMS, allocate
+
     summary = json.loads((generated / "eexp-games.json").read_text())
     instances = {}
     for split in ("train", "valid_seen", "valid_unseen"):
         games = _games(generated, split)
         assert len(games) == SMALL[split] == summary["splits"][split]["games"]
-        instances[split] = {g.parent.name for g in games}       # <type>-<object>-None-<receptacle>-<scene>
+        instances[split] = {g.parent.name for g in games}  # <type>-<object>-None-<receptacle>-<scene>
         kinds = [json.loads((g / "traj_data.json").read_text())["task_type"] for g in games]
-        assert {t: kinds.count(t) for t in TASK_TYPES} == allocate(SMALL[split], RELEASED[split]) \
+        assert (
+            {t: kinds.count(t) for t in TASK_TYPES}
+            == allocate(SMALL[split], RELEASED[split])
             == summary["splits"][split]["task_types"]
+        )
         for g in games:
             game = json.loads((g / "game.tw-pddl").read_text())
             traj = json.loads((g / "traj_data.json").read_text())
             assert game["solvable"] is True and game["walkthrough"]
             assert traj["eexp"]["walkthrough"] in ("handcoded", "planner") and traj["scene"]["scene_num"] == int(
-                g.parent.name.rsplit("-", 1)[1])
+                g.parent.name.rsplit("-", 1)[1]
+            )
     rooms = {split: {int(name.rsplit("-", 1)[1]) for name in names} for split, names in instances.items()}
     assert rooms["valid_unseen"] <= set(UNSEEN_ROOMS) and rooms["train"].isdisjoint(rooms["valid_unseen"])
-    assert instances["valid_seen"] <= instances["train"]      # seen: train's task instances, objects placed anew
+    assert instances["valid_seen"] <= instances["train"]  # seen: train's task instances, objects placed anew
     assert all(summary["splits"][s]["rooms"] == sorted(rooms[s]) for s in rooms)
     for name in instances["valid_seen"]:
         seen = [g for g in _games(generated, "valid_seen") if g.parent.name == name]
         trained = [g for g in _games(generated, "train") if g.parent.name == name]
-        assert all((s / "initial_state.pddl").read_bytes() != (t / "initial_state.pddl").read_bytes()
-                   for s in seen for t in trained)
+        assert all(
+            (s / "initial_state.pddl").read_bytes() != (t / "initial_state.pddl").read_bytes()
+            for s in seen
+            for t in trained
+        )
     # at the release's sizes, the release's counts; at the default CPU scale, the same proportions
     assert all(allocate(sum(c.values()), c) == c for c in RELEASED.values())
     assert allocate(600, RELEASED["train"]) == {
-        "pick_and_place_simple": 133, "look_at_obj_in_light": 52, "pick_clean_then_place_in_recep": 110,
-        "pick_heat_then_place_in_recep": 78, "pick_cool_then_place_in_recep": 90, "pick_two_obj_and_place": 137}
+        "pick_and_place_simple": 133,
+        "look_at_obj_in_light": 52,
+        "pick_clean_then_place_in_recep": 110,
+        "pick_heat_then_place_in_recep": 78,
+        "pick_cool_then_place_in_recep": 90,
+        "pick_two_obj_and_place": 137,
+    }
 
 
 def test_generated_games_serve_env_alfworld(generated, monkeypatch, tmp_path, runner):
@@ -358,7 +432,7 @@ def test_generated_games_serve_env_alfworld(generated, monkeypatch, tmp_path, ru
     environment (the generator replayed every game's to a win in the engine before writing it), and the environment
     contract's check passes on them."""
     monkeypatch.setenv("ALFWORLD_DATA", str(generated))
-    for split in ("test", "ood"):   # no step timeout: a full room's first load takes seconds on busy cores
+    for split in ("test", "ood"):  # no step timeout: a full room's first load takes seconds on busy cores
         path = tmp_path / f"{split}.jsonl"
         run_cli(runner, ["expert", "--env", "alfworld", "--split", split, "--step-timeout", "0", "-q", "-o", str(path)])
         trajectories = list(read_records([path]))
@@ -373,13 +447,16 @@ def test_generated_games_serve_env_alfworld(generated, monkeypatch, tmp_path, ru
 def test_generated_games_bad_input_is_one_line(runner, tmp_path):
     there = tmp_path / "there"
     (there / "json_2.1.1" / "train").mkdir(parents=True)
-    result = runner.invoke(cli, ["alfworld-games", str(there)])      # never over games already there
+    result = runner.invoke(cli, ["alfworld-games", str(there)])  # never over games already there
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [f"Error: {there / 'json_2.1.1'}: already exists (alfworld-games "
-                                                  "writes a new data folder; remove it or choose another OUT_DIR)"]
+    assert result.output.strip().splitlines() == [
+        f"Error: {there / 'json_2.1.1'}: already exists (alfworld-games "
+        "writes a new data folder; remove it or choose another OUT_DIR)"
+    ]
     assert sorted(p.name for p in there.iterdir()) == ["json_2.1.1"]
-    result = runner.invoke(cli, ["alfworld-games", str(tmp_path / "x"), "--train", "0", "--valid-seen", "0",
-                                 "--valid-unseen", "0"])
+    result = runner.invoke(
+        cli, ["alfworld-games", str(tmp_path / "x"), "--train", "0", "--valid-seen", "0", "--valid-unseen", "0"]
+    )
     assert result.exit_code == 1 and "nothing to generate" in result.output
     assert not (tmp_path / "x" / "json_2.1.1").exists()
     result = runner.invoke(cli, ["alfworld-games", str(tmp_path / "y"), "--train", "-1"])
@@ -392,8 +469,13 @@ def test_recipe_generates_the_games_first_only_when_asked(tmp_path):
     recipes = Path(__file__).parent.parent / "recipes"
 
     def dry(*args):
-        return subprocess.run(["make", "-n", "-C", str(recipes), "CONFIG=configs/alfworld.mk", f"OUT={tmp_path}",
-                               *args, "compare"], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            ["make", "-n", "-C", str(recipes), "CONFIG=configs/alfworld.mk", f"OUT={tmp_path}", *args, "compare"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     real = dry()
     assert real.returncode == 0 and "alfworld-games" not in real.stdout
     generated = dry("GAMES=generated", "GAMES_TRAIN=12")
@@ -410,16 +492,30 @@ def test_eval_with_concurrency_writes_the_serial_runs_episodes(runner, stub, tmp
     own; TextWorld's PDDL engine is not thread-safe (the translator and grammar parser are shared and eexp's memoizing
     patches them for the call), so the engine calls are serialised. Before they were, 59 of 60 episodes of a
     SmolLM2 eval with --concurrency 8 failed to load their game (IndexError, tatsu's FailedToken)."""
-    server = stub("llamacpp", latency=0.2)   # longer than an engine step, so requests overlap while steps queue
-    args = ["eval", "--policy", server.url, "--env", "alfworld", "--split", "train", "--max-steps", "6", "-q",
-            "--temperature", "0.7"]
+    server = stub("llamacpp", latency=0.2)  # longer than an engine step, so requests overlap while steps queue
+    args = [
+        "eval",
+        "--policy",
+        server.url,
+        "--env",
+        "alfworld",
+        "--split",
+        "train",
+        "--max-steps",
+        "6",
+        "-q",
+        "--temperature",
+        "0.7",
+    ]
     serial = run_cli(runner, args + ["--concurrency", "1"])
     many = run_cli(runner, args + ["--concurrency", "6"])
     assert server.most_in_flight >= 2
-    serial_records, many_records = ([orjson.loads(line) for line in r.stdout.splitlines() if line.strip()]
-                                    for r in (serial, many))
+    serial_records, many_records = (
+        [orjson.loads(line) for line in r.stdout.splitlines() if line.strip()] for r in (serial, many)
+    )
     assert len(serial_records) == 6
     assert [r["task"]["id"] for r in many_records if r["stop_reason"] == "error"] == []
-    strip = lambda rs: [{**r, "meta": {k: v for k, v in r["meta"].items() if k not in ("time", "created_utc")}}
-                        for r in rs]
+    strip = lambda rs: [
+        {**r, "meta": {k: v for k, v in r["meta"].items() if k not in ("time", "created_utc")}} for r in rs
+    ]
     assert strip(many_records) == strip(serial_records)

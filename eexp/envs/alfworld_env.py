@@ -63,15 +63,23 @@ from eexp.errors import EnvError
 from eexp.text import normalize_space
 
 SPLIT_FOLDERS = {"train": "train", "test": "valid_seen", "ood": "valid_unseen"}
-TASK_TYPES = ("pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
-              "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place")
+TASK_TYPES = (
+    "pick_and_place_simple",
+    "look_at_obj_in_light",
+    "pick_clean_then_place_in_recep",
+    "pick_heat_then_place_in_recep",
+    "pick_cool_then_place_in_recep",
+    "pick_two_obj_and_place",
+)
 DATA_VERSION = "json_2.1.1"
 EXPERTS = ("walkthrough", "planner")
 INDEX_FORMAT = 1
 _TASK_SENTENCE = re.compile(r'"task"\s*:\s*\[\s*\{\s*"rhs"\s*:\s*"Your task is to: ([^"]*?)\.?"')
 _BANNER = re.compile(r"^\s*-= Welcome to TextWorld, ALFRED! =-\s*")
-MISSING = ("alfworld: no ALFWorld games in {path} (ALFWORLD_DATA{how}); run `alfworld-download` once (it needs the "
-           "internet) or set ALFWORLD_DATA to the folder it filled")
+MISSING = (
+    "alfworld: no ALFWorld games in {path} (ALFWORLD_DATA{how}); run `alfworld-download` once (it needs the "
+    "internet) or set ALFWORLD_DATA to the folder it filled"
+)
 
 
 def data_root() -> Path:
@@ -125,19 +133,20 @@ def read_tasks(split: str) -> list[dict]:
     tasks = []
     for trial in trials:
         rel = trial.relative_to(folder).as_posix()
-        if "movable" in rel or "Sliced" in rel:     # as AlfredTWEnv: not supported
+        if "movable" in rel or "Sliced" in rel:  # as AlfredTWEnv: not supported
             continue
         game_file = trial / "game.tw-pddl"
         if not game_file.exists():
             continue
-        reading = trial / "traj_data.json"   # the file an error names (a truncated download: which one)
+        reading = trial / "traj_data.json"  # the file an error names (a truncated download: which one)
         try:
             task_type = json.loads(reading.read_text()).get("task_type")
             reading = game_file
             game = json.loads(game_file.read_text())
         except (OSError, ValueError) as e:
-            raise EnvError(f"alfworld: cannot read {reading} ({e}); run `alfworld-download` again to replace it"
-                           ) from None
+            raise EnvError(
+                f"alfworld: cannot read {reading} ({e}); run `alfworld-download` again to replace it"
+            ) from None
         if task_type not in TASK_TYPES or not game.get("solvable"):
             continue
         found = _TASK_SENTENCE.search(game.get("grammar", ""))
@@ -167,8 +176,8 @@ def _take_pddl(policy: bool):
             return _FREE[policy].pop()
     import textworld
     from textworld.envs import PddlEnv
-    return PddlEnv(textworld.EnvInfos(admissible_commands=True, won=True, policy_commands=policy,
-                                      extras=["gamefile"]))
+
+    return PddlEnv(textworld.EnvInfos(admissible_commands=True, won=True, policy_commands=policy, extras=["gamefile"]))
 
 
 def _gather_infos_lazily(pddl) -> None:
@@ -202,9 +211,13 @@ def _admissible(pddl) -> list[str]:
         mapping = {k: info.name for k, info in pddl._entity_infos.items()}
         commands = []
         for action in state["_valid_actions"]:
-            context = {"state": pddl._pddl_state, "facts": list(pddl._pddl_state.facts),
-                       "variables": {ph.name: pddl._entity_infos[var.name] for ph, var in action.mapping.items()},
-                       "mapping": action.mapping, "entity_infos": pddl._entity_infos}
+            context = {
+                "state": pddl._pddl_state,
+                "facts": list(pddl._pddl_state.facts),
+                "variables": {ph.name: pddl._entity_infos[var.name] for ph, var in action.mapping.items()},
+                "mapping": action.mapping,
+                "entity_infos": pddl._entity_infos,
+            }
             action.command_template = pddl._logic.grammar.derive(action.command_template, context)
             commands.append(action.format_command(mapping))
         state["_valid_commands"] = commands
@@ -217,15 +230,16 @@ class _Engine:
 
     def __init__(self, game_file: Path, policy: bool = False):
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+
         self.policy = policy
         self.pddl = _take_pddl(policy)
-        if not policy:      # the planner's engine replans in _gather_infos: it keeps TextWorld's own
+        if not policy:  # the planner's engine replans in _gather_infos: it keeps TextWorld's own
             self.pddl._gather_infos = functools.partial(_gather_infos_lazily, self.pddl)
         self.env = AlfredInfos(AlfredDemangler(self.pddl, shuffle=False))
         self.game_file = game_file
         with _engine_calls():
             self.env.load(str(game_file))
-            self.state = self.env.reset()        # translates the PDDL (0.3 s): once per engine
+            self.state = self.env.reset()  # translates the PDDL (0.3 s): once per engine
         lib = self.pddl.downward_lib
         lib.get_state_id.argtypes, lib.get_state_id.restype = [], ctypes.c_int
         lib.set_state_id.argtypes, lib.set_state_id.restype = [ctypes.c_int], None
@@ -235,15 +249,20 @@ class _Engine:
         return _admissible(self.pddl)
 
     def save(self) -> dict:
-        _admissible(self.pddl)          # a snapshot is stepped from again: its list is written once, here
+        _admissible(self.pddl)  # a snapshot is stepped from again: its list is written once, here
         pddl, facts = self.pddl, self.pddl._pddl_state
-        return {"id": pddl.downward_lib.get_state_id(),
-                "facts": {k: frozenset(v) for k, v in facts._facts.items()},
-                "vars_by_name": dict(facts._vars_by_name),
-                "vars_by_type": {k: frozenset(v) for k, v in facts._vars_by_type.items()},
-                "var_counts": facts._var_counts.copy(), "operators": dict(getattr(facts, "_operators", {})),
-                "state": pddl.state, "prev_state": pddl.prev_state, "last_action": pddl._last_action,
-                "moves": pddl._moves}
+        return {
+            "id": pddl.downward_lib.get_state_id(),
+            "facts": {k: frozenset(v) for k, v in facts._facts.items()},
+            "vars_by_name": dict(facts._vars_by_name),
+            "vars_by_type": {k: frozenset(v) for k, v in facts._vars_by_type.items()},
+            "var_counts": facts._var_counts.copy(),
+            "operators": dict(getattr(facts, "_operators", {})),
+            "state": pddl.state,
+            "prev_state": pddl.prev_state,
+            "last_action": pddl._last_action,
+            "moves": pddl._moves,
+        }
 
     def load(self, saved: dict) -> None:
         pddl, facts = self.pddl, self.pddl._pddl_state
@@ -260,7 +279,7 @@ class _Engine:
         self.state = saved["state"]
 
     def step(self, command: str):
-        _admissible(self.pddl)          # PddlEnv.step finds the command in the list of the state it leaves
+        _admissible(self.pddl)  # PddlEnv.step finds the command in the list of the state it leaves
         self.state, _, done = self.env.step(command)
         return self.state, done
 
@@ -271,16 +290,16 @@ class _Engine:
                 _FREE[self.policy].append(pddl)
 
 
-_PARSED: dict = {}      # TextWorld's grammar snippets, parsed once (textgen._parse_and_convert)
+_PARSED: dict = {}  # TextWorld's grammar snippets, parsed once (textgen._parse_and_convert)
 
 
 def _parse_once(*args, **kwargs):
     key = (args, tuple(sorted(kwargs.items())))
     if key not in _PARSED:
-        if len(_PARSED) >= 20000:    # the grammar's rules and each game's task sentence: a bound, never reached
+        if len(_PARSED) >= 20000:  # the grammar's rules and each game's task sentence: a bound, never reached
             _PARSED.clear()
         _PARSED[key] = _ORIGINAL["parse"](*args, **kwargs)
-    return copy.deepcopy(_PARSED[key])      # derive() sets attributes on the symbols it gets
+    return copy.deepcopy(_PARSED[key])  # derive() sets attributes on the symbols it gets
 
 
 @functools.lru_cache(maxsize=8)
@@ -304,12 +323,13 @@ class _engine_calls:
     60 episodes of an eval with --concurrency 8 failed to load their game. The policy's requests, the slow part
     there, still overlap: they are made outside engine calls."""
 
-    depth = 0   # calls nest (a new engine inside a guarded call): the outermost one puts things back
+    depth = 0  # calls nest (a new engine inside a guarded call): the outermost one puts things back
     lock = threading.RLock()
 
     def __enter__(self):
         import fast_downward
         from textworld.envs.pddl import textgen
+
         _engine_calls.lock.acquire()
         self.argv = list(sys.argv)
         if _engine_calls.depth == 0:
@@ -321,6 +341,7 @@ class _engine_calls:
     def __exit__(self, *exc):
         import fast_downward
         from textworld.envs.pddl import textgen
+
         try:
             _engine_calls.depth -= 1
             if _engine_calls.depth == 0:
@@ -336,19 +357,23 @@ class AlfWorldEnv(Env):
     splits = ("train", "test", "ood")
     can_snapshot = True
     closed_actions = True
-    max_steps = 50                    # ALFWorld's evaluation episodes
-    action_format = ("go to X | open X | close X | take X from Y | move X to Y | heat/cool/clean X with Y | use X | "
-                     "examine X | look | inventory")
+    max_steps = 50  # ALFWorld's evaluation episodes
+    action_format = (
+        "go to X | open X | close X | take X from Y | move X to Y | heat/cool/clean X with Y | use X | "
+        "examine X | look | inventory"
+    )
     options = {"expert": "walkthrough"}
 
     def __init__(self, expert: str = "walkthrough", **kwargs: Any):
         super().__init__(expert=expert, **kwargs)
         if expert not in EXPERTS:
             raise EnvError(f"alfworld: expert must be one of {', '.join(EXPERTS)}, not {expert!r}")
-        for module in ("alfworld", "fast_downward"):   # found, not imported: alfworld's import makes folders
+        for module in ("alfworld", "fast_downward"):  # found, not imported: alfworld's import makes folders
             if importlib.util.find_spec(module) is None:
-                raise EnvError(f"alfworld: the package {module} is not installed; pip install 'eexp[alfworld]' "
-                               "(alfworld==0.4.2 'textworld[pddl]')")
+                raise EnvError(
+                    f"alfworld: the package {module} is not installed; pip install 'eexp[alfworld]' "
+                    "(alfworld==0.4.2 'textworld[pddl]')"
+                )
         self.expert_kind = expert
         self._tasks: dict[str, list[dict]] = {}
         self._engine: _Engine | None = None
@@ -356,7 +381,7 @@ class AlfWorldEnv(Env):
         self._history: list[str] = []
         self._done = False
         self._plans: dict[tuple[str, str], list[str]] = {}
-        self._epoch = 0                   # a new engine, a new registry: older snapshots are replayed instead
+        self._epoch = 0  # a new engine, a new registry: older snapshots are replayed instead
 
     @classmethod
     def check_options(cls, kwargs: dict[str, Any]) -> None:
@@ -394,10 +419,12 @@ class AlfWorldEnv(Env):
                 return call()
         except BaseException as e:
             self._drop()
-            if isinstance(e, EnvError) or not isinstance(e, Exception):   # a timeout, KeyboardInterrupt: as they are
+            if isinstance(e, EnvError) or not isinstance(e, Exception):  # a timeout, KeyboardInterrupt: as they are
                 raise
-            raise EnvError(f"alfworld: engine failed during {what}: {type(e).__name__}: {e} "
-                           "(the game was closed; reset() starts it again)") from e
+            raise EnvError(
+                f"alfworld: engine failed during {what}: {type(e).__name__}: {e} "
+                "(the game was closed; reset() starts it again)"
+            ) from e
 
     def _drop(self) -> None:
         engine, self._engine = self._engine, None
@@ -463,12 +490,14 @@ class AlfWorldEnv(Env):
 
     def _plan(self, path: Path) -> list[str]:
         """The PDDL planner's plan from the game's first state, in an engine of its own."""
+
         def run():
             engine = _Engine(path, policy=True)
             try:
                 return list(engine.state.get("policy_commands") or [])
             finally:
                 engine.close()
+
         plan = self._guard_expert(run)
         if not plan:
             raise EnvError(f"alfworld: the planner found no plan for {path}")
@@ -488,8 +517,14 @@ class AlfWorldEnv(Env):
     def snapshot(self) -> Any:
         engine = self._live()
         saved = self._guard("snapshot", engine.save)
-        return {"task": self._task, "epoch": self._epoch, "game": str(engine.game_file), "engine": saved,
-                "history": tuple(self._history), "done": self._done}
+        return {
+            "task": self._task,
+            "epoch": self._epoch,
+            "game": str(engine.game_file),
+            "engine": saved,
+            "history": tuple(self._history),
+            "done": self._done,
+        }
 
     def restore(self, snap: Any) -> None:
         task = snap["task"]
@@ -497,7 +532,7 @@ class AlfWorldEnv(Env):
             self._guard("restore", lambda: self._engine.load(snap["engine"]))
             self._task, self._history, self._done = task, list(snap["history"]), snap["done"]
             return
-        self.replay(task, list(snap["history"]))   # another engine: reach it again (deterministic)
+        self.replay(task, list(snap["history"]))  # another engine: reach it again (deterministic)
 
     def close(self) -> None:
         self._drop()
