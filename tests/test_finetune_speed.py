@@ -8,7 +8,6 @@ lengths far apart, so a padded micro-batch has much padding and a packed row man
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from eexp.card import read_card
-from eexp.io import read_records
-from eexp.prompts import Serializer
-from eexp.stages.imitation import imitation_examples
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+from test_loss_norm import metrics, write_sr_mix  # noqa: E402
 
 from eexp.training.batches import collate, collate_rows, example_nll, weighted_nll  # noqa: E402
 from eexp.training.config import FinetuneConfig  # noqa: E402
@@ -39,25 +37,12 @@ THOUGHT = (
 
 @pytest.fixture(scope="module")
 def mix(tmp_path_factory) -> Path:
-    il = [e for t in read_records([DATA / "trajectories.jsonl"]) for e in imitation_examples(t, Serializer(), True)]
-    sr = []
-    for e in il:
-        r = json.loads(json.dumps(e))
-        r["id"] += ":sr"
-        r["messages"][-1]["content"] = THOUGHT + "\n" + e["messages"][-1]["content"]
-        sr.append(r)
-    path = tmp_path_factory.mktemp("mix") / "mix.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in il + sr))
-    return path
+    return write_sr_mix(tmp_path_factory.mktemp("mix") / "mix.jsonl", THOUGHT)
 
 
 def config(model, train: Path, out: Path, **kw) -> FinetuneConfig:
     options = dict(train_files=[str(train)], model=str(model), output=str(out), seed=0, quiet=True, max_length=1024)
     return FinetuneConfig(**{**options, **kw})
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture

@@ -40,20 +40,23 @@ THOUGHT = (
 ) * 3
 
 
-@pytest.fixture(scope="module")
-def mix(tmp_path_factory) -> Path:
+def write_sr_mix(path: Path, thought: str = THOUGHT) -> Path:
     """The SR recipe's training file in small: the 11 IL examples of tests/data and, for each, a self-reflection
-    of the same state (a long thought before the same action), concatenated."""
+    of the same state (`thought` before the same action), concatenated (tests/test_finetune_speed.py too)."""
     il = [e for t in read_records([DATA / "trajectories.jsonl"]) for e in imitation_examples(t, Serializer(), True)]
     sr = []
     for e in il:
         r = json.loads(json.dumps(e))
         r["id"] += ":sr"
-        r["messages"][-1]["content"] = THOUGHT + "\n" + e["messages"][-1]["content"]
+        r["messages"][-1]["content"] = thought + "\n" + e["messages"][-1]["content"]
         sr.append(r)
-    path = tmp_path_factory.mktemp("mix") / "sr_train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in il + sr))
     return path
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory) -> Path:
+    return write_sr_mix(tmp_path_factory.mktemp("mix") / "sr_train.jsonl")
 
 
 def config(model, train: Path, out: Path, **kw) -> FinetuneConfig:
