@@ -311,7 +311,7 @@ def _plan(tmp_path, nvidia_smi: str, *args: str) -> str:
     body = f"echo '{nvidia_smi}'" if nvidia_smi else "echo 'NVIDIA-SMI has failed: no driver' >&2; exit 9"
     fake.write_text(f"#!/bin/sh\n{body}\n")
     fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "GPU_JOBS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "GPU_JOBS", "ON_GPU")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(
         ["make", "-n", "-C", str(RECIPES), "CONFIG=configs/lowdata.mk", f"OUT={tmp_path}/x", *args],
@@ -348,3 +348,23 @@ def test_on_a_gpu_the_seeds_fine_tunes_are_planned_side_by_side_and_without_one_
         )
         assert "seed-run-" not in cpu and not re.search(r"make -j\d", cpu)
     assert not re.search(r"make -j\d", _plan(tmp_path, "", "compare"))
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_on_a_gpu_smollm2_trains_in_batches_of_8_and_evaluates_in_process(tmp_path):
+    """configs/smollm2.mk (and alfworld-smollm2.mk, which includes it) on a machine whose nvidia-smi lists a GPU: in
+    the sub-make that runs the arms, each update is one batch of 8 in finetune's own precision, and each run is
+    evaluated in-process (its checkpoint, -j JOBS) with nothing exported and no llama-server; on CPU, and with
+    GPU_JOBS=, as before: 4 x 2, a q8_0 GGUF, llama-server."""
+    config = "CONFIG=configs/alfworld-smollm2.mk"
+    gpu = _plan(tmp_path, "81559", config, "compare")
+    assert re.search(r"^\S*make -j7 compare GPU_JOBS=$", gpu, re.M)
+    il = next(line for line in gpu.splitlines() if re.search(r"eexp finetune .* -o \S+/IL( |$)", line))
+    assert "--batch-size 8 " in il and "--precision auto " in il and "--grad-accum" not in il
+    evals = [line for line in gpu.splitlines() if "eexp eval --policy" in line and "--policy random" not in line]
+    assert evals and all(re.search(r"eexp eval --policy \S+/x/(IL|IWM|SR)\S* -j 2 ", line) for line in evals), evals
+    assert "llama_server.py run" not in gpu and "--quant q8_0" not in gpu
+    for cpu in (_plan(tmp_path, "", config, "compare"), _plan(tmp_path, "81559", config, "compare", "GPU_JOBS=")):
+        il = next(line for line in cpu.splitlines() if re.search(r"eexp finetune .* -o \S+/IL( |$)", line))
+        assert "--batch-size 2 " in il and "--grad-accum 4" in il
+        assert "llama_server.py run" in cpu and "--quant q8_0" in cpu

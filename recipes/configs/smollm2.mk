@@ -36,13 +36,14 @@ EPOCHS    = 5
 # of 8 kept apart (every seed after the pilot was trained so; the pilot was one batch of 8, 18 GB peak).
 # On a GPU the split costs speed and saves nothing: at 135M the GPU waits on its kernel launches (on an H200, 694
 # tokens/s at 4 x 2 and 2,139 at one batch of 8, both with gradient checkpointing, a GPU's default: 1,058 at 4 x 2
-# without it; docs/results/smollm2.md). There, give BATCH=8 and TRAIN_ARGS without --grad-accum 4.
-BATCH     = 2
+# without it; docs/results/smollm2.md). So where the recipes find a GPU (ON_GPU, ../Makefile) an update is one
+# batch of 8, the same examples as 4 x 2.
+BATCH     = $(if $(ON_GPU),8,2)
 LR        = 2e-4
 # bf16 autocast where the CPU has bf16 instructions (AVX512-BF16 or AMX): about 2x the tokens/s of fp32 with the
-# loss within noise (bench/bench_finetune_real.py); fp32 elsewhere.
-PRECISION = $(shell grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)
-TRAIN_ARGS = --lora --precision $(PRECISION) --max-length 1024 --grad-accum 4
+# loss within noise (bench/bench_finetune_real.py); fp32 elsewhere. On a GPU: finetune's own choice (bf16 autocast).
+PRECISION = $(if $(ON_GPU),auto,$(shell grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32))
+TRAIN_ARGS = --lora --precision $(PRECISION) --max-length 1024 $(if $(ON_GPU),,--grad-accum 4)
 # one epoch of world-model data, then imitation (the paper's IWM; before issue 40: 40 updates of it within 120)
 IWM_ARGS  = --warmup-epochs 1
 # The state gives the previous actions, as the paper's WebShop and ALFWorld prompts do: every earlier step of the
@@ -53,14 +54,21 @@ IWM_ARGS  = --warmup-epochs 1
 # to the 79 (at most 112) of the user turn without it; before issue 40 it was --history 0 (SR re-clicked a selected
 # option in 40-50% of its steps, blind to it). The default --max-history-chars 300 would add 108 (at most 372).
 DATA_ARGS = --history 10 --max-history-chars 40 --no-admissible
-EXPORT    = q8_0
-# llama.cpp generates constrained to the admissible actions
+# On CPU every run is merged, exported to q8_0 and evaluated by llama.cpp (below). Where the recipes find a GPU
+# (ON_GPU) it is evaluated in-process on the GPU instead (transformers, bf16, its LoRA adapter merged on load; -j
+# JOBS worker processes, each with its own copy of the model): llama-server is built for CPU (install.sh), where a
+# policy's 120 ALFWorld games took about 48 minutes (docs/results/alfworld.md). The two backends are not the same
+# numbers (q8_0 against bf16, llama.cpp's grammar against transformers' constrained decoding), so a comparison's
+# seeds are pooled from one backend: each episode's meta.backend says which.
+EXPORT    = $(if $(ON_GPU),,q8_0)
+# generation constrained to the admissible actions (llama.cpp's grammar; in-process, transformers' prefix constraint)
 ACT       = constrained
 N_EVAL    = 200
 SPLITS    = test ood
 EVAL_ARGS = --max-steps 10
-# through llama-server (tests/llama_server.py, built by install.sh --dev): 8 slots, 8 requests in flight
-SERVER_SLOTS = 8
+# through llama-server (tests/llama_server.py, built by install.sh --dev): 8 slots, 8 requests in flight (none on a
+# GPU: in-process there, above)
+SERVER_SLOTS = $(if $(ON_GPU),,8)
 # SR and SR-grounded are evaluated as they were trained, thought first (--act think), through the server like the
 # others: the thought, then the action among the admissible ones by the server's grammar, as constrained chooses it
 # (in-process llama.cpp, which docs/results/smollm2.md used, ranks them by log-likelihood instead). Seed 0's SR,
