@@ -4,6 +4,7 @@ verbatim in the recipe's results page, and the README must link to that page."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -95,3 +96,17 @@ def test_the_next_state_rl_table_is_recomputed_from_the_committed_episodes():
         for kind in ("RL", "NS", "NS_RL"):
             cells.append(" / ".join(f"{success(folder / f'{kind}-s{r}.eval.jsonl.gz'):.1f}" for r in (0, 1, 2)) + "%")
         assert f"| {seed} | " + " | ".join(cells) + " |" in page, (seed, cells)
+
+
+@pytest.mark.parametrize("name", ["alfworld-smollm2", "alfworld-tiny/calibration"])
+def test_an_alfworld_calibration_summary_is_recomputed_from_its_episodes(name, monkeypatch):
+    """compare.json, which alfworld.md quotes, is `eval --compare` of the committed episodes, named relative to its
+    folder: recomputed, it is the same JSON."""
+    from eexp.stages.evaluate.compare import compare_runs, read_runs
+
+    folder = ROOT / "docs" / "results" / name
+    kept = json.loads((folder / "compare.json").read_text())
+    runs = {row["run"]: row["file"] for rows in kept["splits"].values() for row in rows}
+    monkeypatch.chdir(folder)
+    env, loaded = read_runs([f"{run}={file}" for run, file in runs.items()])
+    assert json.loads(json.dumps(compare_runs(env, loaded, seed=kept["seed"]))) == kept
