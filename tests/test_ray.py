@@ -186,6 +186,10 @@ def _loopback(ip: str) -> bool:
     return address.is_loopback or (mapped is not None and mapped.is_loopback) or address.is_unspecified
 
 
+class NodeGaveUp(RuntimeError):
+    """`ray start` exited because its node did not register in time."""
+
+
 class LoopbackCluster:
     """A Ray head (no CPUs) and two worker nodes (one CPU each) on 127.0.0.x, each a `ray start --block` child."""
 
@@ -224,9 +228,8 @@ class LoopbackCluster:
             shutil.copy(f, games / f.name)
         return cache
 
-    def _start(self, name: str, ip: str, head: bool) -> subprocess.Popen:
-        n = len(self.nodes)
-        ports = self.base_port + 100 * n
+    def _start(self, name: str, ip: str, head: bool, block: int) -> subprocess.Popen:
+        ports = self.base_port + 100 * block
         args = [
             shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray",
             "start",
@@ -260,20 +263,45 @@ class LoopbackCluster:
 
     def start(self) -> None:
         # one at a time: two nodes joining at once on one machine time out (they share the head's session folder)
-        for name, ip in (("head", "127.0.0.2"), ("worker1", "127.0.0.3"), ("worker2", "127.0.0.4")):
-            self._start(name, ip, head=name == "head")
-            self.wait_started(name)
+        for block, (name, ip) in enumerate((("head", "127.0.0.2"), ("worker1", "127.0.0.3"), ("worker2", "127.0.0.4"))):
+            self._start_node(name, ip, head=name == "head", block=block)
+
+    def _start_node(self, name: str, ip: str, head: bool, block: int, attempts: int = 3) -> None:
+        """Start a node, again if `ray start` gave up on it. `ray start` waits 30 s (a constant in Ray's
+        _private/node.py) for its raylet to register with the GCS, and exits when it has not: CI's 2 cores, with
+        three other test processes beside the cluster, once took longer for worker1, and the cluster's tests erred.
+        A node that gave up is killed with every process it started, and starts again on ports of its own."""
+        for attempt in range(attempts):
+            if attempt and head:  # the head's ports are base_port's block, which tests read: move the base
+                self.base_port += 5000 if self.base_port < 40000 else -5000
+                self.port = _free_port()
+                self.address = f"127.0.0.2:{self.port}"
+            self._start(name, ip, head, block + (10 * attempt if not head else 0))  # a retry: ports no one held
+            try:
+                self.wait_started(name)
+                return
+            except NodeGaveUp:
+                del self.nodes[name]
+                if attempt == attempts - 1:
+                    raise
 
     def wait_started(self, name: str, timeout: float = 90) -> None:
-        """`ray start --block` says it blocks once its node is up."""
+        """`ray start --block` says it blocks once its node is up; NodeGaveUp (its processes killed) if it exited
+        after timing out, RuntimeError on any other exit."""
         log, proc = self.root / f"{name}.log", self.nodes[name]
+        started: dict[int, str] = {}  # every process the node started (they outlive `ray start` when it exits)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            started.update(descendants(proc.pid))
             if b"will now block forever" in log.read_bytes():
                 return
             if proc.poll() is not None:
-                raise RuntimeError(f"ray node {name} exited: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+                _kill_all(started)
+                assert not _wait_gone(started, 10)
+                text = log.read_text()
+                gave_up = NodeGaveUp if "timed out during startup" in text else RuntimeError
+                raise gave_up(f"ray node {name} exited: {text[-2000:]}")
+            time.sleep(0.2)
         raise RuntimeError(f"ray node {name} did not start in {timeout} s")
 
     def kill_node(self, name: str) -> None:
