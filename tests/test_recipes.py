@@ -368,3 +368,70 @@ def test_on_a_gpu_smollm2_trains_in_batches_of_8_and_evaluates_in_process(tmp_pa
         il = next(line for line in cpu.splitlines() if re.search(r"eexp finetune .* -o \S+/IL( |$)", line))
         assert "--batch-size 2 " in il and "--grad-accum 4" in il
         assert "llama_server.py run" in cpu and "--quant q8_0" in cpu
+
+
+# `python STOPPING_EEXP ...`: eexp, whose fine-tune dies (as a killed process: no cleanup) after logging update 5
+STOPPING_EEXP = """
+import os, sys
+from eexp.training.trainer import Trainer
+log = Trainer._log
+def dying_log(self, row):
+    log(self, row)
+    if row.get("step") == 5 and "loss" in row:
+        os._exit(9)
+Trainer._log = dying_log
+sys.argv[0] = "eexp"
+from eexp.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_a_recipe_fine_tune_stopped_part_way_continues_when_make_runs_again(tmp_path):
+    """A stopped fine-tune (a session's end, a lost machine) leaves a folder with a checkpoint and no `done`; make run
+    again continues it from the checkpoint (--resume) and ends with the weights of a run never stopped, where the
+    same folder once made finetune refuse to start ("already exists and is not empty")."""
+    stopping = tmp_path / "stopping_eexp.py"
+    stopping.write_text(STOPPING_EEXP)
+    small = ["N_EXPERT=4", "STEPS=8", "BATCH=4", "VAL_N=0", "JOBS=1", "TRAIN_ARGS=--save-every 4"]
+
+    def make(out: Path, eexp: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        return subprocess.run(
+            [
+                "make",
+                "-C",
+                str(RECIPES),
+                f"{out}/IL/done",
+                "CONFIG=configs/demo.mk",
+                f"OUT={out}",
+                f"EEXP={eexp}",
+                *small,
+            ],
+            capture_output=True,
+            text=True,
+            env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(RECIPES.parent)},
+            timeout=300,
+        )
+
+    out = tmp_path / "demo"
+    weights = lambda: (out / "IL" / "model.safetensors").read_bytes()  # noqa: E731
+    losses = lambda: [  # noqa: E731
+        (r["step"], r["loss"])
+        for r in map(orjson.loads, (out / "IL" / "metrics.jsonl").read_bytes().splitlines())
+        if "loss" in r
+    ]
+    assert make(out, f"{sys.executable} -m eexp").returncode == 0
+    unbroken = weights(), losses()
+    assert len(unbroken[1]) == 8
+    shutil.rmtree(out / "IL")  # the same run again (the data stages are kept), stopped after update 5
+    first = make(out, f"{sys.executable} {stopping}")
+    assert first.returncode != 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert sorted(p.name for p in (out / "IL" / "checkpoints").iterdir()) == ["step-4"]
+    assert not (out / "IL" / "done").exists()
+
+    again = make(out, f"{sys.executable} -m eexp")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "finetune --resume" in again.stdout and "imitation-data" not in again.stdout  # only the fine-tune ran
+    assert (weights(), losses()) == unbroken

@@ -11,7 +11,7 @@ WM_EPOCHS  ?= 3
 DREAM_ENV   = dream:$(OUT)/WM@$(ENV)
 
 $(OUT)/WM/done: $(OUT)/iwm.jsonl $(MODEL)/config.json
-	$(EEXP) finetune $< --model $(MODEL) -o $(OUT)/WM --epochs $(WM_EPOCHS) --lr $(LR) --batch-size $(BATCH) \
+	$(FINETUNE) $< --model $(MODEL) -o $(OUT)/WM --epochs $(WM_EPOCHS) --lr $(LR) --batch-size $(BATCH) \
 	  --seed $(SEED) -q $(TRAIN_ARGS) && touch $@
 
 $(OUT)/dream/expert.jsonl: $(OUT)/WM/done

@@ -74,7 +74,7 @@ rl-es-compare: $(ES_OUT)/compare.json
 .SECONDARY: $(foreach r,$(ES_ROWS),$(ES_OUT)/$(r)/done)
 
 $(OUT)/IL-early/done: $(OUT)/il.jsonl $(MODEL)/config.json
-	$(EEXP) finetune $< --model $(MODEL) -o $(OUT)/IL-early --max-steps $(ES_EARLY_STEPS) --lr $(LR) \
+	$(FINETUNE) $< --model $(MODEL) -o $(OUT)/IL-early --max-steps $(ES_EARLY_STEPS) --lr $(LR) \
 	  --batch-size $(BATCH) --seed $(SEED) -q $(TRAIN_ARGS) && touch $@
 
 # A staged run's folder is named START-sSEED (IL-s1): its start's name and its seed

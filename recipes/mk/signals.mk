@@ -26,11 +26,11 @@ $(OUT)/pairs.jsonl: $(OUT)/outcomes_iwm.jsonl
 	$(EEXP) preference-data --rejected all $(DATA_ARGS) -q $< -o $@
 
 $(OUT)/IL-pre/done: $(OUT)/il.jsonl $(MODEL)/config.json
-	$(EEXP) finetune --max-steps $$(( $(STEPS) - $(DPO_STEPS) > 0 ? $(STEPS) - $(DPO_STEPS) : 1 )) --lr $(LR) \
+	$(FINETUNE) --max-steps $$(( $(STEPS) - $(DPO_STEPS) > 0 ? $(STEPS) - $(DPO_STEPS) : 1 )) --lr $(LR) \
 	  --batch-size $(BATCH) --seed $(SEED) -q $(TRAIN_ARGS) $< --model $(MODEL) -o $(OUT)/IL-pre && touch $@
 
 $(OUT)/DPO/done: $(OUT)/pairs.jsonl $(OUT)/IL-pre/done
-	$(EEXP) finetune --objective dpo --beta $(DPO_BETA) --max-steps $(DPO_STEPS) --lr $(DPO_LR) \
+	$(FINETUNE) --objective dpo --beta $(DPO_BETA) --max-steps $(DPO_STEPS) --lr $(DPO_LR) \
 	  --batch-size $(BATCH) --seed $(SEED) -q $(TRAIN_ARGS) $< --model $(OUT)/IL-pre -o $(OUT)/DPO && touch $@
 
 $(OUT)/critic.jsonl: $(OUT)/outcomes_iwm.jsonl
