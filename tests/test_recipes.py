@@ -297,6 +297,16 @@ def test_compute_matched_rows_train_for_the_updates_of_the_run_they_match(tmp_pa
     trained = {orjson.loads(line)["task"]["id"] for line in (out / "expert.jsonl").read_bytes().splitlines()}
     held_out = {orjson.loads(line)["task"]["id"] for line in (out / "val_expert.jsonl").read_bytes().splitlines()[3:]}
     assert len(held_out) == 2 and not trained & held_out
+    # val_expert.jsonl continues expert.jsonl (expert --resume) and holds the records of one run of all 5 tasks
+    whole = subprocess.run(
+        [*eexp.split(), "expert", "--env", "shop", "--split", "train", "-n", "5", "--seed", "0", "-q"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    timeless = lambda data: [
+        {**r, "meta": {**r["meta"], "created_utc": None}} for r in map(orjson.loads, data.splitlines())
+    ]  # noqa: E731
+    assert timeless((out / "val_expert.jsonl").read_bytes()) == timeless(whole)
     for r in runs:
         rows = [orjson.loads(line) for line in (out / r / "metrics.jsonl").read_bytes().splitlines()]
         assert any("val_loss" in row for row in rows), f"{r} logged no validation loss"
