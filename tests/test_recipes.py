@@ -303,13 +303,15 @@ def test_compute_matched_rows_train_for_the_updates_of_the_run_they_match(tmp_pa
         capture_output=True,
         check=True,
     ).stdout
-    timeless = lambda data: [
-        {**r, "meta": {**r["meta"], "created_utc": None}} for r in map(orjson.loads, data.splitlines())
-    ]  # noqa: E731
-    assert timeless((out / "val_expert.jsonl").read_bytes()) == timeless(whole)
+    assert _timeless((out / "val_expert.jsonl").read_bytes()) == _timeless(whole)
     for r in runs:
         rows = [orjson.loads(line) for line in (out / r / "metrics.jsonl").read_bytes().splitlines()]
         assert any("val_loss" in row for row in rows), f"{r} logged no validation loss"
+
+
+def _timeless(data: bytes) -> list[dict]:
+    """JSONL records less the time they were made (meta.created_utc)."""
+    return [{**r, "meta": {**r["meta"], "created_utc": None}} for r in map(orjson.loads, data.splitlines())]
 
 
 def _plan(tmp_path, nvidia_smi: str, *args: str) -> str:
@@ -426,14 +428,14 @@ def test_a_recipe_fine_tune_stopped_part_way_continues_when_make_runs_again(tmp_
         )
 
     out = tmp_path / "demo"
-    weights = lambda: (out / "IL" / "model.safetensors").read_bytes()  # noqa: E731
-    losses = lambda: [  # noqa: E731
-        (r["step"], r["loss"])
-        for r in map(orjson.loads, (out / "IL" / "metrics.jsonl").read_bytes().splitlines())
-        if "loss" in r
-    ]
+
+    def trained() -> tuple[bytes, list]:
+        """IL's weights and its logged (update, loss) rows."""
+        rows = map(orjson.loads, (out / "IL" / "metrics.jsonl").read_bytes().splitlines())
+        return (out / "IL" / "model.safetensors").read_bytes(), [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
     assert make(out, f"{sys.executable} -m eexp").returncode == 0
-    unbroken = weights(), losses()
+    unbroken = trained()
     assert len(unbroken[1]) == 8
     shutil.rmtree(out / "IL")  # the same run again (the data stages are kept), stopped after update 5
     first = make(out, f"{sys.executable} {stopping}")
@@ -444,4 +446,4 @@ def test_a_recipe_fine_tune_stopped_part_way_continues_when_make_runs_again(tmp_
     again = make(out, f"{sys.executable} -m eexp")
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "finetune --resume" in again.stdout and "imitation-data" not in again.stdout  # only the fine-tune ran
-    assert (weights(), losses()) == unbroken
+    assert trained() == unbroken
