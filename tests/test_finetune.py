@@ -423,6 +423,19 @@ def test_resume_refuses_changed_options(tiny_checkpoint, data, tmp_path, monkeyp
         finetune(cfg(tiny_checkpoint, data, out, max_steps=3, save_every=2, lr=0.01, resume=True))
 
 
+def test_resume_of_a_finished_run_says_so_and_what_to_do(tiny_checkpoint, data, tmp_path):
+    """The recipes fine-tune with --resume: a finished run met again (its data changed since) is refused, and the
+    error says how to train again."""
+    out = tmp_path / "o"
+    finetune(cfg(tiny_checkpoint, data, out, max_steps=2))
+    with pytest.raises(TrainingError) as e:
+        finetune(cfg(tiny_checkpoint, data, out, max_steps=2, resume=True))
+    assert (
+        str(e.value)
+        == f"{out}: this run already finished; nothing to resume (delete it, or give another -o, to train again)"
+    )
+
+
 def test_lora_adapter_and_continuing_it(tiny_checkpoint, data, tmp_path):
     first = tmp_path / "lora1"
     finetune(

@@ -287,7 +287,10 @@ class Trainer:
         found = self._checkpoints()
         if not found:
             if os.path.exists(os.path.join(self.cfg.output, "config.yaml")):
-                raise TrainingError(f"{self.cfg.output}: this run already finished; nothing to resume")
+                raise TrainingError(
+                    f"{self.cfg.output}: this run already finished; nothing to resume (delete it, or give another -o, "
+                    "to train again)"
+                )
             self.echo(f"no checkpoint in {self.ckpt_root}: starting from the beginning")
             if os.path.exists(self.metrics_path) and self.main:
                 os.remove(self.metrics_path)
