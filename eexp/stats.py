@@ -1,10 +1,10 @@
 """The statistics behind `eexp eval` and `eexp world-model-eval`: a Wilson interval for a success rate, a seeded
 bootstrap interval for a mean score, an exact McNemar test for paired success, an exact sign-flip test for paired
-success over tasks x seeds (and over seeds), a seeded paired bootstrap for paired scores, a seeded hierarchical
-bootstrap (seeds, then tasks) for a difference between two methods' seeds, the spread of a rate across seeds, and
-the power of a test over seeds: the smallest mean difference it detects, and the seeds a difference needs
-(detectable_difference, seeds_for_power, on Student's t quantiles: t_quantile), and the fewest pairs a bootstrap
-claim rests on (bootstrap_min_pairs).
+success over tasks x seeds (and over seeds), Holm's adjustment of a family of p-values, a seeded paired bootstrap for
+paired scores, a seeded hierarchical bootstrap (seeds, then tasks) for a difference between two methods' seeds, the
+spread of a rate across seeds, and the power of a test over seeds: the smallest mean difference it detects, and the
+seeds a difference needs (detectable_difference, seeds_for_power, on Student's t quantiles: t_quantile), and the
+fewest pairs a bootstrap claim rests on (bootstrap_min_pairs).
 
 Plain Python (math, random, statistics), except the bootstrap of a mean and the hierarchical bootstrap, which draw their
 resamples with numpy (a core dependency). Every resampling is seeded, so the same inputs and seed give the same
@@ -94,6 +94,20 @@ def sign_flip_exact(diffs: list[int]) -> float:
     extreme = sum(c for i, c in enumerate(counts) if abs(i - total) >= observed)
     return min(1.0, extreme / 2 ** len(nonzero))
 
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of m p-values for testing them as a family (the familywise error rate held at
+    alpha whatever the tests' dependence), in their input order: the i-th smallest p (i = 1..m) is multiplied by
+    m - i + 1, each adjusted value is at least the one before it in that order, and none exceeds 1. A planned family of
+    primary tests (a method against its control, for each method) is judged on these, not on the raw p."""
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 @dataclass
 class Spread:

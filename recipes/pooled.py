@@ -35,7 +35,7 @@ from eexp.stages.evaluate.compare import (
     too_few_note,
 )
 from eexp.stages.evaluate.summary import success_at, summarize
-from eexp.stats import bootstrap_min_pairs
+from eexp.stats import bootstrap_min_pairs, holm
 
 # SR~constrained: SR evaluated like IL, constrained to the actions without its thought (seed 0 only; SR is evaluated
 # thought first since); SR~score: the same with IL's --act score (the Makefile's SCORE_ROWS). DPO .. IWM-curated:
@@ -63,6 +63,10 @@ RUNS = (
 )
 # Each method against its compute-matched control as well as against IL: (method, control), where both are kept.
 MATCHED = (("SR", "IL@SR"), ("SR~score", "IL@SR"), ("SR-grounded", "IL@SR"), ("IWM", "IL@IWM"))
+# The planned primary tests of a comparison with compute-matched controls (the demo's 20-seed plan, ALFWorld's 10-seed
+# plan: docs/results/demo.md, alfworld.md): on test, each method against IL trained for its update count, judged as a
+# family with Holm's correction over the pairs a folder holds.
+PRIMARY = (("IWM", "IL@IWM"), ("SR", "IL@SR"), ("SR~score", "IL@SR"))
 KINDS = {"eval": ("test", "ood", "combo"), "recovery": ("test",)}  # folder: its splits
 LABEL = {
     ("eval", "test"): "test",
@@ -410,6 +414,31 @@ def expert_step_table(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def primary_tests(matched: dict) -> str:
+    """The planned primary tests (PRIMARY) from the matched table's test rows: each pair's seeds above its control,
+    the sign-flip p over seeds and its Holm-adjusted p over the pairs present; empty with fewer than two pairs."""
+    found, reference = {}, None
+    for row in matched.get("eval", {}).get("splits", {}).get("test", []):
+        if not row.get("vs_first"):
+            reference = row["run"]
+        elif (row["run"], reference) in PRIMARY and row["vs_first"].get("seed_level"):
+            found[row["run"], reference] = row["vs_first"]["seed_level"]
+    pairs = [pair for pair in PRIMARY if pair in found]
+    if len(pairs) < 2:
+        return ""
+    adjusted = holm([found[pair]["sign_flip_p"] for pair in pairs])
+    tests = "; ".join(
+        f"{run} against {control}: {found[run, control]['above']}/{found[run, control]['seeds']} seeds above, "
+        f"{100 * found[run, control]['mean_diff']:+.1f} pts, p = {found[run, control]['sign_flip_p']:.3g}, Holm "
+        f"{adjusted[i]:.3g}"
+        for i, (run, control) in enumerate(pairs)
+    )
+    return (
+        f"\nThe planned primary tests (test; the exact sign-flip test over seeds, with Holm's correction over these "
+        f"{len(pairs)}): {tests}.\n"
+    )
+
+
 def report(results: Path, result: dict) -> str:
     """pooled.md: the pooled table (`result`, from pooled()), then the tables of the runs that have them (attempts,
     the critic)."""
@@ -418,7 +447,7 @@ def report(results: Path, result: dict) -> str:
     if matched:
         parts.append(
             "\nAgainst the compute-matched control (each method's row follows its control's: IL trained for "
-            "the method's update count):\n\n" + table(matched, "the control")
+            "the method's update count):\n\n" + table(matched, "the control") + primary_tests(matched)
         )
     for title, text in (
         (
