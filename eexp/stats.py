@@ -95,7 +95,6 @@ def sign_flip_exact(diffs: list[int]) -> float:
     return min(1.0, extreme / 2 ** len(nonzero))
 
 
-
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjustment of m p-values for testing them as a family (the familywise error rate held at
     alpha whatever the tests' dependence), in their input order: the i-th smallest p (i = 1..m) is multiplied by
@@ -108,6 +107,7 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
 
 @dataclass
 class Spread:

@@ -29,7 +29,6 @@ def test_sign_flip_hand_computed():
     assert sign_flip_exact([4, 2, -2, 0, 4]) == sign_flip_exact([2, 1, -1, 0, 2])
 
 
-
 def test_holm_hand_computed():
     # 0.01, 0.04, 0.03: sorted, times 3, 2, 1: 0.03, 0.06, 0.04; the last may not fall below the one before: 0.06
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
@@ -38,6 +37,7 @@ def test_holm_hand_computed():
     assert holm([0.0061, 0.80, 0.0061]) == pytest.approx([0.0183, 0.80, 0.0183])
     # capped at 1; one test is left as it is; none is an empty family
     assert holm([0.6, 0.5]) == [1.0, 1.0] and holm([0.2]) == [0.2] and holm([]) == []
+
 
 def test_with_one_seed_each_it_is_exactly_mcnemar():
     rng = random.Random(0)
