@@ -15,11 +15,12 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 import pooled  # noqa: E402
 
-# each folder of docs/results/ that keeps a recipe's seeds (shown by docs/results/<its first part>.md), with the runs
-# every seed must hold: every other run is tested against IL over the seeds it shares with it. The demo keeps every
-# run of its 6 seeds with the compute-matched controls (issue 50) and, under full-data/, the full-data SR re-run
-# (issue 40: IL and SR on the same seeds); SmolLM2 keeps the seeds of the recipe issue 40 fixed and,
-# under before/, the seeds measured before the fix.
+# each folder of docs/results/ that keeps a recipe's seeds (shown by docs/results/<its first part>.md, or PAGE's), with
+# the trained runs every seed must hold: every other run is tested against IL over the seeds it shares with it. The
+# demo keeps every run of its seeds with the compute-matched controls (issue 50) and, under full-data/, the full-data
+# SR re-run (issue 40: IL and SR on the same seeds); SmolLM2 keeps the seeds of the recipe issue 40 fixed and, under
+# before/, the seeds measured before the fix; alfworld-tiny the seeds of ALFWorld's 10-seed comparison (issue 63) as
+# they finish.
 KEPT = {
     "smollm2": ("IL", "IWM", "SR"),
     "smollm2/before": ("IL", "IWM"),
