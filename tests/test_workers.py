@@ -224,6 +224,60 @@ def test_terminate_stops_busy_workers_at_once_and_leaves_no_process():
     assert wait_for(lambda: not any(alive(p, s) for p, s in workers.items()), 10)
 
 
+def test_a_signal_inside_the_executors_calls_is_raised_after_them_and_terminate_ends_its_thread(monkeypatch):
+    """A SIGTERM (or Ctrl-C) that comes while the pool is inside concurrent.futures (here in the middle of its
+    submit) is raised once that call has returned, not inside it: raised there, between a lock's acquire and the
+    `with` that releases it, it left the lock held, and `eval -j 2` then waited forever at its exit (1 of 150
+    SIGTERMs). terminate() waits for the executor's thread to end: concurrent.futures' exit hook wrote to that
+    thread's wake-up pipe as it closed, a traceback after `eexp: terminated` (3 of 60)."""
+    import concurrent.futures
+    import threading
+
+    from eexp.errors import Terminated
+
+    real_submit = concurrent.futures.ProcessPoolExecutor.submit
+
+    def submit_with_a_signal(self, *args, **kwargs):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        time.sleep(0.05)  # it would be raised here, inside the executor's call
+        return real_submit(self, *args, **kwargs)
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        pool = Pool(2, _setup, (0,))
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the pool's handler while it lives
+        monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", submit_with_a_signal)
+        with pytest.raises(Terminated):
+            pool.submit(_slow_add, (1, 0.0))
+        assert len(pool.pending) == 1  # the call was completed, then the signal raised
+        manager = pool._executor._executor_manager_thread
+        pool.terminate()
+        assert not manager.is_alive()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_ctrl_c_while_the_pool_waits_for_a_long_task_is_raised_at_once():
+    """The pool waits for a result in slices (a signal is held inside each), so Ctrl-C still stops a wait for a task
+    of a minute within a fraction of a second."""
+    import threading
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        pool = Pool(2, _setup, (0,))
+        pool.submit(_slow_add, (0, 60.0))
+        threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            next(pool.ready(block=True))
+        assert time.monotonic() - started < 5
+        pool.terminate()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_there_is_one_worker_pool_and_every_j_stage_uses_it():
     """No stage makes processes of its own: multiprocessing's pools appear in eexp/workers.py alone."""
     root = ROOT / "eexp"
