@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eexp.io import Reader
+from eexp.io import Reader, write_atomic
 from eexp.stages.evaluate.compare import (
     MAX_LISTED_SEEDS,
     POWER_NOTE,
@@ -467,18 +467,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, help="the folder holding seed<s>/eval and seed<s>/recovery")
     ap.add_argument("--write", action="store_true", help="write pooled.md, pooled.json and pooled.png there")
+    ap.add_argument(
+        "--page",
+        type=Path,
+        help="with --write: the results page that shows pooled.md; its copy of the old pooled.md becomes the new one",
+    )
     args = ap.parse_args()
-    if (args.results / "starts").is_dir():  # the expert-step RL recipe's results: one table
+    if args.page and not args.write:
+        ap.error("--page goes with --write")
+    # the page's copy of the table, checked before anything is written: a page that does not show the old table
+    # (edited by hand since) is for its author to update
+    shown = args.results / "pooled.md"
+    if args.page and not args.page.is_file():
+        raise SystemExit(f"{args.page}: no such file")
+    page = args.page.read_text() if args.page else None
+    if page is not None and (not shown.exists() or page.count(shown.read_text()) != 1):
+        raise SystemExit(f"{args.page}: does not show {shown} once, as it is: update the page by hand")
+    expert_step = (args.results / "starts").is_dir()  # the expert-step RL recipe's results: one table
+    if expert_step:
         text = expert_step_table(args.results)
-        print(text, end="")
-        if args.write:
-            (args.results / "pooled.md").write_text(text)
-        return
-    result = pooled(args.results)
-    text = report(args.results, result)
+    else:
+        result = pooled(args.results)
+        text = report(args.results, result)
     print(text, end="")
-    if args.write:
-        (args.results / "pooled.md").write_text(text)
+    if not args.write:
+        return
+    if page is not None:
+        write_atomic(str(args.page), page.replace(shown.read_text(), text).encode())
+    shown.write_text(text)
+    if not expert_step:
         (args.results / "pooled.json").write_text(json.dumps(result, indent=1) + "\n")
         merged = {
             **result["eval"],

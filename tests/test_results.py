@@ -64,6 +64,30 @@ def test_every_committed_seed_has_the_main_runs_and_their_training_logs(name):
                 assert (seed / "train" / "critic.metrics.jsonl").exists(), f"{seed.name}: {run}'s critic"
 
 
+def test_pooled_with_a_page_replaces_the_pages_copy_of_the_table(tmp_path, monkeypatch, capsys):
+    """`pooled.py RESULTS --write --page PAGE` (`make pooled` with RESULTS_PAGE), as each finished seed is kept: the
+    page's copy of the old table becomes the new one and the rest of the page stays as it was; a page that does not
+    show the old table as it is (edited since) is refused before anything is written."""
+    import shutil
+
+    results = tmp_path / "alfworld-tiny"
+    shutil.copytree(ROOT / "docs" / "results" / "alfworld-tiny" / "seed0", results / "seed0")
+    (results / "pooled.md").write_text("| an older table |\n")
+    page = tmp_path / "page.md"
+    page.write_text("# a page\n\n| an older table |\n\nwhat it shows\n")
+    monkeypatch.setattr(sys, "argv", ["pooled.py", str(results), "--write", "--page", str(page)])
+    pooled.main()
+    table = (results / "pooled.md").read_text()
+    assert table == pooled.report(results, pooled.pooled(results))
+    assert page.read_text() == f"# a page\n\n{table}\nwhat it shows\n"
+
+    page.write_text("# a page\n\n| edited since |\n")
+    with pytest.raises(SystemExit) as stop:
+        pooled.main()
+    assert str(stop.value) == f"{page}: does not show {results / 'pooled.md'} once, as it is: update the page by hand"
+    assert (results / "pooled.md").read_text() == table and page.read_text() == "# a page\n\n| edited since |\n"
+
+
 def test_the_expert_step_table_is_recomputed_from_the_committed_episodes():
     results = ROOT / "docs" / "results" / "expert-step"
     table = pooled.expert_step_table(results)

@@ -38,3 +38,4 @@ EVAL_ARGS = --max-steps 30
 # no recovery test: eval --start off-path is shop's
 RECOVERY_N =
 RESULTS   = ../docs/results/alfworld-smollm2
+RESULTS_PAGE = ../docs/results/alfworld.md

@@ -33,5 +33,6 @@ SCORE_ROWS = SR
 ACTOBS_ROW =
 RECOVERY_N =
 RESULTS   = ../docs/results/alfworld-tiny
+RESULTS_PAGE = ../docs/results/alfworld.md
 # the fine-tunes side by side (make -j2), one thread each
 export OMP_NUM_THREADS = 1

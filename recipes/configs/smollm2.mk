@@ -86,6 +86,7 @@ VAL_N     = 10
 VAL_EVERY = 20
 # where `make publish` keeps a seed's episode files and `make pooled` pools them (the committed results)
 RESULTS   = ../docs/results/smollm2
+RESULTS_PAGE = ../docs/results/smollm2.md
 
 EEXP_PYTHON = $(shell test -x ../.venv/bin/python && echo ../.venv/bin/python || echo python3)
 $(SMOLLM2):

@@ -58,6 +58,9 @@ publish:
 	$(if $(wildcard $(OUT)/critic_eval/*.json),mkdir -p $(RESULTS)/seed$(SEED)/critic_eval && \
 	  cp $(wildcard $(OUT)/critic_eval/*.json) $(RESULTS)/seed$(SEED)/critic_eval/)
 
+# RESULTS_PAGE, the results page that shows RESULTS/pooled.md: its copy of the old table becomes the new one too (a
+# page that does not show the old table as it is, edited since, is refused before anything is written)
+RESULTS_PAGE ?=
 pooled:
 	@test -n "$(RESULTS)" || { echo "pooled: give RESULTS=FOLDER (where the seeds' results are kept)" >&2; exit 1; }
-	$(PYTHON) pooled.py $(RESULTS) --write
+	$(PYTHON) pooled.py $(RESULTS) --write $(if $(RESULTS_PAGE),--page $(RESULTS_PAGE))
