@@ -481,7 +481,8 @@ def main() -> None:
     if args.page and not args.page.is_file():
         raise SystemExit(f"{args.page}: no such file")
     page = args.page.read_text() if args.page else None
-    if page is not None and (not shown.exists() or page.count(shown.read_text()) != 1):
+    old = shown.read_text() if shown.exists() else None
+    if page is not None and (old is None or page.count(old) != 1):
         raise SystemExit(f"{args.page}: does not show {shown} once, as it is: update the page by hand")
     expert_step = (args.results / "starts").is_dir()  # the expert-step RL recipe's results: one table
     if expert_step:
@@ -493,7 +494,7 @@ def main() -> None:
     if not args.write:
         return
     if page is not None:
-        write_atomic(str(args.page), page.replace(shown.read_text(), text).encode())
+        write_atomic(str(args.page), page.replace(old, text).encode())
     shown.write_text(text)
     if not expert_step:
         (args.results / "pooled.json").write_text(json.dumps(result, indent=1) + "\n")
