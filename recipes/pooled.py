@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from eexp.io import Reader, write_atomic
@@ -128,6 +129,19 @@ def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None) -> d
     if pairs:
         return {kind: merge(results_) for kind, results_ in out.items()}
     return {kind: results_[0] for kind, results_ in out.items()}
+
+
+def named_from(result, results: Path):
+    """The result with every episode file named relative to the results folder, as compare.json names its files, so
+    pooled.json reads the same whichever folder pooled.py ran from (`make pooled` runs in recipes/)."""
+    if isinstance(result, list):
+        return [named_from(item, results) for item in result]
+    if isinstance(result, dict):
+        return {
+            key: os.path.relpath(value, results) if key == "file" else named_from(value, results)
+            for key, value in result.items()
+        }
+    return result
 
 
 def merge(results: list[dict]) -> dict:
@@ -497,7 +511,7 @@ def main() -> None:
         write_atomic(str(args.page), page.replace(old, text).encode())
     shown.write_text(text)
     if not expert_step:
-        (args.results / "pooled.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.results / "pooled.json").write_text(json.dumps(named_from(result, args.results), indent=1) + "\n")
         merged = {
             **result["eval"],
             "splits": {
@@ -508,7 +522,9 @@ def main() -> None:
         plot_comparison(merged, str(args.results / "pooled.png"))
         matched = pooled(args.results, MATCHED)
         if matched:
-            (args.results / "pooled-matched.json").write_text(json.dumps(matched, indent=1) + "\n")
+            (args.results / "pooled-matched.json").write_text(
+                json.dumps(named_from(matched, args.results), indent=1) + "\n"
+            )
         validation_plot(args.results, args.results / "validation.png")
 
 

@@ -80,12 +80,34 @@ def test_pooled_with_a_page_replaces_the_pages_copy_of_the_table(tmp_path, monke
     table = (results / "pooled.md").read_text()
     assert table == pooled.report(results, pooled.pooled(results))
     assert page.read_text() == f"# a page\n\n{table}\nwhat it shows\n"
+    # pooled.json names its episode files relative to the results folder, not to where pooled.py ran
+    assert set(files_named(json.loads((results / "pooled.json").read_text()))) == {
+        f"seed0/eval/{run}.jsonl.gz" for run in (*KEPT["alfworld-tiny"], "SR~score", "random")
+    }
 
     page.write_text("# a page\n\n| edited since |\n")
     with pytest.raises(SystemExit) as stop:
         pooled.main()
     assert str(stop.value) == f"{page}: does not show {results / 'pooled.md'} once, as it is: update the page by hand"
     assert (results / "pooled.md").read_text() == table and page.read_text() == "# a page\n\n| edited since |\n"
+
+
+def files_named(result) -> list[str]:
+    """Every "file" a pooled.json (or compare.json) names, at any depth."""
+    if isinstance(result, list):
+        return [name for item in result for name in files_named(item)]
+    if isinstance(result, dict):
+        return [name for key, value in result.items() for name in ([value] if key == "file" else files_named(value))]
+    return []
+
+
+@pytest.mark.parametrize("name", sorted({name.split("/")[0] for name in KEPT}))
+def test_a_pooled_json_names_files_that_are_kept_beside_it(name):
+    folder = ROOT / "docs" / "results" / name
+    for kept in [folder / "pooled.json", folder / "pooled-matched.json"]:
+        if kept.exists():
+            named = files_named(json.loads(kept.read_text()))
+            assert named and all((folder / file).is_file() for file in named), kept
 
 
 def test_the_expert_step_table_is_recomputed_from_the_committed_episodes():
