@@ -1,9 +1,12 @@
-"""What several test files share: the committed records of tests/data, reading and writing JSONL, and a
-log-likelihood computed by hand (not with eexp's code) to check eexp's own against."""
+"""What several test files share: the committed records of tests/data, reading and writing JSONL, a
+log-likelihood computed by hand (not with eexp's code) to check eexp's own against, and a plugin package installed
+apart from this environment."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -19,6 +22,20 @@ def lines(text: str) -> list[dict]:
 
 def outcomes() -> list[dict]:
     return [json.loads(line) for line in Path(OUTCOMES).read_text().splitlines()]
+
+
+def install_apart(src: Path, site: Path) -> dict[str, str]:
+    """pip-installs the package folder src into the folder site (offline, without its dependencies, not into this
+    environment: a plugin registers by entry point only where site is on the path), and returns the environment of a
+    process that sees it: site on PYTHONPATH, this interpreter's folder on PATH. Building writes into src: give a
+    copy, so that tests/ stays clean."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+        + ["--target", str(site), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    return {"PYTHONPATH": str(site), "PATH": str(Path(sys.executable).parent)}
 
 
 def write(path: Path, records) -> str:

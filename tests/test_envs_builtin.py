@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from by_hand import install_apart
 
 from eexp.cli import cli
 from eexp.envs import make_env
@@ -533,24 +534,7 @@ def test_envs_lists_and_describes(runner):
 def test_third_party_env_registers_by_entry_point(tmp_path):
     src, site = tmp_path / "src", tmp_path / "site"
     shutil.copytree(ENVPKG, src)  # building writes into the source tree: keep tests/ clean
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(site),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    env = {"PYTHONPATH": str(site), "PATH": str(Path(sys.executable).parent)}
+    env = install_apart(src, site)
 
     def eexp(*args):
         return subprocess.run(

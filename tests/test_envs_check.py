@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from by_hand import install_apart
 
 import eexp.envs.base as base
 from eexp.cli import cli
@@ -342,24 +343,7 @@ def __getattr__(name):  # `module:raise_env_error` as an entry point: loading it
 def test_third_party_package_passes(tmp_path):
     src, site = tmp_path / "src", tmp_path / "site"
     shutil.copytree(ENVPKG, src)  # building writes into the source tree: keep tests/ clean
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(site),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    env = {"PYTHONPATH": str(site), "PATH": str(Path(sys.executable).parent)}
+    env = install_apart(src, site)
     out = subprocess.run(
         [sys.executable, "-m", "eexp", "envs", "--check", "counter", "--split", "test", "-n", "4"],
         capture_output=True,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from by_hand import install_apart
 
 from eexp.records import SHAPES, kind_of, validate
 
@@ -49,23 +50,7 @@ def install(page: str, tmp: Path) -> Path:
     assert "pyproject.toml" in files and len(files) == 2, sorted(files)
     for name, text in files.items():
         (src / name).write_text(text)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(site),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    install_apart(src, site)
     return site
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from by_hand import install_apart
 
 from eexp.envs.base import Env
 from eexp.errors import PolicyError
@@ -582,24 +583,7 @@ def test_third_party_policy_registers_by_entry_point(tmp_path):
 
     src, site = tmp_path / "src", tmp_path / "site"
     shutil.copytree(POLICYPKG, src)  # building writes into the source tree: keep tests/ clean
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(site),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    env = {"PYTHONPATH": str(site), "PATH": str(__import__("pathlib").Path(sys.executable).parent)}
+    env = install_apart(src, site)
 
     def eexp(*args, stdin=None):
         return subprocess.run(
