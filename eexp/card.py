@@ -169,19 +169,13 @@ def _check(key: str, value: Any, where: str) -> Any:
             if unknown:
                 raise CardError(f"{where}: phases: unknown key {unknown[0]!r} (known: {', '.join(PHASE_KEYS)})")
         return value
-    if key == "machine":
+    if key in ("machine", "pretrain"):
+        known = MACHINE_KEYS if key == "machine" else PRETRAIN_KEYS
         if not isinstance(value, dict):
-            raise CardError(f"{where}: machine must be a mapping, not {type(value).__name__}")
-        unknown = sorted(set(value) - set(MACHINE_KEYS))
+            raise CardError(f"{where}: {key} must be a mapping, not {type(value).__name__}")
+        unknown = sorted(set(value) - set(known))
         if unknown:
-            raise CardError(f"{where}: machine: unknown key {unknown[0]!r} (known: {', '.join(MACHINE_KEYS)})")
-        return value
-    if key == "pretrain":
-        if not isinstance(value, dict):
-            raise CardError(f"{where}: pretrain must be a mapping, not {type(value).__name__}")
-        unknown = sorted(set(value) - set(PRETRAIN_KEYS))
-        if unknown:
-            raise CardError(f"{where}: pretrain: unknown key {unknown[0]!r} (known: {', '.join(PRETRAIN_KEYS)})")
+            raise CardError(f"{where}: {key}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
         return value
     kinds = {
         "from_scratch": bool,
