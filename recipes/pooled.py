@@ -263,30 +263,50 @@ def attempts_table(results: Path) -> str:
 def thoughts_table(results: Path) -> str:
     """How the runs evaluated thought first (`eval --act think`) thought, pooled over their seeds: the steps whose
     reply had a thought and those whose thought was cut before `Action:` (eval's own summary, its thought_share and
-    thoughts_cut_share). Issue 40's bar: a thought in >= 95% of steps, <= 5% cut."""
+    thoughts_cut_share), the cut share's spread over the seeds (one seed's model may write thoughts and another's
+    not), and why the cut thoughts ended where eval recorded it (thoughts_stopped: an action written where the thought
+    goes, no thought, another early end; the rest may have run into the thought budget). Issue 40's bar: a thought in
+    >= 95% of steps, <= 5% cut."""
     lines = []
     for kind, splits in KINDS.items():
         for run in RUNS:
             files = [f / kind / f"{run}.jsonl.gz" for f in seeds(results) if (f / kind / f"{run}.jsonl.gz").exists()]
-            episodes = [e for path in files for e in read_episodes(path)]
+            per_seed = [read_episodes(path) for path in files]
             for split in splits:
-                mine = [e for e in episodes if e["meta"]["split"] == split]
-                summary = summarize(mine, env=mine[0]["task"].get("env", ""), policy=run) if mine else {}
+                mine = [[e for e in episodes if e["meta"]["split"] == split] for episodes in per_seed]
+                everything = [e for episodes in mine for e in episodes]
+                if not everything:
+                    continue
+                env = everything[0]["task"].get("env", "")
+                summary = summarize(everything, env=env, policy=run)
                 if "thoughts_cut" not in summary:  # not evaluated thought first
                     continue
-                steps = sum(e["steps"] for e in mine if "thoughts_cut" in e["meta"])
+                steps = sum(e["steps"] for e in everything if "thoughts_cut" in e["meta"])
+                shares = [
+                    summarize(episodes, env=env, policy=run)["thoughts_cut_share"] for episodes in mine if episodes
+                ]
+                spread = f"{pct(min(shares))} - {pct(max(shares))}" if len(shares) > 1 else ""
+                stopped = summary.get("thoughts_stopped")
+                why = (
+                    f"{stopped['action']} / {stopped['empty']} / {stopped['other']} / "
+                    f"{summary['thoughts_cut'] - sum(stopped.values())}"
+                    if stopped
+                    else "not recorded"
+                )
                 lines.append(
                     f"| {LABEL[kind, split]} | {run} | {len(files)} | {steps} | "
                     f"{summary['thought_steps']} ({pct(summary['thought_share'])}) | "
-                    f"{summary['thoughts_cut']} ({pct(summary['thoughts_cut_share'])}) |"
+                    f"{summary['thoughts_cut']} ({pct(summary['thoughts_cut_share'])}) | {spread} | {why} |"
                 )
     if not lines:
         return ""
     return (
         "\n".join(
             [
-                "| split | run | seeds | steps | steps with a thought | thoughts cut before `Action:` |",
-                "|---|---|---|---|---|---|",
+                "| split | run | seeds | steps | steps with a thought | thoughts cut before `Action:` | cut, seeds' "
+                "min-max | the cut thoughts: an action where the thought goes / none / ended early otherwise / "
+                "the rest (at the budget or near it) |",
+                "|---|---|---|---|---|---|---|---|",
                 *lines,
             ]
         )
@@ -465,7 +485,7 @@ def report(results: Path, result: dict) -> str:
         )
     for title, text in (
         (
-            "Thought first (`--act think`): steps with a thought and thoughts cut, pooled over seeds",
+            "Thought first (`--act think`): steps with a thought and thoughts cut, pooled over seeds, and why the cut ones ended",
             thoughts_table(results),
         ),
         ("Within N attempts (pooled over seeds)", attempts_table(results)),

@@ -101,7 +101,7 @@ def files_named(result) -> list[str]:
     return []
 
 
-@pytest.mark.parametrize("name", sorted({name.split("/")[0] for name in KEPT}))
+@pytest.mark.parametrize("name", KEPT)
 def test_a_pooled_json_names_files_that_are_kept_beside_it(name):
     folder = ROOT / "docs" / "results" / name
     for kept in [folder / "pooled.json", folder / "pooled-matched.json"]:
