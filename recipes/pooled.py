@@ -81,14 +81,15 @@ def seeds(results: Path) -> list[Path]:
     return sorted((p for p in results.glob("seed*") if p.is_dir()), key=lambda p: int(p.name[4:]))
 
 
-def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None) -> dict:
+def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None, folders: list[Path] | None = None) -> dict:
     """{kind: eexp.stages.evaluate.compare result} for the runs found in the seed folders. Each run pools the seeds
     that hold it (seed 0 has `SR~constrained`, later seeds `SR` and `SR-grounded`), and is tested against IL over those
     same seeds, so every test pairs runs of one seed; IL's own row pools every seed.
 
     pairs: (run, reference) to test instead of every run against IL (the matched controls, MATCHED); each reference
-    gets its own row, then the runs tested against it."""
-    folders = seeds(results)
+    gets its own row, then the runs tested against it. folders: these seed folders of results only (all of them
+    unless given)."""
+    folders = seeds(results) if folders is None else folders
     if not folders:
         raise SystemExit(f"{results}: no seed<s> folders")
     out = {}
@@ -473,6 +474,42 @@ def primary_tests(matched: dict) -> str:
     )
 
 
+def thinking_seeds(results: Path) -> str:
+    """Each run evaluated thought first whose model, on some seeds, wrote no thought (after the prefilled `Thought:`
+    it writes its action and ends the turn, as IL's examples taught it: more than half its thoughts cut) against its
+    control and IL over the other seeds only, where its thought-first row measures thinking first. Not a planned test:
+    the planned ones keep every seed. Empty where every seed wrote its thoughts."""
+    lines = []
+    for run, control in MATCHED:
+        shares = {}
+        for folder in seeds(results):
+            path = folder / "eval" / f"{run}.jsonl.gz"
+            if path.exists():
+                summary = summarize(read_episodes(path), env="", policy=run)
+                if "thoughts_cut_share" in summary:
+                    shares[folder] = summary["thoughts_cut_share"]
+        thinking = [folder for folder, share in shares.items() if share <= 0.5]
+        if len(thinking) == len(shares) or len(thinking) < 2:
+            continue
+        tests = []
+        for reference in (control, "IL"):
+            result = pooled(results, ((run, reference),), folders=thinking).get("eval", {})
+            for split, rows in result.get("splits", {}).items():
+                level = next((r["vs_first"]["seed_level"] for r in rows if r["run"] == run and r.get("vs_first")), None)
+                if level:
+                    tests.append(
+                        f"against {reference} on {split}, {level['above']}/{level['seeds']} seeds above, "
+                        f"{100 * level['mean_diff']:+.1f} pts, sign-flip p = {level['sign_flip_p']:.3g}"
+                        f"{power_text(level)}"
+                    )
+        left_out = ", ".join(folder.name.removeprefix("seed") for folder in shares if folder not in thinking)
+        lines.append(
+            f"\n{run} thought first over the {len(thinking)} of its {len(shares)} seeds whose model wrote its thoughts "
+            f"(at most half of them cut; left out: seed {left_out}; not a planned test): {'; '.join(tests)}.\n"
+        )
+    return "".join(lines)
+
+
 def report(results: Path, result: dict) -> str:
     """pooled.md: the pooled table (`result`, from pooled()), then the tables of the runs that have them (attempts,
     the critic)."""
@@ -483,9 +520,11 @@ def report(results: Path, result: dict) -> str:
             "\nAgainst the compute-matched control (each method's row follows its control's: IL trained for "
             "the method's update count):\n\n" + table(matched, "the control") + primary_tests(matched)
         )
+        parts.append(thinking_seeds(results))
     for title, text in (
         (
-            "Thought first (`--act think`): steps with a thought and thoughts cut, pooled over seeds, and why the cut ones ended",
+            "Thought first (`--act think`): steps with a thought and thoughts cut, pooled over seeds, and why the "
+            "cut ones ended",
             thoughts_table(results),
         ),
         ("Within N attempts (pooled over seeds)", attempts_table(results)),
