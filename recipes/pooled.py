@@ -7,10 +7,12 @@ is, pools each run's seeds with `eexp eval --compare`'s own code (eexp.stages.ev
 seeds, each run against IL first over seeds, seed s against seed s: the per-seed differences, how many are above IL,
 a hierarchical bootstrap interval and the exact sign-flip test over seeds, which 3 seeds cannot bring below
 p = 0.25; then over tasks by the exact sign-flip test on per-task successes summed over seeds, and the paired
-bootstrap on score), and prints one markdown table (then, where the runs have them, success@1..N of runs given
-several attempts and the critic's held-out accuracy), or with --write updates RESULTS/pooled.md, RESULTS/pooled.json
-and the plot RESULTS/pooled.png. A folder with starts/ holds the expert-step RL recipe's runs instead
-(expert_step_table).
+bootstrap on score), and prints one markdown table (then, where the runs have them: each method against its
+compute-matched control with the planned primary tests, a thought-first run over the seeds whose model wrote its
+thoughts, how the thought-first runs thought, success@1..N of runs given several attempts, each seed's successes and
+the critic's held-out accuracy), or with --write updates RESULTS/pooled.md, RESULTS/pooled.json (its files named
+relative to RESULTS) and the plots RESULTS/pooled.png and validation.png. A folder with starts/ holds the
+expert-step RL recipe's runs instead (expert_step_table).
 tests/test_results.py recomputes the table from the committed files and checks that the results
 page and the README show it as it is, so the table cannot drift from its data.
 """
