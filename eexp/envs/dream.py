@@ -13,7 +13,7 @@ alone (world-model-data trains no end-of-episode or success signal), so the mode
 them from the predicted text where it can (Env.read_text; shop reads its own pages: the buttons a page shows are its
 admissible actions, a purchase page ends the episode and is graded by shop's own score, from the product bought and
 the options its last page showed selected); where it cannot, the episode ends only at the stage's step limit (eval's
-and rl's --max-steps / --episode-steps, default WORLD's max_steps; expert's gold path), success is never claimed
+--max-steps, rl's --episode-steps, default WORLD's max_steps; expert's gold path), success is never claimed
 (false, score 0), every action is accepted (`valid`) and the action set after the first observation is open (no
 admissible list). RULES says the same in the words `eexp envs dream` prints.
 
@@ -68,7 +68,8 @@ RULES = {
     "observations": "every later observation is the world model's prediction, asked IWM's prompt (the state and "
     "the action, serialized with the model's recorded settings)",
     "end": "where WORLD reads the predicted text (Env.read_text: shop), as it reads it; elsewhere the episode ends "
-    "only at the stage's step limit (eval/rl --max-steps, default WORLD's; expert: the gold path's end)",
+    "only at the stage's step limit (eval --max-steps, rl --episode-steps, default WORLD's; expert: the gold path's "
+    "end)",
     "success": "WORLD's own check applied to the predicted text where WORLD reads it (shop grades a predicted "
     "purchase page); elsewhere never claimed (success false, score 0)",
     "admissible": "read from the predicted observation where WORLD reads it (shop: the page's buttons); elsewhere "
