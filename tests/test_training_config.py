@@ -126,3 +126,17 @@ def test_every_registered_objective_is_a_class_of_its_recipe():
     for name in REWARDS:
         cls = objective_class(REWARDS, name)
         assert cls.phase.startswith("rl") and callable(cls.collect) and callable(cls.rewards), name
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["finetune", "x.jsonl", "-o", "out", "--val-fraction", "1"], "1.0 is not in the range 0<=x<1"),
+        (["rl", "--model", "m", "--env", "shop", "-o", "out", "--clip", "0"], "0.0 is not in the range 0<x<=1"),
+    ],
+)
+def test_a_bound_the_run_refuses_is_refused_as_a_usage_error(runner, args, message):
+    """A value the recipe cannot run with (all of the data held out; a clip range of 0) is a usage error before
+    anything loads, and --help shows the open bound."""
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2 and message in result.output, result.output

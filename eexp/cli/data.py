@@ -86,13 +86,15 @@ class CriticDataSettings:
 class MixSettings:
     output: str = setting("-", "Write here instead of stdout.", short="-o", metavar="FILE", show_default=False)
     seed: int = setting(0, "Seed of the interleave and the shuffle.")
-    concat: bool = setting(False, "Plain concatenation in the order given (the paper's SR + IL).")
+    concat: bool = setting(False, "Plain concatenation in the order given (the paper's SR + IL); weights are ignored.")
     shuffle_buffer: int = setting(
         0, "Shuffle within a buffer of N records (bounded memory).", metavar="N", min=0, show_default=False
     )
     dedup: bool = setting(False, "Drop examples whose messages were already written.")
     limit: int | None = setting(None, "Stop after this many examples.", min=0)
-    on_error: str = setting("fail", choices=["fail", "skip"])
+    on_error: str = setting(
+        "fail", "On a bad input record: stop (exit 1), or skip it and count it.", choices=["fail", "skip"]
+    )
     stats: str | None = setting(None, "Write a JSON summary of the run here.", metavar="FILE")
 
 
@@ -266,7 +268,8 @@ def critic_data(io, serializer, rejected, balance):
 def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_error, stats):
     """Interleave example files; a weight is a sampling ratio (a file without :WEIGHT has weight 1).
 
-    A file that runs out drops out, so without --limit every example is written once. `-` is stdin.
+    A file that runs out drops out, so without --limit every example is written once (with --dedup, every distinct
+    one). `-` is stdin.
 
     \b
     Examples:

@@ -116,8 +116,9 @@ def cli(ctx: click.Context):
       eexp imitation-data expert.jsonl > il.jsonl
       eexp branch -k 8 expert.jsonl | eexp rollout | eexp world-model-data > iwm.jsonl
 
-    Exit codes: 0 success, 1 bad input or runtime error, 2 usage error, 130 interrupted (Ctrl-C), 143 terminated
-    (SIGTERM).
+    Exit codes: 0 success, 1 bad input or runtime error (also a run whose environment errors or failed policy
+    requests pass 5% of its records, once every record is written), 2 usage error, 130 interrupted (Ctrl-C), 143
+    terminated (SIGTERM).
     Every command has --help with an example, and a man page (man eexp-COMMAND).
     """
     if ctx.invoked_subcommand is None:  # `eexp` alone: this overview, on stdout, as a successful run

@@ -122,7 +122,7 @@ def stage_options(f: Callable) -> Callable:
         click.argument("inputs", nargs=-1, metavar="[INPUT]..."),
         output_option,
         resume_option("inputs already done there"),
-        shard_option(),
+        shard_option("by trajectory id; eval's by task id"),
         on_error_option,
         stats_option,
         quiet_option(),

@@ -167,7 +167,7 @@ class RLConfig(TrainerConfig):
         "Divide advantages by the group's standard deviation (GRPO), or only subtract its mean (Dr. GRPO).",
         flag="--scale-rewards/--no-scale-rewards",
     )
-    clip: float = setting(0.2, "PPO clip range of the probability ratio (above 0).", min=0, max=1)
+    clip: float = setting(0.2, "PPO clip range of the probability ratio (above 0).", min=0, min_open=True, max=1)
     kl_coef: float = setting(0.0, "Weight of the KL term to the starting model (0: no reference model is kept).", min=0)
     ppo_epochs: int = setting(1, "Passes over each step's samples.", min=1)
     minibatches: int = setting(1, "Optimizer updates per pass (the samples split in seeded chunks).", min=1)
