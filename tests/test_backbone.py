@@ -91,6 +91,24 @@ def test_world_model_data_keeps_expert_and_invalid_transitions(runner, tmp_path)
     assert counts["not_executed"] == 1 and counts["invalid_actions"] == 1
 
 
+def test_world_model_data_passes_over_a_state_rollout_could_not_reach(runner, tmp_path):
+    """rollout writes a record with `error` for a state it could not reach: nothing was observed there, so it gives
+    no example and is counted, as reflect, preference-data and critic-data count it, and the run goes on."""
+    import json
+
+    outcomes = [json.loads(line) for line in Path(OUTCOMES).read_text().splitlines()]
+    reachable = lines(
+        runner.invoke(cli, ["world-model-data", write(tmp_path / "one.jsonl", json.dumps(outcomes[1]))]).stdout
+    )
+    outcomes[0]["error"] = "the replay diverged from the recorded observation at step 1"
+    stats = tmp_path / "s.json"
+    both = write(tmp_path / "o.jsonl", "".join(json.dumps(o) + "\n" for o in outcomes))
+    result = runner.invoke(cli, ["world-model-data", both, "--stats", str(stats)])
+    assert result.exit_code == 0, result.output
+    assert lines(result.stdout) == reachable
+    assert json.loads(stats.read_text())["unreachable"] == 1
+
+
 def test_world_model_data_says_which_states_had_no_alternative_and_refuses_a_file_with_none(runner, tmp_path):
     import json
 

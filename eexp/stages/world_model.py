@@ -10,7 +10,6 @@ from typing import Callable, Iterator
 
 from eexp.prompts import Serializer, format_observation
 from eexp.records import example_meta
-from eexp.runner import RecordError
 
 Summarizer = Callable[[str, dict, str], str]  # (next_observation, state, action) -> text to predict
 
@@ -37,7 +36,10 @@ def world_model_transitions(
     the alternative's index in the outcome, -1 for the expert's. world-model-eval asks a model the prompts of these
     very examples and scores its answers against their targets."""
     if outcome.get("error"):
-        raise RecordError(f"the state could not be reached: {outcome['error']}")
+        # rollout could not reach the state: nothing was observed there. Counted and passed over, as reflect,
+        # preference-data and critic-data do (rollout itself counted it, and fails a run that loses over 5%).
+        count("unreachable")
+        return
     state = outcome["state"]
     source_id = outcome["id"]
     # once per outcome: the rendered state and the meta its examples share (each adds its action)
