@@ -649,3 +649,36 @@ def test_scienceworld_pipeline(runner, tmp_path):
     assert stats["errors"] == stats["state_mismatches"]
     ok = [o for o in outcomes if "error" not in o]
     assert all(a.get("next_observation") for o in ok for a in o["alternatives"])
+
+
+def test_branch_prompts_a_model_with_its_recorded_serializer_and_the_options_given_on_top(
+    runner, expert_files, monkeypatch
+):
+    """A model trained by eexp records the serializer it was trained with; branch --propose policy prompts it that
+    way, and a serializer option given on the command line replaces that one setting only, as eval does."""
+    import eexp.policies
+
+    class Trained(FixedPolicy):
+        def __init__(self):
+            super().__init__(["look"])
+            self.prompts = []
+
+        def act(self, messages, **kwargs):
+            self.prompts.append(messages[-1]["content"])
+            return super().act(messages, **kwargs)
+
+        def serializer_settings(self):
+            return {"history": 1, "show_admissible": False}
+
+    def prompts(*options):
+        policy = Trained()
+        monkeypatch.setattr(eexp.policies, "load_policy", lambda *args, **kwargs: policy)
+        run_cli(runner, ["branch", str(expert_files["shop"]), "--policy", "trained", "-k", "1", *options])
+        return policy.prompts
+
+    recorded = prompts()
+    assert recorded and not any("Admissible actions" in p for p in recorded)  # the model's show_admissible=False
+    assert any("earlier steps not shown" in p for p in recorded)  # the model's history=1
+    given = prompts("--history", "0")
+    assert not any("Admissible actions" in p for p in given)  # still the model's: only --history was given
+    assert not any("earlier steps not shown" in p for p in given) and given != recorded

@@ -23,7 +23,6 @@ from eexp.cli.options import (
 )
 from eexp.fields import setting
 from eexp.policies.base import resolve_concurrency
-from eexp.prompts import Serializer
 from eexp.records import expect
 from eexp.stages.branch import PROPOSE_MODES, Brancher, parse_steps
 from eexp.stages.rollout import Rollout
@@ -137,14 +136,17 @@ def branch(
         concurrency = 1
     else:
         from eexp.policies import load_policy
+        from eexp.stages.evaluate.settings import resolve_serializer
 
         policy = load_policy(policy_spec, policy_args, act=act, max_tokens=max_tokens, top_p=top_p)
         settings = {"act": act or "", "max_tokens": max_tokens, "top_p": top_p}
-        # A model trained by eexp carries the serializer it was trained with: prompt it the same way unless the
-        # user set the serializer options.
+        # A model trained by eexp carries the serializer it was trained with: prompt it the same way, but for the
+        # serializer options the user gave (each on top of the recorded settings, as eval and world-model-eval do).
         recorded = policy.serializer_settings()
-        if recorded and not explicit_serializer_settings(click.get_current_context()):
-            serializer = Serializer.from_dict(recorded, f"{policy_spec}: serializer settings")
+        if recorded:
+            serializer = resolve_serializer(
+                recorded, explicit_serializer_settings(click.get_current_context()), f"{policy_spec}:"
+            )
     for name in ("topped_up", "short_of_k"):
         io.count(name, 0)
     try:
