@@ -133,10 +133,11 @@ def test_every_registered_objective_is_a_class_of_its_recipe():
     [
         (["finetune", "x.jsonl", "-o", "out", "--val-fraction", "1"], "1.0 is not in the range 0<=x<1"),
         (["rl", "--model", "m", "--env", "shop", "-o", "out", "--clip", "0"], "0.0 is not in the range 0<x<=1"),
+        (["finetune", "x.jsonl", "-o", "out", "--quant", "q9"], "'q9' is not one of 'f32', 'f16', 'q8_0', 'q4_k_m'"),
     ],
 )
-def test_a_bound_the_run_refuses_is_refused_as_a_usage_error(runner, args, message):
-    """A value the recipe cannot run with (all of the data held out; a clip range of 0) is a usage error before
-    anything loads, and --help shows the open bound."""
+def test_a_value_the_run_cannot_use_is_refused_as_a_usage_error(runner, args, message):
+    """A value the run cannot use (all of the data held out; a clip range of 0; a GGUF type export does not write,
+    which was found only after training) is a usage error before anything loads, and --help shows the bound."""
     result = runner.invoke(cli, args)
     assert result.exit_code == 2 and message in result.output, result.output

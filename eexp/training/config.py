@@ -166,7 +166,9 @@ class TrainerConfig:
     # loading and the final save; the run
     trust_remote_code: bool = setting(False, "Allow model code from the checkpoint directory.")
     export_gguf: bool = setting(False, "Finally write OUT/model.gguf (as `eexp export`).")
-    quant: str = setting("q8_0", "GGUF type for --export-gguf.")
+    quant: str = setting(
+        "q8_0", "GGUF type for --export-gguf (eexp export's --quant).", choices=["f32", "f16", "q8_0", "q4_k_m"]
+    )
     resume: bool = setting(False, "Continue the run in OUT from its last checkpoint.")
     quiet: bool = setting(False, "No progress bar.", short="-q")
 
