@@ -38,7 +38,10 @@ def warn(message: str) -> None:
 @policy_options(settings=EvalSettings)
 @serializer_options(build=False)  # the model's recorded settings, overridden by those given
 @field_options(RunSettings, "env_name")
-@env_arg_option("An environment option with --env (e.g. games=5 for textworld); repeatable.")
+@env_arg_option(
+    "An environment option with --env (e.g. games=5 for textworld); repeatable. With INPUT trajectories their "
+    "records' own options are used."
+)
 @field_options(RunSettings, "split", "n", "jobs")
 @concurrency_option("episodes")
 @cluster_options

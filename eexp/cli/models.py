@@ -72,7 +72,8 @@ class ExportSettings:
     )
     quant: str | None = setting(
         None,
-        "Weight type: f32, f16, q8_0 (default), or q4_k_m (needs widths that are multiples of 256). With "
+        "Weight type: f32, f16, q8_0 (default; rows of a multiple of 32 values), or q4_k_m (widths that are "
+        "multiples of 256). With "
         "--lora-only: f32 (default), f16 or q8_0.",
         choices=["f32", "f16", "q8_0", "q4_k_m"],
     )

@@ -69,8 +69,10 @@ def reflect(
     the outcomes appear only in the prompt that writes the reflection. Reflections that end on another
     action, leak prompt labels ("expert", "Action 1"), narrate the chosen action's result as already
     seen, name a number or a place that neither the state nor any outcome shows (unsupported_claim),
-    are empty, shorter than --min-words, longer than --max-words or cut off by --max-tokens are
-    dropped and counted in --stats (and written to --rejected FILE); a monologue repeated twice keeps
+    copy the prompt's template or paste a page (template_copy, pasted_page), stray off the task
+    (off_topic), go round in circles (repetitive), are empty, shorter than --min-words, longer than
+    --max-words, cut off by --max-tokens or failed by the model (model_error) are dropped and counted
+    in --stats (and written to --rejected FILE); a monologue repeated twice keeps
     its first copy. The grounded reflector says, in each environment's own words, only what the
     outcomes show: why each alternative falls short and, in shop, why turn to the next page of results.
 

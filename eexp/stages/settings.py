@@ -23,8 +23,8 @@ class Generation:
         "them by log-likelihood, or think: the reply is begun with `Thought:`, the model writes its thought (eval: "
         "up to --thought-tokens; elsewhere --max-tokens), then the action is ranked after it (closed action sets) or "
         "generated (open ones); over HTTP the action after the thought is chosen by the server's guided decoding, as "
-        "constrained does, not ranked. Default: constrained where the environment lists admissible actions, "
-        "generate where it does not.",
+        "constrained does, not ranked. Default: constrained where the environment's admissible actions are the "
+        "closed set of its actions, generate where it lists none or only a sample of an open space.",
         choices=ACT_MODES,
     )
     max_tokens: int = setting(MAX_TOKENS, "Most tokens per generated reply.", min=1)

@@ -99,7 +99,11 @@ class RunSettings:
         flag="--env",
         metavar="NAME",
     )
-    split: str = setting("test", "Split of the environment's tasks.")
+    split: str = setting(
+        "test",
+        "Split of the environment's tasks (with INPUT trajectories: only their tasks of this split when it is given, "
+        "else all of theirs).",
+    )
     n: int | None = setting(None, "Evaluate the first N tasks of the split (default: all).", flag="-n", min=1)
     jobs: int = setting(
         1,
