@@ -190,7 +190,7 @@ class RLConfig(TrainerConfig):
         TrainerConfig,
         "output",
         "Directory to write: model or adapter, tokenizer, config.yaml "
-        "(options, serializer, probe, episodes used), metrics.jsonl (one row per step), and "
+        "(options, serializer, probe, episodes used), card.yaml, metrics.jsonl (one row per step), and "
         "checkpoints/ while running.",
     )
     max_steps: int | None = retold(
