@@ -25,7 +25,7 @@ VAL_EVERY = 86
 # SmolLM2's LoRA recipe (configs/smollm2.mk: lr 2e-4, updates of 8), for EPOCHS epochs of the 180 games' ~2,750 IL
 # examples (344 updates an epoch). In the calibration the held-out loss at lr 2e-4 fell to 0.16 by update 430-516
 # (1.25-1.5 epochs) and rose a little after (0.170 at 602), so 2 epochs; the run evaluated there (28% of valid_seen)
-# was stopped at update 500 of a 4-epoch schedule.
+# was its checkpoint of update 500 (of a 4-epoch schedule stopped at update 620-630).
 EPOCHS    = 2
 # every game of both evaluation splits: alfworld.mk's N_EVAL (a prefix of a split would leave task types out)
 N_EVAL    = 140

@@ -11,5 +11,6 @@ ES_MATCH       = exact
 # 0.27 at temperature 1, and raised it to 0.45 at temperature 3)
 ES_TEMP        = 3
 # an IL this early is meant to be a start whose sampled episodes never succeed, where plain outcome RL refuses
-# (not measured at this size: its probe decides, and the compare step says which runs were refused)
+# (its probe decides, and the compare step says which runs were refused: on 3 of 3 seeds it was, 0 of 32,
+# docs/results/signals.md)
 ES_EARLY_STEPS = 300

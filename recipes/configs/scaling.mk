@@ -10,6 +10,9 @@ K_AT           = 8
 K_IWM          = 8
 K_SR           = 3
 STEPS          = 3000
+# the budget is STEPS updates for every run (equal compute across the curve), not demo.mk's EPOCHS, which would
+# otherwise apply: an inherited EPOCHS wins over a STEPS set in a config (recipes/Makefile, BUDGET)
+EPOCHS         =
 SEEDS          = 0 1 2
 PRETRAIN_STEPS = 1000
 N_EVAL         = 200

@@ -26,7 +26,7 @@ K_IWM     = 4
 K_SR      = 3
 # The paper's budgets (recipes/Makefile, EPOCHS): IL 5 epochs of its ~190 examples (186-192 in seeds 0-2), 24 updates
 # of 8 an epoch, 120 updates; SR 5 epochs of IL + reflections (~380 examples, ~240 updates: the same 5 epochs over the
-# expert data); IWM one epoch of world-model data (~100 updates at K_IWM=4), then IL's 5 epochs. Before issue 40 every
+# expert data); IWM one epoch of world-model data (117-120 updates at K_IWM=4), then IL's 5 epochs. Before issue 40 every
 # run had 120 updates (STEPS=120), so SR saw the expert data 2.5 times. Each run's card.yaml records its updates and
 # epochs.
 EPOCHS    = 5
