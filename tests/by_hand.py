@@ -38,6 +38,22 @@ def install_apart(src: Path, site: Path) -> dict[str, str]:
     return {"PYTHONPATH": str(site), "PATH": str(Path(sys.executable).parent)}
 
 
+class TrainedWith:
+    """A policy mixin for a model "trained by eexp": serializer settings recorded with it (history 1, no admissible
+    list), and every prompt it is asked kept in `prompts`, so a test can see how a stage rendered the state."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompts = []
+
+    def act(self, messages, **kwargs):
+        self.prompts.append(messages[-1]["content"])
+        return super().act(messages, **kwargs)
+
+    def serializer_settings(self):
+        return {"history": 1, "show_admissible": False}
+
+
 def write(path: Path, records) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)

@@ -656,22 +656,15 @@ def test_branch_prompts_a_model_with_its_recorded_serializer_and_the_options_giv
 ):
     """A model trained by eexp records the serializer it was trained with; branch --propose policy prompts it that
     way, and a serializer option given on the command line replaces that one setting only, as eval does."""
+    from by_hand import TrainedWith
+
     import eexp.policies
 
-    class Trained(FixedPolicy):
-        def __init__(self):
-            super().__init__(["look"])
-            self.prompts = []
-
-        def act(self, messages, **kwargs):
-            self.prompts.append(messages[-1]["content"])
-            return super().act(messages, **kwargs)
-
-        def serializer_settings(self):
-            return {"history": 1, "show_admissible": False}
+    class Trained(TrainedWith, FixedPolicy):
+        pass
 
     def prompts(*options):
-        policy = Trained()
+        policy = Trained(["look"])
         monkeypatch.setattr(eexp.policies, "load_policy", lambda *args, **kwargs: policy)
         run_cli(runner, ["branch", str(expert_files["shop"]), "--policy", "trained", "-k", "1", *options])
         return policy.prompts

@@ -7,6 +7,7 @@ import json
 
 import click
 import pytest
+from by_hand import TrainedWith
 from click.testing import CliRunner
 
 from eexp.cli import cli
@@ -147,21 +148,10 @@ class GarblePolicy(Policy):
         return Reply(text="I think I will go upwards", action=None, valid=False, seed=seed, finish_reason="stop")
 
 
-class TrainedPolicy(OraclePolicy):
+class TrainedPolicy(TrainedWith, OraclePolicy):
     """The oracle, but with serializer settings recorded 'with the model', and it remembers the prompts it saw."""
 
     name = spec = "trained"
-
-    def __init__(self):
-        super().__init__()
-        self.prompts = []
-
-    def act(self, messages, **kwargs):
-        self.prompts.append(messages[-1]["content"])
-        return super().act(messages, **kwargs)
-
-    def serializer_settings(self):
-        return {"history": 1, "show_admissible": False}
 
 
 def run_count(policy, tasks=None, overrides=None, **settings):
