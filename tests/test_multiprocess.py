@@ -92,7 +92,10 @@ def launch(config: str, data: Path, out: Path, tmp_path: Path, port: int, *extra
         "HF_HOME": str(tmp_path / "hf"),
     }  # no accelerate config of the user's
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # eexp's own one-line errors, from whichever process failed, first: the other's traceback (it sees only the
+    # connection close) would push them out of a plain tail
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert proc.returncode == 0, "\n".join([*errors, proc.stderr[-3000:]])
     return proc
 
 

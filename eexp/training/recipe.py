@@ -118,7 +118,7 @@ class Finetune(Trainer):
         check_model_dir(self.model_cfg.model)  # before OUT is made: a wrong --model leaves nothing behind
         self._check_memory()
         self._prepare_output()
-        if self.acc:  # every process checks OUT before the first one writes into it
+        if self.acc:  # OUT exists, made by the main process, before any process goes on
             self.acc.wait_for_everyone()
         self._load_tokenizer()
         self._load_data()

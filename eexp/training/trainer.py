@@ -180,6 +180,8 @@ class Trainer:
             raise TrainingError(
                 f"{out}: already exists and is not empty (use --resume to continue that run, or another -o)"
             )
+        if self.acc:  # every process has checked OUT before the main one writes into it (its write probe included)
+            self.acc.wait_for_everyone()
         if self.main:
             try:
                 os.makedirs(out, exist_ok=True)
