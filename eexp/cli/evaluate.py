@@ -96,7 +96,7 @@ def eval_command(
     Tasks are the first N of --split, in the split's fixed order, or the tasks of the trajectory files given as
     INPUT. States are rendered with the serializer settings recorded with the model (overridden by any serializer
     option given here). Greedy by default (--temperature 0); the seed changes sampling (step t of episode e
-    samples with derive_seed(seed, e, t)) and, with --start off-path, where each episode leaves the expert's path,
+    samples with derive_seed(seed, e, t)) and, with --start off-path, where each episode leaves the expert's path;
     never the tasks.
 
     With --compare, INPUT are episode files from earlier runs (one environment): a table of the runs with
