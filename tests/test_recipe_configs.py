@@ -456,6 +456,47 @@ def test_the_demo_targets_plan_the_seeds_they_say(target, seeds):
     assert re.findall(r"--split train -n 125 --seed (\d+) ", plan) == [str(s) for s in seeds]
 
 
+def _default_out(*args: str) -> str:
+    """The OUT a `make -C recipes ARGS` run writes into when the command line gives none."""
+    proc = subprocess.run(
+        [
+            "make",
+            "-s",
+            "--no-print-directory",
+            "-C",
+            str(RECIPES),
+            *args,
+            "--eval=print-out: ; @echo $(OUT)",
+            "print-out",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+# the RL configs start from configs/demo.mk's seed 0, whose settings they include: its folder is theirs on purpose
+READS_ANOTHERS_SEED = {"rl.mk": "demo.mk", "rl-expert-step.mk": "demo.mk", "rl-next-state.mk": "demo.mk"}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_no_two_configs_write_into_one_folder():
+    """Fast: make reuses every file a folder already has, so two configs with one default OUT would mix their runs
+    without a word (configs/demo.mk's seeds were once `make demo`'s lowdata seeds, in out/demo; the two gpu-instruct
+    configs both wrote out/shop). Each config has a folder of its own, and `make demo` one no config has."""
+    folders = {c.name: _default_out(f"CONFIG=configs/{c.name}") for c in CONFIGS}
+    for name, folder in folders.items():
+        if name in READS_ANOTHERS_SEED:
+            assert folder == folders[READS_ANOTHERS_SEED[name]] + "/seed0", (name, folder)
+    owned = [f for n, f in folders.items() if n not in READS_ANOTHERS_SEED]
+    assert len(set(owned)) == len(owned), sorted(owned)
+    assert _default_out() not in owned  # the plain recipe's out/shop
+    assert "out/demo" not in owned  # `make demo`'s (test_the_demo_targets_plan_the_seeds_they_say)
+    assert _default_out("CONFIG=configs/gpu-instruct.mk", "ENV=tools") == "out/gpu-instruct/tools"
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 def test_the_core_comparison_is_one_file():
     """Fast: every rule `make compare` runs for IL, IWM and SR (data, base, fine-tunes, eval, table) is read from

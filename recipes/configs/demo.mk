@@ -4,7 +4,9 @@
 # `make -C recipes demo` runs configs/lowdata.mk, which includes these settings, over 6 seeds. What each measured is
 # in docs/results/demo.md.
 ENV       = shop
-OUT       = out/demo
+# its own folder: `make demo` runs configs/lowdata.mk in out/demo, and make reuses every file a folder already has,
+# so two configs in one folder would mix their runs without a word
+OUT       = out/demo-full
 # `tiny` (0.1M parameters) takes ~15x less compute per update than `small` (3.3M): at this budget many updates beat
 # a wider model (small at 700 updates never left the results page alone; tiny at 8,000 did).
 SIZE      = tiny

@@ -5,3 +5,4 @@
 include configs/gpu-instruct.mk
 LR         = 1e-4
 TRAIN_ARGS = --lora --lora-rank 16 --lora-alpha 32 --grad-accum 4 --max-length 2048
+OUT        = out/gpu-instruct-lora/$(ENV)

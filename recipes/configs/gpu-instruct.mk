@@ -26,3 +26,6 @@ ACT        = constrained
 # 262, at most 372) to the 129 (at most 176) of the user turn without history, well within --max-length 2048;
 # --history 3 added 104 (at most 274).
 DATA_ARGS  = --history 10
+# a folder of its own per environment (make reuses every file a folder has: configs/gpu-instruct-lora.mk's runs, or the
+# default recipe's, must not stand in for these)
+OUT        = out/gpu-instruct/$(ENV)

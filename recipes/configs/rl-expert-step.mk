@@ -1,6 +1,7 @@
-# Expert-step RL before outcome RL on CPU (`make -C recipes rl-expert-step`): the demo's IL checkpoint of seed 0 and
-# an early IL (ES_EARLY_STEPS updates), then from each: outcome RL, expert-step RL, and outcome RL after expert-step,
-# three seeds each, evaluated after. The outcome settings are configs/rl.mk's (40 steps of 4 tasks x 8 episodes).
+# Expert-step RL before outcome RL on CPU (`make -C recipes rl-expert-step`): the full-data demo's IL checkpoint of seed
+# 0 and an early IL (ES_EARLY_STEPS updates), then from each: outcome RL, expert-step RL, and outcome RL after
+# expert-step, three seeds each, evaluated after. The outcome settings are configs/rl.mk's (40 steps of 4 tasks x 8
+# episodes).
 include configs/rl.mk
 ES_STARTS      = IL IL-early
 # expert-step: 40 steps of 4 expert states x 8 actions (1,280 actions, no episode), the demo's expert data
