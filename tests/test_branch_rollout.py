@@ -442,6 +442,21 @@ def test_jobs_give_the_same_output_and_runs_are_reproducible(runner, tmp_path, e
     assert dump == [orjson.dumps(r) for r in c]
 
 
+def test_step_timeout_zero_is_no_limit_as_in_expert(runner, tmp_path, expert_files):
+    """--step-timeout reads as expert's and `envs --check`'s: 0 is no limit (the default here), the same records as
+    none given; a limit is recorded in each outcome's meta; a negative one is a usage error."""
+    br = tmp_path / "br.jsonl"
+    run_cli(runner, ["branch", str(expert_files["shop"]), "-k", "2", "-o", str(br)])
+    for name, extra in (("none", []), ("zero", ["--step-timeout", "0"]), ("thirty", ["--step-timeout", "30"])):
+        run_cli(runner, ["rollout", str(br), "-o", str(tmp_path / f"{name}.jsonl"), *extra])
+    none, zero, thirty = (strip_times(read_records([tmp_path / f"{n}.jsonl"])) for n in ("none", "zero", "thirty"))
+    assert none == zero and all("step_timeout" not in r["meta"] for r in zero)
+    assert all(r["meta"]["step_timeout"] == 30 for r in thirty)
+    assert [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "step_timeout"}} for r in thirty] == none
+    result = runner.invoke(cli, ["rollout", str(br), "--step-timeout", "-1"])
+    assert result.exit_code == 2 and "Invalid value for '--step-timeout'" in result.output
+
+
 def test_branch_is_reproducible_and_seed_matters(runner, tmp_path, expert_files):
     outs = []
     for seed in ("1", "1", "2"):

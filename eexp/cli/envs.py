@@ -144,6 +144,7 @@ class EnvsSettings:
     step_timeout: float | None = setting(
         None,
         "With --check: seconds one environment call may take before it fails its check (0: no limit)  [default: 60].",
+        metavar="SECONDS",
         min=0,
     )
 
@@ -158,7 +159,10 @@ class ExpertSettings:
         help="Run these task ids instead; repeatable.", factory=list, flag="--task", metavar="ID", multiple=True
     )
     step_timeout: float = setting(
-        60.0, "Seconds one environment call may take before it is recorded as an error (0: no limit).", min=0
+        60.0,
+        "Seconds one environment call may take before it is recorded as an error (0: no limit).",
+        metavar="SECONDS",
+        min=0,
     )
     no_admissible: bool = setting(False, "Do not record the admissible actions of each step.")
     jobs: int = setting(

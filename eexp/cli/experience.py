@@ -74,13 +74,14 @@ class RolloutSettings:
         metavar="N",
         min=1,
     )
+    # No limit by default, unlike expert's and `envs --check`'s 60 s: a rollout reaches each state by snapshot or by
+    # replay, and a step limit set here is recorded in every outcome's meta.
     step_timeout: float | None = setting(
         None,
-        "An environment step that takes longer is an error on that action; the environment is restarted and the "
-        "stage goes on. Default: no limit.",
+        "Seconds one environment call may take before it is an error on that action; the environment is restarted "
+        "and the stage goes on (0: no limit)  [default: no limit].",
         metavar="SECONDS",
         min=0,
-        min_open=True,
     )
 
 
@@ -194,6 +195,6 @@ def rollout(io, jobs, step_timeout, cluster):
     """
     for name in ("env_steps", "errors", "state_mismatches", "env_restarts"):
         io.count(name, 0)
-    stage = Rollout(jobs=jobs, step_timeout=step_timeout, count=io.count, note=_note, cluster=cluster)
+    stage = Rollout(jobs=jobs, step_timeout=step_timeout or None, count=io.count, note=_note, cluster=cluster)
     io.run(stage, validate=expect("branch"), input_key=lambda r: r.get("source_id"), output_kind="outcome")
     stage.check_failures()
