@@ -498,6 +498,31 @@ def test_no_two_configs_write_into_one_folder():
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+@pytest.mark.parametrize("budget, il_updates, split", [([], "40", (30, 10)), (["STEPS=3"], None, (2, 1))])
+def test_dpo_trains_il_s_update_budget(tmp_path, budget, il_updates, split):
+    """Fast: DPO is IL for three quarters of IL's updates, then DPO for the last quarter, so it is IL's update budget
+    whether IL trains the config's epochs (its count read from IL's card.yaml, so IL-pre waits for IL) or a fixed
+    STEPS. configs/signals.mk once trained IL 28 epochs (~2,040 updates) beside a DPO of 3,000 (its STEPS)."""
+    out = tmp_path / "out"
+    for folder in ("IL", "IL-pre", "DPO"):
+        (out / folder).mkdir(parents=True)
+    (out / "IL" / "card.yaml").write_text(f"updates: {il_updates}\n")
+    # what DPO is made from, taken as made (make's -o: never remade, whatever it depends on)
+    made = ("base/config.json", "il.jsonl", "pairs.jsonl", "IL/done")
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(RECIPES), "CONFIG=configs/signals.mk", f"OUT={out}", "EEXP=echo"]
+        + ["SEED=0", *budget, *(f"--old-file={out}/{name}" for name in made), f"{out}/DPO/done"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("finetune ")]
+    assert len(printed) == 2 and "--objective dpo" in printed[1], proc.stdout  # IL-pre, then DPO; IL is not redone
+    assert [int(re.search(r"--max-steps (\d+)", line)[1]) for line in printed] == list(split)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 def test_the_core_comparison_is_one_file():
     """Fast: every rule `make compare` runs for IL, IWM and SR (data, base, fine-tunes, eval, table) is read from
     recipes/mk/compare.mk, so a reader opens one file for the comparison; recipes/Makefile keeps the settings."""

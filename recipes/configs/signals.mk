@@ -7,7 +7,7 @@ include configs/prior.mk
 OUT         = out/signals
 SEEDS       = 0 1 2
 # 1/8 of CURATE_POOL: the curated rows choose their N_EXPERT from the seed's first 1,000 train trajectories
-# DPO: the last quarter of the 3,000 updates (DPO_STEPS, mk/signals.mk's default), after 2,250 of IL
+# DPO: the last quarter of IL's updates (DPO_STEPS, mk/signals.mk's default), after the rest of them as IL
 CURATE_POOL = 1000
 DPO_BETA    = 0.1
 CRITIC_K    = 4

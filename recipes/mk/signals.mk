@@ -2,16 +2,23 @@
 
 # --- the seed documents' other signals (issue 30), beside IL, IWM and SR ---------------------------------------------
 # `make -C recipes signals` (configs/signals.mk): per seed, on the base IL, IWM and SR share,
-#   DPO          IL for STEPS - DPO_STEPS updates, then DPO_STEPS of DPO on preference pairs (the expert's action
-#                chosen over each executed IWM alternative): IL's update budget;
-#   IL+critic    IL, each action chosen by a critic (the base fine-tuned STEPS updates on critic-data of the IWM
-#                outcomes) among CRITIC_K proposals;
+#   DPO          IL for all but DPO_STEPS of IL's updates, then DPO_STEPS of DPO on preference pairs (the expert's
+#                action chosen over each executed IWM alternative): IL's update budget, DPO its last quarter;
+#   IL+critic    IL, each action chosen by a critic (the base fine-tuned at the recipe's budget, BUDGET, on
+#                critic-data of the IWM outcomes) among CRITIC_K proposals;
 #   IL+reflexion IL with ATTEMPTS attempts per task and Reflexion memory (success within ATTEMPTS);
 #   IL-curated, IWM-curated   IL and IWM on N_EXPERT trajectories chosen for coverage from CURATE_POOL (IL and IWM
 #                are the seed's first N_EXPERT: a random choice of the same size);
 # pooled over SEEDS by eval --compare against IL ($(OUT)/signals/compare.json). Expert-step RL has its own recipe
 # (rl-expert-step).
-DPO_STEPS    ?= $(shell expr \( $(STEPS) / 4 \) \| 1)
+# IL's updates: STEPS with a fixed budget; with EPOCHS they are known once IL has trained (its card.yaml), so IL-pre
+# then waits for IL (IL_DONE)
+IL_UPDATES    = $(if $(findstring --epochs,$(BUDGET)),$(call UPDATES_OF,IL),$(STEPS))
+IL_DONE       = $(if $(findstring --epochs,$(BUDGET)),$(call MATCHED_TO,IL))
+# DPO's updates (empty: a quarter of IL's, at least 1), and IL-pre's, the rest of IL's: shell arithmetic, in a recipe
+DPO_STEPS    ?=
+DPO_UPDATES   = $(or $(DPO_STEPS),$$(( $(IL_UPDATES) / 4 > 0 ? $(IL_UPDATES) / 4 : 1 )))
+IL_PRE_UPDATES = $$(( $(IL_UPDATES) - $(DPO_UPDATES) > 0 ? $(IL_UPDATES) - $(DPO_UPDATES) : 1 ))
 DPO_BETA     ?= 0.1
 DPO_LR       ?= $(LR)
 CRITIC_K     ?= 4
@@ -25,12 +32,12 @@ SIGNAL_FILE   = $(if $(filter %-curated,$(2)),$(1)/curated/eval/$(patsubst %-cur
 $(OUT)/pairs.jsonl: $(OUT)/outcomes_iwm.jsonl
 	$(EEXP) preference-data --rejected all $(DATA_ARGS) -q $< -o $@
 
-$(OUT)/IL-pre/done: $(OUT)/il.jsonl $(MODEL)/config.json
-	$(FINETUNE) --max-steps $$(( $(STEPS) - $(DPO_STEPS) > 0 ? $(STEPS) - $(DPO_STEPS) : 1 )) --lr $(LR) \
+$(OUT)/IL-pre/done: $(OUT)/il.jsonl $(MODEL)/config.json $(IL_DONE)
+	$(FINETUNE) --max-steps $(IL_PRE_UPDATES) --lr $(LR) \
 	  --batch-size $(BATCH) --seed $(SEED) -q $(TRAIN_ARGS) $< --model $(MODEL) -o $(OUT)/IL-pre && touch $@
 
 $(OUT)/DPO/done: $(OUT)/pairs.jsonl $(OUT)/IL-pre/done
-	$(FINETUNE) --objective dpo --beta $(DPO_BETA) --max-steps $(DPO_STEPS) --lr $(DPO_LR) \
+	$(FINETUNE) --objective dpo --beta $(DPO_BETA) --max-steps $(DPO_UPDATES) --lr $(DPO_LR) \
 	  --batch-size $(BATCH) --seed $(SEED) -q $(TRAIN_ARGS) $< --model $(OUT)/IL-pre -o $(OUT)/DPO && touch $@
 
 $(OUT)/critic.jsonl: $(OUT)/outcomes_iwm.jsonl
