@@ -150,11 +150,15 @@ def fit_messages(messages: list[dict], length: Callable[[list[dict]], int], budg
 
 
 def shorten(messages: list[dict]) -> list[dict] | None:
-    """One step shorter, or None: the oldest user/assistant pair of a multi-turn conversation; else, in the last
-    rendered state, the oldest history step (the "(N earlier steps not shown)" line counts it); else the longer of
-    its current observation and admissible list, clipped by a quarter."""
+    """One step shorter, or None: the oldest user/assistant pair of a multi-turn conversation, unless that pair holds
+    its last rendered state; else, in the last user turn that can be shortened so, the oldest history step (the
+    "(N earlier steps not shown)" line counts it), then the longer of its current observation and admissible list,
+    clipped by a quarter. The pair that holds the last state stays because what follows it depends on it: an
+    `imitation-data --observation-loss` example is the state, its action, then a question and the next observation,
+    and without its first pair it would teach the observation from the question alone."""
     body = [i for i, m in enumerate(messages) if m["role"] != "system"]
-    if len(body) > 2:
+    states = [i for i in body if messages[i]["role"] == "user" and _holds_state(messages[i]["content"])]
+    if len(body) > 2 and not (states and states[-1] in body[:2]):
         first = body[0]
         return messages[:first] + messages[first + 2 :]
     for i in reversed(body):
@@ -164,10 +168,14 @@ def shorten(messages: list[dict]) -> list[dict] | None:
         new = _drop_oldest_step(content)
         if new is None:
             new = _clip_state(content)
-        if new is None:
-            return None
-        return messages[:i] + [{**messages[i], "content": new}] + messages[i + 1 :]
+        if new is not None:
+            return messages[:i] + [{**messages[i], "content": new}] + messages[i + 1 :]
     return None
+
+
+def _holds_state(content: str) -> bool:
+    """Whether a user turn is a rendered state (`render_state`): it has one of a state's sections."""
+    return any(heading in content for heading in (HISTORY_HEADING, OBSERVATION_HEADING, ADMISSIBLE_HEADING))
 
 
 def _section(content: str, heading: str) -> tuple[int, int] | None:

@@ -45,6 +45,28 @@ def test_multi_turn_loses_its_oldest_pair_first():
         {"role": "user", "content": "u2"},
     ]
     assert shorten(turns) == [turns[0], turns[3]]
+    # a conversation of states loses its oldest turns first too: its last state stays
+    state = Serializer(history=10).policy_messages(STATE)[1]
+    states = [turns[0], state, turns[2], state]
+    assert shorten(states) == [states[0], states[3]]
+
+
+def test_observation_loss_example_keeps_its_state_and_action():
+    """An `imitation-data --observation-loss` example (the state, its action, a question, the next observation) is
+    shortened in its state, never by losing its first pair: the observation it teaches depends on that state. The
+    pair was dropped first once, leaving the observation to be learnt from the question alone."""
+    from eexp.stages.imitation import OBSERVATION_PROMPT
+
+    state, action = Serializer(history=10).policy_messages(STATE), {"role": "assistant", "content": "Action: click[3]"}
+    example = [*state, action, {"role": "user", "content": OBSERVATION_PROMPT}, {"role": "assistant", "content": "x"}]
+    steps = [example]
+    while (shorter := shorten(steps[-1])) is not None:
+        steps.append(shorter)
+    assert len(steps) > 11  # the ten history steps, then the sections clipped
+    for shortened in steps:
+        assert len(shortened) == 5 and shortened[2:] == example[2:] and shortened[0] == example[0]
+        assert user(shortened).startswith("Task: buy a blue shirt under 30 dollars\n")
+    assert "(10 earlier steps not shown)" in user(steps[-1])
 
 
 def test_fit_messages_stops_at_the_budget():

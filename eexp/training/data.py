@@ -83,8 +83,9 @@ def encode(tokenizer, messages: list[dict], max_length: int, truncate: bool = Tr
     """Token ids and per-token loss weights; raises ValueError (with a reason) for an example that cannot be used.
 
     An over-long example is shortened as inference shortens a prompt that does not fit its context
-    (`eexp.prompts.fit_messages`: the oldest history first, then the current observation; never the task), so the
-    model trains on long states as it will see them. Only if that is not enough (a task or a system prompt that
+    (`eexp.prompts.fit_messages`: a multi-turn conversation's oldest turns, never those of its last state; then the
+    state's oldest history steps, then its current observation; never the task), so the model trains on long states
+    as it will see them. Only if that is not enough (a task or a system prompt that
     alone is over the limit, or messages that are not a rendered state) are tokens cut from the left, keeping the
     system prompt when possible. The last target is never cut.
     """
