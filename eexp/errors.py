@@ -161,6 +161,11 @@ class HubError(EexpError):
     """A Hub id that cannot be used: not in the cache while offline, unknown, gated, or without safetensors."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message in one line, for an error that quotes a library's (its first line, else its type)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def environment_failures(failed: int, total: int, what: str, field: str = "error") -> EnvError | None:
     """The error a run ends with (exit 1, once everything is written) when more than MAX_FAILED_SHARE of its `total`
     `what` (records, episodes) failed in the environment; None when fewer did."""

@@ -43,7 +43,7 @@ import numpy as np
 
 from eexp import __version__
 from eexp.card import Card, read_card
-from eexp.errors import ModelError
+from eexp.errors import ModelError, first_line
 from eexp.files import content_hash
 from eexp.models.import_gguf import adapter_base, import_gguf
 from eexp.models.llama_converter import ensure_converter, llama_cpp_version
@@ -74,10 +74,6 @@ def _read_json(path: Path) -> dict:
 
 def _is_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").is_file()
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _architecture(config: dict) -> str | None:
@@ -123,7 +119,7 @@ def _weight_shapes(ckpt: Path) -> dict[str, tuple[int, ...]]:
                     shapes[name] = tuple(f.get_slice(name).get_shape())
         except (SafetensorError, OSError) as e:  # safetensors raises its own error types for a damaged file
             raise ModelError(
-                f"{path}: cannot read the weights ({_first_line(e)}): a truncated or damaged file?"
+                f"{path}: cannot read the weights ({first_line(e)}): a truncated or damaged file?"
             ) from None
     return shapes
 
@@ -304,7 +300,7 @@ def _converter(ckpt: Path, name: str, fields: dict[str, str]):
         import conversion
         from conversion.base import TextModel
     except ImportError as e:
-        raise ModelError(f"cannot load llama.cpp's converter from {folder} ({_first_line(e)})") from None
+        raise ModelError(f"cannot load llama.cpp's converter from {folder} ({first_line(e)})") from None
     finally:
         if no_local is None:
             del os.environ["NO_LOCAL_GGUF"]
@@ -389,7 +385,7 @@ def _failed(ckpt: Path, out: Path, errors: _ErrorLog, e: BaseException) -> Model
     if isinstance(e, OSError):
         why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         return ModelError(f"cannot write {out}: {why}")
-    detail = errors.lines[-1] if errors.lines else _first_line(e)
+    detail = errors.lines[-1] if errors.lines else first_line(e)
     return ModelError(f"{ckpt}: llama.cpp's converter failed ({type(e).__name__}: {detail})")
 
 
@@ -576,7 +572,7 @@ def _merged_state(ckpt: Path, adapter: Path, names: set[str]) -> dict:
             str(ckpt), dtype=torch.float32, trust_remote_code=False, use_safetensors=True
         )
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ModelError(f"{ckpt}: cannot load the model ({_first_line(e)}): missing or damaged files?") from None
+        raise ModelError(f"{ckpt}: cannot load the model ({first_line(e)}): missing or damaged files?") from None
     from peft import PeftModel
 
     try:

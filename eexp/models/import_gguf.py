@@ -45,7 +45,7 @@ import yaml
 from eexp import __version__
 from eexp.cache import cache_root
 from eexp.card import Card, read_card, write_card
-from eexp.errors import ModelError
+from eexp.errors import ModelError, first_line
 from eexp.files import content_hash
 
 IMPORT_FORMAT = 2  # part of the cache path: a change of what an import holds makes new folders
@@ -84,7 +84,7 @@ def gguf_info(path: str | os.PathLike) -> dict:
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:  # gguf raises ValueError, struct.error, ... for a file that is not a GGUF
-        raise ModelError(f"{path}: not a readable GGUF file ({_first_line(e)})") from None
+        raise ModelError(f"{path}: not a readable GGUF file ({first_line(e)})") from None
 
     def field(key):
         f = reader.fields.get(key)
@@ -271,7 +271,7 @@ def _build(
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (ValueError, KeyError, RuntimeError, NotImplementedError, OSError, TypeError) as e:
         raise ModelError(
-            f"{src}: transformers cannot import this GGUF ({info['architecture']}, {info['quant']}): {_first_line(e)}"
+            f"{src}: transformers cannot import this GGUF ({info['architecture']}, {info['quant']}): {first_line(e)}"
         ) from None
     if template is not None:
         tok.chat_template = template
@@ -326,10 +326,6 @@ def adapter_base(adapter: str | os.PathLike, base: str | None) -> str | None:
     if isinstance(gguf_base, str) and is_gguf(gguf_base) and os.path.isfile(gguf_base):
         return str(import_gguf(gguf_base))
     return None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _why(e: OSError) -> str:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from eexp import __version__
 from eexp.card import read_card, write_card
-from eexp.errors import ModelError, PolicyError
+from eexp.errors import ModelError, PolicyError, first_line
 from eexp.fields import setting
 from eexp.files import content_hash, has_tokenizer, hub_id
 from eexp.models.adapter import base_of
@@ -78,7 +78,7 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
             base, dtype=torch.float32, use_safetensors=True, trust_remote_code=settings.trust_remote_code
         )
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
-        raise ModelError(f"{base}: cannot load the base model ({_first_line(e)})") from None
+        raise ModelError(f"{base}: cannot load the base model ({first_line(e)})") from None
     if not tokenizer.chat_template:
         raise ModelError(f"{tokenizer_dir}: the tokenizer has no chat template; a served model needs one")
     from peft import PeftModel
@@ -86,7 +86,7 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
     try:
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
-        raise ModelError(f"{adapter}: the adapter does not load onto {base} ({_first_line(e)})") from None
+        raise ModelError(f"{adapter}: the adapter does not load onto {base} ({first_line(e)})") from None
     dtype = getattr(torch, DTYPES[settings.dtype])
     merged = merged.to(dtype)
     merged.config.dtype = dtype
@@ -119,7 +119,3 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
             shutil.rmtree(tmp, ignore_errors=True)
     echo(f"merged {adapter} into {base} ({settings.dtype})")
     return target
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -15,9 +15,6 @@ from typing import Any
 from eexp.errors import MAX_FAILED_SHARE, UsageProblem
 
 MAX_TOKENS = 256  # most tokens per generated reply, where a stage does not ask for more (reflect)
-# A run in which more than MAX_FAILED_SHARE (eexp.errors) of a policy's requests failed after their retries exits 1
-# (its records are written, and say which replies failed): a model that "scores" 0% because its server was down must
-# not pass for a result.
 # --act think: a thought may run this much past the longest thought the model was trained on (its card's
 # thought_tokens), and at least THOUGHT_EXTRA tokens past it, before it is cut.
 THOUGHT_MARGIN = 0.25
@@ -49,7 +46,8 @@ class Reply:
 
 
 class Policy:
-    """Base class. Backends implement `generate`, and `score` where they can compute log-likelihoods."""
+    """Base class. Backends implement `generate` and `act` (a model in this process, eexp.policies.hf's ModelPolicy,
+    also ranks actions by log-likelihood for --act score)."""
 
     spec: str = ""  # what the user passed to --policy
     name: str = ""  # a short name for records (file name, model name, "random", "oracle")
@@ -133,7 +131,9 @@ def resolve_concurrency(policy: Policy, given: int | None) -> int:
 
 
 def failure_problem(failed: int, requests: int, what: str) -> str | None:
-    """The message a run ends with (exit 1) when more than MAX_FAILED_SHARE of its `requests` to `what` failed."""
+    """The message a run ends with (exit 1) when more than MAX_FAILED_SHARE (eexp.errors) of its `requests` to `what`
+    failed after their retries. Its records are written, and say which replies failed: a model that "scores" 0%
+    because its server was down must not pass for a result."""
     if requests and failed / requests > MAX_FAILED_SHARE:
         return (
             f"{failed} of {requests} requests to {what} ({100 * failed / requests:.1f}%) failed after their "

@@ -14,7 +14,7 @@ import inspect
 import os
 
 from eexp.card import read_card
-from eexp.errors import HubError, PolicyError
+from eexp.errors import HubError, PolicyError, first_line
 from eexp.files import content_hash, has_tokenizer, hub_id, read_checkpoint_serializer, resolve_hub_model
 from eexp.models.adapter import base_of
 from eexp.policies.args import take_args
@@ -78,7 +78,7 @@ class TransformersPolicy(ModelPolicy):
             )
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
             raise PolicyError(
-                f"{base}: cannot load the checkpoint ({_first_line(e)}); missing or corrupt files?"
+                f"{base}: cannot load the checkpoint ({first_line(e)}); missing or corrupt files?"
             ) from None
         if not self.tokenizer.chat_template:
             raise PolicyError(
@@ -91,7 +91,7 @@ class TransformersPolicy(ModelPolicy):
 
                 model = PeftModel.from_pretrained(model, path).merge_and_unload()
             except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
-                raise PolicyError(f"{path}: the adapter does not load onto {base} ({_first_line(e)})") from None
+                raise PolicyError(f"{path}: the adapter does not load onto {base} ({first_line(e)})") from None
         self._attach(model.to(self.device).eval(), self.tokenizer, self.device, opts["n_ctx"], opts["batch_size"])
         self.sha256 = content_hash([p for p in (self.adapter, base) if p])
 
@@ -281,10 +281,6 @@ def cache_argument(model) -> str:
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in params else "past_key_values"
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def load_checkpoint(spec: str, args: dict, *, act: str | None, max_tokens: int, top_p: float) -> Policy:

@@ -5,7 +5,7 @@ training tokenizer itself) and passed to llama.cpp as token ids: llama-cpp-pytho
 template alone decides whether there is one (never two). K samples are K calls issued back to back on one context,
 each with its own `seed=`; llama.cpp keeps the longest matching prefix of the KV cache, so the shared prompt is
 evaluated once. Constrained actions use a GBNF grammar of the admissible replies; scoring reads the logits of every
-candidate token (the context is created with `logits_all` for `--act score`).
+candidate token (the context is created with `logits_all` for `--act score` and `--act think`, whose action is scored).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class LlamaCppPolicy(ModelPolicy):
 
     def _logliks(self, ids, candidates):
         """Evaluate the prompt once (reusing what the context already holds), then each candidate after it: in
-        one batch per candidate with logits_all (--act score), token by token otherwise (e.g. `rank`)."""
+        one batch per candidate with logits_all (--act score, think), token by token otherwise (e.g. `rank`)."""
         llm = self.llm
         n = llm.longest_token_prefix(llm._input_ids.tolist(), ids)
         llm.n_tokens = min(n, len(ids) - 1)  # eval() drops the KV past n_tokens; re-evaluate at least one token

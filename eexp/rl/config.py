@@ -202,7 +202,7 @@ class RLConfig(TrainerConfig):
     lr: float | None = retold(
         TrainerConfig,
         "lr",
-        "Learning rate. Default: 1e-6 full, 1e-5 LoRA, 1e-4 for a model "
+        "Learning rate. Default: 1e-6 full, 1e-5 LoRA, 1e-4 full for a model "
         "whose weights began random (`eexp init-model`).",
     )
     lr_scheduler: str = retold(

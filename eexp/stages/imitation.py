@@ -4,7 +4,7 @@ With `observation_loss` (the ActObs baseline, arXiv 2609.20715: imitation with a
 new data and no alternatives) each example goes on past the action: a user turn asks what the environment shows
 after it, and an assistant turn `Observation: <next observation>` answers with the observation the expert
 trajectory recorded next. `finetune` trains on every assistant turn whose weight is not 0 (eexp.training.
-target_spans), so the observation tokens get loss with no change to finetune. The policy prompt is the IL prompt
+data.target_spans), so the observation tokens get loss with no change to finetune. The policy prompt is the IL prompt
 unchanged (eval renders the same two messages and the model answers `Action: ...`), and the observation turn only
 ever follows a user turn that asks for it, so a model trained on these still answers with an action where an action
 is asked (the same format separation as the world-model examples).

@@ -55,7 +55,6 @@ class EnvPool:
     def __init__(self, factory: Callable[..., Env] = make_env, timeout: float | None = None):
         self.factory, self.timeout = factory, timeout
         self.envs: dict[str, Env] = {}
-        self.generation: dict[str, int] = collections.Counter()  # bumped on every restart
 
     def get(self, env_record: dict) -> Env:
         key = env_key(env_record)
@@ -66,7 +65,6 @@ class EnvPool:
     def restart(self, env_record: dict) -> None:
         key = env_key(env_record)
         env = self.envs.pop(key, None)
-        self.generation[key] += 1
         if env is not None:
             try:  # a hung environment may hang on close too: bounded, and its failure is not ours to report
                 guarded(env.close, "closing after an error", self.timeout)

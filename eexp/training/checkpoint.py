@@ -29,13 +29,13 @@ import safetensors.torch  # called as safetensors.torch.save_file: a test puts a
 import torch
 from safetensors import SafetensorError
 
-from eexp.errors import TrainingError, WriteError
+from eexp.errors import TrainingError, WriteError, first_line
 from eexp.io import lock_output, unlock_output, write_atomic
 
 # What reading a damaged torch.save file raises: a zip cut short (RuntimeError "failed finding central directory"),
 # a pickle cut short (EOFError, UnpicklingError), something that is not one (weights_only refuses it: UnpicklingError).
 TORCH_LOAD_ERRORS = (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, IndexError)
-# What --resume compares: the keys state.json must hold, to be a checkpoint's state at all.
+# The keys a checkpoint's state.json must hold, to be a checkpoint's state at all (--resume compares the fingerprint).
 STATE_KEYS = ("phase", "phase_step", "global_step")
 
 
@@ -48,7 +48,7 @@ def why(e: BaseException) -> str:
         code = int(found.group(1)) if found else None
     if code == errno.ENOSPC:
         return "the disk is full"
-    return os.strerror(code) if code else (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return os.strerror(code) if code else first_line(e)
 
 
 def checkpoints(root: str) -> list[str]:

@@ -120,7 +120,7 @@ class TrainerConfig:
     )
     lr: float | None = setting(
         None,
-        "Peak learning rate. Default: 1e-5 full (the paper), 2e-4 LoRA, 1e-3 for a model "
+        "Peak learning rate. Default: 1e-5 full (the paper), 2e-4 LoRA, 1e-3 full for a model "
         "from `eexp init-model` (random weights).",
     )
     lr_scheduler: str = setting(

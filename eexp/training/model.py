@@ -11,7 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from eexp.errors import TrainingError, UsageProblem
+from eexp.errors import TrainingError, UsageProblem, first_line
 from eexp.files import has_tokenizer
 from eexp.training.config import TrainerConfig
 
@@ -31,10 +31,6 @@ def check_model_dir(path: str) -> None:
             f"AutoModelForCausalLM as M; M.from_pretrained({path!r}, use_safetensors=False)"
             f'.save_pretrained({path!r})"'
         )
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def load_tokenizer(cfg: TrainerConfig):
@@ -203,11 +199,11 @@ def load_model(cfg: TrainerConfig, device, bf16: bool, sharded: bool = False):
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
     except ImportError as e:  # flash_attention_2 without flash-attn
-        raise UsageProblem(f"--attn-implementation {cfg.attn_implementation}: {_first_line(e)}") from None
+        raise UsageProblem(f"--attn-implementation {cfg.attn_implementation}: {first_line(e)}") from None
     except (OSError, ValueError, SafetensorError) as e:
         if cfg.attn_implementation and "attn" in str(e).lower():
-            raise UsageProblem(f"--attn-implementation {cfg.attn_implementation}: {_first_line(e)}") from None
-        raise TrainingError(f"{cfg.model}: cannot load the model: {_first_line(e)}") from None
+            raise UsageProblem(f"--attn-implementation {cfg.attn_implementation}: {first_line(e)}") from None
+        raise TrainingError(f"{cfg.model}: cannot load the model: {first_line(e)}") from None
     if not cfg.qlora and not sharded:
         model.to(device)
     model.config.use_cache = False
@@ -259,7 +255,8 @@ def _accelerator():
     kind = str(acc.distributed_type).rsplit(".", 1)[-1]
     if kind == "DEEPSPEED":
         # DeepSpeed's engine owns gradient accumulation and the optimizer, which this loop does itself (a fresh
-        # optimizer per phase, token-normalized accumulation). FSDP's full sharding gives ZeRO-3's memory savings.
+        # optimizer per phase, accumulation normalized over the whole update). FSDP's full sharding gives ZeRO-3's
+        # memory savings.
         raise UsageProblem(
             "eexp finetune does not run under DeepSpeed; use FSDP "
             "(accelerate launch --config_file recipes/accelerate/fsdp.yaml -m eexp finetune ...)"

@@ -208,7 +208,7 @@ class Trainer:
         `random` with --seed (a fresh LoRA adapter's initial weights come from it)."""
         on, self.checkpointing_why = self._checkpointing()
         self.model_cfg = replace(self.model_cfg, gradient_checkpointing=on)
-        if self.device.type == "cuda":  # on CPU it is off and nothing was weighed: the card alone says so
+        if self.device.type == "cuda":  # on CPU nothing was weighed: the card alone says why
             self.echo(f"gradient checkpointing {self.checkpointing_why}")
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)

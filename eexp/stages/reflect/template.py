@@ -16,10 +16,10 @@ from eexp.stages.reflect.settings import Settings
 from eexp.stages.reflect.text import WORD
 
 REQUIRED_SLOTS = ("situation", "chosen_action", "chosen_outcome", "alternatives")
-# Templates shipped with eexp, by name. `short` is for small models (~100M-1B parameters): the default asks for 150-300
-# words of prose, which SmolLM2-135M-Instruct answered with rambling that ran into --max-tokens (9 of 12 states cut
-# off at 1,024 tokens, 15 s each); with one worked example and two or three sentences asked for, it stays on the
-# task more often and a reflection costs ~2.5 s (README.md here: "Self-reflection with a small model").
+# Templates shipped with eexp, by name. `short` is for small models (~100M-1B parameters): the default asks for 40-120
+# words of prose (it asked for 150-300 when `short` was written, which SmolLM2-135M-Instruct answered with rambling
+# that ran into --max-tokens: 9 of 12 states cut off at 1,024 tokens, 15 s each); with one worked example and two or
+# three sentences asked for, it stays on the task more often and a reflection costs ~2.5 s.
 BUILTIN_TEMPLATES = {"default": "reflect.txt", "short": "reflect-short.txt"}
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 COPY_RUN = 5  # words in a row shared with the template that count as copying it
