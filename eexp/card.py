@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from eexp.errors import CardError, SerializerError
+from eexp.errors import CardError, SerializerError, yaml_problem
 from eexp.io import write_atomic
 from eexp.prompts import Serializer
 
@@ -253,8 +253,8 @@ def _read_yaml(path: str) -> Any:
             return yaml.safe_load(f)
     except OSError as e:
         raise CardError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise CardError(f"{path}: not valid YAML ({e})") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CardError(yaml_problem(e, path)) from None
 
 
 def _from_config(data: Any, where: str) -> Card:

@@ -161,6 +161,16 @@ class HubError(EexpError):
     """A Hub id that cannot be used: not in the cache while offline, unknown, gated, or without safetensors."""
 
 
+def yaml_problem(e: Exception, path: str) -> str:
+    """A YAML file that does not parse, in one line: `PATH:LINE: not valid YAML: what` (yaml's own message spans
+    several lines, with an excerpt; its mark counts lines from 0), or `PATH: not UTF-8 text (byte N)`."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"{path}: not UTF-8 text (byte {e.start})"
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else path
+    return f"{where}: not valid YAML: {getattr(e, 'problem', None) or first_line(e)}"
+
+
 def first_line(e: BaseException) -> str:
     """An exception's message in one line, for an error that quotes a library's (its first line, else its type)."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -384,27 +384,40 @@ class Writer:
 
 
 @contextlib.contextmanager
-def closing(*writers: Writer | None, then: Callable[[], None] | None = None):
-    """Close `writers` (None ones skipped), then call `then` (write --stats), when the block ends. When it ends in an
+def closing(*writers: Writer | None, then: Callable[[BaseException | None], None] | None = None):
+    """Close `writers` (None ones skipped), then call `then` with the error the block ended in, or None (write
+    --stats, which says so), when the block ends. When it ends in an
     error (a full disk, Ctrl-C), that error is the one reported: a second one while closing (the same full disk
     under --stats) is not allowed to hide it; and an output file the run made but wrote nothing into goes again (a run
     refused at its first record, such as a τ² rollout whose user simulator is down, leaves no 0-byte file)."""
     try:
         yield
-    except BaseException:
+    except BaseException as error:
         for writer in writers:
             if writer is not None:
                 with contextlib.suppress(WriteError):
                     writer.close(discard_empty=True)
         if then is not None:
             with contextlib.suppress(WriteError):
-                then()
+                then(error)
         raise
     for writer in writers:
         if writer is not None:
             writer.close()
     if then is not None:
-        then()
+        then(None)
+
+
+def refuse_writing_an_input(output: str | None, inputs: Iterable[str]) -> None:
+    """An output that is also one of the run's inputs (by its name or by another: a link) would be emptied before it
+    is read, and its records lost: refused before anything is opened."""
+    if output in (None, "-") or not os.path.exists(output):
+        return
+    for path in inputs:
+        if path not in (None, "-") and os.path.exists(path) and os.path.samefile(output, path):
+            raise InputError(
+                "is also an input of this run, and writing it would empty it first: write to another file", output
+            )
 
 
 def _count_lines(path: str, end: int) -> int:

@@ -327,7 +327,9 @@ def expect(*kinds: str):
         if kind not in kinds:
             wanted = " or ".join(KIND_NAMES[k] for k in kinds)
             got = KIND_NAMES.get(kind, "a record of no known kind")
-            return f"expected {wanted}, got {got}"
+            # most likely the wanted kind with a field missing: it is named
+            missing = validate(record, kinds[0]) if kind is None and len(kinds) == 1 else None
+            return f"expected {wanted}, got {got}" + (f" ({missing})" if missing else "")
         return validate(record, kind)
 
     return check_record

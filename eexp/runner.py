@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Iterator
 import orjson
 from tqdm import tqdm
 
-from eexp.errors import InputError, PolicyError, UsageProblem
-from eexp.io import Reader, Writer, closing, prepare_resume, write_atomic
+from eexp.errors import InputError, PolicyError, Terminated, UsageProblem
+from eexp.io import Reader, Writer, closing, prepare_resume, refuse_writing_an_input, write_atomic
 
 
 class RecordError(Exception):
@@ -74,6 +74,8 @@ class Stats:
     skipped: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    # why the run stopped before its end (the error it exits with), so counts of a part are not read as a whole run's
+    failed: str | None = None
 
     def add(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -85,6 +87,7 @@ class Stats:
             "skipped": self.skipped,
             "seconds": round(time.perf_counter() - self.started, 3),
             **self.counts,
+            **({"failed": self.failed} if self.failed else {}),
         }
 
     def write(self, path: str | None) -> None:
@@ -142,7 +145,13 @@ class Stage:
     worker processes yields what is done so far), `finish()` yields what it still holds after the last input, and
     `close()` releases what it started (environments, workers). Counts go to the `count(name, n)` it was built with
     (`StageIO.count`), and end up in --stats. A plain function of one record is a stage with nothing to finish or
-    close; a subclass overrides what it needs."""
+    close; a subclass overrides what it needs.
+
+    A stage that chooses from all of its input (`holds_whole_input`: curate) writes nothing when the input fails part
+    of the way, where a streaming stage writes what it still holds: a choice from part of the pool would pass for a
+    choice from all of it."""
+
+    holds_whole_input = False
 
     def __call__(self, record: dict) -> Iterable[dict]:
         raise NotImplementedError
@@ -189,6 +198,7 @@ class StageIO:
         if stats and os.path.isdir(stats):  # found now, not after the whole run
             raise InputError("is a directory, not a file to write", stats)
         self.inputs = list(inputs) or ["-"]
+        refuse_writing_an_input(output, self.inputs)
         self.output, self.resume, self.shard, self.quiet = output, resume, shard, quiet
         self.on_error = on_error
         self.resumable = resumable  # whether a failed write advises --resume (a command without it: no)
@@ -238,6 +248,7 @@ class StageIO:
         under --resume, closed with the run. None for no path."""
         if not path:
             return None
+        refuse_writing_an_input(path, self.inputs)
         writer = Writer(path, append=self.resume if resume is None else resume)
         self.side.append(writer)
         return writer
@@ -274,7 +285,8 @@ class StageIO:
                     # serial run stops: the outputs of the lines before it, still in flight in a stage with
                     # --concurrency or -j, are written first. (A WriteError goes straight out: nothing more can be
                     # written.)
-                    self._write_all(writer, _finish(stage))
+                    if not getattr(stage, "holds_whole_input", False):
+                        self._write_all(writer, _finish(stage))
                     raise
                 self._write_all(writer, _finish(stage))
         finally:
@@ -331,7 +343,9 @@ class StageIO:
         one reported."""
         return closing(*writers, *self.side, then=self._end)
 
-    def _end(self) -> None:
+    def _end(self, error: BaseException | None = None) -> None:
+        if error is not None:
+            self.stats.failed = _why_it_stopped(error)
         try:
             for writer in self.side:
                 writer.close()
@@ -339,13 +353,23 @@ class StageIO:
             self.report()
 
     def report(self) -> None:
-        """Say how many bad records were skipped, and write --stats."""
+        """Say how many bad records were skipped, and write --stats (with `failed`, why, when the run stopped
+        early)."""
         for counts in self._end_counts:
             self.stats.counts.update(counts())
         self.stats.skipped = sum(r.skipped for r in self.readers)
         if self.stats.skipped:
             self.reader.warn(f"skipped {self.stats.skipped} bad record(s)")
         self.stats.write(self.stats_path)
+
+
+def _why_it_stopped(error: BaseException) -> str:
+    """The first line of what the run exits with: `FILE:LINE: what is wrong`, `interrupted`, `terminated`."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(error, Terminated):
+        return "terminated"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def progress_bar(quiet: bool, **kwargs):

@@ -91,6 +91,37 @@ def test_world_model_data_keeps_expert_and_invalid_transitions(runner, tmp_path)
     assert counts["not_executed"] == 1 and counts["invalid_actions"] == 1
 
 
+def test_a_summarizer_that_fails_names_the_record_and_one_that_will_not_load_says_why(runner, tmp_path, monkeypatch):
+    """--summarizer is the user's code: an error in it, or a reply that is not text, is the record's error
+    (FILE:LINE, exit 1, --on-error skip counts it), and a module that does not import is a usage error, one line.
+    Each was a traceback."""
+    (tmp_path / "summaries.py").write_text(
+        "def fails(obs, state, action):\n    raise ValueError('no page')\n\n"
+        "def number(obs, state, action):\n    return 3\n\n"
+        "def short(obs, state, action):\n    return obs[:5]\n"
+    )
+    (tmp_path / "broken.py").write_text("def f(obs, state, action)\n    return obs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, why in (
+        ("fails", "--summarizer failed on it: ValueError: no page"),
+        ("number", "--summarizer returned int, not text"),
+    ):
+        result = runner.invoke(cli, ["world-model-data", OUTCOMES, "--summarizer", f"summaries:{name}"])
+        assert result.exit_code == 1 and result.output.splitlines()[-1] == f"Error: {OUTCOMES}:1: {why}"
+    skipped = runner.invoke(
+        cli, ["world-model-data", OUTCOMES, "--summarizer", "summaries:number", "--on-error", "skip"]
+    )
+    assert skipped.exit_code == 0 and lines(skipped.stdout) == []
+    result = runner.invoke(cli, ["world-model-data", OUTCOMES, "--summarizer", "summaries:short"])
+    assert result.exit_code == 0 and all(
+        len(e["messages"][-1]["content"]) <= len("Observation: ") + 5 for e in lines(result.stdout)
+    )
+    result = runner.invoke(cli, ["world-model-data", OUTCOMES, "--summarizer", "broken:f"])
+    assert result.exit_code == 2 and result.output.splitlines()[-1] == (
+        "Error: Invalid value for --summarizer: cannot load 'broken:f': SyntaxError: expected ':' (broken.py, line 1)"
+    )
+
+
 def test_world_model_data_passes_over_a_state_rollout_could_not_reach(runner, tmp_path):
     """rollout writes a record with `error` for a state it could not reach: nothing was observed there, so it gives
     no example and is counted, as reflect, preference-data and critic-data count it, and the run goes on."""
@@ -183,6 +214,14 @@ def test_mix_concat_shuffle_dedup_limit(runner, tmp_path):
     assert len(lines(deduped.stdout)) == 50
     assert orjson.loads((tmp_path / "s.json").read_bytes())["duplicates"] == 50
     assert len(lines(runner.invoke(cli, ["mix", a, b, "--limit", "7"]).stdout)) == 7
+
+
+def test_mix_weights_are_finite_numbers_above_0(runner, tmp_path):
+    a = make_examples(tmp_path / "a.jsonl", "a", 5)
+    for weight in ("0", "-1", "nan", "inf"):
+        result = runner.invoke(cli, ["mix", f"{a}:{weight}"])
+        assert result.exit_code == 2, weight
+        assert f"{a}:{weight}: the weight must be a finite number above 0" in result.output
 
 
 def test_mix_reads_stdin_with_a_weight(runner, tmp_path):
@@ -282,6 +321,17 @@ def test_trajectories_fed_to_mix(runner):
     result = runner.invoke(cli, ["mix", TRAJ])
     assert result.exit_code == 1
     assert f"Error: {TRAJ}:1: expected a training example, got a trajectory" in result.stderr
+
+
+def test_a_record_missing_a_field_of_its_kind_names_the_field(runner, tmp_path):
+    """A trajectory without final_observation looks like no kind at all: the error names what it lacks."""
+    record = orjson.loads(Path(TRAJ).read_text().splitlines()[0])
+    del record["final_observation"]
+    path = write(tmp_path / "t.jsonl", orjson.dumps(record) + b"\n")
+    result = runner.invoke(cli, ["imitation-data", path])
+    assert result.exit_code == 1 and result.stderr == (
+        f"Error: {path}:1: expected a trajectory, got a record of no known kind (final_observation: missing)\n"
+    )
 
 
 def test_missing_file(runner):

@@ -172,6 +172,27 @@ def test_an_unknown_serializer_setting_is_an_error_not_dropped(tmp_path):
     )
 
 
+def test_a_card_that_does_not_parse_is_one_line_naming_where(tmp_path, runner):
+    """A card.yaml that is not UTF-8, or not YAML, is `FILE:LINE: what`, one line, exit 1: it was a traceback, and
+    yaml's own message of several lines with an excerpt. A --config file the same way (a usage error, exit 2)."""
+    card = tmp_path / "card.yaml"
+    card.write_bytes(b"command: \xff\n")
+    with pytest.raises(CardError) as e:
+        read_card(tmp_path)
+    assert str(e.value) == f"{card}: not UTF-8 text (byte 9)"
+    card.write_text("command: finetune\nserializer: [1, 2\n")
+    with pytest.raises(CardError) as e:
+        read_card(tmp_path)
+    assert str(e.value) == f"{card}:3: not valid YAML: expected ',' or ']', but got '<stream end>'"
+    config = tmp_path / "run.yaml"
+    config.write_text("history: 2\n  seed: 1\n")
+    result = runner.invoke(cli, ["imitation-data", "--config", str(config)])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"Error: Invalid value for '--config': {config}:2: not valid YAML: mapping values are not allowed here"
+    )
+
+
 def test_gguf_metadata_is_parsed_as_strictly():
     with pytest.raises(CardError) as e:
         Card.from_gguf({"general.name": "x", "eexp.version": "1", "eexp.serialiser": "{}"}, "m.gguf")

@@ -134,9 +134,14 @@ def test_pretraining_is_deterministic_for_a_seed(tmp_path, pages):
 
 
 def test_pretraining_on_no_text_is_a_clear_error(tmp_path):
-    empty = tmp_path / "empty.jsonl"
+    empty = tmp_path / "empty.txt"
     empty.write_text("")
     result = CliRunner().invoke(cli, ["init-model", str(tmp_path / "m"), "--pretrain", str(empty), "-q"])
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: --pretrain: pretraining needs text"
+    records = tmp_path / "empty.jsonl"  # read as every stage reads records
+    records.write_text("")
+    result = CliRunner().invoke(cli, ["init-model", str(tmp_path / "m"), "--pretrain", str(records), "-q"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {records}: empty file (no records)"
     assert not (tmp_path / "m").exists()

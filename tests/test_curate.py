@@ -85,15 +85,30 @@ def test_curate_on_shop_covers_more_than_random_and_every_category(tmp_path):
     assert {json.loads(x)["id"] for x in rand.stdout.splitlines()} != {t["id"] for t in chosen}
 
 
-def test_curate_refuses_resume_and_reports_a_bad_line(tmp_path):
+def test_curate_has_no_resume_and_reports_a_bad_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x"}\n')
     result = CliRunner().invoke(cli, ["curate", "-n", "2", str(bad)])
     assert result.exit_code == 1 and f"{bad}:1:" in result.output
-    result = CliRunner().invoke(cli, ["curate", "-n", "2", str(bad), "-o", str(tmp_path / "o.jsonl"), "--resume"])
-    assert (
-        result.exit_code == 2 and "curate chooses from the whole pool: it takes no --resume or --shard" in result.output
-    )
+    # a choice from all of the pool can be neither continued nor split: its --help offers neither
+    for option in ("--resume", "--shard"):
+        result = CliRunner().invoke(cli, ["curate", "-n", "2", str(bad), "-o", str(tmp_path / "o.jsonl"), option])
+        assert result.exit_code == 2 and f"No such option '{option}'" in result.output
+        assert option not in CliRunner().invoke(cli, ["curate", "--help"]).output
+
+
+def test_curate_writes_nothing_from_a_pool_that_fails_part_of_the_way(tmp_path):
+    """A bad line stops the run before any choice is made: a choice from the records before it would pass for a
+    choice from the whole pool (it was written, beside the error)."""
+    pool = tmp_path / "pool.jsonl"
+    result = CliRunner().invoke(cli, ["expert", "--env", "shop", "-n", "4", "-o", str(pool)])
+    assert result.exit_code == 0, result.output
+    pool.write_text(pool.read_text() + '{"id": "x", "ste')
+    out, stats = tmp_path / "o.jsonl", tmp_path / "stats.json"
+    result = CliRunner().invoke(cli, ["curate", "-n", "2", str(pool), "-o", str(out), "--stats", str(stats)])
+    assert result.exit_code == 1 and f"{pool}:5: not valid JSON" in result.output
+    assert "chose" not in result.output and not out.exists()
+    assert json.loads(stats.read_text())["failed"].startswith(f"{pool}:5: not valid JSON")
 
 
 def test_curate_leaves_unsuccessful_trajectories_out_of_the_pool(tmp_path):

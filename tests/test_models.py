@@ -70,6 +70,16 @@ def test_init_model_cli_errors(runner, tmp_path):
     result = runner.invoke(cli, ["init-model", str(tmp_path / "m"), "--corpus", str(tmp_path / "missing.jsonl")])
     assert result.exit_code == 1 and "missing.jsonl: no such corpus file" in result.output
     assert not (tmp_path / "m").exists()
+    # a JSONL corpus is read as records are, FILE:LINE for a bad line (it was taken as plain text, line by line);
+    # a word that names no file is no corpus (it was taken as the text itself)
+    torn = tmp_path / "pages.jsonl"
+    torn.write_text('{"observation": "a page"}\n{"observation": "cut')
+    for flag in ("--corpus", "--pretrain"):
+        result = runner.invoke(cli, ["init-model", str(tmp_path / "m"), flag, str(torn)])
+        assert result.exit_code == 1 and f"Error: {torn}:2: not valid JSON" in result.output
+        assert not (tmp_path / "m").exists()
+    result = runner.invoke(cli, ["init-model", str(tmp_path / "m"), "--corpus", "pages"])
+    assert result.exit_code == 1 and "Error: pages: no such corpus file" in result.output
 
 
 # --- export: helpers ------------------------------------------------------------------------------------------------

@@ -112,6 +112,32 @@ def test_an_output_file_that_existed_is_emptied_by_a_refusal_but_stays(runner, t
     assert result.exit_code == 1 and out.exists()
 
 
+def test_an_output_that_is_also_an_input_is_refused_and_the_input_kept(runner, tmp_path):
+    """-o naming one of the run's inputs (or the same file by a link) emptied it before it was read: every record
+    lost, and the run then said the input was empty. Now refused before anything is opened."""
+    expert = tmp_path / "expert.jsonl"
+    assert runner.invoke(cli, ["expert", "--env", "shop", "-n", "2", "-o", str(expert)]).exit_code == 0
+    examples = tmp_path / "il.jsonl"
+    assert runner.invoke(cli, ["imitation-data", str(expert), "-o", str(examples)]).exit_code == 0
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(expert)
+    kept = {path: path.read_bytes() for path in (expert, examples)}
+    for args, output in (
+        (["branch", "-k", "1", str(expert)], expert),
+        (["imitation-data", str(expert)], link),
+        (["mix", f"{examples}:2"], examples),
+        (["reflect", "--reflector", "grounded", str(expert), "--rejected", str(expert)], tmp_path / "sr.jsonl"),
+    ):
+        result = runner.invoke(cli, [*args, "-o", str(output)])
+        named = expert if args[0] == "reflect" else output
+        assert result.exit_code == 1, result.output
+        assert result.output == (
+            f"Error: {named}: is also an input of this run, and writing it would empty it first: write to another "
+            "file\n"
+        )
+    assert {path: path.read_bytes() for path in kept} == kept
+
+
 def test_a_run_that_stops_mid_way_keeps_what_it_wrote(runner, tmp_path):
     lines = [
         json.dumps(
@@ -121,9 +147,17 @@ def test_a_run_that_stops_mid_way_keeps_what_it_wrote(runner, tmp_path):
     ]
     broken, out = tmp_path / "broken.jsonl", tmp_path / "mixed.jsonl"
     broken.write_text("\n".join([*lines, '{"id": "cut', *lines]) + "\n")
-    result = runner.invoke(cli, ["mix", "--concat", str(broken), "-o", str(out)])
+    stats = tmp_path / "stats.json"
+    result = runner.invoke(cli, ["mix", "--concat", str(broken), "-o", str(out), "--stats", str(stats)])
     assert result.exit_code == 1 and f"{broken}:4: not valid JSON" in result.output
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["e0", "e1", "e2"]
+    # its --stats count what it wrote, and say why it stopped: they are not a whole run's counts
+    counted = json.loads(stats.read_text())
+    assert counted["records_out"] == 3 and counted["failed"].startswith(f"{broken}:4: not valid JSON")
+    result = runner.invoke(
+        cli, ["mix", "--concat", str(out), "-o", str(tmp_path / "again.jsonl"), "--stats", str(stats)]
+    )
+    assert result.exit_code == 0 and "failed" not in json.loads(stats.read_text())  # a whole run says nothing
     broken.write_text("\n".join(['{"id": "cut', *lines]) + "\n")  # broken before the first record: nothing kept
     out.unlink()
     result = runner.invoke(cli, ["mix", "--concat", str(broken), "-o", str(out)])
@@ -163,3 +197,8 @@ def test_a_truncated_alfworld_game_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(EnvError) as e:
         alfworld_env.read_tasks("train")
     assert str(e.value).startswith(f"alfworld: cannot read {trial / 'game.tw-pddl'} (")
+
+
+def test_corpus_of_an_unknown_split_leaves_no_file(runner, tmp_path):
+    line = _refused(runner, ["corpus", "--env", "shop", "--split", "nosuch"], tmp_path / "pages.jsonl")
+    assert line == "Error: shop has no split 'nosuch' (splits: train, test, ood, combo)"

@@ -9,7 +9,7 @@ import click
 from eexp.cli.group import cli
 from eexp.cli.options import config_option, env_arg_option, field_options, output_option, quiet_option
 from eexp.fields import setting
-from eexp.io import Writer
+from eexp.io import Writer, closing
 from eexp.runner import progress_bar
 
 
@@ -65,14 +65,12 @@ def corpus(env_name, env_args, splits, walks, holdout, max_steps, seed, output, 
     pages = 0
     try:
         writer = Writer(output)
-        try:
-            with progress_bar(quiet, unit="page") as bar:
-                for record in corpus_pages(env, splits, walks, holdout, max_steps, seed):
-                    writer.write(record)
-                    pages += 1
-                    bar.update(1)
-        finally:
-            writer.close()
+        # a run refused before its first page (an unknown split) leaves no empty file behind
+        with closing(writer), progress_bar(quiet, unit="page") as bar:
+            for record in corpus_pages(env, splits, walks, holdout, max_steps, seed):
+                writer.write(record)
+                pages += 1
+                bar.update(1)
     finally:
         env.close()
     click.echo(f"eexp: {pages} distinct pages from {walks * len(splits)} walks over {', '.join(splits)}", err=True)

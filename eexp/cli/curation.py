@@ -20,6 +20,8 @@ RANDOM_DRAWS = 20  # random choices whose mean coverage is said beside the curat
 class Curation(Stage):
     """Holds the whole pool (a choice for coverage needs all of it), then yields the chosen in pick order."""
 
+    holds_whole_input = True
+
     def __init__(self, n: int, by: str, seed: int, min_share: float, count):
         self.n, self.by, self.seed, self.min_share, self.count = n, by, seed, min_share, count
         self.pool: list[dict] = []
@@ -94,7 +96,7 @@ class CurateSettings:
 
 
 @cli.command("curate")
-@stage_options
+@stage_options(resumable=False)
 @field_options(CurateSettings, "n", "by", "seed", "min_share")
 def curate_command(io, n, by, seed, min_share):
     """Expert trajectories -> the N that cover the most, in the order chosen.
@@ -111,6 +113,4 @@ def curate_command(io, n, by, seed, min_share):
       eexp expert --env shop -n 1000 | eexp curate -n 125 > expert_curated.jsonl
       eexp curate --by random -n 125 expert.jsonl -o expert_random.jsonl
     """
-    if io.resume or io.shard:
-        raise click.UsageError("curate chooses from the whole pool: it takes no --resume or --shard")
     io.run(Curation(n, by, seed, min_share, io.count), validate=expect("trajectory"), output_key=lambda r: r.get("id"))

@@ -11,9 +11,9 @@ import click
 
 from eexp.cli.group import cli
 from eexp.cli.options import config_option, field_options, serializer_options, stage_options
-from eexp.errors import InputError
+from eexp.errors import InputError, first_line
 from eexp.fields import setting
-from eexp.io import Reader
+from eexp.io import Reader, refuse_writing_an_input
 from eexp.records import KIND_NAMES, expect, kind_of
 from eexp.records import validate as validate_record
 from eexp.runner import StageIO
@@ -150,8 +150,10 @@ def _load_summarizer(spec: str | None):
     module, _, name = spec.partition(":")
     try:
         return getattr(importlib.import_module(module), name or "summarize")
-    except (ImportError, AttributeError) as e:
-        raise click.BadParameter(f"cannot load {spec!r}: {e}", param_hint="--summarizer")
+    except Exception as e:  # the user's module: not found, or broken (a SyntaxError, an error at import)
+        raise click.BadParameter(
+            f"cannot load {spec!r}: {type(e).__name__}: {first_line(e)}", param_hint="--summarizer"
+        )
 
 
 @cli.command("world-model-data")
@@ -284,6 +286,7 @@ def mix_command(sources, output, seed, concat, shuffle_buffer, dedup, limit, on_
         parsed = [parse_source(s) for s in sources]
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="SOURCES")
+    refuse_writing_an_input(output, [path for path, _ in parsed])
     io = StageIO(output=output, on_error=on_error, stats=stats, quiet=True, resumable=False)
     check = expect("example")
     io.write(

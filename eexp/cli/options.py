@@ -19,6 +19,7 @@ from typing import Callable
 import click
 import yaml
 
+from eexp.errors import yaml_problem
 from eexp.prompts import Serializer
 from eexp.runner import StageIO, parse_shard
 from eexp.stages.settings import Generation
@@ -33,8 +34,8 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
             data = yaml.safe_load(f) or {}
     except OSError as e:
         raise click.BadParameter(f"cannot read {value}: {e.strerror}", ctx=ctx, param=param)
-    except yaml.YAMLError as e:
-        raise click.BadParameter(f"{value} is not valid YAML: {e}", ctx=ctx, param=param)
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise click.BadParameter(yaml_problem(e, value), ctx=ctx, param=param)
     if not isinstance(data, dict):
         raise click.BadParameter(f"{value} must hold a mapping of option: value", ctx=ctx, param=param)
     names = {p.name for p in ctx.command.params}
@@ -110,19 +111,26 @@ def env_arg_option(help: str = "An environment option; repeatable.") -> Callable
     return click.option("--env-arg", "env_args", multiple=True, callback=parse_env_args, metavar="KEY=VALUE", help=help)
 
 
-def stage_options(f: Callable) -> Callable:
-    """The JSONL-stage options; the command gets `io: StageIO` as its first argument."""
+def stage_options(f: Callable | None = None, *, resumable: bool = True) -> Callable:
+    """The JSONL-stage options; the command gets `io: StageIO` as its first argument. A stage that chooses from its
+    whole input (`@stage_options(resumable=False)`: curate) has no --resume or --shard: neither can continue or split
+    a choice from all of it."""
+    if f is None:
+        return lambda g: stage_options(g, resumable=resumable)
 
     @functools.wraps(f)
-    def wrapper(inputs, output, resume, shard, on_error, stats, quiet, **kwargs):
-        io = StageIO(inputs, output, resume, shard, on_error, stats, quiet)
+    def wrapper(inputs, output, on_error, stats, quiet, resume=False, shard=None, **kwargs):
+        io = StageIO(inputs, output, resume, shard, on_error, stats, quiet, resumable=resumable)
         return f(io, **kwargs)
 
     decorators = [
         click.argument("inputs", nargs=-1, metavar="[INPUT]..."),
         output_option,
-        resume_option("inputs already done there"),
-        shard_option("by trajectory id; eval's by task id"),
+        *(
+            [resume_option("inputs already done there"), shard_option("by trajectory id; eval's by task id")]
+            if resumable
+            else []
+        ),
         on_error_option,
         stats_option,
         quiet_option(),

@@ -28,6 +28,7 @@ import yaml
 from eexp import __version__
 from eexp.card import Card, write_card
 from eexp.errors import ModelError
+from eexp.io import Reader
 from eexp.models.pretrain import PretrainSettings
 from eexp.models.pretrain import pretrain as pretrain_lm
 from eexp.prompts import Serializer, format_action, format_observation
@@ -152,14 +153,16 @@ def _strings(value, keep: bool) -> Iterator[str]:
 
 
 def corpus_texts(sources: Iterable[str]) -> Iterator[str]:
-    """Texts from files: a JSONL file (every line a JSON object) gives its records' text fields, any other file its
-    lines. A source that is not an existing file is taken as text itself (handy from Python)."""
+    """Texts from files: a `.jsonl` (or `.jsonl.gz`) file gives its records' text fields, read as every stage reads
+    records (a line that is not a JSON object is `FILE:LINE: what is wrong`); any other file gives its records' text
+    fields when every line is a JSON object, else its lines."""
     for source in sources:
         path = Path(source)
         if not path.is_file():
-            if os.sep in source or source.endswith((".jsonl", ".txt", ".json")):
-                raise ModelError(f"{source}: no such corpus file")
-            yield source
+            raise ModelError(f"{source}: no such corpus file")
+        if source.endswith((".jsonl", ".jsonl.gz")):
+            for item in Reader([source]):
+                yield from _strings(item.record, False)
             continue
         try:
             lines = path.read_text(encoding="utf-8").splitlines()

@@ -8,6 +8,7 @@ shuffle buffer, plus 16 bytes per record with --dedup.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from itertools import chain, islice
 from typing import Callable, Iterable, Iterator
@@ -25,8 +26,8 @@ def parse_source(spec: str) -> tuple[str, float]:
             w = float(weight)
         except ValueError:
             return spec, 1.0  # a colon that is part of the file name
-        if not w > 0:
-            raise ValueError(f"{spec}: the weight must be a number above 0")
+        if not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"{spec}: the weight must be a finite number above 0")
         return path, w
     return spec, 1.0
 

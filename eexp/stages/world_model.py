@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+from eexp.errors import first_line
 from eexp.prompts import Serializer, format_observation
 from eexp.records import example_meta
+from eexp.runner import RecordError
 
 Summarizer = Callable[[str, dict, str], str]  # (next_observation, state, action) -> text to predict
 
@@ -65,7 +67,7 @@ def world_model_transitions(
             continue
         action = executed["action"]
         if summarizer is not None:
-            next_obs = summarizer(next_obs, state, action)
+            next_obs = _summarized(summarizer, next_obs, state, action)
         if not executed.get("valid", True):
             count("invalid_actions")
         messages = serializer.world_model_messages(state, action, rendered)
@@ -80,3 +82,15 @@ def world_model_transitions(
                 "meta": {**base_meta, "action": action, "action_source": source, "seed": executed.get("seed") or 0},
             },
         )
+
+
+def _summarized(summarizer: Summarizer, observation: str, state: dict, action: str) -> str:
+    """A --summarizer's text for one next observation. It is the user's code: an exception in it, or a reply that is
+    not text, is this record's error (FILE:LINE, --on-error), not a traceback."""
+    try:
+        text = summarizer(observation, state, action)
+    except Exception as e:
+        raise RecordError(f"--summarizer failed on it: {type(e).__name__}: {first_line(e)}") from None
+    if not isinstance(text, str):
+        raise RecordError(f"--summarizer returned {type(text).__name__}, not text")
+    return text
