@@ -68,7 +68,7 @@ def held_out_loss(model, tokenizer, args) -> float:
     """Mean loss per target token on --val examples, fp32, no autocast: eexp's encoding and loss for every run."""
     import torch
 
-    from eexp.training.batches import collate, weighted_nll
+    from eexp.training.batches import collate_rows, example_nll
     from eexp.training.config import FinetuneConfig
     from eexp.training.data import encode_items, read_examples
 
@@ -81,8 +81,7 @@ def held_out_loss(model, tokenizer, args) -> float:
     with torch.no_grad():
         for k in range(0, len(data.examples), 4):
             batch = data.examples[k : k + 4]
-            ids, mask, weights = collate(batch, pad, torch.device("cpu"))
-            total += float(weighted_nll(model, ids, mask, weights))
+            total += float(example_nll(model, collate_rows(batch, pad, torch.device("cpu"))).sum())
             n += sum(e.n_targets for e in batch)
     return total / max(n, 1)
 

@@ -74,3 +74,38 @@ def answer_logp(model, tok, prompt: list[dict], answer: list[dict]) -> float:
         logits = model(input_ids=torch.tensor([context + target])).logits[0].double()
     logprobs = torch.log_softmax(logits, dim=-1)
     return sum(float(logprobs[len(context) - 1 + i, t]) for i, t in enumerate(target))
+
+
+def collate(examples, pad_id: int, device):
+    """Padded rows of eexp.training.data.Encoded examples: (ids, attention mask, per-token loss weights), the plain
+    batching that eexp.training.batches.collate_rows replaced (and is checked against, with `weighted_nll`)."""
+    import torch
+
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    weights = torch.zeros((len(examples), width), dtype=torch.float32)
+    for row, e in enumerate(examples):
+        n = len(e.ids)
+        ids[row, :n] = torch.tensor(e.ids)
+        mask[row, :n] = 1
+        weights[row, :n] = torch.tensor(e.weights)
+    return ids.to(device), mask.to(device), weights.to(device)
+
+
+def weighted_nll(model, ids, mask, weights, per_example: bool = False):
+    """Sum over target tokens of weight x negative log-likelihood (one sum per row with `per_example`), computing
+    logits only where a target is predicted: the plain loss eexp.training.batches.example_nll replaced."""
+    import torch
+    import torch.nn.functional as F
+
+    keep = torch.nonzero(weights[:, 1:].any(dim=0)).flatten()  # positions whose next token is a target
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+    except TypeError:  # a model without logits_to_keep: full logits, then select
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, keep]
+    labels = ids[:, keep + 1]
+    w = weights[:, keep + 1]
+    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+    rows = (nll * w).sum(dim=1)
+    return rows if per_example else rows.sum()

@@ -25,8 +25,10 @@ from eexp.stages.world_model import world_model_examples
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from by_hand import collate, weighted_nll  # noqa: E402
+
 from eexp.training import recipe  # noqa: E402
-from eexp.training.batches import collate, epoch_updates, weighted_nll  # noqa: E402
+from eexp.training.batches import epoch_updates  # noqa: E402
 from eexp.training.config import FinetuneConfig  # noqa: E402
 from eexp.training.data import encode, read_examples, split_validation  # noqa: E402
 from eexp.training.recipe import Finetune, finetune  # noqa: E402

@@ -19,9 +19,10 @@ from eexp.card import read_card
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from by_hand import collate, weighted_nll  # noqa: E402
 from test_loss_norm import metrics, write_sr_mix  # noqa: E402
 
-from eexp.training.batches import collate, collate_rows, example_nll, weighted_nll  # noqa: E402
+from eexp.training.batches import collate_rows, example_nll  # noqa: E402
 from eexp.training.config import FinetuneConfig  # noqa: E402
 from eexp.training.model import checkpointing_default, training_memory  # noqa: E402
 from eexp.training.recipe import Finetune, finetune  # noqa: E402

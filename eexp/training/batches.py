@@ -156,8 +156,10 @@ def collate_rows(examples: list[Encoded], pad_id: int, device, packed: bool = Fa
 
 
 def example_nll(model, rows: Rows):
-    """Each example's sum over its target tokens of weight x negative log-likelihood (as `weighted_nll` with
-    `per_example`), padded or packed, computing logits only at the kept positions."""
+    """Each example's sum over its target tokens of weight x negative log-likelihood, padded or packed, computing
+    logits only at the kept positions: `logits_to_keep` (a tensor of positions) makes the model apply its output
+    layer there only, so for a chat example the vocabulary-sized logits never exist for the prompt. The supervised
+    loss, and DPO's log-probabilities (negated)."""
     inputs = {"input_ids": rows.ids, "use_cache": False}
     if rows.mask is not None:
         inputs["attention_mask"] = rows.mask
@@ -178,36 +180,3 @@ def example_nll(model, rows: Rows):
     return torch.zeros(rows.n_examples, dtype=weighted.dtype, device=weighted.device).index_add_(
         0, rows.segment, weighted[0]
     )
-
-
-def collate(examples: list[Encoded], pad_id: int, device):
-    width = max(len(e.ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    weights = torch.zeros((len(examples), width), dtype=torch.float32)
-    for row, e in enumerate(examples):
-        n = len(e.ids)
-        ids[row, :n] = torch.tensor(e.ids)
-        mask[row, :n] = 1
-        weights[row, :n] = torch.tensor(e.weights)
-    return ids.to(device), mask.to(device), weights.to(device)
-
-
-def weighted_nll(model, ids, mask, weights, per_example: bool = False):
-    """Sum over target tokens of weight x negative log-likelihood (one sum per row with `per_example`), computing
-    logits only where a target is predicted.
-
-    `logits_to_keep` (a tensor of positions) makes the model apply its output layer at those positions only: for a
-    chat example that is a few dozen of the sequence's positions, so the vocabulary-sized logits never exist for the
-    prompt.
-    """
-    keep = torch.nonzero(weights[:, 1:].any(dim=0)).flatten()  # positions whose next token is a target
-    try:
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
-    except TypeError:  # a model without logits_to_keep: full logits, then select
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, keep]
-    labels = ids[:, keep + 1]
-    w = weights[:, keep + 1]
-    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
-    rows = (nll * w).sum(dim=1)
-    return rows if per_example else rows.sum()

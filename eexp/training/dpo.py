@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from eexp.errors import UsageProblem
 from eexp.io import Reader
 from eexp.records import expect
-from eexp.training.batches import collate
+from eexp.training.batches import collate_rows, example_nll
 from eexp.training.chat_template import encode_or_reject
 from eexp.training.config import FinetuneConfig
 from eexp.training.data import Dataset, Encoded, encode_pair, warn_without_end_of_turn
@@ -99,19 +99,6 @@ def encode_pairs(name: str, items, reader: Reader, tokenizer, cfg) -> Dataset:
     return data
 
 
-def sequence_logps(model, ids, mask, weights):
-    """Per row: the sum over its target tokens of weight x log-probability, computing logits only at the positions
-    that predict a target (as `weighted_nll`)."""
-    keep = torch.nonzero(weights[:, 1:].any(dim=0)).flatten()
-    try:
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
-    except TypeError:  # a model without logits_to_keep
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, keep]
-    labels = ids[:, keep + 1]
-    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
-    return -(nll * weights[:, keep + 1]).sum(dim=1)
-
-
 def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, beta: float):
     """(the loss of each pair, each pair's reward margin beta * ((pc - rc) - (pr - rr)))."""
     margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
@@ -155,9 +142,10 @@ class DPO:
     def logps(run, batch: list[Pair]):
         """The model's log-probabilities of the chosen and of the rejected answers of `batch`, in one forward pass,
         and the tokens of that pass."""
-        ids, mask, weights = collate([p.chosen for p in batch] + [p.rejected for p in batch], run.pad_id, run.device)
-        logps = sequence_logps(run.model, ids, mask, weights)
-        return logps[: len(batch)], logps[len(batch) :], int(mask.sum())
+        # each answer's sum of weight x log-probability: the supervised loss's per-example sum (padded rows), negated
+        rows = collate_rows([p.chosen for p in batch] + [p.rejected for p in batch], run.pad_id, run.device)
+        logps = -example_nll(run.model, rows)
+        return logps[: len(batch)], logps[len(batch) :], rows.tokens
 
     def batch_loss(self, run, batch: list[Pair]):
         chosen, rejected, tokens = self.logps(run, batch)
