@@ -4,6 +4,7 @@ eexp.stages.settings; training's and rl's configs; merge's): it imports nothing 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import field
 
 
@@ -19,3 +20,12 @@ def setting(default=None, help: str = "", *, factory=None, **hints):
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def default_of(f: dataclasses.Field):
+    """A field's default: its value, or a fresh one from its factory; None for a field without (a required one)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None

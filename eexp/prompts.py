@@ -49,9 +49,6 @@ class Serializer:
         """The settings as compact JSON, as example meta records them (computed once)."""
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
 
-    def to_json(self) -> str:
-        return self.json
-
     @classmethod
     def from_dict(cls, data: dict | None, where: str = "serializer settings") -> "Serializer":
         """Settings as `to_dict` writes them (missing ones take their defaults), strictly: an unknown setting or a

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import click
 
 from eexp.cli.group import cli
-from eexp.cli.options import _parse_policy_args, config_option, field_options, on_error_option, quiet_option
+from eexp.cli.options import config_option, field_options, on_error_option, parse_policy_args, quiet_option
 from eexp.fields import setting
 from eexp.io import Reader
 from eexp.records import expect
@@ -34,7 +34,7 @@ class CriticEvalSettings:
         flag="--critic-arg",
         metavar="KEY=VALUE",
         multiple=True,
-        callback=_parse_policy_args,
+        callback=parse_policy_args,
     )
     rejected: str = setting(
         "all",

@@ -20,6 +20,7 @@ import click
 import yaml
 
 from eexp.errors import yaml_problem
+from eexp.fields import default_of
 from eexp.prompts import Serializer
 from eexp.runner import StageIO, parse_shard
 from eexp.stages.settings import Generation
@@ -252,7 +253,7 @@ def _key_values(ctx, param, values, convert=lambda text: text) -> dict:
     return args
 
 
-def _parse_policy_args(ctx, param, values):
+def parse_policy_args(ctx, param, values):
     """--policy-arg KEY=VALUE: strings; each backend checks and converts its own keys."""
     return _key_values(ctx, param, values)
 
@@ -295,7 +296,7 @@ def policy_options(f: Callable | None = None, *, settings=Generation, chooses_ac
                 "--policy-arg",
                 "policy_args",
                 multiple=True,
-                callback=_parse_policy_args,
+                callback=parse_policy_args,
                 metavar="KEY=VALUE",
                 help="Backend option (n_ctx, n_threads, n_gpu_layers, model, "
                 "api_key_env, timeout: an HTTP request's deadline in seconds, connection to last byte, ...); "
@@ -476,16 +477,6 @@ class Separated(click.ParamType):
         return [str(v).strip() for v in items if str(v).strip()]
 
 
-def _default(f):
-    import dataclasses
-
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
 def _field_option(f, kind) -> Callable:
     """The click option (or argument) of one dataclass field: type and default from the field, help and click hints
     from its metadata (see dataclass_options)."""
@@ -496,7 +487,7 @@ def _field_option(f, kind) -> Callable:
     if typing.get_origin(kind) in (types.UnionType, typing.Union):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     is_list = typing.get_origin(kind) is list
-    default = _default(f)
+    default = default_of(f)
     if meta.get("argument"):
         return click.argument(f.name, nargs=-1, required=True, metavar=meta.get("metavar"))
     decls = ([meta["short"]] if "short" in meta else []) + [meta.get("flag") or "--" + f.name.replace("_", "-"), f.name]

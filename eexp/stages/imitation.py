@@ -69,7 +69,7 @@ def imitation_examples(
                 step=step,
                 action=action,
                 action_source="expert",
-                serializer=serializer.to_json(),
+                serializer=serializer.json,
                 extra=extra,
             ),
         }

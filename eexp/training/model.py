@@ -245,7 +245,7 @@ def load_model(cfg: TrainerConfig, device, bf16: bool, sharded: bool = False):
     return model
 
 
-def _accelerator():
+def launched_accelerator():
     """An accelerate Accelerator when launched by `accelerate launch` (or torchrun), else None: a plain run on one
     CPU or GPU does not need accelerate."""
     launched = "ACCELERATE_MIXED_PRECISION" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -271,7 +271,7 @@ OOM_ADVICE = (
 )
 
 
-def _is_oom(e: BaseException) -> bool:
+def is_out_of_memory(e: BaseException) -> bool:
     if isinstance(e, torch.OutOfMemoryError):
         return True
     text = str(e)

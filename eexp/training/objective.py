@@ -28,6 +28,7 @@ import dataclasses
 from typing import Any, Callable, ClassVar, Protocol
 
 from eexp.errors import UsageProblem
+from eexp.fields import default_of
 from eexp.io import Reader
 from eexp.training.config import FinetuneConfig, Objectives, objective_class
 from eexp.training.data import Dataset
@@ -72,13 +73,9 @@ def refuse_foreign_options(objectives: Objectives, cfg: Any, objective: Any) -> 
             owners.setdefault(field, []).append(name)
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for name, names in owners.items():
-        if name in options_of(objective) or getattr(cfg, name) == _default(fields[name]):
+        if name in options_of(objective) or getattr(cfg, name) == default_of(fields[name]):
             continue
         flag = (fields[name].metadata.get("flag") or "--" + name.replace("_", "-")).split("/")[0]
         raise UsageProblem(
             f"{flag}: only with --{option} {' or '.join(names)} (--{option} {getattr(cfg, option)} does not take it)"
         )
-
-
-def _default(field: dataclasses.Field) -> Any:
-    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default

@@ -48,7 +48,7 @@ from eexp.training import checkpoint
 from eexp.training.batches import collate_rows, example_nll, examples_per_update, phase_updates, updates_per_epoch
 from eexp.training.config import OBJECTIVES, PHASES, RESUME_FREE, FinetuneConfig, objective_class
 from eexp.training.data import Dataset, encode_items, read_examples, split_validation
-from eexp.training.model import OOM_ADVICE, _is_oom, check_model_dir
+from eexp.training.model import OOM_ADVICE, check_model_dir, is_out_of_memory
 from eexp.training.objective import Objective, refuse_foreign_options
 from eexp.training.trainer import Trainer
 
@@ -354,7 +354,7 @@ class Finetune(Trainer):
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             except Exception as e:
-                if _is_oom(e):
+                if is_out_of_memory(e):
                     longest = max(x.length for batch in examples for x in batch)
                     raise TrainingError(
                         OOM_ADVICE.format(step=self.state["global_step"] + 1, batch=cfg.batch_size, length=longest)

@@ -48,10 +48,10 @@ from eexp.training import checkpoint
 from eexp.training.config import TrainerConfig, check_full_fits, from_scratch
 from eexp.training.machine import machine_card
 from eexp.training.model import (
-    _accelerator,
     checkpointing_default,
     count_parameters,
     enable_tf32,
+    launched_accelerator,
     load_model,
     load_tokenizer,
     training_memory,
@@ -74,7 +74,7 @@ class Trainer:
         (only the main process speaks), the device, bf16 autocast (--precision; auto: on a GPU that supports it),
         TF32, and whether the model is sharded (FSDP)."""
         cfg = self.cfg
-        self.acc = _accelerator() if distributed else None
+        self.acc = launched_accelerator() if distributed else None
         self.world = self.acc.num_processes if self.acc else 1
         self.rank = self.acc.process_index if self.acc else 0
         self.main = self.rank == 0

@@ -125,7 +125,7 @@ def reflect_examples(
             model_sha256=sha,
             reflector=kind,
             seed=seed,
-            serializer=serializer.to_json(),
+            serializer=serializer.json,
             extra=extra,
         )
 
