@@ -389,8 +389,9 @@ def test_every_config_header_gives_a_command_of_a_recipe_target():
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 def test_publish_adds_a_later_run_beside_a_kept_seed(tmp_path):
     """Fast: a row run in a later sitting (its episodes and validation losses, no stage --stats in its OUT) publishes
-    alone into a seed already kept, and what was kept there stays."""
-    out, kept = tmp_path / "out", tmp_path / "results"
+    alone into a seed already kept, and what was kept there stays; a SEED that is not OUT's is refused (seed 1's
+    files went into RESULTS/seed0 when SEED was left out)."""
+    out, kept = tmp_path / "out" / "seed0", tmp_path / "results"
     for split in ("eval", "recovery"):
         (out / split).mkdir(parents=True)
         (out / split / "SR-grounded.jsonl").write_text('{"episode": 1}\n')
@@ -427,6 +428,16 @@ def test_publish_adds_a_later_run_beside_a_kept_seed(tmp_path):
     ]
     assert (kept / "seed0" / "eval" / "IL.jsonl.gz").read_bytes() == b"kept"
     assert gzip.decompress((kept / "seed0" / "recovery" / "SR-grounded.jsonl.gz").read_bytes()) == b'{"episode": 1}\n'
+    other = subprocess.run(
+        ["make", "-C", str(RECIPES), "publish", "CONFIG=configs/smollm2.mk", f"OUT={out}", "SEED=1", f"RESULTS={kept}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert other.returncode == 2 and not (kept / "seed1").exists()
+    assert (
+        f"publish: OUT={out} is not seed 1's folder (RESULTS/seed1): give SEED=<s> with OUT=.../seed<s>" in other.stderr
+    )
 
 
 def _plan(*args: str) -> str:
@@ -456,8 +467,24 @@ def test_the_demo_targets_plan_the_seeds_they_say(target, seeds):
     assert re.findall(r"--split train -n 125 --seed (\d+) ", plan) == [str(s) for s in seeds]
 
 
-def _default_out(*args: str) -> str:
-    """The OUT a `make -C recipes ARGS` run writes into when the command line gives none."""
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+@pytest.mark.parametrize("given", [["ENV=tools"], ["CONFIG=configs/tools.mk"], ["OUT=out/mine", "ENV=tools"]])
+def test_the_demo_refuses_a_setting_it_would_run_into_its_own_folder(given):
+    """Fast: `make demo ENV=tools` (the Makefile's own example, once) ran lowdata's settings on tools into out/demo,
+    beside the shop seeds of `make demo`, which make then took for each other's."""
+    proc = subprocess.run(
+        ["make", "-n", "--no-print-directory", "-C", str(RECIPES), "EEXP=eexp", "demo", *given],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    named = " ".join(v for v in ("ENV", "CONFIG", "OUT") if any(g.startswith(v + "=") for g in given))
+    assert proc.returncode == 2 and "seeds" not in proc.stdout
+    assert f"demo runs configs/lowdata.mk on shop in out/demo, so it takes no {named}; another setting" in proc.stderr
+
+
+def _variable(name: str, *args: str) -> str:
+    """A make variable's value in `make -C recipes ARGS` (OUT: where the run writes when the command line names none)."""
     proc = subprocess.run(
         [
             "make",
@@ -466,8 +493,8 @@ def _default_out(*args: str) -> str:
             "-C",
             str(RECIPES),
             *args,
-            "--eval=print-out: ; @echo $(OUT)",
-            "print-out",
+            f"--eval=print-it: ; @echo $({name})",
+            "print-it",
         ],
         capture_output=True,
         text=True,
@@ -486,15 +513,31 @@ def test_no_two_configs_write_into_one_folder():
     """Fast: make reuses every file a folder already has, so two configs with one default OUT would mix their runs
     without a word (configs/demo.mk's seeds were once `make demo`'s lowdata seeds, in out/demo; the two gpu-instruct
     configs both wrote out/shop). Each config has a folder of its own, and `make demo` one no config has."""
-    folders = {c.name: _default_out(f"CONFIG=configs/{c.name}") for c in CONFIGS}
+    folders = {c.name: _variable("OUT", f"CONFIG=configs/{c.name}") for c in CONFIGS}
     for name, folder in folders.items():
         if name in READS_ANOTHERS_SEED:
             assert folder == folders[READS_ANOTHERS_SEED[name]] + "/seed0", (name, folder)
     owned = [f for n, f in folders.items() if n not in READS_ANOTHERS_SEED]
     assert len(set(owned)) == len(owned), sorted(owned)
-    assert _default_out() not in owned  # the plain recipe's out/shop
+    # the plain recipe's folder, for every environment a config runs (`make ENV=tools` once wrote configs/tools.mk's)
+    envs = {_variable("ENV", f"CONFIG=configs/{c.name}") for c in CONFIGS}
+    assert not {_variable("OUT", f"ENV={env}") for env in envs} & set(owned)
     assert "out/demo" not in owned  # `make demo`'s (test_the_demo_targets_plan_the_seeds_they_say)
-    assert _default_out("CONFIG=configs/gpu-instruct.mk", "ENV=tools") == "out/gpu-instruct/tools"
+    assert _variable("OUT", "CONFIG=configs/gpu-instruct.mk", "ENV=tools") == "out/gpu-instruct/tools"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+@pytest.mark.parametrize("config", sorted(READS_ANOTHERS_SEED))
+def test_an_rl_recipe_writes_nothing_into_the_seed_it_starts_from(config, tmp_path):
+    """Fast: the RL recipes evaluate their starts into the RL folder. They wrote the starts' evals into the seed's own
+    eval/ with their SPLITS (rl-next-state: test only), where configs/demo.mk's run of that seed then found them
+    and kept them, without ood."""
+    out = tmp_path / "seed0"
+    target = {"rl.mk": "rl-compare", "rl-expert-step.mk": "rl-es-compare", "rl-next-state.mk": "rl-ns-compare"}[config]
+    plan = _plan(f"CONFIG=configs/{config}", f"OUT={out}", target)
+    starts = re.findall(rf"eval --policy {out}/(\S+) .*>> {out}/rl/eval/start/(\S+)\.jsonl\.part", plan)
+    assert starts and all(start == name for start, name in starts), plan[-2000:]
+    assert f">> {out}/eval/" not in plan and f"{out}/eval/" not in plan.split("eval --compare")[-1]
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")

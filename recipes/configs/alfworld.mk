@@ -38,6 +38,7 @@ export GAMES_DIR
 export ALFWORLD_DATA = $(GAMES_DIR)
 # what reads the games before the expert data exists waits for them too (the rest comes after the expert data)
 $(OUT)/expert.jsonl $(OUT)/val.jsonl $(OUT)/eval/random.jsonl $(OUT)/pages.jsonl: | $(GAMES_DIR)/eexp-games.json
+SHARED_BY_SEEDS += $(GAMES_DIR)/eexp-games.json
 # eexp-games.json is written last: without it, what is there is an interrupted run's, and is made again
 $(GAMES_DIR)/eexp-games.json:
 	rm -rf $(GAMES_DIR)/json_2.1.1 $(GAMES_DIR)/.json_2.1.1.*

@@ -4,6 +4,8 @@
 ENV       = bfcl
 OUT       = out/bfcl
 N_EXPERT  = 150
+# every train task is an expert trajectory here, so none is left to hold out for validation (compare.mk's val.jsonl)
+VAL_N     = 0
 K_IWM     = 8
 K_SR      = 3
 STEPS     = 1500

@@ -8,6 +8,8 @@ OUT       = out/miniwob
 ENV_ARGS  = --env-arg train_seeds=4 --env-arg test_seeds=4
 SIZE      = tiny
 N_EXPERT  = 92
+# every train task is an expert trajectory here, so none is left to hold out for validation (compare.mk's val.jsonl)
+VAL_N     = 0
 K_IWM     = 3
 K_SR      = 2
 STEPS     = 2000

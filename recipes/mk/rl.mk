@@ -2,8 +2,10 @@
 
 # --- RL from the IL, IWM and SR checkpoints (paper §5.3, Fig. 3) ----------------------------------------------
 # `make -C recipes rl`: configs/rl.mk (the demo's checkpoints, then one RL budget per start and seed). Every start
-# gets the same `eexp rl` settings and the same seeds; only the initialization differs. Before = the demo's own
-# eval files; after = one eval per RL run; the table pools the seeds of each method (eval --compare NAME=FILES).
+# gets the same `eexp rl` settings and the same seeds; only the initialization differs. Before = each start's eval,
+# made in the RL folder; after = one eval per RL run; the table pools the seeds of each method (eval --compare
+# NAME=FILES). Every file these recipes write is under RL_OUT: they read the checkpoints of OUT and write nothing
+# there, so an RL config's SPLITS or N_EVAL never stand in a seed's own eval files for its config's.
 # RL settings: steps, groups (episodes per task), tasks per step, seeds, learning rate, reward, extra options.
 RL_STEPS  ?= 40
 RL_G      ?= 8
@@ -38,9 +40,18 @@ $(RL_OUT)/eval/%.jsonl: $(RL_OUT)/%/done
 	  --act $(call EVAL_ACT,$(word 1,$(subst -s, ,$*))) --seed $(SEED) -q $(EVAL_ARGS) >> $@.part &&) true
 	mv $@.part $@
 
-# before (the demo's checkpoints, greedy) and after RL (three seeds pooled per start)
-$(RL_OUT)/compare.json: $(foreach r,IL IWM SR,$(OUT)/eval/$(r).jsonl) $(foreach r,$(RL_RUNS),$(RL_OUT)/eval/$(r).jsonl)
-	$(EEXP) eval --compare IL=$(OUT)/eval/IL.jsonl IWM=$(OUT)/eval/IWM.jsonl SR=$(OUT)/eval/SR.jsonl \
+# each start, evaluated as its RL runs are (SPLITS, N_EVAL, greedy), into the RL folder
+RL_START = $(RL_OUT)/eval/start/$(1).jsonl
+$(RL_OUT)/eval/start/%.jsonl: $(OUT)/%/done
+	@mkdir -p $(@D)
+	rm -f $@.part
+	$(foreach s,$(SPLITS),$(EEXP) eval --policy $(OUT)/$* --env $(ENV) $(ENV_ARGS) --split $(s) -n $(N_EVAL) \
+	  --act $(call EVAL_ACT,$*) --seed $(SEED) -q $(EVAL_ARGS) >> $@.part &&) true
+	mv $@.part $@
+
+# before (the starts, greedy) and after RL (three seeds pooled per start)
+$(RL_OUT)/compare.json: $(foreach r,IL IWM SR,$(call RL_START,$(r))) $(foreach r,$(RL_RUNS),$(RL_OUT)/eval/$(r).jsonl)
+	$(EEXP) eval --compare $(foreach r,IL IWM SR,$(r)=$(call RL_START,$(r))) \
 	  $(call RL_GROUP,IL) $(call RL_GROUP,IWM) $(call RL_GROUP,SR) --summary $@ --plot $(RL_OUT)/compare.png
 	@echo "results: $@, plot: $(RL_OUT)/compare.png"
 
@@ -120,9 +131,10 @@ $(1)/eval/%.jsonl: $(1)/%/done
 endef
 $(eval $(call STAGED_EVAL_RULE,$(ES_OUT)))
 
-# each start (the demo's greedy eval of it), then its three rows, the seeds of each pooled
-$(ES_OUT)/compare.json: $(foreach m,$(ES_STARTS),$(OUT)/eval/$(m).jsonl) $(foreach r,$(ES_ROWS),$(ES_OUT)/eval/$(r).jsonl)
-	$(EEXP) eval --compare $(foreach m,$(ES_STARTS),$(m)=$(OUT)/eval/$(m).jsonl $(call ES_GROUP,RL/$(m),$(m)+RL) \
+# each start (its greedy eval, in the RL folder), then its three rows, the seeds of each pooled
+$(ES_OUT)/compare.json: $(foreach m,$(ES_STARTS),$(call RL_START,$(m))) \
+  $(foreach r,$(ES_ROWS),$(ES_OUT)/eval/$(r).jsonl)
+	$(EEXP) eval --compare $(foreach m,$(ES_STARTS),$(m)=$(call RL_START,$(m)) $(call ES_GROUP,RL/$(m),$(m)+RL) \
 	  $(call ES_GROUP,ES/$(m),$(m)+ES) $(call ES_GROUP,ES+RL/$(m),$(m)+ES+RL)) --summary $@ --plot $(ES_OUT)/compare.png
 	@for f in $(ES_OUT)/RL/*/refused $(ES_OUT)/ES+RL/*/refused; do test ! -f $$f || \
 	  echo "$$(dirname $$f): refused at the probe, its row is its start $$(cat $$(dirname $$f)/start)"; done
@@ -195,8 +207,9 @@ $(NS_OUT)/wm/compare.json: $(NS_WM)
 	  $(call NS_WM_GROUP,RL/$(m),$(m)+RL) $(call NS_WM_GROUP,NS/$(m),$(m)+NS) $(call NS_WM_GROUP,NS+RL/$(m),$(m)+NS+RL)) \
 	  --summary $@
 
-$(NS_OUT)/compare.json: $(foreach m,$(NS_STARTS),$(OUT)/eval/$(m).jsonl) $(foreach r,$(NS_ROWS),$(NS_OUT)/eval/$(r).jsonl)
-	$(EEXP) eval --compare $(foreach m,$(NS_STARTS),$(m)=$(OUT)/eval/$(m).jsonl $(call NS_GROUP,RL/$(m),$(m)+RL) \
+$(NS_OUT)/compare.json: $(foreach m,$(NS_STARTS),$(call RL_START,$(m))) \
+  $(foreach r,$(NS_ROWS),$(NS_OUT)/eval/$(r).jsonl)
+	$(EEXP) eval --compare $(foreach m,$(NS_STARTS),$(m)=$(call RL_START,$(m)) $(call NS_GROUP,RL/$(m),$(m)+RL) \
 	  $(call NS_GROUP,NS/$(m),$(m)+NS) $(call NS_GROUP,NS+RL/$(m),$(m)+NS+RL)) --summary $@ --plot $(NS_OUT)/compare.png
 	@for f in $(NS_OUT)/RL/*/refused $(NS_OUT)/NS+RL/*/refused; do test ! -f $$f || \
 	  echo "$$(dirname $$f): refused at the probe, its row is its start $$(cat $$(dirname $$f)/start)"; done

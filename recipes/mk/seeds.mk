@@ -12,6 +12,9 @@ SEED_GROUP = $(1)=$(subst $(eval) ,$(comma),$(strip $(foreach s,$(SEEDS),$(OUT)/
 # (GPU_JOBS, ../Makefile) every seed's comparison is a sub-make of one make of GPU_JOBS jobs, so all the seeds'
 # fine-tunes share its jobs and run side by side. GPU_JOBS= below them: no seed's sub-make starts a make of its own.
 SEED_RUNS = $(addprefix seed-run-,$(SEEDS))
+# what every seed reads and a config makes once (SHARED_BY_SEEDS: ALFWorld's generated games, SmolLM2's install) is
+# made before the seeds' makes start: side by side, each would make it at the same time, into the same place
+seeds $(SEED_RUNS): | $(SHARED_BY_SEEDS)
 seeds: install
 	$(if $(GPU_JOBS),$(MAKE) -j$(GPU_JOBS) $(SEED_RUNS) GPU_JOBS=,$(foreach s,$(SEEDS),$(MAKE) compare \
 	  OUT=$(OUT)/seed$(s) SEED=$(s) &&) true)
@@ -45,6 +48,8 @@ PUBLISH_NEEDS ?= $(OUT)/compare.json
 PUBLISH_TRAIN ?= IL IWM SR $(SR_GROUNDED_ROW) $(ACTOBS_ROW) $(MATCHED_ROWS)
 publish:
 	@test -n "$(RESULTS)" || { echo "publish: give RESULTS=FOLDER (where the seed's results are kept)" >&2; exit 1; }
+	@case "$(OUT)" in */seed$(SEED)) ;; *) echo "publish: OUT=$(OUT) is not seed $(SEED)'s folder" \
+	  "(RESULTS/seed$(SEED)): give SEED=<s> with OUT=.../seed<s>" >&2; exit 1;; esac
 	@for f in $(PUBLISH_NEEDS); do test -f $$f || { echo "publish: $$f is missing: run the seed first" >&2; exit 1; }; done
 	mkdir -p $(RESULTS)/seed$(SEED)/train
 	for f in $(wildcard $(OUT)/eval/*.jsonl $(OUT)/recovery/*.jsonl) $(wildcard $(OUT)/curated/eval/*.jsonl); do \

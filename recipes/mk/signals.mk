@@ -43,6 +43,8 @@ $(OUT)/DPO/done: $(OUT)/pairs.jsonl $(OUT)/IL-pre/done
 $(OUT)/critic.jsonl: $(OUT)/outcomes_iwm.jsonl
 	$(EEXP) critic-data $(DATA_ARGS) -q $< -o $@
 
+# no validation: the held-out examples (VAL) are IL's actions, not the critic's Yes/No verdicts
+$(OUT)/critic/done: VAL :=
 $(OUT)/critic/done: $(OUT)/critic.jsonl $(MODEL)/config.json
 	$(TRAIN) $< --model $(MODEL) -o $(OUT)/critic && touch $@
 
