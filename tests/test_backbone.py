@@ -108,10 +108,13 @@ def test_a_summarizer_that_fails_names_the_record_and_one_that_will_not_load_say
     ):
         result = runner.invoke(cli, ["world-model-data", OUTCOMES, "--summarizer", f"summaries:{name}"])
         assert result.exit_code == 1 and result.output.splitlines()[-1] == f"Error: {OUTCOMES}:1: {why}"
+    stats = tmp_path / "stats.json"
     skipped = runner.invoke(
-        cli, ["world-model-data", OUTCOMES, "--summarizer", "summaries:number", "--on-error", "skip"]
+        cli,
+        ["world-model-data", OUTCOMES, "--summarizer", "summaries:number", "--on-error", "skip", "--stats", str(stats)],
     )
     assert skipped.exit_code == 0 and lines(skipped.stdout) == []
+    assert orjson.loads(stats.read_bytes())["skipped"] == 2
     result = runner.invoke(cli, ["world-model-data", OUTCOMES, "--summarizer", "summaries:short"])
     assert result.exit_code == 0 and all(
         len(e["messages"][-1]["content"]) <= len("Observation: ") + 5 for e in lines(result.stdout)

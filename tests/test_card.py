@@ -128,18 +128,26 @@ def test_finetune_card_records_the_machine_and_its_kernels(trained):
 
 
 def test_the_recipes_kernel_settings_reach_the_card(tmp_path):
-    """The recipes' CPU_REPRODUCIBLE settings (AVX2 kernels, MKL's AVX2 branch) are what the card records."""
+    """The recipes' CPU_REPRODUCIBLE settings (AVX2 kernels, MKL's AVX2 branch), as recipes/Makefile exports them to
+    what it runs, are what the card records (from an environment that sets none of them itself)."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+    recipes = Path(__file__).parent.parent / "recipes"
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    snippet = (
+        "from eexp.training.machine import machine_card; m = machine_card(); print(m['cpu_capability'], m['mkl_cbwr'])"
+    )
     out = subprocess.run(
         [
-            sys.executable,
-            "-c",
-            "from eexp.training.machine import machine_card; "
-            "m = machine_card(); print(m['cpu_capability'], m['mkl_cbwr'])",
+            "make",
+            "-s",
+            "--no-print-directory",
+            "-C",
+            str(recipes),
+            f'--eval=card: ; @{sys.executable} -c "{snippet}"',
+            "card",
         ],
         env=env,
         capture_output=True,

@@ -109,19 +109,6 @@ def test_man_page_renders(page):
     assert page.removesuffix(".1") in text
 
 
-def test_only_the_cli_imports_the_cli():
-    """Click parses and prints; the library under it never reaches back up (sqlite-utils' layering)."""
-    package = Path(__file__).parent.parent / "eexp"
-    offenders = [
-        str(p.relative_to(package.parent))
-        for p in package.rglob("*.py")
-        if "cli" not in p.relative_to(package).parts[:1]
-        and p.name != "__main__.py"
-        and re.search(r"^\s*(from eexp\.cli\b|import eexp\.cli\b|from eexp import cli\b)", p.read_text(), re.MULTILINE)
-    ]
-    assert offenders == []
-
-
 def test_cli_reference_is_generated_from_the_current_help():
     """docs/cli.md is --help of every command; regenerate it with `make docs` after changing an option."""
     from eexp.cli.reference import reference

@@ -242,22 +242,37 @@ def test_a_full_finetune_that_cannot_fit_is_refused_with_the_estimate():
     check_full_fits("m", 1_500_000_000, 40 * GiB)  # 1.5B full on one 40 GiB GPU: 22 GiB, fits
 
 
-def test_the_memory_check_runs_before_anything_is_loaded_or_written(tiny_checkpoint, il, tmp_path, monkeypatch):
-    """On a GPU, setup refuses --full before loading the model or making OUT (a CUDA device is faked here)."""
+def _set_tf32(matmul: bool, cudnn: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def test_the_memory_check_runs_before_anything_is_loaded_or_written(
+    tiny_checkpoint, il, tmp_path, monkeypatch, request
+):
+    """On a GPU, setup refuses --full before loading the model or making OUT (a CUDA device is faked here, and
+    loading the model or making OUT would fail the test: the check once could have moved after them unseen)."""
     props = type("Props", (), {"total_memory": 1024**2})()  # a 1 MiB GPU
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    # setup turns TF32 on for the faked GPU: put back after the test (torch's flag objects refuse monkeypatch's undo)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    request.addfinalizer(lambda: _set_tf32(*tf32))
+
+    def too_late(self, *args, **kwargs):
+        raise AssertionError("reached before the memory check refused the run")
+
+    for step in ("_prepare_output", "_load_tokenizer", "_load_data", "_load_model"):
+        monkeypatch.setattr(Finetune, step, too_late)
     run = Finetune(cfg(tiny_checkpoint, il, tmp_path / "o"))
-    run.device, run.world, run.sharded = torch.device("cuda"), 1, False
-    run.model_cfg = run._import_base()
     with pytest.raises(
         UsageProblem, match=r"--full on .* \(0\.\d+M parameters\) needs about \d+\.\d MiB .* the GPU has 1\.0 MiB"
     ):
-        run._check_memory()
-    assert not (tmp_path / "o").exists()
+        run.setup()
+    assert run.device.type == "cuda" and not (tmp_path / "o").exists()
     lora = Finetune(cfg(tiny_checkpoint, il, tmp_path / "o", lora=True))
-    lora.device, lora.world, lora.sharded = torch.device("cuda"), 1, False
-    lora.model_cfg = lora._import_base()
-    lora._check_memory()  # LoRA is not refused
+    with pytest.raises(AssertionError, match="reached before the memory check"):
+        lora.setup()  # LoRA is not refused: setup goes on to make OUT
 
 
 # --- hashes, eval -j --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import orjson
@@ -114,19 +115,23 @@ def test_resume_is_refused_before_it_touches_the_file(tmp_path, holder):
 
 
 def test_two_concurrent_writers_lose_and_duplicate_nothing(examples, tmp_path):
-    """Two `mix -o same.jsonl` started together: one is refused (or, had the first finished before the second
-    began, both ran whole in turn); either way the file holds every record once, each a whole line."""
+    """Two `mix -o same.jsonl` at once: the second is refused while the first writes, and the file then holds the
+    first run's records, each once and whole. The first reads from a pipe held open, so the two overlap for certain
+    (two runs started together could also run in turn, which told nothing)."""
     out = tmp_path / "same.jsonl"
-    procs = [
-        subprocess.Popen([*EEXP, "mix", str(examples), "-o", str(out)], stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    results = [(p.wait(), p.stderr.read()) for p in procs]
-    print(results)
-    for code, stderr in results:
-        assert (code, stderr) == (0, "") or (
-            code == 1 and "another eexp run (pid " in stderr and stderr.count("\n") == 1
-        ), (code, stderr)
+    lines = examples.read_bytes().splitlines(keepends=True)
+    first = subprocess.Popen([*EEXP, "mix", "-", "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    first.stdin.write(b"".join(lines[:10]))
+    first.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.read_bytes().count(b"\n") == 10):  # written as read: the first holds the lock
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    second = subprocess.run([*EEXP, "mix", str(examples), "-o", str(out)], capture_output=True, text=True)
+    assert (second.returncode, second.stderr) == (1, busy(out, first.pid))
+    first.stdin.write(b"".join(lines[10:]))
+    first.stdin.close()
+    assert first.wait() == 0 and first.stderr.read() == b""
     assert ids(out) == ALL
 
 

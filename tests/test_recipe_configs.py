@@ -484,7 +484,7 @@ def test_the_demo_refuses_a_setting_it_would_run_into_its_own_folder(given):
 
 
 def _variable(name: str, *args: str) -> str:
-    """A make variable's value in `make -C recipes ARGS` (OUT: where the run writes when the command line names none)."""
+    """A make variable's value in `make -C recipes ARGS` (OUT: where a run writes when the command line names none)."""
     proc = subprocess.run(
         [
             "make",

