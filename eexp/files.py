@@ -34,6 +34,14 @@ def model_files(path: str) -> list[str]:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+def unsafe_adapter(folder: str) -> str | None:
+    """Why a LoRA adapter folder is not loaded, or None: eexp reads safetensors only, and PEFT, given a folder without
+    adapter_model.safetensors, unpickles adapter_model.bin."""
+    if not os.path.isfile(os.path.join(folder, "adapter_model.safetensors")):
+        return "no adapter_model.safetensors (eexp reads safetensors only)"
+    return None
+
+
 def has_tokenizer(path: str) -> bool:
     """A directory that holds a tokenizer of its own (an adapter may, or may rely on its base's)."""
     return any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES)
@@ -113,8 +121,11 @@ class HubModel:
 
 def hub_id(spec: str | None) -> tuple[str, str | None] | None:
     """(repo id, revision or None) when `spec` names a Hub model (`ORG/NAME` or `ORG/NAME@REVISION`) rather than a
-    local file or directory (a path that exists here is always the path), else None."""
+    local file or directory, else None. A path that exists here is always the path, and so is one whose first folder
+    exists here (`runs/sft-final` with a `runs/` beside it: a mistyped run, not a Hub id to look up and send out)."""
     if not spec or os.path.exists(spec) or spec.lower().endswith(".gguf"):
+        return None
+    if os.path.isdir(spec.split("/", 1)[0]):
         return None
     found = HUB_ID.fullmatch(spec)
     if not found or spec.startswith((".", "/", "~")):

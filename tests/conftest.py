@@ -29,8 +29,12 @@ def pytest_configure(config):
 
     # a user's default policy would change what the tests of "no --policy given" see
     os.environ.pop("EEXP_POLICY", None)
-    # nothing reaches outside: a name that is not a local path is looked up in the Hugging Face cache alone
+    # nothing reaches outside: a name that is not a local path is looked up in the Hugging Face cache alone, and a
+    # connection or a name lookup beyond this machine fails the test that makes it (tests/netguard.py)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    from netguard import install
+
+    install()
     # a worker of `make test-all` (pytest-xdist, one per core) runs one OpenMP thread, and so does every process it
     # starts: with the other workers busy, threads of one torch or llama.cpp process mostly wait on each other
     if os.environ.get("PYTEST_XDIST_WORKER"):

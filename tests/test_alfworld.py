@@ -251,6 +251,23 @@ def test_envs_check_passes(runner):
     assert "alfworld" in listed
 
 
+def test_a_task_id_names_a_game_of_its_split_only(tmp_path, monkeypatch):
+    """A record's task id is a folder of its split's: an absolute id (or one with `..`) would name a file elsewhere."""
+    from eexp.envs.alfworld_env import AlfWorldEnv, split_folder
+    from eexp.errors import EnvError
+
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "data"))
+    inside, outside = split_folder("train") / "game-1", tmp_path / "elsewhere"
+    for folder in (inside, outside):
+        folder.mkdir(parents=True)
+        (folder / "game.tw-pddl").write_text("{}")
+    env = AlfWorldEnv()
+    assert env._game_file({"split": "train", "id": "game-1"}) == inside / "game.tw-pddl"
+    for task_id in (str(outside), "../../../elsewhere"):
+        with pytest.raises(EnvError, match="no game"):
+            env._game_file({"split": "train", "id": task_id})
+
+
 def test_missing_data_is_one_line_naming_alfworld_download(tmp_path, monkeypatch):
     monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "nothing-here"))
     out = subprocess.run(

@@ -696,3 +696,33 @@ def test_a_served_model_file_on_this_machine_is_hashed_as_a_local_run_hashes_it(
         record = json.loads(result.stdout.splitlines()[0])
         assert record["meta"]["model_sha256"] == want
     assert want == "" and len(content_hash([str(folder)])) == 64
+
+
+def test_a_server_on_this_machine_is_reached_without_the_environments_proxy(monkeypatch):
+    """http_proxy from the environment is for servers elsewhere: a request to 127.0.0.1 through it would carry the
+    prompts off the machine (urllib's default, unless no_proxy names loopback)."""
+    import http.server
+    import threading
+    import urllib.request
+
+    from eexp.policies import http as eexp_http
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # the opener eexp makes, as if http_proxy were set (TEST-NET-1: nothing there)
+        monkeypatch.setattr(eexp_http, "_OPENER", eexp_http._opener({"http": "http://192.0.2.1:3128"}))
+        for host in ("127.0.0.1", "localhost"):
+            url = f"http://{host}:{server.server_address[1]}/"
+            assert eexp_http.fetch(urllib.request.Request(url), timeout=5) == b"hello"
+    finally:
+        server.shutdown()

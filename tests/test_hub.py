@@ -214,3 +214,14 @@ def test_rl_resolved_config_names_the_hub_start(hub, tmp_path):
     assert card.base_model == REPO and card.base_revision == COMMIT
     run.env.close()
     assert yaml.safe_dump(made)  # plain data
+
+
+def test_a_path_under_a_local_folder_is_never_a_hub_id(tmp_path, monkeypatch):
+    """`runs/sft-final` mistyped, with a `runs/` here, is a missing path: not a Hub id to look up (the run's name sent
+    out, and a Hub repo of that name loaded instead)."""
+    from eexp.files import hub_id
+
+    monkeypatch.chdir(tmp_path)
+    assert hub_id("runs/sft-final") == ("runs/sft-final", None)
+    (tmp_path / "runs").mkdir()
+    assert hub_id("runs/sft-final") is None and hub_id("runs/sft-final@main") is None

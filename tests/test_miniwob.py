@@ -345,6 +345,26 @@ def test_close_kills_the_browser_and_a_closed_env_starts_a_new_one():
 
 
 @needs_browser
+def test_chromedriver_listens_on_loopback_only():
+    """chromedriver, which drives the browser for whoever reaches its port, takes connections from this machine only
+    (with --allowed-ips it listened on every interface)."""
+    import ipaddress
+
+    import psutil
+
+    from eexp.envs.miniwob_env import MiniWobEnv
+
+    env = MiniWobEnv(train_seeds=1, task_types="click-test", ood_types="")
+    try:
+        env.reset(env.tasks("train")[0])
+        service = psutil.Process(env._browser._service.pid)
+        listening = [c.laddr.ip for c in service.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
+    finally:
+        env.close()
+
+
+@needs_browser
 @pytest.mark.parametrize("how", ["kill -9", "ctrl-c"])
 def test_no_chromium_outlives_eval_with_workers(how):
     """`eexp eval -j 2` holds a browser in each worker (and one in the main process while it reads the goals).

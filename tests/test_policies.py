@@ -266,6 +266,17 @@ def test_peft_adapter_directory(tiny_checkpoint, tmp_path, hf_policy, monkeypatc
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_cfg))
     with pytest.raises(PolicyError, match="not a local directory"):
         load_policy(str(tmp_path / "adapter"))
+    # weights in a pickle (adapter_model.bin), which PEFT would unpickle: refused, safetensors only
+    adapter_cfg["base_model_name_or_path"] = str(tiny_checkpoint)
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_cfg))
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    torch.save(weights, tmp_path / "adapter" / "adapter_model.bin")
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(PolicyError, match="adapter: no adapter_model.safetensors \\(eexp reads safetensors only\\)"):
+        load_policy(str(tmp_path / "adapter"))
 
 
 def test_broken_checkpoints_give_clear_errors(tmp_path, tiny_checkpoint):
@@ -632,3 +643,28 @@ def test_a_loader_must_return_a_policy(monkeypatch):
     assert policies.policy_kind("odd:x") == "odd"
     with pytest.raises(PolicyError, match="the 'odd' policy backend returned str, not an eexp.policies.Policy"):
         policies.load_policy("odd:x")
+
+
+def test_a_tokenizer_folder_s_own_code_is_never_run(tiny_gguf, tiny_checkpoint, tmp_path):
+    """--policy-arg tokenizer=DIR whose tokenizer_config.json points at code in the folder (auto_map): not run, and
+    not asked about (transformers asks on stdin, which carries the records, unless trust_remote_code is given)."""
+    import shutil
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(tiny_checkpoint, folder, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tok.Tok", None]}
+    config.pop("tokenizer_class", None)  # the folder's code is then the only class named
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (folder / "tok.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom transformers import PreTrainedTokenizerFast as Tok\n"
+    )
+    # as a stage runs it: records on stdin, the first of which would answer transformers' question ("y")
+    import subprocess
+    import sys
+
+    code = f"from eexp.policies import load_policy; load_policy({str(tiny_gguf)!r}, {{'tokenizer': {str(folder)!r}}})"
+    done = subprocess.run([sys.executable, "-c", code], input="y\n", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "cannot load the tokenizer" in done.stderr
+    assert not marker.exists()

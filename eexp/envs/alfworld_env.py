@@ -404,7 +404,8 @@ class AlfWorldEnv(Env):
             raise EnvError(f"alfworld: task {task_id!r} has no split of alfworld's ({', '.join(self.splits)})")
         folder = split_folder(split)
         path = folder / task_id / "game.tw-pddl"
-        if ".." in Path(task_id).parts or not path.is_file():
+        # an id is a folder of the split's (an absolute id or one with `..` would name a file elsewhere)
+        if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
             if not folder.is_dir():
                 raise _missing(folder)
             raise EnvError(f"alfworld: no game {task_id!r} in {folder}")

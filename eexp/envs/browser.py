@@ -172,7 +172,8 @@ class Browser:
             "XDG_CACHE_HOME": os.path.join(self.folder, "cache"),
         }
         self._service = subprocess.Popen(
-            [chromedriver, f"--port={port}", "--allowed-ips=127.0.0.1"],
+            # no --allowed-ips: with it chromedriver listens on every interface; without, on loopback only
+            [chromedriver, f"--port={port}"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

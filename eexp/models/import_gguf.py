@@ -267,8 +267,10 @@ def _build(
     folder, name = str(src.parent), src.name
     try:
         with _quiet():
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+            )
     except (ValueError, KeyError, RuntimeError, NotImplementedError, OSError, TypeError) as e:
         raise ModelError(
             f"{src}: transformers cannot import this GGUF ({info['architecture']}, {info['quant']}): {first_line(e)}"

@@ -24,7 +24,7 @@ from eexp import __version__
 from eexp.card import read_card, write_card
 from eexp.errors import ModelError, PolicyError, first_line
 from eexp.fields import setting
-from eexp.files import content_hash, has_tokenizer, hub_id
+from eexp.files import content_hash, has_tokenizer, hub_id, unsafe_adapter
 from eexp.models.adapter import base_of
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -83,6 +83,8 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
         raise ModelError(f"{tokenizer_dir}: the tokenizer has no chat template; a served model needs one")
     from peft import PeftModel
 
+    if unsafe_adapter(str(adapter)):
+        raise ModelError(f"{adapter}: {unsafe_adapter(str(adapter))}")
     try:
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:

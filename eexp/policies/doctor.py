@@ -80,7 +80,7 @@ def doctor(gguf_path: str, tokenizer_dir: str | None = None, n_threads: int = 0)
     llm = gguf.llm
     tok_dir = find_tokenizer(gguf_path, tokenizer_dir, llm.metadata)
     try:
-        hf = AutoTokenizer.from_pretrained(tok_dir)
+        hf = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)  # never a folder's own code
     except (OSError, ValueError) as e:
         raise PolicyError(f"{tok_dir}: cannot load the tokenizer ({e})") from None
     if not hf.chat_template:

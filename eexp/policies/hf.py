@@ -15,7 +15,14 @@ import os
 
 from eexp.card import read_card
 from eexp.errors import HubError, PolicyError, first_line
-from eexp.files import content_hash, has_tokenizer, hub_id, read_checkpoint_serializer, resolve_hub_model
+from eexp.files import (
+    content_hash,
+    has_tokenizer,
+    hub_id,
+    read_checkpoint_serializer,
+    resolve_hub_model,
+    unsafe_adapter,
+)
 from eexp.models.adapter import base_of
 from eexp.policies.args import take_args
 from eexp.policies.base import MAX_TOKENS, Policy
@@ -86,6 +93,8 @@ class TransformersPolicy(ModelPolicy):
                 f"with the model's own template)"
             )
         if self.adapter:
+            if unsafe_adapter(path):
+                raise PolicyError(f"{path}: {unsafe_adapter(path)}")
             try:
                 from peft import PeftModel
 

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import ipaddress
 import json
 import os
 import socket
@@ -209,8 +210,33 @@ class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
         )
 
 
-# urllib's usual opener (proxies from the environment, redirects, HTTP errors as HTTPError) with these two handlers
-_OPENER = urllib.request.build_opener(_DeadlineHTTPHandler, _DeadlineHTTPSHandler)
+class _LoopbackDirectProxyHandler(urllib.request.ProxyHandler):
+    """Proxies from the environment (http_proxy, ...), never for a server on this machine: urllib sends a request for
+    127.0.0.1 through the proxy unless no_proxy says otherwise, and the prompts would leave the machine."""
+
+    def proxy_open(self, req, proxy, type):
+        host = urllib.parse.urlsplit(req.full_url).hostname or ""
+        if host == "localhost" or _is_loopback_address(host):
+            return None  # the next handler opens it directly
+        return super().proxy_open(req, proxy, type)
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _opener(proxies: dict | None = None) -> urllib.request.OpenerDirector:
+    """urllib's usual opener (proxies, from the environment when None, but for loopback; redirects; HTTP errors as
+    HTTPError) with the two deadline handlers."""
+    return urllib.request.build_opener(
+        _LoopbackDirectProxyHandler(proxies), _DeadlineHTTPHandler, _DeadlineHTTPSHandler
+    )
+
+
+_OPENER = _opener()
 
 
 def fetch(req: urllib.request.Request, timeout: float, read: bool = True) -> bytes:

@@ -109,7 +109,8 @@ class LlamaCppPolicy(ModelPolicy):
             from transformers import AutoTokenizer
 
             try:
-                self.hf_tokenizer = AutoTokenizer.from_pretrained(opts["tokenizer"])
+                # never a folder's own code: transformers would ask on stdin, which carries the records
+                self.hf_tokenizer = AutoTokenizer.from_pretrained(opts["tokenizer"], trust_remote_code=False)
             except (OSError, ValueError) as e:
                 raise PolicyError(f"{opts['tokenizer']}: cannot load the tokenizer ({e})") from None
         self.template = llm.metadata.get("tokenizer.chat_template", "")
