@@ -310,7 +310,8 @@ def test_the_tests_use_their_own_cache_and_fail_on_nobody_elses_writes(tmp_path)
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eexp"
     assert not Path(session).resolve().is_relative_to(home.resolve())
     # a run of this conftest whose user cache another process writes to meanwhile
-    (tmp_path / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    for name in ("conftest.py", "netguard.py"):  # the conftest and the network guard it installs
+        (tmp_path / name).write_text((Path(__file__).parent / name).read_text())
     (tmp_path / "test_other_process.py").write_text(
         textwrap.dedent("""
         import os, subprocess, sys
