@@ -385,11 +385,11 @@ class Writer:
 
 @contextlib.contextmanager
 def closing(*writers: Writer | None, then: Callable[[BaseException | None], None] | None = None):
-    """Close `writers` (None ones skipped), then call `then` with the error the block ended in, or None (write
-    --stats, which says so), when the block ends. When it ends in an
-    error (a full disk, Ctrl-C), that error is the one reported: a second one while closing (the same full disk
-    under --stats) is not allowed to hide it; and an output file the run made but wrote nothing into goes again (a run
-    refused at its first record, such as a τ² rollout whose user simulator is down, leaves no 0-byte file)."""
+    """Close `writers` (None ones skipped), then call `then` with the error the block ended in, or None (it writes
+    --stats, which say so), when the block ends. When it ends in an error (a full disk, Ctrl-C), that error is the one
+    reported: a second one while closing (the same full disk under --stats) is not allowed to hide it; and an output
+    file the run made but wrote nothing into goes again (a run refused at its first record, such as a τ² rollout
+    whose user simulator is down, leaves no 0-byte file)."""
     try:
         yield
     except BaseException as error:

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 import orjson
 from tqdm import tqdm
 
-from eexp.errors import InputError, PolicyError, Terminated, UsageProblem
+from eexp.errors import InputError, PolicyError, Terminated, UsageProblem, first_line
 from eexp.io import Reader, Writer, closing, prepare_resume, refuse_writing_an_input, write_atomic
 
 
@@ -369,7 +369,7 @@ def _why_it_stopped(error: BaseException) -> str:
         return "interrupted"
     if isinstance(error, Terminated):
         return "terminated"
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return first_line(error)
 
 
 def progress_bar(quiet: bool, **kwargs):
