@@ -83,8 +83,8 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
         raise ModelError(f"{tokenizer_dir}: the tokenizer has no chat template; a served model needs one")
     from peft import PeftModel
 
-    if unsafe_adapter(str(adapter)):
-        raise ModelError(f"{adapter}: {unsafe_adapter(str(adapter))}")
+    if why := unsafe_adapter(str(adapter)):
+        raise ModelError(f"{adapter}: {why}")
     try:
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:

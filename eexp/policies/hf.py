@@ -93,8 +93,8 @@ class TransformersPolicy(ModelPolicy):
                 f"with the model's own template)"
             )
         if self.adapter:
-            if unsafe_adapter(path):
-                raise PolicyError(f"{path}: {unsafe_adapter(path)}")
+            if why := unsafe_adapter(path):
+                raise PolicyError(f"{path}: {why}")
             try:
                 from peft import PeftModel
 

@@ -221,8 +221,8 @@ def load_model(cfg: TrainerConfig, device, bf16: bool, sharded: bool = False):
     if cfg.adapter:
         if not os.path.exists(os.path.join(cfg.adapter, "adapter_config.json")):
             raise TrainingError(f"{cfg.adapter}: not a LoRA adapter directory (no adapter_config.json)")
-        if unsafe_adapter(cfg.adapter):
-            raise TrainingError(f"{cfg.adapter}: {unsafe_adapter(cfg.adapter)}")
+        if why := unsafe_adapter(cfg.adapter):
+            raise TrainingError(f"{cfg.adapter}: {why}")
         return PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
     candidates = linear_module_names(model)
     targets = [t for t in cfg.lora_targets if t != "all-linear"]
