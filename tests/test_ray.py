@@ -620,7 +620,8 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster, tmp_path):
 
 def test_local_cluster_reaches_nothing_outside_and_kill_9_leaves_no_process(cluster, branches, tmp_path):
     """`--ray` alone: eexp starts a local cluster, with nothing of the test cluster's settings in its environment
-    (no RAY_USAGE_STATS_*, the real HOME) but the network guard; kill -9 of eexp stops every process of it."""
+    (no RAY_USAGE_STATS_*, the real HOME) but the network guard; its head refuses a client without its token;
+    kill -9 of eexp stops every process of it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PYTHONPATH=cluster.env["PYTHONPATH"], EEXP_TEST_NET_LOG=str(cluster.net_log))
     serial = records(branches / "serial.jsonl")
@@ -644,6 +645,27 @@ def test_local_cluster_reaches_nothing_outside_and_kill_9_leaves_no_process(clus
         for pid in below
         if Path(f"/proc/{pid}").exists()
     )
+    # its head listens on every interface (Ray has no loopback-only bind) but answers no one without the token Ray
+    # 2.60 makes for a new local cluster (its default; the token is kept in the cluster's private home)
+    import psutil
+
+    gcs = next(
+        pid for pid in below if "gcs_server" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace").split("\0")[0]
+    )
+    (port,) = {c.laddr.port for c in psutil.Process(gcs).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    asked = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from eexp.workers_ray import probe; probe(sys.argv[1], 20)",
+            f"127.0.0.2:{port}",
+        ],
+        env={**{k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert asked.returncode == 1 and "InvalidAuthToken" in asked.stderr, asked.stderr[-2000:]
     proc.kill()
     proc.wait()
     proc.stdin.close()

@@ -392,8 +392,8 @@ def cluster_options(f: Callable) -> Callable:
             metavar="[ADDRESS]",
             help="Run the environment workers as Ray actors on the cluster at ADDRESS (HOST:PORT of its "
             "head, or auto; eexp runs on one of its nodes); alone, on a local Ray cluster started for the "
-            "run, which reaches nothing outside this machine (but, as every Ray cluster, listens on every "
-            "interface and takes work without authentication: use it on a trusted network). The records are the "
+            "run, which reaches nothing outside this machine (its servers listen on every interface, as Ray's "
+            "do, and refuse any client without the token Ray makes for the cluster). The records are the "
             "serial run's, in the same order; a worker or node lost mid-run has its work run again elsewhere. "
             "Needs pip install 'eexp[ray]'.",
         ),
