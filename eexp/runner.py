@@ -346,6 +346,17 @@ class StageIO:
     def _end(self, error: BaseException | None = None) -> None:
         if error is not None:
             self.stats.failed = _why_it_stopped(error)
+            if (
+                isinstance(error, (InputError, PolicyError))
+                and self.output not in (None, "-")
+                and self.stats.records_out
+            ):
+                # what a bad line or a lost server left behind, and how to go on from it (the error says what)
+                n = self.stats.records_out
+                error.add_note(
+                    f"this run wrote {n} whole record{'' if n == 1 else 's'} to {self.output} before it stopped"
+                    + ("; once that is fixed, --resume continues the file" if self.resumable else "")
+                )
         try:
             for writer in self.side:
                 writer.close()

@@ -151,6 +151,8 @@ def test_a_run_that_stops_mid_way_keeps_what_it_wrote(runner, tmp_path):
     result = runner.invoke(cli, ["mix", "--concat", str(broken), "-o", str(out), "--stats", str(stats)])
     assert result.exit_code == 1 and f"{broken}:4: not valid JSON" in result.output
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["e0", "e1", "e2"]
+    # the line below the error says what is left; mix cannot continue a file, so it gives no --resume advice
+    assert result.output.splitlines()[1:] == [f"this run wrote 3 whole records to {out} before it stopped"]
     # its --stats count what it wrote, and say why it stopped: they are not a whole run's counts
     counted = json.loads(stats.read_text())
     assert counted["records_out"] == 3 and counted["failed"].startswith(f"{broken}:4: not valid JSON")
@@ -202,3 +204,31 @@ def test_a_truncated_alfworld_game_names_the_file(tmp_path, monkeypatch):
 def test_corpus_of_an_unknown_split_leaves_no_file(runner, tmp_path):
     line = _refused(runner, ["corpus", "--env", "shop", "--split", "nosuch"], tmp_path / "pages.jsonl")
     assert line == "Error: shop has no split 'nosuch' (splits: train, test, ood, combo)"
+
+
+def test_a_stage_stopped_by_a_bad_line_says_what_it_wrote_and_resume_completes_it(runner, tmp_path):
+    """The error names the line; the line below it says what -o FILE holds and that --resume continues it, which
+    then writes the records a whole run writes."""
+    expert = tmp_path / "expert.jsonl"
+    assert (
+        runner.invoke(cli, ["expert", "--env", "shop", "-n", "3", "--seed", "0", "-q", "-o", str(expert)]).exit_code
+        == 0
+    )
+    trajectories = expert.read_text().splitlines()
+    broken, fixed, out, whole = (tmp_path / name for name in ("broken.jsonl", "fixed.jsonl", "il.jsonl", "all.jsonl"))
+    broken.write_text("\n".join([trajectories[0], '{"id": "cut', *trajectories[1:]]) + "\n")
+    fixed.write_text("\n".join(trajectories) + "\n")
+    result = runner.invoke(cli, ["imitation-data", str(broken), "-o", str(out)])
+    assert result.exit_code == 1
+    written = len(out.read_text().splitlines())  # the first trajectory's examples, one a step
+    assert result.output.splitlines() == [
+        f"Error: {broken}:2: not valid JSON: unexpected control character in string: line 1 column 12 (char 11)",
+        f"this run wrote {written} whole records to {out} before it stopped; once that is fixed, --resume continues "
+        "the file",
+    ]
+    assert runner.invoke(cli, ["imitation-data", str(fixed), "-o", str(out), "--resume"]).exit_code == 0
+    assert runner.invoke(cli, ["imitation-data", str(fixed), "-o", str(whole)]).exit_code == 0
+    without_time = lambda path: [
+        {**r, "meta": {**r["meta"], "created_utc": None}} for r in map(json.loads, path.read_text().splitlines())
+    ]
+    assert len(without_time(out)) > written and without_time(out) == without_time(whole)

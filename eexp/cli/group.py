@@ -87,7 +87,8 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except EexpError as e:  # the one place eexp's errors become `Error: message` and their exit code
-            error = click.UsageError(str(e)) if e.exit_code == 2 else click.ClickException(str(e))
+            message = "\n".join([str(e), *getattr(e, "__notes__", ())])  # notes: what the run left, on lines below
+            error = click.UsageError(message) if e.exit_code == 2 else click.ClickException(message)
             error.exit_code = e.exit_code
             raise error from None
         except BrokenPipeError:
