@@ -11,6 +11,9 @@ from eexp.records import make_meta, short_hash
 from eexp.runner import Stage, StageIO
 from eexp.workers import WorkerPool, open_pool
 
+# `eexp expert --step-timeout`'s default: records made with it do not say it (those of other limits do: meta_settings)
+STEP_TIMEOUT = 60.0
+
 
 def trajectory_id(env: Env, task: dict) -> str:
     """`<env>:<task id>`, with a hash of the environment's kwargs when it has any (another world)."""
@@ -18,11 +21,28 @@ def trajectory_id(env: Env, task: dict) -> str:
     return f"{env.name}:{task['id']}{suffix}"
 
 
+def meta_settings(timeout: float | None, include_admissible: bool) -> dict:
+    """What meta adds of the run's settings that change its records: step_timeout (0: no limit) where it is not
+    STEP_TIMEOUT, and admissible: false where the admissible actions are left out. Nothing for the defaults, so
+    their records stay what they were; --resume compares both (eexp.records.run_settings)."""
+    limit = timeout or 0
+    return {
+        **({"step_timeout": limit} if limit != STEP_TIMEOUT else {}),
+        **({} if include_admissible else {"admissible": False}),
+    }
+
+
 def expert_trajectory(
-    env: Env, task: dict, seed: int = 0, timeout: float | None = None, include_admissible: bool = True
+    env: Env,
+    task: dict,
+    seed: int = 0,
+    timeout: float | None = None,
+    include_admissible: bool = True,
+    meta_extra: dict | None = None,
 ) -> dict:
     """Run the oracle's actions on a fresh episode. An environment failure (exception, timeout) is recorded as
-    `error` on the trajectory, with the steps done so far, and success false."""
+    `error` on the trajectory, with the steps done so far, and success false. `meta_extra`: the run's settings
+    for meta (meta_settings)."""
     record = {
         "id": trajectory_id(env, task),
         "env": env.env_record(),
@@ -59,6 +79,7 @@ def expert_trajectory(
         split=task["split"],
         seed=seed,
         policy="oracle",
+        **(meta_extra or {}),
         **record_meta(env),
     )
     return record
@@ -77,14 +98,21 @@ class Oracle:
         seed: int = 0,
         timeout: float | None = None,
         include_admissible: bool = True,
+        meta_extra: dict | None = None,
     ):
         self.env_name, self.env_args = env_name, dict(env_args or {})
         self.seed, self.timeout, self.include_admissible = seed, timeout, include_admissible
+        self.meta_extra = dict(meta_extra or {})
         self.env = make_env(env_name, **self.env_args)
 
     def __call__(self, task: dict) -> dict:
         record = expert_trajectory(
-            self.env, task, seed=self.seed, timeout=self.timeout, include_admissible=self.include_admissible
+            self.env,
+            task,
+            seed=self.seed,
+            timeout=self.timeout,
+            include_admissible=self.include_admissible,
+            meta_extra=self.meta_extra,
         )
         if "error" in record:
             self._replace()
@@ -135,15 +163,15 @@ class Expert(Stage):
         cluster=None,
     ):
         self.count, self.note = count, note
-        self.oracle = Oracle(env_name, env_args, seed, timeout, include_admissible)
+        meta_extra = meta_settings(timeout, include_admissible)
+        oracle_args = (env_name, env_args, seed, timeout, include_admissible, meta_extra)
+        self.oracle = Oracle(*oracle_args)
         self.unsuccessful = self.errors = 0
         count("unsuccessful", 0)
         count("errors", 0)
         # the workers start with `start_workers` (run_expert: once the tasks are known), else with the first task
         self._pool_spec = (
-            (jobs, Oracle, (env_name, env_args, seed, timeout, include_admissible), _worker_cleanup, cluster)
-            if jobs > 1 or cluster is not None
-            else None
+            (jobs, Oracle, oracle_args, _worker_cleanup, cluster) if jobs > 1 or cluster is not None else None
         )
         self._workers: WorkerPool | None = None
 
@@ -211,11 +239,11 @@ def run_expert(
     jobs: int = 1,
     cluster=None,
 ) -> None:
-    """Write the expert trajectories of the tasks `pick_tasks` chooses (those of io's --shard) to io's output
-    (--resume skips the tasks already there), and say how many did not succeed. `jobs` worker processes, or the workers
-    of `cluster`
-    (--ray), run the tasks; the records are those of a serial run, in the same order. More than MAX_FAILED_SHARE of
-    the trajectories with an environment error is an EnvError (exit 1) once they are all written."""
+    """Write the expert trajectories of the tasks `pick_tasks` chooses (those of io's --shard, by trajectory id) to
+    io's output (--resume skips the tasks already there), and say how many did not succeed. `jobs` worker processes,
+    or the workers of `cluster` (--ray), run the tasks; the records are those of a serial run, in the same order. More
+    than MAX_FAILED_SHARE of the trajectories with an environment error is an EnvError (exit 1) once they are all
+    written. meta records `timeout` and `include_admissible` where they are not the CLI's defaults (meta_settings)."""
     stage = Expert(
         env_name,
         env_args,
@@ -233,8 +261,10 @@ def run_expert(
     except BaseException:
         stage.close()
         raise
+    # sliced by trajectory id, as every stage after it slices its records (eexp.runner.shard_key), so `expert --shard
+    # I/N | imitation-data --shard I/N` keeps every trajectory of slice I
     io.run_source(
-        stage, tasks, key=stage.trajectory_id, shard_key=lambda task: task["id"], output_kind="trajectory", unit="task"
+        stage, tasks, key=stage.trajectory_id, shard_key=stage.trajectory_id, output_kind="trajectory", unit="task"
     )
     if stage.unsuccessful or stage.errors:
         # an environment error is a trajectory that did not succeed too (success: false): counted once, and said
