@@ -276,6 +276,7 @@ class Writer:
         self.resumable = resumable and self.path is not None
         self.failed = False
         self.pending: list[bytes] = []
+        self.before_first: Callable[[dict], None] | None = None
         self.lock = None
         if self.path is None:
             self.stream = sys.stdout.buffer
@@ -307,6 +308,9 @@ class Writer:
             return None
 
     def write(self, record: dict, flush: bool = True) -> None:
+        if self.before_first is not None:  # a check of the first record (a resumed file's settings), once
+            check, self.before_first = self.before_first, None
+            check(record)
         self.pending.append(dumps(record))
         if flush:
             self.flush()
@@ -444,14 +448,19 @@ def _discard_stdout() -> None:
 
 
 def prepare_resume(
-    path: str, key: Callable[[dict], str] = lambda r: r.get("source_id"), kind: str | None = None
+    path: str,
+    key: Callable[[dict], str] = lambda r: r.get("source_id"),
+    kind: str | None = None,
+    whole_records: bool = False,
 ) -> set[str]:
     """Make an output file safe to append to, and return the keys of the inputs it already covers.
 
     A torn last line (a killed process) is cut off. The records of the last input in the file are dropped too, since
     that input may have been cut short between two of its outputs; it is simply done again. Outputs are
-    deterministic, so the file ends as an uninterrupted run would have written it. With `kind` (the kind of record
-    the stage writes, see eexp.records), a file holding another kind (another stage's output) is refused untouched.
+    deterministic, so the file ends as an uninterrupted run would have written it. With `whole_records` (a stage
+    that writes one record per key: expert's trajectories, eval's episodes) a whole last line is a finished input,
+    and is kept: an hour-long episode is not run again at every resume. With `kind` (the kind of record the stage
+    writes, see eexp.records), a file holding another kind (another stage's output) is refused untouched.
     """
     if not os.path.exists(path):
         return set()
@@ -460,7 +469,7 @@ def prepare_resume(
     held = _held(path)
     lock = lock_output(path)  # held on into the Writer that appends to it: no other run may cut or extend it meanwhile
     try:
-        return _prepare_resume(path, key, kind)
+        return _prepare_resume(path, key, kind, whole_records)
     except BaseException:
         if not held:
             unlock_output(lock)  # refused: the file is not written after all
@@ -477,7 +486,7 @@ def _held(path: str) -> bool:
         return (st.st_dev, st.st_ino) in _HELD
 
 
-def _prepare_resume(path: str, key: Callable[[dict], str], kind: str | None) -> set[str]:
+def _prepare_resume(path: str, key: Callable[[dict], str], kind: str | None, whole_records: bool) -> set[str]:
     """prepare_resume's work, done under the file's lock."""
     try:
         with open(path, "rb") as f:
@@ -508,7 +517,7 @@ def _prepare_resume(path: str, key: Callable[[dict], str], kind: str | None) -> 
                     )
             keys.append((key(record), offset))
         offset += len(raw)
-    if keys:
+    if keys and not whole_records:
         last = keys[-1][0]
         while keys and keys[-1][0] == last:
             end = keys.pop()[1]

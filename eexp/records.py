@@ -360,6 +360,45 @@ def make_meta(stage: str, **fields: Any) -> dict:
     return {"stage": stage, "eexp_version": __version__, **fields, "created_utc": utc_now()}
 
 
+# What a resumed file and its continuation must agree on (`--resume`): the settings each stage records in `meta`
+# that shape its records, by the stage that wrote them. Not what varies from record to record (the environment of a
+# mixed input, the task, the step, an example's action, a reflection's fallback reflector) nor when or by which
+# eexp version it was written. A stage not named here is checked some other way (eval: its settings are in the
+# episode id; world-model-eval: meta.run) or cannot resume.
+_RUN_META = {
+    "expert": ("env", "env_kwargs", "split", "seed", "policy", "step_timeout", "admissible"),
+    "rollout": ("step_timeout",),
+    "imitation-data": ("kind", "serializer", "extra"),
+    "world-model-data": ("kind", "serializer", "extra"),
+    "preference-data": ("kind", "serializer", "extra"),
+    "critic-data": ("kind", "serializer"),
+    "reflect": ("kind", "seed", "serializer"),
+}
+_RUN_EXTRA = {"critic-data": ("rejected_filter",), "reflect": ("template_sha256",)}  # run-level keys of meta.extra
+_PER_RECORD_BRANCH_META = {"env", "env_version", "created_utc", "eexp_version"}
+
+
+def run_settings(record: dict) -> dict[str, Any] | None:
+    """The settings of the run that wrote `record`, as its meta records them (see _RUN_META); None for a record
+    whose stage has none to compare."""
+    meta = record.get("meta")
+    if not isinstance(meta, dict) or not isinstance(meta.get("stage"), str):
+        return None
+    stage = meta["stage"]
+    if stage == "branch":  # every key but the environment's and the time: its settings and the policy's
+        return {"stage": stage, **{k: v for k, v in meta.items() if k not in _PER_RECORD_BRANCH_META}}
+    if stage not in _RUN_META:
+        return None
+    found = {"stage": stage, **{key: meta.get(key) for key in _RUN_META[stage]}}
+    if stage in _RUN_EXTRA:
+        try:
+            extra = orjson.loads(meta.get("extra") or "{}")
+        except orjson.JSONDecodeError:
+            extra = {}
+        found.update({key: extra.get(key) for key in _RUN_EXTRA[stage]} if isinstance(extra, dict) else {})
+    return found
+
+
 # Every training example has exactly these meta keys with these types, whichever stage wrote it, so Arrow never
 # sees a column change type (huggingface/datasets #6460). Unknown values are "" or 0, never null.
 EXAMPLE_META: dict[str, type] = {

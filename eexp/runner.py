@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from eexp.errors import InputError, PolicyError, Terminated, UsageProblem, first_line
 from eexp.io import Reader, Writer, closing, prepare_resume, refuse_writing_an_input, write_atomic
+from eexp.records import run_settings
 
 
 class RecordError(Exception):
@@ -209,6 +210,7 @@ class StageIO:
         self.side: list[Writer] = []
         self._end_counts: list[Callable[[], dict[str, int]]] = []
         self._done: set[str] | None = None
+        self._resumed_settings: dict | None = None  # a resumed file's run_settings, until checked against ours
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats.add(name, n)
@@ -218,13 +220,20 @@ class StageIO:
         written."""
         self._end_counts.append(counts)
 
-    def done(self, key: Callable[[dict], str] = lambda r: r.get("source_id"), kind: str | None = None) -> set[str]:
+    def done(
+        self,
+        key: Callable[[dict], str] = lambda r: r.get("source_id"),
+        kind: str | None = None,
+        whole_records: bool = False,
+    ) -> set[str]:
         """With --resume, the keys (by `key` of each output record) -o FILE already holds, after making the file
-        safe to append to (once per run: later calls return the same set); without it, nothing."""
+        safe to append to (once per run: later calls return the same set); without it, nothing. `whole_records`:
+        each key has one record, so the last whole line is a finished input (see prepare_resume)."""
         if not self.resume:
             return set()
         if self._done is None:
-            self._done = prepare_resume(self.output, key, kind=kind)
+            self._done = prepare_resume(self.output, key, kind=kind, whole_records=whole_records)
+            self._resumed_settings = _first_settings(self.output)
         return self._done
 
     def read(
@@ -308,7 +317,7 @@ class StageIO:
         as resumed. Outputs are written as the stage yields them."""
         try:
             items = [item for item in items if shard_key is None or in_shard(shard_key(item), self.shard)]
-            done = self.done(lambda r: r.get("id"), output_kind)
+            done = self.done(lambda r: r.get("id"), output_kind, whole_records=True)  # one record per item
             writer = self._writer()
             with self.closing(writer), progress_bar(self.quiet, total=len(items), unit=unit) as bar:
                 for item in items:
@@ -330,13 +339,30 @@ class StageIO:
                 self._write_all(writer, (record,))
 
     def _writer(self) -> Writer:
-        return Writer(self.output, append=bool(self.resume), resumable=self.resumable)
+        writer = Writer(self.output, append=bool(self.resume), resumable=self.resumable)
+        if self._resumed_settings is not None:  # the first record this run adds to a resumed file
+            writer.before_first = self._check_same_run
+        return writer
 
     def _write_all(self, writer: Writer, records: Iterable[dict]) -> None:
         for out in records:
             writer.write(out, flush=False)
             self.stats.records_out += 1
         writer.flush()
+
+    def _check_same_run(self, record: dict) -> None:
+        """--resume continues a file only with the settings that began it: one file never holds records of two
+        runs (a `branch -k 2` file continued with `-k 5`). Checked on the first record this run adds, before it is
+        written; the file is left as it was."""
+        theirs, ours = self._resumed_settings, run_settings(record)
+        if ours is None or theirs is None or ours == theirs:
+            return
+        differ = [key for key in {**theirs, **ours} if theirs.get(key) != ours.get(key)]
+        said = "; ".join(f"{key}: {_short(theirs.get(key))} there, {_short(ours.get(key))} here" for key in differ)
+        raise UsageProblem(
+            f"--resume: {self.output} was begun with other settings ({said}): resume it with the settings it was "
+            "begun with, or write to another file"
+        )
 
     def closing(self, *writers: Writer | None):
         """Close `writers` and the side outputs, then write --stats, when the block ends; an error in flight is the
@@ -372,6 +398,25 @@ class StageIO:
         if self.stats.skipped:
             self.reader.warn(f"skipped {self.stats.skipped} bad record(s)")
         self.stats.write(self.stats_path)
+
+
+def _first_settings(path: str) -> dict | None:
+    """run_settings of the first record of a file being resumed (None: no record, or none to compare)."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    record = orjson.loads(line)
+                    return run_settings(record) if isinstance(record, dict) else None
+    except (OSError, orjson.JSONDecodeError):  # prepare_resume has read it whole already: not expected
+        return None
+    return None
+
+
+def _short(value) -> str:
+    """A setting's value as JSON, cut to 80 characters."""
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _why_it_stopped(error: BaseException) -> str:

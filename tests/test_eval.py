@@ -439,13 +439,13 @@ def test_resume_continues_an_interrupted_run(tmp_path):
         ]
     )
     assert result.exit_code == 0, result.output
-    # prepare_resume also drops the last whole episode (it may have been cut between its outputs): 2 kept
-    assert "resuming: 2 of 8 episodes" in result.stderr
+    # the three whole episodes are kept (an episode is one line: a whole line is a finished one), the torn one cut
+    assert "resuming: 3 of 8 episodes" in result.stderr
     assert without_time(lines(part.read_text())) == without_time(lines(full.read_text()))
     assert without_time(lines(part_traj.read_text())) == without_time(lines(full_traj.read_text()))
     assert json.loads(summary.read_text())["n"] == 8  # the summary covers the resumed episodes too
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert stats["resumed"] == 2 and stats["records_out"] == 6
+    assert stats["resumed"] == 3 and stats["records_out"] == 5
     # A file of another evaluation is not silently mixed into this one.
     result = CliRunner().invoke(
         cli, ["eval", "--policy", "random", "--env", "shop", "-n", "8", "-q", "-o", str(part), "--resume"]

@@ -193,7 +193,7 @@ def resume_episodes(io: StageIO, ids: list[str], trajectories_path: str | None) 
     to; the trajectories file is cut back to the episodes kept. Without it: nothing (and a fresh trajectories file)."""
     if not io.resume:
         return {}
-    done = io.done(lambda r: r.get("id"), kind="episode")
+    done = io.done(lambda r: r.get("id"), kind="episode", whole_records=True)
     foreign = done - set(ids)
     if foreign:
         raise EexpError(

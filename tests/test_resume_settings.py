@@ -1,0 +1,78 @@
+"""`-o FILE --resume` continues a file only with the settings that began it (eexp.records.run_settings): a file never
+holds the records of two runs (a `branch -k 2` file continued with `-k 5` held both, silently, before). The first
+record the continuation would add is checked before it is written: a refused run adds nothing to the file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eexp.cli import cli
+from eexp.records import run_settings
+
+
+@pytest.fixture
+def expert(runner, tmp_path):
+    path = tmp_path / "expert.jsonl"
+    assert (
+        runner.invoke(cli, ["expert", "--env", "shop", "-n", "4", "--seed", "0", "-q", "-o", str(path)]).exit_code == 0
+    )
+    return path
+
+
+def _timeless(path) -> list[dict]:
+    return [{**r, "meta": {**r["meta"], "created_utc": None}} for r in map(json.loads, path.read_text().splitlines())]
+
+
+def _cut(path, keep: int) -> bytes:
+    """The file cut to its first `keep` lines, as a run stopped part-way leaves it; those bytes, returned."""
+    kept = b"".join(path.read_bytes().splitlines(keepends=True)[:keep])
+    path.write_bytes(kept)
+    return kept
+
+
+@pytest.mark.parametrize(
+    "command, begun, other, said",
+    [
+        (["branch"], ["-k", "2"], ["-k", "3"], "k: 2 there, 3 here"),
+        (["branch", "-k", "2"], ["--seed", "0"], ["--seed", "1"], "seed: 0 there, 1 here"),
+        (["imitation-data"], [], ["--observation-loss"], 'kind: "il" there, "il-obs" here; extra: "" there, '),
+        (["imitation-data"], [], ["--history", "1"], 'serializer: "{\\"history\\":3,'),
+    ],
+)
+def test_resume_with_other_settings_is_refused_and_the_file_kept(runner, expert, tmp_path, command, begun, other, said):
+    out, whole = tmp_path / "out.jsonl", tmp_path / "whole.jsonl"
+    assert runner.invoke(cli, [*command, *begun, str(expert), "-q", "-o", str(whole)]).exit_code == 0
+    out.write_bytes(whole.read_bytes())
+    kept = _cut(out, 12)  # past the first trajectory's records: the last input's are done again on resume
+    result = runner.invoke(cli, [*command, *other, str(expert), "-q", "-o", str(out), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: --resume: {out} was begun with other settings ({said}")
+    assert result.output.rstrip().endswith("): resume it with the settings it was begun with, or write to another file")
+    assert kept.startswith(out.read_bytes()) and out.read_bytes()  # nothing added (the last input's records, redone
+    # on any resume, may be gone already)
+    # resumed with its own settings, it ends as the whole run
+    assert runner.invoke(cli, [*command, *begun, str(expert), "-q", "-o", str(out), "--resume"]).exit_code == 0
+    assert _timeless(out) == _timeless(whole)
+
+
+def test_expert_resumed_with_another_seed_is_refused(runner, tmp_path):
+    out = tmp_path / "expert.jsonl"
+    assert (
+        runner.invoke(cli, ["expert", "--env", "shop", "-n", "4", "--seed", "0", "-q", "-o", str(out)]).exit_code == 0
+    )
+    _cut(out, 2)
+    result = runner.invoke(cli, ["expert", "--env", "shop", "-n", "4", "--seed", "1", "-q", "-o", str(out), "--resume"])
+    assert result.exit_code == 2 and "(seed: 0 there, 1 here)" in result.output, result.output
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_what_varies_from_record_to_record_is_no_setting(expert, runner, tmp_path):
+    """Two records of one run have the same run_settings: the task, the step, the action and the time are not
+    settings."""
+    il = tmp_path / "il.jsonl"
+    assert runner.invoke(cli, ["imitation-data", str(expert), "-q", "-o", str(il)]).exit_code == 0
+    records = [json.loads(line) for line in il.read_text().splitlines()]
+    assert len({json.dumps(run_settings(r), sort_keys=True) for r in records}) == 1
+    assert len({(r["meta"]["task_id"], r["meta"]["step"]) for r in records}) == len(records)
