@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import orjson
+from netguard import pythonpath
 
 DATA = Path(__file__).parent / "data"
 OUTCOMES = str(DATA / "outcomes.jsonl")
@@ -35,7 +36,7 @@ def install_apart(src: Path, site: Path) -> dict[str, str]:
         check=True,
         capture_output=True,
     )
-    return {"PYTHONPATH": str(site), "PATH": str(Path(sys.executable).parent)}
+    return {"PYTHONPATH": pythonpath(site), "PATH": str(Path(sys.executable).parent)}
 
 
 class TrainedWith:

@@ -32,9 +32,16 @@ def pytest_configure(config):
     # nothing reaches outside: a name that is not a local path is looked up in the Hugging Face cache alone, and a
     # connection or a name lookup beyond this machine fails the test that makes it (tests/netguard.py)
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from netguard import install
+    from netguard import LOG_VARIABLE, child_folder, install
 
     install()
+    # ... and in every Python process a test starts (its refusals logged, read by _no_child_reached_outside)
+    config._eexp_netguard_dir = child_folder()
+    os.environ["EEXP_NETGUARD_DIR"] = config._eexp_netguard_dir
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (config._eexp_netguard_dir, os.environ.get("PYTHONPATH")) if p
+    )
+    os.environ[LOG_VARIABLE] = os.path.join(config._eexp_netguard_dir, "refused.log")
     # a worker of `make test-all` (pytest-xdist, one per core) runs one OpenMP thread, and so does every process it
     # starts: with the other workers busy, threads of one torch or llama.cpp process mostly wait on each other
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -47,6 +54,8 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     import shutil
 
+    if hasattr(config, "_eexp_netguard_dir"):
+        shutil.rmtree(config._eexp_netguard_dir, ignore_errors=True)
     if hasattr(config, "_eexp_cache"):
         shutil.rmtree(config._eexp_cache, ignore_errors=True)
         if config._eexp_saved_cache is None:
@@ -65,6 +74,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_child_reached_outside():
+    """A test fails if a process it started tried to reach outside this machine (tests/netguard.py's log)."""
+    from netguard import LOG_VARIABLE
+
+    log = os.environ.get(LOG_VARIABLE, "")
+    before = os.path.getsize(log) if os.path.exists(log) else 0
+    yield
+    if os.path.exists(log) and os.path.getsize(log) > before:
+        with open(log) as f:
+            f.seek(before)
+            pytest.fail("a process this test started tried to reach outside this machine:\n" + f.read(), pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -1,15 +1,24 @@
-"""Nothing a test does may reach outside this machine: an audit hook (PEP 578) refuses, in the test process, every
-connection and datagram to an address that is not loopback, and every name lookup but this machine's own names, with
-an OSError that fails the test where it happens (conftest.py installs it for the whole run). It sees Python's socket
-calls only: the processes a test starts are not covered by it (test_tau2 and test_ray guard theirs)."""
+"""Nothing a test does may reach outside this machine: an audit hook (PEP 578) refuses every connection and datagram
+to an address that is not loopback, and every name lookup but this machine's own names, with an OSError where it
+happens. conftest.py installs it in the test process, and carries it into every Python process a test starts: this
+file, copied as `sitecustomize.py` into a folder put first on PYTHONPATH (`child_folder`), installs it there too,
+and a refusal there is also written to EEXP_NETGUARD_LOG, which conftest reads after each test to fail it (a child's
+OSError may be caught, retried or lost in its stderr). It sees Python's socket calls only, not those of C++
+processes (llama-server, chromium, Ray's servers: test_ray traces those), and a child started with its own
+PYTHONPATH (`pythonpath()` adds the folder) or none (test_wheel's fresh environment, which fetches from PyPI on
+purpose) goes without it."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import socket
 import sys
+import tempfile
 
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+LOG_VARIABLE = "EEXP_NETGUARD_LOG"
 
 
 def _is_local(host) -> bool:
@@ -38,10 +47,33 @@ def refuse_outside(event: str, args: tuple) -> None:
     else:
         return
     if not _is_local(host):
-        raise OSError(f"tests/netguard.py: {event} to {host!r} would leave this machine")
+        said = f"tests/netguard.py: {event} to {host!r} would leave this machine"
+        log = os.environ.get(LOG_VARIABLE)
+        if log and getattr(sys, "_eexp_netguard_child", False):
+            with open(log, "a") as f:
+                f.write(f"{said} (pid {os.getpid()}: {' '.join(sys.argv[:3])})\n")
+        raise OSError(said)
 
 
 def install() -> None:
     if not getattr(sys, "_eexp_netguard", False):
         sys.addaudithook(refuse_outside)
         sys._eexp_netguard = True
+
+
+def child_folder() -> str:
+    """A new folder holding this file as `sitecustomize.py`: first on a child's PYTHONPATH, it guards the child."""
+    folder = tempfile.mkdtemp(prefix="eexp-netguard-")
+    shutil.copy(__file__, os.path.join(folder, "sitecustomize.py"))
+    return folder
+
+
+def pythonpath(*paths) -> str:
+    """A PYTHONPATH of `paths` behind the guard's folder (for a test that gives a child its own PYTHONPATH)."""
+    guard = os.environ.get("EEXP_NETGUARD_DIR")
+    return os.pathsep.join(str(p) for p in ([guard] if guard else []) + list(paths))
+
+
+if __name__ == "sitecustomize":  # imported at a child's start, from child_folder()
+    sys._eexp_netguard_child = True
+    install()

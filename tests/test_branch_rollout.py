@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from netguard import pythonpath
 
 from eexp.cli import cli
 from eexp.envs.base import Env
@@ -523,7 +524,7 @@ def test_resume_after_a_torn_write_matches_an_uninterrupted_run(runner, tmp_path
 def test_rollout_killed_half_way_and_resumed(tmp_path, expert_files):
     """A real SIGKILL: the rollout reads its input from a pipe, is killed after N outcomes, then resumed."""
     br, full, part = tmp_path / "br.jsonl", tmp_path / "full.jsonl", tmp_path / "part.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {**os.environ, "PYTHONPATH": pythonpath(Path(__file__).parent.parent)}
     subprocess.run(EEXP + ["branch", str(expert_files["shop"]), "-k", "2", "-o", str(br)], check=True, env=env)
     subprocess.run(EEXP + ["rollout", str(br), "-o", str(full)], check=True, env=env)
     lines = br.read_bytes().splitlines(keepends=True)

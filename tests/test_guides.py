@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 from by_hand import install_apart
+from netguard import pythonpath
 
 from eexp.records import SHAPES, kind_of, validate
 
@@ -60,7 +61,7 @@ def bash(script: str, cwd: Path, site: Path) -> subprocess.CompletedProcess:
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "eexp").write_text(f'#!/bin/sh\nexec {sys.executable} -m eexp "$@"\n')
     (bin_dir / "eexp").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(site)}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": pythonpath(site)}
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )

@@ -24,3 +24,28 @@ def test_loopback_is_left_alone():
             pass
     assert socket.getaddrinfo("localhost", 80)
     assert socket.getaddrinfo(None, 80, flags=socket.AI_PASSIVE)
+
+
+def test_a_process_a_test_starts_is_guarded_and_its_attempt_logged(tmp_path):
+    """Carried by PYTHONPATH into a child Python: the attempt fails there too, and is written to the log that fails
+    the test that started it (here a log of its own, so that this test passes)."""
+    import os
+    import subprocess
+    import sys
+
+    from netguard import LOG_VARIABLE
+
+    log = tmp_path / "refused.log"
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import socket\ntry:\n    socket.getaddrinfo('pypi.org', 443)\nexcept OSError as e:\n    print(e)",
+        ],
+        env={**os.environ, LOG_VARIABLE: str(log)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.stdout == "tests/netguard.py: socket.getaddrinfo to 'pypi.org' would leave this machine\n"
+    assert log.read_text().startswith("tests/netguard.py: socket.getaddrinfo to 'pypi.org' would leave this machine")

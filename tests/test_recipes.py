@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
+from netguard import pythonpath
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 
@@ -423,7 +424,7 @@ def test_a_recipe_fine_tune_stopped_part_way_continues_when_make_runs_again(tmp_
             ],
             capture_output=True,
             text=True,
-            env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(RECIPES.parent)},
+            env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath(RECIPES.parent)},
             timeout=300,
         )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from netguard import pythonpath
 
 from eexp.io import read_records
 from eexp.workers import Pool, sigint_ignored_by_children
@@ -27,7 +28,7 @@ EEXP = [sys.executable, "-m", "eexp"]
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "PYTHONPATH": pythonpath(ROOT)}
 
 
 def _stat(pid: int) -> tuple[int, str, str] | None:
