@@ -20,7 +20,7 @@ Each class says what happened, so code that catches one catches that and nothing
         UserFailed         tau2's user simulator endpoint failed (eexp.envs.tau2_env)
       ModelError           a model, checkpoint, adapter or output path of init-model, import-model, export, merge
                            (eexp.models)
-        ConverterMissing   llama-cpp-python without its converter, which export installs (eexp.models.llama_converter)
+        ConverterMissing   llama-cpp-python without its converter (eexp.models.llama_converter says how to install it)
       TrainingError        finetune and rl: no data, out of memory, disk full (eexp.training, eexp.rl)
       CardError            a model card that cannot be read (eexp.card)
       SerializerError      serializer settings that cannot be used (eexp.prompts)
@@ -51,11 +51,11 @@ class EexpError(Exception):
 
 
 class Terminated(BaseException):
-    """SIGTERM while a stage's worker processes run (eexp.workers.Pool), raised in the main thread: the run stops as
-    on Ctrl-C (every `except BaseException` on the way keeps the lines written whole, the workers are stopped and
-    their semaphores released; killed at once, the parent left Python's "leaked semaphore objects" warning behind);
-    the CLI says `eexp: terminated` and exits 143 (128 + SIGTERM). Not a KeyboardInterrupt, which click would turn
-    into Abort, nor an EexpError: a signal, not a problem to report."""
+    """SIGTERM to eexp (eexp.workers.sigterm_raises, which the CLI's main installs), raised in the main thread: the
+    run stops as on Ctrl-C (every `except BaseException` on the way keeps the lines written whole, worker processes
+    are stopped and their semaphores released; killed at once, the parent left Python's "leaked semaphore objects"
+    warning behind, and a `-j 1` stage no --stats); the CLI says `eexp: terminated` and exits 143 (128 + SIGTERM).
+    Not a KeyboardInterrupt, which click would turn into Abort, nor an EexpError: a signal, not a problem to report."""
 
 
 class InputError(EexpError):
@@ -142,7 +142,7 @@ class ModelError(EexpError):
 
 
 class ConverterMissing(ModelError):
-    """llama-cpp-python is installed but its converter is not (yet): what `ensure_converter` installs."""
+    """llama-cpp-python is installed but its converter is not: `python -m eexp.models.llama_converter` installs it."""
 
 
 class TrainingError(EexpError):

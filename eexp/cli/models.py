@@ -195,13 +195,14 @@ def export_command(ckpt, output, adapter, quant, lora_only):
     """Convert a transformers checkpoint to one GGUF file for llama.cpp, with llama.cpp's own converter.
 
     Every architecture that converter knows exports (Llama with plain or Llama-3 RoPE, Qwen2, Qwen3, Gemma-3, ...);
-    it comes from the installed llama-cpp-python's sdist, installed by the first export (or ahead of it by
-    `python -m eexp.models.llama_converter`, which install.sh runs). The file holds the weights, the tokenizer
-    (the pre-tokenizer of eexp's own tokenizers named by eexp), the chat template and the model card (eexp/card.py:
-    one `eexp.*` key per field): the card of the adapter or checkpoint (its serializer settings among them), with
-    export's own fields added (source, its content hash, adapter, quant). CKPT may also be a LoRA adapter directory
-    whose base is a local directory, or a GGUF file (a base that `finetune --model FILE.gguf` trained an adapter
-    on: its import, see `eexp import-model`). The file is written under a temporary name and renamed when complete.
+    it comes from the installed llama-cpp-python's sdist, installed by `python -m eexp.models.llama_converter`
+    (install.sh runs it; it fetches the sdist with pip, which export never does). The file holds the weights, the
+    tokenizer (the pre-tokenizer of eexp's own tokenizers named by eexp), the chat template and the model card
+    (eexp/card.py: one `eexp.*` key per field): the card of the adapter or checkpoint (its serializer settings among
+    them), with export's own fields added (source, its content hash, adapter, quant). CKPT may also be a LoRA
+    adapter directory whose base is a local directory, or a GGUF file (a base that `finetune --model FILE.gguf`
+    trained an adapter on: its import, see `eexp import-model`). The file is written under a temporary name and
+    renamed when complete.
 
     \b
     Examples:

@@ -46,7 +46,7 @@ from eexp.card import Card, read_card
 from eexp.errors import ModelError, first_line
 from eexp.files import content_hash
 from eexp.models.import_gguf import adapter_base, import_gguf
-from eexp.models.llama_converter import ensure_converter, llama_cpp_version
+from eexp.models.llama_converter import converter_dir, llama_cpp_version
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 LORA_QUANTS = ("f32", "f16", "q8_0")
@@ -291,7 +291,7 @@ def _converter(ckpt: Path, name: str, fields: dict[str, str]):
     keys (written with the rest of the metadata, adapters included), the name, the pre-tokenizer fallback, no
     progress bar, and quiet logging (its errors are collected). Yields (conversion, the error log, the converter
     folder)."""
-    folder = ensure_converter()  # installed on first use (one line on stderr)
+    folder = converter_dir()  # or one line saying how to install it (which reaches PyPI: a person's step)
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
     no_local = os.environ.get("NO_LOCAL_GGUF")

@@ -10,8 +10,9 @@ the `gguf` module and transformers (`import-model`) and the converter use the sa
     python -m eexp.models.llama_converter              # ./install.sh runs this
     python -m eexp.models.llama_converter --sdist FILE  # from a llama-cpp-python sdist already at hand
 
-Neither is needed before a first export: `ensure_converter()` (what `eexp export` and `finetune --export-gguf` call)
-installs it then, saying so in one line on stderr, so `pip install 'eexp[gguf]'` alone is enough.
+Installing fetches that sdist from PyPI (or pip's cache), so it is a step a person asks for (`./install.sh` runs it),
+never one `eexp export` takes on its own: nothing eexp runs reaches outside the machine. An export without the
+converter stops with one line that gives the command (`converter_dir`).
 
 The files go to `<sys.prefix>/share/eexp/llama.cpp-<version>/` (the virtual environment of that llama-cpp-python),
 or, where that cannot be written (a system Python), to eexp's cache (`$EEXP_CACHE/llama.cpp/<version>-<environment
@@ -268,27 +269,6 @@ def _install(version: str, target: Path, sdist, echo) -> None:
         if target.exists():
             shutil.rmtree(target)
         os.replace(staged, target)
-
-
-def ensure_converter(note=lambda msg: print(f"eexp: {msg}", file=sys.stderr, flush=True)) -> Path:
-    """`converter_dir()`, installing the converter first when it is missing (one line to `note`); the checks are
-    converter_dir's: no llama-cpp-python, or a gguf package replaced since the install, stay errors that say what
-    to do."""
-    try:
-        return converter_dir()
-    except ConverterMissing:
-        pass
-    version = llama_cpp_version()
-    note(
-        f"installing llama.cpp's converter for llama-cpp-python {version} (once; from its sdist, with pip) "
-        f"into {install_dir(version)}"
-    )
-    stale = "gguf" in sys.modules  # a gguf imported before the install is not the one just installed
-    install(echo=lambda msg: None)
-    if stale:
-        for name in [m for m in sys.modules if m == "gguf" or m.startswith("gguf.")]:
-            del sys.modules[name]
-    return converter_dir()
 
 
 def main(argv: list[str] | None = None) -> int:
