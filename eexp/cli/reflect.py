@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import click
+import orjson
 
 from eexp.cli.group import cli
 from eexp.cli.options import (
@@ -16,7 +19,7 @@ from eexp.cli.options import (
     serializer_options,
     stage_options,
 )
-from eexp.io import prepare_resume
+from eexp.io import prepare_resume, write_atomic
 from eexp.policies import default_policy, policy_kind
 from eexp.policies.base import resolve_concurrency
 from eexp.records import expect
@@ -132,13 +135,10 @@ def reflect(
             raise
         count_requests(io, policy)
 
-    # Rejected reflections are not in -o FILE, so --resume reads --rejected FILE too: an input rejected before
-    # is not asked again (its seed would give the same reply), and the rejected file is appended to.
     for name in COUNTS:  # every count in --stats, zeros included, so runs compare key by key
         io.count(name, 0)
-    # (With a fallback the output holds every state that was done, so --rejected is not needed for that.)
-    rejected_done = prepare_resume(rejected) if (io.resume and rejected and fallback == "none") else set()
-    rejects = io.side_output(rejected)
+    rejected_done = resume_rejected(io, rejected, fallback) if rejected else set()
+    rejects = io.side_output(rejected)  # appended to under --resume
     stage = Reflect(
         reflector=writer,
         template=template,
@@ -158,6 +158,33 @@ def reflect(
     if reflector != "grounded":
         click.echo(f"reflect: {filter_summary(io.stats.counts)}", err=True)
     check_requests(policy, policy_spec)
+
+
+def resume_rejected(io, path: str, fallback: str) -> set[str]:
+    """With --resume: the outcomes --rejected FILE shows were rejected and are not to be asked again, after cutting
+    FILE back to the outcomes that are done, so that it ends as an uninterrupted run's would (without --resume:
+    nothing).
+
+    A rejection is written as soon as it is made, before its outcome's example reaches -o FILE (with --fallback) or
+    while -o's lines are pending, so after a kill FILE may be ahead of -o; and --resume does -o's last outcome again.
+    An outcome is done when -o FILE holds its example (the set the run resumes from), or, without a fallback (a
+    rejected outcome gives no example), when FILE holds its rejection, less FILE's last outcome, done again like
+    -o's (prepare_resume). Any other record is dropped: written again, once, when its outcome is done again."""
+    if not io.resume:
+        return set()
+    done = io.done(kind="example")  # the set io.run resumes from (made once per run)
+    if not os.path.isfile(path):  # not written yet (or a device such as /dev/stderr: nothing to cut)
+        return set()
+    # a torn last line is cut (a killed run); without a fallback the last outcome's records too
+    in_file = prepare_resume(path, whole_records=fallback != "none")
+    rejected_done = in_file if fallback == "none" else set()
+    keep = done | rejected_done
+    with open(path, "rb") as f:
+        lines = [line for line in f.read().splitlines(keepends=True) if line.strip()]
+    kept = [line for line in lines if orjson.loads(line).get("source_id") in keep]
+    if len(kept) != len(lines):
+        write_atomic(path, b"".join(kept))  # to a temporary name, then renamed: never half a file
+    return rejected_done
 
 
 def filter_summary(counts: dict) -> str:
