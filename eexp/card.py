@@ -11,7 +11,8 @@ Parsing is strict: an unknown key, a setting the serializer does not have, or a 
 
 Every hash is `eexp.files.content_hash` (sha256 over a model's files, names and bytes), the value a run of
 that model records as `meta.model_sha256`: a GGUF's `eexp.source_sha256` joins the records of the checkpoint it was
-exported from, and `base_sha256` the records of the base model.
+exported from, and `base_sha256` the records of the base model. A data file's (the card's `data`: what a finetune
+trained on) is the sha256 of its bytes, as `sha256sum FILE` prints it.
 
 Every checkpoint folder eexp makes (`finetune`, `rl`, `init-model`, `import-model`) holds a card.yaml. A folder
 made before the card keeps its provenance in config.yaml; `read_card` takes the card's fields from there.
@@ -19,6 +20,7 @@ made before the card keeps its provenance in config.yaml; `read_card` takes the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -48,6 +50,9 @@ PHASE_KEYS = (
     "epochs",
     "loss_norm",
 )
+# the files a run trained (and validated) on (finetune: eexp.training.recipe.Finetune): each one's role (warmup, train,
+# val), absolute path, and sha256 of its bytes (as `sha256sum FILE` prints it; none for stdin)
+DATA_KEYS = ("role", "file", "sha256")
 # init-model --pretrain's record (eexp.models.pretrain.pretrain, and the corpus files it read)
 # what trained the model (finetune, rl: eexp.training.machine.machine_card): training diverges between CPUs (an
 # AVX512 machine and an AVX2 one sum in another order), so a seed's result is checked against a run on the same kind
@@ -86,6 +91,7 @@ class Card:
     updates: int | None = None
     best_step: int | None = None
     best_val_loss: float | None = None
+    data: list | None = None  # finetune: the files trained on, [{role, file, sha256}] (DATA_KEYS; `data_file`)
     source: str | None = None  # GGUF: the checkpoint exported; import: the GGUF imported
     source_sha256: str | None = None  # content_hash of what was exported (with its adapter) or imported
     adapter: str | None = None  # GGUF: the LoRA adapter merged in (or exported alone)
@@ -169,6 +175,14 @@ def _check(key: str, value: Any, where: str) -> Any:
             if unknown:
                 raise CardError(f"{where}: phases: unknown key {unknown[0]!r} (known: {', '.join(PHASE_KEYS)})")
         return value
+    if key == "data":
+        if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
+            raise CardError(f"{where}: data must be a list of mappings")
+        for entry in value:
+            unknown = sorted(set(entry) - set(DATA_KEYS))
+            if unknown:
+                raise CardError(f"{where}: data: unknown key {unknown[0]!r} (known: {', '.join(DATA_KEYS)})")
+        return value
     if key in ("machine", "pretrain"):
         known = MACHINE_KEYS if key == "machine" else PRETRAIN_KEYS
         if not isinstance(value, dict):
@@ -189,6 +203,16 @@ def _check(key: str, value: Any, where: str) -> Any:
         expected = {bool: "true or false", int: "an integer", str: "a string"}.get(kind, "a number")
         raise CardError(f"{where}: {key} must be {expected}, not {value!r}")
     return value
+
+
+def data_file(role: str, path: str) -> dict:
+    """The card's entry of a data file: its role, absolute path and the sha256 of its bytes (none for stdin or a
+    pipe, which cannot be read again)."""
+    if path == "-" or not os.path.isfile(path):
+        return {"role": role, "file": path}
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"role": role, "file": os.path.abspath(path), "sha256": digest}
 
 
 def check_serializer(value: Any, where: str) -> dict:

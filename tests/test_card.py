@@ -163,7 +163,7 @@ def test_an_unknown_key_in_a_card_is_an_error_naming_it_and_the_file(tmp_path):
         read_card(tmp_path)
     assert str(e.value) == (
         f"{tmp_path / 'card.yaml'}: unknown key 'serialiser' in the model card (known: adapter, adapter_sha256, "
-        "base_import, base_model, base_revision, base_sha256, best_step, best_val_loss, command, eexp_version, "
+        "base_import, base_model, base_revision, base_sha256, best_step, best_val_loss, command, data, eexp_version, "
         "from_scratch, gradient_checkpointing, machine, method, phases, precision, pretrain, quant, serializer, "
         "source, source_sha256, thought_tokens, updates)"
     )

@@ -41,8 +41,8 @@ import orjson
 import torch
 from safetensors.torch import load_file
 
-from eexp.card import check_serializer
-from eexp.errors import TrainingError, UsageProblem
+from eexp.card import check_serializer, data_file
+from eexp.errors import Terminated, TrainingError, UsageProblem
 from eexp.runner import progress_bar
 from eexp.training import checkpoint
 from eexp.training.batches import collate_rows, example_nll, examples_per_update, phase_updates, updates_per_epoch
@@ -184,6 +184,9 @@ class Finetune(Trainer):
         if self.val:
             self.echo(f"validation data: {len(self.val.examples)} examples, {self.val.tokens} tokens")
         self.serializer = self._serializer()
+        # What the card says it trained on: hashed now, as read (a file changed during the run is not misreported).
+        roles = [("warmup", cfg.warmup_data), ("train", cfg.train_files), ("val", [cfg.val] if cfg.val else [])]
+        self.data_files = [data_file(role, path) for role, paths in roles for path in paths]
         # What --resume must find unchanged: the options that shape the run and the data it reads.
         digest = hashlib.blake2b(digest_size=16)
         for name in ("warmup", "train"):
@@ -510,7 +513,8 @@ class Finetune(Trainer):
 
     def resolved_config(self) -> dict:
         """OUT/config.yaml: every option of the run as resolved (the learning rate, log interval), under the option
-        names of `eexp finetune`, so `eexp finetune --config OUT/config.yaml -o OTHER` runs it again."""
+        names of `eexp finetune`, so `eexp finetune --config OUT/config.yaml -o OTHER` runs it again (from any
+        directory: the trainer writes its local paths absolute, eexp.training.trainer.absolute_paths)."""
         cfg = self.cfg.options()
         cfg.update(
             lr=self.cfg.resolved_lr(),
@@ -543,6 +547,9 @@ class Finetune(Trainer):
     def _thoughts_trained(self) -> list[int]:
         return [d.longest_thought for d in self.data.values()]
 
+    def _data_card(self) -> list:
+        return self.data_files
+
 
 def _progress(disabled: bool, total: int, initial: int):
     return progress_bar(disabled, total=total, initial=initial, unit="step")
@@ -552,7 +559,13 @@ def finetune(cfg: FinetuneConfig, echo: Callable[[str], None] | None = None) -> 
     """Run a whole fine-tune; returns the recipe (its state and config) for callers and tests."""
     run = Finetune(cfg, echo)
     with checkpoint.run_folder(cfg.output, main=checkpoint.is_main_process()):
-        run.setup()
-        run.train()
-        run.finish()
+        try:
+            run.setup()
+            run.train()
+            run.finish()
+        except (KeyboardInterrupt, Terminated):  # Ctrl-C: where the run can go on from (the CLI says "interrupted")
+            note = run.stopped_note()
+            if note:
+                run.echo(note)
+            raise
     return run

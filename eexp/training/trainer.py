@@ -311,7 +311,12 @@ class Trainer:
     # -- finish --
 
     def finish(self) -> None:
-        """OUT: the model (or adapter), tokenizer, card.yaml, config.yaml, metrics.jsonl; then model.gguf if asked."""
+        """OUT: the model (or adapter), tokenizer, card.yaml, config.yaml, metrics.jsonl; then model.gguf if asked.
+
+        The final model is written whole into OUT/.tmp-final first, then its files are renamed into OUT, the files
+        that make OUT a model last (config.json or adapter_config.json, then config.yaml, the "finished" mark): a run
+        killed while it writes several GB of weights leaves no folder that loads as a model, but its checkpoints,
+        from which --resume finishes it (as checkpoints are written: eexp.training.checkpoint.save)."""
         cfg = self.cfg
         model = self.acc.unwrap_model(self.model) if self.acc else self.model
         state = without_tied_copies(self.acc.get_state_dict(self.model), model) if self.acc else None
@@ -320,20 +325,26 @@ class Trainer:
         if cast:
             state = cast_state(state if state is not None else model.state_dict(), dtype)
         if self.main:
+            tmp = os.path.join(cfg.output, FINAL_TMP)
             try:
-                model.save_pretrained(cfg.output, state_dict=state)
+                shutil.rmtree(tmp, ignore_errors=True)  # a killed run's half-written one
+                os.makedirs(tmp)
+                model.save_pretrained(tmp, state_dict=state)
                 if cast:  # config.json says what the file holds (vLLM and transformers load that by default)
                     model.config.dtype = dtype
-                    model.config.save_pretrained(cfg.output)
-                self.tokenizer.save_pretrained(cfg.output)
+                    model.config.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
                 if cfg.method != "full":  # policies find the base model from the adapter config
-                    self._point_adapter_at_base()
-                write_card(cfg.output, self.card())
+                    self._point_adapter_at_base(tmp)
+                write_card(tmp, self.card())
+                config = absolute_paths(self.resolved_config())  # replayed from anywhere: `absolute_paths`
                 write_atomic(
-                    os.path.join(cfg.output, "config.yaml"),
-                    yaml.safe_dump(self.resolved_config(), sort_keys=False, allow_unicode=True).encode(),
-                )  # last: "finished"
+                    os.path.join(tmp, "config.yaml"),
+                    yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode(),
+                )
+                move_final(tmp, cfg.output)
             except (OSError, SafetensorError, WriteError) as e:
+                shutil.rmtree(tmp, ignore_errors=True)
                 why = checkpoint.why(e)
                 previous = self._checkpoints()
                 then = (
@@ -350,14 +361,22 @@ class Trainer:
         if cfg.export_gguf and self.main:
             self._export()
 
+    def stopped_note(self) -> str | None:
+        """What a run stopped early (Ctrl-C) says on stderr when it leaves a checkpoint: which one, and that --resume
+        continues from it; None when it leaves none."""
+        found = self._checkpoints() if self.main else []
+        if not found:
+            return None
+        return f"stopped; {found[-1]} holds the last checkpoint: the same command with --resume continues from it"
+
     def saved_dtype(self):
         """The dtype a full model is saved in (--save-dtype; auto: bf16 when trained in bf16), or None for fp32 (the
         weights as they are)."""
         wanted = self.cfg.save_dtype if self.cfg.save_dtype != "auto" else ("bf16" if self.bf16 else "fp32")
         return torch.bfloat16 if wanted == "bf16" else None
 
-    def _point_adapter_at_base(self) -> None:
-        path = os.path.join(self.cfg.output, "adapter_config.json")
+    def _point_adapter_at_base(self, folder: str) -> None:
+        path = os.path.join(folder, "adapter_config.json")
         with open(path, "rb") as f:
             conf = orjson.loads(f.read())
         if self.base_hub:  # the Hub id and its commit, as PEFT, vLLM and eexp's policies read them
@@ -386,6 +405,7 @@ class Trainer:
             updates=self.state["global_step"],
             best_step=self.state.get("best_step"),
             best_val_loss=self.state.get("best_val"),
+            data=self._data_card(),
             # the longest thought trained, here or before (a base that was itself trained on SR examples)
             thought_tokens=max(self._thoughts_trained() + [read_card(self.model_cfg.model).thought_tokens or 0])
             or None,
@@ -406,6 +426,11 @@ class Trainer:
         """What the card says of a phase beyond its name and updates."""
         return {}
 
+    def _data_card(self) -> list | None:
+        """The card's data: the files trained (and validated) on, with their sha256 (eexp.card.data_file); None where
+        the recipe reads none."""
+        return None
+
     def _thoughts_trained(self) -> list[int]:
         """The longest thought (in tokens) of each data set trained on, for the card's thought_tokens."""
         return []
@@ -423,6 +448,40 @@ class Trainer:
                 "`eexp export` can be run again)"
             ) from None
         self.echo(f"wrote {out} ({self.cfg.quant})")
+
+
+# Where the final model is written before its files are renamed into OUT (`Trainer.finish`).
+FINAL_TMP = ".tmp-final"
+# The files that make a folder a model (transformers' and PEFT's configs), renamed into OUT after every other file of
+# the final model, and config.yaml, the "finished" mark, after them.
+LAST_FILES = ("config.json", "adapter_config.json", "config.yaml")
+
+
+def move_final(tmp: str, out: str) -> None:
+    """The final model's files from `tmp` into `out`, each by a rename (whole or absent), LAST_FILES last; then `tmp`
+    goes."""
+    names = sorted(os.listdir(tmp), key=lambda n: (LAST_FILES.index(n) if n in LAST_FILES else -1, n))
+    for name in names:
+        target = os.path.join(out, name)
+        if os.path.isdir(target) and not os.path.islink(target):  # a killed run's, renamed before it stopped
+            shutil.rmtree(target)
+        os.replace(os.path.join(tmp, name), target)
+    os.rmdir(tmp)
+
+
+def absolute_paths(config: dict) -> dict:
+    """config.yaml's options with every local path made absolute (the model when it is not a Hub id, the data files,
+    OUT), so `--config OUT/config.yaml` replays the run from any directory. Other values, a Hub id and stdin (`-`)
+    stay as given."""
+
+    def absolute(value):
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        if not isinstance(value, str) or value in ("", "-") or hub_id(value):
+            return value
+        return os.path.abspath(value)
+
+    return {k: absolute(v) if k in checkpoint.PATH_OPTIONS | {"output"} else v for k, v in config.items()}
 
 
 def without_tied_copies(state: dict, model) -> dict:
