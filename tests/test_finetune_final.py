@@ -152,9 +152,7 @@ def test_ctrl_c_before_any_checkpoint_names_none(runner, work, monkeypatch):
     assert "Aborted" in result.output and "stopped;" not in result.output, result.output
 
 
-def test_a_run_killed_while_writing_the_final_model_leaves_no_model_and_resume_finishes_it(
-    runner, work, monkeypatch
-):
+def test_a_run_killed_while_writing_the_final_model_leaves_no_model_and_resume_finishes_it(runner, work, monkeypatch):
     write_card = trainer.write_card
 
     def killed(folder, card):  # after the weights, config.json and the tokenizer are written
