@@ -31,6 +31,7 @@ except ImportError:
     fcntl = None
 
 STDIN_NAME = "<stdin>"
+STDIN_PROMPT = "reading records from stdin (Ctrl-D ends; give a FILE to read one)"
 
 
 def dumps(record: dict) -> bytes:
@@ -85,6 +86,8 @@ class Reader:
         name = STDIN_NAME if path == "-" else path
         if path == "-":
             stream = sys.stdin.buffer
+            if sys.stdin.isatty():  # a person at a terminal who gave no FILE would otherwise see a silent wait
+                print(f"eexp: {STDIN_PROMPT}", file=sys.stderr, flush=True)
         else:
             if os.path.isdir(path):
                 raise InputError("is a directory, not a JSONL file", path)
@@ -112,6 +115,13 @@ class Reader:
                     obj = orjson.loads(raw)
                 except orjson.JSONDecodeError as e:
                     tail = "" if raw.endswith(b"\n") else " (the line is cut off: a truncated file?)"
+                    if seen == 1 and (raw.lstrip().startswith(b"[") or raw.strip() == b"{"):
+                        # a JSON array, or pretty-printed objects: one document over many lines, not a record a line
+                        convert = "jq -c '.[]'" if raw.lstrip().startswith(b"[") else "jq -c ."
+                        tail += (
+                            "; this looks like one JSON document, not JSON Lines (one record per line): "
+                            f"convert it with `{convert}`"
+                        )
                     self.reject(InputError(f"not valid JSON: {e}{tail}", name, lineno))
                     continue
                 if not isinstance(obj, dict):

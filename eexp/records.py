@@ -274,6 +274,10 @@ def kind_of(record: dict) -> str | None:
     if "steps" in record and "final_observation" in record:
         return "trajectory"
     if "alternatives" in record:
+        meta = record.get("meta")
+        stage = meta.get("stage") if isinstance(meta, dict) else None
+        if stage in ("branch", "rollout"):  # the stage that wrote it says: a damaged outcome is still an outcome,
+            return "outcome" if stage == "rollout" else "branch"  # and its validation names the field it lacks
         expert = record.get("expert") if isinstance(record.get("expert"), dict) else {}
         # rollout fills the expert's outcome, or its error (an expert action that failed), or the record's
         return "outcome" if "next_observation" in expert or "error" in expert or "error" in record else "branch"
@@ -290,7 +294,22 @@ def validate(record: dict, kind: str) -> str | None:
         problem = _check_messages(record["messages"])
     if problem is None and kind == "preference":
         problem = _check_pair(record)
+    if problem is None and kind == "outcome":
+        problem = _check_executed(record)
     return problem
+
+
+def _check_executed(outcome: dict) -> str | None:
+    """rollout gives the expert's action and every alternative a next observation or an error, unless the state
+    itself could not be reached (the record's error): a record that has neither was cut, not rolled out."""
+    if outcome.get("error"):
+        return None
+    for path, executed in [("expert", outcome["expert"])] + [
+        (f"alternatives[{j}]", alt) for j, alt in enumerate(outcome["alternatives"])
+    ]:
+        if executed.get("next_observation") is None and not executed.get("error"):
+            return f"{path}.next_observation: missing"
+    return None
 
 
 def _check_messages(messages: list[dict]) -> str | None:

@@ -280,7 +280,11 @@ def test_validate_kinds():
     del record["expert"]["next_observation"]
     # an expert action that failed in rollout: its error, no next observation, and still an outcome
     assert kind_of({**record, "expert": {**record["expert"], "error": "environment timed out"}}) == "outcome"
-    assert kind_of(record) == "branch"
+    # rollout's meta says it is an outcome: a damaged one, named by the field it lacks
+    assert kind_of(record) == "outcome" and validate(record, "outcome") == "expert.next_observation: missing"
+    assert kind_of({**record, "meta": {"stage": "branch"}}) == "branch"
+    record.pop("meta")
+    assert kind_of(record) == "branch"  # no meta: the keys say
     del record["state"]["goal"]
     assert validate(record, "branch") == "state.goal: missing"
 

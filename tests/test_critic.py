@@ -106,6 +106,7 @@ def test_rejected_and_no_balance(runner, tmp_path):
 def test_bad_input_names_file_and_line(runner, tmp_path):
     branch = copy.deepcopy(outcomes()[1])  # a branch record that was never rolled out
     del branch["expert"]["next_observation"]
+    branch["meta"] = {"stage": "branch"}
     for a in branch["alternatives"]:
         for key in ("next_observation", "reward", "done", "valid", "error"):
             a.pop(key, None)
@@ -196,6 +197,7 @@ def test_a_critic_given_to_eval_as_an_object_reranks(tiny_checkpoint):
 def test_critic_eval_names_a_bad_line_and_skips_it_on_request(tiny_checkpoint, runner, tmp_path):
     branch = copy.deepcopy(outcomes()[1])
     del branch["expert"]["next_observation"]
+    branch["meta"] = {"stage": "branch"}
     path = write(tmp_path / "in.jsonl", [outcomes()[0], branch])
     result = runner.invoke(cli, ["critic-eval", "--critic", str(tiny_checkpoint), path])
     assert result.exit_code == 1 and f"{path}:2: expected an outcome record, got a branch record" in result.stderr

@@ -148,6 +148,7 @@ def test_states_that_give_no_pairs_are_counted_and_said(runner, tmp_path):
 def test_bad_input_names_file_and_line(runner, tmp_path):
     branch = copy.deepcopy(outcomes()[1])  # a branch record that was never rolled out
     del branch["expert"]["next_observation"]
+    branch["meta"] = {"stage": "branch"}
     for a in branch["alternatives"]:
         for key in ("next_observation", "reward", "done", "valid", "error"):
             a.pop(key, None)

@@ -57,6 +57,8 @@ def corpus_pages(env: Env, splits: list[str], walks: int, holdout: int, max_step
     """One record per distinct page, in the order the walks first see them (same arguments, same records)."""
     seen: set[str] = set()
     settings = {"splits": splits, "walks": walks, "holdout": holdout, "max_steps": max_steps, "seed": seed}
+    if env.kwargs:  # the --env-arg values change the worlds walked: recorded, as expert records them, when given
+        settings["env_kwargs"] = dict(env.kwargs)
     for number, task in enumerate(walk_tasks(env, splits, walks, holdout, seed)):
         rng = random.Random(f"eexp-corpus/{env.name}/walk/{seed}/{number}")
         for observation in random_walk(env, task, rng, max_steps):

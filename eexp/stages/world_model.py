@@ -55,6 +55,7 @@ def world_model_transitions(
         trajectory_id=outcome["trajectory_id"],
         step=outcome["step"],
         serializer=serializer.json,
+        extra=_settings(max_chars, summarizer),
     )
     if not outcome["alternatives"]:
         count("no_alternatives")  # the expert transition alone: nothing the expert did not do
@@ -82,6 +83,19 @@ def world_model_transitions(
                 "meta": {**base_meta, "action": action, "action_source": source, "seed": executed.get("seed") or 0},
             },
         )
+
+
+def _settings(max_chars: int, summarizer: Summarizer | None) -> dict:
+    """The settings that change an example's target, for meta.extra: only those given, so a default run's records
+    are what they were (and `--resume` with another --max-chars or --summarizer is refused, run_settings)."""
+    settings: dict = {}
+    if max_chars:
+        settings["max_chars"] = max_chars
+    if summarizer is not None:
+        # MODULE:FUNCTION as --summarizer names it (`MODULE` alone is MODULE:summarize: the same name either way)
+        module = getattr(summarizer, "__module__", None) or ""
+        settings["summarizer"] = f"{module}:{getattr(summarizer, '__qualname__', type(summarizer).__qualname__)}"
+    return settings
 
 
 def _summarized(summarizer: Summarizer, observation: str, state: dict, action: str) -> str:
