@@ -976,3 +976,61 @@ def test_the_designs_pipeline_runs_as_written_with_the_default_policy(tmp_path):
     assert {e["meta"]["model"] for e in examples} == {"stub-model"} and {e["meta"]["reflector"] for e in examples} == {
         "self"
     }
+
+
+# --- unprintable characters: a small model's garbage is rejected and counted -------------------------------------
+
+GARBLED = "Thought: :\x02 " + GOOD  # as `reflect --policy iwm.gguf` wrote one ("Thought: :\x02 rippedH nova...")
+
+
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        (GARBLED, "U+0002"),
+        (GOOD.replace("so the price", "\x1b[31mso the price"), "U+001B"),  # a terminal escape
+        (GOOD.replace("fine.", "fine.\rPicking"), "U+000D"),  # a CR that is no line break overwrites the line
+        (GOOD.replace("mug", "m\ufffdg", 1), "U+FFFD"),  # bytes that were not UTF-8 (a token cut mid-character)
+        (GOOD.replace("mug", "m\ue000g", 1), "U+E000"),  # private use
+        (GOOD.replace("mug", "m\ud800g", 1), "U+D800"),  # half a surrogate pair
+        (GOOD.replace("mug", "m\U000e0080g", 1), "U+E0080"),  # unassigned
+    ],
+)
+def test_a_reflection_with_an_unprintable_character_is_rejected(text, code):
+    v = verdict(text)
+    assert v.reason == "unprintable" and code in v.detail, (v.reason, v.detail)
+
+
+def test_line_breaks_tabs_and_emoji_are_printable():
+    crlf = GOOD.replace("\n", "\r\n")
+    tab = GOOD.replace(" so the price", "\tso the price")
+    emoji = GOOD.replace("fine.", "fine \U0001f469\u200d\U0001f4bb.")  # a zero-width joiner (Cf) inside
+    for text in (crlf, tab, emoji):
+        v = verdict(text)
+        assert v.reason is None, (v.reason, v.detail)
+
+
+def test_unprintable_reflections_are_counted_in_stats_and_written_to_rejected(runner, tmp_path, monkeypatch):
+    import eexp.policies
+    from eexp.policies.base import Policy, Reply
+
+    class Scripted(Policy):
+        def generate(self, messages, **kw):
+            return Reply(text=GARBLED, action=None, finish_reason="stop")
+
+        def describe(self):
+            return {"model": "scripted"}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(eexp.policies, "load_policy", lambda *a, **k: Scripted())
+    data, stats, rejected = tmp_path / "o.jsonl", tmp_path / "stats.json", tmp_path / "rejected.jsonl"
+    data.write_bytes(orjson.dumps(SHOP) + b"\n")
+    args = ["reflect", "--policy", "m.gguf", str(data), "-o", str(tmp_path / "sr.jsonl")]
+    result = runner.invoke(cli, [*args, "--stats", str(stats), "--rejected", str(rejected)])
+    assert result.exit_code == 0, result.output
+    assert "reflect: 0 of 1 model reflections kept; rejected: unprintable 1" in result.output
+    assert _lines(tmp_path / "sr.jsonl") == []
+    assert json.loads(stats.read_text())["unprintable"] == 1 and "unprintable" in FILTERS
+    (record,) = _lines(rejected)
+    assert record["reason"] == "unprintable" and record["reply"] == GARBLED and "U+0002" in record["detail"]

@@ -51,7 +51,8 @@ def _outcomes(tmp_path):
 
 
 def _reflect(runner, data, out, rejected, fallback, *more):
-    args = ["reflect", "--policy", "m.gguf", "--seed", str(SEED), str(data), "-o", str(out), "--rejected", str(rejected)]
+    args = ["reflect", "--policy", "m.gguf", "--seed", str(SEED), str(data), "-o", str(out)]
+    args += ["--rejected", str(rejected)]
     result = runner.invoke(cli, [*args, *(["--fallback", "grounded"] if fallback else []), *more])
     assert result.exit_code == 0, result.output
 

@@ -74,10 +74,11 @@ def reflect(
     seen, name a number or a place that neither the state nor any outcome shows (unsupported_claim),
     copy the prompt's template or paste a page (template_copy, pasted_page), stray off the task
     (off_topic), go round in circles (repetitive), are empty, shorter than --min-words, longer than
-    --max-words, cut off by --max-tokens or failed by the model (model_error) are dropped and counted
-    in --stats (and written to --rejected FILE); a monologue repeated twice keeps
-    its first copy. The grounded reflector says, in each environment's own words, only what the
-    outcomes show: why each alternative falls short and, in shop, why turn to the next page of results.
+    --max-words, hold a control or other unprintable character (unprintable), or are cut off by
+    --max-tokens or failed by the model (model_error) are dropped and counted in --stats (and written
+    to --rejected FILE); a monologue repeated twice keeps its first copy. The grounded reflector says,
+    in each environment's own words, only what the outcomes show: why each alternative falls short
+    and, in shop, why turn to the next page of results.
 
     \b
     Example:

@@ -1,12 +1,13 @@
-"""The filters every reflection goes through, in a fixed order (`judge`): a cut-off reply, an empty, short or
-over-long one, label leakage, a copy of the template's own words, page text pasted in, one off the topic or going
-round in circles, the chosen action's outcome narrated as already seen, a number or a place no observation shows
-(`claims`), a different concluding action. A monologue repeated twice is repaired (first copy kept), not
-rejected."""
+"""The filters every reflection goes through, in a fixed order (`judge`): a cut-off reply, one holding a control or
+other unprintable character (a small model's garbage), an empty, short or over-long one, label leakage, a copy of the
+template's own words, page text pasted in, one off the topic or going round in circles, the chosen action's outcome
+narrated as already seen, a number or a place no observation shows (`claims`), a different concluding action. A
+monologue repeated twice is repaired (first copy kept), not rejected."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from eexp.prompts import clip
@@ -19,6 +20,7 @@ from eexp.text import normalize_space
 FILTERS = (
     "truncated",
     "model_error",
+    "unprintable",
     "empty",
     "too_short",
     "too_long",
@@ -180,6 +182,9 @@ def judge(
         # A repeated monologue usually runs into the token limit in its second copy; with that copy cut off the
         # first is whole. Anything else cut by max tokens ends mid-thought.
         return Verdict(text, "truncated", "the reply was cut off by --max-tokens", repeated)
+    odd = unprintable(text)
+    if odd is not None:
+        return Verdict(text, "unprintable", odd, repeated)
     action_lines = _ACTION_LINE.findall(text)
     prose = _ACTION_LINE.sub("", text)
     prose = _ANSWER_CUE.sub("", prose.strip()).strip()
@@ -242,6 +247,28 @@ def judge(
         # "So my move is click[white]." then `Action: click[pink]`: a thought that argues for another move
         verdict.reason, verdict.detail = "different_action", f"closes on {closing!r}, not {expert!r}"
     return verdict
+
+
+# Characters no written sentence holds: control characters but the line break and the tab (a small model's garbage:
+# "Thought: :\x02 rippedH nova..."), surrogates (half a character; no JSON writer can encode one), private-use code
+# points and those unassigned in this Python's Unicode tables. Format characters (Cf: a zero-width joiner inside an
+# emoji, a soft hyphen) are text.
+_UNPRINTABLE = {"Cc": "a control character", "Cs": "a surrogate", "Co": "a private-use character", "Cn": "no character"}
+_ALLOWED = {"\n", "\t"}
+
+
+def unprintable(text: str) -> str | None:
+    """Why `text` cannot be a reflection because of a character in it (the first such one, as U+XXXX and where it
+    is), or None. A CR is allowed only in a CRLF line break; U+FFFD, what a decoder puts for bytes that were not
+    UTF-8 (a token cut mid-character), is refused too."""
+    for i, ch in enumerate(text):
+        if ch in _ALLOWED or (ch == "\r" and text[i + 1 : i + 2] == "\n"):
+            continue
+        what = "the replacement character (bytes that were not text)" if ch == "\ufffd" else None
+        what = what or _UNPRINTABLE.get(unicodedata.category(ch))
+        if what:
+            return f"holds U+{ord(ch):04X}, {what}, at character {i + 1}: {clip(text[max(0, i - 20) : i + 20], 60)!r}"
+    return None
 
 
 _CLOSING = re.compile(r"\bso my move is\b", re.IGNORECASE)
