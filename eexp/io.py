@@ -31,6 +31,7 @@ except ImportError:
     fcntl = None
 
 STDIN_NAME = "<stdin>"
+STDIN_PROMPT = "reading records from stdin (Ctrl-D ends; give a FILE to read one)"
 
 
 def dumps(record: dict) -> bytes:
@@ -85,6 +86,8 @@ class Reader:
         name = STDIN_NAME if path == "-" else path
         if path == "-":
             stream = sys.stdin.buffer
+            if sys.stdin.isatty():  # a person at a terminal who gave no FILE would otherwise see a silent wait
+                print(f"eexp: {STDIN_PROMPT}", file=sys.stderr, flush=True)
         else:
             if os.path.isdir(path):
                 raise InputError("is a directory, not a JSONL file", path)

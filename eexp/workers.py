@@ -10,9 +10,10 @@ finishes first. What every stage needs of its workers is in it, once:
   parent stops them (`terminate`) and exits 130 with whole lines written.
 - `terminate()` stops the workers at once, dropping the work in flight (an interrupted run's `--resume` makes it
   again); `close()` waits for what was submitted, then lets the workers go (their `cleanup` runs).
-- SIGTERM to the parent (a job's time limit, `kill`) is an interrupt while the pool lives (`_Interrupts`): the
-  parent stops the workers as for Ctrl-C and exits 143 with one line, `eexp: terminated`; killed at once it left
-  the resource tracker to warn of "leaked semaphore objects".
+- SIGTERM to the parent (a job's time limit, `kill`) is an interrupt, raised as Terminated (`sigterm_raises`, which
+  the CLI's main installs for every stage; the pool holds it during its own calls, `_Interrupts`): the parent stops
+  the workers as for Ctrl-C and exits 143 with one line, `eexp: terminated`; killed at once it left the resource
+  tracker to warn of "leaked semaphore objects".
 - Neither signal is raised inside the pool's calls into concurrent.futures, where an exception can leave one of its
   locks held and the exit waiting on it forever: there it waits for the call to return (`_Interrupts`).
 - A worker dies with its parent (`kill -9`, OOM): `die_with_parent` below, with `cleanup` run first.
@@ -237,6 +238,27 @@ def _started() -> None:
     """A task that only makes a worker start (and run its setup)."""
 
 
+def raise_terminated(signum, frame) -> None:
+    """SIGTERM's handler while `sigterm_raises` holds: the run stops as on Ctrl-C, with Terminated."""
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """SIGTERM raises Terminated in the main thread during the block (the CLI's main: every stage, with workers or
+    without, then stops as on Ctrl-C, its lines whole, --stats written with `failed: terminated`, exit 143; at its
+    default SIGTERM killed a `-j 1` stage with neither). A handler someone else installed, or SIGTERM ignored, is
+    left alone; a pool takes the handler over while it lives (`_Interrupts`)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class _Interrupts:
     """Ctrl-C (SIGINT) and SIGTERM in the main thread while a pool lives: raised there as KeyboardInterrupt and
     Terminated, at once, except inside the pool's own calls into concurrent.futures (`held`), where they wait for
@@ -245,8 +267,9 @@ class _Interrupts:
     held, and the executor's thread, needing that lock to hand back a result, then waits forever, and with it the
     exit. Measured: 1 of 150 SIGTERMs to `eval -j 2` hung there (the main thread interrupted in `submit`'s
     idle-worker semaphore), before this.
-    Only a handler at its default is replaced (SIGTERM's kills; SIGINT's is Python's own): a handler someone else
-    installed, or a signal ignored (a shell's background job ignores SIGINT), is left alone."""
+    Only a handler at its default is replaced (SIGTERM's kills, or raises Terminated under `sigterm_raises`;
+    SIGINT's is Python's own): a handler someone else installed, or a signal ignored (a shell's background job
+    ignores SIGINT), is left alone."""
 
     RAISES = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
 
@@ -256,9 +279,9 @@ class _Interrupts:
         self.previous: dict[int, Any] = {}
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers belong to the main thread: none to change
-        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-        for signum, default in defaults.items():
-            if signal.getsignal(signum) is default:
+        defaults = {signal.SIGINT: (signal.default_int_handler,), signal.SIGTERM: (signal.SIG_DFL, raise_terminated)}
+        for signum, ours in defaults.items():
+            if signal.getsignal(signum) in ours:
                 self.previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame) -> None:

@@ -13,6 +13,7 @@ import click
 
 from eexp import __version__
 from eexp.errors import EexpError, Terminated
+from eexp.workers import sigterm_raises
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -127,23 +128,25 @@ def cli(ctx: click.Context):
 
 
 def main() -> None:
-    """Entry point: exit codes and signals as DESIGN.md says (1 error, 2 usage, 130 Ctrl-C, quiet broken pipe)."""
-    try:
-        rv = cli.main(prog_name="eexp", standalone_mode=False)
-        sys.stdout.flush()
-    except click.exceptions.Abort:
-        click.echo("eexp: interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except BrokenPipeError:  # at the final flush
-        _stdout_to_devnull()
-        sys.exit(0)
-    except Terminated:  # SIGTERM while worker processes ran (eexp.workers): stopped as Ctrl-C stops them
-        click.echo("eexp: terminated", err=True)
-        sys.exit(143)
-    except KeyboardInterrupt:
-        click.echo("eexp: interrupted", err=True)
-        sys.exit(130)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    """Entry point: exit codes and signals as DESIGN.md says (1 error, 2 usage, 130 Ctrl-C, 143 SIGTERM, quiet
+    broken pipe)."""
+    with sigterm_raises():  # SIGTERM stops every stage as Ctrl-C does, with worker processes or without
+        try:
+            rv = cli.main(prog_name="eexp", standalone_mode=False)
+            sys.stdout.flush()
+        except click.exceptions.Abort:
+            click.echo("eexp: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except BrokenPipeError:  # at the final flush
+            _stdout_to_devnull()
+            sys.exit(0)
+        except Terminated:  # SIGTERM (sigterm_raises): the stage stopped as on Ctrl-C, its lines whole
+            click.echo("eexp: terminated", err=True)
+            sys.exit(143)
+        except KeyboardInterrupt:
+            click.echo("eexp: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)

@@ -195,24 +195,25 @@ def serializer_options(f: Callable | None = None, *, build: bool = True) -> Call
             ),
             click.option(
                 "--max-observation-chars",
-                type=int,
+                type=click.IntRange(min=0),
                 default=d.max_observation_chars,
                 show_default=True,
-                help="Clip the current observation to this many characters.",
+                help="Clip the current observation to this many characters (0: no limit).",
             ),
             click.option(
                 "--max-history-chars",
-                type=int,
+                type=click.IntRange(min=0),
                 default=d.max_history_chars,
                 show_default=True,
-                help="Clip each observation in the history.",
+                help="Clip each observation in the history to this many characters (0: no limit).",
             ),
             click.option(
                 "--max-admissible",
-                type=int,
+                # at least 1: --no-admissible is how a state lists none (0 left the heading over an empty list)
+                type=click.IntRange(min=1),
                 default=d.max_admissible,
                 show_default=True,
-                help="List at most this many admissible actions.",
+                help="List at most this many admissible actions (--no-admissible: none).",
             ),
             click.option("--no-admissible", is_flag=True, help="Do not list admissible actions in the state."),
         ]

@@ -28,9 +28,16 @@ class Generation:
         choices=ACT_MODES,
     )
     max_tokens: int = setting(MAX_TOKENS, "Most tokens per generated reply.", min=1)
-    top_p: float = setting(1.0, min=0, max=1)
+    top_p: float = setting(
+        1.0,
+        "Nucleus sampling: draw each token from the most likely ones whose probabilities add up to this share "
+        "(above 0; 1: from all tokens).",
+        min=0,
+        min_open=True,
+        max=1,
+    )
     seed: int = setting(0, "Base seed; every sampled call derives its own seed >= 1 from it.")
-    temperature: float = setting(1.0, "Sampling temperature.")
+    temperature: float = setting(1.0, "Sampling temperature (0: greedy, the most likely reply every time).", min=0)
 
 
 def shared(name: str, default=dataclasses.MISSING):
