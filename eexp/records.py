@@ -391,7 +391,7 @@ _RUN_META = {
     "world-model-data": ("kind", "serializer", "extra"),
     "preference-data": ("kind", "serializer", "extra"),
     "critic-data": ("kind", "serializer"),
-    "reflect": ("kind", "seed", "serializer"),
+    "reflect": ("kind", "serializer"),  # not meta.seed: a model reflector's is derived per outcome (derive_seed)
 }
 _RUN_EXTRA = {"critic-data": ("rejected_filter",), "reflect": ("template_sha256",)}  # run-level keys of meta.extra
 _PER_RECORD_BRANCH_META = {"env", "env_version", "created_utc", "eexp_version"}
