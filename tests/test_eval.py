@@ -1092,3 +1092,99 @@ def test_critic_options_need_a_critic():
         result.exit_code == 2
         and "--critic-k sets how the critic's candidates are proposed: give --critic MODEL" in result.output
     )
+
+
+# --- provenance: top-p and the policy's args in meta and in the id ----------------------------------------------
+
+
+def test_top_p_is_in_the_meta_and_in_the_id_unless_it_is_the_default(tmp_path):
+    """A sampled eval at another top-p is another evaluation: meta says top_p, the id has it (not at 1.0, whose ids
+    stay what they were), so --resume will not append one to the other's file."""
+    tasks = CountEnv().tasks("test")[:2]
+    plain, _ = run_count(OraclePolicy(), tasks=tasks, temperature=1.0)
+    nucleus, _ = run_count(OraclePolicy(), tasks=tasks, temperature=1.0, top_p=0.3)
+    assert [e["meta"]["top_p"] for e in plain] == [1.0, 1.0] and [e["meta"]["top_p"] for e in nucleus] == [0.3, 0.3]
+    assert not {e["id"] for e in plain} & {e["id"] for e in nucleus}
+    base = ["eval", "--policy", "random", "--env", "shop", "-n", "4", "--temperature", "1", "-q"]
+    out = tmp_path / "eval.jsonl"
+    assert invoke(base + ["--top-p", "0.3", "-o", str(out)]).exit_code == 0
+    result = CliRunner().invoke(cli, base + ["-o", str(out), "--resume"])
+    assert result.exit_code == 1 and "another evaluation" in result.output
+    # the successes' trajectories say it too
+    trajectories = tmp_path / "t.jsonl"
+    args = ["eval", "--policy", "oracle", "--env", "shop", "-n", "2", "--top-p", "0.5", "-q", "--trajectories"]
+    assert invoke(args + [str(trajectories)]).exit_code == 0
+    assert {r["meta"]["top_p"] for r in lines(trajectories.read_text())} == {0.5}
+
+
+class ArgsOracle(OraclePolicy):
+    """The oracle, describing itself as a model loaded with --policy-arg n_ctx=64 (what a backend's describe() says
+    of the args that change its outputs)."""
+
+    def describe(self):
+        return {**super().describe(), "policy_args": {"n_ctx": 64}}
+
+
+def test_policy_args_that_change_outputs_are_in_the_meta_and_the_id():
+    tasks = CountEnv().tasks("test")[:2]
+    plain, _ = run_count(OraclePolicy(), tasks=tasks)
+    clipped, _ = run_count(ArgsOracle(), tasks=tasks)
+    assert all("policy_args" not in e["meta"] for e in plain)
+    assert all(e["meta"]["policy_args"] == {"n_ctx": 64} for e in clipped)
+    assert not {e["id"] for e in plain} & {e["id"] for e in clipped}
+
+
+def test_a_gguf_evaluated_with_another_n_ctx_is_another_evaluation(tiny_gguf, tmp_path):
+    args = ["eval", "--policy", str(tiny_gguf), "--env", "shop", "-n", "1", "--max-steps", "1", "-q"]
+    out = tmp_path / "eval.jsonl"
+    assert invoke(args + ["--policy-arg", "n_ctx=512", "-o", str(out)]).exit_code == 0
+    (episode,) = lines(out.read_text())
+    assert episode["meta"]["policy_args"] == {"n_ctx": 512}
+    result = CliRunner().invoke(cli, args + ["-o", str(out), "--resume"])
+    assert result.exit_code == 1 and "another evaluation" in result.output
+
+
+# Committed episodes, one of each kind of id (off-path start, attempts with memory, constrained, score, a dream
+# world, think, a critic): the ids eval gives their settings today are the ids they were written with.
+COMMITTED = [
+    "docs/results/smollm2/seed2/recovery/IL.jsonl.gz",
+    "docs/results/smollm2/before/seed2/eval/IL+reflexion.jsonl.gz",
+    "docs/results/alfworld-smollm2/seed0/eval/IL16.jsonl.gz",
+    "docs/results/world-model/next-state/seed0-400/NS_RL-s0.eval.jsonl.gz",
+    "docs/results/world-model/dream/seed1/random.jsonl.gz",
+    "docs/results/world-model/dream/seed0/SR.jsonl.gz",
+    "docs/results/signals/seed2/eval/IL+critic.jsonl.gz",
+]
+
+
+@pytest.mark.parametrize("path", COMMITTED)
+def test_committed_episodes_keep_their_ids(path):
+    import gzip
+    from pathlib import Path
+
+    with gzip.open(Path(__file__).parent.parent / path, "rt") as f:
+        episodes = [json.loads(line) for line in f]
+    assert episodes
+    for episode in episodes:
+        meta = episode["meta"]
+        settings = EvalSettings(
+            env_name=meta["env"],
+            policy_spec=meta["policy_spec"],
+            env_kwargs=meta["env_kwargs"],
+            act=meta["act"],
+            max_tokens=meta["max_tokens"],
+            temperature=meta["temperature"],
+            seed=meta["seed"],
+            start="off-path" if "start" in meta else "reset",
+            attempts=meta.get("attempts_allowed", 1),
+            memory=meta.get("memory", "none"),
+            top_p=meta.get("top_p", 1.0),
+        )
+        description = {
+            "policy": episode["policy"],
+            "policy_info": {k: meta[k] for k in ("model_sha256", "policy_args") if k in meta},
+            "max_steps": meta["max_steps"],
+            "serializer": meta["serializer"],
+            **{k: meta[k] for k in ("thought_tokens", "critic") if k in meta},
+        }
+        assert episode_id(settings, episode["task"], description) == episode["id"]

@@ -668,3 +668,25 @@ def test_a_tokenizer_folder_s_own_code_is_never_run(tiny_gguf, tiny_checkpoint, 
     done = subprocess.run([sys.executable, "-c", code], input="y\n", capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "cannot load the tokenizer" in done.stderr
     assert not marker.exists()
+
+
+def test_describe_says_the_policy_args_that_change_outputs_only_when_set(tiny_checkpoint, tiny_gguf, hf_policy):
+    """Records say the --policy-arg values that change what the model sees or computes (describe()'s policy_args,
+    in every episode's meta and id); a default run's describe() is what it was, and args of speed alone are left out."""
+    # transformers: the defaults add nothing
+    assert set(hf_policy.describe()) == {"model", "model_sha256", "backend"}
+    assert "policy_args" not in load_policy(str(tiny_checkpoint), {"batch_size": "4", "n_threads": "1"}).describe()
+    given = load_policy(str(tiny_checkpoint), {"dtype": "float32", "n_ctx": "512", "batch_size": "4"}).describe()
+    assert given["policy_args"] == {"dtype": "float32", "n_ctx": 512}
+    # a device given: its kind, and the dtype auto chose for it
+    assert load_policy(str(tiny_checkpoint), {"device": "cpu"}).describe()["policy_args"] == {
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    # llama.cpp: the context that clips the prompt and the tokenizer that renders it
+    default = load_policy(str(tiny_gguf)).describe()
+    assert set(default) == {"model", "model_sha256", "backend", "extra_bufts"}
+    assert "policy_args" not in load_policy(str(tiny_gguf), {"n_threads": "1", "n_batch": "64"}).describe()
+    described = load_policy(str(tiny_gguf), {"n_ctx": "256", "tokenizer": str(tiny_checkpoint)}).describe()
+    assert described["policy_args"] == {"n_ctx": 256, "tokenizer": str(tiny_checkpoint)}
+    assert {k: v for k, v in described.items() if k != "policy_args"} == default

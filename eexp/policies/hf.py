@@ -37,11 +37,17 @@ SCHEMA = {
     "batch_size": (int, 32),  # candidate replies scored per forward pass
     "n_threads": (int, 0),  # torch CPU threads (0: torch's default)
 }
+# The args that change what the model sees or computes, which records say where they are not the default
+# (describe()'s policy_args): the device (other kernels, and auto's dtype), the dtype, the context that clips the
+# prompt, a checkpoint's own code. An adapter's base is in model_sha256; the batch of scored replies and the threads
+# change only speed.
+OUTPUT_ARGS = ("device", "dtype", "n_ctx", "trust_remote_code")
 
 
 class TransformersPolicy(ModelPolicy):
     backend = "transformers"
     hub = None  # a Hub model: its id, revision and snapshot folder (eexp.files.HubModel)
+    given: dict = {}  # the OUTPUT_ARGS set to other than their defaults, for describe() (none: from_model)
 
     def __init__(self, path: str, args: dict | None = None, *, act=None, max_tokens=MAX_TOKENS, top_p=1.0):
         super().__init__(act, max_tokens, top_p)
@@ -76,6 +82,9 @@ class TransformersPolicy(ModelPolicy):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise PolicyError(f"--policy-arg dtype={dtype}: expected auto, float32, bfloat16 or float16")
         self.device = torch.device(device)
+        self.given = {key: opts[key] for key in OUTPUT_ARGS if opts[key] != SCHEMA[key][1]}
+        if "device" in self.given:  # its kind (cuda:0 and cuda:1 compute alike), and auto's dtype, which follows it
+            self.given.update(device=self.device.type, dtype=dtype)
         trust = opts["trust_remote_code"]
         tokenizer_dir = path if self.adapter and has_tokenizer(path) else base
         try:
@@ -176,7 +185,8 @@ class TransformersPolicy(ModelPolicy):
 
     def describe(self):
         hub = {"model_revision": self.hub.revision} if self.hub else {}
-        return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend, **hub}
+        given = {"policy_args": dict(self.given)} if self.given else {}
+        return {"model": self.name, "model_sha256": self.sha256, "backend": self.backend, **hub, **given}
 
     # the KV cache of the prompt, shared by every call on one state ----------------------------------------------
     def _prefix_cache(self, ids: list[int]):

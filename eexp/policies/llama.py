@@ -33,6 +33,11 @@ SCHEMA = {
     "extra_bufts": (str, "auto"),  # weight repacking into extra CPU buffer types: auto (off on AMX CPUs), on, off
     "verbose": (bool, False),
 }
+# The args that change what the model sees or computes, which records say where they are not the default
+# (describe()'s policy_args): the context clips the prompt, the tokenizer renders it, layers on the GPU are computed
+# by other kernels. An adapter (lora_path) is in model_sha256; threads, the prompt batch and verbosity change only
+# speed or logs; extra_bufts is always said.
+OUTPUT_ARGS = ("n_ctx", "tokenizer", "n_gpu_layers")
 # The context when --policy-arg n_ctx is not given: the model's own, but at most this many tokens, since the KV cache
 # of a long-context model at its full length would take GBs; 4096 holds a state rendered with the default Serializer
 # settings (a few thousand characters at most) and a reply of the default --max-tokens (MAX_TOKENS, 256).
@@ -78,6 +83,7 @@ class LlamaCppPolicy(ModelPolicy):
         except ImportError:
             raise PolicyError("GGUF policies need llama-cpp-python: pip install 'eexp[gguf]'") from None
         self.llama_cpp = llama_cpp
+        self.opts = opts
         self.spec, self.name = path, os.path.basename(path)
         header = read_gguf_header(path)
         # the model's own context by default, at most DEFAULT_MAX_CTX (a long-context model would get a huge KV)
@@ -161,11 +167,19 @@ class LlamaCppPolicy(ModelPolicy):
         return Card.from_gguf(self.llm.metadata, self.spec).thought_tokens
 
     def describe(self):
+        # n_gpu_layers only where this llama.cpp build offloads (else every layer runs on the CPU whatever it says)
+        offloads = self.llama_cpp.llama_supports_gpu_offload()
+        given = {
+            key: self.opts[key]
+            for key in OUTPUT_ARGS
+            if self.opts[key] != SCHEMA[key][1] and (key != "n_gpu_layers" or offloads)
+        }
         return {
             "model": self.name,
             "model_sha256": self.sha256,
             "backend": self.backend,
             "extra_bufts": self.llm.eexp_buffers.use_extra_bufts,
+            **({"policy_args": given} if given else {}),
         }
 
     def _complete(self, ids, *, seed, temperature, top_p, max_tokens, grammar=None):

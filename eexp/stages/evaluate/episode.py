@@ -328,6 +328,7 @@ class Evaluator:
             "policy_spec": s.policy_spec,
             "act": s.act,
             "temperature": s.temperature,
+            "top_p": s.top_p,
             "seed": s.seed,
             "seeds": play.seeds,
             "max_steps": self.max_steps,
@@ -411,6 +412,7 @@ def episode_trajectory(episode: dict, env_record: dict, admissibles: list[list[s
             policy_spec=meta.get("policy_spec"),
             model_sha256=meta.get("model_sha256", ""),
             temperature=meta.get("temperature"),
+            **({"top_p": meta["top_p"]} if "top_p" in meta else {}),
             seed=meta.get("seed"),
             serializer=meta.get("serializer"),
             invalid_actions=episode["invalid_actions"],
@@ -431,6 +433,11 @@ def episode_id(settings: EvalSettings, task: dict, description: dict) -> str:
     attempts = (settings.attempts, settings.memory) if settings.attempts > 1 else ()
     critic = description.get("critic")
     critic = (critic["spec"], critic.get("model_sha256", ""), critic["k"], critic["temperature"]) if critic else ()
+    # a nucleus other than the whole distribution, and the policy args that change what the model sees or computes
+    # (its describe()'s policy_args: n_ctx, tokenizer, dtype, ...), are other episodes too; both are kept out of the
+    # ids of the defaults, which stay what they were
+    top_p = ("top_p", settings.top_p) if settings.top_p != 1.0 else ()
+    policy_args = ("policy_args", info["policy_args"]) if info.get("policy_args") else ()
     return short_hash(
         "episode",
         settings.env_name,
@@ -448,4 +455,6 @@ def episode_id(settings: EvalSettings, task: dict, description: dict) -> str:
         *start,
         *attempts,
         *critic,
+        *top_p,
+        *policy_args,
     )
