@@ -264,6 +264,29 @@ RUN = [
 ]
 
 
+def test_ctrl_c_names_the_last_checkpoint(shop_models, tmp_path, monkeypatch):
+    """As finetune does: Ctrl-C after a checkpoint says which one, and that --resume continues from it."""
+    from eexp.training.trainer import Trainer
+
+    due = Trainer._checkpoint_if_due
+
+    def then_ctrl_c(self, at):
+        due(self, at)
+        if at == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_checkpoint_if_due", then_ctrl_c)
+    out = tmp_path / "rl"
+    result = CliRunner().invoke(cli, ["rl", "--model", str(shop_models["il"]), *RUN, "-o", str(out)])
+    assert result.exit_code == 1, result.output  # click's Abort under CliRunner (130 from `eexp`)
+    last = out / "checkpoints" / "step-2"
+    assert last.is_dir()
+    assert (
+        f"eexp: stopped; {last} holds the last checkpoint: the same command with --resume continues from it\n"
+        in result.output
+    )
+
+
 @pytest.mark.slow
 def test_resumes_exactly_after_a_kill(shop_models, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
