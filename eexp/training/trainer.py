@@ -44,6 +44,7 @@ from eexp.files import content_hash, hub_id, resolve_hub_model
 from eexp.io import Writer, write_atomic
 from eexp.models.export import export_gguf
 from eexp.models.import_gguf import import_gguf
+from eexp.models.llama_converter import converter_dir
 from eexp.training import checkpoint
 from eexp.training.config import TrainerConfig, check_full_fits, from_scratch
 from eexp.training.machine import machine_card
@@ -66,6 +67,11 @@ class Trainer:
         self.echo = echo or (lambda msg: print(f"eexp: {msg}", file=sys.stderr, flush=True))
         self.ckpt_root = os.path.join(cfg.output, "checkpoints")
         self.metrics_path = os.path.join(cfg.output, "metrics.jsonl")
+        if cfg.export_gguf:  # refused now, not after the training: the converter is installed apart (it reaches PyPI)
+            try:
+                converter_dir()
+            except ModelError as e:
+                raise TrainingError(f"--export-gguf: {e}") from None
 
     # -- setup --
 
