@@ -335,7 +335,7 @@ def describe(env, split: str | None = None) -> dict:
 @field_options(ExpertSettings, "step_timeout", "no_admissible", "jobs")
 @output_option
 @resume_option("tasks already written there")
-@shard_option("by task id, of the tasks -n and --seed choose")
+@shard_option("by trajectory id, of the tasks -n and --seed choose")
 @stats_option
 @quiet_option()
 @cluster_options
