@@ -90,8 +90,9 @@ def eval_command(
     plot,
     cluster,
 ):
-    """Run a policy on an environment's tasks: one episode record per task on stdout, a summary (success rate with
-    its 95% Wilson interval) on stderr and in --summary FILE.
+    """Run a policy on an environment's tasks: one episode record per task, and a summary of its success rate.
+    The episode records go to stdout, the summary (the success rate with its 95% Wilson interval) to stderr and to
+    --summary FILE.
 
     Tasks are the first N of --split, in the split's fixed order, or the tasks of the trajectory files given as
     INPUT. States are rendered with the serializer settings recorded with the model (overridden by any serializer

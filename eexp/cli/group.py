@@ -96,6 +96,18 @@ class Group(click.Group):
             # click itself turns a broken pipe into exit 1; a reader that stops early is not an error of ours
             _stdout_to_devnull()
             sys.exit(0)
+        except KeyboardInterrupt:
+            # click's main answers a KeyboardInterrupt with a blank line on stderr before its Abort; main says
+            # `eexp: interrupted` on its own line, ending a progress bar's line first where one is drawn
+            raise click.exceptions.Abort() from None
+
+
+def _end_progress_line() -> None:
+    """A progress bar still open on the terminal (tqdm draws its line on stderr without a newline; a closed bar has
+    ended its line itself) gets its line ended, so the next message starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None and any(not bar.disable for bar in list(tqdm.tqdm._instances)):
+        click.echo(err=True)
 
 
 @click.group(cls=Group, context_settings=CONTEXT_SETTINGS, invoke_without_command=True)
@@ -135,6 +147,7 @@ def main() -> None:
             rv = cli.main(prog_name="eexp", standalone_mode=False)
             sys.stdout.flush()
         except click.exceptions.Abort:
+            _end_progress_line()
             click.echo("eexp: interrupted", err=True)
             sys.exit(130)
         except click.ClickException as e:
@@ -147,6 +160,7 @@ def main() -> None:
             click.echo("eexp: terminated", err=True)
             sys.exit(143)
         except KeyboardInterrupt:
+            _end_progress_line()
             click.echo("eexp: interrupted", err=True)
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -215,10 +215,10 @@ def export_command(ckpt, output, adapter, quant, lora_only):
     if quant == "q4_k_m" and lora_only:
         raise click.BadParameter("--lora-only takes f32, f16 or q8_0", param_hint="--quant")
     quiet_transformers()
-    path = export_gguf(
-        ckpt, output, quant=quant or ("f32" if lora_only else "q8_0"), adapter=adapter, lora_only=lora_only
-    )
-    click.echo(f"eexp: wrote {path}", err=True)
+    quant = quant or ("f32" if lora_only else "q8_0")
+    path = export_gguf(ckpt, output, quant=quant, adapter=adapter, lora_only=lora_only)
+    # the quant type written, said every time: a GGUF given as CKPT is imported and quantized anew, not copied
+    click.echo(f"eexp: wrote {path} ({quant})", err=True)
 
 
 @cli.command("merge")

@@ -64,9 +64,9 @@ def reflect(
     fallback,
     concurrency,
 ):
-    """Outcome records -> one self-reflection example per state: `Thought: <monologue>` then
-    `Action: <expert action>`, where the monologue compares the expert action with the first
-    --max-alternatives executed alternatives, using what each one led to.
+    """Outcome records -> one self-reflection example per state (a thought on the alternatives, then the expert
+    action). Each is `Thought: <monologue>` then `Action: <expert action>`, where the monologue compares the
+    expert action with the first --max-alternatives executed alternatives, using what each one led to.
 
     The training input is the state alone (the same serializer as imitation-data); the alternatives and
     the outcomes appear only in the prompt that writes the reflection. Reflections that end on another

@@ -38,8 +38,9 @@ import orjson
 from skyrl_gym.envs.base_text_env import BaseTextEnv, BaseTextEnvStepOutput
 
 from eexp.envs.base import make_env
-from eexp.errors import EnvError
+from eexp.errors import EnvError, InputError, WriteError
 from eexp.files import read_checkpoint_serializer
+from eexp.io import write_atomic
 from eexp.policies.actions import reply_from_text
 from eexp.prompts import Serializer, clip
 
@@ -213,13 +214,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = dataset_rows(
         args.env, args.split, args.n, serializer=serializer, reward=args.reward, max_turns=args.max_turns
     )
+    # made whole in memory, then written under a temporary name and renamed (eexp.io.write_atomic), as eexp's own
+    # commands write a file: a run that fails, or a reader meanwhile, never sees half a dataset or loses the old one
     if args.output.endswith(".parquet"):
+        import io
+
         import pandas
 
-        pandas.DataFrame(rows).to_parquet(args.output)
+        buffer = io.BytesIO()
+        pandas.DataFrame(rows).to_parquet(buffer)
+        data = buffer.getvalue()
     else:
-        with open(args.output, "wb") as f:
-            f.writelines(orjson.dumps(r) + b"\n" for r in rows)
+        data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+    try:
+        write_atomic(args.output, data)
+    except (InputError, WriteError) as e:  # a folder in the way, a full disk: one line, as eexp says it
+        print(f"eexp: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
     return 0
 

@@ -503,6 +503,9 @@ def export_gguf(
     Returns the path written. Raises ModelError for anything the user can fix."""
     ckpt, out = Path(ckpt), Path(out)
     adapter = Path(adapter) if adapter is not None else None
+    for given in (ckpt, adapter):  # a mistyped name, said as every command says a missing input
+        if given is not None and not given.exists():
+            raise ModelError(f"{given}: no such file or directory")
     if adapter is None and ckpt.is_dir() and _is_adapter(ckpt):
         adapter = ckpt
         base = _adapter_config(ckpt).get("base_model_name_or_path")

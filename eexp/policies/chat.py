@@ -204,6 +204,7 @@ class ModelPolicy(Policy):
         return "generate" if open_space(context) else "constrained"
 
     def generate(self, messages, *, seed, temperature, top_p=None, max_tokens=None) -> Reply:
+        self.requests += 1  # --stats' policy_requests: one per reply asked for, as a server's policy counts them
         max_tokens = max_tokens or self.max_tokens
         _, ids = self.fit(messages, reserve=self._reserve(max_tokens))
         text, finish = self._generate_ids(
@@ -222,6 +223,7 @@ class ModelPolicy(Policy):
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None) -> list[Reply]:
         """K replies back to back on one prompt: the backends keep the prompt's KV between the calls, and score
         mode ranks the candidates once for all K."""
+        self.requests += len(seeds)
         mode = self.mode_for(admissible, context)
         if mode == "think":
             return self.think(messages, admissible=admissible, seeds=seeds, temperature=temperature, context=context)
@@ -342,6 +344,7 @@ class ModelPolicy(Policy):
 
     def rank(self, messages: list[dict], admissible: list[str]) -> list[tuple[str, float]]:
         """Every admissible action with its log-likelihood, best first (for analysis and tests)."""
+        self.requests += 1
         replies = [format_action(a) for a in admissible]
         messages, ids = self.fit(messages, reserve=reply_tokens(replies))
         logliks = self.scores_for(ids, self.candidate_ids(messages, replies))

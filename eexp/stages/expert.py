@@ -257,6 +257,8 @@ def run_expert(
     )
     try:
         tasks = pick_tasks(stage.env, split, n, seed, task_ids)
+        if n is not None and not task_ids and n > len(tasks):  # not an error: the split is all there is
+            note(f"eexp: the {split} split has {len(tasks)} tasks: writing all of them (asked for {n})")
         stage.start_workers()  # a cluster that cannot be reached is said before the output is opened
     except BaseException:
         stage.close()
