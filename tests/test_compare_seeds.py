@@ -118,12 +118,15 @@ def test_seeds_with_one_run_methods_and_unequal_counts():
     rows = {r["run"]: r for r in result["splits"]["test"]}
     assert rows["C"]["ci_low"] == pytest.approx(wilson(8, 10)[0])
     assert rows["C"]["vs_first"]["success_p"] == pytest.approx(mcnemar_exact(1, 8))
-    # D (3 seeds) against R (1 seed): per task 1 * k_D - 3 * k_R: task 0: 1 - 3 = -2, task 1: 2 - 0 = 2, tasks 2-9:
-    # 3 each -> |d| = 2 2 3 3 3 3 3 3 3 3, T_obs = 24, 2^10 patterns. |T| >= 24 needs all eight 3s of one sign
-    # (+-24) and the two 2s summing to 0 or to the same sign (3 of their 4 patterns): 3 per side -> 6 / 1024
+    # D (3 seeds) against R (1 seed): unequal seeds, the within-task permutation test. Per task 1 * k_D - 3 * k_R:
+    # task 0 (k_R 1, k_D 1) -2, task 1 (0, 2) +2, tasks 2-9 (0, 3) +3 each: T_obs = 24. Under the null a task's 4
+    # runs are relabelled: tasks 0 and 1 (2 successes) give -2 or +2 evenly, tasks 2-9 (3 successes) +3 with
+    # probability 1/4 (R's run is the failure) and -1 with 3/4. T >= 24 takes all eight +3 and tasks 0-1 not both -2
+    # (3/4 * 4^-8), or seven +3 and both +2 (8 * 3/4 * 4^-7 * 1/4); T <= -24 cannot happen: 27 / 4^9
     t = rows["D"]["vs_first"]
     assert (t["seeds_first"], t["seeds_this"]) == (1, 3)
-    assert t["success_p"] == pytest.approx(6 / 1024) and t["success_verdict"] == "better"
+    assert t["success_p"] == pytest.approx(27 / 4**9) and t["success_verdict"] == "better"
+    assert t["success_test"] == "within-task permutation"
 
 
 def invoke(args):
@@ -221,3 +224,55 @@ def test_cli_seed_errors(episode_files):
     assert result.exit_code == 1 and "NAME=" in result.output
     result = runner.invoke(cli, ["eval", "--compare", f"R={d}/missing.jsonl"])
     assert result.exit_code == 1 and result.output.startswith("Error:") and len(result.output.splitlines()) == 1
+
+
+def test_the_test_over_tasks_with_unequal_seeds_is_the_exact_within_task_permutation():
+    """With unequal numbers of seeds the summed difference is not symmetric about 0 under the null, so the sign-flip
+    test's p was too small (in a simulated null, 1 seed against 9 at a 5% success rate: 14% of p below 0.05). The
+    within-task permutation test is checked here against every relabelling of the runs, enumerated."""
+    import itertools
+    import math
+
+    from eexp.stats import within_task_permutation_exact
+
+    s_first, s_other = 1, 3
+    tasks = [(1, 0), (0, 2), (0, 3), (0, 1), (1, 3)]  # (first's successes of 1 run, other's of 3)
+    observed = sum(s_first * ko - s_other * kf for kf, ko in tasks)
+    # brute force: each task's 4 runs (its successes among them) relabelled in every way, tasks independent
+    per_task = []
+    for kf, ko in tasks:
+        runs = [1] * (kf + ko) + [0] * (s_first + s_other - kf - ko)
+        stats = []
+        for chosen in itertools.combinations(range(len(runs)), s_first):
+            first = sum(runs[i] for i in chosen)
+            stats.append(s_first * (sum(runs) - first) - s_other * first)
+        per_task.append(stats)
+    hits = sum(1 for combo in itertools.product(*per_task) if abs(sum(combo)) >= abs(observed))
+    expected = hits / math.prod(len(stats) for stats in per_task)
+    assert within_task_permutation_exact(tasks, s_first, s_other) == pytest.approx(expected, abs=1e-15)
+    # tasks every run failed or won carry no information
+    assert within_task_permutation_exact([*tasks, (0, 0), (1, 3)], s_first, s_other) == pytest.approx(expected)
+    assert 0 < expected < 1
+
+
+def test_a_null_with_one_seed_against_nine_keeps_its_level():
+    """Simulated null (every run draws the same task success rates): the share of p below 0.05 stays at most 5%."""
+    import random
+
+    from eexp.stats import within_task_permutation_exact
+
+    rng = random.Random(0)
+    below = 0
+    trials = 300
+    for _ in range(trials):
+        tasks = []
+        for _ in range(40):
+            rate = 0.05
+            tasks.append((int(rng.random() < rate), sum(rng.random() < rate for _ in range(9))))
+        below += within_task_permutation_exact(tasks, 1, 9) < 0.05
+    assert below / trials <= 0.05
+
+
+def test_sign_flip_refuses_fractions():
+    with pytest.raises(ValueError, match="whole differences"):
+        sign_flip_exact([0.5, 0.5, 0.5])

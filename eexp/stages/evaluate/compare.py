@@ -33,6 +33,7 @@ from eexp.stats import (
     seed_spread,
     seeds_for_power,
     sign_flip_exact,
+    within_task_permutation_exact,
 )
 
 
@@ -214,6 +215,8 @@ def compare_runs(env: str, runs: list[Run], *, seed: int = 0, alpha: float = 0.0
 
 
 SEEDED_TEST = "sign-flip"  # eexp.stats.sign_flip_exact over tasks, successes summed over seeds
+# with unequal numbers of seeds: eexp.stats.within_task_permutation_exact (the sign-flip's null is not symmetric then)
+UNEQUAL_SEEDS_TEST = "within-task permutation"
 TOO_FEW_SEEDS = "too few seeds for a seed-level claim"
 # a bootstrap over fewer pairs (tasks; seeds for the hierarchical bootstrap) than eexp.stats.bootstrap_min_pairs (10
 # at alpha 0.05) is no claim: its verdict is this, and the table gives the mean without an interval or p
@@ -309,16 +312,18 @@ def seeded_test(
     runs = first + other
     common = [t for t in first[0].episodes if all(t in r.episodes for r in runs)]
     s_first, s_other = len(first), len(other)
-    diffs, rate_diffs, scores_a, scores_b = [], [], [], []
+    diffs, successes, rate_diffs, scores_a, scores_b = [], [], [], [], []
     for t in common:
         k_first = sum(1 for r in first if r.episodes[t]["success"])
         k_other = sum(1 for r in other if r.episodes[t]["success"])
+        successes.append((k_first, k_other))
         diffs.append(s_first * k_other - s_other * k_first)
         rate_diffs.append(k_other / s_other - k_first / s_first)
         scores_a.append(sum(r.episodes[t]["score"] for r in first) / s_first)
         scores_b.append(sum(r.episodes[t]["score"] for r in other) / s_other)
     n = len(common)
-    p = sign_flip_exact(diffs)
+    equal = s_first == s_other
+    p = sign_flip_exact(diffs) if equal else within_task_permutation_exact(successes, s_first, s_other)
     boot = paired_bootstrap(scores_a, scores_b, resamples=resamples, seed=seed)
     out = {
         "first": first[0].label,
@@ -328,7 +333,7 @@ def seeded_test(
         "tasks_better": sum(1 for d in diffs if d > 0),
         "tasks_worse": sum(1 for d in diffs if d < 0),
         "success_diff": sum(rate_diffs) / n if n else 0.0,
-        "success_test": SEEDED_TEST,
+        "success_test": SEEDED_TEST if equal else UNEQUAL_SEEDS_TEST,
         "success_p": p,
         "success_verdict": verdict(sum(diffs), p, alpha, n),
         "score_diff": boot.mean_diff,
@@ -414,17 +419,21 @@ def seed_level(
 def seed_power(diffs: list[float], alpha: float) -> dict:
     """The power of the test over seeds, from the per-seed differences (seed_level says how): `sd` their sample
     standard deviation, `detectable_diff` the smallest mean difference detected with POWER at these seeds (null where
-    the sign-flip test's floor 2 / 2^S is not below alpha: no difference is), `seeds_for_observed` the seeds a mean
+    the sign-flip test's floor 2 / 2^S over the S seeds that differ is not below alpha: no difference is; or where
+    the sd is 0), `seeds_for_observed` the seeds a mean
     difference of the observed size would need (at least the sign-flip test's own minimum; null for a mean of 0)."""
     s = len(diffs)
     spread = seed_spread(diffs)
     floor = seeds_needed(alpha)
+    # none where the seeds that differ (a tied seed drops out of the sign-flip test) cannot reach p < alpha, or where
+    # every seed's difference is the same (sd 0: the approximation says nothing then)
+    detectable = sum(1 for d in diffs if d) >= floor and spread.sd > 0
     return {
         "alpha": alpha,
         "power": POWER,
         "power_method": "paired t approximation",
         "sd": spread.sd,
-        "detectable_diff": detectable_difference(spread.sd, s, alpha=alpha, power=POWER) if s >= floor else None,
+        "detectable_diff": detectable_difference(spread.sd, s, alpha=alpha, power=POWER) if detectable else None,
         "seeds_for_observed": seeds_for_power(spread.mean, spread.sd, alpha=alpha, power=POWER, at_least=floor),
     }
 
@@ -592,7 +601,8 @@ def format_seeded(result: dict) -> str:
                 vs = (
                     f"{t['paired_n']} tasks x {t['seeds_first']}|{t['seeds_this']} seeds: success "
                     f"{100 * t['success_diff']:+.1f} pts ({t['tasks_better']} tasks better, {t['tasks_worse']} "
-                    f"worse; sign-flip p={t['success_p']:.3g}, {held(t['success_verdict'])}); "
+                    f"worse; {t.get('success_test', SEEDED_TEST)} p={t['success_p']:.3g}, "
+                    f"{held(t['success_verdict'])}); "
                     f"{score_text(t, result['resamples'], 'tasks')}"
                 )
             if seed_cells:
@@ -657,7 +667,9 @@ def power_text(s: dict) -> str:
         return ""
     tied = s["seeds"] - s["above"] - s["below"]  # a seed with no difference drops out of the sign-flip test
     seeds = f"with {s['seeds']} seeds ({f'{tied} tied, ' if tied else ''}sign-flip floor {s['smallest_p']:.3g})"
-    if s["detectable_diff"] is None:
+    if s["detectable_diff"] is None and s["sd"] == 0 and s["smallest_p"] < s.get("alpha", 0.05):
+        out = f"; {seeds}, every seed differs by the same: no power can be estimated from their sd (0)"
+    elif s["detectable_diff"] is None:
         out = f"; {seeds} no difference can be told from zero"
     else:
         out = (
