@@ -5,12 +5,13 @@ apart from this environment."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import orjson
-from netguard import pythonpath
+from netguard import LOG_VARIABLE, pythonpath
 
 DATA = Path(__file__).parent / "data"
 OUTCOMES = str(DATA / "outcomes.jsonl")
@@ -36,7 +37,9 @@ def install_apart(src: Path, site: Path) -> dict[str, str]:
         check=True,
         capture_output=True,
     )
-    return {"PYTHONPATH": pythonpath(site), "PATH": str(Path(sys.executable).parent)}
+    # the guard's log and the run's cache and offline Hub go along: the rest of the environment does not
+    carried = {k: os.environ[k] for k in (LOG_VARIABLE, "EEXP_CACHE", "HF_HUB_OFFLINE") if k in os.environ}
+    return {**carried, "PYTHONPATH": pythonpath(site), "PATH": str(Path(sys.executable).parent)}
 
 
 class TrainedWith:

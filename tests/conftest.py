@@ -35,6 +35,11 @@ def pytest_configure(config):
     from netguard import LOG_VARIABLE, child_folder, install
 
     install()
+    # this process is no child even where it imported the guard's sitecustomize (a pytest-xdist worker, started by a
+    # controller that set PYTHONPATH below): its refusals fail the test where they happen, and are not logged
+    import sys
+
+    sys._eexp_netguard_child = False
     # ... and in every Python process a test starts (its refusals logged, read by _no_child_reached_outside)
     config._eexp_netguard_dir = child_folder()
     os.environ["EEXP_NETGUARD_DIR"] = config._eexp_netguard_dir

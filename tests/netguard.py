@@ -4,9 +4,9 @@ happens. conftest.py installs it in the test process, and carries it into every 
 file, copied as `sitecustomize.py` into a folder put first on PYTHONPATH (`child_folder`), installs it there too,
 and a refusal there is also written to EEXP_NETGUARD_LOG, which conftest reads after each test to fail it (a child's
 OSError may be caught, retried or lost in its stderr). It sees Python's socket calls only, not those of C++
-processes (llama-server, chromium, Ray's servers: test_ray traces those), and a child started with its own
-PYTHONPATH (`pythonpath()` adds the folder) or none (test_wheel's fresh environment, which fetches from PyPI on
-purpose) goes without it."""
+processes (llama-server, chromium, Ray's servers: test_ray traces those), and a child started with a PYTHONPATH of
+its own goes without it unless `pythonpath()` made that (test_ray's clusters carry a guard of their own; test_wheel's
+fresh environment, which installs with pip --no-index, carries none)."""
 
 from __future__ import annotations
 

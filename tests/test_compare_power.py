@@ -242,7 +242,9 @@ def test_seeds_without_a_seed_level_carry_the_caveat_too():
     # 2 seeds against one run: no test over seeds, and the test over tasks x seeds holds the runs fixed
     runs = [run("A", "A0", set()), run("B", "B0", set(range(30))), run("B", "B1", set(range(30)))]
     table = format_comparison(compare_runs("count", runs, resamples=200))
-    assert "sign-flip p=1.86e-09, better for these runs" in table
+    # one run against two: the within-task permutation test (each task 3 runs, 2 successes: B's both with
+    # probability 1/3), p = 3^-30
+    assert "within-task permutation p=4.86e-15, better for these runs" in table
     # the counts of tasks beside it are no verdict: "30 tasks better, 0 worse"
     assert re.findall(r"\b(?:better|worse)\b(?! for these runs)", table) == ["better", "worse"]
     assert "the tests over tasks x seeds hold these training runs fixed" in table

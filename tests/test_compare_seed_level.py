@@ -286,7 +286,8 @@ def test_the_table_word_for_word():
                 "  C    C           1      4    50.0%  [ 15.0%,  85.0%]              -   0.000  "
                 + "-".ljust(w)
                 + "  4 tasks "
-                "x 2|1 seeds: success +50.0 pts (2 tasks better, 0 worse; sign-flip p=0.5, no significant difference); "
+                "x 2|1 seeds: success +50.0 pts (2 tasks better, 0 worse; within-task permutation p=0.111, "
+                "no significant difference); "
                 "score +0.000 (4 tasks: too few for a bootstrap, which needs 10)",
                 "  too few seeds for a seed-level claim: over S seeds that differ, the exact sign-flip test over "
                 "seeds cannot "

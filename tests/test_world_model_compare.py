@@ -19,7 +19,7 @@ from eexp.cli import cli
 from eexp.policies.base import Policy, Reply
 from eexp.stages.world_model_compare import TEST_FIELDS
 from eexp.stages.world_model_eval import token_f1
-from eexp.stats import mcnemar_exact, sign_flip_exact, wilson
+from eexp.stats import mcnemar_exact, sign_flip_exact, wilson, within_task_permutation_exact
 
 IDS = 20
 
@@ -202,15 +202,17 @@ def test_pooled_names_are_one_row(tmp_path):
     assert [p["exact_match"]["k"] for p in pooled["per_seed"]] == [4, 8]
     assert (pooled["seed_exact"]["min"], pooled["seed_exact"]["max"]) == (0.2, 0.4)
     t = single["vs_first"]
-    # per id, 2 x b's exact - 1 x A's summed: ids 0-3 0, 4-7 +1, 8-9 +2: 6 better; the sign-flip test, exactly
+    # per id, 2 x b's exact - 1 x A's summed: ids 0-3 0, 4-7 +1, 8-9 +2: 6 better; two seeds against one: the
+    # within-task permutation test, exactly (ids 0-3: A 2 of 2, b 1 of 1; 4-7: 1 and 1; 8-9: 0 and 1; the rest 0)
     assert (t["exact_test"], t["seeds_first"], t["seeds_this"], t["transitions_better"], t["transitions_worse"]) == (
-        "sign-flip",
+        "within-task permutation",
         2,
         1,
         6,
         0,
     )
-    assert t["exact_p"] == sign_flip_exact([1] * 4 + [2] * 2) and "seed_level" not in t
+    expected = within_task_permutation_exact([(2, 1)] * 4 + [(1, 1)] * 4 + [(0, 1)] * 2 + [(0, 0)] * (IDS - 10), 2, 1)
+    assert t["exact_p"] == expected and "seed_level" not in t
     assert t["exact_diff"] == pytest.approx(0.5 - 0.3)
     assert out.splitlines()[1:3] == [
         "  run  model  seeds      n  failed   exact  seeds min-max / 95% CI     F1  seeds min-max / 95% CI  labelled  "

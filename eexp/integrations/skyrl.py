@@ -31,6 +31,7 @@ template); a LoRA output must be merged into its base first (PEFT's merge_and_un
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from typing import Any
 
@@ -217,8 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     # made whole in memory, then written under a temporary name and renamed (eexp.io.write_atomic), as eexp's own
     # commands write a file: a run that fails, or a reader meanwhile, never sees half a dataset or loses the old one
     if args.output.endswith(".parquet"):
-        import io
-
         import pandas
 
         buffer = io.BytesIO()

@@ -419,15 +419,15 @@ def seed_level(
 def seed_power(diffs: list[float], alpha: float) -> dict:
     """The power of the test over seeds, from the per-seed differences (seed_level says how): `sd` their sample
     standard deviation, `detectable_diff` the smallest mean difference detected with POWER at these seeds (null where
-    the sign-flip test's floor 2 / 2^S over the S seeds that differ is not below alpha: no difference is; or where
-    the sd is 0), `seeds_for_observed` the seeds a mean
+    the sign-flip test's floor 2 / 2^S is not below alpha: no difference is; or where the sd is 0),
+    `seeds_for_observed` the seeds a mean
     difference of the observed size would need (at least the sign-flip test's own minimum; null for a mean of 0)."""
     s = len(diffs)
     spread = seed_spread(diffs)
     floor = seeds_needed(alpha)
-    # none where the seeds that differ (a tied seed drops out of the sign-flip test) cannot reach p < alpha, or where
-    # every seed's difference is the same (sd 0: the approximation says nothing then)
-    detectable = sum(1 for d in diffs if d) >= floor and spread.sd > 0
+    # the design's: what these many seeds detect (a tied seed lowers this data's own floor, which the text gives);
+    # none where every seed's difference is the same (sd 0: the approximation says nothing then)
+    detectable = s >= floor and spread.sd > 0
     return {
         "alpha": alpha,
         "power": POWER,
