@@ -210,9 +210,11 @@ def data_file(role: str, path: str) -> dict:
     pipe, which cannot be read again)."""
     if path == "-" or not os.path.isfile(path):
         return {"role": role, "file": path}
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"role": role, "file": os.path.abspath(path), "sha256": digest}
+        for block in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest is Python 3.11's
+            digest.update(block)
+    return {"role": role, "file": os.path.abspath(path), "sha256": digest.hexdigest()}
 
 
 def check_serializer(value: Any, where: str) -> dict:

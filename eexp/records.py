@@ -389,17 +389,23 @@ _RUN_META = {
     "rollout": ("step_timeout",),
     "imitation-data": ("kind", "serializer", "extra"),
     "world-model-data": ("kind", "serializer", "extra"),
-    "preference-data": ("kind", "serializer", "extra"),
+    "preference-data": ("kind", "serializer", "extra", "rejected_filter"),
     "critic-data": ("kind", "serializer"),
     "reflect": ("kind", "serializer"),  # not meta.seed: a model reflector's is derived per outcome (derive_seed)
 }
 _RUN_EXTRA = {"critic-data": ("rejected_filter",), "reflect": ("template_sha256",)}  # run-level keys of meta.extra
-_PER_RECORD_BRANCH_META = {"env", "env_version", "created_utc", "eexp_version"}
+# a model reflection's own (a grounded fallback's record has none of them: compared where both records have them)
+_REFLECT_MODEL_META = ("model", "model_sha256")
+_REFLECT_MODEL_EXTRA = ("temperature", "top_p", "max_tokens")
+# branch's meta but these is its settings and its policy's: not the environment of a mixed input, a dreamed
+# trajectory's world, the endpoints of a fleet that answered at the start, the CPU's llama.cpp buffers, the time
+_PER_RECORD_BRANCH_META = {"env", "env_version", "dream", "endpoint", "extra_bufts", "created_utc", "eexp_version"}
 
 
 def run_settings(record: dict) -> dict[str, Any] | None:
     """The settings of the run that wrote `record`, as its meta records them (see _RUN_META); None for a record
-    whose stage has none to compare."""
+    whose stage has none to compare. Two records' are compared on the keys both have (a reflection's model settings
+    are in a model reflection's alone)."""
     meta = record.get("meta")
     if not isinstance(meta, dict) or not isinstance(meta.get("stage"), str):
         return None
@@ -414,7 +420,11 @@ def run_settings(record: dict) -> dict[str, Any] | None:
             extra = orjson.loads(meta.get("extra") or "{}")
         except orjson.JSONDecodeError:
             extra = {}
-        found.update({key: extra.get(key) for key in _RUN_EXTRA[stage]} if isinstance(extra, dict) else {})
+        extra = extra if isinstance(extra, dict) else {}
+        found.update({key: extra.get(key) for key in _RUN_EXTRA[stage]})
+        if stage == "reflect" and meta.get("reflector") not in ("", "grounded"):
+            found.update({key: meta.get(key) for key in _REFLECT_MODEL_META})
+            found.update({key: extra.get(key) for key in _REFLECT_MODEL_EXTRA})
     return found
 
 

@@ -355,9 +355,12 @@ class StageIO:
         runs (a `branch -k 2` file continued with `-k 5`). Checked on the first record this run adds, before it is
         written; the file is left as it was."""
         theirs, ours = self._resumed_settings, run_settings(record)
-        if ours is None or theirs is None or ours == theirs:
+        if ours is None or theirs is None:
             return
-        differ = [key for key in {**theirs, **ours} if theirs.get(key) != ours.get(key)]
+        ours = orjson.loads(orjson.dumps(ours))  # as the file holds it (a tuple is a list there)
+        differ = [key for key in ours if key in theirs and theirs[key] != ours[key]]
+        if not differ:
+            return
         said = "; ".join(f"{key}: {_short(theirs.get(key))} there, {_short(ours.get(key))} here" for key in differ)
         raise UsageProblem(
             f"--resume: {self.output} was begun with other settings ({said}): resume it with the settings it was "
@@ -379,9 +382,10 @@ class StageIO:
             ):
                 # what a bad line or a lost server left behind, and how to go on from it (the error says what)
                 n = self.stats.records_out
-                error.add_note(
+                add_note(
+                    error,
                     f"this run wrote {n} whole record{'' if n == 1 else 's'} to {self.output} before it stopped"
-                    + ("; once that is fixed, --resume continues the file" if self.resumable else "")
+                    + ("; once that is fixed, --resume continues the file" if self.resumable else ""),
                 )
         try:
             for writer in self.side:
@@ -398,6 +402,11 @@ class StageIO:
         if self.stats.skipped:
             self.reader.warn(f"skipped {self.stats.skipped} bad record(s)")
         self.stats.write(self.stats_path)
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """BaseException.add_note (Python 3.11), on 3.10 too: the CLI prints an EexpError's __notes__ below it."""
+    error.__notes__ = [*getattr(error, "__notes__", ()), note]
 
 
 def _first_settings(path: str) -> dict | None:

@@ -76,3 +76,21 @@ def test_what_varies_from_record_to_record_is_no_setting(expert, runner, tmp_pat
     records = [json.loads(line) for line in il.read_text().splitlines()]
     assert len({json.dumps(run_settings(r), sort_keys=True) for r in records}) == 1
     assert len({(r["meta"]["task_id"], r["meta"]["step"]) for r in records}) == len(records)
+
+
+def test_what_varies_within_one_branch_run_or_one_reflect_run_is_not_compared():
+    """A branch file of a mixed input (a dreamed trajectory's world), of a fleet (the endpoints that answered) or
+    of a llama.cpp policy on another CPU (its buffers) continues; a reflection's model settings are compared only
+    between two model reflections (a grounded fallback's record has none); preference-data's --rejected is."""
+    branch = {"stage": "branch", "k": 2, "seed": 0, "model": "m", "env": "shop", "created_utc": "t"}
+    assert run_settings({"meta": branch}) == run_settings(
+        {"meta": {**branch, "env": "tools", "dream": {"world": "w"}, "endpoint": "a,b", "extra_bufts": False}}
+    )
+    assert run_settings({"meta": branch}) != run_settings({"meta": {**branch, "k": 3}})
+    model = {"stage": "reflect", "kind": "sr", "serializer": "{}", "reflector": "self", "model": "m", "extra": ""}
+    grounded = {**model, "reflector": "grounded", "model": "", "extra": '{"template_sha256": ""}'}
+    first, fallback = run_settings({"meta": model}), run_settings({"meta": grounded})
+    assert set(first) > set(fallback) and "model" not in fallback  # compared on the keys both have
+    assert run_settings({"meta": {**model, "model": "other"}})["model"] == "other"
+    pair = {"stage": "preference-data", "kind": "preference", "serializer": "{}", "extra": "", "rejected_filter": "all"}
+    assert run_settings({"meta": pair}) != run_settings({"meta": {**pair, "rejected_filter": "invalid"}})

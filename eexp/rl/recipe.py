@@ -28,7 +28,7 @@ import torch
 
 from eexp import __version__
 from eexp.envs.base import make_env
-from eexp.errors import PolicyError, Terminated, TrainingError, UsageProblem
+from eexp.errors import PolicyError, TrainingError, UsageProblem
 from eexp.models.adapter import base_of
 from eexp.rl.config import PACK_TOKENS, RESUME_FREE, REWARDS, RL_ACT_MODES, RLConfig
 from eexp.rl.loss import batch_logprobs, chosen_units, clipped_surrogate, pack_chunks, packable, same_inputs, unit_count
@@ -390,13 +390,8 @@ def without_dropout(model) -> None:
 def run_rl(rl: RLConfig, echo: Callable[[str], None] | None = None) -> RL:
     run = RL(rl, echo)
     with checkpoint.run_folder(rl.output, main=checkpoint.is_main_process()):
-        try:
+        with run.saying_where_it_stopped():
             run.setup()
             run.train()
             run.finish()
-        except (KeyboardInterrupt, Terminated):  # Ctrl-C: where the run can go on from (the CLI says "interrupted")
-            note = run.stopped_note()
-            if note:
-                run.echo(note)
-            raise
     return run

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load_file
 
 from eexp.card import check_serializer, data_file
-from eexp.errors import Terminated, TrainingError, UsageProblem
+from eexp.errors import TrainingError, UsageProblem
 from eexp.runner import progress_bar
 from eexp.training import checkpoint
 from eexp.training.batches import collate_rows, example_nll, examples_per_update, phase_updates, updates_per_epoch
@@ -559,13 +559,8 @@ def finetune(cfg: FinetuneConfig, echo: Callable[[str], None] | None = None) -> 
     """Run a whole fine-tune; returns the recipe (its state and config) for callers and tests."""
     run = Finetune(cfg, echo)
     with checkpoint.run_folder(cfg.output, main=checkpoint.is_main_process()):
-        try:
+        with run.saying_where_it_stopped():
             run.setup()
             run.train()
             run.finish()
-        except (KeyboardInterrupt, Terminated):  # Ctrl-C: where the run can go on from (the CLI says "interrupted")
-            note = run.stopped_note()
-            if note:
-                run.echo(note)
-            raise
     return run

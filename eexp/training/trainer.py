@@ -23,6 +23,7 @@ pickled objects; the run state is JSON.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -39,7 +40,7 @@ from transformers import AutoConfig, get_scheduler
 
 from eexp import __version__
 from eexp.card import Card, read_card, write_card
-from eexp.errors import HubError, ModelError, TrainingError, WriteError
+from eexp.errors import HubError, ModelError, Terminated, TrainingError, WriteError
 from eexp.files import content_hash, hub_id, resolve_hub_model
 from eexp.io import Writer, write_atomic
 from eexp.models.export import export_gguf
@@ -366,6 +367,18 @@ class Trainer:
             )
         if cfg.export_gguf and self.main:
             self._export()
+
+    @contextlib.contextmanager
+    def saying_where_it_stopped(self):
+        """Around setup, train and finish: a run stopped early (Ctrl-C, SIGTERM) says on stderr which checkpoint it
+        leaves and that --resume continues from it (stopped_note), then stops as it was stopping."""
+        try:
+            yield
+        except (KeyboardInterrupt, Terminated):
+            note = self.stopped_note()
+            if note:
+                self.echo(note)
+            raise
 
     def stopped_note(self) -> str | None:
         """What a run stopped early (Ctrl-C) says on stderr when it leaves a checkpoint: which one, and that --resume
