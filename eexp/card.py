@@ -167,21 +167,14 @@ def _check(key: str, value: Any, where: str) -> Any:
         return False if key == "from_scratch" else None
     if key == "serializer":
         return check_serializer(value, where)
-    if key == "phases":
-        if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
-            raise CardError(f"{where}: phases must be a list of mappings")
-        for phase in value:
-            unknown = sorted(set(phase) - set(PHASE_KEYS))
-            if unknown:
-                raise CardError(f"{where}: phases: unknown key {unknown[0]!r} (known: {', '.join(PHASE_KEYS)})")
-        return value
-    if key == "data":
-        if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
-            raise CardError(f"{where}: data must be a list of mappings")
+    if key in ("phases", "data"):  # lists of mappings, each of known keys
+        known = PHASE_KEYS if key == "phases" else DATA_KEYS
+        if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+            raise CardError(f"{where}: {key} must be a list of mappings")
         for entry in value:
-            unknown = sorted(set(entry) - set(DATA_KEYS))
+            unknown = sorted(set(entry) - set(known))
             if unknown:
-                raise CardError(f"{where}: data: unknown key {unknown[0]!r} (known: {', '.join(DATA_KEYS)})")
+                raise CardError(f"{where}: {key}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
         return value
     if key in ("machine", "pretrain"):
         known = MACHINE_KEYS if key == "machine" else PRETRAIN_KEYS
