@@ -397,8 +397,9 @@ _RUN_EXTRA = {"critic-data": ("rejected_filter",), "reflect": ("template_sha256"
 # a model reflection's own (a grounded fallback's record has none of them: compared where both records have them)
 _REFLECT_MODEL_META = ("model", "model_sha256")
 _REFLECT_MODEL_EXTRA = ("temperature", "top_p", "max_tokens")
-# branch's meta but these is its settings and its policy's: not the environment of a mixed input, a dreamed
-# trajectory's world, the endpoints of a fleet that answered at the start, the CPU's llama.cpp buffers, the time
+# branch's meta, less these, is its settings and its policy's; these are not: the environment of a mixed input, a
+# dreamed trajectory's world, the endpoints of a fleet that answered at the start, the CPU's llama.cpp buffers, the
+# time and the version
 _PER_RECORD_BRANCH_META = {"env", "env_version", "dream", "endpoint", "extra_bufts", "created_utc", "eexp_version"}
 
 
