@@ -125,7 +125,11 @@ class Reader:
                     self.reject(InputError(f"not valid JSON: {e}{tail}", name, lineno))
                     continue
                 if not isinstance(obj, dict):
-                    self.reject(InputError(f"expected a JSON object, got {type_name(obj)}", name, lineno))
+                    hint = ""
+                    if seen == 1 and isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj):
+                        # a whole array of records on one line: the same document as above, written compact
+                        hint = "; this looks like one JSON document, not JSON Lines: convert it with `jq -c '.[]'`"
+                    self.reject(InputError(f"expected a JSON object, got {type_name(obj)}{hint}", name, lineno))
                     continue
                 yield Line(obj, name, lineno)
         finally:

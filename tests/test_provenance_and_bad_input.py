@@ -188,3 +188,14 @@ def test_a_bad_line_that_is_no_document_gets_no_such_hint(runner, tmp_path):
     result = runner.invoke(cli, ["imitation-data", str(path)])
     assert result.exit_code == 1 and "JSON document" not in result.stderr
     assert result.stderr.startswith(f"Error: {path}:1: not valid JSON: ")
+
+
+def test_an_array_of_records_on_one_line_says_how_to_convert_it(runner, tmp_path):
+    path = tmp_path / "expert.json"
+    path.write_text('[{"id": "a"}, {"id": "b"}]\n')
+    result = runner.invoke(cli, ["imitation-data", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {path}:1: expected a JSON object, got a list; this looks like one JSON document, not JSON Lines: "
+        "convert it with `jq -c '.[]'`"
+    )
