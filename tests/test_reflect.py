@@ -10,6 +10,7 @@ import re
 
 import orjson
 import pytest
+from scripted import use_scripted_reflector
 
 from eexp.cli import cli
 from eexp.cli.reflect import NO_REFLECTOR
@@ -1010,20 +1011,7 @@ def test_line_breaks_tabs_and_emoji_are_printable():
 
 
 def test_unprintable_reflections_are_counted_in_stats_and_written_to_rejected(runner, tmp_path, monkeypatch):
-    import eexp.policies
-    from eexp.policies.base import Policy, Reply
-
-    class Scripted(Policy):
-        def generate(self, messages, **kw):
-            return Reply(text=GARBLED, action=None, finish_reason="stop")
-
-        def describe(self):
-            return {"model": "scripted"}
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(eexp.policies, "load_policy", lambda *a, **k: Scripted())
+    use_scripted_reflector(monkeypatch, GARBLED)
     data, stats, rejected = tmp_path / "o.jsonl", tmp_path / "stats.json", tmp_path / "rejected.jsonl"
     data.write_bytes(orjson.dumps(SHOP) + b"\n")
     args = ["reflect", "--policy", "m.gguf", str(data), "-o", str(tmp_path / "sr.jsonl")]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from scripted import use_scripted_reflector
 
 from eexp.cli import cli
 from eexp.prompts import Serializer
@@ -242,24 +243,9 @@ def test_a_thing_said_to_be_here_that_the_page_does_not_show_is_rejected():
 
 @pytest.mark.slow
 def test_the_command_counts_rejected_claims_in_stats_and_writes_them_to_rejected(runner, tmp_path, monkeypatch):
-    import eexp.policies
-    from eexp.policies.base import Policy, Reply
-
-    class Scripted(Policy):
-        def generate(self, messages, **kw):
-            return Reply(
-                text="The mug costs $45, so clicking pink should set the colour. So my move is click[pink].",
-                action=None,
-                finish_reason="stop",
-            )
-
-        def describe(self):
-            return {"model": "scripted"}
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(eexp.policies, "load_policy", lambda *a, **k: Scripted())
+    use_scripted_reflector(
+        monkeypatch, "The mug costs $45, so clicking pink should set the colour. So my move is click[pink]."
+    )
     data, stats, rejected = tmp_path / "o.jsonl", tmp_path / "stats.json", tmp_path / "rejected.jsonl"
     data.write_bytes(orjson.dumps(SHOP) + b"\n")
     result = runner.invoke(
