@@ -466,6 +466,7 @@ def prepare_resume(
     key: Callable[[dict], str] = lambda r: r.get("source_id"),
     kind: str | None = None,
     whole_records: bool = False,
+    check: Callable[[dict], None] | None = None,
 ) -> set[str]:
     """Make an output file safe to append to, and return the keys of the inputs it already covers.
 
@@ -474,7 +475,8 @@ def prepare_resume(
     deterministic, so the file ends as an uninterrupted run would have written it. With `whole_records` (a stage
     that writes one record per key: expert's trajectories, eval's episodes) a whole last line is a finished input,
     and is kept: an hour-long episode is not run again at every resume. With `kind` (the kind of record the stage
-    writes, see eexp.records), a file holding another kind (another stage's output) is refused untouched.
+    writes, see eexp.records), a file holding another kind (another stage's output) is refused untouched; so is one
+    a record of which `check` raises for (a file begun with another --shard).
     """
     if not os.path.exists(path):
         return set()
@@ -483,7 +485,7 @@ def prepare_resume(
     held = _held(path)
     lock = lock_output(path)  # held on into the Writer that appends to it: no other run may cut or extend it meanwhile
     try:
-        return _prepare_resume(path, key, kind, whole_records)
+        return _prepare_resume(path, key, kind, whole_records, check)
     except BaseException:
         if not held:
             unlock_output(lock)  # refused: the file is not written after all
@@ -500,7 +502,9 @@ def _held(path: str) -> bool:
         return (st.st_dev, st.st_ino) in _HELD
 
 
-def _prepare_resume(path: str, key: Callable[[dict], str], kind: str | None, whole_records: bool) -> set[str]:
+def _prepare_resume(
+    path: str, key: Callable[[dict], str], kind: str | None, whole_records: bool, check: Callable[[dict], None] | None
+) -> set[str]:
     """prepare_resume's work, done under the file's lock."""
     try:
         with open(path, "rb") as f:
@@ -529,6 +533,8 @@ def _prepare_resume(path: str, key: Callable[[dict], str], kind: str | None, who
                         path,
                         lineno,
                     )
+            if check is not None:
+                check(record)
             keys.append((key(record), offset))
         offset += len(raw)
     if keys and not whole_records:

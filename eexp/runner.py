@@ -232,8 +232,19 @@ class StageIO:
         if not self.resume:
             return set()
         if self._done is None:
-            self._done = prepare_resume(self.output, key, kind=kind, whole_records=whole_records)
-            self._resumed_settings = _first_settings(self.output)
+            first: list[dict | None] = []
+            # A record's shard key is its input's (the trajectory it comes from), so a file begun with another
+            # --shard, or none, shows it in its records. (expert's and eval's are checked against their items.)
+            shard = None if whole_records else self.shard
+
+            def check(record: dict) -> None:
+                if not first:
+                    first.append(run_settings(record))
+                if shard is not None and not in_shard(shard_key(record), shard):
+                    raise resumed_with_another_shard(self.output, shard_key(record), shard)
+
+            self._done = prepare_resume(self.output, key, kind=kind, whole_records=whole_records, check=check)
+            self._resumed_settings = first[0] if first else None
         return self._done
 
     def read(
@@ -316,8 +327,14 @@ class StageIO:
         --resume an item whose `key` (the id of the record it gives) -o FILE already holds is skipped and counted
         as resumed. Outputs are written as the stage yields them."""
         try:
-            items = [item for item in items if shard_key is None or in_shard(shard_key(item), self.shard)]
             done = self.done(lambda r: r.get("id"), output_kind, whole_records=True)  # one record per item
+            items = list(items)
+            if shard_key is not None and self.shard is not None:
+                # an item of another slice already written: the file was begun with another --shard, or none
+                theirs = sorted(key(item) for item in items if not in_shard(shard_key(item), self.shard))
+                if done.intersection(theirs):
+                    raise resumed_with_another_shard(self.output, min(done.intersection(theirs)), self.shard)
+                items = [item for item in items if in_shard(shard_key(item), self.shard)]
             writer = self._writer()
             with self.closing(writer), progress_bar(self.quiet, total=len(items), unit=unit) as bar:
                 for item in items:
@@ -409,17 +426,14 @@ def add_note(error: BaseException, note: str) -> None:
     error.__notes__ = [*getattr(error, "__notes__", ()), note]
 
 
-def _first_settings(path: str) -> dict | None:
-    """run_settings of the first record of a file being resumed (None: no record, or none to compare)."""
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    record = orjson.loads(line)
-                    return run_settings(record) if isinstance(record, dict) else None
-    except (OSError, orjson.JSONDecodeError):  # prepare_resume has read it whole already: not expected
-        return None
-    return None
+def resumed_with_another_shard(path: str, key: str, shard: tuple[int, int]) -> UsageProblem:
+    """--resume with a --shard the file was not begun with: one file never holds two slices' records (nor a slice's
+    and a whole run's)."""
+    i, n = shard
+    return UsageProblem(
+        f"--resume: {path} holds records of {key}, which is not in --shard {i}/{n}: resume it with the --shard it "
+        "was begun with, or write to another file"
+    )
 
 
 def _short(value) -> str:

@@ -94,3 +94,62 @@ def test_what_varies_within_one_branch_run_or_one_reflect_run_is_not_compared():
     assert run_settings({"meta": {**model, "model": "other"}})["model"] == "other"
     pair = {"stage": "preference-data", "kind": "preference", "serializer": "{}", "extra": "", "rejected_filter": "all"}
     assert run_settings({"meta": pair}) != run_settings({"meta": {**pair, "rejected_filter": "invalid"}})
+
+
+# --- --shard: a file is continued only with the slice that began it -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shop_pipeline(tmp_path_factory):
+    """The shop's expert trajectories, branch records and outcomes: the inputs of every stage that shards."""
+    from click.testing import CliRunner
+
+    d, runner = tmp_path_factory.mktemp("shard"), CliRunner()
+    paths = {name: d / f"{name}.jsonl" for name in ("expert", "branch", "outcome")}
+    for args in (
+        ["expert", "--env", "shop", "-n", "8", "--seed", "0", "-o", str(paths["expert"])],
+        ["branch", str(paths["expert"]), "-k", "2", "-o", str(paths["branch"])],
+        ["rollout", str(paths["branch"]), "-o", str(paths["outcome"])],
+    ):
+        assert runner.invoke(cli, [*args, "-q"]).exit_code == 0
+    return paths
+
+
+SHARDED = [  # each stage that slices its input, and what it reads
+    (["branch", "-k", "2"], "expert"),
+    (["rollout"], "branch"),
+    (["imitation-data"], "expert"),
+    (["world-model-data"], "outcome"),
+    (["reflect", "--reflector", "grounded"], "outcome"),
+    (["preference-data"], "outcome"),
+    (["critic-data"], "outcome"),
+    (["expert", "--env", "shop", "-n", "8", "--seed", "0"], None),
+    (["eval", "--policy", "random", "--env", "shop", "-n", "8", "--seed", "0"], None),
+]
+
+
+@pytest.mark.parametrize("command, reads", SHARDED, ids=[c[0] for c, _ in SHARDED])
+def test_resume_with_another_shard_is_refused(runner, shop_pipeline, tmp_path, command, reads):
+    """A slice's file resumed with another --shard (or a whole run's with one) would end holding two slices'
+    records; it is refused before anything is written. Resumed with its own slice, a finished file is kept whole
+    (a record's shard key is its input's: no false refusal)."""
+    inputs = [str(shop_pipeline[reads])] if reads else []
+    out, whole = tmp_path / "out.jsonl", tmp_path / "whole.jsonl"
+
+    def run(path, *more):
+        return runner.invoke(cli, [*command, *inputs, "-q", "-o", str(path), *more])
+
+    assert run(whole).exit_code == 0
+    assert run(out, "--shard", "1/2").exit_code == 0 and out.read_bytes()
+    first = out.read_bytes()
+    result = run(out, "--shard", "1/2", "--resume")
+    assert result.exit_code == 0 and out.read_bytes() == first, result.output
+    result = run(out, "--shard", "2/2", "--resume")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: --resume: {out} holds records of ")
+    assert result.output.rstrip().endswith(
+        ", which is not in --shard 2/2: resume it with the --shard it was begun with, or write to another file"
+    )
+    assert out.read_bytes() == first
+    result = run(whole, "--shard", "2/2", "--resume")  # a whole run's file, continued as one slice
+    assert result.exit_code == 2 and "which is not in --shard 2/2" in result.output, result.output

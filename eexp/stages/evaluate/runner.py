@@ -17,7 +17,7 @@ from eexp.inflight import InOrder
 from eexp.io import read_records, write_atomic
 from eexp.policies import policy_kind
 from eexp.policies.base import Policy, resolve_concurrency
-from eexp.runner import StageIO
+from eexp.runner import StageIO, resumed_with_another_shard
 from eexp.stages.evaluate.episode import Evaluator
 from eexp.stages.evaluate.settings import EvalSettings
 from eexp.workers import WorkerPool, open_pool
@@ -188,13 +188,18 @@ def worker_policy_args(policy_spec: str, policy_args: dict, jobs: int) -> dict:
     return policy_args
 
 
-def resume_episodes(io: StageIO, ids: list[str], trajectories_path: str | None) -> dict[str, dict]:
+def resume_episodes(
+    io: StageIO, ids: list[str], trajectories_path: str | None, other_slices: set[str] = frozenset()
+) -> dict[str, dict]:
     """With --resume: the episodes already complete in -o FILE (id -> record), after making the file safe to append
-    to; the trajectories file is cut back to the episodes kept. Without it: nothing (and a fresh trajectories file)."""
+    to; the trajectories file is cut back to the episodes kept. Without it: nothing (and a fresh trajectories file).
+    `other_slices`: the ids of this run's episodes in the other --shard slices (a file begun with another slice)."""
     if not io.resume:
         return {}
     done = io.done(lambda r: r.get("id"), kind="episode", whole_records=True)
     foreign = done - set(ids)
+    if foreign & other_slices:
+        raise resumed_with_another_shard(io.output, min(foreign & other_slices), io.shard)
     if foreign:
         raise EexpError(
             f"cannot resume {io.output}: it holds {len(foreign)} episode(s) of another evaluation (a "

@@ -79,12 +79,14 @@ def evaluate(
     """Run one episode per task (those of this --shard), write them to io's output (resuming it with --resume) and
     return the summary of every episode of the run, with the run's settings as its episodes record them.
     `concurrency`: episodes at once in this process (None: the policy's default)."""
+    others = [t for t in tasks if not in_shard(t["id"], io.shard)]  # the other slices' tasks: none without --shard
     tasks = [t for t in tasks if in_shard(t["id"], io.shard)]
     io.count("failed_requests", 0)
     with Runner(settings, jobs, concurrency, env=env, cluster=cluster) as runner:
         description = runner.description
         ids = [episode_id(settings, t, description) for t in tasks]
-        previous = resume_episodes(io, ids, trajectories_path)
+        other_slices = {episode_id(settings, t, description) for t in others}
+        previous = resume_episodes(io, ids, trajectories_path, other_slices)
         if previous:
             warn(f"resuming: {len(previous)} of {len(tasks)} episodes already in {io.output}")
         stage = Evaluation(
