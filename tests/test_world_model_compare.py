@@ -184,7 +184,7 @@ def test_the_table_word_for_word(tmp_path):
         "  run  model      n  failed   exact  95% CI               F1  95% CI            labelled  vs first",
         "  IL   IL        20       0   25.0%  [11.2%, 46.9%]    0.250  [0.100, 0.450]      100.0%  (reference)",
         "  IWM  IWM       20       0   75.0%  [53.1%, 88.8%]    0.750  [0.550, 0.900]      100.0%  20 paired: exact "
-        "+50.0 pts (McNemar p=0.00195, better); F1 +0.500 [+0.300, +0.700] (bootstrap p < 0.0001, better)",
+        "+50.0 pts (McNemar p=0.00195, better); F1 +0.500 [+0.300, +0.700] (bootstrap p < 0.0002, better)",
     ]
 
 

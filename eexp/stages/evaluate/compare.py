@@ -466,7 +466,7 @@ def paired_test(first: Run, run: Run, *, seed: int, alpha: float, resamples: int
 
 def bootstrap_verdict(diff: float, p: float, alpha: float, n: int) -> str:
     """A paired bootstrap's verdict over n pairs: TOO_FEW_PAIRS below eexp.stats.bootstrap_min_pairs(alpha) (one pair
-    resamples to itself: an interval of width 0 and "p < 0.0001"), else verdict's."""
+    resamples to itself: an interval of width 0 and "p < 0.0002"), else verdict's."""
     if 0 < n < bootstrap_min_pairs(alpha):
         return TOO_FEW_PAIRS
     return verdict(diff, p, alpha, n)
@@ -684,7 +684,7 @@ def power_text(s: dict) -> str:
 
 def floored(p: float, resamples: int) -> float:
     """A hierarchical bootstrap p at its floor (1 / resamples: no resample crossed 0) as 0, which p_text prints as
-    `p < 1 / resamples`."""
+    `p < 2 / resamples`."""
     return 0.0 if p <= 1 / resamples else p
 
 
@@ -710,9 +710,9 @@ def too_few_note(alpha: float, seeds: list[int], units: str = "tasks") -> str:
 
 
 def p_text(p: float, resamples: int) -> str:
-    """`p = 0.031`, or `p < 0.0001` for a bootstrap p of 0 (no resample crossed zero: it is below 1 / resamples,
-    not 0)."""
-    return f"p < {1 / resamples:g}" if p == 0 else f"p = {p:.3g}"
+    """`p = 0.031`, or `p < 0.0002` for a bootstrap p of 0 with 10,000 resamples. No resample crossed zero: the p is
+    not 0, but below the least p a crossing gives, twice one resample's share (2 / resamples)."""
+    return f"p < {2 / resamples:g}" if p == 0 else f"p = {p:.3g}"
 
 
 def plot_comparison(result: dict, path: str) -> None:
