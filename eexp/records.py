@@ -393,7 +393,10 @@ _RUN_META = {
     "critic-data": ("kind", "serializer"),
     "reflect": ("kind", "serializer"),  # not meta.seed: a model reflector's is derived per outcome (derive_seed)
 }
-_RUN_EXTRA = {"critic-data": ("rejected_filter",), "reflect": ("template_sha256",)}  # run-level keys of meta.extra
+_RUN_EXTRA = {
+    "critic-data": ("rejected_filter", "balance"),
+    "reflect": ("template_sha256",),
+}  # run-level keys of meta.extra
 # a model reflection's own (a grounded fallback's record has none of them: compared where both records have them)
 _REFLECT_MODEL_META = ("model", "model_sha256")
 _REFLECT_MODEL_EXTRA = ("temperature", "top_p", "max_tokens")

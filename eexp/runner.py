@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 from tqdm import tqdm
@@ -232,19 +232,21 @@ class StageIO:
         if not self.resume:
             return set()
         if self._done is None:
-            first: list[dict | None] = []
+            # Each setting as the first record that has it says (a reflection's model settings are in a model
+            # reflection's alone, and the first may be a grounded fallback's).
+            settings: dict[str, Any] = {}
             # A record's shard key is its input's (the trajectory it comes from), so a file begun with another
             # --shard, or none, shows it in its records. (expert's and eval's are checked against their items.)
             shard = None if whole_records else self.shard
 
             def check(record: dict) -> None:
-                if not first:
-                    first.append(run_settings(record))
+                for name, value in (run_settings(record) or {}).items():
+                    settings.setdefault(name, value)
                 if shard is not None and not in_shard(shard_key(record), shard):
                     raise resumed_with_another_shard(self.output, shard_key(record), shard)
 
             self._done = prepare_resume(self.output, key, kind=kind, whole_records=whole_records, check=check)
-            self._resumed_settings = first[0] if first else None
+            self._resumed_settings = settings or None
         return self._done
 
     def read(
@@ -371,7 +373,13 @@ class StageIO:
         """--resume continues a file only with the settings that began it: one file never holds records of two
         runs (a `branch -k 2` file continued with `-k 5`). Checked on the first record this run adds, before it is
         written; the file is left as it was."""
-        theirs, ours = self._resumed_settings, run_settings(record)
+        self.check_resumed_settings(run_settings(record))
+
+    def check_resumed_settings(self, ours: dict | None) -> None:
+        """Refuse to continue the resumed file (after `done`) where its records' settings differ from `ours` on a
+        setting both name. A stage whose first record may not name them all calls it before it writes (reflect: a
+        grounded fallback's record has no model settings)."""
+        theirs = self._resumed_settings
         if ours is None or theirs is None:
             return
         ours = orjson.loads(orjson.dumps(ours))  # as the file holds it (a tuple is a list there)

@@ -59,6 +59,7 @@ def test_an_example_per_candidate_with_the_imitation_state(runner, tmp_path):
         "alternative": 1,
         "reason": "invalid",
         "rejected_filter": "all",
+        "balance": True,
         "weight": 1,
     }
     assert json.loads(examples[3]["meta"]["extra"])["alternative"] == -1

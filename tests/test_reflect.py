@@ -1022,3 +1022,37 @@ def test_unprintable_reflections_are_counted_in_stats_and_written_to_rejected(ru
     assert json.loads(stats.read_text())["unprintable"] == 1 and "unprintable" in FILTERS
     (record,) = _lines(rejected)
     assert record["reason"] == "unprintable" and record["reply"] == GARBLED and "U+0002" in record["detail"]
+
+
+def test_resume_compares_the_model_settings_when_a_grounded_fallback_comes_first(runner, tmp_path, monkeypatch):
+    """A file whose first record is a grounded fallback (no model settings) is continued only at the model settings
+    its model reflections were written with; and a run whose first record is a fallback is checked too, before it
+    writes. (Compared on the first record alone, both were continued at any temperature.)"""
+    data, out = tmp_path / "o.jsonl", tmp_path / "sr.jsonl"
+    ids = [f"t{i}#2" for i in range(4)]
+    data.write_bytes(
+        b"".join(orjson.dumps({**SHOP, "id": i, "source_id": i[:2], "trajectory_id": i[:2]}) + b"\n" for i in ids)
+    )
+    replies = iter([GARBLED, GOOD, GOOD, GOOD])  # the first outcome falls back to a grounded reflection
+    use_scripted_reflector(monkeypatch, "")
+    import eexp.policies
+    from eexp.policies.base import Reply
+
+    scripted = eexp.policies.load_policy()
+    monkeypatch.setattr(type(scripted), "generate", lambda self, messages, **kw: Reply(next(replies), None, "stop"))
+    args = ["reflect", "--policy", "m.gguf", "--fallback", "grounded", str(data), "-o", str(out), "-q"]
+    assert runner.invoke(cli, args).exit_code == 0
+    assert [r["meta"]["reflector"] for r in _lines(out)] == ["grounded", "self", "self", "self"]
+    kept = b"".join(out.read_bytes().splitlines(keepends=True)[:3])
+    for first_reply in (GOOD, GARBLED):  # this run's first record a model reflection, then a grounded fallback
+        out.write_bytes(kept)
+        replies = iter([first_reply] * 4)
+        result = runner.invoke(cli, [*args, "--resume", "--temperature", "0.2"])
+        assert result.exit_code == 2, result.output
+        assert f"Error: --resume: {out} was begun with other settings (temperature: 0.7 there, 0.2 here)" in (
+            result.output
+        )
+        assert out.read_bytes() == kept[: len(out.read_bytes())] and len(_lines(out)) >= 2
+    replies = iter([GOOD] * 4)
+    assert runner.invoke(cli, [*args, "--resume"]).exit_code == 0
+    assert [r["meta"]["reflector"] for r in _lines(out)] == ["grounded", "self", "self", "self"]

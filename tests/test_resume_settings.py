@@ -153,3 +153,16 @@ def test_resume_with_another_shard_is_refused(runner, shop_pipeline, tmp_path, c
     assert out.read_bytes() == first
     result = run(whole, "--shard", "2/2", "--resume")  # a whole run's file, continued as one slice
     assert result.exit_code == 2 and "which is not in --shard 2/2" in result.output, result.output
+
+
+def test_critic_data_resumed_without_its_balance_is_refused(runner, shop_pipeline, tmp_path):
+    """--balance changes the expert example's weight only where a state has several alternatives: the run's
+    setting is in every record's meta.extra, so a file is not continued with the other."""
+    out = tmp_path / "critic.jsonl"
+    run = ["critic-data", str(shop_pipeline["outcome"]), "-q", "-o", str(out)]
+    assert runner.invoke(cli, run).exit_code == 0
+    assert {json.loads(json.loads(line)["meta"]["extra"])["balance"] for line in out.read_text().splitlines()} == {True}
+    kept = _cut(out, 6)
+    result = runner.invoke(cli, [*run, "--resume", "--no-balance"])
+    assert result.exit_code == 2 and "(balance: true there, false here)" in result.output, result.output
+    assert kept.startswith(out.read_bytes())

@@ -131,6 +131,19 @@ def reflect(
         )
         try:
             concurrency = resolve_concurrency(policy, concurrency)
+            if io.resume:
+                # The model's settings, against the resumed file's, before a record is written: this run's first
+                # record may be a grounded fallback's, which names none of them.
+                io.done(kind="example")
+                io.check_resumed_settings(
+                    {
+                        "model": writer.model,
+                        "model_sha256": writer.model_sha256,
+                        "temperature": settings.temperature,
+                        "top_p": settings.top_p,
+                        "max_tokens": settings.max_tokens,
+                    }
+                )
         except BaseException:
             policy.close()
             raise

@@ -21,7 +21,7 @@ skipped as in preference-data: nothing was observed.
 Ids: `critic:<outcome id>:expert` and `critic:<outcome id>:<j>`, j the alternative's index in the outcome. meta is
 the training example's fixed set (kind `critic`, `action` the candidate, `action_source` expert, policy or
 admissible, `seed` the alternative's); meta.extra holds `verdict`, `alternative` (-1 for the expert's), `reason`
-(`expert`, or preference-data's reason), `rejected_filter` and `weight`.
+(`expert`, or preference-data's reason), `rejected_filter`, `balance` and `weight`.
 """
 
 from __future__ import annotations
@@ -120,7 +120,14 @@ def critic_examples(
         answer = {"role": "assistant", "content": verdict}
         if w != 1:
             answer["weight"] = w
-        extra = {"verdict": verdict, "alternative": j, "reason": why, "rejected_filter": rejected, "weight": w}
+        extra = {
+            "verdict": verdict,
+            "alternative": j,
+            "reason": why,
+            "rejected_filter": rejected,
+            "balance": balance,
+            "weight": w,
+        }
         yield {
             "id": f"critic:{source_id}:{tag}",
             "source_id": source_id,
