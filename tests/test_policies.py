@@ -683,6 +683,13 @@ def test_describe_says_the_policy_args_that_change_outputs_only_when_set(tiny_ch
         "device": "cpu",
         "dtype": "float32",
     }
+    # a GPU chosen by auto: its kind and auto's bf16, so its episodes are not taken for the CPU's (fp32)
+    from eexp.policies.hf import SCHEMA as HF_SCHEMA
+    from eexp.policies.hf import output_args as hf_output_args
+
+    defaults = {key: default for key, (_, default) in HF_SCHEMA.items()}
+    assert hf_output_args(defaults, "cuda", "bfloat16") == {"device": "cuda", "dtype": "bfloat16"}
+    assert hf_output_args(defaults, "cpu", "float32") == {}
     # llama.cpp: the context that clips the prompt and the tokenizer that renders it
     default = load_policy(str(tiny_gguf)).describe()
     assert set(default) == {"model", "model_sha256", "backend", "extra_bufts"}

@@ -44,6 +44,17 @@ SCHEMA = {
 OUTPUT_ARGS = ("device", "dtype", "n_ctx", "trust_remote_code")
 
 
+def output_args(opts: dict, device_type: str, dtype: str) -> dict:
+    """The OUTPUT_ARGS a record names (describe()'s policy_args): those set to other than their defaults; and where
+    a device was given, or auto chose one that is not the CPU, the device's kind (cuda:0 and cuda:1 compute alike)
+    and the dtype it runs (auto's follows the device: bf16 on a GPU). A default run on the CPU names none, as it
+    always has, so a GPU's episodes never share ids with the CPU's."""
+    given = {key: opts[key] for key in OUTPUT_ARGS if opts[key] != SCHEMA[key][1]}
+    if "device" in given or device_type != "cpu":
+        given.update(device=device_type, dtype=dtype)
+    return given
+
+
 class TransformersPolicy(ModelPolicy):
     backend = "transformers"
     hub = None  # a Hub model: its id, revision and snapshot folder (eexp.files.HubModel)
@@ -82,9 +93,7 @@ class TransformersPolicy(ModelPolicy):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise PolicyError(f"--policy-arg dtype={dtype}: expected auto, float32, bfloat16 or float16")
         self.device = torch.device(device)
-        self.given = {key: opts[key] for key in OUTPUT_ARGS if opts[key] != SCHEMA[key][1]}
-        if "device" in self.given:  # its kind (cuda:0 and cuda:1 compute alike), and auto's dtype, which follows it
-            self.given.update(device=self.device.type, dtype=dtype)
+        self.given = output_args(opts, self.device.type, dtype)
         trust = opts["trust_remote_code"]
         tokenizer_dir = path if self.adapter and has_tokenizer(path) else base
         try:
