@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import io
 import os
+import secrets
 import stat
 import sys
 import threading
@@ -565,14 +566,18 @@ def write_atomic(path: str, data: bytes) -> None:
     except OSError as e:
         raise WriteError(e, path) from None
     target = os.path.realpath(path)  # replace the file a symlink points at, not the symlink
-    tmp = f"{target}.tmp{os.getpid()}"
+    folder, name = os.path.split(target)
+    # A name no one can guess, made by this call: "x" is O_CREAT | O_EXCL, which fails on any file or symlink
+    # already there (one planted in a shared folder is never followed). The mode is a plain open's (umask).
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
         os.replace(tmp, target)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if not isinstance(e, FileExistsError):  # another's file at that name (2^-64) is not ours to remove
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise WriteError(e, path) from None

@@ -491,3 +491,25 @@ def test_sigterm_to_eval_with_workers_is_one_line(tmp_path):
     assert proc.returncode == 143
     assert stderr == "eexp: terminated\n"
     assert 0 < len(records(out)) < 5000  # whole lines only
+
+
+def test_write_atomic_never_follows_a_file_planted_at_its_temporary_name(tmp_path):
+    """--stats, --summary and the environments' caches are written beside their target and renamed. The temporary
+    name was the target's plus `.tmp<pid>`: another user of a shared folder could plant a symlink there and have the
+    write land in a file of theirs choosing. The name is now drawn at random and made exclusively (O_EXCL)."""
+    import os
+
+    from eexp.io import write_atomic
+
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    target = tmp_path / "stats.json"
+    for pid in range(os.getpid() - 50, os.getpid() + 50):  # every name the old scheme could have used near this run
+        (tmp_path / f"stats.json.tmp{pid}").symlink_to(victim)
+    write_atomic(str(target), b'{"ok": 1}')
+    assert victim.read_text() == "mine" and target.read_bytes() == b'{"ok": 1}'
+    left = {p.name for p in tmp_path.iterdir()} - {"victim", "stats.json"}
+    assert all(name.startswith("stats.json.tmp") for name in left)  # the planted links only: no temporary left
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # the mode a plain open gives (umask)

@@ -60,6 +60,7 @@ from typing import Any
 from eexp.cache import cache_root
 from eexp.envs.base import Env, package_version
 from eexp.errors import EnvError
+from eexp.io import write_atomic
 from eexp.text import normalize_space
 
 SPLIT_FOLDERS = {"train": "train", "test": "valid_seen", "ood": "valid_unseen"}
@@ -156,9 +157,7 @@ def read_tasks(split: str) -> list[dict]:
     if not tasks:
         raise _missing(folder)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"format": INDEX_FORMAT, "signature": signature, "tasks": tasks}))
-    os.replace(tmp, cache)
+    write_atomic(str(cache), json.dumps({"format": INDEX_FORMAT, "signature": signature, "tasks": tasks}).encode())
     return tasks
 
 

@@ -61,7 +61,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -72,6 +71,7 @@ from eexp.envs.base import Env, package_version
 from eexp.envs.browser import Browser, BrowserMissing
 from eexp.envs.miniwob_oracles import ORACLES, OracleFailed, fields_of
 from eexp.errors import EnvError
+from eexp.io import write_atomic
 from eexp.text import normalize_space
 
 TASK_TYPES = (
@@ -687,6 +687,4 @@ def _names(value: Any) -> tuple[str, ...]:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_atomic(str(path), json.dumps(data, ensure_ascii=False).encode())

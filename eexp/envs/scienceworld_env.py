@@ -44,7 +44,6 @@ the JVM) raise EnvError; the environment then needs `reset()` (or `restart()`), 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from typing import Any
 from eexp.cache import cache_root
 from eexp.envs.base import Env, package_version
 from eexp.errors import EnvError
+from eexp.io import write_atomic
 from eexp.text import normalize_space
 
 OOD_TASKS = (
@@ -486,6 +486,4 @@ def trim_actions(valid: list[dict], referents: dict, task_name: str, limit: int)
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_atomic(str(path), json.dumps(data).encode())

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from eexp.io import write_atomic
+
 UNSAFE = re.compile(r"[^A-Za-z0-9._~#-]+")
 
 
@@ -32,15 +34,9 @@ def save_step(
     folder = episode_dir(directory, episode_id)
     folder.mkdir(parents=True, exist_ok=True)
     png = folder / f"{step:03d}.png"
-    _write(png, env.screenshot())
+    write_atomic(str(png), env.screenshot())
     text = f"# observation\n{observation}\n"
     if prompt is not None:
         text += f"\n# what the model read\n{prompt}\n"
-    _write(folder / f"{step:03d}.txt", text.encode())
+    write_atomic(str(folder / f"{step:03d}.txt"), text.encode())
     return png
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
