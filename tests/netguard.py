@@ -37,13 +37,17 @@ def _is_local(host) -> bool:
 
 
 def refuse_outside(event: str, args: tuple) -> None:
-    if event in ("socket.connect", "socket.sendto"):
+    if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
         sock, address = args[0], args[-1]
         if getattr(sock, "family", None) == socket.AF_UNIX or not isinstance(address, tuple):
-            return
+            return  # sendmsg on a connected socket: no address (its connect was checked)
         host = address[0]
-    elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex"):
+    elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex", "socket.gethostbyaddr"):
         host = args[0]
+    elif event == "socket.getnameinfo":  # a reverse lookup; its one argument is the sockaddr, (host, port, ...)
+        host = args[0][0] if args and isinstance(args[0], tuple) and args[0] else None
+        if host is None:
+            return
     else:
         return
     if not _is_local(host):

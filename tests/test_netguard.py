@@ -14,6 +14,11 @@ def test_a_connection_beyond_loopback_fails_the_test_that_makes_it():
         s.sendto(b"x", ("8.8.8.8", 53))  # a datagram too (Ray once found its address this way)
     with pytest.raises(OSError, match="would leave"):
         socket.getaddrinfo("huggingface.co", 443)  # the lookup alone could leave the machine
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(OSError, match="would leave"):
+        s.sendmsg([b"x"], [], 0, ("192.0.2.1", 53))  # a datagram by sendmsg
+    for reverse in (lambda: socket.gethostbyaddr("192.0.2.1"), lambda: socket.getnameinfo(("192.0.2.1", 53), 0)):
+        with pytest.raises(OSError, match="would leave"):
+            reverse()  # a reverse lookup asks a name server too
 
 
 def test_loopback_is_left_alone():
@@ -24,6 +29,7 @@ def test_loopback_is_left_alone():
             pass
     assert socket.getaddrinfo("localhost", 80)
     assert socket.getaddrinfo(None, 80, flags=socket.AI_PASSIVE)
+    assert socket.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST)[0] == "127.0.0.1"
 
 
 def test_a_process_a_test_starts_is_guarded_and_its_attempt_logged(tmp_path):
