@@ -114,6 +114,12 @@ class Cluster:
             self._started.update(root=root, reaper=_start_reaper(root), actor_env={"HOME": home} if home else {})
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)  # inherited by the processes ray.init starts (HOME and ONE_NODE only meanwhile)
+            # Token auth, whatever the user's environment says: the cluster's head listens on every interface (Ray
+            # has no loopback-only bind) and must refuse a client without the token Ray makes for it in the private
+            # home. That is Ray 2.60's default for a new local cluster where RAY_AUTH_MODE is unset (ray.init then
+            # sets it, and refreshes the config Ray read at import); set to "disabled", it is off. (Setting "token"
+            # here instead is not enough: the config Ray read at import is not refreshed, and no token is made.)
+            os.environ.pop("RAY_AUTH_MODE", None)
             try:
                 with sigint_ignored_by_children():  # Ctrl-C is the driver's, which then stops the cluster
                     ray.init(

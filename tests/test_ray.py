@@ -623,7 +623,8 @@ def test_local_cluster_reaches_nothing_outside_and_kill_9_leaves_no_process(clus
     (no RAY_USAGE_STATS_*, the real HOME) but the network guard; its head refuses a client without its token;
     kill -9 of eexp stops every process of it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PYTHONPATH=cluster.env["PYTHONPATH"], EEXP_TEST_NET_LOG=str(cluster.net_log))
+    # a user who turned Ray's token auth off for their own clusters: eexp's keeps it
+    env.update(PYTHONPATH=cluster.env["PYTHONPATH"], EEXP_TEST_NET_LOG=str(cluster.net_log), RAY_AUTH_MODE="disabled")
     serial = records(branches / "serial.jsonl")
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen(
