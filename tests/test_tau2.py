@@ -156,6 +156,15 @@ def test_splits_are_the_packages_and_the_user_is_part_of_the_world(customer):
             make_env("tau2", **{**user, "user_model": "u", **bad})
     with pytest.raises(EnvError, match="user_model"):  # refused when made (tests/test_refused_at_start.py: the CLI)
         make_env("tau2", user=customer.url)
+    # the URL is kept in every record: a key in it is refused, and not repeated in the error
+    for url, what in (
+        ("https://sk-123@api.example/v1", "credentials"),
+        ("http://127.0.0.1:9/v1?api_key=sk-123", "a query"),
+    ):
+        with pytest.raises(EnvError) as refused:
+            make_env("tau2", user=url, user_model="u")
+        assert f"with {what} in it: every record keeps this URL" in str(refused.value)
+        assert "sk-123" not in str(refused.value)
 
 
 def test_actions_are_read_never_evaluated():
