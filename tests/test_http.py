@@ -726,3 +726,37 @@ def test_a_server_on_this_machine_is_reached_without_the_environments_proxy(monk
             assert eexp_http.fetch(urllib.request.Request(url), timeout=5) == b"hello"
     finally:
         server.shutdown()
+
+
+def test_a_redirect_is_an_answer_not_followed():
+    """A policy server that redirects is not followed to wherever it points (the prompts and the key are for the
+    endpoint named), and says so in one line. (urllib followed it, and the deadline handler then failed with a
+    traceback: AttributeError 'Request' object has no attribute 'deadline'.)"""
+    import http.server
+    import threading
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def redirect(self):
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:9/v1" + self.path[len("/v1") :])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = redirect
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        result = invoke(["eval", "--policy", url, "--env", "shop", "-n", "1"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"Error: the policy endpoint {url} cannot be used: HTTP 302 from {url}/models: a redirect to "
+        "http://127.0.0.1:9/v1/models, not followed\n"
+    )

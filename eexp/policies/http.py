@@ -228,11 +228,19 @@ def _is_loopback_address(host: str) -> bool:
         return False
 
 
+class _NoRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer (HTTP 3xx, an HTTPError), never followed: the prompts, and the key, are for the
+    endpoint the user named, not for wherever its answer points (an OpenAI-compatible server does not redirect)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
 def _opener(proxies: dict | None = None) -> urllib.request.OpenerDirector:
-    """urllib's usual opener (proxies, from the environment when None, but for loopback; redirects; HTTP errors as
-    HTTPError) with the two deadline handlers."""
+    """urllib's usual opener (proxies, from the environment when None, but for loopback; HTTP errors as HTTPError)
+    with the two deadline handlers, and redirects not followed."""
     return urllib.request.build_opener(
-        _LoopbackDirectProxyHandler(proxies), _DeadlineHTTPHandler, _DeadlineHTTPSHandler
+        _LoopbackDirectProxyHandler(proxies), _DeadlineHTTPHandler, _DeadlineHTTPSHandler, _NoRedirectHandler
     )
 
 
@@ -404,6 +412,10 @@ class HttpPolicy(Policy):
                 return json.loads(fetch(req, self.opts["timeout"]).decode("utf-8"))
             except urllib.error.HTTPError as e:
                 detail = _error_detail(e)
+                if 300 <= e.code < 400:  # not followed (_NoRedirectHandler)
+                    detail = (
+                        f"a redirect to {endpoint_base(e.headers.get('Location') or '') or 'elsewhere'}, not followed"
+                    )
                 last = f"HTTP {e.code} from {url}: {detail}"
                 status = e.code
                 if e.code not in RETRY_STATUS:
