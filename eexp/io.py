@@ -293,18 +293,38 @@ class Writer:
         self.pending: list[bytes] = []
         self.before_first: Callable[[dict], None] | None = None
         self.lock = None
+        # A file written anew is emptied only when this run writes its first line, or ends without error having
+        # written none: a run refused before its first record (a missing input, a file of the wrong kind) leaves
+        # the file as it was.
+        self.empty_first = False
         if self.path is None:
             self.stream = sys.stdout.buffer
         else:
-            self.lock = lock_output(self.path)  # before "wb" empties the file: another run may be writing it
+            self.lock = lock_output(self.path)  # before the file is emptied: another run may be writing it
             try:
                 # unbuffered: each flush writes exactly the pending whole lines, and nothing is left in a buffer
-                # that a later close() could write after the file was cut back
-                self.stream = open(self.path, "ab" if append else "wb", buffering=0)
+                # that a later close() could write after the file was cut back. Appending: after the file is
+                # emptied, lines go at its new end.
+                self.stream = open(self.path, "ab", buffering=0)
             except OSError as e:
                 unlock_output(self.lock, discard_empty=True)
                 raise WriteError(e, self.path) from None
+            self.empty_first = not append
         self.whole = self._position()  # the offset just after the last whole line; None where unknown
+
+    def _empty(self) -> None:
+        """Empty a file written anew, once, before its first line (or at a clean end without one)."""
+        self.empty_first = False
+        try:
+            fd = self.stream.fileno()
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a fifo, a terminal, /dev/stderr: nothing to empty
+                return
+            os.ftruncate(fd, 0)
+        except OSError as e:
+            self.failed = True
+            raise WriteError(e, self.name) from None
+        if self.whole is not None:
+            self.whole = 0
 
     def _position(self) -> int | None:
         """Where the next line starts, for a regular file (stdout redirected to a file included)."""
@@ -335,6 +355,8 @@ class Writer:
             return
         data = b"".join(self.pending)
         self.pending.clear()
+        if data and self.empty_first:
+            self._empty()
         try:
             view = memoryview(data)
             while view:  # a raw stream (-o FILE, or an unbuffered stdout) may take part of it
@@ -392,9 +414,12 @@ class Writer:
 
     def close(self, discard_empty: bool = False) -> None:
         """Write what is pending, close, and release the lock. `discard_empty`: the run ended in an error, and a file
-        it made and wrote nothing into is removed (a run refused at start leaves no output file)."""
+        it made and wrote nothing into is removed (a run refused at start leaves no output file), one that was
+        there is left as it was."""
         try:
             self.flush()
+            if self.empty_first and not discard_empty and not self.failed:  # a whole run that wrote no line
+                self._empty()
         finally:
             if self.path is not None:
                 self.stream.close()

