@@ -401,6 +401,22 @@ def test_export_refuses_checkpoint_without_tokenizer(tiny_checkpoint, runner, tm
     assert _no_leftovers(out_dir)
 
 
+def test_export_refuses_to_write_over_a_file_it_reads(tiny_checkpoint, runner, tmp_path):
+    """-o naming CKPT's own weights wrote the GGUF over them, exit 0, and the checkpoint was lost."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    weights = ckpt / "model.safetensors"
+    kept = weights.read_bytes()
+    result = runner.invoke(cli, ["export", str(ckpt), "-o", str(weights), "--quant", "f32"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: {weights}: is also an input of this run, and writing it would empty it first: write to another file\n"
+    )
+    assert weights.read_bytes() == kept
+
+
 def test_export_refuses_unsupported_architecture(tiny_checkpoint, runner, tmp_path):
     import shutil
 

@@ -45,6 +45,7 @@ from eexp import __version__
 from eexp.card import Card, read_card
 from eexp.errors import ModelError, first_line
 from eexp.files import content_hash
+from eexp.io import refuse_writing_an_input
 from eexp.models.import_gguf import adapter_base, import_gguf
 from eexp.models.llama_converter import converter_dir, llama_cpp_version
 
@@ -524,6 +525,14 @@ def export_gguf(
         raise ModelError(f"{out}: is a directory; give a file name such as model.gguf")
     if not out.parent.is_dir():
         raise ModelError(f"cannot write {out}: directory {out.parent} does not exist")
+    # a file the export reads (CKPT's weights, the adapter's), given as OUT: written over, the model would be lost
+    read = [
+        p
+        for folder in (ckpt, adapter)
+        if folder is not None
+        for p in (folder.iterdir() if folder.is_dir() else [folder])
+    ]
+    refuse_writing_an_input(str(out), [str(p) for p in read])
 
     if ckpt.is_file() and ckpt.suffix.lower() == ".gguf":  # a GGUF base (finetune --model X.gguf): its import
         ckpt = import_gguf(ckpt)
