@@ -697,3 +697,16 @@ def test_describe_says_the_policy_args_that_change_outputs_only_when_set(tiny_ch
     described = load_policy(str(tiny_gguf), {"n_ctx": "256", "tokenizer": str(tiny_checkpoint)}).describe()
     assert described["policy_args"] == {"n_ctx": 256, "tokenizer": str(tiny_checkpoint)}
     assert {k: v for k, v in described.items() if k != "policy_args"} == default
+
+
+def test_a_tokenizer_folder_that_is_not_there_is_not_looked_up_on_the_hub(tiny_gguf, runner, tmp_path):
+    """A mistyped --tokenizer (doctor) or --policy-arg tokenizer= (eval) was taken for a Hub name: transformers asked
+    huggingface.co for it, five times over 50 s, before a three-line error. Now one line, and nothing asked."""
+    from eexp.cli import cli
+
+    missing = tmp_path / "nodir"
+    said = f"Error: {missing}: no such folder (give the checkpoint folder that holds the training tokenizer)\n"
+    result = runner.invoke(cli, ["doctor", "--policy", str(tiny_gguf), "--tokenizer", str(missing)])
+    assert (result.exit_code, result.output) == (1, said)
+    with pytest.raises(PolicyError, match="no such folder"):
+        load_policy(str(tiny_gguf), {"tokenizer": "nodir"})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from eexp.errors import PolicyError
 from eexp.policies.gguf_loader import system_report
-from eexp.policies.llama import LlamaCppPolicy
+from eexp.policies.llama import LlamaCppPolicy, local_tokenizer
 from eexp.prompts import POLICY_SYSTEM, format_action
 
 # One multi-turn conversation with the things that drift: non-ASCII text, brackets, runs of spaces and newlines,
@@ -71,7 +71,6 @@ def _show(ids: list[int], i: int, piece) -> str:
 
 def doctor(gguf_path: str, tokenizer_dir: str | None = None, n_threads: int = 0) -> tuple[list[Check], dict]:
     """The checks and a summary ({gguf, tokenizer, ...}). Raises PolicyError when either side cannot be loaded."""
-    from transformers import AutoTokenizer
 
     args = {"n_ctx": "1024"}
     if n_threads:
@@ -79,10 +78,7 @@ def doctor(gguf_path: str, tokenizer_dir: str | None = None, n_threads: int = 0)
     gguf = LlamaCppPolicy(gguf_path, args)
     llm = gguf.llm
     tok_dir = find_tokenizer(gguf_path, tokenizer_dir, llm.metadata)
-    try:
-        hf = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)  # never a folder's own code
-    except (OSError, ValueError) as e:
-        raise PolicyError(f"{tok_dir}: cannot load the tokenizer ({e})") from None
+    hf = local_tokenizer(tok_dir)
     if not hf.chat_template:
         raise PolicyError(f"{tok_dir}: the tokenizer has no chat template")
 

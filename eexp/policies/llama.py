@@ -72,6 +72,20 @@ def read_gguf_header(path: str) -> dict:
     return {"architecture": arch, "n_ctx_train": n_ctx_train}
 
 
+def local_tokenizer(folder: str):
+    """The transformers tokenizer of a checkpoint folder on this machine. Never a name looked up on the Hub (a
+    mistyped folder was asked of huggingface.co, retried for 50 s), never a folder's own code (transformers would
+    ask on stdin, which carries the records)."""
+    if not os.path.isdir(folder):
+        raise PolicyError(f"{folder}: no such folder (give the checkpoint folder that holds the training tokenizer)")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise PolicyError(f"{folder}: cannot load the tokenizer ({e})") from None
+
+
 class LlamaCppPolicy(ModelPolicy):
     backend = "llama.cpp"
 
@@ -112,13 +126,7 @@ class LlamaCppPolicy(ModelPolicy):
         self.architecture = header["architecture"]
         self.hf_tokenizer = None
         if opts["tokenizer"]:
-            from transformers import AutoTokenizer
-
-            try:
-                # never a folder's own code: transformers would ask on stdin, which carries the records
-                self.hf_tokenizer = AutoTokenizer.from_pretrained(opts["tokenizer"], trust_remote_code=False)
-            except (OSError, ValueError) as e:
-                raise PolicyError(f"{opts['tokenizer']}: cannot load the tokenizer ({e})") from None
+            self.hf_tokenizer = local_tokenizer(opts["tokenizer"])
         self.template = llm.metadata.get("tokenizer.chat_template", "")
         if not self.template and self.hf_tokenizer is None:
             raise PolicyError(
