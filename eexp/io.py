@@ -452,6 +452,23 @@ def closing(*writers: Writer | None, then: Callable[[BaseException | None], None
         then(None)
 
 
+def make_parent_folders(path: str) -> None:
+    """The folders above `path`, made where missing; a file where one of them should be is said as such (not as
+    `[Errno 17] File exists`)."""
+    parent = os.path.dirname(path)
+    if not parent:
+        return
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = parent
+        while os.path.dirname(blocking) and not os.path.exists(blocking):
+            blocking = os.path.dirname(blocking)
+        raise InputError(f"is a file, not a folder: cannot write {path} inside it", blocking) from None
+    except OSError as e:
+        raise WriteError(e, parent) from None
+
+
 def refuse_writing_an_input(output: str | None, inputs: Iterable[str]) -> None:
     """An output that is also one of the run's inputs (by its name or by another: a link) would be emptied before it
     is read, and its records lost: refused before anything is opened."""

@@ -519,6 +519,16 @@ def test_compare_refuses_mixed_environments_and_plots(tmp_path):
     pixels = matplotlib.image.imread(str(png))
     assert pixels.shape[:2] == (height, width) and pixels.std() > 0.05  # not a blank canvas
 
+    # a format matplotlib cannot write, or a folder that is not there: one line, said as such (they were tracebacks)
+    runs = ["eval", "--compare", str(files["random"]), str(files["oracle"])]
+    odd = tmp_path / "runs.xyz"
+    result = invoke([*runs, "--plot", str(odd)])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr.startswith(f"Error: --plot {odd}: .xyz is no image format matplotlib writes (give one of: ")
+    missing = tmp_path / "nodir" / "runs.png"
+    result = invoke([*runs, "--plot", str(missing)])
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: {missing}: cannot write ("), result.stderr
+
 
 def test_compare_pairs_only_common_tasks(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"

@@ -513,3 +513,12 @@ def test_write_atomic_never_follows_a_file_planted_at_its_temporary_name(tmp_pat
     plain = tmp_path / "plain"
     plain.write_bytes(b"")
     assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # the mode a plain open gives (umask)
+
+
+def test_a_file_where_an_output_folder_should_be_is_said_as_such(tmp_path):
+    """init-model and merge make the folders above OUT: a file in the way was a FileExistsError traceback."""
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "sub" / "model"
+    result = invoke(["init-model", str(out)])
+    assert_error(result, f"{tmp_path / 'afile'}: is a file, not a folder: cannot write {out} inside it")
+    assert (tmp_path / "afile").read_text() == ""

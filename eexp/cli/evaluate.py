@@ -21,7 +21,7 @@ from eexp.cli.options import (
 )
 from eexp.errors import EexpError
 from eexp.io import write_atomic
-from eexp.stages.evaluate.compare import compare_runs, format_comparison, plot_comparison, read_runs
+from eexp.stages.evaluate.compare import compare_runs, format_comparison, plot_comparison, plot_format, read_runs
 from eexp.stages.evaluate.runner import check_worker_copies, worker_policy_args
 from eexp.stages.evaluate.settings import EvalSettings, RunSettings
 from eexp.stages.evaluate.stage import evaluate
@@ -239,6 +239,11 @@ def _option_name(param: str) -> str:
 
 
 def run_compare(io, seed: int, summary_path: str | None, plot: str | None) -> None:
+    if plot:
+        try:
+            plot_format(plot)  # a format matplotlib cannot write is said before the comparison, not after
+        except ImportError:
+            raise EexpError("--plot needs matplotlib: pip install 'eexp[all]'") from None
     env, runs = read_runs(io.inputs, on_error=io.on_error)
     result = compare_runs(env, runs, seed=seed)
     table = format_comparison(result)

@@ -28,7 +28,7 @@ import yaml
 from eexp import __version__
 from eexp.card import Card, write_card
 from eexp.errors import ModelError
-from eexp.io import Reader
+from eexp.io import Reader, make_parent_folders
 from eexp.models.pretrain import PretrainSettings
 from eexp.models.pretrain import pretrain as pretrain_lm
 from eexp.prompts import Serializer, format_action, format_observation
@@ -297,7 +297,7 @@ def init_model(
             raise ModelError(f"--pretrain: {e}") from None
         pretrained = {"corpus": [c if Path(c).is_file() else "<text>" for c in pretrain], **pretrained}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_folders(str(out))
     # Build beside the target and rename, so a failed run never leaves a half checkpoint behind.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     umask = os.umask(0)

@@ -25,6 +25,7 @@ from eexp.card import read_card, write_card
 from eexp.errors import ModelError, PolicyError, first_line
 from eexp.fields import setting
 from eexp.files import content_hash, has_tokenizer, hub_id, unsafe_adapter
+from eexp.io import make_parent_folders
 from eexp.models.adapter import base_of
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -104,7 +105,7 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
         adapter_sha256=content_hash([adapter]),
         precision=settings.dtype,
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_folders(str(target))
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
         tmp.chmod(0o755)

@@ -15,13 +15,14 @@ seeded_test and seed_level, which read a run as its `label`, `path` and `episode
 from __future__ import annotations
 
 import glob
+import io
 import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
-from eexp.errors import InputError
-from eexp.io import Reader
+from eexp.errors import InputError, UsageProblem
+from eexp.io import Reader, write_atomic
 from eexp.records import expect
 from eexp.stages.evaluate.summary import pct, rate_fields
 from eexp.stats import (
@@ -838,5 +839,22 @@ def plot_comparison(result: dict, path: str) -> None:
         )
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    drawn = io.BytesIO()
+    fig.savefig(drawn, format=plot_format(path), dpi=120)
     plt.close(fig)
+    write_atomic(path, drawn.getvalue())
+
+
+def plot_format(path: str) -> str:
+    """The image format --plot PATH asks for, by its extension; UsageProblem for one matplotlib cannot write (asked
+    before the comparison is made). ImportError without matplotlib."""
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if ext not in formats:
+        raise UsageProblem(
+            f"--plot {path}: {'no extension' if not ext else f'.{ext} is no image format matplotlib writes'} "
+            f"(give one of: {', '.join(sorted(formats))})"
+        )
+    return ext
