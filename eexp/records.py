@@ -8,6 +8,7 @@ one-element list is a list of that element, and a type is a leaf. Validation ret
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from typing import Any, Callable, Iterator
 
@@ -318,6 +319,9 @@ def _check_messages(messages: list[dict]) -> str | None:
     for i, m in enumerate(messages):
         if m["role"] not in ("system", "user", "assistant", "tool"):
             return f"messages[{i}].role: expected system, user, assistant or tool, got {m['role']!r}"
+        weight = m.get("weight", 1)
+        if not (math.isfinite(weight) and weight >= 0):  # a negative one would push the target down, silently
+            return f"messages[{i}].weight: expected a number >= 0 (0: not trained on), got {weight}"
     if not any(m["role"] == "assistant" for m in messages):
         return "messages: no assistant turn to learn from"
     return None

@@ -643,3 +643,14 @@ def test_out_must_be_new_unless_resuming(tiny_checkpoint, data, tmp_path, runner
 
 
 # Several processes (DDP and FSDP under accelerate launch, grad-accum, uneven shards): tests/test_multiprocess.py
+
+
+def test_a_negative_loss_weight_is_refused(tiny_checkpoint, data, tmp_path, runner):
+    """A turn weighted -1 was trained on (loss -6.10 in metrics.jsonl), pushing its target down; validate passed it."""
+    turn = {"role": "assistant", "content": "Action: x", "weight": -1}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "messages": [{"role": "user", "content": "hi"}, turn]}])
+    said = f"{bad}:1: messages[1].weight: expected a number >= 0 (0: not trained on), got -1"
+    result = run_cli(runner, tiny_checkpoint, [bad], tmp_path / "o")
+    assert result.exit_code == 1 and said in result.output, result.output
+    checked = runner.invoke(cli, ["validate", str(bad)])
+    assert checked.exit_code == 1 and said in checked.output
