@@ -225,6 +225,11 @@ def test_mix_weights_are_finite_numbers_above_0(runner, tmp_path):
         result = runner.invoke(cli, ["mix", f"{a}:{weight}"])
         assert result.exit_code == 2, weight
         assert f"{a}:{weight}: the weight must be a finite number above 0" in result.output
+    result = runner.invoke(cli, ["mix", f"{a}:x"])  # was "a.jsonl:x: no such file", taken for a file's name
+    assert result.exit_code == 2 and f"{a}:x: the weight 'x' is not a number" in result.output
+    named = tmp_path / "b.jsonl:x"  # a file whose name has a colon is still read as one
+    named.write_text(Path(a).read_text())
+    assert runner.invoke(cli, ["mix", str(named)]).exit_code == 0
 
 
 def test_mix_reads_stdin_with_a_weight(runner, tmp_path):
@@ -272,6 +277,13 @@ def test_validate_names_kinds_and_problems(runner, tmp_path):
     result = runner.invoke(cli, ["validate", bad])
     assert result.exit_code == 1
     assert f"{bad}:1: steps[1].action: expected a string, got a number" in result.stderr
+    # a file that cannot be read is said, and the others are still checked (it stopped at the first)
+    result = runner.invoke(cli, ["validate", str(tmp_path), TRAJ, str(tmp_path / "none.jsonl")])
+    assert result.exit_code == 1 and f"{TRAJ}: 3 trajectory" in result.stdout
+    assert result.stderr == (
+        f"{tmp_path}: is a directory, not a JSONL file\n{tmp_path / 'none.jsonl'}: no such file\n"
+        "Error: 2 file(s) that could not be read\n"
+    )
 
 
 def test_validate_kinds():

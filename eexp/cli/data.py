@@ -314,11 +314,17 @@ def validate(files, kind, quiet):
     Example:
       eexp validate expert.jsonl outcomes.jsonl sr.jsonl
     """
-    bad = 0
+    bad = unread = 0
     for path in files:
         kinds: Counter = Counter()
         reader = Reader([path], on_error="skip", warn=lambda msg: click.echo(msg.replace("skipping ", ""), err=True))
-        for item in reader:
+        try:
+            items = list(reader)
+        except InputError as e:  # a file that cannot be read at all (missing, a directory, empty): said, and on
+            click.echo(str(e), err=True)
+            unread += 1
+            continue
+        for item in items:
             found = kind_of(item.record)
             if kind and found != kind:
                 problem = f"expected {KIND_NAMES[kind]}, got {KIND_NAMES.get(found, 'a record of no known kind')}"
@@ -338,5 +344,7 @@ def validate(files, kind, quiet):
         if not quiet:
             listing = ", ".join(f"{n} {k}" for k, n in kinds.most_common()) or "no valid records"
             click.echo(f"{path}: {listing}" + (f"; {reader.skipped} unreadable line(s)" if reader.skipped else ""))
-    if bad:
-        raise InputError(f"{bad} invalid record(s)")
+    if bad or unread:
+        said = [f"{bad} invalid record(s)"] if bad else []
+        said += [f"{unread} file(s) that could not be read"] if unread else []
+        raise InputError("; ".join(said))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 from itertools import chain, islice
 from typing import Callable, Iterable, Iterator
@@ -25,6 +26,8 @@ def parse_source(spec: str) -> tuple[str, float]:
         try:
             w = float(weight)
         except ValueError:
+            if os.path.exists(path) and not os.path.exists(spec):  # a mistyped weight, not a file named so
+                raise ValueError(f"{spec}: the weight {weight!r} is not a number") from None
             return spec, 1.0  # a colon that is part of the file name
         if not (w > 0 and math.isfinite(w)):
             raise ValueError(f"{spec}: the weight must be a finite number above 0")
