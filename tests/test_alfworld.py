@@ -474,8 +474,10 @@ def test_generated_games_bad_input_is_one_line(runner, tmp_path):
     result = runner.invoke(
         cli, ["alfworld-games", str(tmp_path / "x"), "--train", "0", "--valid-seen", "0", "--valid-unseen", "0"]
     )
-    assert result.exit_code == 1 and "nothing to generate" in result.output
-    assert not (tmp_path / "x" / "json_2.1.1").exists()
+    assert result.exit_code == 2 and "nothing to generate: --train, --valid-seen and --valid-unseen are all 0" in (
+        result.output
+    )
+    assert not (tmp_path / "x").exists()
     result = runner.invoke(cli, ["alfworld-games", str(tmp_path / "y"), "--train", "-1"])
     assert result.exit_code == 2 and "--train" in result.output
 

@@ -222,6 +222,12 @@ def test_cli_seed_errors(episode_files):
     assert result.exit_code == 1 and "given twice" in result.output
     result = runner.invoke(cli, ["eval", "--compare", f"oracle={files['rand-s0']}", str(files["oracle"])])
     assert result.exit_code == 1 and "NAME=" in result.output
+    for malformed in ("A=", "=x"):  # an argument written wrong, not a file: a usage error (exit 2)
+        result = runner.invoke(cli, ["eval", "--compare", malformed, str(files["oracle"])])
+        assert (result.exit_code, result.output) == (
+            2,
+            f"Error: {malformed!r}: expected a file or NAME=FILE[,FILE...] (the runs of one method, one per seed)\n",
+        )
     result = runner.invoke(cli, ["eval", "--compare", f"R={d}/missing.jsonl"])
     assert result.exit_code == 1 and result.output.startswith("Error:") and len(result.output.splitlines()) == 1
 

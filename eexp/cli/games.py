@@ -71,6 +71,8 @@ def alfworld_games(out_dir, train, valid_seen, valid_unseen, full, seed, jobs, q
     sizes = {"train": train, "valid_seen": valid_seen, "valid_unseen": valid_unseen}
     base = alfworld_gen.FULL_SIZES if full else alfworld_gen.SIZES
     sizes = {split: base[split] if n is None else n for split, n in sizes.items()}
+    if not any(sizes.values()):
+        raise click.UsageError("nothing to generate: --train, --valid-seen and --valid-unseen are all 0")
     note = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     summary = alfworld_gen.generate(out_dir, sizes, seed=seed, jobs=jobs, note=note)
     if not quiet:

@@ -43,7 +43,7 @@ import numpy as np
 
 from eexp import __version__
 from eexp.card import Card, read_card
-from eexp.errors import ModelError, first_line
+from eexp.errors import ModelError, UsageProblem, first_line
 from eexp.files import content_hash
 from eexp.io import refuse_writing_an_input
 from eexp.models.import_gguf import adapter_base, import_gguf
@@ -520,7 +520,7 @@ def export_gguf(
     if quant not in (LORA_QUANTS if lora_only else QUANTS):
         raise ModelError(f"unknown --quant {quant!r} (choose from {', '.join(LORA_QUANTS if lora_only else QUANTS)})")
     if lora_only and adapter is None:
-        raise ModelError("--lora-only needs --adapter DIR (the LoRA adapter to export)")
+        raise UsageProblem("--lora-only needs --adapter DIR, or an adapter as CKPT (the LoRA adapter to export)")
     if out.is_dir():
         raise ModelError(f"{out}: is a directory; give a file name such as model.gguf")
     if not out.parent.is_dir():

@@ -51,7 +51,9 @@ def compare_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
             continue
         label = label.strip()
         if not label or not rest:
-            raise InputError(f"{item!r}: expected a file or NAME=FILE[,FILE...] (the runs of one method, one per seed)")
+            raise UsageProblem(
+                f"{item!r}: expected a file or NAME=FILE[,FILE...] (the runs of one method, one per seed)"
+            )
         for part in rest.split(","):
             if not part:
                 continue
