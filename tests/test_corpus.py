@@ -59,6 +59,11 @@ def test_corpus_refuses_a_holdout_that_leaves_a_split_empty():
     result = CliRunner().invoke(cli, ["corpus", "--env", "shop", "--split", "ood", "--holdout", "1000", "-q"])
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: shop split 'ood' has no tasks after the first 1000 (--holdout)"
+    # said before the first split is walked: train's pages were written first, then the run failed
+    args = ["corpus", "--env", "shop", "--walks", "2", "--holdout", "100000000", "-q"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip() == "Error: shop split 'test' has no tasks after the first 100000000 (--holdout)"
 
 
 @pytest.fixture(scope="module")

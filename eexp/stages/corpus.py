@@ -26,7 +26,9 @@ from eexp.records import make_meta
 
 def walk_tasks(env: Env, splits: list[str], walks: int, holdout: int, seed: int) -> Iterator[dict]:
     """`walks` tasks per split, drawn with replacement from the split (after the first `holdout` for every split
-    but train), in a fixed order for a seed."""
+    but train), in a fixed order for a seed. Every split is checked before the first is walked: a split with no
+    task to walk is said before any page is written."""
+    pools = {}
     for split in splits:
         if split not in env.splits:
             raise EnvError(f"{env.name} has no split {split!r} (splits: {', '.join(env.splits)})")
@@ -35,7 +37,13 @@ def walk_tasks(env: Env, splits: list[str], walks: int, holdout: int, seed: int)
             tasks = tasks[holdout:]
         if not tasks:
             raise EnvError(f"{env.name} split {split!r} has no tasks after the first {holdout} (--holdout)")
-        rng = random.Random(f"eexp-corpus/{env.name}/{split}/{seed}")
+        pools[split] = tasks
+    return _draw(env.name, pools, walks, seed)
+
+
+def _draw(name: str, pools: dict[str, list[dict]], walks: int, seed: int) -> Iterator[dict]:
+    for split, tasks in pools.items():
+        rng = random.Random(f"eexp-corpus/{name}/{split}/{seed}")
         for _ in range(walks):
             yield rng.choice(tasks)
 
