@@ -522,3 +522,15 @@ def test_a_file_where_an_output_folder_should_be_is_said_as_such(tmp_path):
     result = invoke(["init-model", str(out)])
     assert_error(result, f"{tmp_path / 'afile'}: is a file, not a folder: cannot write {out} inside it")
     assert (tmp_path / "afile").read_text() == ""
+    # OUT itself a file (an empty one was said to be "not empty"); merge's missing adapter, a missing one
+    assert_error(
+        invoke(["init-model", str(tmp_path / "afile")]),
+        f"{tmp_path / 'afile'}: is a file; init-model writes a new folder",
+    )
+    missing = tmp_path / "nodir"
+    assert_error(invoke(["merge", str(missing), "-o", str(tmp_path / "m")]), f"{missing}: no such file or directory")
+    gguf = tmp_path / "afile" / "x.gguf"
+    assert_error(
+        invoke(["export", str(tmp_path), "-o", str(gguf)]),
+        f"cannot write {gguf}: directory {tmp_path / 'afile'} is a file, not a folder",
+    )

@@ -524,7 +524,8 @@ def export_gguf(
     if out.is_dir():
         raise ModelError(f"{out}: is a directory; give a file name such as model.gguf")
     if not out.parent.is_dir():
-        raise ModelError(f"cannot write {out}: directory {out.parent} does not exist")
+        why = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise ModelError(f"cannot write {out}: directory {out.parent} {why}")
     # a file the export reads (CKPT's weights, the adapter's), given as OUT: written over, the model would be lost
     read = [
         p

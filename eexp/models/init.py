@@ -271,7 +271,9 @@ def init_model(
     if size not in SIZES:
         raise ModelError(f"unknown size {size!r} (sizes: {', '.join(SIZES)})")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ModelError(f"{out}: is a file; init-model writes a new folder")
+    if out.exists() and any(out.iterdir()):
         raise ModelError(f"{out}: already exists and is not empty")
     import torch
     from transformers import AutoModelForCausalLM

@@ -62,6 +62,8 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
 
     echo = echo or (lambda msg: None)
     adapter, target = settings.adapter, Path(settings.output)
+    if not os.path.exists(adapter):
+        raise ModelError(f"{adapter}: no such file or directory")
     if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
         raise ModelError(
             f"{adapter}: not a LoRA adapter directory (no adapter_config.json); a full checkpoint needs no merge"
