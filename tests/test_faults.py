@@ -534,3 +534,19 @@ def test_a_file_where_an_output_folder_should_be_is_said_as_such(tmp_path):
         invoke(["export", str(tmp_path), "-o", str(gguf)]),
         f"cannot write {gguf}: directory {tmp_path / 'afile'} is a file, not a folder",
     )
+
+
+def test_an_adapter_whose_base_is_not_here_names_the_option_that_gives_one(tmp_path):
+    """merge's is --base (it said --policy-arg base=DIR, eval's)."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        '{"base_model_name_or_path": "/nonexistent/base", "peft_type": "LORA"}'
+    )
+    result = invoke(["merge", str(adapter), "-o", str(tmp_path / "merged")])
+    assert_error(
+        result,
+        f"{adapter}: the adapter's base model '/nonexistent/base' is not a local directory (nothing is downloaded; "
+        "give it with --base DIR)",
+    )
+    assert not (tmp_path / "merged").exists()

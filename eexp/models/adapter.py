@@ -12,11 +12,13 @@ from eexp.files import hub_id, resolve_hub_model
 from eexp.models.import_gguf import adapter_base
 
 
-def base_of(adapter: str, override: str = "", trust_remote_code: bool = False) -> str:
+def base_of(
+    adapter: str, override: str = "", trust_remote_code: bool = False, override_with: str = "--policy-arg base=DIR"
+) -> str:
     """The local folder of `adapter`'s base: `override` where given, else adapter_config.json's
     base_model_name_or_path (relative to the adapter where it is a folder there): a Hub id's snapshot at the
     revision trained on, a GGUF's import (from the cache, or imported again), or the folder itself. A base that cannot
-    be had is a PolicyError, which names the adapter."""
+    be had is a PolicyError, which names the adapter and the option that gives one (`override_with`)."""
     revision = None
     if override:
         base = override
@@ -43,6 +45,6 @@ def base_of(adapter: str, override: str = "", trust_remote_code: bool = False) -
     if not base or not os.path.isdir(base):
         raise PolicyError(
             f"{adapter}: the adapter's base model {base!r} is not a local directory "
-            f"(nothing is downloaded; give it with --policy-arg base=DIR)"
+            f"(nothing is downloaded; give it with {override_with})"
         )
     return base

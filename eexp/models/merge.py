@@ -71,7 +71,7 @@ def merge_adapter(settings: MergeSettings, echo: Callable[[str], None] | None = 
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ModelError(f"{target}: already exists and is not an empty directory")
     try:
-        base = base_of(adapter, settings.base or "", settings.trust_remote_code)
+        base = base_of(adapter, settings.base or "", settings.trust_remote_code, override_with="--base DIR")
     except PolicyError as e:
         raise ModelError(str(e)) from None
     tokenizer_dir = adapter if has_tokenizer(adapter) else base

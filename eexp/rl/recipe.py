@@ -63,7 +63,8 @@ class RL(Trainer):
         if not os.path.isfile(os.path.join(rl.model, "adapter_config.json")):
             return replace(rl, lora_dropout=0.0)
         try:
-            base = base_of(rl.model)
+            # rl takes no base option: the adapter's own config names it
+            base = base_of(rl.model, override_with="base_model_name_or_path in its adapter_config.json, a local folder")
         except PolicyError as e:
             raise TrainingError(str(e)) from None
         return replace(rl, model=base, adapter=rl.model, lora=True, lora_dropout=0.0)
