@@ -120,6 +120,14 @@ def test_bad_input_names_file_and_line(runner, tmp_path):
     assert evaluated.exit_code == 1 and "random: a critic must be a local model" in evaluated.stderr
 
 
+def test_a_bad_critic_arg_is_named_as_given(runner, tiny_checkpoint, tmp_path):
+    """--critic-arg bogus=1 was said to be a bad --policy-arg, an option critic-eval does not have."""
+    path = write(tmp_path / "in.jsonl", outcomes()[:1])
+    result = runner.invoke(cli, ["critic-eval", "--critic", str(tiny_checkpoint), "--critic-arg", "bogus=1", path])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: --critic-arg 'bogus' is not an option of the transformers backend")
+
+
 def test_accuracies_worked_by_hand():
     scored = [
         (0.9, [0.2, 0.4]),  # expert first; both pairs right; all three right at 0.5

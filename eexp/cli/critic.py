@@ -10,6 +10,7 @@ import click
 
 from eexp.cli.group import cli
 from eexp.cli.options import config_option, field_options, on_error_option, parse_policy_args, quiet_option
+from eexp.errors import PolicyError
 from eexp.fields import setting
 from eexp.io import Reader
 from eexp.records import expect
@@ -87,7 +88,10 @@ def critic_eval(inputs, critic_spec, critic_args, rejected, on_error, quiet):
             bar.update(1)
             yield item.record
 
-    critic = Critic(critic_spec, critic_args)
+    try:
+        critic = Critic(critic_spec, critic_args)
+    except PolicyError as e:  # the backends name their options as eval's --policy-arg; here they are --critic-arg
+        raise PolicyError(str(e).replace("--policy-arg", "--critic-arg")) from None
     try:
         with progress_bar(quiet, unit="state") as bar:
             summary = critic_accuracy(score_states(critic, outcomes(), rejected, count))
