@@ -460,10 +460,15 @@ def check_requests(policy, policy_spec: str | None) -> None:
 def quiet_transformers() -> None:
     """transformers and PEFT draw bars ("Writing model shards") and warnings of their own on stderr; eexp's commands
     keep stderr for their own messages."""
+    import warnings
+
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
+    # PEFT asks a model for is_gradient_checkpointing, which transformers 5 deprecates: a warning about the two
+    # libraries' own calls, on every LoRA load, that the user can do nothing about
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 class Separated(click.ParamType):
