@@ -285,7 +285,9 @@ class Writer:
     --resume` (without the advice when `resumable` is False). After that the writer is spent: close() only closes.
     """
 
-    def __init__(self, path: str | None = None, append: bool = False, resumable: bool = True):
+    def __init__(
+        self, path: str | None = None, append: bool = False, resumable: bool = True, cut_to: int | None = None
+    ):
         self.path = None if path in (None, "-") else path
         self.name = self.path or STDOUT_NAME
         self.resumable = resumable and self.path is not None
@@ -293,10 +295,11 @@ class Writer:
         self.pending: list[bytes] = []
         self.before_first: Callable[[dict], None] | None = None
         self.lock = None
-        # A file written anew is emptied only when this run writes its first line, or ends without error having
-        # written none: a run refused before its first record (a missing input, a file of the wrong kind) leaves
-        # the file as it was.
-        self.empty_first = False
+        # A file written anew is emptied, and one resumed cut back to what it keeps (`cut_to`: prepare_resume's
+        # plan), only when this run writes its first line, or ends without error having written none: a run refused
+        # before its first record (a missing input, a file of the wrong kind, other settings) leaves the file as it
+        # was.
+        self.cut_first_to: int | None = None
         if self.path is None:
             self.stream = sys.stdout.buffer
         else:
@@ -309,22 +312,23 @@ class Writer:
             except OSError as e:
                 unlock_output(self.lock, discard_empty=True)
                 raise WriteError(e, self.path) from None
-            self.empty_first = not append
+            self.cut_first_to = cut_to if append else 0
         self.whole = self._position()  # the offset just after the last whole line; None where unknown
 
-    def _empty(self) -> None:
-        """Empty a file written anew, once, before its first line (or at a clean end without one)."""
-        self.empty_first = False
+    def _cut_first(self) -> None:
+        """Empty a file written anew, or cut a resumed one back, once, before this run's first line (or at a clean
+        end without one)."""
+        end, self.cut_first_to = self.cut_first_to, None
         try:
             fd = self.stream.fileno()
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a fifo, a terminal, /dev/stderr: nothing to empty
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a fifo, a terminal, /dev/stderr: nothing to cut
                 return
-            os.ftruncate(fd, 0)
+            os.ftruncate(fd, end)
         except OSError as e:
             self.failed = True
             raise WriteError(e, self.name) from None
         if self.whole is not None:
-            self.whole = 0
+            self.whole = end
 
     def _position(self) -> int | None:
         """Where the next line starts, for a regular file (stdout redirected to a file included)."""
@@ -355,8 +359,8 @@ class Writer:
             return
         data = b"".join(self.pending)
         self.pending.clear()
-        if data and self.empty_first:
-            self._empty()
+        if data and self.cut_first_to is not None:
+            self._cut_first()
         try:
             view = memoryview(data)
             while view:  # a raw stream (-o FILE, or an unbuffered stdout) may take part of it
@@ -418,8 +422,8 @@ class Writer:
         there is left as it was."""
         try:
             self.flush()
-            if self.empty_first and not discard_empty and not self.failed:  # a whole run that wrote no line
-                self._empty()
+            if self.cut_first_to is not None and not discard_empty and not self.failed:  # a whole run, no line
+                self._cut_first()
         finally:
             if self.path is not None:
                 self.stream.close()
@@ -511,10 +515,29 @@ def prepare_resume(
     whole_records: bool = False,
     check: Callable[[dict], None] | None = None,
 ) -> set[str]:
-    """Make an output file safe to append to, and return the keys of the inputs it already covers.
+    """plan_resume, and the cut made at once (a side file rewritten whole: reflect's --rejected)."""
+    done, end = plan_resume(path, key, kind, whole_records, check)
+    if end is not None:
+        try:
+            with open(path, "r+b") as f:
+                f.truncate(end)
+        except OSError as e:
+            raise WriteError(e, path) from None
+    return done
 
-    A torn last line (a killed process) is cut off. The records of the last input in the file are dropped too, since
-    that input may have been cut short between two of its outputs; it is simply done again. Outputs are
+
+def plan_resume(
+    path: str,
+    key: Callable[[dict], str] = lambda r: r.get("source_id"),
+    kind: str | None = None,
+    whole_records: bool = False,
+    check: Callable[[dict], None] | None = None,
+) -> tuple[set[str], int | None]:
+    """The keys of the inputs an output file already covers, and where to cut it back to before appending (None:
+    nothing to cut); nothing is cut here (the Writer does it at its first line, or prepare_resume at once).
+
+    A torn last line (a killed process) is to be cut off. The records of the last input in the file are dropped too,
+    since that input may have been cut short between two of its outputs; it is simply done again. Outputs are
     deterministic, so the file ends as an uninterrupted run would have written it. With `whole_records` (a stage
     that writes one record per key: expert's trajectories, eval's episodes) a whole last line is a finished input,
     and is kept: an hour-long episode is not run again at every resume. With `kind` (the kind of record the stage
@@ -522,7 +545,7 @@ def prepare_resume(
     a record of which `check` raises for (a file begun with another --shard).
     """
     if not os.path.exists(path):
-        return set()
+        return set(), None
     if os.path.isdir(path):
         raise InputError("is a directory, not a JSONL file", path)
     held = _held(path)
@@ -547,8 +570,8 @@ def _held(path: str) -> bool:
 
 def _prepare_resume(
     path: str, key: Callable[[dict], str], kind: str | None, whole_records: bool, check: Callable[[dict], None] | None
-) -> set[str]:
-    """prepare_resume's work, done under the file's lock."""
+) -> tuple[set[str], int | None]:
+    """plan_resume's work, done under the file's lock."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -584,13 +607,7 @@ def _prepare_resume(
         last = keys[-1][0]
         while keys and keys[-1][0] == last:
             end = keys.pop()[1]
-    if end != len(data):
-        try:
-            with open(path, "r+b") as f:
-                f.truncate(end)
-        except OSError as e:
-            raise WriteError(e, path) from None
-    return {k for k, _ in keys}
+    return {k for k, _ in keys}, (end if end != len(data) else None)
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -25,7 +25,7 @@ import orjson
 from tqdm import tqdm
 
 from eexp.errors import InputError, PolicyError, Terminated, UsageProblem, first_line
-from eexp.io import Reader, Writer, closing, prepare_resume, refuse_writing_an_input, write_atomic
+from eexp.io import Reader, Writer, closing, plan_resume, refuse_writing_an_input, write_atomic
 from eexp.records import run_settings
 
 
@@ -181,7 +181,7 @@ class StageIO:
     `run(stage)` feeds the input records through a stage; `run_source(stage, items)` feeds items the command made
     itself (an environment's tasks) through a stage that reads no input (expert, eval). Both write every output
     as one whole line, skip what --resume finds done, close the stage, and write --stats when they end (also on an
-    error: the error in flight is the one reported)."""
+    error: the error in flight is the one reported; not when the output cannot be opened or resumed at all)."""
 
     def __init__(
         self,
@@ -210,6 +210,7 @@ class StageIO:
         self.side: list[Writer] = []
         self._end_counts: list[Callable[[], dict[str, int]]] = []
         self._done: set[str] | None = None
+        self._cut_to: int | None = None  # where a resumed -o FILE is cut back to at this run's first line
         self._resumed_settings: dict | None = None  # a resumed file's run_settings, until checked against ours
 
     def count(self, name: str, n: int = 1) -> None:
@@ -245,9 +246,21 @@ class StageIO:
                 if shard is not None and not in_shard(shard_key(record), shard):
                     raise resumed_with_another_shard(self.output, shard_key(record), shard)
 
-            self._done = prepare_resume(self.output, key, kind=kind, whole_records=whole_records, check=check)
+            # nothing is cut yet: the Writer cuts the file back at this run's first line (or clean end), so a run
+            # refused before it (other settings, another slice) leaves the file as it was
+            self._done, self._cut_to = plan_resume(
+                self.output, key, kind=kind, whole_records=whole_records, check=check
+            )
             self._resumed_settings = settings or None
         return self._done
+
+    def resumed_records(self) -> Iterator[dict]:
+        """The records -o FILE keeps on resume (after `done`): its whole lines up to where this run appends."""
+        with open(self.output, "rb") as f:
+            data = f.read() if self._cut_to is None else f.read(self._cut_to)
+        for line in data[: data.rfind(b"\n") + 1].splitlines():
+            if line.strip():
+                yield orjson.loads(line)
 
     def read(
         self, paths: Iterable[str] | None = None, validate: Callable[[dict], str | None] | None = None
@@ -358,7 +371,7 @@ class StageIO:
                 self._write_all(writer, (record,))
 
     def _writer(self) -> Writer:
-        writer = Writer(self.output, append=bool(self.resume), resumable=self.resumable)
+        writer = Writer(self.output, append=bool(self.resume), resumable=self.resumable, cut_to=self._cut_to)
         if self._resumed_settings is not None:  # the first record this run adds to a resumed file
             writer.before_first = self._check_same_run
         return writer

@@ -207,7 +207,7 @@ def resume_episodes(
         )
     previous = {}
     if done:
-        for record in read_records([io.output]):
+        for record in io.resumed_records():
             if record.get("id") in done:
                 previous[record["id"]] = record
     if trajectories_path:
