@@ -691,3 +691,23 @@ def test_branch_prompts_a_model_with_its_recorded_serializer_and_the_options_giv
     given = prompts("--history", "0")
     assert not any("Admissible actions" in p for p in given)  # still the model's: only --history was given
     assert not any("earlier steps not shown" in p for p in given) and given != recorded
+
+
+def test_a_trajectory_whose_environment_failed_before_its_first_step_is_skipped(runner, tmp_path, expert_files):
+    """expert writes a trajectory with no steps and its `error` when a reset times out (ALFWorld under load: seed 3
+    of the 10-seed comparison). branch stopped there as at a bad line, and under `branch | rollout -o FILE` the
+    outcomes of the trajectories before it passed for the whole file. It is skipped and counted, as imitation-data
+    skips it."""
+    lines = expert_files["shop"].read_text().splitlines()
+    failed = {**orjson.loads(lines[0]), "id": "shop:failed", "steps": [], "final_observation": "", "success": False}
+    failed["error"] = "environment timed out after 60 s (reset)"
+    path, stats = tmp_path / "expert.jsonl", tmp_path / "stats.json"
+    path.write_text("\n".join([lines[0], orjson.dumps(failed).decode(), *lines[1:]]) + "\n")
+    result = runner.invoke(cli, ["branch", str(path), "-k", "1", "--stats", str(stats)])
+    assert result.exit_code == 0, result.output
+    assert "shop:failed: no steps to branch from (environment timed out after 60 s (reset)): skipped" in result.stderr
+    whole = runner.invoke(cli, ["branch", str(expert_files["shop"]), "-k", "1"])
+    assert [orjson.loads(x)["id"] for x in result.stdout.splitlines()] == [
+        orjson.loads(x)["id"] for x in whole.stdout.splitlines()
+    ]
+    assert orjson.loads(stats.read_bytes())["no_steps"] == 1

@@ -148,7 +148,7 @@ def branch(
             serializer = resolve_serializer(
                 recorded, explicit_serializer_settings(click.get_current_context()), f"{policy_spec}:"
             )
-    for name in ("topped_up", "short_of_k"):
+    for name in ("topped_up", "short_of_k", "no_steps"):
         io.count(name, 0)
     try:
         if policy is not None:

@@ -153,7 +153,15 @@ class Brancher(Stage):
         tid = trajectory["id"]
         steps = trajectory["steps"]
         if not steps:
-            raise RecordError("steps: empty, no state to branch from")
+            # A trajectory whose environment failed before its first step (expert writes one, with its `error`, when
+            # a reset times out): no state to branch from, as imitation-data takes no example from it. Skipped and
+            # counted, not a bad line: under `branch | rollout -o FILE` a stop here kept a part of the outcomes.
+            self.count("no_steps", 1)
+            self._note_once(
+                "no_steps",
+                f"{tid}: no steps to branch from ({trajectory.get('error') or 'empty'}): skipped (--stats: no_steps)",
+            )
+            return
         chosen = set(self.chosen_steps(len(steps)))
         env_record = {
             "name": trajectory["env"]["name"],
