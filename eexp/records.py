@@ -439,8 +439,8 @@ def run_settings(record: dict) -> dict[str, Any] | None:
 # Every training example has exactly these meta keys with these types, whichever stage wrote it, so Arrow never
 # sees a column change type (huggingface/datasets #6460). Unknown values are "" or 0, never null.
 EXAMPLE_META: dict[str, type] = {
-    "stage": str,  # imitation-data | world-model-data | reflect
-    "kind": str,  # il | iwm | sr (preference pairs: preference)
+    "stage": str,  # imitation-data | world-model-data | reflect | preference-data | critic-data
+    "kind": str,  # il | il-obs | iwm | sr | critic (preference pairs: preference)
     "eexp_version": str,
     "env": str,
     "env_version": str,

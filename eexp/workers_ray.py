@@ -91,7 +91,7 @@ def private_home(root: str) -> str:
 @dataclass
 class Cluster:
     """Where a stage's workers run (`--ray [ADDRESS]`, `--env-workers`, `--worker-cpus`); `address` None: a local
-    cluster started for the run (`cpus` CPUs: default all)."""
+    cluster started for the run (`local_cpus` CPUs: default all; `cpus`: each worker's)."""
 
     address: str | None = None
     workers: int | None = None
@@ -408,7 +408,7 @@ class RayPool:
         self.pending: collections.deque[_Slot] = collections.deque()
         self._backlog: list[_Slot] = []  # a heap by submission order: the oldest is sent first
         self._running: dict = {}  # object ref -> (slot, actor key)
-        self._actors: dict[int, list] = {}  # key -> [handle, calls queued on it]
+        self._actors: dict[int, list] = {}  # key -> [handle, calls queued on it, placed]
         self._starting: dict = {}  # ready ref -> actor key (not yet known to be placed)
         self._keys = itertools.count()
         self._seq = itertools.count()

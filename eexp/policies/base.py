@@ -46,7 +46,7 @@ class Reply:
 
 
 class Policy:
-    """Base class. Backends implement `generate` and `act` (a model in this process, eexp.policies.hf's ModelPolicy,
+    """Base class. Backends implement `generate` and `act` (a model in this process, eexp.policies.chat's ModelPolicy,
     also ranks actions by log-likelihood for --act score)."""
 
     spec: str = ""  # what the user passed to --policy

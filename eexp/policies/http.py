@@ -301,7 +301,8 @@ def no_answer(base: str, timeout: float = HEALTH_TIMEOUT) -> str | None:
 
 class BothSlots:
     """A request's slot in two limits at once, its endpoint's own and the one shared by a fleet's endpoints;
-    taken in that order by every request (the shared one first), so no two requests wait on each other."""
+    taken by every request in one order, the shared one first, then its own, so no two requests wait on each
+    other."""
 
     def __init__(self, shared: threading.BoundedSemaphore, n: int):
         self.shared, self.own = shared, threading.BoundedSemaphore(n)
@@ -604,7 +605,7 @@ class HttpPolicy(Policy):
         )
 
     def _first_unguided_call(self) -> bool:
-        with self._warn_lock:  # eval -j N: threads share this policy
+        with self._warn_lock:  # --concurrency N: threads share this policy
             first, self._warned_unguided = not self._warned_unguided, True
         return first
 
@@ -715,7 +716,7 @@ class HttpPolicy(Policy):
             ) from None
 
     def _think(self, messages, admissible, seeds, temperature, context) -> list[Reply]:
-        """One reply per seed, each a thought and then the action after it (ChatPolicy.think's reading of the
+        """One reply per seed, each a thought and then the action after it (ModelPolicy.think's reading of the
         reply; the action by guided decoding where the set is closed: the module's docstring says why it differs)."""
         closed = bool(admissible) and not open_space(context)
         choices = [format_action(a) for a in admissible] if closed else None

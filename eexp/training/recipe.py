@@ -5,7 +5,7 @@ One readable recipe in plain PyTorch (no HF Trainer), in the style of torchtune'
 
     options (config.FinetuneConfig) -> data (data.encode: chat-template masks, shortening) -> batches
     (batches: length-grouped) -> model (model.load_model: full, LoRA or QLoRA through PEFT)
-    -> Finetune.setup / train / save / resume / finish -> OUT
+    -> Finetune.setup / train / finish (checkpoints and resume: the Trainer's, eexp.training.trainer) -> OUT
 
 `Finetune` is the trainer (eexp.training.trainer: device, precision, model, optimizer and schedule, checkpoints,
 --resume, metrics, the final save) with the supervised loop: phases of updates over examples, validation. What it

@@ -7,7 +7,7 @@ and the final save (model or adapter, tokenizer, card.yaml, config.yaml, --expor
 `TrainerConfig` (eexp.training.config), which each recipe's config extends. What it optimizes is an objective
 object, named by the recipe's option (its registry: `OBJECTIVES`, eexp.training.config; `REWARDS`, eexp.rl.config):
 
-    eexp.training.recipe.Finetune   over examples: `SFT` (eexp.training.objective) or `DPO` (eexp.training.dpo)
+    eexp.training.recipe.Finetune   over examples: `SFT` (eexp.training.recipe) or `DPO` (eexp.training.dpo)
     eexp.rl.recipe.RL               over its own samples: GRPO over episodes (eexp.rl.rollouts.Episodes) or
                                     actions at expert states (eexp.rl.expert_step.ExpertStep)
 

@@ -23,7 +23,7 @@ the summary alone, so `compare`, which reads episode files only, loads no enviro
 
 from __future__ import annotations
 
-# recipes/pooled.py imports these from here
+# re-exported for library callers (recipes/pooled.py imports them from eexp.stages.evaluate.summary)
 from eexp.stages.evaluate.summary import success_at, summarize
 
 __all__ = ["success_at", "summarize"]

@@ -115,7 +115,8 @@ class Runner:
 
     def ready(self, block: bool = False) -> Iterator[tuple[dict, dict | None]]:
         """The results of the episodes submitted, in the order submitted: those done, and (waiting for them) the
-        oldest ones while `block` or while 2 x jobs are in flight, so memory stays bounded."""
+        oldest ones while `block` or while 2 x jobs (workers) or 2 x concurrency (threads) are in flight, so memory
+        stays bounded."""
         if self.calls is not None:
             for _, result in self.calls.ready(block):
                 yield result
