@@ -321,12 +321,20 @@ def thoughts_table(results: Path) -> str:
 
 
 def machine(folder: Path) -> str:
-    """The CPU a seed was trained on (seed<s>/machine.txt's `cpu:` line, and its kernels' `env:` when set), or
-    `not recorded`: training diverges between CPUs, so a user checks a seed against a run on the same kind."""
+    """The CPU a seed was trained on (seed<s>/machine.txt's `cpu:` line, and its kernels' `env:` when set; without
+    it, the machine a published run's card records), or `not recorded`: training diverges between CPUs, so a user
+    checks a seed against a run on the same kind."""
     try:
         fields = dict(line.split(": ", 1) for line in (folder / "machine.txt").read_text().splitlines() if ": " in line)
     except OSError:
-        return "not recorded"
+        cards = sorted((folder / "train").glob("*.card.yaml"))
+        if not cards:
+            return "not recorded"
+        import yaml
+
+        card = (yaml.safe_load(cards[0].read_text()) or {}).get("machine") or {}
+        kernels = str(card.get("cpu_capability") or "").lower()
+        return str(card.get("cpu") or "not recorded") + (f", {kernels} kernels" if kernels else "")
     kernels = " ".join(
         part.split("=", 1)[1] for part in fields.get("env", "").split() if part.startswith("ATEN_CPU_CAPABILITY=")
     )

@@ -397,6 +397,7 @@ def test_publish_adds_a_later_run_beside_a_kept_seed(tmp_path):
         (out / split / "SR-grounded.jsonl").write_text('{"episode": 1}\n')
     (out / "SR-grounded").mkdir()
     (out / "SR-grounded" / "metrics.jsonl").write_text('{"step": 0}\n')
+    (out / "SR-grounded" / "card.yaml").write_text("machine:\n  cpu: AMD EPYC\n  cpu_capability: AVX2\n")
     (kept / "seed0" / "eval").mkdir(parents=True)
     (kept / "seed0" / "eval" / "IL.jsonl.gz").write_bytes(b"kept")
     (kept / "seed0" / "reflect.stats.json").write_text("{}")
@@ -424,9 +425,15 @@ def test_publish_adds_a_later_run_beside_a_kept_seed(tmp_path):
         "seed0/eval/SR-grounded.jsonl.gz",
         "seed0/recovery/SR-grounded.jsonl.gz",
         "seed0/reflect.stats.json",
+        "seed0/train/SR-grounded.card.yaml",
         "seed0/train/SR-grounded.metrics.jsonl",
     ]
     assert (kept / "seed0" / "eval" / "IL.jsonl.gz").read_bytes() == b"kept"
+    # the card says the machine, which the pooled report shows where the seed has no machine.txt
+    sys.path.insert(0, str(RECIPES))
+    import pooled
+
+    assert pooled.machine(kept / "seed0") == "AMD EPYC, avx2 kernels"
     assert gzip.decompress((kept / "seed0" / "recovery" / "SR-grounded.jsonl.gz").read_bytes()) == b'{"episode": 1}\n'
     other = subprocess.run(
         ["make", "-C", str(RECIPES), "publish", "CONFIG=configs/smollm2.mk", f"OUT={out}", "SEED=1", f"RESULTS={kept}"],

@@ -57,8 +57,10 @@ publish:
 	  case $$f in */curated/eval/*) r=$$r-curated;; esac; \
 	  mkdir -p $$d && gzip -9nc $$f > $$d/$$r.jsonl.gz.tmp && mv $$d/$$r.jsonl.gz.tmp $$d/$$r.jsonl.gz || exit 1; done
 	for r in $(PUBLISH_TRAIN); do \
-	  cp $(OUT)/$$r/metrics.jsonl $(RESULTS)/seed$(SEED)/train/$$(echo $$r | sed 's|^curated/\(.*\)|\1-curated|').metrics.jsonl \
-	  || exit 1; done
+	  name=$$(echo $$r | sed 's|^curated/\(.*\)|\1-curated|'); \
+	  cp $(OUT)/$$r/metrics.jsonl $(RESULTS)/seed$(SEED)/train/$$name.metrics.jsonl || exit 1; \
+	  if test -f $(OUT)/$$r/card.yaml; then cp $(OUT)/$$r/card.yaml $(RESULTS)/seed$(SEED)/train/$$name.card.yaml || exit 1; fi; \
+	done
 	$(if $(wildcard $(OUT)/*.stats.json),cp $(wildcard $(OUT)/*.stats.json) $(RESULTS)/seed$(SEED)/)
 	$(if $(wildcard $(OUT)/critic_eval/*.json),mkdir -p $(RESULTS)/seed$(SEED)/critic_eval && \
 	  cp $(wildcard $(OUT)/critic_eval/*.json) $(RESULTS)/seed$(SEED)/critic_eval/)
