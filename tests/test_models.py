@@ -487,7 +487,7 @@ def test_export_to_unwritable_output_leaves_no_partial_file(tiny_checkpoint, tmp
     assert _no_leftovers(out_dir, keep=("m.gguf",))
 
     result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "-o", str(out_dir / "m.gguf" / "x.gguf")])
-    assert result.exit_code == 1 and "does not exist" in result.output
+    assert result.exit_code == 1 and f"directory {out_dir / 'm.gguf'} is a file, not a folder" in result.output
 
 
 def test_lora_only_needs_an_adapter(tiny_checkpoint, runner, tmp_path):

@@ -163,7 +163,7 @@ def test_splits_are_the_packages_and_the_user_is_part_of_the_world(customer):
     ):
         with pytest.raises(EnvError) as refused:
             make_env("tau2", user=url, user_model="u")
-        assert f"with {what} in it: every record keeps this URL" in str(refused.value)
+        assert f"tau2: the user URL has {what} in it: every record keeps this URL" in str(refused.value)
         assert "sk-123" not in str(refused.value)
 
 

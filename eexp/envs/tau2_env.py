@@ -58,7 +58,6 @@ from eexp.cache import cache_root
 from eexp.envs.base import Env, package_version
 from eexp.envs.reach import StateMismatch
 from eexp.errors import EnvError, UserFailed
-from eexp.policies.http import endpoint_base
 from eexp.text import normalize_space
 
 # Offline, before tau2 or litellm is ever imported in this process: litellm otherwise fetches its model price list
@@ -518,12 +517,13 @@ def _check_user_url(user: Any) -> None:
             f"tau2: user={user!r} is not an http(s) URL of an OpenAI-compatible endpoint "
             "(e.g. http://127.0.0.1:8080/v1)"
         )
-    # The URL is an environment option, so every record keeps it as given: a key in it would be in them all.
+    # The URL is an environment option, so every record keeps it as given: a key in it would be in them all (and
+    # it is not repeated here, in an error a log may keep).
     parsed = urllib.parse.urlsplit(user)
     if "@" in parsed.netloc or parsed.query:
         raise EnvError(
-            f"tau2: user={endpoint_base(user) or 'URL'} with {'credentials' if '@' in parsed.netloc else 'a query'} "
-            "in it: every record keeps this URL, so give the endpoint's key in $EEXP_TAU2_USER_API_KEY instead"
+            f"tau2: the user URL has {'credentials' if '@' in parsed.netloc else 'a query'} in it: every record "
+            "keeps this URL, so give the endpoint's key in $EEXP_TAU2_USER_API_KEY instead"
         )
 
 
