@@ -603,3 +603,28 @@ def test_the_core_comparison_is_one_file():
     ]
     assert {t: where.get(t) for t in core} == {t: "mk/compare.mk" for t in core}
     assert len((RECIPES / "Makefile").read_text().splitlines()) < 400
+
+
+def test_a_pipeline_that_fails_part_of_the_way_leaves_no_file_for_make_to_keep(tmp_path):
+    """Fast: `branch | rollout -o FILE` with a branch that stops at a bad line (ALFWorld's seed 3 met one: a
+    trajectory branch then refused) took rollout's status, 0, and make kept the outcomes written before the stop as
+    the whole file. Under pipefail the target fails, and .DELETE_ON_ERROR removes the part."""
+    out = tmp_path / "out"
+    out.mkdir()
+    expert = subprocess.run(
+        [sys.executable, "-m", "eexp", "expert", "--env", "shop", "-n", "6", "--seed", "0", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = expert.stdout.splitlines()
+    (out / "expert.jsonl").write_text("\n".join([*lines[:3], "{not json", *lines[3:]]) + "\n")
+    made = subprocess.run(
+        ["make", "-C", str(RECIPES), f"OUT={out}", "K_IWM=1", "JOBS=1", f"{out}/outcomes_iwm.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode != 0, made.stdout[-2000:] + made.stderr[-2000:]
+    assert "expert.jsonl:4: not valid JSON" in made.stderr
+    assert not (out / "outcomes_iwm.jsonl").exists(), "the part before the bad line was kept as the whole file"
