@@ -315,6 +315,11 @@ class Writer:
             self.cut_first_to = cut_to if append else 0
         self.whole = self._position()  # the offset just after the last whole line; None where unknown
 
+    def begin(self) -> None:
+        """Make the cut now (emptied, or cut back to what a resumed file keeps) if it is still to be made."""
+        if self.cut_first_to is not None and not self.failed:
+            self._cut_first()
+
     def _cut_first(self) -> None:
         """Empty a file written anew, or cut a resumed one back, once, before this run's first line (or at a clean
         end without one)."""
@@ -419,7 +424,10 @@ class Writer:
     def close(self, discard_empty: bool = False) -> None:
         """Write what is pending, close, and release the lock. `discard_empty`: the run ended in an error, and a file
         it made and wrote nothing into is removed (a run refused at start leaves no output file), one that was
-        there is left as it was."""
+        there is left as it was. Once closed, closing again does nothing (a stage's side outputs are closed with the
+        run, and again at its end)."""
+        if self.path is not None and self.stream.closed:
+            return
         try:
             self.flush()
             if self.cut_first_to is not None and not discard_empty and not self.failed:  # a whole run, no line

@@ -429,7 +429,8 @@ def run_settings(record: dict) -> dict[str, Any] | None:
         except orjson.JSONDecodeError:
             extra = {}
         extra = extra if isinstance(extra, dict) else {}
-        found.update({key: extra.get(key) for key in _RUN_EXTRA[stage]})
+        # a key a file's records do not have (written before eexp recorded it) is not compared
+        found.update({key: extra[key] for key in _RUN_EXTRA[stage] if key in extra})
         if stage == "reflect" and meta.get("reflector") not in ("", "grounded"):
             found.update({key: meta.get(key) for key in _REFLECT_MODEL_META})
             found.update({key: extra.get(key) for key in _REFLECT_MODEL_EXTRA})

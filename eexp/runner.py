@@ -14,6 +14,7 @@ it still holds after the last one, `close()` releases what it holds; it reports 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 from tqdm import tqdm
 
-from eexp.errors import InputError, PolicyError, Terminated, UsageProblem, first_line
+from eexp.errors import InputError, PolicyError, Terminated, UsageProblem, WriteError, first_line
 from eexp.io import Reader, Writer, closing, plan_resume, refuse_writing_an_input, write_atomic
 from eexp.records import run_settings
 
@@ -278,12 +279,22 @@ class StageIO:
                 continue
             yield item.record
 
+    def check_side_path(self, path: str) -> None:
+        """A side output may be neither an input (emptied before it is read) nor -o's file (two writers on one
+        file: one's lines cut by the other)."""
+        refuse_writing_an_input(path, self.inputs)
+        if self.output in (None, "-"):
+            return
+        same = os.path.abspath(path) == os.path.abspath(self.output)
+        if same or (os.path.exists(path) and os.path.exists(self.output) and os.path.samefile(path, self.output)):
+            raise UsageProblem(f"{path}: is -o's file too; give the side output a file of its own")
+
     def side_output(self, path: str | None, *, resume: bool | None = None) -> Writer | None:
         """A second output file a stage writes beside -o (eval's --trajectories, reflect's --rejected): appended to
         under --resume, closed with the run. None for no path."""
         if not path:
             return None
-        refuse_writing_an_input(path, self.inputs)
+        self.check_side_path(path)
         writer = Writer(path, append=self.resume if resume is None else resume)
         self.side.append(writer)
         return writer
@@ -405,10 +416,21 @@ class StageIO:
             "begun with, or write to another file"
         )
 
+    @contextlib.contextmanager
     def closing(self, *writers: Writer | None):
         """Close `writers` and the side outputs, then write --stats, when the block ends; an error in flight is the
-        one reported."""
-        return closing(*writers, *self.side, then=self._end)
+        one reported. A side output written anew is emptied at its first line, as -o is; where the run stops after
+        it wrote a record but before the side output's first line, it is emptied then: what it held is another
+        run's (a --rejected file's old rejections would be taken for this run's on --resume)."""
+        with closing(*writers, *self.side, then=self._end):
+            try:
+                yield
+            except BaseException:
+                if self.stats.records_out:
+                    for writer in self.side:
+                        with contextlib.suppress(WriteError):  # the error in flight is the one reported
+                            writer.begin()
+                raise
 
     def _end(self, error: BaseException | None = None) -> None:
         if error is not None:
@@ -448,8 +470,9 @@ def add_note(error: BaseException, note: str) -> None:
 
 
 def resumed_with_another_shard(path: str, key: str, shard: tuple[int, int]) -> UsageProblem:
-    """--resume with a --shard the file was not begun with: one file never holds two slices' records (nor a slice's
-    and a whole run's)."""
+    """--resume with a --shard the file was not begun with, or a whole run's file continued as a slice: one file
+    never holds two slices' records. (A slice's file continued without --shard is finished as the whole run, in
+    another order.)"""
     i, n = shard
     return UsageProblem(
         f"--resume: {path} holds records of {key}, which is not in --shard {i}/{n}: resume it with the --shard it "

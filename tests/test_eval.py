@@ -1199,3 +1199,16 @@ def test_committed_episodes_keep_their_ids(path):
             **{k: meta[k] for k in ("thought_tokens", "critic") if k in meta},
         }
         assert episode_id(settings, episode["task"], description) == episode["id"]
+
+
+def test_trajectories_naming_o_s_own_file_is_refused_and_the_file_kept(tmp_path):
+    """`eval -o X --trajectories X` left X empty with exit 0 (two writers on one file, one emptying it at its end)."""
+    out = tmp_path / "x.jsonl"
+    out.write_text('{"prev": 1}\n')
+    result = invoke(
+        ["eval", "--policy", "random", "--env", "shop", "-n", "3", "-o", str(out), "--trajectories", str(out)]
+    )
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: {out}: is -o's file too; give the side output a file of its own\n"
+    )
+    assert out.read_text() == '{"prev": 1}\n'

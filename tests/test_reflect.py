@@ -1056,3 +1056,32 @@ def test_resume_compares_the_model_settings_when_a_grounded_fallback_comes_first
     replies = iter([GOOD] * 4)
     assert runner.invoke(cli, [*args, "--resume"]).exit_code == 0
     assert [r["meta"]["reflector"] for r in _lines(out)] == ["grounded", "self", "self", "self"]
+
+
+def test_side_files_are_refused_as_o_and_kept_or_emptied_as_o_is(runner, shop_outcomes, tmp_path):
+    """--rejected naming -o's own file: two writers on one file (eval's --trajectories the same), refused. A resume
+    refused for other settings leaves --rejected as it was (it was cut back first). A run that stops after its first
+    record empties a --rejected file it had not written yet: what it held was another run's."""
+    out, rejected = tmp_path / "sr.jsonl", tmp_path / "rejected.jsonl"
+    grounded = ["reflect", "--reflector", "grounded", "-q"]
+    result = runner.invoke(cli, [*grounded, str(shop_outcomes), "-o", str(out), "--rejected", str(out)])
+    assert result.exit_code == 2 and result.output == (
+        f"Error: {out}: is -o's file too; give the side output a file of its own\n"
+    )
+    assert runner.invoke(cli, [*grounded, str(shop_outcomes), "-o", str(out)]).exit_code == 0
+    whole = out.read_bytes()
+    rejected.write_text('{"source_id": "a"}\n{"source_id": "b"}\n')
+    args = [*grounded, str(shop_outcomes), "-o", str(out), "--rejected", str(rejected), "--resume", "--history", "1"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2 and "was begun with other settings (serializer:" in result.output, result.output
+    assert out.read_bytes() == whole and rejected.read_text() == '{"source_id": "a"}\n{"source_id": "b"}\n'
+    # refused at its first line: both files as they were (the side file, closed twice, was cut: a ValueError)
+    first_bad, new = tmp_path / "first_bad.jsonl", tmp_path / "new.jsonl"
+    first_bad.write_text("{not json\n")
+    result = runner.invoke(cli, [*grounded, str(first_bad), "-o", str(new), "--rejected", str(rejected)])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {first_bad}:1: not valid JSON"), result.output
+    assert rejected.read_text() == '{"source_id": "a"}\n{"source_id": "b"}\n' and not new.exists()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(shop_outcomes.read_text().splitlines()[0] + "\n{not json\n")
+    result = runner.invoke(cli, [*grounded, str(broken), "-o", str(out), "--rejected", str(rejected)])
+    assert result.exit_code == 1 and len(_lines(out)) == 1 and rejected.read_text() == ""

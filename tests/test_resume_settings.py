@@ -87,7 +87,8 @@ def test_what_varies_within_one_branch_run_or_one_reflect_run_is_not_compared():
         {"meta": {**branch, "env": "tools", "dream": {"world": "w"}, "endpoint": "a,b", "extra_bufts": False}}
     )
     assert run_settings({"meta": branch}) != run_settings({"meta": {**branch, "k": 3}})
-    model = {"stage": "reflect", "kind": "sr", "serializer": "{}", "reflector": "self", "model": "m", "extra": ""}
+    model = {"stage": "reflect", "kind": "sr", "serializer": "{}", "reflector": "self", "model": "m"}
+    model["extra"] = '{"template_sha256": "", "temperature": 0.7}'
     grounded = {**model, "reflector": "grounded", "model": "", "extra": '{"template_sha256": ""}'}
     first, fallback = run_settings({"meta": model}), run_settings({"meta": grounded})
     assert set(first) > set(fallback) and "model" not in fallback  # compared on the keys both have
@@ -166,3 +167,14 @@ def test_critic_data_resumed_without_its_balance_is_refused(runner, shop_pipelin
     result = runner.invoke(cli, [*run, "--resume", "--no-balance"])
     assert result.exit_code == 2 and "(balance: true there, false here)" in result.output, result.output
     assert out.read_bytes() == kept
+    # a file from before `balance` was recorded has none to compare: continued, not refused as "null there"
+    older = []
+    for line in kept.decode().splitlines():
+        record = json.loads(line)
+        extra = json.loads(record["meta"]["extra"])
+        del extra["balance"]
+        record["meta"]["extra"] = json.dumps(extra, separators=(",", ":"))
+        older.append(json.dumps(record))
+    out.write_text("\n".join(older) + "\n")
+    result = runner.invoke(cli, [*run, "--resume"])
+    assert result.exit_code == 0, result.output

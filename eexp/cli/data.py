@@ -318,28 +318,27 @@ def validate(files, kind, quiet):
     for path in files:
         kinds: Counter = Counter()
         reader = Reader([path], on_error="skip", warn=lambda msg: click.echo(msg.replace("skipping ", ""), err=True))
-        try:
-            items = list(reader)
+        try:  # streamed: a file of any size
+            for item in reader:
+                found = kind_of(item.record)
+                if kind and found != kind:
+                    problem = f"expected {KIND_NAMES[kind]}, got {KIND_NAMES.get(found, 'a record of no known kind')}"
+                elif found is None:
+                    problem = (
+                        "not a record of any kind eexp knows (trajectory, branch, outcome, example, preference "
+                        "pair, episode, summary, world-model prediction)"
+                    )
+                else:
+                    problem = validate_record(item.record, found)
+                if problem:
+                    bad += 1
+                    click.echo(f"{item.path}:{item.line}: {problem}", err=True)
+                else:
+                    kinds[found] += 1
         except InputError as e:  # a file that cannot be read at all (missing, a directory, empty): said, and on
             click.echo(str(e), err=True)
             unread += 1
             continue
-        for item in items:
-            found = kind_of(item.record)
-            if kind and found != kind:
-                problem = f"expected {KIND_NAMES[kind]}, got {KIND_NAMES.get(found, 'a record of no known kind')}"
-            elif found is None:
-                problem = (
-                    "not a record of any kind eexp knows (trajectory, branch, outcome, example, preference "
-                    "pair, episode, summary, world-model prediction)"
-                )
-            else:
-                problem = validate_record(item.record, found)
-            if problem:
-                bad += 1
-                click.echo(f"{item.path}:{item.line}: {problem}", err=True)
-            else:
-                kinds[found] += 1
         bad += reader.skipped
         if not quiet:
             listing = ", ".join(f"{n} {k}" for k, n in kinds.most_common()) or "no valid records"

@@ -131,23 +131,13 @@ def reflect(
         )
         try:
             concurrency = resolve_concurrency(policy, concurrency)
-            if io.resume:
-                # The model's settings, against the resumed file's, before a record is written: this run's first
-                # record may be a grounded fallback's, which names none of them.
-                io.done(kind="example")
-                io.check_resumed_settings(
-                    {
-                        "model": writer.model,
-                        "model_sha256": writer.model_sha256,
-                        "temperature": settings.temperature,
-                        "top_p": settings.top_p,
-                        "max_tokens": settings.max_tokens,
-                    }
-                )
+            check_resumed(io, serializer, template, settings, writer)
         except BaseException:
             policy.close()
             raise
         count_requests(io, policy)
+    if policy is None:
+        check_resumed(io, serializer, template, settings, None)
 
     for name in COUNTS:  # every count in --stats, zeros included, so runs compare key by key
         io.count(name, 0)
@@ -174,6 +164,25 @@ def reflect(
     check_requests(policy, policy_spec)
 
 
+def check_resumed(io, serializer, template, settings, model: Reflector | None) -> None:
+    """With --resume: this run's settings against the resumed file's, before anything is written or cut (the
+    --rejected file is cut back next): the serializer and template, and a model reflector's model and decoding,
+    which this run's first record may not name (a grounded fallback's names none)."""
+    if not io.resume:
+        return
+    io.done(kind="example")
+    ours = {"stage": "reflect", "kind": "sr", "serializer": serializer.json, "template_sha256": template.sha256}
+    if model is not None:
+        ours.update(
+            model=model.model,
+            model_sha256=model.model_sha256,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_tokens,
+        )
+    io.check_resumed_settings(ours)
+
+
 def resume_rejected(io, path: str, fallback: str) -> set[str]:
     """With --resume: the outcomes --rejected FILE shows were rejected and are not to be asked again, after cutting
     FILE back to the outcomes that are done, so that it ends as an uninterrupted run's would (without --resume:
@@ -184,6 +193,7 @@ def resume_rejected(io, path: str, fallback: str) -> set[str]:
     An outcome is done when -o FILE holds its example (the set the run resumes from), or, without a fallback (a
     rejected outcome gives no example), when FILE holds its rejection, less FILE's last outcome, done again like
     -o's (prepare_resume). Any other record is dropped: written again, once, when its outcome is done again."""
+    io.check_side_path(path)
     if not io.resume:
         return set()
     done = io.done(kind="example")  # the set io.run resumes from (made once per run)

@@ -195,6 +195,8 @@ def resume_episodes(
     """With --resume: the episodes already complete in -o FILE (id -> record), after making the file safe to append
     to; the trajectories file is cut back to the episodes kept. Without it: nothing (and a fresh trajectories file).
     `other_slices`: the ids of this run's episodes in the other --shard slices (a file begun with another slice)."""
+    if trajectories_path:
+        io.check_side_path(trajectories_path)
     if not io.resume:
         return {}
     done = io.done(lambda r: r.get("id"), kind="episode", whole_records=True)
