@@ -295,7 +295,7 @@ class Writer:
         self.pending: list[bytes] = []
         self.before_first: Callable[[dict], None] | None = None
         self.lock = None
-        # A file written anew is emptied, and one resumed cut back to what it keeps (`cut_to`: prepare_resume's
+        # A file written anew is emptied, and one resumed cut back to what it keeps (`cut_to`: plan_resume's
         # plan), only when this run writes its first line, or ends without error having written none: a run refused
         # before its first record (a missing input, a file of the wrong kind, other settings) leaves the file as it
         # was.

@@ -357,9 +357,9 @@ class StageIO:
             items = list(items)
             if shard_key is not None and self.shard is not None:
                 # an item of another slice already written: the file was begun with another --shard, or none
-                theirs = sorted(key(item) for item in items if not in_shard(shard_key(item), self.shard))
-                if done.intersection(theirs):
-                    raise resumed_with_another_shard(self.output, min(done.intersection(theirs)), self.shard)
+                theirs = done & {key(item) for item in items if not in_shard(shard_key(item), self.shard)}
+                if theirs:
+                    raise resumed_with_another_shard(self.output, min(theirs), self.shard)
                 items = [item for item in items if in_shard(shard_key(item), self.shard)]
             writer = self._writer()
             with self.closing(writer), progress_bar(self.quiet, total=len(items), unit=unit) as bar:
