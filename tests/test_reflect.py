@@ -1085,3 +1085,19 @@ def test_side_files_are_refused_as_o_and_kept_or_emptied_as_o_is(runner, shop_ou
     broken.write_text(shop_outcomes.read_text().splitlines()[0] + "\n{not json\n")
     result = runner.invoke(cli, [*grounded, str(broken), "-o", str(out), "--rejected", str(rejected)])
     assert result.exit_code == 1 and len(_lines(out)) == 1 and rejected.read_text() == ""
+
+
+def test_a_file_of_model_reflections_is_not_continued_by_the_grounded_reflector(runner, tmp_path, monkeypatch):
+    """Its model settings named no grounded record, so `--reflector grounded --resume` mixed the two silently."""
+    data, out = tmp_path / "o.jsonl", tmp_path / "sr.jsonl"
+    ids = [f"t{i}#2" for i in range(3)]
+    data.write_bytes(
+        b"".join(orjson.dumps({**SHOP, "id": i, "source_id": i[:2], "trajectory_id": i[:2]}) + b"\n" for i in ids)
+    )
+    use_scripted_reflector(monkeypatch, GOOD)
+    assert runner.invoke(cli, ["reflect", "--policy", "m.gguf", str(data), "-o", str(out), "-q"]).exit_code == 0
+    kept = b"".join(out.read_bytes().splitlines(keepends=True)[:2])
+    out.write_bytes(kept)
+    result = runner.invoke(cli, ["reflect", "--reflector", "grounded", str(data), "-o", str(out), "-q", "--resume"])
+    assert result.exit_code == 2 and 'was begun with other settings (model: "scripted" there, "" here' in result.output
+    assert out.read_bytes() == kept

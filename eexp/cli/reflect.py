@@ -172,7 +172,9 @@ def check_resumed(io, serializer, template, settings, model: Reflector | None) -
         return
     io.done(kind="example")
     ours = {"stage": "reflect", "kind": "sr", "serializer": serializer.json, "template_sha256": template.sha256}
-    if model is not None:
+    if model is None:  # grounded: a file that holds a model's reflections is not continued without its model
+        ours.update(model="", model_sha256="")
+    else:
         ours.update(
             model=model.model,
             model_sha256=model.model_sha256,
