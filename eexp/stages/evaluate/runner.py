@@ -192,8 +192,9 @@ def worker_policy_args(policy_spec: str, policy_args: dict, jobs: int) -> dict:
 def resume_episodes(
     io: StageIO, ids: list[str], trajectories_path: str | None, other_slices: set[str] = frozenset()
 ) -> dict[str, dict]:
-    """With --resume: the episodes already complete in -o FILE (id -> record), after making the file safe to append
-    to; the trajectories file is cut back to the episodes kept. Without it: nothing (and a fresh trajectories file).
+    """With --resume: the episodes already complete in -o FILE (id -> record; the file itself is cut back to them by
+    its writer, at the run's first episode); the trajectories file is cut back to the episodes kept. Without it:
+    nothing (and a fresh trajectories file).
     `other_slices`: the ids of this run's episodes in the other --shard slices (a file begun with another slice)."""
     if trajectories_path:
         io.check_side_path(trajectories_path)
