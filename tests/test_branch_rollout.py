@@ -38,6 +38,7 @@ class LineEnv(Env):
     version = "1"
     MOVES = {"left": -1, "right": 1, "stay": 0, "jump": 2}
     steps_taken = 0  # across instances: what the rollout really cost
+    slowed = False  # across instances: "slow once" has hung once
 
     def tasks(self, split):
         return [{"id": f"{split}-{i}", "split": split, "goal": f"walk to {i + 3}"} for i in range(5)]
@@ -56,6 +57,9 @@ class LineEnv(Env):
         if action == "fault":  # what an environment says about its own failure (a JVM that died)
             raise EnvError("the simulator process died")
         if action == "hang":
+            time.sleep(30)
+        if action == "slow once" and not LineEnv.slowed:  # one call slowed by a loaded machine
+            LineEnv.slowed = True
             time.sleep(30)
         action = self.canonicalize(action)
         if action not in self.MOVES:
@@ -369,7 +373,25 @@ def test_hanging_step_times_out():
     assert time.monotonic() - started < 10
     assert "timed out" in outs[0]["alternatives"][0]["error"]
     assert outs[0]["alternatives"][1]["next_observation"] and outs[0]["expert"]["next_observation"]
-    assert counts["env_restarts"] == 1 and all("error" not in o for o in outs[1:])
+    # made again once on a fresh environment (TIMEOUT_RETRIES), then the error; restarted before and after the retry
+    assert counts["timeouts_retried"] == 1 and outs[0]["meta"]["timeouts_retried"] == 1
+    assert counts["env_restarts"] == 2 and all("error" not in o for o in outs[1:])
+
+
+@pytest.mark.parametrize("env_cls", [LineEnv, SnapLineEnv])
+def test_a_step_slow_once_is_made_again_and_gives_the_record_of_a_quiet_machine(env_cls, monkeypatch):
+    """A call that passes --step-timeout once (a loaded machine) is made again on a fresh environment: the outcome is
+    the one a run without the delay writes, and meta says the retry. Before, it was an error on that alternative."""
+    traj = trajectory(env_cls, task_index=1)
+    records = branches(traj, k=1)
+    records[1]["alternatives"].insert(0, {"action": "slow once", "source": "policy", "seed": 1})
+    monkeypatch.setattr(LineEnv, "slowed", True)
+    quiet, quiet_counts = roll(records, timeout=0.5)
+    monkeypatch.setattr(LineEnv, "slowed", False)
+    outs, counts = roll(records, timeout=0.5)
+    assert LineEnv.slowed and all("error" not in o for o in outs) and "error" not in outs[1]["alternatives"][0]
+    assert outs[1]["meta"].pop("timeouts_retried") == 1 and counts["timeouts_retried"] == 1
+    assert strip_times(outs) == strip_times(quiet) and quiet_counts["timeouts_retried"] == 0
 
 
 def test_records_of_interleaved_trajectories_keep_input_order():

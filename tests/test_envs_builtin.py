@@ -340,6 +340,48 @@ def test_step_timeout_becomes_an_error():
         walk_over(SlowShop(), task, timeout=0.2).reach(tuple(env.expert(task)[:1]), None, 1)
 
 
+class ResetSlowOnce(ShopEnv):
+    """Its first reset takes 5 s, as one call on a loaded machine can."""
+
+    def reset(self, task):
+        if not getattr(self, "slowed", False):
+            self.slowed = True
+            time.sleep(5)
+        return super().reset(task)
+
+
+@pytest.mark.parametrize("slow", [1, 2])
+def test_expert_plays_a_task_again_after_a_timeout(runner, monkeypatch, tmp_path, slow):
+    """A task whose environment call passes --step-timeout is played again on a fresh instance (TIMEOUT_RETRIES):
+    one slow call (a loaded machine; ALFWorld's seed 3 lost a game this way) gives the trajectory of a quiet run, with
+    meta saying so; a second timeout is the trajectory's error, as before."""
+    import eexp.stages.expert as expert_stage
+
+    quiet = runner.invoke(cli, ["expert", "--env", "shop", "-n", "2", "-q"])
+    made = []
+    monkeypatch.setattr(
+        expert_stage,
+        "make_env",
+        lambda name, **kw: made.append(ResetSlowOnce() if len(made) < slow else ShopEnv()) or made[-1],
+    )
+    stats = tmp_path / "stats.json"
+    args = ["expert", "--env", "shop", "-n", "2", "-q", "--step-timeout", "0.5", "--stats", str(stats)]
+    result = runner.invoke(cli, args)
+    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    expected = [orjson.loads(line) for line in quiet.stdout.splitlines()]
+    for r in records + expected:
+        r["meta"].pop("created_utc")
+        r["meta"].pop("step_timeout", None)
+    assert records[0]["meta"].pop("timeouts_retried") == 1 and records[1:] == expected[1:]
+    assert orjson.loads(stats.read_text())["timeouts_retried"] == 1
+    assert "played again on a fresh instance" in result.stderr
+    if slow == 1:
+        assert result.exit_code == 0 and records == expected and [type(e) for e in made] == [ResetSlowOnce, ShopEnv]
+    else:
+        assert "timed out after 0.5 s (reset)" in records[0]["error"] and result.exit_code == 1
+        assert [type(e) for e in made] == [ResetSlowOnce, ResetSlowOnce, ShopEnv]
+
+
 def test_expert_stage_goes_on_after_an_environment_error(runner, monkeypatch):
     import eexp.stages.expert as expert_stage
 

@@ -160,7 +160,8 @@ class ExpertSettings:
     )
     step_timeout: float = setting(
         60.0,
-        "Seconds one environment call may take before it is recorded as an error (0: no limit).",
+        "Seconds one environment call may take; a task that passes it is played again once on a fresh instance, "
+        "then recorded as an error (0: no limit).",
         metavar="SECONDS",
         min=0,
     )

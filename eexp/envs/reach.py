@@ -36,6 +36,26 @@ class StepTimeout(ReachError):
     """One environment call took longer than the per-step limit."""
 
 
+# A call that hangs past the step limit is made again this many times, each time on a fresh instance, before it is the
+# record's `error`: on a loaded machine one call can be slow once (an ALFWorld reset passed 60 s beside six training
+# runs, and that game's expert trajectory was lost), and the environments are deterministic, so the retry's record is
+# the one an unloaded run writes. An exception is not retried: it is the environment's own and would recur.
+TIMEOUT_RETRIES = 1
+
+
+def retry_timeouts(call: Callable[[], Any], restart: Callable[[], None], on_retry: Callable[[], None]) -> Any:
+    """call(); where it raises StepTimeout, restart() (a fresh instance), on_retry() (count it) and call again, up
+    to TIMEOUT_RETRIES times; the last StepTimeout is raised."""
+    for attempt in range(TIMEOUT_RETRIES + 1):
+        try:
+            return call()
+        except StepTimeout:
+            if attempt == TIMEOUT_RETRIES:
+                raise
+            restart()
+            on_retry()
+
+
 class StateMismatch(ReachError):
     """The observation reached differs from the recorded one. str() shows a short excerpt of both."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from eexp.envs.base import Env, make_env, pick_tasks, record_meta
-from eexp.envs.reach import guarded
+from eexp.envs.reach import TIMEOUT_RETRIES, StepTimeout, guarded
 from eexp.errors import EnvError, environment_failures
 from eexp.records import make_meta, short_hash
 from eexp.runner import Stage, StageIO
@@ -43,6 +43,18 @@ def expert_trajectory(
     """Run the oracle's actions on a fresh episode. An environment failure (exception, timeout) is recorded as
     `error` on the trajectory, with the steps done so far, and success false. `meta_extra`: the run's settings
     for meta (meta_settings)."""
+    return play_expert(env, task, seed, timeout, include_admissible, meta_extra)[0]
+
+
+def play_expert(
+    env: Env,
+    task: dict,
+    seed: int = 0,
+    timeout: float | None = None,
+    include_admissible: bool = True,
+    meta_extra: dict | None = None,
+) -> tuple[dict, EnvError | None]:
+    """expert_trajectory's record, and the environment's failure it records as `error` (None: none)."""
     record = {
         "id": trajectory_id(env, task),
         "env": env.env_record(),
@@ -68,9 +80,9 @@ def expert_trajectory(
         record["success"] = bool(guarded(env.success, "success", timeout))
         record["score"] = float(guarded(env.score, "score", timeout))
     except EnvError as e:
-        error = str(e)
+        error = e
     if error is not None:
-        record["error"] = error
+        record["error"] = str(error)
     record["meta"] = make_meta(
         "expert",
         env=env.name,
@@ -82,14 +94,16 @@ def expert_trajectory(
         **(meta_extra or {}),
         **record_meta(env),
     )
-    return record
+    return record, error
 
 
 class Oracle:
     """One environment that plays the oracle task after task: `oracle(task)` is the task's expert trajectory. An
     environment error (an exception, or a call slower than `timeout`) is the trajectory's `error`; the instance is
     then closed and a fresh one made, since after a failure inside one of its calls an instance is never used again
-    (DESIGN.md). The expert stage's own one, and the state of each of its workers (-j N, --ray)."""
+    (DESIGN.md). A task whose call timed out is played again from the start on the fresh one (TIMEOUT_RETRIES
+    times; meta says `timeouts_retried`). The expert stage's own one, and the state of each of its workers (-j N,
+    --ray)."""
 
     def __init__(
         self,
@@ -106,16 +120,18 @@ class Oracle:
         self.env = make_env(env_name, **self.env_args)
 
     def __call__(self, task: dict) -> dict:
-        record = expert_trajectory(
-            self.env,
-            task,
-            seed=self.seed,
-            timeout=self.timeout,
-            include_admissible=self.include_admissible,
-            meta_extra=self.meta_extra,
-        )
-        if "error" in record:
-            self._replace()
+        retried = 0
+        while True:
+            record, error = play_expert(
+                self.env, task, self.seed, self.timeout, self.include_admissible, self.meta_extra
+            )
+            if error is not None:
+                self._replace()
+            if not isinstance(error, StepTimeout) or retried == TIMEOUT_RETRIES:
+                break
+            retried += 1
+        if retried:
+            record["meta"]["timeouts_retried"] = retried
         return record
 
     def _replace(self) -> None:
@@ -166,9 +182,10 @@ class Expert(Stage):
         meta_extra = meta_settings(timeout, include_admissible)
         oracle_args = (env_name, env_args, seed, timeout, include_admissible, meta_extra)
         self.oracle = Oracle(*oracle_args)
-        self.unsuccessful = self.errors = 0
+        self.unsuccessful = self.errors = self.retried = 0
         count("unsuccessful", 0)
         count("errors", 0)
+        count("timeouts_retried", 0)
         # the workers start with `start_workers` (run_expert: once the tasks are known), else with the first task
         self._pool_spec = (
             (jobs, Oracle, oracle_args, _worker_cleanup, cluster) if jobs > 1 or cluster is not None else None
@@ -199,6 +216,11 @@ class Expert(Stage):
             yield from map(self._account, self._workers.ready(block=True))
 
     def _account(self, record: dict) -> dict:
+        if record["meta"].get("timeouts_retried"):
+            self.retried += 1
+            self.count("timeouts_retried", record["meta"]["timeouts_retried"])
+            if self.retried <= self.NOTED:
+                self.note(f"eexp: {record['id']}: the environment timed out; played again on a fresh instance")
         if "error" in record:
             self.errors += 1
             self.count("errors")

@@ -13,7 +13,8 @@ allows:
 Before every execution the observation reached is compared with the recorded one (eexp.envs.reach.check_state):
 a mismatch is an `error` (on the record, or on the alternative when a later replay diverges), never silently wrong
 data. An exception or a hang (`--step-timeout`) inside the environment is an `error` on that alternative; the
-environment is then restarted and the stage goes on.
+environment is then restarted and the stage goes on. A hang is first tried again once on a fresh environment
+(eexp.envs.reach.TIMEOUT_RETRIES: a loaded machine can make one call slow; meta says `timeouts_retried`).
 
 `-j N` runs whole trajectories in N worker processes (an eexp.workers.Pool), each keeping one environment per
 (name, kwargs), and writes the outcomes in input order. The workers ignore Ctrl-C from their first instruction on:
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterator
 import orjson
 
 from eexp.envs.base import Env, env_class, make_env, record_meta
-from eexp.envs.reach import StateMismatch, check_state, guarded, reach
+from eexp.envs.reach import StateMismatch, check_state, guarded, reach, retry_timeouts
 from eexp.errors import EnvError, environment_failures
 from eexp.records import make_meta
 from eexp.runner import RecordError, Stage
@@ -202,20 +203,37 @@ def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_e
         else:
             walk.restart()  # an exception or a hang: the environment may be broken, start a fresh one
 
+    retried = 0
+
+    def retry(call: Callable[[], Any]) -> Any:
+        """call(), made again on a fresh environment where it timed out (TIMEOUT_RETRIES)."""
+
+        def count() -> None:
+            nonlocal retried
+            retried += 1
+            counts["timeouts_retried"] += 1
+
+        return retry_timeouts(call, walk.restart, count)
+
     try:
-        walk.reach(prefix, expected, step)
+        retry(lambda: walk.reach(prefix, expected, step))
     except EnvError as e:  # StateMismatch, ReachError, or the environment's own EnvError
         failed(out, e, "cannot reach the recorded state: ")
-        return out
-    for alt in out["alternatives"]:
+    else:
+        for alt in out["alternatives"]:
+            try:
+                _fill(alt, retry(lambda a=alt: walk.execute(prefix, a["action"], expected, step)))
+            except EnvError as e:
+                failed(alt, e)
         try:
-            _fill(alt, walk.execute(prefix, alt["action"], expected, step))
+            _fill(
+                out["expert"],
+                retry(lambda: walk.execute(prefix, record["expert"]["action"], expected, step, expert=True)),
+            )
         except EnvError as e:
-            failed(alt, e)
-    try:
-        _fill(out["expert"], walk.execute(prefix, record["expert"]["action"], expected, step, expert=True))
-    except EnvError as e:
-        failed(out["expert"], e)
+            failed(out["expert"], e)
+    if retried:
+        out["meta"]["timeouts_retried"] = retried
     return out
 
 
