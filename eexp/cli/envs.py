@@ -361,8 +361,9 @@ def expert(
     """Write expert trajectories from an environment's oracle, one JSON line per task.
 
     Success is checked by the environment; trajectories that fail are still written (success: false) and counted
-    on stderr. An environment error (exception, or a call slower than --step-timeout) becomes `error` on that
-    trajectory and the run goes on. The same --seed and -n give the same tasks and the same records.
+    on stderr. An environment error (exception, or a call slower than --step-timeout twice: a task that times out
+    is played again once on a fresh instance) becomes `error` on that trajectory and the run goes on. The same
+    --seed and -n give the same tasks and the same records.
 
     \b
     Example:
