@@ -447,6 +447,23 @@ class HangingOnce(Counter):
         self.closed += 1
 
 
+class HangsOnOneTask(Counter):
+    """Every instance hangs in step() on the first task any of them was reset to."""
+
+    hung_target = None
+
+    def reset(self, task):
+        observation = super().reset(task)
+        if HangsOnOneTask.hung_target is None:
+            HangsOnOneTask.hung_target = self.target
+        return observation
+
+    def step(self, action):
+        if self.target == HangsOnOneTask.hung_target:
+            time.sleep(5)
+        return super().step(action)
+
+
 def test_expert_closes_an_instance_that_timed_out_and_goes_on_with_a_fresh_one(runner, monkeypatch):
     monkeypatch.setattr(
         base,
@@ -456,13 +473,30 @@ def test_expert_closes_an_instance_that_timed_out_and_goes_on_with_a_fresh_one(r
     HangingOnce.made = []
     result = runner.invoke(cli, ["expert", "--env", "hanging-t", "-n", "3", "--step-timeout", "0.2", "-q"])
     records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    # the first task timed out on the first instance and was played again on a fresh one (TIMEOUT_RETRIES)
+    assert [("error" in r, r["success"]) for r in records] == [(False, True)] * 3 and result.exit_code == 0
+    assert records[0]["meta"]["timeouts_retried"] == 1 and "timeouts_retried" not in records[1]["meta"]
+    assert [e.closed for e in HangingOnce.made] == [1, 1]  # the hung one closed at once, the fresh one at the end
+
+
+def test_expert_records_a_task_that_times_out_twice_and_says_the_share_lost(runner, monkeypatch):
+    """Every instance hangs on the first task's steps: after its retry the trajectory is written with its error, and
+    one of three in error is more than a run may lose (issue 51): exit 1, said."""
+
+    monkeypatch.setattr(
+        base,
+        "registry",
+        lambda: {"hang-t": EntryPoint(name="hang-t", value=f"{__name__}:HangsOnOneTask", group="eexp.envs")},
+    )
+    HangsOnOneTask.hung_target = None
+    result = runner.invoke(cli, ["expert", "--env", "hang-t", "-n", "3", "--step-timeout", "0.2", "-q"])
+    records = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert [("error" in r, r["success"]) for r in records] == [(True, False), (False, True), (False, True)]
-    # every trajectory written; one of three in error is more than a run may lose (issue 51): exit 1, said
+    assert records[0]["error"] == "environment timed out after 0.2 s (step 0 'inc')"
+    assert records[0]["meta"]["timeouts_retried"] == 1
     assert (
         result.exit_code == 1 and "Error: 1 of 3 expert trajectories (33.3%) failed in the environment" in result.stderr
     )
-    assert records[0]["error"] == "environment timed out after 0.2 s (step 0 'inc')"
-    assert [e.closed for e in HangingOnce.made] == [1, 1]  # the hung one closed at once, the fresh one at the end
 
 
 def test_listing_reads_the_version_the_records_carry(runner):
