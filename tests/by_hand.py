@@ -22,6 +22,18 @@ def lines(text: str) -> list[dict]:
     return [orjson.loads(x) for x in text.splitlines() if x.strip()]
 
 
+def untimed(records) -> list[dict]:
+    """Copies of records without the time each was written (`meta.created_utc`, and branch's, which rollout keeps
+    in `meta.branch`): what two runs of the same inputs and seeds must agree on. Two runs can straddle a second."""
+    out = []
+    for r in orjson.loads(orjson.dumps(list(records))):
+        r["meta"].pop("created_utc", None)
+        if isinstance(r["meta"].get("branch"), dict):
+            r["meta"]["branch"].pop("created_utc", None)
+        out.append(r)
+    return out
+
+
 def outcomes() -> list[dict]:
     return [json.loads(line) for line in Path(OUTCOMES).read_text().splitlines()]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from by_hand import untimed
 from netguard import pythonpath
 
 from eexp.cli import cli
@@ -137,18 +138,6 @@ class FixedPolicy(Policy):
         return Reply(text=f"Action: {action}", action=action, valid=valid, seed=seed)
 
 
-def strip_times(records):
-    """Records without their meta times, for comparing runs."""
-    out = []
-    for r in records:
-        r = orjson.loads(orjson.dumps(r))
-        r["meta"].pop("created_utc", None)
-        if isinstance(r["meta"].get("branch"), dict):
-            r["meta"]["branch"].pop("created_utc", None)
-        out.append(r)
-    return out
-
-
 def branches(traj, k=3, propose="admissible", **kw):
     return list(Brancher(propose, k, env_factory=make_test_env, **kw)(traj))
 
@@ -205,8 +194,8 @@ def test_admissible_proposals_one_record_per_step_never_the_expert():
 
 def test_admissible_proposals_are_seeded_and_reproducible():
     traj = trajectory()
-    a = strip_times(branches(traj, k=2, seed=1))
-    assert a == strip_times(branches(traj, k=2, seed=1))
+    a = untimed(branches(traj, k=2, seed=1))
+    assert a == untimed(branches(traj, k=2, seed=1))
     draws = {tuple(x["action"] for r in branches(traj, k=2, seed=s) for x in r["alternatives"]) for s in range(6)}
     assert len(draws) > 1, "the seed does not change the uniform draw"
 
@@ -391,7 +380,7 @@ def test_a_step_slow_once_is_made_again_and_gives_the_record_of_a_quiet_machine(
     outs, counts = roll(records, timeout=0.5)
     assert LineEnv.slowed and all("error" not in o for o in outs) and "error" not in outs[1]["alternatives"][0]
     assert outs[1]["meta"].pop("timeouts_retried") == 1 and counts["timeouts_retried"] == 1
-    assert strip_times(outs) == strip_times(quiet) and quiet_counts["timeouts_retried"] == 0
+    assert untimed(outs) == untimed(quiet) and quiet_counts["timeouts_retried"] == 0
 
 
 def test_records_of_interleaved_trajectories_keep_input_order():
@@ -403,7 +392,7 @@ def test_records_of_interleaved_trajectories_keep_input_order():
     assert counts["errors"] == 0
     pool = EnvPool(make_test_env)
     grouped, _ = rollout_group(mixed, pool)
-    assert strip_times(grouped) == strip_times(outs)
+    assert untimed(grouped) == untimed(outs)
 
 
 # --- the commands, on the built-in environments ---------------------------------------------------------------
@@ -458,7 +447,7 @@ def test_jobs_give_the_same_output_and_runs_are_reproducible(runner, tmp_path, e
     run_cli(runner, ["rollout", str(br), "-o", str(tmp_path / "a.jsonl")])
     run_cli(runner, ["rollout", str(br), "-o", str(tmp_path / "b.jsonl")])
     run_cli(runner, ["rollout", str(br), "-j", "2", "-o", str(tmp_path / "c.jsonl")])
-    a, b, c = (strip_times(read_records([tmp_path / f"{x}.jsonl"])) for x in "abc")
+    a, b, c = (untimed(read_records([tmp_path / f"{x}.jsonl"])) for x in "abc")
     assert a == b == c and len(a) == len(list(read_records([br])))
     # byte-identical apart from the times
     dump = [orjson.dumps(r) for r in a]
@@ -472,7 +461,7 @@ def test_step_timeout_zero_is_no_limit_as_in_expert(runner, tmp_path, expert_fil
     run_cli(runner, ["branch", str(expert_files["shop"]), "-k", "2", "-o", str(br)])
     for name, extra in (("none", []), ("zero", ["--step-timeout", "0"]), ("thirty", ["--step-timeout", "30"])):
         run_cli(runner, ["rollout", str(br), "-o", str(tmp_path / f"{name}.jsonl"), *extra])
-    none, zero, thirty = (strip_times(read_records([tmp_path / f"{n}.jsonl"])) for n in ("none", "zero", "thirty"))
+    none, zero, thirty = (untimed(read_records([tmp_path / f"{n}.jsonl"])) for n in ("none", "zero", "thirty"))
     assert none == zero and all("step_timeout" not in r["meta"] for r in zero)
     assert all(r["meta"]["step_timeout"] == 30 for r in thirty)
     assert [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "step_timeout"}} for r in thirty] == none
@@ -486,7 +475,7 @@ def test_branch_is_reproducible_and_seed_matters(runner, tmp_path, expert_files)
         result = run_cli(
             runner, ["branch", str(expert_files["tools"]), "--policy", "random", "-k", "2", "--seed", seed]
         )
-        outs.append(strip_times(orjson.loads(line) for line in result.output.splitlines()))
+        outs.append(untimed(orjson.loads(line) for line in result.output.splitlines()))
     assert outs[0] == outs[1] and outs[0] != outs[2]
 
 
@@ -540,7 +529,7 @@ def test_resume_after_a_torn_write_matches_an_uninterrupted_run(runner, tmp_path
     for cut in (len(data) // 3, len(data) // 2 + 17, len(data) - 5):
         part.write_bytes(data[:cut])  # what a kill leaves: whole lines, then a torn one
         run_cli(runner, ["rollout", str(br), "-o", str(part), "--resume"])
-        assert strip_times(read_records([part])) == strip_times(read_records([full]))
+        assert untimed(read_records([part])) == untimed(read_records([full]))
 
 
 def test_rollout_killed_half_way_and_resumed(tmp_path, expert_files):
@@ -561,7 +550,7 @@ def test_rollout_killed_half_way_and_resumed(tmp_path, expert_files):
     proc.wait()
     assert part.read_bytes().count(b"\n") == n  # it wrote each outcome as it went, then waited for input
     subprocess.run(EEXP + ["rollout", str(br), "-o", str(part), "--resume"], check=True, env=env)
-    assert strip_times(read_records([part])) == strip_times(read_records([full]))
+    assert untimed(read_records([part])) == untimed(read_records([full]))
 
 
 def test_branch_with_a_tiny_gguf_policy_is_reproducible(runner, tmp_path, expert_files, tiny_gguf):
@@ -584,7 +573,7 @@ def test_branch_with_a_tiny_gguf_policy_is_reproducible(runner, tmp_path, expert
     first = run_cli(runner, args + ["--stats", str(tmp_path / "s.json")]).output
     again = run_cli(runner, args).output
     records = [orjson.loads(x) for x in first.splitlines()]
-    assert strip_times(records) == strip_times(orjson.loads(x) for x in again.splitlines())
+    assert untimed(records) == untimed(orjson.loads(x) for x in again.splitlines())
     assert len(records) == 2 * 4
     stats = orjson.loads((tmp_path / "s.json").read_bytes())
     for r in records:
@@ -616,7 +605,7 @@ def test_branch_of_an_env_that_is_not_installed(runner, tmp_path, expert_files):
 def test_rollout_shards_keep_trajectories_whole(runner, tmp_path, expert_files):
     br = tmp_path / "br.jsonl"
     run_cli(runner, ["branch", str(expert_files["shop"]), str(expert_files["tools"]), "-k", "1", "-o", str(br)])
-    full = strip_times(read_records([br]))
+    full = untimed(read_records([br]))
     parts = []
     for i in (1, 2, 3):
         out = tmp_path / f"o{i}.jsonl"

@@ -10,7 +10,7 @@ import math
 
 import orjson
 import pytest
-from by_hand import OUTCOMES, TRAJ, answer_logp, lines, outcomes, write
+from by_hand import OUTCOMES, TRAJ, answer_logp, lines, outcomes, untimed, write
 
 from eexp.cli import cli
 from eexp.prompts import CRITIC_SYSTEM, Serializer
@@ -77,8 +77,7 @@ def test_an_example_per_candidate_with_the_imitation_state(runner, tmp_path):
     checked = runner.invoke(cli, ["validate", "--kind", "example", str(path)])
     assert checked.exit_code == 0 and "6 example" in checked.stdout
     # the same input gives the same records
-    strip = lambda rs: [{**r, "meta": {**r["meta"], "created_utc": ""}} for r in rs]  # noqa: E731
-    assert strip(lines(runner.invoke(cli, ["critic-data", OUTCOMES]).stdout)) == strip(examples)
+    assert untimed(lines(runner.invoke(cli, ["critic-data", OUTCOMES]).stdout)) == untimed(examples)
 
 
 def test_rejected_and_no_balance(runner, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from by_hand import untimed
 
 from eexp.cli import cli
 from eexp.records import run_settings
@@ -131,10 +132,7 @@ SHARDED = [  # each stage that slices its input, and what it reads
 
 def undated(path) -> list[dict]:
     """A file's records without the time each was written."""
-    records = [json.loads(line) for line in path.read_bytes().splitlines()]
-    for r in records:
-        r["meta"].pop("created_utc")
-    return records
+    return untimed([json.loads(line) for line in path.read_bytes().splitlines()])
 
 
 @pytest.mark.parametrize("command, reads", SHARDED, ids=[c[0] for c, _ in SHARDED])
