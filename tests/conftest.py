@@ -101,6 +101,23 @@ def _isolated_cache(request, monkeypatch):
     monkeypatch.setenv("EEXP_CACHE", request.config._eexp_cache)
 
 
+@pytest.fixture(autouse=True)
+def _a_clock_that_never_repeats(monkeypatch):
+    """In this process every record is written a second after the one before (`meta.created_utc`). Two runs of a
+    stage compared whole then always differ, not only when they straddle a second (stop 74's CI failed on one): a
+    test comparing runs leaves the time out (by_hand.untimed). Processes a test starts keep the real clock."""
+    import itertools
+    import time
+
+    seconds = itertools.count(1_800_000_000)  # 2027-01-15: not now, so no test can lean on the real time either
+
+    def utc_now() -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next(seconds)))
+
+    monkeypatch.setattr("eexp.records.utc_now", utc_now)
+    monkeypatch.setattr("eexp.stages.evaluate.stage.utc_now", utc_now)
+
+
 # --- models (issue 5): tiny checkpoints built once per test session with `eexp init-model` ---------------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 import yaml
+from by_hand import untimed
 from click.testing import CliRunner
 
 from eexp.cli import cli
@@ -51,7 +52,7 @@ def test_corpus_never_walks_the_tasks_eval_plays_and_is_the_same_for_a_seed(tmp_
             .exit_code
             == 0
         )
-        runs.append([{**p, "meta": {k: v for k, v in p["meta"].items() if k != "created_utc"}} for p in _pages(path)])
+        runs.append(untimed(_pages(path)))
     assert runs[0] == runs[1]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from by_hand import install_apart
+from by_hand import install_apart, untimed
 
 from eexp.cli import cli
 from eexp.envs import make_env
@@ -71,27 +72,21 @@ def test_expert_200_all_succeed_on_replay(runner, name):
 
 
 def test_expert_is_deterministic_and_seed_picks_tasks(runner):
-    def strip_time(records):
-        return [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in records]
-
     _, a = run_expert(runner, "--env", "shop", "-n", "30", "--seed", "5", "-q")
     _, b = run_expert(runner, "--env", "shop", "-n", "30", "--seed", "5", "-q")
     _, c = run_expert(runner, "--env", "shop", "-n", "30", "--seed", "6", "-q")
     _, d = run_expert(runner, "--env", "shop", "-n", "10", "--seed", "5", "-q")
-    assert orjson.dumps(strip_time(a)) == orjson.dumps(strip_time(b))
+    assert orjson.dumps(untimed(a)) == orjson.dumps(untimed(b))
     assert {r["id"] for r in a} != {r["id"] for r in c}
-    assert strip_time(d) == strip_time(a)[:10]  # -n 10 is a prefix of -n 30 with the same seed
+    assert untimed(d) == untimed(a)[:10]  # -n 10 is a prefix of -n 30 with the same seed
     # the same task id is the same task everywhere: --task gives the record the sample gave
     _, e = run_expert(runner, "--env", "shop", "--task", a[3]["task"]["id"], "--seed", "5", "-q")
-    assert strip_time(e) == [strip_time(a)[3]]
+    assert untimed(e) == [untimed(a)[3]]
 
 
 def test_expert_jobs_write_the_serial_records_in_task_order(runner, tmp_path):
     """-j 2: the tasks run in two worker processes; the records, their order and the counts are the serial run's,
     and --resume goes on from a file a serial run began."""
-
-    def strip_time(records):
-        return [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in records]
 
     _, serial = run_expert(runner, "--env", "shop", "-n", "30", "--seed", "2", "-q", "--stats", str(tmp_path / "s1"))
     out = tmp_path / "expert.jsonl"
@@ -115,7 +110,7 @@ def test_expert_jobs_write_the_serial_records_in_task_order(runner, tmp_path):
     )
     assert result.exit_code == 0, result.output
     written = [orjson.loads(line) for line in out.read_bytes().splitlines()]
-    assert len(written) == 30 and strip_time(written) == strip_time(serial)
+    assert len(written) == 30 and untimed(written) == untimed(serial)
     one, two = (orjson.loads((tmp_path / name).read_bytes()) for name in ("s1", "s2"))
     assert two["resumed"] == 7 and two["records_out"] == 23  # a trajectory is one whole line: all 7 kept
     assert (two["unsuccessful"], two["errors"]) == (one["unsuccessful"], one["errors"]) == (0, 0)
@@ -132,8 +127,7 @@ def test_expert_shards_split_the_tasks_of_one_run(runner, tmp_path):
     order = [r["id"] for r in whole]
     for shard in shards:
         assert [r["id"] for r in shard] == [i for i in order if i in {r["id"] for r in shard}]
-    drop = lambda r: {**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}}  # noqa: E731
-    assert sorted(map(orjson.dumps, map(drop, sum(shards, [])))) == sorted(map(orjson.dumps, map(drop, whole)))
+    assert sorted(map(orjson.dumps, untimed(sum(shards, [])))) == sorted(map(orjson.dumps, untimed(whole)))
     result = runner.invoke(cli, ["expert", "--env", "shop", "-n", "2", "--shard", "4/3"])
     assert result.exit_code == 2 and "--shard 4/3: I must be between 1 and N (here 1 to 3)" in result.output
 
@@ -338,6 +332,56 @@ def test_step_timeout_becomes_an_error():
     assert "timed out after 0.2 s" in record["error"] and record["success"] is False
     with pytest.raises(StepTimeout):
         walk_over(SlowShop(), task, timeout=0.2).reach(tuple(env.expert(task)[:1]), None, 1)
+
+
+def test_the_step_limit_leaves_out_the_wait_for_a_cpu(monkeypatch):
+    """A call that is slow because the machine is busy is not hung: the time its thread waited for a CPU does not
+    count against the limit (reported here as the first 0.4 s of it); the time it ran or slept does."""
+    from eexp.envs import reach as reach_module
+
+    started = time.monotonic()
+    monkeypatch.setattr(reach_module, "waited_for_a_cpu", lambda: min(time.monotonic() - started, 0.4))
+    with reach_module.time_limit(0.2, "a busy machine's step"):
+        time.sleep(0.5)  # 0.5 s of wall time, 0.1 s of it the call's own
+    started = time.monotonic()
+    with pytest.raises(StepTimeout, match=r"timed out after 0.2 s \(a hung step\)"):
+        with reach_module.time_limit(0.2, "a hung step"):
+            time.sleep(2)
+    assert 0.55 < time.monotonic() - started < 1.5  # 0.4 s waited, then the 0.2 s it may take
+
+
+STARVED_STEP = """
+import os, sys, time
+from eexp.envs.reach import StepTimeout, time_limit
+os.sched_setaffinity(0, {int(sys.argv[1])})
+started = time.monotonic()
+try:
+    with time_limit(0.45, "a step sharing its CPU"):
+        begun = time.thread_time()
+        while time.thread_time() - begun < 0.3:  # 0.3 s of this thread's own CPU time
+            pass
+    print("done", time.monotonic() - started)
+except StepTimeout as e:
+    print("timed out", time.monotonic() - started, e)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/schedstat").exists(), reason="Linux's schedstat only")
+def test_a_step_sharing_its_cpu_with_a_busy_process_is_not_timed_out():
+    """For real: a step of 0.3 CPU-seconds under a 0.45 s limit, on a CPU a busy loop shares (so it takes longer
+    than 0.45 s of wall time, which the limit used to count) finishes."""
+    cpu = min(os.sched_getaffinity(0))
+    busy = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.2)
+        out = subprocess.run(
+            [sys.executable, "-c", STARVED_STEP, str(cpu)], capture_output=True, text=True, timeout=60, check=True
+        ).stdout.split()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert out[0] == "done", out
+    assert float(out[1]) > 0.45  # it did share the CPU: the wall time alone would have been a timeout
 
 
 class ResetSlowOnce(ShopEnv):

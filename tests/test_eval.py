@@ -7,7 +7,7 @@ import json
 
 import click
 import pytest
-from by_hand import TrainedWith
+from by_hand import TrainedWith, untimed
 from click.testing import CliRunner
 
 from eexp.cli import cli
@@ -326,10 +326,6 @@ def lines(text):
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def without_time(records):
-    return [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in records]
-
-
 @pytest.mark.parametrize("env", ["shop", "tools"])
 def test_oracle_reaches_100_percent_and_random_is_low(tmp_path, env):
     summary_path = tmp_path / "s.json"
@@ -402,7 +398,7 @@ def test_jobs_2_gives_the_same_episodes_as_jobs_1():
     one = invoke(["eval", "--policy", "random", "--env", "shop", "-n", "12", "--seed", "3", "-q"])
     two = invoke(["eval", "--policy", "random", "--env", "shop", "-n", "12", "--seed", "3", "-q", "-j", "2"])
     assert one.exit_code == 0 and two.exit_code == 0
-    assert without_time(lines(one.stdout)) == without_time(lines(two.stdout))
+    assert untimed(lines(one.stdout)) == untimed(lines(two.stdout))
 
 
 def test_shards_split_the_tasks_between_machines():
@@ -442,8 +438,8 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     assert result.exit_code == 0, result.output
     # the three whole episodes are kept (an episode is one line: a whole line is a finished one), the torn one cut
     assert "resuming: 3 of 8 episodes" in result.stderr
-    assert without_time(lines(part.read_text())) == without_time(lines(full.read_text()))
-    assert without_time(lines(part_traj.read_text())) == without_time(lines(full_traj.read_text()))
+    assert untimed(lines(part.read_text())) == untimed(lines(full.read_text()))
+    assert untimed(lines(part_traj.read_text())) == untimed(lines(full_traj.read_text()))
     assert json.loads(summary.read_text())["n"] == 8  # the summary covers the resumed episodes too
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["resumed"] == 3 and stats["records_out"] == 5
@@ -623,7 +619,7 @@ def test_endpoint_policy_runs_concurrent_requests_with_the_same_episodes():
         assert four.exit_code == 0, four.output
         assert endpoint.most_in_flight >= 2  # episodes ran side by side against the one endpoint
         assert endpoint.requests == 2 * (1 + 6 * 4)  # the first contact's one-token request, then the steps
-        assert without_time(lines(one.stdout)) == without_time(lines(four.stdout))
+        assert untimed(lines(one.stdout)) == untimed(lines(four.stdout))
         assert lines(one.stdout)[0]["policy"] == "fake-model"
     finally:
         endpoint.close()
@@ -674,7 +670,7 @@ def test_gguf_policy_serializer_from_the_model_and_workers(trained_gguf):
     # one model per worker process, and the same episodes
     two = invoke(base + ["-j", "2"])
     assert two.exit_code == 0, two.output
-    assert without_time(lines(two.stdout)) == without_time(episodes)
+    assert untimed(lines(two.stdout)) == untimed(episodes)
     # a serializer option given on the command line wins over the model's setting, and only that one
     over = invoke(base + ["-n", "1", "--history", "2"])
     meta = lines(over.stdout)[0]["meta"]
@@ -746,7 +742,7 @@ def test_screenshots_save_each_state_beside_what_the_model_read(tmp_path, monkey
     monkeypatch.setattr(ShopEnv, "screenshot", lambda self: b"PNG " + self._render().encode(), raising=False)
     shots = invoke(args + ["--screenshots", str(tmp_path / "shots")])
     assert shots.exit_code == 0, shots.output
-    assert without_time(lines(shots.stdout)) == without_time(lines(plain.stdout))  # the episodes do not change
+    assert untimed(lines(shots.stdout)) == untimed(lines(plain.stdout))  # the episodes do not change
     for episode in lines(shots.stdout):
         folder = tmp_path / "shots" / episode["id"]
         assert sorted(p.name for p in folder.glob("*.png")) == [f"{i:03d}.png" for i in range(episode["steps"] + 1)]

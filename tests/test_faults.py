@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from by_hand import untimed
 from click.testing import CliRunner
 
 import eexp.io
@@ -49,10 +50,6 @@ def records(path) -> list[dict]:
     data = Path(path).read_bytes()
     assert not data or data.endswith(b"\n"), "a torn last line"
     return [json.loads(line) for line in data.splitlines()]
-
-
-def timeless(rows: list[dict]) -> list[dict]:
-    return [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in rows]
 
 
 def kept_message(out, n: int) -> str:
@@ -158,12 +155,12 @@ def test_full_disk_simulated_leaves_whole_lines_that_resume_completes(data, tmp_
     kept = records(out)
     assert 0 < len(kept) < len(records(data["il"]))
     assert_error(result, kept_message(out, len(kept)))
-    assert timeless(kept) == timeless(records(data["il"])[: len(kept)])
+    assert untimed(kept) == untimed(records(data["il"])[: len(kept)])
     assert sorted(os.listdir(disk.root)) == ["il.jsonl"]  # no stats, no temporary file left behind
 
     monkeypatch.undo()  # space freed
     assert invoke(["imitation-data", data["expert"], "-o", out, "--resume", "-q"]).exit_code == 0
-    assert timeless(records(out)) == timeless(records(data["il"]))
+    assert untimed(records(out)) == untimed(records(data["il"]))
 
 
 def test_full_disk_simulated_under_stats(data, tmp_path, monkeypatch):
@@ -173,7 +170,7 @@ def test_full_disk_simulated_under_stats(data, tmp_path, monkeypatch):
     result = invoke(["imitation-data", data["expert"], "-o", out, "--stats", stats, "-q"])
     assert_error(result, f"{stats}: cannot write ({NO_SPACE})")
     assert os.listdir(disk.root) == []
-    assert timeless(records(out)) == timeless(records(data["il"]))  # the output itself is complete
+    assert untimed(records(out)) == untimed(records(data["il"]))  # the output itself is complete
 
 
 def test_full_disk_imitation_data(data, small_disk):
@@ -185,7 +182,7 @@ def test_full_disk_imitation_data(data, small_disk):
     assert_error(result, kept_message(out, len(kept)))
     grow(disk)
     assert invoke(["imitation-data", data["expert"], "-o", out, "--resume", "-q"]).exit_code == 0
-    assert timeless(records(out)) == timeless(records(data["il"]))
+    assert untimed(records(out)) == untimed(records(data["il"]))
 
 
 def test_full_disk_rollout(data, small_disk):
@@ -197,7 +194,7 @@ def test_full_disk_rollout(data, small_disk):
     assert_error(result, kept_message(out, len(kept)))
     grow(disk)
     assert invoke(["rollout", data["branches"], "-o", out, "--resume", "-q"]).exit_code == 0
-    assert timeless(records(out)) == timeless(records(data["outcomes"]))
+    assert untimed(records(out)) == untimed(records(data["outcomes"]))
 
 
 def test_full_disk_eval(tmp_path, small_disk):
@@ -214,7 +211,7 @@ def test_full_disk_eval(tmp_path, small_disk):
     filler.unlink()
     result = invoke(args + ["-o", out, "--resume"])
     assert result.exit_code == 0, result.output
-    assert timeless(records(out)) == timeless(records(full))
+    assert untimed(records(out)) == untimed(records(full))
 
 
 def test_full_disk_under_stats(data, tmp_path, small_disk):
@@ -224,7 +221,7 @@ def test_full_disk_under_stats(data, tmp_path, small_disk):
     result = invoke(["imitation-data", data["expert"], "-o", out, "--stats", stats, "-q"])
     assert_error(result, f"{stats}: cannot write ({NO_SPACE})")
     assert sorted(os.listdir(disk)) == ["filler"]  # no temporary file left behind
-    assert timeless(records(out)) == timeless(records(data["il"]))
+    assert untimed(records(out)) == untimed(records(data["il"]))
 
 
 # --- finetune, export --------------------------------------------------------------------------------------------

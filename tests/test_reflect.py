@@ -10,6 +10,7 @@ import re
 
 import orjson
 import pytest
+from by_hand import untimed
 from scripted import use_scripted_reflector
 
 from eexp.cli import cli
@@ -854,10 +855,6 @@ def _lines(path):
     return [orjson.loads(line) for line in open(path, "rb")]
 
 
-def _strip_time(records):
-    return [{**r, "meta": {k: v for k, v in r["meta"].items() if k != "created_utc"}} for r in records]
-
-
 def test_grounded_pipeline_on_shop(runner, shop_outcomes, tmp_path):
     out, stats = tmp_path / "sr.jsonl", tmp_path / "stats.json"
     result = runner.invoke(
@@ -875,7 +872,7 @@ def test_grounded_pipeline_on_shop(runner, shop_outcomes, tmp_path):
     summary = json.loads(stats.read_text())
     assert set(COUNTS) <= set(summary) and summary["kept"] == len(examples) and summary["records_in"] == len(outcomes)
     again = runner.invoke(cli, ["reflect", "--reflector", "grounded", str(shop_outcomes)])
-    assert _strip_time([orjson.loads(x) for x in again.output.splitlines()]) == _strip_time(examples)
+    assert untimed([orjson.loads(x) for x in again.output.splitlines()]) == untimed(examples)
 
 
 def test_resume_and_shards(runner, shop_outcomes, tmp_path):
@@ -884,7 +881,7 @@ def test_resume_and_shards(runner, shop_outcomes, tmp_path):
     out.write_text("\n".join(full[:3]) + "\n" + full[3][:20])  # an interrupted run: a torn last line
     result = runner.invoke(cli, ["reflect", "--reflector", "grounded", str(shop_outcomes), "-o", str(out), "--resume"])
     assert result.exit_code == 0, result.output
-    assert _strip_time(_lines(out)) == _strip_time([orjson.loads(x) for x in full])
+    assert untimed(_lines(out)) == untimed([orjson.loads(x) for x in full])
     parts = []
     for i in (1, 2):
         shard = runner.invoke(cli, ["reflect", "--reflector", "grounded", "--shard", f"{i}/2", str(shop_outcomes)])

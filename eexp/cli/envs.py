@@ -143,7 +143,8 @@ class EnvsSettings:
     )
     step_timeout: float | None = setting(
         None,
-        "With --check: seconds one environment call may take before it fails its check (0: no limit)  [default: 60].",
+        "With --check: seconds one environment call may take (waiting for a CPU not counted) before it fails its "
+        "check (0: no limit)  [default: 60].",
         metavar="SECONDS",
         min=0,
     )
@@ -160,7 +161,8 @@ class ExpertSettings:
     )
     step_timeout: float = setting(
         60.0,
-        "Seconds one environment call may take; a task that passes it is played again once on a fresh instance, "
+        "Seconds one environment call may take (waiting for a CPU not counted); a task that passes it is played "
+        "again once on a fresh instance, "
         "then recorded as an error (0: no limit).",
         metavar="SECONDS",
         min=0,

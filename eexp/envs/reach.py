@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable
 
@@ -37,9 +38,10 @@ class StepTimeout(ReachError):
 
 
 # A call that hangs past the step limit is made again this many times, each time on a fresh instance, before it is the
-# record's `error`: on a loaded machine one call can be slow once (an ALFWorld reset passed 60 s beside six training
-# runs, and that game's expert trajectory was lost), and the environments are deterministic, so the retry's record is
-# the one an unloaded run writes. An exception is not retried: it is the environment's own and would recur.
+# record's `error`: one call can be slow once for a reason of the machine's, not the environment's (an ALFWorld reset
+# passed 60 s beside six training runs, and that game's expert trajectory was lost; time_limit no longer counts the
+# wait for a CPU, but a stopped process or a slow disk still count), and the environments are deterministic, so the
+# retry's record is the one an unloaded run writes. An exception is not retried: it is the environment's own.
 TIMEOUT_RETRIES = 1
 
 
@@ -83,15 +85,37 @@ def check_state(observed: str, expected: str | None, step: int | None = None) ->
         raise StateMismatch(observed, expected, step)
 
 
+def waited_for_a_cpu() -> float | None:
+    """Seconds this thread has spent ready to run but waiting for a CPU (Linux's schedstat `run_delay`), or None
+    where that cannot be read."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @contextmanager
 def time_limit(seconds: float | None, what: str):
     """Raise StepTimeout if the body runs longer than `seconds`. Uses SIGALRM, so it only applies in the main
-    thread of a Unix process (worker processes are main threads too); elsewhere it does nothing."""
+    thread of a Unix process (worker processes are main threads too); elsewhere it does nothing.
+
+    The time the thread spent waiting for a CPU does not count (where Linux says it: `waited_for_a_cpu`). A limit is
+    there to catch a hung environment, and a call that is slow only because the machine is busy is not hung: one
+    niced beside training runs once waited minutes for a CPU through a one-second ALFWorld reset, timed out twice
+    and lost its trajectory, so the records depended on the machine's load. Time stopped (SIGSTOP) still counts."""
     if not seconds or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
         yield
         return
+    started, waited_before = time.monotonic(), waited_for_a_cpu()
 
     def on_alarm(signum, frame):
+        waited = waited_for_a_cpu()
+        if waited_before is not None and waited is not None:
+            had = time.monotonic() - started - (waited - waited_before)  # the time it ran, or waited on I/O
+            if had < seconds:
+                signal.setitimer(signal.ITIMER_REAL, max(seconds - had, 0.001))
+                return
         raise StepTimeout(f"environment timed out after {seconds:g} s ({what})")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
