@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from test_reflect import GOOD, SHOP, _lines, _strip_time
+from by_hand import untimed
+from test_reflect import GOOD, SHOP, _lines
 
 from eexp.cli import cli
 from eexp.policies.base import derive_seed
@@ -62,7 +63,7 @@ def _write(path, records, torn: bytes = b""):
 
 
 def _same(path, reference):
-    return _strip_time(_lines(path)) == _strip_time(reference)
+    return untimed(_lines(path)) == untimed(reference)
 
 
 @pytest.mark.parametrize("fallback", [True, False], ids=["fallback", "no-fallback"])
