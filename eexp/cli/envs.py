@@ -162,8 +162,7 @@ class ExpertSettings:
     step_timeout: float = setting(
         60.0,
         "Seconds one environment call may take (waiting for a CPU not counted); a task that passes it is played "
-        "again once on a fresh instance, "
-        "then recorded as an error (0: no limit).",
+        "again once on a fresh instance, then recorded as an error (0: no limit).",
         metavar="SECONDS",
         min=0,
     )

@@ -79,8 +79,8 @@ class RolloutSettings:
     step_timeout: float | None = setting(
         None,
         "Seconds one environment call may take (waiting for a CPU not counted); one that passes it is made again "
-        "once on a fresh environment, "
-        "then is an error on that action and the stage goes on (0: no limit)  [default: no limit].",
+        "once on a fresh environment, then is an error on that action and the stage goes on (0: no limit)  "
+        "[default: no limit].",
         metavar="SECONDS",
         min=0,
     )

@@ -101,9 +101,9 @@ def time_limit(seconds: float | None, what: str):
     thread of a Unix process (worker processes are main threads too); elsewhere it does nothing.
 
     The time the thread spent waiting for a CPU does not count (where Linux says it: `waited_for_a_cpu`). A limit is
-    there to catch a hung environment, and a call that is slow only because the machine is busy is not hung: one
-    niced beside training runs once waited minutes for a CPU through a one-second ALFWorld reset, timed out twice
-    and lost its trajectory, so the records depended on the machine's load. Time stopped (SIGSTOP) still counts."""
+    there to catch a hung environment, and a call that is slow only because the machine is busy is not hung: ALFWorld
+    experts niced beside the test tier waited minutes for a CPU through one-second resets, timed out twice and lost
+    their trajectories, so the records depended on the machine's load. Time stopped (SIGSTOP) still counts."""
     if not seconds or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
         yield
         return
