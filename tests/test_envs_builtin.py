@@ -371,9 +371,10 @@ def test_a_step_sharing_its_cpu_with_a_busy_process_is_not_timed_out():
     """For real: a step of 0.3 CPU-seconds under a 0.45 s limit, on a CPU a busy loop shares (so it takes longer
     than 0.45 s of wall time, which the limit used to count) finishes."""
     cpu = min(os.sched_getaffinity(0))
-    busy = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    spin = f"import os; os.sched_setaffinity(0, {{{cpu}}}); print('spinning', flush=True)\nwhile True: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.2)
+        assert busy.stdout.readline() == "spinning\n"  # on that CPU before the step begins
         out = subprocess.run(
             [sys.executable, "-c", STARVED_STEP, str(cpu)], capture_output=True, text=True, timeout=60, check=True
         ).stdout.split()
