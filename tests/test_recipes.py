@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
+from by_hand import untimed
 from netguard import pythonpath
 
 RECIPES = Path(__file__).parent.parent / "recipes"
@@ -448,3 +449,55 @@ def test_a_recipe_fine_tune_stopped_part_way_continues_when_make_runs_again(tmp_
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "finetune --resume" in again.stdout and "imitation-data" not in again.stdout  # only the fine-tune ran
     assert trained() == unbroken
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_a_recipe_data_stage_stopped_part_way_continues_when_make_runs_again(tmp_path):
+    """The expert, rollout and reflect stages of a recipe write FILE.part and rename it when done; a run killed part
+    of the way (no cleanup: a torn last line) leaves the .part, and make run again continues it, keeping the records
+    it holds and ending with an unbroken run's records. Before, the target itself was written, and a killed run's
+    half file looked done to make."""
+    targets = ("expert.jsonl", "outcomes_iwm.jsonl", "outcomes_sr.jsonl", "sr.jsonl")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def make(out: Path) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            ["make", "-C", str(RECIPES), *(f"{out}/{t}" for t in targets), "CONFIG=configs/demo.mk", f"OUT={out}"]
+            + [f"EEXP={sys.executable} -m eexp", "N_EXPERT=4", "VAL_N=0", "JOBS=1"],
+            capture_output=True,
+            text=True,
+            env={**env, "PYTHONPATH": pythonpath(RECIPES.parent)},
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done
+
+    unbroken = tmp_path / "unbroken"
+    make(unbroken)
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    # each stage's part as a killed run leaves it: its first lines whole, the next one torn; the whole lines carry a
+    # time no run writes, to tell a record kept from one made again
+    kept_time = "2001-01-01T00:00:00Z"
+    for name in targets:
+        lines = (unbroken / name).read_bytes().splitlines(keepends=True)
+        assert len(lines) >= 4, name
+        half = len(lines) // 2
+        whole = [orjson.loads(line) for line in lines[:half]]
+        for record in whole:
+            record["meta"]["created_utc"] = kept_time
+        (stopped / f"{name}.part").write_bytes(
+            b"".join(orjson.dumps(r) + b"\n" for r in whole) + lines[half][: len(lines[half]) // 2]
+        )
+
+    again = make(stopped)
+    for name in targets:
+        assert f"-o {stopped}/{name}.part --resume" in again.stdout, name
+        assert not (stopped / f"{name}.part").exists()
+        records = [orjson.loads(line) for line in (stopped / name).read_bytes().splitlines()]
+        assert untimed(records) == untimed(orjson.loads(line) for line in (unbroken / name).read_bytes().splitlines())
+        times = [r["meta"]["created_utc"] for r in records]
+        kept = times.count(kept_time)
+        # the records of the part were kept, not made again (rollout and reflect make the last input's again)
+        assert kept >= 1 and times[:kept] == [kept_time] * kept, name

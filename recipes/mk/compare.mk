@@ -9,14 +9,16 @@ $(OUT)/expert.jsonl:
 	@mkdir -p $(OUT)
 	$(if $(CURATE),$(EEXP) expert --env $(ENV) $(ENV_ARGS) --split train -n $(CURATE_POOL) --seed $(SEED) -q \
 	  $(RAY_ARGS) | $(EEXP) curate -n $(N_EXPERT) --by $(CURATE) --seed $(SEED) -q -o $@,\
-	  $(EEXP) expert --env $(ENV) $(ENV_ARGS) --split train -n $(N_EXPERT) --seed $(SEED) -q $(RAY_ARGS) -o $@)
+	  $(EEXP) expert --env $(ENV) $(ENV_ARGS) --split train -n $(N_EXPERT) --seed $(SEED) -q $(RAY_ARGS) $(RESUMABLE) \
+	  && mv $@.part $@)
 
 $(OUT)/il.jsonl: $(OUT)/expert.jsonl
 	$(EEXP) imitation-data $(DATA_ARGS) -q $< -o $@
 
 $(OUT)/outcomes_iwm.jsonl: $(OUT)/expert.jsonl $(PROPOSER_DEP)
 	$(EEXP) branch $(PROPOSE_IWM) -k $(K_IWM) --seed $(SEED) -q $< \
-	  | $(EEXP) rollout $(WORKERS) -q -o $@ --stats $(OUT)/rollout_iwm.stats.json
+	  | $(EEXP) rollout $(WORKERS) -q $(RESUMABLE) --stats $(OUT)/rollout_iwm.stats.json
+	mv $@.part $@
 
 $(OUT)/iwm.jsonl: $(OUT)/outcomes_iwm.jsonl
 	$(EEXP) world-model-data $(DATA_ARGS) -q $< -o $@
@@ -24,12 +26,14 @@ $(OUT)/iwm.jsonl: $(OUT)/outcomes_iwm.jsonl
 # A POLICY that is a .gguf file is a prerequisite, so a config can say how to get it (configs/smollm2.mk).
 $(OUT)/outcomes_sr.jsonl: $(OUT)/expert.jsonl $(filter %.gguf,$(POLICY)) $(PROPOSER_DEP)
 	$(EEXP) branch $(PROPOSE_SR) -k $(K_SR) --seed $(SEED) -q $< \
-	  | $(EEXP) rollout $(WORKERS) -q -o $@
+	  | $(EEXP) rollout $(WORKERS) -q $(RESUMABLE)
+	mv $@.part $@
 
 # every executed alternative is shown to the reflector (reflect's own default shows the first 3)
 $(OUT)/sr.jsonl: $(OUT)/outcomes_sr.jsonl
-	$(EEXP) reflect $(REFLECT_BY) --max-alternatives $(K_SR) $(DATA_ARGS) $(REFLECT_ARGS) --seed $(SEED) -q $< -o $@ \
+	$(EEXP) reflect $(REFLECT_BY) --max-alternatives $(K_SR) $(DATA_ARGS) $(REFLECT_ARGS) --seed $(SEED) -q $< $(RESUMABLE) \
 	  --stats $(OUT)/reflect.stats.json --rejected $(OUT)/sr.rejected.jsonl
+	mv $@.part $@
 
 $(OUT)/sr_train.jsonl: $(OUT)/il.jsonl $(OUT)/sr.jsonl
 	$(EEXP) mix --concat $^ -o $@

@@ -8,7 +8,8 @@ $(OUT)/il_obs.jsonl: $(OUT)/expert.jsonl
 
 # the same alternatives, every reflection grounded (the SR_GROUNDED_ROW run)
 $(OUT)/sr_grounded.jsonl: $(OUT)/outcomes_sr.jsonl
-	$(EEXP) reflect --reflector grounded --max-alternatives $(K_SR) $(DATA_ARGS) --seed $(SEED) -q $< -o $@
+	$(EEXP) reflect --reflector grounded --max-alternatives $(K_SR) $(DATA_ARGS) --seed $(SEED) -q $< $(RESUMABLE)
+	mv $@.part $@
 
 $(OUT)/srg_train.jsonl: $(OUT)/il.jsonl $(OUT)/sr_grounded.jsonl
 	$(EEXP) mix --concat $^ -o $@

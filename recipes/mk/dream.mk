@@ -16,25 +16,26 @@ $(OUT)/WM/done: $(OUT)/iwm.jsonl $(MODEL)/config.json
 
 $(OUT)/dream/expert.jsonl: $(OUT)/WM/done
 	@mkdir -p $(@D)
-	$(EEXP) expert --env $(DREAM_ENV) $(ENV_ARGS) --split train -n $(N_EXPERT) --seed $(SEED) -q -o $@.part
+	$(EEXP) expert --env $(DREAM_ENV) $(ENV_ARGS) --split train -n $(N_EXPERT) --seed $(SEED) -q $(RESUMABLE)
 	mv $@.part $@
 
 $(OUT)/dream/outcomes_iwm.jsonl: $(OUT)/dream/expert.jsonl $(PROPOSER_DEP)
 	$(EEXP) branch $(PROPOSE_IWM) -k $(K_IWM) --seed $(SEED) -q $< \
-	  | $(EEXP) rollout -q -o $@.part --stats $(OUT)/dream/rollout_iwm.stats.json
+	  | $(EEXP) rollout -q $(RESUMABLE) --stats $(OUT)/dream/rollout_iwm.stats.json
 	mv $@.part $@
 
 $(OUT)/dream/outcomes_sr.jsonl: $(OUT)/dream/expert.jsonl $(filter %.gguf,$(POLICY)) $(PROPOSER_DEP)
 	$(EEXP) branch $(PROPOSE_SR) -k $(K_SR) --seed $(SEED) -q $< \
-	  | $(EEXP) rollout -q -o $@.part --stats $(OUT)/dream/rollout_sr.stats.json
+	  | $(EEXP) rollout -q $(RESUMABLE) --stats $(OUT)/dream/rollout_sr.stats.json
 	mv $@.part $@
 
 $(OUT)/dream/iwm.jsonl: $(OUT)/dream/outcomes_iwm.jsonl
 	$(EEXP) world-model-data $(DATA_ARGS) -q $< -o $@
 
 $(OUT)/dream/sr.jsonl: $(OUT)/dream/outcomes_sr.jsonl
-	$(EEXP) reflect $(REFLECT_BY) --max-alternatives $(K_SR) $(DATA_ARGS) $(REFLECT_ARGS) --seed $(SEED) -q $< -o $@ \
+	$(EEXP) reflect $(REFLECT_BY) --max-alternatives $(K_SR) $(DATA_ARGS) $(REFLECT_ARGS) --seed $(SEED) -q $< $(RESUMABLE) \
 	  --stats $(OUT)/dream/reflect.stats.json --rejected $(OUT)/dream/sr.rejected.jsonl
+	mv $@.part $@
 
 $(OUT)/dream/sr_train.jsonl: $(OUT)/il.jsonl $(OUT)/dream/sr.jsonl
 	$(EEXP) mix --concat $^ -o $@

@@ -188,7 +188,7 @@ $(eval $(call STAGED_EVAL_RULE,$(NS_OUT)))
 $(NS_OUT)/heldout.jsonl:
 	@mkdir -p $(@D)
 	$(EEXP) expert --env $(ENV) $(ENV_ARGS) --split test -n $(NS_HELDOUT) --seed 100 -q \
-	  | $(EEXP) branch --propose admissible -k $(K_IWM) --seed 100 -q | $(EEXP) rollout -q -o $@.part
+	  | $(EEXP) branch --propose admissible -k $(K_IWM) --seed 100 -q | $(EEXP) rollout -q $(RESUMABLE)
 	mv $@.part $@
 
 # the world-model eval of a start (wm/IWM.json) or of a row (wm/NS/IWM-s0.json; a refused run's: its start's),
