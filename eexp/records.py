@@ -431,6 +431,10 @@ def run_settings(record: dict) -> dict[str, Any] | None:
         extra = extra if isinstance(extra, dict) else {}
         # a key a file's records do not have (written before eexp recorded it) is not compared
         found.update({key: extra[key] for key in _RUN_EXTRA[stage] if key in extra})
+        if stage == "reflect":
+            # who the run asked: a grounded fallback's record names the model reflector it stands in for, so a file
+            # of grounded reflections is not continued by a model's, nor the other way round
+            found["reflector"] = extra.get("fallback_for") or meta.get("reflector")
         if stage == "reflect" and meta.get("reflector") not in ("", "grounded"):
             found.update({key: meta.get(key) for key in _REFLECT_MODEL_META})
             found.update({key: extra.get(key) for key in _REFLECT_MODEL_EXTRA})

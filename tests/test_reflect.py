@@ -1098,3 +1098,31 @@ def test_a_file_of_model_reflections_is_not_continued_by_the_grounded_reflector(
     result = runner.invoke(cli, ["reflect", "--reflector", "grounded", str(data), "-o", str(out), "-q", "--resume"])
     assert result.exit_code == 2 and 'was begun with other settings (model: "scripted" there, "" here' in result.output
     assert out.read_bytes() == kept
+
+
+def test_a_file_of_grounded_reflections_is_not_continued_by_a_model_reflector(runner, tmp_path, monkeypatch):
+    """A grounded record names no model settings, so `--policy M --resume` once appended a model's reflections to a
+    grounded file without a word; a grounded fallback's record names the reflector it stands in for, so a model's file
+    that begins with one is still continued by that model."""
+    data, out = tmp_path / "o.jsonl", tmp_path / "sr.jsonl"
+    ids = [f"t{i}#2" for i in range(3)]
+    data.write_bytes(
+        b"".join(orjson.dumps({**SHOP, "id": i, "source_id": i[:2], "trajectory_id": i[:2]}) + b"\n" for i in ids)
+    )
+    assert runner.invoke(cli, ["reflect", "--reflector", "grounded", str(data), "-o", str(out), "-q"]).exit_code == 0
+    kept = b"".join(out.read_bytes().splitlines(keepends=True)[:2])
+    out.write_bytes(kept)
+    use_scripted_reflector(monkeypatch, GOOD)
+    result = runner.invoke(cli, ["reflect", "--policy", "m.gguf", str(data), "-o", str(out), "-q", "--resume"])
+    assert result.exit_code == 2, result.output
+    assert f'Error: --resume: {out} was begun with other settings (reflector: "grounded" there, "self" here)' in (
+        result.output
+    )
+    assert out.read_bytes() == kept
+    # a model's file whose first record is a grounded fallback
+    first = orjson.loads(kept.splitlines()[0])
+    first["meta"]["extra"] = orjson.dumps({**orjson.loads(first["meta"]["extra"]), "fallback_for": "self"}).decode()
+    out.write_bytes(orjson.dumps(first) + b"\n" + kept.splitlines(keepends=True)[1])
+    result = runner.invoke(cli, ["reflect", "--policy", "m.gguf", str(data), "-o", str(out), "-q", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert [r["meta"]["reflector"] for r in _lines(out)] == ["grounded", "self", "self"]

@@ -173,9 +173,10 @@ def check_resumed(io, serializer, template, settings, model: Reflector | None) -
     io.done(kind="example")
     ours = {"stage": "reflect", "kind": "sr", "serializer": serializer.json, "template_sha256": template.sha256}
     if model is None:  # grounded: a file that holds a model's reflections is not continued without its model
-        ours.update(model="", model_sha256="")
+        ours.update(model="", model_sha256="", reflector="grounded")
     else:
         ours.update(
+            reflector=model.kind,
             model=model.model,
             model_sha256=model.model_sha256,
             temperature=settings.temperature,
