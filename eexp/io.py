@@ -250,6 +250,21 @@ def unlock_output(key: tuple[int, int] | None, discard_empty: bool = False) -> N
         os.close(held.fd)
 
 
+def release_output(path: str | None) -> None:
+    """Release this process's lock on output `path` where it holds one: a resume planned (plan_resume locks the file
+    for the Writer to take over) and then refused before any Writer took it (other settings, a bad input). The
+    command's process ends soon after and the kernel would drop it then, but a caller that goes on (a library user,
+    a test runner invoking commands in one process) would otherwise keep the file locked against every other
+    process for as long as it lives."""
+    if path in (None, "-"):
+        return
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    unlock_output((st.st_dev, st.st_ino))
+
+
 def _open_to_lock(path: str) -> int | None:
     """A descriptor of `path` to hold its lock by (flock needs no particular mode: a write-only file too)."""
     for flags in (os.O_RDONLY, os.O_WRONLY):

@@ -26,7 +26,7 @@ import orjson
 from tqdm import tqdm
 
 from eexp.errors import InputError, PolicyError, Terminated, UsageProblem, WriteError, first_line
-from eexp.io import Reader, Writer, closing, plan_resume, refuse_writing_an_input, write_atomic
+from eexp.io import Reader, Writer, closing, plan_resume, refuse_writing_an_input, release_output, write_atomic
 from eexp.records import run_settings
 
 
@@ -213,6 +213,7 @@ class StageIO:
         self._done: set[str] | None = None
         self._cut_to: int | None = None  # where a resumed -o FILE is cut back to at this run's first line
         self._resumed_settings: dict | None = None  # a resumed file's run_settings, until checked against ours
+        self._output_writer_made = False  # whether a Writer took over the lock a resume's plan put on -o FILE
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats.add(name, n)
@@ -254,6 +255,12 @@ class StageIO:
             )
             self._resumed_settings = settings or None
         return self._done
+
+    def release(self) -> None:
+        """When the command ends: the lock a resume's plan put on -o FILE, where no Writer took it over (the run was
+        refused before its first record); a Writer releases its own when it closes."""
+        if self._done is not None and not self._output_writer_made:
+            release_output(self.output)
 
     def resumed_records(self) -> Iterator[dict]:
         """The records -o FILE keeps on resume (after `done`): its whole lines up to where this run appends."""
@@ -383,6 +390,7 @@ class StageIO:
 
     def _writer(self) -> Writer:
         writer = Writer(self.output, append=bool(self.resume), resumable=self.resumable, cut_to=self._cut_to)
+        self._output_writer_made = True
         if self._resumed_settings is not None:  # the first record this run adds to a resumed file
             writer.before_first = self._check_same_run
         return writer

@@ -167,3 +167,32 @@ def test_a_finetune_into_a_folder_another_run_writes_is_refused(tmp_path, holder
     result = invoke(["finetune", data, "--model", tmp_path / "no-model", "-o", out, "--resume"])
     assert result.exit_code == 1
     assert result.stderr == busy(out, first.pid, folder=True)
+
+
+@pytest.mark.parametrize(
+    "first, refused",
+    [
+        (["reflect", "--reflector", "grounded", "OUTCOMES"], ["--history", "1"]),  # another serializer
+        (["expert", "--env", "shop", "-n", "2"], ["--seed", "9"]),  # another seed: expert's own StageIO
+    ],
+)
+def test_a_resume_refused_for_other_settings_leaves_the_file_unlocked(tmp_path, first, refused):
+    """The resume's plan locks -o FILE for the Writer to take over; refused before the Writer was made, the lock was
+    kept for as long as the process lived: a caller that goes on (here CliRunner, in this process) left the file
+    locked against every other run."""
+    from by_hand import OUTCOMES
+
+    out = tmp_path / "out.jsonl"
+    first = [OUTCOMES if a == "OUTCOMES" else a for a in first]
+    assert invoke([*first, "-o", out, "-q"]).exit_code == 0
+    whole = out.read_bytes()
+    result = invoke([*first, "-o", out, "-q", "--resume", *refused])
+    assert result.exit_code == 2 and "was begun with other settings" in result.output, result.output
+    assert out.read_bytes() == whole
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_bytes(
+        b'{"id": "e0", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+    )
+    other = subprocess.run([*EEXP, "mix", str(tiny), "-o", str(out)], capture_output=True, text=True)
+    assert (other.returncode, other.stderr) == (0, "")
+    assert ids(out) == ["e0"]

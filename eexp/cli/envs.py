@@ -374,17 +374,20 @@ def expert(
       eexp expert --env alfworld -n 3500 --shard 2/4 -j 8 -o expert-2.jsonl    # machine 2 of 4; cat the four
     """
     io = StageIO(output=output, resume=resume, shard=shard, stats=stats, quiet=quiet)
-    run_expert(
-        io,
-        env_name,
-        env_args,
-        split=split,
-        n=n,
-        seed=seed,
-        task_ids=task_ids,
-        timeout=step_timeout or None,
-        include_admissible=not no_admissible,
-        note=lambda message: click.echo(message, err=True),
-        jobs=jobs,
-        cluster=cluster,
-    )
+    try:
+        run_expert(
+            io,
+            env_name,
+            env_args,
+            split=split,
+            n=n,
+            seed=seed,
+            task_ids=task_ids,
+            timeout=step_timeout or None,
+            include_admissible=not no_admissible,
+            note=lambda message: click.echo(message, err=True),
+            jobs=jobs,
+            cluster=cluster,
+        )
+    finally:
+        io.release()

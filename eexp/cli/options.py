@@ -122,7 +122,10 @@ def stage_options(f: Callable | None = None, *, resumable: bool = True) -> Calla
     @functools.wraps(f)
     def wrapper(inputs, output, on_error, stats, quiet, resume=False, shard=None, **kwargs):
         io = StageIO(inputs, output, resume, shard, on_error, stats, quiet, resumable=resumable)
-        return f(io, **kwargs)
+        try:
+            return f(io, **kwargs)
+        finally:
+            io.release()
 
     decorators = [
         click.argument("inputs", nargs=-1, metavar="[INPUT]..."),
