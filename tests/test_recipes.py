@@ -453,18 +453,20 @@ def test_a_recipe_fine_tune_stopped_part_way_continues_when_make_runs_again(tmp_
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
-def test_a_recipe_data_stage_stopped_part_way_continues_when_make_runs_again(tmp_path):
-    """The expert, rollout and reflect stages of a recipe write FILE.part and rename it when done; a run killed part
-    of the way (no cleanup: a torn last line) leaves the .part, and make run again continues it, keeping the records
-    it holds and ending with an unbroken run's records. Before, the target itself was written, and a killed run's
-    half file looked done to make."""
-    targets = ("expert.jsonl", "outcomes_iwm.jsonl", "outcomes_sr.jsonl", "sr.jsonl")
+def test_a_recipe_stage_stopped_part_way_continues_when_make_runs_again(tmp_path):
+    """The expert, rollout and reflect stages of a recipe write FILE.part, and eval each split's FILE.SPLIT.part,
+    with --resume, renamed (joined) when done; a run killed part of the way (no cleanup: a torn last line) leaves its
+    part, and make run again continues it, keeping the records it holds and ending with an unbroken run's records.
+    Before, the data stages wrote the target itself, and a killed run's half file looked done to make; an evaluation
+    started its splits again."""
+    data = ("expert.jsonl", "outcomes_iwm.jsonl", "outcomes_sr.jsonl", "sr.jsonl")
+    evaluation = "eval/random.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
 
     def make(out: Path) -> subprocess.CompletedProcess:
         done = subprocess.run(
-            ["make", "-C", str(RECIPES), *(f"{out}/{t}" for t in targets), "CONFIG=configs/demo.mk", f"OUT={out}"]
-            + [f"EEXP={sys.executable} -m eexp", "N_EXPERT=4", "VAL_N=0", "JOBS=1"],
+            ["make", "-C", str(RECIPES), *(f"{out}/{t}" for t in (*data, evaluation)), "CONFIG=configs/demo.mk"]
+            + [f"OUT={out}", f"EEXP={sys.executable} -m eexp", "N_EXPERT=4", "VAL_N=0", "JOBS=1", "N_EVAL=6"],
             capture_output=True,
             text=True,
             env={**env, "PYTHONPATH": pythonpath(RECIPES.parent)},
@@ -473,31 +475,46 @@ def test_a_recipe_data_stage_stopped_part_way_continues_when_make_runs_again(tmp
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         return done
 
+    def records(path: Path) -> list[dict]:
+        return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
     unbroken = tmp_path / "unbroken"
     make(unbroken)
     stopped = tmp_path / "stopped"
-    stopped.mkdir()
-    # each stage's part as a killed run leaves it: its first lines whole, the next one torn; the whole lines carry a
-    # time no run writes, to tell a record kept from one made again
+    (stopped / "eval").mkdir(parents=True)
+    # each part as a killed run leaves it: its first lines whole, the next one torn; the whole lines carry a time no
+    # run writes, to tell a record kept from one made again
     kept_time = "2001-01-01T00:00:00Z"
-    for name in targets:
-        lines = (unbroken / name).read_bytes().splitlines(keepends=True)
-        assert len(lines) >= 4, name
+
+    def stop_part_way(lines: list[bytes], part: Path) -> None:
+        assert len(lines) >= 4, part
         half = len(lines) // 2
         whole = [orjson.loads(line) for line in lines[:half]]
         for record in whole:
             record["meta"]["created_utc"] = kept_time
-        (stopped / f"{name}.part").write_bytes(
-            b"".join(orjson.dumps(r) + b"\n" for r in whole) + lines[half][: len(lines[half]) // 2]
-        )
+        part.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in whole) + lines[half][: len(lines[half]) // 2])
+
+    parts = {}
+    for name in data:
+        parts[name] = [stopped / f"{name}.part"]
+        stop_part_way((unbroken / name).read_bytes().splitlines(keepends=True), parts[name][0])
+    episodes = (unbroken / evaluation).read_bytes().splitlines(keepends=True)
+    splits = list(dict.fromkeys(orjson.loads(line)["task"]["split"] for line in episodes))
+    assert len(splits) == 2  # the demo's test and ood
+    parts[evaluation] = [stopped / f"{evaluation}.{split}.part" for split in splits]
+    for split, part in zip(splits, parts[evaluation]):
+        stop_part_way([line for line in episodes if orjson.loads(line)["task"]["split"] == split], part)
 
     again = make(stopped)
-    for name in targets:
-        assert f"-o {stopped}/{name}.part --resume" in again.stdout, name
+    for name in (*data, evaluation):
+        for part in parts[name]:
+            assert f"-o {part} --resume" in again.stdout, part
+            assert not part.exists()
         assert not (stopped / f"{name}.part").exists()
-        records = [orjson.loads(line) for line in (stopped / name).read_bytes().splitlines()]
-        assert untimed(records) == untimed(orjson.loads(line) for line in (unbroken / name).read_bytes().splitlines())
-        times = [r["meta"]["created_utc"] for r in records]
-        kept = times.count(kept_time)
-        # the records of the part were kept, not made again (rollout and reflect make the last input's again)
-        assert kept >= 1 and times[:kept] == [kept_time] * kept, name
+        made = records(stopped / name)
+        assert untimed(made) == untimed(records(unbroken / name)), name
+        times = [r["meta"]["created_utc"] for r in made]
+        # the records of the parts were kept, not made again (rollout and reflect make the last input's again)
+        assert times.count(kept_time) >= len(parts[name]), name
+        if name in data:
+            assert times[: times.count(kept_time)] == [kept_time] * times.count(kept_time), name

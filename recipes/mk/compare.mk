@@ -105,12 +105,20 @@ LLAMA_SERVER_RUN = $(PYTHON) ../tests/llama_server.py run
 EVAL_RUN = $(if $(and $(SERVER_SLOTS),$(EXPORT)),\
   $(LLAMA_SERVER_RUN) $(call EVAL_POLICY,$(1)) --parallel $(SERVER_SLOTS) --log $(OUT)/eval/$(1).server.log -- \
   $(EEXP) eval --concurrency $(SERVER_SLOTS) $(DATA_ARGS),$(EEXP) eval --policy $(call EVAL_POLICY,$(1)) $(WORKERS))
+# Each split is evaluated into a part of its own, FILE.SPLIT.part, with eval's --resume (as the data stages, RESUMABLE):
+# an evaluation stopped part-way continues from its finished episodes when make runs again (its summary is the whole
+# split's); the parts are joined in SPLITS order when every split is done.
+EVAL_PARTS = $(foreach s,$(SPLITS),$@.$(s).part)
+define JOIN_EVAL_PARTS
+	cat $(EVAL_PARTS) > $@.part
+	mv $@.part $@
+	rm -f $(EVAL_PARTS)
+endef
 define EVAL_SPLITS
 	@mkdir -p $(OUT)/eval
-	rm -f $@.part
 	$(foreach s,$(SPLITS),$(call EVAL_RUN,$(1)) --env $(ENV) $(ENV_ARGS) --split $(s) -n $(N_EVAL) \
-	  --act $(2) --seed $(SEED) -q $(EVAL_ARGS) --summary $(basename $@).$(s).summary.json >> $@.part &&) true
-	mv $@.part $@
+	  --act $(2) --seed $(SEED) -q $(EVAL_ARGS) --summary $(basename $@).$(s).summary.json -o $@.$(s).part --resume &&) true
+	$(JOIN_EVAL_PARTS)
 endef
 $(OUT)/eval/%~think.jsonl: $(OUT)/%/done $(if $(EXPORT),$(OUT)/%.$(EXPORT).gguf)
 	$(call EVAL_SPLITS,$*,think)
@@ -123,10 +131,9 @@ $(OUT)/eval/%.jsonl: $(OUT)/%/done $(if $(EXPORT),$(OUT)/%.$(EXPORT).gguf)
 # before issue 40's re-runs had the environment's default instead, shop's 15 steps against the runs' 10)
 $(OUT)/eval/random.jsonl:
 	@mkdir -p $(OUT)/eval
-	rm -f $@.part
 	$(foreach s,$(SPLITS),$(EEXP) eval --policy random --env $(ENV) $(ENV_ARGS) --split $(s) -n $(N_EVAL) \
-	  --seed $(SEED) -q $(EVAL_ARGS) >> $@.part &&) true
-	mv $@.part $@
+	  --seed $(SEED) -q $(EVAL_ARGS) -o $@.$(s).part --resume &&) true
+	$(JOIN_EVAL_PARTS)
 
 THINK_EVALS = $(foreach r,$(THINK_ROWS),$(OUT)/eval/$(r)~think.jsonl) $(foreach r,$(SCORE_ROWS),$(OUT)/eval/$(r)~score.jsonl)
 ROWS = IL IWM SR $(SR_GROUNDED_ROW) $(ACTOBS_ROW) $(MATCHED_ROWS) $(DREAM_ROWS) random

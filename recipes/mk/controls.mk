@@ -36,7 +36,7 @@ RECOVERY_ROWS = IL IWM SR $(SR_GROUNDED_ROW)
 $(OUT)/recovery/%.jsonl: $(OUT)/%/done $(if $(EXPORT),$(OUT)/%.$(EXPORT).gguf)
 	@mkdir -p $(OUT)/recovery $(OUT)/eval
 	$(call EVAL_RUN,$*) --env $(ENV) $(ENV_ARGS) --split test -n $(RECOVERY_N) --start off-path \
-	  --act $(call EVAL_ACT,$*) --seed $(SEED) -q $(EVAL_ARGS) --summary $(basename $@).summary.json -o $@.part
+	  --act $(call EVAL_ACT,$*) --seed $(SEED) -q $(EVAL_ARGS) --summary $(basename $@).summary.json $(RESUMABLE)
 	mv $@.part $@
 
 $(OUT)/recovery.json: $(foreach r,$(RECOVERY_ROWS),$(OUT)/recovery/$(r).jsonl)
