@@ -343,8 +343,10 @@ def test_header_command_runs_at_a_tiny_size(config: Path, tmp_path, request):
         assert publish.returncode == 0, publish.stdout[-4000:] + publish.stderr[-4000:]
         rows = {"IL", "IWM", "SR", "DPO", "IL+critic", "IL+reflexion", "IL-curated", "IWM-curated"}
         assert {p.name for p in (kept_at / "seed0" / "eval").iterdir()} == {f"{r}.jsonl.gz" for r in rows}
+        trained = ("IL", "IWM", "SR", "IL-pre", "DPO", "critic", "IL-curated", "IWM-curated")
+        # each run's log and card (publish keeps the card: the pooled report reads the machine from it)
         assert {p.name for p in (kept_at / "seed0" / "train").iterdir()} == {
-            f"{r}.metrics.jsonl" for r in ("IL", "IWM", "SR", "IL-pre", "DPO", "critic", "IL-curated", "IWM-curated")
+            f"{r}.{kept}" for r in trained for kept in ("metrics.jsonl", "card.yaml")
         }
         sys.path.insert(0, str(RECIPES))
         import pooled
