@@ -457,15 +457,16 @@ def test_a_recipe_stage_stopped_part_way_continues_when_make_runs_again(tmp_path
     """The expert, rollout and reflect stages of a recipe write FILE.part, and eval each split's FILE.SPLIT.part,
     with --resume, renamed (joined) when done; a run killed part of the way (no cleanup: a torn last line) leaves its
     part, and make run again continues it, keeping the records it holds and ending with an unbroken run's records.
-    Before, the data stages wrote the target itself, and a killed run's half file looked done to make; an evaluation
-    started its splits again."""
+    The quick stages write a part too, made again whole. Before, the data stages wrote the target itself, and a
+    killed run's half file looked done to make; an evaluation started its splits again."""
     data = ("expert.jsonl", "outcomes_iwm.jsonl", "outcomes_sr.jsonl", "sr.jsonl")
     evaluation = "eval/random.jsonl"
+    quick = ("il.jsonl", "iwm.jsonl", "sr_train.jsonl")  # made again whole, not continued
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
 
     def make(out: Path) -> subprocess.CompletedProcess:
         done = subprocess.run(
-            ["make", "-C", str(RECIPES), *(f"{out}/{t}" for t in (*data, evaluation)), "CONFIG=configs/demo.mk"]
+            ["make", "-C", str(RECIPES), *(f"{out}/{t}" for t in (*data, *quick, evaluation)), "CONFIG=configs/demo.mk"]
             + [f"OUT={out}", f"EEXP={sys.executable} -m eexp", "N_EXPERT=4", "VAL_N=0", "JOBS=1", "N_EVAL=6"],
             capture_output=True,
             text=True,
@@ -505,7 +506,14 @@ def test_a_recipe_stage_stopped_part_way_continues_when_make_runs_again(tmp_path
     for split, part in zip(splits, parts[evaluation]):
         stop_part_way([line for line in episodes if orjson.loads(line)["task"]["split"] == split], part)
 
+    for name in quick:  # a part a killed run left: written again from its start
+        (stopped / f"{name}.part").write_bytes((unbroken / name).read_bytes()[:100])
+
     again = make(stopped)
+    for name in quick:
+        assert f"-o {stopped}/{name}.part && mv {stopped}/{name}.part {stopped}/{name}" in again.stdout, name
+        assert not (stopped / f"{name}.part").exists()
+        assert untimed(records(stopped / name)) == untimed(records(unbroken / name)), name
     for name in (*data, evaluation):
         for part in parts[name]:
             assert f"-o {part} --resume" in again.stdout, part

@@ -13,7 +13,7 @@ $(OUT)/expert.jsonl:
 	  && mv $@.part $@)
 
 $(OUT)/il.jsonl: $(OUT)/expert.jsonl
-	$(EEXP) imitation-data $(DATA_ARGS) -q $< -o $@
+	$(EEXP) imitation-data $(DATA_ARGS) -q $< $(WHOLE)
 
 $(OUT)/outcomes_iwm.jsonl: $(OUT)/expert.jsonl $(PROPOSER_DEP)
 	$(EEXP) branch $(PROPOSE_IWM) -k $(K_IWM) --seed $(SEED) -q $< \
@@ -21,7 +21,7 @@ $(OUT)/outcomes_iwm.jsonl: $(OUT)/expert.jsonl $(PROPOSER_DEP)
 	mv $@.part $@
 
 $(OUT)/iwm.jsonl: $(OUT)/outcomes_iwm.jsonl
-	$(EEXP) world-model-data $(DATA_ARGS) -q $< -o $@
+	$(EEXP) world-model-data $(DATA_ARGS) -q $< $(WHOLE)
 
 # A POLICY that is a .gguf file is a prerequisite, so a config can say how to get it (configs/smollm2.mk).
 $(OUT)/outcomes_sr.jsonl: $(OUT)/expert.jsonl $(filter %.gguf,$(POLICY)) $(PROPOSER_DEP)
@@ -36,7 +36,7 @@ $(OUT)/sr.jsonl: $(OUT)/outcomes_sr.jsonl
 	mv $@.part $@
 
 $(OUT)/sr_train.jsonl: $(OUT)/il.jsonl $(OUT)/sr.jsonl
-	$(EEXP) mix --concat $^ -o $@
+	$(EEXP) mix --concat $^ $(WHOLE)
 
 # --- models -------------------------------------------------------------------------------------------------------
 ifeq ($(IMPORT),)
@@ -53,7 +53,7 @@ $(OUT)/base/config.json: $(OUT)/expert.jsonl $(PRIOR)
 
 $(OUT)/pages.jsonl:
 	@mkdir -p $(OUT)
-	$(EEXP) corpus --env $(ENV) $(ENV_ARGS) --walks $(CORPUS_WALKS) --holdout $(N_EVAL) $(CORPUS_ARGS) --seed $(SEED) -q -o $@
+	$(EEXP) corpus --env $(ENV) $(ENV_ARGS) --walks $(CORPUS_WALKS) --holdout $(N_EVAL) $(CORPUS_ARGS) --seed $(SEED) -q $(WHOLE)
 else
 # A pretrained model from a GGUF (dequantized to float32; tokenizer and chat template from the file).
 $(OUT)/base/config.json: $(IMPORT)
@@ -83,7 +83,7 @@ $(OUT)/val.jsonl: $(if $(CURATE),,$(OUT)/expert.jsonl)
 	  -o $(OUT)/val_expert.jsonl
 	@test $$(wc -l < $(OUT)/val_expert.jsonl) -gt $(VAL_SKIP) || { echo "validation: the train split has no task \
 	  beyond the $(VAL_SKIP) trained on, so none is held out (VAL_N=0: no validation)" >&2; exit 1; }
-	tail -n +$$(( $(VAL_SKIP) + 1 )) $(OUT)/val_expert.jsonl | $(EEXP) imitation-data $(DATA_ARGS) -q -o $@
+	tail -n +$$(( $(VAL_SKIP) + 1 )) $(OUT)/val_expert.jsonl | $(EEXP) imitation-data $(DATA_ARGS) -q $(WHOLE)
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
 # The fine-tuned model (a LoRA adapter is merged into its base) as one GGUF file for llama.cpp, kept after eval.

@@ -4,7 +4,7 @@
 
 # --- ActObs and SR-grounded data ------------------------------------------------------------------------------
 $(OUT)/il_obs.jsonl: $(OUT)/expert.jsonl
-	$(EEXP) imitation-data --observation-loss $(DATA_ARGS) -q $< -o $@
+	$(EEXP) imitation-data --observation-loss $(DATA_ARGS) -q $< $(WHOLE)
 
 # the same alternatives, every reflection grounded (the SR_GROUNDED_ROW run)
 $(OUT)/sr_grounded.jsonl: $(OUT)/outcomes_sr.jsonl
@@ -12,7 +12,7 @@ $(OUT)/sr_grounded.jsonl: $(OUT)/outcomes_sr.jsonl
 	mv $@.part $@
 
 $(OUT)/srg_train.jsonl: $(OUT)/il.jsonl $(OUT)/sr_grounded.jsonl
-	$(EEXP) mix --concat $^ -o $@
+	$(EEXP) mix --concat $^ $(WHOLE)
 
 # --- their runs, and the compute-matched controls (MATCHED_ROWS, UPDATES_OF: ../Makefile) -------------------------
 $(OUT)/ActObs/done: $(OUT)/il_obs.jsonl $(MODEL)/config.json $(VAL)

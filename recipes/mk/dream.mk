@@ -30,7 +30,7 @@ $(OUT)/dream/outcomes_sr.jsonl: $(OUT)/dream/expert.jsonl $(filter %.gguf,$(POLI
 	mv $@.part $@
 
 $(OUT)/dream/iwm.jsonl: $(OUT)/dream/outcomes_iwm.jsonl
-	$(EEXP) world-model-data $(DATA_ARGS) -q $< -o $@
+	$(EEXP) world-model-data $(DATA_ARGS) -q $< $(WHOLE)
 
 $(OUT)/dream/sr.jsonl: $(OUT)/dream/outcomes_sr.jsonl
 	$(EEXP) reflect $(REFLECT_BY) --max-alternatives $(K_SR) $(DATA_ARGS) $(REFLECT_ARGS) --seed $(SEED) -q $< $(RESUMABLE) \
@@ -38,7 +38,7 @@ $(OUT)/dream/sr.jsonl: $(OUT)/dream/outcomes_sr.jsonl
 	mv $@.part $@
 
 $(OUT)/dream/sr_train.jsonl: $(OUT)/il.jsonl $(OUT)/dream/sr.jsonl
-	$(EEXP) mix --concat $^ -o $@
+	$(EEXP) mix --concat $^ $(WHOLE)
 
 $(OUT)/IWM-dream/done: $(OUT)/il.jsonl $(OUT)/dream/iwm.jsonl $(MODEL)/config.json $(VAL)
 	$(TRAIN) $< --warmup-data $(OUT)/dream/iwm.jsonl $(IWM_ARGS) --model $(MODEL) -o $(OUT)/IWM-dream && touch $@

@@ -60,7 +60,7 @@ $(SCALE_OUT)/val/seed%.jsonl:
 	@mkdir -p $(@D)
 	$(EEXP) expert --env $(ENV) $(ENV_ARGS) --split train -n $(VAL_END) --seed $* -q -o $(@D)/seed$*.expert.jsonl
 	@test $$(wc -l < $(@D)/seed$*.expert.jsonl) -eq $(VAL_END) || { echo "the train split has fewer than FULL_N + VAL_N = $(VAL_END) tasks: none is held out for validation (VAL_N=0: no validation)" >&2; exit 1; }
-	tail -n $(VAL_N) $(@D)/seed$*.expert.jsonl | $(EEXP) imitation-data $(DATA_ARGS) -q -o $@
+	tail -n $(VAL_N) $(@D)/seed$*.expert.jsonl | $(EEXP) imitation-data $(DATA_ARGS) -q $(WHOLE)
 
 scale-base-seed%:
 	$(MAKE) OUT=$(call SCALE_BASE,$*) SEED=$* N_EXPERT=$(shell expr $(FULL_N) / $(K_AT)) \

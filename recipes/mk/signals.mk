@@ -30,7 +30,7 @@ SIGNAL_FILES  = $(foreach r,IL IWM SR DPO IL+critic IL+reflexion,$(1)/eval/$(r).
 SIGNAL_FILE   = $(if $(filter %-curated,$(2)),$(1)/curated/eval/$(patsubst %-curated,%,$(2)).jsonl,$(1)/eval/$(2).jsonl)
 
 $(OUT)/pairs.jsonl: $(OUT)/outcomes_iwm.jsonl
-	$(EEXP) preference-data --rejected all $(DATA_ARGS) -q $< -o $@
+	$(EEXP) preference-data --rejected all $(DATA_ARGS) -q $< $(WHOLE)
 
 $(OUT)/IL-pre/done: $(OUT)/il.jsonl $(MODEL)/config.json $(IL_DONE)
 	$(FINETUNE) --max-steps $(IL_PRE_UPDATES) --lr $(LR) \
@@ -41,7 +41,7 @@ $(OUT)/DPO/done: $(OUT)/pairs.jsonl $(OUT)/IL-pre/done
 	  --batch-size $(BATCH) --seed $(SEED) -q $(TRAIN_ARGS) $< --model $(OUT)/IL-pre -o $(OUT)/DPO && touch $@
 
 $(OUT)/critic.jsonl: $(OUT)/outcomes_iwm.jsonl
-	$(EEXP) critic-data $(DATA_ARGS) -q $< -o $@
+	$(EEXP) critic-data $(DATA_ARGS) -q $< $(WHOLE)
 
 # no validation: the held-out examples (VAL) are IL's actions, not the critic's Yes/No verdicts
 $(OUT)/critic/done: VAL :=
