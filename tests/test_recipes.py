@@ -453,6 +453,74 @@ def test_a_recipe_fine_tune_stopped_part_way_continues_when_make_runs_again(tmp_
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_a_seed_carried_without_its_data_goes_on_where_it_stopped(tmp_path):
+    """recipes/carry.py save keeps a seed's runs (a done one without its checkpoints, a stopped one with its newest)
+    and its episodes, not its data; on a machine that has lost the folder, the data made again and the runs restored,
+    make trains only the stopped run, from its checkpoint, and ends with the weights and episodes of a seed never
+    moved. Restored before the data, it stops and names them."""
+    stopping = tmp_path / "stopping_eexp.py"
+    stopping.write_text(STOPPING_EEXP)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=pythonpath(RECIPES.parent))
+    small = ["N_EXPERT=4", "STEPS=30", "BATCH=4", "VAL_N=0", "JOBS=1", "N_EVAL=2", "TRAIN_ARGS=--save-every 4"]
+    normal = f"{sys.executable} -m eexp"
+
+    def make(out: Path, eexp: str, *targets: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["make", "-C", str(RECIPES), *(f"{out}/{t}" for t in targets), "CONFIG=configs/demo.mk", f"OUT={out}"]
+            + [f"EEXP={eexp}", *small],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    def carry(*args: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(RECIPES / "carry.py"), *map(str, args)], capture_output=True, text=True, env=env
+        )
+
+    def made(out: Path) -> tuple:
+        """The two runs' weights and the random policy's episodes (without their times)."""
+        episodes = [orjson.loads(line) for line in (out / "eval" / "random.jsonl").read_bytes().splitlines()]
+        return tuple((out / r / "model.safetensors").read_bytes() for r in ("IL", "IWM")), untimed(episodes)
+
+    runs = ("IL/done", "IWM/done", "eval/random.jsonl")
+    never_moved = tmp_path / "never_moved"
+    assert make(never_moved, normal, *runs).returncode == 0
+    out, kept = tmp_path / "seed", tmp_path / "carried"
+    assert make(out, normal, "IL/done", "eval/random.jsonl").returncode == 0
+    assert make(out, f"{sys.executable} {stopping}", "IWM/done").returncode != 0  # stopped after update 5
+    saved = carry("save", out, kept)
+    assert saved.returncode == 0, saved.stderr
+    assert sorted(p.name for p in kept.iterdir()) == ["IL", "IWM", "data.txt", "eval"]
+    assert (kept / "IL" / "done").exists() and not (kept / "IL" / "checkpoints").exists()
+    assert [p.name for p in (kept / "IWM" / "checkpoints").iterdir()] == ["step-4"]
+    assert not (kept / "IWM" / "done").exists()
+    data = (kept / "data.txt").read_text().split()
+    assert {"expert.jsonl", "il.jsonl", "iwm.jsonl", "base/"} <= set(data)
+
+    shutil.rmtree(out)  # the machine is gone; the next one makes the data again, in the same folder
+    early = make(out, normal, "expert.jsonl")
+    assert early.returncode == 0, early.stderr[-2000:]
+    refused = carry("restore", kept, out)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"carry: {out} lacks the data the runs were made from: ")
+    assert "il.jsonl" in refused.stderr and "expert.jsonl" not in refused.stderr.split("from: ")[1]
+    assert not (out / "IL").exists()
+    remade = make(out, normal, "il.jsonl", "iwm.jsonl", "base/config.json")
+    assert remade.returncode == 0, remade.stderr[-2000:]
+    restored = carry("restore", kept, out)
+    assert restored.returncode == 0, restored.stderr
+    again = make(out, normal, *runs)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert f"-o {out}/IWM" in again.stdout and "finetune --resume" in again.stdout
+    assert f"-o {out}/IL " not in again.stdout and "--policy random" not in again.stdout  # done: not made again
+    assert made(out) == made(never_moved)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 def test_a_recipe_stage_stopped_part_way_continues_when_make_runs_again(tmp_path):
     """The expert, rollout and reflect stages of a recipe write FILE.part, and eval each split's FILE.SPLIT.part,
     with --resume, renamed (joined) when done; a run killed part of the way (no cleanup: a torn last line) leaves its
