@@ -423,6 +423,11 @@ def run_settings(record: dict) -> dict[str, Any] | None:
     if stage not in _RUN_META:
         return None
     found = {"stage": stage, **{key: meta.get(key) for key in _RUN_META[stage]}}
+    if stage == "rollout" and isinstance(meta.get("branch"), dict):
+        # the branch run its input came from (its K, seed, proposer): a part rolled out from `-k 8` is not continued
+        # from `-k 3`'s branches
+        branch = run_settings({"meta": meta["branch"]}) or {}
+        found.update({f"branch.{key}": value for key, value in branch.items() if key != "stage"})
     if stage in _RUN_EXTRA:
         try:
             extra = orjson.loads(meta.get("extra") or "{}")

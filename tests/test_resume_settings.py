@@ -58,6 +58,26 @@ def test_resume_with_other_settings_is_refused_and_the_file_kept(runner, expert,
     assert _timeless(out) == _timeless(whole)
 
 
+def test_rollout_resumed_on_another_branch_runs_output_is_refused(runner, expert, tmp_path):
+    """A rollout part's records carry the branch run they came from: continued on branches of another K (a recipe's
+    K_IWM changed with the part left), it is refused, not finished with the other run's outcomes."""
+    branches = {}
+    for k in (2, 3):
+        branches[k] = tmp_path / f"branches{k}.jsonl"
+        args = ["branch", "-k", str(k), str(expert), "-q", "-o", str(branches[k])]
+        assert runner.invoke(cli, args).exit_code == 0
+    out, whole = tmp_path / "outcomes.jsonl", tmp_path / "whole.jsonl"
+    assert runner.invoke(cli, ["rollout", str(branches[2]), "-q", "-o", str(whole)]).exit_code == 0
+    out.write_bytes(whole.read_bytes())
+    kept = _cut(out, 4)
+    result = runner.invoke(cli, ["rollout", str(branches[3]), "-q", "-o", str(out), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: --resume: {out} was begun with other settings (branch.k: 2 there, 3 here)")
+    assert out.read_bytes() == kept
+    assert runner.invoke(cli, ["rollout", str(branches[2]), "-q", "-o", str(out), "--resume"]).exit_code == 0
+    assert _timeless(out) == _timeless(whole)
+
+
 def test_expert_resumed_with_another_seed_is_refused(runner, tmp_path):
     out = tmp_path / "expert.jsonl"
     assert (
