@@ -3,14 +3,15 @@
 
 Why a loader of our own: llama.cpp can repack a model's weights into "extra buffer types" for faster CPU kernels.
 On Intel CPUs with AMX, llama.cpp (as built by llama-cpp-python 0.3.36) repacks quantized weights into its AMX
-buffer type and the process then dies with SIGSEGV at the first matrix product (ggml-org/llama.cpp#20824; the same
-crash is why stanfordnlp/dspy turned them off on Sapphire Rapids CI runners). f32 weights are never repacked and
+buffer type and the process then dies at the first matrix product, with SIGSEGV on one AMX Xeon and SIGILL on
+another (family 6, model 207, a KVM guest) (ggml-org/llama.cpp#20824; the same crash is why stanfordnlp/dspy turned
+them off on Sapphire Rapids CI runners). f32 weights are never repacked and
 are unaffected. The model parameter `use_extra_bufts` turns the repacking off, and then every quantized file runs.
 
 The rule (`choose_extra_bufts`): off where the CPU has AMX, on elsewhere (where the generic repack is safe and
 faster: bench/bench_llama_bufts.py measures both). `--policy-arg extra_bufts=on|off` overrides it. Forcing it on
 where the CPU has AMX first evaluates the model in a child process, so a crash there becomes an error message
-instead of a segfault of the user's run.
+naming the signal instead of the death of the user's run.
 
 `Llama(...)` does not expose `use_extra_bufts`: it builds its model parameters from
 `llama_cpp.llama_model_default_params()`, so for the length of one constructor call that function hands out
