@@ -108,12 +108,13 @@ def run_stage(
     done: set[str] | None = None,
     input_key: Callable[[dict], str] = lambda r: r.get("id"),
     progress=None,
+    same_input: SameInput | None = None,
 ) -> None:
     """Feed each input record through `process` and write what it yields.
 
     validate(record) returns an error message for a record this stage cannot take; `process` raises RecordError for
     the same reason later. Both become `FILE:LINE: message` and follow --on-error. Inputs whose key is in `done`
-    (from prepare_resume) are skipped.
+    (from prepare_resume) are skipped, each checked by `same_input` first where there is one.
     """
     for item in reader:
         stats.records_in += 1
@@ -128,6 +129,8 @@ def run_stage(
         if shard is not None and not in_shard(shard_key(record), shard):
             continue
         if done and input_key(record) in done:
+            if same_input is not None:
+                same_input.skipped(record)
             stats.add("resumed")
             continue
         try:
@@ -163,6 +166,56 @@ class Stage:
 
     def close(self) -> None:
         pass
+
+
+class SameInput:
+    """--resume's check that -o FILE was begun from this input, for a stage that writes one record per input, in
+    input order, keeping the input's `id` and content (rollout: an outcome is its branch record with the results
+    added). `made_from(record)`, read alike from an input or an output record, is what says which input it is.
+
+    The settings a file's records carry (run_settings) cannot tell two inputs made with the same settings: a rollout
+    part begun from one expert file's branches and continued from another's (the same tasks, other states) would
+    hold both. So each kept record is remembered by its id, and the continuation is refused, before it writes
+    anything, where an input it skips has no kept record or another one (`skipped`), or where it is about to write
+    while kept records are still unmatched by the inputs before (`before_write`): the file is not a beginning of
+    this input's outputs."""
+
+    def __init__(self, output: str, made_from: Callable[[dict], Any]):
+        self.output, self.made_from = output, made_from
+        self.kept: dict[str, tuple[Any, bytes]] = {}  # kept record's id -> (its resume key, digest of made_from)
+        self.matched = 0
+
+    def keep(self, record: dict, key: Any) -> None:
+        self.kept[str(record.get("id"))] = (key, self._digest(record))
+
+    def only(self, done: set[str]) -> None:
+        """Forget the records of the inputs the resume does again (the last one's, cut from the file)."""
+        self.kept = {rid: kept for rid, kept in self.kept.items() if kept[0] in done}
+
+    def skipped(self, record: dict) -> None:
+        kept = self.kept.get(str(record.get("id")))
+        if kept is None:
+            self._refuse(f"it holds records of {record.get('source_id')} but none of {record.get('id')}")
+        if kept[1] != self._digest(record):
+            self._refuse(f"its record {record.get('id')} was made from another input record than this one")
+        self.matched += 1
+
+    def before_write(self, _record: dict | None = None) -> None:
+        unmatched = len(self.kept) - self.matched
+        if unmatched:
+            self._refuse(
+                f"{unmatched} of its {len(self.kept)} records are of inputs that this input does not begin with"
+            )
+
+    def _digest(self, record: dict) -> bytes:
+        made = orjson.dumps(self.made_from(record), option=orjson.OPT_SORT_KEYS)
+        return hashlib.blake2b(made, digest_size=16).digest()
+
+    def _refuse(self, said: str) -> None:
+        raise UsageProblem(
+            f"--resume: {self.output} was begun from another input ({said}): resume it with the input it was begun "
+            "from, or write to another file"
+        )
 
 
 def _finish(stage) -> Iterable[dict]:
@@ -213,6 +266,7 @@ class StageIO:
         self._done: set[str] | None = None
         self._cut_to: int | None = None  # where a resumed -o FILE is cut back to at this run's first line
         self._resumed_settings: dict | None = None  # a resumed file's run_settings, until checked against ours
+        self._same_input: SameInput | None = None  # with `run`'s made_from: whether the file is this input's
         self._output_writer_made = False  # whether a Writer took over the lock a resume's plan put on -o FILE
 
     def count(self, name: str, n: int = 1) -> None:
@@ -247,6 +301,8 @@ class StageIO:
                     settings.setdefault(name, value)
                 if shard is not None and not in_shard(shard_key(record), shard):
                     raise resumed_with_another_shard(self.output, shard_key(record), shard)
+                if self._same_input is not None:
+                    self._same_input.keep(record, key(record))
 
             # nothing is cut yet: the Writer cuts the file back at this run's first line (or clean end), so a run
             # refused before it (other settings, another slice) leaves the file as it was
@@ -254,6 +310,8 @@ class StageIO:
                 self.output, key, kind=kind, whole_records=whole_records, check=check
             )
             self._resumed_settings = settings or None
+            if self._same_input is not None:
+                self._same_input.only(self._done)
         return self._done
 
     def release(self) -> None:
@@ -314,10 +372,14 @@ class StageIO:
         output_key=lambda r: r.get("source_id"),
         unit: str = "rec",
         output_kind: str | None = None,
+        made_from: Callable[[dict], Any] | None = None,
     ) -> None:
         """Map every input record through `stage` and write its outputs, then what `stage.finish()` still holds.
-        `output_kind` is the kind of record the stage writes: --resume refuses a file of another kind."""
+        `output_kind` is the kind of record the stage writes: --resume refuses a file of another kind. `made_from`:
+        --resume continues the file only from the input that began it (SameInput, which says for which stages)."""
         try:
+            if made_from is not None and self.resume and self._done is None:
+                self._same_input = SameInput(self.output, made_from)
             done = self.done(output_key, output_kind)
             writer = self._writer()
             with self.closing(writer), progress_bar(self.quiet, unit=unit) as bar:
@@ -332,6 +394,7 @@ class StageIO:
                         done=done,
                         input_key=input_key,
                         progress=bar,
+                        same_input=self._same_input if done else None,
                     )
                 except (InputError, PolicyError):
                     # A bad input line, or a policy that cannot go on (its server gone), stops the run where a
@@ -342,6 +405,8 @@ class StageIO:
                         self._write_all(writer, _finish(stage))
                     raise
                 self._write_all(writer, _finish(stage))
+                if done and self._same_input is not None and not self.stats.records_out:
+                    self._same_input.before_write()  # a run that added nothing: its input ends before the file's
         finally:
             _close(stage)
 
@@ -391,7 +456,7 @@ class StageIO:
     def _writer(self) -> Writer:
         writer = Writer(self.output, append=bool(self.resume), resumable=self.resumable, cut_to=self._cut_to)
         self._output_writer_made = True
-        if self._resumed_settings is not None:  # the first record this run adds to a resumed file
+        if self._resumed_settings is not None or self._same_input is not None:  # the first record this run adds
             writer.before_first = self._check_same_run
         return writer
 
@@ -404,8 +469,10 @@ class StageIO:
     def _check_same_run(self, record: dict) -> None:
         """--resume continues a file only with the settings that began it: one file never holds records of two
         runs (a `branch -k 2` file continued with `-k 5`). Checked on the first record this run adds, before it is
-        written; the file is left as it was."""
+        written; the file is left as it was. So is one begun from another input (SameInput)."""
         self.check_resumed_settings(run_settings(record))
+        if self._same_input is not None and self._done:
+            self._same_input.before_write()
 
     def check_resumed_settings(self, ours: dict | None) -> None:
         """Refuse to continue the resumed file (after `done`) where its records' settings differ from `ours` on a

@@ -25,7 +25,7 @@ from eexp.fields import setting
 from eexp.policies.base import resolve_concurrency
 from eexp.records import expect
 from eexp.stages.branch import PROPOSE_MODES, Brancher, parse_steps
-from eexp.stages.rollout import Rollout
+from eexp.stages.rollout import Rollout, branched_from
 
 
 def _note(message: str) -> None:
@@ -186,7 +186,9 @@ def rollout(io, jobs, step_timeout, cluster):
     Fills next_observation, reward, done and valid for the expert and each alternative. Before each execution the
     observation reached is checked against the recorded one; a mismatch is an `error` (on the record when the
     state cannot be reached, on the alternative otherwise), counted as state_mismatches in --stats. States are
-    reached by snapshot where the environment can, else by the shortest replay.
+    reached by snapshot where the environment can, else by the shortest replay. --resume continues a file only
+    with the settings (its own and the branch run's) and the input that began it: an outcome it holds for an input
+    record it skips must be that record's (the same task, state and actions).
 
     \b
     Example:
@@ -197,5 +199,11 @@ def rollout(io, jobs, step_timeout, cluster):
     for name in ("env_steps", "errors", "state_mismatches", "env_restarts"):
         io.count(name, 0)
     stage = Rollout(jobs=jobs, step_timeout=step_timeout or None, count=io.count, note=_note, cluster=cluster)
-    io.run(stage, validate=expect("branch"), input_key=lambda r: r.get("source_id"), output_kind="outcome")
+    io.run(
+        stage,
+        validate=expect("branch"),
+        input_key=lambda r: r.get("source_id"),
+        output_kind="outcome",
+        made_from=branched_from,
+    )
     stage.check_failures()

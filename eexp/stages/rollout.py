@@ -170,6 +170,23 @@ def _fill(target: dict, result: tuple) -> None:
     )
 
 
+def branched_from(record: dict) -> list:
+    """What an outcome keeps of the branch record it was rolled out from, read alike from either: the environment,
+    the task, the state, the actions that reached it and those taken from it. rollout --resume compares it for every
+    input it skips (eexp.runner.SameInput), so that a part begun from another expert file, behind the same branch
+    settings, is not continued with this one's outcomes."""
+    env = record.get("env") or {}
+    return [
+        env.get("name"),
+        env.get("kwargs") or {},
+        record.get("task"),
+        record.get("prefix"),
+        record.get("state"),
+        (record.get("expert") or {}).get("action"),
+        [(a.get("action"), a.get("source")) for a in record.get("alternatives") or []],
+    ]
+
+
 def rollout_record(record: dict, walk: Walk, counts: collections.Counter, meta_extra: dict | None = None) -> dict:
     """The outcome record of one branch record (the walk must match its env and task)."""
     out = {**record, "expert": dict(record["expert"]), "alternatives": [dict(a) for a in record["alternatives"]]}
