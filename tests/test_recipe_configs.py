@@ -544,9 +544,37 @@ def test_an_rl_recipe_writes_nothing_into_the_seed_it_starts_from(config, tmp_pa
     out = tmp_path / "seed0"
     target = {"rl.mk": "rl-compare", "rl-expert-step.mk": "rl-es-compare", "rl-next-state.mk": "rl-ns-compare"}[config]
     plan = _plan(f"CONFIG=configs/{config}", f"OUT={out}", target)
-    starts = re.findall(rf"eval --policy {out}/(\S+) .*>> {out}/rl/eval/start/(\S+)\.jsonl\.part", plan)
+    starts = re.findall(rf"eval --policy {out}/(\S+) .*-o {out}/rl/eval/start/(\S+)\.jsonl\.\w+\.part --resume", plan)
     assert starts and all(start == name for start, name in starts), plan[-2000:]
     assert not re.search(rf"(>>|-o) {out}/eval/", plan) and f"{out}/eval/" not in plan.split("eval --compare")[-1]
+
+
+# the commands that run for minutes to hours: each must continue when make runs again after a stop
+LONG_COMMANDS = re.compile(r"\beexp (finetune|rl|eval --policy|world-model-eval --policy)\b")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
+def test_every_long_command_of_a_config_continues_when_stopped(config, tmp_path):
+    """Fast: every fine-tune, RL run and evaluation a config's header command plans runs with --resume into a file
+    or folder of its own, so a stop (^C, a session's end) costs the minutes since its last checkpoint or episode. The
+    RL recipes (rl.mk) and the signals' IL+critic and IL+reflexion rows deleted a stopped run's folder and began
+    its RL again, and evaluated every split again from its first episode. `-k`: the plan of what make can plan
+    without running anything (a sub-make that reads a file an earlier step writes is left out)."""
+    argv = header_command(config)
+    proc = subprocess.run(
+        ["make", "-nk", "--no-print-directory", *argv[1:], "EEXP=eexp", f"OUT={tmp_path / 'out'}"],
+        capture_output=True,
+        text=True,
+        cwd=RECIPES.parent,
+        timeout=120,
+    )
+    plan = re.sub(r"\\\n\s*", " ", proc.stdout)  # a command continued with `\` is one line
+    commands = [part for line in plan.splitlines() for part in line.split(" | ") if LONG_COMMANDS.search(part)]
+    assert commands, proc.stdout[-2000:] + proc.stderr[-2000:]
+    stopped_for_good = [c for c in commands if not re.search(r" --resume\b", c) or not re.search(r" -o \S", c)]
+    assert not stopped_for_good, stopped_for_good[:3]
+    assert not re.search(r"^rm -rf \S+/(RL|ES|NS|NS\+RL)/", plan, re.M)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")

@@ -28,26 +28,27 @@ rl-compare: $(RL_OUT)/compare.json
 # $(RL_OUT)/IWM-s1/done: RL from $(OUT)/IWM with seed 1
 .SECONDEXPANSION:
 $(RL_OUT)/%/done: $(OUT)/$$(word 1,$$(subst -s, ,$$*))/done
-	rm -rf $(RL_OUT)/$*
-	$(EEXP) rl --model $(OUT)/$(word 1,$(subst -s, ,$*)) --env $(ENV) $(ENV_ARGS) -o $(RL_OUT)/$* \
+	$(EEXP) rl --resume --model $(OUT)/$(word 1,$(subst -s, ,$*)) --env $(ENV) $(ENV_ARGS) -o $(RL_OUT)/$* \
 	  --seed $(word 2,$(subst -s, ,$*)) --max-steps $(RL_STEPS) -G $(RL_G) --tasks-per-step $(RL_TASKS) \
 	  --lr $(RL_LR) --reward $(RL_REWARD) --act $(call EVAL_ACT,$(word 1,$(subst -s, ,$*))) $(RL_ARGS) -q && touch $@
 
+# The eval of policy $(1), acting with $(2), into $@: as compare.mk's (EVAL_SPLITS), each split into a part of its own
+# with eval's --resume, joined when every split is done, so that an evaluation stopped part-way continues from its
+# finished episodes when make runs again
+define RL_EVAL
+	@mkdir -p $(@D)
+	$(foreach s,$(SPLITS),$(EEXP) eval --policy $(1) --env $(ENV) $(ENV_ARGS) --split $(s) -n $(N_EVAL) \
+	  --act $(2) --seed $(SEED) -q $(EVAL_ARGS) -o $@.$(s).part --resume &&) true
+	$(JOIN_EVAL_PARTS)
+endef
+
 $(RL_OUT)/eval/%.jsonl: $(RL_OUT)/%/done
-	@mkdir -p $(RL_OUT)/eval
-	rm -f $@.part
-	$(foreach s,$(SPLITS),$(EEXP) eval --policy $(RL_OUT)/$* --env $(ENV) $(ENV_ARGS) --split $(s) -n $(N_EVAL) \
-	  --act $(call EVAL_ACT,$(word 1,$(subst -s, ,$*))) --seed $(SEED) -q $(EVAL_ARGS) >> $@.part &&) true
-	mv $@.part $@
+	$(call RL_EVAL,$(RL_OUT)/$*,$(call EVAL_ACT,$(word 1,$(subst -s, ,$*))))
 
 # each start, evaluated as its RL runs are (SPLITS, N_EVAL, greedy), into the RL folder
 RL_START = $(RL_OUT)/eval/start/$(1).jsonl
 $(RL_OUT)/eval/start/%.jsonl: $(OUT)/%/done
-	@mkdir -p $(@D)
-	rm -f $@.part
-	$(foreach s,$(SPLITS),$(EEXP) eval --policy $(OUT)/$* --env $(ENV) $(ENV_ARGS) --split $(s) -n $(N_EVAL) \
-	  --act $(call EVAL_ACT,$*) --seed $(SEED) -q $(EVAL_ARGS) >> $@.part &&) true
-	mv $@.part $@
+	$(call RL_EVAL,$(OUT)/$*,$(call EVAL_ACT,$*))
 
 # before (the starts, greedy) and after RL (three seeds pooled per start)
 $(RL_OUT)/compare.json: $(foreach r,IL IWM SR,$(call RL_START,$(r))) $(foreach r,$(RL_RUNS),$(RL_OUT)/eval/$(r).jsonl)
@@ -95,9 +96,9 @@ STAGE_SEED_OF   = $(word 2,$(subst -s, ,$(notdir $(1))))
 # outcome RL from checkpoint $(1) into $(@D), seed and --act from the run's name; a refusal (exit 1 with the probe's
 # message) leaves $(@D)/refused and $(@D)/start (the checkpoint its row evaluates); any other failure stops here
 define STAGED_OUTCOME_RUN
-	rm -rf $(@D) $(@D).log
+	rm -f $(@D).log
 	@mkdir -p $(dir $(@D))
-	$(EEXP) rl --model $(1) --env $(ENV) $(ENV_ARGS) -o $(@D) --seed $(call STAGE_SEED_OF,$(@D)) \
+	$(EEXP) rl --resume --model $(1) --env $(ENV) $(ENV_ARGS) -o $(@D) --seed $(call STAGE_SEED_OF,$(@D)) \
 	  --max-steps $(RL_STEPS) -G $(RL_G) --tasks-per-step $(RL_TASKS) --lr $(RL_LR) --reward $(RL_REWARD) \
 	  --act $(call EVAL_ACT,$(call STAGE_START_OF,$(@D))) $(RL_ARGS) -q 2> $(@D).log \
 	  || { grep -q 'sampled episodes on .* succeeded' $(@D).log && mkdir -p $(@D) && mv $(@D).log $(@D)/refused \
@@ -112,8 +113,7 @@ $(ES_OUT)/ES+RL/%/done: $(ES_OUT)/ES/%/done
 	$(call STAGED_OUTCOME_RUN,$(ES_OUT)/ES/$*)
 
 $(ES_OUT)/ES/%/done: $(OUT)/$$(call STAGE_START_OF,$$*)/done $(OUT)/expert.jsonl
-	rm -rf $(@D)
-	$(EEXP) rl --model $(OUT)/$(call STAGE_START_OF,$*) --env $(ENV) $(ENV_ARGS) -o $(@D) --seed $(call STAGE_SEED_OF,$*) \
+	$(EEXP) rl --resume --model $(OUT)/$(call STAGE_START_OF,$*) --env $(ENV) $(ENV_ARGS) -o $(@D) --seed $(call STAGE_SEED_OF,$*) \
 	  --reward expert-step --expert $(OUT)/expert.jsonl --expert-match $(ES_MATCH) --temperature $(ES_TEMP) \
 	  --max-steps $(ES_STEPS) -G $(RL_G) --tasks-per-step $(RL_TASKS) --lr $(RL_LR) \
 	  --act $(call EVAL_ACT,$(call STAGE_START_OF,$*)) $(ES_ARGS) -q && touch $@
@@ -122,12 +122,7 @@ $(ES_OUT)/ES/%/done: $(OUT)/$$(call STAGE_START_OF,$$*)/done $(OUT)/expert.jsonl
 # of its start), for ROOT the expert-step and the next-state sections' folders
 define STAGED_EVAL_RULE
 $(1)/eval/%.jsonl: $(1)/%/done
-	@mkdir -p $$(@D)
-	rm -f $$@.part
-	$$(foreach s,$$(SPLITS),$$(EEXP) eval --policy $$$$(cat $(1)/$$*/start 2>/dev/null || echo $(1)/$$*) \
-	  --env $$(ENV) $$(ENV_ARGS) --split $$(s) -n $$(N_EVAL) --act $$(call EVAL_ACT,$$(call STAGE_START_OF,$$*)) \
-	  --seed $$(SEED) -q $$(EVAL_ARGS) >> $$@.part &&) true
-	mv $$@.part $$@
+	$$(call RL_EVAL,$$$$(cat $(1)/$$*/start 2>/dev/null || echo $(1)/$$*),$$(call EVAL_ACT,$$(call STAGE_START_OF,$$*)))
 endef
 $(eval $(call STAGED_EVAL_RULE,$(ES_OUT)))
 
@@ -177,8 +172,7 @@ $(NS_OUT)/NS+RL/%/done: $(NS_OUT)/NS/%/done
 	$(call STAGED_OUTCOME_RUN,$(NS_OUT)/NS/$*)
 
 $(NS_OUT)/NS/%/done: $(OUT)/$$(call STAGE_START_OF,$$*)/done $(OUT)/outcomes_iwm.jsonl
-	rm -rf $(@D)
-	$(EEXP) rl --model $(OUT)/$(call STAGE_START_OF,$*) --env $(ENV) $(ENV_ARGS) -o $(@D) --seed $(call STAGE_SEED_OF,$*) \
+	$(EEXP) rl --resume --model $(OUT)/$(call STAGE_START_OF,$*) --env $(ENV) $(ENV_ARGS) -o $(@D) --seed $(call STAGE_SEED_OF,$*) \
 	  --reward next-state --outcomes $(OUT)/outcomes_iwm.jsonl --max-tokens $(NS_TOKENS) \
 	  --max-steps $(NS_STEPS) -G $(RL_G) --tasks-per-step $(NS_TASKS) --lr $(RL_LR) $(NS_ARGS) -q && touch $@
 
@@ -197,7 +191,8 @@ $(NS_OUT)/wm/%.json: $$(if $$(findstring /,$$*),$(NS_OUT)/$$*/done,$(OUT)/$$*/do
 	@mkdir -p $(@D)
 	$(EEXP) world-model-eval --policy $$(cat $(NS_OUT)/$*/start 2>/dev/null \
 	  || echo $(if $(findstring /,$*),$(NS_OUT)/$*,$(OUT)/$*)) $(DATA_ARGS) --max-tokens $(NS_TOKENS) \
-	  $(NS_OUT)/heldout.jsonl -q -o $(@:.json=.jsonl) --summary $@.part
+	  $(NS_OUT)/heldout.jsonl -q -o $(@:.json=.jsonl).part --resume --summary $@.part
+	mv $(@:.json=.jsonl).part $(@:.json=.jsonl)
 	mv $@.part $@
 
 # the world-model accuracy of each start and its rows, the seeds of each row pooled, each against its start

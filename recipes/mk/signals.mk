@@ -62,10 +62,9 @@ $(OUT)/critic_eval/%.json: $(OUT)/critic/done
 # (EVAL_RUN: SmolLM2's `make CONFIG=configs/smollm2.mk OUT=out/smollm2/seed1 SEED=1 out/smollm2/seed1/eval/IL+reflexion.jsonl`)
 define EVAL_IL_WITH
 	@mkdir -p $(OUT)/eval
-	rm -f $@.part
 	$(foreach s,$(SPLITS),$(or $(2),$(EEXP) eval --policy $(OUT)/IL $(WORKERS)) --env $(ENV) $(ENV_ARGS) --split $(s) \
-	  -n $(N_EVAL) --act $(ACT) --seed $(SEED) -q $(EVAL_ARGS) $(1) >> $@.part &&) true
-	mv $@.part $@
+	  -n $(N_EVAL) --act $(ACT) --seed $(SEED) -q $(EVAL_ARGS) $(1) -o $@.$(s).part --resume &&) true
+	$(JOIN_EVAL_PARTS)
 endef
 $(OUT)/eval/IL+critic.jsonl: $(OUT)/IL/done $(OUT)/critic/done
 	$(call EVAL_IL_WITH,--critic $(OUT)/critic --critic-k $(CRITIC_K))
