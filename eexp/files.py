@@ -135,7 +135,10 @@ def hub_id(spec: str | None) -> tuple[str, str | None] | None:
 
 def resolve_hub_model(spec: str, *, trust_remote_code: bool = False) -> HubModel:
     """The snapshot folder of a Hub model in the Hugging Face cache ($HF_HOME/hub), downloaded first when it is not
-    there and the Hub can be reached (HF_HUB_OFFLINE=1: the cache only). Safetensors only; model code only with
+    there and the Hub can be reached (HF_HUB_OFFLINE=1: the cache only). A model the cache holds is used as it is,
+    without asking the Hub whether its branch moved (huggingface_hub asks by default, on every load): a run makes no
+    connection it does not need, and the same id gives the same weights until the user updates them (`hf download
+    ORG/NAME`) or names another revision (ORG/NAME@REVISION). Safetensors only; model code only with
     `trust_remote_code`."""
     parsed = hub_id(spec)
     if parsed is None:
@@ -154,7 +157,9 @@ def resolve_hub_model(spec: str, *, trust_remote_code: bool = False) -> HubModel
         raise HubError(f"{spec}: a Hub id needs huggingface_hub (pip install 'eexp[train]')") from None
     patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
     try:
-        path = snapshot_download(repo, revision=revision, allow_patterns=patterns)
+        path = _in_cache(snapshot_download, repo, revision, patterns, LocalEntryNotFoundError)
+        if path is None:
+            path = snapshot_download(repo, revision=revision, allow_patterns=patterns)
     except GatedRepoError:
         raise HubError(
             f"{spec}: a gated repository; accept its terms on huggingface.co and log in "
@@ -186,6 +191,21 @@ def resolve_hub_model(spec: str, *, trust_remote_code: bool = False) -> HubModel
             "the repository (--trust-remote-code, or --policy-arg trust_remote_code=true)"
         )
     return HubModel(repo, os.path.basename(os.path.normpath(path)), path)
+
+
+def _in_cache(snapshot_download, repo: str, revision: str | None, patterns: list[str], missing: type) -> str | None:
+    """The cached snapshot of `repo` at `revision` (its branch as the cache last saw it), or None where the cache
+    has none with safetensors weights (never downloaded, or only part of it: the Hub is asked then)."""
+    try:
+        path = snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True)
+    except missing:
+        return None
+    names = os.listdir(path)
+    if not any(n.endswith(".safetensors") for n in names):
+        return None
+    if "*.py" in patterns and _needs_remote_code(path) and not any(n.endswith(".py") for n in names):
+        return None  # cached without the model code it now may run: fetched with it
+    return path
 
 
 def _needs_remote_code(folder: str) -> bool:

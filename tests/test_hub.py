@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,40 @@ def test_a_policy_from_a_hub_id_names_the_id_and_revision_in_its_records(hub):
         assert meta["model"] == REPO and meta["model_revision"] == COMMIT
         assert meta["model_sha256"] == content_hash([str(hub["snapshot"])])
         policy.close()
+
+
+def test_a_model_in_the_cache_is_used_without_asking_the_hub(hub, monkeypatch):
+    """HF_HUB_OFFLINE unset, the Hub "reachable" at a loopback port that counts connections: a model the cache
+    holds is used as it is. huggingface_hub's default asks the Hub on every load whether the branch moved, so a run
+    from a cached Hub id connected out (before, eexp left that to HF_HUB_OFFLINE=1)."""
+    connections = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            connections.append(1)
+            conn.close()
+
+    thread = threading.Thread(target=count, daemon=True)
+    thread.start()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        found = resolve_hub_model(REPO)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert (found.id, found.revision) == (REPO, COMMIT)
+    assert Path(found.path) == hub["snapshot"]
+    assert connections == []
 
 
 def test_a_model_not_in_the_cache_offline_is_a_clear_error(hub, tmp_path):
