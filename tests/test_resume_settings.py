@@ -5,6 +5,7 @@ record the continuation would add is checked before it is written: a refused run
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from by_hand import untimed
@@ -208,51 +209,49 @@ def test_critic_data_resumed_without_its_balance_is_refused(runner, shop_pipelin
     assert result.exit_code == 0, result.output
 
 
-def _branches(runner, expert, path, *more):
-    assert runner.invoke(cli, ["branch", "-k", "2", str(expert), "-q", "-o", str(path), *more]).exit_code == 0
+def _branches(runner, expert, path):
+    assert runner.invoke(cli, ["branch", "-k", "2", str(expert), "-q", "-o", str(path)]).exit_code == 0
     return path
 
 
-def test_rollout_resumed_from_another_expert_files_branches_is_refused(runner, expert, tmp_path):
-    """The branch settings alike, the expert file not (other tasks): a rollout part begun from one is not continued
-    from the other's branches, which would leave one file holding the outcomes of both. Refused before it writes."""
+def _other_tasks(runner, expert, ours, tmp_path) -> tuple[Path, str]:
+    """Branches of another expert file (other tasks), made with the same settings."""
     other_expert = tmp_path / "expert1.jsonl"
     args = ["expert", "--env", "shop", "-n", "4", "--seed", "1", "-q", "-o", str(other_expert)]
     assert runner.invoke(cli, args).exit_code == 0
-    ours, theirs = (
-        _branches(runner, expert, tmp_path / "b0.jsonl"),
-        _branches(runner, other_expert, tmp_path / "b1.jsonl"),
-    )
+    # the first trajectory's 6 outcomes are kept; this input begins with none of them
+    return _branches(
+        runner, other_expert, tmp_path / "b1.jsonl"
+    ), "6 of its 6 records are of inputs that this input does not begin with"
+
+
+def _another_state(runner, expert, ours, tmp_path) -> tuple[Path, str]:
+    """The same branch records but one state changed, under its id (an expert file made again from changed games)."""
+    records = [json.loads(line) for line in ours.read_text().splitlines()]
+    records[1]["state"]["observation"] += " (changed)"
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return changed, f"its record {records[1]['id']} was made from another input record than this one"
+
+
+@pytest.mark.parametrize("other_input", [_other_tasks, _another_state], ids=["other tasks", "another state"])
+def test_rollout_resumed_from_another_expert_files_branches_is_refused(runner, expert, tmp_path, other_input):
+    """The branch settings alike, the expert file not: a rollout part begun from one is not continued from the
+    other's branches, which would leave one file holding the outcomes of both. Refused before it writes: the
+    outcomes kept are checked against the inputs skipped, and before the first write every kept one must have
+    been matched."""
+    ours = _branches(runner, expert, tmp_path / "b0.jsonl")
+    theirs, said = other_input(runner, expert, ours, tmp_path)
     out = tmp_path / "outcomes.jsonl"
     assert runner.invoke(cli, ["rollout", str(ours), "-q", "-o", str(out)]).exit_code == 0
     kept = _cut(out, 8)  # the first trajectory's 6 outcomes kept, the second's cut short (done again on resume)
     result = runner.invoke(cli, ["rollout", str(theirs), "-q", "-o", str(out), "--resume"])
     assert result.exit_code == 2, result.output
     assert result.output == (
-        f"Error: --resume: {out} was begun from another input (6 of its 6 records are of inputs that this input does "
-        "not begin with): resume it with the input it was begun from, or write to another file\n"
+        f"Error: --resume: {out} was begun from another input ({said}): resume it with the input it was begun from, "
+        "or write to another file\n"
     )
     assert out.read_bytes() == kept
     # its own input continues it
     assert runner.invoke(cli, ["rollout", str(ours), "-q", "-o", str(out), "--resume"]).exit_code == 0
     assert len(out.read_text().splitlines()) == len(ours.read_text().splitlines())
-
-
-def test_rollout_resumed_from_other_states_under_the_same_ids_is_refused(runner, expert, tmp_path):
-    """The same trajectory ids, another state at one of them (an expert file made again from changed games): the
-    outcome the part holds for a skipped input is compared with that input, and the run refused."""
-    ours = _branches(runner, expert, tmp_path / "b0.jsonl")
-    records = [json.loads(line) for line in ours.read_text().splitlines()]
-    records[1]["state"]["observation"] += " (changed)"
-    changed = tmp_path / "changed.jsonl"
-    changed.write_text("".join(json.dumps(r) + "\n" for r in records))
-    out = tmp_path / "outcomes.jsonl"
-    assert runner.invoke(cli, ["rollout", str(ours), "-q", "-o", str(out)]).exit_code == 0
-    kept = _cut(out, 8)
-    result = runner.invoke(cli, ["rollout", str(changed), "-q", "-o", str(out), "--resume"])
-    assert result.exit_code == 2, result.output
-    assert result.output == (
-        f"Error: --resume: {out} was begun from another input (its record {records[1]['id']} was made from another "
-        "input record than this one): resume it with the input it was begun from, or write to another file\n"
-    )
-    assert out.read_bytes() == kept
