@@ -575,6 +575,9 @@ def test_every_long_command_of_a_config_continues_when_stopped(config, tmp_path)
     stopped_for_good = [c for c in commands if not re.search(r" --resume\b", c) or not re.search(r" -o \S", c)]
     assert not stopped_for_good, stopped_for_good[:3]
     assert not re.search(r"^rm -rf \S+/(RL|ES|NS|NS\+RL)/", plan, re.M)
+    # a staged outcome run (its row evaluates DIR/start where the run was refused) clears an earlier refusal first
+    for folder in re.findall(r"\brl --resume .* -o (\S+) .* 2> \1\.log", plan):
+        assert f"rm -f {folder}.log {folder}/refused {folder}/start\n" in plan, folder
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")

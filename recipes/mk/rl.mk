@@ -94,9 +94,11 @@ STAGE_START_OF  = $(word 1,$(subst -s, ,$(notdir $(1))))
 STAGE_SEED_OF   = $(word 2,$(subst -s, ,$(notdir $(1))))
 
 # outcome RL from checkpoint $(1) into $(@D), seed and --act from the run's name; a refusal (exit 1 with the probe's
-# message) leaves $(@D)/refused and $(@D)/start (the checkpoint its row evaluates); any other failure stops here
+# message) leaves $(@D)/refused and $(@D)/start (the checkpoint its row evaluates); any other failure stops here. A
+# stopped run continues from its checkpoint (--resume); an earlier refusal's files go first, or its row would
+# evaluate the start in place of the run
 define STAGED_OUTCOME_RUN
-	rm -f $(@D).log
+	rm -f $(@D).log $(@D)/refused $(@D)/start
 	@mkdir -p $(dir $(@D))
 	$(EEXP) rl --resume --model $(1) --env $(ENV) $(ENV_ARGS) -o $(@D) --seed $(call STAGE_SEED_OF,$(@D)) \
 	  --max-steps $(RL_STEPS) -G $(RL_G) --tasks-per-step $(RL_TASKS) --lr $(RL_LR) --reward $(RL_REWARD) \
