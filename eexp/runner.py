@@ -200,7 +200,7 @@ class SameInput:
             self._refuse(f"its record {record.get('id')} was made from another input record than this one")
         self.matched += 1
 
-    def before_write(self, _record: dict | None = None) -> None:
+    def before_write(self) -> None:
         unmatched = len(self.kept) - self.matched
         if unmatched:
             self._refuse(

@@ -255,3 +255,20 @@ def test_rollout_resumed_from_another_expert_files_branches_is_refused(runner, e
     # its own input continues it
     assert runner.invoke(cli, ["rollout", str(ours), "-q", "-o", str(out), "--resume"]).exit_code == 0
     assert len(out.read_text().splitlines()) == len(ours.read_text().splitlines())
+
+
+def test_rollout_resumed_from_an_input_shorter_than_its_part_is_refused(runner, expert, tmp_path):
+    """An input that ends before the part does (its first trajectory's branches, the part holding two trajectories'
+    outcomes): the run would add nothing and leave the part holding outcomes this input never had. Refused too."""
+    ours = _branches(runner, expert, tmp_path / "b0.jsonl")
+    lines = ours.read_text().splitlines(keepends=True)
+    first = [line for line in lines if json.loads(line)["trajectory_id"] == json.loads(lines[0])["trajectory_id"]]
+    shorter = tmp_path / "first.jsonl"
+    shorter.write_text("".join(first))
+    out = tmp_path / "outcomes.jsonl"
+    assert runner.invoke(cli, ["rollout", str(ours), "-q", "-o", str(out)]).exit_code == 0
+    kept = _cut(out, 13)  # two trajectories' outcomes (6 and 5), the third's cut short
+    result = runner.invoke(cli, ["rollout", str(shorter), "-q", "-o", str(out), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "(5 of its 11 records are of inputs that this input does not begin with)" in result.output
+    assert out.read_bytes() == kept
