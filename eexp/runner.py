@@ -168,36 +168,56 @@ class Stage:
         pass
 
 
+@dataclass(frozen=True)
+class MadeFrom:
+    """How a stage's output record shows the input record it was made from, for --resume (SameInput): `input(record)`
+    and `output(record)` each give (the input's id, what of the input the record shows), the same for an input and
+    the output made from it. `MadeFrom.alike(f)`: an output that keeps its input's id and `f` of its content
+    (rollout: an outcome is its branch record with the results added)."""
+
+    input: Callable[[dict], tuple[str, Any]]
+    output: Callable[[dict], tuple[str, Any]]
+
+    @classmethod
+    def alike(cls, shown: Callable[[dict], Any]) -> MadeFrom:
+        def both(record: dict) -> tuple[str, Any]:
+            return str(record.get("id")), shown(record)
+
+        return cls(both, both)
+
+
 class SameInput:
-    """--resume's check that -o FILE was begun from this input, for a stage that writes one record per input, in
-    input order, keeping the input's `id` and content (rollout: an outcome is its branch record with the results
-    added). `made_from(record)`, read alike from an input or an output record, is what says which input it is.
+    """--resume's check that -o FILE was begun from this input, for a stage that writes at most one record per input
+    record, in input order (rollout one per branch record, reflect one per outcome or none), each showing which input
+    it was made from (MadeFrom).
 
     The settings a file's records carry (run_settings) cannot tell two inputs made with the same settings: a rollout
     part begun from one expert file's branches and continued from another's (the same tasks, other states) would
-    hold both. So each kept record is remembered by its id, and the continuation is refused, before it writes
-    anything, where an input it skips has no kept record or another one (`skipped`), or where it is about to write
-    while kept records are still unmatched by the inputs before (`before_write`): the file is not a beginning of
-    this input's outputs."""
+    hold both. So each kept record is remembered by its input's id, and the continuation is refused, before it
+    writes anything, where an input it skips has no kept record or another one (`skipped`), or where it is about to
+    write while kept records are still unmatched by the inputs before (`before_write`): the file is not a beginning
+    of this input's outputs."""
 
-    def __init__(self, output: str, made_from: Callable[[dict], Any]):
+    def __init__(self, output: str, made_from: MadeFrom):
         self.output, self.made_from = output, made_from
-        self.kept: dict[str, tuple[Any, bytes]] = {}  # kept record's id -> (its resume key, digest of made_from)
+        self.kept: dict[str, tuple[Any, bytes]] = {}  # input id -> (the kept record's resume key, digest of it shown)
         self.matched = 0
 
     def keep(self, record: dict, key: Any) -> None:
-        self.kept[str(record.get("id"))] = (key, self._digest(record))
+        input_id, shown = self.made_from.output(record)
+        self.kept[input_id] = (key, _digest(shown))
 
     def only(self, done: set[str]) -> None:
         """Forget the records of the inputs the resume does again (the last one's, cut from the file)."""
         self.kept = {rid: kept for rid, kept in self.kept.items() if kept[0] in done}
 
     def skipped(self, record: dict) -> None:
-        kept = self.kept.get(str(record.get("id")))
+        input_id, shown = self.made_from.input(record)
+        kept = self.kept.get(input_id)
         if kept is None:
-            self._refuse(f"it holds records of {record.get('source_id')} but none of {record.get('id')}")
-        if kept[1] != self._digest(record):
-            self._refuse(f"its record {record.get('id')} was made from another input record than this one")
+            self._refuse(f"it holds records of {record.get('source_id')} but none of {input_id}")
+        if kept[1] != _digest(shown):
+            self._refuse(f"its record of {input_id} was made from another input record than this one")
         self.matched += 1
 
     def before_write(self) -> None:
@@ -207,15 +227,15 @@ class SameInput:
                 f"{unmatched} of its {len(self.kept)} records are of inputs that this input does not begin with"
             )
 
-    def _digest(self, record: dict) -> bytes:
-        made = orjson.dumps(self.made_from(record), option=orjson.OPT_SORT_KEYS)
-        return hashlib.blake2b(made, digest_size=16).digest()
-
     def _refuse(self, said: str) -> None:
         raise UsageProblem(
             f"--resume: {self.output} was begun from another input ({said}): resume it with the input it was begun "
             "from, or write to another file"
         )
+
+
+def _digest(value: Any) -> bytes:
+    return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
 
 def _finish(stage) -> Iterable[dict]:
@@ -282,13 +302,17 @@ class StageIO:
         key: Callable[[dict], str] = lambda r: r.get("source_id"),
         kind: str | None = None,
         whole_records: bool = False,
+        made_from: MadeFrom | None = None,
     ) -> set[str]:
         """With --resume, the keys (by `key` of each output record) -o FILE already holds, after making the file
         safe to append to (once per run: later calls return the same set); without it, nothing. `whole_records`:
-        each key has one record, so the last whole line is a finished input (see prepare_resume)."""
+        each key has one record, so the last whole line is a finished input (see prepare_resume). `made_from`: the
+        file is continued only from the input that began it (SameInput); given at the first call, and to `run`."""
         if not self.resume:
             return set()
         if self._done is None:
+            if made_from is not None:
+                self._same_input = SameInput(self.output, made_from)
             # Each setting as the first record that has it says (a reflection's model settings are in a model
             # reflection's alone, and the first may be a grounded fallback's).
             settings: dict[str, Any] = {}
@@ -372,15 +396,15 @@ class StageIO:
         output_key=lambda r: r.get("source_id"),
         unit: str = "rec",
         output_kind: str | None = None,
-        made_from: Callable[[dict], Any] | None = None,
+        made_from: MadeFrom | None = None,
     ) -> None:
         """Map every input record through `stage` and write its outputs, then what `stage.finish()` still holds.
         `output_kind` is the kind of record the stage writes: --resume refuses a file of another kind. `made_from`:
         --resume continues the file only from the input that began it (SameInput, which says for which stages)."""
         try:
-            if made_from is not None and self.resume and self._done is None:
-                self._same_input = SameInput(self.output, made_from)
-            done = self.done(output_key, output_kind)
+            done = self.done(output_key, output_kind, made_from=made_from)
+            if made_from is not None and self.resume and self._same_input is None:
+                raise RuntimeError("StageIO.done was called before run without the made_from given to run")
             writer = self._writer()
             with self.closing(writer), progress_bar(self.quiet, unit=unit) as bar:
                 try:

@@ -32,7 +32,7 @@ def scripted(monkeypatch):
     class Scripted(Policy):
         def generate(self, messages, seed=None, **kw):
             calls.append(seed)
-            return Reply(text=by_seed[seed], action=None, finish_reason="stop")
+            return Reply(text=by_seed.get(seed, GOOD), action=None, finish_reason="stop")  # GOOD for other ids
 
         def describe(self):
             return {"model": "scripted"}
@@ -100,3 +100,36 @@ def test_resume_after_any_interruption_gives_the_uninterrupted_files(runner, scr
     _reflect(runner, data, out, rej, fallback, "--resume")
     assert _same(out, full_out) and _same(rej, full_rej)
     assert len(scripted) == (1 if fallback else 2)
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ("state", "its record of t1#2 was made from another input record than this one"),
+        ("tasks", "3 of its 3 records are of inputs that this input does not begin with"),
+    ],
+)
+def test_resume_from_other_outcomes_is_refused(runner, scripted, tmp_path, change, said):
+    """A part begun from one file of outcomes is not continued from another made with the same settings (another
+    expert file's): an example kept for an outcome skipped must show that outcome's state and expert action, and
+    every kept example must be matched before the run writes. Refused word for word, the part left as it was."""
+    data, out, rejected = _outcomes(tmp_path), tmp_path / "sr.jsonl", tmp_path / "sr.rejected.jsonl"
+    _reflect(runner, data, out, rejected, True)
+    kept = b"".join(out.read_bytes().splitlines(keepends=True)[:4])  # t0-t3's examples; t3's done again on resume
+    out.write_bytes(kept)
+    records = [orjson.loads(line) for line in data.read_bytes().splitlines()]
+    if change == "state":
+        records[1]["state"] = {**records[1]["state"], "observation": records[1]["state"]["observation"] + " (changed)"}
+    else:  # other outcomes: ids none of the kept examples has
+        records = [dict(r, id="u" + r["id"]) for r in records]
+    other = tmp_path / "other.jsonl"
+    _write(other, records)
+    args = ["reflect", "--policy", "m.gguf", "--seed", str(SEED), str(other), "-o", str(out), "--resume"]
+    result = runner.invoke(cli, [*args, "--fallback", "grounded"])
+
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: --resume: {out} was begun from another input ({said}): resume it with the input it was begun from, "
+        "or write to another file\n"
+    )
+    assert out.read_bytes() == kept

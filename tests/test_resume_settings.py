@@ -231,7 +231,7 @@ def _another_state(runner, expert, ours, tmp_path) -> tuple[Path, str]:
     records[1]["state"]["observation"] += " (changed)"
     changed = tmp_path / "changed.jsonl"
     changed.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return changed, f"its record {records[1]['id']} was made from another input record than this one"
+    return changed, f"its record of {records[1]['id']} was made from another input record than this one"
 
 
 @pytest.mark.parametrize("other_input", [_other_tasks, _another_state], ids=["other tasks", "another state"])

@@ -24,6 +24,7 @@ from eexp.cli.options import (
 from eexp.fields import setting
 from eexp.policies.base import resolve_concurrency
 from eexp.records import expect
+from eexp.runner import MadeFrom
 from eexp.stages.branch import PROPOSE_MODES, Brancher, parse_steps
 from eexp.stages.rollout import Rollout, branched_from
 
@@ -204,6 +205,6 @@ def rollout(io, jobs, step_timeout, cluster):
         validate=expect("branch"),
         input_key=lambda r: r.get("source_id"),
         output_kind="outcome",
-        made_from=branched_from,
+        made_from=MadeFrom.alike(branched_from),
     )
     stage.check_failures()

@@ -25,6 +25,7 @@ from eexp.policies.base import resolve_concurrency
 from eexp.records import expect
 from eexp.stages.reflect import COUNTS, FILTERS, Reflect, Reflector, Settings, Template, policy_writer
 from eexp.stages.reflect.settings import StageSettings
+from eexp.stages.reflect.stage import example_made_from
 
 NO_REFLECTOR = (
     "reflect needs a writer for the reflections: give --policy SPEC (the model being trained writes "
@@ -79,6 +80,9 @@ def reflect(
     to --rejected FILE); a monologue repeated twice keeps its first copy. The grounded reflector says,
     in each environment's own words, only what the outcomes show: why each alternative falls short
     and, in shop, why turn to the next page of results.
+
+    --resume continues a file only with the settings and the input that began it: an example it holds for an
+    outcome it skips must show that outcome's state and expert action.
 
     \b
     Example:
@@ -155,7 +159,13 @@ def reflect(
         concurrency=concurrency,
     )
     try:
-        io.run(stage, validate=expect("outcome"), unit="state", output_kind="example")
+        io.run(
+            stage,
+            validate=expect("outcome"),
+            unit="state",
+            output_kind="example",
+            made_from=example_made_from(serializer),
+        )
     finally:
         if policy is not None:
             policy.close()
@@ -170,7 +180,7 @@ def check_resumed(io, serializer, template, settings, model: Reflector | None) -
     which this run's first record may not name (a grounded fallback's names none)."""
     if not io.resume:
         return
-    io.done(kind="example")
+    io.done(kind="example", made_from=example_made_from(serializer))
     ours = {"stage": "reflect", "kind": "sr", "serializer": serializer.json, "template_sha256": template.sha256}
     if model is None:  # grounded: a file that holds a model's reflections is not continued without its model
         ours.update(model="", model_sha256="", reflector="grounded")

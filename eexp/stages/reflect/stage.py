@@ -11,7 +11,7 @@ from eexp.inflight import InOrder
 from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, format_action
 from eexp.records import example_meta
-from eexp.runner import Stage
+from eexp.runner import MadeFrom, Stage
 from eexp.stages.reflect.claims import Evidence
 from eexp.stages.reflect.filters import fresh_words, judge, page_runs, topic_words
 from eexp.stages.reflect.grounded import VERSION as GROUNDED_VERSION
@@ -158,6 +158,23 @@ def reflect_examples(
         + [{"role": "assistant", "content": format_action(expert["action"], text)}],
         "meta": meta(kind, **more),
     }
+
+
+def example_made_from(serializer: Serializer) -> MadeFrom:
+    """What an SR example shows of the outcome it was written from, read alike from the outcome: the policy's
+    prompt for its state (the example's messages before the reply) and the expert action the reply ends with.
+    reflect --resume compares it for every outcome it skips (eexp.runner.SameInput), so that a part begun from
+    other outcomes behind the same settings (another expert file's) is not continued with this input's."""
+
+    def from_outcome(outcome: dict) -> tuple[str, list]:
+        return str(outcome.get("id")), [serializer.policy_messages(outcome["state"]), outcome["expert"]["action"]]
+
+    def from_example(example: dict) -> tuple[str, list]:
+        *prompt, reply = example["messages"]
+        # format_action: the action is the reply's last line, after `Action: ` (a thought, if any, comes before)
+        return str(example.get("source_id")), [prompt, reply["content"].rpartition("Action: ")[2]]
+
+    return MadeFrom(from_outcome, from_example)
 
 
 class Reflect(Stage):
