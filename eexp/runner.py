@@ -173,10 +173,13 @@ class MadeFrom:
     """How a stage's output record shows the input record it was made from, for --resume (SameInput): `input(record)`
     and `output(record)` each give (the input's id, what of the input the record shows), the same for an input and
     the output made from it. `MadeFrom.alike(f)`: an output that keeps its input's id and `f` of its content
-    (rollout: an outcome is its branch record with the results added)."""
+    (rollout: an outcome is its branch record with the results added). `many`: an input gives several outputs, and
+    `input(record)` gives the list of what each of them shows, in their order (world-model-eval: a prediction per
+    transition of an outcome)."""
 
     input: Callable[[dict], tuple[str, Any]]
     output: Callable[[dict], tuple[str, Any]]
+    many: bool = False
 
     @classmethod
     def alike(cls, shown: Callable[[dict], Any]) -> MadeFrom:
@@ -187,9 +190,9 @@ class MadeFrom:
 
 
 class SameInput:
-    """--resume's check that -o FILE was begun from this input, for a stage that writes at most one record per input
-    record, in input order (rollout one per branch record, reflect one per outcome or none), each showing which input
-    it was made from (MadeFrom).
+    """--resume's check that -o FILE was begun from this input, for a stage that writes an input's records together,
+    in input order (rollout one per branch record, reflect one per outcome or none, world-model-eval one per
+    transition), each showing which input it was made from (MadeFrom).
 
     The settings a file's records carry (run_settings) cannot tell two inputs made with the same settings: a rollout
     part begun from one expert file's branches and continued from another's (the same tasks, other states) would
@@ -200,12 +203,13 @@ class SameInput:
 
     def __init__(self, output: str, made_from: MadeFrom):
         self.output, self.made_from = output, made_from
-        self.kept: dict[str, tuple[Any, bytes]] = {}  # input id -> (the kept record's resume key, digest of it shown)
-        self.matched = 0
+        # input id -> (its kept records' resume key, the digest of what each shows of it, in the file's order)
+        self.kept: dict[str, tuple[Any, list[bytes]]] = {}
+        self.matched: set[str] = set()  # the input ids skipped so far, each matching its kept records
 
     def keep(self, record: dict, key: Any) -> None:
         input_id, shown = self.made_from.output(record)
-        self.kept[input_id] = (key, _digest(shown))
+        self.kept.setdefault(input_id, (key, []))[1].append(_digest(shown))
 
     def only(self, done: set[str]) -> None:
         """Forget the records of the inputs the resume does again (the last one's, cut from the file)."""
@@ -216,16 +220,15 @@ class SameInput:
         kept = self.kept.get(input_id)
         if kept is None:
             self._refuse(f"it holds records of {record.get('source_id')} but none of {input_id}")
-        if kept[1] != _digest(shown):
+        if kept[1] != [_digest(one) for one in (shown if self.made_from.many else [shown])]:
             self._refuse(f"its record of {input_id} was made from another input record than this one")
-        self.matched += 1
+        self.matched.add(input_id)
 
     def before_write(self) -> None:
-        unmatched = len(self.kept) - self.matched
+        unmatched = sum(len(kept[1]) for input_id, kept in self.kept.items() if input_id not in self.matched)
         if unmatched:
-            self._refuse(
-                f"{unmatched} of its {len(self.kept)} records are of inputs that this input does not begin with"
-            )
+            records = sum(len(kept[1]) for kept in self.kept.values())
+            self._refuse(f"{unmatched} of its {records} records are of inputs that this input does not begin with")
 
     def _refuse(self, said: str) -> None:
         raise UsageProblem(

@@ -394,6 +394,44 @@ def test_resume_continues_the_same_run_and_refuses_another(copier, outcomes_file
     assert result.exit_code == 2 and "holds predictions of another model or other settings" in result.stderr
 
 
+def other_state(outcomes):
+    changed = [dict(outcomes[0], state={**outcomes[0]["state"], "observation": "You are in the hall."}), outcomes[1]]
+    return changed, "its record of alfworld:t1#0 was made from another input record than this one"
+
+
+def other_outcome(outcomes):
+    expert = dict(outcomes[0]["expert"], next_observation="You pick up the mug 2 from the floor.")
+    return [dict(outcomes[0], expert=expert), outcomes[1]], (
+        "its record of alfworld:t1#0 was made from another input record than this one"
+    )
+
+
+def other_tasks(outcomes):
+    return [dict(o, id=o["id"].replace("#0", "#1")) for o in outcomes], (
+        "3 of its 3 records are of inputs that this input does not begin with"
+    )
+
+
+@pytest.mark.parametrize("change", [other_state, other_outcome, other_tasks], ids=lambda f: f.__name__)
+def test_resume_refuses_a_part_begun_from_other_outcomes(copier, outcomes_file, tmp_path, change):
+    """The same settings, other outcomes (another state, another observed next state, other ids): the predictions
+    kept are not this input's, so the part is refused and left as it was."""
+    out = tmp_path / "p.jsonl"
+    assert invoke(["world-model-eval", "--policy", "m.gguf", str(outcomes_file), "-o", str(out)]).exit_code == 0
+    part = b"".join(out.read_bytes().splitlines(keepends=True)[:4])  # the first outcome's 3, one of the second's
+    out.write_bytes(part)
+    changed, said = change(OUTCOMES)
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in changed))
+    result = invoke(["world-model-eval", "--policy", "m.gguf", str(other), "-o", str(out), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"Error: --resume: {out} was begun from another input ({said}): resume it with the input it was begun from, "
+        "or write to another file\n"
+    )
+    assert out.read_bytes() == part
+
+
 def test_invalid_replies_read_the_environments_refusals():
     assert INVALID_REPLIES["alfworld"].match("Nothing happens.")
     assert INVALID_REPLIES["shop"].match("invalid action: there is no 'green t-shirt' here.\n[results page 1/2]")

@@ -98,6 +98,9 @@ def world_model_eval(
     the exact matches summed over seeds), and over seeds where both have the same number of files (file i against
     file i, on exact match: as eval --compare).
 
+    --resume continues a file only with the run that began it (model, decoding, serializer) and the input it was
+    begun from: the predictions it holds for an outcome it skips must show that outcome's prompts and targets.
+
     \b
     Examples:
       eexp expert --env shop --split test -n 50 | eexp branch -k 4 | eexp rollout > heldout.jsonl
@@ -135,7 +138,7 @@ def world_model_eval(
         )
         if io.resume:
             check_resumed_run(io.output, stage.run)
-        io.run(stage, validate=expect("outcome"), unit="state", output_kind="prediction")
+        io.run(stage, validate=expect("outcome"), unit="state", output_kind="prediction", made_from=stage.made_from())
     finally:
         policy.close()
     records = stage.kept if io.output in (None, "-") else list(read_records([io.output]))

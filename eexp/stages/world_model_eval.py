@@ -40,7 +40,7 @@ from eexp.inflight import InOrder
 from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, clip, read_observation
 from eexp.records import make_meta, short_hash
-from eexp.runner import Stage
+from eexp.runner import MadeFrom, Stage
 from eexp.stages.settings import shared
 from eexp.stages.world_model import world_model_transitions
 from eexp.stats import bootstrap_mean, wilson
@@ -153,6 +153,11 @@ def score(effect: dict, prediction: str, target: str) -> dict:
 Predict = Callable[[list[dict], int], tuple[str, str]]  # (prompt messages, seed) -> (reply text, finish_reason)
 
 
+def asked(example: dict) -> list:
+    """What a prediction record shows of the IWM example it was asked: its prompt's digest and its target."""
+    return [prompt_sha256(example["messages"][:-1]), read_observation(example["messages"][-1]["content"])[0]]
+
+
 def run_key(model: dict, settings: Settings, serializer: Serializer) -> str:
     """A short hash of what decides the predictions (model, decoding, serializer, clipping): meta.run, which
     --resume checks so that a file is continued only by the run that began it."""
@@ -193,6 +198,20 @@ class WorldModelEval(Stage):
         for j, executed, example in transitions:
             self.calls.submit(lambda j=j, executed=executed, example=example: self._one(outcome, j, executed, example))
         return self._collect()
+
+    def made_from(self) -> MadeFrom:
+        """For --resume (SameInput): a prediction shows its outcome by its prompt (the state as this serializer
+        renders it, and the action) and its target (the observation the environment showed), an outcome by those of
+        its transitions, in their order: a part begun from other outcomes behind the same ids is refused."""
+
+        def from_outcome(outcome: dict) -> tuple[str, list]:
+            transitions = world_model_transitions(outcome, self.serializer, self.settings.max_chars)
+            return str(outcome.get("id")), [asked(example) for _, _, example in transitions]
+
+        def from_prediction(prediction: dict) -> tuple[str, list]:
+            return str(prediction.get("source_id")), [prediction.get("prompt_sha256"), prediction.get("target")]
+
+        return MadeFrom(from_outcome, from_prediction, many=True)
 
     def _one(self, outcome: dict, j: int, executed: dict, example: dict) -> dict:
         s = self.settings
