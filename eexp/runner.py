@@ -221,7 +221,8 @@ class SameInput:
         if kept is None:
             self._refuse(f"it holds records of {record.get('source_id')} but none of {input_id}")
         if kept[1] != [_digest(one) for one in (shown if self.made_from.many else [shown])]:
-            self._refuse(f"its record of {input_id} was made from another input record than this one")
+            its = "its records of {} were" if self.made_from.many else "its record of {} was"
+            self._refuse(f"{its.format(input_id)} made from another input record than this one")
         self.matched.add(input_id)
 
     def before_write(self) -> None:

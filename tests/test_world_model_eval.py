@@ -396,13 +396,13 @@ def test_resume_continues_the_same_run_and_refuses_another(copier, outcomes_file
 
 def other_state(outcomes):
     changed = [dict(outcomes[0], state={**outcomes[0]["state"], "observation": "You are in the hall."}), outcomes[1]]
-    return changed, "its record of alfworld:t1#0 was made from another input record than this one"
+    return changed, "its records of alfworld:t1#0 were made from another input record than this one"
 
 
 def other_outcome(outcomes):
     expert = dict(outcomes[0]["expert"], next_observation="You pick up the mug 2 from the floor.")
     return [dict(outcomes[0], expert=expert), outcomes[1]], (
-        "its record of alfworld:t1#0 was made from another input record than this one"
+        "its records of alfworld:t1#0 were made from another input record than this one"
     )
 
 
