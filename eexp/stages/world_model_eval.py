@@ -216,7 +216,7 @@ class WorldModelEval(Stage):
     def _one(self, outcome: dict, j: int, executed: dict, example: dict) -> dict:
         s = self.settings
         messages = example["messages"][:-1]
-        target, _ = read_observation(example["messages"][-1]["content"])
+        prompt_digest, target = asked(example)  # as made_from reads them: a resume compares these
         seed = derive_seed(s.seed, example["id"], 0)
         reply, finish_reason = self.predict(messages, seed)
         prediction, labelled = read_observation(reply)
@@ -235,7 +235,7 @@ class WorldModelEval(Stage):
             "action": executed["action"],
             "action_source": "expert" if j < 0 else executed.get("source", ""),
             "alternative": j,
-            "prompt_sha256": prompt_sha256(messages),
+            "prompt_sha256": prompt_digest,
             "prediction": prediction,
             "labelled": labelled,
             "finish_reason": finish_reason,
