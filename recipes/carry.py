@@ -9,21 +9,24 @@ examples, the base) are large, and the recipe makes them again exactly from the 
 fine-tunes and evaluations are small and cost most of a seed's hours. `save` copies the second kind into DIR: every
 run folder (one with a metrics.jsonl, a checkpoints/ or a `done`) without its checkpoints when it is done, with its
 newest step-N checkpoint when it is not (one stopped before its first checkpoint is left, to be made again); the
-episode folders (eval/, recovery/: whole files and the parts of stopped evaluations); and the top-level JSON the
-runs' comparison wrote (compare.json). What it leaves, the data, is listed in DIR/data.txt. DIR is written whole or
-not at all (through DIR.tmp).
+episode folders (eval/, recovery/: whole files and the parts of stopped evaluations, each gzipped, since a committed
+file stays under 2 MiB); the top-level JSON the runs' comparison wrote (compare.json); and the data stages' --stats
+(DIR/stats/), which a published seed keeps. What it leaves, the data, is listed in DIR/data.txt. DIR is written whole
+or not at all (through DIR.tmp). A done seed is published from DIR as from OUT, without the machine: `make publish
+OUT=DIR ...` (PUBLISH_NEEDS= when DIR has no compare.json).
 
 `restore` first checks that OUT holds again every data entry DIR/data.txt lists (else it names them and stops, so that
 make, finding them missing, never remakes a data file after the runs and so trains them again), then copies the runs
-and episodes in with new times, newer than the data: make takes a done run as done, a stopped fine-tune continues
-from its checkpoint (`finetune --resume` refuses, by its fingerprint, examples that differ from the run's) and a
-stopped evaluation from its part. Restore into the same OUT path as the save: --resume knows the run's files by where
-they are or by their bytes, and a data file made again differs in its records' times.
+and episodes in (the episodes unzipped) with new times, newer than the data: make takes a done run as done, a
+stopped fine-tune continues from its checkpoint (`finetune --resume` refuses, by its fingerprint, examples that
+differ from the run's) and a stopped evaluation from its part. Restore into the same OUT path as the save: --resume
+knows the run's files by where they are or by their bytes, and a data file made again differs in its records' times.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import shutil
 import sys
@@ -31,6 +34,27 @@ from pathlib import Path
 
 EPISODE_FOLDERS = ("eval", "recovery")
 CARRIED_JSON = ("compare.json",)
+STATS = ".stats.json"  # a data stage's --stats: carried in DIR/stats/ for publish, not restored (made with the data)
+
+
+def zip_episodes(src: Path, dest: Path) -> None:
+    """SRC's files into DEST, each gzipped (level 9, no name and no time in the header: the same episodes, the same
+    bytes); DEST/X.gz for SRC/X."""
+    dest.mkdir()
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            with f.open("rb") as episodes, (dest / (f.name + ".gz")).open("wb") as raw:
+                with gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=raw, mtime=0) as zipped:
+                    shutil.copyfileobj(episodes, zipped)
+
+
+def unzip_episodes(src: Path, dest: Path) -> None:
+    """The reverse of zip_episodes: DEST/X for SRC/X.gz."""
+    dest.mkdir()
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name.endswith(".gz"):
+            with gzip.open(f, "rb") as episodes, (dest / f.name[: -len(".gz")]).open("wb") as out:
+                shutil.copyfileobj(episodes, out)
 
 
 def is_run(folder: Path) -> bool:
@@ -65,11 +89,15 @@ def save(out: Path, dest: Path) -> list[str]:
                 shutil.copytree(ckpt, tmp / entry.name / "checkpoints" / ckpt.name)
             carried.append(f"{entry.name}/" + (f" (stopped: {ckpt.relative_to(entry)})" if ckpt else ""))
         elif entry.is_dir() and entry.name in EPISODE_FOLDERS:
-            shutil.copytree(entry, tmp / entry.name)
-            carried.append(f"{entry.name}/ ({sum(1 for _ in entry.iterdir())} files)")
+            zip_episodes(entry, tmp / entry.name)
+            carried.append(f"{entry.name}/ ({sum(1 for f in entry.iterdir() if f.is_file())} files, gzipped)")
         elif entry.is_file() and entry.name in CARRIED_JSON:
             shutil.copyfile(entry, tmp / entry.name)
             carried.append(entry.name)
+        elif entry.is_file() and entry.name.endswith(STATS):
+            (tmp / "stats").mkdir(exist_ok=True)
+            shutil.copyfile(entry, tmp / "stats" / entry.name)
+            carried.append(f"stats/{entry.name}")
         elif not entry.name.endswith((".part", ".tmp")):
             data.append(entry.name + ("/" if entry.is_dir() else ""))
     (tmp / "data.txt").write_text("".join(f"{name}\n" for name in data))
@@ -90,13 +118,15 @@ def restore(src: Path, out: Path) -> list[str]:
             f"carry: {out} lacks the data the runs were made from: {', '.join(missing)}. Make them first, in this "
             "folder (the recipe's make with these targets), then restore"
         )
-    carried = sorted(p for p in src.iterdir() if p.name != "data.txt")
+    carried = sorted(p for p in src.iterdir() if p.name not in ("data.txt", "stats"))
     there = [p.name for p in carried if (out / p.name).exists()]
     if there:
         raise SystemExit(f"carry: {out} already holds {', '.join(there)}: restore is for a folder without its runs")
-    for p in carried:
-        if p.is_dir():
-            shutil.copytree(p, out / p.name, copy_function=shutil.copyfile)  # new times: newer than the data
+    for p in carried:  # new times: newer than the data
+        if p.is_dir() and p.name in EPISODE_FOLDERS:
+            unzip_episodes(p, out / p.name)
+        elif p.is_dir():
+            shutil.copytree(p, out / p.name, copy_function=shutil.copyfile)
         else:
             shutil.copyfile(p, out / p.name)
     return [p.name for p in carried]

@@ -449,6 +449,73 @@ def test_publish_adds_a_later_run_beside_a_kept_seed(tmp_path):
     )
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_a_seed_carried_without_its_machine_publishes_and_restores_its_episodes(tmp_path):
+    """Fast: carry.py save gzips a seed's episodes (a committed file stays under 2 MiB) and keeps its stages' --stats
+    in stats/; `make publish` from the carried folder writes what it writes from the seed's own folder, byte for byte,
+    so a seed whose machine is gone publishes without it (seed 3's was copied by hand); restore unzips the episodes,
+    a stopped evaluation's part included, to their bytes, and leaves the stats to the data made again."""
+    out, carried = tmp_path / "out" / "seed3", tmp_path / "carried" / "seed3"
+    (out / "eval").mkdir(parents=True)
+    episodes = {
+        "IL.jsonl": b'{"id": "a", "success": true}\n{"id": "b", "success": false}\n',
+        "SR.test.jsonl.part": b'{"id": "a", "success": false}\n',  # an evaluation stopped part-way
+    }
+    for name, data in episodes.items():
+        (out / "eval" / name).write_bytes(data)
+    (out / "IL" / "checkpoints" / "step-4").mkdir(parents=True)
+    (out / "IL" / "metrics.jsonl").write_text('{"step": 0, "val_loss": 6.5}\n')
+    (out / "IL" / "card.yaml").write_text("machine:\n  cpu: AMD EPYC\n")
+    (out / "IL" / "done").touch()
+    (out / "compare.json").write_text("{}")
+    (out / "reflect.stats.json").write_text('{"kept": 2}')
+    (out / "il.jsonl").write_text('{"messages": []}\n')  # data: made again, not carried
+    carry = [sys.executable, str(RECIPES / "carry.py")]
+    saved = subprocess.run([*carry, "save", str(out), str(carried)], capture_output=True, text=True, timeout=60)
+    assert saved.returncode == 0, saved.stderr
+    assert sorted(str(p.relative_to(carried)) for p in carried.rglob("*") if p.is_file()) == [
+        "IL/card.yaml",
+        "IL/done",
+        "IL/metrics.jsonl",
+        "compare.json",
+        "data.txt",
+        "eval/IL.jsonl.gz",
+        "eval/SR.test.jsonl.part.gz",
+        "stats/reflect.stats.json",
+    ]
+    assert (carried / "data.txt").read_text() == "il.jsonl\n"
+
+    def publish(folder: Path, results: Path) -> dict[str, bytes]:
+        done = subprocess.run(
+            ["make", "-C", str(RECIPES), "publish", "CONFIG=configs/demo.mk", f"OUT={folder}", "SEED=3"]
+            + [f"RESULTS={results}", "PUBLISH_TRAIN=IL"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return {str(p.relative_to(results)): p.read_bytes() for p in results.rglob("*") if p.is_file()}
+
+    from_out, from_carried = publish(out, tmp_path / "a"), publish(carried, tmp_path / "b")
+    assert from_carried == from_out
+    assert sorted(from_out) == [
+        "seed3/eval/IL.jsonl.gz",
+        "seed3/reflect.stats.json",
+        "seed3/train/IL.card.yaml",
+        "seed3/train/IL.metrics.jsonl",
+    ]
+    assert gzip.decompress(from_out["seed3/eval/IL.jsonl.gz"]) == episodes["IL.jsonl"]
+
+    again = tmp_path / "again" / "seed3"  # another machine, its data made again
+    again.mkdir(parents=True)
+    (again / "il.jsonl").write_text('{"messages": []}\n')
+    restored = subprocess.run([*carry, "restore", str(carried), str(again)], capture_output=True, text=True, timeout=60)
+    assert restored.returncode == 0, restored.stderr
+    assert {p.name: p.read_bytes() for p in (again / "eval").iterdir()} == episodes
+    assert (again / "IL" / "done").exists() and not (again / "stats").exists()
+    assert not (again / "reflect.stats.json").exists()
+
+
 def _plan(*args: str) -> str:
     """`make -n` of the recipes with ARGS: every command the target would run, printed, none run."""
     proc = subprocess.run(

@@ -43,6 +43,8 @@ $(SEED_RUNS): seed-run-%:
 # RESULTS=...`): its curated runs as <run>-curated, the critic's held-out accuracy as critic_eval/<split>.json.
 # A run added to a kept seed later (a row trained in another sitting) publishes alone, beside what is kept there:
 # `make ... publish OUT=out/smollm2/seed0 SEED=0 PUBLISH_NEEDS= PUBLISH_TRAIN=SR-grounded`.
+# A seed carried without its machine (recipes/carry.py save: its episodes gzipped, its stages' --stats in stats/)
+# publishes from the carried folder as from OUT: `make ... publish OUT=$PWD/<carried>/seed<s> SEED=<s>`.
 RESULTS ?=
 PUBLISH_NEEDS ?= $(OUT)/compare.json
 PUBLISH_TRAIN ?= IL IWM SR $(SR_GROUNDED_ROW) $(ACTOBS_ROW) $(MATCHED_ROWS)
@@ -52,16 +54,19 @@ publish:
 	  "(RESULTS/seed$(SEED)): give SEED=<s> with OUT=.../seed<s>" >&2; exit 1;; esac
 	@for f in $(PUBLISH_NEEDS); do test -f $$f || { echo "publish: $$f is missing: run the seed first" >&2; exit 1; }; done
 	mkdir -p $(RESULTS)/seed$(SEED)/train
-	for f in $(wildcard $(OUT)/eval/*.jsonl $(OUT)/recovery/*.jsonl) $(wildcard $(OUT)/curated/eval/*.jsonl); do \
-	  d=$(RESULTS)/seed$(SEED)/$$(basename $$(dirname $$f)); r=$$(basename $$f .jsonl); \
+	for f in $(wildcard $(OUT)/eval/*.jsonl $(OUT)/recovery/*.jsonl) $(wildcard $(OUT)/curated/eval/*.jsonl) \
+	  $(wildcard $(OUT)/eval/*.jsonl.gz $(OUT)/recovery/*.jsonl.gz); do \
+	  d=$(RESULTS)/seed$(SEED)/$$(basename $$(dirname $$f)); r=$$(basename $$(basename $$f .gz) .jsonl); \
 	  case $$f in */curated/eval/*) r=$$r-curated;; esac; \
-	  mkdir -p $$d && gzip -9nc $$f > $$d/$$r.jsonl.gz.tmp && mv $$d/$$r.jsonl.gz.tmp $$d/$$r.jsonl.gz || exit 1; done
+	  mkdir -p $$d && gzip -dcf $$f | gzip -9nc > $$d/$$r.jsonl.gz.tmp && mv $$d/$$r.jsonl.gz.tmp $$d/$$r.jsonl.gz \
+	  || exit 1; done
 	for r in $(PUBLISH_TRAIN); do \
 	  name=$$(echo $$r | sed 's|^curated/\(.*\)|\1-curated|'); \
 	  cp $(OUT)/$$r/metrics.jsonl $(RESULTS)/seed$(SEED)/train/$$name.metrics.jsonl || exit 1; \
 	  if test -f $(OUT)/$$r/card.yaml; then cp $(OUT)/$$r/card.yaml $(RESULTS)/seed$(SEED)/train/$$name.card.yaml || exit 1; fi; \
 	done
-	$(if $(wildcard $(OUT)/*.stats.json),cp $(wildcard $(OUT)/*.stats.json) $(RESULTS)/seed$(SEED)/)
+	$(if $(wildcard $(OUT)/*.stats.json $(OUT)/stats/*.stats.json),\
+	  cp $(wildcard $(OUT)/*.stats.json $(OUT)/stats/*.stats.json) $(RESULTS)/seed$(SEED)/)
 	$(if $(wildcard $(OUT)/critic_eval/*.json),mkdir -p $(RESULTS)/seed$(SEED)/critic_eval && \
 	  cp $(wildcard $(OUT)/critic_eval/*.json) $(RESULTS)/seed$(SEED)/critic_eval/)
 
