@@ -493,7 +493,8 @@ def test_a_seed_carried_without_its_data_goes_on_where_it_stopped(tmp_path):
     assert make(out, f"{sys.executable} {stopping}", "IWM/done").returncode != 0  # stopped after update 5
     saved = carry("save", out, kept)
     assert saved.returncode == 0, saved.stderr
-    assert sorted(p.name for p in kept.iterdir()) == ["IL", "IWM", "data.txt", "eval"]
+    assert sorted(p.name for p in kept.iterdir()) == ["IL", "IWM", "data.txt", "eval", "stats"]
+    assert [p.name for p in (kept / "stats").iterdir()] == ["rollout_iwm.stats.json"]  # for publish; not restored
     assert (kept / "IL" / "done").exists() and not (kept / "IL" / "checkpoints").exists()
     assert [p.name for p in (kept / "IWM" / "checkpoints").iterdir()] == ["step-4"]
     assert not (kept / "IWM" / "done").exists()
