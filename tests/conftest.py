@@ -234,6 +234,10 @@ def _shares_a_fixture_of_its_module(item) -> bool:
     )
 
 
+# tryfirst: pytest-xdist's worker reads the xdist_group marks in its own pytest_collection_modifyitems, which pluggy
+# calls before this one unless this one asks to go first: without it no mark below is seen, and each worker builds a
+# module's shared fixture again (the ALFWorld games, a cold TextWorld cache, SmolLM2's import). tests/test_tiers.py.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") is None and _tier_reason(item):
