@@ -24,7 +24,8 @@ import json
 import os
 from pathlib import Path
 
-from eexp.io import Reader, write_atomic
+from eexp.io import write_atomic
+from eexp.records import expect
 from eexp.stages.evaluate.compare import (
     MAX_LISTED_SEEDS,
     POWER_NOTE,
@@ -34,6 +35,7 @@ from eexp.stages.evaluate.compare import (
     p_text,
     plot_comparison,
     power_text,
+    read_inputs,
     read_runs,
     too_few_note,
 )
@@ -111,7 +113,7 @@ def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None, fold
             if result is None or result["runs"][0] != reference:
                 if result is not None:  # a new reference: the rows so far are done
                     out.setdefault(kind, []).append(result)
-                env, runs = read_runs([f"{reference}={','.join(map(str, theirs))}"])
+                env, runs = read_runs([f"{reference}={','.join(map(str, theirs))}"], cache=EPISODES)
                 result = compare_runs(env, runs, seed=0)
                 result["runs"] = [reference]
             if not mine:
@@ -126,7 +128,9 @@ def pooled(results: Path, pairs: tuple[tuple[str, str], ...] | None = None, fold
                 raise SystemExit(
                     f"{run}: {kind} episodes without {reference}'s of the same seed ({', '.join(missing)})"
                 )
-            env, runs = read_runs([f"{reference}={','.join(map(str, paired))}", f"{run}={','.join(map(str, mine))}"])
+            env, runs = read_runs(
+                [f"{reference}={','.join(map(str, paired))}", f"{run}={','.join(map(str, mine))}"], cache=EPISODES
+            )
             against = compare_runs(env, runs, seed=0)
             for split, rows in against["splits"].items():
                 result["splits"].setdefault(split, []).extend(rows[1:])  # rows[0] is the reference over these seeds
@@ -413,9 +417,14 @@ def critic_table(results: Path) -> str:
     )
 
 
+# every kept file's episodes by path, read once: the tables read each file about ten times (read_inputs' cache)
+EPISODES: dict[str, list] = {}
+
+
 def read_episodes(path: Path) -> list[dict]:
     """The episode records of one kept file, read as eval --compare reads it (eexp.io: .jsonl.gz as it is)."""
-    return [item.record for item in Reader([str(path)])]
+    [(_, records, _)] = read_inputs([str(path)], expect("episode"), "episodes", cache=EPISODES)
+    return [record for record, _ in records]
 
 
 def expert_step_table(results: Path) -> str:
@@ -437,7 +446,7 @@ def expert_step_table(results: Path) -> str:
             runs = [f"{start}={results / 'starts' / f'{start}.jsonl.gz'}"] + [
                 f"{k}={','.join(map(str, files))}" for k, files in rows.items() if files
             ]
-            env, loaded = read_runs(runs)
+            env, loaded = read_runs(runs, cache=EPISODES)
             result = compare_runs(env, loaded, seed=0)
             for split, table_rows in result["splits"].items():
                 first = table_rows[0]

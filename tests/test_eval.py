@@ -90,6 +90,30 @@ def test_paired_bootstrap_hand_computed():
     assert (same.mean_diff, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
 
 
+@pytest.mark.parametrize("n, seed, chunk", [(1, 0, 1000), (7, 3, 1000), (200, 0, 333), (137, 2**40, 1000)])
+def test_paired_bootstrap_draws_what_random_choices_draws(n, seed, chunk):
+    """The vectorised bootstrap resamples as the plain loop every published interval was computed with: resample r
+    is random.Random(seed).choices(diffs, k=n)'s r-th draw, summed left to right (so the intervals and p-values on
+    the results pages stay as published), whatever the chunk."""
+    import functools
+    import math
+    import operator
+    import random
+
+    from eexp.stats import Bootstrap
+
+    first = [0.0] * n
+    values = random.Random(n)
+    second = [values.random() - 0.4 for _ in range(n)]  # fractional: the order of the sum shows in the last bits
+    resamples, alpha = 2500, 1 - 0.95
+    rng = random.Random(seed)
+    means = sorted(functools.reduce(operator.add, rng.choices(second, k=n), 0) / n for _ in range(resamples))
+    low, high = means[math.floor(alpha / 2 * resamples)], means[math.ceil((1 - alpha / 2) * resamples) - 1]
+    p = min(1.0, 2 * min(sum(m <= 0 for m in means), sum(m >= 0 for m in means)) / resamples)
+    expected = Bootstrap(sum(second) / n, low, high, p)
+    assert paired_bootstrap(first, second, resamples=resamples, seed=seed, chunk=chunk) == expected
+
+
 # --- a small environment: count up to a target, then submit -------------------------------------------------------
 
 

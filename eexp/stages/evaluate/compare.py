@@ -67,18 +67,27 @@ def compare_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def read_runs(inputs: list[str], on_error: str = "fail") -> tuple[str, list["Run"]]:
+def read_runs(inputs: list[str], on_error: str = "fail", cache: dict | None = None) -> tuple[str, list["Run"]]:
     """(environment name, runs) from the INPUTs of `eval --compare` (see compare_inputs); a record that is not an
-    episode is FILE:LINE, fatal or skipped as `on_error` says."""
-    return load_runs(read_inputs(inputs, expect("episode"), "episodes", on_error))
+    episode is FILE:LINE, fatal or skipped as `on_error` says. `cache`: as read_inputs'."""
+    return load_runs(read_inputs(inputs, expect("episode"), "episodes", on_error, cache))
 
 
-def read_inputs(inputs: list[str], problem_of, what: str, on_error: str = "fail") -> list[tuple]:
+def read_inputs(
+    inputs: list[str], problem_of, what: str, on_error: str = "fail", cache: dict | None = None
+) -> list[tuple]:
     """(path, [(record, line)], label) for each file of the INPUTs (compare_inputs), keeping the records that
     `problem_of` finds nothing wrong with; the others are FILE:LINE, fatal or skipped as `on_error` says. A file with
-    none left is an error ("no WHAT to compare"). eval --compare and world-model-eval --compare read their files so."""
+    none left is an error ("no WHAT to compare"). eval --compare and world-model-eval --compare read their files so.
+
+    `cache`, a dict kept by the caller across calls with the same `problem_of` and `on_error`, holds each file's
+    kept records by path, so that a file is read once however many comparisons it is in (recipes/pooled.py's tables
+    read each file about ten times). The records are shared: a caller must not change them."""
     files = []
     for path, label in compare_inputs(inputs):
+        if cache is not None and path in cache:
+            files.append((path, cache[path], label))
+            continue
         reader = Reader([path], on_error=on_error)
         records = []
         for item in reader:
@@ -89,6 +98,8 @@ def read_inputs(inputs: list[str], problem_of, what: str, on_error: str = "fail"
             records.append((item.record, item.line))
         if not records:
             raise InputError(f"no {what} to compare", path)
+        if cache is not None:
+            cache[path] = records
         files.append((path, records, label))
     return files
 
