@@ -12,8 +12,10 @@ newest step-N checkpoint when it is not (one stopped before its first checkpoint
 episode folders (eval/, recovery/: whole files and the parts of stopped evaluations, each gzipped, since a committed
 file stays under 2 MiB); the top-level JSON the runs' comparison wrote (compare.json); and the data stages' --stats
 (DIR/stats/), which a published seed keeps. What it leaves, the data, is listed in DIR/data.txt. DIR is written whole
-or not at all (through DIR.tmp). A done seed is published from DIR as from OUT, without the machine: `make publish
-OUT=DIR ...` (PUBLISH_NEEDS= when DIR has no compare.json).
+or not at all (through DIR.tmp), but for DIR/machine.txt, the seed's record of where and when each part ran, written
+by hand: a save keeps it (or takes OUT's where DIR has none) and a restore leaves it in DIR. A done seed is
+published from DIR as from OUT, without the machine: `make publish OUT=DIR ...` (PUBLISH_NEEDS= when DIR has no
+compare.json).
 
 `restore` first checks that OUT holds again every data entry DIR/data.txt lists (else it names them and stops, so that
 make, finding them missing, never remakes a data file after the runs and so trains them again), then copies the runs
@@ -35,6 +37,7 @@ from pathlib import Path
 EPISODE_FOLDERS = ("eval", "recovery")
 CARRIED_JSON = ("compare.json",)
 STATS = ".stats.json"  # a data stage's --stats: carried in DIR/stats/ for publish, not restored (made with the data)
+MACHINE = "machine.txt"  # the seed's record, by hand: kept across saves, not restored (neither data nor a run)
 
 
 def zip_episodes(src: Path, dest: Path) -> None:
@@ -94,6 +97,10 @@ def save(out: Path, dest: Path) -> list[str]:
         elif entry.is_file() and entry.name in CARRIED_JSON:
             shutil.copyfile(entry, tmp / entry.name)
             carried.append(entry.name)
+        elif entry.name == MACHINE:
+            if not (dest / MACHINE).is_file():
+                shutil.copyfile(entry, tmp / MACHINE)
+                carried.append(MACHINE)
         elif entry.is_file() and entry.name.endswith(STATS):
             (tmp / "stats").mkdir(exist_ok=True)
             shutil.copyfile(entry, tmp / "stats" / entry.name)
@@ -101,6 +108,9 @@ def save(out: Path, dest: Path) -> list[str]:
         elif not entry.name.endswith((".part", ".tmp")):
             data.append(entry.name + ("/" if entry.is_dir() else ""))
     (tmp / "data.txt").write_text("".join(f"{name}\n" for name in data))
+    if (dest / MACHINE).is_file():
+        shutil.copyfile(dest / MACHINE, tmp / MACHINE)
+        carried.append(f"{MACHINE} (DIR's, kept)")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return carried
@@ -118,7 +128,7 @@ def restore(src: Path, out: Path) -> list[str]:
             f"carry: {out} lacks the data the runs were made from: {', '.join(missing)}. Make them first, in this "
             "folder (the recipe's make with these targets), then restore"
         )
-    carried = sorted(p for p in src.iterdir() if p.name not in ("data.txt", "stats"))
+    carried = sorted(p for p in src.iterdir() if p.name not in ("data.txt", "stats", MACHINE))
     there = [p.name for p in carried if (out / p.name).exists()]
     if there:
         raise SystemExit(f"carry: {out} already holds {', '.join(there)}: restore is for a folder without its runs")

@@ -500,6 +500,11 @@ def test_a_seed_carried_without_its_data_goes_on_where_it_stopped(tmp_path):
     assert not (kept / "IWM" / "done").exists()
     data = (kept / "data.txt").read_text().split()
     assert {"expert.jsonl", "il.jsonl", "iwm.jsonl", "base/"} <= set(data)
+    # the seed's machine.txt, written by hand in the carried folder, outlives the next save and is not restored
+    (kept / "machine.txt").write_text("cpu: the first machine\n")
+    assert carry("save", out, kept).returncode == 0
+    assert (kept / "machine.txt").read_text() == "cpu: the first machine\n"
+    assert (kept / "data.txt").read_text().split() == data
 
     shutil.rmtree(out)  # the machine is gone; the next one makes the data again, in the same folder
     early = make(out, normal, "expert.jsonl")
@@ -513,6 +518,7 @@ def test_a_seed_carried_without_its_data_goes_on_where_it_stopped(tmp_path):
     assert remade.returncode == 0, remade.stderr[-2000:]
     restored = carry("restore", kept, out)
     assert restored.returncode == 0, restored.stderr
+    assert not (out / "machine.txt").exists()  # it stays with the carried seed, or the next save lists it as data
     again = make(out, normal, *runs)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert f"-o {out}/IWM" in again.stdout and "finetune --resume" in again.stdout
