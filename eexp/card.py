@@ -57,7 +57,7 @@ DATA_KEYS = ("role", "file", "sha256")
 # what trained the model (finetune, rl: eexp.training.machine.machine_card): training diverges between CPUs (an
 # AVX512 machine and an AVX2 one sum in another order), so a seed's result is checked against a run on the same kind
 # of machine
-MACHINE_KEYS = ("cpu", "cpu_capability", "mkl_cbwr", "threads", "torch", "device")
+MACHINE_KEYS = ("cpu", "cpuid", "cpu_capability", "mkl_cbwr", "threads", "torch", "device")
 PRETRAIN_KEYS = (
     "corpus",
     "steps",

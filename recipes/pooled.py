@@ -338,7 +338,8 @@ def machine(folder: Path) -> str:
 
         card = (yaml.safe_load(cards[0].read_text()) or {}).get("machine") or {}
         kernels = str(card.get("cpu_capability") or "").lower()
-        return str(card.get("cpu") or "not recorded") + (f", {kernels} kernels" if kernels else "")
+        cpuid = f" ({card['cpuid']})" if card.get("cpu") and card.get("cpuid") else ""
+        return str(card.get("cpu") or "not recorded") + cpuid + (f", {kernels} kernels" if kernels else "")
     kernels = " ".join(
         part.split("=", 1)[1] for part in fields.get("env", "").split() if part.startswith("ATEN_CPU_CAPABILITY=")
     )

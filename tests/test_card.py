@@ -4,6 +4,7 @@ hashes that join, strict parsing, and a checkpoint's config.yaml that `eexp fine
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,11 @@ def test_finetune_card_records_the_machine_and_its_kernels(trained):
     machine = read_card(trained).machine
     assert machine["cpu"] and machine["torch"] == torch.__version__
     assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # on x86 Linux also its family and model, which the name leaves out ("AMD EPYC" covers several generations)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    family = re.search(r"^cpu family\s*: (\d+)$", cpuinfo, re.M)
+    model = re.search(r"^model\s*: (\d+)$", cpuinfo, re.M)
+    assert machine.get("cpuid") == (f"family {family[1]}, model {model[1]}" if family and model else None)
 
 
 def test_the_recipes_kernel_settings_reach_the_card(tmp_path):

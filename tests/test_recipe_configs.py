@@ -436,6 +436,9 @@ def test_publish_adds_a_later_run_beside_a_kept_seed(tmp_path):
     import pooled
 
     assert pooled.machine(kept / "seed0") == "AMD EPYC, avx2 kernels"
+    card = kept / "seed0" / "train" / "SR-grounded.card.yaml"  # a card that has the CPU's family and model
+    card.write_text("machine:\n  cpu: AMD EPYC\n  cpuid: family 23, model 1\n  cpu_capability: AVX2\n")
+    assert pooled.machine(kept / "seed0") == "AMD EPYC (family 23, model 1), avx2 kernels"
     assert gzip.decompress((kept / "seed0" / "recovery" / "SR-grounded.jsonl.gz").read_bytes()) == b'{"episode": 1}\n'
     other = subprocess.run(
         ["make", "-C", str(RECIPES), "publish", "CONFIG=configs/smollm2.mk", f"OUT={out}", "SEED=1", f"RESULTS={kept}"],

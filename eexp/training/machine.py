@@ -10,17 +10,23 @@ import torch
 
 
 def machine_card() -> dict:
-    """The CPU's model name, the instruction set torch's CPU kernels dispatch to (ATEN_CPU_CAPABILITY chooses it; the
-    recipes set avx2 so that AVX512 and AVX2 machines sum in the same order), MKL's reproducibility branch
-    (MKL_CBWR), torch's threads and version, and the GPU when one trains."""
+    """The CPU's model name and, on x86 Linux, its family and model (a name such as "AMD EPYC" covers CPUs of several
+    generations), the instruction set torch's CPU kernels dispatch to (ATEN_CPU_CAPABILITY chooses it; the recipes
+    set avx2 so that AVX512 and AVX2 machines sum in the same order), MKL's reproducibility branch as asked (MKL_CBWR),
+    torch's threads and version, and the GPU when one trains."""
     cpu = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            for line in f:  # each processor's fields in turn; the first one's are kept (one kind of CPU)
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    out = {
-        "cpu": cpu,
+    out = {"cpu": fields.get("model name", cpu)}
+    if "cpu family" in fields and "model" in fields:
+        out["cpuid"] = f"family {fields['cpu family']}, model {fields['model']}"
+    out |= {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkl_cbwr": os.environ.get("MKL_CBWR", ""),
         "threads": str(torch.get_num_threads()),
