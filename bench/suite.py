@@ -699,6 +699,24 @@ def evaluate(quick: bool) -> list[dict]:
     ]
 
 
+def compare(quick: bool) -> list[dict]:
+    import bench_compare
+
+    r = bench_compare.bootstrap_seconds(tasks=300, resamples=2000 if quick else 10000)
+    return [
+        row(
+            f"eval --compare's paired bootstrap, {r['tasks']} tasks x {r['resamples']:,} resamples",
+            r["numpy_s"],
+            "s",
+            r["python_s"],
+            "the Python loop it replaced, the same result",
+            r["python_s"] / r["numpy_s"],
+            "(none set)",
+            None,
+        )
+    ]
+
+
 def server(quick: bool) -> list[dict]:
     import bench_server
 
@@ -839,6 +857,7 @@ SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
     "llama_bufts": (llama_bufts, 150, 120),
     "export": (export, 300, 240),
     "eval": (evaluate, 150, 120),
+    "compare": (compare, 60, 30),
     "server": (server, 600, 300),
     "fleet": (fleet, 300, 150),
     "rl": (rl, 200, 150),
