@@ -78,7 +78,9 @@ def save(out: Path, dest: Path) -> list[str]:
     tmp.mkdir(parents=True)
     carried, data = [], []
     for entry in sorted(out.iterdir()):
-        if entry.is_dir() and is_run(entry):
+        if entry.is_dir() and not any(entry.iterdir()):  # a run make had just begun: nothing to carry, not data
+            carried.append(f"not {entry.name}/ (empty)")
+        elif entry.is_dir() and is_run(entry):
             done = (entry / "done").exists()
             ckpt = None if done else newest_checkpoint(entry)
             if not done and ckpt is None:  # stopped before its first checkpoint: nothing to go on from

@@ -502,7 +502,9 @@ def test_a_seed_carried_without_its_data_goes_on_where_it_stopped(tmp_path):
     assert {"expert.jsonl", "il.jsonl", "iwm.jsonl", "base/"} <= set(data)
     # the seed's machine.txt, written by hand in the carried folder, outlives the next save and is not restored
     (kept / "machine.txt").write_text("cpu: the first machine\n")
+    (out / "IWM@IL").mkdir()  # a run make had just begun when it was stopped: neither carried nor listed as data
     assert carry("save", out, kept).returncode == 0
+    assert not (kept / "IWM@IL").exists()
     assert (kept / "machine.txt").read_text() == "cpu: the first machine\n"
     assert (kept / "data.txt").read_text().split() == data
 
