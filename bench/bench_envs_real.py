@@ -1,10 +1,15 @@
 """Speed of the real environments: steps/s, and the cost of reaching step i by snapshot or by replay.
 
-    .venv/bin/python bench/bench_envs_real.py [--only textworld,scienceworld,bfcl]
+    .venv/bin/python bench/bench_envs_real.py [--only textworld,scienceworld,bfcl,alfworld]
 
 Baselines printed side by side: for ScienceWorld, the package's own `env.step` (it enumerates every valid action
 after each step) against our raw-step `step` and prefix `replay` (target >= 200 steps/s); for reaching step i,
 reset + replay of i actions against restore() of a snapshot where the environment has one.
+For ALFWorld, an episode as eval plays it (reset, then steps each after the admissible list) with eexp's engine calls
+(the PDDL translation, grammar parsing and condition parsing memoized, the grammar's contexts copied without
+deepcopy) against TextWorld's own code in the same process: the same observations and lists are asserted, and the
+CPU time of each is printed. It plays $ALFWORLD_DATA's valid_seen games if set, else games `eexp alfworld-games`
+writes to a temporary folder (about 10 CPU-s).
 Uses $EEXP_CACHE (TextWorld generates 4 games there on first use).
 """
 
@@ -154,11 +159,71 @@ def bench_bfcl() -> None:
     print(f"bfcl       reach step {i}: replay {replay * 1000:7.2f} ms   restore(snapshot) {restore * 1000:7.2f} ms")
 
 
+def alfworld_figures(games: int = 6, steps: int = 30) -> dict:
+    """CPU seconds of `games` episodes of `steps` random admissible actions each (seeded by the task), with eexp's
+    engine calls and with TextWorld's originals (eexp.envs.alfworld_env._engine_calls nested, so it patches
+    nothing), first resets included; the two plays must see the same observations and admissible lists."""
+    import os
+    import random
+    import subprocess
+    import sys
+    import tempfile
+
+    from eexp.envs.alfworld_env import _engine_calls
+
+    def play() -> tuple[list, float]:
+        env, seen = make_env("alfworld"), []
+        t = time.process_time()
+        try:
+            for task in env.tasks("test")[:games]:
+                rng = random.Random(task["id"])
+                seen += [env.reset(task)]
+                for _ in range(steps):
+                    seen += [env.admissible()]
+                    seen += [env.step(rng.choice(seen[-1]))[0]]
+        finally:
+            env.close()
+        return seen, time.process_time() - t
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if not os.environ.get("ALFWORLD_DATA"):
+            root = f"{tmp}/games"
+            subprocess.run(
+                [sys.executable, "-m", "eexp", "alfworld-games", root, "--train", "1", "--valid-seen", str(games)]
+                + ["--valid-unseen", "1", "--seed", "0", "-q"],
+                check=True,
+            )
+            os.environ["ALFWORLD_DATA"] = root
+        ours, ours_s = play()
+        _engine_calls.depth = 1  # as if nested: TextWorld's own functions stay in place
+        try:
+            theirs, theirs_s = play()
+        finally:
+            _engine_calls.depth = 0
+    assert ours == theirs, "eexp's engine calls changed what the engine gives"
+    return {"episodes": games, "steps": games * steps, "ours_s": ours_s, "textworld_s": theirs_s}
+
+
+def bench_alfworld() -> None:
+    f = alfworld_figures()
+    print(
+        f"alfworld   {f['episodes']} episodes, {f['steps']} steps with admissible lists: TextWorld's own code "
+        f"{f['textworld_s']:6.1f} CPU-s, eexp's engine calls {f['ours_s']:6.1f} CPU-s "
+        f"({f['textworld_s'] / f['ours_s']:.1f}x; the same observations and lists)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="textworld,scienceworld,bfcl")
+    parser.add_argument("--only", default="textworld,scienceworld,bfcl,alfworld")
     names = parser.parse_args().only.split(",")
-    for name, fn in (("textworld", bench_textworld), ("scienceworld", bench_scienceworld), ("bfcl", bench_bfcl)):
+    benches = (
+        ("textworld", bench_textworld),
+        ("scienceworld", bench_scienceworld),
+        ("bfcl", bench_bfcl),
+        ("alfworld", bench_alfworld),
+    )
+    for name, fn in benches:
         if name in names:
             fn()
 

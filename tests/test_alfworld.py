@@ -316,8 +316,9 @@ def test_snapshot_of_another_engine_is_replayed_and_faults_close_the_game(monkey
 
 
 def test_memoized_engine_calls_give_what_the_engine_gives(monkeypatch):
-    """_engine_calls memoizes the PDDL translation and TextWorld's grammar parsing, and the admissible lists are
-    written only when asked: the same texts and lists, in order."""
+    """_engine_calls memoizes the PDDL translation and TextWorld's parsing of grammar snippets and rules'
+    conditions, and copies the grammar's contexts without deepcopy; the admissible lists are written only when asked:
+    the same texts and lists, in order, as TextWorld's own code gives."""
     import random
 
     from eexp.envs import alfworld_env

@@ -59,8 +59,9 @@ def alfworld_games(out_dir, train, valid_seen, valid_unseen, full, seed, jobs, q
 
     Writes OUT_DIR/json_2.1.1/{train,valid_seen,valid_unseen}/ (OUT_DIR/json_2.1.1 must not exist yet) and
     OUT_DIR/eexp-games.json (the sizes, task types, rooms and walkthrough experts per split); then
-    ALFWORLD_DATA=OUT_DIR serves --env alfworld. About 2 s of CPU a game (the engine's PDDL translation of a full
-    room, the hand-coded expert's run): the default size (874 games) in about 24 minutes with -j 2 on 2 shared cores.
+    ALFWORLD_DATA=OUT_DIR serves --env alfworld. A game costs about 2.4 s of CPU on a 2.0 GHz EPYC (Zen 1), less on
+    newer CPUs (the engine's PDDL translation of a full room, the hand-coded expert's run): the default size (874
+    games) in about 18 minutes with -j 2 on its 2 cores.
 
     \b
     Example:

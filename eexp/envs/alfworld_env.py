@@ -34,11 +34,13 @@ game (or taken before the engine was restarted) is reached by resetting and repl
 rollout compares every reached observation with the recorded one (reach.py), which catches a drift onto another state.
 A step writes the admissible list of the state it reaches only when that list is asked for (the next step,
 admissible(), a snapshot): deriving it is most of a step's time, and rollout leaves each alternative's state unasked,
-so IWM's rollout at K=8 takes about 0.1 CPU-s a state on generated games (0.29 when every step wrote it).
+so IWM's rollout at K=8 took about 0.1 CPU-s a state on generated games (0.29 when every step wrote it), and takes
+0.45 times that since _engine_calls parses the grammar's conditions once and copies its contexts without deepcopy
+(the same records; on a 2.0 GHz EPYC: 0.29 -> 0.13 CPU-s a state, an expert's trajectory 3.6 -> 1.9).
 
 Offline: nothing here reaches the network (the data is local; alfworld-download is the user's step). TextWorld's PDDL
 translator overwrites sys.argv; it is put back after every engine call (_engine_calls, which also memoizes the PDDL
-translation and TextWorld's grammar parsing while the engine runs: half the time a step).
+translation, TextWorld's grammar parsing and its contexts' deep copies while the engine runs: most of a step's time).
 """
 
 from __future__ import annotations
@@ -301,6 +303,36 @@ def _parse_once(*args, **kwargs):
     return copy.deepcopy(_PARSED[key])  # derive() sets attributes on the symbols it gets
 
 
+_QUERIES: dict = {}  # the grammar rules' conditions (Rule.parse_conjunctive_query), parsed once
+
+
+def _query_once(expr: str):
+    """Rule.parse_conjunctive_query with its parse kept. TextWorld parses a rule's condition anew each time the rule
+    is tried, a quarter of an evaluation's time; the Rule is made anew from the kept predicates (immutable: slotted
+    and hashed), as the original makes it."""
+    from textworld.logic import Rule
+
+    if expr not in _QUERIES:
+        if len(_QUERIES) >= 20000:  # ALFWorld's grammar has a few dozen conditions: a bound, never reached
+            _QUERIES.clear()
+        _QUERIES[expr] = _ORIGINAL["query"].__func__(Rule, expr).preconditions
+    return Rule("query", _QUERIES[expr], [])
+
+
+def _copy_context(context: dict) -> dict:
+    """textgen.copy_context with the variables and the mapping copied one level down, not deep-copied (a quarter of an
+    evaluation's time). A derivation adds entries to its copies and only reads the entities and placeholders in
+    them: ALFWorld's grammar's expressions are attribute reads ({o.name}, {r.indefinite}) and placeholders and
+    variables are immutable; so every copy holds what a deep copy holds."""
+    return {
+        "state": context["state"],
+        "facts": context["facts"],
+        "variables": dict(context["variables"]),
+        "mapping": dict(context["mapping"]),
+        "entity_infos": context["entity_infos"],
+    }
+
+
 @functools.lru_cache(maxsize=8)
 def _translate_once(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
     return _ORIGINAL["pddl2sas"](domain, problem, verbose=verbose, optimize=optimize)
@@ -311,11 +343,12 @@ _ORIGINAL: dict = {}
 
 class _engine_calls:
     """Around every call into the engine: sys.argv put back (TextWorld's PDDL translator, fast_downward.pddl2sas,
-    sets it), and two pure functions of the engine memoized while the call runs: the translation of a game's PDDL
-    (PddlEnv translates it at load() and again at reset(), 0.3 s each) and the parsing of grammar snippets (TextWorld
-    parses them anew at every text it writes, most of a step's time). Both give what the originals give (the same
-    observations and admissible lists, in order, on every test game, stepped by the expert and at random); steps
-    and first resets take about half the time.
+    sets it), and TextWorld's slow pure steps replaced while the call runs: the translation of a game's PDDL
+    (PddlEnv translates it at load() and again at reset(), 0.3 s each) and the parsing of grammar snippets and of
+    rules' conditions (TextWorld parses them anew at every text it writes) memoized, and the grammar's contexts
+    copied without deepcopy (_copy_context). Together they give what the originals give (the same observations and
+    admissible lists, in order, on every test game, stepped by the expert and at random: tested; and on generated
+    games, bench/bench_envs_real.py); an evaluation's engine time falls by more than half.
 
     One call at a time in a process: the engine is not thread-safe (the translator, TextWorld's grammar parser and
     these patches are shared by every engine), and `--concurrency N` plays N episodes in threads. Unserialised, 59 of
@@ -328,23 +361,30 @@ class _engine_calls:
     def __enter__(self):
         import fast_downward
         from textworld.envs.pddl import textgen
+        from textworld.logic import Rule
 
         _engine_calls.lock.acquire()
         self.argv = list(sys.argv)
         if _engine_calls.depth == 0:
             _ORIGINAL.setdefault("parse", textgen._parse_and_convert)
             _ORIGINAL.setdefault("pddl2sas", fast_downward.pddl2sas)
+            _ORIGINAL.setdefault("copy_context", textgen.copy_context)
+            _ORIGINAL.setdefault("query", Rule.__dict__["parse_conjunctive_query"])  # the classmethod itself
             textgen._parse_and_convert, fast_downward.pddl2sas = _parse_once, _translate_once
+            textgen.copy_context, Rule.parse_conjunctive_query = _copy_context, staticmethod(_query_once)
         _engine_calls.depth += 1
 
     def __exit__(self, *exc):
         import fast_downward
         from textworld.envs.pddl import textgen
+        from textworld.logic import Rule
 
         try:
             _engine_calls.depth -= 1
             if _engine_calls.depth == 0:
                 textgen._parse_and_convert, fast_downward.pddl2sas = _ORIGINAL["parse"], _ORIGINAL["pddl2sas"]
+                textgen.copy_context = _ORIGINAL["copy_context"]
+                Rule.parse_conjunctive_query = _ORIGINAL["query"]
             sys.argv[:] = self.argv
         finally:
             _engine_calls.lock.release()
