@@ -246,6 +246,33 @@ def textworld(quick: bool) -> list[dict]:
     ]
 
 
+def alfworld(quick: bool) -> list[dict]:
+    from eexp.envs.base import env_class
+    from eexp.errors import EnvError
+
+    what = "ALFWorld episodes as eval plays them (admissible list each step), CPU-s"
+    try:
+        env_class("alfworld")
+    except EnvError as e:
+        return [skipped(what, "< 1.0x TextWorld's own", f"alfworld is not installed: {e}")]
+    import bench_envs_real
+
+    f = bench_envs_real.alfworld_figures(games=2 if quick else 6)
+    ratio = f["ours_s"] / f["textworld_s"]
+    return [
+        row(
+            f"{what}: {f['episodes']} episodes, {f['steps']} steps, the same observations and lists",
+            f["ours_s"],
+            "CPU-s",
+            f["textworld_s"],
+            "TextWorld's own code",
+            ratio,
+            "< 1.0x TextWorld's own",
+            ratio < 1.0,
+        )
+    ]
+
+
 def scienceworld(quick: bool) -> list[dict]:
     from eexp.envs.base import env_class
     from eexp.errors import EnvError
@@ -844,6 +871,7 @@ SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
     "envs": (envs, 60, 30),
     "textworld": (textworld, 120, 60),
     "scienceworld": (scienceworld, 120, 60),
+    "alfworld": (alfworld, 150, 90),
     "miniwob": (miniwob, 150, 90),
     "rollout": (rollout, 180, 120),
     "branch": (branch, 150, 90),
