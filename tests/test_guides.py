@@ -16,6 +16,7 @@ import orjson
 import pytest
 from by_hand import install_apart
 from netguard import pythonpath
+from proctree import run_tree
 
 from eexp.records import SHAPES, kind_of, validate
 
@@ -62,7 +63,7 @@ def bash(script: str, cwd: Path, site: Path) -> subprocess.CompletedProcess:
     (bin_dir / "eexp").write_text(f'#!/bin/sh\nexec {sys.executable} -m eexp "$@"\n')
     (bin_dir / "eexp").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": pythonpath(site)}
-    return subprocess.run(
+    return run_tree(
         ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
 

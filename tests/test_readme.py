@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 import pytest
+from proctree import run_tree
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -53,7 +53,7 @@ def test_quick_start_runs_as_written(tmp_path):
     (bin_dir / "eexp").write_text(f'#!/bin/sh\nexec {sys.executable} -m eexp "$@"\n')
     (bin_dir / "eexp").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
+    proc = run_tree(
         ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from proctree import run_tree
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 CONFIGS = sorted((RECIPES / "configs").glob("*.mk"))
@@ -310,7 +311,7 @@ def test_header_command_runs_at_a_tiny_size(config: Path, tmp_path, request):
         write_games(tmp_path / "alfworld")
         env["ALFWORLD_DATA"] = str(tmp_path / "alfworld")
     start = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    proc = run_tree(command, capture_output=True, text=True, env=env, timeout=900)
     took = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     print(f"{config.name}: {shlex.join(argv)} at a tiny size took {took:.0f} s")
@@ -731,3 +732,16 @@ def test_a_pipeline_that_fails_part_of_the_way_leaves_no_file_for_make_to_keep(t
     assert made.returncode != 0, made.stdout[-2000:] + made.stderr[-2000:]
     assert "expert.jsonl:4: not valid JSON" in made.stderr
     assert not (out / "outcomes_iwm.jsonl").exists(), "the part before the bad line was kept as the whole file"
+
+
+def test_a_recipe_run_that_times_out_leaves_no_process_behind(tmp_path):
+    """The recipe runs go through run_tree (tests/proctree.py): on its timeout the command's children are killed too.
+    subprocess.run killed make alone, and a timed-out recipe's fine-tune and reflect ran on for minutes."""
+    pid_file = tmp_path / "child.pid"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_tree(["bash", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], timeout=2)
+    stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    deadline = time.monotonic() + 10
+    while stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)  # killed, then reaped (gone) or awaiting its reaper (a zombie)
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from by_hand import untimed
 from netguard import pythonpath
+from proctree import run_tree
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 
@@ -25,7 +26,7 @@ def test_demo_recipe_at_a_reduced_size(tmp_path):
     eexp = f"{sys.executable} -m eexp"
     # with the shared language prior at a token size: a corpus of 3 walks per split, 5 pretraining updates
     small = ["N_EXPERT=12", "K_IWM=2", "K_SR=2", "STEPS=60", "N_EVAL=6", "JOBS=1", "PRETRAIN_STEPS=5", "CORPUS_WALKS=3"]
-    proc = subprocess.run(
+    proc = run_tree(
         ["make", "-C", str(RECIPES), "-j2", "compare", "CONFIG=configs/demo.mk", f"OUT={out}", f"EEXP={eexp}", *small],
         capture_output=True,
         text=True,
@@ -123,7 +124,7 @@ def test_smollm2_recipe_at_a_tiny_size(tmp_path):
         "VAL_EVERY=1",
         "SERVER_SLOTS=2",
     ]
-    proc = subprocess.run(
+    proc = run_tree(
         [
             "make",
             "-C",
@@ -194,7 +195,7 @@ def test_scaling_recipe_at_a_tiny_size(tmp_path):
         "JOBS=1",
         "VAL_N=3",
     ]
-    proc = subprocess.run(
+    proc = run_tree(
         [
             "make",
             "-C",
@@ -271,7 +272,7 @@ def test_compute_matched_rows_train_for_the_updates_of_the_run_they_match(tmp_pa
     eexp = f"{sys.executable} -m eexp"
     small = ["N_EXPERT=3", "K_IWM=2", "K_SR=2", "EPOCHS=4", "BATCH=4", "VAL_N=2", "JOBS=1"]
     runs = ["IL", "SR", "IWM", "IL@SR", "IL@IWM", "IWM@IL"]
-    proc = subprocess.run(
+    proc = run_tree(
         [
             "make",
             "-C",
