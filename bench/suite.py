@@ -93,6 +93,18 @@ def skipped(what: str, target: str, reason: str) -> dict:
 # ---- sections: each returns its rows -------------------------------------------------------------------------------
 
 
+def not_installed(env: str) -> str | None:
+    """Why ENV's section cannot run here (its package is missing), or None."""
+    from eexp.envs.base import env_class
+    from eexp.errors import EnvError
+
+    try:
+        env_class(env)
+    except EnvError as e:
+        return f"{env} is not installed: {e}"
+    return None
+
+
 def data(quick: bool) -> list[dict]:
     import bench_data
 
@@ -211,14 +223,9 @@ def envs(quick: bool) -> list[dict]:
 
 
 def textworld(quick: bool) -> list[dict]:
-    from eexp.envs.base import env_class
-    from eexp.errors import EnvError
-
     what = "TextWorld: reach the last expert step again"
-    try:
-        env_class("textworld")
-    except EnvError as e:
-        return [skipped(what, "restore < replay", f"textworld is not installed: {e}")]
+    if reason := not_installed("textworld"):
+        return [skipped(what, "restore < replay", reason)]
     import bench_envs_real
 
     f = bench_envs_real.textworld_figures(3 if quick else 10)
@@ -247,14 +254,9 @@ def textworld(quick: bool) -> list[dict]:
 
 
 def alfworld(quick: bool) -> list[dict]:
-    from eexp.envs.base import env_class
-    from eexp.errors import EnvError
-
     what = "ALFWorld episodes as eval plays them (admissible list each step), CPU-s"
-    try:
-        env_class("alfworld")
-    except EnvError as e:
-        return [skipped(what, "< 1.0x TextWorld's own", f"alfworld is not installed: {e}")]
+    if reason := not_installed("alfworld"):
+        return [skipped(what, "< 1.0x TextWorld's own", reason)]
     import bench_envs_real
 
     f = bench_envs_real.alfworld_figures(games=2 if quick else 6)
@@ -274,14 +276,9 @@ def alfworld(quick: bool) -> list[dict]:
 
 
 def scienceworld(quick: bool) -> list[dict]:
-    from eexp.envs.base import env_class
-    from eexp.errors import EnvError
-
     what = "ScienceWorld prefix replay, steps/s"
-    try:
-        env_class("scienceworld")
-    except EnvError as e:
-        return [skipped(what, ">= 200 steps/s", f"scienceworld is not installed: {e}")]
+    if reason := not_installed("scienceworld"):
+        return [skipped(what, ">= 200 steps/s", reason)]
     import bench_envs_real
 
     f = bench_envs_real.scienceworld_figures(1 if quick else 3)
@@ -363,9 +360,6 @@ def miniwob(quick: bool) -> list[dict]:
 def rollout(quick: bool) -> list[dict]:
     import bench_rollout
 
-    from eexp.envs.base import env_class
-    from eexp.errors import EnvError
-
     rows = []
     # environment steps of rollout: snapshot vs naive reset+replay, T=100 K=4, counted by the env
     k, t = 4, 100
@@ -412,10 +406,8 @@ def rollout(quick: bool) -> list[dict]:
         )
     )
     what = "rollout -j 2 vs -j 1, ScienceWorld"
-    try:
-        env_class("scienceworld")
-    except EnvError as e:
-        rows.append(skipped(what, ">= 1.7x", f"scienceworld is not installed: {e}"))
+    if reason := not_installed("scienceworld"):
+        rows.append(skipped(what, ">= 1.7x", reason))
         return rows
     n, first = (1, 3) if quick else (2, 6)
     if SW_STATES:  # bench/run --sw-states N: enough trajectories for about N states, where the start-up amortizes
