@@ -558,6 +558,26 @@ def finetune(quick: bool) -> list[dict]:
     ]
 
 
+def encode(quick: bool) -> list[dict]:
+    import bench_encode
+
+    r = bench_encode.compare(tasks=200 if quick else 600, size="tiny", repeats=2 if quick else 3)
+    a, b = r["one_by_one"], r["encode_items"]
+    return [
+        row(
+            f"finetune's encoding of its data, examples/s ({r['examples']:,} shop IL examples, the tiny tokenizer)",
+            r["examples"] / b["wall_s"],
+            "ex/s",
+            r["examples"] / a["wall_s"],
+            "encode, one by one",
+            a["wall_s"] / b["wall_s"],
+            "info",
+            None,
+            f"the same examples both ways; CPU-s {b['cpu_s']:.2f} against {a['cpu_s']:.2f}",
+        )
+    ]
+
+
 def finetune_real(quick: bool) -> list[dict]:
     import bench_finetune_real
 
@@ -869,6 +889,7 @@ SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
     "branch": (branch, 150, 90),
     "policies": (policies, 150, 90),
     "finetune": (finetune, 200, 120),
+    "encode": (encode, 120, 60),
     "finetune_real": (
         finetune_real,
         600,

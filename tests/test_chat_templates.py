@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from eexp.training.data import encode
+from eexp.training.data import encode, encode_many
 
 # Qwen3 (Qwen/Qwen3-*'s tokenizer_config.json chat_template, without its tool-call branches).
 QWEN3 = (
@@ -198,3 +198,59 @@ def test_gemma3_multi_turn_trains_every_model_turn(tokenizers):
             [*STATE, {"role": "user", "content": "again"}, {"role": "assistant", "content": "Action: x"}],
             max_length=512,
         )
+
+
+def _each_alone(tok, conversations, max_length, truncate=True) -> list:
+    results = []
+    for messages in conversations:
+        try:
+            results.append(encode(tok, messages, max_length, truncate))
+        except Exception as e:
+            results.append(e)
+    return results
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, Exception) or isinstance(b, Exception):
+        return type(a) is type(b) and str(a) == str(b)
+    return a == b
+
+
+@pytest.mark.parametrize("family", ["chatml", "qwen3", "gemma3"])
+def test_encoding_many_at_once_gives_each_what_encoding_it_alone_gives(family, tokenizers, tiny_checkpoint):
+    """finetune encodes its files through encode_many (each distinct piece tokenized once, in one batched call):
+    the same ids, weights and offsets as `encode` one conversation at a time, and the same error in the place of
+    a conversation that cannot be encoded (nothing to learn, a template's own refusal, history rewritten), with
+    shortened over-long ones and pieces shared between conversations (the system prompt, a repeated reply)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint) if family == "chatml" else tokenizers[family]
+    long_state = [STATE[0], {"role": "user", "content": "Task: buy a red shirt.\nObservation: " + "[1] shirt " * 60}]
+    conversations = [
+        STATE + [{"role": "assistant", "content": "Action: click[1]"}],
+        STATE + [{"role": "assistant", "content": "Action: click[1]"}],  # the same again: every piece repeats
+        STATE + [{"role": "assistant", "content": "Action: back"}],
+        STATE + [{"role": "assistant", "content": "Action: x", "weight": 0}],  # nothing to learn
+        long_state + [{"role": "assistant", "content": "Action: click[1]"}],  # over the short limit below
+        [
+            *STATE,
+            {"role": "assistant", "content": "Action: search[red shirt]", "weight": 0.5},
+            {"role": "user", "content": "Observation: [1] red shirt, $24.99"},
+            {"role": "assistant", "content": "Action: click[1]"},
+        ],
+        [*STATE, {"role": "user", "content": "again"}, {"role": "assistant", "content": "Action: x"}],  # gemma3: no
+        [
+            {"role": "user", "content": "Task: buy a red shirt."},
+            {"role": "assistant", "content": "<think>\nSearch.\n</think>\n\nAction: search[red shirt]"},
+            {"role": "user", "content": "Observation: [1] red shirt"},
+            {"role": "assistant", "content": "Action: click[1]"},
+        ],  # qwen3: the first turn's reasoning is dropped from the history
+    ]
+    for max_length, truncate in ((512, True), (60, True), (60, False)):
+        alone = _each_alone(tok, conversations, max_length, truncate)
+        many = encode_many(tok, conversations, max_length, truncate)
+        assert len(many) == len(conversations)
+        assert all(_same(a, b) for a, b in zip(alone, many)), (family, max_length, truncate)
+    kinds = [type(r).__name__ for r in _each_alone(tok, conversations, 60)]
+    assert kinds.count("Encoded") >= 5 and "ValueError" in kinds  # the comparison covered both
+    assert any(r.truncated for r in encode_many(tok, conversations, 60) if not isinstance(r, Exception))

@@ -553,6 +553,30 @@ def test_example_without_an_assistant_turn(tiny_checkpoint, data, tmp_path, runn
     assert "weight 0 (nothing to learn)" in result.output and "2 skipped" in result.output
 
 
+def test_records_encoded_in_chunks_are_kept_and_refused_as_one_by_one(tokenizer, tmp_path, monkeypatch):
+    """finetune encodes a file in chunks (encode_many): across the chunks' edges every example is the one `encode`
+    makes of its record, and a record that cannot be encoded is refused at its own line, in the file's order."""
+    from eexp.training import data as training_data
+
+    monkeypatch.setattr(training_data, "ENCODE_CHUNK", 2)
+    long = "Results: " + "[1] red shirt " * 40
+    records = []
+    for i in range(7):
+        messages = [dict(m) for m in CONVERSATION]
+        messages[3]["content"] = long if i in (2, 5) else f"Results: [{i}] red shirt"
+        records.append({"id": f"e{i}", "messages": messages})
+    path = write_jsonl(tmp_path / "il.jsonl", records)
+    warnings = []
+    items, reader = read_examples([str(path)], "skip", warnings.append)
+    config = FinetuneConfig(train_files=[], model="m", output=str(tmp_path / "o"), max_length=96, truncate=False)
+    data = training_data.encode_items("train", items, reader, tokenizer, config)
+    kept = [r for i, r in enumerate(records) if i not in (2, 5)]
+    assert data.examples == [encode(tokenizer, r["messages"], 96, truncate=False) for r in kept]
+    assert data.skipped == 2 and len(warnings) == 2
+    assert warnings[0].startswith(f"skipping {path}:3: ") and warnings[1].startswith(f"skipping {path}:6: ")
+    assert all("over --max-length 96 (--no-truncate)" in w for w in warnings)
+
+
 def test_no_truncate_rejects_over_long_examples(tiny_checkpoint, data, tmp_path, runner):
     result = run_cli(runner, tiny_checkpoint, [data["il"]], tmp_path / "o", "--max-length", "64", "--no-truncate")
     assert result.exit_code == 1
