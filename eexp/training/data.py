@@ -61,7 +61,7 @@ def target_spans(tokenizer, messages: list[dict]) -> tuple[str, int, list[tuple[
         if m["role"] != "assistant" or not weight:
             continue
         start = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        end = render(tokenizer, messages[: i + 1])
+        end = full if i == len(messages) - 1 else render(tokenizer, messages[: i + 1])
         if not (end.startswith(start) and full.startswith(end)):
             raise ValueError(
                 f"the chat template does not render messages[{i}] as an extension of the turns before "
