@@ -13,7 +13,8 @@ thoughts, how the thought-first runs thought, success@1..N of runs given several
 the critic's held-out accuracy), or with --write updates RESULTS/pooled.md, RESULTS/pooled.json (its files named
 relative to RESULTS) and the plots RESULTS/pooled.png and validation.png. A folder with starts/ holds the
 expert-step RL recipe's runs instead (expert_step_table).
-tests/test_results.py recomputes the table from the committed files and checks that the results
+With --costs it prints what each seed's fine-tunes and evaluations did instead (seed_costs: the figures of a page's
+cost table). tests/test_results.py recomputes the table from the committed files and checks that the results
 page and the README show it as it is, so the table cannot drift from its data.
 """
 
@@ -346,6 +347,55 @@ def machine(folder: Path) -> str:
     return fields.get("cpu", "not recorded") + (f", {kernels} kernels" if kernels else "")
 
 
+def seed_costs(folder: Path) -> dict:
+    """What a seed's fine-tunes and evaluations did, from its committed cards, training logs and episodes (the
+    results pages' cost tables): each run's updates; the tokens trained (each phase's tokens times its epochs);
+    the CPU-minutes those tokens take at each run's 90th-percentile logged rate (a run's fastest stretches: beside
+    other work the logged rate falls, so this is about what the run costs with a core to itself); and the steps of
+    every evaluation episode. A run whose log has no rate counts in the tokens, not in the CPU-minutes."""
+    import gzip
+
+    import yaml
+
+    updates, tokens, minutes, rates = {}, 0.0, 0.0, {}
+    for card_path in sorted((folder / "train").glob("*.card.yaml")):
+        run = card_path.name.removesuffix(".card.yaml")
+        card = yaml.safe_load(card_path.read_text()) or {}
+        run_tokens = sum(phase["tokens"] * phase["epochs"] for phase in card.get("phases") or [])
+        log = folder / "train" / f"{run}.metrics.jsonl"
+        logged = (
+            sorted(r["tokens_per_s"] for r in map(json.loads, log.read_text().splitlines()) if "tokens_per_s" in r)
+            if log.exists()
+            else []
+        )
+        updates[run] = card.get("updates")
+        tokens += run_tokens
+        if logged:
+            rates[run] = logged[int(0.9 * (len(logged) - 1))]
+            minutes += run_tokens / rates[run] / 60
+    steps = 0
+    for episodes in (folder / "eval").glob("*.jsonl.gz"):
+        with gzip.open(episodes) as f:
+            steps += sum(record["steps"] for record in map(json.loads, f))
+    return {"updates": updates, "tokens": tokens, "cpu_minutes": minutes, "rates": rates, "eval_steps": steps}
+
+
+def costs_text(results: Path) -> str:
+    """seed_costs of every seed, a line each (`pooled.py --costs`): the figures a page's cost table quotes."""
+    lines = []
+    for folder in seeds(results):
+        c = seed_costs(folder)
+        runs = ", ".join(f"{run} {n:,}" for run, n in c["updates"].items())
+        rates = c["rates"].values()
+        lines.append(
+            f"{folder.name}: updates {runs}; {c['tokens'] / 1e6:,.0f} million tokens, about "
+            f"{c['cpu_minutes']:,.0f} CPU-minutes at each run's 90th-percentile logged rate "
+            f"({min(rates, default=0):,.0f}-{max(rates, default=0):,.0f} tokens a second); "
+            f"{c['eval_steps']:,} evaluation steps"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def seed_table(results: Path) -> str:
     """Each seed's success per run and split (successes of episodes), and the machine that trained it: the figures
     a user checks their own seed against, beside the pooled rates and the differences."""
@@ -568,7 +618,11 @@ def main() -> None:
         type=Path,
         help="with --write: the results page that shows pooled.md; its copy of the old pooled.md becomes the new one",
     )
+    ap.add_argument("--costs", action="store_true", help="print what each seed's fine-tunes and evaluations did")
     args = ap.parse_args()
+    if args.costs:
+        print(costs_text(args.results), end="")
+        return
     if args.page and not args.write:
         ap.error("--page goes with --write")
     # the page's copy of the table, checked before anything is written: a page that does not show the old table

@@ -160,3 +160,27 @@ def test_an_alfworld_calibration_summary_is_recomputed_from_its_episodes(name, m
     monkeypatch.chdir(folder)
     env, loaded = read_runs([f"{run}={file}" for run, file in runs.items()])
     assert json.loads(json.dumps(compare_runs(env, loaded, seed=kept["seed"]))) == kept
+
+
+def test_alfworld_cost_table_quotes_each_seeds_committed_cards_logs_and_episodes():
+    """alfworld.md's table of what a seed costs gives, for every published seed, the update counts, tokens and
+    CPU-minutes of its six fine-tunes and the steps of its evaluations: `pooled.py --costs` (seed_costs) recomputes
+    them from the seed's committed files, column by column."""
+    results = ROOT / "docs" / "results" / "alfworld-tiny"
+    page = (ROOT / "docs" / "results" / "alfworld.md").read_text()
+    table = page[page.index("**What a seed costs") :]
+    table = table[: table.index("\n\n", table.index("| the seed |"))]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
+    finetunes = next(row for row in rows if row[0].startswith("the six fine-tunes"))[1:]
+    evaluations = next(row for row in rows if row[0].startswith("the 8 evaluations"))[1:]
+    folders = pooled.seeds(results)
+    assert len(finetunes) == len(evaluations) == len(folders), "a column a published seed"
+    for folder, trained, evaluated in zip(folders, finetunes, evaluations):
+        c = pooled.seed_costs(folder)
+        u = c["updates"]
+        assert u["SR"] == u["IL@SR"] and u["IWM"] == u["IL@IWM"] and u["IL"] == u["IWM@IL"]
+        assert trained.startswith(
+            f"IL {u['IL']:,} updates, IWM {u['IWM']:,}, IWM@IL {u['IWM@IL']:,}, IL@IWM {u['IL@IWM']:,}, SR and IL@SR "
+            f"{u['SR']:,} each: {c['tokens'] / 1e6:,.0f} million tokens, about {c['cpu_minutes']:,.0f} CPU-minutes"
+        ), folder.name
+        assert f"{c['eval_steps']:,} steps" in evaluated, folder.name
