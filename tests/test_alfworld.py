@@ -342,6 +342,61 @@ def test_memoized_engine_calls_give_what_the_engine_gives(monkeypatch):
     assert play() == memoized
 
 
+def test_a_games_translation_is_kept_on_disk_and_played_the_same_from_there(monkeypatch, tmp_path):
+    """Each game's two PDDL translations are kept in $EEXP_CACHE/alfworld/sas/ (its SAS text); a process that loads
+    the game again reads them, runs no translation, and plays the same texts and lists; the task it parses is the one
+    the translation returns; a torn file is translated again and written anew."""
+    import contextlib
+    import io
+    import random
+
+    import fast_downward
+
+    from eexp.envs import alfworld_env
+    from eexp.envs.alfworld_env import AlfWorldEnv
+
+    monkeypatch.setenv("EEXP_CACHE", str(tmp_path))
+    monkeypatch.setattr(fast_downward, "pddl2sas", fast_downward.pddl2sas)  # put back whatever the calls leave
+
+    def play():
+        alfworld_env._translate_once.cache_clear()  # as in a new process
+        env, seen = AlfWorldEnv(), []
+        for task in env.tasks("ood"):
+            rng = random.Random(task["id"])
+            seen += [env.reset(task), env.admissible()]
+            for action in env.expert(task)[:2] + [rng.choice(env.admissible()) for _ in range(3)]:
+                seen += [env.step(action), env.admissible()]
+        env.close()
+        return seen
+
+    translated = play()
+    kept = sorted((tmp_path / "alfworld" / "sas").rglob("*.sas.z"))
+    games = len(AlfWorldEnv().tasks("ood"))
+    assert len(kept) == 2 * games  # the full translation and the planner's optimized one
+    real, calls = alfworld_env._ORIGINAL["pddl2sas"], []
+    monkeypatch.setitem(alfworld_env._ORIGINAL, "pddl2sas", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert play() == translated and calls == []
+    kept[0].write_bytes(b"torn")
+    assert play() == translated and len(calls) == 1
+    assert kept[0].read_bytes() != b"torn"
+
+    def dumped(task) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            task.dump()
+        return out.getvalue()
+
+    domain, problem = calls[0][:2]
+    with alfworld_env._engine_calls():
+        alfworld_env._translate_once.cache_clear()
+        read_back = alfworld_env._translate_once(domain, problem)  # from the disk
+        alfworld_env._translate_once.cache_clear()
+        monkeypatch.setattr(alfworld_env, "cache_root", lambda: tmp_path / "elsewhere")
+        fresh = alfworld_env._translate_once(domain, problem)  # translated
+    assert calls[-1][:2] == (domain, problem) and read_back[1] == fresh[1]
+    assert dumped(read_back[0]) == dumped(fresh[0])
+
+
 # --- generated games (eexp alfworld-games, eexp/envs/alfworld_gen.py) ------------------------------------------------
 SMALL = {"train": 6, "valid_seen": 2, "valid_unseen": 2}
 

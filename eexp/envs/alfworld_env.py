@@ -56,6 +56,7 @@ import os
 import re
 import sys
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -335,7 +336,36 @@ def _copy_context(context: dict) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _translate_once(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
-    return _ORIGINAL["pddl2sas"](domain, problem, verbose=verbose, optimize=optimize)
+    """fast_downward.pddl2sas (the parsed task and its SAS text) with the SAS text kept on disk, in
+    $EEXP_CACHE/alfworld/sas/, zlib-compressed (about 90 kB a game, both translations): the translation is most of a
+    game's load (0.4-0.9 CPU-s each, twice a game), and the games are loaded again and again (each evaluation
+    episode, the expert, each rollout trajectory). On a hit only the PDDL is parsed and normalized (milliseconds):
+    the task pddl2sas returns is that one (the translation reads it and changes nothing in it: tested), and the SAS
+    text is the same bytes (the translator is deterministic, whatever PYTHONHASHSEED). Plain text, keyed by the
+    translator's version, the options and the PDDL, so nothing is unpickled and a changed game is a miss."""
+    import fast_downward
+
+    key = hashlib.sha256(
+        f"{package_version('fast-downward-textworld')}\0{bool(optimize)}\0{domain}\0{problem}".encode()
+    ).hexdigest()
+    path = cache_root() / "alfworld" / "sas" / key[:2] / f"{key}.sas.z"
+    try:
+        sas = zlib.decompress(path.read_bytes()).decode()
+    except (OSError, zlib.error, UnicodeDecodeError):  # not kept yet, or torn by hand: translate it again
+        task, sas = _ORIGINAL["pddl2sas"](domain, problem, verbose=verbose, optimize=optimize)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(str(path), zlib.compress(sas.encode(), 6))
+        return task, sas
+    sys.argv = ["translate.py", "domain", "task"]  # as pddl2sas sets it: the translator's options module reads it
+    from fast_downward.translate import normalize
+    from fast_downward.translate.pddl_parser import lisp_parser, parsing_functions
+
+    with fast_downward.interface.CapturingStdout():  # stdout is the records' stream
+        task = parsing_functions.parse_task(
+            lisp_parser.parse_nested_list(domain.split("\n")), lisp_parser.parse_nested_list(problem.split("\n"))
+        )
+        normalize.normalize(task)
+    return task, sas
 
 
 _ORIGINAL: dict = {}
