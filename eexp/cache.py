@@ -1,5 +1,5 @@
 """Where eexp keeps what it makes once and reuses: $EEXP_CACHE, else ~/.cache/eexp (TextWorld games, ScienceWorld
-goals, models imported from GGUF)."""
+goals, ALFWorld's game listings and PDDL translations, models imported from GGUF)."""
 
 from __future__ import annotations
 

@@ -41,6 +41,8 @@ so IWM's rollout at K=8 took about 0.1 CPU-s a state on generated games (0.29 wh
 Offline: nothing here reaches the network (the data is local; alfworld-download is the user's step). TextWorld's PDDL
 translator overwrites sys.argv; it is put back after every engine call (_engine_calls, which also memoizes the PDDL
 translation, TextWorld's grammar parsing and its contexts' deep copies while the engine runs: most of a step's time).
+A game's translation is kept on disk after its first load ($EEXP_CACHE/alfworld/sas/, _translate_once): most of a
+load's time, paid once a game, not once an episode.
 """
 
 from __future__ import annotations
@@ -337,7 +339,7 @@ def _copy_context(context: dict) -> dict:
 @functools.lru_cache(maxsize=8)
 def _translate_once(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
     """fast_downward.pddl2sas (the parsed task and its SAS text) with the SAS text kept on disk, in
-    $EEXP_CACHE/alfworld/sas/, zlib-compressed (about 90 kB a game, both translations): the translation is most of a
+    $EEXP_CACHE/alfworld/sas/, zlib-compressed (about 25 kB a generated game, both translations): the translation is most of a
     game's load (0.4-0.9 CPU-s each, twice a game), and the games are loaded again and again (each evaluation
     episode, the expert, each rollout trajectory). On a hit only the PDDL is parsed and normalized (milliseconds):
     the task pddl2sas returns is that one (the translation reads it and changes nothing in it: tested), and the SAS
