@@ -339,12 +339,13 @@ def _copy_context(context: dict) -> dict:
 @functools.lru_cache(maxsize=8)
 def _translate_once(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
     """fast_downward.pddl2sas (the parsed task and its SAS text) with the SAS text kept on disk, in
-    $EEXP_CACHE/alfworld/sas/, zlib-compressed (about 25 kB a generated game, both translations): the translation is most of a
-    game's load (0.4-0.9 CPU-s each, twice a game), and the games are loaded again and again (each evaluation
-    episode, the expert, each rollout trajectory). On a hit only the PDDL is parsed and normalized (milliseconds):
-    the task pddl2sas returns is that one (the translation reads it and changes nothing in it: tested), and the SAS
-    text is the same bytes (the translator is deterministic, whatever PYTHONHASHSEED). Plain text, keyed by the
-    translator's version, the options and the PDDL, so nothing is unpickled and a changed game is a miss."""
+    $EEXP_CACHE/alfworld/sas/, zlib-compressed (about 25 kB a generated game, both translations): the translation is
+    most of a game's load (0.4-0.9 CPU-s each, twice a game), and the games are loaded again and again (each
+    evaluation episode, the expert, each rollout trajectory). On a hit only the PDDL is parsed and normalized
+    (milliseconds): the task pddl2sas returns is that one (the translation reads it and changes nothing in it:
+    tested), and the SAS text is the same bytes (the translator is deterministic, whatever PYTHONHASHSEED). Plain
+    text, keyed by the translator's version, the options and the PDDL, so nothing is unpickled and a changed game is
+    a miss."""
     import fast_downward
 
     key = hashlib.sha256(
