@@ -98,7 +98,7 @@ def encode_many(tokenizer, conversations: list[list[dict]], max_length: int, tru
     Faster than one `encode` a conversation: each distinct piece of text is tokenized once (a system prompt, or a
     short target such as "Nothing happens.", recurs across thousands of examples), and all of them in one batched
     call, which a fast tokenizer spreads over its threads. Encoding is most of a fine-tune's setup on a large file
-    (bench/bench_finetune.py --encode). An over-long conversation is shortened one by one, as `encode` does."""
+    (bench/bench_encode.py). An over-long conversation is shortened one by one, as `encode` does."""
     layouts = []
     for messages in conversations:
         try:
