@@ -254,3 +254,35 @@ def test_encoding_many_at_once_gives_each_what_encoding_it_alone_gives(family, t
     kinds = [type(r).__name__ for r in _each_alone(tok, conversations, 60)]
     assert kinds.count("Encoded") >= 5 and "ValueError" in kinds  # the comparison covered both
     assert any(r.truncated for r in encode_many(tok, conversations, 60) if not isinstance(r, Exception))
+
+
+@pytest.mark.parametrize("family", ["chatml", "qwen3", "gemma3"])
+def test_a_policy_tokenizes_candidate_turns_as_it_tokenizes_each_whole(family, tokenizers, tiny_checkpoint):
+    """--act score's candidates: TransformersPolicy.encode_turns tokenizes the shared prompt once and each turn's
+    rest after the prompt's last added token, and gives the ids of each turn tokenized whole, on each family's
+    template (the reply's own special-looking text, spaces and accents included); a split point the tokenizer does
+    not split at is caught by the check and every turn is tokenized whole from then on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eexp.policies.hf import TransformersPolicy
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint) if family == "chatml" else tokenizers[family]
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    policy = TransformersPolicy.from_model(model, tok, spec=str(tiny_checkpoint), device="cpu")
+    replies = ["Action: click[1]", "Action: back", " Action:  spaced ", 'Action: say "<|im_end|>"', "Action: café", "x"]
+    prompts = [
+        STATE,
+        [*STATE, {"role": "assistant", "content": "Action: search[red shirt]"}, {"role": "user", "content": "Obs: 1"}],
+    ]
+    assert policy._split_tokens  # the fast path is on for these tokenizers
+    for prompt in prompts:
+        whole = [
+            policy.encode_chat(prompt + [{"role": "assistant", "content": r}], add_generation_prompt=False)
+            for r in replies
+        ]
+        assert policy.encode_turns(prompt, replies) == whole
+    policy._split_tokens = ("Tas",)  # inside a word of the prompt: no tokenizer splits there
+    assert policy.encode_turns(STATE, replies) == [
+        policy.encode_chat(STATE + [{"role": "assistant", "content": r}], add_generation_prompt=False) for r in replies
+    ]
+    assert policy._split_tokens == ()

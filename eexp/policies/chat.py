@@ -170,13 +170,19 @@ class ModelPolicy(Policy):
         return max(1, min(max_tokens, self.context_size() - len(ids)))
 
     # candidates -------------------------------------------------------------------------------------------------
+    def encode_turns(self, messages: list[dict], replies: list[str]) -> list[list[int]]:
+        """encode_chat of `messages` followed by each reply as an assistant turn (a backend may give them faster)."""
+        return [
+            self.encode_chat(messages + [{"role": "assistant", "content": r}], add_generation_prompt=False)
+            for r in replies
+        ]
+
     def candidate_ids(self, messages: list[dict], replies: list[str]) -> list[list[int]]:
         """Token ids of each reply as an assistant turn after the prompt, end of turn included, rendered by the
         template (so the tokens are the ones training produced)."""
         ids = self.encode_chat(messages)
         out = []
-        for reply in replies:
-            full = self.encode_chat(messages + [{"role": "assistant", "content": reply}], add_generation_prompt=False)
+        for full in self.encode_turns(messages, replies):
             if full[: len(ids)] != ids or len(full) <= len(ids):
                 raise PolicyError(
                     f"the {self.backend} chat template renders an assistant turn that does not extend "
