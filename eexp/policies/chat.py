@@ -301,7 +301,10 @@ class ModelPolicy(Policy):
     def _assistant_ids(self, messages: list[dict], ids: list[int], content: str) -> list[int]:
         """The ids of prompt + an assistant turn holding `content`, as the template renders the whole turn, through
         its end-of-turn token."""
-        full = self.encode_chat(messages + [{"role": "assistant", "content": content}], add_generation_prompt=False)
+        return self._through_end_of_turn(ids, self.encode_turns(messages, [content])[0])
+
+    def _through_end_of_turn(self, ids: list[int], full: list[int]) -> list[int]:
+        """`full` (the prompt `ids`, then an assistant turn, as the template renders it) through the turn's end."""
         if full[: len(ids)] != ids or len(full) <= len(ids):
             raise PolicyError(
                 f"the {self.backend} chat template renders an assistant turn that does not extend "
@@ -316,11 +319,12 @@ class ModelPolicy(Policy):
         )
 
     def _action_after(self, messages, ids, prefix, admissible, seed, temperature) -> Reply:
-        """The admissible action chosen after `prefix` (the thought as written). Every candidate turn is
-        tokenized whole (prefix + `Action: <action>` + end of turn), as training tokenized it; the tokens all
-        candidates share are the context, and each candidate is scored on the rest, so a token that merges across
-        the `Action: ` boundary is scored with its candidate, never dropped or shared."""
-        fulls = [self._assistant_ids(messages, ids, prefix + format_action(a)) for a in admissible]
+        """The admissible action chosen after `prefix` (the thought as written). Every candidate turn has the ids
+        of the turn tokenized whole (prefix + `Action: <action>` + end of turn), as training tokenized it; the
+        tokens all candidates share are the context, and each candidate is scored on the rest, so a token that
+        merges across the `Action: ` boundary is scored with its candidate, never dropped or shared."""
+        turns = self.encode_turns(messages, [prefix + format_action(a) for a in admissible])
+        fulls = [self._through_end_of_turn(ids, full) for full in turns]
         shared = min(len(f) for f in fulls) - 1  # every candidate keeps at least one token to score
         first = fulls[0]
         for f in fulls[1:]:
