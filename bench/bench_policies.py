@@ -147,6 +147,31 @@ def measure(
     return out
 
 
+def measure_turns(model: str | None = None, actions: int = 30, repeat: int = 5) -> dict:
+    """--act score's candidate turns on one ~300-token state with `actions` admissible actions, as
+    TransformersPolicy.encode_turns tokenizes them (the prompt once, each turn's rest after its last added token)
+    against each turn tokenized whole (the same policy with the split turned off), the same ids asserted. Median CPU
+    seconds a state of `repeat` runs: {"split": s, "whole": s, "prompt_tokens", "actions"}."""
+    from eexp.models.init import init_model
+    from eexp.policies import load_policy
+    from eexp.prompts import format_action
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-turns-"))
+    ckpt = Path(model) if model else init_model(tmp / "tiny", arch="qwen2", size="tiny", seed=0)
+    hf = load_policy(str(ckpt), {"n_threads": "1"})
+    messages = state_messages(hf)
+    replies = [format_action(f"take item {i} from shelf {i % 7}") for i in range(actions)]
+    split_tokens = hf._split_tokens
+    split = hf.candidate_ids(messages, replies)
+    hf._split_tokens = ()
+    assert hf.candidate_ids(messages, replies) == split, "encode_turns changed the candidates' ids"
+    _, whole = timed(lambda: hf.candidate_ids(messages, replies), repeat)
+    hf._split_tokens = split_tokens
+    _, fast = timed(lambda: hf.candidate_ids(messages, replies), repeat)
+    assert hf._split_tokens, "the split was turned off by its check"
+    return {"split": fast, "whole": whole, "prompt_tokens": len(hf.encode_chat(messages)), "actions": actions}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="A transformers checkpoint (default: a fresh `small` qwen2 model)")

@@ -528,6 +528,26 @@ def policies(quick: bool) -> list[dict]:
     return rows
 
 
+def score_turns(quick: bool) -> list[dict]:
+    import bench_policies
+
+    t = bench_policies.measure_turns(actions=30, repeat=3 if quick else 5)
+    return [
+        row(
+            f"--act score's {t['actions']} candidate turns on one {t['prompt_tokens']}-token state, tokenized "
+            "(transformers, the tiny model's tokenizer)",
+            t["split"] * 1000,
+            "CPU-ms",
+            t["whole"] * 1000,
+            "each turn tokenized whole",
+            t["split"] / t["whole"],
+            "info",
+            None,
+            "the same ids both ways",
+        )
+    ]
+
+
 def finetune(quick: bool) -> list[dict]:
     import bench_finetune
 
@@ -899,6 +919,7 @@ SECTIONS = {  # name: (function, time limit in seconds at full size, at --quick)
     "rollout": (rollout, 180, 120),
     "branch": (branch, 150, 90),
     "policies": (policies, 150, 90),
+    "score_turns": (score_turns, 60, 30),
     "finetune": (finetune, 200, 120),
     "encode": (encode, 120, 60),
     "finetune_real": (
