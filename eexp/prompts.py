@@ -136,7 +136,8 @@ MIN_SECTION_CHARS = 40  # an observation or admissible list is not clipped below
 
 def fit_messages(messages: list[dict], length: Callable[[list[dict]], int], budget: int) -> tuple[list[dict], int]:
     """The messages shortened by `shorten` until `length(messages) <= budget`, and how many steps that took. When
-    they cannot be shortened further they are returned as they are; the caller decides what happens then."""
+    they cannot be shortened further they are returned as they are; the caller decides what happens then. The last
+    call of `length` is on the messages returned, so a caller may keep what it measured (ModelPolicy.fit)."""
     steps = 0
     while length(messages) > budget:
         shorter = shorten(messages)

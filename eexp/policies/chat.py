@@ -149,8 +149,17 @@ class ModelPolicy(Policy):
         training shortens an over-long example (`eexp.prompts.fit_messages`), with a warning; never an exception
         mid-run."""
         budget = self.context_size() - reserve
-        fitted, steps = fit_messages(messages, lambda m: len(self.encode_chat(m)), budget)
-        ids = self.encode_chat(fitted)
+        measured: list[int] = []
+
+        def length(candidate: list[dict]) -> int:
+            nonlocal measured
+            measured = self.encode_chat(candidate)
+            return len(measured)
+
+        # fit_messages measures the messages it returns last, so their ids are the last measured: the prompt is
+        # tokenized once where it fits (a llama-server policy's tokenizing is a request)
+        fitted, steps = fit_messages(messages, length, budget)
+        ids = measured
         if steps:
             self.warn_once(
                 "overflow",
