@@ -165,17 +165,21 @@ def test_an_alfworld_calibration_summary_is_recomputed_from_its_episodes(name, m
 def test_alfworld_cost_table_quotes_each_seeds_committed_cards_logs_and_episodes():
     """alfworld.md's table of what a seed costs gives, for every published seed, the update counts, tokens and
     CPU-minutes of its six fine-tunes and the steps of its evaluations: `pooled.py --costs` (seed_costs) recomputes
-    them from the seed's committed files, column by column."""
+    them from the seed's committed files, row by row."""
     results = ROOT / "docs" / "results" / "alfworld-tiny"
     page = (ROOT / "docs" / "results" / "alfworld.md").read_text()
-    table = page[page.index("**What a seed costs") :]
-    table = table[: table.index("\n\n", table.index("| the seed |"))]
-    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
-    finetunes = next(row for row in rows if row[0].startswith("the six fine-tunes"))[1:]
-    evaluations = next(row for row in rows if row[0].startswith("the 8 evaluations"))[1:]
+    table = page[page.index("**What a seed costs, measured") :]
+    table = table[table.index("| seed | machine |") :]
+    table = table[: table.index("\n\n")]
+    header, *rows = [
+        [cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")
+    ]
+    finetunes = next(k for k, cell in enumerate(header) if cell.startswith("the six fine-tunes"))
+    evaluations = next(k for k, cell in enumerate(header) if cell.startswith("the 8 evaluations"))
     folders = pooled.seeds(results)
-    assert len(finetunes) == len(evaluations) == len(folders), "a column a published seed"
-    for folder, trained, evaluated in zip(folders, finetunes, evaluations):
+    assert [row[0] for row in rows] == [folder.name.removeprefix("seed") for folder in folders], "a row a seed"
+    for folder, row in zip(folders, rows):
+        trained, evaluated = row[finetunes], row[evaluations]
         c = pooled.seed_costs(folder)
         u = c["updates"]
         assert u["SR"] == u["IL@SR"] and u["IWM"] == u["IL@IWM"] and u["IL"] == u["IWM@IL"]
