@@ -128,7 +128,7 @@ def test_score_mode_ratio_is_the_probability_of_the_decision(tiny_checkpoint):
     assert float(dist.detach().exp().sum()) == pytest.approx(1.0, abs=1e-5)
     old = logp.detach()
     loss, _ = clipped_surrogate(logp, old, 1.0, 0.2)
-    assert float(loss) == pytest.approx(-1.0)  # ratio 1
+    assert float(loss.detach()) == pytest.approx(-1.0)  # ratio 1
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     loss.sum().backward()
     optimizer.step()
