@@ -52,22 +52,14 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
-from eexp.envs.alfworld_env import _engine_calls
+# The layout and task types the environment reads (eexp/envs/alfworld_env.py): the generator writes what it reads.
+from eexp.envs.alfworld_env import DATA_VERSION, TASK_TYPES, _engine_calls
 from eexp.errors import EnvError
 from eexp.workers import open_pool
 
 GENERATOR = "eexp alfworld-games"
 GENERATOR_VERSION = 1
-DATA_VERSION = "json_2.1.1"
 SPLITS = ("train", "valid_seen", "valid_unseen")
-TASK_TYPES = (
-    "pick_and_place_simple",
-    "look_at_obj_in_light",
-    "pick_clean_then_place_in_recep",
-    "pick_heat_then_place_in_recep",
-    "pick_cool_then_place_in_recep",
-    "pick_two_obj_and_place",
-)
 # The released ALFWorld games per task type (ALFWorld, Shridhar et al., ICLR 2021, its table of task types: 3,553
 # train, 140 valid_seen, 134 valid_unseen; the two eval splits' counts are also those the AHEAD-ALFWorld-7B model card
 # lists for the released files). A generated split draws its task types in these proportions.

@@ -246,7 +246,14 @@ class TransformersPolicy(ModelPolicy):
     def _tensor(self, rows):
         return self.torch.tensor(rows, dtype=self.torch.long, device=self.device)
 
-    def _run_generate(self, ids, *, seed, temperature, top_p, max_tokens, allowed=None):
+    def _run_generate(self, ids, **kwargs):
+        """The reply's text after `ids`, and why it ended ("stop" or "length"); kwargs: `_new_ids`'."""
+        new = self._new_ids(ids, **kwargs)
+        finish = "stop" if new and self.is_stop(new[-1]) else "length"
+        return self.tokenizer.decode(new, skip_special_tokens=True), finish
+
+    def _new_ids(self, ids, *, seed, temperature, top_p, max_tokens, allowed=None) -> list[int]:
+        """The ids `generate` adds after `ids` (the stop token included when it stopped on one)."""
         torch = self.torch
         kwargs = dict(
             max_new_tokens=max_tokens,
@@ -254,6 +261,9 @@ class TransformersPolicy(ModelPolicy):
             pad_token_id=self.pad_id,
             do_sample=temperature > 0,
             repetition_penalty=1.0,
+            # training sets the model's config to use_cache=False (eexp/training/model.py), and RL generates with
+            # the model it trains: generate must go on from the prompt's cache passed in, whichever config it reads
+            use_cache=True,
             **{self._cache_arg: self._prefix_cache(ids)},
         )
         if temperature > 0:
@@ -268,9 +278,7 @@ class TransformersPolicy(ModelPolicy):
             out = self.model.generate(
                 input_ids=self._tensor([ids]), attention_mask=self._tensor([[1] * len(ids)]), **kwargs
             )
-        new = out[0, len(ids) :].tolist()
-        finish = "stop" if new and self.is_stop(new[-1]) else "length"
-        return self.tokenizer.decode(new, skip_special_tokens=True), finish
+        return out[0, len(ids) :].tolist()
 
     def _generate_ids(self, ids, *, seed, temperature, top_p, max_tokens):
         return self._run_generate(ids, seed=seed, temperature=temperature, top_p=top_p, max_tokens=max_tokens)

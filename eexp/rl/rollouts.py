@@ -64,35 +64,11 @@ class LivePolicy(TransformersPolicy):
             self._scores[key] = super().scores_for(ids, candidates)
         return self._scores[key]
 
-    def _run_generate(self, ids, *, seed, temperature, top_p, max_tokens, allowed=None):
-        torch = self.torch
-        kwargs = dict(
-            max_new_tokens=max_tokens,
-            eos_token_id=self.stop_ids or None,
-            pad_token_id=self.pad_id,
-            do_sample=temperature > 0,
-            repetition_penalty=1.0,
-            use_cache=True,
-            **{self._cache_arg: self._prefix_cache(ids)},
-        )
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            kwargs.update(temperature=None, top_p=None)
-        with (
-            torch.random.fork_rng(
-                devices=[self.device] if self.device.type == "cuda" else [], device_type=self.device.type
-            ),
-            torch.no_grad(),
-        ):
-            torch.manual_seed(seed)
-            out = self.model.generate(
-                input_ids=self._tensor([ids]), attention_mask=self._tensor([[1] * len(ids)]), **kwargs
-            )
-        new = out[0, len(ids) :].tolist()
-        finish = "stop" if new and self.is_stop(new[-1]) else "length"
+    def _new_ids(self, ids, **kwargs):
+        """The generated ids, recorded with the prompt's for the loss."""
+        new = super()._new_ids(ids, **kwargs)
         self._calls.append({"mode": "generate", "ids": list(ids), "reply": new})
-        return self.tokenizer.decode(new, skip_special_tokens=True), finish
+        return new
 
     def sample(self, messages, *, admissible, seeds, temperature=1.0, context=None):
         """One action (RL asks for one seed at a time), and a trace record of the tokens it produced."""
