@@ -503,6 +503,17 @@ def example_meta(**fields: Any) -> dict:
     return meta
 
 
+def outcome_origin(outcome: dict) -> dict:
+    """The example meta that says which expert state an outcome record's examples come from."""
+    return dict(
+        env=outcome["env"]["name"],
+        env_version=outcome["env"]["version"],
+        task_id=outcome["task"]["id"],
+        trajectory_id=outcome["trajectory_id"],
+        step=outcome["step"],
+    )
+
+
 # --- states along a trajectory ---------------------------------------------------------------------------------
 
 

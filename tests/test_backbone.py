@@ -102,6 +102,7 @@ def test_a_summarizer_that_fails_names_the_record_and_one_that_will_not_load_say
     )
     (tmp_path / "broken.py").write_text("def f(obs, state, action)\n    return obs\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "summaries", raising=False)  # another test's summaries.py, imported before
     for name, why in (
         ("fails", "--summarizer failed on it: ValueError: no page"),
         ("number", "--summarizer returned int, not text"),

@@ -5,6 +5,7 @@ outcome named by its missing field (not called a branch record), and a JSON docu
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import orjson
@@ -39,6 +40,7 @@ def test_max_chars_and_summarizer_are_in_the_examples_meta_and_the_default_run_i
 ):
     (tmp_path / "summaries.py").write_text("def short(obs, state, action):\n    return obs[:5]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "summaries", raising=False)  # another test's summaries.py, imported before
     default = _records(runner.invoke(cli, ["world-model-data", str(OUTCOMES)]).stdout)
     assert default and {e["meta"]["extra"] for e in default} == {""}
     clipped = _records(runner.invoke(cli, ["world-model-data", str(OUTCOMES), "--max-chars", "20"]).stdout)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from eexp.prompts import CRITIC_VERDICTS, Serializer, format_action
-from eexp.records import example_meta
+from eexp.records import example_meta, outcome_origin
 from eexp.stages.preference import REJECTED, TAKES, reason
 
 YES, NO = CRITIC_VERDICTS
@@ -99,11 +99,7 @@ def critic_examples(
     base = dict(
         stage="critic-data",
         kind="critic",
-        env=outcome["env"]["name"],
-        env_version=outcome["env"]["version"],
-        task_id=outcome["task"]["id"],
-        trajectory_id=outcome["trajectory_id"],
-        step=outcome["step"],
+        **outcome_origin(outcome),
         serializer=serializer.json,
     )
     n_no = len(found.alternatives)

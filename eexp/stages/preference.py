@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from eexp.prompts import Serializer, format_action
-from eexp.records import example_meta
+from eexp.records import example_meta, outcome_origin
 from eexp.text import normalize_space
 
 REJECTED = ("invalid", "no-progress", "all")
@@ -94,11 +94,7 @@ def preference_pairs(
     base = dict(
         stage="preference-data",
         kind="preference",
-        env=outcome["env"]["name"],
-        env_version=outcome["env"]["version"],
-        task_id=outcome["task"]["id"],
-        trajectory_id=outcome["trajectory_id"],
-        step=outcome["step"],
+        **outcome_origin(outcome),
         action=expert["action"],
         action_source="expert",
         serializer=serializer.json,

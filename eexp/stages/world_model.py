@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 from eexp.errors import first_line
 from eexp.prompts import Serializer, format_observation
-from eexp.records import example_meta
+from eexp.records import example_meta, outcome_origin
 from eexp.runner import RecordError
 
 Summarizer = Callable[[str, dict, str], str]  # (next_observation, state, action) -> text to predict
@@ -49,11 +49,7 @@ def world_model_transitions(
     base_meta = example_meta(
         stage="world-model-data",
         kind="iwm",
-        env=outcome["env"]["name"],
-        env_version=outcome["env"]["version"],
-        task_id=outcome["task"]["id"],
-        trajectory_id=outcome["trajectory_id"],
-        step=outcome["step"],
+        **outcome_origin(outcome),
         serializer=serializer.json,
         extra=_settings(max_chars, summarizer),
     )

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 from eexp.inflight import InOrder
 from eexp.policies.base import derive_seed
 from eexp.prompts import Serializer, format_action
-from eexp.records import example_meta
+from eexp.records import example_meta, outcome_origin
 from eexp.runner import MadeFrom, Stage
 from eexp.stages.reflect.claims import Evidence
 from eexp.stages.reflect.filters import fresh_words, judge, page_runs, topic_words
@@ -114,11 +114,7 @@ def reflect_examples(
         return example_meta(
             stage="reflect",
             kind="sr",
-            env=outcome["env"]["name"],
-            env_version=outcome["env"]["version"],
-            task_id=outcome["task"]["id"],
-            trajectory_id=outcome["trajectory_id"],
-            step=outcome["step"],
+            **outcome_origin(outcome),
             action=expert["action"],
             action_source="expert",
             model=model,
