@@ -177,6 +177,16 @@ def test_too_few_seeds_detect_nothing(tmp_path):
     assert "cannot give p below 2 / 2^S (0.25 with 3 seeds)" in table  # the floor's note stays
 
 
+def test_seeds_that_cancel_out_have_a_mean_of_zero(tmp_path):
+    # ALFWorld's 6-seed IL@SR against IL on valid_seen: -11, -2, +1, +7, +6, -1 games of 140. Their rates' float sum
+    # is 2.6e-18, not 0, and "would need" read that as 9 x 10^34 seeds; the mean of the whole counts is 0
+    counts = [-11, -2, 1, 7, 6, -1]
+    result, table = compare(tmp_path, seeds(tmp_path, "IL", [IL] * 6), seeds(tmp_path, "M", shifted(counts)))
+    s = result["splits"]["test"][1]["vs_first"]["seed_level"]
+    assert s["seeds_for_observed"] is None and s["sd"] > 0
+    assert "; no number of seeds detects a mean of 0" in table and not re.search(r"would need \d", table)
+
+
 def test_many_seeds_are_summarised(tmp_path):
     # 200 seeds of one episode each: the seed column gives the differences' sd and signs, not 200 numbers
     wins = [{0} if s % 5 < 3 else set() for s in range(200)]  # 120 of 200 seeds solve the one task

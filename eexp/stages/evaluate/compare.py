@@ -426,18 +426,21 @@ def seed_level(
         "smallest_p": smallest,
         "enough_seeds": smallest < alpha,
         "verdict": verdict(sum(counts), p, alpha, n) if smallest < alpha else TOO_FEW_SEEDS,
-        **seed_power([c / n for c in counts], alpha),
+        **seed_power(counts, n, alpha),
     }
 
 
-def seed_power(diffs: list[float], alpha: float) -> dict:
-    """The power of the test over seeds, from the per-seed differences (seed_level says how): `sd` their sample
-    standard deviation, `detectable_diff` the smallest mean difference detected with POWER at these seeds (null where
-    the sign-flip test's floor 2 / 2^S is not below alpha: no difference is; or where the sd is 0),
-    `seeds_for_observed` the seeds a mean
-    difference of the observed size would need (at least the sign-flip test's own minimum; null for a mean of 0)."""
-    s = len(diffs)
-    spread = seed_spread(diffs)
+def seed_power(counts: list[int], n: int, alpha: float) -> dict:
+    """The power of the test over seeds, from the per-seed differences in successes over `n` tasks (seed_level says
+    how): `sd` the sample standard deviation of the success-rate differences, `detectable_diff` the smallest mean
+    difference detected with POWER at these seeds (null where the sign-flip test's floor 2 / 2^S is not below alpha:
+    no difference is; or where the sd is 0), `seeds_for_observed` the seeds a mean difference of the observed size
+    would need (at least the sign-flip test's own minimum; null for a mean of 0)."""
+    s = len(counts)
+    spread = seed_spread([c / n for c in counts])
+    # the mean from the whole counts: seeds that cancel out (-11, +7, +6, -2 ...) are a mean of exactly 0, where the
+    # mean of their rounded rates is 1e-18 or so, which "would need" read as 10^35 seeds
+    mean = sum(counts) / (n * s)
     floor = seeds_needed(alpha)
     # the design's: what these many seeds detect (a tied seed lowers this data's own floor, which the text gives);
     # none where every seed's difference is the same (sd 0: the approximation says nothing then)
@@ -448,7 +451,7 @@ def seed_power(diffs: list[float], alpha: float) -> dict:
         "power_method": "paired t approximation",
         "sd": spread.sd,
         "detectable_diff": detectable_difference(spread.sd, s, alpha=alpha, power=POWER) if detectable else None,
-        "seeds_for_observed": seeds_for_power(spread.mean, spread.sd, alpha=alpha, power=POWER, at_least=floor),
+        "seeds_for_observed": seeds_for_power(mean, spread.sd, alpha=alpha, power=POWER, at_least=floor),
     }
 
 
