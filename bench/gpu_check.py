@@ -24,12 +24,13 @@ episodes/s of RL, seconds of the rest. Exit status 2 (and nothing measured) with
 stdout as a table and to --out as JSON; put them in the closing note of the issue and the README, with the GPU.
 `--device cpu` is a dry run of the script itself on a machine without one (its figures mean nothing).
 
-    .venv/bin/python bench/gpu_check.py --ratio [--steps 30] [--parallel 8] [--tiny --device cpu]
+    .venv/bin/python bench/gpu_check.py --ratio [--steps 30] [--parallel 8,16] [--mps] [--tiny --device cpu]
 
 measures instead what issue 62 asks of eexp's fine-tune on a GPU: its tokens/s against a plain PEFT loop on the same
 data and model (the ratio), with --packing, and the aggregate of N fine-tunes side by side, for SmolLM2-135M's shape
-and a 1B shape with random weights (bench/gpu_ratio.py says what each row is). It is sized to finish within 8 minutes
-on an H100; `--tiny --device cpu` is its dry run.
+and a 1B shape with random weights (bench/gpu_ratio.py says what each row is). On an H200 the default run took 321 s
+(docs/results/gpu/h200-ratio.json); `--parallel 8,16 --mps` adds about 3 minutes. `--tiny --device cpu` is its dry
+run.
 """
 
 from __future__ import annotations
@@ -255,7 +256,16 @@ def main() -> int:
         action="store_true",
         help="eexp against a plain PEFT loop, and N runs at once (issue 62), instead of the steps",
     )
-    parser.add_argument("--parallel", type=int, help="--ratio: fine-tunes side by side (default 8; --tiny: 2)")
+    parser.add_argument(
+        "--parallel",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="--ratio: how many fine-tunes side by side, comma-separated counts (default 8; --tiny: 2)",
+    )
+    parser.add_argument(
+        "--mps",
+        action="store_true",
+        help="--ratio: also run the side-by-side rows under NVIDIA's Multi-Process Service (started and stopped here)",
+    )
     parser.add_argument("--warm", type=int, help="--ratio: updates left out of the rates (default 5; --tiny: 1)")
     parser.add_argument("--tiny", action="store_true", help="--ratio at a tiny size: a dry run of the script")
     parser.add_argument("--plain", help=argparse.SUPPRESS)  # the plain loop over this il.jsonl, in a child process
@@ -271,7 +281,7 @@ def main() -> int:
     parser.add_argument("--step", help=argparse.SUPPRESS)  # one step, in a child process
     args = parser.parse_args()
     args.steps = args.steps or (4 if args.tiny else 30 if args.ratio or args.plain else 20)
-    args.parallel = args.parallel or (2 if args.tiny else 8)
+    args.parallel = [n for n in args.parallel or [2 if args.tiny else 8] if n > 1]
     args.warm = args.warm if args.warm is not None else (1 if args.tiny else 5)
     import torch
 
@@ -302,6 +312,7 @@ def main() -> int:
             "steps": args.steps,
             "warm": args.warm,
             "tiny": args.tiny,
+            "mps": args.mps,
             **gpu_ratio.ratio(work, work / "il.jsonl", Path(model), args),
         }
         results["seconds"] = round(time.perf_counter() - t0, 1)

@@ -1,6 +1,6 @@
 """The GPU check's ratio (issue 62): eexp's fine-tune against a plain PEFT loop, and N eexp fine-tunes at once.
 
-    .venv/bin/python bench/gpu_check.py --ratio [--steps 30] [--parallel 8] [--out gpu-ratio.json]
+    .venv/bin/python bench/gpu_check.py --ratio [--steps 30] [--parallel 8,16] [--mps] [--out gpu-ratio.json]
     .venv/bin/python bench/gpu_check.py --ratio --tiny --device cpu     # a dry run of the script itself, on CPU
 
 For SmolLM2-135M's shape and a 1B shape (Llama-3.2-1B's body on SmolLM2's 49,152-token vocabulary), both with random
@@ -14,7 +14,10 @@ batches of 8:
     plain         a plain loop, no eexp code in it: the same model folder, PEFT LoRA and tokens, bf16 autocast (the
                   frozen base in bf16, the adapter in fp32, as eexp), AdamW, batches of 8 by length, transformers' own
                   loss (labels -100 outside the targets)
-    eexp xN       (the 135M shape) N `eexp finetune` processes started together: their tokens/s summed
+    eexp xN       (the 135M shape) N `eexp finetune` processes started together: their tokens/s summed, for each
+                  N of --parallel (8 by default; `--parallel 8,16` both)
+    eexp xN MPS   with --mps, the same again under NVIDIA's Multi-Process Service (nvidia-cuda-mps-control -d,
+                  started before these rows and stopped after them)
 
 Every row runs in a process of its own under this one (one process tree), one after another, but the N processes of
 the last. Tokens/s count non-padding input tokens (as eexp's metrics do; the plain loop counts the same), over the
@@ -272,14 +275,20 @@ def ratio(work: Path, il: Path, base: Path, args) -> dict:
         for row in ("eexp", "eexp-packing"):
             mine = rows[row].get("tokens_per_s")
             rows[row]["ratio_to_plain"] = round(mine / plain, 3) if mine and plain else None
-        if name == "135M" and args.parallel > 1:
-            rows[f"eexp x{args.parallel}"] = run_parallel(
-                il, model, work, args.parallel, args.steps, args.warm, args.device
-            )
-            print(
-                json.dumps({"shape": name, "row": f"eexp x{args.parallel}", **rows[f"eexp x{args.parallel}"]}),
-                flush=True,
-            )
+        if name == "135M":
+            for mps in (False, True) if args.mps else (False,):
+                if mps:
+                    # NVIDIA's Multi-Process Service: the processes' kernels share the GPU at once instead of
+                    # taking turns; started here, stopped after the rows, so the rows without it come first
+                    subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
+                try:
+                    for n in args.parallel:
+                        row = f"eexp x{n}" + (" MPS" if mps else "")
+                        rows[row] = run_parallel(il, model, work, n, args.steps, args.warm, args.device)
+                        print(json.dumps({"shape": name, "row": row, **rows[row]}), flush=True)
+                finally:
+                    if mps:
+                        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, check=True)
         results["shapes"][name] = rows
     return results
 
