@@ -247,6 +247,11 @@ def prepare(work: Path, model: str) -> str:
     return model
 
 
+def process_counts(text: str) -> list[int]:
+    """--parallel's value: comma-separated counts of fine-tunes side by side ("8" or "8,16")."""
+    return [int(n) for n in text.split(",")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2", help="smollm2 (default), init, a checkpoint folder or a Hub id")
@@ -258,7 +263,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--parallel",
-        type=lambda text: [int(n) for n in text.split(",")],
+        type=process_counts,
         help="--ratio: how many fine-tunes side by side, comma-separated counts (default 8; --tiny: 2)",
     )
     parser.add_argument(
@@ -282,6 +287,8 @@ def main() -> int:
     args = parser.parse_args()
     args.steps = args.steps or (4 if args.tiny else 30 if args.ratio or args.plain else 20)
     args.parallel = [n for n in args.parallel or [2 if args.tiny else 8] if n > 1]
+    if args.mps and not shutil.which("nvidia-cuda-mps-control"):
+        parser.error("--mps needs nvidia-cuda-mps-control (NVIDIA's driver utilities) on the PATH")
     args.warm = args.warm if args.warm is not None else (1 if args.tiny else 5)
     import torch
 
