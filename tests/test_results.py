@@ -188,3 +188,38 @@ def test_alfworld_cost_table_quotes_each_seeds_committed_cards_logs_and_episodes
             f"{u['SR']:,} each: {c['tokens'] / 1e6:,.0f} million tokens, about {c['cpu_minutes']:,.0f} CPU-minutes"
         ), folder.name
         assert f"{c['eval_steps']:,} steps" in evaluated, folder.name
+
+
+def test_alfworlds_claim_quotes_the_planned_primary_tests():
+    """What alfworld.md says in words of the plan's three primary tests (each method against IL trained for its
+    updates, on valid_seen, Holm over the three), in its summary, in its claim and in the results index, is what the
+    committed episodes give: each test's seeds above, mean difference, sign-flip p and Holm's p, and, for a test that
+    finds no difference, the smallest difference its seeds could tell."""
+    results = ROOT / "docs" / "results" / "alfworld-tiny"
+    found, control = {}, None
+    for row in pooled.pooled(results, pooled.MATCHED)["eval"]["splits"]["test"]:
+        if not row.get("vs_first"):
+            control = row["run"]
+        elif (row["run"], control) in pooled.PRIMARY:
+            found[row["run"], control] = row["vs_first"]["seed_level"]
+    assert sorted(found) == sorted(pooled.PRIMARY)
+    adjusted = dict(zip(pooled.PRIMARY, pooled.holm([found[pair]["sign_flip_p"] for pair in pooled.PRIMARY])))
+    page = (ROOT / "docs" / "results" / "alfworld.md").read_text()
+    summary = page[: page.index("\n| |")]
+    claim = page[page.index("**The plan's claim, at") : page.index("What the claim covers")]
+    index = next(
+        line
+        for line in (ROOT / "docs" / "results" / "README.md").read_text().splitlines()
+        if "made from scratch" in line and "(alfworld.md)" in line
+    )
+    for pair in pooled.PRIMARY:
+        level = found[pair]
+        quoted = (
+            f"{level['above']} of {level['seeds']} seeds above, {100 * level['mean_diff']:+.1f} points, "
+            f"p = {level['sign_flip_p']:#.2g}, Holm {adjusted[pair]:#.2g}"
+        )
+        for name, text in (("summary", summary), ("claim", claim), ("index", index)):
+            text = " ".join(text.split())
+            assert quoted in text, f"{name}: {pair}: {quoted}"
+            if level["verdict"] == "no significant difference":
+                assert f"under {100 * level['detectable_diff']:.1f} points" in text, f"{name}: {pair}"
