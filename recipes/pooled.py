@@ -522,9 +522,9 @@ def expert_step_table(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def primary_tests(matched: dict) -> str:
-    """The planned primary tests (PRIMARY) from the matched table's test rows: each pair's seeds above its control,
-    the sign-flip p over seeds and its Holm-adjusted p over the pairs present; empty with fewer than two pairs."""
+def primary_levels(matched: dict) -> tuple[list[tuple[str, str]], dict, list[float]]:
+    """The planned primary tests (PRIMARY) present in the matched table's test rows: the pairs in PRIMARY's order,
+    each pair's seed-level test, and the Holm-adjusted sign-flip p over those pairs."""
     found, reference = {}, None
     for row in matched.get("eval", {}).get("splits", {}).get("test", []):
         if not row.get("vs_first"):
@@ -532,9 +532,15 @@ def primary_tests(matched: dict) -> str:
         elif (row["run"], reference) in PRIMARY and row["vs_first"].get("seed_level"):
             found[row["run"], reference] = row["vs_first"]["seed_level"]
     pairs = [pair for pair in PRIMARY if pair in found]
+    return pairs, found, holm([found[pair]["sign_flip_p"] for pair in pairs])
+
+
+def primary_tests(matched: dict) -> str:
+    """The planned primary tests (PRIMARY) from the matched table's test rows: each pair's seeds above its control,
+    the sign-flip p over seeds and its Holm-adjusted p over the pairs present; empty with fewer than two pairs."""
+    pairs, found, adjusted = primary_levels(matched)
     if len(pairs) < 2:
         return ""
-    adjusted = holm([found[pair]["sign_flip_p"] for pair in pairs])
     tests = "; ".join(
         f"{run} against {control}: {found[run, control]['above']}/{found[run, control]['seeds']} seeds above, "
         f"{100 * found[run, control]['mean_diff']:+.1f} pts, p = {found[run, control]['sign_flip_p']:.3g}, Holm "

@@ -196,14 +196,9 @@ def test_alfworlds_claim_quotes_the_planned_primary_tests():
     committed episodes give: each test's seeds above, mean difference, sign-flip p and Holm's p, and, for a test that
     finds no difference, the smallest difference its seeds could tell."""
     results = ROOT / "docs" / "results" / "alfworld-tiny"
-    found, control = {}, None
-    for row in pooled.pooled(results, pooled.MATCHED)["eval"]["splits"]["test"]:
-        if not row.get("vs_first"):
-            control = row["run"]
-        elif (row["run"], control) in pooled.PRIMARY:
-            found[row["run"], control] = row["vs_first"]["seed_level"]
-    assert sorted(found) == sorted(pooled.PRIMARY)
-    adjusted = dict(zip(pooled.PRIMARY, pooled.holm([found[pair]["sign_flip_p"] for pair in pooled.PRIMARY])))
+    pairs, found, holm = pooled.primary_levels(pooled.pooled(results, pooled.MATCHED))
+    assert pairs == list(pooled.PRIMARY)
+    adjusted = dict(zip(pairs, holm))
     page = (ROOT / "docs" / "results" / "alfworld.md").read_text()
     summary = page[: page.index("\n| |")]
     claim = page[page.index("**The plan's claim, at") : page.index("What the claim covers")]
